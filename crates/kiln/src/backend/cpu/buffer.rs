@@ -1,0 +1,176 @@
+//! Typed host buffers. One enum variant per dtype keeps every kernel safe
+//! Rust over slices; [`with_buffer!`](crate::with_buffer) dispatches a
+//! generic body over the variant in one place.
+
+use half::{bf16, f16};
+
+use crate::dtype::{DType, Element};
+
+/// A host buffer of one dtype.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Buffer {
+    /// `bool` elements.
+    Bool(Vec<bool>),
+    /// `u8` elements.
+    U8(Vec<u8>),
+    /// `u32` elements.
+    U32(Vec<u32>),
+    /// `i32` elements.
+    I32(Vec<i32>),
+    /// `i64` elements.
+    I64(Vec<i64>),
+    /// `f16` elements.
+    F16(Vec<f16>),
+    /// `bf16` elements.
+    BF16(Vec<bf16>),
+    /// `f32` elements.
+    F32(Vec<f32>),
+    /// `f64` elements.
+    F64(Vec<f64>),
+}
+
+/// Runs `$body` with `$v` bound to the typed `Vec` inside a [`Buffer`]
+/// (by reference when `$buf` is a reference).
+#[macro_export]
+#[doc(hidden)]
+macro_rules! with_buffer {
+    ($buf:expr, $v:ident => $body:expr) => {
+        match $buf {
+            $crate::backend::cpu::Buffer::Bool($v) => $body,
+            $crate::backend::cpu::Buffer::U8($v) => $body,
+            $crate::backend::cpu::Buffer::U32($v) => $body,
+            $crate::backend::cpu::Buffer::I32($v) => $body,
+            $crate::backend::cpu::Buffer::I64($v) => $body,
+            $crate::backend::cpu::Buffer::F16($v) => $body,
+            $crate::backend::cpu::Buffer::BF16($v) => $body,
+            $crate::backend::cpu::Buffer::F32($v) => $body,
+            $crate::backend::cpu::Buffer::F64($v) => $body,
+        }
+    };
+}
+
+/// Runs `$body` with the type alias `$T` set to the Rust element type of a
+/// [`DType`] value.
+#[macro_export]
+#[doc(hidden)]
+macro_rules! with_dtype {
+    ($dt:expr, $T:ident => $body:expr) => {
+        match $dt {
+            $crate::DType::Bool => {
+                type $T = bool;
+                $body
+            }
+            $crate::DType::U8 => {
+                type $T = u8;
+                $body
+            }
+            $crate::DType::U32 => {
+                type $T = u32;
+                $body
+            }
+            $crate::DType::I32 => {
+                type $T = i32;
+                $body
+            }
+            $crate::DType::I64 => {
+                type $T = i64;
+                $body
+            }
+            $crate::DType::F16 => {
+                type $T = half::f16;
+                $body
+            }
+            $crate::DType::BF16 => {
+                type $T = half::bf16;
+                $body
+            }
+            $crate::DType::F32 => {
+                type $T = f32;
+                $body
+            }
+            $crate::DType::F64 => {
+                type $T = f64;
+                $body
+            }
+        }
+    };
+}
+
+impl Buffer {
+    /// The dtype of the elements.
+    pub fn dtype(&self) -> DType {
+        match self {
+            Buffer::Bool(_) => DType::Bool,
+            Buffer::U8(_) => DType::U8,
+            Buffer::U32(_) => DType::U32,
+            Buffer::I32(_) => DType::I32,
+            Buffer::I64(_) => DType::I64,
+            Buffer::F16(_) => DType::F16,
+            Buffer::BF16(_) => DType::BF16,
+            Buffer::F32(_) => DType::F32,
+            Buffer::F64(_) => DType::F64,
+        }
+    }
+
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        with_buffer!(self, v => v.len())
+    }
+
+    /// True when the buffer holds no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The elements as a slice of `T`, if `T` is the buffer's type.
+    pub fn as_slice<T: Element>(&self) -> Option<&[T]> {
+        T::slice_of(self)
+    }
+
+    /// Wraps a vector.
+    pub fn from_vec<T: Element>(v: Vec<T>) -> Buffer {
+        T::into_buffer(v)
+    }
+}
+
+/// Moving typed vectors in and out of [`Buffer`]; implemented for every
+/// [`Element`] type.
+pub trait BufferElement: Sized {
+    /// The elements of `b` if it holds this type.
+    fn slice_of(b: &Buffer) -> Option<&[Self]>;
+    /// Wraps a vector of this type.
+    fn into_buffer(v: Vec<Self>) -> Buffer;
+}
+
+macro_rules! buffer_element {
+    ($t:ty, $d:ident) => {
+        impl BufferElement for $t {
+            #[inline]
+            fn slice_of(b: &Buffer) -> Option<&[Self]> {
+                match b {
+                    Buffer::$d(v) => Some(v),
+                    _ => None,
+                }
+            }
+            #[inline]
+            fn into_buffer(v: Vec<Self>) -> Buffer {
+                Buffer::$d(v)
+            }
+        }
+    };
+}
+buffer_element!(bool, Bool);
+buffer_element!(u8, U8);
+buffer_element!(u32, U32);
+buffer_element!(i32, I32);
+buffer_element!(i64, I64);
+buffer_element!(f16, F16);
+buffer_element!(bf16, BF16);
+buffer_element!(f32, F32);
+buffer_element!(f64, F64);
+
+/// A type marker for the element type of a vector, for calling generic
+/// kernels from [`with_buffer!`](crate::with_buffer).
+pub fn elem_type<T>(_: &Vec<T>) -> std::marker::PhantomData<T> {
+    std::marker::PhantomData
+}

@@ -1,0 +1,69 @@
+//! The CPU backend: typed buffers, strided maps and one kernel module per
+//! family of primitives. [`eval`] is the single entry point that runs a
+//! primitive on evaluated inputs, used by eager evaluation and by compiled
+//! programs alike.
+
+pub mod binary;
+pub mod buffer;
+pub mod cast;
+pub mod index;
+pub mod math;
+pub mod matmul;
+pub mod random;
+pub mod reduce;
+pub mod strided;
+pub mod unary;
+
+use std::sync::Arc;
+
+pub use buffer::{Buffer, BufferElement};
+
+use crate::array::Data;
+use crate::dtype::DType;
+use crate::error::Result;
+use crate::layout::Layout;
+use crate::primitive::Primitive;
+
+/// Runs `prim` on evaluated `inputs`, producing an output of the inferred
+/// `shape` and `dtype`. Views share the input's buffer.
+pub fn eval(prim: &Primitive, inputs: &[&Data], shape: &[usize], dtype: DType) -> Result<Data> {
+    let fresh = |b: Buffer| Ok(Data::contiguous(b, shape));
+    let view = |layout: Layout| Ok(Data { buffer: Arc::clone(&inputs[0].buffer), layout });
+    match prim {
+        Primitive::Constant | Primitive::Placeholder { .. } => {
+            unreachable!("leaves are never evaluated: constants hold data, placeholders are rejected first")
+        }
+        Primitive::Unary(op) => fresh(unary::unary(*op, inputs[0], shape)),
+        Primitive::Binary(op) => fresh(binary::binary(*op, inputs[0], inputs[1], shape)),
+        Primitive::Where => fresh(binary::select(inputs[0], inputs[1], inputs[2], shape)),
+        Primitive::AsType(to) => fresh(cast::cast(inputs[0], shape, *to)),
+        Primitive::Reduce { op, axes, .. } => fresh(reduce::reduce(*op, inputs[0], axes, dtype)?),
+        Primitive::ArgReduce { op, axis, .. } => fresh(reduce::arg_reduce(*op, inputs[0], *axis)?),
+        Primitive::Matmul => fresh(matmul::matmul(inputs[0], inputs[1], shape)?),
+        Primitive::Reshape { .. } => match inputs[0].layout.reshape(shape) {
+            Some(l) => view(l),
+            None => fresh(copy(inputs[0])),
+        },
+        Primitive::Transpose { perm } => view(inputs[0].layout.permute(perm)),
+        Primitive::BroadcastTo { .. } | Primitive::BroadcastLike => view(inputs[0].layout.broadcast_to(shape)),
+        Primitive::Slice { axes } => {
+            let l = &inputs[0].layout;
+            let (mut starts, mut lens, mut steps) = (vec![0; l.ndim()], l.shape.clone(), vec![1; l.ndim()]);
+            for (i, a) in axes.iter().enumerate() {
+                (starts[i], lens[i]) = a.resolve(l.shape[i]);
+                steps[i] = a.step;
+            }
+            view(l.slice(&starts, &lens, &steps))
+        }
+        Primitive::Copy => fresh(copy(inputs[0])),
+        Primitive::Concatenate { axis } => fresh(index::concatenate(inputs, *axis, shape)?),
+        Primitive::Take { axis } => fresh(index::take(inputs[0], inputs[1], *axis, shape)?),
+        Primitive::Arange { start, step, len, dtype } => fresh(index::arange(*start, *step, *len, *dtype)),
+        Primitive::RandomBits { shape } => fresh(random::random_bits(inputs[0], shape)?),
+    }
+}
+
+/// A contiguous copy of an evaluated array.
+pub fn copy(x: &Data) -> Buffer {
+    crate::with_buffer!(&*x.buffer, v => Buffer::from_vec(strided::gather(v, &x.layout)))
+}

@@ -1,0 +1,3 @@
+//! Backends: where primitives run.
+
+pub mod cpu;

@@ -1,0 +1,41 @@
+//! # kiln
+//!
+//! Lazy n-dimensional arrays with NumPy/MLX semantics and an MLX-style
+//! tracing compiler.
+//!
+//! ```
+//! use kiln::{Array, DType};
+//! let x = Array::from_slice(&[1.0f32, 2.0, 3.0, 4.0], &[2, 2])?;
+//! let y = (&x * 2.0f32 + 1.0f32)?; // lazy: nothing computed yet
+//! assert_eq!(y.sum(kiln::Axes::All, false)?.item::<f32>()?, 24.0);
+//! # Ok::<(), kiln::Error>(())
+//! ```
+//!
+//! Arrays are immutable handles to nodes of a lazy graph. Every operation
+//! checks shapes and dtypes when it is recorded and returns `Result`;
+//! evaluation happens on [`Array::eval`], [`eval`] or when data is read.
+
+#![warn(missing_docs)]
+
+pub mod array;
+pub mod backend;
+pub mod compile;
+mod display;
+pub mod dtype;
+pub mod error;
+pub mod layout;
+pub mod ops;
+pub mod primitive;
+pub mod shape;
+
+pub use array::{eval, Array};
+pub use dtype::{DType, Element};
+pub use error::{Error, Result};
+pub use ops::binary::*;
+pub use ops::create::*;
+pub use ops::linalg::*;
+pub use ops::reduce::*;
+pub use ops::shape::*;
+pub use ops::unary::*;
+pub use ops::{astype, Operand, Scalar};
+pub use primitive::SliceAxis;

@@ -1,0 +1,77 @@
+//! Creating arrays: constants of a shape, ranges and identity matrices.
+//! `zeros`, `ones` and `full` are a broadcast view of one scalar, so they
+//! cost no memory until something is computed from them.
+
+use crate::array::Array;
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::ops::shape::{broadcast_to, expand_dims};
+use crate::ops::{binary, Scalar};
+use crate::primitive::Primitive;
+use crate::shape::numel_checked;
+
+/// An array of `shape` filled with `value`, in `dtype`.
+pub fn full(shape: &[usize], value: impl Into<Scalar>, dtype: DType) -> Result<Array> {
+    numel_checked("full", shape)?;
+    broadcast_to(&value.into().to_array(dtype), shape)
+}
+
+/// An array of zeros.
+pub fn zeros(shape: &[usize], dtype: DType) -> Result<Array> {
+    full(shape, 0i32, dtype)
+}
+
+/// An array of ones.
+pub fn ones(shape: &[usize], dtype: DType) -> Result<Array> {
+    full(shape, 1i32, dtype)
+}
+
+/// `value` with the shape and dtype of `x` (follows `x`'s shape in shapeless
+/// compiled functions).
+pub fn full_like(x: &Array, value: impl Into<Scalar>) -> Result<Array> {
+    Array::from_op(Primitive::BroadcastLike, vec![value.into().to_array(x.dtype()), x.clone()])
+}
+
+/// Zeros with the shape and dtype of `x`.
+pub fn zeros_like(x: &Array) -> Result<Array> {
+    full_like(x, 0i32)
+}
+
+/// Ones with the shape and dtype of `x`.
+pub fn ones_like(x: &Array) -> Result<Array> {
+    full_like(x, 1i32)
+}
+
+/// Values `start, start + step, ...` up to but excluding `stop`, as NumPy's
+/// `arange` (`ceil((stop - start) / step)` elements).
+pub fn arange(start: f64, stop: f64, step: f64, dtype: DType) -> Result<Array> {
+    if step == 0.0 || !step.is_finite() || !start.is_finite() || !stop.is_finite() {
+        return Err(Error::Invalid {
+            op: "arange",
+            msg: format!("start, stop and step must be finite and step nonzero, got {start}, {stop}, {step}"),
+        });
+    }
+    let n = ((stop - start) / step).ceil().max(0.0);
+    if n >= usize::MAX as f64 {
+        return Err(Error::Overflow { op: "arange", shape: vec![usize::MAX] });
+    }
+    Array::from_op(Primitive::Arange { start, step, len: n as usize, dtype }, vec![])
+}
+
+/// `num` evenly spaced values from `start` to `stop` inclusive.
+pub fn linspace(start: f64, stop: f64, num: usize, dtype: DType) -> Result<Array> {
+    if !dtype.is_float() {
+        return Err(Error::DType { op: "linspace", dtype, msg: "linspace produces a float dtype".into() });
+    }
+    let step = if num > 1 { (stop - start) / (num - 1) as f64 } else { 0.0 };
+    Array::from_op(Primitive::Arange { start, step, len: num, dtype }, vec![])
+}
+
+/// An `n x m` matrix with ones on the `k`-th diagonal (k > 0 above the main one).
+pub fn eye(n: usize, m: usize, k: isize, dtype: DType) -> Result<Array> {
+    numel_checked("eye", &[n, m])?;
+    let rows = expand_dims(&arange(0.0, n as f64, 1.0, DType::I64)?, &[1])?;
+    let cols = expand_dims(&arange(0.0, m as f64, 1.0, DType::I64)?, &[0])?;
+    let diag = binary::equal(&binary::sub(&cols, &rows)?, k as i64)?;
+    diag.astype(dtype)
+}

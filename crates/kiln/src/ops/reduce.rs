@@ -1,0 +1,206 @@
+//! Reductions over any set of axes (with `keepdims`), arg-reductions, and
+//! the composite statistics built from them (`var`, `std`, `logsumexp`,
+//! `softmax`).
+//!
+//! Dtypes: `sum` and `prod` keep the dtype (bool gives `i32`; integers
+//! wrap on overflow; `f16`/`bf16` accumulate in `f32`); `mean`, `var`, `std`
+//! and `logsumexp` give a float (`f32` for integer input); `max`/`min` keep
+//! the dtype and propagate NaN; `all`/`any` give bool; `argmax`/`argmin`
+//! give `u32` (the first index on ties; NaN counts as the extremum).
+//! Reducing an empty axis gives the identity (0 for sum, 1 for prod, NaN
+//! for mean, true for all, false for any); max, min, argmax and argmin of an
+//! empty axis are errors.
+
+use crate::array::Array;
+use crate::error::Result;
+use crate::ops::binary::sub;
+use crate::ops::shape::reshape;
+use crate::primitive::{ArgReduceOp, Primitive, ReduceOp};
+use crate::shape::{normalize_axes, normalize_axis};
+
+/// Which axes to reduce.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Axes {
+    /// Every axis.
+    All,
+    /// The listed axes (negative count from the end).
+    Some(Vec<isize>),
+}
+
+impl From<isize> for Axes {
+    fn from(a: isize) -> Axes {
+        Axes::Some(vec![a])
+    }
+}
+
+impl From<i32> for Axes {
+    fn from(a: i32) -> Axes {
+        Axes::Some(vec![a as isize])
+    }
+}
+
+impl From<&[isize]> for Axes {
+    fn from(a: &[isize]) -> Axes {
+        Axes::Some(a.to_vec())
+    }
+}
+
+impl From<Vec<isize>> for Axes {
+    fn from(a: Vec<isize>) -> Axes {
+        Axes::Some(a)
+    }
+}
+
+impl<const N: usize> From<[isize; N]> for Axes {
+    fn from(a: [isize; N]) -> Axes {
+        Axes::Some(a.to_vec())
+    }
+}
+
+impl Axes {
+    fn resolve(&self, op: &'static str, ndim: usize) -> Result<Vec<usize>> {
+        match self {
+            Axes::All => Ok((0..ndim).collect()),
+            Axes::Some(a) => normalize_axes(op, a, ndim),
+        }
+    }
+}
+
+/// Records a reduction.
+pub fn reduce(op: ReduceOp, x: &Array, axes: impl Into<Axes>, keepdims: bool) -> Result<Array> {
+    let axes = axes.into().resolve(op.name(), x.ndim())?;
+    Array::from_op(Primitive::Reduce { op, axes, keepdims }, vec![x.clone()])
+}
+
+macro_rules! reduce_fns {
+    ($($name:ident => $op:ident: $doc:literal),* $(,)?) => {
+        $(
+            #[doc = $doc]
+            pub fn $name(x: &Array, axes: impl Into<Axes>, keepdims: bool) -> Result<Array> {
+                reduce(ReduceOp::$op, x, axes, keepdims)
+            }
+        )*
+        impl Array {
+            $(
+                #[doc = $doc]
+                pub fn $name(&self, axes: impl Into<Axes>, keepdims: bool) -> Result<Array> {
+                    reduce(ReduceOp::$op, self, axes, keepdims)
+                }
+            )*
+        }
+    };
+}
+
+reduce_fns! {
+    sum => Sum: "Sum over `axes`.",
+    mean => Mean: "Mean over `axes` (divides by the number of reduced elements at run time).",
+    prod => Prod: "Product over `axes`.",
+    max => Max: "Maximum over `axes` (NaN propagates).",
+    min => Min: "Minimum over `axes` (NaN propagates).",
+    all => All: "True where every reduced element is nonzero.",
+    any => Any: "True where some reduced element is nonzero.",
+}
+
+fn arg_reduce(op: ArgReduceOp, x: &Array, axis: Option<isize>, keepdims: bool) -> Result<Array> {
+    let name = if op == ArgReduceOp::ArgMax { "argmax" } else { "argmin" };
+    match axis {
+        Some(a) => {
+            let axis = normalize_axis(name, a, x.ndim())?;
+            Array::from_op(Primitive::ArgReduce { op, axis, keepdims }, vec![x.clone()])
+        }
+        None => {
+            let flat = reshape(x, &[-1])?;
+            let r = Array::from_op(Primitive::ArgReduce { op, axis: 0, keepdims: false }, vec![flat])?;
+            if keepdims {
+                reshape(&r, &vec![1; x.ndim()])
+            } else {
+                Ok(r)
+            }
+        }
+    }
+}
+
+/// Index of the maximum along `axis` (over the flattened array if `None`).
+pub fn argmax(x: &Array, axis: Option<isize>, keepdims: bool) -> Result<Array> {
+    arg_reduce(ArgReduceOp::ArgMax, x, axis, keepdims)
+}
+
+/// Index of the minimum along `axis` (over the flattened array if `None`).
+pub fn argmin(x: &Array, axis: Option<isize>, keepdims: bool) -> Result<Array> {
+    arg_reduce(ArgReduceOp::ArgMin, x, axis, keepdims)
+}
+
+/// Variance over `axes` with `ddof` delta degrees of freedom
+/// (`sum((x - mean)^2) / (n - ddof)`).
+pub fn var(x: &Array, axes: impl Into<Axes>, keepdims: bool, ddof: usize) -> Result<Array> {
+    let axes = axes.into();
+    let xf = x.astype(x.dtype().to_float())?;
+    let m = mean(&xf, axes.clone(), true)?;
+    let d = sub(&xf, &m)?;
+    let v = mean(&d.square()?, axes.clone(), keepdims)?;
+    if ddof == 0 {
+        return Ok(v);
+    }
+    let n: usize = axes.resolve("var", x.ndim())?.iter().map(|&a| x.shape()[a]).product();
+    v * (n as f64 / (n as f64 - ddof as f64))
+}
+
+/// Standard deviation: `sqrt(var(x, axes, keepdims, ddof))`.
+pub fn std(x: &Array, axes: impl Into<Axes>, keepdims: bool, ddof: usize) -> Result<Array> {
+    var(x, axes, keepdims, ddof)?.sqrt()
+}
+
+/// `log(sum(exp(x)))` over `axes`, computed stably (the max is subtracted
+/// first; all -inf gives -inf, +inf gives +inf).
+pub fn logsumexp(x: &Array, axes: impl Into<Axes>, keepdims: bool) -> Result<Array> {
+    let axes = axes.into();
+    let xf = x.astype(x.dtype().to_float())?;
+    let m = max(&xf, axes.clone(), true)?;
+    // Replace non-finite maxima by 0 so inf - inf never appears.
+    let m = crate::ops::binary::where_(&m.isfinite()?, &m, 0.0)?;
+    let s = sum(&sub(&xf, &m)?.exp()?, axes.clone(), true)?.log()?;
+    let out = (s + &m)?;
+    if keepdims {
+        Ok(out)
+    } else {
+        let ax = axes.resolve("logsumexp", x.ndim())?;
+        let keep: Vec<isize> = (0..x.ndim()).filter(|i| !ax.contains(i)).map(|i| x.shape()[i] as isize).collect();
+        reshape(&out, &keep)
+    }
+}
+
+/// Softmax along `axis`: `exp(x - max) / sum(exp(x - max))`.
+pub fn softmax(x: &Array, axis: isize) -> Result<Array> {
+    let xf = x.astype(x.dtype().to_float())?;
+    let m = max(&xf, axis, true)?;
+    let e = sub(&xf, &m)?.exp()?;
+    let s = sum(&e, axis, true)?;
+    e / s
+}
+
+impl Array {
+    /// See [`argmax`].
+    pub fn argmax(&self, axis: Option<isize>, keepdims: bool) -> Result<Array> {
+        argmax(self, axis, keepdims)
+    }
+    /// See [`argmin`].
+    pub fn argmin(&self, axis: Option<isize>, keepdims: bool) -> Result<Array> {
+        argmin(self, axis, keepdims)
+    }
+    /// See [`softmax`].
+    pub fn softmax(&self, axis: isize) -> Result<Array> {
+        softmax(self, axis)
+    }
+    /// See [`logsumexp`].
+    pub fn logsumexp(&self, axes: impl Into<Axes>, keepdims: bool) -> Result<Array> {
+        logsumexp(self, axes, keepdims)
+    }
+    /// See [`var`].
+    pub fn var(&self, axes: impl Into<Axes>, keepdims: bool, ddof: usize) -> Result<Array> {
+        var(self, axes, keepdims, ddof)
+    }
+    /// See [`std`].
+    pub fn std(&self, axes: impl Into<Axes>, keepdims: bool, ddof: usize) -> Result<Array> {
+        std(self, axes, keepdims, ddof)
+    }
+}
