@@ -223,29 +223,17 @@ pub fn eval(arrays: &[&Array]) -> Result<()> {
     eval_for("eval", arrays)
 }
 
-/// Names of the placeholders that pending `arrays` depend on.
-pub(crate) fn placeholder_deps(arrays: &[&Array]) -> Vec<usize> {
-    let mut seen = std::collections::HashSet::new();
-    let mut stack: Vec<Array> = arrays.iter().map(|a| (*a).clone()).collect();
-    let mut found = vec![];
-    while let Some(a) = stack.pop() {
-        if a.is_evaluated() || !seen.insert(a.id()) {
-            continue;
-        }
-        if let Primitive::Placeholder { index } = a.primitive() {
-            found.push(*index);
-        }
-        stack.extend(a.inputs());
-    }
-    found.sort_unstable();
-    found.dedup();
-    found
-}
-
 fn eval_for(what: &'static str, arrays: &[&Array]) -> Result<()> {
-    let order = topo_pending(arrays);
-    if order.iter().any(|a| matches!(a.primitive(), Primitive::Placeholder { .. })) {
-        let inputs = placeholder_deps(arrays);
+    let order = topo_sort(arrays, false);
+    let mut inputs: Vec<usize> = order
+        .iter()
+        .filter_map(|a| match a.primitive() {
+            Primitive::Placeholder { index } => Some(*index),
+            _ => None,
+        })
+        .collect();
+    if !inputs.is_empty() {
+        inputs.sort_unstable();
         let t = crate::compile::trace_input_names();
         return Err(Error::TracingValue {
             what,
@@ -294,29 +282,26 @@ fn eval_for(what: &'static str, arrays: &[&Array]) -> Result<()> {
     Ok(())
 }
 
-/// Pending nodes reachable from `arrays`, inputs before consumers.
-fn topo_pending(arrays: &[&Array]) -> Vec<Array> {
+/// Nodes reachable from `roots`, inputs before consumers. Evaluated nodes
+/// are leaves: listed when `with_evaluated`, skipped otherwise.
+pub(crate) fn topo_sort(roots: &[&Array], with_evaluated: bool) -> Vec<Array> {
     let mut order = vec![];
-    let mut state = std::collections::HashMap::<u64, bool>::new(); // false: visiting, true: done
-    let mut stack: Vec<(Array, bool)> = arrays.iter().rev().map(|a| ((*a).clone(), false)).collect();
+    let mut done = std::collections::HashSet::new();
+    let mut stack: Vec<(Array, bool)> = roots.iter().rev().map(|a| ((*a).clone(), false)).collect();
     while let Some((a, expanded)) = stack.pop() {
-        if a.is_evaluated() {
-            continue;
-        }
         if expanded {
-            if state.insert(a.id(), true) != Some(true) {
+            if done.insert(a.id()) {
                 order.push(a);
             }
             continue;
         }
-        if state.contains_key(&a.id()) {
+        if done.contains(&a.id()) || (!with_evaluated && a.is_evaluated()) {
             continue;
         }
-        state.insert(a.id(), false);
-        let ins = a.inputs();
+        let ins = if a.is_evaluated() { vec![] } else { a.inputs() };
         stack.push((a, true));
         for i in ins.into_iter().rev() {
-            if !i.is_evaluated() && !state.contains_key(&i.id()) {
+            if !done.contains(&i.id()) {
                 stack.push((i, false));
             }
         }

@@ -25,7 +25,9 @@ pub mod dtype;
 pub mod error;
 pub mod layout;
 pub mod ops;
+pub mod passes;
 pub mod primitive;
+pub mod program;
 pub mod shape;
 
 pub use array::{eval, Array};

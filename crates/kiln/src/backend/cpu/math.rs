@@ -225,7 +225,7 @@ macro_rules! signed_int_math {
                     return 0;
                 }
                 let q = self.wrapping_div(o);
-                if (self % o != 0) && ((self < 0) != (o < 0)) {
+                if (self.wrapping_rem(o) != 0) && ((self < 0) != (o < 0)) {
                     q - 1
                 } else {
                     q
