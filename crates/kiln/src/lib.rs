@@ -31,6 +31,9 @@ pub mod program;
 pub mod shape;
 
 pub use array::{eval, Array};
+pub use compile::{
+    compile, compile_with, disable_compile, enable_compile, CacheStats, CompileOptions, Compiled, Outputs,
+};
 pub use dtype::{DType, Element};
 pub use error::{Error, Result};
 pub use ops::binary::*;

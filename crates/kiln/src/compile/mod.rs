@@ -1,6 +1,62 @@
-//! `compile(f)`: tracing, optimization and caching (in progress).
+//! `compile(f)`: trace once, optimize, fuse, cache, and run the cached
+//! executable on later calls.
+//!
+//! ```
+//! use kiln::{compile, Array};
+//! let f = compile(|x: &Array, y: &Array| -> kiln::Result<Array> { (x * y)? + 1.0f32 });
+//! let x = Array::from_slice(&[1.0f32, 2.0], &[2])?;
+//! let y = Array::from_slice(&[3.0f32, 4.0], &[2])?;
+//! let r = f.call((&x, &y))?; // first call: traces f, then runs the compiled kernels
+//! assert_eq!(r.to_vec::<f32>()?, vec![4.0, 9.0]);
+//! let r = f.call((&y, &x))?; // same shapes and dtypes: cached, f is not called
+//! assert_eq!(f.stats().traces, 1);
+//! # Ok::<(), kiln::Error>(())
+//! ```
+//!
+//! How it works, as in MLX:
+//! 1. [`compile`] returns at once; nothing is traced.
+//! 2. On a call whose input signature (number of arguments; each argument's
+//!    dtype, number of dimensions and, unless shapeless, shape) has no cache
+//!    entry, `f` runs once on *placeholder* arrays that have a shape and
+//!    dtype but no data. The recorded graph becomes a program that is
+//!    optimized (no-op removal, common subexpressions, dead code), fused
+//!    into kernels, cached, and run on the real inputs.
+//! 3. Calls with a known signature run the cached kernels and do not call `f`.
+//!
+//! Rules for `f`, as in the seed contract: it takes arrays and returns
+//! arrays; it must be pure. Reading values while tracing (`to_vec`, `item`,
+//! printing values, control flow on array values) is an error that names the
+//! input involved and says how to fix it. Arrays captured from the
+//! environment are constants frozen at trace time (a captured lazy array is
+//! computed once, during tracing); pass values that change between calls as
+//! arguments (0-d arrays are fine): that never recompiles.
+//! With [`CompileOptions::shapeless`], a shape change reuses the compiled
+//! program with re-inferred shapes, while a dtype or ndim change still
+//! recompiles; ops that baked a shape in at trace time (reshape to fixed
+//! dims, broadcast_to a fixed shape) fail clearly if they cannot follow.
+//!
+//! Debugging: [`disable_compile`] (or `KILN_DISABLE_COMPILE=1`) makes every
+//! compiled function call `f` directly, eagerly, so values can be printed.
+
+mod cache;
+pub mod executable;
+mod explain;
+mod signature;
 
 use std::cell::RefCell;
+use std::marker::PhantomData;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use crate::array::{Array, Data};
+use crate::error::{Error, Result};
+use crate::program::Program;
+
+pub use cache::CacheStats;
+use cache::{Cache, Entry};
+use executable::Executable;
+use signature::Signature;
 
 thread_local! {
     static TRACE_NAMES: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
@@ -10,4 +66,381 @@ thread_local! {
 /// thread ("argument 0 (f32[10, 64])"), used in error messages.
 pub(crate) fn trace_input_names() -> Vec<String> {
     TRACE_NAMES.with(|t| t.borrow().clone())
+}
+
+/// True while a function is being traced on this thread.
+pub fn is_tracing() -> bool {
+    TRACE_NAMES.with(|t| !t.borrow().is_empty())
+}
+
+static DISABLED: AtomicBool = AtomicBool::new(false);
+static ENV_DISABLED: OnceLock<bool> = OnceLock::new();
+
+/// Makes every compiled function run `f` eagerly (for debugging: printing
+/// and reading values work again).
+pub fn disable_compile() {
+    DISABLED.store(true, Ordering::SeqCst);
+}
+
+/// Re-enables compilation after [`disable_compile`].
+pub fn enable_compile() {
+    DISABLED.store(false, Ordering::SeqCst);
+}
+
+/// True when compiled functions run eagerly ([`disable_compile`] or
+/// `KILN_DISABLE_COMPILE=1`).
+pub fn compile_disabled() -> bool {
+    DISABLED.load(Ordering::Relaxed)
+        || *ENV_DISABLED.get_or_init(|| std::env::var("KILN_DISABLE_COMPILE").is_ok_and(|v| v == "1" || v == "true"))
+}
+
+/// Options for [`compile_with`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct CompileOptions {
+    /// Keep one compiled program across input shape changes (dtype and ndim
+    /// changes still recompile).
+    pub shapeless: bool,
+    /// Maximum number of cached programs (least recently used is evicted).
+    pub max_cache_entries: usize,
+    /// After this many traces, log one warning (with the last miss reason).
+    pub recompile_warning: usize,
+}
+
+impl Default for CompileOptions {
+    fn default() -> Self {
+        CompileOptions { shapeless: false, max_cache_entries: 64, recompile_warning: 16 }
+    }
+}
+
+/// What a traced function returns: one array, a tuple of arrays, a `Vec`,
+/// or a `Result` of any of these.
+pub trait Outputs: Sized {
+    /// The value a compiled call returns (inside `Result`).
+    type Value;
+    /// Flattens to arrays (in order).
+    fn into_arrays(self) -> Result<Vec<Array>>;
+    /// Rebuilds the returned structure from arrays (in order).
+    fn from_arrays(v: Vec<Array>) -> Self::Value;
+}
+
+impl Outputs for Array {
+    type Value = Array;
+    fn into_arrays(self) -> Result<Vec<Array>> {
+        Ok(vec![self])
+    }
+    fn from_arrays(mut v: Vec<Array>) -> Array {
+        v.pop().expect("one output")
+    }
+}
+
+impl Outputs for Vec<Array> {
+    type Value = Vec<Array>;
+    fn into_arrays(self) -> Result<Vec<Array>> {
+        Ok(self)
+    }
+    fn from_arrays(v: Vec<Array>) -> Vec<Array> {
+        v
+    }
+}
+
+impl<T: Outputs> Outputs for Result<T> {
+    type Value = T::Value;
+    fn into_arrays(self) -> Result<Vec<Array>> {
+        self?.into_arrays()
+    }
+    fn from_arrays(v: Vec<Array>) -> T::Value {
+        T::from_arrays(v)
+    }
+}
+
+macro_rules! tuple_outputs {
+    ($($n:literal: $($t:ident)*;)*) => {$(
+        impl Outputs for ($(tuple_outputs!(@arr $t),)*) {
+            type Value = Self;
+            #[allow(non_snake_case)]
+            fn into_arrays(self) -> Result<Vec<Array>> {
+                let ($($t,)*) = self;
+                Ok(vec![$($t),*])
+            }
+            fn from_arrays(v: Vec<Array>) -> Self {
+                let mut it = v.into_iter();
+                ($(tuple_outputs!(@next it $t),)*)
+            }
+        }
+    )*};
+    (@arr $t:ident) => { Array };
+    (@next $it:ident $t:ident) => { $it.next().expect("output count matches") };
+}
+tuple_outputs! {
+    2: A B;
+    3: A B C;
+    4: A B C D;
+    5: A B C D E;
+    6: A B C D E F;
+}
+
+/// A function of arrays that can be traced. Implemented for closures of 1
+/// to 8 `&Array` arguments and for `Fn(&[Array])` (any number).
+pub trait TraceFn<Args>: Send + Sync {
+    /// What the function returns.
+    type Out: Outputs;
+    /// The fixed number of arguments, or `None` for the slice form.
+    fn arity(&self) -> Option<usize>;
+    /// Calls the function on `args` (their count was checked).
+    fn invoke(&self, args: &[Array]) -> Self::Out;
+}
+
+/// Marker for the slice form `Fn(&[Array])`.
+pub struct SliceArgs;
+
+impl<F, O> TraceFn<SliceArgs> for F
+where
+    F: Fn(&[Array]) -> O + Send + Sync,
+    O: Outputs,
+{
+    type Out = O;
+    fn arity(&self) -> Option<usize> {
+        None
+    }
+    fn invoke(&self, args: &[Array]) -> O {
+        self(args)
+    }
+}
+
+macro_rules! fixed_arity {
+    ($($n:literal: $($i:literal)*;)*) => {$(
+        impl<F, O> TraceFn<[Array; $n]> for F
+        where
+            F: Fn($(fixed_arity!(@ref $i)),*) -> O + Send + Sync,
+            O: Outputs,
+        {
+            type Out = O;
+            fn arity(&self) -> Option<usize> {
+                Some($n)
+            }
+            fn invoke(&self, args: &[Array]) -> O {
+                self($(&args[$i]),*)
+            }
+        }
+    )*};
+    (@ref $i:literal) => { &Array };
+}
+fixed_arity! {
+    1: 0;
+    2: 0 1;
+    3: 0 1 2;
+    4: 0 1 2 3;
+    5: 0 1 2 3 4;
+    6: 0 1 2 3 4 5;
+    7: 0 1 2 3 4 5 6;
+    8: 0 1 2 3 4 5 6 7;
+}
+
+/// Arguments of a compiled call: a tuple of `&Array` (1 to 8), a slice of
+/// arrays, or a slice of array references.
+pub trait CallArgs {
+    /// Calls `f` with the arguments as a slice of references.
+    fn with<R>(self, f: impl FnOnce(&[&Array]) -> R) -> R;
+}
+
+impl CallArgs for &[Array] {
+    fn with<R>(self, f: impl FnOnce(&[&Array]) -> R) -> R {
+        let v: Vec<&Array> = self.iter().collect();
+        f(&v)
+    }
+}
+
+impl CallArgs for &Vec<Array> {
+    fn with<R>(self, f: impl FnOnce(&[&Array]) -> R) -> R {
+        self.as_slice().with(f)
+    }
+}
+
+impl CallArgs for &[&Array] {
+    fn with<R>(self, f: impl FnOnce(&[&Array]) -> R) -> R {
+        f(self)
+    }
+}
+
+impl CallArgs for &Array {
+    fn with<R>(self, f: impl FnOnce(&[&Array]) -> R) -> R {
+        f(&[self])
+    }
+}
+
+macro_rules! tuple_args {
+    ($($n:literal: $($t:ident)*;)*) => {$(
+        impl<'a> CallArgs for ($(tuple_args!(@ref $t),)*) {
+            #[allow(non_snake_case)]
+            fn with<R>(self, f: impl FnOnce(&[&Array]) -> R) -> R {
+                let ($($t,)*) = self;
+                f(&[$($t),*])
+            }
+        }
+    )*};
+    (@ref $t:ident) => { &'a Array };
+}
+tuple_args! {
+    1: A;
+    2: A B;
+    3: A B C;
+    4: A B C D;
+    5: A B C D E;
+    6: A B C D E F;
+    7: A B C D E F G;
+    8: A B C D E F G H;
+}
+
+/// A compiled function. Cheap to clone (shared cache), `Send + Sync`, and
+/// callable from many threads at once.
+pub struct Compiled<F, Args> {
+    inner: Arc<Inner<F>>,
+    _args: PhantomData<fn(Args)>,
+}
+
+impl<F, Args> Clone for Compiled<F, Args> {
+    fn clone(&self) -> Self {
+        Compiled { inner: Arc::clone(&self.inner), _args: PhantomData }
+    }
+}
+
+struct Inner<F> {
+    f: F,
+    options: CompileOptions,
+    cache: Cache,
+}
+
+/// Compiles `f` with default options. Returns at once: `f` is traced on the
+/// first call.
+pub fn compile<F, Args>(f: F) -> Compiled<F, Args>
+where
+    F: TraceFn<Args>,
+{
+    compile_with(f, CompileOptions::default())
+}
+
+/// Compiles `f` with `options` (e.g. `shapeless`).
+pub fn compile_with<F, Args>(f: F, options: CompileOptions) -> Compiled<F, Args>
+where
+    F: TraceFn<Args>,
+{
+    let cache = Cache::new(options.max_cache_entries);
+    Compiled { inner: Arc::new(Inner { f, options, cache }), _args: PhantomData }
+}
+
+fn describe_args(args: &[&Array]) -> Vec<String> {
+    args.iter()
+        .enumerate()
+        .map(|(i, a)| format!("argument {i} ({})", signature::describe(a.dtype(), a.shape())))
+        .collect()
+}
+
+impl<F: TraceFn<Args>, Args> Compiled<F, Args> {
+    /// Calls the compiled function.
+    pub fn call(&self, args: impl CallArgs) -> Result<<F::Out as Outputs>::Value> {
+        args.with(|a| self.call_slice(a))
+    }
+
+    fn check_arity(&self, args: &[&Array]) -> Result<()> {
+        match self.inner.f.arity() {
+            Some(n) if n != args.len() => Err(Error::Invalid {
+                op: "compiled call",
+                msg: format!("the function takes {n} argument(s), {} were given", args.len()),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    fn call_eager(&self, args: &[&Array]) -> Result<<F::Out as Outputs>::Value> {
+        let owned: Vec<Array> = args.iter().map(|a| (*a).clone()).collect();
+        let outs = self.inner.f.invoke(&owned).into_arrays()?;
+        Ok(F::Out::from_arrays(outs))
+    }
+
+    fn call_slice(&self, args: &[&Array]) -> Result<<F::Out as Outputs>::Value> {
+        self.check_arity(args)?;
+        // Debugging mode, or a call from inside another trace: run `f` itself
+        // (inside a trace this inlines `f` into the outer graph).
+        if compile_disabled() || (is_tracing() && args.iter().any(|a| !a.is_evaluated())) {
+            return self.call_eager(args);
+        }
+        let sig = Signature::of(args, self.inner.options.shapeless);
+        let entry = self.inner.cache.get_or_trace(&sig, || self.trace(args), &self.inner.options)?;
+        let datas: Vec<&Data> = args.iter().map(|a| a.evaluated("compiled call")).collect::<Result<_>>()?;
+        let outs = run_entry(&entry, &datas)?;
+        Ok(F::Out::from_arrays(outs.into_iter().map(Array::from_data).collect()))
+    }
+
+    /// Traces `f` on placeholders shaped like `args` and builds the executable.
+    fn trace(&self, args: &[&Array]) -> Result<Entry> {
+        let placeholders: Vec<Array> =
+            args.iter().enumerate().map(|(i, a)| Array::placeholder(i, a.shape().to_vec(), a.dtype())).collect();
+        let names = describe_args(args);
+        let prev = TRACE_NAMES.with(|t| std::mem::replace(&mut *t.borrow_mut(), names));
+        let result = catch_unwind(AssertUnwindSafe(|| self.inner.f.invoke(&placeholders).into_arrays()));
+        TRACE_NAMES.with(|t| *t.borrow_mut() = prev);
+        let outputs = match result {
+            Ok(r) => r?,
+            Err(panic) => {
+                let msg = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "unknown panic".into());
+                return Err(Error::Invalid {
+                    op: "compile",
+                    msg: format!("the function panicked while tracing: {msg}"),
+                });
+            }
+        };
+        let mut program = Program::from_graph(&placeholders, &outputs)?;
+        let traced_instrs = program.instrs.len();
+        crate::passes::optimize(&mut program, self.inner.options.shapeless);
+        let exe = Executable::new(program);
+        let traced_shapes = args.iter().map(|a| a.shape().to_vec()).collect();
+        Ok(Entry { exe, traced_shapes, traced_instrs })
+    }
+
+    /// Counters: traces, cache hits and misses, live entries.
+    pub fn stats(&self) -> CacheStats {
+        self.inner.cache.stats()
+    }
+
+    /// Drops every cached program (the next call traces again).
+    pub fn clear_cache(&self) {
+        self.inner.cache.clear()
+    }
+
+    /// The optimized program for `args` as text (tracing it if needed, which
+    /// counts as a miss): each kernel, the ops it fuses, its inputs and
+    /// outputs, the bytes it moves; then the reason for every cache miss so far.
+    pub fn explain(&self, args: impl CallArgs) -> Result<String> {
+        let entry = args.with(|a| -> Result<Arc<Entry>> {
+            self.check_arity(a)?;
+            let sig = Signature::of(a, self.inner.options.shapeless);
+            self.inner.cache.get_or_trace(&sig, || self.trace(a), &self.inner.options)
+        })?;
+        Ok(explain::text(&entry.exe, entry.traced_instrs, &self.inner.cache.miss_reasons()))
+    }
+
+    /// The optimized graph for `args` in Graphviz DOT, fused kernels drawn as clusters.
+    pub fn to_dot(&self, args: impl CallArgs) -> Result<String> {
+        let entry = args.with(|a| -> Result<Arc<Entry>> {
+            self.check_arity(a)?;
+            let sig = Signature::of(a, self.inner.options.shapeless);
+            self.inner.cache.get_or_trace(&sig, || self.trace(a), &self.inner.options)
+        })?;
+        Ok(explain::dot(&entry.exe))
+    }
+}
+
+/// Runs a cached entry, re-inferring shapes when they differ from the traced ones.
+fn run_entry(entry: &Entry, args: &[&Data]) -> Result<Vec<Data>> {
+    let same = entry.traced_shapes.iter().zip(args).all(|(s, d)| *s == d.layout.shape);
+    if same {
+        return entry.exe.run(args, None);
+    }
+    let arg_shapes: Vec<&[usize]> = args.iter().map(|d| d.layout.shape.as_slice()).collect();
+    let shapes = entry.exe.program.infer_shapes(&arg_shapes)?;
+    entry.exe.run(args, Some(&shapes))
 }

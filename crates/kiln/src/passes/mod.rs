@@ -3,6 +3,7 @@
 
 pub mod cse;
 pub mod dce;
+pub mod fuse;
 pub mod simplify;
 
 use crate::program::Program;

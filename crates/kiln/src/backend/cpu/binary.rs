@@ -1,38 +1,37 @@
-//! Binary elementwise kernels (with broadcasting) and `where`.
+//! Binary elementwise tile kernels and `where` (operands are already
+//! broadcast by the fused executor's load step).
 
-use crate::array::Data;
-use crate::backend::cpu::math::{max_nan, min_nan, rem_f32, rem_f64, FloatMath, IntMath};
-use crate::backend::cpu::strided::{map2, map3};
 use std::marker::PhantomData;
 
 use crate::backend::cpu::buffer::elem_type;
+use crate::backend::cpu::math::{max_nan, min_nan, rem_f32, rem_f64, FloatMath, IntMath};
+use crate::backend::cpu::tile::{map2, map3, Src};
 use crate::backend::cpu::Buffer;
 use crate::dtype::Element;
 use crate::primitive::BinaryOp;
 
 /// Comparisons and logical ops: defined for every element type.
-fn predicate<T: Element>(op: BinaryOp, a: &Data, b: &Data, shape: &[usize]) -> Buffer {
+fn predicate<T: Element>(op: BinaryOp, a: Src, b: Src, out: &mut Buffer) {
     use BinaryOp::*;
     let z = T::zero();
-    let v = match op {
-        Equal => map2(a, b, shape, |x: T, y: T| x == y),
-        NotEqual => map2(a, b, shape, |x: T, y: T| x != y),
-        Less => map2(a, b, shape, |x: T, y: T| x < y),
-        LessEqual => map2(a, b, shape, |x: T, y: T| x <= y),
-        Greater => map2(a, b, shape, |x: T, y: T| x > y),
-        GreaterEqual => map2(a, b, shape, |x: T, y: T| x >= y),
-        LogicalAnd => map2(a, b, shape, |x: T, y: T| x != z && y != z),
-        LogicalOr => map2(a, b, shape, |x: T, y: T| x != z || y != z),
+    match op {
+        Equal => map2(a, b, out, |x: T, y: T| x == y),
+        NotEqual => map2(a, b, out, |x: T, y: T| x != y),
+        Less => map2(a, b, out, |x: T, y: T| x < y),
+        LessEqual => map2(a, b, out, |x: T, y: T| x <= y),
+        Greater => map2(a, b, out, |x: T, y: T| x > y),
+        GreaterEqual => map2(a, b, out, |x: T, y: T| x >= y),
+        LogicalAnd => map2(a, b, out, |x: T, y: T| x != z && y != z),
+        LogicalOr => map2(a, b, out, |x: T, y: T| x != z || y != z),
         _ => unreachable!("not a predicate"),
-    };
-    Buffer::from_vec(v)
+    }
 }
 
-fn float_binary<F: FloatMath>(op: BinaryOp, a: &Data, b: &Data, shape: &[usize]) -> Buffer {
+fn float_binary<F: FloatMath>(op: BinaryOp, a: Src, b: Src, out: &mut Buffer) {
     use BinaryOp::*;
     macro_rules! m {
         ($f32:expr, $f64:expr) => {
-            Buffer::from_vec(map2(a, b, shape, |x: F, y: F| x.lift2(y, $f32, $f64)))
+            map2(a, b, out, |x: F, y: F| x.lift2(y, $f32, $f64))
         };
     }
     match op {
@@ -44,17 +43,17 @@ fn float_binary<F: FloatMath>(op: BinaryOp, a: &Data, b: &Data, shape: &[usize])
         Remainder => m!(rem_f32, rem_f64),
         Pow => m!(f32::powf, f64::powf),
         Atan2 => m!(f32::atan2, f64::atan2),
-        Maximum => Buffer::from_vec(map2(a, b, shape, |x: F, y: F| max_nan(x, y, x.is_nan_()))),
-        Minimum => Buffer::from_vec(map2(a, b, shape, |x: F, y: F| min_nan(x, y, x.is_nan_()))),
-        _ => predicate::<F>(op, a, b, shape),
+        Maximum => map2(a, b, out, |x: F, y: F| max_nan(x, y, x.is_nan_())),
+        Minimum => map2(a, b, out, |x: F, y: F| min_nan(x, y, x.is_nan_())),
+        _ => predicate::<F>(op, a, b, out),
     }
 }
 
-fn int_binary<I: IntMath>(op: BinaryOp, a: &Data, b: &Data, shape: &[usize]) -> Buffer {
+fn int_binary<I: IntMath>(op: BinaryOp, a: Src, b: Src, out: &mut Buffer) {
     use BinaryOp::*;
     macro_rules! m {
         ($f:expr) => {
-            Buffer::from_vec(map2(a, b, shape, $f))
+            map2(a, b, out, $f)
         };
     }
     match op {
@@ -67,38 +66,38 @@ fn int_binary<I: IntMath>(op: BinaryOp, a: &Data, b: &Data, shape: &[usize]) -> 
         Maximum => m!(|x: I, y: I| x.max(y)),
         Minimum => m!(|x: I, y: I| x.min(y)),
         Div | Atan2 => unreachable!("integer operands are cast to float first"),
-        _ => predicate::<I>(op, a, b, shape),
+        _ => predicate::<I>(op, a, b, out),
     }
 }
 
-fn bool_binary(op: BinaryOp, a: &Data, b: &Data, shape: &[usize]) -> Buffer {
+fn bool_binary(op: BinaryOp, a: Src, b: Src, out: &mut Buffer) {
     use BinaryOp::*;
     match op {
-        Add | Maximum => Buffer::from_vec(map2(a, b, shape, |x: bool, y: bool| x | y)),
-        Mul | Minimum => Buffer::from_vec(map2(a, b, shape, |x: bool, y: bool| x & y)),
-        _ => predicate::<bool>(op, a, b, shape),
+        Add | Maximum => map2(a, b, out, |x: bool, y: bool| x | y),
+        Mul | Minimum => map2(a, b, out, |x: bool, y: bool| x & y),
+        _ => predicate::<bool>(op, a, b, out),
     }
 }
 
-/// Runs a binary op on operands of one dtype, broadcast to `shape`.
-pub fn binary(op: BinaryOp, a: &Data, b: &Data, shape: &[usize]) -> Buffer {
-    match &*a.buffer {
-        Buffer::Bool(_) => bool_binary(op, a, b, shape),
-        Buffer::U8(_) => int_binary::<u8>(op, a, b, shape),
-        Buffer::U32(_) => int_binary::<u32>(op, a, b, shape),
-        Buffer::I32(_) => int_binary::<i32>(op, a, b, shape),
-        Buffer::I64(_) => int_binary::<i64>(op, a, b, shape),
-        Buffer::F16(_) => float_binary::<half::f16>(op, a, b, shape),
-        Buffer::BF16(_) => float_binary::<half::bf16>(op, a, b, shape),
-        Buffer::F32(_) => float_binary::<f32>(op, a, b, shape),
-        Buffer::F64(_) => float_binary::<f64>(op, a, b, shape),
+/// Runs a binary op on tiles of two operands of one dtype.
+pub fn binary(op: BinaryOp, a: Src, b: Src, out: &mut Buffer) {
+    match a.buf {
+        Buffer::Bool(_) => bool_binary(op, a, b, out),
+        Buffer::U8(_) => int_binary::<u8>(op, a, b, out),
+        Buffer::U32(_) => int_binary::<u32>(op, a, b, out),
+        Buffer::I32(_) => int_binary::<i32>(op, a, b, out),
+        Buffer::I64(_) => int_binary::<i64>(op, a, b, out),
+        Buffer::F16(_) => float_binary::<half::f16>(op, a, b, out),
+        Buffer::BF16(_) => float_binary::<half::bf16>(op, a, b, out),
+        Buffer::F32(_) => float_binary::<f32>(op, a, b, out),
+        Buffer::F64(_) => float_binary::<f64>(op, a, b, out),
     }
 }
 
-/// `where(cond, a, b)` with all three broadcast to `shape`.
-pub fn select(cond: &Data, a: &Data, b: &Data, shape: &[usize]) -> Buffer {
-    fn sel<T: Element>(_: PhantomData<T>, cond: &Data, a: &Data, b: &Data, shape: &[usize]) -> Buffer {
-        Buffer::from_vec(map3(cond, a, b, shape, |c: bool, x: T, y: T| if c { x } else { y }))
+/// `where(cond, a, b)` on tiles.
+pub fn select(cond: Src, a: Src, b: Src, out: &mut Buffer) {
+    fn sel<T: Element>(_: PhantomData<T>, cond: Src, a: Src, b: Src, out: &mut Buffer) {
+        map3(cond, a, b, out, |c: bool, x: T, y: T| if c { x } else { y })
     }
-    crate::with_buffer!(&*a.buffer, v => sel(elem_type(v), cond, a, b, shape))
+    crate::with_buffer!(a.buf, v => sel(elem_type(v), cond, a, b, out))
 }

@@ -127,6 +127,11 @@ impl Buffer {
         T::slice_of(self)
     }
 
+    /// A buffer of `len` zero elements of `dtype`.
+    pub fn zeros(dtype: DType, len: usize) -> Buffer {
+        crate::with_dtype!(dtype, T => Buffer::from_vec(vec![<T as Element>::zero(); len]))
+    }
+
     /// Wraps a vector.
     pub fn from_vec<T: Element>(v: Vec<T>) -> Buffer {
         T::into_buffer(v)
@@ -140,6 +145,8 @@ pub trait BufferElement: Sized {
     fn slice_of(b: &Buffer) -> Option<&[Self]>;
     /// Wraps a vector of this type.
     fn into_buffer(v: Vec<Self>) -> Buffer;
+    /// The elements of `b`, mutably, if it holds this type.
+    fn slice_of_mut(b: &mut Buffer) -> Option<&mut [Self]>;
 }
 
 macro_rules! buffer_element {
@@ -155,6 +162,13 @@ macro_rules! buffer_element {
             #[inline]
             fn into_buffer(v: Vec<Self>) -> Buffer {
                 Buffer::$d(v)
+            }
+            #[inline]
+            fn slice_of_mut(b: &mut Buffer) -> Option<&mut [Self]> {
+                match b {
+                    Buffer::$d(v) => Some(v),
+                    _ => None,
+                }
             }
         }
     };

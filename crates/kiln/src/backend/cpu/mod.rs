@@ -6,12 +6,14 @@
 pub mod binary;
 pub mod buffer;
 pub mod cast;
+pub mod fused;
 pub mod index;
 pub mod math;
 pub mod matmul;
 pub mod random;
 pub mod reduce;
 pub mod strided;
+pub mod tile;
 pub mod unary;
 
 use std::sync::Arc;
@@ -33,10 +35,9 @@ pub fn eval(prim: &Primitive, inputs: &[&Data], shape: &[usize], dtype: DType) -
         Primitive::Constant | Primitive::Placeholder { .. } => {
             unreachable!("leaves are never evaluated: constants hold data, placeholders are rejected first")
         }
-        Primitive::Unary(op) => fresh(unary::unary(*op, inputs[0], shape)),
-        Primitive::Binary(op) => fresh(binary::binary(*op, inputs[0], inputs[1], shape)),
-        Primitive::Where => fresh(binary::select(inputs[0], inputs[1], inputs[2], shape)),
-        Primitive::AsType(to) => fresh(cast::cast(inputs[0], shape, *to)),
+        Primitive::Unary(_) | Primitive::Binary(_) | Primitive::Where | Primitive::AsType(_) => {
+            fused::run_single(prim, inputs, shape, dtype)
+        }
         Primitive::Reduce { op, axes, .. } => fresh(reduce::reduce(*op, inputs[0], axes, dtype)?),
         Primitive::ArgReduce { op, axis, .. } => fresh(reduce::arg_reduce(*op, inputs[0], *axis)?),
         Primitive::Matmul => fresh(matmul::matmul(inputs[0], inputs[1], shape)?),

@@ -1,22 +1,21 @@
 //! Unary elementwise kernels: one definition per op for all float types and
 //! one for all integer types.
 
-use crate::array::Data;
 use crate::backend::cpu::math::{sigmoid_f32, sigmoid_f64, sign_f32, sign_f64, FloatMath, IntMath};
-use crate::backend::cpu::strided::map1;
+use crate::backend::cpu::tile::{map1, Src};
 use crate::backend::cpu::Buffer;
 use crate::primitive::UnaryOp;
 
-fn float_unary<F: FloatMath>(op: UnaryOp, x: &Data, shape: &[usize]) -> Buffer {
+fn float_unary<F: FloatMath>(op: UnaryOp, x: Src, out: &mut Buffer) {
     use UnaryOp::*;
     macro_rules! m {
         ($f32:expr, $f64:expr) => {
-            Buffer::from_vec(map1(x, shape, |v: F| v.lift($f32, $f64)))
+            map1(x, out, |v: F| v.lift($f32, $f64))
         };
     }
     macro_rules! p {
         ($pred:expr) => {
-            Buffer::from_vec(map1(x, shape, $pred))
+            map1(x, out, $pred)
         };
     }
     match op {
@@ -49,42 +48,42 @@ fn float_unary<F: FloatMath>(op: UnaryOp, x: &Data, shape: &[usize]) -> Buffer {
     }
 }
 
-fn int_unary<I: IntMath>(op: UnaryOp, x: &Data, shape: &[usize]) -> Buffer {
+fn int_unary<I: IntMath>(op: UnaryOp, x: Src, out: &mut Buffer) {
     use UnaryOp::*;
     match op {
-        Neg => Buffer::from_vec(map1(x, shape, |v: I| v.neg_())),
-        Abs => Buffer::from_vec(map1(x, shape, |v: I| v.abs_())),
-        Sign => Buffer::from_vec(map1(x, shape, |v: I| v.sign_())),
-        Square => Buffer::from_vec(map1(x, shape, |v: I| v.mul_(v))),
-        Floor | Ceil | Round => Buffer::from_vec(map1(x, shape, |v: I| v)),
-        LogicalNot => Buffer::from_vec(map1(x, shape, |v: I| v == I::zero())),
-        IsNan | IsInf => Buffer::from_vec(map1(x, shape, |_: I| false)),
-        IsFinite => Buffer::from_vec(map1(x, shape, |_: I| true)),
+        Neg => map1(x, out, |v: I| v.neg_()),
+        Abs => map1(x, out, |v: I| v.abs_()),
+        Sign => map1(x, out, |v: I| v.sign_()),
+        Square => map1(x, out, |v: I| v.mul_(v)),
+        Floor | Ceil | Round => map1(x, out, |v: I| v),
+        LogicalNot => map1(x, out, |v: I| v == I::zero()),
+        IsNan | IsInf => map1(x, out, |_: I| false),
+        IsFinite => map1(x, out, |_: I| true),
         _ => unreachable!("float-only ops are rejected by UnaryOp::out_dtype"),
     }
 }
 
-fn bool_unary(op: UnaryOp, x: &Data, shape: &[usize]) -> Buffer {
+fn bool_unary(op: UnaryOp, x: Src, out: &mut Buffer) {
     use UnaryOp::*;
     match op {
-        LogicalNot => Buffer::from_vec(map1(x, shape, |v: bool| !v)),
-        IsNan | IsInf => Buffer::from_vec(map1(x, shape, |_: bool| false)),
-        IsFinite => Buffer::from_vec(map1(x, shape, |_: bool| true)),
+        LogicalNot => map1(x, out, |v: bool| !v),
+        IsNan | IsInf => map1(x, out, |_: bool| false),
+        IsFinite => map1(x, out, |_: bool| true),
         _ => unreachable!("numeric ops on bool are rejected by UnaryOp::out_dtype"),
     }
 }
 
-/// Runs a unary op on `x` (its shape is `shape`).
-pub fn unary(op: UnaryOp, x: &Data, shape: &[usize]) -> Buffer {
-    match &*x.buffer {
-        Buffer::Bool(_) => bool_unary(op, x, shape),
-        Buffer::U8(_) => int_unary::<u8>(op, x, shape),
-        Buffer::U32(_) => int_unary::<u32>(op, x, shape),
-        Buffer::I32(_) => int_unary::<i32>(op, x, shape),
-        Buffer::I64(_) => int_unary::<i64>(op, x, shape),
-        Buffer::F16(_) => float_unary::<half::f16>(op, x, shape),
-        Buffer::BF16(_) => float_unary::<half::bf16>(op, x, shape),
-        Buffer::F32(_) => float_unary::<f32>(op, x, shape),
-        Buffer::F64(_) => float_unary::<f64>(op, x, shape),
+/// Runs a unary op on a tile of `x`, writing `out` (of the op's output dtype).
+pub fn unary(op: UnaryOp, x: Src, out: &mut Buffer) {
+    match x.buf {
+        Buffer::Bool(_) => bool_unary(op, x, out),
+        Buffer::U8(_) => int_unary::<u8>(op, x, out),
+        Buffer::U32(_) => int_unary::<u32>(op, x, out),
+        Buffer::I32(_) => int_unary::<i32>(op, x, out),
+        Buffer::I64(_) => int_unary::<i64>(op, x, out),
+        Buffer::F16(_) => float_unary::<half::f16>(op, x, out),
+        Buffer::BF16(_) => float_unary::<half::bf16>(op, x, out),
+        Buffer::F32(_) => float_unary::<f32>(op, x, out),
+        Buffer::F64(_) => float_unary::<f64>(op, x, out),
     }
 }

@@ -1,0 +1,125 @@
+//! An executable: an optimized program lowered to a list of kernel steps,
+//! with the point after which each intermediate value can be released.
+
+use crate::array::Data;
+use crate::backend::cpu;
+use crate::error::Result;
+use crate::passes::fuse::{plan, Kernel};
+use crate::primitive::Primitive;
+use crate::program::Program;
+
+/// One kernel launch: reads some values, writes others.
+#[derive(Clone, Debug)]
+pub struct Step {
+    /// What runs.
+    pub kernel: Kernel,
+    /// Values read (program instruction indices).
+    pub inputs: Vec<usize>,
+    /// Values written.
+    pub outputs: Vec<usize>,
+    /// Values no later step needs (released after this one).
+    pub frees: Vec<usize>,
+}
+
+/// The compiled form of a program.
+#[derive(Clone, Debug)]
+pub struct Executable {
+    /// The optimized program (shapes are re-inferred from it for shapeless calls).
+    pub program: Program,
+    /// Kernel steps in execution order.
+    pub steps: Vec<Step>,
+    /// Constant values, by instruction index.
+    constants: Vec<(usize, Data)>,
+}
+
+impl Executable {
+    /// Lowers an optimized program: fuses it into kernels and computes
+    /// lifetimes.
+    pub fn new(program: Program) -> Executable {
+        let kernels = plan(&program);
+        let mut last_use = vec![usize::MAX; program.instrs.len()];
+        for (s, k) in kernels.iter().enumerate() {
+            for &i in &k.inputs {
+                last_use[i] = s;
+            }
+        }
+        let is_output: Vec<bool> = {
+            let mut v = vec![false; program.instrs.len()];
+            for &o in &program.outputs {
+                v[o] = true;
+            }
+            v
+        };
+        let steps = kernels
+            .into_iter()
+            .enumerate()
+            .map(|(s, k)| {
+                let frees = k
+                    .inputs
+                    .iter()
+                    .copied()
+                    .filter(|&i| last_use[i] == s && !is_output[i])
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .into_iter()
+                    .collect();
+                Step { kernel: k.kernel, inputs: k.inputs, outputs: k.outputs, frees }
+            })
+            .collect();
+        let constants = program
+            .instrs
+            .iter()
+            .enumerate()
+            .filter_map(|(i, ins)| ins.constant.as_ref().map(|d| (i, d.clone())))
+            .collect();
+        Executable { program, steps, constants }
+    }
+
+    /// Runs on evaluated arguments. `shapes` holds every value's shape when
+    /// it differs from the traced one (shapeless calls).
+    pub fn run(&self, args: &[&Data], shapes: Option<&[Vec<usize>]>) -> Result<Vec<Data>> {
+        let p = &self.program;
+        let mut values: Vec<Option<Data>> = vec![None; p.instrs.len()];
+        for (i, d) in &self.constants {
+            values[*i] = Some(d.clone());
+        }
+        for (arg, slot) in p.inputs.iter().enumerate() {
+            if let Some(i) = slot {
+                values[*i] = Some(args[arg].clone());
+            }
+        }
+        let shape_of = |i: usize| -> &[usize] { shapes.map_or(&p.instrs[i].shape, |s| &s[i]) };
+        for step in &self.steps {
+            match &step.kernel {
+                Kernel::Single(prim) => {
+                    let out = step.outputs[0];
+                    let ins: Vec<&Data> =
+                        step.inputs.iter().map(|&i| values[i].as_ref().expect("value computed")).collect();
+                    let d = cpu::eval(prim, &ins, shape_of(out), p.instrs[out].dtype)?;
+                    values[out] = Some(d);
+                }
+                Kernel::Fused(group) => {
+                    let ins: Vec<&Data> =
+                        step.inputs.iter().map(|&i| values[i].as_ref().expect("value computed")).collect();
+                    let outs = cpu::fused::run(group, &ins, shape_of(step.outputs[0]))?;
+                    for (o, d) in step.outputs.iter().zip(outs) {
+                        values[*o] = Some(d);
+                    }
+                }
+            }
+            for &f in &step.frees {
+                values[f] = None;
+            }
+        }
+        Ok(p.outputs.iter().map(|&o| values[o].clone().expect("outputs are computed")).collect())
+    }
+
+    /// Number of kernel launches.
+    pub fn kernel_count(&self) -> usize {
+        self.steps.iter().filter(|s| !matches!(&s.kernel, Kernel::Single(p) if is_free(p))).count()
+    }
+}
+
+/// Views cost nothing at run time.
+pub(crate) fn is_free(p: &Primitive) -> bool {
+    matches!(p.class(), crate::primitive::FusionClass::View) && !matches!(p, Primitive::Reshape { .. })
+}

@@ -1,0 +1,117 @@
+//! Human-readable views of an executable: `explain` text and Graphviz DOT.
+
+use std::fmt::Write;
+
+use crate::compile::executable::{is_free, Executable};
+use crate::compile::signature::describe;
+use crate::passes::fuse::Kernel;
+use crate::primitive::Primitive;
+
+fn value(exe: &Executable, v: usize) -> String {
+    let ins = &exe.program.instrs[v];
+    let what = match &ins.prim {
+        Primitive::Placeholder { index } => format!(" (arg {index})"),
+        Primitive::Constant => " (const)".to_string(),
+        _ => String::new(),
+    };
+    format!("%{v} {}{what}", describe(ins.dtype, &ins.shape))
+}
+
+fn bytes(exe: &Executable, v: usize) -> usize {
+    let ins = &exe.program.instrs[v];
+    ins.shape.iter().product::<usize>() * ins.dtype.size()
+}
+
+fn kernel_ops(k: &Kernel) -> Vec<&'static str> {
+    match k {
+        Kernel::Single(p) => vec![p.name()],
+        Kernel::Fused(g) => g.ops.iter().map(|o| o.prim.name()).collect(),
+    }
+}
+
+/// The `explain` text.
+pub fn text(exe: &Executable, traced_instrs: usize, misses: &[String]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "program: {traced_instrs} instructions traced, {} after optimization, {} kernel(s)",
+        exe.program.instrs.len(),
+        exe.kernel_count()
+    );
+    for (i, step) in exe.steps.iter().enumerate() {
+        let kind = match &step.kernel {
+            Kernel::Fused(_) => "fused",
+            Kernel::Single(p) if is_free(p) => "view",
+            Kernel::Single(_) => "kernel",
+        };
+        let read: usize = step.inputs.iter().map(|&v| bytes(exe, v)).sum();
+        let written: usize = step.outputs.iter().map(|&v| bytes(exe, v)).sum();
+        let ins: Vec<String> = step.inputs.iter().map(|&v| value(exe, v)).collect();
+        let outs: Vec<String> = step.outputs.iter().map(|&v| value(exe, v)).collect();
+        let _ = writeln!(
+            s,
+            "kernel {i} [{kind}] {}\n  inputs:  {}\n  outputs: {}\n  bytes:   {read} read, {written} written",
+            kernel_ops(&step.kernel).join(" -> "),
+            ins.join(", "),
+            outs.join(", ")
+        );
+    }
+    let outs: Vec<String> = exe.program.outputs.iter().map(|&v| value(exe, v)).collect();
+    let _ = writeln!(s, "outputs: {}", outs.join(", "));
+    let _ = writeln!(s, "cache misses ({}):", misses.len());
+    for (i, m) in misses.iter().enumerate() {
+        let _ = writeln!(s, "  {}. {m}", i + 1);
+    }
+    s
+}
+
+/// Graphviz DOT: one node per value, fused kernels as clusters of their ops.
+pub fn dot(exe: &Executable) -> String {
+    let p = &exe.program;
+    let mut s = String::from("digraph kiln {\n  rankdir=TB;\n  node [shape=box, fontname=\"monospace\"];\n");
+    let mut drawn = vec![false; p.instrs.len()];
+    for (k, step) in exe.steps.iter().enumerate() {
+        if let Kernel::Fused(g) = &step.kernel {
+            let _ = writeln!(s, "  subgraph cluster_{k} {{\n    label=\"kernel {k}: fused\";\n    style=rounded;");
+            // Fused ops are drawn as their own nodes inside the cluster.
+            for (j, op) in g.ops.iter().enumerate() {
+                let _ = writeln!(s, "    k{k}r{} [label=\"{}\"];", g.inputs.len() + j, op.prim.name());
+            }
+            s.push_str("  }\n");
+            for (j, op) in g.ops.iter().enumerate() {
+                for &a in &op.args {
+                    let from = if a < g.inputs.len() { format!("v{}", step.inputs[a]) } else { format!("k{k}r{a}") };
+                    let _ = writeln!(s, "  {from} -> k{k}r{};", g.inputs.len() + j);
+                }
+            }
+            for (o, &r) in step.outputs.iter().zip(&g.outputs) {
+                let _ = writeln!(s, "  k{k}r{r} -> v{o} [style=dashed];");
+            }
+        } else {
+            for &o in &step.outputs {
+                drawn[o] = true;
+                let _ = writeln!(
+                    s,
+                    "  v{o} [label=\"{}\\n{}\"];",
+                    p.instrs[o].prim.name(),
+                    describe(p.instrs[o].dtype, &p.instrs[o].shape)
+                );
+                for &i in &p.instrs[o].inputs {
+                    let _ = writeln!(s, "  v{i} -> v{o};");
+                }
+            }
+        }
+    }
+    for (v, ins) in p.instrs.iter().enumerate() {
+        if !drawn[v] {
+            let _ = writeln!(
+                s,
+                "  v{v} [label=\"{}\\n{}\", shape=ellipse];",
+                ins.prim.name(),
+                describe(ins.dtype, &ins.shape)
+            );
+        }
+    }
+    s.push_str("}\n");
+    s
+}

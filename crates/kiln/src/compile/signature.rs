@@ -1,0 +1,81 @@
+//! The cache key of a compiled call: number of arguments, and per argument
+//! its dtype, its number of dimensions and (unless shapeless) its shape,
+//! packed into one vector of words.
+
+use crate::array::Array;
+use crate::dtype::{DType, ALL_DTYPES};
+
+/// A packed input signature: `[n, (dtype, ndim, dims...)*]` (dims only when
+/// not shapeless).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Signature {
+    words: Vec<u64>,
+    shapeless: bool,
+}
+
+/// `f32[10, 64]`.
+pub fn describe(dtype: DType, shape: &[usize]) -> String {
+    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+    format!("{dtype}[{}]", dims.join(", "))
+}
+
+impl Signature {
+    /// The signature of a call.
+    pub fn of(args: &[&Array], shapeless: bool) -> Signature {
+        let mut words = Vec::with_capacity(1 + args.len() * 4);
+        words.push(args.len() as u64);
+        for a in args {
+            words.push(a.dtype() as u64);
+            words.push(a.ndim() as u64);
+            if !shapeless {
+                words.extend(a.shape().iter().map(|&d| d as u64));
+            }
+        }
+        Signature { words, shapeless }
+    }
+
+    /// Per argument: dtype and (when recorded) shape.
+    fn args(&self) -> Vec<(DType, Option<Vec<usize>>, usize)> {
+        let mut out = vec![];
+        let mut i = 1;
+        while i < self.words.len() {
+            let dt = ALL_DTYPES[self.words[i] as usize];
+            let nd = self.words[i + 1] as usize;
+            i += 2;
+            let shape = if self.shapeless {
+                None
+            } else {
+                let s = self.words[i..i + nd].iter().map(|&d| d as usize).collect();
+                i += nd;
+                Some(s)
+            };
+            out.push((dt, shape, nd));
+        }
+        out
+    }
+
+    /// Why `self` missed the cache compared with the previous call's signature.
+    pub fn miss_reason(&self, before: Option<&Signature>) -> String {
+        let Some(before) = before else { return "first call".into() };
+        let (now, old) = (self.args(), before.args());
+        if now.len() != old.len() {
+            return format!("number of arguments: now {}, before {}", now.len(), old.len());
+        }
+        let show = |a: &(DType, Option<Vec<usize>>, usize)| match &a.1 {
+            Some(s) => describe(a.0, s),
+            None => format!("{}, {} dim(s)", a.0, a.2),
+        };
+        let diffs: Vec<String> = now
+            .iter()
+            .zip(&old)
+            .enumerate()
+            .filter(|(_, (n, o))| n != o)
+            .map(|(i, (n, o))| format!("arg {i}: now {}, before {}", show(n), show(o)))
+            .collect();
+        if diffs.is_empty() {
+            "evicted from the cache earlier (or cleared)".into()
+        } else {
+            diffs.join("; ")
+        }
+    }
+}

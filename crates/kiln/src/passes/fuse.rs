@@ -1,0 +1,243 @@
+//! Fusion: turns an optimized program into kernel launches.
+//!
+//! Elementwise instructions (unary, binary with broadcasting, `where`,
+//! casts) of one output shape that feed each other become one
+//! [`FusedGroup`]: a register program run tile by tile, so intermediates
+//! never reach memory. Inputs from outside a group may have any broadcastable
+//! shape and layout (broadcasts and views are folded into the group's loads).
+//! A member whose value is needed outside the group (by another kernel or as
+//! a program output) is a group output: groups may have several outputs.
+//! Merging never creates a cycle: an instruction joins a group only if none
+//! of its other inputs depends on that group.
+
+use crate::dtype::DType;
+use crate::primitive::{FusionClass, Primitive};
+use crate::program::Program;
+
+/// One op of a fused group, reading registers.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FusedOp {
+    /// An elementwise primitive.
+    pub prim: Primitive,
+    /// Registers read: `0..inputs.len()` are the group's inputs, then one
+    /// register per earlier op.
+    pub args: Vec<usize>,
+    /// Output dtype.
+    pub dtype: DType,
+}
+
+/// A fused elementwise kernel.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FusedGroup {
+    /// Dtype of each input register.
+    pub inputs: Vec<DType>,
+    /// The ops, in order; op `k` writes register `inputs.len() + k`.
+    pub ops: Vec<FusedOp>,
+    /// Registers written to memory, in the order of the step's outputs.
+    pub outputs: Vec<usize>,
+}
+
+impl FusedGroup {
+    /// A group of one op reading inputs `0..n`.
+    pub fn single(prim: Primitive, inputs: Vec<DType>, dtype: DType) -> FusedGroup {
+        let n = inputs.len();
+        FusedGroup { inputs, ops: vec![FusedOp { prim, args: (0..n).collect(), dtype }], outputs: vec![n] }
+    }
+
+    /// The dtype of a register.
+    pub fn reg_dtype(&self, r: usize) -> DType {
+        if r < self.inputs.len() {
+            self.inputs[r]
+        } else {
+            self.ops[r - self.inputs.len()].dtype
+        }
+    }
+}
+
+/// What a step runs.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Kernel {
+    /// One primitive through `backend::cpu::eval`.
+    Single(Primitive),
+    /// A fused elementwise group.
+    Fused(FusedGroup),
+}
+
+/// A planned kernel with the program values it reads and writes.
+#[derive(Clone, Debug)]
+pub struct Planned {
+    /// The kernel.
+    pub kernel: Kernel,
+    /// Values read.
+    pub inputs: Vec<usize>,
+    /// Values written.
+    pub outputs: Vec<usize>,
+}
+
+fn depends_on_group(p: &Program, from: usize, group: &[usize], group_of: &[Option<usize>], g: usize) -> bool {
+    let lo = group.iter().copied().min().unwrap_or(0);
+    let mut stack = vec![from];
+    let mut seen = std::collections::HashSet::new();
+    while let Some(x) = stack.pop() {
+        if group_of[x] == Some(g) {
+            return true;
+        }
+        if x < lo || !seen.insert(x) {
+            continue;
+        }
+        stack.extend(p.instrs[x].inputs.iter().copied());
+    }
+    false
+}
+
+/// Groups elementwise instructions and orders all kernels.
+pub fn plan(p: &Program) -> Vec<Planned> {
+    let n = p.instrs.len();
+    let mut group_of: Vec<Option<usize>> = vec![None; n];
+    let mut groups: Vec<Vec<usize>> = vec![];
+    for i in 0..n {
+        if p.instrs[i].prim.class() != FusionClass::Elementwise {
+            continue;
+        }
+        let shape = &p.instrs[i].shape;
+        let mut joined = None;
+        for &x in &p.instrs[i].inputs {
+            let Some(g) = group_of[x] else { continue };
+            if p.instrs[x].shape != *shape || joined == Some(g) {
+                continue;
+            }
+            let others_ok = p.instrs[i]
+                .inputs
+                .iter()
+                .filter(|&&y| group_of[y] != Some(g))
+                .all(|&y| !depends_on_group(p, y, &groups[g], &group_of, g));
+            if others_ok {
+                joined = Some(g);
+                break;
+            }
+        }
+        let g = joined.unwrap_or_else(|| {
+            groups.push(vec![]);
+            groups.len() - 1
+        });
+        groups[g].push(i);
+        group_of[i] = Some(g);
+    }
+
+    let consumers = p.consumers();
+    let is_output: Vec<bool> = (0..n).map(|i| p.outputs.contains(&i)).collect();
+    // Build the planned kernels; `first` orders them by their first instruction.
+    let mut planned: Vec<(usize, Planned)> = vec![];
+    for (i, ins) in p.instrs.iter().enumerate() {
+        match ins.prim.class() {
+            FusionClass::Leaf | FusionClass::Elementwise => {}
+            _ => planned.push((
+                i,
+                Planned { kernel: Kernel::Single(ins.prim.clone()), inputs: ins.inputs.clone(), outputs: vec![i] },
+            )),
+        }
+    }
+    for (g, members) in groups.iter().enumerate() {
+        let mut inputs: Vec<usize> = vec![];
+        for &m in members {
+            for &x in &p.instrs[m].inputs {
+                if group_of[x] != Some(g) && !inputs.contains(&x) {
+                    inputs.push(x);
+                }
+            }
+        }
+        let reg = |v: usize| -> usize {
+            match inputs.iter().position(|&x| x == v) {
+                Some(r) => r,
+                None => inputs.len() + members.iter().position(|&m| m == v).expect("member"),
+            }
+        };
+        let ops = members
+            .iter()
+            .map(|&m| FusedOp {
+                prim: p.instrs[m].prim.clone(),
+                args: p.instrs[m].inputs.iter().map(|&x| reg(x)).collect(),
+                dtype: p.instrs[m].dtype,
+            })
+            .collect();
+        let outs: Vec<usize> = members
+            .iter()
+            .copied()
+            .filter(|&m| is_output[m] || consumers[m].iter().any(|&c| group_of[c] != Some(g)))
+            .collect();
+        let group = FusedGroup {
+            inputs: inputs.iter().map(|&x| p.instrs[x].dtype).collect(),
+            ops,
+            outputs: outs.iter().map(|&o| reg(o)).collect(),
+        };
+        planned.push((members[0], Planned { kernel: Kernel::Fused(group), inputs, outputs: outs }));
+    }
+    order(planned, n)
+}
+
+/// Topological order of kernels (a kernel runs after the producers of all
+/// its inputs), ties broken by first instruction.
+fn order(mut planned: Vec<(usize, Planned)>, n: usize) -> Vec<Planned> {
+    planned.sort_by_key(|(first, _)| *first);
+    let mut producer = vec![usize::MAX; n];
+    for (k, (_, pl)) in planned.iter().enumerate() {
+        for &o in &pl.outputs {
+            producer[o] = k;
+        }
+    }
+    let deps: Vec<Vec<usize>> = planned
+        .iter()
+        .map(|(_, pl)| pl.inputs.iter().map(|&i| producer[i]).filter(|&k| k != usize::MAX).collect())
+        .collect();
+    let mut done = vec![false; planned.len()];
+    let mut out_order = Vec::with_capacity(planned.len());
+    while out_order.len() < planned.len() {
+        let next = (0..planned.len())
+            .find(|&k| !done[k] && deps[k].iter().all(|&d| done[d]))
+            .expect("the kernel graph is acyclic");
+        done[next] = true;
+        out_order.push(next);
+    }
+    let mut slots: Vec<Option<Planned>> = planned.into_iter().map(|(_, p)| Some(p)).collect();
+    out_order.into_iter().map(|k| slots[k].take().expect("each kernel once")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::passes::tests::trace;
+
+    fn fused_sizes(plan: &[Planned]) -> Vec<usize> {
+        plan.iter()
+            .filter_map(|k| match &k.kernel {
+                Kernel::Fused(g) => Some(g.ops.len()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn elementwise_chain_is_one_kernel() {
+        let p = trace(&[&[8]], |a| {
+            let x = &a[0];
+            Ok(vec![((x * 0.5f32)? * (x.tanh()? + 1.0f32)?)?])
+        });
+        let k = plan(&p);
+        assert_eq!(k.len(), 1);
+        assert_eq!(fused_sizes(&k), vec![4]);
+    }
+
+    #[test]
+    fn intermediate_used_elsewhere_becomes_an_output() {
+        let p = trace(&[&[8, 4]], |a| {
+            let e = a[0].exp()?;
+            let s = e.sum(1, true)?;
+            Ok(vec![(e / s)?])
+        });
+        let k = plan(&p);
+        // exp group, sum, div group: the div cannot join exp's group because
+        // it also reads the sum, which depends on that group.
+        assert_eq!(k.len(), 3);
+        assert!(matches!(k[1].kernel, Kernel::Single(Primitive::Reduce { .. })));
+    }
+}

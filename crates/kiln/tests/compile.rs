@@ -1,0 +1,219 @@
+//! The compile contract (shared/seed/mlx_compile.txt), one test per sentence.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use kiln::{compile, compile_with, Array, CompileOptions, DType, Error, Result};
+
+fn arr(v: &[f32], shape: &[usize]) -> Array {
+    Array::from_slice(v, shape).unwrap()
+}
+
+fn ramp(shape: &[usize]) -> Array {
+    let n: usize = shape.iter().product();
+    let v: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin()).collect();
+    arr(&v, shape)
+}
+
+#[test]
+fn compile_returns_without_calling_f() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    let f = compile(move |x: &Array| {
+        c.fetch_add(1, Ordering::SeqCst);
+        x.exp()
+    });
+    assert_eq!(calls.load(Ordering::SeqCst), 0);
+    let x = ramp(&[4]);
+    f.call(&x).unwrap();
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "first call traces once");
+    for _ in 0..5 {
+        f.call(&ramp(&[4])).unwrap();
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "cache hits do not call f");
+    let s = f.stats();
+    assert_eq!((s.traces, s.hits, s.misses, s.entries), (1, 5, 1, 1));
+}
+
+#[test]
+fn compiled_matches_eager() -> Result<()> {
+    let gelu = |x: &Array| -> Result<Array> {
+        let inner = ((x + &((x.square()? * x)? * 0.044715f32)?)? * 0.7978845608f32)?;
+        (x * 0.5f32)? * (inner.tanh()? + 1.0f32)?
+    };
+    let f = compile(gelu);
+    let x = ramp(&[64, 33]);
+    let got = f.call(&x)?.to_vec::<f32>()?;
+    let want = gelu(&x)?.to_vec::<f32>()?;
+    assert_eq!(got, want);
+    Ok(())
+}
+
+#[test]
+fn recompiles_on_shape_dtype_and_arg_count() -> Result<()> {
+    let f = compile(|x: &Array| x * 2.0f32);
+    f.call(&ramp(&[10, 64]))?;
+    f.call(&ramp(&[20, 64]))?;
+    assert_eq!(f.stats().traces, 2, "shape change recompiles");
+    f.call(&ramp(&[20, 64]).astype(DType::F64)?)?;
+    assert_eq!(f.stats().traces, 3, "dtype change recompiles");
+    let g = compile(|xs: &[Array]| -> Result<Array> {
+        let mut acc = xs[0].clone();
+        for x in &xs[1..] {
+            acc = (acc + x)?;
+        }
+        Ok(acc)
+    });
+    let (a, b, c) = (ramp(&[3]), ramp(&[3]), ramp(&[3]));
+    g.call(&[a.clone(), b.clone()][..])?;
+    let r = g.call(&[a.clone(), b.clone(), c.clone()][..])?;
+    assert_eq!(g.stats().traces, 2, "argument count change recompiles");
+    let want: Vec<f32> = a.to_vec::<f32>()?.iter().map(|v| v * 3.0).collect();
+    assert_eq!(r.to_vec::<f32>()?, want);
+    Ok(())
+}
+
+#[test]
+fn shapeless_reuses_across_shapes() -> Result<()> {
+    let w = ramp(&[64, 8]);
+    let wc = w.clone();
+    let f = compile_with(move |x: &Array| x.matmul(&wc), CompileOptions { shapeless: true, ..Default::default() });
+    let a = f.call(&kiln::zeros(&[10, 64], DType::F32)?)?;
+    let b = f.call(&ramp(&[20, 64]))?;
+    assert_eq!(a.shape(), &[10, 8]);
+    assert_eq!(b.shape(), &[20, 8]);
+    assert_eq!(f.stats().traces, 1, "no recompilation in shapeless mode");
+    assert_eq!(b.to_vec::<f32>()?, ramp(&[20, 64]).matmul(&w)?.to_vec::<f32>()?);
+    f.call(&ramp(&[2, 3, 64]))?;
+    assert_eq!(f.stats().traces, 2, "ndim change recompiles");
+    Ok(())
+}
+
+#[test]
+fn multiple_returns_keep_order() -> Result<()> {
+    let f = compile(|x: &Array, w: &Array| -> Result<(Array, Array)> {
+        let y = x.matmul(w)?;
+        let norm = (&y * &y)?.sum(kiln::Axes::All, false)?.sqrt()?;
+        Ok((y, norm))
+    });
+    let (x, w) = (ramp(&[4, 3]), ramp(&[3, 5]));
+    let (y, n) = f.call((&x, &w))?;
+    let ye = x.matmul(&w)?;
+    assert_eq!(y.shape(), &[4, 5]);
+    assert_eq!(y.to_vec::<f32>()?, ye.to_vec::<f32>()?);
+    let ne: f32 = ye.to_vec::<f32>()?.iter().map(|v| v * v).sum::<f32>().sqrt();
+    assert!((n.item::<f32>()? - ne).abs() < 1e-4);
+    Ok(())
+}
+
+#[test]
+fn reading_values_while_tracing_is_a_clear_error() {
+    let f = compile(|x: &Array, y: &Array| -> Result<Array> {
+        let s = (x + y)?;
+        let _v = s.to_vec::<f32>()?; // illegal: no values while tracing
+        Ok(s)
+    });
+    let e = f.call((&ramp(&[2]), &ramp(&[2]))).unwrap_err();
+    assert!(matches!(e, Error::TracingValue { .. }), "{e:?}");
+    let m = e.to_string();
+    assert!(m.contains("argument 0") && m.contains("argument 1"), "{m}");
+    assert!(m.contains("return") && m.contains("disable"), "{m}");
+    assert_eq!(f.stats().entries, 0);
+}
+
+#[test]
+fn errors_and_panics_leave_no_entry() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    let f = compile(move |x: &Array| -> Result<Array> {
+        if c.fetch_add(1, Ordering::SeqCst) == 0 {
+            panic!("boom");
+        }
+        x.matmul(x)
+    });
+    let e = f.call(&ramp(&[2, 3])).unwrap_err();
+    assert!(e.to_string().contains("boom"), "{e}");
+    let e = f.call(&ramp(&[2, 3])).unwrap_err();
+    assert!(e.to_string().contains("matmul"), "{e}");
+    assert_eq!(f.stats().entries, 0);
+    assert_eq!(calls.load(Ordering::SeqCst), 2, "each failed call traced again");
+}
+
+#[test]
+fn captured_arrays_are_frozen_constants() -> Result<()> {
+    let evals = Arc::new(AtomicUsize::new(0));
+    let base = ramp(&[4]);
+    let lazy = base.exp()?; // captured while lazy: computed once at trace time
+    let l2 = lazy.clone();
+    let e2 = evals.clone();
+    let f = compile(move |x: &Array| {
+        e2.fetch_add(1, Ordering::SeqCst);
+        x + &l2
+    });
+    let x = ramp(&[4]);
+    let r1 = f.call(&x)?;
+    assert!(lazy.is_evaluated(), "captured lazy array computed during the trace");
+    let r2 = f.call(&x)?;
+    assert_eq!(r1.to_vec::<f32>()?, r2.to_vec::<f32>()?);
+    assert_eq!(evals.load(Ordering::SeqCst), 1);
+    Ok(())
+}
+
+#[test]
+fn scalar_arguments_do_not_recompile() -> Result<()> {
+    let f = compile(|x: &Array, t: &Array| x * t);
+    let x = ramp(&[3]);
+    for i in 0..5 {
+        let t = Array::scalar(i as f32);
+        let r = f.call((&x, &t))?;
+        let want: Vec<f32> = x.to_vec::<f32>()?.iter().map(|v| v * i as f32).collect();
+        assert_eq!(r.to_vec::<f32>()?, want);
+    }
+    assert_eq!(f.stats().traces, 1);
+    Ok(())
+}
+
+#[test]
+fn races_trace_once() -> Result<()> {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    let f = compile(move |x: &Array| {
+        c.fetch_add(1, Ordering::SeqCst);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        x.sin()
+    });
+    let x = ramp(&[100]);
+    let want = x.sin()?.to_vec::<f32>()?;
+    std::thread::scope(|s| {
+        let hs: Vec<_> = (0..8).map(|_| s.spawn(|| f.call(&x).unwrap().to_vec::<f32>().unwrap())).collect();
+        for h in hs {
+            assert_eq!(h.join().unwrap(), want);
+        }
+    });
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    Ok(())
+}
+
+#[test]
+fn explain_and_dot_describe_kernels_and_misses() -> Result<()> {
+    let f = compile(|x: &Array| -> Result<Array> { (x.exp()? * 2.0f32)? + 1.0f32 });
+    f.call(&ramp(&[10, 64]))?;
+    let text = f.explain(&ramp(&[20, 64]))?;
+    assert!(text.contains("fused") && text.contains("exp -> mul -> add"), "{text}");
+    assert!(text.contains("arg 0: now f32[20, 64], before f32[10, 64]"), "{text}");
+    let dot = f.to_dot(&ramp(&[20, 64]))?;
+    assert!(dot.starts_with("digraph") && dot.contains("subgraph cluster_"), "{dot}");
+    Ok(())
+}
+
+#[test]
+fn cache_is_bounded() -> Result<()> {
+    let f = compile_with(|x: &Array| x + 1.0f32, CompileOptions { max_cache_entries: 2, ..Default::default() });
+    for n in 1..6 {
+        f.call(&ramp(&[n]))?;
+    }
+    assert_eq!(f.stats().entries, 2);
+    f.clear_cache();
+    assert_eq!(f.stats().entries, 0);
+    Ok(())
+}
