@@ -1,0 +1,241 @@
+//! Differential testing: random programs (over 30 op kinds, broadcasting,
+//! reductions, matmul, shape ops, several outputs, random dtypes and shapes)
+//! must give the same results compiled as eagerly, in normal and shapeless
+//! mode, including calls with new shapes.
+//!
+//! Tolerance: integer and bool results must be equal; float results may
+//! differ by 4 ulp of f32 relative to the larger magnitude (plus 1e-6
+//! absolute), since fused kernels may reassociate; NaN must match NaN.
+
+use kiln::{compile, compile_with, Array, CompileOptions, DType, Result};
+use proptest::prelude::*;
+
+#[derive(Clone, Debug)]
+struct Step {
+    op: u8,
+    a: u8,
+    b: u8,
+    c: u8,
+    p: u8,
+}
+
+const N_OPS: u8 = 34;
+
+fn pick(vals: &[Array], i: u8) -> &Array {
+    &vals[i as usize % vals.len()]
+}
+
+/// Applies one step; `Ok(None)` or `Err` when the op does not apply to these operands
+/// (a dtype or shape error at build time is a skip, decided by shapes and
+/// dtypes only, so tracing and eager runs decide alike).
+fn apply(s: &Step, vals: &[Array]) -> Result<Option<Array>> {
+    let (x, y, z) = (pick(vals, s.a), pick(vals, s.b), pick(vals, s.c));
+    let axis = |x: &Array| -> isize { if x.ndim() == 0 { 0 } else { (s.p as usize % x.ndim()) as isize } };
+    let float = x.dtype().is_float();
+    let r = match s.op % N_OPS {
+        0 => x.neg(),
+        1 => x.abs(),
+        2 if float => x.exp(),
+        3 if float => x.abs()?.log1p(),
+        4 if float => x.sin(),
+        5 if float => x.tanh(),
+        6 if float => x.sigmoid(),
+        7 if float => x.abs()?.sqrt(),
+        8 => x.square(),
+        9 => x.floor(),
+        10 => x + y,
+        11 => x - y,
+        12 => x * y,
+        13 => x / y,
+        14 => x.maximum(y),
+        15 => x.minimum(y),
+        16 => kiln::where_(&x.less(y)?, y, z),
+        17 => x.astype([DType::F32, DType::F64, DType::I32][s.p as usize % 3]),
+        18 if x.ndim() > 0 => x.sum(axis(x), s.p % 2 == 0),
+        19 if x.ndim() > 0 => x.max(axis(x), s.p % 2 == 1),
+        20 if x.ndim() > 0 => x.mean(axis(x), s.p % 2 == 0),
+        21 if x.ndim() > 0 => x.argmax(Some(axis(x)), false)?.astype(DType::I32),
+        22 if x.ndim() >= 1 && y.ndim() >= 1 => x.matmul(y),
+        23 => x.t(),
+        24 => x.reshape(&[-1]),
+        25 if x.ndim() > 0 => kiln::slice_axis(x, axis(x), Some(1), None, if s.p % 2 == 0 { 1 } else { -1 }),
+        26 => {
+            let mut shape = vec![2];
+            shape.extend_from_slice(x.shape());
+            x.broadcast_to(&shape)
+        }
+        27 if x.ndim() > 0 => kiln::concatenate(&[x.clone(), y.clone()], axis(x)),
+        28 if x.ndim() > 0 && float => x.softmax(axis(x) as isize),
+        29 if x.ndim() > 0 && float => x.logsumexp(axis(x), false),
+        30 => x.remainder(y),
+        31 => x.equal(y)?.astype(DType::I32),
+        32 => x + 1.5f32,
+        33 => (x * 2)? - 3,
+        _ => return Ok(None),
+    };
+    r.map(Some)
+}
+
+/// Runs the recipe; records which steps applied when `decisions` is empty,
+/// replays them otherwise.
+fn run(steps: &[Step], inputs: &[Array], decisions: &mut Vec<bool>, replay: bool) -> Result<Vec<Array>> {
+    let mut vals: Vec<Array> = inputs.to_vec();
+    for (k, s) in steps.iter().enumerate() {
+        let out = apply(s, &vals);
+        match (replay, out) {
+            (false, Ok(Some(a))) if a.size() <= 4096 => {
+                decisions.push(true);
+                vals.push(a);
+            }
+            (false, _) => decisions.push(false),
+            (true, Ok(Some(a))) if decisions[k] => vals.push(a),
+            (true, Err(e)) if decisions[k] => return Err(e),
+            (true, Ok(None)) if decisions[k] => {
+                return Err(kiln::Error::Invalid { op: "replay", msg: "step no longer applies".into() })
+            }
+            (true, _) => {}
+        }
+    }
+    let n = vals.len();
+    let mut outs = vec![vals[n - 1].clone()];
+    if n > inputs.len() + 1 {
+        outs.push(vals[inputs.len() + (n - inputs.len()) / 2].clone());
+    }
+    Ok(outs)
+}
+
+fn make_input(shape: &[usize], dtype: DType, seed: u64) -> Array {
+    let n: usize = shape.iter().product();
+    let v: Vec<f64> =
+        (0..n).map(|i| (((i as u64 * 2654435761 + seed * 97) % 1000) as f64 / 100.0 - 5.0).round_ties_even() / 2.0).collect();
+    Array::from_slice(&v, shape).unwrap().astype(dtype).unwrap()
+}
+
+fn assert_close(got: &Array, want: &Array, what: &str) {
+    assert_eq!(got.shape(), want.shape(), "{what}: shape");
+    assert_eq!(got.dtype(), want.dtype(), "{what}: dtype");
+    let (g, w) = (got.astype(DType::F64).unwrap(), want.astype(DType::F64).unwrap());
+    let (g, w) = (g.to_vec::<f64>().unwrap(), w.to_vec::<f64>().unwrap());
+    for (i, (a, b)) in g.iter().zip(&w).enumerate() {
+        if want.dtype().is_float() {
+            let ok = (a.is_nan() && b.is_nan()) || a == b || (a - b).abs() <= 4.0 * f32::EPSILON as f64 * a.abs().max(b.abs()) + 1e-6;
+            assert!(ok, "{what}: element {i}: compiled {a} vs eager {b}");
+        } else {
+            assert_eq!(a, b, "{what}: element {i}");
+        }
+    }
+}
+
+fn shapes_strategy() -> impl Strategy<Value = Vec<(Vec<usize>, DType)>> {
+    let shape = prop_oneof![
+        Just(vec![4, 3]),
+        Just(vec![3]),
+        Just(vec![1, 3]),
+        Just(vec![4, 1]),
+        Just(vec![2, 4, 3]),
+        Just(vec![3, 4]),
+        Just(vec![]),
+        Just(vec![0, 3]),
+    ];
+    let dtype = prop_oneof![Just(DType::F32), Just(DType::F32), Just(DType::F64), Just(DType::I32)];
+    prop::collection::vec((shape, dtype), 1..4)
+}
+
+fn steps_strategy() -> impl Strategy<Value = Vec<Step>> {
+    prop::collection::vec(
+        (0..N_OPS, any::<u8>(), any::<u8>(), any::<u8>(), any::<u8>()).prop_map(|(op, a, b, c, p)| Step { op, a, b, c, p }),
+        1..12,
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn compiled_equals_eager(inputs in shapes_strategy(), steps in steps_strategy(), seed in 0u64..1000) {
+        let args: Vec<Array> =
+            inputs.iter().enumerate().map(|(i, (s, d))| make_input(s, *d, seed + i as u64)).collect();
+        let mut decisions = vec![];
+        let eager = run(&steps, &args, &mut decisions, false).unwrap();
+        let st = steps.clone();
+        let dec = decisions.clone();
+        let f = compile(move |xs: &[Array]| run(&st, xs, &mut dec.clone(), true));
+        let got = f.call(&args[..]).unwrap();
+        for (k, (g, w)) in got.iter().zip(&eager).enumerate() {
+            assert_close(g, w, &format!("output {k}"));
+        }
+        // A second call with new data hits the cache and stays correct.
+        let args2: Vec<Array> =
+            inputs.iter().enumerate().map(|(i, (s, d))| make_input(s, *d, seed + 7 + i as u64)).collect();
+        let eager2 = run(&steps, &args2, &mut decisions.clone(), true).unwrap();
+        let got2 = f.call(&args2[..]).unwrap();
+        prop_assert_eq!(f.stats().traces, 1);
+        for (k, (g, w)) in got2.iter().zip(&eager2).enumerate() {
+            assert_close(g, w, &format!("second call, output {k}"));
+        }
+    }
+
+    #[test]
+    fn shapeless_compiled_equals_eager_on_new_shapes(
+        inputs in shapes_strategy(), steps in steps_strategy(), seed in 0u64..1000, grow in 1usize..4
+    ) {
+        let args: Vec<Array> =
+            inputs.iter().enumerate().map(|(i, (s, d))| make_input(s, *d, seed + i as u64)).collect();
+        let mut decisions = vec![];
+        run(&steps, &args, &mut decisions, false).unwrap();
+        let st = steps.clone();
+        let dec = decisions.clone();
+        let f = compile_with(
+            move |xs: &[Array]| run(&st, xs, &mut dec.clone(), true),
+            CompileOptions { shapeless: true, ..Default::default() },
+        );
+        f.call(&args[..]).unwrap();
+        // Grow every leading dimension equal to 4 (a "batch" axis).
+        let args2: Vec<Array> = inputs
+            .iter()
+            .enumerate()
+            .map(|(i, (s, d))| {
+                let s2: Vec<usize> = s.iter().enumerate().map(|(k, &v)| if k == 0 && v == 4 { 4 + grow } else { v }).collect();
+                make_input(&s2, *d, seed + 3 + i as u64)
+            })
+            .collect();
+        let eager2 = run(&steps, &args2, &mut decisions.clone(), true);
+        let got2 = f.call(&args2[..]);
+        prop_assert_eq!(f.stats().traces, 1);
+        match (eager2, got2) {
+            (Ok(w), Ok(g)) => {
+                for (k, (g, w)) in g.iter().zip(&w).enumerate() {
+                    assert_close(g, w, &format!("shapeless output {k}"));
+                }
+            }
+            // The program no longer applies to the new shapes: both must fail.
+            (Err(_), Err(e)) => prop_assert!(!e.to_string().is_empty()),
+            (Err(e), Ok(_)) => prop_assert!(false, "eager failed ({e}) but compiled succeeded"),
+            // Shapeless traps (a shape baked in at trace time) fail clearly.
+            (Ok(_), Err(e)) => prop_assert!(e.to_string().contains("shapeless"), "compiled failed on new shapes: {e}"),
+        }
+    }
+}
+
+#[test]
+fn differential_covers_at_least_twenty_op_kinds() {
+    let x = make_input(&[4, 3], DType::F32, 1);
+    let kinds = (0..N_OPS)
+        .filter(|&op| apply(&Step { op, a: 0, b: 0, c: 0, p: 0 }, &[x.clone()]).is_ok_and(|r| r.is_some()))
+        .count();
+    assert!(kinds >= 20, "{kinds}");
+}
+
+#[test]
+fn eager_and_compiled_agree_on_a_fixed_program() -> Result<()> {
+    let steps: Vec<Step> = (0..N_OPS).map(|op| Step { op, a: op, b: op / 2, c: 1, p: op }).collect();
+    let args = vec![make_input(&[4, 3], DType::F32, 5), make_input(&[3], DType::F32, 6)];
+    let mut dec = vec![];
+    let eager = run(&steps, &args, &mut dec, false)?;
+    let f = compile(move |xs: &[Array]| run(&steps, xs, &mut dec.clone(), true));
+    let got = f.call(&args[..])?;
+    for (g, w) in got.iter().zip(&eager) {
+        assert_close(g, w, "fixed");
+    }
+    Ok(())
+}
