@@ -39,6 +39,7 @@ pub use error::{Error, Result};
 pub use ops::binary::*;
 pub use ops::create::*;
 pub use ops::linalg::*;
+pub use ops::random;
 pub use ops::reduce::*;
 pub use ops::shape::*;
 pub use ops::unary::*;

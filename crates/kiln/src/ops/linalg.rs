@@ -1,7 +1,7 @@
 //! Linear algebra: `matmul` with NumPy semantics.
 
 use crate::array::Array;
-use crate::error::Result;
+use crate::error::{shape_str, Error, Result};
 use crate::ops::shape::{expand_dims, squeeze};
 use crate::ops::{operand_as, result_dtype, Operand};
 use crate::primitive::Primitive;
@@ -11,20 +11,32 @@ use crate::primitive::Primitive;
 /// leading batch dimensions broadcast. Floats use the `gemm` crate; integers
 /// use an exact (wrapping) loop.
 pub fn matmul(a: &Array, b: &Array) -> Result<Array> {
+    let shapes = || format!("{} and {}", shape_str(a.shape()), shape_str(b.shape()));
+    if a.ndim() == 0 || b.ndim() == 0 {
+        return Err(Error::Shape {
+            op: "matmul",
+            msg: format!("operands must have at least 1 dimension, got {}", shapes()),
+        });
+    }
+    // Check the contracted dims here, against the shapes the caller gave
+    // (before 1-D operands are expanded), so the message names those.
+    let (ka, kb) = (a.shape()[a.ndim() - 1], b.shape()[b.ndim().saturating_sub(2)]);
+    if ka != kb {
+        return Err(Error::Shape {
+            op: "matmul",
+            msg: format!(
+                "inner dimensions do not match: {} @ {} (last dim of the left, {ka}, must equal the {} of the \
+                 right, {kb})",
+                shape_str(a.shape()),
+                shape_str(b.shape()),
+                if b.ndim() == 1 { "length" } else { "second-to-last dim" }
+            ),
+        });
+    }
     let (oa, ob) = (Operand::from(a), Operand::from(b));
     let dt = result_dtype(&[&oa, &ob]);
     let (mut a2, mut b2) = (operand_as(oa, dt)?, operand_as(ob, dt)?);
     let (va, vb) = (a.ndim() == 1, b.ndim() == 1);
-    if a.ndim() == 0 || b.ndim() == 0 {
-        return Err(crate::Error::Shape {
-            op: "matmul",
-            msg: format!(
-                "operands must have at least 1 dimension, got {} and {}",
-                crate::error::shape_str(a.shape()),
-                crate::error::shape_str(b.shape())
-            ),
-        });
-    }
     if va {
         a2 = expand_dims(&a2, &[0])?;
     }

@@ -1,11 +1,249 @@
-//! Matrix products (stub until implemented).
+//! Matrix products: `a @ b` over broadcast batch dimensions.
+//!
+//! Floats run on the `gemm` crate, which takes raw pointers with row and
+//! column strides, so transposed, sliced (negative steps too) and broadcast
+//! (stride 0) operands are read in place, with no copy. `f32`, `f64` and
+//! `f16` map straight onto `gemm`; `bf16` is widened to `f32` and the result
+//! rounded back once. Integers use an exact loop in i-k-j order with wrapping
+//! arithmetic (as `+` and `*` on integer arrays).
+//!
+//! Threads: a product of at least [`PAR_WORK`] multiply-adds lets `gemm` use
+//! the rayon pool; a batch of smaller products runs its matrices in parallel
+//! once the batch as a whole is that large; anything smaller stays on the
+//! calling thread, so small products never pay for thread start-up.
+
+use gemm::Parallelism;
+use half::{bf16, f16};
+use rayon::prelude::*;
 
 use crate::array::Data;
+use crate::backend::cpu::math::IntMath;
+use crate::backend::cpu::strided::map1;
 use crate::backend::cpu::Buffer;
-use crate::error::{Error, Result};
+use crate::dtype::Element;
+use crate::error::{shape_str, Error, Result};
+use crate::layout::Layout;
 
-/// `a @ b` with broadcast batch dims; `shape` is the output shape.
+/// Multiply-adds (`m * n * k`, times the batch size for batches of small
+/// products) from which a matrix product uses more than one thread.
+pub const PAR_WORK: usize = 1 << 22;
+
+/// True when a product of `batch` matrices of `m x k` by `k x n` runs on
+/// more than one thread (see the module docs).
+pub fn uses_threads(batch: usize, m: usize, n: usize, k: usize) -> bool {
+    let work = m.saturating_mul(n).saturating_mul(k);
+    work >= PAR_WORK || (batch > 1 && work.saturating_mul(batch) >= PAR_WORK)
+}
+
+/// `a @ b` with broadcast batch dims; `shape` is the output shape
+/// (`batch.. , m, n`). Both operands have at least 2 dims and one dtype.
 pub fn matmul(a: &Data, b: &Data, shape: &[usize]) -> Result<Buffer> {
-    let _ = (a, b, shape);
-    Err(Error::Invalid { op: "matmul", msg: "not implemented yet".into() })
+    let contiguous_b;
+    let mut b = b;
+    let inner_stride = b.layout.strides.last().copied().unwrap_or(1);
+    if a.buffer.dtype().is_int() && inner_stride != 1 && b.layout.shape.last().is_some_and(|&n| n > 1) {
+        // The integer loop streams rows of `b`: give it unit-stride rows.
+        contiguous_b = Data::contiguous(super::copy(b), &b.layout.shape);
+        b = &contiguous_b;
+    }
+    let g = Geometry::new(a, b, shape)?;
+    Ok(match &*a.buffer {
+        Buffer::F32(_) => Buffer::from_vec(gemm_batched::<f32>(a, b, &g)),
+        Buffer::F64(_) => Buffer::from_vec(gemm_batched::<f64>(a, b, &g)),
+        Buffer::F16(_) => Buffer::from_vec(gemm_batched::<f16>(a, b, &g)),
+        Buffer::BF16(_) => {
+            let widen =
+                |x: &Data| Data::contiguous(Buffer::from_vec(map1(x, &x.layout.shape, bf16::to_f32)), &x.layout.shape);
+            let (a32, b32) = (widen(a), widen(b));
+            let out = gemm_batched::<f32>(&a32, &b32, &Geometry::new(&a32, &b32, shape)?);
+            Buffer::from_vec(out.into_iter().map(bf16::from_f32).collect::<Vec<_>>())
+        }
+        Buffer::U8(_) => Buffer::from_vec(int_batched::<u8>(a, b, &g)),
+        Buffer::U32(_) => Buffer::from_vec(int_batched::<u32>(a, b, &g)),
+        Buffer::I32(_) => Buffer::from_vec(int_batched::<i32>(a, b, &g)),
+        Buffer::I64(_) => Buffer::from_vec(int_batched::<i64>(a, b, &g)),
+        Buffer::Bool(_) => {
+            return Err(Error::DType {
+                op: "matmul",
+                dtype: crate::DType::Bool,
+                msg: "convert bool operands to a numeric dtype".into(),
+            })
+        }
+    })
+}
+
+/// Sizes and strides of a batched product, with both operands broadcast to
+/// the output's batch dims.
+struct Geometry {
+    m: usize,
+    n: usize,
+    k: usize,
+    /// Buffer offset of each batch matrix of `a` and of `b` (row-major over
+    /// the batch dims).
+    offsets: Vec<(isize, isize)>,
+    /// Row and column strides of `a` (`m x k`) and `b` (`k x n`).
+    a_rs: isize,
+    a_cs: isize,
+    b_rs: isize,
+    b_cs: isize,
+}
+
+impl Geometry {
+    fn new(a: &Data, b: &Data, shape: &[usize]) -> Result<Geometry> {
+        let (sa, sb) = (&a.layout.shape, &b.layout.shape);
+        let nd = shape.len();
+        let bad = sa.len() < 2 || sb.len() < 2 || nd < 2 || sa[sa.len() - 1] != sb[sb.len() - 2];
+        if bad || sa[sa.len() - 2] != shape[nd - 2] || sb[sb.len() - 1] != shape[nd - 1] {
+            return Err(Error::Shape {
+                op: "matmul",
+                msg: format!(
+                    "operands {} and {} do not give output shape {}",
+                    shape_str(sa),
+                    shape_str(sb),
+                    shape_str(shape)
+                ),
+            });
+        }
+        let (m, n, k) = (shape[nd - 2], shape[nd - 1], sa[sa.len() - 1]);
+        let batch = &shape[..nd - 2];
+        let full = |r: usize, c: usize| -> Vec<usize> { batch.iter().copied().chain([r, c]).collect() };
+        let (la, lb) = (a.layout.broadcast_to(&full(m, k)), b.layout.broadcast_to(&full(k, n)));
+        let offsets = batch_offsets(&la, &lb, batch);
+        Ok(Geometry {
+            m,
+            n,
+            k,
+            offsets,
+            a_rs: la.strides[nd - 2],
+            a_cs: la.strides[nd - 1],
+            b_rs: lb.strides[nd - 2],
+            b_cs: lb.strides[nd - 1],
+        })
+    }
+}
+
+/// Offsets of the first element of each batch matrix, batch dims in
+/// row-major order. Empty when a batch dim is 0.
+fn batch_offsets(la: &Layout, lb: &Layout, batch: &[usize]) -> Vec<(isize, isize)> {
+    let nb: usize = batch.iter().product();
+    let mut out = Vec::with_capacity(nb);
+    let mut idx = vec![0usize; batch.len()];
+    for _ in 0..nb {
+        let off =
+            |l: &Layout| l.offset as isize + idx.iter().zip(&l.strides).map(|(&i, &s)| i as isize * s).sum::<isize>();
+        out.push((off(la), off(lb)));
+        for d in (0..batch.len()).rev() {
+            idx[d] += 1;
+            if idx[d] < batch[d] {
+                break;
+            }
+            idx[d] = 0;
+        }
+    }
+    out
+}
+
+/// Element types `gemm` computes natively.
+trait GemmElement: Element {}
+impl GemmElement for f32 {}
+impl GemmElement for f64 {}
+impl GemmElement for f16 {}
+
+fn gemm_batched<T: GemmElement>(a: &Data, b: &Data, g: &Geometry) -> Vec<T> {
+    let (m, n, k) = (g.m, g.n, g.k);
+    let mn = m * n;
+    let mut out = vec![T::zero(); g.offsets.len() * mn];
+    if mn == 0 || k == 0 || g.offsets.is_empty() {
+        return out; // empty, or sums over nothing: zeros
+    }
+    let sa = a.buffer.as_slice::<T>().expect("matmul operands have the inferred dtype");
+    let sb = b.buffer.as_slice::<T>().expect("matmul operands have the inferred dtype");
+    let run = |dst: &mut [T], (oa, ob): (isize, isize), par: Parallelism| {
+        debug_assert_eq!(dst.len(), mn);
+        // SAFETY: `dst` is an exclusively borrowed, initialized `m x n` block
+        // written row-major (row stride n, column stride 1). Every element
+        // gemm reads from `sa` is at `oa + i*a_rs + p*a_cs` for i < m, p < k,
+        // and from `sb` at `ob + p*b_rs + j*b_cs` for p < k, j < n: these are
+        // the positions of elements of the operands' layouts (broadcast to
+        // the batch), which address elements inside their buffers, so all
+        // reads are in bounds (strides may be negative or 0; gemm only reads
+        // through them). Both slices outlive the call, and T is f32, f64 or
+        // f16, the types gemm supports. alpha = 0 with read_dst = false
+        // means dst is only written: dst = a @ b.
+        unsafe {
+            gemm::gemm(
+                m,
+                n,
+                k,
+                dst.as_mut_ptr(),
+                1,
+                n as isize,
+                false,
+                sa.as_ptr().wrapping_offset(oa),
+                g.a_cs,
+                g.a_rs,
+                sb.as_ptr().wrapping_offset(ob),
+                g.b_cs,
+                g.b_rs,
+                T::zero(),
+                T::one(),
+                false,
+                false,
+                false,
+                par,
+            )
+        }
+    };
+    let work = mn * k;
+    if work >= PAR_WORK {
+        for (dst, &o) in out.chunks_mut(mn).zip(&g.offsets) {
+            run(dst, o, Parallelism::Rayon(0));
+        }
+    } else if uses_threads(g.offsets.len(), m, n, k) {
+        out.par_chunks_mut(mn).zip(&g.offsets).for_each(|(dst, &o)| run(dst, o, Parallelism::None));
+    } else {
+        for (dst, &o) in out.chunks_mut(mn).zip(&g.offsets) {
+            run(dst, o, Parallelism::None);
+        }
+    }
+    out
+}
+
+/// Exact integer product with wrapping arithmetic, in i-k-j order so the
+/// inner loop streams a row of `b` into a row of the output.
+fn int_batched<I: IntMath>(a: &Data, b: &Data, g: &Geometry) -> Vec<I> {
+    let (m, n, k) = (g.m, g.n, g.k);
+    let mut out = vec![I::zero(); g.offsets.len() * m * n];
+    if out.is_empty() || k == 0 {
+        return out;
+    }
+    let sa = a.buffer.as_slice::<I>().expect("matmul operands have the inferred dtype");
+    let sb = b.buffer.as_slice::<I>().expect("matmul operands have the inferred dtype");
+    // One output row: row `r` of batch matrix `bi`.
+    let row = |(idx, dst): (usize, &mut [I])| {
+        let (bi, i) = (idx / m, idx % m);
+        let (oa, ob) = g.offsets[bi];
+        let arow = oa + i as isize * g.a_rs;
+        for p in 0..k {
+            let x = sa[(arow + p as isize * g.a_cs) as usize];
+            let brow = ob + p as isize * g.b_rs;
+            if g.b_cs == 1 {
+                let src = &sb[brow as usize..brow as usize + n];
+                for (d, &y) in dst.iter_mut().zip(src) {
+                    *d = d.add_(x.mul_(y));
+                }
+            } else {
+                for (j, d) in dst.iter_mut().enumerate() {
+                    let y = sb[(brow + j as isize * g.b_cs) as usize];
+                    *d = d.add_(x.mul_(y));
+                }
+            }
+        }
+    };
+    if uses_threads(g.offsets.len(), m, n, k) {
+        out.par_chunks_mut(n).enumerate().for_each(row);
+    } else {
+        out.chunks_mut(n).enumerate().for_each(row);
+    }
+    out
 }

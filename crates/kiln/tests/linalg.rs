@@ -1,0 +1,370 @@
+//! `matmul` against a plain f64 triple loop written here, on every layout the
+//! kernel can meet: transposed, sliced (negative steps), broadcast, batched.
+
+use kiln::backend::cpu::matmul::uses_threads;
+use kiln::{Array, DType, Result};
+
+/// Deterministic values in [-2, 2] on a 1/16 grid (exact in every float dtype
+/// but bf16, which rounds them to 8 bits).
+fn values(n: usize, seed: u64) -> Vec<f64> {
+    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((s >> 33) % 65) as f64 / 16.0 - 2.0
+        })
+        .collect()
+}
+
+/// Small integers in [-7, 7].
+fn ints(n: usize, seed: u64) -> Vec<f64> {
+    values(n, seed).into_iter().map(|v| (v * 3.5).round()).collect()
+}
+
+fn array(vals: &[f64], shape: &[usize], dtype: DType) -> Result<Array> {
+    Array::from_slice(vals, shape)?.astype(dtype)
+}
+
+/// The elements as f64, row-major.
+fn read(a: &Array) -> Result<Vec<f64>> {
+    a.astype(DType::F64)?.to_vec::<f64>()
+}
+
+/// Reference `a @ b` for operands of >= 2 dims with NumPy batch broadcasting.
+/// Returns the product, the sum of |a||b| terms per element (for tolerances)
+/// and the output shape.
+fn reference(a: &[f64], sa: &[usize], b: &[f64], sb: &[usize]) -> (Vec<f64>, Vec<f64>, Vec<usize>) {
+    let (m, k) = (sa[sa.len() - 2], sa[sa.len() - 1]);
+    let n = sb[sb.len() - 1];
+    assert_eq!(k, sb[sb.len() - 2]);
+    let (ba, bb) = (&sa[..sa.len() - 2], &sb[..sb.len() - 2]);
+    let nd = ba.len().max(bb.len());
+    let pad =
+        |s: &[usize]| -> Vec<usize> { std::iter::repeat(1).take(nd - s.len()).chain(s.iter().copied()).collect() };
+    let (pa, pb) = (pad(ba), pad(bb));
+    let batch: Vec<usize> = pa.iter().zip(&pb).map(|(&x, &y)| x.max(y)).collect();
+    let nb: usize = batch.iter().product();
+    let mut out = vec![0.0; nb * m * n];
+    let mut mag = vec![0.0; nb * m * n];
+    for bi in 0..nb {
+        // Multi-index of the batch, then each operand's own batch index.
+        let mut rem = bi;
+        let mut idx = vec![0; nd];
+        for d in (0..nd).rev() {
+            idx[d] = rem % batch[d];
+            rem /= batch[d];
+        }
+        let lin = |p: &[usize]| idx.iter().zip(p).fold(0, |acc, (&i, &d)| acc * d + if d == 1 { 0 } else { i });
+        let (ia, ib) = (lin(&pa), lin(&pb));
+        for i in 0..m {
+            for j in 0..n {
+                let (mut s, mut g) = (0.0, 0.0);
+                for p in 0..k {
+                    let x = a[ia * m * k + i * k + p];
+                    let y = b[ib * k * n + p * n + j];
+                    s += x * y;
+                    g += (x * y).abs();
+                }
+                out[bi * m * n + i * n + j] = s;
+                mag[bi * m * n + i * n + j] = g;
+            }
+        }
+    }
+    let mut shape = batch;
+    shape.extend([m, n]);
+    (out, mag, shape)
+}
+
+fn tolerance(dtype: DType) -> f64 {
+    match dtype {
+        DType::F64 => 1e-12,
+        DType::F32 => 1e-5,
+        DType::F16 | DType::BF16 => 1e-2,
+        _ => 0.0,
+    }
+}
+
+/// Checks `a @ b` (any layouts) against the reference computed from the
+/// operands' values.
+fn check(a: &Array, b: &Array) -> Result<()> {
+    let got = kiln::matmul(a, b)?;
+    let (va, vb) = (read(a)?, read(b)?);
+    let (want, mag, shape) = reference(&va, a.shape(), &vb, b.shape());
+    assert_eq!(got.shape(), &shape[..], "shape of {:?} @ {:?}", a.shape(), b.shape());
+    assert_eq!(got.dtype(), a.dtype());
+    let g = read(&got)?;
+    let tol = tolerance(a.dtype());
+    for (i, ((&x, &w), &m)) in g.iter().zip(&want).zip(&mag).enumerate() {
+        assert!(
+            (x - w).abs() <= tol * m.max(1.0),
+            "{} {:?} @ {:?} element {i}: got {x}, want {w}",
+            a.dtype(),
+            a.shape(),
+            b.shape()
+        );
+    }
+    Ok(())
+}
+
+const FLOATS: [DType; 4] = [DType::F32, DType::F64, DType::F16, DType::BF16];
+const ALL: [DType; 6] = [DType::F32, DType::F64, DType::F16, DType::BF16, DType::I32, DType::I64];
+
+fn gen(dtype: DType, n: usize, seed: u64) -> Vec<f64> {
+    if dtype.is_float() {
+        values(n, seed)
+    } else {
+        ints(n, seed)
+    }
+}
+
+#[test]
+fn plain_products_every_dtype() -> Result<()> {
+    for dt in ALL {
+        for &(m, k, n) in &[(1, 1, 1), (7, 13, 5), (3, 2, 9), (17, 33, 19), (1, 40, 1), (40, 3, 1)] {
+            let a = array(&gen(dt, m * k, 1), &[m, k], dt)?;
+            let b = array(&gen(dt, k * n, 2), &[k, n], dt)?;
+            check(&a, &b)?;
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn transposed_and_sliced_operands() -> Result<()> {
+    for dt in ALL {
+        let x = array(&gen(dt, 13 * 7, 3), &[13, 7], dt)?; // x.t(): 7 x 13
+        let y = array(&gen(dt, 5 * 13, 4), &[5, 13], dt)?; // y.t(): 13 x 5
+        check(&x.t()?, &y.t()?)?;
+        let z = array(&gen(dt, 13 * 5, 5), &[13, 5], dt)?;
+        check(&x.t()?, &z)?;
+        // Reversed rows and columns (negative strides) and step-2 slices.
+        let big = array(&gen(dt, 14 * 26, 6), &[14, 26], dt)?;
+        let rev = kiln::slice_axis(&kiln::slice_axis(&big, 0, None, None, -1)?, 1, None, None, -2)?; // 14 x 13
+        check(&rev, &z)?;
+        let every_other = kiln::slice_axis(&big, 1, Some(1), None, 2)?; // 14 x 13
+        check(&kiln::slice_axis(&x.t()?, 0, Some(-1), None, -1)?, &every_other.t()?)?; // (7,13) reversed @ (13,14)
+        let cols = kiln::slice_axis(&big, 1, Some(3), Some(8), 1)?; // 14 x 5, row stride 26
+        let left = array(&gen(dt, 4 * 14, 7), &[4, 14], dt)?;
+        check(&left, &cols)?;
+        check(&kiln::slice_axis(&left, 1, None, None, -1)?, &kiln::slice_axis(&cols, 1, None, None, -1)?)?;
+    }
+    Ok(())
+}
+
+#[test]
+fn broadcast_operands_with_zero_strides() -> Result<()> {
+    for dt in ALL {
+        // Every stride 0 (a broadcast scalar) and a broadcast row.
+        let ones = kiln::ones(&[6, 9], dt)?;
+        let b = array(&gen(dt, 9 * 4, 8), &[9, 4], dt)?;
+        check(&ones, &b)?;
+        let row = array(&gen(dt, 9, 9), &[1, 9], dt)?.broadcast_to(&[5, 9])?;
+        check(&row, &b)?;
+        let col = array(&gen(dt, 9, 10), &[9, 1], dt)?.broadcast_to(&[9, 3])?;
+        check(&ones, &col)?;
+    }
+    Ok(())
+}
+
+#[test]
+fn vector_operands() -> Result<()> {
+    for dt in ALL {
+        let v = gen(dt, 4, 11);
+        let m = gen(dt, 4 * 3, 12);
+        let (va, ma) = (array(&v, &[4], dt)?, array(&m, &[4, 3], dt)?);
+        let tol = tolerance(dt);
+        let close = |x: f64, w: f64, mag: f64| (x - w).abs() <= tol * mag.max(1.0);
+        // Values as kiln holds them (bf16 rounds the inputs).
+        let (v, m) = (read(&va)?, read(&ma)?);
+
+        // 1-D @ 2-D: (4) @ (4, 3) -> (3)
+        let r = kiln::matmul(&va, &ma)?;
+        assert_eq!(r.shape(), &[3]);
+        for (j, x) in read(&r)?.into_iter().enumerate() {
+            let w: f64 = (0..4).map(|p| v[p] * m[p * 3 + j]).sum();
+            let g: f64 = (0..4).map(|p| (v[p] * m[p * 3 + j]).abs()).sum();
+            assert!(close(x, w, g), "{dt} vec@mat {j}: {x} vs {w}");
+        }
+        // 2-D @ 1-D: (3, 4) @ (4) -> (3), with the matrix transposed.
+        let r = kiln::matmul(&ma.t()?, &va)?;
+        assert_eq!(r.shape(), &[3]);
+        for (i, x) in read(&r)?.into_iter().enumerate() {
+            let w: f64 = (0..4).map(|p| m[p * 3 + i] * v[p]).sum();
+            let g: f64 = (0..4).map(|p| (m[p * 3 + i] * v[p]).abs()).sum();
+            assert!(close(x, w, g), "{dt} mat@vec {i}: {x} vs {w}");
+        }
+        // 1-D @ 1-D: a 0-d dot product.
+        let r = kiln::matmul(&va, &va)?;
+        assert_eq!(r.shape(), &[] as &[usize]);
+        let w: f64 = v.iter().map(|x| x * x).sum();
+        let x = read(&r)?[0];
+        assert!(close(x, w, w), "{dt} dot: {x} vs {w}");
+        // A 1-D operand against a batch: (4) @ (2, 4, 3) -> (2, 3).
+        let batch = array(&gen(dt, 2 * 4 * 3, 13), &[2, 4, 3], dt)?;
+        let r = kiln::matmul(&va, &batch)?;
+        assert_eq!(r.shape(), &[2, 3]);
+        let bv = read(&batch)?;
+        for (idx, x) in read(&r)?.into_iter().enumerate() {
+            let (bi, j) = (idx / 3, idx % 3);
+            let w: f64 = (0..4).map(|p| v[p] * bv[bi * 12 + p * 3 + j]).sum();
+            let g: f64 = (0..4).map(|p| (v[p] * bv[bi * 12 + p * 3 + j]).abs()).sum();
+            assert!(close(x, w, g), "{dt} vec@batch {idx}: {x} vs {w}");
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn batched_with_broadcasting() -> Result<()> {
+    for dt in ALL {
+        let a = array(&gen(dt, 2 * 3 * 4, 14), &[2, 1, 3, 4], dt)?;
+        let b = array(&gen(dt, 5 * 4 * 2, 15), &[5, 4, 2], dt)?;
+        assert_eq!(kiln::matmul(&a, &b)?.shape(), &[2, 5, 3, 2]);
+        check(&a, &b)?;
+        // A plain matrix against a batch, and a transposed batch.
+        let m = array(&gen(dt, 3 * 4, 16), &[3, 4], dt)?;
+        check(&m, &b)?;
+        let bt = array(&gen(dt, 5 * 2 * 4, 17), &[5, 2, 4], dt)?.permute(&[0, 2, 1])?;
+        check(&a, &bt)?;
+        // A batch dim broadcast by a view (stride 0) rather than by size 1.
+        let wide = array(&gen(dt, 3 * 4, 18), &[3, 4], dt)?.broadcast_to(&[5, 3, 4])?;
+        check(&wide, &b)?;
+    }
+    Ok(())
+}
+
+#[test]
+fn empty_and_zero_inner_dims() -> Result<()> {
+    for dt in ALL {
+        // k = 0: every element is a sum over nothing.
+        let a = kiln::zeros(&[3, 0], dt)?;
+        let b = kiln::zeros(&[0, 4], dt)?;
+        let r = kiln::matmul(&a, &b)?;
+        assert_eq!(r.shape(), &[3, 4]);
+        assert_eq!(read(&r)?, vec![0.0; 12]);
+        // k = 0 in a batch, and with a 1-D operand.
+        let r = kiln::matmul(&kiln::zeros(&[2, 3, 0], dt)?, &kiln::zeros(&[0, 2], dt)?)?;
+        assert_eq!(read(&r)?, vec![0.0; 12]);
+        let r = kiln::matmul(&kiln::zeros(&[0], dt)?, &kiln::zeros(&[0], dt)?)?;
+        assert_eq!(read(&r)?, vec![0.0]);
+        // m = 0, n = 0 and an empty batch give empty results.
+        let ones = |s: &[usize]| kiln::ones(s, dt);
+        assert_eq!(kiln::matmul(&ones(&[0, 3])?, &ones(&[3, 4])?)?.shape(), &[0, 4]);
+        assert!(read(&kiln::matmul(&ones(&[0, 3])?, &ones(&[3, 4])?)?)?.is_empty());
+        assert!(read(&kiln::matmul(&ones(&[2, 3])?, &ones(&[3, 0])?)?)?.is_empty());
+        let r = kiln::matmul(&ones(&[0, 2, 3])?, &ones(&[3, 4])?)?;
+        assert_eq!(r.shape(), &[0, 2, 4]);
+        assert!(read(&r)?.is_empty());
+    }
+    Ok(())
+}
+
+#[test]
+fn integer_products_are_exact_and_wrap() -> Result<()> {
+    // i64 beyond 2^53 must not go through floats.
+    let big = (1i64 << 40) + 7;
+    let a = Array::from_slice(&[big, 3, -5, big], &[2, 2])?;
+    let b = Array::from_slice(&[big - 1, 2, 1, big], &[2, 2])?;
+    let r = kiln::matmul(&a, &b)?.to_vec::<i64>()?;
+    let want = [
+        big.wrapping_mul(big - 1).wrapping_add(3),
+        (2 * big).wrapping_add(3i64.wrapping_mul(big)),
+        (-5i64).wrapping_mul(big - 1).wrapping_add(big),
+        -10 + big.wrapping_mul(big),
+    ];
+    assert_eq!(r, want);
+    // u8 and u32 wrap like their elementwise `*` and `+`.
+    let a8: Vec<u8> = (0..12).map(|i| (i * 37 + 200) as u8).collect();
+    let b8: Vec<u8> = (0..12).map(|i| (i * 91 + 13) as u8).collect();
+    let r = kiln::matmul(&Array::from_slice(&a8, &[3, 4])?, &Array::from_slice(&b8, &[4, 3])?)?.to_vec::<u8>()?;
+    for i in 0..3 {
+        for j in 0..3 {
+            let w: u64 = (0..4).map(|p| a8[i * 4 + p] as u64 * b8[p * 3 + j] as u64).sum();
+            assert_eq!(r[i * 3 + j], w as u8);
+        }
+    }
+    let a32: Vec<u32> = (0..6).map(|i| 4_000_000_000u32.wrapping_add(i * 12345)).collect();
+    let r = kiln::matmul(&Array::from_slice(&a32, &[2, 3])?, &Array::from_slice(&a32, &[3, 2])?)?.to_vec::<u32>()?;
+    for i in 0..2 {
+        for j in 0..2 {
+            let w: u128 = (0..3).map(|p| a32[i * 3 + p] as u128 * a32[p * 2 + j] as u128).sum();
+            assert_eq!(r[i * 2 + j], w as u32);
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn operands_are_promoted() -> Result<()> {
+    let a = Array::from_slice(&[1i32, 2, 3, 4], &[2, 2])?;
+    let b = Array::from_slice(&[0.5f32, 1.0, 1.5, 2.0], &[2, 2])?;
+    let r = kiln::matmul(&a, &b)?;
+    assert_eq!(r.dtype(), DType::F32);
+    assert_eq!(r.to_vec::<f32>()?, vec![3.5, 5.0, 7.5, 11.0]);
+    let r = a.matmul(&a.astype(DType::I64)?)?;
+    assert_eq!(r.dtype(), DType::I64);
+    assert_eq!(r.to_vec::<i64>()?, vec![7, 10, 15, 22]);
+    Ok(())
+}
+
+#[test]
+fn shape_and_dtype_errors() -> Result<()> {
+    let a = kiln::ones(&[32, 128], DType::F32)?;
+    let b = kiln::ones(&[256, 128], DType::F32)?;
+    let m = kiln::matmul(&a, &b).unwrap_err().to_string();
+    assert!(m.contains("matmul") && m.contains("(32, 128)") && m.contains("(256, 128)"), "{m}");
+    // 1-D operands are named as given, not as expanded.
+    let m = kiln::matmul(&kiln::ones(&[3], DType::F32)?, &kiln::ones(&[4], DType::F32)?).unwrap_err().to_string();
+    assert!(m.contains("matmul") && m.contains("(3)") && m.contains("(4)"), "{m}");
+    let m = kiln::matmul(&kiln::ones(&[2, 3], DType::F32)?, &kiln::ones(&[4], DType::F32)?).unwrap_err().to_string();
+    assert!(m.contains("(2, 3)") && m.contains("(4)"), "{m}");
+    // Batch dims that do not broadcast.
+    let m = kiln::matmul(&kiln::ones(&[2, 3, 4], DType::F32)?, &kiln::ones(&[3, 4, 5], DType::F32)?)
+        .unwrap_err()
+        .to_string();
+    assert!(m.contains("matmul") && m.contains("(2)") && m.contains("(3)"), "{m}");
+    // 0-d operands and bool operands.
+    let m = kiln::matmul(&Array::scalar(1.0f32), &a).unwrap_err().to_string();
+    assert!(m.contains("matmul") && m.contains("()"), "{m}");
+    let t = kiln::ones(&[2, 2], DType::Bool)?;
+    let m = kiln::matmul(&t, &t).unwrap_err().to_string();
+    assert!(m.contains("matmul") && m.contains("bool"), "{m}");
+    Ok(())
+}
+
+#[test]
+fn threading_policy() {
+    // The 32x128x256 product runs on the calling thread.
+    assert!(!uses_threads(1, 32, 256, 128));
+    assert!(!uses_threads(1, 64, 64, 64));
+    assert!(uses_threads(1, 300, 250, 200));
+    assert!(uses_threads(64, 64, 64, 64)); // a batch large enough as a whole
+    assert!(!uses_threads(4, 32, 32, 32));
+}
+
+#[test]
+fn large_products_take_the_parallel_paths() -> Result<()> {
+    // One big product: gemm uses the rayon pool.
+    assert!(uses_threads(1, 300, 250, 200));
+    for dt in [DType::F32, DType::F64, DType::I32] {
+        let a = array(&gen(dt, 300 * 200, 20), &[300, 200], dt)?;
+        let b = array(&gen(dt, 250 * 200, 21), &[250, 200], dt)?.t()?;
+        check(&a, &b)?;
+    }
+    // Many small products: the batch is split across threads.
+    assert!(uses_threads(64, 64, 64, 64) && !uses_threads(1, 64, 64, 64));
+    for dt in FLOATS.into_iter().chain([DType::I64]) {
+        let a = array(&gen(dt, 64 * 64 * 64, 22), &[64, 64, 64], dt)?;
+        let b = array(&gen(dt, 64 * 64, 23), &[64, 64], dt)?;
+        check(&a, &b)?;
+    }
+    // Same numbers on one thread as on the default pool.
+    let a = array(&values(300 * 200, 24), &[300, 200], DType::F32)?;
+    let b = array(&values(200 * 250, 25), &[200, 250], DType::F32)?;
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().expect("a 1-thread pool");
+    let one = pool.install(|| kiln::matmul(&a, &b)?.to_vec::<f32>())?;
+    let many = kiln::matmul(&a, &b)?.to_vec::<f32>()?;
+    let scale: f32 = many.iter().map(|x| x.abs()).fold(1.0, f32::max);
+    assert!(one.iter().zip(&many).all(|(x, y)| (x - y).abs() <= 1e-4 * scale));
+    Ok(())
+}
