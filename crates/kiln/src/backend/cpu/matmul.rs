@@ -18,7 +18,6 @@ use rayon::prelude::*;
 
 use crate::array::Data;
 use crate::backend::cpu::math::IntMath;
-use crate::backend::cpu::strided::map1;
 use crate::backend::cpu::Buffer;
 use crate::dtype::Element;
 use crate::error::{shape_str, Error, Result};
@@ -52,9 +51,9 @@ pub fn matmul(a: &Data, b: &Data, shape: &[usize]) -> Result<Buffer> {
         Buffer::F64(_) => Buffer::from_vec(gemm_batched::<f64>(a, b, &g)),
         Buffer::F16(_) => Buffer::from_vec(gemm_batched::<f16>(a, b, &g)),
         Buffer::BF16(_) => {
-            let widen =
-                |x: &Data| Data::contiguous(Buffer::from_vec(map1(x, &x.layout.shape, bf16::to_f32)), &x.layout.shape);
-            let (a32, b32) = (widen(a), widen(b));
+            let f32_ = crate::primitive::Primitive::AsType(crate::DType::F32);
+            let widen = |x: &Data| super::fused::run_single(&f32_, &[x], &x.layout.shape, crate::DType::F32);
+            let (a32, b32) = (widen(a)?, widen(b)?);
             let out = gemm_batched::<f32>(&a32, &b32, &Geometry::new(&a32, &b32, shape)?);
             Buffer::from_vec(out.into_iter().map(bf16::from_f32).collect::<Vec<_>>())
         }
