@@ -217,3 +217,21 @@ fn cache_is_bounded() -> Result<()> {
     assert_eq!(f.stats().entries, 0);
     Ok(())
 }
+
+#[test]
+fn random_ops_give_fresh_numbers_and_reproduce_after_seed() -> Result<()> {
+    use kiln::ops::random;
+    let f = compile(|x: &Array| -> Result<Array> { x + &random::normal(&[1000], DType::F32, 0.0, 1.0, None)? });
+    let x = kiln::zeros(&[1000], DType::F32)?;
+    random::seed(7);
+    let a = f.call(&x)?.to_vec::<f32>()?;
+    let b = f.call(&x)?.to_vec::<f32>()?;
+    assert_ne!(a, b, "each call draws new numbers");
+    assert_eq!(f.stats().traces, 1, "random draws never recompile");
+    random::seed(7);
+    let a2 = f.call(&x)?.to_vec::<f32>()?;
+    assert_eq!(a, a2, "reproducible after seeding");
+    let mean = a.iter().sum::<f32>() / 1000.0;
+    assert!(mean.abs() < 0.2, "standard normal numbers, mean {mean}");
+    Ok(())
+}

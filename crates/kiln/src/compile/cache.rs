@@ -19,6 +19,8 @@ pub struct Entry {
     pub traced_shapes: Vec<Vec<usize>>,
     /// Instructions before optimization.
     pub traced_instrs: usize,
+    /// The program reads the implicit random key (the last input).
+    pub uses_random: bool,
 }
 
 struct Slot {

@@ -35,6 +35,12 @@
 //! recompiles; ops that baked a shape in at trace time (reshape to fixed
 //! dims, broadcast_to a fixed shape) fail clearly if they cannot follow.
 //!
+//! Random numbers: the random key is an implicit input of every compiled
+//! function. A function that draws random numbers (with `key: None`) gets
+//! a fresh key split off the global key on each call, so each call gives new
+//! numbers and the global key advances as if it were an output; after
+//! `random::seed(s)` the sequence repeats.
+//!
 //! Debugging: [`disable_compile`] (or `KILN_DISABLE_COMPILE=1`) makes every
 //! compiled function call `f` directly, eagerly, so values can be printed.
 
@@ -366,19 +372,32 @@ impl<F: TraceFn<Args>, Args> Compiled<F, Args> {
         }
         let sig = Signature::of(args, self.inner.options.shapeless);
         let entry = self.inner.cache.get_or_trace(&sig, || self.trace(args), &self.inner.options)?;
-        let datas: Vec<&Data> = args.iter().map(|a| a.evaluated("compiled call")).collect::<Result<_>>()?;
+        let mut datas: Vec<&Data> = args.iter().map(|a| a.evaluated("compiled call")).collect::<Result<_>>()?;
+        // Random draws inside `f` come from a fresh split of the global key on
+        // every call, so each call gives new numbers, reproducibly after `seed`.
+        let key = entry.uses_random.then(crate::ops::random::next_key_for_call);
+        if let Some(k) = &key {
+            datas.push(k.data().expect("host keys hold data"));
+        }
         let outs = run_entry(&entry, &datas)?;
         Ok(F::Out::from_arrays(outs.into_iter().map(Array::from_data).collect()))
     }
 
     /// Traces `f` on placeholders shaped like `args` and builds the executable.
     fn trace(&self, args: &[&Array]) -> Result<Entry> {
-        let placeholders: Vec<Array> =
+        let mut placeholders: Vec<Array> =
             args.iter().enumerate().map(|(i, a)| Array::placeholder(i, a.shape().to_vec(), a.dtype())).collect();
-        let names = describe_args(args);
+        // The random key is an implicit input (index `args.len()`).
+        let key = Array::placeholder(args.len(), vec![2], crate::DType::U32);
+        let mut names = describe_args(args);
+        names.push("the implicit random key".into());
         let prev = TRACE_NAMES.with(|t| std::mem::replace(&mut *t.borrow_mut(), names));
+        let prev_key = crate::ops::random::begin_trace(key.clone());
         let result = catch_unwind(AssertUnwindSafe(|| self.inner.f.invoke(&placeholders).into_arrays()));
+        let final_key = crate::ops::random::end_trace(prev_key);
         TRACE_NAMES.with(|t| *t.borrow_mut() = prev);
+        let uses_random = final_key.is_some_and(|k| k.id() != key.id());
+        placeholders.push(key);
         let outputs = match result {
             Ok(r) => r?,
             Err(panic) => {
@@ -398,7 +417,7 @@ impl<F: TraceFn<Args>, Args> Compiled<F, Args> {
         crate::passes::optimize(&mut program, self.inner.options.shapeless);
         let exe = Executable::new(program);
         let traced_shapes = args.iter().map(|a| a.shape().to_vec()).collect();
-        Ok(Entry { exe, traced_shapes, traced_instrs })
+        Ok(Entry { exe, traced_shapes, traced_instrs, uses_random })
     }
 
     /// Counters: traces, cache hits and misses, live entries.

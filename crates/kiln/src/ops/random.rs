@@ -76,9 +76,47 @@ pub fn seed(seed: u64) {
     *GLOBAL_KEY.lock().unwrap_or_else(|e| e.into_inner()) = Some(seed_words(seed));
 }
 
-/// Splits the global key in two (exactly as [`split`]`(global, 2)`): the
-/// first half becomes the new global key, the second is returned.
+thread_local! {
+    /// While a compiled function is traced: the key its random ops draw from
+    /// (derived from the implicit key input), instead of the global key.
+    static TRACE_KEY: std::cell::RefCell<Option<Array>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Starts tracing: random draws with `key: None` now split `key` (a
+/// placeholder) lazily. Returns the previous trace key, for [`end_trace`].
+pub(crate) fn begin_trace(key: Array) -> Option<Array> {
+    TRACE_KEY.with(|t| t.replace(Some(key)))
+}
+
+/// Ends tracing: restores `prev` and returns the trace key as it is now
+/// (a different array than the one given to [`begin_trace`] when the traced
+/// function drew random numbers).
+pub(crate) fn end_trace(prev: Option<Array>) -> Option<Array> {
+    TRACE_KEY.with(|t| t.replace(prev))
+}
+
+/// A fresh key split off the global key, as data: the implicit random input
+/// of each call of a compiled function that draws random numbers.
+pub(crate) fn next_key_for_call() -> Array {
+    next_host_key()
+}
+
+/// Splits the current key in two (the global key, or while tracing the
+/// trace key, lazily): the first half replaces it, the second is returned.
 fn next_global_key() -> Array {
+    let traced = TRACE_KEY.with(|t| t.borrow().clone());
+    if let Some(k) = traced {
+        // The same split as on the host below: words 0..2 and 2..4 of the bits.
+        let bits = random_bits(&k, &[4]).expect("a trace key is a u32 (2) array");
+        let half = |i: isize| slice_axis(&bits, 0, Some(2 * i), Some(2 * i + 2), 1).expect("4 words");
+        TRACE_KEY.with(|t| *t.borrow_mut() = Some(half(0)));
+        return half(1);
+    }
+    next_host_key()
+}
+
+/// Splits the global key on the host (see [`next_global_key`]).
+fn next_host_key() -> Array {
     let mut g = GLOBAL_KEY.lock().unwrap_or_else(|e| e.into_inner());
     let k = *g.get_or_insert_with(|| {
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
