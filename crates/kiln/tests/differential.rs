@@ -30,7 +30,13 @@ fn pick(vals: &[Array], i: u8) -> &Array {
 /// dtypes only, so tracing and eager runs decide alike).
 fn apply(s: &Step, vals: &[Array]) -> Result<Option<Array>> {
     let (x, y, z) = (pick(vals, s.a), pick(vals, s.b), pick(vals, s.c));
-    let axis = |x: &Array| -> isize { if x.ndim() == 0 { 0 } else { (s.p as usize % x.ndim()) as isize } };
+    let axis = |x: &Array| -> isize {
+        if x.ndim() == 0 {
+            0
+        } else {
+            (s.p as usize % x.ndim()) as isize
+        }
+    };
     let float = x.dtype().is_float();
     let r = match s.op % N_OPS {
         0 => x.neg(),
@@ -106,8 +112,9 @@ fn run(steps: &[Step], inputs: &[Array], decisions: &mut Vec<bool>, replay: bool
 
 fn make_input(shape: &[usize], dtype: DType, seed: u64) -> Array {
     let n: usize = shape.iter().product();
-    let v: Vec<f64> =
-        (0..n).map(|i| (((i as u64 * 2654435761 + seed * 97) % 1000) as f64 / 100.0 - 5.0).round_ties_even() / 2.0).collect();
+    let v: Vec<f64> = (0..n)
+        .map(|i| (((i as u64 * 2654435761 + seed * 97) % 1000) as f64 / 100.0 - 5.0).round_ties_even() / 2.0)
+        .collect();
     Array::from_slice(&v, shape).unwrap().astype(dtype).unwrap()
 }
 
@@ -118,7 +125,9 @@ fn assert_close(got: &Array, want: &Array, what: &str) {
     let (g, w) = (g.to_vec::<f64>().unwrap(), w.to_vec::<f64>().unwrap());
     for (i, (a, b)) in g.iter().zip(&w).enumerate() {
         if want.dtype().is_float() {
-            let ok = (a.is_nan() && b.is_nan()) || a == b || (a - b).abs() <= 4.0 * f32::EPSILON as f64 * a.abs().max(b.abs()) + 1e-6;
+            let ok = (a.is_nan() && b.is_nan())
+                || a == b
+                || (a - b).abs() <= 4.0 * f32::EPSILON as f64 * a.abs().max(b.abs()) + 1e-6;
             assert!(ok, "{what}: element {i}: compiled {a} vs eager {b}");
         } else {
             assert_eq!(a, b, "{what}: element {i}");
@@ -143,7 +152,13 @@ fn shapes_strategy() -> impl Strategy<Value = Vec<(Vec<usize>, DType)>> {
 
 fn steps_strategy() -> impl Strategy<Value = Vec<Step>> {
     prop::collection::vec(
-        (0..N_OPS, any::<u8>(), any::<u8>(), any::<u8>(), any::<u8>()).prop_map(|(op, a, b, c, p)| Step { op, a, b, c, p }),
+        (0..N_OPS, any::<u8>(), any::<u8>(), any::<u8>(), any::<u8>()).prop_map(|(op, a, b, c, p)| Step {
+            op,
+            a,
+            b,
+            c,
+            p,
+        }),
         1..12,
     )
 }

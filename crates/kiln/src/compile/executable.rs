@@ -105,6 +105,18 @@ impl Executable {
                         values[*o] = Some(d);
                     }
                 }
+                Kernel::MatmulEpilogue(group) => {
+                    let ins: Vec<&Data> =
+                        step.inputs.iter().map(|&i| values[i].as_ref().expect("value computed")).collect();
+                    let out_shape = shape_of(step.outputs[0]);
+                    let product = cpu::eval(&Primitive::Matmul, &ins[..2], out_shape, group.inputs[0])?;
+                    let mut group_ins = vec![&product];
+                    group_ins.extend_from_slice(&ins[2..]);
+                    let outs = cpu::fused::run(group, &group_ins, out_shape)?;
+                    for (o, d) in step.outputs.iter().zip(outs) {
+                        values[*o] = Some(d);
+                    }
+                }
             }
             for &f in &step.frees {
                 values[f] = None;

@@ -26,6 +26,7 @@ fn kernel_ops(k: &Kernel) -> Vec<&'static str> {
     match k {
         Kernel::Single(p) => vec![p.name()],
         Kernel::Fused(g) => g.ops.iter().map(|o| o.prim.name()).collect(),
+        Kernel::MatmulEpilogue(g) => std::iter::once("matmul").chain(g.ops.iter().map(|o| o.prim.name())).collect(),
     }
 }
 
@@ -40,7 +41,7 @@ pub fn text(exe: &Executable, traced_instrs: usize, misses: &[String]) -> String
     );
     for (i, step) in exe.steps.iter().enumerate() {
         let kind = match &step.kernel {
-            Kernel::Fused(_) => "fused",
+            Kernel::Fused(_) | Kernel::MatmulEpilogue(_) => "fused",
             Kernel::Single(p) if is_free(p) => "view",
             Kernel::Single(_) => "kernel",
         };
@@ -71,16 +72,29 @@ pub fn dot(exe: &Executable) -> String {
     let mut s = String::from("digraph kiln {\n  rankdir=TB;\n  node [shape=box, fontname=\"monospace\"];\n");
     let mut drawn = vec![false; p.instrs.len()];
     for (k, step) in exe.steps.iter().enumerate() {
-        if let Kernel::Fused(g) = &step.kernel {
+        if let Kernel::Fused(g) | Kernel::MatmulEpilogue(g) = &step.kernel {
             let _ = writeln!(s, "  subgraph cluster_{k} {{\n    label=\"kernel {k}: fused\";\n    style=rounded;");
             // Fused ops are drawn as their own nodes inside the cluster.
             for (j, op) in g.ops.iter().enumerate() {
                 let _ = writeln!(s, "    k{k}r{} [label=\"{}\"];", g.inputs.len() + j, op.prim.name());
             }
             s.push_str("  }\n");
+            // Register `a` < inputs is a step input; in an epilogue, register 0
+            // is the product and the step's inputs start with its two operands.
+            let epilogue = matches!(step.kernel, Kernel::MatmulEpilogue(_));
+            if epilogue {
+                let _ = writeln!(s, "  subgraph cluster_{k} {{ k{k}r0 [label=\"matmul\"]; }}");
+                let _ = writeln!(s, "  v{} -> k{k}r0;\n  v{} -> k{k}r0;", step.inputs[0], step.inputs[1]);
+            }
             for (j, op) in g.ops.iter().enumerate() {
                 for &a in &op.args {
-                    let from = if a < g.inputs.len() { format!("v{}", step.inputs[a]) } else { format!("k{k}r{a}") };
+                    let from = if a >= g.inputs.len() || (epilogue && a == 0) {
+                        format!("k{k}r{a}")
+                    } else if epilogue {
+                        format!("v{}", step.inputs[a + 1])
+                    } else {
+                        format!("v{}", step.inputs[a])
+                    };
                     let _ = writeln!(s, "  {from} -> k{k}r{};", g.inputs.len() + j);
                 }
             }

@@ -7,6 +7,8 @@
 //! shape and layout (broadcasts and views are folded into the group's loads).
 //! A member whose value is needed outside the group (by another kernel or as
 //! a program output) is a group output: groups may have several outputs.
+//! A matrix product used only by such a group becomes the group's head: its
+//! bias and activation run as an epilogue over its output.
 //! Merging never creates a cycle: an instruction joins a group only if none
 //! of its other inputs depends on that group.
 
@@ -61,6 +63,11 @@ pub enum Kernel {
     Single(Primitive),
     /// A fused elementwise group.
     Fused(FusedGroup),
+    /// A matrix product whose result feeds a fused elementwise epilogue
+    /// (bias, activation): the step reads `a`, `b`, then the group's other
+    /// inputs; the product is the group's input register 0 and is never an
+    /// output of the step.
+    MatmulEpilogue(FusedGroup),
 }
 
 /// A planned kernel with the program values it reads and writes.
@@ -93,8 +100,12 @@ fn depends_on_group(p: &Program, from: usize, group: &[usize], group_of: &[Optio
 /// Groups elementwise instructions and orders all kernels.
 pub fn plan(p: &Program) -> Vec<Planned> {
     let n = p.instrs.len();
+    let consumers = p.consumers();
+    let is_output: Vec<bool> = (0..n).map(|i| p.outputs.contains(&i)).collect();
     let mut group_of: Vec<Option<usize>> = vec![None; n];
     let mut groups: Vec<Vec<usize>> = vec![];
+    // A group may start with a matmul whose only use is the group (epilogue fusion).
+    let mut heads: Vec<Option<usize>> = vec![];
     for i in 0..n {
         if p.instrs[i].prim.class() != FusionClass::Elementwise {
             continue;
@@ -117,20 +128,63 @@ pub fn plan(p: &Program) -> Vec<Planned> {
             }
         }
         let g = joined.unwrap_or_else(|| {
+            let head = p.instrs[i].inputs.iter().copied().find(|&x| {
+                matches!(p.instrs[x].prim, Primitive::Matmul)
+                    && p.instrs[x].shape == *shape
+                    && consumers[x] == [i]
+                    && !is_output[x]
+                    && group_of[x].is_none()
+            });
             groups.push(vec![]);
+            heads.push(head);
+            if let Some(h) = head {
+                group_of[h] = Some(groups.len() - 1);
+            }
             groups.len() - 1
         });
         groups[g].push(i);
         group_of[i] = Some(g);
+        // Other same-shape groups this instruction reads merge into `g` when
+        // neither reaches the other through a kernel outside both.
+        for &y in &p.instrs[i].inputs {
+            let Some(h) = group_of[y] else { continue };
+            if h == g || p.instrs[y].shape != *shape || (heads[h].is_some() && heads[g].is_some()) {
+                continue;
+            }
+            let external = |grp: usize| -> Vec<usize> {
+                groups[grp]
+                    .iter()
+                    .flat_map(|&m| p.instrs[m].inputs.iter().copied())
+                    .chain(heads[grp].map(|hd| p.instrs[hd].inputs.clone()).unwrap_or_default())
+                    .filter(|&x| group_of[x] != Some(grp))
+                    .collect()
+            };
+            let h_reaches_g =
+                external(g).iter().any(|&x| group_of[x] != Some(h) && depends_on_group(p, x, &groups[h], &group_of, h));
+            let g_reaches_h =
+                external(h).iter().any(|&x| group_of[x] != Some(g) && depends_on_group(p, x, &groups[g], &group_of, g));
+            if h_reaches_g || g_reaches_h {
+                continue;
+            }
+            let moved = std::mem::take(&mut groups[h]);
+            for &m in &moved {
+                group_of[m] = Some(g);
+            }
+            if let Some(hd) = heads[h].take() {
+                group_of[hd] = Some(g);
+                heads[g] = Some(hd);
+            }
+            groups[g].extend(moved);
+            groups[g].sort_unstable();
+        }
     }
 
-    let consumers = p.consumers();
-    let is_output: Vec<bool> = (0..n).map(|i| p.outputs.contains(&i)).collect();
     // Build the planned kernels; `first` orders them by their first instruction.
     let mut planned: Vec<(usize, Planned)> = vec![];
     for (i, ins) in p.instrs.iter().enumerate() {
         match ins.prim.class() {
             FusionClass::Leaf | FusionClass::Elementwise => {}
+            _ if heads.contains(&Some(i)) => {}
             _ => planned.push((
                 i,
                 Planned { kernel: Kernel::Single(ins.prim.clone()), inputs: ins.inputs.clone(), outputs: vec![i] },
@@ -138,7 +192,11 @@ pub fn plan(p: &Program) -> Vec<Planned> {
         }
     }
     for (g, members) in groups.iter().enumerate() {
-        let mut inputs: Vec<usize> = vec![];
+        if members.is_empty() {
+            continue;
+        }
+        let head = heads[g];
+        let mut inputs: Vec<usize> = head.into_iter().collect();
         for &m in members {
             for &x in &p.instrs[m].inputs {
                 if group_of[x] != Some(g) && !inputs.contains(&x) {
@@ -170,7 +228,15 @@ pub fn plan(p: &Program) -> Vec<Planned> {
             ops,
             outputs: outs.iter().map(|&o| reg(o)).collect(),
         };
-        planned.push((members[0], Planned { kernel: Kernel::Fused(group), inputs, outputs: outs }));
+        let (kernel, first) = match head {
+            Some(h) => {
+                // The step reads the product's operands instead of the product.
+                inputs.splice(0..1, p.instrs[h].inputs.iter().copied());
+                (Kernel::MatmulEpilogue(group), h)
+            }
+            None => (Kernel::Fused(group), members[0]),
+        };
+        planned.push((first, Planned { kernel, inputs, outputs: outs }));
     }
     order(planned, n)
 }
@@ -225,6 +291,18 @@ mod tests {
         let k = plan(&p);
         assert_eq!(k.len(), 1);
         assert_eq!(fused_sizes(&k), vec![4]);
+    }
+
+    #[test]
+    fn bias_and_activation_fuse_into_the_matmul() {
+        let p = trace(&[&[4, 8], &[8, 16], &[16]], |a| Ok(vec![a[0].matmul(&a[1])?.add(&a[2])?.maximum(0.0f32)?]));
+        let k = plan(&p);
+        assert_eq!(k.len(), 1, "{k:?}");
+        match &k[0].kernel {
+            Kernel::MatmulEpilogue(g) => assert_eq!(g.ops.len(), 2),
+            other => panic!("expected a matmul epilogue, got {other:?}"),
+        }
+        assert_eq!(k[0].inputs.len(), 3 + 1, "a, b, bias and the 0.0 constant");
     }
 
     #[test]
