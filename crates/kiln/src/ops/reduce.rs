@@ -15,7 +15,7 @@ use crate::array::Array;
 use crate::error::Result;
 use crate::ops::binary::sub;
 use crate::ops::shape::reshape;
-use crate::primitive::{ArgReduceOp, Primitive, ReduceOp};
+use crate::primitive::{reduced_shape, ArgReduceOp, Primitive, ReduceOp};
 use crate::shape::{normalize_axes, normalize_axis};
 
 /// Which axes to reduce.
@@ -131,47 +131,61 @@ pub fn argmin(x: &Array, axis: Option<isize>, keepdims: bool) -> Result<Array> {
 }
 
 /// Variance over `axes` with `ddof` delta degrees of freedom
-/// (`sum((x - mean)^2) / (n - ddof)`).
+/// (`sum((x - mean)^2) / max(n - ddof, 0)`, so `ddof >= n` gives inf or NaN
+/// as in NumPy).
 pub fn var(x: &Array, axes: impl Into<Axes>, keepdims: bool, ddof: usize) -> Result<Array> {
-    let axes = axes.into();
+    var_named("var", x, axes.into(), keepdims, ddof)
+}
+
+fn var_named(op: &'static str, x: &Array, axes: Axes, keepdims: bool, ddof: usize) -> Result<Array> {
+    let ax = axes.resolve(op, x.ndim())?;
+    let n: usize = ax.iter().map(|&a| x.shape()[a]).product();
+    let axes = Axes::Some(ax.iter().map(|&a| a as isize).collect());
     let xf = x.astype(x.dtype().to_float())?;
     let m = mean(&xf, axes.clone(), true)?;
     let d = sub(&xf, &m)?;
-    let v = mean(&d.square()?, axes.clone(), keepdims)?;
+    let v = mean(&d.square()?, axes, keepdims)?;
     if ddof == 0 {
         return Ok(v);
     }
-    let n: usize = axes.resolve("var", x.ndim())?.iter().map(|&a| x.shape()[a]).product();
-    v * (n as f64 / (n as f64 - ddof as f64))
+    v * (n as f64 / n.saturating_sub(ddof) as f64)
 }
 
 /// Standard deviation: `sqrt(var(x, axes, keepdims, ddof))`.
 pub fn std(x: &Array, axes: impl Into<Axes>, keepdims: bool, ddof: usize) -> Result<Array> {
-    var(x, axes, keepdims, ddof)?.sqrt()
+    var_named("std", x, axes.into(), keepdims, ddof)?.sqrt()
 }
 
 /// `log(sum(exp(x)))` over `axes`, computed stably (the max is subtracted
-/// first; all -inf gives -inf, +inf gives +inf).
+/// first; all -inf gives -inf, +inf gives +inf, an empty axis gives -inf).
 pub fn logsumexp(x: &Array, axes: impl Into<Axes>, keepdims: bool) -> Result<Array> {
-    let axes = axes.into();
-    let xf = x.astype(x.dtype().to_float())?;
+    let ax = axes.into().resolve("logsumexp", x.ndim())?;
+    let axes = Axes::Some(ax.iter().map(|&a| a as isize).collect());
+    let dt = x.dtype().to_float();
+    if ax.iter().any(|&a| x.shape()[a] == 0) {
+        return crate::ops::create::full(&reduced_shape(x.shape(), &ax, keepdims), f64::NEG_INFINITY, dt);
+    }
+    let xf = x.astype(dt)?;
     let m = max(&xf, axes.clone(), true)?;
     // Replace non-finite maxima by 0 so inf - inf never appears.
     let m = crate::ops::binary::where_(&m.isfinite()?, &m, 0.0)?;
-    let s = sum(&sub(&xf, &m)?.exp()?, axes.clone(), true)?.log()?;
+    let s = sum(&sub(&xf, &m)?.exp()?, axes, true)?.log()?;
     let out = (s + &m)?;
     if keepdims {
         Ok(out)
     } else {
-        let ax = axes.resolve("logsumexp", x.ndim())?;
-        let keep: Vec<isize> = (0..x.ndim()).filter(|i| !ax.contains(i)).map(|i| x.shape()[i] as isize).collect();
+        let keep: Vec<isize> = reduced_shape(x.shape(), &ax, false).iter().map(|&d| d as isize).collect();
         reshape(&out, &keep)
     }
 }
 
 /// Softmax along `axis`: `exp(x - max) / sum(exp(x - max))`.
 pub fn softmax(x: &Array, axis: isize) -> Result<Array> {
+    let ax = normalize_axis("softmax", axis, x.ndim())?;
     let xf = x.astype(x.dtype().to_float())?;
+    if x.shape()[ax] == 0 {
+        return Ok(xf);
+    }
     let m = max(&xf, axis, true)?;
     let e = sub(&xf, &m)?.exp()?;
     let s = sum(&e, axis, true)?;

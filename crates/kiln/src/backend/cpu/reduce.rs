@@ -1,20 +1,572 @@
-//! Reductions over axes and arg-reductions (stubs until implemented).
+//! Reductions over axes and arg-reductions on the CPU.
+//!
+//! A reduction is planned once from the input layout: the kept axes are
+//! collapsed into an output space `K` (row-major, the output order) and the
+//! reduced axes into a reduction space `R`. The reduced axes are reordered by
+//! decreasing stride and flipped to non-negative strides first, which every
+//! reduction here allows (they are commutative), so reducing a transposed or
+//! reversed array still walks memory forwards in long runs. Then one of two
+//! walks computes each output:
+//!
+//! - **inner**: each output walks its own `R` sub-block; runs along `R`'s
+//!   innermost dimension are folded with 8 independent lanes (a loop the
+//!   compiler vectorizes) and split pairwise above [`BLOCK`] elements, which
+//!   keeps float sums accurate.
+//! - **outer**: when `K`'s innermost dimension is contiguous and `R`'s is not
+//!   (a sum over axis 0 of a row-major matrix), a tile of neighbouring outputs
+//!   is accumulated one reduced row at a time, again split pairwise.
+//!
+//! Work is spread over threads by output chunks, or, when there are few
+//! outputs but many elements (a full reduction of a large array), by fixed
+//! chunks of the reduced range whose partial results are combined pairwise in
+//! chunk order. Chunk sizes depend only on the shape, never on the number of
+//! threads, so results are deterministic.
+
+use std::marker::PhantomData;
+use std::ops::Range;
+
+use half::{bf16, f16};
+use rayon::prelude::*;
 
 use crate::array::Data;
+use crate::backend::cpu::strided::PAR_THRESHOLD;
 use crate::backend::cpu::Buffer;
-use crate::dtype::DType;
-use crate::error::{Error, Result};
+use crate::dtype::{DType, Element};
+use crate::error::{shape_str, Error, Result};
+use crate::layout::{collapse, for_each_block, Layout};
 use crate::primitive::{ArgReduceOp, ReduceOp};
+
+/// Independent accumulators per run (one vector register of `f32` on AVX2).
+const LANES: usize = 8;
+/// Runs longer than this are split in halves (pairwise reduction).
+const BLOCK: usize = 128;
+/// Outputs accumulated together by the outer walk.
+const TILE: usize = 256;
+/// Target number of input elements per parallel task.
+const TASK_WORK: usize = 1 << 16;
+/// At most this many tasks split one reduced range.
+const MAX_SPLIT: usize = 64;
+/// Below this many output tasks, splitting the reduced range is considered.
+const FEW_TASKS: usize = 16;
+
+/// One reduction: a fold from `In` elements into an `Acc` accumulator that
+/// can be combined with another, finished into `Out` given the count.
+trait Reducer: Sync {
+    type In: Element;
+    type Acc: Copy + Send + Sync;
+    type Out: Element;
+    fn identity(&self) -> Self::Acc;
+    fn step(&self, acc: Self::Acc, x: Self::In) -> Self::Acc;
+    fn combine(&self, a: Self::Acc, b: Self::Acc) -> Self::Acc;
+    fn finish(&self, a: Self::Acc, count: usize) -> Self::Out;
+}
+
+/// A [`Reducer`] from closures (monomorphized, so the folds inline).
+struct Fold<I, A, O, S, C, F> {
+    id: A,
+    step: S,
+    combine: C,
+    finish: F,
+    _types: PhantomData<fn(I) -> O>,
+}
+
+impl<I, A, O, S, C, F> Reducer for Fold<I, A, O, S, C, F>
+where
+    I: Element,
+    A: Copy + Send + Sync,
+    O: Element,
+    S: Fn(A, I) -> A + Sync,
+    C: Fn(A, A) -> A + Sync,
+    F: Fn(A, usize) -> O + Sync,
+{
+    type In = I;
+    type Acc = A;
+    type Out = O;
+    #[inline(always)]
+    fn identity(&self) -> A {
+        self.id
+    }
+    #[inline(always)]
+    fn step(&self, acc: A, x: I) -> A {
+        (self.step)(acc, x)
+    }
+    #[inline(always)]
+    fn combine(&self, a: A, b: A) -> A {
+        (self.combine)(a, b)
+    }
+    #[inline(always)]
+    fn finish(&self, a: A, count: usize) -> O {
+        (self.finish)(a, count)
+    }
+}
+
+/// The iteration spaces of one reduction (see the module docs).
+struct Plan {
+    kshape: Vec<usize>,
+    kstrides: Vec<isize>,
+    rshape: Vec<usize>,
+    rstrides: Vec<isize>,
+    offset: usize,
+    n_out: usize,
+    n_red: usize,
+}
+
+impl Plan {
+    fn new(l: &Layout, axes: &[usize]) -> Plan {
+        let mut offset = l.offset as isize;
+        let (mut ks, mut kst, mut red) = (vec![], vec![], vec![]);
+        for (i, (&d, &s)) in l.shape.iter().zip(&l.strides).enumerate() {
+            if !axes.contains(&i) {
+                ks.push(d);
+                kst.push(s);
+            } else if s < 0 && d > 0 {
+                offset += (d - 1) as isize * s;
+                red.push((d, -s));
+            } else {
+                red.push((d, s));
+            }
+        }
+        red.sort_by_key(|&(_, s)| std::cmp::Reverse(s));
+        let (rs, rst): (Vec<usize>, Vec<isize>) = red.into_iter().unzip();
+        let n_out = ks.iter().product();
+        let n_red = rs.iter().product();
+        let (kshape, mut k) = collapse(&ks, &[&kst]);
+        let (rshape, mut r) = collapse(&rs, &[&rst]);
+        Plan {
+            kshape,
+            kstrides: k.pop().unwrap_or_default(),
+            rshape,
+            rstrides: r.pop().unwrap_or_default(),
+            // Only read when there is something to reduce, and then it is a valid index.
+            offset: offset.max(0) as usize,
+            n_out,
+            n_red,
+        }
+    }
+
+    fn k_inner(&self) -> isize {
+        self.kstrides.last().copied().unwrap_or(0)
+    }
+
+    fn r_inner(&self) -> usize {
+        self.rstrides.last().copied().unwrap_or(0) as usize
+    }
+
+    /// The outer walk pays off when outputs are contiguous and reduced rows are not.
+    fn outer(&self) -> bool {
+        !self.rshape.is_empty() && self.k_inner() == 1 && self.r_inner() != 1
+    }
+}
+
+/// Folds `n` elements starting at `off`, `stride` apart.
+fn run<R: Reducer>(r: &R, src: &[R::In], off: usize, n: usize, stride: usize) -> R::Acc {
+    if n > BLOCK {
+        let h = (n / 2) & !(LANES - 1);
+        let a = run(r, src, off, h, stride);
+        let b = run(r, src, off + h * stride, n - h, stride);
+        return r.combine(a, b);
+    }
+    let mut lanes = [r.identity(); LANES];
+    if stride == 1 {
+        let mut chunks = src[off..off + n].chunks_exact(LANES);
+        for c in &mut chunks {
+            for (a, &v) in lanes.iter_mut().zip(c) {
+                *a = r.step(*a, v);
+            }
+        }
+        for (a, &v) in lanes.iter_mut().zip(chunks.remainder()) {
+            *a = r.step(*a, v);
+        }
+    } else {
+        for j in 0..n {
+            let l = j % LANES;
+            lanes[l] = r.step(lanes[l], src[off + j * stride]);
+        }
+    }
+    let mut w = LANES / 2;
+    while w > 0 {
+        for l in 0..w {
+            lanes[l] = r.combine(lanes[l], lanes[l + w]);
+        }
+        w /= 2;
+    }
+    lanes[0]
+}
+
+/// Folds the reduced positions `reds` of the output whose first element is at `base`.
+fn walk<R: Reducer>(r: &R, src: &[R::In], p: &Plan, base: usize, reds: Range<usize>) -> R::Acc {
+    let s = p.r_inner();
+    if p.rshape.len() <= 1 {
+        return run(r, src, base + reds.start * s, reds.len(), s);
+    }
+    let mut acc = r.identity();
+    for_each_block(&p.rshape, [&p.rstrides], [base], reds, |_, o, cnt| {
+        acc = r.combine(acc, run(r, src, o[0] as usize, cnt, s));
+    });
+    acc
+}
+
+/// Folds the reduced positions `reds` of `t` contiguous outputs starting at
+/// `base`, one reduced row of `t` elements at a time, split pairwise.
+fn outer_tile<R: Reducer>(r: &R, src: &[R::In], p: &Plan, base: usize, t: usize, reds: Range<usize>) -> Vec<R::Acc> {
+    let leaf = (4096 / t).max(16);
+    if reds.len() > leaf {
+        let mid = reds.start + reds.len() / 2;
+        let mut a = outer_tile(r, src, p, base, t, reds.start..mid);
+        let b = outer_tile(r, src, p, base, t, mid..reds.end);
+        for (x, y) in a.iter_mut().zip(b) {
+            *x = r.combine(*x, y);
+        }
+        return a;
+    }
+    let mut acc = vec![r.identity(); t];
+    let s = p.r_inner();
+    let mut rows = |o: usize, cnt: usize| {
+        for j in 0..cnt {
+            for (a, &v) in acc.iter_mut().zip(&src[o + j * s..o + j * s + t]) {
+                *a = r.step(*a, v);
+            }
+        }
+    };
+    if p.rshape.len() == 1 {
+        rows(base + reds.start * s, reds.len());
+    } else {
+        for_each_block(&p.rshape, [&p.rstrides], [base], reds, |_, o, cnt| rows(o[0] as usize, cnt));
+    }
+    acc
+}
+
+/// Combines into `acc[i]` the fold over `reds` of output `outs.start + i`.
+fn accumulate<R: Reducer>(r: &R, src: &[R::In], p: &Plan, outs: Range<usize>, reds: Range<usize>, acc: &mut [R::Acc]) {
+    let start = outs.start;
+    let k = p.k_inner();
+    let outer = p.outer();
+    for_each_block(&p.kshape, [&p.kstrides], [p.offset], outs, |pos, o, cnt| {
+        let dst = &mut acc[pos - start..pos - start + cnt];
+        if outer {
+            for (ti, tile) in dst.chunks_mut(TILE).enumerate() {
+                let base = o[0] as usize + ti * TILE;
+                let part = outer_tile(r, src, p, base, tile.len(), reds.clone());
+                for (a, b) in tile.iter_mut().zip(part) {
+                    *a = r.combine(*a, b);
+                }
+            }
+        } else {
+            for (i, a) in dst.iter_mut().enumerate() {
+                let base = (o[0] + i as isize * k) as usize;
+                *a = r.combine(*a, walk(r, src, p, base, reds.clone()));
+            }
+        }
+    });
+}
+
+/// Combines equal-length vectors of partial results pairwise, in order.
+fn combine_tree<R: Reducer>(r: &R, mut parts: Vec<Vec<R::Acc>>) -> Vec<R::Acc> {
+    while parts.len() > 1 {
+        let mut next = Vec::with_capacity(parts.len().div_ceil(2));
+        let mut it = parts.into_iter();
+        while let Some(mut a) = it.next() {
+            if let Some(b) = it.next() {
+                for (x, y) in a.iter_mut().zip(b) {
+                    *x = r.combine(*x, y);
+                }
+            }
+            next.push(a);
+        }
+        parts = next;
+    }
+    parts.pop().unwrap_or_default()
+}
+
+/// Runs a reducer over a plan, choosing how to split the work.
+fn execute<R: Reducer>(r: &R, src: &[R::In], p: &Plan) -> Vec<R::Out> {
+    let (n_out, n_red) = (p.n_out, p.n_red);
+    if n_out == 0 {
+        return vec![];
+    }
+    if n_red == 0 {
+        return vec![r.finish(r.identity(), 0); n_out];
+    }
+    let total = n_out.saturating_mul(n_red);
+    let min_chunk = if p.outer() { TILE } else { 1 };
+    let out_chunk = (TASK_WORK / n_red).max(min_chunk);
+    let out_tasks = n_out.div_ceil(out_chunk);
+    let red_chunk = (TASK_WORK / n_out).max(n_red.div_ceil(MAX_SPLIT)).max(1);
+    let red_tasks = n_red.div_ceil(red_chunk);
+    if total >= PAR_THRESHOLD && out_tasks < FEW_TASKS && red_tasks > out_tasks {
+        let parts: Vec<Vec<R::Acc>> = (0..red_tasks)
+            .into_par_iter()
+            .map(|t| {
+                let mut acc = vec![r.identity(); n_out];
+                let reds = t * red_chunk..((t + 1) * red_chunk).min(n_red);
+                accumulate(r, src, p, 0..n_out, reds, &mut acc);
+                acc
+            })
+            .collect();
+        return combine_tree(r, parts).into_iter().map(|a| r.finish(a, n_red)).collect();
+    }
+    let chunk_out = |start: usize, out: &mut [R::Out]| {
+        let mut acc = vec![r.identity(); out.len()];
+        accumulate(r, src, p, start..start + out.len(), 0..n_red, &mut acc);
+        for (o, a) in out.iter_mut().zip(acc) {
+            *o = r.finish(a, n_red);
+        }
+    };
+    let mut out = vec![R::Out::zero(); n_out];
+    if total < PAR_THRESHOLD || out_tasks < 2 {
+        chunk_out(0, &mut out);
+    } else {
+        out.par_chunks_mut(out_chunk).enumerate().for_each(|(i, c)| chunk_out(i * out_chunk, c));
+    }
+    out
+}
+
+/// Builds a [`Fold`] from closures and runs it.
+fn exec<I: Element, A: Copy + Send + Sync, O: Element>(
+    src: &[I],
+    p: &Plan,
+    id: A,
+    step: impl Fn(A, I) -> A + Sync,
+    combine: impl Fn(A, A) -> A + Sync,
+    finish: impl Fn(A, usize) -> O + Sync,
+) -> Buffer {
+    let r = Fold { id, step, combine, finish, _types: PhantomData };
+    Buffer::from_vec(execute(&r, src, p))
+}
+
+/// The accumulator is the result (`finish` for sum, max, ...).
+#[inline(always)]
+fn keep<A>(a: A, _: usize) -> A {
+    a
+}
+
+/// Element types that know how to run every [`ReduceOp`] on themselves.
+trait Reducible: Element {
+    fn reduce_slice(op: ReduceOp, src: &[Self], p: &Plan) -> Buffer;
+}
+
+macro_rules! int_reducible {
+    ($($t:ty),*) => {$(
+        impl Reducible for $t {
+            fn reduce_slice(op: ReduceOp, src: &[$t], p: &Plan) -> Buffer {
+                match op {
+                    ReduceOp::Sum => exec(src, p, 0, <$t>::wrapping_add, <$t>::wrapping_add, keep),
+                    ReduceOp::Prod => exec(src, p, 1, <$t>::wrapping_mul, <$t>::wrapping_mul, keep),
+                    ReduceOp::Max => exec(src, p, <$t>::MIN, <$t as Ord>::max, <$t as Ord>::max, keep),
+                    ReduceOp::Min => exec(src, p, <$t>::MAX, <$t as Ord>::min, <$t as Ord>::min, keep),
+                    ReduceOp::Mean => exec(
+                        src,
+                        p,
+                        0.0f64,
+                        |a, x: $t| a + x as f64,
+                        |a, b| a + b,
+                        |a, n| (a / n as f64) as f32,
+                    ),
+                    ReduceOp::All => exec(src, p, true, |a, x: $t| a & (x != 0), |a, b| a & b, |a, _| a),
+                    ReduceOp::Any => exec(src, p, false, |a, x: $t| a | (x != 0), |a, b| a | b, |a, _| a),
+                }
+            }
+        }
+    )*};
+}
+int_reducible!(u8, u32, i32, i64);
+
+/// True for NaN (a value unequal to itself); false for every non-float.
+#[inline(always)]
+#[allow(clippy::eq_op)]
+fn is_nan<T: PartialEq>(v: T) -> bool {
+    v != v
+}
+
+/// NaN-propagating maximum for the fold (`acc` first).
+#[inline(always)]
+fn fmax<F: PartialOrd + Copy>(a: F, x: F) -> F {
+    if x > a || is_nan(x) {
+        x
+    } else {
+        a
+    }
+}
+
+/// NaN-propagating minimum for the fold (`acc` first).
+#[inline(always)]
+fn fmin<F: PartialOrd + Copy>(a: F, x: F) -> F {
+    if x < a || is_nan(x) {
+        x
+    } else {
+        a
+    }
+}
+
+/// Float types with the precision they accumulate in.
+macro_rules! float_reducible {
+    ($($t:ty => $acc:ty, $to:expr, $from:expr);* $(;)?) => {$(
+        impl Reducible for $t {
+            fn reduce_slice(op: ReduceOp, src: &[$t], p: &Plan) -> Buffer {
+                let to: fn($t) -> $acc = $to;
+                let from: fn($acc) -> $t = $from;
+                let zero = <$t as Element>::zero();
+                match op {
+                    ReduceOp::Sum => exec(src, p, 0.0, |a: $acc, x| a + to(x), |a, b| a + b, |a, _| from(a)),
+                    ReduceOp::Mean => {
+                        exec(src, p, 0.0, |a: $acc, x| a + to(x), |a, b| a + b, |a, n| from(a / n as $acc))
+                    }
+                    ReduceOp::Prod => exec(src, p, 1.0, |a: $acc, x| a * to(x), |a, b| a * b, |a, _| from(a)),
+                    ReduceOp::Max => {
+                        exec(src, p, <$acc>::NEG_INFINITY, |a, x| fmax(a, to(x)), fmax, |a, _| from(a))
+                    }
+                    ReduceOp::Min => exec(src, p, <$acc>::INFINITY, |a, x| fmin(a, to(x)), fmin, |a, _| from(a)),
+                    ReduceOp::All => exec(src, p, true, |a, x: $t| a & (x != zero), |a, b| a & b, |a, _| a),
+                    ReduceOp::Any => exec(src, p, false, |a, x: $t| a | (x != zero), |a, b| a | b, |a, _| a),
+                }
+            }
+        }
+    )*};
+}
+float_reducible! {
+    f32 => f32, |x| x, |a| a;
+    f64 => f64, |x| x, |a| a;
+    f16 => f32, f16::to_f32, f16::from_f32;
+    bf16 => f32, bf16::to_f32, bf16::from_f32;
+}
+
+impl Reducible for bool {
+    fn reduce_slice(op: ReduceOp, src: &[bool], p: &Plan) -> Buffer {
+        match op {
+            ReduceOp::Sum => exec(src, p, 0i32, |a, x| a.wrapping_add(x as i32), i32::wrapping_add, keep),
+            ReduceOp::Prod => exec(src, p, 1i32, |a, x| a & x as i32, i32::wrapping_mul, keep),
+            ReduceOp::Mean => {
+                exec(src, p, 0u64, |a, x| a + x as u64, |a, b| a + b, |a, n| (a as f64 / n as f64) as f32)
+            }
+            ReduceOp::Max | ReduceOp::Any => exec(src, p, false, |a, x| a | x, |a, b| a | b, keep),
+            ReduceOp::Min | ReduceOp::All => exec(src, p, true, |a, x| a & x, |a, b| a & b, keep),
+        }
+    }
+}
 
 /// Reduces `x` over the sorted `axes`, producing `out` dtype elements in
 /// row-major order of the kept axes.
 pub fn reduce(op: ReduceOp, x: &Data, axes: &[usize], out: DType) -> Result<Buffer> {
-    let _ = (x, axes, out);
-    Err(Error::Invalid { op: op.name(), msg: "not implemented yet".into() })
+    let dt = x.buffer.dtype();
+    if op.out_dtype(dt) != out {
+        return Err(Error::Invalid {
+            op: op.name(),
+            msg: format!("{} of {dt} gives {}, not {out}", op.name(), op.out_dtype(dt)),
+        });
+    }
+    let nd = x.layout.ndim();
+    if let Some(&a) = axes.iter().find(|&&a| a >= nd) {
+        return Err(Error::Axis { op: op.name(), axis: a as isize, ndim: nd });
+    }
+    if matches!(op, ReduceOp::Max | ReduceOp::Min) && axes.iter().any(|&a| x.layout.shape[a] == 0) {
+        return Err(Error::Shape {
+            op: op.name(),
+            msg: format!("cannot reduce an empty axis of shape {}: {} has no identity", shape_str(&x.layout.shape), op.name()),
+        });
+    }
+    let p = Plan::new(&x.layout, axes);
+    Ok(crate::with_buffer!(&*x.buffer, v => Reducible::reduce_slice(op, v.as_slice(), &p)))
 }
 
-/// Index of the extremum along `axis`, as `u32`.
+/// Index of the first extremum of `n` elements `s` apart from `base`, over
+/// positions `range`, with its value. NaN counts as the extremum.
+#[inline]
+fn arg_scan<T: Element, const MAX: bool>(src: &[T], base: isize, s: isize, range: Range<usize>) -> (usize, T) {
+    let at = |i: usize| src[(base + i as isize * s) as usize];
+    let mut bi = range.start;
+    let mut bv = at(bi);
+    if is_nan(bv) {
+        return (bi, bv);
+    }
+    for i in range.start + 1..range.end {
+        let v = at(i);
+        let nan = is_nan(v);
+        if nan || (MAX && v > bv) || (!MAX && v < bv) {
+            bi = i;
+            bv = v;
+            if nan {
+                break;
+            }
+        }
+    }
+    (bi, bv)
+}
+
+fn arg_typed<T: Element, const MAX: bool>(src: &[T], kshape: &[usize], kst: &[isize], off: usize, n: usize, s: isize) -> Vec<u32> {
+    let n_out: usize = kshape.iter().product();
+    let k = kst.last().copied().unwrap_or(0);
+    let total = n_out.saturating_mul(n);
+    let chunk = (TASK_WORK / n).max(1);
+    let fill = |start: usize, out: &mut [u32]| {
+        for_each_block(kshape, [kst], [off], start..start + out.len(), |pos, o, cnt| {
+            for (i, d) in out[pos - start..pos - start + cnt].iter_mut().enumerate() {
+                *d = arg_scan::<T, MAX>(src, o[0] + i as isize * k, s, 0..n).0 as u32;
+            }
+        })
+    };
+    let mut out = vec![0u32; n_out];
+    if total < PAR_THRESHOLD {
+        fill(0, &mut out);
+    } else if n_out.div_ceil(chunk) >= FEW_TASKS || n < 2 * TASK_WORK {
+        out.par_chunks_mut(chunk).enumerate().for_each(|(i, c)| fill(i * chunk, c));
+    } else {
+        // Few long rows: scan fixed chunks of each row in parallel, then keep
+        // the first best chunk result in order.
+        let tasks = n.div_ceil(TASK_WORK);
+        let mut bases = vec![0isize; n_out];
+        for_each_block(kshape, [kst], [off], 0..n_out, |pos, o, cnt| {
+            for (i, b) in bases[pos..pos + cnt].iter_mut().enumerate() {
+                *b = o[0] + i as isize * k;
+            }
+        });
+        let parts: Vec<(usize, T)> = (0..n_out * tasks)
+            .into_par_iter()
+            .map(|t| {
+                let (row, c) = (t / tasks, t % tasks);
+                arg_scan::<T, MAX>(src, bases[row], s, c * TASK_WORK..((c + 1) * TASK_WORK).min(n))
+            })
+            .collect();
+        for (d, row) in out.iter_mut().zip(parts.chunks(tasks)) {
+            let (mut bi, mut bv) = row[0];
+            for &(i, v) in &row[1..] {
+                let (best_nan, nan) = (is_nan(bv), is_nan(v));
+                if !best_nan && (nan || (MAX && v > bv) || (!MAX && v < bv)) {
+                    (bi, bv) = (i, v);
+                }
+            }
+            *d = bi as u32;
+        }
+    }
+    out
+}
+
+/// Index of the extremum along `axis`, as `u32` (first index on ties; NaN
+/// counts as the extremum, as in NumPy).
 pub fn arg_reduce(op: ArgReduceOp, x: &Data, axis: usize) -> Result<Buffer> {
-    let _ = (op, x, axis);
-    Err(Error::Invalid { op: "argmax", msg: "not implemented yet".into() })
+    let name = if op == ArgReduceOp::ArgMax { "argmax" } else { "argmin" };
+    let l = &x.layout;
+    if axis >= l.ndim() {
+        return Err(Error::Axis { op: name, axis: axis as isize, ndim: l.ndim() });
+    }
+    let n = l.shape[axis];
+    let (ks, kst): (Vec<usize>, Vec<isize>) =
+        (0..l.ndim()).filter(|&i| i != axis).map(|i| (l.shape[i], l.strides[i])).unzip();
+    let n_out: usize = ks.iter().product();
+    if n_out == 0 {
+        return Ok(Buffer::U32(vec![]));
+    }
+    if n == 0 {
+        return Err(Error::Shape {
+            op: name,
+            msg: format!("cannot take {name} of an empty axis of shape {}", shape_str(&l.shape)),
+        });
+    }
+    let (kshape, mut k) = collapse(&ks, &[&kst]);
+    let kst = k.pop().unwrap_or_default();
+    let s = l.strides[axis];
+    let out = crate::with_buffer!(&*x.buffer, v => match op {
+        ArgReduceOp::ArgMax => arg_typed::<_, true>(v.as_slice(), &kshape, &kst, l.offset, n, s),
+        ArgReduceOp::ArgMin => arg_typed::<_, false>(v.as_slice(), &kshape, &kst, l.offset, n, s),
+    });
+    Ok(Buffer::U32(out))
 }

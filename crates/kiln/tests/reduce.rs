@@ -1,0 +1,803 @@
+//! Reductions and arg-reductions against plain f64/i64 reference loops, on
+//! contiguous, transposed, reversed, strided and broadcast views.
+
+use half::{bf16, f16};
+use kiln::primitive::ReduceOp;
+use kiln::{slice_axis, Array, Axes, DType};
+use proptest::prelude::*;
+
+type R<T = ()> = kiln::Result<T>;
+
+const OPS: [ReduceOp; 7] =
+    [ReduceOp::Sum, ReduceOp::Mean, ReduceOp::Prod, ReduceOp::Max, ReduceOp::Min, ReduceOp::All, ReduceOp::Any];
+const DTYPES: [DType; 9] = [
+    DType::F32,
+    DType::F64,
+    DType::F16,
+    DType::BF16,
+    DType::I32,
+    DType::I64,
+    DType::U8,
+    DType::U32,
+    DType::Bool,
+];
+
+// ---------------------------------------------------------------- helpers
+
+/// Deterministic pseudo-random numbers in [0, 1).
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self) -> f64 {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (self.0 >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// Values exactly representable in `dt`: floats are multiples of 1/16 in
+/// [-2, 2], signed ints in [-20, 20), unsigned in [0, 40), bools 0/1.
+fn values(n: usize, dt: DType, seed: u64) -> Vec<f64> {
+    let mut g = Lcg(seed);
+    (0..n)
+        .map(|_| {
+            let u = g.next();
+            match dt {
+                DType::Bool => (u < 0.6) as u8 as f64,
+                DType::U8 | DType::U32 => (u * 40.0).floor(),
+                DType::I32 | DType::I64 => (u * 40.0).floor() - 20.0,
+                _ => ((u * 64.0).floor() - 32.0) / 16.0,
+            }
+        })
+        .collect()
+}
+
+fn make(vals: &[f64], shape: &[usize], dt: DType) -> Array {
+    let r = match dt {
+        DType::F32 => Array::from_vec(vals.iter().map(|&v| v as f32).collect(), shape),
+        DType::F64 => Array::from_vec(vals.to_vec(), shape),
+        DType::F16 => Array::from_vec(vals.iter().map(|&v| f16::from_f64(v)).collect(), shape),
+        DType::BF16 => Array::from_vec(vals.iter().map(|&v| bf16::from_f64(v)).collect(), shape),
+        DType::I32 => Array::from_vec(vals.iter().map(|&v| v as i32).collect(), shape),
+        DType::I64 => Array::from_vec(vals.iter().map(|&v| v as i64).collect(), shape),
+        DType::U8 => Array::from_vec(vals.iter().map(|&v| v as u8).collect(), shape),
+        DType::U32 => Array::from_vec(vals.iter().map(|&v| v as u32).collect(), shape),
+        DType::Bool => Array::from_vec(vals.iter().map(|&v| v != 0.0).collect(), shape),
+    };
+    r.unwrap()
+}
+
+fn read(a: &Array) -> Vec<f64> {
+    match a.dtype() {
+        DType::F32 => a.to_vec::<f32>().unwrap().into_iter().map(f64::from).collect(),
+        DType::F64 => a.to_vec::<f64>().unwrap(),
+        DType::F16 => a.to_vec::<f16>().unwrap().into_iter().map(f64::from).collect(),
+        DType::BF16 => a.to_vec::<bf16>().unwrap().into_iter().map(f64::from).collect(),
+        DType::I32 => a.to_vec::<i32>().unwrap().into_iter().map(f64::from).collect(),
+        DType::I64 => a.to_vec::<i64>().unwrap().into_iter().map(|v| v as f64).collect(),
+        DType::U8 => a.to_vec::<u8>().unwrap().into_iter().map(f64::from).collect(),
+        DType::U32 => a.to_vec::<u32>().unwrap().into_iter().map(f64::from).collect(),
+        DType::Bool => a.to_vec::<bool>().unwrap().into_iter().map(|b| b as u8 as f64).collect(),
+    }
+}
+
+/// Row-major multi-index of `lin` in `shape`.
+fn unravel(mut lin: usize, shape: &[usize]) -> Vec<usize> {
+    let mut idx = vec![0; shape.len()];
+    for d in (0..shape.len()).rev() {
+        idx[d] = lin % shape[d];
+        lin /= shape[d];
+    }
+    idx
+}
+
+/// The elements of a strided view of `base`, row-major, by explicit indexing.
+fn view_values(base: &[f64], shape: &[usize], strides: &[isize], offset: isize) -> Vec<f64> {
+    let n: usize = shape.iter().product();
+    (0..n)
+        .map(|lin| {
+            let idx = unravel(lin, shape);
+            let pos: isize = offset + idx.iter().zip(strides).map(|(&i, &s)| i as isize * s).sum::<isize>();
+            base[pos as usize]
+        })
+        .collect()
+}
+
+/// For each output (row-major over the kept axes), the reduced elements in
+/// row-major order of the reduced axes.
+fn groups(vals: &[f64], shape: &[usize], axes: &[usize]) -> Vec<Vec<f64>> {
+    let kept: Vec<usize> = (0..shape.len()).filter(|a| !axes.contains(a)).collect();
+    let n_out: usize = kept.iter().map(|&a| shape[a]).product();
+    let mut g = vec![vec![]; n_out];
+    for (lin, &v) in vals.iter().enumerate() {
+        let idx = unravel(lin, shape);
+        let o = kept.iter().fold(0, |acc, &a| acc * shape[a] + idx[a]);
+        g[o].push(v);
+    }
+    g
+}
+
+fn out_dtype(op: ReduceOp, dt: DType) -> DType {
+    match (op, dt) {
+        (ReduceOp::Sum | ReduceOp::Prod, DType::Bool) => DType::I32,
+        (ReduceOp::Mean, DType::F64 | DType::F16 | DType::BF16) => dt,
+        (ReduceOp::Mean, _) => DType::F32,
+        (ReduceOp::All | ReduceOp::Any, _) => DType::Bool,
+        _ => dt,
+    }
+}
+
+fn nan_max(g: &[f64]) -> f64 {
+    g.iter().fold(f64::NEG_INFINITY, |a, &x| if a.is_nan() || x.is_nan() { f64::NAN } else { a.max(x) })
+}
+
+fn nan_min(g: &[f64]) -> f64 {
+    g.iter().fold(f64::INFINITY, |a, &x| if a.is_nan() || x.is_nan() { f64::NAN } else { a.min(x) })
+}
+
+/// The reference result of one output, in the output dtype's values.
+fn expected(op: ReduceOp, dt: DType, g: &[f64]) -> f64 {
+    let int_like = !matches!(dt, DType::F32 | DType::F64 | DType::F16 | DType::BF16);
+    let wrap = |v: i64| match out_dtype(op, dt) {
+        DType::I32 => v as i32 as f64,
+        DType::U8 => v as u8 as f64,
+        DType::U32 => v as u32 as f64,
+        _ => v as f64,
+    };
+    match op {
+        ReduceOp::Sum if int_like => wrap(g.iter().fold(0i64, |a, &x| a.wrapping_add(x as i64))),
+        ReduceOp::Prod if int_like => wrap(g.iter().fold(1i64, |a, &x| a.wrapping_mul(x as i64))),
+        ReduceOp::Sum => g.iter().sum(),
+        ReduceOp::Prod => g.iter().product(),
+        ReduceOp::Mean => g.iter().sum::<f64>() / g.len() as f64,
+        ReduceOp::Max => nan_max(g),
+        ReduceOp::Min => nan_min(g),
+        ReduceOp::All => g.iter().all(|&x| x != 0.0) as u8 as f64,
+        ReduceOp::Any => g.iter().any(|&x| x != 0.0) as u8 as f64,
+    }
+}
+
+fn rel_tol(dt: DType) -> f64 {
+    match dt {
+        DType::F64 => 1e-12,
+        DType::F32 => 1e-5,
+        DType::F16 => 2e-3,
+        DType::BF16 => 1.6e-2,
+        _ => 0.0,
+    }
+}
+
+/// Checks one output value against the reference group.
+fn check(op: ReduceOp, dt: DType, g: &[f64], got: f64, what: &str) {
+    let want = expected(op, dt, g);
+    let out = out_dtype(op, dt);
+    if want.is_nan() || got.is_nan() {
+        assert!(want.is_nan() && got.is_nan(), "{what}: got {got}, want {want}");
+        return;
+    }
+    let scale = match op {
+        ReduceOp::Sum => g.iter().map(|x| x.abs()).sum::<f64>(),
+        ReduceOp::Mean => g.iter().map(|x| x.abs()).sum::<f64>() / g.len() as f64,
+        ReduceOp::Prod => want.abs(),
+        _ => 0.0,
+    };
+    let tol = rel_tol(out) * scale;
+    assert!(got == want || (got - want).abs() <= tol, "{what}: got {got}, want {want} (tol {tol})");
+}
+
+/// A view of a base array: how kiln builds it, and the same view as explicit
+/// strides for the reference.
+struct Case {
+    name: &'static str,
+    base_shape: &'static [usize],
+    build: fn(&Array) -> R<Array>,
+    shape: &'static [usize],
+    strides: &'static [isize],
+    offset: isize,
+}
+
+fn cases() -> Vec<Case> {
+    vec![
+        Case {
+            name: "contiguous",
+            base_shape: &[4, 5, 6],
+            build: |x| Ok(x.clone()),
+            shape: &[4, 5, 6],
+            strides: &[30, 6, 1],
+            offset: 0,
+        },
+        Case {
+            name: "transposed",
+            base_shape: &[4, 5, 6],
+            build: |x| x.permute(&[2, 0, 1]),
+            shape: &[6, 4, 5],
+            strides: &[1, 30, 6],
+            offset: 0,
+        },
+        Case {
+            name: "reversed",
+            base_shape: &[4, 5, 6],
+            build: |x| slice_axis(x, 1, None, None, -1),
+            shape: &[4, 5, 6],
+            strides: &[30, -6, 1],
+            offset: 24,
+        },
+        Case {
+            name: "step -2",
+            base_shape: &[4, 5, 6],
+            build: |x| slice_axis(x, 2, None, None, -2),
+            shape: &[4, 5, 3],
+            strides: &[30, 6, -2],
+            offset: 5,
+        },
+        Case {
+            name: "reversed transposed",
+            base_shape: &[4, 5, 6],
+            build: |x| slice_axis(x, 0, None, None, -1)?.permute(&[1, 2, 0]),
+            shape: &[5, 6, 4],
+            strides: &[6, 1, -30],
+            offset: 90,
+        },
+        Case {
+            name: "broadcast leading",
+            base_shape: &[5, 6],
+            build: |x| x.broadcast_to(&[4, 5, 6]),
+            shape: &[4, 5, 6],
+            strides: &[0, 6, 1],
+            offset: 0,
+        },
+        Case {
+            name: "broadcast middle",
+            base_shape: &[4, 1, 6],
+            build: |x| x.broadcast_to(&[4, 5, 6]),
+            shape: &[4, 5, 6],
+            strides: &[6, 0, 1],
+            offset: 0,
+        },
+    ]
+}
+
+/// All subsets of `0..nd`, sorted.
+fn subsets(nd: usize) -> Vec<Vec<usize>> {
+    (0..1u32 << nd).map(|m| (0..nd).filter(|&a| m & (1 << a) != 0).collect()).collect()
+}
+
+fn reduced_shape(shape: &[usize], axes: &[usize], keepdims: bool) -> Vec<usize> {
+    (0..shape.len())
+        .filter_map(|a| match (axes.contains(&a), keepdims) {
+            (true, true) => Some(1),
+            (true, false) => None,
+            _ => Some(shape[a]),
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------- reductions
+
+#[test]
+fn every_reduction_on_every_view_and_dtype() -> R {
+    let mut checked = 0;
+    for case in cases() {
+        for dt in DTYPES {
+            let n: usize = case.base_shape.iter().product();
+            let base_vals = values(n, dt, 7 + dt as u64);
+            let x = (case.build)(&make(&base_vals, case.base_shape, dt))?;
+            assert_eq!(x.shape(), case.shape, "{}", case.name);
+            let vals = view_values(&base_vals, case.shape, case.strides, case.offset);
+            for op in OPS {
+                for (si, axes) in subsets(3).into_iter().enumerate() {
+                    // Alternate between positive and negative spellings of the axes.
+                    let spelled: Vec<isize> =
+                        axes.iter().map(|&a| if si % 2 == 1 { a as isize - 3 } else { a as isize }).collect();
+                    let g = groups(&vals, case.shape, &axes);
+                    for keepdims in [false, true] {
+                        let r = kiln::reduce(op, &x, spelled.clone(), keepdims)?;
+                        assert_eq!(r.dtype(), out_dtype(op, dt));
+                        assert_eq!(r.shape(), reduced_shape(case.shape, &axes, keepdims));
+                        let got = read(&r);
+                        assert_eq!(got.len(), g.len());
+                        for (i, (gv, &v)) in g.iter().zip(&got).enumerate() {
+                            let what = format!("{:?} {dt} {} axes {axes:?} keepdims {keepdims} out {i}", op, case.name);
+                            check(op, dt, gv, v, &what);
+                            checked += 1;
+                        }
+                    }
+                }
+                // Axes::All is the same as listing every axis.
+                let all = kiln::reduce(op, &x, Axes::All, false)?;
+                assert_eq!(all.shape(), &[] as &[usize]);
+                check(op, dt, &vals, read(&all)[0], &format!("{op:?} {dt} {} all", case.name));
+            }
+        }
+    }
+    assert!(checked > 10_000);
+    Ok(())
+}
+
+#[test]
+fn method_and_function_forms_agree_with_keepdims_shapes() -> R {
+    let x = make(&values(24, DType::F32, 1), &[2, 3, 4], DType::F32);
+    assert_eq!(x.sum(-1, true)?.shape(), &[2, 3, 1]);
+    assert_eq!(x.mean([0, 2], true)?.shape(), &[1, 3, 1]);
+    assert_eq!(x.max([-3, -1], false)?.shape(), &[3]);
+    assert_eq!(kiln::min(&x, Axes::All, true)?.shape(), &[1, 1, 1]);
+    assert_eq!(x.prod(Vec::<isize>::new(), false)?.shape(), &[2, 3, 4]);
+    // An empty axis list reduces nothing: values pass through (as the output dtype).
+    let vals = values(24, DType::F32, 1);
+    assert_eq!(read(&x.sum(Vec::<isize>::new(), false)?), vals);
+    let any = x.any(Vec::<isize>::new(), false)?;
+    assert_eq!(read(&any), vals.iter().map(|&v| (v != 0.0) as u8 as f64).collect::<Vec<_>>());
+    Ok(())
+}
+
+#[test]
+fn integer_sums_wrap_and_half_sums_accumulate_in_f32() -> R {
+    let u = Array::from_slice(&[200u8, 100, 3], &[3])?;
+    assert_eq!(u.sum(Axes::All, false)?.item::<u8>()?, 47);
+    let i = Array::from_slice(&[i32::MAX, 1], &[2])?;
+    assert_eq!(i.sum(Axes::All, false)?.item::<i32>()?, i32::MIN);
+    assert_eq!(Array::from_slice(&[65536i32, 65536], &[2])?.prod(0, false)?.item::<i32>()?, 0);
+    // 3000 f16 ones: a running f16 sum would stall at 2048.
+    let h = Array::from_vec(vec![f16::ONE; 3000], &[3000])?;
+    assert_eq!(h.sum(0, false)?.item::<f16>()?, f16::from_f32(3000.0));
+    assert_eq!(h.mean(0, false)?.item::<f16>()?, f16::ONE);
+    let b = Array::from_vec(vec![bf16::ONE; 1000], &[1000])?;
+    assert_eq!(b.sum(0, false)?.item::<bf16>()?, bf16::from_f32(1000.0));
+    // Bool sums count (as i32); bool means are f32.
+    let t = Array::from_slice(&[true, false, true, true], &[2, 2])?;
+    assert_eq!(t.sum(1, false)?.to_vec::<i32>()?, vec![1, 2]);
+    assert_eq!(t.prod(1, false)?.to_vec::<i32>()?, vec![0, 1]);
+    assert_eq!(t.mean(Axes::All, false)?.item::<f32>()?, 0.75);
+    assert_eq!(t.max(0, false)?.to_vec::<bool>()?, vec![true, true]);
+    assert_eq!(t.min(0, false)?.to_vec::<bool>()?, vec![true, false]);
+    // Integer means divide in floating point.
+    assert_eq!(Array::from_slice(&[1i64, 2], &[2])?.mean(0, false)?.item::<f32>()?, 1.5);
+    Ok(())
+}
+
+#[test]
+fn nan_and_inf_inputs() -> R {
+    let nan = f32::NAN;
+    let inf = f32::INFINITY;
+    let x = Array::from_slice(&[1.0, nan, 3.0, -inf, -inf, -inf, inf, -inf, 0.0, 2.0, 7.0, -1.0], &[4, 3])?;
+    let mx = x.max(1, false)?.to_vec::<f32>()?;
+    assert!(mx[0].is_nan());
+    assert_eq!(&mx[1..], &[-inf, inf, 7.0]);
+    let mn = x.min(1, false)?.to_vec::<f32>()?;
+    assert!(mn[0].is_nan());
+    assert_eq!(&mn[1..], &[-inf, -inf, -1.0]);
+    let s = x.sum(1, false)?.to_vec::<f32>()?;
+    assert!(s[0].is_nan() && s[2].is_nan(), "nan and inf - inf: {s:?}");
+    assert_eq!(&[s[1], s[3]], &[-inf, 8.0]);
+    // NaN in the first position still propagates (the identity is not NaN-aware).
+    let y = Array::from_slice(&[nan, 1.0, 2.0, 5.0], &[4])?;
+    assert!(y.max(0, false)?.item::<f32>()?.is_nan());
+    assert!(y.min(0, false)?.item::<f32>()?.is_nan());
+    // NaN is truthy.
+    let z = Array::from_slice(&[nan, 0.0], &[2])?;
+    assert_eq!(z.any(0, false)?.item::<bool>()?, true);
+    assert_eq!(z.all(0, false)?.item::<bool>()?, false);
+    assert_eq!(Array::from_slice(&[nan, -0.5], &[2])?.all(0, false)?.item::<bool>()?, true);
+    // -0.0 is false.
+    assert_eq!(Array::from_slice(&[-0.0f64], &[1])?.any(0, false)?.item::<bool>()?, false);
+    // f16 NaN too.
+    let h = Array::from_slice(&[f16::ONE, f16::NAN], &[2])?;
+    assert!(h.max(0, false)?.item::<f16>()?.is_nan());
+    Ok(())
+}
+
+#[test]
+fn empty_arrays_give_identities() -> R {
+    let x = Array::from_vec(Vec::<f32>::new(), &[0, 3])?;
+    assert_eq!(x.sum(0, false)?.to_vec::<f32>()?, vec![0.0; 3]);
+    assert_eq!(x.prod(0, false)?.to_vec::<f32>()?, vec![1.0; 3]);
+    assert!(x.mean(0, false)?.to_vec::<f32>()?.iter().all(|v| v.is_nan()));
+    assert_eq!(x.all(0, false)?.to_vec::<bool>()?, vec![true; 3]);
+    assert_eq!(x.any(0, true)?.to_vec::<bool>()?, vec![false; 3]);
+    assert_eq!(x.any(0, true)?.shape(), &[1, 3]);
+    assert_eq!(x.sum(Axes::All, false)?.item::<f32>()?, 0.0);
+    // Reducing the non-empty axis gives an empty result, also for max.
+    let r = x.max(1, false)?;
+    assert_eq!(r.shape(), &[0]);
+    assert!(r.to_vec::<f32>()?.is_empty());
+    assert!(x.sum(1, true)?.to_vec::<f32>()?.is_empty());
+    assert_eq!(x.argmax(Some(1), false)?.shape(), &[0]);
+    assert!(x.argmax(Some(1), false)?.to_vec::<u32>()?.is_empty());
+    // Integer and bool identities.
+    let i = Array::from_vec(Vec::<i32>::new(), &[2, 0])?;
+    assert_eq!(i.sum(1, false)?.to_vec::<i32>()?, vec![0, 0]);
+    assert_eq!(i.prod(1, false)?.to_vec::<i32>()?, vec![1, 1]);
+    assert!(i.mean(1, false)?.to_vec::<f32>()?.iter().all(|v| v.is_nan()));
+    let b = Array::from_vec(Vec::<bool>::new(), &[0])?;
+    assert_eq!(b.sum(0, false)?.item::<i32>()?, 0);
+    assert_eq!(b.prod(0, false)?.item::<i32>()?, 1);
+    // Max/min/argmax/argmin of an empty axis are errors naming the op.
+    for (name, e) in [
+        ("max", x.max(0, false).err()),
+        ("min", x.min(Axes::All, false).err()),
+        ("argmax", x.argmax(Some(0), false).err()),
+        ("argmin", x.argmin(None, false).err()),
+    ] {
+        let msg = e.unwrap_or_else(|| panic!("{name} of an empty axis should fail")).to_string();
+        assert!(msg.starts_with(name) && msg.contains("empty"), "{msg}");
+    }
+    Ok(())
+}
+
+#[test]
+fn axis_errors_name_the_op_and_axis() -> R {
+    let x = make(&values(6, DType::F32, 3), &[2, 3], DType::F32);
+    let e = x.sum(2, false).unwrap_err().to_string();
+    assert!(e.starts_with("sum") && e.contains("axis 2"), "{e}");
+    let e = x.mean(-3, false).unwrap_err().to_string();
+    assert!(e.starts_with("mean") && e.contains("axis -3"), "{e}");
+    let e = x.max([0, -2], false).unwrap_err().to_string();
+    assert!(e.starts_with("max") && e.contains("axis 0") && e.contains("repeated"), "{e}");
+    let e = x.argmax(Some(5), false).unwrap_err().to_string();
+    assert!(e.starts_with("argmax") && e.contains("axis 5"), "{e}");
+    let e = x.argmin(Some(-3), true).unwrap_err().to_string();
+    assert!(e.starts_with("argmin") && e.contains("axis -3"), "{e}");
+    let e = x.var(4, false, 0).unwrap_err().to_string();
+    assert!(e.starts_with("var") && e.contains("axis 4"), "{e}");
+    let e = x.std([1, 1], false, 0).unwrap_err().to_string();
+    assert!(e.starts_with("std") && e.contains("repeated"), "{e}");
+    let e = x.logsumexp(3, false).unwrap_err().to_string();
+    assert!(e.starts_with("logsumexp") && e.contains("axis 3"), "{e}");
+    let e = x.softmax(2).unwrap_err().to_string();
+    assert!(e.starts_with("softmax") && e.contains("axis 2"), "{e}");
+    Ok(())
+}
+
+// ---------------------------------------------------------------- arg-reductions
+
+/// First index of the extremum (NaN counts as the extremum).
+fn ref_arg(g: &[f64], max: bool) -> u32 {
+    let mut best = 0;
+    for (i, &v) in g.iter().enumerate() {
+        if g[best].is_nan() {
+            break;
+        }
+        if v.is_nan() || (max && v > g[best]) || (!max && v < g[best]) {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+#[test]
+fn argmax_argmin_on_views() -> R {
+    for case in cases() {
+        for dt in DTYPES {
+            for with_nan in [false, true] {
+                if with_nan && !matches!(dt, DType::F32 | DType::F64 | DType::F16) {
+                    continue;
+                }
+                let n: usize = case.base_shape.iter().product();
+                // Few distinct values, so ties are common.
+                let mut base_vals: Vec<f64> = values(n, dt, 11 + dt as u64).iter().map(|v| (v / 4.0).round()).collect();
+                if dt == DType::U8 || dt == DType::U32 {
+                    base_vals.iter_mut().for_each(|v| *v = v.abs());
+                }
+                if with_nan {
+                    for i in (3..n).step_by(7) {
+                        base_vals[i] = f64::NAN;
+                    }
+                }
+                let x = (case.build)(&make(&base_vals, case.base_shape, dt))?;
+                let vals = view_values(&base_vals, case.shape, case.strides, case.offset);
+                for axis in 0..3usize {
+                    let g = groups(&vals, case.shape, &[axis]);
+                    for keepdims in [false, true] {
+                        let spelled = if keepdims { axis as isize - 3 } else { axis as isize };
+                        for max in [true, false] {
+                            let r = if max { x.argmax(Some(spelled), keepdims)? } else { x.argmin(Some(spelled), keepdims)? };
+                            assert_eq!(r.dtype(), DType::U32);
+                            assert_eq!(r.shape(), reduced_shape(case.shape, &[axis], keepdims));
+                            let want: Vec<u32> = g.iter().map(|g| ref_arg(g, max)).collect();
+                            assert_eq!(
+                                r.to_vec::<u32>()?,
+                                want,
+                                "arg{} {dt} {} axis {axis} nan {with_nan}",
+                                if max { "max" } else { "min" },
+                                case.name
+                            );
+                        }
+                    }
+                }
+                // Over the flattened array.
+                let flat = x.argmax(None, false)?;
+                assert_eq!(flat.shape(), &[] as &[usize]);
+                assert_eq!(flat.item::<u32>()?, ref_arg(&vals, true), "{dt} {}", case.name);
+                let flat = x.argmin(None, true)?;
+                assert_eq!(flat.shape(), &[1, 1, 1]);
+                assert_eq!(flat.item::<u32>()?, ref_arg(&vals, false), "{dt} {}", case.name);
+            }
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn argmax_ties_and_nan_follow_numpy() -> R {
+    let x = Array::from_slice(&[1.0f32, 3.0, 3.0, 0.0, f32::NAN, 5.0, f32::NAN, -1.0, -1.0], &[9])?;
+    assert_eq!(x.argmax(Some(0), false)?.item::<u32>()?, 4);
+    assert_eq!(x.argmin(Some(0), false)?.item::<u32>()?, 4);
+    let y = Array::from_slice(&[2i32, 7, 7, -4, -4, 0], &[6])?;
+    assert_eq!(y.argmax(Some(0), false)?.item::<u32>()?, 1);
+    assert_eq!(y.argmin(Some(0), false)?.item::<u32>()?, 3);
+    let b = Array::from_slice(&[false, true, true], &[3])?;
+    assert_eq!(b.argmax(Some(0), false)?.item::<u32>()?, 1);
+    assert_eq!(b.argmin(Some(0), false)?.item::<u32>()?, 0);
+    Ok(())
+}
+
+// ---------------------------------------------------------------- large (parallel paths)
+
+fn f32_values(n: usize, seed: u64) -> Vec<f32> {
+    let mut g = Lcg(seed);
+    (0..n).map(|_| g.next() as f32).collect()
+}
+
+#[test]
+fn large_full_reductions_are_accurate_and_deterministic() -> R {
+    let n = (1 << 21) + 3;
+    let v = f32_values(n, 5);
+    let x = Array::from_slice(&v, &[n])?;
+    let want: f64 = v.iter().map(|&x| x as f64).sum();
+    let got = x.sum(0, false)?.item::<f32>()? as f64;
+    // A naive running f32 sum is off by ~1e-4 relative here.
+    assert!((got - want).abs() <= 2e-6 * want, "sum {got} vs {want}");
+    let mean = x.mean(0, false)?.item::<f32>()? as f64;
+    assert!((mean - want / n as f64).abs() <= 2e-6 * want / n as f64, "mean {mean}");
+    let mx = v.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let imx = v.iter().position(|&a| a == mx).unwrap() as u32;
+    assert_eq!(x.max(0, false)?.item::<f32>()?, mx);
+    assert_eq!(x.argmax(Some(0), false)?.item::<u32>()?, imx);
+    let mn = v.iter().copied().fold(f32::INFINITY, f32::min);
+    assert_eq!(x.min(0, false)?.item::<f32>()?, mn);
+    assert_eq!(x.argmin(Some(0), false)?.item::<u32>()?, v.iter().position(|&a| a == mn).unwrap() as u32);
+    // A NaN late in a long row wins argmax, even across parallel chunks.
+    let mut w = v.clone();
+    w[n - 10] = f32::NAN;
+    w[n - 5] = f32::NAN;
+    let xn = Array::from_slice(&w, &[n])?;
+    assert_eq!(xn.argmax(Some(0), false)?.item::<u32>()?, (n - 10) as u32);
+    assert!(xn.max(0, false)?.item::<f32>()?.is_nan());
+    // Same bits on 1 thread and on 3 threads.
+    let on = |t: usize| {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(t).build().unwrap();
+        pool.install(|| {
+            let s = Array::from_slice(&v, &[n]).unwrap().sum(0, false).unwrap().item::<f32>().unwrap();
+            let c = Array::from_slice(&v[..1 << 20], &[1024, 1024]).unwrap();
+            let c = c.sum(0, false).unwrap().to_vec::<f32>().unwrap();
+            (s.to_bits(), c.iter().map(|x| x.to_bits()).collect::<Vec<_>>())
+        })
+    };
+    assert_eq!(on(1), on(3));
+    // Integer sums are exact.
+    let iv: Vec<i64> = (0..n as i64).map(|i| i % 1000 - 400).collect();
+    let want_i: i64 = iv.iter().sum();
+    assert_eq!(Array::from_slice(&iv, &[n])?.sum(0, false)?.item::<i64>()?, want_i);
+    Ok(())
+}
+
+/// Reduces a large 2-D array (or its transpose) along `axis` and compares
+/// every output with the f64 reference.
+fn check_large_2d(rows: usize, cols: usize, axis: usize, transpose: bool, op: ReduceOp) -> R {
+    let v = f32_values(rows * cols, (rows * 31 + cols) as u64);
+    let mut x = Array::from_slice(&v, &[rows, cols])?;
+    let (mut shape, mut vals) = ([rows, cols], v.iter().map(|&a| a as f64).collect::<Vec<_>>());
+    if transpose {
+        x = x.t()?;
+        shape = [cols, rows];
+        vals = view_values(&vals, &shape, &[1, cols as isize], 0);
+    }
+    let got = read(&kiln::reduce(op, &x, axis as isize, false)?);
+    let g = groups(&vals, &shape, &[axis]);
+    assert_eq!(got.len(), g.len());
+    for (i, (gv, &o)) in g.iter().zip(&got).enumerate() {
+        check(op, DType::F32, gv, o, &format!("{op:?} {rows}x{cols} axis {axis} transposed {transpose} out {i}"));
+    }
+    Ok(())
+}
+
+#[test]
+fn large_axis_reductions_on_every_path() -> R {
+    for op in [ReduceOp::Sum, ReduceOp::Max, ReduceOp::Mean] {
+        // Outer walk, reduced range split over threads.
+        check_large_2d(2048, 600, 0, false, op)?;
+        // Inner walk, outputs over threads.
+        check_large_2d(600, 2048, 1, false, op)?;
+        // Few long rows: reduced range split.
+        check_large_2d(6, 300_000, 1, false, op)?;
+        // Many short columns of a transposed view.
+        check_large_2d(1500, 1000, 1, true, op)?;
+    }
+    // Outer walk with many outputs (output-parallel tiles).
+    check_large_2d(300, 8192, 0, false, ReduceOp::Sum)?;
+    // Full reduction of a large transposed view.
+    let v = f32_values(1200 * 1100, 9);
+    let x = Array::from_slice(&v, &[1200, 1100])?.t()?;
+    let want: f64 = v.iter().map(|&a| a as f64).sum();
+    let got = x.sum(Axes::All, false)?.item::<f32>()? as f64;
+    assert!((got - want).abs() <= 2e-6 * want, "{got} vs {want}");
+    // Large argmax along axis 0 (strided scans) and axis 1.
+    let x = Array::from_slice(&v, &[1200, 1100])?;
+    let am0 = x.argmax(Some(0), false)?.to_vec::<u32>()?;
+    let am1 = x.argmin(Some(1), false)?.to_vec::<u32>()?;
+    let vals: Vec<f64> = v.iter().map(|&a| a as f64).collect();
+    let g0 = groups(&vals, &[1200, 1100], &[0]);
+    let g1 = groups(&vals, &[1200, 1100], &[1]);
+    assert_eq!(am0, g0.iter().map(|g| ref_arg(g, true)).collect::<Vec<_>>());
+    assert_eq!(am1, g1.iter().map(|g| ref_arg(g, false)).collect::<Vec<_>>());
+    Ok(())
+}
+
+// ---------------------------------------------------------------- composites
+
+#[test]
+fn var_and_std_match_reference() -> R {
+    let (r, c) = (5, 7);
+    let v = values(r * c, DType::F32, 21);
+    let x = make(&v, &[r, c], DType::F32);
+    let g = groups(&v, &[r, c], &[1]);
+    for ddof in [0usize, 1] {
+        let var = x.var(1, false, ddof)?.to_vec::<f32>()?;
+        let std = x.std(-1, true, ddof)?;
+        assert_eq!(std.shape(), &[r, 1]);
+        let std = std.to_vec::<f32>()?;
+        for (i, g) in g.iter().enumerate() {
+            let m = g.iter().sum::<f64>() / g.len() as f64;
+            let want = g.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / (g.len() - ddof) as f64;
+            assert!((var[i] as f64 - want).abs() <= 1e-5 * want.max(1e-3), "var ddof {ddof}: {} vs {want}", var[i]);
+            assert!((std[i] as f64 - want.sqrt()).abs() <= 1e-5 * want.sqrt().max(1e-3), "std ddof {ddof}");
+        }
+        // Over all axes of an integer array (computed as f32).
+        let iv = values(r * c, DType::I32, 22);
+        let xi = make(&iv, &[r, c], DType::I32);
+        let got = xi.var(Axes::All, false, ddof)?;
+        assert_eq!(got.dtype(), DType::F32);
+        let m = iv.iter().sum::<f64>() / iv.len() as f64;
+        let want = iv.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / (iv.len() - ddof) as f64;
+        let got = got.item::<f32>()? as f64;
+        assert!((got - want).abs() <= 1e-5 * want, "int var {got} vs {want}");
+    }
+    // ddof equal to the count divides by zero: inf, like NumPy.
+    let y = Array::from_slice(&[1.0f64, 3.0], &[2])?;
+    assert_eq!(y.var(0, false, 2)?.item::<f64>()?, f64::INFINITY);
+    assert_eq!(y.var(0, false, 5)?.item::<f64>()?, f64::INFINITY);
+    assert_eq!(y.var(0, false, 1)?.item::<f64>()?, 2.0);
+    Ok(())
+}
+
+fn ref_logsumexp(g: &[f64]) -> f64 {
+    let m = nan_max(g);
+    if m.is_infinite() || m.is_nan() {
+        return if m.is_nan() { f64::NAN } else { m };
+    }
+    m + g.iter().map(|x| (x - m).exp()).sum::<f64>().ln()
+}
+
+#[test]
+fn logsumexp_is_stable_and_handles_infinities() -> R {
+    let inf = f64::INFINITY;
+    let rows: Vec<f64> = vec![
+        1.0, 2.0, 3.0, //
+        -inf, -inf, -inf, //
+        inf, 0.0, 1.0, //
+        1000.0, 1000.0, 1000.0, //
+        -1000.0, -1001.0, -999.0, //
+        inf, -inf, 2.0,
+    ];
+    for dt in [DType::F64, DType::F32] {
+        let x = make(&rows, &[6, 3], dt);
+        let got = read(&x.logsumexp(1, false)?);
+        let kept = x.logsumexp(-1, true)?;
+        assert_eq!(kept.shape(), &[6, 1]);
+        assert_eq!(read(&kept), got);
+        for (i, g) in groups(&rows, &[6, 3], &[1]).iter().enumerate() {
+            let want = ref_logsumexp(g);
+            if want.is_infinite() {
+                assert_eq!(got[i], want, "{dt} row {i}");
+            } else {
+                assert!((got[i] - want).abs() <= 1e-5 * want.abs().max(1.0), "{dt} row {i}: {} vs {want}", got[i]);
+            }
+        }
+        // Over a column of finite values, and over everything.
+        let col = read(&x.logsumexp(0, false)?);
+        assert_eq!(col.len(), 3);
+        assert_eq!(col[0], inf);
+        let all = read(&x.logsumexp(Axes::All, false)?);
+        assert_eq!(all, vec![inf]);
+    }
+    // Empty axis: log(0) = -inf.
+    let e = Array::from_vec(Vec::<f32>::new(), &[2, 0])?;
+    let r = e.logsumexp(1, false)?;
+    assert_eq!(r.shape(), &[2]);
+    assert_eq!(r.to_vec::<f32>()?, vec![f32::NEG_INFINITY; 2]);
+    Ok(())
+}
+
+#[test]
+fn softmax_rows_sum_to_one() -> R {
+    let (r, c) = (4, 9);
+    let mut v = values(r * c, DType::F32, 33);
+    v[c] = 1000.0; // a large value in row 1 must not overflow
+    let x = make(&v, &[r, c], DType::F32);
+    let s = x.softmax(-1)?;
+    assert_eq!(s.shape(), &[r, c]);
+    let got = read(&s);
+    for (i, g) in groups(&v, &[r, c], &[1]).iter().enumerate() {
+        let m = nan_max(g);
+        let z: f64 = g.iter().map(|x| (x - m).exp()).sum();
+        let row = &got[i * c..(i + 1) * c];
+        assert!((row.iter().sum::<f64>() - 1.0).abs() < 1e-5, "row {i} sums to {}", row.iter().sum::<f64>());
+        for (j, &p) in row.iter().enumerate() {
+            assert!((p - (g[j] - m).exp() / z).abs() < 1e-6, "row {i} col {j}");
+        }
+    }
+    // Along axis 0 of a transposed view, and for an integer input (as f32).
+    let t = x.t()?.softmax(0)?;
+    let cols = read(&t.sum(0, false)?);
+    assert!(cols.iter().all(|s| (s - 1.0).abs() < 1e-5), "{cols:?}");
+    let xi = make(&values(12, DType::I32, 34), &[3, 4], DType::I32);
+    let si = xi.softmax(1)?;
+    assert_eq!(si.dtype(), DType::F32);
+    assert!(read(&si.sum(1, false)?).iter().all(|s| (s - 1.0).abs() < 1e-5));
+    Ok(())
+}
+
+// ---------------------------------------------------------------- properties
+
+fn arb_case() -> impl Strategy<Value = (Vec<usize>, Vec<bool>, bool, bool, bool, u64)> {
+    prop::collection::vec(0usize..5, 0..=4).prop_flat_map(|shape| {
+        let nd = shape.len();
+        (Just(shape), prop::collection::vec(any::<bool>(), nd), any::<bool>(), any::<bool>(), any::<bool>(), any::<u64>())
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    #[test]
+    fn sum_max_mean_match_reference(
+        (shape, mask, keepdims, transpose, negative, seed) in arb_case()
+    ) {
+        let n: usize = shape.iter().product();
+        let nd = shape.len();
+        let axes: Vec<usize> = (0..nd).filter(|&a| mask[a]).collect();
+        let spelled: Vec<isize> = axes.iter().map(|&a| if negative { a as isize - nd as isize } else { a as isize }).collect();
+        for dt in [DType::F32, DType::I32] {
+            let base = values(n, dt, seed);
+            let mut x = make(&base, &shape, dt);
+            let (mut vshape, mut vals) = (shape.clone(), base.clone());
+            if transpose {
+                x = x.t().unwrap();
+                vshape.reverse();
+                let mut st: Vec<isize> = vec![0; nd];
+                let mut acc = 1isize;
+                for d in (0..nd).rev() {
+                    st[d] = acc;
+                    acc *= shape[d].max(1) as isize;
+                }
+                st.reverse();
+                vals = view_values(&base, &vshape, &st, 0);
+            }
+            let g = groups(&vals, &vshape, &axes);
+            for op in [ReduceOp::Sum, ReduceOp::Max, ReduceOp::Mean] {
+                let r = kiln::reduce(op, &x, spelled.clone(), keepdims);
+                if op == ReduceOp::Max && axes.iter().any(|&a| vshape[a] == 0) {
+                    prop_assert!(r.is_err());
+                    continue;
+                }
+                let r = r.unwrap();
+                let want_shape = reduced_shape(&vshape, &axes, keepdims);
+                prop_assert_eq!(r.shape(), want_shape.as_slice());
+                let got = read(&r);
+                prop_assert_eq!(got.len(), g.len());
+                for (gv, &v) in g.iter().zip(&got) {
+                    check(op, dt, gv, v, &format!("{op:?} {dt} shape {vshape:?} axes {axes:?}"));
+                }
+            }
+        }
+    }
+}
