@@ -12,7 +12,6 @@ use crate::backend::cpu::strided::fill;
 use crate::backend::cpu::Buffer;
 use crate::error::{shape_str, Error, Result};
 
-const ROTATIONS: [u32; 8] = [13, 15, 26, 6, 17, 29, 16, 24];
 /// Threefry's key-schedule parity constant.
 const PARITY: u32 = 0x1BD1_1BDA;
 
@@ -22,16 +21,27 @@ const PARITY: u32 = 0x1BD1_1BDA;
 pub fn threefry2x32(key: [u32; 2], ctr: [u32; 2]) -> [u32; 2] {
     let ks = [key[0], key[1], key[0] ^ key[1] ^ PARITY];
     let (mut x0, mut x1) = (ctr[0].wrapping_add(ks[0]), ctr[1].wrapping_add(ks[1]));
-    for group in 0..5usize {
-        for r in 0..4 {
+    // Four rounds with the given rotations, then a key injection (written
+    // out so the 20 rounds unroll without relying on the optimizer).
+    macro_rules! four_rounds {
+        ($r0:literal, $r1:literal, $r2:literal, $r3:literal, $s:literal) => {
             x0 = x0.wrapping_add(x1);
-            x1 = x1.rotate_left(ROTATIONS[(group % 2) * 4 + r]) ^ x0;
-        }
-        // Key injection after every 4 rounds.
-        let s = group + 1;
-        x0 = x0.wrapping_add(ks[s % 3]);
-        x1 = x1.wrapping_add(ks[(s + 1) % 3]).wrapping_add(s as u32);
+            x1 = x1.rotate_left($r0) ^ x0;
+            x0 = x0.wrapping_add(x1);
+            x1 = x1.rotate_left($r1) ^ x0;
+            x0 = x0.wrapping_add(x1);
+            x1 = x1.rotate_left($r2) ^ x0;
+            x0 = x0.wrapping_add(x1);
+            x1 = x1.rotate_left($r3) ^ x0;
+            x0 = x0.wrapping_add(ks[$s % 3]);
+            x1 = x1.wrapping_add(ks[($s + 1) % 3]).wrapping_add($s);
+        };
     }
+    four_rounds!(13, 15, 26, 6, 1);
+    four_rounds!(17, 29, 16, 24, 2);
+    four_rounds!(13, 15, 26, 6, 3);
+    four_rounds!(17, 29, 16, 24, 4);
+    four_rounds!(13, 15, 26, 6, 5);
     [x0, x1]
 }
 
@@ -63,20 +73,21 @@ pub fn random_bits(key: &Data, shape: &[usize]) -> Result<Buffer> {
         threefry2x32(k, [j as u32, (j >> 32) as u32])
     };
     let bits = fill(n, |start, out| {
-        let mut i = start;
-        let end = start + out.len();
-        let mut slots = out.iter_mut();
-        if i % 2 == 1 && i < end {
-            slots.next().expect("one slot per index").write(block(i / 2)[1]);
-            i += 1;
+        let (mut i, mut rest) = (start, out);
+        if i % 2 == 1 && !rest.is_empty() {
+            let (first, tail) = rest.split_at_mut(1);
+            first[0].write(block(i / 2)[1]);
+            (i, rest) = (i + 1, tail);
         }
-        while i < end {
-            let [w0, w1] = block(i / 2);
-            slots.next().expect("one slot per index").write(w0);
-            if i + 1 < end {
-                slots.next().expect("one slot per index").write(w1);
-            }
-            i += 2;
+        let last_index = i + rest.len().saturating_sub(1);
+        let mut pairs = rest.chunks_exact_mut(2);
+        for (p, pair) in pairs.by_ref().enumerate() {
+            let [w0, w1] = block(i / 2 + p);
+            pair[0].write(w0);
+            pair[1].write(w1);
+        }
+        if let [last] = pairs.into_remainder() {
+            last.write(block(last_index / 2)[0]);
         }
     });
     Ok(Buffer::from_vec(bits))
