@@ -1,7 +1,7 @@
 //! Binary elementwise kernels (with broadcasting) and `where`.
 
 use crate::array::Data;
-use crate::backend::cpu::math::{max_nan, min_nan, rem_f32, rem_f64, FloatMath, IntMath};
+use crate::backend::cpu::math::{floordiv_f32, floordiv_f64, max_nan, min_nan, rem_f32, rem_f64, FloatMath, IntMath};
 use crate::backend::cpu::strided::{map2, map3};
 use std::marker::PhantomData;
 
@@ -40,7 +40,7 @@ fn float_binary<F: FloatMath>(op: BinaryOp, a: &Data, b: &Data, shape: &[usize])
         Sub => m!(|x, y| x - y, |x, y| x - y),
         Mul => m!(|x, y| x * y, |x, y| x * y),
         Div => m!(|x, y| x / y, |x, y| x / y),
-        FloorDivide => m!(|x, y| (x / y).floor(), |x, y| (x / y).floor()),
+        FloorDivide => m!(floordiv_f32, floordiv_f64),
         Remainder => m!(rem_f32, rem_f64),
         Pow => m!(f32::powf, f64::powf),
         Atan2 => m!(f32::atan2, f64::atan2),
