@@ -79,6 +79,8 @@ pub trait TestFloat: Element + Debug {
     fn of(x: f64) -> Self;
     /// Exact value as f64.
     fn f(self) -> f64;
+    /// Nearest value to an integer (for f16/bf16 through f64, exact below 2^53).
+    fn from_int(v: i128) -> Self;
 }
 
 impl TestFloat for f32 {
@@ -90,6 +92,9 @@ impl TestFloat for f32 {
     }
     fn f(self) -> f64 {
         self as f64
+    }
+    fn from_int(v: i128) -> Self {
+        v as f32
     }
 }
 
@@ -103,6 +108,9 @@ impl TestFloat for f64 {
     fn f(self) -> f64 {
         self
     }
+    fn from_int(v: i128) -> Self {
+        v as f64
+    }
 }
 
 impl TestFloat for f16 {
@@ -115,6 +123,9 @@ impl TestFloat for f16 {
     fn f(self) -> f64 {
         self.to_f64()
     }
+    fn from_int(v: i128) -> Self {
+        f16::from_f64(v as f64)
+    }
 }
 
 impl TestFloat for bf16 {
@@ -126,6 +137,9 @@ impl TestFloat for bf16 {
     }
     fn f(self) -> f64 {
         self.to_f64()
+    }
+    fn from_int(v: i128) -> Self {
+        bf16::from_f64(v as f64)
     }
 }
 
@@ -141,6 +155,8 @@ pub trait TestInt: Element + Debug + Ord {
     fn wrap(v: i128) -> Self;
     /// The exact value.
     fn i(self) -> i128;
+    /// Rust's `as` from f64: truncates toward zero, saturates, NaN is 0.
+    fn sat(x: f64) -> Self;
 }
 
 macro_rules! test_int {
@@ -154,6 +170,9 @@ macro_rules! test_int {
             }
             fn i(self) -> i128 {
                 self as i128
+            }
+            fn sat(x: f64) -> Self {
+                x as $t
             }
         }
     };
@@ -484,4 +503,49 @@ pub fn assert_err_contains<T: Debug>(r: Result<T>, needles: &[&str]) -> kiln::Er
         assert!(m.contains(n), "error message {m:?} should contain {n:?}");
     }
     e
+}
+
+/// The values of an array of any dtype as f64 (bool as 0/1; integers
+/// beyond 2^53 are rounded, use [`values_i128`] for exact integers).
+pub fn values_f64(a: &Array) -> Vec<f64> {
+    match a.dtype() {
+        DType::Bool => a.to_vec::<bool>().unwrap().into_iter().map(|v| v as u8 as f64).collect(),
+        DType::U8 => a.to_vec::<u8>().unwrap().into_iter().map(|v| v as f64).collect(),
+        DType::U32 => a.to_vec::<u32>().unwrap().into_iter().map(|v| v as f64).collect(),
+        DType::I32 => a.to_vec::<i32>().unwrap().into_iter().map(|v| v as f64).collect(),
+        DType::I64 => a.to_vec::<i64>().unwrap().into_iter().map(|v| v as f64).collect(),
+        DType::F16 => read_f::<f16>(a),
+        DType::BF16 => read_f::<bf16>(a),
+        DType::F32 => read_f::<f32>(a),
+        DType::F64 => read_f::<f64>(a),
+    }
+}
+
+/// The values of a bool or integer array, exactly.
+pub fn values_i128(a: &Array) -> Vec<i128> {
+    match a.dtype() {
+        DType::Bool => a.to_vec::<bool>().unwrap().into_iter().map(|v| v as i128).collect(),
+        DType::U8 => a.to_vec::<u8>().unwrap().into_iter().map(|v| v as i128).collect(),
+        DType::U32 => a.to_vec::<u32>().unwrap().into_iter().map(|v| v as i128).collect(),
+        DType::I32 => a.to_vec::<i32>().unwrap().into_iter().map(|v| v as i128).collect(),
+        DType::I64 => a.to_vec::<i64>().unwrap().into_iter().map(|v| v as i128).collect(),
+        d => panic!("values_i128 of a {d} array"),
+    }
+}
+
+/// An array of dtype `dt` holding small integer values (bool: nonzero),
+/// built directly from typed Rust values (no kiln conversion).
+pub fn small_array(dt: DType, vals: &[i64], shape: &[usize]) -> Array {
+    let r = match dt {
+        DType::Bool => Array::from_vec(vals.iter().map(|&v| v != 0).collect(), shape),
+        DType::U8 => Array::from_vec(vals.iter().map(|&v| v as u8).collect(), shape),
+        DType::U32 => Array::from_vec(vals.iter().map(|&v| v as u32).collect(), shape),
+        DType::I32 => Array::from_vec(vals.iter().map(|&v| v as i32).collect(), shape),
+        DType::I64 => Array::from_vec(vals.to_vec(), shape),
+        DType::F16 => Array::from_vec(vals.iter().map(|&v| f16::from_f64(v as f64)).collect(), shape),
+        DType::BF16 => Array::from_vec(vals.iter().map(|&v| bf16::from_f64(v as f64)).collect(), shape),
+        DType::F32 => Array::from_vec(vals.iter().map(|&v| v as f32).collect(), shape),
+        DType::F64 => Array::from_vec(vals.iter().map(|&v| v as f64).collect(), shape),
+    };
+    r.expect("valid test array")
 }
