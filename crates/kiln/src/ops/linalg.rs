@@ -25,6 +25,18 @@ pub fn matmul(a: &Array, b: &Array) -> Result<Array> {
             ),
         });
     }
+    // Check the inner dims of 1-D operands here so the message names the shapes as given.
+    let (ka, kb) = (a.shape()[a.ndim() - 1], b.shape()[b.ndim().saturating_sub(2)]);
+    if (va || vb) && ka != kb {
+        return Err(crate::Error::Shape {
+            op: "matmul",
+            msg: format!(
+                "inner dimensions do not match: {} @ {} ({ka} != {kb})",
+                crate::error::shape_str(a.shape()),
+                crate::error::shape_str(b.shape())
+            ),
+        });
+    }
     if va {
         a2 = expand_dims(&a2, &[0])?;
     }

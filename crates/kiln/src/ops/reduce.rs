@@ -134,6 +134,7 @@ pub fn argmin(x: &Array, axis: Option<isize>, keepdims: bool) -> Result<Array> {
 /// (`sum((x - mean)^2) / (n - ddof)`).
 pub fn var(x: &Array, axes: impl Into<Axes>, keepdims: bool, ddof: usize) -> Result<Array> {
     let axes = axes.into();
+    axes.resolve("var", x.ndim())?; // errors name var, not the mean inside it
     let xf = x.astype(x.dtype().to_float())?;
     let m = mean(&xf, axes.clone(), true)?;
     let d = sub(&xf, &m)?;
@@ -154,6 +155,7 @@ pub fn std(x: &Array, axes: impl Into<Axes>, keepdims: bool, ddof: usize) -> Res
 /// first; all -inf gives -inf, +inf gives +inf).
 pub fn logsumexp(x: &Array, axes: impl Into<Axes>, keepdims: bool) -> Result<Array> {
     let axes = axes.into();
+    axes.resolve("logsumexp", x.ndim())?; // errors name logsumexp, not the max inside it
     let xf = x.astype(x.dtype().to_float())?;
     let m = max(&xf, axes.clone(), true)?;
     // Replace non-finite maxima by 0 so inf - inf never appears.
@@ -171,6 +173,7 @@ pub fn logsumexp(x: &Array, axes: impl Into<Axes>, keepdims: bool) -> Result<Arr
 
 /// Softmax along `axis`: `exp(x - max) / sum(exp(x - max))`.
 pub fn softmax(x: &Array, axis: isize) -> Result<Array> {
+    normalize_axis("softmax", axis, x.ndim())?; // errors name softmax, not the max inside it
     let xf = x.astype(x.dtype().to_float())?;
     let m = max(&xf, axis, true)?;
     let e = sub(&xf, &m)?.exp()?;
