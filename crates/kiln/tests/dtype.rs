@@ -16,15 +16,15 @@ const DTYPES: [DType; 9] = [Bool, U8, U32, I32, I64, F16, BF16, F32, F64];
 /// column in the order of `DTYPES`.
 const TABLE: [[DType; 9]; 9] = [
     //  Bool  U8   U32  I32  I64  F16  BF16  F32  F64
-    [Bool, U8, U32, I32, I64, F16, BF16, F32, F64],     // Bool
-    [U8, U8, U32, I32, I64, F16, BF16, F32, F64],       // U8
-    [U32, U32, U32, I64, I64, F16, BF16, F32, F64],     // U32
-    [I32, I32, I64, I32, I64, F16, BF16, F32, F64],     // I32
-    [I64, I64, I64, I64, I64, F16, BF16, F32, F64],     // I64
-    [F16, F16, F16, F16, F16, F16, F32, F32, F64],      // F16
+    [Bool, U8, U32, I32, I64, F16, BF16, F32, F64],      // Bool
+    [U8, U8, U32, I32, I64, F16, BF16, F32, F64],        // U8
+    [U32, U32, U32, I64, I64, F16, BF16, F32, F64],      // U32
+    [I32, I32, I64, I32, I64, F16, BF16, F32, F64],      // I32
+    [I64, I64, I64, I64, I64, F16, BF16, F32, F64],      // I64
+    [F16, F16, F16, F16, F16, F16, F32, F32, F64],       // F16
     [BF16, BF16, BF16, BF16, BF16, F32, BF16, F32, F64], // BF16
-    [F32, F32, F32, F32, F32, F32, F32, F32, F64],      // F32
-    [F64, F64, F64, F64, F64, F64, F64, F64, F64],      // F64
+    [F32, F32, F32, F32, F32, F32, F32, F32, F64],       // F32
+    [F64, F64, F64, F64, F64, F64, F64, F64, F64],       // F64
 ];
 
 #[test]
@@ -41,9 +41,16 @@ fn promotion_table_through_ops() -> Result<()> {
             let y = kiln::add(&a, &b)?;
             assert_eq!(y.dtype(), want, "{da} + {db}");
             assert_eq!(y.shape(), &[2, 1, 4]);
-            let sum: Vec<f64> = (0..8)
-                .map(|k| if want == Bool { ((va[k % 4] + vb[k / 4]) != 0.0) as u8 as f64 } else { va[k % 4] + vb[k / 4] })
-                .collect();
+            let sum: Vec<f64> =
+                (0..8)
+                    .map(|k| {
+                        if want == Bool {
+                            ((va[k % 4] + vb[k / 4]) != 0.0) as u8 as f64
+                        } else {
+                            va[k % 4] + vb[k / 4]
+                        }
+                    })
+                    .collect();
             assert_eq!(values_f64(&y), sum, "{da} + {db}");
             let y = kiln::mul(&a, &b)?;
             assert_eq!(y.dtype(), want, "{da} * {db}");
@@ -393,7 +400,13 @@ fn astype_all_pairs_has_as_cast_semantics() -> Result<()> {
                         .collect();
                     let got = values_f64(&y);
                     for k in 0..got.len() {
-                        assert!(close_signed(got[k], want[k], 0.0, 0.0), "{src} -> {dst}: {:?} gave {}, want {}", vals[k], got[k], want[k]);
+                        assert!(
+                            close_signed(got[k], want[k], 0.0, 0.0),
+                            "{src} -> {dst}: {:?} gave {}, want {}",
+                            vals[k],
+                            got[k],
+                            want[k]
+                        );
                     }
                 } else {
                     let want: Vec<i128> = vals
@@ -419,9 +432,17 @@ fn astype_all_pairs_has_as_cast_semantics() -> Result<()> {
 #[test]
 fn astype_spelled_out_edge_cases() -> Result<()> {
     let x = Array::from_slice(&[f32::NAN, -1.9, 1.9, 1e10, -1e10, f32::INFINITY, -0.0], &[7])?;
-    assert_eq!(x.astype(I32)?.to_vec::<i32>()?, vec![0, -1, 1, i32::MAX, i32::MIN, i32::MAX, 0], "truncate, saturate, NaN->0");
+    assert_eq!(
+        x.astype(I32)?.to_vec::<i32>()?,
+        vec![0, -1, 1, i32::MAX, i32::MIN, i32::MAX, 0],
+        "truncate, saturate, NaN->0"
+    );
     assert_eq!(x.astype(U8)?.to_vec::<u8>()?, vec![0, 0, 1, 255, 0, 255, 0]);
-    assert_eq!(x.astype(Bool)?.to_vec::<bool>()?, vec![true, true, true, true, true, true, false], "NaN is true, -0.0 false");
+    assert_eq!(
+        x.astype(Bool)?.to_vec::<bool>()?,
+        vec![true, true, true, true, true, true, false],
+        "NaN is true, -0.0 false"
+    );
     let i = Array::from_slice(&[300i32, -1, 256, i32::MIN], &[4])?;
     assert_eq!(i.astype(U8)?.to_vec::<u8>()?, vec![44, 255, 0, 0], "int -> narrower int wraps");
     assert_eq!(i.astype(U32)?.to_vec::<u32>()?, vec![300, u32::MAX, 256, 1 << 31]);
@@ -429,7 +450,11 @@ fn astype_spelled_out_edge_cases() -> Result<()> {
     assert_eq!(l.astype(I32)?.to_vec::<i32>()?, vec![-1, 0, i32::MAX]);
     assert_eq!(l.astype(Bool)?.to_vec::<bool>()?, vec![true, true, true]);
     let h = Array::from_slice(&[70000.0f32, 1e-8, 65519.0, 65520.0], &[4])?.astype(F16)?.to_vec::<f16>()?;
-    assert_eq!(h, vec![f16::INFINITY, f16::ZERO, f16::MAX, f16::INFINITY], "f32 -> f16 rounds to nearest, overflows to inf");
+    assert_eq!(
+        h,
+        vec![f16::INFINITY, f16::ZERO, f16::MAX, f16::INFINITY],
+        "f32 -> f16 rounds to nearest, overflows to inf"
+    );
     // The same array twice: astype to its own dtype is a no-op.
     assert_eq!(x.astype(F32)?.id(), x.id());
     Ok(())

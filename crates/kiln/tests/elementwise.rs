@@ -12,6 +12,14 @@ use kiln::{Array, DType, Error, Result};
 
 type UFn = fn(&Array) -> Result<Array>;
 type BFn = fn(&Array, &Array) -> Result<Array>;
+/// A named op `F` with its reference `R`.
+type Named<F, R> = (&'static str, F, R);
+type FPred = fn(f64) -> bool;
+type IRef = fn(i128) -> i128;
+type IPred = fn(i128) -> bool;
+type FPred2 = fn(f64, f64) -> bool;
+type IRef2 = fn(i128, i128) -> i128;
+type IPred2 = fn(i128, i128) -> bool;
 
 /// A float unary op with its reference and an input domain.
 struct FloatUnary {
@@ -52,9 +60,9 @@ fn float_unary_ops() -> Vec<FloatUnary> {
     ]
 }
 
-fn float_predicates() -> Vec<(&'static str, UFn, fn(f64) -> bool)> {
+fn float_predicates() -> Vec<Named<UFn, FPred>> {
     vec![
-        ("logical_not", kiln::logical_not as UFn, (|x| x == 0.0) as fn(f64) -> bool),
+        ("logical_not", kiln::logical_not as UFn, (|x| x == 0.0) as FPred),
         ("isnan", kiln::isnan, |x| x.is_nan()),
         ("isinf", kiln::isinf, |x| x.is_infinite()),
         ("isfinite", kiln::isfinite, |x| x.is_finite()),
@@ -168,7 +176,7 @@ fn int_pool<T: TestInt>(rng: &mut Rng, n: usize) -> Vec<T> {
 
 fn check_int_unary<T: TestInt>(seed: u64) -> Result<()> {
     let mut rng = Rng::new(seed);
-    let ops: Vec<(&str, UFn, fn(i128) -> i128)> = vec![
+    let ops: Vec<Named<UFn, IRef>> = vec![
         ("neg", kiln::neg, |x| -x),
         ("abs", kiln::abs, |x| x.abs()),
         ("sign", kiln::sign, |x| x.signum()),
@@ -188,7 +196,7 @@ fn check_int_unary<T: TestInt>(seed: u64) -> Result<()> {
             assert_eq!(y.to_vec::<T>()?, want, "{name} on {view:?} [{}] of {logical:?}", T::DT);
         }
     }
-    let preds: Vec<(&str, UFn, fn(i128) -> bool)> = vec![
+    let preds: Vec<Named<UFn, IPred>> = vec![
         ("logical_not", kiln::logical_not, |x| x == 0),
         ("isnan", kiln::isnan, |_| false),
         ("isinf", kiln::isinf, |_| false),
@@ -260,7 +268,10 @@ fn float_only_unary_ops_reject_integers_with_a_fix() -> Result<()> {
         }
     }
     let e = kiln::erf(&Array::from_slice(&[1i32, 2], &[2])?).unwrap_err();
-    assert_eq!(e.to_string(), "erf: dtype i32 is not supported: erf needs a float array; convert first with .astype(DType::F32)");
+    assert_eq!(
+        e.to_string(),
+        "erf: dtype i32 is not supported: erf needs a float array; convert first with .astype(DType::F32)"
+    );
     Ok(())
 }
 
@@ -315,7 +326,7 @@ fn min_ref(a: f64, b: f64) -> f64 {
     }
 }
 
-fn float_binary_predicates() -> Vec<(&'static str, BFn, fn(f64, f64) -> bool)> {
+fn float_binary_predicates() -> Vec<Named<BFn, FPred2>> {
     vec![
         ("equal", |x, y| kiln::equal(x, y), |a, b| a == b),
         ("not_equal", |x, y| kiln::not_equal(x, y), |a, b| a != b),
@@ -516,7 +527,7 @@ fn wrapping_pow<T: TestInt>(a: T, e: T) -> T {
 
 fn check_int_binary<T: TestInt>(seed: u64) -> Result<()> {
     let mut rng = Rng::new(seed);
-    let ops: Vec<(&str, BFn, fn(i128, i128) -> i128)> = vec![
+    let ops: Vec<Named<BFn, IRef2>> = vec![
         ("add", |x, y| kiln::add(x, y), |a, b| a + b),
         ("sub", |x, y| kiln::sub(x, y), |a, b| a - b),
         ("mul", |x, y| kiln::mul(x, y), |a, b| a * b),
@@ -525,7 +536,7 @@ fn check_int_binary<T: TestInt>(seed: u64) -> Result<()> {
         ("maximum", |x, y| kiln::maximum(x, y), |a, b| a.max(b)),
         ("minimum", |x, y| kiln::minimum(x, y), |a, b| a.min(b)),
     ];
-    let preds: Vec<(&str, BFn, fn(i128, i128) -> bool)> = vec![
+    let preds: Vec<Named<BFn, IPred2>> = vec![
         ("equal", |x, y| kiln::equal(x, y), |a, b| a == b),
         ("not_equal", |x, y| kiln::not_equal(x, y), |a, b| a != b),
         ("less", |x, y| kiln::less(x, y), |a, b| a < b),
@@ -574,7 +585,9 @@ fn check_int_binary<T: TestInt>(seed: u64) -> Result<()> {
             let y = kiln::div(&a, &b)?;
             let want: Vec<f64> =
                 la.iter().zip(&lb).map(|(x, y)| (x.i() as f32 as f64) / (y.i() as f32 as f64)).collect();
-            assert_close::<f32>(&y, &want, false, &format!("div [{}]", T::DT), &|i| format!("({:?}, {:?})", la[i], lb[i]));
+            assert_close::<f32>(&y, &want, false, &format!("div [{}]", T::DT), &|i| {
+                format!("({:?}, {:?})", la[i], lb[i])
+            });
         }
     }
     Ok(())
@@ -800,4 +813,133 @@ fn scalars_and_zero_dim_arrays() -> Result<()> {
     assert_eq!((&s - &v)?.to_vec::<f32>()?, vec![1.5, 0.5]);
     assert_eq!((&v - &s)?.to_vec::<f32>()?, vec![-1.5, -0.5]);
     Ok(())
+}
+
+// ---------------------------------------------------------------- broadcasting properties
+
+mod broadcasting {
+    use super::Rng;
+    use super::*;
+    use proptest::prelude::*;
+
+    type Op = (&'static str, BFn, fn(f32, f32) -> f32);
+
+    fn ops() -> Vec<Op> {
+        vec![
+            ("add", |a, b| kiln::add(a, b), |x, y| x + y),
+            ("mul", |a, b| kiln::mul(a, b), |x, y| x * y),
+            ("maximum", |a, b| kiln::maximum(a, b), |x, y| if x.is_nan() || y.is_nan() { f32::NAN } else { x.max(y) }),
+            ("less", |a, b| kiln::less(a, b), |x, y| (x < y) as u8 as f32),
+        ]
+    }
+
+    /// Row-major values of a shape, as an array either contiguous or as the
+    /// transpose of a reversed-axes buffer (so its strides are reversed).
+    fn build(vals: &[f32], shape: &[usize], transposed: bool) -> Array {
+        if !transposed || shape.len() < 2 {
+            return Array::from_slice(vals, shape).unwrap();
+        }
+        let rev: Vec<usize> = shape.iter().rev().copied().collect();
+        let n = vals.len();
+        let mut storage = vec![0.0f32; n];
+        // storage[j_{k-1}, ..., j_0] = vals[j_0, ..., j_{k-1}]
+        for (lin, &v) in vals.iter().enumerate() {
+            let mut rem = lin;
+            let mut idx = vec![0usize; shape.len()];
+            for d in (0..shape.len()).rev() {
+                idx[d] = rem % shape[d];
+                rem /= shape[d];
+            }
+            let mut s = 0;
+            for d in (0..shape.len()).rev() {
+                s = s * shape[d] + idx[d];
+            }
+            storage[s] = v;
+        }
+        Array::from_vec(storage, &rev).unwrap().t().unwrap()
+    }
+
+    fn check(sa: &[usize], sb: &[usize], seed: u64, ta: bool, tb: bool) -> std::result::Result<(), TestCaseError> {
+        let mut rng = Rng::new(seed);
+        let na: usize = sa.iter().product();
+        let nb: usize = sb.iter().product();
+        let va: Vec<f32> = (0..na).map(|_| rng.int(-4, 4) as f32).collect();
+        let vb: Vec<f32> = (0..nb).map(|_| rng.int(-4, 4) as f32).collect();
+        let (a, b) = (build(&va, sa, ta), build(&vb, sb, tb));
+        for (name, f, r) in ops() {
+            match broadcast_shape_ref(sa, sb) {
+                None => {
+                    let e = f(&a, &b).expect_err("incompatible shapes must fail");
+                    prop_assert_eq!(&e, &Error::Broadcast { op: name, lhs: sa.to_vec(), rhs: sb.to_vec() });
+                    let m = e.to_string();
+                    prop_assert!(m.contains(name), "{}", m);
+                }
+                Some(out) => {
+                    let y = f(&a, &b).unwrap();
+                    prop_assert_eq!(y.shape(), &out[..]);
+                    let (ra, rb) = (broadcast_ref(&va, sa, &out), broadcast_ref(&vb, sb, &out));
+                    let want: Vec<f32> = ra.iter().zip(&rb).map(|(x, y)| r(*x, *y)).collect();
+                    let got: Vec<f32> = if y.dtype() == DType::Bool {
+                        y.to_vec::<bool>().unwrap().into_iter().map(|v| v as u8 as f32).collect()
+                    } else {
+                        y.to_vec::<f32>().unwrap()
+                    };
+                    prop_assert_eq!(got, want, "{} of {:?} and {:?}", name, sa, sb);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A compatible pair: an output shape, and two operands that each take
+    /// a suffix of it with some dims replaced by 1.
+    fn compatible() -> impl Strategy<Value = (Vec<usize>, Vec<usize>, u64)> {
+        (prop::collection::vec(prop::sample::select(vec![0usize, 1, 2, 3, 5]), 0..=4), any::<u64>()).prop_map(
+            |(out, seed)| {
+                let mut rng = Rng::new(seed);
+                let mut mk = || {
+                    let k = rng.int(0, out.len() as i64) as usize;
+                    out[out.len() - k..].iter().map(|&d| if rng.next_u64() % 3 == 0 { 1 } else { d }).collect()
+                };
+                let (a, b) = (mk(), mk());
+                (a, b, seed)
+            },
+        )
+    }
+
+    fn any_shape() -> impl Strategy<Value = Vec<usize>> {
+        prop::collection::vec(0usize..4, 0..=4)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+        #[test]
+        fn compatible_shapes_match_the_reference((sa, sb, seed) in compatible(), ta: bool, tb: bool) {
+            prop_assert!(broadcast_shape_ref(&sa, &sb).is_some());
+            check(&sa, &sb, seed, ta, tb)?;
+        }
+
+        #[test]
+        fn arbitrary_shape_pairs_broadcast_or_fail_cleanly(sa in any_shape(), sb in any_shape(), seed: u64, ta: bool) {
+            check(&sa, &sb, seed, ta, false)?;
+        }
+
+        #[test]
+        fn incompatible_pairs_name_the_op_and_both_shapes(
+            mut sa in prop::collection::vec(1usize..4, 1..=4),
+            mut sb in prop::collection::vec(1usize..4, 1..=4),
+            x in 2usize..5,
+            dx in 1usize..3,
+            from_end in 0usize..4,
+        ) {
+            // Force one aligned dimension pair to be unequal with neither 1 (x vs x+dx, or 0 vs x).
+            let k = from_end % sa.len().min(sb.len());
+            let (ia, ib) = (sa.len() - 1 - k, sb.len() - 1 - k);
+            sa[ia] = x;
+            sb[ib] = if dx == 2 { 0 } else { x + dx };
+            prop_assert!(broadcast_shape_ref(&sa, &sb).is_none());
+            check(&sa, &sb, 1, false, false)?;
+        }
+    }
 }

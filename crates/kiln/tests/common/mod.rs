@@ -101,7 +101,7 @@ impl TestFloat for f32 {
 impl TestFloat for f64 {
     const DT: DType = DType::F64;
     const EPS: f64 = f64::EPSILON;
-    const TINY: f64 = 4.9406564584124654e-324;
+    const TINY: f64 = 5e-324;
     fn of(x: f64) -> Self {
         x
     }
@@ -222,7 +222,13 @@ pub fn read_f<T: TestFloat>(a: &Array) -> Vec<f64> {
 
 /// Asserts elementwise closeness of a float result (of type `T`) to f64
 /// references (rounded to `T` first), with the inputs in the message.
-pub fn assert_close<T: TestFloat>(got: &Array, want: &[f64], signed_zero: bool, ctx: &str, inputs: &dyn Fn(usize) -> String) {
+pub fn assert_close<T: TestFloat>(
+    got: &Array,
+    want: &[f64],
+    signed_zero: bool,
+    ctx: &str,
+    inputs: &dyn Fn(usize) -> String,
+) {
     let g = read_f::<T>(got);
     assert_eq!(g.len(), want.len(), "{ctx}: length");
     let (rtol, atol) = tol(T::DT);
@@ -252,7 +258,8 @@ pub enum View {
 }
 
 /// Every view kind.
-pub const VIEWS: [View; 5] = [View::Contiguous, View::Transposed, View::Reversed, View::BroadcastRow, View::BroadcastCol];
+pub const VIEWS: [View; 5] =
+    [View::Contiguous, View::Transposed, View::Reversed, View::BroadcastRow, View::BroadcastCol];
 
 /// An array of logical shape `(r, c)` laid out as `view`, built from the
 /// row-major `vals` (length `r * c`) with kiln's own shape ops, and the
@@ -336,7 +343,7 @@ pub fn erf_ref(x: f64) -> f64 {
     if a == 0.0 {
         return x;
     }
-    let two_over_sqrt_pi = 1.1283791670955126;
+    let two_over_sqrt_pi = std::f64::consts::FRAC_2_SQRT_PI;
     let v = if a < 2.5 {
         // erf(a) = 2/sqrt(pi) * exp(-a^2) * sum_n (2a^2)^n a / (1*3*...*(2n+1))
         let mut term = a;
