@@ -641,6 +641,14 @@ fn integer_semantics() -> Result<()> {
     assert_eq!(kiln::floor_divide(&u, 0)?.to_vec::<u8>()?, vec![0, 0, 0]);
     assert_eq!(kiln::remainder(&u, 0)?.to_vec::<u8>()?, vec![0, 0, 0]);
     assert_eq!(kiln::remainder(&u, 4)?.to_vec::<u8>()?, vec![0, 0, 1]);
+    // The same wrapping on a large transposed operand (parallel path).
+    let (r, c) = (350, 300);
+    let vals: Vec<i32> = (0..r * c).map(|i| (i32::MAX - 1000).wrapping_add(i as i32 % 2000)).collect();
+    let (x, logical) = make_view(View::Transposed, &vals, r, c, 0)?;
+    let y = (&x + &Array::from_slice(&[1i32, 2, 3], &[3, 1, 1])?)?;
+    assert_eq!(y.shape(), &[3, r, c]);
+    let want: Vec<i32> = (1..=3).flat_map(|k| logical.iter().map(move |v| v.wrapping_add(k))).collect();
+    assert_eq!(y.to_vec::<i32>()?, want);
     let l = Array::from_slice(&[i64::MIN, i64::MAX], &[2])?;
     assert_eq!(kiln::floor_divide(&l, -1)?.to_vec::<i64>()?, vec![i64::MIN, -i64::MAX]);
     assert_eq!(kiln::remainder(&l, -1)?.to_vec::<i64>()?, vec![0, 0]);
