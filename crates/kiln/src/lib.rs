@@ -6,7 +6,7 @@
 //! ```
 //! use kiln::{Array, DType};
 //! let x = Array::from_slice(&[1.0f32, 2.0, 3.0, 4.0], &[2, 2])?;
-//! let y = (&x * 2.0f32 + 1.0f32)?; // lazy: nothing computed yet
+//! let y = ((&x * 2.0f32)? + 1.0f32)?; // lazy: nothing computed yet
 //! assert_eq!(y.sum(kiln::Axes::All, false)?.item::<f32>()?, 24.0);
 //! # Ok::<(), kiln::Error>(())
 //! ```

@@ -642,6 +642,7 @@ impl Primitive {
             Primitive::BroadcastTo { shape } => {
                 need_inputs(name, inputs, 1)?;
                 check_broadcast_to(name, inputs[0].0, shape)?;
+                numel_checked(name, shape)?;
                 Ok((shape.clone(), inputs[0].1))
             }
             Primitive::BroadcastLike => {

@@ -1,21 +1,27 @@
 //! Elementwise functions of two operands with NumPy broadcasting, `where`,
 //! `clip`, and the operators `+ - * /` and unary `-`.
 //!
-//! Operators work on `Array`, `&Array` and Rust scalars, and accept a
-//! `Result<Array>` on the left with an array on the right, so a chain needs a
-//! single `?`:
+//! Operators work on `Array`, `&Array` and Rust scalars (on either side),
+//! and accept a `Result<Array>` on either side of an array, so a chain of
+//! array operands needs a single `?`. A scalar after a `Result` needs a `?`
+//! first (Rust's orphan rule forbids `impl Add<f32> for Result<Array>`), and
+//! a scalar on the left needs a typed literal (`2.0f32 * &x`, `1i32 - &x`):
 //!
 //! ```
 //! use kiln::Array;
 //! let x = Array::from_slice(&[1.0f32, 2.0, 3.0], &[3])?;
-//! let y = ((&x * 2.0)? + &x - 1.0f32)?;
+//! let y = (((&x * 2.0)? + &x)? - 1.0f32)?;
 //! assert_eq!(y.to_vec::<f32>()?, vec![2.0, 5.0, 8.0]);
+//! let z = ((&x + &y) * &x - &y)?; // arrays only: one `?`
+//! assert_eq!(z.to_vec::<f32>()?, vec![1.0, 9.0, 25.0]);
 //! # Ok::<(), kiln::Error>(())
 //! ```
 //!
 //! Integer semantics: `+ - *` wrap on overflow; `div` is true division and
 //! gives a float (`f32` for integer operands); `floor_divide` and `remainder`
-//! by zero give 0; `i32::MIN / -1` wraps.
+//! by zero give 0; `i32::MIN // -1` wraps to `i32::MIN`. Float
+//! `floor_divide` and `remainder` follow Python (`1.0 // 0.1 == 9.0`, the
+//! remainder has the divisor's sign).
 
 use std::ops;
 

@@ -4,7 +4,7 @@
 use std::marker::PhantomData;
 
 use crate::backend::cpu::buffer::elem_type;
-use crate::backend::cpu::math::{max_nan, min_nan, rem_f32, rem_f64, FloatMath, IntMath};
+use crate::backend::cpu::math::{floordiv_f32, floordiv_f64, max_nan, min_nan, rem_f32, rem_f64, FloatMath, IntMath};
 use crate::backend::cpu::tile::{map2, map3, Src};
 use crate::backend::cpu::Buffer;
 use crate::dtype::Element;
@@ -39,7 +39,7 @@ fn float_binary<F: FloatMath>(op: BinaryOp, a: Src, b: Src, out: &mut Buffer) {
         Sub => m!(|x, y| x - y, |x, y| x - y),
         Mul => m!(|x, y| x * y, |x, y| x * y),
         Div => m!(|x, y| x / y, |x, y| x / y),
-        FloorDivide => m!(|x, y| (x / y).floor(), |x, y| (x / y).floor()),
+        FloorDivide => m!(floordiv_f32, floordiv_f64),
         Remainder => m!(rem_f32, rem_f64),
         Pow => m!(f32::powf, f64::powf),
         Atan2 => m!(f32::atan2, f64::atan2),

@@ -132,27 +132,59 @@ pub fn sigmoid_f32(x: f32) -> f32 {
     }
 }
 
-/// Python-style float remainder: the result has the sign of the divisor.
-#[inline(always)]
-pub fn rem_f64(a: f64, b: f64) -> f64 {
-    let r = a % b;
-    if r != 0.0 && ((r < 0.0) != (b < 0.0)) {
-        r + b
-    } else {
-        r
-    }
-}
+macro_rules! float_divmod {
+    ($t:ty, $divmod:ident, $floordiv:ident, $rem:ident) => {
+        /// Python's `divmod` for floats (NumPy's `npy_divmod`): the floor
+        /// quotient and the remainder with the divisor's sign, such that
+        /// `a == b * q + r` as closely as rounding allows. The quotient is
+        /// computed from `a - fmod(a, b)` (an exact multiple of `b`), so
+        /// `1.0 // 0.1` is 9 as in Python, not `floor(1.0 / 0.1) = 10`.
+        /// Division by zero gives `a / b` and NaN; a zero remainder has the
+        /// divisor's sign.
+        #[inline(always)]
+        pub fn $divmod(a: $t, b: $t) -> ($t, $t) {
+            let mut m = a % b;
+            if b == 0.0 {
+                return (a / b, m);
+            }
+            let mut div = (a - m) / b;
+            if m != 0.0 {
+                if (b < 0.0) != (m < 0.0) {
+                    m += b;
+                    div -= 1.0;
+                }
+            } else {
+                m = (0.0 as $t).copysign(b);
+            }
+            let q = if div != 0.0 {
+                let f = div.floor();
+                // Snap to the nearest integer: `div` is very nearly one.
+                if div - f > 0.5 {
+                    f + 1.0
+                } else {
+                    f
+                }
+            } else {
+                (0.0 as $t).copysign(a / b)
+            };
+            (q, m)
+        }
 
-/// Python-style float remainder for f32.
-#[inline(always)]
-pub fn rem_f32(a: f32, b: f32) -> f32 {
-    let r = a % b;
-    if r != 0.0 && ((r < 0.0) != (b < 0.0)) {
-        r + b
-    } else {
-        r
-    }
+        /// Python's `//` for floats (see the `divmod` function above).
+        #[inline(always)]
+        pub fn $floordiv(a: $t, b: $t) -> $t {
+            $divmod(a, b).0
+        }
+
+        /// Python's `%` for floats: the result has the sign of the divisor.
+        #[inline(always)]
+        pub fn $rem(a: $t, b: $t) -> $t {
+            $divmod(a, b).1
+        }
+    };
 }
+float_divmod!(f64, divmod_f64, floordiv_f64, rem_f64);
+float_divmod!(f32, divmod_f32, floordiv_f32, rem_f32);
 
 /// NaN-propagating maximum.
 #[inline(always)]
