@@ -319,7 +319,7 @@ impl FloatFormat {
             }
         }
         if finite.len() != v.len() {
-            let neginf = v.iter().any(|&x| x == f64::NEG_INFINITY) as usize;
+            let neginf = v.contains(&f64::NEG_INFINITY) as usize;
             let offset = f.pad_right + 1;
             f.pad_left = f.pad_left.max(3usize.saturating_sub(offset)).max((3 + neginf).saturating_sub(offset));
         }
