@@ -339,6 +339,11 @@ fn stack_along_new_axes() {
     }
     let e = err(kiln::stack(&[a.array(), Nd::iota(&[3, 2]).array()], 0));
     assert!(e.contains("stack") && e.contains("(2, 3)") && e.contains("(3, 2)"), "{e}");
+    assert!(err(kiln::stack(&[a.array(), b.array()], 3)).contains("stack"));
+    assert!(err(kiln::stack(&[], 0)).contains("stack"));
+    // Mixed dtypes promote as in concatenate.
+    let m = kiln::stack(&[Array::from_slice(&[1u8], &[1]).unwrap(), Array::from_slice(&[0.5f32], &[1]).unwrap()], 0);
+    assert_eq!(m.unwrap().to_vec::<f32>().unwrap(), vec![1.0, 0.5]);
 }
 
 #[test]
