@@ -5,7 +5,7 @@
 use crate::array::Array;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
-use crate::ops::shape::{broadcast_to, expand_dims};
+use crate::ops::shape::{broadcast_to, concatenate, expand_dims};
 use crate::ops::{binary, Scalar};
 use crate::primitive::Primitive;
 use crate::shape::numel_checked;
@@ -58,13 +58,22 @@ pub fn arange(start: f64, stop: f64, step: f64, dtype: DType) -> Result<Array> {
     Array::from_op(Primitive::Arange { start, step, len: n as usize, dtype }, vec![])
 }
 
-/// `num` evenly spaced values from `start` to `stop` inclusive.
+/// `num` evenly spaced values from `start` to `stop` inclusive, as NumPy's
+/// `linspace`: element `i` is `start + i * step` computed in `f64` (with
+/// `step = (stop - start) / (num - 1)`), and the last element is exactly `stop`.
 pub fn linspace(start: f64, stop: f64, num: usize, dtype: DType) -> Result<Array> {
     if !dtype.is_float() {
         return Err(Error::DType { op: "linspace", dtype, msg: "linspace produces a float dtype".into() });
     }
-    let step = if num > 1 { (stop - start) / (num - 1) as f64 } else { 0.0 };
-    Array::from_op(Primitive::Arange { start, step, len: num, dtype }, vec![])
+    if num < 2 {
+        return Array::from_op(Primitive::Arange { start, step: 0.0, len: num, dtype }, vec![]);
+    }
+    let step = (stop - start) / (num - 1) as f64;
+    let head = Array::from_op(Primitive::Arange { start, step, len: num - 1, dtype }, vec![])?;
+    // `start + (num - 1) * step` can miss `stop` by an ulp: append `stop` itself.
+    let last =
+        crate::with_dtype!(dtype, T => Array::from_vec(vec![<T as crate::dtype::Element>::from_f64(stop)], &[1])?);
+    concatenate(&[head, last], 0)
 }
 
 /// An `n x m` matrix with ones on the `k`-th diagonal (k > 0 above the main one).

@@ -136,8 +136,9 @@ pub fn stack(xs: &[Array], axis: isize) -> Result<Array> {
             ),
         });
     }
-    let expanded = xs.iter().map(|x| expand_dims(x, &[axis])).collect::<Result<Vec<_>>>()?;
-    concatenate(&expanded, axis)
+    let ax = normalize_axis("stack", axis, first.ndim() + 1)? as isize;
+    let expanded = xs.iter().map(|x| expand_dims(x, &[ax])).collect::<Result<Vec<_>>>()?;
+    concatenate(&expanded, ax)
 }
 
 /// Splits into `sections` equal parts along `axis` (the size must divide evenly).
