@@ -38,7 +38,7 @@ fn compile_returns_without_calling_f() {
 #[test]
 fn compiled_matches_eager() -> Result<()> {
     let gelu = |x: &Array| -> Result<Array> {
-        let inner = ((x + &((x.square()? * x)? * 0.044715f32)?)? * 0.7978845608f32)?;
+        let inner = ((x + &((x.square()? * x)? * 0.044715f32)?)? * 0.797_884_6_f32)?;
         (x * 0.5f32)? * (inner.tanh()? + 1.0f32)?
     };
     let f = compile(gelu);

@@ -108,7 +108,7 @@ pub fn run(g: &FusedGroup, inputs: &[&Data], shape: &[usize]) -> crate::Result<V
         .map(|&dt| crate::with_dtype!(dt, T => Buffer::from_vec(Vec::<T>::with_capacity(n))))
         .collect();
     let ptrs: Vec<OutPtr> =
-        outs.iter_mut().map(|b| OutPtr(crate::with_buffer!(b, v => v.as_mut_ptr() as *mut u8))).collect();
+        outs.iter_mut().map(|b| OutPtr(crate::with_buffer!(b, v => v.as_mut_ptr().cast::<u8>()))).collect();
     let n_in = g.inputs.len();
     let tile = TILE.min(n.max(1));
 

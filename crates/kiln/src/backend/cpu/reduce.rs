@@ -461,7 +461,11 @@ pub fn reduce(op: ReduceOp, x: &Data, axes: &[usize], out: DType) -> Result<Buff
     if matches!(op, ReduceOp::Max | ReduceOp::Min) && axes.iter().any(|&a| x.layout.shape[a] == 0) {
         return Err(Error::Shape {
             op: op.name(),
-            msg: format!("cannot reduce an empty axis of shape {}: {} has no identity", shape_str(&x.layout.shape), op.name()),
+            msg: format!(
+                "cannot reduce an empty axis of shape {}: {} has no identity",
+                shape_str(&x.layout.shape),
+                op.name()
+            ),
         });
     }
     let p = Plan::new(&x.layout, axes);
@@ -492,7 +496,14 @@ fn arg_scan<T: Element, const MAX: bool>(src: &[T], base: isize, s: isize, range
     (bi, bv)
 }
 
-fn arg_typed<T: Element, const MAX: bool>(src: &[T], kshape: &[usize], kst: &[isize], off: usize, n: usize, s: isize) -> Vec<u32> {
+fn arg_typed<T: Element, const MAX: bool>(
+    src: &[T],
+    kshape: &[usize],
+    kst: &[isize],
+    off: usize,
+    n: usize,
+    s: isize,
+) -> Vec<u32> {
     let n_out: usize = kshape.iter().product();
     let k = kst.last().copied().unwrap_or(0);
     let total = n_out.saturating_mul(n);
