@@ -105,6 +105,15 @@ impl Executable {
                         values[*o] = Some(d);
                     }
                 }
+                Kernel::ReduceFused { group, reduce: Primitive::Reduce { op, axes, .. }, source } => {
+                    let ins: Vec<&Data> =
+                        step.inputs.iter().map(|&i| values[i].as_ref().expect("value computed")).collect();
+                    let out = step.outputs[0];
+                    let d = cpu::fused::run_reduce(group, &ins, shape_of(*source), *op, axes, p.instrs[out].dtype)?;
+                    // keepdims only changes the shape, not the order of elements.
+                    values[out] = Some(Data { layout: crate::layout::Layout::contiguous(shape_of(out)), ..d });
+                }
+                Kernel::ReduceFused { .. } => unreachable!("the fuser absorbs only Reduce primitives"),
                 Kernel::MatmulEpilogue(group) => {
                     let ins: Vec<&Data> =
                         step.inputs.iter().map(|&i| values[i].as_ref().expect("value computed")).collect();

@@ -27,6 +27,9 @@ fn kernel_ops(k: &Kernel) -> Vec<&'static str> {
         Kernel::Single(p) => vec![p.name()],
         Kernel::Fused(g) => g.ops.iter().map(|o| o.prim.name()).collect(),
         Kernel::MatmulEpilogue(g) => std::iter::once("matmul").chain(g.ops.iter().map(|o| o.prim.name())).collect(),
+        Kernel::ReduceFused { group, reduce, .. } => {
+            group.ops.iter().map(|o| o.prim.name()).chain(std::iter::once(reduce.name())).collect()
+        }
     }
 }
 
@@ -41,7 +44,7 @@ pub fn text(exe: &Executable, traced_instrs: usize, misses: &[String]) -> String
     );
     for (i, step) in exe.steps.iter().enumerate() {
         let kind = match &step.kernel {
-            Kernel::Fused(_) | Kernel::MatmulEpilogue(_) => "fused",
+            Kernel::Fused(_) | Kernel::MatmulEpilogue(_) | Kernel::ReduceFused { .. } => "fused",
             Kernel::Single(p) if is_free(p) => "view",
             Kernel::Single(_) => "kernel",
         };
@@ -72,7 +75,7 @@ pub fn dot(exe: &Executable) -> String {
     let mut s = String::from("digraph kiln {\n  rankdir=TB;\n  node [shape=box, fontname=\"monospace\"];\n");
     let mut drawn = vec![false; p.instrs.len()];
     for (k, step) in exe.steps.iter().enumerate() {
-        if let Kernel::Fused(g) | Kernel::MatmulEpilogue(g) = &step.kernel {
+        if let Kernel::Fused(g) | Kernel::MatmulEpilogue(g) | Kernel::ReduceFused { group: g, .. } = &step.kernel {
             let _ = writeln!(s, "  subgraph cluster_{k} {{\n    label=\"kernel {k}: fused\";\n    style=rounded;");
             // Fused ops are drawn as their own nodes inside the cluster.
             for (j, op) in g.ops.iter().enumerate() {

@@ -50,16 +50,21 @@ impl Scalar {
         }
     }
 
-    /// A 0-d array of `dtype` holding this value.
-    pub fn to_array(self, dtype: DType) -> Array {
+    /// A one-element buffer of `dtype` holding this value.
+    pub fn to_buffer(self, dtype: DType) -> Buffer {
         crate::with_dtype!(dtype, T => {
             let v: T = match self {
                 Scalar::Bool(b) => T::from_i64(b as i64),
                 Scalar::Int(i) => T::from_i64(i),
                 Scalar::Float(f) => T::from_f64(f),
             };
-            Array::from_data(crate::array::Data::contiguous(Buffer::from_vec(vec![v]), &[]))
+            Buffer::from_vec(vec![v])
         })
+    }
+
+    /// A 0-d array of `dtype` holding this value.
+    pub fn to_array(self, dtype: DType) -> Array {
+        Array::from_data(crate::array::Data::contiguous(self.to_buffer(dtype), &[]))
     }
 }
 

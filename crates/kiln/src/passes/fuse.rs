@@ -9,6 +9,8 @@
 //! a program output) is a group output: groups may have several outputs.
 //! A matrix product used only by such a group becomes the group's head: its
 //! bias and activation run as an epilogue over its output.
+//! A reduction that is the only consumer of a group's only output absorbs
+//! the group (so `sum(x * x)` reads `x` once and never writes `x * x`).
 //! Merging never creates a cycle: an instruction joins a group only if none
 //! of its other inputs depends on that group.
 
@@ -68,6 +70,17 @@ pub enum Kernel {
     /// inputs; the product is the group's input register 0 and is never an
     /// output of the step.
     MatmulEpilogue(FusedGroup),
+    /// A fused group whose single output feeds only a reduction: the
+    /// producer's values never reach memory. `source` is the reduced value
+    /// (its shape is the group's iteration space).
+    ReduceFused {
+        /// The producer.
+        group: FusedGroup,
+        /// The `Primitive::Reduce`.
+        reduce: Primitive,
+        /// The instruction whose value is reduced.
+        source: usize,
+    },
 }
 
 /// A planned kernel with the program values it reads and writes.
@@ -81,18 +94,34 @@ pub struct Planned {
     pub outputs: Vec<usize>,
 }
 
-fn depends_on_group(p: &Program, from: usize, group: &[usize], group_of: &[Option<usize>], g: usize) -> bool {
-    let lo = group.iter().copied().min().unwrap_or(0);
+/// True when value `from` depends on a member of group `g` at kernel level:
+/// reading any member of another group means depending on every input of
+/// that group, because a group runs as one kernel.
+fn depends_on_group(
+    p: &Program,
+    from: usize,
+    groups: &[Vec<usize>],
+    heads: &[Option<usize>],
+    group_of: &[Option<usize>],
+    g: usize,
+) -> bool {
     let mut stack = vec![from];
-    let mut seen = std::collections::HashSet::new();
+    let mut seen = vec![false; p.instrs.len()];
+    let mut seen_group = vec![false; groups.len()];
     while let Some(x) = stack.pop() {
-        if group_of[x] == Some(g) {
-            return true;
-        }
-        if x < lo || !seen.insert(x) {
+        if std::mem::replace(&mut seen[x], true) {
             continue;
         }
-        stack.extend(p.instrs[x].inputs.iter().copied());
+        match group_of[x] {
+            Some(h) if h == g => return true,
+            Some(h) if !std::mem::replace(&mut seen_group[h], true) => {
+                for &m in groups[h].iter().chain(heads[h].iter()) {
+                    stack.extend(p.instrs[m].inputs.iter().copied());
+                }
+            }
+            Some(_) => {}
+            None => stack.extend(p.instrs[x].inputs.iter().copied()),
+        }
     }
     false
 }
@@ -121,7 +150,7 @@ pub fn plan(p: &Program) -> Vec<Planned> {
                 .inputs
                 .iter()
                 .filter(|&&y| group_of[y] != Some(g))
-                .all(|&y| !depends_on_group(p, y, &groups[g], &group_of, g));
+                .all(|&y| !depends_on_group(p, y, &groups, &heads, &group_of, g));
             if others_ok {
                 joined = Some(g);
                 break;
@@ -159,10 +188,12 @@ pub fn plan(p: &Program) -> Vec<Planned> {
                     .filter(|&x| group_of[x] != Some(grp))
                     .collect()
             };
-            let h_reaches_g =
-                external(g).iter().any(|&x| group_of[x] != Some(h) && depends_on_group(p, x, &groups[h], &group_of, h));
-            let g_reaches_h =
-                external(h).iter().any(|&x| group_of[x] != Some(g) && depends_on_group(p, x, &groups[g], &group_of, g));
+            let h_reaches_g = external(g)
+                .iter()
+                .any(|&x| group_of[x] != Some(h) && depends_on_group(p, x, &groups, &heads, &group_of, h));
+            let g_reaches_h = external(h)
+                .iter()
+                .any(|&x| group_of[x] != Some(g) && depends_on_group(p, x, &groups, &heads, &group_of, g));
             if h_reaches_g || g_reaches_h {
                 continue;
             }
@@ -181,10 +212,13 @@ pub fn plan(p: &Program) -> Vec<Planned> {
 
     // Build the planned kernels; `first` orders them by their first instruction.
     let mut planned: Vec<(usize, Planned)> = vec![];
+    let mut absorbed = vec![false; n];
+    let mut reductions = vec![];
     for (i, ins) in p.instrs.iter().enumerate() {
         match ins.prim.class() {
             FusionClass::Leaf | FusionClass::Elementwise => {}
             _ if heads.contains(&Some(i)) => {}
+            FusionClass::Reduce if matches!(ins.prim, Primitive::Reduce { .. }) => reductions.push(i),
             _ => planned.push((
                 i,
                 Planned { kernel: Kernel::Single(ins.prim.clone()), inputs: ins.inputs.clone(), outputs: vec![i] },
@@ -228,6 +262,21 @@ pub fn plan(p: &Program) -> Vec<Planned> {
             ops,
             outputs: outs.iter().map(|&o| reg(o)).collect(),
         };
+        // A reduction that alone consumes the group's only output absorbs it.
+        let absorbing = match outs.as_slice() {
+            [v] if head.is_none() && !is_output[*v] && consumers[*v].len() == 1 => {
+                let r = consumers[*v][0];
+                matches!(p.instrs[r].prim, Primitive::Reduce { .. }).then_some(r)
+            }
+            _ => None,
+        };
+        if let Some(r) = absorbing {
+            absorbed[r] = true;
+            let source = outs[0];
+            let kernel = Kernel::ReduceFused { group, reduce: p.instrs[r].prim.clone(), source };
+            planned.push((members[0], Planned { kernel, inputs, outputs: vec![r] }));
+            continue;
+        }
         let (kernel, first) = match head {
             Some(h) => {
                 // The step reads the product's operands instead of the product.
@@ -237,6 +286,15 @@ pub fn plan(p: &Program) -> Vec<Planned> {
             None => (Kernel::Fused(group), members[0]),
         };
         planned.push((first, Planned { kernel, inputs, outputs: outs }));
+    }
+    for r in reductions {
+        if !absorbed[r] {
+            let ins = &p.instrs[r];
+            planned.push((
+                r,
+                Planned { kernel: Kernel::Single(ins.prim.clone()), inputs: ins.inputs.clone(), outputs: vec![r] },
+            ));
+        }
     }
     order(planned, n)
 }
@@ -303,6 +361,15 @@ mod tests {
             other => panic!("expected a matmul epilogue, got {other:?}"),
         }
         assert_eq!(k[0].inputs.len(), 3 + 1, "a, b, bias and the 0.0 constant");
+    }
+
+    #[test]
+    fn sum_of_squares_reads_its_input_once() {
+        let p = trace(&[&[64, 32]], |a| Ok(vec![(&a[0] * &a[0])?.sum(1, false)?.sqrt()?]));
+        let k = plan(&p);
+        assert_eq!(k.len(), 2, "{k:?}");
+        assert!(matches!(&k[0].kernel, Kernel::ReduceFused { group, .. } if group.ops.len() == 1));
+        assert_eq!(k[0].inputs, vec![p.inputs[0].unwrap()], "the reduction reads x, not x * x");
     }
 
     #[test]

@@ -11,11 +11,11 @@
 use crate::array::Data;
 use crate::backend::cpu::strided::{PAR_CHUNK, PAR_THRESHOLD};
 use crate::backend::cpu::tile::{Src, TILE};
-use crate::backend::cpu::{binary, cast, unary, Buffer};
+use crate::backend::cpu::{binary, cast, reduce, unary, Buffer};
 use crate::dtype::DType;
-use crate::layout::{collapse, for_each_block};
+use crate::layout::{collapse, for_each_block, Layout};
 use crate::passes::fuse::{FusedGroup, FusedOp};
-use crate::primitive::Primitive;
+use crate::primitive::{BinaryOp, Primitive, ReduceOp};
 
 use rayon::prelude::*;
 
@@ -37,16 +37,16 @@ unsafe impl Send for OutPtr {}
 // SAFETY: as above; no two tasks touch the same element.
 unsafe impl Sync for OutPtr {}
 
-fn plan_load<'a>(d: &'a Data, shape: &[usize]) -> Load<'a> {
-    let l = if d.layout.shape == shape { d.layout.clone() } else { d.layout.broadcast_to(shape) };
+/// How to read `buf` through layout `l` (already in the group's iteration order).
+fn plan_load(buf: &Buffer, l: Layout) -> Load<'_> {
     if let Some(r) = l.contiguous_range() {
-        return Load::InPlace(&d.buffer, r.start);
+        return Load::InPlace(buf, r.start);
     }
     if l.strides.iter().all(|&s| s == 0) {
-        return Load::Scalar(&d.buffer, l.offset);
+        return Load::Scalar(buf, l.offset);
     }
     let (cs, st) = collapse(&l.shape, &[&l.strides]);
-    Load::Strided { buf: &d.buffer, shape: cs, strides: st.into_iter().next().unwrap_or_default(), offset: l.offset }
+    Load::Strided { buf, shape: cs, strides: st.into_iter().next().unwrap_or_default(), offset: l.offset }
 }
 
 /// Copies `len` elements of a strided input, starting at row-major position `start`, into `reg`.
@@ -98,77 +98,189 @@ fn apply(op: &FusedOp, args: &[Src], out: &mut Buffer) {
     }
 }
 
+/// Runs the group over row-major positions `start..end` of its iteration
+/// space, writing output `k` at `outs[k]` offset by `-base` elements.
+fn exec_range(g: &FusedGroup, loads: &[Load], tile: usize, start: usize, end: usize, outs: &[OutPtr], base: usize) {
+    let n_in = g.inputs.len();
+    let mut in_regs: Vec<Option<Buffer>> = loads
+        .iter()
+        .zip(&g.inputs)
+        .map(|(l, &dt)| match l {
+            Load::InPlace(..) => None,
+            Load::Scalar(buf, at) => {
+                let mut r = Buffer::zeros(dt, tile);
+                fill_scalar(buf, *at, &mut r);
+                Some(r)
+            }
+            Load::Strided { .. } => Some(Buffer::zeros(dt, tile)),
+        })
+        .collect();
+    let mut op_regs: Vec<Buffer> = g.ops.iter().map(|o| Buffer::zeros(o.dtype, tile)).collect();
+    let mut s = start;
+    while s < end {
+        let len = TILE.min(end - s);
+        for (l, reg) in loads.iter().zip(in_regs.iter_mut()) {
+            if let (Load::Strided { buf, shape, strides, offset }, Some(r)) = (l, reg) {
+                gather_tile(buf, shape, strides, *offset, s, len, r);
+            }
+        }
+        for k in 0..g.ops.len() {
+            let (before, rest) = op_regs.split_at_mut(k);
+            let src = |r: usize| -> Src {
+                if r < n_in {
+                    match (&loads[r], &in_regs[r]) {
+                        (Load::InPlace(buf, at), _) => Src { buf, start: at + s, len },
+                        (_, Some(reg)) => Src { buf: reg, start: 0, len },
+                        _ => unreachable!("non-in-place inputs have registers"),
+                    }
+                } else {
+                    Src { buf: &before[r - n_in], start: 0, len }
+                }
+            };
+            let args: Vec<Src> = g.ops[k].args.iter().map(|&r| src(r)).collect();
+            apply(&g.ops[k], &args, &mut rest[0]);
+        }
+        for (&r, p) in g.outputs.iter().zip(outs) {
+            let reg = &op_regs[r - n_in];
+            crate::with_buffer!(reg, v => store(&v[..len], p, s - base));
+        }
+        s += len;
+    }
+}
+
+/// Output buffers of `n` elements for each group output, and their pointers.
+fn alloc_outputs(g: &FusedGroup, n: usize) -> (Vec<Buffer>, Vec<OutPtr>) {
+    let mut outs: Vec<Buffer> = g
+        .outputs
+        .iter()
+        .map(|&r| crate::with_dtype!(g.reg_dtype(r), T => Buffer::from_vec(Vec::<T>::with_capacity(n))))
+        .collect();
+    let ptrs = outs.iter_mut().map(|b| OutPtr(crate::with_buffer!(b, v => v.as_mut_ptr().cast::<u8>()))).collect();
+    (outs, ptrs)
+}
+
+/// Marks `n` elements of each output as written.
+fn finish_outputs(outs: &mut [Buffer], n: usize) {
+    for b in outs {
+        // SAFETY: the caller ran `exec_range` over `0..n` of this buffer's
+        // range, which wrote every element exactly once.
+        crate::with_buffer!(b, v => unsafe { v.set_len(n) });
+    }
+}
+
 /// Runs a fused group over `shape`, returning its outputs (contiguous).
 pub fn run(g: &FusedGroup, inputs: &[&Data], shape: &[usize]) -> crate::Result<Vec<Data>> {
     let n: usize = shape.iter().product();
-    let loads: Vec<Load> = inputs.iter().map(|d| plan_load(d, shape)).collect();
-    let out_dtypes: Vec<DType> = g.outputs.iter().map(|&r| g.reg_dtype(r)).collect();
-    let mut outs: Vec<Buffer> = out_dtypes
-        .iter()
-        .map(|&dt| crate::with_dtype!(dt, T => Buffer::from_vec(Vec::<T>::with_capacity(n))))
-        .collect();
-    let ptrs: Vec<OutPtr> =
-        outs.iter_mut().map(|b| OutPtr(crate::with_buffer!(b, v => v.as_mut_ptr().cast::<u8>()))).collect();
-    let n_in = g.inputs.len();
+    let loads: Vec<Load> = inputs.iter().map(|d| plan_load(&d.buffer, view_as(d, shape))).collect();
+    let (mut outs, ptrs) = alloc_outputs(g, n);
     let tile = TILE.min(n.max(1));
-
-    let run_range = |start: usize, end: usize| {
-        let mut in_regs: Vec<Option<Buffer>> = loads
-            .iter()
-            .zip(&g.inputs)
-            .map(|(l, &dt)| match l {
-                Load::InPlace(..) => None,
-                Load::Scalar(buf, at) => {
-                    let mut r = Buffer::zeros(dt, tile);
-                    fill_scalar(buf, *at, &mut r);
-                    Some(r)
-                }
-                Load::Strided { .. } => Some(Buffer::zeros(dt, tile)),
-            })
-            .collect();
-        let mut op_regs: Vec<Buffer> = g.ops.iter().map(|o| Buffer::zeros(o.dtype, tile)).collect();
-        let mut s = start;
-        while s < end {
-            let len = TILE.min(end - s);
-            for (l, reg) in loads.iter().zip(in_regs.iter_mut()) {
-                if let (Load::Strided { buf, shape, strides, offset }, Some(r)) = (l, reg) {
-                    gather_tile(buf, shape, strides, *offset, s, len, r);
-                }
-            }
-            for k in 0..g.ops.len() {
-                let (before, rest) = op_regs.split_at_mut(k);
-                let src = |r: usize| -> Src {
-                    if r < n_in {
-                        match (&loads[r], &in_regs[r]) {
-                            (Load::InPlace(buf, base), _) => Src { buf, start: base + s, len },
-                            (_, Some(reg)) => Src { buf: reg, start: 0, len },
-                            _ => unreachable!("non-in-place inputs have registers"),
-                        }
-                    } else {
-                        Src { buf: &before[r - n_in], start: 0, len }
-                    }
-                };
-                let args: Vec<Src> = g.ops[k].args.iter().map(|&r| src(r)).collect();
-                apply(&g.ops[k], &args, &mut rest[0]);
-            }
-            for (&r, p) in g.outputs.iter().zip(&ptrs) {
-                let reg = &op_regs[r - n_in];
-                crate::with_buffer!(reg, v => store(&v[..len], p, s));
-            }
-            s += len;
-        }
-    };
     if n < PAR_THRESHOLD {
-        run_range(0, n);
+        exec_range(g, &loads, tile, 0, n, &ptrs, 0);
     } else {
         let chunks = n.div_ceil(PAR_CHUNK);
-        (0..chunks).into_par_iter().for_each(|c| run_range(c * PAR_CHUNK, ((c + 1) * PAR_CHUNK).min(n)));
+        (0..chunks)
+            .into_par_iter()
+            .for_each(|c| exec_range(g, &loads, tile, c * PAR_CHUNK, ((c + 1) * PAR_CHUNK).min(n), &ptrs, 0));
     }
-    for b in &mut outs {
-        // SAFETY: every element in `0..n` was written by exactly one task above.
-        crate::with_buffer!(b, v => unsafe { v.set_len(n) });
-    }
+    finish_outputs(&mut outs, n);
     Ok(outs.into_iter().map(|b| Data::contiguous(b, shape)).collect())
+}
+
+/// Elements of producer values materialized at once by a fused reduction:
+/// small enough to stay in L2, so the reduction reads them from cache.
+const REDUCE_CHUNK: usize = 1 << 15;
+
+/// Runs a group whose single output feeds a reduction over `axes` of
+/// `shape`: the group's values are produced chunk by chunk (kept axes
+/// outermost, reduced axes innermost) into a cache-sized scratch and reduced
+/// from there, so the group's inputs are read once and its output never
+/// reaches memory.
+pub fn run_reduce(
+    g: &FusedGroup,
+    inputs: &[&Data],
+    shape: &[usize],
+    op: ReduceOp,
+    axes: &[usize],
+    out_dtype: DType,
+) -> crate::Result<Data> {
+    let nd = shape.len();
+    let perm: Vec<usize> = (0..nd).filter(|a| !axes.contains(a)).chain(axes.iter().copied()).collect();
+    let loads: Vec<Load> = inputs.iter().map(|d| plan_load(&d.buffer, view_as(d, shape).permute(&perm))).collect();
+    let n_out: usize = (0..nd).filter(|a| !axes.contains(a)).map(|a| shape[a]).product();
+    let n_red: usize = axes.iter().map(|&a| shape[a]).product();
+    let out_shape = crate::primitive::reduced_shape(shape, axes, false);
+    // Producer values for positions `lo..hi` of the permuted space, reduced as `rows` rows.
+    let produce_and_reduce = |lo: usize, hi: usize, rows: usize, op: ReduceOp| -> crate::Result<Buffer> {
+        let (mut scratch, ptrs) = alloc_outputs(g, hi - lo);
+        exec_range(g, &loads, TILE.min((hi - lo).max(1)), lo, hi, &ptrs, lo);
+        finish_outputs(&mut scratch, hi - lo);
+        let row = (hi - lo).checked_div(rows).unwrap_or(n_red);
+        let d = Data::contiguous(scratch.pop().expect("one output"), &[rows, row]);
+        let dt = op.out_dtype(d.buffer.dtype());
+        reduce::reduce(op, &d, &[1], dt)
+    };
+    let buf = if n_red <= REDUCE_CHUNK || n_out == 0 {
+        let rows = (REDUCE_CHUNK / n_red.max(1)).max(1);
+        let chunks = n_out.div_ceil(rows).max(1);
+        let part = |c: usize| {
+            let (o0, o1) = (c * rows, ((c + 1) * rows).min(n_out));
+            produce_and_reduce(o0 * n_red, o1 * n_red, o1 - o0, op)
+        };
+        let parts: Vec<Buffer> = if n_out * n_red < PAR_THRESHOLD {
+            (0..chunks).map(part).collect::<crate::Result<_>>()?
+        } else {
+            (0..chunks).into_par_iter().map(part).collect::<crate::Result<_>>()?
+        };
+        concat_buffers(parts, out_dtype)
+    } else {
+        // Few outputs, long reductions: partial results over fixed chunks of
+        // the reduced range (independent of the thread count), then combined.
+        let (part_op, combine_op) = match op {
+            ReduceOp::Mean => (ReduceOp::Sum, ReduceOp::Sum),
+            o => (o, o),
+        };
+        let per_out = n_red.div_ceil(REDUCE_CHUNK);
+        let mut finals = vec![];
+        for o in 0..n_out {
+            let partials: Vec<Buffer> = (0..per_out)
+                .into_par_iter()
+                .map(|c| {
+                    let lo = o * n_red + c * REDUCE_CHUNK;
+                    let hi = (lo + REDUCE_CHUNK).min((o + 1) * n_red);
+                    produce_and_reduce(lo, hi, 1, part_op)
+                })
+                .collect::<crate::Result<_>>()?;
+            let pdt = partials[0].dtype();
+            let p = Data::contiguous(concat_buffers(partials, pdt), &[1, per_out]);
+            let mut r = Data::contiguous(reduce::reduce(combine_op, &p, &[1], combine_op.out_dtype(pdt))?, &[1]);
+            if op == ReduceOp::Mean {
+                let n = Data::contiguous(crate::ops::Scalar::Int(n_red as i64).to_buffer(pdt), &[]);
+                r = run_single(&Primitive::Binary(BinaryOp::Div), &[&r, &n], &[1], pdt)?;
+            }
+            finals.push((*r.buffer).clone());
+        }
+        concat_buffers(finals, out_dtype)
+    };
+    Ok(Data::contiguous(buf, &out_shape))
+}
+
+/// Joins buffers of one dtype end to end.
+fn concat_buffers(parts: Vec<Buffer>, dtype: DType) -> Buffer {
+    crate::with_dtype!(dtype, T => {
+        let mut all: Vec<T> = Vec::new();
+        for p in &parts {
+            all.extend_from_slice(p.as_slice::<T>().expect("parts share the dtype"));
+        }
+        Buffer::from_vec(all)
+    })
+}
+
+fn view_as(d: &Data, shape: &[usize]) -> Layout {
+    if d.layout.shape == shape {
+        d.layout.clone()
+    } else {
+        d.layout.broadcast_to(shape)
+    }
 }
 
 /// Runs one elementwise primitive eagerly, as a group of one op.
