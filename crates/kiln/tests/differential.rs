@@ -268,7 +268,8 @@ fn eager_and_compiled_agree_on_a_fixed_program() -> Result<()> {
 #[test]
 fn regressions() -> Result<()> {
     let s = |op, a, b, p| Step { op, a, b, c: 0, p };
-    let cases: Vec<(Vec<(Vec<usize>, DType)>, Vec<Step>)> = vec![
+    type Case = (Vec<(Vec<usize>, DType)>, Vec<Step>);
+    let cases: Vec<Case> = vec![
         (
             // A remainder by the sum of a softmax: fused and eager sums differ by an
             // ulp, which remainder amplifies (now it reads only arguments).
