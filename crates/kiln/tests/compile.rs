@@ -235,3 +235,132 @@ fn random_ops_give_fresh_numbers_and_reproduce_after_seed() -> Result<()> {
     assert!(mean.abs() < 0.2, "standard normal numbers, mean {mean}");
     Ok(())
 }
+
+fn shapeless() -> CompileOptions {
+    CompileOptions { shapeless: true, ..Default::default() }
+}
+
+#[test]
+fn shapeless_reshape_with_minus_one_follows_new_shapes() -> Result<()> {
+    let f = compile_with(|x: &Array| x.reshape(&[-1, 8])?.sum(1, false), shapeless());
+    let a = f.call(&ramp(&[4, 16]))?;
+    let b = f.call(&ramp(&[6, 16]))?;
+    assert_eq!((a.shape(), b.shape()), (&[8][..], &[12][..]));
+    assert_eq!(b.to_vec::<f32>()?, ramp(&[6, 16]).reshape(&[-1, 8])?.sum(1, false)?.to_vec::<f32>()?);
+    assert_eq!(f.stats().traces, 1);
+    Ok(())
+}
+
+#[test]
+fn shapeless_fixed_reshape_and_broadcast_fail_clearly() -> Result<()> {
+    let f = compile_with(|x: &Array| x.reshape(&[640]), shapeless());
+    f.call(&ramp(&[10, 64]))?;
+    let e = f.call(&ramp(&[20, 64])).unwrap_err().to_string();
+    assert!(
+        e.starts_with("reshape") && e.contains("(20, 64)") && e.contains("(640)") && e.contains("shapeless"),
+        "{e}"
+    );
+
+    let g = compile_with(|x: &Array| x.broadcast_to(&[10, 64]), shapeless());
+    g.call(&ramp(&[10, 1]))?;
+    let e = g.call(&ramp(&[20, 1])).unwrap_err().to_string();
+    assert!(e.starts_with("broadcast_to") && e.contains("(20, 1)") && e.contains("(10, 64)"), "{e}");
+    Ok(())
+}
+
+#[test]
+fn shapeless_reductions_follow_runtime_sizes() -> Result<()> {
+    // Traced with a size-1 reduced axis, called with a larger one.
+    let f =
+        compile_with(|x: &Array| -> Result<(Array, Array)> { Ok((x.sum(1, true)?, x.mean(1, false)?)) }, shapeless());
+    f.call(&ramp(&[4, 1]))?;
+    let x = ramp(&[4, 3]);
+    let (s, m) = f.call(&x)?;
+    assert_eq!(s.shape(), &[4, 1]);
+    assert_eq!(s.to_vec::<f32>()?, x.sum(1, true)?.to_vec::<f32>()?);
+    let v = x.to_vec::<f32>()?;
+    let want: Vec<f32> = v.chunks(3).map(|r| r.iter().sum::<f32>() / 3.0).collect();
+    for (a, b) in m.to_vec::<f32>()?.iter().zip(&want) {
+        assert!((a - b).abs() < 1e-6, "mean divides by the runtime size: {a} vs {b}");
+    }
+    assert_eq!(f.stats().traces, 1);
+    Ok(())
+}
+
+#[test]
+fn shapeless_zeros_like_follows_the_input() -> Result<()> {
+    let f = compile_with(|x: &Array| x + &kiln::ones_like(x)?, shapeless());
+    f.call(&ramp(&[2, 3]))?;
+    let r = f.call(&ramp(&[5, 3]))?;
+    assert_eq!(r.to_vec::<f32>()?, (ramp(&[5, 3]) + 1.0f32)?.to_vec::<f32>()?);
+    Ok(())
+}
+
+#[test]
+fn printing_and_control_flow_while_tracing_are_clear_errors() {
+    let f = compile(|x: &Array| -> Result<Array> {
+        let s = x.exp()?;
+        let _text = s.to_string_checked()?; // printing values
+        Ok(s)
+    });
+    let e = f.call(&ramp(&[3])).unwrap_err();
+    assert!(matches!(e, Error::TracingValue { .. }) && e.to_string().contains("argument 0"), "{e}");
+
+    let g = compile(|x: &Array| -> Result<Array> {
+        // Control flow on an array value needs the value.
+        if x.sum(kiln::Axes::All, false)?.item::<f32>()? > 0.0 {
+            x.exp()
+        } else {
+            x.sin()
+        }
+    });
+    let e = g.call(&ramp(&[3])).unwrap_err();
+    assert!(matches!(e, Error::TracingValue { .. }), "{e}");
+    assert!(e.to_string().contains("disable"), "{e}");
+}
+
+#[test]
+fn compiled_functions_are_send_and_sync() {
+    fn assert_send_sync<T: Send + Sync>(_: &T) {}
+    let f = compile(|x: &Array| x.exp());
+    assert_send_sync(&f);
+    let f2 = f.clone();
+    let h = std::thread::spawn(move || f2.call(&ramp(&[2])).map(|a| a.shape().to_vec()));
+    assert_eq!(h.join().unwrap().unwrap(), vec![2]);
+}
+
+#[test]
+fn eight_arguments_and_vec_outputs() -> Result<()> {
+    let f = compile(|a: &Array, b: &Array, c: &Array, d: &Array, e: &Array, g: &Array, h: &Array, i: &Array| {
+        let s = ((((((a + b)? + c)? + d)? + e)? + g)? + h)?;
+        Ok::<_, Error>(vec![(&s + i)?, s])
+    });
+    let x = ramp(&[3]);
+    let out = f.call((&x, &x, &x, &x, &x, &x, &x, &x))?;
+    assert_eq!(out.len(), 2);
+    let v = x.to_vec::<f32>()?;
+    let want8: Vec<f32> = v.iter().map(|a| a + a + a + a + a + a + a + a).collect();
+    assert_eq!(out[0].to_vec::<f32>()?, want8);
+    assert!(f.call(&[x.clone()][..]).is_err(), "wrong number of arguments is an error");
+    Ok(())
+}
+
+#[test]
+fn fused_reduction_matches_eager_on_large_inputs() -> Result<()> {
+    // Large enough for the parallel and the long-reduction paths.
+    let x = ramp(&[300_000]);
+    let f = compile(|x: &Array| (x * x)?.sum(kiln::Axes::All, false));
+    let got = f.call(&x)?.item::<f32>()?;
+    let want: f64 = x.to_vec::<f32>()?.iter().map(|&v| v as f64 * v as f64).sum();
+    assert!(((got as f64) - want).abs() / want < 1e-5, "{got} vs {want}");
+    let text = f.explain(&x)?;
+    assert!(text.contains("mul -> sum"), "{text}");
+    let m = ramp(&[512, 300]);
+    let g = compile(|x: &Array| (x.exp()? * 2.0f32)?.mean(0, false));
+    let got = g.call(&m)?.to_vec::<f32>()?;
+    let want = (m.exp()? * 2.0f32)?.mean(0, false)?.to_vec::<f32>()?;
+    for (a, b) in got.iter().zip(&want) {
+        assert!((a - b).abs() <= 1e-5 * b.abs(), "{a} vs {b}");
+    }
+    Ok(())
+}
