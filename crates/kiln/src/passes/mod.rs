@@ -4,6 +4,7 @@
 pub mod cse;
 pub mod dce;
 pub mod fuse;
+pub mod remat;
 pub mod simplify;
 
 use crate::program::Program;
@@ -16,10 +17,12 @@ pub trait Pass {
     fn run(&self, p: &mut Program);
 }
 
-/// The standard pipeline: remove no-ops, merge repeated work, drop dead code.
-/// `shapeless` keeps ops whose no-op status depends on the traced shapes.
+/// The standard pipeline: remove no-ops, merge repeated work, drop dead
+/// code, then copy shared elementwise values per reader (so fusion never has
+/// to write them). `shapeless` keeps ops whose no-op status depends on the
+/// traced shapes.
 pub fn optimize(p: &mut Program, shapeless: bool) {
-    let passes: [&dyn Pass; 3] = [&simplify::Simplify { shapeless }, &cse::Cse, &dce::Dce];
+    let passes: [&dyn Pass; 4] = [&simplify::Simplify { shapeless }, &cse::Cse, &dce::Dce, &remat::Remat];
     for pass in passes {
         pass.run(p);
     }

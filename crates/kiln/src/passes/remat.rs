@@ -1,0 +1,119 @@
+//! Rematerialization: an elementwise value read by several instructions is
+//! recomputed for each reader instead of being written to memory once and
+//! read back. Elementwise work is cheap next to a round trip through memory,
+//! and it lets each reader's fused kernel (and a reduction that absorbs its
+//! producer) stay self-contained: layernorm's `x - mean` is recomputed in the
+//! variance reduction and in the output pass, so it is never stored.
+//!
+//! Runs last (after CSE, which would merge the copies back). Copies cascade
+//! to the value's own elementwise inputs; the program grows at most 2x.
+
+use crate::passes::Pass;
+use crate::primitive::FusionClass;
+use crate::program::{Instr, Program};
+
+/// Duplicates shared elementwise values per consumer.
+pub struct Remat;
+
+impl Remat {
+    /// One forward sweep; returns whether anything was copied.
+    fn sweep(p: &mut Program, budget: &mut usize) -> bool {
+        let consumers = p.consumers();
+        let mut out: Vec<Instr> = Vec::with_capacity(p.instrs.len());
+        let mut new_index = vec![0usize; p.instrs.len()];
+        // (value, consumer) -> index of the copy made for that consumer.
+        let mut copy_for: std::collections::HashMap<(usize, usize), usize> = Default::default();
+        let mut changed = false;
+        for (i, ins) in p.instrs.iter().enumerate() {
+            let mut ins = ins.clone();
+            for x in &mut ins.inputs {
+                *x = copy_for.get(&(*x, i)).copied().unwrap_or(new_index[*x]);
+            }
+            new_index[i] = out.len();
+            let dup = ins.prim.class() == FusionClass::Elementwise && consumers[i].len() > 1;
+            out.push(ins.clone());
+            if dup {
+                for &c in &consumers[i][1..] {
+                    if *budget == 0 {
+                        break;
+                    }
+                    *budget -= 1;
+                    changed = true;
+                    copy_for.insert((i, c), out.len());
+                    out.push(ins.clone());
+                }
+            }
+        }
+        p.instrs = out;
+        for inp in p.inputs.iter_mut().flatten() {
+            *inp = new_index[*inp];
+        }
+        for o in &mut p.outputs {
+            *o = new_index[*o];
+        }
+        changed
+    }
+}
+
+impl Pass for Remat {
+    fn name(&self) -> &'static str {
+        "remat"
+    }
+
+    fn run(&self, p: &mut Program) {
+        let mut budget = p.instrs.len();
+        // Each sweep pushes copies one level up their elementwise inputs.
+        for _ in 0..8 {
+            if !Remat::sweep(p, &mut budget) {
+                break;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::passes::fuse::{plan, Kernel};
+    use crate::passes::tests::{count, trace};
+
+    #[test]
+    fn layernorm_center_is_recomputed_not_stored() {
+        let mut p = trace(&[&[8, 16]], |a| {
+            let x = &a[0];
+            let xc = (x - &x.mean(-1, true)?)?;
+            let var = xc.square()?.mean(-1, true)?;
+            Ok(vec![(&xc * &(var + 1e-5f32)?.rsqrt()?)?])
+        });
+        assert_eq!(count(&p, "sub"), 1);
+        Remat.run(&mut p);
+        assert_eq!(count(&p, "sub"), 2, "x - mean is recomputed for each reader");
+        let k = plan(&p);
+        let fused_reductions = k.iter().filter(|k| matches!(k.kernel, Kernel::ReduceFused { .. })).count();
+        assert_eq!(fused_reductions, 1, "the variance reduction absorbs (x - mean)^2: {k:?}");
+        let widest_output: usize = k
+            .iter()
+            .flat_map(|k| k.outputs.iter())
+            .filter(|&&o| !p.outputs.contains(&o))
+            .map(|&o| p.instrs[o].shape.iter().product::<usize>())
+            .max()
+            .unwrap_or(0);
+        assert_eq!(widest_output, 8, "no (8, 16) intermediate is written");
+    }
+
+    #[test]
+    fn copies_are_bounded() {
+        // A ladder of diamonds would copy exponentially without the budget.
+        let mut p = trace(&[&[4]], |a| {
+            let mut x = a[0].clone();
+            for _ in 0..12 {
+                let e = x.exp()?;
+                x = (e.sin()? + e.cos()?)?;
+            }
+            Ok(vec![x])
+        });
+        let before = p.instrs.len();
+        Remat.run(&mut p);
+        assert!(p.instrs.len() <= 2 * before, "{} > 2 * {before}", p.instrs.len());
+    }
+}
