@@ -39,9 +39,12 @@ use crate::primitive::{ArgReduceOp, ReduceOp};
 /// Independent accumulators per run (one vector register of `f32` on AVX2).
 const LANES: usize = 8;
 /// Runs longer than this are split in halves (pairwise reduction).
-const BLOCK: usize = 128;
-/// Outputs accumulated together by the outer walk.
-const TILE: usize = 256;
+const BLOCK: usize = 256;
+/// Outputs accumulated together by the outer walk (the accumulators stay in
+/// L1/L2 while whole input rows stream through).
+const TILE: usize = 4096;
+/// The split-range path keeps at most this many partial results.
+const MAX_PARTIALS: usize = 1 << 22;
 /// Target number of input elements per parallel task.
 const TASK_WORK: usize = 1 << 16;
 /// At most this many tasks split one reduced range.
@@ -170,6 +173,8 @@ fn run<R: Reducer>(r: &R, src: &[R::In], off: usize, n: usize, stride: usize) ->
     if stride == 1 {
         let mut chunks = src[off..off + n].chunks_exact(LANES);
         for c in &mut chunks {
+            // A fixed-size chunk so the lane loop unrolls and vectorizes.
+            let c: &[R::In; LANES] = c.try_into().expect("chunks_exact yields LANES elements");
             for (a, &v) in lanes.iter_mut().zip(c) {
                 *a = r.step(*a, v);
             }
@@ -209,7 +214,7 @@ fn walk<R: Reducer>(r: &R, src: &[R::In], p: &Plan, base: usize, reds: Range<usi
 /// Folds the reduced positions `reds` of `t` contiguous outputs starting at
 /// `base`, one reduced row of `t` elements at a time, split pairwise.
 fn outer_tile<R: Reducer>(r: &R, src: &[R::In], p: &Plan, base: usize, t: usize, reds: Range<usize>) -> Vec<R::Acc> {
-    let leaf = (4096 / t).max(16);
+    let leaf = (TASK_WORK / 16 / t).max(16);
     if reds.len() > leaf {
         let mid = reds.start + reds.len() / 2;
         let mut a = outer_tile(r, src, p, base, t, reds.start..mid);
@@ -293,7 +298,11 @@ fn execute<R: Reducer>(r: &R, src: &[R::In], p: &Plan) -> Vec<R::Out> {
     let out_tasks = n_out.div_ceil(out_chunk);
     let red_chunk = (TASK_WORK / n_out).max(n_red.div_ceil(MAX_SPLIT)).max(1);
     let red_tasks = n_red.div_ceil(red_chunk);
-    if total >= PAR_THRESHOLD && out_tasks < FEW_TASKS && red_tasks > out_tasks {
+    if total >= PAR_THRESHOLD
+        && out_tasks < FEW_TASKS
+        && red_tasks > out_tasks
+        && red_tasks.saturating_mul(n_out) <= MAX_PARTIALS
+    {
         let parts: Vec<Vec<R::Acc>> = (0..red_tasks)
             .into_par_iter()
             .map(|t| {
@@ -398,36 +407,64 @@ fn fmin<F: PartialOrd + Copy>(a: F, x: F) -> F {
     }
 }
 
-/// Float types with the precision they accumulate in.
-macro_rules! float_reducible {
-    ($($t:ty => $acc:ty, $to:expr, $from:expr);* $(;)?) => {$(
-        impl Reducible for $t {
-            fn reduce_slice(op: ReduceOp, src: &[$t], p: &Plan) -> Buffer {
-                let to: fn($t) -> $acc = $to;
-                let from: fn($acc) -> $t = $from;
-                let zero = <$t as Element>::zero();
-                match op {
-                    ReduceOp::Sum => exec(src, p, 0.0, |a: $acc, x| a + to(x), |a, b| a + b, |a, _| from(a)),
-                    ReduceOp::Mean => {
-                        exec(src, p, 0.0, |a: $acc, x| a + to(x), |a, b| a + b, |a, n| from(a / n as $acc))
-                    }
-                    ReduceOp::Prod => exec(src, p, 1.0, |a: $acc, x| a * to(x), |a, b| a * b, |a, _| from(a)),
-                    ReduceOp::Max => {
-                        exec(src, p, <$acc>::NEG_INFINITY, |a, x| fmax(a, to(x)), fmax, |a, _| from(a))
-                    }
-                    ReduceOp::Min => exec(src, p, <$acc>::INFINITY, |a, x| fmin(a, to(x)), fmin, |a, _| from(a)),
-                    ReduceOp::All => exec(src, p, true, |a, x: $t| a & (x != zero), |a, b| a & b, |a, _| a),
-                    ReduceOp::Any => exec(src, p, false, |a, x: $t| a | (x != zero), |a, b| a | b, |a, _| a),
-                }
+/// Float types and the precision they accumulate in (`f16`/`bf16` in `f32`).
+trait Widen: Element {
+    type Acc: Copy + Send + Sync + PartialOrd + std::ops::Add<Output = Self::Acc> + std::ops::Mul<Output = Self::Acc>;
+    const ZERO: Self::Acc;
+    const ONE: Self::Acc;
+    const NEG_INF: Self::Acc;
+    const INF: Self::Acc;
+    fn widen(self) -> Self::Acc;
+    fn narrow(a: Self::Acc) -> Self;
+    /// `a / n` in the accumulator precision.
+    fn div_count(a: Self::Acc, n: usize) -> Self::Acc;
+}
+
+macro_rules! widen {
+    ($($t:ty => $acc:ty, $widen:expr, $narrow:expr);* $(;)?) => {$(
+        impl Widen for $t {
+            type Acc = $acc;
+            const ZERO: $acc = 0.0;
+            const ONE: $acc = 1.0;
+            const NEG_INF: $acc = <$acc>::NEG_INFINITY;
+            const INF: $acc = <$acc>::INFINITY;
+            #[inline(always)]
+            fn widen(self) -> $acc {
+                $widen(self)
+            }
+            #[inline(always)]
+            fn narrow(a: $acc) -> $t {
+                $narrow(a)
+            }
+            #[inline(always)]
+            fn div_count(a: $acc, n: usize) -> $acc {
+                a / n as $acc
             }
         }
     )*};
 }
-float_reducible! {
+widen! {
     f32 => f32, |x| x, |a| a;
     f64 => f64, |x| x, |a| a;
     f16 => f32, f16::to_f32, f16::from_f32;
     bf16 => f32, bf16::to_f32, bf16::from_f32;
+}
+
+impl<F: Widen> Reducible for F {
+    fn reduce_slice(op: ReduceOp, src: &[F], p: &Plan) -> Buffer {
+        let zero = F::zero();
+        match op {
+            ReduceOp::Sum => exec(src, p, F::ZERO, |a, x: F| a + x.widen(), |a, b| a + b, |a, _| F::narrow(a)),
+            ReduceOp::Mean => {
+                exec(src, p, F::ZERO, |a, x: F| a + x.widen(), |a, b| a + b, |a, n| F::narrow(F::div_count(a, n)))
+            }
+            ReduceOp::Prod => exec(src, p, F::ONE, |a, x: F| a * x.widen(), |a, b| a * b, |a, _| F::narrow(a)),
+            ReduceOp::Max => exec(src, p, F::NEG_INF, |a, x: F| fmax(a, x.widen()), fmax, |a, _| F::narrow(a)),
+            ReduceOp::Min => exec(src, p, F::INF, |a, x: F| fmin(a, x.widen()), fmin, |a, _| F::narrow(a)),
+            ReduceOp::All => exec(src, p, true, |a, x: F| a & (x != zero), |a, b| a & b, keep),
+            ReduceOp::Any => exec(src, p, false, |a, x: F| a | (x != zero), |a, b| a | b, keep),
+        }
+    }
 }
 
 impl Reducible for bool {
@@ -472,10 +509,33 @@ pub fn reduce(op: ReduceOp, x: &Data, axes: &[usize], out: DType) -> Result<Buff
     Ok(crate::with_buffer!(&*x.buffer, v => Reducible::reduce_slice(op, v.as_slice(), &p)))
 }
 
+/// Index and value of the first extremum of a non-empty slice, in two fast
+/// passes: the NaN-propagating extremum with vector lanes, then the first
+/// position holding it (the first NaN if it is NaN).
+fn arg_slice<T: Element, const MAX: bool>(xs: &[T]) -> (usize, T) {
+    let pick = |a: T, x: T| if is_nan(x) || (MAX && x > a) || (!MAX && x < a) { x } else { a };
+    let mut lanes = [xs[0]; LANES];
+    let mut chunks = xs.chunks_exact(LANES);
+    for c in &mut chunks {
+        let c: &[T; LANES] = c.try_into().expect("chunks_exact yields LANES elements");
+        for (a, &v) in lanes.iter_mut().zip(c) {
+            *a = pick(*a, v);
+        }
+    }
+    let best = chunks.remainder().iter().chain(&lanes[1..]).fold(lanes[0], |a, &v| pick(a, v));
+    let i = if is_nan(best) { xs.iter().position(|&v| is_nan(v)) } else { xs.iter().position(|&v| v == best) };
+    (i.expect("the extremum is an element"), best)
+}
+
 /// Index of the first extremum of `n` elements `s` apart from `base`, over
 /// positions `range`, with its value. NaN counts as the extremum.
 #[inline]
 fn arg_scan<T: Element, const MAX: bool>(src: &[T], base: isize, s: isize, range: Range<usize>) -> (usize, T) {
+    if s == 1 {
+        let b = base as usize;
+        let (i, v) = arg_slice::<T, MAX>(&src[b + range.start..b + range.end]);
+        return (range.start + i, v);
+    }
     let at = |i: usize| src[(base + i as isize * s) as usize];
     let mut bi = range.start;
     let mut bv = at(bi);
