@@ -3,9 +3,12 @@
 //! must give the same results compiled as eagerly, in normal and shapeless
 //! mode, including calls with new shapes.
 //!
-//! Tolerance: integer and bool results must be equal; float results may
-//! differ by 4 ulp of f32 relative to the larger magnitude (plus 1e-6
-//! absolute), since fused kernels may reassociate; NaN must match NaN.
+//! Tolerance: integer and bool results must be equal. Float results may
+//! differ by 1e-5 relative to the larger magnitude (about 80 ulp of f32) plus
+//! 1e-6 absolute: fused reductions sum in a different order than eager ones
+//! (a few ulp), and a following `exp` or `logsumexp` scales that difference
+//! up; elementwise-only programs agree to within a few ulp. NaN must match
+//! NaN.
 
 use kiln::{compile, compile_with, Array, CompileOptions, DType, Result};
 use proptest::prelude::*;
@@ -129,9 +132,7 @@ fn assert_close(got: &Array, want: &Array, what: &str) {
     let (g, w) = (g.to_vec::<f64>().unwrap(), w.to_vec::<f64>().unwrap());
     for (i, (a, b)) in g.iter().zip(&w).enumerate() {
         if want.dtype().is_float() {
-            let ok = (a.is_nan() && b.is_nan())
-                || a == b
-                || (a - b).abs() <= 4.0 * f32::EPSILON as f64 * a.abs().max(b.abs()) + 1e-6;
+            let ok = (a.is_nan() && b.is_nan()) || a == b || (a - b).abs() <= 1e-5 * a.abs().max(b.abs()) + 1e-6;
             assert!(ok, "{what}: element {i}: compiled {a} vs eager {b}");
         } else {
             assert_eq!(a, b, "{what}: element {i}");

@@ -162,10 +162,12 @@ pub fn logsumexp(x: &Array, axes: impl Into<Axes>, keepdims: bool) -> Result<Arr
     let ax = axes.into().resolve("logsumexp", x.ndim())?;
     let axes = Axes::Some(ax.iter().map(|&a| a as isize).collect());
     let dt = x.dtype().to_float();
-    if ax.iter().any(|&a| x.shape()[a] == 0) {
-        return crate::ops::create::full(&reduced_shape(x.shape(), &ax, keepdims), f64::NEG_INFINITY, dt);
-    }
     let xf = x.astype(dt)?;
+    if ax.iter().any(|&a| x.shape()[a] == 0) {
+        // log(0): built from a reduction of `x` so its shape follows `x` in
+        // shapeless compiled functions (as the empty sum is 0 for any size).
+        return sum(&xf, axes, keepdims)? + f64::NEG_INFINITY;
+    }
     let m = max(&xf, axes.clone(), true)?;
     // Replace non-finite maxima by 0 so inf - inf never appears.
     let m = crate::ops::binary::where_(&m.isfinite()?, &m, 0.0)?;
