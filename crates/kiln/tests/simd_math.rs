@@ -327,16 +327,27 @@ fn levels_detected() {
 fn throughput() {
     use std::time::Instant;
     let xs: Vec<f32> = (0..1024).map(|i| (i as f32 - 512.0) * 0.01).collect();
+    let pos: Vec<f32> = xs.iter().map(|v| v.abs() + 0.5).collect();
     let mut out = vec![0.0f32; 1024];
     let reps = 20_000;
     let rate = |t: std::time::Duration| (reps * 1024) as f64 / t.as_nanos() as f64;
     type Scalar = fn(f32) -> f32;
-    let std_fns: [(Func, Scalar); 4] =
-        [(Func::Exp, f32::exp), (Func::Tanh, f32::tanh), (Func::Erf, libm::erff), (Func::Sin, f32::sin)];
+    let std_fns: [(Func, Scalar); 9] = [
+        (Func::Exp, f32::exp),
+        (Func::Expm1, f32::exp_m1),
+        (Func::Log, f32::ln),
+        (Func::Log1p, f32::ln_1p),
+        (Func::Tanh, f32::tanh),
+        (Func::Sigmoid, |v| 1.0 / (1.0 + (-v).exp())),
+        (Func::Erf, libm::erff),
+        (Func::Sin, f32::sin),
+        (Func::Cos, f32::cos),
+    ];
     for (f, g) in std_fns {
+        let xs = if matches!(f, Func::Log | Func::Log1p) { &pos } else { &xs };
         let t = Instant::now();
         for _ in 0..reps {
-            for (o, &x) in out.iter_mut().zip(&xs) {
+            for (o, &x) in out.iter_mut().zip(xs.iter()) {
                 *o = g(std::hint::black_box(x));
             }
             std::hint::black_box(&mut out);
@@ -345,7 +356,7 @@ fn throughput() {
         for level in available_levels() {
             let t = Instant::now();
             for _ in 0..reps {
-                apply(f, level, std::hint::black_box(&xs), &mut out);
+                apply(f, level, std::hint::black_box(xs), &mut out);
                 std::hint::black_box(&mut out);
             }
             print!(", {level:?} {:.3}/ns", rate(t.elapsed()));

@@ -175,38 +175,42 @@ fn run_scalar(f: Func, x: &[f32], out: &mut [f32]) {
     run_generic::<f32>(f, x, out)
 }
 
+/// Maps full vectors with `$k::<$v>`, then the tail through a zero-padded
+/// buffer. A macro rather than a function taking `impl Fn`: the kernel must
+/// be inlined into the caller compiled with the target features, and a call
+/// through `Fn::call` would not be.
+macro_rules! drive {
+    ($v:ty, $x:expr, $out:expr, $k:ident) => {{
+        let n = $x.len().min($out.len());
+        let (xs, os) = (&$x[..n], &mut $out[..n]);
+        let mut xc = xs.chunks_exact(<$v>::N);
+        let mut oc = os.chunks_exact_mut(<$v>::N);
+        for (a, o) in (&mut xc).zip(&mut oc) {
+            $k::<$v>(<$v>::load(a)).store(o);
+        }
+        let (xt, ot) = (xc.remainder(), oc.into_remainder());
+        if !xt.is_empty() {
+            let mut buf = [0.0f32; 16];
+            buf[..xt.len()].copy_from_slice(xt);
+            $k::<$v>(<$v>::load(&buf)).store(&mut buf);
+            ot.copy_from_slice(&buf[..xt.len()]);
+        }
+    }};
+}
+
 /// Runs `f` with the vector type `V` (inlined into each level's entry).
 #[inline(always)]
 fn run_generic<V: Vf32>(f: Func, x: &[f32], out: &mut [f32]) {
     match f {
-        Func::Exp => drive::<V>(x, out, exp_v),
-        Func::Expm1 => drive::<V>(x, out, expm1_v),
-        Func::Log => drive::<V>(x, out, log_v),
-        Func::Log1p => drive::<V>(x, out, log1p_v),
-        Func::Tanh => drive::<V>(x, out, tanh_v),
-        Func::Sigmoid => drive::<V>(x, out, sigmoid_v),
-        Func::Erf => drive::<V>(x, out, erf_v),
-        Func::Sin => drive::<V>(x, out, sin_v),
-        Func::Cos => drive::<V>(x, out, cos_v),
-    }
-}
-
-/// Maps full vectors, then the tail through a zero-padded buffer.
-#[inline(always)]
-fn drive<V: Vf32>(x: &[f32], out: &mut [f32], f: impl Fn(V) -> V) {
-    let n = x.len().min(out.len());
-    let (xs, os) = (&x[..n], &mut out[..n]);
-    let mut xc = xs.chunks_exact(V::N);
-    let mut oc = os.chunks_exact_mut(V::N);
-    for (a, o) in (&mut xc).zip(&mut oc) {
-        f(V::load(a)).store(o);
-    }
-    let (xt, ot) = (xc.remainder(), oc.into_remainder());
-    if !xt.is_empty() {
-        let mut buf = [0.0f32; 16];
-        buf[..xt.len()].copy_from_slice(xt);
-        f(V::load(&buf)).store(&mut buf);
-        ot.copy_from_slice(&buf[..xt.len()]);
+        Func::Exp => drive!(V, x, out, exp_v),
+        Func::Expm1 => drive!(V, x, out, expm1_v),
+        Func::Log => drive!(V, x, out, log_v),
+        Func::Log1p => drive!(V, x, out, log1p_v),
+        Func::Tanh => drive!(V, x, out, tanh_v),
+        Func::Sigmoid => drive!(V, x, out, sigmoid_v),
+        Func::Erf => drive!(V, x, out, erf_v),
+        Func::Sin => drive!(V, x, out, sin_v),
+        Func::Cos => drive!(V, x, out, cos_v),
     }
 }
 
@@ -901,5 +905,43 @@ mod x86 {
         fn select(m: __mmask16, a: Self, b: Self) -> Self {
             F16(avx512!(_mm512_mask_blend_ps(m, b.0, a.0)))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn levels_are_ordered_and_detected_is_available() {
+        let levels = available_levels();
+        assert_eq!(levels.first(), Some(&Level::Scalar));
+        assert_eq!(levels.last(), Some(&detected_level()));
+    }
+
+    #[test]
+    fn exact_points_at_every_level() {
+        // Values whose f32 results are exact (or closed-form) for every function.
+        let x = [0.0f32, 1.0, -1.0, 2.0];
+        for level in available_levels() {
+            let mut o = [0.0f32; 4];
+            apply(Func::Exp, level, &x, &mut o);
+            assert_eq!(o[0], 1.0);
+            assert_eq!(o[1], std::f32::consts::E);
+            apply(Func::Log, level, &[1.0, 2.0, 4.0, 0.5], &mut o);
+            assert_eq!(o, [0.0, std::f32::consts::LN_2, 2.0 * std::f32::consts::LN_2, -std::f32::consts::LN_2]);
+            apply(Func::Sigmoid, level, &x, &mut o);
+            assert_eq!(o[0], 0.5);
+            apply(Func::Cos, level, &x, &mut o);
+            assert_eq!(o[0], 1.0);
+        }
+    }
+
+    #[test]
+    fn scalar_fma_is_fused() {
+        // (1 + 2^-12)^2 - 1 = 2^-11 + 2^-24: exact when fused, 2^-11 if the product is rounded.
+        let a = 1.0 + 2f32.powi(-12);
+        let p = Vf32::fma(a, a, -1.0);
+        assert_eq!(p, 2f32.powi(-11) + 2f32.powi(-24));
     }
 }
