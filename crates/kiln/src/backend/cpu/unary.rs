@@ -2,8 +2,9 @@
 //! one for all integer types.
 
 use crate::backend::cpu::math::{sigmoid_f32, sigmoid_f64, sign_f32, sign_f64, FloatMath, IntMath};
+use crate::backend::cpu::simd_math::{self, Func};
 use crate::backend::cpu::tile::{map1, Src};
-use crate::backend::cpu::Buffer;
+use crate::backend::cpu::{Buffer, BufferElement};
 use crate::primitive::UnaryOp;
 
 fn float_unary<F: FloatMath>(op: UnaryOp, x: Src, out: &mut Buffer) {
@@ -73,6 +74,23 @@ fn bool_unary(op: UnaryOp, x: Src, out: &mut Buffer) {
     }
 }
 
+/// The vectorized `f32` kernel for `op`, if [`simd_math`] has one.
+fn simd_func(op: UnaryOp) -> Option<Func> {
+    use UnaryOp::*;
+    Some(match op {
+        Exp => Func::Exp,
+        Expm1 => Func::Expm1,
+        Log => Func::Log,
+        Log1p => Func::Log1p,
+        Tanh => Func::Tanh,
+        Sigmoid => Func::Sigmoid,
+        Erf => Func::Erf,
+        Sin => Func::Sin,
+        Cos => Func::Cos,
+        _ => return None,
+    })
+}
+
 /// Runs a unary op on a tile of `x`, writing `out` (of the op's output dtype).
 pub fn unary(op: UnaryOp, x: Src, out: &mut Buffer) {
     match x.buf {
@@ -83,7 +101,13 @@ pub fn unary(op: UnaryOp, x: Src, out: &mut Buffer) {
         Buffer::I64(_) => int_unary::<i64>(op, x, out),
         Buffer::F16(_) => float_unary::<half::f16>(op, x, out),
         Buffer::BF16(_) => float_unary::<half::bf16>(op, x, out),
-        Buffer::F32(_) => float_unary::<f32>(op, x, out),
+        Buffer::F32(_) => match simd_func(op) {
+            Some(f) => {
+                let os = f32::slice_of_mut(out).expect("register dtype matches the op's output dtype");
+                simd_math::apply(f, simd_math::detected_level(), x.slice::<f32>(), &mut os[..x.len]);
+            }
+            None => float_unary::<f32>(op, x, out),
+        },
         Buffer::F64(_) => float_unary::<f64>(op, x, out),
     }
 }

@@ -1,0 +1,947 @@
+//! Vectorized `f32` transcendental functions for the tile kernels.
+//!
+//! Each function maps a slice (`out[i] = f(x[i])`, equal lengths, typically a
+//! tile of up to [`TILE`](crate::backend::cpu::tile::TILE) elements) with our
+//! own polynomial approximations, written once over a small SIMD abstraction
+//! ([`Vf32`], private) and instantiated for three dispatch levels:
+//!
+//! * [`Level::Avx512`]: AVX-512F, 16 lanes;
+//! * [`Level::Avx2`]: AVX2 + FMA, 8 lanes;
+//! * [`Level::Scalar`]: portable, one lane (its fused multiply-add is computed
+//!   exactly in `f64`, so it follows the same error bounds). On non-x86
+//!   targets only this level exists.
+//!
+//! The best level the CPU supports is detected once and cached; [`apply`]
+//! runs a function at a forced level (clamped to what the CPU supports), for
+//! tests and benchmarks.
+//!
+//! # Accuracy
+//!
+//! Maximum errors below are in ulps of the correctly rounded result, measured
+//! against `f64` references (`libm::erf` for erf) by dense sweeps and random
+//! samples over the whole `f32` range (`tests/simd_math.rs`), identical at
+//! every level up to the last bit of rounding:
+//!
+//! | function | bound | measured | notes |
+//! |---|---|---|---|
+//! | [`exp_f32`] | 1 ulp | 0.90 | `+inf` above 88.7228, `0` below -103.98, subnormal results rounded once |
+//! | [`expm1_f32`] | 1.5 ulp | 1.44 | `-1` below -17.33, `±0` kept |
+//! | [`log_f32`] | 1 ulp | 0.80 | subnormal inputs scaled exactly; `log(±0) = -inf`, `log(x<0) = NaN` |
+//! | [`log1p_f32`] | 1 ulp | 0.78 | `log1p(-1) = -inf`, `log1p(x<-1) = NaN`, `±0` kept |
+//! | [`tanh_f32`] | 2 ulp | 1.37 | odd (`tanh(-0) = -0`), `±1` beyond 9.01 |
+//! | [`sigmoid_f32`] | 2 ulp | 1.42 | `1` and `0` (through subnormals) at the ends |
+//! | [`erf_f32`] | 2 ulp | 1.14 | odd, `±1` from 3.9192 |
+//! | [`sin_f32`], [`cos_f32`] | 1.5 ulp | 1.45 | for `\|x\| <=` [`TRIG_LIMIT`] (65536): three-part Cody-Waite reduction by π/2; larger lanes are recomputed in `f64` (≤ 0.5 ulp, slower); `±inf -> NaN` |
+//!
+//! All functions return NaN for NaN inputs. "Bound" is what the tests assert;
+//! "measured" is the largest error they found (the same at every level).
+
+use std::sync::OnceLock;
+
+/// A SIMD dispatch level.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Level {
+    /// Portable one-lane code.
+    Scalar,
+    /// AVX2 + FMA, 8 lanes.
+    Avx2,
+    /// AVX-512F (+ AVX2/FMA), 16 lanes.
+    Avx512,
+}
+
+/// A function provided by this module.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Func {
+    /// `e^x`.
+    Exp,
+    /// `e^x - 1`.
+    Expm1,
+    /// Natural logarithm.
+    Log,
+    /// `ln(1 + x)`.
+    Log1p,
+    /// Hyperbolic tangent.
+    Tanh,
+    /// Logistic sigmoid `1 / (1 + e^-x)`.
+    Sigmoid,
+    /// Error function.
+    Erf,
+    /// Sine.
+    Sin,
+    /// Cosine.
+    Cos,
+}
+
+impl Func {
+    /// Every function, for tests and benchmarks.
+    pub const ALL: [Func; 9] =
+        [Func::Exp, Func::Expm1, Func::Log, Func::Log1p, Func::Tanh, Func::Sigmoid, Func::Erf, Func::Sin, Func::Cos];
+}
+
+/// The best level this CPU supports (detected once).
+pub fn detected_level() -> Level {
+    static LEVEL: OnceLock<Level> = OnceLock::new();
+    *LEVEL.get_or_init(detect)
+}
+
+#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+fn detect() -> Level {
+    if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        Level::Avx512
+    } else if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        Level::Avx2
+    } else {
+        Level::Scalar
+    }
+}
+
+#[cfg(not(any(target_arch = "x86", target_arch = "x86_64")))]
+fn detect() -> Level {
+    Level::Scalar
+}
+
+/// The levels this CPU can run, lowest first.
+pub fn available_levels() -> Vec<Level> {
+    [Level::Scalar, Level::Avx2, Level::Avx512].into_iter().filter(|l| *l <= detected_level()).collect()
+}
+
+/// Runs `f` on `x` into `out` at `level`, clamped to [`detected_level`]
+/// (asking for an unsupported level runs the best supported one).
+///
+/// # Panics
+/// If `x` and `out` differ in length.
+pub fn apply(f: Func, level: Level, x: &[f32], out: &mut [f32]) {
+    assert_eq!(x.len(), out.len(), "simd_math: input and output lengths differ");
+    let level = level.min(detected_level());
+    match level {
+        Level::Scalar => run_scalar(f, x, out),
+        #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+        // SAFETY: `level <= detected_level()`, so AVX2 and FMA are available.
+        Level::Avx2 => unsafe { x86::run_avx2(f, x, out) },
+        #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+        // SAFETY: `level <= detected_level()`, so AVX-512F, AVX2 and FMA are available.
+        Level::Avx512 => unsafe { x86::run_avx512(f, x, out) },
+        #[cfg(not(any(target_arch = "x86", target_arch = "x86_64")))]
+        _ => run_scalar(f, x, out),
+    }
+    if matches!(f, Func::Sin | Func::Cos) {
+        big_trig_fixup(f, x, out);
+    }
+}
+
+macro_rules! entry {
+    ($($name:ident => $f:ident, $doc:literal;)*) => {$(
+        #[doc = $doc]
+        ///
+        /// Runs at [`detected_level`]; see the module docs for the error bound.
+        ///
+        /// # Panics
+        /// If `x` and `out` differ in length.
+        pub fn $name(x: &[f32], out: &mut [f32]) {
+            apply(Func::$f, detected_level(), x, out)
+        }
+    )*};
+}
+
+entry! {
+    exp_f32 => Exp, "`out[i] = e^x[i]`.";
+    expm1_f32 => Expm1, "`out[i] = e^x[i] - 1`, accurate near 0.";
+    log_f32 => Log, "`out[i] = ln(x[i])`.";
+    log1p_f32 => Log1p, "`out[i] = ln(1 + x[i])`, accurate near 0.";
+    tanh_f32 => Tanh, "`out[i] = tanh(x[i])`.";
+    sigmoid_f32 => Sigmoid, "`out[i] = 1 / (1 + e^-x[i])`.";
+    erf_f32 => Erf, "`out[i] = erf(x[i])`.";
+    sin_f32 => Sin, "`out[i] = sin(x[i])`.";
+    cos_f32 => Cos, "`out[i] = cos(x[i])`.";
+}
+
+/// Largest `|x|` for which the vector sine/cosine reduction is used.
+pub const TRIG_LIMIT: f32 = 65536.0;
+
+/// Recomputes sine/cosine lanes beyond [`TRIG_LIMIT`] (and infinities) in `f64`.
+fn big_trig_fixup(f: Func, x: &[f32], out: &mut [f32]) {
+    if !x.iter().any(|v| v.abs() > TRIG_LIMIT) {
+        return;
+    }
+    for (o, &v) in out.iter_mut().zip(x) {
+        if v.abs() > TRIG_LIMIT {
+            let d = v as f64;
+            *o = if f == Func::Sin { d.sin() } else { d.cos() } as f32;
+        }
+    }
+}
+
+fn run_scalar(f: Func, x: &[f32], out: &mut [f32]) {
+    run_generic::<f32>(f, x, out)
+}
+
+/// Maps full vectors with `$k::<$v>`, then the tail through a zero-padded
+/// buffer. A macro rather than a function taking `impl Fn`: the kernel must
+/// be inlined into the caller compiled with the target features, and a call
+/// through `Fn::call` would not be.
+macro_rules! drive {
+    ($v:ty, $x:expr, $out:expr, $k:ident) => {{
+        let n = $x.len().min($out.len());
+        let (xs, os) = (&$x[..n], &mut $out[..n]);
+        let mut xc = xs.chunks_exact(<$v>::N);
+        let mut oc = os.chunks_exact_mut(<$v>::N);
+        for (a, o) in (&mut xc).zip(&mut oc) {
+            $k::<$v>(<$v>::load(a)).store(o);
+        }
+        let (xt, ot) = (xc.remainder(), oc.into_remainder());
+        if !xt.is_empty() {
+            let mut buf = [0.0f32; 16];
+            buf[..xt.len()].copy_from_slice(xt);
+            $k::<$v>(<$v>::load(&buf)).store(&mut buf);
+            ot.copy_from_slice(&buf[..xt.len()]);
+        }
+    }};
+}
+
+/// Runs `f` with the vector type `V` (inlined into each level's entry).
+#[inline(always)]
+fn run_generic<V: Vf32>(f: Func, x: &[f32], out: &mut [f32]) {
+    match f {
+        Func::Exp => drive!(V, x, out, exp_v),
+        Func::Expm1 => drive!(V, x, out, expm1_v),
+        Func::Log => drive!(V, x, out, log_v),
+        Func::Log1p => drive!(V, x, out, log1p_v),
+        Func::Tanh => drive!(V, x, out, tanh_v),
+        Func::Sigmoid => drive!(V, x, out, sigmoid_v),
+        Func::Erf => drive!(V, x, out, erf_v),
+        Func::Sin => drive!(V, x, out, sin_v),
+        Func::Cos => drive!(V, x, out, cos_v),
+    }
+}
+
+/// The operations the kernels are written in. Implementations are private:
+/// the x86 ones may only be used inside functions compiled with their target
+/// features, which are called only after runtime detection.
+trait Vf32: Copy {
+    /// Lanes.
+    const N: usize;
+    /// A lane mask.
+    type M: Copy;
+    /// Loads the first `N` elements of `s` (`s.len() >= N`).
+    fn load(s: &[f32]) -> Self;
+    /// Stores into the first `N` elements of `s` (`s.len() >= N`).
+    fn store(self, s: &mut [f32]);
+    fn splat(v: f32) -> Self;
+    fn add(self, o: Self) -> Self;
+    fn sub(self, o: Self) -> Self;
+    fn mul(self, o: Self) -> Self;
+    fn div(self, o: Self) -> Self;
+    /// `self * b + c`, rounded once.
+    fn fma(self, b: Self, c: Self) -> Self;
+    /// Minimum (either operand for NaN; callers fix NaN lanes).
+    fn min(self, o: Self) -> Self;
+    /// Maximum (either operand for NaN; callers fix NaN lanes).
+    fn max(self, o: Self) -> Self;
+    /// Round to nearest, ties to even.
+    fn round(self) -> Self;
+    fn floor(self) -> Self;
+    /// Bitwise and with a constant.
+    fn and_bits(self, m: u32) -> Self;
+    /// Bitwise xor.
+    fn xor(self, o: Self) -> Self;
+    /// Integer add on the bit patterns.
+    fn iadd(self, k: i32) -> Self;
+    /// `(bits as i32 >> 23) as f32`.
+    fn sra23(self) -> Self;
+    /// `2^n` for integer-valued `n` in `[-126, 127]`.
+    fn pow2i(n: Self) -> Self;
+    fn lt(self, o: Self) -> Self::M;
+    fn gt(self, o: Self) -> Self::M;
+    fn ge(self, o: Self) -> Self::M;
+    fn eq(self, o: Self) -> Self::M;
+    /// Lanes that are NaN.
+    fn is_nan(self) -> Self::M;
+    fn mand(a: Self::M, b: Self::M) -> Self::M;
+    fn mor(a: Self::M, b: Self::M) -> Self::M;
+    /// `m ? a : b` per lane.
+    fn select(m: Self::M, a: Self, b: Self) -> Self;
+
+    #[inline(always)]
+    fn c(v: f32) -> Self {
+        Self::splat(v)
+    }
+    #[inline(always)]
+    fn abs(self) -> Self {
+        self.and_bits(0x7fff_ffff)
+    }
+    /// The sign bit alone.
+    #[inline(always)]
+    fn sign(self) -> Self {
+        self.and_bits(0x8000_0000)
+    }
+    /// Horner evaluation, highest coefficient first.
+    #[inline(always)]
+    fn poly(self, cs: &[f32]) -> Self {
+        let mut p = Self::splat(cs[0]);
+        for &c in &cs[1..] {
+            p = p.fma(self, Self::splat(c));
+        }
+        p
+    }
+}
+
+impl Vf32 for f32 {
+    const N: usize = 1;
+    type M = bool;
+    #[inline(always)]
+    fn load(s: &[f32]) -> Self {
+        s[0]
+    }
+    #[inline(always)]
+    fn store(self, s: &mut [f32]) {
+        s[0] = self;
+    }
+    #[inline(always)]
+    fn splat(v: f32) -> Self {
+        v
+    }
+    #[inline(always)]
+    fn add(self, o: Self) -> Self {
+        self + o
+    }
+    #[inline(always)]
+    fn sub(self, o: Self) -> Self {
+        self - o
+    }
+    #[inline(always)]
+    fn mul(self, o: Self) -> Self {
+        self * o
+    }
+    #[inline(always)]
+    fn div(self, o: Self) -> Self {
+        self / o
+    }
+    #[inline(always)]
+    fn fma(self, b: Self, c: Self) -> Self {
+        // The product of two f32 is exact in f64; the sum is rounded to f64
+        // then f32, which agrees with a true fused multiply-add except in
+        // rare double-rounding ties (harmless for these kernels).
+        (self as f64 * b as f64 + c as f64) as f32
+    }
+    #[inline(always)]
+    fn min(self, o: Self) -> Self {
+        if self < o {
+            self
+        } else {
+            o
+        }
+    }
+    #[inline(always)]
+    fn max(self, o: Self) -> Self {
+        if self > o {
+            self
+        } else {
+            o
+        }
+    }
+    #[inline(always)]
+    fn round(self) -> Self {
+        self.round_ties_even()
+    }
+    #[inline(always)]
+    fn floor(self) -> Self {
+        f32::floor(self)
+    }
+    #[inline(always)]
+    fn and_bits(self, m: u32) -> Self {
+        f32::from_bits(self.to_bits() & m)
+    }
+    #[inline(always)]
+    fn xor(self, o: Self) -> Self {
+        f32::from_bits(self.to_bits() ^ o.to_bits())
+    }
+    #[inline(always)]
+    fn iadd(self, k: i32) -> Self {
+        f32::from_bits((self.to_bits() as i32).wrapping_add(k) as u32)
+    }
+    #[inline(always)]
+    fn sra23(self) -> Self {
+        ((self.to_bits() as i32) >> 23) as f32
+    }
+    #[inline(always)]
+    fn pow2i(n: Self) -> Self {
+        f32::from_bits(((n as i32 + 127) << 23) as u32)
+    }
+    #[inline(always)]
+    fn lt(self, o: Self) -> bool {
+        self < o
+    }
+    #[inline(always)]
+    fn gt(self, o: Self) -> bool {
+        self > o
+    }
+    #[inline(always)]
+    fn ge(self, o: Self) -> bool {
+        self >= o
+    }
+    #[inline(always)]
+    fn eq(self, o: Self) -> bool {
+        self == o
+    }
+    #[inline(always)]
+    fn is_nan(self) -> bool {
+        self.is_nan()
+    }
+    #[inline(always)]
+    fn mand(a: bool, b: bool) -> bool {
+        a & b
+    }
+    #[inline(always)]
+    fn mor(a: bool, b: bool) -> bool {
+        a | b
+    }
+    #[inline(always)]
+    fn select(m: bool, a: Self, b: Self) -> Self {
+        if m {
+            a
+        } else {
+            b
+        }
+    }
+}
+
+// ---- kernels -------------------------------------------------------------
+
+const LOG2E: f32 = std::f32::consts::LOG2_E;
+/// `ln 2` split for Cody-Waite reduction: `f32(ln 2)` and the remainder.
+const LN2_C1: f32 = std::f32::consts::LN_2;
+const LN2_C2: f32 = -1.904_654_2e-9;
+/// `ln 2` split with a short head so `k * LN2_HI` is exact for `|k| < 2^9`.
+const LN2_HI: f32 = 0.693_138_1;
+const LN2_LO: f32 = 9.058_001_5e-6;
+/// Bits of `sqrt(1/2)`: mantissas are reduced into `[sqrt(1/2), sqrt(2))`.
+const SQRT_HALF_BITS: i32 = 0x3f35_04f3;
+/// Taylor coefficients of `e^r` (highest first), `|r| <= ln2/2`.
+const EXP_P: [f32; 8] = [1.0 / 5040.0, 1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0];
+/// Taylor coefficients of `(e^r - 1 - r) / r^2` (highest first).
+const EXPM1_Q: [f32; 7] = [1.0 / 40320.0, 1.0 / 5040.0, 1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5];
+/// `2 atanh(s) = 2s + s * R(s^2)`: `R(z) = z * (2/3 + 2/5 z + 2/7 z^2 + 2/9 z^3)`.
+const LOG_R: [f32; 4] = [2.0 / 9.0, 2.0 / 7.0, 2.0 / 5.0, 2.0 / 3.0];
+/// `(tanh(x)/x - 1) / x^2` in `t = x^2` on `[0, 0.3025]` (Chebyshev fit).
+const TANH_SMALL: [f32; 6] = [0.002_526_390_6, -0.008_526_333, 0.021_818_45, -0.053_964_7, 0.133_333_23, -0.333_333_34];
+/// `erf(x)/x - 1` in `t = x^2` on `[0, 1]` (Chebyshev fit).
+const ERF_SMALL: [f32; 7] =
+    [7.875_875e-5, -0.000_801_686_4, 0.005_189_087, -0.026_854_214, 0.112_835_94, -0.376_126_26, 0.128_379_17];
+/// `ln(erfc(x)) + x^2` in `t = x - ERF_MID` on `[1, 3.93]` (Chebyshev fit).
+const ERF_BIG: [f32; 9] = [
+    1.666_447_7e-6,
+    -1.370_065_5e-5,
+    8.013_614e-5,
+    -0.000_434_970_63,
+    0.002_232_226_3,
+    -0.011_133_28,
+    0.057_137_053,
+    -0.356_219_4,
+    -1.545_738_8,
+];
+const ERF_MID: f32 = 2.468_75;
+/// Smallest `f32` whose erf rounds to 1.
+const ERF_ONE: f32 = 3.919_206;
+/// `π/2` in three parts for the sine/cosine reduction.
+const PIO2_1: f32 = 1.570_796_4;
+const PIO2_2: f32 = -4.371_139e-8;
+const PIO2_3: f32 = -1.715_124_5e-15;
+/// Taylor coefficients of `(sin(r) - r) / r^3` in `z = r^2`, `|r| <= π/4`.
+const SIN_P: [f32; 4] = [1.0 / 362_880.0, -1.0 / 5040.0, 1.0 / 120.0, -1.0 / 6.0];
+/// Taylor coefficients of `(cos(r) - 1) / r^2` in `z = r^2`.
+const COS_P: [f32; 5] = [-1.0 / 3_628_800.0, 1.0 / 40320.0, -1.0 / 720.0, 1.0 / 24.0, -0.5];
+
+/// `NaN` lanes of `x` pass through.
+#[inline(always)]
+fn keep_nan<V: Vf32>(x: V, r: V) -> V {
+    V::select(x.is_nan(), x, r)
+}
+
+/// `e^r` for `|r| <= ~0.35` and `2^n` scaling split in two factors, so that
+/// `n` in `[-150, 128]` scales without intermediate overflow and results in
+/// the subnormal range are rounded once.
+#[inline(always)]
+fn exp_core<V: Vf32>(x: V) -> V {
+    let x = x.max(V::c(-104.0)).min(V::c(89.0));
+    let n = x.mul(V::c(LOG2E)).round();
+    let r = n.fma(V::c(-LN2_C1), x);
+    let r = n.fma(V::c(-LN2_C2), r);
+    let p = r.poly(&EXP_P);
+    let n1 = n.mul(V::c(0.5)).floor();
+    let n2 = n.sub(n1);
+    p.mul(V::pow2i(n1)).mul(V::pow2i(n2))
+}
+
+#[inline(always)]
+fn exp_v<V: Vf32>(x: V) -> V {
+    keep_nan(x, exp_core(x))
+}
+
+#[inline(always)]
+fn expm1_v<V: Vf32>(x: V) -> V {
+    let xc = x.max(V::c(-25.0)).min(V::c(89.5));
+    let n = xc.mul(V::c(LOG2E)).round();
+    let r = n.fma(V::c(-LN2_C1), xc);
+    let r = n.fma(V::c(-LN2_C2), r);
+    let e = r.mul(r).fma(r.poly(&EXPM1_Q), r);
+    // n <= 24: 2^n - 1 is exact and 2^n * e + (2^n - 1) rounds once.
+    let t = V::pow2i(n.min(V::c(24.0)));
+    let small = t.fma(e, t.sub(V::c(1.0)));
+    // n > 24: the -1 is below half an ulp; scale 1 + e in two steps.
+    let n1 = n.mul(V::c(0.5)).floor();
+    let t1 = V::pow2i(n1);
+    let big = t1.fma(e, t1).mul(V::pow2i(n.sub(n1)));
+    let r = V::select(n.gt(V::c(24.0)), big, small);
+    let r = V::select(x.eq(V::c(0.0)), x, r);
+    keep_nan(x, r)
+}
+
+/// `ln(1 + f)` for `f` in `[sqrt(1/2) - 1, sqrt(2) - 1]` plus `k ln 2 + c`,
+/// with `c` a small correction term.
+#[inline(always)]
+fn log_tail<V: Vf32>(f: V, k: V, c: V) -> V {
+    let s = f.div(V::c(2.0).add(f));
+    let z = s.mul(s);
+    let r = z.mul(z.poly(&LOG_R));
+    let hfsq = V::c(0.5).mul(f).mul(f);
+    let lo = s.fma(hfsq.add(r), k.fma(V::c(LN2_LO), c));
+    k.fma(V::c(LN2_HI), f.sub(hfsq.sub(lo)))
+}
+
+/// Splits a positive normal `x` as `2^k * m`, `m` in `[sqrt(1/2), sqrt(2))`; returns `(m - 1, k)`.
+#[inline(always)]
+fn split_mantissa<V: Vf32>(x: V) -> (V, V) {
+    let ix = x.iadd(-SQRT_HALF_BITS);
+    let k = ix.sra23();
+    let m = ix.and_bits(0x007f_ffff).iadd(SQRT_HALF_BITS);
+    (m.sub(V::c(1.0)), k)
+}
+
+#[inline(always)]
+fn log_v<V: Vf32>(x: V) -> V {
+    let sub = x.lt(V::c(f32::MIN_POSITIVE));
+    let xs = V::select(sub, x.mul(V::c(8_388_608.0)), x);
+    let (f, k) = split_mantissa(xs);
+    let k = k.sub(V::select(sub, V::c(23.0), V::c(0.0)));
+    let r = log_tail(f, k, V::c(0.0));
+    let r = V::select(x.eq(V::c(f32::INFINITY)), x, r);
+    let r = V::select(x.eq(V::c(0.0)), V::c(f32::NEG_INFINITY), r);
+    let r = V::select(x.lt(V::c(0.0)), V::c(f32::NAN), r);
+    keep_nan(x, r)
+}
+
+#[inline(always)]
+fn log1p_v<V: Vf32>(x: V) -> V {
+    let one = V::c(1.0);
+    let u = one.add(x);
+    let (fb, kb) = split_mantissa(u);
+    // ln(1 + x) = ln(u) + c/u with c the rounding error of u = 1 + x.
+    let cb = V::select(kb.ge(V::c(2.0)), one.sub(u.sub(x)), x.sub(u.sub(one))).div(u);
+    let small = V::mand(x.gt(V::c(-0.292_893_23)), x.lt(V::c(0.414_213_57)));
+    let zero = V::c(0.0);
+    let f = V::select(small, x, fb);
+    let k = V::select(small, zero, kb);
+    let c = V::select(small, zero, cb);
+    let r = log_tail(f, k, c);
+    let r = V::select(x.eq(V::c(f32::INFINITY)), x, r);
+    let r = V::select(x.eq(V::c(-1.0)), V::c(f32::NEG_INFINITY), r);
+    let r = V::select(x.lt(V::c(-1.0)), V::c(f32::NAN), r);
+    let r = V::select(x.eq(zero), x, r);
+    keep_nan(x, r)
+}
+
+#[inline(always)]
+fn tanh_v<V: Vf32>(x: V) -> V {
+    let a = x.abs();
+    let z = a.mul(a);
+    let small = a.mul(z).fma(z.poly(&TANH_SMALL), a);
+    let e = exp_core(a.min(V::c(10.0)).mul(V::c(2.0)));
+    let big = V::c(1.0).sub(V::c(2.0).div(e.add(V::c(1.0))));
+    let r = V::select(a.lt(V::c(0.55)), small, big);
+    keep_nan(x, r.xor(x.sign()))
+}
+
+#[inline(always)]
+fn sigmoid_v<V: Vf32>(x: V) -> V {
+    // num / (1 + e) with e = exp(-|x|), num = e for x < 0 and 1 otherwise;
+    // the rounding errors of 1 + e and of the division are corrected once.
+    let one = V::c(1.0);
+    let e = exp_core(x.abs().xor(V::c(-0.0)));
+    let num = V::select(x.lt(V::c(0.0)), e, one);
+    let d = one.add(e);
+    let dlo = one.sub(d).add(e);
+    let q = num.div(d);
+    let res = q.fma(d.xor(V::c(-0.0)), num).sub(q.mul(dlo));
+    keep_nan(x, q.add(res.div(d)))
+}
+
+#[inline(always)]
+fn erf_v<V: Vf32>(x: V) -> V {
+    let a = x.abs();
+    let small = a.fma(a.mul(a).poly(&ERF_SMALL), a);
+    // 1 - exp(h(a) - a^2), with a^2 = hi + lo exactly.
+    let ac = a.min(V::c(ERF_ONE));
+    let hi = ac.mul(ac);
+    let lo = ac.fma(ac, hi.xor(V::c(-0.0)));
+    let h = ac.sub(V::c(ERF_MID)).poly(&ERF_BIG);
+    let big = V::c(1.0).sub(exp_core(h.sub(hi).sub(lo)));
+    let r = V::select(a.lt(V::c(1.0)), small, big);
+    let r = V::select(a.ge(V::c(ERF_ONE)), V::c(1.0), r);
+    keep_nan(x, r.xor(x.sign()))
+}
+
+/// Reduces `|x|` by `π/2`: returns `(sin r, cos r, q mod 4)`.
+#[inline(always)]
+fn sincos_core<V: Vf32>(a: V) -> (V, V, V) {
+    let q = a.mul(V::c(std::f32::consts::FRAC_2_PI)).round();
+    let r = q.fma(V::c(-PIO2_1), a);
+    let r = q.fma(V::c(-PIO2_2), r);
+    let r = q.fma(V::c(-PIO2_3), r);
+    let z = r.mul(r);
+    let s = r.mul(z).fma(z.poly(&SIN_P), r);
+    let c = z.fma(z.poly(&COS_P), V::c(1.0));
+    let m = q.sub(V::c(4.0).mul(q.mul(V::c(0.25)).floor()));
+    (s, c, m)
+}
+
+#[inline(always)]
+fn sin_v<V: Vf32>(x: V) -> V {
+    let (s, c, m) = sincos_core(x.abs());
+    let swap = V::mor(m.eq(V::c(1.0)), m.eq(V::c(3.0)));
+    let v = V::select(swap, c, s);
+    let neg = m.ge(V::c(2.0));
+    let v = V::select(neg, v.xor(V::c(-0.0)), v);
+    keep_nan(x, v.xor(x.sign()))
+}
+
+#[inline(always)]
+fn cos_v<V: Vf32>(x: V) -> V {
+    let (s, c, m) = sincos_core(x.abs());
+    let swap = V::mor(m.eq(V::c(1.0)), m.eq(V::c(3.0)));
+    let v = V::select(swap, s, c);
+    let neg = V::mor(m.eq(V::c(1.0)), m.eq(V::c(2.0)));
+    let v = V::select(neg, v.xor(V::c(-0.0)), v);
+    keep_nan(x, v)
+}
+
+// The AVX-512 intrinsics are stable since Rust 1.89, above the workspace's
+// declared `rust-version` (1.80): this module needs 1.89 to build.
+#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+#[clippy::msrv = "1.89"]
+mod x86 {
+    //! AVX2 and AVX-512F instantiations. The vector types are private to
+    //! this module and only created inside `run_avx2` / `run_avx512`, which
+    //! are compiled with the matching target features and only called after
+    //! runtime detection: that is the invariant every `SAFETY` below relies on.
+
+    use super::{run_generic, Func, Vf32};
+    #[cfg(target_arch = "x86")]
+    use std::arch::x86::*;
+    #[cfg(target_arch = "x86_64")]
+    use std::arch::x86_64::*;
+
+    /// Runs `f` with 8-lane AVX2 vectors.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn run_avx2(f: Func, x: &[f32], out: &mut [f32]) {
+        run_generic::<F8>(f, x, out)
+    }
+
+    /// Runs `f` with 16-lane AVX-512 vectors.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F, AVX2 and FMA.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub(super) unsafe fn run_avx512(f: Func, x: &[f32], out: &mut [f32]) {
+        run_generic::<F16>(f, x, out)
+    }
+
+    /// Eight `f32` lanes (AVX2 + FMA).
+    #[derive(Clone, Copy)]
+    struct F8(__m256);
+
+    /// Sixteen `f32` lanes (AVX-512F).
+    #[derive(Clone, Copy)]
+    struct F16(__m512);
+
+    macro_rules! avx2 {
+        ($e:expr) => {
+            // SAFETY: `F8` values exist only inside `run_avx2`, which runs only
+            // on CPUs with AVX2 and FMA (module invariant); loads and stores are
+            // bounds-checked by the callers' asserts.
+            unsafe { $e }
+        };
+    }
+
+    macro_rules! avx512 {
+        ($e:expr) => {
+            // SAFETY: `F16` values exist only inside `run_avx512`, which runs
+            // only on CPUs with AVX-512F (module invariant); loads and stores
+            // are bounds-checked by the callers' asserts.
+            unsafe { $e }
+        };
+    }
+
+    impl Vf32 for F8 {
+        const N: usize = 8;
+        type M = __m256;
+        #[inline(always)]
+        fn load(s: &[f32]) -> Self {
+            assert!(s.len() >= 8);
+            F8(avx2!(_mm256_loadu_ps(s.as_ptr())))
+        }
+        #[inline(always)]
+        fn store(self, s: &mut [f32]) {
+            assert!(s.len() >= 8);
+            avx2!(_mm256_storeu_ps(s.as_mut_ptr(), self.0))
+        }
+        #[inline(always)]
+        fn splat(v: f32) -> Self {
+            F8(avx2!(_mm256_set1_ps(v)))
+        }
+        #[inline(always)]
+        fn add(self, o: Self) -> Self {
+            F8(avx2!(_mm256_add_ps(self.0, o.0)))
+        }
+        #[inline(always)]
+        fn sub(self, o: Self) -> Self {
+            F8(avx2!(_mm256_sub_ps(self.0, o.0)))
+        }
+        #[inline(always)]
+        fn mul(self, o: Self) -> Self {
+            F8(avx2!(_mm256_mul_ps(self.0, o.0)))
+        }
+        #[inline(always)]
+        fn div(self, o: Self) -> Self {
+            F8(avx2!(_mm256_div_ps(self.0, o.0)))
+        }
+        #[inline(always)]
+        fn fma(self, b: Self, c: Self) -> Self {
+            F8(avx2!(_mm256_fmadd_ps(self.0, b.0, c.0)))
+        }
+        #[inline(always)]
+        fn min(self, o: Self) -> Self {
+            F8(avx2!(_mm256_min_ps(self.0, o.0)))
+        }
+        #[inline(always)]
+        fn max(self, o: Self) -> Self {
+            F8(avx2!(_mm256_max_ps(self.0, o.0)))
+        }
+        #[inline(always)]
+        fn round(self) -> Self {
+            F8(avx2!(_mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(self.0)))
+        }
+        #[inline(always)]
+        fn floor(self) -> Self {
+            F8(avx2!(_mm256_floor_ps(self.0)))
+        }
+        #[inline(always)]
+        fn and_bits(self, m: u32) -> Self {
+            F8(avx2!(_mm256_and_ps(self.0, _mm256_castsi256_ps(_mm256_set1_epi32(m as i32)))))
+        }
+        #[inline(always)]
+        fn xor(self, o: Self) -> Self {
+            F8(avx2!(_mm256_xor_ps(self.0, o.0)))
+        }
+        #[inline(always)]
+        fn iadd(self, k: i32) -> Self {
+            F8(avx2!(_mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(self.0), _mm256_set1_epi32(k)))))
+        }
+        #[inline(always)]
+        fn sra23(self) -> Self {
+            F8(avx2!(_mm256_cvtepi32_ps(_mm256_srai_epi32::<23>(_mm256_castps_si256(self.0)))))
+        }
+        #[inline(always)]
+        fn pow2i(n: Self) -> Self {
+            F8(avx2!(_mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(
+                _mm256_cvtps_epi32(n.0),
+                _mm256_set1_epi32(127)
+            )))))
+        }
+        #[inline(always)]
+        fn lt(self, o: Self) -> __m256 {
+            avx2!(_mm256_cmp_ps::<_CMP_LT_OQ>(self.0, o.0))
+        }
+        #[inline(always)]
+        fn gt(self, o: Self) -> __m256 {
+            avx2!(_mm256_cmp_ps::<_CMP_GT_OQ>(self.0, o.0))
+        }
+        #[inline(always)]
+        fn ge(self, o: Self) -> __m256 {
+            avx2!(_mm256_cmp_ps::<_CMP_GE_OQ>(self.0, o.0))
+        }
+        #[inline(always)]
+        fn eq(self, o: Self) -> __m256 {
+            avx2!(_mm256_cmp_ps::<_CMP_EQ_OQ>(self.0, o.0))
+        }
+        #[inline(always)]
+        fn is_nan(self) -> __m256 {
+            avx2!(_mm256_cmp_ps::<_CMP_UNORD_Q>(self.0, self.0))
+        }
+        #[inline(always)]
+        fn mand(a: __m256, b: __m256) -> __m256 {
+            avx2!(_mm256_and_ps(a, b))
+        }
+        #[inline(always)]
+        fn mor(a: __m256, b: __m256) -> __m256 {
+            avx2!(_mm256_or_ps(a, b))
+        }
+        #[inline(always)]
+        fn select(m: __m256, a: Self, b: Self) -> Self {
+            F8(avx2!(_mm256_blendv_ps(b.0, a.0, m)))
+        }
+    }
+
+    impl Vf32 for F16 {
+        const N: usize = 16;
+        type M = __mmask16;
+        #[inline(always)]
+        fn load(s: &[f32]) -> Self {
+            assert!(s.len() >= 16);
+            F16(avx512!(_mm512_loadu_ps(s.as_ptr())))
+        }
+        #[inline(always)]
+        fn store(self, s: &mut [f32]) {
+            assert!(s.len() >= 16);
+            avx512!(_mm512_storeu_ps(s.as_mut_ptr(), self.0))
+        }
+        #[inline(always)]
+        fn splat(v: f32) -> Self {
+            F16(avx512!(_mm512_set1_ps(v)))
+        }
+        #[inline(always)]
+        fn add(self, o: Self) -> Self {
+            F16(avx512!(_mm512_add_ps(self.0, o.0)))
+        }
+        #[inline(always)]
+        fn sub(self, o: Self) -> Self {
+            F16(avx512!(_mm512_sub_ps(self.0, o.0)))
+        }
+        #[inline(always)]
+        fn mul(self, o: Self) -> Self {
+            F16(avx512!(_mm512_mul_ps(self.0, o.0)))
+        }
+        #[inline(always)]
+        fn div(self, o: Self) -> Self {
+            F16(avx512!(_mm512_div_ps(self.0, o.0)))
+        }
+        #[inline(always)]
+        fn fma(self, b: Self, c: Self) -> Self {
+            F16(avx512!(_mm512_fmadd_ps(self.0, b.0, c.0)))
+        }
+        #[inline(always)]
+        fn min(self, o: Self) -> Self {
+            F16(avx512!(_mm512_min_ps(self.0, o.0)))
+        }
+        #[inline(always)]
+        fn max(self, o: Self) -> Self {
+            F16(avx512!(_mm512_max_ps(self.0, o.0)))
+        }
+        #[inline(always)]
+        fn round(self) -> Self {
+            F16(avx512!(_mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(self.0)))
+        }
+        #[inline(always)]
+        fn floor(self) -> Self {
+            F16(avx512!(_mm512_roundscale_ps::<{ _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC }>(self.0)))
+        }
+        #[inline(always)]
+        fn and_bits(self, m: u32) -> Self {
+            F16(avx512!(_mm512_castsi512_ps(_mm512_and_si512(
+                _mm512_castps_si512(self.0),
+                _mm512_set1_epi32(m as i32)
+            ))))
+        }
+        #[inline(always)]
+        fn xor(self, o: Self) -> Self {
+            F16(avx512!(_mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(self.0), _mm512_castps_si512(o.0)))))
+        }
+        #[inline(always)]
+        fn iadd(self, k: i32) -> Self {
+            F16(avx512!(_mm512_castsi512_ps(_mm512_add_epi32(_mm512_castps_si512(self.0), _mm512_set1_epi32(k)))))
+        }
+        #[inline(always)]
+        fn sra23(self) -> Self {
+            F16(avx512!(_mm512_cvtepi32_ps(_mm512_srai_epi32::<23>(_mm512_castps_si512(self.0)))))
+        }
+        #[inline(always)]
+        fn pow2i(n: Self) -> Self {
+            F16(avx512!(_mm512_castsi512_ps(_mm512_slli_epi32::<23>(_mm512_add_epi32(
+                _mm512_cvtps_epi32(n.0),
+                _mm512_set1_epi32(127)
+            )))))
+        }
+        #[inline(always)]
+        fn lt(self, o: Self) -> __mmask16 {
+            avx512!(_mm512_cmp_ps_mask::<_CMP_LT_OQ>(self.0, o.0))
+        }
+        #[inline(always)]
+        fn gt(self, o: Self) -> __mmask16 {
+            avx512!(_mm512_cmp_ps_mask::<_CMP_GT_OQ>(self.0, o.0))
+        }
+        #[inline(always)]
+        fn ge(self, o: Self) -> __mmask16 {
+            avx512!(_mm512_cmp_ps_mask::<_CMP_GE_OQ>(self.0, o.0))
+        }
+        #[inline(always)]
+        fn eq(self, o: Self) -> __mmask16 {
+            avx512!(_mm512_cmp_ps_mask::<_CMP_EQ_OQ>(self.0, o.0))
+        }
+        #[inline(always)]
+        fn is_nan(self) -> __mmask16 {
+            avx512!(_mm512_cmp_ps_mask::<_CMP_UNORD_Q>(self.0, self.0))
+        }
+        #[inline(always)]
+        fn mand(a: __mmask16, b: __mmask16) -> __mmask16 {
+            a & b
+        }
+        #[inline(always)]
+        fn mor(a: __mmask16, b: __mmask16) -> __mmask16 {
+            a | b
+        }
+        #[inline(always)]
+        fn select(m: __mmask16, a: Self, b: Self) -> Self {
+            F16(avx512!(_mm512_mask_blend_ps(m, b.0, a.0)))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn levels_are_ordered_and_detected_is_available() {
+        let levels = available_levels();
+        assert_eq!(levels.first(), Some(&Level::Scalar));
+        assert_eq!(levels.last(), Some(&detected_level()));
+    }
+
+    #[test]
+    fn exact_points_at_every_level() {
+        // Values whose f32 results are exact (or closed-form) for every function.
+        let x = [0.0f32, 1.0, -1.0, 2.0];
+        for level in available_levels() {
+            let mut o = [0.0f32; 4];
+            apply(Func::Exp, level, &x, &mut o);
+            assert_eq!(o[0], 1.0);
+            assert_eq!(o[1], std::f32::consts::E);
+            apply(Func::Log, level, &[1.0, 2.0, 4.0, 0.5], &mut o);
+            assert_eq!(o, [0.0, std::f32::consts::LN_2, 2.0 * std::f32::consts::LN_2, -std::f32::consts::LN_2]);
+            apply(Func::Sigmoid, level, &x, &mut o);
+            assert_eq!(o[0], 0.5);
+            apply(Func::Cos, level, &x, &mut o);
+            assert_eq!(o[0], 1.0);
+        }
+    }
+
+    #[test]
+    fn scalar_fma_is_fused() {
+        // (1 + 2^-12)^2 - 1 = 2^-11 + 2^-24: exact when fused, 2^-11 if the product is rounded.
+        let a = 1.0 + 2f32.powi(-12);
+        let p = Vf32::fma(a, a, -1.0);
+        assert_eq!(p, 2f32.powi(-11) + 2f32.powi(-24));
+    }
+}

@@ -1,0 +1,366 @@
+//! Accuracy of the vectorized f32 math (`backend::cpu::simd_math`) at every
+//! dispatch level this CPU supports, against f64 references (`libm::erf` for
+//! erf): strided sweeps over every finite f32, dense sweeps over the main
+//! domains, random bit patterns, and the special values.
+
+use kiln::backend::cpu::simd_math::{apply, available_levels, Func, Level, TRIG_LIMIT};
+
+/// The f64 reference for `f`.
+fn reference(f: Func, x: f64) -> f64 {
+    match f {
+        Func::Exp => x.exp(),
+        Func::Expm1 => x.exp_m1(),
+        Func::Log => x.ln(),
+        Func::Log1p => x.ln_1p(),
+        Func::Tanh => x.tanh(),
+        Func::Sigmoid => 1.0 / (1.0 + (-x).exp()),
+        Func::Erf => libm::erf(x),
+        Func::Sin => x.sin(),
+        Func::Cos => x.cos(),
+    }
+}
+
+/// The asserted bound (ulps) for `f`, as documented in the module.
+fn bound(f: Func) -> f64 {
+    match f {
+        Func::Exp | Func::Log | Func::Log1p => 1.0,
+        Func::Expm1 | Func::Sin | Func::Cos => 1.5,
+        Func::Tanh | Func::Sigmoid | Func::Erf => 2.0,
+    }
+}
+
+/// Error of `got` in ulps of the f32 rounding of `want` (0 when both are the
+/// same non-finite value, infinite when only one is).
+fn ulp_err(got: f32, want: f64) -> f64 {
+    let w32 = want as f32;
+    if got.is_nan() || w32.is_nan() {
+        return if got.is_nan() && w32.is_nan() { 0.0 } else { f64::INFINITY };
+    }
+    if got.is_infinite() || w32.is_infinite() {
+        return if got == w32 { 0.0 } else { f64::INFINITY };
+    }
+    let a = w32.abs() as f64;
+    let ulp = if a < f32::MIN_POSITIVE as f64 {
+        2f64.powi(-149)
+    } else {
+        let e = ((a.to_bits() >> 52) & 0x7ff) as i32 - 1023;
+        2f64.powi(e - 23)
+    };
+    (got as f64 - want).abs() / ulp
+}
+
+/// Max ulp error of `f` at `level` over `xs`, with the worst input.
+fn max_err(f: Func, level: Level, xs: &[f32]) -> (f64, f32) {
+    let mut out = vec![0.0f32; xs.len()];
+    for (xc, oc) in xs.chunks(1024).zip(out.chunks_mut(1024)) {
+        apply(f, level, xc, oc);
+    }
+    let mut worst = (0.0, 0.0f32);
+    for (&x, &y) in xs.iter().zip(&out) {
+        let e = ulp_err(y, reference(f, x as f64));
+        if e > worst.0 || e.is_nan() {
+            worst = (e, x);
+        }
+    }
+    worst
+}
+
+/// Every f32 (both signs) whose bit pattern is a multiple of `stride`, within `[lo, hi]`.
+fn strided(lo: f32, hi: f32, stride: u32) -> Vec<f32> {
+    let mut v = Vec::new();
+    for sign in [0u32, 0x8000_0000] {
+        let mut b = 0u32;
+        while b < 0x7f80_0000 {
+            let x = f32::from_bits(b | sign);
+            if x >= lo && x <= hi {
+                v.push(x);
+            }
+            b += stride;
+        }
+    }
+    v
+}
+
+/// `n` f32s spread over `[lo, hi]` uniformly (dense sweep of a domain).
+fn linear(lo: f32, hi: f32, n: usize) -> Vec<f32> {
+    (0..n).map(|i| lo + (hi - lo) * (i as f32 / (n - 1) as f32)).collect()
+}
+
+/// Random finite bit patterns (xorshift, fixed seed).
+fn random_bits(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed;
+    let mut v = Vec::with_capacity(n);
+    while v.len() < n {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        let x = f32::from_bits((s >> 32) as u32);
+        if x.is_finite() {
+            v.push(x);
+        }
+    }
+    v
+}
+
+/// The domain where `f` is interesting (outside it results saturate or are trivial).
+fn domain(f: Func) -> (f32, f32) {
+    match f {
+        Func::Exp | Func::Expm1 => (-105.0, 90.0),
+        Func::Log => (0.0, 4.0),
+        Func::Log1p => (-1.0, 4.0),
+        Func::Tanh => (-10.0, 10.0),
+        Func::Sigmoid => (-105.0, 90.0),
+        Func::Erf => (-4.5, 4.5),
+        Func::Sin | Func::Cos => (-TRIG_LIMIT, TRIG_LIMIT),
+    }
+}
+
+fn check(f: Func) {
+    let (lo, hi) = domain(f);
+    let mut sets = vec![
+        ("all f32, stride 4093", strided(f32::MIN, f32::MAX, 4093)),
+        ("domain, stride 1021", strided(lo, hi, 1021)),
+        ("domain, linear", linear(lo, hi, 200_001)),
+        ("random bits", random_bits(200_000, 0x9e37_79b9_7f4a_7c15 ^ f as u64)),
+    ];
+    if matches!(f, Func::Sin | Func::Cos) {
+        sets.push(("[-8, 8], stride 31", strided(-8.0, 8.0, 31)));
+    }
+    let mut failures = Vec::new();
+    for level in available_levels() {
+        for (name, xs) in &sets {
+            let (e, x) = max_err(f, level, xs);
+            println!("{f:?} {level:?} {name}: max {e:.3} ulp at {x:e}");
+            if e > bound(f) {
+                failures.push(format!("{f:?} at {level:?} on {name}: {e} ulp at x = {x:e} (bound {})", bound(f)));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
+#[test]
+fn exp_accuracy() {
+    check(Func::Exp);
+}
+
+#[test]
+fn expm1_accuracy() {
+    check(Func::Expm1);
+}
+
+#[test]
+fn log_accuracy() {
+    check(Func::Log);
+}
+
+#[test]
+fn log1p_accuracy() {
+    check(Func::Log1p);
+}
+
+#[test]
+fn tanh_accuracy() {
+    check(Func::Tanh);
+}
+
+#[test]
+fn sigmoid_accuracy() {
+    check(Func::Sigmoid);
+}
+
+#[test]
+fn erf_accuracy() {
+    check(Func::Erf);
+}
+
+#[test]
+fn sin_accuracy() {
+    check(Func::Sin);
+}
+
+#[test]
+fn cos_accuracy() {
+    check(Func::Cos);
+}
+
+/// Runs `f` on one value at `level`.
+fn one(f: Func, level: Level, x: f32) -> f32 {
+    let mut o = [0.0f32];
+    apply(f, level, &[x], &mut o);
+    o[0]
+}
+
+/// Bitwise equality, NaN equal to NaN.
+fn same(a: f32, b: f32) -> bool {
+    (a.is_nan() && b.is_nan()) || a.to_bits() == b.to_bits()
+}
+
+#[test]
+fn special_values() {
+    let inf = f32::INFINITY;
+    let nan = f32::NAN;
+    let sub = f32::from_bits(1); // smallest subnormal
+    let cases: &[(Func, f32, f32)] = &[
+        (Func::Exp, inf, inf),
+        (Func::Exp, -inf, 0.0),
+        (Func::Exp, 0.0, 1.0),
+        (Func::Exp, -0.0, 1.0),
+        (Func::Exp, 88.8, inf),
+        (Func::Exp, 1000.0, inf),
+        (Func::Exp, -104.0, 0.0),
+        (Func::Exp, -1000.0, 0.0),
+        (Func::Exp, sub, 1.0),
+        (Func::Expm1, 0.0, 0.0),
+        (Func::Expm1, -0.0, -0.0),
+        (Func::Expm1, sub, sub),
+        (Func::Expm1, -sub, -sub),
+        (Func::Expm1, inf, inf),
+        (Func::Expm1, -inf, -1.0),
+        (Func::Expm1, -50.0, -1.0),
+        (Func::Expm1, 100.0, inf),
+        (Func::Log, 0.0, -inf),
+        (Func::Log, -0.0, -inf),
+        (Func::Log, -1.0, nan),
+        (Func::Log, -inf, nan),
+        (Func::Log, -sub, nan),
+        (Func::Log, inf, inf),
+        (Func::Log, 1.0, 0.0),
+        (Func::Log1p, 0.0, 0.0),
+        (Func::Log1p, -0.0, -0.0),
+        (Func::Log1p, sub, sub),
+        (Func::Log1p, -sub, -sub),
+        (Func::Log1p, -1.0, -inf),
+        (Func::Log1p, -1.5, nan),
+        (Func::Log1p, -inf, nan),
+        (Func::Log1p, inf, inf),
+        (Func::Tanh, 0.0, 0.0),
+        (Func::Tanh, -0.0, -0.0),
+        (Func::Tanh, sub, sub),
+        (Func::Tanh, -sub, -sub),
+        (Func::Tanh, inf, 1.0),
+        (Func::Tanh, -inf, -1.0),
+        (Func::Tanh, 20.0, 1.0),
+        (Func::Tanh, -1e30, -1.0),
+        (Func::Sigmoid, 0.0, 0.5),
+        (Func::Sigmoid, -0.0, 0.5),
+        (Func::Sigmoid, inf, 1.0),
+        (Func::Sigmoid, -inf, 0.0),
+        (Func::Sigmoid, 100.0, 1.0),
+        (Func::Sigmoid, -200.0, 0.0),
+        (Func::Erf, 0.0, 0.0),
+        (Func::Erf, -0.0, -0.0),
+        (Func::Erf, inf, 1.0),
+        (Func::Erf, -inf, -1.0),
+        (Func::Erf, 5.0, 1.0),
+        (Func::Erf, -1e20, -1.0),
+        (Func::Sin, 0.0, 0.0),
+        (Func::Sin, -0.0, -0.0),
+        (Func::Sin, sub, sub),
+        (Func::Sin, -sub, -sub),
+        (Func::Sin, inf, nan),
+        (Func::Sin, -inf, nan),
+        (Func::Cos, 0.0, 1.0),
+        (Func::Cos, -0.0, 1.0),
+        (Func::Cos, inf, nan),
+        (Func::Cos, -inf, nan),
+    ];
+    for level in available_levels() {
+        for f in Func::ALL {
+            let y = one(f, level, nan);
+            assert!(y.is_nan(), "{f:?}({level:?}) of NaN gave {y}");
+        }
+        for &(f, x, want) in cases {
+            let y = one(f, level, x);
+            assert!(same(y, want), "{f:?}({x:e}) at {level:?} = {y:e}, want {want:e}");
+        }
+        // exp: subnormal outputs, checked against f64.
+        for x in [-87.5f32, -90.0, -95.0, -100.0, -103.0, -103.9] {
+            let y = one(Func::Exp, level, x);
+            assert!(y > 0.0 && y < f32::MIN_POSITIVE, "exp({x}) = {y:e} is not subnormal");
+            assert!(ulp_err(y, (x as f64).exp()) <= 1.0, "exp({x}) at {level:?} = {y:e}");
+        }
+        // log: subnormal inputs.
+        for b in [1u32, 2, 3, 1000, 0x7f_ffff] {
+            let x = f32::from_bits(b);
+            let y = one(Func::Log, level, x);
+            assert!(ulp_err(y, (x as f64).ln()) <= 1.0, "log({x:e}) at {level:?} = {y}");
+        }
+    }
+}
+
+/// Every length (full vectors plus tails) gives the same values at every level,
+/// and the levels agree with each other to within one ulp.
+#[test]
+fn lengths_and_levels_agree() {
+    let xs: Vec<f32> = (0..67).map(|i| (i as f32 - 33.0) * 0.37).collect();
+    for f in Func::ALL {
+        let mut base = vec![0.0f32; xs.len()];
+        apply(f, Level::Scalar, &xs, &mut base);
+        for level in available_levels() {
+            for n in 0..xs.len() {
+                let mut out = vec![f32::NAN; n];
+                apply(f, level, &xs[..n], &mut out);
+                for (i, (&y, &b)) in out.iter().zip(&base).enumerate() {
+                    let d = (y.to_bits() as i64 - b.to_bits() as i64).abs();
+                    assert!(d <= 1, "{f:?} {level:?} len {n} at {}: {y} vs scalar {b}", xs[i]);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn levels_detected() {
+    let levels = available_levels();
+    assert_eq!(levels[0], Level::Scalar);
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        assert!(levels.contains(&Level::Avx2));
+    }
+}
+
+/// Elements per ns of the vector functions against std's scalar f32 ones.
+/// Run with `cargo test --release --test simd_math -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn throughput() {
+    use std::time::Instant;
+    let xs: Vec<f32> = (0..1024).map(|i| (i as f32 - 512.0) * 0.01).collect();
+    let pos: Vec<f32> = xs.iter().map(|v| v.abs() + 0.5).collect();
+    let mut out = vec![0.0f32; 1024];
+    let reps = 20_000;
+    let rate = |t: std::time::Duration| (reps * 1024) as f64 / t.as_nanos() as f64;
+    type Scalar = fn(f32) -> f32;
+    let std_fns: [(Func, Scalar); 9] = [
+        (Func::Exp, f32::exp),
+        (Func::Expm1, f32::exp_m1),
+        (Func::Log, f32::ln),
+        (Func::Log1p, f32::ln_1p),
+        (Func::Tanh, f32::tanh),
+        (Func::Sigmoid, |v| 1.0 / (1.0 + (-v).exp())),
+        (Func::Erf, libm::erff),
+        (Func::Sin, f32::sin),
+        (Func::Cos, f32::cos),
+    ];
+    for (f, g) in std_fns {
+        let xs = if matches!(f, Func::Log | Func::Log1p) { &pos } else { &xs };
+        let t = Instant::now();
+        for _ in 0..reps {
+            for (o, &x) in out.iter_mut().zip(xs.iter()) {
+                *o = g(std::hint::black_box(x));
+            }
+            std::hint::black_box(&mut out);
+        }
+        print!("{f:?}: std {:.3}/ns", rate(t.elapsed()));
+        for level in available_levels() {
+            let t = Instant::now();
+            for _ in 0..reps {
+                apply(f, level, std::hint::black_box(xs), &mut out);
+                std::hint::black_box(&mut out);
+            }
+            print!(", {level:?} {:.3}/ns", rate(t.elapsed()));
+        }
+        println!();
+    }
+}
