@@ -64,14 +64,14 @@ fn apply(s: &Step, vals: &[Array], n_inputs: usize) -> Result<Option<Array>> {
         15 => x.minimum(y),
         16 => kiln::where_(&rx.less(ry)?, y, z),
         17 => x.astype([DType::F32, DType::F64, DType::I32][s.p as usize % 3]),
-        18 if x.ndim() > 0 => x.sum(axis(x), s.p % 2 == 0),
+        18 if x.ndim() > 0 => x.sum(axis(x), s.p.is_multiple_of(2)),
         19 if x.ndim() > 0 => x.max(axis(x), s.p % 2 == 1),
-        20 if x.ndim() > 0 => x.mean(axis(x), s.p % 2 == 0),
+        20 if x.ndim() > 0 => x.mean(axis(x), s.p.is_multiple_of(2)),
         21 if rx.ndim() > 0 => rx.argmax(Some(axis(rx)), false)?.astype(DType::I32),
         22 if x.ndim() >= 1 && y.ndim() >= 1 => x.matmul(y),
         23 => x.t(),
         24 => x.reshape(&[-1]),
-        25 if x.ndim() > 0 => kiln::slice_axis(x, axis(x), Some(1), None, if s.p % 2 == 0 { 1 } else { -1 }),
+        25 if x.ndim() > 0 => kiln::slice_axis(x, axis(x), Some(1), None, if s.p.is_multiple_of(2) { 1 } else { -1 }),
         26 => {
             let mut shape = vec![2];
             shape.extend_from_slice(x.shape());

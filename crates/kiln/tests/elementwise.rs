@@ -162,10 +162,10 @@ fn int_pool<T: TestInt>(rng: &mut Rng, n: usize) -> Vec<T> {
     let edges = [T::LO, T::LO + 1, -1, 0, 1, 2, 7, T::HI - 1, T::HI];
     (0..n)
         .map(|_| {
-            if rng.next_u64() % 3 == 0 {
+            if rng.next_u64().is_multiple_of(3) {
                 let e = rng.pick(&edges);
                 T::wrap(e.clamp(T::LO, T::HI))
-            } else if rng.next_u64() % 2 == 0 {
+            } else if rng.next_u64().is_multiple_of(2) {
                 T::wrap(rng.int(-100, 100) as i128)
             } else {
                 T::wrap(rng.int(T::LO as i64, T::HI.min(i64::MAX as i128) as i64) as i128)
@@ -696,7 +696,7 @@ fn where_on_all_views_and_dtypes() -> Result<()> {
     for vc in VIEWS {
         for va in VIEWS {
             for vb in [View::Contiguous, View::Reversed, View::BroadcastCol] {
-                let cond: Vec<bool> = (0..r * c).map(|_| rng.next_u64() % 2 == 0).collect();
+                let cond: Vec<bool> = (0..r * c).map(|_| rng.next_u64().is_multiple_of(2)).collect();
                 let xa: Vec<f32> = rng.floats(r * c, -5.0, 5.0).into_iter().map(|v| v as f32).collect();
                 let xb: Vec<f32> = rng.floats(r * c, -5.0, 5.0).into_iter().map(|v| v as f32).collect();
                 let (cc, lc) = make_view(vc, &cond, r, c, true)?;
@@ -907,7 +907,7 @@ mod broadcasting {
                 let mut rng = Rng::new(seed);
                 let mut mk = || {
                     let k = rng.int(0, out.len() as i64) as usize;
-                    out[out.len() - k..].iter().map(|&d| if rng.next_u64() % 3 == 0 { 1 } else { d }).collect()
+                    out[out.len() - k..].iter().map(|&d| if rng.next_u64().is_multiple_of(3) { 1 } else { d }).collect()
                 };
                 let (a, b) = (mk(), mk());
                 (a, b, seed)

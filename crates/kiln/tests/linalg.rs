@@ -39,8 +39,7 @@ fn reference(a: &[f64], sa: &[usize], b: &[f64], sb: &[usize]) -> (Vec<f64>, Vec
     assert_eq!(k, sb[sb.len() - 2]);
     let (ba, bb) = (&sa[..sa.len() - 2], &sb[..sb.len() - 2]);
     let nd = ba.len().max(bb.len());
-    let pad =
-        |s: &[usize]| -> Vec<usize> { std::iter::repeat(1).take(nd - s.len()).chain(s.iter().copied()).collect() };
+    let pad = |s: &[usize]| -> Vec<usize> { std::iter::repeat_n(1, nd - s.len()).chain(s.iter().copied()).collect() };
     let (pa, pb) = (pad(ba), pad(bb));
     let batch: Vec<usize> = pa.iter().zip(&pb).map(|(&x, &y)| x.max(y)).collect();
     let nb: usize = batch.iter().product();

@@ -145,7 +145,7 @@ pub fn stack(xs: &[Array], axis: isize) -> Result<Array> {
 pub fn split(x: &Array, sections: usize, axis: isize) -> Result<Vec<Array>> {
     let ax = normalize_axis("split", axis, x.ndim())?;
     let n = x.shape()[ax];
-    if sections == 0 || n % sections != 0 {
+    if sections == 0 || !n.is_multiple_of(sections) {
         return Err(Error::Shape {
             op: "split",
             msg: format!("axis {ax} of shape {} does not split into {sections} equal sections", shape_str(x.shape())),

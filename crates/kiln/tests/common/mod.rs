@@ -54,7 +54,7 @@ impl Rng {
             .map(|_| {
                 let u = self.uniform(lo, hi);
                 let q = (u * 4.0).round() / 4.0;
-                if self.next_u64() % 2 == 0 && q >= lo && q < hi {
+                if self.next_u64().is_multiple_of(2) && q >= lo && q < hi {
                     q
                 } else {
                     u
@@ -301,7 +301,7 @@ pub fn make_view<T: Element>(view: View, vals: &[T], r: usize, c: usize, filler:
         View::BroadcastCol => {
             let col: Vec<T> = if c == 0 { vec![filler; r] } else { (0..r).map(|i| vals[i * c]).collect() };
             let a = Array::from_slice(&col, &[r, 1])?.broadcast_to(&[r, c])?;
-            let logical = (0..r).flat_map(|i| std::iter::repeat(col[i]).take(c)).collect();
+            let logical = (0..r).flat_map(|i| std::iter::repeat_n(col[i], c)).collect();
             Ok((a, logical))
         }
     }
