@@ -64,11 +64,39 @@ fn gather_tile(
         let dst = crate::backend::cpu::BufferElement::slice_of_mut(reg).expect("register dtype is the input dtype");
         for_each_block(shape, [strides], [offset], start..start + len, |pos, o, cnt| {
             let d = &mut dst[pos - start..pos - start + cnt];
-            for (i, v) in d.iter_mut().enumerate() {
-                *v = src[(o[0] + i as isize * inner) as usize];
+            let o = o[0] as usize;
+            match inner {
+                // A broadcast row: one value repeated.
+                0 => d.fill(src[o]),
+                1 => d.copy_from_slice(&src[o..o + cnt]),
+                _ => {
+                    for (i, v) in d.iter_mut().enumerate() {
+                        *v = src[(o as isize + i as isize * inner) as usize];
+                    }
+                }
             }
         });
     })
+}
+
+/// The buffer offset of positions `start..start + len` when they form one
+/// unit-stride run of a strided input (so the tile can be read in place).
+fn direct_run(shape: &[usize], strides: &[isize], offset: usize, start: usize, len: usize) -> Option<usize> {
+    let nd = shape.len();
+    if nd == 0 || strides[nd - 1] != 1 {
+        return None;
+    }
+    let mut rem = start;
+    let mut off = offset as isize;
+    for d in (0..nd).rev() {
+        let i = rem % shape[d];
+        if d == nd - 1 && shape[d] - i < len {
+            return None;
+        }
+        off += i as isize * strides[d];
+        rem /= shape[d];
+    }
+    Some(off as usize)
 }
 
 fn fill_scalar(buf: &Buffer, at: usize, reg: &mut Buffer) {
@@ -116,12 +144,17 @@ fn exec_range(g: &FusedGroup, loads: &[Load], tile: usize, start: usize, end: us
         })
         .collect();
     let mut op_regs: Vec<Buffer> = g.ops.iter().map(|o| Buffer::zeros(o.dtype, tile)).collect();
+    // Per strided input: this tile's in-place offset when it is one contiguous run.
+    let mut direct: Vec<Option<usize>> = vec![None; loads.len()];
     let mut s = start;
     while s < end {
         let len = TILE.min(end - s);
-        for (l, reg) in loads.iter().zip(in_regs.iter_mut()) {
+        for ((l, reg), dir) in loads.iter().zip(in_regs.iter_mut()).zip(direct.iter_mut()) {
             if let (Load::Strided { buf, shape, strides, offset }, Some(r)) = (l, reg) {
-                gather_tile(buf, shape, strides, *offset, s, len, r);
+                *dir = direct_run(shape, strides, *offset, s, len);
+                if dir.is_none() {
+                    gather_tile(buf, shape, strides, *offset, s, len, r);
+                }
             }
         }
         for k in 0..g.ops.len() {
@@ -130,6 +163,9 @@ fn exec_range(g: &FusedGroup, loads: &[Load], tile: usize, start: usize, end: us
                 if r < n_in {
                     match (&loads[r], &in_regs[r]) {
                         (Load::InPlace(buf, at), _) => Src { buf, start: at + s, len },
+                        (Load::Strided { buf, .. }, _) if direct[r].is_some() => {
+                            Src { buf, start: direct[r].unwrap_or_default(), len }
+                        }
                         (_, Some(reg)) => Src { buf: reg, start: 0, len },
                         _ => unreachable!("non-in-place inputs have registers"),
                     }
