@@ -4,8 +4,8 @@
 //! kiln-bench run [--quick] [--out PART.json] [--sizes SIZES.json]
 //!     measure kiln, kiln-eager and the copy-bandwidth floor; write a part
 //!     and the sizes (with each workload's bytes and flops) for the peers
-//! kiln-bench first-call [--quick]
-//!     one fresh-process first call of compiled layernorm; prints milliseconds
+//! kiln-bench fresh first_call|shapeless_batches|recompile_batches [--quick]
+//!     one fresh-process run (compile included); prints milliseconds
 //! kiln-bench report --out DIR PART.json...
 //!     merge parts, add the matmul floor, write cpu.json, cpu.md, missing.json
 //! kiln-bench --quick [--out DIR]
@@ -347,7 +347,7 @@ impl Runner {
             measure(p, s.tiny_calls, || (0..s.tiny_calls).try_for_each(|_| tiny(&x)?.eval())),
         );
 
-        let r = self.first_call();
+        let r = self.fresh("first_call");
         self.push("first_call", "kiln", r);
         self.batches()?;
 
@@ -361,48 +361,39 @@ impl Runner {
         Ok(())
     }
 
-    /// gelu_tanh over the batch sizes; each run compiles afresh, so compile time is included.
+    /// gelu_tanh over the batch sizes: the compiled variants in fresh
+    /// processes (each run compiles afresh, so compile time is included),
+    /// kiln-eager in this process.
     fn batches(&mut self) -> Result<()> {
         let s = self.sizes.clone();
+        for w in ["shapeless_batches", "recompile_batches"] {
+            let r = self.fresh(w);
+            self.push(w, "kiln", r);
+        }
         let xs: Vec<Array> = s.batches.iter().map(|&b| normal(&[b, s.batch_cols], 1.0)).collect::<Result<_>>()?;
-        let p = Plan { warm: 1, min: self.plan.min.min(5), max: 20, budget_s: self.plan.budget_s };
-        let shapeless = CompileOptions { shapeless: true, ..Default::default() };
-        self.push(
-            "shapeless_batches",
-            "kiln",
-            measure(p, 1, || {
-                let c = compile_with(gelu_tanh, shapeless.clone());
-                xs.iter().try_for_each(|x| c.call(x)?.eval())
-            }),
-        );
+        let p = self.plan;
         self.push(
             "shapeless_batches",
             "kiln-eager",
             measure(p, 1, || xs.iter().try_for_each(|x| gelu_tanh(x)?.eval())),
         );
-        self.push(
-            "recompile_batches",
-            "kiln",
-            measure(p, 1, || {
-                let c = compile(gelu_tanh);
-                xs.iter().try_for_each(|x| c.call(x)?.eval())
-            }),
-        );
-        let c = compile_with(gelu_tanh, shapeless);
+        let c = compile_with(gelu_tanh, CompileOptions { shapeless: true, ..Default::default() });
         let last = xs.last().expect("batches");
         let d = c.call(&xs[0]).and_then(|_| c.call(last)).and_then(|a| rel_diff(&a, &gelu_tanh(last)?));
         self.check("shapeless_batches", d);
         Ok(())
     }
 
-    /// Runs `kiln-bench first-call` in fresh processes.
-    fn first_call(&mut self) -> Result<Vec<f64>> {
-        let exe = std::env::current_exe()
-            .map_err(|e| kiln::Error::Invalid { op: "first_call", msg: format!("cannot find own executable: {e}") })?;
+    /// Runs `kiln-bench fresh WORKLOAD` in fresh processes; their times in ms.
+    fn fresh(&mut self, workload: &str) -> Result<Vec<f64>> {
+        let exe = std::env::current_exe().map_err(|e| kiln::Error::Invalid {
+            op: "fresh",
+            msg: format!("cannot find own executable: {e}"),
+        })?;
         let mut v = Vec::new();
         for _ in 0..self.sizes.first_call_reps {
             let mut cmd = Command::new(&exe);
-            cmd.arg("first-call");
+            cmd.args(["fresh", workload]);
             if self.sizes.quick {
                 cmd.arg("--quick");
             }
@@ -419,7 +410,7 @@ impl Runner {
                         Ok(o) => String::from_utf8_lossy(&o.stderr).into_owned(),
                         Err(e) => e.to_string(),
                     };
-                    return Err(kiln::Error::Invalid { op: "first_call", msg: why });
+                    return Err(kiln::Error::Invalid { op: "fresh", msg: why });
                 }
             }
         }
@@ -478,18 +469,33 @@ impl Runner {
     }
 }
 
-/// The body of `kiln-bench first-call`: inputs are made and evaluated first,
-/// then the clock runs over compile + trace + first run.
-fn first_call_once(quick: bool) -> Result<f64> {
+/// The body of `kiln-bench fresh WORKLOAD`, run in a fresh process: inputs
+/// are made and evaluated first, then the clock runs over compile + trace +
+/// run (first_call: layernorm once; the batch workloads: gelu_tanh over
+/// every batch size, compiled with or without shapeless).
+fn fresh_once(workload: &str, quick: bool) -> Result<f64> {
     let s = Sizes::new(quick);
-    let x = normal(&[s.rows, s.cols], 1.0)?;
-    let gamma = (normal(&[s.cols], 0.1)? + 1.0f32)?;
-    let beta = normal(&[s.cols], 0.1)?;
-    kiln::eval(&[&x, &gamma, &beta])?;
-    let t = Instant::now();
-    let c = compile(layernorm);
-    c.call((&x, &gamma, &beta))?.eval()?;
-    Ok(t.elapsed().as_secs_f64() * 1e3)
+    match workload {
+        "first_call" => {
+            let x = normal(&[s.rows, s.cols], 1.0)?;
+            let gamma = (normal(&[s.cols], 0.1)? + 1.0f32)?;
+            let beta = normal(&[s.cols], 0.1)?;
+            kiln::eval(&[&x, &gamma, &beta])?;
+            let t = Instant::now();
+            let c = compile(layernorm);
+            c.call((&x, &gamma, &beta))?.eval()?;
+            Ok(t.elapsed().as_secs_f64() * 1e3)
+        }
+        "shapeless_batches" | "recompile_batches" => {
+            let xs: Vec<Array> = s.batches.iter().map(|&b| normal(&[b, s.batch_cols], 1.0)).collect::<Result<_>>()?;
+            let t = Instant::now();
+            let shapeless = workload == "shapeless_batches";
+            let c = compile_with(gelu_tanh, CompileOptions { shapeless, ..Default::default() });
+            xs.iter().try_for_each(|x| c.call(x)?.eval())?;
+            Ok(t.elapsed().as_secs_f64() * 1e3)
+        }
+        _ => Err(kiln::Error::Invalid { op: "fresh", msg: format!("unknown workload {workload}") }),
+    }
 }
 
 fn run(quick: bool, out: &Path, sizes_out: Option<&Path>) -> std::result::Result<(), String> {
@@ -531,7 +537,7 @@ fn write_file(p: &Path, text: &str) -> std::result::Result<(), String> {
 
 fn usage() -> String {
     "usage: kiln-bench run [--quick] [--out PART.json] [--sizes SIZES.json]\n       \
-     kiln-bench first-call [--quick]\n       kiln-bench report --out DIR PART.json...\n       \
+     kiln-bench fresh first_call|shapeless_batches|recompile_batches [--quick]\n       kiln-bench report --out DIR PART.json...\n       \
      kiln-bench --quick [--out DIR]"
         .into()
 }
@@ -545,8 +551,9 @@ fn main_inner() -> std::result::Result<(), String> {
             let out = opt("--out").unwrap_or_else(|| "target/bench/kiln.json".into());
             run(quick, &out, opt("--sizes").as_deref())
         }
-        Some("first-call") => {
-            let ms = first_call_once(quick).map_err(|e| e.to_string())?;
+        Some("fresh") => {
+            let w = args.get(1).ok_or_else(usage)?;
+            let ms = fresh_once(w, quick).map_err(|e| e.to_string())?;
             println!("{ms}");
             Ok(())
         }
