@@ -386,10 +386,8 @@ impl Runner {
 
     /// Runs `kiln-bench fresh WORKLOAD` in fresh processes; their times in ms.
     fn fresh(&mut self, workload: &str) -> Result<Vec<f64>> {
-        let exe = std::env::current_exe().map_err(|e| kiln::Error::Invalid {
-            op: "fresh",
-            msg: format!("cannot find own executable: {e}"),
-        })?;
+        let exe = std::env::current_exe()
+            .map_err(|e| kiln::Error::Invalid { op: "fresh", msg: format!("cannot find own executable: {e}") })?;
         let mut v = Vec::new();
         for _ in 0..self.sizes.first_call_reps {
             let mut cmd = Command::new(&exe);
