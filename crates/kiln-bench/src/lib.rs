@@ -388,7 +388,7 @@ pub fn markdown(part: &Part) -> String {
         s.push_str("---|");
     }
     s.push_str("---|\n");
-    for w in WORKLOADS.iter().filter(|w| recs.iter().any(|r| r.workload == w.name)) {
+    for w in WORKLOADS.iter().filter(|w| w.name != "copy" && recs.iter().any(|r| r.workload == w.name)) {
         let k = find(recs, w.name, "kiln").map_or("n/a".into(), |r| fmt_ms(r.median_ms));
         let _ = write!(s, "| {} | {k} |", w.name);
         for i in &present {
