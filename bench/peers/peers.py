@@ -1,0 +1,575 @@
+"""The peers' side of the CPU benchmark: NumPy, JAX, PyTorch and MLX.
+
+Run by scripts/bench.sh as
+
+    peers.py --all --sizes target/bench/sizes.json --out target/bench/peers.json
+
+which runs each framework in its own process (so thread pools do not
+compete), runs first calls and the batch workloads (whose times include
+compiling) in fresh processes, and writes one part
+{"records": [...], "missing": [...], "notes": [...]} for `kiln-bench report`.
+A framework that cannot be imported, or a workload that raises, becomes a
+"missing" entry with the reason; nothing is dropped silently.
+
+Each workload is written the idiomatic way for its library: the library's
+own function where it computes exactly the workload's formula (torch's
+F.gelu, F.layer_norm, torch.addmm; jax.nn.gelu, jax.nn.softmax;
+mx.fast.layer_norm, mlx.nn.gelu, mx.addmm; scipy.special.erf for NumPy),
+otherwise the formula written out. Compiled variants: jax.jit with
+block_until_ready, torch.compile (default mode) under torch.no_grad,
+mx.compile with mx.eval. Inputs are random normal float32 from NumPy.
+"""
+
+import argparse
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+
+import numpy as np
+
+FRAMEWORKS = {
+    "numpy": ["numpy"],
+    "jax": ["jax-jit"],
+    "torch": ["torch-compile", "torch-eager"],
+    "mlx": ["mlx-compile", "mlx-eager"],
+}
+C_TANH = 0.7978845608
+FRESH = ["first_call", "shapeless_batches", "recompile_batches"]
+
+
+class Plan:
+    def __init__(self, quick=False):
+        self.warm, self.min, self.max, self.budget = (1, 3, 5, 0.05) if quick else (3, 10, 300, 2.5)
+
+
+def measure(plan, fn, per=1):
+    """Run times of fn() in ms (divided by per), after warm-up, time-boxed."""
+    for _ in range(plan.warm):
+        fn()
+    out = []
+    start = time.perf_counter()
+    while len(out) < plan.min or (len(out) < plan.max and time.perf_counter() - start < plan.budget):
+        t = time.perf_counter()
+        fn()
+        out.append((time.perf_counter() - t) * 1e3 / per)
+    return out
+
+
+def summarize(workload, impl, samples, cost):
+    s = np.asarray(samples, dtype=np.float64)
+    b, f = cost.get(workload, (0, 0))
+    return {
+        "workload": workload,
+        "impl": impl,
+        "median_ms": float(np.percentile(s, 50)),
+        "p10_ms": float(np.percentile(s, 10)),
+        "p90_ms": float(np.percentile(s, 90)),
+        "bytes": int(b),
+        "flops": int(f),
+    }
+
+
+class Inputs:
+    """The NumPy inputs shared by every framework (random normal, seed 0)."""
+
+    def __init__(self, sz):
+        rng = np.random.default_rng(0)
+        n = lambda *shape, scale=1.0: (rng.standard_normal(shape, dtype=np.float32) * np.float32(scale))
+        self.sz = sz
+        self.gelu = n(sz["gelu_n"])
+        self.mat = n(sz["rows"], sz["cols"])
+        self.gamma = 1.0 + n(sz["cols"], scale=0.1)
+        self.beta = n(sz["cols"], scale=0.1)
+        m, k, nn = sz["mm"]
+        self.xs = [n(m, k) for _ in range(sz["calls"])]
+        self.w = n(k, nn)
+        self.b = n(nn)
+        width = sz["mlp_width"]
+        self.mlp = [n(sz["mlp_batch"], width)]
+        for _ in range(sz["mlp_layers"]):
+            self.mlp += [n(width, width, scale=1.0 / math.sqrt(width)), n(width, scale=0.1)]
+        self.tiny = n(sz["tiny_n"])
+        self.batches = [n(b, sz["batch_cols"]) for b in sz["batches"]]
+        self.sgemm = [n(sz["sgemm_n"], sz["sgemm_n"]), n(sz["sgemm_n"], sz["sgemm_n"])]
+
+
+# ---- float64 NumPy references, for the correctness check ----
+
+
+def ref(workload, inp):
+    d = lambda a: np.asarray(a, dtype=np.float64)
+    if workload == "gelu_tanh":
+        x = d(inp.gelu)
+        return 0.5 * x * (1 + np.tanh(C_TANH * (x + 0.044715 * x**3)))
+    if workload == "gelu_erf":
+        from scipy.special import erf
+
+        x = d(inp.gelu)
+        return x * (1 + erf(x / math.sqrt(2))) / 2
+    if workload == "softmax":
+        x = d(inp.mat)
+        e = np.exp(x - x.max(-1, keepdims=True))
+        return e / e.sum(-1, keepdims=True)
+    if workload == "layernorm":
+        x = d(inp.mat)
+        xc = x - x.mean(-1, keepdims=True)
+        return xc / np.sqrt((xc * xc).mean(-1, keepdims=True) + 1e-5) * d(inp.gamma) + d(inp.beta)
+    if workload == "matmul_add":
+        return d(inp.xs[0]) @ d(inp.w) + d(inp.b)
+    if workload == "forward_and_norm":
+        y = d(inp.xs[0]) @ d(inp.w)
+        return np.sqrt((y * y).sum())
+    if workload == "mlp":
+        h = d(inp.mlp[0])
+        layers = (len(inp.mlp) - 1) // 2
+        for i in range(layers):
+            h = h @ d(inp.mlp[1 + 2 * i]) + d(inp.mlp[2 + 2 * i])
+            if i + 1 < layers:
+                h = np.maximum(h, 0)
+        return h
+    if workload == "tiny":
+        return d(inp.tiny) + 1
+    if workload == "sgemm":
+        return d(inp.sgemm[0]) @ d(inp.sgemm[1])
+    return None
+
+
+# ---- per-framework implementations ----
+# Each returns (to_dev, sync, impls) where impls maps impl name -> dict of
+# workload -> function of device arrays; sync(out) waits for the result and
+# to_host(out) gives NumPy for the check.
+
+
+def numpy_impls():
+    from scipy.special import erf
+
+    def gelu_tanh(x):
+        return 0.5 * x * (1 + np.tanh(np.float32(C_TANH) * (x + np.float32(0.044715) * (x * x * x))))
+
+    def gelu_erf(x):
+        return x * (1 + erf(x * np.float32(1 / math.sqrt(2)))) * np.float32(0.5)
+
+    def softmax(x):
+        e = np.exp(x - x.max(-1, keepdims=True))
+        return e / e.sum(-1, keepdims=True)
+
+    def layernorm(x, g, b):
+        xc = x - x.mean(-1, keepdims=True)
+        return xc / np.sqrt((xc * xc).mean(-1, keepdims=True) + np.float32(1e-5)) * g + b
+
+    def mlp(x, *p):
+        layers = len(p) // 2
+        for i in range(layers):
+            x = x @ p[2 * i] + p[2 * i + 1]
+            if i + 1 < layers:
+                x = np.maximum(x, 0)
+        return x
+
+    fns = dict(
+        gelu_tanh=gelu_tanh,
+        gelu_erf=gelu_erf,
+        softmax=softmax,
+        layernorm=layernorm,
+        matmul_add=lambda x, w, b: x @ w + b,
+        forward_and_norm=lambda x, w: (lambda y: (y, np.sqrt(np.sum(y * y))))(x @ w),
+        mlp=mlp,
+        tiny=lambda x: x + np.float32(1),
+        sgemm=lambda a, b: a @ b,
+    )
+    return dict(
+        name="numpy",
+        to_dev=lambda a: a,
+        sync=lambda out: out,
+        to_host=np.asarray,
+        eager={"numpy": fns},
+        compiled={},
+        make_batches=None,
+    )
+
+
+def jax_impls():
+    import jax
+    import jax.numpy as jnp
+
+    def layernorm(x, g, b):
+        mean = jnp.mean(x, -1, keepdims=True)
+        xc = x - mean
+        var = jnp.mean(xc * xc, -1, keepdims=True)
+        return xc * jax.lax.rsqrt(var + 1e-5) * g + b
+
+    def mlp(x, *p):
+        layers = len(p) // 2
+        for i in range(layers):
+            x = x @ p[2 * i] + p[2 * i + 1]
+            if i + 1 < layers:
+                x = jax.nn.relu(x)
+        return x
+
+    def fns():
+        return dict(
+            gelu_tanh=lambda x: jax.nn.gelu(x, approximate=True),
+            gelu_erf=lambda x: jax.nn.gelu(x, approximate=False),
+            softmax=lambda x: jax.nn.softmax(x, axis=-1),
+            layernorm=layernorm,
+            matmul_add=lambda x, w, b: x @ w + b,
+            forward_and_norm=lambda x, w: (lambda y: (y, jnp.sqrt(jnp.sum(y * y))))(x @ w),
+            mlp=mlp,
+            tiny=lambda x: x + 1.0,
+            sgemm=lambda a, b: a @ b,
+        )
+
+    def make_batches(shapeless):
+        # jax has no shapeless mode: a fresh jit retraces and recompiles per shape.
+        return jax.jit(lambda x: jax.nn.gelu(x, approximate=True))
+
+    return dict(
+        name="jax",
+        to_dev=lambda a: jax.device_put(a),
+        sync=jax.block_until_ready,
+        to_host=np.asarray,
+        eager={},
+        compiled={"jax-jit": {k: jax.jit(f) for k, f in fns().items()}},
+        make_batches=make_batches,
+        make_first=lambda: jax.jit(layernorm),
+    )
+
+
+def torch_impls():
+    import torch
+    import torch.nn.functional as F
+
+    torch.set_grad_enabled(False)
+
+    def layernorm(x, g, b):
+        return F.layer_norm(x, (x.shape[-1],), g, b, 1e-5)
+
+    def mlp(x, *p):
+        layers = len(p) // 2
+        for i in range(layers):
+            x = torch.addmm(p[2 * i + 1], x, p[2 * i])
+            if i + 1 < layers:
+                x = torch.relu(x)
+        return x
+
+    def fns():
+        return dict(
+            gelu_tanh=lambda x: F.gelu(x, approximate="tanh"),
+            gelu_erf=lambda x: F.gelu(x),
+            softmax=lambda x: torch.softmax(x, -1),
+            layernorm=layernorm,
+            matmul_add=lambda x, w, b: torch.addmm(b, x, w),
+            forward_and_norm=lambda x, w: (lambda y: (y, torch.sqrt(torch.sum(y * y))))(x @ w),
+            mlp=mlp,
+            tiny=lambda x: x + 1,
+            sgemm=lambda a, b: a @ b,
+        )
+
+    def make_batches(shapeless):
+        torch._dynamo.reset()
+        f = lambda x: F.gelu(x, approximate="tanh")
+        return torch.compile(f, dynamic=True) if shapeless else torch.compile(f)
+
+    def make_first():
+        torch._dynamo.reset()
+        return torch.compile(layernorm)
+
+    return dict(
+        name="torch",
+        to_dev=lambda a: torch.from_numpy(np.ascontiguousarray(a)),
+        sync=lambda out: out,
+        to_host=lambda t: t.numpy(),
+        eager={"torch-eager": fns()},
+        compiled={"torch-compile": {k: torch.compile(f) for k, f in fns().items()}},
+        make_batches=make_batches,
+        make_first=make_first,
+    )
+
+
+def mlx_impls():
+    import mlx.core as mx
+    import mlx.nn as nn
+
+    def gelu_tanh(x):
+        return 0.5 * x * (1 + mx.tanh(C_TANH * (x + 0.044715 * (x * x * x))))
+
+    def layernorm(x, g, b):
+        return mx.fast.layer_norm(x, g, b, 1e-5)
+
+    def mlp(x, *p):
+        layers = len(p) // 2
+        for i in range(layers):
+            x = mx.addmm(p[2 * i + 1], x, p[2 * i])
+            if i + 1 < layers:
+                x = nn.relu(x)
+        return x
+
+    def fns():
+        return dict(
+            gelu_tanh=gelu_tanh,
+            gelu_erf=nn.gelu,
+            softmax=lambda x: mx.softmax(x, axis=-1),
+            layernorm=layernorm,
+            matmul_add=lambda x, w, b: mx.addmm(b, x, w),
+            forward_and_norm=lambda x, w: (lambda y: (y, mx.sqrt(mx.sum(y * y))))(x @ w),
+            mlp=mlp,
+            tiny=lambda x: x + 1,
+            sgemm=lambda a, b: a @ b,
+        )
+
+    def sync(out):
+        mx.eval(out)
+        return out
+
+    def make_batches(shapeless):
+        return mx.compile(lambda x: gelu_tanh(x), shapeless=shapeless)
+
+    def to_dev(a):
+        a = mx.array(a)
+        mx.eval(a)
+        return a
+
+    return dict(
+        name="mlx",
+        to_dev=to_dev,
+        sync=sync,
+        to_host=np.array,
+        eager={"mlx-eager": fns()},
+        compiled={"mlx-compile": {k: mx.compile(f) for k, f in fns().items()}},
+        make_batches=make_batches,
+        make_first=lambda: mx.compile(layernorm),
+    )
+
+
+LOADERS = {"numpy": numpy_impls, "jax": jax_impls, "torch": torch_impls, "mlx": mlx_impls}
+
+
+def versions(fw):
+    if fw == "numpy":
+        note = f"numpy {np.__version__}"
+        try:
+            from threadpoolctl import threadpool_info
+
+            for p in threadpool_info():
+                note += f"; {p.get('internal_api')} {p.get('version')} {p.get('architecture')} x{p.get('num_threads')}"
+        except Exception as e:  # noqa: BLE001
+            note += f" (threadpoolctl: {e})"
+        return note
+    if fw == "jax":
+        import jax
+
+        return f"jax {jax.__version__}, devices {jax.devices()}"
+    if fw == "torch":
+        import torch
+
+        return f"torch {torch.__version__}, {torch.get_num_threads()} threads"
+    if fw == "mlx":
+        import mlx.core as mx
+
+        return f"mlx {mx.__version__ if hasattr(mx, '__version__') else '?'}, device {mx.default_device()}"
+    return fw
+
+
+def args_for(workload, inp, dev):
+    if workload in ("gelu_tanh", "gelu_erf"):
+        return [dev(inp.gelu)]
+    if workload == "softmax":
+        return [dev(inp.mat)]
+    if workload == "layernorm":
+        return [dev(inp.mat), dev(inp.gamma), dev(inp.beta)]
+    if workload == "mlp":
+        return [dev(a) for a in inp.mlp]
+    if workload == "tiny":
+        return [dev(inp.tiny)]
+    if workload == "sgemm":
+        return [dev(a) for a in inp.sgemm]
+    raise KeyError(workload)
+
+
+def check(part, workload, impl, got, inp, to_host):
+    want = ref(workload, inp)
+    if want is None:
+        return
+    if isinstance(got, tuple):
+        got = got[1] if workload == "forward_and_norm" else got[0]
+    g = np.asarray(to_host(got), dtype=np.float64)
+    err = float(np.max(np.abs(g - want)) / max(float(np.max(np.abs(want))), 1e-30))
+    if not err <= 1e-3:
+        part["notes"].append(f"CHECK {workload}/{impl}: relative max error vs float64 NumPy {err:.2e}")
+
+
+def run_framework(fw, sizes, plan):
+    """Measure every in-process workload of one framework; return a part."""
+    part = {"records": [], "missing": [], "notes": []}
+    cost = {k: tuple(v) for k, v in sizes["cost"].items()}
+    try:
+        lib = LOADERS[fw]()
+        part["notes"].append(versions(fw))
+    except Exception as e:  # noqa: BLE001
+        for impl in FRAMEWORKS[fw]:
+            part["missing"].append({"impl": impl, "workload": "*", "reason": f"cannot import: {e!r} (install log: target/bench/install.log)"})
+        return part
+    inp = Inputs(sizes)
+    dev, sync = lib["to_dev"], lib["sync"]
+    variants = list(lib["eager"].items()) + list(lib["compiled"].items())
+    for impl, fns in variants:
+        for workload in ["gelu_tanh", "gelu_erf", "softmax", "layernorm", "matmul_add", "forward_and_norm",
+                         "mlp", "tiny", "sgemm"]:
+            try:
+                f = fns[workload]
+                if workload in ("matmul_add", "forward_and_norm"):
+                    xs = [dev(x) for x in inp.xs]
+                    w, b = dev(inp.w), dev(inp.b)
+                    extra = [w, b] if workload == "matmul_add" else [w]
+
+                    def block(xs=xs, extra=extra, f=f):
+                        for x in xs:
+                            sync(f(x, *extra))
+
+                    samples = measure(plan, block, per=len(xs))
+                    got = sync(f(xs[0], *extra))
+                elif workload == "tiny":
+                    (x,) = args_for(workload, inp, dev)
+                    calls = sizes["tiny_calls"]
+
+                    def block(x=x, f=f, calls=calls):
+                        for _ in range(calls):
+                            sync(f(x))
+
+                    samples = measure(plan, block, per=calls)
+                    got = sync(f(x))
+                else:
+                    a = args_for(workload, inp, dev)
+                    samples = measure(plan, lambda a=a, f=f: sync(f(*a)))
+                    got = sync(f(*a))
+                part["records"].append(summarize(workload, impl, samples, cost))
+                print(f"  {workload:<18} {impl:<14} {np.median(samples):.4f} ms", file=sys.stderr, flush=True)
+                check(part, workload, impl, got, inp, lib["to_host"])
+            except Exception as e:  # noqa: BLE001
+                traceback.print_exc()
+                part["missing"].append({"impl": impl, "workload": workload, "reason": f"error: {e!r}"[:300]})
+    # shapeless_batches for the eager variants (no compile to include).
+    for impl, fns in lib["eager"].items():
+        try:
+            f = fns["gelu_tanh"]
+            xs = [dev(x) for x in inp.batches]
+            samples = measure(Plan(sizes["quick"]), lambda: [sync(f(x)) for x in xs])
+            part["records"].append(summarize("shapeless_batches", impl, samples, cost))
+        except Exception as e:  # noqa: BLE001
+            part["missing"].append({"impl": impl, "workload": "shapeless_batches", "reason": f"error: {e!r}"[:300]})
+    return part
+
+
+def fresh_once(fw, workload, sizes):
+    """One fresh-process measurement (first call, or the batch loop with compiles), in ms."""
+    lib = LOADERS[fw]()
+    inp = Inputs(sizes)
+    dev, sync = lib["to_dev"], lib["sync"]
+    if workload == "first_call":
+        a = args_for("layernorm", inp, dev)
+        sync(a)
+        t = time.perf_counter()
+        f = lib["make_first"]()
+        sync(f(*a))
+        return (time.perf_counter() - t) * 1e3
+    xs = [dev(x) for x in inp.batches]
+    sync(xs)
+    t = time.perf_counter()
+    f = lib["make_batches"](workload == "shapeless_batches")
+    for x in xs:
+        sync(f(x))
+    return (time.perf_counter() - t) * 1e3
+
+
+def run_all(sizes_path, out, timeout):
+    sizes = json.load(open(sizes_path))
+    cost = {k: tuple(v) for k, v in sizes["cost"].items()}
+    part = {"records": [], "missing": [], "notes": []}
+    me = [sys.executable, os.path.abspath(__file__), "--sizes", sizes_path]
+    tmp = tempfile.mkdtemp(prefix="kiln-bench-peers-")
+    importable = {}
+    for fw in FRAMEWORKS:
+        print(f"peers: {fw}", file=sys.stderr, flush=True)
+        p = os.path.join(tmp, fw + ".json")
+        try:
+            r = subprocess.run(me + ["--impl", fw, "--out", p], timeout=timeout)
+            sub = json.load(open(p)) if r.returncode == 0 else None
+            why = f"process exited with {r.returncode}"
+        except subprocess.TimeoutExpired:
+            sub, why = None, f"timed out after {timeout} s"
+        if sub is None:
+            for impl in FRAMEWORKS[fw]:
+                part["missing"].append({"impl": impl, "workload": "*", "reason": why})
+            importable[fw] = False
+            continue
+        importable[fw] = not any(m["workload"] == "*" for m in sub["missing"])
+        for k in part:
+            part[k] += sub[k]
+    # Fresh-process workloads: first call, and the batch loops including compiles.
+    for fw, impls in FRAMEWORKS.items():
+        compiled = impls[0]
+        if fw == "numpy" or not importable.get(fw):
+            continue
+        for workload in FRESH:
+            # torch's cold inductor compile takes tens of seconds here: two runs.
+            reps = sizes["first_call_reps"] if fw != "torch" else min(2, sizes["first_call_reps"])
+            samples, err = [], None
+            start = time.perf_counter()
+            for _ in range(reps):
+                # A fresh TMPDIR per process: mlx keeps compiled CPU kernels under
+                # $TMPDIR/mlx, torch's inductor under $TMPDIR/torchinductor_*.
+                fresh_tmp = tempfile.mkdtemp(prefix="kiln-bench-fresh-")
+                env = dict(os.environ, TMPDIR=fresh_tmp, TORCHINDUCTOR_CACHE_DIR=os.path.join(fresh_tmp, "inductor"))
+                try:
+                    r = subprocess.run(me + ["--fresh", workload, "--impl", fw], capture_output=True, text=True,
+                                       timeout=timeout, env=env)
+                    if r.returncode != 0:
+                        err = (r.stderr.strip().splitlines() or ["?"])[-1]
+                        break
+                    samples.append(float(r.stdout.strip().splitlines()[-1]))
+                except subprocess.TimeoutExpired:
+                    err = f"timed out after {timeout} s"
+                    break
+                finally:
+                    shutil.rmtree(fresh_tmp, ignore_errors=True)
+                if time.perf_counter() - start > 120:
+                    break
+            if samples:
+                part["records"].append(summarize(workload, compiled, samples, cost))
+                print(f"  {workload:<18} {compiled:<14} {np.median(samples):.1f} ms ({len(samples)} fresh processes)",
+                      file=sys.stderr, flush=True)
+            else:
+                part["missing"].append({"impl": compiled, "workload": workload, "reason": f"error: {err}"[:300]})
+    part["notes"].append(
+        "first_call, shapeless_batches and recompile_batches of compiled impls: one fresh process per run "
+        "with an empty TMPDIR and inductor cache dir each time, so no persistent compile cache is hit")
+    json.dump(part, open(out, "w"), indent=1)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", required=True)
+    ap.add_argument("--out")
+    ap.add_argument("--all", action="store_true")
+    ap.add_argument("--impl", choices=list(FRAMEWORKS))
+    ap.add_argument("--fresh", choices=FRESH)
+    ap.add_argument("--timeout", type=float, default=900)
+    a = ap.parse_args()
+    if a.all:
+        run_all(a.sizes, a.out, a.timeout)
+        return
+    sizes = json.load(open(a.sizes))
+    if a.fresh:
+        print(fresh_once(a.impl, a.fresh, sizes))
+        return
+    part = run_framework(a.impl, sizes, Plan(sizes["quick"]))
+    json.dump(part, open(a.out, "w"), indent=1)
+
+
+if __name__ == "__main__":
+    main()

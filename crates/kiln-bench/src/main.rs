@@ -1,0 +1,593 @@
+//! `kiln-bench`: the kiln side of the CPU benchmark (`scripts/bench.sh`).
+//!
+//! ```text
+//! kiln-bench run [--quick] [--out PART.json] [--sizes SIZES.json]
+//!     measure kiln, kiln-eager and the copy-bandwidth floor; write a part
+//!     and the sizes (with each workload's bytes and flops) for the peers
+//! kiln-bench fresh first_call|shapeless_batches|recompile_batches [--quick]
+//!     one fresh-process run (compile included); prints milliseconds
+//! kiln-bench report --out DIR PART.json...
+//!     merge parts, add the matmul floor, write cpu.json, cpu.md, missing.json
+//! kiln-bench --quick [--out DIR]
+//!     smoke mode: tiny sizes, kiln only, run + report into DIR
+//!     (default target/bench/quick), in seconds
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use kiln::{compile, compile_with, random, Array, Axes, CompileOptions, DType, Result};
+use kiln_bench::{summarize, write_outputs, Missing, Part, Record};
+use rayon::prelude::*;
+use serde::Serialize;
+
+/// Problem sizes; the full ones are the issue's.
+#[derive(Serialize, Clone, Debug)]
+struct Sizes {
+    quick: bool,
+    gelu_n: usize,
+    rows: usize,
+    cols: usize,
+    mm: [usize; 3],
+    calls: usize,
+    mlp_batch: usize,
+    mlp_width: usize,
+    mlp_layers: usize,
+    tiny_n: usize,
+    tiny_calls: usize,
+    batches: Vec<usize>,
+    batch_cols: usize,
+    sgemm_n: usize,
+    copy_bytes: usize,
+    first_call_reps: usize,
+}
+
+impl Sizes {
+    fn new(quick: bool) -> Sizes {
+        if quick {
+            Sizes {
+                quick,
+                gelu_n: 1 << 12,
+                rows: 64,
+                cols: 64,
+                mm: [32, 128, 256],
+                calls: 20,
+                mlp_batch: 16,
+                mlp_width: 64,
+                mlp_layers: 3,
+                tiny_n: 16,
+                tiny_calls: 20,
+                batches: vec![2, 4, 6, 8],
+                batch_cols: 64,
+                sgemm_n: 64,
+                copy_bytes: 1 << 22,
+                first_call_reps: 2,
+            }
+        } else {
+            Sizes {
+                quick,
+                gelu_n: 1 << 24,
+                rows: 4096,
+                cols: 4096,
+                mm: [32, 128, 256],
+                calls: 1000,
+                mlp_batch: 256,
+                mlp_width: 1024,
+                mlp_layers: 3,
+                tiny_n: 16,
+                tiny_calls: 1000,
+                batches: (1..=20).map(|i| 16 * i).collect(),
+                batch_cols: 4096,
+                sgemm_n: 1024,
+                copy_bytes: 256 << 20,
+                first_call_reps: 5,
+            }
+        }
+    }
+
+    /// Minimum bytes read + written and flops of one run of `w` (transcendentals count as one flop).
+    fn cost(&self, w: &str) -> (u64, u64) {
+        let f = 4u64;
+        let [m, k, n] = self.mm.map(|v| v as u64);
+        let (rc, rows, cols) = ((self.rows * self.cols) as u64, self.rows as u64, self.cols as u64);
+        let g = self.gelu_n as u64;
+        let batch_elems: u64 = self.batches.iter().map(|&b| (b * self.batch_cols) as u64).sum();
+        let (b, wd, l) = (self.mlp_batch as u64, self.mlp_width as u64, self.mlp_layers as u64);
+        match w {
+            "gelu_tanh" => (2 * f * g, 9 * g),
+            "gelu_erf" => (2 * f * g, 5 * g),
+            "softmax" => (2 * f * rc, 5 * rc),
+            "layernorm" | "first_call" => (f * (2 * rc + 2 * cols), 7 * rc + rows),
+            "matmul_add" => (f * (m * k + k * n + n + m * n), 2 * m * k * n + m * n),
+            "forward_and_norm" => (f * (m * k + k * n + m * n + 1), 2 * m * k * n + 2 * m * n + 1),
+            "mlp" => (f * (2 * b * wd + l * (wd * wd + wd)), l * (2 * b * wd * wd + b * wd) + (l - 1) * b * wd),
+            "tiny" => (2 * f * self.tiny_n as u64, self.tiny_n as u64),
+            "shapeless_batches" | "recompile_batches" => (2 * f * batch_elems, 9 * batch_elems),
+            "sgemm" => {
+                let s = self.sgemm_n as u64;
+                (3 * f * s * s, 2 * s * s * s)
+            }
+            "copy" => (2 * self.copy_bytes as u64, 0),
+            _ => (0, 0),
+        }
+    }
+}
+
+/// How many runs: `warm` warm-ups, then at least `min` and at most `max`
+/// timed runs, stopping after `budget_s` seconds once `min` are done.
+#[derive(Clone, Copy)]
+struct Plan {
+    warm: usize,
+    min: usize,
+    max: usize,
+    budget_s: f64,
+}
+
+impl Plan {
+    fn new(quick: bool) -> Plan {
+        if quick {
+            Plan { warm: 1, min: 3, max: 5, budget_s: 0.05 }
+        } else {
+            Plan { warm: 3, min: 10, max: 300, budget_s: 2.5 }
+        }
+    }
+}
+
+/// Times `f` per `plan`; each run's time divided by `per` (calls per run), in ms.
+fn measure(plan: Plan, per: usize, mut f: impl FnMut() -> Result<()>) -> Result<Vec<f64>> {
+    for _ in 0..plan.warm {
+        f()?;
+    }
+    let start = Instant::now();
+    let mut v = Vec::new();
+    while v.len() < plan.min || (v.len() < plan.max && start.elapsed().as_secs_f64() < plan.budget_s) {
+        let t = Instant::now();
+        f()?;
+        v.push(t.elapsed().as_secs_f64() * 1e3 / per as f64);
+    }
+    Ok(v)
+}
+
+// ---- the workloads, written as a kiln user would ----
+
+fn gelu_tanh(x: &Array) -> Result<Array> {
+    let inner = ((x + ((x * x)? * x)? * 0.044715f32)? * 0.797_884_6_f32)?;
+    (x * 0.5f32)? * (inner.tanh()? + 1.0f32)?
+}
+
+fn gelu_erf(x: &Array) -> Result<Array> {
+    (((x * std::f32::consts::FRAC_1_SQRT_2)?.erf()? + 1.0f32)? * x)? * 0.5f32
+}
+
+fn softmax(x: &Array) -> Result<Array> {
+    x.softmax(-1)
+}
+
+fn layernorm(x: &Array, gamma: &Array, beta: &Array) -> Result<Array> {
+    let mean = x.mean(-1, true)?;
+    let xc = (x - &mean)?;
+    let var = xc.square()?.mean(-1, true)?;
+    let y = (&xc * (var + 1e-5f32)?.rsqrt()?)?;
+    (y * gamma)? + beta
+}
+
+fn matmul_add(x: &Array, w: &Array, b: &Array) -> Result<Array> {
+    x.matmul(w)? + b
+}
+
+fn forward_and_norm(x: &Array, w: &Array) -> Result<(Array, Array)> {
+    let y = x.matmul(w)?;
+    let norm = (&y * &y)?.sum(Axes::All, false)?.sqrt()?;
+    Ok((y, norm))
+}
+
+fn mlp(args: &[Array]) -> Result<Array> {
+    // args: x, then (w, b) per layer.
+    let mut h = args[0].clone();
+    let layers = (args.len() - 1) / 2;
+    for i in 0..layers {
+        h = (h.matmul(&args[1 + 2 * i])? + &args[2 + 2 * i])?;
+        if i + 1 < layers {
+            h = h.maximum(0.0f32)?;
+        }
+    }
+    Ok(h)
+}
+
+fn tiny(x: &Array) -> Result<Array> {
+    x + 1.0f32
+}
+
+fn normal(shape: &[usize], scale: f64) -> Result<Array> {
+    let a = random::normal(shape, DType::F32, 0.0, scale, None)?;
+    a.eval()?;
+    Ok(a)
+}
+
+/// Max |a - b| relative to max |b|, for the compiled-vs-eager check.
+fn rel_diff(a: &Array, b: &Array) -> Result<f64> {
+    let d = (a - b)?.abs()?.max(Axes::All, false)?.item::<f32>()? as f64;
+    let m = b.abs()?.max(Axes::All, false)?.item::<f32>()? as f64;
+    Ok(d / m.max(f64::MIN_POSITIVE))
+}
+
+struct Runner {
+    sizes: Sizes,
+    plan: Plan,
+    part: Part,
+}
+
+impl Runner {
+    fn push(&mut self, workload: &str, imp: &str, r: Result<Vec<f64>>) {
+        let (bytes, flops) = self.sizes.cost(workload);
+        match r {
+            Ok(v) => {
+                let rec = summarize(workload, imp, &v, bytes, flops);
+                eprintln!("  {workload:<18} {imp:<12} {}", kiln_bench::fmt_ms(rec.median_ms));
+                self.part.records.push(rec);
+            }
+            Err(e) => {
+                eprintln!("  {workload:<18} {imp:<12} FAILED: {e}");
+                self.part.missing.push(Missing {
+                    imp: imp.into(),
+                    workload: workload.into(),
+                    reason: format!("error: {e}"),
+                });
+            }
+        }
+    }
+
+    fn check(&mut self, workload: &str, compiled: Result<f64>) {
+        match compiled {
+            Ok(d) if d <= 1e-4 => {}
+            Ok(d) => self.part.notes.push(format!("CHECK {workload}: kiln vs kiln-eager relative max diff {d:.2e}")),
+            Err(e) => self.part.notes.push(format!("CHECK {workload}: could not compare kiln with kiln-eager: {e}")),
+        }
+    }
+
+    fn elementwise(&mut self, name: &str, f: fn(&Array) -> Result<Array>) -> Result<()> {
+        let x = normal(&[self.sizes.gelu_n], 1.0)?;
+        let c = compile(f);
+        let p = self.plan;
+        self.push(name, "kiln", measure(p, 1, || c.call(&x)?.eval()));
+        self.push(name, "kiln-eager", measure(p, 1, || f(&x)?.eval()));
+        let d = c.call(&x).and_then(|a| rel_diff(&a, &f(&x)?));
+        self.check(name, d);
+        Ok(())
+    }
+
+    fn run(&mut self) -> Result<()> {
+        let s = self.sizes.clone();
+        let p = self.plan;
+        eprintln!("kiln-bench: measuring kiln ({} threads)", rayon::current_num_threads());
+
+        self.copy_floor();
+        self.elementwise("gelu_tanh", gelu_tanh)?;
+        self.elementwise("gelu_erf", gelu_erf)?;
+
+        let x = normal(&[s.rows, s.cols], 1.0)?;
+        let c = compile(softmax);
+        self.push("softmax", "kiln", measure(p, 1, || c.call(&x)?.eval()));
+        self.push("softmax", "kiln-eager", measure(p, 1, || softmax(&x)?.eval()));
+        let d = c.call(&x).and_then(|a| rel_diff(&a, &softmax(&x)?));
+        self.check("softmax", d);
+
+        let gamma = (normal(&[s.cols], 0.1)? + 1.0f32)?;
+        gamma.eval()?;
+        let beta = normal(&[s.cols], 0.1)?;
+        let c = compile(layernorm);
+        self.push("layernorm", "kiln", measure(p, 1, || c.call((&x, &gamma, &beta))?.eval()));
+        self.push("layernorm", "kiln-eager", measure(p, 1, || layernorm(&x, &gamma, &beta)?.eval()));
+        let d = c.call((&x, &gamma, &beta)).and_then(|a| rel_diff(&a, &layernorm(&x, &gamma, &beta)?));
+        self.check("layernorm", d);
+        drop(x);
+
+        // The seed's shapes, 1000 different x per block as in the seed.
+        let [m, k, n] = s.mm;
+        let xs: Vec<Array> = (0..s.calls).map(|_| normal(&[m, k], 1.0)).collect::<Result<_>>()?;
+        let w = normal(&[k, n], 1.0)?;
+        let b = normal(&[n], 1.0)?;
+        let c = compile(matmul_add);
+        self.push(
+            "matmul_add",
+            "kiln",
+            measure(p, s.calls, || xs.iter().try_for_each(|x| c.call((x, &w, &b))?.eval())),
+        );
+        self.push(
+            "matmul_add",
+            "kiln-eager",
+            measure(p, s.calls, || xs.iter().try_for_each(|x| matmul_add(x, &w, &b)?.eval())),
+        );
+        let d = c.call((&xs[0], &w, &b)).and_then(|a| rel_diff(&a, &matmul_add(&xs[0], &w, &b)?));
+        self.check("matmul_add", d);
+        let c = compile(forward_and_norm);
+        self.push(
+            "forward_and_norm",
+            "kiln",
+            measure(p, s.calls, || {
+                xs.iter().try_for_each(|x| {
+                    let (y, nrm) = c.call((x, &w))?;
+                    kiln::eval(&[&y, &nrm])
+                })
+            }),
+        );
+        self.push(
+            "forward_and_norm",
+            "kiln-eager",
+            measure(p, s.calls, || {
+                xs.iter().try_for_each(|x| {
+                    let (y, nrm) = forward_and_norm(x, &w)?;
+                    kiln::eval(&[&y, &nrm])
+                })
+            }),
+        );
+        let d = c.call((&xs[0], &w)).and_then(|(_, a)| rel_diff(&a, &forward_and_norm(&xs[0], &w)?.1));
+        self.check("forward_and_norm", d);
+        drop(xs);
+
+        let mut args = vec![normal(&[s.mlp_batch, s.mlp_width], 1.0)?];
+        let scale = 1.0 / (s.mlp_width as f64).sqrt();
+        for _ in 0..s.mlp_layers {
+            args.push(normal(&[s.mlp_width, s.mlp_width], scale)?);
+            args.push(normal(&[s.mlp_width], 0.1)?);
+        }
+        let c = compile(mlp);
+        self.push("mlp", "kiln", measure(p, 1, || c.call(&args)?.eval()));
+        self.push("mlp", "kiln-eager", measure(p, 1, || mlp(&args)?.eval()));
+        let d = c.call(&args).and_then(|a| rel_diff(&a, &mlp(&args)?));
+        self.check("mlp", d);
+
+        let x = normal(&[s.tiny_n], 1.0)?;
+        let c = compile(tiny);
+        self.push("tiny", "kiln", measure(p, s.tiny_calls, || (0..s.tiny_calls).try_for_each(|_| c.call(&x)?.eval())));
+        self.push(
+            "tiny",
+            "kiln-eager",
+            measure(p, s.tiny_calls, || (0..s.tiny_calls).try_for_each(|_| tiny(&x)?.eval())),
+        );
+
+        let r = self.fresh("first_call");
+        self.push("first_call", "kiln", r);
+        self.batches()?;
+
+        let n = s.sgemm_n;
+        let a = normal(&[n, n], 1.0)?;
+        let bm = normal(&[n, n], 1.0)?;
+        let mm = |a: &Array, b: &Array| a.matmul(b);
+        let c = compile(mm);
+        self.push("sgemm", "kiln", measure(p, 1, || c.call((&a, &bm))?.eval()));
+        self.push("sgemm", "kiln-eager", measure(p, 1, || mm(&a, &bm)?.eval()));
+        Ok(())
+    }
+
+    /// gelu_tanh over the batch sizes: the compiled variants in fresh
+    /// processes (each run compiles afresh, so compile time is included),
+    /// kiln-eager in this process.
+    fn batches(&mut self) -> Result<()> {
+        let s = self.sizes.clone();
+        for w in ["shapeless_batches", "recompile_batches"] {
+            let r = self.fresh(w);
+            self.push(w, "kiln", r);
+        }
+        let xs: Vec<Array> = s.batches.iter().map(|&b| normal(&[b, s.batch_cols], 1.0)).collect::<Result<_>>()?;
+        let p = self.plan;
+        self.push(
+            "shapeless_batches",
+            "kiln-eager",
+            measure(p, 1, || xs.iter().try_for_each(|x| gelu_tanh(x)?.eval())),
+        );
+        let c = compile_with(gelu_tanh, CompileOptions { shapeless: true, ..Default::default() });
+        let last = xs.last().expect("batches");
+        let d = c.call(&xs[0]).and_then(|_| c.call(last)).and_then(|a| rel_diff(&a, &gelu_tanh(last)?));
+        self.check("shapeless_batches", d);
+        Ok(())
+    }
+
+    /// Runs `kiln-bench fresh WORKLOAD` in fresh processes; their times in ms.
+    fn fresh(&mut self, workload: &str) -> Result<Vec<f64>> {
+        let exe = std::env::current_exe()
+            .map_err(|e| kiln::Error::Invalid { op: "fresh", msg: format!("cannot find own executable: {e}") })?;
+        let mut v = Vec::new();
+        for _ in 0..self.sizes.first_call_reps {
+            let mut cmd = Command::new(&exe);
+            cmd.args(["fresh", workload]);
+            if self.sizes.quick {
+                cmd.arg("--quick");
+            }
+            let out = cmd.output();
+            let parsed = out
+                .as_ref()
+                .ok()
+                .filter(|o| o.status.success())
+                .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse::<f64>().ok());
+            match parsed {
+                Some(ms) => v.push(ms),
+                None => {
+                    let why = match out {
+                        Ok(o) => String::from_utf8_lossy(&o.stderr).into_owned(),
+                        Err(e) => e.to_string(),
+                    };
+                    return Err(kiln::Error::Invalid { op: "fresh", msg: why });
+                }
+            }
+        }
+        Ok(v)
+    }
+
+    /// Copy bandwidth of a large buffer: single-threaded memcpy and one chunk
+    /// per rayon thread; the faster variant's best run sets the floor.
+    fn copy_floor(&mut self) {
+        let len = self.sizes.copy_bytes / 4;
+        let src: Vec<f32> = (0..len).map(|i| (i % 251) as f32 + 0.5).collect();
+        let mut dst = vec![1.0f32; len];
+        let reps = if self.sizes.quick { 3 } else { 12 };
+        let mut time = |par: bool| {
+            let mut v = Vec::new();
+            for i in 0..reps + 2 {
+                let t = Instant::now();
+                if par {
+                    let chunk = len.div_ceil(rayon::current_num_threads());
+                    dst.par_chunks_mut(chunk).zip(src.par_chunks(chunk)).for_each(|(d, s)| d.copy_from_slice(s));
+                } else {
+                    dst.copy_from_slice(&src);
+                }
+                if i >= 2 {
+                    v.push(t.elapsed().as_secs_f64() * 1e3);
+                }
+            }
+            std::hint::black_box(&dst);
+            v
+        };
+        let single = time(false);
+        let par = time(true);
+        let best = |v: &[f64]| v.iter().copied().fold(f64::INFINITY, f64::min);
+        let (name, v) = if best(&par) < best(&single) { ("parallel", par) } else { ("single-thread", single) };
+        let bytes = 2.0 * self.sizes.copy_bytes as f64;
+        let bw = bytes / best(&v); // bytes per ms
+        self.part.notes.push(format!(
+            "copy-bandwidth floor: {:.1} GB/s ({name} copy of {} MiB, best of {reps}; bytes read + written)",
+            bw / 1e6,
+            self.sizes.copy_bytes >> 20
+        ));
+        self.push("copy", "floor", Ok(v));
+        for w in kiln_bench::WORKLOADS.iter().filter(|w| w.class == kiln_bench::Class::Memory) {
+            let (bytes, flops) = self.sizes.cost(w.name);
+            let t = bytes as f64 / bw;
+            self.part.records.push(Record {
+                workload: w.name.into(),
+                imp: "floor".into(),
+                median_ms: t,
+                p10_ms: t,
+                p90_ms: t,
+                bytes,
+                flops,
+            });
+        }
+    }
+}
+
+/// The body of `kiln-bench fresh WORKLOAD`, run in a fresh process: inputs
+/// are made and evaluated first, then the clock runs over compile + trace +
+/// run (first_call: layernorm once; the batch workloads: gelu_tanh over
+/// every batch size, compiled with or without shapeless).
+fn fresh_once(workload: &str, quick: bool) -> Result<f64> {
+    let s = Sizes::new(quick);
+    match workload {
+        "first_call" => {
+            let x = normal(&[s.rows, s.cols], 1.0)?;
+            let gamma = (normal(&[s.cols], 0.1)? + 1.0f32)?;
+            let beta = normal(&[s.cols], 0.1)?;
+            kiln::eval(&[&x, &gamma, &beta])?;
+            let t = Instant::now();
+            let c = compile(layernorm);
+            c.call((&x, &gamma, &beta))?.eval()?;
+            Ok(t.elapsed().as_secs_f64() * 1e3)
+        }
+        "shapeless_batches" | "recompile_batches" => {
+            let xs: Vec<Array> = s.batches.iter().map(|&b| normal(&[b, s.batch_cols], 1.0)).collect::<Result<_>>()?;
+            let t = Instant::now();
+            let shapeless = workload == "shapeless_batches";
+            let c = compile_with(gelu_tanh, CompileOptions { shapeless, ..Default::default() });
+            xs.iter().try_for_each(|x| c.call(x)?.eval())?;
+            Ok(t.elapsed().as_secs_f64() * 1e3)
+        }
+        _ => Err(kiln::Error::Invalid { op: "fresh", msg: format!("unknown workload {workload}") }),
+    }
+}
+
+fn run(quick: bool, out: &Path, sizes_out: Option<&Path>) -> std::result::Result<(), String> {
+    random::seed(0);
+    let sizes = Sizes::new(quick);
+    if let Some(p) = sizes_out {
+        let mut v = serde_json::to_value(&sizes).map_err(|e| e.to_string())?;
+        let cost: serde_json::Map<String, serde_json::Value> =
+            kiln_bench::WORKLOADS.iter().map(|w| (w.name.to_string(), serde_json::json!(sizes.cost(w.name)))).collect();
+        v["cost"] = serde_json::Value::Object(cost);
+        write_file(p, &serde_json::to_string_pretty(&v).map_err(|e| e.to_string())?)?;
+    }
+    let mut r = Runner { sizes, plan: Plan::new(quick), part: Part::default() };
+    r.part.notes.push(format!(
+        "kiln {}: {} rayon threads, {} build{}",
+        env!("CARGO_PKG_VERSION"),
+        rayon::current_num_threads(),
+        if cfg!(debug_assertions) { "debug" } else { "release" },
+        if quick { ", --quick sizes" } else { "" }
+    ));
+    if let Err(e) = r.run() {
+        r.part.notes.push(format!("kiln run stopped early: {e}"));
+        eprintln!("kiln-bench: stopped early: {e}");
+    }
+    if quick {
+        for imp in ["numpy", "jax-jit", "torch-compile", "torch-eager", "mlx-compile", "mlx-eager"] {
+            r.part.missing.push(Missing { imp: imp.into(), workload: "*".into(), reason: "not run (--quick)".into() });
+        }
+    }
+    write_file(out, &serde_json::to_string_pretty(&r.part).map_err(|e| e.to_string())?)
+}
+
+fn write_file(p: &Path, text: &str) -> std::result::Result<(), String> {
+    if let Some(d) = p.parent() {
+        std::fs::create_dir_all(d).map_err(|e| format!("creating {}: {e}", d.display()))?;
+    }
+    std::fs::write(p, text).map_err(|e| format!("writing {}: {e}", p.display()))
+}
+
+fn usage() -> String {
+    "usage: kiln-bench run [--quick] [--out PART.json] [--sizes SIZES.json]\n       \
+     kiln-bench fresh first_call|shapeless_batches|recompile_batches [--quick]\n       kiln-bench report --out DIR PART.json...\n       \
+     kiln-bench --quick [--out DIR]"
+        .into()
+}
+
+fn main_inner() -> std::result::Result<(), String> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let opt = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).map(PathBuf::from);
+    match args.first().map(String::as_str) {
+        Some("run") => {
+            let out = opt("--out").unwrap_or_else(|| "target/bench/kiln.json".into());
+            run(quick, &out, opt("--sizes").as_deref())
+        }
+        Some("fresh") => {
+            let w = args.get(1).ok_or_else(usage)?;
+            let ms = fresh_once(w, quick).map_err(|e| e.to_string())?;
+            println!("{ms}");
+            Ok(())
+        }
+        Some("report") => {
+            let out = opt("--out").ok_or_else(usage)?;
+            let mut parts = Vec::new();
+            let mut i = 1;
+            while i < args.len() {
+                if args[i] == "--out" {
+                    i += 2;
+                    continue;
+                }
+                parts.push(PathBuf::from(&args[i]));
+                i += 1;
+            }
+            let part = kiln_bench::read_parts(&parts)?;
+            let md = write_outputs(&out, part)?;
+            println!("{md}");
+            Ok(())
+        }
+        Some("--quick") => {
+            let dir = opt("--out").unwrap_or_else(|| "target/bench/quick".into());
+            let part_path = dir.join("kiln.json");
+            run(true, &part_path, Some(&dir.join("sizes.json")))?;
+            let part = kiln_bench::read_parts(&[part_path])?;
+            let md = write_outputs(&dir, part)?;
+            println!("{md}");
+            Ok(())
+        }
+        _ => Err(usage()),
+    }
+}
+
+fn main() {
+    if let Err(e) = main_inner() {
+        eprintln!("kiln-bench: {e}");
+        std::process::exit(2);
+    }
+}

@@ -1,0 +1,185 @@
+//! The report writer on synthetic records: ratios, floor fractions, floors,
+//! missing entries, targets and the JSON round trip, with expected values
+//! worked out by hand from the synthetic times.
+
+use kiln_bench::{
+    add_matmul_floors, floor_fraction, markdown, percentile, ratio_to_kiln, read_parts, summarize, targets,
+    write_outputs, Missing, Part, Record,
+};
+
+fn rec(workload: &str, imp: &str, median_ms: f64, bytes: u64, flops: u64) -> Record {
+    Record {
+        workload: workload.into(),
+        imp: imp.into(),
+        median_ms,
+        p10_ms: median_ms * 0.9,
+        p90_ms: median_ms * 1.1,
+        bytes,
+        flops,
+    }
+}
+
+fn synthetic() -> Part {
+    let mb = 128 << 20;
+    Part {
+        records: vec![
+            rec("gelu_tanh", "kiln", 5.0, mb, 0),
+            rec("gelu_tanh", "kiln-eager", 12.5, mb, 0),
+            rec("gelu_tanh", "numpy", 100.0, mb, 0),
+            rec("gelu_tanh", "jax-jit", 20.0, mb, 0),
+            rec("gelu_tanh", "torch-compile", 15.0, mb, 0),
+            rec("gelu_tanh", "floor", 4.0, mb, 0),
+            rec("mlp", "kiln", 2.0, 1000, 1_600_000_000),
+            rec("mlp", "numpy", 3.0, 1000, 1_600_000_000),
+            rec("sgemm", "kiln", 100.0, 12, 2_000_000_000),
+            rec("sgemm", "numpy", 80.0, 12, 2_000_000_000),
+            rec("tiny", "kiln", 0.0015, 128, 16),
+            rec("tiny", "jax-jit", 0.0047, 128, 16),
+        ],
+        missing: vec![Missing {
+            imp: "mlx-compile".into(),
+            workload: "*".into(),
+            reason: "pip install mlx[cpu] failed".into(),
+        }],
+        notes: vec!["synthetic".into()],
+    }
+}
+
+#[test]
+fn ratios_to_kiln_are_impl_over_kiln() {
+    let p = synthetic();
+    assert_eq!(ratio_to_kiln(&p.records, "gelu_tanh", "kiln"), Some(1.0));
+    assert_eq!(ratio_to_kiln(&p.records, "gelu_tanh", "jax-jit"), Some(4.0));
+    assert_eq!(ratio_to_kiln(&p.records, "gelu_tanh", "kiln-eager"), Some(2.5));
+    assert_eq!(ratio_to_kiln(&p.records, "gelu_tanh", "numpy"), Some(20.0));
+    assert_eq!(ratio_to_kiln(&p.records, "gelu_tanh", "mlx-eager"), None);
+    assert_eq!(ratio_to_kiln(&p.records, "softmax", "numpy"), None);
+    assert_eq!(floor_fraction(&p.records, "gelu_tanh"), Some(0.8));
+    assert_eq!(floor_fraction(&p.records, "mlp"), None);
+}
+
+#[test]
+fn matmul_floor_uses_the_best_sgemm_rate() {
+    let mut p = synthetic();
+    // numpy's sgemm: 2e9 flops in 80 ms = 2.5e7 flops/ms (kiln: 2e7).
+    let rate = add_matmul_floors(&mut p.records).expect("a rate");
+    assert!((rate - 2.5e7).abs() < 1e-6, "rate {rate}");
+    // mlp floor: 1.6e9 flops / 2.5e7 flops per ms = 64 ms.
+    let f = p.records.iter().find(|r| r.workload == "mlp" && r.imp == "floor").expect("mlp floor");
+    assert!((f.median_ms - 64.0).abs() < 1e-9, "{}", f.median_ms);
+    // The sgemm row's own floor is the fastest sgemm time.
+    let f = p.records.iter().find(|r| r.workload == "sgemm" && r.imp == "floor").expect("sgemm floor");
+    assert!((f.median_ms - 80.0).abs() < 1e-9);
+    // A second call adds nothing.
+    let n = p.records.len();
+    add_matmul_floors(&mut p.records);
+    assert_eq!(p.records.len(), n);
+}
+
+#[test]
+fn markdown_tables_show_ratios_floor_fraction_and_missing() {
+    let md = markdown(&synthetic());
+    // Per-workload table rows: jax-jit at 20 ms is 4.00x kiln's 5 ms, numpy 20.00x.
+    assert!(md.contains("| jax-jit | 20.00 ms | 18.00 ms | 22.00 ms |"), "{md}");
+    assert!(md.contains("| 4.00x |"), "{md}");
+    assert!(md.contains("| numpy | 100.00 ms | 90.00 ms | 110.00 ms |"), "{md}");
+    assert!(md.contains("| 20.00x |"));
+    assert!(md.contains("| torch-compile | 15.00 ms | 13.50 ms | 16.50 ms |"));
+    assert!(md.contains("| 3.00x |"));
+    // Floor 4 ms over kiln 5 ms.
+    assert!(md.contains("kiln runs at 80% of the copy-bandwidth floor."), "{md}");
+    // Summary row of gelu_tanh: kiln, then kiln-eager 2.50x ... and 80%.
+    let row = md.lines().find(|l| l.starts_with("| gelu_tanh | 5.00 ms |")).expect("summary row");
+    assert!(row.contains("| 2.50x |") && row.contains("| 20.00x |") && row.ends_with("| 80% |"), "{row}");
+    // Microsecond formatting for the tiny row.
+    assert!(md.contains("| kiln | 1.50 us |"), "{md}");
+    // A missing peer is listed, in the tables and in the Missing section.
+    assert!(md.contains("| mlx-compile | missing: pip install mlx[cpu] failed |"), "{md}");
+    assert!(md.contains("- mlx-compile (all workloads): pip install mlx[cpu] failed"));
+    assert!(md.contains("- synthetic"));
+}
+
+#[test]
+fn targets_are_checked_against_the_right_peer() {
+    let p = synthetic();
+    let t = targets(&p.records);
+    let get = |what: &str| t.iter().find(|t| t.what.starts_with(what)).expect(what);
+    // 5 ms vs faster of jax 20 / torch 15 -> 0.33x torch-compile: met (<= 0.5).
+    let g = get("gelu_tanh: kiln <= 0.5x");
+    assert_eq!(g.met, Some(true));
+    assert_eq!(g.measured, "0.33x torch-compile");
+    // kiln-eager 12.5 ms vs numpy 100 ms: met.
+    assert_eq!(get("gelu_tanh: kiln-eager").met, Some(true));
+    // Floor fraction 80% >= 60%.
+    assert_eq!(get("gelu_tanh: kiln at >= 60%").met, Some(true));
+    // mlp: 2 ms vs numpy 3 ms.
+    assert_eq!(get("mlp:").met, Some(true));
+    // tiny: 1.5 us <= 2 us, 1.5/4.7 = 0.32 <= 0.5.
+    assert_eq!(get("tiny: kiln <= 2 us").met, Some(true));
+    assert_eq!(get("tiny: kiln <= 0.5x jax-jit").met, Some(true));
+    // softmax has no records at all.
+    assert_eq!(get("softmax: kiln <= 0.5x").met, None);
+    // A slower kiln fails the target.
+    let mut p = synthetic();
+    p.records[0].median_ms = 8.0; // 8 / 15 = 0.53x
+    assert_eq!(targets(&p.records)[0].met, Some(false));
+}
+
+#[test]
+fn summarize_uses_linear_percentiles() {
+    let r = summarize("w", "kiln", &[5.0, 1.0, 4.0, 2.0, 3.0], 10, 20);
+    assert_eq!(r.median_ms, 3.0);
+    assert!((r.p10_ms - 1.4).abs() < 1e-12, "{}", r.p10_ms);
+    assert!((r.p90_ms - 4.6).abs() < 1e-12, "{}", r.p90_ms);
+    assert_eq!((r.bytes, r.flops), (10, 20));
+    assert_eq!(percentile(&[7.0], 0.9), 7.0);
+}
+
+#[test]
+fn outputs_round_trip_through_json() {
+    let dir = std::env::temp_dir().join(format!("kiln-bench-test-{}", std::process::id()));
+    let part_path = dir.join("part.json");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(&part_path, serde_json::to_string(&synthetic()).unwrap()).unwrap();
+    let part = read_parts(&[&part_path]).unwrap();
+    assert_eq!(part, synthetic());
+    let md = write_outputs(&dir, part).unwrap();
+    assert!(md.contains("| 4.00x |"));
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("cpu.json")).unwrap()).unwrap();
+    let list = json.as_array().expect("a list of records");
+    // 12 synthetic records + matmul floors for mlp and sgemm.
+    assert_eq!(list.len(), 14);
+    let first = &list[0];
+    for key in ["workload", "impl", "median_ms", "p10_ms", "p90_ms", "bytes", "flops"] {
+        assert!(first.get(key).is_some(), "record lacks {key}: {first}");
+    }
+    assert_eq!(first["impl"], "kiln");
+    let missing: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("missing.json")).unwrap()).unwrap();
+    assert_eq!(missing[0]["impl"], "mlx-compile");
+    assert!(std::fs::read_to_string(dir.join("cpu.md")).unwrap().contains("## Targets"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn quick_mode_runs_kiln_and_writes_the_outputs() {
+    let dir = std::env::temp_dir().join(format!("kiln-bench-quick-{}", std::process::id()));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kiln-bench"))
+        .args(["--quick", "--out"])
+        .arg(&dir)
+        .output()
+        .expect("run kiln-bench --quick");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let recs: Vec<Record> = serde_json::from_str(&std::fs::read_to_string(dir.join("cpu.json")).unwrap()).unwrap();
+    for w in ["gelu_tanh", "gelu_erf", "softmax", "layernorm", "matmul_add", "mlp", "tiny", "first_call", "sgemm"] {
+        let k = recs.iter().find(|r| r.workload == w && r.imp == "kiln").unwrap_or_else(|| panic!("no kiln {w}"));
+        assert!(k.median_ms > 0.0 && k.p10_ms <= k.median_ms && k.median_ms <= k.p90_ms, "{k:?}");
+    }
+    assert!(recs.iter().any(|r| r.workload == "gelu_tanh" && r.imp == "floor"));
+    assert!(recs.iter().any(|r| r.workload == "mlp" && r.imp == "floor"));
+    let md = std::fs::read_to_string(dir.join("cpu.md")).unwrap();
+    assert!(md.contains("- numpy (all workloads): not run (--quick)"), "{md}");
+    assert!(!md.contains("CHECK"), "compiled and eager kiln disagree: {md}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

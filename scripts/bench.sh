@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# The side-by-side CPU benchmark (issue 4): kiln against NumPy, JAX, PyTorch
+# and MLX on this machine, in one run. Compile times are measured in fresh
+# processes with empty caches; the steady-state runs may reuse torch's
+# inductor cache in target/bench/torch-cache (compiling is not timed there).
+#
+#   bash scripts/bench.sh           full run (about 10-15 minutes on 2 cores);
+#                                   installs the peers into target/bench/venv
+#   bash scripts/bench.sh --quick   smoke run: tiny sizes, kiln only, no venv
+#
+# Writes target/bench/cpu.json, cpu.md, cpu.png and missing.json
+# (--quick: target/bench/quick/cpu.json, cpu.md, missing.json).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+OUT=$ROOT/target/bench
+
+if [[ "${1:-}" == "--quick" ]]; then
+    cargo build --release -p kiln-bench
+    "$TARGET/release/kiln-bench" --quick --out "$OUT/quick"
+    echo "wrote $OUT/quick/cpu.json, cpu.md"
+    exit 0
+fi
+
+mkdir -p "$OUT"
+VENV=$OUT/venv
+PY=${PYTHON:-python3}
+LOG=$OUT/install.log
+: > "$LOG"
+if [[ ! -x "$VENV/bin/python" ]]; then
+    echo "bench: creating $VENV"
+    "$PY" -m venv "$VENV"
+fi
+# Each peer is installed on its own, so one failure does not block the others;
+# a peer that fails to install is reported as missing by peers.py (it cannot
+# be imported), with the reason in $LOG.
+for pkg in numpy scipy threadpoolctl matplotlib "jax[cpu]" torch "mlx[cpu]"; do
+    mod=${pkg%%[*}; [[ $mod == mlx ]] && mod=mlx.core
+    if "$VENV/bin/python" -c "import $mod" >/dev/null 2>&1; then
+        continue
+    fi
+    echo "bench: pip install $pkg"
+    if ! "$VENV/bin/pip" install "$pkg" >>"$LOG" 2>&1; then
+        echo "bench: WARNING: pip install $pkg failed (see $LOG); it will be reported as missing"
+    fi
+done
+
+echo "bench: building kiln-bench (release)"
+cargo build --release -p kiln-bench
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
+
+echo "bench: kiln"
+"$TARGET/release/kiln-bench" run --out "$OUT/kiln.json" --sizes "$OUT/sizes.json"
+
+echo "bench: peers"
+# Some machines here set these for old OpenBLAS builds; they slow a current
+# numpy, so the peers run without them (peers.py notes which kernel runs).
+env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE TORCHINDUCTOR_CACHE_DIR="$OUT/torch-cache" \
+    "$VENV/bin/python" bench/peers/peers.py --all --sizes "$OUT/sizes.json" --out "$OUT/peers.json"
+
+LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
+cat > "$OUT/machine.json" <<EOF
+{"records": [], "missing": [], "notes": [
+  "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), load average (1/5/15 min) $LOAD_START at start, $LOAD_END at end"
+]}
+EOF
+
+"$TARGET/release/kiln-bench" report --out "$OUT" "$OUT/machine.json" "$OUT/kiln.json" "$OUT/peers.json" >/dev/null
+if ! "$VENV/bin/python" bench/peers/plot.py "$OUT/cpu.json" "$OUT/cpu.png" "$OUT/missing.json"; then
+    echo "bench: WARNING: could not draw $OUT/cpu.png"
+fi
+cat "$OUT/cpu.md"
+echo
+echo "wrote $OUT/cpu.json, $OUT/cpu.md, $OUT/cpu.png, $OUT/missing.json"
