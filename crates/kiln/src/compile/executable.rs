@@ -89,43 +89,32 @@ impl Executable {
         }
         let shape_of = |i: usize| -> &[usize] { shapes.map_or(&p.instrs[i].shape, |s| &s[i]) };
         for step in &self.steps {
-            match &step.kernel {
-                Kernel::Single(prim) => {
-                    let out = step.outputs[0];
-                    let ins: Vec<&Data> =
-                        step.inputs.iter().map(|&i| values[i].as_ref().expect("value computed")).collect();
-                    let d = cpu::eval(prim, &ins, shape_of(out), p.instrs[out].dtype)?;
-                    values[out] = Some(d);
-                }
-                Kernel::Fused(group) => {
-                    let ins: Vec<&Data> =
-                        step.inputs.iter().map(|&i| values[i].as_ref().expect("value computed")).collect();
-                    let outs = cpu::fused::run(group, &ins, shape_of(step.outputs[0]))?;
-                    for (o, d) in step.outputs.iter().zip(outs) {
-                        values[*o] = Some(d);
+            let outs: Vec<Data> = {
+                let ins: Vec<&Data> =
+                    step.inputs.iter().map(|&i| values[i].as_ref().expect("inputs are computed first")).collect();
+                let out_shape = shape_of(step.outputs[0]);
+                match &step.kernel {
+                    Kernel::Single(prim) => {
+                        vec![cpu::eval(prim, &ins, out_shape, p.instrs[step.outputs[0]].dtype)?]
+                    }
+                    Kernel::Fused(group) => cpu::fused::run(group, &ins, out_shape)?,
+                    Kernel::ReduceFused { group, reduce: Primitive::Reduce { op, axes, .. }, source } => {
+                        let dtype = p.instrs[step.outputs[0]].dtype;
+                        let d = cpu::fused::run_reduce(group, &ins, shape_of(*source), *op, axes, dtype)?;
+                        // keepdims only changes the shape, not the order of elements.
+                        vec![Data { layout: crate::layout::Layout::contiguous(out_shape), ..d }]
+                    }
+                    Kernel::ReduceFused { .. } => unreachable!("the fuser absorbs only Reduce primitives"),
+                    Kernel::MatmulEpilogue(group) => {
+                        let product = cpu::eval(&Primitive::Matmul, &ins[..2], out_shape, group.inputs[0])?;
+                        let mut group_ins = vec![&product];
+                        group_ins.extend_from_slice(&ins[2..]);
+                        cpu::fused::run(group, &group_ins, out_shape)?
                     }
                 }
-                Kernel::ReduceFused { group, reduce: Primitive::Reduce { op, axes, .. }, source } => {
-                    let ins: Vec<&Data> =
-                        step.inputs.iter().map(|&i| values[i].as_ref().expect("value computed")).collect();
-                    let out = step.outputs[0];
-                    let d = cpu::fused::run_reduce(group, &ins, shape_of(*source), *op, axes, p.instrs[out].dtype)?;
-                    // keepdims only changes the shape, not the order of elements.
-                    values[out] = Some(Data { layout: crate::layout::Layout::contiguous(shape_of(out)), ..d });
-                }
-                Kernel::ReduceFused { .. } => unreachable!("the fuser absorbs only Reduce primitives"),
-                Kernel::MatmulEpilogue(group) => {
-                    let ins: Vec<&Data> =
-                        step.inputs.iter().map(|&i| values[i].as_ref().expect("value computed")).collect();
-                    let out_shape = shape_of(step.outputs[0]);
-                    let product = cpu::eval(&Primitive::Matmul, &ins[..2], out_shape, group.inputs[0])?;
-                    let mut group_ins = vec![&product];
-                    group_ins.extend_from_slice(&ins[2..]);
-                    let outs = cpu::fused::run(group, &group_ins, out_shape)?;
-                    for (o, d) in step.outputs.iter().zip(outs) {
-                        values[*o] = Some(d);
-                    }
-                }
+            };
+            for (&o, d) in step.outputs.iter().zip(outs) {
+                values[o] = Some(d);
             }
             for &f in &step.frees {
                 values[f] = None;

@@ -363,6 +363,18 @@ impl<F: TraceFn<Args>, Args> Compiled<F, Args> {
         Ok(F::Out::from_arrays(outs))
     }
 
+    /// The cached entry for `args`' signature, tracing on a miss.
+    fn cached(&self, args: &[&Array]) -> Result<Arc<Entry>> {
+        let sig = Signature::of(args, self.inner.options.shapeless);
+        self.inner.cache.get_or_trace(&sig, || self.trace(args), &self.inner.options)
+    }
+
+    /// Like [`Self::cached`], checking the argument count first (explain, DOT).
+    fn entry(&self, args: &[&Array]) -> Result<Arc<Entry>> {
+        self.check_arity(args)?;
+        self.cached(args)
+    }
+
     fn call_slice(&self, args: &[&Array]) -> Result<<F::Out as Outputs>::Value> {
         self.check_arity(args)?;
         // Debugging mode, or a call from inside another trace: run `f` itself
@@ -370,8 +382,7 @@ impl<F: TraceFn<Args>, Args> Compiled<F, Args> {
         if compile_disabled() || (is_tracing() && args.iter().any(|a| !a.is_evaluated())) {
             return self.call_eager(args);
         }
-        let sig = Signature::of(args, self.inner.options.shapeless);
-        let entry = self.inner.cache.get_or_trace(&sig, || self.trace(args), &self.inner.options)?;
+        let entry = self.cached(args)?;
         let mut datas: Vec<&Data> = args.iter().map(|a| a.evaluated("compiled call")).collect::<Result<_>>()?;
         // Random draws inside `f` come from a fresh split of the global key on
         // every call, so each call gives new numbers, reproducibly after `seed`.
@@ -434,21 +445,13 @@ impl<F: TraceFn<Args>, Args> Compiled<F, Args> {
     /// counts as a miss): each kernel, the ops it fuses, its inputs and
     /// outputs, the bytes it moves; then the reason for every cache miss so far.
     pub fn explain(&self, args: impl CallArgs) -> Result<String> {
-        let entry = args.with(|a| -> Result<Arc<Entry>> {
-            self.check_arity(a)?;
-            let sig = Signature::of(a, self.inner.options.shapeless);
-            self.inner.cache.get_or_trace(&sig, || self.trace(a), &self.inner.options)
-        })?;
+        let entry = args.with(|a| self.entry(a))?;
         Ok(explain::text(&entry.exe, entry.traced_instrs, &self.inner.cache.miss_reasons()))
     }
 
     /// The optimized graph for `args` in Graphviz DOT, fused kernels drawn as clusters.
     pub fn to_dot(&self, args: impl CallArgs) -> Result<String> {
-        let entry = args.with(|a| -> Result<Arc<Entry>> {
-            self.check_arity(a)?;
-            let sig = Signature::of(a, self.inner.options.shapeless);
-            self.inner.cache.get_or_trace(&sig, || self.trace(a), &self.inner.options)
-        })?;
+        let entry = args.with(|a| self.entry(a))?;
         Ok(explain::dot(&entry.exe))
     }
 }
