@@ -8,7 +8,7 @@
 //! in [`crate::ops`] insert [`Primitive::AsType`] nodes to promote operands, so
 //! kernels never mix dtypes.
 
-use crate::dtype::{promote, DType};
+use crate::dtype::DType;
 use crate::error::{shape_str, Error, Result};
 use crate::shape::{broadcast_shapes, check_broadcast_to, numel_checked};
 
@@ -757,11 +757,6 @@ pub fn reduced_shape(shape: &[usize], axes: &[usize], keepdims: bool) -> Vec<usi
         }
     }
     out
-}
-
-/// The dtype two operands are cast to for `op` (promotion, then the op's rule).
-pub fn binary_operand_dtype(op: BinaryOp, a: DType, b: DType) -> Result<DType> {
-    op.operand_dtype(promote(a, b))
 }
 
 #[cfg(test)]

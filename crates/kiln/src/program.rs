@@ -106,20 +106,6 @@ impl Program {
         Ok(prog)
     }
 
-    /// Number of instructions of each use, counting outputs as uses.
-    pub fn use_counts(&self) -> Vec<usize> {
-        let mut uses = vec![0; self.instrs.len()];
-        for ins in &self.instrs {
-            for &i in &ins.inputs {
-                uses[i] += 1;
-            }
-        }
-        for &o in &self.outputs {
-            uses[o] += 1;
-        }
-        uses
-    }
-
     /// Consumers of each instruction.
     pub fn consumers(&self) -> Vec<Vec<usize>> {
         let mut c = vec![vec![]; self.instrs.len()];

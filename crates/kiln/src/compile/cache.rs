@@ -39,6 +39,16 @@ struct State {
     warned: bool,
 }
 
+impl State {
+    /// Records the signature of the latest call (for miss reasons); a hit
+    /// with the same signature as before costs a comparison, not a clone.
+    fn remember(&mut self, sig: &Signature) {
+        if self.last_sig.as_ref() != Some(sig) {
+            self.last_sig = Some(sig.clone());
+        }
+    }
+}
+
 /// Cache counters.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CacheStats {
@@ -85,7 +95,7 @@ impl Cache {
                 slot.last_used.store(now, Ordering::Relaxed);
                 if let Some(e) = slot.ready.get() {
                     st.stats.hits += 1;
-                    st.last_sig = Some(sig.clone());
+                    st.remember(sig);
                     return Ok(Arc::clone(e));
                 }
                 slot
@@ -117,12 +127,12 @@ impl Cache {
         let _guard = slot.tracing.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(e) = slot.ready.get() {
             let mut st = self.lock();
-            st.last_sig = Some(sig.clone());
+            st.remember(sig);
             return Ok(Arc::clone(e));
         }
         let traced = trace();
         let mut st = self.lock();
-        st.last_sig = Some(sig.clone());
+        st.remember(sig);
         match traced {
             Ok(entry) => {
                 st.stats.traces += 1;

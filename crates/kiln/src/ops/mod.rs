@@ -117,32 +117,14 @@ impl Operand {
 /// The common dtype of operands: arrays promote among themselves, scalars
 /// never widen an array's dtype.
 pub fn result_dtype(ops: &[&Operand]) -> DType {
-    let mut arr: Option<DType> = None;
-    for o in ops {
-        if let Ok(d) = o.dtype_or_kind() {
-            arr = Some(arr.map_or(d, |a| crate::dtype::promote(a, d)));
-        }
+    use crate::dtype::{promote, promote_scalar};
+    let arrays = ops.iter().filter_map(|o| o.dtype_or_kind().ok()).reduce(promote);
+    let scalars = ops.iter().filter_map(|o| o.dtype_or_kind().err());
+    match arrays {
+        Some(d) => scalars.fold(d, |d, s| promote_scalar(d, s.kind())),
+        // Scalars alone: promote their default dtypes.
+        None => scalars.map(Scalar::default_dtype).fold(DType::Bool, promote),
     }
-    let mut out = arr;
-    for o in ops {
-        if let Err(s) = o.dtype_or_kind() {
-            out = Some(match out {
-                Some(d) => crate::dtype::promote_scalar(d, s.kind()),
-                None => s.default_dtype(),
-            });
-        }
-    }
-    // Scalars alone: promote their default dtypes.
-    if arr.is_none() {
-        let mut d = DType::Bool;
-        for o in ops {
-            if let Err(s) = o.dtype_or_kind() {
-                d = crate::dtype::promote(d, s.default_dtype());
-            }
-        }
-        return d;
-    }
-    out.expect("at least one operand")
 }
 
 /// The operand as an array of `dtype` (scalars become 0-d constants, arrays
