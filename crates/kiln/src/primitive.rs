@@ -228,6 +228,17 @@ pub enum ReduceOp {
     Min,
     All,
     Any,
+    /// `log(sum(exp(x)))`, computed in one pass with a running maximum.
+    LogSumExp,
+    /// `sum(exp(x - max(x)))` in one pass (the softmax denominator); a
+    /// non-finite maximum gives NaN, as the two-pass form does.
+    SumExp,
+    /// Variance `sum((x - mean(x))^2) / max(n - ddof, 0)` in one pass
+    /// (blockwise moments merged with Chan's formula).
+    Var {
+        /// Delta degrees of freedom.
+        ddof: usize,
+    },
 }
 
 impl ReduceOp {
@@ -241,6 +252,9 @@ impl ReduceOp {
             ReduceOp::Min => "min",
             ReduceOp::All => "all",
             ReduceOp::Any => "any",
+            ReduceOp::LogSumExp => "logsumexp",
+            ReduceOp::SumExp => "sumexp",
+            ReduceOp::Var { .. } => "var",
         }
     }
 
@@ -248,7 +262,7 @@ impl ReduceOp {
     pub fn out_dtype(self, x: DType) -> DType {
         match self {
             ReduceOp::Sum | ReduceOp::Prod if x == DType::Bool => DType::I32,
-            ReduceOp::Mean => x.to_float(),
+            ReduceOp::Mean | ReduceOp::LogSumExp | ReduceOp::SumExp | ReduceOp::Var { .. } => x.to_float(),
             ReduceOp::All | ReduceOp::Any => DType::Bool,
             _ => x,
         }

@@ -22,7 +22,7 @@ struct Step {
     p: u8,
 }
 
-const N_OPS: u8 = 34;
+const N_OPS: u8 = 37;
 
 fn pick(vals: &[Array], i: u8) -> &Array {
     &vals[i as usize % vals.len()]
@@ -84,6 +84,16 @@ fn apply(s: &Step, vals: &[Array], n_inputs: usize) -> Result<Option<Array>> {
         31 => rx.equal(ry)?.astype(DType::I32),
         32 => x + 1.5f32,
         33 => (x * 2)? - 3,
+        34 if x.ndim() > 0 => x.var(axis(x), s.p.is_multiple_of(2), s.p as usize % 2),
+        35 if x.ndim() > 0 => {
+            // Layernorm's variance as users write it (rewritten to one pass).
+            let d = (x - &x.mean(axis(x), true)?)?;
+            (&d * &d)?.mean(axis(x), s.p % 2 == 1)
+        }
+        36 if x.ndim() > 0 && float => {
+            // The softmax denominator as users write it.
+            (x - &x.max(axis(x), true)?)?.exp()?.sum(axis(x), s.p.is_multiple_of(2))
+        }
         _ => return Ok(None),
     };
     r.map(Some)
@@ -261,6 +271,47 @@ fn eager_and_compiled_agree_on_a_fixed_program() -> Result<()> {
     let got = f.call(&args[..])?;
     for (g, w) in got.iter().zip(&eager) {
         assert_close(g, w, "fixed");
+    }
+    Ok(())
+}
+
+/// Shapeless cases proptest found once: (inputs, steps, seed, grow).
+#[test]
+fn shapeless_regressions() -> Result<()> {
+    let s = |op, a, p| Step { op, a, b: 0, c: 0, p };
+    type Case = (Vec<(Vec<usize>, DType)>, Vec<Step>, u64, usize);
+    let cases: Vec<Case> = vec![(
+        // A variance of x / x (NaN where x is 0.0) in one pass.
+        vec![(vec![4, 1], DType::F32)],
+        vec![s(13, 0, 0), s(0, 0, 0), s(34, 64, 126), s(0, 0, 0), s(35, 28, 0), s(0, 0, 0), s(0, 0, 0), s(0, 0, 0)],
+        94,
+        1,
+    )];
+    for (inputs, steps, seed, grow) in cases {
+        let args: Vec<Array> =
+            inputs.iter().enumerate().map(|(i, (s, d))| make_input(s, *d, seed + i as u64)).collect();
+        let mut decisions = vec![];
+        run(&steps, &args, &mut decisions, false)?;
+        let dec = decisions.clone();
+        let st = steps.clone();
+        let f = compile_with(
+            move |xs: &[Array]| run(&st, xs, &mut dec.clone(), true),
+            CompileOptions { shapeless: true, ..Default::default() },
+        );
+        f.call(&args[..])?;
+        let args2: Vec<Array> = inputs
+            .iter()
+            .enumerate()
+            .map(|(i, (s, d))| {
+                let s2: Vec<usize> =
+                    s.iter().enumerate().map(|(k, &v)| if k == 0 && v == 4 { 4 + grow } else { v }).collect();
+                make_input(&s2, *d, seed + 3 + i as u64)
+            })
+            .collect();
+        let want = run(&steps, &args2, &mut decisions.clone(), true)?;
+        for (k, (g, w)) in f.call(&args2[..])?.iter().zip(&want).enumerate() {
+            assert_close(g, w, &format!("shapeless regression output {k}"));
+        }
     }
     Ok(())
 }

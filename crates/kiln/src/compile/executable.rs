@@ -98,13 +98,14 @@ impl Executable {
                         vec![cpu::eval(prim, &ins, out_shape, p.instrs[step.outputs[0]].dtype)?]
                     }
                     Kernel::Fused(group) => cpu::fused::run(group, &ins, out_shape)?,
-                    Kernel::ReduceFused { group, reduce: Primitive::Reduce { op, axes, .. }, source } => {
-                        let dtype = p.instrs[step.outputs[0]].dtype;
-                        let d = cpu::fused::run_reduce(group, &ins, shape_of(*source), *op, axes, dtype)?;
+                    Kernel::ReduceFused { group, reductions, axes, source } => {
+                        let outs = cpu::fused::run_reduce(group, &ins, shape_of(*source), reductions, axes)?;
                         // keepdims only changes the shape, not the order of elements.
-                        vec![Data { layout: crate::layout::Layout::contiguous(out_shape), ..d }]
+                        outs.into_iter()
+                            .zip(&step.outputs)
+                            .map(|(d, &o)| Data { layout: crate::layout::Layout::contiguous(shape_of(o)), ..d })
+                            .collect()
                     }
-                    Kernel::ReduceFused { .. } => unreachable!("the fuser absorbs only Reduce primitives"),
                     Kernel::MatmulEpilogue(group) => {
                         let product = cpu::eval(&Primitive::Matmul, &ins[..2], out_shape, group.inputs[0])?;
                         let mut group_ins = vec![&product];

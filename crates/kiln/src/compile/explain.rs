@@ -22,13 +22,16 @@ fn bytes(exe: &Executable, v: usize) -> usize {
     ins.shape.iter().product::<usize>() * ins.dtype.size()
 }
 
-fn kernel_ops(k: &Kernel) -> Vec<&'static str> {
+/// The ops a kernel runs, in order; reductions computed together are joined by `+`.
+fn kernel_ops(k: &Kernel) -> Vec<String> {
+    let names = |g: &crate::passes::fuse::FusedGroup| g.ops.iter().map(|o| o.prim.name().to_string()).collect();
     match k {
-        Kernel::Single(p) => vec![p.name()],
-        Kernel::Fused(g) => g.ops.iter().map(|o| o.prim.name()).collect(),
-        Kernel::MatmulEpilogue(g) => std::iter::once("matmul").chain(g.ops.iter().map(|o| o.prim.name())).collect(),
-        Kernel::ReduceFused { group, reduce, .. } => {
-            group.ops.iter().map(|o| o.prim.name()).chain(std::iter::once(reduce.name())).collect()
+        Kernel::Single(p) => vec![p.name().to_string()],
+        Kernel::Fused(g) => names(g),
+        Kernel::MatmulEpilogue(g) => [vec!["matmul".to_string()], names(g)].concat(),
+        Kernel::ReduceFused { group, reductions, .. } => {
+            let reds = reductions.iter().map(|(op, _)| op.name()).collect::<Vec<_>>().join(" + ");
+            [names(group), vec![reds]].concat()
         }
     }
 }
@@ -101,8 +104,16 @@ pub fn dot(exe: &Executable) -> String {
                     let _ = writeln!(s, "  {from} -> k{k}r{};", g.inputs.len() + j);
                 }
             }
-            for (o, &r) in step.outputs.iter().zip(&g.outputs) {
-                let _ = writeln!(s, "  k{k}r{r} -> v{o} [style=dashed];");
+            if let Kernel::ReduceFused { reductions, .. } = &step.kernel {
+                for (j, (&o, (op, idx))) in step.outputs.iter().zip(reductions).enumerate() {
+                    let _ = writeln!(s, "  subgraph cluster_{k} {{ k{k}red{j} [label=\"{}\"]; }}", op.name());
+                    let _ =
+                        writeln!(s, "  k{k}r{} -> k{k}red{j};\n  k{k}red{j} -> v{o} [style=dashed];", g.outputs[*idx]);
+                }
+            } else {
+                for (o, &r) in step.outputs.iter().zip(&g.outputs) {
+                    let _ = writeln!(s, "  k{k}r{r} -> v{o} [style=dashed];");
+                }
             }
         } else {
             for &o in &step.outputs {

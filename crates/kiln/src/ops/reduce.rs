@@ -15,7 +15,7 @@ use crate::array::Array;
 use crate::error::Result;
 use crate::ops::binary::sub;
 use crate::ops::shape::reshape;
-use crate::primitive::{reduced_shape, ArgReduceOp, Primitive, ReduceOp};
+use crate::primitive::{ArgReduceOp, Primitive, ReduceOp};
 use crate::shape::{normalize_axes, normalize_axis};
 
 /// Which axes to reduce.
@@ -132,53 +132,22 @@ pub fn argmin(x: &Array, axis: Option<isize>, keepdims: bool) -> Result<Array> {
 
 /// Variance over `axes` with `ddof` delta degrees of freedom
 /// (`sum((x - mean)^2) / max(n - ddof, 0)`, so `ddof >= n` gives inf or NaN
-/// as in NumPy).
+/// as in NumPy), computed in one pass over `x`.
 pub fn var(x: &Array, axes: impl Into<Axes>, keepdims: bool, ddof: usize) -> Result<Array> {
-    var_named("var", x, axes.into(), keepdims, ddof)
-}
-
-fn var_named(op: &'static str, x: &Array, axes: Axes, keepdims: bool, ddof: usize) -> Result<Array> {
-    let ax = axes.resolve(op, x.ndim())?;
-    let n: usize = ax.iter().map(|&a| x.shape()[a]).product();
-    let axes = Axes::Some(ax.iter().map(|&a| a as isize).collect());
-    let xf = x.astype(x.dtype().to_float())?;
-    let m = mean(&xf, axes.clone(), true)?;
-    let d = sub(&xf, &m)?;
-    let v = mean(&d.square()?, axes, keepdims)?;
-    if ddof == 0 {
-        return Ok(v);
-    }
-    v * (n as f64 / n.saturating_sub(ddof) as f64)
+    reduce(ReduceOp::Var { ddof }, x, axes, keepdims)
 }
 
 /// Standard deviation: `sqrt(var(x, axes, keepdims, ddof))`.
 pub fn std(x: &Array, axes: impl Into<Axes>, keepdims: bool, ddof: usize) -> Result<Array> {
-    var_named("std", x, axes.into(), keepdims, ddof)?.sqrt()
+    let axes = axes.into().resolve("std", x.ndim())?;
+    Array::from_op(Primitive::Reduce { op: ReduceOp::Var { ddof }, axes, keepdims }, vec![x.clone()])?.sqrt()
 }
 
-/// `log(sum(exp(x)))` over `axes`, computed stably (the max is subtracted
-/// first; all -inf gives -inf, +inf gives +inf, an empty axis gives -inf).
+/// `log(sum(exp(x)))` over `axes`, computed stably in one pass with a
+/// running maximum (all -inf gives -inf, +inf gives +inf, an empty axis
+/// gives -inf).
 pub fn logsumexp(x: &Array, axes: impl Into<Axes>, keepdims: bool) -> Result<Array> {
-    let ax = axes.into().resolve("logsumexp", x.ndim())?;
-    let axes = Axes::Some(ax.iter().map(|&a| a as isize).collect());
-    let dt = x.dtype().to_float();
-    let xf = x.astype(dt)?;
-    if ax.iter().any(|&a| x.shape()[a] == 0) {
-        // log(0): built from a reduction of `x` so its shape follows `x` in
-        // shapeless compiled functions (as the empty sum is 0 for any size).
-        return sum(&xf, axes, keepdims)? + f64::NEG_INFINITY;
-    }
-    let m = max(&xf, axes.clone(), true)?;
-    // Replace non-finite maxima by 0 so inf - inf never appears.
-    let m = crate::ops::binary::where_(&m.isfinite()?, &m, 0.0)?;
-    let s = sum(&sub(&xf, &m)?.exp()?, axes, true)?.log()?;
-    let out = (s + &m)?;
-    if keepdims {
-        Ok(out)
-    } else {
-        let keep: Vec<isize> = reduced_shape(x.shape(), &ax, false).iter().map(|&d| d as isize).collect();
-        reshape(&out, &keep)
-    }
+    reduce(ReduceOp::LogSumExp, x, axes, keepdims)
 }
 
 /// Softmax along `axis`: `exp(x - max) / sum(exp(x - max))`.

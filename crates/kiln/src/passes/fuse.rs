@@ -15,7 +15,7 @@
 //! of its other inputs depends on that group.
 
 use crate::dtype::DType;
-use crate::primitive::{FusionClass, Primitive};
+use crate::primitive::{FusionClass, Primitive, ReduceOp};
 use crate::program::Program;
 
 /// One op of a fused group, reading registers.
@@ -70,15 +70,19 @@ pub enum Kernel {
     /// inputs; the product is the group's input register 0 and is never an
     /// output of the step.
     MatmulEpilogue(FusedGroup),
-    /// A fused group whose single output feeds only a reduction: the
-    /// producer's values never reach memory. `source` is the reduced value
-    /// (its shape is the group's iteration space).
+    /// Reductions over the same axes of values of one shape, computed
+    /// together from one pass over their inputs: a fused group produces
+    /// the reduced values tile by tile (its outputs, which never reach
+    /// memory) and each reduction folds one of them. The step writes one
+    /// value per reduction.
     ReduceFused {
-        /// The producer.
+        /// The producer (outputs: the distinct reduced values).
         group: FusedGroup,
-        /// The `Primitive::Reduce`.
-        reduce: Primitive,
-        /// The instruction whose value is reduced.
+        /// Each reduction and the index of the group output it reduces.
+        reductions: Vec<(ReduceOp, usize)>,
+        /// The reduced axes (of the iteration space).
+        axes: Vec<usize>,
+        /// An instruction whose shape is the iteration space.
         source: usize,
     },
 }
@@ -210,73 +214,30 @@ pub fn plan(p: &Program) -> Vec<Planned> {
         }
     }
 
+    let reds = plan_reductions(p, &groups, &heads, &group_of, &consumers, &is_output);
+
     // Build the planned kernels; `first` orders them by their first instruction.
     let mut planned: Vec<(usize, Planned)> = vec![];
-    let mut absorbed = vec![false; n];
-    let mut reductions = vec![];
     for (i, ins) in p.instrs.iter().enumerate() {
         match ins.prim.class() {
             FusionClass::Leaf | FusionClass::Elementwise => {}
             _ if heads.contains(&Some(i)) => {}
-            FusionClass::Reduce if matches!(ins.prim, Primitive::Reduce { .. }) => reductions.push(i),
+            FusionClass::Reduce if matches!(ins.prim, Primitive::Reduce { .. }) => {}
             _ => planned.push((
                 i,
                 Planned { kernel: Kernel::Single(ins.prim.clone()), inputs: ins.inputs.clone(), outputs: vec![i] },
             )),
         }
     }
+    let absorbed: Vec<bool> = (0..groups.len()).map(|g| reds.iter().any(|k| k.group == Some(g))).collect();
     for (g, members) in groups.iter().enumerate() {
-        if members.is_empty() {
+        if members.is_empty() || absorbed[g] {
             continue;
         }
         let head = heads[g];
-        let mut inputs: Vec<usize> = head.into_iter().collect();
-        for &m in members {
-            for &x in &p.instrs[m].inputs {
-                if group_of[x] != Some(g) && !inputs.contains(&x) {
-                    inputs.push(x);
-                }
-            }
-        }
-        let reg = |v: usize| -> usize {
-            match inputs.iter().position(|&x| x == v) {
-                Some(r) => r,
-                None => inputs.len() + members.iter().position(|&m| m == v).expect("member"),
-            }
-        };
-        let ops = members
-            .iter()
-            .map(|&m| FusedOp {
-                prim: p.instrs[m].prim.clone(),
-                args: p.instrs[m].inputs.iter().map(|&x| reg(x)).collect(),
-                dtype: p.instrs[m].dtype,
-            })
-            .collect();
-        let outs: Vec<usize> = members
-            .iter()
-            .copied()
-            .filter(|&m| is_output[m] || consumers[m].iter().any(|&c| group_of[c] != Some(g)))
-            .collect();
-        let group = FusedGroup {
-            inputs: inputs.iter().map(|&x| p.instrs[x].dtype).collect(),
-            ops,
-            outputs: outs.iter().map(|&o| reg(o)).collect(),
-        };
-        // A reduction that alone consumes the group's only output absorbs it.
-        let absorbing = match outs.as_slice() {
-            [v] if head.is_none() && !is_output[*v] && consumers[*v].len() == 1 => {
-                let r = consumers[*v][0];
-                matches!(p.instrs[r].prim, Primitive::Reduce { .. }).then_some(r)
-            }
-            _ => None,
-        };
-        if let Some(r) = absorbing {
-            absorbed[r] = true;
-            let source = outs[0];
-            let kernel = Kernel::ReduceFused { group, reduce: p.instrs[r].prim.clone(), source };
-            planned.push((members[0], Planned { kernel, inputs, outputs: vec![r] }));
-            continue;
-        }
+        let (group, mut inputs, _) = build_group(p, members, head, &[], |m| {
+            is_output[m] || consumers[m].iter().any(|&c| group_of[c] != Some(g))
+        });
         let (kernel, first) = match head {
             Some(h) => {
                 // The step reads the product's operands instead of the product.
@@ -285,18 +246,240 @@ pub fn plan(p: &Program) -> Vec<Planned> {
             }
             None => (Kernel::Fused(group), members[0]),
         };
-        planned.push((first, Planned { kernel, inputs, outputs: outs }));
+        let outputs = members
+            .iter()
+            .copied()
+            .filter(|&m| is_output[m] || consumers[m].iter().any(|&c| group_of[c] != Some(g)))
+            .collect();
+        planned.push((first, Planned { kernel, inputs, outputs }));
     }
-    for r in reductions {
-        if !absorbed[r] {
-            let ins = &p.instrs[r];
+    for k in &reds {
+        let first_red = k.reds[0];
+        let Primitive::Reduce { axes, .. } = &p.instrs[first_red].prim else { unreachable!("reductions only") };
+        if k.group.is_none() && k.reds.len() == 1 {
+            let ins = &p.instrs[first_red];
             planned.push((
-                r,
-                Planned { kernel: Kernel::Single(ins.prim.clone()), inputs: ins.inputs.clone(), outputs: vec![r] },
+                first_red,
+                Planned {
+                    kernel: Kernel::Single(ins.prim.clone()),
+                    inputs: ins.inputs.clone(),
+                    outputs: vec![first_red],
+                },
             ));
+            continue;
         }
+        let members: &[usize] = k.group.map_or(&[], |g| &groups[g]);
+        let sources: Vec<usize> = k.reds.iter().map(|&r| p.instrs[r].inputs[0]).collect();
+        let (group, inputs, out_index) = build_group(p, members, None, &sources, |_| false);
+        let reductions = k
+            .reds
+            .iter()
+            .zip(out_index)
+            .map(|(&r, i)| {
+                let Primitive::Reduce { op, .. } = p.instrs[r].prim else { unreachable!("reductions only") };
+                (op, i)
+            })
+            .collect();
+        let first = members.first().copied().unwrap_or(first_red).min(first_red);
+        let kernel = Kernel::ReduceFused { group, reductions, axes: axes.clone(), source: sources[0] };
+        planned.push((first, Planned { kernel, inputs, outputs: k.reds.clone() }));
     }
     order(planned, n)
+}
+
+/// Builds the register program of `members` (and of a matmul `head`, read
+/// as input register 0). Members for which `is_out` holds are the group's
+/// outputs, then each value of `extra_outs` (a member, or an outside value
+/// copied through an identity op). Returns the group, the values it reads
+/// and the index in the group's outputs of each of `extra_outs`.
+fn build_group(
+    p: &Program,
+    members: &[usize],
+    head: Option<usize>,
+    extra_outs: &[usize],
+    is_out: impl Fn(usize) -> bool,
+) -> (FusedGroup, Vec<usize>, Vec<usize>) {
+    let mut inputs: Vec<usize> = head.into_iter().collect();
+    let outside = |x: usize| !members.contains(&x) && Some(x) != head;
+    for &x in members.iter().flat_map(|&m| p.instrs[m].inputs.iter()).chain(extra_outs) {
+        if outside(x) && !inputs.contains(&x) {
+            inputs.push(x);
+        }
+    }
+    let n_in = inputs.len();
+    let reg = |v: usize| -> usize {
+        match inputs.iter().position(|&x| x == v) {
+            Some(r) => r,
+            None => n_in + members.iter().position(|&m| m == v).expect("member"),
+        }
+    };
+    let mut ops: Vec<FusedOp> = members
+        .iter()
+        .map(|&m| FusedOp {
+            prim: p.instrs[m].prim.clone(),
+            args: p.instrs[m].inputs.iter().map(|&x| reg(x)).collect(),
+            dtype: p.instrs[m].dtype,
+        })
+        .collect();
+    let mut outputs: Vec<usize> = members.iter().copied().filter(|&m| is_out(m)).map(reg).collect();
+    let mut copied: Vec<(usize, usize)> = vec![];
+    let mut extra = vec![];
+    for &v in extra_outs {
+        let r = if outside(v) {
+            // Registers written out are op results: copy an input through.
+            match copied.iter().find(|(x, _)| *x == v) {
+                Some(&(_, r)) => r,
+                None => {
+                    let dt = p.instrs[v].dtype;
+                    ops.push(FusedOp { prim: Primitive::AsType(dt), args: vec![reg(v)], dtype: dt });
+                    copied.push((v, n_in + ops.len() - 1));
+                    n_in + ops.len() - 1
+                }
+            }
+        } else {
+            reg(v)
+        };
+        if !outputs.contains(&r) {
+            outputs.push(r);
+        }
+        extra.push(outputs.iter().position(|&o| o == r).expect("just pushed"));
+    }
+    let group = FusedGroup { inputs: inputs.iter().map(|&x| p.instrs[x].dtype).collect(), ops, outputs };
+    (group, inputs, extra)
+}
+
+/// A reduction kernel being planned: reductions over the same axes of
+/// values of one shape, and the elementwise group it absorbs, if any.
+struct RedKernel {
+    group: Option<usize>,
+    reds: Vec<usize>,
+}
+
+/// Plans reduction kernels. A group whose values feed only reductions over
+/// the same axes is absorbed by them (its values never reach memory); a
+/// reduction of a value that another reduction kernel already reads (same
+/// axes, same shape) joins it, so `max(x)` and `sumexp(x)`, or `mean(x)`
+/// and `var(x)`, read `x` once. Joining never creates a cycle between kernels.
+fn plan_reductions(
+    p: &Program,
+    groups: &[Vec<usize>],
+    heads: &[Option<usize>],
+    group_of: &[Option<usize>],
+    consumers: &[Vec<usize>],
+    is_output: &[bool],
+) -> Vec<RedKernel> {
+    let n = p.instrs.len();
+    let red_axes = |r: usize| match &p.instrs[r].prim {
+        Primitive::Reduce { axes, .. } => Some(axes),
+        _ => None,
+    };
+    let mut kernels: Vec<RedKernel> = vec![];
+    let mut kernel_of: Vec<Option<usize>> = vec![None; n];
+    for (g, members) in groups.iter().enumerate() {
+        if members.is_empty() || heads[g].is_some() || members.iter().any(|&m| is_output[m]) {
+            continue;
+        }
+        let mut reds: Vec<usize> =
+            members.iter().flat_map(|&m| consumers[m].iter().copied()).filter(|&c| group_of[c] != Some(g)).collect();
+        reds.sort_unstable();
+        reds.dedup();
+        let Some(axes) = reds.first().and_then(|&r| red_axes(r)) else { continue };
+        if reds.iter().all(|&r| red_axes(r) == Some(axes)) {
+            for &r in &reds {
+                kernel_of[r] = Some(kernels.len());
+            }
+            kernels.push(RedKernel { group: Some(g), reds });
+        }
+    }
+    for r in 0..n {
+        let Some(axes) = red_axes(r) else { continue };
+        if kernel_of[r].is_some() {
+            continue;
+        }
+        let v = p.instrs[r].inputs[0];
+        let reads_v = |k: &RedKernel| {
+            k.reds.iter().any(|&q| p.instrs[q].inputs[0] == v)
+                || k.group.is_some_and(|g| groups[g].iter().any(|&m| p.instrs[m].inputs.contains(&v)))
+        };
+        let same_space = |k: &RedKernel| {
+            let q = k.reds[0];
+            red_axes(q) == Some(axes) && p.instrs[p.instrs[q].inputs[0]].shape == p.instrs[v].shape
+        };
+        let mut joined = false;
+        for k in 0..kernels.len() {
+            if !same_space(&kernels[k]) || !reads_v(&kernels[k]) {
+                continue;
+            }
+            kernel_of[r] = Some(k);
+            if acyclic(p, group_of, &kernel_of, &kernels, groups.len()) {
+                kernels[k].reds.push(r);
+                joined = true;
+                break;
+            }
+            kernel_of[r] = None;
+        }
+        if !joined {
+            kernel_of[r] = Some(kernels.len());
+            kernels.push(RedKernel { group: None, reds: vec![r] });
+        }
+    }
+    for k in &mut kernels {
+        k.reds.sort_unstable();
+    }
+    kernels
+}
+
+/// True when the kernel graph has no cycle, with instructions mapped to
+/// kernels as planned so far: groups (absorbed ones belong to their
+/// reduction kernel), reduction kernels, and single instructions. A
+/// reduction kernel reading one of its own reductions is a cycle too.
+fn acyclic(
+    p: &Program,
+    group_of: &[Option<usize>],
+    kernel_of: &[Option<usize>],
+    kernels: &[RedKernel],
+    n_groups: usize,
+) -> bool {
+    let n = p.instrs.len();
+    let n_red = kernels.len();
+    let absorbed_by: Vec<Option<usize>> =
+        (0..n_groups).map(|g| kernels.iter().position(|k| k.group == Some(g))).collect();
+    let node = |i: usize| -> usize {
+        match (group_of[i], kernel_of[i]) {
+            (Some(g), _) => absorbed_by[g].map_or(g, |k| n_groups + k),
+            (None, Some(k)) => n_groups + k,
+            (None, None) => n_groups + n_red + i,
+        }
+    };
+    let total = n_groups + n_red + n;
+    let mut edges: Vec<Vec<usize>> = vec![vec![]; total];
+    let mut indeg = vec![0usize; total];
+    for (i, ins) in p.instrs.iter().enumerate() {
+        let to = node(i);
+        for &x in &ins.inputs {
+            let from = node(x);
+            if from != to {
+                edges[from].push(to);
+                indeg[to] += 1;
+            } else if kernel_of[x].is_some() {
+                // A reduction's value is only ready after the whole kernel:
+                // the kernel cannot read it itself.
+                return false;
+            }
+        }
+    }
+    let mut stack: Vec<usize> = (0..total).filter(|&k| indeg[k] == 0).collect();
+    let mut seen = 0;
+    while let Some(k) = stack.pop() {
+        seen += 1;
+        for &t in &edges[k] {
+            indeg[t] -= 1;
+            if indeg[t] == 0 {
+                stack.push(t);
+            }
+        }
+    }
+    seen == total
 }
 
 /// Topological order of kernels (a kernel runs after the producers of all

@@ -6,6 +6,7 @@ pub mod dce;
 pub mod fuse;
 pub mod remat;
 pub mod simplify;
+pub mod statistics;
 
 use crate::program::Program;
 
@@ -17,12 +18,14 @@ pub trait Pass {
     fn run(&self, p: &mut Program);
 }
 
-/// The standard pipeline: remove no-ops, merge repeated work, drop dead
-/// code, then copy shared elementwise values per reader (so fusion never has
-/// to write them). `shapeless` keeps ops whose no-op status depends on the
-/// traced shapes.
+/// The standard pipeline: remove no-ops, merge repeated work, turn
+/// reductions of reductions into one-pass statistics, drop dead code, then
+/// copy shared elementwise values per reader (so fusion never has to write
+/// them). `shapeless` keeps ops whose no-op status depends on the traced
+/// shapes.
 pub fn optimize(p: &mut Program, shapeless: bool) {
-    let passes: [&dyn Pass; 4] = [&simplify::Simplify { shapeless }, &cse::Cse, &dce::Dce, &remat::Remat];
+    let passes: [&dyn Pass; 5] =
+        [&simplify::Simplify { shapeless }, &cse::Cse, &statistics::Statistics, &dce::Dce, &remat::Remat];
     for pass in passes {
         pass.run(p);
     }

@@ -35,7 +35,7 @@ impl Pass for Simplify {
                     !self.shapeless
                         && same_sig
                         && axes.iter().all(|&a| shape[a] == 1)
-                        && !matches!(op, ReduceOp::All | ReduceOp::Any)
+                        && !matches!(op, ReduceOp::All | ReduceOp::Any | ReduceOp::SumExp | ReduceOp::Var { .. })
                 }
                 _ => false,
             };

@@ -12,7 +12,7 @@ use crate::array::Data;
 use crate::backend::cpu::strided::{PAR_CHUNK, PAR_THRESHOLD};
 use crate::backend::cpu::tile::{Src, TILE};
 use crate::backend::cpu::{binary, cast, reduce, unary, Buffer};
-use crate::dtype::DType;
+use crate::dtype::{DType, Element};
 use crate::layout::{collapse, for_each_block, Layout};
 use crate::passes::fuse::{FusedGroup, FusedOp};
 use crate::primitive::{BinaryOp, Primitive, ReduceOp};
@@ -226,85 +226,170 @@ pub fn run(g: &FusedGroup, inputs: &[&Data], shape: &[usize]) -> crate::Result<V
 /// small enough to stay in L2, so the reduction reads them from cache.
 const REDUCE_CHUNK: usize = 1 << 15;
 
-/// Runs a group whose single output feeds a reduction over `axes` of
-/// `shape`: the group's values are produced chunk by chunk (kept axes
-/// outermost, reduced axes innermost) into a cache-sized scratch and reduced
-/// from there, so the group's inputs are read once and its output never
-/// reaches memory.
+/// Runs reductions over `axes` of `shape` that each fold one output of the
+/// group `g` (`reductions` pairs an op with the index of that output). The
+/// group's values are produced chunk by chunk (kept axes outermost, reduced
+/// axes innermost) into cache-sized scratch and every reduction folds its
+/// chunk from there, so the inputs are read once for all reductions and the
+/// group's values never reach memory. Returns one array per reduction, in
+/// the kept axes' shape.
 pub fn run_reduce(
     g: &FusedGroup,
     inputs: &[&Data],
     shape: &[usize],
-    op: ReduceOp,
+    reductions: &[(ReduceOp, usize)],
     axes: &[usize],
-    out_dtype: DType,
-) -> crate::Result<Data> {
+) -> crate::Result<Vec<Data>> {
     let nd = shape.len();
     let perm: Vec<usize> = (0..nd).filter(|a| !axes.contains(a)).chain(axes.iter().copied()).collect();
     let loads: Vec<Load> = inputs.iter().map(|d| plan_load(&d.buffer, view_as(d, shape).permute(&perm))).collect();
     let n_out: usize = (0..nd).filter(|a| !axes.contains(a)).map(|a| shape[a]).product();
     let n_red: usize = axes.iter().map(|&a| shape[a]).product();
     let out_shape = crate::primitive::reduced_shape(shape, axes, false);
-    // Producer values for positions `lo..hi` of the permuted space, reduced as `rows` rows.
-    let produce_and_reduce = |lo: usize, hi: usize, rows: usize, op: ReduceOp| -> crate::Result<Buffer> {
+    let out_dtypes: Vec<DType> = reductions.iter().map(|&(op, i)| op.out_dtype(g.reg_dtype(g.outputs[i]))).collect();
+    // The group's outputs for positions `lo..hi` of the permuted space, as `rows` rows.
+    let produce = |lo: usize, hi: usize, rows: usize| -> Vec<Data> {
         let (mut scratch, ptrs) = alloc_outputs(g, hi - lo);
         exec_range(g, &loads, TILE.min((hi - lo).max(1)), lo, hi, &ptrs, lo);
         finish_outputs(&mut scratch, hi - lo);
         let row = (hi - lo).checked_div(rows).unwrap_or(n_red);
-        let d = Data::contiguous(scratch.pop().expect("one output"), &[rows, row]);
-        let dt = op.out_dtype(d.buffer.dtype());
-        reduce::reduce(op, &d, &[1], dt)
+        scratch.into_iter().map(|b| Data::contiguous(b, &[rows, row])).collect()
     };
-    let buf = if n_red <= REDUCE_CHUNK || n_out == 0 {
+    let fold = |op: ReduceOp, d: &Data| reduce::reduce(op, d, &[1], op.out_dtype(d.buffer.dtype()));
+    let bufs: Vec<Buffer> = if n_red <= REDUCE_CHUNK || n_out == 0 {
         let rows = (REDUCE_CHUNK / n_red.max(1)).max(1);
         let chunks = n_out.div_ceil(rows).max(1);
-        let part = |c: usize| {
+        let part = |c: usize| -> crate::Result<Vec<Buffer>> {
             let (o0, o1) = (c * rows, ((c + 1) * rows).min(n_out));
-            produce_and_reduce(o0 * n_red, o1 * n_red, o1 - o0, op)
+            let vals = produce(o0 * n_red, o1 * n_red, o1 - o0);
+            reductions.iter().map(|&(op, i)| fold(op, &vals[i])).collect()
         };
-        let parts: Vec<Buffer> = if n_out * n_red < PAR_THRESHOLD {
+        let parts: Vec<Vec<Buffer>> = if n_out * n_red < PAR_THRESHOLD {
             (0..chunks).map(part).collect::<crate::Result<_>>()?
         } else {
             (0..chunks).into_par_iter().map(part).collect::<crate::Result<_>>()?
         };
-        concat_buffers(parts, out_dtype)
+        (0..reductions.len()).map(|k| concat_buffers(parts.iter().map(|p| &p[k]), out_dtypes[k])).collect()
     } else {
         // Few outputs, long reductions: partial results over fixed chunks of
         // the reduced range (independent of the thread count), then combined.
-        let (part_op, combine_op) = match op {
-            ReduceOp::Mean => (ReduceOp::Sum, ReduceOp::Sum),
-            o => (o, o),
-        };
         let per_out = n_red.div_ceil(REDUCE_CHUNK);
-        let mut finals = vec![];
+        let mut finals: Vec<Vec<Buffer>> = vec![vec![]; reductions.len()];
         for o in 0..n_out {
-            let partials: Vec<Buffer> = (0..per_out)
+            let partials: Vec<Vec<Partial>> = (0..per_out)
                 .into_par_iter()
                 .map(|c| {
                     let lo = o * n_red + c * REDUCE_CHUNK;
                     let hi = (lo + REDUCE_CHUNK).min((o + 1) * n_red);
-                    produce_and_reduce(lo, hi, 1, part_op)
+                    let vals = produce(lo, hi, 1);
+                    reductions.iter().map(|&(op, i)| Partial::of(op, &vals[i], hi - lo)).collect()
                 })
                 .collect::<crate::Result<_>>()?;
-            let pdt = partials[0].dtype();
-            let p = Data::contiguous(concat_buffers(partials, pdt), &[1, per_out]);
-            let mut r = Data::contiguous(reduce::reduce(combine_op, &p, &[1], combine_op.out_dtype(pdt))?, &[1]);
-            if op == ReduceOp::Mean {
-                let n = Data::contiguous(crate::ops::Scalar::Int(n_red as i64).to_buffer(pdt), &[]);
-                r = run_single(&Primitive::Binary(BinaryOp::Div), &[&r, &n], &[1], pdt)?;
+            for (k, &(op, _)) in reductions.iter().enumerate() {
+                finals[k].push(Partial::combine(op, partials.iter().map(|p| &p[k]), n_red, out_dtypes[k])?);
             }
-            finals.push((*r.buffer).clone());
         }
-        concat_buffers(finals, out_dtype)
+        finals.iter().zip(&out_dtypes).map(|(f, &dt)| concat_buffers(f.iter(), dt)).collect()
     };
-    Ok(Data::contiguous(buf, &out_shape))
+    Ok(bufs.into_iter().map(|b| Data::contiguous(b, &out_shape)).collect())
+}
+
+/// A reduction's result over one chunk of a long reduced range, in a form
+/// that combines across chunks.
+enum Partial {
+    /// The reduction itself (the sum, for a mean) of the chunk, combined by
+    /// reducing the partials again.
+    Value(Buffer),
+    /// Count, mean and population variance (for `var`).
+    Moments(f64, f64, f64),
+    /// Maximum and the sum of `exp(x - max)` (for `sumexp`).
+    MaxSum(f64, f64),
+}
+
+impl Partial {
+    /// The partial result of `op` over the single row `vals` of `count` elements.
+    fn of(op: ReduceOp, vals: &Data, count: usize) -> crate::Result<Partial> {
+        let one = |op: ReduceOp| reduce::reduce(op, vals, &[1], op.out_dtype(vals.buffer.dtype()));
+        let first = |b: Buffer| crate::with_buffer!(&b, v => v[0].to_f64());
+        Ok(match op {
+            ReduceOp::Mean => Partial::Value(one(ReduceOp::Sum)?),
+            ReduceOp::Var { .. } => {
+                Partial::Moments(count as f64, first(one(ReduceOp::Mean)?), first(one(ReduceOp::Var { ddof: 0 })?))
+            }
+            ReduceOp::SumExp => Partial::MaxSum(first(one(ReduceOp::Max)?), first(one(ReduceOp::SumExp)?)),
+            o => Partial::Value(one(o)?),
+        })
+    }
+
+    /// Combines the chunks' partials (in chunk order) into the one-element
+    /// result of `op` over `n` elements, of dtype `out`.
+    fn combine<'a>(
+        op: ReduceOp,
+        parts: impl Iterator<Item = &'a Partial>,
+        n: usize,
+        out: DType,
+    ) -> crate::Result<Buffer> {
+        let scalar = |v: f64| crate::ops::Scalar::Float(v).to_buffer(out);
+        let parts: Vec<&Partial> = parts.collect();
+        match op {
+            ReduceOp::Var { ddof } => {
+                // Chan's formula, in f64.
+                let (mut cn, mut cm, mut m2) = (0.0f64, 0.0f64, 0.0f64);
+                for p in parts {
+                    let Partial::Moments(bn, bm, bv) = *p else { unreachable!("var partials are moments") };
+                    let t = cn + bn;
+                    let d = bm - cm;
+                    m2 += bv * bn + d * d * cn * bn / t;
+                    cm += d * bn / t;
+                    cn = t;
+                }
+                let dof = cn - ddof as f64;
+                Ok(scalar(m2 / if dof > 0.0 { dof } else { 0.0 }))
+            }
+            ReduceOp::SumExp => {
+                let ms: Vec<(f64, f64)> = parts
+                    .iter()
+                    .map(|p| match p {
+                        Partial::MaxSum(m, s) => (*m, *s),
+                        _ => unreachable!("sumexp partials are max and sum"),
+                    })
+                    .collect();
+                let m = ms
+                    .iter()
+                    .fold(f64::NEG_INFINITY, |a, &(m, _)| if a.is_nan() || m.is_nan() { f64::NAN } else { a.max(m) });
+                if !m.is_finite() {
+                    return Ok(scalar(f64::NAN));
+                }
+                // A chunk of only -inf adds nothing.
+                Ok(scalar(ms.iter().filter(|(cm, _)| *cm > f64::NEG_INFINITY).map(|(cm, s)| s * (cm - m).exp()).sum()))
+            }
+            _ => {
+                let bufs: Vec<&Buffer> = parts
+                    .iter()
+                    .map(|p| match p {
+                        Partial::Value(b) => b,
+                        _ => unreachable!("other partials are values"),
+                    })
+                    .collect();
+                let pdt = bufs[0].dtype();
+                let all = Data::contiguous(concat_buffers(bufs.into_iter(), pdt), &[1, parts.len()]);
+                let again = if op == ReduceOp::Mean { ReduceOp::Sum } else { op };
+                let r = Data::contiguous(reduce::reduce(again, &all, &[1], again.out_dtype(pdt))?, &[1]);
+                if op != ReduceOp::Mean {
+                    return Ok((*r.buffer).clone());
+                }
+                let count = Data::contiguous(crate::ops::Scalar::Int(n as i64).to_buffer(pdt), &[]);
+                Ok((*run_single(&Primitive::Binary(BinaryOp::Div), &[&r, &count], &[1], pdt)?.buffer).clone())
+            }
+        }
+    }
 }
 
 /// Joins buffers of one dtype end to end.
-fn concat_buffers(parts: Vec<Buffer>, dtype: DType) -> Buffer {
+fn concat_buffers<'a>(parts: impl Iterator<Item = &'a Buffer>, dtype: DType) -> Buffer {
     crate::with_dtype!(dtype, T => {
         let mut all: Vec<T> = Vec::new();
-        for p in &parts {
+        for p in parts {
             all.extend_from_slice(p.as_slice::<T>().expect("parts share the dtype"));
         }
         Buffer::from_vec(all)

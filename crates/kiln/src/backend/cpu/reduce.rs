@@ -62,6 +62,12 @@ trait Reducer: Sync {
     fn step(&self, acc: Self::Acc, x: Self::In) -> Self::Acc;
     fn combine(&self, a: Self::Acc, b: Self::Acc) -> Self::Acc;
     fn finish(&self, a: Self::Acc, count: usize) -> Self::Out;
+    /// The fold of a contiguous run of at most [`BLOCK`] elements, when the
+    /// reducer has a faster (vectorized) way than element-by-element steps.
+    #[inline(always)]
+    fn block(&self, _xs: &[Self::In]) -> Option<Self::Acc> {
+        None
+    }
 }
 
 /// A [`Reducer`] from closures (monomorphized, so the folds inline).
@@ -100,6 +106,40 @@ where
     #[inline(always)]
     fn finish(&self, a: A, count: usize) -> O {
         (self.finish)(a, count)
+    }
+}
+
+/// A [`Reducer`] with a blockwise fold for contiguous runs (the one-pass
+/// statistics: their per-element step needs a division or an `exp`, while
+/// a block vectorizes).
+struct Blocked<R, B> {
+    inner: R,
+    block: B,
+}
+
+impl<R: Reducer, B: Fn(&[R::In]) -> R::Acc + Sync> Reducer for Blocked<R, B> {
+    type In = R::In;
+    type Acc = R::Acc;
+    type Out = R::Out;
+    #[inline(always)]
+    fn identity(&self) -> R::Acc {
+        self.inner.identity()
+    }
+    #[inline(always)]
+    fn step(&self, acc: R::Acc, x: R::In) -> R::Acc {
+        self.inner.step(acc, x)
+    }
+    #[inline(always)]
+    fn combine(&self, a: R::Acc, b: R::Acc) -> R::Acc {
+        self.inner.combine(a, b)
+    }
+    #[inline(always)]
+    fn finish(&self, a: R::Acc, count: usize) -> R::Out {
+        self.inner.finish(a, count)
+    }
+    #[inline(always)]
+    fn block(&self, xs: &[R::In]) -> Option<R::Acc> {
+        Some((self.block)(xs))
     }
 }
 
@@ -168,6 +208,11 @@ fn run<R: Reducer>(r: &R, src: &[R::In], off: usize, n: usize, stride: usize) ->
         let a = run(r, src, off, h, stride);
         let b = run(r, src, off + h * stride, n - h, stride);
         return r.combine(a, b);
+    }
+    if stride == 1 {
+        if let Some(a) = r.block(&src[off..off + n]) {
+            return a;
+        }
     }
     let mut lanes = [r.identity(); LANES];
     if stride == 1 {
@@ -349,6 +394,247 @@ fn keep<A>(a: A, _: usize) -> A {
     a
 }
 
+/// Float arithmetic of the one-pass statistics' accumulators (`f32`, `f64`).
+trait AccFloat:
+    Copy
+    + Send
+    + Sync
+    + PartialOrd
+    + std::ops::Add<Output = Self>
+    + std::ops::Sub<Output = Self>
+    + std::ops::Mul<Output = Self>
+    + std::ops::Div<Output = Self>
+{
+    const ZERO: Self;
+    const ONE: Self;
+    const NEG_INF: Self;
+    const NAN: Self;
+    fn exp(self) -> Self;
+    fn ln(self) -> Self;
+    fn count(n: usize) -> Self;
+    fn is_finite(self) -> bool;
+    /// `out[i] = e^x[i]` (vectorized for `f32`).
+    fn exp_slice(x: &[Self], out: &mut [Self]);
+}
+
+macro_rules! acc_float {
+    ($($t:ty => $exp_slice:expr),*) => {$(
+        impl AccFloat for $t {
+            const ZERO: $t = 0.0;
+            const ONE: $t = 1.0;
+            const NEG_INF: $t = <$t>::NEG_INFINITY;
+            const NAN: $t = <$t>::NAN;
+            #[inline(always)]
+            fn exp(self) -> $t {
+                <$t>::exp(self)
+            }
+            #[inline(always)]
+            fn ln(self) -> $t {
+                <$t>::ln(self)
+            }
+            #[inline(always)]
+            fn count(n: usize) -> $t {
+                n as $t
+            }
+            #[inline(always)]
+            fn is_finite(self) -> bool {
+                <$t>::is_finite(self)
+            }
+            #[inline(always)]
+            fn exp_slice(x: &[$t], out: &mut [$t]) {
+                $exp_slice(x, out)
+            }
+        }
+    )*};
+}
+acc_float!(
+    f32 => crate::backend::cpu::simd_math::exp_f32,
+    f64 => |x: &[f64], out: &mut [f64]| out.iter_mut().zip(x).for_each(|(o, v)| *o = v.exp())
+);
+
+/// Sum of a short slice with independent lanes (vectorizes).
+#[inline(always)]
+fn lane_sum<A: AccFloat>(xs: &[A], f: impl Fn(A) -> A) -> A {
+    let mut lanes = [A::ZERO; LANES];
+    let mut chunks = xs.chunks_exact(LANES);
+    for c in &mut chunks {
+        for (a, &v) in lanes.iter_mut().zip(c) {
+            *a = *a + f(v);
+        }
+    }
+    for (a, &v) in lanes.iter_mut().zip(chunks.remainder()) {
+        *a = *a + f(v);
+    }
+    let mut w = LANES / 2;
+    while w > 0 {
+        for l in 0..w {
+            lanes[l] = lanes[l] + lanes[l + w];
+        }
+        w /= 2;
+    }
+    lanes[0]
+}
+
+/// The running state of `logsumexp` and `sumexp`: the maximum so far and
+/// the sum of `exp(x - m)` (0 for an empty or all `-inf` run).
+#[derive(Clone, Copy)]
+struct Lse<A> {
+    m: A,
+    s: A,
+}
+
+impl<A: AccFloat> Lse<A> {
+    const EMPTY: Lse<A> = Lse { m: A::NEG_INF, s: A::ZERO };
+
+    #[inline(always)]
+    fn one(x: A) -> Lse<A> {
+        if x == A::NEG_INF {
+            Lse::EMPTY
+        } else {
+            Lse { m: x, s: A::ONE }
+        }
+    }
+
+    #[inline(always)]
+    fn combine(a: Lse<A>, b: Lse<A>) -> Lse<A> {
+        if is_nan(a.m) || is_nan(b.m) {
+            return Lse { m: A::NAN, s: A::ONE };
+        }
+        let (hi, lo) = if a.m >= b.m { (a, b) } else { (b, a) };
+        if lo.s == A::ZERO {
+            hi
+        } else if !hi.m.is_finite() {
+            // +inf dominates (and inf - inf must not appear).
+            Lse { m: hi.m, s: A::ONE }
+        } else {
+            Lse { m: hi.m, s: hi.s + lo.s * (lo.m - hi.m).exp() }
+        }
+    }
+
+    /// A block: its maximum, then one vectorized `exp` pass.
+    fn block<I: Copy>(xs: &[I], widen: impl Fn(I) -> A) -> Lse<A> {
+        let n = xs.len();
+        let mut v = [A::ZERO; BLOCK];
+        let mut m = A::NEG_INF;
+        for (d, &x) in v.iter_mut().zip(xs) {
+            *d = widen(x);
+            m = fmax(m, *d);
+        }
+        if !m.is_finite() {
+            return if m == A::NEG_INF { Lse::EMPTY } else { Lse { m, s: A::ONE } };
+        }
+        for d in &mut v[..n] {
+            *d = *d - m;
+        }
+        let mut e = [A::ZERO; BLOCK];
+        A::exp_slice(&v[..n], &mut e[..n]);
+        Lse { m, s: lane_sum(&e[..n], |x| x) }
+    }
+
+    fn log_sum_exp(self) -> A {
+        // -inf + ln(0) = -inf for an empty or all -inf run.
+        self.m + self.s.ln()
+    }
+
+    fn sum_exp(self) -> A {
+        // exp(x - max) with a non-finite max is NaN in the two-pass form.
+        if self.m.is_finite() {
+            self.s
+        } else {
+            A::NAN
+        }
+    }
+}
+
+/// The running moments of `var`: count, mean and the sum of squared
+/// deviations from it, merged with Chan's formula.
+#[derive(Clone, Copy)]
+struct Moments<A> {
+    n: A,
+    mean: A,
+    m2: A,
+}
+
+impl<A: AccFloat> Moments<A> {
+    const EMPTY: Moments<A> = Moments { n: A::ZERO, mean: A::ZERO, m2: A::ZERO };
+
+    /// One element: `(x - x)^2` is 0, or NaN for NaN and infinities (as the
+    /// two-pass form gives).
+    #[inline(always)]
+    #[allow(clippy::eq_op)]
+    fn one(x: A) -> Moments<A> {
+        let d = x - x;
+        Moments { n: A::ONE, mean: x, m2: d * d }
+    }
+
+    #[inline(always)]
+    fn combine(a: Moments<A>, b: Moments<A>) -> Moments<A> {
+        if a.n == A::ZERO {
+            return b;
+        }
+        if b.n == A::ZERO {
+            return a;
+        }
+        let n = a.n + b.n;
+        let d = b.mean - a.mean;
+        Moments { n, mean: a.mean + d * (b.n / n), m2: a.m2 + b.m2 + d * d * (a.n * b.n / n) }
+    }
+
+    /// A block in two vectorized passes (it is in L1): mean, then squared deviations.
+    fn block<I: Copy>(xs: &[I], widen: impl Fn(I) -> A) -> Moments<A> {
+        let n = xs.len();
+        let mut v = [A::ZERO; BLOCK];
+        for (d, &x) in v.iter_mut().zip(xs) {
+            *d = widen(x);
+        }
+        let count = A::count(n);
+        let mean = lane_sum(&v[..n], |x| x) / count;
+        Moments { n: count, mean, m2: lane_sum(&v[..n], |x| (x - mean) * (x - mean)) }
+    }
+
+    /// `m2 / max(n - ddof, 0)`: 0 / 0 = NaN for an empty run (as for the
+    /// mean), inf when `ddof >= n` (as in NumPy).
+    fn var(self, ddof: usize) -> A {
+        let d = A::count(ddof);
+        self.m2 / if self.n > d { self.n - d } else { A::ZERO }
+    }
+}
+
+/// Runs one of the one-pass statistics, accumulating in `A`.
+fn exec_stat<I: Element, A: AccFloat, O: Element>(
+    op: ReduceOp,
+    src: &[I],
+    p: &Plan,
+    widen: impl Fn(I) -> A + Sync + Copy,
+    narrow: impl Fn(A) -> O + Sync,
+) -> Buffer {
+    let lse = |step_finish: fn(Lse<A>) -> A| {
+        let inner = Fold {
+            id: Lse::EMPTY,
+            step: move |a, x: I| Lse::combine(a, Lse::one(widen(x))),
+            combine: Lse::combine,
+            finish: |a: Lse<A>, _| narrow(step_finish(a)),
+            _types: PhantomData,
+        };
+        Buffer::from_vec(execute(&Blocked { inner, block: move |xs: &[I]| Lse::block(xs, widen) }, src, p))
+    };
+    match op {
+        ReduceOp::LogSumExp => lse(Lse::log_sum_exp),
+        ReduceOp::SumExp => lse(Lse::sum_exp),
+        ReduceOp::Var { ddof } => {
+            let inner = Fold {
+                id: Moments::EMPTY,
+                step: move |a, x: I| Moments::combine(a, Moments::one(widen(x))),
+                combine: Moments::combine,
+                finish: move |a: Moments<A>, _| narrow(a.var(ddof)),
+                _types: PhantomData,
+            };
+            Buffer::from_vec(execute(&Blocked { inner, block: move |xs: &[I]| Moments::block(xs, widen) }, src, p))
+        }
+        other => unreachable!("{} is not a one-pass statistic", other.name()),
+    }
+}
+
 /// Element types that know how to run every [`ReduceOp`] on themselves.
 trait Reducible: Element {
     fn reduce_slice(op: ReduceOp, src: &[Self], p: &Plan) -> Buffer;
@@ -373,6 +659,9 @@ macro_rules! int_reducible {
                     ),
                     ReduceOp::All => exec(src, p, true, |a, x: $t| a & (x != 0), |a, b| a & b, |a, _| a),
                     ReduceOp::Any => exec(src, p, false, |a, x: $t| a | (x != 0), |a, b| a | b, |a, _| a),
+                    ReduceOp::LogSumExp | ReduceOp::SumExp | ReduceOp::Var { .. } => {
+                        exec_stat(op, src, p, |x: $t| x as f64, |a: f64| a as f32)
+                    }
                 }
             }
         }
@@ -409,7 +698,7 @@ fn fmin<F: PartialOrd + Copy>(a: F, x: F) -> F {
 
 /// Float types and the precision they accumulate in (`f16`/`bf16` in `f32`).
 trait Widen: Element {
-    type Acc: Copy + Send + Sync + PartialOrd + std::ops::Add<Output = Self::Acc> + std::ops::Mul<Output = Self::Acc>;
+    type Acc: AccFloat;
     const ZERO: Self::Acc;
     const ONE: Self::Acc;
     const NEG_INF: Self::Acc;
@@ -463,6 +752,7 @@ impl<F: Widen> Reducible for F {
             ReduceOp::Min => exec(src, p, F::INF, |a, x: F| fmin(a, x.widen()), fmin, |a, _| F::narrow(a)),
             ReduceOp::All => exec(src, p, true, |a, x: F| a & (x != zero), |a, b| a & b, keep),
             ReduceOp::Any => exec(src, p, false, |a, x: F| a | (x != zero), |a, b| a | b, keep),
+            ReduceOp::LogSumExp | ReduceOp::SumExp | ReduceOp::Var { .. } => exec_stat(op, src, p, F::widen, F::narrow),
         }
     }
 }
@@ -477,6 +767,9 @@ impl Reducible for bool {
             }
             ReduceOp::Max | ReduceOp::Any => exec(src, p, false, |a, x| a | x, |a, b| a | b, keep),
             ReduceOp::Min | ReduceOp::All => exec(src, p, true, |a, x| a & x, |a, b| a & b, keep),
+            ReduceOp::LogSumExp | ReduceOp::SumExp | ReduceOp::Var { .. } => {
+                exec_stat(op, src, p, |x: bool| x as u8 as f64, |a: f64| a as f32)
+            }
         }
     }
 }
