@@ -364,3 +364,66 @@ fn fused_reduction_matches_eager_on_large_inputs() -> Result<()> {
     }
     Ok(())
 }
+
+/// Kernels of `f`'s program that read argument 0 (parsed from `explain`).
+fn kernels_reading_arg0(text: &str) -> usize {
+    text.lines().filter(|l| l.trim_start().starts_with("inputs:") && l.contains("(arg 0)")).count()
+}
+
+#[test]
+fn softmax_and_layernorm_take_two_passes_over_their_input() -> Result<()> {
+    fn user_softmax(x: &Array) -> Result<Array> {
+        let e = (x - &x.max(-1, true)?)?.exp()?;
+        let s = e.sum(-1, true)?;
+        e / s
+    }
+    fn layernorm(x: &Array, g: &Array, b: &Array) -> Result<Array> {
+        let xc = (x - &x.mean(-1, true)?)?;
+        let var = xc.square()?.mean(-1, true)?;
+        ((&xc * (var + 1e-5f32)?.rsqrt()?)? * g)? + b
+    }
+    // Rows short and long: 40000 exceeds one reduction chunk, so the
+    // partial results of sumexp and var are combined across chunks.
+    for (rows, cols) in [(64usize, 1000usize), (3, 40_000)] {
+        let n = rows * cols;
+        let v: Vec<f32> =
+            (0..n).map(|i| ((i * 7919 % 1000) as f32 / 100.0 - 5.0) + (i / cols) as f32 * 100.0).collect();
+        let x = Array::from_vec(v, &[rows, cols])?;
+        let g = Array::from_vec((0..cols).map(|i| 1.0 + (i % 7) as f32 / 10.0).collect(), &[cols])?;
+        let b = Array::from_vec((0..cols).map(|i| (i % 5) as f32 / 10.0).collect(), &[cols])?;
+        // Relative 1e-5, with a floor at the output's scale (probabilities
+        // of about 1/cols; normalized values of about 1).
+        let close = |got: &Array, want: &Array, what: &str| -> Result<()> {
+            let floor = if what == "layernorm" { 1.0 } else { 1.0 / cols as f32 };
+            for (a, w) in got.to_vec::<f32>()?.iter().zip(want.to_vec::<f32>()?) {
+                assert!((a - w).abs() <= 1e-5 * w.abs().max(floor), "{what} {rows}x{cols}: {a} vs {w}");
+            }
+            Ok(())
+        };
+        fn kiln_softmax(x: &Array) -> Result<Array> {
+            x.softmax(-1)
+        }
+        let softmaxes: [(&str, fn(&Array) -> Result<Array>); 2] =
+            [("softmax", kiln_softmax), ("user softmax", user_softmax)];
+        for (name, sm) in softmaxes {
+            let f = compile(sm);
+            let text = f.explain(&x)?;
+            assert_eq!(kernels_reading_arg0(&text), 2, "{name}:\n{text}");
+            assert!(text.contains("max + sumexp"), "{name}:\n{text}");
+            close(&f.call(&x)?, &user_softmax(&x)?, name)?;
+        }
+        let f = compile(layernorm);
+        let text = f.explain((&x, &g, &b))?;
+        assert_eq!(kernels_reading_arg0(&text), 2, "layernorm:\n{text}");
+        assert!(text.contains("mean + var"), "layernorm:\n{text}");
+        close(&f.call((&x, &g, &b))?, &layernorm(&x, &g, &b)?, "layernorm")?;
+        // No intermediate the size of the input is written: only the output.
+        let big_writes = text
+            .lines()
+            .filter(|l| l.starts_with("  outputs:"))
+            .filter(|l| l.contains(&format!("f32[{rows}, {cols}]")))
+            .count();
+        assert_eq!(big_writes, 1, "{text}");
+    }
+    Ok(())
+}

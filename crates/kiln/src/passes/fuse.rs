@@ -568,4 +568,30 @@ mod tests {
         assert_eq!(k.len(), 3);
         assert!(matches!(k[1].kernel, Kernel::Single(Primitive::Reduce { .. })));
     }
+
+    #[test]
+    fn sibling_reductions_share_one_kernel() {
+        let p = trace(&[&[16, 8]], |a| {
+            let x = &a[0];
+            Ok(vec![x.max(1, true)?, x.sum(1, false)?, (x * x)?.mean(1, true)?, x.sum(0, false)?])
+        });
+        let k = plan(&p);
+        let fused: Vec<&Planned> = k.iter().filter(|k| matches!(k.kernel, Kernel::ReduceFused { .. })).collect();
+        assert_eq!(fused.len(), 1, "{k:?}");
+        assert_eq!(fused[0].outputs.len(), 3, "max, sum and mean over axis 1: {k:?}");
+        assert_eq!(fused[0].inputs, vec![p.inputs[0].unwrap()], "x is read once");
+        // The sum over axis 0 is another iteration order: a kernel of its own.
+        assert_eq!(k.len(), 2, "{k:?}");
+    }
+
+    #[test]
+    fn a_reduction_of_a_reduction_is_not_a_sibling() {
+        let p = trace(&[&[16, 8]], |a| {
+            let x = &a[0];
+            Ok(vec![(x * &x.max(1, true)?)?.sum(1, false)?])
+        });
+        let k = plan(&p);
+        assert_eq!(k.len(), 2, "max first, then the sum that reads it: {k:?}");
+        assert!(matches!(k[0].kernel, Kernel::Single(Primitive::Reduce { .. })), "{k:?}");
+    }
 }
