@@ -410,6 +410,7 @@ fn softmax_and_layernorm_take_two_passes_over_their_input() -> Result<()> {
             let text = f.explain(&x)?;
             assert_eq!(kernels_reading_arg0(&text), 2, "{name}:\n{text}");
             assert!(text.contains("max + sumexp"), "{name}:\n{text}");
+            assert!(text.contains("row blocks: kernels 0..="), "{name}:\n{text}");
             close(&f.call(&x)?, &user_softmax(&x)?, name)?;
         }
         let f = compile(layernorm);
@@ -424,6 +425,47 @@ fn softmax_and_layernorm_take_two_passes_over_their_input() -> Result<()> {
             .filter(|l| l.contains(&format!("f32[{rows}, {cols}]")))
             .count();
         assert_eq!(big_writes, 1, "{text}");
+    }
+    Ok(())
+}
+
+#[test]
+fn row_blocked_chains_match_eager() -> Result<()> {
+    // Chains of fused kernels that run block of rows by block of rows:
+    // per-row inputs ([R, 1]), whole inputs ([C], [1, C], scalars), a
+    // transposed input, values escaping the chain (the row max is also an
+    // output) and a program whose shapes change (shapeless).
+    fn f(x: &Array, r: &Array, c: &Array, c2: &Array) -> Result<(Array, Array, Array)> {
+        let m = x.max(-1, true)?;
+        let e = ((x - &m)?.exp()? * c)?;
+        let s = e.sum(-1, true)?;
+        let y = ((&e / &s)? + r)?;
+        let z = ((x * c2)?.tanh()? - &m)?.mean(-1, true)?;
+        Ok((y, m, z))
+    }
+    let close = |got: &Array, want: &Array| -> Result<()> {
+        for (a, w) in got.to_vec::<f32>()?.iter().zip(want.to_vec::<f32>()?) {
+            assert!((a - w).abs() <= 1e-5 * w.abs().max(1e-3), "{a} vs {w}");
+        }
+        Ok(())
+    };
+    for shapeless in [false, true] {
+        let cf = compile_with(
+            |a: &Array, b: &Array, c: &Array, d: &Array| f(a, b, c, d),
+            CompileOptions { shapeless, ..Default::default() },
+        );
+        for (rows, cols) in [(300usize, 700usize), (1000, 97), (7, 30)] {
+            let x = ramp(&[cols, rows]).t()?; // a transposed view
+            let x = (x * 0.01f32)?;
+            let r = (ramp(&[rows, 1]) * 0.5f32)?;
+            let c = (ramp(&[cols]) * 0.001f32)?;
+            let c2 = (ramp(&[1, cols]) * 0.002f32)?;
+            let got = cf.call((&x, &r, &c, &c2))?;
+            let want = f(&x, &r, &c, &c2)?;
+            close(&got.0, &want.0)?;
+            close(&got.1, &want.1)?;
+            close(&got.2, &want.2)?;
+        }
     }
     Ok(())
 }

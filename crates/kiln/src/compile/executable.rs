@@ -3,6 +3,7 @@
 
 use crate::array::Data;
 use crate::backend::cpu;
+use crate::compile::row_chain;
 use crate::error::Result;
 use crate::passes::fuse::{plan, Kernel};
 use crate::primitive::Primitive;
@@ -30,6 +31,8 @@ pub struct Executable {
     pub steps: Vec<Step>,
     /// Constant values, by instruction index.
     constants: Vec<(usize, Data)>,
+    /// Runs of steps that may run row block by row block (see [`row_chain`]).
+    pub chains: Vec<row_chain::Chain>,
 }
 
 impl Executable {
@@ -50,7 +53,7 @@ impl Executable {
             }
             v
         };
-        let steps = kernels
+        let steps: Vec<Step> = kernels
             .into_iter()
             .enumerate()
             .map(|(s, k)| {
@@ -71,7 +74,8 @@ impl Executable {
             .enumerate()
             .filter_map(|(i, ins)| ins.constant.as_ref().map(|d| (i, d.clone())))
             .collect();
-        Executable { program, steps, constants }
+        let chains = row_chain::find(&program, &steps);
+        Executable { program, steps, constants, chains }
     }
 
     /// Runs on evaluated arguments. `shapes` holds every value's shape when
@@ -88,31 +92,24 @@ impl Executable {
             }
         }
         let shape_of = |i: usize| -> &[usize] { shapes.map_or(&p.instrs[i].shape, |s| &s[i]) };
-        for step in &self.steps {
+        let mut s = 0;
+        while s < self.steps.len() {
+            if let Some(chain) = self.chains.iter().find(|c| c.steps.start == s) {
+                if row_chain::run(self, chain, &mut values, &shape_of)? {
+                    for step in &self.steps[chain.steps.clone()] {
+                        for &f in &step.frees {
+                            values[f] = None;
+                        }
+                    }
+                    s = chain.steps.end;
+                    continue;
+                }
+            }
+            let step = &self.steps[s];
             let outs: Vec<Data> = {
                 let ins: Vec<&Data> =
                     step.inputs.iter().map(|&i| values[i].as_ref().expect("inputs are computed first")).collect();
-                let out_shape = shape_of(step.outputs[0]);
-                match &step.kernel {
-                    Kernel::Single(prim) => {
-                        vec![cpu::eval(prim, &ins, out_shape, p.instrs[step.outputs[0]].dtype)?]
-                    }
-                    Kernel::Fused(group) => cpu::fused::run(group, &ins, out_shape)?,
-                    Kernel::ReduceFused { group, reductions, axes, source } => {
-                        let outs = cpu::fused::run_reduce(group, &ins, shape_of(*source), reductions, axes)?;
-                        // keepdims only changes the shape, not the order of elements.
-                        outs.into_iter()
-                            .zip(&step.outputs)
-                            .map(|(d, &o)| Data { layout: crate::layout::Layout::contiguous(shape_of(o)), ..d })
-                            .collect()
-                    }
-                    Kernel::MatmulEpilogue(group) => {
-                        let product = cpu::eval(&Primitive::Matmul, &ins[..2], out_shape, group.inputs[0])?;
-                        let mut group_ins = vec![&product];
-                        group_ins.extend_from_slice(&ins[2..]);
-                        cpu::fused::run(group, &group_ins, out_shape)?
-                    }
-                }
+                run_step(p, step, &ins, shape_of)?
             };
             for (&o, d) in step.outputs.iter().zip(outs) {
                 values[o] = Some(d);
@@ -120,6 +117,7 @@ impl Executable {
             for &f in &step.frees {
                 values[f] = None;
             }
+            s += 1;
         }
         Ok(p.outputs.iter().map(|&o| values[o].clone().expect("outputs are computed")).collect())
     }
@@ -128,6 +126,36 @@ impl Executable {
     pub fn kernel_count(&self) -> usize {
         self.steps.iter().filter(|s| !matches!(&s.kernel, Kernel::Single(p) if is_free(p))).count()
     }
+}
+
+/// Runs one step on its evaluated inputs; `shape_of` gives the run-time
+/// shape of each value the step writes or iterates over.
+pub(crate) fn run_step<S: AsRef<[usize]>>(
+    p: &Program,
+    step: &Step,
+    ins: &[&Data],
+    shape_of: impl Fn(usize) -> S,
+) -> Result<Vec<Data>> {
+    let out_shape = shape_of(step.outputs[0]);
+    let out_shape = out_shape.as_ref();
+    Ok(match &step.kernel {
+        Kernel::Single(prim) => vec![cpu::eval(prim, ins, out_shape, p.instrs[step.outputs[0]].dtype)?],
+        Kernel::Fused(group) => cpu::fused::run(group, ins, out_shape)?,
+        Kernel::ReduceFused { group, reductions, axes, source } => {
+            let outs = cpu::fused::run_reduce(group, ins, shape_of(*source).as_ref(), reductions, axes)?;
+            // keepdims only changes the shape, not the order of elements.
+            outs.into_iter()
+                .zip(&step.outputs)
+                .map(|(d, &o)| Data { layout: crate::layout::Layout::contiguous(shape_of(o).as_ref()), ..d })
+                .collect()
+        }
+        Kernel::MatmulEpilogue(group) => {
+            let product = cpu::eval(&Primitive::Matmul, &ins[..2], out_shape, group.inputs[0])?;
+            let mut group_ins = vec![&product];
+            group_ins.extend_from_slice(&ins[2..]);
+            cpu::fused::run(group, &group_ins, out_shape)?
+        }
+    })
 }
 
 /// Views cost nothing at run time.

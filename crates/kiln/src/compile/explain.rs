@@ -63,6 +63,17 @@ pub fn text(exe: &Executable, traced_instrs: usize, misses: &[String]) -> String
             outs.join(", ")
         );
     }
+    for c in &exe.chains {
+        let kept: Vec<String> = c.escapes.iter().map(|&v| format!("%{v}")).collect();
+        let _ = writeln!(
+            s,
+            "row blocks: kernels {}..={} run block of rows by block of rows when the shapes allow; \
+             written to memory: {}",
+            c.steps.start,
+            c.steps.end - 1,
+            kept.join(", ")
+        );
+    }
     let outs: Vec<String> = exe.program.outputs.iter().map(|&v| value(exe, v)).collect();
     let _ = writeln!(s, "outputs: {}", outs.join(", "));
     let _ = writeln!(s, "cache misses ({}):", misses.len());

@@ -47,6 +47,7 @@
 mod cache;
 pub mod executable;
 mod explain;
+pub mod row_chain;
 mod signature;
 
 use std::cell::RefCell;

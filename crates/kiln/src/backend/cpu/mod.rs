@@ -12,6 +12,7 @@ pub mod math;
 pub mod matmul;
 pub mod random;
 pub mod reduce;
+pub mod rows;
 pub mod simd_math;
 pub mod strided;
 pub mod tile;

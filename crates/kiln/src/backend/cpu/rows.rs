@@ -1,0 +1,77 @@
+//! Row sinks: full-size outputs filled block of rows by block of rows by
+//! parallel tasks (the row-chunked execution of a chain of kernels writes
+//! its results through these, see `compile::row_chain`).
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use crate::backend::cpu::Buffer;
+use crate::dtype::DType;
+
+/// An output of `rows * row_len` elements written in disjoint row blocks.
+pub struct RowSink {
+    buf: Buffer,
+    ptr: *mut u8,
+    row_len: usize,
+    len: usize,
+    /// Rows claimed by a write: a row is never written twice.
+    claimed: Vec<AtomicBool>,
+    written: AtomicUsize,
+}
+
+// SAFETY: tasks write disjoint row blocks through `ptr` (`write` claims its
+// rows first and refuses rows already claimed), and `buf` outlives them (it
+// is owned here).
+unsafe impl Send for RowSink {}
+// SAFETY: as above; `write` takes `&self` but never writes a row twice.
+unsafe impl Sync for RowSink {}
+
+impl RowSink {
+    /// An unwritten output of `rows` rows of `row_len` elements of `dtype`.
+    pub fn new(dtype: DType, rows: usize, row_len: usize) -> RowSink {
+        let len = rows * row_len;
+        let mut buf = crate::with_dtype!(dtype, T => Buffer::from_vec(Vec::<T>::with_capacity(len)));
+        let ptr = crate::with_buffer!(&mut buf, v => v.as_mut_ptr().cast::<u8>());
+        let claimed = (0..rows).map(|_| AtomicBool::new(false)).collect();
+        RowSink { buf, ptr, row_len, len, claimed, written: AtomicUsize::new(0) }
+    }
+
+    /// Writes rows `row0..` from `src` (contiguous, of the sink's dtype,
+    /// a whole number of rows), from any task.
+    ///
+    /// # Panics
+    /// If the rows fall outside the sink, were written before, or the dtype
+    /// or length do not match.
+    pub fn write(&self, row0: usize, src: &Buffer) {
+        let at = row0 * self.row_len;
+        assert_eq!(src.dtype(), self.buf.dtype(), "row sink: dtype");
+        let rows = src.len().checked_div(self.row_len).unwrap_or(0);
+        assert_eq!(rows * self.row_len, src.len(), "row sink: not a whole number of rows");
+        assert!(row0 + rows <= self.claimed.len(), "row sink: rows {row0}.. out of range");
+        for c in &self.claimed[row0..row0 + rows] {
+            assert!(!c.swap(true, Ordering::Relaxed), "row sink: a row written twice");
+        }
+        let n = crate::with_buffer!(src, v => self.copy_in(v, at));
+        self.written.fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn copy_in<T: Copy>(&self, v: &[T], at: usize) -> usize {
+        assert!(at + v.len() <= self.len, "row sink: elements {at}.. out of range");
+        // SAFETY: the destination holds `self.len` elements of `T` (allocated
+        // in `new` for this dtype, checked by `write`),
+        // `at + v.len() <= self.len`, these rows were claimed by this call
+        // alone, and `v` is a different allocation.
+        unsafe { std::ptr::copy_nonoverlapping(v.as_ptr(), self.ptr.cast::<T>().add(at), v.len()) };
+        v.len()
+    }
+
+    /// The filled buffer, or `None` if some row was never written.
+    pub fn finish(mut self) -> Option<Buffer> {
+        if self.written.load(Ordering::Relaxed) != self.len {
+            return None;
+        }
+        // SAFETY: every one of the `len` elements was written exactly once
+        // (disjoint blocks adding up to `len`).
+        crate::with_buffer!(&mut self.buf, v => unsafe { v.set_len(self.len) });
+        Some(std::mem::replace(&mut self.buf, Buffer::F32(vec![])))
+    }
+}

@@ -1,0 +1,177 @@
+//! Row-chunked execution: a chain of consecutive fused kernels whose work
+//! is independent from one block of leading rows to the next (elementwise
+//! groups, and reductions that keep the leading axis) runs block by block,
+//! each block through every kernel of the chain while its rows are in cache.
+//! Softmax and layernorm thus read their input from memory once: the
+//! statistics kernel brings a block of rows into cache and the output
+//! kernel reads them from there. Values used only inside the chain never
+//! exist at full size; values used after it are written block by block
+//! into full-size buffers. Blocks run in parallel.
+//!
+//! Whether a chain applies is decided per call from the run-time shapes:
+//! every kernel iterates over the same number of leading rows `R`, and each
+//! input either has those rows (and is cut per block) or spans no rows (a
+//! lower-rank or size-1 leading axis, read whole by every block).
+
+use std::ops::Range;
+
+use rayon::prelude::*;
+
+use crate::array::Data;
+use crate::backend::cpu::rows::RowSink;
+use crate::compile::executable::{run_step, Executable, Step};
+use crate::error::{Error, Result};
+use crate::layout::Layout;
+use crate::passes::fuse::Kernel;
+use crate::program::Program;
+
+/// Elements (of the widest kernel) per block: a block's values stay in L2.
+const BLOCK_ELEMS: usize = 1 << 14;
+
+/// Below this many elements a chain runs kernel by kernel.
+const MIN_ELEMS: usize = 1 << 16;
+
+/// A run of steps that may run row block by row block.
+#[derive(Clone, Debug)]
+pub struct Chain {
+    /// The steps.
+    pub steps: Range<usize>,
+    /// Values the chain writes that are read after it (or are outputs).
+    pub escapes: Vec<usize>,
+}
+
+/// Maximal runs of at least two consecutive fused (elementwise or
+/// reduction) steps.
+pub fn find(p: &Program, steps: &[Step]) -> Vec<Chain> {
+    let chainable = |s: &Step| matches!(s.kernel, Kernel::Fused(_) | Kernel::ReduceFused { .. });
+    let mut chains = vec![];
+    let mut s = 0;
+    while s < steps.len() {
+        let start = s;
+        while s < steps.len() && chainable(&steps[s]) {
+            s += 1;
+        }
+        if s - start >= 2 {
+            let later: Vec<usize> = steps[s..].iter().flat_map(|st| st.inputs.iter().copied()).collect();
+            let escapes = steps[start..s]
+                .iter()
+                .flat_map(|st| st.outputs.iter().copied())
+                .filter(|v| p.outputs.contains(v) || later.contains(v))
+                .collect();
+            chains.push(Chain { steps: start..s, escapes });
+        }
+        s = s.max(start + 1);
+    }
+    chains
+}
+
+/// How a block reads one input of one step.
+enum Cut {
+    /// Rows of a value computed in the block.
+    Local,
+    /// The block's rows of an outside value.
+    Rows,
+    /// The whole outside value.
+    Whole,
+}
+
+/// Runs `chain` block by block if the run-time shapes allow it, storing the
+/// escaping values in `values`; `Ok(false)` means it did not apply.
+pub fn run<'a, S: AsRef<[usize]> + ?Sized + 'a>(
+    exe: &Executable,
+    chain: &Chain,
+    values: &mut [Option<Data>],
+    shape_of: &(impl Fn(usize) -> &'a S + Sync),
+) -> Result<bool> {
+    let p = &exe.program;
+    let steps = &exe.steps[chain.steps.clone()];
+    let space = |st: &Step| -> Vec<usize> {
+        match &st.kernel {
+            Kernel::ReduceFused { source, .. } => shape_of(*source).as_ref().to_vec(),
+            _ => shape_of(st.outputs[0]).as_ref().to_vec(),
+        }
+    };
+    let Some(rows) = space(&steps[0]).first().copied() else { return Ok(false) };
+    let produced: Vec<usize> = steps.iter().flat_map(|st| st.outputs.iter().copied()).collect();
+    let mut cuts: Vec<Vec<Cut>> = vec![];
+    let mut widest = 0;
+    for st in steps {
+        let it = space(st);
+        if it.first() != Some(&rows) || matches!(&st.kernel, Kernel::ReduceFused { axes, .. } if axes.contains(&0)) {
+            return Ok(false);
+        }
+        widest = widest.max(it.iter().skip(1).product::<usize>());
+        let mut cut = vec![];
+        for &v in &st.inputs {
+            let sh = shape_of(v).as_ref();
+            let has_rows = sh.len() == it.len() && sh[0] == rows;
+            cut.push(if produced.contains(&v) {
+                if !has_rows {
+                    return Ok(false);
+                }
+                Cut::Local
+            } else if has_rows && rows != 1 {
+                Cut::Rows
+            } else if sh.len() < it.len() || sh.first() == Some(&1) {
+                Cut::Whole
+            } else {
+                return Ok(false);
+            });
+        }
+        cuts.push(cut);
+    }
+    let block = (BLOCK_ELEMS / widest.max(1)).max(1);
+    if rows.saturating_mul(widest) < MIN_ELEMS || rows.div_ceil(block) < 2 {
+        return Ok(false);
+    }
+    let row_len = |v: usize| shape_of(v).as_ref().iter().skip(1).product::<usize>();
+    let sinks: Vec<RowSink> =
+        chain.escapes.iter().map(|&v| RowSink::new(p.instrs[v].dtype, rows, row_len(v))).collect();
+    let vals: &[Option<Data>] = values;
+    (0..rows.div_ceil(block)).into_par_iter().try_for_each(|b| -> Result<()> {
+        let (r0, r1) = (b * block, ((b + 1) * block).min(rows));
+        let mut local: Vec<(usize, Data)> = vec![];
+        for (st, cut) in steps.iter().zip(&cuts) {
+            let ins: Vec<Data> = st
+                .inputs
+                .iter()
+                .zip(cut)
+                .map(|(&v, c)| match c {
+                    Cut::Local => local.iter().find(|(x, _)| *x == v).expect("computed earlier in the block").1.clone(),
+                    Cut::Whole => vals[v].clone().expect("inputs are computed first"),
+                    Cut::Rows => {
+                        let d = vals[v].as_ref().expect("inputs are computed first");
+                        Data { buffer: d.buffer.clone(), layout: rows_of(&d.layout, r0, r1) }
+                    }
+                })
+                .collect();
+            let refs: Vec<&Data> = ins.iter().collect();
+            let outs = run_step(p, st, &refs, |v| {
+                let mut s = shape_of(v).as_ref().to_vec();
+                s[0] = r1 - r0;
+                s
+            })?;
+            for (&o, d) in st.outputs.iter().zip(outs) {
+                if let Some(k) = chain.escapes.iter().position(|&e| e == o) {
+                    sinks[k].write(r0, &d.buffer);
+                }
+                local.push((o, d));
+            }
+        }
+        Ok(())
+    })?;
+    for (&v, sink) in chain.escapes.iter().zip(sinks) {
+        let buf = sink.finish().ok_or(Error::Invalid { op: "compile", msg: "a row block was not computed".into() })?;
+        values[v] = Some(Data::contiguous(buf, shape_of(v).as_ref()));
+    }
+    Ok(true)
+}
+
+/// Rows `r0..r1` (of the leading axis) of a layout.
+fn rows_of(l: &Layout, r0: usize, r1: usize) -> Layout {
+    let mut starts = vec![0; l.ndim()];
+    starts[0] = r0;
+    let mut lens = l.shape.clone();
+    lens[0] = r1 - r0;
+    l.slice(&starts, &lens, &vec![1; l.ndim()])
+}
