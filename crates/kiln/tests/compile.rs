@@ -403,8 +403,8 @@ fn softmax_and_layernorm_take_two_passes_over_their_input() -> Result<()> {
         fn kiln_softmax(x: &Array) -> Result<Array> {
             x.softmax(-1)
         }
-        let softmaxes: [(&str, fn(&Array) -> Result<Array>); 2] =
-            [("softmax", kiln_softmax), ("user softmax", user_softmax)];
+        type Unary = fn(&Array) -> Result<Array>;
+        let softmaxes: [(&str, Unary); 2] = [("softmax", kiln_softmax), ("user softmax", user_softmax)];
         for (name, sm) in softmaxes {
             let f = compile(sm);
             let text = f.explain(&x)?;
