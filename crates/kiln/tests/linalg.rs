@@ -367,3 +367,194 @@ fn large_products_take_the_parallel_paths() -> Result<()> {
     assert!(one.iter().zip(&many).all(|(x, y)| (x - y).abs() <= 1e-4 * scale));
     Ok(())
 }
+
+// ---- the f32 kernels: kiln's AVX-512 microkernel and the portable one ----
+
+use kiln::backend::cpu::matmul::sgemm::{with_level, Level};
+
+/// Both f32 kernel levels (the AVX-512 one runs as the portable one on a CPU
+/// without AVX-512F).
+const LEVELS: [Level; 2] = [Level::Avx512, Level::Portable];
+
+/// Checks f32 `a @ b` against the f64 reference with a relative tolerance of
+/// 1e-5 * sqrt(k) of the sum of |a_ip * b_pj| terms (values here are on a
+/// 1/16 grid, so every product is exact and only the sums round).
+fn check_f32(a: &Array, b: &Array) -> Result<()> {
+    let got = kiln::matmul(a, b)?;
+    let (va, vb) = (read(a)?, read(b)?);
+    let (want, mag, shape) = reference(&va, a.shape(), &vb, b.shape());
+    assert_eq!(got.shape(), &shape[..]);
+    let k = a.shape()[a.ndim() - 1] as f64;
+    let tol = 1e-5 * k.sqrt().max(1.0);
+    for (i, ((&x, &w), &m)) in read(&got)?.iter().zip(&want).zip(&mag).enumerate() {
+        assert!((x - w).abs() <= tol * m.max(1.0), "{:?} @ {:?} element {i}: got {x}, want {w}", a.shape(), b.shape());
+    }
+    Ok(())
+}
+
+const SIZES: [usize; 15] = [1, 2, 3, 7, 8, 13, 16, 31, 32, 33, 64, 65, 127, 129, 300];
+
+#[test]
+fn f32_kernels_on_many_shapes() -> Result<()> {
+    for level in LEVELS {
+        with_level(level, || -> Result<()> {
+            for (im, &m) in SIZES.iter().enumerate() {
+                for (jn, &n) in SIZES.iter().enumerate() {
+                    // Every (m, n) with a k that cycles through the sizes, and
+                    // every k for the edge-heavy (m, n) pairs.
+                    let ks: Vec<usize> = if [3, 33, 129].contains(&m) && [7, 31, 65].contains(&n) {
+                        SIZES.to_vec()
+                    } else {
+                        vec![SIZES[(im * 7 + jn * 3) % SIZES.len()]]
+                    };
+                    for k in ks {
+                        let a = array(&values(m * k, (m * 31 + k) as u64), &[m, k], DType::F32)?;
+                        let b = array(&values(k * n, (n * 17 + k) as u64), &[k, n], DType::F32)?;
+                        check_f32(&a, &b)?;
+                    }
+                }
+            }
+            Ok(())
+        })?;
+    }
+    Ok(())
+}
+
+#[test]
+fn f32_kernels_on_strided_broadcast_and_batched_operands() -> Result<()> {
+    for level in LEVELS {
+        with_level(level, || -> Result<()> {
+            let f = DType::F32;
+            let x = array(&values(70 * 33, 1), &[70, 33], f)?;
+            let y = array(&values(33 * 45, 2), &[33, 45], f)?;
+            check_f32(&x, &y)?;
+            check_f32(&y.t()?, &x.t()?)?; // both transposed: column-strided b
+                                          // Reversed rows and columns, step-2 slices.
+            let rev = kiln::slice_axis(&kiln::slice_axis(&x, 0, None, None, -1)?, 1, None, None, -1)?;
+            check_f32(&rev, &kiln::slice_axis(&y, 0, None, None, -1)?)?;
+            let big = array(&values(66 * 90, 3), &[66, 90], f)?;
+            let every_other = kiln::slice_axis(&kiln::slice_axis(&big, 0, Some(1), None, 2)?, 1, None, None, 2)?; // 33 x 45
+            check_f32(&x, &every_other)?;
+            check_f32(&x, &kiln::slice_axis(&every_other, 1, None, None, -1)?)?;
+            // Broadcast (stride 0) operands.
+            let row = array(&values(33, 4), &[1, 33], f)?.broadcast_to(&[40, 33])?;
+            check_f32(&row, &y)?;
+            let col = array(&values(33, 5), &[33, 1], f)?.broadcast_to(&[33, 50])?;
+            check_f32(&x, &col)?;
+            check_f32(&kiln::ones(&[9, 33], f)?, &y)?;
+            // Batches, broadcast batch dims.
+            let xb = array(&values(3 * 17 * 33, 6), &[3, 17, 33], f)?;
+            check_f32(&xb, &y)?;
+            let yb = array(&values(2 * 33 * 20, 7), &[2, 1, 33, 20], f)?;
+            check_f32(&xb, &yb)?;
+            Ok(())
+        })?;
+    }
+    Ok(())
+}
+
+#[test]
+fn f32_kernels_propagate_nan_and_inf() -> Result<()> {
+    for level in LEVELS {
+        with_level(level, || -> Result<()> {
+            let (m, k, n) = (9, 20, 37);
+            let mut va = values(m * k, 11);
+            va[2 * k + 5] = f64::NAN; // row 2 becomes NaN
+            va[4 * k + 3] = f64::INFINITY; // row 4: inf * b[3, j]
+            let mut vb = values(k * n, 12);
+            vb[3 * n + 7] = 0.0; // inf * 0 = NaN at (4, 7)
+            vb[3 * n + 8] = 0.5; // +inf at (4, 8)
+            vb[3 * n + 9] = -0.5; // -inf at (4, 9)
+            let a = array(&va, &[m, k], DType::F32)?;
+            let b = array(&vb, &[k, n], DType::F32)?;
+            let got = read(&kiln::matmul(&a, &b)?)?;
+            let (want, _, _) = reference(&va, &[m, k], &vb, &[k, n]);
+            for (i, (&x, &w)) in got.iter().zip(&want).enumerate() {
+                let same = (x.is_nan() && w.is_nan()) || (x.is_infinite() && x == w) || (x - w).abs() <= 1e-3;
+                assert!(same, "{level:?} element {i}: got {x}, want {w}");
+            }
+            assert!(got[2 * n..3 * n].iter().all(|x| x.is_nan()));
+            assert!(got[4 * n + 7].is_nan() && got[4 * n + 8] == f64::INFINITY && got[4 * n + 9] == f64::NEG_INFINITY);
+            Ok(())
+        })?;
+    }
+    Ok(())
+}
+
+/// `x @ w + bias` compiled (the bias seeds the product's output) against
+/// the reference plus the bias, for bias shapes along rows, columns, both,
+/// batched, and with an activation after the add.
+#[test]
+fn compiled_matmul_bias_epilogue() -> Result<()> {
+    let f = DType::F32;
+    let (m, k, n) = (13, 40, 37);
+    let vx = values(m * k, 30);
+    let vw = values(k * n, 31);
+    let x = array(&vx, &[m, k], f)?;
+    let w = array(&vw, &[k, n], f)?;
+    let (prod, mag, _) = reference(&vx, &[m, k], &vw, &[k, n]);
+    for level in LEVELS {
+        for bias_shape in [vec![n], vec![1, n], vec![m, 1], vec![m, n], vec![]] {
+            let nb: usize = bias_shape.iter().product();
+            let vb = values(nb, 32);
+            let b = array(&vb, &bias_shape, f)?;
+            let bias_at = |i: usize, j: usize| match bias_shape.as_slice() {
+                [_] | [1, _] => vb[j],
+                [_, 1] => vb[i],
+                [_, _] => vb[i * n + j],
+                _ => vb[0],
+            };
+            let add = kiln::compile(|x: &Array, w: &Array, b: &Array| x.matmul(w)? + b);
+            let add_first = kiln::compile(|x: &Array, w: &Array, b: &Array| b + &x.matmul(w)?);
+            let relu = kiln::compile(|x: &Array, w: &Array, b: &Array| (x.matmul(w)? + b)?.maximum(0.0f32));
+            // The bare product is also an output: it must not include the bias.
+            let both = kiln::compile(|x: &Array, w: &Array, b: &Array| {
+                let p = x.matmul(w)?;
+                let s = (&p + b)?;
+                Ok((p, s))
+            });
+            let (g_add, g_first, g_relu, (g_p, g_s)) = with_level(level, || -> Result<_> {
+                Ok((
+                    read(&add.call((&x, &w, &b))?)?,
+                    read(&add_first.call((&x, &w, &b))?)?,
+                    read(&relu.call((&x, &w, &b))?)?,
+                    {
+                        let (p, s) = both.call((&x, &w, &b))?;
+                        (read(&p)?, read(&s)?)
+                    },
+                ))
+            })?;
+            for i in 0..m {
+                for j in 0..n {
+                    let e = i * n + j;
+                    let tol = 1e-5 * (k as f64).sqrt() * (mag[e] + bias_at(i, j).abs()).max(1.0);
+                    let want = prod[e] + bias_at(i, j);
+                    let ctx = format!("{level:?} bias {bias_shape:?} at ({i}, {j})");
+                    assert!((g_add[e] - want).abs() <= tol, "{ctx}: add {} vs {want}", g_add[e]);
+                    assert!((g_first[e] - want).abs() <= tol, "{ctx}: bias first {} vs {want}", g_first[e]);
+                    assert!((g_relu[e] - want.max(0.0)).abs() <= tol, "{ctx}: relu {} vs {want}", g_relu[e]);
+                    assert!((g_p[e] - prod[e]).abs() <= tol, "{ctx}: bare product {} vs {}", g_p[e], prod[e]);
+                    assert!((g_s[e] - want).abs() <= tol, "{ctx}: sum {} vs {want}", g_s[e]);
+                }
+            }
+        }
+    }
+    // A batched product with a per-batch bias, and an f64 product (no seeding).
+    let xb = array(&values(2 * m * k, 33), &[2, m, k], f)?;
+    let bb = array(&values(2 * n, 34), &[2, 1, n], f)?;
+    let got = read(&kiln::compile(|x: &Array, w: &Array, b: &Array| x.matmul(w)? + b).call((&xb, &w, &bb))?)?;
+    let (p, mag, _) = reference(&read(&xb)?, &[2, m, k], &vw, &[k, n]);
+    let vbb = read(&bb)?;
+    for (e, (&g, &want)) in got.iter().zip(&p).enumerate() {
+        let bias = vbb[(e / (m * n)) * n + e % n];
+        assert!((g - (want + bias)).abs() <= 1e-5 * (k as f64).sqrt() * mag[e].max(1.0), "batched element {e}");
+    }
+    let (x64, w64) = (x.astype(DType::F64)?, w.astype(DType::F64)?);
+    let b64 = array(&values(n, 35), &[n], DType::F64)?;
+    let got = read(&kiln::compile(|x: &Array, w: &Array, b: &Array| x.matmul(w)? + b).call((&x64, &w64, &b64))?)?;
+    let vb64 = read(&b64)?;
+    for (e, (&g, &want)) in got.iter().zip(&prod).enumerate() {
+        assert!((g - (want + vb64[e % n])).abs() <= 1e-12 * mag[e].max(1.0), "f64 element {e}");
+    }
+    Ok(())
+}

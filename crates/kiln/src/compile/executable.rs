@@ -5,8 +5,8 @@ use crate::array::Data;
 use crate::backend::cpu;
 use crate::compile::row_chain;
 use crate::error::Result;
-use crate::passes::fuse::{plan, Kernel};
-use crate::primitive::Primitive;
+use crate::passes::fuse::{plan, FusedGroup, FusedOp, Kernel};
+use crate::primitive::{BinaryOp, Primitive};
 use crate::program::Program;
 
 /// One kernel launch: reads some values, writes others.
@@ -149,13 +149,68 @@ pub(crate) fn run_step<S: AsRef<[usize]>>(
                 .map(|(d, &o)| Data { layout: crate::layout::Layout::contiguous(shape_of(o).as_ref()), ..d })
                 .collect()
         }
-        Kernel::MatmulEpilogue(group) => {
-            let product = cpu::eval(&Primitive::Matmul, &ins[..2], out_shape, group.inputs[0])?;
-            let mut group_ins = vec![&product];
-            group_ins.extend_from_slice(&ins[2..]);
-            cpu::fused::run(group, &group_ins, out_shape)?
-        }
+        Kernel::MatmulEpilogue(group) => matmul_epilogue(group, ins, out_shape)?,
     })
+}
+
+/// A matrix product and its elementwise epilogue (`ins` = `a`, `b`, then the
+/// group's other inputs). When the epilogue starts by adding a bias to the
+/// product, and nothing else reads the bare product, the bias seeds the
+/// product's output ([`cpu::matmul::matmul_bias`]) and the rest of the group
+/// runs on the sum; otherwise the product runs alone and the whole group
+/// after it.
+fn matmul_epilogue(group: &FusedGroup, ins: &[&Data], out_shape: &[usize]) -> Result<Vec<Data>> {
+    if let Some((bias, rest)) = split_bias(group) {
+        if let Some(buf) = cpu::matmul::matmul_bias(ins[0], ins[1], ins[bias + 1], out_shape)? {
+            let sum = Data::contiguous(buf, out_shape);
+            if rest.ops.is_empty() {
+                return Ok(rest.outputs.iter().map(|_| sum.clone()).collect());
+            }
+            let mut group_ins = vec![&sum];
+            group_ins.extend_from_slice(&ins[2..]);
+            return cpu::fused::run(&rest, &group_ins, out_shape);
+        }
+    }
+    let product = cpu::eval(&Primitive::Matmul, &ins[..2], out_shape, group.inputs[0])?;
+    let mut group_ins = vec![&product];
+    group_ins.extend_from_slice(&ins[2..]);
+    cpu::fused::run(group, &group_ins, out_shape)
+}
+
+/// For an epilogue whose first op is `product + bias` (either order, one
+/// dtype, `bias` another input register) and whose other ops and outputs
+/// never read the bare product: the bias register and the group with that
+/// add removed, its result now in register 0. An output that is the sum
+/// itself must then be the only kind of output (a group of no ops).
+fn split_bias(g: &FusedGroup) -> Option<(usize, FusedGroup)> {
+    let n_in = g.inputs.len();
+    let first = g.ops.first()?;
+    let bias = match (&first.prim, first.args.as_slice()) {
+        (Primitive::Binary(BinaryOp::Add), &[0, r] | &[r, 0]) if r != 0 && r < n_in => r,
+        _ => return None,
+    };
+    if first.dtype != g.inputs[0] || g.inputs[bias] != g.inputs[0] {
+        return None;
+    }
+    // Registers: the sum (n_in) becomes 0; later ones shift down by one.
+    let remap = |r: usize| match r {
+        0 => None,
+        r if r == n_in => Some(0),
+        r if r > n_in => Some(r - 1),
+        r => Some(r),
+    };
+    let ops = g.ops[1..]
+        .iter()
+        .map(|o| {
+            let args = o.args.iter().map(|&r| remap(r)).collect::<Option<Vec<_>>>()?;
+            Some(FusedOp { prim: o.prim.clone(), args, dtype: o.dtype })
+        })
+        .collect::<Option<Vec<_>>>()?;
+    let outputs = g.outputs.iter().map(|&r| remap(r)).collect::<Option<Vec<_>>>()?;
+    if !ops.is_empty() && outputs.contains(&0) {
+        return None;
+    }
+    Some((bias, FusedGroup { inputs: g.inputs.clone(), ops, outputs }))
 }
 
 /// Views cost nothing at run time.

@@ -1,16 +1,21 @@
 //! Matrix products: `a @ b` over broadcast batch dimensions.
 //!
-//! Floats run on the `gemm` crate, which takes raw pointers with row and
-//! column strides, so transposed, sliced (negative steps too) and broadcast
-//! (stride 0) operands are read in place, with no copy. `f32`, `f64` and
-//! `f16` map straight onto `gemm`; `bf16` is widened to `f32` and the result
-//! rounded back once. Integers use an exact loop in i-k-j order with wrapping
+//! `f32` runs on kiln's own AVX-512 kernel where the CPU has it ([`sgemm`]),
+//! else on the `gemm` crate. `f64` and `f16` run on `gemm`, which takes raw
+//! pointers with row and column strides, so transposed, sliced (negative
+//! steps too) and broadcast (stride 0) operands are read in place, with no
+//! copy; `bf16` is widened to `f32` and the result rounded back once.
+//! [`matmul_bias`] starts the `f32` output from a broadcast bias, so
+//! `a @ b + bias` costs one pass over the output. Integers use an exact loop in i-k-j order with wrapping
 //! arithmetic (as `+` and `*` on integer arrays).
 //!
 //! Threads: a product of at least [`PAR_WORK`] multiply-adds lets `gemm` use
 //! the rayon pool; a batch of smaller products runs its matrices in parallel
 //! once the batch as a whole is that large; anything smaller stays on the
 //! calling thread, so small products never pay for thread start-up.
+
+#[path = "sgemm.rs"]
+pub mod sgemm;
 
 use gemm::Parallelism;
 use half::{bf16, f16};
@@ -47,14 +52,14 @@ pub fn matmul(a: &Data, b: &Data, shape: &[usize]) -> Result<Buffer> {
     }
     let g = Geometry::new(a, b, shape)?;
     Ok(match &*a.buffer {
-        Buffer::F32(_) => Buffer::from_vec(gemm_batched::<f32>(a, b, &g)),
+        Buffer::F32(_) => Buffer::from_vec(f32_batched(a, b, &g, None)),
         Buffer::F64(_) => Buffer::from_vec(gemm_batched::<f64>(a, b, &g)),
         Buffer::F16(_) => Buffer::from_vec(gemm_batched::<f16>(a, b, &g)),
         Buffer::BF16(_) => {
             let f32_ = crate::primitive::Primitive::AsType(crate::DType::F32);
             let widen = |x: &Data| super::fused::run_single(&f32_, &[x], &x.layout.shape, crate::DType::F32);
             let (a32, b32) = (widen(a)?, widen(b)?);
-            let out = gemm_batched::<f32>(&a32, &b32, &Geometry::new(&a32, &b32, shape)?);
+            let out = f32_batched(&a32, &b32, &Geometry::new(&a32, &b32, shape)?, None);
             Buffer::from_vec(out.into_iter().map(bf16::from_f32).collect::<Vec<_>>())
         }
         Buffer::U8(_) => Buffer::from_vec(int_batched::<u8>(a, b, &g)),
@@ -71,9 +76,27 @@ pub fn matmul(a: &Data, b: &Data, shape: &[usize]) -> Result<Buffer> {
     })
 }
 
+/// `a @ b + bias` for `f32` operands, with `bias` broadcastable to the
+/// output `shape` without changing it: the output starts as the broadcast
+/// bias and the product accumulates into it. `None` when the operands are
+/// not all `f32` or the bias does not broadcast so (the caller then adds it
+/// separately).
+pub fn matmul_bias(a: &Data, b: &Data, bias: &Data, shape: &[usize]) -> Result<Option<Buffer>> {
+    let f32s = [a, b, bias].iter().all(|d| matches!(&*d.buffer, Buffer::F32(_)));
+    let bs = &bias.layout.shape;
+    let fits = bs.len() <= shape.len() && bs.iter().rev().zip(shape.iter().rev()).all(|(&x, &y)| x == y || x == 1);
+    if !f32s || !fits {
+        return Ok(None);
+    }
+    let g = Geometry::new(a, b, shape)?;
+    Ok(Some(Buffer::from_vec(f32_batched(a, b, &g, Some(bias)))))
+}
+
 /// Sizes and strides of a batched product, with both operands broadcast to
 /// the output's batch dims.
 struct Geometry {
+    /// The output shape.
+    shape: Vec<usize>,
     m: usize,
     n: usize,
     k: usize,
@@ -109,6 +132,7 @@ impl Geometry {
         let (la, lb) = (a.layout.broadcast_to(&full(m, k)), b.layout.broadcast_to(&full(k, n)));
         let offsets = batch_offsets(&la, &lb, batch);
         Ok(Geometry {
+            shape: shape.to_vec(),
             m,
             n,
             k,
@@ -142,9 +166,8 @@ fn batch_offsets(la: &Layout, lb: &Layout, batch: &[usize]) -> Vec<(isize, isize
     out
 }
 
-/// Element types `gemm` computes natively.
+/// Element types `gemm` computes natively (`f32` goes through [`sgemm`]).
 trait GemmElement: Element {}
-impl GemmElement for f32 {}
 impl GemmElement for f64 {}
 impl GemmElement for f16 {}
 
@@ -203,6 +226,47 @@ fn gemm_batched<T: GemmElement>(a: &Data, b: &Data, g: &Geometry) -> Vec<T> {
     } else {
         for (dst, &o) in out.chunks_mut(mn).zip(&g.offsets) {
             run(dst, o, Parallelism::None);
+        }
+    }
+    out
+}
+
+/// `f32` products through [`sgemm`]; with `bias`, the output starts as the
+/// bias broadcast to the output shape and the products accumulate into it.
+fn f32_batched(a: &Data, b: &Data, g: &Geometry, bias: Option<&Data>) -> Vec<f32> {
+    let (m, n, k) = (g.m, g.n, g.k);
+    let mn = m * n;
+    let nb = g.offsets.len();
+    let mut out = match bias {
+        Some(d) => {
+            let v = d.buffer.as_slice::<f32>().expect("matmul_bias checked the dtype");
+            super::strided::gather(v, &d.layout.broadcast_to(&g.shape))
+        }
+        None => vec![0.0f32; nb * mn],
+    };
+    if mn == 0 || nb == 0 {
+        return out;
+    }
+    let sa = a.buffer.as_slice::<f32>().expect("matmul operands have the inferred dtype");
+    let sb = b.buffer.as_slice::<f32>().expect("matmul operands have the inferred dtype");
+    let level = sgemm::level();
+    let accumulate = bias.is_some();
+    let run = |dst: &mut [f32], (oa, ob): (isize, isize), threads: bool| {
+        // The operands' layouts broadcast to the batch address elements of
+        // their buffers for every i < m, p < k, j < n (Mat's contract).
+        let am = sgemm::Mat { data: sa, off: oa, rs: g.a_rs, cs: g.a_cs };
+        let bm = sgemm::Mat { data: sb, off: ob, rs: g.b_rs, cs: g.b_cs };
+        sgemm::sgemm(level, m, n, k, am, bm, dst, accumulate, threads);
+    };
+    if mn * k >= PAR_WORK {
+        for (dst, &o) in out.chunks_mut(mn).zip(&g.offsets) {
+            run(dst, o, true);
+        }
+    } else if uses_threads(nb, m, n, k) {
+        out.par_chunks_mut(mn).zip(&g.offsets).for_each(|(dst, &o)| run(dst, o, false));
+    } else {
+        for (dst, &o) in out.chunks_mut(mn).zip(&g.offsets) {
+            run(dst, o, false);
         }
     }
     out
