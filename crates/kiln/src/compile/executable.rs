@@ -89,15 +89,37 @@ impl Executable {
         }
         let shape_of = |i: usize| -> &[usize] { shapes.map_or(&p.instrs[i].shape, |s| &s[i]) };
         for step in &self.steps {
+            // Values this fused step is the last to read, and that nothing
+            // else holds, are handed over so an output can reuse the buffer.
+            let fused = matches!(step.kernel, Kernel::Fused(_) | Kernel::MatmulEpilogue(_));
+            let donate: Vec<bool> = step
+                .inputs
+                .iter()
+                .map(|&i| {
+                    fused
+                        && step.frees.contains(&i)
+                        && step.inputs.iter().filter(|&&j| j == i).count() == 1
+                        && values[i].as_ref().is_some_and(|d| std::sync::Arc::strong_count(&d.buffer) == 1)
+                })
+                .collect();
+            let given: Vec<Option<Data>> =
+                step.inputs.iter().zip(&donate).map(|(&i, &d)| if d { values[i].take() } else { None }).collect();
             let outs: Vec<Data> = {
-                let ins: Vec<&Data> =
-                    step.inputs.iter().map(|&i| values[i].as_ref().expect("inputs are computed first")).collect();
+                let ins: Vec<&Data> = step
+                    .inputs
+                    .iter()
+                    .zip(&given)
+                    .map(|(&i, g)| g.as_ref().or(values[i].as_ref()).expect("inputs are computed first"))
+                    .collect();
                 let out_shape = shape_of(step.outputs[0]);
                 match &step.kernel {
                     Kernel::Single(prim) => {
                         vec![cpu::eval(prim, &ins, out_shape, p.instrs[step.outputs[0]].dtype)?]
                     }
-                    Kernel::Fused(group) => cpu::fused::run(group, &ins, out_shape)?,
+                    Kernel::Fused(group) => {
+                        drop(ins);
+                        cpu::fused::run_args(group, group_args(&step.inputs, given, &values), out_shape)?
+                    }
                     Kernel::ReduceFused { group, reduce: Primitive::Reduce { op, axes, .. }, source } => {
                         let dtype = p.instrs[step.outputs[0]].dtype;
                         let d = cpu::fused::run_reduce(group, &ins, shape_of(*source), *op, axes, dtype)?;
@@ -107,9 +129,11 @@ impl Executable {
                     Kernel::ReduceFused { .. } => unreachable!("the fuser absorbs only Reduce primitives"),
                     Kernel::MatmulEpilogue(group) => {
                         let product = cpu::eval(&Primitive::Matmul, &ins[..2], out_shape, group.inputs[0])?;
-                        let mut group_ins = vec![&product];
-                        group_ins.extend_from_slice(&ins[2..]);
-                        cpu::fused::run(group, &group_ins, out_shape)?
+                        drop(ins);
+                        // The product is the epilogue's to overwrite.
+                        let mut args = vec![cpu::fused::Arg::Owned(product)];
+                        args.extend(group_args(&step.inputs[2..], given.into_iter().skip(2).collect(), &values));
+                        cpu::fused::run_args(group, args, out_shape)?
                     }
                 }
             };
@@ -127,6 +151,18 @@ impl Executable {
     pub fn kernel_count(&self) -> usize {
         self.steps.iter().filter(|s| !matches!(&s.kernel, Kernel::Single(p) if is_free(p))).count()
     }
+}
+
+/// A fused step's inputs: the given (donatable) ones owned, the rest borrowed.
+fn group_args<'a>(inputs: &[usize], given: Vec<Option<Data>>, values: &'a [Option<Data>]) -> Vec<cpu::fused::Arg<'a>> {
+    inputs
+        .iter()
+        .zip(given)
+        .map(|(&i, g)| match g {
+            Some(d) => cpu::fused::Arg::Owned(d),
+            None => cpu::fused::Arg::Borrowed(values[i].as_ref().expect("inputs are computed first")),
+        })
+        .collect()
 }
 
 /// Views cost nothing at run time.
