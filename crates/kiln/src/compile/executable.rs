@@ -106,11 +106,22 @@ impl Executable {
                 }
             }
             let step = &self.steps[s];
-            let outs: Vec<Data> = {
-                let ins: Vec<&Data> =
-                    step.inputs.iter().map(|&i| values[i].as_ref().expect("inputs are computed first")).collect();
-                run_step(p, step, &ins, shape_of)?
-            };
+            // Values this fused step is the last to read, and that nothing
+            // else holds, are handed over so an output can reuse the buffer.
+            let fused = matches!(step.kernel, Kernel::Fused(_) | Kernel::MatmulEpilogue(_));
+            let donate: Vec<bool> = step
+                .inputs
+                .iter()
+                .map(|&i| {
+                    fused
+                        && step.frees.contains(&i)
+                        && step.inputs.iter().filter(|&&j| j == i).count() == 1
+                        && values[i].as_ref().is_some_and(|d| std::sync::Arc::strong_count(&d.buffer) == 1)
+                })
+                .collect();
+            let given: Vec<Option<Data>> =
+                step.inputs.iter().zip(&donate).map(|(&i, &d)| if d { values[i].take() } else { None }).collect();
+            let outs = run_step(p, step, group_args(&step.inputs, given, &values), shape_of)?;
             for (&o, d) in step.outputs.iter().zip(outs) {
                 values[o] = Some(d);
             }
@@ -133,23 +144,24 @@ impl Executable {
 pub(crate) fn run_step<S: AsRef<[usize]>>(
     p: &Program,
     step: &Step,
-    ins: &[&Data],
+    args: Vec<cpu::fused::Arg>,
     shape_of: impl Fn(usize) -> S,
 ) -> Result<Vec<Data>> {
     let out_shape = shape_of(step.outputs[0]);
     let out_shape = out_shape.as_ref();
+    let ins = || args.iter().map(|a| a.data()).collect::<Vec<&Data>>();
     Ok(match &step.kernel {
-        Kernel::Single(prim) => vec![cpu::eval(prim, ins, out_shape, p.instrs[step.outputs[0]].dtype)?],
-        Kernel::Fused(group) => cpu::fused::run(group, ins, out_shape)?,
+        Kernel::Single(prim) => vec![cpu::eval(prim, &ins(), out_shape, p.instrs[step.outputs[0]].dtype)?],
+        Kernel::Fused(group) => cpu::fused::run_args(group, args, out_shape)?,
         Kernel::ReduceFused { group, reductions, axes, source } => {
-            let outs = cpu::fused::run_reduce(group, ins, shape_of(*source).as_ref(), reductions, axes)?;
+            let outs = cpu::fused::run_reduce(group, &ins(), shape_of(*source).as_ref(), reductions, axes)?;
             // keepdims only changes the shape, not the order of elements.
             outs.into_iter()
                 .zip(&step.outputs)
                 .map(|(d, &o)| Data { layout: crate::layout::Layout::contiguous(shape_of(o).as_ref()), ..d })
                 .collect()
         }
-        Kernel::MatmulEpilogue(group) => matmul_epilogue(group, ins, out_shape)?,
+        Kernel::MatmulEpilogue(group) => matmul_epilogue(group, args, out_shape)?,
     })
 }
 
@@ -159,22 +171,22 @@ pub(crate) fn run_step<S: AsRef<[usize]>>(
 /// product's output ([`cpu::matmul::matmul_bias`]) and the rest of the group
 /// runs on the sum; otherwise the product runs alone and the whole group
 /// after it.
-fn matmul_epilogue(group: &FusedGroup, ins: &[&Data], out_shape: &[usize]) -> Result<Vec<Data>> {
-    if let Some((bias, rest)) = split_bias(group) {
-        if let Some(buf) = cpu::matmul::matmul_bias(ins[0], ins[1], ins[bias + 1], out_shape)? {
-            let sum = Data::contiguous(buf, out_shape);
-            if rest.ops.is_empty() {
-                return Ok(rest.outputs.iter().map(|_| sum.clone()).collect());
-            }
-            let mut group_ins = vec![&sum];
-            group_ins.extend_from_slice(&ins[2..]);
-            return cpu::fused::run(&rest, &group_ins, out_shape);
-        }
+/// The product's buffer is fresh, so the epilogue writes over it.
+fn matmul_epilogue(group: &FusedGroup, args: Vec<cpu::fused::Arg>, out_shape: &[usize]) -> Result<Vec<Data>> {
+    let (a, b) = (args[0].data(), args[1].data());
+    let (product, g) = match split_bias(group) {
+        Some((bias, rest)) => match cpu::matmul::matmul_bias(a, b, args[bias + 1].data(), out_shape)? {
+            Some(buf) => (Data::contiguous(buf, out_shape), rest),
+            None => (cpu::eval(&Primitive::Matmul, &[a, b], out_shape, group.inputs[0])?, group.clone()),
+        },
+        None => (cpu::eval(&Primitive::Matmul, &[a, b], out_shape, group.inputs[0])?, group.clone()),
+    };
+    if g.ops.is_empty() {
+        return Ok(g.outputs.iter().map(|_| product.clone()).collect());
     }
-    let product = cpu::eval(&Primitive::Matmul, &ins[..2], out_shape, group.inputs[0])?;
-    let mut group_ins = vec![&product];
-    group_ins.extend_from_slice(&ins[2..]);
-    cpu::fused::run(group, &group_ins, out_shape)
+    let mut group_args = vec![cpu::fused::Arg::Owned(product)];
+    group_args.extend(args.into_iter().skip(2));
+    cpu::fused::run_args(&g, group_args, out_shape)
 }
 
 /// For an epilogue whose first op is `product + bias` (either order, one
@@ -211,6 +223,18 @@ fn split_bias(g: &FusedGroup) -> Option<(usize, FusedGroup)> {
         return None;
     }
     Some((bias, FusedGroup { inputs: g.inputs.clone(), ops, outputs }))
+}
+
+/// A fused step's inputs: the given (donatable) ones owned, the rest borrowed.
+fn group_args<'a>(inputs: &[usize], given: Vec<Option<Data>>, values: &'a [Option<Data>]) -> Vec<cpu::fused::Arg<'a>> {
+    inputs
+        .iter()
+        .zip(given)
+        .map(|(&i, g)| match g {
+            Some(d) => cpu::fused::Arg::Owned(d),
+            None => cpu::fused::Arg::Borrowed(values[i].as_ref().expect("inputs are computed first")),
+        })
+        .collect()
 }
 
 /// Views cost nothing at run time.

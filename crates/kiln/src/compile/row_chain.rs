@@ -145,8 +145,8 @@ pub fn run<'a, S: AsRef<[usize]> + ?Sized + 'a>(
                     }
                 })
                 .collect();
-            let refs: Vec<&Data> = ins.iter().collect();
-            let outs = run_step(p, st, &refs, |v| {
+            let args = ins.into_iter().map(crate::backend::cpu::fused::Arg::Owned).collect();
+            let outs = run_step(p, st, args, |v| {
                 let mut s = shape_of(v).as_ref().to_vec();
                 s[0] = r1 - r0;
                 s

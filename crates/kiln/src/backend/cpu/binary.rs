@@ -5,12 +5,13 @@ use std::marker::PhantomData;
 
 use crate::backend::cpu::buffer::elem_type;
 use crate::backend::cpu::math::{floordiv_f32, floordiv_f64, max_nan, min_nan, rem_f32, rem_f64, FloatMath, IntMath};
-use crate::backend::cpu::tile::{map2, map3, Src};
+use crate::backend::cpu::tile::{map2, map3, multiversion, Src};
 use crate::backend::cpu::Buffer;
-use crate::dtype::Element;
+use crate::dtype::{DType, Element};
 use crate::primitive::BinaryOp;
 
 /// Comparisons and logical ops: defined for every element type.
+#[inline(always)]
 fn predicate<T: Element>(op: BinaryOp, a: Src, b: Src, out: &mut Buffer) {
     use BinaryOp::*;
     let z = T::zero();
@@ -27,6 +28,7 @@ fn predicate<T: Element>(op: BinaryOp, a: Src, b: Src, out: &mut Buffer) {
     }
 }
 
+#[inline(always)]
 fn float_binary<F: FloatMath>(op: BinaryOp, a: Src, b: Src, out: &mut Buffer) {
     use BinaryOp::*;
     macro_rules! m {
@@ -79,6 +81,11 @@ fn bool_binary(op: BinaryOp, a: Src, b: Src, out: &mut Buffer) {
     }
 }
 
+multiversion! {
+    /// `f32`/`f64` binary ops, vectorized at the best SIMD level.
+    fn float_binary_simd<F: FloatMath>(op: BinaryOp, a: Src, b: Src, out: &mut Buffer) => float_binary
+}
+
 /// Runs a binary op on tiles of two operands of one dtype.
 pub fn binary(op: BinaryOp, a: Src, b: Src, out: &mut Buffer) {
     match a.buf {
@@ -89,15 +96,29 @@ pub fn binary(op: BinaryOp, a: Src, b: Src, out: &mut Buffer) {
         Buffer::I64(_) => int_binary::<i64>(op, a, b, out),
         Buffer::F16(_) => float_binary::<half::f16>(op, a, b, out),
         Buffer::BF16(_) => float_binary::<half::bf16>(op, a, b, out),
-        Buffer::F32(_) => float_binary::<f32>(op, a, b, out),
-        Buffer::F64(_) => float_binary::<f64>(op, a, b, out),
+        Buffer::F32(_) => float_binary_simd::<f32>(op, a, b, out),
+        Buffer::F64(_) => float_binary_simd::<f64>(op, a, b, out),
     }
+}
+
+#[inline(always)]
+fn sel<T: Element>(cond: Src, a: Src, b: Src, out: &mut Buffer) {
+    map3(cond, a, b, out, |c: bool, x: T, y: T| if c { x } else { y })
+}
+
+multiversion! {
+    /// `where` on 32-bit and 64-bit elements, vectorized at the best SIMD level.
+    fn sel_simd<T: Element>(cond: Src, a: Src, b: Src, out: &mut Buffer) => sel
 }
 
 /// `where(cond, a, b)` on tiles.
 pub fn select(cond: Src, a: Src, b: Src, out: &mut Buffer) {
-    fn sel<T: Element>(_: PhantomData<T>, cond: Src, a: Src, b: Src, out: &mut Buffer) {
-        map3(cond, a, b, out, |c: bool, x: T, y: T| if c { x } else { y })
+    fn go<T: Element>(_: PhantomData<T>, cond: Src, a: Src, b: Src, out: &mut Buffer) {
+        if T::DTYPE == DType::F32 || T::DTYPE == DType::F64 {
+            sel_simd::<T>(cond, a, b, out)
+        } else {
+            sel::<T>(cond, a, b, out)
+        }
     }
-    crate::with_buffer!(a.buf, v => sel(elem_type(v), cond, a, b, out))
+    crate::with_buffer!(a.buf, v => go(elem_type(v), cond, a, b, out))
 }

@@ -5,10 +5,11 @@
 use std::marker::PhantomData;
 
 use crate::backend::cpu::buffer::elem_type;
-use crate::backend::cpu::tile::{map1, Src};
+use crate::backend::cpu::tile::{map1, multiversion, Src};
 use crate::backend::cpu::Buffer;
 use crate::dtype::{DType, Element};
 
+#[inline(always)]
 fn cast_from<S: Element>(x: Src, out: &mut Buffer) {
     let float_src = S::DTYPE.is_float();
     crate::with_dtype!(out.dtype(), D => {
@@ -24,10 +25,19 @@ fn cast_from<S: Element>(x: Src, out: &mut Buffer) {
     })
 }
 
+multiversion! {
+    /// Casts from `f32`/`f64`, vectorized at the best SIMD level.
+    fn cast_from_simd<S: Element>(x: Src, out: &mut Buffer) => cast_from
+}
+
 /// Converts a tile of `x` to the dtype of `out`.
 pub fn cast(x: Src, out: &mut Buffer) {
     fn go<S: Element>(_: PhantomData<S>, x: Src, out: &mut Buffer) {
-        cast_from::<S>(x, out)
+        if S::DTYPE == DType::F32 || S::DTYPE == DType::F64 {
+            cast_from_simd::<S>(x, out)
+        } else {
+            cast_from::<S>(x, out)
+        }
     }
     crate::with_buffer!(x.buf, v => go(elem_type(v), x, out))
 }

@@ -17,9 +17,12 @@ use crate::layout::{collapse, for_each_block, Layout};
 use crate::passes::fuse::{FusedGroup, FusedOp};
 use crate::primitive::{BinaryOp, Primitive, ReduceOp};
 
+use std::sync::Arc;
+
 use rayon::prelude::*;
 
 /// How one input is read.
+#[derive(Clone)]
 enum Load<'a> {
     /// Contiguous in the group's order from this element on: read in place.
     InPlace(&'a Buffer, usize),
@@ -99,20 +102,22 @@ fn direct_run(shape: &[usize], strides: &[isize], offset: usize, start: usize, l
     Some(off as usize)
 }
 
-fn fill_scalar(buf: &Buffer, at: usize, reg: &mut Buffer) {
+/// Fills the first `len` elements of `reg` with element `at` of `buf`.
+fn fill_scalar(buf: &Buffer, at: usize, reg: &mut Buffer, len: usize) {
     crate::with_buffer!(buf, src => {
         let v = src[at];
-        for d in crate::backend::cpu::BufferElement::slice_of_mut(reg).expect("register dtype is the input dtype") {
-            *d = v;
-        }
+        crate::backend::cpu::BufferElement::slice_of_mut(reg).expect("register dtype is the input dtype")[..len].fill(v);
     })
 }
 
 /// Writes a tile into an output at element `at`.
 fn store<T: Copy>(tile: &[T], out: &OutPtr, at: usize) {
     // SAFETY: `out` points to a buffer of `T` with capacity `n >= at +
-    // tile.len()` (allocated by `run` for this register's dtype); tasks write
-    // disjoint ranges, and a register tile never overlaps an output buffer.
+    // tile.len()` (allocated by `run_args`/`run_reduce` for this register's
+    // dtype, or a donated input of that dtype and size); tasks write disjoint
+    // ranges, and a register tile never overlaps an output buffer. A donated
+    // buffer is also read in place, but only at this tile's positions and
+    // before this store (no reference into those elements is live here).
     unsafe { std::ptr::copy_nonoverlapping(tile.as_ptr(), (out.0 as *mut T).add(at), tile.len()) }
 }
 
@@ -126,74 +131,250 @@ fn apply(op: &FusedOp, args: &[Src], out: &mut Buffer) {
     }
 }
 
-/// Runs the group over row-major positions `start..end` of its iteration
-/// space, writing output `k` at `outs[k]` offset by `-base` elements.
-fn exec_range(g: &FusedGroup, loads: &[Load], tile: usize, start: usize, end: usize, outs: &[OutPtr], base: usize) {
-    let n_in = g.inputs.len();
-    let mut in_regs: Vec<Option<Buffer>> = loads
-        .iter()
-        .zip(&g.inputs)
-        .map(|(l, &dt)| match l {
-            Load::InPlace(..) => None,
-            Load::Scalar(buf, at) => {
-                let mut r = Buffer::zeros(dt, tile);
-                fill_scalar(buf, *at, &mut r);
-                Some(r)
-            }
-            Load::Strided { .. } => Some(Buffer::zeros(dt, tile)),
-        })
-        .collect();
-    let mut op_regs: Vec<Buffer> = g.ops.iter().map(|o| Buffer::zeros(o.dtype, tile)).collect();
-    // Per strided input: this tile's in-place offset when it is one contiguous run.
-    let mut direct: Vec<Option<usize>> = vec![None; loads.len()];
-    let mut s = start;
-    while s < end {
-        let len = TILE.min(end - s);
-        for ((l, reg), dir) in loads.iter().zip(in_regs.iter_mut()).zip(direct.iter_mut()) {
-            if let (Load::Strided { buf, shape, strides, offset }, Some(r)) = (l, reg) {
-                *dir = direct_run(shape, strides, *offset, s, len);
-                if dir.is_none() {
-                    gather_tile(buf, shape, strides, *offset, s, len, r);
-                }
+/// Where each op of a group writes: op registers share tile buffers
+/// ("slots") once their last reader has run, so a group's live registers
+/// stay few and in L1 however many ops it has.
+struct RegPlan {
+    /// The slot op `k` writes.
+    op_slot: Vec<usize>,
+    /// The dtype of each slot.
+    slot_dtype: Vec<DType>,
+}
+
+impl RegPlan {
+    fn new(g: &FusedGroup) -> RegPlan {
+        let n_in = g.inputs.len();
+        // Last op reading each op register; outputs live to the end of the tile.
+        let mut last: Vec<Option<usize>> = vec![None; g.ops.len()];
+        for (k, op) in g.ops.iter().enumerate() {
+            for &r in op.args.iter().filter(|&&r| r >= n_in) {
+                last[r - n_in] = Some(k);
             }
         }
-        for k in 0..g.ops.len() {
-            let (before, rest) = op_regs.split_at_mut(k);
-            let src = |r: usize| -> Src {
-                if r < n_in {
-                    match (&loads[r], &in_regs[r]) {
-                        (Load::InPlace(buf, at), _) => Src { buf, start: at + s, len },
-                        (Load::Strided { buf, .. }, _) if direct[r].is_some() => {
-                            Src { buf, start: direct[r].unwrap_or_default(), len }
-                        }
-                        (_, Some(reg)) => Src { buf: reg, start: 0, len },
-                        _ => unreachable!("non-in-place inputs have registers"),
-                    }
-                } else {
-                    Src { buf: &before[r - n_in], start: 0, len }
+        for &r in g.outputs.iter().filter(|&&r| r >= n_in) {
+            last[r - n_in] = Some(usize::MAX);
+        }
+        let (mut op_slot, mut slot_dtype, mut free) = (Vec::with_capacity(g.ops.len()), Vec::new(), Vec::new());
+        for (k, op) in g.ops.iter().enumerate() {
+            // The result's slot is taken before the arguments' are released,
+            // so an op never writes a slot it reads.
+            let slot = match free.iter().position(|&f| slot_dtype[f] == op.dtype) {
+                Some(i) => free.swap_remove(i),
+                None => {
+                    slot_dtype.push(op.dtype);
+                    slot_dtype.len() - 1
                 }
             };
-            let args: Vec<Src> = g.ops[k].args.iter().map(|&r| src(r)).collect();
-            apply(&g.ops[k], &args, &mut rest[0]);
+            op_slot.push(slot);
+            for &r in op.args.iter().filter(|&&r| r >= n_in) {
+                let sl = op_slot[r - n_in];
+                if last[r - n_in] == Some(k) && !free.contains(&sl) {
+                    free.push(sl);
+                }
+            }
+            if last[k].is_none() {
+                free.push(slot);
+            }
         }
-        for (&r, p) in g.outputs.iter().zip(outs) {
-            let reg = &op_regs[r - n_in];
-            crate::with_buffer!(reg, v => store(&v[..len], p, s - base));
-        }
-        s += len;
+        RegPlan { op_slot, slot_dtype }
     }
+}
+
+/// A group ready to run: its loads and register plan, shared by the tasks.
+struct Exec<'a> {
+    g: &'a FusedGroup,
+    loads: Vec<Load<'a>>,
+    plan: RegPlan,
+    /// Elements per tile (at most [`TILE`]).
+    tile: usize,
+}
+
+/// One task's tile buffers, allocated once and reused for every tile.
+struct Scratch {
+    /// Per input: a register for broadcast scalars (filled once) and gathers.
+    in_regs: Vec<Option<Buffer>>,
+    /// Per input: this tile's in-place offset when a strided input's tile is one contiguous run.
+    direct: Vec<Option<usize>>,
+    /// The op registers' slots.
+    slots: Vec<Buffer>,
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let regs = self.in_regs.drain(..).flatten().chain(self.slots.drain(..));
+        REGISTERS.with_borrow_mut(|pool| {
+            for r in regs {
+                if pool.len() < MAX_POOLED && r.len() == TILE {
+                    pool.push(r);
+                }
+            }
+        })
+    }
+}
+
+/// Tile registers most recently released on each thread, kept for the next
+/// group (most groups and eager ops need a few; this bounds the cache).
+const MAX_POOLED: usize = 32;
+
+thread_local! {
+    static REGISTERS: std::cell::RefCell<Vec<Buffer>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A register of [`TILE`] elements of `dt`: a pooled one, or a new one.
+fn take_register(dt: DType) -> Buffer {
+    REGISTERS
+        .with_borrow_mut(|pool| pool.iter().rposition(|b| b.dtype() == dt).map(|i| pool.swap_remove(i)))
+        .unwrap_or_else(|| Buffer::zeros(dt, TILE))
+}
+
+/// Stands in for a slot while its op writes it (no allocation).
+const NO_BUFFER: Buffer = Buffer::Bool(Vec::new());
+/// The argument array's filler past an op's arity.
+static EMPTY: Buffer = Buffer::Bool(Vec::new());
+
+impl<'a> Exec<'a> {
+    fn new(g: &'a FusedGroup, loads: Vec<Load<'a>>, n: usize) -> Exec<'a> {
+        Exec { g, loads, plan: RegPlan::new(g), tile: TILE.min(n.max(1)) }
+    }
+
+    fn scratch(&self) -> Scratch {
+        let in_regs = self
+            .loads
+            .iter()
+            .zip(&self.g.inputs)
+            .map(|(l, &dt)| match l {
+                Load::InPlace(..) => None,
+                Load::Scalar(buf, at) => {
+                    let mut r = take_register(dt);
+                    fill_scalar(buf, *at, &mut r, self.tile);
+                    Some(r)
+                }
+                Load::Strided { .. } => Some(take_register(dt)),
+            })
+            .collect();
+        let slots = self.plan.slot_dtype.iter().map(|&dt| take_register(dt)).collect();
+        Scratch { in_regs, direct: vec![None; self.loads.len()], slots }
+    }
+
+    /// Runs the group over row-major positions `start..end` of its iteration
+    /// space, writing output `k` at `outs[k]` offset by `-base` elements.
+    ///
+    /// Every op of a tile runs before the tile's outputs are stored, so an
+    /// output may be written over an input that is read in place at the same
+    /// positions (a donated buffer).
+    fn range(&self, sc: &mut Scratch, start: usize, end: usize, outs: &[OutPtr], base: usize) {
+        let (g, n_in) = (self.g, self.g.inputs.len());
+        let mut s = start;
+        while s < end {
+            let len = self.tile.min(end - s);
+            for ((l, reg), dir) in self.loads.iter().zip(sc.in_regs.iter_mut()).zip(sc.direct.iter_mut()) {
+                if let (Load::Strided { buf, shape, strides, offset }, Some(r)) = (l, reg) {
+                    *dir = direct_run(shape, strides, *offset, s, len);
+                    if dir.is_none() {
+                        gather_tile(buf, shape, strides, *offset, s, len, r);
+                    }
+                }
+            }
+            for (k, op) in g.ops.iter().enumerate() {
+                let slot = self.plan.op_slot[k];
+                let mut out = std::mem::replace(&mut sc.slots[slot], NO_BUFFER);
+                let src = |r: usize| -> Src {
+                    if r >= n_in {
+                        return Src { buf: &sc.slots[self.plan.op_slot[r - n_in]], start: 0, len };
+                    }
+                    match (&self.loads[r], &sc.in_regs[r], sc.direct[r]) {
+                        (Load::InPlace(buf, at), ..) => Src { buf, start: at + s, len },
+                        (Load::Strided { buf, .. }, _, Some(at)) => Src { buf, start: at, len },
+                        (_, Some(reg), _) => Src { buf: reg, start: 0, len },
+                        _ => unreachable!("non-in-place inputs have registers"),
+                    }
+                };
+                let mut args = [Src { buf: &EMPTY, start: 0, len: 0 }; 3];
+                for (a, &r) in args.iter_mut().zip(&op.args) {
+                    *a = src(r);
+                }
+                apply(op, &args[..op.args.len()], &mut out);
+                sc.slots[slot] = out;
+            }
+            for (&r, p) in g.outputs.iter().zip(outs) {
+                let reg = &sc.slots[self.plan.op_slot[r - n_in]];
+                crate::with_buffer!(reg, v => store(&v[..len], p, s - base));
+            }
+            s += len;
+        }
+    }
+
+    /// Runs positions `0..n`, in parallel chunks above [`PAR_THRESHOLD`].
+    fn all(&self, n: usize, outs: &[OutPtr]) {
+        if n < PAR_THRESHOLD {
+            self.range(&mut self.scratch(), 0, n, outs, 0);
+        } else {
+            (0..n.div_ceil(PAR_CHUNK)).into_par_iter().for_each_init(
+                || self.scratch(),
+                |sc, c| self.range(sc, c * PAR_CHUNK, ((c + 1) * PAR_CHUNK).min(n), outs, 0),
+            );
+        }
+    }
+}
+
+/// Runs `g` over positions `lo..hi` on the calling thread (for [`run_reduce`]).
+fn exec_range(g: &FusedGroup, loads: Vec<Load>, lo: usize, hi: usize, outs: &[OutPtr]) {
+    let e = Exec::new(g, loads, hi - lo);
+    e.range(&mut e.scratch(), lo, hi, outs, lo);
 }
 
 /// Output buffers of `n` elements for each group output, and their pointers.
 fn alloc_outputs(g: &FusedGroup, n: usize) -> (Vec<Buffer>, Vec<OutPtr>) {
-    let mut outs: Vec<Buffer> = g
-        .outputs
+    alloc_outputs_of(g, &g.outputs, n)
+}
+
+/// Buffers with room for `n` elements of each of registers `regs`, and their pointers.
+fn alloc_outputs_of(g: &FusedGroup, regs: &[usize], n: usize) -> (Vec<Buffer>, Vec<OutPtr>) {
+    let mut outs: Vec<Buffer> = regs
         .iter()
         .map(|&r| crate::with_dtype!(g.reg_dtype(r), T => Buffer::from_vec(Vec::<T>::with_capacity(n))))
         .collect();
-    let ptrs = outs.iter_mut().map(|b| OutPtr(crate::with_buffer!(b, v => v.as_mut_ptr().cast::<u8>()))).collect();
+    let ptrs = outs
+        .iter_mut()
+        .map(|b| {
+            let (p, bytes) = crate::with_buffer!(b, v => (v.as_mut_ptr().cast::<u8>(), std::mem::size_of_val(v.spare_capacity_mut())));
+            advise_huge_pages(p, bytes);
+            OutPtr(p)
+        })
+        .collect();
     (outs, ptrs)
 }
+
+/// Outputs at least this large (bytes) ask for transparent huge pages.
+const HUGE_PAGE_OUTPUT: usize = 8 << 20;
+
+/// Asks Linux to back a large, freshly allocated output with transparent
+/// huge pages. Such an allocation is a fresh mapping whose every 4 KiB page
+/// faults on first write, which costs more than computing most elementwise
+/// groups; 2 MiB pages fault 512 times less often.
+#[cfg(target_os = "linux")]
+fn advise_huge_pages(ptr: *mut u8, bytes: usize) {
+    const MADV_HUGEPAGE: i32 = 14;
+    const HUGE: usize = 1 << 21;
+    extern "C" {
+        fn madvise(addr: *mut std::ffi::c_void, len: usize, advice: i32) -> i32;
+    }
+    if bytes < HUGE_PAGE_OUTPUT {
+        return;
+    }
+    let start = (ptr as usize).next_multiple_of(HUGE);
+    let end = (ptr as usize + bytes) & !(HUGE - 1);
+    if end > start {
+        // SAFETY: `start..end` lies inside the allocation of `bytes` bytes at
+        // `ptr` (page-aligned, as madvise requires). MADV_HUGEPAGE is advice
+        // about how the kernel backs the range: it never changes its contents
+        // or validity, and a failure (e.g. THP disabled) only leaves 4 KiB pages.
+        unsafe { madvise(start as *mut std::ffi::c_void, end - start, MADV_HUGEPAGE) };
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn advise_huge_pages(_: *mut u8, _: usize) {}
 
 /// Marks `n` elements of each output as written.
 fn finish_outputs(outs: &mut [Buffer], n: usize) {
@@ -206,20 +387,97 @@ fn finish_outputs(outs: &mut [Buffer], n: usize) {
 
 /// Runs a fused group over `shape`, returning its outputs (contiguous).
 pub fn run(g: &FusedGroup, inputs: &[&Data], shape: &[usize]) -> crate::Result<Vec<Data>> {
-    let n: usize = shape.iter().product();
-    let loads: Vec<Load> = inputs.iter().map(|d| plan_load(&d.buffer, view_as(d, shape))).collect();
-    let (mut outs, ptrs) = alloc_outputs(g, n);
-    let tile = TILE.min(n.max(1));
-    if n < PAR_THRESHOLD {
-        exec_range(g, &loads, tile, 0, n, &ptrs, 0);
-    } else {
-        let chunks = n.div_ceil(PAR_CHUNK);
-        (0..chunks)
-            .into_par_iter()
-            .for_each(|c| exec_range(g, &loads, tile, c * PAR_CHUNK, ((c + 1) * PAR_CHUNK).min(n), &ptrs, 0));
+    run_args(g, inputs.iter().map(|d| Arg::Borrowed(d)).collect(), shape)
+}
+
+/// An input of [`run_args`].
+pub enum Arg<'a> {
+    /// Read only.
+    Borrowed(&'a Data),
+    /// Given up by the caller: when its buffer is held by no one else, is
+    /// contiguous over the whole iteration space and has an output's dtype,
+    /// that output is written into it in place instead of a new allocation.
+    Owned(Data),
+}
+
+impl Arg<'_> {
+    /// The input's value.
+    pub fn data(&self) -> &Data {
+        match self {
+            Arg::Borrowed(d) => d,
+            Arg::Owned(d) => d,
+        }
     }
-    finish_outputs(&mut outs, n);
-    Ok(outs.into_iter().map(|b| Data::contiguous(b, shape)).collect())
+}
+
+/// The input (if any) of `args` that can receive output `dtype` over `shape`
+/// in place, skipping inputs in `taken`: returns its index and buffer pointer.
+fn find_donor(args: &mut [Arg], dtype: DType, shape: &[usize], n: usize, taken: &[usize]) -> Option<(usize, OutPtr)> {
+    args.iter_mut().enumerate().find_map(|(j, a)| match a {
+        Arg::Owned(d)
+            if !taken.contains(&j)
+                && d.buffer.dtype() == dtype
+                && d.buffer.len() == n
+                && view_as(d, shape).contiguous_range() == Some(0..n) =>
+        {
+            let b = Arc::get_mut(&mut d.buffer)?;
+            Some((j, OutPtr(crate::with_buffer!(b, v => v.as_mut_ptr().cast::<u8>()))))
+        }
+        _ => None,
+    })
+}
+
+/// Runs a fused group over `shape` like [`run`], writing outputs into
+/// donated inputs' buffers where possible (see [`Arg::Owned`]).
+///
+/// In place is safe because a donor is read in place at exactly the
+/// positions being computed: each tile reads all its inputs and runs every
+/// op before it stores the tile's outputs, and tasks own disjoint ranges.
+pub fn run_args(g: &FusedGroup, mut args: Vec<Arg>, shape: &[usize]) -> crate::Result<Vec<Data>> {
+    let n: usize = shape.iter().product();
+    let mut donors: Vec<Option<usize>> = Vec::with_capacity(g.outputs.len());
+    let mut ptrs: Vec<Option<OutPtr>> = Vec::with_capacity(g.outputs.len());
+    for &r in &g.outputs {
+        let taken: Vec<usize> = donors.iter().flatten().copied().collect();
+        let (j, p) = find_donor(&mut args, g.reg_dtype(r), shape, n, &taken).unzip();
+        donors.push(j);
+        ptrs.push(p);
+    }
+    let fresh_regs: Vec<usize> = g.outputs.iter().zip(&donors).filter(|(_, d)| d.is_none()).map(|(&r, _)| r).collect();
+    let (fresh, fresh_ptrs) = alloc_outputs_of(g, &fresh_regs, n);
+    let mut fresh_ptrs = fresh_ptrs.into_iter();
+    let ptrs: Vec<OutPtr> = ptrs
+        .into_iter()
+        .map(|p| p.unwrap_or_else(|| fresh_ptrs.next().expect("one fresh buffer per output")))
+        .collect();
+    {
+        let loads: Vec<Load> = args.iter().map(|a| plan_load(&a.data().buffer, view_as(a.data(), shape))).collect();
+        Exec::new(g, loads, n).all(n, &ptrs);
+    }
+    let mut fresh = fresh.into_iter();
+    let mut owned: Vec<Option<Arc<Buffer>>> = args
+        .into_iter()
+        .map(|a| match a {
+            Arg::Owned(d) => Some(d.buffer),
+            Arg::Borrowed(_) => None,
+        })
+        .collect();
+    Ok(donors
+        .into_iter()
+        .map(|d| match d {
+            Some(j) => Data {
+                buffer: owned[j].take().expect("each donor receives one output"),
+                layout: Layout::contiguous(shape),
+            },
+            None => {
+                let mut b = fresh.next().expect("one fresh buffer per output");
+                // SAFETY: `all` ran over `0..n`, writing every element of
+                // each output buffer exactly once.
+                crate::with_buffer!(&mut b, v => unsafe { v.set_len(n) });
+                Data::contiguous(b, shape)
+            }
+        })
+        .collect())
 }
 
 /// Elements of producer values materialized at once by a fused reduction:
@@ -250,7 +508,7 @@ pub fn run_reduce(
     // The group's outputs for positions `lo..hi` of the permuted space, as `rows` rows.
     let produce = |lo: usize, hi: usize, rows: usize| -> Vec<Data> {
         let (mut scratch, ptrs) = alloc_outputs(g, hi - lo);
-        exec_range(g, &loads, TILE.min((hi - lo).max(1)), lo, hi, &ptrs, lo);
+        exec_range(g, loads.clone(), lo, hi, &ptrs);
         finish_outputs(&mut scratch, hi - lo);
         let row = (hi - lo).checked_div(rows).unwrap_or(n_red);
         scratch.into_iter().map(|b| Data::contiguous(b, &[rows, row])).collect()
@@ -408,4 +666,105 @@ fn view_as(d: &Data, shape: &[usize]) -> Layout {
 pub fn run_single(prim: &Primitive, inputs: &[&Data], shape: &[usize], dtype: DType) -> crate::Result<Data> {
     let g = FusedGroup::single(prim.clone(), inputs.iter().map(|d| d.buffer.dtype()).collect(), dtype);
     Ok(run(&g, inputs, shape)?.pop().expect("one output"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::primitive::UnaryOp;
+
+    fn f32_data(vals: Vec<f32>, layout: Layout) -> Data {
+        Data { buffer: Arc::new(Buffer::from_vec(vals)), layout }
+    }
+
+    fn vec_ptr(d: &Data) -> *const f32 {
+        d.buffer.as_slice::<f32>().expect("f32").as_ptr()
+    }
+
+    /// `tanh(a * b) + a` with `a` at argument 0 and `b` at argument 1.
+    fn group() -> FusedGroup {
+        let f = DType::F32;
+        let op = |prim, args: Vec<usize>| FusedOp { prim, args, dtype: f };
+        FusedGroup {
+            inputs: vec![f, f],
+            ops: vec![
+                op(Primitive::Binary(BinaryOp::Mul), vec![0, 1]),
+                op(Primitive::Unary(UnaryOp::Tanh), vec![2]),
+                op(Primitive::Binary(BinaryOp::Add), vec![3, 0]),
+            ],
+            outputs: vec![4],
+        }
+    }
+
+    fn reference(a: &[f64], b: &[f64]) -> Vec<f64> {
+        a.iter().zip(b).map(|(&x, &y)| (x * y).tanh() + x).collect()
+    }
+
+    fn assert_close(got: &[f32], want: &[f64]) {
+        assert_eq!(got.len(), want.len());
+        for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+            assert!((g as f64 - w).abs() <= 1e-5 * (1.0 + w.abs()), "element {i}: got {g}, want {w}");
+        }
+    }
+
+    /// Sizes around the tile and the parallel threshold.
+    fn sizes() -> Vec<usize> {
+        vec![1, TILE - 1, TILE, TILE + 1, 3 * TILE + 5, PAR_THRESHOLD + 3, PAR_CHUNK * 3 + TILE / 2]
+    }
+
+    #[test]
+    fn a_uniquely_owned_contiguous_input_receives_the_output_in_place() -> crate::Result<()> {
+        for n in sizes() {
+            let a: Vec<f32> = (0..n).map(|i| ((i * 37 % 101) as f32 - 50.0) / 17.0).collect();
+            // `b` read backwards (negative stride) from a longer buffer.
+            let b_buf: Vec<f32> = (0..n + 3).map(|i| ((i * 13 % 29) as f32 - 14.0) / 9.0).collect();
+            let b_ref: Vec<f64> = (0..n).map(|i| b_buf[n + 2 - i] as f64).collect();
+            let b = f32_data(b_buf, Layout { shape: vec![n], strides: vec![-1], offset: n + 2 });
+            let want = reference(&a.iter().map(|&v| v as f64).collect::<Vec<_>>(), &b_ref);
+            let a = f32_data(a, Layout::contiguous(&[n]));
+            let before = vec_ptr(&a);
+            let out = run_args(&group(), vec![Arg::Owned(a), Arg::Borrowed(&b)], &[n])?.pop().expect("one output");
+            assert_eq!(vec_ptr(&out), before, "n = {n}: the output should reuse the donated buffer");
+            assert_close(&out.to_vec::<f32>().expect("f32"), &want);
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn shared_or_strided_owned_inputs_are_not_overwritten() -> crate::Result<()> {
+        let n = TILE + 1;
+        let vals: Vec<f32> = (0..n).map(|i| i as f32 / n as f32 - 0.5).collect();
+        let a = f32_data(vals.clone(), Layout::contiguous(&[n]));
+        let keep = a.clone(); // a second holder: not donatable
+        let b = f32_data(vec![2.5], Layout { shape: vec![n], strides: vec![0], offset: 0 });
+        let want = reference(&vals.iter().map(|&v| v as f64).collect::<Vec<_>>(), &vec![2.5; n]);
+        let out = run_args(&group(), vec![Arg::Owned(a), Arg::Borrowed(&b)], &[n])?.pop().expect("one output");
+        assert_ne!(vec_ptr(&out), vec_ptr(&keep));
+        assert_eq!(keep.to_vec::<f32>().expect("f32"), vals, "a shared input must be left intact");
+        assert_close(&out.to_vec::<f32>().expect("f32"), &want);
+
+        // A uniquely owned but transposed input: read through its strides, not overwritten.
+        let (r, c) = (33, 40);
+        let t_vals: Vec<f32> = (0..r * c).map(|i| (i % 23) as f32 / 7.0 - 1.5).collect();
+        let t = f32_data(t_vals.clone(), Layout { shape: vec![c, r], strides: vec![1, c as isize], offset: 0 });
+        let t_ref: Vec<f64> = (0..c * r).map(|p| t_vals[(p % r) * c + p / r] as f64).collect();
+        let b = f32_data(vec![-0.75], Layout { shape: vec![c, r], strides: vec![0, 0], offset: 0 });
+        let want = reference(&t_ref, &vec![-0.75; r * c]);
+        let before = vec_ptr(&t);
+        let out = run_args(&group(), vec![Arg::Owned(t), Arg::Borrowed(&b)], &[c, r])?.pop().expect("one output");
+        assert_ne!(vec_ptr(&out), before);
+        assert_close(&out.to_vec::<f32>().expect("f32"), &want);
+        Ok(())
+    }
+
+    #[test]
+    fn registers_are_shared_once_their_last_reader_has_run() {
+        let g = group();
+        let plan = RegPlan::new(&g);
+        // mul -> tanh -> add: tanh reads mul's slot, add reads tanh's, so two slots suffice.
+        assert_eq!(plan.slot_dtype.len(), 2);
+        assert_ne!(plan.op_slot[0], plan.op_slot[1]);
+        assert_ne!(plan.op_slot[1], plan.op_slot[2]);
+        assert_eq!(plan.op_slot[0], plan.op_slot[2]);
+    }
 }

@@ -3,10 +3,11 @@
 
 use crate::backend::cpu::math::{sigmoid_f32, sigmoid_f64, sign_f32, sign_f64, FloatMath, IntMath};
 use crate::backend::cpu::simd_math::{self, Func};
-use crate::backend::cpu::tile::{map1, Src};
+use crate::backend::cpu::tile::{map1, multiversion, Src};
 use crate::backend::cpu::{Buffer, BufferElement};
 use crate::primitive::UnaryOp;
 
+#[inline(always)]
 fn float_unary<F: FloatMath>(op: UnaryOp, x: Src, out: &mut Buffer) {
     use UnaryOp::*;
     macro_rules! m {
@@ -74,6 +75,12 @@ fn bool_unary(op: UnaryOp, x: Src, out: &mut Buffer) {
     }
 }
 
+multiversion! {
+    /// `f32`/`f64` unary ops, vectorized at the best SIMD level (the
+    /// transcendental `f32` ones go through [`simd_math`] instead).
+    fn float_unary_simd<F: FloatMath>(op: UnaryOp, x: Src, out: &mut Buffer) => float_unary
+}
+
 /// The vectorized `f32` kernel for `op`, if [`simd_math`] has one.
 fn simd_func(op: UnaryOp) -> Option<Func> {
     use UnaryOp::*;
@@ -106,8 +113,8 @@ pub fn unary(op: UnaryOp, x: Src, out: &mut Buffer) {
                 let os = f32::slice_of_mut(out).expect("register dtype matches the op's output dtype");
                 simd_math::apply(f, simd_math::detected_level(), x.slice::<f32>(), &mut os[..x.len]);
             }
-            None => float_unary::<f32>(op, x, out),
+            None => float_unary_simd::<f32>(op, x, out),
         },
-        Buffer::F64(_) => float_unary::<f64>(op, x, out),
+        Buffer::F64(_) => float_unary_simd::<f64>(op, x, out),
     }
 }

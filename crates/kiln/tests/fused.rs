@@ -1,0 +1,164 @@
+//! The fused elementwise executor on every input layout (contiguous,
+//! transposed, negatively strided, broadcast, 0-d scalar) at sizes around
+//! the tile length and the parallel threshold, compiled and eager, against
+//! plain f64 loops; and multi-kernel programs whose intermediates are
+//! overwritten in place by later kernels.
+
+mod common;
+
+use common::*;
+use kiln::backend::cpu::strided::PAR_THRESHOLD;
+use kiln::backend::cpu::tile::TILE;
+use kiln::{compile, Array, Result};
+
+/// `(r, c)` shapes whose element counts straddle the tile and the parallel threshold.
+fn shapes() -> Vec<(usize, usize)> {
+    let split = |n: usize| {
+        let r = (1..=64).rev().find(|&r| n.is_multiple_of(r)).expect("1 divides n");
+        (r, n / r)
+    };
+    vec![
+        (1, 1),
+        split(TILE - 1),
+        split(TILE),
+        split(TILE + 1),
+        split(2 * TILE + 1),
+        split(PAR_THRESHOLD - 1),
+        split(PAR_THRESHOLD + 7),
+        (181, 183),
+    ]
+}
+
+/// The function under test: several ops of one fused group, mixing three
+/// operands and a 0-d scalar.
+fn f(x: &Array, y: &Array, s: &Array) -> Result<Array> {
+    let t = (((x * y)? + s)?.tanh()? * x)?;
+    (t - (y * 0.25f32)?.erf()?)? * 1.5f32
+}
+
+fn reference(x: f64, y: f64, s: f64) -> f64 {
+    (((x * y + s).tanh() * x) - erf_ref(y * 0.25)) * 1.5
+}
+
+fn check(got: &Array, want: &[f64], what: &str) {
+    let got = values_f64(got);
+    assert_eq!(got.len(), want.len(), "{what}");
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        assert!(close(g, w, 2e-5, 2e-6), "{what}: element {i}: got {g}, want {w}");
+    }
+}
+
+#[test]
+fn fused_groups_read_every_layout_at_tile_boundaries() -> Result<()> {
+    let mut rng = Rng::new(7);
+    let compiled = compile(f);
+    for (r, c) in shapes() {
+        for (vx, vy) in [
+            (View::Contiguous, View::BroadcastRow),
+            (View::Transposed, View::Reversed),
+            (View::Reversed, View::BroadcastCol),
+            (View::BroadcastCol, View::Transposed),
+            (View::Contiguous, View::Contiguous),
+        ] {
+            let xs: Vec<f32> = rng.floats(r * c, -3.0, 3.0).into_iter().map(|v| v as f32).collect();
+            let ys: Vec<f32> = rng.floats(r * c, -2.0, 2.0).into_iter().map(|v| v as f32).collect();
+            let (x, xl) = make_view(vx, &xs, r, c, f32::NAN)?;
+            let (y, yl) = make_view(vy, &ys, r, c, f32::NAN)?;
+            let s = Array::from_slice(&[0.375f32], &[])?;
+            let want: Vec<f64> = xl.iter().zip(&yl).map(|(&a, &b)| reference(a as f64, b as f64, 0.375)).collect();
+            let what = format!("{r}x{c} x {vx:?} y {vy:?}");
+            check(&compiled.call((&x, &y, &s))?, &want, &format!("compiled {what}"));
+            check(&f(&x, &y, &s)?, &want, &format!("eager {what}"));
+        }
+    }
+    Ok(())
+}
+
+/// Two fused groups around a reduction: the first group's output is freed
+/// by the last kernel, which may write its result over it.
+fn centered(x: &Array, y: &Array) -> Result<Array> {
+    let h = (x * y)?.tanh()?;
+    let m = h.mean(-1, true)?;
+    ((&h - &m)? * 3.0f32)? + (&h * &h)?
+}
+
+#[test]
+fn intermediates_overwritten_in_place_give_the_same_values() -> Result<()> {
+    let mut rng = Rng::new(11);
+    let compiled = compile(centered);
+    for (r, c) in shapes() {
+        for vx in [View::Contiguous, View::Transposed, View::Reversed] {
+            let xs: Vec<f32> = rng.floats(r * c, -2.0, 2.0).into_iter().map(|v| v as f32).collect();
+            let ys: Vec<f32> = rng.floats(c, -2.0, 2.0).into_iter().map(|v| v as f32).collect();
+            let (x, xl) = make_view(vx, &xs, r, c, f32::NAN)?;
+            let y = Array::from_slice(&ys, &[c])?;
+            let mut want = vec![0.0; r * c];
+            for i in 0..r {
+                let h: Vec<f64> = (0..c).map(|j| (xl[i * c + j] as f64 * ys[j] as f64).tanh()).collect();
+                let m = h.iter().sum::<f64>() / c as f64;
+                for j in 0..c {
+                    want[i * c + j] = (h[j] - m) * 3.0 + h[j] * h[j];
+                }
+            }
+            let what = format!("{r}x{c} x {vx:?}");
+            check(&compiled.call((&x, &y))?, &want, &format!("compiled {what}"));
+            check(&centered(&x, &y)?, &want, &format!("eager {what}"));
+            // The arguments are never overwritten.
+            assert_eq!(values_f64(&x), xl.iter().map(|&v| v as f64).collect::<Vec<_>>(), "{what}: x changed");
+        }
+    }
+    Ok(())
+}
+
+/// A concatenation (its own kernel, a fresh buffer) feeding a fused group
+/// that is its last reader: the group may write over the concatenation.
+fn joined(x: &Array, y: &Array) -> Result<Array> {
+    let j = kiln::concatenate(&[x.tanh()?, y.clone()], 0)?;
+    ((&j * 3.0f32)? + 1.0f32)?.erf()
+}
+
+#[test]
+fn a_freed_intermediate_written_over_gives_the_same_values() -> Result<()> {
+    let mut rng = Rng::new(5);
+    let compiled = compile(joined);
+    for (r, c) in shapes() {
+        for vy in [View::Contiguous, View::Reversed, View::BroadcastRow] {
+            let xs: Vec<f32> = rng.floats(r * c, -2.0, 2.0).into_iter().map(|v| v as f32).collect();
+            let ys: Vec<f32> = rng.floats(r * c, -1.0, 1.0).into_iter().map(|v| v as f32).collect();
+            let x = Array::from_slice(&xs, &[r, c])?;
+            let (y, yl) = make_view(vy, &ys, r, c, f32::NAN)?;
+            let j = xs.iter().map(|&v| (v as f64).tanh()).chain(yl.iter().map(|&v| v as f64));
+            let want: Vec<f64> = j.map(|v| erf_ref(v * 3.0 + 1.0)).collect();
+            let what = format!("{r}x{c} y {vy:?}");
+            check(&compiled.call((&x, &y))?, &want, &format!("compiled {what}"));
+            check(&joined(&x, &y)?, &want, &format!("eager {what}"));
+            assert_eq!(values_f64(&y), yl.iter().map(|&v| v as f64).collect::<Vec<_>>(), "{what}: y changed");
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn matmul_epilogue_results_are_unchanged_by_writing_over_the_product() -> Result<()> {
+    let mut rng = Rng::new(3);
+    let mm = compile(|a: &Array, b: &Array, bias: &Array| (a.matmul(b)? + bias)?.tanh()? * 2.0f32);
+    for (m, k, n) in [(3, 5, 7), (33, 17, TILE + 1), (64, 8, 600)] {
+        let av: Vec<f32> = rng.floats(m * k, -1.0, 1.0).into_iter().map(|v| v as f32).collect();
+        let bv: Vec<f32> = rng.floats(k * n, -1.0, 1.0).into_iter().map(|v| v as f32).collect();
+        let biasv: Vec<f32> = rng.floats(n, -1.0, 1.0).into_iter().map(|v| v as f32).collect();
+        let (a, b, bias) =
+            (Array::from_slice(&av, &[m, k])?, Array::from_slice(&bv, &[k, n])?, Array::from_slice(&biasv, &[n])?);
+        let mut want = vec![0.0; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                let dot: f64 = (0..k).map(|l| av[i * k + l] as f64 * bv[l * n + j] as f64).sum();
+                want[i * n + j] = (dot + biasv[j] as f64).tanh() * 2.0;
+            }
+        }
+        let got = values_f64(&mm.call((&a, &b, &bias))?);
+        for (i, (&g, &w)) in got.iter().zip(&want).enumerate() {
+            assert!(close(g, w, 1e-4, 1e-5), "{m}x{k}x{n}: element {i}: got {g}, want {w}");
+        }
+    }
+    Ok(())
+}
