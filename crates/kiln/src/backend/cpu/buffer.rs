@@ -188,3 +188,10 @@ buffer_element!(f64, F64);
 pub fn elem_type<T>(_: &Vec<T>) -> std::marker::PhantomData<T> {
     std::marker::PhantomData
 }
+
+/// Large buffers go back to the [`pool`](crate::backend::cpu::pool) for reuse.
+impl Drop for Buffer {
+    fn drop(&mut self) {
+        crate::backend::cpu::pool::give(self);
+    }
+}

@@ -330,51 +330,10 @@ fn alloc_outputs(g: &FusedGroup, n: usize) -> (Vec<Buffer>, Vec<OutPtr>) {
 
 /// Buffers with room for `n` elements of each of registers `regs`, and their pointers.
 fn alloc_outputs_of(g: &FusedGroup, regs: &[usize], n: usize) -> (Vec<Buffer>, Vec<OutPtr>) {
-    let mut outs: Vec<Buffer> = regs
-        .iter()
-        .map(|&r| crate::with_dtype!(g.reg_dtype(r), T => Buffer::from_vec(Vec::<T>::with_capacity(n))))
-        .collect();
-    let ptrs = outs
-        .iter_mut()
-        .map(|b| {
-            let (p, bytes) = crate::with_buffer!(b, v => (v.as_mut_ptr().cast::<u8>(), std::mem::size_of_val(v.spare_capacity_mut())));
-            advise_huge_pages(p, bytes);
-            OutPtr(p)
-        })
-        .collect();
+    let mut outs: Vec<Buffer> = regs.iter().map(|&r| crate::backend::cpu::pool::take(g.reg_dtype(r), n)).collect();
+    let ptrs = outs.iter_mut().map(|b| OutPtr(crate::with_buffer!(b, v => v.as_mut_ptr().cast::<u8>()))).collect();
     (outs, ptrs)
 }
-
-/// Outputs at least this large (bytes) ask for transparent huge pages.
-const HUGE_PAGE_OUTPUT: usize = 8 << 20;
-
-/// Asks Linux to back a large, freshly allocated output with transparent
-/// huge pages. Such an allocation is a fresh mapping whose every 4 KiB page
-/// faults on first write, which costs more than computing most elementwise
-/// groups; 2 MiB pages fault 512 times less often.
-#[cfg(target_os = "linux")]
-fn advise_huge_pages(ptr: *mut u8, bytes: usize) {
-    const MADV_HUGEPAGE: i32 = 14;
-    const HUGE: usize = 1 << 21;
-    extern "C" {
-        fn madvise(addr: *mut std::ffi::c_void, len: usize, advice: i32) -> i32;
-    }
-    if bytes < HUGE_PAGE_OUTPUT {
-        return;
-    }
-    let start = (ptr as usize).next_multiple_of(HUGE);
-    let end = (ptr as usize + bytes) & !(HUGE - 1);
-    if end > start {
-        // SAFETY: `start..end` lies inside the allocation of `bytes` bytes at
-        // `ptr` (page-aligned, as madvise requires). MADV_HUGEPAGE is advice
-        // about how the kernel backs the range: it never changes its contents
-        // or validity, and a failure (e.g. THP disabled) only leaves 4 KiB pages.
-        unsafe { madvise(start as *mut std::ffi::c_void, end - start, MADV_HUGEPAGE) };
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn advise_huge_pages(_: *mut u8, _: usize) {}
 
 /// Marks `n` elements of each output as written.
 fn finish_outputs(outs: &mut [Buffer], n: usize) {

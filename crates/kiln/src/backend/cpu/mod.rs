@@ -10,6 +10,7 @@ pub mod fused;
 pub mod index;
 pub mod math;
 pub mod matmul;
+pub mod pool;
 pub mod random;
 pub mod reduce;
 pub mod rows;

@@ -515,11 +515,25 @@ impl<A: AccFloat> Lse<A> {
     fn block<I: Copy>(xs: &[I], widen: impl Fn(I) -> A) -> Lse<A> {
         let n = xs.len();
         let mut v = [A::ZERO; BLOCK];
-        let mut m = A::NEG_INF;
         for (d, &x) in v.iter_mut().zip(xs) {
             *d = widen(x);
-            m = fmax(m, *d);
         }
+        // The maximum with independent lanes (a single running maximum is a
+        // dependency chain), NaN tracked apart so the loop stays branch-free.
+        let mut lanes = [A::NEG_INF; LANES];
+        let mut nan = false;
+        let mut chunks = v[..n].chunks_exact(LANES);
+        for c in &mut chunks {
+            for (a, &x) in lanes.iter_mut().zip(c) {
+                *a = if x > *a { x } else { *a };
+                nan |= is_nan(x);
+            }
+        }
+        for (a, &x) in lanes.iter_mut().zip(chunks.remainder()) {
+            *a = if x > *a { x } else { *a };
+            nan |= is_nan(x);
+        }
+        let m = if nan { A::NAN } else { lanes.iter().fold(A::NEG_INF, |a, &x| if x > a { x } else { a }) };
         if !m.is_finite() {
             return if m == A::NEG_INF { Lse::EMPTY } else { Lse { m, s: A::ONE } };
         }

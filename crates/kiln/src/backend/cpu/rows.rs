@@ -29,7 +29,7 @@ impl RowSink {
     /// An unwritten output of `rows` rows of `row_len` elements of `dtype`.
     pub fn new(dtype: DType, rows: usize, row_len: usize) -> RowSink {
         let len = rows * row_len;
-        let mut buf = crate::with_dtype!(dtype, T => Buffer::from_vec(Vec::<T>::with_capacity(len)));
+        let mut buf = crate::backend::cpu::pool::take(dtype, len);
         let ptr = crate::with_buffer!(&mut buf, v => v.as_mut_ptr().cast::<u8>());
         let claimed = (0..rows).map(|_| AtomicBool::new(false)).collect();
         RowSink { buf, ptr, row_len, len, claimed, written: AtomicUsize::new(0) }

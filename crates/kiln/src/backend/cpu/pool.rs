@@ -1,0 +1,136 @@
+//! A pool of large freed buffers. A big output allocated fresh is a new
+//! mapping from the OS whose pages fault and are zeroed on first write,
+//! which costs as much as the elementwise work itself; instead, buffers of
+//! at least [`MIN_BYTES`] are kept when dropped (up to [`MAX_BYTES`] in all)
+//! and handed out again for outputs of a similar size. Fresh large buffers
+//! ask for transparent huge pages.
+
+use std::sync::Mutex;
+
+use crate::backend::cpu::Buffer;
+use crate::dtype::DType;
+
+/// Buffers smaller than this are left to the allocator.
+pub const MIN_BYTES: usize = 4 << 20;
+/// At most this many bytes are kept.
+pub const MAX_BYTES: usize = 512 << 20;
+/// At most this many buffers are kept.
+const MAX_ENTRIES: usize = 16;
+
+static POOL: Mutex<Vec<Buffer>> = Mutex::new(Vec::new());
+
+fn capacity_bytes(b: &Buffer) -> usize {
+    crate::with_buffer!(b, v => v.capacity() * std::mem::size_of_val(&v.first().copied().unwrap_or_default()))
+}
+
+/// An empty buffer of `dtype` with room for at least `n` elements: a pooled
+/// one when a large enough one of the dtype is kept, else a fresh one.
+pub fn take(dtype: DType, n: usize) -> Buffer {
+    let bytes = n.saturating_mul(dtype.size());
+    if bytes >= MIN_BYTES {
+        let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
+        // The smallest kept buffer that fits, and wastes at most half.
+        let best = pool
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| b.dtype() == dtype)
+            .map(|(i, b)| (i, capacity_bytes(b)))
+            .filter(|&(_, c)| c >= bytes && c <= bytes + bytes / 2)
+            .min_by_key(|&(_, c)| c)
+            .map(|(i, _)| i);
+        if let Some(i) = best {
+            return pool.swap_remove(i);
+        }
+    }
+    let mut b = crate::with_dtype!(dtype, T => Buffer::from_vec(Vec::<T>::with_capacity(n)));
+    if bytes >= MIN_BYTES {
+        crate::with_buffer!(&mut b, v => advise_huge_pages(v.as_mut_ptr().cast::<u8>(), bytes));
+    }
+    b
+}
+
+/// Called when a buffer is dropped: keeps its storage if it is large and
+/// the pool has room (evicting the oldest buffers when it is full).
+pub fn give(b: &mut Buffer) {
+    let bytes = capacity_bytes(b);
+    if bytes < MIN_BYTES || bytes > MAX_BYTES {
+        return;
+    }
+    let mut kept = std::mem::replace(b, Buffer::Bool(Vec::new()));
+    crate::with_buffer!(&mut kept, v => v.clear());
+    let mut evicted = vec![];
+    {
+        let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
+        pool.push(kept);
+        let mut total: usize = pool.iter().map(capacity_bytes).sum();
+        while total > MAX_BYTES || pool.len() > MAX_ENTRIES {
+            let old = pool.remove(0);
+            total -= capacity_bytes(&old);
+            evicted.push(old);
+        }
+    }
+    // Dropped outside the lock, with their storage released first so that
+    // their own drop does not come back here.
+    for mut old in evicted {
+        crate::with_buffer!(&mut old, v => drop(std::mem::take(v)));
+    }
+}
+
+/// Bytes currently kept (for tests).
+pub fn kept_bytes() -> usize {
+    POOL.lock().unwrap_or_else(|e| e.into_inner()).iter().map(capacity_bytes).sum()
+}
+
+/// Asks Linux to back a large, fresh allocation with transparent huge
+/// pages: its pages fault on first write, and 2 MiB pages fault 512 times
+/// less often than 4 KiB ones.
+#[cfg(target_os = "linux")]
+fn advise_huge_pages(ptr: *mut u8, bytes: usize) {
+    const MADV_HUGEPAGE: i32 = 14;
+    const HUGE: usize = 1 << 21;
+    extern "C" {
+        fn madvise(addr: *mut std::ffi::c_void, len: usize, advice: i32) -> i32;
+    }
+    let start = (ptr as usize).next_multiple_of(HUGE);
+    let end = (ptr as usize + bytes) & !(HUGE - 1);
+    if end > start {
+        // SAFETY: `start..end` lies inside the allocation of `bytes` bytes at
+        // `ptr` (page-aligned, as madvise requires). MADV_HUGEPAGE is advice
+        // about how the kernel backs the range: it never changes its contents
+        // or validity, and a failure (e.g. THP disabled) only leaves 4 KiB pages.
+        unsafe { madvise(start as *mut std::ffi::c_void, end - start, MADV_HUGEPAGE) };
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn advise_huge_pages(_: *mut u8, _: usize) {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn large_buffers_are_reused_and_small_ones_are_not() {
+        let n = MIN_BYTES / 4 + 1000;
+        let mut b = take(DType::F32, n);
+        let ptr = crate::with_buffer!(&mut b, v => {
+            v.resize(n, 1.5);
+            v.as_ptr() as usize
+        });
+        drop(b);
+        let again = take(DType::F32, n - 10);
+        let (p2, len) = crate::with_buffer!(&again, v => (v.as_ptr() as usize, v.len()));
+        assert_eq!(len, 0, "a pooled buffer comes back empty");
+        // Another thread may have taken it in between (tests run in
+        // parallel); when it comes back, it is the same storage.
+        if p2 == ptr {
+            assert!(crate::with_buffer!(&again, v => v.capacity()) >= n);
+        }
+        let small = take(DType::F32, 16);
+        drop(small);
+        assert!(kept_bytes() <= MAX_BYTES);
+        // A different dtype never gets this storage.
+        let other = take(DType::I32, n);
+        assert_ne!(crate::with_buffer!(&other, v => v.as_ptr() as usize), ptr);
+    }
+}
