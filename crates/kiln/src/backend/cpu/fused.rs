@@ -463,6 +463,24 @@ pub fn run_reduce(
     let n_out: usize = (0..nd).filter(|a| !axes.contains(a)).map(|a| shape[a]).product();
     let n_red: usize = axes.iter().map(|&a| shape[a]).product();
     let out_shape = crate::primitive::reduced_shape(shape, axes, false);
+    // Reductions of the inputs themselves (siblings such as max and sumexp
+    // of x) read them in place, each with the reduction kernel's own walk.
+    let copied_input = |r: usize| -> Option<usize> {
+        let op = g.ops.get(r.checked_sub(g.inputs.len())?)?;
+        let src = *op.args.first()?;
+        (matches!(op.prim, Primitive::AsType(d) if d == g.reg_dtype(src)) && src < g.inputs.len()).then_some(src)
+    };
+    if let Some(regs) = g.outputs.iter().map(|&r| copied_input(r)).collect::<Option<Vec<usize>>>() {
+        return reductions
+            .iter()
+            .map(|&(op, i)| {
+                let d = inputs[regs[i]];
+                let v = Data { buffer: d.buffer.clone(), layout: view_as(d, shape) };
+                let out = reduce::reduce(op, &v, axes, op.out_dtype(d.buffer.dtype()))?;
+                Ok(Data::contiguous(out, &out_shape))
+            })
+            .collect();
+    }
     let out_dtypes: Vec<DType> = reductions.iter().map(|&(op, i)| op.out_dtype(g.reg_dtype(g.outputs[i]))).collect();
     // The group's outputs for positions `lo..hi` of the permuted space, as `rows` rows.
     let produce = |lo: usize, hi: usize, rows: usize| -> Vec<Data> {

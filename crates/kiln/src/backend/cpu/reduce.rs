@@ -514,22 +514,20 @@ impl<A: AccFloat> Lse<A> {
     /// A block: its maximum, then one vectorized `exp` pass.
     fn block<I: Copy>(xs: &[I], widen: impl Fn(I) -> A) -> Lse<A> {
         let n = xs.len();
-        let mut v = [A::ZERO; BLOCK];
-        for (d, &x) in v.iter_mut().zip(xs) {
-            *d = widen(x);
-        }
         // The maximum with independent lanes (a single running maximum is a
         // dependency chain), NaN tracked apart so the loop stays branch-free.
         let mut lanes = [A::NEG_INF; LANES];
         let mut nan = false;
-        let mut chunks = v[..n].chunks_exact(LANES);
+        let mut chunks = xs.chunks_exact(LANES);
         for c in &mut chunks {
             for (a, &x) in lanes.iter_mut().zip(c) {
+                let x = widen(x);
                 *a = if x > *a { x } else { *a };
                 nan |= is_nan(x);
             }
         }
         for (a, &x) in lanes.iter_mut().zip(chunks.remainder()) {
+            let x = widen(x);
             *a = if x > *a { x } else { *a };
             nan |= is_nan(x);
         }
@@ -537,8 +535,9 @@ impl<A: AccFloat> Lse<A> {
         if !m.is_finite() {
             return if m == A::NEG_INF { Lse::EMPTY } else { Lse { m, s: A::ONE } };
         }
-        for d in &mut v[..n] {
-            *d = *d - m;
+        let mut v = [A::ZERO; BLOCK];
+        for (d, &x) in v.iter_mut().zip(xs) {
+            *d = widen(x) - m;
         }
         let mut e = [A::ZERO; BLOCK];
         A::exp_slice(&v[..n], &mut e[..n]);
