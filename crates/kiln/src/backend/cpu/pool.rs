@@ -53,7 +53,7 @@ pub fn take(dtype: DType, n: usize) -> Buffer {
 /// the pool has room (evicting the oldest buffers when it is full).
 pub fn give(b: &mut Buffer) {
     let bytes = capacity_bytes(b);
-    if bytes < MIN_BYTES || bytes > MAX_BYTES {
+    if !(MIN_BYTES..=MAX_BYTES).contains(&bytes) {
         return;
     }
     let mut kept = std::mem::replace(b, Buffer::Bool(Vec::new()));
