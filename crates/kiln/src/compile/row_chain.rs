@@ -18,7 +18,8 @@ use std::ops::Range;
 use rayon::prelude::*;
 
 use crate::array::Data;
-use crate::backend::cpu::rows::RowSink;
+use crate::backend::cpu::fused::{self, Arg};
+use crate::backend::cpu::rows::{Claimed, RowSink};
 use crate::compile::executable::{run_step, Executable, Step};
 use crate::error::{Error, Result};
 use crate::layout::Layout;
@@ -145,7 +146,34 @@ pub fn run<'a, S: AsRef<[usize]> + ?Sized + 'a>(
                     }
                 })
                 .collect();
-            let args = ins.into_iter().map(crate::backend::cpu::fused::Arg::Owned).collect();
+            let args: Vec<Arg> = ins.into_iter().map(Arg::Owned).collect();
+            // A fused step writes the values that escape (and that no later
+            // step of the chain reads) straight into their sinks.
+            let sink_of = |o: usize| {
+                let read_later = steps.iter().any(|s2| s2.inputs.contains(&o));
+                chain.escapes.iter().position(|&e| e == o).filter(|_| !read_later)
+            };
+            if let Kernel::Fused(g) = &st.kernel {
+                if st.outputs.iter().any(|&o| sink_of(o).is_some()) {
+                    let mut shape = shape_of(st.outputs[0]).as_ref().to_vec();
+                    shape[0] = r1 - r0;
+                    let into: Vec<Option<Claimed>> =
+                        st.outputs.iter().map(|&o| sink_of(o).map(|k| sinks[k].claim(r0, r1 - r0))).collect();
+                    let outs = fused::run_into(g, args, &shape, &into)?;
+                    for c in into.into_iter().flatten() {
+                        c.written();
+                    }
+                    for (&o, d) in st.outputs.iter().zip(outs) {
+                        if let Some(d) = d {
+                            if let Some(k) = chain.escapes.iter().position(|&e| e == o) {
+                                sinks[k].write(r0, &d.buffer);
+                            }
+                            local.push((o, d));
+                        }
+                    }
+                    continue;
+                }
+            }
             let outs = run_step(p, st, args, |v| {
                 let mut s = shape_of(v).as_ref().to_vec();
                 s[0] = r1 - r0;

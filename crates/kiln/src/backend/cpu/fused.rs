@@ -9,6 +9,7 @@
 //! Eager elementwise ops run through here too, as groups of one op.
 
 use crate::array::Data;
+use crate::backend::cpu::rows::Claimed;
 use crate::backend::cpu::strided::{PAR_CHUNK, PAR_THRESHOLD};
 use crate::backend::cpu::tile::{Src, TILE};
 use crate::backend::cpu::{binary, cast, reduce, unary, Buffer};
@@ -392,19 +393,38 @@ fn find_donor(args: &mut [Arg], dtype: DType, shape: &[usize], n: usize, taken: 
 /// In place is safe because a donor is read in place at exactly the
 /// positions being computed: each tile reads all its inputs and runs every
 /// op before it stores the tile's outputs, and tasks own disjoint ranges.
-pub fn run_args(g: &FusedGroup, mut args: Vec<Arg>, shape: &[usize]) -> crate::Result<Vec<Data>> {
+pub fn run_args(g: &FusedGroup, args: Vec<Arg>, shape: &[usize]) -> crate::Result<Vec<Data>> {
+    Ok(run_into(g, args, shape, &[])?.into_iter().map(|d| d.expect("no output was written elsewhere")).collect())
+}
+
+/// Runs a fused group over `shape` like [`run_args`], writing output `k`
+/// into the claimed sink rows `into[k]` when given (it then returns `None`
+/// for that output): a row-blocked chain writes its results in place.
+pub fn run_into(
+    g: &FusedGroup,
+    mut args: Vec<Arg>,
+    shape: &[usize],
+    into: &[Option<Claimed>],
+) -> crate::Result<Vec<Option<Data>>> {
     let n: usize = shape.iter().product();
     let mut donors: Vec<Option<usize>> = Vec::with_capacity(g.outputs.len());
     let mut ptrs: Vec<Option<OutPtr>> = Vec::with_capacity(g.outputs.len());
-    for &r in &g.outputs {
+    for (k, &r) in g.outputs.iter().enumerate() {
+        if let Some(Some(c)) = into.get(k) {
+            assert!(c.dtype() == g.reg_dtype(r) && c.len() == n, "claimed rows match the output");
+            donors.push(None);
+            ptrs.push(Some(OutPtr(c.ptr())));
+            continue;
+        }
         let taken: Vec<usize> = donors.iter().flatten().copied().collect();
         let (j, p) = find_donor(&mut args, g.reg_dtype(r), shape, n, &taken).unzip();
         donors.push(j);
         ptrs.push(p);
     }
-    let fresh_regs: Vec<usize> = g.outputs.iter().zip(&donors).filter(|(_, d)| d.is_none()).map(|(&r, _)| r).collect();
+    let fresh_regs: Vec<usize> = g.outputs.iter().zip(&ptrs).filter(|(_, p)| p.is_none()).map(|(&r, _)| r).collect();
     let (fresh, fresh_ptrs) = alloc_outputs_of(g, &fresh_regs, n);
     let mut fresh_ptrs = fresh_ptrs.into_iter();
+    let external: Vec<bool> = ptrs.iter().map(|p| p.is_some()).collect();
     let ptrs: Vec<OutPtr> = ptrs
         .into_iter()
         .map(|p| p.unwrap_or_else(|| fresh_ptrs.next().expect("one fresh buffer per output")))
@@ -423,17 +443,21 @@ pub fn run_args(g: &FusedGroup, mut args: Vec<Arg>, shape: &[usize]) -> crate::R
         .collect();
     Ok(donors
         .into_iter()
-        .map(|d| match d {
-            Some(j) => Data {
+        .zip(external)
+        .enumerate()
+        .map(|(k, (d, ext))| match d {
+            Some(j) => Some(Data {
                 buffer: owned[j].take().expect("each donor receives one output"),
                 layout: Layout::contiguous(shape),
-            },
+            }),
+            None if ext && into.get(k).is_some_and(|c| c.is_some()) => None,
+            None if ext => unreachable!("external pointers come from `into` or donors"),
             None => {
                 let mut b = fresh.next().expect("one fresh buffer per output");
                 // SAFETY: `all` ran over `0..n`, writing every element of
                 // each output buffer exactly once.
                 crate::with_buffer!(&mut b, v => unsafe { v.set_len(n) });
-                Data::contiguous(b, shape)
+                Some(Data::contiguous(b, shape))
             }
         })
         .collect())

@@ -64,6 +64,19 @@ impl RowSink {
         v.len()
     }
 
+    /// Claims rows `row0..row0 + rows` for a kernel that writes them in
+    /// place (see [`Claimed`]).
+    ///
+    /// # Panics
+    /// If the rows fall outside the sink or were claimed before.
+    pub fn claim(&self, row0: usize, rows: usize) -> Claimed<'_> {
+        assert!(row0 + rows <= self.claimed.len(), "row sink: rows {row0}.. out of range");
+        for c in &self.claimed[row0..row0 + rows] {
+            assert!(!c.swap(true, Ordering::Relaxed), "row sink: a row written twice");
+        }
+        Claimed { sink: self, at: row0 * self.row_len, len: rows * self.row_len }
+    }
+
     /// The filled buffer, or `None` if some row was never written.
     pub fn finish(mut self) -> Option<Buffer> {
         if self.written.load(Ordering::Relaxed) != self.len {
@@ -73,5 +86,42 @@ impl RowSink {
         // (disjoint blocks adding up to `len`).
         crate::with_buffer!(&mut self.buf, v => unsafe { v.set_len(self.len) });
         Some(std::mem::replace(&mut self.buf, Buffer::F32(vec![])))
+    }
+}
+
+/// Rows of a [`RowSink`] claimed by one writer, which fills all of them
+/// and then calls [`Claimed::written`].
+pub struct Claimed<'a> {
+    sink: &'a RowSink,
+    at: usize,
+    len: usize,
+}
+
+impl Claimed<'_> {
+    /// The element type the rows hold.
+    pub fn dtype(&self) -> DType {
+        self.sink.buf.dtype()
+    }
+
+    /// Number of elements claimed.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True when no element is claimed.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The first claimed element, for a kernel that writes exactly
+    /// [`len`](Claimed::len) elements of [`dtype`](Claimed::dtype) there.
+    pub fn ptr(&self) -> *mut u8 {
+        // The offset stays inside the sink's allocation (`at + len <= sink.len`).
+        self.sink.ptr.wrapping_add(self.at * self.dtype().size())
+    }
+
+    /// Records that every claimed element was written.
+    pub fn written(self) {
+        self.sink.written.fetch_add(self.len, Ordering::Relaxed);
     }
 }
