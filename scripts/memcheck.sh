@@ -9,6 +9,6 @@ if ! command -v valgrind >/dev/null; then
   apt-get update -qq && apt-get install -y -qq valgrind >/dev/null
 fi
 export CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER="valgrind --error-exitcode=9 -q"
-cargo test -p kiln --test compile --test shape --test linalg -- --test-threads=2
+cargo test -p kiln --test compile --test shape --test linalg --test fused -- --test-threads=2
 # The accuracy sweeps take minutes under valgrind: check every length and the special values.
 cargo test -p kiln --test simd_math -- --test-threads=2 lengths_and_levels_agree special_values
