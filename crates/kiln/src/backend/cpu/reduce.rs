@@ -408,6 +408,7 @@ trait AccFloat:
     const ZERO: Self;
     const ONE: Self;
     const NEG_INF: Self;
+    const INF: Self;
     const NAN: Self;
     fn exp(self) -> Self;
     fn ln(self) -> Self;
@@ -423,6 +424,7 @@ macro_rules! acc_float {
             const ZERO: $t = 0.0;
             const ONE: $t = 1.0;
             const NEG_INF: $t = <$t>::NEG_INFINITY;
+            const INF: $t = <$t>::INFINITY;
             const NAN: $t = <$t>::NAN;
             #[inline(always)]
             fn exp(self) -> $t {
@@ -712,24 +714,14 @@ fn fmin<F: PartialOrd + Copy>(a: F, x: F) -> F {
 /// Float types and the precision they accumulate in (`f16`/`bf16` in `f32`).
 trait Widen: Element {
     type Acc: AccFloat;
-    const ZERO: Self::Acc;
-    const ONE: Self::Acc;
-    const NEG_INF: Self::Acc;
-    const INF: Self::Acc;
     fn widen(self) -> Self::Acc;
     fn narrow(a: Self::Acc) -> Self;
-    /// `a / n` in the accumulator precision.
-    fn div_count(a: Self::Acc, n: usize) -> Self::Acc;
 }
 
 macro_rules! widen {
     ($($t:ty => $acc:ty, $widen:expr, $narrow:expr);* $(;)?) => {$(
         impl Widen for $t {
             type Acc = $acc;
-            const ZERO: $acc = 0.0;
-            const ONE: $acc = 1.0;
-            const NEG_INF: $acc = <$acc>::NEG_INFINITY;
-            const INF: $acc = <$acc>::INFINITY;
             #[inline(always)]
             fn widen(self) -> $acc {
                 $widen(self)
@@ -737,10 +729,6 @@ macro_rules! widen {
             #[inline(always)]
             fn narrow(a: $acc) -> $t {
                 $narrow(a)
-            }
-            #[inline(always)]
-            fn div_count(a: $acc, n: usize) -> $acc {
-                a / n as $acc
             }
         }
     )*};
@@ -756,13 +744,18 @@ impl<F: Widen> Reducible for F {
     fn reduce_slice(op: ReduceOp, src: &[F], p: &Plan) -> Buffer {
         let zero = F::zero();
         match op {
-            ReduceOp::Sum => exec(src, p, F::ZERO, |a, x: F| a + x.widen(), |a, b| a + b, |a, _| F::narrow(a)),
-            ReduceOp::Mean => {
-                exec(src, p, F::ZERO, |a, x: F| a + x.widen(), |a, b| a + b, |a, n| F::narrow(F::div_count(a, n)))
-            }
-            ReduceOp::Prod => exec(src, p, F::ONE, |a, x: F| a * x.widen(), |a, b| a * b, |a, _| F::narrow(a)),
-            ReduceOp::Max => exec(src, p, F::NEG_INF, |a, x: F| fmax(a, x.widen()), fmax, |a, _| F::narrow(a)),
-            ReduceOp::Min => exec(src, p, F::INF, |a, x: F| fmin(a, x.widen()), fmin, |a, _| F::narrow(a)),
+            ReduceOp::Sum => exec(src, p, F::Acc::ZERO, |a, x: F| a + x.widen(), |a, b| a + b, |a, _| F::narrow(a)),
+            ReduceOp::Mean => exec(
+                src,
+                p,
+                F::Acc::ZERO,
+                |a, x: F| a + x.widen(),
+                |a, b| a + b,
+                |a, n| F::narrow(a / F::Acc::count(n)),
+            ),
+            ReduceOp::Prod => exec(src, p, F::Acc::ONE, |a, x: F| a * x.widen(), |a, b| a * b, |a, _| F::narrow(a)),
+            ReduceOp::Max => exec(src, p, F::Acc::NEG_INF, |a, x: F| fmax(a, x.widen()), fmax, |a, _| F::narrow(a)),
+            ReduceOp::Min => exec(src, p, F::Acc::INF, |a, x: F| fmin(a, x.widen()), fmin, |a, _| F::narrow(a)),
             ReduceOp::All => exec(src, p, true, |a, x: F| a & (x != zero), |a, b| a & b, keep),
             ReduceOp::Any => exec(src, p, false, |a, x: F| a | (x != zero), |a, b| a | b, keep),
             ReduceOp::LogSumExp | ReduceOp::SumExp | ReduceOp::Var { .. } => exec_stat(op, src, p, F::widen, F::narrow),
