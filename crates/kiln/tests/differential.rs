@@ -22,7 +22,7 @@ struct Step {
     p: u8,
 }
 
-const N_OPS: u8 = 37;
+const N_OPS: u8 = 38;
 
 fn pick(vals: &[Array], i: u8) -> &Array {
     &vals[i as usize % vals.len()]
@@ -89,6 +89,12 @@ fn apply(s: &Step, vals: &[Array], n_inputs: usize) -> Result<Option<Array>> {
             // Layernorm's variance as users write it (rewritten to one pass).
             let d = (x - &x.mean(axis(x), true)?)?;
             (&d * &d)?.mean(axis(x), s.p % 2 == 1)
+        }
+        37 if x.ndim() > 0 && float => {
+            // Layernorm without the affine part.
+            let ax = axis(x);
+            let d = (x - &x.mean(ax, true)?)?;
+            &d * (d.square()?.mean(ax, true)? + 1e-5)?.rsqrt()?
         }
         36 if x.ndim() > 0 && float => {
             // The softmax denominator as users write it.
@@ -165,6 +171,21 @@ fn shapes_strategy() -> impl Strategy<Value = Vec<(Vec<usize>, DType)>> {
     prop::collection::vec((shape, dtype), 1..4)
 }
 
+/// Shapes large enough for row-blocked chains (at least 64Ki elements over
+/// a shared leading axis), with per-row, per-column and scalar companions.
+fn large_shapes_strategy() -> impl Strategy<Value = Vec<(Vec<usize>, DType)>> {
+    let shape = prop_oneof![
+        Just(vec![300, 260]),
+        Just(vec![300, 260]),
+        Just(vec![300, 1]),
+        Just(vec![1, 260]),
+        Just(vec![260]),
+        Just(vec![]),
+    ];
+    let dtype = prop_oneof![Just(DType::F32), Just(DType::F32), Just(DType::F64)];
+    prop::collection::vec((shape, dtype), 1..4)
+}
+
 fn steps_strategy() -> impl Strategy<Value = Vec<Step>> {
     prop::collection::vec(
         (0..N_OPS, any::<u8>(), any::<u8>(), any::<u8>(), any::<u8>()).prop_map(|(op, a, b, c, p)| Step {
@@ -202,6 +223,29 @@ proptest! {
         prop_assert_eq!(f.stats().traces, 1);
         for (k, (g, w)) in got2.iter().zip(&eager2).enumerate() {
             assert_close(g, w, &format!("second call, output {k}"));
+        }
+    }
+
+    #[test]
+    fn large_rows_compiled_equals_eager(inputs in large_shapes_strategy(), steps in steps_strategy(), seed in 0u64..1000) {
+        // Few cases (each runs ~80K-element kernels), enough to exercise the
+        // row-blocked chains on random programs.
+        if seed % 12 != 0 {
+            return Ok(());
+        }
+        // Start from a softmax and a normalization of the first input (a
+        // reduction, then elementwise work over the same rows: a chain).
+        let mut steps = steps;
+        steps.splice(0..0, [Step { op: 28, a: 0, b: 0, c: 0, p: 1 }, Step { op: 37, a: 0, b: 0, c: 0, p: 1 }]);
+        let args: Vec<Array> =
+            inputs.iter().enumerate().map(|(i, (s, d))| make_input(s, *d, seed + i as u64)).collect();
+        let mut decisions = vec![];
+        let eager = run(&steps, &args, &mut decisions, false).unwrap();
+        let st = steps.clone();
+        let f = compile(move |xs: &[Array]| run(&st, xs, &mut decisions.clone(), true));
+        let got = f.call(&args[..]).unwrap();
+        for (k, (g, w)) in got.iter().zip(&eager).enumerate() {
+            assert_close(g, w, &format!("large output {k}"));
         }
     }
 
