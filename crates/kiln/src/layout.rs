@@ -213,8 +213,16 @@ pub fn for_each_block<const K: usize>(
         return;
     }
     let inner = shape[nd - 1];
-    // Multi-index of range.start.
-    let mut idx = vec![0usize; nd];
+    // Multi-index of range.start (on the stack for up to 16 dims: this runs
+    // once per gathered tile).
+    let mut small = [0usize; 16];
+    let mut heap;
+    let idx: &mut [usize] = if nd <= small.len() {
+        &mut small[..nd]
+    } else {
+        heap = vec![0usize; nd];
+        &mut heap
+    };
     let mut rem = range.start;
     for d in (0..nd).rev() {
         idx[d] = rem % shape[d];

@@ -162,3 +162,31 @@ fn matmul_epilogue_results_are_unchanged_by_writing_over_the_product() -> Result
     }
     Ok(())
 }
+
+#[test]
+fn broadcast_rows_longer_than_a_tile_refill_when_the_row_changes() -> Result<()> {
+    // A per-row value ([r, 1]) over rows longer than a tile is one value per
+    // tile, kept in its register while the row lasts; rows of 2.5 tiles and
+    // of exactly 2 tiles, and more rows than one task's chunk.
+    for (r, c) in [(7usize, 5 * TILE / 2), (40, 2 * TILE)] {
+        let xs: Vec<f32> = (0..r * c).map(|i| (i % 97) as f32 * 0.25 - 3.0).collect();
+        let col: Vec<f32> = (0..r).map(|i| i as f32 * 1.5 - 2.0).collect();
+        let row: Vec<f32> = (0..c).map(|j| (j % 13) as f32 * 0.5).collect();
+        let x = Array::from_vec(xs.clone(), &[r, c])?;
+        let cv = Array::from_vec(col.clone(), &[r, 1])?;
+        let rv = Array::from_vec(row.clone(), &[1, c])?;
+        let f = compile(|x: &Array, cv: &Array, rv: &Array| ((x - cv)? * rv)? + cv);
+        for got in [f.call((&x, &cv, &rv))?, (((&x - &cv)? * &rv)? + &cv)?] {
+            let got = got.to_vec::<f32>()?;
+            for i in 0..r {
+                for j in 0..c {
+                    let (xv, a, b) = (xs[i * c + j] as f64, col[i] as f64, row[j] as f64);
+                    let want = (xv - a) * b + a;
+                    let g = got[i * c + j] as f64;
+                    assert!((g - want).abs() <= 1e-5 * want.abs().max(1.0), "({i}, {j}): {g} vs {want}");
+                }
+            }
+        }
+    }
+    Ok(())
+}

@@ -83,11 +83,12 @@ fn gather_tile(
     })
 }
 
-/// The buffer offset of positions `start..start + len` when they form one
-/// unit-stride run of a strided input (so the tile can be read in place).
-fn direct_run(shape: &[usize], strides: &[isize], offset: usize, start: usize, len: usize) -> Option<usize> {
+/// The buffer offset of positions `start..start + len` when they lie in
+/// one run along the innermost dimension and its stride is `step`: with
+/// step 1 the tile can be read in place, with step 0 it is one value.
+fn run_at(shape: &[usize], strides: &[isize], offset: usize, start: usize, len: usize, step: isize) -> Option<usize> {
     let nd = shape.len();
-    if nd == 0 || strides[nd - 1] != 1 {
+    if nd == 0 || strides[nd - 1] != step {
         return None;
     }
     let mut rem = start;
@@ -196,6 +197,8 @@ struct Scratch {
     in_regs: Vec<Option<Buffer>>,
     /// Per input: this tile's in-place offset when a strided input's tile is one contiguous run.
     direct: Vec<Option<usize>>,
+    /// Per input: the element and length a broadcast row's register holds.
+    held: Vec<Option<(usize, usize)>>,
     /// The op registers' slots.
     slots: Vec<Buffer>,
 }
@@ -254,7 +257,7 @@ impl<'a> Exec<'a> {
             })
             .collect();
         let slots = self.plan.slot_dtype.iter().map(|&dt| take_register(dt)).collect();
-        Scratch { in_regs, direct: vec![None; self.loads.len()], slots }
+        Scratch { in_regs, direct: vec![None; self.loads.len()], held: vec![None; self.loads.len()], slots }
     }
 
     /// Runs the group over row-major positions `start..end` of its iteration
@@ -268,11 +271,24 @@ impl<'a> Exec<'a> {
         let mut s = start;
         while s < end {
             let len = self.tile.min(end - s);
-            for ((l, reg), dir) in self.loads.iter().zip(sc.in_regs.iter_mut()).zip(sc.direct.iter_mut()) {
+            let regs = sc.in_regs.iter_mut().zip(sc.direct.iter_mut()).zip(sc.held.iter_mut());
+            for (l, ((reg, dir), held)) in self.loads.iter().zip(regs) {
                 if let (Load::Strided { buf, shape, strides, offset }, Some(r)) = (l, reg) {
-                    *dir = direct_run(shape, strides, *offset, s, len);
-                    if dir.is_none() {
-                        gather_tile(buf, shape, strides, *offset, s, len, r);
+                    *dir = run_at(shape, strides, *offset, s, len, 1);
+                    if dir.is_some() {
+                        continue;
+                    }
+                    // A broadcast row: refill only when the value changes.
+                    match run_at(shape, strides, *offset, s, len, 0) {
+                        Some(at) if *held == Some((at, len)) => {}
+                        Some(at) => {
+                            fill_scalar(buf, at, r, len);
+                            *held = Some((at, len));
+                        }
+                        None => {
+                            gather_tile(buf, shape, strides, *offset, s, len, r);
+                            *held = None;
+                        }
                     }
                 }
             }
