@@ -428,8 +428,9 @@ fn f32_kernels_on_strided_broadcast_and_batched_operands() -> Result<()> {
             let x = array(&values(70 * 33, 1), &[70, 33], f)?;
             let y = array(&values(33 * 45, 2), &[33, 45], f)?;
             check_f32(&x, &y)?;
-            check_f32(&y.t()?, &x.t()?)?; // both transposed: column-strided b
-                                          // Reversed rows and columns, step-2 slices.
+            // Both transposed: a column-strided b.
+            check_f32(&y.t()?, &x.t()?)?;
+            // Reversed rows and columns, step-2 slices.
             let rev = kiln::slice_axis(&kiln::slice_axis(&x, 0, None, None, -1)?, 1, None, None, -1)?;
             check_f32(&rev, &kiln::slice_axis(&y, 0, None, None, -1)?)?;
             let big = array(&values(66 * 90, 3), &[66, 90], f)?;
