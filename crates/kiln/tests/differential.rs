@@ -144,13 +144,18 @@ fn make_input(shape: &[usize], dtype: DType, seed: u64) -> Array {
 }
 
 fn assert_close(got: &Array, want: &Array, what: &str) {
+    assert_close_abs(got, want, what, 1e-6)
+}
+
+/// Floats within 1e-5 relative plus `abs` absolute; integers exactly.
+fn assert_close_abs(got: &Array, want: &Array, what: &str, abs: f64) {
     assert_eq!(got.shape(), want.shape(), "{what}: shape");
     assert_eq!(got.dtype(), want.dtype(), "{what}: dtype");
     let (g, w) = (got.astype(DType::F64).unwrap(), want.astype(DType::F64).unwrap());
     let (g, w) = (g.to_vec::<f64>().unwrap(), w.to_vec::<f64>().unwrap());
     for (i, (a, b)) in g.iter().zip(&w).enumerate() {
         if want.dtype().is_float() {
-            let ok = (a.is_nan() && b.is_nan()) || a == b || (a - b).abs() <= 1e-5 * a.abs().max(b.abs()) + 1e-6;
+            let ok = (a.is_nan() && b.is_nan()) || a == b || (a - b).abs() <= 1e-5 * a.abs().max(b.abs()) + abs;
             assert!(ok, "{what}: element {i}: compiled {a} vs eager {b}");
         } else {
             assert_eq!(a, b, "{what}: element {i}");
@@ -246,8 +251,10 @@ proptest! {
         let st = steps.clone();
         let f = compile(move |xs: &[Array]| run(&st, xs, &mut decisions.clone(), true));
         let got = f.call(&args[..]).unwrap();
+        // Sums over rows of 260 values of up to about 10 in another order
+        // differ by up to n * eps * max|x| (about 2e-4) when they cancel.
         for (k, (g, w)) in got.iter().zip(&eager).enumerate() {
-            assert_close(g, w, &format!("large output {k}"));
+            assert_close_abs(g, w, &format!("large output {k}"), 5e-4);
         }
     }
 
