@@ -39,6 +39,9 @@ pub struct Chain {
     pub steps: Range<usize>,
     /// Values the chain writes that are read after it (or are outputs).
     pub escapes: Vec<usize>,
+    /// Per escaping value: no step of the chain reads it, so its kernel
+    /// writes it straight into its full-size buffer.
+    pub write_through: Vec<bool>,
 }
 
 /// Maximal runs of at least two consecutive fused (elementwise or
@@ -54,12 +57,14 @@ pub fn find(p: &Program, steps: &[Step]) -> Vec<Chain> {
         }
         if s - start >= 2 {
             let later: Vec<usize> = steps[s..].iter().flat_map(|st| st.inputs.iter().copied()).collect();
-            let escapes = steps[start..s]
+            let escapes: Vec<usize> = steps[start..s]
                 .iter()
                 .flat_map(|st| st.outputs.iter().copied())
                 .filter(|v| p.outputs.contains(v) || later.contains(v))
                 .collect();
-            chains.push(Chain { steps: start..s, escapes });
+            let write_through =
+                escapes.iter().map(|v| !steps[start..s].iter().any(|st| st.inputs.contains(v))).collect();
+            chains.push(Chain { steps: start..s, escapes, write_through });
         }
         s = s.max(start + 1);
     }
@@ -149,10 +154,7 @@ pub fn run<'a, S: AsRef<[usize]> + ?Sized + 'a>(
             let args: Vec<Arg> = ins.into_iter().map(Arg::Owned).collect();
             // A fused step writes the values that escape (and that no later
             // step of the chain reads) straight into their sinks.
-            let sink_of = |o: usize| {
-                let read_later = steps.iter().any(|s2| s2.inputs.contains(&o));
-                chain.escapes.iter().position(|&e| e == o).filter(|_| !read_later)
-            };
+            let sink_of = |o: usize| chain.escapes.iter().position(|&e| e == o).filter(|&k| chain.write_through[k]);
             if let Kernel::Fused(g) = &st.kernel {
                 if st.outputs.iter().any(|&o| sink_of(o).is_some()) {
                     let mut shape = shape_of(st.outputs[0]).as_ref().to_vec();

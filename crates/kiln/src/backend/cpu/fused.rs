@@ -440,7 +440,6 @@ pub fn run_into(
     let fresh_regs: Vec<usize> = g.outputs.iter().zip(&ptrs).filter(|(_, p)| p.is_none()).map(|(&r, _)| r).collect();
     let (fresh, fresh_ptrs) = alloc_outputs_of(g, &fresh_regs, n);
     let mut fresh_ptrs = fresh_ptrs.into_iter();
-    let external: Vec<bool> = ptrs.iter().map(|p| p.is_some()).collect();
     let ptrs: Vec<OutPtr> = ptrs
         .into_iter()
         .map(|p| p.unwrap_or_else(|| fresh_ptrs.next().expect("one fresh buffer per output")))
@@ -459,15 +458,13 @@ pub fn run_into(
         .collect();
     Ok(donors
         .into_iter()
-        .zip(external)
         .enumerate()
-        .map(|(k, (d, ext))| match d {
+        .map(|(k, d)| match d {
             Some(j) => Some(Data {
                 buffer: owned[j].take().expect("each donor receives one output"),
                 layout: Layout::contiguous(shape),
             }),
-            None if ext && into.get(k).is_some_and(|c| c.is_some()) => None,
-            None if ext => unreachable!("external pointers come from `into` or donors"),
+            None if into.get(k).is_some_and(|c| c.is_some()) => None,
             None => {
                 let mut b = fresh.next().expect("one fresh buffer per output");
                 // SAFETY: `all` ran over `0..n`, writing every element of

@@ -42,26 +42,21 @@ impl RowSink {
     /// If the rows fall outside the sink, were written before, or the dtype
     /// or length do not match.
     pub fn write(&self, row0: usize, src: &Buffer) {
-        let at = row0 * self.row_len;
         assert_eq!(src.dtype(), self.buf.dtype(), "row sink: dtype");
         let rows = src.len().checked_div(self.row_len).unwrap_or(0);
         assert_eq!(rows * self.row_len, src.len(), "row sink: not a whole number of rows");
-        assert!(row0 + rows <= self.claimed.len(), "row sink: rows {row0}.. out of range");
-        for c in &self.claimed[row0..row0 + rows] {
-            assert!(!c.swap(true, Ordering::Relaxed), "row sink: a row written twice");
-        }
-        let n = crate::with_buffer!(src, v => self.copy_in(v, at));
-        self.written.fetch_add(n, Ordering::Relaxed);
+        let c = self.claim(row0, rows);
+        crate::with_buffer!(src, v => Self::copy_in(v, &c));
+        c.written();
     }
 
-    fn copy_in<T: Copy>(&self, v: &[T], at: usize) -> usize {
-        assert!(at + v.len() <= self.len, "row sink: elements {at}.. out of range");
-        // SAFETY: the destination holds `self.len` elements of `T` (allocated
-        // in `new` for this dtype, checked by `write`),
-        // `at + v.len() <= self.len`, these rows were claimed by this call
-        // alone, and `v` is a different allocation.
-        unsafe { std::ptr::copy_nonoverlapping(v.as_ptr(), self.ptr.cast::<T>().add(at), v.len()) };
-        v.len()
+    fn copy_in<T: Copy>(v: &[T], c: &Claimed) {
+        assert_eq!(v.len(), c.len(), "row sink: claimed length");
+        // SAFETY: the claimed rows hold `c.len()` elements of `T` inside the
+        // sink's allocation (allocated in `new` for this dtype, checked by
+        // `write`), they were claimed by this call alone, and `v` is a
+        // different allocation.
+        unsafe { std::ptr::copy_nonoverlapping(v.as_ptr(), c.ptr().cast::<T>(), v.len()) };
     }
 
     /// Claims rows `row0..row0 + rows` for a kernel that writes them in
