@@ -454,7 +454,8 @@ fn row_blocked_chains_match_eager() -> Result<()> {
             |a: &Array, b: &Array, c: &Array, d: &Array| f(a, b, c, d),
             CompileOptions { shapeless, ..Default::default() },
         );
-        for (rows, cols) in [(300usize, 700usize), (1000, 97), (7, 30)] {
+        // Two, three and two blocks of rows (a block is about 2^17 elements), and too small to chain.
+        for (rows, cols) in [(300usize, 700usize), (3000, 97), (2, 70_000), (7, 30)] {
             let x = ramp(&[cols, rows]).t()?; // a transposed view
             let x = (x * 0.01f32)?;
             let r = (ramp(&[rows, 1]) * 0.5f32)?;

@@ -9,6 +9,7 @@ mod common;
 use common::*;
 use kiln::backend::cpu::strided::PAR_THRESHOLD;
 use kiln::backend::cpu::tile::TILE;
+use kiln::ops::binary::{greater, where_};
 use kiln::{compile, Array, Result};
 
 /// `(r, c)` shapes whose element counts straddle the tile and the parallel threshold.
@@ -187,6 +188,72 @@ fn broadcast_rows_longer_than_a_tile_refill_when_the_row_changes() -> Result<()>
                 }
             }
         }
+    }
+    Ok(())
+}
+
+#[test]
+fn broadcast_operands_in_every_position_are_read_as_one_value() -> Result<()> {
+    // A 0-d argument and a per-row [r, 1] argument (one value per tile once
+    // rows are longer than a tile) on either side of binary ops, in each
+    // operand of `where`, and alone under an op (computed once, repeated).
+    for (r, c) in [(3usize, 5 * TILE / 2), (37, 41)] {
+        let xs: Vec<f32> = (0..r * c).map(|i| (i % 89) as f32 * 0.125 - 5.0).collect();
+        let col: Vec<f32> = (0..r).map(|i| i as f32 * 0.75 - 1.0).collect();
+        let x = Array::from_vec(xs.clone(), &[r, c])?;
+        let cv = Array::from_vec(col.clone(), &[r, 1])?;
+        let s = Array::from_slice(&[0.5f32], &[])?;
+        let f = |x: &Array, cv: &Array, s: &Array| -> Result<Array> {
+            let a = where_(&greater(x, s)?, &(s - x)?, &(cv * x)?)?; // (tile, value, tile)
+            let b = where_(&greater(cv, s)?, x, s)?; // (value, tile, value)
+            let e = (s.exp()? * 2.0f32)?; // value only
+            ((a + b)? + (e - cv)?)? / s
+        };
+        let want = |i: usize, j: usize| -> f64 {
+            let (xv, cvv, sv) = (xs[i * c + j] as f64, col[i] as f64, 0.5f64);
+            let a = if xv > sv { sv - xv } else { cvv * xv };
+            let b = if cvv > sv { xv } else { sv };
+            ((a + b) + (sv.exp() * 2.0 - cvv)) / sv
+        };
+        let compiled = compile(f);
+        for (what, got) in [("compiled", compiled.call((&x, &cv, &s))?), ("eager", f(&x, &cv, &s)?)] {
+            let got = got.to_vec::<f32>()?;
+            for i in 0..r {
+                for j in 0..c {
+                    let (g, w) = (got[i * c + j] as f64, want(i, j));
+                    assert!(close(g, w, 1e-5, 1e-5), "{what} {r}x{c} ({i}, {j}): {g} vs {w}");
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn outputs_past_the_streaming_threshold_hold_every_element() -> Result<()> {
+    // Outputs of 4 MiB or more are written with streaming stores, tile by
+    // tile and row block by row block; an odd length leaves unaligned heads
+    // and tails.
+    let n = (kiln::backend::cpu::stream::STREAM_MIN_BYTES / 4) + 4099;
+    let xs: Vec<f32> = (0..n).map(|i| ((i * 7919) % 1000) as f32 * 0.004 - 2.0).collect();
+    let x = Array::from_vec(xs.clone(), &[n])?;
+    let g = compile(|x: &Array| (x * 3.0f32)? - 1.0f32);
+    let got = g.call(&x)?.to_vec::<f32>()?;
+    for (i, (&gv, &xv)) in got.iter().zip(&xs).enumerate() {
+        assert_eq!(gv, xv * 3.0 - 1.0, "element {i}");
+    }
+    // A row-blocked layernorm whose output sink passes the threshold.
+    let (r, c) = (300usize, 3499usize);
+    let x = Array::from_vec(xs[..r * c].to_vec(), &[r, c])?;
+    let ln = |x: &Array| -> Result<Array> {
+        let m = x.mean(-1, true)?;
+        let d = (x - &m)?;
+        &d * (d.square()?.mean(-1, true)? + 1e-5f32)?.rsqrt()?
+    };
+    let (got, want) = (compile(ln).call(&x)?.to_vec::<f32>()?, ln(&x)?.to_vec::<f32>()?);
+    assert_eq!(got.len(), want.len());
+    for (i, (&a, &b)) in got.iter().zip(&want).enumerate() {
+        assert!(close(a as f64, b as f64, 1e-4, 1e-5), "layernorm element {i}: {a} vs {b}");
     }
     Ok(())
 }

@@ -27,7 +27,7 @@ use crate::passes::fuse::Kernel;
 use crate::program::Program;
 
 /// Elements (of the widest kernel) per block: a block's values stay in L2.
-const BLOCK_ELEMS: usize = 1 << 14;
+const BLOCK_ELEMS: usize = 1 << 17;
 
 /// Below this many elements a chain runs kernel by kernel.
 const MIN_ELEMS: usize = 1 << 16;

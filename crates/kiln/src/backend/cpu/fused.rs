@@ -3,7 +3,7 @@
 //! The iteration space (the group's output shape, row-major) is cut into
 //! tiles of [`TILE`] elements. For each tile, every input is loaded into a
 //! register (contiguous inputs are read in place, broadcast scalars are
-//! filled once per task, other strided inputs are gathered), each op runs as
+//! read as one repeated value, other strided inputs are gathered), each op runs as
 //! a tight loop over the tile, and only the group's outputs are written to
 //! memory. Coarse chunks of tiles run on rayon's pool above a size threshold.
 //! Eager elementwise ops run through here too, as groups of one op.
@@ -27,7 +27,7 @@ use rayon::prelude::*;
 enum Load<'a> {
     /// Contiguous in the group's order from this element on: read in place.
     InPlace(&'a Buffer, usize),
-    /// One element broadcast everywhere: fill the register once.
+    /// One element broadcast everywhere: read as one repeated value.
     Scalar(&'a Buffer, usize),
     /// Any other layout: gather each tile through the strides.
     Strided { buf: &'a Buffer, shape: Vec<usize>, strides: Vec<isize>, offset: usize },
@@ -104,26 +104,42 @@ fn run_at(shape: &[usize], strides: &[isize], offset: usize, start: usize, len: 
     Some(off as usize)
 }
 
-/// Fills the first `len` elements of `reg` with element `at` of `buf`.
-fn fill_scalar(buf: &Buffer, at: usize, reg: &mut Buffer, len: usize) {
-    crate::with_buffer!(buf, src => {
-        let v = src[at];
-        crate::backend::cpu::BufferElement::slice_of_mut(reg).expect("register dtype is the input dtype")[..len].fill(v);
-    })
-}
-
-/// Writes a tile into an output at element `at`.
-fn store<T: Copy>(tile: &[T], out: &OutPtr, at: usize) {
+/// Writes a tile into an output at element `at`, with streaming stores
+/// when `stream` (see [`stream`](crate::backend::cpu::stream)).
+fn store<T: Copy>(tile: &[T], out: &OutPtr, at: usize, stream: bool) {
     // SAFETY: `out` points to a buffer of `T` with capacity `n >= at +
     // tile.len()` (allocated by `run_args`/`run_reduce` for this register's
     // dtype, or a donated input of that dtype and size); tasks write disjoint
     // ranges, and a register tile never overlaps an output buffer. A donated
     // buffer is also read in place, but only at this tile's positions and
     // before this store (no reference into those elements is live here).
-    unsafe { std::ptr::copy_nonoverlapping(tile.as_ptr(), (out.0 as *mut T).add(at), tile.len()) }
+    unsafe {
+        let dst = (out.0 as *mut T).add(at);
+        if stream {
+            crate::backend::cpu::stream::copy(dst.cast(), tile.as_ptr().cast(), std::mem::size_of_val(tile))
+        } else {
+            std::ptr::copy_nonoverlapping(tile.as_ptr(), dst, tile.len())
+        }
+    }
 }
 
+/// Runs `op` on a tile. An op of broadcast values only is computed once
+/// and its value repeated.
 fn apply(op: &FusedOp, args: &[Src], out: &mut Buffer) {
+    if args.iter().all(|a| a.bcast) {
+        let len = args.first().map_or(0, |a| a.len);
+        let one: Vec<Src> = args.iter().map(|a| Src::run(a.buf, a.start, 1)).collect();
+        apply_tile(op, &one, out);
+        crate::with_buffer!(out, v => {
+            let x = v[0];
+            v[..len].fill(x);
+        });
+        return;
+    }
+    apply_tile(op, args, out)
+}
+
+fn apply_tile(op: &FusedOp, args: &[Src], out: &mut Buffer) {
     match &op.prim {
         Primitive::Unary(u) => unary::unary(*u, args[0], out),
         Primitive::Binary(b) => binary::binary(*b, args[0], args[1], out),
@@ -189,16 +205,17 @@ struct Exec<'a> {
     plan: RegPlan,
     /// Elements per tile (at most [`TILE`]).
     tile: usize,
+    /// Per output: written with streaming stores (a large destination).
+    stream: Vec<bool>,
 }
 
 /// One task's tile buffers, allocated once and reused for every tile.
 struct Scratch {
-    /// Per input: a register for broadcast scalars (filled once) and gathers.
+    /// Per input: a register for gathered tiles (strided inputs only).
     in_regs: Vec<Option<Buffer>>,
-    /// Per input: this tile's in-place offset when a strided input's tile is one contiguous run.
-    direct: Vec<Option<usize>>,
-    /// Per input: the element and length a broadcast row's register holds.
-    held: Vec<Option<(usize, usize)>>,
+    /// Per strided input: this tile read in place, when it is one
+    /// contiguous run (`Src::run`) or one repeated value (`Src::repeat`).
+    direct: Vec<Option<(usize, bool)>>,
     /// The op registers' slots.
     slots: Vec<Buffer>,
 }
@@ -238,7 +255,7 @@ static EMPTY: Buffer = Buffer::Bool(Vec::new());
 
 impl<'a> Exec<'a> {
     fn new(g: &'a FusedGroup, loads: Vec<Load<'a>>, n: usize) -> Exec<'a> {
-        Exec { g, loads, plan: RegPlan::new(g), tile: TILE.min(n.max(1)) }
+        Exec { g, loads, plan: RegPlan::new(g), tile: TILE.min(n.max(1)), stream: vec![false; g.outputs.len()] }
     }
 
     fn scratch(&self) -> Scratch {
@@ -247,17 +264,12 @@ impl<'a> Exec<'a> {
             .iter()
             .zip(&self.g.inputs)
             .map(|(l, &dt)| match l {
-                Load::InPlace(..) => None,
-                Load::Scalar(buf, at) => {
-                    let mut r = take_register(dt);
-                    fill_scalar(buf, *at, &mut r, self.tile);
-                    Some(r)
-                }
+                Load::InPlace(..) | Load::Scalar(..) => None,
                 Load::Strided { .. } => Some(take_register(dt)),
             })
             .collect();
         let slots = self.plan.slot_dtype.iter().map(|&dt| take_register(dt)).collect();
-        Scratch { in_regs, direct: vec![None; self.loads.len()], held: vec![None; self.loads.len()], slots }
+        Scratch { in_regs, direct: vec![None; self.loads.len()], slots }
     }
 
     /// Runs the group over row-major positions `start..end` of its iteration
@@ -271,24 +283,15 @@ impl<'a> Exec<'a> {
         let mut s = start;
         while s < end {
             let len = self.tile.min(end - s);
-            let regs = sc.in_regs.iter_mut().zip(sc.direct.iter_mut()).zip(sc.held.iter_mut());
-            for (l, ((reg, dir), held)) in self.loads.iter().zip(regs) {
+            for (l, (reg, dir)) in self.loads.iter().zip(sc.in_regs.iter_mut().zip(sc.direct.iter_mut())) {
                 if let (Load::Strided { buf, shape, strides, offset }, Some(r)) = (l, reg) {
-                    *dir = run_at(shape, strides, *offset, s, len, 1);
-                    if dir.is_some() {
-                        continue;
-                    }
-                    // A broadcast row: refill only when the value changes.
-                    match run_at(shape, strides, *offset, s, len, 0) {
-                        Some(at) if *held == Some((at, len)) => {}
-                        Some(at) => {
-                            fill_scalar(buf, at, r, len);
-                            *held = Some((at, len));
-                        }
-                        None => {
-                            gather_tile(buf, shape, strides, *offset, s, len, r);
-                            *held = None;
-                        }
+                    // A tile in one run of the innermost dimension is read in
+                    // place; a broadcast row's run is one repeated value.
+                    *dir = run_at(shape, strides, *offset, s, len, 1)
+                        .map(|at| (at, false))
+                        .or_else(|| run_at(shape, strides, *offset, s, len, 0).map(|at| (at, true)));
+                    if dir.is_none() {
+                        gather_tile(buf, shape, strides, *offset, s, len, r);
                     }
                 }
             }
@@ -297,27 +300,31 @@ impl<'a> Exec<'a> {
                 let mut out = std::mem::replace(&mut sc.slots[slot], NO_BUFFER);
                 let src = |r: usize| -> Src {
                     if r >= n_in {
-                        return Src { buf: &sc.slots[self.plan.op_slot[r - n_in]], start: 0, len };
+                        return Src::run(&sc.slots[self.plan.op_slot[r - n_in]], 0, len);
                     }
                     match (&self.loads[r], &sc.in_regs[r], sc.direct[r]) {
-                        (Load::InPlace(buf, at), ..) => Src { buf, start: at + s, len },
-                        (Load::Strided { buf, .. }, _, Some(at)) => Src { buf, start: at, len },
-                        (_, Some(reg), _) => Src { buf: reg, start: 0, len },
-                        _ => unreachable!("non-in-place inputs have registers"),
+                        (Load::InPlace(buf, at), ..) => Src::run(buf, at + s, len),
+                        (Load::Scalar(buf, at), ..) => Src::repeat(buf, *at, len),
+                        (Load::Strided { buf, .. }, _, Some((at, rep))) => Src { buf, start: at, len, bcast: rep },
+                        (_, Some(reg), _) => Src::run(reg, 0, len),
+                        _ => unreachable!("gathered inputs have registers"),
                     }
                 };
-                let mut args = [Src { buf: &EMPTY, start: 0, len: 0 }; 3];
+                let mut args = [Src::run(&EMPTY, 0, 0); 3];
                 for (a, &r) in args.iter_mut().zip(&op.args) {
                     *a = src(r);
                 }
                 apply(op, &args[..op.args.len()], &mut out);
                 sc.slots[slot] = out;
             }
-            for (&r, p) in g.outputs.iter().zip(outs) {
+            for ((&r, p), &st) in g.outputs.iter().zip(outs).zip(&self.stream) {
                 let reg = &sc.slots[self.plan.op_slot[r - n_in]];
-                crate::with_buffer!(reg, v => store(&v[..len], p, s - base));
+                crate::with_buffer!(reg, v => store(&v[..len], p, s - base, st));
             }
             s += len;
+        }
+        if self.stream.contains(&true) {
+            crate::backend::cpu::stream::fence();
         }
     }
 
@@ -446,7 +453,15 @@ pub fn run_into(
         .collect();
     {
         let loads: Vec<Load> = args.iter().map(|a| plan_load(&a.data().buffer, view_as(a.data(), shape))).collect();
-        Exec::new(g, loads, n).all(n, &ptrs);
+        let mut e = Exec::new(g, loads, n);
+        for (k, (&r, st)) in g.outputs.iter().zip(e.stream.iter_mut()).enumerate() {
+            let dest = match into.get(k) {
+                Some(Some(c)) => c.sink_len(),
+                _ => n,
+            };
+            *st = dest * g.reg_dtype(r).size() >= crate::backend::cpu::stream::STREAM_MIN_BYTES;
+        }
+        e.all(n, &ptrs);
     }
     let mut fresh = fresh.into_iter();
     let mut owned: Vec<Option<Arc<Buffer>>> = args

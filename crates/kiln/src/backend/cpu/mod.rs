@@ -15,6 +15,7 @@ pub mod random;
 pub mod reduce;
 pub mod rows;
 pub mod simd_math;
+pub mod stream;
 pub mod strided;
 pub mod tile;
 pub mod unary;

@@ -36,8 +36,10 @@ use crate::error::{shape_str, Error, Result};
 use crate::layout::{collapse, for_each_block, Layout};
 use crate::primitive::{ArgReduceOp, ReduceOp};
 
-/// Independent accumulators per run (one vector register of `f32` on AVX2).
-const LANES: usize = 8;
+/// Independent accumulators per run: two AVX-512 registers of `f32` (four
+/// of `f64`), so the additions of a fold overlap instead of waiting on each
+/// other's latency.
+const LANES: usize = 16;
 /// Runs longer than this are split in halves (pairwise reduction).
 const BLOCK: usize = 256;
 /// Outputs accumulated together by the outer walk (the accumulators stay in
@@ -210,29 +212,46 @@ fn run<R: Reducer>(r: &R, src: &[R::In], off: usize, n: usize, stride: usize) ->
         return r.combine(a, b);
     }
     if stride == 1 {
-        if let Some(a) = r.block(&src[off..off + n]) {
-            return a;
-        }
+        return fold_run(r, &src[off..off + n]);
     }
     let mut lanes = [r.identity(); LANES];
-    if stride == 1 {
-        let mut chunks = src[off..off + n].chunks_exact(LANES);
-        for c in &mut chunks {
-            // A fixed-size chunk so the lane loop unrolls and vectorizes.
-            let c: &[R::In; LANES] = c.try_into().expect("chunks_exact yields LANES elements");
-            for (a, &v) in lanes.iter_mut().zip(c) {
-                *a = r.step(*a, v);
-            }
-        }
-        for (a, &v) in lanes.iter_mut().zip(chunks.remainder()) {
+    for j in 0..n {
+        let l = j % LANES;
+        lanes[l] = r.step(lanes[l], src[off + j * stride]);
+    }
+    combine_lanes(r, lanes)
+}
+
+/// The fold of a contiguous run: the reducer's own block fold, or steps in
+/// [`LANES`] interleaved accumulators.
+#[inline(always)]
+fn fold_lanes<R: Reducer>(r: &R, xs: &[R::In]) -> R::Acc {
+    if let Some(a) = r.block(xs) {
+        return a;
+    }
+    let mut lanes = [r.identity(); LANES];
+    let mut chunks = xs.chunks_exact(LANES);
+    for c in &mut chunks {
+        // A fixed-size chunk so the lane loop unrolls and vectorizes.
+        let c: &[R::In; LANES] = c.try_into().expect("chunks_exact yields LANES elements");
+        for (a, &v) in lanes.iter_mut().zip(c) {
             *a = r.step(*a, v);
         }
-    } else {
-        for j in 0..n {
-            let l = j % LANES;
-            lanes[l] = r.step(lanes[l], src[off + j * stride]);
-        }
     }
+    for (a, &v) in lanes.iter_mut().zip(chunks.remainder()) {
+        *a = r.step(*a, v);
+    }
+    combine_lanes(r, lanes)
+}
+
+crate::backend::cpu::tile::multiversion! {
+    /// [`fold_lanes`] vectorized at the best SIMD level.
+    fn fold_run<R: Reducer>(r: &R, xs: &[R::In]) -> R::Acc => fold_lanes
+}
+
+/// Combines the lane accumulators pairwise.
+#[inline(always)]
+fn combine_lanes<R: Reducer>(r: &R, mut lanes: [R::Acc; LANES]) -> R::Acc {
     let mut w = LANES / 2;
     while w > 0 {
         for l in 0..w {
@@ -456,7 +475,7 @@ acc_float!(
 
 /// Sum of a short slice with independent lanes (vectorizes).
 #[inline(always)]
-fn lane_sum<A: AccFloat>(xs: &[A], f: impl Fn(A) -> A) -> A {
+fn lane_sum<I: Copy, A: AccFloat>(xs: &[I], f: impl Fn(I) -> A) -> A {
     let mut lanes = [A::ZERO; LANES];
     let mut chunks = xs.chunks_exact(LANES);
     for c in &mut chunks {
@@ -514,6 +533,7 @@ impl<A: AccFloat> Lse<A> {
     }
 
     /// A block: its maximum, then one vectorized `exp` pass.
+    #[inline(always)]
     fn block<I: Copy>(xs: &[I], widen: impl Fn(I) -> A) -> Lse<A> {
         let n = xs.len();
         // The maximum with independent lanes (a single running maximum is a
@@ -596,15 +616,15 @@ impl<A: AccFloat> Moments<A> {
     }
 
     /// A block in two vectorized passes (it is in L1): mean, then squared deviations.
+    #[inline(always)]
     fn block<I: Copy>(xs: &[I], widen: impl Fn(I) -> A) -> Moments<A> {
-        let n = xs.len();
-        let mut v = [A::ZERO; BLOCK];
-        for (d, &x) in v.iter_mut().zip(xs) {
-            *d = widen(x);
-        }
-        let count = A::count(n);
-        let mean = lane_sum(&v[..n], |x| x) / count;
-        Moments { n: count, mean, m2: lane_sum(&v[..n], |x| (x - mean) * (x - mean)) }
+        let count = A::count(xs.len());
+        let mean = lane_sum(xs, &widen) / count;
+        let m2 = lane_sum(xs, |x| {
+            let d = widen(x) - mean;
+            d * d
+        });
+        Moments { n: count, mean, m2 }
     }
 
     /// `m2 / max(n - ddof, 0)`: 0 / 0 = NaN for an empty run (as for the
@@ -631,7 +651,7 @@ fn exec_stat<I: Element, A: AccFloat, O: Element>(
             finish: |a: Lse<A>, _| narrow(step_finish(a)),
             _types: PhantomData,
         };
-        Buffer::from_vec(execute(&Blocked { inner, block: move |xs: &[I]| Lse::block(xs, widen) }, src, p))
+        Buffer::from_vec(execute(&Blocked { inner, block: move |xs: &[I]| lse_block(xs, widen) }, src, p))
     };
     match op {
         ReduceOp::LogSumExp => lse(Lse::log_sum_exp),
@@ -644,10 +664,30 @@ fn exec_stat<I: Element, A: AccFloat, O: Element>(
                 finish: move |a: Moments<A>, _| narrow(a.var(ddof)),
                 _types: PhantomData,
             };
-            Buffer::from_vec(execute(&Blocked { inner, block: move |xs: &[I]| Moments::block(xs, widen) }, src, p))
+            Buffer::from_vec(execute(&Blocked { inner, block: move |xs: &[I]| moments_block(xs, widen) }, src, p))
         }
         other => unreachable!("{} is not a one-pass statistic", other.name()),
     }
+}
+
+crate::backend::cpu::tile::multiversion! {
+    /// [`Lse::block`] vectorized at the best SIMD level.
+    fn lse_block<A: AccFloat, I: Copy, W: Fn(I) -> A>(xs: &[I], widen: W) -> Lse<A> => lse_block_at
+}
+
+crate::backend::cpu::tile::multiversion! {
+    /// [`Moments::block`] vectorized at the best SIMD level.
+    fn moments_block<A: AccFloat, I: Copy, W: Fn(I) -> A>(xs: &[I], widen: W) -> Moments<A> => moments_block_at
+}
+
+#[inline(always)]
+fn lse_block_at<A: AccFloat, I: Copy, W: Fn(I) -> A>(xs: &[I], widen: W) -> Lse<A> {
+    Lse::block(xs, widen)
+}
+
+#[inline(always)]
+fn moments_block_at<A: AccFloat, I: Copy, W: Fn(I) -> A>(xs: &[I], widen: W) -> Moments<A> {
+    Moments::block(xs, widen)
 }
 
 /// Element types that know how to run every [`ReduceOp`] on themselves.

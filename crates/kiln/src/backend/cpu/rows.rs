@@ -103,6 +103,11 @@ impl Claimed<'_> {
         self.len
     }
 
+    /// Number of elements of the whole sink (the claimed rows are part of it).
+    pub fn sink_len(&self) -> usize {
+        self.sink.len
+    }
+
     /// True when no element is claimed.
     pub fn is_empty(&self) -> bool {
         self.len == 0

@@ -231,6 +231,9 @@ trait Vf32: Copy {
     fn sub(self, o: Self) -> Self;
     fn mul(self, o: Self) -> Self;
     fn div(self, o: Self) -> Self;
+    /// `1 / self` within one ulp, for finite normal `self` (a hardware
+    /// estimate refined by Newton steps: much cheaper than a division).
+    fn recip(self) -> Self;
     /// `self * b + c`, rounded once.
     fn fma(self, b: Self, c: Self) -> Self;
     /// Minimum (either operand for NaN; callers fix NaN lanes).
@@ -315,6 +318,10 @@ impl Vf32 for f32 {
     #[inline(always)]
     fn div(self, o: Self) -> Self {
         self / o
+    }
+    #[inline(always)]
+    fn recip(self) -> Self {
+        1.0 / self
     }
     #[inline(always)]
     fn fma(self, b: Self, c: Self) -> Self {
@@ -550,13 +557,20 @@ fn log1p_v<V: Vf32>(x: V) -> V {
     keep_nan(x, r)
 }
 
+/// One Newton step for `1 / d` from the estimate `r`: doubles its correct bits.
+#[inline(always)]
+fn newton_recip<V: Vf32>(d: V, r: V) -> V {
+    let e = d.xor(V::c(-0.0)).fma(r, V::c(1.0));
+    r.fma(e, r)
+}
+
 #[inline(always)]
 fn tanh_v<V: Vf32>(x: V) -> V {
     let a = x.abs();
     let z = a.mul(a);
     let small = a.mul(z).fma(z.poly(&TANH_SMALL), a);
     let e = exp_core(a.min(V::c(10.0)).mul(V::c(2.0)));
-    let big = V::c(1.0).sub(V::c(2.0).div(e.add(V::c(1.0))));
+    let big = V::c(1.0).sub(V::c(2.0).mul(e.add(V::c(1.0)).recip()));
     let r = V::select(a.lt(V::c(0.55)), small, big);
     keep_nan(x, r.xor(x.sign()))
 }
@@ -570,9 +584,10 @@ fn sigmoid_v<V: Vf32>(x: V) -> V {
     let num = V::select(x.lt(V::c(0.0)), e, one);
     let d = one.add(e);
     let dlo = one.sub(d).add(e);
-    let q = num.div(d);
+    let r = d.recip();
+    let q = num.mul(r);
     let res = q.fma(d.xor(V::c(-0.0)), num).sub(q.mul(dlo));
-    keep_nan(x, q.add(res.div(d)))
+    keep_nan(x, q.add(res.mul(r)))
 }
 
 #[inline(always)]
@@ -718,6 +733,12 @@ mod x86 {
             F8(avx2!(_mm256_div_ps(self.0, o.0)))
         }
         #[inline(always)]
+        fn recip(self) -> Self {
+            // A 12-bit estimate; two Newton steps reach full precision.
+            let r = F8(avx2!(_mm256_rcp_ps(self.0)));
+            super::newton_recip(self, super::newton_recip(self, r))
+        }
+        #[inline(always)]
         fn fma(self, b: Self, c: Self) -> Self {
             F8(avx2!(_mm256_fmadd_ps(self.0, b.0, c.0)))
         }
@@ -826,6 +847,11 @@ mod x86 {
         #[inline(always)]
         fn div(self, o: Self) -> Self {
             F16(avx512!(_mm512_div_ps(self.0, o.0)))
+        }
+        #[inline(always)]
+        fn recip(self) -> Self {
+            // A 14-bit estimate; one Newton step reaches full precision.
+            super::newton_recip(self, F16(avx512!(_mm512_rcp14_ps(self.0))))
         }
         #[inline(always)]
         fn fma(self, b: Self, c: Self) -> Self {

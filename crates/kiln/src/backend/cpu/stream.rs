@@ -1,0 +1,113 @@
+//! Streaming (non-temporal) stores for large outputs.
+//!
+//! A kernel that writes an output much larger than the caches gains nothing
+//! from leaving it in cache, and an ordinary store first reads each cache
+//! line it writes (a read for ownership), so a copy-like kernel moves three
+//! bytes for every two it needs. Streaming stores write whole lines straight
+//! to memory. The fused executor stores its output tiles through [`copy`]
+//! when the destination is at least [`STREAM_MIN_BYTES`], and calls
+//! [`fence`] before its task ends so the lines are visible to the threads
+//! that read them next.
+
+use crate::backend::cpu::simd_math::{detected_level, Level};
+
+/// Outputs of at least this many bytes are written with streaming stores:
+/// larger than a core's L2, so the next kernel would read them from memory
+/// anyway.
+pub const STREAM_MIN_BYTES: usize = 4 << 20;
+
+/// Copies `bytes` bytes from `src` to `dst` with streaming stores where the
+/// CPU has them (the unaligned head and tail with ordinary stores).
+///
+/// # Safety
+/// `src` must be valid for reading and `dst` for writing `bytes` bytes, and
+/// the two ranges must not overlap.
+pub unsafe fn copy(dst: *mut u8, src: *const u8, bytes: usize) {
+    match detected_level() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has AVX-512F; the caller's contract covers the ranges.
+        Level::Avx512 => unsafe { x86::copy512(dst, src, bytes) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has AVX2; the caller's contract covers the ranges.
+        Level::Avx2 => unsafe { x86::copy256(dst, src, bytes) },
+        // SAFETY: the caller's contract.
+        _ => unsafe { std::ptr::copy_nonoverlapping(src, dst, bytes) },
+    }
+}
+
+/// Orders this thread's streaming stores before its later stores (and so
+/// before the synchronization that hands the output to another thread).
+pub fn fence() {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: SFENCE is part of SSE, which every x86-64 CPU has.
+    unsafe {
+        std::arch::x86_64::_mm_sfence()
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    /// Bytes to copy with ordinary stores before `dst` reaches alignment `a`.
+    fn head(dst: *mut u8, bytes: usize, a: usize) -> usize {
+        ((a - dst as usize % a) % a).min(bytes)
+    }
+
+    /// # Safety
+    /// AVX-512F is available; the ranges are as in [`super::copy`].
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn copy512(dst: *mut u8, src: *const u8, bytes: usize) {
+        let h = head(dst, bytes, 64);
+        // SAFETY: `h <= bytes`, inside both ranges, which do not overlap.
+        unsafe { std::ptr::copy_nonoverlapping(src, dst, h) };
+        let mut i = h;
+        while i + 64 <= bytes {
+            // SAFETY: `i + 64 <= bytes`; `dst + i` is 64-byte aligned (past
+            // the head), as the streaming store requires; the load is unaligned.
+            unsafe { _mm512_stream_si512(dst.add(i).cast(), _mm512_loadu_si512(src.add(i).cast())) };
+            i += 64;
+        }
+        // SAFETY: the tail `i..bytes` is inside both ranges.
+        unsafe { std::ptr::copy_nonoverlapping(src.add(i), dst.add(i), bytes - i) };
+    }
+
+    /// # Safety
+    /// AVX2 is available; the ranges are as in [`super::copy`].
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn copy256(dst: *mut u8, src: *const u8, bytes: usize) {
+        let h = head(dst, bytes, 32);
+        // SAFETY: `h <= bytes`, inside both ranges, which do not overlap.
+        unsafe { std::ptr::copy_nonoverlapping(src, dst, h) };
+        let mut i = h;
+        while i + 32 <= bytes {
+            // SAFETY: `i + 32 <= bytes`; `dst + i` is 32-byte aligned (past
+            // the head), as the streaming store requires; the load is unaligned.
+            unsafe { _mm256_stream_si256(dst.add(i).cast(), _mm256_loadu_si256(src.add(i).cast())) };
+            i += 32;
+        }
+        // SAFETY: the tail `i..bytes` is inside both ranges.
+        unsafe { std::ptr::copy_nonoverlapping(src.add(i), dst.add(i), bytes - i) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copies_every_byte_at_any_alignment_and_length() {
+        let src: Vec<u8> = (0..1000u32).map(|i| (i * 7 + 3) as u8).collect();
+        for off in [0usize, 1, 3, 16, 31, 33, 63] {
+            for len in [0usize, 1, 15, 31, 32, 63, 64, 65, 127, 300, 900] {
+                let mut dst = vec![0xAAu8; 1000 + 64];
+                // SAFETY: `off + len <= 1000 + 64` and `len <= src.len()`; distinct vectors.
+                unsafe { copy(dst.as_mut_ptr().add(off), src.as_ptr(), len) };
+                fence();
+                assert_eq!(&dst[off..off + len], &src[..len], "offset {off}, length {len}");
+                assert!(dst[..off].iter().all(|&b| b == 0xAA), "offset {off}, length {len}: wrote before");
+                assert!(dst[off + len..].iter().all(|&b| b == 0xAA), "offset {off}, length {len}: wrote after");
+            }
+        }
+    }
+}
