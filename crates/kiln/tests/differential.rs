@@ -420,3 +420,36 @@ fn regressions() -> Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn large_rows_regressions() -> Result<()> {
+    let s = |op, a, b, p| Step { op, a, b, c: 0, p };
+    type Case = (Vec<(Vec<usize>, DType)>, Vec<Step>, u64);
+    let cases: Vec<Case> = vec![(
+        // Softmax and normalization over rows of one element, then a
+        // division of their results (0 / 0 and 1 / 0) and a sum.
+        vec![(vec![300, 1], DType::F32)],
+        vec![
+            s(28, 0, 0, 1),
+            s(37, 0, 0, 1),
+            s(0, 0, 0, 0),
+            s(13, 109, 170, 0),
+            s(0, 0, 0, 0),
+            s(0, 0, 0, 0),
+            s(0, 0, 0, 0),
+            s(18, 132, 0, 30),
+        ],
+        876,
+    )];
+    for (inputs, steps, seed) in cases {
+        let args: Vec<Array> =
+            inputs.iter().enumerate().map(|(i, (s, d))| make_input(s, *d, seed + i as u64)).collect();
+        let mut decisions = vec![];
+        let eager = run(&steps, &args, &mut decisions, false)?;
+        let f = compile(move |xs: &[Array]| run(&steps, xs, &mut decisions.clone(), true));
+        for (k, (g, w)) in f.call(&args[..])?.iter().zip(&eager).enumerate() {
+            assert_close_abs(g, w, &format!("large output {k}"), 5e-4);
+        }
+    }
+    Ok(())
+}

@@ -875,3 +875,19 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn sums_of_negative_zeros_keep_their_sign() -> R {
+    // As in NumPy: sum([-0.0]) and mean([-0.0]) are -0.0, an empty sum is +0.0.
+    for dt in [DType::F32, DType::F64] {
+        let z = Array::from_slice(&[-0.0f64, -0.0, -0.0], &[3])?.astype(dt)?;
+        for (what, v) in [("sum", z.sum(Axes::All, false)?), ("mean", z.mean(Axes::All, false)?)] {
+            let v = v.astype(DType::F64)?.to_vec::<f64>()?[0];
+            assert!(v == 0.0 && v.is_sign_negative(), "{what} of -0.0 ({dt:?}): {v}");
+        }
+        let empty = Array::from_slice(&[0.0f64; 0], &[0])?.astype(dt)?;
+        let v = empty.sum(Axes::All, false)?.astype(DType::F64)?.to_vec::<f64>()?[0];
+        assert!(v == 0.0 && v.is_sign_positive(), "empty sum ({dt:?}): {v}");
+    }
+    Ok(())
+}

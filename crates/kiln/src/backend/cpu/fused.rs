@@ -207,6 +207,9 @@ struct Exec<'a> {
     tile: usize,
     /// Per output: written with streaming stores (a large destination).
     stream: Vec<bool>,
+    /// Prefetch the next tile of inputs read in place: the iteration space
+    /// is larger than the caches, so they come from memory.
+    prefetch: bool,
 }
 
 /// One task's tile buffers, allocated once and reused for every tile.
@@ -255,7 +258,15 @@ static EMPTY: Buffer = Buffer::Bool(Vec::new());
 
 impl<'a> Exec<'a> {
     fn new(g: &'a FusedGroup, loads: Vec<Load<'a>>, n: usize) -> Exec<'a> {
-        Exec { g, loads, plan: RegPlan::new(g), tile: TILE.min(n.max(1)), stream: vec![false; g.outputs.len()] }
+        let prefetch = n * 4 >= crate::backend::cpu::stream::STREAM_MIN_BYTES;
+        Exec {
+            g,
+            loads,
+            plan: RegPlan::new(g),
+            tile: TILE.min(n.max(1)),
+            stream: vec![false; g.outputs.len()],
+            prefetch,
+        }
     }
 
     fn scratch(&self) -> Scratch {
@@ -283,6 +294,13 @@ impl<'a> Exec<'a> {
         let mut s = start;
         while s < end {
             let len = self.tile.min(end - s);
+            if self.prefetch {
+                for l in &self.loads {
+                    if let Load::InPlace(buf, at) = l {
+                        crate::backend::cpu::stream::prefetch(buf, at + s + len..at + (s + 2 * len).min(end));
+                    }
+                }
+            }
             for (l, (reg, dir)) in self.loads.iter().zip(sc.in_regs.iter_mut().zip(sc.direct.iter_mut())) {
                 if let (Load::Strided { buf, shape, strides, offset }, Some(r)) = (l, reg) {
                     // A tile in one run of the innermost dimension is read in

@@ -425,6 +425,9 @@ trait AccFloat:
     + std::ops::Div<Output = Self>
 {
     const ZERO: Self;
+    /// The additive identity that keeps a sum of negative zeros negative
+    /// (as NumPy's `sum([-0.0])` is `-0.0`): `-0 + x == x` for every `x`.
+    const NEG_ZERO: Self;
     const ONE: Self;
     const NEG_INF: Self;
     const INF: Self;
@@ -441,6 +444,7 @@ macro_rules! acc_float {
     ($($t:ty => $exp_slice:expr),*) => {$(
         impl AccFloat for $t {
             const ZERO: $t = 0.0;
+            const NEG_ZERO: $t = -0.0;
             const ONE: $t = 1.0;
             const NEG_INF: $t = <$t>::NEG_INFINITY;
             const INF: $t = <$t>::INFINITY;
@@ -784,11 +788,19 @@ impl<F: Widen> Reducible for F {
     fn reduce_slice(op: ReduceOp, src: &[F], p: &Plan) -> Buffer {
         let zero = F::zero();
         match op {
-            ReduceOp::Sum => exec(src, p, F::Acc::ZERO, |a, x: F| a + x.widen(), |a, b| a + b, |a, _| F::narrow(a)),
+            // An empty sum is +0; a sum of negative zeros stays -0.
+            ReduceOp::Sum => exec(
+                src,
+                p,
+                F::Acc::NEG_ZERO,
+                |a, x: F| a + x.widen(),
+                |a, b| a + b,
+                |a, n| F::narrow(if n == 0 { F::Acc::ZERO } else { a }),
+            ),
             ReduceOp::Mean => exec(
                 src,
                 p,
-                F::Acc::ZERO,
+                F::Acc::NEG_ZERO,
                 |a, x: F| a + x.widen(),
                 |a, b| a + b,
                 |a, n| F::narrow(a / F::Acc::count(n)),

@@ -253,6 +253,14 @@ trait Vf32: Copy {
     fn sra23(self) -> Self;
     /// `2^n` for integer-valued `n` in `[-126, 127]`.
     fn pow2i(n: Self) -> Self;
+    /// `self * 2^n` for integer-valued `n` in `[-150, 128]`, rounded once
+    /// (so a subnormal result is rounded once, and a large one overflows).
+    #[inline(always)]
+    fn scale2(self, n: Self) -> Self {
+        // 2^n may itself be out of range: scale in two exact-ish halves.
+        let n1 = n.mul(Self::c(0.5)).floor();
+        self.mul(Self::pow2i(n1)).mul(Self::pow2i(n.sub(n1)))
+    }
     fn lt(self, o: Self) -> Self::M;
     fn gt(self, o: Self) -> Self::M;
     fn ge(self, o: Self) -> Self::M;
@@ -473,10 +481,7 @@ fn exp_core<V: Vf32>(x: V) -> V {
     let n = x.mul(V::c(LOG2E)).round();
     let r = n.fma(V::c(-LN2_C1), x);
     let r = n.fma(V::c(-LN2_C2), r);
-    let p = r.poly(&EXP_P);
-    let n1 = n.mul(V::c(0.5)).floor();
-    let n2 = n.sub(n1);
-    p.mul(V::pow2i(n1)).mul(V::pow2i(n2))
+    r.poly(&EXP_P).scale2(n)
 }
 
 #[inline(always)]
@@ -898,6 +903,11 @@ mod x86 {
                 _mm512_cvtps_epi32(n.0),
                 _mm512_set1_epi32(127)
             )))))
+        }
+        #[inline(always)]
+        fn scale2(self, n: Self) -> Self {
+            // One instruction, rounding once (subnormals and overflow included).
+            F16(avx512!(_mm512_scalef_ps(self.0, n.0)))
         }
         #[inline(always)]
         fn lt(self, o: Self) -> __mmask16 {

@@ -45,6 +45,26 @@ pub fn fence() {
     }
 }
 
+/// Asks the CPU to start loading elements `range` of `buf` into cache (the
+/// next tile of an input read in place from memory, while this tile is
+/// computed: a kernel with long per-element work, such as `tanh`, keeps
+/// too few loads in flight to stream from memory on its own).
+pub fn prefetch(buf: &crate::backend::cpu::Buffer, range: std::ops::Range<usize>) {
+    #[cfg(target_arch = "x86_64")]
+    crate::with_buffer!(buf, v => {
+        let (lo, hi) = (range.start.min(v.len()), range.end.min(v.len()));
+        let bytes = std::mem::size_of_val(&v[lo..hi]);
+        let base = v[lo..hi].as_ptr().cast::<i8>();
+        for b in (0..bytes).step_by(64) {
+            // SAFETY: PREFETCHT0 is part of SSE (every x86-64 CPU); the
+            // address is inside `v`, and a prefetch is only a hint.
+            unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(base.add(b)) };
+        }
+    });
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (buf, range);
+}
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
