@@ -74,40 +74,42 @@ mod x86 {
         ((a - dst as usize % a) % a).min(bytes)
     }
 
+    /// Copies with ordinary stores up to `w`-byte alignment of `dst`, then
+    /// `w` bytes at a time with `line(dst + i, src + i)`, then the tail.
+    ///
     /// # Safety
-    /// AVX-512F is available; the ranges are as in [`super::copy`].
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn copy512(dst: *mut u8, src: *const u8, bytes: usize) {
-        let h = head(dst, bytes, 64);
+    /// As [`super::copy`]; `line` must write exactly `w` bytes at an aligned `dst`.
+    #[inline(always)]
+    unsafe fn copy_lines(dst: *mut u8, src: *const u8, bytes: usize, w: usize, line: impl Fn(*mut u8, *const u8)) {
+        let h = head(dst, bytes, w);
         // SAFETY: `h <= bytes`, inside both ranges, which do not overlap.
         unsafe { std::ptr::copy_nonoverlapping(src, dst, h) };
         let mut i = h;
-        while i + 64 <= bytes {
-            // SAFETY: `i + 64 <= bytes`; `dst + i` is 64-byte aligned (past
-            // the head), as the streaming store requires; the load is unaligned.
-            unsafe { _mm512_stream_si512(dst.add(i).cast(), _mm512_loadu_si512(src.add(i).cast())) };
-            i += 64;
+        while i + w <= bytes {
+            // SAFETY: `i + w <= bytes`, and `dst + i` is `w`-aligned (past the head).
+            line(unsafe { dst.add(i) }, unsafe { src.add(i) });
+            i += w;
         }
         // SAFETY: the tail `i..bytes` is inside both ranges.
         unsafe { std::ptr::copy_nonoverlapping(src.add(i), dst.add(i), bytes - i) };
     }
 
     /// # Safety
+    /// AVX-512F is available; the ranges are as in [`super::copy`].
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn copy512(dst: *mut u8, src: *const u8, bytes: usize) {
+        // SAFETY: each line is 64 bytes inside the ranges, `d` 64-byte
+        // aligned as the streaming store requires; the load is unaligned.
+        unsafe { copy_lines(dst, src, bytes, 64, |d, s| _mm512_stream_si512(d.cast(), _mm512_loadu_si512(s.cast()))) }
+    }
+
+    /// # Safety
     /// AVX2 is available; the ranges are as in [`super::copy`].
     #[target_feature(enable = "avx2")]
     pub unsafe fn copy256(dst: *mut u8, src: *const u8, bytes: usize) {
-        let h = head(dst, bytes, 32);
-        // SAFETY: `h <= bytes`, inside both ranges, which do not overlap.
-        unsafe { std::ptr::copy_nonoverlapping(src, dst, h) };
-        let mut i = h;
-        while i + 32 <= bytes {
-            // SAFETY: `i + 32 <= bytes`; `dst + i` is 32-byte aligned (past
-            // the head), as the streaming store requires; the load is unaligned.
-            unsafe { _mm256_stream_si256(dst.add(i).cast(), _mm256_loadu_si256(src.add(i).cast())) };
-            i += 32;
-        }
-        // SAFETY: the tail `i..bytes` is inside both ranges.
-        unsafe { std::ptr::copy_nonoverlapping(src.add(i), dst.add(i), bytes - i) };
+        // SAFETY: each line is 32 bytes inside the ranges, `d` 32-byte
+        // aligned as the streaming store requires; the load is unaligned.
+        unsafe { copy_lines(dst, src, bytes, 32, |d, s| _mm256_stream_si256(d.cast(), _mm256_loadu_si256(s.cast()))) }
     }
 }
 
