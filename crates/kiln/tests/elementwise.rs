@@ -697,8 +697,8 @@ fn where_on_all_views_and_dtypes() -> Result<()> {
         for va in VIEWS {
             for vb in [View::Contiguous, View::Reversed, View::BroadcastCol] {
                 let cond: Vec<bool> = (0..r * c).map(|_| rng.next_u64().is_multiple_of(2)).collect();
-                let xa: Vec<f32> = rng.floats(r * c, -5.0, 5.0).into_iter().map(|v| v as f32).collect();
-                let xb: Vec<f32> = rng.floats(r * c, -5.0, 5.0).into_iter().map(|v| v as f32).collect();
+                let xa: Vec<f32> = rng.floats_f32(r * c, -5.0, 5.0);
+                let xb: Vec<f32> = rng.floats_f32(r * c, -5.0, 5.0);
                 let (cc, lc) = make_view(vc, &cond, r, c, true)?;
                 let (a, la) = make_view(va, &xa, r, c, 99.0)?;
                 let (b, lb) = make_view(vb, &xb, r, c, 99.0)?;

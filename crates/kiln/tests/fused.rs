@@ -61,8 +61,8 @@ fn fused_groups_read_every_layout_at_tile_boundaries() -> Result<()> {
             (View::BroadcastCol, View::Transposed),
             (View::Contiguous, View::Contiguous),
         ] {
-            let xs: Vec<f32> = rng.floats(r * c, -3.0, 3.0).into_iter().map(|v| v as f32).collect();
-            let ys: Vec<f32> = rng.floats(r * c, -2.0, 2.0).into_iter().map(|v| v as f32).collect();
+            let xs: Vec<f32> = rng.floats_f32(r * c, -3.0, 3.0);
+            let ys: Vec<f32> = rng.floats_f32(r * c, -2.0, 2.0);
             let (x, xl) = make_view(vx, &xs, r, c, f32::NAN)?;
             let (y, yl) = make_view(vy, &ys, r, c, f32::NAN)?;
             let s = Array::from_slice(&[0.375f32], &[])?;
@@ -89,8 +89,8 @@ fn intermediates_overwritten_in_place_give_the_same_values() -> Result<()> {
     let compiled = compile(centered);
     for (r, c) in shapes() {
         for vx in [View::Contiguous, View::Transposed, View::Reversed] {
-            let xs: Vec<f32> = rng.floats(r * c, -2.0, 2.0).into_iter().map(|v| v as f32).collect();
-            let ys: Vec<f32> = rng.floats(c, -2.0, 2.0).into_iter().map(|v| v as f32).collect();
+            let xs: Vec<f32> = rng.floats_f32(r * c, -2.0, 2.0);
+            let ys: Vec<f32> = rng.floats_f32(c, -2.0, 2.0);
             let (x, xl) = make_view(vx, &xs, r, c, f32::NAN)?;
             let y = Array::from_slice(&ys, &[c])?;
             let mut want = vec![0.0; r * c];
@@ -124,8 +124,8 @@ fn a_freed_intermediate_written_over_gives_the_same_values() -> Result<()> {
     let compiled = compile(joined);
     for (r, c) in shapes() {
         for vy in [View::Contiguous, View::Reversed, View::BroadcastRow] {
-            let xs: Vec<f32> = rng.floats(r * c, -2.0, 2.0).into_iter().map(|v| v as f32).collect();
-            let ys: Vec<f32> = rng.floats(r * c, -1.0, 1.0).into_iter().map(|v| v as f32).collect();
+            let xs: Vec<f32> = rng.floats_f32(r * c, -2.0, 2.0);
+            let ys: Vec<f32> = rng.floats_f32(r * c, -1.0, 1.0);
             let x = Array::from_slice(&xs, &[r, c])?;
             let (y, yl) = make_view(vy, &ys, r, c, f32::NAN)?;
             let j = xs.iter().map(|&v| (v as f64).tanh()).chain(yl.iter().map(|&v| v as f64));
@@ -144,9 +144,9 @@ fn matmul_epilogue_results_are_unchanged_by_writing_over_the_product() -> Result
     let mut rng = Rng::new(3);
     let mm = compile(|a: &Array, b: &Array, bias: &Array| (a.matmul(b)? + bias)?.tanh()? * 2.0f32);
     for (m, k, n) in [(3, 5, 7), (33, 17, TILE + 1), (64, 8, 600)] {
-        let av: Vec<f32> = rng.floats(m * k, -1.0, 1.0).into_iter().map(|v| v as f32).collect();
-        let bv: Vec<f32> = rng.floats(k * n, -1.0, 1.0).into_iter().map(|v| v as f32).collect();
-        let biasv: Vec<f32> = rng.floats(n, -1.0, 1.0).into_iter().map(|v| v as f32).collect();
+        let av: Vec<f32> = rng.floats_f32(m * k, -1.0, 1.0);
+        let bv: Vec<f32> = rng.floats_f32(k * n, -1.0, 1.0);
+        let biasv: Vec<f32> = rng.floats_f32(n, -1.0, 1.0);
         let (a, b, bias) =
             (Array::from_slice(&av, &[m, k])?, Array::from_slice(&bv, &[k, n])?, Array::from_slice(&biasv, &[n])?);
         let mut want = vec![0.0; m * n];

@@ -62,6 +62,11 @@ impl Rng {
             })
             .collect()
     }
+
+    /// [`floats`](Rng::floats) rounded to `f32`.
+    pub fn floats_f32(&mut self, n: usize, lo: f64, hi: f64) -> Vec<f32> {
+        self.floats(n, lo, hi).into_iter().map(|v| v as f32).collect()
+    }
 }
 
 // ---------------------------------------------------------------- element conversions

@@ -128,8 +128,11 @@ fn store<T: Copy>(tile: &[T], out: &OutPtr, at: usize, stream: bool) {
 fn apply(op: &FusedOp, args: &[Src], out: &mut Buffer) {
     if args.iter().all(|a| a.bcast) {
         let len = args.first().map_or(0, |a| a.len);
-        let one: Vec<Src> = args.iter().map(|a| Src::run(a.buf, a.start, 1)).collect();
-        apply_tile(op, &one, out);
+        let mut one = [Src::run(&EMPTY, 0, 0); 3];
+        for (o, a) in one.iter_mut().zip(args) {
+            *o = Src::run(a.buf, a.start, 1);
+        }
+        apply_tile(op, &one[..args.len()], out);
         crate::with_buffer!(out, v => {
             let x = v[0];
             v[..len].fill(x);
@@ -257,16 +260,12 @@ const NO_BUFFER: Buffer = Buffer::Bool(Vec::new());
 static EMPTY: Buffer = Buffer::Bool(Vec::new());
 
 impl<'a> Exec<'a> {
-    fn new(g: &'a FusedGroup, loads: Vec<Load<'a>>, n: usize) -> Exec<'a> {
-        let prefetch = n * 4 >= crate::backend::cpu::stream::STREAM_MIN_BYTES;
-        Exec {
-            g,
-            loads,
-            plan: RegPlan::new(g),
-            tile: TILE.min(n.max(1)),
-            stream: vec![false; g.outputs.len()],
-            prefetch,
-        }
+    /// A run over `n` positions; `stream` says, per output, whether it is
+    /// written with streaming stores.
+    fn new(g: &'a FusedGroup, loads: Vec<Load<'a>>, n: usize, stream: Vec<bool>) -> Exec<'a> {
+        let widest = g.inputs.iter().map(|d| d.size()).max().unwrap_or(0);
+        let prefetch = n * widest >= crate::backend::cpu::stream::STREAM_MIN_BYTES;
+        Exec { g, loads, plan: RegPlan::new(g), tile: TILE.min(n.max(1)), stream, prefetch }
     }
 
     fn scratch(&self) -> Scratch {
@@ -361,7 +360,7 @@ impl<'a> Exec<'a> {
 
 /// Runs `g` over positions `lo..hi` on the calling thread (for [`run_reduce`]).
 fn exec_range(g: &FusedGroup, loads: Vec<Load>, lo: usize, hi: usize, outs: &[OutPtr]) {
-    let e = Exec::new(g, loads, hi - lo);
+    let e = Exec::new(g, loads, hi - lo, vec![false; g.outputs.len()]);
     e.range(&mut e.scratch(), lo, hi, outs, lo);
 }
 
@@ -471,15 +470,18 @@ pub fn run_into(
         .collect();
     {
         let loads: Vec<Load> = args.iter().map(|a| plan_load(&a.data().buffer, view_as(a.data(), shape))).collect();
-        let mut e = Exec::new(g, loads, n);
-        for (k, (&r, st)) in g.outputs.iter().zip(e.stream.iter_mut()).enumerate() {
-            let dest = match into.get(k) {
-                Some(Some(c)) => c.sink_len(),
-                _ => n,
-            };
-            *st = dest * g.reg_dtype(r).size() >= crate::backend::cpu::stream::STREAM_MIN_BYTES;
-        }
-        e.all(n, &ptrs);
+        // An output is streamed when its destination (the whole sink, for
+        // claimed rows) is large.
+        let stream = g
+            .outputs
+            .iter()
+            .enumerate()
+            .map(|(k, &r)| {
+                let dest = into.get(k).and_then(|c| c.as_ref()).map_or(n, |c| c.sink_len());
+                dest * g.reg_dtype(r).size() >= crate::backend::cpu::stream::STREAM_MIN_BYTES
+            })
+            .collect();
+        Exec::new(g, loads, n, stream).all(n, &ptrs);
     }
     let mut fresh = fresh.into_iter();
     let mut owned: Vec<Option<Arc<Buffer>>> = args

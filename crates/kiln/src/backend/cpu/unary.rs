@@ -110,6 +110,8 @@ pub fn unary(op: UnaryOp, x: Src, out: &mut Buffer) {
         Buffer::BF16(_) => float_unary::<half::bf16>(op, x, out),
         Buffer::F32(_) => match simd_func(op) {
             Some(f) => {
+                // `fused::apply` runs an op of broadcast values on one element.
+                debug_assert!(!x.bcast, "simd_math kernels map tiles, not broadcast values");
                 let os = f32::slice_of_mut(out).expect("register dtype matches the op's output dtype");
                 simd_math::apply(f, simd_math::detected_level(), x.slice::<f32>(), &mut os[..x.len]);
             }
