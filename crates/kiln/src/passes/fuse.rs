@@ -39,13 +39,21 @@ pub struct FusedGroup {
     pub ops: Vec<FusedOp>,
     /// Registers written to memory, in the order of the step's outputs.
     pub outputs: Vec<usize>,
+    /// Machine code for the group, compiled by the CPU backend on first run
+    /// and shared by clones (see [`jit`](crate::backend::cpu::jit)).
+    pub code: crate::backend::cpu::jit::CodeSlot,
 }
 
 impl FusedGroup {
     /// A group of one op reading inputs `0..n`.
     pub fn single(prim: Primitive, inputs: Vec<DType>, dtype: DType) -> FusedGroup {
         let n = inputs.len();
-        FusedGroup { inputs, ops: vec![FusedOp { prim, args: (0..n).collect(), dtype }], outputs: vec![n] }
+        FusedGroup {
+            inputs,
+            ops: vec![FusedOp { prim, args: (0..n).collect(), dtype }],
+            outputs: vec![n],
+            code: Default::default(),
+        }
     }
 
     /// The dtype of a register.
@@ -344,7 +352,12 @@ fn build_group(
         }
         extra.push(outputs.iter().position(|&o| o == r).expect("just pushed"));
     }
-    let group = FusedGroup { inputs: inputs.iter().map(|&x| p.instrs[x].dtype).collect(), ops, outputs };
+    let group = FusedGroup {
+        inputs: inputs.iter().map(|&x| p.instrs[x].dtype).collect(),
+        ops,
+        outputs,
+        code: Default::default(),
+    };
     (group, inputs, extra)
 }
 

@@ -12,7 +12,7 @@ use crate::array::Data;
 use crate::backend::cpu::rows::Claimed;
 use crate::backend::cpu::strided::{PAR_CHUNK, PAR_THRESHOLD};
 use crate::backend::cpu::tile::{Src, TILE};
-use crate::backend::cpu::{binary, cast, reduce, unary, Buffer};
+use crate::backend::cpu::{binary, cast, jit, reduce, unary, Buffer, BufferElement};
 use crate::dtype::{DType, Element};
 use crate::layout::{collapse, for_each_block, Layout};
 use crate::passes::fuse::{FusedGroup, FusedOp};
@@ -213,6 +213,8 @@ struct Exec<'a> {
     /// Prefetch the next tile of inputs read in place: the iteration space
     /// is larger than the caches, so they come from memory.
     prefetch: bool,
+    /// The group compiled to machine code (see [`jit`]), when it is.
+    code: Option<Arc<jit::Compiled>>,
 }
 
 /// One task's tile buffers, allocated once and reused for every tile.
@@ -224,6 +226,8 @@ struct Scratch {
     direct: Vec<Option<(usize, bool)>>,
     /// The op registers' slots.
     slots: Vec<Buffer>,
+    /// Compiled kernels this task has used, by broadcast pattern.
+    kernels: Vec<(jit::Variant, Option<Arc<jit::Kernel>>)>,
 }
 
 impl Drop for Scratch {
@@ -265,7 +269,8 @@ impl<'a> Exec<'a> {
     fn new(g: &'a FusedGroup, loads: Vec<Load<'a>>, n: usize, stream: Vec<bool>) -> Exec<'a> {
         let widest = g.inputs.iter().map(|d| d.size()).max().unwrap_or(0);
         let prefetch = n * widest >= crate::backend::cpu::stream::STREAM_MIN_BYTES;
-        Exec { g, loads, plan: RegPlan::new(g), tile: TILE.min(n.max(1)), stream, prefetch }
+        let code = g.code.get(g);
+        Exec { g, loads, plan: RegPlan::new(g), tile: TILE.min(n.max(1)), stream, prefetch, code }
     }
 
     fn scratch(&self) -> Scratch {
@@ -279,7 +284,7 @@ impl<'a> Exec<'a> {
             })
             .collect();
         let slots = self.plan.slot_dtype.iter().map(|&dt| take_register(dt)).collect();
-        Scratch { in_regs, direct: vec![None; self.loads.len()], slots }
+        Scratch { in_regs, direct: vec![None; self.loads.len()], slots, kernels: Vec::new() }
     }
 
     /// Runs the group over row-major positions `start..end` of its iteration
@@ -293,7 +298,8 @@ impl<'a> Exec<'a> {
         let mut s = start;
         while s < end {
             let len = self.tile.min(end - s);
-            if self.prefetch {
+            // (Compiled kernels prefetch as they go.)
+            if self.prefetch && self.code.is_none() {
                 for l in &self.loads {
                     if let Load::InPlace(buf, at) = l {
                         crate::backend::cpu::stream::prefetch(buf, at + s + len..at + (s + 2 * len).min(end));
@@ -311,6 +317,10 @@ impl<'a> Exec<'a> {
                         gather_tile(buf, shape, strides, *offset, s, len, r);
                     }
                 }
+            }
+            if self.compiled_tile(sc, s, len, outs, base) {
+                s += len;
+                continue;
             }
             for (k, op) in g.ops.iter().enumerate() {
                 let slot = self.plan.op_slot[k];
@@ -343,6 +353,67 @@ impl<'a> Exec<'a> {
         if self.stream.contains(&true) {
             crate::backend::cpu::stream::fence();
         }
+    }
+
+    /// Runs the tile at `s..s + len` through the group's compiled kernel
+    /// (inputs already gathered), storing its outputs; `false` when the group
+    /// has no kernel for this tile's pattern of broadcast inputs.
+    fn compiled_tile(&self, sc: &mut Scratch, s: usize, len: usize, outs: &[OutPtr], base: usize) -> bool {
+        let Some(code) = &self.code else { return false };
+        let mut ins = [std::ptr::null::<f32>(); jit::MAX_PTRS];
+        let mut bcast = 0u64;
+        for (k, l) in self.loads.iter().enumerate() {
+            let ptr = |b: &Buffer, at: usize| f32::slice_of(b).map_or(std::ptr::null(), |v| v[at..].as_ptr());
+            ins[k] = match (l, &sc.in_regs[k], sc.direct[k]) {
+                (Load::InPlace(buf, at), ..) => ptr(buf, at + s),
+                (Load::Scalar(buf, at), ..) => {
+                    bcast |= 1 << k;
+                    ptr(buf, *at)
+                }
+                (Load::Strided { buf, .. }, _, Some((at, rep))) => {
+                    bcast |= (rep as u64) << k;
+                    ptr(buf, at)
+                }
+                (_, Some(reg), _) => ptr(reg, 0),
+                _ => unreachable!("gathered inputs have registers"),
+            };
+        }
+        // Borrowed from the task's cache, not cloned: an `Arc` count touched
+        // by every tile of both threads is a contended cache line.
+        let v = jit::Variant { bcast, prefetch: self.prefetch };
+        let at = match sc.kernels.iter().position(|(m, _)| *m == v) {
+            Some(i) => i,
+            None => {
+                sc.kernels.push((v, code.kernel(v)));
+                sc.kernels.len() - 1
+            }
+        };
+        let Some(kernel) = &sc.kernels[at].1 else { return false };
+        let n_in = self.g.inputs.len();
+        let mut dst = [std::ptr::null_mut::<f32>(); jit::MAX_PTRS];
+        for (j, (&r, p)) in self.g.outputs.iter().zip(outs).enumerate() {
+            dst[j] = if self.stream[j] {
+                // Streamed from the register tile below.
+                f32::slice_of_mut(&mut sc.slots[self.plan.op_slot[r - n_in]]).expect("f32 register").as_mut_ptr()
+            } else {
+                // SAFETY: as in `store`: `p` holds at least `s - base + len`
+                // elements of `f32` and this task owns that range.
+                unsafe { (p.0 as *mut f32).add(s - base) }
+            };
+        }
+        // SAFETY: every input pointer addresses `len` elements of this tile
+        // (one for broadcast inputs: `bcast` marks them), every output
+        // pointer `len` writable elements (a register tile or this task's
+        // range of the output), and an output overlaps an input only when it
+        // was donated, at the very same positions.
+        unsafe { kernel.run(&ins[..n_in], &dst[..self.g.outputs.len()], len) };
+        for ((&r, p), &st) in self.g.outputs.iter().zip(outs).zip(&self.stream) {
+            if st {
+                let reg = &sc.slots[self.plan.op_slot[r - n_in]];
+                crate::with_buffer!(reg, v => store(&v[..len], p, s - base, st));
+            }
+        }
+        true
     }
 
     /// Runs positions `0..n`, in parallel chunks above [`PAR_THRESHOLD`].
@@ -742,6 +813,7 @@ mod tests {
                 op(Primitive::Binary(BinaryOp::Add), vec![3, 0]),
             ],
             outputs: vec![4],
+            code: Default::default(),
         }
     }
 

@@ -8,6 +8,9 @@ pub mod buffer;
 pub mod cast;
 pub mod fused;
 pub mod index;
+pub mod jit;
+#[cfg(target_arch = "x86_64")]
+pub mod jit_x86;
 pub mod math;
 pub mod matmul;
 pub mod pool;

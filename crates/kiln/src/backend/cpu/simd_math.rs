@@ -198,9 +198,26 @@ macro_rules! drive {
     }};
 }
 
+/// `f(x)` in the operations of `V`, for the functions computed entirely in
+/// vector code: sine and cosine also recompute large lanes in `f64` (see
+/// [`TRIG_LIMIT`]), so they are `None`.
+#[inline(always)]
+pub(crate) fn eval<V: Vf32>(f: Func, x: V) -> Option<V> {
+    Some(match f {
+        Func::Exp => exp_v(x),
+        Func::Expm1 => expm1_v(x),
+        Func::Log => log_v(x),
+        Func::Log1p => log1p_v(x),
+        Func::Tanh => tanh_v(x),
+        Func::Sigmoid => sigmoid_v(x),
+        Func::Erf => erf_v(x),
+        Func::Sin | Func::Cos => return None,
+    })
+}
+
 /// Runs `f` with the vector type `V` (inlined into each level's entry).
 #[inline(always)]
-fn run_generic<V: Vf32>(f: Func, x: &[f32], out: &mut [f32]) {
+fn run_generic<V: VMem>(f: Func, x: &[f32], out: &mut [f32]) {
     match f {
         Func::Exp => drive!(V, x, out, exp_v),
         Func::Expm1 => drive!(V, x, out, expm1_v),
@@ -214,18 +231,14 @@ fn run_generic<V: Vf32>(f: Func, x: &[f32], out: &mut [f32]) {
     }
 }
 
-/// The operations the kernels are written in. Implementations are private:
-/// the x86 ones may only be used inside functions compiled with their target
-/// features, which are called only after runtime detection.
-trait Vf32: Copy {
-    /// Lanes.
-    const N: usize;
+/// The operations the kernels are written in. Implementations are private
+/// except the code generator's ([`jit`](crate::backend::cpu::jit)), which
+/// records each operation instead of computing it; the x86 ones may only be
+/// used inside functions compiled with their target features, which are
+/// called only after runtime detection.
+pub(crate) trait Vf32: Copy {
     /// A lane mask.
     type M: Copy;
-    /// Loads the first `N` elements of `s` (`s.len() >= N`).
-    fn load(s: &[f32]) -> Self;
-    /// Stores into the first `N` elements of `s` (`s.len() >= N`).
-    fn store(self, s: &mut [f32]);
     fn splat(v: f32) -> Self;
     fn add(self, o: Self) -> Self;
     fn sub(self, o: Self) -> Self;
@@ -296,9 +309,19 @@ trait Vf32: Copy {
     }
 }
 
-impl Vf32 for f32 {
+/// Vectors held in registers and moved to and from slices (every [`Vf32`]
+/// but the code generator's).
+trait VMem: Vf32 {
+    /// Lanes.
+    const N: usize;
+    /// Loads the first `N` elements of `s` (`s.len() >= N`).
+    fn load(s: &[f32]) -> Self;
+    /// Stores into the first `N` elements of `s` (`s.len() >= N`).
+    fn store(self, s: &mut [f32]);
+}
+
+impl VMem for f32 {
     const N: usize = 1;
-    type M = bool;
     #[inline(always)]
     fn load(s: &[f32]) -> Self {
         s[0]
@@ -307,6 +330,10 @@ impl Vf32 for f32 {
     fn store(self, s: &mut [f32]) {
         s[0] = self;
     }
+}
+
+impl Vf32 for f32 {
+    type M = bool;
     #[inline(always)]
     fn splat(v: f32) -> Self {
         v
@@ -564,7 +591,7 @@ fn log1p_v<V: Vf32>(x: V) -> V {
 
 /// One Newton step for `1 / d` from the estimate `r`: doubles its correct bits.
 #[inline(always)]
-fn newton_recip<V: Vf32>(d: V, r: V) -> V {
+pub(crate) fn newton_recip<V: Vf32>(d: V, r: V) -> V {
     let e = d.xor(V::c(-0.0)).fma(r, V::c(1.0));
     r.fma(e, r)
 }
@@ -654,7 +681,7 @@ mod x86 {
     //! are compiled with the matching target features and only called after
     //! runtime detection: that is the invariant every `SAFETY` below relies on.
 
-    use super::{run_generic, Func, Vf32};
+    use super::{run_generic, Func, VMem, Vf32};
     #[cfg(target_arch = "x86")]
     use std::arch::x86::*;
     #[cfg(target_arch = "x86_64")]
@@ -704,9 +731,8 @@ mod x86 {
         };
     }
 
-    impl Vf32 for F8 {
+    impl VMem for F8 {
         const N: usize = 8;
-        type M = __m256;
         #[inline(always)]
         fn load(s: &[f32]) -> Self {
             assert!(s.len() >= 8);
@@ -717,6 +743,10 @@ mod x86 {
             assert!(s.len() >= 8);
             avx2!(_mm256_storeu_ps(s.as_mut_ptr(), self.0))
         }
+    }
+
+    impl Vf32 for F8 {
+        type M = __m256;
         #[inline(always)]
         fn splat(v: f32) -> Self {
             F8(avx2!(_mm256_set1_ps(v)))
@@ -820,9 +850,8 @@ mod x86 {
         }
     }
 
-    impl Vf32 for F16 {
+    impl VMem for F16 {
         const N: usize = 16;
-        type M = __mmask16;
         #[inline(always)]
         fn load(s: &[f32]) -> Self {
             assert!(s.len() >= 16);
@@ -833,6 +862,10 @@ mod x86 {
             assert!(s.len() >= 16);
             avx512!(_mm512_storeu_ps(s.as_mut_ptr(), self.0))
         }
+    }
+
+    impl Vf32 for F16 {
+        type M = __mmask16;
         #[inline(always)]
         fn splat(v: f32) -> Self {
             F16(avx512!(_mm512_set1_ps(v)))

@@ -82,7 +82,7 @@ multiversion! {
 }
 
 /// The vectorized `f32` kernel for `op`, if [`simd_math`] has one.
-fn simd_func(op: UnaryOp) -> Option<Func> {
+pub(crate) fn simd_func(op: UnaryOp) -> Option<Func> {
     use UnaryOp::*;
     Some(match op {
         Exp => Func::Exp,

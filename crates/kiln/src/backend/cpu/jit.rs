@@ -1,0 +1,530 @@
+//! The kernel compiler: turns a fused group of `f32` elementwise ops into
+//! one machine-code loop that keeps every intermediate value in a vector
+//! register.
+//!
+//! The tile interpreter ([`fused`](crate::backend::cpu::fused)) runs each op
+//! as its own pass over a tile, so every op stores its result and the next
+//! one loads it again: about two cycles per vector and op, which makes long
+//! chains (gelu, the layernorm epilogue) compute-bound. A compiled kernel
+//! loads each input once per vector, computes the whole group in registers
+//! and stores only the outputs.
+//!
+//! Compilation has two steps:
+//!
+//! 1. **Lowering** ([`lower`]) records the group as a [`Prog`]: a list of
+//!    vector operations in SSA form. Transcendental functions are recorded
+//!    by running the very code of [`simd_math`] on a tracing vector type
+//!    ([`Traced`]), so compiled and interpreted kernels compute the same
+//!    operations and agree to the last bit.
+//! 2. **Code generation** (`jit_x86`, AVX-512 only) allocates registers and
+//!    emits the loop, once per pattern of broadcast inputs (a broadcast input
+//!    is loaded once, before the loop, and everything computed from
+//!    broadcast inputs alone is hoisted there too).
+//!
+//! A group is compiled when it has at least two ops, every input and op is
+//! `f32`, each op has a lowering (arithmetic, `abs`, `neg`, `square`,
+//! `sqrt`, `rsqrt`, rounding, `maximum`/`minimum`, `exp`, `expm1`, `log`,
+//! `log1p`, `tanh`, `sigmoid`, `erf`), and the CPU has AVX-512. Anything
+//! else runs on the interpreter, which remains the reference. Setting the
+//! environment variable `KILN_JIT=0` turns compilation off (to compare, or
+//! to debug a suspected code generation problem); `KILN_JIT_DUMP=dir`
+//! writes each generated kernel's machine code to `dir`.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use crate::backend::cpu::simd_math::{self, Vf32};
+use crate::dtype::DType;
+use crate::passes::fuse::FusedGroup;
+use crate::primitive::{BinaryOp, Primitive, UnaryOp};
+
+/// A value of a [`Prog`]: the index of the node that computes it.
+pub type Val = u32;
+
+/// Two-operand vector operations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Bin {
+    /// `a + b`.
+    Add,
+    /// `a - b`.
+    Sub,
+    /// `a * b`.
+    Mul,
+    /// `a / b`.
+    Div,
+    /// `a < b ? a : b` (the second operand when either is NaN, as `vminps`).
+    Min,
+    /// `a > b ? a : b` (the second operand when either is NaN, as `vmaxps`).
+    Max,
+    /// Bitwise and.
+    And,
+    /// Bitwise xor.
+    Xor,
+    /// Integer add of the bit patterns.
+    IAdd,
+    /// `a * 2^floor(b)`, rounded once (`vscalefps`).
+    Scalef,
+}
+
+/// One-operand vector operations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Un {
+    /// Square root.
+    Sqrt,
+    /// Reciprocal estimate with relative error below 2^-14.
+    Rcp14,
+    /// Round to nearest, ties to even.
+    Round,
+    /// Round down.
+    Floor,
+    /// Round up.
+    Ceil,
+    /// `(bits as i32 >> 23) as f32`.
+    Sra23,
+    /// `2^n` for integer-valued `n` in `[-126, 127]`.
+    Pow2i,
+}
+
+/// Ordered comparisons (false on NaN) and the NaN test.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Pred {
+    /// `a < b`.
+    Lt,
+    /// `a > b`.
+    Gt,
+    /// `a >= b`.
+    Ge,
+    /// `a == b`.
+    Eq,
+    /// Either operand is NaN.
+    Unord,
+}
+
+/// One operation of a [`Prog`]; operands are earlier values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Node {
+    /// Group input `k` at the current position.
+    Input(usize),
+    /// A constant, by its bit pattern.
+    Const(u32),
+    /// A two-operand operation.
+    Bin(Bin, Val, Val),
+    /// `a * b + c`, rounded once.
+    Fma(Val, Val, Val),
+    /// A one-operand operation.
+    Un(Un, Val),
+    /// A lane mask: `a pred b`.
+    Cmp(Pred, Val, Val),
+    /// Both masks.
+    MaskAnd(Val, Val),
+    /// Either mask.
+    MaskOr(Val, Val),
+    /// `mask ? a : b` per lane.
+    Blend(Val, Val, Val),
+}
+
+impl Node {
+    /// The values this node reads.
+    pub fn operands(&self) -> Vec<Val> {
+        match *self {
+            Node::Input(_) | Node::Const(_) => vec![],
+            Node::Un(_, a) => vec![a],
+            Node::Bin(_, a, b) | Node::Cmp(_, a, b) | Node::MaskAnd(a, b) | Node::MaskOr(a, b) => vec![a, b],
+            Node::Fma(a, b, c) | Node::Blend(a, b, c) => vec![a, b, c],
+        }
+    }
+
+    /// Whether the node's value is a lane mask rather than a vector.
+    pub fn is_mask(&self) -> bool {
+        matches!(self, Node::Cmp(..) | Node::MaskAnd(..) | Node::MaskOr(..))
+    }
+}
+
+/// A lowered group: vector operations in SSA form, in execution order.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Prog {
+    /// The operations; node `i` defines value `i`.
+    pub nodes: Vec<Node>,
+    /// The group's inputs.
+    pub inputs: usize,
+    /// The value of each group output, in order.
+    pub outputs: Vec<Val>,
+}
+
+/// Records operations into a [`Prog`], merging repeated ones.
+#[derive(Default)]
+struct Recorder {
+    nodes: Vec<Node>,
+    seen: HashMap<Node, Val>,
+}
+
+thread_local! {
+    /// The recorder [`Traced`] values write to (one lowering at a time per thread).
+    static RECORDER: RefCell<Recorder> = RefCell::new(Recorder::default());
+}
+
+fn record(n: Node) -> Val {
+    RECORDER.with_borrow_mut(|r| {
+        if let Some(&v) = r.seen.get(&n) {
+            return v;
+        }
+        let v = r.nodes.len() as Val;
+        r.nodes.push(n);
+        r.seen.insert(n, v);
+        v
+    })
+}
+
+/// A vector being recorded: operations on it append nodes to the recorder.
+#[derive(Clone, Copy, Debug)]
+pub struct Traced(Val);
+
+/// A lane mask being recorded.
+#[derive(Clone, Copy, Debug)]
+pub struct TracedMask(Val);
+
+impl Traced {
+    fn bin(self, op: Bin, o: Traced) -> Traced {
+        Traced(record(Node::Bin(op, self.0, o.0)))
+    }
+    fn un(self, op: Un) -> Traced {
+        Traced(record(Node::Un(op, self.0)))
+    }
+    fn cmp(self, p: Pred, o: Traced) -> TracedMask {
+        TracedMask(record(Node::Cmp(p, self.0, o.0)))
+    }
+}
+
+impl Vf32 for Traced {
+    type M = TracedMask;
+    fn splat(v: f32) -> Self {
+        Traced(record(Node::Const(v.to_bits())))
+    }
+    fn add(self, o: Self) -> Self {
+        self.bin(Bin::Add, o)
+    }
+    fn sub(self, o: Self) -> Self {
+        self.bin(Bin::Sub, o)
+    }
+    fn mul(self, o: Self) -> Self {
+        self.bin(Bin::Mul, o)
+    }
+    fn div(self, o: Self) -> Self {
+        self.bin(Bin::Div, o)
+    }
+    fn recip(self) -> Self {
+        // As the AVX-512 kernels: a 14-bit estimate and one Newton step.
+        simd_math::newton_recip(self, self.un(Un::Rcp14))
+    }
+    fn fma(self, b: Self, c: Self) -> Self {
+        Traced(record(Node::Fma(self.0, b.0, c.0)))
+    }
+    fn min(self, o: Self) -> Self {
+        self.bin(Bin::Min, o)
+    }
+    fn max(self, o: Self) -> Self {
+        self.bin(Bin::Max, o)
+    }
+    fn round(self) -> Self {
+        self.un(Un::Round)
+    }
+    fn floor(self) -> Self {
+        self.un(Un::Floor)
+    }
+    fn and_bits(self, m: u32) -> Self {
+        self.bin(Bin::And, Traced(record(Node::Const(m))))
+    }
+    fn xor(self, o: Self) -> Self {
+        self.bin(Bin::Xor, o)
+    }
+    fn iadd(self, k: i32) -> Self {
+        self.bin(Bin::IAdd, Traced(record(Node::Const(k as u32))))
+    }
+    fn sra23(self) -> Self {
+        self.un(Un::Sra23)
+    }
+    fn pow2i(n: Self) -> Self {
+        n.un(Un::Pow2i)
+    }
+    fn scale2(self, n: Self) -> Self {
+        self.bin(Bin::Scalef, n)
+    }
+    fn lt(self, o: Self) -> TracedMask {
+        self.cmp(Pred::Lt, o)
+    }
+    fn gt(self, o: Self) -> TracedMask {
+        self.cmp(Pred::Gt, o)
+    }
+    fn ge(self, o: Self) -> TracedMask {
+        self.cmp(Pred::Ge, o)
+    }
+    fn eq(self, o: Self) -> TracedMask {
+        self.cmp(Pred::Eq, o)
+    }
+    fn is_nan(self) -> TracedMask {
+        self.cmp(Pred::Unord, self)
+    }
+    fn mand(a: TracedMask, b: TracedMask) -> TracedMask {
+        TracedMask(record(Node::MaskAnd(a.0, b.0)))
+    }
+    fn mor(a: TracedMask, b: TracedMask) -> TracedMask {
+        TracedMask(record(Node::MaskOr(a.0, b.0)))
+    }
+    fn select(m: TracedMask, a: Self, b: Self) -> Self {
+        Traced(record(Node::Blend(m.0, a.0, b.0)))
+    }
+}
+
+/// NaN-propagating maximum or minimum as the interpreter computes it
+/// ([`max_nan`](crate::backend::cpu::math::max_nan)): `a` when it is NaN or
+/// the operands are equal, `b` when it is NaN.
+fn max_min_nan(a: Traced, b: Traced, op: Bin) -> Traced {
+    // vmaxps(b, a) is `b > a ? b : a`: `a` on ties and when either is NaN.
+    let m = b.bin(op, a);
+    Traced::select(b.is_nan(), b, m)
+}
+
+/// The recorded value of one op, or `None` when it has no lowering.
+fn lower_op(prim: &Primitive, a: &[Traced]) -> Option<Traced> {
+    let one = || Traced::splat(1.0);
+    Some(match *prim {
+        Primitive::AsType(DType::F32) => a[0],
+        Primitive::Unary(u) => {
+            let x = a[0];
+            match u {
+                UnaryOp::Neg => x.xor(Traced::splat(-0.0)),
+                UnaryOp::Abs => x.abs(),
+                UnaryOp::Square => x.mul(x),
+                UnaryOp::Sqrt => x.un(Un::Sqrt),
+                UnaryOp::Rsqrt => one().div(x.un(Un::Sqrt)),
+                UnaryOp::Reciprocal => one().div(x),
+                UnaryOp::Floor => x.un(Un::Floor),
+                UnaryOp::Ceil => x.un(Un::Ceil),
+                UnaryOp::Round => x.un(Un::Round),
+                _ => simd_math::eval(crate::backend::cpu::unary::simd_func(u)?, x)?,
+            }
+        }
+        Primitive::Binary(b) => {
+            let (x, y) = (a[0], a[1]);
+            match b {
+                BinaryOp::Add => x.add(y),
+                BinaryOp::Sub => x.sub(y),
+                BinaryOp::Mul => x.mul(y),
+                BinaryOp::Div => x.div(y),
+                BinaryOp::Maximum => max_min_nan(x, y, Bin::Max),
+                BinaryOp::Minimum => max_min_nan(x, y, Bin::Min),
+                _ => return None,
+            }
+        }
+        _ => return None,
+    })
+}
+
+/// Most inputs plus outputs of a compiled kernel (each takes a general register).
+pub const MAX_PTRS: usize = 11;
+
+/// Records group `g` as a [`Prog`], or `None` when it is not compiled (see
+/// the module docs).
+pub fn lower(g: &FusedGroup) -> Option<Prog> {
+    let all_f32 = g.inputs.iter().chain(g.ops.iter().map(|o| &o.dtype)).all(|&d| d == DType::F32);
+    if g.ops.len() < 2 || !all_f32 || g.inputs.len() + g.outputs.len() > MAX_PTRS {
+        return None;
+    }
+    RECORDER.with_borrow_mut(|r| *r = Recorder::default());
+    let mut regs: Vec<Traced> = (0..g.inputs.len()).map(|k| Traced(record(Node::Input(k)))).collect();
+    for op in &g.ops {
+        let args: Vec<Traced> = op.args.iter().map(|&r| regs[r]).collect();
+        match lower_op(&op.prim, &args) {
+            Some(v) => regs.push(v),
+            None => {
+                RECORDER.with_borrow_mut(|r| *r = Recorder::default());
+                return None;
+            }
+        }
+    }
+    let nodes = RECORDER.with_borrow_mut(|r| std::mem::take(r).nodes);
+    Some(Prog { nodes, inputs: g.inputs.len(), outputs: g.outputs.iter().map(|&r| regs[r].0).collect() })
+}
+
+/// Whether kernels are compiled here: the CPU has AVX-512 and `KILN_JIT`
+/// is not `0`.
+pub fn enabled() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| {
+        cfg!(target_arch = "x86_64")
+            && simd_math::detected_level() == simd_math::Level::Avx512
+            && std::env::var("KILN_JIT").map_or(true, |v| v != "0")
+    })
+}
+
+/// A compiled kernel: `run(ins, outs, len)` computes `len` positions,
+/// reading input `k` from `ins[k]` (`len` elements, or one element when
+/// the input is broadcast) and writing output `j` to `outs[j]`.
+pub struct Kernel {
+    #[cfg(target_arch = "x86_64")]
+    code: crate::backend::cpu::jit_x86::Code,
+}
+
+impl Kernel {
+    /// Runs the kernel.
+    ///
+    /// # Safety
+    /// `ins[k]` must be valid for reading `len` `f32` (one, for the inputs
+    /// this kernel was compiled to broadcast), `outs[j]` valid for writing
+    /// `len` `f32`, and no output may overlap an input except at the very
+    /// same positions.
+    pub unsafe fn run(&self, ins: &[*const f32], outs: &[*mut f32], len: usize) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: forwarded from the caller; the code was generated for this
+        // program's numbers of inputs and outputs, which the asserts check.
+        unsafe {
+            self.code.run(ins, outs, len)
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        unreachable!("kernels are only compiled on x86_64 ({ins:?}, {outs:?}, {len})")
+    }
+}
+
+/// What a kernel is specialized for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Variant {
+    /// Bit `k` set: input `k` is broadcast (one value, loaded before the loop).
+    pub bcast: u64,
+    /// Prefetch the inputs read in place a few KiB ahead (they stream from
+    /// memory: the run is larger than the caches).
+    pub prefetch: bool,
+}
+
+static GENERATED: AtomicUsize = AtomicUsize::new(0);
+static DECLINED: AtomicUsize = AtomicUsize::new(0);
+
+/// Kernels generated so far in this process, and programs for which code
+/// generation declined (they ran on the interpreter): for tests and
+/// diagnostics.
+pub fn counts() -> (usize, usize) {
+    (GENERATED.load(Ordering::Relaxed), DECLINED.load(Ordering::Relaxed))
+}
+
+/// A group's lowered program and its kernels, one per [`Variant`].
+pub struct Compiled {
+    prog: Prog,
+    kernels: Mutex<Vec<(Variant, Option<Arc<Kernel>>)>>,
+}
+
+impl Compiled {
+    /// The kernel for variant `v`, compiled on first use; `None` when code
+    /// generation declines (too many live values).
+    pub fn kernel(&self, v: Variant) -> Option<Arc<Kernel>> {
+        let mut ks = self.kernels.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, k)) = ks.iter().find(|(m, _)| *m == v) {
+            return k.clone();
+        }
+        let k = generate(&self.prog, v).map(Arc::new);
+        let counter = if k.is_some() { &GENERATED } else { &DECLINED };
+        counter.fetch_add(1, Ordering::Relaxed);
+        ks.push((v, k.clone()));
+        k
+    }
+
+    /// The lowered program.
+    pub fn prog(&self) -> &Prog {
+        &self.prog
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn generate(p: &Prog, v: Variant) -> Option<Kernel> {
+    Some(Kernel { code: crate::backend::cpu::jit_x86::generate(p, v)? })
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn generate(_: &Prog, _: Variant) -> Option<Kernel> {
+    None
+}
+
+/// The compiled form of a group, made on first use and shared by the
+/// group's clones (a compiled function's groups are compiled once, on its
+/// first run).
+#[derive(Default, Clone)]
+pub struct CodeSlot(Arc<OnceLock<Option<Arc<Compiled>>>>);
+
+impl CodeSlot {
+    /// The group's compiled form, or `None` when it is not compiled (see
+    /// the module docs).
+    pub fn get(&self, g: &FusedGroup) -> Option<Arc<Compiled>> {
+        if !enabled() {
+            return None;
+        }
+        self.0.get_or_init(|| lower(g).map(|prog| Arc::new(Compiled { prog, kernels: Mutex::new(Vec::new()) }))).clone()
+    }
+}
+
+impl std::fmt::Debug for CodeSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CodeSlot")
+    }
+}
+
+impl PartialEq for CodeSlot {
+    /// Code is derived from the group: slots never make groups differ.
+    fn eq(&self, _: &CodeSlot) -> bool {
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::passes::fuse::FusedOp;
+
+    fn group(ops: Vec<(Primitive, Vec<usize>)>, inputs: usize) -> FusedGroup {
+        let n = inputs + ops.len();
+        FusedGroup {
+            inputs: vec![DType::F32; inputs],
+            ops: ops.into_iter().map(|(prim, args)| FusedOp { prim, args, dtype: DType::F32 }).collect(),
+            outputs: vec![n - 1],
+            code: CodeSlot::default(),
+        }
+    }
+
+    #[test]
+    fn repeated_operations_are_recorded_once() {
+        // (x * y) + (x * y): one product.
+        let mul = Primitive::Binary(BinaryOp::Mul);
+        let g = group(
+            vec![(mul.clone(), vec![0, 1]), (mul, vec![0, 1]), (Primitive::Binary(BinaryOp::Add), vec![2, 3])],
+            2,
+        );
+        let p = lower(&g).expect("arithmetic lowers");
+        let muls = p.nodes.iter().filter(|n| matches!(n, Node::Bin(Bin::Mul, ..))).count();
+        assert_eq!(muls, 1);
+        assert_eq!(p.outputs, vec![p.nodes.len() as Val - 1]);
+    }
+
+    #[test]
+    fn unsupported_ops_and_dtypes_are_not_lowered() {
+        let g = group(vec![(Primitive::Unary(UnaryOp::Sin), vec![0]), (Primitive::Unary(UnaryOp::Neg), vec![1])], 1);
+        assert!(lower(&g).is_none(), "sine recomputes large lanes in f64");
+        let mut g =
+            group(vec![(Primitive::Unary(UnaryOp::Neg), vec![0]), (Primitive::Unary(UnaryOp::Abs), vec![1])], 1);
+        assert!(lower(&g).is_some());
+        g.inputs[0] = DType::F64;
+        assert!(lower(&g).is_none());
+        let single = group(vec![(Primitive::Unary(UnaryOp::Neg), vec![0])], 1);
+        assert!(lower(&single).is_none(), "a single op gains nothing from compilation");
+    }
+
+    #[test]
+    fn transcendental_functions_record_the_simd_math_code() {
+        let g = group(vec![(Primitive::Unary(UnaryOp::Tanh), vec![0]), (Primitive::Unary(UnaryOp::Neg), vec![1])], 1);
+        let p = lower(&g).expect("tanh lowers");
+        assert!(p.nodes.iter().any(|n| matches!(n, Node::Bin(Bin::Scalef, ..))), "tanh goes through exp");
+        assert!(p.nodes.iter().any(|n| matches!(n, Node::Un(Un::Rcp14, _))), "and a reciprocal estimate");
+        // SSA: operands precede their users.
+        for (i, n) in p.nodes.iter().enumerate() {
+            assert!(n.operands().iter().all(|&o| (o as usize) < i));
+        }
+    }
+}

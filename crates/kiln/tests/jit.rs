@@ -1,0 +1,177 @@
+//! Compiled kernels (`backend::cpu::jit`) against the tile interpreter.
+//!
+//! Eager evaluation runs every op as a group of one, on the interpreter; a
+//! compiled function runs its fused groups as generated machine code when
+//! the CPU has AVX-512. Both compute the same operations (the transcendental
+//! functions are recorded from `simd_math`'s own code), so results must be
+//! equal bit for bit, on every length (the last partial vector is masked),
+//! on special values and on broadcast inputs.
+
+mod common;
+
+use common::Rng;
+use kiln::backend::cpu::jit;
+use kiln::{compile, Array, Result};
+
+/// Bit-equal, or both NaN.
+fn assert_same(got: &[f32], want: &[f32], what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        let same = g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan());
+        assert!(same, "{what}: element {i}: compiled {g:e} ({:#x}), eager {w:e} ({:#x})", g.to_bits(), w.to_bits());
+    }
+}
+
+/// Random values in `[-lo, hi]` with special values sprinkled in.
+fn values(rng: &mut Rng, n: usize, scale: f64) -> Vec<f32> {
+    let specials = [
+        0.0,
+        -0.0,
+        f32::NAN,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        1e-40,
+        -1e-40,
+        f32::MAX,
+        f32::MIN_POSITIVE,
+        88.0,
+        -104.0,
+        0.55,
+        3.92,
+    ];
+    let mut v = rng.floats_f32(n, -scale, scale);
+    for x in v.iter_mut() {
+        if rng.int(0, 9) == 0 {
+            *x = rng.pick(&specials);
+        }
+    }
+    v
+}
+
+type F2 = fn(&Array, &Array) -> Result<Array>;
+
+fn gelu_tanh(x: &Array, _: &Array) -> Result<Array> {
+    let inner = ((x + ((x * x)? * x)? * 0.044715f32)? * 0.797_884_6_f32)?;
+    (x * 0.5f32)? * (inner.tanh()? + 1.0f32)?
+}
+fn gelu_erf(x: &Array, _: &Array) -> Result<Array> {
+    (((x * std::f32::consts::FRAC_1_SQRT_2)?.erf()? + 1.0f32)? * x)? * 0.5f32
+}
+fn softplus_ish(x: &Array, y: &Array) -> Result<Array> {
+    (x.exp()?.log1p()? - y.sigmoid()?)? / (y.abs()? + 1.0f32)?
+}
+fn max_min(x: &Array, y: &Array) -> Result<Array> {
+    (x.maximum(y)? - x.minimum(y)?)?.maximum(0.0f32)?.minimum(&y.neg()?)
+}
+fn roots_and_rounding(x: &Array, y: &Array) -> Result<Array> {
+    let r = (x.abs()? + 1e-3f32)?.rsqrt()?;
+    ((r * y.floor()?)? + (y.ceil()? - x.round()?)?)? * x.square()?.sqrt()?
+}
+fn logs(x: &Array, y: &Array) -> Result<Array> {
+    ((x.abs()?.log()? * y)?.expm1()? + x.reciprocal()?)?.neg()
+}
+
+const FUNCTIONS: [(&str, F2); 6] = [
+    ("gelu_tanh", gelu_tanh),
+    ("gelu_erf", gelu_erf),
+    ("softplus_ish", softplus_ish),
+    ("max_min", max_min),
+    ("roots_and_rounding", roots_and_rounding),
+    ("logs", logs),
+];
+
+#[test]
+fn compiled_kernels_match_the_interpreter_bit_for_bit_at_every_length() -> Result<()> {
+    let before = jit::counts().0;
+    let mut rng = Rng::new(41);
+    for (name, f) in FUNCTIONS {
+        let c = compile(f);
+        for n in (1..=40).chain([2047, 2048, 2049, 4096 + 13, 70_001]) {
+            let x = Array::from_vec(values(&mut rng, n, 6.0), &[n])?;
+            let y = Array::from_vec(values(&mut rng, n, 6.0), &[n])?;
+            let got = c.call((&x, &y))?.to_vec::<f32>()?;
+            let want = f(&x, &y)?.to_vec::<f32>()?;
+            assert_same(&got, &want, &format!("{name} on {n} elements"));
+        }
+    }
+    if jit::enabled() {
+        assert!(jit::counts().0 > before, "the compiled functions ran generated code");
+    }
+    Ok(())
+}
+
+#[test]
+fn broadcast_inputs_are_loaded_once_and_match() -> Result<()> {
+    let mut rng = Rng::new(7);
+    let f = |x: &Array, row: &Array, col: &Array, s: &Array| -> Result<Array> {
+        ((((x * row)? + col)?.tanh()? * s)? - (row * col)?.sigmoid()?)? + s.exp()?
+    };
+    let c = compile(f);
+    for (r, k) in [(7, 33), (3, 2048), (5, 3000), (1, 1), (64, 16)] {
+        let x = Array::from_vec(values(&mut rng, r * k, 3.0), &[r, k])?;
+        let row = Array::from_vec(values(&mut rng, k, 3.0), &[k])?;
+        let col = Array::from_vec(values(&mut rng, r, 3.0), &[r, 1])?;
+        let s = Array::from_vec(vec![0.75f32], &[])?;
+        let got = c.call((&x, &row, &col, &s))?.to_vec::<f32>()?;
+        let want = f(&x, &row, &col, &s)?.to_vec::<f32>()?;
+        assert_same(&got, &want, &format!("broadcast ({r}, {k})"));
+    }
+    Ok(())
+}
+
+#[test]
+fn groups_with_several_outputs_write_each() -> Result<()> {
+    let mut rng = Rng::new(3);
+    let f = |x: &Array, y: &Array| -> Result<(Array, Array, Array)> {
+        let t = (x * y)?.tanh()?;
+        Ok(((&t * 2.0f32)?, (&t + x)?.erf()?, (y - &t)?))
+    };
+    let c = compile(f);
+    for n in [5, 16, 2049, 100_003] {
+        let x = Array::from_vec(values(&mut rng, n, 4.0), &[n])?;
+        let y = Array::from_vec(values(&mut rng, n, 4.0), &[n])?;
+        let (a, b, d) = c.call((&x, &y))?;
+        let (wa, wb, wd) = f(&x, &y)?;
+        assert_same(&a.to_vec::<f32>()?, &wa.to_vec::<f32>()?, "first output");
+        assert_same(&b.to_vec::<f32>()?, &wb.to_vec::<f32>()?, "second output");
+        assert_same(&d.to_vec::<f32>()?, &wd.to_vec::<f32>()?, "third output");
+    }
+    Ok(())
+}
+
+#[test]
+fn many_live_values_run_correctly_with_or_without_code() -> Result<()> {
+    // Forty values all live until the end: more than the 32 vector
+    // registers if the group computes them first, so code generation may
+    // decline and the interpreter runs the group; either way the result is
+    // the eager one.
+    let f = |x: &Array| -> Result<Array> {
+        let vs: Vec<Array> = (0..40).map(|i| (x * (1.0 + i as f32 / 8.0))?.tanh()).collect::<Result<_>>()?;
+        let mut acc = vs[0].clone();
+        for (i, v) in vs.iter().enumerate().skip(1) {
+            acc = if i % 2 == 0 { (&acc + v)? } else { (&acc * v)? };
+        }
+        Ok(acc)
+    };
+    let c = compile(f);
+    let mut rng = Rng::new(11);
+    for n in [9, 4099] {
+        let x = Array::from_vec(values(&mut rng, n, 2.0), &[n])?;
+        assert_same(&c.call(&x)?.to_vec::<f32>()?, &f(&x)?.to_vec::<f32>()?, "forty live values");
+    }
+    Ok(())
+}
+
+#[test]
+fn strided_inputs_are_gathered_before_the_kernel() -> Result<()> {
+    let mut rng = Rng::new(5);
+    let f = |x: &Array, y: &Array| -> Result<Array> { ((x * y)? + 1.0f32)?.sigmoid()? * x };
+    let c = compile(f);
+    for (r, k) in [(9, 31), (40, 70)] {
+        let base = Array::from_vec(values(&mut rng, r * k, 3.0), &[r, k])?;
+        let xt = base.t()?;
+        let y = Array::from_vec(values(&mut rng, r * k, 3.0), &[k, r])?;
+        assert_same(&c.call((&xt, &y))?.to_vec::<f32>()?, &f(&xt, &y)?.to_vec::<f32>()?, "transposed input");
+    }
+    Ok(())
+}
