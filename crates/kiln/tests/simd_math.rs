@@ -3,7 +3,7 @@
 //! erf): strided sweeps over every finite f32, dense sweeps over the main
 //! domains, random bit patterns, and the special values.
 
-use kiln::backend::cpu::simd_math::{apply, available_levels, Func, Level, TRIG_LIMIT};
+use kiln::backend::cpu::simd_math::{apply, available_levels, sum_exp_f32, Func, Level, TRIG_LIMIT};
 
 /// The f64 reference for `f`.
 fn reference(f: Func, x: f64) -> f64 {
@@ -363,4 +363,30 @@ fn throughput() {
         }
         println!();
     }
+}
+
+#[test]
+fn sums_of_exponentials_are_accurate_at_every_length() {
+    // Every length up to a few vectors (the tail is computed apart), plus a
+    // full reduction block; the sum of n terms may round n times, so the
+    // bound is relative: n ulps of the sum plus the exp error.
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    for n in (0..=40).chain([255, 256]) {
+        let xs: Vec<f32> = (0..n)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                (seed >> 40) as f32 / (1u64 << 24) as f32 * 25.0 - 20.0
+            })
+            .collect();
+        let want: f64 = xs.iter().map(|&x| (x as f64).exp()).sum();
+        let got = sum_exp_f32(&xs) as f64;
+        let tol = (n as f64 + 1.0) * f32::EPSILON as f64 * want;
+        assert!((got - want).abs() <= tol, "n = {n}: {got} vs {want}");
+    }
+    assert_eq!(sum_exp_f32(&[]), 0.0);
+    assert_eq!(sum_exp_f32(&[f32::NEG_INFINITY; 19]), 0.0, "exp(-inf) adds nothing");
+    assert!(sum_exp_f32(&[0.0, f32::NAN, 1.0]).is_nan());
+    assert_eq!(sum_exp_f32(&[0.0; 17]), 17.0);
 }

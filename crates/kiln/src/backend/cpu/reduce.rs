@@ -39,6 +39,11 @@ use crate::primitive::{ArgReduceOp, ReduceOp};
 /// Independent accumulators per run: one AVX-512 register of `f32` (two of
 /// `f64`). Measured faster than 8 (half a register, at AVX-512) and than 32.
 const LANES: usize = 16;
+/// How far ahead of a contiguous fold its input is prefetched, in bytes: a
+/// fold does little work per element, and alone it keeps too few loads in
+/// flight to read at memory bandwidth (rows of the next blocks are usually
+/// adjacent, so the prefetch runs ahead across runs too).
+const PREFETCH_AHEAD: usize = 8192;
 /// Runs longer than this are split in halves (pairwise reduction).
 const BLOCK: usize = 256;
 /// Outputs accumulated together by the outer walk (the accumulators stay in
@@ -69,6 +74,14 @@ trait Reducer: Sync {
     fn block(&self, _xs: &[Self::In]) -> Option<Self::Acc> {
         None
     }
+    /// Whether long runs are folded pairwise, in halves of at most
+    /// [`BLOCK`] (sums: rounding errors grow with the log of the length
+    /// instead of the length). Order-insensitive folds (max, min, all, any)
+    /// fold a whole run at once, without the per-block combining.
+    #[inline(always)]
+    fn pairwise(&self) -> bool {
+        true
+    }
 }
 
 /// A [`Reducer`] from closures (monomorphized, so the folds inline).
@@ -77,6 +90,8 @@ struct Fold<I, A, O, S, C, F> {
     step: S,
     combine: C,
     finish: F,
+    /// See [`Reducer::pairwise`].
+    pairwise: bool,
     _types: PhantomData<fn(I) -> O>,
 }
 
@@ -107,6 +122,10 @@ where
     #[inline(always)]
     fn finish(&self, a: A, count: usize) -> O {
         (self.finish)(a, count)
+    }
+    #[inline(always)]
+    fn pairwise(&self) -> bool {
+        self.pairwise
     }
 }
 
@@ -204,7 +223,7 @@ impl Plan {
 
 /// Folds `n` elements starting at `off`, `stride` apart.
 fn run<R: Reducer>(r: &R, src: &[R::In], off: usize, n: usize, stride: usize) -> R::Acc {
-    if n > BLOCK {
+    if n > BLOCK && r.pairwise() {
         let h = (n / 2) & !(LANES - 1);
         let a = run(r, src, off, h, stride);
         let b = run(r, src, off + h * stride, n - h, stride);
@@ -231,6 +250,7 @@ fn fold_lanes<R: Reducer>(r: &R, xs: &[R::In]) -> R::Acc {
     let mut lanes = [r.identity(); LANES];
     let mut chunks = xs.chunks_exact(LANES);
     for c in &mut chunks {
+        crate::backend::cpu::stream::prefetch_ahead(c.as_ptr().cast(), PREFETCH_AHEAD);
         // A fixed-size chunk so the lane loop unrolls and vectorizes.
         let c: &[R::In; LANES] = c.try_into().expect("chunks_exact yields LANES elements");
         for (a, &v) in lanes.iter_mut().zip(c) {
@@ -402,7 +422,21 @@ fn exec<I: Element, A: Copy + Send + Sync, O: Element>(
     combine: impl Fn(A, A) -> A + Sync,
     finish: impl Fn(A, usize) -> O + Sync,
 ) -> Buffer {
-    let r = Fold { id, step, combine, finish, _types: PhantomData };
+    let r = Fold { id, step, combine, finish, pairwise: true, _types: PhantomData };
+    Buffer::from_vec(execute(&r, src, p))
+}
+
+/// [`exec`] for a fold whose result does not depend on the order of the
+/// elements (no pairwise splitting, see [`Reducer::pairwise`]).
+fn exec_exact<I: Element, A: Copy + Send + Sync, O: Element>(
+    src: &[I],
+    p: &Plan,
+    id: A,
+    step: impl Fn(A, I) -> A + Sync,
+    combine: impl Fn(A, A) -> A + Sync,
+    finish: impl Fn(A, usize) -> O + Sync,
+) -> Buffer {
+    let r = Fold { id, step, combine, finish, pairwise: false, _types: PhantomData };
     Buffer::from_vec(execute(&r, src, p))
 }
 
@@ -435,12 +469,12 @@ trait AccFloat:
     fn ln(self) -> Self;
     fn count(n: usize) -> Self;
     fn is_finite(self) -> bool;
-    /// `out[i] = e^x[i]` (vectorized for `f32`).
-    fn exp_slice(x: &[Self], out: &mut [Self]);
+    /// `sum(e^x[i])` (vectorized for `f32`).
+    fn sum_exp(x: &[Self]) -> Self;
 }
 
 macro_rules! acc_float {
-    ($($t:ty => $exp_slice:expr),*) => {$(
+    ($($t:ty => $sum_exp:expr),*) => {$(
         impl AccFloat for $t {
             const ZERO: $t = 0.0;
             const NEG_ZERO: $t = -0.0;
@@ -465,15 +499,15 @@ macro_rules! acc_float {
                 <$t>::is_finite(self)
             }
             #[inline(always)]
-            fn exp_slice(x: &[$t], out: &mut [$t]) {
-                $exp_slice(x, out)
+            fn sum_exp(x: &[$t]) -> $t {
+                $sum_exp(x)
             }
         }
     )*};
 }
 acc_float!(
-    f32 => crate::backend::cpu::simd_math::exp_f32,
-    f64 => |x: &[f64], out: &mut [f64]| out.iter_mut().zip(x).for_each(|(o, v)| *o = v.exp())
+    f32 => crate::backend::cpu::simd_math::sum_exp_f32,
+    f64 => |x: &[f64]| lane_sum(x, f64::exp)
 );
 
 /// Sum of a short slice with independent lanes (vectorizes).
@@ -535,7 +569,7 @@ impl<A: AccFloat> Lse<A> {
         }
     }
 
-    /// A block: its maximum, then one vectorized `exp` pass.
+    /// A block: its maximum, then one vectorized pass summing `exp(x - max)`.
     #[inline(always)]
     fn block<I: Copy>(xs: &[I], widen: impl Fn(I) -> A) -> Lse<A> {
         let n = xs.len();
@@ -564,9 +598,7 @@ impl<A: AccFloat> Lse<A> {
         for (d, &x) in v.iter_mut().zip(xs) {
             *d = widen(x) - m;
         }
-        let mut e = [A::ZERO; BLOCK];
-        A::exp_slice(&v[..n], &mut e[..n]);
-        Lse { m, s: lane_sum(&e[..n], |x| x) }
+        Lse { m, s: A::sum_exp(&v[..n]) }
     }
 
     fn log_sum_exp(self) -> A {
@@ -652,6 +684,7 @@ fn exec_stat<I: Element, A: AccFloat, O: Element>(
             step: move |a, x: I| Lse::combine(a, Lse::one(widen(x))),
             combine: Lse::combine,
             finish: |a: Lse<A>, _| narrow(step_finish(a)),
+            pairwise: true,
             _types: PhantomData,
         };
         Buffer::from_vec(execute(&Blocked { inner, block: move |xs: &[I]| lse_block(xs, widen) }, src, p))
@@ -665,6 +698,7 @@ fn exec_stat<I: Element, A: AccFloat, O: Element>(
                 step: move |a, x: I| Moments::combine(a, Moments::one(widen(x))),
                 combine: Moments::combine,
                 finish: move |a: Moments<A>, _| narrow(a.var(ddof)),
+                pairwise: true,
                 _types: PhantomData,
             };
             Buffer::from_vec(execute(&Blocked { inner, block: move |xs: &[I]| moments_block(xs, widen) }, src, p))
@@ -805,10 +839,12 @@ impl<F: Widen> Reducible for F {
                 |a, n| F::narrow(a / F::Acc::count(n)),
             ),
             ReduceOp::Prod => exec(src, p, F::Acc::ONE, |a, x: F| a * x.widen(), |a, b| a * b, |a, _| F::narrow(a)),
-            ReduceOp::Max => exec(src, p, F::Acc::NEG_INF, |a, x: F| fmax(a, x.widen()), fmax, |a, _| F::narrow(a)),
-            ReduceOp::Min => exec(src, p, F::Acc::INF, |a, x: F| fmin(a, x.widen()), fmin, |a, _| F::narrow(a)),
-            ReduceOp::All => exec(src, p, true, |a, x: F| a & (x != zero), |a, b| a & b, keep),
-            ReduceOp::Any => exec(src, p, false, |a, x: F| a | (x != zero), |a, b| a | b, keep),
+            ReduceOp::Max => {
+                exec_exact(src, p, F::Acc::NEG_INF, |a, x: F| fmax(a, x.widen()), fmax, |a, _| F::narrow(a))
+            }
+            ReduceOp::Min => exec_exact(src, p, F::Acc::INF, |a, x: F| fmin(a, x.widen()), fmin, |a, _| F::narrow(a)),
+            ReduceOp::All => exec_exact(src, p, true, |a, x: F| a & (x != zero), |a, b| a & b, keep),
+            ReduceOp::Any => exec_exact(src, p, false, |a, x: F| a | (x != zero), |a, b| a | b, keep),
             ReduceOp::LogSumExp | ReduceOp::SumExp | ReduceOp::Var { .. } => exec_stat(op, src, p, F::widen, F::narrow),
         }
     }

@@ -155,6 +155,53 @@ entry! {
     cos_f32 => Cos, "`out[i] = cos(x[i])`.";
 }
 
+/// `sum(e^x[i])`, with [`exp_f32`]'s values summed in one pass (no
+/// intermediate slice): 16 lane accumulators (8 at AVX2, two per lane pair
+/// of the 16), combined pairwise. Used by the softmax denominator's blocks.
+pub fn sum_exp_f32(x: &[f32]) -> f32 {
+    let level = detected_level();
+    match level {
+        #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+        // SAFETY: `level` is the detected one, so AVX-512F, AVX2 and FMA are available.
+        Level::Avx512 => unsafe { x86::sum_exp_avx512(x) },
+        #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+        // SAFETY: as above, AVX2 and FMA are available.
+        Level::Avx2 => unsafe { x86::sum_exp_avx2(x) },
+        _ => sum_exp_generic::<f32>(x),
+    }
+}
+
+/// [`sum_exp_f32`] with the vector type `V`: the exponentials of each
+/// vector are added to one accumulator vector (lane `l` sums elements
+/// `l, l + N, ...`), and the lanes are summed pairwise at the end.
+#[inline(always)]
+fn sum_exp_generic<V: VMem>(x: &[f32]) -> f32 {
+    let mut acc = V::splat(0.0);
+    let mut chunks = x.chunks_exact(V::N);
+    for c in &mut chunks {
+        acc = acc.add(exp_v(V::load(c)));
+    }
+    let mut lanes = [0.0f32; 16];
+    acc.store(&mut lanes);
+    let rest = chunks.remainder();
+    if !rest.is_empty() {
+        let mut buf = [0.0f32; 16];
+        buf[..rest.len()].copy_from_slice(rest);
+        exp_v(V::load(&buf)).store(&mut buf);
+        for (l, e) in lanes.iter_mut().zip(&buf[..rest.len()]) {
+            *l += e;
+        }
+    }
+    let mut w = V::N.next_power_of_two() / 2;
+    while w > 0 {
+        for l in 0..w {
+            lanes[l] += lanes[l + w];
+        }
+        w /= 2;
+    }
+    lanes[0]
+}
+
 /// Largest `|x|` for which the vector sine/cosine reduction is used.
 pub const TRIG_LIMIT: f32 = 65536.0;
 
@@ -703,6 +750,16 @@ mod x86 {
     #[target_feature(enable = "avx512f,avx2,fma")]
     pub(super) unsafe fn run_avx512(f: Func, x: &[f32], out: &mut [f32]) {
         run_generic::<F16>(f, x, out)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn sum_exp_avx2(x: &[f32]) -> f32 {
+        super::sum_exp_generic::<F8>(x)
+    }
+
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub(super) unsafe fn sum_exp_avx512(x: &[f32]) -> f32 {
+        super::sum_exp_generic::<F16>(x)
     }
 
     /// Eight `f32` lanes (AVX2 + FMA).

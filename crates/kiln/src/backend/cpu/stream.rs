@@ -65,6 +65,22 @@ pub fn prefetch(buf: &crate::backend::cpu::Buffer, range: std::ops::Range<usize>
     let _ = (buf, range);
 }
 
+/// Asks the CPU to start loading the cache line `bytes` past `at`. Only a
+/// hint: the address is never dereferenced, so it may lie past the end of
+/// the allocation `at` points into.
+#[inline(always)]
+pub fn prefetch_ahead(at: *const u8, bytes: usize) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: PREFETCHT0 is part of SSE (every x86-64 CPU) and never faults,
+    // whatever the address; `wrapping_add` computes it without a claim that
+    // it is in bounds.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(at.wrapping_add(bytes).cast())
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (at, bytes);
+}
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
