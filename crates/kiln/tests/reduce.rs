@@ -891,3 +891,63 @@ fn sums_of_negative_zeros_keep_their_sign() -> R {
     }
     Ok(())
 }
+
+/// `reduce_many` against one `reduce` per op on the same view.
+fn many_vs_single(x: &Array, ops: &[ReduceOp], axes: &[usize]) -> R {
+    use kiln::backend::cpu::reduce::{reduce, reduce_many};
+    x.eval()?;
+    let d = x.data().expect("evaluated");
+    let together = reduce_many(ops, d, axes)?;
+    for (&op, got) in ops.iter().zip(&together) {
+        let want = reduce(op, d, axes, op.out_dtype(d.buffer.dtype()))?;
+        let (g, w) = (got.as_slice::<f32>().expect("f32"), want.as_slice::<f32>().expect("f32"));
+        assert_eq!(g.len(), w.len());
+        for (i, (a, b)) in g.iter().zip(w).enumerate() {
+            // Bit for bit, but a zero maximum may carry either sign.
+            let same = a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()) || (*a == 0.0 && *b == 0.0);
+            assert!(same, "{} at {i} of {:?} over {axes:?}: together {a:e}, alone {b:e}", op.name(), x.shape());
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn carried_reductions_equal_their_own_reduction() -> R {
+    let pairs: [&[ReduceOp]; 4] = [
+        &[ReduceOp::Max, ReduceOp::SumExp],
+        &[ReduceOp::LogSumExp, ReduceOp::Max],
+        &[ReduceOp::Mean, ReduceOp::Var { ddof: 0 }],
+        &[ReduceOp::Var { ddof: 1 }, ReduceOp::Sum, ReduceOp::Mean, ReduceOp::Max],
+    ];
+    let mut seed = 0x9e37_79b9u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        ((seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 60.0
+    };
+    for (rows, cols) in [(3, 5), (7, 300), (4, 4096 + 19), (1, 1)] {
+        let mut v: Vec<f32> = (0..rows * cols).map(|_| next()).collect();
+        // Specials in some rows: infinities of one sign, of both, a NaN, -0.
+        if rows >= 3 && cols >= 2 {
+            v[0] = f32::INFINITY;
+            v[1] = f32::INFINITY;
+            v[cols] = f32::NEG_INFINITY;
+            v[cols + 1] = f32::INFINITY;
+            v[2 * cols + 1] = f32::NAN;
+        }
+        let x = Array::from_vec(v, &[rows, cols])?;
+        for ops in pairs {
+            many_vs_single(&x, ops, &[1])?;
+            many_vs_single(&x, ops, &[0])?;
+            many_vs_single(&x.t()?, ops, &[1])?;
+        }
+    }
+    let zeros = Array::from_vec(vec![-0.0f32; 40], &[2, 20])?;
+    many_vs_single(&zeros, pairs[2], &[1])?;
+    let empty = Array::from_vec(Vec::<f32>::new(), &[3, 0])?;
+    empty.eval()?;
+    let err = kiln::backend::cpu::reduce::reduce_many(pairs[0], empty.data().expect("evaluated"), &[1]);
+    assert!(err.is_err(), "max of an empty axis is an error together as alone");
+    Ok(())
+}

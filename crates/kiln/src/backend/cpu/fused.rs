@@ -614,15 +614,23 @@ pub fn run_reduce(
         (matches!(op.prim, Primitive::AsType(d) if d == g.reg_dtype(src)) && src < g.inputs.len()).then_some(src)
     };
     if let Some(regs) = g.outputs.iter().map(|&r| copied_input(r)).collect::<Option<Vec<usize>>>() {
-        return reductions
-            .iter()
-            .map(|&(op, i)| {
-                let d = inputs[regs[i]];
-                let v = Data { buffer: d.buffer.clone(), layout: view_as(d, shape) };
-                let out = reduce::reduce(op, &v, axes, op.out_dtype(d.buffer.dtype()))?;
-                Ok(Data::contiguous(out, &out_shape))
-            })
-            .collect();
+        // Reductions of one input together: a statistic and the reduction
+        // it carries (softmax's max and sumexp, layernorm's mean and var)
+        // take one pass.
+        let mut out: Vec<Option<Data>> = reductions.iter().map(|_| None).collect();
+        for &reg in &regs {
+            let mine: Vec<usize> = (0..reductions.len()).filter(|&k| regs[reductions[k].1] == reg).collect();
+            if mine.is_empty() || out[mine[0]].is_some() {
+                continue;
+            }
+            let d = inputs[reg];
+            let v = Data { buffer: d.buffer.clone(), layout: view_as(d, shape) };
+            let ops: Vec<ReduceOp> = mine.iter().map(|&k| reductions[k].0).collect();
+            for (k, b) in mine.into_iter().zip(reduce::reduce_many(&ops, &v, axes)?) {
+                out[k] = Some(Data::contiguous(b, &out_shape));
+            }
+        }
+        return Ok(out.into_iter().map(|o| o.expect("every reduction reads one of the inputs")).collect());
     }
     let out_dtypes: Vec<DType> = reductions.iter().map(|&(op, i)| op.out_dtype(g.reg_dtype(g.outputs[i]))).collect();
     // The group's outputs for positions `lo..hi` of the permuted space, as `rows` rows.

@@ -63,7 +63,7 @@ const FEW_TASKS: usize = 16;
 trait Reducer: Sync {
     type In: Element;
     type Acc: Copy + Send + Sync;
-    type Out: Element;
+    type Out: Copy + Send + Sync;
     fn identity(&self) -> Self::Acc;
     fn step(&self, acc: Self::Acc, x: Self::In) -> Self::Acc;
     fn combine(&self, a: Self::Acc, b: Self::Acc) -> Self::Acc;
@@ -99,7 +99,7 @@ impl<I, A, O, S, C, F> Reducer for Fold<I, A, O, S, C, F>
 where
     I: Element,
     A: Copy + Send + Sync,
-    O: Element,
+    O: Copy + Send + Sync,
     S: Fn(A, I) -> A + Sync,
     C: Fn(A, A) -> A + Sync,
     F: Fn(A, usize) -> O + Sync,
@@ -230,7 +230,14 @@ fn run<R: Reducer>(r: &R, src: &[R::In], off: usize, n: usize, stride: usize) ->
         return r.combine(a, b);
     }
     if stride == 1 {
-        return fold_run(r, &src[off..off + n]);
+        let xs = &src[off..off + n];
+        // The lines PREFETCH_AHEAD bytes past this run's (every fold, the
+        // statistics' blocks included).
+        let base = xs.as_ptr().cast::<u8>();
+        for b in (0..std::mem::size_of_val(xs)).step_by(64) {
+            crate::backend::cpu::stream::prefetch_ahead(base.wrapping_add(b), PREFETCH_AHEAD);
+        }
+        return fold_run(r, xs);
     }
     let mut lanes = [r.identity(); LANES];
     for j in 0..n {
@@ -250,7 +257,6 @@ fn fold_lanes<R: Reducer>(r: &R, xs: &[R::In]) -> R::Acc {
     let mut lanes = [r.identity(); LANES];
     let mut chunks = xs.chunks_exact(LANES);
     for c in &mut chunks {
-        crate::backend::cpu::stream::prefetch_ahead(c.as_ptr().cast(), PREFETCH_AHEAD);
         // A fixed-size chunk so the lane loop unrolls and vectorizes.
         let c: &[R::In; LANES] = c.try_into().expect("chunks_exact yields LANES elements");
         for (a, &v) in lanes.iter_mut().zip(c) {
@@ -404,7 +410,8 @@ fn execute<R: Reducer>(r: &R, src: &[R::In], p: &Plan) -> Vec<R::Out> {
             *o = r.finish(a, n_red);
         }
     };
-    let mut out = vec![R::Out::zero(); n_out];
+    // Placeholders, each overwritten by its chunk.
+    let mut out = vec![r.finish(r.identity(), 0); n_out];
     if total < PAR_THRESHOLD || out_tasks < 2 {
         chunk_out(0, &mut out);
     } else {
@@ -513,7 +520,14 @@ acc_float!(
 /// Sum of a short slice with independent lanes (vectorizes).
 #[inline(always)]
 fn lane_sum<I: Copy, A: AccFloat>(xs: &[I], f: impl Fn(I) -> A) -> A {
-    let mut lanes = [A::ZERO; LANES];
+    lane_sum_from(A::ZERO, xs, f)
+}
+
+/// [`lane_sum`] with every lane starting at `zero` (`-0.0` to fold as the
+/// `sum` reduction does).
+#[inline(always)]
+fn lane_sum_from<I: Copy, A: AccFloat>(zero: A, xs: &[I], f: impl Fn(I) -> A) -> A {
+    let mut lanes = [zero; LANES];
     let mut chunks = xs.chunks_exact(LANES);
     for c in &mut chunks {
         for (a, &v) in lanes.iter_mut().zip(c) {
@@ -623,10 +637,14 @@ struct Moments<A> {
     n: A,
     mean: A,
     m2: A,
+    /// The plain sum, folded exactly as the `mean` reduction folds it (same
+    /// blocks, lanes and pairwise combining), so a mean carried by the
+    /// moments equals the `mean` reduction bit for bit.
+    sum: A,
 }
 
 impl<A: AccFloat> Moments<A> {
-    const EMPTY: Moments<A> = Moments { n: A::ZERO, mean: A::ZERO, m2: A::ZERO };
+    const EMPTY: Moments<A> = Moments { n: A::ZERO, mean: A::ZERO, m2: A::ZERO, sum: A::NEG_ZERO };
 
     /// One element: `(x - x)^2` is 0, or NaN for NaN and infinities (as the
     /// two-pass form gives).
@@ -634,7 +652,7 @@ impl<A: AccFloat> Moments<A> {
     #[allow(clippy::eq_op)]
     fn one(x: A) -> Moments<A> {
         let d = x - x;
-        Moments { n: A::ONE, mean: x, m2: d * d }
+        Moments { n: A::ONE, mean: x, m2: d * d, sum: A::NEG_ZERO + x }
     }
 
     #[inline(always)]
@@ -647,19 +665,20 @@ impl<A: AccFloat> Moments<A> {
         }
         let n = a.n + b.n;
         let d = b.mean - a.mean;
-        Moments { n, mean: a.mean + d * (b.n / n), m2: a.m2 + b.m2 + d * d * (a.n * b.n / n) }
+        Moments { n, mean: a.mean + d * (b.n / n), m2: a.m2 + b.m2 + d * d * (a.n * b.n / n), sum: a.sum + b.sum }
     }
 
     /// A block in two vectorized passes (it is in L1): mean, then squared deviations.
     #[inline(always)]
     fn block<I: Copy>(xs: &[I], widen: impl Fn(I) -> A) -> Moments<A> {
         let count = A::count(xs.len());
-        let mean = lane_sum(xs, &widen) / count;
+        let sum = lane_sum_from(A::NEG_ZERO, xs, &widen);
+        let mean = sum / count;
         let m2 = lane_sum(xs, |x| {
             let d = widen(x) - mean;
             d * d
         });
-        Moments { n: count, mean, m2 }
+        Moments { n: count, mean, m2, sum }
     }
 
     /// `m2 / max(n - ddof, 0)`: 0 / 0 = NaN for an empty run (as for the
@@ -707,6 +726,46 @@ fn exec_stat<I: Element, A: AccFloat, O: Element>(
     }
 }
 
+/// A one-pass statistic and the reduction its accumulator carries, from
+/// one fold: `max` (the running maximum) with `sumexp`/`logsumexp`, `mean`
+/// (the plain sum over the count, folded as `mean` folds it) with `var`.
+fn exec_stat_pair<I: Element, A: AccFloat, O: Element>(
+    op: ReduceOp,
+    src: &[I],
+    p: &Plan,
+    widen: impl Fn(I) -> A + Sync + Copy,
+    narrow: impl Fn(A) -> O + Sync + Copy,
+) -> (Buffer, Buffer) {
+    let pairs: Vec<(O, O)> = match op {
+        ReduceOp::LogSumExp | ReduceOp::SumExp => {
+            let stat = if op == ReduceOp::LogSumExp { Lse::log_sum_exp } else { Lse::sum_exp };
+            let inner = Fold {
+                id: Lse::EMPTY,
+                step: move |a, x: I| Lse::combine(a, Lse::one(widen(x))),
+                combine: Lse::combine,
+                finish: move |a: Lse<A>, _| (narrow(stat(a)), narrow(a.m)),
+                pairwise: true,
+                _types: PhantomData,
+            };
+            execute(&Blocked { inner, block: move |xs: &[I]| lse_block(xs, widen) }, src, p)
+        }
+        ReduceOp::Var { ddof } => {
+            let inner = Fold {
+                id: Moments::EMPTY,
+                step: move |a, x: I| Moments::combine(a, Moments::one(widen(x))),
+                combine: Moments::combine,
+                finish: move |a: Moments<A>, n| (narrow(a.var(ddof)), narrow(a.sum / A::count(n))),
+                pairwise: true,
+                _types: PhantomData,
+            };
+            execute(&Blocked { inner, block: move |xs: &[I]| moments_block(xs, widen) }, src, p)
+        }
+        other => unreachable!("{} carries no other reduction", other.name()),
+    };
+    let (a, b): (Vec<O>, Vec<O>) = pairs.into_iter().unzip();
+    (Buffer::from_vec(a), Buffer::from_vec(b))
+}
+
 crate::backend::cpu::tile::multiversion! {
     /// [`Lse::block`] vectorized at the best SIMD level.
     fn lse_block<A: AccFloat, I: Copy, W: Fn(I) -> A>(xs: &[I], widen: W) -> Lse<A> => lse_block_at
@@ -730,6 +789,11 @@ fn moments_block_at<A: AccFloat, I: Copy, W: Fn(I) -> A>(xs: &[I], widen: W) -> 
 /// Element types that know how to run every [`ReduceOp`] on themselves.
 trait Reducible: Element {
     fn reduce_slice(op: ReduceOp, src: &[Self], p: &Plan) -> Buffer;
+    /// The one-pass statistic `stat` and the reduction its accumulator
+    /// carries (see [`reduce_many`]), when this type has them.
+    fn reduce_pair(_stat: ReduceOp, _src: &[Self], _p: &Plan) -> Option<(Buffer, Buffer)> {
+        None
+    }
 }
 
 macro_rules! int_reducible {
@@ -848,6 +912,10 @@ impl<F: Widen> Reducible for F {
             ReduceOp::LogSumExp | ReduceOp::SumExp | ReduceOp::Var { .. } => exec_stat(op, src, p, F::widen, F::narrow),
         }
     }
+    fn reduce_pair(stat: ReduceOp, src: &[F], p: &Plan) -> Option<(Buffer, Buffer)> {
+        matches!(stat, ReduceOp::SumExp | ReduceOp::LogSumExp | ReduceOp::Var { .. })
+            .then(|| exec_stat_pair(stat, src, p, F::widen, F::narrow))
+    }
 }
 
 impl Reducible for bool {
@@ -870,6 +938,13 @@ impl Reducible for bool {
 /// Reduces `x` over the sorted `axes`, producing `out` dtype elements in
 /// row-major order of the kept axes.
 pub fn reduce(op: ReduceOp, x: &Data, axes: &[usize], out: DType) -> Result<Buffer> {
+    validate(op, x, axes, out)?;
+    let p = Plan::new(&x.layout, axes);
+    Ok(crate::with_buffer!(&*x.buffer, v => Reducible::reduce_slice(op, v.as_slice(), &p)))
+}
+
+/// Checks that `op` can reduce `axes` of `x` into dtype `out`.
+fn validate(op: ReduceOp, x: &Data, axes: &[usize], out: DType) -> Result<()> {
     let dt = x.buffer.dtype();
     if op.out_dtype(dt) != out {
         return Err(Error::Invalid {
@@ -891,8 +966,44 @@ pub fn reduce(op: ReduceOp, x: &Data, axes: &[usize], out: DType) -> Result<Buff
             ),
         });
     }
-    let p = Plan::new(&x.layout, axes);
-    Ok(crate::with_buffer!(&*x.buffer, v => Reducible::reduce_slice(op, v.as_slice(), &p)))
+    Ok(())
+}
+
+/// Several reductions of `x` over the same `axes` (each into its natural
+/// dtype, [`ReduceOp::out_dtype`]), with one pass for a one-pass statistic
+/// and the reduction its accumulator already carries: `sumexp` or
+/// `logsumexp` with `max` (softmax's two statistics), `var` with `mean`
+/// (layernorm's). The carried result is the one its own reduction gives:
+/// the maximum exactly (up to the sign of a zero maximum), the mean bit
+/// for bit. Any other reduction runs alone, as [`reduce`].
+pub fn reduce_many(ops: &[ReduceOp], x: &Data, axes: &[usize]) -> Result<Vec<Buffer>> {
+    let dt = x.buffer.dtype();
+    let mut out: Vec<Option<Buffer>> = ops.iter().map(|_| None).collect();
+    for (i, &op) in ops.iter().enumerate() {
+        let carried = match op {
+            ReduceOp::SumExp | ReduceOp::LogSumExp => ReduceOp::Max,
+            ReduceOp::Var { .. } => ReduceOp::Mean,
+            _ => continue,
+        };
+        let Some(j) = (0..ops.len()).find(|&j| ops[j] == carried && out[j].is_none()) else { continue };
+        if out[i].is_some() {
+            continue;
+        }
+        validate(op, x, axes, op.out_dtype(dt))?;
+        validate(carried, x, axes, carried.out_dtype(dt))?;
+        let p = Plan::new(&x.layout, axes);
+        if let Some((a, b)) = crate::with_buffer!(&*x.buffer, v => Reducible::reduce_pair(op, v.as_slice(), &p)) {
+            out[i] = Some(a);
+            out[j] = Some(b);
+        }
+    }
+    ops.iter()
+        .zip(out)
+        .map(|(&op, o)| match o {
+            Some(b) => Ok(b),
+            None => reduce(op, x, axes, op.out_dtype(dt)),
+        })
+        .collect()
 }
 
 /// Index and value of the first extremum of a non-empty slice, in two fast
