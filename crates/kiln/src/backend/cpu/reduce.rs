@@ -76,8 +76,9 @@ trait Reducer: Sync {
     }
     /// Whether long runs are folded pairwise, in halves of at most
     /// [`BLOCK`] (sums: rounding errors grow with the log of the length
-    /// instead of the length). Order-insensitive folds (max, min, all, any)
-    /// fold a whole run at once, without the per-block combining.
+    /// instead of the length). Order-insensitive folds (max, min, all, any,
+    /// exact integer arithmetic) fold a whole run at once, without the
+    /// per-block combining.
     #[inline(always)]
     fn pairwise(&self) -> bool {
         true
@@ -420,8 +421,10 @@ fn execute<R: Reducer>(r: &R, src: &[R::In], p: &Plan) -> Vec<R::Out> {
     out
 }
 
-/// Builds a [`Fold`] from closures and runs it.
+/// Builds a [`Fold`] from closures and runs it; `pairwise` as
+/// [`Reducer::pairwise`] ([`PAIRWISE`] or [`ANY_ORDER`]).
 fn exec<I: Element, A: Copy + Send + Sync, O: Element>(
+    pairwise: bool,
     src: &[I],
     p: &Plan,
     id: A,
@@ -429,23 +432,15 @@ fn exec<I: Element, A: Copy + Send + Sync, O: Element>(
     combine: impl Fn(A, A) -> A + Sync,
     finish: impl Fn(A, usize) -> O + Sync,
 ) -> Buffer {
-    let r = Fold { id, step, combine, finish, pairwise: true, _types: PhantomData };
+    let r = Fold { id, step, combine, finish, pairwise, _types: PhantomData };
     Buffer::from_vec(execute(&r, src, p))
 }
 
-/// [`exec`] for a fold whose result does not depend on the order of the
-/// elements (no pairwise splitting, see [`Reducer::pairwise`]).
-fn exec_exact<I: Element, A: Copy + Send + Sync, O: Element>(
-    src: &[I],
-    p: &Plan,
-    id: A,
-    step: impl Fn(A, I) -> A + Sync,
-    combine: impl Fn(A, A) -> A + Sync,
-    finish: impl Fn(A, usize) -> O + Sync,
-) -> Buffer {
-    let r = Fold { id, step, combine, finish, pairwise: false, _types: PhantomData };
-    Buffer::from_vec(execute(&r, src, p))
-}
+/// Long runs fold pairwise (float sums and products).
+const PAIRWISE: bool = true;
+/// Runs fold whole: the result does not depend on the order (extrema,
+/// logical folds, exact integer arithmetic).
+const ANY_ORDER: bool = false;
 
 /// The accumulator is the result (`finish` for sum, max, ...).
 #[inline(always)]
@@ -801,11 +796,12 @@ macro_rules! int_reducible {
         impl Reducible for $t {
             fn reduce_slice(op: ReduceOp, src: &[$t], p: &Plan) -> Buffer {
                 match op {
-                    ReduceOp::Sum => exec(src, p, 0, <$t>::wrapping_add, <$t>::wrapping_add, keep),
-                    ReduceOp::Prod => exec(src, p, 1, <$t>::wrapping_mul, <$t>::wrapping_mul, keep),
-                    ReduceOp::Max => exec(src, p, <$t>::MIN, <$t as Ord>::max, <$t as Ord>::max, keep),
-                    ReduceOp::Min => exec(src, p, <$t>::MAX, <$t as Ord>::min, <$t as Ord>::min, keep),
+                    ReduceOp::Sum => exec(ANY_ORDER, src, p, 0, <$t>::wrapping_add, <$t>::wrapping_add, keep),
+                    ReduceOp::Prod => exec(ANY_ORDER, src, p, 1, <$t>::wrapping_mul, <$t>::wrapping_mul, keep),
+                    ReduceOp::Max => exec(ANY_ORDER, src, p, <$t>::MIN, <$t as Ord>::max, <$t as Ord>::max, keep),
+                    ReduceOp::Min => exec(ANY_ORDER, src, p, <$t>::MAX, <$t as Ord>::min, <$t as Ord>::min, keep),
                     ReduceOp::Mean => exec(
+                        PAIRWISE,
                         src,
                         p,
                         0.0f64,
@@ -813,8 +809,8 @@ macro_rules! int_reducible {
                         |a, b| a + b,
                         |a, n| (a / n as f64) as f32,
                     ),
-                    ReduceOp::All => exec(src, p, true, |a, x: $t| a & (x != 0), |a, b| a & b, |a, _| a),
-                    ReduceOp::Any => exec(src, p, false, |a, x: $t| a | (x != 0), |a, b| a | b, |a, _| a),
+                    ReduceOp::All => exec(ANY_ORDER, src, p, true, |a, x: $t| a & (x != 0), |a, b| a & b, |a, _| a),
+                    ReduceOp::Any => exec(ANY_ORDER, src, p, false, |a, x: $t| a | (x != 0), |a, b| a | b, |a, _| a),
                     ReduceOp::LogSumExp | ReduceOp::SumExp | ReduceOp::Var { .. } => {
                         exec_stat(op, src, p, |x: $t| x as f64, |a: f64| a as f32)
                     }
@@ -887,6 +883,7 @@ impl<F: Widen> Reducible for F {
         match op {
             // An empty sum is +0; a sum of negative zeros stays -0.
             ReduceOp::Sum => exec(
+                PAIRWISE,
                 src,
                 p,
                 F::Acc::NEG_ZERO,
@@ -895,6 +892,7 @@ impl<F: Widen> Reducible for F {
                 |a, n| F::narrow(if n == 0 { F::Acc::ZERO } else { a }),
             ),
             ReduceOp::Mean => exec(
+                PAIRWISE,
                 src,
                 p,
                 F::Acc::NEG_ZERO,
@@ -902,13 +900,17 @@ impl<F: Widen> Reducible for F {
                 |a, b| a + b,
                 |a, n| F::narrow(a / F::Acc::count(n)),
             ),
-            ReduceOp::Prod => exec(src, p, F::Acc::ONE, |a, x: F| a * x.widen(), |a, b| a * b, |a, _| F::narrow(a)),
-            ReduceOp::Max => {
-                exec_exact(src, p, F::Acc::NEG_INF, |a, x: F| fmax(a, x.widen()), fmax, |a, _| F::narrow(a))
+            ReduceOp::Prod => {
+                exec(PAIRWISE, src, p, F::Acc::ONE, |a, x: F| a * x.widen(), |a, b| a * b, |a, _| F::narrow(a))
             }
-            ReduceOp::Min => exec_exact(src, p, F::Acc::INF, |a, x: F| fmin(a, x.widen()), fmin, |a, _| F::narrow(a)),
-            ReduceOp::All => exec_exact(src, p, true, |a, x: F| a & (x != zero), |a, b| a & b, keep),
-            ReduceOp::Any => exec_exact(src, p, false, |a, x: F| a | (x != zero), |a, b| a | b, keep),
+            ReduceOp::Max => {
+                exec(ANY_ORDER, src, p, F::Acc::NEG_INF, |a, x: F| fmax(a, x.widen()), fmax, |a, _| F::narrow(a))
+            }
+            ReduceOp::Min => {
+                exec(ANY_ORDER, src, p, F::Acc::INF, |a, x: F| fmin(a, x.widen()), fmin, |a, _| F::narrow(a))
+            }
+            ReduceOp::All => exec(ANY_ORDER, src, p, true, |a, x: F| a & (x != zero), |a, b| a & b, keep),
+            ReduceOp::Any => exec(ANY_ORDER, src, p, false, |a, x: F| a | (x != zero), |a, b| a | b, keep),
             ReduceOp::LogSumExp | ReduceOp::SumExp | ReduceOp::Var { .. } => exec_stat(op, src, p, F::widen, F::narrow),
         }
     }
@@ -921,13 +923,13 @@ impl<F: Widen> Reducible for F {
 impl Reducible for bool {
     fn reduce_slice(op: ReduceOp, src: &[bool], p: &Plan) -> Buffer {
         match op {
-            ReduceOp::Sum => exec(src, p, 0i32, |a, x| a.wrapping_add(x as i32), i32::wrapping_add, keep),
-            ReduceOp::Prod => exec(src, p, 1i32, |a, x| a & x as i32, i32::wrapping_mul, keep),
+            ReduceOp::Sum => exec(ANY_ORDER, src, p, 0i32, |a, x| a.wrapping_add(x as i32), i32::wrapping_add, keep),
+            ReduceOp::Prod => exec(ANY_ORDER, src, p, 1i32, |a, x| a & x as i32, i32::wrapping_mul, keep),
             ReduceOp::Mean => {
-                exec(src, p, 0u64, |a, x| a + x as u64, |a, b| a + b, |a, n| (a as f64 / n as f64) as f32)
+                exec(ANY_ORDER, src, p, 0u64, |a, x| a + x as u64, |a, b| a + b, |a, n| (a as f64 / n as f64) as f32)
             }
-            ReduceOp::Max | ReduceOp::Any => exec(src, p, false, |a, x| a | x, |a, b| a | b, keep),
-            ReduceOp::Min | ReduceOp::All => exec(src, p, true, |a, x| a & x, |a, b| a & b, keep),
+            ReduceOp::Max | ReduceOp::Any => exec(ANY_ORDER, src, p, false, |a, x| a | x, |a, b| a | b, keep),
+            ReduceOp::Min | ReduceOp::All => exec(ANY_ORDER, src, p, true, |a, x| a & x, |a, b| a & b, keep),
             ReduceOp::LogSumExp | ReduceOp::SumExp | ReduceOp::Var { .. } => {
                 exec_stat(op, src, p, |x: bool| x as u8 as f64, |a: f64| a as f32)
             }
