@@ -184,7 +184,7 @@ impl Array {
     pub fn var(&self, axes: impl Into<Axes>, keepdims: bool, ddof: usize) -> Result<Array> {
         var(self, axes, keepdims, ddof)
     }
-    /// See [`std`].
+    /// See [`std()`].
     pub fn std(&self, axes: impl Into<Axes>, keepdims: bool, ddof: usize) -> Result<Array> {
         std(self, axes, keepdims, ddof)
     }

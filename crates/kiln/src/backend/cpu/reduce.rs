@@ -9,8 +9,8 @@
 //! walks computes each output:
 //!
 //! - **inner**: each output walks its own `R` sub-block; runs along `R`'s
-//!   innermost dimension are folded with 8 independent lanes (a loop the
-//!   compiler vectorizes) and split pairwise above [`BLOCK`] elements, which
+//!   innermost dimension are folded with 16 independent lanes (a loop the
+//!   compiler vectorizes) and split pairwise above `BLOCK` (256) elements, which
 //!   keeps float sums accurate.
 //! - **outer**: when `K`'s innermost dimension is contiguous and `R`'s is not
 //!   (a sum over axis 0 of a row-major matrix), a tile of neighbouring outputs

@@ -5,13 +5,13 @@
 //! zero or what `c` held on entry (a bias the caller broadcast into it), so
 //! a bias add costs no pass of its own. `a` and `b` may have any strides.
 //!
-//! The AVX-512 path takes small products (under [`PAR_WORK`] multiply-adds,
-//! `b` at most [`UNPACKED_B`] elements), where packing would cost as much as
+//! The AVX-512 path takes small products (under `PAR_WORK` multiply-adds,
+//! `b` at most `UNPACKED_B` elements), where packing would cost as much as
 //! the product: `a` is read in place through its strides (broadcasts come
 //! straight from memory), `b` in place when its columns are unit-stride
 //! (else packed into zero-padded panels of [`NR`] columns). The microkernel
 //! keeps an `MR x NR` block of `c` in 24 zmm registers, with masked loads
-//! and stores at the right edge, and runs `k` in blocks of [`KC`]. Larger
+//! and stores at the right edge, and runs `k` in blocks of `KC`. Larger
 //! products go to the `gemm` crate (its AVX-512 kernels, packing and rayon
 //! threads), which runs them at this machine's peak.
 

@@ -3,7 +3,7 @@
 //! Each function maps a slice (`out[i] = f(x[i])`, equal lengths, typically a
 //! tile of up to [`TILE`](crate::backend::cpu::tile::TILE) elements) with our
 //! own polynomial approximations, written once over a small SIMD abstraction
-//! ([`Vf32`], private) and instantiated for three dispatch levels:
+//! (`Vf32`, crate-private: the kernel compiler records through it) and instantiated for three dispatch levels:
 //!
 //! * [`Level::Avx512`]: AVX-512F, 16 lanes;
 //! * [`Level::Avx2`]: AVX2 + FMA, 8 lanes;
