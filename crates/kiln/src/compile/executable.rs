@@ -20,6 +20,10 @@ pub struct Step {
     pub outputs: Vec<usize>,
     /// Values no later step needs (released after this one).
     pub frees: Vec<usize>,
+    /// For a matrix product whose epilogue starts with a bias add: the bias
+    /// register and the rest of the epilogue, split once here so the rest
+    /// keeps its compiled code from call to call (see [`split_bias`]).
+    pub bias_split: Option<(usize, FusedGroup)>,
 }
 
 /// The compiled form of a program.
@@ -65,7 +69,11 @@ impl Executable {
                     .collect::<std::collections::BTreeSet<_>>()
                     .into_iter()
                     .collect();
-                Step { kernel: k.kernel, inputs: k.inputs, outputs: k.outputs, frees }
+                let bias_split = match &k.kernel {
+                    Kernel::MatmulEpilogue(g) => split_bias(g),
+                    _ => None,
+                };
+                Step { kernel: k.kernel, inputs: k.inputs, outputs: k.outputs, frees, bias_split }
             })
             .collect();
         let constants = program
@@ -161,7 +169,7 @@ pub(crate) fn run_step<S: AsRef<[usize]>>(
                 .map(|(d, &o)| Data { layout: crate::layout::Layout::contiguous(shape_of(o).as_ref()), ..d })
                 .collect()
         }
-        Kernel::MatmulEpilogue(group) => matmul_epilogue(group, args, out_shape)?,
+        Kernel::MatmulEpilogue(group) => matmul_epilogue(group, step.bias_split.as_ref(), args, out_shape)?,
     })
 }
 
@@ -171,22 +179,29 @@ pub(crate) fn run_step<S: AsRef<[usize]>>(
 /// product's output ([`cpu::matmul::matmul_bias`]) and the rest of the group
 /// runs on the sum; otherwise the product runs alone and the whole group
 /// after it.
-/// The product's buffer is fresh, so the epilogue writes over it.
-fn matmul_epilogue(group: &FusedGroup, args: Vec<cpu::fused::Arg>, out_shape: &[usize]) -> Result<Vec<Data>> {
+/// The product's buffer is fresh, so the epilogue writes over it. `split`
+/// is [`split_bias`] of `group`, made when the executable was built.
+fn matmul_epilogue(
+    group: &FusedGroup,
+    split: Option<&(usize, FusedGroup)>,
+    args: Vec<cpu::fused::Arg>,
+    out_shape: &[usize],
+) -> Result<Vec<Data>> {
     let (a, b) = (args[0].data(), args[1].data());
-    let (product, g) = match split_bias(group) {
-        Some((bias, rest)) => match cpu::matmul::matmul_bias(a, b, args[bias + 1].data(), out_shape)? {
-            Some(buf) => (Data::contiguous(buf, out_shape), rest),
-            None => (cpu::eval(&Primitive::Matmul, &[a, b], out_shape, group.inputs[0])?, group.clone()),
-        },
-        None => (cpu::eval(&Primitive::Matmul, &[a, b], out_shape, group.inputs[0])?, group.clone()),
+    let with_bias = match split {
+        Some((bias, rest)) => cpu::matmul::matmul_bias(a, b, args[bias + 1].data(), out_shape)?.map(|buf| (buf, rest)),
+        None => None,
+    };
+    let (product, g) = match with_bias {
+        Some((buf, rest)) => (Data::contiguous(buf, out_shape), rest),
+        None => (cpu::eval(&Primitive::Matmul, &[a, b], out_shape, group.inputs[0])?, group),
     };
     if g.ops.is_empty() {
         return Ok(g.outputs.iter().map(|_| product.clone()).collect());
     }
     let mut group_args = vec![cpu::fused::Arg::Owned(product)];
     group_args.extend(args.into_iter().skip(2));
-    cpu::fused::run_args(&g, group_args, out_shape)
+    cpu::fused::run_args(g, group_args, out_shape)
 }
 
 /// For an epilogue whose first op is `product + bias` (either order, one
