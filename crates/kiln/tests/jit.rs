@@ -189,3 +189,19 @@ fn strided_inputs_are_gathered_before_the_kernel() -> Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn explain_says_how_each_elementwise_kernel_runs() -> Result<()> {
+    let x = Array::from_vec(vec![0.5f32; 64], &[64])?;
+    let compiled = compile(gelu_erf).explain((&x, &x))?;
+    let trig = compile(|x: &Array| (x.sin()? * 2.0f32)?.exp()).explain(&x)?;
+    let single = compile(|x: &Array| x.exp()).explain(&x)?;
+    if jit::enabled() {
+        assert!(compiled.contains("code:    machine code ("), "{compiled}");
+        assert!(trig.contains("tile interpreter (sin has no vector lowering)"), "{trig}");
+    } else {
+        assert!(compiled.contains("code:    tile interpreter (the code generator needs AVX-512"), "{compiled}");
+    }
+    assert!(single.contains("code:    tile interpreter (a single op") || !jit::enabled(), "{single}");
+    Ok(())
+}

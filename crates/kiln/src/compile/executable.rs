@@ -22,7 +22,7 @@ pub struct Step {
     pub frees: Vec<usize>,
     /// For a matrix product whose epilogue starts with a bias add: the bias
     /// register and the rest of the epilogue, split once here so the rest
-    /// keeps its compiled code from call to call (see [`split_bias`]).
+    /// keeps its compiled code from call to call (see `split_bias`).
     pub bias_split: Option<(usize, FusedGroup)>,
 }
 

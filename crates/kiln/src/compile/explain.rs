@@ -62,6 +62,15 @@ pub fn text(exe: &Executable, traced_instrs: usize, misses: &[String]) -> String
             ins.join(", "),
             outs.join(", ")
         );
+        // The elementwise work: generated machine code or the interpreter.
+        let elementwise = match (&step.kernel, &step.bias_split) {
+            (Kernel::MatmulEpilogue(_), Some((_, rest))) => Some(rest),
+            (Kernel::Fused(g) | Kernel::MatmulEpilogue(g), _) => Some(g),
+            _ => None,
+        };
+        if let Some(g) = elementwise.filter(|g| !g.ops.is_empty()) {
+            let _ = writeln!(s, "  code:    {}", crate::backend::cpu::jit::describe(g));
+        }
     }
     for c in &exe.chains {
         let kept: Vec<String> = c.escapes.iter().map(|&v| format!("%{v}")).collect();

@@ -328,9 +328,19 @@ pub const MAX_PTRS: usize = 11;
 /// Records group `g` as a [`Prog`], or `None` when it is not compiled (see
 /// the module docs).
 pub fn lower(g: &FusedGroup) -> Option<Prog> {
-    let all_f32 = g.inputs.iter().chain(g.ops.iter().map(|o| &o.dtype)).all(|&d| d == DType::F32);
-    if g.ops.len() < 2 || !all_f32 || g.inputs.len() + g.outputs.len() > MAX_PTRS {
-        return None;
+    try_lower(g).ok()
+}
+
+/// [`lower`], or why the group is not compiled.
+fn try_lower(g: &FusedGroup) -> Result<Prog, String> {
+    if g.ops.len() < 2 {
+        return Err("a single op: one pass either way".into());
+    }
+    if !g.inputs.iter().chain(g.ops.iter().map(|o| &o.dtype)).all(|&d| d == DType::F32) {
+        return Err("not all values are f32".into());
+    }
+    if g.inputs.len() + g.outputs.len() > MAX_PTRS {
+        return Err(format!("more than {MAX_PTRS} inputs and outputs"));
     }
     RECORDER.with_borrow_mut(|r| *r = Recorder::default());
     let mut regs: Vec<Traced> = (0..g.inputs.len()).map(|k| Traced(record(Node::Input(k)))).collect();
@@ -340,12 +350,29 @@ pub fn lower(g: &FusedGroup) -> Option<Prog> {
             Some(v) => regs.push(v),
             None => {
                 RECORDER.with_borrow_mut(|r| *r = Recorder::default());
-                return None;
+                return Err(format!("{} has no vector lowering", op.prim.name()));
             }
         }
     }
     let nodes = RECORDER.with_borrow_mut(|r| std::mem::take(r).nodes);
-    Some(Prog { nodes, inputs: g.inputs.len(), outputs: g.outputs.iter().map(|&r| regs[r].0).collect() })
+    Ok(Prog { nodes, inputs: g.inputs.len(), outputs: g.outputs.iter().map(|&r| regs[r].0).collect() })
+}
+
+/// How group `g` runs, for `explain`: as machine code (with the number of
+/// vector operations per 16 lanes) or on the tile interpreter, and why.
+pub fn describe(g: &FusedGroup) -> String {
+    if !enabled() {
+        return "tile interpreter (the code generator needs AVX-512; KILN_JIT=0 turns it off)".into();
+    }
+    if let Err(why) = try_lower(g) {
+        return format!("tile interpreter ({why})");
+    }
+    let Some(c) = g.code.get(g) else { return "tile interpreter".into() };
+    if c.kernel(Variant { bcast: 0, prefetch: false }).is_none() {
+        return "tile interpreter (more live values than vector registers)".into();
+    }
+    let ops = c.prog.nodes.iter().filter(|n| !matches!(n, Node::Input(_) | Node::Const(_))).count();
+    format!("machine code ({ops} vector operations per 16 lanes)")
 }
 
 /// Whether kernels are compiled here: the CPU has AVX-512 and `KILN_JIT`
