@@ -205,3 +205,61 @@ fn explain_says_how_each_elementwise_kernel_runs() -> Result<()> {
     assert!(single.contains("code:    tile interpreter (a single op") || !jit::enabled(), "{single}");
     Ok(())
 }
+
+#[test]
+fn kernels_with_every_pointer_register_in_use() -> Result<()> {
+    // Nine inputs and two outputs: the eleven general registers that hold
+    // pointers are all taken (including rbp, rdi, rsi and rdx).
+    let f = |a: &[Array]| -> Result<Vec<Array>> {
+        let mut acc = (&a[0] * &a[1])?;
+        for (i, x) in a.iter().enumerate().skip(2) {
+            acc = if i % 2 == 0 { (&acc + x)?.tanh()? } else { (&acc - x)? };
+        }
+        Ok(vec![acc.clone(), (&acc * &a[8])?.exp()?])
+    };
+    let c = compile(f);
+    let mut rng = Rng::new(19);
+    for n in [3, 2048 + 5] {
+        let xs: Vec<Array> = (0..9).map(|_| Array::from_vec(values(&mut rng, n, 2.0), &[n])).collect::<Result<_>>()?;
+        let got = c.call(&xs[..])?;
+        let want = f(&xs)?;
+        for (g, w) in got.iter().zip(&want) {
+            assert_same(&g.to_vec::<f32>()?, &w.to_vec::<f32>()?, "nine inputs, two outputs");
+        }
+        let plan = c.explain(&xs[..])?;
+        assert!(!jit::enabled() || plan.contains("code:    machine code"), "{plan}");
+    }
+    Ok(())
+}
+
+#[test]
+fn threads_share_a_compiled_function_and_its_kernels() -> Result<()> {
+    // Four threads call one compiled function at once, with broadcast
+    // patterns that need different kernel variants, all generated on demand.
+    let f = |x: &Array, s: &Array| -> Result<Array> { (gelu_tanh(x, x)? * s)?.sigmoid() };
+    let c = compile(f);
+    std::thread::scope(|scope| -> Result<()> {
+        let handles: Vec<_> = (0..4u64)
+            .map(|t| {
+                let c = &c;
+                scope.spawn(move || -> Result<()> {
+                    let mut rng = Rng::new(100 + t);
+                    for n in [17, 3000, 70_000] {
+                        let x = Array::from_vec(values(&mut rng, n, 3.0), &[n])?;
+                        let s = if t % 2 == 0 {
+                            Array::from_vec(vec![0.5f32], &[1])?
+                        } else {
+                            Array::from_vec(values(&mut rng, n, 1.0), &[n])?
+                        };
+                        assert_same(&c.call((&x, &s))?.to_vec::<f32>()?, &f(&x, &s)?.to_vec::<f32>()?, "threads");
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().expect("no thread panics")?;
+        }
+        Ok(())
+    })
+}
