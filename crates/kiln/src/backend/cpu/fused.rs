@@ -269,6 +269,7 @@ impl<'a> Exec<'a> {
     fn new(g: &'a FusedGroup, loads: Vec<Load<'a>>, n: usize, stream: Vec<bool>) -> Exec<'a> {
         let widest = g.inputs.iter().map(|d| d.size()).max().unwrap_or(0);
         let prefetch = n * widest >= crate::backend::cpu::stream::STREAM_MIN_BYTES;
+        jit::warm_up();
         let code = g.code.get(g);
         Exec { g, loads, plan: RegPlan::new(g), tile: TILE.min(n.max(1)), stream, prefetch, code }
     }

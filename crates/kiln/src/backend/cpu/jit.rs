@@ -386,6 +386,26 @@ pub fn enabled() -> bool {
     })
 }
 
+/// Prepares code generation on a background thread, once per process. The
+/// assembler builds its instruction tables on first use (about half a
+/// millisecond); done early, on the first elementwise work of any kind,
+/// this is off the first compiled call's path. Returns at once.
+pub fn warm_up() {
+    static STARTED: std::sync::Once = std::sync::Once::new();
+    STARTED.call_once(|| {
+        if !enabled() {
+            return;
+        }
+        let spawned = std::thread::Builder::new().name("kiln-jit-warm-up".into()).spawn(|| {
+            let p = Prog { nodes: vec![Node::Input(0), Node::Bin(Bin::Add, 0, 0)], inputs: 1, outputs: vec![1] };
+            generate(&p, Variant { bcast: 0, prefetch: false })
+        });
+        if let Err(e) = spawned {
+            log::debug!("kiln: no code generation warm-up thread ({e}); the first kernel pays for it");
+        }
+    });
+}
+
 /// A compiled kernel: `run(ins, outs, len)` computes `len` positions,
 /// reading input `k` from `ins[k]` (`len` elements, or one element when
 /// the input is broadcast) and writing output `j` to `outs[j]`.
