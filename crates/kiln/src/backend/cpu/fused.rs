@@ -214,7 +214,7 @@ struct Exec<'a> {
     /// is larger than the caches, so they come from memory.
     prefetch: bool,
     /// The group compiled to machine code (see [`jit`]), when it is.
-    code: Option<Arc<jit::Compiled>>,
+    code: Option<&'a jit::Compiled>,
 }
 
 /// One task's tile buffers, allocated once and reused for every tile.
@@ -330,13 +330,7 @@ impl<'a> Exec<'a> {
                     if r >= n_in {
                         return Src::run(&sc.slots[self.plan.op_slot[r - n_in]], 0, len);
                     }
-                    match (&self.loads[r], &sc.in_regs[r], sc.direct[r]) {
-                        (Load::InPlace(buf, at), ..) => Src::run(buf, at + s, len),
-                        (Load::Scalar(buf, at), ..) => Src::repeat(buf, *at, len),
-                        (Load::Strided { buf, .. }, _, Some((at, rep))) => Src { buf, start: at, len, bcast: rep },
-                        (_, Some(reg), _) => Src::run(reg, 0, len),
-                        _ => unreachable!("gathered inputs have registers"),
-                    }
+                    self.input(sc, r, s, len)
                 };
                 let mut args = [Src::run(&EMPTY, 0, 0); 3];
                 for (a, &r) in args.iter_mut().zip(&op.args) {
@@ -356,6 +350,18 @@ impl<'a> Exec<'a> {
         }
     }
 
+    /// Input `k` over the tile at `s..s + len` (strided inputs already
+    /// gathered or found in place by `range`).
+    fn input<'s>(&'s self, sc: &'s Scratch, k: usize, s: usize, len: usize) -> Src<'s> {
+        match (&self.loads[k], &sc.in_regs[k], sc.direct[k]) {
+            (Load::InPlace(buf, at), ..) => Src::run(buf, at + s, len),
+            (Load::Scalar(buf, at), ..) => Src::repeat(buf, *at, len),
+            (Load::Strided { buf, .. }, _, Some((at, rep))) => Src { buf, start: at, len, bcast: rep },
+            (_, Some(reg), _) => Src::run(reg, 0, len),
+            _ => unreachable!("gathered inputs have registers"),
+        }
+    }
+
     /// Runs the tile at `s..s + len` through the group's compiled kernel
     /// (inputs already gathered), storing its outputs; `false` when the group
     /// has no kernel for this tile's pattern of broadcast inputs.
@@ -363,21 +369,10 @@ impl<'a> Exec<'a> {
         let Some(code) = &self.code else { return false };
         let mut ins = [std::ptr::null::<f32>(); jit::MAX_PTRS];
         let mut bcast = 0u64;
-        for (k, l) in self.loads.iter().enumerate() {
-            let ptr = |b: &Buffer, at: usize| f32::slice_of(b).map_or(std::ptr::null(), |v| v[at..].as_ptr());
-            ins[k] = match (l, &sc.in_regs[k], sc.direct[k]) {
-                (Load::InPlace(buf, at), ..) => ptr(buf, at + s),
-                (Load::Scalar(buf, at), ..) => {
-                    bcast |= 1 << k;
-                    ptr(buf, *at)
-                }
-                (Load::Strided { buf, .. }, _, Some((at, rep))) => {
-                    bcast |= (rep as u64) << k;
-                    ptr(buf, at)
-                }
-                (_, Some(reg), _) => ptr(reg, 0),
-                _ => unreachable!("gathered inputs have registers"),
-            };
+        for (k, p) in ins.iter_mut().enumerate().take(self.loads.len()) {
+            let x = self.input(sc, k, s, len);
+            bcast |= (x.bcast as u64) << k;
+            *p = x.slice::<f32>().as_ptr();
         }
         // Borrowed from the task's cache, not cloned: an `Arc` count touched
         // by every tile of both threads is a contended cache line.

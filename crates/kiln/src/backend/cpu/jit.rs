@@ -135,11 +135,6 @@ impl Node {
             Node::Fma(a, b, c) | Node::Blend(a, b, c) => vec![a, b, c],
         }
     }
-
-    /// Whether the node's value is a lane mask rather than a vector.
-    pub fn is_mask(&self) -> bool {
-        matches!(self, Node::Cmp(..) | Node::MaskAnd(..) | Node::MaskOr(..))
-    }
 }
 
 /// A lowered group: vector operations in SSA form, in execution order.
@@ -331,16 +326,37 @@ pub fn lower(g: &FusedGroup) -> Option<Prog> {
     try_lower(g).ok()
 }
 
+/// Why a group is not compiled (no allocation: eager ops, groups of one,
+/// ask on every call).
+#[derive(Clone, Copy, Debug)]
+enum NotCompiled {
+    SingleOp,
+    NotF32,
+    TooManyPointers,
+    NoLowering(&'static str),
+}
+
+impl std::fmt::Display for NotCompiled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NotCompiled::SingleOp => f.write_str("a single op: one pass either way"),
+            NotCompiled::NotF32 => f.write_str("not all values are f32"),
+            NotCompiled::TooManyPointers => write!(f, "more than {MAX_PTRS} inputs and outputs"),
+            NotCompiled::NoLowering(op) => write!(f, "{op} has no vector lowering"),
+        }
+    }
+}
+
 /// [`lower`], or why the group is not compiled.
-fn try_lower(g: &FusedGroup) -> Result<Prog, String> {
+fn try_lower(g: &FusedGroup) -> Result<Prog, NotCompiled> {
     if g.ops.len() < 2 {
-        return Err("a single op: one pass either way".into());
+        return Err(NotCompiled::SingleOp);
     }
     if !g.inputs.iter().chain(g.ops.iter().map(|o| &o.dtype)).all(|&d| d == DType::F32) {
-        return Err("not all values are f32".into());
+        return Err(NotCompiled::NotF32);
     }
     if g.inputs.len() + g.outputs.len() > MAX_PTRS {
-        return Err(format!("more than {MAX_PTRS} inputs and outputs"));
+        return Err(NotCompiled::TooManyPointers);
     }
     RECORDER.with_borrow_mut(|r| *r = Recorder::default());
     let mut regs: Vec<Traced> = (0..g.inputs.len()).map(|k| Traced(record(Node::Input(k)))).collect();
@@ -350,7 +366,7 @@ fn try_lower(g: &FusedGroup) -> Result<Prog, String> {
             Some(v) => regs.push(v),
             None => {
                 RECORDER.with_borrow_mut(|r| *r = Recorder::default());
-                return Err(format!("{} has no vector lowering", op.prim.name()));
+                return Err(NotCompiled::NoLowering(op.prim.name()));
             }
         }
     }
@@ -474,11 +490,6 @@ impl Compiled {
         ks.push((v, k.clone()));
         k
     }
-
-    /// The lowered program.
-    pub fn prog(&self) -> &Prog {
-        &self.prog
-    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -491,20 +502,22 @@ fn generate(_: &Prog, _: Variant) -> Option<Kernel> {
     None
 }
 
-/// The compiled form of a group, made on first use and shared by the
-/// group's clones (a compiled function's groups are compiled once, on its
-/// first run).
+/// The compiled form of a group, made on its first run (a compiled
+/// function's groups are compiled once) and shared by clones made after it.
+/// Empty, it allocates nothing: eager ops make a group per call.
 #[derive(Default, Clone)]
-pub struct CodeSlot(Arc<OnceLock<Option<Arc<Compiled>>>>);
+pub struct CodeSlot(OnceLock<Option<Arc<Compiled>>>);
 
 impl CodeSlot {
     /// The group's compiled form, or `None` when it is not compiled (see
     /// the module docs).
-    pub fn get(&self, g: &FusedGroup) -> Option<Arc<Compiled>> {
+    pub fn get(&self, g: &FusedGroup) -> Option<&Compiled> {
         if !enabled() {
             return None;
         }
-        self.0.get_or_init(|| lower(g).map(|prog| Arc::new(Compiled { prog, kernels: Mutex::new(Vec::new()) }))).clone()
+        self.0
+            .get_or_init(|| lower(g).map(|prog| Arc::new(Compiled { prog, kernels: Mutex::new(Vec::new()) })))
+            .as_deref()
     }
 }
 

@@ -175,19 +175,17 @@ impl Gen<'_> {
     /// Releases the registers of `vals` read for the last time at `pos`.
     fn release(&mut self, vals: &[Val], pos: usize) {
         for &v in vals {
-            if self.last[v as usize] == pos {
-                match self.loc[v as usize] {
-                    Loc::Z(r) => self.free_z.push(r),
-                    Loc::K(k) => self.free_k.push(k),
-                    _ => {}
-                }
-                self.loc[v as usize] = match self.p.nodes[v as usize] {
-                    Node::Const(_) => self.loc[v as usize],
-                    _ => Loc::None,
-                };
-                // A value read twice by one node is released once.
-                self.last[v as usize] = usize::MAX - 1;
+            if self.last[v as usize] != pos {
+                continue;
             }
+            match self.loc[v as usize] {
+                Loc::Z(r) => self.free_z.push(r),
+                Loc::K(k) => self.free_k.push(k),
+                // Constants stay in the pool; a value read twice by one
+                // node (or taken over by it) is already released.
+                _ => continue,
+            }
+            self.loc[v as usize] = Loc::None;
         }
     }
 
@@ -263,7 +261,6 @@ impl Gen<'_> {
                 let d = match self.loc[x as usize] {
                     Loc::Z(r) if x_dies => {
                         self.loc[x as usize] = Loc::None;
-                        self.last[x as usize] = usize::MAX - 1;
                         r
                     }
                     _ => {

@@ -690,35 +690,11 @@ fn exec_stat<I: Element, A: AccFloat, O: Element>(
     src: &[I],
     p: &Plan,
     widen: impl Fn(I) -> A + Sync + Copy,
-    narrow: impl Fn(A) -> O + Sync,
+    narrow: impl Fn(A) -> O + Sync + Copy,
 ) -> Buffer {
-    let lse = |step_finish: fn(Lse<A>) -> A| {
-        let inner = Fold {
-            id: Lse::EMPTY,
-            step: move |a, x: I| Lse::combine(a, Lse::one(widen(x))),
-            combine: Lse::combine,
-            finish: |a: Lse<A>, _| narrow(step_finish(a)),
-            pairwise: true,
-            _types: PhantomData,
-        };
-        Buffer::from_vec(execute(&Blocked { inner, block: move |xs: &[I]| lse_block(xs, widen) }, src, p))
-    };
-    match op {
-        ReduceOp::LogSumExp => lse(Lse::log_sum_exp),
-        ReduceOp::SumExp => lse(Lse::sum_exp),
-        ReduceOp::Var { ddof } => {
-            let inner = Fold {
-                id: Moments::EMPTY,
-                step: move |a, x: I| Moments::combine(a, Moments::one(widen(x))),
-                combine: Moments::combine,
-                finish: move |a: Moments<A>, _| narrow(a.var(ddof)),
-                pairwise: true,
-                _types: PhantomData,
-            };
-            Buffer::from_vec(execute(&Blocked { inner, block: move |xs: &[I]| moments_block(xs, widen) }, src, p))
-        }
-        other => unreachable!("{} is not a one-pass statistic", other.name()),
-    }
+    let stat = if op == ReduceOp::LogSumExp { Lse::log_sum_exp } else { Lse::sum_exp };
+    let ddof = if let ReduceOp::Var { ddof } = op { ddof } else { 0 };
+    Buffer::from_vec(fold_stat(op, src, p, widen, |a| narrow(stat(a)), |a, _| narrow(a.var(ddof))))
 }
 
 /// A one-pass statistic and the reduction its accumulator carries, from
@@ -731,34 +707,56 @@ fn exec_stat_pair<I: Element, A: AccFloat, O: Element>(
     widen: impl Fn(I) -> A + Sync + Copy,
     narrow: impl Fn(A) -> O + Sync + Copy,
 ) -> (Buffer, Buffer) {
-    let pairs: Vec<(O, O)> = match op {
+    let stat = if op == ReduceOp::LogSumExp { Lse::log_sum_exp } else { Lse::sum_exp };
+    let ddof = if let ReduceOp::Var { ddof } = op { ddof } else { 0 };
+    let pairs = fold_stat(
+        op,
+        src,
+        p,
+        widen,
+        |a| (narrow(stat(a)), narrow(a.m)),
+        |a, n| (narrow(a.var(ddof)), narrow(a.sum / A::count(n))),
+    );
+    let (a, b): (Vec<O>, Vec<O>) = pairs.into_iter().unzip();
+    (Buffer::from_vec(a), Buffer::from_vec(b))
+}
+
+/// Folds the accumulators of a one-pass statistic (`Lse` for `sumexp` and
+/// `logsumexp`, `Moments` for `var`), blockwise, and finishes each output
+/// with `lse` or `moments` (given the count).
+fn fold_stat<I: Element, A: AccFloat, T: Copy + Send + Sync>(
+    op: ReduceOp,
+    src: &[I],
+    p: &Plan,
+    widen: impl Fn(I) -> A + Sync + Copy,
+    lse: impl Fn(Lse<A>) -> T + Sync,
+    moments: impl Fn(Moments<A>, usize) -> T + Sync,
+) -> Vec<T> {
+    match op {
         ReduceOp::LogSumExp | ReduceOp::SumExp => {
-            let stat = if op == ReduceOp::LogSumExp { Lse::log_sum_exp } else { Lse::sum_exp };
             let inner = Fold {
                 id: Lse::EMPTY,
                 step: move |a, x: I| Lse::combine(a, Lse::one(widen(x))),
                 combine: Lse::combine,
-                finish: move |a: Lse<A>, _| (narrow(stat(a)), narrow(a.m)),
+                finish: move |a: Lse<A>, _| lse(a),
                 pairwise: true,
                 _types: PhantomData,
             };
             execute(&Blocked { inner, block: move |xs: &[I]| lse_block(xs, widen) }, src, p)
         }
-        ReduceOp::Var { ddof } => {
+        ReduceOp::Var { .. } => {
             let inner = Fold {
                 id: Moments::EMPTY,
                 step: move |a, x: I| Moments::combine(a, Moments::one(widen(x))),
                 combine: Moments::combine,
-                finish: move |a: Moments<A>, n| (narrow(a.var(ddof)), narrow(a.sum / A::count(n))),
+                finish: moments,
                 pairwise: true,
                 _types: PhantomData,
             };
             execute(&Blocked { inner, block: move |xs: &[I]| moments_block(xs, widen) }, src, p)
         }
-        other => unreachable!("{} carries no other reduction", other.name()),
-    };
-    let (a, b): (Vec<O>, Vec<O>) = pairs.into_iter().unzip();
-    (Buffer::from_vec(a), Buffer::from_vec(b))
+        other => unreachable!("{} is not a one-pass statistic", other.name()),
+    }
 }
 
 crate::backend::cpu::tile::multiversion! {
