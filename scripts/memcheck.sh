@@ -10,5 +10,7 @@ if ! command -v valgrind >/dev/null; then
 fi
 export CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER="valgrind --error-exitcode=9 -q"
 cargo test -p kiln --test compile --test shape --test linalg --test fused -- --test-threads=2
+# The thread team (its lifetime-erased task pointer) and the products split over it.
+cargo test -p kiln --lib -- --test-threads=2 team::
 # The accuracy sweeps take minutes under valgrind: check every length and the special values.
 cargo test -p kiln --test simd_math -- --test-threads=2 lengths_and_levels_agree special_values

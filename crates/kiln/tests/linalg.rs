@@ -484,11 +484,19 @@ fn f32_kernels_propagate_nan_and_inf() -> Result<()> {
 
 /// `x @ w + bias` compiled (the bias seeds the product's output) against
 /// the reference plus the bias, for bias shapes along rows, columns, both,
-/// batched, and with an activation after the add.
+/// batched, and with an activation after the add. The larger sizes split
+/// over the team's threads, by row tiles (40 rows) and by column panels
+/// (6 rows, one tile).
 #[test]
 fn compiled_matmul_bias_epilogue() -> Result<()> {
+    for (m, k, n) in [(13, 40, 37), (40, 60, 150), (6, 80, 300)] {
+        matmul_bias_epilogue(m, k, n)?;
+    }
+    Ok(())
+}
+
+fn matmul_bias_epilogue(m: usize, k: usize, n: usize) -> Result<()> {
     let f = DType::F32;
-    let (m, k, n) = (13, 40, 37);
     let vx = values(m * k, 30);
     let vw = values(k * n, 31);
     let x = array(&vx, &[m, k], f)?;

@@ -11,11 +11,16 @@
 //!
 //! Threads: a product of at least [`PAR_WORK`] multiply-adds lets `gemm` use
 //! the rayon pool; a batch of smaller products runs its matrices in parallel
-//! once the batch as a whole is that large; anything smaller stays on the
-//! calling thread, so small products never pay for thread start-up.
+//! once the batch as a whole is that large. A single `f32` product from
+//! [`sgemm::TEAM_WORK`] multiply-adds up splits over the team of spinning
+//! threads ([`crate::backend::cpu::team`]), which hands work over in well
+//! under a microsecond; the output is left uninitialized so that each block
+//! is written only by the core that computes it.
 
 #[path = "sgemm.rs"]
 pub mod sgemm;
+
+use std::mem::MaybeUninit;
 
 use gemm::Parallelism;
 use half::{bf16, f16};
@@ -130,7 +135,7 @@ impl Geometry {
         let batch = &shape[..nd - 2];
         let full = |r: usize, c: usize| -> Vec<usize> { batch.iter().copied().chain([r, c]).collect() };
         let (la, lb) = (a.layout.broadcast_to(&full(m, k)), b.layout.broadcast_to(&full(k, n)));
-        let offsets = batch_offsets(&la, &lb, batch);
+        let offsets = batch_offsets(&la, batch).into_iter().zip(batch_offsets(&lb, batch)).collect();
         Ok(Geometry {
             shape: shape.to_vec(),
             m,
@@ -145,16 +150,15 @@ impl Geometry {
     }
 }
 
-/// Offsets of the first element of each batch matrix, batch dims in
-/// row-major order. Empty when a batch dim is 0.
-fn batch_offsets(la: &Layout, lb: &Layout, batch: &[usize]) -> Vec<(isize, isize)> {
+/// Offsets of the first element of each batch matrix of `l` (whose
+/// leading dims are `batch`), batch dims in row-major order. Empty when a
+/// batch dim is 0.
+fn batch_offsets(l: &Layout, batch: &[usize]) -> Vec<isize> {
     let nb: usize = batch.iter().product();
     let mut out = Vec::with_capacity(nb);
     let mut idx = vec![0usize; batch.len()];
     for _ in 0..nb {
-        let off =
-            |l: &Layout| l.offset as isize + idx.iter().zip(&l.strides).map(|(&i, &s)| i as isize * s).sum::<isize>();
-        out.push((off(la), off(lb)));
+        out.push(l.offset as isize + idx.iter().zip(&l.strides).map(|(&i, &s)| i as isize * s).sum::<isize>());
         for d in (0..batch.len()).rev() {
             idx[d] += 1;
             if idx[d] < batch[d] {
@@ -231,44 +235,51 @@ fn gemm_batched<T: GemmElement>(a: &Data, b: &Data, g: &Geometry) -> Vec<T> {
     out
 }
 
-/// `f32` products through [`sgemm`]; with `bias`, the output starts as the
-/// bias broadcast to the output shape and the products accumulate into it.
+/// `f32` products through [`sgemm`]; with `bias`, each output matrix
+/// starts as the bias broadcast to it (read by the product's kernel).
 fn f32_batched(a: &Data, b: &Data, g: &Geometry, bias: Option<&Data>) -> Vec<f32> {
     let (m, n, k) = (g.m, g.n, g.k);
     let mn = m * n;
     let nb = g.offsets.len();
-    let mut out = match bias {
-        Some(d) => {
-            let v = d.buffer.as_slice::<f32>().expect("matmul_bias checked the dtype");
-            super::strided::gather(v, &d.layout.broadcast_to(&g.shape))
-        }
-        None => vec![0.0f32; nb * mn],
-    };
     if mn == 0 || nb == 0 {
-        return out;
+        return vec![];
     }
     let sa = a.buffer.as_slice::<f32>().expect("matmul operands have the inferred dtype");
     let sb = b.buffer.as_slice::<f32>().expect("matmul operands have the inferred dtype");
+    let nd = g.shape.len();
+    let bias = bias.map(|d| {
+        let l = d.layout.broadcast_to(&g.shape);
+        let data = d.buffer.as_slice::<f32>().expect("matmul_bias checked the dtype");
+        (data, batch_offsets(&l, &g.shape[..nd - 2]), l.strides[nd - 2], l.strides[nd - 1])
+    });
     let level = sgemm::level();
-    let accumulate = bias.is_some();
-    let run = |dst: &mut [f32], (oa, ob): (isize, isize), threads: bool| {
+    let run = |dst: &mut [MaybeUninit<f32>], batch: usize, threads: bool| {
+        let (oa, ob) = g.offsets[batch];
         // The operands' layouts broadcast to the batch address elements of
-        // their buffers for every i < m, p < k, j < n (Mat's contract).
+        // their buffers for every i < m, p < k, j < n (Mat's contract), and
+        // so does the bias's, broadcast to the output.
         let am = sgemm::Mat { data: sa, off: oa, rs: g.a_rs, cs: g.a_cs };
         let bm = sgemm::Mat { data: sb, off: ob, rs: g.b_rs, cs: g.b_cs };
-        sgemm::sgemm(level, m, n, k, am, bm, dst, accumulate, threads);
+        let init = match &bias {
+            Some((data, offs, rs, cs)) => sgemm::Init::From(sgemm::Mat { data, off: offs[batch], rs: *rs, cs: *cs }),
+            None => sgemm::Init::Zero,
+        };
+        sgemm::sgemm(level, m, n, k, am, bm, dst, init, threads);
     };
-    if mn * k >= PAR_WORK {
-        for (dst, &o) in out.chunks_mut(mn).zip(&g.offsets) {
-            run(dst, o, true);
-        }
-    } else if uses_threads(nb, m, n, k) {
-        out.par_chunks_mut(mn).zip(&g.offsets).for_each(|(dst, &o)| run(dst, o, false));
+    // Left uninitialized: the kernels write every element, each on the
+    // thread that computes it.
+    let mut out = Vec::with_capacity(nb * mn);
+    let spare = &mut out.spare_capacity_mut()[..nb * mn];
+    if mn * k < PAR_WORK && uses_threads(nb, m, n, k) {
+        spare.par_chunks_mut(mn).enumerate().for_each(|(i, dst)| run(dst, i, false));
     } else {
-        for (dst, &o) in out.chunks_mut(mn).zip(&g.offsets) {
-            run(dst, o, false);
+        // Each product splits over threads itself when it is large enough.
+        for (i, dst) in spare.chunks_mut(mn).enumerate() {
+            run(dst, i, true);
         }
     }
+    // SAFETY: `sgemm` wrote every element of each of the nb chunks of mn.
+    unsafe { out.set_len(nb * mn) };
     out
 }
 

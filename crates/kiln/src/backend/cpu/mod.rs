@@ -20,6 +20,7 @@ pub mod rows;
 pub mod simd_math;
 pub mod stream;
 pub mod strided;
+pub mod team;
 pub mod tile;
 pub mod unary;
 

@@ -18,6 +18,7 @@
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 use std::cell::Cell;
+use std::mem::MaybeUninit;
 
 /// Rows of `c` per microkernel tile.
 pub const MR: usize = 8;
@@ -31,6 +32,9 @@ const KC: usize = 256;
 const UNPACKED_B: usize = 1 << 16;
 /// Multiply-adds from which a single product splits over threads.
 const PAR_WORK: usize = 1 << 22;
+/// Multiply-adds from which a small product splits over the team's threads
+/// (see [`crate::backend::cpu::team`]).
+pub const TEAM_WORK: usize = 1 << 17;
 
 /// Which kernel computes f32 products.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -92,9 +96,25 @@ impl Mat<'_> {
     }
 }
 
+/// What `c` starts from before the product is added to it.
+#[derive(Clone, Copy)]
+pub enum Init<'a> {
+    /// Zeros.
+    Zero,
+    /// Element `(i, j)` of an `m x n` matrix, such as a bias broadcast over
+    /// the rows (row stride 0). The AVX-512 kernel reads it as it starts
+    /// each block of `c`, on the thread that computes the block, so the
+    /// output is written once, by one core.
+    From(Mat<'a>),
+}
+
 /// `c = c0 + a @ b` for `a: m x k`, `b: k x n`, `c: m x n` row-major
-/// (`c.len() == m * n`); `c0` is `c`'s content when `accumulate`, else zero.
-/// `threads` allows splitting over the rayon pool when the product is large.
+/// (`c.len() == m * n`), with `c0` given by `init`; every element of `c` is
+/// written, so `c` may be uninitialized memory, and is best left untouched
+/// by the caller (a block written by another core costs a transfer per
+/// cache line). `threads` allows splitting over threads: the rayon pool
+/// for large products, the team ([`crate::backend::cpu::team`]) for small
+/// ones.
 #[allow(clippy::too_many_arguments)]
 pub fn sgemm(
     level: Level,
@@ -103,35 +123,45 @@ pub fn sgemm(
     k: usize,
     a: Mat,
     b: Mat,
-    c: &mut [f32],
-    accumulate: bool,
+    c: &mut [MaybeUninit<f32>],
+    init: Init,
     threads: bool,
 ) {
     assert_eq!(c.len(), m * n, "sgemm: c is m x n");
     if m == 0 || n == 0 {
         return;
     }
+    #[cfg(target_arch = "x86_64")]
+    if level == Level::Avx512 && detected() == Level::Avx512 && k > 0 && avx512::takes(m, n, k) {
+        return avx512::sgemm(m, n, k, a, b, c, init, threads);
+    }
+    let accumulate = match init {
+        Init::Zero => false,
+        Init::From(c0) => {
+            for (i, row) in c.chunks_exact_mut(n).enumerate() {
+                for (j, x) in row.iter_mut().enumerate() {
+                    x.write(c0.at(i, j));
+                }
+            }
+            true
+        }
+    };
     if k == 0 {
         if !accumulate {
-            c.fill(0.0);
+            c.fill(MaybeUninit::new(0.0));
         }
         return;
     }
-    match level {
-        #[cfg(target_arch = "x86_64")]
-        Level::Avx512 if detected() == Level::Avx512 && avx512::takes(m, n, k) => {
-            avx512::sgemm(m, n, k, a, b, c, accumulate)
-        }
-        _ => portable(m, n, k, a, b, c, accumulate, threads),
-    }
+    portable(m, n, k, a, b, c, accumulate, threads)
 }
 
 /// The `gemm` crate.
 #[allow(clippy::too_many_arguments)]
-fn portable(m: usize, n: usize, k: usize, a: Mat, b: Mat, c: &mut [f32], accumulate: bool, threads: bool) {
+fn portable(m: usize, n: usize, k: usize, a: Mat, b: Mat, c: &mut [MaybeUninit<f32>], accumulate: bool, threads: bool) {
     let par = if threads && m * n * k >= PAR_WORK { gemm::Parallelism::Rayon(0) } else { gemm::Parallelism::None };
-    // SAFETY: `c` is an exclusively borrowed, initialized `m x n` block
-    // written row-major (row stride n, column stride 1). Every element gemm
+    // SAFETY: `c` is an exclusively borrowed `m x n` block written
+    // row-major (row stride n, column stride 1), initialized when
+    // `accumulate` (gemm reads it only then). Every element gemm
     // reads from `a` is at `a.off + i*a.rs + p*a.cs` for i < m, p < k, and
     // from `b` at `b.off + p*b.rs + j*b.cs` for p < k, j < n: by `Mat`'s
     // contract these are in bounds of their slices (strides may be negative
@@ -143,7 +173,7 @@ fn portable(m: usize, n: usize, k: usize, a: Mat, b: Mat, c: &mut [f32], accumul
             m,
             n,
             k,
-            c.as_mut_ptr(),
+            c.as_mut_ptr().cast::<f32>(),
             1,
             n as isize,
             accumulate,
@@ -205,7 +235,20 @@ mod avx512 {
 
     /// See [`takes`]: `a` is read in place through its strides, `b` in place
     /// when its columns are unit-stride, else packed into panels.
-    pub(super) fn sgemm(m: usize, n: usize, k: usize, a: Mat, b: Mat, c: &mut [f32], accumulate: bool) {
+    ///
+    /// With `threads`, a product of at least [`TEAM_WORK`] multiply-adds is
+    /// split over the team's threads.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn sgemm(
+        m: usize,
+        n: usize,
+        k: usize,
+        a: Mat,
+        b: Mat,
+        c: &mut [MaybeUninit<f32>],
+        init: Init,
+        threads: bool,
+    ) {
         let packed_b;
         let src = if b.cs == 1 && b.rs >= 0 {
             BSource { base: b.data.as_ptr().wrapping_offset(b.off), panel_step: NR, row_step: b.rs as usize }
@@ -214,14 +257,108 @@ mod avx512 {
             BSource { base: packed_b.as_ptr(), panel_step: NR * k, row_step: NR }
         };
         let asrc = ASource { base: a.data.as_ptr().wrapping_offset(a.off), rs: a.rs, cs: a.cs };
-        // SAFETY: `asrc` addresses a.off + i*a.rs + p*a.cs for i < m, p < k,
+        let cp = c.as_mut_ptr().cast::<f32>();
+        let c0 = match init {
+            Init::Zero => C0Source { base: std::ptr::null(), rs: 0, cs: 1 },
+            Init::From(m0) => C0Source { base: m0.data.as_ptr().wrapping_offset(m0.off), rs: m0.rs, cs: m0.cs },
+        };
+        let blocks = Blocks::new(m, n, k, threads);
+        // SAFETY (both calls below): `asrc` addresses a.off + i*a.rs + p*a.cs for i < m, p < k,
         // in bounds by Mat's contract. `src` addresses k rows of each panel
         // q < n.div_ceil(NR): packed panels have NR*k floats, and in-place
         // panels read row p at b.off + p*b.rs + q*NR + j only for
-        // j < n - q*NR (masked past n), in bounds by Mat's contract. `c` is
-        // the exclusively borrowed m*n output. The CPU has AVX-512F (checked
-        // by the caller's dispatch).
-        unsafe { panels_avx512(m, n, k, asrc, src, c.as_mut_ptr(), accumulate) }
+        // j < n - q*NR (masked past n), in bounds by Mat's contract. `c0`
+        // is null, or `c` itself, or addresses an m x n matrix by Mat's
+        // contract. `c` is the exclusively borrowed m*n output. The CPU has
+        // AVX-512F (checked by the caller's dispatch).
+        if blocks.parts == 1 {
+            // SAFETY: as above, for the whole of `c` (row stride n).
+            unsafe { panels_avx512(m, n, k, asrc, src, c0, cp, n) };
+            return;
+        }
+        let shared = Shared((asrc, src, c0, cp));
+        crate::backend::cpu::team::run(blocks.parts, &|i| {
+            let (a, b, c0, c) = shared.get();
+            let (r0, r1, q0, q1) = blocks.part(i);
+            let (a, b, c0) = (
+                ASource { base: a.base.wrapping_offset(r0 as isize * a.rs), ..a },
+                BSource { base: b.base.wrapping_add(q0 * b.panel_step), ..b },
+                c0.at(r0, q0 * NR),
+            );
+            let cols = (q1 * NR).min(n) - q0 * NR;
+            // SAFETY: as above, for rows r0..r1 and columns q0*NR..q0*NR+cols
+            // of `c` (row stride n): the parts are disjoint blocks of `c`
+            // (see `Blocks::part`), so no two threads write one element, and
+            // `team::run` returns only after every part has finished, while
+            // `a`, `b` and `c` are still borrowed.
+            unsafe { panels_avx512(r1 - r0, cols, k, a, b, c0, c.add(r0 * n + q0 * NR), n) }
+        });
+    }
+
+    /// A product split into parts for the team: contiguous groups of row
+    /// tiles when there are enough of them, else of column panels.
+    #[derive(Clone, Copy)]
+    struct Blocks {
+        m: usize,
+        n: usize,
+        parts: usize,
+        by_rows: bool,
+    }
+
+    impl Blocks {
+        fn new(m: usize, n: usize, k: usize, threads: bool) -> Blocks {
+            let threads = if threads && m * n * k >= TEAM_WORK { crate::backend::cpu::team::threads() } else { 1 };
+            let (tiles, panels) = (m.div_ceil(MR), n.div_ceil(NR));
+            let by_rows = tiles >= threads;
+            let parts = threads.min(if by_rows { tiles } else { panels }).max(1);
+            Blocks { m, n, parts, by_rows }
+        }
+
+        /// Rows `r0..r1` and column panels `q0..q1` of part `i`.
+        fn part(&self, i: usize) -> (usize, usize, usize, usize) {
+            let (tiles, panels) = (self.m.div_ceil(MR), self.n.div_ceil(NR));
+            if self.by_rows {
+                let (t0, t1) = (i * tiles / self.parts, (i + 1) * tiles / self.parts);
+                ((t0 * MR).min(self.m), (t1 * MR).min(self.m), 0, panels)
+            } else {
+                (0, self.m, i * panels / self.parts, (i + 1) * panels / self.parts)
+            }
+        }
+    }
+
+    /// Raw operand pointers handed to the team's threads.
+    #[derive(Clone, Copy)]
+    struct Shared<T>(T);
+
+    impl<T: Copy> Shared<T> {
+        /// The pointers (a method, so closures capture the whole `Shared`).
+        fn get(&self) -> T {
+            self.0
+        }
+    }
+
+    // SAFETY: the pointers are only used inside `team::run`, which returns
+    // before the borrows they come from end; the parts read the operands
+    // and write disjoint blocks of the output (see `sgemm`).
+    unsafe impl<T> Sync for Shared<T> {}
+
+    /// Where a block of `c` starts from: element (i, j) at `base + i*rs +
+    /// j*cs`, or zeros when `base` is null.
+    #[derive(Clone, Copy)]
+    struct C0Source {
+        base: *const f32,
+        rs: isize,
+        cs: isize,
+    }
+
+    impl C0Source {
+        /// The source of the block starting at row `i`, column `j`.
+        fn at(self, i: usize, j: usize) -> C0Source {
+            if self.base.is_null() {
+                return self;
+            }
+            C0Source { base: self.base.wrapping_offset(i as isize * self.rs + j as isize * self.cs), ..self }
+        }
     }
 
     /// Where the microkernel reads `a`: element (i, p) at `base + i*rs + p*cs`.
@@ -236,14 +373,25 @@ mod avx512 {
     ///
     /// # Safety
     /// See the call in `sgemm`: `a`/`src` cover the operands, `c` is `m x n`
-    /// row-major, and the CPU supports AVX-512F.
+    /// with row stride `ldc`, and the CPU supports AVX-512F.
     #[target_feature(enable = "avx512f")]
-    unsafe fn panels_avx512(m: usize, n: usize, k: usize, a: ASource, src: BSource, c: *mut f32, accumulate: bool) {
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn panels_avx512(
+        m: usize,
+        n: usize,
+        k: usize,
+        a: ASource,
+        src: BSource,
+        c0: C0Source,
+        c: *mut f32,
+        ldc: usize,
+    ) {
         let tiles = m.div_ceil(MR);
         let mut p0 = 0;
         while p0 < k {
             let kc = KC.min(k - p0);
-            let acc = accumulate || p0 > 0;
+            // Later blocks of `k` add to what the earlier ones left in `c`.
+            let start = if p0 == 0 { c0 } else { C0Source { base: c, rs: ldc as isize, cs: 1 } };
             for q in 0..n.div_ceil(NR) {
                 let cols = NR.min(n - q * NR);
                 let masks: [__mmask16; NV] =
@@ -252,18 +400,19 @@ mod avx512 {
                 for t in 0..tiles {
                     let rows = MR.min(m - t * MR);
                     let ap = a.base.wrapping_offset((t * MR) as isize * a.rs + p0 as isize * a.cs);
-                    let cp = c.add(t * MR * n + q * NR);
+                    let cp = c.add(t * MR * ldc + q * NR);
+                    let s = start.at(t * MR, q * NR);
                     // SAFETY: as this function's contract; the tile reads
                     // kc rows of the panel and `rows` rows of `c`.
                     match rows {
-                        1 => tile::<1>(kc, ap, a.rs, a.cs, bp, src.row_step, cp, n, masks, acc),
-                        2 => tile::<2>(kc, ap, a.rs, a.cs, bp, src.row_step, cp, n, masks, acc),
-                        3 => tile::<3>(kc, ap, a.rs, a.cs, bp, src.row_step, cp, n, masks, acc),
-                        4 => tile::<4>(kc, ap, a.rs, a.cs, bp, src.row_step, cp, n, masks, acc),
-                        5 => tile::<5>(kc, ap, a.rs, a.cs, bp, src.row_step, cp, n, masks, acc),
-                        6 => tile::<6>(kc, ap, a.rs, a.cs, bp, src.row_step, cp, n, masks, acc),
-                        7 => tile::<7>(kc, ap, a.rs, a.cs, bp, src.row_step, cp, n, masks, acc),
-                        _ => tile::<8>(kc, ap, a.rs, a.cs, bp, src.row_step, cp, n, masks, acc),
+                        1 => tile::<1>(kc, ap, a.rs, a.cs, bp, src.row_step, s, cp, ldc, masks),
+                        2 => tile::<2>(kc, ap, a.rs, a.cs, bp, src.row_step, s, cp, ldc, masks),
+                        3 => tile::<3>(kc, ap, a.rs, a.cs, bp, src.row_step, s, cp, ldc, masks),
+                        4 => tile::<4>(kc, ap, a.rs, a.cs, bp, src.row_step, s, cp, ldc, masks),
+                        5 => tile::<5>(kc, ap, a.rs, a.cs, bp, src.row_step, s, cp, ldc, masks),
+                        6 => tile::<6>(kc, ap, a.rs, a.cs, bp, src.row_step, s, cp, ldc, masks),
+                        7 => tile::<7>(kc, ap, a.rs, a.cs, bp, src.row_step, s, cp, ldc, masks),
+                        _ => tile::<8>(kc, ap, a.rs, a.cs, bp, src.row_step, s, cp, ldc, masks),
                     }
                 }
             }
@@ -272,13 +421,13 @@ mod avx512 {
     }
 
     /// One `R x NR` block of `c` (`R <= MR`) over `kc` steps of `k`:
-    /// `c = (acc ? c : 0) + a_tile @ b_panel`, column vector `v` masked by
-    /// `masks[v]`.
+    /// `c = c0 + a_tile @ b_panel`, column vector `v` masked by `masks[v]`.
     ///
     /// # Safety
     /// `ap + i*a_rs + p*a_cs` is readable for i < R, p < kc, `bp` has `kc` rows
-    /// `row_step` apart of which the masked lanes are readable, `c` has `R`
-    /// rows `ldc` apart whose masked lanes are writable; AVX-512F.
+    /// `row_step` apart of which the masked lanes are readable, `c0` is null
+    /// or readable at the masked lanes of R rows, `c` has `R` rows `ldc`
+    /// apart whose masked lanes are writable; AVX-512F.
     #[target_feature(enable = "avx512f")]
     #[inline]
     #[allow(clippy::too_many_arguments)]
@@ -289,16 +438,29 @@ mod avx512 {
         a_cs: isize,
         bp: *const f32,
         row_step: usize,
+        c0: C0Source,
         c: *mut f32,
         ldc: usize,
         masks: [__mmask16; NV],
-        acc: bool,
     ) {
         let mut cr = [[_mm512_setzero_ps(); NV]; R];
-        if acc {
+        if !c0.base.is_null() {
             for (i, row) in cr.iter_mut().enumerate() {
+                let r = c0.base.wrapping_offset(i as isize * c0.rs);
                 for (v, x) in row.iter_mut().enumerate() {
-                    *x = _mm512_maskz_loadu_ps(masks[v], c.wrapping_add(i * ldc + 16 * v));
+                    *x = if c0.cs == 1 {
+                        _mm512_maskz_loadu_ps(masks[v], r.wrapping_add(16 * v))
+                    } else {
+                        let m = masks[v];
+                        let lanes: [f32; 16] = std::array::from_fn(|l| {
+                            if m >> l & 1 == 1 {
+                                *r.wrapping_offset((16 * v + l) as isize * c0.cs)
+                            } else {
+                                0.0
+                            }
+                        });
+                        _mm512_loadu_ps(lanes.as_ptr())
+                    };
                 }
             }
         }
