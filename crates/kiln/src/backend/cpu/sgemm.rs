@@ -139,8 +139,16 @@ pub fn sgemm(
         Init::Zero => false,
         Init::From(c0) => {
             for (i, row) in c.chunks_exact_mut(n).enumerate() {
-                for (j, x) in row.iter_mut().enumerate() {
-                    x.write(c0.at(i, j));
+                if c0.cs == 1 {
+                    // A contiguous row (a bias vector): a copy.
+                    let start = (c0.off + i as isize * c0.rs) as usize;
+                    for (x, &v) in row.iter_mut().zip(&c0.data[start..start + n]) {
+                        x.write(v);
+                    }
+                } else {
+                    for (j, x) in row.iter_mut().enumerate() {
+                        x.write(c0.at(i, j));
+                    }
                 }
             }
             true
