@@ -262,6 +262,13 @@ fn run<R: Reducer>(r: &R, src: &[R::In], off: usize, n: usize, stride: usize) ->
         }
         return fold_run(r, xs);
     }
+    strided_run(r, src, off, n, stride)
+}
+
+/// [`run`] over a strided run: steps in [`LANES`] interleaved accumulators
+/// (out of line: the recursion and the contiguous path stay small).
+#[inline(never)]
+fn strided_run<R: Reducer>(r: &R, src: &[R::In], off: usize, n: usize, stride: usize) -> R::Acc {
     let mut lanes = [r.identity(); LANES];
     for j in 0..n {
         let l = j % LANES;
