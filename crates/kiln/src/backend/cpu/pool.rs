@@ -2,8 +2,10 @@
 //! mapping from the OS whose pages fault and are zeroed on first write,
 //! which costs as much as the elementwise work itself; instead, buffers of
 //! at least [`MIN_BYTES`] are kept when dropped (up to [`MAX_BYTES`] in all)
-//! and handed out again for outputs of a similar size. Fresh large buffers
-//! ask for transparent huge pages.
+//! and handed out again for outputs of a similar size, of any dtype with
+//! the same element size (storage is bytes: the random bits behind a normal
+//! sample, `u32`, become the next `f32` output). Fresh large buffers ask
+//! for transparent huge pages.
 
 use std::sync::Mutex;
 
@@ -33,13 +35,15 @@ pub fn take(dtype: DType, n: usize) -> Buffer {
         let best = pool
             .iter()
             .enumerate()
-            .filter(|(_, b)| b.dtype() == dtype)
+            .filter(|(_, b)| b.dtype().size() == dtype.size())
             .map(|(i, b)| (i, capacity_bytes(b)))
             .filter(|&(_, c)| c >= bytes && c <= bytes + bytes / 2)
             .min_by_key(|&(_, c)| c)
             .map(|(i, _)| i);
         if let Some(i) = best {
-            return pool.swap_remove(i);
+            let found = pool.swap_remove(i);
+            drop(pool);
+            return retype(found, dtype);
         }
     }
     let mut b = crate::with_dtype!(dtype, T => Buffer::from_vec(Vec::<T>::with_capacity(n)));
@@ -76,6 +80,33 @@ pub fn give(b: &mut Buffer) {
     }
 }
 
+/// The empty `b`'s storage as a buffer of `dtype`, whose elements have the
+/// size (and so, for kiln's dtypes, the alignment) of `b`'s.
+fn retype(mut b: Buffer, dtype: DType) -> Buffer {
+    if b.dtype() == dtype {
+        return b;
+    }
+    // The storage moves out; `b` (now empty) drops without giving anything back.
+    crate::with_buffer!(&mut b, v => {
+        let mut v = std::mem::ManuallyDrop::new(std::mem::take(v));
+        let (ptr, cap, from) = (v.as_mut_ptr(), v.capacity(), element_layout(&v));
+        crate::with_dtype!(dtype, T => {
+            assert!(v.is_empty() && from == std::alloc::Layout::new::<T>(), "pool: storage keeps its element layout");
+            // SAFETY: `ptr` and `cap` come from a Vec whose element type has
+            // the size and alignment of T (asserted), so its allocation has
+            // the layout of `cap` elements of T, as from_raw_parts requires;
+            // the length is 0, so no element is reinterpreted. The old Vec
+            // is ManuallyDrop and never freed, so the storage has one owner.
+            Buffer::from_vec(unsafe { Vec::<T>::from_raw_parts(ptr.cast::<T>(), 0, cap) })
+        })
+    })
+}
+
+/// The size and alignment of `v`'s elements.
+fn element_layout<T>(_: &[T]) -> std::alloc::Layout {
+    std::alloc::Layout::new::<T>()
+}
+
 /// Bytes currently kept (for tests).
 pub fn kept_bytes() -> usize {
     POOL.lock().unwrap_or_else(|e| e.into_inner()).iter().map(capacity_bytes).sum()
@@ -85,7 +116,7 @@ pub fn kept_bytes() -> usize {
 /// pages: its pages fault on first write, and 2 MiB pages fault 512 times
 /// less often than 4 KiB ones.
 #[cfg(target_os = "linux")]
-fn advise_huge_pages(ptr: *mut u8, bytes: usize) {
+pub(crate) fn advise_huge_pages(ptr: *mut u8, bytes: usize) {
     const MADV_HUGEPAGE: i32 = 14;
     const HUGE: usize = 1 << 21;
     extern "C" {
@@ -103,14 +134,14 @@ fn advise_huge_pages(ptr: *mut u8, bytes: usize) {
 }
 
 #[cfg(not(target_os = "linux"))]
-fn advise_huge_pages(_: *mut u8, _: usize) {}
+pub(crate) fn advise_huge_pages(_: *mut u8, _: usize) {}
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn large_buffers_are_reused_and_other_dtypes_are_not() {
+    fn large_buffers_are_reused_for_dtypes_of_their_element_size() {
         // u32 buffers this large appear in no other unit test, so the
         // storage comes back here even with tests running in parallel.
         let n = MIN_BYTES / 2 + 12_345; // 8 MiB of u32
@@ -125,10 +156,20 @@ mod tests {
         assert_eq!(v.len(), 0, "a pooled buffer comes back empty");
         assert!(v.capacity() >= n);
         drop(again);
-        // Another dtype, or a size it would waste more than half of, never gets it.
+        // Another dtype of 4-byte elements gets the storage (no element is
+        // read: it comes back empty), then gives it back when dropped.
         let other = take(DType::I32, n);
         let Buffer::I32(w) = &other else { panic!("an i32 buffer") };
+        assert_eq!((w.as_ptr() as usize, w.len()), (ptr, 0), "same element size: the storage is reused");
+        assert!(w.capacity() >= n);
+        drop(other);
+        // Other element sizes, or a size it would waste more than half of, never get it.
+        let wide = take(DType::I64, n / 2);
+        let Buffer::I64(w) = &wide else { panic!("an i64 buffer") };
         assert_ne!(w.as_ptr() as usize, ptr);
+        let half = take(DType::F16, n * 2);
+        let Buffer::F16(h) = &half else { panic!("an f16 buffer") };
+        assert_ne!(h.as_ptr() as usize, ptr);
         let tiny_fit = take(DType::U32, n * 3 / 5); // pooled size, but 8 MiB would waste too much
         let Buffer::U32(t) = &tiny_fit else { panic!("a u32 buffer") };
         assert_ne!(t.as_ptr() as usize, ptr);
