@@ -384,7 +384,7 @@ pub fn describe(g: &FusedGroup) -> String {
         return format!("tile interpreter ({why})");
     }
     let Some(c) = g.code.get(g) else { return "tile interpreter".into() };
-    if c.kernel(Variant { bcast: 0, prefetch: false }).is_none() {
+    if c.kernel(Variant { bcast: 0, prefetch: 0 }).is_none() {
         return "tile interpreter (more live values than vector registers)".into();
     }
     let ops = c.prog.nodes.iter().filter(|n| !matches!(n, Node::Input(_) | Node::Const(_))).count();
@@ -414,7 +414,7 @@ pub fn warm_up() {
         }
         let spawned = std::thread::Builder::new().name("kiln-jit-warm-up".into()).spawn(|| {
             let p = Prog { nodes: vec![Node::Input(0), Node::Bin(Bin::Add, 0, 0)], inputs: 1, outputs: vec![1] };
-            generate(&p, Variant { bcast: 0, prefetch: false })
+            generate(&p, Variant { bcast: 0, prefetch: 0 })
         });
         if let Err(e) = spawned {
             log::debug!("kiln: no code generation warm-up thread ({e}); the first kernel pays for it");
@@ -455,9 +455,11 @@ impl Kernel {
 pub struct Variant {
     /// Bit `k` set: input `k` is broadcast (one value, loaded before the loop).
     pub bcast: u64,
-    /// Prefetch the inputs read in place a few KiB ahead (they stream from
-    /// memory: the run is larger than the caches).
-    pub prefetch: bool,
+    /// Prefetch the inputs read in place this many bytes ahead (0: none):
+    /// a few KiB when they stream from memory (the run is larger than the
+    /// caches), or a whole block when the next block of rows of a
+    /// row-blocked chain follows (see `compile::row_chain`).
+    pub prefetch: i32,
 }
 
 static GENERATED: AtomicUsize = AtomicUsize::new(0);

@@ -361,10 +361,6 @@ pub fn generate(p: &Prog, v: Variant) -> Option<Code> {
     emit(p, v).ok()
 }
 
-/// How far ahead inputs are prefetched, in bytes (2 to 16 KiB measured
-/// within noise of each other on gelu over 2^24 elements; 1 KiB is too short).
-const PREFETCH_DISTANCE: i32 = 8192;
-
 fn emit(p: &Prog, v: Variant) -> Result<Code, NoCode> {
     let bcast = v.bcast;
     let (n_in, n_out) = (p.inputs, p.outputs.len());
@@ -459,8 +455,8 @@ fn emit(p: &Prog, v: Variant) -> Result<Code, NoCode> {
     g.a.dec(r11d)?;
     g.a.kmovw(k1, r11d)?;
     g.a.set_label(&mut body_l)?;
-    if v.prefetch {
-        let d = PREFETCH_DISTANCE;
+    if v.prefetch != 0 {
+        let d = v.prefetch;
         for k in (0..n_in).filter(|&k| bcast >> k & 1 == 0) {
             g.a.prefetcht0(byte_ptr(PTRS[k] + rax + d))?;
         }
