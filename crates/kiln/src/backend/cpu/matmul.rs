@@ -84,8 +84,9 @@ pub fn matmul(a: &Data, b: &Data, shape: &[usize]) -> Result<Buffer> {
 /// `a @ b + bias` for `f32` operands, with `bias` broadcastable to the
 /// output `shape` without changing it: the output starts as the broadcast
 /// bias and the product accumulates into it. `None` when the operands are
-/// not all `f32` or the bias does not broadcast so (the caller then adds it
-/// separately).
+/// not all `f32`, the bias does not broadcast so, or the product's kernel
+/// would not read the bias itself ([`sgemm::seeds_in_kernel`]): the caller
+/// then adds it separately, in one pass with the rest of the epilogue.
 pub fn matmul_bias(a: &Data, b: &Data, bias: &Data, shape: &[usize]) -> Result<Option<Buffer>> {
     let f32s = [a, b, bias].iter().all(|d| matches!(&*d.buffer, Buffer::F32(_)));
     let bs = &bias.layout.shape;
@@ -94,6 +95,9 @@ pub fn matmul_bias(a: &Data, b: &Data, bias: &Data, shape: &[usize]) -> Result<O
         return Ok(None);
     }
     let g = Geometry::new(a, b, shape)?;
+    if !sgemm::seeds_in_kernel(g.m, g.n, g.k) {
+        return Ok(None);
+    }
     Ok(Some(Buffer::from_vec(f32_batched(a, b, &g, Some(bias)))))
 }
 

@@ -163,6 +163,20 @@ pub fn sgemm(
     portable(m, n, k, a, b, c, accumulate, threads)
 }
 
+/// Whether a product of these sizes, at this thread's [`level`], reads an
+/// [`Init::From`] start inside its kernel. The portable path instead fills
+/// `c` first and accumulates into it, which costs more than a separate
+/// pass over the output (the fill is another pass, and the kernel threads
+/// then read blocks written by the caller's core).
+pub fn seeds_in_kernel(m: usize, n: usize, k: usize) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if level() == Level::Avx512 && detected() == Level::Avx512 {
+        return k > 0 && avx512::takes(m, n, k);
+    }
+    let _ = (m, n, k);
+    false
+}
+
 /// The `gemm` crate.
 #[allow(clippy::too_many_arguments)]
 fn portable(m: usize, n: usize, k: usize, a: Mat, b: Mat, c: &mut [MaybeUninit<f32>], accumulate: bool, threads: bool) {
