@@ -132,8 +132,8 @@ pub fn sgemm(
         return;
     }
     #[cfg(target_arch = "x86_64")]
-    if level == Level::Avx512 && detected() == Level::Avx512 && k > 0 && avx512::takes(m, n, k) {
-        return avx512::sgemm(m, n, k, a, b, c, init, threads);
+    if own_kernel(level, m, n, k) {
+        return avx512::sgemm([m, n, k], a, b, c, init, threads);
     }
     let accumulate = match init {
         Init::Zero => false,
@@ -169,11 +169,16 @@ pub fn sgemm(
 /// pass over the output (the fill is another pass, and the kernel threads
 /// then read blocks written by the caller's core).
 pub fn seeds_in_kernel(m: usize, n: usize, k: usize) -> bool {
+    own_kernel(level(), m, n, k)
+}
+
+/// Whether a product at `level` runs on kiln's own kernel (see [`sgemm`]).
+fn own_kernel(level: Level, m: usize, n: usize, k: usize) -> bool {
     #[cfg(target_arch = "x86_64")]
-    if level() == Level::Avx512 && detected() == Level::Avx512 {
+    if level == Level::Avx512 && detected() == Level::Avx512 {
         return k > 0 && avx512::takes(m, n, k);
     }
-    let _ = (m, n, k);
+    let _ = (level, m, n, k);
     false
 }
 
@@ -260,17 +265,7 @@ mod avx512 {
     ///
     /// With `threads`, a product of at least [`TEAM_WORK`] multiply-adds is
     /// split over the team's threads.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn sgemm(
-        m: usize,
-        n: usize,
-        k: usize,
-        a: Mat,
-        b: Mat,
-        c: &mut [MaybeUninit<f32>],
-        init: Init,
-        threads: bool,
-    ) {
+    pub(super) fn sgemm([m, n, k]: [usize; 3], a: Mat, b: Mat, c: &mut [MaybeUninit<f32>], init: Init, threads: bool) {
         let packed_b;
         let src = if b.cs == 1 && b.rs >= 0 {
             BSource { base: b.data.as_ptr().wrapping_offset(b.off), panel_step: NR, row_step: b.rs as usize }
