@@ -91,7 +91,7 @@ trait Reducer: Sync {
         BLOCK
     }
     /// Whether long runs are folded pairwise, in halves of at most
-    /// [`BLOCK`] (sums: rounding errors grow with the log of the length
+    /// [`Reducer::leaf`] (sums: rounding errors grow with the log of the length
     /// instead of the length). Order-insensitive folds (max, min, all, any,
     /// exact integer arithmetic) fold a whole run at once, without the
     /// per-block combining.
@@ -722,9 +722,7 @@ fn exec_stat<I: Element, A: AccFloat, O: Element>(
     widen: impl Fn(I) -> A + Sync + Copy,
     narrow: impl Fn(A) -> O + Sync + Copy,
 ) -> Buffer {
-    let stat = if op == ReduceOp::LogSumExp { Lse::log_sum_exp } else { Lse::sum_exp };
-    let ddof = if let ReduceOp::Var { ddof } = op { ddof } else { 0 };
-    Buffer::from_vec(fold_stat(op, src, p, widen, |a| narrow(stat(a)), |a, _| narrow(a.var(ddof))))
+    Buffer::from_vec(fold_stat(op, src, p, widen, |stat, _| narrow(stat)))
 }
 
 /// A one-pass statistic and the reduction its accumulator carries, from
@@ -737,30 +735,22 @@ fn exec_stat_pair<I: Element, A: AccFloat, O: Element>(
     widen: impl Fn(I) -> A + Sync + Copy,
     narrow: impl Fn(A) -> O + Sync + Copy,
 ) -> (Buffer, Buffer) {
-    let stat = if op == ReduceOp::LogSumExp { Lse::log_sum_exp } else { Lse::sum_exp };
-    let ddof = if let ReduceOp::Var { ddof } = op { ddof } else { 0 };
-    let pairs = fold_stat(
-        op,
-        src,
-        p,
-        widen,
-        |a| (narrow(stat(a)), narrow(a.m)),
-        |a, n| (narrow(a.var(ddof)), narrow(a.sum / A::count(n))),
-    );
+    let pairs = fold_stat(op, src, p, widen, |stat, carried| (narrow(stat), narrow(carried)));
     let (a, b): (Vec<O>, Vec<O>) = pairs.into_iter().unzip();
     (Buffer::from_vec(a), Buffer::from_vec(b))
 }
 
 /// Folds the accumulators of a one-pass statistic (`Lse` for `sumexp` and
 /// `logsumexp`, `Moments` for `var`), blockwise, and finishes each output
-/// with `lse` or `moments` (given the count).
+/// as `finish(statistic, carried)`: the carried reduction is the running
+/// maximum for `Lse` and the mean (the plain sum over the count, folded as
+/// `mean` folds it) for `Moments`.
 fn fold_stat<I: Element, A: AccFloat, T: Copy + Send + Sync>(
     op: ReduceOp,
     src: &[I],
     p: &Plan,
     widen: impl Fn(I) -> A + Sync + Copy,
-    lse: impl Fn(Lse<A>) -> T + Sync,
-    moments: impl Fn(Moments<A>, usize) -> T + Sync,
+    finish: impl Fn(A, A) -> T + Sync,
 ) -> Vec<T> {
     match op {
         ReduceOp::LogSumExp | ReduceOp::SumExp => {
@@ -768,18 +758,20 @@ fn fold_stat<I: Element, A: AccFloat, T: Copy + Send + Sync>(
                 id: Lse::EMPTY,
                 step: move |a, x: I| Lse::combine(a, Lse::one(widen(x))),
                 combine: Lse::combine,
-                finish: move |a: Lse<A>, _| lse(a),
+                finish: move |a: Lse<A>, _| {
+                    finish(if op == ReduceOp::LogSumExp { a.log_sum_exp() } else { a.sum_exp() }, a.m)
+                },
                 pairwise: true,
                 _types: PhantomData,
             };
             execute(&Blocked { inner, block: move |xs: &[I]| lse_block(xs, widen), leaf: LSE_BLOCK }, src, p)
         }
-        ReduceOp::Var { .. } => {
+        ReduceOp::Var { ddof } => {
             let inner = Fold {
                 id: Moments::EMPTY,
                 step: move |a, x: I| Moments::combine(a, Moments::one(widen(x))),
                 combine: Moments::combine,
-                finish: moments,
+                finish: move |a: Moments<A>, n| finish(a.var(ddof), a.sum / A::count(n)),
                 pairwise: true,
                 _types: PhantomData,
             };

@@ -1,9 +1,10 @@
 //! kiln's own f32 matrix product for x86-64 with AVX-512F, with the `gemm`
 //! crate as the portable fallback.
 //!
-//! `c = c0 + a @ b` where `c` is a row-major `m x n` block and `c0` is either
-//! zero or what `c` held on entry (a bias the caller broadcast into it), so
-//! a bias add costs no pass of its own. `a` and `b` may have any strides.
+//! `c = c0 + a @ b` where `c` is a row-major `m x n` block and `c0` is
+//! zero or a strided matrix (such as a bias broadcast over the rows; see
+//! [`Init`]), which the AVX-512 kernel reads as it starts each block, so a
+//! bias add costs no pass of its own. `a` and `b` may have any strides.
 //!
 //! The AVX-512 path takes small products (under `PAR_WORK` multiply-adds,
 //! `b` at most `UNPACKED_B` elements), where packing would cost as much as
@@ -11,7 +12,9 @@
 //! straight from memory), `b` in place when its columns are unit-stride
 //! (else packed into zero-padded panels of [`NR`] columns). The microkernel
 //! keeps an `MR x NR` block of `c` in 24 zmm registers, with masked loads
-//! and stores at the right edge, and runs `k` in blocks of `KC`. Larger
+//! and stores at the right edge, and runs `k` in blocks of `KC`. From
+//! [`TEAM_WORK`] multiply-adds the blocks are split over the team's threads
+//! ([`crate::backend::cpu::team`]), each writing its own rows or columns. Larger
 //! products go to the `gemm` crate (its AVX-512 kernels, packing and rayon
 //! threads), which runs them at this machine's peak.
 

@@ -19,7 +19,7 @@ pub const PAR_CHUNK: usize = 1 << 14;
 /// threshold.
 pub fn fill<U: Send>(n: usize, fill: impl Fn(usize, &mut [MaybeUninit<U>]) + Sync) -> Vec<U> {
     let mut out: Vec<U> = Vec::with_capacity(n);
-    let bytes = std::mem::size_of_val(&out.spare_capacity_mut()[..n]);
+    let bytes = n * std::mem::size_of::<U>();
     if bytes >= super::pool::MIN_BYTES {
         // Fresh and large: 2 MiB pages fault 512 times less often, and
         // whoever reuses the storage later (see the pool) misses the TLB less.
