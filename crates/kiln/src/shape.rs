@@ -10,6 +10,14 @@ pub fn numel_checked(op: &'static str, shape: &[usize]) -> Result<usize> {
         .ok_or_else(|| Error::Overflow { op, shape: shape.to_vec() })
 }
 
+/// Whether two shapes are equal, compared element by element: shapes are a
+/// few dims, and on a compiled call's path (every argument, every fused
+/// input) a `memcmp` call costs more than the comparison itself.
+#[inline]
+pub fn same(a: &[usize], b: &[usize]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x == y)
+}
+
 /// Number of elements of a shape already known not to overflow.
 pub fn numel(shape: &[usize]) -> usize {
     shape.iter().product()
@@ -80,6 +88,15 @@ pub fn check_broadcast_to(op: &'static str, from: &[usize], to: &[usize]) -> Res
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn same_compares_length_and_every_dim() {
+        assert!(same(&[], &[]));
+        assert!(same(&[2, 3], &[2, 3]));
+        assert!(!same(&[2, 3], &[3, 2]));
+        assert!(!same(&[2], &[2, 1]));
+        assert!(!same(&[], &[1]));
+    }
 
     #[test]
     fn broadcast_rules() {

@@ -459,7 +459,7 @@ impl<F: TraceFn<Args>, Args> Compiled<F, Args> {
 
 /// Runs a cached entry, re-inferring shapes when they differ from the traced ones.
 fn run_entry(entry: &Entry, args: &[&Data]) -> Result<Vec<Data>> {
-    let same = entry.traced_shapes.iter().zip(args).all(|(s, d)| *s == d.layout.shape);
+    let same = entry.traced_shapes.iter().zip(args).all(|(s, d)| crate::shape::same(s, &d.layout.shape));
     if same {
         return entry.exe.run(args, None);
     }

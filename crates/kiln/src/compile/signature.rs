@@ -7,10 +7,28 @@ use crate::dtype::{DType, ALL_DTYPES};
 
 /// A packed input signature: `[n, (dtype, ndim, dims...)*]` (dims only when
 /// not shapeless).
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, Eq)]
 pub struct Signature {
     words: Vec<u64>,
     shapeless: bool,
+}
+
+/// Word by word: a signature is a handful of words, compared on every
+/// cache hit (twice), where a `memcmp` call costs more than the words.
+impl PartialEq for Signature {
+    fn eq(&self, other: &Signature) -> bool {
+        self.shapeless == other.shapeless
+            && self.words.len() == other.words.len()
+            && self.words.iter().zip(&other.words).all(|(a, b)| a == b)
+    }
+}
+
+/// The same fields as `eq` compares.
+impl std::hash::Hash for Signature {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        self.words.hash(h);
+        self.shapeless.hash(h);
+    }
 }
 
 /// `f32[10, 64]`.

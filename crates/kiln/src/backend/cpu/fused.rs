@@ -42,7 +42,7 @@ unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
 /// How to read `buf` through layout `l` (already in the group's iteration order).
-fn plan_load(buf: &Buffer, l: Layout) -> Load<'_> {
+fn plan_load<'a>(buf: &'a Buffer, l: &Layout) -> Load<'a> {
     if let Some(r) = l.contiguous_range() {
         return Load::InPlace(buf, r.start);
     }
@@ -554,7 +554,7 @@ pub fn run_into(
         .map(|p| p.unwrap_or_else(|| fresh_ptrs.next().expect("one fresh buffer per output")))
         .collect();
     {
-        let loads: Vec<Load> = args.iter().map(|a| plan_load(&a.data().buffer, view_as(a.data(), shape))).collect();
+        let loads: Vec<Load> = args.iter().map(|a| load_as(a.data(), shape)).collect();
         // An output is streamed when its destination (the whole sink, for
         // claimed rows) is large.
         let stream = g
@@ -620,7 +620,7 @@ pub fn run_reduce(
 ) -> crate::Result<Vec<Data>> {
     let nd = shape.len();
     let perm: Vec<usize> = (0..nd).filter(|a| !axes.contains(a)).chain(axes.iter().copied()).collect();
-    let loads: Vec<Load> = inputs.iter().map(|d| plan_load(&d.buffer, view_as(d, shape).permute(&perm))).collect();
+    let loads: Vec<Load> = inputs.iter().map(|d| plan_load(&d.buffer, &view_as(d, shape).permute(&perm))).collect();
     let n_out: usize = (0..nd).filter(|a| !axes.contains(a)).map(|a| shape[a]).product();
     let n_red: usize = axes.iter().map(|&a| shape[a]).product();
     let out_shape = crate::primitive::reduced_shape(shape, axes, false);
@@ -800,8 +800,18 @@ fn concat_buffers<'a>(parts: impl Iterator<Item = &'a Buffer>, dtype: DType) -> 
     })
 }
 
+/// How to read `d` over the iteration space `shape`; its layout is cloned
+/// only when it must be broadcast.
+fn load_as<'a>(d: &'a Data, shape: &[usize]) -> Load<'a> {
+    if crate::shape::same(&d.layout.shape, shape) {
+        plan_load(&d.buffer, &d.layout)
+    } else {
+        plan_load(&d.buffer, &d.layout.broadcast_to(shape))
+    }
+}
+
 fn view_as(d: &Data, shape: &[usize]) -> Layout {
-    if d.layout.shape == shape {
+    if crate::shape::same(&d.layout.shape, shape) {
         d.layout.clone()
     } else {
         d.layout.broadcast_to(shape)
