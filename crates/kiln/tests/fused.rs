@@ -257,3 +257,75 @@ fn outputs_past_the_streaming_threshold_hold_every_element() -> Result<()> {
     }
     Ok(())
 }
+
+/// Reductions absorbing a fused producer, small enough to fold tile by
+/// tile from registers: rows shorter than a tile (several rows per tile),
+/// longer than one (a row over several tiles), the largest such space, and
+/// every view of the input, against f64 sums of the same f32 values.
+fn stats(x: &Array, y: &Array) -> Result<Vec<Array>> {
+    let p = (x * y)?;
+    Ok(vec![
+        (&p + 1.0f32)?.sum(-1, false)?,
+        p.max(-1, false)?,
+        (x - y)?.min(-1, true)?,
+        x.square()?.mean(-1, false)?,
+        p.sum(kiln::Axes::All, false)?,
+    ])
+}
+
+#[test]
+fn small_fused_reductions_fold_tile_by_tile_like_the_reference() -> Result<()> {
+    let mut rng = Rng::new(11);
+    let compiled = compile(stats);
+    let shapes = [(1, 1), (3, 5), (37, 61), (5, TILE + 3), (3, 2 * TILE + 1), (1, 1 << 15), (16, 256)];
+    for (r, c) in shapes {
+        for view in [View::Contiguous, View::Transposed, View::BroadcastRow] {
+            let mut xs = rng.floats_f32(r * c, -2.0, 2.0);
+            let ys = rng.floats_f32(r * c, -2.0, 2.0);
+            if r > 2 {
+                xs[c + c / 2] = f32::NAN; // row 1 of the contiguous layout
+            }
+            let (x, xl) = make_view(view, &xs, r, c, 0.0)?;
+            let y = Array::from_slice(&ys, &[r, c])?;
+            let rows = |f: &dyn Fn(usize) -> f64| -> Vec<f64> { (0..r).map(f).collect() };
+            let at = |i: usize, j: usize| (xl[i * c + j] as f64, ys[i * c + j] as f64);
+            let prod = |i: usize, j: usize| {
+                let (a, b) = at(i, j);
+                (a as f32 * b as f32) as f64
+            };
+            let fold = |i: usize, f: &dyn Fn(usize, usize) -> f64, init: f64, m: fn(f64, f64) -> f64| {
+                (0..c).fold(init, |acc, j| {
+                    let v = f(i, j);
+                    if v.is_nan() || acc.is_nan() {
+                        f64::NAN
+                    } else {
+                        m(acc, v)
+                    }
+                })
+            };
+            let want: Vec<Vec<f64>> = vec![
+                rows(&|i| fold(i, &|i, j| prod(i, j) + 1.0, 0.0, |a, v| a + v)),
+                rows(&|i| fold(i, &prod, f64::NEG_INFINITY, f64::max)),
+                rows(&|i| fold(i, &|i, j| (at(i, j).0 as f32 - at(i, j).1 as f32) as f64, f64::INFINITY, f64::min)),
+                rows(&|i| fold(i, &|i, j| at(i, j).0 * at(i, j).0, 0.0, |a, v| a + v) / c as f64),
+                vec![(0..r).map(|i| fold(i, &prod, 0.0, |a, v| a + v)).sum()],
+            ];
+            for (mode, got) in [("compiled", compiled.call((&x, &y))?), ("eager", stats(&x, &y)?)] {
+                for (k, (g, w)) in got.iter().zip(&want).enumerate() {
+                    let g = values_f64(g);
+                    assert_eq!(g.len(), w.len(), "{mode} {r}x{c} {view:?} output {k}");
+                    for (i, (&g, &w)) in g.iter().zip(w).enumerate() {
+                        let ok = (g.is_nan() && w.is_nan()) || close(g, w, 1e-5, 1e-5 * c as f64 * r as f64);
+                        assert!(ok, "{mode} {r}x{c} {view:?} output {k} row {i}: got {g}, want {w}");
+                    }
+                }
+            }
+        }
+    }
+    // A sum of negative zeros is -0, as in eager and NumPy.
+    let z = Array::from_slice(&vec![-0.0f32; 3 * 700], &[3, 700])?;
+    let one = Array::from_slice(&[1.0f32], &[])?;
+    let s = compile(|z: &Array, o: &Array| (z * o)?.sum(-1, false)).call((&z, &one))?;
+    assert!(s.to_vec::<f32>()?.iter().all(|v| v.to_bits() == (-0.0f32).to_bits()), "{s}");
+    Ok(())
+}

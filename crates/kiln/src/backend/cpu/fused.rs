@@ -234,15 +234,19 @@ struct Scratch {
 
 impl Drop for Scratch {
     fn drop(&mut self) {
-        let regs = self.in_regs.drain(..).flatten().chain(self.slots.drain(..));
-        REGISTERS.with_borrow_mut(|pool| {
-            for r in regs {
-                if pool.len() < MAX_POOLED && r.len() == TILE {
-                    pool.push(r);
-                }
-            }
-        })
+        give_registers(self.in_regs.drain(..).flatten().chain(self.slots.drain(..)));
     }
+}
+
+/// Keeps released tile registers for the thread's next group.
+fn give_registers(regs: impl Iterator<Item = Buffer>) {
+    REGISTERS.with_borrow_mut(|pool| {
+        for r in regs {
+            if pool.len() < MAX_POOLED && r.len() == TILE {
+                pool.push(r);
+            }
+        }
+    })
 }
 
 /// Tile registers most recently released on each thread, kept for the next
@@ -650,6 +654,9 @@ pub fn run_reduce(
         }
         return Ok(out.into_iter().map(|o| o.expect("every reduction reads one of the inputs")).collect());
     }
+    if let Some(bufs) = fold_small(g, &loads, n_out, n_red, reductions) {
+        return Ok(bufs.into_iter().map(|b| Data::contiguous(b, &out_shape)).collect());
+    }
     let out_dtypes: Vec<DType> = reductions.iter().map(|&(op, i)| op.out_dtype(g.reg_dtype(g.outputs[i]))).collect();
     // The group's outputs for positions `lo..hi` of the permuted space, as `rows` rows.
     let produce = |lo: usize, hi: usize, rows: usize| -> Vec<Data> {
@@ -696,6 +703,63 @@ pub fn run_reduce(
         finals.iter().zip(&out_dtypes).map(|(f, &dt)| concat_buffers(f.iter(), dt)).collect()
     };
     Ok(bufs.into_iter().map(|b| Data::contiguous(b, &out_shape)).collect())
+}
+
+/// [`run_reduce`] of a small space (at most [`REDUCE_CHUNK`] positions:
+/// `n_out` rows of `n_red`, reduced positions innermost) when every
+/// reduction is a sum, mean, max or min of `f32` values: the group runs
+/// over as many whole rows as fill a tile (or one row, when rows are
+/// longer) into tile registers, and each row folds from there
+/// ([`reduce::fold_f32`], in the order [`reduce::reduce`] folds a row, so
+/// the results are the eager ones), with no scratch for the whole space and
+/// no general reduction plan, which cost more than the work at these sizes.
+/// `None` when it does not apply.
+fn fold_small(
+    g: &FusedGroup,
+    loads: &[Load],
+    n_out: usize,
+    n_red: usize,
+    reductions: &[(ReduceOp, usize)],
+) -> Option<Vec<Buffer>> {
+    let total = n_out.checked_mul(n_red)?;
+    let folds = reductions.iter().all(|&(op, i)| {
+        matches!(op, ReduceOp::Sum | ReduceOp::Mean | ReduceOp::Max | ReduceOp::Min)
+            && g.reg_dtype(g.outputs[i]) == DType::F32
+    });
+    if n_red == 0 || total > REDUCE_CHUNK || !folds {
+        return None;
+    }
+    let rows_per = (TILE / n_red).max(1);
+    let chunk = rows_per * n_red;
+    let e = Exec::new(g, loads.to_vec(), total, vec![false; g.outputs.len()], None);
+    let mut sc = e.scratch();
+    // Tile registers for rows that fit one, else buffers of a row.
+    let (mut bufs, ptrs) = if chunk <= TILE {
+        let mut regs: Vec<Buffer> = g.outputs.iter().map(|&r| take_register(g.reg_dtype(r))).collect();
+        let ptrs = regs.iter_mut().map(|b| OutPtr(crate::with_buffer!(b, v => v.as_mut_ptr().cast::<u8>()))).collect();
+        (regs, ptrs)
+    } else {
+        alloc_outputs(g, chunk)
+    };
+    let mut out: Vec<Vec<f32>> = reductions.iter().map(|_| Vec::with_capacity(n_out)).collect();
+    for r0 in (0..n_out).step_by(rows_per) {
+        let rows = rows_per.min(n_out - r0);
+        e.range(&mut sc, r0 * n_red, (r0 + rows) * n_red, &ptrs, r0 * n_red);
+        if chunk > TILE {
+            finish_outputs(&mut bufs, chunk);
+        }
+        for (&(op, i), o) in reductions.iter().zip(&mut out) {
+            let vals = &f32::slice_of(&bufs[i]).expect("f32 outputs (checked)")[..rows * n_red];
+            for row in vals.chunks_exact(n_red) {
+                let v = reduce::fold_f32(op, row);
+                o.push(if op == ReduceOp::Mean { v / n_red as f32 } else { v });
+            }
+        }
+    }
+    if chunk <= TILE {
+        give_registers(bufs.into_iter());
+    }
+    Some(out.into_iter().map(Buffer::from_vec).collect())
 }
 
 /// A reduction's result over one chunk of a long reduced range, in a form

@@ -465,6 +465,25 @@ fn exec<I: Element, A: Copy + Send + Sync, O: Element>(
     Buffer::from_vec(execute(&r, src, p))
 }
 
+/// The fold of the contiguous `f32` row `xs` by `op` (a sum, max or min;
+/// any other op folds as a sum, as a mean's does before its division), the
+/// very fold [`reduce`] runs over a contiguous row: lanes, pairwise leaves,
+/// NaN propagation, a sum starting from -0.
+pub(crate) fn fold_f32(op: ReduceOp, xs: &[f32]) -> f32 {
+    match op {
+        ReduceOp::Max => fold_f32_by(xs, ANY_ORDER, f32::NEG_INFINITY, fmax),
+        ReduceOp::Min => fold_f32_by(xs, ANY_ORDER, f32::INFINITY, fmin),
+        _ => fold_f32_by(xs, PAIRWISE, -0.0, |a, b| a + b),
+    }
+}
+
+/// [`fold_f32`] with `f` as both the step and the combination (a closure
+/// or function item, not a pointer, so the fold inlines and vectorizes).
+fn fold_f32_by<F: Fn(f32, f32) -> f32 + Sync + Copy>(xs: &[f32], pairwise: bool, id: f32, f: F) -> f32 {
+    let r = Fold { id, step: f, combine: f, finish: keep::<f32>, pairwise, _types: PhantomData::<fn(f32) -> f32> };
+    run(&r, xs, 0, xs.len(), 1)
+}
+
 /// Long runs fold pairwise (float sums and products).
 const PAIRWISE: bool = true;
 /// Runs fold whole: the result does not depend on the order (extrema,
