@@ -470,3 +470,21 @@ fn row_blocked_chains_match_eager() -> Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn a_reduction_over_the_leading_axis_is_not_chained_in_row_blocks() -> Result<()> {
+    // sum over all axes (the leading one included) then sqrt: the two
+    // kernels cannot run block of rows by block of rows, so no chain is
+    // planned (a chain would be tried, and given up, on every call).
+    let f = compile(|x: &Array| (x * x)?.sum(kiln::Axes::All, false)?.sqrt());
+    let x = (ramp(&[300, 700]) * 0.001f32)?;
+    let text = f.explain(&x)?;
+    assert!(!text.contains("row blocks"), "{text}");
+    let want = (&x * &x)?.sum(kiln::Axes::All, false)?.sqrt()?.item::<f32>()?;
+    let got = f.call(&x)?.item::<f32>()?;
+    assert!((got - want).abs() <= 1e-5 * want, "{got} vs {want}");
+    // Reductions over the last axis still chain.
+    let g = compile(|x: &Array| (x * x)?.sum(-1, true)?.sqrt());
+    assert!(g.explain(&x)?.contains("row blocks: kernels 0..=1"), "{}", g.explain(&x)?);
+    Ok(())
+}

@@ -45,9 +45,14 @@ pub struct Chain {
 }
 
 /// Maximal runs of at least two consecutive fused (elementwise or
-/// reduction) steps.
+/// reduction) steps; a reduction over the leading axis never splits into
+/// blocks of rows, so it ends a run (and is left out of it).
 pub fn find(p: &Program, steps: &[Step]) -> Vec<Chain> {
-    let chainable = |s: &Step| matches!(s.kernel, Kernel::Fused(_) | Kernel::ReduceFused { .. });
+    let chainable = |s: &Step| match &s.kernel {
+        Kernel::Fused(_) => true,
+        Kernel::ReduceFused { axes, .. } => !axes.contains(&0),
+        _ => false,
+    };
     let mut chains = vec![];
     let mut s = 0;
     while s < steps.len() {
@@ -103,7 +108,7 @@ pub fn run<'a, S: AsRef<[usize]> + ?Sized + 'a>(
     let mut widest = 0;
     for st in steps {
         let it = space(st);
-        if it.first() != Some(&rows) || matches!(&st.kernel, Kernel::ReduceFused { axes, .. } if axes.contains(&0)) {
+        if it.first() != Some(&rows) {
             return Ok(false);
         }
         widest = widest.max(it.iter().skip(1).product::<usize>());
