@@ -224,6 +224,11 @@ pub fn eval(arrays: &[&Array]) -> Result<()> {
 }
 
 fn eval_for(what: &'static str, arrays: &[&Array]) -> Result<()> {
+    // The common case after a compiled call: nothing to do, and no graph
+    // walk (its hash set alone costs as much as a small kernel).
+    if arrays.iter().all(|a| a.is_evaluated()) {
+        return Ok(());
+    }
     let order = topo_sort(arrays, false);
     let mut inputs: Vec<usize> = order
         .iter()

@@ -23,3 +23,18 @@ fn smoke() -> kiln::Result<()> {
     assert_eq!(f.to_vec::<f32>()?, vec![3.0, 2.0, 1.0, 6.0, 5.0, 4.0]);
     Ok(())
 }
+
+#[test]
+fn eval_of_evaluated_and_pending_arrays_evaluates_the_pending_ones() -> kiln::Result<()> {
+    let x = Array::from_slice(&[1.0f32, 2.0], &[2])?;
+    let done = (&x + 1.0f32)?;
+    done.eval()?;
+    assert!(done.is_evaluated());
+    done.eval()?; // nothing left to do
+    let pending = (&done * 3.0f32)?;
+    assert!(!pending.is_evaluated());
+    kiln::eval(&[&done, &pending])?;
+    assert!(pending.is_evaluated(), "a pending array next to an evaluated one is evaluated");
+    assert_eq!(pending.to_vec::<f32>()?, vec![6.0, 9.0]);
+    Ok(())
+}
