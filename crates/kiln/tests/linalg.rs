@@ -485,11 +485,12 @@ fn f32_kernels_propagate_nan_and_inf() -> Result<()> {
 /// `x @ w + bias` compiled (the bias seeds the product's output) against
 /// the reference plus the bias, for bias shapes along rows, columns, both,
 /// batched, and with an activation after the add. The larger sizes split
-/// over the team's threads, by row tiles (40 rows) and by column panels
-/// (6 rows, one tile).
+/// over the team's threads by the larger operand: by row tiles (150 rows,
+/// 40 columns) and by column panels (40 rows, 150 columns; 6 rows, one
+/// tile).
 #[test]
 fn compiled_matmul_bias_epilogue() -> Result<()> {
-    for (m, k, n) in [(13, 40, 37), (40, 60, 150), (6, 80, 300)] {
+    for (m, k, n) in [(13, 40, 37), (150, 60, 40), (40, 60, 150), (6, 80, 300)] {
         matmul_bias_epilogue(m, k, n)?;
     }
     Ok(())
