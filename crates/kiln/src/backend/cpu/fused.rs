@@ -255,6 +255,10 @@ const MAX_POOLED: usize = 32;
 
 thread_local! {
     static REGISTERS: std::cell::RefCell<Vec<Buffer>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// Rows longer than a tile that a small fused reduction folds (see
+    /// `fold_small`), kept between calls (at most `REDUCE_CHUNK` values
+    /// per group output).
+    static LONG_ROWS: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
 /// A register of [`TILE`] elements of `dt`: a pooled one, or a new one.
@@ -733,31 +737,40 @@ fn fold_small(
     let chunk = rows_per * n_red;
     let e = Exec::new(g, loads.to_vec(), total, vec![false; g.outputs.len()], None);
     let mut sc = e.scratch();
-    // Tile registers for rows that fit one, else buffers of a row.
-    let (mut bufs, ptrs) = if chunk <= TILE {
-        let mut regs: Vec<Buffer> = g.outputs.iter().map(|&r| take_register(g.reg_dtype(r))).collect();
-        let ptrs = regs.iter_mut().map(|b| OutPtr(crate::with_buffer!(b, v => v.as_mut_ptr().cast::<u8>()))).collect();
-        (regs, ptrs)
+    // Rows that fit a tile go to tile registers; longer rows to this
+    // thread's row scratch (kept between calls: a fresh buffer of a row
+    // costs more than folding it).
+    let long = chunk > TILE;
+    let mut regs: Vec<Buffer> =
+        if long { vec![] } else { g.outputs.iter().map(|&r| take_register(g.reg_dtype(r))).collect() };
+    let mut rows_buf = if long { LONG_ROWS.take() } else { vec![] };
+    if long && rows_buf.len() < chunk * g.outputs.len() {
+        rows_buf.resize(chunk * g.outputs.len(), 0.0);
+    }
+    let ptrs: Vec<OutPtr> = if long {
+        rows_buf.chunks_exact_mut(chunk).take(g.outputs.len()).map(|c| OutPtr(c.as_mut_ptr().cast::<u8>())).collect()
     } else {
-        alloc_outputs(g, chunk)
+        regs.iter_mut().map(|b| OutPtr(crate::with_buffer!(b, v => v.as_mut_ptr().cast::<u8>()))).collect()
     };
     let mut out: Vec<Vec<f32>> = reductions.iter().map(|_| Vec::with_capacity(n_out)).collect();
     for r0 in (0..n_out).step_by(rows_per) {
         let rows = rows_per.min(n_out - r0);
         e.range(&mut sc, r0 * n_red, (r0 + rows) * n_red, &ptrs, r0 * n_red);
-        if chunk > TILE {
-            finish_outputs(&mut bufs, chunk);
-        }
         for (&(op, i), o) in reductions.iter().zip(&mut out) {
-            let vals = &f32::slice_of(&bufs[i]).expect("f32 outputs (checked)")[..rows * n_red];
+            let vals = if long {
+                &rows_buf[i * chunk..i * chunk + rows * n_red]
+            } else {
+                &f32::slice_of(&regs[i]).expect("f32 outputs (checked)")[..rows * n_red]
+            };
             for row in vals.chunks_exact(n_red) {
                 let v = reduce::fold_f32(op, row);
                 o.push(if op == ReduceOp::Mean { v / n_red as f32 } else { v });
             }
         }
     }
-    if chunk <= TILE {
-        give_registers(bufs.into_iter());
+    give_registers(regs.into_iter());
+    if long {
+        LONG_ROWS.set(rows_buf);
     }
     Some(out.into_iter().map(Buffer::from_vec).collect())
 }
