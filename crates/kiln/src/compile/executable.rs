@@ -237,7 +237,10 @@ fn split_bias(g: &FusedGroup) -> Option<(usize, FusedGroup)> {
     if !ops.is_empty() && outputs.contains(&0) {
         return None;
     }
-    Some((bias, FusedGroup { inputs: g.inputs.clone(), ops, outputs, code: Default::default() }))
+    Some((
+        bias,
+        FusedGroup { inputs: g.inputs.clone(), ops, outputs, code: Default::default(), plan: Default::default() },
+    ))
 }
 
 /// A fused step's inputs: the given (donatable) ones owned, the rest borrowed.

@@ -42,6 +42,9 @@ pub struct FusedGroup {
     /// Machine code for the group, compiled by the CPU backend on first run
     /// and shared by clones (see [`jit`](crate::backend::cpu::jit)).
     pub code: crate::backend::cpu::jit::CodeSlot,
+    /// The tile registers' plan of the interpreter, made on first run and
+    /// shared by clones (see [`crate::backend::cpu::fused::PlanSlot`]).
+    pub plan: crate::backend::cpu::fused::PlanSlot,
 }
 
 impl FusedGroup {
@@ -53,6 +56,7 @@ impl FusedGroup {
             ops: vec![FusedOp { prim, args: (0..n).collect(), dtype }],
             outputs: vec![n],
             code: Default::default(),
+            plan: Default::default(),
         }
     }
 
@@ -357,6 +361,7 @@ fn build_group(
         ops,
         outputs,
         code: Default::default(),
+        plan: Default::default(),
     };
     (group, inputs, extra)
 }

@@ -152,9 +152,35 @@ fn apply_tile(op: &FusedOp, args: &[Src], out: &mut Buffer) {
     }
 }
 
+/// A group's plan of tile registers (which op writes which register),
+/// made on its first run and shared by clones made after it (a compiled
+/// function plans each group once, not on every call).
+#[derive(Default, Clone)]
+pub struct PlanSlot(std::sync::OnceLock<RegPlan>);
+
+impl PlanSlot {
+    fn get(&self, g: &FusedGroup) -> &RegPlan {
+        self.0.get_or_init(|| RegPlan::new(g))
+    }
+}
+
+impl std::fmt::Debug for PlanSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PlanSlot")
+    }
+}
+
+impl PartialEq for PlanSlot {
+    /// The plan is derived from the group: slots never make groups differ.
+    fn eq(&self, _: &PlanSlot) -> bool {
+        true
+    }
+}
+
 /// Where each op of a group writes: op registers share tile buffers
 /// ("slots") once their last reader has run, so a group's live registers
 /// stay few and in L1 however many ops it has.
+#[derive(Clone)]
 struct RegPlan {
     /// The slot op `k` writes.
     op_slot: Vec<usize>,
@@ -205,7 +231,7 @@ impl RegPlan {
 struct Exec<'a> {
     g: &'a FusedGroup,
     loads: Vec<Load<'a>>,
-    plan: RegPlan,
+    plan: &'a RegPlan,
     /// Elements per tile (at most [`TILE`]).
     tile: usize,
     /// Per output: written with streaming stores (a large destination).
@@ -294,7 +320,7 @@ impl<'a> Exec<'a> {
         let code = g.code.get(g);
         let ahead =
             if prefetch { PREFETCH_DISTANCE } else { next_block.map_or(0, |b| b.min(i32::MAX as usize) as i32) };
-        Exec { g, loads, plan: RegPlan::new(g), tile: TILE.min(n.max(1)), stream, prefetch, ahead, code }
+        Exec { g, loads, plan: g.plan.get(g), tile: TILE.min(n.max(1)), stream, prefetch, ahead, code }
     }
 
     fn scratch(&self) -> Scratch {
@@ -927,6 +953,7 @@ mod tests {
             ],
             outputs: vec![4],
             code: Default::default(),
+            plan: Default::default(),
         }
     }
 

@@ -548,6 +548,7 @@ mod tests {
             ops: ops.into_iter().map(|(prim, args)| FusedOp { prim, args, dtype: DType::F32 }).collect(),
             outputs: vec![n - 1],
             code: CodeSlot::default(),
+            plan: Default::default(),
         }
     }
 
