@@ -588,7 +588,7 @@ pub fn run_into(
         .map(|p| p.unwrap_or_else(|| fresh_ptrs.next().expect("one fresh buffer per output")))
         .collect();
     {
-        let loads: Vec<Load> = args.iter().map(|a| load_as(a.data(), shape)).collect();
+        let loads: Vec<Load> = args.iter().map(|a| plan_load(&a.data().buffer, &view_as(a.data(), shape))).collect();
         // An output is streamed when its destination (the whole sink, for
         // claimed rows) is large.
         let stream = g
@@ -676,7 +676,7 @@ pub fn run_reduce(
                 continue;
             }
             let d = inputs[reg];
-            let v = Data { buffer: d.buffer.clone(), layout: view_as(d, shape) };
+            let v = Data { buffer: d.buffer.clone(), layout: view_as(d, shape).into_owned() };
             let ops: Vec<ReduceOp> = mine.iter().map(|&k| reductions[k].0).collect();
             for (k, b) in mine.into_iter().zip(reduce::reduce_many(&ops, &v, axes)?) {
                 out[k] = Some(Data::contiguous(b, &out_shape));
@@ -740,8 +740,8 @@ pub fn run_reduce(
 /// reduction is a sum, mean, max or min of `f32` values: the group runs
 /// over as many whole rows as fill a tile (or one row, when rows are
 /// longer) into tile registers, and each row folds from there
-/// ([`reduce::fold_f32`], in the order [`reduce::reduce`] folds a row, so
-/// the results are the eager ones), with no scratch for the whole space and
+/// ([`reduce::fold_f32`]: the fold [`reduce::reduce`] runs over a
+/// contiguous row), with no scratch for the whole space and
 /// no general reduction plan, which cost more than the work at these sizes.
 /// `None` when it does not apply.
 fn fold_small(
@@ -903,21 +903,13 @@ fn concat_buffers<'a>(parts: impl Iterator<Item = &'a Buffer>, dtype: DType) -> 
     })
 }
 
-/// How to read `d` over the iteration space `shape`; its layout is cloned
-/// only when it must be broadcast.
-fn load_as<'a>(d: &'a Data, shape: &[usize]) -> Load<'a> {
+/// `d` viewed over the iteration space `shape`: its own layout (borrowed,
+/// no clone) when the shapes match, else broadcast to `shape`.
+fn view_as<'a>(d: &'a Data, shape: &[usize]) -> std::borrow::Cow<'a, Layout> {
     if crate::shape::same(&d.layout.shape, shape) {
-        plan_load(&d.buffer, &d.layout)
+        std::borrow::Cow::Borrowed(&d.layout)
     } else {
-        plan_load(&d.buffer, &d.layout.broadcast_to(shape))
-    }
-}
-
-fn view_as(d: &Data, shape: &[usize]) -> Layout {
-    if crate::shape::same(&d.layout.shape, shape) {
-        d.layout.clone()
-    } else {
-        d.layout.broadcast_to(shape)
+        std::borrow::Cow::Owned(d.layout.broadcast_to(shape))
     }
 }
 

@@ -318,8 +318,8 @@ mod avx512 {
     /// A product split into parts for the team: contiguous groups of row
     /// tiles or of column panels, whichever splits the larger operand (each
     /// thread then reads less: the seed's `(32 x 128) @ (128 x 256)` splits
-    /// `b`'s columns, 6.8 -> 6.1 us per product on two cores), when it has
-    /// a block per thread.
+    /// `b`'s columns, 7.7 -> 7.0 us per compiled product on two cores,
+    /// median of 8 alternated runs), when it has a block per thread.
     #[derive(Clone, Copy)]
     struct Blocks {
         m: usize,
