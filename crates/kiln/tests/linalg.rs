@@ -454,6 +454,24 @@ fn f32_kernels_on_strided_broadcast_and_batched_operands() -> Result<()> {
     Ok(())
 }
 
+/// Products large enough to split over the team (with two or more
+/// threads): by rows, by columns of `b` read in place (any vector of 16
+/// columns, so parts end in panels 1, 2 or 3 vectors wide), and by whole
+/// panels of a packed (transposed) `b`.
+#[test]
+fn f32_team_splits_by_rows_vectors_and_panels() -> Result<()> {
+    let f = DType::F32;
+    for (m, k, n) in [(32, 128, 256), (32, 128, 200), (8, 200, 130), (9, 150, 100), (300, 60, 16)] {
+        let a = array(&values(m * k, (m + k) as u64), &[m, k], f)?;
+        let vb = values(k * n, (k + n) as u64);
+        check_f32(&a, &array(&vb, &[k, n], f)?)?;
+        // A `k x n` view of an `n x k` array: column stride `k`, so packed.
+        let stored: Vec<f64> = (0..n * k).map(|i| vb[(i % k) * n + i / k]).collect();
+        check_f32(&a, &array(&stored, &[n, k], f)?.t()?)?;
+    }
+    Ok(())
+}
+
 #[test]
 fn f32_kernels_propagate_nan_and_inf() -> Result<()> {
     for level in LEVELS {

@@ -282,7 +282,10 @@ mod avx512 {
             Init::Zero => C0Source { base: std::ptr::null(), rs: 0, cs: 1 },
             Init::From(m0) => C0Source { base: m0.data.as_ptr().wrapping_offset(m0.off), rs: m0.rs, cs: m0.cs },
         };
-        let blocks = Blocks::new(m, n, k, threads);
+        // Parts split `b` in place at any vector of 16 columns; packed
+        // panels only at a panel's start.
+        let unit = if src.panel_step == NR { 16 } else { NR };
+        let blocks = Blocks::new(m, n, k, unit, threads);
         // SAFETY (both calls below): `asrc` addresses a.off + i*a.rs + p*a.cs for i < m, p < k,
         // in bounds by Mat's contract. `src` addresses k rows of each panel
         // q < n.div_ceil(NR): packed panels have NR*k floats, and in-place
@@ -299,55 +302,64 @@ mod avx512 {
         let shared = Shared((asrc, src, c0, cp));
         crate::backend::cpu::team::run(blocks.parts, &|i| {
             let (a, b, c0, c) = shared.get();
-            let (r0, r1, q0, q1) = blocks.part(i);
+            let (r0, r1, j0, j1) = blocks.part(i);
             let (a, b, c0) = (
                 ASource { base: a.base.wrapping_offset(r0 as isize * a.rs), ..a },
-                BSource { base: b.base.wrapping_add(q0 * b.panel_step), ..b },
-                c0.at(r0, q0 * NR),
+                BSource { base: b.base.wrapping_add(j0 / NR * b.panel_step + j0 % NR), ..b },
+                c0.at(r0, j0),
             );
-            let cols = (q1 * NR).min(n) - q0 * NR;
-            // SAFETY: as above, for rows r0..r1 and columns q0*NR..q0*NR+cols
-            // of `c` (row stride n): the parts are disjoint blocks of `c`
-            // (see `Blocks::part`), so no two threads write one element, and
+            // SAFETY: as above, for rows r0..r1 and columns j0..j1 of `c`
+            // (row stride n): the parts are disjoint blocks of `c` (see
+            // `Blocks::part`), so no two threads write one element, and
             // `team::run` returns only after every part has finished, while
-            // `a`, `b` and `c` are still borrowed.
-            unsafe { panels_avx512(r1 - r0, cols, k, a, b, c0, c.add(r0 * n + q0 * NR), n) }
+            // `a`, `b` and `c` are still borrowed. A part of packed `b`
+            // starts at a panel (`j0` a multiple of NR); one of `b` in place
+            // at column j0 of its rows.
+            unsafe { panels_avx512(r1 - r0, j1 - j0, k, a, b, c0, c.add(r0 * n + j0), n) }
         });
     }
 
     /// A product split into parts for the team: contiguous groups of row
-    /// tiles or of column panels, whichever splits the larger operand (each
+    /// tiles or of columns, whichever splits the larger operand (each
     /// thread then reads less: the seed's `(32 x 128) @ (128 x 256)` splits
     /// `b`'s columns, 7.7 -> 7.0 us per compiled product on two cores,
     /// median of 8 alternated runs), when it has a block per thread.
+    /// Columns split in units of `unit` (16 columns, one vector, when `b`
+    /// is read in place), so each part has the same number of vectors: the
+    /// seed's 256 columns split 128 + 128, computed as panels of 48, 48
+    /// and 32 columns, where whole panels split 144 + 112 (the last panel
+    /// 16 columns wide but computed at the cost of 48).
     #[derive(Clone, Copy)]
     struct Blocks {
         m: usize,
         n: usize,
+        unit: usize,
         parts: usize,
         by_rows: bool,
     }
 
     impl Blocks {
-        fn new(m: usize, n: usize, k: usize, threads: bool) -> Blocks {
+        fn new(m: usize, n: usize, k: usize, unit: usize, threads: bool) -> Blocks {
             let threads = if threads && m * n * k >= TEAM_WORK { crate::backend::cpu::team::threads() } else { 1 };
             let (tiles, panels) = (m.div_ceil(MR), n.div_ceil(NR));
             // Each part reads its own rows of `a` and all of `b`, or all of
             // `a` and its own panels of `b`: split the larger operand (`m x
             // k` against `k x n`), as long as it has a block for each thread.
             let by_rows = if m > n { tiles >= threads || tiles >= panels } else { panels < threads && tiles > panels };
-            let parts = threads.min(if by_rows { tiles } else { panels }).max(1);
-            Blocks { m, n, parts, by_rows }
+            let parts = threads.min(if by_rows { tiles } else { n.div_ceil(unit) }).max(1);
+            Blocks { m, n, unit, parts, by_rows }
         }
 
-        /// Rows `r0..r1` and column panels `q0..q1` of part `i`.
+        /// Rows `r0..r1` and columns `j0..j1` of part `i`.
         fn part(&self, i: usize) -> (usize, usize, usize, usize) {
-            let (tiles, panels) = (self.m.div_ceil(MR), self.n.div_ceil(NR));
             if self.by_rows {
+                let tiles = self.m.div_ceil(MR);
                 let (t0, t1) = (i * tiles / self.parts, (i + 1) * tiles / self.parts);
-                ((t0 * MR).min(self.m), (t1 * MR).min(self.m), 0, panels)
+                ((t0 * MR).min(self.m), (t1 * MR).min(self.m), 0, self.n)
             } else {
-                (0, self.m, i * panels / self.parts, (i + 1) * panels / self.parts)
+                let units = self.n.div_ceil(self.unit);
+                let (u0, u1) = (i * units / self.parts, (i + 1) * units / self.parts);
+                (0, self.m, (u0 * self.unit).min(self.n), (u1 * self.unit).min(self.n))
             }
         }
     }
@@ -412,7 +424,6 @@ mod avx512 {
         c: *mut f32,
         ldc: usize,
     ) {
-        let tiles = m.div_ceil(MR);
         let mut p0 = 0;
         while p0 < k {
             let kc = KC.min(k - p0);
@@ -420,33 +431,64 @@ mod avx512 {
             let start = if p0 == 0 { c0 } else { C0Source { base: c, rs: ldc as isize, cs: 1 } };
             for q in 0..n.div_ceil(NR) {
                 let cols = NR.min(n - q * NR);
-                let masks: [__mmask16; NV] =
-                    std::array::from_fn(|v| ((1u32 << cols.saturating_sub(16 * v).min(16)) - 1) as __mmask16);
                 let bp = src.base.wrapping_add(q * src.panel_step + p0 * src.row_step);
-                for t in 0..tiles {
-                    let rows = MR.min(m - t * MR);
-                    let ap = a.base.wrapping_offset((t * MR) as isize * a.rs + p0 as isize * a.cs);
-                    let cp = c.add(t * MR * ldc + q * NR);
-                    let s = start.at(t * MR, q * NR);
-                    // SAFETY: as this function's contract; the tile reads
-                    // kc rows of the panel and `rows` rows of `c`.
-                    match rows {
-                        1 => tile::<1>(kc, ap, a.rs, a.cs, bp, src.row_step, s, cp, ldc, masks),
-                        2 => tile::<2>(kc, ap, a.rs, a.cs, bp, src.row_step, s, cp, ldc, masks),
-                        3 => tile::<3>(kc, ap, a.rs, a.cs, bp, src.row_step, s, cp, ldc, masks),
-                        4 => tile::<4>(kc, ap, a.rs, a.cs, bp, src.row_step, s, cp, ldc, masks),
-                        5 => tile::<5>(kc, ap, a.rs, a.cs, bp, src.row_step, s, cp, ldc, masks),
-                        6 => tile::<6>(kc, ap, a.rs, a.cs, bp, src.row_step, s, cp, ldc, masks),
-                        7 => tile::<7>(kc, ap, a.rs, a.cs, bp, src.row_step, s, cp, ldc, masks),
-                        _ => tile::<8>(kc, ap, a.rs, a.cs, bp, src.row_step, s, cp, ldc, masks),
-                    }
+                let (cp, s) = (c.add(q * NR), start.at(0, q * NR));
+                // SAFETY: as this function's contract, for this panel's
+                // columns (a narrower last panel computes only its vectors).
+                match cols.div_ceil(16) {
+                    1 => panel::<1>(m, kc, a, p0, bp, src.row_step, s, cp, ldc, cols),
+                    2 => panel::<2>(m, kc, a, p0, bp, src.row_step, s, cp, ldc, cols),
+                    _ => panel::<NV>(m, kc, a, p0, bp, src.row_step, s, cp, ldc, cols),
                 }
             }
             p0 += kc;
         }
     }
 
-    /// One `R x NR` block of `c` (`R <= MR`) over `kc` steps of `k`:
+    /// One panel of `cols <= 16 * V` columns of `c` (all `m` rows, tile by
+    /// tile) over `kc` steps of `k` from `p0`, in `V` vectors per row.
+    ///
+    /// # Safety
+    /// As [`panels_avx512`], for this panel: `bp` has `kc` rows `row_step`
+    /// apart whose first `cols` lanes are readable, `c` and `c0` start at
+    /// the panel's first column.
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn panel<const V: usize>(
+        m: usize,
+        kc: usize,
+        a: ASource,
+        p0: usize,
+        bp: *const f32,
+        row_step: usize,
+        start: C0Source,
+        c: *mut f32,
+        ldc: usize,
+        cols: usize,
+    ) {
+        let masks: [__mmask16; V] =
+            std::array::from_fn(|v| ((1u32 << cols.saturating_sub(16 * v).min(16)) - 1) as __mmask16);
+        for t in 0..m.div_ceil(MR) {
+            let rows = MR.min(m - t * MR);
+            let ap = a.base.wrapping_offset((t * MR) as isize * a.rs + p0 as isize * a.cs);
+            let cp = c.add(t * MR * ldc);
+            let s = start.at(t * MR, 0);
+            // SAFETY: as this function's contract; the tile reads
+            // kc rows of the panel and `rows` rows of `c`.
+            match rows {
+                1 => tile::<1, V>(kc, ap, a.rs, a.cs, bp, row_step, s, cp, ldc, masks),
+                2 => tile::<2, V>(kc, ap, a.rs, a.cs, bp, row_step, s, cp, ldc, masks),
+                3 => tile::<3, V>(kc, ap, a.rs, a.cs, bp, row_step, s, cp, ldc, masks),
+                4 => tile::<4, V>(kc, ap, a.rs, a.cs, bp, row_step, s, cp, ldc, masks),
+                5 => tile::<5, V>(kc, ap, a.rs, a.cs, bp, row_step, s, cp, ldc, masks),
+                6 => tile::<6, V>(kc, ap, a.rs, a.cs, bp, row_step, s, cp, ldc, masks),
+                7 => tile::<7, V>(kc, ap, a.rs, a.cs, bp, row_step, s, cp, ldc, masks),
+                _ => tile::<8, V>(kc, ap, a.rs, a.cs, bp, row_step, s, cp, ldc, masks),
+            }
+        }
+    }
+
+    /// One `R x 16V` block of `c` (`R <= MR`, `V <= NV`) over `kc` steps of `k`:
     /// `c = c0 + a_tile @ b_panel`, column vector `v` masked by `masks[v]`.
     ///
     /// # Safety
@@ -457,7 +499,7 @@ mod avx512 {
     #[target_feature(enable = "avx512f")]
     #[inline]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn tile<const R: usize>(
+    unsafe fn tile<const R: usize, const V: usize>(
         kc: usize,
         ap: *const f32,
         a_rs: isize,
@@ -467,9 +509,9 @@ mod avx512 {
         c0: C0Source,
         c: *mut f32,
         ldc: usize,
-        masks: [__mmask16; NV],
+        masks: [__mmask16; V],
     ) {
-        let mut cr = [[_mm512_setzero_ps(); NV]; R];
+        let mut cr = [[_mm512_setzero_ps(); V]; R];
         if !c0.base.is_null() {
             for (i, row) in cr.iter_mut().enumerate() {
                 let r = c0.base.wrapping_offset(i as isize * c0.rs);
@@ -492,7 +534,7 @@ mod avx512 {
         }
         let (mut a, mut b) = (ap, bp);
         for _ in 0..kc {
-            let mut bv = [_mm512_setzero_ps(); NV];
+            let mut bv = [_mm512_setzero_ps(); V];
             for (v, x) in bv.iter_mut().enumerate() {
                 *x = _mm512_maskz_loadu_ps(masks[v], b.wrapping_add(16 * v));
             }
