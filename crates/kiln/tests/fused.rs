@@ -329,3 +329,24 @@ fn small_fused_reductions_fold_tile_by_tile_like_the_reference() -> Result<()> {
     assert!(s.to_vec::<f32>()?.iter().all(|v| v.to_bits() == (-0.0f32).to_bits()), "{s}");
     Ok(())
 }
+
+/// A compiled `sum(x * y)` folds its rows in the order eager `sum` folds
+/// the materialized `x * y` (pairwise halves, leaves of 64 lanes), so the
+/// two agree bit for bit: rows within a tile, rows made leaf by leaf (longer
+/// than a tile, lengths that do not split evenly), and a whole-array sum.
+#[test]
+fn compiled_fused_sums_equal_eager_sums_bit_for_bit() -> Result<()> {
+    let mut rng = Rng::new(5);
+    let rows = compile(|x: &Array, y: &Array| (x * y)?.sum(-1, false));
+    let all = compile(|x: &Array, y: &Array| (x * y)?.sum(kiln::Axes::All, false));
+    for (r, c) in [(7, 300), (3, TILE - 64), (4, TILE + 100), (2, 3 * TILE + 7), (1, 5000)] {
+        let x = Array::from_slice(&rng.floats_f32(r * c, -3.0, 3.0), &[r, c])?;
+        let y = Array::from_slice(&rng.floats_f32(r * c, -3.0, 3.0), &[r, c])?;
+        let eager_rows = (&x * &y)?.sum(-1, false)?.to_vec::<f32>()?;
+        let eager_all = (&x * &y)?.sum(kiln::Axes::All, false)?.to_vec::<f32>()?;
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<u32>>();
+        assert_eq!(bits(&rows.call((&x, &y))?.to_vec::<f32>()?), bits(&eager_rows), "{r}x{c} rows");
+        assert_eq!(bits(&all.call((&x, &y))?.to_vec::<f32>()?), bits(&eager_all), "{r}x{c} all");
+    }
+    Ok(())
+}

@@ -281,10 +281,6 @@ const MAX_POOLED: usize = 32;
 
 thread_local! {
     static REGISTERS: std::cell::RefCell<Vec<Buffer>> = const { std::cell::RefCell::new(Vec::new()) };
-    /// Rows longer than a tile that a small fused reduction folds (see
-    /// `fold_small`), kept between calls (at most `REDUCE_CHUNK` values
-    /// per group output).
-    static LONG_ROWS: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
 /// A register of [`TILE`] elements of `dt`: a pooled one, or a new one.
@@ -344,7 +340,6 @@ impl<'a> Exec<'a> {
     /// output may be written over an input that is read in place at the same
     /// positions (a donated buffer).
     fn range(&self, sc: &mut Scratch, start: usize, end: usize, outs: &[OutPtr], base: usize) {
-        let (g, n_in) = (self.g, self.g.inputs.len());
         let mut s = start;
         while s < end {
             let len = self.tile.min(end - s);
@@ -356,47 +351,64 @@ impl<'a> Exec<'a> {
                     }
                 }
             }
-            for (l, (reg, dir)) in self.loads.iter().zip(sc.in_regs.iter_mut().zip(sc.direct.iter_mut())) {
-                if let (Load::Strided { buf, shape, strides, offset }, Some(r)) = (l, reg) {
-                    // A tile in one run of the innermost dimension is read in
-                    // place; a broadcast row's run is one repeated value.
-                    *dir = run_at(shape, strides, *offset, s, len, 1)
-                        .map(|at| (at, false))
-                        .or_else(|| run_at(shape, strides, *offset, s, len, 0).map(|at| (at, true)));
-                    if dir.is_none() {
-                        gather_tile(buf, shape, strides, *offset, s, len, r);
-                    }
+            if !self.produce(sc, s, len, outs, base) {
+                let n_in = self.g.inputs.len();
+                for ((&r, p), &st) in self.g.outputs.iter().zip(outs).zip(&self.stream) {
+                    let reg = &sc.slots[self.plan.op_slot[r - n_in]];
+                    crate::with_buffer!(reg, v => store(&v[..len], p, s - base, st));
                 }
-            }
-            if self.compiled_tile(sc, s, len, outs, base) {
-                s += len;
-                continue;
-            }
-            for (k, op) in g.ops.iter().enumerate() {
-                let slot = self.plan.op_slot[k];
-                let mut out = std::mem::replace(&mut sc.slots[slot], NO_BUFFER);
-                let src = |r: usize| -> Src {
-                    if r >= n_in {
-                        return Src::run(&sc.slots[self.plan.op_slot[r - n_in]], 0, len);
-                    }
-                    self.input(sc, r, s, len)
-                };
-                let mut args = [Src::run(&EMPTY, 0, 0); 3];
-                for (a, &r) in args.iter_mut().zip(&op.args) {
-                    *a = src(r);
-                }
-                apply(op, &args[..op.args.len()], &mut out);
-                sc.slots[slot] = out;
-            }
-            for ((&r, p), &st) in g.outputs.iter().zip(outs).zip(&self.stream) {
-                let reg = &sc.slots[self.plan.op_slot[r - n_in]];
-                crate::with_buffer!(reg, v => store(&v[..len], p, s - base, st));
             }
             s += len;
         }
         if self.stream.contains(&true) {
             crate::backend::cpu::stream::fence();
         }
+    }
+
+    /// Runs the tile at `s..s + len` (at most [`TILE`] positions): compiled
+    /// code stores the outputs at `outs` itself (offset by `-base`
+    /// elements) and this returns `true`; the interpreter leaves each
+    /// output in its op's slot (see [`Exec::output`]) and returns `false`.
+    fn produce(&self, sc: &mut Scratch, s: usize, len: usize, outs: &[OutPtr], base: usize) -> bool {
+        let (g, n_in) = (self.g, self.g.inputs.len());
+        for (l, (reg, dir)) in self.loads.iter().zip(sc.in_regs.iter_mut().zip(sc.direct.iter_mut())) {
+            if let (Load::Strided { buf, shape, strides, offset }, Some(r)) = (l, reg) {
+                // A tile in one run of the innermost dimension is read in
+                // place; a broadcast row's run is one repeated value.
+                *dir = run_at(shape, strides, *offset, s, len, 1)
+                    .map(|at| (at, false))
+                    .or_else(|| run_at(shape, strides, *offset, s, len, 0).map(|at| (at, true)));
+                if dir.is_none() {
+                    gather_tile(buf, shape, strides, *offset, s, len, r);
+                }
+            }
+        }
+        if self.compiled_tile(sc, s, len, outs, base) {
+            return true;
+        }
+        for (k, op) in g.ops.iter().enumerate() {
+            let slot = self.plan.op_slot[k];
+            let mut out = std::mem::replace(&mut sc.slots[slot], NO_BUFFER);
+            let src = |r: usize| -> Src {
+                if r >= n_in {
+                    return Src::run(&sc.slots[self.plan.op_slot[r - n_in]], 0, len);
+                }
+                self.input(sc, r, s, len)
+            };
+            let mut args = [Src::run(&EMPTY, 0, 0); 3];
+            for (a, &r) in args.iter_mut().zip(&op.args) {
+                *a = src(r);
+            }
+            apply(op, &args[..op.args.len()], &mut out);
+            sc.slots[slot] = out;
+        }
+        false
+    }
+
+    /// The register holding group output `k` after an interpreted
+    /// [`Exec::produce`] (outputs are op registers).
+    fn output<'s>(&self, sc: &'s Scratch, k: usize) -> &'s Buffer {
+        &sc.slots[self.plan.op_slot[self.g.outputs[k] - self.g.inputs.len()]]
     }
 
     /// Input `k` over the tile at `s..s + len` (strided inputs already
@@ -735,15 +747,20 @@ pub fn run_reduce(
     Ok(bufs.into_iter().map(|b| Data::contiguous(b, &out_shape)).collect())
 }
 
+/// Most reductions [`fold_small`] folds together.
+const MAX_FOLDS: usize = 8;
+
 /// [`run_reduce`] of a small space (at most [`REDUCE_CHUNK`] positions:
 /// `n_out` rows of `n_red`, reduced positions innermost) when every
 /// reduction is a sum, mean, max or min of `f32` values: the group runs
-/// over as many whole rows as fill a tile (or one row, when rows are
-/// longer) into tile registers, and each row folds from there
-/// ([`reduce::fold_f32`]: the fold [`reduce::reduce`] runs over a
-/// contiguous row), with no scratch for the whole space and
-/// no general reduction plan, which cost more than the work at these sizes.
-/// `None` when it does not apply.
+/// over as many whole rows as fill a tile, and each row folds from the
+/// tile's register ([`reduce::fold_f32`]: the fold [`reduce::reduce`]
+/// runs over a contiguous row). Rows longer than a tile are made leaf by
+/// leaf, each leaf folded from its register while it is in L1, and the
+/// leaves combined in that fold's order ([`reduce::fold_f32_leaves`]).
+/// No values are stored: no scratch for the space, no general reduction
+/// plan, which cost more than the work at these sizes. `None` when it
+/// does not apply.
 fn fold_small(
     g: &FusedGroup,
     loads: &[Load],
@@ -756,48 +773,70 @@ fn fold_small(
         matches!(op, ReduceOp::Sum | ReduceOp::Mean | ReduceOp::Max | ReduceOp::Min)
             && g.reg_dtype(g.outputs[i]) == DType::F32
     });
-    if n_red == 0 || total > REDUCE_CHUNK || !folds {
+    let n_in = g.inputs.len();
+    if n_red == 0
+        || total > REDUCE_CHUNK
+        || !folds
+        || reductions.len() > MAX_FOLDS
+        || g.outputs.iter().any(|&r| r < n_in)
+    {
         return None;
     }
-    let rows_per = (TILE / n_red).max(1);
-    let chunk = rows_per * n_red;
     let e = Exec::new(g, loads.to_vec(), total, vec![false; g.outputs.len()], None);
     let mut sc = e.scratch();
-    // Rows that fit a tile go to tile registers; longer rows to this
-    // thread's row scratch (kept between calls: a fresh buffer of a row
-    // costs more than folding it).
-    let long = chunk > TILE;
-    let mut regs: Vec<Buffer> =
-        if long { vec![] } else { g.outputs.iter().map(|&r| take_register(g.reg_dtype(r))).collect() };
-    let mut rows_buf = if long { LONG_ROWS.take() } else { vec![] };
-    if long && rows_buf.len() < chunk * g.outputs.len() {
-        rows_buf.resize(chunk * g.outputs.len(), 0.0);
+    // Compiled code writes its outputs through pointers: to these registers.
+    let mut spill: Vec<Buffer> =
+        if e.code.is_some() { g.outputs.iter().map(|&r| take_register(g.reg_dtype(r))).collect() } else { vec![] };
+    let spill_ptrs: Vec<OutPtr> =
+        spill.iter_mut().map(|b| OutPtr(crate::with_buffer!(b, v => v.as_mut_ptr().cast::<u8>()))).collect();
+    // Runs positions `s..s + len`; returns where output `k`'s values are.
+    fn values<'s>(
+        e: &'s Exec,
+        sc: &'s mut Scratch,
+        spill: &'s [Buffer],
+        ptrs: &[OutPtr],
+        s: usize,
+        len: usize,
+    ) -> impl Fn(usize) -> &'s [f32] {
+        let spilled = e.produce(sc, s, len, ptrs, s);
+        let sc: &'s Scratch = sc;
+        move |k| {
+            let reg = if spilled { &spill[k] } else { e.output(sc, k) };
+            &f32::slice_of(reg).expect("f32 outputs (checked)")[..len]
+        }
     }
-    let ptrs: Vec<OutPtr> = if long {
-        rows_buf.chunks_exact_mut(chunk).take(g.outputs.len()).map(|c| OutPtr(c.as_mut_ptr().cast::<u8>())).collect()
-    } else {
-        regs.iter_mut().map(|b| OutPtr(crate::with_buffer!(b, v => v.as_mut_ptr().cast::<u8>()))).collect()
-    };
+    let finish = |op: ReduceOp, v: f32| if op == ReduceOp::Mean { v / n_red as f32 } else { v };
     let mut out: Vec<Vec<f32>> = reductions.iter().map(|_| Vec::with_capacity(n_out)).collect();
-    for r0 in (0..n_out).step_by(rows_per) {
-        let rows = rows_per.min(n_out - r0);
-        e.range(&mut sc, r0 * n_red, (r0 + rows) * n_red, &ptrs, r0 * n_red);
-        for (&(op, i), o) in reductions.iter().zip(&mut out) {
-            let vals = if long {
-                &rows_buf[i * chunk..i * chunk + rows * n_red]
-            } else {
-                &f32::slice_of(&regs[i]).expect("f32 outputs (checked)")[..rows * n_red]
+    if n_red <= TILE {
+        // Whole rows per tile, each folded from the tile's register.
+        let rows_per = TILE / n_red;
+        for r0 in (0..n_out).step_by(rows_per) {
+            let len = rows_per.min(n_out - r0) * n_red;
+            let vals = values(&e, &mut sc, &spill, &spill_ptrs, r0 * n_red, len);
+            for (&(op, i), o) in reductions.iter().zip(&mut out) {
+                for row in vals(i).chunks_exact(n_red) {
+                    o.push(finish(op, reduce::fold_f32(op, row)));
+                }
+            }
+        }
+    } else {
+        // Longer rows: made leaf by leaf (a leaf fits a tile and L1) and
+        // folded in the order of a contiguous row's fold.
+        let combine = |a: [f32; MAX_FOLDS], b: [f32; MAX_FOLDS]| {
+            std::array::from_fn(|k| reductions.get(k).map_or(0.0, |&(op, _)| reduce::combine_f32(op, a[k], b[k])))
+        };
+        for r in 0..n_out {
+            let mut leaf = |off: usize, len: usize| {
+                let vals = values(&e, &mut sc, &spill, &spill_ptrs, r * n_red + off, len);
+                std::array::from_fn(|k| reductions.get(k).map_or(0.0, |&(op, i)| reduce::fold_f32(op, vals(i))))
             };
-            for row in vals.chunks_exact(n_red) {
-                let v = reduce::fold_f32(op, row);
-                o.push(if op == ReduceOp::Mean { v / n_red as f32 } else { v });
+            let acc: [f32; MAX_FOLDS] = reduce::fold_f32_leaves(n_red, &mut leaf, &combine);
+            for ((o, &(op, _)), v) in out.iter_mut().zip(reductions).zip(acc) {
+                o.push(finish(op, v));
             }
         }
     }
-    give_registers(regs.into_iter());
-    if long {
-        LONG_ROWS.set(rows_buf);
-    }
+    give_registers(spill.into_iter());
     Some(out.into_iter().map(Buffer::from_vec).collect())
 }
 

@@ -477,6 +477,40 @@ pub(crate) fn fold_f32(op: ReduceOp, xs: &[f32]) -> f32 {
     }
 }
 
+/// [`fold_f32`] of a row of `n` values made leaf by leaf, for a producer
+/// that never materializes the whole row: `leaf(off, len)` returns the
+/// fold (by `fold_f32`) of elements `off..off + len` of the row, and the
+/// leaves combine with `combine` in the order `fold_f32` splits a
+/// contiguous row of `n` (halves at multiples of the lane count, leaves of
+/// at most [`BLOCK`] elements). With `+` as `combine`, a sum is the same
+/// as `fold_f32` over the materialized row; extrema combine leaves with
+/// the same maximum or minimum.
+pub(crate) fn fold_f32_leaves<A>(
+    n: usize,
+    leaf: &mut impl FnMut(usize, usize) -> A,
+    combine: &impl Fn(A, A) -> A,
+) -> A {
+    fn go<A>(off: usize, n: usize, leaf: &mut impl FnMut(usize, usize) -> A, combine: &impl Fn(A, A) -> A) -> A {
+        if n > BLOCK {
+            let h = (n / 2) & !(LANES - 1);
+            let a = go(off, h, leaf, combine);
+            let b = go(off + h, n - h, leaf, combine);
+            return combine(a, b);
+        }
+        leaf(off, n)
+    }
+    go(0, n, leaf, combine)
+}
+
+/// The combination of two partial folds of `op` (see [`fold_f32`]).
+pub(crate) fn combine_f32(op: ReduceOp, a: f32, b: f32) -> f32 {
+    match op {
+        ReduceOp::Max => fmax(a, b),
+        ReduceOp::Min => fmin(a, b),
+        _ => a + b,
+    }
+}
+
 /// [`fold_f32`] with `f` as both the step and the combination (a closure
 /// or function item, not a pointer, so the fold inlines and vectorizes).
 fn fold_f32_by<F: Fn(f32, f32) -> f32 + Sync + Copy>(xs: &[f32], pairwise: bool, id: f32, f: F) -> f32 {
