@@ -156,7 +156,7 @@ pub fn run<'a, S: AsRef<[usize]> + ?Sized + 'a>(
                     }
                 })
                 .collect();
-            let args: Vec<Arg> = ins.into_iter().map(Arg::Owned).collect();
+            let args: fused::Args = ins.into_iter().map(Arg::Owned).collect();
             // A fused step writes the values that escape (and that no later
             // step of the chain reads) straight into their sinks.
             let sink_of = |o: usize| chain.escapes.iter().position(|&e| e == o).filter(|&k| chain.write_through[k]);
