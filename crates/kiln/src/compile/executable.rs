@@ -131,14 +131,17 @@ impl Executable {
                     && values[i].as_ref().is_some_and(|d| std::sync::Arc::strong_count(&d.buffer) == 1);
                 given.push(if donate { values[i].take() } else { None });
             }
-            // The step's inputs: the given ones owned, the rest borrowed.
-            let mut args = Args::new();
-            args.extend(step.inputs.iter().zip(given.drain(..)).map(|(&i, g)| match g {
-                Some(d) => cpu::fused::Arg::Owned(d),
-                None => cpu::fused::Arg::Borrowed(values[i].as_ref().expect("inputs are computed first")),
-            }));
-            let outs = run_step(p, step, args, shape_of)?;
-            for (&o, d) in step.outputs.iter().zip(outs) {
+            let mut outs = Outs::new();
+            {
+                // The step's inputs: the given ones owned, the rest borrowed.
+                let mut args = Args::new();
+                args.extend(step.inputs.iter().zip(given.drain(..)).map(|(&i, g)| match g {
+                    Some(d) => cpu::fused::Arg::Owned(d),
+                    None => cpu::fused::Arg::Borrowed(values[i].as_ref().expect("inputs are computed first")),
+                }));
+                run_step(p, step, &mut args, shape_of, &mut outs)?;
+            }
+            for (&o, d) in step.outputs.iter().zip(outs.drain(..)) {
                 values[o] = Some(d);
             }
             for &f in &step.frees {
@@ -163,30 +166,38 @@ impl Executable {
     }
 }
 
-/// Runs one step on its evaluated inputs; `shape_of` gives the run-time
-/// shape of each value the step writes or iterates over.
+/// Runs one step on its evaluated inputs (`args`, drained), pushing its
+/// outputs onto `outs`; `shape_of` gives the run-time shape of each value
+/// the step writes or iterates over. (Both vectors are the caller's, passed
+/// by reference: moving one copies it.)
 pub(crate) fn run_step<S: AsRef<[usize]>>(
     p: &Program,
     step: &Step,
-    args: Args,
+    args: &mut Args,
     shape_of: impl Fn(usize) -> S,
-) -> Result<Outs> {
+    outs: &mut Outs,
+) -> Result<()> {
     let out_shape = shape_of(step.outputs[0]);
     let out_shape = out_shape.as_ref();
-    let ins = || args.iter().map(|a| a.data()).collect::<SmallVec<[&Data; 4]>>();
-    Ok(match &step.kernel {
-        Kernel::Single(prim) => smallvec![cpu::eval(prim, &ins(), out_shape, p.instrs[step.outputs[0]].dtype)?],
-        Kernel::Fused(group) => cpu::fused::run_args(group, args, out_shape)?,
+    fn ins<'s>(args: &'s [cpu::fused::Arg]) -> SmallVec<[&'s Data; 4]> {
+        args.iter().map(|a| a.data()).collect()
+    }
+    match &step.kernel {
+        Kernel::Single(prim) => outs.push(cpu::eval(prim, &ins(args), out_shape, p.instrs[step.outputs[0]].dtype)?),
+        Kernel::Fused(group) => cpu::fused::launch(group, args, out_shape, &[], outs)?,
         Kernel::ReduceFused { group, reductions, axes, source } => {
-            let outs = cpu::fused::run_reduce(group, &ins(), shape_of(*source).as_ref(), reductions, axes)?;
+            let reduced = cpu::fused::run_reduce(group, &ins(args), shape_of(*source).as_ref(), reductions, axes)?;
             // keepdims only changes the shape, not the order of elements.
-            outs.into_iter()
-                .zip(&step.outputs)
-                .map(|(d, &o)| Data { layout: crate::layout::Layout::contiguous(shape_of(o).as_ref()), ..d })
-                .collect()
+            outs.extend(
+                reduced
+                    .into_iter()
+                    .zip(&step.outputs)
+                    .map(|(d, &o)| Data { layout: crate::layout::Layout::contiguous(shape_of(o).as_ref()), ..d }),
+            )
         }
-        Kernel::MatmulEpilogue(group) => matmul_epilogue(group, step.bias_split.as_ref(), args, out_shape)?,
-    })
+        Kernel::MatmulEpilogue(group) => matmul_epilogue(group, step.bias_split.as_ref(), args, out_shape, outs)?,
+    }
+    Ok(())
 }
 
 /// A matrix product and its elementwise epilogue (`ins` = `a`, `b`, then the
@@ -200,9 +211,10 @@ pub(crate) fn run_step<S: AsRef<[usize]>>(
 fn matmul_epilogue(
     group: &FusedGroup,
     split: Option<&(usize, FusedGroup)>,
-    args: Args,
+    args: &mut Args,
     out_shape: &[usize],
-) -> Result<Outs> {
+    outs: &mut Outs,
+) -> Result<()> {
     let (a, b) = (args[0].data(), args[1].data());
     let with_bias = match split {
         Some((bias, rest)) => cpu::matmul::matmul_bias(a, b, args[bias + 1].data(), out_shape)?.map(|buf| (buf, rest)),
@@ -213,11 +225,12 @@ fn matmul_epilogue(
         None => (cpu::eval(&Primitive::Matmul, &[a, b], out_shape, group.inputs[0])?, group),
     };
     if g.ops.is_empty() {
-        return Ok(g.outputs.iter().map(|_| product.clone()).collect());
+        outs.extend(g.outputs.iter().map(|_| product.clone()));
+        return Ok(());
     }
     let mut group_args: Args = smallvec![cpu::fused::Arg::Owned(product)];
-    group_args.extend(args.into_iter().skip(2));
-    cpu::fused::run_args(g, group_args, out_shape)
+    group_args.extend(args.drain(2..));
+    cpu::fused::launch(g, &mut group_args, out_shape, &[], outs)
 }
 
 /// For an epilogue whose first op is `product + bias` (either order, one

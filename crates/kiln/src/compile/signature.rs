@@ -47,16 +47,17 @@ pub fn describe(dtype: DType, shape: &[usize]) -> String {
 impl Signature {
     /// The signature of a call.
     pub fn of(args: &[&Array], shapeless: bool) -> Signature {
-        let mut words = SmallVec::new();
-        words.push(args.len() as u64);
+        // Filled in place (moving a `SmallVec` copies it).
+        let mut sig = Signature { words: SmallVec::new(), shapeless };
+        sig.words.push(args.len() as u64);
         for a in args {
-            words.push(a.dtype() as u64);
-            words.push(a.ndim() as u64);
+            sig.words.push(a.dtype() as u64);
+            sig.words.push(a.ndim() as u64);
             if !shapeless {
-                words.extend(a.shape().iter().map(|&d| d as u64));
+                sig.words.extend(a.shape().iter().map(|&d| d as u64));
             }
         }
-        Signature { words, shapeless }
+        sig
     }
 
     /// Per argument: dtype and (when recorded) shape.

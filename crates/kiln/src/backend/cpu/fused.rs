@@ -657,7 +657,7 @@ fn find_donor(args: &mut [Arg], dtype: DType, shape: &[usize], n: usize, dests: 
 /// op before it stores the tile's outputs, and tasks own disjoint ranges.
 pub fn run_args<'a>(g: &FusedGroup, args: impl Into<Args<'a>>, shape: &[usize]) -> crate::Result<Outs> {
     let mut outs = Outs::new();
-    outs.extend(run_into(g, args, shape, &[])?.into_iter().map(|d| d.expect("no output was written elsewhere")));
+    launch(g, &mut args.into(), shape, &[], &mut outs)?;
     Ok(outs)
 }
 
@@ -673,7 +673,25 @@ pub fn run_into<'a>(
     shape: &[usize],
     into: &[Option<Claimed>],
 ) -> crate::Result<SmallVec<[Option<Data>; 2]>> {
-    let mut args = args.into();
+    let mut outs = Outs::new();
+    launch(g, &mut args.into(), shape, into, &mut outs)?;
+    let mut outs = outs.into_iter();
+    Ok((0..g.outputs.len())
+        .map(|k| if into.get(k).is_some_and(|c| c.is_some()) { None } else { outs.next() })
+        .collect())
+}
+
+/// [`run_into`] on vectors the caller holds: drains `args`, and pushes
+/// onto `outs` each output not written into claimed rows, in order. The
+/// per-call path of a compiled function launches through here: passing
+/// these vectors by reference copies none of them.
+pub(crate) fn launch(
+    g: &FusedGroup,
+    args: &mut Args,
+    shape: &[usize],
+    into: &[Option<Claimed>],
+    outs: &mut Outs,
+) -> crate::Result<()> {
     let n: usize = shape.iter().product();
     // Per output: where it goes, and the pointer the kernels write through.
     // (Vectors of a launch are filled in place: moving a `SmallVec` copies it.)
@@ -685,7 +703,7 @@ pub fn run_into<'a>(
             assert!(c.dtype() == dtype && c.len() == n, "claimed rows match the output");
             dests.push(Dest::Claimed);
             ptrs.push(OutPtr(c.ptr()));
-        } else if let Some((j, p)) = find_donor(&mut args, dtype, shape, n, &dests) {
+        } else if let Some((j, p)) = find_donor(args, dtype, shape, n, &dests) {
             dests.push(Dest::Donor(j));
             ptrs.push(p);
         } else {
@@ -715,21 +733,22 @@ pub fn run_into<'a>(
         Arg::Owned(d) => Some(d.buffer),
         Arg::Borrowed(_) => None,
     }));
-    let mut outs = SmallVec::new();
-    outs.extend(dests.drain(..).map(|d| match d {
-        Dest::Donor(j) => Some(Data {
-            buffer: owned[j].take().expect("each donor receives one output"),
-            layout: Layout::contiguous(shape),
-        }),
-        Dest::Claimed => None,
-        Dest::Fresh(mut b) => {
-            // SAFETY: `all` ran over `0..n`, writing every element of
-            // each output buffer exactly once.
-            crate::with_buffer!(&mut b, v => unsafe { v.set_len(n) });
-            Some(Data::contiguous(b, shape))
+    for d in dests.drain(..) {
+        match d {
+            Dest::Donor(j) => outs.push(Data {
+                buffer: owned[j].take().expect("each donor receives one output"),
+                layout: Layout::contiguous(shape),
+            }),
+            Dest::Claimed => {}
+            Dest::Fresh(mut b) => {
+                // SAFETY: `all` ran over `0..n`, writing every element of
+                // each output buffer exactly once.
+                crate::with_buffer!(&mut b, v => unsafe { v.set_len(n) });
+                outs.push(Data::contiguous(b, shape));
+            }
         }
-    }));
-    Ok(outs)
+    }
+    Ok(())
 }
 
 /// Elements of producer values materialized at once by a fused reduction:
@@ -1097,7 +1116,7 @@ mod tests {
             // `b` read backwards (negative stride) from a longer buffer.
             let b_buf: Vec<f32> = (0..n + 3).map(|i| ((i * 13 % 29) as f32 - 14.0) / 9.0).collect();
             let b_ref: Vec<f64> = (0..n).map(|i| b_buf[n + 2 - i] as f64).collect();
-            let b = f32_data(b_buf, Layout { shape: vec![n], strides: vec![-1], offset: n + 2 });
+            let b = f32_data(b_buf, Layout { shape: vec![n].into(), strides: vec![-1].into(), offset: n + 2 });
             let want = reference(&a.iter().map(|&v| v as f64).collect::<Vec<_>>(), &b_ref);
             let a = f32_data(a, Layout::contiguous(&[n]));
             let before = vec_ptr(&a);
@@ -1114,7 +1133,7 @@ mod tests {
         let vals: Vec<f32> = (0..n).map(|i| i as f32 / n as f32 - 0.5).collect();
         let a = f32_data(vals.clone(), Layout::contiguous(&[n]));
         let keep = a.clone(); // a second holder: not donatable
-        let b = f32_data(vec![2.5], Layout { shape: vec![n], strides: vec![0], offset: 0 });
+        let b = f32_data(vec![2.5], Layout { shape: vec![n].into(), strides: vec![0].into(), offset: 0 });
         let want = reference(&vals.iter().map(|&v| v as f64).collect::<Vec<_>>(), &vec![2.5; n]);
         let out = run_args(&group(), vec![Arg::Owned(a), Arg::Borrowed(&b)], &[n])?.pop().expect("one output");
         assert_ne!(vec_ptr(&out), vec_ptr(&keep));
@@ -1124,9 +1143,12 @@ mod tests {
         // A uniquely owned but transposed input: read through its strides, not overwritten.
         let (r, c) = (33, 40);
         let t_vals: Vec<f32> = (0..r * c).map(|i| (i % 23) as f32 / 7.0 - 1.5).collect();
-        let t = f32_data(t_vals.clone(), Layout { shape: vec![c, r], strides: vec![1, c as isize], offset: 0 });
+        let t = f32_data(
+            t_vals.clone(),
+            Layout { shape: vec![c, r].into(), strides: vec![1, c as isize].into(), offset: 0 },
+        );
         let t_ref: Vec<f64> = (0..c * r).map(|p| t_vals[(p % r) * c + p / r] as f64).collect();
-        let b = f32_data(vec![-0.75], Layout { shape: vec![c, r], strides: vec![0, 0], offset: 0 });
+        let b = f32_data(vec![-0.75], Layout { shape: vec![c, r].into(), strides: vec![0, 0].into(), offset: 0 });
         let want = reference(&t_ref, &vec![-0.75; r * c]);
         let before = vec_ptr(&t);
         let out = run_args(&group(), vec![Arg::Owned(t), Arg::Borrowed(&b)], &[c, r])?.pop().expect("one output");
