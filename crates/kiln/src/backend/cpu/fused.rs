@@ -570,8 +570,9 @@ impl<'a> Exec<'a> {
 }
 
 /// Runs `g` over positions `lo..hi` on the calling thread (for [`run_reduce`]).
-fn exec_range(g: &FusedGroup, loads: Vec<Load>, lo: usize, hi: usize, outs: &[OutPtr]) {
-    let e = Exec::new(g, loads, hi - lo, vec![false; g.outputs.len()], None);
+fn exec_range(g: &FusedGroup, loads: &[Load], lo: usize, hi: usize, outs: &[OutPtr]) {
+    let no_stream: SmallVec<[bool; INLINE]> = SmallVec::from_elem(false, g.outputs.len());
+    let e = Exec::new(g, loads, hi - lo, &no_stream[..], None);
     e.range(&mut e.scratch(), lo, hi, outs, lo);
 }
 
@@ -768,13 +769,15 @@ pub fn run_reduce(
     shape: &[usize],
     reductions: &[(ReduceOp, usize)],
     axes: &[usize],
-) -> crate::Result<Vec<Data>> {
+) -> crate::Result<Outs> {
     let nd = shape.len();
-    let perm: Vec<usize> = (0..nd).filter(|a| !axes.contains(a)).chain(axes.iter().copied()).collect();
-    let loads: Vec<Load> = inputs.iter().map(|d| plan_load(&d.buffer, &view_as(d, shape).permute(&perm))).collect();
-    let n_out: usize = (0..nd).filter(|a| !axes.contains(a)).map(|a| shape[a]).product();
+    let kept = || (0..nd).filter(|a| !axes.contains(a));
+    let perm: crate::layout::Dims = kept().chain(axes.iter().copied()).collect();
+    let mut loads = Loads::new();
+    loads.extend(inputs.iter().map(|d| plan_load(&d.buffer, &view_as(d, shape).permute(&perm))));
+    let n_out: usize = kept().map(|a| shape[a]).product();
     let n_red: usize = axes.iter().map(|&a| shape[a]).product();
-    let out_shape = crate::primitive::reduced_shape(shape, axes, false);
+    let out_shape: crate::layout::Dims = kept().map(|a| shape[a]).collect();
     // Reductions of the inputs themselves (siblings such as max and sumexp
     // of x) read them in place, each with the reduction kernel's own walk.
     let copied_input = |r: usize| -> Option<usize> {
@@ -808,7 +811,7 @@ pub fn run_reduce(
     // The group's outputs for positions `lo..hi` of the permuted space, as `rows` rows.
     let produce = |lo: usize, hi: usize, rows: usize| -> Vec<Data> {
         let (mut scratch, ptrs) = alloc_outputs(g, hi - lo);
-        exec_range(g, loads.clone(), lo, hi, &ptrs);
+        exec_range(g, &loads, lo, hi, &ptrs);
         finish_outputs(&mut scratch, hi - lo);
         let row = (hi - lo).checked_div(rows).unwrap_or(n_red);
         scratch.into_iter().map(|b| Data::contiguous(b, &[rows, row])).collect()
