@@ -23,16 +23,16 @@ use std::sync::Arc;
 use rayon::prelude::*;
 use smallvec::SmallVec;
 
-/// The inputs of a fused launch ([`run_args`]): a few, kept inline so a
-/// launch allocates no vector for them.
-pub type Args<'a> = SmallVec<[Arg<'a>; 4]>;
-
-/// The outputs of a launch ([`run_args`]): usually one or two, kept inline.
-pub type Outs = SmallVec<[Data; 2]>;
-
 /// Per-input or per-output vectors of one launch, inline for up to this
 /// many entries (a launch then allocates none of them).
 const INLINE: usize = 4;
+
+/// The inputs of a fused launch ([`run_args`]): a few, kept inline so a
+/// launch allocates no vector for them.
+pub type Args<'a> = SmallVec<[Arg<'a>; INLINE]>;
+
+/// The outputs of a launch ([`run_args`]): usually one or two, kept inline.
+pub type Outs = SmallVec<[Data; 2]>;
 
 /// A group's loads, one per input.
 type Loads<'a> = SmallVec<[Load<'a>; INLINE]>;
@@ -41,7 +41,6 @@ type Loads<'a> = SmallVec<[Load<'a>; INLINE]>;
 /// stream flags, built on the caller's stack) or owns. Unlike `Cow<[T]>`
 /// (and `SmallVec`), it is covariant in `T`, so an `Exec` of short-lived
 /// loads may be used where one of a shorter lifetime is expected.
-#[derive(Clone)]
 enum Held<'a, T> {
     Borrowed(&'a [T]),
     Owned(Vec<T>),
