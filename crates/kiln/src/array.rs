@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use crate::backend::cpu::{self, Buffer};
 use crate::dtype::{DType, Element};
 use crate::error::{Error, Result};
-use crate::layout::Layout;
+use crate::layout::{Dims, Layout};
 use crate::primitive::Primitive;
 use crate::shape::numel_checked;
 
@@ -46,7 +46,7 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 pub(crate) struct Node {
     pub(crate) id: u64,
     pub(crate) prim: Primitive,
-    pub(crate) shape: Vec<usize>,
+    pub(crate) shape: Dims,
     pub(crate) dtype: DType,
     /// Inputs while pending; emptied once the node is evaluated.
     pub(crate) inputs: Mutex<Vec<Array>>,
@@ -70,7 +70,7 @@ impl Drop for Node {
 pub struct Array(pub(crate) Arc<Node>);
 
 impl Array {
-    fn new_node(prim: Primitive, inputs: Vec<Array>, shape: Vec<usize>, dtype: DType, data: Option<Data>) -> Array {
+    fn new_node(prim: Primitive, inputs: Vec<Array>, shape: Dims, dtype: DType, data: Option<Data>) -> Array {
         let cell = OnceLock::new();
         if let Some(d) = data {
             let _ = cell.set(d);
@@ -90,7 +90,7 @@ impl Array {
     pub fn from_op(prim: Primitive, inputs: Vec<Array>) -> Result<Array> {
         let sigs: Vec<(&[usize], DType)> = inputs.iter().map(|a| (a.shape(), a.dtype())).collect();
         let (shape, dtype) = prim.infer(&sigs)?;
-        Ok(Array::new_node(prim, inputs, shape, dtype, None))
+        Ok(Array::new_node(prim, inputs, shape.into(), dtype, None))
     }
 
     /// An array that already holds data.
@@ -103,7 +103,7 @@ impl Array {
     /// A placeholder for argument `index` of a traced function: shape and
     /// dtype, no data.
     pub(crate) fn placeholder(index: usize, shape: Vec<usize>, dtype: DType) -> Array {
-        Array::new_node(Primitive::Placeholder { index }, vec![], shape, dtype, None)
+        Array::new_node(Primitive::Placeholder { index }, vec![], shape.into(), dtype, None)
     }
 
     /// Builds an array from a slice of elements in row-major order.

@@ -8,21 +8,36 @@
 
 use std::ops::Range;
 
+use smallvec::SmallVec;
+
+/// Dimensions a [`Dims`] or [`Strides`] holds inline: layouts of up to
+/// this many dimensions are made and cloned without a heap allocation
+/// (the per-call overhead of small kernels).
+pub const INLINE_DIMS: usize = 4;
+
+/// A layout's shape: a `SmallVec` of dimensions, inline up to
+/// [`INLINE_DIMS`]. It derefs to `&[usize]`; build one with
+/// `Dims::from_slice(&[2, 3])` or from a `Vec` with `.into()`.
+pub type Dims = SmallVec<[usize; INLINE_DIMS]>;
+
+/// A layout's strides, inline up to [`INLINE_DIMS`] like [`Dims`].
+pub type Strides = SmallVec<[isize; INLINE_DIMS]>;
+
 /// How an array's elements sit in its buffer.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Layout {
     /// Dimensions.
-    pub shape: Vec<usize>,
+    pub shape: Dims,
     /// Step in elements between neighbours along each dimension (0 for a
     /// broadcast dimension, negative for a reversed slice).
-    pub strides: Vec<isize>,
+    pub strides: Strides,
     /// Element index of the first element in the buffer.
     pub offset: usize,
 }
 
 /// Row-major strides of a shape.
-pub fn contiguous_strides(shape: &[usize]) -> Vec<isize> {
-    let mut strides = vec![0isize; shape.len()];
+pub fn contiguous_strides(shape: &[usize]) -> Strides {
+    let mut strides = Strides::from_elem(0, shape.len());
     let mut acc = 1isize;
     for i in (0..shape.len()).rev() {
         strides[i] = acc;
@@ -34,7 +49,7 @@ pub fn contiguous_strides(shape: &[usize]) -> Vec<isize> {
 impl Layout {
     /// A row-major layout starting at element 0.
     pub fn contiguous(shape: &[usize]) -> Layout {
-        Layout { shape: shape.to_vec(), strides: contiguous_strides(shape), offset: 0 }
+        Layout { shape: Dims::from_slice(shape), strides: contiguous_strides(shape), offset: 0 }
     }
 
     /// Number of elements.
@@ -80,14 +95,14 @@ impl Layout {
         let strides = (0..shape.len())
             .map(|i| if i < off || (self.shape[i - off] == 1 && shape[i] != 1) { 0 } else { self.strides[i - off] })
             .collect();
-        Layout { shape: shape.to_vec(), strides, offset: self.offset }
+        Layout { shape: Dims::from_slice(shape), strides, offset: self.offset }
     }
 
     /// A strided slice: per dimension a normalized start, a length and a
     /// step (possibly negative).
     pub fn slice(&self, starts: &[usize], lens: &[usize], steps: &[isize]) -> Layout {
         let mut offset = self.offset as isize;
-        let mut strides = Vec::with_capacity(self.ndim());
+        let mut strides = Strides::with_capacity(self.ndim());
         for i in 0..self.ndim() {
             if lens[i] > 0 {
                 offset += starts[i] as isize * self.strides[i];
@@ -97,7 +112,7 @@ impl Layout {
         if lens.contains(&0) {
             offset = self.offset as isize;
         }
-        Layout { shape: lens.to_vec(), strides, offset: offset as usize }
+        Layout { shape: Dims::from_slice(lens), strides, offset: offset as usize }
     }
 
     /// Reshape without copying when the strides allow it (NumPy's rule:
@@ -105,7 +120,11 @@ impl Layout {
     /// contiguous within itself). `None` means a copy is needed.
     pub fn reshape(&self, shape: &[usize]) -> Option<Layout> {
         if self.is_contiguous() {
-            return Some(Layout { shape: shape.to_vec(), strides: contiguous_strides(shape), offset: self.offset });
+            return Some(Layout {
+                shape: Dims::from_slice(shape),
+                strides: contiguous_strides(shape),
+                offset: self.offset,
+            });
         }
         if self.numel() == 0 {
             return Some(Layout::contiguous(shape));
@@ -113,7 +132,7 @@ impl Layout {
         // Drop size-1 dims of the old layout; they carry no stride information.
         let (old_s, old_st): (Vec<usize>, Vec<isize>) =
             self.shape.iter().zip(&self.strides).filter(|(&d, _)| d != 1).map(|(&d, &s)| (d, s)).unzip();
-        let mut new_strides = vec![0isize; shape.len()];
+        let mut new_strides = Strides::from_elem(0, shape.len());
         let (mut oi, mut ni) = (0usize, 0usize);
         while ni < shape.len() {
             if shape[ni] == 1 {
@@ -161,7 +180,7 @@ impl Layout {
         if oi != old_s.len() {
             return None;
         }
-        Some(Layout { shape: shape.to_vec(), strides: new_strides, offset: self.offset })
+        Some(Layout { shape: Dims::from_slice(shape), strides: new_strides, offset: self.offset })
     }
 }
 
@@ -304,8 +323,8 @@ mod tests {
         let t = Layout::contiguous(&[4, 6]).permute(&[1, 0]);
         assert!(t.reshape(&[24]).is_none());
         let r = t.reshape(&[2, 3, 4]).unwrap();
-        assert_eq!(r.strides, vec![3, 1, 6]);
+        assert_eq!(r.strides[..], [3, 1, 6]);
         let s = Layout::contiguous(&[4, 6]).slice(&[0, 0], &[4, 3], &[1, 2]);
-        assert_eq!(s.reshape(&[2, 2, 3]).unwrap().strides, vec![12, 6, 2]);
+        assert_eq!(s.reshape(&[2, 2, 3]).unwrap().strides[..], [12, 6, 2]);
     }
 }

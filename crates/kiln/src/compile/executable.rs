@@ -1,8 +1,11 @@
 //! An executable: an optimized program lowered to a list of kernel steps,
 //! with the point after which each intermediate value can be released.
 
+use smallvec::{smallvec, SmallVec};
+
 use crate::array::Data;
 use crate::backend::cpu;
+use crate::backend::cpu::fused::{Args, Outs};
 use crate::compile::row_chain;
 use crate::error::Result;
 use crate::passes::fuse::{plan, FusedGroup, FusedOp, Kernel};
@@ -90,7 +93,10 @@ impl Executable {
     /// it differs from the traced one (shapeless calls).
     pub fn run(&self, args: &[&Data], shapes: Option<&[Vec<usize>]>) -> Result<Vec<Data>> {
         let p = &self.program;
-        let mut values: Vec<Option<Data>> = vec![None; p.instrs.len()];
+        // Per-call vectors stay on the stack for small programs (no heap
+        // allocation per call), filled in place (moving one copies it).
+        let mut values: SmallVec<[Option<Data>; 16]> = SmallVec::new();
+        values.resize(p.instrs.len(), None);
         for (i, d) in &self.constants {
             values[*i] = Some(d.clone());
         }
@@ -117,20 +123,25 @@ impl Executable {
             // Values this fused step is the last to read, and that nothing
             // else holds, are handed over so an output can reuse the buffer.
             let fused = matches!(step.kernel, Kernel::Fused(_) | Kernel::MatmulEpilogue(_));
-            let donate: Vec<bool> = step
-                .inputs
-                .iter()
-                .map(|&i| {
-                    fused
-                        && step.frees.contains(&i)
-                        && step.inputs.iter().filter(|&&j| j == i).count() == 1
-                        && values[i].as_ref().is_some_and(|d| std::sync::Arc::strong_count(&d.buffer) == 1)
-                })
-                .collect();
-            let given: Vec<Option<Data>> =
-                step.inputs.iter().zip(&donate).map(|(&i, &d)| if d { values[i].take() } else { None }).collect();
-            let outs = run_step(p, step, group_args(&step.inputs, given, &values), shape_of)?;
-            for (&o, d) in step.outputs.iter().zip(outs) {
+            let mut given: SmallVec<[Option<Data>; 4]> = SmallVec::new();
+            for &i in &step.inputs {
+                let donate = fused
+                    && step.frees.contains(&i)
+                    && step.inputs.iter().filter(|&&j| j == i).count() == 1
+                    && values[i].as_ref().is_some_and(|d| std::sync::Arc::strong_count(&d.buffer) == 1);
+                given.push(if donate { values[i].take() } else { None });
+            }
+            let mut outs = Outs::new();
+            {
+                // The step's inputs: the given ones owned, the rest borrowed.
+                let mut args = Args::new();
+                args.extend(step.inputs.iter().zip(given.drain(..)).map(|(&i, g)| match g {
+                    Some(d) => cpu::fused::Arg::Owned(d),
+                    None => cpu::fused::Arg::Borrowed(values[i].as_ref().expect("inputs are computed first")),
+                }));
+                run_step(p, step, &mut args, shape_of, &mut outs)?;
+            }
+            for (&o, d) in step.outputs.iter().zip(outs.drain(..)) {
                 values[o] = Some(d);
             }
             for &f in &step.frees {
@@ -138,7 +149,15 @@ impl Executable {
             }
             s += 1;
         }
-        Ok(p.outputs.iter().map(|&o| values[o].clone().expect("outputs are computed")).collect())
+        // Each output is moved out, but cloned while a later output is the same value.
+        Ok(p.outputs
+            .iter()
+            .enumerate()
+            .map(|(k, &o)| {
+                let d = if p.outputs[k + 1..].contains(&o) { values[o].clone() } else { values[o].take() };
+                d.expect("outputs are computed")
+            })
+            .collect())
     }
 
     /// Number of kernel launches.
@@ -147,30 +166,38 @@ impl Executable {
     }
 }
 
-/// Runs one step on its evaluated inputs; `shape_of` gives the run-time
-/// shape of each value the step writes or iterates over.
+/// Runs one step on its evaluated inputs (`args`, drained), pushing its
+/// outputs onto `outs`; `shape_of` gives the run-time shape of each value
+/// the step writes or iterates over. (Both vectors are the caller's, passed
+/// by reference: moving one copies it.)
 pub(crate) fn run_step<S: AsRef<[usize]>>(
     p: &Program,
     step: &Step,
-    args: Vec<cpu::fused::Arg>,
+    args: &mut Args,
     shape_of: impl Fn(usize) -> S,
-) -> Result<Vec<Data>> {
+    outs: &mut Outs,
+) -> Result<()> {
     let out_shape = shape_of(step.outputs[0]);
     let out_shape = out_shape.as_ref();
-    let ins = || args.iter().map(|a| a.data()).collect::<Vec<&Data>>();
-    Ok(match &step.kernel {
-        Kernel::Single(prim) => vec![cpu::eval(prim, &ins(), out_shape, p.instrs[step.outputs[0]].dtype)?],
-        Kernel::Fused(group) => cpu::fused::run_args(group, args, out_shape)?,
+    fn ins<'s>(args: &'s [cpu::fused::Arg]) -> SmallVec<[&'s Data; 4]> {
+        args.iter().map(|a| a.data()).collect()
+    }
+    match &step.kernel {
+        Kernel::Single(prim) => outs.push(cpu::eval(prim, &ins(args), out_shape, p.instrs[step.outputs[0]].dtype)?),
+        Kernel::Fused(group) => cpu::fused::launch(group, args, out_shape, &[], outs)?,
         Kernel::ReduceFused { group, reductions, axes, source } => {
-            let outs = cpu::fused::run_reduce(group, &ins(), shape_of(*source).as_ref(), reductions, axes)?;
+            let reduced = cpu::fused::run_reduce(group, &ins(args), shape_of(*source).as_ref(), reductions, axes)?;
             // keepdims only changes the shape, not the order of elements.
-            outs.into_iter()
-                .zip(&step.outputs)
-                .map(|(d, &o)| Data { layout: crate::layout::Layout::contiguous(shape_of(o).as_ref()), ..d })
-                .collect()
+            outs.extend(
+                reduced
+                    .into_iter()
+                    .zip(&step.outputs)
+                    .map(|(d, &o)| Data { layout: crate::layout::Layout::contiguous(shape_of(o).as_ref()), ..d }),
+            )
         }
-        Kernel::MatmulEpilogue(group) => matmul_epilogue(group, step.bias_split.as_ref(), args, out_shape)?,
-    })
+        Kernel::MatmulEpilogue(group) => matmul_epilogue(group, step.bias_split.as_ref(), args, out_shape, outs)?,
+    }
+    Ok(())
 }
 
 /// A matrix product and its elementwise epilogue (`ins` = `a`, `b`, then the
@@ -184,9 +211,10 @@ pub(crate) fn run_step<S: AsRef<[usize]>>(
 fn matmul_epilogue(
     group: &FusedGroup,
     split: Option<&(usize, FusedGroup)>,
-    args: Vec<cpu::fused::Arg>,
+    args: &mut Args,
     out_shape: &[usize],
-) -> Result<Vec<Data>> {
+    outs: &mut Outs,
+) -> Result<()> {
     let (a, b) = (args[0].data(), args[1].data());
     let with_bias = match split {
         Some((bias, rest)) => cpu::matmul::matmul_bias(a, b, args[bias + 1].data(), out_shape)?.map(|buf| (buf, rest)),
@@ -197,11 +225,12 @@ fn matmul_epilogue(
         None => (cpu::eval(&Primitive::Matmul, &[a, b], out_shape, group.inputs[0])?, group),
     };
     if g.ops.is_empty() {
-        return Ok(g.outputs.iter().map(|_| product.clone()).collect());
+        outs.extend(g.outputs.iter().map(|_| product.clone()));
+        return Ok(());
     }
-    let mut group_args = vec![cpu::fused::Arg::Owned(product)];
-    group_args.extend(args.into_iter().skip(2));
-    cpu::fused::run_args(g, group_args, out_shape)
+    let mut group_args: Args = smallvec![cpu::fused::Arg::Owned(product)];
+    group_args.extend(args.drain(2..));
+    cpu::fused::launch(g, &mut group_args, out_shape, &[], outs)
 }
 
 /// For an epilogue whose first op is `product + bias` (either order, one
@@ -241,18 +270,6 @@ fn split_bias(g: &FusedGroup) -> Option<(usize, FusedGroup)> {
         bias,
         FusedGroup { inputs: g.inputs.clone(), ops, outputs, code: Default::default(), plan: Default::default() },
     ))
-}
-
-/// A fused step's inputs: the given (donatable) ones owned, the rest borrowed.
-fn group_args<'a>(inputs: &[usize], given: Vec<Option<Data>>, values: &'a [Option<Data>]) -> Vec<cpu::fused::Arg<'a>> {
-    inputs
-        .iter()
-        .zip(given)
-        .map(|(&i, g)| match g {
-            Some(d) => cpu::fused::Arg::Owned(d),
-            None => cpu::fused::Arg::Borrowed(values[i].as_ref().expect("inputs are computed first")),
-        })
-        .collect()
 }
 
 /// Views cost nothing at run time.

@@ -384,10 +384,11 @@ impl<F: TraceFn<Args>, Args> Compiled<F, Args> {
             return self.call_eager(args);
         }
         let entry = self.cached(args)?;
-        let mut datas: Vec<&Data> = args.iter().map(|a| a.evaluated("compiled call")).collect::<Result<_>>()?;
         // Random draws inside `f` come from a fresh split of the global key on
         // every call, so each call gives new numbers, reproducibly after `seed`.
         let key = entry.uses_random.then(crate::ops::random::next_key_for_call);
+        let mut datas: smallvec::SmallVec<[&Data; 8]> =
+            args.iter().map(|a| a.evaluated("compiled call")).collect::<Result<_>>()?;
         if let Some(k) = &key {
             datas.push(k.data().expect("host keys hold data"));
         }

@@ -156,7 +156,7 @@ pub fn run<'a, S: AsRef<[usize]> + ?Sized + 'a>(
                     }
                 })
                 .collect();
-            let args: Vec<Arg> = ins.into_iter().map(Arg::Owned).collect();
+            let mut args: fused::Args = ins.into_iter().map(Arg::Owned).collect();
             // A fused step writes the values that escape (and that no later
             // step of the chain reads) straight into their sinks.
             let sink_of = |o: usize| chain.escapes.iter().position(|&e| e == o).filter(|&k| chain.write_through[k]);
@@ -181,11 +181,13 @@ pub fn run<'a, S: AsRef<[usize]> + ?Sized + 'a>(
                     continue;
                 }
             }
-            let outs = run_step(p, st, args, |v| {
+            let mut outs = fused::Outs::new();
+            let block_shape = |v| {
                 let mut s = shape_of(v).as_ref().to_vec();
                 s[0] = r1 - r0;
                 s
-            })?;
+            };
+            run_step(p, st, &mut args, block_shape, &mut outs)?;
             for (&o, d) in st.outputs.iter().zip(outs) {
                 if let Some(k) = chain.escapes.iter().position(|&e| e == o) {
                     sinks[k].write(r0, &d.buffer);

@@ -2,14 +2,21 @@
 //! its dtype, its number of dimensions and (unless shapeless) its shape,
 //! packed into one vector of words.
 
+use smallvec::SmallVec;
+
 use crate::array::Array;
 use crate::dtype::{DType, ALL_DTYPES};
+
+/// Words a signature keeps inline, so that a cache lookup allocates
+/// nothing for typical calls: two arguments of up to 5 dims, three of up
+/// to 3 (each argument takes 2 words plus one per dim, after 1 for the count).
+const INLINE_WORDS: usize = 16;
 
 /// A packed input signature: `[n, (dtype, ndim, dims...)*]` (dims only when
 /// not shapeless).
 #[derive(Clone, Debug, Eq)]
 pub struct Signature {
-    words: Vec<u64>,
+    words: SmallVec<[u64; INLINE_WORDS]>,
     shapeless: bool,
 }
 
@@ -40,16 +47,17 @@ pub fn describe(dtype: DType, shape: &[usize]) -> String {
 impl Signature {
     /// The signature of a call.
     pub fn of(args: &[&Array], shapeless: bool) -> Signature {
-        let mut words = Vec::with_capacity(1 + args.len() * 4);
-        words.push(args.len() as u64);
+        // Filled in place (moving a `SmallVec` copies it).
+        let mut sig = Signature { words: SmallVec::new(), shapeless };
+        sig.words.push(args.len() as u64);
         for a in args {
-            words.push(a.dtype() as u64);
-            words.push(a.ndim() as u64);
+            sig.words.push(a.dtype() as u64);
+            sig.words.push(a.ndim() as u64);
             if !shapeless {
-                words.extend(a.shape().iter().map(|&d| d as u64));
+                sig.words.extend(a.shape().iter().map(|&d| d as u64));
             }
         }
-        Signature { words, shapeless }
+        sig
     }
 
     /// Per argument: dtype and (when recorded) shape.

@@ -21,6 +21,60 @@ use crate::primitive::{BinaryOp, Primitive, ReduceOp};
 use std::sync::Arc;
 
 use rayon::prelude::*;
+use smallvec::SmallVec;
+
+/// Per-input or per-output vectors of one launch, inline for up to this
+/// many entries (a launch then allocates none of them).
+const INLINE: usize = 4;
+
+/// The inputs of a fused launch ([`run_args`]): a few, kept inline so a
+/// launch allocates no vector for them.
+pub type Args<'a> = SmallVec<[Arg<'a>; INLINE]>;
+
+/// The outputs of a launch ([`run_args`]): usually one or two, kept inline.
+pub type Outs = SmallVec<[Data; 2]>;
+
+/// A group's loads, one per input.
+type Loads<'a> = SmallVec<[Load<'a>; INLINE]>;
+
+/// A slice an [`Exec`] borrows from its caller (a launch's loads and
+/// stream flags, built on the caller's stack) or owns. Unlike `Cow<[T]>`
+/// (and `SmallVec`), it is covariant in `T`, so an `Exec` of short-lived
+/// loads may be used where one of a shorter lifetime is expected.
+enum Held<'a, T> {
+    Borrowed(&'a [T]),
+    Owned(Vec<T>),
+}
+
+impl<T> std::ops::Deref for Held<'_, T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        match self {
+            Held::Borrowed(s) => s,
+            Held::Owned(v) => v,
+        }
+    }
+}
+
+impl<'s, T> IntoIterator for &'s Held<'_, T> {
+    type Item = &'s T;
+    type IntoIter = std::slice::Iter<'s, T>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
+    }
+}
+
+impl<'a, T> From<&'a [T]> for Held<'a, T> {
+    fn from(s: &'a [T]) -> Self {
+        Held::Borrowed(s)
+    }
+}
+
+impl<T> From<Vec<T>> for Held<'_, T> {
+    fn from(v: Vec<T>) -> Self {
+        Held::Owned(v)
+    }
+}
 
 /// How one input is read.
 #[derive(Clone)]
@@ -230,12 +284,12 @@ impl RegPlan {
 /// A group ready to run: its loads and register plan, shared by the tasks.
 struct Exec<'a> {
     g: &'a FusedGroup,
-    loads: Vec<Load<'a>>,
+    loads: Held<'a, Load<'a>>,
     plan: &'a RegPlan,
     /// Elements per tile (at most [`TILE`]).
     tile: usize,
     /// Per output: written with streaming stores (a large destination).
-    stream: Vec<bool>,
+    stream: Held<'a, bool>,
     /// Prefetch the next tile of inputs read in place: the iteration space
     /// is larger than the caches, so they come from memory.
     prefetch: bool,
@@ -246,6 +300,8 @@ struct Exec<'a> {
 }
 
 /// One task's tile buffers, allocated once and reused for every tile.
+/// Its vectors come from the thread's spares and go back there (with the
+/// registers to [`REGISTERS`]): a launch allocates none of them.
 struct Scratch {
     /// Per input: a register for gathered tiles (strided inputs only).
     in_regs: Vec<Option<Buffer>>,
@@ -258,9 +314,36 @@ struct Scratch {
     kernels: Vec<(jit::Variant, Option<Arc<jit::Kernel>>)>,
 }
 
+/// The (empty) vectors of a released [`Scratch`], kept for the next one.
+type SpareVecs =
+    (Vec<Option<Buffer>>, Vec<Option<(usize, bool)>>, Vec<Buffer>, Vec<(jit::Variant, Option<Arc<jit::Kernel>>)>);
+
+/// Most [`SpareVecs`] a thread keeps (one per scratch alive at once: a
+/// launch's, and those of tasks run while it waits).
+const MAX_SPARE: usize = 8;
+
+thread_local! {
+    static SPARE: std::cell::RefCell<Vec<SpareVecs>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 impl Drop for Scratch {
     fn drop(&mut self) {
         give_registers(self.in_regs.drain(..).flatten().chain(self.slots.drain(..)));
+        self.direct.clear();
+        self.kernels.clear();
+        let vecs = (
+            std::mem::take(&mut self.in_regs),
+            std::mem::take(&mut self.direct),
+            std::mem::take(&mut self.slots),
+            std::mem::take(&mut self.kernels),
+        );
+        // (Not during the thread's exit, when the spares may be gone.)
+        let _ = SPARE.try_with(|s| {
+            let mut s = s.borrow_mut();
+            if s.len() < MAX_SPARE {
+                s.push(vecs);
+            }
+        });
     }
 }
 
@@ -305,9 +388,9 @@ impl<'a> Exec<'a> {
     /// written with streaming stores.
     fn new(
         g: &'a FusedGroup,
-        loads: Vec<Load<'a>>,
+        loads: impl Into<Held<'a, Load<'a>>>,
         n: usize,
-        stream: Vec<bool>,
+        stream: impl Into<Held<'a, bool>>,
         next_block: Option<usize>,
     ) -> Exec<'a> {
         let widest = g.inputs.iter().map(|d| d.size()).max().unwrap_or(0);
@@ -316,21 +399,20 @@ impl<'a> Exec<'a> {
         let code = g.code.get(g);
         let ahead =
             if prefetch { PREFETCH_DISTANCE } else { next_block.map_or(0, |b| b.min(i32::MAX as usize) as i32) };
+        let (loads, stream) = (loads.into(), stream.into());
         Exec { g, loads, plan: g.plan.get(g), tile: TILE.min(n.max(1)), stream, prefetch, ahead, code }
     }
 
     fn scratch(&self) -> Scratch {
-        let in_regs = self
-            .loads
-            .iter()
-            .zip(&self.g.inputs)
-            .map(|(l, &dt)| match l {
-                Load::InPlace(..) | Load::Scalar(..) => None,
-                Load::Strided { .. } => Some(take_register(dt)),
-            })
-            .collect();
-        let slots = self.plan.slot_dtype.iter().map(|&dt| take_register(dt)).collect();
-        Scratch { in_regs, direct: vec![None; self.loads.len()], slots, kernels: Vec::new() }
+        let (mut in_regs, mut direct, mut slots, kernels) =
+            SPARE.try_with(|s| s.borrow_mut().pop()).ok().flatten().unwrap_or_default();
+        in_regs.extend(self.loads.iter().zip(&self.g.inputs).map(|(l, &dt)| match l {
+            Load::InPlace(..) | Load::Scalar(..) => None,
+            Load::Strided { .. } => Some(take_register(dt)),
+        }));
+        direct.resize(self.loads.len(), None);
+        slots.extend(self.plan.slot_dtype.iter().map(|&dt| take_register(dt)));
+        Scratch { in_regs, direct, slots, kernels }
     }
 
     /// Runs the group over row-major positions `start..end` of its iteration
@@ -487,21 +569,23 @@ impl<'a> Exec<'a> {
 }
 
 /// Runs `g` over positions `lo..hi` on the calling thread (for [`run_reduce`]).
-fn exec_range(g: &FusedGroup, loads: Vec<Load>, lo: usize, hi: usize, outs: &[OutPtr]) {
-    let e = Exec::new(g, loads, hi - lo, vec![false; g.outputs.len()], None);
+fn exec_range(g: &FusedGroup, loads: &[Load], lo: usize, hi: usize, outs: &[OutPtr]) {
+    let no_stream: SmallVec<[bool; INLINE]> = SmallVec::from_elem(false, g.outputs.len());
+    let e = Exec::new(g, loads, hi - lo, &no_stream[..], None);
     e.range(&mut e.scratch(), lo, hi, outs, lo);
 }
 
 /// Output buffers of `n` elements for each group output, and their pointers.
-fn alloc_outputs(g: &FusedGroup, n: usize) -> (Vec<Buffer>, Vec<OutPtr>) {
-    alloc_outputs_of(g, &g.outputs, n)
+fn alloc_outputs(g: &FusedGroup, n: usize) -> (SmallVec<[Buffer; INLINE]>, SmallVec<[OutPtr; INLINE]>) {
+    let mut outs: SmallVec<[Buffer; INLINE]> =
+        g.outputs.iter().map(|&r| crate::backend::cpu::pool::take(g.reg_dtype(r), n)).collect();
+    let ptrs = outs.iter_mut().map(out_ptr).collect();
+    (outs, ptrs)
 }
 
-/// Buffers with room for `n` elements of each of registers `regs`, and their pointers.
-fn alloc_outputs_of(g: &FusedGroup, regs: &[usize], n: usize) -> (Vec<Buffer>, Vec<OutPtr>) {
-    let mut outs: Vec<Buffer> = regs.iter().map(|&r| crate::backend::cpu::pool::take(g.reg_dtype(r), n)).collect();
-    let ptrs = outs.iter_mut().map(|b| OutPtr(crate::with_buffer!(b, v => v.as_mut_ptr().cast::<u8>()))).collect();
-    (outs, ptrs)
+/// Where a buffer's elements are written.
+fn out_ptr(b: &mut Buffer) -> OutPtr {
+    OutPtr(crate::with_buffer!(b, v => v.as_mut_ptr().cast::<u8>()))
 }
 
 /// Marks `n` elements of each output as written.
@@ -514,8 +598,8 @@ fn finish_outputs(outs: &mut [Buffer], n: usize) {
 }
 
 /// Runs a fused group over `shape`, returning its outputs (contiguous).
-pub fn run(g: &FusedGroup, inputs: &[&Data], shape: &[usize]) -> crate::Result<Vec<Data>> {
-    run_args(g, inputs.iter().map(|d| Arg::Borrowed(d)).collect(), shape)
+pub fn run(g: &FusedGroup, inputs: &[&Data], shape: &[usize]) -> crate::Result<Outs> {
+    run_args(g, inputs.iter().map(|d| Arg::Borrowed(d)).collect::<Args>(), shape)
 }
 
 /// An input of [`run_args`].
@@ -538,18 +622,28 @@ impl Arg<'_> {
     }
 }
 
+/// Where a launch writes one output.
+enum Dest {
+    /// Into the buffer of donated input `j`.
+    Donor(usize),
+    /// Into a new buffer.
+    Fresh(Buffer),
+    /// Into claimed rows of a sink.
+    Claimed,
+}
+
 /// The input (if any) of `args` that can receive output `dtype` over `shape`
-/// in place, skipping inputs in `taken`: returns its index and buffer pointer.
-fn find_donor(args: &mut [Arg], dtype: DType, shape: &[usize], n: usize, taken: &[usize]) -> Option<(usize, OutPtr)> {
+/// in place, skipping inputs already taken by an earlier output (`dests`):
+/// returns its index and buffer pointer.
+fn find_donor(args: &mut [Arg], dtype: DType, shape: &[usize], n: usize, dests: &[Dest]) -> Option<(usize, OutPtr)> {
     args.iter_mut().enumerate().find_map(|(j, a)| match a {
         Arg::Owned(d)
-            if !taken.contains(&j)
+            if !dests.iter().any(|t| matches!(t, Dest::Donor(x) if *x == j))
                 && d.buffer.dtype() == dtype
                 && d.buffer.len() == n
                 && view_as(d, shape).contiguous_range() == Some(0..n) =>
         {
-            let b = Arc::get_mut(&mut d.buffer)?;
-            Some((j, OutPtr(crate::with_buffer!(b, v => v.as_mut_ptr().cast::<u8>()))))
+            Some((j, out_ptr(Arc::get_mut(&mut d.buffer)?)))
         }
         _ => None,
     })
@@ -561,8 +655,10 @@ fn find_donor(args: &mut [Arg], dtype: DType, shape: &[usize], n: usize, taken: 
 /// In place is safe because a donor is read in place at exactly the
 /// positions being computed: each tile reads all its inputs and runs every
 /// op before it stores the tile's outputs, and tasks own disjoint ranges.
-pub fn run_args(g: &FusedGroup, args: Vec<Arg>, shape: &[usize]) -> crate::Result<Vec<Data>> {
-    Ok(run_into(g, args, shape, &[])?.into_iter().map(|d| d.expect("no output was written elsewhere")).collect())
+pub fn run_args<'a>(g: &FusedGroup, args: impl Into<Args<'a>>, shape: &[usize]) -> crate::Result<Outs> {
+    let mut outs = Outs::new();
+    launch(g, &mut args.into(), shape, &[], &mut outs)?;
+    Ok(outs)
 }
 
 /// Runs a fused group over `shape` like [`run_args`], writing output `k`
@@ -571,79 +667,88 @@ pub fn run_args(g: &FusedGroup, args: Vec<Arg>, shape: &[usize]) -> crate::Resul
 /// call with claimed rows is a block of such a chain, so its compiled code
 /// also prefetches each input one block ahead (the next block's rows
 /// follow this one's), and the next block's reads overlap this one's work.
-pub fn run_into(
+pub fn run_into<'a>(
     g: &FusedGroup,
-    mut args: Vec<Arg>,
+    args: impl Into<Args<'a>>,
     shape: &[usize],
     into: &[Option<Claimed>],
-) -> crate::Result<Vec<Option<Data>>> {
+) -> crate::Result<SmallVec<[Option<Data>; 2]>> {
+    let mut outs = Outs::new();
+    launch(g, &mut args.into(), shape, into, &mut outs)?;
+    let mut outs = outs.into_iter();
+    Ok((0..g.outputs.len())
+        .map(|k| if into.get(k).is_some_and(|c| c.is_some()) { None } else { outs.next() })
+        .collect())
+}
+
+/// [`run_into`] on vectors the caller holds: drains `args`, and pushes
+/// onto `outs` each output not written into claimed rows, in order. The
+/// per-call path of a compiled function launches through here: passing
+/// these vectors by reference copies none of them.
+pub(crate) fn launch(
+    g: &FusedGroup,
+    args: &mut Args,
+    shape: &[usize],
+    into: &[Option<Claimed>],
+    outs: &mut Outs,
+) -> crate::Result<()> {
     let n: usize = shape.iter().product();
-    let mut donors: Vec<Option<usize>> = Vec::with_capacity(g.outputs.len());
-    let mut ptrs: Vec<Option<OutPtr>> = Vec::with_capacity(g.outputs.len());
+    // Per output: where it goes, and the pointer the kernels write through.
+    // (Vectors of a launch are filled in place: moving a `SmallVec` copies it.)
+    let mut dests: SmallVec<[Dest; INLINE]> = SmallVec::new();
+    let mut ptrs: SmallVec<[OutPtr; INLINE]> = SmallVec::new();
     for (k, &r) in g.outputs.iter().enumerate() {
+        let dtype = g.reg_dtype(r);
         if let Some(Some(c)) = into.get(k) {
-            assert!(c.dtype() == g.reg_dtype(r) && c.len() == n, "claimed rows match the output");
-            donors.push(None);
-            ptrs.push(Some(OutPtr(c.ptr())));
-            continue;
+            assert!(c.dtype() == dtype && c.len() == n, "claimed rows match the output");
+            dests.push(Dest::Claimed);
+            ptrs.push(OutPtr(c.ptr()));
+        } else if let Some((j, p)) = find_donor(args, dtype, shape, n, &dests) {
+            dests.push(Dest::Donor(j));
+            ptrs.push(p);
+        } else {
+            let mut b = crate::backend::cpu::pool::take(dtype, n);
+            ptrs.push(out_ptr(&mut b));
+            dests.push(Dest::Fresh(b));
         }
-        let taken: Vec<usize> = donors.iter().flatten().copied().collect();
-        let (j, p) = find_donor(&mut args, g.reg_dtype(r), shape, n, &taken).unzip();
-        donors.push(j);
-        ptrs.push(p);
     }
-    let fresh_regs: Vec<usize> = g.outputs.iter().zip(&ptrs).filter(|(_, p)| p.is_none()).map(|(&r, _)| r).collect();
-    let (fresh, fresh_ptrs) = alloc_outputs_of(g, &fresh_regs, n);
-    let mut fresh_ptrs = fresh_ptrs.into_iter();
-    let ptrs: Vec<OutPtr> = ptrs
-        .into_iter()
-        .map(|p| p.unwrap_or_else(|| fresh_ptrs.next().expect("one fresh buffer per output")))
-        .collect();
     {
-        let loads: Vec<Load> = args.iter().map(|a| plan_load(&a.data().buffer, &view_as(a.data(), shape))).collect();
+        let mut loads = Loads::new();
+        loads.extend(args.iter().map(|a| plan_load(&a.data().buffer, &view_as(a.data(), shape))));
         // An output is streamed when its destination (the whole sink, for
         // claimed rows) is large.
-        let stream = g
-            .outputs
-            .iter()
-            .enumerate()
-            .map(|(k, &r)| {
-                let dest = into.get(k).and_then(|c| c.as_ref()).map_or(n, |c| c.sink_len());
-                dest * g.reg_dtype(r).size() >= crate::backend::cpu::stream::STREAM_MIN_BYTES
-            })
-            .collect();
+        let mut stream: SmallVec<[bool; INLINE]> = SmallVec::new();
+        stream.extend(g.outputs.iter().enumerate().map(|(k, &r)| {
+            let dest = into.get(k).and_then(|c| c.as_ref()).map_or(n, |c| c.sink_len());
+            dest * g.reg_dtype(r).size() >= crate::backend::cpu::stream::STREAM_MIN_BYTES
+        }));
         // A block of a row-blocked chain (it writes into claimed rows):
         // compiled code prefetches its inputs one block ahead, so the next
         // block's rows arrive from memory while this one computes.
         let next_block = (!into.is_empty()).then(|| n * g.inputs.iter().map(|d| d.size()).max().unwrap_or(0));
-        Exec::new(g, loads, n, stream, next_block).all(n, &ptrs);
+        Exec::new(g, &loads[..], n, &stream[..], next_block).all(n, &ptrs);
     }
-    let mut fresh = fresh.into_iter();
-    let mut owned: Vec<Option<Arc<Buffer>>> = args
-        .into_iter()
-        .map(|a| match a {
-            Arg::Owned(d) => Some(d.buffer),
-            Arg::Borrowed(_) => None,
-        })
-        .collect();
-    Ok(donors
-        .into_iter()
-        .enumerate()
-        .map(|(k, d)| match d {
-            Some(j) => Some(Data {
+    let mut owned: SmallVec<[Option<Arc<Buffer>>; INLINE]> = SmallVec::new();
+    owned.extend(args.drain(..).map(|a| match a {
+        Arg::Owned(d) => Some(d.buffer),
+        Arg::Borrowed(_) => None,
+    }));
+    for d in dests.drain(..) {
+        match d {
+            Dest::Donor(j) => outs.push(Data {
                 buffer: owned[j].take().expect("each donor receives one output"),
                 layout: Layout::contiguous(shape),
             }),
-            None if into.get(k).is_some_and(|c| c.is_some()) => None,
-            None => {
-                let mut b = fresh.next().expect("one fresh buffer per output");
+            Dest::Claimed => {}
+            Dest::Fresh(mut b) => {
                 // SAFETY: `all` ran over `0..n`, writing every element of
                 // each output buffer exactly once.
                 crate::with_buffer!(&mut b, v => unsafe { v.set_len(n) });
-                Some(Data::contiguous(b, shape))
+                outs.push(Data::contiguous(b, shape));
             }
-        })
-        .collect())
+        }
+    }
+    Ok(())
 }
 
 /// Elements of producer values materialized at once by a fused reduction:
@@ -663,13 +768,15 @@ pub fn run_reduce(
     shape: &[usize],
     reductions: &[(ReduceOp, usize)],
     axes: &[usize],
-) -> crate::Result<Vec<Data>> {
+) -> crate::Result<Outs> {
     let nd = shape.len();
-    let perm: Vec<usize> = (0..nd).filter(|a| !axes.contains(a)).chain(axes.iter().copied()).collect();
-    let loads: Vec<Load> = inputs.iter().map(|d| plan_load(&d.buffer, &view_as(d, shape).permute(&perm))).collect();
-    let n_out: usize = (0..nd).filter(|a| !axes.contains(a)).map(|a| shape[a]).product();
+    let kept = || (0..nd).filter(|a| !axes.contains(a));
+    let perm: crate::layout::Dims = kept().chain(axes.iter().copied()).collect();
+    let mut loads = Loads::new();
+    loads.extend(inputs.iter().map(|d| plan_load(&d.buffer, &view_as(d, shape).permute(&perm))));
+    let n_out: usize = kept().map(|a| shape[a]).product();
     let n_red: usize = axes.iter().map(|&a| shape[a]).product();
-    let out_shape = crate::primitive::reduced_shape(shape, axes, false);
+    let out_shape: crate::layout::Dims = kept().map(|a| shape[a]).collect();
     // Reductions of the inputs themselves (siblings such as max and sumexp
     // of x) read them in place, each with the reduction kernel's own walk.
     let copied_input = |r: usize| -> Option<usize> {
@@ -703,7 +810,7 @@ pub fn run_reduce(
     // The group's outputs for positions `lo..hi` of the permuted space, as `rows` rows.
     let produce = |lo: usize, hi: usize, rows: usize| -> Vec<Data> {
         let (mut scratch, ptrs) = alloc_outputs(g, hi - lo);
-        exec_range(g, loads.clone(), lo, hi, &ptrs);
+        exec_range(g, &loads, lo, hi, &ptrs);
         finish_outputs(&mut scratch, hi - lo);
         let row = (hi - lo).checked_div(rows).unwrap_or(n_red);
         scratch.into_iter().map(|b| Data::contiguous(b, &[rows, row])).collect()
@@ -1011,7 +1118,7 @@ mod tests {
             // `b` read backwards (negative stride) from a longer buffer.
             let b_buf: Vec<f32> = (0..n + 3).map(|i| ((i * 13 % 29) as f32 - 14.0) / 9.0).collect();
             let b_ref: Vec<f64> = (0..n).map(|i| b_buf[n + 2 - i] as f64).collect();
-            let b = f32_data(b_buf, Layout { shape: vec![n], strides: vec![-1], offset: n + 2 });
+            let b = f32_data(b_buf, Layout { shape: vec![n].into(), strides: vec![-1].into(), offset: n + 2 });
             let want = reference(&a.iter().map(|&v| v as f64).collect::<Vec<_>>(), &b_ref);
             let a = f32_data(a, Layout::contiguous(&[n]));
             let before = vec_ptr(&a);
@@ -1028,7 +1135,7 @@ mod tests {
         let vals: Vec<f32> = (0..n).map(|i| i as f32 / n as f32 - 0.5).collect();
         let a = f32_data(vals.clone(), Layout::contiguous(&[n]));
         let keep = a.clone(); // a second holder: not donatable
-        let b = f32_data(vec![2.5], Layout { shape: vec![n], strides: vec![0], offset: 0 });
+        let b = f32_data(vec![2.5], Layout { shape: vec![n].into(), strides: vec![0].into(), offset: 0 });
         let want = reference(&vals.iter().map(|&v| v as f64).collect::<Vec<_>>(), &vec![2.5; n]);
         let out = run_args(&group(), vec![Arg::Owned(a), Arg::Borrowed(&b)], &[n])?.pop().expect("one output");
         assert_ne!(vec_ptr(&out), vec_ptr(&keep));
@@ -1038,9 +1145,12 @@ mod tests {
         // A uniquely owned but transposed input: read through its strides, not overwritten.
         let (r, c) = (33, 40);
         let t_vals: Vec<f32> = (0..r * c).map(|i| (i % 23) as f32 / 7.0 - 1.5).collect();
-        let t = f32_data(t_vals.clone(), Layout { shape: vec![c, r], strides: vec![1, c as isize], offset: 0 });
+        let t = f32_data(
+            t_vals.clone(),
+            Layout { shape: vec![c, r].into(), strides: vec![1, c as isize].into(), offset: 0 },
+        );
         let t_ref: Vec<f64> = (0..c * r).map(|p| t_vals[(p % r) * c + p / r] as f64).collect();
-        let b = f32_data(vec![-0.75], Layout { shape: vec![c, r], strides: vec![0, 0], offset: 0 });
+        let b = f32_data(vec![-0.75], Layout { shape: vec![c, r].into(), strides: vec![0, 0].into(), offset: 0 });
         let want = reference(&t_ref, &vec![-0.75; r * c]);
         let before = vec_ptr(&t);
         let out = run_args(&group(), vec![Arg::Owned(t), Arg::Borrowed(&b)], &[c, r])?.pop().expect("one output");

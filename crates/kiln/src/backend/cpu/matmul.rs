@@ -25,13 +25,18 @@ use std::mem::MaybeUninit;
 use gemm::Parallelism;
 use half::{bf16, f16};
 use rayon::prelude::*;
+use smallvec::SmallVec;
 
 use crate::array::Data;
 use crate::backend::cpu::math::IntMath;
 use crate::backend::cpu::Buffer;
 use crate::dtype::Element;
 use crate::error::{shape_str, Error, Result};
-use crate::layout::Layout;
+use crate::layout::{Dims, Layout};
+
+/// Per-batch-matrix offsets, inline for batches of up to 4 matrices (a
+/// single product's geometry allocates nothing).
+type Offsets<T> = SmallVec<[T; 4]>;
 
 /// Multiply-adds (`m * n * k`, times the batch size for batches of small
 /// products) from which a matrix product uses more than one thread.
@@ -105,13 +110,13 @@ pub fn matmul_bias(a: &Data, b: &Data, bias: &Data, shape: &[usize]) -> Result<O
 /// the output's batch dims.
 struct Geometry {
     /// The output shape.
-    shape: Vec<usize>,
+    shape: Dims,
     m: usize,
     n: usize,
     k: usize,
     /// Buffer offset of each batch matrix of `a` and of `b` (row-major over
     /// the batch dims).
-    offsets: Vec<(isize, isize)>,
+    offsets: Offsets<(isize, isize)>,
     /// Row and column strides of `a` (`m x k`) and `b` (`k x n`).
     a_rs: isize,
     a_cs: isize,
@@ -137,11 +142,11 @@ impl Geometry {
         }
         let (m, n, k) = (shape[nd - 2], shape[nd - 1], sa[sa.len() - 1]);
         let batch = &shape[..nd - 2];
-        let full = |r: usize, c: usize| -> Vec<usize> { batch.iter().copied().chain([r, c]).collect() };
+        let full = |r: usize, c: usize| -> Dims { batch.iter().copied().chain([r, c]).collect() };
         let (la, lb) = (a.layout.broadcast_to(&full(m, k)), b.layout.broadcast_to(&full(k, n)));
         let offsets = batch_offsets(&la, batch).into_iter().zip(batch_offsets(&lb, batch)).collect();
         Ok(Geometry {
-            shape: shape.to_vec(),
+            shape: Dims::from_slice(shape),
             m,
             n,
             k,
@@ -157,10 +162,10 @@ impl Geometry {
 /// Offsets of the first element of each batch matrix of `l` (whose
 /// leading dims are `batch`), batch dims in row-major order. Empty when a
 /// batch dim is 0.
-fn batch_offsets(l: &Layout, batch: &[usize]) -> Vec<isize> {
+fn batch_offsets(l: &Layout, batch: &[usize]) -> Offsets<isize> {
     let nb: usize = batch.iter().product();
-    let mut out = Vec::with_capacity(nb);
-    let mut idx = vec![0usize; batch.len()];
+    let mut out = Offsets::with_capacity(nb);
+    let mut idx: Dims = Dims::from_elem(0, batch.len());
     for _ in 0..nb {
         out.push(l.offset as isize + idx.iter().zip(&l.strides).map(|(&i, &s)| i as isize * s).sum::<isize>());
         for d in (0..batch.len()).rev() {
@@ -230,7 +235,7 @@ fn gemm_batched<T: GemmElement>(a: &Data, b: &Data, g: &Geometry) -> Vec<T> {
             run(dst, o, Parallelism::Rayon(0));
         }
     } else if uses_threads(g.offsets.len(), m, n, k) {
-        out.par_chunks_mut(mn).zip(&g.offsets).for_each(|(dst, &o)| run(dst, o, Parallelism::None));
+        out.par_chunks_mut(mn).zip(&g.offsets[..]).for_each(|(dst, &o)| run(dst, o, Parallelism::None));
     } else {
         for (dst, &o) in out.chunks_mut(mn).zip(&g.offsets) {
             run(dst, o, Parallelism::None);
