@@ -889,132 +889,62 @@ fn fold_small(
     {
         return None;
     }
-    let f = SmallFold { e: Exec::new(g, loads.to_vec(), total, vec![false; g.outputs.len()], None), reductions, n_red };
-    let parts = if total >= TEAM_FOLD { crate::backend::cpu::team::threads() } else { 1 };
-    let folded: Vec<[f32; MAX_FOLDS]> = if parts > 1 && n_out >= parts {
-        // Contiguous groups of rows on the team's threads.
-        let done: Vec<std::sync::OnceLock<Vec<[f32; MAX_FOLDS]>>> = (0..parts).map(|_| Default::default()).collect();
-        crate::backend::cpu::team::run(parts, &|i| {
-            let _ = done[i].set(f.rows(i * n_out / parts, (i + 1) * n_out / parts));
-        });
-        done.into_iter().flat_map(|d| d.into_inner().expect("every part ran")).collect()
-    } else if parts > 1 && n_out == 1 && n_red > reduce::LEAF {
-        // The two halves of the row's pairwise fold on two threads.
-        let h = reduce::pairwise_split(n_red);
-        let halves: [std::sync::OnceLock<[f32; MAX_FOLDS]>; 2] = Default::default();
-        crate::backend::cpu::team::run(2, &|i| {
-            let _ = halves[i].set(if i == 0 { f.span(0, h) } else { f.span(h, n_red - h) });
-        });
-        let [a, b] = halves.map(|x| x.into_inner().expect("both halves ran"));
-        vec![f.combine(a, b)]
-    } else {
-        f.rows(0, n_out)
-    };
-    let out = reductions.iter().enumerate().map(|(k, &(op, _))| {
-        let finish = |v: f32| if op == ReduceOp::Mean { v / n_red as f32 } else { v };
-        Buffer::from_vec(folded.iter().map(|r| finish(r[k])).collect::<Vec<f32>>())
-    });
-    Some(out.collect())
-}
-
-/// Positions from which [`fold_small`] splits its rows (or the halves of
-/// one row) over the team's threads.
-const TEAM_FOLD: usize = 1 << 13;
-
-/// A small fused reduction ([`fold_small`]), folding rows or spans of them
-/// on the calling thread.
-struct SmallFold<'a> {
-    e: Exec<'a>,
-    reductions: &'a [(ReduceOp, usize)],
-    n_red: usize,
-}
-
-impl SmallFold<'_> {
-    /// A task's tile buffers: its scratch and, when compiled code writes
-    /// the outputs, registers for them (and their pointers).
-    fn tiles(&self) -> (Scratch, Vec<Buffer>, Vec<OutPtr>) {
-        let g = self.e.g;
-        let mut spill: Vec<Buffer> = if self.e.code.is_some() {
-            g.outputs.iter().map(|&r| take_register(g.reg_dtype(r))).collect()
-        } else {
-            vec![]
-        };
-        let ptrs = spill.iter_mut().map(|b| OutPtr(crate::with_buffer!(b, v => v.as_mut_ptr().cast::<u8>()))).collect();
-        (self.e.scratch(), spill, ptrs)
+    let e = Exec::new(g, loads.to_vec(), total, vec![false; g.outputs.len()], None);
+    let mut sc = e.scratch();
+    // Compiled code writes its outputs through pointers: to these registers.
+    let mut spill: Vec<Buffer> =
+        if e.code.is_some() { g.outputs.iter().map(|&r| take_register(g.reg_dtype(r))).collect() } else { vec![] };
+    let spill_ptrs: Vec<OutPtr> =
+        spill.iter_mut().map(|b| OutPtr(crate::with_buffer!(b, v => v.as_mut_ptr().cast::<u8>()))).collect();
+    // Runs positions `s..s + len`; returns where output `k`'s values are.
+    fn values<'s>(
+        e: &'s Exec,
+        sc: &'s mut Scratch,
+        spill: &'s [Buffer],
+        ptrs: &[OutPtr],
+        s: usize,
+        len: usize,
+    ) -> impl Fn(usize) -> &'s [f32] {
+        let spilled = e.produce(sc, s, len, ptrs, s);
+        let sc: &'s Scratch = sc;
+        move |k| {
+            let reg = if spilled { &spill[k] } else { e.output(sc, k) };
+            &f32::slice_of(reg).expect("f32 outputs (checked)")[..len]
+        }
     }
-
-    /// The folds (a mean's sum) of each reduction over rows `r0..r1`.
-    fn rows(&self, r0: usize, r1: usize) -> Vec<[f32; MAX_FOLDS]> {
-        let (mut sc, spill, ptrs) = self.tiles();
-        let n_red = self.n_red;
-        let mut out = Vec::with_capacity(r1 - r0);
-        if n_red <= TILE {
-            // Whole rows per tile, each folded from the tile's register.
-            let rows_per = TILE / n_red;
-            for t0 in (r0..r1).step_by(rows_per) {
-                let rows = rows_per.min(r1 - t0);
-                let vals = values(&self.e, &mut sc, &spill, &ptrs, t0 * n_red, rows * n_red);
-                for j in 0..rows {
-                    out.push(self.each(|op, i| reduce::fold_f32(op, &vals(i)[j * n_red..(j + 1) * n_red])));
+    let finish = |op: ReduceOp, v: f32| if op == ReduceOp::Mean { v / n_red as f32 } else { v };
+    let mut out: Vec<Vec<f32>> = reductions.iter().map(|_| Vec::with_capacity(n_out)).collect();
+    if n_red <= TILE {
+        // Whole rows per tile, each folded from the tile's register.
+        let rows_per = TILE / n_red;
+        for r0 in (0..n_out).step_by(rows_per) {
+            let len = rows_per.min(n_out - r0) * n_red;
+            let vals = values(&e, &mut sc, &spill, &spill_ptrs, r0 * n_red, len);
+            for (&(op, i), o) in reductions.iter().zip(&mut out) {
+                for row in vals(i).chunks_exact(n_red) {
+                    o.push(finish(op, reduce::fold_f32(op, row)));
                 }
             }
-        } else {
-            for r in r0..r1 {
-                out.push(self.span_with(&mut sc, &spill, &ptrs, r * n_red, n_red));
+        }
+    } else {
+        // Longer rows: made leaf by leaf (a leaf fits a tile and L1) and
+        // folded in the order of a contiguous row's fold.
+        let combine = |a: [f32; MAX_FOLDS], b: [f32; MAX_FOLDS]| {
+            std::array::from_fn(|k| reductions.get(k).map_or(0.0, |&(op, _)| reduce::combine_f32(op, a[k], b[k])))
+        };
+        for r in 0..n_out {
+            let mut leaf = |off: usize, len: usize| {
+                let vals = values(&e, &mut sc, &spill, &spill_ptrs, r * n_red + off, len);
+                std::array::from_fn(|k| reductions.get(k).map_or(0.0, |&(op, i)| reduce::fold_f32(op, vals(i))))
+            };
+            let acc: [f32; MAX_FOLDS] = reduce::fold_f32_leaves(n_red, &mut leaf, &combine);
+            for ((o, &(op, _)), v) in out.iter_mut().zip(reductions).zip(acc) {
+                o.push(finish(op, v));
             }
         }
-        give_registers(spill.into_iter());
-        out
     }
-
-    /// The folds of positions `s..s + n` as the subtree of a row's
-    /// pairwise fold that they are.
-    fn span(&self, s: usize, n: usize) -> [f32; MAX_FOLDS] {
-        let (mut sc, spill, ptrs) = self.tiles();
-        let folded = self.span_with(&mut sc, &spill, &ptrs, s, n);
-        give_registers(spill.into_iter());
-        folded
-    }
-
-    /// [`SmallFold::span`] with the task's tile buffers: made leaf by leaf
-    /// (a leaf fits a tile and L1) and folded in the order of a contiguous
-    /// row's fold.
-    fn span_with(&self, sc: &mut Scratch, spill: &[Buffer], ptrs: &[OutPtr], s: usize, n: usize) -> [f32; MAX_FOLDS] {
-        let mut leaf = |off: usize, len: usize| {
-            let vals = values(&self.e, &mut *sc, spill, ptrs, s + off, len);
-            self.each(|op, i| reduce::fold_f32(op, vals(i)))
-        };
-        reduce::fold_f32_leaves(n, &mut leaf, &|a, b| self.combine(a, b))
-    }
-
-    /// `f(op, output)` for each reduction.
-    fn each(&self, f: impl Fn(ReduceOp, usize) -> f32) -> [f32; MAX_FOLDS] {
-        std::array::from_fn(|k| self.reductions.get(k).map_or(0.0, |&(op, i)| f(op, i)))
-    }
-
-    /// Two partial folds of each reduction combined.
-    fn combine(&self, a: [f32; MAX_FOLDS], b: [f32; MAX_FOLDS]) -> [f32; MAX_FOLDS] {
-        std::array::from_fn(|k| self.reductions.get(k).map_or(0.0, |&(op, _)| reduce::combine_f32(op, a[k], b[k])))
-    }
-}
-
-/// Runs positions `s..s + len` of `e` (at most a tile); returns where
-/// output `k`'s values are: its register, or `spill[k]` when compiled
-/// code wrote it there.
-fn values<'s>(
-    e: &'s Exec,
-    sc: &'s mut Scratch,
-    spill: &'s [Buffer],
-    ptrs: &[OutPtr],
-    s: usize,
-    len: usize,
-) -> impl Fn(usize) -> &'s [f32] {
-    let spilled = e.produce(sc, s, len, ptrs, s);
-    let sc: &'s Scratch = sc;
-    move |k| {
-        let reg = if spilled { &spill[k] } else { e.output(sc, k) };
-        &f32::slice_of(reg).expect("f32 outputs (checked)")[..len]
-    }
+    give_registers(spill.into_iter());
+    Some(out.into_iter().map(Buffer::from_vec).collect())
 }
 
 /// A reduction's result over one chunk of a long reduced range, in a form

@@ -247,7 +247,7 @@ impl Plan {
 /// Folds `n` elements starting at `off`, `stride` apart.
 fn run<R: Reducer>(r: &R, src: &[R::In], off: usize, n: usize, stride: usize) -> R::Acc {
     if n > r.leaf() && r.pairwise() {
-        let h = pairwise_split(n);
+        let h = (n / 2) & !(LANES - 1);
         let a = run(r, src, off, h, stride);
         let b = run(r, src, off + h * stride, n - h, stride);
         return r.combine(a, b);
@@ -491,8 +491,8 @@ pub(crate) fn fold_f32_leaves<A>(
     combine: &impl Fn(A, A) -> A,
 ) -> A {
     fn go<A>(off: usize, n: usize, leaf: &mut impl FnMut(usize, usize) -> A, combine: &impl Fn(A, A) -> A) -> A {
-        if n > LEAF {
-            let h = pairwise_split(n);
+        if n > BLOCK {
+            let h = (n / 2) & !(LANES - 1);
             let a = go(off, h, leaf, combine);
             let b = go(off + h, n - h, leaf, combine);
             return combine(a, b);
@@ -500,15 +500,6 @@ pub(crate) fn fold_f32_leaves<A>(
         leaf(off, n)
     }
     go(0, n, leaf, combine)
-}
-
-/// The longest run a float sum folds without splitting it in halves.
-pub(crate) const LEAF: usize = BLOCK;
-
-/// Where a pairwise fold splits a run of `n > LEAF` elements: the halves
-/// are `0..h` and `h..n`, each folded as a run of its own length.
-pub(crate) fn pairwise_split(n: usize) -> usize {
-    (n / 2) & !(LANES - 1)
 }
 
 /// The combination of two partial folds of `op` (see [`fold_f32`]).
