@@ -570,9 +570,15 @@ impl<'a> Exec<'a> {
 
 /// Runs `g` over positions `lo..hi` on the calling thread (for [`run_reduce`]).
 fn exec_range(g: &FusedGroup, loads: &[Load], lo: usize, hi: usize, outs: &[OutPtr]) {
-    let no_stream: SmallVec<[bool; INLINE]> = SmallVec::from_elem(false, g.outputs.len());
+    let no_stream = no_streams(g);
     let e = Exec::new(g, loads, hi - lo, &no_stream[..], None);
     e.range(&mut e.scratch(), lo, hi, outs, lo);
+}
+
+/// Stream flags for writing none of `g`'s outputs with streaming stores
+/// (outputs to cache-sized scratch).
+fn no_streams(g: &FusedGroup) -> SmallVec<[bool; INLINE]> {
+    SmallVec::from_elem(false, g.outputs.len())
 }
 
 /// Output buffers of `n` elements for each group output, and their pointers.
@@ -889,13 +895,13 @@ fn fold_small(
     {
         return None;
     }
-    let e = Exec::new(g, loads.to_vec(), total, vec![false; g.outputs.len()], None);
+    let no_stream = no_streams(g);
+    let e = Exec::new(g, loads, total, &no_stream[..], None);
     let mut sc = e.scratch();
     // Compiled code writes its outputs through pointers: to these registers.
     let mut spill: Vec<Buffer> =
         if e.code.is_some() { g.outputs.iter().map(|&r| take_register(g.reg_dtype(r))).collect() } else { vec![] };
-    let spill_ptrs: Vec<OutPtr> =
-        spill.iter_mut().map(|b| OutPtr(crate::with_buffer!(b, v => v.as_mut_ptr().cast::<u8>()))).collect();
+    let spill_ptrs: Vec<OutPtr> = spill.iter_mut().map(out_ptr).collect();
     // Runs positions `s..s + len`; returns where output `k`'s values are.
     fn values<'s>(
         e: &'s Exec,

@@ -247,7 +247,7 @@ impl Plan {
 /// Folds `n` elements starting at `off`, `stride` apart.
 fn run<R: Reducer>(r: &R, src: &[R::In], off: usize, n: usize, stride: usize) -> R::Acc {
     if n > r.leaf() && r.pairwise() {
-        let h = (n / 2) & !(LANES - 1);
+        let h = pairwise_split(n);
         let a = run(r, src, off, h, stride);
         let b = run(r, src, off + h * stride, n - h, stride);
         return r.combine(a, b);
@@ -492,7 +492,7 @@ pub(crate) fn fold_f32_leaves<A>(
 ) -> A {
     fn go<A>(off: usize, n: usize, leaf: &mut impl FnMut(usize, usize) -> A, combine: &impl Fn(A, A) -> A) -> A {
         if n > BLOCK {
-            let h = (n / 2) & !(LANES - 1);
+            let h = pairwise_split(n);
             let a = go(off, h, leaf, combine);
             let b = go(off + h, n - h, leaf, combine);
             return combine(a, b);
@@ -500,6 +500,13 @@ pub(crate) fn fold_f32_leaves<A>(
         leaf(off, n)
     }
     go(0, n, leaf, combine)
+}
+
+/// Where a pairwise fold splits a run of `n` elements longer than a leaf:
+/// into `0..h` and `h..n`, each folded as a run of its own length (both
+/// [`run`] and [`fold_f32_leaves`] split here, so they fold in one order).
+fn pairwise_split(n: usize) -> usize {
+    (n / 2) & !(LANES - 1)
 }
 
 /// The combination of two partial folds of `op` (see [`fold_f32`]).
