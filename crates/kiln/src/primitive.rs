@@ -101,6 +101,14 @@ impl UnaryOp {
         )
     }
 
+    /// True for ops that evaluate a polynomial or a rational function per
+    /// element (a dozen or more vector instructions): recomputing one costs
+    /// more than reading its value back from cache.
+    pub fn costly(self) -> bool {
+        use UnaryOp::*;
+        self.float_only() && !matches!(self, Sqrt | Rsqrt | Reciprocal)
+    }
+
     /// Output dtype for an input dtype, or the reason it is not supported.
     pub fn out_dtype(self, x: DType) -> Result<DType> {
         use UnaryOp::*;
@@ -511,6 +519,16 @@ impl Primitive {
             Primitive::Copy => "copy",
             Primitive::Arange { .. } => "arange",
             Primitive::RandomBits { .. } => "random_bits",
+        }
+    }
+
+    /// True for elementwise ops whose per-element work is much more than a
+    /// load and a store ([`UnaryOp::costly`], `pow`, `atan2`).
+    pub fn costly(&self) -> bool {
+        match self {
+            Primitive::Unary(op) => op.costly(),
+            Primitive::Binary(op) => matches!(op, BinaryOp::Pow | BinaryOp::Atan2),
+            _ => false,
         }
     }
 

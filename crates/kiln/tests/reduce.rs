@@ -408,6 +408,26 @@ fn nan_and_inf_inputs() -> R {
 }
 
 #[test]
+fn extrema_of_long_rows_find_the_extreme_and_nan_in_any_leaf() -> R {
+    // Rows of 5000 are folded leaf by leaf (1024 elements): the extreme (or
+    // a NaN) sits first, last in a leaf, first in the next one, or last.
+    let n = 5000;
+    for at in [0usize, 1023, 1024, 2500, 4999] {
+        for (op, extreme) in [(ReduceOp::Max, 9.0f32), (ReduceOp::Min, -9.0), (ReduceOp::Max, f32::NAN)] {
+            let mut v: Vec<f32> = (0..3 * n).map(|i| ((i * 37 % 101) as f32) / 101.0 - 0.5).collect();
+            v[n + at] = extreme;
+            let x = Array::from_vec(v, &[3, n])?;
+            let got = if op == ReduceOp::Max { x.max(1, false)? } else { x.min(1, false)? }.to_vec::<f32>()?;
+            let at_row = got[1];
+            assert!(at_row == extreme || (extreme.is_nan() && at_row.is_nan()), "{op:?} at {at}: {at_row}");
+            // The other rows keep their own extreme (in [-0.5, 0.5)).
+            assert!(got[0].abs() <= 0.5 && got[2].abs() <= 0.5, "{op:?} at {at}: {got:?}");
+        }
+    }
+    Ok(())
+}
+
+#[test]
 fn empty_arrays_give_identities() -> R {
     let x = Array::from_vec(Vec::<f32>::new(), &[0, 3])?;
     assert_eq!(x.sum(0, false)?.to_vec::<f32>()?, vec![0.0; 3]);

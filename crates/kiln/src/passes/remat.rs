@@ -5,12 +5,41 @@
 //! producer) stay self-contained: layernorm's `x - mean` is recomputed in the
 //! variance reduction and in the output pass, so it is never stored.
 //!
+//! One exception: a costly value ([`Primitive::costly`]: `exp`, `tanh`,
+//! ...) that a reduction over trailing axes reads is computed once when
+//! that reduction runs block of rows by block of rows at the traced shapes
+//! ([`row_chain::splits`]). There its block of values is in cache for the
+//! other readers, and recomputing it would cost more than reading it: the
+//! softmax numerator `exp(x - max)` is computed once per element, summed
+//! and divided from cache (see [`keeps`]).
+//!
 //! Runs last (after CSE, which would merge the copies back). Copies cascade
 //! to the value's own elementwise inputs; the program grows at most 2x.
 
+use crate::compile::row_chain;
 use crate::passes::Pass;
-use crate::primitive::FusionClass;
+use crate::primitive::{FusionClass, Primitive};
 use crate::program::{Instr, Program};
+
+/// True when the shared value `v` is kept for all its readers instead of
+/// recomputed per reader: it is costly and a reduction over trailing,
+/// non-leading axes reads it, and that reduction's rows run block by block
+/// at the traced shapes. (At other shapes, as under `shapeless`, the plan
+/// stays correct, and the kept value goes through memory.)
+pub fn keeps(p: &Program, consumers: &[Vec<usize>], v: usize) -> bool {
+    let ins = &p.instrs[v];
+    let nd = ins.shape.len();
+    let row_reduction = |c: usize| match &p.instrs[c].prim {
+        Primitive::Reduce { axes, .. } => {
+            !axes.is_empty() && !axes.contains(&0) && axes.iter().all(|&a| a >= nd - axes.len())
+        }
+        _ => false,
+    };
+    ins.prim.costly()
+        && consumers[v].len() > 1
+        && consumers[v].iter().any(|&c| row_reduction(c))
+        && row_chain::splits(&ins.shape)
+}
 
 /// Duplicates shared elementwise values per consumer.
 pub struct Remat;
@@ -30,7 +59,8 @@ impl Remat {
                 *x = copy_for.get(&(*x, i)).copied().unwrap_or(new_index[*x]);
             }
             new_index[i] = out.len();
-            let dup = ins.prim.class() == FusionClass::Elementwise && consumers[i].len() > 1;
+            let dup =
+                ins.prim.class() == FusionClass::Elementwise && consumers[i].len() > 1 && !keeps(p, &consumers, i);
             out.push(ins.clone());
             if dup {
                 for &c in &consumers[i][1..] {

@@ -32,7 +32,11 @@ impl Pass for Statistics {
         for r in 0..p.instrs.len() {
             let Primitive::Reduce { op, ref axes, keepdims } = p.instrs[r].prim else { continue };
             let axes = axes.clone();
+            // A numerator kept for its other readers (`remat::keeps`) is
+            // summed as it is: the one-pass form would compute it twice.
+            let kept = || crate::passes::remat::keeps(p, &p.consumers(), p.instrs[r].inputs[0]);
             let rewritten = match op {
+                ReduceOp::Sum if kept() => None,
                 ReduceOp::Sum => shifted_by(p, p.instrs[r].inputs[0], ReduceOp::Max, &axes, |p, e| {
                     matches!(p.instrs[e].prim, Primitive::Unary(UnaryOp::Exp)).then(|| p.instrs[e].inputs[0])
                 })

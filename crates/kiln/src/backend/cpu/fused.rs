@@ -670,9 +670,10 @@ pub fn run_args<'a>(g: &FusedGroup, args: impl Into<Args<'a>>, shape: &[usize]) 
 /// Runs a fused group over `shape` like [`run_args`], writing output `k`
 /// into the claimed sink rows `into[k]` when given (it then returns `None`
 /// for that output): a row-blocked chain writes its results in place. A
-/// call with claimed rows is a block of such a chain, so its compiled code
-/// also prefetches each input one block ahead (the next block's rows
-/// follow this one's), and the next block's reads overlap this one's work.
+/// call with a non-empty `into` (claimed rows or not) is a block of such a
+/// chain, so its compiled code also prefetches each input one block ahead
+/// (the next block's rows follow this one's), and the next block's reads
+/// overlap this one's work.
 pub fn run_into<'a>(
     g: &FusedGroup,
     args: impl Into<Args<'a>>,
@@ -728,7 +729,7 @@ pub(crate) fn launch(
             let dest = into.get(k).and_then(|c| c.as_ref()).map_or(n, |c| c.sink_len());
             dest * g.reg_dtype(r).size() >= crate::backend::cpu::stream::STREAM_MIN_BYTES
         }));
-        // A block of a row-blocked chain (it writes into claimed rows):
+        // A block of a row-blocked chain (`into` is not empty):
         // compiled code prefetches its inputs one block ahead, so the next
         // block's rows arrive from memory while this one computes.
         let next_block = (!into.is_empty()).then(|| n * g.inputs.iter().map(|d| d.size()).max().unwrap_or(0));
