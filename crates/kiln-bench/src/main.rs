@@ -135,13 +135,24 @@ impl Plan {
 }
 
 /// Times `f` per `plan`; each run's time divided by `per` (calls per run), in ms.
-fn measure(plan: Plan, per: usize, mut f: impl FnMut() -> Result<()>) -> Result<Vec<f64>> {
+fn measure(plan: Plan, per: usize, f: impl FnMut() -> Result<()>) -> Result<Vec<f64>> {
+    measure_between(plan, per, || {}, f)
+}
+
+/// [`measure`], running `between` (untimed) before each timed run.
+fn measure_between(
+    plan: Plan,
+    per: usize,
+    mut between: impl FnMut(),
+    mut f: impl FnMut() -> Result<()>,
+) -> Result<Vec<f64>> {
     for _ in 0..plan.warm {
         f()?;
     }
     let start = Instant::now();
     let mut v = Vec::new();
     while v.len() < plan.min || (v.len() < plan.max && start.elapsed().as_secs_f64() < plan.budget_s) {
+        between();
         let t = Instant::now();
         f()?;
         v.push(t.elapsed().as_secs_f64() * 1e3 / per as f64);
@@ -283,21 +294,14 @@ impl Runner {
     /// moves by up to 1.8x between minutes of one run (42 and 77 GB/s in
     /// two runs of the seventh session), so a floor measured once, at the
     /// start, says little about a workload timed minutes later.
-    fn floored(&mut self, workload: &str, mut f: impl FnMut() -> Result<()>) {
+    fn floored(&mut self, workload: &str, f: impl FnMut() -> Result<()>) {
         let Some(mut copier) = self.copier.take() else {
             let r = measure(self.plan, 1, f);
             self.push(workload, "kiln", r);
             return;
         };
         let mut copies = vec![];
-        let r = measure(self.plan, 1, || {
-            copies.push(copier.time());
-            f()
-        });
-        // Warm-up runs copied too; only the timed runs' copies count.
-        if let Ok(v) = &r {
-            copies.drain(..copies.len().saturating_sub(v.len()));
-        }
+        let r = measure_between(self.plan, 1, || copies.push(copier.time()), f);
         self.push(workload, "kiln", r);
         if !copies.is_empty() {
             let mut sorted = copies.clone();

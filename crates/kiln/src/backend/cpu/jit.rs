@@ -17,9 +17,10 @@
 //!    ([`Traced`]), so compiled and interpreted kernels compute the same
 //!    operations and agree to the last bit.
 //! 2. **Code generation** (`jit_x86`, AVX-512 only) allocates registers and
-//!    emits the loop, once per pattern of broadcast inputs (a broadcast input
-//!    is loaded once, before the loop, and everything computed from
-//!    broadcast inputs alone is hoisted there too).
+//!    emits the loop (two vectors per iteration, interleaved), once per
+//!    pattern of broadcast inputs (a broadcast input is loaded once, before
+//!    the loop, and everything computed from broadcast inputs alone is
+//!    hoisted there too).
 //!
 //! A group is compiled when it has at least two ops, every input and op is
 //! `f32`, each op has a lowering (arithmetic, `abs`, `neg`, `square`,
@@ -126,6 +127,20 @@ pub enum Node {
 }
 
 impl Node {
+    /// The node with each operand `v` replaced by `f(v)`.
+    pub fn map_operands(self, f: impl Fn(Val) -> Val) -> Node {
+        match self {
+            Node::Input(_) | Node::Const(_) => self,
+            Node::Un(op, a) => Node::Un(op, f(a)),
+            Node::Bin(op, a, b) => Node::Bin(op, f(a), f(b)),
+            Node::Cmp(p, a, b) => Node::Cmp(p, f(a), f(b)),
+            Node::MaskAnd(a, b) => Node::MaskAnd(f(a), f(b)),
+            Node::MaskOr(a, b) => Node::MaskOr(f(a), f(b)),
+            Node::Fma(a, b, c) => Node::Fma(f(a), f(b), f(c)),
+            Node::Blend(m, a, b) => Node::Blend(f(m), f(a), f(b)),
+        }
+    }
+
     /// The values this node reads.
     pub fn operands(&self) -> Vec<Val> {
         match *self {

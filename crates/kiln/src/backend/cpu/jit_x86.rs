@@ -2,9 +2,11 @@
 //!
 //! The generated function is `extern "sysv64" fn(ins: *const *const f32,
 //! outs: *const *mut f32, len: usize)`. It keeps one pointer per input and
-//! output in a general register, 16 lanes per iteration in `zmm` registers,
+//! output in a general register, 16 lanes per vector in `zmm` registers,
 //! and a lane mask in `k1` (all lanes, then the remainder on the last
-//! iteration, so there is no scalar tail).
+//! iteration, so there is no scalar tail). The main loop computes two
+//! vectors per iteration with their operations interleaved (see
+//! [`generate`]); a one-vector loop finishes the last 31 positions or fewer.
 //!
 //! Registers are allocated in one pass over the SSA program: a value takes
 //! a free register when it is defined and gives it back after its last use.
@@ -110,6 +112,9 @@ impl From<IcedError> for NoCode {
 
 struct Gen<'a> {
     p: &'a Prog,
+    /// Values from this index on are the unrolled loop's second copy of
+    /// the body: their inputs are read 16 lanes (64 bytes) further on.
+    second_from: usize,
     a: CodeAssembler,
     loc: Vec<Loc>,
     /// Last position (in emission order) reading each value; `usize::MAX`
@@ -198,10 +203,11 @@ impl Gen<'_> {
             Node::Const(_) => unreachable!("constants are not emitted"),
             Node::Input(k) => {
                 let d = self.take_z()?;
+                let disp = if v as usize >= self.second_from { 64 } else { 0 };
                 if bcast >> k & 1 == 1 {
                     self.a.vbroadcastss(ZMM[d], dword_ptr(PTRS[k]))?;
                 } else {
-                    self.a.vmovups(ZMM[d].k1().z(), zmmword_ptr(PTRS[k] + rax))?;
+                    self.a.vmovups(ZMM[d].k1().z(), zmmword_ptr(PTRS[k] + rax + disp))?;
                 }
                 self.loc[v as usize] = Loc::Z(d);
             }
@@ -356,12 +362,19 @@ impl Gen<'_> {
 }
 
 /// Compiles `p` for broadcast pattern `bcast`, or `None` when it needs more
-/// registers than there are.
+/// registers than there are. The loop computes two vectors (32 lanes) per
+/// iteration, their operations interleaved, while at least 32 positions
+/// remain, then one vector at a time: a long chain such as `tanh` is a
+/// sequence of dependent operations, and the second vector's independent
+/// ones fill the first one's latencies (gelu_tanh over 16K floats in L2,
+/// one thread: 8.6 -> 7.1 ns per vector; gelu_erf 8.8 -> 8.1; `x * 2`
+/// 1.7 -> 1.5). When the two copies need more registers than there are,
+/// the loop computes one vector per iteration.
 pub fn generate(p: &Prog, v: Variant) -> Option<Code> {
-    emit(p, v).ok()
+    emit(p, v, true).or_else(|_| emit(p, v, false)).ok()
 }
 
-fn emit(p: &Prog, v: Variant) -> Result<Code, NoCode> {
+fn emit(p: &Prog, v: Variant, unroll: bool) -> Result<Code, NoCode> {
     let bcast = v.bcast;
     let (n_in, n_out) = (p.inputs, p.outputs.len());
     let nodes = &p.nodes;
@@ -390,22 +403,41 @@ fn emit(p: &Prog, v: Variant) -> Result<Code, NoCode> {
     let pre: Vec<usize> =
         (0..nodes.len()).filter(|&i| live[i] && inv[i] && !matches!(nodes[i], Node::Const(_))).collect();
     let body: Vec<usize> = (0..nodes.len()).filter(|&i| live[i] && !inv[i]).collect();
-    let mut last = vec![0usize; nodes.len()];
-    for (pos, &i) in pre.iter().chain(&body).enumerate() {
-        for o in nodes[i].operands() {
-            last[o as usize] = pos;
+    // The unrolled body's second copy: `twin[i]` computes value `i` for the
+    // next 16 lanes (invariant values are their own twins).
+    let mut all = nodes.clone();
+    let mut twin: Vec<Val> = (0..nodes.len() as Val).collect();
+    if unroll {
+        for &i in &body {
+            let n = nodes[i].map_operands(|o| twin[o as usize]);
+            twin[i] = all.len() as Val;
+            all.push(n);
         }
     }
-    let stores_at = pre.len() + body.len();
-    for &o in &p.outputs {
-        last[o as usize] = stores_at;
-    }
-    for i in 0..nodes.len() {
-        if inv[i] {
-            last[i] = usize::MAX;
+    let q = Prog { nodes: all, inputs: p.inputs, outputs: p.outputs.clone() };
+    let twins: Vec<Val> = p.outputs.iter().map(|&o| twin[o as usize]).collect();
+    // Last reads of each value for an emission order (after `pre`) and the
+    // values it stores; invariant values live through the loops.
+    let last_uses = |order: &[usize], stored: &[Val]| -> Vec<usize> {
+        let mut last = vec![0usize; q.nodes.len()];
+        for (pos, &i) in pre.iter().chain(order).enumerate() {
+            for o in q.nodes[i].operands() {
+                last[o as usize] = pos;
+            }
         }
-    }
-    let loc = nodes.iter().map(|n| if matches!(n, Node::Const(_)) { Loc::Pool } else { Loc::None }).collect();
+        for &o in stored {
+            last[o as usize] = pre.len() + order.len();
+        }
+        for (l, _) in last.iter_mut().zip(&inv).filter(|(_, &x)| x) {
+            *l = usize::MAX;
+        }
+        last
+    };
+    let pair_order: Vec<usize> = body.iter().flat_map(|&i| [i, twin[i] as usize]).collect();
+    let pair_stored: Vec<Val> = p.outputs.iter().chain(&twins).copied().collect();
+    let last_pair = last_uses(&pair_order, &pair_stored);
+    let last_one = last_uses(&body, &p.outputs);
+    let loc = q.nodes.iter().map(|n| if matches!(n, Node::Const(_)) { Loc::Pool } else { Loc::None }).collect();
     // The constant pool: every constant of the program, and the exponent bias.
     let mut pool: Vec<u32> =
         nodes.iter().filter_map(|n| if let Node::Const(b) = *n { Some(b) } else { None }).collect();
@@ -416,10 +448,11 @@ fn emit(p: &Prog, v: Variant) -> Result<Code, NoCode> {
         pool_at.entry(b).or_insert(i);
     }
     let mut g = Gen {
-        p,
+        p: &q,
+        second_from: nodes.len(),
         a: CodeAssembler::new(64)?,
         loc,
-        last,
+        last: if unroll { last_pair } else { last_one.clone() },
         free_z: (0..32).rev().collect(),
         free_k: (2..8).rev().collect(),
         pool_at,
@@ -442,9 +475,45 @@ fn emit(p: &Prog, v: Variant) -> Result<Code, NoCode> {
     g.a.mov(r11d, 0xffff)?;
     g.a.kmovw(k1, r11d)?;
     g.a.xor(eax, eax)?;
+    let prefetch = |g: &mut Gen, lines: i32| -> Result<(), NoCode> {
+        if v.prefetch != 0 {
+            for k in (0..n_in).filter(|&k| bcast >> k & 1 == 0) {
+                for l in 0..lines {
+                    g.a.prefetcht0(byte_ptr(PTRS[k] + rax + (v.prefetch + 64 * l)))?;
+                }
+            }
+        }
+        Ok(())
+    };
     let mut top = g.a.create_label();
     let mut body_l = g.a.create_label();
     let mut done = g.a.create_label();
+    if unroll {
+        // Two vectors per iteration while 32 positions remain (all lanes),
+        // then the one-vector loop at `top`.
+        let after_pre = (g.loc.clone(), g.free_z.clone(), g.free_k.clone());
+        let mut pairs = g.a.create_label();
+        g.a.set_label(&mut pairs)?;
+        g.a.cmp(rcx, 32)?;
+        g.a.jb(top)?;
+        prefetch(&mut g, 2)?;
+        for (pos, &i) in pair_order.iter().enumerate() {
+            g.node(i as Val, pre.len() + pos, bcast)?;
+        }
+        for (j, (&o, &t)) in p.outputs.iter().zip(&twins).enumerate() {
+            for (val, disp) in [(o, 0), (t, 64)] {
+                let mut temps = Vec::new();
+                let r = g.reg(val, &mut temps)?;
+                g.a.vmovups(zmmword_ptr(PTRS[n_in + j] + rax + disp).k1(), r)?;
+                g.free_z.extend_from_slice(&temps);
+            }
+        }
+        g.a.add(rax, 128)?;
+        g.a.sub(rcx, 32)?;
+        g.a.jmp(pairs)?;
+        (g.loc, g.free_z, g.free_k) = after_pre;
+        g.last = last_one;
+    }
     g.a.set_label(&mut top)?;
     g.a.cmp(rcx, 16)?;
     g.a.jae(body_l)?;
@@ -455,12 +524,7 @@ fn emit(p: &Prog, v: Variant) -> Result<Code, NoCode> {
     g.a.dec(r11d)?;
     g.a.kmovw(k1, r11d)?;
     g.a.set_label(&mut body_l)?;
-    if v.prefetch != 0 {
-        let d = v.prefetch;
-        for k in (0..n_in).filter(|&k| bcast >> k & 1 == 0) {
-            g.a.prefetcht0(byte_ptr(PTRS[k] + rax + d))?;
-        }
-    }
+    prefetch(&mut g, 1)?;
     for (pos, &i) in body.iter().enumerate() {
         g.node(i as Val, pre.len() + pos, bcast)?;
     }
