@@ -136,14 +136,18 @@ impl Plan {
 
 /// Times `f` per `plan`; each run's time divided by `per` (calls per run), in ms.
 fn measure(plan: Plan, per: usize, f: impl FnMut() -> Result<()>) -> Result<Vec<f64>> {
-    measure_between(plan, per, || {}, f)
+    measure_between(plan, per, None::<fn()>, f)
 }
 
-/// [`measure`], running `between` (untimed) before each timed run.
+/// [`measure`]; with `between`, each timed run follows a call of `between`
+/// and then an untimed run of `f`: `between` (a copy of 256 MiB) leaves the
+/// caches and the TLB full of its own lines, which made the run right
+/// after it 7% slower (layernorm, softmax of 4096x4096) than a run after a
+/// run.
 fn measure_between(
     plan: Plan,
     per: usize,
-    mut between: impl FnMut(),
+    mut between: Option<impl FnMut()>,
     mut f: impl FnMut() -> Result<()>,
 ) -> Result<Vec<f64>> {
     for _ in 0..plan.warm {
@@ -152,7 +156,10 @@ fn measure_between(
     let start = Instant::now();
     let mut v = Vec::new();
     while v.len() < plan.min || (v.len() < plan.max && start.elapsed().as_secs_f64() < plan.budget_s) {
-        between();
+        if let Some(b) = between.as_mut() {
+            b();
+            f()?;
+        }
         let t = Instant::now();
         f()?;
         v.push(t.elapsed().as_secs_f64() * 1e3 / per as f64);
@@ -288,7 +295,8 @@ impl Runner {
     }
 
     /// Times kiln on a memory-bound workload with the floor's copy run
-    /// between its runs (copy, kiln, copy, kiln, ...), and sets the
+    /// between its timed runs (copy, kiln untimed, kiln timed, copy, ...;
+    /// see [`measure_between`]), and sets the
     /// workload's floor from those copies: the two then meet the same
     /// state of the host. On these shared machines the copy bandwidth
     /// moves by up to 1.8x between minutes of one run (42 and 77 GB/s in
@@ -301,7 +309,7 @@ impl Runner {
             return;
         };
         let mut copies = vec![];
-        let r = measure_between(self.plan, 1, || copies.push(copier.time()), f);
+        let r = measure_between(self.plan, 1, Some(|| copies.push(copier.time())), f);
         self.push(workload, "kiln", r);
         if !copies.is_empty() {
             let mut sorted = copies.clone();
