@@ -471,7 +471,7 @@ fn row_blocked_chains_match_eager() -> Result<()> {
             |a: &Array, b: &Array, c: &Array, d: &Array| f(a, b, c, d),
             CompileOptions { shapeless, ..Default::default() },
         );
-        // Two, three and two blocks of rows (a block is about 2^17 elements), and too small to chain.
+        // Four, five and two blocks of rows (a block is about 2^16 elements), and too small to chain.
         for (rows, cols) in [(300usize, 700usize), (3000, 97), (2, 70_000), (7, 30)] {
             let x = ramp(&[cols, rows]).t()?; // a transposed view
             let x = (x * 0.01f32)?;
