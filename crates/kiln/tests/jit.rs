@@ -177,6 +177,42 @@ fn programs_needing_more_registers_run_on_the_interpreter() -> Result<()> {
 }
 
 #[test]
+fn programs_too_wide_for_two_vectors_per_iteration_compile_for_one() -> Result<()> {
+    // As above with twenty values: live at once, they fit the 32 vector
+    // registers once but not twice, so the loop computes one vector per
+    // iteration instead of two, and is still generated.
+    let f = |x: &Array| -> Result<(Array, Array)> {
+        let mut vs = vec![x.tanh()?];
+        for _ in 1..20 {
+            let next = vs.last().expect("one value").sigmoid()?;
+            vs.push(next);
+        }
+        let mut up = vs[0].clone();
+        for v in &vs[1..] {
+            up = (&up + v)?;
+        }
+        let mut down = vs[19].clone();
+        for v in vs[..19].iter().rev() {
+            down = (&down * v)?;
+        }
+        Ok((up, down))
+    };
+    let c = compile(f);
+    let mut rng = Rng::new(12);
+    for n in [9, 31, 32, 33, 4099] {
+        let x = Array::from_vec(values(&mut rng, n, 2.0), &[n])?;
+        if jit::enabled() {
+            let text = c.explain(&x)?;
+            assert!(text.contains("code:    machine code ("), "{text}");
+        }
+        let ((a, b), (wa, wb)) = (c.call(&x)?, f(&x)?);
+        assert_same(&a.to_vec::<f32>()?, &wa.to_vec::<f32>()?, "twenty live values, first output");
+        assert_same(&b.to_vec::<f32>()?, &wb.to_vec::<f32>()?, "twenty live values, second output");
+    }
+    Ok(())
+}
+
+#[test]
 fn strided_inputs_are_gathered_before_the_kernel() -> Result<()> {
     let mut rng = Rng::new(5);
     let f = |x: &Array, y: &Array| -> Result<Array> { ((x * y)? + 1.0f32)?.sigmoid()? * x };
