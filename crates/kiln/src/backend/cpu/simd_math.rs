@@ -551,7 +551,14 @@ fn keep_nan<V: Vf32>(x: V, r: V) -> V {
 /// the subnormal range are rounded once.
 #[inline(always)]
 fn exp_core<V: Vf32>(x: V) -> V {
-    let x = x.max(V::c(-104.0)).min(V::c(89.0));
+    exp_in_range(x.max(V::c(-104.0)).min(V::c(89.0)))
+}
+
+/// [`exp_core`] of an `x` already in `[-104, 89]`, without the clamp (two
+/// operations of a kernel, for callers whose argument is in range by
+/// construction wherever its result is used).
+#[inline(always)]
+fn exp_in_range<V: Vf32>(x: V) -> V {
     let n = x.mul(V::c(LOG2E)).round();
     let r = n.fma(V::c(-LN2_C1), x);
     let r = n.fma(V::c(-LN2_C2), r);
@@ -648,7 +655,8 @@ fn tanh_v<V: Vf32>(x: V) -> V {
     let a = x.abs();
     let z = a.mul(a);
     let small = a.mul(z).fma(z.poly(&TANH_SMALL), a);
-    let e = exp_core(a.min(V::c(10.0)).mul(V::c(2.0)));
+    // 2 * min(|x|, 10) is in [0, 20] (a NaN |x| gives 10: NaN is restored below).
+    let e = exp_in_range(a.min(V::c(10.0)).mul(V::c(2.0)));
     let big = V::c(1.0).sub(V::c(2.0).mul(e.add(V::c(1.0)).recip()));
     let r = V::select(a.lt(V::c(0.55)), small, big);
     keep_nan(x, r.xor(x.sign()))
@@ -678,7 +686,9 @@ fn erf_v<V: Vf32>(x: V) -> V {
     let hi = ac.mul(ac);
     let lo = ac.fma(ac, hi.xor(V::c(-0.0)));
     let h = ac.sub(V::c(ERF_MID)).poly(&ERF_BIG);
-    let big = V::c(1.0).sub(exp_core(h.sub(hi).sub(lo)));
+    // Where `big` is used (1 <= |x| < ERF_ONE), h - x^2 = ln(erfc(|x|)) is
+    // in [-17, -1.8]; the other lanes' values are discarded below.
+    let big = V::c(1.0).sub(exp_in_range(h.sub(hi).sub(lo)));
     let r = V::select(a.lt(V::c(1.0)), small, big);
     let r = V::select(a.ge(V::c(ERF_ONE)), V::c(1.0), r);
     keep_nan(x, r.xor(x.sign()))
