@@ -139,28 +139,33 @@ fn groups_with_several_outputs_write_each() -> Result<()> {
     Ok(())
 }
 
+/// `k` values (`tanh`, then `sigmoid`s) each read by two outputs that
+/// consume them in opposite orders: whatever the order of evaluation, all
+/// `k` are live at once.
+fn live_at_once(x: &Array, k: usize) -> Result<(Array, Array)> {
+    let mut vs = vec![x.tanh()?];
+    for _ in 1..k {
+        let next = vs.last().expect("one value").sigmoid()?;
+        vs.push(next);
+    }
+    let mut up = vs[0].clone();
+    for v in &vs[1..] {
+        up = (&up + v)?;
+    }
+    let mut down = vs[k - 1].clone();
+    for v in vs[..k - 1].iter().rev() {
+        down = (&down * v)?;
+    }
+    Ok((up, down))
+}
+
 #[test]
 fn programs_needing_more_registers_run_on_the_interpreter() -> Result<()> {
     // Forty values, each read by two outputs that consume them in opposite
     // orders: whatever the order of evaluation, all forty are live at once,
     // more than the 32 vector registers. Code generation declines and the
     // interpreter runs the group, with the eager result.
-    let f = |x: &Array| -> Result<(Array, Array)> {
-        let mut vs = vec![x.tanh()?];
-        for _ in 1..40 {
-            let next = vs.last().expect("one value").sigmoid()?;
-            vs.push(next);
-        }
-        let mut up = vs[0].clone();
-        for v in &vs[1..] {
-            up = (&up + v)?;
-        }
-        let mut down = vs[39].clone();
-        for v in vs[..39].iter().rev() {
-            down = (&down * v)?;
-        }
-        Ok((up, down))
-    };
+    let f = |x: &Array| live_at_once(x, 40);
     let declined = jit::counts().1;
     let c = compile(f);
     let mut rng = Rng::new(11);
@@ -181,22 +186,7 @@ fn programs_too_wide_for_two_vectors_per_iteration_compile_for_one() -> Result<(
     // As above with twenty values: live at once, they fit the 32 vector
     // registers once but not twice, so the loop computes one vector per
     // iteration instead of two, and is still generated.
-    let f = |x: &Array| -> Result<(Array, Array)> {
-        let mut vs = vec![x.tanh()?];
-        for _ in 1..20 {
-            let next = vs.last().expect("one value").sigmoid()?;
-            vs.push(next);
-        }
-        let mut up = vs[0].clone();
-        for v in &vs[1..] {
-            up = (&up + v)?;
-        }
-        let mut down = vs[19].clone();
-        for v in vs[..19].iter().rev() {
-            down = (&down * v)?;
-        }
-        Ok((up, down))
-    };
+    let f = |x: &Array| live_at_once(x, 20);
     let c = compile(f);
     let mut rng = Rng::new(12);
     for n in [9, 31, 32, 33, 4099] {
