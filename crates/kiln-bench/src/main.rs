@@ -299,9 +299,9 @@ impl Runner {
     /// see [`measure_between`]), and sets the
     /// workload's floor from those copies: the two then meet the same
     /// state of the host. On these shared machines the copy bandwidth
-    /// moves by up to 1.8x between minutes of one run (42 and 77 GB/s in
-    /// two runs of the seventh session), so a floor measured once, at the
-    /// start, says little about a workload timed minutes later.
+    /// moves by up to 1.9x between minutes of one run (41 and 80 GB/s in
+    /// the eighth session), so a floor measured once, at the start, says
+    /// little about a workload timed minutes later.
     fn floored(&mut self, workload: &str, f: impl FnMut() -> Result<()>) {
         let Some(mut copier) = self.copier.take() else {
             let r = measure(self.plan, 1, f);
@@ -312,35 +312,36 @@ impl Runner {
         let r = measure_between(self.plan, 1, Some(|| copies.push(copier.time())), f);
         self.push(workload, "kiln", r);
         if !copies.is_empty() {
-            let mut sorted = copies.clone();
-            sorted.sort_by(f64::total_cmp);
-            let [median, p10, p90] = [0.5, 0.1, 0.9].map(|q| kiln_bench::percentile(&sorted, q));
-            let bw = 2.0 * self.sizes.copy_bytes as f64 / median; // bytes per ms
+            let gbs = self.set_floors(&[workload], &copies);
             self.part.notes.push(format!(
-                "{workload}: copy-bandwidth floor {:.1} GB/s, from the {} copies run between kiln's runs",
-                bw / 1e6,
+                "{workload}: copy-bandwidth floor {gbs:.1} GB/s, from the {} copies run between kiln's runs",
                 copies.len()
             ));
-            self.set_floor(workload, bw, [p10 / median, p90 / median]);
         }
         self.copier = Some(copier);
     }
 
-    /// Sets `workload`'s floor record: its bytes at `bw` bytes per ms, with
-    /// p10 and p90 at `spread` times the median (the copy's spread).
-    fn set_floor(&mut self, workload: &str, bw: f64, spread: [f64; 2]) {
-        let (bytes, flops) = self.sizes.cost(workload);
-        let t = bytes as f64 / bw;
-        self.part.records.retain(|r| !(r.workload == workload && r.imp == "floor"));
-        self.part.records.push(Record {
-            workload: workload.into(),
-            imp: "floor".into(),
-            median_ms: t,
-            p10_ms: t * spread[0],
-            p90_ms: t * spread[1],
-            bytes,
-            flops,
-        });
+    /// Sets the floor record of each of `workloads` from the copy times
+    /// `copies` (ms): its bytes at the copies' median bandwidth, with p10
+    /// and p90 in the copies' proportions. Returns that bandwidth in GB/s.
+    fn set_floors(&mut self, workloads: &[&str], copies: &[f64]) -> f64 {
+        let c = summarize("copy", "floor", copies, 0, 0);
+        let bw = 2.0 * self.sizes.copy_bytes as f64 / c.median_ms; // bytes per ms
+        for &w in workloads {
+            let (bytes, flops) = self.sizes.cost(w);
+            let t = bytes as f64 / bw;
+            self.part.records.retain(|r| !(r.workload == w && r.imp == "floor"));
+            self.part.records.push(Record {
+                workload: w.into(),
+                imp: "floor".into(),
+                median_ms: t,
+                p10_ms: t * c.p10_ms / c.median_ms,
+                p90_ms: t * c.p90_ms / c.median_ms,
+                bytes,
+                flops,
+            });
+        }
+        bw / 1e6
     }
 
     fn elementwise(&mut self, name: &str, f: fn(&Array) -> Result<Array>) -> Result<()> {
@@ -523,30 +524,25 @@ impl Runner {
     fn copy_floor(&mut self) {
         let mut copier = Copier::new(self.sizes.copy_bytes);
         let reps = if self.sizes.quick { 3 } else { 12 };
-        let mut time = |parallel: bool| {
+        let mut time = |parallel: bool| -> Vec<f64> {
             copier.parallel = parallel;
-            let v: Vec<f64> = (0..reps + 2).map(|_| copier.time()).skip(2).collect();
-            let mut sorted = v.clone();
-            sorted.sort_by(f64::total_cmp);
-            (v, [0.5, 0.1, 0.9].map(|q| kiln_bench::percentile(&sorted, q)))
+            (0..reps + 2).map(|_| copier.time()).skip(2).collect()
         };
         let single = time(false);
         let par = time(true);
-        let faster = par.1[0] < single.1[0];
-        let (name, (v, [median, p10, p90])) = if faster { ("parallel", par) } else { ("single-thread", single) };
+        let median = |v: &[f64]| summarize("copy", "floor", v, 0, 0).median_ms;
+        let faster = median(&par) < median(&single);
+        let (name, v) = if faster { ("parallel", par) } else { ("single-thread", single) };
         copier.parallel = faster;
         self.copier = Some(copier);
-        let bytes = 2.0 * self.sizes.copy_bytes as f64;
-        let bw = bytes / median; // bytes per ms
+        let memory: Vec<&str> =
+            kiln_bench::WORKLOADS.iter().filter(|w| w.class == kiln_bench::Class::Memory).map(|w| w.name).collect();
+        let gbs = self.set_floors(&memory, &v);
         self.part.notes.push(format!(
-            "copy-bandwidth floor: {:.1} GB/s ({name} copy of {} MiB, median of {reps}; bytes read + written)",
-            bw / 1e6,
+            "copy-bandwidth floor: {gbs:.1} GB/s ({name} copy of {} MiB, median of {reps}; bytes read + written)",
             self.sizes.copy_bytes >> 20
         ));
         self.push("copy", "floor", Ok(v));
-        for w in kiln_bench::WORKLOADS.iter().filter(|w| w.class == kiln_bench::Class::Memory) {
-            self.set_floor(w.name, bw, [p10 / median, p90 / median]);
-        }
     }
 }
 
