@@ -443,9 +443,13 @@ fn emit(p: &Prog, v: Variant, copies: usize) -> Result<Code, NoCode> {
         last
     };
     let pair_order: Vec<usize> = body.iter().flat_map(|&i| copy.iter().map(move |cv| cv[i] as usize)).collect();
-    let pair_stored: Vec<Val> = copy.iter().flat_map(|cv| p.outputs.iter().map(|&o| cv[o as usize])).collect();
-    let last_pair = last_uses(&pair_order, &pair_stored);
     let last_one = last_uses(&body, &p.outputs);
+    let last_pair = if unroll {
+        let stored: Vec<Val> = copy.iter().flat_map(|cv| p.outputs.iter().map(|&o| cv[o as usize])).collect();
+        last_uses(&pair_order, &stored)
+    } else {
+        last_one.clone()
+    };
     let loc = q.nodes.iter().map(|n| if matches!(n, Node::Const(_)) { Loc::Pool } else { Loc::None }).collect();
     // The constant pool: every constant of the program, and the exponent bias.
     let mut pool: Vec<u32> =
@@ -461,7 +465,7 @@ fn emit(p: &Prog, v: Variant, copies: usize) -> Result<Code, NoCode> {
         disp,
         a: CodeAssembler::new(64)?,
         loc,
-        last: if unroll { last_pair } else { last_one.clone() },
+        last: last_pair,
         free_z: (0..32).rev().collect(),
         free_k: (2..8).rev().collect(),
         pool_at,
@@ -484,12 +488,25 @@ fn emit(p: &Prog, v: Variant, copies: usize) -> Result<Code, NoCode> {
     g.a.mov(r11d, 0xffff)?;
     g.a.kmovw(k1, r11d)?;
     g.a.xor(eax, eax)?;
-    let prefetch = |g: &mut Gen, lines: i32| -> Result<(), NoCode> {
+    // One iteration over `copies.len()` vectors: prefetch, the nodes in
+    // `order`, then each copy's outputs, 64 bytes apart.
+    let iteration = |g: &mut Gen, order: &[usize], copies: &[Vec<Val>]| -> Result<(), NoCode> {
         if v.prefetch != 0 {
             for k in (0..n_in).filter(|&k| bcast >> k & 1 == 0) {
-                for l in 0..lines {
+                for l in 0..copies.len() as i32 {
                     g.a.prefetcht0(byte_ptr(PTRS[k] + rax + (v.prefetch + 64 * l)))?;
                 }
+            }
+        }
+        for (pos, &i) in order.iter().enumerate() {
+            g.node(i as Val, pre.len() + pos, bcast)?;
+        }
+        for (j, &o) in p.outputs.iter().enumerate() {
+            for (c, cv) in copies.iter().enumerate() {
+                let mut temps = Vec::new();
+                let r = g.reg(cv[o as usize], &mut temps)?;
+                g.a.vmovups(zmmword_ptr(PTRS[n_in + j] + rax + 64 * c as i32).k1(), r)?;
+                g.free_z.extend_from_slice(&temps);
             }
         }
         Ok(())
@@ -505,18 +522,7 @@ fn emit(p: &Prog, v: Variant, copies: usize) -> Result<Code, NoCode> {
         g.a.set_label(&mut pairs)?;
         g.a.cmp(rcx, 16 * copies as i32)?;
         g.a.jb(top)?;
-        prefetch(&mut g, copies as i32)?;
-        for (pos, &i) in pair_order.iter().enumerate() {
-            g.node(i as Val, pre.len() + pos, bcast)?;
-        }
-        for (j, &o) in p.outputs.iter().enumerate() {
-            for (c, cv) in copy.iter().enumerate() {
-                let mut temps = Vec::new();
-                let r = g.reg(cv[o as usize], &mut temps)?;
-                g.a.vmovups(zmmword_ptr(PTRS[n_in + j] + rax + 64 * c as i32).k1(), r)?;
-                g.free_z.extend_from_slice(&temps);
-            }
-        }
+        iteration(&mut g, &pair_order, &copy)?;
         g.a.add(rax, 64 * copies as i32)?;
         g.a.sub(rcx, 16 * copies as i32)?;
         g.a.jmp(pairs)?;
@@ -533,16 +539,7 @@ fn emit(p: &Prog, v: Variant, copies: usize) -> Result<Code, NoCode> {
     g.a.dec(r11d)?;
     g.a.kmovw(k1, r11d)?;
     g.a.set_label(&mut body_l)?;
-    prefetch(&mut g, 1)?;
-    for (pos, &i) in body.iter().enumerate() {
-        g.node(i as Val, pre.len() + pos, bcast)?;
-    }
-    for (j, &o) in p.outputs.iter().enumerate() {
-        let mut temps = Vec::new();
-        let r = g.reg(o, &mut temps)?;
-        g.a.vmovups(zmmword_ptr(PTRS[n_in + j] + rax).k1(), r)?;
-        g.free_z.extend_from_slice(&temps);
-    }
+    iteration(&mut g, &body, &copy[..1])?;
     g.a.add(rax, 64)?;
     g.a.sub(rcx, 16)?;
     g.a.ja(top)?;
