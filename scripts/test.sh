@@ -1,6 +1,33 @@
 #!/usr/bin/env bash
-# Runs every test of the workspace (the README's test command).
+# Runs every test (the README's test command): the Rust workspace, then the
+# R package (installing R from Debian's packages when missing): its testthat
+# suite against the package installed from this checkout, and R CMD check
+# on the tarball that R CMD build makes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo test --workspace --all-targets
 cargo test --workspace --doc
+
+echo "== R package: install from the checkout =="
+bash scripts/r-install.sh >target/r-install.log 2>&1 || { cat target/r-install.log; exit 1; }
+
+echo "== R package: testthat =="
+R_LIBS="$PWD/target/R" Rscript -e '
+  suppressPackageStartupMessages({ library(testthat); library(kiln) })
+  res <- as.data.frame(test_dir("r/tests/testthat", reporter = "summary", stop_on_failure = FALSE))
+  failed <- sum(res$failed) + sum(res$error)
+  cat(sprintf("testthat: %d passed, %d failed\n", sum(res$nb) - failed, failed))
+  if (failed > 0) quit(status = 1)
+'
+
+echo "== R package: R CMD build and R CMD check --no-manual on the tarball =="
+rm -rf target/r-check && mkdir -p target/r-check
+(cd target/r-check && R CMD build --no-build-vignettes ../../r)
+tarball=$(ls target/r-check/kiln_*.tar.gz)
+# Reuse one cargo build folder between checks (the tarball builds elsewhere).
+(cd target/r-check && KILN_TARGET_DIR="$PWD/../r-check-build" R CMD check --no-manual "$(basename "$tarball")") \
+  | tee target/r-check/check.log
+if grep -Eq "^Status: .*(ERROR|WARNING)" target/r-check/check.log; then
+  echo "R CMD check reported an ERROR or WARNING" >&2
+  exit 1
+fi

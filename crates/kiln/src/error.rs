@@ -70,6 +70,13 @@ pub enum Error {
         /// Names of the placeholder inputs the value depends on.
         inputs: Vec<String>,
     },
+    /// The traced function itself failed (an error raised by user code, such
+    /// as an R error inside a compiled R function), as opposed to an error of
+    /// kiln's own. The message is the function's, kept as it was.
+    Function {
+        /// The function's own error message.
+        msg: String,
+    },
     /// An argument is invalid (bad parameter value, wrong element type, ...).
     Invalid {
         /// The operation.
@@ -116,9 +123,10 @@ impl fmt::Display for Error {
                  (values only exist when the compiled function runs). Printing, reading values and \
                  control flow on array values are not allowed inside a compiled function. \
                  Fix: return the array as an output of the function and read it after the call, \
-                 or disable compilation (kiln::disable_compile() or KILN_DISABLE_COMPILE=1) to debug eagerly.",
+                 or disable compilation (kiln::disable_compile(), or KILN_DISABLE_COMPILE=1 or MLX_DISABLE_COMPILE=1) to debug eagerly.",
                 if inputs.is_empty() { "an input".to_string() } else { inputs.join(", ") }
             ),
+            Error::Function { msg } => write!(f, "{msg}"),
             Error::Invalid { op, msg } => write!(f, "{op}: {msg}"),
         }
     }

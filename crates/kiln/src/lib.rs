@@ -31,6 +31,13 @@ pub mod program;
 pub mod shape;
 
 pub use array::{eval, Array};
+pub use backend::cpu::team::{set_threads, threads};
+
+/// Frees the memory kiln keeps for reuse (large buffers of arrays that were
+/// dropped); returns the bytes freed. Live arrays are not touched.
+pub fn release_memory() -> usize {
+    backend::cpu::pool::release()
+}
 pub use compile::{
     compile, compile_with, disable_compile, enable_compile, CacheStats, CompileOptions, Compiled, Outputs,
 };

@@ -46,6 +46,20 @@ pub enum UnaryOp {
 }
 
 impl UnaryOp {
+    /// Every unary op, in declaration order.
+    pub const ALL: [UnaryOp; 26] = {
+        use UnaryOp::*;
+        [
+            Neg, Abs, Sign, Sqrt, Rsqrt, Square, Reciprocal, Exp, Expm1, Log, Log1p, Log2, Log10, Sin, Cos, Tan, Tanh,
+            Sigmoid, Erf, Floor, Ceil, Round, LogicalNot, IsNan, IsInf, IsFinite,
+        ]
+    };
+
+    /// The op whose [`Self::name`] is `name` (for bindings that name ops by string).
+    pub fn from_name(name: &str) -> Option<UnaryOp> {
+        Self::ALL.into_iter().find(|op| op.name() == name)
+    }
+
     /// The op's user-facing name.
     pub fn name(self) -> &'static str {
         use UnaryOp::*;
@@ -159,6 +173,36 @@ pub enum BinaryOp {
 }
 
 impl BinaryOp {
+    /// Every binary op, in declaration order.
+    pub const ALL: [BinaryOp; 18] = {
+        use BinaryOp::*;
+        [
+            Add,
+            Sub,
+            Mul,
+            Div,
+            FloorDivide,
+            Remainder,
+            Pow,
+            Maximum,
+            Minimum,
+            Atan2,
+            Equal,
+            NotEqual,
+            Less,
+            LessEqual,
+            Greater,
+            GreaterEqual,
+            LogicalAnd,
+            LogicalOr,
+        ]
+    };
+
+    /// The op whose [`Self::name`] is `name` (for bindings that name ops by string).
+    pub fn from_name(name: &str) -> Option<BinaryOp> {
+        Self::ALL.into_iter().find(|op| op.name() == name)
+    }
+
     /// The op's user-facing name.
     pub fn name(self) -> &'static str {
         use BinaryOp::*;

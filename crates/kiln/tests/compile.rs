@@ -548,3 +548,57 @@ fn a_reduction_over_the_leading_axis_is_not_chained_in_row_blocks() -> Result<()
     assert!(g.explain(&x)?.contains("row blocks: kernels 0..=1"), "{}", g.explain(&x)?);
     Ok(())
 }
+
+#[test]
+fn closures_that_are_not_send_compile_and_the_error_of_f_is_kept() -> Result<()> {
+    // Rc is neither Send nor Sync (like an R closure); the compiled
+    // function then holds it and is itself not Send.
+    let calls = std::rc::Rc::new(std::cell::Cell::new(0));
+    let c = std::rc::Rc::clone(&calls);
+    let f = compile(move |x: &Array| -> Result<Array> {
+        c.set(c.get() + 1);
+        if c.get() == 1 {
+            return Err(Error::Function { msg: "boom from the traced function".into() });
+        }
+        x * 2.0f32
+    });
+    let x = ramp(&[3]);
+    let e = f.call(&x).unwrap_err();
+    assert_eq!(e, Error::Function { msg: "boom from the traced function".into() });
+    assert_eq!(e.to_string(), "boom from the traced function");
+    assert_eq!(f.stats().entries, 0, "a failed trace leaves no entry");
+    let y = f.call(&x)?;
+    let y = f.call(&y)?;
+    assert_eq!(y.to_vec::<f32>()?, x.to_vec::<f32>()?.iter().map(|v| v * 4.0).collect::<Vec<_>>());
+    assert_eq!(calls.get(), 2, "traced once after the failure, then cached");
+    Ok(())
+}
+
+/// Outputs with a structure besides their arrays: a tag chosen while
+/// tracing (from the input's shape) comes back with every cached call.
+struct Tagged(Vec<Array>, String);
+
+impl kiln::Outputs for Tagged {
+    type Value = (Vec<Array>, String);
+    type Tree = String;
+    fn into_arrays(self) -> Result<(Vec<Array>, String)> {
+        Ok((self.0, self.1))
+    }
+    fn from_arrays(v: Vec<Array>, tree: &String) -> (Vec<Array>, String) {
+        (v, tree.clone())
+    }
+}
+
+#[test]
+fn an_outputs_tree_is_kept_per_cache_entry() -> Result<()> {
+    let f = compile(|x: &Array| Tagged(vec![(x + 1.0f32).unwrap()], format!("rank {}", x.ndim())));
+    let (v, tag) = f.call(&ramp(&[4]))?;
+    assert_eq!((v.len(), tag.as_str()), (1, "rank 1"));
+    let (_, tag) = f.call(&ramp(&[2, 2]))?;
+    assert_eq!(tag, "rank 2");
+    let (v, tag) = f.call(&ramp(&[5]))?;
+    assert_eq!(tag, "rank 1", "a hit rebuilds with its own entry's tree");
+    assert_eq!(v[0].shape(), &[5]);
+    assert_eq!(f.stats().traces, 3);
+    Ok(())
+}

@@ -951,3 +951,27 @@ mod broadcasting {
         }
     }
 }
+
+#[test]
+fn small_whole_powers_are_products_that_fuse() -> Result<()> {
+    let v: Vec<f32> = (0..100).map(|i| (i as f32 - 50.0) * 0.173).collect();
+    let x = Array::from_slice(&v, &[100])?;
+    for (n, want) in [
+        (2.0, v.iter().map(|a| a * a).collect::<Vec<f32>>()),
+        (3.0, v.iter().map(|a| a * a * a).collect()),
+        (4.0, v.iter().map(|a| (a * a) * (a * a)).collect()),
+        (-2.0, v.iter().map(|a| 1.0 / (a * a)).collect()),
+        (1.0, v.clone()),
+    ] {
+        assert_eq!(kiln::pow(&x, n)?.to_vec::<f32>()?, want, "x ^ {n}");
+    }
+    // Other exponents still go through pow.
+    let half = kiln::pow(&x.abs()?, 0.5f32)?.to_vec::<f32>()?;
+    assert!(half.iter().zip(&v).all(|(h, a)| (h - a.abs().sqrt()).abs() <= 1e-6 * (1.0 + a.abs())));
+    // Compiled, x ^ 3 is vector code, not the per-element interpreter.
+    let f = kiln::compile(|x: &Array| kiln::pow(x, 3.0f32)? + 1.0f32);
+    let text = f.explain(&x)?;
+    assert!(!text.contains("interpreter"), "{text}");
+    assert_eq!(f.call(&x)?.to_vec::<f32>()?, v.iter().map(|a| a * a * a + 1.0).collect::<Vec<_>>());
+    Ok(())
+}

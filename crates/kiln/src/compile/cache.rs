@@ -21,6 +21,9 @@ pub struct Entry {
     pub traced_instrs: usize,
     /// The program reads the implicit random key (the last input).
     pub uses_random: bool,
+    /// The traced function's [`crate::compile::Outputs::Tree`], rebuilt around
+    /// each call's arrays.
+    pub tree: Box<dyn std::any::Any + Send + Sync>,
 }
 
 struct Slot {

@@ -41,7 +41,8 @@
 //! numbers and the global key advances as if it were an output; after
 //! `random::seed(s)` the sequence repeats.
 //!
-//! Debugging: [`disable_compile`] (or `KILN_DISABLE_COMPILE=1`) makes every
+//! Debugging: [`disable_compile`] (or `KILN_DISABLE_COMPILE=1`, or MLX's
+//! `MLX_DISABLE_COMPILE=1`) makes every
 //! compiled function call `f` directly, eagerly, so values can be printed.
 
 mod cache;
@@ -94,11 +95,16 @@ pub fn enable_compile() {
     DISABLED.store(false, Ordering::SeqCst);
 }
 
-/// True when compiled functions run eagerly ([`disable_compile`] or
-/// `KILN_DISABLE_COMPILE=1`).
+/// True when compiled functions run eagerly ([`disable_compile`], or
+/// `KILN_DISABLE_COMPILE` or MLX's `MLX_DISABLE_COMPILE` set to `1` or `true`
+/// when the process first asks).
 pub fn compile_disabled() -> bool {
     DISABLED.load(Ordering::Relaxed)
-        || *ENV_DISABLED.get_or_init(|| std::env::var("KILN_DISABLE_COMPILE").is_ok_and(|v| v == "1" || v == "true"))
+        || *ENV_DISABLED.get_or_init(|| {
+            ["KILN_DISABLE_COMPILE", "MLX_DISABLE_COMPILE"]
+                .iter()
+                .any(|name| std::env::var(name).is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true")))
+        })
 }
 
 /// Options for [`compile_with`].
@@ -121,42 +127,53 @@ impl Default for CompileOptions {
 
 /// What a traced function returns: one array, a tuple of arrays, a `Vec`,
 /// or a `Result` of any of these.
+///
+/// An output is its arrays plus a [`Outputs::Tree`]: whatever else describes
+/// the returned value (as a pytree's structure in JAX). The tree of the value
+/// returned while tracing is kept with the cache entry, and every later call
+/// served by that entry rebuilds its value from the new arrays and that tree
+/// (for an R binding, whether the function returned a list and its names).
 pub trait Outputs: Sized {
     /// The value a compiled call returns (inside `Result`).
     type Value;
-    /// Flattens to arrays (in order).
-    fn into_arrays(self) -> Result<Vec<Array>>;
-    /// Rebuilds the returned structure from arrays (in order).
-    fn from_arrays(v: Vec<Array>) -> Self::Value;
+    /// The structure besides the arrays (`()` for Rust's fixed shapes).
+    type Tree: Send + Sync + 'static;
+    /// Flattens to arrays (in order) and the structure around them.
+    fn into_arrays(self) -> Result<(Vec<Array>, Self::Tree)>;
+    /// Rebuilds the returned value from arrays (in order) and its structure.
+    fn from_arrays(v: Vec<Array>, tree: &Self::Tree) -> Self::Value;
 }
 
 impl Outputs for Array {
     type Value = Array;
-    fn into_arrays(self) -> Result<Vec<Array>> {
-        Ok(vec![self])
+    type Tree = ();
+    fn into_arrays(self) -> Result<(Vec<Array>, ())> {
+        Ok((vec![self], ()))
     }
-    fn from_arrays(mut v: Vec<Array>) -> Array {
+    fn from_arrays(mut v: Vec<Array>, _: &()) -> Array {
         v.pop().expect("one output")
     }
 }
 
 impl Outputs for Vec<Array> {
     type Value = Vec<Array>;
-    fn into_arrays(self) -> Result<Vec<Array>> {
-        Ok(self)
+    type Tree = ();
+    fn into_arrays(self) -> Result<(Vec<Array>, ())> {
+        Ok((self, ()))
     }
-    fn from_arrays(v: Vec<Array>) -> Vec<Array> {
+    fn from_arrays(v: Vec<Array>, _: &()) -> Vec<Array> {
         v
     }
 }
 
 impl<T: Outputs> Outputs for Result<T> {
     type Value = T::Value;
-    fn into_arrays(self) -> Result<Vec<Array>> {
+    type Tree = T::Tree;
+    fn into_arrays(self) -> Result<(Vec<Array>, T::Tree)> {
         self?.into_arrays()
     }
-    fn from_arrays(v: Vec<Array>) -> T::Value {
-        T::from_arrays(v)
+    fn from_arrays(v: Vec<Array>, tree: &T::Tree) -> T::Value {
+        T::from_arrays(v, tree)
     }
 }
 
@@ -164,12 +181,13 @@ macro_rules! tuple_outputs {
     ($($n:literal: $($t:ident)*;)*) => {$(
         impl Outputs for ($(tuple_outputs!(@arr $t),)*) {
             type Value = Self;
+            type Tree = ();
             #[allow(non_snake_case)]
-            fn into_arrays(self) -> Result<Vec<Array>> {
+            fn into_arrays(self) -> Result<(Vec<Array>, ())> {
                 let ($($t,)*) = self;
-                Ok(vec![$($t),*])
+                Ok((vec![$($t),*], ()))
             }
-            fn from_arrays(v: Vec<Array>) -> Self {
+            fn from_arrays(v: Vec<Array>, _: &()) -> Self {
                 let mut it = v.into_iter();
                 ($(tuple_outputs!(@next it $t),)*)
             }
@@ -187,8 +205,10 @@ tuple_outputs! {
 }
 
 /// A function of arrays that can be traced. Implemented for closures of 1
-/// to 8 `&Array` arguments and for `Fn(&[Array])` (any number).
-pub trait TraceFn<Args>: Send + Sync {
+/// to 8 `&Array` arguments and for `Fn(&[Array])` (any number). The function
+/// need not be `Send` or `Sync` (a closure holding an R function is neither);
+/// the compiled function is then neither.
+pub trait TraceFn<Args> {
     /// What the function returns.
     type Out: Outputs;
     /// The fixed number of arguments, or `None` for the slice form.
@@ -202,7 +222,7 @@ pub struct SliceArgs;
 
 impl<F, O> TraceFn<SliceArgs> for F
 where
-    F: Fn(&[Array]) -> O + Send + Sync,
+    F: Fn(&[Array]) -> O,
     O: Outputs,
 {
     type Out = O;
@@ -218,7 +238,7 @@ macro_rules! fixed_arity {
     ($($n:literal: $($i:literal)*;)*) => {$(
         impl<F, O> TraceFn<[Array; $n]> for F
         where
-            F: Fn($(fixed_arity!(@ref $i)),*) -> O + Send + Sync,
+            F: Fn($(fixed_arity!(@ref $i)),*) -> O,
             O: Outputs,
         {
             type Out = O;
@@ -298,8 +318,8 @@ tuple_args! {
     8: A B C D E F G H;
 }
 
-/// A compiled function. Cheap to clone (shared cache), `Send + Sync`, and
-/// callable from many threads at once.
+/// A compiled function. Cheap to clone (shared cache); `Send + Sync`, and
+/// callable from many threads at once, when `f` is.
 pub struct Compiled<F, Args> {
     inner: Arc<Inner<F>>,
     _args: PhantomData<fn(Args)>,
@@ -360,8 +380,8 @@ impl<F: TraceFn<Args>, Args> Compiled<F, Args> {
 
     fn call_eager(&self, args: &[&Array]) -> Result<<F::Out as Outputs>::Value> {
         let owned: Vec<Array> = args.iter().map(|a| (*a).clone()).collect();
-        let outs = self.inner.f.invoke(&owned).into_arrays()?;
-        Ok(F::Out::from_arrays(outs))
+        let (outs, tree) = self.inner.f.invoke(&owned).into_arrays()?;
+        Ok(F::Out::from_arrays(outs, &tree))
     }
 
     /// The cached entry for `args`' signature, tracing on a miss.
@@ -393,7 +413,8 @@ impl<F: TraceFn<Args>, Args> Compiled<F, Args> {
             datas.push(k.data().expect("host keys hold data"));
         }
         let outs = run_entry(&entry, &datas)?;
-        Ok(F::Out::from_arrays(outs.into_iter().map(Array::from_data).collect()))
+        let tree = entry.tree.downcast_ref::<<F::Out as Outputs>::Tree>().expect("an entry's tree comes from this F");
+        Ok(F::Out::from_arrays(outs.into_iter().map(Array::from_data).collect(), tree))
     }
 
     /// Traces `f` on placeholders shaped like `args` and builds the executable.
@@ -411,7 +432,7 @@ impl<F: TraceFn<Args>, Args> Compiled<F, Args> {
         TRACE_NAMES.with(|t| *t.borrow_mut() = prev);
         let uses_random = final_key.is_some_and(|k| k.id() != key.id());
         placeholders.push(key);
-        let outputs = match result {
+        let (outputs, tree) = match result {
             Ok(r) => r?,
             Err(panic) => {
                 let msg = panic
@@ -430,7 +451,7 @@ impl<F: TraceFn<Args>, Args> Compiled<F, Args> {
         crate::passes::optimize(&mut program, self.inner.options.shapeless);
         let exe = Executable::new(program);
         let traced_shapes = args.iter().map(|a| a.shape().to_vec()).collect();
-        Ok(Entry { exe, traced_shapes, traced_instrs, uses_random })
+        Ok(Entry { exe, traced_shapes, traced_instrs, uses_random, tree: Box::new(tree) })
     }
 
     /// Counters: traces, cache hits and misses, live entries.

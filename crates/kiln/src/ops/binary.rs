@@ -27,12 +27,17 @@ use std::ops;
 
 use crate::array::Array;
 use crate::error::{Error, Result};
-use crate::ops::{operand_as, result_dtype, Operand};
+use crate::ops::{operand_as, result_dtype, Operand, Scalar};
 use crate::primitive::{BinaryOp, Primitive};
 
 /// Records a binary op after promoting both operands.
 pub fn binary(op: BinaryOp, a: impl Into<Operand>, b: impl Into<Operand>) -> Result<Array> {
     let (a, b) = (a.into(), b.into());
+    if op == BinaryOp::Pow {
+        if let Some(p) = small_integer_power(&a, &b) {
+            return p;
+        }
+    }
     let dt = op.operand_dtype(result_dtype(&[&a, &b]))?;
     let a = operand_as(a, dt)?;
     let b = operand_as(b, dt)?;
@@ -77,6 +82,35 @@ binary_fns! {
     greater_equal => GreaterEqual: "Elementwise `a >= b`, as bool.",
     logical_and => LogicalAnd: "Elementwise logical and of truth values, as bool.",
     logical_or => LogicalOr: "Elementwise logical or of truth values, as bool.",
+}
+
+/// `x ^ n` for a float array `x` and a whole scalar `n` with `1 <= |n| <= 4`,
+/// as products (`x * x * x`; `1 / (x * x)` for `n = -2`), as R's `^` and
+/// NumPy's `power` do for small whole exponents: as exact as `pow` or more,
+/// and elementwise work that fuses into vector code, where `pow` runs each
+/// element through the C library (`x^3` in an R gelu took 13x longer).
+fn small_integer_power(a: &Operand, b: &Operand) -> Option<Result<Array>> {
+    let (Operand::Array(x), Operand::Scalar(s)) = (a, b) else { return None };
+    let n = match *s {
+        Scalar::Float(f) if f.fract() == 0.0 && (1.0..=4.0).contains(&f.abs()) => f as i64,
+        Scalar::Int(i) if (1..=4).contains(&i.abs()) => i,
+        _ => return None,
+    };
+    if !x.dtype().is_float() {
+        return None;
+    }
+    let product = || -> Result<Array> {
+        match n.abs() {
+            1 => Ok(x.clone()),
+            2 => x * x,
+            3 => (x * x)? * x,
+            _ => {
+                let sq = (x * x)?;
+                &sq * &sq
+            }
+        }
+    };
+    Some(product().and_then(|p| if n < 0 { p.reciprocal() } else { Ok(p) }))
 }
 
 /// `cond ? a : b` elementwise, broadcasting all three; `cond` is converted

@@ -176,6 +176,12 @@ pub fn take(x: &Array, indices: &Array, axis: isize) -> Result<Array> {
     Array::from_op(Primitive::Take { axis: ax }, vec![x.clone(), indices.clone()])
 }
 
+/// A contiguous row-major copy of `x` (materializes a transposed, sliced or
+/// broadcast view, so later kernels read it sequentially).
+pub fn contiguous(x: &Array) -> Result<Array> {
+    Array::from_op(Primitive::Copy, vec![x.clone()])
+}
+
 impl Array {
     /// See [`reshape`].
     pub fn reshape(&self, shape: &[isize]) -> Result<Array> {

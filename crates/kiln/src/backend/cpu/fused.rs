@@ -12,7 +12,7 @@ use crate::array::Data;
 use crate::backend::cpu::rows::Claimed;
 use crate::backend::cpu::strided::{PAR_CHUNK, PAR_THRESHOLD};
 use crate::backend::cpu::tile::{Src, TILE};
-use crate::backend::cpu::{binary, cast, jit, reduce, unary, Buffer, BufferElement};
+use crate::backend::cpu::{binary, cast, jit, reduce, team, unary, Buffer, BufferElement};
 use crate::dtype::{DType, Element};
 use crate::layout::{collapse, for_each_block, Layout};
 use crate::passes::fuse::{FusedGroup, FusedOp};
@@ -573,9 +573,12 @@ impl<'a> Exec<'a> {
             } else {
                 PAR_CHUNK
             };
-            (0..n.div_ceil(chunk))
-                .into_par_iter()
-                .for_each_init(|| self.scratch(), |sc, c| self.range(sc, c * chunk, ((c + 1) * chunk).min(n), outs, 0));
+            team::parallel(|| {
+                (0..n.div_ceil(chunk)).into_par_iter().for_each_init(
+                    || self.scratch(),
+                    |sc, c| self.range(sc, c * chunk, ((c + 1) * chunk).min(n), outs, 0),
+                )
+            });
         }
     }
 }
@@ -846,7 +849,7 @@ pub fn run_reduce(
         let parts: Vec<Vec<Buffer>> = if n_out * n_red < PAR_THRESHOLD {
             (0..chunks).map(part).collect::<crate::Result<_>>()?
         } else {
-            (0..chunks).into_par_iter().map(part).collect::<crate::Result<_>>()?
+            team::parallel(|| (0..chunks).into_par_iter().map(part).collect::<crate::Result<_>>())?
         };
         (0..reductions.len()).map(|k| concat_buffers(parts.iter().map(|p| &p[k]), out_dtypes[k])).collect()
     } else {
@@ -855,15 +858,17 @@ pub fn run_reduce(
         let per_out = n_red.div_ceil(REDUCE_CHUNK);
         let mut finals: Vec<Vec<Buffer>> = vec![vec![]; reductions.len()];
         for o in 0..n_out {
-            let partials: Vec<Vec<Partial>> = (0..per_out)
-                .into_par_iter()
-                .map(|c| {
-                    let lo = o * n_red + c * REDUCE_CHUNK;
-                    let hi = (lo + REDUCE_CHUNK).min((o + 1) * n_red);
-                    let vals = produce(lo, hi, 1);
-                    reductions.iter().map(|&(op, i)| Partial::of(op, &vals[i], hi - lo)).collect()
-                })
-                .collect::<crate::Result<_>>()?;
+            let partials: Vec<Vec<Partial>> = team::parallel(|| {
+                (0..per_out)
+                    .into_par_iter()
+                    .map(|c| {
+                        let lo = o * n_red + c * REDUCE_CHUNK;
+                        let hi = (lo + REDUCE_CHUNK).min((o + 1) * n_red);
+                        let vals = produce(lo, hi, 1);
+                        reductions.iter().map(|&(op, i)| Partial::of(op, &vals[i], hi - lo)).collect()
+                    })
+                    .collect::<crate::Result<_>>()
+            })?;
             for (k, &(op, _)) in reductions.iter().enumerate() {
                 finals[k].push(Partial::combine(op, partials.iter().map(|p| &p[k]), n_red, out_dtypes[k])?);
             }

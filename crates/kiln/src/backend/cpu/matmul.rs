@@ -29,7 +29,7 @@ use smallvec::SmallVec;
 
 use crate::array::Data;
 use crate::backend::cpu::math::IntMath;
-use crate::backend::cpu::Buffer;
+use crate::backend::cpu::{team, Buffer};
 use crate::dtype::Element;
 use crate::error::{shape_str, Error, Result};
 use crate::layout::{Dims, Layout};
@@ -232,10 +232,12 @@ fn gemm_batched<T: GemmElement>(a: &Data, b: &Data, g: &Geometry) -> Vec<T> {
     let work = mn * k;
     if work >= PAR_WORK {
         for (dst, &o) in out.chunks_mut(mn).zip(&g.offsets) {
-            run(dst, o, Parallelism::Rayon(0));
+            run(dst, o, Parallelism::Rayon(team::max_threads()));
         }
     } else if uses_threads(g.offsets.len(), m, n, k) {
-        out.par_chunks_mut(mn).zip(&g.offsets[..]).for_each(|(dst, &o)| run(dst, o, Parallelism::None));
+        team::parallel(|| {
+            out.par_chunks_mut(mn).zip(&g.offsets[..]).for_each(|(dst, &o)| run(dst, o, Parallelism::None))
+        });
     } else {
         for (dst, &o) in out.chunks_mut(mn).zip(&g.offsets) {
             run(dst, o, Parallelism::None);
@@ -280,7 +282,7 @@ fn f32_batched(a: &Data, b: &Data, g: &Geometry, bias: Option<&Data>) -> Vec<f32
     let mut out = Vec::with_capacity(nb * mn);
     let spare = &mut out.spare_capacity_mut()[..nb * mn];
     if mn * k < PAR_WORK && uses_threads(nb, m, n, k) {
-        spare.par_chunks_mut(mn).enumerate().for_each(|(i, dst)| run(dst, i, false));
+        team::parallel(|| spare.par_chunks_mut(mn).enumerate().for_each(|(i, dst)| run(dst, i, false)));
     } else {
         // Each product splits over threads itself when it is large enough.
         for (i, dst) in spare.chunks_mut(mn).enumerate() {
@@ -324,7 +326,7 @@ fn int_batched<I: IntMath>(a: &Data, b: &Data, g: &Geometry) -> Vec<I> {
         }
     };
     if uses_threads(g.offsets.len(), m, n, k) {
-        out.par_chunks_mut(n).enumerate().for_each(row);
+        team::parallel(|| out.par_chunks_mut(n).enumerate().for_each(row));
     } else {
         out.chunks_mut(n).enumerate().for_each(row);
     }

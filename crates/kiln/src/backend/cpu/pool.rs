@@ -107,6 +107,18 @@ fn element_layout<T>(_: &[T]) -> std::alloc::Layout {
     std::alloc::Layout::new::<T>()
 }
 
+/// Frees every kept buffer; returns the bytes freed.
+pub fn release() -> usize {
+    let kept: Vec<Buffer> = std::mem::take(&mut *POOL.lock().unwrap_or_else(|e| e.into_inner()));
+    let bytes = kept.iter().map(capacity_bytes).sum();
+    // Their storage is released first, so that their own drop does not
+    // come back to the pool.
+    for mut b in kept {
+        crate::with_buffer!(&mut b, v => drop(std::mem::take(v)));
+    }
+    bytes
+}
+
 /// Bytes currently kept (for tests).
 pub fn kept_bytes() -> usize {
     POOL.lock().unwrap_or_else(|e| e.into_inner()).iter().map(capacity_bytes).sum()

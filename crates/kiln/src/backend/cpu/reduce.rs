@@ -30,7 +30,7 @@ use rayon::prelude::*;
 
 use crate::array::Data;
 use crate::backend::cpu::strided::PAR_THRESHOLD;
-use crate::backend::cpu::Buffer;
+use crate::backend::cpu::{team, Buffer};
 use crate::dtype::{DType, Element};
 use crate::error::{shape_str, Error, Result};
 use crate::layout::{collapse, for_each_block, Layout};
@@ -436,15 +436,17 @@ fn execute<R: Reducer>(r: &R, src: &[R::In], p: &Plan) -> Vec<R::Out> {
         && red_tasks > out_tasks
         && red_tasks.saturating_mul(n_out) <= MAX_PARTIALS
     {
-        let parts: Vec<Vec<R::Acc>> = (0..red_tasks)
-            .into_par_iter()
-            .map(|t| {
-                let mut acc = vec![r.identity(); n_out];
-                let reds = t * red_chunk..((t + 1) * red_chunk).min(n_red);
-                accumulate(r, src, p, 0..n_out, reds, &mut acc);
-                acc
-            })
-            .collect();
+        let parts: Vec<Vec<R::Acc>> = team::parallel(|| {
+            (0..red_tasks)
+                .into_par_iter()
+                .map(|t| {
+                    let mut acc = vec![r.identity(); n_out];
+                    let reds = t * red_chunk..((t + 1) * red_chunk).min(n_red);
+                    accumulate(r, src, p, 0..n_out, reds, &mut acc);
+                    acc
+                })
+                .collect()
+        });
         return combine_tree(r, parts).into_iter().map(|a| r.finish(a, n_red)).collect();
     }
     let chunk_out = |start: usize, out: &mut [R::Out]| {
@@ -459,7 +461,7 @@ fn execute<R: Reducer>(r: &R, src: &[R::In], p: &Plan) -> Vec<R::Out> {
     if total < PAR_THRESHOLD || out_tasks < 2 {
         chunk_out(0, &mut out);
     } else {
-        out.par_chunks_mut(out_chunk).enumerate().for_each(|(i, c)| chunk_out(i * out_chunk, c));
+        team::parallel(|| out.par_chunks_mut(out_chunk).enumerate().for_each(|(i, c)| chunk_out(i * out_chunk, c)));
     }
     out
 }
@@ -1172,7 +1174,7 @@ fn arg_typed<T: Element, const MAX: bool>(
     if total < PAR_THRESHOLD {
         fill(0, &mut out);
     } else if n_out.div_ceil(chunk) >= FEW_TASKS || n < 2 * TASK_WORK {
-        out.par_chunks_mut(chunk).enumerate().for_each(|(i, c)| fill(i * chunk, c));
+        team::parallel(|| out.par_chunks_mut(chunk).enumerate().for_each(|(i, c)| fill(i * chunk, c)));
     } else {
         // Few long rows: scan fixed chunks of each row in parallel, then keep
         // the first best chunk result in order.
@@ -1183,13 +1185,15 @@ fn arg_typed<T: Element, const MAX: bool>(
                 *b = o[0] + i as isize * k;
             }
         });
-        let parts: Vec<(usize, T)> = (0..n_out * tasks)
-            .into_par_iter()
-            .map(|t| {
-                let (row, c) = (t / tasks, t % tasks);
-                arg_scan::<T, MAX>(src, bases[row], s, c * TASK_WORK..((c + 1) * TASK_WORK).min(n))
-            })
-            .collect();
+        let parts: Vec<(usize, T)> = team::parallel(|| {
+            (0..n_out * tasks)
+                .into_par_iter()
+                .map(|t| {
+                    let (row, c) = (t / tasks, t % tasks);
+                    arg_scan::<T, MAX>(src, bases[row], s, c * TASK_WORK..((c + 1) * TASK_WORK).min(n))
+                })
+                .collect()
+        });
         for (d, row) in out.iter_mut().zip(parts.chunks(tasks)) {
             let (mut bi, mut bv) = row[0];
             for &(i, v) in &row[1..] {

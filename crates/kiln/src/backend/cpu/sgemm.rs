@@ -188,7 +188,11 @@ fn own_kernel(level: Level, m: usize, n: usize, k: usize) -> bool {
 /// The `gemm` crate.
 #[allow(clippy::too_many_arguments)]
 fn portable(m: usize, n: usize, k: usize, a: Mat, b: Mat, c: &mut [MaybeUninit<f32>], accumulate: bool, threads: bool) {
-    let par = if threads && m * n * k >= PAR_WORK { gemm::Parallelism::Rayon(0) } else { gemm::Parallelism::None };
+    let par = if threads && m * n * k >= PAR_WORK {
+        gemm::Parallelism::Rayon(crate::backend::cpu::team::max_threads())
+    } else {
+        gemm::Parallelism::None
+    };
     // SAFETY: `c` is an exclusively borrowed `m x n` block written
     // row-major (row stride n, column stride 1), initialized when
     // `accumulate` (gemm reads it only then). Every element gemm

@@ -29,7 +29,9 @@ pub fn fill<U: Send>(n: usize, fill: impl Fn(usize, &mut [MaybeUninit<U>]) + Syn
     if n < PAR_THRESHOLD {
         fill(0, spare);
     } else {
-        spare.par_chunks_mut(PAR_CHUNK).enumerate().for_each(|(i, c)| fill(i * PAR_CHUNK, c));
+        crate::backend::cpu::team::parallel(|| {
+            spare.par_chunks_mut(PAR_CHUNK).enumerate().for_each(|(i, c)| fill(i * PAR_CHUNK, c))
+        });
     }
     // SAFETY: `fill` wrote every element of every chunk, and the chunks
     // cover `0..n` of the spare capacity, so the first `n` are initialized.

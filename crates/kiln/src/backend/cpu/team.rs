@@ -19,11 +19,16 @@
 //!
 //! The team has `min(rayon threads, cores, MAX_THREADS) - 1` helpers,
 //! started on first use; with one thread `run` is a plain loop.
+//!
+//! [`set_threads`] caps the threads of every parallel kernel at run time:
+//! the team then wakes at most that many threads less one, and the kernels'
+//! rayon loops run through [`parallel`] in a rayon pool of that size instead
+//! of the global one (gemm is given the count).
 
 use std::any::Any;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Condvar, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 /// How long a helper polls for the next job before it sleeps.
@@ -90,7 +95,7 @@ fn team() -> &'static Team {
         }));
         let mut started = 0;
         for i in 0..team.helpers {
-            let spawned = std::thread::Builder::new().name(format!("kiln-team-{i}")).spawn(move || team.helper());
+            let spawned = std::thread::Builder::new().name(format!("kiln-team-{i}")).spawn(move || team.helper(i));
             started += usize::from(spawned.is_ok());
         }
         if started < team.helpers {
@@ -101,9 +106,52 @@ fn team() -> &'static Team {
     })
 }
 
-/// Threads that work on a job of [`run`]: the caller and the helpers.
+/// The cap set by [`set_threads`] (0: none).
+static LIMIT: AtomicUsize = AtomicUsize::new(0);
+/// The rayon pool of [`set_threads`]'s size, for [`parallel`].
+static POOL: RwLock<Option<Arc<rayon::ThreadPool>>> = RwLock::new(None);
+
+/// Caps the threads that kernels use at `n` (at least 1), from now on:
+/// [`run`] uses at most `n` threads and [`parallel`] runs loops in a rayon
+/// pool of `n` threads. Errors when `n` is 0 or the pool cannot start.
+pub fn set_threads(n: usize) -> crate::Result<()> {
+    if n == 0 {
+        return Err(crate::Error::Invalid { op: "set_threads", msg: "the thread count must be at least 1".into() });
+    }
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .thread_name(|i| format!("kiln-pool-{i}"))
+        .build()
+        .map_err(|e| crate::Error::Invalid { op: "set_threads", msg: format!("cannot start {n} threads: {e}") })?;
+    *POOL.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(pool));
+    LIMIT.store(n, Ordering::SeqCst);
+    Ok(())
+}
+
+/// The cap of [`set_threads`], or 0 when none was set (gemm reads 0 as
+/// "rayon's thread count").
+pub fn max_threads() -> usize {
+    LIMIT.load(Ordering::Relaxed)
+}
+
+/// Runs the parallel loop `f` in the pool of [`set_threads`] when one was
+/// set, else on the calling thread (whose rayon loops use the global pool).
+pub fn parallel<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    let pool = POOL.read().unwrap_or_else(|e| e.into_inner()).clone();
+    match pool {
+        Some(p) => p.install(f),
+        None => f(),
+    }
+}
+
+/// Threads that work on a job of [`run`]: the caller and the helpers (at
+/// most the cap of [`set_threads`]).
 pub fn threads() -> usize {
-    team().helpers + 1
+    let all = team().helpers + 1;
+    match max_threads() {
+        0 => all,
+        cap => all.min(cap),
+    }
 }
 
 /// Runs `task(i)` for every `i < parts` (at most [`MAX_PARTS`]), on the
@@ -113,7 +161,7 @@ pub fn threads() -> usize {
 pub fn run(parts: usize, task: &(dyn Fn(usize) + Sync)) {
     assert!(parts <= MAX_PARTS, "team::run: at most {MAX_PARTS} parts");
     let t = team();
-    if parts <= 1 || t.helpers == 0 || t.busy.swap(true, Ordering::Acquire) {
+    if parts <= 1 || threads() == 1 || t.busy.swap(true, Ordering::Acquire) {
         let mut first = None;
         for i in 0..parts {
             if let Err(p) = catch_unwind(AssertUnwindSafe(|| task(i))) {
@@ -180,12 +228,15 @@ impl Team {
         }
     }
 
-    /// A helper's life: wait for a job, work on it, repeat.
-    fn helper(&self) {
+    /// A helper's life: wait for a job, work on it (unless [`set_threads`]
+    /// leaves helper `index` out), repeat.
+    fn helper(&self, index: usize) {
         let mut seen = job(self.state.load(Ordering::Acquire));
         loop {
             seen = self.wait_for_job(seen);
-            self.work(seen);
+            if index + 1 < threads() {
+                self.work(seen);
+            }
         }
     }
 

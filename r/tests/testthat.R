@@ -1,0 +1,4 @@
+library(testthat)
+library(kiln)
+
+test_check("kiln")

@@ -1,0 +1,17 @@
+test_that("a thread cap keeps results; release frees kiln's kept memory", {
+  x <- mlx_rand_normal(2^21)
+  w <- mlx_rand_normal(c(256, 256))
+  a <- mlx_rand_normal(c(512, 256))
+  before <- list(as.vector(sum(exp(x))), as.matrix(a %*% w))
+  expect_equal(mlx_set_threads(1), 1L)
+  after <- list(as.vector(sum(exp(x))), as.matrix(a %*% w))
+  expect_identical(after, before)
+  expect_error(mlx_set_threads(0), "at least 1")
+  expect_gte(mlx_set_threads(64), 1L)
+  y <- x * 2 + 1
+  mlx_eval(y)
+  rm(y)
+  freed <- mlx_release_memory()
+  expect_gte(freed, 8 * 2^20)
+  expect_equal(mlx_release_memory(), 0)
+})
