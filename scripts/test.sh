@@ -24,8 +24,9 @@ echo "== R package: R CMD build and R CMD check --no-manual on the tarball =="
 rm -rf target/r-check && mkdir -p target/r-check
 (cd target/r-check && R CMD build --no-build-vignettes ../../r)
 tarball=$(ls target/r-check/kiln_*.tar.gz)
-# Reuse one cargo build folder between checks (the tarball builds elsewhere).
-(cd target/r-check && KILN_TARGET_DIR="$PWD/../r-check-build" R CMD check --no-manual "$(basename "$tarball")") \
+# The install's cargo build folder serves the check too: the dependencies
+# are built once (kiln itself builds again, from the tarball's copy).
+(cd target/r-check && KILN_TARGET_DIR="$PWD/../r-build" R CMD check --no-manual "$(basename "$tarball")") \
   | tee target/r-check/check.log
 if grep -Eq "^Status: .*(ERROR|WARNING)" target/r-check/check.log; then
   echo "R CMD check reported an ERROR or WARNING" >&2

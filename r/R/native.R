@@ -1,6 +1,8 @@
 # The package's calls into its Rust library (src/rust/src/lib.rs), one R
 # function per Rust function. Internal: users call the mlx_* API.
 
+.onLoad <- function(libname, pkgname) .Call(wrap__kiln_on_load)
+
 kiln_from_r <- function(data, dim, dtype) .Call(wrap__kiln_from_r, data, dim, dtype)
 kiln_to_r <- function(x, what) .Call(wrap__kiln_to_r, x, what)
 kiln_shape <- function(x) .Call(wrap__kiln_shape, x)

@@ -128,14 +128,14 @@ test_that("reading a placeholder while tracing is an R error naming the argument
     })
     err <- expect_error(cf(mlx_ones(c(2, 2)), mlx_ones(3)))
     msg <- conditionMessage(err)
-    expect_match(msg, "argument 2 \\(f32\\[3\\]\\)")
+    expect_match(msg, "argument 2 `y` \\(f32\\[3\\]\\)")
     expect_match(msg, "placeholder")
     expect_match(msg, "mlx_disable_compile()", fixed = TRUE)
   }
   iff <- mlx_compile(function(x) if (x > 0) x else -x)
   err <- expect_error(iff(mlx_scalar(1)))
   expect_match(conditionMessage(err), "^`if \\(x > 0\\)`: cannot read array values while tracing")
-  expect_match(conditionMessage(err), "argument 1")
+  expect_match(conditionMessage(err), "argument 1 `x`")
   # The session and the compiled function go on.
   ok <- mlx_compile(function(x) x + 1)
   expect_equal(as.vector(ok(as_mlx(1))), 2)

@@ -76,6 +76,42 @@ pub(crate) fn trace_input_names() -> Vec<String> {
     TRACE_NAMES.with(|t| t.borrow().clone())
 }
 
+/// The thread's tracing state while a function is traced: set by
+/// [`Tracing::begin`], restored to what it was by [`Tracing::end`] or, when
+/// the traced function unwinds past it (a panic not caught, a foreign
+/// runtime's error), by the drop of the guard; so no exit leaves the thread
+/// "tracing".
+struct Tracing {
+    prev: Option<(Vec<String>, Option<Array>)>,
+}
+
+impl Tracing {
+    /// Starts tracing with placeholder descriptions `names` and the trace's
+    /// random `key`.
+    fn begin(names: Vec<String>, key: Array) -> Tracing {
+        let prev_names = TRACE_NAMES.with(|t| std::mem::replace(&mut *t.borrow_mut(), names));
+        let prev_key = crate::ops::random::begin_trace(key);
+        Tracing { prev: Some((prev_names, prev_key)) }
+    }
+
+    /// Ends tracing; returns the trace key as the function left it.
+    fn end(mut self) -> Option<Array> {
+        self.restore()
+    }
+
+    fn restore(&mut self) -> Option<Array> {
+        let (names, key) = self.prev.take()?;
+        TRACE_NAMES.with(|t| *t.borrow_mut() = names);
+        crate::ops::random::end_trace(key)
+    }
+}
+
+impl Drop for Tracing {
+    fn drop(&mut self) {
+        self.restore();
+    }
+}
+
 /// True while a function is being traced on this thread.
 pub fn is_tracing() -> bool {
     TRACE_NAMES.with(|t| !t.borrow().is_empty())
@@ -425,11 +461,9 @@ impl<F: TraceFn<Args>, Args> Compiled<F, Args> {
         let key = Array::placeholder(args.len(), vec![2], crate::DType::U32);
         let mut names = describe_args(args);
         names.push("the implicit random key".into());
-        let prev = TRACE_NAMES.with(|t| std::mem::replace(&mut *t.borrow_mut(), names));
-        let prev_key = crate::ops::random::begin_trace(key.clone());
+        let tracing = Tracing::begin(names, key.clone());
         let result = catch_unwind(AssertUnwindSafe(|| self.inner.f.invoke(&placeholders).into_arrays()));
-        let final_key = crate::ops::random::end_trace(prev_key);
-        TRACE_NAMES.with(|t| *t.borrow_mut() = prev);
+        let final_key = tracing.end();
         let uses_random = final_key.is_some_and(|k| k.id() != key.id());
         placeholders.push(key);
         let (outputs, tree) = match result {

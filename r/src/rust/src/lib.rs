@@ -13,6 +13,7 @@
 //! transposes back. The R side (`R/*.R`) turns 1-based axes into 0-based ones
 //! and R vectors into arrays before calling here.
 
+use std::cell::RefCell;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -47,15 +48,29 @@ fn message(e: &kiln::Error) -> String {
     }
 }
 
-/// kiln names placeholders "argument 0 (...)"; R counts arguments from 1.
+thread_local! {
+    /// The formal argument names of the R function being traced on this
+    /// thread (for error messages), innermost trace last.
+    static TRACED_FORMALS: RefCell<Vec<Vec<String>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// kiln names placeholders "argument 0 (f32[3])"; R counts arguments from 1
+/// and has names for them: "argument 1 `x` (f32[3])".
 fn one_based(inputs: &[String]) -> Vec<String> {
+    let formals = TRACED_FORMALS.with(|t| t.borrow().last().cloned()).unwrap_or_default();
     inputs
         .iter()
         .map(|name| {
             let rest = name.strip_prefix("argument ");
             let digits = rest.map(|r| r.chars().take_while(char::is_ascii_digit).collect::<String>());
             match (rest, digits.as_deref().map(str::parse::<usize>)) {
-                (Some(r), Some(Ok(i))) => format!("argument {}{}", i + 1, &r[digits.as_ref().map_or(0, String::len)..]),
+                (Some(r), Some(Ok(i))) => {
+                    let formal = match formals.get(i) {
+                        Some(f) if f != "..." => format!(" `{f}`"),
+                        _ => String::new(),
+                    };
+                    format!("argument {}{formal}{}", i + 1, &r[digits.as_ref().map_or(0, String::len)..])
+                }
                 _ => name.clone(),
             }
         })
@@ -648,9 +663,16 @@ fn kiln_compile(f: Robj, tracer: Robj, shapeless: bool) -> Robj {
     let (Some(f), Some(tracer)) = (f.as_function(), tracer.as_function()) else {
         raise("mlx_compile: f must be a function");
     };
+    let formals: Vec<String> = f
+        .formals()
+        .map(|p| p.names().map(str::to_string).collect())
+        .unwrap_or_default();
     let call: RFn = Box::new(move |args: &[Array]| {
         let list: Robj = List::from_values(args.iter().cloned().map(wrap)).into();
-        let res = match tracer.call(Pairlist::from_pairs([("", Robj::from(f.clone())), ("", list)])) {
+        TRACED_FORMALS.with(|t| t.borrow_mut().push(formals.clone()));
+        let res = tracer.call(Pairlist::from_pairs([("", Robj::from(f.clone())), ("", list)]));
+        TRACED_FORMALS.with(|t| t.borrow_mut().pop());
+        let res = match res {
             Ok(r) => r,
             Err(e) => return ROut(Err(function_error(format!("mlx_compile: calling the R function failed: {e}")))),
         };
@@ -728,6 +750,13 @@ fn kiln_compile_enabled() -> bool {
     !kiln::compile::compile_disabled()
 }
 
+/// Called when the package loads: R frees dead arrays in batches (at each
+/// collection), so the C allocator keeps freed memory for the next outputs.
+#[extendr]
+fn kiln_on_load() {
+    kiln::retain_freed_memory(COLLECT_AFTER_BYTES);
+}
+
 #[extendr]
 fn kiln_set_threads(n: Robj) -> Robj {
     kiln::set_threads(usize_of(&n, "n")).or_raise();
@@ -741,6 +770,7 @@ fn kiln_release_memory() -> f64 {
 
 extendr_module! {
     mod kiln;
+    fn kiln_on_load;
     fn kiln_set_threads;
     fn kiln_release_memory;
     fn kiln_from_r;
