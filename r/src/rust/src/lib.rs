@@ -663,10 +663,7 @@ fn kiln_compile(f: Robj, tracer: Robj, shapeless: bool) -> Robj {
     let (Some(f), Some(tracer)) = (f.as_function(), tracer.as_function()) else {
         raise("mlx_compile: f must be a function");
     };
-    let formals: Vec<String> = f
-        .formals()
-        .map(|p| p.names().map(str::to_string).collect())
-        .unwrap_or_default();
+    let formals: Vec<String> = f.formals().map(|p| p.names().map(str::to_string).collect()).unwrap_or_default();
     let call: RFn = Box::new(move |args: &[Array]| {
         let list: Robj = List::from_values(args.iter().cloned().map(wrap)).into();
         TRACED_FORMALS.with(|t| t.borrow_mut().push(formals.clone()));
