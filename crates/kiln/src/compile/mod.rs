@@ -41,6 +41,15 @@
 //! numbers and the global key advances as if it were an output; after
 //! `random::seed(s)` the sequence repeats.
 //!
+//! Threads and re-entrancy: a compiled function can be called from many
+//! threads at once; one signature is traced once, and calls racing that trace
+//! wait for it (they count as cache hits, see [`CacheStats`]). At most
+//! [`CompileOptions::max_cache_entries`] programs stay cached. A call from
+//! inside a trace with lazy (traced) arguments inlines `f`; one with
+//! evaluated arguments uses the cache, and if its signature is the one this
+//! thread is tracing (the function calls itself while being traced) it fails
+//! with an `Error::Invalid` instead of waiting for itself.
+//!
 //! Debugging: [`disable_compile`] (or `KILN_DISABLE_COMPILE=1`, or MLX's
 //! `MLX_DISABLE_COMPILE=1`) makes every
 //! compiled function call `f` directly, eagerly, so values can be printed.

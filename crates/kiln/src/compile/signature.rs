@@ -80,6 +80,24 @@ impl Signature {
         out
     }
 
+    /// The arguments as text ("argument 0: f32[3], argument 1: f32[]").
+    pub fn describe(&self) -> String {
+        let args: Vec<String> = self
+            .args()
+            .iter()
+            .enumerate()
+            .map(|(i, (dt, shape, nd))| match shape {
+                Some(s) => format!("argument {i}: {}", describe(*dt, s)),
+                None => format!("argument {i}: {dt}, {nd} dim(s)"),
+            })
+            .collect();
+        if args.is_empty() {
+            "no arguments".into()
+        } else {
+            args.join(", ")
+        }
+    }
+
     /// Why `self` missed the cache compared with the previous call's signature.
     pub fn miss_reason(&self, before: Option<&Signature>) -> String {
         let Some(before) = before else { return "first call".into() };
