@@ -436,18 +436,39 @@ fn execute<R: Reducer>(r: &R, src: &[R::In], p: &Plan) -> Vec<R::Out> {
         && red_tasks > out_tasks
         && red_tasks.saturating_mul(n_out) <= MAX_PARTIALS
     {
+        // A single run per output folded pairwise is split at nodes of its
+        // pairwise tree and the nodes recombined along it: the very order of
+        // the unsplit fold, so the result does not depend on the split (on
+        // the number of outputs, or on a row block of a compiled chain).
+        let tree = r.pairwise() && !p.outer() && p.rshape.len() <= 1;
+        let chunks: Vec<Range<usize>> = if tree {
+            tree_chunks(n_red, red_chunk.max(r.leaf()))
+        } else {
+            (0..red_tasks).map(|t| t * red_chunk..((t + 1) * red_chunk).min(n_red)).collect()
+        };
         let parts: Vec<Vec<R::Acc>> = team::parallel(|| {
-            (0..red_tasks)
-                .into_par_iter()
-                .map(|t| {
+            chunks
+                .par_iter()
+                .map(|reds| {
                     let mut acc = vec![r.identity(); n_out];
-                    let reds = t * red_chunk..((t + 1) * red_chunk).min(n_red);
-                    accumulate(r, src, p, 0..n_out, reds, &mut acc);
+                    accumulate(r, src, p, 0..n_out, reds.clone(), &mut acc);
                     acc
                 })
                 .collect()
         });
-        return combine_tree(r, parts).into_iter().map(|a| r.finish(a, n_red)).collect();
+        let acc = if tree {
+            let mut parts = parts.into_iter();
+            let combine = |mut a: Vec<R::Acc>, b: Vec<R::Acc>| {
+                for (x, y) in a.iter_mut().zip(b) {
+                    *x = r.combine(*x, y);
+                }
+                a
+            };
+            fold_tree(n_red, red_chunk.max(r.leaf()), &mut |_, _| parts.next().expect("one part per node"), &combine)
+        } else {
+            combine_tree(r, parts)
+        };
+        return acc.into_iter().map(|a| r.finish(a, n_red)).collect();
     }
     let chunk_out = |start: usize, out: &mut [R::Out]| {
         let mut acc = vec![r.identity(); out.len()];
@@ -487,8 +508,8 @@ fn exec<I: Element, A: Copy + Send + Sync, O: Element>(
 /// NaN propagation, a sum starting from -0.
 pub(crate) fn fold_f32(op: ReduceOp, xs: &[f32]) -> f32 {
     match op {
-        ReduceOp::Max => fold_f32_by(xs, ANY_ORDER, f32::NEG_INFINITY, fmax),
-        ReduceOp::Min => fold_f32_by(xs, ANY_ORDER, f32::INFINITY, fmin),
+        ReduceOp::Max => fold_f32_by(xs, PAIRWISE, f32::NEG_INFINITY, fmax),
+        ReduceOp::Min => fold_f32_by(xs, PAIRWISE, f32::INFINITY, fmin),
         _ => fold_f32_by(xs, PAIRWISE, -0.0, |a, b| a + b),
     }
 }
@@ -506,16 +527,43 @@ pub(crate) fn fold_f32_leaves<A>(
     leaf: &mut impl FnMut(usize, usize) -> A,
     combine: &impl Fn(A, A) -> A,
 ) -> A {
-    fn go<A>(off: usize, n: usize, leaf: &mut impl FnMut(usize, usize) -> A, combine: &impl Fn(A, A) -> A) -> A {
-        if n > BLOCK {
+    fold_tree(n, BLOCK, leaf, combine)
+}
+
+/// The pairwise tree of a fold of `n` elements (see [`run`]) cut at nodes
+/// of at most `max` elements (`max` at least the fold's leaf, so every
+/// node is folded by [`run`] in the order of the whole): `leaf(off, len)`
+/// gives the fold of node `off..off + len`, called in order, and the nodes
+/// combine with `combine` as the tree does.
+pub(crate) fn fold_tree<A>(
+    n: usize,
+    max: usize,
+    leaf: &mut impl FnMut(usize, usize) -> A,
+    combine: &impl Fn(A, A) -> A,
+) -> A {
+    fn go<A>(
+        off: usize,
+        n: usize,
+        max: usize,
+        leaf: &mut impl FnMut(usize, usize) -> A,
+        combine: &impl Fn(A, A) -> A,
+    ) -> A {
+        if n > max {
             let h = pairwise_split(n);
-            let a = go(off, h, leaf, combine);
-            let b = go(off + h, n - h, leaf, combine);
+            let a = go(off, h, max, leaf, combine);
+            let b = go(off + h, n - h, max, leaf, combine);
             return combine(a, b);
         }
         leaf(off, n)
     }
-    go(0, n, leaf, combine)
+    go(0, n, max.max(1), leaf, combine)
+}
+
+/// The nodes of [`fold_tree`]`(n, max, ..)`, in order.
+pub(crate) fn tree_chunks(n: usize, max: usize) -> Vec<Range<usize>> {
+    let mut nodes = vec![];
+    fold_tree(n, max, &mut |off, len| nodes.push(off..off + len), &|(), ()| ());
+    nodes
 }
 
 /// Where a pairwise fold splits a run of `n` elements longer than a leaf:
@@ -1000,10 +1048,10 @@ impl<F: Widen> Reducible for F {
                 exec(PAIRWISE, src, p, F::Acc::ONE, |a, x: F| a * x.widen(), |a, b| a * b, |a, _| F::narrow(a))
             }
             ReduceOp::Max => {
-                exec(ANY_ORDER, src, p, F::Acc::NEG_INF, |a, x: F| fmax(a, x.widen()), fmax, |a, _| F::narrow(a))
+                exec(PAIRWISE, src, p, F::Acc::NEG_INF, |a, x: F| fmax(a, x.widen()), fmax, |a, _| F::narrow(a))
             }
             ReduceOp::Min => {
-                exec(ANY_ORDER, src, p, F::Acc::INF, |a, x: F| fmin(a, x.widen()), fmin, |a, _| F::narrow(a))
+                exec(PAIRWISE, src, p, F::Acc::INF, |a, x: F| fmin(a, x.widen()), fmin, |a, _| F::narrow(a))
             }
             ReduceOp::All => exec(ANY_ORDER, src, p, true, |a, x: F| a & (x != zero), |a, b| a & b, keep),
             ReduceOp::Any => exec(ANY_ORDER, src, p, false, |a, x: F| a | (x != zero), |a, b| a | b, keep),
@@ -1030,6 +1078,18 @@ impl Reducible for bool {
                 exec_stat(op, src, p, |x: bool| x as u8 as f64, |a: f64| a as f32)
             }
         }
+    }
+}
+
+/// The dtype `op` accumulates `dt` values in: `f32` for `f16` and `bf16`
+/// (every reduction of them widens each element first), `f64` for the mean
+/// of integers and bools, else `dt` itself. A reduction split into partial
+/// results keeps them in this dtype, and narrows only the final result.
+pub(crate) fn acc_dtype(op: ReduceOp, dt: DType) -> DType {
+    match dt {
+        DType::F16 | DType::BF16 if !matches!(op, ReduceOp::All | ReduceOp::Any) => DType::F32,
+        _ if op == ReduceOp::Mean && !dt.is_float() => DType::F64,
+        _ => dt,
     }
 }
 
