@@ -982,6 +982,9 @@ enum Partial {
     Moments(f64, f64, f64),
     /// Maximum and the sum of `exp(x - max)` (for `sumexp`).
     MaxSum(f64, f64),
+    /// The `logsumexp` accumulator of the chunk ([`reduce::lse_state`]),
+    /// and the dtype it accumulates in.
+    Lse(f64, f64, DType),
 }
 
 impl Partial {
@@ -1008,6 +1011,10 @@ impl Partial {
                 Partial::Moments(count as f64, first(one(ReduceOp::Mean)?), first(one(ReduceOp::Var { ddof: 0 })?))
             }
             ReduceOp::SumExp => Partial::MaxSum(first(one(ReduceOp::Max)?), first(one(ReduceOp::SumExp)?)),
+            ReduceOp::LogSumExp => match reduce::lse_state(vals) {
+                Some((m, s)) => Partial::Lse(m, s, vals.buffer.dtype()),
+                None => Partial::Value(one(ReduceOp::LogSumExp)?),
+            },
             o => Partial::Value(one(o)?),
         })
     }
@@ -1038,6 +1045,20 @@ impl Partial {
                 }
                 let dof = cn - ddof as f64;
                 Ok(scalar(m2 / if dof > 0.0 { dof } else { 0.0 }))
+            }
+            ReduceOp::LogSumExp if matches!(parts.first(), Some(Partial::Lse(..))) => {
+                let mut dt = DType::F64;
+                let states: Vec<(f64, f64)> = parts
+                    .iter()
+                    .map(|p| match p {
+                        Partial::Lse(m, s, d) => {
+                            dt = *d;
+                            (*m, *s)
+                        }
+                        _ => unreachable!("logsumexp partials are states"),
+                    })
+                    .collect();
+                Ok(scalar(reduce::lse_from_states(dt, n, REDUCE_CHUNK, &states)))
             }
             ReduceOp::SumExp => {
                 let ms: Vec<(f64, f64)> = parts

@@ -17,10 +17,45 @@
 //!   is accumulated one reduced row at a time, again split pairwise.
 //!
 //! Work is spread over threads by output chunks, or, when there are few
-//! outputs but many elements (a full reduction of a large array), by fixed
-//! chunks of the reduced range whose partial results are combined pairwise in
-//! chunk order. Chunk sizes depend only on the shape, never on the number of
-//! threads, so results are deterministic.
+//! outputs but many elements (a full reduction of a large array), by chunks
+//! of the reduced range whose partial results are combined in chunk order.
+//! Chunk sizes depend only on the shape, never on the number of threads, so
+//! results are deterministic.
+//!
+//! # Order
+//!
+//! Float sums, means, products and extrema, and the one-pass statistics, of
+//! a reduced space that is one run (a contiguous or evenly strided row: the
+//! last axis, or all axes of a contiguous array) fold the row as a fixed
+//! pairwise tree that depends only on its length `n`:
+//!
+//! - a run longer than the fold's leaf (1024 elements; 256 for
+//!   `logsumexp`/`sumexp`) splits into `0..h` and `h..n` with
+//!   `h = (n / 2)` rounded down to a multiple of 64 ([`pairwise_split`]),
+//!   each half folded the same way and the two combined left then right;
+//! - a leaf is folded in 64 lanes (element `j` into lane `j % 64`, from the
+//!   identity: `-0` for sums, 1 for products, `-inf`/`+inf` for max/min),
+//!   then the lanes combine pairwise (lane `l` with lane `l + w`, `w` = 32,
+//!   16, .., 1); the statistics fold a leaf with their own vectorized block
+//!   (`Lse`, `Moments`), in that order too.
+//!
+//! A split of the row across threads cuts it only at nodes of that tree and
+//! recombines along it ([`fold_tree`]), and so does the fused reduction
+//! kernel of compiled code ([`tree_chunks`], its partial results combined
+//! two at a time by this kernel), so eager and compiled results agree bit
+//! for bit, special values included (a product through an overflow, the
+//! sign of a zero maximum, which NaN propagates). A multi-dimensional
+//! reduced space folds its runs one after another, left to right, and the
+//! outer walk folds reduced rows into a tile of outputs, split in halves
+//! above a length that depends on the tile; those orders differ from the
+//! single-run tree. Integer and logical folds are exact in any order and
+//! fold each run whole.
+//!
+//! Accumulation: `f16` and `bf16` widen every element to `f32` and
+//! accumulate there, narrowing only the final result ([`acc_dtype`]); an
+//! integer or bool mean accumulates in `f64`. `max`/`min` return the first
+//! (leftmost in fold order) of equal values, so `max(-0, +0)` is the zero
+//! met first, and a NaN wins over every number.
 
 use std::marker::PhantomData;
 use std::ops::Range;
@@ -92,9 +127,9 @@ trait Reducer: Sync {
     }
     /// Whether long runs are folded pairwise, in halves of at most
     /// [`Reducer::leaf`] (sums: rounding errors grow with the log of the length
-    /// instead of the length). Order-insensitive folds (max, min, all, any,
-    /// exact integer arithmetic) fold a whole run at once, without the
-    /// per-block combining.
+    /// instead of the length; float extrema: the tree fixes which of equal
+    /// zeros is kept). Exact folds (all, any, integer arithmetic) fold a
+    /// whole run at once, leaf by leaf.
     #[inline(always)]
     fn pairwise(&self) -> bool {
         true
@@ -589,10 +624,10 @@ fn fold_f32_by<F: Fn(f32, f32) -> f32 + Sync + Copy>(xs: &[f32], pairwise: bool,
     run(&r, xs, 0, xs.len(), 1)
 }
 
-/// Long runs fold pairwise (float sums and products).
+/// Long runs fold pairwise (every float fold: sums, products, extrema).
 const PAIRWISE: bool = true;
-/// Runs fold whole: the result does not depend on the order (extrema,
-/// logical folds, exact integer arithmetic).
+/// Runs fold whole: the result does not depend on the order (logical
+/// folds, exact integer arithmetic).
 const ANY_ORDER: bool = false;
 
 /// The accumulator is the result (`finish` for sum, max, ...).
@@ -1086,10 +1121,54 @@ impl Reducible for bool {
 /// of integers and bools, else `dt` itself. A reduction split into partial
 /// results keeps them in this dtype, and narrows only the final result.
 pub(crate) fn acc_dtype(op: ReduceOp, dt: DType) -> DType {
+    let stat = matches!(op, ReduceOp::Mean | ReduceOp::LogSumExp | ReduceOp::SumExp | ReduceOp::Var { .. });
     match dt {
         DType::F16 | DType::BF16 if !matches!(op, ReduceOp::All | ReduceOp::Any) => DType::F32,
-        _ if op == ReduceOp::Mean && !dt.is_float() => DType::F64,
+        _ if stat && !dt.is_float() => DType::F64,
         _ => dt,
+    }
+}
+
+/// The `logsumexp` accumulator (running maximum, sum of `exp(x - max)`)
+/// of the `f32` or `f64` row `x` (reduced over axis 1 of shape `[1, n]`),
+/// as [`reduce`] folds it; `f32` values are held exactly in `f64`.
+pub(crate) fn lse_state(x: &Data) -> Option<(f64, f64)> {
+    fn state<A: AccFloat + Element + Into<f64>>(src: &[A], p: &Plan) -> (f64, f64) {
+        let inner = Fold {
+            id: Lse::EMPTY,
+            step: |a, x: A| Lse::combine(a, Lse::one(x)),
+            combine: Lse::combine,
+            finish: |a: Lse<A>, _| (a.m.into(), a.s.into()),
+            pairwise: true,
+            _types: PhantomData,
+        };
+        let r = Blocked { inner, block: |xs: &[A]| lse_block(xs, |v| v), leaf: LSE_BLOCK };
+        execute(&r, src, p).first().copied().unwrap_or((f64::NEG_INFINITY, 0.0))
+    }
+    let p = Plan::new(&x.layout, &[1]);
+    match &*x.buffer {
+        Buffer::F32(v) => Some(state(v, &p)),
+        Buffer::F64(v) => Some(state(v, &p)),
+        _ => None,
+    }
+}
+
+/// `logsumexp` from the [`lse_state`]s of the nodes of
+/// [`tree_chunks`]`(n, max)` (in order), combined along the tree in `dt`
+/// (`f32` or `f64`) as [`reduce`] combines them: the same bits.
+pub(crate) fn lse_from_states(dt: DType, n: usize, max: usize, states: &[(f64, f64)]) -> f64 {
+    fn go<A: AccFloat + Into<f64>>(n: usize, max: usize, states: &[(f64, f64)], cast: fn(f64) -> A) -> f64 {
+        let mut it = states.iter();
+        let mut leaf = |_, _| {
+            let &(m, s) = it.next().expect("one state per node");
+            Lse { m: cast(m), s: cast(s) }
+        };
+        fold_tree(n, max, &mut leaf, &Lse::combine).log_sum_exp().into()
+    }
+    if dt == DType::F32 {
+        go::<f32>(n, max, states, |v| v as f32)
+    } else {
+        go::<f64>(n, max, states, |v| v)
     }
 }
 
