@@ -10,6 +10,17 @@
 //! Reducing an empty axis gives the identity (0 for sum, 1 for prod, NaN
 //! for mean, true for all, false for any); max, min, argmax and argmin of an
 //! empty axis are errors.
+//!
+//! Every `f16`/`bf16` reduction (`sum`, `mean`, `prod`, `var`, `std`,
+//! `logsumexp`, softmax's sum) accumulates in `f32` and rounds once at the
+//! end, eagerly and in compiled code alike, as MLX and NumPy do. The order
+//! in which a reduction combines its elements (a fixed pairwise tree over
+//! each row) is documented in the CPU kernel's module
+//! (`backend::cpu::reduce`); compiled code folds in that same order, so on
+//! special values (signed zeros, infinities, NaN, products that overflow)
+//! compiled and eager results agree bit for bit. A reduction over no axes,
+//! or over size-1 axes, is the reduction of one element (`logsumexp(-0.0)`
+//! is `+0.0`, as `-0 + ln(1)`).
 
 use crate::array::Array;
 use crate::error::Result;

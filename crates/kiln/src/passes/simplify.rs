@@ -1,5 +1,6 @@
 //! No-op removal: identity casts, reshapes, transposes, broadcasts, full
-//! slices, copies, and (when not shapeless) reductions over size-1 axes.
+//! slices, copies, and (when not shapeless) sums, means, products and
+//! extrema over size-1 axes (or over no axes).
 //! In shapeless mode, ops that are no-ops only at the traced shapes stay, so
 //! they can re-infer (or fail clearly) on new shapes.
 
@@ -30,12 +31,15 @@ impl Pass for Simplify {
                 | Primitive::BroadcastTo { .. }
                 | Primitive::BroadcastLike
                 | Primitive::Slice { .. } => !self.shapeless && same_sig && is_identity_view(&ins.prim),
+                // Only reductions that return a single element unchanged,
+                // bit for bit: not `logsumexp` (`x + ln(1)` turns -0 into
+                // +0), nor the statistics and logical folds.
                 Primitive::Reduce { op, axes, .. } => {
                     let shape = &p.instrs[src].shape;
                     !self.shapeless
                         && same_sig
                         && axes.iter().all(|&a| shape[a] == 1)
-                        && !matches!(op, ReduceOp::All | ReduceOp::Any | ReduceOp::SumExp | ReduceOp::Var { .. })
+                        && matches!(op, ReduceOp::Sum | ReduceOp::Mean | ReduceOp::Prod | ReduceOp::Max | ReduceOp::Min)
                 }
                 _ => false,
             };

@@ -853,17 +853,18 @@ pub fn run_reduce(
         };
         (0..reductions.len()).map(|k| concat_buffers(parts.iter().map(|p| &p[k]), out_dtypes[k])).collect()
     } else {
-        // Few outputs, long reductions: partial results over fixed chunks of
-        // the reduced range (independent of the thread count), then combined.
-        let per_out = n_red.div_ceil(REDUCE_CHUNK);
+        // Few outputs, long reductions: partial results over the nodes of the
+        // row's pairwise tree (of at most `REDUCE_CHUNK` elements, whatever
+        // the thread count), combined along that tree: the order of the
+        // reduction kernel over the whole row.
+        let nodes = reduce::tree_chunks(n_red, REDUCE_CHUNK);
         let mut finals: Vec<Vec<Buffer>> = vec![vec![]; reductions.len()];
         for o in 0..n_out {
             let partials: Vec<Vec<Partial>> = team::parallel(|| {
-                (0..per_out)
-                    .into_par_iter()
-                    .map(|c| {
-                        let lo = o * n_red + c * REDUCE_CHUNK;
-                        let hi = (lo + REDUCE_CHUNK).min((o + 1) * n_red);
+                nodes
+                    .par_iter()
+                    .map(|node| {
+                        let (lo, hi) = (o * n_red + node.start, o * n_red + node.end);
                         let vals = produce(lo, hi, 1);
                         reductions.iter().map(|&(op, i)| Partial::of(op, &vals[i], hi - lo)).collect()
                     })
@@ -981,11 +982,27 @@ enum Partial {
     Moments(f64, f64, f64),
     /// Maximum and the sum of `exp(x - max)` (for `sumexp`).
     MaxSum(f64, f64),
+    /// The `logsumexp` accumulator of the chunk ([`reduce::lse_state`]),
+    /// and the dtype it accumulates in.
+    Lse(f64, f64, DType),
 }
 
 impl Partial {
-    /// The partial result of `op` over the single row `vals` of `count` elements.
+    /// The partial result of `op` over the single row `vals` of `count`
+    /// elements, in the dtype the reduction accumulates in
+    /// ([`reduce::acc_dtype`]: `f32` for `f16`/`bf16`, `f64` for an integer
+    /// mean), so that partials neither round nor overflow where the
+    /// reduction of the whole row would not.
     fn of(op: ReduceOp, vals: &Data, count: usize) -> crate::Result<Partial> {
+        let dt = vals.buffer.dtype();
+        let acc = reduce::acc_dtype(op, dt);
+        let widened;
+        let vals = if acc == dt {
+            vals
+        } else {
+            widened = run_single(&Primitive::AsType(acc), &[vals], &vals.layout.shape, acc)?;
+            &widened
+        };
         let one = |op: ReduceOp| reduce::reduce(op, vals, &[1], op.out_dtype(vals.buffer.dtype()));
         let first = |b: Buffer| crate::with_buffer!(&b, v => v[0].to_f64());
         Ok(match op {
@@ -994,12 +1011,18 @@ impl Partial {
                 Partial::Moments(count as f64, first(one(ReduceOp::Mean)?), first(one(ReduceOp::Var { ddof: 0 })?))
             }
             ReduceOp::SumExp => Partial::MaxSum(first(one(ReduceOp::Max)?), first(one(ReduceOp::SumExp)?)),
+            ReduceOp::LogSumExp => match reduce::lse_state(vals) {
+                Some((m, s)) => Partial::Lse(m, s, vals.buffer.dtype()),
+                None => Partial::Value(one(ReduceOp::LogSumExp)?),
+            },
             o => Partial::Value(one(o)?),
         })
     }
 
-    /// Combines the chunks' partials (in chunk order) into the one-element
-    /// result of `op` over `n` elements, of dtype `out`.
+    /// Combines the partials of the nodes of [`reduce::tree_chunks`]`(n,
+    /// REDUCE_CHUNK)` (in order) into the one-element result of `op` over
+    /// `n` elements, of dtype `out`. Values combine along the tree, two at a
+    /// time by the reduction kernel itself, in the accumulator's dtype.
     fn combine<'a>(
         op: ReduceOp,
         parts: impl Iterator<Item = &'a Partial>,
@@ -1022,6 +1045,20 @@ impl Partial {
                 }
                 let dof = cn - ddof as f64;
                 Ok(scalar(m2 / if dof > 0.0 { dof } else { 0.0 }))
+            }
+            ReduceOp::LogSumExp if matches!(parts.first(), Some(Partial::Lse(..))) => {
+                let mut dt = DType::F64;
+                let states: Vec<(f64, f64)> = parts
+                    .iter()
+                    .map(|p| match p {
+                        Partial::Lse(m, s, d) => {
+                            dt = *d;
+                            (*m, *s)
+                        }
+                        _ => unreachable!("logsumexp partials are states"),
+                    })
+                    .collect();
+                Ok(scalar(reduce::lse_from_states(dt, n, REDUCE_CHUNK, &states)))
             }
             ReduceOp::SumExp => {
                 let ms: Vec<(f64, f64)> = parts
@@ -1049,14 +1086,26 @@ impl Partial {
                     })
                     .collect();
                 let pdt = bufs[0].dtype();
-                let all = Data::contiguous(concat_buffers(bufs.into_iter(), pdt), &[1, parts.len()]);
                 let again = if op == ReduceOp::Mean { ReduceOp::Sum } else { op };
-                let r = Data::contiguous(reduce::reduce(again, &all, &[1], again.out_dtype(pdt))?, &[1]);
-                if op != ReduceOp::Mean {
+                let mut next = bufs.into_iter();
+                let mut leaf =
+                    |_, _| -> crate::Result<Buffer> { Ok(next.next().expect("one partial per node").clone()) };
+                let combine = |a: crate::Result<Buffer>, b: crate::Result<Buffer>| -> crate::Result<Buffer> {
+                    let two = Data::contiguous(concat_buffers([a?, b?].iter(), pdt), &[1, 2]);
+                    reduce::reduce(again, &two, &[1], again.out_dtype(pdt))
+                };
+                let r = Data::contiguous(reduce::fold_tree(n, REDUCE_CHUNK, &mut leaf, &combine)?, &[1]);
+                let r = if op == ReduceOp::Mean {
+                    // The division in the accumulator's dtype, as the kernel's.
+                    let count = Data::contiguous(crate::ops::Scalar::Int(n as i64).to_buffer(pdt), &[]);
+                    run_single(&Primitive::Binary(BinaryOp::Div), &[&r, &count], &[1], pdt)?
+                } else {
+                    r
+                };
+                if r.buffer.dtype() == out {
                     return Ok((*r.buffer).clone());
                 }
-                let count = Data::contiguous(crate::ops::Scalar::Int(n as i64).to_buffer(pdt), &[]);
-                Ok((*run_single(&Primitive::Binary(BinaryOp::Div), &[&r, &count], &[1], pdt)?.buffer).clone())
+                Ok((*run_single(&Primitive::AsType(out), &[&r], &[1], out)?.buffer).clone())
             }
         }
     }

@@ -17,10 +17,45 @@
 //!   is accumulated one reduced row at a time, again split pairwise.
 //!
 //! Work is spread over threads by output chunks, or, when there are few
-//! outputs but many elements (a full reduction of a large array), by fixed
-//! chunks of the reduced range whose partial results are combined pairwise in
-//! chunk order. Chunk sizes depend only on the shape, never on the number of
-//! threads, so results are deterministic.
+//! outputs but many elements (a full reduction of a large array), by chunks
+//! of the reduced range whose partial results are combined in chunk order.
+//! Chunk sizes depend only on the shape, never on the number of threads, so
+//! results are deterministic.
+//!
+//! # Order
+//!
+//! Float sums, means, products and extrema, and the one-pass statistics, of
+//! a reduced space that is one run (a contiguous or evenly strided row: the
+//! last axis, or all axes of a contiguous array) fold the row as a fixed
+//! pairwise tree that depends only on its length `n`:
+//!
+//! - a run longer than the fold's leaf (1024 elements; 256 for
+//!   `logsumexp`/`sumexp`) splits into `0..h` and `h..n` with
+//!   `h = (n / 2)` rounded down to a multiple of 64 ([`pairwise_split`]),
+//!   each half folded the same way and the two combined left then right;
+//! - a leaf is folded in 64 lanes (element `j` into lane `j % 64`, from the
+//!   identity: `-0` for sums, 1 for products, `-inf`/`+inf` for max/min),
+//!   then the lanes combine pairwise (lane `l` with lane `l + w`, `w` = 32,
+//!   16, .., 1); the statistics fold a leaf with their own vectorized block
+//!   (`Lse`, `Moments`), in that order too.
+//!
+//! A split of the row across threads cuts it only at nodes of that tree and
+//! recombines along it ([`fold_tree`]), and so does the fused reduction
+//! kernel of compiled code ([`tree_chunks`], its partial results combined
+//! two at a time by this kernel), so eager and compiled results agree bit
+//! for bit, special values included (a product through an overflow, the
+//! sign of a zero maximum, which NaN propagates). A multi-dimensional
+//! reduced space folds its runs one after another, left to right, and the
+//! outer walk folds reduced rows into a tile of outputs, split in halves
+//! above a length that depends on the tile; those orders differ from the
+//! single-run tree. Integer and logical folds are exact in any order and
+//! fold each run whole.
+//!
+//! Accumulation: `f16` and `bf16` widen every element to `f32` and
+//! accumulate there, narrowing only the final result ([`acc_dtype`]); an
+//! integer or bool mean accumulates in `f64`. `max`/`min` return the first
+//! (leftmost in fold order) of equal values, so `max(-0, +0)` is the zero
+//! met first, and a NaN wins over every number.
 
 use std::marker::PhantomData;
 use std::ops::Range;
@@ -92,9 +127,9 @@ trait Reducer: Sync {
     }
     /// Whether long runs are folded pairwise, in halves of at most
     /// [`Reducer::leaf`] (sums: rounding errors grow with the log of the length
-    /// instead of the length). Order-insensitive folds (max, min, all, any,
-    /// exact integer arithmetic) fold a whole run at once, without the
-    /// per-block combining.
+    /// instead of the length; float extrema: the tree fixes which of equal
+    /// zeros is kept). Exact folds (all, any, integer arithmetic) fold a
+    /// whole run at once, leaf by leaf.
     #[inline(always)]
     fn pairwise(&self) -> bool {
         true
@@ -436,18 +471,39 @@ fn execute<R: Reducer>(r: &R, src: &[R::In], p: &Plan) -> Vec<R::Out> {
         && red_tasks > out_tasks
         && red_tasks.saturating_mul(n_out) <= MAX_PARTIALS
     {
+        // A single run per output folded pairwise is split at nodes of its
+        // pairwise tree and the nodes recombined along it: the very order of
+        // the unsplit fold, so the result does not depend on the split (on
+        // the number of outputs, or on a row block of a compiled chain).
+        let tree = r.pairwise() && !p.outer() && p.rshape.len() <= 1;
+        let chunks: Vec<Range<usize>> = if tree {
+            tree_chunks(n_red, red_chunk.max(r.leaf()))
+        } else {
+            (0..red_tasks).map(|t| t * red_chunk..((t + 1) * red_chunk).min(n_red)).collect()
+        };
         let parts: Vec<Vec<R::Acc>> = team::parallel(|| {
-            (0..red_tasks)
-                .into_par_iter()
-                .map(|t| {
+            chunks
+                .par_iter()
+                .map(|reds| {
                     let mut acc = vec![r.identity(); n_out];
-                    let reds = t * red_chunk..((t + 1) * red_chunk).min(n_red);
-                    accumulate(r, src, p, 0..n_out, reds, &mut acc);
+                    accumulate(r, src, p, 0..n_out, reds.clone(), &mut acc);
                     acc
                 })
                 .collect()
         });
-        return combine_tree(r, parts).into_iter().map(|a| r.finish(a, n_red)).collect();
+        let acc = if tree {
+            let mut parts = parts.into_iter();
+            let combine = |mut a: Vec<R::Acc>, b: Vec<R::Acc>| {
+                for (x, y) in a.iter_mut().zip(b) {
+                    *x = r.combine(*x, y);
+                }
+                a
+            };
+            fold_tree(n_red, red_chunk.max(r.leaf()), &mut |_, _| parts.next().expect("one part per node"), &combine)
+        } else {
+            combine_tree(r, parts)
+        };
+        return acc.into_iter().map(|a| r.finish(a, n_red)).collect();
     }
     let chunk_out = |start: usize, out: &mut [R::Out]| {
         let mut acc = vec![r.identity(); out.len()];
@@ -487,8 +543,8 @@ fn exec<I: Element, A: Copy + Send + Sync, O: Element>(
 /// NaN propagation, a sum starting from -0.
 pub(crate) fn fold_f32(op: ReduceOp, xs: &[f32]) -> f32 {
     match op {
-        ReduceOp::Max => fold_f32_by(xs, ANY_ORDER, f32::NEG_INFINITY, fmax),
-        ReduceOp::Min => fold_f32_by(xs, ANY_ORDER, f32::INFINITY, fmin),
+        ReduceOp::Max => fold_f32_by(xs, PAIRWISE, f32::NEG_INFINITY, fmax),
+        ReduceOp::Min => fold_f32_by(xs, PAIRWISE, f32::INFINITY, fmin),
         _ => fold_f32_by(xs, PAIRWISE, -0.0, |a, b| a + b),
     }
 }
@@ -506,16 +562,43 @@ pub(crate) fn fold_f32_leaves<A>(
     leaf: &mut impl FnMut(usize, usize) -> A,
     combine: &impl Fn(A, A) -> A,
 ) -> A {
-    fn go<A>(off: usize, n: usize, leaf: &mut impl FnMut(usize, usize) -> A, combine: &impl Fn(A, A) -> A) -> A {
-        if n > BLOCK {
+    fold_tree(n, BLOCK, leaf, combine)
+}
+
+/// The pairwise tree of a fold of `n` elements (see [`run`]) cut at nodes
+/// of at most `max` elements (`max` at least the fold's leaf, so every
+/// node is folded by [`run`] in the order of the whole): `leaf(off, len)`
+/// gives the fold of node `off..off + len`, called in order, and the nodes
+/// combine with `combine` as the tree does.
+pub(crate) fn fold_tree<A>(
+    n: usize,
+    max: usize,
+    leaf: &mut impl FnMut(usize, usize) -> A,
+    combine: &impl Fn(A, A) -> A,
+) -> A {
+    fn go<A>(
+        off: usize,
+        n: usize,
+        max: usize,
+        leaf: &mut impl FnMut(usize, usize) -> A,
+        combine: &impl Fn(A, A) -> A,
+    ) -> A {
+        if n > max {
             let h = pairwise_split(n);
-            let a = go(off, h, leaf, combine);
-            let b = go(off + h, n - h, leaf, combine);
+            let a = go(off, h, max, leaf, combine);
+            let b = go(off + h, n - h, max, leaf, combine);
             return combine(a, b);
         }
         leaf(off, n)
     }
-    go(0, n, leaf, combine)
+    go(0, n, max.max(1), leaf, combine)
+}
+
+/// The nodes of [`fold_tree`]`(n, max, ..)`, in order.
+pub(crate) fn tree_chunks(n: usize, max: usize) -> Vec<Range<usize>> {
+    let mut nodes = vec![];
+    fold_tree(n, max, &mut |off, len| nodes.push(off..off + len), &|(), ()| ());
+    nodes
 }
 
 /// Where a pairwise fold splits a run of `n` elements longer than a leaf:
@@ -541,10 +624,10 @@ fn fold_f32_by<F: Fn(f32, f32) -> f32 + Sync + Copy>(xs: &[f32], pairwise: bool,
     run(&r, xs, 0, xs.len(), 1)
 }
 
-/// Long runs fold pairwise (float sums and products).
+/// Long runs fold pairwise (every float fold: sums, products, extrema).
 const PAIRWISE: bool = true;
-/// Runs fold whole: the result does not depend on the order (extrema,
-/// logical folds, exact integer arithmetic).
+/// Runs fold whole: the result does not depend on the order (logical
+/// folds, exact integer arithmetic).
 const ANY_ORDER: bool = false;
 
 /// The accumulator is the result (`finish` for sum, max, ...).
@@ -1000,10 +1083,10 @@ impl<F: Widen> Reducible for F {
                 exec(PAIRWISE, src, p, F::Acc::ONE, |a, x: F| a * x.widen(), |a, b| a * b, |a, _| F::narrow(a))
             }
             ReduceOp::Max => {
-                exec(ANY_ORDER, src, p, F::Acc::NEG_INF, |a, x: F| fmax(a, x.widen()), fmax, |a, _| F::narrow(a))
+                exec(PAIRWISE, src, p, F::Acc::NEG_INF, |a, x: F| fmax(a, x.widen()), fmax, |a, _| F::narrow(a))
             }
             ReduceOp::Min => {
-                exec(ANY_ORDER, src, p, F::Acc::INF, |a, x: F| fmin(a, x.widen()), fmin, |a, _| F::narrow(a))
+                exec(PAIRWISE, src, p, F::Acc::INF, |a, x: F| fmin(a, x.widen()), fmin, |a, _| F::narrow(a))
             }
             ReduceOp::All => exec(ANY_ORDER, src, p, true, |a, x: F| a & (x != zero), |a, b| a & b, keep),
             ReduceOp::Any => exec(ANY_ORDER, src, p, false, |a, x: F| a | (x != zero), |a, b| a | b, keep),
@@ -1030,6 +1113,62 @@ impl Reducible for bool {
                 exec_stat(op, src, p, |x: bool| x as u8 as f64, |a: f64| a as f32)
             }
         }
+    }
+}
+
+/// The dtype `op` accumulates `dt` values in: `f32` for `f16` and `bf16`
+/// (every reduction of them widens each element first), `f64` for the mean
+/// of integers and bools, else `dt` itself. A reduction split into partial
+/// results keeps them in this dtype, and narrows only the final result.
+pub(crate) fn acc_dtype(op: ReduceOp, dt: DType) -> DType {
+    let stat = matches!(op, ReduceOp::Mean | ReduceOp::LogSumExp | ReduceOp::SumExp | ReduceOp::Var { .. });
+    match dt {
+        DType::F16 | DType::BF16 if !matches!(op, ReduceOp::All | ReduceOp::Any) => DType::F32,
+        _ if stat && !dt.is_float() => DType::F64,
+        _ => dt,
+    }
+}
+
+/// The `logsumexp` accumulator (running maximum, sum of `exp(x - max)`)
+/// of the `f32` or `f64` row `x` (reduced over axis 1 of shape `[1, n]`),
+/// as [`reduce`] folds it; `f32` values are held exactly in `f64`.
+pub(crate) fn lse_state(x: &Data) -> Option<(f64, f64)> {
+    fn state<A: AccFloat + Element + Into<f64>>(src: &[A], p: &Plan) -> (f64, f64) {
+        let inner = Fold {
+            id: Lse::EMPTY,
+            step: |a, x: A| Lse::combine(a, Lse::one(x)),
+            combine: Lse::combine,
+            finish: |a: Lse<A>, _| (a.m.into(), a.s.into()),
+            pairwise: true,
+            _types: PhantomData,
+        };
+        let r = Blocked { inner, block: |xs: &[A]| lse_block(xs, |v| v), leaf: LSE_BLOCK };
+        execute(&r, src, p).first().copied().unwrap_or((f64::NEG_INFINITY, 0.0))
+    }
+    let p = Plan::new(&x.layout, &[1]);
+    match &*x.buffer {
+        Buffer::F32(v) => Some(state(v, &p)),
+        Buffer::F64(v) => Some(state(v, &p)),
+        _ => None,
+    }
+}
+
+/// `logsumexp` from the [`lse_state`]s of the nodes of
+/// [`tree_chunks`]`(n, max)` (in order), combined along the tree in `dt`
+/// (`f32` or `f64`) as [`reduce`] combines them: the same bits.
+pub(crate) fn lse_from_states(dt: DType, n: usize, max: usize, states: &[(f64, f64)]) -> f64 {
+    fn go<A: AccFloat + Into<f64>>(n: usize, max: usize, states: &[(f64, f64)], cast: fn(f64) -> A) -> f64 {
+        let mut it = states.iter();
+        let mut leaf = |_, _| {
+            let &(m, s) = it.next().expect("one state per node");
+            Lse { m: cast(m), s: cast(s) }
+        };
+        fold_tree(n, max, &mut leaf, &Lse::combine).log_sum_exp().into()
+    }
+    if dt == DType::F32 {
+        go::<f32>(n, max, states, |v| v as f32)
+    } else {
+        go::<f64>(n, max, states, |v| v)
     }
 }
 
