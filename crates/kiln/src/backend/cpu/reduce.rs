@@ -31,7 +31,7 @@
 //!
 //! - a run longer than the fold's leaf (1024 elements; 256 for
 //!   `logsumexp`/`sumexp`) splits into `0..h` and `h..n` with
-//!   `h = (n / 2)` rounded down to a multiple of 64 ([`pairwise_split`]),
+//!   `h = (n / 2)` rounded down to a multiple of 64 (`pairwise_split`),
 //!   each half folded the same way and the two combined left then right;
 //! - a leaf is folded in 64 lanes (element `j` into lane `j % 64`, from the
 //!   identity: `-0` for sums, 1 for products, `-inf`/`+inf` for max/min),
@@ -40,8 +40,8 @@
 //!   (`Lse`, `Moments`), in that order too.
 //!
 //! A split of the row across threads cuts it only at nodes of that tree and
-//! recombines along it ([`fold_tree`]), and so does the fused reduction
-//! kernel of compiled code ([`tree_chunks`], its partial results combined
+//! recombines along it (`fold_tree`), and so does the fused reduction
+//! kernel of compiled code (`tree_chunks`, its partial results combined
 //! two at a time by this kernel), so eager and compiled results agree bit
 //! for bit, special values included (a product through an overflow, the
 //! sign of a zero maximum, which NaN propagates). A multi-dimensional
@@ -52,7 +52,7 @@
 //! fold each run whole.
 //!
 //! Accumulation: `f16` and `bf16` widen every element to `f32` and
-//! accumulate there, narrowing only the final result ([`acc_dtype`]); an
+//! accumulate there, narrowing only the final result (`acc_dtype`); an
 //! integer or bool mean accumulates in `f64`. `max`/`min` return the first
 //! (leftmost in fold order) of equal values, so `max(-0, +0)` is the zero
 //! met first, and a NaN wins over every number.
