@@ -31,22 +31,7 @@ pub mod program;
 pub mod shape;
 
 pub use array::{eval, Array};
-pub use backend::cpu::team::{set_threads, threads};
-
-/// Frees the memory kiln keeps for reuse (large buffers of arrays that were
-/// dropped, and the C allocator's free heap); returns the bytes of buffers
-/// freed. Live arrays are not touched.
-pub fn release_memory() -> usize {
-    backend::cpu::pool::release()
-}
-
-/// For hosts that free arrays in batches (a garbage-collected language such
-/// as R): asks the C allocator to keep up to `bytes` of freed memory for the
-/// next outputs instead of returning it to the OS, where every new output
-/// would fault in fresh pages. [`release_memory`] gives it back.
-pub fn retain_freed_memory(bytes: usize) {
-    backend::cpu::pool::retain_freed_memory(bytes)
-}
+pub use backend::{release_memory, retain_freed_memory, set_threads, threads};
 pub use compile::{
     compile, compile_with, disable_compile, enable_compile, CacheStats, CompileOptions, Compiled, Outputs,
 };

@@ -16,7 +16,7 @@
 //! end, eagerly and in compiled code alike, as MLX and NumPy do. The order
 //! in which a reduction combines its elements (a fixed pairwise tree over
 //! each row) is documented in the CPU kernel's module
-//! (`backend::cpu::reduce`); compiled code folds in that same order, so on
+//! (the CPU backend's `reduce` module); compiled code folds in that same order, so on
 //! special values (signed zeros, infinities, NaN, products that overflow)
 //! compiled and eager results agree bit for bit. A reduction over no axes,
 //! or over size-1 axes, is the reduction of one element (`logsumexp(-0.0)`
