@@ -7,7 +7,6 @@ kiln_from_r <- function(data, dim, dtype) .Call(wrap__kiln_from_r, data, dim, dt
 kiln_to_r <- function(x, what) .Call(wrap__kiln_to_r, x, what)
 kiln_shape <- function(x) .Call(wrap__kiln_shape, x)
 kiln_dtype <- function(x) .Call(wrap__kiln_dtype, x)
-kiln_format <- function(x) .Call(wrap__kiln_format, x)
 kiln_eval <- function(xs) invisible(.Call(wrap__kiln_eval, xs))
 kiln_astype <- function(x, dtype) .Call(wrap__kiln_astype, x, dtype)
 kiln_full <- function(dim, value, dtype) .Call(wrap__kiln_full, dim, value, dtype)

@@ -34,18 +34,23 @@ fn raise(msg: impl Into<String>) -> ! {
 /// ways to read a value and the R switch to turn compilation off.
 fn message(e: &kiln::Error) -> String {
     match e {
-        kiln::Error::TracingValue { what, inputs } => format!(
-            "{what}: cannot read array values while tracing a function compiled by mlx_compile(): \
-             this value depends on {}, a placeholder that has a shape and dtype but no data \
-             (values exist only when the compiled function runs). Printing, converting to R \
-             (as.matrix, as.numeric, as.vector, [[) and control flow on array values (if (x > 0)) \
-             are not allowed inside a compiled function. Fix: return the array and read it after \
-             the call, or call mlx_disable_compile() (or set MLX_DISABLE_COMPILE=1) to run the \
-             function eagerly while debugging.",
-            if inputs.is_empty() { "an input".to_string() } else { one_based(inputs).join(", ") }
-        ),
+        kiln::Error::TracingValue { what, inputs } => tracing_message(what, inputs),
         other => other.to_string(),
     }
+}
+
+/// The tracing error for `what` (the R function that tried to read values).
+fn tracing_message(what: &str, inputs: &[String]) -> String {
+    format!(
+        "{what}: cannot read array values while tracing a function compiled by mlx_compile(): \
+         this value depends on {}, a placeholder that has a shape and dtype but no data \
+         (values exist only when the compiled function runs). Printing, converting to R \
+         (as.matrix, as.numeric, as.vector, [[) and control flow on array values (if (x > 0)) \
+         are not allowed inside a compiled function. Fix: return the array and read it after \
+         the call, or call mlx_disable_compile() (or set MLX_DISABLE_COMPILE=1) to run the \
+         function eagerly while debugging.",
+        if inputs.is_empty() { "an input".to_string() } else { one_based(inputs).join(", ") }
+    )
 }
 
 thread_local! {
@@ -324,9 +329,7 @@ fn kiln_to_r(x: Robj, what: &str) -> Robj {
         a.permute(&perm).or_raise()
     };
     let read = |r: kiln::Result<Robj>| match r {
-        Err(kiln::Error::TracingValue { inputs, .. }) => raise(
-            message(&kiln::Error::TracingValue { what: "reading values", inputs }).replacen("reading values", what, 1),
-        ),
+        Err(kiln::Error::TracingValue { inputs, .. }) => raise(tracing_message(what, &inputs)),
         other => other.or_raise(),
     };
     match a.dtype() {
@@ -346,18 +349,6 @@ fn kiln_shape(x: Robj) -> Robj {
 #[extendr]
 fn kiln_dtype(x: Robj) -> &'static str {
     dtype_name(arr(&x).dtype())
-}
-
-/// kiln's own printed form of `x` (NumPy-like, row-major).
-#[extendr]
-fn kiln_format(x: Robj) -> String {
-    match arr(&x).to_string_checked() {
-        Ok(s) => s,
-        Err(kiln::Error::TracingValue { inputs, .. }) => {
-            raise(message(&kiln::Error::TracingValue { what: "print", inputs }))
-        }
-        Err(e) => raise(message(&e)),
-    }
 }
 
 #[extendr]
@@ -774,7 +765,6 @@ extendr_module! {
     fn kiln_to_r;
     fn kiln_shape;
     fn kiln_dtype;
-    fn kiln_format;
     fn kiln_eval;
     fn kiln_astype;
     fn kiln_full;
