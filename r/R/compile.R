@@ -85,7 +85,7 @@ mlx_compile <- function(f, shapeless = FALSE) {
   g <- function() NULL
   formals(g) <- fmls
   args <- as.call(c(as.name("list"), lapply(names(fmls), as.name)))
-  body(g) <- bquote(.Call(.(wrap__kiln_compiled_call), handle, .(args)))
+  body(g) <- bquote(.Call(.(kiln_call), handle, .(args)))
   env <- new.env(parent = asNamespace("kiln"))
   env$handle <- handle
   environment(g) <- env

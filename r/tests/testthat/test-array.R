@@ -64,3 +64,16 @@ test_that("print, format, str and mlx_eval", {
   expect_true(is_mlx(x))
   expect_false(is_mlx(matrix(1)))
 })
+
+test_that("an mlx array saved and loaded again is a clear error, not a crash", {
+  x <- mlx_array(1:4, c(2, 2))
+  file <- tempfile(fileext = ".rds")
+  saveRDS(x, file)
+  y <- readRDS(file)
+  unlink(file)
+  expect_true(is_mlx(y))
+  expect_error(as.matrix(y), "no longer valid")
+  expect_error(y + 1, "no longer valid")
+  expect_error(mlx_compile(function(a) a * 2)(y), "no longer valid")
+  expect_equal(as.matrix(x), matrix(1:4, 2))
+})

@@ -197,3 +197,18 @@ test_that("bad arguments to mlx_compile are clear errors", {
   expect_error(mlx_compile(function(x) x, shapeless = NA), "shapeless")
   expect_error(mlx_compile_stats(function(x) x), "made by mlx_compile")
 })
+
+test_that("a compiled call checks its handle and its arguments", {
+  f <- mlx_compile(function(x, y) x + y)
+  expect_error(.Call(kiln:::kiln_call, "not a handle", list()), "compiled function's handle")
+  expect_error(.Call(kiln:::kiln_call, mlx_scalar(1), list()), "compiled function's handle")
+  h <- environment(f)$handle
+  expect_error(.Call(kiln:::kiln_call, h, "not a list"), "list of arguments")
+  # A compiled function's handle is not an array, and vice versa.
+  expect_error(f(h, 1), "expected an mlx array")
+  # Many results, dropped and collected, each freed once: values stay right.
+  x <- mlx_array(1:6, c(2, 3))
+  for (i in 1:2000) y <- f(x, i)
+  gc()
+  expect_equal(as.matrix(y), matrix(1:6, 2) + 2000)
+})

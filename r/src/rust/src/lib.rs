@@ -18,6 +18,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use extendr_api::prelude::*;
+use native::{wrap, Native};
+
+mod native;
 use kiln::compile::{Outputs, SliceArgs};
 use kiln::ops::random;
 use kiln::primitive::{BinaryOp, UnaryOp};
@@ -132,19 +135,26 @@ fn data_bytes(a: &Array) -> usize {
     }
 }
 
-/// A kiln array as an R object of class `"mlx"`.
-fn wrap(a: Array) -> Robj {
-    handed_to_r(data_bytes(&a));
-    let mut r: Robj = ExternalPtr::new(a).into();
-    r.set_class(["mlx"]).or_raise();
-    r
-}
-
 /// The kiln array inside an R object of class `"mlx"`.
 fn arr(x: &Robj) -> Array {
-    match <&ExternalPtr<Array>>::try_from(x) {
-        Ok(p) => (**p).clone(),
-        Err(_) => raise(format!("expected an mlx array, got an R object of type {:?}", x.rtype())),
+    match native::native::<Array>(x) {
+        Some(a) => a.clone(),
+        None if native::is_dead::<Array>(x) => raise(
+            "this mlx array is no longer valid (an mlx array saved to disk and loaded again, \
+             or copied between R sessions, has no data: save as.array(x) instead)",
+        ),
+        None => raise(format!("expected an mlx array, got an R object of type {:?}", x.rtype())),
+    }
+}
+
+/// The message of a panic payload (a `raise`d message, or a panic's).
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    match payload.downcast::<String>() {
+        Ok(s) => *s,
+        Err(p) => match p.downcast::<&'static str>() {
+            Ok(s) => s.to_string(),
+            Err(_) => "kiln: internal error (a panic without a message)".to_string(),
+        },
     }
 }
 
@@ -600,6 +610,11 @@ struct RCompiled {
     compiled: Compiled<RFn, SliceArgs>,
 }
 
+impl Native for RCompiled {
+    const TAG: &'static std::ffi::CStr = c"kiln_compiled";
+    const SLOT: usize = 1;
+}
+
 fn function_error(msg: String) -> kiln::Error {
     kiln::Error::Function { msg }
 }
@@ -676,33 +691,11 @@ fn kiln_compile(f: Robj, tracer: Robj, shapeless: bool) -> Robj {
         ROut(outputs(value))
     });
     let options = CompileOptions { shapeless, ..CompileOptions::default() };
-    ExternalPtr::new(RCompiled { compiled: kiln::compile_with(call, options) }).into()
+    native::to_robj(RCompiled { compiled: kiln::compile_with(call, options) })
 }
 
 fn compiled(cf: &Robj) -> &RCompiled {
-    match <&ExternalPtr<RCompiled>>::try_from(cf) {
-        Ok(p) => p.addr(),
-        Err(_) => raise("expected a compiled function's handle"),
-    }
-}
-
-/// Calls a compiled function on a list of mlx arrays.
-#[extendr]
-fn kiln_compiled_call(cf: Robj, args: Robj) -> Robj {
-    let c = compiled(&cf);
-    let args: Vec<Array> = match args.as_list() {
-        Some(l) => l.values().map(|x| argument(&x)).collect(),
-        None => raise("expected a list of arguments"),
-    };
-    let (outs, tree) = c.compiled.call(&args[..]).or_raise();
-    if !tree.list {
-        return outs.into_iter().next().map(wrap).unwrap_or_else(|| Robj::from(()));
-    }
-    let mut l: Robj = List::from_values(outs.into_iter().map(wrap)).into();
-    if let Some(names) = &tree.names {
-        l.set_names(names.iter().map(String::as_str)).or_raise();
-    }
-    l
+    native::native(cf).unwrap_or_else(|| raise("expected a compiled function's handle"))
 }
 
 #[extendr]
@@ -740,9 +733,12 @@ fn kiln_compile_enabled() -> bool {
 
 /// Called when the package loads: R frees dead arrays in batches (at each
 /// collection), so the C allocator keeps freed memory for the next outputs.
+/// It keeps twice what one collection frees: a batch that fills the top of
+/// the heap must not reach the trim threshold, or the next batch of outputs
+/// faults its pages in again.
 #[extendr]
 fn kiln_on_load() {
-    kiln::retain_freed_memory(COLLECT_AFTER_BYTES);
+    kiln::retain_freed_memory(2 * COLLECT_AFTER_BYTES);
 }
 
 #[extendr]
@@ -794,7 +790,6 @@ extendr_module! {
     fn kiln_seed;
     fn kiln_random;
     fn kiln_compile;
-    fn kiln_compiled_call;
     fn kiln_compile_stats;
     fn kiln_compile_explain;
     fn kiln_compile_clear;
