@@ -27,6 +27,9 @@
 #' * Reductions take 1-based `axes` and a `drop` flag; `mlx_argmax()` and
 #'   `mlx_argmin()` return 1-based positions.
 #' * int64 and uint32 arrays come back to R as doubles.
+#' * An mlx array points to memory outside R: `saveRDS()`, `save()` or
+#'   sending it to another R process keeps the object but not its data, and
+#'   using the copy is an error ("no longer valid"). Save `as.array(x)`.
 #'
 #' @keywords internal
 #' @useDynLib kiln, .registration = TRUE

@@ -115,9 +115,9 @@ const COLLECT_AFTER_BYTES: usize = 256 << 20;
 /// collector does not see, so R collects too rarely when arrays are made in
 /// a loop (`y <- f(x)`). Dead buffers then stay allocated, kiln's buffer pool
 /// gets none back, and every new output is fresh memory whose pages the
-/// kernel faults in and zeroes (x * 2 over 2^22 floats: 3.9 ms per call
-/// instead of under 1). Collecting the young generation runs the dead
-/// objects' finalizers, which return their buffers to the pool.
+/// kernel faults in and zeroes, which costs more than the elementwise work
+/// itself. Collecting the young generation runs the dead objects'
+/// finalizers, which return their buffers to the pool.
 fn handed_to_r(bytes: usize) {
     let total = HANDED_TO_R.fetch_add(bytes, Ordering::Relaxed) + bytes;
     if total >= COLLECT_AFTER_BYTES {
