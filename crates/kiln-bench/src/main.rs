@@ -8,6 +8,10 @@
 //!     one fresh-process run (compile included); prints milliseconds
 //! kiln-bench report --out DIR PART.json...
 //!     merge parts, add the matmul floor, write cpu.json, cpu.md, missing.json
+//! kiln-bench compile-time [--quick] [--out DIR]
+//!     first-call time of a compiled chain of n elementwise ops against n,
+//!     and the ratio time(100k) / time(10k) (--quick: 10k / 1k); writes DIR/compile_time.md
+//!     and .json (default target/bench)
 //! kiln-bench --quick [--out DIR]
 //!     smoke mode: tiny sizes, kiln only, run + report into DIR
 //!     (default target/bench/quick), in seconds
@@ -605,6 +609,73 @@ fn run(quick: bool, out: &Path, sizes_out: Option<&Path>) -> std::result::Result
     write_file(out, &serde_json::to_string_pretty(&r.part).map_err(|e| e.to_string())?)
 }
 
+/// One row of the compile-time benchmark.
+#[derive(Serialize)]
+struct CompileTimeRow {
+    n: usize,
+    median_ms: f64,
+    runs_ms: Vec<f64>,
+}
+
+/// `y * 0.999` and `y + 0.001` alternately, `n` ops (issue 14 §5's chain).
+fn op_chain(x: &Array, n: usize) -> Result<Array> {
+    let mut y = x.clone();
+    for i in 0..n {
+        y = if i % 2 == 0 { (&y * 0.999f32)? } else { (&y + 0.001f32)? };
+    }
+    Ok(y)
+}
+
+/// The first call (trace, optimize, fuse, lower, run) of a compiled chain of
+/// `n` elementwise ops on 1024 floats, for each `n`; the median of a few
+/// runs, each a fresh `compile`. Checks the result against eager.
+fn compile_time(quick: bool, dir: &Path) -> std::result::Result<(), String> {
+    let ns: &[usize] = if quick { &[1_000, 10_000] } else { &[1_000, 4_000, 10_000, 16_000, 32_000, 100_000] };
+    let reps = if quick { 1 } else { 3 };
+    let x = normal(&[1024], 1.0).map_err(|e| e.to_string())?;
+    // Once-per-process costs (the thread pools, the assembler's tables)
+    // are paid before the clock runs.
+    compile(|x: &Array| op_chain(x, 1_000)).call(&x).and_then(|r| r.eval()).map_err(|e| e.to_string())?;
+    let mut rows = vec![];
+    for &n in ns {
+        let mut runs = vec![];
+        for _ in 0..reps {
+            let c = compile(move |x: &Array| op_chain(x, n));
+            let t = Instant::now();
+            let got = c.call(&x).and_then(|r| r.to_vec::<f32>()).map_err(|e| e.to_string())?;
+            runs.push(t.elapsed().as_secs_f64() * 1e3);
+            let want = op_chain(&x, n).and_then(|r| r.to_vec::<f32>()).map_err(|e| e.to_string())?;
+            if got != want {
+                return Err(format!("compiled chain of {n} ops differs from eager"));
+            }
+        }
+        let median_ms = summarize("compile_time", "kiln", &runs, 0, 0).median_ms;
+        rows.push(CompileTimeRow { n, median_ms, runs_ms: runs });
+    }
+    let at = |n: usize| rows.iter().find(|r| r.n == n).map(|r| r.median_ms);
+    let mut md = String::from(
+        "# Compile time against program size\n\nFirst call of `compile(f)`, f a chain of n elementwise ops \
+         (`y * 0.999`, `y + 0.001`) on 1024 f32: trace, optimize, fuse, lower and run; median of fresh compiles.\n\n\
+         | n | first call | per 1000 ops |\n|---|---|---|\n",
+    );
+    for r in &rows {
+        md += &format!("| {} | {:.1} ms | {:.2} ms |\n", r.n, r.median_ms, r.median_ms * 1e3 / r.n as f64);
+    }
+    // Ten times the ops: the ratio of first-call times is 10 when compile
+    // time is linear (the quick run compares 10k with 1k).
+    let (big, small, name) = if quick { (10_000, 1_000, "10k_1k") } else { (100_000, 10_000, "100k_10k") };
+    let ratio = at(big).zip(at(small)).map(|(a, b)| a / b);
+    if let Some(q) = ratio {
+        md += &format!("\ntime({}k) / time({}k) = {q:.1} (linear: 10)\n", big / 1000, small / 1000);
+    }
+    let mut json = serde_json::json!({ "rows": rows });
+    json[format!("ratio_{name}")] = serde_json::json!(ratio);
+    write_file(&dir.join("compile_time.json"), &serde_json::to_string_pretty(&json).map_err(|e| e.to_string())?)?;
+    write_file(&dir.join("compile_time.md"), &md)?;
+    println!("{md}");
+    Ok(())
+}
+
 fn write_file(p: &Path, text: &str) -> std::result::Result<(), String> {
     if let Some(d) = p.parent() {
         std::fs::create_dir_all(d).map_err(|e| format!("creating {}: {e}", d.display()))?;
@@ -615,7 +686,7 @@ fn write_file(p: &Path, text: &str) -> std::result::Result<(), String> {
 fn usage() -> String {
     "usage: kiln-bench run [--quick] [--out PART.json] [--sizes SIZES.json]\n       \
      kiln-bench fresh first_call|shapeless_batches|recompile_batches [--quick]\n       kiln-bench report --out DIR PART.json...\n       \
-     kiln-bench --quick [--out DIR]"
+     kiln-bench compile-time [--quick] [--out DIR]\n       kiln-bench --quick [--out DIR]"
         .into()
 }
 
@@ -650,6 +721,10 @@ fn main_inner() -> std::result::Result<(), String> {
             let md = write_outputs(&out, part)?;
             println!("{md}");
             Ok(())
+        }
+        Some("compile-time") => {
+            let dir = opt("--out").unwrap_or_else(|| "target/bench".into());
+            compile_time(quick, &dir)
         }
         Some("--quick") => {
             let dir = opt("--out").unwrap_or_else(|| "target/bench/quick".into());

@@ -183,3 +183,25 @@ fn quick_mode_runs_kiln_and_writes_the_outputs() {
     assert!(!md.contains("CHECK"), "compiled and eager kiln disagree: {md}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn compile_time_reports_each_size_and_the_ratio() {
+    let dir = std::env::temp_dir().join(format!("kiln-bench-ctime-{}", std::process::id()));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kiln-bench"))
+        .args(["compile-time", "--quick", "--out"])
+        .arg(&dir)
+        .output()
+        .expect("run kiln-bench compile-time --quick");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("compile_time.json")).unwrap()).unwrap();
+    let rows = v["rows"].as_array().expect("rows");
+    let ns: Vec<u64> = rows.iter().map(|r| r["n"].as_u64().expect("n")).collect();
+    assert_eq!(ns, vec![1_000, 10_000]);
+    assert!(rows.iter().all(|r| r["median_ms"].as_f64().is_some_and(|t| t > 0.0)), "{v}");
+    let ratio = v["ratio_10k_1k"].as_f64().expect("ratio");
+    assert!(ratio > 0.0 && ratio < 100.0, "time(10k) / time(1k) = {ratio}");
+    let md = std::fs::read_to_string(dir.join("compile_time.md")).unwrap();
+    assert!(md.contains("| 10000 |") && md.contains("time(10k) / time(1k)"), "{md}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -106,12 +106,14 @@ impl Program {
         Ok(prog)
     }
 
-    /// Consumers of each instruction.
+    /// Consumers of each instruction, each listed once, in increasing order.
+    /// One pass over the program (a consumer reading a value twice is
+    /// pushed once: its earlier push is the last one in that list).
     pub fn consumers(&self) -> Vec<Vec<usize>> {
         let mut c = vec![vec![]; self.instrs.len()];
         for (n, ins) in self.instrs.iter().enumerate() {
             for &i in &ins.inputs {
-                if !c[i].contains(&n) {
+                if c[i].last() != Some(&n) {
                     c[i].push(n);
                 }
             }
@@ -144,7 +146,31 @@ impl Program {
         }
     }
 
+    /// Replaces values in one pass: `merge(p, i)` is called for each
+    /// instruction in order, after its inputs have been renamed, and returns
+    /// the earlier value that replaces `i` (one that is not itself replaced),
+    /// or `None` to keep it. Outputs are renamed at the end. Linear in the
+    /// program's size however many values are replaced (calling
+    /// [`Program::replace_uses`] per value would rescan the program each time).
+    pub fn replace_forward(&mut self, mut merge: impl FnMut(&Program, usize) -> Option<usize>) {
+        let mut to: Vec<usize> = (0..self.instrs.len()).collect();
+        for i in 0..self.instrs.len() {
+            for x in &mut self.instrs[i].inputs {
+                *x = to[*x];
+            }
+            if let Some(j) = merge(self, i) {
+                debug_assert!(j < i && to[j] == j, "replaced by an earlier kept value");
+                to[i] = j;
+            }
+        }
+        for o in &mut self.outputs {
+            *o = to[*o];
+        }
+    }
+
     /// Replaces every use of value `from` by value `to` (`to < from`).
+    /// Scans the whole program: to replace many values, use
+    /// [`Program::replace_forward`].
     pub fn replace_uses(&mut self, from: usize, to: usize) {
         for ins in &mut self.instrs {
             for x in &mut ins.inputs {

@@ -40,6 +40,9 @@ pub struct Executable {
     constants: Vec<(usize, Data)>,
     /// Runs of steps that may run row block by row block (see [`row_chain`]).
     pub chains: Vec<row_chain::Chain>,
+    /// Per program output: no later output is the same value (it is moved
+    /// out, not cloned).
+    last_output: Vec<bool>,
 }
 
 impl Executable {
@@ -86,7 +89,10 @@ impl Executable {
             .filter_map(|(i, ins)| ins.constant.as_ref().map(|d| (i, d.clone())))
             .collect();
         let chains = row_chain::find(&program, &steps);
-        Executable { program, steps, constants, chains }
+        let mut seen = std::collections::HashSet::new();
+        let mut last_output: Vec<bool> = program.outputs.iter().rev().map(|&o| seen.insert(o)).collect();
+        last_output.reverse();
+        Executable { program, steps, constants, chains, last_output }
     }
 
     /// Runs on evaluated arguments. `shapes` holds every value's shape when
@@ -107,8 +113,13 @@ impl Executable {
         }
         let shape_of = |i: usize| -> &[usize] { shapes.map_or(&p.instrs[i].shape, |s| &s[i]) };
         let mut s = 0;
+        // Chains are in step order: the next one that may start here.
+        let mut next_chain = 0;
         while s < self.steps.len() {
-            if let Some(chain) = self.chains.iter().find(|c| c.steps.start == s) {
+            while self.chains.get(next_chain).is_some_and(|c| c.steps.start < s) {
+                next_chain += 1;
+            }
+            if let Some(chain) = self.chains.get(next_chain).filter(|c| c.steps.start == s) {
                 if row_chain::run(self, chain, &mut values, &shape_of)? {
                     for step in &self.steps[chain.steps.clone()] {
                         for &f in &step.frees {
@@ -152,9 +163,9 @@ impl Executable {
         // Each output is moved out, but cloned while a later output is the same value.
         Ok(p.outputs
             .iter()
-            .enumerate()
-            .map(|(k, &o)| {
-                let d = if p.outputs[k + 1..].contains(&o) { values[o].clone() } else { values[o].take() };
+            .zip(&self.last_output)
+            .map(|(&o, &last)| {
+                let d = if last { values[o].take() } else { values[o].clone() };
                 d.expect("outputs are computed")
             })
             .collect())

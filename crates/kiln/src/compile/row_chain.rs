@@ -13,6 +13,7 @@
 //! input either has those rows (and is cut per block) or spans no rows (a
 //! lower-rank or size-1 leading axis, read whole by every block).
 
+use std::collections::{HashMap, HashSet};
 use std::ops::Range;
 
 use rayon::prelude::*;
@@ -57,6 +58,20 @@ pub fn find(p: &Program, steps: &[Step]) -> Vec<Chain> {
         Kernel::ReduceFused { axes, .. } | Kernel::Single(Primitive::Reduce { axes, .. }) => !axes.contains(&0),
         _ => false,
     };
+    let n = p.instrs.len();
+    // The last step reading each value, and whether it is an output.
+    let mut last_read = vec![0usize; n];
+    let mut is_output = vec![false; n];
+    for (k, st) in steps.iter().enumerate() {
+        for &v in &st.inputs {
+            last_read[v] = k;
+        }
+    }
+    for &o in &p.outputs {
+        is_output[o] = true;
+    }
+    // Marks values read by the chain being looked at (set, then cleared).
+    let mut read_here = vec![false; n];
     let mut chains = vec![];
     let mut s = 0;
     while s < steps.len() {
@@ -65,14 +80,18 @@ pub fn find(p: &Program, steps: &[Step]) -> Vec<Chain> {
             s += 1;
         }
         if s - start >= 2 {
-            let later: Vec<usize> = steps[s..].iter().flat_map(|st| st.inputs.iter().copied()).collect();
             let escapes: Vec<usize> = steps[start..s]
                 .iter()
                 .flat_map(|st| st.outputs.iter().copied())
-                .filter(|v| p.outputs.contains(v) || later.contains(v))
+                .filter(|&v| is_output[v] || last_read[v] >= s)
                 .collect();
-            let write_through =
-                escapes.iter().map(|v| !steps[start..s].iter().any(|st| st.inputs.contains(v))).collect();
+            for &v in steps[start..s].iter().flat_map(|st| st.inputs.iter()) {
+                read_here[v] = true;
+            }
+            let write_through = escapes.iter().map(|&v| !read_here[v]).collect();
+            for &v in steps[start..s].iter().flat_map(|st| st.inputs.iter()) {
+                read_here[v] = false;
+            }
             chains.push(Chain { steps: start..s, escapes, write_through });
         }
         s = s.max(start + 1);
@@ -122,7 +141,10 @@ pub fn run<'a, S: AsRef<[usize]> + ?Sized + 'a>(
         }
     };
     let Some(rows) = space(&steps[0]).first().copied() else { return Ok(false) };
-    let produced: Vec<usize> = steps.iter().flat_map(|st| st.outputs.iter().copied()).collect();
+    // Values the chain writes, and where each escaping value's sink is
+    // (hash maps: a chain may have many steps).
+    let produced: HashSet<usize> = steps.iter().flat_map(|st| st.outputs.iter().copied()).collect();
+    let escape_at: HashMap<usize, usize> = chain.escapes.iter().enumerate().map(|(k, &v)| (v, k)).collect();
     let mut cuts: Vec<Vec<Cut>> = vec![];
     let mut widest = 0;
     for st in steps {
@@ -157,14 +179,14 @@ pub fn run<'a, S: AsRef<[usize]> + ?Sized + 'a>(
     let vals: &[Option<Data>] = values;
     (0..rows.div_ceil(block)).into_par_iter().try_for_each(|b| -> Result<()> {
         let (r0, r1) = (b * block, ((b + 1) * block).min(rows));
-        let mut local: Vec<(usize, Data)> = vec![];
+        let mut local: HashMap<usize, Data> = HashMap::new();
         for (st, cut) in steps.iter().zip(&cuts) {
             let ins: Vec<Data> = st
                 .inputs
                 .iter()
                 .zip(cut)
                 .map(|(&v, c)| match c {
-                    Cut::Local => local.iter().find(|(x, _)| *x == v).expect("computed earlier in the block").1.clone(),
+                    Cut::Local => local.get(&v).expect("computed earlier in the block").clone(),
                     Cut::Whole => vals[v].clone().expect("inputs are computed first"),
                     Cut::Rows => {
                         let d = vals[v].as_ref().expect("inputs are computed first");
@@ -176,7 +198,7 @@ pub fn run<'a, S: AsRef<[usize]> + ?Sized + 'a>(
             // A fused step writes the values that escape (and that no later
             // step of the chain reads) straight into their sinks, and
             // prefetches its inputs one block ahead (`run_into`).
-            let sink_of = |o: usize| chain.escapes.iter().position(|&e| e == o).filter(|&k| chain.write_through[k]);
+            let sink_of = |o: usize| escape_at.get(&o).copied().filter(|&k| chain.write_through[k]);
             if let Kernel::Fused(g) = &st.kernel {
                 let mut shape = shape_of(st.outputs[0]).as_ref().to_vec();
                 shape[0] = r1 - r0;
@@ -188,10 +210,10 @@ pub fn run<'a, S: AsRef<[usize]> + ?Sized + 'a>(
                 }
                 for (&o, d) in st.outputs.iter().zip(outs) {
                     if let Some(d) = d {
-                        if let Some(k) = chain.escapes.iter().position(|&e| e == o) {
+                        if let Some(&k) = escape_at.get(&o) {
                             sinks[k].write(r0, &d.buffer);
                         }
-                        local.push((o, d));
+                        local.insert(o, d);
                     }
                 }
                 continue;
@@ -204,10 +226,10 @@ pub fn run<'a, S: AsRef<[usize]> + ?Sized + 'a>(
             };
             run_step(p, st, &mut args, block_shape, &mut outs)?;
             for (&o, d) in st.outputs.iter().zip(outs) {
-                if let Some(k) = chain.escapes.iter().position(|&e| e == o) {
+                if let Some(&k) = escape_at.get(&o) {
                     sinks[k].write(r0, &d.buffer);
                 }
-                local.push((o, d));
+                local.insert(o, d);
             }
         }
         Ok(())

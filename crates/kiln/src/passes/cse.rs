@@ -44,16 +44,19 @@ impl Pass for Cse {
     }
 
     fn run(&self, p: &mut Program) {
+        // Value numbering: one pass in topological order; an instruction's
+        // inputs are already renamed to their kept values when its key is made.
         let mut seen: HashMap<String, usize> = HashMap::new();
-        for i in 0..p.instrs.len() {
-            let Some(k) = key(&p.instrs[i]) else { continue };
-            match seen.get(&k) {
-                Some(&j) => p.replace_uses(i, j),
-                None => {
-                    seen.insert(k, i);
+        p.replace_forward(|p, i| {
+            let k = key(&p.instrs[i])?;
+            match seen.entry(k) {
+                std::collections::hash_map::Entry::Occupied(e) => Some(*e.get()),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(i);
+                    None
                 }
             }
-        }
+        });
         crate::passes::dce::Dce.run(p);
     }
 }

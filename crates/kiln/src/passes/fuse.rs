@@ -14,6 +14,9 @@
 //! Merging never creates a cycle: an instruction joins a group only if none
 //! of its other inputs depends on that group.
 
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+
 use crate::dtype::DType;
 use crate::primitive::{FusionClass, Primitive, ReduceOp};
 use crate::program::Program;
@@ -110,47 +113,175 @@ pub struct Planned {
     pub outputs: Vec<usize>,
 }
 
-/// True when value `from` depends on a member of group `g` at kernel level:
-/// reading any member of another group means depending on every input of
-/// that group, because a group runs as one kernel.
-fn depends_on_group(
-    p: &Program,
-    from: usize,
-    groups: &[Vec<usize>],
-    heads: &[Option<usize>],
-    group_of: &[Option<usize>],
-    g: usize,
-) -> bool {
-    let mut stack = vec![from];
-    let mut seen = vec![false; p.instrs.len()];
-    let mut seen_group = vec![false; groups.len()];
-    while let Some(x) = stack.pop() {
-        if std::mem::replace(&mut seen[x], true) {
-            continue;
+/// Most instructions in one fused group. Checking whether two groups may
+/// merge, building a group's register program and generating its code all
+/// grow with its size; past this size a group's output is stored and the
+/// next group reads it back, which costs little next to hundreds of ops.
+pub const MAX_GROUP: usize = 512;
+
+/// Edges a [`Reach`] search may visit before it gives up and answers
+/// "reaches" (the answer that forbids fusing: safe, only less fused).
+const REACH_BUDGET: usize = 1 << 16;
+
+/// Reachability between kernels while they are being formed: a search
+/// forward from some kernels and backward from others, one step at a time
+/// from the side that has done less work, until they meet (a path exists)
+/// or one side runs out (none does). Its cost is about twice that of the
+/// smaller of the two searches, so the usual question (does this value
+/// depend on the group being grown, a few kernels back?) takes a few steps
+/// however large the program. Marks are stamped with a counter, so no
+/// search clears them.
+struct Reach {
+    fwd: Vec<u32>,
+    bwd: Vec<u32>,
+    epoch: u32,
+    stacks: [Vec<usize>; 2],
+    scratch: Vec<usize>,
+}
+
+impl Reach {
+    /// A search over kernel nodes `0..nodes`.
+    fn new(nodes: usize) -> Reach {
+        Reach { fwd: vec![0; nodes], bwd: vec![0; nodes], epoch: 0, stacks: [vec![], vec![]], scratch: vec![] }
+    }
+
+    /// True when some node reachable forward from `from` (itself included)
+    /// is reachable backward from `to` (itself included), never crossing
+    /// an edge between the two nodes of `skip`; also true when the search
+    /// exceeds [`REACH_BUDGET`]. `expand(node, forward, out)` pushes the
+    /// node's successors (`forward`) or predecessors onto `out`, maybe
+    /// with repeats and the node itself, which are ignored.
+    fn meets(
+        &mut self,
+        from: impl IntoIterator<Item = usize>,
+        to: impl IntoIterator<Item = usize>,
+        skip: Option<(usize, usize)>,
+        mut expand: impl FnMut(usize, bool, &mut Vec<usize>),
+    ) -> bool {
+        self.epoch = self.epoch.wrapping_add(1);
+        if self.epoch == 0 {
+            self.fwd.iter_mut().for_each(|v| *v = 0);
+            self.bwd.iter_mut().for_each(|v| *v = 0);
+            self.epoch = 1;
         }
-        match group_of[x] {
-            Some(h) if h == g => return true,
-            Some(h) if !std::mem::replace(&mut seen_group[h], true) => {
-                for &m in groups[h].iter().chain(heads[h].iter()) {
-                    stack.extend(p.instrs[m].inputs.iter().copied());
-                }
+        let e = self.epoch;
+        let [fs, bs] = &mut self.stacks;
+        fs.clear();
+        bs.clear();
+        for k in from {
+            if self.fwd[k] != e {
+                self.fwd[k] = e;
+                fs.push(k);
             }
-            Some(_) => {}
-            None => stack.extend(p.instrs[x].inputs.iter().copied()),
+        }
+        for k in to {
+            if self.fwd[k] == e {
+                return true;
+            }
+            if self.bwd[k] != e {
+                self.bwd[k] = e;
+                bs.push(k);
+            }
+        }
+        let skipped = |a: usize, b: usize| skip.is_some_and(|(x, y)| (a, b) == (x, y) || (a, b) == (y, x));
+        let mut work = [0usize; 2];
+        loop {
+            if fs.is_empty() || bs.is_empty() {
+                return false;
+            }
+            let forward = work[0] <= work[1];
+            let (stack, mine, other) =
+                if forward { (&mut *fs, &mut self.fwd, &self.bwd) } else { (&mut *bs, &mut self.bwd, &self.fwd) };
+            let node = stack.pop().expect("not empty");
+            self.scratch.clear();
+            expand(node, forward, &mut self.scratch);
+            work[usize::from(!forward)] += self.scratch.len() + 1;
+            for &m in &self.scratch {
+                if m == node || mine[m] == e || skipped(node, m) {
+                    continue;
+                }
+                if other[m] == e {
+                    return true;
+                }
+                mine[m] = e;
+                stack.push(m);
+            }
+            if work[0] + work[1] > REACH_BUDGET {
+                return true;
+            }
         }
     }
-    false
+}
+
+/// The kernel graph as groups form: instruction `x` outside groups is node
+/// `x`, group `g` is node `n + g`. Only instructions up to `upto` count
+/// (later ones are in no group yet and lead to none of these nodes).
+struct FuseGraph<'a> {
+    p: &'a Program,
+    consumers: &'a [Vec<usize>],
+    group_of: &'a [Option<usize>],
+    groups: &'a [Vec<usize>],
+    heads: &'a [Option<usize>],
+    upto: usize,
+}
+
+impl FuseGraph<'_> {
+    fn node(&self, x: usize) -> usize {
+        self.group_of[x].map_or(x, |g| self.p.instrs.len() + g)
+    }
+
+    /// Pushes the successors (`forward`) or predecessors of node `k` onto `out`.
+    fn expand(&self, k: usize, forward: bool, out: &mut Vec<usize>) {
+        let n = self.p.instrs.len();
+        let mut edges = |x: usize| {
+            if forward {
+                out.extend(self.consumers[x].iter().filter(|&&c| c <= self.upto).map(|&c| self.node(c)));
+            } else {
+                out.extend(self.p.instrs[x].inputs.iter().map(|&y| self.node(y)));
+            }
+        };
+        if k < n {
+            edges(k);
+        } else {
+            for &m in self.groups[k - n].iter().chain(self.heads[k - n].iter()) {
+                edges(m);
+            }
+        }
+    }
+}
+
+/// Merges two increasing lists into one.
+fn merge_sorted(a: &[usize], b: &[usize]) -> Vec<usize> {
+    let mut out = Vec::with_capacity(a.len() + b.len());
+    let (mut i, mut j) = (0, 0);
+    while i < a.len() && j < b.len() {
+        if a[i] <= b[j] {
+            out.push(a[i]);
+            i += 1;
+        } else {
+            out.push(b[j]);
+            j += 1;
+        }
+    }
+    out.extend_from_slice(&a[i..]);
+    out.extend_from_slice(&b[j..]);
+    out
 }
 
 /// Groups elementwise instructions and orders all kernels.
 pub fn plan(p: &Program) -> Vec<Planned> {
     let n = p.instrs.len();
     let consumers = p.consumers();
-    let is_output: Vec<bool> = (0..n).map(|i| p.outputs.contains(&i)).collect();
+    let mut is_output = vec![false; n];
+    for &o in &p.outputs {
+        is_output[o] = true;
+    }
     let mut group_of: Vec<Option<usize>> = vec![None; n];
     let mut groups: Vec<Vec<usize>> = vec![];
     // A group may start with a matmul whose only use is the group (epilogue fusion).
     let mut heads: Vec<Option<usize>> = vec![];
+    // Kernel nodes: instruction `x` outside groups is node `x`, group `g` is node `n + g`.
+    let mut reach = Reach::new(2 * n);
     for i in 0..n {
         if p.instrs[i].prim.class() != FusionClass::Elementwise {
             continue;
@@ -159,14 +290,21 @@ pub fn plan(p: &Program) -> Vec<Planned> {
         let mut joined = None;
         for &x in &p.instrs[i].inputs {
             let Some(g) = group_of[x] else { continue };
-            if p.instrs[x].shape != *shape || joined == Some(g) {
+            if p.instrs[x].shape != *shape || joined == Some(g) || groups[g].len() >= MAX_GROUP {
                 continue;
             }
-            let others_ok = p.instrs[i]
+            // `i` joins `g` unless one of its other inputs depends on `g`
+            // (at kernel level: reading any member of another group means
+            // depending on every input of that group).
+            let others: Vec<usize> = p.instrs[i]
                 .inputs
                 .iter()
                 .filter(|&&y| group_of[y] != Some(g))
-                .all(|&y| !depends_on_group(p, y, &groups, &heads, &group_of, g));
+                .map(|&y| group_of[y].map_or(y, |h| n + h))
+                .collect();
+            let gr =
+                FuseGraph { p, consumers: &consumers, group_of: &group_of, groups: &groups, heads: &heads, upto: i };
+            let others_ok = others.is_empty() || !reach.meets([n + g], others, None, |k, f, o| gr.expand(k, f, o));
             if others_ok {
                 joined = Some(g);
                 break;
@@ -193,24 +331,27 @@ pub fn plan(p: &Program) -> Vec<Planned> {
         // neither reaches the other through a kernel outside both.
         for &y in &p.instrs[i].inputs {
             let Some(h) = group_of[y] else { continue };
-            if h == g || p.instrs[y].shape != *shape || (heads[h].is_some() && heads[g].is_some()) {
+            if h == g
+                || p.instrs[y].shape != *shape
+                || (heads[h].is_some() && heads[g].is_some())
+                || groups[g].len() + groups[h].len() > MAX_GROUP
+            {
                 continue;
             }
-            let external = |grp: usize| -> Vec<usize> {
-                groups[grp]
-                    .iter()
-                    .flat_map(|&m| p.instrs[m].inputs.iter().copied())
-                    .chain(heads[grp].map(|hd| p.instrs[hd].inputs.clone()).unwrap_or_default())
-                    .filter(|&x| group_of[x] != Some(grp))
-                    .collect()
+            // A product runs before its epilogue: it cannot read the group.
+            let head_reads = |a: usize, b: usize| {
+                heads[a].is_some_and(|hd| p.instrs[hd].inputs.iter().any(|&x| group_of[x] == Some(b)))
             };
-            let h_reaches_g = external(g)
-                .iter()
-                .any(|&x| group_of[x] != Some(h) && depends_on_group(p, x, &groups, &heads, &group_of, h));
-            let g_reaches_h = external(h)
-                .iter()
-                .any(|&x| group_of[x] != Some(g) && depends_on_group(p, x, &groups, &heads, &group_of, g));
-            if h_reaches_g || g_reaches_h {
+            if head_reads(g, h) || head_reads(h, g) {
+                continue;
+            }
+            // A path between the two other than their direct edges, either way.
+            let gr =
+                FuseGraph { p, consumers: &consumers, group_of: &group_of, groups: &groups, heads: &heads, upto: i };
+            let skip = Some((n + h, n + g));
+            let linked = reach.meets([n + h], [n + g], skip, |k, f, o| gr.expand(k, f, o))
+                || reach.meets([n + g], [n + h], skip, |k, f, o| gr.expand(k, f, o));
+            if linked {
                 continue;
             }
             let moved = std::mem::take(&mut groups[h]);
@@ -221,19 +362,22 @@ pub fn plan(p: &Program) -> Vec<Planned> {
                 group_of[hd] = Some(g);
                 heads[g] = Some(hd);
             }
-            groups[g].extend(moved);
-            groups[g].sort_unstable();
+            groups[g] = merge_sorted(&groups[g], &moved);
         }
     }
 
     let reds = plan_reductions(p, &groups, &heads, &group_of, &consumers, &is_output);
 
     // Build the planned kernels; `first` orders them by their first instruction.
+    let mut is_head = vec![false; n];
+    for &h in heads.iter().flatten() {
+        is_head[h] = true;
+    }
     let mut planned: Vec<(usize, Planned)> = vec![];
     for (i, ins) in p.instrs.iter().enumerate() {
         match ins.prim.class() {
             FusionClass::Leaf | FusionClass::Elementwise => {}
-            _ if heads.contains(&Some(i)) => {}
+            _ if is_head[i] => {}
             FusionClass::Reduce if matches!(ins.prim, Primitive::Reduce { .. }) => {}
             _ => planned.push((
                 i,
@@ -241,7 +385,10 @@ pub fn plan(p: &Program) -> Vec<Planned> {
             )),
         }
     }
-    let absorbed: Vec<bool> = (0..groups.len()).map(|g| reds.iter().any(|k| k.group == Some(g))).collect();
+    let mut absorbed = vec![false; groups.len()];
+    for g in reds.iter().filter_map(|k| k.group) {
+        absorbed[g] = true;
+    }
     for (g, members) in groups.iter().enumerate() {
         if members.is_empty() || absorbed[g] {
             continue;
@@ -311,18 +458,23 @@ fn build_group(
     extra_outs: &[usize],
     is_out: impl Fn(usize) -> bool,
 ) -> (FusedGroup, Vec<usize>, Vec<usize>) {
+    // Registers by value: inputs first, then members (hash maps, so a
+    // group costs time linear in its size).
+    let member_at: HashMap<usize, usize> = members.iter().enumerate().map(|(k, &m)| (m, k)).collect();
     let mut inputs: Vec<usize> = head.into_iter().collect();
-    let outside = |x: usize| !members.contains(&x) && Some(x) != head;
+    let mut input_at: HashMap<usize, usize> = inputs.iter().enumerate().map(|(k, &x)| (x, k)).collect();
+    let outside = |x: usize| !member_at.contains_key(&x) && Some(x) != head;
     for &x in members.iter().flat_map(|&m| p.instrs[m].inputs.iter()).chain(extra_outs) {
-        if outside(x) && !inputs.contains(&x) {
+        if outside(x) && !input_at.contains_key(&x) {
+            input_at.insert(x, inputs.len());
             inputs.push(x);
         }
     }
     let n_in = inputs.len();
     let reg = |v: usize| -> usize {
-        match inputs.iter().position(|&x| x == v) {
-            Some(r) => r,
-            None => n_in + members.iter().position(|&m| m == v).expect("member"),
+        match input_at.get(&v) {
+            Some(&r) => r,
+            None => n_in + member_at[&v],
         }
     };
     let mut ops: Vec<FusedOp> = members
@@ -334,27 +486,29 @@ fn build_group(
         })
         .collect();
     let mut outputs: Vec<usize> = members.iter().copied().filter(|&m| is_out(m)).map(reg).collect();
-    let mut copied: Vec<(usize, usize)> = vec![];
+    let mut output_at: HashMap<usize, usize> = outputs.iter().enumerate().map(|(k, &r)| (r, k)).collect();
+    let mut copied: HashMap<usize, usize> = HashMap::new();
     let mut extra = vec![];
     for &v in extra_outs {
         let r = if outside(v) {
             // Registers written out are op results: copy an input through.
-            match copied.iter().find(|(x, _)| *x == v) {
-                Some(&(_, r)) => r,
+            match copied.get(&v) {
+                Some(&r) => r,
                 None => {
                     let dt = p.instrs[v].dtype;
                     ops.push(FusedOp { prim: Primitive::AsType(dt), args: vec![reg(v)], dtype: dt });
-                    copied.push((v, n_in + ops.len() - 1));
+                    copied.insert(v, n_in + ops.len() - 1);
                     n_in + ops.len() - 1
                 }
             }
         } else {
             reg(v)
         };
-        if !outputs.contains(&r) {
+        let at = *output_at.entry(r).or_insert_with(|| {
             outputs.push(r);
-        }
-        extra.push(outputs.iter().position(|&o| o == r).expect("just pushed"));
+            outputs.len() - 1
+        });
+        extra.push(at);
     }
     let group = FusedGroup {
         inputs: inputs.iter().map(|&x| p.instrs[x].dtype).collect(),
@@ -393,6 +547,14 @@ fn plan_reductions(
     };
     let mut kernels: Vec<RedKernel> = vec![];
     let mut kernel_of: Vec<Option<usize>> = vec![None; n];
+    let mut absorbed_by: Vec<Option<usize>> = vec![None; groups.len()];
+    // The kernels reading each value, in increasing order.
+    let mut readers: Vec<Vec<usize>> = vec![vec![]; n];
+    let note = |readers: &mut Vec<Vec<usize>>, v: usize, k: usize| {
+        if readers[v].last() != Some(&k) {
+            readers[v].push(k);
+        }
+    };
     for (g, members) in groups.iter().enumerate() {
         if members.is_empty() || heads[g].is_some() || members.iter().any(|&m| is_output[m]) {
             continue;
@@ -403,42 +565,52 @@ fn plan_reductions(
         reds.dedup();
         let Some(axes) = reds.first().and_then(|&r| red_axes(r)) else { continue };
         if reds.iter().all(|&r| red_axes(r) == Some(axes)) {
+            let k = kernels.len();
             for &r in &reds {
-                kernel_of[r] = Some(kernels.len());
+                kernel_of[r] = Some(k);
+                note(&mut readers, p.instrs[r].inputs[0], k);
             }
+            for &x in members.iter().flat_map(|&m| p.instrs[m].inputs.iter()) {
+                note(&mut readers, x, k);
+            }
+            absorbed_by[g] = Some(k);
             kernels.push(RedKernel { group: Some(g), reds });
         }
     }
+    // Kernel nodes: instruction `x` alone is `x`, group `g` is `n + g`,
+    // reduction kernel `k` is `2 * n + k`.
+    let mut reach = Reach::new(3 * n);
     for r in 0..n {
         let Some(axes) = red_axes(r) else { continue };
         if kernel_of[r].is_some() {
             continue;
         }
         let v = p.instrs[r].inputs[0];
-        let reads_v = |k: &RedKernel| {
-            k.reds.iter().any(|&q| p.instrs[q].inputs[0] == v)
-                || k.group.is_some_and(|g| groups[g].iter().any(|&m| p.instrs[m].inputs.contains(&v)))
-        };
         let same_space = |k: &RedKernel| {
             let q = k.reds[0];
             red_axes(q) == Some(axes) && p.instrs[p.instrs[q].inputs[0]].shape == p.instrs[v].shape
         };
-        let mut joined = false;
-        for k in 0..kernels.len() {
-            if !same_space(&kernels[k]) || !reads_v(&kernels[k]) {
-                continue;
-            }
-            kernel_of[r] = Some(k);
-            if acyclic(p, group_of, &kernel_of, &kernels, groups.len()) {
+        let ctx = RedGraph {
+            p,
+            consumers,
+            groups,
+            heads,
+            group_of,
+            kernel_of: &kernel_of,
+            kernels: &kernels,
+            absorbed_by: &absorbed_by,
+        };
+        let joined = readers[v].iter().copied().find(|&k| same_space(&kernels[k]) && ctx.may_join(&mut reach, r, k));
+        match joined {
+            Some(k) => {
+                kernel_of[r] = Some(k);
                 kernels[k].reds.push(r);
-                joined = true;
-                break;
             }
-            kernel_of[r] = None;
-        }
-        if !joined {
-            kernel_of[r] = Some(kernels.len());
-            kernels.push(RedKernel { group: None, reds: vec![r] });
+            None => {
+                kernel_of[r] = Some(kernels.len());
+                note(&mut readers, v, kernels.len());
+                kernels.push(RedKernel { group: None, reds: vec![r] });
+            }
         }
     }
     for k in &mut kernels {
@@ -447,61 +619,72 @@ fn plan_reductions(
     kernels
 }
 
-/// True when the kernel graph has no cycle, with instructions mapped to
-/// kernels as planned so far: groups (absorbed ones belong to their
-/// reduction kernel), reduction kernels, and single instructions. A
-/// reduction kernel reading one of its own reductions is a cycle too.
-fn acyclic(
-    p: &Program,
-    group_of: &[Option<usize>],
-    kernel_of: &[Option<usize>],
-    kernels: &[RedKernel],
-    n_groups: usize,
-) -> bool {
-    let n = p.instrs.len();
-    let n_red = kernels.len();
-    let absorbed_by: Vec<Option<usize>> =
-        (0..n_groups).map(|g| kernels.iter().position(|k| k.group == Some(g))).collect();
-    let node = |i: usize| -> usize {
-        match (group_of[i], kernel_of[i]) {
-            (Some(g), _) => absorbed_by[g].map_or(g, |k| n_groups + k),
-            (None, Some(k)) => n_groups + k,
-            (None, None) => n_groups + n_red + i,
-        }
-    };
-    let total = n_groups + n_red + n;
-    let mut edges: Vec<Vec<usize>> = vec![vec![]; total];
-    let mut indeg = vec![0usize; total];
-    for (i, ins) in p.instrs.iter().enumerate() {
-        let to = node(i);
-        for &x in &ins.inputs {
-            let from = node(x);
-            if from != to {
-                edges[from].push(to);
-                indeg[to] += 1;
-            } else if kernel_of[x].is_some() {
-                // A reduction's value is only ready after the whole kernel:
-                // the kernel cannot read it itself.
-                return false;
-            }
+/// The kernel graph as reductions are planned: groups (absorbed ones
+/// belong to their reduction kernel), reduction kernels, and single
+/// instructions.
+struct RedGraph<'a> {
+    p: &'a Program,
+    consumers: &'a [Vec<usize>],
+    groups: &'a [Vec<usize>],
+    heads: &'a [Option<usize>],
+    group_of: &'a [Option<usize>],
+    kernel_of: &'a [Option<usize>],
+    kernels: &'a [RedKernel],
+    absorbed_by: &'a [Option<usize>],
+}
+
+impl RedGraph<'_> {
+    /// The kernel node of instruction `i`.
+    fn node(&self, i: usize) -> usize {
+        let n = self.p.instrs.len();
+        match (self.group_of[i], self.kernel_of[i]) {
+            (Some(g), _) => self.absorbed_by[g].map_or(n + g, |k| 2 * n + k),
+            (None, Some(k)) => 2 * n + k,
+            (None, None) => i,
         }
     }
-    let mut stack: Vec<usize> = (0..total).filter(|&k| indeg[k] == 0).collect();
-    let mut seen = 0;
-    while let Some(k) = stack.pop() {
-        seen += 1;
-        for &t in &edges[k] {
-            indeg[t] -= 1;
-            if indeg[t] == 0 {
-                stack.push(t);
-            }
+
+    /// True when reduction `r` (not yet in a kernel) may join reduction
+    /// kernel `k` without making the kernel graph cyclic (the graph is
+    /// acyclic before): neither reads the other's reductions (a reduction's
+    /// value is ready only after its whole kernel), and no path leads from
+    /// one to the other through a third kernel.
+    fn may_join(&self, reach: &mut Reach, r: usize, k: usize) -> bool {
+        let n = self.p.instrs.len();
+        let kn = 2 * n + k;
+        if self.kernel_of[self.p.instrs[r].inputs[0]] == Some(k)
+            || self.consumers[r].iter().any(|&c| self.node(c) == kn)
+        {
+            return false;
         }
+        let expand = |node: usize, forward: bool, out: &mut Vec<usize>| {
+            let mut edges = |x: usize| {
+                if forward {
+                    out.extend(self.consumers[x].iter().map(|&c| self.node(c)));
+                } else {
+                    out.extend(self.p.instrs[x].inputs.iter().map(|&y| self.node(y)));
+                }
+            };
+            if node < n {
+                edges(node);
+            } else if node < 2 * n {
+                for &m in self.groups[node - n].iter().chain(self.heads[node - n].iter()) {
+                    edges(m);
+                }
+            } else {
+                let kernel = &self.kernels[node - 2 * n];
+                for &m in kernel.reds.iter().chain(kernel.group.iter().flat_map(|&g| self.groups[g].iter())) {
+                    edges(m);
+                }
+            }
+        };
+        !reach.meets([kn], [r], Some((kn, r)), expand) && !reach.meets([r], [kn], Some((kn, r)), expand)
     }
-    seen == total
 }
 
 /// Topological order of kernels (a kernel runs after the producers of all
-/// its inputs), ties broken by first instruction.
+/// its inputs), ties broken by first instruction: of the kernels whose
+/// inputs are ready, the one with the first first instruction runs next.
 fn order(mut planned: Vec<(usize, Planned)>, n: usize) -> Vec<Planned> {
     planned.sort_by_key(|(first, _)| *first);
     let mut producer = vec![usize::MAX; n];
@@ -510,19 +693,27 @@ fn order(mut planned: Vec<(usize, Planned)>, n: usize) -> Vec<Planned> {
             producer[o] = k;
         }
     }
-    let deps: Vec<Vec<usize>> = planned
-        .iter()
-        .map(|(_, pl)| pl.inputs.iter().map(|&i| producer[i]).filter(|&k| k != usize::MAX).collect())
-        .collect();
-    let mut done = vec![false; planned.len()];
-    let mut out_order = Vec::with_capacity(planned.len());
-    while out_order.len() < planned.len() {
-        let next = (0..planned.len())
-            .find(|&k| !done[k] && deps[k].iter().all(|&d| done[d]))
-            .expect("the kernel graph is acyclic");
-        done[next] = true;
-        out_order.push(next);
+    // Kahn's algorithm with the ready kernels in a min-heap.
+    let mut waiting = vec![0usize; planned.len()];
+    let mut users: Vec<Vec<usize>> = vec![vec![]; planned.len()];
+    for (k, (_, pl)) in planned.iter().enumerate() {
+        for d in pl.inputs.iter().map(|&i| producer[i]).filter(|&d| d != usize::MAX) {
+            waiting[k] += 1;
+            users[d].push(k);
+        }
     }
+    let mut ready: BinaryHeap<Reverse<usize>> = (0..planned.len()).filter(|&k| waiting[k] == 0).map(Reverse).collect();
+    let mut out_order = Vec::with_capacity(planned.len());
+    while let Some(Reverse(k)) = ready.pop() {
+        out_order.push(k);
+        for &u in &users[k] {
+            waiting[u] -= 1;
+            if waiting[u] == 0 {
+                ready.push(Reverse(u));
+            }
+        }
+    }
+    assert_eq!(out_order.len(), planned.len(), "the kernel graph is acyclic");
     let mut slots: Vec<Option<Planned>> = planned.into_iter().map(|(_, p)| Some(p)).collect();
     out_order.into_iter().map(|k| slots[k].take().expect("each kernel once")).collect()
 }
@@ -550,6 +741,32 @@ mod tests {
         let k = plan(&p);
         assert_eq!(k.len(), 1);
         assert_eq!(fused_sizes(&k), vec![4]);
+    }
+
+    #[test]
+    fn long_chains_split_into_groups_of_at_most_max_group() {
+        let p = trace(&[&[8]], |a| {
+            let mut y = a[0].clone();
+            for _ in 0..1200 {
+                y = y.sin()?;
+            }
+            Ok(vec![y])
+        });
+        assert_eq!(fused_sizes(&plan(&p)), vec![MAX_GROUP, MAX_GROUP, 1200 - 2 * MAX_GROUP]);
+    }
+
+    #[test]
+    fn a_group_read_by_a_product_does_not_merge_into_its_epilogue() {
+        // `y @ w + y`: merging `y` into the product's epilogue would make
+        // the product read a value its own kernel computes after it.
+        let p = trace(&[&[8, 8], &[8, 8]], |a| {
+            let y = (&a[0] + 1.0f32)?;
+            Ok(vec![(y.matmul(&a[1])? + &y)?])
+        });
+        let k = plan(&p);
+        assert_eq!(k.len(), 2, "{k:?}");
+        assert!(matches!(k[0].kernel, Kernel::Fused(_)), "{k:?}");
+        assert!(matches!(k[1].kernel, Kernel::MatmulEpilogue(_)), "{k:?}");
     }
 
     #[test]

@@ -48,21 +48,28 @@ impl Remat {
     /// One forward sweep; returns whether anything was copied.
     fn sweep(p: &mut Program, budget: &mut usize) -> bool {
         let consumers = p.consumers();
+        let dup: Vec<bool> = (0..p.instrs.len())
+            .map(|i| {
+                p.instrs[i].prim.class() == FusionClass::Elementwise
+                    && consumers[i].len() > 1
+                    && !keeps(p, &consumers, i)
+            })
+            .collect();
+        if *budget == 0 || !dup.contains(&true) {
+            return false;
+        }
         let mut out: Vec<Instr> = Vec::with_capacity(p.instrs.len());
         let mut new_index = vec![0usize; p.instrs.len()];
         // (value, consumer) -> index of the copy made for that consumer.
         let mut copy_for: std::collections::HashMap<(usize, usize), usize> = Default::default();
         let mut changed = false;
-        for (i, ins) in p.instrs.iter().enumerate() {
-            let mut ins = ins.clone();
+        for (i, mut ins) in std::mem::take(&mut p.instrs).into_iter().enumerate() {
             for x in &mut ins.inputs {
                 *x = copy_for.get(&(*x, i)).copied().unwrap_or(new_index[*x]);
             }
             new_index[i] = out.len();
-            let dup =
-                ins.prim.class() == FusionClass::Elementwise && consumers[i].len() > 1 && !keeps(p, &consumers, i);
-            out.push(ins.clone());
-            if dup {
+            out.push(ins);
+            if dup[i] {
                 for &c in &consumers[i][1..] {
                     if *budget == 0 {
                         break;
@@ -70,7 +77,7 @@ impl Remat {
                     *budget -= 1;
                     changed = true;
                     copy_for.insert((i, c), out.len());
-                    out.push(ins.clone());
+                    out.push(out[new_index[i]].clone());
                 }
             }
         }

@@ -20,9 +20,10 @@ impl Pass for Simplify {
     }
 
     fn run(&self, p: &mut Program) {
-        for i in 0..p.instrs.len() {
+        // One pass: each instruction's inputs are renamed before it is looked at.
+        p.replace_forward(|p, i| {
             let ins = &p.instrs[i];
-            let Some(&src) = ins.inputs.first() else { continue };
+            let &src = ins.inputs.first()?;
             let same_sig = p.instrs[src].shape == ins.shape && p.instrs[src].dtype == ins.dtype;
             let noop = match &ins.prim {
                 Primitive::AsType(_) | Primitive::Copy => same_sig,
@@ -43,10 +44,8 @@ impl Pass for Simplify {
                 }
                 _ => false,
             };
-            if noop {
-                p.replace_uses(i, src);
-            }
-        }
+            noop.then_some(src)
+        });
         crate::passes::dce::Dce.run(p);
     }
 }

@@ -29,12 +29,14 @@ impl Pass for Statistics {
     }
 
     fn run(&self, p: &mut Program) {
+        // Consumers, built once and kept up to date as reductions are rewritten.
+        let mut consumers = p.consumers();
         for r in 0..p.instrs.len() {
             let Primitive::Reduce { op, ref axes, keepdims } = p.instrs[r].prim else { continue };
             let axes = axes.clone();
             // A numerator kept for its other readers (`remat::keeps`) is
             // summed as it is: the one-pass form would compute it twice.
-            let kept = || crate::passes::remat::keeps(p, &p.consumers(), p.instrs[r].inputs[0]);
+            let kept = || crate::passes::remat::keeps(p, &consumers, p.instrs[r].inputs[0]);
             let rewritten = match op {
                 ReduceOp::Sum if kept() => None,
                 ReduceOp::Sum => shifted_by(p, p.instrs[r].inputs[0], ReduceOp::Max, &axes, |p, e| {
@@ -54,7 +56,14 @@ impl Pass for Statistics {
             };
             if let Some((op, x)) = rewritten {
                 p.instrs[r].prim = Primitive::Reduce { op, axes, keepdims };
-                p.instrs[r].inputs = vec![x];
+                let old = std::mem::replace(&mut p.instrs[r].inputs, vec![x]);
+                // A reduction reads one value: `r` moves from its readers to `x`'s.
+                for v in old {
+                    consumers[v].retain(|&c| c != r);
+                }
+                if let Err(at) = consumers[x].binary_search(&r) {
+                    consumers[x].insert(at, r);
+                }
             }
         }
         crate::passes::dce::Dce.run(p);
