@@ -1,0 +1,82 @@
+//! Shapeless compilation follows new shapes or refuses them (issue 14 §1):
+//! each case is traced on some shapes, then called on others, and must give
+//! what eager evaluation gives on those shapes, or a clear error when eager
+//! evaluation fails too (or when the function baked a shape in).
+
+use kiln::{compile_with, Array, CompileOptions, Result};
+
+fn shapeless() -> CompileOptions {
+    CompileOptions { shapeless: true, ..Default::default() }
+}
+
+fn ramp(shape: &[usize], seed: f32) -> Array {
+    let n: usize = shape.iter().product();
+    let v: Vec<f32> = (0..n).map(|i| ((i as f32 + seed) * 0.37).sin()).collect();
+    Array::from_slice(&v, shape).unwrap()
+}
+
+/// Same shape, dtype and values (floats within 1e-5).
+fn same(got: &Array, want: &Array, what: &str) {
+    assert_eq!(got.shape(), want.shape(), "{what}: shape");
+    assert_eq!(got.dtype(), want.dtype(), "{what}: dtype");
+    let (g, w) = (got.astype(kiln::DType::F64).unwrap(), want.astype(kiln::DType::F64).unwrap());
+    let (g, w) = (g.to_vec::<f64>().unwrap(), w.to_vec::<f64>().unwrap());
+    assert_eq!(g.len(), w.len(), "{what}: element count");
+    for (i, (a, b)) in g.iter().zip(&w).enumerate() {
+        assert!((a - b).abs() <= 1e-5 * a.abs().max(b.abs()) + 1e-6, "{what}: element {i}: {a} vs {b}");
+    }
+}
+
+/// Compiles `f` shapeless, traces it on `traced`, then checks every call in
+/// `calls` against `f` run eagerly; returns the number of traces.
+fn follows<F>(f: F, traced: &[&[usize]], calls: &[&[&[usize]]]) -> Result<usize>
+where
+    F: Fn(&[Array]) -> Result<Vec<Array>> + Clone,
+{
+    let c = compile_with(f.clone(), shapeless());
+    let args: Vec<Array> = traced.iter().enumerate().map(|(i, s)| ramp(s, i as f32)).collect();
+    c.call(&args[..])?;
+    for shapes in calls {
+        let args: Vec<Array> = shapes.iter().enumerate().map(|(i, s)| ramp(s, 10.0 + i as f32)).collect();
+        let want = f(&args)?;
+        let got = c.call(&args[..])?;
+        assert_eq!(got.len(), want.len());
+        for (k, (g, w)) in got.iter().zip(&want).enumerate() {
+            same(g, w, &format!("output {k} on {shapes:?}"));
+        }
+    }
+    Ok(c.stats().traces)
+}
+
+#[test]
+fn a_fused_group_with_outputs_of_new_different_shapes() -> Result<()> {
+    let f = |a: &[Array]| -> Result<Vec<Array>> {
+        let x2 = (&a[0] * 2.0f32)?;
+        let b = (&x2 + &a[1])?;
+        Ok(vec![x2, b])
+    };
+    let traces = follows(f, &[&[2, 2], &[2, 2]], &[&[&[1, 2], &[3, 2]], &[&[3, 2], &[1, 2]], &[&[5, 2], &[5, 2]]])?;
+    assert_eq!(traces, 1);
+    Ok(())
+}
+
+#[test]
+fn sibling_reductions_in_one_kernel_at_new_shapes() -> Result<()> {
+    // max(x) and sum(x * y) share one kernel at the traced shapes; called
+    // with a y that broadcasts x, the product no longer has x's shape.
+    let f = |a: &[Array]| -> Result<Vec<Array>> {
+        let (x, y) = (&a[0], &a[1]);
+        Ok(vec![x.max(-1, false)?, (x * y)?.sum(-1, false)?])
+    };
+    let traces = follows(f, &[&[2, 3], &[2, 3]], &[&[&[1, 3], &[4, 3]], &[&[4, 1], &[4, 3]], &[&[3, 3], &[3, 3]]])?;
+    assert_eq!(traces, 1);
+    Ok(())
+}
+
+#[test]
+fn matmul_with_a_bias_that_broadcasts_the_product() -> Result<()> {
+    let f = |a: &[Array]| -> Result<Vec<Array>> { Ok(vec![(a[0].matmul(&a[1])? + &a[2])?.maximum(0.0f32)?]) };
+    let traces = follows(f, &[&[2, 3], &[3, 4], &[2, 4]], &[&[&[1, 3], &[3, 4], &[5, 4]], &[&[6, 3], &[3, 2], &[1, 2]]])?;
+    assert_eq!(traces, 1);
+    Ok(())
+}
