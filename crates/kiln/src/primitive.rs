@@ -424,6 +424,22 @@ pub enum Primitive {
         /// Target dims as given (-1 is inferred).
         shape: Vec<isize>,
     },
+    /// Removal of size-1 axes (a view). Stores the axes, not the resulting
+    /// shape, so a shapeless compiled function follows new sizes of the
+    /// other axes.
+    Squeeze {
+        /// The axes removed (sorted, normalized).
+        axes: Vec<usize>,
+        /// The axes were not named: they were all the size-1 axes at the
+        /// traced shapes. At new shapes the set of size-1 axes must then be
+        /// the same (the output's rank depends on it), or inference fails.
+        all: bool,
+    },
+    /// Insertion of size-1 axes (a view).
+    ExpandDims {
+        /// Positions of the new axes in the output (sorted, normalized).
+        axes: Vec<usize>,
+    },
     /// Permutation of the axes (a view).
     Transpose {
         /// The permutation.
@@ -555,6 +571,8 @@ impl Primitive {
             Primitive::ArgReduce { op: ArgReduceOp::ArgMin, .. } => "argmin",
             Primitive::Matmul => "matmul",
             Primitive::Reshape { .. } => "reshape",
+            Primitive::Squeeze { .. } => "squeeze",
+            Primitive::ExpandDims { .. } => "expand_dims",
             Primitive::Transpose { .. } => "transpose",
             Primitive::BroadcastTo { .. } | Primitive::BroadcastLike => "broadcast_to",
             Primitive::Slice { .. } => "slice",
@@ -584,6 +602,8 @@ impl Primitive {
                 FusionClass::Elementwise
             }
             Primitive::Reshape { .. }
+            | Primitive::Squeeze { .. }
+            | Primitive::ExpandDims { .. }
             | Primitive::Transpose { .. }
             | Primitive::BroadcastTo { .. }
             | Primitive::BroadcastLike
@@ -701,6 +721,42 @@ impl Primitive {
             Primitive::Reshape { shape } => {
                 need_inputs(name, inputs, 1)?;
                 Ok((resolve_reshape(inputs[0].0, shape)?, inputs[0].1))
+            }
+            Primitive::Squeeze { axes, all } => {
+                need_inputs(name, inputs, 1)?;
+                let s = inputs[0].0;
+                if let Some(&a) = axes.iter().find(|&&a| a >= s.len()) {
+                    return Err(Error::Axis { op: name, axis: a as isize, ndim: s.len() });
+                }
+                if let Some(&bad) = axes.iter().find(|&&a| s[a] != 1) {
+                    return Err(Error::Shape {
+                        op: name,
+                        msg: format!("cannot squeeze axis {bad} of shape {}: its size is not 1", shape_str(s)),
+                    });
+                }
+                if *all && s.iter().enumerate().any(|(i, &d)| d == 1 && !axes.contains(&i)) {
+                    return Err(Error::Shape {
+                        op: name,
+                        msg: format!(
+                            "squeezing every size-1 axis of shape {} would remove axes {:?}, not the traced {:?}; \
+                             name the axes to squeeze",
+                            shape_str(s),
+                            (0..s.len()).filter(|&i| s[i] == 1).collect::<Vec<_>>(),
+                            axes
+                        ),
+                    });
+                }
+                Ok(((0..s.len()).filter(|i| !axes.contains(i)).map(|i| s[i]).collect(), inputs[0].1))
+            }
+            Primitive::ExpandDims { axes } => {
+                need_inputs(name, inputs, 1)?;
+                let out_nd = inputs[0].0.len() + axes.len();
+                if let Some(&a) = axes.iter().find(|&&a| a >= out_nd) {
+                    return Err(Error::Axis { op: name, axis: a as isize, ndim: out_nd });
+                }
+                let mut src = inputs[0].0.iter();
+                let out = (0..out_nd).map(|i| if axes.contains(&i) { 1 } else { *src.next().unwrap_or(&1) }).collect();
+                Ok((out, inputs[0].1))
             }
             Primitive::Transpose { perm } => {
                 need_inputs(name, inputs, 1)?;

@@ -80,3 +80,14 @@ fn matmul_with_a_bias_that_broadcasts_the_product() -> Result<()> {
     assert_eq!(traces, 1);
     Ok(())
 }
+
+#[test]
+fn matmul_with_vectors_when_a_length_changes() -> Result<()> {
+    let vm = |a: &[Array]| -> Result<Vec<Array>> { Ok(vec![a[0].matmul(&a[1])?]) };
+    assert_eq!(follows(vm, &[&[3], &[3, 4]], &[&[&[5], &[5, 4]], &[&[2], &[2, 7]]])?, 1);
+    let mv = |a: &[Array]| -> Result<Vec<Array>> { Ok(vec![a[0].matmul(&a[1])?]) };
+    assert_eq!(follows(mv, &[&[4, 3], &[3]], &[&[&[4, 5], &[5]], &[&[2, 6], &[6]]])?, 1);
+    let vv = |a: &[Array]| -> Result<Vec<Array>> { Ok(vec![a[0].matmul(&a[1])?]) };
+    assert_eq!(follows(vv, &[&[3], &[3]], &[&[&[8], &[8]]])?, 1);
+    Ok(())
+}

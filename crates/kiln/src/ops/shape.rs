@@ -24,33 +24,29 @@ pub fn flatten(x: &Array) -> Result<Array> {
 }
 
 /// Removes size-1 axes: the given ones (each must have size 1) or all.
+/// (Under shapeless compilation the axes, not the resulting shape, are
+/// kept; squeezing all size-1 axes fails at new shapes whose size-1 axes
+/// are other ones.)
 pub fn squeeze(x: &Array, axes: Option<&[isize]>) -> Result<Array> {
     let s = x.shape();
-    let drop: Vec<usize> = match axes {
-        Some(a) => {
-            let a = normalize_axes("squeeze", a, s.len())?;
-            if let Some(&bad) = a.iter().find(|&&i| s[i] != 1) {
-                return Err(Error::Shape {
-                    op: "squeeze",
-                    msg: format!("cannot squeeze axis {bad} of shape {}: its size is not 1", shape_str(s)),
-                });
-            }
-            a
-        }
-        None => (0..s.len()).filter(|&i| s[i] == 1).collect(),
+    let (drop, all) = match axes {
+        Some(a) => (normalize_axes("squeeze", a, s.len())?, false),
+        None => ((0..s.len()).filter(|&i| s[i] == 1).collect(), true),
     };
-    let new: Vec<isize> = (0..s.len()).filter(|i| !drop.contains(i)).map(|i| s[i] as isize).collect();
-    reshape(x, &new)
+    if drop.is_empty() && !all {
+        return Ok(x.clone());
+    }
+    Array::from_op(Primitive::Squeeze { axes: drop, all }, vec![x.clone()])
 }
 
 /// Inserts size-1 axes at the given positions of the result.
 pub fn expand_dims(x: &Array, axes: &[isize]) -> Result<Array> {
     let out_nd = x.ndim() + axes.len();
     let a = normalize_axes("expand_dims", axes, out_nd)?;
-    let mut src = x.shape().iter();
-    let new: Vec<isize> =
-        (0..out_nd).map(|i| if a.contains(&i) { 1 } else { *src.next().expect("counts agree") as isize }).collect();
-    reshape(x, &new)
+    if a.is_empty() {
+        return Ok(x.clone());
+    }
+    Array::from_op(Primitive::ExpandDims { axes: a }, vec![x.clone()])
 }
 
 /// Reverses the axes (the matrix transpose for 2-D arrays).

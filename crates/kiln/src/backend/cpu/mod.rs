@@ -49,7 +49,7 @@ pub fn eval(prim: &Primitive, inputs: &[&Data], shape: &[usize], dtype: DType) -
         Primitive::Reduce { op, axes, .. } => fresh(reduce::reduce(*op, inputs[0], axes, dtype)?),
         Primitive::ArgReduce { op, axis, .. } => fresh(reduce::arg_reduce(*op, inputs[0], *axis)?),
         Primitive::Matmul => fresh(matmul::matmul(inputs[0], inputs[1], shape)?),
-        Primitive::Reshape { .. } => match inputs[0].layout.reshape(shape) {
+        Primitive::Reshape { .. } | Primitive::Squeeze { .. } | Primitive::ExpandDims { .. } => match inputs[0].layout.reshape(shape) {
             Some(l) => view(l),
             None => fresh(copy(inputs[0])),
         },
