@@ -450,8 +450,20 @@ pub enum Primitive {
         /// Target shape.
         shape: Vec<usize>,
     },
-    /// Broadcast input 0 to the shape of input 1 (a view; used by `zeros_like`).
+    /// Broadcast input 0 to the common broadcast shape of all inputs (a
+    /// view); the other inputs lend only their shapes, so a shapeless
+    /// compiled function follows them (`zeros_like`, `broadcast_arrays`).
     BroadcastLike,
+    /// Section `index` of `sections` equal parts along `axis` (a view; used
+    /// by `split`). Stores the count, not the bounds, so it follows new sizes.
+    SplitSection {
+        /// The axis (normalized).
+        axis: usize,
+        /// Number of equal parts; the axis size must divide evenly.
+        sections: usize,
+        /// Which part.
+        index: usize,
+    },
     /// Strided slice of the leading axes (a view).
     Slice {
         /// One entry per sliced axis; later axes are kept whole.
@@ -574,7 +586,9 @@ impl Primitive {
             Primitive::Squeeze { .. } => "squeeze",
             Primitive::ExpandDims { .. } => "expand_dims",
             Primitive::Transpose { .. } => "transpose",
-            Primitive::BroadcastTo { .. } | Primitive::BroadcastLike => "broadcast_to",
+            Primitive::BroadcastTo { .. } => "broadcast_to",
+            Primitive::BroadcastLike => "broadcast_arrays",
+            Primitive::SplitSection { .. } => "split",
             Primitive::Slice { .. } => "slice",
             Primitive::Concatenate { .. } => "concatenate",
             Primitive::Take { .. } => "take",
@@ -607,6 +621,7 @@ impl Primitive {
             | Primitive::Transpose { .. }
             | Primitive::BroadcastTo { .. }
             | Primitive::BroadcastLike
+            | Primitive::SplitSection { .. }
             | Primitive::Slice { .. } => FusionClass::View,
             Primitive::Reduce { .. } | Primitive::ArgReduce { .. } => FusionClass::Reduce,
             Primitive::Matmul => FusionClass::Matmul,
@@ -778,9 +793,34 @@ impl Primitive {
                 Ok((shape.clone(), inputs[0].1))
             }
             Primitive::BroadcastLike => {
-                need_inputs(name, inputs, 2)?;
-                check_broadcast_to(name, inputs[0].0, inputs[1].0)?;
-                Ok((inputs[1].0.to_vec(), inputs[0].1))
+                if inputs.is_empty() {
+                    return Err(Error::Invalid { op: name, msg: "needs at least one array".into() });
+                }
+                let mut shape = inputs[0].0.to_vec();
+                for (s, _) in &inputs[1..] {
+                    shape = broadcast_shapes(name, &shape, s)?;
+                }
+                numel_checked(name, &shape)?;
+                Ok((shape, inputs[0].1))
+            }
+            Primitive::SplitSection { axis, sections, index } => {
+                need_inputs(name, inputs, 1)?;
+                let s = inputs[0].0;
+                if *axis >= s.len() {
+                    return Err(Error::Axis { op: name, axis: *axis as isize, ndim: s.len() });
+                }
+                if *sections == 0 || *index >= *sections || !s[*axis].is_multiple_of(*sections) {
+                    return Err(Error::Shape {
+                        op: name,
+                        msg: format!(
+                            "axis {axis} of shape {} does not split into {sections} equal sections",
+                            shape_str(s)
+                        ),
+                    });
+                }
+                let mut out = s.to_vec();
+                out[*axis] /= sections;
+                Ok((out, inputs[0].1))
             }
             Primitive::Slice { axes } => {
                 need_inputs(name, inputs, 1)?;

@@ -76,7 +76,8 @@ fn sibling_reductions_in_one_kernel_at_new_shapes() -> Result<()> {
 #[test]
 fn matmul_with_a_bias_that_broadcasts_the_product() -> Result<()> {
     let f = |a: &[Array]| -> Result<Vec<Array>> { Ok(vec![(a[0].matmul(&a[1])? + &a[2])?.maximum(0.0f32)?]) };
-    let traces = follows(f, &[&[2, 3], &[3, 4], &[2, 4]], &[&[&[1, 3], &[3, 4], &[5, 4]], &[&[6, 3], &[3, 2], &[1, 2]]])?;
+    let traces =
+        follows(f, &[&[2, 3], &[3, 4], &[2, 4]], &[&[&[1, 3], &[3, 4], &[5, 4]], &[&[6, 3], &[3, 2], &[1, 2]]])?;
     assert_eq!(traces, 1);
     Ok(())
 }
@@ -90,4 +91,63 @@ fn matmul_with_vectors_when_a_length_changes() -> Result<()> {
     let vv = |a: &[Array]| -> Result<Vec<Array>> { Ok(vec![a[0].matmul(&a[1])?]) };
     assert_eq!(follows(vv, &[&[3], &[3]], &[&[&[8], &[8]]])?, 1);
     Ok(())
+}
+
+#[test]
+fn broadcast_arrays_follows_which_operand_broadcasts() -> Result<()> {
+    let f = |a: &[Array]| -> Result<Vec<Array>> { kiln::broadcast_arrays(&[a[0].clone(), a[1].clone()]) };
+    let calls: &[&[&[usize]]] = &[&[&[1, 3], &[4, 3]], &[&[4, 1], &[1, 3]], &[&[5, 3], &[5, 3]], &[&[2, 3], &[2, 1]]];
+    assert_eq!(follows(f, &[&[2, 3], &[1, 3]], calls)?, 1);
+    Ok(())
+}
+
+#[test]
+fn squeeze_expand_dims_and_stack_keep_axes_not_sizes() -> Result<()> {
+    let f = |a: &[Array]| -> Result<Vec<Array>> {
+        let x = &a[0];
+        Ok(vec![
+            kiln::squeeze(x, Some(&[1]))?,
+            kiln::expand_dims(x, &[0, -1])?,
+            kiln::stack(&[x.clone(), (x * 2.0f32)?], 1)?,
+        ])
+    };
+    // (6, 1) has as many elements as (2, 1, 3) and (3, 1, 2): sizes must follow.
+    assert_eq!(follows(f, &[&[2, 1, 3]], &[&[&[3, 1, 2]], &[&[6, 1, 1]], &[&[4, 1, 5]]])?, 1);
+    Ok(())
+}
+
+#[test]
+fn split_by_sections_follows_the_axis_size() -> Result<()> {
+    let f = |a: &[Array]| kiln::split(&a[0], 3, 0);
+    // Traced on 6 elements (three pairs), called on 9 (three triples).
+    assert_eq!(follows(f, &[&[6]], &[&[&[9]], &[&[3]], &[&[12]]])?, 1);
+    let g = |a: &[Array]| kiln::split(&a[0], 2, -1);
+    assert_eq!(follows(g, &[&[3, 4]], &[&[&[2, 6]], &[&[5, 2]]])?, 1);
+    Ok(())
+}
+
+/// The error of a shapeless call on `new` after a trace on `traced`.
+fn refusal<F>(f: F, traced: &[usize], new: &[usize]) -> String
+where
+    F: Fn(&Array) -> Result<Array>,
+{
+    let eager = f(&ramp(new, 1.0));
+    let c = compile_with(f, shapeless());
+    c.call(&ramp(traced, 0.0)).unwrap();
+    let e = c.call(&ramp(new, 1.0)).unwrap_err().to_string();
+    assert!(eager.is_err() || e.contains("shapeless"), "eager works on {new:?} but compiled failed: {e}");
+    e
+}
+
+#[test]
+fn shapes_that_cannot_follow_fail_naming_op_and_shapes() {
+    let e = refusal(|x| kiln::squeeze(x, Some(&[1])), &[2, 1, 3], &[2, 2, 3]);
+    assert!(e.starts_with("squeeze") && e.contains("(2, 3)") && e.contains("(2, 2, 3)"), "{e}");
+    // Squeezing every size-1 axis: the output rank depends on which are 1.
+    let e = refusal(|x| kiln::squeeze(x, None), &[2, 1, 3], &[1, 1, 3]);
+    assert!(e.starts_with("squeeze") && e.contains("(2, 3)") && e.contains("(1, 1, 3)"), "{e}");
+    let e = refusal(|x| Ok(kiln::split(x, 3, 0)?.remove(0)), &[6], &[8]);
+    assert!(e.starts_with("split") && e.contains("(2)") && e.contains("(8)") && e.contains("3 equal"), "{e}");
+    let e = refusal(|x| x.reshape(&[2, 3]), &[6], &[8]);
+    assert!(e.starts_with("reshape") && e.contains("(2, 3)") && e.contains("(8)"), "{e}");
 }

@@ -126,8 +126,10 @@ impl Executable {
                 s += 1;
                 continue;
             }
-            if let Some(chain) =
-                self.chains.iter().find(|c| c.steps.start == s && !c.steps.clone().any(|k| unfused.get(k) == Some(&true)))
+            if let Some(chain) = self
+                .chains
+                .iter()
+                .find(|c| c.steps.start == s && !c.steps.clone().any(|k| unfused.get(k) == Some(&true)))
             {
                 if row_chain::run(self, chain, &mut values, &shape_of)? {
                     for step in &self.steps[chain.steps.clone()] {
