@@ -495,8 +495,11 @@ pub enum Primitive {
         dtype: DType,
     },
     /// Counter-based random bits (`u32`) from a key (input 0, `u32[2]`).
+    /// With a second input, the output shape is `shape` followed by that
+    /// input's shape (which is all it reads: the `*_like` draws), and a
+    /// shapeless compiled function follows it; otherwise it is `shape`.
     RandomBits {
-        /// Output shape.
+        /// Output shape, or its leading dims when there is a second input.
         shape: Vec<usize>,
     },
 }
@@ -898,7 +901,9 @@ impl Primitive {
                 Ok((vec![*len], *dtype))
             }
             Primitive::RandomBits { shape } => {
-                need_inputs(name, inputs, 1)?;
+                if inputs.is_empty() || inputs.len() > 2 {
+                    need_inputs(name, inputs, 1)?;
+                }
                 if inputs[0].0 != [2] || inputs[0].1 != DType::U32 {
                     return Err(Error::Invalid {
                         op: name,
@@ -909,8 +914,12 @@ impl Primitive {
                         ),
                     });
                 }
-                numel_checked(name, shape)?;
-                Ok((shape.clone(), DType::U32))
+                let mut out = shape.clone();
+                if let Some((like, _)) = inputs.get(1) {
+                    out.extend_from_slice(like);
+                }
+                numel_checked(name, &out)?;
+                Ok((out, DType::U32))
             }
         }
     }

@@ -151,3 +151,37 @@ fn shapes_that_cannot_follow_fail_naming_op_and_shapes() {
     let e = refusal(|x| x.reshape(&[2, 3]), &[6], &[8]);
     assert!(e.starts_with("reshape") && e.contains("(2, 3)") && e.contains("(8)"), "{e}");
 }
+
+#[test]
+fn random_draws_sized_like_an_input_follow_it() -> Result<()> {
+    // The key is an argument, so eager and compiled draw the same numbers.
+    let f = |a: &[Array]| -> Result<Vec<Array>> {
+        let (x, k) = (&a[0], a[1].astype(kiln::DType::U32)?);
+        use kiln::random::{bernoulli_like, normal_like, randint_like, uniform_like};
+        Ok(vec![
+            (x + &normal_like(x, kiln::DType::F32, 0.0, 1.0, Some(&k))?)?,
+            uniform_like(-1.0, 1.0, x, kiln::DType::F64, Some(&k))?,
+            randint_like(0, 10, x, kiln::DType::I32, Some(&k))?,
+            randint_like(i64::MIN / 2, i64::MAX / 2, x, kiln::DType::I64, Some(&k))?,
+            bernoulli_like(0.3, x, Some(&k))?,
+        ])
+    };
+    assert_eq!(follows(f, &[&[2, 3], &[2]], &[&[&[3, 2], &[2]], &[&[6, 1], &[2]], &[&[4, 5], &[2]]])?, 1);
+    Ok(())
+}
+
+#[test]
+fn random_draws_of_a_literal_shape_keep_it() -> Result<()> {
+    // A literal shape is what eager evaluation draws too (documented).
+    let f = compile_with(
+        |x: &Array| -> Result<(Array, Array)> {
+            Ok((x.sum(0, false)?, kiln::random::uniform(0.0, 1.0, &[4], kiln::DType::F32, None)?))
+        },
+        shapeless(),
+    );
+    f.call(&ramp(&[2, 3], 0.0))?;
+    let (s, u) = f.call(&ramp(&[5, 7], 0.0))?;
+    assert_eq!((s.shape(), u.shape()), (&[7][..], &[4][..]));
+    assert_eq!(f.stats().traces, 1);
+    Ok(())
+}
