@@ -675,7 +675,10 @@ impl Primitive {
                 if let Some(&a) = axes.iter().find(|&&a| a >= shape.len()) {
                     return Err(Error::Axis { op: name, axis: a as isize, ndim: shape.len() });
                 }
-                if matches!(op, ReduceOp::Max | ReduceOp::Min) && axes.iter().any(|&a| shape[a] == 0) {
+                // `sumexp` is `sum(exp(x - max(x)))` rewritten: its max fails too.
+                if matches!(op, ReduceOp::Max | ReduceOp::Min | ReduceOp::SumExp) && axes.iter().any(|&a| shape[a] == 0)
+                {
+                    let name = if *op == ReduceOp::SumExp { "max" } else { name };
                     return Err(Error::Shape {
                         op: name,
                         msg: format!(
