@@ -195,7 +195,7 @@ impl Step {
     /// reduction its source's), so every member (for a reduction, every
     /// reduced value) must still have that shape. At other shapes, such as
     /// `a = x * 2; b = a + y` traced on (2, 2), (2, 2) and called on (1, 2),
-    /// (3, 2), the step runs op by op ([`run_unfused`]).
+    /// (3, 2), the step runs op by op (`run_unfused`).
     pub fn follows(&self, p: &Program, shapes: &[Vec<usize>]) -> bool {
         match &self.kernel {
             Kernel::Single(_) => true,
