@@ -424,6 +424,22 @@ pub enum Primitive {
         /// Target dims as given (-1 is inferred).
         shape: Vec<isize>,
     },
+    /// Removal of size-1 axes (a view). Stores the axes, not the resulting
+    /// shape, so a shapeless compiled function follows new sizes of the
+    /// other axes.
+    Squeeze {
+        /// The axes removed (sorted, normalized).
+        axes: Vec<usize>,
+        /// The axes were not named: they were all the size-1 axes at the
+        /// traced shapes. At new shapes the set of size-1 axes must then be
+        /// the same (the output's rank depends on it), or inference fails.
+        all: bool,
+    },
+    /// Insertion of size-1 axes (a view).
+    ExpandDims {
+        /// Positions of the new axes in the output (sorted, normalized).
+        axes: Vec<usize>,
+    },
     /// Permutation of the axes (a view).
     Transpose {
         /// The permutation.
@@ -434,8 +450,20 @@ pub enum Primitive {
         /// Target shape.
         shape: Vec<usize>,
     },
-    /// Broadcast input 0 to the shape of input 1 (a view; used by `zeros_like`).
+    /// Broadcast input 0 to the common broadcast shape of all inputs (a
+    /// view); the other inputs lend only their shapes, so a shapeless
+    /// compiled function follows them (`zeros_like`, `broadcast_arrays`).
     BroadcastLike,
+    /// Section `index` of `sections` equal parts along `axis` (a view; used
+    /// by `split`). Stores the count, not the bounds, so it follows new sizes.
+    SplitSection {
+        /// The axis (normalized).
+        axis: usize,
+        /// Number of equal parts; the axis size must divide evenly.
+        sections: usize,
+        /// Which part.
+        index: usize,
+    },
     /// Strided slice of the leading axes (a view).
     Slice {
         /// One entry per sliced axis; later axes are kept whole.
@@ -467,8 +495,11 @@ pub enum Primitive {
         dtype: DType,
     },
     /// Counter-based random bits (`u32`) from a key (input 0, `u32[2]`).
+    /// With a second input, the output shape is `shape` followed by that
+    /// input's shape (which is all it reads: the `*_like` draws), and a
+    /// shapeless compiled function follows it; otherwise it is `shape`.
     RandomBits {
-        /// Output shape.
+        /// Output shape, or its leading dims when there is a second input.
         shape: Vec<usize>,
     },
 }
@@ -555,8 +586,12 @@ impl Primitive {
             Primitive::ArgReduce { op: ArgReduceOp::ArgMin, .. } => "argmin",
             Primitive::Matmul => "matmul",
             Primitive::Reshape { .. } => "reshape",
+            Primitive::Squeeze { .. } => "squeeze",
+            Primitive::ExpandDims { .. } => "expand_dims",
             Primitive::Transpose { .. } => "transpose",
-            Primitive::BroadcastTo { .. } | Primitive::BroadcastLike => "broadcast_to",
+            Primitive::BroadcastTo { .. } => "broadcast_to",
+            Primitive::BroadcastLike => "broadcast_arrays",
+            Primitive::SplitSection { .. } => "split",
             Primitive::Slice { .. } => "slice",
             Primitive::Concatenate { .. } => "concatenate",
             Primitive::Take { .. } => "take",
@@ -584,9 +619,12 @@ impl Primitive {
                 FusionClass::Elementwise
             }
             Primitive::Reshape { .. }
+            | Primitive::Squeeze { .. }
+            | Primitive::ExpandDims { .. }
             | Primitive::Transpose { .. }
             | Primitive::BroadcastTo { .. }
             | Primitive::BroadcastLike
+            | Primitive::SplitSection { .. }
             | Primitive::Slice { .. } => FusionClass::View,
             Primitive::Reduce { .. } | Primitive::ArgReduce { .. } => FusionClass::Reduce,
             Primitive::Matmul => FusionClass::Matmul,
@@ -637,7 +675,10 @@ impl Primitive {
                 if let Some(&a) = axes.iter().find(|&&a| a >= shape.len()) {
                     return Err(Error::Axis { op: name, axis: a as isize, ndim: shape.len() });
                 }
-                if matches!(op, ReduceOp::Max | ReduceOp::Min) && axes.iter().any(|&a| shape[a] == 0) {
+                // `sumexp` is `sum(exp(x - max(x)))` rewritten: its max fails too.
+                if matches!(op, ReduceOp::Max | ReduceOp::Min | ReduceOp::SumExp) && axes.iter().any(|&a| shape[a] == 0)
+                {
+                    let name = if *op == ReduceOp::SumExp { "max" } else { name };
                     return Err(Error::Shape {
                         op: name,
                         msg: format!(
@@ -702,6 +743,42 @@ impl Primitive {
                 need_inputs(name, inputs, 1)?;
                 Ok((resolve_reshape(inputs[0].0, shape)?, inputs[0].1))
             }
+            Primitive::Squeeze { axes, all } => {
+                need_inputs(name, inputs, 1)?;
+                let s = inputs[0].0;
+                if let Some(&a) = axes.iter().find(|&&a| a >= s.len()) {
+                    return Err(Error::Axis { op: name, axis: a as isize, ndim: s.len() });
+                }
+                if let Some(&bad) = axes.iter().find(|&&a| s[a] != 1) {
+                    return Err(Error::Shape {
+                        op: name,
+                        msg: format!("cannot squeeze axis {bad} of shape {}: its size is not 1", shape_str(s)),
+                    });
+                }
+                if *all && s.iter().enumerate().any(|(i, &d)| d == 1 && !axes.contains(&i)) {
+                    return Err(Error::Shape {
+                        op: name,
+                        msg: format!(
+                            "squeezing every size-1 axis of shape {} would remove axes {:?}, not the traced {:?}; \
+                             name the axes to squeeze",
+                            shape_str(s),
+                            (0..s.len()).filter(|&i| s[i] == 1).collect::<Vec<_>>(),
+                            axes
+                        ),
+                    });
+                }
+                Ok(((0..s.len()).filter(|i| !axes.contains(i)).map(|i| s[i]).collect(), inputs[0].1))
+            }
+            Primitive::ExpandDims { axes } => {
+                need_inputs(name, inputs, 1)?;
+                let out_nd = inputs[0].0.len() + axes.len();
+                if let Some(&a) = axes.iter().find(|&&a| a >= out_nd) {
+                    return Err(Error::Axis { op: name, axis: a as isize, ndim: out_nd });
+                }
+                let mut src = inputs[0].0.iter();
+                let out = (0..out_nd).map(|i| if axes.contains(&i) { 1 } else { *src.next().unwrap_or(&1) }).collect();
+                Ok((out, inputs[0].1))
+            }
             Primitive::Transpose { perm } => {
                 need_inputs(name, inputs, 1)?;
                 let s = inputs[0].0;
@@ -722,9 +799,34 @@ impl Primitive {
                 Ok((shape.clone(), inputs[0].1))
             }
             Primitive::BroadcastLike => {
-                need_inputs(name, inputs, 2)?;
-                check_broadcast_to(name, inputs[0].0, inputs[1].0)?;
-                Ok((inputs[1].0.to_vec(), inputs[0].1))
+                if inputs.is_empty() {
+                    return Err(Error::Invalid { op: name, msg: "needs at least one array".into() });
+                }
+                let mut shape = inputs[0].0.to_vec();
+                for (s, _) in &inputs[1..] {
+                    shape = broadcast_shapes(name, &shape, s)?;
+                }
+                numel_checked(name, &shape)?;
+                Ok((shape, inputs[0].1))
+            }
+            Primitive::SplitSection { axis, sections, index } => {
+                need_inputs(name, inputs, 1)?;
+                let s = inputs[0].0;
+                if *axis >= s.len() {
+                    return Err(Error::Axis { op: name, axis: *axis as isize, ndim: s.len() });
+                }
+                if *sections == 0 || *index >= *sections || !s[*axis].is_multiple_of(*sections) {
+                    return Err(Error::Shape {
+                        op: name,
+                        msg: format!(
+                            "axis {axis} of shape {} does not split into {sections} equal sections",
+                            shape_str(s)
+                        ),
+                    });
+                }
+                let mut out = s.to_vec();
+                out[*axis] /= sections;
+                Ok((out, inputs[0].1))
             }
             Primitive::Slice { axes } => {
                 need_inputs(name, inputs, 1)?;
@@ -802,7 +904,9 @@ impl Primitive {
                 Ok((vec![*len], *dtype))
             }
             Primitive::RandomBits { shape } => {
-                need_inputs(name, inputs, 1)?;
+                if inputs.is_empty() || inputs.len() > 2 {
+                    need_inputs(name, inputs, 1)?;
+                }
                 if inputs[0].0 != [2] || inputs[0].1 != DType::U32 {
                     return Err(Error::Invalid {
                         op: name,
@@ -813,8 +917,12 @@ impl Primitive {
                         ),
                     });
                 }
-                numel_checked(name, shape)?;
-                Ok((shape.clone(), DType::U32))
+                let mut out = shape.clone();
+                if let Some((like, _)) = inputs.get(1) {
+                    out.extend_from_slice(like);
+                }
+                numel_checked(name, &out)?;
+                Ok((out, DType::U32))
             }
         }
     }

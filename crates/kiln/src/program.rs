@@ -197,7 +197,7 @@ impl Program {
                 p => {
                     let sigs: Vec<(&[usize], DType)> =
                         ins.inputs.iter().map(|&i| (shapes[i].as_slice(), self.instrs[i].dtype)).collect();
-                    p.infer(&sigs).map_err(|e| shapeless_error(p, &ins.shape, e))?.0
+                    p.infer(&sigs).map_err(|e| shapeless_error(p, &ins.shape, &sigs, e))?.0
                 }
             };
             shapes.push(s);
@@ -206,14 +206,16 @@ impl Program {
     }
 }
 
-fn shapeless_error(p: &Primitive, traced: &[usize], e: Error) -> Error {
+fn shapeless_error(p: &Primitive, traced: &[usize], inputs: &[(&[usize], DType)], e: Error) -> Error {
+    let new: Vec<String> = inputs.iter().map(|(s, _)| crate::error::shape_str(s)).collect();
     Error::Shape {
         op: p.name(),
         msg: format!(
             "in a shapeless compiled function this op was traced with output shape {} and cannot follow \
-             the new input shapes: {e}. Use -1 in reshape, or shape-relative ops (zeros_like, broadcast \
-             against an input), or compile without shapeless",
-            crate::error::shape_str(traced)
+             its new input shape(s) {}: {e}. Use -1 in reshape, or shape-relative ops (zeros_like, \
+             broadcast against an input), or compile without shapeless",
+            crate::error::shape_str(traced),
+            new.join(", ")
         ),
     }
 }

@@ -23,6 +23,9 @@ pub struct Step {
     pub outputs: Vec<usize>,
     /// Values no later step needs (released after this one).
     pub frees: Vec<usize>,
+    /// The instructions the kernel computes, in program order (see
+    /// [`Step::follows`]).
+    pub members: Vec<usize>,
     /// For a matrix product whose epilogue starts with a bias add: the bias
     /// register and the rest of the epilogue, split once here so the rest
     /// keeps its compiled code from call to call (see `split_bias`).
@@ -79,7 +82,7 @@ impl Executable {
                     Kernel::MatmulEpilogue(g) => split_bias(g),
                     _ => None,
                 };
-                Step { kernel: k.kernel, inputs: k.inputs, outputs: k.outputs, frees, bias_split }
+                Step { kernel: k.kernel, inputs: k.inputs, outputs: k.outputs, frees, members: k.members, bias_split }
             })
             .collect();
         let constants = program
@@ -112,14 +115,33 @@ impl Executable {
             }
         }
         let shape_of = |i: usize| -> &[usize] { shapes.map_or(&p.instrs[i].shape, |s| &s[i]) };
+        // At new shapes (shapeless calls), a fused kernel whose values no
+        // longer share its iteration space runs op by op.
+        let unfused: SmallVec<[bool; 16]> = match shapes {
+            Some(sh) => self.steps.iter().map(|st| !st.follows(p, sh)).collect(),
+            None => SmallVec::new(),
+        };
         let mut s = 0;
         // Chains are in step order: the next one that may start here.
         let mut next_chain = 0;
         while s < self.steps.len() {
+            if let (Some(sh), true) = (shapes, unfused.get(s) == Some(&true)) {
+                let step = &self.steps[s];
+                run_unfused(p, step, &mut values, sh)?;
+                for &f in &step.frees {
+                    values[f] = None;
+                }
+                s += 1;
+                continue;
+            }
             while self.chains.get(next_chain).is_some_and(|c| c.steps.start < s) {
                 next_chain += 1;
             }
-            if let Some(chain) = self.chains.get(next_chain).filter(|c| c.steps.start == s) {
+            if let Some(chain) = self
+                .chains
+                .get(next_chain)
+                .filter(|c| c.steps.start == s && !c.steps.clone().any(|k| unfused.get(k) == Some(&true)))
+            {
                 if row_chain::run(self, chain, &mut values, &shape_of)? {
                     for step in &self.steps[chain.steps.clone()] {
                         for &f in &step.frees {
@@ -175,6 +197,53 @@ impl Executable {
     pub fn kernel_count(&self) -> usize {
         self.steps.iter().filter(|s| !matches!(&s.kernel, Kernel::Single(p) if is_free(p))).count()
     }
+}
+
+impl Step {
+    /// True when the kernel still computes its instructions at the
+    /// re-inferred `shapes`: fusion grouped values of one traced shape, and
+    /// a fused kernel iterates over one space (its output's, or for a
+    /// reduction its source's), so every member (for a reduction, every
+    /// reduced value) must still have that shape. At other shapes, such as
+    /// `a = x * 2; b = a + y` traced on (2, 2), (2, 2) and called on (1, 2),
+    /// (3, 2), the step runs op by op (`run_unfused`).
+    pub fn follows(&self, p: &Program, shapes: &[Vec<usize>]) -> bool {
+        match &self.kernel {
+            Kernel::Single(_) => true,
+            Kernel::Fused(_) | Kernel::MatmulEpilogue(_) => {
+                let space = &shapes[self.outputs[0]];
+                self.members.iter().all(|&m| shapes[m] == *space)
+            }
+            Kernel::ReduceFused { source, .. } => {
+                let space = &shapes[*source];
+                self.members.iter().all(|&m| match p.instrs[m].prim {
+                    Primitive::Reduce { .. } => shapes[p.instrs[m].inputs[0]] == *space,
+                    _ => shapes[m] == *space,
+                })
+            }
+        }
+    }
+}
+
+/// Runs a step instruction by instruction, each through the kernel eager
+/// evaluation uses, at the re-inferred `shapes`; the step's outputs are
+/// stored in `values` (its other instructions' values are dropped).
+fn run_unfused(p: &Program, step: &Step, values: &mut [Option<Data>], shapes: &[Vec<usize>]) -> Result<()> {
+    for &m in &step.members {
+        let ins = &p.instrs[m];
+        let d = {
+            let args: SmallVec<[&Data; 4]> =
+                ins.inputs.iter().map(|&i| values[i].as_ref().expect("inputs are computed first")).collect();
+            cpu::eval(&ins.prim, &args, &shapes[m], ins.dtype)?
+        };
+        values[m] = Some(d);
+    }
+    for &m in &step.members {
+        if !step.outputs.contains(&m) {
+            values[m] = None;
+        }
+    }
+    Ok(())
 }
 
 /// Runs one step on its evaluated inputs (`args`, drained), pushing its

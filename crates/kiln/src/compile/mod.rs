@@ -31,9 +31,23 @@
 //! computed once, during tracing); pass values that change between calls as
 //! arguments (0-d arrays are fine): that never recompiles.
 //! With [`CompileOptions::shapeless`], a shape change reuses the compiled
-//! program with re-inferred shapes, while a dtype or ndim change still
-//! recompiles; ops that baked a shape in at trace time (reshape to fixed
-//! dims, broadcast_to a fixed shape) fail clearly if they cannot follow.
+//! program, while a dtype or ndim change still recompiles. A call on new
+//! shapes re-infers every instruction's shape with the rule eager
+//! evaluation uses ([`Primitive::infer`](crate::primitive::Primitive::infer)),
+//! from its parameters and the new input shapes; a fused kernel whose
+//! values no longer share one iteration space at those shapes runs op by op
+//! (see [`executable::Step::follows`]). Parameters keep what the user asked
+//! for, so results match eager evaluation on the new shapes: `squeeze`,
+//! `expand_dims` and `matmul` of vectors keep axes, `split` keeps its count
+//! of sections, `broadcast_arrays` and `*_like` ops (`zeros_like`,
+//! `random::normal_like`, ...) keep the arrays they follow. Literal
+//! parameters stay literal, as in eager evaluation: `reshape` to fixed dims
+//! (-1 is re-inferred), `broadcast_to` a fixed shape, slices with fixed
+//! bounds, `split_at` indices, random draws of a fixed shape. Where they no
+//! longer fit the new shapes (or where `squeeze` of every size-1 axis would
+//! remove other axes), the call fails with an error naming the op, its
+//! traced output shape and its new input shapes. Shapes read in Rust while
+//! tracing (`x.shape()`, or `softmax`'s branch on an empty axis) are frozen.
 //!
 //! Random numbers: the random key is an implicit input of every compiled
 //! function. A function that draws random numbers (with `key: None`) gets

@@ -37,7 +37,7 @@ use crate::backend::cpu::random::threefry2x32;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::ops::binary::{clip, floor_divide, greater_equal, less, minimum, remainder};
-use crate::ops::shape::{reshape, slice_axis};
+use crate::ops::shape::{reshape, slice_axis, squeeze};
 use crate::ops::unary::{cos, floor, log, sqrt};
 use crate::primitive::Primitive;
 
@@ -133,16 +133,38 @@ fn key_or_global(key: Option<&Array>) -> Array {
     }
 }
 
-/// `count` arrays of `shape` with uniform values in `[0, 1)`: `f32` with 24
+/// The size of a draw: a literal shape, or the shape of an array (the
+/// `*_like` draws), which a shapeless compiled function follows.
+#[derive(Clone, Copy)]
+enum Size<'a> {
+    Fixed(&'a [usize]),
+    Like(&'a Array),
+}
+
+/// Random bits of shape `prefix` followed by `size`.
+fn bits_of(key: &Array, prefix: &[usize], size: Size) -> Result<Array> {
+    match size {
+        Size::Fixed(shape) => {
+            let mut full = prefix.to_vec();
+            full.extend_from_slice(shape);
+            random_bits(key, &full)
+        }
+        Size::Like(x) => Array::from_op(Primitive::RandomBits { shape: prefix.to_vec() }, vec![key.clone(), x.clone()]),
+    }
+}
+
+/// Row `i` (of the leading axis) of `bits`, without that axis.
+fn row_of(bits: &Array, i: usize) -> Result<Array> {
+    squeeze(&slice_axis(bits, 0, Some(i as isize), Some(i as isize + 1), 1)?, Some(&[0]))
+}
+
+/// `count` arrays of `size` with uniform values in `[0, 1)`: `f32` with 24
 /// random bits (one word each) or, when `wide`, `f64` with 53 random bits
 /// (two words each). All come from one `random_bits` node.
-fn unit_uniforms(key: &Array, shape: &[usize], count: usize, wide: bool) -> Result<Vec<Array>> {
+fn unit_uniforms(key: &Array, size: Size, count: usize, wide: bool) -> Result<Vec<Array>> {
     let words = if wide { 2 } else { 1 };
-    let mut bits_shape = vec![count * words];
-    bits_shape.extend_from_slice(shape);
-    let bits = random_bits(key, &bits_shape)?;
-    let spec: Vec<isize> = shape.iter().map(|&d| d as isize).collect();
-    let row = |i: usize| reshape(&slice_axis(&bits, 0, Some(i as isize), Some(i as isize + 1), 1)?, &spec);
+    let bits = bits_of(key, &[count * words], size)?;
+    let row = |i: usize| row_of(&bits, i);
     (0..count)
         .map(|c| {
             if wide {
@@ -206,6 +228,16 @@ fn adjacent(dtype: DType, x: f64, up: bool) -> f64 {
 /// Values that rounding would push to `high` are clamped to the largest
 /// value of `dtype` below it, so `high` is never drawn.
 pub fn uniform(low: f64, high: f64, shape: &[usize], dtype: DType, key: Option<&Array>) -> Result<Array> {
+    uniform_sized(low, high, Size::Fixed(shape), dtype, key)
+}
+
+/// [`uniform`] with the shape of `like` (only its shape is read; a shapeless
+/// compiled function draws at the shape `like` has on each call).
+pub fn uniform_like(low: f64, high: f64, like: &Array, dtype: DType, key: Option<&Array>) -> Result<Array> {
+    uniform_sized(low, high, Size::Like(like), dtype, key)
+}
+
+fn uniform_sized(low: f64, high: f64, size: Size, dtype: DType, key: Option<&Array>) -> Result<Array> {
     check_float("uniform", dtype)?;
     if !(low.is_finite() && high.is_finite() && low < high) {
         return Err(Error::Invalid {
@@ -227,7 +259,7 @@ pub fn uniform(low: f64, high: f64, shape: &[usize], dtype: DType, key: Option<&
             msg: format!("[{low}, {high}) holds no {dtype} values or is too wide to sample in {compute}"),
         });
     }
-    let u = unit_uniforms(&key_or_global(key), shape, 1, wide)?.remove(0);
+    let u = unit_uniforms(&key_or_global(key), size, 1, wide)?.remove(0);
     let x = ((u * (high - low))? + low)?.astype(dtype)?;
     clip(&x, Some(lo), Some(top))
 }
@@ -240,6 +272,16 @@ pub fn uniform(low: f64, high: f64, shape: &[usize], dtype: DType, key: Option<&
 /// `f32` for `f32`, `f16` and `bf16` (tails reach about 5.8 sigma) and in
 /// `f64` for `f64` (about 8.6 sigma), then rounded to `dtype`.
 pub fn normal(shape: &[usize], dtype: DType, loc: f64, scale: f64, key: Option<&Array>) -> Result<Array> {
+    normal_sized(Size::Fixed(shape), dtype, loc, scale, key)
+}
+
+/// [`normal`] with the shape of `like` (only its shape is read; a shapeless
+/// compiled function draws at the shape `like` has on each call).
+pub fn normal_like(like: &Array, dtype: DType, loc: f64, scale: f64, key: Option<&Array>) -> Result<Array> {
+    normal_sized(Size::Like(like), dtype, loc, scale, key)
+}
+
+fn normal_sized(size: Size, dtype: DType, loc: f64, scale: f64, key: Option<&Array>) -> Result<Array> {
     check_float("normal", dtype)?;
     if !(loc.is_finite() && scale.is_finite() && scale >= 0.0) {
         return Err(Error::Invalid {
@@ -247,7 +289,7 @@ pub fn normal(shape: &[usize], dtype: DType, loc: f64, scale: f64, key: Option<&
             msg: format!("needs a finite loc and a finite scale >= 0, got loc = {loc}, scale = {scale}"),
         });
     }
-    let mut u = unit_uniforms(&key_or_global(key), shape, 2, dtype == DType::F64)?;
+    let mut u = unit_uniforms(&key_or_global(key), size, 2, dtype == DType::F64)?;
     let (u1, u2) = (u.remove(0), u.remove(0));
     let radius = sqrt(&(log(&(1.0 - &u1)?)? * -2.0)?)?;
     let z = (radius * cos(&(u2 * std::f64::consts::TAU)?)?)?;
@@ -273,6 +315,16 @@ fn int_bounds(dtype: DType) -> (i128, i128) {
 /// `i64::MAX`) take 64 random bits modulo `r`, whose bias grows to at most
 /// `r / 2^64`; ranges wider than `i64::MAX` are rejected.
 pub fn randint(low: i64, high: i64, shape: &[usize], dtype: DType, key: Option<&Array>) -> Result<Array> {
+    randint_sized(low, high, Size::Fixed(shape), dtype, key)
+}
+
+/// [`randint`] with the shape of `like` (only its shape is read; a shapeless
+/// compiled function draws at the shape `like` has on each call).
+pub fn randint_like(low: i64, high: i64, like: &Array, dtype: DType, key: Option<&Array>) -> Result<Array> {
+    randint_sized(low, high, Size::Like(like), dtype, key)
+}
+
+fn randint_sized(low: i64, high: i64, size: Size, dtype: DType, key: Option<&Array>) -> Result<Array> {
     if !dtype.is_int() {
         return Err(Error::DType {
             op: "randint",
@@ -292,15 +344,12 @@ pub fn randint(low: i64, high: i64, shape: &[usize], dtype: DType, key: Option<&
     let range = high as i128 - low as i128;
     let key = key_or_global(key);
     let offset = if range <= 1 << 53 {
-        let u = unit_uniforms(&key, shape, 1, true)?.remove(0);
+        let u = unit_uniforms(&key, size, 1, true)?.remove(0);
         // floor(u * r) <= r - 1 up to rounding of the product: clamp it.
         minimum(&floor(&(u * range as f64)?)?, (range - 1) as f64)?.astype(DType::I64)?
     } else if range <= i64::MAX as i128 {
-        let mut bits_shape = vec![2];
-        bits_shape.extend_from_slice(shape);
-        let bits = random_bits(&key, &bits_shape)?;
-        let spec: Vec<isize> = shape.iter().map(|&d| d as isize).collect();
-        let row = |i: isize| reshape(&slice_axis(&bits, 0, Some(i), Some(i + 1), 1)?, &spec)?.astype(DType::I64);
+        let bits = bits_of(&key, &[2], size)?;
+        let row = |i: usize| row_of(&bits, i)?.astype(DType::I64);
         // All 64 bits as one wrapping i64, then Python's modulo (in [0, r)).
         let r = ((row(0)? * (1i64 << 32))? + row(1)?)?;
         remainder(&r, range as i64)?
@@ -317,10 +366,20 @@ pub fn randint(low: i64, high: i64, shape: &[usize], dtype: DType, key: Option<&
 /// A draw compares 32 random bits with `floor(p * 2^32)`, so `p` is resolved
 /// to 2^-32; `p = 0` never and `p = 1` always gives `true`.
 pub fn bernoulli(p: f64, shape: &[usize], key: Option<&Array>) -> Result<Array> {
+    bernoulli_sized(p, Size::Fixed(shape), key)
+}
+
+/// [`bernoulli`] with the shape of `like` (only its shape is read; a
+/// shapeless compiled function draws at the shape `like` has on each call).
+pub fn bernoulli_like(p: f64, like: &Array, key: Option<&Array>) -> Result<Array> {
+    bernoulli_sized(p, Size::Like(like), key)
+}
+
+fn bernoulli_sized(p: f64, size: Size, key: Option<&Array>) -> Result<Array> {
     if !(0.0..=1.0).contains(&p) {
         return Err(Error::Invalid { op: "bernoulli", msg: format!("p must be a probability in [0, 1], got {p}") });
     }
-    let bits = random_bits(&key_or_global(key), shape)?;
+    let bits = bits_of(&key_or_global(key), &[], size)?;
     let threshold = (p * 4294967296.0).floor() as u64;
     if threshold > u32::MAX as u64 {
         return greater_equal(&bits, 0u32); // p = 1

@@ -166,7 +166,9 @@ pub fn softmax(x: &Array, axis: isize) -> Result<Array> {
     let ax = normalize_axis("softmax", axis, x.ndim())?;
     let xf = x.astype(x.dtype().to_float())?;
     if x.shape()[ax] == 0 {
-        return Ok(xf);
+        // No max to shift by. This form is softmax at any size, so a
+        // shapeless trace on an empty axis stays right at other sizes.
+        return (&xf - &logsumexp(&xf, axis, true)?)?.exp();
     }
     let m = max(&xf, axis, true)?;
     let e = sub(&xf, &m)?.exp()?;

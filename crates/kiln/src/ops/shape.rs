@@ -24,33 +24,29 @@ pub fn flatten(x: &Array) -> Result<Array> {
 }
 
 /// Removes size-1 axes: the given ones (each must have size 1) or all.
+/// (Under shapeless compilation the axes, not the resulting shape, are
+/// kept; squeezing all size-1 axes fails at new shapes whose size-1 axes
+/// are other ones.)
 pub fn squeeze(x: &Array, axes: Option<&[isize]>) -> Result<Array> {
     let s = x.shape();
-    let drop: Vec<usize> = match axes {
-        Some(a) => {
-            let a = normalize_axes("squeeze", a, s.len())?;
-            if let Some(&bad) = a.iter().find(|&&i| s[i] != 1) {
-                return Err(Error::Shape {
-                    op: "squeeze",
-                    msg: format!("cannot squeeze axis {bad} of shape {}: its size is not 1", shape_str(s)),
-                });
-            }
-            a
-        }
-        None => (0..s.len()).filter(|&i| s[i] == 1).collect(),
+    let (drop, all) = match axes {
+        Some(a) => (normalize_axes("squeeze", a, s.len())?, false),
+        None => ((0..s.len()).filter(|&i| s[i] == 1).collect(), true),
     };
-    let new: Vec<isize> = (0..s.len()).filter(|i| !drop.contains(i)).map(|i| s[i] as isize).collect();
-    reshape(x, &new)
+    if drop.is_empty() && !all {
+        return Ok(x.clone());
+    }
+    Array::from_op(Primitive::Squeeze { axes: drop, all }, vec![x.clone()])
 }
 
 /// Inserts size-1 axes at the given positions of the result.
 pub fn expand_dims(x: &Array, axes: &[isize]) -> Result<Array> {
     let out_nd = x.ndim() + axes.len();
     let a = normalize_axes("expand_dims", axes, out_nd)?;
-    let mut src = x.shape().iter();
-    let new: Vec<isize> =
-        (0..out_nd).map(|i| if a.contains(&i) { 1 } else { *src.next().expect("counts agree") as isize }).collect();
-    reshape(x, &new)
+    if a.is_empty() {
+        return Ok(x.clone());
+    }
+    Array::from_op(Primitive::ExpandDims { axes: a }, vec![x.clone()])
 }
 
 /// Reverses the axes (the matrix transpose for 2-D arrays).
@@ -87,13 +83,20 @@ pub fn broadcast_to(x: &Array, shape: &[usize]) -> Result<Array> {
     Array::from_op(Primitive::BroadcastTo { shape: shape.to_vec() }, vec![x.clone()])
 }
 
-/// Broadcasts several arrays to their common shape.
+/// Broadcasts several arrays to their common shape. Each result depends on
+/// the shapes of all the arrays, so a shapeless compiled function follows
+/// whichever of them broadcasts at the new shapes.
 pub fn broadcast_arrays(xs: &[Array]) -> Result<Vec<Array>> {
-    let mut shape: Vec<usize> = vec![];
-    for x in xs {
-        shape = crate::shape::broadcast_shapes("broadcast_arrays", &shape, x.shape())?;
+    if xs.len() < 2 {
+        return Ok(xs.to_vec());
     }
-    xs.iter().map(|x| broadcast_to(x, &shape)).collect()
+    (0..xs.len())
+        .map(|i| {
+            let mut ins = vec![xs[i].clone()];
+            ins.extend(xs.iter().enumerate().filter(|&(j, _)| j != i).map(|(_, x)| x.clone()));
+            Array::from_op(Primitive::BroadcastLike, ins)
+        })
+        .collect()
 }
 
 /// A strided slice of the leading axes, as Python's `x[a:b:s, ...]`.
@@ -141,7 +144,10 @@ pub fn stack(xs: &[Array], axis: isize) -> Result<Array> {
     concatenate(&expanded, ax)
 }
 
-/// Splits into `sections` equal parts along `axis` (the size must divide evenly).
+/// Splits into `sections` equal parts along `axis` (the size must divide
+/// evenly). The parts keep the count, not the bounds, so under shapeless
+/// compilation they follow a new size of the axis. (`split_at` takes literal
+/// indices, which stay as given.)
 pub fn split(x: &Array, sections: usize, axis: isize) -> Result<Vec<Array>> {
     let ax = normalize_axis("split", axis, x.ndim())?;
     let n = x.shape()[ax];
@@ -151,9 +157,12 @@ pub fn split(x: &Array, sections: usize, axis: isize) -> Result<Vec<Array>> {
             msg: format!("axis {ax} of shape {} does not split into {sections} equal sections", shape_str(x.shape())),
         });
     }
-    let step = n / sections;
-    let idx: Vec<usize> = (1..sections).map(|i| i * step).collect();
-    split_at(x, &idx, axis)
+    if sections == 1 {
+        return Ok(vec![x.clone()]);
+    }
+    (0..sections)
+        .map(|index| Array::from_op(Primitive::SplitSection { axis: ax, sections, index }, vec![x.clone()]))
+        .collect()
 }
 
 /// Splits along `axis` before each of the given indices (ascending).

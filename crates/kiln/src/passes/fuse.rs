@@ -111,6 +111,10 @@ pub struct Planned {
     pub inputs: Vec<usize>,
     /// Values written.
     pub outputs: Vec<usize>,
+    /// The program instructions the kernel computes, in program order (a
+    /// fused group's members, its matmul head, its reductions): a step run
+    /// op by op evaluates these (see `Executable::run`).
+    pub members: Vec<usize>,
 }
 
 /// Most instructions in one fused group. Checking whether two groups may
@@ -381,7 +385,12 @@ pub fn plan(p: &Program) -> Vec<Planned> {
             FusionClass::Reduce if matches!(ins.prim, Primitive::Reduce { .. }) => {}
             _ => planned.push((
                 i,
-                Planned { kernel: Kernel::Single(ins.prim.clone()), inputs: ins.inputs.clone(), outputs: vec![i] },
+                Planned {
+                    kernel: Kernel::Single(ins.prim.clone()),
+                    inputs: ins.inputs.clone(),
+                    outputs: vec![i],
+                    members: vec![i],
+                },
             )),
         }
     }
@@ -410,7 +419,9 @@ pub fn plan(p: &Program) -> Vec<Planned> {
             .copied()
             .filter(|&m| is_output[m] || consumers[m].iter().any(|&c| group_of[c] != Some(g)))
             .collect();
-        planned.push((first, Planned { kernel, inputs, outputs }));
+        let mut all: Vec<usize> = members.iter().copied().chain(head).collect();
+        all.sort_unstable();
+        planned.push((first, Planned { kernel, inputs, outputs, members: all }));
     }
     for k in &reds {
         let first_red = k.reds[0];
@@ -423,6 +434,7 @@ pub fn plan(p: &Program) -> Vec<Planned> {
                     kernel: Kernel::Single(ins.prim.clone()),
                     inputs: ins.inputs.clone(),
                     outputs: vec![first_red],
+                    members: vec![first_red],
                 },
             ));
             continue;
@@ -441,7 +453,9 @@ pub fn plan(p: &Program) -> Vec<Planned> {
             .collect();
         let first = members.first().copied().unwrap_or(first_red).min(first_red);
         let kernel = Kernel::ReduceFused { group, reductions, axes: axes.clone(), source: sources[0] };
-        planned.push((first, Planned { kernel, inputs, outputs: k.reds.clone() }));
+        let mut all: Vec<usize> = members.iter().chain(&k.reds).copied().collect();
+        all.sort_unstable();
+        planned.push((first, Planned { kernel, inputs, outputs: k.reds.clone(), members: all }));
     }
     order(planned, n)
 }

@@ -29,6 +29,8 @@ impl Pass for Simplify {
                 Primitive::AsType(_) | Primitive::Copy => same_sig,
                 Primitive::Transpose { perm } => perm.iter().enumerate().all(|(a, &b)| a == b),
                 Primitive::Reshape { .. }
+                | Primitive::Squeeze { .. }
+                | Primitive::ExpandDims { .. }
                 | Primitive::BroadcastTo { .. }
                 | Primitive::BroadcastLike
                 | Primitive::Slice { .. } => !self.shapeless && same_sig && is_identity_view(&ins.prim),

@@ -49,10 +49,12 @@ pub fn eval(prim: &Primitive, inputs: &[&Data], shape: &[usize], dtype: DType) -
         Primitive::Reduce { op, axes, .. } => fresh(reduce::reduce(*op, inputs[0], axes, dtype)?),
         Primitive::ArgReduce { op, axis, .. } => fresh(reduce::arg_reduce(*op, inputs[0], *axis)?),
         Primitive::Matmul => fresh(matmul::matmul(inputs[0], inputs[1], shape)?),
-        Primitive::Reshape { .. } => match inputs[0].layout.reshape(shape) {
-            Some(l) => view(l),
-            None => fresh(copy(inputs[0])),
-        },
+        Primitive::Reshape { .. } | Primitive::Squeeze { .. } | Primitive::ExpandDims { .. } => {
+            match inputs[0].layout.reshape(shape) {
+                Some(l) => view(l),
+                None => fresh(copy(inputs[0])),
+            }
+        }
         Primitive::Transpose { perm } => view(inputs[0].layout.permute(perm)),
         Primitive::BroadcastTo { .. } | Primitive::BroadcastLike => view(inputs[0].layout.broadcast_to(shape)),
         Primitive::Slice { axes } => {
@@ -64,11 +66,17 @@ pub fn eval(prim: &Primitive, inputs: &[&Data], shape: &[usize], dtype: DType) -
             }
             view(l.slice(&starts, &lens, &steps))
         }
+        Primitive::SplitSection { axis, index, .. } => {
+            let l = &inputs[0].layout;
+            let mut starts = vec![0; l.ndim()];
+            starts[*axis] = index * shape[*axis];
+            view(l.slice(&starts, shape, &vec![1; l.ndim()]))
+        }
         Primitive::Copy => fresh(copy(inputs[0])),
         Primitive::Concatenate { axis } => fresh(index::concatenate(inputs, *axis, shape)?),
         Primitive::Take { axis } => fresh(index::take(inputs[0], inputs[1], *axis, shape)?),
         Primitive::Arange { start, step, len, dtype } => fresh(index::arange(*start, *step, *len, *dtype)),
-        Primitive::RandomBits { shape } => fresh(random::random_bits(inputs[0], shape)?),
+        Primitive::RandomBits { .. } => fresh(random::random_bits(inputs[0], shape)?),
     }
 }
 
