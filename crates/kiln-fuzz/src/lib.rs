@@ -9,13 +9,14 @@
 
 pub mod bytes;
 pub mod ops;
+pub mod programs;
 pub mod reference;
 
 /// A fuzz target: runs one case.
 pub type Target = fn(&[u8]);
 
 /// The targets by name.
-pub const TARGETS: &[(&str, Target)] = &[("ops", ops::run)];
+pub const TARGETS: &[(&str, Target)] = &[("ops", ops::run), ("programs", programs::case)];
 
 /// The target called `name`.
 pub fn target(name: &str) -> Option<Target> {

@@ -1,0 +1,346 @@
+//! Random programs compiled against eager (fuzz target (b), and the
+//! machinery of `crates/kiln/tests/differential.rs`): a program is a list of
+//! [`Step`]s over random inputs (over 40 op kinds: elementwise, broadcasting,
+//! reductions, matmul, shape ops, several outputs); it must give the same
+//! results compiled as eagerly, in normal and shapeless mode, including
+//! calls with new shapes.
+//!
+//! Tolerance: integer and bool results must be equal. Float results may
+//! differ by 1e-5 relative to the larger magnitude (about 80 ulp of f32) plus
+//! 1e-6 absolute: fused reductions sum in a different order than eager ones
+//! (a few ulp), and a following `exp` or `logsumexp` scales that difference
+//! up; elementwise-only programs agree to within a few ulp. NaN must match
+//! NaN.
+
+use kiln::{compile_with, Array, CompileOptions, DType, Result};
+
+use crate::bytes::Bytes;
+
+/// One step of a random program.
+#[derive(Clone, Debug)]
+pub struct Step {
+    /// Which op (modulo [`N_OPS`]).
+    pub op: u8,
+    /// The first operand (an index into the values so far).
+    pub a: u8,
+    /// The second operand.
+    pub b: u8,
+    /// The third operand.
+    pub c: u8,
+    /// A parameter (an axis, a flag).
+    pub p: u8,
+}
+
+/// The number of op kinds.
+pub const N_OPS: u8 = 42;
+
+pub fn pick(vals: &[Array], i: u8) -> &Array {
+    &vals[i as usize % vals.len()]
+}
+
+/// Applies one step; `Ok(None)` or `Err` when the op does not apply to these operands
+/// (a dtype or shape error at build time is a skip, decided by shapes and
+/// dtypes only, so tracing and eager runs decide alike).
+pub fn apply(s: &Step, vals: &[Array], n_inputs: usize) -> Result<Option<Array>> {
+    let (x, y, z) = (pick(vals, s.a), pick(vals, s.b), pick(vals, s.c));
+    // Discontinuous ops (floor, comparisons, remainder, argmax) turn an ulp of
+    // difference into a different result, so they read only the arguments,
+    // which are bit-identical in both runs.
+    let (rx, ry) = (pick(&vals[..n_inputs], s.a), pick(&vals[..n_inputs], s.b));
+    let axis = |x: &Array| -> isize {
+        if x.ndim() == 0 {
+            0
+        } else {
+            (s.p as usize % x.ndim()) as isize
+        }
+    };
+    let float = x.dtype().is_float();
+    let r = match s.op % N_OPS {
+        0 => x.neg(),
+        1 => x.abs(),
+        2 if float => x.exp(),
+        3 if float => x.abs()?.log1p(),
+        4 if float => x.sin(),
+        5 if float => x.tanh(),
+        6 if float => x.sigmoid(),
+        7 if float => x.abs()?.sqrt(),
+        8 => x.square(),
+        9 => rx.floor(),
+        10 => x + y,
+        11 => x - y,
+        12 => x * y,
+        13 => x / y,
+        14 => x.maximum(y),
+        15 => x.minimum(y),
+        16 => kiln::where_(&rx.less(ry)?, y, z),
+        17 => x.astype([DType::F32, DType::F64, DType::I32][s.p as usize % 3]),
+        18 if x.ndim() > 0 => x.sum(axis(x), s.p.is_multiple_of(2)),
+        19 if x.ndim() > 0 => x.max(axis(x), s.p % 2 == 1),
+        20 if x.ndim() > 0 => x.mean(axis(x), s.p.is_multiple_of(2)),
+        21 if rx.ndim() > 0 => rx.argmax(Some(axis(rx)), false)?.astype(DType::I32),
+        22 if x.ndim() >= 1 && y.ndim() >= 1 => x.matmul(y),
+        23 => x.t(),
+        24 => x.reshape(&[-1]),
+        25 if x.ndim() > 0 => kiln::slice_axis(x, axis(x), Some(1), None, if s.p.is_multiple_of(2) { 1 } else { -1 }),
+        // Shape ops that keep axes or counts, not sizes, so that shapeless
+        // calls can follow them (a shape read here in Rust would be frozen).
+        26 => Ok(kiln::broadcast_arrays(&[x.clone(), y.clone()])?.swap_remove(s.p as usize % 2)),
+        38 => kiln::expand_dims(x, &[if s.p.is_multiple_of(2) { 0 } else { -1 }]),
+        39 if x.ndim() > 0 => kiln::squeeze(x, Some(&[axis(x)])),
+        40 if x.ndim() > 0 => Ok(kiln::split(x, 2, axis(x))?.swap_remove(s.p as usize % 2)),
+        41 => kiln::stack(&[x.clone(), y.clone()], 0),
+        27 if x.ndim() > 0 => kiln::concatenate(&[x.clone(), y.clone()], axis(x)),
+        28 if x.ndim() > 0 && float => x.softmax(axis(x)),
+        29 if x.ndim() > 0 && float => x.logsumexp(axis(x), false),
+        30 => rx.remainder(ry),
+        31 => rx.equal(ry)?.astype(DType::I32),
+        32 => x + 1.5f32,
+        33 => (x * 2)? - 3,
+        34 if x.ndim() > 0 => x.var(axis(x), s.p.is_multiple_of(2), s.p as usize % 2),
+        35 if x.ndim() > 0 => {
+            // Layernorm's variance as users write it (rewritten to one pass).
+            let d = (x - &x.mean(axis(x), true)?)?;
+            (&d * &d)?.mean(axis(x), s.p % 2 == 1)
+        }
+        37 if rx.ndim() > 0 && rx.dtype().is_float() => {
+            // Layernorm without the affine part. Dividing by a small standard
+            // deviation magnifies an ulp of difference in its input (a
+            // near-constant row), so it reads only the arguments.
+            let ax = axis(rx);
+            let d = (rx - &rx.mean(ax, true)?)?;
+            &d * (d.square()?.mean(ax, true)? + 1e-5)?.rsqrt()?
+        }
+        36 if x.ndim() > 0 && float => {
+            // The softmax denominator as users write it.
+            (x - &x.max(axis(x), true)?)?.exp()?.sum(axis(x), s.p.is_multiple_of(2))
+        }
+        _ => return Ok(None),
+    };
+    r.map(Some)
+}
+
+/// Indices in `vals` (of length `n`, the first `n_inputs` the arguments)
+/// of the values step `s` reads.
+pub fn reads(s: &Step, n: usize, n_inputs: usize) -> Vec<usize> {
+    let (x, y, z) = (s.a as usize % n, s.b as usize % n, s.c as usize % n);
+    let (rx, ry) = (s.a as usize % n_inputs, s.b as usize % n_inputs);
+    match s.op % N_OPS {
+        9 | 21 | 37 => vec![rx],
+        10..=15 | 22 | 26 | 27 | 41 => vec![x, y],
+        16 => vec![rx, ry, y, z],
+        30 | 31 => vec![rx, ry],
+        _ => vec![x],
+    }
+}
+
+/// Replays the recorded steps eagerly on new inputs, as the oracle of a
+/// shapeless call: a step that fails (its shapes no longer fit) poisons its
+/// value and every value computed from it, and the result is that error
+/// only when an output is poisoned (the compiled program drops dead steps).
+pub fn replay_eager(steps: &[Step], inputs: &[Array], decisions: &[bool]) -> Result<Vec<Array>> {
+    let mut vals: Vec<Array> = inputs.to_vec();
+    let mut bad: Vec<Option<kiln::Error>> = vec![None; inputs.len()];
+    for (k, s) in steps.iter().enumerate() {
+        if !decisions[k] {
+            continue;
+        }
+        let poison = reads(s, vals.len(), inputs.len()).into_iter().find_map(|i| bad[i].clone());
+        let out = match poison {
+            Some(e) => Err(e),
+            None => match apply(s, &vals, inputs.len()) {
+                Ok(Some(a)) => Ok(a),
+                Ok(None) => Err(kiln::Error::Invalid { op: "replay", msg: "step no longer applies".into() }),
+                Err(e) => Err(e),
+            },
+        };
+        match out {
+            Ok(a) => {
+                vals.push(a);
+                bad.push(None);
+            }
+            Err(e) => {
+                vals.push(vals[0].clone());
+                bad.push(Some(e));
+            }
+        }
+    }
+    let n = vals.len();
+    let mut outs = vec![n - 1];
+    if n > inputs.len() + 1 {
+        outs.push(inputs.len() + (n - inputs.len()) / 2);
+    }
+    if let Some(e) = outs.iter().find_map(|&i| bad[i].clone()) {
+        return Err(e);
+    }
+    Ok(outs.into_iter().map(|i| vals[i].clone()).collect())
+}
+
+/// Runs the recipe; records which steps applied when `decisions` is empty,
+/// replays them otherwise.
+pub fn run(steps: &[Step], inputs: &[Array], decisions: &mut Vec<bool>, replay: bool) -> Result<Vec<Array>> {
+    let mut vals: Vec<Array> = inputs.to_vec();
+    for (k, s) in steps.iter().enumerate() {
+        let out = apply(s, &vals, inputs.len());
+        match (replay, out) {
+            (false, Ok(Some(a))) if a.size() <= 4096 => {
+                decisions.push(true);
+                vals.push(a);
+            }
+            (false, _) => decisions.push(false),
+            (true, Ok(Some(a))) if decisions[k] => vals.push(a),
+            (true, Err(e)) if decisions[k] => return Err(e),
+            (true, Ok(None)) if decisions[k] => {
+                return Err(kiln::Error::Invalid { op: "replay", msg: "step no longer applies".into() })
+            }
+            (true, _) => {}
+        }
+    }
+    let n = vals.len();
+    let mut outs = vec![vals[n - 1].clone()];
+    if n > inputs.len() + 1 {
+        outs.push(vals[inputs.len() + (n - inputs.len()) / 2].clone());
+    }
+    Ok(outs)
+}
+
+pub fn make_input(shape: &[usize], dtype: DType, seed: u64) -> Array {
+    let n: usize = shape.iter().product();
+    let v: Vec<f64> = (0..n)
+        .map(|i| (((i as u64 * 2654435761 + seed * 97) % 1000) as f64 / 100.0 - 5.0).round_ties_even() / 2.0)
+        .collect();
+    Array::from_slice(&v, shape).unwrap().astype(dtype).unwrap()
+}
+
+/// One input per `(shape, dtype)`, the k-th from seed `seed + k`.
+pub fn make_inputs(inputs: &[(Vec<usize>, DType)], seed: u64) -> Vec<Array> {
+    inputs.iter().enumerate().map(|(i, (s, d))| make_input(s, *d, seed + i as u64)).collect()
+}
+
+pub fn assert_close(got: &Array, want: &Array, what: &str) {
+    assert_close_abs(got, want, what, 1e-6)
+}
+
+/// Floats within 1e-5 relative plus `abs` absolute; integers exactly.
+pub fn assert_close_abs(got: &Array, want: &Array, what: &str, abs: f64) {
+    assert_eq!(got.shape(), want.shape(), "{what}: shape");
+    assert_eq!(got.dtype(), want.dtype(), "{what}: dtype");
+    let (g, w) = (got.astype(DType::F64).unwrap(), want.astype(DType::F64).unwrap());
+    let (g, w) = (g.to_vec::<f64>().unwrap(), w.to_vec::<f64>().unwrap());
+    for (i, (a, b)) in g.iter().zip(&w).enumerate() {
+        if want.dtype().is_float() {
+            let ok = (a.is_nan() && b.is_nan()) || a == b || (a - b).abs() <= 1e-5 * a.abs().max(b.abs()) + abs;
+            assert!(ok, "{what}: element {i}: compiled {a} vs eager {b}");
+        } else {
+            assert_eq!(a, b, "{what}: element {i}");
+        }
+    }
+}
+
+/// New shapes for a shapeless call (ranks and dtypes kept): every leading
+/// dimension 4 grown by `grow` (a batch axis); every size `v` (up to 4)
+/// mapped to `remap[v]` in all inputs at once (sizes that broadcast
+/// together still do, unless one becomes 1); and one input's axis flipped
+/// between 1 and the largest size on that axis among the inputs, so that
+/// another operand broadcasts (or none can). Empty axes stay empty: ops
+/// such as `softmax` branch on that in Rust, at trace time.
+pub fn new_shapes(
+    inputs: &[(Vec<usize>, DType)],
+    grow: usize,
+    remap: &[usize],
+    flip: (u8, u8),
+) -> Vec<Vec<(Vec<usize>, DType)>> {
+    let grown = inputs
+        .iter()
+        .map(|(s, d)| (s.iter().enumerate().map(|(k, &v)| if k == 0 && v == 4 { 4 + grow } else { v }).collect(), *d))
+        .collect();
+    let size = |v: usize| if v == 0 { 0 } else { remap[v.min(4)] };
+    let remapped = inputs.iter().map(|(s, d)| (s.iter().map(|&v| size(v)).collect(), *d)).collect();
+    let mut flipped: Vec<(Vec<usize>, DType)> = inputs.to_vec();
+    let i = flip.0 as usize % inputs.len();
+    let nd = inputs[i].0.len();
+    if nd > 0 {
+        let ax = flip.1 as usize % nd;
+        // The largest size among the inputs on this axis (aligned at the end).
+        let widest = inputs
+            .iter()
+            .filter_map(|(s, _)| (s.len() + ax).checked_sub(nd).and_then(|k| s.get(k)))
+            .copied()
+            .max()
+            .unwrap_or(1);
+        let v = &mut flipped[i].0[ax];
+        *v = match *v {
+            0 => 0,
+            1 => widest.max(2),
+            _ => 1,
+        };
+    }
+    vec![grown, remapped, flipped]
+}
+
+/// Fuzz target (b): a random program from `data`, compiled (normal or
+/// shapeless) against eager on its inputs, on new data, and (shapeless) on
+/// new shapes.
+pub fn case(data: &[u8]) {
+    let mut b = Bytes::new(data);
+    let n_inputs = 1 + b.below(3);
+    let inputs: Vec<(Vec<usize>, DType)> = (0..n_inputs)
+        .map(|_| {
+            let nd = b.below(4);
+            let shape: Vec<usize> = (0..nd).map(|_| b.pick(&[0usize, 1, 1, 2, 3, 4, 4, 5, 7])).collect();
+            (shape, b.pick(&[DType::F32, DType::F32, DType::F64, DType::I32]))
+        })
+        .collect();
+    let steps: Vec<Step> = (0..1 + b.below(12))
+        .map(|_| Step { op: b.byte() % N_OPS, a: b.byte(), b: b.byte(), c: b.byte(), p: b.byte() })
+        .collect();
+    let seed = b.below(1000) as u64;
+    let shapeless = b.chance(40);
+    let args = make_inputs(&inputs, seed);
+    let mut decisions = vec![];
+    let eager = run(&steps, &args, &mut decisions, false).expect("recording never fails");
+    let (st, dec) = (steps.clone(), decisions.clone());
+    let f = compile_with(
+        move |xs: &[Array]| run(&st, xs, &mut dec.clone(), true),
+        CompileOptions { shapeless, ..Default::default() },
+    );
+    let what = format!("inputs {inputs:?} steps {steps:?} seed {seed} shapeless {shapeless}");
+    let got = f.call(&args[..]).unwrap_or_else(|e| panic!("compiled call failed: {e} | {what}"));
+    for (k, (g, w)) in got.iter().zip(&eager).enumerate() {
+        assert_close(g, w, &format!("output {k} | {what}"));
+    }
+    // New data, same shapes: a cache hit.
+    let args2 = make_inputs(&inputs, seed + 7);
+    let eager2 = run(&steps, &args2, &mut decisions.clone(), true).expect("replay at the same shapes");
+    let got2 = f.call(&args2[..]).unwrap_or_else(|e| panic!("second call failed: {e} | {what}"));
+    assert_eq!(f.stats().traces, 1, "one trace | {what}");
+    for (k, (g, w)) in got2.iter().zip(&eager2).enumerate() {
+        assert_close(g, w, &format!("second call, output {k} | {what}"));
+    }
+    if !shapeless {
+        return;
+    }
+    let (grow, flip) = (1 + b.below(3), (b.byte(), b.byte()));
+    let remap: Vec<usize> = (0..5).map(|_| 1 + b.below(5)).collect();
+    for (c, shapes) in new_shapes(&inputs, grow, &remap, flip).into_iter().enumerate() {
+        let args3 = make_inputs(&shapes, seed + 3 + c as u64);
+        let want = replay_eager(&steps, &args3, &decisions);
+        let got = f.call(&args3[..]);
+        let on: Vec<Vec<usize>> = shapes.iter().map(|(s, _)| s.clone()).collect();
+        match (want, got) {
+            (Ok(w), Ok(g)) => {
+                for (k, (g, w)) in g.iter().zip(&w).enumerate() {
+                    assert_close(g, w, &format!("shapeless output {k} on {on:?} | {what}"));
+                }
+            }
+            (Err(_), Err(_)) => {}
+            // The one documented refusal: softmax traced on a non-empty
+            // axis and called on an empty one.
+            (Ok(_), Err(e)) => assert!(
+                e.to_string().contains("shapeless") && e.to_string().contains("empty axis"),
+                "eager works on {on:?}, compiled failed: {e} | {what}"
+            ),
+            (Err(e), Ok(_)) => panic!("eager fails on {on:?} ({e}), compiled did not | {what}"),
+        }
+    }
+    assert_eq!(f.stats().traces, 1, "one trace across shapes | {what}");
+}
