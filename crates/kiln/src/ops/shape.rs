@@ -152,8 +152,15 @@ pub fn split(x: &Array, sections: usize, axis: isize) -> Result<Vec<Array>> {
         });
     }
     let step = n / sections;
-    let idx: Vec<usize> = (1..sections).map(|i| i * step).collect();
-    split_at(x, &idx, axis)
+    // The list of parts is as long as asked (an empty axis splits into any
+    // number of empty parts): reserved fallibly, so an absurd count is an
+    // error rather than an abort.
+    let mut parts = crate::backend::cpu::pool::try_vec("split", sections)?;
+    for i in 0..sections {
+        let (lo, hi) = (i * step, (i + 1) * step);
+        parts.push(slice_axis(x, ax as isize, Some(lo as isize), Some(hi as isize), 1)?);
+    }
+    Ok(parts)
 }
 
 /// Splits along `axis` before each of the given indices (ascending).
