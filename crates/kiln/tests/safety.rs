@@ -413,7 +413,10 @@ fn check(r: Result<Array>) {
             Ok(()) => {
                 let v = a.to_vec::<f32>();
                 match v {
-                    Ok(v) => assert_eq!(v.len(), a.size()),
+                    Ok(v) => {
+                        assert_eq!(v.len(), a.size());
+                        READ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
                     Err(e) => assert!(matches!(e, Error::OutOfMemory { .. }), "{e}"),
                 }
             }
@@ -425,6 +428,9 @@ fn check(r: Result<Array>) {
         ),
     }
 }
+
+/// Results of [`check`] that were evaluated and read.
+static READ: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// A real (small) array of `dims` when it has few elements, else a
 /// broadcast view of one value.
@@ -487,6 +493,9 @@ fn prop_random_shapes() {
             Ok(())
         })
         .unwrap();
+    let read = READ.load(std::sync::atomic::Ordering::Relaxed);
+    println!("{read} results read");
+    assert!(read >= 40, "only {read} of the cases produced values: the strategy is too lopsided");
 }
 
 #[test]
