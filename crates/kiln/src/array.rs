@@ -13,7 +13,7 @@ use crate::dtype::{DType, Element};
 use crate::error::{Error, Result};
 use crate::layout::{Dims, Layout};
 use crate::primitive::Primitive;
-use crate::shape::numel_checked;
+use crate::shape::check_size;
 
 /// An evaluated array: a shared buffer and the layout of the array in it.
 #[derive(Clone, Debug)]
@@ -30,13 +30,16 @@ impl Data {
         Data { buffer: Arc::new(buffer), layout: Layout::contiguous(shape) }
     }
 
-    /// The elements in row-major order, as a new vector of the buffer's type.
-    pub fn to_vec<T: Element>(&self) -> Option<Vec<T>> {
-        let src = self.buffer.as_slice::<T>()?;
-        if let Some(r) = self.layout.contiguous_range() {
-            return Some(src[r].to_vec());
-        }
-        Some(cpu::strided::gather(src, &self.layout))
+    /// The elements in row-major order, as a new vector of the buffer's
+    /// type `T` (an error if `T` is another type, or when the memory for
+    /// the vector cannot be allocated).
+    pub fn to_vec<T: Element>(&self) -> Result<Vec<T>> {
+        let src = self.buffer.as_slice::<T>().ok_or_else(|| Error::DType {
+            op: "to_vec",
+            dtype: self.buffer.dtype(),
+            msg: format!("{} elements were requested; convert with .astype(DType::{:?}) first", T::DTYPE, T::DTYPE),
+        })?;
+        cpu::strided::gather("to_vec", src, &self.layout)
     }
 }
 
@@ -93,8 +96,31 @@ impl Array {
         Ok(Array::new_node(prim, inputs, shape.into(), dtype, None))
     }
 
-    /// An array that already holds data.
-    pub fn from_data(data: Data) -> Array {
+    /// An array that already holds data. The layout is checked against
+    /// the buffer: its shape must pass [`check_size`] and every element it
+    /// addresses must lie inside the buffer ([`Layout::fits`]), so no
+    /// kernel can read past it; otherwise an error says why.
+    pub fn from_data(data: Data) -> Result<Array> {
+        check_size("from_data", &data.layout.shape, data.buffer.dtype())?;
+        if !data.layout.fits(data.buffer.len()) {
+            return Err(Error::Invalid {
+                op: "from_data",
+                msg: format!(
+                    "the layout (shape {}, strides {:?}, offset {}) reaches outside its buffer of {} element(s)",
+                    crate::error::shape_str(&data.layout.shape),
+                    &data.layout.strides[..],
+                    data.layout.offset,
+                    data.buffer.len()
+                ),
+            });
+        }
+        Ok(Array::from_valid_data(data))
+    }
+
+    /// [`Array::from_data`] for data whose layout is known to fit its
+    /// buffer (checked in debug builds only).
+    pub(crate) fn from_valid_data(data: Data) -> Array {
+        debug_assert!(data.layout.fits(data.buffer.len()), "a layout reaches outside its buffer");
         let shape = data.layout.shape.clone();
         let dtype = data.buffer.dtype();
         Array::new_node(Primitive::Constant, vec![], shape, dtype, Some(data))
@@ -119,16 +145,16 @@ impl Array {
 
     /// Builds an array from a vector in row-major order (no copy).
     pub fn from_vec<T: Element>(data: Vec<T>, shape: &[usize]) -> Result<Array> {
-        let n = numel_checked("from_slice", shape)?;
+        let n = check_size("from_slice", shape, T::DTYPE)?;
         if n != data.len() {
             return Err(Error::DataLength { expected: n, got: data.len(), shape: shape.to_vec() });
         }
-        Ok(Array::from_data(Data::contiguous(Buffer::from_vec(data), shape)))
+        Ok(Array::from_valid_data(Data::contiguous(Buffer::from_vec(data), shape)))
     }
 
     /// A 0-d array holding one value.
     pub fn scalar<T: Element>(v: T) -> Array {
-        Array::from_data(Data::contiguous(Buffer::from_vec(vec![v]), &[]))
+        Array::from_valid_data(Data::contiguous(Buffer::from_vec(vec![v]), &[]))
     }
 
     /// The shape.
@@ -148,7 +174,7 @@ impl Array {
 
     /// Number of elements.
     pub fn size(&self) -> usize {
-        self.0.shape.iter().product()
+        crate::shape::numel(&self.0.shape)
     }
 
     /// The primitive that computes this array.
@@ -199,8 +225,7 @@ impl Array {
                 msg: format!("{} elements were requested; convert with .astype(DType::{:?}) first", T::DTYPE, T::DTYPE),
             });
         }
-        let d = self.evaluated("to_vec")?;
-        Ok(d.to_vec::<T>().expect("buffer dtype matches node dtype"))
+        self.evaluated("to_vec")?.to_vec::<T>()
     }
 
     /// The single element of a size-1 array.

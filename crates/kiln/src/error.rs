@@ -62,6 +62,26 @@ pub enum Error {
         /// The shape whose size overflows.
         shape: Vec<usize>,
     },
+    /// An array would take more than `isize::MAX` bytes (Rust's limit for
+    /// one allocation; for an empty array, counting its nonzero dimensions):
+    /// rejected when the op is built.
+    TooLarge {
+        /// The operation.
+        op: &'static str,
+        /// The output shape.
+        shape: Vec<usize>,
+        /// The output dtype.
+        dtype: DType,
+    },
+    /// Memory for an array could not be allocated: the allocator refused,
+    /// or the request is above the limit set with
+    /// [`set_memory_limit`](crate::set_memory_limit) (or `KILN_MEMORY_LIMIT`).
+    OutOfMemory {
+        /// The operation that allocates.
+        op: &'static str,
+        /// The bytes requested.
+        bytes: usize,
+    },
     /// A value was read from an array that depends on a placeholder while a
     /// function is being traced by `compile`.
     TracingValue {
@@ -116,6 +136,22 @@ impl fmt::Display for Error {
             Error::Overflow { op, shape } => {
                 write!(f, "{op}: the number of elements of shape {} overflows usize", fmt_shape(shape))
             }
+            Error::TooLarge { op, shape, dtype } => write!(
+                f,
+                "{op}: an array of shape {} and dtype {dtype} is too large: its size in bytes (of an \
+                 empty array, the product of its nonzero dimensions) exceeds isize::MAX, the most one \
+                 allocation can hold",
+                fmt_shape(shape)
+            ),
+            Error::OutOfMemory { op, bytes } => write!(
+                f,
+                "{op}: out of memory: could not allocate {bytes} bytes ({:.1} GiB){}",
+                *bytes as f64 / (1u64 << 30) as f64,
+                match crate::backend::memory_limit() {
+                    Some(l) if *bytes > l => format!(", above the memory limit of {l} bytes (set_memory_limit or KILN_MEMORY_LIMIT)"),
+                    _ => String::new(),
+                }
+            ),
             Error::TracingValue { what, inputs } => write!(
                 f,
                 "{what}: cannot read array values while tracing a compiled function: \

@@ -35,13 +35,15 @@ pub struct Layout {
     pub offset: usize,
 }
 
-/// Row-major strides of a shape.
+/// Row-major strides of a shape. (Of an empty shape whose other
+/// dimensions multiply past `isize::MAX`, the outer strides saturate:
+/// no element is ever reached through them.)
 pub fn contiguous_strides(shape: &[usize]) -> Strides {
     let mut strides = Strides::from_elem(0, shape.len());
     let mut acc = 1isize;
     for i in (0..shape.len()).rev() {
         strides[i] = acc;
-        acc *= shape[i].max(1) as isize;
+        acc = acc.saturating_mul(isize::try_from(shape[i].max(1)).unwrap_or(isize::MAX));
     }
     strides
 }
@@ -54,7 +56,7 @@ impl Layout {
 
     /// Number of elements.
     pub fn numel(&self) -> usize {
-        self.shape.iter().product()
+        crate::shape::numel(&self.shape)
     }
 
     /// Number of dimensions.
@@ -69,9 +71,33 @@ impl Layout {
             if self.shape[i] != 1 && self.strides[i] != acc {
                 return false;
             }
-            acc *= self.shape[i] as isize;
+            acc = acc.saturating_mul(isize::try_from(self.shape[i]).unwrap_or(isize::MAX));
         }
         true
+    }
+
+    /// True when every element of the layout lies inside a buffer of `len`
+    /// elements (and, for an empty layout, its offset is at most `len`):
+    /// the invariant of every layout attached to a buffer. Exact for any
+    /// shape, strides and offset (computed in `i128`); costs one pass over
+    /// the dimensions.
+    pub fn fits(&self, len: usize) -> bool {
+        if self.shape.len() != self.strides.len() {
+            return false;
+        }
+        if self.shape.contains(&0) {
+            return self.offset <= len;
+        }
+        let (mut lo, mut hi) = (self.offset as i128, self.offset as i128);
+        for (&d, &s) in self.shape.iter().zip(&self.strides) {
+            let span = (d as i128 - 1) * s as i128;
+            if span < 0 {
+                lo += span;
+            } else {
+                hi += span;
+            }
+        }
+        lo >= 0 && hi < len as i128
     }
 
     /// The buffer range of a contiguous layout.
@@ -107,7 +133,10 @@ impl Layout {
             if lens[i] > 0 {
                 offset += starts[i] as isize * self.strides[i];
             }
-            strides.push(self.strides[i] * steps[i]);
+            // Taking two or more elements, the step times the stride is the
+            // distance between two of them, inside the buffer: it cannot
+            // saturate. A single element's stride is never used.
+            strides.push(if lens[i] > 1 { self.strides[i].saturating_mul(steps[i]) } else { self.strides[i] });
         }
         if lens.contains(&0) {
             offset = self.offset as isize;
@@ -166,7 +195,7 @@ impl Layout {
             }
             // The old group must be contiguous in itself.
             for k in o0..oi - 1 {
-                if old_st[k] != old_st[k + 1] * old_s[k + 1] as isize {
+                if Some(old_st[k]) != old_st[k + 1].checked_mul(old_s[k + 1] as isize) {
                     return None;
                 }
             }
@@ -174,7 +203,9 @@ impl Layout {
             let mut st = old_st[oi - 1];
             for k in (n0..ni).rev() {
                 new_strides[k] = st;
-                st *= shape[k] as isize;
+                // Past the group's outermost dimension the value is unused
+                // (and may exceed the buffer): wrapping, not overflowing.
+                st = st.wrapping_mul(shape[k] as isize);
             }
         }
         if oi != old_s.len() {
@@ -195,9 +226,14 @@ pub fn collapse(shape: &[usize], strides: &[&[isize]]) -> (Vec<usize>, Vec<Vec<i
             continue;
         }
         let merge = !out_shape.is_empty()
-            && strides.iter().zip(&out_strides).all(|(s, os)| *os.last().unwrap() == s[i] * d as isize);
+            && strides
+                .iter()
+                .zip(&out_strides)
+                .all(|(s, os)| Some(*os.last().unwrap()) == s[i].checked_mul(d as isize));
         if merge {
-            *out_shape.last_mut().unwrap() *= d;
+            // Saturates only for an empty layout, whose sizes nothing reads.
+            let last = out_shape.last_mut().unwrap();
+            *last = last.saturating_mul(d);
             for (s, os) in strides.iter().zip(out_strides.iter_mut()) {
                 *os.last_mut().unwrap() = s[i];
             }
@@ -316,6 +352,23 @@ mod tests {
         for (p, o) in part {
             assert_eq!(all[p], o);
         }
+    }
+
+    #[test]
+    fn fits_is_exact() {
+        let l = Layout::contiguous(&[2, 3]);
+        assert!(l.fits(6) && !l.fits(5));
+        let r = Layout::contiguous(&[5]).slice(&[4], &[3], &[-2]);
+        assert!(r.fits(5) && !r.fits(4));
+        let neg = Layout { shape: Dims::from_slice(&[3]), strides: Strides::from_slice(&[-1]), offset: 1 };
+        assert!(!neg.fits(100), "reaches offset -1");
+        let huge = Layout { shape: Dims::from_slice(&[usize::MAX]), strides: Strides::from_slice(&[1]), offset: 0 };
+        assert!(!huge.fits(3));
+        let wide = Layout { shape: Dims::from_slice(&[2]), strides: Strides::from_slice(&[isize::MAX]), offset: 0 };
+        assert!(!wide.fits(isize::MAX as usize) && wide.fits(usize::MAX));
+        let empty = Layout::contiguous(&[0, usize::MAX / 2, 4]);
+        assert!(empty.fits(0) && empty.is_contiguous());
+        assert!(Layout::contiguous(&[]).fits(1) && !Layout::contiguous(&[]).fits(0));
     }
 
     #[test]

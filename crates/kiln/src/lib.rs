@@ -14,6 +14,14 @@
 //! Arrays are immutable handles to nodes of a lazy graph. Every operation
 //! checks shapes and dtypes when it is recorded and returns `Result`;
 //! evaluation happens on [`Array::eval`], [`eval`] or when data is read.
+//!
+//! Sizes are checked like shapes: an op whose output would exceed
+//! `isize::MAX` bytes fails when it is built ([`Error::TooLarge`]), and an
+//! allocation the system refuses, or one above [`set_memory_limit`] (or
+//! the `KILN_MEMORY_LIMIT` environment variable), fails the evaluation with
+//! [`Error::OutOfMemory`] naming the op and the bytes, never aborting the
+//! process. (Where the operating system overcommits memory it may grant a
+//! request it cannot back; a limit bounds what kiln asks for.)
 
 #![warn(missing_docs)]
 
@@ -31,7 +39,7 @@ pub mod program;
 pub mod shape;
 
 pub use array::{eval, Array};
-pub use backend::{release_memory, retain_freed_memory, set_threads, threads};
+pub use backend::{memory_limit, release_memory, retain_freed_memory, set_memory_limit, set_threads, threads};
 pub use compile::{
     compile, compile_with, disable_compile, enable_compile, CacheStats, CompileOptions, Compiled, Outputs,
 };

@@ -10,7 +10,7 @@
 
 use crate::dtype::DType;
 use crate::error::{shape_str, Error, Result};
-use crate::shape::{broadcast_shapes, check_broadcast_to, numel_checked};
+use crate::shape::{broadcast_shapes, check_broadcast_to, check_size, numel_checked};
 
 /// Elementwise operations of one operand.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -343,23 +343,24 @@ pub struct SliceAxis {
 }
 
 impl SliceAxis {
-    /// Python's slice normalization: the first index and the length.
+    /// Python's slice normalization: the first index and the length (at
+    /// most `dim`). Exact for any bounds and step: computed in `i128`, so
+    /// no bound, step or dimension can overflow it.
     pub fn resolve(&self, dim: usize) -> (usize, usize) {
-        let n = dim as isize;
-        let step = self.step;
-        let clamp = |v: isize, lo: isize, hi: isize| v.max(lo).min(hi);
-        let norm = |v: isize| if v < 0 { v + n } else { v };
-        if step > 0 {
-            let start = self.start.map_or(0, |s| clamp(norm(s), 0, n));
-            let stop = self.stop.map_or(n, |s| clamp(norm(s), 0, n));
-            let len = if stop > start { (stop - start + step - 1) / step } else { 0 };
-            (start as usize, len as usize)
+        let n = dim as i128;
+        let step = self.step as i128;
+        let norm = |v: isize| if v < 0 { v as i128 + n } else { v as i128 };
+        let (start, len) = if step > 0 {
+            let start = self.start.map_or(0, |s| norm(s).clamp(0, n));
+            let stop = self.stop.map_or(n, |s| norm(s).clamp(0, n));
+            (start, if stop > start { (stop - start - 1) / step + 1 } else { 0 })
         } else {
-            let start = self.start.map_or(n - 1, |s| clamp(norm(s), -1, n - 1));
-            let stop = self.stop.map_or(-1, |s| clamp(norm(s), -1, n - 1));
-            let len = if start > stop { (start - stop - step - 1) / (-step) } else { 0 };
-            (start.max(0) as usize, len as usize)
-        }
+            let start = self.start.map_or(n - 1, |s| norm(s).clamp(-1, n - 1));
+            let stop = self.stop.map_or(-1, |s| norm(s).clamp(-1, n - 1));
+            (start, if start > stop { (start - stop - 1) / -step + 1 } else { 0 })
+        };
+        // 0 <= len <= dim and, when len > 0, 0 <= start < dim: both fit usize.
+        (start.max(0) as usize, len as usize)
     }
 }
 
@@ -639,7 +640,16 @@ impl Primitive {
     /// Infers the output shape and dtype from the inputs' shapes and dtypes,
     /// validating them. Called when an op is built and again when a shapeless
     /// compiled function runs on new shapes.
+    /// Every output is checked with [`check_size`]: an op whose output
+    /// would not fit in memory's address space fails here.
     pub fn infer(&self, inputs: &[Sig]) -> Result<(Vec<usize>, DType)> {
+        let (shape, dtype) = self.infer_rule(inputs)?;
+        check_size(self.name(), &shape, dtype)?;
+        Ok((shape, dtype))
+    }
+
+    /// The shape rule of each primitive (see [`Self::infer`]).
+    fn infer_rule(&self, inputs: &[Sig]) -> Result<(Vec<usize>, DType)> {
         let name = self.name();
         match self {
             Primitive::Constant | Primitive::Placeholder { .. } => {
@@ -869,7 +879,10 @@ impl Primitive {
                             ),
                         });
                     }
-                    out[*axis] += s[*axis];
+                    out[*axis] = out[*axis].checked_add(s[*axis]).ok_or_else(|| Error::Overflow {
+                        op: name,
+                        shape: inputs.iter().map(|(s, _)| s[*axis]).collect(),
+                    })?;
                 }
                 Ok((out, d))
             }
@@ -957,6 +970,11 @@ mod tests {
         assert_eq!(s(Some(10), None, 1).resolve(5).1, 0);
         assert_eq!(s(None, None, -1).resolve(0).1, 0);
         assert_eq!(s(Some(3), Some(1), -1).resolve(5), (3, 2));
+        // Extreme steps and bounds neither overflow nor over-count.
+        assert_eq!(s(None, None, isize::MAX - 1).resolve(3), (0, 1));
+        assert_eq!(s(None, None, isize::MIN).resolve(3), (2, 1));
+        assert_eq!(s(None, None, isize::MAX).resolve(usize::MAX), (0, 3));
+        assert_eq!(s(Some(isize::MAX), Some(isize::MIN), -1).resolve(4), (3, 4));
     }
 
     #[test]

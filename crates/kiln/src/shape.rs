@@ -1,5 +1,6 @@
 //! Shapes: element counts, axis normalization and NumPy broadcasting.
 
+use crate::dtype::DType;
 use crate::error::{shape_str, Error, Result};
 
 /// Number of elements of a shape, or an `Overflow` error naming `op`.
@@ -10,6 +11,25 @@ pub fn numel_checked(op: &'static str, shape: &[usize]) -> Result<usize> {
         .ok_or_else(|| Error::Overflow { op, shape: shape.to_vec() })
 }
 
+/// Checks that an array of `shape` and `dtype` can exist: the product of
+/// its nonzero dimensions, in bytes, fits `isize` (Rust's limit for one
+/// allocation). Counting only nonzero dimensions holds empty arrays to the
+/// same bound, so that for every array the product of any of its
+/// dimensions, and every offset and stride of its layouts, is
+/// representable. Returns the element count. Every shape rule ends here
+/// ([`Primitive::infer`](crate::primitive::Primitive::infer)), so an op
+/// whose output would be too large fails when it is built.
+/// An element count that overflows `usize` is an [`Error::Overflow`], any
+/// other excess an [`Error::TooLarge`].
+pub fn check_size(op: &'static str, shape: &[usize], dtype: DType) -> Result<usize> {
+    let n = numel_checked(op, shape)?;
+    let bytes = shape.iter().filter(|&&d| d != 0).try_fold(dtype.size(), |acc, &d| acc.checked_mul(d));
+    if bytes.is_none_or(|b| b > isize::MAX as usize) {
+        return Err(Error::TooLarge { op, shape: shape.to_vec(), dtype });
+    }
+    Ok(n)
+}
+
 /// Whether two shapes are equal, compared element by element: shapes are a
 /// few dims, and on a compiled call's path (every argument, every fused
 /// input) a `memcmp` call costs more than the comparison itself.
@@ -18,9 +38,15 @@ pub fn same(a: &[usize], b: &[usize]) -> bool {
     a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x == y)
 }
 
-/// Number of elements of a shape already known not to overflow.
+/// Number of elements of a shape that passed [`check_size`], or of any
+/// sub-list of its dimensions: 0 when a dimension is 0 (the product of the
+/// others may then exceed `usize`), else a product that cannot overflow.
 pub fn numel(shape: &[usize]) -> usize {
-    shape.iter().product()
+    if shape.contains(&0) {
+        0
+    } else {
+        shape.iter().product()
+    }
 }
 
 /// Turns a possibly negative axis into an index in `0..ndim`.
@@ -113,5 +139,12 @@ mod tests {
         assert!(normalize_axis("sum", 3, 3).is_err());
         assert!(normalize_axes("sum", &[0, -3], 3).is_err());
         assert!(numel_checked("zeros", &[usize::MAX, 2]).is_err());
+        assert_eq!(check_size("zeros", &[3, 0, 5], DType::F32).unwrap(), 0);
+        assert!(check_size("zeros", &[0, 1 << 31, 1 << 31], DType::F32).is_err());
+        assert!(check_size("zeros", &[1 << 31, 1 << 31, 0], DType::F32).is_err());
+        assert!(check_size("zeros", &[1 << 61], DType::F32).is_err());
+        assert_eq!(check_size("zeros", &[1 << 59], DType::F64).unwrap(), 1 << 59);
+        assert!(matches!(check_size("zeros", &[1 << 60], DType::F64), Err(Error::TooLarge { .. })));
+        assert!(matches!(check_size("zeros", &[1 << 40, 1 << 40], DType::U8), Err(Error::Overflow { .. })));
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod cpu;
 
+pub use cpu::pool::{memory_limit, set_memory_limit};
 pub use cpu::team::{set_threads, threads};
 
 /// Frees the memory kiln keeps for reuse (large buffers of arrays that were

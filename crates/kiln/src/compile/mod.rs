@@ -473,7 +473,7 @@ impl<F: TraceFn<Args>, Args> Compiled<F, Args> {
         }
         let outs = run_entry(&entry, &datas)?;
         let tree = entry.tree.downcast_ref::<<F::Out as Outputs>::Tree>().expect("an entry's tree comes from this F");
-        Ok(F::Out::from_arrays(outs.into_iter().map(Array::from_data).collect(), tree))
+        Ok(F::Out::from_arrays(outs.into_iter().map(Array::from_valid_data).collect(), tree))
     }
 
     /// Traces `f` on placeholders shaped like `args` and builds the executable.

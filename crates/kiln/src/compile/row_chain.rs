@@ -175,7 +175,7 @@ pub fn run<'a, S: AsRef<[usize]> + ?Sized + 'a>(
     let Some(block) = block_rows(rows, widest) else { return Ok(false) };
     let row_len = |v: usize| shape_of(v).as_ref().iter().skip(1).product::<usize>();
     let sinks: Vec<RowSink> =
-        chain.escapes.iter().map(|&v| RowSink::new(p.instrs[v].dtype, rows, row_len(v))).collect();
+        chain.escapes.iter().map(|&v| RowSink::new(p.instrs[v].dtype, rows, row_len(v))).collect::<Result<_>>()?;
     let vals: &[Option<Data>] = values;
     (0..rows.div_ceil(block)).into_par_iter().try_for_each(|b| -> Result<()> {
         let (r0, r1) = (b * block, ((b + 1) * block).min(rows));

@@ -8,11 +8,11 @@ use crate::error::{Error, Result};
 use crate::ops::shape::{broadcast_to, concatenate, expand_dims};
 use crate::ops::{binary, Scalar};
 use crate::primitive::Primitive;
-use crate::shape::numel_checked;
+use crate::shape::check_size;
 
 /// An array of `shape` filled with `value`, in `dtype`.
 pub fn full(shape: &[usize], value: impl Into<Scalar>, dtype: DType) -> Result<Array> {
-    numel_checked("full", shape)?;
+    check_size("full", shape, dtype)?;
     broadcast_to(&value.into().to_array(dtype), shape)
 }
 
@@ -78,7 +78,11 @@ pub fn linspace(start: f64, stop: f64, num: usize, dtype: DType) -> Result<Array
 
 /// An `n x m` matrix with ones on the `k`-th diagonal (k > 0 above the main one).
 pub fn eye(n: usize, m: usize, k: isize, dtype: DType) -> Result<Array> {
-    numel_checked("eye", &[n, m])?;
+    check_size("eye", &[n, m], dtype)?;
+    if n == 0 || m == 0 {
+        // Empty: no row and column ranges to compare.
+        return zeros(&[n, m], dtype);
+    }
     let rows = expand_dims(&arange(0.0, n as f64, 1.0, DType::I64)?, &[1])?;
     let cols = expand_dims(&arange(0.0, m as f64, 1.0, DType::I64)?, &[0])?;
     let diag = binary::equal(&binary::sub(&cols, &rows)?, k as i64)?;

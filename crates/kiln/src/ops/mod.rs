@@ -64,7 +64,7 @@ impl Scalar {
 
     /// A 0-d array of `dtype` holding this value.
     pub fn to_array(self, dtype: DType) -> Array {
-        Array::from_data(crate::array::Data::contiguous(self.to_buffer(dtype), &[]))
+        Array::from_valid_data(crate::array::Data::contiguous(self.to_buffer(dtype), &[]))
     }
 }
 

@@ -160,9 +160,14 @@ pub fn split(x: &Array, sections: usize, axis: isize) -> Result<Vec<Array>> {
     if sections == 1 {
         return Ok(vec![x.clone()]);
     }
-    (0..sections)
-        .map(|index| Array::from_op(Primitive::SplitSection { axis: ax, sections, index }, vec![x.clone()]))
-        .collect()
+    // The list of parts is as long as asked (an empty axis splits into any
+    // number of empty parts): reserved fallibly, so an absurd count is an
+    // error rather than an abort.
+    let mut parts = crate::backend::cpu::pool::try_vec("split", sections)?;
+    for index in 0..sections {
+        parts.push(Array::from_op(Primitive::SplitSection { axis: ax, sections, index }, vec![x.clone()])?);
+    }
+    Ok(parts)
 }
 
 /// Splits along `axis` before each of the given indices (ascending).

@@ -97,6 +97,8 @@ unsafe impl Sync for OutPtr {}
 
 /// How to read `buf` through layout `l` (already in the group's iteration order).
 fn plan_load<'a>(buf: &'a Buffer, l: &Layout) -> Load<'a> {
+    // The kernels read through raw pointers at the layout's offsets.
+    debug_assert!(l.fits(buf.len()), "fused: an input's layout reaches outside its buffer");
     if let Some(r) = l.contiguous_range() {
         return Load::InPlace(buf, r.start);
     }
@@ -596,12 +598,18 @@ fn no_streams(g: &FusedGroup) -> SmallVec<[bool; INLINE]> {
     SmallVec::from_elem(false, g.outputs.len())
 }
 
+/// Buffers of a group's outputs, and where each is written.
+type Allocated = (SmallVec<[Buffer; INLINE]>, SmallVec<[OutPtr; INLINE]>);
+
 /// Output buffers of `n` elements for each group output, and their pointers.
-fn alloc_outputs(g: &FusedGroup, n: usize) -> (SmallVec<[Buffer; INLINE]>, SmallVec<[OutPtr; INLINE]>) {
-    let mut outs: SmallVec<[Buffer; INLINE]> =
-        g.outputs.iter().map(|&r| crate::backend::cpu::pool::take(g.reg_dtype(r), n)).collect();
+fn alloc_outputs(g: &FusedGroup, n: usize) -> crate::Result<Allocated> {
+    let mut outs: SmallVec<[Buffer; INLINE]> = g
+        .outputs
+        .iter()
+        .map(|&r| crate::backend::cpu::pool::take("fused", g.reg_dtype(r), n))
+        .collect::<crate::Result<_>>()?;
     let ptrs = outs.iter_mut().map(out_ptr).collect();
-    (outs, ptrs)
+    Ok((outs, ptrs))
 }
 
 /// Where a buffer's elements are written.
@@ -729,7 +737,8 @@ pub(crate) fn launch(
             dests.push(Dest::Donor(j));
             ptrs.push(p);
         } else {
-            let mut b = crate::backend::cpu::pool::take(dtype, n);
+            let op = if g.ops.len() == 1 { g.ops[0].prim.name() } else { "fused" };
+            let mut b = crate::backend::cpu::pool::take(op, dtype, n)?;
             ptrs.push(out_ptr(&mut b));
             dests.push(Dest::Fresh(b));
         }
@@ -796,9 +805,11 @@ pub fn run_reduce(
     let perm: crate::layout::Dims = kept().chain(axes.iter().copied()).collect();
     let mut loads = Loads::new();
     loads.extend(inputs.iter().map(|d| plan_load(&d.buffer, &view_as(d, shape).permute(&perm))));
-    let n_out: usize = kept().map(|a| shape[a]).product();
-    let n_red: usize = axes.iter().map(|&a| shape[a]).product();
     let out_shape: crate::layout::Dims = kept().map(|a| shape[a]).collect();
+    let n_out = crate::shape::numel(&out_shape);
+    let n_red = crate::shape::numel(&axes.iter().map(|&a| shape[a]).collect::<crate::layout::Dims>());
+    // Outputs and partial results are allocated deep inside: check first.
+    crate::backend::cpu::pool::check_alloc("reduce", n_out.saturating_mul(8 * reductions.len().max(1)))?;
     // Reductions of the inputs themselves (siblings such as max and sumexp
     // of x) read them in place, each with the reduction kernel's own walk.
     let copied_input = |r: usize| -> Option<usize> {
@@ -830,12 +841,12 @@ pub fn run_reduce(
     }
     let out_dtypes: Vec<DType> = reductions.iter().map(|&(op, i)| op.out_dtype(g.reg_dtype(g.outputs[i]))).collect();
     // The group's outputs for positions `lo..hi` of the permuted space, as `rows` rows.
-    let produce = |lo: usize, hi: usize, rows: usize| -> Vec<Data> {
-        let (mut scratch, ptrs) = alloc_outputs(g, hi - lo);
+    let produce = |lo: usize, hi: usize, rows: usize| -> crate::Result<Vec<Data>> {
+        let (mut scratch, ptrs) = alloc_outputs(g, hi - lo)?;
         exec_range(g, &loads, lo, hi, &ptrs);
         finish_outputs(&mut scratch, hi - lo);
         let row = (hi - lo).checked_div(rows).unwrap_or(n_red);
-        scratch.into_iter().map(|b| Data::contiguous(b, &[rows, row])).collect()
+        Ok(scratch.into_iter().map(|b| Data::contiguous(b, &[rows, row])).collect())
     };
     let fold = |op: ReduceOp, d: &Data| reduce::reduce(op, d, &[1], op.out_dtype(d.buffer.dtype()));
     let bufs: Vec<Buffer> = if n_red <= REDUCE_CHUNK || n_out == 0 {
@@ -843,7 +854,7 @@ pub fn run_reduce(
         let chunks = n_out.div_ceil(rows).max(1);
         let part = |c: usize| -> crate::Result<Vec<Buffer>> {
             let (o0, o1) = (c * rows, ((c + 1) * rows).min(n_out));
-            let vals = produce(o0 * n_red, o1 * n_red, o1 - o0);
+            let vals = produce(o0 * n_red, o1 * n_red, o1 - o0)?;
             reductions.iter().map(|&(op, i)| fold(op, &vals[i])).collect()
         };
         let parts: Vec<Vec<Buffer>> = if n_out * n_red < PAR_THRESHOLD {
@@ -865,7 +876,7 @@ pub fn run_reduce(
                     .par_iter()
                     .map(|node| {
                         let (lo, hi) = (o * n_red + node.start, o * n_red + node.end);
-                        let vals = produce(lo, hi, 1);
+                        let vals = produce(lo, hi, 1)?;
                         reductions.iter().map(|&(op, i)| Partial::of(op, &vals[i], hi - lo)).collect()
                     })
                     .collect::<crate::Result<_>>()

@@ -68,26 +68,27 @@ impl<'a, T: Element> Source<'a, T> {
     }
 }
 
-fn concat_typed<T: Element>(xs: &[&Data], axis: usize, shape: &[usize]) -> Vec<T> {
-    let inner: usize = shape[axis + 1..].iter().product();
-    let row: usize = shape[axis..].iter().product();
+fn concat_typed<T: Element>(xs: &[&Data], axis: usize, shape: &[usize]) -> Result<Vec<T>> {
     let n: usize = shape.iter().product();
     if n == 0 {
-        return vec![];
+        return Ok(vec![]);
     }
+    let inner: usize = shape[axis + 1..].iter().product();
+    let row: usize = shape[axis..].iter().product();
     // Per input: its source, its offset, its segment length in an output row
     // and where that segment starts in the row.
     let mut parts = Vec::with_capacity(xs.len());
     let mut at = 0usize;
     for x in xs {
         let src = x.buffer.as_slice::<T>().expect("concatenate inputs share the output dtype");
+        debug_assert!(x.layout.fits(src.len()), "concatenate: an input's layout reaches outside its buffer");
         let seg = x.layout.shape[axis] * inner;
         if seg > 0 {
             parts.push((Source::new(src, &x.layout.shape, &x.layout.strides), x.layout.offset, seg, at));
         }
         at += seg;
     }
-    fill(n, |start, out| {
+    fill("concatenate", n, |start, out| {
         let end = start + out.len();
         let mut pos = start;
         while pos < end {
@@ -113,47 +114,53 @@ pub fn concatenate(xs: &[&Data], axis: usize, shape: &[usize]) -> Result<Buffer>
             msg: format!("inputs have different dtypes {} and {}", first.buffer.dtype(), bad.buffer.dtype()),
         });
     }
-    Ok(crate::with_buffer!(&*first.buffer, v => {
+    crate::with_buffer!(&*first.buffer, v => {
         let t = elem_type(v);
         concat_with(t, xs, axis, shape)
-    }))
+    })
 }
 
-fn concat_with<T: Element>(_: std::marker::PhantomData<T>, xs: &[&Data], axis: usize, shape: &[usize]) -> Buffer {
-    Buffer::from_vec(concat_typed::<T>(xs, axis, shape))
+fn concat_with<T: Element>(
+    _: std::marker::PhantomData<T>,
+    xs: &[&Data],
+    axis: usize,
+    shape: &[usize],
+) -> Result<Buffer> {
+    Ok(Buffer::from_vec(concat_typed::<T>(xs, axis, shape)?))
 }
 
-/// The indices as `i64`, normalized against `dim` (negative ones count from
-/// the end), or an error naming the first out-of-range one.
+/// The indices normalized against `dim` (negative ones count from the
+/// end), or an error naming the first out-of-range one.
 fn normalized_indices(idx: &Data, axis: usize, dim: usize) -> Result<Vec<usize>> {
-    let raw: Vec<i64> = crate::with_buffer!(&*idx.buffer, v => {
-        crate::backend::cpu::strided::gather(v, &idx.layout).into_iter().map(|x| x.to_i64()).collect()
-    });
+    let mut out = crate::backend::cpu::pool::try_vec::<usize>("take", idx.layout.numel())?;
+    // Dimensions fit isize (shape rules check), so `dim` fits i64.
     let n = dim as i64;
-    raw.into_iter()
-        .map(|i| {
+    crate::with_buffer!(&*idx.buffer, v => {
+        for x in crate::backend::cpu::strided::gather("take", v, &idx.layout)? {
+            let i = x.to_i64();
             let j = if i < 0 { i + n } else { i };
-            if (0..n).contains(&j) {
-                Ok(j as usize)
-            } else {
-                Err(Error::Invalid {
+            if !(0..n).contains(&j) {
+                return Err(Error::Invalid {
                     op: "take",
                     msg: format!(
                         "index {i} is out of bounds for axis {axis} with size {dim} (valid indices are {}..{})",
                         -n, n
                     ),
-                })
+                });
             }
-        })
-        .collect()
+            out.push(j as usize);
+        }
+    });
+    Ok(out)
 }
 
-fn take_typed<T: Element>(x: &Data, idx: &[usize], axis: usize, shape: &[usize]) -> Vec<T> {
+fn take_typed<T: Element>(x: &Data, idx: &[usize], axis: usize, shape: &[usize]) -> Result<Vec<T>> {
     let src = x.buffer.as_slice::<T>().expect("take output dtype is the input dtype");
     let l: &Layout = &x.layout;
+    debug_assert!(l.fits(src.len()), "take: the layout reaches outside its buffer");
     let n: usize = shape.iter().product();
     if n == 0 {
-        return vec![];
+        return Ok(vec![]);
     }
     let ni = idx.len();
     let inner: usize = l.shape[axis + 1..].iter().product();
@@ -169,7 +176,7 @@ fn take_typed<T: Element>(x: &Data, idx: &[usize], axis: usize, shape: &[usize])
         }
         off
     };
-    fill(n, |start, out| {
+    fill("take", n, |start, out| {
         let end = start + out.len();
         let mut pos = start;
         while pos < end {
@@ -199,8 +206,8 @@ fn take_with<T: Element>(
     idx: &[usize],
     axis: usize,
     shape: &[usize],
-) -> Buffer {
-    Buffer::from_vec(take_typed::<T>(x, idx, axis, shape))
+) -> Result<Buffer> {
+    Ok(Buffer::from_vec(take_typed::<T>(x, idx, axis, shape)?))
 }
 
 /// Gathers `x` along `axis` at the integer indices `idx` (any integer dtype,
@@ -215,20 +222,24 @@ pub fn take(x: &Data, idx: &Data, axis: usize, shape: &[usize]) -> Result<Buffer
             msg: "indices must be an integer array".into(),
         });
     }
+    if shape.contains(&0) {
+        // An empty result reads no index (and allocates nothing).
+        return Ok(crate::with_dtype!(x.buffer.dtype(), T => Buffer::from_vec(Vec::<T>::new())));
+    }
     let dim = x.layout.shape[axis];
     let idx = normalized_indices(idx, axis, dim)?;
-    Ok(crate::with_buffer!(&*x.buffer, v => {
+    crate::with_buffer!(&*x.buffer, v => {
         let t = elem_type(v);
         take_with(t, x, &idx, axis, shape)
-    }))
+    })
 }
 
 /// `start + i * step` for `i` in `0..len`, computed in `f64` and converted
 /// to `dtype`.
-pub fn arange(start: f64, step: f64, len: usize, dtype: DType) -> Buffer {
-    crate::with_dtype!(dtype, T => Buffer::from_vec(fill(len, |s, out: &mut [MaybeUninit<T>]| {
+pub fn arange(start: f64, step: f64, len: usize, dtype: DType) -> Result<Buffer> {
+    Ok(crate::with_dtype!(dtype, T => Buffer::from_vec(fill("arange", len, |s, out: &mut [MaybeUninit<T>]| {
         for (i, d) in out.iter_mut().enumerate() {
             d.write(T::from_f64(start + (s + i) as f64 * step));
         }
-    })))
+    })?)))
 }

@@ -29,6 +29,7 @@ use smallvec::SmallVec;
 
 use crate::array::Data;
 use crate::backend::cpu::math::IntMath;
+use crate::backend::cpu::pool::try_vec;
 use crate::backend::cpu::{team, Buffer};
 use crate::dtype::Element;
 use crate::error::{shape_str, Error, Result};
@@ -57,25 +58,27 @@ pub fn matmul(a: &Data, b: &Data, shape: &[usize]) -> Result<Buffer> {
     let inner_stride = b.layout.strides.last().copied().unwrap_or(1);
     if a.buffer.dtype().is_int() && inner_stride != 1 && b.layout.shape.last().is_some_and(|&n| n > 1) {
         // The integer loop streams rows of `b`: give it unit-stride rows.
-        contiguous_b = Data::contiguous(super::copy(b), &b.layout.shape);
+        contiguous_b = Data::contiguous(super::copy("matmul", b)?, &b.layout.shape);
         b = &contiguous_b;
     }
     let g = Geometry::new(a, b, shape)?;
     Ok(match &*a.buffer {
-        Buffer::F32(_) => Buffer::from_vec(f32_batched(a, b, &g, None)),
-        Buffer::F64(_) => Buffer::from_vec(gemm_batched::<f64>(a, b, &g)),
-        Buffer::F16(_) => Buffer::from_vec(gemm_batched::<f16>(a, b, &g)),
+        Buffer::F32(_) => Buffer::from_vec(f32_batched(a, b, &g, None)?),
+        Buffer::F64(_) => Buffer::from_vec(gemm_batched::<f64>(a, b, &g)?),
+        Buffer::F16(_) => Buffer::from_vec(gemm_batched::<f16>(a, b, &g)?),
         Buffer::BF16(_) => {
             let f32_ = crate::primitive::Primitive::AsType(crate::DType::F32);
             let widen = |x: &Data| super::fused::run_single(&f32_, &[x], &x.layout.shape, crate::DType::F32);
             let (a32, b32) = (widen(a)?, widen(b)?);
-            let out = f32_batched(&a32, &b32, &Geometry::new(&a32, &b32, shape)?, None);
-            Buffer::from_vec(out.into_iter().map(bf16::from_f32).collect::<Vec<_>>())
+            let out = f32_batched(&a32, &b32, &Geometry::new(&a32, &b32, shape)?, None)?;
+            let mut narrow = try_vec::<bf16>("matmul", out.len())?;
+            narrow.extend(out.into_iter().map(bf16::from_f32));
+            Buffer::from_vec(narrow)
         }
-        Buffer::U8(_) => Buffer::from_vec(int_batched::<u8>(a, b, &g)),
-        Buffer::U32(_) => Buffer::from_vec(int_batched::<u32>(a, b, &g)),
-        Buffer::I32(_) => Buffer::from_vec(int_batched::<i32>(a, b, &g)),
-        Buffer::I64(_) => Buffer::from_vec(int_batched::<i64>(a, b, &g)),
+        Buffer::U8(_) => Buffer::from_vec(int_batched::<u8>(a, b, &g)?),
+        Buffer::U32(_) => Buffer::from_vec(int_batched::<u32>(a, b, &g)?),
+        Buffer::I32(_) => Buffer::from_vec(int_batched::<i32>(a, b, &g)?),
+        Buffer::I64(_) => Buffer::from_vec(int_batched::<i64>(a, b, &g)?),
         Buffer::Bool(_) => {
             return Err(Error::DType {
                 op: "matmul",
@@ -103,7 +106,10 @@ pub fn matmul_bias(a: &Data, b: &Data, bias: &Data, shape: &[usize]) -> Result<O
     if !sgemm::seeds_in_kernel(g.m, g.n, g.k) {
         return Ok(None);
     }
-    Ok(Some(Buffer::from_vec(f32_batched(a, b, &g, Some(bias)))))
+    if !bias.layout.fits(bias.buffer.len()) {
+        return Err(Error::Invalid { op: "matmul", msg: "the bias's layout reaches outside its buffer".into() });
+    }
+    Ok(Some(Buffer::from_vec(f32_batched(a, b, &g, Some(bias))?)))
 }
 
 /// Sizes and strides of a batched product, with both operands broadcast to
@@ -140,11 +146,23 @@ impl Geometry {
                 ),
             });
         }
+        // The kernels read through raw pointers at the layouts' offsets: a
+        // hand-built `Data` that reaches outside its buffer is refused here
+        // (one pass over the dims, next to a whole product).
+        if !a.layout.fits(a.buffer.len()) || !b.layout.fits(b.buffer.len()) {
+            return Err(Error::Invalid { op: "matmul", msg: "an operand's layout reaches outside its buffer".into() });
+        }
         let (m, n, k) = (shape[nd - 2], shape[nd - 1], sa[sa.len() - 1]);
         let batch = &shape[..nd - 2];
         let full = |r: usize, c: usize| -> Dims { batch.iter().copied().chain([r, c]).collect() };
         let (la, lb) = (a.layout.broadcast_to(&full(m, k)), b.layout.broadcast_to(&full(k, n)));
-        let offsets = batch_offsets(&la, batch).into_iter().zip(batch_offsets(&lb, batch)).collect();
+        // An empty output has no batch matrix to locate (and its batch
+        // dims may multiply to any number).
+        let offsets = if m == 0 || n == 0 {
+            Offsets::new()
+        } else {
+            batch_offsets(&la, batch)?.into_iter().zip(batch_offsets(&lb, batch)?).collect()
+        };
         Ok(Geometry {
             shape: Dims::from_slice(shape),
             m,
@@ -162,9 +180,11 @@ impl Geometry {
 /// Offsets of the first element of each batch matrix of `l` (whose
 /// leading dims are `batch`), batch dims in row-major order. Empty when a
 /// batch dim is 0.
-fn batch_offsets(l: &Layout, batch: &[usize]) -> Offsets<isize> {
+fn batch_offsets(l: &Layout, batch: &[usize]) -> Result<Offsets<isize>> {
     let nb: usize = batch.iter().product();
-    let mut out = Offsets::with_capacity(nb);
+    let mut out = Offsets::new();
+    out.try_reserve_exact(nb)
+        .map_err(|_| Error::OutOfMemory { op: "matmul", bytes: nb.saturating_mul(std::mem::size_of::<isize>()) })?;
     let mut idx: Dims = Dims::from_elem(0, batch.len());
     for _ in 0..nb {
         out.push(l.offset as isize + idx.iter().zip(&l.strides).map(|(&i, &s)| i as isize * s).sum::<isize>());
@@ -176,7 +196,7 @@ fn batch_offsets(l: &Layout, batch: &[usize]) -> Offsets<isize> {
             idx[d] = 0;
         }
     }
-    out
+    Ok(out)
 }
 
 /// Element types `gemm` computes natively (`f32` goes through [`sgemm`]).
@@ -184,12 +204,13 @@ trait GemmElement: Element {}
 impl GemmElement for f64 {}
 impl GemmElement for f16 {}
 
-fn gemm_batched<T: GemmElement>(a: &Data, b: &Data, g: &Geometry) -> Vec<T> {
+fn gemm_batched<T: GemmElement>(a: &Data, b: &Data, g: &Geometry) -> Result<Vec<T>> {
     let (m, n, k) = (g.m, g.n, g.k);
     let mn = m * n;
-    let mut out = vec![T::zero(); g.offsets.len() * mn];
+    let mut out = try_vec("matmul", g.offsets.len() * mn)?;
+    out.resize(g.offsets.len() * mn, T::zero());
     if mn == 0 || k == 0 || g.offsets.is_empty() {
-        return out; // empty, or sums over nothing: zeros
+        return Ok(out); // empty, or sums over nothing: zeros
     }
     let sa = a.buffer.as_slice::<T>().expect("matmul operands have the inferred dtype");
     let sb = b.buffer.as_slice::<T>().expect("matmul operands have the inferred dtype");
@@ -243,26 +264,29 @@ fn gemm_batched<T: GemmElement>(a: &Data, b: &Data, g: &Geometry) -> Vec<T> {
             run(dst, o, Parallelism::None);
         }
     }
-    out
+    Ok(out)
 }
 
 /// `f32` products through [`sgemm`]; with `bias`, each output matrix
 /// starts as the bias broadcast to it (read by the product's kernel).
-fn f32_batched(a: &Data, b: &Data, g: &Geometry, bias: Option<&Data>) -> Vec<f32> {
+fn f32_batched(a: &Data, b: &Data, g: &Geometry, bias: Option<&Data>) -> Result<Vec<f32>> {
     let (m, n, k) = (g.m, g.n, g.k);
     let mn = m * n;
     let nb = g.offsets.len();
     if mn == 0 || nb == 0 {
-        return vec![];
+        return Ok(vec![]);
     }
     let sa = a.buffer.as_slice::<f32>().expect("matmul operands have the inferred dtype");
     let sb = b.buffer.as_slice::<f32>().expect("matmul operands have the inferred dtype");
     let nd = g.shape.len();
-    let bias = bias.map(|d| {
-        let l = d.layout.broadcast_to(&g.shape);
-        let data = d.buffer.as_slice::<f32>().expect("matmul_bias checked the dtype");
-        (data, batch_offsets(&l, &g.shape[..nd - 2]), l.strides[nd - 2], l.strides[nd - 1])
-    });
+    let bias = match bias {
+        Some(d) => {
+            let l = d.layout.broadcast_to(&g.shape);
+            let data = d.buffer.as_slice::<f32>().expect("matmul_bias checked the dtype");
+            Some((data, batch_offsets(&l, &g.shape[..nd - 2])?, l.strides[nd - 2], l.strides[nd - 1]))
+        }
+        None => None,
+    };
     let level = sgemm::level();
     let run = |dst: &mut [MaybeUninit<f32>], batch: usize, threads: bool| {
         let (oa, ob) = g.offsets[batch];
@@ -279,7 +303,7 @@ fn f32_batched(a: &Data, b: &Data, g: &Geometry, bias: Option<&Data>) -> Vec<f32
     };
     // Left uninitialized: the kernels write every element, each on the
     // thread that computes it.
-    let mut out = Vec::with_capacity(nb * mn);
+    let mut out = try_vec("matmul", nb * mn)?;
     let spare = &mut out.spare_capacity_mut()[..nb * mn];
     if mn * k < PAR_WORK && uses_threads(nb, m, n, k) {
         team::parallel(|| spare.par_chunks_mut(mn).enumerate().for_each(|(i, dst)| run(dst, i, false)));
@@ -291,16 +315,17 @@ fn f32_batched(a: &Data, b: &Data, g: &Geometry, bias: Option<&Data>) -> Vec<f32
     }
     // SAFETY: `sgemm` wrote every element of each of the nb chunks of mn.
     unsafe { out.set_len(nb * mn) };
-    out
+    Ok(out)
 }
 
 /// Exact integer product with wrapping arithmetic, in i-k-j order so the
 /// inner loop streams a row of `b` into a row of the output.
-fn int_batched<I: IntMath>(a: &Data, b: &Data, g: &Geometry) -> Vec<I> {
+fn int_batched<I: IntMath>(a: &Data, b: &Data, g: &Geometry) -> Result<Vec<I>> {
     let (m, n, k) = (g.m, g.n, g.k);
-    let mut out = vec![I::zero(); g.offsets.len() * m * n];
+    let mut out = try_vec("matmul", g.offsets.len() * m * n)?;
+    out.resize(g.offsets.len() * m * n, I::zero());
     if out.is_empty() || k == 0 {
-        return out;
+        return Ok(out);
     }
     let sa = a.buffer.as_slice::<I>().expect("matmul operands have the inferred dtype");
     let sb = b.buffer.as_slice::<I>().expect("matmul operands have the inferred dtype");
@@ -330,5 +355,5 @@ fn int_batched<I: IntMath>(a: &Data, b: &Data, g: &Geometry) -> Vec<I> {
     } else {
         out.chunks_mut(n).enumerate().for_each(row);
     }
-    out
+    Ok(out)
 }

@@ -38,7 +38,10 @@ use crate::primitive::Primitive;
 /// `shape` and `dtype`. Views share the input's buffer.
 pub fn eval(prim: &Primitive, inputs: &[&Data], shape: &[usize], dtype: DType) -> Result<Data> {
     let fresh = |b: Buffer| Ok(Data::contiguous(b, shape));
-    let view = |layout: Layout| Ok(Data { buffer: Arc::clone(&inputs[0].buffer), layout });
+    let view = |layout: Layout| {
+        debug_assert!(layout.fits(inputs[0].buffer.len()), "{}: a view reaches outside its buffer", prim.name());
+        Ok(Data { buffer: Arc::clone(&inputs[0].buffer), layout })
+    };
     match prim {
         Primitive::Constant | Primitive::Placeholder { .. } => {
             unreachable!("leaves are never evaluated: constants hold data, placeholders are rejected first")
@@ -52,7 +55,7 @@ pub fn eval(prim: &Primitive, inputs: &[&Data], shape: &[usize], dtype: DType) -
         Primitive::Reshape { .. } | Primitive::Squeeze { .. } | Primitive::ExpandDims { .. } => {
             match inputs[0].layout.reshape(shape) {
                 Some(l) => view(l),
-                None => fresh(copy(inputs[0])),
+                None => fresh(copy("reshape", inputs[0])?),
             }
         }
         Primitive::Transpose { perm } => view(inputs[0].layout.permute(perm)),
@@ -72,15 +75,15 @@ pub fn eval(prim: &Primitive, inputs: &[&Data], shape: &[usize], dtype: DType) -
             starts[*axis] = index * shape[*axis];
             view(l.slice(&starts, shape, &vec![1; l.ndim()]))
         }
-        Primitive::Copy => fresh(copy(inputs[0])),
+        Primitive::Copy => fresh(copy("copy", inputs[0])?),
         Primitive::Concatenate { axis } => fresh(index::concatenate(inputs, *axis, shape)?),
         Primitive::Take { axis } => fresh(index::take(inputs[0], inputs[1], *axis, shape)?),
-        Primitive::Arange { start, step, len, dtype } => fresh(index::arange(*start, *step, *len, *dtype)),
+        Primitive::Arange { start, step, len, dtype } => fresh(index::arange(*start, *step, *len, *dtype)?),
         Primitive::RandomBits { .. } => fresh(random::random_bits(inputs[0], shape)?),
     }
 }
 
-/// A contiguous copy of an evaluated array.
-pub fn copy(x: &Data) -> Buffer {
-    crate::with_buffer!(&*x.buffer, v => Buffer::from_vec(strided::gather(v, &x.layout)))
+/// A contiguous copy of an evaluated array, allocated for `op`.
+pub fn copy(op: &'static str, x: &Data) -> Result<Buffer> {
+    Ok(crate::with_buffer!(&*x.buffer, v => Buffer::from_vec(strided::gather(op, v, &x.layout)?)))
 }

@@ -6,11 +6,95 @@
 //! the same element size (storage is bytes: the random bits behind a normal
 //! sample, `u32`, become the next `f32` output). Fresh large buffers ask
 //! for transparent huge pages.
+//!
+//! Allocation is fallible: outputs are reserved with
+//! `Vec::try_reserve_exact` ([`try_vec`], [`take`]), so a request the
+//! allocator refuses, or one above the memory limit ([`set_memory_limit`],
+//! or the `KILN_MEMORY_LIMIT` environment variable), is an
+//! [`Error::OutOfMemory`] naming the op and the bytes, never an abort.
+//! (On a system that overcommits memory, a request the allocator grants
+//! may still fail later, when its pages are first written: the limit is the
+//! way to bound what kiln asks for.)
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use crate::backend::cpu::Buffer;
 use crate::dtype::DType;
+use crate::error::{Error, Result};
+
+/// [`LIMIT`] before the environment has been read.
+const UNSET: usize = usize::MAX;
+/// [`LIMIT`] when there is no limit.
+const UNLIMITED: usize = usize::MAX - 1;
+/// The largest single allocation, in bytes.
+static LIMIT: AtomicUsize = AtomicUsize::new(UNSET);
+
+/// Sets the most bytes kiln allocates for one array (an output, a copy, a
+/// `to_vec`); `None` removes the limit. A larger request fails with
+/// [`Error::OutOfMemory`] instead of being made. The default is the
+/// `KILN_MEMORY_LIMIT` environment variable (bytes, or with a `K`, `M`,
+/// `G` or `T` suffix for binary units) when set, else no limit.
+pub fn set_memory_limit(bytes: Option<usize>) {
+    LIMIT.store(bytes.map_or(UNLIMITED, |b| b.min(UNLIMITED)), Ordering::Relaxed);
+}
+
+/// The limit set by [`set_memory_limit`] or `KILN_MEMORY_LIMIT`.
+pub fn memory_limit() -> Option<usize> {
+    let mut l = LIMIT.load(Ordering::Relaxed);
+    if l == UNSET {
+        let env = std::env::var("KILN_MEMORY_LIMIT").ok().and_then(|v| parse_bytes(&v)).unwrap_or(UNLIMITED);
+        let _ = LIMIT.compare_exchange(UNSET, env.min(UNLIMITED), Ordering::Relaxed, Ordering::Relaxed);
+        l = LIMIT.load(Ordering::Relaxed);
+    }
+    (l != UNLIMITED).then_some(l)
+}
+
+/// `"1024"`, `"64K"`, `"8G"` (binary units) as bytes.
+fn parse_bytes(v: &str) -> Option<usize> {
+    let v = v.trim();
+    let (num, shift) = match v.char_indices().last()? {
+        (i, 'k' | 'K') => (&v[..i], 10),
+        (i, 'm' | 'M') => (&v[..i], 20),
+        (i, 'g' | 'G') => (&v[..i], 30),
+        (i, 't' | 'T') => (&v[..i], 40),
+        _ => (v, 0),
+    };
+    num.trim().parse::<usize>().ok()?.checked_mul(1 << shift)
+}
+
+/// Checks `bytes` against the memory limit.
+fn within_limit(op: &'static str, bytes: usize) -> Result<()> {
+    match memory_limit() {
+        Some(l) if bytes > l => Err(Error::OutOfMemory { op, bytes }),
+        _ => Ok(()),
+    }
+}
+
+/// An empty vector with room for exactly `n` elements, or
+/// [`Error::OutOfMemory`] naming `op` when the allocator refuses or the
+/// size is above the memory limit. The fallible counterpart of
+/// `Vec::with_capacity` for anything as large as an array.
+pub fn try_vec<T>(op: &'static str, n: usize) -> Result<Vec<T>> {
+    let bytes = n.checked_mul(std::mem::size_of::<T>()).ok_or(Error::OutOfMemory { op, bytes: usize::MAX })?;
+    within_limit(op, bytes)?;
+    let mut v = Vec::new();
+    v.try_reserve_exact(n).map_err(|_| Error::OutOfMemory { op, bytes })?;
+    Ok(v)
+}
+
+/// For kernels that allocate deep inside (reductions): checks that `bytes`
+/// could be allocated now, before the kernel starts, so that a refused
+/// request is an [`Error::OutOfMemory`] rather than an abort. Above
+/// [`MAX_BYTES`] the allocator is asked (and the memory given back at
+/// once, unwritten); below it only the limit is checked.
+pub fn check_alloc(op: &'static str, bytes: usize) -> Result<()> {
+    within_limit(op, bytes)?;
+    if bytes > MAX_BYTES {
+        drop(try_vec::<u8>(op, bytes)?);
+    }
+    Ok(())
+}
 
 /// Buffers smaller than this are left to the allocator.
 pub const MIN_BYTES: usize = 4 << 20;
@@ -26,9 +110,11 @@ fn capacity_bytes(b: &Buffer) -> usize {
 }
 
 /// An empty buffer of `dtype` with room for at least `n` elements: a pooled
-/// one when a large enough one of the dtype is kept, else a fresh one.
-pub fn take(dtype: DType, n: usize) -> Buffer {
+/// one when a large enough one of the dtype is kept, else a fresh one, or
+/// [`Error::OutOfMemory`] naming `op` (see [`try_vec`]).
+pub fn take(op: &'static str, dtype: DType, n: usize) -> Result<Buffer> {
     let bytes = n.saturating_mul(dtype.size());
+    within_limit(op, bytes)?;
     if bytes >= MIN_BYTES {
         let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
         // The smallest kept buffer that fits, and wastes at most half.
@@ -43,14 +129,14 @@ pub fn take(dtype: DType, n: usize) -> Buffer {
         if let Some(i) = best {
             let found = pool.swap_remove(i);
             drop(pool);
-            return retype(found, dtype);
+            return Ok(retype(found, dtype));
         }
     }
-    let mut b = crate::with_dtype!(dtype, T => Buffer::from_vec(Vec::<T>::with_capacity(n)));
+    let mut b = crate::with_dtype!(dtype, T => Buffer::from_vec(try_vec::<T>(op, n)?));
     if bytes >= MIN_BYTES {
         crate::with_buffer!(&mut b, v => advise_huge_pages(v.as_mut_ptr().cast::<u8>(), bytes));
     }
-    b
+    Ok(b)
 }
 
 /// Called when a buffer is dropped: keeps its storage if it is large and
@@ -203,12 +289,12 @@ mod tests {
         // u32 buffers this large appear in no other unit test, so the
         // storage comes back here even with tests running in parallel.
         let n = MIN_BYTES / 2 + 12_345; // 8 MiB of u32
-        let mut b = take(DType::U32, n);
+        let mut b = take("test", DType::U32, n).unwrap();
         let Buffer::U32(v) = &mut b else { panic!("a u32 buffer") };
         v.resize(n, 7);
         let ptr = v.as_ptr() as usize;
         drop(b);
-        let again = take(DType::U32, n - 10);
+        let again = take("test", DType::U32, n - 10).unwrap();
         let Buffer::U32(v) = &again else { panic!("a u32 buffer") };
         assert_eq!(v.as_ptr() as usize, ptr, "the dropped storage is reused");
         assert_eq!(v.len(), 0, "a pooled buffer comes back empty");
@@ -216,21 +302,41 @@ mod tests {
         drop(again);
         // Another dtype of 4-byte elements gets the storage (no element is
         // read: it comes back empty), then gives it back when dropped.
-        let other = take(DType::I32, n);
+        let other = take("test", DType::I32, n).unwrap();
         let Buffer::I32(w) = &other else { panic!("an i32 buffer") };
         assert_eq!((w.as_ptr() as usize, w.len()), (ptr, 0), "same element size: the storage is reused");
         assert!(w.capacity() >= n);
         drop(other);
         // Other element sizes, or a size it would waste more than half of, never get it.
-        let wide = take(DType::I64, n / 2);
+        let wide = take("test", DType::I64, n / 2).unwrap();
         let Buffer::I64(w) = &wide else { panic!("an i64 buffer") };
         assert_ne!(w.as_ptr() as usize, ptr);
-        let half = take(DType::F16, n * 2);
+        let half = take("test", DType::F16, n * 2).unwrap();
         let Buffer::F16(h) = &half else { panic!("an f16 buffer") };
         assert_ne!(h.as_ptr() as usize, ptr);
-        let tiny_fit = take(DType::U32, n * 3 / 5); // pooled size, but 8 MiB would waste too much
+        let tiny_fit = take("test", DType::U32, n * 3 / 5).unwrap(); // pooled size, but 8 MiB would waste too much
         let Buffer::U32(t) = &tiny_fit else { panic!("a u32 buffer") };
         assert_ne!(t.as_ptr() as usize, ptr);
         assert!(kept_bytes() <= MAX_BYTES);
+    }
+
+    #[test]
+    fn memory_limit_parses_units() {
+        assert_eq!(parse_bytes("1024"), Some(1024));
+        assert_eq!(parse_bytes("64K"), Some(64 << 10));
+        assert_eq!(parse_bytes(" 8g "), Some(8 << 30));
+        assert_eq!(parse_bytes("x"), None);
+        assert_eq!(parse_bytes(""), None);
+    }
+
+    #[test]
+    fn refused_allocations_are_errors() {
+        // More than any allocator grants (and more than isize::MAX bytes).
+        let e = try_vec::<u64>("probe", usize::MAX / 8).unwrap_err();
+        assert!(matches!(e, Error::OutOfMemory { op: "probe", .. }), "{e}");
+        assert!(try_vec::<u8>("probe", 1 << 62).is_err());
+        assert!(check_alloc("probe", 1 << 62).is_err());
+        assert!(take("probe", DType::F32, 1 << 61).is_err());
+        assert_eq!(try_vec::<u8>("probe", 16).unwrap().capacity(), 16);
     }
 }

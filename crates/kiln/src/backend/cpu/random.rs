@@ -48,7 +48,7 @@ pub fn threefry2x32(key: [u32; 2], ctr: [u32; 2]) -> [u32; 2] {
 /// The two words of a `u32[2]` key array (any layout).
 pub fn key_words(key: &Data) -> Result<[u32; 2]> {
     let words = match (key.layout.shape.as_slice(), key.to_vec::<u32>()) {
-        ([2], Some(w)) => w,
+        ([2], Ok(w)) => w,
         _ => {
             return Err(Error::Invalid {
                 op: "random_bits",
@@ -72,7 +72,7 @@ pub fn random_bits(key: &Data, shape: &[usize]) -> Result<Buffer> {
         let j = j as u64;
         threefry2x32(k, [j as u32, (j >> 32) as u32])
     };
-    let bits = fill(n, |start, out| {
+    let bits = fill("random_bits", n, |start, out| {
         let (mut i, mut rest) = (start, out);
         if i % 2 == 1 && !rest.is_empty() {
             let (first, tail) = rest.split_at_mut(1);
@@ -89,6 +89,6 @@ pub fn random_bits(key: &Data, shape: &[usize]) -> Result<Buffer> {
         if let [last] = pairs.into_remainder() {
             last.write(block(last_index / 2)[0]);
         }
-    });
+    })?;
     Ok(Buffer::from_vec(bits))
 }

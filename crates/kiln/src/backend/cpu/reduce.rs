@@ -249,8 +249,8 @@ impl Plan {
         }
         red.sort_by_key(|&(_, s)| std::cmp::Reverse(s));
         let (rs, rst): (Vec<usize>, Vec<isize>) = red.into_iter().unzip();
-        let n_out = ks.iter().product();
-        let n_red = rs.iter().product();
+        let n_out = crate::shape::numel(&ks);
+        let n_red = crate::shape::numel(&rs);
         let (kshape, mut k) = collapse(&ks, &[&kst]);
         let (rshape, mut r) = collapse(&rs, &[&rst]);
         Plan {
@@ -1177,6 +1177,9 @@ pub(crate) fn lse_from_states(dt: DType, n: usize, max: usize, states: &[(f64, f
 pub fn reduce(op: ReduceOp, x: &Data, axes: &[usize], out: DType) -> Result<Buffer> {
     validate(op, x, axes, out)?;
     let p = Plan::new(&x.layout, axes);
+    // The kernel allocates its output and accumulators (at most 8 bytes an
+    // element) deep inside: check that they can be had before it starts.
+    crate::backend::cpu::pool::check_alloc(op.name(), p.n_out.saturating_mul(8))?;
     Ok(crate::with_buffer!(&*x.buffer, v => Reducible::reduce_slice(op, v.as_slice(), &p)))
 }
 
@@ -1229,6 +1232,7 @@ pub fn reduce_many(ops: &[ReduceOp], x: &Data, axes: &[usize]) -> Result<Vec<Buf
         validate(op, x, axes, op.out_dtype(dt))?;
         validate(carried, x, axes, carried.out_dtype(dt))?;
         let p = Plan::new(&x.layout, axes);
+        crate::backend::cpu::pool::check_alloc(op.name(), p.n_out.saturating_mul(16))?;
         if let Some((a, b)) = crate::with_buffer!(&*x.buffer, v => Reducible::reduce_pair(op, v.as_slice(), &p)) {
             out[i] = Some(a);
             out[j] = Some(b);
@@ -1297,8 +1301,8 @@ fn arg_typed<T: Element, const MAX: bool>(
     off: usize,
     n: usize,
     s: isize,
-) -> Vec<u32> {
-    let n_out: usize = kshape.iter().product();
+) -> Result<Vec<u32>> {
+    let n_out: usize = crate::shape::numel(kshape);
     let k = kst.last().copied().unwrap_or(0);
     let total = n_out.saturating_mul(n);
     let chunk = (TASK_WORK / n).max(1);
@@ -1309,7 +1313,8 @@ fn arg_typed<T: Element, const MAX: bool>(
             }
         })
     };
-    let mut out = vec![0u32; n_out];
+    let mut out = crate::backend::cpu::pool::try_vec(if MAX { "argmax" } else { "argmin" }, n_out)?;
+    out.resize(n_out, 0u32);
     if total < PAR_THRESHOLD {
         fill(0, &mut out);
     } else if n_out.div_ceil(chunk) >= FEW_TASKS || n < 2 * TASK_WORK {
@@ -1344,7 +1349,7 @@ fn arg_typed<T: Element, const MAX: bool>(
             *d = bi as u32;
         }
     }
-    out
+    Ok(out)
 }
 
 /// Index of the extremum along `axis`, as `u32` (first index on ties; NaN
@@ -1358,7 +1363,7 @@ pub fn arg_reduce(op: ArgReduceOp, x: &Data, axis: usize) -> Result<Buffer> {
     let n = l.shape[axis];
     let (ks, kst): (Vec<usize>, Vec<isize>) =
         (0..l.ndim()).filter(|&i| i != axis).map(|i| (l.shape[i], l.strides[i])).unzip();
-    let n_out: usize = ks.iter().product();
+    let n_out = crate::shape::numel(&ks);
     if n_out == 0 {
         return Ok(Buffer::U32(vec![]));
     }
@@ -1372,8 +1377,8 @@ pub fn arg_reduce(op: ArgReduceOp, x: &Data, axis: usize) -> Result<Buffer> {
     let kst = k.pop().unwrap_or_default();
     let s = l.strides[axis];
     let out = crate::with_buffer!(&*x.buffer, v => match op {
-        ArgReduceOp::ArgMax => arg_typed::<_, true>(v.as_slice(), &kshape, &kst, l.offset, n, s),
-        ArgReduceOp::ArgMin => arg_typed::<_, false>(v.as_slice(), &kshape, &kst, l.offset, n, s),
+        ArgReduceOp::ArgMax => arg_typed::<_, true>(v.as_slice(), &kshape, &kst, l.offset, n, s)?,
+        ArgReduceOp::ArgMin => arg_typed::<_, false>(v.as_slice(), &kshape, &kst, l.offset, n, s)?,
     });
     Ok(Buffer::U32(out))
 }

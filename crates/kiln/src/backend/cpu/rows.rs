@@ -27,12 +27,12 @@ unsafe impl Sync for RowSink {}
 
 impl RowSink {
     /// An unwritten output of `rows` rows of `row_len` elements of `dtype`.
-    pub fn new(dtype: DType, rows: usize, row_len: usize) -> RowSink {
+    pub fn new(dtype: DType, rows: usize, row_len: usize) -> crate::Result<RowSink> {
         let len = rows * row_len;
-        let mut buf = crate::backend::cpu::pool::take(dtype, len);
+        let mut buf = crate::backend::cpu::pool::take("fused", dtype, len)?;
         let ptr = crate::with_buffer!(&mut buf, v => v.as_mut_ptr().cast::<u8>());
         let claimed = (0..rows).map(|_| AtomicBool::new(false)).collect();
-        RowSink { buf, ptr, row_len, len, claimed, written: AtomicUsize::new(0) }
+        Ok(RowSink { buf, ptr, row_len, len, claimed, written: AtomicUsize::new(0) })
     }
 
     /// Writes rows `row0..` from `src` (contiguous, of the sink's dtype,

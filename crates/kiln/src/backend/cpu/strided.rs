@@ -7,6 +7,7 @@ use std::mem::MaybeUninit;
 use rayon::prelude::*;
 
 use crate::dtype::Element;
+use crate::error::Result;
 use crate::layout::{collapse, for_each_block, Layout};
 
 /// Below this many output elements, kernels stay on the calling thread.
@@ -16,9 +17,9 @@ pub const PAR_CHUNK: usize = 1 << 14;
 
 /// Allocates `n` outputs and lets `fill(start, chunk)` write every element
 /// of each chunk (`chunk[i]` is output `start + i`), in parallel above the
-/// threshold.
-pub fn fill<U: Send>(n: usize, fill: impl Fn(usize, &mut [MaybeUninit<U>]) + Sync) -> Vec<U> {
-    let mut out: Vec<U> = Vec::with_capacity(n);
+/// threshold. An allocation that fails is an `OutOfMemory` error naming `op`.
+pub fn fill<U: Send>(op: &'static str, n: usize, fill: impl Fn(usize, &mut [MaybeUninit<U>]) + Sync) -> Result<Vec<U>> {
+    let mut out: Vec<U> = super::pool::try_vec(op, n)?;
     let bytes = n * std::mem::size_of::<U>();
     if bytes >= super::pool::MIN_BYTES {
         // Fresh and large: 2 MiB pages fault 512 times less often, and
@@ -36,15 +37,23 @@ pub fn fill<U: Send>(n: usize, fill: impl Fn(usize, &mut [MaybeUninit<U>]) + Syn
     // SAFETY: `fill` wrote every element of every chunk, and the chunks
     // cover `0..n` of the spare capacity, so the first `n` are initialized.
     unsafe { out.set_len(n) };
-    out
+    Ok(out)
 }
 
-/// The elements of a strided layout in row-major order.
-pub fn gather<T: Element>(src: &[T], layout: &Layout) -> Vec<T> {
+/// The elements of a strided layout in row-major order, in a vector
+/// allocated for `op` (an `OutOfMemory` error when that fails). The layout
+/// must fit `src` ([`Layout::fits`]).
+pub fn gather<T: Element>(op: &'static str, src: &[T], layout: &Layout) -> Result<Vec<T>> {
+    debug_assert!(layout.fits(src.len()), "gather: the layout reaches outside its buffer");
+    if let Some(r) = layout.contiguous_range() {
+        let mut out = super::pool::try_vec(op, r.len())?;
+        out.extend_from_slice(&src[r]);
+        return Ok(out);
+    }
     let (shape, st) = collapse(&layout.shape, &[&layout.strides]);
     let s = st[0].last().copied().unwrap_or(0);
     let n = layout.numel();
-    fill(n, |start, out| {
+    fill(op, n, |start, out| {
         for_each_block(&shape, [&st[0]], [layout.offset], start..start + out.len(), |pos, o, cnt| {
             let dst = &mut out[pos - start..pos - start + cnt];
             if s == 1 {
