@@ -173,6 +173,11 @@ fn too_big(n: u128, dtype: DType) -> bool {
     n.saturating_mul(dtype.size() as u128) > isize::MAX as u128
 }
 
+/// The product of the nonzero dims of `shape` (what kiln bounds).
+fn nonzero_numel(shape: &[usize]) -> u128 {
+    shape.iter().filter(|&&d| d != 0).fold(1u128, |n, &d| n.saturating_mul(d as u128))
+}
+
 fn is_size_error(e: &Error) -> bool {
     let s = e.to_string().to_lowercase();
     s.contains("memory") || s.contains("overflow") || s.contains("too large") || s.contains("size")
@@ -475,6 +480,9 @@ fn check(x: &kiln::Array, m: Option<&View>, story: &str) {
     }
     let got = match x.astype(DType::F64).and_then(|y| y.to_vec::<f64>()) {
         Ok(v) => v,
+        // kiln bounds the product of the nonzero dims of every array, empty
+        // ones too (so that every stride fits): an f64 copy may exceed it.
+        Err(e) if is_size_error(&e) && too_big(nonzero_numel(x.shape()), DType::F64) => return,
         Err(e) => {
             // Out-of-range take indices are the one error at evaluation.
             assert!(m.is_none(), "evaluating a valid result failed: {e} | {story}");
@@ -505,6 +513,11 @@ fn check(x: &kiln::Array, m: Option<&View>, story: &str) {
         assert_eq!(read(x.sum(kiln::Axes::All, false), "sum"), vec![total], "sum | {story}");
         if x.ndim() > 0 {
             let ax = x.ndim() - 1;
+            // Summing an empty last axis makes zeros over the other axes,
+            // which may be too many to hold.
+            if numel(&x.shape()[..ax]) > LIMIT {
+                return;
+            }
             let got = read(x.sum(ax as isize, false), "row sum");
             let want_rows: Vec<f64> = match x.shape()[ax] {
                 0 => vec![0.0; got.len()],
@@ -603,6 +616,7 @@ fn create(b: &mut Bytes) {
                 assert!(v.iter().enumerate().all(|(i, &g)| g == f(i)), "values | {story}");
             }
         }
+        Err(e) if is_size_error(&e) && too_big(nonzero_numel(x.shape()), DType::F64) => {}
         Err(e) => panic!("evaluating a {n}-element result failed: {e} | {story}"),
     }
 }

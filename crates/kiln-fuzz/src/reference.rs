@@ -144,6 +144,9 @@ pub fn concatenate(views: &[View], axis: usize) -> Option<View> {
     if numel(&shape) > LIMIT {
         return None;
     }
+    if numel(&shape) == 0 {
+        return Some(View::new(vec![], &shape));
+    }
     let outer: usize = shape[..axis].iter().product();
     let mut out = Vec::with_capacity(numel(&shape) as usize);
     for o in 0..outer {
@@ -163,6 +166,9 @@ pub fn take(x: &View, indices: &[usize], idx_shape: &[usize], axis: usize) -> Op
     shape.extend_from_slice(&x.shape[axis + 1..]);
     if numel(&shape) > LIMIT {
         return None;
+    }
+    if numel(&shape) == 0 {
+        return Some(View::new(vec![], &shape));
     }
     let outer: usize = x.shape[..axis].iter().product();
     let inner: usize = x.shape[axis + 1..].iter().product();

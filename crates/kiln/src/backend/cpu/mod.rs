@@ -42,6 +42,12 @@ pub fn eval(prim: &Primitive, inputs: &[&Data], shape: &[usize], dtype: DType) -
         debug_assert!(layout.fits(inputs[0].buffer.len()), "{}: a view reaches outside its buffer", prim.name());
         Ok(Data { buffer: Arc::clone(&inputs[0].buffer), layout })
     };
+    // An empty result computes nothing: kernels that walk the outer axes of
+    // a view would otherwise loop over every combination of its nonzero
+    // dimensions (up to 2^60 of them beside one empty axis).
+    if shape.contains(&0) && !matches!(prim, Primitive::Constant | Primitive::Placeholder { .. }) {
+        return fresh(crate::with_dtype!(dtype, T => Buffer::from_vec(Vec::<T>::new())));
+    }
     match prim {
         Primitive::Constant | Primitive::Placeholder { .. } => {
             unreachable!("leaves are never evaluated: constants hold data, placeholders are rejected first")
