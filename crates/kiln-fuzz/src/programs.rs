@@ -1,5 +1,5 @@
 //! Random programs compiled against eager (fuzz target (b), and the
-//! machinery of `crates/kiln/tests/differential.rs`): a program is a list of
+//! machinery of the differential test, `tests/differential.rs` of this crate): a program is a list of
 //! [`Step`]s over random inputs (over 40 op kinds: elementwise, broadcasting,
 //! reductions, matmul, shape ops, several outputs); it must give the same
 //! results compiled as eagerly, in normal and shapeless mode, including
