@@ -58,7 +58,7 @@ fn worker(seed: u64, stop: &AtomicBool, calls: &AtomicU64, bad: &AtomicU64) -> k
         let g = random::normal(&[1 << 14], DType::F32, 0.0, 1.0, Some(&random::key(seed * 7 + i)))?;
         let got = [matmul_add.call((&x, &w, &b))?, gelu_c.call(&g)?, norm_shapeless.call(&v)?];
         // Every 16th round, each result against eager evaluation.
-        if i % 16 == 0 {
+        if i.is_multiple_of(16) {
             let want = [(x.matmul(&w)? + &b)?, gelu(&g)?, layernorm(&v)?];
             for (a, e) in got.iter().zip(&want) {
                 if !close(a, e)? {
