@@ -98,7 +98,9 @@ impl View {
         if len > 0 {
             v.offset += start * self.strides[axis];
         }
-        v.strides[axis] = self.strides[axis] * step;
+        // A stride only matters between two elements; for fewer it could
+        // overflow even i128 (a broadcast stride times a step near 2^63).
+        v.strides[axis] = if len > 1 { self.strides[axis] * step } else { 0 };
         v.shape[axis] = len;
         v
     }
