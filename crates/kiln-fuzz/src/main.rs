@@ -9,7 +9,10 @@
 //! ```
 //!
 //! `run` starts at seed N (default: from the clock) and goes on for S
-//! seconds (default 60), 500 cases per child. A failed, crashed or hung case
+//! seconds (default 60), 500 cases per child, each child under `ulimit -v`
+//! of M MiB (default 4096) and kiln's allocation limit `KILN_MEMORY_LIMIT`
+//! (default 256M: a valid graph whose intermediates are huge then ends in
+//! `OutOfMemory` quickly instead of paging for minutes). A failed, crashed or hung case
 //! is written to DIR (default `target/fuzz-cases`) as `<target>-<seed>.bin`,
 //! which `replay` runs in this process (and which libFuzzer takes as a
 //! corpus file). The exit status is 1 when any case did not pass.
@@ -113,6 +116,7 @@ fn run(target: &str, seconds: u64, seed: u64, mem_mb: u64, out: PathBuf) -> bool
             .arg("-c")
             .arg(&script)
             .arg(&exe)
+            .env("KILN_MEMORY_LIMIT", std::env::var("KILN_MEMORY_LIMIT").unwrap_or_else(|_| "256M".into()))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -141,6 +145,7 @@ fn run(target: &str, seconds: u64, seed: u64, mem_mb: u64, out: PathBuf) -> bool
         });
         let mut current: Option<u64> = None;
         let mut finished = false;
+        let mut resume = None;
         loop {
             match rx.recv_timeout(CASE_TIMEOUT) {
                 Ok(line) => {
@@ -161,6 +166,7 @@ fn run(target: &str, seconds: u64, seed: u64, mem_mb: u64, out: PathBuf) -> bool
                     if let Some(s) = current.take() {
                         hung += 1;
                         tally.bad("hung", "no result within the case timeout", s, &out, target);
+                        resume = Some(s + 1);
                     }
                     break;
                 }
@@ -189,6 +195,8 @@ fn run(target: &str, seconds: u64, seed: u64, mem_mb: u64, out: PathBuf) -> bool
             next = s + 1;
         } else if finished {
             next += BATCH;
+        } else if let Some(r) = resume {
+            next = r;
         } else {
             break;
         }

@@ -483,6 +483,9 @@ fn check(x: &kiln::Array, m: Option<&View>, story: &str) {
         // kiln bounds the product of the nonzero dims of every array, empty
         // ones too (so that every stride fits): an f64 copy may exceed it.
         Err(e) if is_size_error(&e) && too_big(nonzero_numel(x.shape()), DType::F64) => return,
+        // A small result of a graph with a huge intermediate (a take from a
+        // concatenation of broadcasts) may need more than the limit.
+        Err(Error::OutOfMemory { .. }) => return,
         Err(e) => {
             // Out-of-range take indices are the one error at evaluation.
             assert!(m.is_none(), "evaluating a valid result failed: {e} | {story}");
