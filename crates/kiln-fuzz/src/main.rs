@@ -4,12 +4,14 @@
 //! kiln), crashed (an abort or a signal took the child down) or hung.
 //!
 //! ```text
-//! kiln-fuzz run <target> [--seconds S] [--seed N] [--mem-mb M] [--out DIR]
+//! kiln-fuzz run <target> [--seconds S] [--cases C] [--seed N] [--mem-mb M] [--out DIR]
 //! kiln-fuzz replay <target> <file>
 //! ```
 //!
 //! `run` starts at seed N (default: from the clock) and goes on for S
-//! seconds (default 60), 500 cases per child, each child under `ulimit -v`
+//! seconds (default 60) or C cases, whichever ends first (a fixed seed and
+//! count give the same cases on every run, as CI wants), 500 cases per
+//! child, each child under `ulimit -v`
 //! of M MiB (default 4096) and kiln's allocation limit `KILN_MEMORY_LIMIT`
 //! (default 256M: a valid graph whose intermediates are huge then ends in
 //! `OutOfMemory` quickly instead of paging for minutes). A failed, crashed or hung case
@@ -104,14 +106,16 @@ impl Tally {
     }
 }
 
-fn run(target: &str, seconds: u64, seed: u64, mem_mb: u64, out: PathBuf) -> bool {
+fn run(target: &str, seconds: u64, cases: u64, seed: u64, mem_mb: u64, out: PathBuf) -> bool {
     let exe = std::env::current_exe().expect("own path");
     let started = Instant::now();
     let mut tally = Tally::default();
     let mut next = seed;
     let (mut crashed, mut hung) = (0u64, 0u64);
-    while started.elapsed() < Duration::from_secs(seconds) {
-        let script = format!("ulimit -v {}; exec \"$0\" child {target} {next} {BATCH}", mem_mb * 1024);
+    let end = seed.saturating_add(cases);
+    while started.elapsed() < Duration::from_secs(seconds) && next < end {
+        let batch = BATCH.min(end - next);
+        let script = format!("ulimit -v {}; exec \"$0\" child {target} {next} {batch}", mem_mb * 1024);
         let mut ch = match Command::new("sh")
             .arg("-c")
             .arg(&script)
@@ -194,7 +198,7 @@ fn run(target: &str, seconds: u64, seed: u64, mem_mb: u64, out: PathBuf) -> bool
             tally.bad("crashed", &format!("{why}: {last}"), s, &out, target);
             next = s + 1;
         } else if finished {
-            next += BATCH;
+            next += batch;
         } else if let Some(r) = resume {
             next = r;
         } else {
@@ -217,7 +221,7 @@ fn run(target: &str, seconds: u64, seed: u64, mem_mb: u64, out: PathBuf) -> bool
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let usage = "usage: kiln-fuzz run <target> [--seconds S] [--seed N] [--mem-mb M] [--out DIR] | kiln-fuzz replay <target> <file>";
+    let usage = "usage: kiln-fuzz run <target> [--seconds S] [--cases C] [--seed N] [--mem-mb M] [--out DIR] | kiln-fuzz replay <target> <file>";
     let target_fn = |name: &str| {
         kiln_fuzz::target(name).unwrap_or_else(|| {
             let names: Vec<&str> = kiln_fuzz::TARGETS.iter().map(|(n, _)| *n).collect();
@@ -255,13 +259,14 @@ fn main() {
             }
             let num = |k: &str, d: u64| opts.get(k).map_or(Some(d), |v| v.parse().ok());
             let clock = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-            let (Some(seconds), Some(seed), Some(mem)) = (num("seconds", 60), num("seed", clock), num("mem-mb", 4096))
+            let (Some(seconds), Some(cases), Some(seed), Some(mem)) =
+                (num("seconds", 60), num("cases", u64::MAX), num("seed", clock), num("mem-mb", 4096))
             else {
                 eprintln!("{usage}");
                 std::process::exit(2)
             };
             let out = PathBuf::from(opts.get("out").cloned().unwrap_or_else(|| "target/fuzz-cases".into()));
-            if !run(&args[2], seconds, seed, mem, out) {
+            if !run(&args[2], seconds, cases, seed, mem, out) {
                 std::process::exit(1);
             }
         }
