@@ -8,38 +8,131 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use crate::backend::cpu::{self, Buffer};
+use crate::buffer::Buffer;
+use crate::device::Device;
 use crate::dtype::{DType, Element};
 use crate::error::{Error, Result};
 use crate::layout::{Dims, Layout};
 use crate::primitive::Primitive;
 use crate::shape::check_size;
+use crate::storage::Storage;
 
-/// An evaluated array: a shared buffer and the layout of the array in it.
+/// An evaluated array: shared storage and the layout of the array in it.
+///
+/// A layout never reaches outside its storage: [`Data::new`] checks it, and
+/// the crate's own constructors keep it so (checked in debug builds), so
+/// kernels may index through a layout without bounds checks per element.
 #[derive(Clone, Debug)]
 pub struct Data {
-    /// The buffer (shared between views).
-    pub buffer: Arc<Buffer>,
-    /// Where the array's elements sit in the buffer.
-    pub layout: Layout,
+    storage: Arc<dyn Storage>,
+    layout: Layout,
 }
 
 impl Data {
-    /// A contiguous array owning a fresh buffer.
-    pub fn contiguous(buffer: Buffer, shape: &[usize]) -> Data {
-        Data { buffer: Arc::new(buffer), layout: Layout::contiguous(shape) }
+    /// Data viewing `storage` through `layout`. The layout is checked: its
+    /// shape must pass [`check_size`] and every element it addresses must
+    /// lie inside the storage ([`Layout::fits`]); otherwise an error says
+    /// why.
+    pub fn new(storage: Arc<dyn Storage>, layout: Layout) -> Result<Data> {
+        check_size("from_data", &layout.shape, storage.dtype())?;
+        if !layout.fits(storage.len()) {
+            return Err(Error::Invalid {
+                op: "from_data",
+                msg: format!(
+                    "the layout (shape {}, strides {:?}, offset {}) reaches outside its storage of {} element(s)",
+                    crate::error::shape_str(&layout.shape),
+                    &layout.strides[..],
+                    layout.offset,
+                    storage.len()
+                ),
+            });
+        }
+        Ok(Data { storage, layout })
+    }
+
+    /// [`Data::new`] for a layout known to fit (checked in debug builds).
+    pub(crate) fn from_parts(storage: Arc<dyn Storage>, layout: Layout) -> Data {
+        debug_assert!(layout.fits(storage.len()), "a layout reaches outside its storage");
+        Data { storage, layout }
+    }
+
+    /// A contiguous array owning a fresh host buffer of exactly the shape's
+    /// number of elements (checked in debug builds).
+    pub(crate) fn contiguous(buffer: Buffer, shape: &[usize]) -> Data {
+        Data::from_parts(Arc::new(buffer), Layout::contiguous(shape))
+    }
+
+    /// Another view of the same storage (the layout must fit it; checked in
+    /// debug builds).
+    pub(crate) fn view(&self, layout: Layout) -> Data {
+        Data::from_parts(Arc::clone(&self.storage), layout)
+    }
+
+    /// The same storage through another layout, keeping this handle's
+    /// reference (the layout must fit; checked in debug builds).
+    pub(crate) fn relayout(self, layout: Layout) -> Data {
+        Data::from_parts(self.storage, layout)
+    }
+
+    /// Where the array's elements sit in the storage.
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// The storage (shared between views).
+    pub fn storage(&self) -> &Arc<dyn Storage> {
+        &self.storage
+    }
+
+    /// The dtype of the elements.
+    pub fn dtype(&self) -> DType {
+        self.storage.dtype()
+    }
+
+    /// The device the data is on.
+    pub fn device(&self) -> Device {
+        self.storage.device()
+    }
+
+    /// The storage as a host buffer, when it is one (CPU data).
+    pub fn host(&self) -> Option<&Buffer> {
+        self.storage.as_any().downcast_ref::<Buffer>()
+    }
+
+    /// The host buffer of CPU data. The CPU backend's kernels use this: the
+    /// device dispatch gives them host data only, so another storage here
+    /// is a bug in kiln, reported by a panic naming it.
+    pub(crate) fn buffer(&self) -> &Buffer {
+        match self.host() {
+            Some(b) => b,
+            None => panic!("a CPU kernel was given {:?} storage", self.device()),
+        }
+    }
+
+    /// The host buffer, mutably, when nothing else holds this storage (so
+    /// an output may be written over it).
+    pub(crate) fn unique_buffer_mut(&mut self) -> Option<&mut Buffer> {
+        Arc::get_mut(&mut self.storage)?.as_any_mut().downcast_mut::<Buffer>()
+    }
+
+    /// True when no other array or view holds this storage.
+    pub(crate) fn is_unique(&self) -> bool {
+        Arc::strong_count(&self.storage) == 1
     }
 
     /// The elements in row-major order, as a new vector of the buffer's
     /// type `T` (an error if `T` is another type, or when the memory for
     /// the vector cannot be allocated).
     pub fn to_vec<T: Element>(&self) -> Result<Vec<T>> {
-        let src = self.buffer.as_slice::<T>().ok_or_else(|| Error::DType {
-            op: "to_vec",
-            dtype: self.buffer.dtype(),
-            msg: format!("{} elements were requested; convert with .astype(DType::{:?}) first", T::DTYPE, T::DTYPE),
-        })?;
-        cpu::strided::gather("to_vec", src, &self.layout)
+        if T::DTYPE != self.dtype() {
+            return Err(Error::DType {
+                op: "to_vec",
+                dtype: self.dtype(),
+                msg: format!("{} elements were requested; convert with .astype(DType::{:?}) first", T::DTYPE, T::DTYPE),
+            });
+        }
+        let host = crate::backend::for_device(self.device())?.to_host(self)?;
+        Ok(T::into_vec(host).expect("to_host keeps the dtype"))
     }
 }
 
@@ -51,6 +144,8 @@ pub(crate) struct Node {
     pub(crate) prim: Primitive,
     pub(crate) shape: Dims,
     pub(crate) dtype: DType,
+    /// Where the data is (or will be) and the op runs.
+    pub(crate) device: Device,
     /// Inputs while pending; emptied once the node is evaluated.
     pub(crate) inputs: Mutex<Vec<Array>>,
     pub(crate) data: OnceLock<Data>,
@@ -73,7 +168,14 @@ impl Drop for Node {
 pub struct Array(pub(crate) Arc<Node>);
 
 impl Array {
-    fn new_node(prim: Primitive, inputs: Vec<Array>, shape: Dims, dtype: DType, data: Option<Data>) -> Array {
+    fn new_node(
+        prim: Primitive,
+        inputs: Vec<Array>,
+        shape: Dims,
+        dtype: DType,
+        device: Device,
+        data: Option<Data>,
+    ) -> Array {
         let cell = OnceLock::new();
         if let Some(d) = data {
             let _ = cell.set(d);
@@ -83,6 +185,7 @@ impl Array {
             prim,
             shape,
             dtype,
+            device,
             inputs: Mutex::new(inputs),
             data: cell,
         }))
@@ -93,43 +196,33 @@ impl Array {
     pub fn from_op(prim: Primitive, inputs: Vec<Array>) -> Result<Array> {
         let sigs: Vec<(&[usize], DType)> = inputs.iter().map(|a| (a.shape(), a.dtype())).collect();
         let (shape, dtype) = prim.infer(&sigs)?;
-        Ok(Array::new_node(prim, inputs, shape.into(), dtype, None))
+        let device = crate::device::common(prim.name(), &inputs)?;
+        Ok(Array::new_node(prim, inputs, shape.into(), dtype, device, None))
     }
 
-    /// An array that already holds data. The layout is checked against
-    /// the buffer: its shape must pass [`check_size`] and every element it
-    /// addresses must lie inside the buffer ([`Layout::fits`]), so no
-    /// kernel can read past it; otherwise an error says why.
+    /// An array that already holds data ([`Data::new`] checked its layout).
     pub fn from_data(data: Data) -> Result<Array> {
-        check_size("from_data", &data.layout.shape, data.buffer.dtype())?;
-        if !data.layout.fits(data.buffer.len()) {
-            return Err(Error::Invalid {
-                op: "from_data",
-                msg: format!(
-                    "the layout (shape {}, strides {:?}, offset {}) reaches outside its buffer of {} element(s)",
-                    crate::error::shape_str(&data.layout.shape),
-                    &data.layout.strides[..],
-                    data.layout.offset,
-                    data.buffer.len()
-                ),
-            });
-        }
         Ok(Array::from_valid_data(data))
     }
 
     /// [`Array::from_data`] for data whose layout is known to fit its
     /// buffer (checked in debug builds only).
     pub(crate) fn from_valid_data(data: Data) -> Array {
-        debug_assert!(data.layout.fits(data.buffer.len()), "a layout reaches outside its buffer");
         let shape = data.layout.shape.clone();
-        let dtype = data.buffer.dtype();
-        Array::new_node(Primitive::Constant, vec![], shape, dtype, Some(data))
+        let (dtype, device) = (data.dtype(), data.device());
+        Array::new_node(Primitive::Constant, vec![], shape, dtype, device, Some(data))
+    }
+
+    /// A constant on `device` holding a contiguous host buffer of `shape`
+    /// (its length already checked against the shape).
+    pub(crate) fn from_host(buffer: Buffer, shape: &[usize], device: Device) -> Result<Array> {
+        Ok(Array::from_valid_data(crate::backend::for_device(device)?.upload(buffer, shape)?))
     }
 
     /// A placeholder for argument `index` of a traced function: shape and
     /// dtype, no data.
-    pub(crate) fn placeholder(index: usize, shape: Vec<usize>, dtype: DType) -> Array {
-        Array::new_node(Primitive::Placeholder { index }, vec![], shape.into(), dtype, None)
+    pub(crate) fn placeholder(index: usize, shape: Vec<usize>, dtype: DType, device: Device) -> Array {
+        Array::new_node(Primitive::Placeholder { index }, vec![], shape.into(), dtype, device, None)
     }
 
     /// Builds an array from a slice of elements in row-major order.
@@ -143,18 +236,21 @@ impl Array {
         Array::from_vec(data.to_vec(), shape)
     }
 
-    /// Builds an array from a vector in row-major order (no copy).
+    /// Builds an array on the default device ([`crate::device`]) from a
+    /// vector in row-major order (no copy on the CPU).
     pub fn from_vec<T: Element>(data: Vec<T>, shape: &[usize]) -> Result<Array> {
         let n = check_size("from_slice", shape, T::DTYPE)?;
         if n != data.len() {
             return Err(Error::DataLength { expected: n, got: data.len(), shape: shape.to_vec() });
         }
-        Ok(Array::from_valid_data(Data::contiguous(Buffer::from_vec(data), shape)))
+        Array::from_host(Buffer::from_vec(data), shape, crate::device::default_device())
     }
 
-    /// A 0-d array holding one value.
+    /// A 0-d array holding one value, on the default device (on the CPU if
+    /// that device cannot take it).
     pub fn scalar<T: Element>(v: T) -> Array {
-        Array::from_valid_data(Data::contiguous(Buffer::from_vec(vec![v]), &[]))
+        Array::from_host(Buffer::from_vec(vec![v]), &[], crate::device::default_device())
+            .unwrap_or_else(|_| Array::from_valid_data(Data::contiguous(Buffer::from_vec(vec![v]), &[])))
     }
 
     /// The shape.
@@ -165,6 +261,27 @@ impl Array {
     /// The dtype.
     pub fn dtype(&self) -> DType {
         self.0.dtype
+    }
+
+    /// The device the array's data is (or will be) on.
+    pub fn device(&self) -> Device {
+        self.0.device
+    }
+
+    /// A copy of the array on `device` (the array itself when it is there
+    /// already). The copy is made now: the array is evaluated and its data
+    /// moved through host memory, so while tracing a compiled function this
+    /// works on captured constants only (a placeholder argument is an
+    /// error naming it; pass arguments on the device the function should
+    /// run on instead).
+    pub fn to_device(&self, device: Device) -> Result<Array> {
+        if device == self.device() {
+            return Ok(self.clone());
+        }
+        let target = crate::backend::for_device(device)?;
+        let data = self.evaluated("to_device")?;
+        let host = crate::backend::for_device(self.device())?.to_host(data)?;
+        Ok(Array::from_valid_data(target.upload(host, self.shape())?))
     }
 
     /// Number of dimensions.
@@ -296,7 +413,7 @@ fn eval_for(what: &'static str, arrays: &[&Array]) -> Result<()> {
         if a.0.data.get().is_none() {
             let datas: Vec<&Data> =
                 ins.iter().map(|x| x.0.data.get().expect("inputs are evaluated before their consumers")).collect();
-            let out = cpu::eval(a.primitive(), &datas, a.shape(), a.dtype())?;
+            let out = crate::backend::for_device(a.device())?.eval(a.primitive(), &datas, a.shape(), a.dtype())?;
             let _ = a.0.data.set(out);
             a.0.inputs.lock().unwrap_or_else(|e| e.into_inner()).clear();
         }

@@ -43,7 +43,7 @@ impl Array {
     /// ```
     pub fn to_string_checked(&self) -> Result<String> {
         let data = self.evaluated("Display")?;
-        Ok(render(data, self.shape(), self.dtype()))
+        render(data, self.shape(), self.dtype())
     }
 }
 
@@ -73,8 +73,17 @@ enum Vals {
 
 /// The elements at the kept positions of each axis (row-major over the kept
 /// positions), converted for formatting.
-fn read_kept(data: &Data, kept: &[Vec<usize>], dtype: DType) -> Vals {
-    let l = &data.layout;
+/// Data on another device is copied to the host first.
+fn read_kept(data: &Data, kept: &[Vec<usize>], dtype: DType) -> crate::Result<Vals> {
+    let copied;
+    let (buffer, layout) = match data.host() {
+        Some(b) => (b, data.layout().clone()),
+        None => {
+            copied = crate::backend::for_device(data.device())?.to_host(data)?;
+            (&copied, crate::layout::Layout::contiguous(&data.layout().shape))
+        }
+    };
+    let l = &layout;
     let mut offsets = vec![l.offset as isize];
     for (d, ks) in kept.iter().enumerate() {
         offsets = offsets.iter().flat_map(|&o| ks.iter().map(move |&k| o + k as isize * l.strides[d])).collect();
@@ -82,7 +91,7 @@ fn read_kept(data: &Data, kept: &[Vec<usize>], dtype: DType) -> Vals {
     fn pick<T: Element, U>(v: &[T], offs: &[isize], f: impl Fn(T) -> U) -> Vec<U> {
         offs.iter().map(|&o| f(v[o as usize])).collect()
     }
-    crate::with_buffer!(&*data.buffer, v => {
+    Ok(crate::with_buffer!(buffer, v => {
         if dtype == DType::Bool {
             Vals::Bool(pick(v, &offsets, |x| x.to_i64() != 0))
         } else if dtype.is_float() {
@@ -90,11 +99,11 @@ fn read_kept(data: &Data, kept: &[Vec<usize>], dtype: DType) -> Vals {
         } else {
             Vals::Int(pick(v, &offsets, |x| x.to_i64()))
         }
-    })
+    }))
 }
 
 /// Renders an evaluated array.
-fn render(data: &Data, shape: &[usize], dtype: DType) -> String {
+fn render(data: &Data, shape: &[usize], dtype: DType) -> crate::Result<String> {
     let size: usize = shape.iter().product();
     let mut extras = vec![];
     let lst = if size == 0 {
@@ -114,7 +123,7 @@ fn render(data: &Data, shape: &[usize], dtype: DType) -> String {
             .map(|(&n, &e)| if e { (0..EDGE_ITEMS).chain(n - EDGE_ITEMS..n).collect() } else { (0..n).collect() })
             .collect();
         let kshape: Vec<usize> = kept.iter().map(|k| k.len()).collect();
-        let words = format_elements(read_kept(data, &kept, dtype), dtype, shape.is_empty());
+        let words = format_elements(read_kept(data, &kept, dtype)?, dtype, shape.is_empty());
         let hanging = " ".repeat(PREFIX.len() + 1);
         // NumPy leaves room for the closing ")" on the last line.
         format_nested(&words, &kshape, &elided, &hanging, LINE_WIDTH - 1)
@@ -125,7 +134,7 @@ fn render(data: &Data, shape: &[usize], dtype: DType) -> String {
     let last_line = arr.len() - arr.rfind('\n').map_or(0, |i| i + 1);
     let spacer =
         if last_line + extra.len() + 1 > LINE_WIDTH { format!("\n{}", " ".repeat(PREFIX.len())) } else { " ".into() };
-    format!("{arr}{spacer}{extra}")
+    Ok(format!("{arr}{spacer}{extra}"))
 }
 
 /// NumPy's `_formatArray`: nests the formatted elements in brackets, one row

@@ -201,7 +201,7 @@ pub fn promote_scalar(array: DType, scalar: ScalarKind) -> DType {
 /// sources, which matches `as` casts: float to int truncates toward zero and
 /// saturates (NaN becomes 0); int to narrower int wraps.
 pub trait Element:
-    Copy + Send + Sync + PartialEq + PartialOrd + fmt::Debug + 'static + crate::backend::cpu::BufferElement
+    Copy + Send + Sync + PartialEq + PartialOrd + fmt::Debug + 'static + crate::buffer::BufferElement
 {
     /// The dtype of this type.
     const DTYPE: DType;

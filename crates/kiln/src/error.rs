@@ -104,6 +104,14 @@ pub enum Error {
         /// What is wrong.
         msg: String,
     },
+    /// A device problem: inputs on two devices, or a device without a
+    /// backend in this build or on this machine.
+    Device {
+        /// The operation (or `"device"` when a device was asked for).
+        op: &'static str,
+        /// What is wrong.
+        msg: String,
+    },
 }
 
 fn fmt_shape(s: &[usize]) -> String {
@@ -147,7 +155,7 @@ impl fmt::Display for Error {
                 f,
                 "{op}: out of memory: could not allocate {bytes} bytes ({:.1} GiB){}",
                 *bytes as f64 / (1u64 << 30) as f64,
-                match crate::backend::memory_limit() {
+                match crate::memory::memory_limit() {
                     Some(l) if *bytes > l => format!(", above the memory limit of {l} bytes (set_memory_limit or KILN_MEMORY_LIMIT)"),
                     _ => String::new(),
                 }
@@ -164,6 +172,7 @@ impl fmt::Display for Error {
             ),
             Error::Function { msg } => write!(f, "{msg}"),
             Error::Invalid { op, msg } => write!(f, "{op}: {msg}"),
+            Error::Device { op, msg } => write!(f, "{op}: {msg}"),
         }
     }
 }

@@ -27,24 +27,31 @@
 
 pub mod array;
 pub mod backend;
+pub mod buffer;
 pub mod compile;
+pub mod device;
 mod display;
 pub mod dtype;
 pub mod error;
 pub mod layout;
+pub mod memory;
 pub mod ops;
 pub mod passes;
 pub mod primitive;
 pub mod program;
 pub mod shape;
+pub mod storage;
 
-pub use array::{eval, Array};
-pub use backend::{memory_limit, release_memory, retain_freed_memory, set_memory_limit, set_threads, threads};
+pub use array::{eval, Array, Data};
+pub use backend::{set_threads, threads};
+pub use buffer::Buffer;
 pub use compile::{
     compile, compile_with, disable_compile, enable_compile, CacheStats, CompileOptions, Compiled, Outputs,
 };
+pub use device::{default_device, set_default_device, with_default_device, Device};
 pub use dtype::{DType, Element};
 pub use error::{Error, Result};
+pub use memory::{memory_limit, release_memory, retain_freed_memory, set_memory_limit};
 pub use ops::binary::*;
 pub use ops::create::*;
 pub use ops::linalg::*;

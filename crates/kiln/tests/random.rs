@@ -2,7 +2,7 @@
 //! independence of split keys, thread-count independence, and statistical
 //! checks with fixed keys (bounds of about 5 standard errors).
 
-use kiln::backend::cpu::random::threefry2x32;
+use kiln::random::threefry2x32;
 use kiln::{random, Array, DType, Result};
 
 const N: usize = 100_000;

@@ -919,7 +919,7 @@ fn many_vs_single(x: &Array, ops: &[ReduceOp], axes: &[usize]) -> R {
     let d = x.data().expect("evaluated");
     let together = reduce_many(ops, d, axes)?;
     for (&op, got) in ops.iter().zip(&together) {
-        let want = reduce(op, d, axes, op.out_dtype(d.buffer.dtype()))?;
+        let want = reduce(op, d, axes, op.out_dtype(d.dtype()))?;
         let (g, w) = (got.as_slice::<f32>().expect("f32"), want.as_slice::<f32>().expect("f32"));
         assert_eq!(g.len(), w.len());
         for (i, (a, b)) in g.iter().zip(w).enumerate() {

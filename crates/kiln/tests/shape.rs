@@ -97,7 +97,7 @@ fn check(a: &Array, want: &Nd) {
 fn shares_buffer(a: &Array, b: &Array) -> bool {
     a.eval().unwrap();
     b.eval().unwrap();
-    Arc::ptr_eq(&a.data().unwrap().buffer, &b.data().unwrap().buffer)
+    Arc::ptr_eq(a.data().unwrap().storage(), b.data().unwrap().storage())
 }
 
 fn err(r: kiln::Result<Array>) -> String {

@@ -161,7 +161,7 @@ impl Executable {
                 let donate = fused
                     && step.frees.contains(&i)
                     && step.inputs.iter().filter(|&&j| j == i).count() == 1
-                    && values[i].as_ref().is_some_and(|d| std::sync::Arc::strong_count(&d.buffer) == 1);
+                    && values[i].as_ref().is_some_and(|d| d.is_unique());
                 given.push(if donate { values[i].take() } else { None });
             }
             let mut outs = Outs::new();
@@ -272,7 +272,7 @@ pub(crate) fn run_step<S: AsRef<[usize]>>(
                 reduced
                     .into_iter()
                     .zip(&step.outputs)
-                    .map(|(d, &o)| Data { layout: crate::layout::Layout::contiguous(shape_of(o).as_ref()), ..d }),
+                    .map(|(d, &o)| d.relayout(crate::layout::Layout::contiguous(shape_of(o).as_ref()))),
             )
         }
         Kernel::MatmulEpilogue(group) => matmul_epilogue(group, step.bias_split.as_ref(), args, out_shape, outs)?,

@@ -414,6 +414,13 @@ where
     Compiled { inner: Arc::new(Inner { f, options, cache }), _args: PhantomData }
 }
 
+/// The device a call runs on: its arguments' one device (two devices are an
+/// error naming both), or the default device when there are no arguments.
+fn call_device(args: &[&Array]) -> Result<crate::device::Device> {
+    let owned: smallvec::SmallVec<[Array; 8]> = args.iter().map(|a| (*a).clone()).collect();
+    crate::device::common("compiled call", &owned)
+}
+
 fn describe_args(args: &[&Array]) -> Vec<String> {
     args.iter()
         .enumerate()
@@ -465,7 +472,11 @@ impl<F: TraceFn<Args>, Args> Compiled<F, Args> {
         let entry = self.cached(args)?;
         // Random draws inside `f` come from a fresh split of the global key on
         // every call, so each call gives new numbers, reproducibly after `seed`.
-        let key = entry.uses_random.then(crate::ops::random::next_key_for_call);
+        // The key goes to the device the function runs on (a no-op on the CPU).
+        let key = match entry.uses_random {
+            true => Some(crate::ops::random::next_key_for_call().to_device(call_device(args)?)?),
+            false => None,
+        };
         let mut datas: smallvec::SmallVec<[&Data; 8]> =
             args.iter().map(|a| a.evaluated("compiled call")).collect::<Result<_>>()?;
         if let Some(k) = &key {
@@ -478,10 +489,14 @@ impl<F: TraceFn<Args>, Args> Compiled<F, Args> {
 
     /// Traces `f` on placeholders shaped like `args` and builds the executable.
     fn trace(&self, args: &[&Array]) -> Result<Entry> {
-        let mut placeholders: Vec<Array> =
-            args.iter().enumerate().map(|(i, a)| Array::placeholder(i, a.shape().to_vec(), a.dtype())).collect();
+        let device = call_device(args)?;
+        let mut placeholders: Vec<Array> = args
+            .iter()
+            .enumerate()
+            .map(|(i, a)| Array::placeholder(i, a.shape().to_vec(), a.dtype(), a.device()))
+            .collect();
         // The random key is an implicit input (index `args.len()`).
-        let key = Array::placeholder(args.len(), vec![2], crate::DType::U32);
+        let key = Array::placeholder(args.len(), vec![2], crate::DType::U32, device);
         let mut names = describe_args(args);
         names.push("the implicit random key".into());
         let tracing = Tracing::begin(names, key.clone());
@@ -538,11 +553,11 @@ impl<F: TraceFn<Args>, Args> Compiled<F, Args> {
 
 /// Runs a cached entry, re-inferring shapes when they differ from the traced ones.
 fn run_entry(entry: &Entry, args: &[&Data]) -> Result<Vec<Data>> {
-    let same = entry.traced_shapes.iter().zip(args).all(|(s, d)| crate::shape::same(s, &d.layout.shape));
+    let same = entry.traced_shapes.iter().zip(args).all(|(s, d)| crate::shape::same(s, &d.layout().shape));
     if same {
         return entry.exe.run(args, None);
     }
-    let arg_shapes: Vec<&[usize]> = args.iter().map(|d| d.layout.shape.as_slice()).collect();
+    let arg_shapes: Vec<&[usize]> = args.iter().map(|d| d.layout().shape.as_slice()).collect();
     let shapes = entry.exe.program.infer_shapes(&arg_shapes)?;
     entry.exe.run(args, Some(&shapes))
 }

@@ -190,7 +190,7 @@ pub fn run<'a, S: AsRef<[usize]> + ?Sized + 'a>(
                     Cut::Whole => vals[v].clone().expect("inputs are computed first"),
                     Cut::Rows => {
                         let d = vals[v].as_ref().expect("inputs are computed first");
-                        Data { buffer: d.buffer.clone(), layout: rows_of(&d.layout, r0, r1) }
+                        d.view(rows_of(d.layout(), r0, r1))
                     }
                 })
                 .collect();
@@ -211,7 +211,7 @@ pub fn run<'a, S: AsRef<[usize]> + ?Sized + 'a>(
                 for (&o, d) in st.outputs.iter().zip(outs) {
                     if let Some(d) = d {
                         if let Some(&k) = escape_at.get(&o) {
-                            sinks[k].write(r0, &d.buffer);
+                            sinks[k].write(r0, d.buffer());
                         }
                         local.insert(o, d);
                     }
@@ -227,7 +227,7 @@ pub fn run<'a, S: AsRef<[usize]> + ?Sized + 'a>(
             run_step(p, st, &mut args, block_shape, &mut outs)?;
             for (&o, d) in st.outputs.iter().zip(outs) {
                 if let Some(&k) = escape_at.get(&o) {
-                    sinks[k].write(r0, &d.buffer);
+                    sinks[k].write(r0, d.buffer());
                 }
                 local.insert(o, d);
             }

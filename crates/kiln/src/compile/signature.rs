@@ -1,10 +1,11 @@
 //! The cache key of a compiled call: number of arguments, and per argument
-//! its dtype, its number of dimensions and (unless shapeless) its shape,
-//! packed into one vector of words.
+//! its device and dtype, its number of dimensions and (unless shapeless)
+//! its shape, packed into one vector of words.
 
 use smallvec::SmallVec;
 
 use crate::array::Array;
+use crate::device::Device;
 use crate::dtype::{DType, ALL_DTYPES};
 
 /// Words a signature keeps inline, so that a cache lookup allocates
@@ -12,8 +13,9 @@ use crate::dtype::{DType, ALL_DTYPES};
 /// to 3 (each argument takes 2 words plus one per dim, after 1 for the count).
 const INLINE_WORDS: usize = 16;
 
-/// A packed input signature: `[n, (dtype, ndim, dims...)*]` (dims only when
-/// not shapeless).
+/// A packed input signature: `[n, (device and dtype, ndim, dims...)*]`
+/// (dims only when not shapeless; the device in the bits above the dtype's
+/// low byte: 0 for the CPU, `i + 1` for CUDA GPU `i`).
 #[derive(Clone, Debug, Eq)]
 pub struct Signature {
     words: SmallVec<[u64; INLINE_WORDS]>,
@@ -38,6 +40,32 @@ impl std::hash::Hash for Signature {
     }
 }
 
+fn device_code(d: Device) -> u64 {
+    match d {
+        Device::Cpu => 0,
+        Device::Cuda(i) => i as u64 + 1,
+    }
+}
+
+fn device_of(code: u64) -> Device {
+    match code {
+        0 => Device::Cpu,
+        i => Device::Cuda(i as usize - 1),
+    }
+}
+
+/// One argument of a signature: device, dtype, shape (when recorded), ndim.
+type ArgSig = (Device, DType, Option<Vec<usize>>, usize);
+
+/// `f32[10, 64]`, with ` on cuda:0` for an argument not on the CPU.
+fn describe_arg(a: &ArgSig) -> String {
+    let on = if a.0 == Device::Cpu { String::new() } else { format!(" on {}", a.0) };
+    match &a.2 {
+        Some(s) => format!("{}{on}", describe(a.1, s)),
+        None => format!("{}, {} dim(s){on}", a.1, a.3),
+    }
+}
+
 /// `f32[10, 64]`.
 pub fn describe(dtype: DType, shape: &[usize]) -> String {
     let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
@@ -51,7 +79,7 @@ impl Signature {
         let mut sig = Signature { words: SmallVec::new(), shapeless };
         sig.words.push(args.len() as u64);
         for a in args {
-            sig.words.push(a.dtype() as u64);
+            sig.words.push(a.dtype() as u64 | device_code(a.device()) << 8);
             sig.words.push(a.ndim() as u64);
             if !shapeless {
                 sig.words.extend(a.shape().iter().map(|&d| d as u64));
@@ -60,12 +88,13 @@ impl Signature {
         sig
     }
 
-    /// Per argument: dtype and (when recorded) shape.
-    fn args(&self) -> Vec<(DType, Option<Vec<usize>>, usize)> {
+    /// Per argument: device, dtype and (when recorded) shape.
+    fn args(&self) -> Vec<ArgSig> {
         let mut out = vec![];
         let mut i = 1;
         while i < self.words.len() {
-            let dt = ALL_DTYPES[self.words[i] as usize];
+            let dev = device_of(self.words[i] >> 8);
+            let dt = ALL_DTYPES[(self.words[i] & 0xff) as usize];
             let nd = self.words[i + 1] as usize;
             i += 2;
             let shape = if self.shapeless {
@@ -75,22 +104,15 @@ impl Signature {
                 i += nd;
                 Some(s)
             };
-            out.push((dt, shape, nd));
+            out.push((dev, dt, shape, nd));
         }
         out
     }
 
     /// The arguments as text ("argument 0: f32[3], argument 1: f32[]").
     pub fn describe(&self) -> String {
-        let args: Vec<String> = self
-            .args()
-            .iter()
-            .enumerate()
-            .map(|(i, (dt, shape, nd))| match shape {
-                Some(s) => format!("argument {i}: {}", describe(*dt, s)),
-                None => format!("argument {i}: {dt}, {nd} dim(s)"),
-            })
-            .collect();
+        let args: Vec<String> =
+            self.args().iter().enumerate().map(|(i, a)| format!("argument {i}: {}", describe_arg(a))).collect();
         if args.is_empty() {
             "no arguments".into()
         } else {
@@ -105,16 +127,12 @@ impl Signature {
         if now.len() != old.len() {
             return format!("number of arguments: now {}, before {}", now.len(), old.len());
         }
-        let show = |a: &(DType, Option<Vec<usize>>, usize)| match &a.1 {
-            Some(s) => describe(a.0, s),
-            None => format!("{}, {} dim(s)", a.0, a.2),
-        };
         let diffs: Vec<String> = now
             .iter()
             .zip(&old)
             .enumerate()
             .filter(|(_, (n, o))| n != o)
-            .map(|(i, (n, o))| format!("arg {i}: now {}, before {}", show(n), show(o)))
+            .map(|(i, (n, o))| format!("arg {i}: now {}, before {}", describe_arg(n), describe_arg(o)))
             .collect();
         if diffs.is_empty() {
             "evicted from the cache earlier (or cleared)".into()

@@ -27,7 +27,7 @@ use std::ops;
 
 use crate::array::Array;
 use crate::error::{Error, Result};
-use crate::ops::{operand_as, result_dtype, Operand, Scalar};
+use crate::ops::{operand_as, operand_device, result_dtype, Operand, Scalar};
 use crate::primitive::{BinaryOp, Primitive};
 
 /// Records a binary op after promoting both operands.
@@ -39,8 +39,9 @@ pub fn binary(op: BinaryOp, a: impl Into<Operand>, b: impl Into<Operand>) -> Res
         }
     }
     let dt = op.operand_dtype(result_dtype(&[&a, &b]))?;
-    let a = operand_as(a, dt)?;
-    let b = operand_as(b, dt)?;
+    let dev = operand_device(&[&a, &b]);
+    let a = operand_as(a, dt, dev)?;
+    let b = operand_as(b, dt, dev)?;
     Array::from_op(Primitive::Binary(op), vec![a, b])
 }
 
@@ -118,8 +119,9 @@ fn small_integer_power(a: &Operand, b: &Operand) -> Option<Result<Array>> {
 pub fn where_(cond: impl Into<Operand>, a: impl Into<Operand>, b: impl Into<Operand>) -> Result<Array> {
     let (c, a, b) = (cond.into(), a.into(), b.into());
     let dt = result_dtype(&[&a, &b]);
-    let c = operand_as(c, crate::DType::Bool)?;
-    Array::from_op(Primitive::Where, vec![c, operand_as(a, dt)?, operand_as(b, dt)?])
+    let dev = operand_device(&[&c, &a, &b]);
+    let c = operand_as(c, crate::DType::Bool, dev)?;
+    Array::from_op(Primitive::Where, vec![c, operand_as(a, dt, dev)?, operand_as(b, dt, dev)?])
 }
 
 /// Limits values to `[lo, hi]` (either bound may be `None`); keeps `x`'s

@@ -13,7 +13,7 @@ use crate::shape::check_size;
 /// An array of `shape` filled with `value`, in `dtype`.
 pub fn full(shape: &[usize], value: impl Into<Scalar>, dtype: DType) -> Result<Array> {
     check_size("full", shape, dtype)?;
-    broadcast_to(&value.into().to_array(dtype), shape)
+    broadcast_to(&value.into().to_array(dtype, crate::device::default_device()), shape)
 }
 
 /// An array of zeros.
@@ -29,7 +29,7 @@ pub fn ones(shape: &[usize], dtype: DType) -> Result<Array> {
 /// `value` with the shape and dtype of `x` (follows `x`'s shape in shapeless
 /// compiled functions).
 pub fn full_like(x: &Array, value: impl Into<Scalar>) -> Result<Array> {
-    Array::from_op(Primitive::BroadcastLike, vec![value.into().to_array(x.dtype()), x.clone()])
+    Array::from_op(Primitive::BroadcastLike, vec![value.into().to_array(x.dtype(), x.device()), x.clone()])
 }
 
 /// Zeros with the shape and dtype of `x`.

@@ -35,7 +35,8 @@ pub fn matmul(a: &Array, b: &Array) -> Result<Array> {
     }
     let (oa, ob) = (Operand::from(a), Operand::from(b));
     let dt = result_dtype(&[&oa, &ob]);
-    let (mut a2, mut b2) = (operand_as(oa, dt)?, operand_as(ob, dt)?);
+    let dev = a.device();
+    let (mut a2, mut b2) = (operand_as(oa, dt, dev)?, operand_as(ob, dt, dev)?);
     let (va, vb) = (a.ndim() == 1, b.ndim() == 1);
     if va {
         a2 = expand_dims(&a2, &[0])?;

@@ -15,7 +15,8 @@ pub mod shape;
 pub mod unary;
 
 use crate::array::Array;
-use crate::backend::cpu::Buffer;
+use crate::buffer::Buffer;
+use crate::device::Device;
 use crate::dtype::{DType, Element, ScalarKind};
 use crate::error::Result;
 use crate::primitive::Primitive;
@@ -62,9 +63,12 @@ impl Scalar {
         })
     }
 
-    /// A 0-d array of `dtype` holding this value.
-    pub fn to_array(self, dtype: DType) -> Array {
-        Array::from_valid_data(crate::array::Data::contiguous(self.to_buffer(dtype), &[]))
+    /// A 0-d array of `dtype` holding this value, on `device` (on the CPU
+    /// if that device cannot take it: an op mixing it with arrays on
+    /// `device` then fails with a device error).
+    pub fn to_array(self, dtype: DType, device: Device) -> Array {
+        Array::from_host(self.to_buffer(dtype), &[], device)
+            .unwrap_or_else(|_| Array::from_valid_data(crate::array::Data::contiguous(self.to_buffer(dtype), &[])))
     }
 }
 
@@ -127,12 +131,23 @@ pub fn result_dtype(ops: &[&Operand]) -> DType {
     }
 }
 
-/// The operand as an array of `dtype` (scalars become 0-d constants, arrays
-/// get an `astype` node when their dtype differs).
-pub fn operand_as(o: Operand, dtype: DType) -> Result<Array> {
+/// The device of an op on `ops`: that of the first array operand (all
+/// arrays must share it, which the op checks), else the default device.
+pub fn operand_device(ops: &[&Operand]) -> Device {
+    ops.iter()
+        .find_map(|o| match o {
+            Operand::Array(a) => Some(a.device()),
+            Operand::Scalar(_) => None,
+        })
+        .unwrap_or_else(crate::device::default_device)
+}
+
+/// The operand as an array of `dtype` (scalars become 0-d constants on
+/// `device`, arrays get an `astype` node when their dtype differs).
+pub fn operand_as(o: Operand, dtype: DType, device: Device) -> Result<Array> {
     match o {
         Operand::Array(a) => astype(&a, dtype),
-        Operand::Scalar(s) => Ok(s.to_array(dtype)),
+        Operand::Scalar(s) => Ok(s.to_array(dtype, device)),
     }
 }
 

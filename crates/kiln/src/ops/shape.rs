@@ -119,7 +119,8 @@ pub fn concatenate(xs: &[Array], axis: isize) -> Result<Array> {
     let ax = normalize_axis("concatenate", axis, first.ndim())?;
     let ops: Vec<Operand> = xs.iter().map(Operand::from).collect();
     let dt = result_dtype(&ops.iter().collect::<Vec<_>>());
-    let ins = ops.into_iter().map(|o| operand_as(o, dt)).collect::<Result<Vec<_>>>()?;
+    let dev = first.device();
+    let ins = ops.into_iter().map(|o| operand_as(o, dt, dev)).collect::<Result<Vec<_>>>()?;
     if ins.len() == 1 {
         return Ok(ins[0].clone());
     }
@@ -163,7 +164,7 @@ pub fn split(x: &Array, sections: usize, axis: isize) -> Result<Vec<Array>> {
     // The list of parts is as long as asked (an empty axis splits into any
     // number of empty parts): reserved fallibly, so an absurd count is an
     // error rather than an abort.
-    let mut parts = crate::backend::cpu::pool::try_vec("split", sections)?;
+    let mut parts = crate::memory::try_vec("split", sections)?;
     for index in 0..sections {
         parts.push(Array::from_op(Primitive::SplitSection { axis: ax, sections, index }, vec![x.clone()])?);
     }

@@ -17,14 +17,12 @@ pub struct Cse;
 
 fn constant_key(ins: &Instr) -> Option<String> {
     let d = ins.constant.as_ref()?;
-    if d.layout.numel() > SMALL_CONSTANT {
+    if d.layout().numel() > SMALL_CONSTANT {
         // Large constants merge only when they are the same buffer view.
-        return Some(format!("buf{:p}{:?}", std::sync::Arc::as_ptr(&d.buffer), d.layout));
+        return Some(format!("buf{:p}{:?}", std::sync::Arc::as_ptr(d.storage()) as *const (), d.layout()));
     }
     // Debug prints floats in their shortest exact form (-0.0 kept apart).
-    let values = crate::with_buffer!(&*d.buffer, v => {
-        format!("{:?}", crate::backend::cpu::strided::gather("cse", v, &d.layout).ok()?)
-    });
+    let values = format!("{:?}", crate::backend::for_device(d.device()).ok()?.to_host(d).ok()?);
     Some(format!("const{}{:?}{values}", ins.dtype, ins.shape))
 }
 

@@ -39,8 +39,11 @@ pub(crate) mod tests {
 
     /// Traces `f` on f32 placeholders of the given shapes.
     pub fn trace(shapes: &[&[usize]], f: impl Fn(&[Array]) -> Result<Vec<Array>>) -> Program {
-        let params: Vec<Array> =
-            shapes.iter().enumerate().map(|(i, s)| Array::placeholder(i, s.to_vec(), DType::F32)).collect();
+        let params: Vec<Array> = shapes
+            .iter()
+            .enumerate()
+            .map(|(i, s)| Array::placeholder(i, s.to_vec(), DType::F32, crate::Device::Cpu))
+            .collect();
         let outs = f(&params).expect("trace");
         Program::from_graph(&params, &outs).expect("program")
     }

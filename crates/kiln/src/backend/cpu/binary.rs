@@ -3,10 +3,10 @@
 
 use std::marker::PhantomData;
 
-use crate::backend::cpu::buffer::elem_type;
 use crate::backend::cpu::math::{floordiv_f32, floordiv_f64, max_nan, min_nan, rem_f32, rem_f64, FloatMath, IntMath};
 use crate::backend::cpu::tile::{map2, map3, multiversion, Src};
-use crate::backend::cpu::Buffer;
+use crate::buffer::elem_type;
+use crate::buffer::Buffer;
 use crate::dtype::{DType, Element};
 use crate::primitive::BinaryOp;
 

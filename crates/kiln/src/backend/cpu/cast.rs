@@ -4,9 +4,9 @@
 
 use std::marker::PhantomData;
 
-use crate::backend::cpu::buffer::elem_type;
 use crate::backend::cpu::tile::{map1, multiversion, Src};
-use crate::backend::cpu::Buffer;
+use crate::buffer::elem_type;
+use crate::buffer::Buffer;
 use crate::dtype::{DType, Element};
 
 #[inline(always)]

@@ -121,7 +121,7 @@ fn gather_tile(
 ) {
     let inner = strides.last().copied().unwrap_or(0);
     crate::with_buffer!(buf, src => {
-        let dst = crate::backend::cpu::BufferElement::slice_of_mut(reg).expect("register dtype is the input dtype");
+        let dst = crate::buffer::BufferElement::slice_of_mut(reg).expect("register dtype is the input dtype");
         for_each_block(shape, [strides], [offset], start..start + len, |pos, o, cnt| {
             let d = &mut dst[pos - start..pos - start + cnt];
             let o = o[0] as usize;
@@ -603,11 +603,8 @@ type Allocated = (SmallVec<[Buffer; INLINE]>, SmallVec<[OutPtr; INLINE]>);
 
 /// Output buffers of `n` elements for each group output, and their pointers.
 fn alloc_outputs(g: &FusedGroup, n: usize) -> crate::Result<Allocated> {
-    let mut outs: SmallVec<[Buffer; INLINE]> = g
-        .outputs
-        .iter()
-        .map(|&r| crate::backend::cpu::pool::take("fused", g.reg_dtype(r), n))
-        .collect::<crate::Result<_>>()?;
+    let mut outs: SmallVec<[Buffer; INLINE]> =
+        g.outputs.iter().map(|&r| crate::memory::take("fused", g.reg_dtype(r), n)).collect::<crate::Result<_>>()?;
     let ptrs = outs.iter_mut().map(out_ptr).collect();
     Ok((outs, ptrs))
 }
@@ -668,11 +665,11 @@ fn find_donor(args: &mut [Arg], dtype: DType, shape: &[usize], n: usize, dests: 
     args.iter_mut().enumerate().find_map(|(j, a)| match a {
         Arg::Owned(d)
             if !dests.iter().any(|t| matches!(t, Dest::Donor(x) if *x == j))
-                && d.buffer.dtype() == dtype
-                && d.buffer.len() == n
+                && d.buffer().dtype() == dtype
+                && d.buffer().len() == n
                 && view_as(d, shape).contiguous_range() == Some(0..n) =>
         {
-            Some((j, out_ptr(Arc::get_mut(&mut d.buffer)?)))
+            Some((j, out_ptr(d.unique_buffer_mut()?)))
         }
         _ => None,
     })
@@ -738,14 +735,14 @@ pub(crate) fn launch(
             ptrs.push(p);
         } else {
             let op = if g.ops.len() == 1 { g.ops[0].prim.name() } else { "fused" };
-            let mut b = crate::backend::cpu::pool::take(op, dtype, n)?;
+            let mut b = crate::memory::take(op, dtype, n)?;
             ptrs.push(out_ptr(&mut b));
             dests.push(Dest::Fresh(b));
         }
     }
     {
         let mut loads = Loads::new();
-        loads.extend(args.iter().map(|a| plan_load(&a.data().buffer, &view_as(a.data(), shape))));
+        loads.extend(args.iter().map(|a| plan_load(a.data().buffer(), &view_as(a.data(), shape))));
         // An output is streamed when its destination (the whole sink, for
         // claimed rows) is large.
         let mut stream: SmallVec<[bool; INLINE]> = SmallVec::new();
@@ -759,17 +756,16 @@ pub(crate) fn launch(
         let next_block = (!into.is_empty()).then(|| n * g.inputs.iter().map(|d| d.size()).max().unwrap_or(0));
         Exec::new(g, &loads[..], n, &stream[..], next_block).all(n, &ptrs);
     }
-    let mut owned: SmallVec<[Option<Arc<Buffer>>; INLINE]> = SmallVec::new();
+    let mut owned: SmallVec<[Option<Data>; INLINE]> = SmallVec::new();
     owned.extend(args.drain(..).map(|a| match a {
-        Arg::Owned(d) => Some(d.buffer),
+        Arg::Owned(d) => Some(d),
         Arg::Borrowed(_) => None,
     }));
     for d in dests.drain(..) {
         match d {
-            Dest::Donor(j) => outs.push(Data {
-                buffer: owned[j].take().expect("each donor receives one output"),
-                layout: Layout::contiguous(shape),
-            }),
+            Dest::Donor(j) => {
+                outs.push(owned[j].take().expect("each donor receives one output").relayout(Layout::contiguous(shape)))
+            }
             Dest::Claimed => {}
             Dest::Fresh(mut b) => {
                 // SAFETY: `all` ran over `0..n`, writing every element of
@@ -804,12 +800,12 @@ pub fn run_reduce(
     let kept = || (0..nd).filter(|a| !axes.contains(a));
     let perm: crate::layout::Dims = kept().chain(axes.iter().copied()).collect();
     let mut loads = Loads::new();
-    loads.extend(inputs.iter().map(|d| plan_load(&d.buffer, &view_as(d, shape).permute(&perm))));
+    loads.extend(inputs.iter().map(|d| plan_load(d.buffer(), &view_as(d, shape).permute(&perm))));
     let out_shape: crate::layout::Dims = kept().map(|a| shape[a]).collect();
     let n_out = crate::shape::numel(&out_shape);
     let n_red = crate::shape::numel(&axes.iter().map(|&a| shape[a]).collect::<crate::layout::Dims>());
     // Outputs and partial results are allocated deep inside: check first.
-    crate::backend::cpu::pool::check_alloc("reduce", n_out.saturating_mul(8 * reductions.len().max(1)))?;
+    crate::memory::check_alloc("reduce", n_out.saturating_mul(8 * reductions.len().max(1)))?;
     // Reductions of the inputs themselves (siblings such as max and sumexp
     // of x) read them in place, each with the reduction kernel's own walk.
     let copied_input = |r: usize| -> Option<usize> {
@@ -828,7 +824,7 @@ pub fn run_reduce(
                 continue;
             }
             let d = inputs[reg];
-            let v = Data { buffer: d.buffer.clone(), layout: view_as(d, shape).into_owned() };
+            let v = d.view(view_as(d, shape).into_owned());
             let ops: Vec<ReduceOp> = mine.iter().map(|&k| reductions[k].0).collect();
             for (k, b) in mine.into_iter().zip(reduce::reduce_many(&ops, &v, axes)?) {
                 out[k] = Some(Data::contiguous(b, &out_shape));
@@ -848,7 +844,7 @@ pub fn run_reduce(
         let row = (hi - lo).checked_div(rows).unwrap_or(n_red);
         Ok(scratch.into_iter().map(|b| Data::contiguous(b, &[rows, row])).collect())
     };
-    let fold = |op: ReduceOp, d: &Data| reduce::reduce(op, d, &[1], op.out_dtype(d.buffer.dtype()));
+    let fold = |op: ReduceOp, d: &Data| reduce::reduce(op, d, &[1], op.out_dtype(d.buffer().dtype()));
     let bufs: Vec<Buffer> = if n_red <= REDUCE_CHUNK || n_out == 0 {
         let rows = (REDUCE_CHUNK / n_red.max(1)).max(1);
         let chunks = n_out.div_ceil(rows).max(1);
@@ -1005,16 +1001,16 @@ impl Partial {
     /// mean), so that partials neither round nor overflow where the
     /// reduction of the whole row would not.
     fn of(op: ReduceOp, vals: &Data, count: usize) -> crate::Result<Partial> {
-        let dt = vals.buffer.dtype();
+        let dt = vals.buffer().dtype();
         let acc = reduce::acc_dtype(op, dt);
         let widened;
         let vals = if acc == dt {
             vals
         } else {
-            widened = run_single(&Primitive::AsType(acc), &[vals], &vals.layout.shape, acc)?;
+            widened = run_single(&Primitive::AsType(acc), &[vals], &vals.layout().shape, acc)?;
             &widened
         };
-        let one = |op: ReduceOp| reduce::reduce(op, vals, &[1], op.out_dtype(vals.buffer.dtype()));
+        let one = |op: ReduceOp| reduce::reduce(op, vals, &[1], op.out_dtype(vals.buffer().dtype()));
         let first = |b: Buffer| crate::with_buffer!(&b, v => v[0].to_f64());
         Ok(match op {
             ReduceOp::Mean => Partial::Value(one(ReduceOp::Sum)?),
@@ -1023,7 +1019,7 @@ impl Partial {
             }
             ReduceOp::SumExp => Partial::MaxSum(first(one(ReduceOp::Max)?), first(one(ReduceOp::SumExp)?)),
             ReduceOp::LogSumExp => match reduce::lse_state(vals) {
-                Some((m, s)) => Partial::Lse(m, s, vals.buffer.dtype()),
+                Some((m, s)) => Partial::Lse(m, s, vals.buffer().dtype()),
                 None => Partial::Value(one(ReduceOp::LogSumExp)?),
             },
             o => Partial::Value(one(o)?),
@@ -1113,10 +1109,10 @@ impl Partial {
                 } else {
                     r
                 };
-                if r.buffer.dtype() == out {
-                    return Ok((*r.buffer).clone());
+                if r.buffer().dtype() == out {
+                    return Ok((*r.buffer()).clone());
                 }
-                Ok((*run_single(&Primitive::AsType(out), &[&r], &[1], out)?.buffer).clone())
+                Ok((*run_single(&Primitive::AsType(out), &[&r], &[1], out)?.buffer()).clone())
             }
         }
     }
@@ -1136,16 +1132,16 @@ fn concat_buffers<'a>(parts: impl Iterator<Item = &'a Buffer>, dtype: DType) -> 
 /// `d` viewed over the iteration space `shape`: its own layout (borrowed,
 /// no clone) when the shapes match, else broadcast to `shape`.
 fn view_as<'a>(d: &'a Data, shape: &[usize]) -> std::borrow::Cow<'a, Layout> {
-    if crate::shape::same(&d.layout.shape, shape) {
-        std::borrow::Cow::Borrowed(&d.layout)
+    if crate::shape::same(&d.layout().shape, shape) {
+        std::borrow::Cow::Borrowed(d.layout())
     } else {
-        std::borrow::Cow::Owned(d.layout.broadcast_to(shape))
+        std::borrow::Cow::Owned(d.layout().broadcast_to(shape))
     }
 }
 
 /// Runs one elementwise primitive eagerly, as a group of one op.
 pub fn run_single(prim: &Primitive, inputs: &[&Data], shape: &[usize], dtype: DType) -> crate::Result<Data> {
-    let g = FusedGroup::single(prim.clone(), inputs.iter().map(|d| d.buffer.dtype()).collect(), dtype);
+    let g = FusedGroup::single(prim.clone(), inputs.iter().map(|d| d.buffer().dtype()).collect(), dtype);
     Ok(run(&g, inputs, shape)?.pop().expect("one output"))
 }
 
@@ -1155,11 +1151,11 @@ mod tests {
     use crate::primitive::UnaryOp;
 
     fn f32_data(vals: Vec<f32>, layout: Layout) -> Data {
-        Data { buffer: Arc::new(Buffer::from_vec(vals)), layout }
+        Data::from_parts(Arc::new(Buffer::from_vec(vals)), layout)
     }
 
     fn vec_ptr(d: &Data) -> *const f32 {
-        d.buffer.as_slice::<f32>().expect("f32").as_ptr()
+        d.buffer().as_slice::<f32>().expect("f32").as_ptr()
     }
 
     /// `tanh(a * b) + a` with `a` at argument 0 and `b` at argument 1.

@@ -9,9 +9,9 @@
 use std::mem::MaybeUninit;
 
 use crate::array::Data;
-use crate::backend::cpu::buffer::elem_type;
 use crate::backend::cpu::strided::fill;
-use crate::backend::cpu::Buffer;
+use crate::buffer::elem_type;
+use crate::buffer::Buffer;
 use crate::dtype::{DType, Element};
 use crate::error::{Error, Result};
 use crate::layout::{collapse, for_each_block, Layout};
@@ -80,11 +80,11 @@ fn concat_typed<T: Element>(xs: &[&Data], axis: usize, shape: &[usize]) -> Resul
     let mut parts = Vec::with_capacity(xs.len());
     let mut at = 0usize;
     for x in xs {
-        let src = x.buffer.as_slice::<T>().expect("concatenate inputs share the output dtype");
-        debug_assert!(x.layout.fits(src.len()), "concatenate: an input's layout reaches outside its buffer");
-        let seg = x.layout.shape[axis] * inner;
+        let src = x.buffer().as_slice::<T>().expect("concatenate inputs share the output dtype");
+        debug_assert!(x.layout().fits(src.len()), "concatenate: an input's layout reaches outside its buffer");
+        let seg = x.layout().shape[axis] * inner;
         if seg > 0 {
-            parts.push((Source::new(src, &x.layout.shape, &x.layout.strides), x.layout.offset, seg, at));
+            parts.push((Source::new(src, &x.layout().shape, &x.layout().strides), x.layout().offset, seg, at));
         }
         at += seg;
     }
@@ -108,13 +108,13 @@ fn concat_typed<T: Element>(xs: &[&Data], axis: usize, shape: &[usize]) -> Resul
 /// array of `shape`.
 pub fn concatenate(xs: &[&Data], axis: usize, shape: &[usize]) -> Result<Buffer> {
     let first = xs.first().ok_or(Error::Invalid { op: "concatenate", msg: "needs at least one array".into() })?;
-    if let Some(bad) = xs.iter().find(|x| x.buffer.dtype() != first.buffer.dtype()) {
+    if let Some(bad) = xs.iter().find(|x| x.buffer().dtype() != first.buffer().dtype()) {
         return Err(Error::Invalid {
             op: "concatenate",
-            msg: format!("inputs have different dtypes {} and {}", first.buffer.dtype(), bad.buffer.dtype()),
+            msg: format!("inputs have different dtypes {} and {}", first.buffer().dtype(), bad.buffer().dtype()),
         });
     }
-    crate::with_buffer!(&*first.buffer, v => {
+    crate::with_buffer!(first.buffer(), v => {
         let t = elem_type(v);
         concat_with(t, xs, axis, shape)
     })
@@ -132,11 +132,11 @@ fn concat_with<T: Element>(
 /// The indices normalized against `dim` (negative ones count from the
 /// end), or an error naming the first out-of-range one.
 fn normalized_indices(idx: &Data, axis: usize, dim: usize) -> Result<Vec<usize>> {
-    let mut out = crate::backend::cpu::pool::try_vec::<usize>("take", idx.layout.numel())?;
+    let mut out = crate::memory::try_vec::<usize>("take", idx.layout().numel())?;
     // Dimensions fit isize (shape rules check), so `dim` fits i64.
     let n = dim as i64;
-    crate::with_buffer!(&*idx.buffer, v => {
-        for x in crate::backend::cpu::strided::gather("take", v, &idx.layout)? {
+    crate::with_buffer!(idx.buffer(), v => {
+        for x in crate::backend::cpu::strided::gather("take", v, idx.layout())? {
             let i = x.to_i64();
             let j = if i < 0 { i + n } else { i };
             if !(0..n).contains(&j) {
@@ -155,8 +155,8 @@ fn normalized_indices(idx: &Data, axis: usize, dim: usize) -> Result<Vec<usize>>
 }
 
 fn take_typed<T: Element>(x: &Data, idx: &[usize], axis: usize, shape: &[usize]) -> Result<Vec<T>> {
-    let src = x.buffer.as_slice::<T>().expect("take output dtype is the input dtype");
-    let l: &Layout = &x.layout;
+    let src = x.buffer().as_slice::<T>().expect("take output dtype is the input dtype");
+    let l: &Layout = x.layout();
     debug_assert!(l.fits(src.len()), "take: the layout reaches outside its buffer");
     let n: usize = shape.iter().product();
     if n == 0 {
@@ -215,20 +215,20 @@ fn take_with<T: Element>(
 /// = `x.shape[..axis] + idx.shape + x.shape[axis+1..]`. An index outside
 /// `-size..size` is an error naming it, the axis and the axis size.
 pub fn take(x: &Data, idx: &Data, axis: usize, shape: &[usize]) -> Result<Buffer> {
-    if !idx.buffer.dtype().is_int() {
+    if !idx.buffer().dtype().is_int() {
         return Err(Error::DType {
             op: "take",
-            dtype: idx.buffer.dtype(),
+            dtype: idx.buffer().dtype(),
             msg: "indices must be an integer array".into(),
         });
     }
     if shape.contains(&0) {
         // An empty result reads no index (and allocates nothing).
-        return Ok(crate::with_dtype!(x.buffer.dtype(), T => Buffer::from_vec(Vec::<T>::new())));
+        return Ok(crate::with_dtype!(x.buffer().dtype(), T => Buffer::from_vec(Vec::<T>::new())));
     }
-    let dim = x.layout.shape[axis];
+    let dim = x.layout().shape[axis];
     let idx = normalized_indices(idx, axis, dim)?;
-    crate::with_buffer!(&*x.buffer, v => {
+    crate::with_buffer!(x.buffer(), v => {
         let t = elem_type(v);
         take_with(t, x, &idx, axis, shape)
     })

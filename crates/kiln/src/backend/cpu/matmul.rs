@@ -29,11 +29,12 @@ use smallvec::SmallVec;
 
 use crate::array::Data;
 use crate::backend::cpu::math::IntMath;
-use crate::backend::cpu::pool::try_vec;
-use crate::backend::cpu::{team, Buffer};
+use crate::backend::cpu::team;
+use crate::buffer::Buffer;
 use crate::dtype::Element;
 use crate::error::{shape_str, Error, Result};
 use crate::layout::{Dims, Layout};
+use crate::memory::try_vec;
 
 /// Per-batch-matrix offsets, inline for batches of up to 4 matrices (a
 /// single product's geometry allocates nothing).
@@ -55,20 +56,20 @@ pub fn uses_threads(batch: usize, m: usize, n: usize, k: usize) -> bool {
 pub fn matmul(a: &Data, b: &Data, shape: &[usize]) -> Result<Buffer> {
     let contiguous_b;
     let mut b = b;
-    let inner_stride = b.layout.strides.last().copied().unwrap_or(1);
-    if a.buffer.dtype().is_int() && inner_stride != 1 && b.layout.shape.last().is_some_and(|&n| n > 1) {
+    let inner_stride = b.layout().strides.last().copied().unwrap_or(1);
+    if a.buffer().dtype().is_int() && inner_stride != 1 && b.layout().shape.last().is_some_and(|&n| n > 1) {
         // The integer loop streams rows of `b`: give it unit-stride rows.
-        contiguous_b = Data::contiguous(super::copy("matmul", b)?, &b.layout.shape);
+        contiguous_b = Data::contiguous(super::copy("matmul", b)?, &b.layout().shape);
         b = &contiguous_b;
     }
     let g = Geometry::new(a, b, shape)?;
-    Ok(match &*a.buffer {
+    Ok(match a.buffer() {
         Buffer::F32(_) => Buffer::from_vec(f32_batched(a, b, &g, None)?),
         Buffer::F64(_) => Buffer::from_vec(gemm_batched::<f64>(a, b, &g)?),
         Buffer::F16(_) => Buffer::from_vec(gemm_batched::<f16>(a, b, &g)?),
         Buffer::BF16(_) => {
             let f32_ = crate::primitive::Primitive::AsType(crate::DType::F32);
-            let widen = |x: &Data| super::fused::run_single(&f32_, &[x], &x.layout.shape, crate::DType::F32);
+            let widen = |x: &Data| super::fused::run_single(&f32_, &[x], &x.layout().shape, crate::DType::F32);
             let (a32, b32) = (widen(a)?, widen(b)?);
             let out = f32_batched(&a32, &b32, &Geometry::new(&a32, &b32, shape)?, None)?;
             let mut narrow = try_vec::<bf16>("matmul", out.len())?;
@@ -96,8 +97,8 @@ pub fn matmul(a: &Data, b: &Data, shape: &[usize]) -> Result<Buffer> {
 /// would not read the bias itself ([`sgemm::seeds_in_kernel`]): the caller
 /// then adds it separately, in one pass with the rest of the epilogue.
 pub fn matmul_bias(a: &Data, b: &Data, bias: &Data, shape: &[usize]) -> Result<Option<Buffer>> {
-    let f32s = [a, b, bias].iter().all(|d| matches!(&*d.buffer, Buffer::F32(_)));
-    let bs = &bias.layout.shape;
+    let f32s = [a, b, bias].iter().all(|d| matches!(d.buffer(), Buffer::F32(_)));
+    let bs = &bias.layout().shape;
     let fits = bs.len() <= shape.len() && bs.iter().rev().zip(shape.iter().rev()).all(|(&x, &y)| x == y || x == 1);
     if !f32s || !fits {
         return Ok(None);
@@ -106,7 +107,7 @@ pub fn matmul_bias(a: &Data, b: &Data, bias: &Data, shape: &[usize]) -> Result<O
     if !sgemm::seeds_in_kernel(g.m, g.n, g.k) {
         return Ok(None);
     }
-    if !bias.layout.fits(bias.buffer.len()) {
+    if !bias.layout().fits(bias.buffer().len()) {
         return Err(Error::Invalid { op: "matmul", msg: "the bias's layout reaches outside its buffer".into() });
     }
     Ok(Some(Buffer::from_vec(f32_batched(a, b, &g, Some(bias))?)))
@@ -132,7 +133,7 @@ struct Geometry {
 
 impl Geometry {
     fn new(a: &Data, b: &Data, shape: &[usize]) -> Result<Geometry> {
-        let (sa, sb) = (&a.layout.shape, &b.layout.shape);
+        let (sa, sb) = (&a.layout().shape, &b.layout().shape);
         let nd = shape.len();
         let bad = sa.len() < 2 || sb.len() < 2 || nd < 2 || sa[sa.len() - 1] != sb[sb.len() - 2];
         if bad || sa[sa.len() - 2] != shape[nd - 2] || sb[sb.len() - 1] != shape[nd - 1] {
@@ -149,13 +150,13 @@ impl Geometry {
         // The kernels read through raw pointers at the layouts' offsets: a
         // hand-built `Data` that reaches outside its buffer is refused here
         // (one pass over the dims, next to a whole product).
-        if !a.layout.fits(a.buffer.len()) || !b.layout.fits(b.buffer.len()) {
+        if !a.layout().fits(a.buffer().len()) || !b.layout().fits(b.buffer().len()) {
             return Err(Error::Invalid { op: "matmul", msg: "an operand's layout reaches outside its buffer".into() });
         }
         let (m, n, k) = (shape[nd - 2], shape[nd - 1], sa[sa.len() - 1]);
         let batch = &shape[..nd - 2];
         let full = |r: usize, c: usize| -> Dims { batch.iter().copied().chain([r, c]).collect() };
-        let (la, lb) = (a.layout.broadcast_to(&full(m, k)), b.layout.broadcast_to(&full(k, n)));
+        let (la, lb) = (a.layout().broadcast_to(&full(m, k)), b.layout().broadcast_to(&full(k, n)));
         // An empty output has no batch matrix to locate (and its batch
         // dims may multiply to any number).
         let offsets = if m == 0 || n == 0 {
@@ -212,8 +213,8 @@ fn gemm_batched<T: GemmElement>(a: &Data, b: &Data, g: &Geometry) -> Result<Vec<
     if mn == 0 || k == 0 || g.offsets.is_empty() {
         return Ok(out); // empty, or sums over nothing: zeros
     }
-    let sa = a.buffer.as_slice::<T>().expect("matmul operands have the inferred dtype");
-    let sb = b.buffer.as_slice::<T>().expect("matmul operands have the inferred dtype");
+    let sa = a.buffer().as_slice::<T>().expect("matmul operands have the inferred dtype");
+    let sb = b.buffer().as_slice::<T>().expect("matmul operands have the inferred dtype");
     let run = |dst: &mut [T], (oa, ob): (isize, isize), par: Parallelism| {
         debug_assert_eq!(dst.len(), mn);
         // SAFETY: `dst` is an exclusively borrowed, initialized `m x n` block
@@ -276,13 +277,13 @@ fn f32_batched(a: &Data, b: &Data, g: &Geometry, bias: Option<&Data>) -> Result<
     if mn == 0 || nb == 0 {
         return Ok(vec![]);
     }
-    let sa = a.buffer.as_slice::<f32>().expect("matmul operands have the inferred dtype");
-    let sb = b.buffer.as_slice::<f32>().expect("matmul operands have the inferred dtype");
+    let sa = a.buffer().as_slice::<f32>().expect("matmul operands have the inferred dtype");
+    let sb = b.buffer().as_slice::<f32>().expect("matmul operands have the inferred dtype");
     let nd = g.shape.len();
     let bias = match bias {
         Some(d) => {
-            let l = d.layout.broadcast_to(&g.shape);
-            let data = d.buffer.as_slice::<f32>().expect("matmul_bias checked the dtype");
+            let l = d.layout().broadcast_to(&g.shape);
+            let data = d.buffer().as_slice::<f32>().expect("matmul_bias checked the dtype");
             Some((data, batch_offsets(&l, &g.shape[..nd - 2])?, l.strides[nd - 2], l.strides[nd - 1]))
         }
         None => None,
@@ -327,8 +328,8 @@ fn int_batched<I: IntMath>(a: &Data, b: &Data, g: &Geometry) -> Result<Vec<I>> {
     if out.is_empty() || k == 0 {
         return Ok(out);
     }
-    let sa = a.buffer.as_slice::<I>().expect("matmul operands have the inferred dtype");
-    let sb = b.buffer.as_slice::<I>().expect("matmul operands have the inferred dtype");
+    let sa = a.buffer().as_slice::<I>().expect("matmul operands have the inferred dtype");
+    let sb = b.buffer().as_slice::<I>().expect("matmul operands have the inferred dtype");
     // One output row: row `r` of batch matrix `bi`.
     let row = |(idx, dst): (usize, &mut [I])| {
         let (bi, i) = (idx / m, idx % m);

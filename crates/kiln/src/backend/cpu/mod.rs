@@ -4,7 +4,6 @@
 //! programs alike.
 
 pub mod binary;
-pub mod buffer;
 pub mod cast;
 pub mod fused;
 pub mod index;
@@ -13,7 +12,6 @@ pub mod jit;
 pub mod jit_x86;
 pub mod math;
 pub mod matmul;
-pub mod pool;
 pub mod random;
 pub mod reduce;
 pub mod rows;
@@ -24,9 +22,7 @@ pub mod team;
 pub mod tile;
 pub mod unary;
 
-use std::sync::Arc;
-
-pub use buffer::{Buffer, BufferElement};
+pub use crate::buffer::{Buffer, BufferElement};
 
 use crate::array::Data;
 use crate::dtype::DType;
@@ -34,14 +30,29 @@ use crate::error::Result;
 use crate::layout::Layout;
 use crate::primitive::Primitive;
 
+/// The CPU backend.
+pub struct Cpu;
+
+impl crate::backend::Backend for Cpu {
+    fn name(&self) -> &'static str {
+        "cpu"
+    }
+    fn eval(&self, prim: &Primitive, inputs: &[&Data], shape: &[usize], dtype: DType) -> Result<Data> {
+        eval(prim, inputs, shape, dtype)
+    }
+    fn to_host(&self, data: &Data) -> Result<Buffer> {
+        copy("to_vec", data)
+    }
+    fn upload(&self, buffer: Buffer, shape: &[usize]) -> Result<Data> {
+        Ok(Data::contiguous(buffer, shape))
+    }
+}
+
 /// Runs `prim` on evaluated `inputs`, producing an output of the inferred
 /// `shape` and `dtype`. Views share the input's buffer.
 pub fn eval(prim: &Primitive, inputs: &[&Data], shape: &[usize], dtype: DType) -> Result<Data> {
     let fresh = |b: Buffer| Ok(Data::contiguous(b, shape));
-    let view = |layout: Layout| {
-        debug_assert!(layout.fits(inputs[0].buffer.len()), "{}: a view reaches outside its buffer", prim.name());
-        Ok(Data { buffer: Arc::clone(&inputs[0].buffer), layout })
-    };
+    let view = |layout: Layout| Ok(inputs[0].view(layout));
     // An empty result computes nothing: kernels that walk the outer axes of
     // a view would otherwise loop over every combination of its nonzero
     // dimensions (up to 2^60 of them beside one empty axis).
@@ -59,15 +70,15 @@ pub fn eval(prim: &Primitive, inputs: &[&Data], shape: &[usize], dtype: DType) -
         Primitive::ArgReduce { op, axis, .. } => fresh(reduce::arg_reduce(*op, inputs[0], *axis)?),
         Primitive::Matmul => fresh(matmul::matmul(inputs[0], inputs[1], shape)?),
         Primitive::Reshape { .. } | Primitive::Squeeze { .. } | Primitive::ExpandDims { .. } => {
-            match inputs[0].layout.reshape(shape) {
+            match inputs[0].layout().reshape(shape) {
                 Some(l) => view(l),
                 None => fresh(copy("reshape", inputs[0])?),
             }
         }
-        Primitive::Transpose { perm } => view(inputs[0].layout.permute(perm)),
-        Primitive::BroadcastTo { .. } | Primitive::BroadcastLike => view(inputs[0].layout.broadcast_to(shape)),
+        Primitive::Transpose { perm } => view(inputs[0].layout().permute(perm)),
+        Primitive::BroadcastTo { .. } | Primitive::BroadcastLike => view(inputs[0].layout().broadcast_to(shape)),
         Primitive::Slice { axes } => {
-            let l = &inputs[0].layout;
+            let l = &inputs[0].layout();
             let (mut starts, mut lens, mut steps) = (vec![0; l.ndim()], l.shape.clone(), vec![1; l.ndim()]);
             for (i, a) in axes.iter().enumerate() {
                 (starts[i], lens[i]) = a.resolve(l.shape[i]);
@@ -76,7 +87,7 @@ pub fn eval(prim: &Primitive, inputs: &[&Data], shape: &[usize], dtype: DType) -
             view(l.slice(&starts, &lens, &steps))
         }
         Primitive::SplitSection { axis, index, .. } => {
-            let l = &inputs[0].layout;
+            let l = &inputs[0].layout();
             let mut starts = vec![0; l.ndim()];
             starts[*axis] = index * shape[*axis];
             view(l.slice(&starts, shape, &vec![1; l.ndim()]))
@@ -91,5 +102,5 @@ pub fn eval(prim: &Primitive, inputs: &[&Data], shape: &[usize], dtype: DType) -
 
 /// A contiguous copy of an evaluated array, allocated for `op`.
 pub fn copy(op: &'static str, x: &Data) -> Result<Buffer> {
-    Ok(crate::with_buffer!(&*x.buffer, v => Buffer::from_vec(strided::gather(op, v, &x.layout)?)))
+    Ok(crate::with_buffer!(x.buffer(), v => Buffer::from_vec(strided::gather(op, v, x.layout())?)))
 }

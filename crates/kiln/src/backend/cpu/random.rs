@@ -9,53 +9,21 @@
 
 use crate::array::Data;
 use crate::backend::cpu::strided::fill;
-use crate::backend::cpu::Buffer;
+use crate::buffer::Buffer;
 use crate::error::{shape_str, Error, Result};
-
-/// Threefry's key-schedule parity constant.
-const PARITY: u32 = 0x1BD1_1BDA;
-
-/// The Threefry-2x32 block function (20 rounds): encrypts the counter `ctr`
-/// under `key`.
-#[inline]
-pub fn threefry2x32(key: [u32; 2], ctr: [u32; 2]) -> [u32; 2] {
-    let ks = [key[0], key[1], key[0] ^ key[1] ^ PARITY];
-    let (mut x0, mut x1) = (ctr[0].wrapping_add(ks[0]), ctr[1].wrapping_add(ks[1]));
-    // Four rounds with the given rotations, then a key injection (written
-    // out so the 20 rounds unroll without relying on the optimizer).
-    macro_rules! four_rounds {
-        ($r0:literal, $r1:literal, $r2:literal, $r3:literal, $s:literal) => {
-            x0 = x0.wrapping_add(x1);
-            x1 = x1.rotate_left($r0) ^ x0;
-            x0 = x0.wrapping_add(x1);
-            x1 = x1.rotate_left($r1) ^ x0;
-            x0 = x0.wrapping_add(x1);
-            x1 = x1.rotate_left($r2) ^ x0;
-            x0 = x0.wrapping_add(x1);
-            x1 = x1.rotate_left($r3) ^ x0;
-            x0 = x0.wrapping_add(ks[$s % 3]);
-            x1 = x1.wrapping_add(ks[($s + 1) % 3]).wrapping_add($s);
-        };
-    }
-    four_rounds!(13, 15, 26, 6, 1);
-    four_rounds!(17, 29, 16, 24, 2);
-    four_rounds!(13, 15, 26, 6, 3);
-    four_rounds!(17, 29, 16, 24, 4);
-    four_rounds!(13, 15, 26, 6, 5);
-    [x0, x1]
-}
+use crate::ops::random::threefry2x32;
 
 /// The two words of a `u32[2]` key array (any layout).
 pub fn key_words(key: &Data) -> Result<[u32; 2]> {
-    let words = match (key.layout.shape.as_slice(), key.to_vec::<u32>()) {
+    let words = match (key.layout().shape.as_slice(), key.to_vec::<u32>()) {
         ([2], Ok(w)) => w,
         _ => {
             return Err(Error::Invalid {
                 op: "random_bits",
                 msg: format!(
                     "a key is a u32 array of shape (2), got {}{}",
-                    key.buffer.dtype(),
-                    shape_str(&key.layout.shape)
+                    key.buffer().dtype(),
+                    shape_str(&key.layout().shape)
                 ),
             })
         }

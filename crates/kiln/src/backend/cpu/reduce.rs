@@ -65,7 +65,8 @@ use rayon::prelude::*;
 
 use crate::array::Data;
 use crate::backend::cpu::strided::PAR_THRESHOLD;
-use crate::backend::cpu::{team, Buffer};
+use crate::backend::cpu::team;
+use crate::buffer::Buffer;
 use crate::dtype::{DType, Element};
 use crate::error::{shape_str, Error, Result};
 use crate::layout::{collapse, for_each_block, Layout};
@@ -1145,8 +1146,8 @@ pub(crate) fn lse_state(x: &Data) -> Option<(f64, f64)> {
         let r = Blocked { inner, block: |xs: &[A]| lse_block(xs, |v| v), leaf: LSE_BLOCK };
         execute(&r, src, p).first().copied().unwrap_or((f64::NEG_INFINITY, 0.0))
     }
-    let p = Plan::new(&x.layout, &[1]);
-    match &*x.buffer {
+    let p = Plan::new(x.layout(), &[1]);
+    match x.buffer() {
         Buffer::F32(v) => Some(state(v, &p)),
         Buffer::F64(v) => Some(state(v, &p)),
         _ => None,
@@ -1176,32 +1177,32 @@ pub(crate) fn lse_from_states(dt: DType, n: usize, max: usize, states: &[(f64, f
 /// row-major order of the kept axes.
 pub fn reduce(op: ReduceOp, x: &Data, axes: &[usize], out: DType) -> Result<Buffer> {
     validate(op, x, axes, out)?;
-    let p = Plan::new(&x.layout, axes);
+    let p = Plan::new(x.layout(), axes);
     // The kernel allocates its output and accumulators (at most 8 bytes an
     // element) deep inside: check that they can be had before it starts.
-    crate::backend::cpu::pool::check_alloc(op.name(), p.n_out.saturating_mul(8))?;
-    Ok(crate::with_buffer!(&*x.buffer, v => Reducible::reduce_slice(op, v.as_slice(), &p)))
+    crate::memory::check_alloc(op.name(), p.n_out.saturating_mul(8))?;
+    Ok(crate::with_buffer!(x.buffer(), v => Reducible::reduce_slice(op, v.as_slice(), &p)))
 }
 
 /// Checks that `op` can reduce `axes` of `x` into dtype `out`.
 fn validate(op: ReduceOp, x: &Data, axes: &[usize], out: DType) -> Result<()> {
-    let dt = x.buffer.dtype();
+    let dt = x.buffer().dtype();
     if op.out_dtype(dt) != out {
         return Err(Error::Invalid {
             op: op.name(),
             msg: format!("{} of {dt} gives {}, not {out}", op.name(), op.out_dtype(dt)),
         });
     }
-    let nd = x.layout.ndim();
+    let nd = x.layout().ndim();
     if let Some(&a) = axes.iter().find(|&&a| a >= nd) {
         return Err(Error::Axis { op: op.name(), axis: a as isize, ndim: nd });
     }
-    if matches!(op, ReduceOp::Max | ReduceOp::Min) && axes.iter().any(|&a| x.layout.shape[a] == 0) {
+    if matches!(op, ReduceOp::Max | ReduceOp::Min) && axes.iter().any(|&a| x.layout().shape[a] == 0) {
         return Err(Error::Shape {
             op: op.name(),
             msg: format!(
                 "cannot reduce an empty axis of shape {}: {} has no identity",
-                shape_str(&x.layout.shape),
+                shape_str(&x.layout().shape),
                 op.name()
             ),
         });
@@ -1217,7 +1218,7 @@ fn validate(op: ReduceOp, x: &Data, axes: &[usize], out: DType) -> Result<()> {
 /// the maximum exactly (up to the sign of a zero maximum), the mean bit
 /// for bit. Any other reduction runs alone, as [`reduce`].
 pub fn reduce_many(ops: &[ReduceOp], x: &Data, axes: &[usize]) -> Result<Vec<Buffer>> {
-    let dt = x.buffer.dtype();
+    let dt = x.buffer().dtype();
     let mut out: Vec<Option<Buffer>> = ops.iter().map(|_| None).collect();
     for (i, &op) in ops.iter().enumerate() {
         let carried = match op {
@@ -1231,9 +1232,9 @@ pub fn reduce_many(ops: &[ReduceOp], x: &Data, axes: &[usize]) -> Result<Vec<Buf
         }
         validate(op, x, axes, op.out_dtype(dt))?;
         validate(carried, x, axes, carried.out_dtype(dt))?;
-        let p = Plan::new(&x.layout, axes);
-        crate::backend::cpu::pool::check_alloc(op.name(), p.n_out.saturating_mul(16))?;
-        if let Some((a, b)) = crate::with_buffer!(&*x.buffer, v => Reducible::reduce_pair(op, v.as_slice(), &p)) {
+        let p = Plan::new(x.layout(), axes);
+        crate::memory::check_alloc(op.name(), p.n_out.saturating_mul(16))?;
+        if let Some((a, b)) = crate::with_buffer!(x.buffer(), v => Reducible::reduce_pair(op, v.as_slice(), &p)) {
             out[i] = Some(a);
             out[j] = Some(b);
         }
@@ -1313,7 +1314,7 @@ fn arg_typed<T: Element, const MAX: bool>(
             }
         })
     };
-    let mut out = crate::backend::cpu::pool::try_vec(if MAX { "argmax" } else { "argmin" }, n_out)?;
+    let mut out = crate::memory::try_vec(if MAX { "argmax" } else { "argmin" }, n_out)?;
     out.resize(n_out, 0u32);
     if total < PAR_THRESHOLD {
         fill(0, &mut out);
@@ -1356,7 +1357,7 @@ fn arg_typed<T: Element, const MAX: bool>(
 /// counts as the extremum, as in NumPy).
 pub fn arg_reduce(op: ArgReduceOp, x: &Data, axis: usize) -> Result<Buffer> {
     let name = if op == ArgReduceOp::ArgMax { "argmax" } else { "argmin" };
-    let l = &x.layout;
+    let l = &x.layout();
     if axis >= l.ndim() {
         return Err(Error::Axis { op: name, axis: axis as isize, ndim: l.ndim() });
     }
@@ -1376,7 +1377,7 @@ pub fn arg_reduce(op: ArgReduceOp, x: &Data, axis: usize) -> Result<Buffer> {
     let (kshape, mut k) = collapse(&ks, &[&kst]);
     let kst = k.pop().unwrap_or_default();
     let s = l.strides[axis];
-    let out = crate::with_buffer!(&*x.buffer, v => match op {
+    let out = crate::with_buffer!(x.buffer(), v => match op {
         ArgReduceOp::ArgMax => arg_typed::<_, true>(v.as_slice(), &kshape, &kst, l.offset, n, s)?,
         ArgReduceOp::ArgMin => arg_typed::<_, false>(v.as_slice(), &kshape, &kst, l.offset, n, s)?,
     });

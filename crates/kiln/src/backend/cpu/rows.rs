@@ -4,7 +4,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use crate::backend::cpu::Buffer;
+use crate::buffer::Buffer;
 use crate::dtype::DType;
 
 /// An output of `rows * row_len` elements written in disjoint row blocks.
@@ -29,7 +29,7 @@ impl RowSink {
     /// An unwritten output of `rows` rows of `row_len` elements of `dtype`.
     pub fn new(dtype: DType, rows: usize, row_len: usize) -> crate::Result<RowSink> {
         let len = rows * row_len;
-        let mut buf = crate::backend::cpu::pool::take("fused", dtype, len)?;
+        let mut buf = crate::memory::take("fused", dtype, len)?;
         let ptr = crate::with_buffer!(&mut buf, v => v.as_mut_ptr().cast::<u8>());
         let claimed = (0..rows).map(|_| AtomicBool::new(false)).collect();
         Ok(RowSink { buf, ptr, row_len, len, claimed, written: AtomicUsize::new(0) })

@@ -49,7 +49,7 @@ pub fn fence() {
 /// next tile of an input read in place from memory, while this tile is
 /// computed: a kernel with long per-element work, such as `tanh`, keeps
 /// too few loads in flight to stream from memory on its own).
-pub fn prefetch(buf: &crate::backend::cpu::Buffer, range: std::ops::Range<usize>) {
+pub fn prefetch(buf: &crate::buffer::Buffer, range: std::ops::Range<usize>) {
     #[cfg(target_arch = "x86_64")]
     crate::with_buffer!(buf, v => {
         let (lo, hi) = (range.start.min(v.len()), range.end.min(v.len()));

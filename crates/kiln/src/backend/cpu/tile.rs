@@ -3,7 +3,7 @@
 //! broadcast and gathered by the fused executor, so these loops are plain
 //! slice zips the compiler vectorizes.
 
-use crate::backend::cpu::Buffer;
+use crate::buffer::Buffer;
 use crate::dtype::Element;
 
 /// Elements per tile: small enough that a group's live registers stay in L1.

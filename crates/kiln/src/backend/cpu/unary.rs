@@ -4,7 +4,7 @@
 use crate::backend::cpu::math::{sigmoid_f32, sigmoid_f64, sign_f32, sign_f64, FloatMath, IntMath};
 use crate::backend::cpu::simd_math::{self, Func};
 use crate::backend::cpu::tile::{map1, multiversion, Src};
-use crate::backend::cpu::{Buffer, BufferElement};
+use crate::buffer::{Buffer, BufferElement};
 use crate::primitive::UnaryOp;
 
 #[inline(always)]

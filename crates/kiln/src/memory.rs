@@ -1,4 +1,9 @@
-//! A pool of large freed buffers. A big output allocated fresh is a new
+//! Host memory: a pool of large freed buffers, and the memory limit. Every
+//! backend's host-side data (the CPU backend's arrays, transfers to and from
+//! a device) lives in [`Buffer`]s, so the pool and the limit belong to the
+//! graph layer, not to a backend.
+//!
+//! A big output allocated fresh is a new
 //! mapping from the OS whose pages fault and are zeroed on first write,
 //! which costs as much as the elementwise work itself; instead, buffers of
 //! at least [`MIN_BYTES`] are kept when dropped (up to [`MAX_BYTES`] in all)
@@ -19,7 +24,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-use crate::backend::cpu::Buffer;
+use crate::buffer::Buffer;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 
@@ -202,7 +207,7 @@ fn element_layout<T>(_: &[T]) -> std::alloc::Layout {
 /// free and returns it to the OS, so each output made after a collection is
 /// fresh memory whose pages fault in and are zeroed. From R, the seed's
 /// `matmul_add` (32 KiB outputs) faulted 12 pages per call with the
-/// defaults and under 2 with this. [`release`] gives the kept memory back.
+/// defaults and under 2 with this. [`release_memory`] gives the kept memory back.
 pub fn retain_freed_memory(bytes: usize) {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
@@ -239,6 +244,15 @@ fn trim_heap() {
 
 /// Frees every kept buffer, and the free memory of the C allocator's heap
 /// (see [`retain_freed_memory`]); returns the bytes of kept buffers freed.
+/// Frees the memory kiln keeps for reuse (large buffers of arrays that were
+/// dropped, and the C allocator's free heap); returns the bytes of buffers
+/// freed. Live arrays are not touched.
+pub fn release_memory() -> usize {
+    release()
+}
+
+/// The pool's part of [`release_memory`]: empties the pool (and trims the
+/// C heap); returns the bytes freed.
 pub fn release() -> usize {
     let kept: Vec<Buffer> = std::mem::take(&mut *POOL.lock().unwrap_or_else(|e| e.into_inner()));
     let bytes = kept.iter().map(capacity_bytes).sum();

@@ -36,15 +36,15 @@ pub enum Buffer {
 macro_rules! with_buffer {
     ($buf:expr, $v:ident => $body:expr) => {
         match $buf {
-            $crate::backend::cpu::Buffer::Bool($v) => $body,
-            $crate::backend::cpu::Buffer::U8($v) => $body,
-            $crate::backend::cpu::Buffer::U32($v) => $body,
-            $crate::backend::cpu::Buffer::I32($v) => $body,
-            $crate::backend::cpu::Buffer::I64($v) => $body,
-            $crate::backend::cpu::Buffer::F16($v) => $body,
-            $crate::backend::cpu::Buffer::BF16($v) => $body,
-            $crate::backend::cpu::Buffer::F32($v) => $body,
-            $crate::backend::cpu::Buffer::F64($v) => $body,
+            $crate::buffer::Buffer::Bool($v) => $body,
+            $crate::buffer::Buffer::U8($v) => $body,
+            $crate::buffer::Buffer::U32($v) => $body,
+            $crate::buffer::Buffer::I32($v) => $body,
+            $crate::buffer::Buffer::I64($v) => $body,
+            $crate::buffer::Buffer::F16($v) => $body,
+            $crate::buffer::Buffer::BF16($v) => $body,
+            $crate::buffer::Buffer::F32($v) => $body,
+            $crate::buffer::Buffer::F64($v) => $body,
         }
     };
 }
@@ -147,6 +147,8 @@ pub trait BufferElement: Sized {
     fn into_buffer(v: Vec<Self>) -> Buffer;
     /// The elements of `b`, mutably, if it holds this type.
     fn slice_of_mut(b: &mut Buffer) -> Option<&mut [Self]>;
+    /// The vector inside `b` if it holds this type (else `b` back).
+    fn into_vec(b: Buffer) -> std::result::Result<Vec<Self>, Buffer>;
 }
 
 macro_rules! buffer_element {
@@ -170,6 +172,13 @@ macro_rules! buffer_element {
                     _ => None,
                 }
             }
+            #[inline]
+            fn into_vec(mut b: Buffer) -> std::result::Result<Vec<Self>, Buffer> {
+                match &mut b {
+                    Buffer::$d(v) => Ok(std::mem::take(v)),
+                    _ => Err(b),
+                }
+            }
         }
     };
 }
@@ -189,9 +198,9 @@ pub fn elem_type<T>(_: &Vec<T>) -> std::marker::PhantomData<T> {
     std::marker::PhantomData
 }
 
-/// Large buffers go back to the [`pool`](crate::backend::cpu::pool) for reuse.
+/// Large buffers go back to the [`memory`](crate::memory) for reuse.
 impl Drop for Buffer {
     fn drop(&mut self) {
-        crate::backend::cpu::pool::give(self);
+        crate::memory::give(self);
     }
 }
