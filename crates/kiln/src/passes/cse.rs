@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use crate::passes::Pass;
+use crate::passes::{Facts, Pass};
 use crate::primitive::Primitive;
 use crate::program::{Instr, Program};
 
@@ -43,7 +43,7 @@ impl Pass for Cse {
         "cse"
     }
 
-    fn run(&self, p: &mut Program) {
+    fn run(&self, p: &mut Program, _: &dyn Facts) {
         // Value numbering: one pass in topological order; an instruction's
         // inputs are already renamed to their kept values when its key is made.
         let mut seen: HashMap<String, usize> = HashMap::new();
@@ -57,14 +57,13 @@ impl Pass for Cse {
                 }
             }
         });
-        crate::passes::dce::Dce.run(p);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::passes::tests::{count, trace};
+    use crate::passes::tests::{count, run, trace};
 
     #[test]
     fn merges_repeated_ops_and_scalars() {
@@ -75,7 +74,7 @@ mod tests {
             Ok(vec![(y * z)?])
         });
         assert_eq!(count(&p, "exp"), 2);
-        Cse.run(&mut p);
+        run(&mut p, &[&Cse]);
         assert_eq!(count(&p, "exp"), 1);
         assert_eq!(count(&p, "add"), 1);
         assert_eq!(count(&p, "constant"), 1);
@@ -87,7 +86,7 @@ mod tests {
             let x = &a[0];
             Ok(vec![x.log2()?, x.log10()?, (x + 0.0f32)?, (x + (-0.0f32))?])
         });
-        Cse.run(&mut p);
+        run(&mut p, &[&Cse]);
         assert_eq!(count(&p, "log2"), 1);
         assert_eq!(count(&p, "log10"), 1);
         assert_eq!(count(&p, "add"), 2, "0.0 and -0.0 must stay distinct");
