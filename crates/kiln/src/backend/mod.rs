@@ -2,7 +2,7 @@
 //! passes, `compile`) talks to a backend only through the [`Backend`] and
 //! [`Executable`] traits defined here; each backend lives in a submodule
 //! and imports the graph layer, never the reverse. This module is the one
-//! place outside a backend that names it: [`cpu_backend`] picks the CPU
+//! place outside a backend that names it: `cpu_backend` picks the CPU
 //! backend, and the crate's process-wide settings reach it through the
 //! functions here.
 
