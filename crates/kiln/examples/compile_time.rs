@@ -3,8 +3,10 @@
 //! For each variant and each `n` (the number of ops in the traced
 //! function), traces the function, then times every phase of compiling it
 //! on its own: tracing (building the graph on placeholders), capture
-//! (`Program::from_graph`), each optimization pass, fusion planning,
-//! lowering (`Executable::new`: planning again, lifetimes, row chains) and
+//! (`Program::from_graph`), each optimization pass (the `dce` column sums
+//! the dead-code removals the pipeline runs after other passes), fusion
+//! planning, lowering (`Backend::lower`: planning again, lifetimes, row
+//! chains) and
 //! the first run of the executable. Then, separately, the whole first call
 //! of `kiln::compile(f)` (what a user waits for), and the eager run of the
 //! same function; it checks that the compiled result equals the eager one.
@@ -27,8 +29,9 @@
 use std::cell::RefCell;
 use std::time::Instant;
 
-use kiln::compile::executable::Executable;
-use kiln::passes::{self, Pass};
+use kiln::backend::cpu::Cpu;
+use kiln::backend::Backend;
+use kiln::passes;
 use kiln::program::Program;
 use kiln::{compile, Array, DType, Result};
 
@@ -130,24 +133,22 @@ fn main() -> Result<()> {
                 let mut prog = Program::from_graph(std::slice::from_ref(p), std::slice::from_ref(&out))?;
                 t.push(secs(t0));
                 *instrs.borrow_mut() = prog.instrs.len();
-                let list: [&dyn Pass; 5] = [
-                    &passes::simplify::Simplify { shapeless: false },
-                    &passes::cse::Cse,
-                    &passes::statistics::Statistics,
-                    &passes::dce::Dce,
-                    &passes::remat::Remat,
-                ];
-                for pass in list {
+                // One column per pass name, in the order of the table.
+                let columns = ["simplify", "cse", "statistics", "dce", "remat"];
+                let mut pass_times = [0.0; 5];
+                for pass in passes::pipeline(false) {
                     let t0 = Instant::now();
-                    pass.run(&mut prog);
-                    t.push(secs(t0));
+                    pass.run(&mut prog, Cpu.facts());
+                    let col = columns.iter().position(|&c| c == pass.name()).expect("a column per pass");
+                    pass_times[col] += secs(t0);
                 }
+                t.extend(pass_times);
                 let t0 = Instant::now();
-                let planned = passes::fuse::plan(&prog);
+                let planned = passes::fuse::plan(&prog, Cpu.facts());
                 t.push(secs(t0));
                 drop(planned);
                 let t0 = Instant::now();
-                let exe = Executable::new(prog);
+                let exe = Cpu.lower(prog)?;
                 t.push(secs(t0));
                 let t0 = Instant::now();
                 exe.run(&[&xd], None)?;

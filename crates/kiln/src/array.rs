@@ -131,8 +131,13 @@ impl Data {
                 msg: format!("{} elements were requested; convert with .astype(DType::{:?}) first", T::DTYPE, T::DTYPE),
             });
         }
-        let host = crate::backend::for_device(self.device())?.to_host(self)?;
-        Ok(T::into_vec(host).expect("to_host keeps the dtype"))
+        Ok(T::into_vec(self.to_host()?).expect("to_host keeps the dtype"))
+    }
+
+    /// A contiguous host copy of the elements in row-major order, made by
+    /// the backend of the data's device.
+    pub fn to_host(&self) -> Result<Buffer> {
+        crate::backend::for_device(self.device())?.to_host(self)
     }
 }
 
@@ -280,7 +285,7 @@ impl Array {
         }
         let target = crate::backend::for_device(device)?;
         let data = self.evaluated("to_device")?;
-        let host = crate::backend::for_device(self.device())?.to_host(data)?;
+        let host = data.to_host()?;
         Ok(Array::from_valid_data(target.upload(host, self.shape())?))
     }
 

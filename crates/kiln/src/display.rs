@@ -79,7 +79,7 @@ fn read_kept(data: &Data, kept: &[Vec<usize>], dtype: DType) -> crate::Result<Va
     let (buffer, layout) = match data.host() {
         Some(b) => (b, data.layout().clone()),
         None => {
-            copied = crate::backend::for_device(data.device())?.to_host(data)?;
+            copied = data.to_host()?;
             (&copied, crate::layout::Layout::contiguous(&data.layout().shape))
         }
     };

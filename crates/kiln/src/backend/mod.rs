@@ -1,8 +1,17 @@
-//! Backends: where primitives run. [`Backend`] is the seam between the
-//! graph layer and a backend, and [`for_device`] is the one place that
-//! names concrete backends: it picks the backend that serves a device.
+//! Backends: where primitives run. The graph layer (arrays, programs,
+//! passes, `compile`) talks to a backend only through the [`Backend`] and
+//! [`Executable`] traits defined here; each backend lives in a submodule
+//! and imports the graph layer, never the reverse. [`for_device`] is the
+//! one place that names concrete backends: it picks the backend that
+//! serves a device.
 
 pub mod cpu;
+
+use std::sync::{Arc, RwLock};
+
+use crate::passes::fuse::{FusedGroup, Kernel};
+use crate::passes::Facts;
+use crate::program::Program;
 
 pub use cpu::team::{set_threads, threads};
 
@@ -13,27 +22,108 @@ use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::primitive::Primitive;
 
-/// What the graph layer asks of a backend.
-pub trait Backend: Send + Sync + 'static {
-    /// The backend's name, for messages.
-    fn name(&self) -> &'static str;
-    /// Runs `prim` eagerly on evaluated `inputs` (this backend's data),
-    /// producing an output of the inferred `shape` and `dtype`.
-    fn eval(&self, prim: &Primitive, inputs: &[&Data], shape: &[usize], dtype: DType) -> Result<Data>;
-    /// A contiguous host copy of `data`'s elements in row-major order.
-    fn to_host(&self, data: &Data) -> Result<Buffer>;
-    /// This backend's data for a contiguous host buffer of `shape` (whose
-    /// length matches the shape).
-    fn upload(&self, buffer: Buffer, shape: &[usize]) -> Result<Data>;
-}
+/// Backends serving devices other than the CPU, added by [`register`].
+static REGISTERED: RwLock<Vec<(Device, &'static dyn Backend)>> = RwLock::new(Vec::new());
 
 /// The backend that serves `device`, or an error saying why there is none.
 pub fn for_device(device: Device) -> Result<&'static dyn Backend> {
-    match device {
-        Device::Cpu => Ok(&cpu::Cpu),
-        Device::Cuda(_) => Err(Error::Device {
+    if device == Device::Cpu {
+        static CPU: cpu::Cpu = cpu::Cpu;
+        return Ok(&CPU);
+    }
+    let registered = REGISTERED.read().unwrap_or_else(|e| e.into_inner());
+    match registered.iter().find(|(d, _)| *d == device) {
+        Some((_, b)) => Ok(*b),
+        None => Err(Error::Device {
             op: "device",
             msg: format!("{device} was asked for, but this build of kiln has no CUDA backend"),
         }),
     }
+}
+
+/// Makes `backend` serve `device` from now on (replacing an earlier
+/// registration for it): the plug for a backend built outside this module,
+/// such as the storage-swapping backend of the seam test. The CPU's backend
+/// cannot be replaced. Arrays already on `device` keep their storage, so
+/// register before making any.
+pub fn register(device: Device, backend: &'static dyn Backend) -> Result<()> {
+    if device == Device::Cpu {
+        return Err(Error::Device { op: "register", msg: "the CPU's backend cannot be replaced".into() });
+    }
+    let mut registered = REGISTERED.write().unwrap_or_else(|e| e.into_inner());
+    registered.retain(|(d, _)| *d != device);
+    registered.push((device, backend));
+    Ok(())
+}
+
+/// A backend: what the graph layer needs of the hardware that runs it.
+pub trait Backend: Send + Sync + 'static {
+    /// A short name for messages ("cpu").
+    fn name(&self) -> &'static str;
+
+    /// Evaluates one primitive on evaluated `inputs`, producing an output of
+    /// the inferred `shape` and `dtype` (eager evaluation, and compiled
+    /// steps that run op by op). Views may share an input's storage.
+    fn eval(&self, prim: &Primitive, inputs: &[&Data], shape: &[usize], dtype: DType) -> Result<Data>;
+
+    /// The cost facts the optimization passes need
+    /// ([`optimize`](crate::passes::optimize), [`plan`](crate::passes::fuse::plan)).
+    fn facts(&self) -> &dyn Facts;
+
+    /// Lowers an optimized program (see [`optimize`](crate::passes::optimize)
+    /// with this backend's [`facts`](Backend::facts)) to an executable: plans
+    /// its kernels and prepares whatever running them needs.
+    fn lower(&self, program: Program) -> Result<Arc<dyn Executable>>;
+
+    /// A contiguous host copy of `data`'s elements in row-major order
+    /// (reading values, moving data to another device).
+    fn to_host(&self, data: &Data) -> Result<Buffer>;
+
+    /// This backend's data for a contiguous host buffer of `shape` (whose
+    /// length matches the shape): arrays made from host values, and data
+    /// moved here from another device.
+    fn upload(&self, buffer: Buffer, shape: &[usize]) -> Result<Data>;
+}
+
+/// A program lowered by a [`Backend`]: a list of kernel steps it runs on
+/// its own storage. Shared by every call of a compiled function, from any
+/// thread.
+pub trait Executable: Send + Sync + std::fmt::Debug {
+    /// The optimized program it runs (its shapes are the traced ones; a
+    /// shapeless call re-infers them from it).
+    fn program(&self) -> &Program;
+
+    /// Runs on evaluated arguments (one per program input) and returns the
+    /// program's outputs. `shapes` holds every value's shape when it differs
+    /// from the traced one (shapeless calls): a fused step whose values no
+    /// longer share one iteration space at those shapes must still compute
+    /// what eager evaluation would, for example op by op.
+    fn run(&self, args: &[&Data], shapes: Option<&[Vec<usize>]>) -> Result<Vec<Data>>;
+
+    /// Number of kernel launches per run (views, which cost nothing, are
+    /// not counted).
+    fn kernel_count(&self) -> usize;
+
+    /// The steps in execution order, for `explain` and `to_dot`.
+    fn steps(&self) -> Vec<StepView<'_>>;
+
+    /// How step `step`'s elementwise work runs (for example as generated
+    /// machine code or on an interpreter, and why), or `None` when it has
+    /// none. May prepare that code, as a first run would.
+    fn step_code(&self, step: usize) -> Option<String>;
+
+    /// Lines about how the executable runs beyond its steps (for example
+    /// steps that run together, block by block), for `explain`.
+    fn notes(&self) -> Vec<String>;
+}
+
+/// One step of an [`Executable`] as the graph layer sees it.
+#[derive(Clone, Debug)]
+pub struct StepView<'a> {
+    /// What the step computes, its groups in their planned form.
+    pub kernel: Kernel<&'a FusedGroup>,
+    /// Values read (program instruction indices).
+    pub inputs: &'a [usize],
+    /// Values written.
+    pub outputs: &'a [usize],
 }

@@ -7,15 +7,15 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use crate::compile::executable::Executable;
+use crate::backend::Executable;
 use crate::compile::signature::Signature;
 use crate::compile::CompileOptions;
 use crate::error::{Error, Result};
 
 /// A cached compiled program.
 pub struct Entry {
-    /// The executable.
-    pub exe: Executable,
+    /// The executable, lowered by the backend.
+    pub exe: Arc<dyn Executable>,
     /// Argument shapes at trace time.
     pub traced_shapes: Vec<Vec<usize>>,
     /// Instructions before optimization.

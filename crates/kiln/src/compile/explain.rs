@@ -2,13 +2,13 @@
 
 use std::fmt::Write;
 
-use crate::compile::executable::{is_free, Executable};
+use crate::backend::Executable;
 use crate::compile::signature::describe;
-use crate::passes::fuse::Kernel;
+use crate::passes::fuse::{is_free, FusedGroup, Kernel};
 use crate::primitive::Primitive;
 
-fn value(exe: &Executable, v: usize) -> String {
-    let ins = &exe.program.instrs[v];
+fn value(exe: &dyn Executable, v: usize) -> String {
+    let ins = &exe.program().instrs[v];
     let what = match &ins.prim {
         Primitive::Placeholder { index } => format!(" (arg {index})"),
         Primitive::Constant => " (const)".to_string(),
@@ -17,14 +17,14 @@ fn value(exe: &Executable, v: usize) -> String {
     format!("%{v} {}{what}", describe(ins.dtype, &ins.shape))
 }
 
-fn bytes(exe: &Executable, v: usize) -> usize {
-    let ins = &exe.program.instrs[v];
+fn bytes(exe: &dyn Executable, v: usize) -> usize {
+    let ins = &exe.program().instrs[v];
     ins.shape.iter().product::<usize>() * ins.dtype.size()
 }
 
 /// The ops a kernel runs, in order; reductions computed together are joined by `+`.
-fn kernel_ops(k: &Kernel) -> Vec<String> {
-    let names = |g: &crate::passes::fuse::FusedGroup| g.ops.iter().map(|o| o.prim.name().to_string()).collect();
+fn kernel_ops(k: &Kernel<&FusedGroup>) -> Vec<String> {
+    let names = |g: &FusedGroup| g.ops.iter().map(|o| o.prim.name().to_string()).collect();
     match k {
         Kernel::Single(p) => vec![p.name().to_string()],
         Kernel::Fused(g) => names(g),
@@ -37,15 +37,15 @@ fn kernel_ops(k: &Kernel) -> Vec<String> {
 }
 
 /// The `explain` text.
-pub fn text(exe: &Executable, traced_instrs: usize, misses: &[String]) -> String {
+pub fn text(exe: &dyn Executable, traced_instrs: usize, misses: &[String]) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
         "program: {traced_instrs} instructions traced, {} after optimization, {} kernel(s)",
-        exe.program.instrs.len(),
+        exe.program().instrs.len(),
         exe.kernel_count()
     );
-    for (i, step) in exe.steps.iter().enumerate() {
+    for (i, step) in exe.steps().iter().enumerate() {
         let kind = match &step.kernel {
             Kernel::Fused(_) | Kernel::MatmulEpilogue(_) | Kernel::ReduceFused { .. } => "fused",
             Kernel::Single(p) if is_free(p) => "view",
@@ -62,28 +62,15 @@ pub fn text(exe: &Executable, traced_instrs: usize, misses: &[String]) -> String
             ins.join(", "),
             outs.join(", ")
         );
-        // The elementwise work: generated machine code or the interpreter.
-        let elementwise = match (&step.kernel, &step.bias_split) {
-            (Kernel::MatmulEpilogue(_), Some((_, rest))) => Some(rest),
-            (Kernel::Fused(g) | Kernel::MatmulEpilogue(g), _) => Some(g),
-            _ => None,
-        };
-        if let Some(g) = elementwise.filter(|g| !g.ops.is_empty()) {
-            let _ = writeln!(s, "  code:    {}", crate::backend::cpu::jit::describe(g));
+        // The elementwise work, as the backend runs it (machine code, an interpreter).
+        if let Some(code) = exe.step_code(i) {
+            let _ = writeln!(s, "  code:    {code}");
         }
     }
-    for c in &exe.chains {
-        let kept: Vec<String> = c.escapes.iter().map(|&v| format!("%{v}")).collect();
-        let _ = writeln!(
-            s,
-            "row blocks: kernels {}..={} run block of rows by block of rows when the shapes allow; \
-             written to memory: {}",
-            c.steps.start,
-            c.steps.end - 1,
-            kept.join(", ")
-        );
+    for note in exe.notes() {
+        let _ = writeln!(s, "{note}");
     }
-    let outs: Vec<String> = exe.program.outputs.iter().map(|&v| value(exe, v)).collect();
+    let outs: Vec<String> = exe.program().outputs.iter().map(|&v| value(exe, v)).collect();
     let _ = writeln!(s, "outputs: {}", outs.join(", "));
     let _ = writeln!(s, "cache misses ({}):", misses.len());
     for (i, m) in misses.iter().enumerate() {
@@ -93,11 +80,11 @@ pub fn text(exe: &Executable, traced_instrs: usize, misses: &[String]) -> String
 }
 
 /// Graphviz DOT: one node per value, fused kernels as clusters of their ops.
-pub fn dot(exe: &Executable) -> String {
-    let p = &exe.program;
+pub fn dot(exe: &dyn Executable) -> String {
+    let p = exe.program();
     let mut s = String::from("digraph kiln {\n  rankdir=TB;\n  node [shape=box, fontname=\"monospace\"];\n");
     let mut drawn = vec![false; p.instrs.len()];
-    for (k, step) in exe.steps.iter().enumerate() {
+    for (k, step) in exe.steps().iter().enumerate() {
         if let Kernel::Fused(g) | Kernel::MatmulEpilogue(g) | Kernel::ReduceFused { group: g, .. } = &step.kernel {
             let _ = writeln!(s, "  subgraph cluster_{k} {{\n    label=\"kernel {k}: fused\";\n    style=rounded;");
             // Fused ops are drawn as their own nodes inside the cluster.
@@ -136,7 +123,7 @@ pub fn dot(exe: &Executable) -> String {
                 }
             }
         } else {
-            for &o in &step.outputs {
+            for &o in step.outputs {
                 drawn[o] = true;
                 let _ = writeln!(
                     s,

@@ -36,7 +36,7 @@
 //! evaluation uses ([`Primitive::infer`](crate::primitive::Primitive::infer)),
 //! from its parameters and the new input shapes; a fused kernel whose
 //! values no longer share one iteration space at those shapes runs op by op
-//! (see [`executable::Step::follows`]). Parameters keep what the user asked
+//! (see [`Executable::run`](crate::backend::Executable::run)). Parameters keep what the user asked
 //! for, so results match eager evaluation on the new shapes: `squeeze`,
 //! `expand_dims` and `matmul` of vectors keep axes, `split` keeps its count
 //! of sections, `broadcast_arrays` and `*_like` ops (`zeros_like`,
@@ -69,9 +69,7 @@
 //! compiled function call `f` directly, eagerly, so values can be printed.
 
 mod cache;
-pub mod executable;
 mod explain;
-pub mod row_chain;
 mod signature;
 
 use std::cell::RefCell;
@@ -81,12 +79,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use crate::array::{Array, Data};
+use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::program::Program;
 
 pub use cache::CacheStats;
 use cache::{Cache, Entry};
-use executable::Executable;
 use signature::Signature;
 
 thread_local! {
@@ -520,8 +518,9 @@ impl<F: TraceFn<Args>, Args> Compiled<F, Args> {
         };
         let mut program = Program::from_graph(&placeholders, &outputs)?;
         let traced_instrs = program.instrs.len();
-        crate::passes::optimize(&mut program, self.inner.options.shapeless);
-        let exe = Executable::new(program);
+        let backend: &dyn Backend = crate::backend::for_device(device)?;
+        crate::passes::optimize(&mut program, self.inner.options.shapeless, backend.facts());
+        let exe = backend.lower(program)?;
         let traced_shapes = args.iter().map(|a| a.shape().to_vec()).collect();
         Ok(Entry { exe, traced_shapes, traced_instrs, uses_random, tree: Box::new(tree) })
     }
@@ -541,13 +540,13 @@ impl<F: TraceFn<Args>, Args> Compiled<F, Args> {
     /// outputs, the bytes it moves; then the reason for every cache miss so far.
     pub fn explain(&self, args: impl CallArgs) -> Result<String> {
         let entry = args.with(|a| self.entry(a))?;
-        Ok(explain::text(&entry.exe, entry.traced_instrs, &self.inner.cache.miss_reasons()))
+        Ok(explain::text(entry.exe.as_ref(), entry.traced_instrs, &self.inner.cache.miss_reasons()))
     }
 
     /// The optimized graph for `args` in Graphviz DOT, fused kernels drawn as clusters.
     pub fn to_dot(&self, args: impl CallArgs) -> Result<String> {
         let entry = args.with(|a| self.entry(a))?;
-        Ok(explain::dot(&entry.exe))
+        Ok(explain::dot(entry.exe.as_ref()))
     }
 }
 
@@ -558,6 +557,6 @@ fn run_entry(entry: &Entry, args: &[&Data]) -> Result<Vec<Data>> {
         return entry.exe.run(args, None);
     }
     let arg_shapes: Vec<&[usize]> = args.iter().map(|d| d.layout().shape.as_slice()).collect();
-    let shapes = entry.exe.program.infer_shapes(&arg_shapes)?;
+    let shapes = entry.exe.program().infer_shapes(&arg_shapes)?;
     entry.exe.run(args, Some(&shapes))
 }

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use crate::passes::Pass;
+use crate::passes::{Facts, Pass};
 use crate::primitive::Primitive;
 use crate::program::{Instr, Program};
 
@@ -22,7 +22,7 @@ fn constant_key(ins: &Instr) -> Option<String> {
         return Some(format!("buf{:p}{:?}", std::sync::Arc::as_ptr(d.storage()) as *const (), d.layout()));
     }
     // Debug prints floats in their shortest exact form (-0.0 kept apart).
-    let values = format!("{:?}", crate::backend::for_device(d.device()).ok()?.to_host(d).ok()?);
+    let values = format!("{:?}", d.to_host().ok()?);
     Some(format!("const{}{:?}{values}", ins.dtype, ins.shape))
 }
 
@@ -41,7 +41,7 @@ impl Pass for Cse {
         "cse"
     }
 
-    fn run(&self, p: &mut Program) {
+    fn run(&self, p: &mut Program, _: &dyn Facts) {
         // Value numbering: one pass in topological order; an instruction's
         // inputs are already renamed to their kept values when its key is made.
         let mut seen: HashMap<String, usize> = HashMap::new();
@@ -55,14 +55,13 @@ impl Pass for Cse {
                 }
             }
         });
-        crate::passes::dce::Dce.run(p);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::passes::tests::{count, trace};
+    use crate::passes::tests::{count, run, trace};
 
     #[test]
     fn merges_repeated_ops_and_scalars() {
@@ -73,7 +72,7 @@ mod tests {
             Ok(vec![(y * z)?])
         });
         assert_eq!(count(&p, "exp"), 2);
-        Cse.run(&mut p);
+        run(&mut p, &[&Cse]);
         assert_eq!(count(&p, "exp"), 1);
         assert_eq!(count(&p, "add"), 1);
         assert_eq!(count(&p, "constant"), 1);
@@ -85,7 +84,7 @@ mod tests {
             let x = &a[0];
             Ok(vec![x.log2()?, x.log10()?, (x + 0.0f32)?, (x + (-0.0f32))?])
         });
-        Cse.run(&mut p);
+        run(&mut p, &[&Cse]);
         assert_eq!(count(&p, "log2"), 1);
         assert_eq!(count(&p, "log10"), 1);
         assert_eq!(count(&p, "add"), 2, "0.0 and -0.0 must stay distinct");

@@ -1,6 +1,6 @@
 //! Dead-code elimination: drops instructions no output depends on.
 
-use crate::passes::Pass;
+use crate::passes::{Facts, Pass};
 use crate::program::Program;
 
 /// Removes instructions whose values are never used by an output.
@@ -11,7 +11,7 @@ impl Pass for Dce {
         "dce"
     }
 
-    fn run(&self, p: &mut Program) {
+    fn run(&self, p: &mut Program, _: &dyn Facts) {
         let mut live = vec![false; p.instrs.len()];
         for &o in &p.outputs {
             live[o] = true;
@@ -37,7 +37,7 @@ mod tests {
         let mut p = trace(&[&[4]], |a| Ok(vec![a[0].sin()?, a[0].exp()?]));
         p.outputs.truncate(1);
         let mut q = p.clone();
-        Dce.run(&mut q);
+        Dce.run(&mut q, &crate::passes::tests::Facts);
         assert_eq!(p.instrs.len(), 3);
         assert_eq!(q.instrs.len(), 2);
         assert!(q.instrs.iter().all(|i| i.prim.name() != "exp"));

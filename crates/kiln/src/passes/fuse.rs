@@ -18,6 +18,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 
 use crate::dtype::DType;
+use crate::passes::Facts;
 use crate::primitive::{FusionClass, Primitive, ReduceOp};
 use crate::program::Program;
 
@@ -42,25 +43,13 @@ pub struct FusedGroup {
     pub ops: Vec<FusedOp>,
     /// Registers written to memory, in the order of the step's outputs.
     pub outputs: Vec<usize>,
-    /// Machine code for the group, compiled by the CPU backend on first run
-    /// and shared by clones (see [`jit`](crate::backend::cpu::jit)).
-    pub code: crate::backend::cpu::jit::CodeSlot,
-    /// The tile registers' plan of the interpreter, made on first run and
-    /// shared by clones (see [`crate::backend::cpu::fused::PlanSlot`]).
-    pub plan: crate::backend::cpu::fused::PlanSlot,
 }
 
 impl FusedGroup {
     /// A group of one op reading inputs `0..n`.
     pub fn single(prim: Primitive, inputs: Vec<DType>, dtype: DType) -> FusedGroup {
         let n = inputs.len();
-        FusedGroup {
-            inputs,
-            ops: vec![FusedOp { prim, args: (0..n).collect(), dtype }],
-            outputs: vec![n],
-            code: Default::default(),
-            plan: Default::default(),
-        }
+        FusedGroup { inputs, ops: vec![FusedOp { prim, args: (0..n).collect(), dtype }], outputs: vec![n] }
     }
 
     /// The dtype of a register.
@@ -73,18 +62,20 @@ impl FusedGroup {
     }
 }
 
-/// What a step runs.
+/// What a step runs. `G` is the form of a fused group: the plan makes
+/// [`FusedGroup`]s; a backend may lower each to its own form (one that
+/// keeps the group's compiled code, say) with [`Kernel::map`].
 #[derive(Clone, Debug, PartialEq)]
-pub enum Kernel {
-    /// One primitive through `backend::cpu::eval`.
+pub enum Kernel<G = FusedGroup> {
+    /// One primitive, run as eager evaluation runs it.
     Single(Primitive),
     /// A fused elementwise group.
-    Fused(FusedGroup),
+    Fused(G),
     /// A matrix product whose result feeds a fused elementwise epilogue
     /// (bias, activation): the step reads `a`, `b`, then the group's other
     /// inputs; the product is the group's input register 0 and is never an
     /// output of the step.
-    MatmulEpilogue(FusedGroup),
+    MatmulEpilogue(G),
     /// Reductions over the same axes of values of one shape, computed
     /// together from one pass over their inputs: a fused group produces
     /// the reduced values tile by tile (its outputs, which never reach
@@ -92,7 +83,7 @@ pub enum Kernel {
     /// value per reduction.
     ReduceFused {
         /// The producer (outputs: the distinct reduced values).
-        group: FusedGroup,
+        group: G,
         /// Each reduction and the index of the group output it reduces.
         reductions: Vec<(ReduceOp, usize)>,
         /// The reduced axes (of the iteration space).
@@ -100,6 +91,45 @@ pub enum Kernel {
         /// An instruction whose shape is the iteration space.
         source: usize,
     },
+}
+
+impl<G> Kernel<G> {
+    /// The same kernel with each fused group turned into `f(group)`.
+    pub fn map<H>(self, f: impl FnOnce(G) -> H) -> Kernel<H> {
+        match self {
+            Kernel::Single(p) => Kernel::Single(p),
+            Kernel::Fused(g) => Kernel::Fused(f(g)),
+            Kernel::MatmulEpilogue(g) => Kernel::MatmulEpilogue(f(g)),
+            Kernel::ReduceFused { group, reductions, axes, source } => {
+                Kernel::ReduceFused { group: f(group), reductions, axes, source }
+            }
+        }
+    }
+
+    /// A copy that borrows the fused group as a plain [`FusedGroup`] (for
+    /// descriptions such as `explain`'s, whatever form a backend keeps).
+    pub fn as_ir(&self) -> Kernel<&FusedGroup>
+    where
+        G: std::borrow::Borrow<FusedGroup>,
+    {
+        match self {
+            Kernel::Single(p) => Kernel::Single(p.clone()),
+            Kernel::Fused(g) => Kernel::Fused(g.borrow()),
+            Kernel::MatmulEpilogue(g) => Kernel::MatmulEpilogue(g.borrow()),
+            Kernel::ReduceFused { group, reductions, axes, source } => Kernel::ReduceFused {
+                group: group.borrow(),
+                reductions: reductions.clone(),
+                axes: axes.clone(),
+                source: *source,
+            },
+        }
+    }
+}
+
+/// True for primitives that cost nothing at run time: views, which share
+/// their input's storage (a reshape may have to copy, so it is not free).
+pub fn is_free(p: &Primitive) -> bool {
+    matches!(p.class(), FusionClass::View) && !matches!(p, Primitive::Reshape { .. })
 }
 
 /// A planned kernel with the program values it reads and writes.
@@ -113,15 +143,10 @@ pub struct Planned {
     pub outputs: Vec<usize>,
     /// The program instructions the kernel computes, in program order (a
     /// fused group's members, its matmul head, its reductions): a step run
-    /// op by op evaluates these (see `Executable::run`).
+    /// op by op (a shapeless call at shapes where the group no longer
+    /// shares one iteration space) evaluates these.
     pub members: Vec<usize>,
 }
-
-/// Most instructions in one fused group. Checking whether two groups may
-/// merge, building a group's register program and generating its code all
-/// grow with its size; past this size a group's output is stored and the
-/// next group reads it back, which costs little next to hundreds of ops.
-pub const MAX_GROUP: usize = 512;
 
 /// Edges a [`Reach`] search may visit before it gives up and answers
 /// "reaches" (the answer that forbids fusing: safe, only less fused).
@@ -272,8 +297,10 @@ fn merge_sorted(a: &[usize], b: &[usize]) -> Vec<usize> {
     out
 }
 
-/// Groups elementwise instructions and orders all kernels.
-pub fn plan(p: &Program) -> Vec<Planned> {
+/// Groups elementwise instructions and orders all kernels; no group grows
+/// past [`Facts::max_group`] instructions.
+pub fn plan(p: &Program, facts: &dyn Facts) -> Vec<Planned> {
+    let max_group = facts.max_group();
     let n = p.instrs.len();
     let consumers = p.consumers();
     let mut is_output = vec![false; n];
@@ -294,7 +321,7 @@ pub fn plan(p: &Program) -> Vec<Planned> {
         let mut joined = None;
         for &x in &p.instrs[i].inputs {
             let Some(g) = group_of[x] else { continue };
-            if p.instrs[x].shape != *shape || joined == Some(g) || groups[g].len() >= MAX_GROUP {
+            if p.instrs[x].shape != *shape || joined == Some(g) || groups[g].len() >= max_group {
                 continue;
             }
             // `i` joins `g` unless one of its other inputs depends on `g`
@@ -338,7 +365,7 @@ pub fn plan(p: &Program) -> Vec<Planned> {
             if h == g
                 || p.instrs[y].shape != *shape
                 || (heads[h].is_some() && heads[g].is_some())
-                || groups[g].len() + groups[h].len() > MAX_GROUP
+                || groups[g].len() + groups[h].len() > max_group
             {
                 continue;
             }
@@ -524,13 +551,7 @@ fn build_group(
         });
         extra.push(at);
     }
-    let group = FusedGroup {
-        inputs: inputs.iter().map(|&x| p.instrs[x].dtype).collect(),
-        ops,
-        outputs,
-        code: Default::default(),
-        plan: Default::default(),
-    };
+    let group = FusedGroup { inputs: inputs.iter().map(|&x| p.instrs[x].dtype).collect(), ops, outputs };
     (group, inputs, extra)
 }
 
@@ -735,7 +756,12 @@ fn order(mut planned: Vec<(usize, Planned)>, n: usize) -> Vec<Planned> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::passes::tests::trace;
+    use crate::passes::tests::{trace, Facts};
+    use crate::passes::Facts as _;
+
+    fn plan(p: &Program) -> Vec<Planned> {
+        super::plan(p, &Facts)
+    }
 
     fn fused_sizes(plan: &[Planned]) -> Vec<usize> {
         plan.iter()
@@ -766,7 +792,8 @@ mod tests {
             }
             Ok(vec![y])
         });
-        assert_eq!(fused_sizes(&plan(&p)), vec![MAX_GROUP, MAX_GROUP, 1200 - 2 * MAX_GROUP]);
+        let max = Facts.max_group();
+        assert_eq!(fused_sizes(&plan(&p)), vec![max, max, 1200 - 2 * max]);
     }
 
     #[test]

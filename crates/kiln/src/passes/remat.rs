@@ -5,10 +5,10 @@
 //! producer) stay self-contained: layernorm's `x - mean` is recomputed in the
 //! variance reduction and in the output pass, so it is never stored.
 //!
-//! One exception: a costly value ([`Primitive::costly`]: `exp`, `tanh`,
-//! ...) that a reduction over trailing axes reads is computed once when
-//! that reduction runs block of rows by block of rows at the traced shapes
-//! ([`row_chain::splits`]). There its block of values is in cache for the
+//! One exception: a costly value ([`Facts::costly`]: on the CPU `exp`,
+//! `tanh`, ...) that a reduction over trailing axes reads is computed once
+//! when that reduction runs block of rows by block of rows at the traced
+//! shapes ([`Facts::splits_rows`]). There its block of values is in cache for the
 //! other readers, and recomputing it would cost more than reading it: the
 //! softmax numerator `exp(x - max)` is computed once per element, summed
 //! and divided from cache (see [`keeps`]).
@@ -16,8 +16,7 @@
 //! Runs last (after CSE, which would merge the copies back). Copies cascade
 //! to the value's own elementwise inputs; the program grows at most 2x.
 
-use crate::compile::row_chain;
-use crate::passes::Pass;
+use crate::passes::{Facts, Pass};
 use crate::primitive::{FusionClass, Primitive};
 use crate::program::{Instr, Program};
 
@@ -26,7 +25,7 @@ use crate::program::{Instr, Program};
 /// non-leading axes reads it, and that reduction's rows run block by block
 /// at the traced shapes. (At other shapes, as under `shapeless`, the plan
 /// stays correct, and the kept value goes through memory.)
-pub fn keeps(p: &Program, consumers: &[Vec<usize>], v: usize) -> bool {
+pub fn keeps(p: &Program, consumers: &[Vec<usize>], v: usize, facts: &dyn Facts) -> bool {
     let ins = &p.instrs[v];
     let nd = ins.shape.len();
     let row_reduction = |c: usize| match &p.instrs[c].prim {
@@ -35,10 +34,10 @@ pub fn keeps(p: &Program, consumers: &[Vec<usize>], v: usize) -> bool {
         }
         _ => false,
     };
-    ins.prim.costly()
+    facts.costly(&ins.prim)
         && consumers[v].len() > 1
         && consumers[v].iter().any(|&c| row_reduction(c))
-        && row_chain::splits(&ins.shape)
+        && facts.splits_rows(&ins.shape)
 }
 
 /// Duplicates shared elementwise values per consumer.
@@ -46,13 +45,13 @@ pub struct Remat;
 
 impl Remat {
     /// One forward sweep; returns whether anything was copied.
-    fn sweep(p: &mut Program, budget: &mut usize) -> bool {
+    fn sweep(p: &mut Program, budget: &mut usize, facts: &dyn Facts) -> bool {
         let consumers = p.consumers();
         let dup: Vec<bool> = (0..p.instrs.len())
             .map(|i| {
                 p.instrs[i].prim.class() == FusionClass::Elementwise
                     && consumers[i].len() > 1
-                    && !keeps(p, &consumers, i)
+                    && !keeps(p, &consumers, i, facts)
             })
             .collect();
         if *budget == 0 || !dup.contains(&true) {
@@ -97,11 +96,11 @@ impl Pass for Remat {
         "remat"
     }
 
-    fn run(&self, p: &mut Program) {
+    fn run(&self, p: &mut Program, facts: &dyn Facts) {
         let mut budget = p.instrs.len();
         // Each sweep pushes copies one level up their elementwise inputs.
         for _ in 0..8 {
-            if !Remat::sweep(p, &mut budget) {
+            if !Remat::sweep(p, &mut budget, facts) {
                 break;
             }
         }
@@ -112,7 +111,7 @@ impl Pass for Remat {
 mod tests {
     use super::*;
     use crate::passes::fuse::{plan, Kernel};
-    use crate::passes::tests::{count, trace};
+    use crate::passes::tests::{count, trace, Facts};
 
     #[test]
     fn layernorm_center_is_recomputed_not_stored() {
@@ -123,9 +122,9 @@ mod tests {
             Ok(vec![(&xc * &(var + 1e-5f32)?.rsqrt()?)?])
         });
         assert_eq!(count(&p, "sub"), 1);
-        Remat.run(&mut p);
+        Remat.run(&mut p, &Facts);
         assert_eq!(count(&p, "sub"), 2, "x - mean is recomputed for each reader");
-        let k = plan(&p);
+        let k = plan(&p, &Facts);
         let fused_reductions = k.iter().filter(|k| matches!(k.kernel, Kernel::ReduceFused { .. })).count();
         assert_eq!(fused_reductions, 1, "the variance reduction absorbs (x - mean)^2: {k:?}");
         let widest_output: usize = k
@@ -150,7 +149,7 @@ mod tests {
             Ok(vec![x])
         });
         let before = p.instrs.len();
-        Remat.run(&mut p);
+        Remat.run(&mut p, &Facts);
         assert!(p.instrs.len() <= 2 * before, "{} > 2 * {before}", p.instrs.len());
     }
 }

@@ -4,7 +4,7 @@
 //! In shapeless mode, ops that are no-ops only at the traced shapes stay, so
 //! they can re-infer (or fail clearly) on new shapes.
 
-use crate::passes::Pass;
+use crate::passes::{Facts, Pass};
 use crate::primitive::{Primitive, ReduceOp};
 use crate::program::Program;
 
@@ -19,7 +19,7 @@ impl Pass for Simplify {
         "simplify"
     }
 
-    fn run(&self, p: &mut Program) {
+    fn run(&self, p: &mut Program, _: &dyn Facts) {
         // One pass: each instruction's inputs are renamed before it is looked at.
         p.replace_forward(|p, i| {
             let ins = &p.instrs[i];
@@ -48,7 +48,6 @@ impl Pass for Simplify {
             };
             noop.then_some(src)
         });
-        crate::passes::dce::Dce.run(p);
     }
 }
 
@@ -62,7 +61,7 @@ fn is_identity_view(prim: &Primitive) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::passes::tests::{count, trace};
+    use crate::passes::tests::{count, run, trace};
 
     #[test]
     fn removes_identity_ops() {
@@ -72,7 +71,7 @@ mod tests {
             let s = y.sum(1, true)?;
             Ok(vec![s.exp()?])
         });
-        Simplify { shapeless: false }.run(&mut p);
+        run(&mut p, &[&Simplify { shapeless: false }]);
         assert_eq!(count(&p, "sum"), 0);
         assert_eq!(p.instrs.len(), 2);
     }
@@ -80,7 +79,7 @@ mod tests {
     #[test]
     fn shapeless_keeps_size_one_reductions() {
         let mut p = trace(&[&[4, 1]], |a| Ok(vec![a[0].sum(1, true)?]));
-        Simplify { shapeless: true }.run(&mut p);
+        run(&mut p, &[&Simplify { shapeless: true }]);
         assert_eq!(count(&p, "sum"), 1);
     }
 }

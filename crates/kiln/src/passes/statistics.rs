@@ -16,7 +16,7 @@
 //! agree with the two-pass ones to within rounding.
 
 use crate::dtype::DType;
-use crate::passes::Pass;
+use crate::passes::{Facts, Pass};
 use crate::primitive::{BinaryOp, Primitive, ReduceOp, UnaryOp};
 use crate::program::Program;
 
@@ -28,7 +28,7 @@ impl Pass for Statistics {
         "statistics"
     }
 
-    fn run(&self, p: &mut Program) {
+    fn run(&self, p: &mut Program, facts: &dyn Facts) {
         // Consumers, built once and kept up to date as reductions are rewritten.
         let mut consumers = p.consumers();
         for r in 0..p.instrs.len() {
@@ -36,7 +36,7 @@ impl Pass for Statistics {
             let axes = axes.clone();
             // A numerator kept for its other readers (`remat::keeps`) is
             // summed as it is: the one-pass form would compute it twice.
-            let kept = || crate::passes::remat::keeps(p, &consumers, p.instrs[r].inputs[0]);
+            let kept = || crate::passes::remat::keeps(p, &consumers, p.instrs[r].inputs[0], facts);
             let rewritten = match op {
                 ReduceOp::Sum if kept() => None,
                 ReduceOp::Sum => shifted_by(p, p.instrs[r].inputs[0], ReduceOp::Max, &axes, |p, e| {
@@ -66,7 +66,6 @@ impl Pass for Statistics {
                 }
             }
         }
-        crate::passes::dce::Dce.run(p);
     }
 }
 
@@ -99,12 +98,12 @@ fn shifted_by(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::passes::tests::{count, trace};
+    use crate::passes::tests::{count, run, trace};
 
     #[test]
     fn softmax_denominator_becomes_sumexp() {
         let mut p = trace(&[&[4, 8]], |a| Ok(vec![a[0].softmax(-1)?]));
-        Statistics.run(&mut p);
+        run(&mut p, &[&Statistics]);
         assert_eq!(count(&p, "sumexp"), 1);
         assert_eq!(count(&p, "sum"), 0);
         assert_eq!(count(&p, "max"), 1, "the max still shifts the numerator");
@@ -117,7 +116,7 @@ mod tests {
             let d = (&a[0] - &m)?;
             Ok(vec![(&d * &d)?.mean(-1, true)?, d.square()?.mean(-1, false)?])
         });
-        Statistics.run(&mut p);
+        run(&mut p, &[&Statistics]);
         assert_eq!(count(&p, "var"), 2);
         assert_eq!(count(&p, "mean"), 0, "the inner mean is dead once both use var");
         assert_eq!(p.instrs[p.outputs[1]].shape, vec![4]);
@@ -134,7 +133,7 @@ mod tests {
             let w = (&a[0] - &m3)?.square()?.mean(1, true)?;
             Ok(vec![s1, v, w])
         });
-        Statistics.run(&mut p);
+        run(&mut p, &[&Statistics]);
         assert_eq!(count(&p, "sumexp") + count(&p, "var"), 0);
     }
 }

@@ -12,7 +12,7 @@ use crate::array::Data;
 use crate::backend::cpu::rows::Claimed;
 use crate::backend::cpu::strided::{PAR_CHUNK, PAR_THRESHOLD};
 use crate::backend::cpu::tile::{Src, TILE};
-use crate::backend::cpu::{binary, cast, jit, reduce, team, unary, Buffer, BufferElement};
+use crate::backend::cpu::{binary, cast, jit, reduce, team, unary, Buffer, BufferElement, CpuGroup};
 use crate::dtype::{DType, Element};
 use crate::layout::{collapse, for_each_block, Layout};
 use crate::passes::fuse::{FusedGroup, FusedOp};
@@ -285,7 +285,7 @@ impl RegPlan {
 
 /// A group ready to run: its loads and register plan, shared by the tasks.
 struct Exec<'a> {
-    g: &'a FusedGroup,
+    g: &'a CpuGroup,
     loads: Held<'a, Load<'a>>,
     plan: &'a RegPlan,
     /// Elements per tile (at most [`TILE`]).
@@ -396,7 +396,7 @@ impl<'a> Exec<'a> {
     /// A run over `n` positions; `stream` says, per output, whether it is
     /// written with streaming stores.
     fn new(
-        g: &'a FusedGroup,
+        g: &'a CpuGroup,
         loads: impl Into<Held<'a, Load<'a>>>,
         n: usize,
         stream: impl Into<Held<'a, bool>>,
@@ -586,7 +586,7 @@ impl<'a> Exec<'a> {
 }
 
 /// Runs `g` over positions `lo..hi` on the calling thread (for [`run_reduce`]).
-fn exec_range(g: &FusedGroup, loads: &[Load], lo: usize, hi: usize, outs: &[OutPtr]) {
+fn exec_range(g: &CpuGroup, loads: &[Load], lo: usize, hi: usize, outs: &[OutPtr]) {
     let no_stream = no_streams(g);
     let e = Exec::new(g, loads, hi - lo, &no_stream[..], None);
     e.range(&mut e.scratch(), lo, hi, outs, lo);
@@ -594,7 +594,7 @@ fn exec_range(g: &FusedGroup, loads: &[Load], lo: usize, hi: usize, outs: &[OutP
 
 /// Stream flags for writing none of `g`'s outputs with streaming stores
 /// (outputs to cache-sized scratch).
-fn no_streams(g: &FusedGroup) -> SmallVec<[bool; INLINE]> {
+fn no_streams(g: &CpuGroup) -> SmallVec<[bool; INLINE]> {
     SmallVec::from_elem(false, g.outputs.len())
 }
 
@@ -602,7 +602,7 @@ fn no_streams(g: &FusedGroup) -> SmallVec<[bool; INLINE]> {
 type Allocated = (SmallVec<[Buffer; INLINE]>, SmallVec<[OutPtr; INLINE]>);
 
 /// Output buffers of `n` elements for each group output, and their pointers.
-fn alloc_outputs(g: &FusedGroup, n: usize) -> crate::Result<Allocated> {
+fn alloc_outputs(g: &CpuGroup, n: usize) -> crate::Result<Allocated> {
     let mut outs: SmallVec<[Buffer; INLINE]> =
         g.outputs.iter().map(|&r| crate::memory::take("fused", g.reg_dtype(r), n)).collect::<crate::Result<_>>()?;
     let ptrs = outs.iter_mut().map(out_ptr).collect();
@@ -624,7 +624,7 @@ fn finish_outputs(outs: &mut [Buffer], n: usize) {
 }
 
 /// Runs a fused group over `shape`, returning its outputs (contiguous).
-pub fn run(g: &FusedGroup, inputs: &[&Data], shape: &[usize]) -> crate::Result<Outs> {
+pub fn run(g: &CpuGroup, inputs: &[&Data], shape: &[usize]) -> crate::Result<Outs> {
     run_args(g, inputs.iter().map(|d| Arg::Borrowed(d)).collect::<Args>(), shape)
 }
 
@@ -681,7 +681,7 @@ fn find_donor(args: &mut [Arg], dtype: DType, shape: &[usize], n: usize, dests: 
 /// In place is safe because a donor is read in place at exactly the
 /// positions being computed: each tile reads all its inputs and runs every
 /// op before it stores the tile's outputs, and tasks own disjoint ranges.
-pub fn run_args<'a>(g: &FusedGroup, args: impl Into<Args<'a>>, shape: &[usize]) -> crate::Result<Outs> {
+pub fn run_args<'a>(g: &CpuGroup, args: impl Into<Args<'a>>, shape: &[usize]) -> crate::Result<Outs> {
     let mut outs = Outs::new();
     launch(g, &mut args.into(), shape, &[], &mut outs)?;
     Ok(outs)
@@ -695,7 +695,7 @@ pub fn run_args<'a>(g: &FusedGroup, args: impl Into<Args<'a>>, shape: &[usize]) 
 /// (the next block's rows follow this one's), and the next block's reads
 /// overlap this one's work.
 pub fn run_into<'a>(
-    g: &FusedGroup,
+    g: &CpuGroup,
     args: impl Into<Args<'a>>,
     shape: &[usize],
     into: &[Option<Claimed>],
@@ -713,7 +713,7 @@ pub fn run_into<'a>(
 /// per-call path of a compiled function launches through here: passing
 /// these vectors by reference copies none of them.
 pub(crate) fn launch(
-    g: &FusedGroup,
+    g: &CpuGroup,
     args: &mut Args,
     shape: &[usize],
     into: &[Option<Claimed>],
@@ -790,7 +790,7 @@ const REDUCE_CHUNK: usize = 1 << 15;
 /// group's values never reach memory. Returns one array per reduction, in
 /// the kept axes' shape.
 pub fn run_reduce(
-    g: &FusedGroup,
+    g: &CpuGroup,
     inputs: &[&Data],
     shape: &[usize],
     reductions: &[(ReduceOp, usize)],
@@ -901,7 +901,7 @@ const MAX_FOLDS: usize = 8;
 /// plan, which cost more than the work at these sizes. `None` when it
 /// does not apply.
 fn fold_small(
-    g: &FusedGroup,
+    g: &CpuGroup,
     loads: &[Load],
     n_out: usize,
     n_red: usize,
@@ -1141,7 +1141,7 @@ fn view_as<'a>(d: &'a Data, shape: &[usize]) -> std::borrow::Cow<'a, Layout> {
 
 /// Runs one elementwise primitive eagerly, as a group of one op.
 pub fn run_single(prim: &Primitive, inputs: &[&Data], shape: &[usize], dtype: DType) -> crate::Result<Data> {
-    let g = FusedGroup::single(prim.clone(), inputs.iter().map(|d| d.buffer().dtype()).collect(), dtype);
+    let g = CpuGroup::new(FusedGroup::single(prim.clone(), inputs.iter().map(|d| d.dtype()).collect(), dtype));
     Ok(run(&g, inputs, shape)?.pop().expect("one output"))
 }
 
@@ -1159,10 +1159,10 @@ mod tests {
     }
 
     /// `tanh(a * b) + a` with `a` at argument 0 and `b` at argument 1.
-    fn group() -> FusedGroup {
+    fn group() -> CpuGroup {
         let f = DType::F32;
         let op = |prim, args: Vec<usize>| FusedOp { prim, args, dtype: f };
-        FusedGroup {
+        CpuGroup::new(FusedGroup {
             inputs: vec![f, f],
             ops: vec![
                 op(Primitive::Binary(BinaryOp::Mul), vec![0, 1]),
@@ -1170,9 +1170,7 @@ mod tests {
                 op(Primitive::Binary(BinaryOp::Add), vec![3, 0]),
             ],
             outputs: vec![4],
-            code: Default::default(),
-            plan: Default::default(),
-        }
+        })
     }
 
     fn reference(a: &[f64], b: &[f64]) -> Vec<f64> {

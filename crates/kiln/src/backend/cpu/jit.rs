@@ -37,6 +37,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::backend::cpu::simd_math::{self, Vf32};
+use crate::backend::cpu::CpuGroup;
 use crate::dtype::DType;
 use crate::passes::fuse::FusedGroup;
 use crate::primitive::{BinaryOp, Primitive, UnaryOp};
@@ -391,7 +392,7 @@ fn try_lower(g: &FusedGroup) -> Result<Prog, NotCompiled> {
 
 /// How group `g` runs, for `explain`: as machine code (with the number of
 /// vector operations per 16 lanes) or on the tile interpreter, and why.
-pub fn describe(g: &FusedGroup) -> String {
+pub fn describe(g: &CpuGroup) -> String {
     if !enabled() {
         return "tile interpreter (the code generator needs AVX-512; KILN_JIT=0 turns it off)".into();
     }
@@ -473,7 +474,7 @@ pub struct Variant {
     /// Prefetch the inputs read in place this many bytes ahead (0: none):
     /// a few KiB when they stream from memory (the run is larger than the
     /// caches), or a whole block when the next block of rows of a
-    /// row-blocked chain follows (see `compile::row_chain`).
+    /// row-blocked chain follows (see [`row_chain`](crate::backend::cpu::row_chain)).
     pub prefetch: i32,
 }
 
@@ -562,8 +563,6 @@ mod tests {
             inputs: vec![DType::F32; inputs],
             ops: ops.into_iter().map(|(prim, args)| FusedOp { prim, args, dtype: DType::F32 }).collect(),
             outputs: vec![n - 1],
-            code: CodeSlot::default(),
-            plan: Default::default(),
         }
     }
 

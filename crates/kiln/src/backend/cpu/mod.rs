@@ -1,11 +1,15 @@
 //! The CPU backend: typed buffers, strided maps and one kernel module per
-//! family of primitives. [`eval`] is the single entry point that runs a
-//! primitive on evaluated inputs, used by eager evaluation and by compiled
-//! programs alike.
+//! family of primitives, and the executor of compiled programs
+//! ([`executable`], [`row_chain`]). [`eval`] is the single entry point that
+//! runs a primitive on evaluated inputs, used by eager evaluation and by
+//! compiled programs alike. [`Cpu`] is this backend behind the
+//! [`Backend`] trait.
 
 pub mod binary;
 pub mod cast;
+pub mod executable;
 pub mod fused;
+pub mod group;
 pub mod index;
 pub mod jit;
 #[cfg(target_arch = "x86_64")]
@@ -14,6 +18,7 @@ pub mod math;
 pub mod matmul;
 pub mod random;
 pub mod reduce;
+pub mod row_chain;
 pub mod rows;
 pub mod simd_math;
 pub mod stream;
@@ -22,29 +27,70 @@ pub mod team;
 pub mod tile;
 pub mod unary;
 
+use std::sync::Arc;
+
 pub use crate::buffer::{Buffer, BufferElement};
+pub use group::CpuGroup;
 
 use crate::array::Data;
+use crate::backend::{Backend, Executable};
 use crate::dtype::DType;
 use crate::error::Result;
 use crate::layout::Layout;
+use crate::passes::Facts;
 use crate::primitive::Primitive;
+use crate::program::Program;
+
+/// Most instructions in one fused group. Checking whether two groups may
+/// merge, building a group's register program and generating its code all
+/// grow with its size; past this size a group's output is stored and the
+/// next group reads it back, which costs little next to hundreds of ops.
+pub const MAX_GROUP: usize = 512;
 
 /// The CPU backend.
+#[derive(Clone, Copy, Debug, Default)]
 pub struct Cpu;
 
-impl crate::backend::Backend for Cpu {
+impl Backend for Cpu {
     fn name(&self) -> &'static str {
         "cpu"
     }
+
     fn eval(&self, prim: &Primitive, inputs: &[&Data], shape: &[usize], dtype: DType) -> Result<Data> {
         eval(prim, inputs, shape, dtype)
     }
+
+    fn facts(&self) -> &dyn Facts {
+        self
+    }
+
+    fn lower(&self, program: Program) -> Result<Arc<dyn Executable>> {
+        Ok(Arc::new(executable::CpuExecutable::new(program)))
+    }
+
     fn to_host(&self, data: &Data) -> Result<Buffer> {
         copy("to_vec", data)
     }
+
     fn upload(&self, buffer: Buffer, shape: &[usize]) -> Result<Data> {
         Ok(Data::contiguous(buffer, shape))
+    }
+}
+
+impl Facts for Cpu {
+    /// [`Primitive::costly`]: transcendental functions, `pow`, `atan2`.
+    fn costly(&self, p: &Primitive) -> bool {
+        p.costly()
+    }
+
+    /// [`row_chain::splits`]: a chain's block of rows stays in L2.
+    fn splits_rows(&self, shape: &[usize]) -> bool {
+        row_chain::splits(shape)
+    }
+
+    /// [`MAX_GROUP`].
+    fn max_group(&self) -> usize {
+        MAX_GROUP
     }
 }
 

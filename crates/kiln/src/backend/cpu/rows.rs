@@ -1,6 +1,6 @@
 //! Row sinks: full-size outputs filled block of rows by block of rows by
 //! parallel tasks (the row-chunked execution of a chain of kernels writes
-//! its results through these, see `compile::row_chain`).
+//! its results through these, see [`row_chain`](crate::backend::cpu::row_chain)).
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 

@@ -19,9 +19,9 @@ use std::ops::Range;
 use rayon::prelude::*;
 
 use crate::array::Data;
+use crate::backend::cpu::executable::{run_step, CpuExecutable, Step};
 use crate::backend::cpu::fused::{self, Arg};
 use crate::backend::cpu::rows::{Claimed, RowSink};
-use crate::compile::executable::{run_step, Executable, Step};
 use crate::error::{Error, Result};
 use crate::layout::Layout;
 use crate::passes::fuse::Kernel;
@@ -107,7 +107,8 @@ fn block_rows(rows: usize, widest: usize) -> Option<usize> {
 }
 
 /// True when a chain iterating over `shape` runs block of rows by block of
-/// rows (the passes ask this of the traced shapes, see
+/// rows (the passes ask this of the traced shapes through
+/// [`Facts::splits_rows`](crate::passes::Facts::splits_rows), see
 /// [`remat`](crate::passes::remat)).
 pub fn splits(shape: &[usize]) -> bool {
     shape.len() >= 2 && block_rows(shape[0], shape[1..].iter().product()).is_some()
@@ -126,7 +127,7 @@ enum Cut {
 /// Runs `chain` block by block if the run-time shapes allow it, storing the
 /// escaping values in `values`; `Ok(false)` means it did not apply.
 pub fn run<'a, S: AsRef<[usize]> + ?Sized + 'a>(
-    exe: &Executable,
+    exe: &CpuExecutable,
     chain: &Chain,
     values: &mut [Option<Data>],
     shape_of: &(impl Fn(usize) -> &'a S + Sync),

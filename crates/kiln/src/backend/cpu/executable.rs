@@ -1,22 +1,25 @@
-//! An executable: an optimized program lowered to a list of kernel steps,
-//! with the point after which each intermediate value can be released.
+//! The CPU executable: an optimized program lowered to a list of kernel
+//! steps, with the point after which each intermediate value can be
+//! released, and the runs of steps that go block of rows by block of rows
+//! ([`row_chain`]).
 
 use smallvec::{smallvec, SmallVec};
 
 use crate::array::Data;
-use crate::backend::cpu;
 use crate::backend::cpu::fused::{Args, Outs};
-use crate::compile::row_chain;
+use crate::backend::cpu::{self, row_chain, CpuGroup};
+use crate::backend::{Executable, StepView};
 use crate::error::Result;
-use crate::passes::fuse::{plan, FusedGroup, FusedOp, Kernel};
+use crate::passes::fuse::{is_free, plan, FusedGroup, FusedOp, Kernel};
+use crate::passes::Facts;
 use crate::primitive::{BinaryOp, Primitive};
 use crate::program::Program;
 
 /// One kernel launch: reads some values, writes others.
 #[derive(Clone, Debug)]
 pub struct Step {
-    /// What runs.
-    pub kernel: Kernel,
+    /// What runs; each fused group keeps its compiled code across calls.
+    pub kernel: Kernel<CpuGroup>,
     /// Values read (program instruction indices).
     pub inputs: Vec<usize>,
     /// Values written.
@@ -29,12 +32,12 @@ pub struct Step {
     /// For a matrix product whose epilogue starts with a bias add: the bias
     /// register and the rest of the epilogue, split once here so the rest
     /// keeps its compiled code from call to call (see `split_bias`).
-    pub bias_split: Option<(usize, FusedGroup)>,
+    pub bias_split: Option<(usize, CpuGroup)>,
 }
 
-/// The compiled form of a program.
+/// The compiled form of a program on the CPU.
 #[derive(Clone, Debug)]
-pub struct Executable {
+pub struct CpuExecutable {
     /// The optimized program (shapes are re-inferred from it for shapeless calls).
     pub program: Program,
     /// Kernel steps in execution order.
@@ -48,11 +51,11 @@ pub struct Executable {
     last_output: Vec<bool>,
 }
 
-impl Executable {
+impl CpuExecutable {
     /// Lowers an optimized program: fuses it into kernels and computes
     /// lifetimes.
-    pub fn new(program: Program) -> Executable {
-        let kernels = plan(&program);
+    pub fn new(program: Program) -> CpuExecutable {
+        let kernels = plan(&program, &cpu::Cpu as &dyn Facts);
         let mut last_use = vec![usize::MAX; program.instrs.len()];
         for (s, k) in kernels.iter().enumerate() {
             for &i in &k.inputs {
@@ -79,10 +82,11 @@ impl Executable {
                     .into_iter()
                     .collect();
                 let bias_split = match &k.kernel {
-                    Kernel::MatmulEpilogue(g) => split_bias(g),
+                    Kernel::MatmulEpilogue(g) => split_bias(g).map(|(bias, rest)| (bias, CpuGroup::new(rest))),
                     _ => None,
                 };
-                Step { kernel: k.kernel, inputs: k.inputs, outputs: k.outputs, frees, members: k.members, bias_split }
+                let kernel = k.kernel.map(CpuGroup::new);
+                Step { kernel, inputs: k.inputs, outputs: k.outputs, frees, members: k.members, bias_split }
             })
             .collect();
         let constants = program
@@ -95,12 +99,19 @@ impl Executable {
         let mut seen = std::collections::HashSet::new();
         let mut last_output: Vec<bool> = program.outputs.iter().rev().map(|&o| seen.insert(o)).collect();
         last_output.reverse();
-        Executable { program, steps, constants, chains, last_output }
+        CpuExecutable { program, steps, constants, chains, last_output }
+    }
+}
+
+impl Executable for CpuExecutable {
+    fn program(&self) -> &Program {
+        &self.program
     }
 
-    /// Runs on evaluated arguments. `shapes` holds every value's shape when
-    /// it differs from the traced one (shapeless calls).
-    pub fn run(&self, args: &[&Data], shapes: Option<&[Vec<usize>]>) -> Result<Vec<Data>> {
+    /// Runs step by step (a chain of steps block of rows by block of rows
+    /// when the run-time shapes allow, a step op by op when its values no
+    /// longer share one iteration space, see [`Step::follows`]).
+    fn run(&self, args: &[&Data], shapes: Option<&[Vec<usize>]>) -> Result<Vec<Data>> {
         let p = &self.program;
         // Per-call vectors stay on the stack for small programs (no heap
         // allocation per call), filled in place (moving one copies it).
@@ -193,9 +204,44 @@ impl Executable {
             .collect())
     }
 
-    /// Number of kernel launches.
-    pub fn kernel_count(&self) -> usize {
+    fn kernel_count(&self) -> usize {
         self.steps.iter().filter(|s| !matches!(&s.kernel, Kernel::Single(p) if is_free(p))).count()
+    }
+
+    fn steps(&self) -> Vec<StepView<'_>> {
+        self.steps
+            .iter()
+            .map(|st| StepView { kernel: st.kernel.as_ir(), inputs: &st.inputs, outputs: &st.outputs })
+            .collect()
+    }
+
+    /// Generated machine code or the tile interpreter ([`jit::describe`](cpu::jit::describe)),
+    /// for the group that runs: after a bias folded into the product, the rest.
+    fn step_code(&self, step: usize) -> Option<String> {
+        let st = self.steps.get(step)?;
+        let elementwise = match (&st.kernel, &st.bias_split) {
+            (Kernel::MatmulEpilogue(_), Some((_, rest))) => Some(rest),
+            (Kernel::Fused(g) | Kernel::MatmulEpilogue(g), _) => Some(g),
+            _ => None,
+        };
+        elementwise.filter(|g| !g.ops.is_empty()).map(cpu::jit::describe)
+    }
+
+    /// The row chains ([`row_chain`]).
+    fn notes(&self) -> Vec<String> {
+        self.chains
+            .iter()
+            .map(|c| {
+                let kept: Vec<String> = c.escapes.iter().map(|&v| format!("%{v}")).collect();
+                format!(
+                    "row blocks: kernels {}..={} run block of rows by block of rows when the shapes allow; \
+                     written to memory: {}",
+                    c.steps.start,
+                    c.steps.end - 1,
+                    kept.join(", ")
+                )
+            })
+            .collect()
     }
 }
 
@@ -289,8 +335,8 @@ pub(crate) fn run_step<S: AsRef<[usize]>>(
 /// The product's buffer is fresh, so the epilogue writes over it. `split`
 /// is [`split_bias`] of `group`, made when the executable was built.
 fn matmul_epilogue(
-    group: &FusedGroup,
-    split: Option<&(usize, FusedGroup)>,
+    group: &CpuGroup,
+    split: Option<&(usize, CpuGroup)>,
     args: &mut Args,
     out_shape: &[usize],
     outs: &mut Outs,
@@ -346,13 +392,5 @@ fn split_bias(g: &FusedGroup) -> Option<(usize, FusedGroup)> {
     if !ops.is_empty() && outputs.contains(&0) {
         return None;
     }
-    Some((
-        bias,
-        FusedGroup { inputs: g.inputs.clone(), ops, outputs, code: Default::default(), plan: Default::default() },
-    ))
-}
-
-/// Views cost nothing at run time.
-pub(crate) fn is_free(p: &Primitive) -> bool {
-    matches!(p.class(), crate::primitive::FusionClass::View) && !matches!(p, Primitive::Reshape { .. })
+    Some((bias, FusedGroup { inputs: g.inputs.clone(), ops, outputs }))
 }
