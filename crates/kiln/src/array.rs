@@ -386,7 +386,7 @@ fn eval_for(what: &'static str, arrays: &[&Array]) -> Result<()> {
         .collect();
     if !inputs.is_empty() {
         inputs.sort_unstable();
-        let t = crate::compile::trace_input_names();
+        let t = crate::trace::trace_input_names();
         return Err(Error::TracingValue {
             what,
             inputs: inputs.iter().map(|&i| t.get(i).cloned().unwrap_or_else(|| format!("argument {i}"))).collect(),

@@ -41,6 +41,7 @@ pub mod primitive;
 pub mod program;
 pub mod shape;
 pub mod storage;
+mod trace;
 
 pub use array::{eval, Array, Data};
 pub use backend::{set_threads, threads};

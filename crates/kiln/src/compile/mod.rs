@@ -72,9 +72,7 @@ mod cache;
 mod explain;
 mod signature;
 
-use std::cell::RefCell;
 use std::marker::PhantomData;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
@@ -87,56 +85,7 @@ pub use cache::CacheStats;
 use cache::{Cache, Entry};
 use signature::Signature;
 
-thread_local! {
-    static TRACE_NAMES: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
-}
-
-/// Descriptions of the placeholders of the function being traced on this
-/// thread ("argument 0 (f32[10, 64])"), used in error messages.
-pub(crate) fn trace_input_names() -> Vec<String> {
-    TRACE_NAMES.with(|t| t.borrow().clone())
-}
-
-/// The thread's tracing state while a function is traced: set by
-/// [`Tracing::begin`], restored to what it was by [`Tracing::end`] or, when
-/// the traced function unwinds past it (a panic not caught, a foreign
-/// runtime's error), by the drop of the guard; so no exit leaves the thread
-/// "tracing".
-struct Tracing {
-    prev: Option<(Vec<String>, Option<Array>)>,
-}
-
-impl Tracing {
-    /// Starts tracing with placeholder descriptions `names` and the trace's
-    /// random `key`.
-    fn begin(names: Vec<String>, key: Array) -> Tracing {
-        let prev_names = TRACE_NAMES.with(|t| std::mem::replace(&mut *t.borrow_mut(), names));
-        let prev_key = crate::ops::random::begin_trace(key);
-        Tracing { prev: Some((prev_names, prev_key)) }
-    }
-
-    /// Ends tracing; returns the trace key as the function left it.
-    fn end(mut self) -> Option<Array> {
-        self.restore()
-    }
-
-    fn restore(&mut self) -> Option<Array> {
-        let (names, key) = self.prev.take()?;
-        TRACE_NAMES.with(|t| *t.borrow_mut() = names);
-        crate::ops::random::end_trace(key)
-    }
-}
-
-impl Drop for Tracing {
-    fn drop(&mut self) {
-        self.restore();
-    }
-}
-
-/// True while a function is being traced on this thread.
-pub fn is_tracing() -> bool {
-    TRACE_NAMES.with(|t| !t.borrow().is_empty())
-}
+pub use crate::trace::is_tracing;
 
 static DISABLED: AtomicBool = AtomicBool::new(false);
 static ENV_DISABLED: OnceLock<bool> = OnceLock::new();
@@ -488,34 +437,12 @@ impl<F: TraceFn<Args>, Args> Compiled<F, Args> {
     /// Traces `f` on placeholders shaped like `args` and builds the executable.
     fn trace(&self, args: &[&Array]) -> Result<Entry> {
         let device = call_device(args)?;
-        let mut placeholders: Vec<Array> = args
-            .iter()
-            .enumerate()
-            .map(|(i, a)| Array::placeholder(i, a.shape().to_vec(), a.dtype(), a.device()))
-            .collect();
-        // The random key is an implicit input (index `args.len()`).
-        let key = Array::placeholder(args.len(), vec![2], crate::DType::U32, device);
         let mut names = describe_args(args);
         names.push("the implicit random key".into());
-        let tracing = Tracing::begin(names, key.clone());
-        let result = catch_unwind(AssertUnwindSafe(|| self.inner.f.invoke(&placeholders).into_arrays()));
-        let final_key = tracing.end();
-        let uses_random = final_key.is_some_and(|k| k.id() != key.id());
-        placeholders.push(key);
-        let (outputs, tree) = match result {
-            Ok(r) => r?,
-            Err(panic) => {
-                let msg = panic
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_else(|| "unknown panic".into());
-                return Err(Error::Invalid {
-                    op: "compile",
-                    msg: format!("the function panicked while tracing: {msg}"),
-                });
-            }
-        };
+        let arg_sigs: Vec<_> = args.iter().map(|a| (a.shape().to_vec(), a.dtype(), a.device())).collect();
+        let traced = crate::trace::record(&arg_sigs, device, names, |ps| self.inner.f.invoke(ps).into_arrays())?;
+        let (placeholders, uses_random) = (traced.placeholders, traced.uses_random);
+        let (outputs, tree) = traced.result?;
         let mut program = Program::from_graph(&placeholders, &outputs)?;
         let traced_instrs = program.instrs.len();
         let backend: &dyn Backend = crate::backend::for_device(device)?;
