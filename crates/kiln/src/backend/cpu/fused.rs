@@ -383,8 +383,8 @@ const PREFETCH_DISTANCE: i32 = 8192;
 /// Most positions per parallel task of a kernel writing with streaming
 /// stores: each task ends with a store fence, which waits for its streamed
 /// lines to reach memory, so tasks of [`PAR_CHUNK`] fenced every 64 KiB
-/// (`x * 2` over 2^24 floats: 51.7 -> 55.6 GB/s, medians of six alternated
-/// runs, with the copy at 70-76 GB/s).
+/// too often; this size fences rarely enough to keep streaming at
+/// nearly the copy's bandwidth.
 const STREAM_CHUNK: usize = 1 << 18;
 
 /// Stands in for a slot while its op writes it (no allocation).

@@ -367,16 +367,15 @@ impl Gen<'_> {
 /// iteration, their operations interleaved, while at least 32 positions
 /// remain, then one vector at a time: a long chain such as `tanh` is a
 /// sequence of dependent operations, and the second vector's independent
-/// ones fill the first one's latencies (gelu_tanh over 16K floats in L2,
-/// one thread: 8.6 -> 7.1 ns per vector; gelu_erf 8.8 -> 8.1; `x * 2`
-/// 1.7 -> 1.5). When the two copies need more registers than there are,
-/// the loop computes one vector per iteration.
+/// ones fill the first one's latencies. When the two copies need more
+/// registers than there are, the loop computes one vector per iteration.
 pub fn generate(p: &Prog, v: Variant) -> Option<Code> {
     UNROLL.into_iter().find_map(|copies| emit(p, v, copies).ok())
 }
 
-/// Vectors per iteration of the main loop, tried in order (four were no
-/// faster than two: gelu_tanh 7.0-7.1 ns per 16 lanes either way).
+/// Vectors per iteration of the main loop, tried in order (two hide the
+/// latency of a dependent chain; four were measured no faster and need
+/// twice the registers).
 const UNROLL: [usize; 2] = [2, 1];
 
 fn emit(p: &Prog, v: Variant, copies: usize) -> Result<Code, NoCode> {

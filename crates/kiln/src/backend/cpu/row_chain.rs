@@ -29,9 +29,9 @@ use crate::primitive::Primitive;
 use crate::program::Program;
 
 /// Elements (of the widest kernel) per block: a block's values, and the
-/// next block's input rows being prefetched, stay in L2. (Softmax of
-/// 4096 x 4096 floats: 4.3 -> 4.0 ms going from 2^17 to 2^16, layernorm
-/// 3.5 -> 3.0 ms; 2^15 is no faster.)
+/// next block's input rows being prefetched, stay in L2 (larger blocks
+/// spill it; smaller ones were measured no faster: see the commit history
+/// and bench/README.md).
 const BLOCK_ELEMS: usize = 1 << 16;
 
 /// Below this many elements a chain runs kernel by kernel.

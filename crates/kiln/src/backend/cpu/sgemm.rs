@@ -326,8 +326,7 @@ mod avx512 {
     /// A product split into parts for the team: contiguous groups of row
     /// tiles or of columns, whichever splits the larger operand (each
     /// thread then reads less: the seed's `(32 x 128) @ (128 x 256)` splits
-    /// `b`'s columns, 7.7 -> 7.0 us per compiled product on two cores,
-    /// median of 8 alternated runs), when it has a block per thread.
+    /// `b`'s columns), when it has a block per thread.
     /// Columns split in units of `unit` (16 columns, one vector, when `b`
     /// is read in place), so each part has the same number of vectors: the
     /// seed's 256 columns split 128 + 128, computed as panels of 48, 48

@@ -4,7 +4,7 @@
 //! pool's queue and the caller blocks until a worker has run it: a worker
 //! that is asleep takes tens of microseconds to wake, and the caller's
 //! wake-up after the job costs as much again. A product such as the seed's
-//! `(32 x 128) @ (128 x 256)` takes about 12 us on one core, so that
+//! `(32 x 128) @ (128 x 256)` takes microseconds on one core, so that
 //! latency eats the gain of the second core.
 //!
 //! [`run`] splits a task into numbered parts. The calling thread works on
