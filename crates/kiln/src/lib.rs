@@ -22,6 +22,13 @@
 //! [`Error::OutOfMemory`] naming the op and the bytes, never aborting the
 //! process. (Where the operating system overcommits memory it may grant a
 //! request it cannot back; a limit bounds what kiln asks for.)
+//!
+//! Every array lives on a [`Device`] ([`Array::device`]); an op's array
+//! inputs share one device, new arrays go to the default device
+//! ([`set_default_device`], [`with_default_device`]), and
+//! [`Array::to_device`] copies between devices. Backends (the CPU today)
+//! sit behind [`backend::Backend`]; `ARCHITECTURE.md` in the repository
+//! draws the layers.
 
 #![warn(missing_docs)]
 
