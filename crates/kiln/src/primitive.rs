@@ -1,8 +1,8 @@
 //! Every operation, described once: its parameters, how it infers its output
 //! shape and dtype from its inputs ([`Primitive::infer`]), and its fusion
-//! class ([`Primitive::class`]). The CPU kernels are dispatched from
-//! [`crate::backend::cpu::eval`]; eager evaluation and compiled execution both
-//! go through that one function.
+//! class ([`Primitive::class`]). A backend runs it
+//! ([`crate::backend::Backend::eval`] for one primitive, its executable for
+//! a compiled program); each backend dispatches on this enum in one place.
 //!
 //! Primitives take inputs of the dtypes they need: the user-facing functions
 //! in [`crate::ops`] insert [`Primitive::AsType`] nodes to promote operands, so

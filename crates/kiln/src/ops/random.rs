@@ -2,7 +2,7 @@
 //!
 //! A key is a `u32` array of shape `(2)`. [`random_bits`] turns a key into
 //! as many random words as asked for with the Threefry-2x32 block cipher
-//! (see [`crate::backend::cpu::random`]): element `i` depends only on the
+//! ([`threefry2x32`], run by each backend): element `i` depends only on the
 //! key and `i`, so the numbers are the same on any thread count. The same
 //! key always gives the same numbers; use [`split`] to derive independent
 //! keys.
