@@ -95,6 +95,45 @@ pub fn with_default_device<R>(device: Device, f: impl FnOnce() -> R) -> Result<R
     Ok(f())
 }
 
+/// What a creation op makes: a dtype, and the device to make it on (the
+/// default device when `None`). Creation ops (`full`, `zeros`, `ones`,
+/// `arange`, `linspace`, `eye`) take `impl Into<Spec>`, so a plain
+/// [`DType`](crate::DType) keeps meaning "on the default device" and
+/// [`DType::on`](crate::DType::on) names another:
+///
+/// ```
+/// use kiln::{DType, Device};
+/// let x = kiln::zeros(&[2, 3], DType::F32.on(Device::Cpu))?;
+/// assert_eq!(x.device(), Device::Cpu);
+/// // A device with no backend is an error, never a panic.
+/// assert!(kiln::zeros(&[2], DType::F32.on(Device::Cuda(99))).is_err());
+/// # Ok::<(), kiln::Error>(())
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Spec {
+    /// The element type.
+    pub dtype: crate::DType,
+    /// The device; `None` for the default device.
+    pub device: Option<Device>,
+}
+
+impl From<crate::DType> for Spec {
+    fn from(dtype: crate::DType) -> Spec {
+        Spec { dtype, device: None }
+    }
+}
+
+impl Spec {
+    /// Runs `make` with the dtype, with the spec's device (if any) as the
+    /// thread's default device: everything `make` creates goes there.
+    pub(crate) fn make<R>(self, make: impl FnOnce(crate::DType) -> Result<R>) -> Result<R> {
+        match self.device {
+            None => make(self.dtype),
+            Some(d) => with_default_device(d, || make(self.dtype))?,
+        }
+    }
+}
+
 /// The one device of `inputs` for an op named `op`: the device they share,
 /// or the default device when there are none; arrays on two devices are an
 /// [`Error::Device`] naming both.

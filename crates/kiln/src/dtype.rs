@@ -54,6 +54,11 @@ pub const ALL_DTYPES: [DType; 9] =
     [DType::Bool, DType::U8, DType::U32, DType::I32, DType::I64, DType::F16, DType::BF16, DType::F32, DType::F64];
 
 impl DType {
+    /// This dtype on `device`, for a creation op (see [`Spec`](crate::device::Spec)).
+    pub fn on(self, device: crate::Device) -> crate::device::Spec {
+        crate::device::Spec { dtype: self, device: Some(device) }
+    }
+
     /// Size of one element in bytes.
     pub fn size(self) -> usize {
         match self {

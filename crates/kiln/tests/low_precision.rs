@@ -291,7 +291,7 @@ fn reported_edge_cases() -> R {
 /// threads: compiled equals eager bit for bit, in every dtype.
 #[test]
 fn long_rows_fold_in_one_order_compiled_and_eager() -> R {
-    const OPS: [Op; 8] = [
+    const OPS: [Op; 10] = [
         ("sum last", |x| x.sum(-1, false)),
         ("sum all", |x| x.sum(Axes::All, false)),
         ("mean last", |x| x.mean(-1, false)),
@@ -300,6 +300,8 @@ fn long_rows_fold_in_one_order_compiled_and_eager() -> R {
         ("max last", |x| x.max(-1, false)),
         ("min all", |x| x.min(Axes::All, false)),
         ("logsumexp last", |x| x.logsumexp(-1, false)),
+        ("var last", |x| x.var(-1, false, 0)),
+        ("var all ddof 1", |x| x.var(Axes::All, false, 1)),
     ];
     let shapes: [&[usize]; 4] = [&[70001], &[2, 65537], &[1, 200003], &[3, 100001]];
     let mut rng = Rng::new(11);

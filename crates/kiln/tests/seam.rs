@@ -231,3 +231,34 @@ fn kiln_default_device_creates_arrays_there() -> Result<()> {
     assert_eq!(kiln::default_device(), Device::Cpu);
     Ok(())
 }
+
+/// Creation ops take a device where they take a dtype (`DType::on`): the
+/// arrays are made there, evaluate there, and the default device is left
+/// as it was; a device without a backend is an error.
+#[test]
+fn creation_ops_take_a_device_with_their_dtype() -> Result<()> {
+    setup();
+    let on = DType::F32.on(MIRROR);
+    let made = [
+        kiln::zeros(&[2, 3], on)?,
+        kiln::ones(&[3], on)?,
+        kiln::full(&[2], 2.5f32, on)?,
+        kiln::arange(0.0, 4.0, 1.0, on)?,
+        kiln::linspace(0.0, 1.0, 5, on)?,
+        kiln::eye(3, 3, 0, on)?,
+    ];
+    for a in &made {
+        assert_eq!(a.device(), MIRROR, "{:?} is made on the mirror", a.shape());
+        a.eval()?;
+        assert!(is_mirror(a), "{:?} evaluates into mirror storage", a.shape());
+    }
+    assert_eq!(made[2].to_vec::<f32>()?, vec![2.5, 2.5]);
+    assert_eq!(made[3].to_vec::<f32>()?, vec![0.0, 1.0, 2.0, 3.0]);
+    assert_eq!(made[4].to_vec::<f32>()?, vec![0.0, 0.25, 0.5, 0.75, 1.0]);
+    assert_eq!(made[5].to_vec::<f32>()?, vec![1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]);
+    assert_eq!(kiln::default_device(), Device::Cpu);
+    assert_eq!(kiln::zeros(&[2], DType::F32)?.device(), Device::Cpu);
+    let err = kiln::zeros(&[2], DType::F32.on(Device::Cuda(5))).expect_err("no backend for cuda:5");
+    assert!(err.to_string().contains("cuda:5"), "{err}");
+    Ok(())
+}

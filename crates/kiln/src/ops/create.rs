@@ -3,6 +3,7 @@
 //! cost no memory until something is computed from them.
 
 use crate::array::Array;
+use crate::device::Spec;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::ops::shape::{broadcast_to, concatenate, expand_dims};
@@ -10,19 +11,23 @@ use crate::ops::{binary, Scalar};
 use crate::primitive::Primitive;
 use crate::shape::check_size;
 
-/// An array of `shape` filled with `value`, in `dtype`.
-pub fn full(shape: &[usize], value: impl Into<Scalar>, dtype: DType) -> Result<Array> {
-    check_size("full", shape, dtype)?;
-    broadcast_to(&value.into().to_array(dtype, crate::device::default_device()), shape)
+/// An array of `shape` filled with `value`, in `dtype` (a [`DType`], or
+/// [`DType::on`] a device: see [`Spec`]).
+pub fn full(shape: &[usize], value: impl Into<Scalar>, dtype: impl Into<Spec>) -> Result<Array> {
+    let value = value.into();
+    dtype.into().make(|dtype| {
+        check_size("full", shape, dtype)?;
+        broadcast_to(&value.to_array(dtype, crate::device::default_device()), shape)
+    })
 }
 
-/// An array of zeros.
-pub fn zeros(shape: &[usize], dtype: DType) -> Result<Array> {
+/// An array of zeros (on a device as [`full`]).
+pub fn zeros(shape: &[usize], dtype: impl Into<Spec>) -> Result<Array> {
     full(shape, 0i32, dtype)
 }
 
-/// An array of ones.
-pub fn ones(shape: &[usize], dtype: DType) -> Result<Array> {
+/// An array of ones (on a device as [`full`]).
+pub fn ones(shape: &[usize], dtype: impl Into<Spec>) -> Result<Array> {
     full(shape, 1i32, dtype)
 }
 
@@ -43,8 +48,12 @@ pub fn ones_like(x: &Array) -> Result<Array> {
 }
 
 /// Values `start, start + step, ...` up to but excluding `stop`, as NumPy's
-/// `arange` (`ceil((stop - start) / step)` elements).
-pub fn arange(start: f64, stop: f64, step: f64, dtype: DType) -> Result<Array> {
+/// `arange` (`ceil((stop - start) / step)` elements; on a device as [`full`]).
+pub fn arange(start: f64, stop: f64, step: f64, dtype: impl Into<Spec>) -> Result<Array> {
+    dtype.into().make(|dtype| arange_in(start, stop, step, dtype))
+}
+
+fn arange_in(start: f64, stop: f64, step: f64, dtype: DType) -> Result<Array> {
     if step == 0.0 || !step.is_finite() || !start.is_finite() || !stop.is_finite() {
         return Err(Error::Invalid {
             op: "arange",
@@ -60,8 +69,13 @@ pub fn arange(start: f64, stop: f64, step: f64, dtype: DType) -> Result<Array> {
 
 /// `num` evenly spaced values from `start` to `stop` inclusive, as NumPy's
 /// `linspace`: element `i` is `start + i * step` computed in `f64` (with
-/// `step = (stop - start) / (num - 1)`), and the last element is exactly `stop`.
-pub fn linspace(start: f64, stop: f64, num: usize, dtype: DType) -> Result<Array> {
+/// `step = (stop - start) / (num - 1)`), and the last element is exactly
+/// `stop` (on a device as [`full`]).
+pub fn linspace(start: f64, stop: f64, num: usize, dtype: impl Into<Spec>) -> Result<Array> {
+    dtype.into().make(|dtype| linspace_in(start, stop, num, dtype))
+}
+
+fn linspace_in(start: f64, stop: f64, num: usize, dtype: DType) -> Result<Array> {
     if !dtype.is_float() {
         return Err(Error::DType { op: "linspace", dtype, msg: "linspace produces a float dtype".into() });
     }
@@ -76,8 +90,13 @@ pub fn linspace(start: f64, stop: f64, num: usize, dtype: DType) -> Result<Array
     concatenate(&[head, last], 0)
 }
 
-/// An `n x m` matrix with ones on the `k`-th diagonal (k > 0 above the main one).
-pub fn eye(n: usize, m: usize, k: isize, dtype: DType) -> Result<Array> {
+/// An `n x m` matrix with ones on the `k`-th diagonal (k > 0 above the
+/// main one; on a device as [`full`]).
+pub fn eye(n: usize, m: usize, k: isize, dtype: impl Into<Spec>) -> Result<Array> {
+    dtype.into().make(|dtype| eye_in(n, m, k, dtype))
+}
+
+fn eye_in(n: usize, m: usize, k: isize, dtype: DType) -> Result<Array> {
     check_size("eye", &[n, m], dtype)?;
     if n == 0 || m == 0 {
         // Empty: no row and column ranges to compare.

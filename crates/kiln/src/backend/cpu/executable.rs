@@ -312,7 +312,8 @@ pub(crate) fn run_step<S: AsRef<[usize]>>(
         Kernel::Single(prim) => outs.push(cpu::eval(prim, &ins(args), out_shape, p.instrs[step.outputs[0]].dtype)?),
         Kernel::Fused(group) => cpu::fused::launch(group, args, out_shape, &[], outs)?,
         Kernel::ReduceFused { group, reductions, axes, source } => {
-            let reduced = cpu::fused::run_reduce(group, &ins(args), shape_of(*source).as_ref(), reductions, axes)?;
+            let reduced =
+                cpu::fused_reduce::run_reduce(group, &ins(args), shape_of(*source).as_ref(), reductions, axes)?;
             // keepdims only changes the shape, not the order of elements.
             outs.extend(
                 reduced

@@ -4,7 +4,7 @@
 use std::borrow::Borrow;
 use std::ops::Deref;
 
-use crate::backend::cpu::fused::PlanSlot;
+use crate::backend::cpu::interpreter::PlanSlot;
 use crate::backend::cpu::jit::CodeSlot;
 use crate::passes::fuse::FusedGroup;
 

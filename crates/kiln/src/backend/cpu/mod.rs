@@ -9,8 +9,10 @@ pub mod binary;
 pub mod cast;
 pub mod executable;
 pub mod fused;
+pub mod fused_reduce;
 pub mod group;
 pub mod index;
+pub mod interpreter;
 pub mod jit;
 #[cfg(target_arch = "x86_64")]
 pub mod jit_x86;

@@ -41,8 +41,9 @@
 //!
 //! A split of the row across threads cuts it only at nodes of that tree and
 //! recombines along it (`fold_tree`), and so does the fused reduction
-//! kernel of compiled code (`tree_chunks`, its partial results combined
-//! two at a time by this kernel), so eager and compiled results agree bit
+//! kernel of compiled code (its nodes are `tree_chunks`, each folded into
+//! a `Partial` and combined by `combine_partials` with the fold's own
+//! merges), so eager and compiled results agree bit
 //! for bit, special values included (a product through an overflow, the
 //! sign of a zero maximum, which NaN propagates). A multi-dimensional
 //! reduced space folds its runs one after another, left to right, and the
@@ -874,6 +875,44 @@ impl<A: AccFloat> Moments<A> {
     }
 }
 
+/// The accumulator of a one-pass statistic: [`Lse`] for `sumexp` and
+/// `logsumexp`, [`Moments`] for `var`.
+#[derive(Clone, Copy)]
+enum Stat<A> {
+    Lse(Lse<A>),
+    Moments(Moments<A>),
+}
+
+impl<A: AccFloat> Stat<A> {
+    /// The merge of two accumulators of one statistic (the fold's own).
+    fn combine(a: Stat<A>, b: Stat<A>) -> Stat<A> {
+        match (a, b) {
+            (Stat::Lse(a), Stat::Lse(b)) => Stat::Lse(Lse::combine(a, b)),
+            (Stat::Moments(a), Stat::Moments(b)) => Stat::Moments(Moments::combine(a, b)),
+            _ => unreachable!("accumulators of one statistic"),
+        }
+    }
+
+    /// The statistic `op` finished from the accumulator.
+    fn value(self, op: ReduceOp) -> A {
+        match (self, op) {
+            (Stat::Lse(a), ReduceOp::LogSumExp) => a.log_sum_exp(),
+            (Stat::Lse(a), _) => a.sum_exp(),
+            (Stat::Moments(a), ReduceOp::Var { ddof }) => a.var(ddof),
+            _ => unreachable!("var is finished from moments"),
+        }
+    }
+
+    /// The reduction the accumulator carries (see [`reduce_many`]) over
+    /// `n` elements: the running maximum, or the mean.
+    fn carried(self, n: usize) -> A {
+        match self {
+            Stat::Lse(a) => a.m,
+            Stat::Moments(a) => a.sum / A::count(n),
+        }
+    }
+}
+
 /// Runs one of the one-pass statistics, accumulating in `A`.
 fn exec_stat<I: Element, A: AccFloat, O: Element>(
     op: ReduceOp,
@@ -882,7 +921,7 @@ fn exec_stat<I: Element, A: AccFloat, O: Element>(
     widen: impl Fn(I) -> A + Sync + Copy,
     narrow: impl Fn(A) -> O + Sync + Copy,
 ) -> Buffer {
-    Buffer::from_vec(fold_stat(op, src, p, widen, |stat, _| narrow(stat)))
+    Buffer::from_vec(fold_stat(op, src, p, widen, |stat, _| narrow(stat.value(op))))
 }
 
 /// A one-pass statistic and the reduction its accumulator carries, from
@@ -895,22 +934,20 @@ fn exec_stat_pair<I: Element, A: AccFloat, O: Element>(
     widen: impl Fn(I) -> A + Sync + Copy,
     narrow: impl Fn(A) -> O + Sync + Copy,
 ) -> (Buffer, Buffer) {
-    let pairs = fold_stat(op, src, p, widen, |stat, carried| (narrow(stat), narrow(carried)));
+    let pairs = fold_stat(op, src, p, widen, |stat, n| (narrow(stat.value(op)), narrow(stat.carried(n))));
     let (a, b): (Vec<O>, Vec<O>) = pairs.into_iter().unzip();
     (Buffer::from_vec(a), Buffer::from_vec(b))
 }
 
 /// Folds the accumulators of a one-pass statistic (`Lse` for `sumexp` and
 /// `logsumexp`, `Moments` for `var`), blockwise, and finishes each output
-/// as `finish(statistic, carried)`: the carried reduction is the running
-/// maximum for `Lse` and the mean (the plain sum over the count, folded as
-/// `mean` folds it) for `Moments`.
+/// as `finish(accumulator, count)`.
 fn fold_stat<I: Element, A: AccFloat, T: Copy + Send + Sync>(
     op: ReduceOp,
     src: &[I],
     p: &Plan,
     widen: impl Fn(I) -> A + Sync + Copy,
-    finish: impl Fn(A, A) -> T + Sync,
+    finish: impl Fn(Stat<A>, usize) -> T + Sync,
 ) -> Vec<T> {
     match op {
         ReduceOp::LogSumExp | ReduceOp::SumExp => {
@@ -918,20 +955,18 @@ fn fold_stat<I: Element, A: AccFloat, T: Copy + Send + Sync>(
                 id: Lse::EMPTY,
                 step: move |a, x: I| Lse::combine(a, Lse::one(widen(x))),
                 combine: Lse::combine,
-                finish: move |a: Lse<A>, _| {
-                    finish(if op == ReduceOp::LogSumExp { a.log_sum_exp() } else { a.sum_exp() }, a.m)
-                },
+                finish: move |a: Lse<A>, n| finish(Stat::Lse(a), n),
                 pairwise: true,
                 _types: PhantomData,
             };
             execute(&Blocked { inner, block: move |xs: &[I]| lse_block(xs, widen), leaf: LSE_BLOCK }, src, p)
         }
-        ReduceOp::Var { ddof } => {
+        ReduceOp::Var { .. } => {
             let inner = Fold {
                 id: Moments::EMPTY,
                 step: move |a, x: I| Moments::combine(a, Moments::one(widen(x))),
                 combine: Moments::combine,
-                finish: move |a: Moments<A>, n| finish(a.var(ddof), a.sum / A::count(n)),
+                finish: move |a: Moments<A>, n| finish(Stat::Moments(a), n),
                 pairwise: true,
                 _types: PhantomData,
             };
@@ -1130,47 +1165,103 @@ pub(crate) fn acc_dtype(op: ReduceOp, dt: DType) -> DType {
     }
 }
 
-/// The `logsumexp` accumulator (running maximum, sum of `exp(x - max)`)
-/// of the `f32` or `f64` row `x` (reduced over axis 1 of shape `[1, n]`),
-/// as [`reduce`] folds it; `f32` values are held exactly in `f64`.
-pub(crate) fn lse_state(x: &Data) -> Option<(f64, f64)> {
-    fn state<A: AccFloat + Element + Into<f64>>(src: &[A], p: &Plan) -> (f64, f64) {
-        let inner = Fold {
-            id: Lse::EMPTY,
-            step: |a, x: A| Lse::combine(a, Lse::one(x)),
-            combine: Lse::combine,
-            finish: |a: Lse<A>, _| (a.m.into(), a.s.into()),
-            pairwise: true,
-            _types: PhantomData,
-        };
-        let r = Blocked { inner, block: |xs: &[A]| lse_block(xs, |v| v), leaf: LSE_BLOCK };
-        execute(&r, src, p).first().copied().unwrap_or((f64::NEG_INFINITY, 0.0))
-    }
-    let p = Plan::new(x.layout(), &[1]);
-    match x.buffer() {
-        Buffer::F32(v) => Some(state(v, &p)),
-        Buffer::F64(v) => Some(state(v, &p)),
-        _ => None,
-    }
+/// A reduction's accumulator over one node of a row's pairwise tree
+/// ([`tree_chunks`]), for a producer that makes the row node by node and
+/// never holds it whole (a fused reduction of compiled code): the nodes'
+/// partials combine along the tree with the fold's own merges
+/// ([`combine_partials`]), so the result is the one [`reduce`] gives for
+/// the materialized row, bit for bit.
+pub(crate) struct Partial(Part);
+
+enum Part {
+    /// The reduction itself over the node (the sum, for a mean), in the
+    /// accumulator's dtype ([`acc_dtype`]).
+    Value(Buffer),
+    /// A one-pass statistic's accumulator in `f32`.
+    F32(Stat<f32>),
+    /// A one-pass statistic's accumulator in `f64`.
+    F64(Stat<f64>),
 }
 
-/// `logsumexp` from the [`lse_state`]s of the nodes of
-/// [`tree_chunks`]`(n, max)` (in order), combined along the tree in `dt`
-/// (`f32` or `f64`) as [`reduce`] combines them: the same bits.
-pub(crate) fn lse_from_states(dt: DType, n: usize, max: usize, states: &[(f64, f64)]) -> f64 {
-    fn go<A: AccFloat + Into<f64>>(n: usize, max: usize, states: &[(f64, f64)], cast: fn(f64) -> A) -> f64 {
-        let mut it = states.iter();
-        let mut leaf = |_, _| {
-            let &(m, s) = it.next().expect("one state per node");
-            Lse { m: cast(m), s: cast(s) }
-        };
-        fold_tree(n, max, &mut leaf, &Lse::combine).log_sum_exp().into()
+/// The [`Partial`] of `op` over `row` (shape `[1, len]`, of the dtype `op`
+/// accumulates in: [`acc_dtype`] of the values' dtype).
+pub(crate) fn partial(op: ReduceOp, row: &Data) -> Result<Partial> {
+    let p = Plan::new(row.layout(), &[1]);
+    Ok(Partial(match (op, row.buffer()) {
+        (ReduceOp::LogSumExp | ReduceOp::SumExp | ReduceOp::Var { .. }, Buffer::F32(v)) => {
+            Part::F32(fold_stat(op, v, &p, |x: f32| x, |s, _| s)[0])
+        }
+        (ReduceOp::LogSumExp | ReduceOp::SumExp | ReduceOp::Var { .. }, Buffer::F64(v)) => {
+            Part::F64(fold_stat(op, v, &p, |x: f64| x, |s, _| s)[0])
+        }
+        (ReduceOp::Mean, b) => Part::Value(reduce(ReduceOp::Sum, row, &[1], ReduceOp::Sum.out_dtype(b.dtype()))?),
+        (op, b) => Part::Value(reduce(op, row, &[1], op.out_dtype(b.dtype()))?),
+    }))
+}
+
+/// Combines the [`Partial`]s of `op` over the nodes of [`tree_chunks`]`(n,
+/// max)` (in order) into the one-element result of `op` over the `n`
+/// elements, of dtype `out`: along the tree, with the statistics' own
+/// merges, values two at a time by this kernel, in the accumulator's dtype,
+/// narrowing only the result.
+pub(crate) fn combine_partials(op: ReduceOp, parts: Vec<Partial>, n: usize, max: usize, out: DType) -> Result<Buffer> {
+    fn stats<A: AccFloat + Into<f64>>(op: ReduceOp, n: usize, max: usize, parts: Vec<Stat<A>>) -> f64 {
+        let mut it = parts.into_iter();
+        let mut leaf = |_, _| it.next().expect("one partial per node");
+        fold_tree(n, max, &mut leaf, &Stat::combine).value(op).into()
     }
-    if dt == DType::F32 {
-        go::<f32>(n, max, states, |v| v as f32)
-    } else {
-        go::<f64>(n, max, states, |v| v)
+    let mut f32s = vec![];
+    let mut f64s = vec![];
+    let mut values = vec![];
+    for Partial(p) in parts {
+        match p {
+            Part::F32(s) => f32s.push(s),
+            Part::F64(s) => f64s.push(s),
+            Part::Value(b) => values.push(b),
+        }
     }
+    // An `f32` or `f64` statistic is exact in `f64`, so it narrows once.
+    let narrow = |v: f64| crate::ops::Scalar::Float(v).to_buffer(out);
+    if !f32s.is_empty() {
+        return Ok(narrow(stats(op, n, max, f32s)));
+    }
+    if !f64s.is_empty() {
+        return Ok(narrow(stats(op, n, max, f64s)));
+    }
+    let Some(pdt) = values.first().map(Buffer::dtype) else {
+        return Err(Error::Invalid { op: op.name(), msg: "no partial results to combine".into() });
+    };
+    let again = if op == ReduceOp::Mean { ReduceOp::Sum } else { op };
+    let mut next = values.into_iter();
+    let mut leaf = |_, _| -> Result<Buffer> { Ok(next.next().expect("one partial per node")) };
+    let combine = |a: Result<Buffer>, b: Result<Buffer>| -> Result<Buffer> {
+        let two = Data::contiguous(concat([a?, b?].iter(), pdt), &[1, 2]);
+        reduce(again, &two, &[1], again.out_dtype(pdt))
+    };
+    let r = fold_tree(n, max, &mut leaf, &combine)?;
+    // The mean's division in the accumulator's dtype, as the kernel's.
+    let r = match (op, &r) {
+        (ReduceOp::Mean, Buffer::F32(v)) => Buffer::from_vec(vec![v[0] / n as f32]),
+        (ReduceOp::Mean, Buffer::F64(v)) => Buffer::from_vec(vec![v[0] / n as f64]),
+        _ => r,
+    };
+    if r.dtype() == out {
+        return Ok(r);
+    }
+    // Only float accumulators narrow (f16/bf16 in f32, an integer mean in
+    // f64): exact in f64, rounded once.
+    Ok(narrow(crate::with_buffer!(&r, v => v[0].to_f64())))
+}
+
+/// Joins buffers of one dtype end to end.
+pub(crate) fn concat<'a>(parts: impl Iterator<Item = &'a Buffer>, dtype: DType) -> Buffer {
+    crate::with_dtype!(dtype, T => {
+        let mut all: Vec<T> = Vec::new();
+        for p in parts {
+            all.extend_from_slice(p.as_slice::<T>().expect("parts share the dtype"));
+        }
+        Buffer::from_vec(all)
+    })
 }
 
 /// Reduces `x` over the sorted `axes`, producing `out` dtype elements in

@@ -1,0 +1,259 @@
+//! Fused reductions: reductions that absorb their elementwise producers.
+//!
+//! The producers' values are made chunk by chunk into cache-sized scratch
+//! by the [tile interpreter](crate::backend::cpu::interpreter) and folded
+//! from there by the reduction kernel ([`reduce`]), so the group's values
+//! never reach memory. Long rows are made node by node of the reduction's
+//! pairwise tree and the nodes' partial results (`reduce::Partial`) combine with the
+//! kernel's own merges, so a fused reduction gives the eager result bit
+//! for bit.
+
+use crate::array::Data;
+use crate::backend::cpu::fused::{run_single, Outs};
+use crate::backend::cpu::interpreter::{
+    exec_range, give_registers, no_streams, out_ptr, plan_load, take_register, view_as, Exec, Load, Loads, OutPtr,
+    Scratch, INLINE,
+};
+use crate::backend::cpu::strided::PAR_THRESHOLD;
+use crate::backend::cpu::tile::TILE;
+use crate::backend::cpu::{reduce, team, Buffer, BufferElement, CpuGroup};
+use crate::dtype::DType;
+use crate::primitive::{Primitive, ReduceOp};
+
+use rayon::prelude::*;
+use smallvec::SmallVec;
+
+/// Elements of producer values materialized at once by a fused reduction:
+/// small enough to stay in L2, so the reduction reads them from cache.
+const REDUCE_CHUNK: usize = 1 << 15;
+
+/// Runs reductions over `axes` of `shape` that each fold one output of the
+/// group `g` (`reductions` pairs an op with the index of that output). The
+/// group's values are produced chunk by chunk (kept axes outermost, reduced
+/// axes innermost) into cache-sized scratch and every reduction folds its
+/// chunk from there, so the inputs are read once for all reductions and the
+/// group's values never reach memory. Returns one array per reduction, in
+/// the kept axes' shape.
+pub fn run_reduce(
+    g: &CpuGroup,
+    inputs: &[&Data],
+    shape: &[usize],
+    reductions: &[(ReduceOp, usize)],
+    axes: &[usize],
+) -> crate::Result<Outs> {
+    let nd = shape.len();
+    let kept = || (0..nd).filter(|a| !axes.contains(a));
+    let perm: crate::layout::Dims = kept().chain(axes.iter().copied()).collect();
+    let mut loads = Loads::new();
+    loads.extend(inputs.iter().map(|d| plan_load(d.buffer(), &view_as(d, shape).permute(&perm))));
+    let out_shape: crate::layout::Dims = kept().map(|a| shape[a]).collect();
+    let n_out = crate::shape::numel(&out_shape);
+    let n_red = crate::shape::numel(&axes.iter().map(|&a| shape[a]).collect::<crate::layout::Dims>());
+    // Outputs and partial results are allocated deep inside: check first.
+    crate::memory::check_alloc("reduce", n_out.saturating_mul(8 * reductions.len().max(1)))?;
+    // Reductions of the inputs themselves (siblings such as max and sumexp
+    // of x) read them in place, each with the reduction kernel's own walk.
+    let copied_input = |r: usize| -> Option<usize> {
+        let op = g.ops.get(r.checked_sub(g.inputs.len())?)?;
+        let src = *op.args.first()?;
+        (matches!(op.prim, Primitive::AsType(d) if d == g.reg_dtype(src)) && src < g.inputs.len()).then_some(src)
+    };
+    if let Some(regs) = g.outputs.iter().map(|&r| copied_input(r)).collect::<Option<Vec<usize>>>() {
+        // Reductions of one input together: a statistic and the reduction
+        // it carries (softmax's max and sumexp, layernorm's mean and var)
+        // take one pass.
+        let mut out: Vec<Option<Data>> = reductions.iter().map(|_| None).collect();
+        for &reg in &regs {
+            let mine: Vec<usize> = (0..reductions.len()).filter(|&k| regs[reductions[k].1] == reg).collect();
+            if mine.is_empty() || out[mine[0]].is_some() {
+                continue;
+            }
+            let d = inputs[reg];
+            let v = d.view(view_as(d, shape).into_owned());
+            let ops: Vec<ReduceOp> = mine.iter().map(|&k| reductions[k].0).collect();
+            for (k, b) in mine.into_iter().zip(reduce::reduce_many(&ops, &v, axes)?) {
+                out[k] = Some(Data::contiguous(b, &out_shape));
+            }
+        }
+        return Ok(out.into_iter().map(|o| o.expect("every reduction reads one of the inputs")).collect());
+    }
+    if let Some(bufs) = fold_small(g, &loads, n_out, n_red, reductions) {
+        return Ok(bufs.into_iter().map(|b| Data::contiguous(b, &out_shape)).collect());
+    }
+    let out_dtypes: Vec<DType> = reductions.iter().map(|&(op, i)| op.out_dtype(g.reg_dtype(g.outputs[i]))).collect();
+    // The group's outputs for positions `lo..hi` of the permuted space, as `rows` rows.
+    let produce = |lo: usize, hi: usize, rows: usize| -> crate::Result<Vec<Data>> {
+        let (mut scratch, ptrs) = alloc_outputs(g, hi - lo)?;
+        exec_range(g, &loads, lo, hi, &ptrs);
+        finish_outputs(&mut scratch, hi - lo);
+        let row = (hi - lo).checked_div(rows).unwrap_or(n_red);
+        Ok(scratch.into_iter().map(|b| Data::contiguous(b, &[rows, row])).collect())
+    };
+    let fold = |op: ReduceOp, d: &Data| reduce::reduce(op, d, &[1], op.out_dtype(d.buffer().dtype()));
+    let bufs: Vec<Buffer> = if n_red <= REDUCE_CHUNK || n_out == 0 {
+        let rows = (REDUCE_CHUNK / n_red.max(1)).max(1);
+        let chunks = n_out.div_ceil(rows).max(1);
+        let part = |c: usize| -> crate::Result<Vec<Buffer>> {
+            let (o0, o1) = (c * rows, ((c + 1) * rows).min(n_out));
+            let vals = produce(o0 * n_red, o1 * n_red, o1 - o0)?;
+            reductions.iter().map(|&(op, i)| fold(op, &vals[i])).collect()
+        };
+        let parts: Vec<Vec<Buffer>> = if n_out * n_red < PAR_THRESHOLD {
+            (0..chunks).map(part).collect::<crate::Result<_>>()?
+        } else {
+            team::parallel(|| (0..chunks).into_par_iter().map(part).collect::<crate::Result<_>>())?
+        };
+        (0..reductions.len()).map(|k| reduce::concat(parts.iter().map(|p| &p[k]), out_dtypes[k])).collect()
+    } else {
+        // Few outputs, long reductions: partial results over the nodes of the
+        // row's pairwise tree (of at most `REDUCE_CHUNK` elements, whatever
+        // the thread count), combined along that tree: the order of the
+        // reduction kernel over the whole row.
+        let nodes = reduce::tree_chunks(n_red, REDUCE_CHUNK);
+        let mut finals: Vec<Vec<Buffer>> = vec![vec![]; reductions.len()];
+        for o in 0..n_out {
+            let mut partials: Vec<Vec<reduce::Partial>> = team::parallel(|| {
+                nodes
+                    .par_iter()
+                    .map(|node| {
+                        let (lo, hi) = (o * n_red + node.start, o * n_red + node.end);
+                        let vals = produce(lo, hi, 1)?;
+                        reductions.iter().map(|&(op, i)| partial(op, &vals[i])).collect()
+                    })
+                    .collect::<crate::Result<_>>()
+            })?;
+            for (k, &(op, _)) in reductions.iter().enumerate().rev() {
+                let parts = partials.iter_mut().map(|p| p.pop().expect("one partial per reduction")).collect();
+                finals[k].push(reduce::combine_partials(op, parts, n_red, REDUCE_CHUNK, out_dtypes[k])?);
+            }
+        }
+        finals.iter().zip(&out_dtypes).map(|(f, &dt)| reduce::concat(f.iter(), dt)).collect()
+    };
+    Ok(bufs.into_iter().map(|b| Data::contiguous(b, &out_shape)).collect())
+}
+
+/// Most reductions [`fold_small`] folds together.
+const MAX_FOLDS: usize = 8;
+
+/// [`run_reduce`] of a small space (at most [`REDUCE_CHUNK`] positions:
+/// `n_out` rows of `n_red`, reduced positions innermost) when every
+/// reduction is a sum, mean, max or min of `f32` values: the group runs
+/// over as many whole rows as fill a tile, and each row folds from the
+/// tile's register ([`reduce::fold_f32`]: the fold [`reduce::reduce`]
+/// runs over a contiguous row). Rows longer than a tile are made leaf by
+/// leaf, each leaf folded from its register while it is in L1, and the
+/// leaves combined in that fold's order ([`reduce::fold_f32_leaves`]).
+/// No values are stored: no scratch for the space, no general reduction
+/// plan, which cost more than the work at these sizes. `None` when it
+/// does not apply.
+fn fold_small(
+    g: &CpuGroup,
+    loads: &[Load],
+    n_out: usize,
+    n_red: usize,
+    reductions: &[(ReduceOp, usize)],
+) -> Option<Vec<Buffer>> {
+    let total = n_out.checked_mul(n_red)?;
+    let folds = reductions.iter().all(|&(op, i)| {
+        matches!(op, ReduceOp::Sum | ReduceOp::Mean | ReduceOp::Max | ReduceOp::Min)
+            && g.reg_dtype(g.outputs[i]) == DType::F32
+    });
+    let n_in = g.inputs.len();
+    if n_red == 0
+        || total > REDUCE_CHUNK
+        || !folds
+        || reductions.len() > MAX_FOLDS
+        || g.outputs.iter().any(|&r| r < n_in)
+    {
+        return None;
+    }
+    let no_stream = no_streams(g);
+    let e = Exec::new(g, loads, total, &no_stream[..], None);
+    let mut sc = e.scratch();
+    // Compiled code writes its outputs through pointers: to these registers.
+    let mut spill: Vec<Buffer> =
+        if e.code.is_some() { g.outputs.iter().map(|&r| take_register(g.reg_dtype(r))).collect() } else { vec![] };
+    let spill_ptrs: Vec<OutPtr> = spill.iter_mut().map(out_ptr).collect();
+    // Runs positions `s..s + len`; returns where output `k`'s values are.
+    fn values<'s>(
+        e: &'s Exec,
+        sc: &'s mut Scratch,
+        spill: &'s [Buffer],
+        ptrs: &[OutPtr],
+        s: usize,
+        len: usize,
+    ) -> impl Fn(usize) -> &'s [f32] {
+        let spilled = e.produce(sc, s, len, ptrs, s);
+        let sc: &'s Scratch = sc;
+        move |k| {
+            let reg = if spilled { &spill[k] } else { e.output(sc, k) };
+            &f32::slice_of(reg).expect("f32 outputs (checked)")[..len]
+        }
+    }
+    let finish = |op: ReduceOp, v: f32| if op == ReduceOp::Mean { v / n_red as f32 } else { v };
+    let mut out: Vec<Vec<f32>> = reductions.iter().map(|_| Vec::with_capacity(n_out)).collect();
+    if n_red <= TILE {
+        // Whole rows per tile, each folded from the tile's register.
+        let rows_per = TILE / n_red;
+        for r0 in (0..n_out).step_by(rows_per) {
+            let len = rows_per.min(n_out - r0) * n_red;
+            let vals = values(&e, &mut sc, &spill, &spill_ptrs, r0 * n_red, len);
+            for (&(op, i), o) in reductions.iter().zip(&mut out) {
+                for row in vals(i).chunks_exact(n_red) {
+                    o.push(finish(op, reduce::fold_f32(op, row)));
+                }
+            }
+        }
+    } else {
+        // Longer rows: made leaf by leaf (a leaf fits a tile and L1) and
+        // folded in the order of a contiguous row's fold.
+        let combine = |a: [f32; MAX_FOLDS], b: [f32; MAX_FOLDS]| {
+            std::array::from_fn(|k| reductions.get(k).map_or(0.0, |&(op, _)| reduce::combine_f32(op, a[k], b[k])))
+        };
+        for r in 0..n_out {
+            let mut leaf = |off: usize, len: usize| {
+                let vals = values(&e, &mut sc, &spill, &spill_ptrs, r * n_red + off, len);
+                std::array::from_fn(|k| reductions.get(k).map_or(0.0, |&(op, i)| reduce::fold_f32(op, vals(i))))
+            };
+            let acc: [f32; MAX_FOLDS] = reduce::fold_f32_leaves(n_red, &mut leaf, &combine);
+            for ((o, &(op, _)), v) in out.iter_mut().zip(reductions).zip(acc) {
+                o.push(finish(op, v));
+            }
+        }
+    }
+    give_registers(spill.into_iter());
+    Some(out.into_iter().map(Buffer::from_vec).collect())
+}
+
+/// Buffers of a group's outputs, and where each is written.
+type Allocated = (SmallVec<[Buffer; INLINE]>, SmallVec<[OutPtr; INLINE]>);
+
+/// Output buffers of `n` elements for each group output, and their pointers.
+fn alloc_outputs(g: &CpuGroup, n: usize) -> crate::Result<Allocated> {
+    let mut outs: SmallVec<[Buffer; INLINE]> =
+        g.outputs.iter().map(|&r| crate::memory::take("fused", g.reg_dtype(r), n)).collect::<crate::Result<_>>()?;
+    let ptrs = outs.iter_mut().map(out_ptr).collect();
+    Ok((outs, ptrs))
+}
+
+/// Marks `n` elements of each output as written.
+fn finish_outputs(outs: &mut [Buffer], n: usize) {
+    for b in outs {
+        // SAFETY: the caller ran `exec_range` over `0..n` of this buffer's
+        // range, which wrote every element exactly once.
+        crate::with_buffer!(b, v => unsafe { v.set_len(n) });
+    }
+}
+
+/// The [`reduce::Partial`] of `op` over the single row `vals`, widened
+/// first to the dtype the reduction accumulates in ([`reduce::acc_dtype`]:
+/// `f32` for `f16`/`bf16`, `f64` for an integer mean), so that partials
+/// neither round nor overflow where the reduction of the whole row would not.
+fn partial(op: ReduceOp, vals: &Data) -> crate::Result<reduce::Partial> {
+    let dt = vals.dtype();
+    let acc = reduce::acc_dtype(op, dt);
+    if acc == dt {
+        return reduce::partial(op, vals);
+    }
+    reduce::partial(op, &run_single(&Primitive::AsType(acc), &[vals], &vals.layout().shape, acc)?)
+}
