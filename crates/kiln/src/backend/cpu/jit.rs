@@ -16,17 +16,32 @@
 //!    by running the very code of [`simd_math`] on a tracing vector type
 //!    ([`Traced`]), so compiled and interpreted kernels compute the same
 //!    operations and agree to the last bit.
-//! 2. **Code generation** (`jit_x86`, AVX-512 only) allocates registers and
-//!    emits the loop (two vectors per iteration, interleaved), once per
+//! 2. **Code generation** allocates registers and emits the loop, once per
 //!    pattern of broadcast inputs (a broadcast input is loaded once, before
 //!    the loop, and everything computed from broadcast inputs alone is
-//!    hoisted there too).
+//!    hoisted there too). There are two generators, and the level that
+//!    [`simd_math`] detects picks one, once per process:
+//!    [`jit_x86`](crate::backend::cpu::jit_x86) for AVX-512 (16 lanes, 32
+//!    vector registers, mask registers for the tail and for comparisons) and
+//!    [`jit_avx2`](crate::backend::cpu::jit_avx2) for AVX2 + FMA (8 lanes,
+//!    16 vector registers, so values are spilled to the stack when a chain
+//!    needs more; comparisons make lane masks in vector registers; a masked
+//!    move handles the tail). They share the calling convention and the
+//!    loop schedule ([`jit_code`](crate::backend::cpu::jit_code)).
+//!
+//! The two levels of `simd_math` differ in a few operations: AVX-512
+//! refines a 14-bit reciprocal estimate once and scales by `2^n` in one
+//! instruction (`vscalefps`); AVX2 refines a 12-bit estimate twice and
+//! scales by two multiplications. A program is therefore recorded for the
+//! level it is generated for ([`lower_at`]): its nodes are exactly the
+//! operations that level's interpreter runs, and each generator emits only
+//! the nodes of its level (the other's make it decline).
 //!
 //! A group is compiled when it has at least two ops, every input and op is
 //! `f32`, each op has a lowering (arithmetic, `abs`, `neg`, `square`,
 //! `sqrt`, `rsqrt`, rounding, `maximum`/`minimum`, `exp`, `expm1`, `log`,
-//! `log1p`, `tanh`, `sigmoid`, `erf`), and the CPU has AVX-512. Anything
-//! else runs on the interpreter, which remains the reference. Setting the
+//! `log1p`, `tanh`, `sigmoid`, `erf`), and the CPU has AVX-512 or AVX2 and
+//! FMA. Anything else runs on the interpreter, which remains the reference. Setting the
 //! environment variable `KILN_JIT=0` turns compilation off (to compare, or
 //! to debug a suspected code generation problem); `KILN_JIT_DUMP=dir`
 //! writes each generated kernel's machine code to `dir`.
@@ -36,7 +51,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use crate::backend::cpu::simd_math::{self, Vf32};
+use crate::backend::cpu::simd_math::{self, Level, Vf32};
 use crate::backend::cpu::CpuGroup;
 use crate::dtype::DType;
 use crate::passes::fuse::FusedGroup;
@@ -66,7 +81,7 @@ pub enum Bin {
     Xor,
     /// Integer add of the bit patterns.
     IAdd,
-    /// `a * 2^floor(b)`, rounded once (`vscalefps`).
+    /// `a * 2^floor(b)`, rounded once (`vscalefps`; AVX-512 only).
     Scalef,
 }
 
@@ -75,8 +90,13 @@ pub enum Bin {
 pub enum Un {
     /// Square root.
     Sqrt,
-    /// Reciprocal estimate with relative error below 2^-14.
+    /// Reciprocal estimate with relative error below 2^-14 (`vrcp14ps`;
+    /// AVX-512 only).
     Rcp14,
+    /// Reciprocal estimate with relative error below 1.5 * 2^-12 (`vrcpps`;
+    /// AVX2; its bits differ between CPU makers, and so the interpreter's
+    /// on the same CPU is what the generated code matches).
+    Rcp12,
     /// Round to nearest, ties to even.
     Round,
     /// Round down.
@@ -165,15 +185,27 @@ pub struct Prog {
 }
 
 /// Records operations into a [`Prog`], merging repeated ones.
-#[derive(Default)]
 struct Recorder {
     nodes: Vec<Node>,
     seen: HashMap<Node, Val>,
+    /// The level whose operations are recorded.
+    level: Level,
+}
+
+impl Recorder {
+    fn new(level: Level) -> Recorder {
+        Recorder { nodes: Vec::new(), seen: HashMap::new(), level }
+    }
 }
 
 thread_local! {
     /// The recorder [`Traced`] values write to (one lowering at a time per thread).
-    static RECORDER: RefCell<Recorder> = RefCell::new(Recorder::default());
+    static RECORDER: RefCell<Recorder> = RefCell::new(Recorder::new(Level::Avx512));
+}
+
+/// Whether the recording is for AVX2 (else AVX-512).
+fn recording_avx2() -> bool {
+    RECORDER.with_borrow(|r| r.level == Level::Avx2)
 }
 
 fn record(n: Node) -> Val {
@@ -226,8 +258,14 @@ impl Vf32 for Traced {
         self.bin(Bin::Div, o)
     }
     fn recip(self) -> Self {
-        // As the AVX-512 kernels: a 14-bit estimate and one Newton step.
-        simd_math::newton_recip(self, self.un(Un::Rcp14))
+        // As the kernels of the level recorded for: AVX2 refines a 12-bit
+        // estimate twice, AVX-512 a 14-bit one once.
+        if recording_avx2() {
+            let r = self.un(Un::Rcp12);
+            simd_math::newton_recip(self, simd_math::newton_recip(self, r))
+        } else {
+            simd_math::newton_recip(self, self.un(Un::Rcp14))
+        }
     }
     fn fma(self, b: Self, c: Self) -> Self {
         Traced(record(Node::Fma(self.0, b.0, c.0)))
@@ -260,7 +298,11 @@ impl Vf32 for Traced {
         n.un(Un::Pow2i)
     }
     fn scale2(self, n: Self) -> Self {
-        self.bin(Bin::Scalef, n)
+        if recording_avx2() {
+            simd_math::scale2_halves(self, n)
+        } else {
+            self.bin(Bin::Scalef, n)
+        }
     }
     fn lt(self, o: Self) -> TracedMask {
         self.cmp(Pred::Lt, o)
@@ -336,10 +378,27 @@ fn lower_op(prim: &Primitive, a: &[Traced]) -> Option<Traced> {
 /// Most inputs plus outputs of a compiled kernel (each takes a general register).
 pub const MAX_PTRS: usize = 11;
 
-/// Records group `g` as a [`Prog`], or `None` when it is not compiled (see
-/// the module docs).
+/// Records group `g` as a [`Prog`] for this CPU's code generator (see
+/// [`lower_at`]), or `None` when it is not compiled (see the module docs).
 pub fn lower(g: &FusedGroup) -> Option<Prog> {
-    try_lower(g).ok()
+    lower_at(g, recording_level())
+}
+
+/// Records group `g` as a [`Prog`] of the operations that the `level`
+/// kernels of [`simd_math`] run (`Level::Avx2`, or else AVX-512's), or
+/// `None` when it is not compiled.
+pub fn lower_at(g: &FusedGroup, level: Level) -> Option<Prog> {
+    try_lower(g, level).ok()
+}
+
+/// The level programs are recorded for on this CPU: AVX2 where that is the
+/// best [`simd_math`] level, else AVX-512 (no code is generated for a CPU
+/// with neither).
+fn recording_level() -> Level {
+    match simd_math::detected_level() {
+        Level::Avx2 => Level::Avx2,
+        _ => Level::Avx512,
+    }
 }
 
 /// Why a group is not compiled (no allocation: eager ops, groups of one,
@@ -363,8 +422,8 @@ impl std::fmt::Display for NotCompiled {
     }
 }
 
-/// [`lower`], or why the group is not compiled.
-fn try_lower(g: &FusedGroup) -> Result<Prog, NotCompiled> {
+/// [`lower_at`], or why the group is not compiled.
+fn try_lower(g: &FusedGroup, level: Level) -> Result<Prog, NotCompiled> {
     if g.ops.len() < 2 {
         return Err(NotCompiled::SingleOp);
     }
@@ -374,29 +433,30 @@ fn try_lower(g: &FusedGroup) -> Result<Prog, NotCompiled> {
     if g.inputs.len() + g.outputs.len() > MAX_PTRS {
         return Err(NotCompiled::TooManyPointers);
     }
-    RECORDER.with_borrow_mut(|r| *r = Recorder::default());
+    let level = if level == Level::Avx2 { Level::Avx2 } else { Level::Avx512 };
+    RECORDER.with_borrow_mut(|r| *r = Recorder::new(level));
     let mut regs: Vec<Traced> = (0..g.inputs.len()).map(|k| Traced(record(Node::Input(k)))).collect();
     for op in &g.ops {
         let args: Vec<Traced> = op.args.iter().map(|&r| regs[r]).collect();
         match lower_op(&op.prim, &args) {
             Some(v) => regs.push(v),
             None => {
-                RECORDER.with_borrow_mut(|r| *r = Recorder::default());
+                RECORDER.with_borrow_mut(|r| *r = Recorder::new(level));
                 return Err(NotCompiled::NoLowering(op.prim.name()));
             }
         }
     }
-    let nodes = RECORDER.with_borrow_mut(|r| std::mem::take(r).nodes);
+    let nodes = RECORDER.with_borrow_mut(|r| std::mem::replace(r, Recorder::new(level)).nodes);
     Ok(Prog { nodes, inputs: g.inputs.len(), outputs: g.outputs.iter().map(|&r| regs[r].0).collect() })
 }
 
 /// How group `g` runs, for `explain`: as machine code (with the number of
-/// vector operations per 16 lanes) or on the tile interpreter, and why.
+/// vector operations per vector) or on the tile interpreter, and why.
 pub fn describe(g: &CpuGroup) -> String {
     if !enabled() {
-        return "tile interpreter (the code generator needs AVX-512; KILN_JIT=0 turns it off)".into();
+        return "tile interpreter (the code generator needs AVX2 and FMA or AVX-512; KILN_JIT=0 turns it off)".into();
     }
-    if let Err(why) = try_lower(g) {
+    if let Err(why) = try_lower(g, recording_level()) {
         return format!("tile interpreter ({why})");
     }
     let Some(c) = g.code.get(g) else { return "tile interpreter".into() };
@@ -404,18 +464,27 @@ pub fn describe(g: &CpuGroup) -> String {
         return "tile interpreter (more live values than vector registers)".into();
     }
     let ops = c.prog.nodes.iter().filter(|n| !matches!(n, Node::Input(_) | Node::Const(_))).count();
-    format!("machine code ({ops} vector operations per 16 lanes)")
+    let lanes = if target() == Some(Level::Avx2) { 8 } else { 16 };
+    format!("machine code ({ops} vector operations per {lanes} lanes)")
 }
 
-/// Whether kernels are compiled here: the CPU has AVX-512 and `KILN_JIT`
-/// is not `0`.
-pub fn enabled() -> bool {
-    static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| {
-        cfg!(target_arch = "x86_64")
-            && simd_math::detected_level() == simd_math::Level::Avx512
-            && std::env::var("KILN_JIT").map_or(true, |v| v != "0")
+/// The instruction set kernels are generated for here: `Level::Avx512` or
+/// `Level::Avx2` (the CPU's best [`simd_math`] level), or `None` when
+/// nothing is compiled (a CPU with neither, not x86-64, or `KILN_JIT=0`).
+pub fn target() -> Option<Level> {
+    static TARGET: OnceLock<Option<Level>> = OnceLock::new();
+    *TARGET.get_or_init(|| {
+        let level = simd_math::detected_level();
+        let on = cfg!(target_arch = "x86_64")
+            && matches!(level, Level::Avx512 | Level::Avx2)
+            && std::env::var("KILN_JIT").map_or(true, |v| v != "0");
+        on.then_some(level)
     })
+}
+
+/// Whether kernels are compiled here (see [`target`]).
+pub fn enabled() -> bool {
+    target().is_some()
 }
 
 /// Prepares code generation on a background thread, once per process. The
@@ -443,7 +512,7 @@ pub fn warm_up() {
 /// the input is broadcast) and writing output `j` to `outs[j]`.
 pub struct Kernel {
     #[cfg(target_arch = "x86_64")]
-    code: crate::backend::cpu::jit_x86::Code,
+    code: crate::backend::cpu::jit_code::Code,
 }
 
 impl Kernel {
@@ -512,7 +581,9 @@ impl Compiled {
 
 #[cfg(target_arch = "x86_64")]
 fn generate(p: &Prog, v: Variant) -> Option<Kernel> {
-    Some(Kernel { code: crate::backend::cpu::jit_x86::generate(p, v)? })
+    use crate::backend::cpu::{jit_avx2, jit_x86};
+    let code = if target() == Some(Level::Avx2) { jit_avx2::generate(p, v) } else { jit_x86::generate(p, v) };
+    Some(Kernel { code: code? })
 }
 
 #[cfg(not(target_arch = "x86_64"))]
@@ -596,12 +667,27 @@ mod tests {
     #[test]
     fn transcendental_functions_record_the_simd_math_code() {
         let g = group(vec![(Primitive::Unary(UnaryOp::Tanh), vec![0]), (Primitive::Unary(UnaryOp::Neg), vec![1])], 1);
-        let p = lower(&g).expect("tanh lowers");
+        let p = lower_at(&g, Level::Avx512).expect("tanh lowers");
         assert!(p.nodes.iter().any(|n| matches!(n, Node::Bin(Bin::Scalef, ..))), "tanh goes through exp");
         assert!(p.nodes.iter().any(|n| matches!(n, Node::Un(Un::Rcp14, _))), "and a reciprocal estimate");
         // SSA: operands precede their users.
         for (i, n) in p.nodes.iter().enumerate() {
             assert!(n.operands().iter().all(|&o| (o as usize) < i));
         }
+    }
+
+    #[test]
+    fn each_level_records_its_own_operations() {
+        // AVX2 has neither vscalefps nor vrcp14ps: its kernels scale by two
+        // multiplications and refine a 12-bit estimate twice.
+        let g = group(vec![(Primitive::Unary(UnaryOp::Tanh), vec![0]), (Primitive::Unary(UnaryOp::Neg), vec![1])], 1);
+        let avx2 = lower_at(&g, Level::Avx2).expect("tanh lowers");
+        let has = |p: &Prog, f: &dyn Fn(&Node) -> bool| p.nodes.iter().any(f);
+        assert!(!has(&avx2, &|n| matches!(n, Node::Bin(Bin::Scalef, ..) | Node::Un(Un::Rcp14, _))));
+        assert!(has(&avx2, &|n| matches!(n, Node::Un(Un::Rcp12, _))));
+        assert!(has(&avx2, &|n| matches!(n, Node::Un(Un::Pow2i, _))));
+        let avx512 = lower_at(&g, Level::Avx512).expect("tanh lowers");
+        assert!(!has(&avx512, &|n| matches!(n, Node::Un(Un::Rcp12, _))));
+        assert!(avx2.nodes.len() > avx512.nodes.len(), "more operations without the AVX-512 instructions");
     }
 }

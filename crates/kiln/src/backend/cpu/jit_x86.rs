@@ -1,11 +1,10 @@
 //! AVX-512 code generation for [`jit`](crate::backend::cpu::jit) programs.
 //!
-//! The generated function is `extern "sysv64" fn(ins: *const *const f32,
-//! outs: *const *mut f32, len: usize)`. It keeps one pointer per input and
-//! output in a general register, 16 lanes per vector in `zmm` registers,
-//! and a lane mask in `k1` (all lanes, then the remainder on the last
-//! iteration, so there is no scalar tail). The main loop computes two
-//! vectors per iteration with their operations interleaved (see
+//! The generated function (calling convention in
+//! [`jit_code`]) keeps 16 lanes per vector in
+//! `zmm` registers and a lane mask in `k1` (all lanes, then the remainder on
+//! the last iteration, so there is no scalar tail). The main loop computes
+//! two vectors per iteration with their operations interleaved (see
 //! [`generate`]); a one-vector loop finishes the last 31 positions or fewer.
 //!
 //! Registers are allocated in one pass over the SSA program: a value takes
@@ -15,38 +14,16 @@
 //! in a pool addressed by `r10` and are read as embedded broadcasts
 //! (`{1to16}`) where the instruction allows a memory operand. A program that
 //! needs more than the 31 vector or 6 mask registers is not compiled (it
-//! runs on the interpreter); no spilling.
+//! runs on the interpreter): with that many registers, no program of the
+//! usual chains comes near, so there is no spilling (the AVX2 generator,
+//! with 16 registers, spills).
 
 use std::collections::HashMap;
 
 use iced_x86::code_asm::*;
 
-use crate::backend::cpu::jit::{Bin, Node, Pred, Prog, Un, Val, Variant};
-
-/// Generated machine code with its constant pool.
-pub struct Code {
-    /// Executable mapping holding the code (kept alive for `entry`).
-    _map: memmap2::Mmap,
-    /// The constants the code reads through `r10` (kept alive for `entry`).
-    _pool: Box<[u32]>,
-    entry: unsafe extern "sysv64" fn(*const *const f32, *const *mut f32, usize),
-    inputs: usize,
-    outputs: usize,
-}
-
-impl Code {
-    /// Runs the code over `len` positions.
-    ///
-    /// # Safety
-    /// See [`Kernel::run`](crate::backend::cpu::jit::Kernel::run).
-    pub unsafe fn run(&self, ins: &[*const f32], outs: &[*mut f32], len: usize) {
-        assert!(ins.len() == self.inputs && outs.len() == self.outputs, "one pointer per input and output");
-        // SAFETY: `entry` points to code generated for this many inputs and
-        // outputs, reading `len` elements through `ins` and writing through
-        // `outs`; the caller guarantees those are valid.
-        unsafe { (self.entry)(ins.as_ptr(), outs.as_ptr(), len) }
-    }
-}
+use crate::backend::cpu::jit::{Node, Prog, Un, Val, Variant};
+use crate::backend::cpu::jit_code::{self, emit_bin, pred_imm, Code, NoCode, Opnd, Schedule, PTRS};
 
 /// Vector registers by number.
 const ZMM: [AsmRegisterZmm; 32] = [
@@ -55,8 +32,6 @@ const ZMM: [AsmRegisterZmm; 32] = [
 ];
 /// Mask registers by number (`k0` cannot mask, `k1` is the loop mask).
 const K: [AsmRegisterK; 8] = [k0, k1, k2, k3, k4, k5, k6, k7];
-/// General registers holding the input, then output, pointers.
-const PTRS: [AsmRegister64; crate::backend::cpu::jit::MAX_PTRS] = [r8, r9, r12, r13, r14, r15, rbx, rbp, rdi, rsi, rdx];
 
 /// `r` written under mask `k` (blend).
 fn masked(r: AsmRegisterZmm, k: usize) -> AsmRegisterZmm {
@@ -71,16 +46,6 @@ fn masked(r: AsmRegisterZmm, k: usize) -> AsmRegisterZmm {
     }
 }
 
-fn pred_imm(p: Pred) -> i32 {
-    match p {
-        Pred::Eq => 0x00,    // EQ_OQ
-        Pred::Unord => 0x03, // UNORD_Q
-        Pred::Lt => 0x11,    // LT_OQ
-        Pred::Ge => 0x1D,    // GE_OQ
-        Pred::Gt => 0x1E,    // GT_OQ
-    }
-}
-
 /// Where a value is.
 #[derive(Clone, Copy)]
 enum Loc {
@@ -92,22 +57,6 @@ enum Loc {
     Z(usize),
     /// A mask register.
     K(usize),
-}
-
-/// An operand as an instruction reads it.
-#[derive(Clone, Copy)]
-enum Opnd {
-    Reg(AsmRegisterZmm),
-    Mem(AsmMemoryOperand),
-}
-
-/// Code generation failed: out of registers (or an assembler error).
-struct NoCode;
-
-impl From<IcedError> for NoCode {
-    fn from(_: IcedError) -> NoCode {
-        NoCode
-    }
 }
 
 struct Gen<'a> {
@@ -145,7 +94,7 @@ impl Gen<'_> {
         self.free_k.pop().ok_or(NoCode)
     }
 
-    fn opnd(&self, v: Val) -> Opnd {
+    fn opnd(&self, v: Val) -> Opnd<AsmRegisterZmm> {
         match self.loc[v as usize] {
             Loc::Z(r) => Opnd::Reg(ZMM[r]),
             Loc::Pool => match self.p.nodes[v as usize] {
@@ -213,7 +162,7 @@ impl Gen<'_> {
                 self.loc[v as usize] = Loc::Z(d);
             }
             Node::Bin(op, x, y) => {
-                let commutes = matches!(op, Bin::Add | Bin::Mul | Bin::And | Bin::Xor | Bin::IAdd);
+                let commutes = jit_code::commutes(op);
                 let (x, y) = match (self.loc[x as usize], commutes) {
                     (Loc::Pool, true) => (y, x),
                     _ => (x, y),
@@ -223,26 +172,7 @@ impl Gen<'_> {
                 self.free(&temps, &ops, pos);
                 let d = self.take_z()?;
                 let dz = ZMM[d];
-                macro_rules! e {
-                    ($m:ident) => {
-                        match s2 {
-                            Opnd::Reg(r) => self.a.$m(dz, s1, r)?,
-                            Opnd::Mem(m) => self.a.$m(dz, s1, m)?,
-                        }
-                    };
-                }
-                match op {
-                    Bin::Add => e!(vaddps),
-                    Bin::Sub => e!(vsubps),
-                    Bin::Mul => e!(vmulps),
-                    Bin::Div => e!(vdivps),
-                    Bin::Min => e!(vminps),
-                    Bin::Max => e!(vmaxps),
-                    Bin::And => e!(vpandd),
-                    Bin::Xor => e!(vpxord),
-                    Bin::IAdd => e!(vpaddd),
-                    Bin::Scalef => e!(vscalefps),
-                }
+                emit_bin!(self.a, op, dz, s1, s2, vpandd, vpxord, emit3!(self.a, vscalefps, dz, s1, s2))?;
                 self.loc[v as usize] = Loc::Z(d);
                 return Ok(());
             }
@@ -295,6 +225,7 @@ impl Gen<'_> {
                 match op {
                     Un::Sqrt => self.a.vsqrtps(dz, s)?,
                     Un::Rcp14 => self.a.vrcp14ps(dz, s)?,
+                    Un::Rcp12 => return Err(NoCode),
                     Un::Round => self.a.vrndscaleps(dz, s, 0x08)?,
                     Un::Floor => self.a.vrndscaleps(dz, s, 0x09)?,
                     Un::Ceil => self.a.vrndscaleps(dz, s, 0x0A)?,
@@ -381,86 +312,24 @@ const UNROLL: [usize; 2] = [2, 1];
 fn emit(p: &Prog, v: Variant, copies: usize) -> Result<Code, NoCode> {
     let bcast = v.bcast;
     let (n_in, n_out) = (p.inputs, p.outputs.len());
-    let nodes = &p.nodes;
-    // Loop-invariant values: broadcast inputs, constants and what only they feed.
-    let mut inv = vec![false; nodes.len()];
-    for (i, n) in nodes.iter().enumerate() {
-        inv[i] = match *n {
-            Node::Input(k) => bcast >> k & 1 == 1,
-            Node::Const(_) => true,
-            _ => n.operands().iter().all(|&o| inv[o as usize]),
-        };
-    }
-    // Values that are needed: the outputs and, transitively, their operands.
-    let mut live = vec![false; nodes.len()];
-    for &o in &p.outputs {
-        live[o as usize] = true;
-    }
-    for i in (0..nodes.len()).rev() {
-        if live[i] {
-            for o in nodes[i].operands() {
-                live[o as usize] = true;
-            }
-        }
-    }
-    // Emission order: invariant values first (before the loop), then the body.
-    let pre: Vec<usize> =
-        (0..nodes.len()).filter(|&i| live[i] && inv[i] && !matches!(nodes[i], Node::Const(_))).collect();
-    let body: Vec<usize> = (0..nodes.len()).filter(|&i| live[i] && !inv[i]).collect();
-    // The unrolled body's copies: `copy[c][i]` computes value `i` for the
-    // lanes 16 * c further on (invariant values are their own copies).
+    let s = Schedule::new(p, bcast, copies);
+    let (pre, copy) = (&s.pre, &s.copy);
+    let disp = s.copy_of.iter().map(|&c| 64 * c as i32).collect();
     let unroll = copies > 1;
-    let mut all = nodes.clone();
-    let mut disp = vec![0i32; nodes.len()];
-    let mut copy: Vec<Vec<Val>> = vec![(0..nodes.len() as Val).collect()];
-    for c in 1..copies {
-        let mut cv: Vec<Val> = (0..nodes.len() as Val).collect();
-        for &i in &body {
-            let n = nodes[i].map_operands(|o| cv[o as usize]);
-            cv[i] = all.len() as Val;
-            all.push(n);
-            disp.push(64 * c as i32);
-        }
-        copy.push(cv);
-    }
-    let q = Prog { nodes: all, inputs: p.inputs, outputs: p.outputs.clone() };
-    // Last reads of each value for an emission order (after `pre`) and the
-    // values it stores; invariant values live through the loops.
-    let last_uses = |order: &[usize], stored: &[Val]| -> Vec<usize> {
-        let mut last = vec![0usize; q.nodes.len()];
-        for (pos, &i) in pre.iter().chain(order).enumerate() {
-            for o in q.nodes[i].operands() {
-                last[o as usize] = pos;
-            }
-        }
-        for &o in stored {
-            last[o as usize] = pre.len() + order.len();
-        }
-        for (l, _) in last.iter_mut().zip(&inv).filter(|(_, &x)| x) {
-            *l = usize::MAX;
-        }
-        last
-    };
-    let pair_order: Vec<usize> = body.iter().flat_map(|&i| copy.iter().map(move |cv| cv[i] as usize)).collect();
-    let last_one = last_uses(&body, &p.outputs);
-    let last_pair = if unroll {
-        let stored: Vec<Val> = copy.iter().flat_map(|cv| p.outputs.iter().map(|&o| cv[o as usize])).collect();
-        last_uses(&pair_order, &stored)
-    } else {
-        last_one.clone()
-    };
-    let loc = q.nodes.iter().map(|n| if matches!(n, Node::Const(_)) { Loc::Pool } else { Loc::None }).collect();
+    let pair_order = s.order(copies);
+    let last_one = s.last_uses(&s.body, &p.outputs);
+    let last_pair = if unroll { s.last_uses(&pair_order, &s.stored(copies)) } else { last_one.clone() };
+    let loc = s.q.nodes.iter().map(|n| if matches!(n, Node::Const(_)) { Loc::Pool } else { Loc::None }).collect();
     // The constant pool: every constant of the program, and the exponent bias.
-    let mut pool: Vec<u32> =
-        nodes.iter().filter_map(|n| if let Node::Const(b) = *n { Some(b) } else { None }).collect();
-    pool.push(127);
-    let pool = pool.into_boxed_slice();
+    let mut words = s.constants();
+    words.push(127);
+    let pool = jit_code::pool(&words);
     let mut pool_at = HashMap::new();
-    for (i, &b) in pool.iter().enumerate() {
+    for (i, &b) in words.iter().enumerate() {
         pool_at.entry(b).or_insert(i);
     }
     let mut g = Gen {
-        p: &q,
+        p: &s.q,
         disp,
         a: CodeAssembler::new(64)?,
         loc,
@@ -469,18 +338,7 @@ fn emit(p: &Prog, v: Variant, copies: usize) -> Result<Code, NoCode> {
         free_k: (2..8).rev().collect(),
         pool_at,
     };
-    // Prologue: save callee-saved registers, load the pointers and the pool.
-    for r in [rbx, rbp, r12, r13, r14, r15] {
-        g.a.push(r)?;
-    }
-    g.a.mov(rcx, rdx)?;
-    g.a.mov(rax, rdi)?;
-    g.a.mov(r11, rsi)?;
-    for (k, &r) in PTRS[..n_in + n_out].iter().enumerate() {
-        let (table, i) = if k < n_in { (rax, k) } else { (r11, k - n_in) };
-        g.a.mov(r, qword_ptr(table + (8 * i) as i32))?;
-    }
-    g.a.mov(r10, pool.as_ptr() as u64)?;
+    jit_code::prologue(&mut g.a, n_in, n_out, &pool)?;
     for (pos, &i) in pre.iter().enumerate() {
         g.node(i as Val, pos, bcast)?;
     }
@@ -521,7 +379,7 @@ fn emit(p: &Prog, v: Variant, copies: usize) -> Result<Code, NoCode> {
         g.a.set_label(&mut pairs)?;
         g.a.cmp(rcx, 16 * copies as i32)?;
         g.a.jb(top)?;
-        iteration(&mut g, &pair_order, &copy)?;
+        iteration(&mut g, &pair_order, copy)?;
         g.a.add(rax, 64 * copies as i32)?;
         g.a.sub(rcx, 16 * copies as i32)?;
         g.a.jmp(pairs)?;
@@ -538,36 +396,11 @@ fn emit(p: &Prog, v: Variant, copies: usize) -> Result<Code, NoCode> {
     g.a.dec(r11d)?;
     g.a.kmovw(k1, r11d)?;
     g.a.set_label(&mut body_l)?;
-    iteration(&mut g, &body, &copy[..1])?;
+    iteration(&mut g, &s.body, &copy[..1])?;
     g.a.add(rax, 64)?;
     g.a.sub(rcx, 16)?;
     g.a.ja(top)?;
     g.a.set_label(&mut done)?;
-    g.a.vzeroupper()?;
-    for r in [r15, r14, r13, r12, rbp, rbx] {
-        g.a.pop(r)?;
-    }
-    g.a.ret()?;
-
-    let bytes = g.a.assemble(0)?;
-    if let Ok(dir) = std::env::var("KILN_JIT_DUMP") {
-        // A debugging aid: disassemble with `objdump -D -b binary -mi386:x86-64`.
-        static SEQ: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if let Err(e) = std::fs::write(format!("{dir}/kernel-{seq}.bin"), &bytes) {
-            log::warn!("KILN_JIT_DUMP: cannot write kernel {seq} to {dir}: {e}");
-        }
-    }
-    let mut map = memmap2::MmapMut::map_anon(bytes.len()).map_err(|_| NoCode)?;
-    map.copy_from_slice(&bytes);
-    let map = map.make_exec().map_err(|_| NoCode)?;
-    // SAFETY: `map` holds the complete function just encoded, with the
-    // System V calling convention (callee-saved registers restored, no stack
-    // use beyond the pushes); it lives as long as the returned `Code`.
-    let entry = unsafe {
-        std::mem::transmute::<*const u8, unsafe extern "sysv64" fn(*const *const f32, *const *mut f32, usize)>(
-            map.as_ptr(),
-        )
-    };
-    Ok(Code { _map: map, _pool: pool, entry, inputs: n_in, outputs: n_out })
+    jit_code::epilogue(&mut g.a)?;
+    Code::new(g.a, pool, n_in, n_out)
 }

@@ -15,6 +15,10 @@ pub mod index;
 pub mod interpreter;
 pub mod jit;
 #[cfg(target_arch = "x86_64")]
+pub mod jit_avx2;
+#[cfg(target_arch = "x86_64")]
+pub mod jit_code;
+#[cfg(target_arch = "x86_64")]
 pub mod jit_x86;
 pub mod math;
 pub mod matmul;

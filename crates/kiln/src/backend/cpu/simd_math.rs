@@ -317,9 +317,7 @@ pub(crate) trait Vf32: Copy {
     /// (so a subnormal result is rounded once, and a large one overflows).
     #[inline(always)]
     fn scale2(self, n: Self) -> Self {
-        // 2^n may itself be out of range: scale in two exact-ish halves.
-        let n1 = n.mul(Self::c(0.5)).floor();
-        self.mul(Self::pow2i(n1)).mul(Self::pow2i(n.sub(n1)))
+        scale2_halves(self, n)
     }
     fn lt(self, o: Self) -> Self::M;
     fn gt(self, o: Self) -> Self::M;
@@ -354,6 +352,15 @@ pub(crate) trait Vf32: Copy {
         }
         p
     }
+}
+
+/// [`Vf32::scale2`] without a scaling instruction: `x * 2^n` as two
+/// multiplications, since `2^n` may itself be out of range (the AVX2 and
+/// scalar levels; the code generator records it for AVX2).
+#[inline(always)]
+pub(crate) fn scale2_halves<V: Vf32>(x: V, n: V) -> V {
+    let n1 = n.mul(V::c(0.5)).floor();
+    x.mul(V::pow2i(n1)).mul(V::pow2i(n.sub(n1)))
 }
 
 /// Vectors held in registers and moved to and from slices (every [`Vf32`]

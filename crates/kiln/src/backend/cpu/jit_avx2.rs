@@ -1,0 +1,634 @@
+//! AVX2 + FMA code generation for [`jit`](crate::backend::cpu::jit)
+//! programs, for x86-64 CPUs without AVX-512 (most AMD CPUs before Zen 4,
+//! many Intel client CPUs).
+//!
+//! The generated function (calling convention in
+//! [`jit_code`]) keeps 8 lanes per vector in
+//! `ymm` registers. AVX2 has no mask registers: a comparison makes a lane
+//! mask in a vector register (all ones or zeros per lane), selections are
+//! `vblendvps`, and mask logic is `vandps`/`vorps`. The main loop computes
+//! two vectors per iteration with unmasked loads and stores, a
+//! one-vector loop follows, and the last partial vector (1 to 7 positions)
+//! is read and written with `vmaskmovps` under a lane mask kept in `ymm15`:
+//! masked-off lanes are neither read nor written, so the kernel never
+//! touches memory past `len` elements.
+//!
+//! Constants live in a pool addressed by `r10`, each repeated in 8 lanes,
+//! and are read as 32-byte memory operands (AVX2 has no embedded
+//! broadcast). With 16 registers, long chains such as `gelu` with `tanh` or
+//! `erf` need more than there are, so the allocator spills: registers are
+//! given to values as they are defined and back after their last use; when
+//! none is free, the value whose next use is furthest away (Belady's rule)
+//! is stored to a 32-byte stack slot (once: values never change) and read
+//! from there again, usually as an instruction's memory operand. Values
+//! computed before the loop (from broadcast inputs and constants only) are
+//! kept in stack slots during the loop and read from there like constants,
+//! so every iteration starts with all registers free.
+
+use std::collections::HashMap;
+
+use iced_x86::code_asm::*;
+
+use crate::backend::cpu::jit::{Node, Prog, Un, Val, Variant};
+use crate::backend::cpu::jit_code::{self, emit_bin, pred_imm, Code, NoCode, Opnd, Schedule, PTRS};
+
+/// Vector registers by number.
+const YMM: [AsmRegisterYmm; 16] =
+    [ymm0, ymm1, ymm2, ymm3, ymm4, ymm5, ymm6, ymm7, ymm8, ymm9, ymm10, ymm11, ymm12, ymm13, ymm14, ymm15];
+
+/// The register holding the lane mask of the last, partial vector.
+const MASK: usize = 15;
+
+/// Bytes per vector (and per constant of the pool, and per stack slot).
+const VB: i32 = 32;
+
+/// Vectors per iteration of the main loop. Two interleave a second
+/// vector's independent operations with the first one's dependent chain:
+/// in cache, long chains (gelu, sigmoid) run faster than with one,
+/// although two copies spill more.
+const UNROLL: usize = 2;
+
+/// Where a value is kept in memory.
+#[derive(Clone, Copy)]
+enum Home {
+    /// In the constant pool, at this byte offset from `r10`.
+    Pool(i32),
+    /// In a stack slot, at this byte offset from `rsp`.
+    Stack(i32),
+}
+
+fn mem(h: Home) -> AsmMemoryOperand {
+    match h {
+        Home::Pool(o) => ymmword_ptr(r10 + o),
+        Home::Stack(o) => ymmword_ptr(rsp + o),
+    }
+}
+
+/// Where each value is: restored at the top of every loop.
+#[derive(Clone)]
+struct State {
+    /// Per value, the register holding it.
+    reg_of: Vec<Option<usize>>,
+    /// Per value, its copy in memory.
+    home: Vec<Option<Home>>,
+    /// Per register, the value it holds.
+    holds: [Option<Val>; 16],
+    /// Stack slots given back (byte offsets).
+    free_slots: Vec<i32>,
+    /// The next stack slot never used yet.
+    next_slot: i32,
+}
+
+struct Gen<'a> {
+    s: &'a Schedule,
+    /// Per value, how many bytes past the loop position its input is read.
+    disp: Vec<i32>,
+    a: CodeAssembler,
+    st: State,
+    /// Registers the allocator may use (the mask takes the last one in the tail).
+    nregs: usize,
+    /// Per value, the emission positions reading it, ascending.
+    uses: Vec<Vec<usize>>,
+    /// Per value, the last position reading it (`usize::MAX`: never dies).
+    last: Vec<usize>,
+    /// Bytes of stack slots used at most.
+    frame_used: i32,
+    /// Byte offsets of constants in the pool.
+    pool_at: HashMap<u32, i32>,
+    bcast: u64,
+    /// Inputs and outputs move under the lane mask in `ymm15`.
+    masked: bool,
+}
+
+impl Gen<'_> {
+    /// Sets the uses of each value for the body in `order` (after the values
+    /// computed before the loop), storing `stored` at the end.
+    fn plan(&mut self, order: &[usize], stored: &[Val]) {
+        let s = self.s;
+        self.uses = vec![Vec::new(); s.q.nodes.len()];
+        for (pos, &i) in s.pre.iter().chain(order).enumerate() {
+            for o in s.q.nodes[i].operands() {
+                self.uses[o as usize].push(pos);
+            }
+        }
+        for &o in stored {
+            self.uses[o as usize].push(s.pre.len() + order.len());
+        }
+        self.last = s.last_uses(order, stored);
+    }
+
+    /// The next position at or after `pos` reading `v` (`usize::MAX`: none
+    /// in this iteration).
+    fn next_use(&self, v: Val, pos: usize) -> usize {
+        let u = &self.uses[v as usize];
+        u.get(u.partition_point(|&p| p < pos)).copied().unwrap_or(usize::MAX)
+    }
+
+    fn take_slot(&mut self) -> i32 {
+        self.st.free_slots.pop().unwrap_or_else(|| {
+            let s = self.st.next_slot;
+            self.st.next_slot += VB;
+            self.frame_used = self.frame_used.max(self.st.next_slot);
+            s
+        })
+    }
+
+    /// A free register, spilling the value used furthest ahead (not one in
+    /// `pinned`) when there is none.
+    fn alloc(&mut self, pos: usize, pinned: &[usize]) -> Result<usize, NoCode> {
+        if let Some(r) = (0..self.nregs).find(|&r| self.st.holds[r].is_none()) {
+            return Ok(r);
+        }
+        let victim = (0..self.nregs)
+            .filter(|r| !pinned.contains(r))
+            .max_by_key(|&r| {
+                let v = self.st.holds[r].expect("all registers are taken");
+                (self.next_use(v, pos), self.st.home[v as usize].is_some())
+            })
+            .ok_or(NoCode)?;
+        let v = self.st.holds[victim].expect("all registers are taken") as usize;
+        if self.st.home[v].is_none() {
+            let slot = self.take_slot();
+            self.a.vmovaps(ymmword_ptr(rsp + slot), YMM[victim])?;
+            self.st.home[v] = Some(Home::Stack(slot));
+        }
+        self.st.reg_of[v] = None;
+        self.st.holds[victim] = None;
+        Ok(victim)
+    }
+
+    fn define(&mut self, v: Val, r: usize) {
+        self.st.holds[r] = Some(v);
+        self.st.reg_of[v as usize] = Some(r);
+    }
+
+    /// `v` in a register (loaded from its home when it is not), added to `pinned`.
+    fn load(&mut self, v: Val, pos: usize, pinned: &mut Vec<usize>) -> Result<AsmRegisterYmm, NoCode> {
+        let r = match self.st.reg_of[v as usize] {
+            Some(r) => r,
+            None => {
+                let h = self.st.home[v as usize].expect("a computed value is in a register or in memory");
+                let r = self.alloc(pos, pinned)?;
+                self.a.vmovaps(YMM[r], mem(h))?;
+                self.define(v, r);
+                r
+            }
+        };
+        pinned.push(r);
+        Ok(YMM[r])
+    }
+
+    /// `v` as an operand that may be in memory (a register one is pinned).
+    fn opnd(&self, v: Val, pinned: &mut Vec<usize>) -> Opnd<AsmRegisterYmm> {
+        match self.st.reg_of[v as usize] {
+            Some(r) => {
+                pinned.push(r);
+                Opnd::Reg(YMM[r])
+            }
+            None => Opnd::Mem(mem(self.st.home[v as usize].expect("a computed value is in a register or in memory"))),
+        }
+    }
+
+    fn in_reg(&self, v: Val) -> bool {
+        self.st.reg_of[v as usize].is_some()
+    }
+
+    /// Frees the registers of the operands read for the last time at `pos`;
+    /// returns their stack slots, to be freed after the instruction (which
+    /// may still read them).
+    fn retire(&mut self, ops: &[Val], pos: usize) -> Vec<i32> {
+        let mut slots = Vec::new();
+        for &v in ops {
+            if self.last[v as usize] != pos {
+                continue;
+            }
+            if let Some(r) = self.st.reg_of[v as usize].take() {
+                self.st.holds[r] = None;
+            }
+            if let Some(Home::Stack(o)) = self.st.home[v as usize].take() {
+                slots.push(o);
+            }
+        }
+        slots
+    }
+
+    /// Emits node `v` at emission position `pos`.
+    fn node(&mut self, v: Val, pos: usize) -> Result<(), NoCode> {
+        let n = self.s.q.nodes[v as usize];
+        let ops = n.operands();
+        let mut pin = Vec::new();
+        let d = match n {
+            Node::Const(_) => unreachable!("constants are not emitted"),
+            Node::Input(k) => {
+                let d = self.alloc(pos, &pin)?;
+                let dy = YMM[d];
+                if self.bcast >> k & 1 == 1 {
+                    self.a.vbroadcastss(dy, dword_ptr(PTRS[k]))?;
+                } else {
+                    let m = ymmword_ptr(PTRS[k] + rax + self.disp[v as usize]);
+                    if self.masked {
+                        self.a.vmaskmovps(dy, YMM[MASK], m)?;
+                    } else {
+                        self.a.vmovups(dy, m)?;
+                    }
+                }
+                d
+            }
+            Node::Fma(..) => return self.fma(v, pos),
+            Node::Bin(op, x, y) => {
+                let commutes = jit_code::commutes(op);
+                let (x, y) = if commutes && !self.in_reg(x) && self.in_reg(y) { (y, x) } else { (x, y) };
+                let s1 = self.load(x, pos, &mut pin)?;
+                let s2 = self.opnd(y, &mut pin);
+                let dead = self.retire(&ops, pos);
+                let d = self.alloc(pos, &pin)?;
+                let dy = YMM[d];
+                emit_bin!(self.a, op, dy, s1, s2, vandps, vxorps, return Err(NoCode))?;
+                self.st.free_slots.extend(dead);
+                d
+            }
+            Node::Un(op, x) => {
+                // Sra23 shifts a register; the others read memory too.
+                let s = if op == Un::Sra23 { Opnd::Reg(self.load(x, pos, &mut pin)?) } else { self.opnd(x, &mut pin) };
+                let dead = self.retire(&ops, pos);
+                let d = self.alloc(pos, &pin)?;
+                let dy = YMM[d];
+                macro_rules! e {
+                    ($m:ident $(, $imm:expr)?) => {
+                        match s {
+                            Opnd::Reg(r) => self.a.$m(dy, r $(, $imm)?)?,
+                            Opnd::Mem(m) => self.a.$m(dy, m $(, $imm)?)?,
+                        }
+                    };
+                }
+                match op {
+                    Un::Sqrt => e!(vsqrtps),
+                    Un::Rcp12 => e!(vrcpps),
+                    Un::Round => e!(vroundps, 0x08),
+                    Un::Floor => e!(vroundps, 0x09),
+                    Un::Ceil => e!(vroundps, 0x0A),
+                    Un::Sra23 => {
+                        let Opnd::Reg(r) = s else { unreachable!("loaded above") };
+                        self.a.vpsrad(dy, r, 23)?;
+                        self.a.vcvtdq2ps(dy, dy)?;
+                    }
+                    Un::Pow2i => {
+                        e!(vcvtps2dq);
+                        self.a.vpaddd(dy, dy, ymmword_ptr(r10 + self.pool_at[&127]))?;
+                        self.a.vpslld(dy, dy, 23)?;
+                    }
+                    Un::Rcp14 => return Err(NoCode),
+                }
+                self.st.free_slots.extend(dead);
+                d
+            }
+            Node::Cmp(p, x, y) => {
+                let s1 = self.load(x, pos, &mut pin)?;
+                let s2 = self.opnd(y, &mut pin);
+                let dead = self.retire(&ops, pos);
+                let d = self.alloc(pos, &pin)?;
+                match s2 {
+                    Opnd::Reg(r) => self.a.vcmpps(YMM[d], s1, r, pred_imm(p))?,
+                    Opnd::Mem(m) => self.a.vcmpps(YMM[d], s1, m, pred_imm(p))?,
+                }
+                self.st.free_slots.extend(dead);
+                d
+            }
+            Node::MaskAnd(x, y) | Node::MaskOr(x, y) => {
+                let (x, y) = if !self.in_reg(x) && self.in_reg(y) { (y, x) } else { (x, y) };
+                let s1 = self.load(x, pos, &mut pin)?;
+                let s2 = self.opnd(y, &mut pin);
+                let dead = self.retire(&ops, pos);
+                let d = self.alloc(pos, &pin)?;
+                let dy = YMM[d];
+                match (matches!(n, Node::MaskAnd(..)), s2) {
+                    (true, Opnd::Reg(r)) => self.a.vandps(dy, s1, r)?,
+                    (true, Opnd::Mem(m)) => self.a.vandps(dy, s1, m)?,
+                    (false, Opnd::Reg(r)) => self.a.vorps(dy, s1, r)?,
+                    (false, Opnd::Mem(m)) => self.a.vorps(dy, s1, m)?,
+                }
+                self.st.free_slots.extend(dead);
+                d
+            }
+            Node::Blend(m, x, y) => {
+                // d = m ? x : y: vblendvps d, y, x, m (the mask's sign bits pick x).
+                let sm = self.load(m, pos, &mut pin)?;
+                let sy = self.load(y, pos, &mut pin)?;
+                let sx = self.opnd(x, &mut pin);
+                let dead = self.retire(&ops, pos);
+                let d = self.alloc(pos, &pin)?;
+                match sx {
+                    Opnd::Reg(r) => self.a.vblendvps(YMM[d], sy, r, sm)?,
+                    Opnd::Mem(mm) => self.a.vblendvps(YMM[d], sy, mm, sm)?,
+                }
+                self.st.free_slots.extend(dead);
+                d
+            }
+        };
+        self.define(v, d);
+        Ok(())
+    }
+
+    /// Emits `v = x * y + z`. FMA overwrites one operand: one that dies
+    /// here and is in a register when there is one, else a copy.
+    fn fma(&mut self, v: Val, pos: usize) -> Result<(), NoCode> {
+        let Node::Fma(x, y, z) = self.s.q.nodes[v as usize] else { unreachable!("an fma node") };
+        let dies = |g: &Self, w: Val| g.last[w as usize] == pos;
+        // The overwritten operand: dying in a register; else one in memory
+        // (loaded into the destination); else the addend, copied.
+        let dst = [x, y, z]
+            .into_iter()
+            .find(|&w| self.in_reg(w) && dies(self, w))
+            .or_else(|| [z, x, y].into_iter().find(|&w| !self.in_reg(w)))
+            .unwrap_or(z);
+        // 213: d = p * d + a; 132: d = d * m + a (m in memory); 231: d = x * y + d.
+        let (form, p, a) = if dst == z {
+            (231, x, y)
+        } else if dst == x {
+            (213, y, z)
+        } else {
+            (213, x, z)
+        };
+        let mut pin = Vec::new();
+        // The two other operands: for 231 the factors (either may be in
+        // memory); for 213 the factor `p` and addend `a`: `a` in memory, or
+        // else `p` (form 132).
+        let (form, r1, m2) = if form == 231 {
+            let (r, m) = if !self.in_reg(p) && self.in_reg(a) { (a, p) } else { (p, a) };
+            (231, self.load(r, pos, &mut pin)?, self.opnd(m, &mut pin))
+        } else if !self.in_reg(p) && self.in_reg(a) {
+            (132, self.load(a, pos, &mut pin)?, self.opnd(p, &mut pin))
+        } else {
+            (213, self.load(p, pos, &mut pin)?, self.opnd(a, &mut pin))
+        };
+        // The destination: the dying operand's register, or a copy.
+        let d = match self.st.reg_of[dst as usize] {
+            Some(r) if dies(self, dst) => {
+                self.st.reg_of[dst as usize] = None;
+                r
+            }
+            src => {
+                pin.extend(src);
+                let d = self.alloc(pos, &pin)?;
+                match src {
+                    Some(r) => self.a.vmovaps(YMM[d], YMM[r])?,
+                    None => {
+                        let h = self.st.home[dst as usize].expect("a computed value is in a register or in memory");
+                        self.a.vmovaps(YMM[d], mem(h))?;
+                    }
+                }
+                d
+            }
+        };
+        self.define(v, d);
+        let dy = YMM[d];
+        match (form, m2) {
+            (231, Opnd::Reg(r)) => self.a.vfmadd231ps(dy, r1, r)?,
+            (231, Opnd::Mem(m)) => self.a.vfmadd231ps(dy, r1, m)?,
+            (132, Opnd::Reg(r)) => self.a.vfmadd132ps(dy, r1, r)?,
+            (132, Opnd::Mem(m)) => self.a.vfmadd132ps(dy, r1, m)?,
+            (_, Opnd::Reg(r)) => self.a.vfmadd213ps(dy, r1, r)?,
+            (_, Opnd::Mem(m)) => self.a.vfmadd213ps(dy, r1, m)?,
+        }
+        let dead = self.retire(&[x, y, z], pos);
+        self.st.free_slots.extend(dead);
+        Ok(())
+    }
+
+    /// Emits one iteration: the nodes in `order` (positions after the
+    /// values computed before the loop), then the `stored` values, output
+    /// by output and copy by copy (`copies` per output, a vector apart).
+    fn iteration(&mut self, order: &[usize], stored: &[Val], copies: usize, v: Variant) -> Result<(), NoCode> {
+        let n_in = self.s.q.inputs;
+        if v.prefetch != 0 && !self.masked {
+            for k in (0..n_in).filter(|&k| self.bcast >> k & 1 == 0) {
+                for l in (0..copies as i32 * VB).step_by(64) {
+                    self.a.prefetcht0(byte_ptr(PTRS[k] + rax + (v.prefetch + l)))?;
+                }
+            }
+        }
+        let start = self.s.pre.len();
+        for (pos, &i) in order.iter().enumerate() {
+            self.node(i as Val, start + pos)?;
+        }
+        let end = start + order.len();
+        for (k, &w) in stored.iter().enumerate() {
+            let mut pin = Vec::new();
+            let r = self.load(w, end, &mut pin)?;
+            let at = ymmword_ptr(PTRS[n_in + k / copies] + rax + VB * (k % copies) as i32);
+            if self.masked {
+                self.a.vmaskmovps(at, YMM[MASK], r)?;
+            } else {
+                self.a.vmovups(at, r)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Compiles `p` for variant `v`; `None` only when the program holds an
+/// operation of another level (see [`jit`](crate::backend::cpu::jit)).
+pub fn generate(p: &Prog, v: Variant) -> Option<Code> {
+    // The first pass finds how many stack slots the spills need; the
+    // second, identical but for the frame's size, reserves them.
+    let frame = emit(p, v, 0).ok()?.2;
+    let (a, pool, used) = emit(p, v, frame).ok()?;
+    if used > frame {
+        return None;
+    }
+    Code::new(a, pool, p.inputs, p.outputs.len()).ok()
+}
+
+/// Emits `p` with a stack frame of `frame` bytes of slots; returns the
+/// function (reading the returned pool) and the bytes of slots it uses
+/// (when more than `frame`, the code is wrong and only the size is wanted).
+fn emit(p: &Prog, v: Variant, frame: i32) -> Result<(CodeAssembler, Box<[jit_code::PoolLine]>, i32), NoCode> {
+    let (n_in, n_out) = (p.inputs, p.outputs.len());
+    let s = Schedule::new(p, v.bcast, UNROLL);
+    // The pool: each constant in 8 lanes, the exponent bias, and the tail
+    // masks' table (8 lanes of ones, 8 of zeros).
+    let mut words = Vec::new();
+    let mut pool_at = HashMap::new();
+    for b in s.constants().into_iter().chain([127]) {
+        pool_at.entry(b).or_insert_with(|| {
+            words.extend([b; 8]);
+            4 * (words.len() as i32 - 8)
+        });
+    }
+    let mask_at = 4 * words.len() as i32;
+    words.extend([u32::MAX; 8]);
+    words.extend([0; 8]);
+    let pool = jit_code::pool(&words);
+    let home =
+        s.q.nodes.iter().map(|n| if let Node::Const(b) = n { Some(Home::Pool(pool_at[b])) } else { None }).collect();
+    let nv = s.q.nodes.len();
+    let mut g = Gen {
+        s: &s,
+        disp: s.copy_of.iter().map(|&c| VB * c as i32).collect(),
+        a: CodeAssembler::new(64)?,
+        st: State { reg_of: vec![None; nv], home, holds: [None; 16], free_slots: Vec::new(), next_slot: 0 },
+        nregs: 16,
+        uses: Vec::new(),
+        last: Vec::new(),
+        frame_used: 0,
+        pool_at,
+        bcast: v.bcast,
+        masked: false,
+    };
+    jit_code::prologue(&mut g.a, n_in, n_out, &pool)?;
+    if frame > 0 {
+        // Slots at rsp, rsp + 32, ... (32-byte aligned); the caller's rsp after them.
+        g.a.mov(r11, rsp)?;
+        g.a.sub(rsp, frame + VB)?;
+        g.a.and(rsp, -VB)?;
+        g.a.mov(qword_ptr(rsp + frame), r11)?;
+    }
+    // Before the loop: the invariant values, then each kept in a stack slot.
+    let one = s.order(1);
+    g.plan(&one, &s.stored(1));
+    for (pos, &i) in s.pre.iter().enumerate() {
+        g.node(i as Val, pos)?;
+    }
+    for (r, reg) in YMM.into_iter().enumerate() {
+        if let Some(w) = g.st.holds[r].take() {
+            if g.st.home[w as usize].is_none() {
+                let slot = g.take_slot();
+                g.a.vmovaps(ymmword_ptr(rsp + slot), reg)?;
+                g.st.home[w as usize] = Some(Home::Stack(slot));
+            }
+            g.st.reg_of[w as usize] = None;
+        }
+    }
+    let top = g.st.clone();
+    g.a.xor(eax, eax)?;
+    let mut single = g.a.create_label();
+    let mut tail = g.a.create_label();
+    let mut done = g.a.create_label();
+    if UNROLL > 1 {
+        let (order, stored) = (s.order(UNROLL), s.stored(UNROLL));
+        g.plan(&order, &stored);
+        let mut many = g.a.create_label();
+        g.a.set_label(&mut many)?;
+        g.a.cmp(rcx, 8 * UNROLL as i32)?;
+        g.a.jb(single)?;
+        g.iteration(&order, &stored, UNROLL, v)?;
+        g.a.add(rax, VB * UNROLL as i32)?;
+        g.a.sub(rcx, 8 * UNROLL as i32)?;
+        g.a.jmp(many)?;
+    }
+    let stored = s.stored(1);
+    g.plan(&one, &stored);
+    g.st = top.clone();
+    g.a.set_label(&mut single)?;
+    g.a.cmp(rcx, 8)?;
+    g.a.jb(tail)?;
+    g.iteration(&one, &stored, 1, v)?;
+    g.a.add(rax, VB)?;
+    g.a.sub(rcx, 8)?;
+    g.a.jmp(single)?;
+    // The last 1 to 7 positions: lanes 0..rcx of the mask from the table.
+    g.a.set_label(&mut tail)?;
+    g.a.test(rcx, rcx)?;
+    g.a.je(done)?;
+    g.a.mov(r11, rcx)?;
+    g.a.neg(r11)?;
+    g.a.vmovups(YMM[MASK], ymmword_ptr(r10 + r11 * 4 + (mask_at + VB)))?;
+    g.st = top;
+    g.nregs = MASK;
+    g.masked = true;
+    g.iteration(&one, &stored, 1, v)?;
+    g.a.set_label(&mut done)?;
+    if frame > 0 {
+        g.a.mov(rsp, qword_ptr(rsp + frame))?;
+    }
+    jit_code::epilogue(&mut g.a)?;
+    Ok((g.a, pool, g.frame_used))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cpu::jit::Bin;
+    use crate::backend::cpu::simd_math::{detected_level, Level};
+
+    /// Runs `p` (one input, one output) over `x` through the generated code
+    /// into a buffer with sentinels past `x.len()`, which must survive.
+    fn run(p: &Prog, x: &[f32]) -> Vec<f32> {
+        let code = generate(p, Variant { bcast: 0, prefetch: 0 }).expect("code is generated");
+        let n = x.len();
+        let mut out = vec![f32::from_bits(0x7fc0_dead); n + 24];
+        // SAFETY: `x` holds `n` elements, `out` at least `n`, apart.
+        unsafe { code.run(&[x.as_ptr()], &[out.as_mut_ptr()], n) };
+        assert!(out[n..].iter().all(|v| v.to_bits() == 0x7fc0_dead), "nothing written past {n}");
+        out.truncate(n);
+        out
+    }
+
+    #[test]
+    fn tails_write_only_their_positions() {
+        if detected_level() < Level::Avx2 {
+            return;
+        }
+        // x * 3 + 0.5 (fma), then min(., 4).
+        let p = Prog {
+            nodes: vec![
+                Node::Input(0),
+                Node::Const(3f32.to_bits()),
+                Node::Const(0.5f32.to_bits()),
+                Node::Fma(0, 1, 2),
+                Node::Const(4f32.to_bits()),
+                Node::Bin(Bin::Min, 3, 4),
+            ],
+            inputs: 1,
+            outputs: vec![5],
+        };
+        for n in 0..=40 {
+            let x: Vec<f32> = (0..n).map(|i| i as f32 * 0.37 - 2.0).collect();
+            let want: Vec<f32> = x.iter().map(|&v| v.mul_add(3.0, 0.5).min(4.0)).collect();
+            assert_eq!(run(&p, &x), want, "{n} positions");
+        }
+    }
+
+    #[test]
+    fn values_beyond_the_registers_are_spilled_and_reloaded() {
+        if detected_level() < Level::Avx2 {
+            return;
+        }
+        // v_i = x * c_i for 40 constants, summed in one order and multiplied
+        // in the other: all forty are live at once.
+        let k = 40;
+        let mut nodes = vec![Node::Input(0)];
+        let mut vs = Vec::new();
+        for i in 0..k {
+            nodes.push(Node::Const((1.0 + i as f32 / 64.0).to_bits()));
+            nodes.push(Node::Bin(Bin::Mul, 0, nodes.len() as Val - 1));
+            vs.push(nodes.len() as Val - 1);
+        }
+        let mut up = vs[0];
+        for &v in &vs[1..] {
+            nodes.push(Node::Bin(Bin::Add, up, v));
+            up = nodes.len() as Val - 1;
+        }
+        let mut down = vs[k - 1];
+        for &v in vs[..k - 1].iter().rev() {
+            nodes.push(Node::Bin(Bin::Mul, down, v));
+            down = nodes.len() as Val - 1;
+        }
+        nodes.push(Node::Bin(Bin::Sub, up, down));
+        let out = nodes.len() as Val - 1;
+        let p = Prog { nodes, inputs: 1, outputs: vec![out] };
+        for n in [1, 8, 15, 16, 17, 100] {
+            let x: Vec<f32> = (0..n).map(|i| 0.9 + i as f32 * 1e-3).collect();
+            let want: Vec<f32> = x
+                .iter()
+                .map(|&x| {
+                    let vs: Vec<f32> = (0..k).map(|i| x * (1.0 + i as f32 / 64.0)).collect();
+                    let up = vs[1..].iter().fold(vs[0], |a, &v| a + v);
+                    let down = vs[..k - 1].iter().rev().fold(vs[k - 1], |a, &v| a * v);
+                    up - down
+                })
+                .collect();
+            assert_eq!(run(&p, &x), want, "{n} positions");
+        }
+    }
+}
