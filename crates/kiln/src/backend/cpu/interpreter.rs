@@ -92,6 +92,7 @@ unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
 /// How to read `buf` through layout `l` (already in the group's iteration order).
+#[inline]
 pub(super) fn plan_load<'a>(buf: &'a Buffer, l: &Layout) -> Load<'a> {
     // The kernels read through raw pointers at the layout's offsets.
     debug_assert!(l.fits(buf.len()), "fused: an input's layout reaches outside its buffer");
@@ -346,6 +347,7 @@ impl Drop for Scratch {
 }
 
 /// Keeps released tile registers for the thread's next group.
+#[inline]
 pub(super) fn give_registers(regs: impl Iterator<Item = Buffer>) {
     REGISTERS.with_borrow_mut(|pool| {
         for r in regs {
@@ -365,6 +367,7 @@ thread_local! {
 }
 
 /// A register of [`TILE`] elements of `dt`: a pooled one, or a new one.
+#[inline]
 pub(super) fn take_register(dt: DType) -> Buffer {
     REGISTERS
         .with_borrow_mut(|pool| pool.iter().rposition(|b| b.dtype() == dt).map(|i| pool.swap_remove(i)))
@@ -391,6 +394,7 @@ static EMPTY: Buffer = Buffer::Bool(Vec::new());
 impl<'a> Exec<'a> {
     /// A run over `n` positions; `stream` says, per output, whether it is
     /// written with streaming stores.
+    #[inline]
     pub(super) fn new(
         g: &'a CpuGroup,
         loads: impl Into<Held<'a, Load<'a>>>,
@@ -408,6 +412,7 @@ impl<'a> Exec<'a> {
         Exec { g, loads, plan: g.plan.get(g), tile: TILE.min(n.max(1)), stream, prefetch, ahead, code }
     }
 
+    #[inline]
     pub(super) fn scratch(&self) -> Scratch {
         let (mut in_regs, mut direct, mut slots, kernels) =
             SPARE.try_with(|s| s.borrow_mut().pop()).ok().flatten().unwrap_or_default();
@@ -561,6 +566,7 @@ impl<'a> Exec<'a> {
     }
 
     /// Runs positions `0..n`, in parallel chunks above [`PAR_THRESHOLD`].
+    #[inline]
     pub(super) fn all(&self, n: usize, outs: &[OutPtr]) {
         if n < PAR_THRESHOLD {
             self.range(&mut self.scratch(), 0, n, outs, 0);
@@ -583,6 +589,7 @@ impl<'a> Exec<'a> {
 
 /// Runs `g` over positions `lo..hi` on the calling thread (for the fused
 /// reductions, into cache-sized scratch).
+#[inline]
 pub(super) fn exec_range(g: &CpuGroup, loads: &[Load], lo: usize, hi: usize, outs: &[OutPtr]) {
     let no_stream = no_streams(g);
     let e = Exec::new(g, loads, hi - lo, &no_stream[..], None);
@@ -591,17 +598,20 @@ pub(super) fn exec_range(g: &CpuGroup, loads: &[Load], lo: usize, hi: usize, out
 
 /// Stream flags for writing none of `g`'s outputs with streaming stores
 /// (outputs to cache-sized scratch).
+#[inline]
 pub(super) fn no_streams(g: &CpuGroup) -> SmallVec<[bool; INLINE]> {
     SmallVec::from_elem(false, g.outputs.len())
 }
 
 /// Where a buffer's elements are written.
+#[inline]
 pub(super) fn out_ptr(b: &mut Buffer) -> OutPtr {
     OutPtr(crate::with_buffer!(b, v => v.as_mut_ptr().cast::<u8>()))
 }
 
 /// `d` viewed over the iteration space `shape`: its own layout (borrowed,
 /// no clone) when the shapes match, else broadcast to `shape`.
+#[inline]
 pub(super) fn view_as<'a>(d: &'a Data, shape: &[usize]) -> std::borrow::Cow<'a, Layout> {
     if crate::shape::same(&d.layout().shape, shape) {
         std::borrow::Cow::Borrowed(d.layout())
