@@ -77,8 +77,11 @@ pub fn apply(s: &Step, vals: &[Array], n_inputs: usize) -> Result<Option<Array>>
         11 => x - y,
         12 => x * y,
         // Division by a computed value near zero turns an ulp into an
-        // infinity or a NaN: the divisor is an argument.
-        13 => x / ry,
+        // infinity or a NaN: the divisor is an argument, and never zero
+        // (zeros become ones), because a computed numerator that is zero in
+        // one run and an ulp away in the other gives NaN against an
+        // infinity. Division by zero itself is the ops target's business.
+        13 => x / (ry + ry.equal(0)?.astype(ry.dtype())?)?,
         14 => x.maximum(y),
         15 => x.minimum(y),
         16 => kiln::where_(&rx.less(ry)?, y, z),
