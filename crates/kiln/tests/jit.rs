@@ -242,8 +242,9 @@ fn explain_says_how_each_elementwise_kernel_runs() -> Result<()> {
 
 #[test]
 fn kernels_with_every_pointer_register_in_use() -> Result<()> {
-    // Nine inputs and two outputs: the eleven general registers that hold
-    // pointers are all taken (including rbp, rdi, rsi and rdx).
+    // Nine inputs and two outputs: the nine general registers that hold
+    // pointers are all taken (including rbp and rdx), and one more pointer
+    // is read from its table.
     let f = |a: &[Array]| -> Result<Vec<Array>> {
         let mut acc = (&a[0] * &a[1])?;
         for (i, x) in a.iter().enumerate().skip(2) {
@@ -259,6 +260,65 @@ fn kernels_with_every_pointer_register_in_use() -> Result<()> {
         let want = f(&xs)?;
         for (g, w) in got.iter().zip(&want) {
             assert_same(&g.to_vec::<f32>()?, &w.to_vec::<f32>()?, "nine inputs, two outputs");
+        }
+        let plan = c.explain(&xs[..])?;
+        assert!(!jit::enabled() || plan.contains("code:    machine code"), "{plan}");
+    }
+    Ok(())
+}
+
+/// An Adam step: four arrays and eight scalar hyperparameters in, the new
+/// parameters and both moments out.
+fn adam(a: &[Array]) -> Result<Vec<Array>> {
+    let [p, g, m, v, b1, omb1, b2, omb2, lr, c1, c2, eps] = a else { unreachable!("twelve arguments") };
+    let m2 = ((b1 * m)? + (omb1 * g)?)?;
+    let v2 = ((b2 * v)? + ((omb2 * g)? * g)?)?;
+    let step = ((lr * (&m2 / c1)?)? / ((&v2 / c2)?.sqrt()? + eps)?)?;
+    Ok(vec![(p - step)?, m2, v2])
+}
+
+#[test]
+fn scalars_take_no_pointer_register_and_many_streams_compile() -> Result<()> {
+    // Adam: 12 inputs and 3 outputs, more pointers than the kernel has
+    // general registers for; the 8 scalars are read once, before the loop.
+    let c = compile(adam);
+    let mut rng = Rng::new(23);
+    for n in [1, 37, 4096 + 9, 100_003] {
+        let mut args: Vec<Array> =
+            (0..4).map(|_| Array::from_vec(values(&mut rng, n, 2.0), &[n])).collect::<Result<_>>()?;
+        for h in [0.9f32, 0.1, 0.999, 0.001, 1e-3, 0.19, 0.002, 1e-8] {
+            args.push(Array::scalar(h));
+        }
+        let got = c.call(&args[..])?;
+        let want = adam(&args)?;
+        for (k, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert_same(&g.to_vec::<f32>()?, &w.to_vec::<f32>()?, &format!("adam output {k}, {n} positions"));
+        }
+        let plan = c.explain(&args[..])?;
+        assert!(!jit::enabled() || plan.contains("code:    machine code"), "{plan}");
+    }
+    // Twenty streamed inputs and six outputs: pointers past the registers'
+    // are read from the kernel's tables.
+    let wide = |a: &[Array]| -> Result<Vec<Array>> {
+        let mut acc = a[0].clone();
+        let mut outs = Vec::new();
+        for (k, x) in a.iter().enumerate().skip(1) {
+            acc = ((&acc * x)? + x)?.tanh()?;
+            if k % 4 == 0 {
+                outs.push(acc.clone());
+            }
+        }
+        outs.push((&acc * 2.0f32)?);
+        Ok(outs)
+    };
+    let c = compile(wide);
+    for n in [3, 2048 + 5] {
+        let xs: Vec<Array> = (0..20).map(|_| Array::from_vec(values(&mut rng, n, 2.0), &[n])).collect::<Result<_>>()?;
+        let got = c.call(&xs[..])?;
+        let want = wide(&xs)?;
+        assert_eq!(got.len(), 5);
+        for (k, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert_same(&g.to_vec::<f32>()?, &w.to_vec::<f32>()?, &format!("wide output {k}, {n} positions"));
         }
         let plan = c.explain(&xs[..])?;
         assert!(!jit::enabled() || plan.contains("code:    machine code"), "{plan}");

@@ -167,7 +167,11 @@ fn compiled_functions_run_on_the_mirror() -> Result<()> {
     let y = f.call((&x, &w))?;
     assert!(is_mirror(&y));
     let want = g(&Array::from_slice(&xv, &[8, 4])?, &Array::from_slice(&wv, &[4, 4])?)?;
-    assert_eq!(y.to_vec::<f32>()?, want.to_vec::<f32>()?);
+    // Where the product's kernel reads a bias (AVX-512), the `+ 1` seeds its
+    // accumulators: equal to eager up to the rounding of that sum.
+    for (a, b) in y.to_vec::<f32>()?.iter().zip(want.to_vec::<f32>()?) {
+        assert!((a - b).abs() <= 4.0 * f32::EPSILON * b.abs().max(1.0), "compiled {a}, eager {b}");
+    }
     // The device is part of the cache key: CPU arguments trace again.
     f.call((&Array::from_slice(&xv, &[8, 4])?, &Array::from_slice(&wv, &[4, 4])?))?;
     assert_eq!(f.stats().traces, 2);

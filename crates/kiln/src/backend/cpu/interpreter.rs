@@ -520,11 +520,19 @@ impl<'a> Exec<'a> {
     /// has no kernel for this tile's pattern of broadcast inputs.
     fn compiled_tile(&self, sc: &mut Scratch, s: usize, len: usize, outs: &[OutPtr], base: usize) -> bool {
         let Some(code) = &self.code else { return false };
-        let mut ins = [std::ptr::null::<f32>(); jit::MAX_PTRS];
-        let mut bcast = 0u64;
-        for (k, p) in ins.iter_mut().enumerate().take(self.loads.len()) {
+        let n_in = self.g.inputs.len();
+        let n_out = self.g.outputs.len();
+        // Pointer tables on the stack for the usual few, else on the heap.
+        let (mut ins_at, mut ins_heap) = ([std::ptr::null::<f32>(); PTR_TABLE], Vec::new());
+        let (mut dst_at, mut dst_heap) = ([std::ptr::null_mut::<f32>(); PTR_TABLE], Vec::new());
+        let ins = table(&mut ins_at, &mut ins_heap, n_in);
+        let dst = table(&mut dst_at, &mut dst_heap, n_out);
+        let mut bcast = jit::InputSet::EMPTY;
+        for (k, p) in ins.iter_mut().enumerate() {
             let x = self.input(sc, k, s, len);
-            bcast |= (x.bcast as u64) << k;
+            if x.bcast {
+                bcast.insert(k);
+            }
             *p = x.slice::<f32>().as_ptr();
         }
         // Borrowed from the task's cache, not cloned: an `Arc` count touched
@@ -538,8 +546,6 @@ impl<'a> Exec<'a> {
             }
         };
         let Some(kernel) = &sc.kernels[at].1 else { return false };
-        let n_in = self.g.inputs.len();
-        let mut dst = [std::ptr::null_mut::<f32>(); jit::MAX_PTRS];
         for (j, (&r, p)) in self.g.outputs.iter().zip(outs).enumerate() {
             dst[j] = if self.stream[j] {
                 // Streamed from the register tile below.
@@ -555,7 +561,7 @@ impl<'a> Exec<'a> {
         // pointer `len` writable elements (a register tile or this task's
         // range of the output), and an output overlaps an input only when it
         // was donated, at the very same positions.
-        unsafe { kernel.run(&ins[..n_in], &dst[..self.g.outputs.len()], len) };
+        unsafe { kernel.run(ins, dst, len) };
         for ((&r, p), &st) in self.g.outputs.iter().zip(outs).zip(&self.stream) {
             if st {
                 let reg = &sc.slots[self.plan.op_slot[r - n_in]];
@@ -584,6 +590,20 @@ impl<'a> Exec<'a> {
                 )
             });
         }
+    }
+}
+
+/// Entries of the pointer tables a compiled kernel is called with that
+/// live on the stack (more go to the heap).
+const PTR_TABLE: usize = 16;
+
+/// The first `n` entries of `at`, or `heap` grown to `n` when they do not fit.
+fn table<'t, T: Copy + Default>(at: &'t mut [T; PTR_TABLE], heap: &'t mut Vec<T>, n: usize) -> &'t mut [T] {
+    if n <= PTR_TABLE {
+        &mut at[..n]
+    } else {
+        heap.resize(n, T::default());
+        heap
     }
 }
 

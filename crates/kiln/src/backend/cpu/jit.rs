@@ -37,7 +37,8 @@
 //! operations that level's interpreter runs, and each generator emits only
 //! the nodes of its level (the other's make it decline).
 //!
-//! A group is compiled when it has at least two ops, every input and op is
+//! A group is compiled when it has at least two ops and at most
+//! [`MAX_INPUTS`] inputs (any number of outputs), every input and op is
 //! `f32`, each op has a lowering (arithmetic, `abs`, `neg`, `square`,
 //! `sqrt`, `rsqrt`, rounding, `maximum`/`minimum`, `exp`, `expm1`, `log`,
 //! `log1p`, `tanh`, `sigmoid`, `erf`), and the CPU has AVX-512 or AVX2 and
@@ -375,8 +376,28 @@ fn lower_op(prim: &Primitive, a: &[Traced]) -> Option<Traced> {
     })
 }
 
-/// Most inputs plus outputs of a compiled kernel (each takes a general register).
-pub const MAX_PTRS: usize = 11;
+/// Most inputs of a compiled kernel (the size of [`InputSet`]); outputs
+/// are not limited. A group with more inputs runs on the interpreter.
+pub const MAX_INPUTS: usize = 256;
+
+/// A set of a kernel's inputs, by index (below [`MAX_INPUTS`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct InputSet([u64; MAX_INPUTS / 64]);
+
+impl InputSet {
+    /// The empty set.
+    pub const EMPTY: InputSet = InputSet([0; MAX_INPUTS / 64]);
+
+    /// Adds input `k`.
+    pub fn insert(&mut self, k: usize) {
+        self.0[k / 64] |= 1 << (k % 64);
+    }
+
+    /// Whether input `k` is in the set.
+    pub fn contains(&self, k: usize) -> bool {
+        self.0[k / 64] >> (k % 64) & 1 == 1
+    }
+}
 
 /// Records group `g` as a [`Prog`] for this CPU's code generator (see
 /// [`lower_at`]), or `None` when it is not compiled (see the module docs).
@@ -407,7 +428,7 @@ fn recording_level() -> Level {
 enum NotCompiled {
     SingleOp,
     NotF32,
-    TooManyPointers,
+    TooManyInputs,
     NoLowering(&'static str),
 }
 
@@ -416,7 +437,7 @@ impl std::fmt::Display for NotCompiled {
         match self {
             NotCompiled::SingleOp => f.write_str("a single op: one pass either way"),
             NotCompiled::NotF32 => f.write_str("not all values are f32"),
-            NotCompiled::TooManyPointers => write!(f, "more than {MAX_PTRS} inputs and outputs"),
+            NotCompiled::TooManyInputs => write!(f, "more than {MAX_INPUTS} inputs"),
             NotCompiled::NoLowering(op) => write!(f, "{op} has no vector lowering"),
         }
     }
@@ -430,8 +451,8 @@ fn try_lower(g: &FusedGroup, level: Level) -> Result<Prog, NotCompiled> {
     if !g.inputs.iter().chain(g.ops.iter().map(|o| &o.dtype)).all(|&d| d == DType::F32) {
         return Err(NotCompiled::NotF32);
     }
-    if g.inputs.len() + g.outputs.len() > MAX_PTRS {
-        return Err(NotCompiled::TooManyPointers);
+    if g.inputs.len() > MAX_INPUTS {
+        return Err(NotCompiled::TooManyInputs);
     }
     let level = if level == Level::Avx2 { Level::Avx2 } else { Level::Avx512 };
     RECORDER.with_borrow_mut(|r| *r = Recorder::new(level));
@@ -460,7 +481,7 @@ pub fn describe(g: &CpuGroup) -> String {
         return format!("tile interpreter ({why})");
     }
     let Some(c) = g.code.get(g) else { return "tile interpreter".into() };
-    if c.kernel(Variant { bcast: 0, prefetch: 0 }).is_none() {
+    if c.kernel(Variant { bcast: InputSet::EMPTY, prefetch: 0 }).is_none() {
         return "tile interpreter (more live values than vector registers)".into();
     }
     let ops = c.prog.nodes.iter().filter(|n| !matches!(n, Node::Input(_) | Node::Const(_))).count();
@@ -499,7 +520,7 @@ pub fn warm_up() {
         }
         let spawned = std::thread::Builder::new().name("kiln-jit-warm-up".into()).spawn(|| {
             let p = Prog { nodes: vec![Node::Input(0), Node::Bin(Bin::Add, 0, 0)], inputs: 1, outputs: vec![1] };
-            generate(&p, Variant { bcast: 0, prefetch: 0 })
+            generate(&p, Variant { bcast: InputSet::EMPTY, prefetch: 0 })
         });
         if let Err(e) = spawned {
             log::debug!("kiln: no code generation warm-up thread ({e}); the first kernel pays for it");
@@ -538,8 +559,8 @@ impl Kernel {
 /// What a kernel is specialized for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Variant {
-    /// Bit `k` set: input `k` is broadcast (one value, loaded before the loop).
-    pub bcast: u64,
+    /// The broadcast inputs (one value each, loaded before the loop).
+    pub bcast: InputSet,
     /// Prefetch the inputs read in place this many bytes ahead (0: none):
     /// a few KiB when they stream from memory (the run is larger than the
     /// caches), or a whole block when the next block of rows of a

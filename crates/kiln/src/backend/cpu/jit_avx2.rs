@@ -29,8 +29,8 @@ use std::collections::HashMap;
 
 use iced_x86::code_asm::*;
 
-use crate::backend::cpu::jit::{Node, Prog, Un, Val, Variant};
-use crate::backend::cpu::jit_code::{self, emit_bin, pred_imm, Code, NoCode, Opnd, Schedule, PTRS};
+use crate::backend::cpu::jit::{InputSet, Node, Prog, Un, Val, Variant};
+use crate::backend::cpu::jit_code::{self, emit_bin, pred_imm, Code, NoCode, Opnd, Ptrs, Schedule};
 
 /// Vector registers by number.
 const YMM: [AsmRegisterYmm; 16] =
@@ -95,7 +95,9 @@ struct Gen<'a> {
     frame_used: i32,
     /// Byte offsets of constants in the pool.
     pool_at: HashMap<u32, i32>,
-    bcast: u64,
+    bcast: InputSet,
+    /// Where the input and output pointers are.
+    ptrs: Ptrs,
     /// Inputs and outputs move under the lane mask in `ymm15`.
     masked: bool,
 }
@@ -222,10 +224,11 @@ impl Gen<'_> {
             Node::Input(k) => {
                 let d = self.alloc(pos, &pin)?;
                 let dy = YMM[d];
-                if self.bcast >> k & 1 == 1 {
-                    self.a.vbroadcastss(dy, dword_ptr(PTRS[k]))?;
+                let ptr = self.ptrs.input(&mut self.a, k)?;
+                if self.bcast.contains(k) {
+                    self.a.vbroadcastss(dy, dword_ptr(ptr))?;
                 } else {
-                    let m = ymmword_ptr(PTRS[k] + rax + self.disp[v as usize]);
+                    let m = ymmword_ptr(ptr + rax + self.disp[v as usize]);
                     if self.masked {
                         self.a.vmaskmovps(dy, YMM[MASK], m)?;
                     } else {
@@ -401,9 +404,10 @@ impl Gen<'_> {
     fn iteration(&mut self, order: &[usize], stored: &[Val], copies: usize, v: Variant) -> Result<(), NoCode> {
         let n_in = self.s.q.inputs;
         if v.prefetch != 0 && !self.masked {
-            for k in (0..n_in).filter(|&k| self.bcast >> k & 1 == 0) {
+            for k in (0..n_in).filter(|&k| !self.bcast.contains(k)) {
+                let ptr = self.ptrs.input(&mut self.a, k)?;
                 for l in (0..copies as i32 * VB).step_by(64) {
-                    self.a.prefetcht0(byte_ptr(PTRS[k] + rax + (v.prefetch + l)))?;
+                    self.a.prefetcht0(byte_ptr(ptr + rax + (v.prefetch + l)))?;
                 }
             }
         }
@@ -415,7 +419,8 @@ impl Gen<'_> {
         for (k, &w) in stored.iter().enumerate() {
             let mut pin = Vec::new();
             let r = self.load(w, end, &mut pin)?;
-            let at = ymmword_ptr(PTRS[n_in + k / copies] + rax + VB * (k % copies) as i32);
+            let ptr = self.ptrs.output(&mut self.a, k / copies)?;
+            let at = ymmword_ptr(ptr + rax + VB * (k % copies) as i32);
             if self.masked {
                 self.a.vmaskmovps(at, YMM[MASK], r)?;
             } else {
@@ -444,7 +449,7 @@ pub fn generate(p: &Prog, v: Variant) -> Option<Code> {
 /// (when more than `frame`, the code is wrong and only the size is wanted).
 fn emit(p: &Prog, v: Variant, frame: i32) -> Result<(CodeAssembler, Box<[jit_code::PoolLine]>, i32), NoCode> {
     let (n_in, n_out) = (p.inputs, p.outputs.len());
-    let s = Schedule::new(p, v.bcast, UNROLL);
+    let s = Schedule::new(p, &v.bcast, UNROLL);
     // The pool: each constant in 8 lanes, the exponent bias, and the tail
     // masks' table (8 lanes of ones, 8 of zeros).
     let mut words = Vec::new();
@@ -473,9 +478,10 @@ fn emit(p: &Prog, v: Variant, frame: i32) -> Result<(CodeAssembler, Box<[jit_cod
         frame_used: 0,
         pool_at,
         bcast: v.bcast,
+        ptrs: Ptrs::new(n_in, n_out, &v.bcast),
         masked: false,
     };
-    jit_code::prologue(&mut g.a, n_in, n_out, &pool)?;
+    jit_code::prologue(&mut g.a, &g.ptrs, &pool)?;
     if frame > 0 {
         // Slots at rsp, rsp + 32, ... (32-byte aligned); the caller's rsp after them.
         g.a.mov(r11, rsp)?;
@@ -554,7 +560,7 @@ mod tests {
     /// Runs `p` (one input, one output) over `x` through the generated code
     /// into a buffer with sentinels past `x.len()`, which must survive.
     fn run(p: &Prog, x: &[f32]) -> Vec<f32> {
-        let code = generate(p, Variant { bcast: 0, prefetch: 0 }).expect("code is generated");
+        let code = generate(p, Variant { bcast: InputSet::EMPTY, prefetch: 0 }).expect("code is generated");
         let n = x.len();
         let mut out = vec![f32::from_bits(0x7fc0_dead); n + 24];
         // SAFETY: `x` holds `n` elements, `out` at least `n`, apart.

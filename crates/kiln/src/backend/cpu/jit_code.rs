@@ -5,18 +5,72 @@
 //! the unrolled copies of the body) and the executable code itself.
 //!
 //! The generated function is `extern "sysv64" fn(ins: *const *const f32,
-//! outs: *const *mut f32, len: usize)`. Its prologue keeps one pointer per
-//! input and output in a general register ([`PTRS`]), the count of
-//! positions left in `rcx` and the constant pool's address in `r10`; `rax`
-//! is the byte offset of the current position and `r11` a scratch register.
+//! outs: *const *mut f32, len: usize)`. The pointer tables stay in `rdi`
+//! (inputs) and `rsi` (outputs), the count of positions left is in `rcx`,
+//! the constant pool's address in `r10`; `rax` is the byte offset of the
+//! current position and `r11` a scratch register. The prologue loads the
+//! pointers the loop reads into the nine general registers of [`PTRS`]
+//! (see [`Ptrs`]): those of the inputs read at every position and of the
+//! outputs, in order. A broadcast input is read once, before the loop,
+//! through its table entry, so scalars and broadcast constants take no
+//! register; pointers past the ninth are read from their table into `r11`
+//! where they are used (an L1 hit per vector and stream), so a kernel may
+//! have any number of inputs and outputs.
 
 use iced_x86::code_asm::*;
 
 use crate::backend::cpu::jit::{Node, Pred, Prog, Val};
 
-/// General registers holding the input, then output, pointers.
-pub const PTRS: [AsmRegister64; crate::backend::cpu::jit::MAX_PTRS] =
-    [r8, r9, r12, r13, r14, r15, rbx, rbp, rdi, rsi, rdx];
+use crate::backend::cpu::jit::InputSet;
+
+/// General registers holding the pointers the loop reads (see [`Ptrs`]).
+pub const PTRS: [AsmRegister64; 9] = [r8, r9, r12, r13, r14, r15, rbx, rbp, rdx];
+
+/// Where each input's and output's pointer is while the kernel runs: in a
+/// register of [`PTRS`] (streamed inputs, then outputs, in order, while
+/// registers last) or only in its table (broadcast inputs, and the rest).
+pub struct Ptrs {
+    /// Per input, then per output: its register.
+    reg: Vec<Option<AsmRegister64>>,
+    n_in: usize,
+}
+
+impl Ptrs {
+    /// The homes of `n_in` inputs (those in `bcast` are broadcast) and
+    /// `n_out` outputs.
+    pub fn new(n_in: usize, n_out: usize, bcast: &InputSet) -> Ptrs {
+        let mut free = PTRS.into_iter();
+        let reg = (0..n_in + n_out).map(|k| if k < n_in && bcast.contains(k) { None } else { free.next() }).collect();
+        Ptrs { reg, n_in }
+    }
+
+    /// The table entry of pointer `k` (inputs, then outputs).
+    fn entry(&self, k: usize) -> AsmMemoryOperand {
+        let (table, i) = if k < self.n_in { (rdi, k) } else { (rsi, k - self.n_in) };
+        qword_ptr(table + (8 * i) as i32)
+    }
+
+    /// A register holding pointer `k` (inputs, then outputs): its own, or
+    /// `r11` loaded from the table here.
+    fn get(&self, a: &mut CodeAssembler, k: usize) -> Result<AsmRegister64, IcedError> {
+        if let Some(r) = self.reg[k] {
+            return Ok(r);
+        }
+        a.mov(r11, self.entry(k))?;
+        Ok(r11)
+    }
+
+    /// A register holding input `k`'s pointer (`r11` when it has none;
+    /// valid until `r11` is written again).
+    pub fn input(&self, a: &mut CodeAssembler, k: usize) -> Result<AsmRegister64, IcedError> {
+        self.get(a, k)
+    }
+
+    /// A register holding output `j`'s pointer (as [`Ptrs::input`]).
+    pub fn output(&self, a: &mut CodeAssembler, j: usize) -> Result<AsmRegister64, IcedError> {
+        self.get(a, self.n_in + j)
+    }
+}
 
 /// The callee-saved registers the prologue pushes (in this order).
 const SAVED: [AsmRegister64; 6] = [rbx, rbp, r12, r13, r14, r15];
@@ -112,19 +166,18 @@ pub fn pool(words: &[u32]) -> Box<[PoolLine]> {
         .collect()
 }
 
-/// Saves the callee-saved registers, loads the pointers of `n_in` inputs
-/// and `n_out` outputs into [`PTRS`], the length into `rcx` and `pool`'s
-/// address into `r10`.
-pub fn prologue(a: &mut CodeAssembler, n_in: usize, n_out: usize, pool: &[PoolLine]) -> Result<(), IcedError> {
+/// Saves the callee-saved registers, moves the length into `rcx`, loads
+/// the pointers that have registers in `ptrs` and `pool`'s address into
+/// `r10`.
+pub fn prologue(a: &mut CodeAssembler, ptrs: &Ptrs, pool: &[PoolLine]) -> Result<(), IcedError> {
     for r in SAVED {
         a.push(r)?;
     }
     a.mov(rcx, rdx)?;
-    a.mov(rax, rdi)?;
-    a.mov(r11, rsi)?;
-    for (k, &r) in PTRS[..n_in + n_out].iter().enumerate() {
-        let (table, i) = if k < n_in { (rax, k) } else { (r11, k - n_in) };
-        a.mov(r, qword_ptr(table + (8 * i) as i32))?;
+    for (k, r) in ptrs.reg.iter().enumerate() {
+        if let Some(r) = *r {
+            a.mov(r, ptrs.entry(k))?;
+        }
     }
     a.mov(r10, pool.as_ptr() as u64)
 }
@@ -160,14 +213,14 @@ pub struct Schedule {
 }
 
 impl Schedule {
-    /// The schedule of `p` for broadcast pattern `bcast` (bit `k`: input `k`
-    /// is broadcast) with `copies` copies of the body per iteration.
-    pub fn new(p: &Prog, bcast: u64, copies: usize) -> Schedule {
+    /// The schedule of `p` for the broadcast inputs `bcast` with `copies`
+    /// copies of the body per iteration.
+    pub fn new(p: &Prog, bcast: &InputSet, copies: usize) -> Schedule {
         let nodes = &p.nodes;
         let mut inv = vec![false; nodes.len()];
         for (i, n) in nodes.iter().enumerate() {
             inv[i] = match *n {
-                Node::Input(k) => bcast >> k & 1 == 1,
+                Node::Input(k) => bcast.contains(k),
                 Node::Const(_) => true,
                 _ => n.operands().iter().all(|&o| inv[o as usize]),
             };
@@ -290,5 +343,89 @@ impl Code {
         // outputs, reading `len` elements through `ins` and writing through
         // `outs`; the caller guarantees those are valid.
         unsafe { (self.entry)(ins.as_ptr(), outs.as_ptr(), len) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cpu::jit::{Bin, Variant};
+    use crate::backend::cpu::simd_math::{detected_level, Level};
+    use crate::backend::cpu::{jit_avx2, jit_x86};
+
+    /// `acc = x0; acc = acc * x_k + x_k` for the other inputs in turn (a
+    /// multiplication, then an addition, each rounded), with the running
+    /// value after every fourth input as an output.
+    fn chain(n_in: usize) -> Prog {
+        let mut nodes: Vec<Node> = (0..n_in).map(Node::Input).collect();
+        let mut acc = 0;
+        let mut outputs = Vec::new();
+        for k in 1..n_in as Val {
+            nodes.push(Node::Bin(Bin::Mul, acc, k));
+            nodes.push(Node::Bin(Bin::Add, nodes.len() as Val - 1, k));
+            acc = nodes.len() as Val - 1;
+            if k % 4 == 0 {
+                outputs.push(acc);
+            }
+        }
+        outputs.push(acc);
+        Prog { nodes, inputs: n_in, outputs }
+    }
+
+    #[test]
+    fn any_number_of_inputs_and_outputs_with_broadcasts_in_no_register() {
+        // 25 inputs (every third one broadcast) and 7 outputs: 24 pointers
+        // for nine registers; the generators read the rest from their tables.
+        let n_in = 25;
+        let p = chain(n_in);
+        let mut bcast = InputSet::EMPTY;
+        for k in (2..n_in).step_by(3) {
+            bcast.insert(k);
+        }
+        type Generate = fn(&Prog, Variant) -> Option<Code>;
+        let mut gens: Vec<(&str, Generate)> = Vec::new();
+        if detected_level() >= Level::Avx2 {
+            gens.push(("avx2", jit_avx2::generate));
+        }
+        if detected_level() >= Level::Avx512 {
+            gens.push(("avx512", jit_x86::generate));
+        }
+        for (name, generate) in gens {
+            for prefetch in [0, 256] {
+                let code = generate(&p, Variant { bcast, prefetch }).expect("code is generated");
+                for n in [0, 1, 7, 16, 33, 100] {
+                    let xs: Vec<Vec<f32>> = (0..n_in)
+                        .map(|k| {
+                            let len = if bcast.contains(k) { 1 } else { n };
+                            (0..len).map(|i| 0.5 + ((i * 7 + k * 3) % 11) as f32 / 16.0).collect()
+                        })
+                        .collect();
+                    let x = |k: usize, i: usize| if bcast.contains(k) { xs[k][0] } else { xs[k][i] };
+                    let mut outs = vec![vec![f32::from_bits(0x7fc0_dead); n + 16]; p.outputs.len()];
+                    let ins: Vec<*const f32> = xs.iter().map(|v| v.as_ptr()).collect();
+                    let dst: Vec<*mut f32> = outs.iter_mut().map(|v| v.as_mut_ptr()).collect();
+                    // SAFETY: each streamed input holds `n` elements, each
+                    // broadcast one 1, each output `n + 16`, all apart.
+                    unsafe { code.run(&ins, &dst, n) };
+                    for i in 0..n {
+                        let mut acc = x(0, i);
+                        let mut want = Vec::new();
+                        for k in 1..n_in {
+                            acc = acc * x(k, i) + x(k, i);
+                            if k % 4 == 0 {
+                                want.push(acc);
+                            }
+                        }
+                        want.push(acc);
+                        for (j, (o, w)) in outs.iter().zip(&want).enumerate() {
+                            assert_eq!(o[i].to_bits(), w.to_bits(), "{name}: output {j}, position {i} of {n}");
+                        }
+                    }
+                    for o in &outs {
+                        assert!(o[n..].iter().all(|v| v.to_bits() == 0x7fc0_dead), "{name}: nothing past {n}");
+                    }
+                }
+            }
+        }
     }
 }

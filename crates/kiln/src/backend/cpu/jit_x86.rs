@@ -22,8 +22,8 @@ use std::collections::HashMap;
 
 use iced_x86::code_asm::*;
 
-use crate::backend::cpu::jit::{Node, Prog, Un, Val, Variant};
-use crate::backend::cpu::jit_code::{self, emit_bin, pred_imm, Code, NoCode, Opnd, Schedule, PTRS};
+use crate::backend::cpu::jit::{InputSet, Node, Prog, Un, Val, Variant};
+use crate::backend::cpu::jit_code::{self, emit_bin, pred_imm, Code, NoCode, Opnd, Ptrs, Schedule};
 
 /// Vector registers by number.
 const ZMM: [AsmRegisterZmm; 32] = [
@@ -73,6 +73,8 @@ struct Gen<'a> {
     free_z: Vec<usize>,
     free_k: Vec<usize>,
     pool_at: HashMap<u32, usize>,
+    /// Where the input and output pointers are.
+    ptrs: Ptrs,
 }
 
 impl Gen<'_> {
@@ -145,7 +147,7 @@ impl Gen<'_> {
     }
 
     /// Emits node `v` at emission position `pos`.
-    fn node(&mut self, v: Val, pos: usize, bcast: u64) -> Result<(), NoCode> {
+    fn node(&mut self, v: Val, pos: usize, bcast: &InputSet) -> Result<(), NoCode> {
         let n = self.p.nodes[v as usize];
         let ops = n.operands();
         let mut temps = Vec::new();
@@ -154,10 +156,11 @@ impl Gen<'_> {
             Node::Input(k) => {
                 let d = self.take_z()?;
                 let disp = self.disp[v as usize];
-                if bcast >> k & 1 == 1 {
-                    self.a.vbroadcastss(ZMM[d], dword_ptr(PTRS[k]))?;
+                let ptr = self.ptrs.input(&mut self.a, k)?;
+                if bcast.contains(k) {
+                    self.a.vbroadcastss(ZMM[d], dword_ptr(ptr))?;
                 } else {
-                    self.a.vmovups(ZMM[d].k1().z(), zmmword_ptr(PTRS[k] + rax + disp))?;
+                    self.a.vmovups(ZMM[d].k1().z(), zmmword_ptr(ptr + rax + disp))?;
                 }
                 self.loc[v as usize] = Loc::Z(d);
             }
@@ -310,7 +313,7 @@ pub fn generate(p: &Prog, v: Variant) -> Option<Code> {
 const UNROLL: [usize; 2] = [2, 1];
 
 fn emit(p: &Prog, v: Variant, copies: usize) -> Result<Code, NoCode> {
-    let bcast = v.bcast;
+    let bcast = &v.bcast;
     let (n_in, n_out) = (p.inputs, p.outputs.len());
     let s = Schedule::new(p, bcast, copies);
     let (pre, copy) = (&s.pre, &s.copy);
@@ -337,8 +340,9 @@ fn emit(p: &Prog, v: Variant, copies: usize) -> Result<Code, NoCode> {
         free_z: (0..32).rev().collect(),
         free_k: (2..8).rev().collect(),
         pool_at,
+        ptrs: Ptrs::new(n_in, n_out, bcast),
     };
-    jit_code::prologue(&mut g.a, n_in, n_out, &pool)?;
+    jit_code::prologue(&mut g.a, &g.ptrs, &pool)?;
     for (pos, &i) in pre.iter().enumerate() {
         g.node(i as Val, pos, bcast)?;
     }
@@ -349,9 +353,10 @@ fn emit(p: &Prog, v: Variant, copies: usize) -> Result<Code, NoCode> {
     // `order`, then each copy's outputs, 64 bytes apart.
     let iteration = |g: &mut Gen, order: &[usize], copies: &[Vec<Val>]| -> Result<(), NoCode> {
         if v.prefetch != 0 {
-            for k in (0..n_in).filter(|&k| bcast >> k & 1 == 0) {
+            for k in (0..n_in).filter(|&k| !bcast.contains(k)) {
+                let ptr = g.ptrs.input(&mut g.a, k)?;
                 for l in 0..copies.len() as i32 {
-                    g.a.prefetcht0(byte_ptr(PTRS[k] + rax + (v.prefetch + 64 * l)))?;
+                    g.a.prefetcht0(byte_ptr(ptr + rax + (v.prefetch + 64 * l)))?;
                 }
             }
         }
@@ -362,7 +367,8 @@ fn emit(p: &Prog, v: Variant, copies: usize) -> Result<Code, NoCode> {
             for (c, cv) in copies.iter().enumerate() {
                 let mut temps = Vec::new();
                 let r = g.reg(cv[o as usize], &mut temps)?;
-                g.a.vmovups(zmmword_ptr(PTRS[n_in + j] + rax + 64 * c as i32).k1(), r)?;
+                let ptr = g.ptrs.output(&mut g.a, j)?;
+                g.a.vmovups(zmmword_ptr(ptr + rax + 64 * c as i32).k1(), r)?;
                 g.free_z.extend_from_slice(&temps);
             }
         }
