@@ -193,6 +193,36 @@ fn broadcast_rows_longer_than_a_tile_refill_when_the_row_changes() -> Result<()>
 }
 
 #[test]
+fn tiles_end_where_rows_end_so_row_and_column_broadcasts_are_read_in_place() -> Result<()> {
+    // A layernorm-like epilogue: per-row values ([r, 1]) and per-column
+    // values ([c]) over rows shorter than a tile. Tiles that end at row
+    // ends read both in place; rows too short for a tile of their own
+    // (below 256) are gathered. Sizes stay on the calling thread.
+    let f = compile(|x: &Array, cv: &Array, rv: &Array| ((x - cv)? * rv)? + cv);
+    for (r, c, gathers) in [(5usize, 1024usize, false), (9, 300, false), (40, 100, true)] {
+        assert!(r * c < PAR_THRESHOLD);
+        let xs: Vec<f32> = (0..r * c).map(|i| (i % 97) as f32 * 0.25 - 3.0).collect();
+        let col: Vec<f32> = (0..r).map(|i| i as f32 * 1.5 - 2.0).collect();
+        let row: Vec<f32> = (0..c).map(|j| (j % 13) as f32 * 0.5).collect();
+        let x = Array::from_vec(xs.clone(), &[r, c])?;
+        let cv = Array::from_vec(col.clone(), &[r, 1])?;
+        let rv = Array::from_vec(row.clone(), &[c])?;
+        f.call((&x, &cv, &rv))?;
+        let before = kiln::backend::cpu::interpreter::gathered_tiles();
+        let got = f.call((&x, &cv, &rv))?.to_vec::<f32>()?;
+        let gathered = kiln::backend::cpu::interpreter::gathered_tiles() - before;
+        assert_eq!(gathered > 0, gathers, "{r}x{c}: {gathered} tiles gathered");
+        for i in 0..r {
+            for j in 0..c {
+                let want = (xs[i * c + j] - col[i]) * row[j] + col[i];
+                assert_eq!(got[i * c + j], want, "{r}x{c} ({i}, {j})");
+            }
+        }
+    }
+    Ok(())
+}
+
+#[test]
 fn broadcast_operands_in_every_position_are_read_as_one_value() -> Result<()> {
     // A 0-d argument and a per-row [r, 1] argument (one value per tile once
     // rows are longer than a tile) on either side of binary ops, in each

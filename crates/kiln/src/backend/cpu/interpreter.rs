@@ -106,6 +106,43 @@ pub(super) fn plan_load<'a>(buf: &'a Buffer, l: &Layout) -> Load<'a> {
     Load::Strided { buf, shape: cs, strides: st.into_iter().next().unwrap_or_default(), offset: l.offset }
 }
 
+/// Shortest innermost run worth a tile of its own (see [`run_of`]).
+const MIN_RUN: usize = 256;
+
+/// Where tiles should end so that no strided input is gathered: the
+/// shortest innermost extent of the strided loads (each a product of the
+/// iteration space's trailing dimensions, so every other one is a multiple
+/// of it). A tile inside one such run is read in place (or is one repeated
+/// value) for every input, where a tile across runs copies each strided
+/// input (a layernorm's per-row statistics and per-column scale over rows
+/// of 1024, say). Runs shorter than [`MIN_RUN`] are gathered instead: the
+/// work per tile would be too small. `usize::MAX` when nothing is strided.
+fn run_of(loads: &[Load]) -> usize {
+    let run = loads
+        .iter()
+        .filter_map(|l| match l {
+            Load::Strided { shape, .. } => Some(shape.last().copied().unwrap_or(1)),
+            _ => None,
+        })
+        .min()
+        .unwrap_or(usize::MAX);
+    if (MIN_RUN..TILE).contains(&run) {
+        run
+    } else {
+        usize::MAX
+    }
+}
+
+thread_local! {
+    static GATHERED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Tiles of strided inputs gathered (copied through their strides) on this
+/// thread so far: for tests and diagnostics.
+pub fn gathered_tiles() -> usize {
+    GATHERED.get()
+}
+
 /// Copies `len` elements of a strided input, starting at row-major position `start`, into `reg`.
 fn gather_tile(
     buf: &Buffer,
@@ -287,6 +324,9 @@ pub(super) struct Exec<'a> {
     plan: &'a RegPlan,
     /// Elements per tile (at most [`TILE`]).
     tile: usize,
+    /// Tiles end at multiples of this many positions (`usize::MAX`: any),
+    /// so that each lies in one run of every strided input (see [`run_of`]).
+    run: usize,
     /// Per output: written with streaming stores (a large destination).
     stream: Held<'a, bool>,
     /// Prefetch the next tile of inputs read in place: the iteration space
@@ -409,7 +449,8 @@ impl<'a> Exec<'a> {
         let ahead =
             if prefetch { PREFETCH_DISTANCE } else { next_block.map_or(0, |b| b.min(i32::MAX as usize) as i32) };
         let (loads, stream) = (loads.into(), stream.into());
-        Exec { g, loads, plan: g.plan.get(g), tile: TILE.min(n.max(1)), stream, prefetch, ahead, code }
+        let run = run_of(&loads);
+        Exec { g, loads, plan: g.plan.get(g), tile: TILE.min(n.max(1)), run, stream, prefetch, ahead, code }
     }
 
     #[inline]
@@ -434,7 +475,7 @@ impl<'a> Exec<'a> {
     pub(super) fn range(&self, sc: &mut Scratch, start: usize, end: usize, outs: &[OutPtr], base: usize) {
         let mut s = start;
         while s < end {
-            let len = self.tile.min(end - s);
+            let len = self.tile.min(end - s).min(self.run - s % self.run);
             // (Compiled kernels prefetch as they go.)
             if self.prefetch && self.code.is_none() {
                 for l in &self.loads {
@@ -471,6 +512,7 @@ impl<'a> Exec<'a> {
                     .map(|at| (at, false))
                     .or_else(|| run_at(shape, strides, *offset, s, len, 0).map(|at| (at, true)));
                 if dir.is_none() {
+                    GATHERED.set(GATHERED.get() + 1);
                     gather_tile(buf, shape, strides, *offset, s, len, r);
                 }
             }
