@@ -9,13 +9,20 @@ compete), runs first calls and the batch workloads (whose times include
 compiling) in fresh processes, and writes one part
 {"records": [...], "missing": [...], "notes": [...]} for `kiln-bench report`.
 A framework that cannot be imported, or a workload that raises, becomes a
-"missing" entry with the reason; nothing is dropped silently.
+"missing" entry with the reason; nothing is dropped silently. bench.sh runs
+it a second time with glibc set to reuse freed large blocks, as
+
+    peers.py --all --no-fresh --suffix +reuse ...
+
+whose impls are named torch-eager+reuse and so on (bench/README.md).
 
 Each workload is written the idiomatic way for its library: the library's
 own function where it computes exactly the workload's formula (torch's
 F.gelu, F.layer_norm, torch.addmm; jax.nn.gelu, jax.nn.softmax;
 mx.fast.layer_norm, mlx.nn.gelu, mx.addmm; scipy.special.erf for NumPy),
-otherwise the formula written out. Compiled variants: jax.jit with
+otherwise the formula written out (Adam and the polynomial are written out
+everywhere; F.rms_norm, mx.fast.rms_norm, F.cross_entropy,
+nn.losses.cross_entropy, the libraries' logsumexp). Compiled variants: jax.jit with
 block_until_ready, torch.compile (default mode) under torch.no_grad,
 mx.compile with mx.eval. Inputs are random normal float32 from NumPy.
 """
@@ -41,6 +48,14 @@ FRAMEWORKS = {
 }
 C_TANH = 0.7978845608
 FRESH = ["first_call", "shapeless_batches", "recompile_batches"]
+# The polynomial's coefficients, highest degree first (as kiln-bench's POLY).
+POLY = [0.00390625, -0.0078125, 0.015625, -0.03125, 0.0625, -0.125, 0.25, -0.5, 1.0]
+# Adam's hyperparameters: lr, beta1, beta2, eps, bias corrections at step 10.
+ADAM = [1e-3, 0.9, 0.999, 1e-8, 1 - 0.9**10, 1 - 0.999**10]
+LN_ROWS = [64, 256, 1024, 4096]
+LN_WORKLOADS = [f"layernorm_1024x{r}" for r in LN_ROWS]
+WORKLOADS = ["gelu_tanh", "gelu_erf", "softmax", "layernorm", "matmul_add", "forward_and_norm", "mlp", "tiny",
+             "sgemm", "adam", "rmsnorm", "logsumexp", "cross_entropy", "polynomial", "matmul_gelu"] + LN_WORKLOADS
 
 
 class Plan:
@@ -97,6 +112,22 @@ class Inputs:
         self.tiny = n(sz["tiny_n"])
         self.batches = [n(b, sz["batch_cols"]) for b in sz["batches"]]
         self.sgemm = [n(sz["sgemm_n"], sz["sgemm_n"]), n(sz["sgemm_n"], sz["sgemm_n"])]
+        an = sz["adam_n"]
+        self.adam = [n(an), n(an), n(an, scale=0.1), np.square(n(an, scale=0.1))]
+        self.adam_hyper = [np.asarray(v, dtype=np.float32) for v in ADAM]
+        self.rms_weight = 1.0 + n(sz["cols"], scale=0.1)
+        self.labels = rng.integers(0, sz["cols"], sz["rows"], dtype=np.int64)
+        self.poly = n(sz["poly_n"])
+        m, k, nn = sz["mm_gelu"]
+        self.mmg = [n(m, k), n(k, nn, scale=1.0 / math.sqrt(k)), n(nn, scale=0.1)]
+        lc = sz["ln_cols"]
+        self.ln_gamma = 1.0 + n(lc, scale=0.1)
+        self.ln_beta = n(lc, scale=0.1)
+        self.ln = {f"layernorm_1024x{r}": n(r, lc) for r in sz["ln_rows"]}
+
+    def ln_calls(self, workload):
+        """Calls per timed run of a layernorm_1024x<rows> workload (timed per call)."""
+        return max(1, self.sz["ln_block"] // self.ln[workload].shape[0])
 
 
 # ---- float64 NumPy references, for the correctness check ----
@@ -137,7 +168,65 @@ def ref(workload, inp):
         return d(inp.tiny) + 1
     if workload == "sgemm":
         return d(inp.sgemm[0]) @ d(inp.sgemm[1])
+    if workload == "adam":
+        p, g, m, v = map(d, inp.adam)
+        lr, b1, b2, eps, bc1, bc2 = map(float, inp.adam_hyper)
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        return p - lr * (m / bc1) / (np.sqrt(v / bc2) + eps)
+    if workload == "rmsnorm":
+        x = d(inp.mat)
+        return x / np.sqrt((x * x).mean(-1, keepdims=True) + 1e-6) * d(inp.rms_weight)
+    if workload == "logsumexp":
+        x = d(inp.mat)
+        mx = x.max(-1, keepdims=True)
+        return (mx + np.log(np.exp(x - mx).sum(-1, keepdims=True)))[:, 0]
+    if workload == "cross_entropy":
+        x = d(inp.mat)
+        mx = x.max(-1, keepdims=True)
+        lse = (mx + np.log(np.exp(x - mx).sum(-1, keepdims=True)))[:, 0]
+        return np.asarray((lse - x[np.arange(x.shape[0]), inp.labels]).mean())
+    if workload == "polynomial":
+        x = d(inp.poly)
+        y = POLY[0] * x + POLY[1]
+        for c in POLY[2:]:
+            y = y * x + c
+        return y
+    if workload == "matmul_gelu":
+        x, w, b = map(d, inp.mmg)
+        h = x @ w + b
+        return 0.5 * h * (1 + np.tanh(C_TANH * (h + 0.044715 * h**3)))
+    if workload in inp.ln:
+        x = d(inp.ln[workload])
+        xc = x - x.mean(-1, keepdims=True)
+        return xc / np.sqrt((xc * xc).mean(-1, keepdims=True) + 1e-5) * d(inp.ln_gamma) + d(inp.ln_beta)
     return None
+
+
+def adam_written_out(sqrt):
+    """One Adam step written out (param, grad, m, v, then the six 0-d
+    hyperparameters); returns (param, m, v). `sqrt` is the library's."""
+
+    def adam(p, g, m, v, lr, b1, b2, eps, bc1, bc2):
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * (g * g)
+        return p - lr * (m / bc1) / (sqrt(v / bc2) + eps), m, v
+
+    return adam
+
+
+def horner(x):
+    y = x * POLY[0] + POLY[1]
+    for c in POLY[2:]:
+        y = y * x + c
+    return y
+
+
+def with_ln(fns, layernorm):
+    """Adds the layernorm_1024x<rows> workloads (the layernorm function)."""
+    for w in LN_WORKLOADS:
+        fns[w] = layernorm
+    return fns
 
 
 # ---- per-framework implementations ----
@@ -171,6 +260,10 @@ def numpy_impls():
                 x = np.maximum(x, 0)
         return x
 
+    def logsumexp(x):
+        m = x.max(-1, keepdims=True)
+        return (m + np.log(np.exp(x - m).sum(-1, keepdims=True)))[:, 0]
+
     fns = dict(
         gelu_tanh=gelu_tanh,
         gelu_erf=gelu_erf,
@@ -181,7 +274,14 @@ def numpy_impls():
         mlp=mlp,
         tiny=lambda x: x + np.float32(1),
         sgemm=lambda a, b: a @ b,
+        adam=adam_written_out(np.sqrt),
+        rmsnorm=lambda x, w: x / np.sqrt((x * x).mean(-1, keepdims=True) + np.float32(1e-6)) * w,
+        logsumexp=logsumexp,
+        cross_entropy=lambda x, lab: np.mean(logsumexp(x) - x[np.arange(x.shape[0]), lab]),
+        polynomial=horner,
+        matmul_gelu=lambda x, w, b: gelu_tanh(x @ w + b),
     )
+    with_ln(fns, layernorm)
     return dict(
         name="numpy",
         to_dev=lambda a: a,
@@ -222,7 +322,14 @@ def jax_impls():
             mlp=mlp,
             tiny=lambda x: x + 1.0,
             sgemm=lambda a, b: a @ b,
-        )
+            adam=adam_written_out(jnp.sqrt),
+            rmsnorm=lambda x, w: x * jax.lax.rsqrt(jnp.mean(x * x, -1, keepdims=True) + 1e-6) * w,
+            logsumexp=lambda x: jax.nn.logsumexp(x, axis=-1),
+            cross_entropy=lambda x, lab: jnp.mean(
+                jax.nn.logsumexp(x, axis=-1) - jnp.take_along_axis(x, lab[:, None], axis=-1)[:, 0]),
+            polynomial=horner,
+            matmul_gelu=lambda x, w, b: jax.nn.gelu(x @ w + b, approximate=True),
+        ) | {w: layernorm for w in LN_WORKLOADS}
 
     def make_batches(shapeless):
         # jax has no shapeless mode: a fresh jit retraces and recompiles per shape.
@@ -268,7 +375,13 @@ def torch_impls():
             mlp=mlp,
             tiny=lambda x: x + 1,
             sgemm=lambda a, b: a @ b,
-        )
+            adam=adam_written_out(torch.sqrt),
+            rmsnorm=lambda x, w: F.rms_norm(x, (x.shape[-1],), w, 1e-6),
+            logsumexp=lambda x: torch.logsumexp(x, -1),
+            cross_entropy=lambda x, lab: F.cross_entropy(x, lab),
+            polynomial=horner,
+            matmul_gelu=lambda x, w, b: F.gelu(torch.addmm(b, x, w), approximate="tanh"),
+        ) | {w: layernorm for w in LN_WORKLOADS}
 
     def make_batches(shapeless):
         torch._dynamo.reset()
@@ -288,6 +401,11 @@ def torch_impls():
         compiled={"torch-compile": {k: torch.compile(f) for k, f in fns().items()}},
         make_batches=make_batches,
         make_first=make_first,
+        # dynamo keeps its compiled code on the Python function: the
+        # layernorm rows share one function at five shapes, and a second
+        # shape makes it recompile for dynamic shapes. A reset before each
+        # workload gives every row its own static compile.
+        reset=torch._dynamo.reset,
     )
 
 
@@ -320,7 +438,13 @@ def mlx_impls():
             mlp=mlp,
             tiny=lambda x: x + 1,
             sgemm=lambda a, b: a @ b,
-        )
+            adam=adam_written_out(mx.sqrt),
+            rmsnorm=lambda x, w: mx.fast.rms_norm(x, w, 1e-6),
+            logsumexp=lambda x: mx.logsumexp(x, axis=-1),
+            cross_entropy=lambda x, lab: nn.losses.cross_entropy(x, lab, reduction="mean"),
+            polynomial=horner,
+            matmul_gelu=lambda x, w, b: gelu_tanh(mx.addmm(b, x, w)),
+        ) | {w: layernorm for w in LN_WORKLOADS}
 
     def sync(out):
         mx.eval(out)
@@ -388,6 +512,17 @@ def args_for(workload, inp, dev):
         return [dev(inp.tiny)]
     if workload == "sgemm":
         return [dev(a) for a in inp.sgemm]
+    if workload == "adam":
+        return [dev(a) for a in inp.adam + inp.adam_hyper]
+    if workload in ("rmsnorm", "logsumexp", "cross_entropy"):
+        return [dev(inp.mat)] + {"rmsnorm": [dev(inp.rms_weight)], "logsumexp": [],
+                                 "cross_entropy": [dev(inp.labels)]}[workload]
+    if workload == "polynomial":
+        return [dev(inp.poly)]
+    if workload == "matmul_gelu":
+        return [dev(a) for a in inp.mmg]
+    if workload in inp.ln:
+        return [dev(inp.ln[workload]), dev(inp.ln_gamma), dev(inp.ln_beta)]
     raise KeyError(workload)
 
 
@@ -395,7 +530,7 @@ def check(part, workload, impl, got, inp, to_host):
     want = ref(workload, inp)
     if want is None:
         return
-    if isinstance(got, tuple):
+    if isinstance(got, (tuple, list)):
         got = got[1] if workload == "forward_and_norm" else got[0]
     g = np.asarray(to_host(got), dtype=np.float64)
     err = float(np.max(np.abs(g - want)) / max(float(np.max(np.abs(want))), 1e-30))
@@ -418,9 +553,10 @@ def run_framework(fw, sizes, plan):
     dev, sync = lib["to_dev"], lib["sync"]
     variants = list(lib["eager"].items()) + list(lib["compiled"].items())
     for impl, fns in variants:
-        for workload in ["gelu_tanh", "gelu_erf", "softmax", "layernorm", "matmul_add", "forward_and_norm",
-                         "mlp", "tiny", "sgemm"]:
+        for workload in WORKLOADS:
             try:
+                if impl in lib["compiled"] and lib.get("reset"):
+                    lib["reset"]()
                 f = fns[workload]
                 if workload in ("matmul_add", "forward_and_norm"):
                     xs = [dev(x) for x in inp.xs]
@@ -443,6 +579,16 @@ def run_framework(fw, sizes, plan):
 
                     samples = measure(plan, block, per=calls)
                     got = sync(f(x))
+                elif workload in inp.ln:
+                    a = args_for(workload, inp, dev)
+                    calls = inp.ln_calls(workload)
+
+                    def block(a=a, f=f, calls=calls):
+                        for _ in range(calls):
+                            sync(f(*a))
+
+                    samples = measure(plan, block, per=calls)
+                    got = sync(f(*a))
                 else:
                     a = args_for(workload, inp, dev)
                     samples = measure(plan, lambda a=a, f=f: sync(f(*a)))
@@ -486,11 +632,18 @@ def fresh_once(fw, workload, sizes):
     return (time.perf_counter() - t) * 1e3
 
 
-def run_all(sizes_path, out, timeout):
+def allocator_note():
+    """The glibc malloc settings of this process's environment, in words."""
+    keys = ["MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_", "GLIBC_TUNABLES"]
+    set_ = [f"{k}={os.environ[k]}" for k in keys if k in os.environ]
+    return ", ".join(set_) if set_ else "glibc malloc defaults"
+
+
+def run_all(sizes_path, out, timeout, suffix="", fresh=True):
     sizes = json.load(open(sizes_path))
     cost = {k: tuple(v) for k, v in sizes["cost"].items()}
     part = {"records": [], "missing": [], "notes": []}
-    me = [sys.executable, os.path.abspath(__file__), "--sizes", sizes_path]
+    me = [sys.executable, os.path.abspath(__file__), "--sizes", sizes_path, "--only", ",".join(WORKLOADS)]
     tmp = tempfile.mkdtemp(prefix="kiln-bench-peers-")
     importable = {}
     for fw in FRAMEWORKS:
@@ -514,6 +667,11 @@ def run_all(sizes_path, out, timeout):
     for fw, impls in FRAMEWORKS.items():
         compiled = impls[0]
         if fw == "numpy" or not importable.get(fw):
+            continue
+        if not fresh:
+            for workload in FRESH:
+                part["missing"].append({"impl": compiled, "workload": workload,
+                                        "reason": "fresh-process workloads run only with the default allocator"})
             continue
         for workload in FRESH:
             # torch's cold inductor compile takes tens of seconds here: two runs.
@@ -545,9 +703,16 @@ def run_all(sizes_path, out, timeout):
                       file=sys.stderr, flush=True)
             else:
                 part["missing"].append({"impl": compiled, "workload": workload, "reason": f"error: {err}"[:300]})
-    part["notes"].append(
-        "first_call, shapeless_batches and recompile_batches of compiled impls: one fresh process per run "
-        "with an empty TMPDIR and inductor cache dir each time, so no persistent compile cache is hit")
+    if fresh:
+        part["notes"].append(
+            "first_call, shapeless_batches and recompile_batches of compiled impls: one fresh process per run "
+            "with an empty TMPDIR and inductor cache dir each time, so no persistent compile cache is hit")
+    if suffix:
+        # The second run of bench.sh: its impls are named apart (torch-eager+reuse).
+        for r in part["records"] + part["missing"]:
+            r["impl"] += suffix
+        part["notes"] = [f"({suffix}) {n}" for n in part["notes"]]
+    part["notes"].append(f"peers{' ' + suffix if suffix else ''}: allocator {allocator_note()}")
     json.dump(part, open(out, "w"), indent=1)
 
 
@@ -559,9 +724,14 @@ def main():
     ap.add_argument("--impl", choices=list(FRAMEWORKS))
     ap.add_argument("--fresh", choices=FRESH)
     ap.add_argument("--timeout", type=float, default=900)
+    ap.add_argument("--suffix", default="", help="appended to every impl name (--all), e.g. +reuse")
+    ap.add_argument("--no-fresh", action="store_true", help="skip the fresh-process workloads (--all)")
+    ap.add_argument("--only", help="comma-separated workloads to run in process (default: all)")
     a = ap.parse_args()
+    if a.only:
+        WORKLOADS[:] = [w for w in WORKLOADS if w in a.only.split(",")]
     if a.all:
-        run_all(a.sizes, a.out, a.timeout)
+        run_all(a.sizes, a.out, a.timeout, a.suffix, not a.no_fresh)
         return
     sizes = json.load(open(a.sizes))
     if a.fresh:

@@ -13,15 +13,18 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-IMPLS = ["kiln", "kiln-eager", "numpy", "jax-jit", "torch-compile", "torch-eager", "mlx-compile", "mlx-eager",
-         "floor"]
+PEERS = ["numpy", "jax-jit", "torch-compile", "torch-eager", "mlx-compile", "mlx-eager"]
+# Each peer, then its run with glibc set to reuse freed blocks (+reuse, hatched).
+IMPLS = ["kiln", "kiln-eager"] + [p + s for p in PEERS for s in ("", "+reuse")] + ["floor"]
 COLORS = {
     "kiln": "#d62728", "kiln-eager": "#ff9896", "numpy": "#7f7f7f", "jax-jit": "#1f77b4",
     "torch-compile": "#ff7f0e", "torch-eager": "#ffbb78", "mlx-compile": "#2ca02c", "mlx-eager": "#98df8a",
     "floor": "#000000",
 }
-ORDER = ["gelu_tanh", "gelu_erf", "softmax", "layernorm", "matmul_add", "forward_and_norm", "mlp", "tiny",
-         "first_call", "shapeless_batches", "recompile_batches", "sgemm", "copy"]
+ORDER = ["gelu_tanh", "gelu_erf", "softmax", "layernorm", "adam", "rmsnorm", "logsumexp", "cross_entropy",
+         "polynomial", "layernorm_1024x64", "layernorm_1024x256", "layernorm_1024x1024", "layernorm_1024x4096",
+         "matmul_add", "forward_and_norm", "mlp", "matmul_gelu", "tiny", "first_call", "shapeless_batches",
+         "recompile_batches", "sgemm", "copy"]
 
 
 def main():
@@ -43,8 +46,8 @@ def main():
                 lo.append(max(r["median_ms"] - r["p10_ms"], 0))
                 hi.append(max(r["p90_ms"] - r["median_ms"], 0))
         if pos:
-            ax.bar(pos, med, width, yerr=[lo, hi], label=imp, color=COLORS[imp], capsize=1.5,
-                   error_kw={"elinewidth": 0.6})
+            ax.bar(pos, med, width, yerr=[lo, hi], label=imp, color=COLORS[imp.removesuffix("+reuse")],
+                   hatch="//" if imp.endswith("+reuse") else None, capsize=1.5, error_kw={"elinewidth": 0.6})
     ax.set_yscale("log")
     ax.set_xticks(x)
     ax.set_xticklabels(workloads, rotation=30, ha="right")

@@ -7,6 +7,11 @@
 //! `cpu.json` (a list of [`Record`]s), `cpu.md` ([`markdown`]) and
 //! `missing.json` (the [`Missing`] entries: peers that could not be installed
 //! or failed on a workload, never silently dropped).
+//!
+//! The peers run twice, with glibc's default allocator settings and with
+//! settings that make it reuse freed large blocks (see `bench/README.md`);
+//! the second run's impls carry the suffix [`REUSE`], and every target holds
+//! against the faster of the two.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -58,6 +63,10 @@ pub struct Part {
     /// Free-form lines shown in the report.
     #[serde(default)]
     pub notes: Vec<String>,
+    /// Lines about the machine shown under the report's title (CPU model,
+    /// SIMD flags).
+    #[serde(default)]
+    pub header: Vec<String>,
 }
 
 impl Part {
@@ -66,15 +75,44 @@ impl Part {
         self.records.extend(other.records);
         self.missing.extend(other.missing);
         self.notes.extend(other.notes);
+        self.header.extend(other.header);
     }
 }
 
-/// Every implementation name, in report order.
-pub const IMPLS: [&str; 9] =
-    ["kiln", "kiln-eager", "numpy", "jax-jit", "torch-compile", "torch-eager", "mlx-compile", "mlx-eager", "floor"];
+/// The suffix of a peer's impl name in the run with glibc's allocator set to
+/// reuse freed large blocks (`torch-eager+reuse`).
+pub const REUSE: &str = "+reuse";
 
-const ALL: &[&str] =
-    &["kiln", "kiln-eager", "numpy", "jax-jit", "torch-compile", "torch-eager", "mlx-compile", "mlx-eager"];
+/// The peers' impl names, without [`REUSE`].
+pub const PEERS: [&str; 6] = ["numpy", "jax-jit", "torch-compile", "torch-eager", "mlx-compile", "mlx-eager"];
+
+/// Every implementation name, in report order (each peer followed by its
+/// [`REUSE`] run).
+pub const IMPLS: [&str; 15] = [
+    "kiln",
+    "kiln-eager",
+    "numpy",
+    "numpy+reuse",
+    "jax-jit",
+    "jax-jit+reuse",
+    "torch-compile",
+    "torch-compile+reuse",
+    "torch-eager",
+    "torch-eager+reuse",
+    "mlx-compile",
+    "mlx-compile+reuse",
+    "mlx-eager",
+    "mlx-eager+reuse",
+    "floor",
+];
+
+/// Every impl but the floor.
+const ALL: &[&str] = match IMPLS.split_last() {
+    Some((_, all)) => all,
+    None => &[],
+};
+// The fresh-process workloads (compile included) run only with the default
+// allocator settings.
 const COMPILED: &[&str] = &["kiln", "jax-jit", "torch-compile", "mlx-compile"];
 
 /// What bounds a workload from below, i.e. which floor applies.
@@ -102,8 +140,9 @@ pub struct Workload {
     pub about: &'static str,
 }
 
-/// The workloads, in report order (the issue's list, the shapeless
-/// workload split in its two variants, then the two floor calibrations).
+/// The workloads, in report order (issue 4's list, the shapeless workload
+/// split in its two variants, issue 17's untuned rows, then the two floor
+/// calibrations).
 pub const WORKLOADS: &[Workload] = &[
     Workload {
         name: "gelu_tanh",
@@ -162,6 +201,62 @@ pub const WORKLOADS: &[Workload] = &[
         impls: COMPILED,
         about: "the same 20 batches compiled without shapeless (torch: default dynamic=None), \
                 total time including compiles",
+    },
+    Workload {
+        name: "adam",
+        class: Class::Memory,
+        impls: ALL,
+        about: "one Adam step on 2^22 f32 (param, grad, m, v in; param, m, v out), lr, beta1, beta2, eps and the \
+                two bias corrections passed as 0-d arguments",
+    },
+    Workload {
+        name: "rmsnorm",
+        class: Class::Memory,
+        impls: ALL,
+        about: "x * rsqrt(mean(x^2 over the row) + 1e-6) * weight on 4096x4096 f32",
+    },
+    Workload { name: "logsumexp", class: Class::Memory, impls: ALL, about: "logsumexp over the rows of 4096x4096 f32" },
+    Workload {
+        name: "cross_entropy",
+        class: Class::Memory,
+        impls: ALL,
+        about: "mean over rows of logsumexp(row) - row[label], logits 4096x4096 f32 and integer labels",
+    },
+    Workload {
+        name: "polynomial",
+        class: Class::Memory,
+        impls: ALL,
+        about: "a degree-8 polynomial in Horner form (float literal coefficients) on 2^24 f32",
+    },
+    Workload {
+        name: "matmul_gelu",
+        class: Class::Matmul,
+        impls: ALL,
+        about: "gelu_tanh(x @ w + b), x 512x1024, w 1024x1024, b 1024 f32",
+    },
+    Workload {
+        name: "layernorm_1024x64",
+        class: Class::Memory,
+        impls: ALL,
+        about: "layernorm (as above) over 64 rows of 1024 f32: time per call, over blocks of 64 calls",
+    },
+    Workload {
+        name: "layernorm_1024x256",
+        class: Class::Memory,
+        impls: ALL,
+        about: "layernorm over 256 rows of 1024 f32: time per call, over blocks of 16 calls",
+    },
+    Workload {
+        name: "layernorm_1024x1024",
+        class: Class::Memory,
+        impls: ALL,
+        about: "layernorm over 1024 rows of 1024 f32: time per call, over blocks of 4 calls",
+    },
+    Workload {
+        name: "layernorm_1024x4096",
+        class: Class::Memory,
+        impls: ALL,
+        about: "layernorm over 4096 rows of 1024 f32: time per call",
     },
     Workload {
         name: "sgemm",
@@ -311,10 +406,37 @@ fn min_of(records: &[Record], workload: &str, imps: &[&str]) -> Option<(String, 
         .min_by(|a, b| a.1.total_cmp(&b.1))
 }
 
-/// The issue's targets, checked on `records`.
+/// The fused memory-bound rows that issue 17's floor and 0.5x targets cover.
+pub const FUSED_MEMORY: [&str; 13] = [
+    "gelu_tanh",
+    "gelu_erf",
+    "softmax",
+    "layernorm",
+    "adam",
+    "rmsnorm",
+    "logsumexp",
+    "cross_entropy",
+    "polynomial",
+    "layernorm_1024x64",
+    "layernorm_1024x256",
+    "layernorm_1024x1024",
+    "layernorm_1024x4096",
+];
+
+/// `imps` and their [`REUSE`] runs.
+fn both_settings(imps: &[&str]) -> Vec<String> {
+    imps.iter().flat_map(|i| [i.to_string(), format!("{i}{REUSE}")]).collect()
+}
+
+/// Issue 17's targets, checked on `records`; a peer counts at the faster of
+/// its two allocator settings.
 pub fn targets(records: &[Record]) -> Vec<Target> {
     let mut out = Vec::new();
     let kiln = |w: &str| find(records, w, "kiln").map(|r| r.median_ms);
+    let min_both = |w: &str, imps: &[&str]| {
+        let names = both_settings(imps);
+        min_of(records, w, &names.iter().map(String::as_str).collect::<Vec<_>>())
+    };
     let mut cmp = |what: String, k: Option<f64>, other: Option<(String, f64)>, factor: f64| {
         let (measured, met) = match (k, other) {
             (Some(k), Some((name, o))) => (format!("{:.2}x {name}", k / o), Some(k <= factor * o)),
@@ -322,31 +444,22 @@ pub fn targets(records: &[Record]) -> Vec<Target> {
         };
         out.push(Target { what, measured, met });
     };
-    for w in ["gelu_tanh", "gelu_erf", "softmax", "layernorm"] {
+    for w in FUSED_MEMORY {
         cmp(
             format!("{w}: kiln <= 0.5x the faster of jax-jit, torch-compile"),
             kiln(w),
-            min_of(records, w, &["jax-jit", "torch-compile"]),
+            min_both(w, &["jax-jit", "torch-compile"]),
             0.5,
         );
     }
+    for w in ["mlp", "sgemm", "matmul_gelu"] {
+        cmp(format!("{w}: kiln <= 1.0x the fastest peer"), kiln(w), min_both(w, &PEERS), 1.0);
+    }
     for w in ["matmul_add", "forward_and_norm"] {
-        cmp(format!("{w}: kiln <= 0.5x numpy"), kiln(w), min_of(records, w, &["numpy"]), 0.5);
+        cmp(format!("{w}: kiln <= 0.5x the fastest peer"), kiln(w), min_both(w, &PEERS), 0.5);
     }
-    let peers = &ALL[2..];
-    cmp("mlp: kiln <= 1.0x the fastest peer".into(), kiln("mlp"), min_of(records, "mlp", peers), 1.0);
-    cmp("tiny: kiln <= 0.5x jax-jit".into(), kiln("tiny"), min_of(records, "tiny", &["jax-jit"]), 0.5);
-    cmp(
-        "first_call: kiln <= 0.1x jax-jit".into(),
-        kiln("first_call"),
-        min_of(records, "first_call", &["jax-jit"]),
-        0.1,
-    );
-    for w in ["gelu_tanh", "gelu_erf", "softmax", "layernorm"] {
-        let e = find(records, w, "kiln-eager").map(|r| r.median_ms);
-        cmp(format!("{w}: kiln-eager <= 1.0x numpy"), e, min_of(records, w, &["numpy"]), 1.0);
-    }
-    for w in ["gelu_tanh", "gelu_erf", "softmax", "layernorm"] {
+    cmp("first_call: kiln <= 0.1x jax-jit".into(), kiln("first_call"), min_both("first_call", &["jax-jit"]), 0.1);
+    for w in FUSED_MEMORY {
         let f = floor_fraction(records, w);
         out.push(Target {
             what: format!("{w}: kiln at >= 60% of the copy-bandwidth floor"),
@@ -363,6 +476,41 @@ pub fn targets(records: &[Record]) -> Vec<Target> {
     out
 }
 
+/// The copy bandwidth measured in the run, in GB/s: the calibration copy's
+/// (the `copy` record), and the lowest and highest of the copies run between
+/// kiln's runs (each memory-bound floor record's bytes over its time).
+pub fn copy_bandwidth(records: &[Record]) -> (Option<f64>, Option<(f64, f64)>) {
+    let gbs = |r: &Record| r.bytes as f64 / r.median_ms / 1e6;
+    let calib = find(records, "copy", "floor").filter(|r| r.median_ms > 0.0).map(gbs);
+    let floors: Vec<f64> = records
+        .iter()
+        .filter(|r| {
+            r.imp == "floor" && r.median_ms > 0.0 && workload(&r.workload).is_some_and(|w| w.class == Class::Memory)
+        })
+        .map(gbs)
+        .collect();
+    let range = floors
+        .iter()
+        .copied()
+        .fold(None, |a: Option<(f64, f64)>, x| Some(a.map_or((x, x), |(lo, hi)| (lo.min(x), hi.max(x)))));
+    (calib, range)
+}
+
+/// The faster of `peer`'s two allocator settings on `workload`: its time
+/// over kiln's, and whether the [`REUSE`] run was the faster.
+fn best_ratio(records: &[Record], workload: &str, peer: &str) -> Option<(f64, bool)> {
+    let plain = find(records, workload, peer).map(|r| r.median_ms);
+    let reuse = find(records, workload, &format!("{peer}{REUSE}")).map(|r| r.median_ms);
+    let (t, r) = match (plain, reuse) {
+        (Some(a), Some(b)) if b < a => (b, true),
+        (Some(a), _) => (a, false),
+        (None, Some(b)) => (b, true),
+        (None, None) => return None,
+    };
+    let k = find(records, workload, "kiln")?.median_ms;
+    Some((t / k, r))
+}
+
 /// The report: a summary table of ratios to kiln, one table per workload
 /// (each impl's median, p10, p90, rate, ratio to kiln; kiln's fraction of the
 /// floor), the targets, missing implementations and notes.
@@ -370,15 +518,31 @@ pub fn markdown(part: &Part) -> String {
     let recs = &part.records;
     let mut s = String::new();
     let _ = writeln!(s, "# kiln CPU benchmark\n");
+    for h in &part.header {
+        let _ = writeln!(s, "- {h}");
+    }
+    let (calib, range) = copy_bandwidth(recs);
+    let mut bw =
+        format!("- copy bandwidth: {}", calib.map_or("n/a".into(), |b| format!("{b:.1} GB/s (calibration copy)")));
+    if let Some((lo, hi)) = range {
+        let _ = write!(bw, ", {lo:.1}-{hi:.1} GB/s in the copies run between kiln's runs");
+    }
+    let _ = writeln!(s, "{bw}\n");
     let _ = writeln!(
         s,
         "Produced by `bash scripts/bench.sh`. Times are the median of timed runs after warm-up \
          (p10 and p90 beside it). \"time / kiln\" is the impl's median over kiln's: above 1.00x kiln is faster. \
-         \"kiln / floor\" is the floor's time over kiln's (100% = at the floor).\n"
+         \"kiln / floor\" is the floor's time over kiln's (100% = at the floor). \
+         Peers named `...{REUSE}` ran with glibc set to reuse freed large blocks (bench/README.md); \
+         the summary shows each peer at the faster of its two settings, marked `r` where that was `{REUSE}`.\n"
     );
     // Summary.
-    let present: Vec<&str> =
-        IMPLS.iter().copied().filter(|i| *i != "floor" && *i != "kiln" && recs.iter().any(|r| r.imp == *i)).collect();
+    let present: Vec<&str> = IMPLS
+        .iter()
+        .copied()
+        .filter(|i| *i != "floor" && *i != "kiln" && !i.ends_with(REUSE))
+        .filter(|i| recs.iter().any(|r| r.imp == *i || r.imp == format!("{i}{REUSE}")))
+        .collect();
     let _ = write!(s, "## Summary (time / kiln)\n\n| workload | kiln |");
     for i in &present {
         let _ = write!(s, " {i} |");
@@ -392,8 +556,13 @@ pub fn markdown(part: &Part) -> String {
         let k = find(recs, w.name, "kiln").map_or("n/a".into(), |r| fmt_ms(r.median_ms));
         let _ = write!(s, "| {} | {k} |", w.name);
         for i in &present {
-            let cell =
-                if find(recs, w.name, i).is_some() { fmt_ratio(ratio_to_kiln(recs, w.name, i)) } else { "-".into() };
+            let has = find(recs, w.name, i).is_some() || find(recs, w.name, &format!("{i}{REUSE}")).is_some();
+            let cell = match best_ratio(recs, w.name, i) {
+                Some((x, true)) => format!("{x:.2}x r"),
+                Some((x, false)) => format!("{x:.2}x"),
+                None if has => "n/a".into(),
+                None => "-".into(),
+            };
             let _ = write!(s, " {cell} |");
         }
         let _ = writeln!(s, " {} |", fmt_pct(floor_fraction(recs, w.name)));
@@ -433,7 +602,7 @@ pub fn markdown(part: &Part) -> String {
         }
     }
     // Targets.
-    s.push_str("\n## Targets (issue 4)\n\n| target | measured | met |\n|---|---|---|\n");
+    s.push_str("\n## Targets (issue 17)\n\n| target | measured | met |\n|---|---|---|\n");
     for t in targets(recs) {
         let met = match t.met {
             Some(true) => "yes",

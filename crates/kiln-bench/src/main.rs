@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use kiln::{compile, compile_with, random, Array, Axes, CompileOptions, DType, Result};
+use kiln::{arange, compile, compile_with, random, Array, Axes, CompileOptions, DType, Result};
 use kiln_bench::{summarize, write_outputs, Missing, Part, Record};
 use rayon::prelude::*;
 use serde::Serialize;
@@ -45,6 +45,18 @@ struct Sizes {
     sgemm_n: usize,
     copy_bytes: usize,
     first_call_reps: usize,
+    /// Elements of each array of the Adam update.
+    adam_n: usize,
+    /// Elements of the polynomial's input.
+    poly_n: usize,
+    /// `[m, k, n]` of the product before the gelu epilogue.
+    mm_gelu: [usize; 3],
+    /// Columns of the small-batch layernorm rows.
+    ln_cols: usize,
+    /// Row counts of the small-batch layernorm rows (`layernorm_1024x<rows>`).
+    ln_rows: Vec<usize>,
+    /// Rows per timed run of those rows: `ln_block / rows` calls, timed per call.
+    ln_block: usize,
 }
 
 impl Sizes {
@@ -67,6 +79,12 @@ impl Sizes {
                 sgemm_n: 64,
                 copy_bytes: 1 << 22,
                 first_call_reps: 2,
+                adam_n: 1 << 12,
+                poly_n: 1 << 12,
+                mm_gelu: [16, 64, 64],
+                ln_cols: 1024,
+                ln_rows: LN_ROWS.to_vec(),
+                ln_block: 4096,
             }
         } else {
             Sizes {
@@ -86,6 +104,12 @@ impl Sizes {
                 sgemm_n: 1024,
                 copy_bytes: 256 << 20,
                 first_call_reps: 5,
+                adam_n: 1 << 22,
+                poly_n: 1 << 24,
+                mm_gelu: [512, 1024, 1024],
+                ln_cols: 1024,
+                ln_rows: LN_ROWS.to_vec(),
+                ln_block: 4096,
             }
         }
     }
@@ -113,10 +137,46 @@ impl Sizes {
                 (3 * f * s * s, 2 * s * s * s)
             }
             "copy" => (2 * self.copy_bytes as u64, 0),
-            _ => (0, 0),
+            // param, grad, m, v in; param, m, v out (the six scalars are noise).
+            "adam" => (7 * f * self.adam_n as u64, 14 * self.adam_n as u64),
+            "rmsnorm" => (f * (2 * rc + cols), 5 * rc + 2 * rows),
+            "logsumexp" => (f * (rc + rows), 4 * rc + rows),
+            // logits and the labels (4 bytes each) in, one float out.
+            "cross_entropy" => (f * (rc + rows + 1), 4 * rc + 3 * rows),
+            "polynomial" => (2 * f * self.poly_n as u64, 16 * self.poly_n as u64),
+            "matmul_gelu" => {
+                let [m, k, n] = self.mm_gelu.map(|v| v as u64);
+                (f * (m * k + k * n + n + m * n), 2 * m * k * n + 10 * m * n)
+            }
+            w => match ln_rows_of(w) {
+                Some(r) => {
+                    let (r, c) = (r as u64, self.ln_cols as u64);
+                    (f * (2 * r * c + 2 * c), 7 * r * c + r)
+                }
+                None => (0, 0),
+            },
         }
     }
 }
+
+/// Row counts of the `layernorm_1024x<rows>` workloads (issue 17: layernorm
+/// over (b, 1024) batches ran 2.6-2.8x slower per call than torch eager's).
+const LN_ROWS: [usize; 4] = [64, 256, 1024, 4096];
+
+/// The row count of a `layernorm_1024x<rows>` workload name.
+fn ln_rows_of(workload: &str) -> Option<usize> {
+    workload.strip_prefix("layernorm_1024x")?.parse().ok()
+}
+
+/// The Adam update's hyperparameters: lr, beta1, beta2, eps, and the bias
+/// corrections `1 - beta1^t`, `1 - beta2^t` at step t = 10 (as peers.py).
+fn adam_hyper() -> [f32; 6] {
+    let (b1, b2) = (0.9f32, 0.999f32);
+    [1e-3, b1, b2, 1e-8, 1.0 - b1.powi(10), 1.0 - b2.powi(10)]
+}
+
+/// The polynomial's coefficients, highest degree first (as peers.py).
+const POLY: [f32; 9] = [0.003_906_25, -0.007_812_5, 0.015_625, -0.031_25, 0.062_5, -0.125, 0.25, -0.5, 1.0];
 
 /// How many runs: `warm` warm-ups, then at least `min` and at most `max`
 /// timed runs, stopping after `budget_s` seconds once `min` are done.
@@ -221,6 +281,50 @@ fn tiny(x: &Array) -> Result<Array> {
     x + 1.0f32
 }
 
+/// One Adam step, written out: `args` are param, grad, m, v, then the 0-d
+/// lr, beta1, beta2, eps, bias corrections 1 and 2. Returns the new param,
+/// m and v.
+fn adam(args: &[Array]) -> Result<(Array, Array, Array)> {
+    let [p, g, m, v, lr, b1, b2, eps, bc1, bc2] = args else {
+        return Err(kiln::Error::Invalid { op: "adam", msg: format!("10 arguments, got {}", args.len()) });
+    };
+    let m = ((b1 * m)? + ((1.0f32 - b1)? * g)?)?;
+    let v = ((b2 * v)? + ((1.0f32 - b2)? * (g * g)?)?)?;
+    let step = ((lr * (&m / bc1)?)? / ((&v / bc2)?.sqrt()? + eps)?)?;
+    Ok(((p - step)?, m, v))
+}
+
+fn rmsnorm(x: &Array, weight: &Array) -> Result<Array> {
+    let ms = x.square()?.mean(-1, true)?;
+    (x * (ms + 1e-6f32)?.rsqrt()?)? * weight
+}
+
+fn logsumexp(x: &Array) -> Result<Array> {
+    x.logsumexp(-1, false)
+}
+
+/// Mean over rows of `logsumexp(row) - row[label]`; the label's logit is
+/// taken from the flattened logits at `row * cols + label`.
+fn cross_entropy(logits: &Array, labels: &Array) -> Result<Array> {
+    let (rows, cols) = (logits.shape()[0], logits.shape()[1]);
+    let at = ((arange(0.0, rows as f64, 1.0, DType::I32)? * cols as i32)? + labels)?;
+    let picked = kiln::take(&logits.reshape(&[-1])?, &at, 0)?;
+    (logits.logsumexp(-1, false)? - picked)?.mean(Axes::All, false)
+}
+
+/// [`POLY`] at `x`, in Horner form.
+fn polynomial(x: &Array) -> Result<Array> {
+    let mut y = ((x * POLY[0])? + POLY[1])?;
+    for c in &POLY[2..] {
+        y = ((y * x)? + *c)?;
+    }
+    Ok(y)
+}
+
+fn matmul_gelu(x: &Array, w: &Array, b: &Array) -> Result<Array> {
+    gelu_tanh(&(x.matmul(w)? + b)?)
+}
+
 fn normal(shape: &[usize], scale: f64) -> Result<Array> {
     let a = random::normal(shape, DType::F32, 0.0, scale, None)?;
     a.eval()?;
@@ -307,13 +411,18 @@ impl Runner {
     /// the eighth session), so a floor measured once, at the start, says
     /// little about a workload timed minutes later.
     fn floored(&mut self, workload: &str, f: impl FnMut() -> Result<()>) {
+        self.floored_per(workload, 1, f)
+    }
+
+    /// [`Runner::floored`] for a run of `per` calls, timed per call.
+    fn floored_per(&mut self, workload: &str, per: usize, f: impl FnMut() -> Result<()>) {
         let Some(mut copier) = self.copier.take() else {
-            let r = measure(self.plan, 1, f);
+            let r = measure(self.plan, per, f);
             self.push(workload, "kiln", r);
             return;
         };
         let mut copies = vec![];
-        let r = measure_between(self.plan, 1, Some(|| copies.push(copier.time())), f);
+        let r = measure_between(self.plan, per, Some(|| copies.push(copier.time())), f);
         self.push(workload, "kiln", r);
         if !copies.is_empty() {
             let gbs = self.set_floors(&[workload], &copies);
@@ -460,6 +569,91 @@ impl Runner {
         let c = compile(mm);
         self.push("sgemm", "kiln", measure(p, 1, || c.call((&a, &bm))?.eval()));
         self.push("sgemm", "kiln-eager", measure(p, 1, || mm(&a, &bm)?.eval()));
+        drop((a, bm));
+        self.untuned()
+    }
+
+    /// The rows no one tuned for (issue 17): Adam, rmsnorm, logsumexp,
+    /// cross-entropy, a polynomial, a product with a gelu epilogue and
+    /// layernorm over small batches of 1024 columns.
+    fn untuned(&mut self) -> Result<()> {
+        let s = self.sizes.clone();
+        let p = self.plan;
+
+        let n = s.adam_n;
+        let mut args = vec![normal(&[n], 1.0)?, normal(&[n], 1.0)?, normal(&[n], 0.1)?, normal(&[n], 0.1)?.square()?];
+        args.extend(adam_hyper().map(Array::scalar));
+        kiln::eval(&args.iter().collect::<Vec<_>>())?;
+        let c = compile(adam);
+        let eval3 = |(a, b, c): (Array, Array, Array)| kiln::eval(&[&a, &b, &c]);
+        self.floored("adam", || eval3(c.call(&args)?));
+        self.push("adam", "kiln-eager", measure(p, 1, || eval3(adam(&args)?)));
+        let d = c.call(&args).and_then(|(p1, m1, v1)| {
+            let (p2, m2, v2) = adam(&args)?;
+            Ok(rel_diff(&p1, &p2)?.max(rel_diff(&m1, &m2)?).max(rel_diff(&v1, &v2)?))
+        });
+        self.check("adam", d);
+        drop(args);
+
+        let x = normal(&[s.rows, s.cols], 1.0)?;
+        let weight = (normal(&[s.cols], 0.1)? + 1.0f32)?;
+        weight.eval()?;
+        let c = compile(rmsnorm);
+        self.floored("rmsnorm", || c.call((&x, &weight))?.eval());
+        self.push("rmsnorm", "kiln-eager", measure(p, 1, || rmsnorm(&x, &weight)?.eval()));
+        let d = c.call((&x, &weight)).and_then(|a| rel_diff(&a, &rmsnorm(&x, &weight)?));
+        self.check("rmsnorm", d);
+
+        let c = compile(logsumexp);
+        self.floored("logsumexp", || c.call(&x)?.eval());
+        self.push("logsumexp", "kiln-eager", measure(p, 1, || logsumexp(&x)?.eval()));
+        let d = c.call(&x).and_then(|a| rel_diff(&a, &logsumexp(&x)?));
+        self.check("logsumexp", d);
+
+        let labels = random::randint(0, s.cols as i64, &[s.rows], DType::I32, None)?;
+        labels.eval()?;
+        let c = compile(cross_entropy);
+        self.floored("cross_entropy", || c.call((&x, &labels))?.eval());
+        self.push("cross_entropy", "kiln-eager", measure(p, 1, || cross_entropy(&x, &labels)?.eval()));
+        let d = c.call((&x, &labels)).and_then(|a| rel_diff(&a, &cross_entropy(&x, &labels)?));
+        self.check("cross_entropy", d);
+        drop(x);
+
+        let x = normal(&[s.poly_n], 1.0)?;
+        let c = compile(polynomial);
+        self.floored("polynomial", || c.call(&x)?.eval());
+        self.push("polynomial", "kiln-eager", measure(p, 1, || polynomial(&x)?.eval()));
+        let d = c.call(&x).and_then(|a| rel_diff(&a, &polynomial(&x)?));
+        self.check("polynomial", d);
+        drop(x);
+
+        let [m, k, n] = s.mm_gelu;
+        let x = normal(&[m, k], 1.0)?;
+        let w = normal(&[k, n], 1.0 / (k as f64).sqrt())?;
+        let b = normal(&[n], 0.1)?;
+        let c = compile(matmul_gelu);
+        self.push("matmul_gelu", "kiln", measure(p, 1, || c.call((&x, &w, &b))?.eval()));
+        self.push("matmul_gelu", "kiln-eager", measure(p, 1, || matmul_gelu(&x, &w, &b)?.eval()));
+        let d = c.call((&x, &w, &b)).and_then(|a| rel_diff(&a, &matmul_gelu(&x, &w, &b)?));
+        self.check("matmul_gelu", d);
+
+        let gamma = (normal(&[s.ln_cols], 0.1)? + 1.0f32)?;
+        gamma.eval()?;
+        let beta = normal(&[s.ln_cols], 0.1)?;
+        let c = compile(layernorm);
+        for &rows in &s.ln_rows {
+            let name = format!("layernorm_1024x{rows}");
+            let x = normal(&[rows, s.ln_cols], 1.0)?;
+            let calls = (s.ln_block / rows).max(1);
+            self.floored_per(&name, calls, || (0..calls).try_for_each(|_| c.call((&x, &gamma, &beta))?.eval()));
+            self.push(
+                &name,
+                "kiln-eager",
+                measure(p, calls, || (0..calls).try_for_each(|_| layernorm(&x, &gamma, &beta)?.eval())),
+            );
+            let d = c.call((&x, &gamma, &beta)).and_then(|a| rel_diff(&a, &layernorm(&x, &gamma, &beta)?));
+            self.check(&name, d);
+        }
         Ok(())
     }
 
@@ -590,6 +784,7 @@ fn run(quick: bool, out: &Path, sizes_out: Option<&Path>) -> std::result::Result
         write_file(p, &serde_json::to_string_pretty(&v).map_err(|e| e.to_string())?)?;
     }
     let mut r = Runner { sizes, plan: Plan::new(quick), part: Part::default(), copier: None };
+    r.part.header = machine_lines();
     r.part.notes.push(format!(
         "kiln {}: {} rayon threads, {} build{}",
         env!("CARGO_PKG_VERSION"),
@@ -602,11 +797,37 @@ fn run(quick: bool, out: &Path, sizes_out: Option<&Path>) -> std::result::Result
         eprintln!("kiln-bench: stopped early: {e}");
     }
     if quick {
-        for imp in ["numpy", "jax-jit", "torch-compile", "torch-eager", "mlx-compile", "mlx-eager"] {
-            r.part.missing.push(Missing { imp: imp.into(), workload: "*".into(), reason: "not run (--quick)".into() });
+        for imp in kiln_bench::IMPLS.iter().filter(|i| !matches!(**i, "kiln" | "kiln-eager" | "floor")) {
+            r.part.missing.push(Missing {
+                imp: imp.to_string(),
+                workload: "*".into(),
+                reason: "not run (--quick)".into(),
+            });
         }
     }
     write_file(out, &serde_json::to_string_pretty(&r.part).map_err(|e| e.to_string())?)
+}
+
+/// The report's header lines about this machine: its CPU model and core
+/// count, and which of the SIMD extensions that the kernels can use
+/// `/proc/cpuinfo` lists.
+fn machine_lines() -> Vec<String> {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let field = |name: &str| {
+        info.lines()
+            .find(|l| l.split(':').next().is_some_and(|k| k.trim() == name))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, v)| v.trim().to_string())
+    };
+    let model = field("model name").unwrap_or_else(|| "unknown (no /proc/cpuinfo)".into());
+    let flags = field("flags").unwrap_or_default();
+    let has = |f: &str| flags.split_whitespace().any(|x| x == f);
+    let simd: Vec<String> = ["avx2", "fma", "avx512f", "avx512_bf16", "amx_tile"]
+        .iter()
+        .map(|f| format!("{f} {}", if has(f) { "yes" } else { "no" }))
+        .collect();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    vec![format!("CPU: {model}, {cores} cores available"), format!("SIMD flags in /proc/cpuinfo: {}", simd.join(", "))]
 }
 
 /// One row of the compile-time benchmark.
