@@ -3,7 +3,11 @@
 //! The iteration space (the group's output shape, row-major) is cut into
 //! tiles of [`TILE`] elements. For each tile, every input is loaded into a
 //! register (contiguous inputs are read in place, broadcast scalars are
-//! read as one repeated value, other strided inputs are gathered), then
+//! read as one repeated value, other strided inputs are read in place or as
+//! one value where the tile lies in one run of their innermost dimension,
+//! else gathered). Over rows shorter than a tile (from 256 elements),
+//! tiles end where rows end, so that per-row and per-column broadcasts
+//! are never gathered. Then
 //! the tile runs through the group's compiled kernel ([`jit`]) when it has
 //! one, else each op runs as a tight loop over the tile, and only the
 //! group's outputs are written to memory. Coarse chunks of tiles run on

@@ -661,8 +661,9 @@ trait AccFloat:
     fn ln(self) -> Self;
     fn count(n: usize) -> Self;
     fn is_finite(self) -> bool;
-    /// `sum(e^x[i])` (vectorized for `f32`).
-    fn sum_exp(x: &[Self]) -> Self;
+    /// `sum(e^(x[i] - m))` for a finite `m` at least every `x[i]`, none
+    /// NaN (vectorized for `f32`).
+    fn sum_exp_below(x: &[Self], m: Self) -> Self;
 }
 
 macro_rules! acc_float {
@@ -691,15 +692,15 @@ macro_rules! acc_float {
                 <$t>::is_finite(self)
             }
             #[inline(always)]
-            fn sum_exp(x: &[$t]) -> $t {
-                $sum_exp(x)
+            fn sum_exp_below(x: &[$t], m: $t) -> $t {
+                $sum_exp(x, m)
             }
         }
     )*};
 }
 acc_float!(
-    f32 => crate::backend::cpu::simd_math::sum_exp_f32,
-    f64 => |x: &[f64]| lane_sum(x, f64::exp)
+    f32 => crate::backend::cpu::simd_math::sum_exp_below_f32,
+    f64 => |x: &[f64], m: f64| lane_sum(x, |v: f64| (v - m).exp())
 );
 
 /// Sum of a short slice with independent lanes (vectorizes).
@@ -796,9 +797,9 @@ impl<A: AccFloat> Lse<A> {
         }
         let mut v = [A::ZERO; LSE_BLOCK];
         for (d, &x) in v.iter_mut().zip(xs) {
-            *d = widen(x) - m;
+            *d = widen(x);
         }
-        Lse { m, s: A::sum_exp(&v[..n]) }
+        Lse { m, s: A::sum_exp_below(&v[..n], m) }
     }
 
     fn log_sum_exp(self) -> A {

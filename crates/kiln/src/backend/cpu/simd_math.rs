@@ -155,31 +155,42 @@ entry! {
     cos_f32 => Cos, "`out[i] = cos(x[i])`.";
 }
 
-/// `sum(e^x[i])`, with [`exp_f32`]'s values summed in one pass (no
-/// intermediate slice): 16 lane accumulators (8 at AVX2, two per lane pair
-/// of the 16), combined pairwise. Used by the softmax denominator's blocks.
-pub fn sum_exp_f32(x: &[f32]) -> f32 {
+/// `sum(e^(x[i] - m))` for a finite `m` at least every `x[i]` (none NaN):
+/// the terms of a log-sum-exp block shifted by its maximum. Each term is
+/// [`exp_f32`] of `x[i] - m` bit for bit; as the shifted values are at
+/// most 0 and not NaN, only `exp`'s lower clamp is applied (its upper
+/// clamp and NaN pass-through would change nothing). The terms are summed
+/// in one pass (no intermediate slice) into 16 lane accumulators (8 at
+/// AVX2), combined pairwise. Outside its precondition the result is
+/// meaningless but safe. Used by the softmax denominator's blocks.
+pub fn sum_exp_below_f32(x: &[f32], m: f32) -> f32 {
     let level = detected_level();
     match level {
         #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
         // SAFETY: `level` is the detected one, so AVX-512F, AVX2 and FMA are available.
-        Level::Avx512 => unsafe { x86::sum_exp_avx512(x) },
+        Level::Avx512 => unsafe { x86::sum_exp_below_avx512(x, m) },
         #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
         // SAFETY: as above, AVX2 and FMA are available.
-        Level::Avx2 => unsafe { x86::sum_exp_avx2(x) },
-        _ => sum_exp_generic::<f32>(x),
+        Level::Avx2 => unsafe { x86::sum_exp_below_avx2(x, m) },
+        _ => sum_exp_below_generic::<f32>(x, m),
     }
 }
 
-/// [`sum_exp_f32`] with the vector type `V`: the exponentials of each
-/// vector are added to one accumulator vector (lane `l` sums elements
+/// [`sum_exp_below_f32`] with the vector type `V`: the exponentials of
+/// each vector are added to one accumulator vector (lane `l` sums elements
 /// `l, l + N, ...`), and the lanes are summed pairwise at the end.
 #[inline(always)]
-fn sum_exp_generic<V: VMem>(x: &[f32]) -> f32 {
+fn sum_exp_below_generic<V: VMem>(x: &[f32], m: f32) -> f32 {
+    // A function, not a closure: it inlines into the caller's target features.
+    #[inline(always)]
+    fn term<V: VMem>(v: V, m: V) -> V {
+        exp_in_range(v.sub(m).max(V::c(-104.0)))
+    }
+    let m = V::splat(m);
     let mut acc = V::splat(0.0);
     let mut chunks = x.chunks_exact(V::N);
     for c in &mut chunks {
-        acc = acc.add(exp_v(V::load(c)));
+        acc = acc.add(term(V::load(c), m));
     }
     let mut lanes = [0.0f32; 16];
     acc.store(&mut lanes);
@@ -187,7 +198,7 @@ fn sum_exp_generic<V: VMem>(x: &[f32]) -> f32 {
     if !rest.is_empty() {
         let mut buf = [0.0f32; 16];
         buf[..rest.len()].copy_from_slice(rest);
-        exp_v(V::load(&buf)).store(&mut buf);
+        term(V::load(&buf), m).store(&mut buf);
         for (l, e) in lanes.iter_mut().zip(&buf[..rest.len()]) {
             *l += e;
         }
@@ -770,13 +781,13 @@ mod x86 {
     }
 
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn sum_exp_avx2(x: &[f32]) -> f32 {
-        super::sum_exp_generic::<F8>(x)
+    pub(super) unsafe fn sum_exp_below_avx2(x: &[f32], m: f32) -> f32 {
+        super::sum_exp_below_generic::<F8>(x, m)
     }
 
     #[target_feature(enable = "avx512f,avx2,fma")]
-    pub(super) unsafe fn sum_exp_avx512(x: &[f32]) -> f32 {
-        super::sum_exp_generic::<F16>(x)
+    pub(super) unsafe fn sum_exp_below_avx512(x: &[f32], m: f32) -> f32 {
+        super::sum_exp_below_generic::<F16>(x, m)
     }
 
     /// Eight `f32` lanes (AVX2 + FMA).
