@@ -460,12 +460,17 @@ impl Runner {
     fn elementwise(&mut self, name: &str, f: fn(&Array) -> Result<Array>) -> Result<()> {
         let x = normal(&[self.sizes.gelu_n], 1.0)?;
         let c = compile(f);
-        let p = self.plan;
-        self.floored(name, || c.call(&x)?.eval());
-        self.push(name, "kiln-eager", measure(p, 1, || f(&x)?.eval()));
-        let d = c.call(&x).and_then(|a| rel_diff(&a, &f(&x)?));
-        self.check(name, d);
+        self.memory_row(name, || c.call(&x), || f(&x));
         Ok(())
+    }
+
+    /// A memory-bound row of one output: `compiled` timed against the floor
+    /// ([`Runner::floored`]), `eager` as kiln-eager, and the two compared.
+    fn memory_row(&mut self, name: &str, compiled: impl Fn() -> Result<Array>, eager: impl Fn() -> Result<Array>) {
+        self.floored(name, || compiled()?.eval());
+        self.push(name, "kiln-eager", measure(self.plan, 1, || eager()?.eval()));
+        let d = compiled().and_then(|a| rel_diff(&a, &eager()?));
+        self.check(name, d);
     }
 
     fn run(&mut self) -> Result<()> {
@@ -479,19 +484,13 @@ impl Runner {
 
         let x = normal(&[s.rows, s.cols], 1.0)?;
         let c = compile(softmax);
-        self.floored("softmax", || c.call(&x)?.eval());
-        self.push("softmax", "kiln-eager", measure(p, 1, || softmax(&x)?.eval()));
-        let d = c.call(&x).and_then(|a| rel_diff(&a, &softmax(&x)?));
-        self.check("softmax", d);
+        self.memory_row("softmax", || c.call(&x), || softmax(&x));
 
         let gamma = (normal(&[s.cols], 0.1)? + 1.0f32)?;
         gamma.eval()?;
         let beta = normal(&[s.cols], 0.1)?;
         let c = compile(layernorm);
-        self.floored("layernorm", || c.call((&x, &gamma, &beta))?.eval());
-        self.push("layernorm", "kiln-eager", measure(p, 1, || layernorm(&x, &gamma, &beta)?.eval()));
-        let d = c.call((&x, &gamma, &beta)).and_then(|a| rel_diff(&a, &layernorm(&x, &gamma, &beta)?));
-        self.check("layernorm", d);
+        self.memory_row("layernorm", || c.call((&x, &gamma, &beta)), || layernorm(&x, &gamma, &beta));
         drop(x);
 
         // The seed's shapes, 1000 different x per block as in the seed.
@@ -599,32 +598,20 @@ impl Runner {
         let weight = (normal(&[s.cols], 0.1)? + 1.0f32)?;
         weight.eval()?;
         let c = compile(rmsnorm);
-        self.floored("rmsnorm", || c.call((&x, &weight))?.eval());
-        self.push("rmsnorm", "kiln-eager", measure(p, 1, || rmsnorm(&x, &weight)?.eval()));
-        let d = c.call((&x, &weight)).and_then(|a| rel_diff(&a, &rmsnorm(&x, &weight)?));
-        self.check("rmsnorm", d);
+        self.memory_row("rmsnorm", || c.call((&x, &weight)), || rmsnorm(&x, &weight));
 
         let c = compile(logsumexp);
-        self.floored("logsumexp", || c.call(&x)?.eval());
-        self.push("logsumexp", "kiln-eager", measure(p, 1, || logsumexp(&x)?.eval()));
-        let d = c.call(&x).and_then(|a| rel_diff(&a, &logsumexp(&x)?));
-        self.check("logsumexp", d);
+        self.memory_row("logsumexp", || c.call(&x), || logsumexp(&x));
 
         let labels = random::randint(0, s.cols as i64, &[s.rows], DType::I32, None)?;
         labels.eval()?;
         let c = compile(cross_entropy);
-        self.floored("cross_entropy", || c.call((&x, &labels))?.eval());
-        self.push("cross_entropy", "kiln-eager", measure(p, 1, || cross_entropy(&x, &labels)?.eval()));
-        let d = c.call((&x, &labels)).and_then(|a| rel_diff(&a, &cross_entropy(&x, &labels)?));
-        self.check("cross_entropy", d);
+        self.memory_row("cross_entropy", || c.call((&x, &labels)), || cross_entropy(&x, &labels));
         drop(x);
 
         let x = normal(&[s.poly_n], 1.0)?;
         let c = compile(polynomial);
-        self.floored("polynomial", || c.call(&x)?.eval());
-        self.push("polynomial", "kiln-eager", measure(p, 1, || polynomial(&x)?.eval()));
-        let d = c.call(&x).and_then(|a| rel_diff(&a, &polynomial(&x)?));
-        self.check("polynomial", d);
+        self.memory_row("polynomial", || c.call(&x), || polynomial(&x));
         drop(x);
 
         let [m, k, n] = s.mm_gelu;

@@ -19,9 +19,7 @@
 
 use iced_x86::code_asm::*;
 
-use crate::backend::cpu::jit::{Node, Pred, Prog, Val};
-
-use crate::backend::cpu::jit::InputSet;
+use crate::backend::cpu::jit::{InputSet, Node, Pred, Prog, Val};
 
 /// General registers holding the pointers the loop reads (see [`Ptrs`]).
 pub const PTRS: [AsmRegister64; 9] = [r8, r9, r12, r13, r14, r15, rbx, rbp, rdx];
