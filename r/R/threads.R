@@ -1,8 +1,9 @@
 #' Threads and memory
 #'
 #' `mlx_set_threads(n)` caps the threads that kiln's kernels use at `n`
-#' (from the next operation on; kiln starts with one per core, at most four
-#' for small products). `mlx_release_memory()` runs R's garbage collector,
+#' (from the next operation on; kiln starts with one per core, or
+#' `RAYON_NUM_THREADS` when that is set before the package loads; a cap
+#' above that adds no thread). `mlx_release_memory()` runs R's garbage collector,
 #' so that arrays no longer referenced from R are freed, then frees the
 #' buffers kiln keeps for reuse.
 #'

@@ -20,7 +20,6 @@ use crate::backend::cpu::{reduce, team, Buffer, BufferElement, CpuGroup};
 use crate::dtype::DType;
 use crate::primitive::{Primitive, ReduceOp};
 
-use rayon::prelude::*;
 use smallvec::SmallVec;
 
 /// Elements of producer values materialized at once by a fused reduction:
@@ -101,7 +100,7 @@ pub fn run_reduce(
         let parts: Vec<Vec<Buffer>> = if n_out * n_red < PAR_THRESHOLD {
             (0..chunks).map(part).collect::<crate::Result<_>>()?
         } else {
-            team::parallel(|| (0..chunks).into_par_iter().map(part).collect::<crate::Result<_>>())?
+            team::map(chunks, part).into_iter().collect::<crate::Result<_>>()?
         };
         (0..reductions.len()).map(|k| reduce::concat(parts.iter().map(|p| &p[k]), out_dtypes[k])).collect()
     } else {
@@ -112,16 +111,13 @@ pub fn run_reduce(
         let nodes = reduce::tree_chunks(n_red, REDUCE_CHUNK);
         let mut finals: Vec<Vec<Buffer>> = vec![vec![]; reductions.len()];
         for o in 0..n_out {
-            let mut partials: Vec<Vec<reduce::Partial>> = team::parallel(|| {
-                nodes
-                    .par_iter()
-                    .map(|node| {
-                        let (lo, hi) = (o * n_red + node.start, o * n_red + node.end);
-                        let vals = produce(lo, hi, 1)?;
-                        reductions.iter().map(|&(op, i)| partial(op, &vals[i])).collect()
-                    })
-                    .collect::<crate::Result<_>>()
-            })?;
+            let mut partials: Vec<Vec<reduce::Partial>> = team::map(nodes.len(), |c| {
+                let (lo, hi) = (o * n_red + nodes[c].start, o * n_red + nodes[c].end);
+                let vals = produce(lo, hi, 1)?;
+                reductions.iter().map(|&(op, i)| partial(op, &vals[i])).collect()
+            })
+            .into_iter()
+            .collect::<crate::Result<_>>()?;
             for (k, &(op, _)) in reductions.iter().enumerate().rev() {
                 let parts = partials.iter_mut().map(|p| p.pop().expect("one partial per reduction")).collect();
                 finals[k].push(reduce::combine_partials(op, parts, n_red, REDUCE_CHUNK, out_dtypes[k])?);

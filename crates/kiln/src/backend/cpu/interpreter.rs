@@ -11,7 +11,7 @@
 //! the tile runs through the group's compiled kernel ([`jit`]) when it has
 //! one, else each op runs as a tight loop over the tile, and only the
 //! group's outputs are written to memory. Coarse chunks of tiles run on
-//! rayon's pool above a size threshold. Where the outputs go is the
+//! the [`team`] above a size threshold. Where the outputs go is the
 //! launch's business ([`fused`](crate::backend::cpu::fused)); the fused
 //! reductions ([`fused_reduce`](crate::backend::cpu::fused_reduce)) run
 //! tiles into cache-sized scratch.
@@ -27,7 +27,6 @@ use crate::primitive::Primitive;
 
 use std::sync::Arc;
 
-use rayon::prelude::*;
 use smallvec::SmallVec;
 
 /// Per-input or per-output vectors of one launch, inline for up to this
@@ -625,16 +624,15 @@ impl<'a> Exec<'a> {
         } else {
             // Streamed outputs: larger tasks (fewer fences), at least four per thread.
             let chunk = if self.stream.contains(&true) {
-                (n / (4 * rayon::current_num_threads())).clamp(PAR_CHUNK, STREAM_CHUNK)
+                (n / (4 * team::threads())).clamp(PAR_CHUNK, STREAM_CHUNK)
             } else {
                 PAR_CHUNK
             };
-            team::parallel(|| {
-                (0..n.div_ceil(chunk)).into_par_iter().for_each_init(
-                    || self.scratch(),
-                    |sc, c| self.range(sc, c * chunk, ((c + 1) * chunk).min(n), outs, 0),
-                )
-            });
+            team::run_with(
+                n.div_ceil(chunk),
+                || self.scratch(),
+                |sc, c| self.range(sc, c * chunk, ((c + 1) * chunk).min(n), outs, 0),
+            );
         }
     }
 }

@@ -11,7 +11,7 @@
 //!
 //! Threads: a product of at least [`PAR_WORK`] multiply-adds lets `gemm` use
 //! the rayon pool; a batch of smaller products runs its matrices in parallel
-//! once the batch as a whole is that large. A single `f32` product from
+//! on the team once the batch as a whole is that large. A single `f32` product from
 //! [`sgemm::TEAM_WORK`] multiply-adds up splits over the team of spinning
 //! threads ([`crate::backend::cpu::team`]), which hands work over in well
 //! under a microsecond; the output is left uninitialized so that each block
@@ -24,7 +24,6 @@ use std::mem::MaybeUninit;
 
 use gemm::Parallelism;
 use half::{bf16, f16};
-use rayon::prelude::*;
 use smallvec::SmallVec;
 
 use crate::array::Data;
@@ -257,9 +256,7 @@ fn gemm_batched<T: GemmElement>(a: &Data, b: &Data, g: &Geometry) -> Result<Vec<
             run(dst, o, Parallelism::Rayon(team::max_threads()));
         }
     } else if uses_threads(g.offsets.len(), m, n, k) {
-        team::parallel(|| {
-            out.par_chunks_mut(mn).zip(&g.offsets[..]).for_each(|(dst, &o)| run(dst, o, Parallelism::None))
-        });
+        team::chunks(&mut out, mn, |at, dst| run(dst, g.offsets[at / mn], Parallelism::None));
     } else {
         for (dst, &o) in out.chunks_mut(mn).zip(&g.offsets) {
             run(dst, o, Parallelism::None);
@@ -307,7 +304,7 @@ fn f32_batched(a: &Data, b: &Data, g: &Geometry, bias: Option<&Data>) -> Result<
     let mut out = try_vec("matmul", nb * mn)?;
     let spare = &mut out.spare_capacity_mut()[..nb * mn];
     if mn * k < PAR_WORK && uses_threads(nb, m, n, k) {
-        team::parallel(|| spare.par_chunks_mut(mn).enumerate().for_each(|(i, dst)| run(dst, i, false)));
+        team::chunks(spare, mn, |at, dst| run(dst, at / mn, false));
     } else {
         // Each product splits over threads itself when it is large enough.
         for (i, dst) in spare.chunks_mut(mn).enumerate() {
@@ -352,7 +349,7 @@ fn int_batched<I: IntMath>(a: &Data, b: &Data, g: &Geometry) -> Result<Vec<I>> {
         }
     };
     if uses_threads(g.offsets.len(), m, n, k) {
-        team::parallel(|| out.par_chunks_mut(n).enumerate().for_each(row));
+        team::chunks(&mut out, n, |at, dst| row((at / n, dst)));
     } else {
         out.chunks_mut(n).enumerate().for_each(row);
     }

@@ -62,7 +62,6 @@ use std::marker::PhantomData;
 use std::ops::Range;
 
 use half::{bf16, f16};
-use rayon::prelude::*;
 
 use crate::array::Data;
 use crate::backend::cpu::strided::PAR_THRESHOLD;
@@ -483,15 +482,10 @@ fn execute<R: Reducer>(r: &R, src: &[R::In], p: &Plan) -> Vec<R::Out> {
         } else {
             (0..red_tasks).map(|t| t * red_chunk..((t + 1) * red_chunk).min(n_red)).collect()
         };
-        let parts: Vec<Vec<R::Acc>> = team::parallel(|| {
-            chunks
-                .par_iter()
-                .map(|reds| {
-                    let mut acc = vec![r.identity(); n_out];
-                    accumulate(r, src, p, 0..n_out, reds.clone(), &mut acc);
-                    acc
-                })
-                .collect()
+        let parts: Vec<Vec<R::Acc>> = team::map(chunks.len(), |c| {
+            let mut acc = vec![r.identity(); n_out];
+            accumulate(r, src, p, 0..n_out, chunks[c].clone(), &mut acc);
+            acc
         });
         let acc = if tree {
             let mut parts = parts.into_iter();
@@ -519,7 +513,7 @@ fn execute<R: Reducer>(r: &R, src: &[R::In], p: &Plan) -> Vec<R::Out> {
     if total < PAR_THRESHOLD || out_tasks < 2 {
         chunk_out(0, &mut out);
     } else {
-        team::parallel(|| out.par_chunks_mut(out_chunk).enumerate().for_each(|(i, c)| chunk_out(i * out_chunk, c)));
+        team::chunks(&mut out, out_chunk, chunk_out);
     }
     out
 }
@@ -1411,7 +1405,7 @@ fn arg_typed<T: Element, const MAX: bool>(
     if total < PAR_THRESHOLD {
         fill(0, &mut out);
     } else if n_out.div_ceil(chunk) >= FEW_TASKS || n < 2 * TASK_WORK {
-        team::parallel(|| out.par_chunks_mut(chunk).enumerate().for_each(|(i, c)| fill(i * chunk, c)));
+        team::chunks(&mut out, chunk, fill);
     } else {
         // Few long rows: scan fixed chunks of each row in parallel, then keep
         // the first best chunk result in order.
@@ -1422,14 +1416,9 @@ fn arg_typed<T: Element, const MAX: bool>(
                 *b = o[0] + i as isize * k;
             }
         });
-        let parts: Vec<(usize, T)> = team::parallel(|| {
-            (0..n_out * tasks)
-                .into_par_iter()
-                .map(|t| {
-                    let (row, c) = (t / tasks, t % tasks);
-                    arg_scan::<T, MAX>(src, bases[row], s, c * TASK_WORK..((c + 1) * TASK_WORK).min(n))
-                })
-                .collect()
+        let parts: Vec<(usize, T)> = team::map(n_out * tasks, |t| {
+            let (row, c) = (t / tasks, t % tasks);
+            arg_scan::<T, MAX>(src, bases[row], s, c * TASK_WORK..((c + 1) * TASK_WORK).min(n))
         });
         for (d, row) in out.iter_mut().zip(parts.chunks(tasks)) {
             let (mut bi, mut bv) = row[0];

@@ -6,7 +6,8 @@
 //! statistics kernel brings a block of rows into cache and the output
 //! kernel reads them from there. Values used only inside the chain never
 //! exist at full size; values used after it are written block by block
-//! into full-size buffers. Blocks run in parallel.
+//! into full-size buffers. Blocks run in parallel on the
+//! [`team`].
 //!
 //! Whether a chain applies is decided per call from the run-time shapes:
 //! every kernel iterates over the same number of leading rows `R`, and each
@@ -16,12 +17,11 @@
 use std::collections::{HashMap, HashSet};
 use std::ops::Range;
 
-use rayon::prelude::*;
-
 use crate::array::Data;
 use crate::backend::cpu::executable::{run_step, CpuExecutable, Step};
 use crate::backend::cpu::fused::{self, Arg};
 use crate::backend::cpu::rows::{Claimed, RowSink};
+use crate::backend::cpu::team;
 use crate::error::{Error, Result};
 use crate::layout::Layout;
 use crate::passes::fuse::Kernel;
@@ -178,7 +178,7 @@ pub fn run<'a, S: AsRef<[usize]> + ?Sized + 'a>(
     let sinks: Vec<RowSink> =
         chain.escapes.iter().map(|&v| RowSink::new(p.instrs[v].dtype, rows, row_len(v))).collect::<Result<_>>()?;
     let vals: &[Option<Data>] = values;
-    (0..rows.div_ceil(block)).into_par_iter().try_for_each(|b| -> Result<()> {
+    let blocks = team::map(rows.div_ceil(block), |b| -> Result<()> {
         let (r0, r1) = (b * block, ((b + 1) * block).min(rows));
         let mut local: HashMap<usize, Data> = HashMap::new();
         for (st, cut) in steps.iter().zip(&cuts) {
@@ -234,7 +234,8 @@ pub fn run<'a, S: AsRef<[usize]> + ?Sized + 'a>(
             }
         }
         Ok(())
-    })?;
+    });
+    blocks.into_iter().collect::<Result<()>>()?;
     for (&v, sink) in chain.escapes.iter().zip(sinks) {
         let buf = sink.finish().ok_or(Error::Invalid { op: "compile", msg: "a row block was not computed".into() })?;
         values[v] = Some(Data::contiguous(buf, shape_of(v).as_ref()));

@@ -4,8 +4,6 @@
 
 use std::mem::MaybeUninit;
 
-use rayon::prelude::*;
-
 use crate::dtype::Element;
 use crate::error::Result;
 use crate::layout::{collapse, for_each_block, Layout};
@@ -30,9 +28,7 @@ pub fn fill<U: Send>(op: &'static str, n: usize, fill: impl Fn(usize, &mut [Mayb
     if n < PAR_THRESHOLD {
         fill(0, spare);
     } else {
-        crate::backend::cpu::team::parallel(|| {
-            spare.par_chunks_mut(PAR_CHUNK).enumerate().for_each(|(i, c)| fill(i * PAR_CHUNK, c))
-        });
+        crate::backend::cpu::team::chunks(spare, PAR_CHUNK, fill);
     }
     // SAFETY: `fill` wrote every element of every chunk, and the chunks
     // cover `0..n` of the spare capacity, so the first `n` are initialized.

@@ -1,45 +1,79 @@
-//! A small team of threads for work too short for the rayon pool.
+//! The threads that run every parallel kernel.
 //!
-//! A rayon job started from a thread outside the pool is injected into the
+//! Every parallel loop of the CPU kernels runs on this one team (only
+//! products large enough for the `gemm` crate run on rayon's pool, which
+//! that crate requires). One team, rather than a team for short work and a
+//! rayon pool for long work, matters for the kernels of one compiled call:
+//! a layernorm over 64 rows runs a reduction and an elementwise kernel of a
+//! few microseconds each, and a second set of threads would wake (tens of
+//! microseconds) for one while the first set still polls for work after
+//! the other, each taking the other's cores.
+//!
+//! A rayon job started from a thread outside its pool is injected into the
 //! pool's queue and the caller blocks until a worker has run it: a worker
 //! that is asleep takes tens of microseconds to wake, and the caller's
-//! wake-up after the job costs as much again. A product such as the seed's
-//! `(32 x 128) @ (128 x 256)` takes microseconds on one core, so that
-//! latency eats the gain of the second core.
+//! wake-up after the job costs as much again. [`run`] instead splits a task
+//! into numbered parts; the calling thread works on parts itself and the
+//! team's helper threads claim the others; a helper that finished a job
+//! keeps polling for the next one for [`SPIN`] before it sleeps, so
+//! back-to-back kernels hand work over in well under a microsecond. Parts
+//! are claimed one at a time, so a helper that is asleep or descheduled
+//! never delays the caller, who runs whatever is left. One job runs at a
+//! time: a call made while the team is busy (from another thread, or from
+//! inside a part) runs all its parts on the calling thread.
 //!
-//! [`run`] splits a task into numbered parts. The calling thread works on
-//! parts itself and the team's helper threads claim the others; a helper
-//! that finished a job keeps polling for the next one for [`SPIN`] before
-//! it sleeps, so back-to-back calls (a compiled function in a loop) hand
-//! work over in well under a microsecond. Parts are claimed one at a time,
-//! so a helper that is asleep or descheduled never delays the caller, who
-//! runs whatever is left. One job runs at a time: a call made while the
-//! team is busy (from another thread, or from inside a part) runs all its
-//! parts on the calling thread.
+//! [`run_with`] gives each thread that takes part in a job its own state
+//! (a kernel's scratch tiles), made once per thread and job rather than
+//! once per part; [`chunks`] and [`map`] are the loops the kernels use.
 //!
-//! The team has `min(rayon threads, cores, MAX_THREADS) - 1` helpers,
-//! started on first use; with one thread `run` is a plain loop.
-//!
-//! [`set_threads`] caps the threads of every parallel kernel at run time:
-//! the team then wakes at most that many threads less one, and the kernels'
-//! rayon loops run through [`parallel`] in a rayon pool of that size instead
-//! of the global one (gemm is given the count).
+//! The team has `min(rayon's thread count, cores, MAX_THREADS) - 1`
+//! helpers (so `RAYON_NUM_THREADS` sets it), started on first use; with
+//! one thread `run` is a plain loop. [`set_threads`] caps the threads of
+//! every parallel kernel at run time: helpers beyond the cap sit out, and
+//! `gemm` is given the count.
 
 use std::any::Any;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, OnceLock, RwLock};
+use std::sync::{Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// How long a helper polls for the next job before it sleeps.
 pub const SPIN: Duration = Duration::from_micros(100);
 /// At most this many threads (the caller included) work on one job.
-pub const MAX_THREADS: usize = 4;
-/// At most this many parts per job.
-pub const MAX_PARTS: usize = 0xffff;
+pub const MAX_THREADS: usize = 256;
+/// Parts of one published job; [`run`] publishes longer tasks in batches.
+const MAX_PARTS: usize = 0xffff;
 
-/// The task of a job, borrowed from the caller of [`run`].
-type Task<'a> = &'a (dyn Fn(usize) + Sync);
+/// What each thread taking part in a job runs: it takes parts from its
+/// [`Claims`] until none is left.
+type Worker<'a> = &'a (dyn Fn(&mut Claims) + Sync);
+
+/// The parts a thread takes: of the team's current job, or (when the job
+/// runs on the calling thread alone) all of them in order.
+struct Claims<'t> {
+    team: Option<(&'t Team, u64)>,
+    /// A part claimed before the worker started.
+    first: Option<usize>,
+    /// For a job on the calling thread alone: the next part and the count.
+    next: usize,
+    parts: usize,
+}
+
+impl Claims<'_> {
+    fn take(&mut self) -> Option<usize> {
+        if let Some(i) = self.first.take() {
+            return Some(i);
+        }
+        match self.team {
+            Some((t, id)) => t.claim(id),
+            None => (self.next < self.parts).then(|| {
+                self.next += 1;
+                self.next - 1
+            }),
+        }
+    }
+}
 
 /// The team's shared state.
 ///
@@ -52,12 +86,11 @@ struct Team {
     /// A caller owns the team.
     busy: AtomicBool,
     state: AtomicU64,
-    /// Parts of the current job that have finished.
-    done: AtomicUsize,
-    /// The current job's task: a pointer to the caller's `Task`.
-    task: AtomicPtr<()>,
-    /// The first panic of the current job's parts.
-    panic: Mutex<Option<Box<dyn Any + Send>>>,
+    /// Helpers inside [`Team::work`]: counted before their first claim and
+    /// released after their worker returned.
+    active: AtomicUsize,
+    /// The current job's worker: a pointer to the caller's `Worker`.
+    worker: AtomicPtr<()>,
     /// Helpers that are asleep, or about to sleep.
     sleepers: AtomicUsize,
     lock: Mutex<()>,
@@ -86,9 +119,8 @@ fn team() -> &'static Team {
             helpers: threads - 1,
             busy: AtomicBool::new(false),
             state: AtomicU64::new(0),
-            done: AtomicUsize::new(0),
-            task: AtomicPtr::new(std::ptr::null_mut()),
-            panic: Mutex::new(None),
+            active: AtomicUsize::new(0),
+            worker: AtomicPtr::new(std::ptr::null_mut()),
             sleepers: AtomicUsize::new(0),
             lock: Mutex::new(()),
             wake: Condvar::new(),
@@ -108,22 +140,15 @@ fn team() -> &'static Team {
 
 /// The cap set by [`set_threads`] (0: none).
 static LIMIT: AtomicUsize = AtomicUsize::new(0);
-/// The rayon pool of [`set_threads`]'s size, for [`parallel`].
-static POOL: RwLock<Option<Arc<rayon::ThreadPool>>> = RwLock::new(None);
 
-/// Caps the threads that kernels use at `n` (at least 1), from now on:
-/// [`run`] uses at most `n` threads and [`parallel`] runs loops in a rayon
-/// pool of `n` threads. Errors when `n` is 0 or the pool cannot start.
+/// Caps the threads that kernels use at `n` (at least 1), from now on: the
+/// calling thread and at most `n - 1` helpers work on a kernel, and
+/// products large enough for the `gemm` crate are given `n` threads. A cap
+/// above [`threads`]' count adds no thread. Errors when `n` is 0.
 pub fn set_threads(n: usize) -> crate::Result<()> {
     if n == 0 {
         return Err(crate::Error::Invalid { op: "set_threads", msg: "the thread count must be at least 1".into() });
     }
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(n)
-        .thread_name(|i| format!("kiln-pool-{i}"))
-        .build()
-        .map_err(|e| crate::Error::Invalid { op: "set_threads", msg: format!("cannot start {n} threads: {e}") })?;
-    *POOL.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(pool));
     LIMIT.store(n, Ordering::SeqCst);
     Ok(())
 }
@@ -132,16 +157,6 @@ pub fn set_threads(n: usize) -> crate::Result<()> {
 /// "rayon's thread count").
 pub fn max_threads() -> usize {
     LIMIT.load(Ordering::Relaxed)
-}
-
-/// Runs the parallel loop `f` in the pool of [`set_threads`] when one was
-/// set, else on the calling thread (whose rayon loops use the global pool).
-pub fn parallel<R: Send>(f: impl FnOnce() -> R + Send) -> R {
-    let pool = POOL.read().unwrap_or_else(|e| e.into_inner()).clone();
-    match pool {
-        Some(p) => p.install(f),
-        None => f(),
-    }
 }
 
 /// Threads that work on a job of [`run`]: the caller and the helpers (at
@@ -154,27 +169,61 @@ pub fn threads() -> usize {
     }
 }
 
-/// Runs `task(i)` for every `i < parts` (at most [`MAX_PARTS`]), on the
-/// calling thread and the team's helpers, and returns when all have run.
-/// Parts run in any order, each exactly once. A panic in a part is raised
-/// again here, after every other part has finished.
+/// Runs `task(i)` for every `i < parts`, on the calling thread and the
+/// team's helpers, and returns when all have run. Parts run in any order,
+/// each exactly once. A panic in a part is raised again here, after every
+/// other part has finished.
 pub fn run(parts: usize, task: &(dyn Fn(usize) + Sync)) {
-    assert!(parts <= MAX_PARTS, "team::run: at most {MAX_PARTS} parts");
-    let t = team();
-    if parts <= 1 || threads() == 1 || t.busy.swap(true, Ordering::Acquire) {
-        let mut first = None;
-        for i in 0..parts {
-            if let Err(p) = catch_unwind(AssertUnwindSafe(|| task(i))) {
-                first.get_or_insert(p);
+    run_with(parts, || (), |_, i| task(i));
+}
+
+/// [`run`] where each thread that takes part makes its own state with
+/// `init` before its first part and passes it to each of its parts.
+pub fn run_with<S>(parts: usize, init: impl Fn() -> S + Sync, task: impl Fn(&mut S, usize) + Sync) {
+    let panic: Mutex<Option<Box<dyn Any + Send>>> = Mutex::new(None);
+    let keep = |p: Box<dyn Any + Send>| {
+        panic.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(p);
+    };
+    for base in (0..parts).step_by(MAX_PARTS) {
+        let n = (parts - base).min(MAX_PARTS);
+        let worker = |claims: &mut Claims| {
+            let Some(first) = claims.take() else { return };
+            let mut state = match catch_unwind(AssertUnwindSafe(&init)) {
+                Ok(s) => s,
+                Err(p) => {
+                    keep(p);
+                    while claims.take().is_some() {}
+                    return;
+                }
+            };
+            let mut part = Some(first);
+            while let Some(i) = part {
+                if let Err(p) = catch_unwind(AssertUnwindSafe(|| task(&mut state, base + i))) {
+                    keep(p);
+                }
+                part = claims.take();
             }
-        }
-        if let Some(p) = first {
-            resume_unwind(p);
-        }
+        };
+        publish(n, &worker);
+    }
+    if let Some(p) = panic.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        resume_unwind(p);
+    }
+}
+
+/// Runs a job of `parts` parts (at most [`MAX_PARTS`]): `worker` on the
+/// calling thread and on every helper that claims a part; returns when
+/// every thread has left it.
+fn publish(parts: usize, worker: Worker) {
+    let t = team();
+    if parts == 0 {
         return;
     }
-    t.task.store(&task as *const Task as *mut (), Ordering::Relaxed);
-    t.done.store(0, Ordering::Relaxed);
+    if parts == 1 || threads() == 1 || t.busy.swap(true, Ordering::Acquire) {
+        worker(&mut Claims { team: None, first: None, next: 0, parts });
+        return;
+    }
+    t.worker.store(&worker as *const Worker as *mut (), Ordering::Relaxed);
     let id = job(t.state.load(Ordering::Relaxed)).wrapping_add(1) & 0xffff_ffff;
     // SeqCst pairs with the sleepers' check in `wait_for_job` (see there).
     t.state.store(id << 32 | (parts as u64) << 16, Ordering::SeqCst);
@@ -182,9 +231,13 @@ pub fn run(parts: usize, task: &(dyn Fn(usize) + Sync)) {
         let _g = t.lock.lock().unwrap_or_else(|e| e.into_inner());
         t.wake.notify_all();
     }
-    t.work(id);
+    worker(&mut Claims { team: Some((t, id)), first: None, next: 0, parts });
+    // Every part is claimed now (our last claim failed), so no helper can
+    // enter the job any more; wait for those inside it. A helper counts
+    // itself in `active` before it claims, and both are SeqCst, so a
+    // helper whose claim we saw is counted in the load below.
     let mut polls = 0u32;
-    while t.done.load(Ordering::Acquire) < parts {
+    while t.active.load(Ordering::SeqCst) != 0 {
         polls = polls.wrapping_add(1);
         if polls.is_multiple_of(64) {
             // A helper holding a part may have been descheduled.
@@ -193,39 +246,56 @@ pub fn run(parts: usize, task: &(dyn Fn(usize) + Sync)) {
             std::hint::spin_loop();
         }
     }
-    t.task.store(std::ptr::null_mut(), Ordering::Relaxed);
-    let panic = t.panic.lock().unwrap_or_else(|e| e.into_inner()).take();
+    t.worker.store(std::ptr::null_mut(), Ordering::Relaxed);
     t.busy.store(false, Ordering::Release);
-    if let Some(p) = panic {
-        resume_unwind(p);
-    }
+}
+
+/// Runs `f(offset, chunk)` over the consecutive chunks of `out` of `chunk`
+/// elements (the last one shorter), in parallel.
+pub fn chunks<T: Send>(out: &mut [T], chunk: usize, f: impl Fn(usize, &mut [T]) + Sync) {
+    let chunk = chunk.max(1);
+    let cells: Vec<Mutex<&mut [T]>> = out.chunks_mut(chunk).map(Mutex::new).collect();
+    run(cells.len(), &|i| f(i * chunk, &mut cells[i].lock().unwrap_or_else(|e| e.into_inner())));
+}
+
+/// `f(i)` for every `i < parts`, computed in parallel, in order of `i`.
+pub fn map<R: Send>(parts: usize, f: impl Fn(usize) -> R + Sync) -> Vec<R> {
+    let slots: Vec<Mutex<Option<R>>> = (0..parts).map(|_| Mutex::new(None)).collect();
+    run(parts, &|i| *slots[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(f(i)));
+    slots.into_iter().map(|s| s.into_inner().unwrap_or_else(|e| e.into_inner()).expect("every part ran")).collect()
 }
 
 impl Team {
-    /// Claims and runs parts of job `id` until none is left.
-    fn work(&self, id: u64) {
+    /// Claims the next part of job `id`, if one is left.
+    fn claim(&self, id: u64) -> Option<usize> {
         loop {
-            let s = self.state.load(Ordering::Acquire);
+            let s = self.state.load(Ordering::SeqCst);
             if job(s) != id || next_of(s) >= parts_of(s) {
-                return;
+                return None;
             }
-            if self.state.compare_exchange_weak(s, s + 1, Ordering::AcqRel, Ordering::Acquire).is_err() {
-                continue;
+            if self.state.compare_exchange_weak(s, s + 1, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
+                return Some(next_of(s));
             }
-            let ptr = self.task.load(Ordering::Relaxed) as *const Task;
-            // SAFETY: the claim succeeded on a state word of job `id`, so part
-            // `next_of(s)` of that job has not finished, and the caller of
-            // `run` that published the job (and wrote `task` before its
-            // release store of `state`, which our acquire read saw) does not
-            // return, nor publish another job, before `done` counts this part.
-            // So `ptr` points to that caller's live `Task`, whose referent
-            // outlives the call to `run`.
-            let task: Task = unsafe { *ptr };
-            if let Err(p) = catch_unwind(AssertUnwindSafe(|| task(next_of(s)))) {
-                self.panic.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(p);
-            }
-            self.done.fetch_add(1, Ordering::Release);
         }
+    }
+
+    /// A helper's part in job `id`: claim a part, and if one was left run
+    /// the job's worker from it.
+    fn work(&self, id: u64) {
+        self.active.fetch_add(1, Ordering::SeqCst);
+        if let Some(first) = self.claim(id) {
+            let ptr = self.worker.load(Ordering::Relaxed) as *const Worker;
+            // SAFETY: the claim succeeded on a state word of job `id`, whose
+            // caller wrote `worker` before its SeqCst store of that word
+            // (which our claim read), and does not return, nor publish
+            // another job, before `active` is 0, which it is not before the
+            // `fetch_sub` below, after the worker returned. So `ptr` points
+            // to that caller's live `Worker`, whose referent outlives the job.
+            let worker: Worker = unsafe { *ptr };
+            // The worker catches the panics of its parts and of its state.
+            worker(&mut Claims { team: Some((self, id)), first: Some(first), next: 0, parts: 0 });
+        }
+        self.active.fetch_sub(1, Ordering::SeqCst);
     }
 
     /// A helper's life: wait for a job, work on it (unless [`set_threads`]
@@ -239,7 +309,6 @@ impl Team {
             }
         }
     }
-
     /// Polls for a job other than `seen` for [`SPIN`], then sleeps until
     /// one is published; returns its number.
     fn wait_for_job(&self, seen: u64) -> u64 {
@@ -322,6 +391,47 @@ mod tests {
             two_threads_ran_a_job()
         });
         assert!(woke, "a sleeping helper wakes for a job");
+    }
+
+    #[test]
+    fn each_thread_makes_its_state_once_per_job() {
+        let made = AtomicU32::new(0);
+        let hits: Vec<AtomicU32> = (0..300).map(|_| AtomicU32::new(0)).collect();
+        run_with(
+            hits.len(),
+            || {
+                made.fetch_add(1, Ordering::SeqCst);
+                Vec::<usize>::new()
+            },
+            |seen, i| {
+                // A thread's state carries over from its earlier parts.
+                assert!(seen.iter().all(|&j| j != i));
+                seen.push(i);
+                hits[i].fetch_add(1, Ordering::Relaxed);
+            },
+        );
+        assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1));
+        let made = made.load(Ordering::SeqCst) as usize;
+        assert!((1..=threads()).contains(&made), "{made} states for {} threads", threads());
+        // No part, no state.
+        run_with(0, || panic!("no state for an empty job"), |_: &mut (), _| {});
+    }
+
+    #[test]
+    fn loops_cover_every_element_in_order_past_one_batch_of_parts() {
+        // More parts than one published job holds.
+        let n = MAX_PARTS * 2 + 17;
+        let mut v = vec![0usize; n];
+        chunks(&mut v, 1, |at, c| c[0] = at);
+        assert!(v.iter().enumerate().all(|(i, &x)| x == i));
+        let mut w = vec![0usize; 1000];
+        chunks(&mut w, 64, |at, c| {
+            assert!(c.len() == 64 || at + c.len() == 1000);
+            c.iter_mut().enumerate().for_each(|(k, x)| *x = at + k);
+        });
+        assert!(w.iter().enumerate().all(|(i, &x)| x == i));
+        assert_eq!(map(n, |i| i * 3), (0..n).map(|i| i * 3).collect::<Vec<_>>());
+        assert!(map(0, |i| i).is_empty());
     }
 
     #[test]
