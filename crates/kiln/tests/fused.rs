@@ -288,10 +288,11 @@ fn outputs_past_the_streaming_threshold_hold_every_element() -> Result<()> {
     Ok(())
 }
 
-/// Reductions absorbing a fused producer, small enough to fold tile by
-/// tile from registers: rows shorter than a tile (several rows per tile),
-/// longer than one (a row over several tiles), the largest such space, and
-/// every view of the input, against f64 sums of the same f32 values.
+/// Reductions absorbing a fused producer fold tile by tile from registers:
+/// rows shorter than a tile (several rows per tile), longer than one (a row
+/// over several tiles), spaces large enough to split their rows among
+/// threads, and every view of the input, against f64 sums of the same f32
+/// values.
 fn stats(x: &Array, y: &Array) -> Result<Vec<Array>> {
     let p = (x * y)?;
     Ok(vec![
@@ -304,10 +305,20 @@ fn stats(x: &Array, y: &Array) -> Result<Vec<Array>> {
 }
 
 #[test]
-fn small_fused_reductions_fold_tile_by_tile_like_the_reference() -> Result<()> {
+fn fused_reductions_fold_tile_by_tile_like_the_reference() -> Result<()> {
     let mut rng = Rng::new(11);
     let compiled = compile(stats);
-    let shapes = [(1, 1), (3, 5), (37, 61), (5, TILE + 3), (3, 2 * TILE + 1), (1, 1 << 15), (16, 256)];
+    let shapes = [
+        (1, 1),
+        (3, 5),
+        (37, 61),
+        (5, TILE + 3),
+        (3, 2 * TILE + 1),
+        (1, 1 << 15),
+        (16, 256),
+        (301, 257),
+        (23, 2 * TILE + 5),
+    ];
     for (r, c) in shapes {
         for view in [View::Contiguous, View::Transposed, View::BroadcastRow] {
             let mut xs = rng.floats_f32(r * c, -2.0, 2.0);
@@ -363,13 +374,16 @@ fn small_fused_reductions_fold_tile_by_tile_like_the_reference() -> Result<()> {
 /// A compiled `sum(x * y)` folds its rows in the order eager `sum` folds
 /// the materialized `x * y` (pairwise halves, leaves of 64 lanes), so the
 /// two agree bit for bit: rows within a tile, rows made leaf by leaf (longer
-/// than a tile, lengths that do not split evenly), and a whole-array sum.
+/// than a tile, lengths that do not split evenly), rows split among
+/// threads, and a whole-array sum.
 #[test]
 fn compiled_fused_sums_equal_eager_sums_bit_for_bit() -> Result<()> {
     let mut rng = Rng::new(5);
     let rows = compile(|x: &Array, y: &Array| (x * y)?.sum(-1, false));
     let all = compile(|x: &Array, y: &Array| (x * y)?.sum(kiln::Axes::All, false));
-    for (r, c) in [(7, 300), (3, TILE - 64), (4, TILE + 100), (2, 3 * TILE + 7), (1, 5000)] {
+    for (r, c) in
+        [(7, 300), (3, TILE - 64), (4, TILE + 100), (2, 3 * TILE + 7), (1, 5000), (613, 129), (19, 3 * TILE + 7)]
+    {
         let x = Array::from_slice(&rng.floats_f32(r * c, -3.0, 3.0), &[r, c])?;
         let y = Array::from_slice(&rng.floats_f32(r * c, -3.0, 3.0), &[r, c])?;
         let eager_rows = (&x * &y)?.sum(-1, false)?.to_vec::<f32>()?;

@@ -151,7 +151,7 @@ pub(crate) fn launch(
         let mut stream: SmallVec<[bool; INLINE]> = SmallVec::new();
         stream.extend(g.outputs.iter().enumerate().map(|(k, &r)| {
             let dest = into.get(k).and_then(|c| c.as_ref()).map_or(n, |c| c.sink_len());
-            dest * g.reg_dtype(r).size() >= crate::backend::cpu::stream::STREAM_MIN_BYTES
+            dest * g.reg_dtype(r).size() >= crate::backend::cpu::stream::stream_min_bytes()
         }));
         // A block of a row-blocked chain (`into` is not empty):
         // compiled code prefetches its inputs one block ahead, so the next

@@ -446,12 +446,22 @@ impl<'a> Exec<'a> {
         next_block: Option<usize>,
     ) -> Exec<'a> {
         let widest = g.inputs.iter().map(|d| d.size()).max().unwrap_or(0);
-        let prefetch = n * widest >= crate::backend::cpu::stream::STREAM_MIN_BYTES;
+        let (loads, stream) = (loads.into(), stream.into());
+        // Inputs stream from memory when this run reads more than the
+        // caches hold, or reads part of a buffer that does not fit them (a
+        // chunk of a reduction, a block of rows): the hardware prefetchers
+        // alone keep too few lines in flight for a kernel that also computes.
+        let min = crate::backend::cpu::stream::STREAM_MIN_BYTES;
+        let prefetch = n * widest >= min
+            || loads.iter().any(|l| matches!(l, Load::InPlace(buf, _) if buf.len() * buf.dtype().size() >= min));
         jit::warm_up();
         let code = g.code.get(g);
-        let ahead =
-            if prefetch { PREFETCH_DISTANCE } else { next_block.map_or(0, |b| b.min(i32::MAX as usize) as i32) };
-        let (loads, stream) = (loads.into(), stream.into());
+        // A block of a row chain prefetches the next block's rows.
+        let ahead = match next_block {
+            Some(b) => b.min(i32::MAX as usize) as i32,
+            None if prefetch => PREFETCH_DISTANCE,
+            None => 0,
+        };
         let run = run_of(&loads);
         Exec { g, loads, plan: g.plan.get(g), tile: TILE.min(n.max(1)), run, stream, prefetch, ahead, code }
     }
