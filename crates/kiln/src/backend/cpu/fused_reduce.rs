@@ -28,11 +28,13 @@ const REDUCE_CHUNK: usize = 1 << 15;
 
 /// Runs reductions over `axes` of `shape` that each fold one output of the
 /// group `g` (`reductions` pairs an op with the index of that output). The
-/// group's values are produced chunk by chunk (kept axes outermost, reduced
-/// axes innermost) into cache-sized scratch and every reduction folds its
-/// chunk from there, so the inputs are read once for all reductions and the
-/// group's values never reach memory. Returns one array per reduction, in
-/// the kept axes' shape.
+/// group's values are produced tile by tile (kept axes outermost, reduced
+/// axes innermost) and folded from the tile's register when every
+/// reduction is an `f32` sum, mean, max or min (`fold_rows`); otherwise
+/// chunk by chunk into cache-sized scratch, every reduction folding its
+/// chunk from there. Either way the inputs are read once for all
+/// reductions and the group's values never reach memory. Returns one array
+/// per reduction, in the kept axes' shape.
 pub fn run_reduce(
     g: &CpuGroup,
     inputs: &[&Data],
