@@ -165,9 +165,8 @@ fn fold_rows(
     let cols: Vec<Vec<f32>> = if total < PAR_THRESHOLD {
         fold(0, n_out)
     } else {
-        // Parts of whole rows, about `REDUCE_CHUNK` positions each (at
-        // least a tile's worth of rows), several per thread.
-        let rows = (REDUCE_CHUNK / n_red).max(TILE / n_red).clamp(1, n_out);
+        // Parts of whole rows, about `REDUCE_CHUNK` positions each.
+        let rows = (REDUCE_CHUNK / n_red).clamp(1, n_out);
         let parts = team::map(n_out.div_ceil(rows), |c| fold(c * rows, ((c + 1) * rows).min(n_out)));
         (0..reductions.len()).map(|k| parts.iter().flat_map(|p| p[k].iter().copied()).collect()).collect()
     };

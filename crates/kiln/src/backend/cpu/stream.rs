@@ -23,13 +23,13 @@ pub const STREAM_MIN_BYTES: usize = 4 << 20;
 /// once) overrides it, for measurements.
 ///
 /// Not the last-level cache's size, though an output that fits there could
-/// stay in it for the next call: measured on an AMD EPYC (32 MiB L3) and an
-/// Intel Xeon (300 MiB L3), ordinary stores made softmax, layernorm and
-/// rmsnorm over 4096x4096 1.1-1.3x slower on both (these two-pass rows
-/// write their output while their next rows stream in); layernorm over
-/// 1024x1024 (4 MiB) was 1.2x slower on the EPYC and 1.2x faster on the
-/// Xeon, gelu_erf over 2^24 1.1x faster on the Xeon. No cache-derived size
-/// served both machines.
+/// stay in it for the next call. Measured with ordinary stores below that
+/// size: on an AMD EPYC (32 MiB L3) layernorm over (1024, 1024) and
+/// (4096, 1024) was 1.2-1.4x slower; on an Intel Xeon (300 MiB L3)
+/// softmax, layernorm and rmsnorm over 4096x4096 were 1.1-1.3x slower
+/// (these two-pass rows write their output while their next rows stream
+/// in), while layernorm over (1024, 1024) and gelu_erf over 2^24 were
+/// 1.1-1.2x faster. No cache-derived size served both machines.
 pub fn stream_min_bytes() -> usize {
     static MIN: OnceLock<usize> = OnceLock::new();
     *MIN.get_or_init(|| {
