@@ -1,13 +1,13 @@
 //! The CPU executable: an optimized program lowered to a list of kernel
 //! steps, with the point after which each intermediate value can be
-//! released, and the runs of steps that go block of rows by block of rows
-//! ([`row_chain`]).
+//! released, and the runs of steps that go row by row ([`row_kernel`])
+//! or else block of rows by block of rows ([`row_chain`]).
 
 use smallvec::{smallvec, SmallVec};
 
 use crate::array::Data;
 use crate::backend::cpu::fused::{Args, Outs};
-use crate::backend::cpu::{self, row_chain, CpuGroup};
+use crate::backend::cpu::{self, row_chain, row_kernel, CpuGroup};
 use crate::backend::{Executable, StepView};
 use crate::error::Result;
 use crate::passes::fuse::{is_free, plan, FusedGroup, FusedOp, Kernel};
@@ -153,7 +153,9 @@ impl Executable for CpuExecutable {
                 .get(next_chain)
                 .filter(|c| c.steps.start == s && !c.steps.clone().any(|k| unfused.get(k) == Some(&true)))
             {
-                if row_chain::run(self, chain, &mut values, &shape_of)? {
+                if row_kernel::run(self, chain, &mut values, &shape_of)?
+                    || row_chain::run(self, chain, &mut values, &shape_of)?
+                {
                     for step in &self.steps[chain.steps.clone()] {
                         for &f in &step.frees {
                             values[f] = None;

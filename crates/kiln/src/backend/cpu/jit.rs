@@ -37,7 +37,9 @@
 //! operations that level's interpreter runs, and each generator emits only
 //! the nodes of its level (the other's make it decline).
 //!
-//! A group is compiled when it has at least two ops and at most
+//! A group is compiled when it has at least two ops (or any number, for
+//! the [`row_kernel`](crate::backend::cpu::row_kernel), which calls it row
+//! by row: [`CodeSlot::any`]) and at most
 //! [`MAX_INPUTS`] inputs (any number of outputs), every input and op is
 //! `f32`, each op has a lowering (arithmetic, `abs`, `neg`, `square`,
 //! `sqrt`, `rsqrt`, rounding, `maximum`/`minimum`, `exp`, `expm1`, `log`,
@@ -448,6 +450,11 @@ fn try_lower(g: &FusedGroup, level: Level) -> Result<Prog, NotCompiled> {
     if g.ops.len() < 2 {
         return Err(NotCompiled::SingleOp);
     }
+    record_group(g, level)
+}
+
+/// Records group `g` of any number of ops (see [`try_lower`]).
+fn record_group(g: &FusedGroup, level: Level) -> Result<Prog, NotCompiled> {
     if !g.inputs.iter().chain(g.ops.iter().map(|o| &o.dtype)).all(|&d| d == DType::F32) {
         return Err(NotCompiled::NotF32);
     }
@@ -622,11 +629,25 @@ impl CodeSlot {
     /// The group's compiled form, or `None` when it is not compiled (see
     /// the module docs).
     pub fn get(&self, g: &FusedGroup) -> Option<&Compiled> {
+        if g.ops.len() < 2 {
+            return None;
+        }
+        self.any(g)
+    }
+
+    /// The group's compiled form even when it is a single op (which
+    /// [`CodeSlot::get`] leaves to the interpreter: one pass either way),
+    /// for callers that run it over short runs, where the interpreter's
+    /// per-tile setup would dominate (the [`row_kernel`](crate::backend::cpu::row_kernel)).
+    pub fn any(&self, g: &FusedGroup) -> Option<&Compiled> {
         if !enabled() {
             return None;
         }
         self.0
-            .get_or_init(|| lower(g).map(|prog| Arc::new(Compiled { prog, kernels: Mutex::new(Vec::new()) })))
+            .get_or_init(|| {
+                let prog = record_group(g, recording_level()).ok()?;
+                Some(Arc::new(Compiled { prog, kernels: Mutex::new(Vec::new()) }))
+            })
             .as_deref()
     }
 }

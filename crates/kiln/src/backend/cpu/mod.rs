@@ -25,6 +25,7 @@ pub mod matmul;
 pub mod random;
 pub mod reduce;
 pub mod row_chain;
+pub mod row_kernel;
 pub mod rows;
 pub mod simd_math;
 pub mod stream;

@@ -916,7 +916,7 @@ fn exec_stat<I: Element, A: AccFloat, O: Element>(
     widen: impl Fn(I) -> A + Sync + Copy,
     narrow: impl Fn(A) -> O + Sync + Copy,
 ) -> Buffer {
-    Buffer::from_vec(fold_stat(op, src, p, widen, |stat, _| narrow(stat.value(op))))
+    Buffer::from_vec(fold_stat(op, OverPlan(src, p), widen, |stat, _| narrow(stat.value(op))))
 }
 
 /// A one-pass statistic and the reduction its accumulator carries, from
@@ -929,9 +929,53 @@ fn exec_stat_pair<I: Element, A: AccFloat, O: Element>(
     widen: impl Fn(I) -> A + Sync + Copy,
     narrow: impl Fn(A) -> O + Sync + Copy,
 ) -> (Buffer, Buffer) {
-    let pairs = fold_stat(op, src, p, widen, |stat, n| (narrow(stat.value(op)), narrow(stat.carried(n))));
+    let pairs = fold_stat(op, OverPlan(src, p), widen, |stat, n| (narrow(stat.value(op)), narrow(stat.carried(n))));
     let (a, b): (Vec<O>, Vec<O>) = pairs.into_iter().unzip();
     (Buffer::from_vec(a), Buffer::from_vec(b))
+}
+
+/// Where a reducer runs: over the outputs of a [`Plan`] ([`execute`]), or
+/// over one contiguous row ([`OneRow`]).
+trait Runner<I> {
+    /// The reducer's outputs.
+    fn run<R: Reducer<In = I>>(self, r: &R) -> Vec<R::Out>;
+}
+
+/// Every output of a plan over `src`.
+struct OverPlan<'a, I>(&'a [I], &'a Plan);
+
+impl<I: Element> Runner<I> for OverPlan<'_, I> {
+    fn run<R: Reducer<In = I>>(self, r: &R) -> Vec<R::Out> {
+        execute(r, self.0, self.1)
+    }
+}
+
+/// The one output of a contiguous row, folded as [`execute`] folds each
+/// contiguous row it reduces ([`run`], then `finish`).
+struct OneRow<'a, I>(&'a [I]);
+
+impl<I: Element> Runner<I> for OneRow<'_, I> {
+    fn run<R: Reducer<In = I>>(self, r: &R) -> Vec<R::Out> {
+        let xs = self.0;
+        let acc = if xs.is_empty() { r.identity() } else { run(r, xs, 0, xs.len(), 1) };
+        vec![r.finish(acc, xs.len())]
+    }
+}
+
+/// The reduction `op` of the contiguous `f32` row `xs`, as [`reduce`]
+/// gives it for such a row (the same folds, bit for bit): sums, means,
+/// extrema and the one-pass statistics; `None` for a product or a logical
+/// reduction.
+pub(crate) fn reduce_row_f32(op: ReduceOp, xs: &[f32]) -> Option<f32> {
+    Some(match op {
+        ReduceOp::Sum if xs.is_empty() => 0.0,
+        ReduceOp::Sum | ReduceOp::Max | ReduceOp::Min => fold_f32(op, xs),
+        ReduceOp::Mean => fold_f32(op, xs) / xs.len() as f32,
+        ReduceOp::Var { .. } | ReduceOp::SumExp | ReduceOp::LogSumExp => {
+            fold_stat(op, OneRow(xs), |x: f32| x, |stat, _| stat.value(op))[0]
+        }
+        ReduceOp::Prod | ReduceOp::All | ReduceOp::Any => return None,
+    })
 }
 
 /// Folds the accumulators of a one-pass statistic (`Lse` for `sumexp` and
@@ -939,8 +983,7 @@ fn exec_stat_pair<I: Element, A: AccFloat, O: Element>(
 /// as `finish(accumulator, count)`.
 fn fold_stat<I: Element, A: AccFloat, T: Copy + Send + Sync>(
     op: ReduceOp,
-    src: &[I],
-    p: &Plan,
+    over: impl Runner<I>,
     widen: impl Fn(I) -> A + Sync + Copy,
     finish: impl Fn(Stat<A>, usize) -> T + Sync,
 ) -> Vec<T> {
@@ -954,7 +997,7 @@ fn fold_stat<I: Element, A: AccFloat, T: Copy + Send + Sync>(
                 pairwise: true,
                 _types: PhantomData,
             };
-            execute(&Blocked { inner, block: move |xs: &[I]| lse_block(xs, widen), leaf: LSE_BLOCK }, src, p)
+            over.run(&Blocked { inner, block: move |xs: &[I]| lse_block(xs, widen), leaf: LSE_BLOCK })
         }
         ReduceOp::Var { .. } => {
             let inner = Fold {
@@ -965,7 +1008,7 @@ fn fold_stat<I: Element, A: AccFloat, T: Copy + Send + Sync>(
                 pairwise: true,
                 _types: PhantomData,
             };
-            execute(&Blocked { inner, block: move |xs: &[I]| moments_block(xs, widen), leaf: BLOCK }, src, p)
+            over.run(&Blocked { inner, block: move |xs: &[I]| moments_block(xs, widen), leaf: BLOCK })
         }
         other => unreachable!("{} is not a one-pass statistic", other.name()),
     }
@@ -1184,10 +1227,10 @@ pub(crate) fn partial(op: ReduceOp, row: &Data) -> Result<Partial> {
     let p = Plan::new(row.layout(), &[1]);
     Ok(Partial(match (op, row.buffer()) {
         (ReduceOp::LogSumExp | ReduceOp::SumExp | ReduceOp::Var { .. }, Buffer::F32(v)) => {
-            Part::F32(fold_stat(op, v, &p, |x: f32| x, |s, _| s)[0])
+            Part::F32(fold_stat(op, OverPlan(v, &p), |x: f32| x, |s, _| s)[0])
         }
         (ReduceOp::LogSumExp | ReduceOp::SumExp | ReduceOp::Var { .. }, Buffer::F64(v)) => {
-            Part::F64(fold_stat(op, v, &p, |x: f64| x, |s, _| s)[0])
+            Part::F64(fold_stat(op, OverPlan(v, &p), |x: f64| x, |s, _| s)[0])
         }
         (ReduceOp::Mean, b) => Part::Value(reduce(ReduceOp::Sum, row, &[1], ReduceOp::Sum.out_dtype(b.dtype()))?),
         (op, b) => Part::Value(reduce(op, row, &[1], op.out_dtype(b.dtype()))?),

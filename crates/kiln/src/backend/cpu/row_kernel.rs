@@ -1,0 +1,592 @@
+//! Row kernels: a [row chain](crate::backend::cpu::row_chain) run one row
+//! at a time through every one of its kernels, with its values in L1.
+//!
+//! Softmax, layernorm, rmsnorm and their kin are chains of a few kernels
+//! over the same rows: reductions over the last axis and the elementwise
+//! work that reads them. Block by block ([`row_chain`](crate::backend::cpu::row_chain)),
+//! every kernel of a block pays a launch (plans, loads, scratch, a reduction
+//! plan: a few microseconds) and passes over the block's values in L2. Here
+//! a chain is planned once per call, and each thread then takes a run of
+//! rows and, for each row, calls every step's generated code
+//! ([`jit`]) over that row and folds its
+//! reductions from the row just written, still in L1. The per-row values of
+//! the chain (a row's maximum, its mean and variance) are scalars the next
+//! step's code loads once, as a broadcast input. Values that leave the
+//! chain are written row by row into full-size outputs (with streaming
+//! stores when large, as the tile executor writes them).
+//!
+//! Results are those of the block-by-block run, bit for bit: each step
+//! runs the same generated code (whose results are the interpreter's), and
+//! each reduction is the fold that the reduction kernel runs over a
+//! contiguous row (`reduce::reduce_row_f32`). `KILN_ROW_KERNEL=0` (or
+//! [`set_enabled`]) runs every chain block by block instead, to compare.
+//!
+//! A chain runs here when, at the call's shapes, every step iterates over
+//! the same shape `[.., n]` (or over its rows, `[.., 1]`, for per-row
+//! arithmetic such as `rsqrt(var + eps)`), every reduction reduces the last
+//! axis only, every value is `f32`, every group has generated code, every
+//! input from outside is read along its rows either in place or as one value
+//! per row, and a row's values fit in L1 and L2; otherwise it runs block by
+//! block.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use crate::array::Data;
+use crate::backend::cpu::executable::{CpuExecutable, Step};
+use crate::backend::cpu::jit::{self, InputSet, Variant};
+use crate::backend::cpu::reduce;
+use crate::backend::cpu::row_chain::Chain;
+use crate::backend::cpu::rows::RowSink;
+use crate::backend::cpu::{stream, team, BufferElement, CpuGroup};
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::passes::fuse::Kernel;
+use crate::primitive::{Primitive, ReduceOp};
+
+/// Longest row run here (longer rows run block by block).
+const MAX_ROW: usize = 1 << 14;
+
+/// Most bytes of per-row scratch (rows of the chain's own values) a thread
+/// keeps: they and the row being read stay in L1 and L2.
+const MAX_SCRATCH_BYTES: usize = 256 << 10;
+
+/// Elements between the 4 KiB offsets of consecutive scratch rows (and of
+/// the first from a page boundary): 5 cache lines.
+const SKEW: usize = 80;
+
+/// Positions per parallel part, at least.
+const PART_ELEMS: usize = 1 << 15;
+
+/// Where a step reads a value for the current row.
+#[derive(Clone, Copy, Debug)]
+enum Src {
+    /// A row of the chain's own values: scratch row `k`.
+    Row(usize),
+    /// A row of the chain's own values that leaves it: the task's row of sink `k`.
+    SinkRow(usize),
+    /// A per-row value of the chain: scalar `k`.
+    Scalar(usize),
+    /// An input from outside the chain: `outside[k]`.
+    Outside(usize),
+}
+
+/// Where a step writes a value for the current row.
+#[derive(Clone, Copy, Debug)]
+enum Dst {
+    /// Scratch row `k`.
+    Row(usize),
+    /// The task's row of sink `k` (ordinary stores: the chain reads it again).
+    SinkRow(usize),
+    /// Scratch row `row`, then streamed to sink `sink` (read by no later step).
+    Staged { row: usize, sink: usize },
+    /// Scalar `k`, and the row's element of sink `sink` when it leaves the chain.
+    Scalar(usize, Option<usize>),
+}
+
+/// An input from outside the chain, read row by row.
+struct Outside<'a> {
+    data: &'a [f32],
+    offset: isize,
+    /// The leading (row) dimensions, collapsed, with their strides.
+    dims: Vec<(usize, isize)>,
+    /// 1: the row is read in place; 0: one value per row.
+    inner: isize,
+}
+
+impl Outside<'_> {
+    /// The element where row `r` starts.
+    #[inline]
+    fn at(&self, r: usize) -> usize {
+        let mut rem = r;
+        let mut off = self.offset;
+        for &(size, stride) in self.dims.iter().rev() {
+            off += (rem % size) as isize * stride;
+            rem /= size;
+        }
+        off as usize
+    }
+
+    /// Row `r`: `len` elements read in place, or its one value.
+    #[inline]
+    fn row(&self, r: usize, len: usize) -> &[f32] {
+        let at = self.at(r);
+        &self.data[at..at + if self.inner == 1 { len } else { 1 }]
+    }
+}
+
+/// One step, planned.
+enum RowStep {
+    /// Generated code over the row (`len` positions: the row, or one for a
+    /// per-row step).
+    Map { kernel: Arc<jit::Kernel>, ins: Vec<Src>, outs: Vec<Dst>, len: usize },
+    /// Reductions of the row: each folds a row (an input, or a row the
+    /// producer wrote first) into a per-row value.
+    Fold { producer: Option<(Arc<jit::Kernel>, Vec<Src>, Vec<Dst>)>, folds: Vec<(ReduceOp, Src, Dst)> },
+}
+
+/// How a value of the chain is held per row.
+#[derive(Clone, Copy)]
+enum Held {
+    /// A whole row (scratch or sink row).
+    Row(Src),
+    /// One value per row.
+    Scalar(usize),
+}
+
+/// A chain planned for this call's shapes.
+struct Plan<'a> {
+    steps: Vec<RowStep>,
+    outside: Vec<Outside<'a>>,
+    rows: usize,
+    n: usize,
+    scratch_rows: usize,
+    scalars: usize,
+    /// Per escaping value: its sink's row length (`n` or 1).
+    sink_len: Vec<usize>,
+    /// Streamed sinks (large outputs written once).
+    streamed: bool,
+}
+
+static RUNS: AtomicUsize = AtomicUsize::new(0);
+
+/// Whether chains may run here; the environment variable
+/// `KILN_ROW_KERNEL=0` turns it off from the start.
+static ENABLED: std::sync::LazyLock<AtomicBool> =
+    std::sync::LazyLock::new(|| AtomicBool::new(std::env::var("KILN_ROW_KERNEL").map_or(true, |v| v != "0")));
+
+/// Lets chains run row by row (the default) or not (block by block, as
+/// before): for measurements and tests, which compare the two.
+pub fn set_enabled(on: bool) {
+    ENABLED.store(on, Ordering::Relaxed);
+}
+
+/// Whether chains run row by row where they can (see [`set_enabled`]).
+pub fn enabled() -> bool {
+    ENABLED.load(Ordering::Relaxed)
+}
+
+/// Chains run row by row so far in this process: for tests and diagnostics.
+pub fn runs() -> usize {
+    RUNS.load(Ordering::Relaxed)
+}
+
+/// Runs `chain` row by row if it can (see the module docs), storing the
+/// escaping values in `values`; `Ok(false)` means it did not apply.
+pub fn run<'a, S: AsRef<[usize]> + ?Sized + 'a>(
+    exe: &CpuExecutable,
+    chain: &Chain,
+    values: &mut [Option<Data>],
+    shape_of: &(impl Fn(usize) -> &'a S + Sync),
+) -> Result<bool> {
+    let Some(plan) = plan(exe, chain, values, shape_of) else { return Ok(false) };
+    RUNS.fetch_add(1, Ordering::Relaxed);
+    let (rows, n) = (plan.rows, plan.n);
+    let sinks: Vec<RowSink> =
+        plan.sink_len.iter().map(|&len| RowSink::new(DType::F32, rows, len)).collect::<Result<_>>()?;
+    let per_part = PART_ELEMS.div_ceil(n).max(rows.div_ceil(8 * team::threads()));
+    let parts = rows.div_ceil(per_part);
+    let run_part = |c: usize| run_rows(&plan, &sinks, c * per_part, ((c + 1) * per_part).min(rows));
+    if parts <= 1 {
+        run_part(0);
+    } else {
+        team::map(parts, run_part);
+    }
+    for (&v, sink) in chain.escapes.iter().zip(sinks) {
+        let buf = sink.finish().ok_or(Error::Invalid { op: "compile", msg: "a row was not computed".into() })?;
+        values[v] = Some(Data::contiguous(buf, shape_of(v).as_ref()));
+    }
+    Ok(true)
+}
+
+/// The iteration space of a step: its source's shape for a reduction,
+/// else its output's.
+fn space<'a, S: AsRef<[usize]> + ?Sized + 'a>(st: &Step, shape_of: &impl Fn(usize) -> &'a S) -> Vec<usize> {
+    match &st.kernel {
+        Kernel::ReduceFused { source, .. } => shape_of(*source).as_ref().to_vec(),
+        Kernel::Single(Primitive::Reduce { .. }) => shape_of(st.inputs[0]).as_ref().to_vec(),
+        _ => shape_of(st.outputs[0]).as_ref().to_vec(),
+    }
+}
+
+/// `shape` padded with leading ones to `nd` dimensions.
+fn padded(shape: &[usize], nd: usize) -> Option<Vec<usize>> {
+    let pad = nd.checked_sub(shape.len())?;
+    Some(std::iter::repeat_n(1, pad).chain(shape.iter().copied()).collect())
+}
+
+/// The state of [`plan`]: where each value of the chain is held, and the
+/// inputs from outside read so far.
+struct Planner<'c, 'v> {
+    chain: &'c Chain,
+    escape_at: HashMap<usize, usize>,
+    held: HashMap<usize, Held>,
+    outside: Vec<Outside<'v>>,
+    outside_at: HashMap<(usize, bool), usize>,
+    full: Vec<usize>,
+    per_row: Vec<usize>,
+    rows: usize,
+    n: usize,
+    scratch_rows: usize,
+    scalars: usize,
+    sink_len: Vec<usize>,
+    streamed: bool,
+}
+
+impl<'v> Planner<'_, 'v> {
+    /// Where a step over `sp` reads value `v` of shape `shape` (`data` when
+    /// it comes from outside the chain), or `None` when it cannot.
+    fn read(&mut self, v: usize, shape: &[usize], data: Option<&'v Data>, sp: &[usize]) -> Option<Src> {
+        let nd = self.full.len();
+        if let Some(&h) = self.held.get(&v) {
+            let sh = padded(shape, nd)?;
+            return match h {
+                Held::Row(src) if sh == self.full && sp == self.full.as_slice() => Some(src),
+                Held::Scalar(k) if sh == self.per_row => Some(Src::Scalar(k)),
+                _ => None,
+            };
+        }
+        let per_row_step = sp != self.full.as_slice();
+        if let Some(&k) = self.outside_at.get(&(v, per_row_step)) {
+            return Some(Src::Outside(k));
+        }
+        let d = data?;
+        let values = f32::slice_of(d.buffer())?;
+        let l = d.layout();
+        if l.shape.len() > nd || !l.fits(values.len()) {
+            return None;
+        }
+        let l = l.broadcast_to(sp);
+        let inner = if sp[nd - 1] == 1 { 1 } else { l.strides[nd - 1] };
+        if inner != 0 && inner != 1 {
+            return None;
+        }
+        let (dims, strides) = crate::layout::collapse(&l.shape[..nd - 1], &[&l.strides[..nd - 1]]);
+        let dims = dims.into_iter().zip(strides.into_iter().next().unwrap_or_default()).collect();
+        self.outside.push(Outside { data: values, offset: l.offset as isize, dims, inner });
+        self.outside_at.insert((v, per_row_step), self.outside.len() - 1);
+        Some(Src::Outside(self.outside.len() - 1))
+    }
+
+    /// A new scratch row.
+    fn scratch_row(&mut self) -> usize {
+        self.scratch_rows += 1;
+        self.scratch_rows - 1
+    }
+
+    /// Where a step writes the row value `v`: a sink row when it escapes
+    /// (staged in scratch and streamed when no later step reads it and it
+    /// is large), else scratch.
+    fn write_row(&mut self, v: usize) -> Dst {
+        let dst = match self.escape_at.get(&v).copied() {
+            Some(k) => {
+                self.sink_len[k] = self.n;
+                let big = (self.rows * self.n).saturating_mul(4) >= stream::stream_min_bytes();
+                if self.chain.write_through[k] && big {
+                    self.streamed = true;
+                    Dst::Staged { row: self.scratch_row(), sink: k }
+                } else {
+                    Dst::SinkRow(k)
+                }
+            }
+            None => Dst::Row(self.scratch_row()),
+        };
+        let src = match dst {
+            Dst::SinkRow(k) => Src::SinkRow(k),
+            Dst::Row(k) | Dst::Staged { row: k, .. } => Src::Row(k),
+            Dst::Scalar(..) => unreachable!("a row value"),
+        };
+        self.held.insert(v, Held::Row(src));
+        dst
+    }
+
+    /// Where a step writes the per-row value `v`.
+    fn write_scalar(&mut self, v: usize) -> Dst {
+        let sink = self.escape_at.get(&v).copied();
+        if let Some(k) = sink {
+            self.sink_len[k] = 1;
+        }
+        self.scalars += 1;
+        self.held.insert(v, Held::Scalar(self.scalars - 1));
+        Dst::Scalar(self.scalars - 1, sink)
+    }
+}
+
+/// True for the reductions a row fold computes (`reduce::reduce_row_f32`).
+fn foldable(op: ReduceOp) -> bool {
+    !matches!(op, ReduceOp::Prod | ReduceOp::All | ReduceOp::Any)
+}
+
+/// Plans `chain` for the call's shapes, or `None` when it does not run here.
+fn plan<'a, 'v, S: AsRef<[usize]> + ?Sized + 'a>(
+    exe: &CpuExecutable,
+    chain: &Chain,
+    values: &'v [Option<Data>],
+    shape_of: &impl Fn(usize) -> &'a S,
+) -> Option<Plan<'v>> {
+    jit::enabled().then_some(())?;
+    if !enabled() {
+        return None;
+    }
+    let p = &exe.program;
+    let steps = &exe.steps[chain.steps.clone()];
+    let full = steps.iter().map(|st| space(st, shape_of)).max_by_key(|s| s.iter().product::<usize>())?;
+    let nd = full.len();
+    let n = *full.last()?;
+    let rows: usize = full[..nd - 1].iter().product();
+    if nd < 2 || !(2..=MAX_ROW).contains(&n) || rows < 2 {
+        return None;
+    }
+    let f32_value = |v: usize| p.instrs[v].dtype == DType::F32;
+    let mut pl = Planner {
+        chain,
+        escape_at: chain.escapes.iter().enumerate().map(|(k, &v)| (v, k)).collect(),
+        held: HashMap::new(),
+        outside: vec![],
+        outside_at: HashMap::new(),
+        per_row: full[..nd - 1].iter().copied().chain([1]).collect(),
+        full,
+        rows,
+        n,
+        scratch_rows: 0,
+        scalars: 0,
+        sink_len: vec![0; chain.escapes.len()],
+        streamed: false,
+    };
+    let mut planned = vec![];
+    for st in steps {
+        let sp = space(st, shape_of);
+        if sp.len() != nd || sp[..nd - 1] != pl.full[..nd - 1] || (sp[nd - 1] != n && sp[nd - 1] != 1) {
+            return None;
+        }
+        let len = sp[nd - 1];
+        if !st.inputs.iter().chain(&st.outputs).all(|&v| f32_value(v)) {
+            return None;
+        }
+        let ins: Vec<Src> = st
+            .inputs
+            .iter()
+            .map(|&v| pl.read(v, shape_of(v).as_ref(), values[v].as_ref(), &sp))
+            .collect::<Option<_>>()?;
+        match &st.kernel {
+            Kernel::Fused(g) => {
+                let kernel = kernel_for(g, &ins, &pl.outside, len)?;
+                let outs =
+                    st.outputs.iter().map(|&v| if len == n { pl.write_row(v) } else { pl.write_scalar(v) }).collect();
+                planned.push(RowStep::Map { kernel, ins, outs, len });
+            }
+            Kernel::ReduceFused { group, reductions, axes, .. } => {
+                if len != n || axes.as_slice() != [nd - 1] || !reductions.iter().all(|&(op, _)| foldable(op)) {
+                    return None;
+                }
+                // Reduced values that are inputs (or copies of them) fold
+                // from the input's row; the others from the producer's rows.
+                let direct: Vec<Option<Src>> = (0..group.outputs.len())
+                    .map(|i| copied_input(group, i).map(|k| ins[k]).filter(|&s| reads_row(s, &pl.outside)))
+                    .collect();
+                let (producer, rows_of) = if direct.iter().all(Option::is_some) {
+                    (None, direct)
+                } else {
+                    let kernel = kernel_for(group, &ins, &pl.outside, n)?;
+                    let at: Vec<usize> = (0..group.outputs.len()).map(|_| pl.scratch_row()).collect();
+                    let outs = at.iter().map(|&k| Dst::Row(k)).collect();
+                    (Some((kernel, ins, outs)), at.into_iter().map(|k| Some(Src::Row(k))).collect())
+                };
+                let folds = reductions
+                    .iter()
+                    .zip(&st.outputs)
+                    .map(|(&(op, i), &v)| Some((op, rows_of[i]?, pl.write_scalar(v))))
+                    .collect::<Option<_>>()?;
+                planned.push(RowStep::Fold { producer, folds });
+            }
+            Kernel::Single(Primitive::Reduce { op, axes, .. }) => {
+                if len != n || axes.as_slice() != [nd - 1] || !foldable(*op) || !reads_row(ins[0], &pl.outside) {
+                    return None;
+                }
+                let dst = pl.write_scalar(st.outputs[0]);
+                planned.push(RowStep::Fold { producer: None, folds: vec![(*op, ins[0], dst)] });
+            }
+            _ => return None,
+        }
+    }
+    if pl.scratch_rows.saturating_mul(n * 4) > MAX_SCRATCH_BYTES || pl.sink_len.contains(&0) {
+        return None;
+    }
+    Some(Plan {
+        steps: planned,
+        outside: pl.outside,
+        rows,
+        n,
+        scratch_rows: pl.scratch_rows,
+        scalars: pl.scalars,
+        sink_len: pl.sink_len,
+        streamed: pl.streamed,
+    })
+}
+
+/// The index of the group input that group output `i` is (or copies).
+fn copied_input(g: &CpuGroup, i: usize) -> Option<usize> {
+    let r = g.outputs[i];
+    let n_in = g.inputs.len();
+    if r < n_in {
+        return Some(r);
+    }
+    let op = &g.ops[r - n_in];
+    let src = *op.args.first()?;
+    (matches!(op.prim, Primitive::AsType(d) if d == g.reg_dtype(src)) && src < n_in).then_some(src)
+}
+
+/// True when `src` is a whole row (not one value per row).
+fn reads_row(src: Src, outside: &[Outside]) -> bool {
+    match src {
+        Src::Row(_) | Src::SinkRow(_) => true,
+        Src::Scalar(_) => false,
+        Src::Outside(k) => outside[k].inner == 1,
+    }
+}
+
+/// The generated code of `g` for rows of `len` positions whose inputs are
+/// `ins`: per-row values broadcast, inputs from large outside buffers
+/// prefetched one row ahead.
+fn kernel_for(g: &CpuGroup, ins: &[Src], outside: &[Outside], len: usize) -> Option<Arc<jit::Kernel>> {
+    let code = g.code.any(g)?;
+    let mut bcast = InputSet::EMPTY;
+    let mut streams = false;
+    for (k, s) in ins.iter().enumerate() {
+        let one = match *s {
+            Src::Scalar(_) => true,
+            Src::Outside(j) => {
+                streams |= outside[j].inner == 1 && outside[j].data.len() * 4 >= stream::stream_min_bytes();
+                outside[j].inner == 0
+            }
+            _ => false,
+        };
+        if one && len > 1 {
+            bcast.insert(k);
+        }
+    }
+    // The same position of the next row: read while this row computes.
+    let ahead = if streams { i32::try_from(len * 4).unwrap_or(i32::MAX) } else { 0 };
+    code.kernel(Variant { bcast, prefetch: ahead })
+}
+
+/// Runs rows `r0..r1` of the plan on the calling thread.
+fn run_rows(plan: &Plan, sinks: &[RowSink], r0: usize, r1: usize) {
+    let n = plan.n;
+    let claims: Vec<_> = sinks.iter().map(|s| s.claim(r0, r1 - r0)).collect();
+    let sink_base: Vec<*mut f32> = claims.iter().map(|c| c.ptr().cast::<f32>()).collect();
+    // Scratch rows `stride` apart from a start off 4 KiB alignment, so
+    // that the same position of two rows (and of a page-aligned input row)
+    // never shares its address's low 12 bits: a load after a store to such
+    // an address waits for the store (4K aliasing).
+    let stride = n.next_multiple_of(16) + SKEW;
+    let mut scratch = vec![0.0f32; plan.scratch_rows * stride + 1024 + SKEW];
+    let skip = (SKEW * 4 + 4096 - scratch.as_ptr() as usize % 4096) % 4096 / 4;
+    let row_ptr = scratch[skip..].as_mut_ptr();
+    let mut scalars = vec![0.0f32; plan.scalars];
+    let scalar_ptr = scalars.as_mut_ptr();
+    let mut ins: Vec<*const f32> = vec![];
+    let mut outs: Vec<*mut f32> = vec![];
+    for r in r0..r1 {
+        let local = r - r0;
+        // The task's row of sink `k` (a row of `sink_len[k]` elements).
+        let sink_row = |k: usize| sink_base[k].wrapping_add(local * plan.sink_len[k]);
+        let src_ptr = |s: Src, len: usize| -> *const f32 {
+            match s {
+                Src::Row(k) => row_ptr.wrapping_add(k * stride),
+                Src::SinkRow(k) => sink_row(k),
+                Src::Scalar(k) => scalar_ptr.wrapping_add(k),
+                Src::Outside(k) => plan.outside[k].row(r, len).as_ptr(),
+            }
+        };
+        let dst_ptr = |d: Dst| -> *mut f32 {
+            match d {
+                Dst::Row(k) | Dst::Staged { row: k, .. } => row_ptr.wrapping_add(k * stride),
+                Dst::SinkRow(k) => sink_row(k),
+                Dst::Scalar(k, _) => scalar_ptr.wrapping_add(k),
+            }
+        };
+        for step in &plan.steps {
+            match step {
+                RowStep::Map { kernel, ins: srcs, outs: dsts, len } => {
+                    run_code(kernel, srcs, dsts, *len, &src_ptr, &dst_ptr, &mut ins, &mut outs);
+                    finish_outputs(dsts, *len, &dst_ptr, &sink_row);
+                }
+                RowStep::Fold { producer, folds } => {
+                    if let Some((kernel, srcs, dsts)) = producer {
+                        run_code(kernel, srcs, dsts, n, &src_ptr, &dst_ptr, &mut ins, &mut outs);
+                    }
+                    for &(op, src, dst) in folds {
+                        // SAFETY: `src` is a whole row of `n` elements (the
+                        // plan folds only rows, `reads_row`): a scratch row
+                        // or this task's claimed sink row, written by an
+                        // earlier step of this row, or an outside row inside
+                        // its buffer (`Outside::row` slices it); nothing
+                        // writes it while it is read.
+                        let row = unsafe { std::slice::from_raw_parts(src_ptr(src, n), n) };
+                        let v = reduce::reduce_row_f32(op, row).expect("planned reductions fold rows");
+                        // SAFETY: a scalar slot of this task, read by no live reference.
+                        unsafe { *dst_ptr(dst) = v };
+                        finish_outputs(&[dst], 1, &dst_ptr, &sink_row);
+                    }
+                }
+            }
+        }
+    }
+    if plan.streamed {
+        stream::fence();
+    }
+    drop(scratch);
+    drop(scalars);
+    for c in claims {
+        c.written();
+    }
+}
+
+/// Calls a step's code over one row.
+#[allow(clippy::too_many_arguments)]
+fn run_code(
+    kernel: &jit::Kernel,
+    srcs: &[Src],
+    dsts: &[Dst],
+    len: usize,
+    src_ptr: &impl Fn(Src, usize) -> *const f32,
+    dst_ptr: &impl Fn(Dst) -> *mut f32,
+    ins: &mut Vec<*const f32>,
+    outs: &mut Vec<*mut f32>,
+) {
+    ins.clear();
+    ins.extend(srcs.iter().map(|&s| src_ptr(s, len)));
+    outs.clear();
+    outs.extend(dsts.iter().map(|&d| dst_ptr(d)));
+    // SAFETY: every input pointer addresses `len` readable `f32` (one for a
+    // broadcast input: a scalar slot, or an outside row's value, which the
+    // kernel was generated to load once): scratch rows of `n` elements,
+    // this task's claimed sink rows, outside rows sliced inside their
+    // buffers. Every output pointer addresses `len` writable `f32` that no
+    // input of this call overlaps: each value of the chain has its own
+    // scratch row, scalar slot or sink row.
+    unsafe { kernel.run(ins, outs, len) };
+}
+
+/// Copies what a step wrote into its sinks: staged rows streamed to their
+/// sink, escaping per-row values stored in theirs.
+fn finish_outputs(dsts: &[Dst], len: usize, dst_ptr: &impl Fn(Dst) -> *mut f32, sink_row: &impl Fn(usize) -> *mut f32) {
+    for &d in dsts {
+        match d {
+            Dst::Staged { sink, .. } => {
+                // SAFETY: the staged scratch row holds `len` values just
+                // written; the task's sink row has room for them and does
+                // not overlap scratch.
+                unsafe { stream::copy(sink_row(sink).cast(), dst_ptr(d).cast(), len * 4) };
+            }
+            Dst::Scalar(_, Some(sink)) => {
+                // SAFETY: a scalar slot just written, and this task's
+                // element of a per-row sink.
+                unsafe { *sink_row(sink) = *dst_ptr(d) };
+            }
+            _ => {}
+        }
+    }
+}

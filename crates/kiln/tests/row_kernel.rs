@@ -1,0 +1,197 @@
+//! Row kernels: chains of reductions over the last axis and the
+//! elementwise work that reads them (softmax, layernorm, rmsnorm,
+//! log-softmax) run row by row, and give the results of the block-by-block
+//! run bit for bit (and the eager results within float tolerance), on
+//! contiguous, broadcast and strided inputs, with intermediate values
+//! leaving the chain, over 2-D and 3-D shapes, on one thread and many, in
+//! shapeless mode too; chains the row kernel does not take run block by
+//! block.
+
+mod common;
+
+use common::*;
+use kiln::backend::cpu::row_kernel;
+use kiln::{compile, compile_with, random, Array, CompileOptions, DType, Result};
+
+fn normal(shape: &[usize], seed: u64) -> Array {
+    let key = random::key(seed);
+    random::normal(shape, DType::F32, 0.0, 1.0, Some(&key)).expect("normal")
+}
+
+fn layernorm(x: &Array, gamma: &Array, beta: &Array) -> Result<Array> {
+    let mean = x.mean(-1, true)?;
+    let xc = (x - &mean)?;
+    let var = xc.square()?.mean(-1, true)?;
+    let y = (&xc * (var + 1e-5f32)?.rsqrt()?)?;
+    (y * gamma)? + beta
+}
+
+fn rmsnorm(x: &Array, w: &Array) -> Result<Array> {
+    (x * (x.square()?.mean(-1, true)? + 1e-6f32)?.rsqrt()?)? * w
+}
+
+/// Softmax by hand, returning its statistics too: values computed inside
+/// the chain that leave it (per-row maximum and sum, and the numerator,
+/// which later kernels of the chain also read).
+fn softmax_parts(x: &Array) -> Result<Vec<Array>> {
+    let m = x.max(-1, true)?;
+    let e = (x - &m)?.exp()?;
+    let s = e.sum(-1, true)?;
+    let y = (&e / &s)?;
+    Ok(vec![y, m, s, e])
+}
+
+fn bits(a: &Array) -> Vec<u32> {
+    a.to_vec::<f32>().expect("f32").into_iter().map(f32::to_bits).collect()
+}
+
+fn same_bits(got: &Array, want: &Array, what: &str) {
+    assert_eq!(got.shape(), want.shape(), "{what}: shape");
+    let (g, w) = (bits(got), bits(want));
+    if let Some(i) = (0..g.len()).find(|&i| g[i] != w[i]) {
+        panic!("{what}: element {i}: got {}, want {}", f32::from_bits(g[i]), f32::from_bits(w[i]));
+    }
+}
+
+/// Tests switch the row kernel on and off (process-wide): one at a time.
+static SWITCH: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Runs `f` compiled (row by row, then block by block) and eagerly on
+/// `args`: the two compiled runs agree bit for bit, and with the eager
+/// results within float tolerance; returns how many chains ran row by row.
+fn check(f: impl Fn(&[Array]) -> Result<Vec<Array>> + 'static, args: &[Array], what: &str) -> Result<usize> {
+    let _one = SWITCH.lock().unwrap_or_else(|e| e.into_inner());
+    let want = f(args)?;
+    let compiled = compile(move |a: &[Array]| f(a));
+    row_kernel::set_enabled(false);
+    let blocks = compiled.call(args);
+    row_kernel::set_enabled(true);
+    let blocks = blocks?;
+    let before = row_kernel::runs();
+    let got = compiled.call(args)?;
+    let ran = row_kernel::runs() - before;
+    assert_eq!(got.len(), want.len(), "{what}");
+    for (k, ((g, b), w)) in got.iter().zip(&blocks).zip(&want).enumerate() {
+        same_bits(g, b, &format!("{what}: output {k}, row by row against block by block"));
+        for (i, (a, b)) in values_f64(g).into_iter().zip(values_f64(w)).enumerate() {
+            assert!(close(a, b, 1e-5, 1e-6), "{what}: output {k}, element {i}: compiled {a}, eager {b}");
+        }
+    }
+    Ok(ran)
+}
+
+#[test]
+fn normalizations_run_row_by_row_with_the_block_runs_bits() -> Result<()> {
+    for (rows, cols) in [(300, 1000), (64, 1024), (1025, 129), (2, 16384), (4096, 64)] {
+        let x = normal(&[rows, cols], 1);
+        let g = normal(&[cols], 2);
+        let b = normal(&[cols], 3);
+        let what = format!("({rows}, {cols})");
+        let ran = check(|a| Ok(vec![a[0].softmax(-1)?]), std::slice::from_ref(&x), &format!("softmax {what}"))?;
+        let ran_ln = check(|a| Ok(vec![layernorm(&a[0], &a[1], &a[2])?]), &[x.clone(), g.clone(), b], &what)?;
+        let ran_rms = check(|a| Ok(vec![rmsnorm(&a[0], &a[1])?]), &[x.clone(), g], &format!("rmsnorm {what}"))?;
+        let ran_lse = check(|a| Ok(vec![(&a[0] - a[0].logsumexp(-1, true)?)?]), &[x], &format!("log-softmax {what}"))?;
+        if jit_enabled() {
+            assert!(ran >= 1 && ran_ln >= 1 && ran_rms >= 1 && ran_lse >= 1, "{what}: row kernels ran");
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn values_leaving_the_chain_are_written_row_by_row() -> Result<()> {
+    // The maximum and sum leave as per-row outputs, the numerator leaves
+    // and is read again by the division.
+    let x = normal(&[513, 300], 4);
+    let ran = check(|a| softmax_parts(&a[0]), &[x], "softmax parts")?;
+    if jit_enabled() {
+        assert!(ran >= 1, "the chain ran row by row");
+    }
+    Ok(())
+}
+
+#[test]
+fn three_dimensional_and_broadcast_inputs_read_their_rows() -> Result<()> {
+    // Rows over two leading axes; a per-row shift (b, t, 1) from outside
+    // the chain; a weight broadcast over the middle axis (b, 1, c).
+    let x = normal(&[5, 37, 200], 5);
+    let shift = normal(&[5, 37, 1], 6);
+    let w = normal(&[5, 1, 200], 7);
+    let f = |a: &[Array]| -> Result<Vec<Array>> {
+        let z = (&a[0] + &a[1])?;
+        let y = z.softmax(-1)?;
+        Ok(vec![(y * &a[2])?])
+    };
+    let ran = check(f, &[x.clone(), shift, w.clone()], "3-d softmax")?;
+    if jit_enabled() {
+        assert!(ran >= 1, "the chain ran row by row");
+    }
+    // A transposed input is not read along its rows: block by block, same values.
+    let xt = normal(&[200, 185], 8).t()?;
+    check(|a| Ok(vec![a[0].softmax(-1)?]), &[xt], "transposed softmax")?;
+    check(|a| Ok(vec![rmsnorm(&a[0], &a[1])?]), &[x, w], "3-d rmsnorm, weight over the middle axis")?;
+    Ok(())
+}
+
+#[test]
+fn rows_of_non_finite_values_give_the_eager_results() -> Result<()> {
+    let cols = 257;
+    let mut v: Vec<f32> = (0..64 * cols).map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.1).collect();
+    v[3 * cols + 5] = f32::NAN;
+    v[7 * cols..8 * cols].fill(f32::NEG_INFINITY);
+    v[9 * cols + 1] = f32::INFINITY;
+    v[11 * cols..12 * cols].fill(-0.0);
+    let x = Array::from_vec(v, &[64, cols])?;
+    check(|a| softmax_parts(&a[0]), std::slice::from_ref(&x), "softmax, non-finite rows")?;
+    let g = Array::from_vec(vec![1.0f32; cols], &[cols])?;
+    let b = Array::from_vec(vec![0.0f32; cols], &[cols])?;
+    check(|a| Ok(vec![layernorm(&a[0], &a[1], &a[2])?]), &[x, g, b], "layernorm, non-finite rows")?;
+    Ok(())
+}
+
+#[test]
+fn shapeless_chains_run_row_by_row_at_every_shape() -> Result<()> {
+    let f = |x: &Array, w: &Array| -> Result<Array> { (x.softmax(-1)? * w)? + rmsnorm(x, w)? };
+    let compiled = compile_with(f, CompileOptions { shapeless: true, ..Default::default() });
+    for (k, (rows, cols)) in [(64, 512), (300, 512), (7, 512), (100, 33)].into_iter().enumerate() {
+        let x = normal(&[rows, cols], 10 + k as u64);
+        let w = normal(&[cols], 20 + k as u64);
+        let want = f(&x, &w)?;
+        let _one = SWITCH.lock().unwrap_or_else(|e| e.into_inner());
+        row_kernel::set_enabled(false);
+        let blocks = compiled.call((&x, &w));
+        row_kernel::set_enabled(true);
+        let before = row_kernel::runs();
+        let got = compiled.call((&x, &w))?;
+        if jit_enabled() {
+            assert_eq!(row_kernel::runs() - before, 1, "({rows}, {cols}): one chain, row by row");
+        }
+        same_bits(&got, &blocks?, &format!("shapeless ({rows}, {cols})"));
+        for (i, (a, b)) in values_f64(&got).into_iter().zip(values_f64(&want)).enumerate() {
+            assert!(close(a, b, 1e-5, 1e-6), "shapeless ({rows}, {cols}): element {i}: compiled {a}, eager {b}");
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn rows_of_many_threads_and_one_give_the_same_bits() -> Result<()> {
+    let x = normal(&[2049, 384], 30);
+    let compiled = compile(|x: &Array| x.softmax(-1));
+    let many = compiled.call(&x)?;
+    // (Process-wide; every other test of this file gives the same bits on
+    // any thread count.)
+    let all = kiln::threads();
+    kiln::set_threads(1)?;
+    let one = compiled.call(&x);
+    kiln::set_threads(all)?;
+    let one = one?;
+    same_bits(&one, &many, "one thread against many");
+    assert!(values_f64(&many).iter().all(|v| v.is_finite() && *v >= 0.0));
+    Ok(())
+}
+
+/// True when this CPU compiles kernels (rows run row by row only then).
+fn jit_enabled() -> bool {
+    kiln::backend::cpu::jit::enabled()
+}
