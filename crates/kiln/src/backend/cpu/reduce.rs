@@ -978,6 +978,14 @@ pub(crate) fn reduce_row_f32(op: ReduceOp, xs: &[f32]) -> Option<f32> {
     })
 }
 
+/// The variance (`op`, a [`ReduceOp::Var`]) of the contiguous `f32` row
+/// `xs` and its mean, from one fold, as [`reduce_many`] gives them: each
+/// bit for bit what [`reduce_row_f32`] gives alone.
+pub(crate) fn var_mean_row_f32(op: ReduceOp, xs: &[f32]) -> (f32, f32) {
+    debug_assert!(matches!(op, ReduceOp::Var { .. }), "the variance carries the mean");
+    fold_stat(op, OneRow(xs), |x: f32| x, |stat, n| (stat.value(op), stat.carried(n)))[0]
+}
+
 /// Folds the accumulators of a one-pass statistic (`Lse` for `sumexp` and
 /// `logsumexp`, `Moments` for `var`), blockwise, and finishes each output
 /// as `finish(accumulator, count)`.

@@ -60,7 +60,7 @@ const SKEW: usize = 80;
 const PART_ELEMS: usize = 1 << 15;
 
 /// Where a step reads a value for the current row.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 enum Src {
     /// A row of the chain's own values: scratch row `k`.
     Row(usize),
@@ -123,7 +123,36 @@ enum RowStep {
     Map { kernel: Arc<jit::Kernel>, ins: Vec<Src>, outs: Vec<Dst>, len: usize },
     /// Reductions of the row: each folds a row (an input, or a row the
     /// producer wrote first) into a per-row value.
-    Fold { producer: Option<(Arc<jit::Kernel>, Vec<Src>, Vec<Dst>)>, folds: Vec<(ReduceOp, Src, Dst)> },
+    Fold { producer: Option<(Arc<jit::Kernel>, Vec<Src>, Vec<Dst>)>, folds: Vec<RowFold> },
+}
+
+/// One reduction of a row.
+struct RowFold {
+    op: ReduceOp,
+    src: Src,
+    dst: Dst,
+    /// Where the mean of the same row goes, for a variance that computes
+    /// it in the same fold.
+    mean: Option<Dst>,
+}
+
+/// The folds of one step, each mean that a variance of the same row
+/// carries taken out of the list and into that variance's fold.
+fn pair_means(folds: Vec<(ReduceOp, Src, Dst)>) -> Vec<RowFold> {
+    let carries = |op: ReduceOp, src: Src| {
+        folds.iter().any(|&(o, s, _)| matches!(o, ReduceOp::Var { .. }) && s == src) && op == ReduceOp::Mean
+    };
+    let mut out: Vec<RowFold> = vec![];
+    for &(op, src, dst) in &folds {
+        if carries(op, src) {
+            continue;
+        }
+        let mean = matches!(op, ReduceOp::Var { .. })
+            .then(|| folds.iter().find(|&&(o, s, _)| o == ReduceOp::Mean && s == src).map(|&(_, _, d)| d))
+            .flatten();
+        out.push(RowFold { op, src, dst, mean });
+    }
+    out
 }
 
 /// How a value of the chain is held per row.
@@ -398,14 +427,14 @@ fn plan<'a, 'v, S: AsRef<[usize]> + ?Sized + 'a>(
                     .zip(&st.outputs)
                     .map(|(&(op, i), &v)| Some((op, rows_of[i]?, pl.write_scalar(v))))
                     .collect::<Option<_>>()?;
-                planned.push(RowStep::Fold { producer, folds });
+                planned.push(RowStep::Fold { producer, folds: pair_means(folds) });
             }
             Kernel::Single(Primitive::Reduce { op, axes, .. }) => {
                 if len != n || axes.as_slice() != [nd - 1] || !foldable(*op) || !reads_row(ins[0], &pl.outside) {
                     return None;
                 }
                 let dst = pl.write_scalar(st.outputs[0]);
-                planned.push(RowStep::Fold { producer: None, folds: vec![(*op, ins[0], dst)] });
+                planned.push(RowStep::Fold { producer: None, folds: pair_means(vec![(*op, ins[0], dst)]) });
             }
             _ => return None,
         }
@@ -517,18 +546,28 @@ fn run_rows(plan: &Plan, sinks: &[RowSink], r0: usize, r1: usize) {
                     if let Some((kernel, srcs, dsts)) = producer {
                         run_code(kernel, srcs, dsts, n, &src_ptr, &dst_ptr, &mut ins, &mut outs);
                     }
-                    for &(op, src, dst) in folds {
+                    for f in folds {
                         // SAFETY: `src` is a whole row of `n` elements (the
                         // plan folds only rows, `reads_row`): a scratch row
                         // or this task's claimed sink row, written by an
                         // earlier step of this row, or an outside row inside
                         // its buffer (`Outside::row` slices it); nothing
                         // writes it while it is read.
-                        let row = unsafe { std::slice::from_raw_parts(src_ptr(src, n), n) };
-                        let v = reduce::reduce_row_f32(op, row).expect("planned reductions fold rows");
-                        // SAFETY: a scalar slot of this task, read by no live reference.
-                        unsafe { *dst_ptr(dst) = v };
-                        finish_outputs(&[dst], 1, &dst_ptr, &sink_row);
+                        let row = unsafe { std::slice::from_raw_parts(src_ptr(f.src, n), n) };
+                        let (v, mean) = match f.mean {
+                            Some(_) => {
+                                let (var, mean) = reduce::var_mean_row_f32(f.op, row);
+                                (var, Some(mean))
+                            }
+                            None => (reduce::reduce_row_f32(f.op, row).expect("planned reductions fold rows"), None),
+                        };
+                        for (d, v) in [(Some(f.dst), Some(v)), (f.mean, mean)] {
+                            if let (Some(d), Some(v)) = (d, v) {
+                                // SAFETY: a scalar slot of this task, read by no live reference.
+                                unsafe { *dst_ptr(d) = v };
+                                finish_outputs(&[d], 1, &dst_ptr, &sink_row);
+                            }
+                        }
                     }
                 }
             }
