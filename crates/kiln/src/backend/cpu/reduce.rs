@@ -632,9 +632,15 @@ fn keep<A>(a: A, _: usize) -> A {
     a
 }
 
+/// Element values a statistic folds: plain values whose type can be
+/// compared with the accumulator's (see `Lse::block`).
+trait Plain: Copy + 'static {}
+impl<T: Copy + 'static> Plain for T {}
+
 /// Float arithmetic of the one-pass statistics' accumulators (`f32`, `f64`).
 trait AccFloat:
     Copy
+    + 'static
     + Send
     + Sync
     + PartialOrd
@@ -766,7 +772,7 @@ impl<A: AccFloat> Lse<A> {
     /// A block of at most [`LSE_BLOCK`] elements: its maximum, then one
     /// vectorized pass summing `exp(x - max)`.
     #[inline(always)]
-    fn block<I: Copy>(xs: &[I], widen: impl Fn(I) -> A) -> Lse<A> {
+    fn block<I: Plain>(xs: &[I], widen: impl Fn(I) -> A) -> Lse<A> {
         let n = xs.len();
         // The maximum with independent lanes (a single running maximum is a
         // dependency chain), NaN tracked apart so the loop stays branch-free.
@@ -788,6 +794,15 @@ impl<A: AccFloat> Lse<A> {
         let m = if nan { A::NAN } else { lanes.iter().fold(A::NEG_INF, |a, &x| if x > a { x } else { a }) };
         if !m.is_finite() {
             return if m == A::NEG_INF { Lse::EMPTY } else { Lse { m, s: A::ONE } };
+        }
+        // Elements of the accumulator's own type are summed in place (the
+        // callers widen only other types: f16, bf16, integers, bools, so
+        // `widen` is the identity here); others are widened into a copy.
+        if std::any::TypeId::of::<I>() == std::any::TypeId::of::<A>() {
+            // SAFETY: `I` and `A` are the same type, so the slice is
+            // reinterpreted as itself (same length, layout and lifetime).
+            let same = unsafe { std::slice::from_raw_parts(xs.as_ptr().cast::<A>(), n) };
+            return Lse { m, s: A::sum_exp_below(same, m) };
         }
         let mut v = [A::ZERO; LSE_BLOCK];
         for (d, &x) in v.iter_mut().zip(xs) {
@@ -1024,7 +1039,7 @@ fn fold_stat<I: Element, A: AccFloat, T: Copy + Send + Sync>(
 
 crate::backend::cpu::tile::multiversion! {
     /// [`Lse::block`] vectorized at the best SIMD level.
-    fn lse_block<A: AccFloat, I: Copy, W: Fn(I) -> A>(xs: &[I], widen: W) -> Lse<A> => lse_block_at
+    fn lse_block<A: AccFloat, I: Plain, W: Fn(I) -> A>(xs: &[I], widen: W) -> Lse<A> => lse_block_at
 }
 
 crate::backend::cpu::tile::multiversion! {
@@ -1033,7 +1048,7 @@ crate::backend::cpu::tile::multiversion! {
 }
 
 #[inline(always)]
-fn lse_block_at<A: AccFloat, I: Copy, W: Fn(I) -> A>(xs: &[I], widen: W) -> Lse<A> {
+fn lse_block_at<A: AccFloat, I: Plain, W: Fn(I) -> A>(xs: &[I], widen: W) -> Lse<A> {
     Lse::block(xs, widen)
 }
 
