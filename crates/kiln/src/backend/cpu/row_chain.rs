@@ -114,6 +114,16 @@ pub fn splits(shape: &[usize]) -> bool {
     shape.len() >= 2 && block_rows(shape[0], shape[1..].iter().product()).is_some()
 }
 
+/// The iteration space of a step at the call's shapes: its source's shape
+/// for a reduction, else its output's.
+pub(crate) fn space<'a, S: AsRef<[usize]> + ?Sized + 'a>(st: &Step, shape_of: &impl Fn(usize) -> &'a S) -> Vec<usize> {
+    match &st.kernel {
+        Kernel::ReduceFused { source, .. } => shape_of(*source).as_ref().to_vec(),
+        Kernel::Single(Primitive::Reduce { .. }) => shape_of(st.inputs[0]).as_ref().to_vec(),
+        _ => shape_of(st.outputs[0]).as_ref().to_vec(),
+    }
+}
+
 /// How a block reads one input of one step.
 enum Cut {
     /// Rows of a value computed in the block.
@@ -134,14 +144,7 @@ pub fn run<'a, S: AsRef<[usize]> + ?Sized + 'a>(
 ) -> Result<bool> {
     let p = &exe.program;
     let steps = &exe.steps[chain.steps.clone()];
-    let space = |st: &Step| -> Vec<usize> {
-        match &st.kernel {
-            Kernel::ReduceFused { source, .. } => shape_of(*source).as_ref().to_vec(),
-            Kernel::Single(Primitive::Reduce { .. }) => shape_of(st.inputs[0]).as_ref().to_vec(),
-            _ => shape_of(st.outputs[0]).as_ref().to_vec(),
-        }
-    };
-    let Some(rows) = space(&steps[0]).first().copied() else { return Ok(false) };
+    let Some(rows) = space(&steps[0], shape_of).first().copied() else { return Ok(false) };
     // Values the chain writes, and where each escaping value's sink is
     // (hash maps: a chain may have many steps).
     let produced: HashSet<usize> = steps.iter().flat_map(|st| st.outputs.iter().copied()).collect();
@@ -149,7 +152,7 @@ pub fn run<'a, S: AsRef<[usize]> + ?Sized + 'a>(
     let mut cuts: Vec<Vec<Cut>> = vec![];
     let mut widest = 0;
     for st in steps {
-        let it = space(st);
+        let it = space(st, shape_of);
         if it.first() != Some(&rows) {
             return Ok(false);
         }

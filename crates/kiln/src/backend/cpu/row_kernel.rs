@@ -34,10 +34,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crate::array::Data;
-use crate::backend::cpu::executable::{CpuExecutable, Step};
+use crate::backend::cpu::executable::CpuExecutable;
 use crate::backend::cpu::jit::{self, InputSet, Variant};
 use crate::backend::cpu::reduce;
-use crate::backend::cpu::row_chain::Chain;
+use crate::backend::cpu::row_chain::{space, Chain};
 use crate::backend::cpu::rows::RowSink;
 use crate::backend::cpu::{stream, team, BufferElement, CpuGroup};
 use crate::dtype::DType;
@@ -229,16 +229,6 @@ pub fn run<'a, S: AsRef<[usize]> + ?Sized + 'a>(
     Ok(true)
 }
 
-/// The iteration space of a step: its source's shape for a reduction,
-/// else its output's.
-fn space<'a, S: AsRef<[usize]> + ?Sized + 'a>(st: &Step, shape_of: &impl Fn(usize) -> &'a S) -> Vec<usize> {
-    match &st.kernel {
-        Kernel::ReduceFused { source, .. } => shape_of(*source).as_ref().to_vec(),
-        Kernel::Single(Primitive::Reduce { .. }) => shape_of(st.inputs[0]).as_ref().to_vec(),
-        _ => shape_of(st.outputs[0]).as_ref().to_vec(),
-    }
-}
-
 /// `shape` padded with leading ones to `nd` dimensions.
 fn padded(shape: &[usize], nd: usize) -> Option<Vec<usize>> {
     let pad = nd.checked_sub(shape.len())?;
@@ -251,16 +241,11 @@ struct Planner<'c, 'v> {
     chain: &'c Chain,
     escape_at: HashMap<usize, usize>,
     held: HashMap<usize, Held>,
-    outside: Vec<Outside<'v>>,
     outside_at: HashMap<(usize, bool), usize>,
     full: Vec<usize>,
     per_row: Vec<usize>,
-    rows: usize,
-    n: usize,
-    scratch_rows: usize,
-    scalars: usize,
-    sink_len: Vec<usize>,
-    streamed: bool,
+    /// The plan being made (its steps are added last).
+    out: Plan<'v>,
 }
 
 impl<'v> Planner<'_, 'v> {
@@ -293,15 +278,15 @@ impl<'v> Planner<'_, 'v> {
         }
         let (dims, strides) = crate::layout::collapse(&l.shape[..nd - 1], &[&l.strides[..nd - 1]]);
         let dims = dims.into_iter().zip(strides.into_iter().next().unwrap_or_default()).collect();
-        self.outside.push(Outside { data: values, offset: l.offset as isize, dims, inner });
-        self.outside_at.insert((v, per_row_step), self.outside.len() - 1);
-        Some(Src::Outside(self.outside.len() - 1))
+        self.out.outside.push(Outside { data: values, offset: l.offset as isize, dims, inner });
+        self.outside_at.insert((v, per_row_step), self.out.outside.len() - 1);
+        Some(Src::Outside(self.out.outside.len() - 1))
     }
 
     /// A new scratch row.
     fn scratch_row(&mut self) -> usize {
-        self.scratch_rows += 1;
-        self.scratch_rows - 1
+        self.out.scratch_rows += 1;
+        self.out.scratch_rows - 1
     }
 
     /// Where a step writes the row value `v`: a sink row when it escapes
@@ -310,10 +295,10 @@ impl<'v> Planner<'_, 'v> {
     fn write_row(&mut self, v: usize) -> Dst {
         let dst = match self.escape_at.get(&v).copied() {
             Some(k) => {
-                self.sink_len[k] = self.n;
-                let big = (self.rows * self.n).saturating_mul(4) >= stream::stream_min_bytes();
+                self.out.sink_len[k] = self.out.n;
+                let big = (self.out.rows * self.out.n).saturating_mul(4) >= stream::stream_min_bytes();
                 if self.chain.write_through[k] && big {
-                    self.streamed = true;
+                    self.out.streamed = true;
                     Dst::Staged { row: self.scratch_row(), sink: k }
                 } else {
                     Dst::SinkRow(k)
@@ -334,11 +319,11 @@ impl<'v> Planner<'_, 'v> {
     fn write_scalar(&mut self, v: usize) -> Dst {
         let sink = self.escape_at.get(&v).copied();
         if let Some(k) = sink {
-            self.sink_len[k] = 1;
+            self.out.sink_len[k] = 1;
         }
-        self.scalars += 1;
-        self.held.insert(v, Held::Scalar(self.scalars - 1));
-        Dst::Scalar(self.scalars - 1, sink)
+        self.out.scalars += 1;
+        self.held.insert(v, Held::Scalar(self.out.scalars - 1));
+        Dst::Scalar(self.out.scalars - 1, sink)
     }
 }
 
@@ -372,16 +357,19 @@ fn plan<'a, 'v, S: AsRef<[usize]> + ?Sized + 'a>(
         chain,
         escape_at: chain.escapes.iter().enumerate().map(|(k, &v)| (v, k)).collect(),
         held: HashMap::new(),
-        outside: vec![],
         outside_at: HashMap::new(),
         per_row: full[..nd - 1].iter().copied().chain([1]).collect(),
         full,
-        rows,
-        n,
-        scratch_rows: 0,
-        scalars: 0,
-        sink_len: vec![0; chain.escapes.len()],
-        streamed: false,
+        out: Plan {
+            steps: vec![],
+            outside: vec![],
+            rows,
+            n,
+            scratch_rows: 0,
+            scalars: 0,
+            sink_len: vec![0; chain.escapes.len()],
+            streamed: false,
+        },
     };
     let mut planned = vec![];
     for st in steps {
@@ -400,7 +388,7 @@ fn plan<'a, 'v, S: AsRef<[usize]> + ?Sized + 'a>(
             .collect::<Option<_>>()?;
         match &st.kernel {
             Kernel::Fused(g) => {
-                let kernel = kernel_for(g, &ins, &pl.outside, len)?;
+                let kernel = kernel_for(g, &ins, &pl.out.outside, len)?;
                 let outs =
                     st.outputs.iter().map(|&v| if len == n { pl.write_row(v) } else { pl.write_scalar(v) }).collect();
                 planned.push(RowStep::Map { kernel, ins, outs, len });
@@ -412,12 +400,12 @@ fn plan<'a, 'v, S: AsRef<[usize]> + ?Sized + 'a>(
                 // Reduced values that are inputs (or copies of them) fold
                 // from the input's row; the others from the producer's rows.
                 let direct: Vec<Option<Src>> = (0..group.outputs.len())
-                    .map(|i| copied_input(group, i).map(|k| ins[k]).filter(|&s| reads_row(s, &pl.outside)))
+                    .map(|i| copied_input(group, i).map(|k| ins[k]).filter(|&s| reads_row(s, &pl.out.outside)))
                     .collect();
                 let (producer, rows_of) = if direct.iter().all(Option::is_some) {
                     (None, direct)
                 } else {
-                    let kernel = kernel_for(group, &ins, &pl.outside, n)?;
+                    let kernel = kernel_for(group, &ins, &pl.out.outside, n)?;
                     let at: Vec<usize> = (0..group.outputs.len()).map(|_| pl.scratch_row()).collect();
                     let outs = at.iter().map(|&k| Dst::Row(k)).collect();
                     (Some((kernel, ins, outs)), at.into_iter().map(|k| Some(Src::Row(k))).collect())
@@ -430,7 +418,7 @@ fn plan<'a, 'v, S: AsRef<[usize]> + ?Sized + 'a>(
                 planned.push(RowStep::Fold { producer, folds: pair_means(folds) });
             }
             Kernel::Single(Primitive::Reduce { op, axes, .. }) => {
-                if len != n || axes.as_slice() != [nd - 1] || !foldable(*op) || !reads_row(ins[0], &pl.outside) {
+                if len != n || axes.as_slice() != [nd - 1] || !foldable(*op) || !reads_row(ins[0], &pl.out.outside) {
                     return None;
                 }
                 let dst = pl.write_scalar(st.outputs[0]);
@@ -439,19 +427,11 @@ fn plan<'a, 'v, S: AsRef<[usize]> + ?Sized + 'a>(
             _ => return None,
         }
     }
-    if pl.scratch_rows.saturating_mul(n * 4) > MAX_SCRATCH_BYTES || pl.sink_len.contains(&0) {
+    if pl.out.scratch_rows.saturating_mul(n * 4) > MAX_SCRATCH_BYTES || pl.out.sink_len.contains(&0) {
         return None;
     }
-    Some(Plan {
-        steps: planned,
-        outside: pl.outside,
-        rows,
-        n,
-        scratch_rows: pl.scratch_rows,
-        scalars: pl.scalars,
-        sink_len: pl.sink_len,
-        streamed: pl.streamed,
-    })
+    pl.out.steps = planned;
+    Some(pl.out)
 }
 
 /// The index of the group input that group output `i` is (or copies).
