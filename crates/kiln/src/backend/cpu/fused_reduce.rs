@@ -54,12 +54,7 @@ pub fn run_reduce(
     crate::memory::check_alloc("reduce", n_out.saturating_mul(8 * reductions.len().max(1)))?;
     // Reductions of the inputs themselves (siblings such as max and sumexp
     // of x) read them in place, each with the reduction kernel's own walk.
-    let copied_input = |r: usize| -> Option<usize> {
-        let op = g.ops.get(r.checked_sub(g.inputs.len())?)?;
-        let src = *op.args.first()?;
-        (matches!(op.prim, Primitive::AsType(d) if d == g.reg_dtype(src)) && src < g.inputs.len()).then_some(src)
-    };
-    if let Some(regs) = g.outputs.iter().map(|&r| copied_input(r)).collect::<Option<Vec<usize>>>() {
+    if let Some(regs) = g.outputs.iter().map(|&r| copied_input(g, r)).collect::<Option<Vec<usize>>>() {
         // Reductions of one input together: a statistic and the reduction
         // it carries (softmax's max and sumexp, layernorm's mean and var)
         // take one pass.
@@ -128,6 +123,14 @@ pub fn run_reduce(
         finals.iter().zip(&out_dtypes).map(|(f, &dt)| reduce::concat(f.iter(), dt)).collect()
     };
     Ok(bufs.into_iter().map(|b| Data::contiguous(b, &out_shape)).collect())
+}
+
+/// The group input that register `r` copies (a cast to the input's own
+/// dtype: how a reduction of an input itself is planned), if it does.
+pub(super) fn copied_input(g: &CpuGroup, r: usize) -> Option<usize> {
+    let op = g.ops.get(r.checked_sub(g.inputs.len())?)?;
+    let src = *op.args.first()?;
+    (matches!(op.prim, Primitive::AsType(d) if d == g.reg_dtype(src)) && src < g.inputs.len()).then_some(src)
 }
 
 /// Most reductions [`fold_rows`] folds together.

@@ -35,6 +35,7 @@ use std::sync::Arc;
 
 use crate::array::Data;
 use crate::backend::cpu::executable::CpuExecutable;
+use crate::backend::cpu::fused_reduce::copied_input;
 use crate::backend::cpu::jit::{self, InputSet, Variant};
 use crate::backend::cpu::reduce;
 use crate::backend::cpu::row_chain::{space, Chain};
@@ -139,20 +140,17 @@ struct RowFold {
 /// The folds of one step, each mean that a variance of the same row
 /// carries taken out of the list and into that variance's fold.
 fn pair_means(folds: Vec<(ReduceOp, Src, Dst)>) -> Vec<RowFold> {
-    let carries = |op: ReduceOp, src: Src| {
-        folds.iter().any(|&(o, s, _)| matches!(o, ReduceOp::Var { .. }) && s == src) && op == ReduceOp::Mean
-    };
-    let mut out: Vec<RowFold> = vec![];
-    for &(op, src, dst) in &folds {
-        if carries(op, src) {
-            continue;
-        }
-        let mean = matches!(op, ReduceOp::Var { .. })
-            .then(|| folds.iter().find(|&&(o, s, _)| o == ReduceOp::Mean && s == src).map(|&(_, _, d)| d))
-            .flatten();
-        out.push(RowFold { op, src, dst, mean });
-    }
-    out
+    let find = |src: Src, want: fn(ReduceOp) -> bool| folds.iter().find(|&&(o, s, _)| want(o) && s == src);
+    let is_var = |o: ReduceOp| matches!(o, ReduceOp::Var { .. });
+    let is_mean = |o: ReduceOp| o == ReduceOp::Mean;
+    folds
+        .iter()
+        .filter(|&&(op, src, _)| !(is_mean(op) && find(src, is_var).is_some()))
+        .map(|&(op, src, dst)| {
+            let mean = if is_var(op) { find(src, is_mean).map(|&(_, _, d)| d) } else { None };
+            RowFold { op, src, dst, mean }
+        })
+        .collect()
 }
 
 /// How a value of the chain is held per row.
@@ -339,8 +337,7 @@ fn plan<'a, 'v, S: AsRef<[usize]> + ?Sized + 'a>(
     values: &'v [Option<Data>],
     shape_of: &impl Fn(usize) -> &'a S,
 ) -> Option<Plan<'v>> {
-    jit::enabled().then_some(())?;
-    if !enabled() {
+    if !jit::enabled() || !enabled() {
         return None;
     }
     let p = &exe.program;
@@ -399,8 +396,10 @@ fn plan<'a, 'v, S: AsRef<[usize]> + ?Sized + 'a>(
                 }
                 // Reduced values that are inputs (or copies of them) fold
                 // from the input's row; the others from the producer's rows.
-                let direct: Vec<Option<Src>> = (0..group.outputs.len())
-                    .map(|i| copied_input(group, i).map(|k| ins[k]).filter(|&s| reads_row(s, &pl.out.outside)))
+                let direct: Vec<Option<Src>> = group
+                    .outputs
+                    .iter()
+                    .map(|&r| copied_input(group, r).map(|k| ins[k]).filter(|&s| reads_row(s, &pl.out.outside)))
                     .collect();
                 let (producer, rows_of) = if direct.iter().all(Option::is_some) {
                     (None, direct)
@@ -422,7 +421,10 @@ fn plan<'a, 'v, S: AsRef<[usize]> + ?Sized + 'a>(
                     return None;
                 }
                 let dst = pl.write_scalar(st.outputs[0]);
-                planned.push(RowStep::Fold { producer: None, folds: pair_means(vec![(*op, ins[0], dst)]) });
+                planned.push(RowStep::Fold {
+                    producer: None,
+                    folds: vec![RowFold { op: *op, src: ins[0], dst, mean: None }],
+                });
             }
             _ => return None,
         }
@@ -432,18 +434,6 @@ fn plan<'a, 'v, S: AsRef<[usize]> + ?Sized + 'a>(
     }
     pl.out.steps = planned;
     Some(pl.out)
-}
-
-/// The index of the group input that group output `i` is (or copies).
-fn copied_input(g: &CpuGroup, i: usize) -> Option<usize> {
-    let r = g.outputs[i];
-    let n_in = g.inputs.len();
-    if r < n_in {
-        return Some(r);
-    }
-    let op = &g.ops[r - n_in];
-    let src = *op.args.first()?;
-    (matches!(op.prim, Primitive::AsType(d) if d == g.reg_dtype(src)) && src < n_in).then_some(src)
 }
 
 /// True when `src` is a whole row (not one value per row).
