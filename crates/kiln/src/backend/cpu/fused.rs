@@ -6,7 +6,8 @@
 //! space, of the output's dtype), or into a new buffer from the pool; then
 //! the [tile interpreter](crate::backend::cpu::interpreter) runs the group
 //! over the whole space. Eager elementwise ops run through here too, as
-//! groups of one op ([`run_single`]).
+//! groups of one op ([`run_single`]), each kept per op and dtypes so that
+//! its machine code is made once.
 
 use crate::array::Data;
 use crate::backend::cpu::interpreter::{out_ptr, plan_load, view_as, Exec, Loads, OutPtr, INLINE};
@@ -15,9 +16,11 @@ use crate::backend::cpu::{Buffer, CpuGroup};
 use crate::dtype::DType;
 use crate::layout::Layout;
 use crate::passes::fuse::FusedGroup;
-use crate::primitive::Primitive;
+use crate::primitive::{BinaryOp, Primitive, UnaryOp};
 
 use smallvec::SmallVec;
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, Mutex};
 
 /// The inputs of a fused launch ([`run_args`]): a few, kept inline so a
 /// launch allocates no vector for them.
@@ -183,8 +186,38 @@ pub(crate) fn launch(
 
 /// Runs one elementwise primitive eagerly, as a group of one op.
 pub fn run_single(prim: &Primitive, inputs: &[&Data], shape: &[usize], dtype: DType) -> crate::Result<Data> {
-    let g = CpuGroup::new(FusedGroup::single(prim.clone(), inputs.iter().map(|d| d.dtype()).collect(), dtype));
+    let ins: SmallVec<[DType; 3]> = inputs.iter().map(|d| d.dtype()).collect();
+    let g = single_group(prim, ins, dtype);
     Ok(run(&g, inputs, shape)?.pop().expect("one output"))
+}
+
+/// An elementwise primitive as a key of [`single_group`]'s cache.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum SingleOp {
+    Unary(UnaryOp),
+    Binary(BinaryOp),
+    Where,
+    AsType(DType),
+}
+
+/// The group of one op that `prim` runs as eagerly over inputs of dtypes
+/// `ins`: made once per op and dtypes in a process and kept, so that its
+/// machine code and interpreter plan are made once, not on every call.
+fn single_group(prim: &Primitive, ins: SmallVec<[DType; 3]>, out: DType) -> Arc<CpuGroup> {
+    type Key = (SingleOp, SmallVec<[DType; 3]>, DType);
+    static GROUPS: LazyLock<Mutex<HashMap<Key, Arc<CpuGroup>>>> = LazyLock::new(Default::default);
+    let op = match *prim {
+        Primitive::Unary(op) => SingleOp::Unary(op),
+        Primitive::Binary(op) => SingleOp::Binary(op),
+        Primitive::Where => SingleOp::Where,
+        Primitive::AsType(d) => SingleOp::AsType(d),
+        _ => return Arc::new(CpuGroup::new(FusedGroup::single(prim.clone(), ins.to_vec(), out))),
+    };
+    let mut groups = GROUPS.lock().unwrap_or_else(|e| e.into_inner());
+    let g = groups
+        .entry((op, ins, out))
+        .or_insert_with_key(|(_, ins, _)| Arc::new(CpuGroup::new(FusedGroup::single(prim.clone(), ins.to_vec(), out))));
+    g.clone()
 }
 
 #[cfg(test)]

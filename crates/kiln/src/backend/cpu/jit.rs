@@ -37,9 +37,10 @@
 //! operations that level's interpreter runs, and each generator emits only
 //! the nodes of its level (the other's make it decline).
 //!
-//! A group is compiled when it has at least two ops (or any number, for
-//! the [`row_kernel`](crate::backend::cpu::row_kernel), which calls it row
-//! by row: [`CodeSlot::any`]) and at most
+//! A group is compiled, however few its ops (a single op too: its
+//! generated loop beats the interpreter's tiles in and out of cache; eager
+//! ops keep their groups, so each is compiled once per process), when it
+//! has at most
 //! [`MAX_INPUTS`] inputs (any number of outputs), every input and op is
 //! `f32`, each op has a lowering (arithmetic, `abs`, `neg`, `square`,
 //! `sqrt`, `rsqrt`, rounding, `maximum`/`minimum`, `exp`, `expm1`, `log`,
@@ -411,7 +412,7 @@ pub fn lower(g: &FusedGroup) -> Option<Prog> {
 /// kernels of [`simd_math`] run (`Level::Avx2`, or else AVX-512's), or
 /// `None` when it is not compiled.
 pub fn lower_at(g: &FusedGroup, level: Level) -> Option<Prog> {
-    try_lower(g, level).ok()
+    record_group(g, level).ok()
 }
 
 /// The level programs are recorded for on this CPU: AVX2 where that is the
@@ -424,11 +425,9 @@ fn recording_level() -> Level {
     }
 }
 
-/// Why a group is not compiled (no allocation: eager ops, groups of one,
-/// ask on every call).
+/// Why a group is not compiled.
 #[derive(Clone, Copy, Debug)]
 enum NotCompiled {
-    SingleOp,
     NotF32,
     TooManyInputs,
     NoLowering(&'static str),
@@ -437,7 +436,6 @@ enum NotCompiled {
 impl std::fmt::Display for NotCompiled {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            NotCompiled::SingleOp => f.write_str("a single op: one pass either way"),
             NotCompiled::NotF32 => f.write_str("not all values are f32"),
             NotCompiled::TooManyInputs => write!(f, "more than {MAX_INPUTS} inputs"),
             NotCompiled::NoLowering(op) => write!(f, "{op} has no vector lowering"),
@@ -445,15 +443,7 @@ impl std::fmt::Display for NotCompiled {
     }
 }
 
-/// [`lower_at`], or why the group is not compiled.
-fn try_lower(g: &FusedGroup, level: Level) -> Result<Prog, NotCompiled> {
-    if g.ops.len() < 2 {
-        return Err(NotCompiled::SingleOp);
-    }
-    record_group(g, level)
-}
-
-/// Records group `g` of any number of ops (see [`try_lower`]).
+/// Records group `g`, or says why it is not compiled.
 fn record_group(g: &FusedGroup, level: Level) -> Result<Prog, NotCompiled> {
     if !g.inputs.iter().chain(g.ops.iter().map(|o| &o.dtype)).all(|&d| d == DType::F32) {
         return Err(NotCompiled::NotF32);
@@ -484,7 +474,7 @@ pub fn describe(g: &CpuGroup) -> String {
     if !enabled() {
         return "tile interpreter (the code generator needs AVX2 and FMA or AVX-512; KILN_JIT=0 turns it off)".into();
     }
-    if let Err(why) = try_lower(g, recording_level()) {
+    if let Err(why) = record_group(g, recording_level()) {
         return format!("tile interpreter ({why})");
     }
     let Some(c) = g.code.get(g) else { return "tile interpreter".into() };
@@ -513,6 +503,28 @@ pub fn target() -> Option<Level> {
 /// Whether kernels are compiled here (see [`target`]).
 pub fn enabled() -> bool {
     target().is_some()
+}
+
+thread_local! {
+    /// Set while [`interpreted`] runs on this thread.
+    static INTERPRETED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with code generation off on this thread: the eager elementwise
+/// ops it evaluates run on the tile interpreter, the reference that
+/// generated code must equal bit for bit (for tests that compare the two).
+/// An eager op chooses on the calling thread, so the helper threads that
+/// share its work follow; a compiled function's row-blocked chains choose
+/// on the helpers and may still run generated code.
+pub fn interpreted<R>(f: impl FnOnce() -> R) -> R {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            INTERPRETED.set(self.0);
+        }
+    }
+    let _restore = Restore(INTERPRETED.replace(true));
+    f()
 }
 
 /// Prepares code generation on a background thread, once per process. The
@@ -621,7 +633,7 @@ fn generate(_: &Prog, _: Variant) -> Option<Kernel> {
 
 /// The compiled form of a group, made on its first run (a compiled
 /// function's groups are compiled once) and shared by clones made after it.
-/// Empty, it allocates nothing: eager ops make a group per call.
+/// Empty, it allocates nothing.
 #[derive(Default, Clone)]
 pub struct CodeSlot(OnceLock<Option<Arc<Compiled>>>);
 
@@ -629,18 +641,7 @@ impl CodeSlot {
     /// The group's compiled form, or `None` when it is not compiled (see
     /// the module docs).
     pub fn get(&self, g: &FusedGroup) -> Option<&Compiled> {
-        if g.ops.len() < 2 {
-            return None;
-        }
-        self.any(g)
-    }
-
-    /// The group's compiled form even when it is a single op (which
-    /// [`CodeSlot::get`] leaves to the interpreter: one pass either way),
-    /// for callers that run it over short runs, where the interpreter's
-    /// per-tile setup would dominate (the [`row_kernel`](crate::backend::cpu::row_kernel)).
-    pub fn any(&self, g: &FusedGroup) -> Option<&Compiled> {
-        if !enabled() {
+        if !enabled() || INTERPRETED.get() {
             return None;
         }
         self.0
@@ -703,7 +704,7 @@ mod tests {
         g.inputs[0] = DType::F64;
         assert!(lower(&g).is_none());
         let single = group(vec![(Primitive::Unary(UnaryOp::Neg), vec![0])], 1);
-        assert!(lower(&single).is_none(), "a single op gains nothing from compilation");
+        assert!(lower(&single).is_some(), "a single op is compiled too");
     }
 
     #[test]

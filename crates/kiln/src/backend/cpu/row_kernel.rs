@@ -449,7 +449,7 @@ fn reads_row(src: Src, outside: &[Outside]) -> bool {
 /// `ins`: per-row values broadcast, inputs from large outside buffers
 /// prefetched one row ahead.
 fn kernel_for(g: &CpuGroup, ins: &[Src], outside: &[Outside], len: usize) -> Option<Arc<jit::Kernel>> {
-    let code = g.code.any(g)?;
+    let code = g.code.get(g)?;
     let mut bcast = InputSet::EMPTY;
     let mut streams = false;
     for (k, s) in ins.iter().enumerate() {

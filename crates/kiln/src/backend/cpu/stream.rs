@@ -9,7 +9,8 @@
 //! [`fence`] before its task ends so the lines are visible to the threads
 //! that read them next.
 
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::LazyLock;
 
 use crate::backend::cpu::simd_math::{detected_level, Level};
 
@@ -31,10 +32,19 @@ pub const STREAM_MIN_BYTES: usize = 4 << 20;
 /// in), while layernorm over (1024, 1024) and gelu_erf over 2^24 were
 /// 1.1-1.2x faster. No cache-derived size served both machines.
 pub fn stream_min_bytes() -> usize {
-    static MIN: OnceLock<usize> = OnceLock::new();
-    *MIN.get_or_init(|| {
-        std::env::var("KILN_STREAM_MIN_BYTES").ok().and_then(|v| v.trim().parse().ok()).unwrap_or(STREAM_MIN_BYTES)
-    })
+    MIN_BYTES.load(Ordering::Relaxed)
+}
+
+static MIN_BYTES: LazyLock<AtomicUsize> = LazyLock::new(|| {
+    AtomicUsize::new(
+        std::env::var("KILN_STREAM_MIN_BYTES").ok().and_then(|v| v.trim().parse().ok()).unwrap_or(STREAM_MIN_BYTES),
+    )
+});
+
+/// Sets [`stream_min_bytes`] for the rest of the process (`usize::MAX`:
+/// never stream): for measurements, which alternate settings in one run.
+pub fn set_stream_min_bytes(bytes: usize) {
+    MIN_BYTES.store(bytes, Ordering::Relaxed);
 }
 
 /// Copies `bytes` bytes from `src` to `dst` with streaming stores where the
