@@ -116,11 +116,11 @@ pub fn splits(shape: &[usize]) -> bool {
 
 /// The iteration space of a step at the call's shapes: its source's shape
 /// for a reduction, else its output's.
-pub(crate) fn space<'a, S: AsRef<[usize]> + ?Sized + 'a>(st: &Step, shape_of: &impl Fn(usize) -> &'a S) -> Vec<usize> {
+pub(crate) fn space<'a, S: AsRef<[usize]> + ?Sized + 'a>(st: &Step, shape_of: &impl Fn(usize) -> &'a S) -> &'a [usize] {
     match &st.kernel {
-        Kernel::ReduceFused { source, .. } => shape_of(*source).as_ref().to_vec(),
-        Kernel::Single(Primitive::Reduce { .. }) => shape_of(st.inputs[0]).as_ref().to_vec(),
-        _ => shape_of(st.outputs[0]).as_ref().to_vec(),
+        Kernel::ReduceFused { source, .. } => shape_of(*source).as_ref(),
+        Kernel::Single(Primitive::Reduce { .. }) => shape_of(st.inputs[0]).as_ref(),
+        _ => shape_of(st.outputs[0]).as_ref(),
     }
 }
 

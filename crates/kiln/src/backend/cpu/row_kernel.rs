@@ -29,7 +29,7 @@
 //! per row, and a row's values fit in L1 and L2; otherwise it runs block by
 //! block.
 
-use std::collections::HashMap;
+use smallvec::SmallVec;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -227,19 +227,21 @@ pub fn run<'a, S: AsRef<[usize]> + ?Sized + 'a>(
     Ok(true)
 }
 
-/// `shape` padded with leading ones to `nd` dimensions.
-fn padded(shape: &[usize], nd: usize) -> Option<Vec<usize>> {
-    let pad = nd.checked_sub(shape.len())?;
-    Some(std::iter::repeat_n(1, pad).chain(shape.iter().copied()).collect())
+/// True when `shape`, padded with leading ones to `want`'s length, is `want`.
+fn padded_is(shape: &[usize], want: &[usize]) -> bool {
+    want.len().checked_sub(shape.len()).is_some_and(|pad| want[..pad].iter().all(|&d| d == 1) && want[pad..] == *shape)
 }
 
 /// The state of [`plan`]: where each value of the chain is held, and the
 /// inputs from outside read so far.
 struct Planner<'c, 'v> {
     chain: &'c Chain,
-    escape_at: HashMap<usize, usize>,
-    held: HashMap<usize, Held>,
-    outside_at: HashMap<(usize, bool), usize>,
+    /// Each value held so far, and where (a chain has a few dozen values
+    /// at most: a list searched in order beats hashing them on every call).
+    held: SmallVec<[(usize, Held); 16]>,
+    /// Each outside value read so far (and whether by a per-row step): its
+    /// index in `out.outside`.
+    outside_at: SmallVec<[((usize, bool), usize); 8]>,
     full: Vec<usize>,
     per_row: Vec<usize>,
     /// The plan being made (its steps are added last).
@@ -251,16 +253,15 @@ impl<'v> Planner<'_, 'v> {
     /// it comes from outside the chain), or `None` when it cannot.
     fn read(&mut self, v: usize, shape: &[usize], data: Option<&'v Data>, sp: &[usize]) -> Option<Src> {
         let nd = self.full.len();
-        if let Some(&h) = self.held.get(&v) {
-            let sh = padded(shape, nd)?;
+        if let Some(&(_, h)) = self.held.iter().find(|(u, _)| *u == v) {
             return match h {
-                Held::Row(src) if sh == self.full && sp == self.full.as_slice() => Some(src),
-                Held::Scalar(k) if sh == self.per_row => Some(Src::Scalar(k)),
+                Held::Row(src) if padded_is(shape, &self.full) && sp == self.full.as_slice() => Some(src),
+                Held::Scalar(k) if padded_is(shape, &self.per_row) => Some(Src::Scalar(k)),
                 _ => None,
             };
         }
         let per_row_step = sp != self.full.as_slice();
-        if let Some(&k) = self.outside_at.get(&(v, per_row_step)) {
+        if let Some(&(_, k)) = self.outside_at.iter().find(|(key, _)| *key == (v, per_row_step)) {
             return Some(Src::Outside(k));
         }
         let d = data?;
@@ -277,8 +278,13 @@ impl<'v> Planner<'_, 'v> {
         let (dims, strides) = crate::layout::collapse(&l.shape[..nd - 1], &[&l.strides[..nd - 1]]);
         let dims = dims.into_iter().zip(strides.into_iter().next().unwrap_or_default()).collect();
         self.out.outside.push(Outside { data: values, offset: l.offset as isize, dims, inner });
-        self.outside_at.insert((v, per_row_step), self.out.outside.len() - 1);
+        self.outside_at.push(((v, per_row_step), self.out.outside.len() - 1));
         Some(Src::Outside(self.out.outside.len() - 1))
+    }
+
+    /// The sink of value `v` when it leaves the chain.
+    fn escape_at(&self, v: usize) -> Option<usize> {
+        self.chain.escapes.iter().position(|&e| e == v)
     }
 
     /// A new scratch row.
@@ -291,7 +297,7 @@ impl<'v> Planner<'_, 'v> {
     /// (staged in scratch and streamed when no later step reads it and it
     /// is large), else scratch.
     fn write_row(&mut self, v: usize) -> Dst {
-        let dst = match self.escape_at.get(&v).copied() {
+        let dst = match self.escape_at(v) {
             Some(k) => {
                 self.out.sink_len[k] = self.out.n;
                 let big = (self.out.rows * self.out.n).saturating_mul(4) >= stream::stream_min_bytes();
@@ -309,18 +315,18 @@ impl<'v> Planner<'_, 'v> {
             Dst::Row(k) | Dst::Staged { row: k, .. } => Src::Row(k),
             Dst::Scalar(..) => unreachable!("a row value"),
         };
-        self.held.insert(v, Held::Row(src));
+        self.held.push((v, Held::Row(src)));
         dst
     }
 
     /// Where a step writes the per-row value `v`.
     fn write_scalar(&mut self, v: usize) -> Dst {
-        let sink = self.escape_at.get(&v).copied();
+        let sink = self.escape_at(v);
         if let Some(k) = sink {
             self.out.sink_len[k] = 1;
         }
         self.out.scalars += 1;
-        self.held.insert(v, Held::Scalar(self.out.scalars - 1));
+        self.held.push((v, Held::Scalar(self.out.scalars - 1)));
         Dst::Scalar(self.out.scalars - 1, sink)
     }
 }
@@ -342,7 +348,7 @@ fn plan<'a, 'v, S: AsRef<[usize]> + ?Sized + 'a>(
     }
     let p = &exe.program;
     let steps = &exe.steps[chain.steps.clone()];
-    let full = steps.iter().map(|st| space(st, shape_of)).max_by_key(|s| s.iter().product::<usize>())?;
+    let full = steps.iter().map(|st| space(st, shape_of)).max_by_key(|s| s.iter().product::<usize>())?.to_vec();
     let nd = full.len();
     let n = *full.last()?;
     let rows: usize = full[..nd - 1].iter().product();
@@ -352,9 +358,8 @@ fn plan<'a, 'v, S: AsRef<[usize]> + ?Sized + 'a>(
     let f32_value = |v: usize| p.instrs[v].dtype == DType::F32;
     let mut pl = Planner {
         chain,
-        escape_at: chain.escapes.iter().enumerate().map(|(k, &v)| (v, k)).collect(),
-        held: HashMap::new(),
-        outside_at: HashMap::new(),
+        held: SmallVec::new(),
+        outside_at: SmallVec::new(),
         per_row: full[..nd - 1].iter().copied().chain([1]).collect(),
         full,
         out: Plan {
@@ -381,7 +386,7 @@ fn plan<'a, 'v, S: AsRef<[usize]> + ?Sized + 'a>(
         let ins: Vec<Src> = st
             .inputs
             .iter()
-            .map(|&v| pl.read(v, shape_of(v).as_ref(), values[v].as_ref(), &sp))
+            .map(|&v| pl.read(v, shape_of(v).as_ref(), values[v].as_ref(), sp))
             .collect::<Option<_>>()?;
         match &st.kernel {
             Kernel::Fused(g) => {
@@ -470,23 +475,34 @@ fn kernel_for(g: &CpuGroup, ins: &[Src], outside: &[Outside], len: usize) -> Opt
     code.kernel(Variant { bcast, prefetch: ahead })
 }
 
+thread_local! {
+    /// Each thread's scratch rows and per-row values, kept between runs.
+    static SCRATCH: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
 /// Runs rows `r0..r1` of the plan on the calling thread.
 fn run_rows(plan: &Plan, sinks: &[RowSink], r0: usize, r1: usize) {
     let n = plan.n;
-    let claims: Vec<_> = sinks.iter().map(|s| s.claim(r0, r1 - r0)).collect();
-    let sink_base: Vec<*mut f32> = claims.iter().map(|c| c.ptr().cast::<f32>()).collect();
+    let claims: SmallVec<[_; 4]> = sinks.iter().map(|s| s.claim(r0, r1 - r0)).collect();
+    let sink_base: SmallVec<[*mut f32; 4]> = claims.iter().map(|c| c.ptr().cast::<f32>()).collect();
     // Scratch rows `stride` apart from a start off 4 KiB alignment, so
     // that the same position of two rows (and of a page-aligned input row)
     // never shares its address's low 12 bits: a load after a store to such
     // an address waits for the store (4K aliasing).
     let stride = n.next_multiple_of(16) + SKEW;
-    let mut scratch = vec![0.0f32; plan.scratch_rows * stride + 1024 + SKEW];
-    let skip = (SKEW * 4 + 4096 - scratch.as_ptr() as usize % 4096) % 4096 / 4;
-    let row_ptr = scratch[skip..].as_mut_ptr();
-    let mut scalars = vec![0.0f32; plan.scalars];
+    // The thread's scratch from its last run (taken, so a nested run would
+    // make its own), grown when short: no allocation or zeroing per call.
+    let mut scratch = SCRATCH.take();
+    let need = plan.scratch_rows * stride + 1024 + SKEW + plan.scalars;
+    if scratch.len() < need {
+        scratch = vec![0.0f32; need];
+    }
+    let (scratch_rows, scalars) = scratch.split_at_mut(need - plan.scalars);
+    let skip = (SKEW * 4 + 4096 - scratch_rows.as_ptr() as usize % 4096) % 4096 / 4;
+    let row_ptr = scratch_rows[skip..].as_mut_ptr();
     let scalar_ptr = scalars.as_mut_ptr();
-    let mut ins: Vec<*const f32> = vec![];
-    let mut outs: Vec<*mut f32> = vec![];
+    let mut ins: SmallVec<[*const f32; 8]> = SmallVec::new();
+    let mut outs: SmallVec<[*mut f32; 4]> = SmallVec::new();
     for r in r0..r1 {
         let local = r - r0;
         // The task's row of sink `k` (a row of `sink_len[k]` elements).
@@ -546,8 +562,7 @@ fn run_rows(plan: &Plan, sinks: &[RowSink], r0: usize, r1: usize) {
     if plan.streamed {
         stream::fence();
     }
-    drop(scratch);
-    drop(scalars);
+    SCRATCH.set(scratch);
     for c in claims {
         c.written();
     }
@@ -562,8 +577,8 @@ fn run_code(
     len: usize,
     src_ptr: &impl Fn(Src, usize) -> *const f32,
     dst_ptr: &impl Fn(Dst) -> *mut f32,
-    ins: &mut Vec<*const f32>,
-    outs: &mut Vec<*mut f32>,
+    ins: &mut SmallVec<[*const f32; 8]>,
+    outs: &mut SmallVec<[*mut f32; 4]>,
 ) {
     ins.clear();
     ins.extend(srcs.iter().map(|&s| src_ptr(s, len)));
