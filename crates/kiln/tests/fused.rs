@@ -261,10 +261,14 @@ fn broadcast_operands_in_every_position_are_read_as_one_value() -> Result<()> {
 
 #[test]
 fn outputs_past_the_streaming_threshold_hold_every_element() -> Result<()> {
-    // Outputs of 4 MiB or more are written with streaming stores, tile by
-    // tile and row block by row block; an odd length leaves unaligned heads
-    // and tails.
-    let n = (kiln::backend::cpu::stream::STREAM_MIN_BYTES / 4) + 4099;
+    // An elementwise kernel bound by memory whose input and output pass
+    // what the cache keeps, and row sinks of 4 MiB or more, are written
+    // with streaming stores, tile by tile and row block by row block; an
+    // odd length leaves unaligned heads and tails.
+    use kiln::backend::cpu::stream;
+    let cached = stream::stream_min_working_set().min(stream::MEMORY_BOUND_MAX_CACHED);
+    let n = (cached / 8).max(stream::STREAM_MIN_BYTES / 4) + 4099;
+    assert!(stream::streams(n * 8, 2), "x * 3 - 1 over {n} elements streams");
     let xs: Vec<f32> = (0..n).map(|i| ((i * 7919) % 1000) as f32 * 0.004 - 2.0).collect();
     let x = Array::from_vec(xs.clone(), &[n])?;
     let g = compile(|x: &Array| (x * 3.0f32)? - 1.0f32);

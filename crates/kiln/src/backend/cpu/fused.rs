@@ -12,6 +12,7 @@
 use crate::array::Data;
 use crate::backend::cpu::interpreter::{out_ptr, plan_load, view_as, Exec, Loads, OutPtr, INLINE};
 use crate::backend::cpu::rows::Claimed;
+use crate::backend::cpu::stream;
 use crate::backend::cpu::{Buffer, CpuGroup};
 use crate::dtype::DType;
 use crate::layout::Layout;
@@ -149,13 +150,23 @@ pub(crate) fn launch(
     {
         let mut loads = Loads::new();
         loads.extend(args.iter().map(|a| plan_load(a.data().buffer(), &view_as(a.data(), shape))));
-        // An output is streamed when its destination (the whole sink, for
-        // claimed rows) is large.
+        // An elementwise kernel streams its outputs when what it reads and
+        // writes would not stay in the last-level cache; a block of a row
+        // chain streams an output whose destination (the whole sink, for
+        // claimed rows) is large (see `stream`).
         let mut stream: SmallVec<[bool; INLINE]> = SmallVec::new();
-        stream.extend(g.outputs.iter().enumerate().map(|(k, &r)| {
-            let dest = into.get(k).and_then(|c| c.as_ref()).map_or(n, |c| c.sink_len());
-            dest * g.reg_dtype(r).size() >= crate::backend::cpu::stream::stream_min_bytes()
-        }));
+        if into.is_empty() {
+            let read: usize = args.iter().map(|a| a.data().buffer().len().min(n) * a.data().dtype().size()).sum();
+            let written: usize = g.outputs.iter().map(|&r| n * g.reg_dtype(r).size()).sum();
+            // On the interpreter, a group's ops stand in for its vector operations.
+            let ops = g.code.get(g).map_or(g.ops.len(), |c| c.vector_ops());
+            stream.extend(std::iter::repeat_n(stream::streams(read + written, ops), g.outputs.len()));
+        } else {
+            stream.extend(g.outputs.iter().enumerate().map(|(k, &r)| {
+                let dest = into.get(k).and_then(|c| c.as_ref()).map_or(n, |c| c.sink_len());
+                dest * g.reg_dtype(r).size() >= stream::stream_min_bytes()
+            }));
+        }
         // A block of a row-blocked chain (`into` is not empty):
         // compiled code prefetches its inputs one block ahead, so the next
         // block's rows arrive from memory while this one computes.

@@ -481,7 +481,7 @@ pub fn describe(g: &CpuGroup) -> String {
     if c.kernel(Variant { bcast: InputSet::EMPTY, prefetch: 0 }).is_none() {
         return "tile interpreter (more live values than vector registers)".into();
     }
-    let ops = c.prog.nodes.iter().filter(|n| !matches!(n, Node::Input(_) | Node::Const(_))).count();
+    let ops = c.vector_ops();
     let lanes = if target() == Some(Level::Avx2) { 8 } else { 16 };
     format!("machine code ({ops} vector operations per {lanes} lanes)")
 }
@@ -604,6 +604,12 @@ pub struct Compiled {
 }
 
 impl Compiled {
+    /// Vector operations per vector of output (inputs and constants not
+    /// counted): how much the kernel computes per byte it moves.
+    pub fn vector_ops(&self) -> usize {
+        self.prog.nodes.iter().filter(|n| !matches!(n, Node::Input(_) | Node::Const(_))).count()
+    }
+
     /// The kernel for variant `v`, compiled on first use; `None` when code
     /// generation declines (too many live values).
     pub fn kernel(&self, v: Variant) -> Option<Arc<Kernel>> {

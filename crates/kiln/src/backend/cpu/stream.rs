@@ -4,47 +4,134 @@
 //! from leaving it in cache, and an ordinary store first reads each cache
 //! line it writes (a read for ownership), so a copy-like kernel moves three
 //! bytes for every two it needs. Streaming stores write whole lines straight
-//! to memory. The fused executor stores its output tiles through [`copy`]
-//! when the destination is at least [`stream_min_bytes`], and calls
+//! to memory; but an output that the last-level cache could hold is then
+//! read back from memory by the next kernel (or the next call), where
+//! ordinary stores would have left it in cache. The fused executor stores
+//! its output tiles through [`copy`] when [`streams`] says so, and calls
 //! [`fence`] before its task ends so the lines are visible to the threads
 //! that read them next.
+//!
+//! Two rules, each measured on an AMD EPYC (32 MiB L3) and an Intel Xeon
+//! (300 MiB L3), in one process alternating the settings:
+//!
+//! - An elementwise kernel streams when the bytes it reads and writes pass
+//!   what the last-level cache keeps for the next call ([`streams`]):
+//!   three quarters of it ([`stream_min_working_set`]; glibc's `memcpy`
+//!   sets its non-temporal threshold from the shared cache's size the same
+//!   way), and for a kernel bound by memory rather than arithmetic (fewer
+//!   than [`COMPUTE_BOUND_OPS`] vector operations per vector) at most
+//!   [`MEMORY_BOUND_MAX_CACHED`]. On the EPYC, `x * 2 + 1` with 8 and 16
+//!   MiB read and written ran 2.2x and 1.7x faster with ordinary stores,
+//!   `gelu_erf` 1.1x; streaming won from 24 MiB up (1.1-1.3x). On the
+//!   Xeon, ordinary stores ran `gelu_erf` 1.2-1.25x faster at every size
+//!   its L3 holds (8 to 128 MiB), but `x * 2 + 1` and `x * y + 1` 1.1-1.5x
+//!   slower from 32 MiB up, though the L3 holds them too.
+//! - The rows of a row chain or row kernel stream outputs of at least
+//!   [`stream_min_bytes`] whatever the cache: these two-pass rows write
+//!   their output while the next rows stream in, and ordinary stores made
+//!   softmax, layernorm and rmsnorm over 4096x4096 and 4096x1024 1.1-1.8x
+//!   slower on both machines.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::LazyLock;
+use std::sync::{LazyLock, OnceLock};
 
 use crate::backend::cpu::simd_math::{detected_level, Level};
 
 /// Outputs of at least this many bytes are written with streaming stores
-/// (see [`stream_min_bytes`]).
+/// by row chains (see [`stream_min_bytes`]).
 pub const STREAM_MIN_BYTES: usize = 4 << 20;
 
-/// The smallest output written with streaming stores: [`STREAM_MIN_BYTES`],
-/// larger than a core's L2, so the next kernel would read it from memory
-/// anyway; the environment variable `KILN_STREAM_MIN_BYTES` (bytes, read
-/// once) overrides it, for measurements.
-///
-/// Not the last-level cache's size, though an output that fits there could
-/// stay in it for the next call. Measured with ordinary stores below that
-/// size: on an AMD EPYC (32 MiB L3) layernorm over (1024, 1024) and
-/// (4096, 1024) was 1.2-1.4x slower; on an Intel Xeon (300 MiB L3)
-/// softmax, layernorm and rmsnorm over 4096x4096 were 1.1-1.3x slower
-/// (these two-pass rows write their output while their next rows stream
-/// in), while layernorm over (1024, 1024) and gelu_erf over 2^24 were
-/// 1.1-1.2x faster. No cache-derived size served both machines.
+/// The smallest output of a row chain or row kernel written with streaming
+/// stores: [`STREAM_MIN_BYTES`], larger than a core's L2; the environment
+/// variable `KILN_STREAM_MIN_BYTES` (bytes, read once) overrides it, for
+/// measurements.
 pub fn stream_min_bytes() -> usize {
     MIN_BYTES.load(Ordering::Relaxed)
 }
 
-static MIN_BYTES: LazyLock<AtomicUsize> = LazyLock::new(|| {
-    AtomicUsize::new(
-        std::env::var("KILN_STREAM_MIN_BYTES").ok().and_then(|v| v.trim().parse().ok()).unwrap_or(STREAM_MIN_BYTES),
-    )
-});
+static MIN_BYTES: LazyLock<AtomicUsize> =
+    LazyLock::new(|| AtomicUsize::new(env_bytes("KILN_STREAM_MIN_BYTES").unwrap_or(STREAM_MIN_BYTES)));
 
 /// Sets [`stream_min_bytes`] for the rest of the process (`usize::MAX`:
 /// never stream): for measurements, which alternate settings in one run.
 pub fn set_stream_min_bytes(bytes: usize) {
     MIN_BYTES.store(bytes, Ordering::Relaxed);
+}
+
+/// Vector operations per vector of output from which an elementwise
+/// kernel counts as bound by its arithmetic ([`streams`]): at the 10-20
+/// GB/s a core gets from memory here, reading and writing one 64-byte
+/// vector takes some 20-40 cycles, as long as 32 vector operations (a
+/// gelu has 44-49, `exp` 16, `x * 2 + 1` 2).
+pub const COMPUTE_BOUND_OPS: usize = 32;
+
+/// The largest working set that a kernel bound by memory keeps in cache
+/// (writes with ordinary stores), however large the cache ([`streams`]).
+pub const MEMORY_BOUND_MAX_CACHED: usize = 24 << 20;
+
+/// Whether an elementwise kernel that reads and writes `working_set` bytes
+/// in all, computing `vector_ops` vector operations per vector of output,
+/// streams its outputs (see the module docs).
+pub fn streams(working_set: usize, vector_ops: usize) -> bool {
+    let cached = stream_min_working_set();
+    working_set > if vector_ops >= COMPUTE_BOUND_OPS { cached } else { cached.min(MEMORY_BOUND_MAX_CACHED) }
+}
+
+/// The working set above which elementwise kernels stream: three quarters
+/// of the last-level cache ([`last_level_cache_bytes`]), or 24 MiB where
+/// its size is unknown; the environment variable `KILN_STREAM_MIN_WORKING_SET`
+/// (bytes, read once) or [`set_stream_min_working_set`] overrides it.
+pub fn stream_min_working_set() -> usize {
+    MIN_WORKING_SET.load(Ordering::Relaxed)
+}
+
+static MIN_WORKING_SET: LazyLock<AtomicUsize> = LazyLock::new(|| {
+    let cache = last_level_cache_bytes().map_or(24 << 20, |b| b / 4 * 3);
+    AtomicUsize::new(env_bytes("KILN_STREAM_MIN_WORKING_SET").unwrap_or(cache))
+});
+
+/// Sets [`stream_min_working_set`] for the rest of the process: for
+/// measurements.
+pub fn set_stream_min_working_set(bytes: usize) {
+    MIN_WORKING_SET.store(bytes, Ordering::Relaxed);
+}
+
+/// A size in bytes from the environment variable `name`.
+fn env_bytes(name: &str) -> Option<usize> {
+    std::env::var(name).ok().and_then(|v| v.trim().parse().ok())
+}
+
+/// The size in bytes of the first CPU's last-level cache (one instance,
+/// shared by the cores on it), read once from Linux's
+/// `/sys/devices/system/cpu/cpu0/cache`; `None` where that is not there.
+pub fn last_level_cache_bytes() -> Option<usize> {
+    static LLC: OnceLock<Option<usize>> = OnceLock::new();
+    *LLC.get_or_init(|| {
+        let dir = std::fs::read_dir("/sys/devices/system/cpu/cpu0/cache").ok()?;
+        let read = |p: &std::path::Path, f: &str| std::fs::read_to_string(p.join(f)).ok();
+        dir.flatten()
+            .filter_map(|e| {
+                let p = e.path();
+                let level: u32 = read(&p, "level")?.trim().parse().ok()?;
+                let kind = read(&p, "type")?;
+                (kind.trim() != "Instruction").then_some(())?;
+                Some((level, parse_cache_size(&read(&p, "size")?)?))
+            })
+            .max()
+            .map(|(_, bytes)| bytes)
+    })
+}
+
+/// A cache size as sysfs writes it (`32768K`, `2M`, or bytes).
+fn parse_cache_size(s: &str) -> Option<usize> {
+    let s = s.trim();
+    let (digits, scale) = match s.as_bytes().last()? {
+        b'K' => (&s[..s.len() - 1], 1 << 10),
+        b'M' => (&s[..s.len() - 1], 1 << 20),
+        b'G' => (&s[..s.len() - 1], 1 << 30),
+        _ => (s, 1),
+    };
+    digits.parse::<usize>().ok()?.checked_mul(scale)
 }
 
 /// Copies `bytes` bytes from `src` to `dst` with streaming stores where the
@@ -163,6 +250,35 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kernels_bound_by_memory_stream_sooner_than_those_bound_by_arithmetic() {
+        let cached = super::stream_min_working_set();
+        let memory_max = cached.min(super::MEMORY_BOUND_MAX_CACHED);
+        for ops in [1, 2, super::COMPUTE_BOUND_OPS - 1] {
+            assert!(!super::streams(memory_max, ops), "{ops} ops, at the limit: ordinary stores");
+            assert!(super::streams(memory_max + 1, ops), "{ops} ops, past it: streamed");
+        }
+        for ops in [super::COMPUTE_BOUND_OPS, 49] {
+            assert!(!super::streams(cached, ops), "{ops} ops keep all the cache holds");
+            assert!(super::streams(cached + 1, ops), "{ops} ops, past the cache: streamed");
+        }
+        assert!(!super::streams(64 << 10, 1), "small kernels never stream");
+    }
+
+    #[test]
+    fn cache_sizes_parse_as_sysfs_writes_them() {
+        assert_eq!(super::parse_cache_size("32768K\n"), Some(32 << 20));
+        assert_eq!(super::parse_cache_size("2M"), Some(2 << 20));
+        assert_eq!(super::parse_cache_size("300M"), Some(300 << 20));
+        assert_eq!(super::parse_cache_size("4096"), Some(4096));
+        assert_eq!(super::parse_cache_size("lots"), None);
+        assert_eq!(super::parse_cache_size(""), None);
+        if std::path::Path::new("/sys/devices/system/cpu/cpu0/cache/index0/size").exists() {
+            let llc = super::last_level_cache_bytes().expect("Linux names its caches");
+            assert!(llc >= 256 << 10, "a last-level cache of {llc} bytes");
+        }
+    }
 
     #[test]
     fn copies_every_byte_at_any_alignment_and_length() {
