@@ -451,8 +451,8 @@ fn reads_row(src: Src, outside: &[Outside]) -> bool {
 }
 
 /// The generated code of `g` for rows of `len` positions whose inputs are
-/// `ins`: per-row values broadcast, inputs from large outside buffers
-/// prefetched one row ahead.
+/// `ins`: per-row values broadcast, inputs whose rows come from memory
+/// (`stream::from_memory`) prefetched one row ahead.
 fn kernel_for(g: &CpuGroup, ins: &[Src], outside: &[Outside], len: usize) -> Option<Arc<jit::Kernel>> {
     let code = g.code.get(g)?;
     let mut bcast = InputSet::EMPTY;
@@ -461,7 +461,7 @@ fn kernel_for(g: &CpuGroup, ins: &[Src], outside: &[Outside], len: usize) -> Opt
         let one = match *s {
             Src::Scalar(_) => true,
             Src::Outside(j) => {
-                streams |= outside[j].inner == 1 && outside[j].data.len() * 4 >= stream::stream_min_bytes();
+                streams |= outside[j].inner == 1 && stream::from_memory(outside[j].data.len() * 4);
                 outside[j].inner == 0
             }
             _ => false,
