@@ -56,7 +56,7 @@ pub fn memory_limit() -> Option<usize> {
 }
 
 /// `"1024"`, `"64K"`, `"8G"` (binary units) as bytes.
-fn parse_bytes(v: &str) -> Option<usize> {
+pub(crate) fn parse_bytes(v: &str) -> Option<usize> {
     let v = v.trim();
     let (num, shift) = match v.char_indices().last()? {
         (i, 'k' | 'K') => (&v[..i], 10),

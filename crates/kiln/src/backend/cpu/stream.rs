@@ -23,7 +23,7 @@
 //!   [`MEMORY_BOUND_MAX_CACHED`]. On the EPYC, `x * 2 + 1` with 8 and 16
 //!   MiB read and written ran 2.2x and 1.7x faster with ordinary stores,
 //!   `gelu_erf` 1.1x; streaming won from 24 MiB up (1.1-1.3x). On the
-//!   Xeon, ordinary stores ran `gelu_erf` 1.2-1.25x faster at every size
+//!   Xeon, ordinary stores ran `gelu_erf` 1.2-1.3x faster at every size
 //!   its L3 holds (8 to 128 MiB), but `x * 2 + 1` and `x * y + 1` 1.1-1.5x
 //!   slower from 32 MiB up, though the L3 holds them too.
 //! - A row kernel prefetches an input one row ahead when its rows come
@@ -44,6 +44,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{LazyLock, OnceLock};
 
 use crate::backend::cpu::simd_math::{detected_level, Level};
+use crate::memory::parse_bytes;
 
 /// Outputs of at least this many bytes are written with streaming stores
 /// by row chains (see [`stream_min_bytes`]).
@@ -112,9 +113,10 @@ pub fn set_stream_min_working_set(bytes: usize) {
     MIN_WORKING_SET.store(bytes, Ordering::Relaxed);
 }
 
-/// A size in bytes from the environment variable `name`.
+/// A size in bytes from the environment variable `name` (bytes, or with a
+/// `K`, `M` or `G` suffix).
 fn env_bytes(name: &str) -> Option<usize> {
-    std::env::var(name).ok().and_then(|v| v.trim().parse().ok())
+    std::env::var(name).ok().and_then(|v| parse_bytes(&v))
 }
 
 /// The size in bytes of the first CPU's last-level cache (one instance,
@@ -131,23 +133,11 @@ pub fn last_level_cache_bytes() -> Option<usize> {
                 let level: u32 = read(&p, "level")?.trim().parse().ok()?;
                 let kind = read(&p, "type")?;
                 (kind.trim() != "Instruction").then_some(())?;
-                Some((level, parse_cache_size(&read(&p, "size")?)?))
+                Some((level, parse_bytes(&read(&p, "size")?)?))
             })
             .max()
             .map(|(_, bytes)| bytes)
     })
-}
-
-/// A cache size as sysfs writes it (`32768K`, `2M`, or bytes).
-fn parse_cache_size(s: &str) -> Option<usize> {
-    let s = s.trim();
-    let (digits, scale) = match s.as_bytes().last()? {
-        b'K' => (&s[..s.len() - 1], 1 << 10),
-        b'M' => (&s[..s.len() - 1], 1 << 20),
-        b'G' => (&s[..s.len() - 1], 1 << 30),
-        _ => (s, 1),
-    };
-    digits.parse::<usize>().ok()?.checked_mul(scale)
 }
 
 /// Copies `bytes` bytes from `src` to `dst` with streaming stores where the
@@ -292,12 +282,13 @@ mod tests {
 
     #[test]
     fn cache_sizes_parse_as_sysfs_writes_them() {
-        assert_eq!(super::parse_cache_size("32768K\n"), Some(32 << 20));
-        assert_eq!(super::parse_cache_size("2M"), Some(2 << 20));
-        assert_eq!(super::parse_cache_size("300M"), Some(300 << 20));
-        assert_eq!(super::parse_cache_size("4096"), Some(4096));
-        assert_eq!(super::parse_cache_size("lots"), None);
-        assert_eq!(super::parse_cache_size(""), None);
+        // Sysfs writes sizes as the memory limit's parser reads them.
+        assert_eq!(super::parse_bytes("32768K\n"), Some(32 << 20));
+        assert_eq!(super::parse_bytes("2M"), Some(2 << 20));
+        assert_eq!(super::parse_bytes("300M"), Some(300 << 20));
+        assert_eq!(super::parse_bytes("4096"), Some(4096));
+        assert_eq!(super::parse_bytes("lots"), None);
+        assert_eq!(super::parse_bytes(""), None);
         if std::path::Path::new("/sys/devices/system/cpu/cpu0/cache/index0/size").exists() {
             let llc = super::last_level_cache_bytes().expect("Linux names its caches");
             assert!(llc >= 256 << 10, "a last-level cache of {llc} bytes");
