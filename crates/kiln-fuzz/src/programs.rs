@@ -32,7 +32,7 @@ pub struct Step {
 }
 
 /// The number of op kinds.
-pub const N_OPS: u8 = 42;
+pub const N_OPS: u8 = 45;
 
 pub fn pick(vals: &[Array], i: u8) -> &Array {
     &vals[i as usize % vals.len()]
@@ -129,6 +129,14 @@ pub fn apply(s: &Step, vals: &[Array], n_inputs: usize) -> Result<Option<Array>>
             // The softmax denominator as users write it.
             (x - &x.max(axis(x), true)?)?.exp()?.sum(axis(x), s.p.is_multiple_of(2))
         }
+        // Bool values inside a group (compiled as lane masks): logical ops,
+        // the NaN and infinity tests, a float's truth, all on arguments.
+        42 => {
+            let keep = kiln::logical_and(&rx.greater_equal(ry)?, &kiln::logical_not(&kiln::isnan(rx)?)?)?;
+            kiln::where_(&kiln::logical_or(&keep, &kiln::isinf(ry)?)?, y, z)
+        }
+        43 => kiln::where_(rx, y, &(z * rx.less_equal(ry)?.astype(z.dtype())?)?),
+        44 => x * kiln::logical_or(&rx.not_equal(ry)?, &kiln::isfinite(rx)?)?.astype(x.dtype())?,
         _ => return Ok(None),
     };
     r.map(Some)
@@ -144,7 +152,8 @@ pub fn reads(s: &Step, n: usize, n_inputs: usize) -> Vec<usize> {
         17 if s.p % 3 == 2 => vec![rx],
         13 => vec![x, ry],
         10..=15 | 22 | 26 | 27 | 41 => vec![x, y],
-        16 => vec![rx, ry, y, z],
+        16 | 42 | 43 => vec![rx, ry, y, z],
+        44 => vec![x, rx, ry],
         30 | 31 => vec![rx, ry],
         _ => vec![x],
     }

@@ -557,3 +557,81 @@ fn eager_single_ops_are_compiled_once_and_match_the_interpreter() -> Result<()> 
     }
     Ok(())
 }
+
+type F2Named = (&'static str, F2);
+
+/// Functions whose groups hold `bool` values (comparisons, logical ops,
+/// the NaN and infinity tests) inside, with `f32` inputs and outputs.
+const MASKED: [F2Named; 6] = [
+    ("leaky relu", |x, _| kiln::where_(&kiln::greater(x, 0.0f32)?, x, &(x * 0.01f32)?)),
+    ("huber", |x, _| {
+        let a = x.abs()?;
+        kiln::where_(&kiln::less(&a, 1.0f32)?, &((x * x)? * 0.5f32)?, &(a - 0.5f32)?)
+    }),
+    ("every comparison as f32", |x, y| {
+        let fs = [
+            kiln::equal(x, y)?,
+            kiln::not_equal(x, y)?,
+            kiln::less(x, y)?,
+            kiln::less_equal(x, y)?,
+            kiln::greater(x, y)?,
+            kiln::greater_equal(x, y)?,
+        ];
+        let mut acc = x.sigmoid()?;
+        for (k, b) in fs.iter().enumerate() {
+            acc = (acc + (b.astype(kiln::DType::F32)? * (1u32 << k) as f32)?)?;
+        }
+        Ok(acc)
+    }),
+    ("logical ops and tests", |x, y| {
+        let keep = kiln::logical_and(&kiln::greater_equal(x, y)?, &kiln::logical_not(&kiln::isnan(x)?)?)?;
+        let either = kiln::logical_or(&kiln::isinf(y)?, &kiln::less(x, -1.0f32)?)?;
+        let z = kiln::where_(&keep, &x.exp()?, y)?;
+        kiln::where_(&either, &z, &(kiln::isfinite(x)?.astype(kiln::DType::F32)? - y)?)
+    }),
+    ("truth of floats", |x, y| {
+        // `where` and the logical ops read an f32 as nonzero (NaN is true).
+        let t = kiln::where_(x, y, 2.0f32)?;
+        (t + kiln::logical_not(y)?.astype(kiln::DType::F32)?)? + kiln::logical_or(x, y)?.astype(kiln::DType::F32)?
+    }),
+    ("clamped erf with a masked rate", |x, y| {
+        let r =
+            kiln::where_(&kiln::logical_and(&kiln::greater(y, 0.0f32)?, &kiln::less_equal(y, 3.0f32)?)?, y, 1.0f32)?;
+        (x * &r)?.erf()?.maximum(&(y - 2.0f32)?)
+    }),
+];
+
+#[test]
+fn groups_with_bool_values_inside_compile_and_match_the_interpreter() -> Result<()> {
+    // Comparisons make lane masks that `where`, the logical ops and
+    // `astype` consume in registers: the group is one generated kernel,
+    // equal bit for bit to the interpreter's ops (bool tiles), on every
+    // pair of special values and on random values at every tail length.
+    let pairs: Vec<(f32, f32)> = SPECIALS.iter().flat_map(|&a| SPECIALS.iter().map(move |&b| (a, b))).collect();
+    let (xs, ys): (Vec<f32>, Vec<f32>) = pairs.into_iter().unzip();
+    let n = xs.len();
+    let (sx, sy) = (Array::from_vec(xs, &[n])?, Array::from_vec(ys, &[n])?);
+    let mut rng = Rng::new(71);
+    let generated = jit::target().is_some() && jit::enabled();
+    for (name, f) in MASKED {
+        let c = compile(f);
+        if generated {
+            let text = c.explain((&sx, &sy))?;
+            assert!(text.contains("code:    machine code (") && !text.contains("interpreter"), "{name}: {text}");
+        }
+        assert_same(&c.call((&sx, &sy))?.to_vec::<f32>()?, &jit::interpreted(|| f(&sx, &sy)?.to_vec::<f32>())?, name);
+        assert_same(&c.call((&sy, &sx))?.to_vec::<f32>()?, &jit::interpreted(|| f(&sy, &sx)?.to_vec::<f32>())?, name);
+        for k in [0, 1, 7, 15, 16, 17, 31, 33, 100] {
+            let x = Array::from_vec(values(&mut rng, k, 3.0), &[k])?;
+            let y = Array::from_vec(values(&mut rng, k, 3.0), &[k])?;
+            let got = c.call((&x, &y))?.to_vec::<f32>()?;
+            assert_same(&got, &jit::interpreted(|| f(&x, &y)?.to_vec::<f32>())?, &format!("{name}, {k} values"));
+        }
+        // A broadcast second operand: its masks are computed once, before the loop.
+        let x = Array::from_vec(values(&mut rng, 40, 3.0), &[4, 10])?;
+        let y = Array::from_vec(values(&mut rng, 10, 3.0), &[10])?;
+        let got = c.call((&x, &y))?.to_vec::<f32>()?;
+        assert_same(&got, &jit::interpreted(|| f(&x, &y)?.to_vec::<f32>())?, &format!("{name}, broadcast row"));
+    }
+    Ok(())
+}

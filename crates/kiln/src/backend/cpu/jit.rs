@@ -41,11 +41,17 @@
 //! generated loop beats the interpreter's tiles in and out of cache; eager
 //! ops keep their groups, so each is compiled once per process), when it
 //! has at most
-//! [`MAX_INPUTS`] inputs (any number of outputs), every input and op is
-//! `f32`, each op has a lowering (arithmetic, `abs`, `neg`, `square`,
-//! `sqrt`, `rsqrt`, rounding, `maximum`/`minimum`, `exp`, `expm1`, `log`,
-//! `log1p`, `tanh`, `sigmoid`, `erf`), and the CPU has AVX-512 or AVX2 and
-//! FMA. Anything else runs on the interpreter, which remains the reference. Setting the
+//! [`MAX_INPUTS`] inputs (any number of outputs), its inputs and outputs
+//! are `f32` and every value inside is `f32` or `bool`, each op has a
+//! lowering (arithmetic, `abs`, `neg`, `square`, `sqrt`, `rsqrt`,
+//! rounding, `maximum`/`minimum`, `exp`, `expm1`, `log`, `log1p`, `tanh`,
+//! `sigmoid`, `erf`; comparisons of `f32`, `logical_and`/`or`/`not`,
+//! `isnan`/`isinf`/`isfinite`, `where`, `astype` between `f32` and
+//! `bool`), and the CPU has AVX-512 or AVX2 and FMA. A `bool` value is a
+//! lane mask (a mask register on AVX-512, a vector of all-ones or zero
+//! lanes on AVX2) that never leaves the kernel: `where(x > 0, x, 0.01 *
+//! x)` is one loop, as `maximum(x, 0.01 * x)` is. Anything else runs on
+//! the interpreter, which remains the reference. Setting the
 //! environment variable `KILN_JIT=0` turns compilation off (to compare, or
 //! to debug a suspected code generation problem); `KILN_JIT_DUMP=dir`
 //! writes each generated kernel's machine code to `dir`.
@@ -124,6 +130,10 @@ pub enum Pred {
     Ge,
     /// `a == b`.
     Eq,
+    /// `a != b` (true when either is NaN).
+    Neq,
+    /// `a <= b`.
+    Le,
     /// Either operand is NaN.
     Unord,
 }
@@ -147,6 +157,8 @@ pub enum Node {
     MaskAnd(Val, Val),
     /// Either mask.
     MaskOr(Val, Val),
+    /// The mask's complement.
+    MaskNot(Val),
     /// `mask ? a : b` per lane.
     Blend(Val, Val, Val),
 }
@@ -157,6 +169,7 @@ impl Node {
         match self {
             Node::Input(_) | Node::Const(_) => self,
             Node::Un(op, a) => Node::Un(op, f(a)),
+            Node::MaskNot(a) => Node::MaskNot(f(a)),
             Node::Bin(op, a, b) => Node::Bin(op, f(a), f(b)),
             Node::Cmp(p, a, b) => Node::Cmp(p, f(a), f(b)),
             Node::MaskAnd(a, b) => Node::MaskAnd(f(a), f(b)),
@@ -170,7 +183,7 @@ impl Node {
     pub fn operands(&self) -> Vec<Val> {
         match *self {
             Node::Input(_) | Node::Const(_) => vec![],
-            Node::Un(_, a) => vec![a],
+            Node::Un(_, a) | Node::MaskNot(a) => vec![a],
             Node::Bin(_, a, b) | Node::Cmp(_, a, b) | Node::MaskAnd(a, b) | Node::MaskOr(a, b) => vec![a, b],
             Node::Fma(a, b, c) | Node::Blend(a, b, c) => vec![a, b, c],
         }
@@ -343,14 +356,62 @@ fn max_min_nan(a: Traced, b: Traced, op: Bin) -> Traced {
     Traced::select(b.is_nan(), b, m)
 }
 
-/// The recorded value of one op, or `None` when it has no lowering.
-fn lower_op(prim: &Primitive, a: &[Traced]) -> Option<Traced> {
+/// A value of a group being recorded: an `f32` vector, or a lane mask for
+/// a `bool` value (a comparison, a logical op), which stays a mask: bools
+/// are only ever produced and consumed inside a compiled group.
+#[derive(Clone, Copy, Debug)]
+enum Reg {
+    /// An `f32` value.
+    F(Traced),
+    /// A `bool` value.
+    M(TracedMask),
+}
+
+impl Reg {
+    /// The value as an `f32` vector (a bool is 1 or 0, as `astype` gives it).
+    fn f32(self) -> Traced {
+        match self {
+            Reg::F(x) => x,
+            Reg::M(m) => Traced::select(m, Traced::splat(1.0), Traced::splat(0.0)),
+        }
+    }
+
+    /// The value's truth as a mask (nonzero, NaN included, is true).
+    fn mask(self) -> TracedMask {
+        match self {
+            Reg::F(x) => x.cmp(Pred::Neq, Traced::splat(0.0)),
+            Reg::M(m) => m,
+        }
+    }
+}
+
+/// The complement of a mask.
+fn mask_not(m: TracedMask) -> TracedMask {
+    TracedMask(record(Node::MaskNot(m.0)))
+}
+
+/// The recorded value of one op, or `None` when it has no lowering:
+/// `f32` arithmetic and math, and the `bool` values of comparisons of
+/// `f32`, logical ops and `isnan`/`isinf`/`isfinite`, consumed by `where`,
+/// logical ops or `astype`.
+fn lower_op(prim: &Primitive, a: &[Reg]) -> Option<Reg> {
     let one = || Traced::splat(1.0);
+    let inf = || Traced::splat(f32::INFINITY);
+    // An f32 operand (a bool one declines: arithmetic on bools is not lowered).
+    let f = |k: usize| match a[k] {
+        Reg::F(x) => Some(x),
+        Reg::M(_) => None,
+    };
     Some(match *prim {
-        Primitive::AsType(DType::F32) => a[0],
+        Primitive::AsType(DType::F32) => Reg::F(a[0].f32()),
+        Primitive::AsType(DType::Bool) => Reg::M(a[0].mask()),
+        Primitive::Where => Reg::F(Traced::select(a[0].mask(), f(1)?, f(2)?)),
         Primitive::Unary(u) => {
-            let x = a[0];
-            match u {
+            if u == UnaryOp::LogicalNot {
+                return Some(Reg::M(mask_not(a[0].mask())));
+            }
+            let x = f(0)?;
+            Reg::F(match u {
                 UnaryOp::Neg => x.xor(Traced::splat(-0.0)),
                 UnaryOp::Abs => x.abs(),
                 UnaryOp::Square => x.mul(x),
@@ -360,18 +421,32 @@ fn lower_op(prim: &Primitive, a: &[Traced]) -> Option<Traced> {
                 UnaryOp::Floor => x.un(Un::Floor),
                 UnaryOp::Ceil => x.un(Un::Ceil),
                 UnaryOp::Round => x.un(Un::Round),
+                UnaryOp::IsNan => return Some(Reg::M(x.is_nan())),
+                UnaryOp::IsInf => return Some(Reg::M(x.abs().cmp(Pred::Eq, inf()))),
+                UnaryOp::IsFinite => return Some(Reg::M(x.abs().cmp(Pred::Lt, inf()))),
                 _ => simd_math::eval(crate::backend::cpu::unary::simd_func(u)?, x)?,
-            }
+            })
         }
         Primitive::Binary(b) => {
-            let (x, y) = (a[0], a[1]);
             match b {
-                BinaryOp::Add => x.add(y),
-                BinaryOp::Sub => x.sub(y),
-                BinaryOp::Mul => x.mul(y),
-                BinaryOp::Div => x.div(y),
-                BinaryOp::Maximum => max_min_nan(x, y, Bin::Max),
-                BinaryOp::Minimum => max_min_nan(x, y, Bin::Min),
+                BinaryOp::LogicalAnd => return Some(Reg::M(Traced::mand(a[0].mask(), a[1].mask()))),
+                BinaryOp::LogicalOr => return Some(Reg::M(Traced::mor(a[0].mask(), a[1].mask()))),
+                _ => {}
+            }
+            let (x, y) = (f(0)?, f(1)?);
+            match b {
+                BinaryOp::Add => Reg::F(x.add(y)),
+                BinaryOp::Sub => Reg::F(x.sub(y)),
+                BinaryOp::Mul => Reg::F(x.mul(y)),
+                BinaryOp::Div => Reg::F(x.div(y)),
+                BinaryOp::Maximum => Reg::F(max_min_nan(x, y, Bin::Max)),
+                BinaryOp::Minimum => Reg::F(max_min_nan(x, y, Bin::Min)),
+                BinaryOp::Equal => Reg::M(x.cmp(Pred::Eq, y)),
+                BinaryOp::NotEqual => Reg::M(x.cmp(Pred::Neq, y)),
+                BinaryOp::Less => Reg::M(x.cmp(Pred::Lt, y)),
+                BinaryOp::LessEqual => Reg::M(x.cmp(Pred::Le, y)),
+                BinaryOp::Greater => Reg::M(x.cmp(Pred::Gt, y)),
+                BinaryOp::GreaterEqual => Reg::M(x.cmp(Pred::Ge, y)),
                 _ => return None,
             }
         }
@@ -436,7 +511,7 @@ enum NotCompiled {
 impl std::fmt::Display for NotCompiled {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            NotCompiled::NotF32 => f.write_str("not all values are f32"),
+            NotCompiled::NotF32 => f.write_str("not all inputs and outputs are f32 and all values f32 or bool"),
             NotCompiled::TooManyInputs => write!(f, "more than {MAX_INPUTS} inputs"),
             NotCompiled::NoLowering(op) => write!(f, "{op} has no vector lowering"),
         }
@@ -445,7 +520,13 @@ impl std::fmt::Display for NotCompiled {
 
 /// Records group `g`, or says why it is not compiled.
 fn record_group(g: &FusedGroup, level: Level) -> Result<Prog, NotCompiled> {
-    if !g.inputs.iter().chain(g.ops.iter().map(|o| &o.dtype)).all(|&d| d == DType::F32) {
+    // Inputs and outputs are f32 arrays; values inside may also be bools
+    // (lane masks).
+    let f32_out = g.outputs.iter().all(|&r| r < g.inputs.len() || g.ops[r - g.inputs.len()].dtype == DType::F32);
+    if !g.inputs.iter().all(|&d| d == DType::F32)
+        || !g.ops.iter().all(|o| matches!(o.dtype, DType::F32 | DType::Bool))
+        || !f32_out
+    {
         return Err(NotCompiled::NotF32);
     }
     if g.inputs.len() > MAX_INPUTS {
@@ -453,19 +534,20 @@ fn record_group(g: &FusedGroup, level: Level) -> Result<Prog, NotCompiled> {
     }
     let level = if level == Level::Avx2 { Level::Avx2 } else { Level::Avx512 };
     RECORDER.with_borrow_mut(|r| *r = Recorder::new(level));
-    let mut regs: Vec<Traced> = (0..g.inputs.len()).map(|k| Traced(record(Node::Input(k)))).collect();
+    let mut regs: Vec<Reg> = (0..g.inputs.len()).map(|k| Reg::F(Traced(record(Node::Input(k))))).collect();
     for op in &g.ops {
-        let args: Vec<Traced> = op.args.iter().map(|&r| regs[r]).collect();
+        let args: Vec<Reg> = op.args.iter().map(|&r| regs[r]).collect();
         match lower_op(&op.prim, &args) {
-            Some(v) => regs.push(v),
-            None => {
+            Some(v) if matches!((v, op.dtype), (Reg::F(_), DType::F32) | (Reg::M(_), DType::Bool)) => regs.push(v),
+            _ => {
                 RECORDER.with_borrow_mut(|r| *r = Recorder::new(level));
                 return Err(NotCompiled::NoLowering(op.prim.name()));
             }
         }
     }
+    let outputs = g.outputs.iter().map(|&r| regs[r].f32().0).collect();
     let nodes = RECORDER.with_borrow_mut(|r| std::mem::replace(r, Recorder::new(level)).nodes);
-    Ok(Prog { nodes, inputs: g.inputs.len(), outputs: g.outputs.iter().map(|&r| regs[r].0).collect() })
+    Ok(Prog { nodes, inputs: g.inputs.len(), outputs })
 }
 
 /// How group `g` runs, for `explain`: as machine code (with the number of

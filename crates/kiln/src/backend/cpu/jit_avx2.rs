@@ -313,6 +313,14 @@ impl Gen<'_> {
                 self.st.free_slots.extend(dead);
                 d
             }
+            Node::MaskNot(x) => {
+                let s1 = self.load(x, pos, &mut pin)?;
+                let dead = self.retire(&ops, pos);
+                let d = self.alloc(pos, &pin)?;
+                self.a.vxorps(YMM[d], s1, ymmword_ptr(r10 + self.pool_at[&u32::MAX]))?;
+                self.st.free_slots.extend(dead);
+                d
+            }
             Node::Blend(m, x, y) => {
                 // d = m ? x : y: vblendvps d, y, x, m (the mask's sign bits pick x).
                 let sm = self.load(m, pos, &mut pin)?;
@@ -450,11 +458,12 @@ pub fn generate(p: &Prog, v: Variant) -> Option<Code> {
 fn emit(p: &Prog, v: Variant, frame: i32) -> Result<(CodeAssembler, Box<[jit_code::PoolLine]>, i32), NoCode> {
     let (n_in, n_out) = (p.inputs, p.outputs.len());
     let s = Schedule::new(p, &v.bcast, UNROLL);
-    // The pool: each constant in 8 lanes, the exponent bias, and the tail
-    // masks' table (8 lanes of ones, 8 of zeros).
+    // The pool: each constant in 8 lanes, the exponent bias, all ones (a
+    // mask's complement), and the tail masks' table (8 lanes of ones, 8 of
+    // zeros).
     let mut words = Vec::new();
     let mut pool_at = HashMap::new();
-    for b in s.constants().into_iter().chain([127]) {
+    for b in s.constants().into_iter().chain([127, u32::MAX]) {
         pool_at.entry(b).or_insert_with(|| {
             words.extend([b; 8]);
             4 * (words.len() as i32 - 8)
@@ -554,7 +563,7 @@ fn emit(p: &Prog, v: Variant, frame: i32) -> Result<(CodeAssembler, Box<[jit_cod
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::cpu::jit::Bin;
+    use crate::backend::cpu::jit::{Bin, Pred};
     use crate::backend::cpu::simd_math::{detected_level, Level};
 
     /// Runs `p` (one input, one output) over `x` through the generated code
@@ -634,6 +643,61 @@ mod tests {
                     up - down
                 })
                 .collect();
+            assert_eq!(run(&p, &x), want, "{n} positions");
+        }
+    }
+
+    #[test]
+    fn comparisons_and_mask_logic_select_per_lane() {
+        if detected_level() < Level::Avx2 {
+            return;
+        }
+        // Each predicate of x against 0.5 (x against itself for Unord) adds
+        // its own power of two; then a complement, an and and an or.
+        let preds = [Pred::Lt, Pred::Gt, Pred::Ge, Pred::Eq, Pred::Neq, Pred::Le, Pred::Unord];
+        let mut nodes = vec![Node::Input(0), Node::Const(0.5f32.to_bits()), Node::Const(0f32.to_bits())];
+        let push = |nodes: &mut Vec<Node>, n: Node| {
+            nodes.push(n);
+            nodes.len() as Val - 1
+        };
+        let mut acc = 2;
+        let mut masks = Vec::new();
+        let mut add_if = |nodes: &mut Vec<Node>, m: Val, k: usize| {
+            let c = push(nodes, Node::Const(((1u32 << k) as f32).to_bits()));
+            let b = push(nodes, Node::Blend(m, c, 2));
+            acc = push(nodes, Node::Bin(Bin::Add, acc, b));
+        };
+        for (k, &p) in preds.iter().enumerate() {
+            let m = push(&mut nodes, Node::Cmp(p, 0, if p == Pred::Unord { 0 } else { 1 }));
+            masks.push(m);
+            add_if(&mut nodes, m, k);
+        }
+        let not_lt = push(&mut nodes, Node::MaskNot(masks[0]));
+        add_if(&mut nodes, not_lt, 7);
+        let both = push(&mut nodes, Node::MaskAnd(masks[1], masks[4]));
+        add_if(&mut nodes, both, 8);
+        let either = push(&mut nodes, Node::MaskOr(masks[6], masks[3]));
+        add_if(&mut nodes, either, 9);
+        let p = Prog { nodes, inputs: 1, outputs: vec![acc] };
+        let reference = |x: f32| {
+            let bits = [
+                x < 0.5,
+                x > 0.5,
+                x >= 0.5,
+                x == 0.5,
+                x != 0.5,
+                x <= 0.5,
+                x.is_nan(),
+                x.partial_cmp(&0.5) != Some(std::cmp::Ordering::Less),
+                x > 0.5 && x != 0.5,
+                x.is_nan() || x == 0.5,
+            ];
+            bits.iter().enumerate().fold(0.0f32, |a, (k, &b)| a + if b { (1u32 << k) as f32 } else { 0.0 })
+        };
+        let specials = [0.5f32, -0.5, 0.0, -0.0, 1.0, f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 0.499_999_97];
+        for n in [1, 7, 8, 9, 16, 17, 40] {
+            let x: Vec<f32> = (0..n).map(|i| specials[i % specials.len()]).collect();
+            let want: Vec<f32> = x.iter().map(|&v| reference(v)).collect();
             assert_eq!(run(&p, &x), want, "{n} positions");
         }
     }

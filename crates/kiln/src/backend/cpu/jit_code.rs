@@ -139,6 +139,8 @@ pub fn commutes(op: crate::backend::cpu::jit::Bin) -> bool {
 pub fn pred_imm(p: Pred) -> i32 {
     match p {
         Pred::Eq => 0x00,    // EQ_OQ
+        Pred::Neq => 0x04,   // NEQ_UQ
+        Pred::Le => 0x12,    // LE_OQ
         Pred::Unord => 0x03, // UNORD_Q
         Pred::Lt => 0x11,    // LT_OQ
         Pred::Ge => 0x1D,    // GE_OQ

@@ -269,6 +269,14 @@ impl Gen<'_> {
                 self.loc[v as usize] = Loc::K(k);
                 return Ok(());
             }
+            Node::MaskNot(x) => {
+                let kx = self.kreg(x);
+                self.free(&temps, &ops, pos);
+                let k = self.take_k()?;
+                self.a.knotw(K[k], K[kx])?;
+                self.loc[v as usize] = Loc::K(k);
+                return Ok(());
+            }
             Node::Blend(m, x, y) => {
                 // d = m ? x : y: vblendmps d{m}, y, x.
                 let km = self.kreg(m);
