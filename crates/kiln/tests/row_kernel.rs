@@ -111,6 +111,29 @@ fn values_leaving_the_chain_are_written_row_by_row() -> Result<()> {
 }
 
 #[test]
+fn every_mean_of_a_row_a_variance_folds_is_written() -> Result<()> {
+    // Means of the rows a variance folds, with and without keepdims, the
+    // variance and a layernorm of them: the variance's fold carries one
+    // mean; every other one is folded and written too (the mean without
+    // keepdims was once left unwritten, so a sum of it read garbage).
+    let x = normal(&[64, 48], 5);
+    let f = |a: &[Array]| -> Result<Vec<Array>> {
+        let x = &a[0];
+        let kept = x.mean(-1, true)?;
+        let flat = x.mean(-1, false)?;
+        let d = (x - &kept)?;
+        let var = d.square()?.mean(-1, true)?;
+        let y = (&d * (&var + 1e-5f32)?.rsqrt()?)?;
+        Ok(vec![y, flat.sum(0, false)?, flat, var, x.var(-1, false, 1)?])
+    };
+    let ran = check(f, &[x], "two means and two variances of the same rows")?;
+    if jit_enabled() {
+        assert!(ran >= 1, "the chain ran row by row");
+    }
+    Ok(())
+}
+
+#[test]
 fn three_dimensional_and_broadcast_inputs_read_their_rows() -> Result<()> {
     // Rows over two leading axes; a per-row shift (b, t, 1) from outside
     // the chain; a weight broadcast over the middle axis (b, 1, c).

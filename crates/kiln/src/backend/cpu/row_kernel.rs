@@ -137,17 +137,25 @@ struct RowFold {
     mean: Option<Dst>,
 }
 
-/// The folds of one step, each mean that a variance of the same row
-/// carries taken out of the list and into that variance's fold.
+/// The folds of one step, the first mean of each row that a variance of
+/// the same row folds taken out of the list and into that variance's fold
+/// (the variance carries it, bit for bit the mean's own fold). Any other
+/// mean of that row (one with other `keepdims`, say) stays a fold of its
+/// own: each destination is written.
 fn pair_means(folds: Vec<(ReduceOp, Src, Dst)>) -> Vec<RowFold> {
-    let find = |src: Src, want: fn(ReduceOp) -> bool| folds.iter().find(|&&(o, s, _)| want(o) && s == src);
     let is_var = |o: ReduceOp| matches!(o, ReduceOp::Var { .. });
     let is_mean = |o: ReduceOp| o == ReduceOp::Mean;
-    folds
-        .iter()
-        .filter(|&&(op, src, _)| !(is_mean(op) && find(src, is_var).is_some()))
-        .map(|&(op, src, dst)| {
-            let mean = if is_var(op) { find(src, is_mean).map(|&(_, _, d)| d) } else { None };
+    // The index of the first fold of `src` by an op that `want` picks.
+    let first = |src: Src, want: fn(ReduceOp) -> bool| folds.iter().position(|&(o, s, _)| want(o) && s == src);
+    let carried = |i: usize| {
+        let (op, src, _) = folds[i];
+        is_mean(op) && first(src, is_mean) == Some(i) && first(src, is_var).is_some()
+    };
+    (0..folds.len())
+        .filter(|&i| !carried(i))
+        .map(|i| {
+            let (op, src, dst) = folds[i];
+            let mean = if is_var(op) { first(src, is_mean).map(|j| folds[j].2) } else { None };
             RowFold { op, src, dst, mean }
         })
         .collect()
