@@ -32,7 +32,7 @@ pub struct Step {
 }
 
 /// The number of op kinds.
-pub const N_OPS: u8 = 45;
+pub const N_OPS: u8 = 46;
 
 pub fn pick(vals: &[Array], i: u8) -> &Array {
     &vals[i as usize % vals.len()]
@@ -137,6 +137,9 @@ pub fn apply(s: &Step, vals: &[Array], n_inputs: usize) -> Result<Option<Array>>
         }
         43 => kiln::where_(rx, y, &(z * rx.less_equal(ry)?.astype(z.dtype())?)?),
         44 => x * kiln::logical_or(&rx.not_equal(ry)?, &kiln::isfinite(rx)?)?.astype(x.dtype())?,
+        // A bool value that later steps read (and programs return): bool
+        // inputs and outputs of compiled groups.
+        45 => kiln::logical_or(&rx.greater(ry)?, &kiln::isnan(rx)?),
         _ => return Ok(None),
     };
     r.map(Some)
@@ -154,7 +157,7 @@ pub fn reads(s: &Step, n: usize, n_inputs: usize) -> Vec<usize> {
         10..=15 | 22 | 26 | 27 | 41 => vec![x, y],
         16 | 42 | 43 => vec![rx, ry, y, z],
         44 => vec![x, rx, ry],
-        30 | 31 => vec![rx, ry],
+        30 | 31 | 45 => vec![rx, ry],
         _ => vec![x],
     }
 }

@@ -635,3 +635,61 @@ fn groups_with_bool_values_inside_compile_and_match_the_interpreter() -> Result<
     }
     Ok(())
 }
+
+/// Bool arrays (bytes) in and out of compiled groups, against the
+/// interpreter, bit for bit: the f32 output, then the bool one.
+fn bool_io(x: &Array, m: &Array) -> Result<(Array, Array)> {
+    let filled = kiln::where_(m, x, f32::NEG_INFINITY)?;
+    let dropped = ((x * &m.astype(kiln::DType::F32)?)? * 2.0f32)?;
+    let keep = kiln::logical_and(&kiln::logical_not(m)?, &kiln::greater(x, 0.5f32)?)?;
+    Ok((filled.maximum(&dropped)?, keep))
+}
+
+#[test]
+fn bool_inputs_and_outputs_are_read_and_written_as_bytes() -> Result<()> {
+    // AVX-512 loads a bool input's bytes as a lane mask and stores a bool
+    // output's mask as bytes 0 or 1 (AVX2 leaves such groups to the
+    // interpreter): at every tail length, with a broadcast mask row and a
+    // broadcast scalar mask, and through streamed outputs.
+    let c = compile(|x: &Array, m: &Array| -> Result<Vec<Array>> {
+        let (a, b) = bool_io(x, m)?;
+        Ok(vec![a, b])
+    });
+    let check = |x: &Array, m: &Array, what: &str| -> Result<()> {
+        let got = c.call((x, m))?;
+        let (wa, wb) = jit::interpreted(|| -> Result<(Vec<f32>, Vec<bool>)> {
+            let (a, b) = bool_io(x, m)?;
+            Ok((a.to_vec::<f32>()?, b.to_vec::<bool>()?))
+        })?;
+        assert_same(&got[0].to_vec::<f32>()?, &wa, what);
+        assert_eq!(got[1].to_vec::<bool>()?, wb, "{what}: bool output");
+        Ok(())
+    };
+    let mut rng = Rng::new(83);
+    let mask = |rng: &mut Rng, n: usize| -> Result<Array> {
+        let v = values(rng, n, 3.0);
+        kiln::greater(&Array::from_vec(v, &[n])?, 0.0f32)
+    };
+    for k in 0..=40 {
+        let x = Array::from_vec(values(&mut rng, k, 3.0), &[k])?;
+        check(&x, &mask(&mut rng, k)?, &format!("{k} positions"))?;
+    }
+    let x = Array::from_vec(values(&mut rng, 70, 3.0), &[7, 10])?;
+    check(&x, &mask(&mut rng, 10)?, "broadcast mask row")?;
+    check(&x, &kiln::greater(Array::scalar(1.0f32), 0.0f32)?, "broadcast true")?;
+    check(&x, &kiln::greater(Array::scalar(-1.0f32), 0.0f32)?, "broadcast false")?;
+    if jit::target() == Some(simd_math::Level::Avx512) && jit::enabled() {
+        let x = Array::from_vec(values(&mut rng, 64, 3.0), &[64])?;
+        let text = c.explain((&x, &mask(&mut rng, 64)?))?;
+        assert!(text.contains("code:    machine code (") && !text.contains("interpreter"), "{text}");
+    }
+    // Outputs streamed to memory (the limit lowered for this call only).
+    let n = 200_003;
+    let x = Array::from_vec(values(&mut rng, n, 3.0), &[n])?;
+    let m = mask(&mut rng, n)?;
+    let limit = kiln::backend::cpu::stream::stream_min_working_set();
+    kiln::backend::cpu::stream::set_stream_min_working_set(1 << 16);
+    let streamed = check(&x, &m, "streamed outputs");
+    kiln::backend::cpu::stream::set_stream_min_working_set(limit);
+    streamed
+}

@@ -134,6 +134,26 @@ fn every_mean_of_a_row_a_variance_folds_is_written() -> Result<()> {
 }
 
 #[test]
+fn reductions_of_comparisons_fold_their_values() -> Result<()> {
+    // A comparison's bool values (bytes, from generated code) folded over
+    // rows: the row kernel reads only f32 rows, so that fold runs block by
+    // block, never over bytes taken for floats. A layernorm runs first, so
+    // scratch rows hold old values that a wrong read would show.
+    let x = normal(&[7, 45], 6);
+    let g = normal(&[45], 7);
+    check(|a| Ok(vec![layernorm(&a[0], &a[1], &a[1])?]), &[x.clone(), g], "a layernorm first")?;
+    for keep in [false, true] {
+        let f = move |a: &[Array]| -> Result<Vec<Array>> {
+            let x = &a[0];
+            let any = kiln::logical_or(&kiln::greater(x, 0.5f32)?, &kiln::isnan(x)?)?;
+            Ok(vec![any.mean(-1, keep)?, (x + x)?])
+        };
+        check(f, std::slice::from_ref(&x), &format!("mean of a comparison, keepdims {keep}"))?;
+    }
+    Ok(())
+}
+
+#[test]
 fn three_dimensional_and_broadcast_inputs_read_their_rows() -> Result<()> {
     // Rows over two leading axes; a per-row shift (b, t, 1) from outside
     // the chain; a weight broadcast over the middle axis (b, 1, c).

@@ -19,7 +19,7 @@
 use crate::array::Data;
 use crate::backend::cpu::strided::{PAR_CHUNK, PAR_THRESHOLD};
 use crate::backend::cpu::tile::{Src, TILE};
-use crate::backend::cpu::{binary, cast, jit, team, unary, Buffer, BufferElement, CpuGroup};
+use crate::backend::cpu::{binary, cast, jit, team, unary, Buffer, CpuGroup};
 use crate::dtype::DType;
 use crate::layout::{collapse, for_each_block, Layout};
 use crate::passes::fuse::{FusedGroup, FusedOp};
@@ -588,7 +588,11 @@ impl<'a> Exec<'a> {
             if x.bcast {
                 bcast.insert(k);
             }
-            *p = x.slice::<f32>().as_ptr();
+            // A bool input is read as bytes (see `jit::Node::InputMask`).
+            *p = match x.buf {
+                Buffer::Bool(_) => x.slice::<bool>().as_ptr().cast(),
+                _ => x.slice::<f32>().as_ptr(),
+            };
         }
         // Borrowed from the task's cache, not cloned: an `Arc` count touched
         // by every tile of both threads is a contended cache line.
@@ -602,13 +606,15 @@ impl<'a> Exec<'a> {
         };
         let Some(kernel) = &sc.kernels[at].1 else { return false };
         for (j, (&r, p)) in self.g.outputs.iter().zip(outs).enumerate() {
+            // f32 outputs, or bool ones written as bytes.
+            let bytes = self.g.reg_dtype(r).size();
             dst[j] = if self.stream[j] {
                 // Streamed from the register tile below.
-                f32::slice_of_mut(&mut sc.slots[self.plan.op_slot[r - n_in]]).expect("f32 register").as_mut_ptr()
+                crate::with_buffer!(&mut sc.slots[self.plan.op_slot[r - n_in]], v => v.as_mut_ptr().cast())
             } else {
                 // SAFETY: as in `store`: `p` holds at least `s - base + len`
-                // elements of `f32` and this task owns that range.
-                unsafe { (p.0 as *mut f32).add(s - base) }
+                // elements of the output's dtype and this task owns that range.
+                unsafe { p.0.add((s - base) * bytes).cast() }
             };
         }
         // SAFETY: every input pointer addresses `len` elements of this tile

@@ -41,16 +41,20 @@
 //! generated loop beats the interpreter's tiles in and out of cache; eager
 //! ops keep their groups, so each is compiled once per process), when it
 //! has at most
-//! [`MAX_INPUTS`] inputs (any number of outputs), its inputs and outputs
-//! are `f32` and every value inside is `f32` or `bool`, each op has a
+//! [`MAX_INPUTS`] inputs (any number of outputs), every value is `f32` or
+//! `bool` (a `bool` input or output, one byte per position, on AVX-512
+//! only: AVX2 leaves such groups to the interpreter), each op has a
 //! lowering (arithmetic, `abs`, `neg`, `square`, `sqrt`, `rsqrt`,
 //! rounding, `maximum`/`minimum`, `exp`, `expm1`, `log`, `log1p`, `tanh`,
 //! `sigmoid`, `erf`; comparisons of `f32`, `logical_and`/`or`/`not`,
 //! `isnan`/`isinf`/`isfinite`, `where`, `astype` between `f32` and
 //! `bool`), and the CPU has AVX-512 or AVX2 and FMA. A `bool` value is a
 //! lane mask (a mask register on AVX-512, a vector of all-ones or zero
-//! lanes on AVX2) that never leaves the kernel: `where(x > 0, x, 0.01 *
-//! x)` is one loop, as `maximum(x, 0.01 * x)` is. Anything else runs on
+//! lanes on AVX2): `where(x > 0, x, 0.01 * x)` is one loop, as
+//! `maximum(x, 0.01 * x)` is; a `bool` input's bytes are widened and
+//! tested (nonzero is true), and a `bool` output's mask stored as bytes 0
+//! or 1, so a mask argument (`where(mask, x, -inf)`) or a comparison
+//! returned (`x > 0`) stays in the kernel too. Anything else runs on
 //! the interpreter, which remains the reference. Setting the
 //! environment variable `KILN_JIT=0` turns compilation off (to compare, or
 //! to debug a suspected code generation problem); `KILN_JIT_DUMP=dir`
@@ -143,6 +147,9 @@ pub enum Pred {
 pub enum Node {
     /// Group input `k` at the current position.
     Input(usize),
+    /// Group input `k`, a `bool` array (one byte per position), at the
+    /// current position: a lane mask, true where the byte is nonzero.
+    InputMask(usize),
     /// A constant, by its bit pattern.
     Const(u32),
     /// A two-operand operation.
@@ -167,7 +174,7 @@ impl Node {
     /// The node with each operand `v` replaced by `f(v)`.
     pub fn map_operands(self, f: impl Fn(Val) -> Val) -> Node {
         match self {
-            Node::Input(_) | Node::Const(_) => self,
+            Node::Input(_) | Node::InputMask(_) | Node::Const(_) => self,
             Node::Un(op, a) => Node::Un(op, f(a)),
             Node::MaskNot(a) => Node::MaskNot(f(a)),
             Node::Bin(op, a, b) => Node::Bin(op, f(a), f(b)),
@@ -182,7 +189,7 @@ impl Node {
     /// The values this node reads.
     pub fn operands(&self) -> Vec<Val> {
         match *self {
-            Node::Input(_) | Node::Const(_) => vec![],
+            Node::Input(_) | Node::InputMask(_) | Node::Const(_) => vec![],
             Node::Un(_, a) | Node::MaskNot(a) => vec![a],
             Node::Bin(_, a, b) | Node::Cmp(_, a, b) | Node::MaskAnd(a, b) | Node::MaskOr(a, b) => vec![a, b],
             Node::Fma(a, b, c) | Node::Blend(a, b, c) => vec![a, b, c],
@@ -197,8 +204,25 @@ pub struct Prog {
     pub nodes: Vec<Node>,
     /// The group's inputs.
     pub inputs: usize,
-    /// The value of each group output, in order.
+    /// The value of each group output, in order: a mask value (a
+    /// comparison, a logical op, a `bool` input) is a `bool` output, stored
+    /// as one byte per position (0 or 1), any other an `f32` one.
     pub outputs: Vec<Val>,
+}
+
+impl Prog {
+    /// Whether value `v` is a lane mask (a `bool` value).
+    pub fn is_mask(&self, v: Val) -> bool {
+        matches!(
+            self.nodes[v as usize],
+            Node::Cmp(..) | Node::MaskAnd(..) | Node::MaskOr(..) | Node::MaskNot(_) | Node::InputMask(_)
+        )
+    }
+
+    /// Whether any input or output is a `bool` array.
+    pub fn has_bool_io(&self) -> bool {
+        self.nodes.iter().any(|n| matches!(n, Node::InputMask(_))) || self.outputs.iter().any(|&o| self.is_mask(o))
+    }
 }
 
 /// Records operations into a [`Prog`], merging repeated ones.
@@ -511,7 +535,7 @@ enum NotCompiled {
 impl std::fmt::Display for NotCompiled {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            NotCompiled::NotF32 => f.write_str("not all inputs and outputs are f32 and all values f32 or bool"),
+            NotCompiled::NotF32 => f.write_str("a value is not f32 or bool (bool inputs and outputs need AVX-512)"),
             NotCompiled::TooManyInputs => write!(f, "more than {MAX_INPUTS} inputs"),
             NotCompiled::NoLowering(op) => write!(f, "{op} has no vector lowering"),
         }
@@ -520,21 +544,31 @@ impl std::fmt::Display for NotCompiled {
 
 /// Records group `g`, or says why it is not compiled.
 fn record_group(g: &FusedGroup, level: Level) -> Result<Prog, NotCompiled> {
-    // Inputs and outputs are f32 arrays; values inside may also be bools
-    // (lane masks).
-    let f32_out = g.outputs.iter().all(|&r| r < g.inputs.len() || g.ops[r - g.inputs.len()].dtype == DType::F32);
-    if !g.inputs.iter().all(|&d| d == DType::F32)
-        || !g.ops.iter().all(|o| matches!(o.dtype, DType::F32 | DType::Bool))
-        || !f32_out
+    // Values are f32 or bool (lane masks); bool inputs and outputs (bytes)
+    // are loaded and stored by the AVX-512 generator only.
+    let n_in = g.inputs.len();
+    let dtype_of = |r: usize| if r < n_in { g.inputs[r] } else { g.ops[r - n_in].dtype };
+    let io = g.inputs.iter().copied().chain(g.outputs.iter().map(|&r| dtype_of(r)));
+    let bool_io = level == Level::Avx512;
+    if !g.ops.iter().all(|o| matches!(o.dtype, DType::F32 | DType::Bool))
+        || !io.into_iter().all(|d| d == DType::F32 || (bool_io && d == DType::Bool))
     {
         return Err(NotCompiled::NotF32);
     }
-    if g.inputs.len() > MAX_INPUTS {
+    if n_in > MAX_INPUTS {
         return Err(NotCompiled::TooManyInputs);
     }
     let level = if level == Level::Avx2 { Level::Avx2 } else { Level::Avx512 };
     RECORDER.with_borrow_mut(|r| *r = Recorder::new(level));
-    let mut regs: Vec<Reg> = (0..g.inputs.len()).map(|k| Reg::F(Traced(record(Node::Input(k))))).collect();
+    let mut regs: Vec<Reg> = g
+        .inputs
+        .iter()
+        .enumerate()
+        .map(|(k, &d)| match d {
+            DType::Bool => Reg::M(TracedMask(record(Node::InputMask(k)))),
+            _ => Reg::F(Traced(record(Node::Input(k)))),
+        })
+        .collect();
     for op in &g.ops {
         let args: Vec<Reg> = op.args.iter().map(|&r| regs[r]).collect();
         match lower_op(&op.prim, &args) {
@@ -545,9 +579,16 @@ fn record_group(g: &FusedGroup, level: Level) -> Result<Prog, NotCompiled> {
             }
         }
     }
-    let outputs = g.outputs.iter().map(|&r| regs[r].f32().0).collect();
+    let outputs = g
+        .outputs
+        .iter()
+        .map(|&r| match regs[r] {
+            Reg::F(x) => x.0,
+            Reg::M(m) => m.0,
+        })
+        .collect();
     let nodes = RECORDER.with_borrow_mut(|r| std::mem::replace(r, Recorder::new(level)).nodes);
-    Ok(Prog { nodes, inputs: g.inputs.len(), outputs })
+    Ok(Prog { nodes, inputs: n_in, outputs })
 }
 
 /// How group `g` runs, for `explain`: as machine code (with the number of
@@ -689,7 +730,7 @@ impl Compiled {
     /// Vector operations per vector of output (inputs and constants not
     /// counted): how much the kernel computes per byte it moves.
     pub fn vector_ops(&self) -> usize {
-        self.prog.nodes.iter().filter(|n| !matches!(n, Node::Input(_) | Node::Const(_))).count()
+        self.prog.nodes.iter().filter(|n| !matches!(n, Node::Input(_) | Node::InputMask(_) | Node::Const(_))).count()
     }
 
     /// The kernel for variant `v`, compiled on first use; `None` when code

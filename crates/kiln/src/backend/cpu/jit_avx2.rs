@@ -221,6 +221,8 @@ impl Gen<'_> {
         let mut pin = Vec::new();
         let d = match n {
             Node::Const(_) => unreachable!("constants are not emitted"),
+            // Bool inputs and outputs are lowered for AVX-512 only.
+            Node::InputMask(_) => return Err(NoCode),
             Node::Input(k) => {
                 let d = self.alloc(pos, &pin)?;
                 let dy = YMM[d];
@@ -442,6 +444,10 @@ impl Gen<'_> {
 /// Compiles `p` for variant `v`; `None` only when the program holds an
 /// operation of another level (see [`jit`](crate::backend::cpu::jit)).
 pub fn generate(p: &Prog, v: Variant) -> Option<Code> {
+    // Bool inputs and outputs (bytes) are loaded and stored on AVX-512 only.
+    if p.has_bool_io() {
+        return None;
+    }
     // The first pass finds how many stack slots the spills need; the
     // second, identical but for the frame's size, reserves them.
     let frame = emit(p, v, 0).ok()?.2;

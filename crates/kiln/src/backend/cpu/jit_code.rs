@@ -220,7 +220,7 @@ impl Schedule {
         let mut inv = vec![false; nodes.len()];
         for (i, n) in nodes.iter().enumerate() {
             inv[i] = match *n {
-                Node::Input(k) => bcast.contains(k),
+                Node::Input(k) | Node::InputMask(k) => bcast.contains(k),
                 Node::Const(_) => true,
                 _ => n.operands().iter().all(|&o| inv[o as usize]),
             };

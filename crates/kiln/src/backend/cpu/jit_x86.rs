@@ -164,6 +164,26 @@ impl Gen<'_> {
                 }
                 self.loc[v as usize] = Loc::Z(d);
             }
+            Node::InputMask(k) => {
+                // Bytes widened to lanes, then tested: nonzero is true.
+                let t = self.take_z()?;
+                let kd = self.take_k()?;
+                let disp = self.disp[v as usize] / 4;
+                let ptr = self.ptrs.input(&mut self.a, k)?;
+                if bcast.contains(k) {
+                    self.a.movzx(r11d, byte_ptr(ptr))?;
+                    self.a.vpbroadcastd(ZMM[t], r11d)?;
+                } else {
+                    // `rax` is the position's f32 byte offset (a multiple of
+                    // 64): a quarter of it is the position's byte offset.
+                    self.a.shr(rax, 2)?;
+                    self.a.vpmovzxbd(ZMM[t].k1().z(), xmmword_ptr(ptr + rax + disp))?;
+                    self.a.shl(rax, 2)?;
+                }
+                self.a.vptestmd(K[kd], ZMM[t], ZMM[t])?;
+                self.free_z.push(t);
+                self.loc[v as usize] = Loc::K(kd);
+            }
             Node::Bin(op, x, y) => {
                 let commutes = jit_code::commutes(op);
                 let (x, y) = match (self.loc[x as usize], commutes) {
@@ -331,9 +351,10 @@ fn emit(p: &Prog, v: Variant, copies: usize) -> Result<Code, NoCode> {
     let last_one = s.last_uses(&s.body, &p.outputs);
     let last_pair = if unroll { s.last_uses(&pair_order, &s.stored(copies)) } else { last_one.clone() };
     let loc = s.q.nodes.iter().map(|n| if matches!(n, Node::Const(_)) { Loc::Pool } else { Loc::None }).collect();
-    // The constant pool: every constant of the program, and the exponent bias.
+    // The constant pool: every constant of the program, the exponent bias,
+    // and the integer 1 (a true bool).
     let mut words = s.constants();
-    words.push(127);
+    words.extend([127, 1]);
     let pool = jit_code::pool(&words);
     let mut pool_at = HashMap::new();
     for (i, &b) in words.iter().enumerate() {
@@ -373,6 +394,18 @@ fn emit(p: &Prog, v: Variant, copies: usize) -> Result<Code, NoCode> {
         }
         for (j, &o) in p.outputs.iter().enumerate() {
             for (c, cv) in copies.iter().enumerate() {
+                if p.is_mask(o) {
+                    // A bool output: 1 in the mask's lanes, narrowed to bytes.
+                    let km = g.kreg(cv[o as usize]);
+                    let t = g.take_z()?;
+                    g.a.vpbroadcastd(masked(ZMM[t], km).z(), dword_ptr(r10 + g.slot(1)))?;
+                    let ptr = g.ptrs.output(&mut g.a, j)?;
+                    g.a.shr(rax, 2)?;
+                    g.a.vpmovdb(xmmword_ptr(ptr + rax + 16 * c as i32).k1(), ZMM[t])?;
+                    g.a.shl(rax, 2)?;
+                    g.free_z.push(t);
+                    continue;
+                }
                 let mut temps = Vec::new();
                 let r = g.reg(cv[o as usize], &mut temps)?;
                 let ptr = g.ptrs.output(&mut g.a, j)?;

@@ -462,6 +462,12 @@ fn reads_row(src: Src, outside: &[Outside]) -> bool {
 /// `ins`: per-row values broadcast, inputs whose rows come from memory
 /// (`stream::from_memory`) prefetched one row ahead.
 fn kernel_for(g: &CpuGroup, ins: &[Src], outside: &[Outside], len: usize) -> Option<Arc<jit::Kernel>> {
+    // Rows are f32: a group reading or writing bool arrays (bytes), such as
+    // a comparison a reduction folds, runs block by block.
+    let f32_row = |d: DType| d == DType::F32;
+    if !g.inputs.iter().all(|&d| f32_row(d)) || !g.outputs.iter().all(|&r| f32_row(g.reg_dtype(r))) {
+        return None;
+    }
     let code = g.code.get(g)?;
     let mut bcast = InputSet::EMPTY;
     let mut streams = false;
