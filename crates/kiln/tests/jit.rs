@@ -562,7 +562,8 @@ type F2Named = (&'static str, F2);
 
 /// Functions whose groups hold `bool` values (comparisons, logical ops,
 /// the NaN and infinity tests) inside, with `f32` inputs and outputs.
-const MASKED: [F2Named; 6] = [
+const MASKED: [F2Named; 7] = [
+    ("sign", |x, y| (x.sign()? * y.abs()?.sqrt()?)? + y.sign()?),
     ("leaky relu", |x, _| kiln::where_(&kiln::greater(x, 0.0f32)?, x, &(x * 0.01f32)?)),
     ("huber", |x, _| {
         let a = x.abs()?;

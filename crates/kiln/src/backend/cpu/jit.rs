@@ -44,7 +44,7 @@
 //! [`MAX_INPUTS`] inputs (any number of outputs), every value is `f32` or
 //! `bool` (a `bool` input or output, one byte per position, on AVX-512
 //! only: AVX2 leaves such groups to the interpreter), each op has a
-//! lowering (arithmetic, `abs`, `neg`, `square`, `sqrt`, `rsqrt`,
+//! lowering (arithmetic, `abs`, `neg`, `sign`, `square`, `sqrt`, `rsqrt`,
 //! rounding, `maximum`/`minimum`, `exp`, `expm1`, `log`, `log1p`, `tanh`,
 //! `sigmoid`, `erf`; comparisons of `f32`, `logical_and`/`or`/`not`,
 //! `isnan`/`isinf`/`isfinite`, `where`, `astype` between `f32` and
@@ -445,6 +445,11 @@ fn lower_op(prim: &Primitive, a: &[Reg]) -> Option<Reg> {
                 UnaryOp::Floor => x.un(Un::Floor),
                 UnaryOp::Ceil => x.un(Un::Ceil),
                 UnaryOp::Round => x.un(Un::Round),
+                // 1 above 0, -1 below, x itself otherwise (±0 and NaN kept).
+                UnaryOp::Sign => {
+                    let neg = Traced::select(x.lt(Traced::splat(0.0)), Traced::splat(-1.0), x);
+                    Traced::select(x.gt(Traced::splat(0.0)), one(), neg)
+                }
                 UnaryOp::IsNan => return Some(Reg::M(x.is_nan())),
                 UnaryOp::IsInf => return Some(Reg::M(x.abs().cmp(Pred::Eq, inf()))),
                 UnaryOp::IsFinite => return Some(Reg::M(x.abs().cmp(Pred::Lt, inf()))),
