@@ -532,7 +532,7 @@ fn recording_level() -> Level {
 /// Why a group is not compiled.
 #[derive(Clone, Copy, Debug)]
 enum NotCompiled {
-    NotF32,
+    DType,
     TooManyInputs,
     NoLowering(&'static str),
 }
@@ -540,7 +540,7 @@ enum NotCompiled {
 impl std::fmt::Display for NotCompiled {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            NotCompiled::NotF32 => f.write_str("a value is not f32 or bool (bool inputs and outputs need AVX-512)"),
+            NotCompiled::DType => f.write_str("a value is not f32 or bool (bool inputs and outputs need AVX-512)"),
             NotCompiled::TooManyInputs => write!(f, "more than {MAX_INPUTS} inputs"),
             NotCompiled::NoLowering(op) => write!(f, "{op} has no vector lowering"),
         }
@@ -552,13 +552,12 @@ fn record_group(g: &FusedGroup, level: Level) -> Result<Prog, NotCompiled> {
     // Values are f32 or bool (lane masks); bool inputs and outputs (bytes)
     // are loaded and stored by the AVX-512 generator only.
     let n_in = g.inputs.len();
-    let dtype_of = |r: usize| if r < n_in { g.inputs[r] } else { g.ops[r - n_in].dtype };
-    let io = g.inputs.iter().copied().chain(g.outputs.iter().map(|&r| dtype_of(r)));
+    let io = g.inputs.iter().copied().chain(g.outputs.iter().map(|&r| g.reg_dtype(r)));
     let bool_io = level == Level::Avx512;
     if !g.ops.iter().all(|o| matches!(o.dtype, DType::F32 | DType::Bool))
         || !io.into_iter().all(|d| d == DType::F32 || (bool_io && d == DType::Bool))
     {
-        return Err(NotCompiled::NotF32);
+        return Err(NotCompiled::DType);
     }
     if n_in > MAX_INPUTS {
         return Err(NotCompiled::TooManyInputs);

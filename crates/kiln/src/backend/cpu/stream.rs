@@ -11,7 +11,7 @@
 //! [`fence`] before its task ends so the lines are visible to the threads
 //! that read them next.
 //!
-//! Two rules, each measured on an AMD EPYC (32 MiB L3) and an Intel Xeon
+//! Three rules, each measured on an AMD EPYC (32 MiB L3) and an Intel Xeon
 //! (300 MiB L3), in one process alternating the settings:
 //!
 //! - An elementwise kernel streams when the bytes it reads and writes pass
