@@ -9,6 +9,10 @@ cd "$(dirname "$0")/.."
 cargo test --workspace --all-targets
 cargo test --workspace --doc
 
+echo "== CUDA backend (feature cuda): builds with no CUDA installed; GPU tests skip here =="
+# They run on a GPU with scripts/gpu.sh; here they check the clear errors.
+cargo test --release -p kiln --features cuda --test cuda --test seam --test device
+
 echo "== fuzz: a short run of each target (RELIABILITY.md) =="
 # A fixed seed and case count: the same cases on every run.
 cargo run --release -q -p kiln-fuzz -- run ops --seconds 600 --cases 200000 --seed 1

@@ -12,7 +12,7 @@
 //! seconds (default 60) or C cases, whichever ends first (a fixed seed and
 //! count give the same cases on every run, as CI wants), 500 cases per
 //! child, each child under `ulimit -v`
-//! of M MiB (default 4096) and kiln's allocation limit `KILN_MEMORY_LIMIT`
+//! of M MiB (default 4096; 0 for none, as fuzzing on a GPU needs) and kiln's allocation limit `KILN_MEMORY_LIMIT`
 //! (default 256M: a valid graph whose intermediates are huge then ends in
 //! `OutOfMemory` quickly instead of paging for minutes). A failed, crashed or hung case
 //! is written to DIR (default `target/fuzz-cases`) as `<target>-<seed>.bin`,
@@ -115,7 +115,10 @@ fn run(target: &str, seconds: u64, cases: u64, seed: u64, mem_mb: u64, out: Path
     let end = seed.saturating_add(cases);
     while started.elapsed() < Duration::from_secs(seconds) && next < end {
         let batch = BATCH.min(end - next);
-        let script = format!("ulimit -v {}; exec \"$0\" child {target} {next} {batch}", mem_mb * 1024);
+        // `--mem-mb 0`: no address-space limit (a CUDA context reserves
+        // far more address space than any limit that would catch a leak).
+        let limit = if mem_mb == 0 { String::new() } else { format!("ulimit -v {}; ", mem_mb * 1024) };
+        let script = format!("{limit}exec \"$0\" child {target} {next} {batch}");
         let mut ch = match Command::new("sh")
             .arg("-c")
             .arg(&script)

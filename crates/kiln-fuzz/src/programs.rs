@@ -12,7 +12,7 @@
 //! up; elementwise-only programs agree to within a few ulp. NaN must match
 //! NaN.
 
-use kiln::{compile_with, Array, CompileOptions, DType, Result};
+use kiln::{compile_with, Array, CompileOptions, DType, Device, Result};
 
 use crate::bytes::Bytes;
 
@@ -306,9 +306,28 @@ pub fn new_shapes(
     vec![grown, remapped, flipped]
 }
 
+/// The device compiled calls run on: `KILN_FUZZ_DEVICE` (`cpu`, the
+/// default, or `cuda:N` in a build with the `cuda` feature). The eager
+/// results they are compared with are always the CPU's.
+pub fn device() -> Device {
+    static DEVICE: std::sync::OnceLock<Device> = std::sync::OnceLock::new();
+    *DEVICE.get_or_init(|| match std::env::var("KILN_FUZZ_DEVICE").ok().as_deref() {
+        None | Some("") | Some("cpu") => Device::Cpu,
+        Some(d) => match d.strip_prefix("cuda:").and_then(|n| n.parse().ok()) {
+            Some(n) => Device::Cuda(n),
+            None => panic!("KILN_FUZZ_DEVICE is `cpu` or `cuda:N`, not {d:?}"),
+        },
+    })
+}
+
+/// `args` on the fuzzed [`device`].
+fn on_device(args: &[Array]) -> Vec<Array> {
+    args.iter().map(|a| a.to_device(device()).expect("moving an input to the fuzzed device")).collect()
+}
+
 /// Fuzz target (b): a random program from `data`, compiled (normal or
-/// shapeless) against eager on its inputs, on new data, and (shapeless) on
-/// new shapes.
+/// shapeless, on the fuzzed [`device`]) against eager on the CPU on its
+/// inputs, on new data, and (shapeless) on new shapes.
 pub fn case(data: &[u8]) {
     let mut b = Bytes::new(data);
     let n_inputs = 1 + b.below(3);
@@ -333,14 +352,14 @@ pub fn case(data: &[u8]) {
         CompileOptions { shapeless, ..Default::default() },
     );
     let what = format!("inputs {inputs:?} steps {steps:?} seed {seed} shapeless {shapeless}");
-    let got = f.call(&args[..]).unwrap_or_else(|e| panic!("compiled call failed: {e} | {what}"));
+    let got = f.call(&on_device(&args)[..]).unwrap_or_else(|e| panic!("compiled call failed: {e} | {what}"));
     for (k, (g, w)) in got.iter().zip(&eager).enumerate() {
         assert_close(g, w, &format!("output {k} | {what}"));
     }
     // New data, same shapes: a cache hit.
     let args2 = make_inputs(&inputs, seed + 7);
     let eager2 = run(&steps, &args2, &mut decisions.clone(), true).expect("replay at the same shapes");
-    let got2 = f.call(&args2[..]).unwrap_or_else(|e| panic!("second call failed: {e} | {what}"));
+    let got2 = f.call(&on_device(&args2)[..]).unwrap_or_else(|e| panic!("second call failed: {e} | {what}"));
     assert_eq!(f.stats().traces, 1, "one trace | {what}");
     for (k, (g, w)) in got2.iter().zip(&eager2).enumerate() {
         assert_close(g, w, &format!("second call, output {k} | {what}"));
@@ -353,7 +372,7 @@ pub fn case(data: &[u8]) {
     for (c, shapes) in new_shapes(&inputs, grow, &remap, flip).into_iter().enumerate() {
         let args3 = make_inputs(&shapes, seed + 3 + c as u64);
         let want = replay_eager(&steps, &args3, &decisions);
-        let got = f.call(&args3[..]);
+        let got = f.call(&on_device(&args3)[..]);
         let on: Vec<Vec<usize>> = shapes.iter().map(|(s, _)| s.clone()).collect();
         match (want, got) {
             (Ok(w), Ok(g)) => {

@@ -10,6 +10,7 @@
 
 use crate::dtype::DType;
 use crate::error::{shape_str, Error, Result};
+use crate::layout::Layout;
 use crate::shape::{broadcast_shapes, check_broadcast_to, check_size, numel_checked};
 
 /// Elementwise operations of one operand.
@@ -503,6 +504,38 @@ pub enum Primitive {
         /// Output shape, or its leading dims when there is a second input.
         shape: Vec<usize>,
     },
+}
+
+impl Primitive {
+    /// For a view, the output's layout over its input's storage (`input` is
+    /// the input's layout, `shape` the output's): every backend evaluates
+    /// views this way, without touching data. `None` for ops that compute,
+    /// and for a reshape (or squeeze, expand) that the input's strides
+    /// cannot express, which copies.
+    pub fn view_layout(&self, input: &Layout, shape: &[usize]) -> Option<Layout> {
+        match self {
+            Primitive::Reshape { .. } | Primitive::Squeeze { .. } | Primitive::ExpandDims { .. } => {
+                input.reshape(shape)
+            }
+            Primitive::Transpose { perm } => Some(input.permute(perm)),
+            Primitive::BroadcastTo { .. } | Primitive::BroadcastLike => Some(input.broadcast_to(shape)),
+            Primitive::Slice { axes } => {
+                let (mut starts, mut lens, mut steps) =
+                    (vec![0; input.ndim()], input.shape.to_vec(), vec![1; input.ndim()]);
+                for (i, a) in axes.iter().enumerate() {
+                    (starts[i], lens[i]) = a.resolve(input.shape[i]);
+                    steps[i] = a.step;
+                }
+                Some(input.slice(&starts, &lens, &steps))
+            }
+            Primitive::SplitSection { axis, index, .. } => {
+                let mut starts = vec![0; input.ndim()];
+                starts[*axis] = index * shape[*axis];
+                Some(input.slice(&starts, shape, &vec![1; input.ndim()]))
+            }
+            _ => None,
+        }
+    }
 }
 
 /// Shape and dtype of an input, as seen by shape inference.

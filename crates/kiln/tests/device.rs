@@ -22,13 +22,16 @@ fn arrays_and_ops_are_on_the_cpu_by_default() -> Result<()> {
     Ok(())
 }
 
+/// A device no build serves (an index past any machine's GPUs).
+const MISSING: Device = Device::Cuda(4096);
+
 #[test]
 fn a_device_without_a_backend_is_an_error() -> Result<()> {
-    device_error(set_default_device(Device::Cuda(0)), "cuda:0");
+    device_error(set_default_device(MISSING), "cuda:4096");
     assert_eq!(default_device(), Device::Cpu, "a refused default leaves the old one");
-    device_error(with_default_device(Device::Cuda(1), || 1), "no CUDA backend");
+    device_error(with_default_device(Device::Cuda(4097), || 1), "cuda:4097 was asked for");
     let x = Array::from_slice(&[1.0f32, 2.0], &[2])?;
-    device_error(x.to_device(Device::Cuda(0)), "cuda:0");
+    device_error(x.to_device(MISSING), "cuda:4096");
     Ok(())
 }
 

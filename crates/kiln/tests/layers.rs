@@ -30,10 +30,34 @@ fn the_graph_layer_never_imports_a_concrete_backend() {
         }
         let text = std::fs::read_to_string(f).expect("readable source");
         for (i, line) in text.lines().enumerate() {
-            if line.contains("backend::cpu") || line.contains("cpu::Cpu") {
+            if line.contains("backend::cpu") || line.contains("cpu::Cpu") || line.contains("backend::cuda") {
                 bad.push(format!("src/{rel}:{}: {}", i + 1, line.trim()));
             }
         }
     }
-    assert!(bad.is_empty(), "graph-layer code names the CPU backend:\n{}", bad.join("\n"));
+    assert!(bad.is_empty(), "graph-layer code names a concrete backend:\n{}", bad.join("\n"));
+}
+
+/// Backends import the graph layer and their shared math, never each
+/// other: the CUDA backend does not name the CPU's modules, nor the CPU
+/// backend the CUDA one's.
+#[test]
+fn backends_do_not_import_each_other() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/backend");
+    let mut bad = vec![];
+    for (dir, other) in [("cpu", "backend::cuda"), ("cuda", "backend::cpu")] {
+        let mut files = vec![];
+        rust_files(&src.join(dir), &mut files);
+        for f in &files {
+            let text = std::fs::read_to_string(f).expect("readable source");
+            for (i, line) in text.lines().enumerate() {
+                // Comments may point at the other backend's counterpart.
+                if line.contains(other) && !line.trim_start().starts_with("//") {
+                    bad.push(format!("{}:{}: {}", f.display(), i + 1, line.trim()));
+                }
+            }
+        }
+        assert!(dir == "cpu" || !files.is_empty(), "found the CUDA backend's sources");
+    }
+    assert!(bad.is_empty(), "a backend names another:\n{}", bad.join("\n"));
 }

@@ -6,6 +6,9 @@
 //! serves a device.
 
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
+pub mod simd_math;
 
 use std::sync::{Arc, RwLock};
 
@@ -32,13 +35,19 @@ pub fn for_device(device: Device) -> Result<&'static dyn Backend> {
         return Ok(&CPU);
     }
     let registered = REGISTERED.read().unwrap_or_else(|e| e.into_inner());
-    match registered.iter().find(|(d, _)| *d == device) {
-        Some((_, b)) => Ok(*b),
-        None => Err(Error::Device {
-            op: "device",
-            msg: format!("{device} was asked for, but this build of kiln has no CUDA backend"),
-        }),
+    if let Some((_, b)) = registered.iter().find(|(d, _)| *d == device) {
+        return Ok(*b);
     }
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(i) = device {
+        return cuda::backend(i);
+    }
+    Err(Error::Device {
+        op: "device",
+        msg: format!(
+            "{device} was asked for, but this build of kiln has no CUDA backend (build with the `cuda` feature)"
+        ),
+    })
 }
 
 /// Makes `backend` serve `device` from now on (replacing an earlier

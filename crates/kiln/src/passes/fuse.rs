@@ -148,6 +148,36 @@ pub struct Planned {
     pub members: Vec<usize>,
 }
 
+/// True when a planned kernel still computes its instructions at the
+/// re-inferred `shapes` of a shapeless call: fusion grouped values of one
+/// traced shape, and a fused kernel iterates over one space (its output's,
+/// or for a reduction its source's), so every member (for a reduction,
+/// every reduced value) must still have that shape. At other shapes, such
+/// as `a = x * 2; b = a + y` traced on (2, 2), (2, 2) and called on (1,
+/// 2), (3, 2), a backend runs the kernel's `members` op by op.
+pub fn follows<G>(
+    kernel: &Kernel<G>,
+    members: &[usize],
+    outputs: &[usize],
+    p: &Program,
+    shapes: &[Vec<usize>],
+) -> bool {
+    match kernel {
+        Kernel::Single(_) => true,
+        Kernel::Fused(_) | Kernel::MatmulEpilogue(_) => {
+            let space = &shapes[outputs[0]];
+            members.iter().all(|&m| shapes[m] == *space)
+        }
+        Kernel::ReduceFused { source, .. } => {
+            let space = &shapes[*source];
+            members.iter().all(|&m| match p.instrs[m].prim {
+                Primitive::Reduce { .. } => shapes[p.instrs[m].inputs[0]] == *space,
+                _ => shapes[m] == *space,
+            })
+        }
+    }
+}
+
 /// Edges a [`Reach`] search may visit before it gives up and answers
 /// "reaches" (the answer that forbids fusing: safe, only less fused).
 const REACH_BUDGET: usize = 1 << 16;

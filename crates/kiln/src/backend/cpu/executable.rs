@@ -10,7 +10,7 @@ use crate::backend::cpu::fused::{Args, Outs};
 use crate::backend::cpu::{self, row_chain, row_kernel, CpuGroup};
 use crate::backend::{Executable, StepView};
 use crate::error::Result;
-use crate::passes::fuse::{is_free, plan, FusedGroup, FusedOp, Kernel};
+use crate::passes::fuse::{follows, is_free, plan, FusedGroup, FusedOp, Kernel};
 use crate::passes::Facts;
 use crate::primitive::{BinaryOp, Primitive};
 use crate::program::Program;
@@ -249,27 +249,10 @@ impl Executable for CpuExecutable {
 
 impl Step {
     /// True when the kernel still computes its instructions at the
-    /// re-inferred `shapes`: fusion grouped values of one traced shape, and
-    /// a fused kernel iterates over one space (its output's, or for a
-    /// reduction its source's), so every member (for a reduction, every
-    /// reduced value) must still have that shape. At other shapes, such as
-    /// `a = x * 2; b = a + y` traced on (2, 2), (2, 2) and called on (1, 2),
-    /// (3, 2), the step runs op by op (`run_unfused`).
+    /// re-inferred `shapes` (see [`follows`]); otherwise the step runs op
+    /// by op (`run_unfused`).
     pub fn follows(&self, p: &Program, shapes: &[Vec<usize>]) -> bool {
-        match &self.kernel {
-            Kernel::Single(_) => true,
-            Kernel::Fused(_) | Kernel::MatmulEpilogue(_) => {
-                let space = &shapes[self.outputs[0]];
-                self.members.iter().all(|&m| shapes[m] == *space)
-            }
-            Kernel::ReduceFused { source, .. } => {
-                let space = &shapes[*source];
-                self.members.iter().all(|&m| match p.instrs[m].prim {
-                    Primitive::Reduce { .. } => shapes[p.instrs[m].inputs[0]] == *space,
-                    _ => shapes[m] == *space,
-                })
-            }
-        }
+        follows(&self.kernel, &self.members, &self.outputs, p, shapes)
     }
 }
 

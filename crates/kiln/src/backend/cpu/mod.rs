@@ -27,7 +27,7 @@ pub mod reduce;
 pub mod row_chain;
 pub mod row_kernel;
 pub mod rows;
-pub mod simd_math;
+pub use super::simd_math;
 pub mod stream;
 pub mod strided;
 pub mod team;
@@ -122,29 +122,18 @@ pub fn eval(prim: &Primitive, inputs: &[&Data], shape: &[usize], dtype: DType) -
         Primitive::Reduce { op, axes, .. } => fresh(reduce::reduce(*op, inputs[0], axes, dtype)?),
         Primitive::ArgReduce { op, axis, .. } => fresh(reduce::arg_reduce(*op, inputs[0], *axis)?),
         Primitive::Matmul => fresh(matmul::matmul(inputs[0], inputs[1], shape)?),
-        Primitive::Reshape { .. } | Primitive::Squeeze { .. } | Primitive::ExpandDims { .. } => {
-            match inputs[0].layout().reshape(shape) {
-                Some(l) => view(l),
-                None => fresh(copy("reshape", inputs[0])?),
-            }
-        }
-        Primitive::Transpose { perm } => view(inputs[0].layout().permute(perm)),
-        Primitive::BroadcastTo { .. } | Primitive::BroadcastLike => view(inputs[0].layout().broadcast_to(shape)),
-        Primitive::Slice { axes } => {
-            let l = &inputs[0].layout();
-            let (mut starts, mut lens, mut steps) = (vec![0; l.ndim()], l.shape.clone(), vec![1; l.ndim()]);
-            for (i, a) in axes.iter().enumerate() {
-                (starts[i], lens[i]) = a.resolve(l.shape[i]);
-                steps[i] = a.step;
-            }
-            view(l.slice(&starts, &lens, &steps))
-        }
-        Primitive::SplitSection { axis, index, .. } => {
-            let l = &inputs[0].layout();
-            let mut starts = vec![0; l.ndim()];
-            starts[*axis] = index * shape[*axis];
-            view(l.slice(&starts, shape, &vec![1; l.ndim()]))
-        }
+        Primitive::Reshape { .. }
+        | Primitive::Squeeze { .. }
+        | Primitive::ExpandDims { .. }
+        | Primitive::Transpose { .. }
+        | Primitive::BroadcastTo { .. }
+        | Primitive::BroadcastLike
+        | Primitive::Slice { .. }
+        | Primitive::SplitSection { .. } => match prim.view_layout(inputs[0].layout(), shape) {
+            Some(l) => view(l),
+            // A reshape the strides cannot express.
+            None => fresh(copy("reshape", inputs[0])?),
+        },
         Primitive::Copy => fresh(copy("copy", inputs[0])?),
         Primitive::Concatenate { axis } => fresh(index::concatenate(inputs, *axis, shape)?),
         Primitive::Take { axis } => fresh(index::take(inputs[0], inputs[1], *axis, shape)?),

@@ -273,6 +273,20 @@ pub(crate) fn eval<V: Vf32>(f: Func, x: V) -> Option<V> {
     })
 }
 
+/// `f(x)` in the operations of `V` for every function, sine and cosine
+/// included: their vector path, exact to the stated bound for `|x| <=`
+/// [`TRIG_LIMIT`] (a caller recomputes larger lanes in `f64`, as the CUDA
+/// backend's printed kernels do).
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+#[inline(always)]
+pub(crate) fn eval_reduced<V: Vf32>(f: Func, x: V) -> V {
+    match f {
+        Func::Sin => sin_v(x),
+        Func::Cos => cos_v(x),
+        _ => eval(f, x).expect("every other function is computed in vector code"),
+    }
+}
+
 /// Runs `f` with the vector type `V` (inlined into each level's entry).
 #[inline(always)]
 fn run_generic<V: VMem>(f: Func, x: &[f32], out: &mut [f32]) {

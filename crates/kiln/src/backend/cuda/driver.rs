@@ -1,0 +1,321 @@
+//! The CUDA driver, NVRTC and cuBLAS as this backend uses them: loading the
+//! libraries (with a clear error when they are missing, since `cudarc`
+//! panics on a missing library), one context and stream per GPU, device
+//! memory, module loading and kernel launches. Every call into the
+//! libraries is in this file; the rest of the backend is safe code.
+
+use std::ffi::{c_void, CString};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use cudarc::driver::{result as cu, sys, CudaContext, CudaStream, DriverError};
+use cudarc::nvrtc::{result as nvrtc, sys as nvrtc_sys};
+
+use crate::error::{Error, Result};
+
+/// The shared libraries the backend loads, by soname. `KILN_CUDA_LIB_DIR`
+/// names a folder to load them from first.
+const LIBRARIES: [&str; 4] = ["libcuda.so.1", "libnvrtc.so.13", "libcublasLt.so.13", "libcublas.so.13"];
+
+/// Loads the libraries from `KILN_CUDA_LIB_DIR` (once) and checks that the
+/// driver and NVRTC can be found; the error says what is missing and how to
+/// point kiln at it.
+pub fn check_libraries() -> Result<()> {
+    static CHECKED: OnceLock<std::result::Result<(), String>> = OnceLock::new();
+    let r = CHECKED.get_or_init(|| {
+        if let Some(dir) = std::env::var_os("KILN_CUDA_LIB_DIR") {
+            let dir = std::path::PathBuf::from(dir);
+            for name in LIBRARIES {
+                let path = dir.join(name);
+                if path.exists() {
+                    // SAFETY: loading a CUDA library runs its initializers,
+                    // which have no preconditions; the handle is leaked so
+                    // the library stays loaded and later loads by soname
+                    // (cudarc's) find it.
+                    match unsafe { libloading::Library::new(&path) } {
+                        Ok(lib) => std::mem::forget(lib),
+                        Err(e) => return Err(format!("KILN_CUDA_LIB_DIR: could not load {}: {e}", path.display())),
+                    }
+                }
+            }
+        }
+        // SAFETY: these only try to open the libraries by name.
+        let (driver, nvrtc) = unsafe { (sys::is_culib_present(), nvrtc_sys::is_culib_present()) };
+        if !driver {
+            return Err("the CUDA driver library (libcuda.so) was not found: install the NVIDIA driver, or set KILN_CUDA_LIB_DIR to the folder that holds it".into());
+        }
+        if !nvrtc {
+            return Err("the NVRTC library (libnvrtc.so.13, CUDA 13) was not found: install CUDA 13's NVRTC (the nvidia-cuda-nvrtc wheel or the CUDA toolkit), add its folder to LD_LIBRARY_PATH, or set KILN_CUDA_LIB_DIR to it".into());
+        }
+        Ok(())
+    });
+    r.clone().map_err(|msg| Error::Device { op: "cuda", msg })
+}
+
+/// Whether cuBLAS can be loaded (checked once).
+pub fn have_cublas() -> bool {
+    static HAVE: OnceLock<bool> = OnceLock::new();
+    // SAFETY: only tries to open the library by name.
+    *HAVE.get_or_init(|| check_libraries().is_ok() && unsafe { cudarc::cublas::sys::is_culib_present() })
+}
+
+/// A driver error as kiln's error, for operation `op`.
+pub fn err(op: &'static str, e: DriverError) -> Error {
+    Error::Device { op, msg: format!("CUDA error: {e:?}") }
+}
+
+/// Number of CUDA devices (0 when the driver finds none).
+pub fn device_count() -> Result<usize> {
+    check_libraries()?;
+    cu::init().map_err(|e| err("cuda", e))?;
+    Ok(cu::device::get_count().map_err(|e| err("cuda", e))? as usize)
+}
+
+/// One GPU: its context, the stream every kernel and copy runs on, and its
+/// loaded kernels.
+pub struct Gpu {
+    /// The device index.
+    pub ordinal: usize,
+    /// Compute capability (major, minor).
+    pub capability: (i32, i32),
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    /// Loaded kernels by source text.
+    kernels: Mutex<std::collections::HashMap<String, Kernel>>,
+    /// The cuBLAS handle, made on first use.
+    blas: OnceLock<std::result::Result<BlasHandle, String>>,
+}
+
+impl std::fmt::Debug for Gpu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Gpu({}, sm_{}{})", self.ordinal, self.capability.0, self.capability.1)
+    }
+}
+
+/// A loaded kernel function (its module stays loaded for the process).
+#[derive(Clone, Copy, Debug)]
+pub struct Kernel(sys::CUfunction);
+
+// SAFETY: a CUfunction is a handle the driver lets any thread use.
+unsafe impl Send for Kernel {}
+// SAFETY: as above; launching does not mutate it.
+unsafe impl Sync for Kernel {}
+
+struct BlasHandle(cudarc::cublas::sys::cublasHandle_t);
+// SAFETY: the handle is used under the `blas` lock only.
+unsafe impl Send for BlasHandle {}
+// SAFETY: as above.
+unsafe impl Sync for BlasHandle {}
+
+/// A kernel argument: a value passed by reference to the launch.
+#[derive(Clone, Copy, Debug)]
+pub enum Arg {
+    /// A device pointer.
+    Ptr(u64),
+    /// A 64-bit integer.
+    I64(i64),
+    /// A 32-bit integer.
+    I32(i32),
+    /// A double.
+    F64(f64),
+}
+
+impl Gpu {
+    /// Opens GPU `ordinal`: its primary context and a stream of its own;
+    /// freed device memory is kept in the driver's pool for reuse.
+    pub fn open(ordinal: usize) -> Result<Gpu> {
+        let count = device_count()?;
+        if ordinal >= count {
+            return Err(Error::Device {
+                op: "cuda",
+                msg: format!("cuda:{ordinal} was asked for, but this machine has {count} CUDA device(s)"),
+            });
+        }
+        let ctx = CudaContext::new(ordinal).map_err(|e| err("cuda", e))?;
+        // SAFETY: kiln runs everything on one stream, so cudarc's
+        // cross-stream events are not needed.
+        unsafe { ctx.disable_event_tracking() };
+        let capability = ctx.compute_capability().map_err(|e| err("cuda", e))?;
+        let stream = ctx.new_stream().map_err(|e| err("cuda", e))?;
+        // Keep freed blocks in the pool rather than returning them to the
+        // driver at each synchronization (a cache hit then allocates from
+        // the pool).
+        // SAFETY: plain driver calls on this device's default pool.
+        unsafe {
+            let mut pool = std::mem::MaybeUninit::uninit();
+            if sys::cuDeviceGetDefaultMemPool(pool.as_mut_ptr(), ctx.cu_device()) == sys::CUresult::CUDA_SUCCESS {
+                let mut threshold: u64 = u64::MAX;
+                let _ = sys::cuMemPoolSetAttribute(
+                    pool.assume_init(),
+                    sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+                    &mut threshold as *mut u64 as *mut c_void,
+                );
+            }
+        }
+        Ok(Gpu { ordinal, capability, ctx, stream, kernels: Mutex::default(), blas: OnceLock::new() })
+    }
+
+    fn bind(&self, op: &'static str) -> Result<()> {
+        self.ctx.bind_to_thread().map_err(|e| err(op, e))
+    }
+
+    /// Allocates `bytes` of device memory (stream-ordered), for `op`.
+    pub fn alloc(&self, op: &'static str, bytes: usize) -> Result<u64> {
+        self.bind(op)?;
+        // SAFETY: allocation on this GPU's stream; the pointer is freed by
+        // `free` on the same stream.
+        match unsafe { cu::malloc_async(self.stream.cu_stream(), bytes.max(1)) } {
+            Ok(p) => Ok(p),
+            Err(DriverError(sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY)) => Err(Error::OutOfMemory { op, bytes }),
+            Err(e) => Err(err(op, e)),
+        }
+    }
+
+    /// Frees memory from [`Gpu::alloc`] once the work queued before it is done.
+    pub fn free(&self, ptr: u64) {
+        if self.ctx.bind_to_thread().is_ok() {
+            // SAFETY: `ptr` came from `alloc` and is freed once (its
+            // storage's drop); stream order keeps queued readers valid.
+            let _ = unsafe { cu::free_async(ptr, self.stream.cu_stream()) };
+        }
+    }
+
+    /// Copies host bytes to device memory at `dst` (which holds at least as many).
+    pub fn upload<T>(&self, dst: u64, src: &[T]) -> Result<()> {
+        if src.is_empty() {
+            return Ok(());
+        }
+        self.bind("upload")?;
+        // SAFETY: `dst` holds `size_of_val(src)` bytes (the caller
+        // allocated it for them); the copy from pageable memory has
+        // finished reading `src` when it returns, and the stream is
+        // synchronized before the host slice can go away.
+        unsafe { cu::memcpy_htod_async(dst, src, self.stream.cu_stream()) }.map_err(|e| err("upload", e))?;
+        self.sync("upload")
+    }
+
+    /// Copies device memory at `src` into `dst` and waits for it.
+    pub fn download<T>(&self, dst: &mut [T], src: u64) -> Result<()> {
+        if dst.is_empty() {
+            return Ok(());
+        }
+        self.bind("to_host")?;
+        // SAFETY: `src` holds at least `size_of_val(dst)` bytes (the caller
+        // checks the storage's length); we wait for the copy before `dst`
+        // is used.
+        unsafe { cu::memcpy_dtoh_async(dst, src, self.stream.cu_stream()) }.map_err(|e| err("to_host", e))?;
+        self.sync("to_host")
+    }
+
+    /// Waits for all work queued on this GPU.
+    pub fn sync(&self, op: &'static str) -> Result<()> {
+        self.bind(op)?;
+        // SAFETY: the stream is alive for the process.
+        unsafe { cu::stream::synchronize(self.stream.cu_stream()) }.map_err(|e| err(op, e))
+    }
+
+    /// The kernel `k` of `source`, compiled by NVRTC to a cubin for this
+    /// GPU on first use and kept for the process.
+    pub fn kernel(&self, source: &str) -> Result<Kernel> {
+        if let Some(k) = self.kernels.lock().unwrap_or_else(|e| e.into_inner()).get(source) {
+            return Ok(*k);
+        }
+        let cubin = compile(source, self.capability)?;
+        self.bind("cuda")?;
+        // SAFETY: `cubin` is a complete cubin image from NVRTC; the module
+        // is never unloaded, so the function handle stays valid.
+        let f = unsafe {
+            let module = cu::module::load_data(cubin.as_ptr() as *const c_void).map_err(|e| err("cuda", e))?;
+            cu::module::get_function(module, CString::new("k").expect("no NUL")).map_err(|e| err("cuda", e))?
+        };
+        let k = Kernel(f);
+        self.kernels.lock().unwrap_or_else(|e| e.into_inner()).insert(source.to_string(), k);
+        Ok(k)
+    }
+
+    /// Launches `k` over `blocks` blocks of `threads` threads with `shared`
+    /// bytes of dynamic shared memory.
+    pub fn launch(&self, k: Kernel, blocks: u32, threads: u32, shared: u32, args: &[Arg]) -> Result<()> {
+        self.bind("launch")?;
+        let mut vals: Vec<[u8; 8]> = args
+            .iter()
+            .map(|a| match *a {
+                Arg::Ptr(p) => p.to_ne_bytes(),
+                Arg::I64(v) => v.to_ne_bytes(),
+                Arg::F64(v) => v.to_ne_bytes(),
+                Arg::I32(v) => {
+                    let mut b = [0u8; 8];
+                    b[..4].copy_from_slice(&v.to_ne_bytes());
+                    b
+                }
+            })
+            .collect();
+        let mut params: Vec<*mut c_void> = vals.iter_mut().map(|v| v.as_mut_ptr() as *mut c_void).collect();
+        // SAFETY: `k` was compiled from source whose parameter list matches
+        // `args` in order and type (the caller builds both); each parameter
+        // points at 8 bytes that outlive the call, which copies them.
+        unsafe { cu::launch_kernel(k.0, (blocks, 1, 1), (threads, 1, 1), shared, self.stream.cu_stream(), &mut params) }
+            .map_err(|e| err("launch", e))
+    }
+
+    /// Runs `f` with this GPU's cuBLAS handle (made on first use, bound to
+    /// the stream).
+    pub fn with_blas<R>(&self, f: impl FnOnce(cudarc::cublas::sys::cublasHandle_t) -> Result<R>) -> Result<R> {
+        let h = self.blas.get_or_init(|| {
+            if !have_cublas() {
+                return Err("cuBLAS (libcublas.so.13) was not found".into());
+            }
+            self.ctx.bind_to_thread().map_err(|e| format!("{e:?}"))?;
+            let h = cudarc::cublas::result::create_handle().map_err(|e| format!("{e:?}"))?;
+            // SAFETY: a fresh handle and this GPU's live stream.
+            unsafe { cudarc::cublas::result::set_stream(h, self.stream.cu_stream() as *mut _) }
+                .map_err(|e| format!("{e:?}"))?;
+            Ok(BlasHandle(h))
+        });
+        match h {
+            Ok(h) => {
+                static LOCK: Mutex<()> = Mutex::new(());
+                let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+                self.bind("matmul")?;
+                f(h.0)
+            }
+            Err(msg) => Err(Error::Device { op: "matmul", msg: msg.clone() }),
+        }
+    }
+}
+
+/// Compiles `source` to a cubin for a GPU of compute capability `cap`.
+fn compile(source: &str, cap: (i32, i32)) -> Result<Vec<u8>> {
+    let src = CString::new(source).map_err(|_| Error::Device { op: "nvrtc", msg: "source holds a NUL".into() })?;
+    let prog = nvrtc::create_program(&src, None)
+        .map_err(|e| Error::Device { op: "nvrtc", msg: format!("could not create a program: {e:?}") })?;
+    let arch = format!("--gpu-architecture=sm_{}{}", cap.0, cap.1);
+    // No contraction of a * b + c into one rounding: kernels compute what
+    // the CPU's do (explicit fmaf calls still fuse).
+    let opts = [arch.as_str(), "--fmad=false", "--std=c++17"];
+    // SAFETY: `prog` is a live program from `create_program`, destroyed
+    // once below; NVRTC writes at most the sizes it reports.
+    unsafe {
+        let compiled = nvrtc::compile_program(prog, &opts);
+        let out = match compiled {
+            Err(_) => {
+                let log = nvrtc::get_program_log(prog).unwrap_or_default();
+                let log: String = log.iter().take_while(|&&c| c != 0).map(|&c| c as u8 as char).collect();
+                Err(Error::Device {
+                    op: "nvrtc",
+                    msg: format!("a generated kernel did not compile (a kiln bug):\n{log}\n{source}"),
+                })
+            }
+            Ok(()) => {
+                let mut n = 0usize;
+                let mut r = nvrtc_sys::nvrtcGetCUBINSize(prog, &mut n).result();
+                let mut v = vec![0u8; n];
+                if r.is_ok() {
+                    r = nvrtc_sys::nvrtcGetCUBIN(prog, v.as_mut_ptr() as *mut _).result();
+                }
+                r.map(|_| v).map_err(|e| Error::Device { op: "nvrtc", msg: format!("no cubin: {e:?}") })
+            }
+        };
+        let _ = nvrtc::destroy_program(prog);
+        out
+    }
+}

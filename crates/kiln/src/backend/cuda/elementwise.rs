@@ -1,0 +1,164 @@
+//! Elementwise kernels: a fused group (or one op, or a plain copy) as one
+//! CUDA kernel over a strided iteration space. Every operand, inputs and
+//! outputs, is addressed through its own strides, so broadcast inputs,
+//! views of any layout and outputs written into part of a larger array
+//! (`concatenate`) all run through the same kernel. Dimensions that are
+//! contiguous in every operand are merged first ([`collapse`]), so
+//! contiguous work indexes one flat dimension; the index arithmetic is
+//! 32-bit when every offset fits. Sizes and strides are kernel arguments:
+//! one compiled kernel serves every shape of the same rank.
+
+use std::fmt::Write;
+
+use crate::array::Data;
+use crate::backend::cuda::driver::{Arg, Gpu};
+use crate::backend::cuda::source::{self, line, load, register_type, storage_type, store, PRELUDE};
+use crate::backend::cuda::{dev, fresh};
+use crate::dtype::DType;
+use crate::error::Result;
+use crate::layout::{collapse, contiguous_strides, Layout};
+use crate::passes::fuse::FusedGroup;
+
+/// Threads per block of the elementwise kernels.
+const THREADS: u32 = 256;
+/// Most blocks launched (each thread then strides over the rest).
+const MAX_BLOCKS: u64 = 8192;
+
+/// The kernel source for group `g` over a space of `rank` dimensions,
+/// with 64-bit index arithmetic when `wide`.
+pub fn kernel_source(g: &FusedGroup, rank: usize, wide: bool) -> String {
+    let nin = g.inputs.len();
+    let nout = g.outputs.len();
+    let mut s = String::from(PRELUDE);
+    let _ = writeln!(s, "typedef {} ix;", if wide { "long long" } else { "int" });
+    let mut params = vec!["long long n".to_string()];
+    for (k, dt) in g.inputs.iter().enumerate() {
+        params.push(format!("const {}* __restrict__ p{k}", storage_type(*dt)));
+    }
+    for (o, &r) in g.outputs.iter().enumerate() {
+        params.push(format!("{}* __restrict__ q{o}", storage_type(g.reg_dtype(r))));
+    }
+    for d in 0..rank {
+        params.push(format!("long long d{d}"));
+    }
+    for k in 0..nin + nout {
+        for d in 0..rank {
+            params.push(format!("long long s{k}_{d}"));
+        }
+    }
+    let _ = writeln!(s, "extern \"C\" __global__ void k({}) {{", params.join(", "));
+    line(&mut s, "const ix step = (ix)gridDim.x * (ix)blockDim.x;");
+    line(&mut s, "for (ix i = (ix)blockIdx.x * (ix)blockDim.x + (ix)threadIdx.x; i < (ix)n; i += step) {");
+    // The position along each dimension, innermost first.
+    line(&mut s, "ix rest = i;");
+    for d in (0..rank).rev() {
+        if d == 0 {
+            line(&mut s, "ix c0 = rest;");
+        } else {
+            line(&mut s, format!("ix c{d} = rest % (ix)d{d}; rest /= (ix)d{d};"));
+        }
+    }
+    let offset = |k: usize| -> String {
+        if rank == 0 {
+            return "0".into();
+        }
+        (0..rank).map(|d| format!("c{d} * (ix)s{k}_{d}")).collect::<Vec<_>>().join(" + ")
+    };
+    for (k, dt) in g.inputs.iter().enumerate() {
+        line(&mut s, format!("{} r{k} = {};", register_type(*dt), load(*dt, &format!("p{k}[{}]", offset(k)))));
+    }
+    let mut next = 0usize;
+    for (j, op) in g.ops.iter().enumerate() {
+        let args: Vec<String> = op.args.iter().map(|&r| format!("r{r}")).collect();
+        let dts: Vec<DType> = op.args.iter().map(|&r| g.reg_dtype(r)).collect();
+        let (stmts, e) =
+            source::op(&op.prim, &args, &dts, op.dtype, &mut next).expect("fused groups hold elementwise ops only");
+        s.push_str(&stmts);
+        line(&mut s, format!("{} r{} = {e};", register_type(op.dtype), nin + j));
+    }
+    for (o, &r) in g.outputs.iter().enumerate() {
+        let dt = g.reg_dtype(r);
+        line(&mut s, format!("q{o}[{}] = {};", offset(nin + o), store(dt, &format!("r{r}"))));
+    }
+    line(&mut s, "}");
+    s.push_str("}\n");
+    s
+}
+
+/// An operand of a launch: its device address (of the element at the
+/// space's origin) and its strides over the space.
+pub struct Operand {
+    /// Device address of the first element.
+    pub ptr: u64,
+    /// Strides in elements, one per dimension of the space.
+    pub strides: Vec<isize>,
+}
+
+impl Operand {
+    /// `d` viewed over a space of `shape` (its layout broadcast to it).
+    pub fn of(d: &Data, shape: &[usize]) -> Result<Operand> {
+        let s = dev(d)?;
+        let l: Layout =
+            if d.layout().shape[..] == *shape { d.layout().clone() } else { d.layout().broadcast_to(shape) };
+        Ok(Operand { ptr: s.ptr_at(l.offset), strides: l.strides.to_vec() })
+    }
+}
+
+/// Runs group `g` over a space of `shape`, reading `inputs` and writing
+/// `outputs` (each with strides over the space).
+pub fn launch(gpu: &Gpu, g: &FusedGroup, inputs: &[Operand], outputs: &[Operand], shape: &[usize]) -> Result<()> {
+    let n: usize = shape.iter().product();
+    if n == 0 {
+        return Ok(());
+    }
+    let all: Vec<&[isize]> = inputs.iter().chain(outputs).map(|o| &o.strides[..]).collect();
+    let (dims, strides) = collapse(shape, &all);
+    let rank = dims.len();
+    let blocks = (n as u64).div_ceil(THREADS as u64).min(MAX_BLOCKS);
+    // 32-bit indexing when the position, its step and every offset fit.
+    let reach = strides
+        .iter()
+        .map(|st| dims.iter().zip(st).map(|(&d, &s)| (d as u128 - 1) * s.unsigned_abs() as u128).sum::<u128>())
+        .max()
+        .unwrap_or(0);
+    let limit = i32::MAX as u128;
+    let wide = n as u128 + blocks as u128 * THREADS as u128 > limit || reach > limit;
+    let k = gpu.kernel(&kernel_source(g, rank, wide))?;
+    let mut args = vec![Arg::I64(n as i64)];
+    args.extend(inputs.iter().chain(outputs).map(|o| Arg::Ptr(o.ptr)));
+    args.extend(dims.iter().map(|&d| Arg::I64(d as i64)));
+    for st in &strides {
+        args.extend(st.iter().map(|&s| Arg::I64(s as i64)));
+    }
+    gpu.launch(k, blocks as u32, THREADS, 0, &args)
+}
+
+/// Runs group `g` on evaluated `inputs` (broadcast to `shape`) into fresh
+/// contiguous outputs.
+pub fn run(gpu: &'static Gpu, g: &FusedGroup, inputs: &[&Data], shape: &[usize]) -> Result<Vec<Data>> {
+    let ins = inputs.iter().map(|d| Operand::of(d, shape)).collect::<Result<Vec<_>>>()?;
+    let outs: Vec<Data> =
+        g.outputs.iter().map(|&r| fresh(gpu, "elementwise", g.reg_dtype(r), shape)).collect::<Result<_>>()?;
+    let strides = contiguous_strides(shape).to_vec();
+    let out_ops: Vec<Operand> =
+        outs.iter().map(|d| Ok(Operand { ptr: dev(d)?.ptr_at(0), strides: strides.clone() })).collect::<Result<_>>()?;
+    launch(gpu, g, &ins, &out_ops, shape)?;
+    Ok(outs)
+}
+
+/// A contiguous copy of `d` (of its dtype), or `d` itself when it already
+/// is one from the storage's start.
+pub fn contiguous(gpu: &'static Gpu, d: &Data) -> Result<Data> {
+    let l = d.layout();
+    if l.is_contiguous() && l.offset == 0 {
+        return Ok(d.clone());
+    }
+    copy(gpu, d)
+}
+
+/// A fresh contiguous copy of `d`.
+pub fn copy(gpu: &'static Gpu, d: &Data) -> Result<Data> {
+    let g = FusedGroup { inputs: vec![d.dtype()], ops: vec![], outputs: vec![0] };
+    let shape = d.layout().shape.to_vec();
+    Ok(run(gpu, &g, &[d], &shape)?.remove(0))
+}

@@ -1,0 +1,143 @@
+//! The CUDA executable: an optimized program planned into kernel steps
+//! ([`plan`]) with the GPU backend's facts. Each fused elementwise group is
+//! one generated kernel; products with epilogues and fused reductions run
+//! their instructions one kernel each (their one-kernel forms are the next
+//! steps of the backend); views cost nothing. Values are released after
+//! their last reader, so their memory returns to the stream-ordered pool
+//! while later kernels run.
+
+use crate::array::Data;
+use crate::backend::cuda::{elementwise, eval, Gpu};
+use crate::backend::{for_device, Executable, StepView};
+use crate::device::Device;
+use crate::error::Result;
+use crate::passes::fuse::{follows, is_free, plan, Kernel, Planned};
+use crate::program::Program;
+
+/// A program lowered for one GPU.
+#[derive(Debug)]
+pub struct CudaExecutable {
+    gpu: &'static Gpu,
+    program: Program,
+    steps: Vec<Planned>,
+    /// Per step, the values no later step reads (released after it).
+    frees: Vec<Vec<usize>>,
+    /// Constants, moved to this GPU.
+    constants: Vec<(usize, Data)>,
+}
+
+impl CudaExecutable {
+    /// Plans `program`'s kernels and the lifetimes of its values.
+    pub fn new(gpu: &'static Gpu, program: Program) -> CudaExecutable {
+        let facts = super::Cuda { gpu };
+        let steps = plan(&program, &facts);
+        let n = program.instrs.len();
+        let mut last = vec![usize::MAX; n];
+        for (s, st) in steps.iter().enumerate() {
+            for &i in st.inputs.iter().chain(&st.members) {
+                last[i] = s;
+            }
+        }
+        let mut keep = vec![false; n];
+        for &o in &program.outputs {
+            keep[o] = true;
+        }
+        let mut frees = vec![vec![]; steps.len()];
+        for (i, &s) in last.iter().enumerate() {
+            if s != usize::MAX && !keep[i] {
+                frees[s].push(i);
+            }
+        }
+        let constants = program
+            .instrs
+            .iter()
+            .enumerate()
+            .filter_map(|(i, ins)| ins.constant.as_ref().map(|d| (i, d.clone())))
+            .collect();
+        CudaExecutable { gpu, program, steps, frees, constants }
+    }
+}
+
+/// `d` on GPU `gpu` (a copy through the host when it is elsewhere).
+fn on_gpu(gpu: &'static Gpu, d: &Data) -> Result<Data> {
+    if d.device() == Device::Cuda(gpu.ordinal) {
+        return Ok(d.clone());
+    }
+    let host = for_device(d.device())?.to_host(d)?;
+    for_device(Device::Cuda(gpu.ordinal))?.upload(host, &d.layout().shape)
+}
+
+impl Executable for CudaExecutable {
+    fn program(&self) -> &Program {
+        &self.program
+    }
+
+    fn run(&self, args: &[&Data], shapes: Option<&[Vec<usize>]>) -> Result<Vec<Data>> {
+        let p = &self.program;
+        let mut values: Vec<Option<Data>> = vec![None; p.instrs.len()];
+        for (i, d) in &self.constants {
+            values[*i] = Some(on_gpu(self.gpu, d)?);
+        }
+        for (arg, slot) in p.inputs.iter().enumerate() {
+            if let Some(i) = slot {
+                values[*i] = Some(args[arg].clone());
+            }
+        }
+        let shape_of = |i: usize| -> &[usize] { shapes.map_or(&p.instrs[i].shape, |s| &s[i]) };
+        for (s, st) in self.steps.iter().enumerate() {
+            let fused = shapes.is_none_or(|sh| follows(&st.kernel, &st.members, &st.outputs, p, sh));
+            match &st.kernel {
+                Kernel::Fused(g) if fused => {
+                    let outs = {
+                        let ins: Vec<&Data> =
+                            st.inputs.iter().map(|&i| values[i].as_ref().expect("inputs are computed first")).collect();
+                        elementwise::run(self.gpu, g, &ins, shape_of(st.outputs[0]))?
+                    };
+                    for (&o, d) in st.outputs.iter().zip(outs) {
+                        values[o] = Some(d);
+                    }
+                }
+                _ => {
+                    for &m in &st.members {
+                        let ins = &p.instrs[m];
+                        let d = {
+                            let a: Vec<&Data> = ins
+                                .inputs
+                                .iter()
+                                .map(|&i| values[i].as_ref().expect("inputs are computed first"))
+                                .collect();
+                            eval(self.gpu, &ins.prim, &a, shape_of(m), ins.dtype)?
+                        };
+                        values[m] = Some(d);
+                    }
+                }
+            }
+            for &f in &self.frees[s] {
+                values[f] = None;
+            }
+        }
+        Ok(p.outputs.iter().map(|&o| values[o].clone().expect("outputs are computed")).collect())
+    }
+
+    fn kernel_count(&self) -> usize {
+        self.steps.iter().filter(|s| !matches!(&s.kernel, Kernel::Single(p) if is_free(p))).count()
+    }
+
+    fn steps(&self) -> Vec<StepView<'_>> {
+        self.steps
+            .iter()
+            .map(|st| StepView { kernel: st.kernel.as_ir(), inputs: &st.inputs, outputs: &st.outputs })
+            .collect()
+    }
+
+    fn step_code(&self, step: usize) -> Option<String> {
+        match &self.steps.get(step)?.kernel {
+            Kernel::Fused(g) => Some(format!("one CUDA kernel ({} ops, generated C compiled by NVRTC)", g.ops.len())),
+            _ => None,
+        }
+    }
+
+    fn notes(&self) -> Vec<String> {
+        vec![]
+    }
+}

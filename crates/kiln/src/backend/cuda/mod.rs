@@ -1,0 +1,207 @@
+//! The CUDA backend (feature `cuda`): kiln arrays on NVIDIA GPUs.
+//!
+//! [`backend`] opens GPU `n` on first use (its primary context and a
+//! stream of its own) and serves [`Device::Cuda(n)`](crate::Device). The
+//! driver, NVRTC and cuBLAS are loaded at run time (`KILN_CUDA_LIB_DIR`
+//! names a folder to load them from first), so a build with the feature
+//! runs on machines without CUDA: asking for a GPU there is an
+//! [`Error::Device`] that says what is missing, never a panic.
+//!
+//! Every kernel is CUDA C that kiln writes itself ([`source`], with the
+//! `f32` transcendentals printed from the CPU's `simd_math` by [`cmath`]),
+//! compiled by NVRTC to a cubin for the device's architecture and kept for
+//! the process. Sizes and strides are kernel arguments, so one kernel
+//! serves every shape of a rank (shapeless functions compile once).
+//!
+//! - [`elementwise`]: one kernel per fused group (or single op, or copy)
+//!   over a strided space: broadcasts and views are read in place.
+//! - [`reduce`]: reductions and arg-reductions, a block per output.
+//! - [`matmul`]: tiled products over broadcast batches.
+//! - [`index`]: gathers, concatenation, ranges, random bits (the CPU's
+//!   Threefry: the same numbers for a key).
+//! - [`executable`]: compiled programs: each fused elementwise group is one
+//!   kernel; other steps run op by op.
+//!
+//! All work of a GPU is queued on its one stream in program order; reading
+//! values back (`to_host`) waits for it. Memory comes from the driver's
+//! stream-ordered pool, which keeps freed blocks for reuse.
+//!
+//! Semantics equal the CPU backend's: integer, comparison and
+//! non-transcendental float results are equal bit for bit; `f32`
+//! transcendentals are the CPU's approximations (within their stated ulp
+//! bounds; the GPU's reciprocal is correctly rounded where the CPU's is
+//! within one ulp); `f64` transcendentals and `log2`, `log10`, `tan`,
+//! `pow`, `atan2` use CUDA's `f64` math (within 2 ulp of `f64`), and float
+//! sums may be added in another order.
+
+pub mod cmath;
+pub mod driver;
+pub mod elementwise;
+pub mod executable;
+pub mod index;
+pub mod matmul;
+pub mod reduce;
+pub mod source;
+pub mod storage;
+
+use std::sync::{Arc, Mutex};
+
+use crate::array::Data;
+use crate::backend::{Backend, Executable};
+use crate::buffer::Buffer;
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::layout::Layout;
+use crate::passes::fuse::FusedGroup;
+use crate::passes::Facts;
+use crate::primitive::Primitive;
+use crate::program::Program;
+
+pub use driver::Gpu;
+pub use storage::CudaStorage;
+
+/// The backend of one GPU.
+#[derive(Debug)]
+pub struct Cuda {
+    gpu: &'static Gpu,
+}
+
+/// The backend serving GPU `ordinal`, opened on first use and kept for the
+/// process; an error says why there is none (no driver, no NVRTC, no such
+/// device).
+pub fn backend(ordinal: usize) -> Result<&'static dyn Backend> {
+    static OPEN: Mutex<Vec<(usize, &'static Cuda)>> = Mutex::new(Vec::new());
+    let mut open = OPEN.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, b)) = open.iter().find(|(o, _)| *o == ordinal) {
+        return Ok(*b);
+    }
+    let gpu = Gpu::open(ordinal).map_err(|e| match e {
+        Error::Device { op, msg } if !msg.starts_with("cuda:") => {
+            Error::Device { op, msg: format!("cuda:{ordinal} was asked for, but {msg}") }
+        }
+        e => e,
+    })?;
+    let gpu: &'static Gpu = Box::leak(Box::new(gpu));
+    let b: &'static Cuda = Box::leak(Box::new(Cuda { gpu }));
+    open.push((ordinal, b));
+    Ok(b)
+}
+
+/// Whether this machine has a usable CUDA GPU (the libraries load and the
+/// driver reports at least one device).
+pub fn available() -> bool {
+    driver::device_count().is_ok_and(|n| n > 0)
+}
+
+/// The device storage of GPU data (an error for data of another backend).
+pub(crate) fn dev(d: &Data) -> Result<&CudaStorage> {
+    d.storage().as_any().downcast_ref::<CudaStorage>().ok_or_else(|| Error::Device {
+        op: "cuda",
+        msg: format!("a GPU kernel was given data on {}; move it with .to_device() first", d.device()),
+    })
+}
+
+/// Fresh contiguous GPU data of `shape` (contents unset), for `op`.
+pub(crate) fn fresh(gpu: &'static Gpu, op: &'static str, dtype: DType, shape: &[usize]) -> Result<Data> {
+    crate::shape::check_size(op, shape, dtype)?;
+    let n: usize = shape.iter().product();
+    Ok(Data::from_parts(Arc::new(CudaStorage::alloc(gpu, op, dtype, n)?), Layout::contiguous(shape)))
+}
+
+/// A contiguous host copy of GPU data (waits for the work queued before).
+pub(crate) fn to_host(gpu: &'static Gpu, d: &Data) -> Result<Buffer> {
+    let c = elementwise::contiguous(gpu, d)?;
+    let s = dev(&c)?;
+    let n = c.layout().numel();
+    Ok(crate::with_dtype!(c.dtype(), T => {
+        let mut v: Vec<T> = crate::memory::try_vec("to_host", n)?;
+        v.resize(n, <T as crate::dtype::Element>::zero());
+        // Bools are stored as bytes 0 and 1, so they read back as bools.
+        gpu.download(&mut v, s.ptr_at(0))?;
+        Buffer::from_vec(v)
+    }))
+}
+
+impl Backend for Cuda {
+    fn name(&self) -> &'static str {
+        "cuda"
+    }
+
+    fn eval(&self, prim: &Primitive, inputs: &[&Data], shape: &[usize], dtype: DType) -> Result<Data> {
+        eval(self.gpu, prim, inputs, shape, dtype)
+    }
+
+    fn facts(&self) -> &dyn Facts {
+        self
+    }
+
+    fn lower(&self, program: Program) -> Result<Arc<dyn Executable>> {
+        Ok(Arc::new(executable::CudaExecutable::new(self.gpu, program)))
+    }
+
+    fn to_host(&self, data: &Data) -> Result<Buffer> {
+        to_host(self.gpu, data)
+    }
+
+    fn upload(&self, buffer: Buffer, shape: &[usize]) -> Result<Data> {
+        let d = fresh(self.gpu, "upload", buffer.dtype(), shape)?;
+        let ptr = dev(&d)?.ptr_at(0);
+        crate::with_buffer!(&buffer, v => self.gpu.upload(ptr, v.as_slice())?);
+        Ok(d)
+    }
+}
+
+impl Facts for Cuda {
+    /// [`Primitive::costly`]: transcendental functions, `pow`, `atan2`.
+    fn costly(&self, p: &Primitive) -> bool {
+        p.costly()
+    }
+
+    /// No row blocking: a GPU kernel covers the whole array.
+    fn splits_rows(&self, _shape: &[usize]) -> bool {
+        false
+    }
+
+    /// Most instructions in one fused group (one kernel's source).
+    fn max_group(&self) -> usize {
+        256
+    }
+}
+
+/// Runs `prim` on GPU `inputs`, producing an output of the inferred
+/// `shape` and `dtype`. Views share the input's storage.
+pub fn eval(gpu: &'static Gpu, prim: &Primitive, inputs: &[&Data], shape: &[usize], dtype: DType) -> Result<Data> {
+    let leaf = matches!(prim, Primitive::Constant | Primitive::Placeholder { .. });
+    if shape.contains(&0) && !leaf && !matches!(prim, Primitive::Take { .. }) {
+        return fresh(gpu, "empty", dtype, shape);
+    }
+    if let Some(l) = inputs.first().and_then(|x| prim.view_layout(x.layout(), shape)) {
+        return Ok(inputs[0].view(l));
+    }
+    match prim {
+        Primitive::Constant | Primitive::Placeholder { .. } => {
+            unreachable!("leaves are never evaluated: constants hold data, placeholders are rejected first")
+        }
+        Primitive::Unary(_) | Primitive::Binary(_) | Primitive::Where | Primitive::AsType(_) => {
+            let g = FusedGroup::single(prim.clone(), inputs.iter().map(|d| d.dtype()).collect(), dtype);
+            Ok(elementwise::run(gpu, &g, inputs, shape)?.remove(0))
+        }
+        Primitive::Reduce { op, axes, .. } => reduce::reduce(gpu, *op, inputs[0], axes, shape, dtype),
+        Primitive::ArgReduce { op, axis, .. } => reduce::arg_reduce(gpu, *op, inputs[0], *axis, shape),
+        Primitive::Matmul => matmul::matmul(gpu, inputs[0], inputs[1], shape),
+        // A reshape the strides do not allow as a view (views returned above).
+        Primitive::Reshape { .. } | Primitive::Squeeze { .. } | Primitive::ExpandDims { .. } | Primitive::Copy => {
+            let c = elementwise::copy(gpu, inputs[0])?;
+            Ok(c.relayout(Layout::contiguous(shape)))
+        }
+        Primitive::Transpose { .. }
+        | Primitive::BroadcastTo { .. }
+        | Primitive::BroadcastLike
+        | Primitive::Slice { .. }
+        | Primitive::SplitSection { .. } => unreachable!("views are returned above"),
+        Primitive::Concatenate { axis } => index::concatenate(gpu, inputs, *axis, shape),
+        Primitive::Take { axis } => index::take(gpu, inputs[0], inputs[1], *axis, shape),
+        Primitive::Arange { start, step, len, dtype } => index::arange(gpu, *start, *step, *len, *dtype),
+        Primitive::RandomBits { .. } => index::random_bits(gpu, inputs[0], shape),
+    }
+}

@@ -1,0 +1,398 @@
+//! The CUDA backend against the CPU backend: every elementwise op on every
+//! dtype, reductions, products, views, gathers, random bits and compiled
+//! functions computed on the GPU equal the CPU's results (bit for bit, or
+//! within the stated ulp bound for transcendental functions). Without a
+//! GPU the GPU tests print why they skip, and asking for a GPU is a clear
+//! error (never a panic).
+#![cfg(feature = "cuda")]
+
+mod common;
+
+use common::Rng;
+use half::{bf16, f16};
+use kiln::dtype::ALL_DTYPES;
+use kiln::primitive::{ArgReduceOp, BinaryOp, ReduceOp, UnaryOp};
+use kiln::{compile, compile_with, Array, CompileOptions, DType, Device, Error, Result};
+
+/// The GPU, or `None` (with the reason printed) when this machine has none.
+fn gpu() -> Option<Device> {
+    if kiln::backend::cuda::available() {
+        Some(Device::Cuda(0))
+    } else {
+        let why = match kiln::zeros(&[1], DType::F32.on(Device::Cuda(0))) {
+            Err(e) => e.to_string(),
+            Ok(_) => "no device".into(),
+        };
+        eprintln!("skipped: no CUDA GPU here ({why})");
+        None
+    }
+}
+
+#[test]
+fn asking_for_a_missing_gpu_is_an_error_not_a_panic() -> Result<()> {
+    let bad = if kiln::backend::cuda::available() { Device::Cuda(4096) } else { Device::Cuda(0) };
+    for r in [kiln::zeros(&[2], DType::F32.on(bad)).map(|_| ()), kiln::set_default_device(bad)] {
+        match r {
+            Err(e @ Error::Device { .. }) => {
+                let msg = e.to_string();
+                assert!(msg.contains("CUDA") || msg.contains("cuda"), "{msg}");
+            }
+            other => panic!("expected a device error, got {other:?}"),
+        }
+    }
+    assert_eq!(kiln::default_device(), Device::Cpu);
+    Ok(())
+}
+
+/// Values of every kind for dtype `dt`, as a CPU array.
+fn values(dt: DType, rng: &mut Rng, n: usize) -> Result<Array> {
+    let mut v: Vec<f64> = if dt.is_float() {
+        vec![
+            0.0,
+            -0.0,
+            1.0,
+            -1.0,
+            0.5,
+            -2.5,
+            3.75,
+            1e-3,
+            100.0,
+            -100.0,
+            1e30,
+            -1e30,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            f64::NAN,
+            1e-40,
+            65504.0,
+            70000.0,
+            88.7,
+            -104.0,
+            1e5,
+            -3e5,
+            2.5,
+            1.5,
+            0.1,
+            -0.7,
+            9.5,
+            1e-300,
+        ]
+    } else {
+        vec![
+            0.0,
+            1.0,
+            -1.0,
+            2.0,
+            -2.0,
+            7.0,
+            -7.0,
+            100.0,
+            -100.0,
+            127.0,
+            128.0,
+            255.0,
+            256.0,
+            2147483647.0,
+            -2147483648.0,
+            3.0,
+            31.0,
+            33.0,
+            64.0,
+        ]
+    };
+    while v.len() < n {
+        let x = rng.uniform(-1.0, 1.0) * [1.0, 4.0, 40.0, 1e4][rng.int(0, 3) as usize];
+        v.push(if dt.is_float() { x } else { x.round() });
+    }
+    let a = Array::from_slice(&v, &[v.len()])?;
+    let a = if dt.is_float() { a } else { a.astype(DType::I64)? };
+    a.astype(dt)
+}
+
+/// Ordered integer of a float's bits (so ulp distance is a difference).
+fn ordered(bits: u64, width: u32) -> i128 {
+    let sign = 1u64 << (width - 1);
+    if bits & sign != 0 {
+        -((bits & !sign) as i128)
+    } else {
+        bits as i128
+    }
+}
+
+/// Each element as (bits, width) on the CPU.
+fn bits(a: &Array) -> Result<(Vec<u64>, u32)> {
+    let a = a.to_device(Device::Cpu)?;
+    Ok(match a.dtype() {
+        DType::F16 => (a.to_vec::<f16>()?.iter().map(|v| v.to_bits() as u64).collect(), 16),
+        DType::BF16 => (a.to_vec::<bf16>()?.iter().map(|v| v.to_bits() as u64).collect(), 16),
+        DType::F32 => (a.to_vec::<f32>()?.iter().map(|v| v.to_bits() as u64).collect(), 32),
+        DType::F64 => (a.to_vec::<f64>()?.iter().map(|v| v.to_bits()).collect(), 64),
+        _ => (a.astype(DType::I64)?.to_vec::<i64>()?.iter().map(|&v| v as u64).collect(), 0),
+    })
+}
+
+/// Asserts that `got` (GPU) equals `want` (CPU): same dtype and shape, and
+/// every element equal in bits, or for `ulps > 0` within that many ulps
+/// (NaN matching NaN).
+fn same(got: &Array, want: &Array, ulps: u64, ctx: &str) -> Result<()> {
+    assert_eq!(got.dtype(), want.dtype(), "{ctx}: dtype");
+    assert_eq!(got.shape(), want.shape(), "{ctx}: shape");
+    let (g, _) = bits(got)?;
+    let (want_v, width) = bits(want)?;
+    let dt = want.dtype();
+    for (i, (&a, &b)) in g.iter().zip(&want_v).enumerate() {
+        let ok = if width == 0 || ulps == 0 {
+            a == b || (is_nan(a, dt) && is_nan(b, dt))
+        } else if is_nan(a, dt) || is_nan(b, dt) {
+            is_nan(a, dt) && is_nan(b, dt)
+        } else {
+            (ordered(a, width) - ordered(b, width)).unsigned_abs() <= ulps as u128
+        };
+        assert!(ok, "{ctx}: element {i}: GPU bits {a:#x}, CPU bits {b:#x} (width {width}, {ulps} ulp allowed)");
+    }
+    Ok(())
+}
+
+/// Whether bits `b` of a float of `dt` are a NaN (of any sign and payload).
+fn is_nan(b: u64, dt: DType) -> bool {
+    match dt {
+        DType::F16 => f16::from_bits(b as u16).is_nan(),
+        DType::BF16 => bf16::from_bits(b as u16).is_nan(),
+        DType::F32 => f32::from_bits(b as u32).is_nan(),
+        DType::F64 => f64::from_bits(b).is_nan(),
+        _ => false,
+    }
+}
+
+/// The ulp bound a result of `dt` from a transcendental function meets.
+fn bound(transcendental: bool, dt: DType) -> u64 {
+    match (transcendental, dt) {
+        (false, _) => 0,
+        (true, DType::F16 | DType::BF16) => 1,
+        _ => 2,
+    }
+}
+
+fn transcendental_unary(op: UnaryOp) -> bool {
+    use UnaryOp::*;
+    matches!(op, Exp | Expm1 | Log | Log1p | Log2 | Log10 | Sin | Cos | Tan | Tanh | Sigmoid | Erf)
+}
+
+#[test]
+fn elementwise_ops_equal_the_cpu_on_every_dtype() -> Result<()> {
+    let Some(g) = gpu() else { return Ok(()) };
+    let mut rng = Rng::new(7);
+    let mut checked = 0;
+    for dt in ALL_DTYPES {
+        let x = values(dt, &mut rng, 96)?;
+        // A second operand: the values in another order.
+        let n = x.shape()[0];
+        let perm: Vec<i32> = (0..n as i32).map(|i| (i * 37 + 11) % n as i32).collect();
+        let y = kiln::take(&x, &Array::from_slice(&perm, &[n])?, 0)?;
+        let (xg, yg) = (x.to_device(g)?, y.to_device(g)?);
+        for op in UnaryOp::ALL {
+            let Ok(want) = kiln::ops::unary::unary(op, &x) else {
+                assert!(kiln::ops::unary::unary(op, &xg).is_err(), "{op:?} on {dt}: refused on the CPU only");
+                continue;
+            };
+            let got = kiln::ops::unary::unary(op, &xg)?;
+            same(&got, &want, bound(transcendental_unary(op), dt), &format!("{op:?} on {dt}"))?;
+            checked += 1;
+        }
+        for op in BinaryOp::ALL {
+            let Ok(want) = kiln::ops::binary::binary(op, &x, &y) else { continue };
+            let got = kiln::ops::binary::binary(op, &xg, &yg)?;
+            let t = matches!(op, BinaryOp::Pow | BinaryOp::Atan2);
+            // Integer division and atan2 compute in a float dtype.
+            let rdt = if dt.is_float() { dt } else { want.dtype() };
+            same(&got, &want, bound(t, rdt), &format!("{op:?} on {dt}"))?;
+            checked += 1;
+        }
+        for to in ALL_DTYPES {
+            same(&xg.astype(to)?, &x.astype(to)?, 0, &format!("astype {dt} -> {to}"))?;
+            checked += 1;
+        }
+        let c = kiln::greater(&x, &y)?;
+        same(&kiln::where_(&c.to_device(g)?, &xg, &yg)?, &kiln::where_(&c, &x, &y)?, 0, &format!("where on {dt}"))?;
+    }
+    assert!(checked >= 380, "only {checked} cases ran");
+    Ok(())
+}
+
+#[test]
+fn broadcasts_and_strided_views_read_in_place() -> Result<()> {
+    let Some(g) = gpu() else { return Ok(()) };
+    let mut rng = Rng::new(3);
+    let a = Array::from_slice(&rng.floats_f32(60, -3.0, 3.0), &[3, 4, 5])?;
+    let row = Array::from_slice(&rng.floats_f32(5, -3.0, 3.0), &[5])?;
+    let col = Array::from_slice(&rng.floats_f32(3, -3.0, 3.0), &[3, 1, 1])?;
+    let (ag, rg, cg) = (a.to_device(g)?, row.to_device(g)?, col.to_device(g)?);
+    let f = |a: &Array, r: &Array, c: &Array| -> Result<Array> {
+        let t = kiln::permute(a, &[2, 0, 1])?; // (5, 3, 4)
+        let rev = kiln::SliceAxis { start: None, stop: None, step: -1 };
+        let odd = kiln::SliceAxis { start: Some(1), stop: Some(4), step: 2 };
+        let s = kiln::slice(a, &[rev, odd])?; // (3, 2, 5)
+        let u = ((&s * r)? + c)?;
+        let v = kiln::reshape(&kiln::permute(&t, &[1, 2, 0])?, &[12, 5])?; // a copy: the strides do not allow a view
+        let w = kiln::concatenate(&[kiln::reshape(&u, &[6, 5])?, v], 0)?;
+        kiln::exp(&(w * 0.5f32)?)
+    };
+    same(&f(&ag, &rg, &cg)?, &f(&a, &row, &col)?, 2, "views")?;
+    Ok(())
+}
+
+#[test]
+fn reductions_equal_the_cpu() -> Result<()> {
+    let Some(g) = gpu() else { return Ok(()) };
+    let mut rng = Rng::new(11);
+    let ops = [
+        ReduceOp::Sum,
+        ReduceOp::Mean,
+        ReduceOp::Prod,
+        ReduceOp::Max,
+        ReduceOp::Min,
+        ReduceOp::All,
+        ReduceOp::Any,
+        ReduceOp::LogSumExp,
+        ReduceOp::SumExp,
+        ReduceOp::Var { ddof: 1 },
+    ];
+    for dt in ALL_DTYPES {
+        let x = kiln::reshape(&values(dt, &mut rng, 7 * 6 * 5)?, &[7, 6, 5])?;
+        let x = if dt.is_float() { kiln::minimum(&kiln::maximum(&x, -20.0f32)?, 20.0f32)? } else { x };
+        let xt = kiln::permute(&x, &[1, 2, 0])?;
+        let xg = x.to_device(g)?;
+        let xtg = kiln::permute(&xg, &[1, 2, 0])?;
+        for op in ops {
+            for axes in [vec![0], vec![2], vec![0, 2], vec![0, 1, 2]] {
+                for (cpu, gpu_, name) in [(&x, &xg, "x"), (&xt, &xtg, "transposed x")] {
+                    let ax: Vec<isize> = axes.iter().map(|&a| a as isize).collect();
+                    let Ok(want) = kiln::ops::reduce::reduce(op, cpu, ax.clone(), false) else { continue };
+                    let got = kiln::ops::reduce::reduce(op, gpu_, ax, false)?;
+                    let ctx = format!("{op:?} over {axes:?} of {name} ({dt})");
+                    let exact = !want.dtype().is_float() || matches!(op, ReduceOp::Max | ReduceOp::Min);
+                    if exact {
+                        same(&got, &want, 0, &ctx)?;
+                    } else {
+                        // Float sums are added in another order.
+                        let w = want.astype(DType::F64)?.to_vec::<f64>()?;
+                        let gv = got.to_device(Device::Cpu)?.astype(DType::F64)?.to_vec::<f64>()?;
+                        let (rtol, atol) = common::tol(want.dtype());
+                        for (i, (&a, &b)) in gv.iter().zip(&w).enumerate() {
+                            assert!(
+                                common::close(a, b, rtol * 64.0, atol * 64.0 + rtol * 64.0),
+                                "{ctx}: {i}: GPU {a}, CPU {b}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        for op in [ArgReduceOp::ArgMax, ArgReduceOp::ArgMin] {
+            for axis in 0..3isize {
+                let f = |a: &Array| match op {
+                    ArgReduceOp::ArgMax => kiln::argmax(a, Some(axis), false),
+                    ArgReduceOp::ArgMin => kiln::argmin(a, Some(axis), false),
+                };
+                same(&f(&xtg)?, &f(&xt)?, 0, &format!("{op:?} axis {axis} ({dt})"))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn matrix_products_equal_the_cpu() -> Result<()> {
+    let Some(g) = gpu() else { return Ok(()) };
+    let mut rng = Rng::new(5);
+    for dt in [DType::F32, DType::F64, DType::F16, DType::BF16, DType::I32, DType::I64, DType::U8] {
+        let a = Array::from_slice(&rng.floats(2 * 3 * 17 * 33, -4.0, 4.0), &[2, 3, 17, 33])?;
+        let b = Array::from_slice(&rng.floats(33 * 9, -4.0, 4.0), &[9, 33])?;
+        let (a, b) = if dt.is_float() {
+            (a.astype(dt)?, b.astype(dt)?)
+        } else {
+            (kiln::round(&a)?.astype(dt)?, kiln::round(&b)?.astype(dt)?)
+        };
+        // b transposed (a strided operand) and broadcast over the batch.
+        let want = kiln::matmul(&a, &kiln::transpose(&b)?)?;
+        let got = kiln::matmul(&a.to_device(g)?, &kiln::transpose(&b.to_device(g)?)?)?;
+        if dt.is_float() {
+            let w = want.astype(DType::F64)?.to_vec::<f64>()?;
+            let gv = got.to_device(Device::Cpu)?.astype(DType::F64)?.to_vec::<f64>()?;
+            let (rtol, _) = common::tol(dt);
+            for (i, (&x, &y)) in gv.iter().zip(&w).enumerate() {
+                assert!((x - y).abs() <= rtol * 16.0 * 33.0 * 16.0, "matmul {dt}: {i}: GPU {x}, CPU {y}");
+            }
+        } else {
+            same(&got, &want, 0, &format!("matmul {dt}"))?;
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn gathers_ranges_and_random_bits_equal_the_cpu() -> Result<()> {
+    let Some(g) = gpu() else { return Ok(()) };
+    let x = kiln::reshape(&kiln::arange(0.0, 24.0, 1.0, DType::F32)?, &[4, 6])?;
+    let idx = Array::from_slice(&[-1i64, 0, 5, 2, 2], &[5])?;
+    let xg = x.to_device(g)?;
+    same(&kiln::take(&xg, &idx.to_device(g)?, 1)?, &kiln::take(&x, &idx, 1)?, 0, "take")?;
+    let bad = Array::from_slice(&[6i32], &[1])?;
+    let e = kiln::take(&xg, &bad.to_device(g)?, 1).and_then(|a| a.eval().map(|_| a)).unwrap_err();
+    assert!(e.to_string().contains("index 6 is out of bounds for axis 1 with size 6"), "{e}");
+    for dt in ALL_DTYPES {
+        let want = kiln::arange(-3.0, 5.0, 0.75, dt)?;
+        let got = kiln::with_default_device(g, || kiln::arange(-3.0, 5.0, 0.75, dt))??;
+        assert_eq!(got.device(), g);
+        same(&got, &want, 0, &format!("arange {dt}"))?;
+    }
+    let key = kiln::random::key(42);
+    let want = kiln::random::uniform(0.0, 1.0, &[1001], DType::F32, Some(&key))?;
+    let got = kiln::random::uniform(0.0, 1.0, &[1001], DType::F32, Some(&key.to_device(g)?))?;
+    assert_eq!(got.device(), g);
+    same(&got, &want, 0, "uniform draws for one key")?;
+    Ok(())
+}
+
+#[test]
+fn compiled_functions_run_on_the_gpu() -> Result<()> {
+    let Some(g) = gpu() else { return Ok(()) };
+    let mut rng = Rng::new(9);
+    let gelu = |x: &Array, b: &Array| -> Result<Array> {
+        let x = (x + b)?;
+        let inner = ((&x + (kiln::pow(&x, 3.0f32)? * 0.044715f32)?)? * 0.797_884_6f32)?;
+        let y = ((&x * 0.5f32)? * (kiln::tanh(&inner)? + 1.0f32)?)?;
+        let m = kiln::mean(&y, -1, true)?;
+        &y - &m
+    };
+    let f = compile(move |x: &Array, b: &Array| gelu(x, b));
+    let x = Array::from_slice(&rng.floats_f32(8 * 128, -4.0, 4.0), &[8, 128])?;
+    let b = Array::from_slice(&rng.floats_f32(128, -1.0, 1.0), &[128])?;
+    let want = gelu(&x, &b)?;
+    let (xg, bg) = (x.to_device(g)?, b.to_device(g)?);
+    for _ in 0..2 {
+        let got = f.call((&xg, &bg))?;
+        assert_eq!(got.device(), g);
+        let w = want.to_vec::<f32>()?;
+        let gv = got.to_device(Device::Cpu)?.to_vec::<f32>()?;
+        for (i, (&a, &c)) in gv.iter().zip(&w).enumerate() {
+            assert!((a - c).abs() <= 1e-5 * (1.0 + c.abs()), "compiled gelu {i}: GPU {a}, CPU {c}");
+        }
+    }
+    // Shapeless: one trace serves other row counts.
+    let s = compile_with(
+        |x: &Array| kiln::exp(&((x * 2.0f32)? - 1.0f32)?),
+        CompileOptions { shapeless: true, ..Default::default() },
+    );
+    for rows in [3usize, 17, 64] {
+        let x = Array::from_slice(&rng.floats_f32(rows * 5, -3.0, 3.0), &[rows, 5])?;
+        same(
+            &s.call(&x.to_device(g)?)?,
+            &kiln::exp(&((&x * 2.0f32)? - 1.0f32)?)?,
+            0,
+            &format!("shapeless rows {rows}"),
+        )?;
+    }
+    assert_eq!(s.stats().traces, 1, "one trace for every shape");
+    Ok(())
+}

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# kiln on an NVIDIA GPU. The GPU machine may have no Rust toolchain, so the
+# test binaries are built here (the `cuda` feature needs no CUDA to build),
+# stripped into target/carry/ (git-ignored), and run there:
+#
+#   bash scripts/gpu.sh build   # here: build and strip the GPU test binaries
+#   bash scripts/gpu.sh test    # on the GPU machine: run them
+#   bash scripts/gpu.sh fuzz [SECONDS] [SEED]
+#                               # on the GPU machine: random programs compiled
+#                               # on the GPU against eager results on the CPU
+#
+# At run time kiln loads libcuda, libnvrtc.so.13 and libcublas.so.13 by
+# name; KILN_CUDA_LIB_DIR names a folder to load them from first. On the
+# GPU machine of this workplace they are found in the image's Python
+# site-packages (nvidia/cu13/lib) or /usr/local/cuda/lib64, which the test
+# step adds to LD_LIBRARY_PATH when present.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+carry=target/carry
+case "${1:-}" in
+build)
+    mkdir -p "$carry"
+    rm -f "$carry"/kiln-gpu-* "$carry"/kiln-fuzz-gpu
+    for t in cuda; do
+        cargo test --release -p kiln --features cuda --test "$t" --no-run
+        bin=$(ls -t target/release/deps/"$t"-* | grep -v '\.d$' | head -1)
+        cp "$bin" "$carry/kiln-gpu-$t"
+        strip "$carry/kiln-gpu-$t"
+    done
+    cargo build --release -p kiln-fuzz --features cuda
+    cp target/release/kiln-fuzz "$carry/kiln-fuzz-gpu"
+    strip "$carry/kiln-fuzz-gpu"
+    ls -la "$carry"
+    ;;
+test | fuzz)
+    for d in /usr/local/cuda/lib64 $(python3 -c 'import site; print(" ".join(p + "/nvidia/cu13/lib" for p in site.getsitepackages()))' 2>/dev/null || true); do
+        if [ -d "$d" ]; then export LD_LIBRARY_PATH="$d:${LD_LIBRARY_PATH:-}"; fi
+    done
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
+    if [ "$1" = fuzz ]; then
+        KILN_FUZZ_DEVICE=cuda:0 exec "$carry/kiln-fuzz-gpu" run programs --mem-mb 0 \
+            --seconds "${2:-120}" --seed "${3:-1}" --out target/fuzz-cases
+    fi
+    status=0
+    for bin in "$carry"/kiln-gpu-*; do
+        echo "== $bin"
+        "$bin" --test-threads=1 || status=1
+    done
+    exit $status
+    ;;
+*)
+    echo "usage: bash scripts/gpu.sh build|test|fuzz [SECONDS] [SEED]" >&2
+    exit 2
+    ;;
+esac
