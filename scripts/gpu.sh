@@ -5,6 +5,9 @@
 #
 #   bash scripts/gpu.sh build   # here: build and strip the GPU test binaries
 #   bash scripts/gpu.sh test    # on the GPU machine: run them
+#   bash scripts/gpu.sh bench [--quick]
+#                               # on the GPU machine: kiln's GPU rows and the
+#                               # peers (torch, jax) in one run: target/bench/
 #   bash scripts/gpu.sh fuzz [SECONDS] [SEED]
 #                               # on the GPU machine: random programs compiled
 #                               # on the GPU against eager results on the CPU
@@ -20,7 +23,7 @@ carry=target/carry
 case "${1:-}" in
 build)
     mkdir -p "$carry"
-    rm -f "$carry"/kiln-gpu-* "$carry"/kiln-fuzz-gpu
+    rm -f "$carry"/kiln-gpu-* "$carry"/kiln-fuzz-gpu "$carry"/kiln-bench-gpu
     for t in cuda; do
         cargo test --release -p kiln --features cuda --test "$t" --no-run
         bin=$(ls -t target/release/deps/"$t"-* | grep -v '\.d$' | head -1)
@@ -30,9 +33,12 @@ build)
     cargo build --release -p kiln-fuzz --features cuda
     cp target/release/kiln-fuzz "$carry/kiln-fuzz-gpu"
     strip "$carry/kiln-fuzz-gpu"
+    cargo build --release -p kiln-bench --features cuda
+    cp target/release/kiln-bench "$carry/kiln-bench-gpu"
+    strip "$carry/kiln-bench-gpu"
     ls -la "$carry"
     ;;
-test | fuzz)
+test | fuzz | bench)
     for d in /usr/local/cuda/lib64 $(python3 -c 'import site; print(" ".join(p + "/nvidia/cu13/lib" for p in site.getsitepackages()))' 2>/dev/null || true); do
         if [ -d "$d" ]; then export LD_LIBRARY_PATH="$d:${LD_LIBRARY_PATH:-}"; fi
     done
@@ -40,6 +46,19 @@ test | fuzz)
     if [ "$1" = fuzz ]; then
         KILN_FUZZ_DEVICE=cuda:0 exec "$carry/kiln-fuzz-gpu" run programs --mem-mb 0 \
             --seconds "${2:-120}" --seed "${3:-1}" --out target/fuzz-cases
+    fi
+    if [ "$1" = bench ]; then
+        mkdir -p target/bench
+        cache=$(mktemp -d)
+        echo "first call, fresh process, empty kernel cache (ms):"
+        KILN_CACHE_DIR="$cache" "$carry/kiln-bench-gpu" cuda-first gelu
+        KILN_CACHE_DIR="$cache" "$carry/kiln-bench-gpu" cuda-first layernorm
+        echo "first call, fresh process, disk cache (ms):"
+        KILN_CACHE_DIR="$cache" "$carry/kiln-bench-gpu" cuda-first gelu
+        KILN_CACHE_DIR="$cache" "$carry/kiln-bench-gpu" cuda-first layernorm
+        "$carry/kiln-bench-gpu" cuda ${2:-} --out target/bench/cuda.json
+        python3 bench/peers/cuda_peers.py target/bench/cuda_peers.json ${2:-}
+        exit 0
     fi
     status=0
     for bin in "$carry"/kiln-gpu-*; do
@@ -49,7 +68,7 @@ test | fuzz)
     exit $status
     ;;
 *)
-    echo "usage: bash scripts/gpu.sh build|test|fuzz [SECONDS] [SEED]" >&2
+    echo "usage: bash scripts/gpu.sh build|test|bench [--quick]|fuzz [SECONDS] [SEED]" >&2
     exit 2
     ;;
 esac

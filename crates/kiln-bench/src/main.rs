@@ -17,6 +17,8 @@
 //!     (default target/bench/quick), in seconds
 //! ```
 
+mod cuda;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
@@ -894,7 +896,8 @@ fn write_file(p: &Path, text: &str) -> std::result::Result<(), String> {
 fn usage() -> String {
     "usage: kiln-bench run [--quick] [--out PART.json] [--sizes SIZES.json]\n       \
      kiln-bench fresh first_call|shapeless_batches|recompile_batches [--quick]\n       kiln-bench report --out DIR PART.json...\n       \
-     kiln-bench compile-time [--quick] [--out DIR]\n       kiln-bench --quick [--out DIR]"
+     kiln-bench compile-time [--quick] [--out DIR]\n       kiln-bench --quick [--out DIR]\n       \
+     kiln-bench cuda [--quick] [--out cuda.json]\n       kiln-bench cuda-first gelu|layernorm"
         .into()
 }
 
@@ -928,6 +931,16 @@ fn main_inner() -> std::result::Result<(), String> {
             let part = kiln_bench::read_parts(&parts)?;
             let md = write_outputs(&out, part)?;
             println!("{md}");
+            Ok(())
+        }
+        Some("cuda") => {
+            let out = opt("--out").unwrap_or_else(|| "target/bench/cuda.json".into());
+            println!("{}", cuda::run(quick, &out)?);
+            Ok(())
+        }
+        Some("cuda-first") => {
+            let w = args.get(1).ok_or_else(usage)?;
+            println!("{:.1}", cuda::first_call(w).map_err(|e| e.to_string())?);
             Ok(())
         }
         Some("compile-time") => {

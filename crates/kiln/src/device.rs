@@ -95,6 +95,14 @@ pub fn with_default_device<R>(device: Device, f: impl FnOnce() -> R) -> Result<R
     Ok(f())
 }
 
+/// Waits until the work queued on `device` is done. Evaluating an array
+/// on a GPU queues its kernels and returns; reading values waits for them,
+/// and so does this (for timing, or before handing memory to other code).
+/// On the CPU, work is done when `eval` returns.
+pub fn synchronize(device: Device) -> Result<()> {
+    crate::backend::for_device(device)?.synchronize()
+}
+
 /// What a creation op makes: a dtype, and the device to make it on (the
 /// default device when `None`). Creation ops (`full`, `zeros`, `ones`,
 /// `arange`, `linspace`, `eye`) take `impl Into<Spec>`, so a plain

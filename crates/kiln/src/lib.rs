@@ -56,7 +56,7 @@ pub use buffer::Buffer;
 pub use compile::{
     compile, compile_with, disable_compile, enable_compile, CacheStats, CompileOptions, Compiled, Outputs,
 };
-pub use device::{default_device, set_default_device, with_default_device, Device, Spec};
+pub use device::{default_device, set_default_device, synchronize, with_default_device, Device, Spec};
 pub use dtype::{DType, Element};
 pub use error::{Error, Result};
 pub use memory::{memory_limit, release_memory, retain_freed_memory, set_memory_limit};

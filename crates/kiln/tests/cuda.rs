@@ -316,6 +316,22 @@ fn matrix_products_equal_the_cpu() -> Result<()> {
         // b transposed (a strided operand) and broadcast over the batch.
         let want = kiln::matmul(&a, &kiln::transpose(&b)?)?;
         let got = kiln::matmul(&a.to_device(g)?, &kiln::transpose(&b.to_device(g)?)?)?;
+        // Reversed columns (a negative stride): the tiled kernel, not cuBLAS.
+        let rev = kiln::SliceAxis { start: None, stop: None, step: -1 };
+        let all = kiln::SliceAxis { start: None, stop: None, step: 1 };
+        let ar = kiln::slice(&a, &[all, all, all, rev])?;
+        let want_r = kiln::matmul(&ar, &kiln::transpose(&b)?)?;
+        let got_r =
+            kiln::matmul(&kiln::slice(&a.to_device(g)?, &[all, all, all, rev])?, &kiln::transpose(&b.to_device(g)?)?)?;
+        for (got, want) in [(&got, &want), (&got_r, &want_r)] {
+            compare_product(got, want, dt)?;
+        }
+    }
+    Ok(())
+}
+
+fn compare_product(got: &Array, want: &Array, dt: DType) -> Result<()> {
+    {
         if dt.is_float() {
             let w = want.astype(DType::F64)?.to_vec::<f64>()?;
             let gv = got.to_device(Device::Cpu)?.astype(DType::F64)?.to_vec::<f64>()?;
@@ -324,7 +340,7 @@ fn matrix_products_equal_the_cpu() -> Result<()> {
                 assert!((x - y).abs() <= rtol * 16.0 * 33.0 * 16.0, "matmul {dt}: {i}: GPU {x}, CPU {y}");
             }
         } else {
-            same(&got, &want, 0, &format!("matmul {dt}"))?;
+            same(got, want, 0, &format!("matmul {dt}"))?;
         }
     }
     Ok(())

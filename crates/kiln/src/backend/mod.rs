@@ -92,6 +92,12 @@ pub trait Backend: Send + Sync + 'static {
     /// length matches the shape): arrays made from host values, and data
     /// moved here from another device.
     fn upload(&self, buffer: Buffer, shape: &[usize]) -> Result<Data>;
+
+    /// Waits until the work queued on this backend's device is done (a
+    /// backend that runs synchronously, like the CPU's, returns at once).
+    fn synchronize(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// A program lowered by a [`Backend`]: a list of kernel steps it runs on

@@ -219,7 +219,7 @@ impl Gpu {
         if let Some(k) = self.kernels.lock().unwrap_or_else(|e| e.into_inner()).get(source) {
             return Ok(*k);
         }
-        let cubin = compile(source, self.capability)?;
+        let cubin = cached_compile(source, self.capability)?;
         self.bind("cuda")?;
         // SAFETY: `cubin` is a complete cubin image from NVRTC; the module
         // is never unloaded, so the function handle stays valid.
@@ -283,15 +283,83 @@ impl Gpu {
     }
 }
 
+/// NVRTC's options for every kernel (besides the architecture): no
+/// contraction of `a * b + c` into one rounding, so kernels compute what
+/// the CPU's do (explicit `fmaf` calls still fuse).
+const NVRTC_OPTIONS: [&str; 2] = ["--fmad=false", "--std=c++17"];
+
+/// The folder of the on-disk kernel cache: `KILN_CACHE_DIR`, else
+/// `$XDG_CACHE_HOME/kiln`, else `~/.cache/kiln`, with `cuda/` below it;
+/// `None` when none can be named or `KILN_CACHE_DIR` is `off`.
+fn cache_dir() -> Option<std::path::PathBuf> {
+    let base = match std::env::var_os("KILN_CACHE_DIR") {
+        Some(d) if d == "off" => return None,
+        Some(d) => std::path::PathBuf::from(d),
+        None => match std::env::var_os("XDG_CACHE_HOME") {
+            Some(d) => std::path::PathBuf::from(d).join("kiln"),
+            None => std::path::PathBuf::from(std::env::var_os("HOME")?).join(".cache/kiln"),
+        },
+    };
+    Some(base.join("cuda"))
+}
+
+/// NVRTC's version (major, minor).
+fn nvrtc_version() -> (i32, i32) {
+    static V: OnceLock<(i32, i32)> = OnceLock::new();
+    *V.get_or_init(|| {
+        let (mut a, mut b) = (0, 0);
+        // SAFETY: writes two ints.
+        let _ = unsafe { nvrtc_sys::nvrtcVersion(&mut a, &mut b) };
+        (a, b)
+    })
+}
+
+/// [`compile`] through the on-disk cache: a cubin is stored under a hash
+/// of everything that decides it (the source, NVRTC's version, the
+/// architecture and the options), with that key written in the file
+/// before the cubin and compared on reading (so a hash collision is a
+/// miss, never a wrong kernel). Files are written to a temporary name and
+/// renamed into place, so concurrent processes never read half a file. A
+/// cache that cannot be read or written is skipped silently.
+fn cached_compile(source: &str, cap: (i32, i32)) -> Result<Vec<u8>> {
+    use std::hash::{Hash, Hasher};
+    let (ma, mi) = nvrtc_version();
+    let key = format!("nvrtc {ma}.{mi} sm_{}{} {}\n{source}", cap.0, cap.1, NVRTC_OPTIONS.join(" "));
+    let Some(dir) = cache_dir() else { return compile(source, cap) };
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut h);
+    let path = dir.join(format!("{:016x}-{}.cubin", h.finish(), key.len()));
+    if let Ok(bytes) = std::fs::read(&path) {
+        if let Some(rest) = bytes.strip_prefix(key.as_bytes()) {
+            if let Some(cubin) = rest.strip_prefix(b"\0") {
+                return Ok(cubin.to_vec());
+            }
+        }
+    }
+    let cubin = compile(source, cap)?;
+    if std::fs::create_dir_all(&dir).is_ok() {
+        static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = dir.join(format!(".{}.{n}.{:016x}.tmp", std::process::id(), h.finish()));
+        let mut data = Vec::with_capacity(key.len() + 1 + cubin.len());
+        data.extend_from_slice(key.as_bytes());
+        data.push(0);
+        data.extend_from_slice(&cubin);
+        if std::fs::write(&tmp, &data).is_ok() && std::fs::rename(&tmp, &path).is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+    }
+    Ok(cubin)
+}
+
 /// Compiles `source` to a cubin for a GPU of compute capability `cap`.
 fn compile(source: &str, cap: (i32, i32)) -> Result<Vec<u8>> {
     let src = CString::new(source).map_err(|_| Error::Device { op: "nvrtc", msg: "source holds a NUL".into() })?;
     let prog = nvrtc::create_program(&src, None)
         .map_err(|e| Error::Device { op: "nvrtc", msg: format!("could not create a program: {e:?}") })?;
     let arch = format!("--gpu-architecture=sm_{}{}", cap.0, cap.1);
-    // No contraction of a * b + c into one rounding: kernels compute what
-    // the CPU's do (explicit fmaf calls still fuse).
-    let opts = [arch.as_str(), "--fmad=false", "--std=c++17"];
+    let mut opts = vec![arch.as_str()];
+    opts.extend(NVRTC_OPTIONS);
     // SAFETY: `prog` is a live program from `create_program`, destroyed
     // once below; NVRTC writes at most the sizes it reports.
     unsafe {
@@ -317,5 +385,130 @@ fn compile(source: &str, cap: (i32, i32)) -> Result<Vec<u8>> {
         };
         let _ = nvrtc::destroy_program(prog);
         out
+    }
+}
+
+/// One operand of [`Gpu::gemm`]: a column-major matrix at `ptr` with
+/// leading dimension `ld`, used transposed when `trans`, and `stride`
+/// elements between the matrices of a batch (0: the same for all).
+#[derive(Clone, Copy, Debug)]
+pub struct GemmOperand {
+    /// Device address of the first matrix.
+    pub ptr: u64,
+    /// Leading dimension (elements between columns).
+    pub ld: i32,
+    /// Use the matrix transposed.
+    pub trans: bool,
+    /// Elements between consecutive matrices of the batch.
+    pub stride: i64,
+}
+
+impl Gpu {
+    /// `c = op(a) · op(b)` for `batch` column-major products of `m x k` by
+    /// `k x n` through cuBLAS, of `dtype` `F32`, `F64`, `F16` or `BF16`
+    /// (the half types accumulate in `f32`). `f32` products are true `f32`:
+    /// the handle keeps cuBLAS's default math mode, which uses no TF32.
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemm(
+        &self,
+        dtype: crate::DType,
+        (m, n, k): (i32, i32, i32),
+        a: GemmOperand,
+        b: GemmOperand,
+        c: (u64, i32, i64),
+        batch: i32,
+    ) -> Result<()> {
+        use cudarc::cublas::{result as blas, sys as bsys};
+        let op = |t: bool| if t { bsys::cublasOperation_t::CUBLAS_OP_T } else { bsys::cublasOperation_t::CUBLAS_OP_N };
+        self.with_blas(|h| {
+            // SAFETY: the caller passes device addresses of allocations that
+            // hold every element the dimensions, leading dimensions and
+            // batch strides reach, of `dtype`; alpha and beta live on this
+            // stack frame for the synchronous setup of the call.
+            let r = unsafe {
+                match dtype {
+                    crate::DType::F32 => {
+                        let (one, zero) = (1.0f32, 0.0f32);
+                        blas::sgemm_strided_batched(
+                            h,
+                            op(a.trans),
+                            op(b.trans),
+                            m,
+                            n,
+                            k,
+                            &one,
+                            a.ptr as *const f32,
+                            a.ld,
+                            a.stride,
+                            b.ptr as *const f32,
+                            b.ld,
+                            b.stride,
+                            &zero,
+                            c.0 as *mut f32,
+                            c.1,
+                            c.2,
+                            batch,
+                        )
+                    }
+                    crate::DType::F64 => {
+                        let (one, zero) = (1.0f64, 0.0f64);
+                        blas::dgemm_strided_batched(
+                            h,
+                            op(a.trans),
+                            op(b.trans),
+                            m,
+                            n,
+                            k,
+                            &one,
+                            a.ptr as *const f64,
+                            a.ld,
+                            a.stride,
+                            b.ptr as *const f64,
+                            b.ld,
+                            b.stride,
+                            &zero,
+                            c.0 as *mut f64,
+                            c.1,
+                            c.2,
+                            batch,
+                        )
+                    }
+                    _ => {
+                        let ty = if dtype == crate::DType::F16 {
+                            bsys::cudaDataType::CUDA_R_16F
+                        } else {
+                            bsys::cudaDataType::CUDA_R_16BF
+                        };
+                        let (one, zero) = (1.0f32, 0.0f32);
+                        blas::gemm_strided_batched_ex(
+                            h,
+                            op(a.trans),
+                            op(b.trans),
+                            m,
+                            n,
+                            k,
+                            &one as *const f32 as *const c_void,
+                            a.ptr as *const c_void,
+                            ty,
+                            a.ld,
+                            a.stride,
+                            b.ptr as *const c_void,
+                            ty,
+                            b.ld,
+                            b.stride,
+                            &zero as *const f32 as *const c_void,
+                            c.0 as *mut c_void,
+                            ty,
+                            c.1,
+                            c.2,
+                            batch,
+                            bsys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                            bsys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+                        )
+                    }
+                }
+            };
+            r.map_err(|e| Error::Device { op: "matmul", msg: format!("cuBLAS error: {e:?}") })
+        })
     }
 }

@@ -7,7 +7,7 @@
 use std::fmt::Write;
 
 use crate::array::Data;
-use crate::backend::cuda::driver::{Arg, Gpu};
+use crate::backend::cuda::driver::{Arg, GemmOperand, Gpu};
 use crate::backend::cuda::source::{line, load, storage_type, store, PRELUDE};
 use crate::backend::cuda::{dev, fresh};
 use crate::dtype::DType;
@@ -84,6 +84,36 @@ fn source(dt: DType, batch_rank: usize) -> String {
     s
 }
 
+/// A row-major operand of strides (`inner`, `outer`) (along its last and
+/// second-to-last axes) as cuBLAS's column-major `rows x cols` matrix
+/// (its transpose): in place when one stride is 1 and the other a valid
+/// leading dimension, with batch stride `batch` (elements, from the
+/// collapsed batch strides; none for a single product). `None` when the
+/// layout needs the tiled kernel (broadcast or negative strides).
+fn operand(
+    inner: isize,
+    outer: isize,
+    rows: usize,
+    cols: usize,
+    ptr: u64,
+    batch: Option<&Vec<isize>>,
+) -> Option<GemmOperand> {
+    let stride = match batch.map(|b| b.first().copied().unwrap_or(0)) {
+        None => 0,
+        Some(s) if s >= 0 => s as i64,
+        Some(_) => return None,
+    };
+    let ok_ld = |ld: isize, need: usize| ld >= need.max(1) as isize && ld <= i32::MAX as isize;
+    // Element (r, c) of the column-major matrix is row-major (c, r).
+    if inner == 1 && ok_ld(outer, rows) {
+        Some(GemmOperand { ptr, ld: outer as i32, trans: false, stride })
+    } else if outer == 1 && ok_ld(inner, cols) {
+        Some(GemmOperand { ptr, ld: inner as i32, trans: true, stride })
+    } else {
+        None
+    }
+}
+
 /// `a @ b` with broadcast batch dims; `shape` is the output shape
 /// (`batch.., m, n`). Both operands have at least 2 dims and one dtype.
 pub fn matmul(gpu: &'static Gpu, a: &Data, b: &Data, shape: &[usize]) -> Result<Data> {
@@ -108,11 +138,22 @@ pub fn matmul(gpu: &'static Gpu, a: &Data, b: &Data, shape: &[usize]) -> Result<
     }
     let out_batch = contiguous_strides(batch);
     let (bd, bs) = collapse(batch, &[&la.strides[..nd - 2], &lb.strides[..nd - 2], &out_batch]);
+    let (pa, pb, pc) = (dev(a)?.ptr_at(la.offset), dev(b)?.ptr_at(lb.offset), dev(&c)?.ptr_at(0));
+    if dt.is_float() && crate::backend::cuda::driver::have_cublas() {
+        // Row-major C = A B is column-major C^T = B^T A^T.
+        let a_ = operand(lb.strides[nd - 1], lb.strides[nd - 2], n, kk, pb, bs.get(1));
+        let b_ = operand(la.strides[nd - 1], la.strides[nd - 2], kk, m, pa, bs.first());
+        let fits = |v: usize| v <= i32::MAX as usize;
+        if let (Some(x), Some(y), true, true) = (a_, b_, bd.len() <= 1, fits(m) && fits(n) && fits(kk) && fits(nb)) {
+            gpu.gemm(dt, (n as i32, m as i32, kk as i32), x, y, (pc, n as i32, (m * n) as i64), nb as i32)?;
+            return Ok(c);
+        }
+    }
     let k = gpu.kernel(&source(dt, bd.len()))?;
     let mut args = vec![
-        Arg::Ptr(dev(a)?.ptr_at(la.offset)),
-        Arg::Ptr(dev(b)?.ptr_at(lb.offset)),
-        Arg::Ptr(dev(&c)?.ptr_at(0)),
+        Arg::Ptr(pa),
+        Arg::Ptr(pb),
+        Arg::Ptr(pc),
         Arg::I64(nb as i64),
         Arg::I64(m as i64),
         Arg::I64(n as i64),

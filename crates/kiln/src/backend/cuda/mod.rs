@@ -143,6 +143,10 @@ impl Backend for Cuda {
         to_host(self.gpu, data)
     }
 
+    fn synchronize(&self) -> Result<()> {
+        self.gpu.sync("synchronize")
+    }
+
     fn upload(&self, buffer: Buffer, shape: &[usize]) -> Result<Data> {
         let d = fresh(self.gpu, "upload", buffer.dtype(), shape)?;
         let ptr = dev(&d)?.ptr_at(0);

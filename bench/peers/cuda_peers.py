@@ -1,0 +1,156 @@
+"""The GPU peers of `kiln-bench cuda`: torch eager, torch.compile and
+jax.jit on the same rows, timed the same way (synchronize before reading
+the clock, warm-up, median of repeats, random normal inputs). Prints a
+Markdown table and writes JSON to the path given as the first argument.
+Run by `scripts/gpu.sh bench` on the GPU machine (its Python has torch and
+jax)."""
+import json
+import math
+import sys
+import time
+
+QUICK = "--quick" in sys.argv
+BIG = 1 << 22 if QUICK else 1 << 28
+SIDE = 2048 if QUICK else 16384
+REPS = 3 if QUICK else 9
+rows = []
+
+
+def timed(sync, f, calls=1):
+    for _ in range(3):
+        f()
+    sync()
+    piped, synced = [], []
+    for _ in range(REPS):
+        t = time.perf_counter()
+        for _ in range(calls):
+            f()
+        sync()
+        piped.append((time.perf_counter() - t) / calls)
+        t = time.perf_counter()
+        for _ in range(calls):
+            f()
+            sync()
+        synced.append((time.perf_counter() - t) / calls)
+    return sorted(piped)[len(piped) // 2], sorted(synced)[len(synced) // 2]
+
+
+def torch_rows():
+    import torch
+
+    dev = "cuda"
+    sync = torch.cuda.synchronize
+    torch.backends.cuda.matmul.allow_tf32 = False
+
+    def gelu_tanh(x):
+        return 0.5 * x * (1 + torch.tanh(0.7978846 * (x + 0.044715 * x * x * x)))
+
+    def gelu_erf(x):
+        return 0.5 * x * (1 + torch.erf(x * 0.70710678))
+
+    def softmax(x):
+        return torch.softmax(x, -1)
+
+    def layernorm(x, g, b):
+        m = x.mean(-1, keepdim=True)
+        xc = x - m
+        v = (xc * xc).mean(-1, keepdim=True)
+        return xc * torch.rsqrt(v + 1e-5) * g + b
+
+    def matmul_add(x, w, b):
+        return x @ w + b
+
+    def mlp(x, *p):
+        for i in range(3):
+            x = x @ p[2 * i] + p[2 * i + 1]
+            if i < 2:
+                x = torch.relu(x)
+        return x
+
+    x = torch.randn(BIG, device=dev)
+    xs = torch.randn(SIDE, SIDE, device=dev)
+    g = torch.randn(SIDE, device=dev) * 0.1 + 1
+    b = torch.randn(SIDE, device=dev) * 0.1
+    mx = [torch.randn(32, 128, device=dev) for _ in range(64)]
+    w = torch.randn(128, 256, device=dev)
+    mb = torch.randn(256, device=dev)
+    t = torch.randn(16, device=dev)
+    bw = 512 if QUICK else 4096
+    px = torch.randn(bw, bw, device=dev)
+    pp = []
+    for _ in range(3):
+        pp += [torch.randn(bw, bw, device=dev) / math.sqrt(bw), torch.randn(bw, device=dev) * 0.1]
+    for mode in ["torch-eager", "torch-compile"]:
+        wrap = (lambda f: f) if mode == "torch-eager" else (lambda f: torch.compile(f))
+        cases = [
+            ("gelu_tanh", wrap(gelu_tanh), (x,), 1),
+            ("gelu_erf", wrap(gelu_erf), (x,), 1),
+            ("softmax", wrap(softmax), (xs,), 1),
+            ("layernorm", wrap(layernorm), (xs, g, b), 1),
+            ("tiny x + 1 per call", wrap(lambda a: a + 1), (t,), 1000),
+            ("mlp (fp32)", wrap(mlp), [px] + pp, 1),
+        ]
+        for name, f, args, calls in cases:
+            p, s = timed(sync, lambda: f(*args), calls)
+            rows.append({"peer": mode, "row": name, "pipelined_s": p, "synced_s": s})
+        f = wrap(matmul_add)
+        i = [0]
+
+        def call():
+            i[0] += 1
+            return f(mx[i[0] % 64], w, mb)
+
+        p, s = timed(sync, call, 200)
+        rows.append({"peer": mode, "row": "matmul_add per call", "pipelined_s": p, "synced_s": s})
+    # The device-to-device copy: the floor.
+    y = torch.empty_like(x)
+    p, s = timed(sync, lambda: y.copy_(x), 1)
+    rows.append({"peer": "copy floor", "row": "device copy", "pipelined_s": p, "synced_s": s, "bytes": 8.0 * BIG})
+
+
+def jax_rows():
+    import jax
+    import jax.numpy as jnp
+
+    key = jax.random.PRNGKey(0)
+    x = jax.random.normal(key, (BIG,))
+    xs = jax.random.normal(key, (SIDE, SIDE))
+    g = jnp.ones((SIDE,))
+    b = jnp.zeros((SIDE,))
+    sync = lambda: None
+    cases = [
+        ("gelu_tanh", jax.jit(lambda x: 0.5 * x * (1 + jnp.tanh(0.7978846 * (x + 0.044715 * x * x * x)))), (x,)),
+        ("softmax", jax.jit(lambda x: jax.nn.softmax(x, -1)), (xs,)),
+        (
+            "layernorm",
+            jax.jit(lambda x, g, b: (x - x.mean(-1, keepdims=True)) * jax.lax.rsqrt(x.var(-1, keepdims=True) + 1e-5) * g + b),
+            (xs, g, b),
+        ),
+    ]
+    for name, f, args in cases:
+        out = [None]
+
+        def call():
+            out[0] = f(*args)
+
+        def block():
+            out[0].block_until_ready()
+
+        p, s = timed(block, call, 1)
+        rows.append({"peer": "jax-jit", "row": name, "pipelined_s": p, "synced_s": s})
+
+
+for part in (torch_rows, jax_rows):
+    try:
+        part()
+    except Exception as e:  # a missing peer is reported, not fatal
+        print(f"{part.__name__}: {e}", file=sys.stderr)
+
+print("| peer | row | pipelined | synced |\n|---|---|---|---|")
+for r in rows:
+    f = lambda v: f"{v * 1e6:.1f} us" if v < 1e-3 else f"{v * 1e3:.3f} ms"
+    print(f"| {r['peer']} | {r['row']} | {f(r['pipelined_s'])} | {f(r['synced_s'])} |")
+out = [a for a in sys.argv[1:] if not a.startswith("--")]
+if out:
+    with open(out[0], "w") as fh:
+        json.dump(rows, fh, indent=1)
