@@ -66,6 +66,9 @@ is_mlx <- function(x) inherits(x, "mlx")
 #' @param dtype The array's dtype: `"float32"` (default), `"float64"`,
 #'   `"float16"`, `"bfloat16"`, `"int32"`, `"int64"`, `"uint8"`, `"uint32"`
 #'   or `"bool"`. For an mlx array, `NULL` keeps its dtype.
+#' @param device `"cpu"` or `"gpu"` (see [mlx_default_device()]): where the
+#'   array goes. `NULL`: R data goes to the default device, an mlx array
+#'   stays where it is.
 #' @return An mlx array with `x`'s dimensions (a vector gives a 1-d array).
 #' @export
 #' @examples
@@ -73,15 +76,18 @@ is_mlx <- function(x) inherits(x, "mlx")
 #' x <- as_mlx(m)
 #' identical(as.matrix(x), matrix(as.double(1:6), 2, 3))
 #' as_mlx(c(TRUE, FALSE), dtype = "bool")
-as_mlx <- function(x, dtype = NULL) {
+as_mlx <- function(x, dtype = NULL, device = NULL) {
   if (is_mlx(x)) {
-    return(if (is.null(dtype)) x else mlx_cast(x, dtype))
+    x <- if (is.null(dtype)) x else mlx_cast(x, dtype)
+  } else {
+    if (!(is.numeric(x) || is.logical(x)) || is.object(x) && !is.matrix(x) && !is.array(x)) {
+      stop("as_mlx: cannot convert an object of class ", paste(class(x), collapse = "/"),
+           " to an mlx array (numeric, integer or logical data only)", call. = FALSE)
+    }
+    x <- with_default_device("cpu", kiln_from_r(x, .dim_of(x), .check_dtype(if (is.null(dtype)) "float32" else dtype)))
+    if (is.null(device)) device <- kiln_default_device()
   }
-  if (!(is.numeric(x) || is.logical(x)) || is.object(x) && !is.matrix(x) && !is.array(x)) {
-    stop("as_mlx: cannot convert an object of class ", paste(class(x), collapse = "/"),
-         " to an mlx array (numeric, integer or logical data only)", call. = FALSE)
-  }
-  kiln_from_r(x, .dim_of(x), .check_dtype(if (is.null(dtype)) "float32" else dtype))
+  if (is.null(device)) x else kiln_to_device(x, match.arg(device, c("cpu", "gpu")))
 }
 
 #' Create an mlx array from data and dimensions

@@ -412,3 +412,61 @@ fn compiled_functions_run_on_the_gpu() -> Result<()> {
     assert_eq!(s.stats().traces, 1, "one trace for every shape");
     Ok(())
 }
+
+/// Element-wise closeness of a GPU float result to the CPU's.
+fn near(got: &Array, want: &Array, rtol: f32, ctx: &str) -> Result<()> {
+    assert_eq!(got.shape(), want.shape(), "{ctx}: shape");
+    let w = want.astype(DType::F32)?.to_vec::<f32>()?;
+    let g = got.to_device(Device::Cpu)?.astype(DType::F32)?.to_vec::<f32>()?;
+    for (i, (&a, &b)) in g.iter().zip(&w).enumerate() {
+        let ok = (a.is_nan() && b.is_nan()) || a == b || (a - b).abs() <= rtol * (1.0 + b.abs());
+        assert!(ok, "{ctx}: element {i}: GPU {a}, CPU {b}");
+    }
+    Ok(())
+}
+
+#[test]
+fn compiled_reductions_and_epilogues_equal_the_cpu() -> Result<()> {
+    let Some(g) = gpu() else { return Ok(()) };
+    let mut rng = Rng::new(21);
+    let layernorm = |x: &Array, w: &Array, b: &Array| -> Result<Array> {
+        let m = kiln::mean(x, -1, true)?;
+        let xc = (x - &m)?;
+        let v = kiln::mean(&kiln::square(&xc)?, -1, true)?;
+        ((&xc * kiln::rsqrt(&(v + 1e-5f32)?)?)? * w)? + b
+    };
+    let stats = |x: &Array| -> Result<Vec<Array>> {
+        // Several reductions of one producer: one fused kernel.
+        let y = kiln::tanh(&(x * 0.5f32)?)?;
+        Ok(vec![
+            kiln::softmax(x, -1)?,
+            kiln::logsumexp(&y, -1, false)?,
+            kiln::var(&y, -1, false, 1)?,
+            kiln::max(&y, 0, true)?,
+            kiln::sum(&(&y * &y)?, -1, false)?,
+        ])
+    };
+    let dense =
+        |x: &Array, w: &Array, b: &Array| -> Result<Array> { kiln::maximum(&(kiln::matmul(x, w)? + b)?, 0.0f32) };
+    let opts = || CompileOptions { shapeless: true, ..Default::default() };
+    let ln = compile_with(move |x: &Array, w: &Array, b: &Array| layernorm(x, w, b), opts());
+    let st = compile_with(move |x: &Array| stats(x), opts());
+    let de = compile_with(move |x: &Array, w: &Array, b: &Array| dense(x, w, b), opts());
+    for rows in [1usize, 7, 130] {
+        let cols = 300;
+        let x = Array::from_slice(&rng.floats_f32(rows * cols, -4.0, 4.0), &[rows, cols])?;
+        let w = Array::from_slice(&rng.floats_f32(cols, 0.5, 1.5), &[cols])?;
+        let b = Array::from_slice(&rng.floats_f32(cols, -1.0, 1.0), &[cols])?;
+        let (xg, wg, bg) = (x.to_device(g)?, w.to_device(g)?, b.to_device(g)?);
+        near(&ln.call((&xg, &wg, &bg))?, &layernorm(&x, &w, &b)?, 1e-5, &format!("layernorm rows {rows}"))?;
+        for (k, (got, want)) in st.call(&xg)?.iter().zip(stats(&x)?).enumerate() {
+            near(got, &want, 1e-5, &format!("statistic {k}, rows {rows}"))?;
+        }
+        let m = Array::from_slice(&rng.floats_f32(cols * 64, -0.2, 0.2), &[cols, 64])?;
+        let mb = Array::from_slice(&rng.floats_f32(64, -1.0, 1.0), &[64])?;
+        let got = de.call((&xg, &m.to_device(g)?, &mb.to_device(g)?))?;
+        near(&got, &dense(&x, &m, &mb)?, 1e-4, &format!("dense rows {rows}"))?;
+    }
+    assert_eq!(ln.stats().traces, 1);
+    Ok(())
+}

@@ -351,6 +351,72 @@ fn kiln_to_r(x: Robj, what: &str) -> Robj {
     }
 }
 
+/// A device by its R name: `"cpu"`, or `"gpu"` (GPU 0).
+fn device_of(name: &str) -> kiln::Device {
+    match name {
+        "cpu" => kiln::Device::Cpu,
+        "gpu" => kiln::Device::Cuda(0),
+        other => raise(format!("device: \"cpu\" or \"gpu\", not \"{other}\"")),
+    }
+}
+
+fn device_name(d: kiln::Device) -> &'static str {
+    match d {
+        kiln::Device::Cpu => "cpu",
+        kiln::Device::Cuda(_) => "gpu",
+    }
+}
+
+/// A GPU error with how to get one: the package is built without the
+/// CUDA backend unless `KILN_FEATURES=cuda` was set at install.
+fn or_raise_device<T>(r: kiln::Result<T>) -> T {
+    match r {
+        Ok(v) => v,
+        Err(e) if !cfg!(feature = "cuda") => raise(format!(
+            "{}; this kiln package was built without GPU support: reinstall it with the environment variable KILN_FEATURES=cuda on a machine with an NVIDIA GPU",
+            message(&e)
+        )),
+        Err(e) => raise(message(&e)),
+    }
+}
+
+#[extendr]
+fn kiln_default_device() -> &'static str {
+    device_name(kiln::default_device())
+}
+
+#[extendr]
+fn kiln_set_default_device(name: &str) {
+    or_raise_device(kiln::set_default_device(device_of(name)))
+}
+
+#[extendr]
+fn kiln_device(x: Robj) -> &'static str {
+    device_name(arr(&x).device())
+}
+
+#[extendr]
+fn kiln_to_device(x: Robj, name: &str) -> Robj {
+    wrap(or_raise_device(arr(&x).to_device(device_of(name))))
+}
+
+#[extendr]
+fn kiln_has_gpu() -> bool {
+    #[cfg(feature = "cuda")]
+    {
+        kiln::backend::cuda::available()
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        false
+    }
+}
+
+#[extendr]
+fn kiln_synchronize(name: &str) {
+    or_raise_device(kiln::synchronize(device_of(name)))
+}
+
 #[extendr]
 fn kiln_shape(x: Robj) -> Robj {
     int_robj(arr(&x).shape().iter().copied())
@@ -760,6 +826,12 @@ extendr_module! {
     fn kiln_from_r;
     fn kiln_to_r;
     fn kiln_shape;
+    fn kiln_default_device;
+    fn kiln_set_default_device;
+    fn kiln_device;
+    fn kiln_to_device;
+    fn kiln_has_gpu;
+    fn kiln_synchronize;
     fn kiln_dtype;
     fn kiln_eval;
     fn kiln_astype;

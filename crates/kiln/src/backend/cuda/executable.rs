@@ -1,17 +1,20 @@
 //! The CUDA executable: an optimized program planned into kernel steps
 //! ([`plan`]) with the GPU backend's facts. Each fused elementwise group is
-//! one generated kernel; products with epilogues and fused reductions run
-//! their instructions one kernel each (their one-kernel forms are the next
-//! steps of the backend); views cost nothing. Values are released after
+//! one generated kernel, and so is each fused reduction (its producer
+//! group evaluated inside the reduction kernel, [`reduce::fold`]);
+//! a product with an epilogue is the product (cuBLAS) and then one kernel
+//! for the epilogue; views cost nothing. Values are released after
 //! their last reader, so their memory returns to the stream-ordered pool
 //! while later kernels run.
 
 use crate::array::Data;
-use crate::backend::cuda::{elementwise, eval, Gpu};
+use crate::backend::cuda::{elementwise, eval, matmul, reduce, Gpu};
 use crate::backend::{for_device, Executable, StepView};
 use crate::device::Device;
+use crate::dtype::DType;
 use crate::error::Result;
 use crate::passes::fuse::{follows, is_free, plan, Kernel, Planned};
+use crate::primitive::Primitive;
 use crate::program::Program;
 
 /// A program lowered for one GPU.
@@ -92,6 +95,33 @@ impl Executable for CudaExecutable {
                         let ins: Vec<&Data> =
                             st.inputs.iter().map(|&i| values[i].as_ref().expect("inputs are computed first")).collect();
                         elementwise::run(self.gpu, g, &ins, shape_of(st.outputs[0]))?
+                    };
+                    for (&o, d) in st.outputs.iter().zip(outs) {
+                        values[o] = Some(d);
+                    }
+                }
+                Kernel::ReduceFused { group, reductions, axes, source } if fused => {
+                    let outs = {
+                        let ins: Vec<&Data> =
+                            st.inputs.iter().map(|&i| values[i].as_ref().expect("inputs are computed first")).collect();
+                        let shapes: Vec<(Vec<usize>, DType)> =
+                            st.outputs.iter().map(|&o| (shape_of(o).to_vec(), p.instrs[o].dtype)).collect();
+                        reduce::fold(self.gpu, group, reductions, &ins, shape_of(*source), axes, &shapes)?
+                    };
+                    for (&o, d) in st.outputs.iter().zip(outs) {
+                        values[o] = Some(d);
+                    }
+                }
+                Kernel::MatmulEpilogue(g) if fused => {
+                    let outs = {
+                        let ins: Vec<&Data> =
+                            st.inputs.iter().map(|&i| values[i].as_ref().expect("inputs are computed first")).collect();
+                        let head = st.members.iter().copied().find(|&m| p.instrs[m].prim == Primitive::Matmul);
+                        let head = head.expect("an epilogue follows a product");
+                        let product = matmul::matmul(self.gpu, ins[0], ins[1], shape_of(head))?;
+                        let mut group_ins = vec![&product];
+                        group_ins.extend(&ins[2..]);
+                        elementwise::run(self.gpu, g, &group_ins, shape_of(st.outputs[0]))?
                     };
                     for (&o, d) in st.outputs.iter().zip(outs) {
                         values[o] = Some(d);

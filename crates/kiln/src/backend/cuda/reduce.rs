@@ -13,12 +13,13 @@ use std::fmt::Write;
 use crate::array::Data;
 use crate::backend::cuda::cmath;
 use crate::backend::cuda::driver::{Arg, Gpu};
-use crate::backend::cuda::source::{float_lit, line, load, offset_code, storage_type, PRELUDE};
+use crate::backend::cuda::source::{self, float_lit, line, load, offset_code, register_type, storage_type, PRELUDE};
 use crate::backend::cuda::{dev, fresh};
 use crate::backend::simd_math::Func;
 use crate::dtype::DType;
 use crate::error::Result;
 use crate::layout::{collapse, contiguous_strides};
+use crate::passes::fuse::FusedGroup;
 use crate::primitive::{ArgReduceOp, ReduceOp};
 
 /// Most threads per block.
@@ -108,7 +109,7 @@ fn acc(op: ReduceOp, dt: DType) -> (&'static str, String) {
 
 /// `a = fold(a, v)` for the first pass of `op` (`max` for the two-pass
 /// statistics' first pass, the sum for `var`'s).
-fn fold(op: ReduceOp, t: &str) -> &'static str {
+fn fold_step(op: ReduceOp, t: &str) -> &'static str {
     let float = t == "float" || t == "double";
     match op {
         ReduceOp::Sum | ReduceOp::Mean | ReduceOp::Var { .. } => "a = a + v;",
@@ -128,97 +129,184 @@ fn fold(op: ReduceOp, t: &str) -> &'static str {
 /// A block-wide combination of each thread's `a` with `fold` (whose
 /// identity is `id`), leaving the result in `a` of every thread (through
 /// `sh`, `32` slots of `t`).
-fn block_combine(s: &mut String, t: &str, fold: &str, id: &str) {
+fn block_combine(s: &mut String, t: &str, fold: &str, id: &str, sh: &str) {
     let shfl_t = if t == "bool" { "int" } else { t };
     line(s, "for (int o = 16; o > 0; o /= 2) {");
     line(s, format!("  {t} v = ({t})__shfl_down_sync(0xffffffffu, ({shfl_t})a, o);"));
     line(s, format!("  if ((int)(threadIdx.x & 31) + o < 32) {{ {fold} }}"));
     line(s, "}");
     line(s, "__syncthreads();");
-    line(s, "if ((threadIdx.x & 31) == 0) sh[threadIdx.x >> 5] = a;");
+    line(s, format!("if ((threadIdx.x & 31) == 0) {sh}[threadIdx.x >> 5] = a;"));
     line(s, "__syncthreads();");
     line(s, "if (threadIdx.x < 32) {");
-    line(s, format!("  a = threadIdx.x < (blockDim.x + 31) / 32 ? sh[threadIdx.x] : ({t})({id});"));
+    line(s, format!("  a = threadIdx.x < (blockDim.x + 31) / 32 ? {sh}[threadIdx.x] : ({t})({id});"));
     line(s, "  for (int o = 16; o > 0; o /= 2) {");
     line(s, format!("    {t} v = ({t})__shfl_down_sync(0xffffffffu, ({shfl_t})a, o);"));
     line(s, format!("    {fold}"));
     line(s, "  }");
-    line(s, "  if (threadIdx.x == 0) sh[0] = a;");
+    line(s, format!("  if (threadIdx.x == 0) {sh}[0] = a;"));
     line(s, "}");
     line(s, "__syncthreads();");
-    line(s, "a = sh[0];");
+    line(s, format!("a = {sh}[0];"));
     line(s, "__syncthreads();");
 }
 
-fn reduce_source(op: ReduceOp, dt: DType, out: DType, kr: usize, rr: usize, wide: bool) -> String {
-    let (t, init) = acc(op, dt);
+/// The kernel of reductions of a producer: group `g`'s outputs computed
+/// at each position of the space and folded, `reductions[j] = (op, output
+/// index)` into output `j` of dtype `outs[j]`. Kept dimensions (rank `kr`)
+/// and reduced ones (rank `rr`) are addressed per input through its own
+/// strides. A plain reduction is the group that passes its input through.
+fn fold_source(
+    g: &FusedGroup,
+    reductions: &[(ReduceOp, usize)],
+    outs: &[DType],
+    kr: usize,
+    rr: usize,
+    wide: bool,
+) -> String {
+    let nin = g.inputs.len();
     let mut s = String::from(PRELUDE);
     let _ = writeln!(s, "typedef {} ix;", if wide { "long long" } else { "int" });
-    let mut p = vec![
-        format!("const {}* __restrict__ x", storage_type(dt)),
-        format!("{}* __restrict__ y", storage_type(out)),
-        "long long nout".into(),
-        "long long nred".into(),
-    ];
-    p.extend(params(kr, rr));
-    let _ = writeln!(s, "extern \"C\" __global__ void k({}) {{", p.join(", "));
-    line(&mut s, format!("__shared__ {t} sh[32];"));
-    line(&mut s, format!("const {t} a0 = {init};"));
-    line(&mut s, "for (ix o = blockIdx.x; o < (ix)nout; o += gridDim.x) {");
-    offset_code(&mut s, "base", "o", "k", kr);
-    let read = |s: &mut String| {
-        offset_code(s, "off", "r", "r", rr);
-        line(s, format!("{t} v = ({t}){};", load(dt, "x[base + off]")));
-    };
-    // First pass.
-    line(&mut s, format!("{t} a = a0;"));
-    line(&mut s, "for (ix r = threadIdx.x; r < (ix)nred; r += blockDim.x) {");
-    read(&mut s);
-    line(&mut s, fold(op, t));
-    line(&mut s, "}");
-    block_combine(&mut s, t, fold(op, t), "a0");
-    let float = t == "float" || t == "double";
-    let lit = |v: f64| float_lit(if t == "double" { DType::F64 } else { DType::F32 }, v);
-    let n = format!("(({t})nred)");
-    let result = match op {
-        ReduceOp::Mean => format!("a / {n}"),
-        ReduceOp::LogSumExp | ReduceOp::SumExp | ReduceOp::Var { .. } => {
-            // Second pass: the sum of exp(x - max), or of squared deviations.
-            line(&mut s, format!("const {t} first = a;"));
-            if let ReduceOp::Var { .. } = op {
-                line(&mut s, format!("const {t} mean = first / {n};"));
+    let mut p = vec![];
+    for (k, dt) in g.inputs.iter().enumerate() {
+        p.push(format!("const {}* __restrict__ p{k}", storage_type(*dt)));
+    }
+    for (j, dt) in outs.iter().enumerate() {
+        p.push(format!("{}* __restrict__ y{j}", storage_type(*dt)));
+    }
+    p.extend(["long long nout".to_string(), "long long nred".to_string()]);
+    for (pre, r) in [("k", kr), ("r", rr)] {
+        for d in 0..r {
+            p.push(format!("long long {pre}d{d}"));
+        }
+        for k in 0..nin {
+            for d in 0..r {
+                p.push(format!("long long {pre}s{k}_{d}"));
             }
-            line(&mut s, "a = 0;");
-            line(&mut s, "for (ix r = threadIdx.x; r < (ix)nred; r += blockDim.x) {");
-            read(&mut s);
+        }
+    }
+    let _ = writeln!(s, "extern \"C\" __global__ void k({}) {{", p.join(", "));
+    let accs: Vec<(&str, String)> = reductions.iter().map(|&(op, o)| acc(op, g.reg_dtype(g.outputs[o]))).collect();
+    for (j, (t, init)) in accs.iter().enumerate() {
+        line(&mut s, format!("__shared__ {t} sh{j}[32];"));
+        line(&mut s, format!("const {t} a0_{j} = {init};"));
+    }
+    line(&mut s, "for (ix o = blockIdx.x; o < (ix)nout; o += gridDim.x) {");
+    // Each input's offset of the kept position.
+    let decompose = |s: &mut String, v: &str, i: &str, pre: &str, rank: usize| {
+        for k in 0..nin {
+            line(s, format!("ix {v}{k} = 0;"));
+        }
+        if rank == 0 {
+            return;
+        }
+        line(s, format!("{{ ix rest = {i};"));
+        for d in (0..rank).rev() {
+            let c = if d == 0 { "rest".to_string() } else { format!("(rest % (ix){pre}d{d})") };
+            for k in 0..nin {
+                line(s, format!("{v}{k} += {c} * (ix){pre}s{k}_{d};"));
+            }
+            if d > 0 {
+                line(s, format!("rest /= (ix){pre}d{d};"));
+            }
+        }
+        line(s, "}");
+    };
+    decompose(&mut s, "base", "o", "k", kr);
+    let mut next = 0usize;
+    // The producer's values at reduced position `r`, then `body`.
+    let produce = |s: &mut String, next: &mut usize| {
+        decompose(s, "off", "r", "r", rr);
+        for (k, dt) in g.inputs.iter().enumerate() {
+            line(s, format!("{} r{k} = {};", register_type(*dt), load(*dt, &format!("p{k}[base{k} + off{k}]"))));
+        }
+        for (j, op) in g.ops.iter().enumerate() {
+            let args: Vec<String> = op.args.iter().map(|&r| format!("r{r}")).collect();
+            let dts: Vec<DType> = op.args.iter().map(|&r| g.reg_dtype(r)).collect();
+            let (stmts, e) =
+                source::op(&op.prim, &args, &dts, op.dtype, next).expect("fused groups hold elementwise ops only");
+            s.push_str(&stmts);
+            line(s, format!("{} r{} = {e};", register_type(op.dtype), nin + j));
+        }
+    };
+    // First pass: every reduction (the maximum for logsumexp/sumexp, the
+    // sum for var).
+    for (j, (t, _)) in accs.iter().enumerate() {
+        line(&mut s, format!("{t} a{j} = a0_{j};"));
+    }
+    line(&mut s, "for (ix r = threadIdx.x; r < (ix)nred; r += blockDim.x) {");
+    produce(&mut s, &mut next);
+    for (j, &(op, o)) in reductions.iter().enumerate() {
+        let t = accs[j].0;
+        line(&mut s, format!("{{ {t} a = a{j}; {t} v = ({t})r{}; {} a{j} = a; }}", g.outputs[o], fold_step(op, t)));
+    }
+    line(&mut s, "}");
+    for (j, &(op, _)) in reductions.iter().enumerate() {
+        let t = accs[j].0;
+        line(&mut s, format!("{{ {t} a = a{j};"));
+        block_combine(&mut s, t, fold_step(op, t), &format!("a0_{j}"), &format!("sh{j}"));
+        line(&mut s, format!("a{j} = a; }}"));
+    }
+    let two_pass = |op: ReduceOp| matches!(op, ReduceOp::LogSumExp | ReduceOp::SumExp | ReduceOp::Var { .. });
+    if reductions.iter().any(|&(op, _)| two_pass(op)) {
+        // Second pass: the sum of exp(x - max), or of squared deviations.
+        for (j, &(op, _)) in reductions.iter().enumerate() {
+            if two_pass(op) {
+                let t = accs[j].0;
+                line(&mut s, format!("const {t} first{j} = a{j};"));
+                line(&mut s, format!("const {t} mean{j} = first{j} / (({t})nred);"));
+                line(&mut s, format!("a{j} = 0;"));
+            }
+        }
+        line(&mut s, "for (ix r = threadIdx.x; r < (ix)nred; r += blockDim.x) {");
+        produce(&mut s, &mut next);
+        for (j, &(op, o)) in reductions.iter().enumerate() {
+            if !two_pass(op) {
+                continue;
+            }
+            let t = accs[j].0;
+            line(&mut s, format!("{{ {t} v = ({t})r{};", g.outputs[o]));
             match op {
-                ReduceOp::Var { .. } => line(&mut s, "a = a + (v - mean) * (v - mean);"),
-                _ if t == "double" => line(&mut s, "a = a + exp(v - first);"),
+                ReduceOp::Var { .. } => line(&mut s, format!("a{j} = a{j} + (v - mean{j}) * (v - mean{j});")),
+                _ if t == "double" => line(&mut s, format!("a{j} = a{j} + exp(v - first{j});")),
                 _ => {
-                    let mut next = 0;
-                    let (stmts, e) = cmath::print(Func::Exp, "(v - first)", &mut next);
+                    let (stmts, e) = cmath::print(Func::Exp, &format!("(v - first{j})"), &mut next);
                     s.push_str(&stmts);
-                    line(&mut s, format!("a = a + {e};"));
+                    line(&mut s, format!("a{j} = a{j} + {e};"));
                 }
             }
             line(&mut s, "}");
-            block_combine(&mut s, t, "a = a + v;", "0");
-            let (inf, nan) = (lit(f64::INFINITY), lit(f64::NAN));
-            let log = if t == "double" { "log(a)".to_string() } else { "logf(a)".to_string() };
-            match op {
-                ReduceOp::Var { ddof } => {
-                    format!("a / ({t})(nred > {ddof}ll ? nred - {ddof}ll : 0ll)")
-                }
-                ReduceOp::SumExp => format!("(first - first == 0) ? a : {nan}"),
-                _ => {
-                    format!("first != first ? first : first == {inf} ? first : first == -{inf} ? first : first + {log}")
-                }
+        }
+        line(&mut s, "}");
+        for (j, &(op, _)) in reductions.iter().enumerate() {
+            if two_pass(op) {
+                let t = accs[j].0;
+                line(&mut s, format!("{{ {t} a = a{j};"));
+                block_combine(&mut s, t, "a = a + v;", "0", &format!("sh{j}"));
+                line(&mut s, format!("a{j} = a; }}"));
             }
         }
-        _ => "a".into(),
-    };
-    let _ = float;
-    line(&mut s, format!("if (threadIdx.x == 0) {{ {t} res = {result}; y[o] = {}; }}", narrow(t, out)));
+    }
+    line(&mut s, "if (threadIdx.x == 0) {");
+    for (j, &(op, _)) in reductions.iter().enumerate() {
+        let t = accs[j].0;
+        let lit = |v: f64| float_lit(if t == "double" { DType::F64 } else { DType::F32 }, v);
+        let (inf, nan) = (lit(f64::INFINITY), lit(f64::NAN));
+        let a = format!("a{j}");
+        let first = format!("first{j}");
+        let result = match op {
+            ReduceOp::Mean => format!("{a} / (({t})nred)"),
+            ReduceOp::Var { ddof } => format!("{a} / ({t})(nred > {ddof}ll ? nred - {ddof}ll : 0ll)"),
+            ReduceOp::SumExp => format!("({first} - {first} == 0) ? {a} : {nan}"),
+            ReduceOp::LogSumExp => {
+                let log = if t == "double" { format!("log({a})") } else { format!("logf({a})") };
+                format!("{first} != {first} ? {first} : {first} == {inf} ? {first} : {first} == -{inf} ? {first} : {first} + {log}")
+            }
+            _ => a.clone(),
+        };
+        line(&mut s, format!("{{ {t} res = {result}; y{j}[o] = {}; }}", narrow(t, outs[j])));
+    }
+    line(&mut s, "}");
     line(&mut s, "}");
     s.push_str("}\n");
     s
@@ -250,27 +338,95 @@ fn is_wide(nout: usize, nred: usize, x: &Data) -> bool {
 
 /// `op` over `axes` of `x`, as an array of `shape` and dtype `out`.
 pub fn reduce(gpu: &'static Gpu, op: ReduceOp, x: &Data, axes: &[usize], shape: &[usize], out: DType) -> Result<Data> {
-    let y = fresh(gpu, op.name(), out, shape)?;
-    let (kd, ks, rd, rs) = split(x, axes);
+    let g = FusedGroup { inputs: vec![x.dtype()], ops: vec![], outputs: vec![0] };
+    let space = x.layout().shape.to_vec();
+    Ok(fold(gpu, &g, &[(op, 0)], &[x], &space, axes, &[(shape.to_vec(), out)])?.remove(0))
+}
+
+/// Reductions of group `g`'s outputs over `axes` of a space of shape
+/// `space`, computed in one kernel from `inputs` (each broadcast to the
+/// space): `reductions[j] = (op, output index of g)` is written to a fresh
+/// array of `outs[j]` (shape, dtype). The fused form of
+/// `Kernel::ReduceFused`; a plain reduction is the pass-through group.
+pub fn fold(
+    gpu: &'static Gpu,
+    g: &FusedGroup,
+    reductions: &[(ReduceOp, usize)],
+    inputs: &[&Data],
+    space: &[usize],
+    axes: &[usize],
+    outs: &[(Vec<usize>, DType)],
+) -> Result<Vec<Data>> {
+    let ys: Vec<Data> = reductions
+        .iter()
+        .zip(outs)
+        .map(|(&(op, _), (sh, dt))| fresh(gpu, op.name(), *dt, sh))
+        .collect::<Result<_>>()?;
+    let layouts: Vec<crate::layout::Layout> = inputs
+        .iter()
+        .map(|d| if d.layout().shape[..] == *space { d.layout().clone() } else { d.layout().broadcast_to(space) })
+        .collect();
+    let (mut kd, mut rd) = (vec![], vec![]);
+    let mut ks: Vec<Vec<isize>> = vec![vec![]; inputs.len()];
+    let mut rs: Vec<Vec<isize>> = vec![vec![]; inputs.len()];
+    for (i, &d) in space.iter().enumerate() {
+        let red = axes.contains(&i);
+        if red {
+            rd.push(d)
+        } else {
+            kd.push(d)
+        }
+        for (k, l) in layouts.iter().enumerate() {
+            if red {
+                rs[k].push(l.strides[i])
+            } else {
+                ks[k].push(l.strides[i])
+            }
+        }
+    }
+    let out_strides = contiguous_strides(&kd);
+    let mut kall: Vec<&[isize]> = ks.iter().map(|v| &v[..]).collect();
+    kall.push(&out_strides);
+    let (kd, kst) = collapse(&kd, &kall);
+    let rall: Vec<&[isize]> = rs.iter().map(|v| &v[..]).collect();
+    let (rd, rst) = collapse(&rd, &rall);
     let nout: usize = kd.iter().product();
     let nred: usize = rd.iter().product();
     if nout == 0 {
-        return Ok(y);
+        return Ok(ys);
     }
-    let wide = is_wide(nout, nred, x);
-    let k = gpu.kernel(&reduce_source(op, x.dtype(), out, kd.len(), rd.len(), wide))?;
-    let xs = dev(x)?;
-    let mut args = vec![
-        Arg::Ptr(xs.ptr_at(x.layout().offset)),
-        Arg::Ptr(dev(&y)?.ptr_at(0)),
-        Arg::I64(nout as i64),
-        Arg::I64(nred as i64),
-    ];
-    dims_args(&mut args, &kd, &ks);
-    dims_args(&mut args, &rd, &rs);
+    let lim = i32::MAX as u128 / 2;
+    let reach = layouts
+        .iter()
+        .map(|l| {
+            l.shape
+                .iter()
+                .zip(&l.strides)
+                .map(|(&d, &s)| (d.max(1) as u128 - 1) * s.unsigned_abs() as u128)
+                .sum::<u128>()
+        })
+        .max()
+        .unwrap_or(0);
+    let wide = nout as u128 + MAX_BLOCKS as u128 > lim || nred as u128 + THREADS as u128 > lim || reach > lim;
+    let out_dts: Vec<DType> = outs.iter().map(|o| o.1).collect();
+    let k = gpu.kernel(&fold_source(g, reductions, &out_dts, kd.len(), rd.len(), wide))?;
+    let mut args = vec![];
+    for (d, l) in inputs.iter().zip(&layouts) {
+        args.push(Arg::Ptr(dev(d)?.ptr_at(l.offset)));
+    }
+    for y in &ys {
+        args.push(Arg::Ptr(dev(y)?.ptr_at(0)));
+    }
+    args.extend([Arg::I64(nout as i64), Arg::I64(nred as i64)]);
+    for (dims, strides) in [(&kd, &kst[..inputs.len()]), (&rd, &rst[..])] {
+        args.extend(dims.iter().map(|&v| Arg::I64(v as i64)));
+        for st in strides {
+            args.extend(st.iter().map(|&v| Arg::I64(v as i64)));
+        }
+    }
     let (blocks, threads) = launch_size(nout, nred);
     gpu.launch(k, blocks, threads, 0, &args)?;
-    Ok(y)
+    Ok(ys)
 }
 
 fn arg_source(op: ArgReduceOp, dt: DType, kr: usize, wide: bool) -> String {
