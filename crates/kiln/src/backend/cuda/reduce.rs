@@ -23,7 +23,7 @@ use crate::passes::fuse::FusedGroup;
 use crate::primitive::{ArgReduceOp, ReduceOp};
 
 /// Most threads per block.
-const THREADS: usize = 256;
+const THREADS: usize = 512;
 /// Most blocks launched.
 const MAX_BLOCKS: usize = 65_535;
 
@@ -151,6 +151,22 @@ fn block_combine(s: &mut String, t: &str, fold: &str, id: &str, sh: &str) {
     line(s, "__syncthreads();");
 }
 
+/// Reduced positions a thread folds per loop iteration.
+const UNROLL: usize = 4;
+
+/// A block's loop over the reduced positions `r`, running `body` at
+/// [`UNROLL`] positions per iteration, each in its own scope (so a thread
+/// has several loads in flight while it folds in order).
+fn unrolled(s: &mut String, body: &str) {
+    line(s, format!("for (ix r0 = threadIdx.x; r0 < (ix)nred; r0 += {UNROLL} * (ix)blockDim.x) {{"));
+    for u in 0..UNROLL {
+        line(s, format!("{{ const ix r = r0 + {u} * (ix)blockDim.x; if (r < (ix)nred) {{"));
+        s.push_str(body);
+        line(s, "}}");
+    }
+    line(s, "}");
+}
+
 /// The kernel of reductions of a producer: group `g`'s outputs computed
 /// at each position of the space and folded, `reductions[j] = (op, output
 /// index)` into output `j` of dtype `outs[j]`. Kept dimensions (rank `kr`)
@@ -234,13 +250,13 @@ fn fold_source(
     for (j, (t, _)) in accs.iter().enumerate() {
         line(&mut s, format!("{t} a{j} = a0_{j};"));
     }
-    line(&mut s, "for (ix r = threadIdx.x; r < (ix)nred; r += blockDim.x) {");
-    produce(&mut s, &mut next);
+    let mut b = String::new();
+    produce(&mut b, &mut next);
     for (j, &(op, o)) in reductions.iter().enumerate() {
         let t = accs[j].0;
-        line(&mut s, format!("{{ {t} a = a{j}; {t} v = ({t})r{}; {} a{j} = a; }}", g.outputs[o], fold_step(op, t)));
+        line(&mut b, format!("{{ {t} a = a{j}; {t} v = ({t})r{}; {} a{j} = a; }}", g.outputs[o], fold_step(op, t)));
     }
-    line(&mut s, "}");
+    unrolled(&mut s, &b);
     for (j, &(op, _)) in reductions.iter().enumerate() {
         let t = accs[j].0;
         line(&mut s, format!("{{ {t} a = a{j};"));
@@ -258,26 +274,26 @@ fn fold_source(
                 line(&mut s, format!("a{j} = 0;"));
             }
         }
-        line(&mut s, "for (ix r = threadIdx.x; r < (ix)nred; r += blockDim.x) {");
-        produce(&mut s, &mut next);
+        let mut b = String::new();
+        produce(&mut b, &mut next);
         for (j, &(op, o)) in reductions.iter().enumerate() {
             if !two_pass(op) {
                 continue;
             }
             let t = accs[j].0;
-            line(&mut s, format!("{{ {t} v = ({t})r{};", g.outputs[o]));
+            line(&mut b, format!("{{ {t} v = ({t})r{};", g.outputs[o]));
             match op {
-                ReduceOp::Var { .. } => line(&mut s, format!("a{j} = a{j} + (v - mean{j}) * (v - mean{j});")),
-                _ if t == "double" => line(&mut s, format!("a{j} = a{j} + exp(v - first{j});")),
+                ReduceOp::Var { .. } => line(&mut b, format!("a{j} = a{j} + (v - mean{j}) * (v - mean{j});")),
+                _ if t == "double" => line(&mut b, format!("a{j} = a{j} + exp(v - first{j});")),
                 _ => {
                     let (stmts, e) = cmath::print(Func::Exp, &format!("(v - first{j})"), &mut next);
-                    s.push_str(&stmts);
-                    line(&mut s, format!("a{j} = a{j} + {e};"));
+                    b.push_str(&stmts);
+                    line(&mut b, format!("a{j} = a{j} + {e};"));
                 }
             }
-            line(&mut s, "}");
+            line(&mut b, "}");
         }
-        line(&mut s, "}");
+        unrolled(&mut s, &b);
         for (j, &(op, _)) in reductions.iter().enumerate() {
             if two_pass(op) {
                 let t = accs[j].0;
@@ -324,7 +340,7 @@ fn narrow(t: &str, out: DType) -> String {
 }
 
 fn launch_size(nout: usize, nred: usize) -> (u32, u32) {
-    let threads = nred.next_power_of_two().clamp(32, THREADS);
+    let threads = nred.div_ceil(UNROLL).next_power_of_two().clamp(32, THREADS);
     (nout.min(MAX_BLOCKS) as u32, threads as u32)
 }
 
@@ -333,7 +349,7 @@ fn is_wide(nout: usize, nred: usize, x: &Data) -> bool {
     let reach: u128 =
         l.shape.iter().zip(&l.strides).map(|(&d, &s)| (d.max(1) as u128 - 1) * s.unsigned_abs() as u128).sum();
     let lim = i32::MAX as u128 / 2;
-    nout as u128 + MAX_BLOCKS as u128 > lim || nred as u128 + THREADS as u128 > lim || reach > lim
+    nout as u128 + MAX_BLOCKS as u128 > lim || nred as u128 + (UNROLL * THREADS) as u128 > lim || reach > lim
 }
 
 /// `op` over `axes` of `x`, as an array of `shape` and dtype `out`.
@@ -407,7 +423,8 @@ pub fn fold(
         })
         .max()
         .unwrap_or(0);
-    let wide = nout as u128 + MAX_BLOCKS as u128 > lim || nred as u128 + THREADS as u128 > lim || reach > lim;
+    let wide =
+        nout as u128 + MAX_BLOCKS as u128 > lim || nred as u128 + (UNROLL * THREADS) as u128 > lim || reach > lim;
     let out_dts: Vec<DType> = outs.iter().map(|o| o.1).collect();
     let k = gpu.kernel(&fold_source(g, reductions, &out_dts, kd.len(), rd.len(), wide))?;
     let mut args = vec![];
