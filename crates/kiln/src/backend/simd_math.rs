@@ -73,6 +73,24 @@ pub enum Func {
 }
 
 impl Func {
+    /// The function that computes unary op `op`, when it is one of these
+    /// (the `f32` kernels of both backends take it from here).
+    pub fn of(op: crate::primitive::UnaryOp) -> Option<Func> {
+        use crate::primitive::UnaryOp::*;
+        Some(match op {
+            Exp => Func::Exp,
+            Expm1 => Func::Expm1,
+            Log => Func::Log,
+            Log1p => Func::Log1p,
+            Tanh => Func::Tanh,
+            Sigmoid => Func::Sigmoid,
+            Erf => Func::Erf,
+            Sin => Func::Sin,
+            Cos => Func::Cos,
+            _ => return None,
+        })
+    }
+
     /// Every function, for tests and benchmarks.
     pub const ALL: [Func; 9] =
         [Func::Exp, Func::Expm1, Func::Log, Func::Log1p, Func::Tanh, Func::Sigmoid, Func::Erf, Func::Sin, Func::Cos];

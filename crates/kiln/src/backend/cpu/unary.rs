@@ -83,19 +83,7 @@ multiversion! {
 
 /// The vectorized `f32` kernel for `op`, if [`simd_math`] has one.
 pub(crate) fn simd_func(op: UnaryOp) -> Option<Func> {
-    use UnaryOp::*;
-    Some(match op {
-        Exp => Func::Exp,
-        Expm1 => Func::Expm1,
-        Log => Func::Log,
-        Log1p => Func::Log1p,
-        Tanh => Func::Tanh,
-        Sigmoid => Func::Sigmoid,
-        Erf => Func::Erf,
-        Sin => Func::Sin,
-        Cos => Func::Cos,
-        _ => return None,
-    })
+    Func::of(op)
 }
 
 /// Runs a unary op on a tile of `x`, writing `out` (of the op's output dtype).

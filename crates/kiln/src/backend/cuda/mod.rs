@@ -16,11 +16,13 @@
 //! - [`elementwise`]: one kernel per fused group (or single op, or copy)
 //!   over a strided space: broadcasts and views are read in place.
 //! - [`reduce`]: reductions and arg-reductions, a block per output.
-//! - [`matmul`]: tiled products over broadcast batches.
+//! - [`matmul`]: float products through cuBLAS (true `f32`: no TF32),
+//!   others (integers, layouts cuBLAS cannot read) as tiled kernels.
 //! - [`index`]: gathers, concatenation, ranges, random bits (the CPU's
 //!   Threefry: the same numbers for a key).
-//! - [`executable`]: compiled programs: each fused elementwise group is one
-//!   kernel; other steps run op by op.
+//! - [`executable`]: compiled programs: each fused elementwise group and
+//!   each fused reduction is one kernel; a product with an epilogue is
+//!   cuBLAS and one kernel.
 //!
 //! All work of a GPU is queued on its one stream in program order; reading
 //! values back (`to_host`) waits for it. Memory comes from the driver's

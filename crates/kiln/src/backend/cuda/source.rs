@@ -261,17 +261,7 @@ fn unary(u: UnaryOp, x: &str, dt: DType, out: DType, next: &mut usize) -> (Strin
             }
         }
         _ => {
-            let func = match u {
-                Exp => Func::Exp,
-                Expm1 => Func::Expm1,
-                Log => Func::Log,
-                Log1p => Func::Log1p,
-                Tanh => Func::Tanh,
-                Sigmoid => Func::Sigmoid,
-                Erf => Func::Erf,
-                Sin => Func::Sin,
-                _ => Func::Cos,
-            };
+            let func = Func::of(u).expect("the remaining float ops are simd_math's");
             if d {
                 let e = match u {
                     Sigmoid => format!("(({x}) >= 0.0 ? 1.0 / (1.0 + exp(-({x}))) : exp({x}) / (1.0 + exp({x})))"),
