@@ -1,7 +1,10 @@
 //! The CUDA executable: an optimized program planned into kernel steps
 //! ([`plan`]) with the GPU backend's facts. Each fused elementwise group is
 //! one generated kernel, and so is each fused reduction (its producer
-//! group evaluated inside the reduction kernel, [`reduce::fold`]);
+//! group evaluated inside the reduction kernel, [`reduce::fold`]); an
+//! elementwise step right after a reduction that reads its results per
+//! row (softmax's division, layernorm's scale and shift) runs in the
+//! reduction's kernel, over the row it just reduced ([`reduce::Consumer`]);
 //! a product with an epilogue is the product (cuBLAS) and then one kernel
 //! for the epilogue; views cost nothing. Values are released after
 //! their last reader, so their memory returns to the stream-ordered pool
@@ -61,6 +64,39 @@ impl CudaExecutable {
     }
 }
 
+/// How fused step `next` reads reduction step `red`'s results, when it can
+/// run over each row inside the reduction's kernel ([`reduce::Consumer`]):
+/// `next` is an elementwise group over the reduction's space (every
+/// output of that shape), and each of its inputs that `red` writes is kept
+/// as size-1 axes over the reduced ones (a per-row value); `None`
+/// otherwise. `shape_of` gives the shapes of this call.
+fn consumer<'a>(
+    p: &Program,
+    red: &Planned,
+    next: &Planned,
+    shape_of: &impl Fn(usize) -> &'a [usize],
+) -> Option<Vec<std::result::Result<usize, usize>>> {
+    let (Kernel::ReduceFused { axes, source, .. }, Kernel::Fused(_)) = (&red.kernel, &next.kernel) else {
+        return None;
+    };
+    let space = shape_of(*source);
+    if next.outputs.iter().any(|&o| shape_of(o) != space) {
+        return None;
+    }
+    let row: Vec<usize> = space.iter().enumerate().map(|(i, &d)| if axes.contains(&i) { 1 } else { d }).collect();
+    let mut k = 0;
+    next.inputs
+        .iter()
+        .map(|&i| match red.outputs.iter().position(|&o| o == i) {
+            Some(j) => (shape_of(i) == row && p.instrs[i].dtype == p.instrs[red.outputs[j]].dtype).then_some(Ok(j)),
+            None => {
+                k += 1;
+                Some(Err(k - 1))
+            }
+        })
+        .collect()
+}
+
 /// `d` on GPU `gpu` (a copy through the host when it is elsewhere).
 fn on_gpu(gpu: &'static Gpu, d: &Data) -> Result<Data> {
     if d.device() == Device::Cuda(gpu.ordinal) {
@@ -87,8 +123,38 @@ impl Executable for CudaExecutable {
             }
         }
         let shape_of = |i: usize| -> &[usize] { shapes.map_or(&p.instrs[i].shape, |s| &s[i]) };
-        for (s, st) in self.steps.iter().enumerate() {
-            let fused = shapes.is_none_or(|sh| follows(&st.kernel, &st.members, &st.outputs, p, sh));
+        let follows_at = |st: &Planned| shapes.is_none_or(|sh| follows(&st.kernel, &st.members, &st.outputs, p, sh));
+        let mut s = 0;
+        while s < self.steps.len() {
+            let st = &self.steps[s];
+            let fused = follows_at(st);
+            // A reduction and the normalization after it, in one kernel.
+            if let (Kernel::ReduceFused { group, reductions, axes, source }, true) = (&st.kernel, fused) {
+                let next = self.steps.get(s + 1);
+                let plan = next.filter(|n| follows_at(n)).and_then(|n| consumer(p, st, n, &shape_of));
+                if let (Some(n), Some(c)) = (next, plan) {
+                    let Kernel::Fused(g2) = &n.kernel else { unreachable!("consumer() takes fused groups") };
+                    let (ys, zs) = {
+                        let get = |i: usize| values[i].as_ref().expect("inputs are computed first");
+                        let ins: Vec<&Data> = st.inputs.iter().map(|&i| get(i)).collect();
+                        let space_ins: Vec<&Data> =
+                            n.inputs.iter().zip(&c).filter(|(_, c)| c.is_err()).map(|(&i, _)| get(i)).collect();
+                        let shapes: Vec<(Vec<usize>, DType)> =
+                            st.outputs.iter().map(|&o| (shape_of(o).to_vec(), p.instrs[o].dtype)).collect();
+                        let con = reduce::Consumer { group: g2, inputs: c };
+                        let space = shape_of(*source);
+                        reduce::fold(self.gpu, group, reductions, &ins, space, axes, &shapes, Some((&con, &space_ins)))?
+                    };
+                    for (&o, d) in st.outputs.iter().zip(ys).chain(n.outputs.iter().zip(zs)) {
+                        values[o] = Some(d);
+                    }
+                    for &f in self.frees[s].iter().chain(&self.frees[s + 1]) {
+                        values[f] = None;
+                    }
+                    s += 2;
+                    continue;
+                }
+            }
             match &st.kernel {
                 Kernel::Fused(g) if fused => {
                     let outs = {
@@ -106,7 +172,7 @@ impl Executable for CudaExecutable {
                             st.inputs.iter().map(|&i| values[i].as_ref().expect("inputs are computed first")).collect();
                         let shapes: Vec<(Vec<usize>, DType)> =
                             st.outputs.iter().map(|&o| (shape_of(o).to_vec(), p.instrs[o].dtype)).collect();
-                        reduce::fold(self.gpu, group, reductions, &ins, shape_of(*source), axes, &shapes)?
+                        reduce::fold(self.gpu, group, reductions, &ins, shape_of(*source), axes, &shapes, None)?.0
                     };
                     for (&o, d) in st.outputs.iter().zip(outs) {
                         values[o] = Some(d);
@@ -145,6 +211,7 @@ impl Executable for CudaExecutable {
             for &f in &self.frees[s] {
                 values[f] = None;
             }
+            s += 1;
         }
         Ok(p.outputs.iter().map(|&o| values[o].clone().expect("outputs are computed")).collect())
     }

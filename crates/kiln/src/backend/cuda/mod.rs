@@ -20,9 +20,9 @@
 //!   others (integers, layouts cuBLAS cannot read) as tiled kernels.
 //! - [`index`]: gathers, concatenation, ranges, random bits (the CPU's
 //!   Threefry: the same numbers for a key).
-//! - [`executable`]: compiled programs: each fused elementwise group and
-//!   each fused reduction is one kernel; a product with an epilogue is
-//!   cuBLAS and one kernel.
+//! - [`executable`]: compiled programs: each fused elementwise group, each
+//!   fused reduction (with the normalization after it) is one kernel; a
+//!   product with an epilogue is cuBLAS and one kernel.
 //!
 //! All work of a GPU is queued on its one stream in program order; reading
 //! values back (`to_host`) waits for it. Memory comes from the driver's

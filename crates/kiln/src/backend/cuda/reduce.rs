@@ -13,7 +13,9 @@ use std::fmt::Write;
 use crate::array::Data;
 use crate::backend::cuda::cmath;
 use crate::backend::cuda::driver::{Arg, Gpu};
-use crate::backend::cuda::source::{self, float_lit, line, load, offset_code, register_type, storage_type, PRELUDE};
+use crate::backend::cuda::source::{
+    self, float_lit, line, load, offset_code, register_type, storage_type, store, PRELUDE,
+};
 use crate::backend::cuda::{dev, fresh};
 use crate::backend::simd_math::Func;
 use crate::dtype::DType;
@@ -151,6 +153,27 @@ fn block_combine(s: &mut String, t: &str, fold: &str, id: &str, sh: &str) {
     line(s, "__syncthreads();");
 }
 
+/// An elementwise group that [`fold`] runs over each row right after its
+/// reductions, in the same kernel: a normalization that reads the row's
+/// statistics (softmax's `exp(x - max) / sum`, layernorm's scale and
+/// shift), so the row is read again from L2 rather than by another kernel.
+/// Its outputs are arrays of the space's shape.
+pub struct Consumer<'a> {
+    /// The group.
+    pub group: &'a FusedGroup,
+    /// Per group input: `Ok(j)`, the `j`-th reduction's result for the
+    /// row (a reduced output kept as size-1 axes); `Err(k)`, the `k`-th of
+    /// the consumer's own inputs, broadcast to the space.
+    pub inputs: Vec<std::result::Result<usize, usize>>,
+}
+
+impl Consumer<'_> {
+    /// Dtypes of the inputs read from the space, in order.
+    fn space_inputs(&self) -> Vec<DType> {
+        self.inputs.iter().zip(&self.group.inputs).filter(|(i, _)| i.is_err()).map(|(_, &d)| d).collect()
+    }
+}
+
 /// Reduced positions a thread folds per loop iteration.
 const UNROLL: usize = 4;
 
@@ -176,11 +199,19 @@ fn fold_source(
     g: &FusedGroup,
     reductions: &[(ReduceOp, usize)],
     outs: &[DType],
+    consumer: Option<&Consumer>,
     kr: usize,
     rr: usize,
     wide: bool,
 ) -> String {
     let nin = g.inputs.len();
+    // Operands addressed through strides: the producer's inputs, then the
+    // consumer's inputs from the space, then the consumer's outputs.
+    let (cin, cout): (Vec<DType>, Vec<DType>) = match consumer {
+        Some(c) => (c.space_inputs(), c.group.outputs.iter().map(|&r| c.group.reg_dtype(r)).collect()),
+        None => (vec![], vec![]),
+    };
+    let nops = nin + cin.len() + cout.len();
     let mut s = String::from(PRELUDE);
     let _ = writeln!(s, "typedef {} ix;", if wide { "long long" } else { "int" });
     let mut p = vec![];
@@ -190,12 +221,18 @@ fn fold_source(
     for (j, dt) in outs.iter().enumerate() {
         p.push(format!("{}* __restrict__ y{j}", storage_type(*dt)));
     }
+    for (m, dt) in cin.iter().enumerate() {
+        p.push(format!("const {}* __restrict__ p{}", storage_type(*dt), nin + m));
+    }
+    for (q, dt) in cout.iter().enumerate() {
+        p.push(format!("{}* __restrict__ p{}", storage_type(*dt), nin + cin.len() + q));
+    }
     p.extend(["long long nout".to_string(), "long long nred".to_string()]);
     for (pre, r) in [("k", kr), ("r", rr)] {
         for d in 0..r {
             p.push(format!("long long {pre}d{d}"));
         }
-        for k in 0..nin {
+        for k in 0..nops {
             for d in 0..r {
                 p.push(format!("long long {pre}s{k}_{d}"));
             }
@@ -205,12 +242,13 @@ fn fold_source(
     let accs: Vec<(&str, String)> = reductions.iter().map(|&(op, o)| acc(op, g.reg_dtype(g.outputs[o]))).collect();
     for (j, (t, init)) in accs.iter().enumerate() {
         line(&mut s, format!("__shared__ {t} sh{j}[32];"));
+        line(&mut s, format!("__shared__ {} rv{j};", storage_type(outs[j])));
         line(&mut s, format!("const {t} a0_{j} = {init};"));
     }
     line(&mut s, "for (ix o = blockIdx.x; o < (ix)nout; o += gridDim.x) {");
     // Each input's offset of the kept position.
     let decompose = |s: &mut String, v: &str, i: &str, pre: &str, rank: usize| {
-        for k in 0..nin {
+        for k in 0..nops {
             line(s, format!("ix {v}{k} = 0;"));
         }
         if rank == 0 {
@@ -219,7 +257,7 @@ fn fold_source(
         line(s, format!("{{ ix rest = {i};"));
         for d in (0..rank).rev() {
             let c = if d == 0 { "rest".to_string() } else { format!("(rest % (ix){pre}d{d})") };
-            for k in 0..nin {
+            for k in 0..nops {
                 line(s, format!("{v}{k} += {c} * (ix){pre}s{k}_{d};"));
             }
             if d > 0 {
@@ -320,9 +358,44 @@ fn fold_source(
             }
             _ => a.clone(),
         };
-        line(&mut s, format!("{{ {t} res = {result}; y{j}[o] = {}; }}", narrow(t, outs[j])));
+        line(&mut s, format!("{{ {t} res = {result}; y{j}[o] = {}; rv{j} = y{j}[o]; }}", narrow(t, outs[j])));
     }
     line(&mut s, "}");
+    if let Some(c) = consumer {
+        // Every thread reads the row's results, then runs the consumer
+        // over the row (its inputs from L2: the reductions just read them).
+        line(&mut s, "__syncthreads();");
+        line(&mut s, "for (ix r = threadIdx.x; r < (ix)nred; r += blockDim.x) {");
+        decompose(&mut s, "off", "r", "r", rr);
+        let cg = c.group;
+        let mut space = 0;
+        for (k, src) in c.inputs.iter().enumerate() {
+            let dt = cg.inputs[k];
+            let v = match src {
+                Ok(j) => load(dt, &format!("rv{j}")),
+                Err(_) => {
+                    let op = nin + space;
+                    space += 1;
+                    load(dt, &format!("p{op}[base{op} + off{op}]"))
+                }
+            };
+            line(&mut s, format!("{} c{k} = {v};", register_type(dt)));
+        }
+        let cn = cg.inputs.len();
+        for (j, op) in cg.ops.iter().enumerate() {
+            let args: Vec<String> = op.args.iter().map(|&r| format!("c{r}")).collect();
+            let dts: Vec<DType> = op.args.iter().map(|&r| cg.reg_dtype(r)).collect();
+            let (stmts, e) = source::op(&op.prim, &args, &dts, op.dtype, &mut next).expect("elementwise ops only");
+            s.push_str(&stmts);
+            line(&mut s, format!("{} c{} = {e};", register_type(op.dtype), cn + j));
+        }
+        for (q, &r) in cg.outputs.iter().enumerate() {
+            let op = nin + cin.len() + q;
+            line(&mut s, format!("p{op}[base{op} + off{op}] = {};", store(cg.reg_dtype(r), &format!("c{r}"))));
+        }
+        line(&mut s, "}");
+    }
+    line(&mut s, "__syncthreads();");
     line(&mut s, "}");
     s.push_str("}\n");
     s
@@ -356,7 +429,7 @@ fn is_wide(nout: usize, nred: usize, x: &Data) -> bool {
 pub fn reduce(gpu: &'static Gpu, op: ReduceOp, x: &Data, axes: &[usize], shape: &[usize], out: DType) -> Result<Data> {
     let g = FusedGroup { inputs: vec![x.dtype()], ops: vec![], outputs: vec![0] };
     let space = x.layout().shape.to_vec();
-    Ok(fold(gpu, &g, &[(op, 0)], &[x], &space, axes, &[(shape.to_vec(), out)])?.remove(0))
+    Ok(fold(gpu, &g, &[(op, 0)], &[x], &space, axes, &[(shape.to_vec(), out)], None)?.0.remove(0))
 }
 
 /// Reductions of group `g`'s outputs over `axes` of a space of shape
@@ -364,6 +437,9 @@ pub fn reduce(gpu: &'static Gpu, op: ReduceOp, x: &Data, axes: &[usize], shape: 
 /// space): `reductions[j] = (op, output index of g)` is written to a fresh
 /// array of `outs[j]` (shape, dtype). The fused form of
 /// `Kernel::ReduceFused`; a plain reduction is the pass-through group.
+/// With a `consumer` (and its inputs from the space), the same kernel then
+/// runs it over each row; its outputs are returned second.
+#[allow(clippy::too_many_arguments)]
 pub fn fold(
     gpu: &'static Gpu,
     g: &FusedGroup,
@@ -372,19 +448,35 @@ pub fn fold(
     space: &[usize],
     axes: &[usize],
     outs: &[(Vec<usize>, DType)],
-) -> Result<Vec<Data>> {
+    consumer: Option<(&Consumer, &[&Data])>,
+) -> Result<(Vec<Data>, Vec<Data>)> {
     let ys: Vec<Data> = reductions
         .iter()
         .zip(outs)
         .map(|(&(op, _), (sh, dt))| fresh(gpu, op.name(), *dt, sh))
         .collect::<Result<_>>()?;
-    let layouts: Vec<crate::layout::Layout> = inputs
+    let zs: Vec<Data> = match consumer {
+        Some((c, _)) => c
+            .group
+            .outputs
+            .iter()
+            .map(|&r| fresh(gpu, "elementwise", c.group.reg_dtype(r), space))
+            .collect::<Result<_>>()?,
+        None => vec![],
+    };
+    // Every operand addressed through strides, and its layout over the space.
+    let mut operands: Vec<&Data> = inputs.to_vec();
+    if let Some((_, cin)) = consumer {
+        operands.extend(cin.iter().copied());
+    }
+    operands.extend(zs.iter());
+    let layouts: Vec<crate::layout::Layout> = operands
         .iter()
         .map(|d| if d.layout().shape[..] == *space { d.layout().clone() } else { d.layout().broadcast_to(space) })
         .collect();
     let (mut kd, mut rd) = (vec![], vec![]);
-    let mut ks: Vec<Vec<isize>> = vec![vec![]; inputs.len()];
-    let mut rs: Vec<Vec<isize>> = vec![vec![]; inputs.len()];
+    let mut ks: Vec<Vec<isize>> = vec![vec![]; operands.len()];
+    let mut rs: Vec<Vec<isize>> = vec![vec![]; operands.len()];
     for (i, &d) in space.iter().enumerate() {
         let red = axes.contains(&i);
         if red {
@@ -409,7 +501,7 @@ pub fn fold(
     let nout: usize = kd.iter().product();
     let nred: usize = rd.iter().product();
     if nout == 0 {
-        return Ok(ys);
+        return Ok((ys, zs));
     }
     let lim = i32::MAX as u128 / 2;
     let reach = layouts
@@ -426,16 +518,20 @@ pub fn fold(
     let wide =
         nout as u128 + MAX_BLOCKS as u128 > lim || nred as u128 + (UNROLL * THREADS) as u128 > lim || reach > lim;
     let out_dts: Vec<DType> = outs.iter().map(|o| o.1).collect();
-    let k = gpu.kernel(&fold_source(g, reductions, &out_dts, kd.len(), rd.len(), wide))?;
+    let k = gpu.kernel(&fold_source(g, reductions, &out_dts, consumer.map(|c| c.0), kd.len(), rd.len(), wide))?;
     let mut args = vec![];
-    for (d, l) in inputs.iter().zip(&layouts) {
-        args.push(Arg::Ptr(dev(d)?.ptr_at(l.offset)));
+    let ptr = |k: usize| -> Result<Arg> { Ok(Arg::Ptr(dev(operands[k])?.ptr_at(layouts[k].offset))) };
+    for k in 0..inputs.len() {
+        args.push(ptr(k)?);
     }
     for y in &ys {
         args.push(Arg::Ptr(dev(y)?.ptr_at(0)));
     }
+    for k in inputs.len()..operands.len() {
+        args.push(ptr(k)?);
+    }
     args.extend([Arg::I64(nout as i64), Arg::I64(nred as i64)]);
-    for (dims, strides) in [(&kd, &kst[..inputs.len()]), (&rd, &rst[..])] {
+    for (dims, strides) in [(&kd, &kst[..operands.len()]), (&rd, &rst[..])] {
         args.extend(dims.iter().map(|&v| Arg::I64(v as i64)));
         for st in strides {
             args.extend(st.iter().map(|&v| Arg::I64(v as i64)));
@@ -443,7 +539,7 @@ pub fn fold(
     }
     let (blocks, threads) = launch_size(nout, nred);
     gpu.launch(k, blocks, threads, 0, &args)?;
-    Ok(ys)
+    Ok((ys, zs))
 }
 
 fn arg_source(op: ArgReduceOp, dt: DType, kr: usize, wide: bool) -> String {
