@@ -23,10 +23,6 @@ use crate::passes::fuse::FusedGroup;
 const THREADS: u32 = 256;
 /// Most blocks launched (each thread then strides over the rest).
 const MAX_BLOCKS: u64 = 8192;
-/// Positions a thread handles per loop iteration. Four made the gelus
-/// 8-16% slower on an H200 (register pressure against loads in flight),
-/// in a lease where the untouched `x + 1` was 3% slower, so one it is.
-const UNROLL: u64 = 1;
 
 /// The kernel source for group `g` over a space of `rank` dimensions,
 /// with 64-bit index arithmetic when `wide`.
@@ -52,15 +48,9 @@ pub fn kernel_source(g: &FusedGroup, rank: usize, wide: bool) -> String {
     }
     let _ = writeln!(s, "extern \"C\" __global__ void k({}) {{", params.join(", "));
     line(&mut s, "const ix step = (ix)gridDim.x * (ix)blockDim.x;");
-    // UNROLL positions per thread and iteration, each in its own scope
-    // (with more than one, a thread has several loads in flight: the
-    // compiler may hoist them above earlier stores, `__restrict__`).
-    line(
-        &mut s,
-        format!(
-            "for (ix i0 = (ix)blockIdx.x * (ix)blockDim.x + (ix)threadIdx.x; i0 < (ix)n; i0 += {UNROLL} * step) {{"
-        ),
-    );
+    // One position per thread and iteration (four, for more loads in
+    // flight, made the gelus 8-16% slower on an H200: bench/README).
+    line(&mut s, "for (ix i = (ix)blockIdx.x * (ix)blockDim.x + (ix)threadIdx.x; i < (ix)n; i += step) {");
     let offset = |k: usize| -> String {
         if rank == 0 {
             return "0".into();
@@ -68,33 +58,29 @@ pub fn kernel_source(g: &FusedGroup, rank: usize, wide: bool) -> String {
         (0..rank).map(|d| format!("c{d} * (ix)s{k}_{d}")).collect::<Vec<_>>().join(" + ")
     };
     let mut next = 0usize;
-    for u in 0..UNROLL {
-        line(&mut s, format!("{{ const ix i = i0 + {u} * step; if (i < (ix)n) {{"));
-        // The position along each dimension, innermost first.
-        line(&mut s, "ix rest = i;");
-        for d in (0..rank).rev() {
-            if d == 0 {
-                line(&mut s, "ix c0 = rest;");
-            } else {
-                line(&mut s, format!("ix c{d} = rest % (ix)d{d}; rest /= (ix)d{d};"));
-            }
+    // The position along each dimension, innermost first.
+    line(&mut s, "ix rest = i;");
+    for d in (0..rank).rev() {
+        if d == 0 {
+            line(&mut s, "ix c0 = rest;");
+        } else {
+            line(&mut s, format!("ix c{d} = rest % (ix)d{d}; rest /= (ix)d{d};"));
         }
-        for (k, dt) in g.inputs.iter().enumerate() {
-            line(&mut s, format!("{} r{k} = {};", register_type(*dt), load(*dt, &format!("p{k}[{}]", offset(k)))));
-        }
-        for (j, op) in g.ops.iter().enumerate() {
-            let args: Vec<String> = op.args.iter().map(|&r| format!("r{r}")).collect();
-            let dts: Vec<DType> = op.args.iter().map(|&r| g.reg_dtype(r)).collect();
-            let (stmts, e) =
-                source::op(&op.prim, &args, &dts, op.dtype, &mut next).expect("fused groups hold elementwise ops only");
-            s.push_str(&stmts);
-            line(&mut s, format!("{} r{} = {e};", register_type(op.dtype), nin + j));
-        }
-        for (o, &r) in g.outputs.iter().enumerate() {
-            let dt = g.reg_dtype(r);
-            line(&mut s, format!("q{o}[{}] = {};", offset(nin + o), store(dt, &format!("r{r}"))));
-        }
-        line(&mut s, "}}");
+    }
+    for (k, dt) in g.inputs.iter().enumerate() {
+        line(&mut s, format!("{} r{k} = {};", register_type(*dt), load(*dt, &format!("p{k}[{}]", offset(k)))));
+    }
+    for (j, op) in g.ops.iter().enumerate() {
+        let args: Vec<String> = op.args.iter().map(|&r| format!("r{r}")).collect();
+        let dts: Vec<DType> = op.args.iter().map(|&r| g.reg_dtype(r)).collect();
+        let (stmts, e) =
+            source::op(&op.prim, &args, &dts, op.dtype, &mut next).expect("fused groups hold elementwise ops only");
+        s.push_str(&stmts);
+        line(&mut s, format!("{} r{} = {e};", register_type(op.dtype), nin + j));
+    }
+    for (o, &r) in g.outputs.iter().enumerate() {
+        let dt = g.reg_dtype(r);
+        line(&mut s, format!("q{o}[{}] = {};", offset(nin + o), store(dt, &format!("r{r}"))));
     }
     line(&mut s, "}");
     s.push_str("}\n");
@@ -130,7 +116,7 @@ pub fn launch(gpu: &Gpu, g: &FusedGroup, inputs: &[Operand], outputs: &[Operand]
     let all: Vec<&[isize]> = inputs.iter().chain(outputs).map(|o| &o.strides[..]).collect();
     let (dims, strides) = collapse(shape, &all);
     let rank = dims.len();
-    let blocks = (n as u64).div_ceil(THREADS as u64 * UNROLL).min(MAX_BLOCKS);
+    let blocks = (n as u64).div_ceil(THREADS as u64).min(MAX_BLOCKS);
     // 32-bit indexing when the position, its step and every offset fit.
     let reach = strides
         .iter()
@@ -138,7 +124,7 @@ pub fn launch(gpu: &Gpu, g: &FusedGroup, inputs: &[Operand], outputs: &[Operand]
         .max()
         .unwrap_or(0);
     let limit = i32::MAX as u128;
-    let wide = n as u128 + (UNROLL * blocks) as u128 * THREADS as u128 > limit || reach > limit;
+    let wide = n as u128 + blocks as u128 * THREADS as u128 > limit || reach > limit;
     let k = gpu.kernel(&kernel_source(g, rank, wide))?;
     let mut args = vec![Arg::I64(n as i64)];
     args.extend(inputs.iter().chain(outputs).map(|o| Arg::Ptr(o.ptr)));

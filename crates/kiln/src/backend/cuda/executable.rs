@@ -30,11 +30,15 @@ pub struct CudaExecutable {
     frees: Vec<Vec<usize>>,
     /// Constants, moved to this GPU.
     constants: Vec<(usize, Data)>,
+    /// Per step, how the next step runs inside its reduction kernel at the
+    /// traced shapes (see `consumer`); shapeless calls check it again.
+    consumers: Vec<Option<Vec<std::result::Result<usize, usize>>>>,
 }
 
 impl CudaExecutable {
-    /// Plans `program`'s kernels and the lifetimes of its values.
-    pub fn new(gpu: &'static Gpu, program: Program) -> CudaExecutable {
+    /// Plans `program`'s kernels and the lifetimes of its values, and moves
+    /// its constants to the GPU (once, here, not on each call).
+    pub fn new(gpu: &'static Gpu, program: Program) -> Result<CudaExecutable> {
         let facts = super::Cuda { gpu };
         let steps = plan(&program, &facts);
         let n = program.instrs.len();
@@ -58,9 +62,13 @@ impl CudaExecutable {
             .instrs
             .iter()
             .enumerate()
-            .filter_map(|(i, ins)| ins.constant.as_ref().map(|d| (i, d.clone())))
+            .filter_map(|(i, ins)| ins.constant.as_ref().map(|d| on_gpu(gpu, d).map(|d| (i, d))))
+            .collect::<Result<_>>()?;
+        let traced = |i: usize| -> &[usize] { &program.instrs[i].shape };
+        let consumers = (0..steps.len())
+            .map(|s| steps.get(s + 1).and_then(|n| consumer(&program, &steps[s], n, &traced)))
             .collect();
-        CudaExecutable { gpu, program, steps, frees, constants }
+        Ok(CudaExecutable { gpu, program, steps, frees, constants, consumers })
     }
 }
 
@@ -115,7 +123,7 @@ impl Executable for CudaExecutable {
         let p = &self.program;
         let mut values: Vec<Option<Data>> = vec![None; p.instrs.len()];
         for (i, d) in &self.constants {
-            values[*i] = Some(on_gpu(self.gpu, d)?);
+            values[*i] = Some(d.clone());
         }
         for (arg, slot) in p.inputs.iter().enumerate() {
             if let Some(i) = slot {
@@ -131,7 +139,10 @@ impl Executable for CudaExecutable {
             // A reduction and the normalization after it, in one kernel.
             if let (Kernel::ReduceFused { group, reductions, axes, source }, true) = (&st.kernel, fused) {
                 let next = self.steps.get(s + 1);
-                let plan = next.filter(|n| follows_at(n)).and_then(|n| consumer(p, st, n, &shape_of));
+                let plan = match shapes {
+                    None => self.consumers[s].clone(),
+                    Some(_) => next.filter(|n| follows_at(n)).and_then(|n| consumer(p, st, n, &shape_of)),
+                };
                 if let (Some(n), Some(c)) = (next, plan) {
                     let Kernel::Fused(g2) = &n.kernel else { unreachable!("consumer() takes fused groups") };
                     let (ys, zs) = {

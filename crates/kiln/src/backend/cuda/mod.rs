@@ -138,7 +138,7 @@ impl Backend for Cuda {
     }
 
     fn lower(&self, program: Program) -> Result<Arc<dyn Executable>> {
-        Ok(Arc::new(executable::CudaExecutable::new(self.gpu, program)))
+        Ok(Arc::new(executable::CudaExecutable::new(self.gpu, program)?))
     }
 
     fn to_host(&self, data: &Data) -> Result<Buffer> {
