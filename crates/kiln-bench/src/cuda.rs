@@ -58,9 +58,10 @@ struct Row {
     flops: Option<f64>,
 }
 
-/// Runs the rows and writes `out` (JSON); returns the Markdown table.
-pub fn run(quick: bool, out: &Path) -> std::result::Result<String, String> {
-    rows(quick).map_err(|e| e.to_string()).and_then(|rows| {
+/// Runs the rows (those whose name contains one of `only`, when given)
+/// and writes `out` (JSON); returns the Markdown table.
+pub fn run(quick: bool, only: Option<&str>, out: &Path) -> std::result::Result<String, String> {
+    rows(quick, only).map_err(|e| e.to_string()).and_then(|rows| {
         let md = table(&rows);
         let json: Vec<serde_json::Value> = rows
             .iter()
@@ -80,7 +81,8 @@ pub fn run(quick: bool, out: &Path) -> std::result::Result<String, String> {
     })
 }
 
-fn rows(quick: bool) -> Result<Vec<Row>> {
+fn rows(quick: bool, only: Option<&str>) -> Result<Vec<Row>> {
+    let want = |name: &str| only.is_none_or(|o| o.split(',').any(|w| name.contains(w)));
     let big = if quick { 1 << 22 } else { 1 << 28 };
     let side = if quick { 2048 } else { 16384 };
     let reps = if quick { 3 } else { 9 };
@@ -91,56 +93,75 @@ fn rows(quick: bool) -> Result<Vec<Row>> {
     };
     let x = normal(&[big], 1.0)?;
     let n = big as f64;
-    let add1 = compile(|x: &Array| x + 1.0f32);
-    rows.push(memory("x + 1 (floor probe)", 8.0 * n, &mut || add1.call(&x)?.eval())?);
-    let g = compile(super::gelu_tanh);
-    rows.push(memory("gelu_tanh", 8.0 * n, &mut || g.call(&x)?.eval())?);
-    let g = compile(super::gelu_erf);
-    rows.push(memory("gelu_erf", 8.0 * n, &mut || g.call(&x)?.eval())?);
+    if want("x + 1 (floor probe)") {
+        let add1 = compile(|x: &Array| x + 1.0f32);
+        rows.push(memory("x + 1 (floor probe)", 8.0 * n, &mut || add1.call(&x)?.eval())?);
+    }
+    if want("gelu_tanh") {
+        let g = compile(super::gelu_tanh);
+        rows.push(memory("gelu_tanh", 8.0 * n, &mut || g.call(&x)?.eval())?);
+    }
+    if want("gelu_erf") {
+        let g = compile(super::gelu_erf);
+        rows.push(memory("gelu_erf", 8.0 * n, &mut || g.call(&x)?.eval())?);
+    }
     drop(x);
     let x = normal(&[side, side], 1.0)?;
     let m = (side * side) as f64;
-    let s = compile(super::softmax);
-    rows.push(memory("softmax", 8.0 * m, &mut || s.call(&x)?.eval())?);
-    let gamma = (normal(&[side], 0.1)? + 1.0f32)?;
-    let beta = normal(&[side], 0.1)?;
-    let l = compile(super::layernorm);
-    rows.push(memory("layernorm", 8.0 * m, &mut || l.call((&x, &gamma, &beta))?.eval())?);
+    if want("softmax") {
+        let s = compile(super::softmax);
+        rows.push(memory("softmax", 8.0 * m, &mut || s.call(&x)?.eval())?);
+    }
+    if want("layernorm") {
+        let gamma = (normal(&[side], 0.1)? + 1.0f32)?;
+        let beta = normal(&[side], 0.1)?;
+        let l = compile(super::layernorm);
+        rows.push(memory("layernorm", 8.0 * m, &mut || l.call((&x, &gamma, &beta))?.eval())?);
+    }
     drop(x);
     // The seed's shapes, a different x per call.
     let (mm, k, nn) = (32, 128, 256);
     let xs: Vec<Array> = (0..64).map(|_| normal(&[mm, k], 1.0)).collect::<Result<_>>()?;
     let w = normal(&[k, nn], 1.0)?;
     let b = normal(&[nn], 1.0)?;
-    let c = compile(super::matmul_add);
     let mut i = 0;
-    let (p, sy) = time(200, reps, || {
-        i += 1;
-        c.call((&xs[i % xs.len()], &w, &b))?.eval()
-    })?;
-    rows.push(Row {
-        name: "matmul_add per call",
-        piped_s: p,
-        synced_s: sy,
-        bytes: None,
-        flops: Some((2 * mm * k * nn) as f64),
-    });
-    let c = compile(|x: &Array, w: &Array| -> Result<Vec<Array>> {
-        let (y, norm) = super::forward_and_norm(x, w)?;
-        Ok(vec![y, norm])
-    });
-    let (p, sy) = time(200, reps, || {
-        i += 1;
-        for a in c.call((&xs[i % xs.len()], &w))? {
-            a.eval()?;
-        }
-        Ok(())
-    })?;
-    rows.push(Row { name: "forward_and_norm per call", piped_s: p, synced_s: sy, bytes: None, flops: None });
-    let t = normal(&[16], 1.0)?;
-    let tiny = compile(|x: &Array| x + 1.0f32);
-    let (p, sy) = time(1000, reps, || tiny.call(&t)?.eval())?;
-    rows.push(Row { name: "tiny x + 1 per call", piped_s: p, synced_s: sy, bytes: None, flops: None });
+    if want("matmul_add per call") {
+        let c = compile(super::matmul_add);
+        let (p, sy) = time(200, reps, || {
+            i += 1;
+            c.call((&xs[i % xs.len()], &w, &b))?.eval()
+        })?;
+        rows.push(Row {
+            name: "matmul_add per call",
+            piped_s: p,
+            synced_s: sy,
+            bytes: None,
+            flops: Some((2 * mm * k * nn) as f64),
+        });
+    }
+    if want("forward_and_norm per call") {
+        let c = compile(|x: &Array, w: &Array| -> Result<Vec<Array>> {
+            let (y, norm) = super::forward_and_norm(x, w)?;
+            Ok(vec![y, norm])
+        });
+        let (p, sy) = time(200, reps, || {
+            i += 1;
+            for a in c.call((&xs[i % xs.len()], &w))? {
+                a.eval()?;
+            }
+            Ok(())
+        })?;
+        rows.push(Row { name: "forward_and_norm per call", piped_s: p, synced_s: sy, bytes: None, flops: None });
+    }
+    if want("tiny x + 1 per call") {
+        let t = normal(&[16], 1.0)?;
+        let tiny = compile(|x: &Array| x + 1.0f32);
+        let (p, sy) = time(1000, reps, || tiny.call(&t)?.eval())?;
+        rows.push(Row { name: "tiny x + 1 per call", piped_s: p, synced_s: sy, bytes: None, flops: None });
+    }
+    if !want("mlp (fp32)") {
+        return Ok(rows);
+    }
     let (batch, width) = if quick { (512, 512) } else { (4096, 4096) };
     let mut args = vec![normal(&[batch, width], 1.0)?];
     for _ in 0..3 {

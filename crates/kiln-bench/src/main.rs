@@ -897,7 +897,7 @@ fn usage() -> String {
     "usage: kiln-bench run [--quick] [--out PART.json] [--sizes SIZES.json]\n       \
      kiln-bench fresh first_call|shapeless_batches|recompile_batches [--quick]\n       kiln-bench report --out DIR PART.json...\n       \
      kiln-bench compile-time [--quick] [--out DIR]\n       kiln-bench --quick [--out DIR]\n       \
-     kiln-bench cuda [--quick] [--out cuda.json]\n       kiln-bench cuda-first gelu|layernorm"
+     kiln-bench cuda [--quick] [--only ROW,...] [--out cuda.json]\n       kiln-bench cuda-first gelu|layernorm"
         .into()
 }
 
@@ -935,7 +935,8 @@ fn main_inner() -> std::result::Result<(), String> {
         }
         Some("cuda") => {
             let out = opt("--out").unwrap_or_else(|| "target/bench/cuda.json".into());
-            println!("{}", cuda::run(quick, &out)?);
+            let only = args.iter().position(|a| a == "--only").and_then(|i| args.get(i + 1)).cloned();
+            println!("{}", cuda::run(quick, only.as_deref(), &out)?);
             Ok(())
         }
         Some("cuda-first") => {

@@ -470,3 +470,76 @@ fn compiled_reductions_and_epilogues_equal_the_cpu() -> Result<()> {
     assert_eq!(ln.stats().traces, 1);
     Ok(())
 }
+
+#[test]
+fn row_kernels_equal_the_cpu() -> Result<()> {
+    let Some(g) = gpu() else { return Ok(()) };
+    let mut rng = Rng::new(33);
+    // Statistics, a per-row step (also returned) and a normalization: one
+    // kernel on the GPU, rows of one to 70000 elements.
+    let norm = |x: &Array, w: &Array| -> Result<Vec<Array>> {
+        let m = kiln::mean(x, -1, true)?;
+        let v = kiln::var(x, -1, true, 0)?;
+        let r = kiln::rsqrt(&(v + 1e-5f32)?)?;
+        Ok(vec![((&(x - &m)? * &r)? * w)?, r])
+    };
+    let logsm = |x: &Array| -> Result<Vec<Array>> {
+        let l = kiln::log(&kiln::sum(&kiln::exp(x)?, -1, true)?)?;
+        Ok(vec![(x - &l)?, kiln::softmax(x, -1)?])
+    };
+    let opts = || CompileOptions { shapeless: true, ..Default::default() };
+    let n = compile_with(move |x: &Array, w: &Array| norm(x, w), opts());
+    let s = compile_with(move |x: &Array| logsm(x), opts());
+    for (rows, cols) in [(3usize, 1usize), (5, 300), (4, 16384), (2, 70000)] {
+        for dt in [DType::F32, DType::F16] {
+            let x = Array::from_slice(&rng.floats_f32(rows * cols, -4.0, 4.0), &[rows, cols])?.astype(dt)?;
+            let w = Array::from_slice(&rng.floats_f32(cols, 0.5, 1.5), &[cols])?.astype(dt)?;
+            let (xg, wg) = (x.to_device(g)?, w.to_device(g)?);
+            let tol = if dt == DType::F16 { 2e-3 } else { 2e-5 };
+            let ctx = format!("{rows}x{cols} {}", dt.name());
+            for (k, (got, want)) in n.call((&xg, &wg))?.iter().zip(norm(&x, &w)?).enumerate() {
+                near(got, &want, tol, &format!("layernorm output {k}, {ctx}"))?;
+            }
+            for (k, (got, want)) in s.call(&xg)?.iter().zip(logsm(&x)?).enumerate() {
+                near(got, &want, tol, &format!("log-softmax/softmax {k}, {ctx}"))?;
+            }
+            // Rows that are columns of a transposed view (strided rows).
+            let t = kiln::transpose(&x)?;
+            let tg = kiln::transpose(&xg)?;
+            if cols > 1 && rows > 1 {
+                let want = kiln::softmax(&t, 0)?;
+                let f = compile(|t: &Array| kiln::softmax(t, 0));
+                near(&f.call(&tg)?, &want, tol, &format!("softmax of a transposed view, {ctx}"))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn compiled_constants_of_every_dtype_are_inlined_exactly() -> Result<()> {
+    let Some(g) = gpu() else { return Ok(()) };
+    let mut rng = Rng::new(5);
+    for dt in ALL_DTYPES {
+        let x = values(dt, &mut rng, 257)?;
+        // Constants at the dtype's extremes and in between, in a fused
+        // group and beside a reduction.
+        let f = move |x: &Array| -> Result<Vec<Array>> {
+            let v = match dt {
+                DType::Bool => 1.0,
+                d if d.is_float() => -0.1875,
+                DType::I32 => i32::MIN as f64,
+                DType::I64 => -(1i64 << 53) as f64,
+                _ => 200.0,
+            };
+            let c = kiln::full(&[], v, dt.on(x.device()))?;
+            let y = kiln::maximum(x, &c)?;
+            Ok(vec![y.clone(), kiln::max(&y, kiln::Axes::All, false)?])
+        };
+        let c = compile(f);
+        for (k, (got, want)) in c.call(&x.to_device(g)?)?.iter().zip(f(&x)?).enumerate() {
+            same(got, &want, 0, &format!("{} constant, output {k}", dt.name()))?;
+        }
+    }
+    Ok(())
+}

@@ -100,6 +100,43 @@ unsafe impl Send for Kernel {}
 // SAFETY: as above; launching does not mutate it.
 unsafe impl Sync for Kernel {}
 
+/// The kernels made for one step of a compiled program, by variant: a
+/// number standing for whatever else the kernel's source depends on at a
+/// launch (rank, index width, ...), the step's groups being fixed. A cache
+/// hit then launches without writing or hashing the kernel's source.
+#[derive(Debug, Default)]
+pub struct Memo(Mutex<Vec<(u64, Kernel)>>);
+
+impl Memo {
+    /// The kernel of `variant`, made from `source()` (through
+    /// [`Gpu::kernel`]) the first time.
+    pub fn kernel(&self, gpu: &Gpu, variant: u64, source: impl FnOnce() -> String) -> Result<Kernel> {
+        if let Some((_, k)) = self.0.lock().unwrap_or_else(|e| e.into_inner()).iter().find(|(v, _)| *v == variant) {
+            return Ok(*k);
+        }
+        let k = gpu.kernel(&source())?;
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).push((variant, k));
+        Ok(k)
+    }
+}
+
+/// The kernel of `source()`: from `memo` at `variant` when there is one,
+/// else through [`Gpu::kernel`].
+pub fn kernel_of(gpu: &Gpu, memo: Option<(&Memo, u64)>, source: impl FnOnce() -> String) -> Result<Kernel> {
+    match memo {
+        Some((m, v)) => m.kernel(gpu, v, source),
+        None => gpu.kernel(&source()),
+    }
+}
+
+/// A number standing for `parts` (a memo's variant).
+pub fn variant(parts: &[u64]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    parts.hash(&mut h);
+    h.finish()
+}
+
 struct BlasHandle(cudarc::cublas::sys::cublasHandle_t);
 // SAFETY: the handle is used under the `blas` lock only.
 unsafe impl Send for BlasHandle {}
@@ -236,24 +273,45 @@ impl Gpu {
     /// bytes of dynamic shared memory.
     pub fn launch(&self, k: Kernel, blocks: u32, threads: u32, shared: u32, args: &[Arg]) -> Result<()> {
         self.bind("launch")?;
-        let mut vals: Vec<[u8; 8]> = args
-            .iter()
-            .map(|a| match *a {
-                Arg::Ptr(p) => p.to_ne_bytes(),
-                Arg::I64(v) => v.to_ne_bytes(),
-                Arg::F64(v) => v.to_ne_bytes(),
-                Arg::I32(v) => {
-                    let mut b = [0u8; 8];
-                    b[..4].copy_from_slice(&v.to_ne_bytes());
-                    b
-                }
-            })
-            .collect();
-        let mut params: Vec<*mut c_void> = vals.iter_mut().map(|v| v.as_mut_ptr() as *mut c_void).collect();
+        let bytes = |a: &Arg| match *a {
+            Arg::Ptr(p) => p.to_ne_bytes(),
+            Arg::I64(v) => v.to_ne_bytes(),
+            Arg::F64(v) => v.to_ne_bytes(),
+            Arg::I32(v) => {
+                let mut b = [0u8; 8];
+                b[..4].copy_from_slice(&v.to_ne_bytes());
+                b
+            }
+        };
+        // The values and pointers to them, on the stack for the usual
+        // argument counts (no allocation per launch).
+        const STACK: usize = 48;
+        let mut heap_vals;
+        let mut stack_vals = [[0u8; 8]; STACK];
+        let vals: &mut [[u8; 8]] = if args.len() <= STACK {
+            &mut stack_vals[..args.len()]
+        } else {
+            heap_vals = vec![[0u8; 8]; args.len()];
+            &mut heap_vals
+        };
+        for (v, a) in vals.iter_mut().zip(args) {
+            *v = bytes(a);
+        }
+        let mut heap_params;
+        let mut stack_params = [std::ptr::null_mut::<c_void>(); STACK];
+        let params: &mut [*mut c_void] = if args.len() <= STACK {
+            &mut stack_params[..args.len()]
+        } else {
+            heap_params = vec![std::ptr::null_mut::<c_void>(); args.len()];
+            &mut heap_params
+        };
+        for (p, v) in params.iter_mut().zip(vals.iter_mut()) {
+            *p = v.as_mut_ptr() as *mut c_void;
+        }
         // SAFETY: `k` was compiled from source whose parameter list matches
         // `args` in order and type (the caller builds both); each parameter
         // points at 8 bytes that outlive the call, which copies them.
-        unsafe { cu::launch_kernel(k.0, (blocks, 1, 1), (threads, 1, 1), shared, self.stream.cu_stream(), &mut params) }
+        unsafe { cu::launch_kernel(k.0, (blocks, 1, 1), (threads, 1, 1), shared, self.stream.cu_stream(), params) }
             .map_err(|e| err("launch", e))
     }
 

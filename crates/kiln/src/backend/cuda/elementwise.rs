@@ -6,12 +6,14 @@
 //! contiguous in every operand are merged first ([`collapse`]), so
 //! contiguous work indexes one flat dimension; the index arithmetic is
 //! 32-bit when every offset fits. Sizes and strides are kernel arguments:
-//! one compiled kernel serves every shape of the same rank.
+//! one compiled kernel serves every shape of the same rank. A compiled
+//! program's one-element constants are literals in the source rather than
+//! operands (no load, no address arithmetic for them).
 
 use std::fmt::Write;
 
 use crate::array::Data;
-use crate::backend::cuda::driver::{Arg, Gpu};
+use crate::backend::cuda::driver::{kernel_of, variant, Arg, Gpu, Memo};
 use crate::backend::cuda::source::{self, line, load, register_type, storage_type, store, PRELUDE};
 use crate::backend::cuda::{dev, fresh};
 use crate::dtype::DType;
@@ -25,14 +27,16 @@ const THREADS: u32 = 256;
 const MAX_BLOCKS: u64 = 8192;
 
 /// The kernel source for group `g` over a space of `rank` dimensions,
-/// with 64-bit index arithmetic when `wide`.
-pub fn kernel_source(g: &FusedGroup, rank: usize, wide: bool) -> String {
+/// with 64-bit index arithmetic when `wide`; input `k` is the C literal
+/// `lits[k]` when there is one (a constant, not read from memory).
+pub fn kernel_source(g: &FusedGroup, rank: usize, wide: bool, lits: &[Option<String>]) -> String {
     let nin = g.inputs.len();
     let nout = g.outputs.len();
     let mut s = String::from(PRELUDE);
     let _ = writeln!(s, "typedef {} ix;", if wide { "long long" } else { "int" });
     let mut params = vec!["long long n".to_string()];
-    for (k, dt) in g.inputs.iter().enumerate() {
+    let lit = |k: usize| lits.get(k).and_then(|l| l.as_deref());
+    for (k, dt) in g.inputs.iter().enumerate().filter(|(k, _)| lit(*k).is_none()) {
         params.push(format!("const {}* __restrict__ p{k}", storage_type(*dt)));
     }
     for (o, &r) in g.outputs.iter().enumerate() {
@@ -68,7 +72,11 @@ pub fn kernel_source(g: &FusedGroup, rank: usize, wide: bool) -> String {
         }
     }
     for (k, dt) in g.inputs.iter().enumerate() {
-        line(&mut s, format!("{} r{k} = {};", register_type(*dt), load(*dt, &format!("p{k}[{}]", offset(k)))));
+        let v = match lit(k) {
+            Some(l) => l.to_string(),
+            None => load(*dt, &format!("p{k}[{}]", offset(k))),
+        };
+        line(&mut s, format!("{} r{k} = {v};", register_type(*dt)));
     }
     for (j, op) in g.ops.iter().enumerate() {
         let args: Vec<String> = op.args.iter().map(|&r| format!("r{r}")).collect();
@@ -107,8 +115,18 @@ impl Operand {
 }
 
 /// Runs group `g` over a space of `shape`, reading `inputs` and writing
-/// `outputs` (each with strides over the space).
-pub fn launch(gpu: &Gpu, g: &FusedGroup, inputs: &[Operand], outputs: &[Operand], shape: &[usize]) -> Result<()> {
+/// `outputs` (each with strides over the space); inputs with a literal in
+/// `lits` are that constant instead. A compiled step passes its `memo`
+/// (its `g` and `lits` the same at every call).
+pub fn launch(
+    gpu: &Gpu,
+    g: &FusedGroup,
+    memo: Option<&Memo>,
+    lits: &[Option<String>],
+    inputs: &[Operand],
+    outputs: &[Operand],
+    shape: &[usize],
+) -> Result<()> {
     let n: usize = shape.iter().product();
     if n == 0 {
         return Ok(());
@@ -125,9 +143,11 @@ pub fn launch(gpu: &Gpu, g: &FusedGroup, inputs: &[Operand], outputs: &[Operand]
         .unwrap_or(0);
     let limit = i32::MAX as u128;
     let wide = n as u128 + blocks as u128 * THREADS as u128 > limit || reach > limit;
-    let k = gpu.kernel(&kernel_source(g, rank, wide))?;
+    let k =
+        kernel_of(gpu, memo.map(|m| (m, variant(&[rank as u64, wide as u64]))), || kernel_source(g, rank, wide, lits))?;
     let mut args = vec![Arg::I64(n as i64)];
-    args.extend(inputs.iter().chain(outputs).map(|o| Arg::Ptr(o.ptr)));
+    let read = inputs.iter().enumerate().filter(|(k, _)| lits.get(*k).is_none_or(|l| l.is_none()));
+    args.extend(read.map(|(_, o)| o).chain(outputs).map(|o| Arg::Ptr(o.ptr)));
     args.extend(dims.iter().map(|&d| Arg::I64(d as i64)));
     for st in &strides {
         args.extend(st.iter().map(|&s| Arg::I64(s as i64)));
@@ -135,16 +155,23 @@ pub fn launch(gpu: &Gpu, g: &FusedGroup, inputs: &[Operand], outputs: &[Operand]
     gpu.launch(k, blocks as u32, THREADS, 0, &args)
 }
 
-/// Runs group `g` on evaluated `inputs` (broadcast to `shape`) into fresh
-/// contiguous outputs.
-pub fn run(gpu: &'static Gpu, g: &FusedGroup, inputs: &[&Data], shape: &[usize]) -> Result<Vec<Data>> {
+/// Runs group `g` on evaluated `inputs` (broadcast to `shape`; those with
+/// a literal in `lits` inlined instead) into fresh contiguous outputs.
+pub fn run(
+    gpu: &'static Gpu,
+    g: &FusedGroup,
+    memo: Option<&Memo>,
+    lits: &[Option<String>],
+    inputs: &[&Data],
+    shape: &[usize],
+) -> Result<Vec<Data>> {
     let ins = inputs.iter().map(|d| Operand::of(d, shape)).collect::<Result<Vec<_>>>()?;
     let outs: Vec<Data> =
         g.outputs.iter().map(|&r| fresh(gpu, "elementwise", g.reg_dtype(r), shape)).collect::<Result<_>>()?;
     let strides = contiguous_strides(shape).to_vec();
     let out_ops: Vec<Operand> =
         outs.iter().map(|d| Ok(Operand { ptr: dev(d)?.ptr_at(0), strides: strides.clone() })).collect::<Result<_>>()?;
-    launch(gpu, g, &ins, &out_ops, shape)?;
+    launch(gpu, g, memo, lits, &ins, &out_ops, shape)?;
     Ok(outs)
 }
 
@@ -162,5 +189,5 @@ pub fn contiguous(gpu: &'static Gpu, d: &Data) -> Result<Data> {
 pub fn copy(gpu: &'static Gpu, d: &Data) -> Result<Data> {
     let g = FusedGroup { inputs: vec![d.dtype()], ops: vec![], outputs: vec![0] };
     let shape = d.layout().shape.to_vec();
-    Ok(run(gpu, &g, &[d], &shape)?.remove(0))
+    Ok(run(gpu, &g, None, &[], &[d], &shape)?.remove(0))
 }

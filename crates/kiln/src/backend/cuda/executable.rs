@@ -1,17 +1,23 @@
 //! The CUDA executable: an optimized program planned into kernel steps
 //! ([`plan`]) with the GPU backend's facts. Each fused elementwise group is
 //! one generated kernel, and so is each fused reduction (its producer
-//! group evaluated inside the reduction kernel, [`reduce::fold`]); an
-//! elementwise step right after a reduction that reads its results per
-//! row (softmax's division, layernorm's scale and shift) runs in the
-//! reduction's kernel, over the row it just reduced ([`reduce::Consumer`]);
-//! a product with an epilogue is the product (cuBLAS) and then one kernel
-//! for the epilogue; views cost nothing. Values are released after
-//! their last reader, so their memory returns to the stream-ordered pool
-//! while later kernels run.
+//! group evaluated inside the reduction kernel, [`reduce::fold`]). The
+//! fused steps right after a reduction that read its results per row run
+//! in the reduction's kernel too ([`reduce::Consumer`]): first those that
+//! compute one value per row (layernorm's `rsqrt(var + eps)`), once per
+//! row, then one over the row's positions (softmax's division, layernorm's
+//! scale and shift), so a softmax or a layernorm is one kernel. A product
+//! with an epilogue is the product (cuBLAS) and then one kernel for the
+//! epilogue; views cost nothing. Constants of one element are C literals
+//! in the kernels that read them, not arrays. Each step keeps the kernels
+//! it made ([`Memo`]), so a cache hit launches without writing a kernel's
+//! source again. Values are released after their last reader, so their
+//! memory returns to the stream-ordered pool while later kernels run.
 
 use crate::array::Data;
-use crate::backend::cuda::{elementwise, eval, matmul, reduce, Gpu};
+use crate::backend::cuda::driver::Memo;
+use crate::backend::cuda::reduce::Src;
+use crate::backend::cuda::{elementwise, eval, matmul, reduce, source, Gpu};
 use crate::backend::{for_device, Executable, StepView};
 use crate::device::Device;
 use crate::dtype::DType;
@@ -30,17 +36,21 @@ pub struct CudaExecutable {
     frees: Vec<Vec<usize>>,
     /// Constants, moved to this GPU.
     constants: Vec<(usize, Data)>,
-    /// Per step, how the next step runs inside its reduction kernel at the
-    /// traced shapes (see `consumer`); shapeless calls check it again.
-    consumers: Vec<Option<Vec<std::result::Result<usize, usize>>>>,
+    /// Per value, the C literal kernels inline for it: the constants of
+    /// one element.
+    literals: Vec<Option<String>>,
+    /// Per step, how the steps after it run inside its reduction kernel at
+    /// the traced shapes (see `consumer`); shapeless calls check it again.
+    consumers: Vec<Option<ConsumerPlan>>,
+    /// Per step, the kernels made for it.
+    memos: Vec<Memo>,
 }
 
 impl CudaExecutable {
     /// Plans `program`'s kernels and the lifetimes of its values, and moves
     /// its constants to the GPU (once, here, not on each call).
     pub fn new(gpu: &'static Gpu, program: Program) -> Result<CudaExecutable> {
-        let facts = super::Cuda { gpu };
-        let steps = plan(&program, &facts);
+        let steps = plan(&program, &super::GpuFacts);
         let n = program.instrs.len();
         let mut last = vec![usize::MAX; n];
         for (s, st) in steps.iter().enumerate() {
@@ -64,45 +74,134 @@ impl CudaExecutable {
             .enumerate()
             .filter_map(|(i, ins)| ins.constant.as_ref().map(|d| on_gpu(gpu, d).map(|d| (i, d))))
             .collect::<Result<_>>()?;
+        let literals = literals(&program)?;
         let traced = |i: usize| -> &[usize] { &program.instrs[i].shape };
-        let consumers = (0..steps.len())
-            .map(|s| steps.get(s + 1).and_then(|n| consumer(&program, &steps[s], n, &traced)))
-            .collect();
-        Ok(CudaExecutable { gpu, program, steps, frees, constants, consumers })
+        let consumers = (0..steps.len()).map(|s| consumer(&steps[s], &steps[s + 1..], &traced)).collect();
+        let memos = steps.iter().map(|_| Memo::default()).collect();
+        Ok(CudaExecutable { gpu, program, steps, frees, constants, literals, consumers, memos })
     }
 }
 
-/// How fused step `next` reads reduction step `red`'s results, when it can
-/// run over each row inside the reduction's kernel ([`reduce::Consumer`]):
-/// `next` is an elementwise group over the reduction's space (every
-/// output of that shape), and each of its inputs that `red` writes is kept
-/// as size-1 axes over the reduced ones (a per-row value); `None`
-/// otherwise. `shape_of` gives the shapes of this call.
-fn consumer<'a>(
-    p: &Program,
-    red: &Planned,
-    next: &Planned,
-    shape_of: &impl Fn(usize) -> &'a [usize],
-) -> Option<Vec<std::result::Result<usize, usize>>> {
-    let (Kernel::ReduceFused { axes, source, .. }, Kernel::Fused(_)) = (&red.kernel, &next.kernel) else {
+/// How the steps after a reduction step run inside its kernel
+/// ([`reduce::Consumer`]): per row step, then for the space step, the
+/// sources of its inputs, and the program values the consumer reads as
+/// its own inputs ([`Src::Input`], in order).
+#[derive(Clone, Debug, Hash)]
+struct ConsumerPlan {
+    rows: Vec<Vec<Src>>,
+    space: Option<Vec<Src>>,
+    inputs: Vec<usize>,
+}
+
+impl ConsumerPlan {
+    /// The number of steps it takes in.
+    fn len(&self) -> usize {
+        self.rows.len() + self.space.is_some() as usize
+    }
+
+    /// A number standing for the plan (part of its kernel's memo variant).
+    fn number(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.hash(&mut h);
+        h.finish() | 1
+    }
+}
+
+/// Which of the steps `after` reduction step `red` can run inside its
+/// kernel, and how: fused groups, first any whose outputs are one value
+/// per row (the reduced axes kept as size 1) and whose other inputs are
+/// constant along the row, then at most one over the reduction's space;
+/// each reads the reduction's per-row results, the earlier row steps'
+/// outputs, or values computed before. `None` when not even the first
+/// fits. `shape_of` gives the shapes of this call.
+fn consumer<'a>(red: &Planned, after: &[Planned], shape_of: &impl Fn(usize) -> &'a [usize]) -> Option<ConsumerPlan> {
+    let Kernel::ReduceFused { axes, source, .. } = &red.kernel else {
         return None;
     };
     let space = shape_of(*source);
-    if next.outputs.iter().any(|&o| shape_of(o) != space) {
-        return None;
-    }
     let row: Vec<usize> = space.iter().enumerate().map(|(i, &d)| if axes.contains(&i) { 1 } else { d }).collect();
-    let mut k = 0;
-    next.inputs
+    // Whether a value of `shape` broadcast to the space is constant along
+    // the reduced axes.
+    let per_row = |shape: &[usize]| {
+        let lead = space.len().saturating_sub(shape.len());
+        shape.iter().enumerate().all(|(i, &d)| d == 1 || !axes.contains(&(lead + i)))
+    };
+    let mut avail: Vec<(usize, Src)> = red
+        .outputs
         .iter()
-        .map(|&i| match red.outputs.iter().position(|&o| o == i) {
-            Some(j) => (shape_of(i) == row && p.instrs[i].dtype == p.instrs[red.outputs[j]].dtype).then_some(Ok(j)),
-            None => {
-                k += 1;
-                Some(Err(k - 1))
+        .enumerate()
+        .filter(|(_, &o)| shape_of(o) == row)
+        .map(|(j, &o)| (o, Src::Reduced(j)))
+        .collect();
+    let mut plan = ConsumerPlan { rows: vec![], space: None, inputs: vec![] };
+    for n in after {
+        if !matches!(n.kernel, Kernel::Fused(_)) {
+            break;
+        }
+        let is_row = row[..] != *space && n.outputs.iter().all(|&o| shape_of(o) == row);
+        if !is_row && n.outputs.iter().any(|&o| shape_of(o) != space) {
+            break;
+        }
+        let mut inputs = plan.inputs.clone();
+        let srcs: Option<Vec<Src>> = n
+            .inputs
+            .iter()
+            .map(|&i| {
+                if let Some((_, src)) = avail.iter().find(|(v, _)| *v == i) {
+                    return Some(*src);
+                }
+                if red.outputs.contains(&i) || (is_row && !per_row(shape_of(i))) {
+                    return None;
+                }
+                let k = inputs.iter().position(|&v| v == i).unwrap_or_else(|| {
+                    inputs.push(i);
+                    inputs.len() - 1
+                });
+                Some(Src::Input(k))
+            })
+            .collect();
+        let Some(srcs) = srcs else { break };
+        plan.inputs = inputs;
+        if is_row {
+            let st = plan.rows.len();
+            avail.extend(n.outputs.iter().enumerate().map(|(q, &o)| (o, Src::Row(st, q))));
+            plan.rows.push(srcs);
+        } else {
+            plan.space = Some(srcs);
+            break;
+        }
+    }
+    (plan.len() > 0).then_some(plan)
+}
+
+/// Per value of `p`, the C literal kernels inline for it: the constants of
+/// one element.
+fn literals(p: &Program) -> Result<Vec<Option<String>>> {
+    p.instrs
+        .iter()
+        .map(|ins| match &ins.constant {
+            Some(d) if d.layout().shape.iter().product::<usize>() == 1 => {
+                Ok(source::literal(&for_device(d.device())?.to_host(d)?))
             }
+            _ => Ok(None),
         })
         .collect()
+}
+
+impl CudaExecutable {
+    /// The literals of values `values` (see `literals`).
+    fn literals_of<'a>(&self, values: impl IntoIterator<Item = &'a usize>) -> Vec<Option<String>> {
+        values.into_iter().map(|&i| self.literals[i].clone()).collect()
+    }
+}
+
+/// The group of a fused step.
+fn group_of(n: &Planned) -> &crate::passes::fuse::FusedGroup {
+    match &n.kernel {
+        Kernel::Fused(g) => g,
+        _ => unreachable!("consumer() takes fused groups"),
+    }
 }
 
 /// `d` on GPU `gpu` (a copy through the host when it is elsewhere).
@@ -136,33 +235,62 @@ impl Executable for CudaExecutable {
         while s < self.steps.len() {
             let st = &self.steps[s];
             let fused = follows_at(st);
-            // A reduction and the normalization after it, in one kernel.
+            // A reduction and the steps after it that read its rows, in
+            // one kernel.
             if let (Kernel::ReduceFused { group, reductions, axes, source }, true) = (&st.kernel, fused) {
-                let next = self.steps.get(s + 1);
                 let plan = match shapes {
                     None => self.consumers[s].clone(),
-                    Some(_) => next.filter(|n| follows_at(n)).and_then(|n| consumer(p, st, n, &shape_of)),
+                    Some(_) => {
+                        // The steps that still fuse at this call's shapes.
+                        let n = self.steps[s + 1..].iter().take_while(|n| follows_at(n)).count();
+                        consumer(st, &self.steps[s + 1..s + 1 + n], &shape_of)
+                    }
                 };
-                if let (Some(n), Some(c)) = (next, plan) {
-                    let Kernel::Fused(g2) = &n.kernel else { unreachable!("consumer() takes fused groups") };
-                    let (ys, zs) = {
+                if let Some(plan) = plan {
+                    let taken = &self.steps[s + 1..s + 1 + plan.len()];
+                    let (ys, ws) = {
                         let get = |i: usize| values[i].as_ref().expect("inputs are computed first");
                         let ins: Vec<&Data> = st.inputs.iter().map(|&i| get(i)).collect();
-                        let space_ins: Vec<&Data> =
-                            n.inputs.iter().zip(&c).filter(|(_, c)| c.is_err()).map(|(&i, _)| get(i)).collect();
+                        let cin: Vec<&Data> = plan.inputs.iter().map(|&i| get(i)).collect();
+                        let lits = self.literals_of(st.inputs.iter().chain(&plan.inputs));
                         let shapes: Vec<(Vec<usize>, DType)> =
                             st.outputs.iter().map(|&o| (shape_of(o).to_vec(), p.instrs[o].dtype)).collect();
-                        let con = reduce::Consumer { group: g2, inputs: c };
+                        let rows = plan
+                            .rows
+                            .iter()
+                            .zip(taken)
+                            .map(|(src, n)| reduce::Step { group: group_of(n), inputs: src.clone() })
+                            .collect();
+                        let space = plan
+                            .space
+                            .as_ref()
+                            .map(|src| reduce::Step { group: group_of(&taken[plan.rows.len()]), inputs: src.clone() });
+                        let con = reduce::Consumer { rows, space };
                         let space = shape_of(*source);
-                        reduce::fold(self.gpu, group, reductions, &ins, space, axes, &shapes, Some((&con, &space_ins)))?
+                        let memo = Some((&self.memos[s], plan.number()));
+                        reduce::fold(
+                            self.gpu,
+                            group,
+                            memo,
+                            reductions,
+                            &ins,
+                            &lits,
+                            space,
+                            axes,
+                            &shapes,
+                            Some((&con, &cin)),
+                        )?
                     };
-                    for (&o, d) in st.outputs.iter().zip(ys).chain(n.outputs.iter().zip(zs)) {
+                    let outs = st.outputs.iter().zip(ys).chain(taken.iter().flat_map(|n| &n.outputs).zip(ws));
+                    for (&o, d) in outs {
                         values[o] = Some(d);
                     }
-                    for &f in self.frees[s].iter().chain(&self.frees[s + 1]) {
-                        values[f] = None;
+                    for f in &self.frees[s..=s + plan.len()] {
+                        for &f in f {
+                            values[f] = None;
+                        }
                     }
-                    s += 2;
+                    s += 1 + plan.len();
                     continue;
                 }
             }
@@ -171,7 +299,14 @@ impl Executable for CudaExecutable {
                     let outs = {
                         let ins: Vec<&Data> =
                             st.inputs.iter().map(|&i| values[i].as_ref().expect("inputs are computed first")).collect();
-                        elementwise::run(self.gpu, g, &ins, shape_of(st.outputs[0]))?
+                        elementwise::run(
+                            self.gpu,
+                            g,
+                            Some(&self.memos[s]),
+                            &self.literals_of(&st.inputs),
+                            &ins,
+                            shape_of(st.outputs[0]),
+                        )?
                     };
                     for (&o, d) in st.outputs.iter().zip(outs) {
                         values[o] = Some(d);
@@ -183,7 +318,21 @@ impl Executable for CudaExecutable {
                             st.inputs.iter().map(|&i| values[i].as_ref().expect("inputs are computed first")).collect();
                         let shapes: Vec<(Vec<usize>, DType)> =
                             st.outputs.iter().map(|&o| (shape_of(o).to_vec(), p.instrs[o].dtype)).collect();
-                        reduce::fold(self.gpu, group, reductions, &ins, shape_of(*source), axes, &shapes, None)?.0
+                        let memo = Some((&self.memos[s], 0));
+                        let lits = self.literals_of(&st.inputs);
+                        reduce::fold(
+                            self.gpu,
+                            group,
+                            memo,
+                            reductions,
+                            &ins,
+                            &lits,
+                            shape_of(*source),
+                            axes,
+                            &shapes,
+                            None,
+                        )?
+                        .0
                     };
                     for (&o, d) in st.outputs.iter().zip(outs) {
                         values[o] = Some(d);
@@ -198,7 +347,9 @@ impl Executable for CudaExecutable {
                         let product = matmul::matmul(self.gpu, ins[0], ins[1], shape_of(head))?;
                         let mut group_ins = vec![&product];
                         group_ins.extend(&ins[2..]);
-                        elementwise::run(self.gpu, g, &group_ins, shape_of(st.outputs[0]))?
+                        let mut lits = vec![None];
+                        lits.extend(self.literals_of(&st.inputs[2..]));
+                        elementwise::run(self.gpu, g, Some(&self.memos[s]), &lits, &group_ins, shape_of(st.outputs[0]))?
                     };
                     for (&o, d) in st.outputs.iter().zip(outs) {
                         values[o] = Some(d);
@@ -247,5 +398,71 @@ impl Executable for CudaExecutable {
 
     fn notes(&self) -> Vec<String> {
         vec![]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::array::Array;
+    use crate::passes::tests::trace;
+
+    /// The planned steps of `f` traced at `shapes` with the GPU's facts,
+    /// and the consumer plan of its first reduction step.
+    fn planned(
+        shapes: &[&[usize]],
+        f: impl Fn(&[Array]) -> Result<Vec<Array>>,
+    ) -> (Program, Vec<Planned>, usize, Option<ConsumerPlan>) {
+        let mut p = trace(shapes, f);
+        crate::passes::optimize(&mut p, false, &super::super::GpuFacts);
+        let steps = plan(&p, &super::super::GpuFacts);
+        let s = steps.iter().position(|st| matches!(st.kernel, Kernel::ReduceFused { .. })).expect("a reduction");
+        let c = consumer(&steps[s], &steps[s + 1..], &|i| &p.instrs[i].shape[..]);
+        (p, steps, s, c)
+    }
+
+    fn layernorm(a: &[Array]) -> Result<Vec<Array>> {
+        let x = &a[0];
+        let mean = x.mean(-1, true)?;
+        let xc = (x - &mean)?;
+        let var = xc.square()?.mean(-1, true)?;
+        let y = (&xc * (var + 1e-5f32)?.rsqrt()?)?;
+        Ok(vec![((y * &a[1])? + &a[2])?])
+    }
+
+    #[test]
+    fn layernorm_runs_as_one_kernel() {
+        let (_, steps, s, c) = planned(&[&[64, 1024], &[1024], &[1024]], layernorm);
+        let c = c.expect("the steps after the statistics fuse into their kernel");
+        // rsqrt(var + eps) once per row, then the scale and shift.
+        assert_eq!(c.rows.len(), 1, "{c:?}");
+        assert!(c.rows[0].iter().any(|s| matches!(s, Src::Reduced(_))), "{c:?}");
+        let space = c.space.as_ref().expect("a space step");
+        assert!(space.contains(&Src::Row(0, 0)), "{c:?}");
+        assert_eq!(s + 1 + c.len(), steps.len(), "every step after the statistics is consumed");
+    }
+
+    #[test]
+    fn softmax_reads_its_rows_once() {
+        let (p, steps, s, c) = planned(&[&[64, 1024]], |a| Ok(vec![a[0].softmax(-1)?]));
+        let c = c.expect("softmax's normalization fuses into the reduction");
+        assert!(c.rows.is_empty() && c.space.is_some(), "{c:?}");
+        // The normalization reads the reduction's input again (its row,
+        // just read, comes from L2).
+        assert!(c.inputs.iter().any(|i| steps[s].inputs.contains(i)), "{c:?} {:?}", p.instrs.len());
+    }
+
+    #[test]
+    fn per_row_steps_chain_and_a_varying_input_makes_a_space_step() {
+        // log(sum(exp(x))) once per row, then y - it, where y varies along
+        // the row (a space step, not a row step).
+        let (_, steps, s, c) = planned(&[&[8, 16], &[8, 16]], |a| {
+            let s = a[0].exp()?.sum(-1, true)?.log()?;
+            Ok(vec![(&a[1] - &s)?])
+        });
+        let c = c.expect("fused");
+        assert_eq!(c.rows.len(), 1, "{c:?}");
+        assert_eq!(c.space, Some(vec![Src::Input(0), Src::Row(0, 0)]), "{c:?}");
+        assert_eq!(s + 1 + c.len(), steps.len());
     }
 }

@@ -126,7 +126,7 @@ pub fn concatenate(gpu: &'static Gpu, xs: &[&Data], axis: usize, shape: &[usize]
     for x in xs {
         let xshape = x.layout().shape.to_vec();
         let dst = Operand { ptr: base.ptr_at(at * strides[axis].max(0) as usize), strides: strides.to_vec() };
-        elementwise::launch(gpu, &copy, &[Operand::of(x, &xshape)?], &[dst], &xshape)?;
+        elementwise::launch(gpu, &copy, None, &[], &[Operand::of(x, &xshape)?], &[dst], &xshape)?;
         at += xshape[axis];
     }
     Ok(out)

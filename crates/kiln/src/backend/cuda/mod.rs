@@ -134,7 +134,7 @@ impl Backend for Cuda {
     }
 
     fn facts(&self) -> &dyn Facts {
-        self
+        &GpuFacts
     }
 
     fn lower(&self, program: Program) -> Result<Arc<dyn Executable>> {
@@ -157,7 +157,11 @@ impl Backend for Cuda {
     }
 }
 
-impl Facts for Cuda {
+/// What the optimizer needs to know of a GPU (the same for every GPU).
+#[derive(Debug)]
+pub struct GpuFacts;
+
+impl Facts for GpuFacts {
     /// [`Primitive::costly`]: transcendental functions, `pow`, `atan2`.
     fn costly(&self, p: &Primitive) -> bool {
         p.costly()
@@ -190,7 +194,7 @@ pub fn eval(gpu: &'static Gpu, prim: &Primitive, inputs: &[&Data], shape: &[usiz
         }
         Primitive::Unary(_) | Primitive::Binary(_) | Primitive::Where | Primitive::AsType(_) => {
             let g = FusedGroup::single(prim.clone(), inputs.iter().map(|d| d.dtype()).collect(), dtype);
-            Ok(elementwise::run(gpu, &g, inputs, shape)?.remove(0))
+            Ok(elementwise::run(gpu, &g, None, &[], inputs, shape)?.remove(0))
         }
         Primitive::Reduce { op, axes, .. } => reduce::reduce(gpu, *op, inputs[0], axes, shape, dtype),
         Primitive::ArgReduce { op, axis, .. } => reduce::arg_reduce(gpu, *op, inputs[0], *axis, shape),

@@ -1,18 +1,25 @@
 //! Reductions and arg-reductions on the GPU: one block per output element
 //! (blocks stride over the outputs), its threads fold strided parts of the
-//! reduced elements, then combine through warp shuffles and shared memory.
-//! Kept and reduced dimensions are addressed through the input's strides
-//! (any layout), each set collapsed where contiguous. Accumulation follows
-//! the CPU's rules (`backend::cpu::reduce::acc_dtype`): `f16`/`bf16` in
-//! `f32`, statistics of integers in `f64`, integer sums and products wrap;
-//! `max`/`min` propagate NaN; `logsumexp`/`sumexp` shift by the maximum and
-//! `var` subtracts the mean (two passes over the block's elements).
+//! reduced elements (8 positions per iteration), then combine
+//! through warp shuffles and shared memory. Kept and reduced dimensions
+//! are addressed through each operand's strides (any layout), each set
+//! collapsed where contiguous. Accumulation follows the CPU's rules
+//! (`backend::cpu::reduce::acc_dtype`): `f16`/`bf16` in `f32`, statistics
+//! of integers in `f64`, integer sums and products wrap; `max`/`min`
+//! propagate NaN; `logsumexp`/`sumexp` shift by the maximum and `var`
+//! subtracts the mean (two passes over the block's elements).
+//!
+//! [`fold`] is the general kernel: a producer group evaluated at each
+//! position, several reductions of its outputs in one pass, then a
+//! [`Consumer`]: per-row steps run by one thread and a step over the row
+//! run by all, reading the row's results from shared memory (the row
+//! itself, just read, comes from L2).
 
 use std::fmt::Write;
 
 use crate::array::Data;
 use crate::backend::cuda::cmath;
-use crate::backend::cuda::driver::{Arg, Gpu};
+use crate::backend::cuda::driver::{kernel_of, variant, Arg, Gpu, Memo};
 use crate::backend::cuda::source::{
     self, float_lit, line, load, offset_code, register_type, storage_type, store, PRELUDE,
 };
@@ -153,36 +160,73 @@ fn block_combine(s: &mut String, t: &str, fold: &str, id: &str, sh: &str) {
     line(s, "__syncthreads();");
 }
 
-/// An elementwise group that [`fold`] runs over each row right after its
-/// reductions, in the same kernel: a normalization that reads the row's
-/// statistics (softmax's `exp(x - max) / sum`, layernorm's scale and
-/// shift), so the row is read again from L2 rather than by another kernel.
-/// Its outputs are arrays of the space's shape.
-pub struct Consumer<'a> {
+/// Where an input of a [`Consumer`] step comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Src {
+    /// The `j`-th reduction's result for the row (an output kept as
+    /// size-1 axes over the reduced ones).
+    Reduced(usize),
+    /// Output `q` of row step `s` (an earlier one).
+    Row(usize, usize),
+    /// The `k`-th of the consumer's own inputs, broadcast to the space.
+    Input(usize),
+}
+
+/// An elementwise group of a [`Consumer`] and where its inputs come from.
+pub struct Step<'a> {
     /// The group.
     pub group: &'a FusedGroup,
-    /// Per group input: `Ok(j)`, the `j`-th reduction's result for the
-    /// row (a reduced output kept as size-1 axes); `Err(k)`, the `k`-th of
-    /// the consumer's own inputs, broadcast to the space.
-    pub inputs: Vec<std::result::Result<usize, usize>>,
+    /// One source per group input.
+    pub inputs: Vec<Src>,
+}
+
+/// The elementwise steps that [`fold`] runs right after its reductions,
+/// in the same kernel: first `rows`, groups over one value per row (the
+/// reduced axes kept as size 1: layernorm's `rsqrt(var + eps)`), computed
+/// once per row; then `space`, a group over the row's positions that reads
+/// the row's values (softmax's `exp(x - max) / sum`, layernorm's scale and
+/// shift). When the row fits in shared memory, the producer's inputs read
+/// in the first pass are kept there, and later passes and the space step
+/// read them from it rather than from memory again.
+pub struct Consumer<'a> {
+    /// Per-row steps, in order; each may read the earlier ones' outputs.
+    pub rows: Vec<Step<'a>>,
+    /// The step over the space (outputs of the space's shape), if any.
+    pub space: Option<Step<'a>>,
 }
 
 impl Consumer<'_> {
-    /// Dtypes of the inputs read from the space, in order.
-    fn space_inputs(&self) -> Vec<DType> {
-        self.inputs.iter().zip(&self.group.inputs).filter(|(i, _)| i.is_err()).map(|(_, &d)| d).collect()
+    /// The number of the consumer's own inputs (one past the largest
+    /// [`Src::Input`]).
+    fn input_count(&self) -> usize {
+        let steps = self.rows.iter().chain(&self.space);
+        let k = steps.flat_map(|st| &st.inputs).filter_map(|s| if let Src::Input(k) = s { Some(*k + 1) } else { None });
+        k.max().unwrap_or(0)
+    }
+
+    /// The dtype of each of the consumer's own inputs.
+    fn input_dtypes(&self) -> Vec<DType> {
+        let mut d = vec![DType::F32; self.input_count()];
+        for st in self.rows.iter().chain(&self.space) {
+            for (src, &dt) in st.inputs.iter().zip(&st.group.inputs) {
+                if let Src::Input(k) = src {
+                    d[*k] = dt;
+                }
+            }
+        }
+        d
     }
 }
 
-/// Reduced positions a thread folds per loop iteration.
-const UNROLL: usize = 4;
-
+/// Reduced positions a thread folds per loop iteration (8 measured faster
+/// than 4 and 16 for fused layernorm rows on an H200: bench/README).
+const UNROLL: usize = 8;
 /// A block's loop over the reduced positions `r`, running `body` at
-/// [`UNROLL`] positions per iteration, each in its own scope (so a thread
-/// has several loads in flight while it folds in order).
-fn unrolled(s: &mut String, body: &str) {
-    line(s, format!("for (ix r0 = threadIdx.x; r0 < (ix)nred; r0 += {UNROLL} * (ix)blockDim.x) {{"));
-    for u in 0..UNROLL {
+/// `n` positions per iteration, each in its own scope (so a thread has
+/// several loads in flight while it folds in order).
+fn unrolled(s: &mut String, body: &str, n: usize) {
+    line(s, format!("for (ix r0 = threadIdx.x; r0 < (ix)nred; r0 += {n} * (ix)blockDim.x) {{"));
+    for u in 0..n {
         line(s, format!("{{ const ix r = r0 + {u} * (ix)blockDim.x; if (r < (ix)nred) {{"));
         s.push_str(body);
         line(s, "}}");
@@ -190,39 +234,70 @@ fn unrolled(s: &mut String, body: &str) {
     line(s, "}");
 }
 
+/// Operand `k`'s C literal in `lits` (producer inputs, then the
+/// consumer's), if it has one.
+fn lit_of(lits: &[Option<String>], k: usize) -> Option<&str> {
+    lits.get(k).and_then(|l| l.as_deref())
+}
+
+/// The statements of `g`'s ops on registers `{pre}0..` (inputs already
+/// declared), declaring one register per op.
+fn ops_code(s: &mut String, g: &FusedGroup, pre: &str, next: &mut usize) {
+    let n = g.inputs.len();
+    for (j, op) in g.ops.iter().enumerate() {
+        let args: Vec<String> = op.args.iter().map(|&r| format!("{pre}{r}")).collect();
+        let dts: Vec<DType> = op.args.iter().map(|&r| g.reg_dtype(r)).collect();
+        let (stmts, e) =
+            source::op(&op.prim, &args, &dts, op.dtype, next).expect("fused groups hold elementwise ops only");
+        s.push_str(&stmts);
+        line(s, format!("{} {pre}{} = {e};", register_type(op.dtype), n + j));
+    }
+}
+
 /// The kernel of reductions of a producer: group `g`'s outputs computed
 /// at each position of the space and folded, `reductions[j] = (op, output
-/// index)` into output `j` of dtype `outs[j]`. Kept dimensions (rank `kr`)
-/// and reduced ones (rank `rr`) are addressed per input through its own
-/// strides. A plain reduction is the group that passes its input through.
-fn fold_source(
+/// index)` into output `j` of dtype `outs[j]`, then the `consumer`'s
+/// steps. Kept dimensions (rank `kr`) and reduced ones (rank `rr`) are
+/// addressed per operand through its own strides; operands with a C
+/// literal in `lits` (producer inputs, then the consumer's) are inlined.
+/// A plain reduction is the group that passes its input through.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn fold_source(
     g: &FusedGroup,
     reductions: &[(ReduceOp, usize)],
     outs: &[DType],
     consumer: Option<&Consumer>,
+    lits: &[Option<String>],
     kr: usize,
     rr: usize,
     wide: bool,
 ) -> String {
     let nin = g.inputs.len();
     // Operands addressed through strides: the producer's inputs, then the
-    // consumer's inputs from the space, then the consumer's outputs.
-    let (cin, cout): (Vec<DType>, Vec<DType>) = match consumer {
-        Some(c) => (c.space_inputs(), c.group.outputs.iter().map(|&r| c.group.reg_dtype(r)).collect()),
-        None => (vec![], vec![]),
+    // consumer's inputs, then the space step's outputs.
+    let cin: Vec<DType> = consumer.map(|c| c.input_dtypes()).unwrap_or_default();
+    let cout: Vec<DType> = match consumer.and_then(|c| c.space.as_ref()) {
+        Some(st) => st.group.outputs.iter().map(|&r| st.group.reg_dtype(r)).collect(),
+        None => vec![],
     };
+    let rows: &[Step] = consumer.map_or(&[], |c| &c.rows);
     let nops = nin + cin.len() + cout.len();
     let mut s = String::from(PRELUDE);
     let _ = writeln!(s, "typedef {} ix;", if wide { "long long" } else { "int" });
     let mut p = vec![];
-    for (k, dt) in g.inputs.iter().enumerate() {
+    for (k, dt) in g.inputs.iter().enumerate().filter(|(k, _)| lit_of(lits, *k).is_none()) {
         p.push(format!("const {}* __restrict__ p{k}", storage_type(*dt)));
     }
     for (j, dt) in outs.iter().enumerate() {
         p.push(format!("{}* __restrict__ y{j}", storage_type(*dt)));
     }
-    for (m, dt) in cin.iter().enumerate() {
+    for (m, dt) in cin.iter().enumerate().filter(|(m, _)| lit_of(lits, nin + *m).is_none()) {
         p.push(format!("const {}* __restrict__ p{}", storage_type(*dt), nin + m));
+    }
+    for (st, step) in rows.iter().enumerate() {
+        for (q, &r) in step.group.outputs.iter().enumerate() {
+            p.push(format!("{}* __restrict__ w{st}_{q}", storage_type(step.group.reg_dtype(r))));
+        }
     }
     for (q, dt) in cout.iter().enumerate() {
         p.push(format!("{}* __restrict__ p{}", storage_type(*dt), nin + cin.len() + q));
@@ -245,8 +320,13 @@ fn fold_source(
         line(&mut s, format!("__shared__ {} rv{j};", storage_type(outs[j])));
         line(&mut s, format!("const {t} a0_{j} = {init};"));
     }
+    for (st, step) in rows.iter().enumerate() {
+        for (q, &r) in step.group.outputs.iter().enumerate() {
+            line(&mut s, format!("__shared__ {} rw{st}_{q};", storage_type(step.group.reg_dtype(r))));
+        }
+    }
     line(&mut s, "for (ix o = blockIdx.x; o < (ix)nout; o += gridDim.x) {");
-    // Each input's offset of the kept position.
+    // Each operand's offset of the kept position.
     let decompose = |s: &mut String, v: &str, i: &str, pre: &str, rank: usize| {
         for k in 0..nops {
             line(s, format!("ix {v}{k} = 0;"));
@@ -268,33 +348,36 @@ fn fold_source(
     };
     decompose(&mut s, "base", "o", "k", kr);
     let mut next = 0usize;
-    // The producer's values at reduced position `r`, then `body`.
+    // The producer's values at reduced position `r`.
     let produce = |s: &mut String, next: &mut usize| {
         decompose(s, "off", "r", "r", rr);
         for (k, dt) in g.inputs.iter().enumerate() {
-            line(s, format!("{} r{k} = {};", register_type(*dt), load(*dt, &format!("p{k}[base{k} + off{k}]"))));
+            let v = match lit_of(lits, k) {
+                Some(l) => l.to_string(),
+                None => load(*dt, &format!("p{k}[base{k} + off{k}]")),
+            };
+            line(s, format!("{} r{k} = {v};", register_type(*dt)));
         }
-        for (j, op) in g.ops.iter().enumerate() {
-            let args: Vec<String> = op.args.iter().map(|&r| format!("r{r}")).collect();
-            let dts: Vec<DType> = op.args.iter().map(|&r| g.reg_dtype(r)).collect();
-            let (stmts, e) =
-                source::op(&op.prim, &args, &dts, op.dtype, next).expect("fused groups hold elementwise ops only");
-            s.push_str(&stmts);
-            line(s, format!("{} r{} = {e};", register_type(op.dtype), nin + j));
-        }
+        ops_code(s, g, "r", next);
+    };
+    // A pass over the thread's positions of the row.
+    let pass = |s: &mut String, next: &mut usize, body: &dyn Fn(&mut String, &mut usize)| {
+        let mut b = String::new();
+        body(&mut b, next);
+        unrolled(s, &b, UNROLL);
     };
     // First pass: every reduction (the maximum for logsumexp/sumexp, the
     // sum for var).
     for (j, (t, _)) in accs.iter().enumerate() {
         line(&mut s, format!("{t} a{j} = a0_{j};"));
     }
-    let mut b = String::new();
-    produce(&mut b, &mut next);
-    for (j, &(op, o)) in reductions.iter().enumerate() {
-        let t = accs[j].0;
-        line(&mut b, format!("{{ {t} a = a{j}; {t} v = ({t})r{}; {} a{j} = a; }}", g.outputs[o], fold_step(op, t)));
-    }
-    unrolled(&mut s, &b);
+    pass(&mut s, &mut next, &|b, next| {
+        produce(b, next);
+        for (j, &(op, o)) in reductions.iter().enumerate() {
+            let t = accs[j].0;
+            line(b, format!("{{ {t} a = a{j}; {t} v = ({t})r{}; {} a{j} = a; }}", g.outputs[o], fold_step(op, t)));
+        }
+    });
     for (j, &(op, _)) in reductions.iter().enumerate() {
         let t = accs[j].0;
         line(&mut s, format!("{{ {t} a = a{j};"));
@@ -312,26 +395,26 @@ fn fold_source(
                 line(&mut s, format!("a{j} = 0;"));
             }
         }
-        let mut b = String::new();
-        produce(&mut b, &mut next);
-        for (j, &(op, o)) in reductions.iter().enumerate() {
-            if !two_pass(op) {
-                continue;
-            }
-            let t = accs[j].0;
-            line(&mut b, format!("{{ {t} v = ({t})r{};", g.outputs[o]));
-            match op {
-                ReduceOp::Var { .. } => line(&mut b, format!("a{j} = a{j} + (v - mean{j}) * (v - mean{j});")),
-                _ if t == "double" => line(&mut b, format!("a{j} = a{j} + exp(v - first{j});")),
-                _ => {
-                    let (stmts, e) = cmath::print(Func::Exp, &format!("(v - first{j})"), &mut next);
-                    b.push_str(&stmts);
-                    line(&mut b, format!("a{j} = a{j} + {e};"));
+        pass(&mut s, &mut next, &|b, next| {
+            produce(b, next);
+            for (j, &(op, o)) in reductions.iter().enumerate() {
+                if !two_pass(op) {
+                    continue;
                 }
+                let t = accs[j].0;
+                line(b, format!("{{ {t} v = ({t})r{};", g.outputs[o]));
+                match op {
+                    ReduceOp::Var { .. } => line(b, format!("a{j} = a{j} + (v - mean{j}) * (v - mean{j});")),
+                    _ if t == "double" => line(b, format!("a{j} = a{j} + exp(v - first{j});")),
+                    _ => {
+                        let (stmts, e) = cmath::print(Func::Exp, &format!("(v - first{j})"), next);
+                        b.push_str(&stmts);
+                        line(b, format!("a{j} = a{j} + {e};"));
+                    }
+                }
+                line(b, "}");
             }
-            line(&mut b, "}");
-        }
-        unrolled(&mut s, &b);
+        });
         for (j, &(op, _)) in reductions.iter().enumerate() {
             if two_pass(op) {
                 let t = accs[j].0;
@@ -341,6 +424,7 @@ fn fold_source(
             }
         }
     }
+    // One thread stores the row's results, then runs the row steps.
     line(&mut s, "if (threadIdx.x == 0) {");
     for (j, &(op, _)) in reductions.iter().enumerate() {
         let t = accs[j].0;
@@ -358,40 +442,56 @@ fn fold_source(
             }
             _ => a.clone(),
         };
-        line(&mut s, format!("{{ {t} res = {result}; y{j}[o] = {}; rv{j} = y{j}[o]; }}", narrow(t, outs[j])));
+        let st = storage_type(outs[j]);
+        line(&mut s, format!("{{ {t} res = {result}; {st} v = {}; y{j}[o] = v; rv{j} = v; }}", narrow(t, outs[j])));
+    }
+    // A consumer input: a row value, or an operand at `at`.
+    let source_of = |src: &Src, dt: DType, at: &str| -> String {
+        match *src {
+            Src::Reduced(j) => load(dt, &format!("rv{j}")),
+            Src::Row(st, q) => load(dt, &format!("rw{st}_{q}")),
+            Src::Input(m) if lit_of(lits, nin + m).is_some() => lit_of(lits, nin + m).unwrap_or_default().to_string(),
+            Src::Input(m) => {
+                let op = nin + m;
+                load(dt, &format!("p{op}[base{op}{at}]"))
+            }
+        }
+    };
+    for (st, step) in rows.iter().enumerate() {
+        line(&mut s, "{");
+        for (k, src) in step.inputs.iter().enumerate() {
+            let dt = step.group.inputs[k];
+            line(&mut s, format!("{} c{k} = {};", register_type(dt), source_of(src, dt, "")));
+        }
+        ops_code(&mut s, step.group, "c", &mut next);
+        for (q, &r) in step.group.outputs.iter().enumerate() {
+            let v = store(step.group.reg_dtype(r), &format!("c{r}"));
+            line(
+                &mut s,
+                format!("{{ {} v = {v}; w{st}_{q}[o] = v; rw{st}_{q} = v; }}", storage_type(step.group.reg_dtype(r))),
+            );
+        }
+        line(&mut s, "}");
     }
     line(&mut s, "}");
-    if let Some(c) = consumer {
-        // Every thread reads the row's results, then runs the consumer
-        // over the row (its inputs from L2: the reductions just read them).
+    if let Some(step) = consumer.and_then(|c| c.space.as_ref()) {
+        // Every thread reads the row's values, then runs the space step
+        // over its positions of the row.
         line(&mut s, "__syncthreads();");
         line(&mut s, "for (ix r = threadIdx.x; r < (ix)nred; r += blockDim.x) {");
         decompose(&mut s, "off", "r", "r", rr);
-        let cg = c.group;
-        let mut space = 0;
-        for (k, src) in c.inputs.iter().enumerate() {
-            let dt = cg.inputs[k];
-            let v = match src {
-                Ok(j) => load(dt, &format!("rv{j}")),
-                Err(_) => {
-                    let op = nin + space;
-                    space += 1;
-                    load(dt, &format!("p{op}[base{op} + off{op}]"))
-                }
+        for (k, src) in step.inputs.iter().enumerate() {
+            let dt = step.group.inputs[k];
+            let at = match src {
+                Src::Input(m) => format!(" + off{}", nin + m),
+                _ => String::new(),
             };
-            line(&mut s, format!("{} c{k} = {v};", register_type(dt)));
+            line(&mut s, format!("{} c{k} = {};", register_type(dt), source_of(src, dt, &at)));
         }
-        let cn = cg.inputs.len();
-        for (j, op) in cg.ops.iter().enumerate() {
-            let args: Vec<String> = op.args.iter().map(|&r| format!("c{r}")).collect();
-            let dts: Vec<DType> = op.args.iter().map(|&r| cg.reg_dtype(r)).collect();
-            let (stmts, e) = source::op(&op.prim, &args, &dts, op.dtype, &mut next).expect("elementwise ops only");
-            s.push_str(&stmts);
-            line(&mut s, format!("{} c{} = {e};", register_type(op.dtype), cn + j));
-        }
-        for (q, &r) in cg.outputs.iter().enumerate() {
+        ops_code(&mut s, step.group, "c", &mut next);
+        for (q, &r) in step.group.outputs.iter().enumerate() {
             let op = nin + cin.len() + q;
-            line(&mut s, format!("p{op}[base{op} + off{op}] = {};", store(cg.reg_dtype(r), &format!("c{r}"))));
+            line(&mut s, format!("p{op}[base{op} + off{op}] = {};", store(step.group.reg_dtype(r), &format!("c{r}"))));
         }
         line(&mut s, "}");
     }
@@ -412,6 +512,7 @@ fn narrow(t: &str, out: DType) -> String {
     }
 }
 
+/// Blocks and threads of a reduction over rows of `nred` positions.
 fn launch_size(nout: usize, nred: usize) -> (u32, u32) {
     let threads = nred.div_ceil(UNROLL).next_power_of_two().clamp(32, THREADS);
     (nout.min(MAX_BLOCKS) as u32, threads as u32)
@@ -429,7 +530,7 @@ fn is_wide(nout: usize, nred: usize, x: &Data) -> bool {
 pub fn reduce(gpu: &'static Gpu, op: ReduceOp, x: &Data, axes: &[usize], shape: &[usize], out: DType) -> Result<Data> {
     let g = FusedGroup { inputs: vec![x.dtype()], ops: vec![], outputs: vec![0] };
     let space = x.layout().shape.to_vec();
-    Ok(fold(gpu, &g, &[(op, 0)], &[x], &space, axes, &[(shape.to_vec(), out)], None)?.0.remove(0))
+    Ok(fold(gpu, &g, None, &[(op, 0)], &[x], &[], &space, axes, &[(shape.to_vec(), out)], None)?.0.remove(0))
 }
 
 /// Reductions of group `g`'s outputs over `axes` of a space of shape
@@ -437,14 +538,21 @@ pub fn reduce(gpu: &'static Gpu, op: ReduceOp, x: &Data, axes: &[usize], shape: 
 /// space): `reductions[j] = (op, output index of g)` is written to a fresh
 /// array of `outs[j]` (shape, dtype). The fused form of
 /// `Kernel::ReduceFused`; a plain reduction is the pass-through group.
-/// With a `consumer` (and its inputs from the space), the same kernel then
-/// runs it over each row; its outputs are returned second.
+/// Operands with a C literal in `lits` (the producer's inputs, then the
+/// consumer's) are inlined rather than read. A compiled step passes its
+/// memo and a number standing for its consumer plan.
+/// With a `consumer` (and its own inputs), the same kernel then runs its
+/// steps over each row; their outputs are returned second, the row steps'
+/// (of the space's shape with the reduced axes 1) and then the space
+/// step's, in order.
 #[allow(clippy::too_many_arguments)]
 pub fn fold(
     gpu: &'static Gpu,
     g: &FusedGroup,
+    memo: Option<(&Memo, u64)>,
     reductions: &[(ReduceOp, usize)],
     inputs: &[&Data],
+    lits: &[Option<String>],
     space: &[usize],
     axes: &[usize],
     outs: &[(Vec<usize>, DType)],
@@ -455,15 +563,21 @@ pub fn fold(
         .zip(outs)
         .map(|(&(op, _), (sh, dt))| fresh(gpu, op.name(), *dt, sh))
         .collect::<Result<_>>()?;
-    let zs: Vec<Data> = match consumer {
-        Some((c, _)) => c
-            .group
-            .outputs
-            .iter()
-            .map(|&r| fresh(gpu, "elementwise", c.group.reg_dtype(r), space))
-            .collect::<Result<_>>()?,
-        None => vec![],
-    };
+    let row: Vec<usize> = space.iter().enumerate().map(|(i, &d)| if axes.contains(&i) { 1 } else { d }).collect();
+    let mut ws: Vec<Data> = vec![];
+    let mut zs: Vec<Data> = vec![];
+    if let Some((c, _)) = consumer {
+        for st in &c.rows {
+            for &r in &st.group.outputs {
+                ws.push(fresh(gpu, "elementwise", st.group.reg_dtype(r), &row)?);
+            }
+        }
+        if let Some(st) = &c.space {
+            for &r in &st.group.outputs {
+                zs.push(fresh(gpu, "elementwise", st.group.reg_dtype(r), space)?);
+            }
+        }
+    }
     // Every operand addressed through strides, and its layout over the space.
     let mut operands: Vec<&Data> = inputs.to_vec();
     if let Some((_, cin)) = consumer {
@@ -501,7 +615,8 @@ pub fn fold(
     let nout: usize = kd.iter().product();
     let nred: usize = rd.iter().product();
     if nout == 0 {
-        return Ok((ys, zs));
+        ws.extend(zs);
+        return Ok((ys, ws));
     }
     let lim = i32::MAX as u128 / 2;
     let reach = layouts
@@ -518,17 +633,29 @@ pub fn fold(
     let wide =
         nout as u128 + MAX_BLOCKS as u128 > lim || nred as u128 + (UNROLL * THREADS) as u128 > lim || reach > lim;
     let out_dts: Vec<DType> = outs.iter().map(|o| o.1).collect();
-    let k = gpu.kernel(&fold_source(g, reductions, &out_dts, consumer.map(|c| c.0), kd.len(), rd.len(), wide))?;
+    let (blocks, threads) = launch_size(nout, nred);
+    let lit = |k: usize| lit_of(lits, k).is_some();
+    let ptr_of = |k: usize| -> Result<u64> { Ok(dev(operands[k])?.ptr_at(layouts[k].offset)) };
+    let memo = memo.map(|(m, plan)| (m, variant(&[plan, kd.len() as u64, rd.len() as u64, wide as u64])));
+    let k = kernel_of(gpu, memo, || {
+        fold_source(g, reductions, &out_dts, consumer.map(|c| c.0), lits, kd.len(), rd.len(), wide)
+    })?;
     let mut args = vec![];
-    let ptr = |k: usize| -> Result<Arg> { Ok(Arg::Ptr(dev(operands[k])?.ptr_at(layouts[k].offset))) };
-    for k in 0..inputs.len() {
-        args.push(ptr(k)?);
+    for k in (0..inputs.len()).filter(|&k| !lit(k)) {
+        args.push(Arg::Ptr(ptr_of(k)?));
     }
     for y in &ys {
         args.push(Arg::Ptr(dev(y)?.ptr_at(0)));
     }
-    for k in inputs.len()..operands.len() {
-        args.push(ptr(k)?);
+    let ncin = consumer.map_or(0, |c| c.1.len());
+    for k in (inputs.len()..inputs.len() + ncin).filter(|&k| !lit(k)) {
+        args.push(Arg::Ptr(ptr_of(k)?));
+    }
+    for w in &ws {
+        args.push(Arg::Ptr(dev(w)?.ptr_at(0)));
+    }
+    for k in inputs.len() + ncin..operands.len() {
+        args.push(Arg::Ptr(ptr_of(k)?));
     }
     args.extend([Arg::I64(nout as i64), Arg::I64(nred as i64)]);
     for (dims, strides) in [(&kd, &kst[..operands.len()]), (&rd, &rst[..])] {
@@ -537,9 +664,9 @@ pub fn fold(
             args.extend(st.iter().map(|&v| Arg::I64(v as i64)));
         }
     }
-    let (blocks, threads) = launch_size(nout, nred);
     gpu.launch(k, blocks, threads, 0, &args)?;
-    Ok((ys, zs))
+    ws.extend(zs);
+    Ok((ys, ws))
 }
 
 fn arg_source(op: ArgReduceOp, dt: DType, kr: usize, wide: bool) -> String {

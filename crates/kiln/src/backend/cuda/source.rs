@@ -12,6 +12,7 @@ use std::fmt::Write;
 
 use crate::backend::cuda::cmath;
 use crate::backend::simd_math::Func;
+use crate::buffer::Buffer;
 use crate::dtype::DType;
 use crate::primitive::{BinaryOp, Primitive, UnaryOp};
 
@@ -145,6 +146,23 @@ pub fn float_lit(dt: DType, v: f64) -> String {
     } else {
         cmath::lit(v as f32)
     }
+}
+
+/// The register value of `b`'s first element as a C literal (with its
+/// exact bits), or `None` when `b` is empty. Kernels inline a program's
+/// one-element constants this way instead of reading them.
+pub fn literal(b: &Buffer) -> Option<String> {
+    Some(match b {
+        Buffer::Bool(v) => (*v.first()?).to_string(),
+        Buffer::U8(v) => format!("(u8){}", v.first()?),
+        Buffer::U32(v) => format!("{}u", v.first()?),
+        Buffer::I32(v) => format!("(int)0x{:x}u", *v.first()? as u32),
+        Buffer::I64(v) => format!("(i64)0x{:x}ull", *v.first()? as u64),
+        Buffer::F16(v) => float_lit(DType::F32, v.first()?.to_f64()),
+        Buffer::BF16(v) => float_lit(DType::F32, v.first()?.to_f64()),
+        Buffer::F32(v) => float_lit(DType::F32, *v.first()? as f64),
+        Buffer::F64(v) => float_lit(DType::F64, *v.first()?),
+    })
 }
 
 /// Converts register value `x` of `from` to a register value of `to`
