@@ -7,7 +7,8 @@
 #   bash scripts/gpu.sh test    # on the GPU machine: run them
 #   bash scripts/gpu.sh bench [--quick]
 #                               # on the GPU machine: kiln's GPU rows and the
-#                               # peers (torch, jax) in one run: target/bench/
+#                               # peers (torch, jax) in one run, and the
+#                               # report: target/bench/cuda.md (.json, .png)
 #   bash scripts/gpu.sh fuzz [SECONDS] [SEED]
 #                               # on the GPU machine: random programs compiled
 #                               # on the GPU against eager results on the CPU
@@ -49,15 +50,25 @@ test | fuzz | bench)
     fi
     if [ "$1" = bench ]; then
         mkdir -p target/bench
-        cache=$(mktemp -d)
-        echo "first call, fresh process, empty kernel cache (ms):"
-        KILN_CACHE_DIR="$cache" "$carry/kiln-bench-gpu" cuda-first gelu
-        KILN_CACHE_DIR="$cache" "$carry/kiln-bench-gpu" cuda-first layernorm
-        echo "first call, fresh process, disk cache (ms):"
-        KILN_CACHE_DIR="$cache" "$carry/kiln-bench-gpu" cuda-first gelu
-        KILN_CACHE_DIR="$cache" "$carry/kiln-bench-gpu" cuda-first layernorm
+        # First calls in fresh processes: an empty kernel cache, then the
+        # disk cache the first left (kiln's and jax's alike).
+        first() { # first WHICH -> "kiln_cold kiln_disk jax_cold jax_disk"
+            local kc jc
+            kc=$(mktemp -d)
+            jc=$(mktemp -d)
+            echo "$(KILN_CACHE_DIR="$kc" "$carry/kiln-bench-gpu" cuda-first "$1")" \
+                "$(KILN_CACHE_DIR="$kc" "$carry/kiln-bench-gpu" cuda-first "$1")" \
+                "$(python3 bench/peers/cuda_peers.py --first "$1" "$jc" 2>/dev/null || echo null)" \
+                "$(python3 bench/peers/cuda_peers.py --first "$1" "$jc" 2>/dev/null || echo null)"
+        }
+        read -r a b c d <<<"$(first gelu)"
+        read -r e f g h <<<"$(first layernorm)"
+        printf '{"gelu": {"kiln_cold_ms": %s, "kiln_disk_ms": %s, "jax_cold_ms": %s, "jax_disk_ms": %s},\n "layernorm": {"kiln_cold_ms": %s, "kiln_disk_ms": %s, "jax_cold_ms": %s, "jax_disk_ms": %s}}\n' \
+            "$a" "$b" "$c" "$d" "$e" "$f" "$g" "$h" > target/bench/cuda_first.json
+        cat target/bench/cuda_first.json
         "$carry/kiln-bench-gpu" cuda ${2:-} --out target/bench/cuda.json
         python3 bench/peers/cuda_peers.py target/bench/cuda_peers.json ${2:-}
+        python3 bench/peers/cuda_report.py target/bench
         exit 0
     fi
     status=0

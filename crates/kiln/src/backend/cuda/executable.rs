@@ -44,6 +44,8 @@ pub struct CudaExecutable {
     consumers: Vec<Option<ConsumerPlan>>,
     /// Per step, the kernels made for it.
     memos: Vec<Memo>,
+    /// Per step, the literals of its inputs (see `literals`).
+    step_lits: Vec<Vec<Option<String>>>,
 }
 
 impl CudaExecutable {
@@ -78,7 +80,8 @@ impl CudaExecutable {
         let traced = |i: usize| -> &[usize] { &program.instrs[i].shape };
         let consumers = (0..steps.len()).map(|s| consumer(&steps[s], &steps[s + 1..], &traced)).collect();
         let memos = steps.iter().map(|_| Memo::default()).collect();
-        Ok(CudaExecutable { gpu, program, steps, frees, constants, literals, consumers, memos })
+        let step_lits = steps.iter().map(|st| st.inputs.iter().map(|&i| literals[i].clone()).collect()).collect();
+        Ok(CudaExecutable { gpu, program, steps, frees, constants, literals, consumers, memos, step_lits })
     }
 }
 
@@ -303,7 +306,7 @@ impl Executable for CudaExecutable {
                             self.gpu,
                             g,
                             Some(&self.memos[s]),
-                            &self.literals_of(&st.inputs),
+                            &self.step_lits[s],
                             &ins,
                             shape_of(st.outputs[0]),
                         )?
@@ -319,14 +322,14 @@ impl Executable for CudaExecutable {
                         let shapes: Vec<(Vec<usize>, DType)> =
                             st.outputs.iter().map(|&o| (shape_of(o).to_vec(), p.instrs[o].dtype)).collect();
                         let memo = Some((&self.memos[s], 0));
-                        let lits = self.literals_of(&st.inputs);
+                        let lits = &self.step_lits[s];
                         reduce::fold(
                             self.gpu,
                             group,
                             memo,
                             reductions,
                             &ins,
-                            &lits,
+                            lits,
                             shape_of(*source),
                             axes,
                             &shapes,
@@ -348,7 +351,7 @@ impl Executable for CudaExecutable {
                         let mut group_ins = vec![&product];
                         group_ins.extend(&ins[2..]);
                         let mut lits = vec![None];
-                        lits.extend(self.literals_of(&st.inputs[2..]));
+                        lits.extend(self.step_lits[s][2..].iter().cloned());
                         elementwise::run(self.gpu, g, Some(&self.memos[s]), &lits, &group_ins, shape_of(st.outputs[0]))?
                     };
                     for (&o, d) in st.outputs.iter().zip(outs) {

@@ -194,7 +194,23 @@ pub fn eval(gpu: &'static Gpu, prim: &Primitive, inputs: &[&Data], shape: &[usiz
         }
         Primitive::Unary(_) | Primitive::Binary(_) | Primitive::Where | Primitive::AsType(_) => {
             let g = FusedGroup::single(prim.clone(), inputs.iter().map(|d| d.dtype()).collect(), dtype);
-            Ok(elementwise::run(gpu, &g, None, &[], inputs, shape)?.remove(0))
+            // The kernels of each op and dtypes on each GPU, kept for the
+            // process (an eager op then launches without writing its
+            // source again).
+            type Kept = Vec<(usize, FusedGroup, Arc<driver::Memo>)>;
+            static EAGER: Mutex<Kept> = Mutex::new(Vec::new());
+            let memo = {
+                let mut kept = EAGER.lock().unwrap_or_else(|e| e.into_inner());
+                match kept.iter().find(|(o, k, _)| *o == gpu.ordinal && *k == g) {
+                    Some((_, _, m)) => m.clone(),
+                    None => {
+                        let m = Arc::new(driver::Memo::default());
+                        kept.push((gpu.ordinal, g.clone(), m.clone()));
+                        m
+                    }
+                }
+            };
+            Ok(elementwise::run(gpu, &g, Some(&memo), &[], inputs, shape)?.remove(0))
         }
         Primitive::Reduce { op, axes, .. } => reduce::reduce(gpu, *op, inputs[0], axes, shape, dtype),
         Primitive::ArgReduce { op, axis, .. } => reduce::arg_reduce(gpu, *op, inputs[0], *axis, shape),
