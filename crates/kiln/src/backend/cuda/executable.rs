@@ -199,10 +199,10 @@ impl CudaExecutable {
     }
 }
 
-/// The group of a fused step.
-fn group_of(n: &Planned) -> &crate::passes::fuse::FusedGroup {
+/// Fused step `n` as a consumer step reading `src`.
+fn step<'a>(src: &[Src], n: &'a Planned) -> reduce::Step<'a> {
     match &n.kernel {
-        Kernel::Fused(g) => g,
+        Kernel::Fused(group) => reduce::Step { group, inputs: src.to_vec() },
         _ => unreachable!("consumer() takes fused groups"),
     }
 }
@@ -238,65 +238,8 @@ impl Executable for CudaExecutable {
         while s < self.steps.len() {
             let st = &self.steps[s];
             let fused = follows_at(st);
-            // A reduction and the steps after it that read its rows, in
-            // one kernel.
-            if let (Kernel::ReduceFused { group, reductions, axes, source }, true) = (&st.kernel, fused) {
-                let plan = match shapes {
-                    None => self.consumers[s].clone(),
-                    Some(_) => {
-                        // The steps that still fuse at this call's shapes.
-                        let n = self.steps[s + 1..].iter().take_while(|n| follows_at(n)).count();
-                        consumer(st, &self.steps[s + 1..s + 1 + n], &shape_of)
-                    }
-                };
-                if let Some(plan) = plan {
-                    let taken = &self.steps[s + 1..s + 1 + plan.len()];
-                    let (ys, ws) = {
-                        let get = |i: usize| values[i].as_ref().expect("inputs are computed first");
-                        let ins: Vec<&Data> = st.inputs.iter().map(|&i| get(i)).collect();
-                        let cin: Vec<&Data> = plan.inputs.iter().map(|&i| get(i)).collect();
-                        let lits = self.literals_of(st.inputs.iter().chain(&plan.inputs));
-                        let shapes: Vec<(Vec<usize>, DType)> =
-                            st.outputs.iter().map(|&o| (shape_of(o).to_vec(), p.instrs[o].dtype)).collect();
-                        let rows = plan
-                            .rows
-                            .iter()
-                            .zip(taken)
-                            .map(|(src, n)| reduce::Step { group: group_of(n), inputs: src.clone() })
-                            .collect();
-                        let space = plan
-                            .space
-                            .as_ref()
-                            .map(|src| reduce::Step { group: group_of(&taken[plan.rows.len()]), inputs: src.clone() });
-                        let con = reduce::Consumer { rows, space };
-                        let space = shape_of(*source);
-                        let memo = Some((&self.memos[s], plan.number()));
-                        reduce::fold(
-                            self.gpu,
-                            group,
-                            memo,
-                            reductions,
-                            &ins,
-                            &lits,
-                            space,
-                            axes,
-                            &shapes,
-                            Some((&con, &cin)),
-                        )?
-                    };
-                    let outs = st.outputs.iter().zip(ys).chain(taken.iter().flat_map(|n| &n.outputs).zip(ws));
-                    for (&o, d) in outs {
-                        values[o] = Some(d);
-                    }
-                    for f in &self.frees[s..=s + plan.len()] {
-                        for &f in f {
-                            values[f] = None;
-                        }
-                    }
-                    s += 1 + plan.len();
-                    continue;
-                }
-            }
+            // Steps this one takes in (a reduction's consumer).
+            let mut taken: &[Planned] = &[];
             match &st.kernel {
                 Kernel::Fused(g) if fused => {
                     let outs = {
@@ -315,29 +258,36 @@ impl Executable for CudaExecutable {
                         values[o] = Some(d);
                     }
                 }
+                // A reduction, with the steps after it that read its rows
+                // in the same kernel.
                 Kernel::ReduceFused { group, reductions, axes, source } if fused => {
-                    let outs = {
-                        let ins: Vec<&Data> =
-                            st.inputs.iter().map(|&i| values[i].as_ref().expect("inputs are computed first")).collect();
+                    let plan = match shapes {
+                        None => self.consumers[s].clone(),
+                        Some(_) => {
+                            // The steps that still fuse at this call's shapes.
+                            let n = self.steps[s + 1..].iter().take_while(|n| follows_at(n)).count();
+                            consumer(st, &self.steps[s + 1..s + 1 + n], &shape_of)
+                        }
+                    };
+                    taken = &self.steps[s + 1..s + 1 + plan.as_ref().map_or(0, |c| c.len())];
+                    let (ys, ws) = {
+                        let get = |i: usize| values[i].as_ref().expect("inputs are computed first");
+                        let ins: Vec<&Data> = st.inputs.iter().map(|&i| get(i)).collect();
+                        let cin: Vec<&Data> = plan.iter().flat_map(|c| &c.inputs).map(|&i| get(i)).collect();
+                        let lits = self.literals_of(st.inputs.iter().chain(plan.iter().flat_map(|c| &c.inputs)));
                         let shapes: Vec<(Vec<usize>, DType)> =
                             st.outputs.iter().map(|&o| (shape_of(o).to_vec(), p.instrs[o].dtype)).collect();
-                        let memo = Some((&self.memos[s], 0));
-                        let lits = &self.step_lits[s];
-                        reduce::fold(
-                            self.gpu,
-                            group,
-                            memo,
-                            reductions,
-                            &ins,
-                            lits,
-                            shape_of(*source),
-                            axes,
-                            &shapes,
-                            None,
-                        )?
-                        .0
+                        let con = plan.as_ref().map(|c| reduce::Consumer {
+                            rows: c.rows.iter().zip(taken).map(|(src, n)| step(src, n)).collect(),
+                            space: c.space.as_ref().map(|src| step(src, &taken[c.rows.len()])),
+                        });
+                        let memo = Some((&self.memos[s], plan.as_ref().map_or(0, |c| c.number())));
+                        let space = shape_of(*source);
+                        let con = con.as_ref().map(|c| (c, &cin[..]));
+                        reduce::fold(self.gpu, group, memo, reductions, &ins, &lits, space, axes, &shapes, con)?
                     };
-                    for (&o, d) in st.outputs.iter().zip(outs) {
+                    let outs = st.outputs.iter().zip(ys).chain(taken.iter().flat_map(|n| &n.outputs).zip(ws));
+                    for (&o, d) in outs {
                         values[o] = Some(d);
                     }
                 }
@@ -373,10 +323,12 @@ impl Executable for CudaExecutable {
                     }
                 }
             }
-            for &f in &self.frees[s] {
-                values[f] = None;
+            for f in &self.frees[s..=s + taken.len()] {
+                for &f in f {
+                    values[f] = None;
+                }
             }
-            s += 1;
+            s += 1 + taken.len();
         }
         Ok(p.outputs.iter().map(|&o| values[o].clone().expect("outputs are computed")).collect())
     }
