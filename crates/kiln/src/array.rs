@@ -201,7 +201,7 @@ impl Array {
     pub fn from_op(prim: Primitive, inputs: Vec<Array>) -> Result<Array> {
         let sigs: Vec<(&[usize], DType)> = inputs.iter().map(|a| (a.shape(), a.dtype())).collect();
         let (shape, dtype) = prim.infer(&sigs)?;
-        let device = crate::device::common(prim.name(), &inputs)?;
+        let (device, inputs) = crate::device::common(prim.name(), inputs)?;
         Ok(Array::new_node(prim, inputs, shape.into(), dtype, device, None))
     }
 

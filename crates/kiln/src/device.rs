@@ -142,17 +142,29 @@ impl Spec {
     }
 }
 
-/// The one device of `inputs` for an op named `op`: the device they share,
-/// or the default device when there are none; arrays on two devices are an
-/// [`Error::Device`] naming both.
-pub(crate) fn common(op: &'static str, inputs: &[Array]) -> Result<Device> {
-    let Some(first) = inputs.first() else { return Ok(default_device()) };
+/// The one device of `inputs` for an op named `op`, and the inputs on it:
+/// the device they share, or the default device when there are none. A
+/// 0-d array that already holds data on another device moves to the
+/// others' device (as a CPU scalar tensor joins a GPU tensor in torch);
+/// other arrays on two devices are an [`Error::Device`] naming both.
+pub(crate) fn common(op: &'static str, inputs: Vec<Array>) -> Result<(Device, Vec<Array>)> {
+    let Some(first) = inputs.first() else { return Ok((default_device(), inputs)) };
     let d = first.device();
-    match inputs.iter().find(|a| a.device() != d) {
-        None => Ok(d),
-        Some(other) => Err(Error::Device {
-            op,
-            msg: format!("its inputs are on two devices, {d} and {}; move one with .to_device() first", other.device()),
-        }),
+    if inputs.iter().all(|a| a.device() == d) {
+        return Ok((d, inputs));
     }
+    let movable = |a: &Array| a.ndim() == 0 && a.is_evaluated();
+    let target = inputs.iter().find(|a| !movable(a)).unwrap_or(first).device();
+    let inputs = inputs
+        .into_iter()
+        .map(|a| match a.device() {
+            x if x == target => Ok(a),
+            _ if movable(&a) => a.to_device(target),
+            other => Err(Error::Device {
+                op,
+                msg: format!("its inputs are on two devices, {target} and {other}; move one with .to_device() first"),
+            }),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok((target, inputs))
 }

@@ -225,6 +225,30 @@ fn mixing_devices_is_an_error_naming_both() -> Result<()> {
 }
 
 #[test]
+fn zero_d_arrays_holding_data_join_the_other_device() -> Result<()> {
+    setup();
+    let m = on_mirror(&[1.0, 2.0], &[2])?;
+    let two = Array::scalar(2.0f32);
+    // Eager: the CPU scalar moves to the mirror, either side of the op.
+    for y in [(&m * &two)?, (&two * &m)?] {
+        y.eval()?;
+        assert!(is_mirror(&y));
+        assert_eq!(y.to_vec::<f32>()?, vec![2.0, 4.0]);
+    }
+    // Compiled: as an argument, and as a constant made while tracing.
+    let f = compile(|a: &Array, s: &Array| (a * s)? + &kiln::full(&[], 1.0, DType::F32)?);
+    let y = f.call((&m, &two))?;
+    assert!(is_mirror(&y));
+    assert_eq!(y.to_vec::<f32>()?, vec![3.0, 5.0]);
+    // A 0-d array not yet computed, or any larger array, does not move.
+    let lazy = (&two + 1.0f32)?;
+    assert!(matches!(&m * &lazy, Err(Error::Device { .. })));
+    let one = Array::from_slice(&[2.0f32], &[1])?;
+    assert!(matches!(&m * &one, Err(Error::Device { .. })));
+    Ok(())
+}
+
+#[test]
 fn kiln_default_device_creates_arrays_there() -> Result<()> {
     setup();
     let a = kiln::with_default_device(MIRROR, || -> Result<Array> { Array::from_slice(&[1.0f32, 2.0, 3.0], &[3]) })??;

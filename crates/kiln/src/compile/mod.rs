@@ -364,8 +364,7 @@ where
 /// The device a call runs on: its arguments' one device (two devices are an
 /// error naming both), or the default device when there are no arguments.
 fn call_device(args: &[&Array]) -> Result<crate::device::Device> {
-    let owned: smallvec::SmallVec<[Array; 8]> = args.iter().map(|a| (*a).clone()).collect();
-    crate::device::common("compiled call", &owned)
+    Ok(crate::device::common("compiled call", args.iter().map(|a| (*a).clone()).collect())?.0)
 }
 
 fn describe_args(args: &[&Array]) -> Vec<String> {
@@ -411,6 +410,18 @@ impl<F: TraceFn<Args>, Args> Compiled<F, Args> {
 
     fn call_slice(&self, args: &[&Array]) -> Result<<F::Out as Outputs>::Value> {
         self.check_arity(args)?;
+        // 0-d arguments holding data on another device join the others'
+        // device, as they do in eager ops.
+        let owned;
+        let moved: smallvec::SmallVec<[&Array; 8]>;
+        let args = match args.iter().all(|a| a.device() == args[0].device()) {
+            true => args,
+            false => {
+                owned = crate::device::common("compiled call", args.iter().map(|a| (*a).clone()).collect())?.1;
+                moved = owned.iter().collect();
+                &moved[..]
+            }
+        };
         // Debugging mode, or a call from inside another trace: run `f` itself
         // (inside a trace this inlines `f` into the outer graph).
         if compile_disabled() || (is_tracing() && args.iter().any(|a| !a.is_evaluated())) {
