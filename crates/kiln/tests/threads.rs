@@ -3,6 +3,11 @@
 
 use kiln::{Array, Axes, DType, Result};
 
+/// The tests here change and read process-wide state (the thread cap, the
+/// pool of kept buffers), so they take turns: one test dropping a result
+/// while another checks that a release left nothing would race.
+static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn ramp(n: usize) -> Array {
     let v: Vec<f32> = (0..n).map(|i| ((i % 1000) as f32 * 0.37).sin()).collect();
     Array::from_vec(v, &[n]).unwrap()
@@ -10,6 +15,7 @@ fn ramp(n: usize) -> Array {
 
 #[test]
 fn a_thread_cap_keeps_results_and_is_checked() -> Result<()> {
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
     let n = 1 << 22;
     let x = ramp(n);
     let w = kiln::random::normal(&[256, 256], DType::F32, 0.0, 1.0, Some(&kiln::random::key(3)))?;
@@ -30,6 +36,7 @@ fn a_thread_cap_keeps_results_and_is_checked() -> Result<()> {
 
 #[test]
 fn release_memory_frees_the_kept_buffers() -> Result<()> {
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
     // A dropped 32 MiB result goes to the pool of kept buffers...
     let y = (ramp(1 << 23) + 1.0f32)?;
     y.eval()?;
