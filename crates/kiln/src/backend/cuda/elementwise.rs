@@ -14,9 +14,8 @@ use std::fmt::Write;
 
 use crate::array::Data;
 use crate::backend::cuda::driver::{kernel_of, variant, Arg, Gpu, Memo};
-use crate::backend::cuda::source::{self, line, load, register_type, storage_type, store, PRELUDE};
+use crate::backend::cuda::source::{line, lit_of, load, ops_code, register_type, storage_type, store, PRELUDE};
 use crate::backend::cuda::{dev, fresh};
-use crate::dtype::DType;
 use crate::error::Result;
 use crate::layout::{collapse, contiguous_strides, Layout};
 use crate::passes::fuse::FusedGroup;
@@ -29,13 +28,13 @@ const MAX_BLOCKS: u64 = 8192;
 /// The kernel source for group `g` over a space of `rank` dimensions,
 /// with 64-bit index arithmetic when `wide`; input `k` is the C literal
 /// `lits[k]` when there is one (a constant, not read from memory).
-pub fn kernel_source(g: &FusedGroup, rank: usize, wide: bool, lits: &[Option<String>]) -> String {
+pub fn kernel_source(g: &FusedGroup, rank: usize, wide: bool, lits: &[Option<&str>]) -> String {
     let nin = g.inputs.len();
     let nout = g.outputs.len();
     let mut s = String::from(PRELUDE);
     let _ = writeln!(s, "typedef {} ix;", if wide { "long long" } else { "int" });
     let mut params = vec!["long long n".to_string()];
-    let lit = |k: usize| lits.get(k).and_then(|l| l.as_deref());
+    let lit = |k: usize| lit_of(lits, k);
     for (k, dt) in g.inputs.iter().enumerate().filter(|(k, _)| lit(*k).is_none()) {
         params.push(format!("const {}* __restrict__ p{k}", storage_type(*dt)));
     }
@@ -78,14 +77,7 @@ pub fn kernel_source(g: &FusedGroup, rank: usize, wide: bool, lits: &[Option<Str
         };
         line(&mut s, format!("{} r{k} = {v};", register_type(*dt)));
     }
-    for (j, op) in g.ops.iter().enumerate() {
-        let args: Vec<String> = op.args.iter().map(|&r| format!("r{r}")).collect();
-        let dts: Vec<DType> = op.args.iter().map(|&r| g.reg_dtype(r)).collect();
-        let (stmts, e) =
-            source::op(&op.prim, &args, &dts, op.dtype, &mut next).expect("fused groups hold elementwise ops only");
-        s.push_str(&stmts);
-        line(&mut s, format!("{} r{} = {e};", register_type(op.dtype), nin + j));
-    }
+    ops_code(&mut s, g, "r", &mut next);
     for (o, &r) in g.outputs.iter().enumerate() {
         let dt = g.reg_dtype(r);
         line(&mut s, format!("q{o}[{}] = {};", offset(nin + o), store(dt, &format!("r{r}"))));
@@ -122,7 +114,7 @@ pub fn launch(
     gpu: &Gpu,
     g: &FusedGroup,
     memo: Option<&Memo>,
-    lits: &[Option<String>],
+    lits: &[Option<&str>],
     inputs: &[Operand],
     outputs: &[Operand],
     shape: &[usize],
@@ -146,7 +138,7 @@ pub fn launch(
     let k =
         kernel_of(gpu, memo.map(|m| (m, variant(&[rank as u64, wide as u64]))), || kernel_source(g, rank, wide, lits))?;
     let mut args = vec![Arg::I64(n as i64)];
-    let read = inputs.iter().enumerate().filter(|(k, _)| lits.get(*k).is_none_or(|l| l.is_none()));
+    let read = inputs.iter().enumerate().filter(|(k, _)| lit_of(lits, *k).is_none());
     args.extend(read.map(|(_, o)| o).chain(outputs).map(|o| Arg::Ptr(o.ptr)));
     args.extend(dims.iter().map(|&d| Arg::I64(d as i64)));
     for st in &strides {
@@ -161,7 +153,7 @@ pub fn run(
     gpu: &'static Gpu,
     g: &FusedGroup,
     memo: Option<&Memo>,
-    lits: &[Option<String>],
+    lits: &[Option<&str>],
     inputs: &[&Data],
     shape: &[usize],
 ) -> Result<Vec<Data>> {

@@ -15,7 +15,7 @@
 //! memory returns to the stream-ordered pool while later kernels run.
 
 use crate::array::Data;
-use crate::backend::cuda::driver::Memo;
+use crate::backend::cuda::driver::{variant, Memo};
 use crate::backend::cuda::reduce::Src;
 use crate::backend::cuda::{elementwise, eval, matmul, reduce, source, Gpu};
 use crate::backend::{for_device, Executable, StepView};
@@ -44,8 +44,6 @@ pub struct CudaExecutable {
     consumers: Vec<Option<ConsumerPlan>>,
     /// Per step, the kernels made for it.
     memos: Vec<Memo>,
-    /// Per step, the literals of its inputs (see `literals`).
-    step_lits: Vec<Vec<Option<String>>>,
 }
 
 impl CudaExecutable {
@@ -80,34 +78,27 @@ impl CudaExecutable {
         let traced = |i: usize| -> &[usize] { &program.instrs[i].shape };
         let consumers = (0..steps.len()).map(|s| consumer(&steps[s], &steps[s + 1..], &traced)).collect();
         let memos = steps.iter().map(|_| Memo::default()).collect();
-        let step_lits = steps.iter().map(|st| st.inputs.iter().map(|&i| literals[i].clone()).collect()).collect();
-        Ok(CudaExecutable { gpu, program, steps, frees, constants, literals, consumers, memos, step_lits })
+        Ok(CudaExecutable { gpu, program, steps, frees, constants, literals, consumers, memos })
     }
 }
 
 /// How the steps after a reduction step run inside its kernel
 /// ([`reduce::Consumer`]): per row step, then for the space step, the
 /// sources of its inputs, and the program values the consumer reads as
-/// its own inputs ([`Src::Input`], in order).
-#[derive(Clone, Debug, Hash)]
+/// its own inputs ([`Src::Input`], in order); `number` stands for the
+/// rest (part of its kernel's memo variant).
+#[derive(Clone, Debug)]
 struct ConsumerPlan {
     rows: Vec<Vec<Src>>,
     space: Option<Vec<Src>>,
     inputs: Vec<usize>,
+    number: u64,
 }
 
 impl ConsumerPlan {
     /// The number of steps it takes in.
     fn len(&self) -> usize {
         self.rows.len() + self.space.is_some() as usize
-    }
-
-    /// A number standing for the plan (part of its kernel's memo variant).
-    fn number(&self) -> u64 {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        self.hash(&mut h);
-        h.finish() | 1
     }
 }
 
@@ -137,7 +128,7 @@ fn consumer<'a>(red: &Planned, after: &[Planned], shape_of: &impl Fn(usize) -> &
         .filter(|(_, &o)| shape_of(o) == row)
         .map(|(j, &o)| (o, Src::Reduced(j)))
         .collect();
-    let mut plan = ConsumerPlan { rows: vec![], space: None, inputs: vec![] };
+    let mut plan = ConsumerPlan { rows: vec![], space: None, inputs: vec![], number: 0 };
     for n in after {
         if !matches!(n.kernel, Kernel::Fused(_)) {
             break;
@@ -175,6 +166,14 @@ fn consumer<'a>(red: &Planned, after: &[Planned], shape_of: &impl Fn(usize) -> &
             break;
         }
     }
+    let srcs = plan.rows.iter().chain(&plan.space).flatten().map(|s| match *s {
+        Src::Reduced(j) => [0, j as u64, 0],
+        Src::Row(st, q) => [1, st as u64, q as u64],
+        Src::Input(k) => [2, k as u64, 0],
+    });
+    let mut parts = vec![plan.rows.len() as u64, plan.space.is_some() as u64];
+    parts.extend(srcs.flatten());
+    plan.number = variant(&parts) | 1;
     (plan.len() > 0).then_some(plan)
 }
 
@@ -194,15 +193,15 @@ fn literals(p: &Program) -> Result<Vec<Option<String>>> {
 
 impl CudaExecutable {
     /// The literals of values `values` (see `literals`).
-    fn literals_of<'a>(&self, values: impl IntoIterator<Item = &'a usize>) -> Vec<Option<String>> {
-        values.into_iter().map(|&i| self.literals[i].clone()).collect()
+    fn literals_of<'a>(&self, values: impl IntoIterator<Item = &'a usize>) -> Vec<Option<&str>> {
+        values.into_iter().map(|&i| self.literals[i].as_deref()).collect()
     }
 }
 
 /// Fused step `n` as a consumer step reading `src`.
-fn step<'a>(src: &[Src], n: &'a Planned) -> reduce::Step<'a> {
+fn step<'a>(src: &'a [Src], n: &'a Planned) -> reduce::Step<'a> {
     match &n.kernel {
-        Kernel::Fused(group) => reduce::Step { group, inputs: src.to_vec() },
+        Kernel::Fused(group) => reduce::Step { group, inputs: src },
         _ => unreachable!("consumer() takes fused groups"),
     }
 }
@@ -249,7 +248,7 @@ impl Executable for CudaExecutable {
                             self.gpu,
                             g,
                             Some(&self.memos[s]),
-                            &self.step_lits[s],
+                            &self.literals_of(&st.inputs),
                             &ins,
                             shape_of(st.outputs[0]),
                         )?
@@ -261,15 +260,17 @@ impl Executable for CudaExecutable {
                 // A reduction, with the steps after it that read its rows
                 // in the same kernel.
                 Kernel::ReduceFused { group, reductions, axes, source } if fused => {
+                    let replanned;
                     let plan = match shapes {
-                        None => self.consumers[s].clone(),
+                        None => self.consumers[s].as_ref(),
                         Some(_) => {
                             // The steps that still fuse at this call's shapes.
                             let n = self.steps[s + 1..].iter().take_while(|n| follows_at(n)).count();
-                            consumer(st, &self.steps[s + 1..s + 1 + n], &shape_of)
+                            replanned = consumer(st, &self.steps[s + 1..s + 1 + n], &shape_of);
+                            replanned.as_ref()
                         }
                     };
-                    taken = &self.steps[s + 1..s + 1 + plan.as_ref().map_or(0, |c| c.len())];
+                    taken = &self.steps[s + 1..s + 1 + plan.map_or(0, |c| c.len())];
                     let (ys, ws) = {
                         let get = |i: usize| values[i].as_ref().expect("inputs are computed first");
                         let ins: Vec<&Data> = st.inputs.iter().map(|&i| get(i)).collect();
@@ -277,11 +278,11 @@ impl Executable for CudaExecutable {
                         let lits = self.literals_of(st.inputs.iter().chain(plan.iter().flat_map(|c| &c.inputs)));
                         let shapes: Vec<(Vec<usize>, DType)> =
                             st.outputs.iter().map(|&o| (shape_of(o).to_vec(), p.instrs[o].dtype)).collect();
-                        let con = plan.as_ref().map(|c| reduce::Consumer {
+                        let con = plan.map(|c| reduce::Consumer {
                             rows: c.rows.iter().zip(taken).map(|(src, n)| step(src, n)).collect(),
                             space: c.space.as_ref().map(|src| step(src, &taken[c.rows.len()])),
                         });
-                        let memo = Some((&self.memos[s], plan.as_ref().map_or(0, |c| c.number())));
+                        let memo = Some((&self.memos[s], plan.map_or(0, |c| c.number)));
                         let space = shape_of(*source);
                         let con = con.as_ref().map(|c| (c, &cin[..]));
                         reduce::fold(self.gpu, group, memo, reductions, &ins, &lits, space, axes, &shapes, con)?
@@ -301,7 +302,7 @@ impl Executable for CudaExecutable {
                         let mut group_ins = vec![&product];
                         group_ins.extend(&ins[2..]);
                         let mut lits = vec![None];
-                        lits.extend(self.step_lits[s][2..].iter().cloned());
+                        lits.extend(self.literals_of(&st.inputs[2..]));
                         elementwise::run(self.gpu, g, Some(&self.memos[s]), &lits, &group_ins, shape_of(st.outputs[0]))?
                     };
                     for (&o, d) in st.outputs.iter().zip(outs) {
@@ -367,13 +368,13 @@ mod tests {
     fn planned(
         shapes: &[&[usize]],
         f: impl Fn(&[Array]) -> Result<Vec<Array>>,
-    ) -> (Program, Vec<Planned>, usize, Option<ConsumerPlan>) {
+    ) -> (Vec<Planned>, usize, Option<ConsumerPlan>) {
         let mut p = trace(shapes, f);
         crate::passes::optimize(&mut p, false, &super::super::GpuFacts);
         let steps = plan(&p, &super::super::GpuFacts);
         let s = steps.iter().position(|st| matches!(st.kernel, Kernel::ReduceFused { .. })).expect("a reduction");
         let c = consumer(&steps[s], &steps[s + 1..], &|i| &p.instrs[i].shape[..]);
-        (p, steps, s, c)
+        (steps, s, c)
     }
 
     fn layernorm(a: &[Array]) -> Result<Vec<Array>> {
@@ -387,7 +388,7 @@ mod tests {
 
     #[test]
     fn layernorm_runs_as_one_kernel() {
-        let (_, steps, s, c) = planned(&[&[64, 1024], &[1024], &[1024]], layernorm);
+        let (steps, s, c) = planned(&[&[64, 1024], &[1024], &[1024]], layernorm);
         let c = c.expect("the steps after the statistics fuse into their kernel");
         // rsqrt(var + eps) once per row, then the scale and shift.
         assert_eq!(c.rows.len(), 1, "{c:?}");
@@ -398,20 +399,21 @@ mod tests {
     }
 
     #[test]
-    fn softmax_reads_its_rows_once() {
-        let (p, steps, s, c) = planned(&[&[64, 1024]], |a| Ok(vec![a[0].softmax(-1)?]));
+    fn softmax_normalization_runs_in_the_reduction_kernel() {
+        let (steps, s, c) = planned(&[&[64, 1024]], |a| Ok(vec![a[0].softmax(-1)?]));
         let c = c.expect("softmax's normalization fuses into the reduction");
         assert!(c.rows.is_empty() && c.space.is_some(), "{c:?}");
         // The normalization reads the reduction's input again (its row,
         // just read, comes from L2).
-        assert!(c.inputs.iter().any(|i| steps[s].inputs.contains(i)), "{c:?} {:?}", p.instrs.len());
+        assert!(c.inputs.iter().any(|i| steps[s].inputs.contains(i)), "{c:?}");
+        assert_eq!(s + 1 + c.len(), steps.len(), "every step after the statistics is consumed");
     }
 
     #[test]
     fn per_row_steps_chain_and_a_varying_input_makes_a_space_step() {
         // log(sum(exp(x))) once per row, then y - it, where y varies along
         // the row (a space step, not a row step).
-        let (_, steps, s, c) = planned(&[&[8, 16], &[8, 16]], |a| {
+        let (steps, s, c) = planned(&[&[8, 16], &[8, 16]], |a| {
             let s = a[0].exp()?.sum(-1, true)?.log()?;
             Ok(vec![(&a[1] - &s)?])
         });

@@ -21,7 +21,7 @@ use crate::array::Data;
 use crate::backend::cuda::cmath;
 use crate::backend::cuda::driver::{kernel_of, variant, Arg, Gpu, Memo};
 use crate::backend::cuda::source::{
-    self, float_lit, line, load, offset_code, register_type, storage_type, store, PRELUDE,
+    float_lit, line, lit_of, load, offset_code, ops_code, register_type, storage_type, store, PRELUDE,
 };
 use crate::backend::cuda::{dev, fresh};
 use crate::backend::simd_math::Func;
@@ -177,7 +177,7 @@ pub struct Step<'a> {
     /// The group.
     pub group: &'a FusedGroup,
     /// One source per group input.
-    pub inputs: Vec<Src>,
+    pub inputs: &'a [Src],
 }
 
 /// The elementwise steps that [`fold`] runs right after its reductions,
@@ -185,9 +185,8 @@ pub struct Step<'a> {
 /// reduced axes kept as size 1: layernorm's `rsqrt(var + eps)`), computed
 /// once per row; then `space`, a group over the row's positions that reads
 /// the row's values (softmax's `exp(x - max) / sum`, layernorm's scale and
-/// shift). When the row fits in shared memory, the producer's inputs read
-/// in the first pass are kept there, and later passes and the space step
-/// read them from it rather than from memory again.
+/// shift). The row's values reach the space step through shared memory;
+/// the row itself, just read by the reductions, comes from L2.
 pub struct Consumer<'a> {
     /// Per-row steps, in order; each may read the earlier ones' outputs.
     pub rows: Vec<Step<'a>>,
@@ -200,7 +199,7 @@ impl Consumer<'_> {
     /// [`Src::Input`]).
     fn input_count(&self) -> usize {
         let steps = self.rows.iter().chain(&self.space);
-        let k = steps.flat_map(|st| &st.inputs).filter_map(|s| if let Src::Input(k) = s { Some(*k + 1) } else { None });
+        let k = steps.flat_map(|st| st.inputs).filter_map(|s| if let Src::Input(k) = s { Some(*k + 1) } else { None });
         k.max().unwrap_or(0)
     }
 
@@ -222,36 +221,16 @@ impl Consumer<'_> {
 /// than 4 and 16 for fused layernorm rows on an H200: bench/README).
 const UNROLL: usize = 8;
 /// A block's loop over the reduced positions `r`, running `body` at
-/// `n` positions per iteration, each in its own scope (so a thread has
-/// several loads in flight while it folds in order).
-fn unrolled(s: &mut String, body: &str, n: usize) {
-    line(s, format!("for (ix r0 = threadIdx.x; r0 < (ix)nred; r0 += {n} * (ix)blockDim.x) {{"));
-    for u in 0..n {
+/// [`UNROLL`] positions per iteration, each in its own scope (so a thread
+/// has several loads in flight while it folds in order).
+fn unrolled(s: &mut String, body: &str) {
+    line(s, format!("for (ix r0 = threadIdx.x; r0 < (ix)nred; r0 += {UNROLL} * (ix)blockDim.x) {{"));
+    for u in 0..UNROLL {
         line(s, format!("{{ const ix r = r0 + {u} * (ix)blockDim.x; if (r < (ix)nred) {{"));
         s.push_str(body);
         line(s, "}}");
     }
     line(s, "}");
-}
-
-/// Operand `k`'s C literal in `lits` (producer inputs, then the
-/// consumer's), if it has one.
-fn lit_of(lits: &[Option<String>], k: usize) -> Option<&str> {
-    lits.get(k).and_then(|l| l.as_deref())
-}
-
-/// The statements of `g`'s ops on registers `{pre}0..` (inputs already
-/// declared), declaring one register per op.
-fn ops_code(s: &mut String, g: &FusedGroup, pre: &str, next: &mut usize) {
-    let n = g.inputs.len();
-    for (j, op) in g.ops.iter().enumerate() {
-        let args: Vec<String> = op.args.iter().map(|&r| format!("{pre}{r}")).collect();
-        let dts: Vec<DType> = op.args.iter().map(|&r| g.reg_dtype(r)).collect();
-        let (stmts, e) =
-            source::op(&op.prim, &args, &dts, op.dtype, next).expect("fused groups hold elementwise ops only");
-        s.push_str(&stmts);
-        line(s, format!("{} {pre}{} = {e};", register_type(op.dtype), n + j));
-    }
 }
 
 /// The kernel of reductions of a producer: group `g`'s outputs computed
@@ -262,12 +241,12 @@ fn ops_code(s: &mut String, g: &FusedGroup, pre: &str, next: &mut usize) {
 /// literal in `lits` (producer inputs, then the consumer's) are inlined.
 /// A plain reduction is the group that passes its input through.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn fold_source(
+fn fold_source(
     g: &FusedGroup,
     reductions: &[(ReduceOp, usize)],
     outs: &[DType],
     consumer: Option<&Consumer>,
-    lits: &[Option<String>],
+    lits: &[Option<&str>],
     kr: usize,
     rr: usize,
     wide: bool,
@@ -360,24 +339,18 @@ pub(crate) fn fold_source(
         }
         ops_code(s, g, "r", next);
     };
-    // A pass over the thread's positions of the row.
-    let pass = |s: &mut String, next: &mut usize, body: &dyn Fn(&mut String, &mut usize)| {
-        let mut b = String::new();
-        body(&mut b, next);
-        unrolled(s, &b, UNROLL);
-    };
     // First pass: every reduction (the maximum for logsumexp/sumexp, the
     // sum for var).
     for (j, (t, _)) in accs.iter().enumerate() {
         line(&mut s, format!("{t} a{j} = a0_{j};"));
     }
-    pass(&mut s, &mut next, &|b, next| {
-        produce(b, next);
-        for (j, &(op, o)) in reductions.iter().enumerate() {
-            let t = accs[j].0;
-            line(b, format!("{{ {t} a = a{j}; {t} v = ({t})r{}; {} a{j} = a; }}", g.outputs[o], fold_step(op, t)));
-        }
-    });
+    let mut b = String::new();
+    produce(&mut b, &mut next);
+    for (j, &(op, o)) in reductions.iter().enumerate() {
+        let t = accs[j].0;
+        line(&mut b, format!("{{ {t} a = a{j}; {t} v = ({t})r{}; {} a{j} = a; }}", g.outputs[o], fold_step(op, t)));
+    }
+    unrolled(&mut s, &b);
     for (j, &(op, _)) in reductions.iter().enumerate() {
         let t = accs[j].0;
         line(&mut s, format!("{{ {t} a = a{j};"));
@@ -395,26 +368,26 @@ pub(crate) fn fold_source(
                 line(&mut s, format!("a{j} = 0;"));
             }
         }
-        pass(&mut s, &mut next, &|b, next| {
-            produce(b, next);
-            for (j, &(op, o)) in reductions.iter().enumerate() {
-                if !two_pass(op) {
-                    continue;
-                }
-                let t = accs[j].0;
-                line(b, format!("{{ {t} v = ({t})r{};", g.outputs[o]));
-                match op {
-                    ReduceOp::Var { .. } => line(b, format!("a{j} = a{j} + (v - mean{j}) * (v - mean{j});")),
-                    _ if t == "double" => line(b, format!("a{j} = a{j} + exp(v - first{j});")),
-                    _ => {
-                        let (stmts, e) = cmath::print(Func::Exp, &format!("(v - first{j})"), next);
-                        b.push_str(&stmts);
-                        line(b, format!("a{j} = a{j} + {e};"));
-                    }
-                }
-                line(b, "}");
+        let mut b = String::new();
+        produce(&mut b, &mut next);
+        for (j, &(op, o)) in reductions.iter().enumerate() {
+            if !two_pass(op) {
+                continue;
             }
-        });
+            let t = accs[j].0;
+            line(&mut b, format!("{{ {t} v = ({t})r{};", g.outputs[o]));
+            match op {
+                ReduceOp::Var { .. } => line(&mut b, format!("a{j} = a{j} + (v - mean{j}) * (v - mean{j});")),
+                _ if t == "double" => line(&mut b, format!("a{j} = a{j} + exp(v - first{j});")),
+                _ => {
+                    let (stmts, e) = cmath::print(Func::Exp, &format!("(v - first{j})"), &mut next);
+                    b.push_str(&stmts);
+                    line(&mut b, format!("a{j} = a{j} + {e};"));
+                }
+            }
+            line(&mut b, "}");
+        }
+        unrolled(&mut s, &b);
         for (j, &(op, _)) in reductions.iter().enumerate() {
             if two_pass(op) {
                 let t = accs[j].0;
@@ -450,11 +423,10 @@ pub(crate) fn fold_source(
         match *src {
             Src::Reduced(j) => load(dt, &format!("rv{j}")),
             Src::Row(st, q) => load(dt, &format!("rw{st}_{q}")),
-            Src::Input(m) if lit_of(lits, nin + m).is_some() => lit_of(lits, nin + m).unwrap_or_default().to_string(),
-            Src::Input(m) => {
-                let op = nin + m;
-                load(dt, &format!("p{op}[base{op}{at}]"))
-            }
+            Src::Input(m) => match lit_of(lits, nin + m) {
+                Some(l) => l.to_string(),
+                None => load(dt, &format!("p{op}[base{op}{at}]", op = nin + m)),
+            },
         }
     };
     for (st, step) in rows.iter().enumerate() {
@@ -552,7 +524,7 @@ pub fn fold(
     memo: Option<(&Memo, u64)>,
     reductions: &[(ReduceOp, usize)],
     inputs: &[&Data],
-    lits: &[Option<String>],
+    lits: &[Option<&str>],
     space: &[usize],
     axes: &[usize],
     outs: &[(Vec<usize>, DType)],

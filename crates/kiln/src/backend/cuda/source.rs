@@ -14,6 +14,7 @@ use crate::backend::cuda::cmath;
 use crate::backend::simd_math::Func;
 use crate::buffer::Buffer;
 use crate::dtype::DType;
+use crate::passes::fuse::FusedGroup;
 use crate::primitive::{BinaryOp, Primitive, UnaryOp};
 
 /// Definitions every generated kernel starts with.
@@ -163,6 +164,26 @@ pub fn literal(b: &Buffer) -> Option<String> {
         Buffer::F32(v) => float_lit(DType::F32, *v.first()? as f64),
         Buffer::F64(v) => float_lit(DType::F64, *v.first()?),
     })
+}
+
+/// The C literal of operand `k` in `lits`, if it has one (a constant
+/// inlined rather than read).
+pub fn lit_of<'a>(lits: &[Option<&'a str>], k: usize) -> Option<&'a str> {
+    lits.get(k).copied().flatten()
+}
+
+/// The statements of `g`'s ops on registers `{pre}0..` (its inputs already
+/// declared), declaring one register per op.
+pub fn ops_code(s: &mut String, g: &FusedGroup, pre: &str, next: &mut usize) {
+    let n = g.inputs.len();
+    for (j, op) in g.ops.iter().enumerate() {
+        let args: Vec<String> = op.args.iter().map(|&r| format!("{pre}{r}")).collect();
+        let dts: Vec<DType> = op.args.iter().map(|&r| g.reg_dtype(r)).collect();
+        let (stmts, e) =
+            self::op(&op.prim, &args, &dts, op.dtype, next).expect("fused groups hold elementwise ops only");
+        s.push_str(&stmts);
+        line(s, format!("{} {pre}{} = {e};", register_type(op.dtype), n + j));
+    }
 }
 
 /// Converts register value `x` of `from` to a register value of `to`
