@@ -522,9 +522,10 @@ fn compiled_constants_of_every_dtype_equal_the_cpu() -> Result<()> {
     let mut rng = Rng::new(5);
     for dt in ALL_DTYPES {
         let x = values(dt, &mut rng, 257)?;
-        // Constants at the dtype's extremes and in between (one-element
-        // constants are literals in the kernel source: each must keep its
-        // exact value), in a fused group and beside a reduction.
+        // A constant of each dtype (i32's minimum, a float with an exact
+        // binary value; one-element constants are literals in the kernel
+        // source and must keep their exact value), in a fused group and
+        // beside a reduction.
         let f = move |x: &Array| -> Result<Vec<Array>> {
             let v = match dt {
                 DType::Bool => 1.0,

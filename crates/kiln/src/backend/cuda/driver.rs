@@ -285,33 +285,13 @@ impl Gpu {
         };
         // The values and pointers to them, on the stack for the usual
         // argument counts (no allocation per launch).
-        const STACK: usize = 48;
-        let mut heap_vals;
-        let mut stack_vals = [[0u8; 8]; STACK];
-        let vals: &mut [[u8; 8]] = if args.len() <= STACK {
-            &mut stack_vals[..args.len()]
-        } else {
-            heap_vals = vec![[0u8; 8]; args.len()];
-            &mut heap_vals
-        };
-        for (v, a) in vals.iter_mut().zip(args) {
-            *v = bytes(a);
-        }
-        let mut heap_params;
-        let mut stack_params = [std::ptr::null_mut::<c_void>(); STACK];
-        let params: &mut [*mut c_void] = if args.len() <= STACK {
-            &mut stack_params[..args.len()]
-        } else {
-            heap_params = vec![std::ptr::null_mut::<c_void>(); args.len()];
-            &mut heap_params
-        };
-        for (p, v) in params.iter_mut().zip(vals.iter_mut()) {
-            *p = v.as_mut_ptr() as *mut c_void;
-        }
+        let mut vals: smallvec::SmallVec<[[u8; 8]; 48]> = args.iter().map(bytes).collect();
+        let mut params: smallvec::SmallVec<[*mut c_void; 48]> =
+            vals.iter_mut().map(|v| v.as_mut_ptr() as *mut c_void).collect();
         // SAFETY: `k` was compiled from source whose parameter list matches
         // `args` in order and type (the caller builds both); each parameter
         // points at 8 bytes that outlive the call, which copies them.
-        unsafe { cu::launch_kernel(k.0, (blocks, 1, 1), (threads, 1, 1), shared, self.stream.cu_stream(), params) }
+        unsafe { cu::launch_kernel(k.0, (blocks, 1, 1), (threads, 1, 1), shared, self.stream.cu_stream(), &mut params) }
             .map_err(|e| err("launch", e))
     }
 
