@@ -3,6 +3,8 @@
 //! kiln's own shape ops, f64 reference helpers and tolerant comparison.
 #![allow(dead_code)]
 
+pub mod ulp;
+
 use std::fmt::Debug;
 
 use half::{bf16, f16};

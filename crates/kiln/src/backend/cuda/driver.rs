@@ -83,6 +83,33 @@ pub struct Gpu {
     kernels: Mutex<std::collections::HashMap<String, Kernel>>,
     /// The cuBLAS handle, made on first use.
     blas: OnceLock<std::result::Result<BlasHandle, String>>,
+    /// Freed small blocks kept for reuse.
+    blocks: Mutex<Blocks>,
+}
+
+/// Freed device blocks of at most [`Blocks::LARGEST`] bytes, kept on the
+/// host by size for the next allocation of that size, up to
+/// [`Blocks::MOST`] bytes in all. Every kernel and copy of a GPU runs on
+/// its one stream, so a block freed in stream order can be handed to later
+/// work at once; keeping it here saves the driver's allocation and free
+/// calls (about a microsecond each), which count in a small call's time.
+/// Larger blocks go back to the driver's stream-ordered pool.
+#[derive(Default)]
+struct Blocks {
+    free: std::collections::HashMap<usize, Vec<u64>>,
+    bytes: usize,
+}
+
+impl Blocks {
+    /// The largest block kept.
+    const LARGEST: usize = 16 << 20;
+    /// The most bytes kept in all.
+    const MOST: usize = 256 << 20;
+
+    /// The size class of an allocation of `bytes`: whole 256-byte units.
+    fn class(bytes: usize) -> usize {
+        bytes.max(1).div_ceil(256) * 256
+    }
 }
 
 impl std::fmt::Debug for Gpu {
@@ -188,32 +215,88 @@ impl Gpu {
                 );
             }
         }
-        Ok(Gpu { ordinal, capability, ctx, stream, kernels: Mutex::default(), blas: OnceLock::new() })
+        Ok(Gpu {
+            ordinal,
+            capability,
+            ctx,
+            stream,
+            kernels: Mutex::default(),
+            blas: OnceLock::new(),
+            blocks: Mutex::default(),
+        })
     }
 
     fn bind(&self, op: &'static str) -> Result<()> {
         self.ctx.bind_to_thread().map_err(|e| err(op, e))
     }
 
-    /// Allocates `bytes` of device memory (stream-ordered), for `op`.
+    /// Allocates `bytes` of device memory (stream-ordered), for `op`: a
+    /// kept block of its size class when there is one (freed small blocks
+    /// are kept for reuse),
+    /// else from the driver's pool; when the device is out of memory, the
+    /// kept blocks are given back and the allocation tried once more.
     pub fn alloc(&self, op: &'static str, bytes: usize) -> Result<u64> {
+        let class = Blocks::class(bytes);
+        if class <= Blocks::LARGEST {
+            let mut b = self.blocks.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(p) = b.free.get_mut(&class).and_then(|v| v.pop()) {
+                b.bytes -= class;
+                return Ok(p);
+            }
+        }
         self.bind(op)?;
-        // SAFETY: allocation on this GPU's stream; the pointer is freed by
-        // `free` on the same stream.
-        match unsafe { cu::malloc_async(self.stream.cu_stream(), bytes.max(1)) } {
+        match self.malloc(class) {
+            Err(DriverError(sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY)) if self.release_blocks() > 0 => {
+                match self.malloc(class) {
+                    Ok(p) => Ok(p),
+                    Err(DriverError(sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY)) => Err(Error::OutOfMemory { op, bytes }),
+                    Err(e) => Err(err(op, e)),
+                }
+            }
             Ok(p) => Ok(p),
             Err(DriverError(sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY)) => Err(Error::OutOfMemory { op, bytes }),
             Err(e) => Err(err(op, e)),
         }
     }
 
-    /// Frees memory from [`Gpu::alloc`] once the work queued before it is done.
-    pub fn free(&self, ptr: u64) {
+    fn malloc(&self, bytes: usize) -> std::result::Result<u64, DriverError> {
+        // SAFETY: allocation on this GPU's stream (the context is bound);
+        // the pointer is freed by `free` on the same stream.
+        unsafe { cu::malloc_async(self.stream.cu_stream(), bytes) }
+    }
+
+    /// Frees memory from [`Gpu::alloc`] of `bytes` once the work queued
+    /// before it is done: blocks of at most 16 MiB, up to 256 MiB in all,
+    /// are kept for the next allocation of their size.
+    pub fn free(&self, ptr: u64, bytes: usize) {
+        let class = Blocks::class(bytes);
+        if class <= Blocks::LARGEST {
+            let mut b = self.blocks.lock().unwrap_or_else(|e| e.into_inner());
+            if b.bytes + class <= Blocks::MOST {
+                b.bytes += class;
+                b.free.entry(class).or_default().push(ptr);
+                return;
+            }
+        }
+        self.driver_free(ptr);
+    }
+
+    fn driver_free(&self, ptr: u64) {
         if self.ctx.bind_to_thread().is_ok() {
             // SAFETY: `ptr` came from `alloc` and is freed once (its
-            // storage's drop); stream order keeps queued readers valid.
+            // storage's drop, or the kept blocks' release); stream order
+            // keeps queued readers valid.
             let _ = unsafe { cu::free_async(ptr, self.stream.cu_stream()) };
         }
+    }
+
+    /// Gives every kept block back to the driver's pool; returns the bytes.
+    pub fn release_blocks(&self) -> usize {
+        let blocks = std::mem::take(&mut *self.blocks.lock().unwrap_or_else(|e| e.into_inner()));
+        for p in blocks.free.into_values().flatten() {
+            self.driver_free(p);
+        }
+        blocks.bytes
     }
 
     /// Copies host bytes to device memory at `dst` (which holds at least as many).
@@ -323,8 +406,10 @@ impl Gpu {
 
 /// NVRTC's options for every kernel (besides the architecture): no
 /// contraction of `a * b + c` into one rounding, so kernels compute what
-/// the CPU's do (explicit `fmaf` calls still fuse).
-const NVRTC_OPTIONS: [&str; 2] = ["--fmad=false", "--std=c++17"];
+/// the CPU's do (explicit `fmaf` calls still fuse); `--minimal` leaves out
+/// the CUDA runtime's declarations that generated kernels never use
+/// (textures, device-side launches), which shortens every compilation.
+const NVRTC_OPTIONS: [&str; 3] = ["--fmad=false", "--std=c++17", "--minimal"];
 
 /// The folder of the on-disk kernel cache: `KILN_CACHE_DIR`, else
 /// `$XDG_CACHE_HOME/kiln`, else `~/.cache/kiln`, with `cuda/` below it;

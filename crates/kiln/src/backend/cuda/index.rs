@@ -50,7 +50,7 @@ pub fn take(gpu: &'static Gpu, x: &Data, idx: &Data, axis: usize, shape: &[usize
         }
     });
     let ip = gpu.alloc("take", norm.len() * 8)?;
-    let guard = FreeOnDrop(gpu, ip);
+    let guard = FreeOnDrop(gpu, ip, norm.len() * 8);
     gpu.upload(ip, &norm)?;
     let (od, os) = (&l.shape[..axis], &l.strides[..axis]);
     let (id, is) = (&l.shape[axis + 1..], &l.strides[axis + 1..]);
@@ -100,11 +100,11 @@ pub fn take(gpu: &'static Gpu, x: &Data, idx: &Data, axis: usize, shape: &[usize
 }
 
 /// Device memory freed when dropped (stream-ordered, after queued work).
-struct FreeOnDrop(&'static Gpu, u64);
+struct FreeOnDrop(&'static Gpu, u64, usize);
 
 impl Drop for FreeOnDrop {
     fn drop(&mut self) {
-        self.0.free(self.1);
+        self.0.free(self.1, self.2);
     }
 }
 

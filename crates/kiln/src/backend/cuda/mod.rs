@@ -7,8 +7,9 @@
 //! runs on machines without CUDA: asking for a GPU there is an
 //! [`Error::Device`] that says what is missing, never a panic.
 //!
-//! Every kernel is CUDA C that kiln writes itself ([`source`], with the
-//! `f32` transcendentals printed from the CPU's `simd_math` by [`cmath`]),
+//! Every kernel is CUDA C that kiln writes itself ([`source`]; `f32`
+//! transcendentals are CUDA's own functions or the CPU's `simd_math`
+//! printed as C, whichever is shorter on the GPU: [`cmath`]),
 //! compiled by NVRTC to a cubin for the device's architecture and kept for
 //! the process. Sizes and strides are kernel arguments, so one kernel
 //! serves every shape of a rank (shapeless functions compile once).
@@ -30,9 +31,11 @@
 //!
 //! Semantics equal the CPU backend's: integer, comparison and
 //! non-transcendental float results are equal bit for bit; `f32`
-//! transcendentals are the CPU's approximations (within their stated ulp
-//! bounds; the GPU's reciprocal is correctly rounded where the CPU's is
-//! within one ulp); `f64` transcendentals and `log2`, `log10`, `tan`,
+//! transcendentals are each within its stated ulp bound of the true value
+//! on both backends ([`cmath::bound`]: `exp`, `tanh`, `erf` 2 ulp, `log`,
+//! `log1p` 1 ulp through CUDA's functions; `expm1`, `sigmoid`, `sin`, `cos`
+//! the CPU's approximations), so the two agree within the sum of their
+//! bounds; `f64` transcendentals and `log2`, `log10`, `tan`,
 //! `pow`, `atan2` use CUDA's `f64` math (within 2 ulp of `f64`), and float
 //! sums may be added in another order.
 

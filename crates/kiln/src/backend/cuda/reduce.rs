@@ -344,14 +344,25 @@ fn fold_source(
     for (j, (t, _)) in accs.iter().enumerate() {
         line(&mut s, format!("{t} a{j} = a0_{j};"));
     }
+    // A first pass equal to an earlier one's (softmax's maximum and its
+    // sum's shift) is folded once.
+    let key = |j: usize| {
+        let (op, o) = reductions[j];
+        (fold_step(op, accs[j].0), &accs[j], o)
+    };
+    let same: Vec<usize> = (0..reductions.len()).map(|j| (0..j).find(|&i| key(i) == key(j)).unwrap_or(j)).collect();
     let mut b = String::new();
     produce(&mut b, &mut next);
-    for (j, &(op, o)) in reductions.iter().enumerate() {
+    for (j, &(op, o)) in reductions.iter().enumerate().filter(|&(j, _)| same[j] == j) {
         let t = accs[j].0;
         line(&mut b, format!("{{ {t} a = a{j}; {t} v = ({t})r{}; {} a{j} = a; }}", g.outputs[o], fold_step(op, t)));
     }
     unrolled(&mut s, &b);
     for (j, &(op, _)) in reductions.iter().enumerate() {
+        if same[j] != j {
+            line(&mut s, format!("a{j} = a{};", same[j]));
+            continue;
+        }
         let t = accs[j].0;
         line(&mut s, format!("{{ {t} a = a{j};"));
         block_combine(&mut s, t, fold_step(op, t), &format!("a0_{j}"), &format!("sh{j}"));
@@ -380,7 +391,7 @@ fn fold_source(
                 ReduceOp::Var { .. } => line(&mut b, format!("a{j} = a{j} + (v - mean{j}) * (v - mean{j});")),
                 _ if t == "double" => line(&mut b, format!("a{j} = a{j} + exp(v - first{j});")),
                 _ => {
-                    let (stmts, e) = cmath::print(Func::Exp, &format!("(v - first{j})"), &mut next);
+                    let (stmts, e) = cmath::call(Func::Exp, &format!("(v - first{j})"), &mut next);
                     b.push_str(&stmts);
                     line(&mut b, format!("a{j} = a{j} + {e};"));
                 }
@@ -410,7 +421,13 @@ fn fold_source(
             ReduceOp::Var { ddof } => format!("{a} / ({t})(nred > {ddof}ll ? nred - {ddof}ll : 0ll)"),
             ReduceOp::SumExp => format!("({first} - {first} == 0) ? {a} : {nan}"),
             ReduceOp::LogSumExp => {
-                let log = if t == "double" { format!("log({a})") } else { format!("logf({a})") };
+                let log = if t == "double" {
+                    format!("log({a})")
+                } else {
+                    let (stmts, e) = cmath::call(Func::Log, &a, &mut next);
+                    s.push_str(&stmts);
+                    e
+                };
                 format!("{first} != {first} ? {first} : {first} == {inf} ? {first} : {first} == -{inf} ? {first} : {first} + {log}")
             }
             _ => a.clone(),
@@ -448,22 +465,43 @@ fn fold_source(
     line(&mut s, "}");
     if let Some(step) = consumer.and_then(|c| c.space.as_ref()) {
         // Every thread reads the row's values, then runs the space step
-        // over its positions of the row.
+        // over its positions of the row, UNROLL at a time: first all their
+        // loads, then their arithmetic and stores (a division's slow path
+        // is a call, which would otherwise keep each load behind the last
+        // position's store).
         line(&mut s, "__syncthreads();");
-        line(&mut s, "for (ix r = threadIdx.x; r < (ix)nred; r += blockDim.x) {");
-        decompose(&mut s, "off", "r", "r", rr);
-        for (k, src) in step.inputs.iter().enumerate() {
-            let dt = step.group.inputs[k];
-            let at = match src {
-                Src::Input(m) => format!(" + off{}", nin + m),
-                _ => String::new(),
-            };
-            line(&mut s, format!("{} c{k} = {};", register_type(dt), source_of(src, dt, &at)));
+        line(&mut s, format!("for (ix r0 = threadIdx.x; r0 < (ix)nred; r0 += {UNROLL} * (ix)blockDim.x) {{"));
+        for u in 0..UNROLL {
+            for (k, &dt) in step.group.inputs.iter().enumerate() {
+                line(&mut s, format!("{} u{u}c{k}{{}};", register_type(dt)));
+            }
         }
-        ops_code(&mut s, step.group, "c", &mut next);
-        for (q, &r) in step.group.outputs.iter().enumerate() {
-            let op = nin + cin.len() + q;
-            line(&mut s, format!("p{op}[base{op} + off{op}] = {};", store(step.group.reg_dtype(r), &format!("c{r}"))));
+        let at = |s: &mut String, u: usize| {
+            line(s, format!("{{ const ix r = r0 + {u} * (ix)blockDim.x; if (r < (ix)nred) {{"));
+            decompose(s, "off", "r", "r", rr);
+        };
+        for u in 0..UNROLL {
+            at(&mut s, u);
+            for (k, src) in step.inputs.iter().enumerate() {
+                let dt = step.group.inputs[k];
+                let at = match src {
+                    Src::Input(m) => format!(" + off{}", nin + m),
+                    _ => String::new(),
+                };
+                line(&mut s, format!("u{u}c{k} = {};", source_of(src, dt, &at)));
+            }
+            line(&mut s, "}}");
+        }
+        for u in 0..UNROLL {
+            at(&mut s, u);
+            let pre = format!("u{u}c");
+            ops_code(&mut s, step.group, &pre, &mut next);
+            for (q, &r) in step.group.outputs.iter().enumerate() {
+                let op = nin + cin.len() + q;
+                let v = store(step.group.reg_dtype(r), &format!("{pre}{r}"));
+                line(&mut s, format!("p{op}[base{op} + off{op}] = {v};"));
+            }
+            line(&mut s, "}}");
         }
         line(&mut s, "}");
     }

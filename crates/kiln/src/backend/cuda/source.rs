@@ -320,7 +320,7 @@ fn unary(u: UnaryOp, x: &str, dt: DType, out: DType, next: &mut usize) -> (Strin
                 };
                 r(e)
             } else {
-                let (stmts, v) = cmath::print(func, x, next);
+                let (stmts, v) = cmath::call(func, x, next);
                 (stmts, round_to(out, v))
             }
         }

@@ -40,7 +40,7 @@ impl CudaStorage {
 
 impl Drop for CudaStorage {
     fn drop(&mut self) {
-        self.gpu.free(self.ptr);
+        self.gpu.free(self.ptr, self.len * self.dtype.size());
     }
 }
 
