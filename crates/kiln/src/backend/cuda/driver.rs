@@ -231,8 +231,7 @@ impl Gpu {
     }
 
     /// Allocates `bytes` of device memory (stream-ordered), for `op`: a
-    /// kept block of its size class when there is one (freed small blocks
-    /// are kept for reuse),
+    /// kept block of its size class when there is one (see [`Gpu::free`]),
     /// else from the driver's pool; when the device is out of memory, the
     /// kept blocks are given back and the allocation tried once more.
     pub fn alloc(&self, op: &'static str, bytes: usize) -> Result<u64> {

@@ -68,8 +68,9 @@ pub fn kernel_source(g: &FusedGroup, rank: usize, wide: bool, lits: &[Option<&st
         s.push_str("}\n");
         return s;
     }
-    // One position per thread and iteration (four, for more loads in
-    // flight, made the gelus 8-16% slower on an H200: bench/README).
+    // One position per thread and iteration (four scalar positions, for
+    // more loads in flight, made the gelus 8-16% slower on an H200 when
+    // they were bound by instructions: bench/README).
     line(&mut s, "for (ix i = (ix)blockIdx.x * (ix)blockDim.x + (ix)threadIdx.x; i < (ix)n; i += step) {");
     let offset = |k: usize| -> String {
         if rank == 0 {
@@ -158,19 +159,19 @@ fn vector_body(s: &mut String, g: &FusedGroup, lits: &[Option<&str>], mask: u64)
 /// `dims` (see [`kernel_source`]), or `None` when the space is not one
 /// contiguous dimension, or an operand has a stride other than 0 or 1
 /// (outputs: 1) or is not aligned to its 4-element vector.
-fn vector_mask(
+fn vector_mask<'a>(
     g: &FusedGroup,
     lits: &[Option<&str>],
     dims: &[usize],
-    ops: &[&Operand],
+    ops: impl Iterator<Item = &'a Operand>,
     strides: &[Vec<isize>],
 ) -> Option<u64> {
-    if dims.len() != 1 || ops.len() > 64 {
+    if dims.len() != 1 || strides.len() > 64 {
         return None;
     }
     let nin = g.inputs.len();
     let mut mask = 0u64;
-    for (k, (op, st)) in ops.iter().zip(strides).enumerate() {
+    for (k, (op, st)) in ops.zip(strides).enumerate() {
         let size = if k < nin { g.inputs[k].size() } else { g.reg_dtype(g.outputs[k - nin]).size() };
         match st[0] {
             _ if k < nin && lit_of(lits, k).is_some() => {}
@@ -230,10 +231,9 @@ pub fn launch(
         .unwrap_or(0);
     let limit = i32::MAX as u128;
     let wide = n as u128 + blocks as u128 * THREADS as u128 > limit || reach > limit;
-    let ops: Vec<&Operand> = inputs.iter().chain(outputs).collect();
-    let vec = vector_mask(g, lits, &dims, &ops, &strides);
+    let vec = vector_mask(g, lits, &dims, inputs.iter().chain(outputs), &strides);
     let blocks = if vec.is_some() { (n as u64).div_ceil(4 * THREADS as u64).min(MAX_BLOCKS) } else { blocks };
-    let key = variant(&[rank as u64, wide as u64, vec.map_or(u64::MAX, |m| m)]);
+    let key = variant(&[rank as u64, wide as u64, vec.unwrap_or(u64::MAX)]);
     let k = kernel_of(gpu, memo.map(|m| (m, key)), || kernel_source(g, rank, wide, lits, vec))?;
     let mut args = vec![Arg::I64(n as i64)];
     let read = inputs.iter().enumerate().filter(|(k, _)| lit_of(lits, *k).is_none());
