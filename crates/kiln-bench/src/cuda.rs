@@ -194,6 +194,28 @@ fn table(rows: &[Row]) -> String {
     s
 }
 
+/// Per-call times (pipelined / synced) of a compiled `x @ w + b` on GPU 0
+/// at products of 2^15 to 2^29 multiply-adds, as a Markdown table: where
+/// kiln's tiled kernel (one launch with the bias) stops beating cuBLAS
+/// and a second kernel. Which runs is set by `KILN_CUDA_SMALL_PRODUCT`.
+pub fn products() -> Result<String> {
+    let mut s = String::from("| m x k x n | multiply-adds | pipelined | synced |\n|---|---|---|---|\n");
+    let f = compile(super::matmul_add);
+    for (m, k, n) in [(8, 64, 64), (32, 128, 256), (64, 256, 256), (128, 256, 512), (256, 512, 512), (512, 1024, 1024)]
+    {
+        let xs: Vec<Array> = (0..8).map(|_| normal(&[m, k], 1.0)).collect::<Result<_>>()?;
+        let w = normal(&[k, n], 1.0)?;
+        let b = normal(&[n], 1.0)?;
+        let mut i = 0;
+        let (p, sy) = time(100, 7, || {
+            i += 1;
+            f.call((&xs[i % xs.len()], &w, &b))?.eval()
+        })?;
+        s.push_str(&format!("| {m} x {k} x {n} | {} | {:.1} us | {:.1} us |\n", m * k * n, p * 1e6, sy * 1e6));
+    }
+    Ok(s)
+}
+
 /// Milliseconds of the first call of a compiled gelu_tanh or layernorm in
 /// this process (its kernels compiled by NVRTC or read from the disk
 /// cache), on inputs already on the GPU.

@@ -8,6 +8,9 @@
 //!     one fresh-process run (compile included); prints milliseconds
 //! kiln-bench report --out DIR PART.json...
 //!     merge parts, add the matmul floor, write cpu.json, cpu.md, missing.json
+//! kiln-bench cuda-products
+//!     compiled `x @ w + b` per call on GPU 0 at sizes around the tiled
+//!     kernel's limit (run with KILN_CUDA_SMALL_PRODUCT=0 for cuBLAS alone)
 //! kiln-bench compile-time [--quick] [--out DIR]
 //!     first-call time of a compiled chain of n elementwise ops against n,
 //!     and the ratio time(100k) / time(10k) (--quick: 10k / 1k); writes DIR/compile_time.md
@@ -937,6 +940,10 @@ fn main_inner() -> std::result::Result<(), String> {
             let out = opt("--out").unwrap_or_else(|| "target/bench/cuda.json".into());
             let only = args.iter().position(|a| a == "--only").and_then(|i| args.get(i + 1)).cloned();
             println!("{}", cuda::run(quick, only.as_deref(), &out)?);
+            Ok(())
+        }
+        Some("cuda-products") => {
+            println!("{}", cuda::products().map_err(|e| e.to_string())?);
             Ok(())
         }
         Some("cuda-first") => {

@@ -17,7 +17,7 @@ use std::fmt::Write;
 
 use crate::array::Data;
 use crate::backend::cuda::driver::{kernel_of, variant, Arg, Gpu, Memo};
-use crate::backend::cuda::source::{line, lit_of, load, ops_code, register_type, storage_type, store, PRELUDE};
+use crate::backend::cuda::source::{line, lit_of, load, ops_code, register_type, storage_type, store, PRELUDE, V4};
 use crate::backend::cuda::{dev, fresh};
 use crate::error::Result;
 use crate::layout::{collapse, contiguous_strides, Layout};
@@ -43,7 +43,7 @@ pub fn kernel_source(g: &FusedGroup, rank: usize, wide: bool, lits: &[Option<&st
     let mut s = String::from(PRELUDE);
     let _ = writeln!(s, "typedef {} ix;", if wide { "long long" } else { "int" });
     if vec.is_some() {
-        s.push_str("template <typename T> struct alignas(4 * sizeof(T)) V4 { T v[4]; };\n");
+        s.push_str(V4);
     }
     let mut params = vec!["long long n".to_string()];
     let lit = |k: usize| lit_of(lits, k);

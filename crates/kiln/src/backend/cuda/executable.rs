@@ -298,12 +298,24 @@ impl Executable for CudaExecutable {
                             st.inputs.iter().map(|&i| values[i].as_ref().expect("inputs are computed first")).collect();
                         let head = st.members.iter().copied().find(|&m| p.instrs[m].prim == Primitive::Matmul);
                         let head = head.expect("an epilogue follows a product");
-                        let product = matmul::matmul(self.gpu, ins[0], ins[1], shape_of(head))?;
-                        let mut group_ins = vec![&product];
-                        group_ins.extend(&ins[2..]);
                         let mut lits = vec![None];
                         lits.extend(self.literals_of(&st.inputs[2..]));
-                        elementwise::run(self.gpu, g, Some(&self.memos[s]), &lits, &group_ins, shape_of(st.outputs[0]))?
+                        let (memo, out) = (&self.memos[s], shape_of(st.outputs[0]));
+                        let ab = (ins[0], ins[1]);
+                        // In one kernel when the epilogue keeps the product's shape.
+                        let small = match shape_of(head) == out {
+                            true => matmul::small_with_epilogue(self.gpu, ab, out, g, memo, &lits, &ins[2..])?,
+                            false => None,
+                        };
+                        match small {
+                            Some(outs) => outs,
+                            None => {
+                                let product = matmul::matmul(self.gpu, ins[0], ins[1], shape_of(head))?;
+                                let mut group_ins = vec![&product];
+                                group_ins.extend(&ins[2..]);
+                                elementwise::run(self.gpu, g, Some(memo), &lits, &group_ins, out)?
+                            }
+                        }
                     };
                     for (&o, d) in st.outputs.iter().zip(outs) {
                         values[o] = Some(d);

@@ -80,6 +80,10 @@ template <typename T> __device__ __forceinline__ T upow(T b, T e) {
 }
 "#;
 
+/// The 4-element vector type of the kernels' 128-bit (for `f32`) accesses;
+/// a kernel that uses it adds it after [`PRELUDE`].
+pub const V4: &str = "template <typename T> struct alignas(4 * sizeof(T)) V4 { T v[4]; };\n";
+
 /// How a dtype's elements are stored in device memory.
 pub fn storage_type(dt: DType) -> &'static str {
     match dt {
