@@ -321,3 +321,61 @@ fn long_rows_fold_in_one_order_compiled_and_eager() -> R {
     }
     Ok(())
 }
+
+/// Values apart, counting along the line of ordered 16-bit patterns.
+fn ulps16(a: u16, b: u16) -> u32 {
+    let key = |b: u16| {
+        let b = b as i32;
+        if b & 0x8000 != 0 {
+            -(b & 0x7fff)
+        } else {
+            b
+        }
+    };
+    (key(a) - key(b)).unsigned_abs()
+}
+
+macro_rules! every_half_value {
+    ($name:ident, $t:ty, $dt:expr) => {
+        #[test]
+        fn $name() -> R {
+            // All 65536 bit patterns, through each op, eager and compiled:
+            // the arithmetic is the exact f64 result rounded once (f32 is
+            // wide enough for +, *, / and sqrt of 16-bit floats), the
+            // transcendentals (computed in f32 by simd_math, then rounded)
+            // within one ulp of the rounded f64 value.
+            let all: Vec<$t> = (0..=u16::MAX).map(<$t>::from_bits).collect();
+            let x = Array::from_slice(&all, &[all.len()])?;
+            let rev: Vec<$t> = all.iter().rev().copied().collect();
+            let y = Array::from_slice(&rev, &[rev.len()])?;
+            type Op = (&'static str, fn(&Array, &Array) -> Result<Array>, fn(f64, f64) -> f64, u32);
+            let ops: [Op; 9] = [
+                ("add", |x, y| x + y, |a, b| a + b, 0),
+                ("mul", |x, y| x * y, |a, b| a * b, 0),
+                ("div", |x, y| x / y, |a, b| a / b, 0),
+                ("sqrt", |x, _| kiln::sqrt(x), |a, _| a.sqrt(), 0),
+                ("exp", |x, _| kiln::exp(x), |a, _| a.exp(), 1),
+                ("tanh", |x, _| kiln::tanh(x), |a, _| a.tanh(), 1),
+                ("log", |x, _| kiln::log(x), |a, _| a.ln(), 1),
+                ("erf", |x, _| kiln::erf(x), |a, _| libm::erf(a), 1),
+                ("sigmoid", |x, _| kiln::sigmoid(x), |a, _| 1.0 / (1.0 + (-a).exp()), 1),
+            ];
+            for (name, f, reference, ulps) in ops {
+                let compiled = compile(f);
+                for (mode, got) in [("eager", f(&x, &y)?), ("compiled", compiled.call((&x, &y))?)] {
+                    assert_eq!(got.dtype(), $dt, "{name}");
+                    let got = got.to_vec::<$t>()?;
+                    for (i, g) in got.iter().enumerate() {
+                        let want = <$t>::from_f64(reference(all[i].to_f64(), rev[i].to_f64()));
+                        let ok = (g.is_nan() && want.is_nan()) || ulps16(g.to_bits(), want.to_bits()) <= ulps;
+                        assert!(ok, "{name} ({mode}) of {} and {}: {g}, want {want}", all[i], rev[i]);
+                    }
+                }
+            }
+            Ok(())
+        }
+    };
+}
+
+every_half_value!(every_f16_through_elementwise_ops_is_rounded_from_the_f64_result, f16, DType::F16);
+every_half_value!(every_bf16_through_elementwise_ops_is_rounded_from_the_f64_result, bf16, DType::BF16);

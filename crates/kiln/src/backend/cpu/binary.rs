@@ -94,8 +94,8 @@ pub fn binary(op: BinaryOp, a: Src, b: Src, out: &mut Buffer) {
         Buffer::U32(_) => int_binary::<u32>(op, a, b, out),
         Buffer::I32(_) => int_binary::<i32>(op, a, b, out),
         Buffer::I64(_) => int_binary::<i64>(op, a, b, out),
-        Buffer::F16(_) => float_binary::<half::f16>(op, a, b, out),
-        Buffer::BF16(_) => float_binary::<half::bf16>(op, a, b, out),
+        Buffer::F16(_) => float_binary_simd::<half::f16>(op, a, b, out),
+        Buffer::BF16(_) => float_binary_simd::<half::bf16>(op, a, b, out),
         Buffer::F32(_) => float_binary_simd::<f32>(op, a, b, out),
         Buffer::F64(_) => float_binary_simd::<f64>(op, a, b, out),
     }

@@ -11,6 +11,7 @@ pub mod executable;
 pub mod fused;
 pub mod fused_reduce;
 pub mod group;
+pub mod half_conv;
 pub mod index;
 pub mod interpreter;
 pub mod jit;

@@ -1149,7 +1149,7 @@ macro_rules! widen {
 widen! {
     f32 => f32, |x| x, |a| a;
     f64 => f64, |x| x, |a| a;
-    f16 => f32, f16::to_f32, f16::from_f32;
+    f16 => f32, crate::backend::cpu::half_conv::f16_to_f32, crate::backend::cpu::half_conv::f32_to_f16;
     bf16 => f32, bf16::to_f32, bf16::from_f32;
 }
 

@@ -1,6 +1,7 @@
 //! Unary elementwise kernels: one definition per op for all float types and
 //! one for all integer types.
 
+use crate::backend::cpu::half_conv::{f16_to_f32, f32_to_f16};
 use crate::backend::cpu::math::{sigmoid_f32, sigmoid_f64, sign_f32, sign_f64, FloatMath, IntMath};
 use crate::backend::cpu::simd_math::{self, Func};
 use crate::backend::cpu::tile::{map1, multiversion, Src};
@@ -81,6 +82,73 @@ multiversion! {
     fn float_unary_simd<F: FloatMath>(op: UnaryOp, x: Src, out: &mut Buffer) => float_unary
 }
 
+/// Half-precision floats as the `f32`s they widen to.
+trait Half: BufferElement + crate::dtype::Element + Copy {
+    fn widen(self) -> f32;
+    fn narrow(x: f32) -> Self;
+}
+
+impl Half for half::f16 {
+    #[inline(always)]
+    fn widen(self) -> f32 {
+        f16_to_f32(self)
+    }
+    #[inline(always)]
+    fn narrow(x: f32) -> Self {
+        f32_to_f16(x)
+    }
+}
+
+impl Half for half::bf16 {
+    #[inline(always)]
+    fn widen(self) -> f32 {
+        self.to_f32()
+    }
+    #[inline(always)]
+    fn narrow(x: f32) -> Self {
+        half::bf16::from_f32(x)
+    }
+}
+
+#[inline(always)]
+fn widen<H: Half>(xs: &[H], out: &mut [f32]) {
+    for (o, &x) in out.iter_mut().zip(xs) {
+        *o = x.widen();
+    }
+}
+
+#[inline(always)]
+fn narrow<H: Half>(xs: &[f32], out: &mut [H]) {
+    for (o, &x) in out.iter_mut().zip(xs) {
+        *o = H::narrow(x);
+    }
+}
+
+multiversion! {
+    /// Half floats to `f32`, vectorized at the best SIMD level.
+    fn widen_simd<H: Half>(xs: &[H], out: &mut [f32]) => widen
+}
+
+multiversion! {
+    /// `f32` to half floats, vectorized at the best SIMD level.
+    fn narrow_simd<H: Half>(xs: &[f32], out: &mut [H]) => narrow
+}
+
+/// A half-float transcendental: the tile widened to `f32` a chunk at a
+/// time, [`simd_math`]'s `f32` kernel (as for `f32` arrays), rounded back.
+fn half_through_f32<H: Half>(f: Func, x: Src, out: &mut Buffer) {
+    const CHUNK: usize = 256;
+    let xs = x.slice::<H>();
+    let os = H::slice_of_mut(out).expect("register dtype matches the op's output dtype");
+    let (mut a, mut b) = ([0f32; CHUNK], [0f32; CHUNK]);
+    for (xc, oc) in xs.chunks(CHUNK).zip(os[..x.len].chunks_mut(CHUNK)) {
+        let n = xc.len();
+        widen_simd(xc, &mut a[..n]);
+        simd_math::apply(f, simd_math::detected_level(), &a[..n], &mut b[..n]);
+        narrow_simd(&b[..n], oc);
+    }
+}
+
 /// The vectorized `f32` kernel for `op`, if [`simd_math`] has one.
 pub(crate) fn simd_func(op: UnaryOp) -> Option<Func> {
     Func::of(op)
@@ -94,8 +162,14 @@ pub fn unary(op: UnaryOp, x: Src, out: &mut Buffer) {
         Buffer::U32(_) => int_unary::<u32>(op, x, out),
         Buffer::I32(_) => int_unary::<i32>(op, x, out),
         Buffer::I64(_) => int_unary::<i64>(op, x, out),
-        Buffer::F16(_) => float_unary::<half::f16>(op, x, out),
-        Buffer::BF16(_) => float_unary::<half::bf16>(op, x, out),
+        Buffer::F16(_) => match simd_func(op) {
+            Some(f) if !x.bcast => half_through_f32::<half::f16>(f, x, out),
+            _ => float_unary_simd::<half::f16>(op, x, out),
+        },
+        Buffer::BF16(_) => match simd_func(op) {
+            Some(f) if !x.bcast => half_through_f32::<half::bf16>(f, x, out),
+            _ => float_unary_simd::<half::bf16>(op, x, out),
+        },
         Buffer::F32(_) => match simd_func(op) {
             Some(f) => {
                 // `fused::apply` runs an op of broadcast values on one element.
