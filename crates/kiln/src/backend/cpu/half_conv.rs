@@ -9,7 +9,39 @@
 //! conversions for every input (NaNs quieted with their payload's top bits
 //! kept, round to nearest even), with no branches.
 
-use half::f16;
+use half::{bf16, f16};
+
+/// The 16-bit floats, as the `f32`s they widen to exactly and round back
+/// from.
+pub trait Half: Copy {
+    /// The value as an `f32` (exact).
+    fn widen(self) -> f32;
+    /// `x` rounded to this type (to nearest even).
+    fn narrow(x: f32) -> Self;
+}
+
+impl Half for f16 {
+    #[inline(always)]
+    fn widen(self) -> f32 {
+        f16_to_f32(self)
+    }
+    #[inline(always)]
+    fn narrow(x: f32) -> Self {
+        f32_to_f16(x)
+    }
+}
+
+impl Half for bf16 {
+    // `half`'s bf16 conversions are plain inlined bit arithmetic already.
+    #[inline(always)]
+    fn widen(self) -> f32 {
+        self.to_f32()
+    }
+    #[inline(always)]
+    fn narrow(x: f32) -> Self {
+        bf16::from_f32(x)
+    }
+}
 
 /// `h` as an `f32` (exact; a NaN is quieted, its payload kept).
 #[inline(always)]

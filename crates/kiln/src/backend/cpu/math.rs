@@ -9,7 +9,7 @@
 
 use half::{bf16, f16};
 
-use crate::backend::cpu::half_conv::{f16_to_f32, f32_to_f16};
+use crate::backend::cpu::half_conv::Half;
 use crate::dtype::Element;
 
 /// Float operations used by the kernels.
@@ -64,14 +64,16 @@ impl FloatMath for f64 {
 
 macro_rules! half_math {
     ($t:ty) => {
+        // Computed in `f32` and rounded back (through `half_conv`, which
+        // the tile loops vectorize).
         impl FloatMath for $t {
             #[inline(always)]
             fn lift(self, f32op: impl Fn(f32) -> f32, _: impl Fn(f64) -> f64) -> Self {
-                <$t>::from_f32(f32op(self.to_f32()))
+                <$t>::narrow(f32op(self.widen()))
             }
             #[inline(always)]
             fn lift2(self, o: Self, f32op: impl Fn(f32, f32) -> f32, _: impl Fn(f64, f64) -> f64) -> Self {
-                <$t>::from_f32(f32op(self.to_f32(), o.to_f32()))
+                <$t>::narrow(f32op(self.widen(), o.widen()))
             }
             #[inline(always)]
             fn is_nan_(self) -> bool {
@@ -84,27 +86,8 @@ macro_rules! half_math {
         }
     };
 }
+half_math!(f16);
 half_math!(bf16);
-
-impl FloatMath for f16 {
-    // Through `half_conv`, which the tile loops vectorize.
-    #[inline(always)]
-    fn lift(self, f32op: impl Fn(f32) -> f32, _: impl Fn(f64) -> f64) -> Self {
-        f32_to_f16(f32op(f16_to_f32(self)))
-    }
-    #[inline(always)]
-    fn lift2(self, o: Self, f32op: impl Fn(f32, f32) -> f32, _: impl Fn(f64, f64) -> f64) -> Self {
-        f32_to_f16(f32op(f16_to_f32(self), f16_to_f32(o)))
-    }
-    #[inline(always)]
-    fn is_nan_(self) -> bool {
-        self.is_nan()
-    }
-    #[inline(always)]
-    fn is_inf_(self) -> bool {
-        self.is_infinite()
-    }
-}
 
 /// Sign with NumPy's conventions: -1, 0 (for ±0) or 1; NaN stays NaN.
 #[inline(always)]

@@ -1,7 +1,7 @@
 //! Unary elementwise kernels: one definition per op for all float types and
 //! one for all integer types.
 
-use crate::backend::cpu::half_conv::{f16_to_f32, f32_to_f16};
+use crate::backend::cpu::half_conv::Half;
 use crate::backend::cpu::math::{sigmoid_f32, sigmoid_f64, sign_f32, sign_f64, FloatMath, IntMath};
 use crate::backend::cpu::simd_math::{self, Func};
 use crate::backend::cpu::tile::{map1, multiversion, Src};
@@ -82,43 +82,19 @@ multiversion! {
     fn float_unary_simd<F: FloatMath>(op: UnaryOp, x: Src, out: &mut Buffer) => float_unary
 }
 
-/// Half-precision floats as the `f32`s they widen to.
-trait Half: BufferElement + crate::dtype::Element + Copy {
-    fn widen(self) -> f32;
-    fn narrow(x: f32) -> Self;
-}
-
-impl Half for half::f16 {
-    #[inline(always)]
-    fn widen(self) -> f32 {
-        f16_to_f32(self)
-    }
-    #[inline(always)]
-    fn narrow(x: f32) -> Self {
-        f32_to_f16(x)
-    }
-}
-
-impl Half for half::bf16 {
-    #[inline(always)]
-    fn widen(self) -> f32 {
-        self.to_f32()
-    }
-    #[inline(always)]
-    fn narrow(x: f32) -> Self {
-        half::bf16::from_f32(x)
-    }
-}
+/// A 16-bit float element of a tile.
+trait HalfElement: Half + BufferElement + crate::dtype::Element {}
+impl<H: Half + BufferElement + crate::dtype::Element> HalfElement for H {}
 
 #[inline(always)]
-fn widen<H: Half>(xs: &[H], out: &mut [f32]) {
+fn widen<H: HalfElement>(xs: &[H], out: &mut [f32]) {
     for (o, &x) in out.iter_mut().zip(xs) {
         *o = x.widen();
     }
 }
 
 #[inline(always)]
-fn narrow<H: Half>(xs: &[f32], out: &mut [H]) {
+fn narrow<H: HalfElement>(xs: &[f32], out: &mut [H]) {
     for (o, &x) in out.iter_mut().zip(xs) {
         *o = H::narrow(x);
     }
@@ -126,17 +102,17 @@ fn narrow<H: Half>(xs: &[f32], out: &mut [H]) {
 
 multiversion! {
     /// Half floats to `f32`, vectorized at the best SIMD level.
-    fn widen_simd<H: Half>(xs: &[H], out: &mut [f32]) => widen
+    fn widen_simd<H: HalfElement>(xs: &[H], out: &mut [f32]) => widen
 }
 
 multiversion! {
     /// `f32` to half floats, vectorized at the best SIMD level.
-    fn narrow_simd<H: Half>(xs: &[f32], out: &mut [H]) => narrow
+    fn narrow_simd<H: HalfElement>(xs: &[f32], out: &mut [H]) => narrow
 }
 
 /// A half-float transcendental: the tile widened to `f32` a chunk at a
 /// time, [`simd_math`]'s `f32` kernel (as for `f32` arrays), rounded back.
-fn half_through_f32<H: Half>(f: Func, x: Src, out: &mut Buffer) {
+fn half_through_f32<H: HalfElement>(f: Func, x: Src, out: &mut Buffer) {
     const CHUNK: usize = 256;
     let xs = x.slice::<H>();
     let os = H::slice_of_mut(out).expect("register dtype matches the op's output dtype");
