@@ -51,15 +51,21 @@ test | fuzz | bench)
     if [ "$1" = bench ]; then
         mkdir -p target/bench
         # First calls in fresh processes: an empty kernel cache, then the
-        # disk cache the first left (kiln's and jax's alike).
+        # disk cache the first left (kiln's and jax's alike); the median of
+        # three such pairs each (NVRTC's and XLA's compile times on that
+        # host vary several-fold from one process to the next).
+        median() { printf '%s\n' "$@" | sort -g | sed -n 2p; }
         first() { # first WHICH -> "kiln_cold kiln_disk jax_cold jax_disk"
-            local kc jc
-            kc=$(mktemp -d)
-            jc=$(mktemp -d)
-            echo "$(KILN_CACHE_DIR="$kc" "$carry/kiln-bench-gpu" cuda-first "$1")" \
-                "$(KILN_CACHE_DIR="$kc" "$carry/kiln-bench-gpu" cuda-first "$1")" \
-                "$(python3 bench/peers/cuda_peers.py --first "$1" "$jc" 2>/dev/null || echo null)" \
-                "$(python3 bench/peers/cuda_peers.py --first "$1" "$jc" 2>/dev/null || echo null)"
+            local kc jc r a=() b=() c=() d=()
+            for r in 1 2 3; do
+                kc=$(mktemp -d)
+                jc=$(mktemp -d)
+                a+=("$(KILN_CACHE_DIR="$kc" "$carry/kiln-bench-gpu" cuda-first "$1")")
+                b+=("$(KILN_CACHE_DIR="$kc" "$carry/kiln-bench-gpu" cuda-first "$1")")
+                c+=("$(python3 bench/peers/cuda_peers.py --first "$1" "$jc" 2>/dev/null || echo null)")
+                d+=("$(python3 bench/peers/cuda_peers.py --first "$1" "$jc" 2>/dev/null || echo null)")
+            done
+            echo "$(median "${a[@]}") $(median "${b[@]}") $(median "${c[@]}") $(median "${d[@]}")"
         }
         read -r a b c d <<<"$(first gelu)"
         read -r e f g h <<<"$(first layernorm)"

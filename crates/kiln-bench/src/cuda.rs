@@ -225,11 +225,16 @@ pub fn first_call(which: &str) -> Result<f64> {
     let beta = normal(&[4096], 1.0)?;
     synchronize(GPU)?;
     let t = Instant::now();
-    if which == "layernorm" {
-        compile(super::layernorm).call((&x, &gamma, &beta))?.eval()?;
+    let y = if which == "layernorm" {
+        compile(super::layernorm).call((&x, &gamma, &beta))?
     } else {
-        compile(super::gelu_tanh).call(&x)?.eval()?;
-    }
+        compile(super::gelu_tanh).call(&x)?
+    };
+    y.eval()?;
+    let queued = t.elapsed();
     synchronize(GPU)?;
+    if std::env::var_os("KILN_CUDA_TRACE").is_some() {
+        eprintln!("first call: queued in {:.1} ms", queued.as_secs_f64() * 1e3);
+    }
     Ok(t.elapsed().as_secs_f64() * 1e3)
 }

@@ -338,7 +338,9 @@ impl Gpu {
         if let Some(k) = self.kernels.lock().unwrap_or_else(|e| e.into_inner()).get(source) {
             return Ok(*k);
         }
+        let t0 = std::time::Instant::now();
         let cubin = cached_compile(source, self.capability)?;
+        let t1 = std::time::Instant::now();
         self.bind("cuda")?;
         // SAFETY: `cubin` is a complete cubin image from NVRTC; the module
         // is never unloaded, so the function handle stays valid.
@@ -346,6 +348,15 @@ impl Gpu {
             let module = cu::module::load_data(cubin.as_ptr() as *const c_void).map_err(|e| err("cuda", e))?;
             cu::module::get_function(module, CString::new("k").expect("no NUL")).map_err(|e| err("cuda", e))?
         };
+        if trace() {
+            let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+            eprintln!(
+                "kiln cuda: kernel of {} bytes of source: cubin in {:.1} ms, loaded in {:.1} ms",
+                source.len(),
+                ms(t1 - t0),
+                ms(t1.elapsed())
+            );
+        }
         let k = Kernel(f);
         self.kernels.lock().unwrap_or_else(|e| e.into_inner()).insert(source.to_string(), k);
         Ok(k)
@@ -401,6 +412,13 @@ impl Gpu {
             Err(msg) => Err(Error::Device { op: "matmul", msg: msg.clone() }),
         }
     }
+}
+
+/// Whether `KILN_CUDA_TRACE` is set: each kernel made (compiled by NVRTC
+/// or read from the disk cache) is then reported on stderr with its times.
+fn trace() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("KILN_CUDA_TRACE").is_some_and(|v| !v.is_empty() && v != "0"))
 }
 
 /// NVRTC's options for every kernel (besides the architecture): no
