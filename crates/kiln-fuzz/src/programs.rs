@@ -32,7 +32,7 @@ pub struct Step {
 }
 
 /// The number of op kinds.
-pub const N_OPS: u8 = 46;
+pub const N_OPS: u8 = 50;
 
 pub fn pick(vals: &[Array], i: u8) -> &Array {
     &vals[i as usize % vals.len()]
@@ -143,6 +143,14 @@ pub fn apply(s: &Step, vals: &[Array], n_inputs: usize) -> Result<Option<Array>>
         // A bool value that later steps read (and programs return): bool
         // inputs and outputs of compiled groups.
         45 => kiln::logical_or(&rx.greater(ry)?, &kiln::isnan(rx)?),
+        // Cosine of arguments beyond the vector reduction's range (up to
+        // 1.5e5; generated code calls out for those lanes), on arguments.
+        46 if rx.dtype().is_float() => (rx * 30_000.0f32)?.cos(),
+        47 if rx.dtype().is_float() => rx.abs()?.log2(),
+        // tan's relative error is its argument's times x (1 + tan^2) / tan,
+        // at most 8 on [-1.4, 1.4].
+        48 if float => x.minimum(1.4f32)?.maximum(-1.4f32)?.tan(),
+        49 if rx.dtype().is_float() => (rx.abs()? + 1.0f32)?.log10(),
         _ => return Ok(None),
     };
     r.map(Some)
@@ -154,7 +162,7 @@ pub fn reads(s: &Step, n: usize, n_inputs: usize) -> Vec<usize> {
     let (x, y, z) = (s.a as usize % n, s.b as usize % n, s.c as usize % n);
     let (rx, ry) = (s.a as usize % n_inputs, s.b as usize % n_inputs);
     match s.op % N_OPS {
-        7 | 9 | 21 | 37 => vec![rx],
+        7 | 9 | 21 | 37 | 46 | 47 | 49 => vec![rx],
         17 if s.p % 3 == 2 => vec![rx],
         13 => vec![x, ry],
         10..=15 | 22 | 26 | 27 | 41 => vec![x, y],

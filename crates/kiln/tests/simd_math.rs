@@ -37,8 +37,11 @@ fn check(f: Func) {
         ("domain, linear", linear(lo, hi, 200_001)),
         ("random bits", random_bits(200_000, 0x9e37_79b9_7f4a_7c15 ^ f as u64)),
     ];
-    if matches!(f, Func::Sin | Func::Cos) {
+    if f.reduces_by_pi() {
         sets.push(("[-8, 8], stride 31", strided(-8.0, 8.0, 31)));
+    }
+    if matches!(f, Func::Log2 | Func::Log10) {
+        sets.push(("[0.5, 2], stride 7", strided(0.5, 2.0, 7)));
     }
     let mut failures = Vec::new();
     for level in available_levels() {
@@ -96,6 +99,21 @@ fn sin_accuracy() {
 #[test]
 fn cos_accuracy() {
     check(Func::Cos);
+}
+
+#[test]
+fn tan_accuracy() {
+    check(Func::Tan);
+}
+
+#[test]
+fn log2_accuracy() {
+    check(Func::Log2);
+}
+
+#[test]
+fn log10_accuracy() {
+    check(Func::Log10);
 }
 
 /// Runs `f` on one value at `level`.
@@ -178,6 +196,24 @@ fn special_values() {
         (Func::Cos, -0.0, 1.0),
         (Func::Cos, inf, nan),
         (Func::Cos, -inf, nan),
+        (Func::Tan, 0.0, 0.0),
+        (Func::Tan, -0.0, -0.0),
+        (Func::Tan, sub, sub),
+        (Func::Tan, -sub, -sub),
+        (Func::Tan, inf, nan),
+        (Func::Tan, -inf, nan),
+        (Func::Log2, 0.0, -inf),
+        (Func::Log2, -0.0, -inf),
+        (Func::Log2, -1.0, nan),
+        (Func::Log2, -inf, nan),
+        (Func::Log2, inf, inf),
+        (Func::Log2, 1.0, 0.0),
+        (Func::Log2, sub, -149.0),
+        (Func::Log10, 0.0, -inf),
+        (Func::Log10, -2.0, nan),
+        (Func::Log10, inf, inf),
+        (Func::Log10, 1.0, 0.0),
+        (Func::Log10, 1000.0, 3.0),
     ];
     for level in available_levels() {
         for f in Func::ALL {
@@ -193,6 +229,11 @@ fn special_values() {
             let y = one(Func::Exp, level, x);
             assert!(y > 0.0 && y < f32::MIN_POSITIVE, "exp({x}) = {y:e} is not subnormal");
             assert!(ulp_err(y, (x as f64).exp()) <= 1.0, "exp({x}) at {level:?} = {y:e}");
+        }
+        // log2 is exact at every power of two.
+        for e in -149..128 {
+            let x = 2f64.powi(e) as f32;
+            assert_eq!(one(Func::Log2, level, x), e as f32, "log2(2^{e}) at {level:?}");
         }
         // log: subnormal inputs.
         for b in [1u32, 2, 3, 1000, 0x7f_ffff] {
@@ -246,7 +287,7 @@ fn throughput() {
     let reps = 20_000;
     let rate = |t: std::time::Duration| (reps * 1024) as f64 / t.as_nanos() as f64;
     type Scalar = fn(f32) -> f32;
-    let std_fns: [(Func, Scalar); 9] = [
+    let std_fns: [(Func, Scalar); 12] = [
         (Func::Exp, f32::exp),
         (Func::Expm1, f32::exp_m1),
         (Func::Log, f32::ln),
@@ -256,9 +297,12 @@ fn throughput() {
         (Func::Erf, libm::erff),
         (Func::Sin, f32::sin),
         (Func::Cos, f32::cos),
+        (Func::Log2, f32::log2),
+        (Func::Log10, f32::log10),
+        (Func::Tan, f32::tan),
     ];
     for (f, g) in std_fns {
-        let xs = if matches!(f, Func::Log | Func::Log1p) { &pos } else { &xs };
+        let xs = if matches!(f, Func::Log | Func::Log1p | Func::Log2 | Func::Log10) { &pos } else { &xs };
         let t = Instant::now();
         for _ in 0..reps {
             for (o, &x) in out.iter_mut().zip(xs.iter()) {

@@ -31,7 +31,9 @@
 //! | [`tanh_f32`] | 2 ulp | 1.37 | odd (`tanh(-0) = -0`), `±1` beyond 9.01 |
 //! | [`sigmoid_f32`] | 2 ulp | 1.42 | `1` and `0` (through subnormals) at the ends |
 //! | [`erf_f32`] | 2 ulp | 1.14 | odd, `±1` from 3.9192 |
+//! | [`log2_f32`], [`log10_f32`] | 1 ulp | 0.86, 0.69 | `log`'s reduction; `ln(m)` kept as a 12-bit head and a tail, so each term of `k log_b(2) + ln(m) log_b(e)` is exact or small; exact at powers of two (`log2`) |
 //! | [`sin_f32`], [`cos_f32`] | 1.5 ulp | 1.45 | for `\|x\| <=` [`TRIG_LIMIT`] (65536): three-part Cody-Waite reduction by π/2; larger lanes are recomputed in `f64` (≤ 0.5 ulp, slower); `±inf -> NaN` |
+//! | [`tan_f32`] | 2.5 ulp | 2.05 | sine over cosine of the reduced argument (cosine over minus sine in odd quadrants), one division corrected by its residual; large lanes as for sine |
 //!
 //! All functions return NaN for NaN inputs. "Bound" is what the tests assert;
 //! "measured" is the largest error they found (the same at every level).
@@ -70,6 +72,12 @@ pub enum Func {
     Sin,
     /// Cosine.
     Cos,
+    /// Base-2 logarithm.
+    Log2,
+    /// Base-10 logarithm.
+    Log10,
+    /// Tangent.
+    Tan,
 }
 
 impl Func {
@@ -87,6 +95,9 @@ impl Func {
             Erf => Func::Erf,
             Sin => Func::Sin,
             Cos => Func::Cos,
+            Log2 => Func::Log2,
+            Log10 => Func::Log10,
+            Tan => Func::Tan,
             _ => return None,
         })
     }
@@ -95,16 +106,39 @@ impl Func {
     /// table above states it (what `tests/simd_math.rs` asserts).
     pub fn bound(self) -> f64 {
         match self {
-            Func::Exp | Func::Log | Func::Log1p => 1.0,
+            Func::Exp | Func::Log | Func::Log1p | Func::Log2 | Func::Log10 => 1.0,
             Func::Expm1 | Func::Sin | Func::Cos => 1.5,
             Func::Tanh | Func::Sigmoid | Func::Erf => 2.0,
+            Func::Tan => TAN_BOUND,
         }
     }
 
+    /// Whether lanes beyond [`TRIG_LIMIT`] (and infinities) are recomputed
+    /// in `f64` after the vector code ([`fix_big_lanes`]): the functions
+    /// that reduce their argument by `π/2`.
+    pub fn reduces_by_pi(self) -> bool {
+        matches!(self, Func::Sin | Func::Cos | Func::Tan)
+    }
+
     /// Every function, for tests and benchmarks.
-    pub const ALL: [Func; 9] =
-        [Func::Exp, Func::Expm1, Func::Log, Func::Log1p, Func::Tanh, Func::Sigmoid, Func::Erf, Func::Sin, Func::Cos];
+    pub const ALL: [Func; 12] = [
+        Func::Exp,
+        Func::Expm1,
+        Func::Log,
+        Func::Log1p,
+        Func::Tanh,
+        Func::Sigmoid,
+        Func::Erf,
+        Func::Sin,
+        Func::Cos,
+        Func::Log2,
+        Func::Log10,
+        Func::Tan,
+    ];
 }
+
+/// The bound of [`tan_f32`] in ulps.
+const TAN_BOUND: f64 = 2.5;
 
 /// The best level this CPU supports (detected once).
 pub fn detected_level() -> Level {
@@ -152,9 +186,7 @@ pub fn apply(f: Func, level: Level, x: &[f32], out: &mut [f32]) {
         #[cfg(not(any(target_arch = "x86", target_arch = "x86_64")))]
         _ => run_scalar(f, x, out),
     }
-    if matches!(f, Func::Sin | Func::Cos) {
-        big_trig_fixup(f, x, out);
-    }
+    fix_big_lanes(f, x, out);
 }
 
 macro_rules! entry {
@@ -181,6 +213,9 @@ entry! {
     erf_f32 => Erf, "`out[i] = erf(x[i])`.";
     sin_f32 => Sin, "`out[i] = sin(x[i])`.";
     cos_f32 => Cos, "`out[i] = cos(x[i])`.";
+    log2_f32 => Log2, "`out[i] = log2(x[i])`.";
+    log10_f32 => Log10, "`out[i] = log10(x[i])`.";
+    tan_f32 => Tan, "`out[i] = tan(x[i])`.";
 }
 
 /// `sum(e^(x[i] - m))` for a finite `m` at least every `x[i]` (none NaN):
@@ -244,17 +279,42 @@ fn sum_exp_below_generic<V: VMem>(x: &[f32], m: f32) -> f32 {
 /// Largest `|x|` for which the vector sine/cosine reduction is used.
 pub const TRIG_LIMIT: f32 = 65536.0;
 
-/// Recomputes sine/cosine lanes beyond [`TRIG_LIMIT`] (and infinities) in `f64`.
-fn big_trig_fixup(f: Func, x: &[f32], out: &mut [f32]) {
-    if !x.iter().any(|v| v.abs() > TRIG_LIMIT) {
+/// For the functions that reduce by `π/2` ([`Func::reduces_by_pi`]):
+/// recomputes the lanes of `out` whose `x` is beyond [`TRIG_LIMIT`] (and
+/// infinities) in `f64`, rounded once to `f32` (≤ 0.5 ulp). Other
+/// functions' results are left as they are. The interpreter calls it after
+/// the vector code, and generated kernels call it (through
+/// [`fix_big_lanes_sysv`]) when a vector has such a lane, so both compute
+/// the same bits.
+pub fn fix_big_lanes(f: Func, x: &[f32], out: &mut [f32]) {
+    if !f.reduces_by_pi() || !x.iter().any(|v| v.abs() > TRIG_LIMIT) {
         return;
     }
     for (o, &v) in out.iter_mut().zip(x) {
         if v.abs() > TRIG_LIMIT {
             let d = v as f64;
-            *o = if f == Func::Sin { d.sin() } else { d.cos() } as f32;
+            *o = match f {
+                Func::Sin => d.sin(),
+                Func::Cos => d.cos(),
+                _ => d.tan(),
+            } as f32;
         }
     }
+}
+
+/// [`fix_big_lanes`] for generated code: `x` and `out` address `lanes`
+/// `f32` each, `f` is the function's index in [`Func::ALL`] (an index out
+/// of range, or one of a function that does not reduce by `π/2`, changes
+/// nothing). Never panics or unwinds.
+///
+/// # Safety
+/// `x` must be valid for reading and `out` for writing `lanes` `f32`, not
+/// overlapping.
+pub unsafe extern "sysv64" fn fix_big_lanes_sysv(x: *const f32, out: *mut f32, lanes: usize, f: usize) {
+    let Some(&f) = Func::ALL.get(f) else { return };
+    // SAFETY: the caller's contract.
+    let (x, out) = unsafe { (std::slice::from_raw_parts(x, lanes), std::slice::from_raw_parts_mut(out, lanes)) };
+    fix_big_lanes(f, x, out);
 }
 
 fn run_scalar(f: Func, x: &[f32], out: &mut [f32]) {
@@ -285,8 +345,8 @@ macro_rules! drive {
 }
 
 /// `f(x)` in the operations of `V`, for the functions computed entirely in
-/// vector code: sine and cosine also recompute large lanes in `f64` (see
-/// [`TRIG_LIMIT`]), so they are `None`.
+/// vector code: sine, cosine and tangent also recompute large lanes in
+/// `f64` (see [`TRIG_LIMIT`]), so they are `None`.
 #[inline(always)]
 pub(crate) fn eval<V: Vf32>(f: Func, x: V) -> Option<V> {
     Some(match f {
@@ -297,20 +357,22 @@ pub(crate) fn eval<V: Vf32>(f: Func, x: V) -> Option<V> {
         Func::Tanh => tanh_v(x),
         Func::Sigmoid => sigmoid_v(x),
         Func::Erf => erf_v(x),
-        Func::Sin | Func::Cos => return None,
+        Func::Log2 => log2_v(x),
+        Func::Log10 => log10_v(x),
+        Func::Sin | Func::Cos | Func::Tan => return None,
     })
 }
 
-/// `f(x)` in the operations of `V` for every function, sine and cosine
-/// included: their vector path, exact to the stated bound for `|x| <=`
-/// [`TRIG_LIMIT`] (a caller recomputes larger lanes in `f64`, as the CUDA
-/// backend's printed kernels do).
-#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+/// `f(x)` in the operations of `V` for every function, sine, cosine and
+/// tangent included: their vector path, exact to the stated bound for
+/// `|x| <=` [`TRIG_LIMIT`] (a caller recomputes larger lanes in `f64`, as
+/// the CUDA backend's printed kernels and the generated CPU kernels do).
 #[inline(always)]
 pub(crate) fn eval_reduced<V: Vf32>(f: Func, x: V) -> V {
     match f {
         Func::Sin => sin_v(x),
         Func::Cos => cos_v(x),
+        Func::Tan => tan_v(x),
         _ => eval(f, x).expect("every other function is computed in vector code"),
     }
 }
@@ -328,6 +390,9 @@ fn run_generic<V: VMem>(f: Func, x: &[f32], out: &mut [f32]) {
         Func::Erf => drive!(V, x, out, erf_v),
         Func::Sin => drive!(V, x, out, sin_v),
         Func::Cos => drive!(V, x, out, cos_v),
+        Func::Log2 => drive!(V, x, out, log2_v),
+        Func::Log10 => drive!(V, x, out, log10_v),
+        Func::Tan => drive!(V, x, out, tan_v),
     }
 }
 
@@ -591,6 +656,14 @@ const ERF_BIG: [f32; 9] = [
 const ERF_MID: f32 = 2.468_75;
 /// Smallest `f32` whose erf rounds to 1.
 const ERF_ONE: f32 = 3.919_206;
+/// `1/ln 2` as a 12-bit head and a tail (for `log2`).
+const IVLN2_HI: f32 = f32::from_bits(0x3fb8_b000);
+const IVLN2_LO: f32 = f32::from_bits(0xb938_9ad4);
+/// `1/ln 10` and `log10(2)` as 12-bit heads and tails (for `log10`).
+const IVLN10_HI: f32 = f32::from_bits(0x3ede_6000);
+const IVLN10_LO: f32 = f32::from_bits(0xb804_ead9);
+const LOG10_2_HI: f32 = f32::from_bits(0x3e9a_2080);
+const LOG10_2_LO: f32 = f32::from_bits(0x3554_27db);
 /// `π/2` in three parts for the sine/cosine reduction.
 const PIO2_1: f32 = 1.570_796_4;
 const PIO2_2: f32 = -4.371_139e-8;
@@ -670,17 +743,73 @@ fn split_mantissa<V: Vf32>(x: V) -> (V, V) {
     (m.sub(V::c(1.0)), k)
 }
 
+/// Splits a positive `x` (subnormals included) as `2^k * (1 + f)`, `1 + f`
+/// in `[sqrt(1/2), sqrt(2))`; returns `(f, k)`.
 #[inline(always)]
-fn log_v<V: Vf32>(x: V) -> V {
+fn log_split<V: Vf32>(x: V) -> (V, V) {
     let sub = x.lt(V::c(f32::MIN_POSITIVE));
     let xs = V::select(sub, x.mul(V::c(8_388_608.0)), x);
     let (f, k) = split_mantissa(xs);
-    let k = k.sub(V::select(sub, V::c(23.0), V::c(0.0)));
-    let r = log_tail(f, k, V::c(0.0));
+    (f, k.sub(V::select(sub, V::c(23.0), V::c(0.0))))
+}
+
+/// A logarithm's special values: `+inf` at `+inf`, `-inf` at `±0`, NaN
+/// below 0 and at NaN; `r` elsewhere.
+#[inline(always)]
+fn log_specials<V: Vf32>(x: V, r: V) -> V {
     let r = V::select(x.eq(V::c(f32::INFINITY)), x, r);
     let r = V::select(x.eq(V::c(0.0)), V::c(f32::NEG_INFINITY), r);
     let r = V::select(x.lt(V::c(0.0)), V::c(f32::NAN), r);
     keep_nan(x, r)
+}
+
+#[inline(always)]
+fn log_v<V: Vf32>(x: V) -> V {
+    let (f, k) = log_split(x);
+    log_specials(x, log_tail(f, k, V::c(0.0)))
+}
+
+/// `ln(1 + f)` for `f` as [`log_tail`] takes it, as `hi + lo`: `hi` has 12
+/// significant bits (so its products with the 12-bit heads of the
+/// constants below are exact) and `lo` is small.
+#[inline(always)]
+fn ln_hi_lo<V: Vf32>(f: V) -> (V, V) {
+    let s = f.div(V::c(2.0).add(f));
+    let z = s.mul(s);
+    let r = z.mul(z.poly(&LOG_R));
+    let hfsq = V::c(0.5).mul(f).mul(f);
+    let hi = f.sub(hfsq).and_bits(0xffff_f000);
+    let lo = s.fma(hfsq.add(r), f.sub(hi).sub(hfsq));
+    (hi, lo)
+}
+
+/// `hi + lo` where `|hi| >= |w|` or `hi == 0` is added to `w` with the
+/// rounding error of the head kept (Fast2Sum): `(head, tail)`.
+#[inline(always)]
+fn fast_two_sum<V: Vf32>(a: V, b: V) -> (V, V) {
+    let w = a.add(b);
+    (w, a.sub(w).add(b))
+}
+
+#[inline(always)]
+fn log2_v<V: Vf32>(x: V) -> V {
+    let (f, k) = log_split(x);
+    let (hi, lo) = ln_hi_lo(f);
+    // k + (hi + lo) / ln 2, 1/ln 2 = IVLN2_HI + IVLN2_LO; hi * IVLN2_HI is exact.
+    let small = hi.add(lo).mul(V::c(IVLN2_LO)).add(lo.mul(V::c(IVLN2_HI)));
+    let (w, e) = fast_two_sum(k, hi.mul(V::c(IVLN2_HI)));
+    log_specials(x, w.add(small.add(e)))
+}
+
+#[inline(always)]
+fn log10_v<V: Vf32>(x: V) -> V {
+    let (f, k) = log_split(x);
+    let (hi, lo) = ln_hi_lo(f);
+    // k log10(2) + (hi + lo) log10(e), each constant as a 12-bit head and a
+    // tail: k * LOG10_2_HI and hi * IVLN10_HI are exact.
+    let small = k.mul(V::c(LOG10_2_LO)).add(hi.add(lo).mul(V::c(IVLN10_LO))).add(lo.mul(V::c(IVLN10_HI)));
+    let (w, e) = fast_two_sum(k.mul(V::c(LOG10_2_HI)), hi.mul(V::c(IVLN10_HI)));
+    log_specials(x, w.add(small.add(e)))
 }
 
 #[inline(always)]
@@ -757,15 +886,22 @@ fn erf_v<V: Vf32>(x: V) -> V {
 /// Reduces `|x|` by `π/2`: returns `(sin r, cos r, q mod 4)`.
 #[inline(always)]
 fn sincos_core<V: Vf32>(a: V) -> (V, V, V) {
+    let (r, m) = reduce_pio2(a);
+    let z = r.mul(r);
+    let s = r.mul(z).fma(z.poly(&SIN_P), r);
+    let c = z.fma(z.poly(&COS_P), V::c(1.0));
+    (s, c, m)
+}
+
+/// `|x|` reduced by `π/2`: `(r, q mod 4)` with `|r| <= π/4`.
+#[inline(always)]
+fn reduce_pio2<V: Vf32>(a: V) -> (V, V) {
     let q = a.mul(V::c(std::f32::consts::FRAC_2_PI)).round();
     let r = q.fma(V::c(-PIO2_1), a);
     let r = q.fma(V::c(-PIO2_2), r);
     let r = q.fma(V::c(-PIO2_3), r);
-    let z = r.mul(r);
-    let s = r.mul(z).fma(z.poly(&SIN_P), r);
-    let c = z.fma(z.poly(&COS_P), V::c(1.0));
     let m = q.sub(V::c(4.0).mul(q.mul(V::c(0.25)).floor()));
-    (s, c, m)
+    (r, m)
 }
 
 #[inline(always)]
@@ -776,6 +912,27 @@ fn sin_v<V: Vf32>(x: V) -> V {
     let neg = m.ge(V::c(2.0));
     let v = V::select(neg, v.xor(V::c(-0.0)), v);
     keep_nan(x, v.xor(x.sign()))
+}
+
+#[inline(always)]
+fn tan_v<V: Vf32>(x: V) -> V {
+    // tan = sin r / cos r in even quadrants, -cos r / sin r in odd ones,
+    // with sin r = r + ts and cos r = 1 + tc kept unrounded: the quotient
+    // of the rounded sums is corrected once by its residual.
+    let (r, m) = reduce_pio2(x.abs());
+    let z = r.mul(r);
+    let ts = r.mul(z).mul(z.poly(&SIN_P));
+    let tc = z.mul(z.poly(&COS_P));
+    let one = V::c(1.0);
+    let odd = V::mor(m.eq(V::c(1.0)), m.eq(V::c(3.0)));
+    let (nh, nt) = (V::select(odd, one, r), V::select(odd, tc, ts));
+    let (dh, dt) = (V::select(odd, r, one), V::select(odd, ts, tc));
+    let d = dh.add(dt);
+    let q = nh.add(nt).div(d);
+    let res = q.xor(V::c(-0.0)).fma(dh, nh).add(q.xor(V::c(-0.0)).fma(dt, nt));
+    let t = res.div(d).add(q);
+    let t = V::select(odd, t.xor(V::c(-0.0)), t);
+    keep_nan(x, t.xor(x.sign()))
 }
 
 #[inline(always)]

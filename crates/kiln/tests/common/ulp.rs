@@ -17,6 +17,9 @@ pub fn reference(f: Func, x: f64) -> f64 {
         Func::Erf => libm::erf(x),
         Func::Sin => x.sin(),
         Func::Cos => x.cos(),
+        Func::Log2 => x.log2(),
+        Func::Log10 => x.log10(),
+        Func::Tan => x.tan(),
     }
 }
 
@@ -86,6 +89,7 @@ pub fn domain(f: Func) -> (f32, f32) {
         Func::Tanh => (-10.0, 10.0),
         Func::Sigmoid => (-105.0, 90.0),
         Func::Erf => (-4.5, 4.5),
-        Func::Sin | Func::Cos => (-TRIG_LIMIT, TRIG_LIMIT),
+        Func::Sin | Func::Cos | Func::Tan => (-TRIG_LIMIT, TRIG_LIMIT),
+        Func::Log2 | Func::Log10 => (0.0, 4.0),
     }
 }

@@ -45,8 +45,9 @@
 //! `bool` (a `bool` input or output, one byte per position, on AVX-512
 //! only: AVX2 leaves such groups to the interpreter), each op has a
 //! lowering (arithmetic, `abs`, `neg`, `sign`, `square`, `sqrt`, `rsqrt`,
-//! rounding, `maximum`/`minimum`, `exp`, `expm1`, `log`, `log1p`, `tanh`,
-//! `sigmoid`, `erf`; comparisons of `f32`, `logical_and`/`or`/`not`,
+//! rounding, `maximum`/`minimum`, `exp`, `expm1`, `log`, `log1p`, `log2`,
+//! `log10`, `tanh`, `sigmoid`, `erf`, `sin`, `cos`, `tan`; comparisons of
+//! `f32`, `logical_and`/`or`/`not`,
 //! `isnan`/`isinf`/`isfinite`, `where`, `astype` between `f32` and
 //! `bool`), and the CPU has AVX-512 or AVX2 and FMA. A `bool` value is a
 //! lane mask (a mask register on AVX-512, a vector of all-ones or zero
@@ -54,7 +55,13 @@
 //! `maximum(x, 0.01 * x)` is; a `bool` input's bytes are widened and
 //! tested (nonzero is true), and a `bool` output's mask stored as bytes 0
 //! or 1, so a mask argument (`where(mask, x, -inf)`) or a comparison
-//! returned (`x > 0`) stays in the kernel too. Anything else runs on
+//! returned (`x > 0`) stays in the kernel too. Sine, cosine and tangent
+//! run their vector reduction by `π/2`, which holds for `|x| <=`
+//! [`TRIG_LIMIT`](simd_math::TRIG_LIMIT); a vector with a lane beyond it
+//! (or an infinity) calls [`fix_big_lanes`](simd_math::fix_big_lanes) from
+//! the loop ([`Node::BigLanes`]: every vector and mask register saved
+//! around the call, which almost never runs), so the kernel computes what
+//! the interpreter computes at any argument. Anything else runs on
 //! the interpreter, which remains the reference. Setting the
 //! environment variable `KILN_JIT=0` turns compilation off (to compare, or
 //! to debug a suspected code generation problem); `KILN_JIT_DUMP=dir`
@@ -65,7 +72,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use crate::backend::cpu::simd_math::{self, Level, Vf32};
+use crate::backend::cpu::simd_math::{self, Func, Level, Vf32};
 use crate::backend::cpu::CpuGroup;
 use crate::dtype::DType;
 use crate::passes::fuse::FusedGroup;
@@ -168,6 +175,13 @@ pub enum Node {
     MaskNot(Val),
     /// `mask ? a : b` per lane.
     Blend(Val, Val, Val),
+    /// `r` (the vector path of `f` at `x`), except that when mask `big`
+    /// (`|x| > TRIG_LIMIT`) has a lane set, the generated code calls
+    /// [`fix_big_lanes`](simd_math::fix_big_lanes) on `(x, r)`, which
+    /// recomputes those lanes in `f64` as the interpreter does: `(f, x, r,
+    /// big)`. A call out of the loop that almost never runs, so the
+    /// functions reducing by `π/2` compile at any argument.
+    BigLanes(Func, Val, Val, Val),
 }
 
 impl Node {
@@ -183,6 +197,7 @@ impl Node {
             Node::MaskOr(a, b) => Node::MaskOr(f(a), f(b)),
             Node::Fma(a, b, c) => Node::Fma(f(a), f(b), f(c)),
             Node::Blend(m, a, b) => Node::Blend(f(m), f(a), f(b)),
+            Node::BigLanes(g, x, r, m) => Node::BigLanes(g, f(x), f(r), f(m)),
         }
     }
 
@@ -193,6 +208,7 @@ impl Node {
             Node::Un(_, a) | Node::MaskNot(a) => vec![a],
             Node::Bin(_, a, b) | Node::Cmp(_, a, b) | Node::MaskAnd(a, b) | Node::MaskOr(a, b) => vec![a, b],
             Node::Fma(a, b, c) | Node::Blend(a, b, c) => vec![a, b, c],
+            Node::BigLanes(_, x, r, m) => vec![x, r, m],
         }
     }
 }
@@ -380,6 +396,15 @@ fn max_min_nan(a: Traced, b: Traced, op: Bin) -> Traced {
     Traced::select(b.is_nan(), b, m)
 }
 
+/// `f(x)` for a function that reduces its argument by `π/2`: the vector
+/// path, with the lanes beyond its range fixed by a call
+/// ([`Node::BigLanes`]).
+fn big_lanes(f: Func, x: Traced) -> Traced {
+    let r = simd_math::eval_reduced(f, x);
+    let big = x.abs().gt(Traced::splat(simd_math::TRIG_LIMIT));
+    Traced(record(Node::BigLanes(f, x.0, r.0, big.0)))
+}
+
 /// A value of a group being recorded: an `f32` vector, or a lane mask for
 /// a `bool` value (a comparison, a logical op), which stays a mask: bools
 /// are only ever produced and consumed inside a compiled group.
@@ -453,7 +478,13 @@ fn lower_op(prim: &Primitive, a: &[Reg]) -> Option<Reg> {
                 UnaryOp::IsNan => return Some(Reg::M(x.is_nan())),
                 UnaryOp::IsInf => return Some(Reg::M(x.abs().cmp(Pred::Eq, inf()))),
                 UnaryOp::IsFinite => return Some(Reg::M(x.abs().cmp(Pred::Lt, inf()))),
-                _ => simd_math::eval(crate::backend::cpu::unary::simd_func(u)?, x)?,
+                _ => {
+                    let func = crate::backend::cpu::unary::simd_func(u)?;
+                    match simd_math::eval(func, x) {
+                        Some(r) => r,
+                        None => big_lanes(func, x),
+                    }
+                }
             })
         }
         Primitive::Binary(b) => {
@@ -830,7 +861,8 @@ mod tests {
     #[test]
     fn unsupported_ops_and_dtypes_are_not_lowered() {
         let g = group(vec![(Primitive::Unary(UnaryOp::Sin), vec![0]), (Primitive::Unary(UnaryOp::Neg), vec![1])], 1);
-        assert!(lower(&g).is_none(), "sine recomputes large lanes in f64");
+        let p = lower(&g).expect("sine lowers, with a call for large lanes");
+        assert!(p.nodes.iter().any(|n| matches!(n, Node::BigLanes(Func::Sin, ..))));
         let mut g =
             group(vec![(Primitive::Unary(UnaryOp::Neg), vec![0]), (Primitive::Unary(UnaryOp::Abs), vec![1])], 1);
         assert!(lower(&g).is_some());

@@ -337,6 +337,37 @@ impl Gen<'_> {
                 self.st.free_slots.extend(dead);
                 d
             }
+            Node::BigLanes(f, x, r, m) => {
+                // d = r; when a lane of `m` is set, a call fixes d's lanes
+                // in place, every vector register saved around it (the
+                // operands are in registers: the frame hides the stack slots).
+                let sm = self.load(m, pos, &mut pin)?;
+                let sx = self.load(x, pos, &mut pin)?;
+                let sr = self.load(r, pos, &mut pin)?;
+                let d = self.alloc(pos, &pin)?;
+                self.a.vmovaps(YMM[d], sr)?;
+                let mut skip = self.a.create_label();
+                self.a.vtestps(sm, sm)?;
+                self.a.jz(skip)?;
+                const XS: i32 = VB * 16;
+                const OS: i32 = XS + VB;
+                jit_code::open_call(&mut self.a, OS + VB)?;
+                for (i, y) in YMM.into_iter().enumerate() {
+                    self.a.vmovups(ymmword_ptr(rsp + VB * i as i32), y)?;
+                }
+                self.a.vmovups(ymmword_ptr(rsp + XS), sx)?;
+                self.a.vmovups(ymmword_ptr(rsp + OS), YMM[d])?;
+                jit_code::call_fix(&mut self.a, f, 8, XS, OS)?;
+                for (i, y) in YMM.into_iter().enumerate() {
+                    self.a.vmovups(y, ymmword_ptr(rsp + VB * i as i32))?;
+                }
+                self.a.vmovups(YMM[d], ymmword_ptr(rsp + OS))?;
+                jit_code::close_call(&mut self.a)?;
+                self.a.set_label(&mut skip)?;
+                let dead = self.retire(&ops, pos);
+                self.st.free_slots.extend(dead);
+                d
+            }
         };
         self.define(v, d);
         Ok(())
@@ -650,6 +681,35 @@ mod tests {
                 })
                 .collect();
             assert_eq!(run(&p, &x), want, "{n} positions");
+        }
+    }
+
+    #[test]
+    fn large_trigonometric_lanes_call_out_and_match_the_interpreter() {
+        use crate::backend::cpu::simd_math::{apply, Func};
+        use crate::dtype::DType;
+        use crate::passes::fuse::{FusedGroup, FusedOp};
+        use crate::primitive::{Primitive, UnaryOp};
+        if detected_level() < Level::Avx2 {
+            return;
+        }
+        for (op, f) in [(UnaryOp::Sin, Func::Sin), (UnaryOp::Cos, Func::Cos), (UnaryOp::Tan, Func::Tan)] {
+            let g = FusedGroup {
+                inputs: vec![DType::F32],
+                ops: vec![FusedOp { prim: Primitive::Unary(op), args: vec![0], dtype: DType::F32 }],
+                outputs: vec![1],
+            };
+            let p = crate::backend::cpu::jit::lower_at(&g, Level::Avx2).expect("lowers");
+            let specials = [1e5f32, -65_536.5, 1.5, f32::INFINITY, -2.0, f32::NAN, 3e30, 0.25, -1e9];
+            for n in [1, 7, 8, 9, 16, 17, 40] {
+                let x: Vec<f32> = (0..n).map(|i| specials[(i * 5) % specials.len()]).collect();
+                let mut want = vec![0.0f32; n];
+                apply(f, Level::Avx2, &x, &mut want);
+                let got = run(&p, &x);
+                for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                    assert!(g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()), "{f:?} {n}: {i}: {g} vs {w}");
+                }
+            }
         }
     }
 

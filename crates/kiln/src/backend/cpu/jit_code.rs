@@ -20,6 +20,7 @@
 use iced_x86::code_asm::*;
 
 use crate::backend::cpu::jit::{InputSet, Node, Pred, Prog, Val};
+use crate::backend::cpu::simd_math::{self, Func};
 
 /// General registers holding the pointers the loop reads (see [`Ptrs`]).
 pub const PTRS: [AsmRegister64; 9] = [r8, r9, r12, r13, r14, r15, rbx, rbp, rdx];
@@ -190,6 +191,54 @@ pub fn epilogue(a: &mut CodeAssembler) -> Result<(), IcedError> {
         a.pop(r)?;
     }
     a.ret()
+}
+
+/// The general registers the System V convention lets a callee clobber:
+/// generated code may hold any of them live.
+const CLOBBERED: [AsmRegister64; 9] = [rax, rcx, rdx, rsi, rdi, r8, r9, r10, r11];
+
+/// Opens a frame for a call out of generated code (see
+/// [`Node::BigLanes`]): pushes the
+/// general registers a callee may clobber and `rbx`, keeps the stack
+/// pointer in `rbx`, and reserves `bytes` at `rsp`, aligned to 64 bytes.
+/// The stack slots the AVX2 generator addresses through `rsp` are out of
+/// reach until [`close_call`]: operands must be in registers first.
+pub fn open_call(a: &mut CodeAssembler, bytes: i32) -> Result<(), IcedError> {
+    for r in CLOBBERED {
+        a.push(r)?;
+    }
+    a.push(rbx)?;
+    a.mov(rbx, rsp)?;
+    a.and(rsp, -64)?;
+    a.sub(rsp, (bytes + 63) & !63)
+}
+
+/// Calls [`fix_big_lanes_sysv`](crate::backend::cpu::simd_math::fix_big_lanes_sysv)
+/// for `f` on `lanes` lanes, with the arguments at `[rsp + x_at]` and the
+/// vector path's results (fixed in place) at `[rsp + out_at]`, inside a
+/// frame [`open_call`] made. Clears the upper vector state first (the
+/// callee is compiled for any x86-64): the caller saved every vector
+/// register it needs.
+pub fn call_fix(a: &mut CodeAssembler, f: Func, lanes: u32, x_at: i32, out_at: i32) -> Result<(), IcedError> {
+    let index = Func::ALL.iter().position(|&g| g == f).expect("every function is in Func::ALL");
+    a.vzeroupper()?;
+    a.lea(rdi, qword_ptr(rsp + x_at))?;
+    a.lea(rsi, qword_ptr(rsp + out_at))?;
+    a.mov(edx, lanes)?;
+    a.mov(ecx, index as u32)?;
+    let callee: unsafe extern "sysv64" fn(*const f32, *mut f32, usize, usize) = simd_math::fix_big_lanes_sysv;
+    a.mov(rax, callee as usize as u64)?;
+    a.call(rax)
+}
+
+/// Closes the frame [`open_call`] opened, restoring the registers.
+pub fn close_call(a: &mut CodeAssembler) -> Result<(), IcedError> {
+    a.mov(rsp, rbx)?;
+    a.pop(rbx)?;
+    for r in CLOBBERED.into_iter().rev() {
+        a.pop(r)?;
+    }
+    Ok(())
 }
 
 /// Where a program's values are computed for one broadcast pattern, and

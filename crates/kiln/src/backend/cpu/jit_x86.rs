@@ -312,6 +312,43 @@ impl Gen<'_> {
                 self.loc[v as usize] = Loc::Z(d);
                 return Ok(());
             }
+            Node::BigLanes(f, x, r, m) => {
+                // d = r; when a lane of `m` is set, a call fixes d's lanes
+                // in place, every vector and mask register saved around it.
+                let km = self.kreg(m);
+                let sx = self.reg(x, &mut temps)?;
+                let sr = self.reg(r, &mut temps)?;
+                let d = self.take_z()?;
+                self.a.vmovaps(ZMM[d], sr)?;
+                let mut skip = self.a.create_label();
+                self.a.kortestw(K[km], K[km])?;
+                self.a.jz(skip)?;
+                const KS: i32 = 64 * 32;
+                const XS: i32 = KS + 64;
+                const OS: i32 = KS + 128;
+                jit_code::open_call(&mut self.a, OS + 64)?;
+                for (i, z) in ZMM.into_iter().enumerate() {
+                    self.a.vmovups(zmmword_ptr(rsp + 64 * i as i32), z)?;
+                }
+                for (i, k) in K.into_iter().enumerate().skip(1) {
+                    self.a.kmovw(word_ptr(rsp + (KS + 2 * i as i32)), k)?;
+                }
+                self.a.vmovups(zmmword_ptr(rsp + XS), sx)?;
+                self.a.vmovups(zmmword_ptr(rsp + OS), ZMM[d])?;
+                jit_code::call_fix(&mut self.a, f, 16, XS, OS)?;
+                for (i, z) in ZMM.into_iter().enumerate() {
+                    self.a.vmovups(z, zmmword_ptr(rsp + 64 * i as i32))?;
+                }
+                self.a.vmovups(ZMM[d], zmmword_ptr(rsp + OS))?;
+                for (i, k) in K.into_iter().enumerate().skip(1) {
+                    self.a.kmovw(k, word_ptr(rsp + (KS + 2 * i as i32)))?;
+                }
+                jit_code::close_call(&mut self.a)?;
+                self.a.set_label(&mut skip)?;
+                self.free(&temps, &ops, pos);
+                self.loc[v as usize] = Loc::Z(d);
+                return Ok(());
+            }
         }
         self.release(&ops, pos);
         Ok(())

@@ -165,7 +165,7 @@ pub fn cuda_function(func: Func) -> Option<(&'static str, f64)> {
         // CUDA's sigmoid would be a composition (its bound a sum), its
         // sinf/cosf carry a long reduction, and its expm1f is barely
         // shorter (and measured 1.34 ulp, above its documented 1).
-        Func::Expm1 | Func::Sigmoid | Func::Sin | Func::Cos => None,
+        Func::Expm1 | Func::Sigmoid | Func::Sin | Func::Cos | Func::Tan | Func::Log2 | Func::Log10 => None,
     }
 }
 
@@ -195,9 +195,13 @@ pub fn print(func: Func, x: &str, next: &mut usize) -> (String, String) {
     OUT.with(|o| *o.borrow_mut() = (String::new(), *next));
     let arg = f(format_args!("{x}"));
     let mut r = eval_reduced(func, arg);
-    if matches!(func, Func::Sin | Func::Cos) {
+    if func.reduces_by_pi() {
         // Lanes beyond the reduction's range (and infinities) in f64.
-        let name = if func == Func::Sin { "sin" } else { "cos" };
+        let name = match func {
+            Func::Sin => "sin",
+            Func::Cos => "cos",
+            _ => "tan",
+        };
         r = f(format_args!("fabsf({arg}) > {} ? (float){name}((double){arg}) : {r}", lit(TRIG_LIMIT)));
     }
     OUT.with(|o| {

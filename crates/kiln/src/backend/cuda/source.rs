@@ -291,18 +291,6 @@ fn unary(u: UnaryOp, x: &str, dt: DType, out: DType, next: &mut usize) -> (Strin
         IsNan => (String::new(), format!("(({x}) != ({x}))")),
         IsInf => (String::new(), format!("(fabs{sfx}({x}) == {inf})")),
         IsFinite => (String::new(), format!("(fabs{sfx}({x}) < {inf})")),
-        Log2 | Log10 | Tan => {
-            let f = match u {
-                Log2 => "log2",
-                Log10 => "log10",
-                _ => "tan",
-            };
-            if d {
-                r(format!("{f}({x})"))
-            } else {
-                r(format!("(float){f}((double)({x}))"))
-            }
-        }
         _ => {
             let func = Func::of(u).expect("the remaining float ops are simd_math's");
             if d {
@@ -317,7 +305,10 @@ fn unary(u: UnaryOp, x: &str, dt: DType, out: DType, next: &mut usize) -> (Strin
                             Tanh => "tanh",
                             Erf => "erf",
                             Sin => "sin",
-                            _ => "cos",
+                            Cos => "cos",
+                            Tan => "tan",
+                            Log2 => "log2",
+                            _ => "log10",
                         };
                         format!("{name}({x})")
                     }
