@@ -32,7 +32,7 @@ pub struct Step {
 }
 
 /// The number of op kinds.
-pub const N_OPS: u8 = 50;
+pub const N_OPS: u8 = 51;
 
 pub fn pick(vals: &[Array], i: u8) -> &Array {
     &vals[i as usize % vals.len()]
@@ -151,6 +151,9 @@ pub fn apply(s: &Step, vals: &[Array], n_inputs: usize) -> Result<Option<Array>>
         // at most 8 on [-1.4, 1.4].
         48 if float => x.minimum(1.4f32)?.maximum(-1.4f32)?.tan(),
         49 if rx.dtype().is_float() => (rx.abs()? + 1.0f32)?.log10(),
+        // pow on arguments (it magnifies a difference in either operand):
+        // NaN for negative bases and fractional exponents, infinities at 0.
+        50 => rx.pow(ry),
         _ => return Ok(None),
     };
     r.map(Some)
@@ -168,7 +171,7 @@ pub fn reads(s: &Step, n: usize, n_inputs: usize) -> Vec<usize> {
         10..=15 | 22 | 26 | 27 | 41 => vec![x, y],
         16 | 42 | 43 => vec![rx, ry, y, z],
         44 => vec![x, rx, ry],
-        30 | 31 | 45 => vec![rx, ry],
+        30 | 31 | 45 | 50 => vec![rx, ry],
         _ => vec![x],
     }
 }

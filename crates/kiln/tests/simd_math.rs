@@ -6,7 +6,7 @@
 mod common;
 
 use common::ulp::{domain, linear, random_bits, reference, strided, ulp_err};
-use kiln::backend::cpu::simd_math::{apply, available_levels, sum_exp_below_f32, Func, Level};
+use kiln::backend::cpu::simd_math::{apply, available_levels, pow_at, sum_exp_below_f32, Func, Level};
 
 /// The asserted bound (ulps) for `f`, as documented in the module.
 fn bound(f: Func) -> f64 {
@@ -350,4 +350,115 @@ fn sums_of_exponentials_are_accurate_at_every_length() {
     assert_eq!(sum_exp_below_f32(&[f32::NEG_INFINITY; 19], 0.0), 0.0, "exp(-inf) adds nothing");
     assert_eq!(sum_exp_below_f32(&[-200.0; 19], 0.0), 0.0, "below the clamp, nothing either");
     assert_eq!(sum_exp_below_f32(&[2.5; 17], 2.5), 17.0);
+}
+
+/// A xorshift stream of uniform `f64` in `[0, 1)`.
+struct Uniform(u64);
+
+impl Uniform {
+    fn next(&mut self) -> f64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// The asserted bound of `pow_f32`, as documented in the module.
+const POW_BOUND: f64 = 1.0;
+
+#[test]
+fn pow_accuracy() {
+    let mut u = Uniform(0x853c_49e6_748f_ea9b);
+    let mut sets: Vec<(&str, Vec<(f32, f32)>)> = Vec::new();
+    let mut gen = |name, n: usize, f: &mut dyn FnMut(&mut Uniform) -> (f32, f32)| {
+        sets.push((name, (0..n).map(|_| f(&mut u)).collect()));
+    };
+    gen("x in (0, 4], y in [-40, 40]", 200_000, &mut |u| ((4.0 * u.next()) as f32, (80.0 * u.next() - 40.0) as f32));
+    gen("x any positive, y in [-3, 3]", 200_000, &mut |u| {
+        (f32::from_bits((u.next() * 0x7f80_0000 as f64) as u32), (6.0 * u.next() - 3.0) as f32)
+    });
+    gen("x near 1, y large", 200_000, &mut |u| {
+        let x = 1.0 + (u.next() - 0.5) * 2f64.powi(-(u.next() * 23.0) as i32);
+        (x as f32, ((u.next() - 0.5) * 2e7) as f32)
+    });
+    gen("x negative, y integer", 100_000, &mut |u| (-(8.0 * u.next()) as f32, (60.0 * u.next() - 30.0).round() as f32));
+    gen("results near overflow and underflow", 200_000, &mut |u| {
+        let x = 0.01 + 50.0 * u.next();
+        let t = if u.next() < 0.5 { 80.0 + 8.8 * u.next() } else { -87.0 - 17.0 * u.next() };
+        (x as f32, (t / (x as f32 as f64).ln()) as f32)
+    });
+    let mut failures = Vec::new();
+    for level in available_levels() {
+        for (name, pairs) in &sets {
+            let xs: Vec<f32> = pairs.iter().map(|p| p.0).collect();
+            let ys: Vec<f32> = pairs.iter().map(|p| p.1).collect();
+            let mut out = vec![0.0f32; xs.len()];
+            pow_at(level, &xs, &ys, &mut out);
+            let (mut worst, mut at) = (0.0f64, (0.0, 0.0));
+            for ((&x, &y), &r) in xs.iter().zip(&ys).zip(&out) {
+                let e = ulp_err(r, (x as f64).powf(y as f64));
+                if e > worst || e.is_nan() {
+                    (worst, at) = (e, (x, y));
+                }
+            }
+            println!("pow {level:?} {name}: max {worst:.3} ulp at {at:?}");
+            if worst.is_nan() || worst > POW_BOUND {
+                failures.push(format!("pow at {level:?} on {name}: {worst} ulp at {at:?}"));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
+#[test]
+fn pow_special_values_follow_c99() {
+    let inf = f32::INFINITY;
+    let vals = [
+        0.0,
+        -0.0,
+        1.0,
+        -1.0,
+        0.5,
+        -0.5,
+        2.0,
+        -2.0,
+        3.0,
+        -3.0,
+        2.5,
+        -2.5,
+        inf,
+        -inf,
+        f32::NAN,
+        1e-45,
+        -1e-45,
+        1e30,
+        -1e30,
+        16_777_216.0,
+        -16_777_217.0,
+    ];
+    for level in available_levels() {
+        for &x in &vals {
+            for &y in &vals {
+                let mut o = [0.0f32];
+                pow_at(level, &[x], &[y], &mut o);
+                let want = x.powf(y);
+                assert!(same(o[0], want), "pow({x:e}, {y:e}) at {level:?} = {:e}, want {want:e}", o[0]);
+            }
+        }
+        // Exact powers of two, and broadcast operands of every tail length.
+        for e in -149..128 {
+            let mut o = [0.0f32];
+            pow_at(level, &[2.0], &[e as f32], &mut o);
+            assert_eq!(o[0], 2f64.powi(e) as f32, "2^{e} at {level:?}");
+        }
+        for n in 0..40 {
+            let ys: Vec<f32> = (0..n).map(|i| i as f32 * 0.25 - 3.0).collect();
+            let mut o = vec![f32::NAN; n];
+            pow_at(level, &[1.5], &ys, &mut o);
+            for (&y, &r) in ys.iter().zip(&o) {
+                assert!(ulp_err(r, 1.5f64.powf(y as f64)) <= POW_BOUND, "1.5^{y} at {level:?}, {n} lanes: {r}");
+            }
+        }
+    }
 }

@@ -33,6 +33,7 @@
 //! | [`erf_f32`] | 2 ulp | 1.14 | odd, `±1` from 3.9192 |
 //! | [`log2_f32`], [`log10_f32`] | 1 ulp | 0.86, 0.69 | `log`'s reduction; `ln(m)` kept as a 12-bit head and a tail, so each term of `k log_b(2) + ln(m) log_b(e)` is exact or small; exact at powers of two (`log2`) |
 //! | [`sin_f32`], [`cos_f32`] | 1.5 ulp | 1.45 | for `\|x\| <=` [`TRIG_LIMIT`] (65536): three-part Cody-Waite reduction by π/2; larger lanes are recomputed in `f64` (≤ 0.5 ulp, slower); `±inf -> NaN` |
+//! | [`pow_f32`] | 1 ulp | 0.76 | `ln\|x\|` as an unrounded pair (12-bit head and tail, `k ln 2` exact), `y ln\|x\|` as a pair by FMA, `exp` of the pair; C99's special cases (`pow(x, ±0) = 1`, `pow(1, y) = 1`, NaN for negative `x` and non-integer `y`, signs for odd integer `y`) |
 //! | [`tan_f32`] | 2.5 ulp | 2.05 | sine over cosine of the reduced argument (cosine over minus sine in odd quadrants), one division corrected by its residual; large lanes as for sine |
 //!
 //! All functions return NaN for NaN inputs. "Bound" is what the tests assert;
@@ -216,6 +217,66 @@ entry! {
     log2_f32 => Log2, "`out[i] = log2(x[i])`.";
     log10_f32 => Log10, "`out[i] = log10(x[i])`.";
     tan_f32 => Tan, "`out[i] = tan(x[i])`.";
+}
+
+/// `out[i] = x[i]^y[i]` (C99 `powf` semantics), where `x` and `y` each
+/// hold `out.len()` values or one value used at every position, at
+/// `level` clamped to [`detected_level`]. See the module docs for the
+/// error bound.
+///
+/// # Panics
+/// If `x` or `y` holds neither `out.len()` values nor one.
+pub fn pow_at(level: Level, x: &[f32], y: &[f32], out: &mut [f32]) {
+    let n = out.len();
+    assert!(
+        (x.len() == n || x.len() == 1) && (y.len() == n || y.len() == 1),
+        "simd_math: pow operands of lengths {} and {} for {n} outputs",
+        x.len(),
+        y.len()
+    );
+    match level.min(detected_level()) {
+        #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+        // SAFETY: the level is at most the detected one: AVX2 and FMA are available.
+        Level::Avx2 => unsafe { x86::pow_avx2(x, y, out) },
+        #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+        // SAFETY: as above, AVX-512F, AVX2 and FMA are available.
+        Level::Avx512 => unsafe { x86::pow_avx512(x, y, out) },
+        _ => pow_generic::<f32>(x, y, out),
+    }
+}
+
+/// `out[i] = x[i]^y[i]` at [`detected_level`] (see [`pow_at`]).
+pub fn pow_f32(x: &[f32], y: &[f32], out: &mut [f32]) {
+    pow_at(detected_level(), x, y, out)
+}
+
+/// [`pow_at`] with the vector type `V`.
+#[inline(always)]
+fn pow_generic<V: VMem>(x: &[f32], y: &[f32], out: &mut [f32]) {
+    let n = out.len();
+    let lanes = |s: &[f32], at: usize, buf: &mut [f32; 16]| -> V {
+        if s.len() == 1 {
+            V::splat(s[0])
+        } else if at + V::N <= n {
+            V::load(&s[at..at + V::N])
+        } else {
+            buf[..n - at].copy_from_slice(&s[at..n]);
+            V::load(&buf[..])
+        }
+    };
+    let (mut bx, mut by) = ([1.0f32; 16], [1.0f32; 16]);
+    let mut at = 0;
+    while at < n {
+        let r = pow_v(lanes(x, at, &mut bx), lanes(y, at, &mut by));
+        if at + V::N <= n {
+            r.store(&mut out[at..at + V::N]);
+        } else {
+            let mut o = [0.0f32; 16];
+            r.store(&mut o[..]);
+            out[at..].copy_from_slice(&o[..n - at]);
+        }
+        at += V::N;
+    }
 }
 
 /// `sum(e^(x[i] - m))` for a finite `m` at least every `x[i]` (none NaN):
@@ -664,6 +725,14 @@ const IVLN10_HI: f32 = f32::from_bits(0x3ede_6000);
 const IVLN10_LO: f32 = f32::from_bits(0xb804_ead9);
 const LOG10_2_HI: f32 = f32::from_bits(0x3e9a_2080);
 const LOG10_2_LO: f32 = f32::from_bits(0x3554_27db);
+/// `2/3` as a head and a tail (for [`ln_pair`]).
+const TWO_THIRDS_HI: f32 = 0.666_666_7;
+const TWO_THIRDS_LO: f32 = -1.986_821_5e-8;
+/// `(2 atanh(s) - 2s - 2s^3/3) / s^5` in `z = s^2` (highest first).
+const LN_PAIR_R: [f32; 5] = [2.0 / 13.0, 2.0 / 11.0, 2.0 / 9.0, 2.0 / 7.0, 2.0 / 5.0];
+/// `(e^r - 1 - r) / r^2` (highest first), `|r| <= ln2/2`, one term past
+/// [`EXP_P`]'s for [`exp_pair`].
+const EXP_Q2: [f32; 7] = [1.0 / 40320.0, 1.0 / 5040.0, 1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5];
 /// `π/2` in three parts for the sine/cosine reduction.
 const PIO2_1: f32 = 1.570_796_4;
 const PIO2_2: f32 = -4.371_139e-8;
@@ -914,6 +983,87 @@ fn sin_v<V: Vf32>(x: V) -> V {
     keep_nan(x, v.xor(x.sign()))
 }
 
+/// `ln(1 + f)` for `f` as [`log_tail`] takes it, as an unrounded pair
+/// `(h, l)` accurate to about 2^-40 relative: `2 atanh(s)`, `s = f / (2 +
+/// f)` kept as a pair, with its leading terms `2s` and `2s^3/3` computed
+/// exactly by FMA and the rest (below 1e-4 of the result) in `f32`.
+#[inline(always)]
+fn ln_pair<V: Vf32>(f: V) -> (V, V) {
+    let neg = |v: V| v.xor(V::c(-0.0));
+    // d = 2 + f exactly; s = f / d = sh + sl.
+    let (dh, dl) = fast_two_sum(V::c(2.0), f);
+    let sh = f.div(dh);
+    let sl = neg(sh).fma(dh, f).sub(sh.mul(dl)).div(dh);
+    // sh^3 = ch + cl, through z = sh^2 = zh + zl.
+    let zh = sh.mul(sh);
+    let zl = sh.fma(sh, neg(zh));
+    let ch = sh.mul(zh);
+    let cl = sh.fma(zh, neg(ch)).add(sh.mul(zl));
+    // (2/3) s^3 = th + tl (with s^3's first-order term in sl).
+    let th = V::c(TWO_THIRDS_HI).mul(ch);
+    let tl = V::c(TWO_THIRDS_HI)
+        .fma(ch, neg(th))
+        .add(V::c(TWO_THIRDS_HI).mul(cl))
+        .add(V::c(TWO_THIRDS_LO).mul(ch))
+        .add(V::c(2.0).mul(zh).mul(sl));
+    // 2 s^5 (1/5 + s^2/7 + ...).
+    let rest = ch.mul(zh).mul(zh.poly(&LN_PAIR_R));
+    let (uh, ul) = fast_two_sum(sh.mul(V::c(2.0)), th);
+    (uh, ul.add(sl.mul(V::c(2.0)).add(tl).add(rest)))
+}
+
+/// `e^(h + l)` for a small correction `l` of `h` (`|l|` below an ulp of
+/// `h`), rounded about once: `h - n ln 2` is exact (`LN2_HI`'s short
+/// head), and `1 + r` is added last. `h` beyond `[-104, 89]` gives 0 or
+/// `+inf` (a NaN `h` gives 0: callers restore NaN), and `l` is clamped, so
+/// an infinite or NaN `l` is harmless.
+#[inline(always)]
+fn exp_pair<V: Vf32>(h: V, l: V) -> V {
+    let h = h.max(V::c(-104.0)).min(V::c(89.0));
+    let l = l.max(V::c(-1e-4)).min(V::c(1e-4));
+    let n = h.mul(V::c(LOG2E)).round();
+    let rh = n.fma(V::c(-LN2_HI), h);
+    let rl = n.fma(V::c(-LN2_LO), l);
+    let r = rh.add(rl);
+    let q = r.mul(r).mul(r.poly(&EXP_Q2));
+    let (ah, al) = fast_two_sum(V::c(1.0), rh);
+    ah.add(al.add(rl.add(q))).scale2(n)
+}
+
+/// `x^y` with C99's special cases (see the module docs).
+#[inline(always)]
+pub(crate) fn pow_v<V: Vf32>(x: V, y: V) -> V {
+    let inf = V::c(f32::INFINITY);
+    let one = V::c(1.0);
+    let neg = |v: V| v.xor(V::c(-0.0));
+    let ax = x.abs();
+    // ln|x| = lh + ll: k ln 2 (LN2_HI's short head makes k * LN2_HI
+    // exact) plus ln(1 + f) as a pair.
+    let (f, k) = log_split(ax);
+    let (hi, lo) = ln_pair(f);
+    let (s, e) = fast_two_sum(k.mul(V::c(LN2_HI)), hi);
+    let (lh, ll) = fast_two_sum(s, e.add(lo).add(k.mul(V::c(LN2_LO))));
+    // ln 0 = -inf, ln inf = inf, ln NaN = NaN (the split above is
+    // meaningless there).
+    let lh = V::select(ax.eq(V::c(0.0)), V::c(f32::NEG_INFINITY), lh);
+    let lh = V::select(ax.eq(inf), inf, lh);
+    let lh = keep_nan(ax, lh);
+    // y ln|x| = ph + pl, the product's rounding error recovered by an fma.
+    let ph = y.mul(lh);
+    let pl = y.fma(lh, neg(ph)).add(y.mul(ll));
+    let r = exp_pair(ph, pl);
+    let r = V::select(ph.is_nan(), ph, r);
+    // A negative x (or -0) to an odd integer power is negative.
+    let odd = y.sub(V::c(2.0).mul(y.mul(V::c(0.5)).floor())).eq(one);
+    let r = V::select(odd, r.xor(x.sign()), r);
+    // A finite negative x to a finite non-integer power is NaN.
+    let neg_finite = V::mand(x.lt(V::c(0.0)), x.gt(V::c(f32::NEG_INFINITY)));
+    let r = V::select(V::mand(neg_finite, y.sub(y.floor()).gt(V::c(0.0))), V::c(f32::NAN), r);
+    // pow(x, ±0) = pow(1, y) = pow(-1, ±inf) = 1, NaN x or y included.
+    let ones = V::mor(V::mor(y.eq(V::c(0.0)), x.eq(one)), V::mand(ax.eq(one), y.abs().eq(inf)));
+    V::select(ones, one, r)
+}
+
 #[inline(always)]
 fn tan_v<V: Vf32>(x: V) -> V {
     // tan = sin r / cos r in even quadrants, -cos r / sin r in odd ones,
@@ -977,6 +1127,16 @@ mod x86 {
     #[target_feature(enable = "avx512f,avx2,fma")]
     pub(super) unsafe fn run_avx512(f: Func, x: &[f32], out: &mut [f32]) {
         run_generic::<F16>(f, x, out)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn pow_avx2(x: &[f32], y: &[f32], out: &mut [f32]) {
+        super::pow_generic::<F8>(x, y, out)
+    }
+
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub(super) unsafe fn pow_avx512(x: &[f32], y: &[f32], out: &mut [f32]) {
+        super::pow_generic::<F16>(x, y, out)
     }
 
     #[target_feature(enable = "avx2,fma")]

@@ -4,9 +4,10 @@
 use std::marker::PhantomData;
 
 use crate::backend::cpu::math::{floordiv_f32, floordiv_f64, max_nan, min_nan, rem_f32, rem_f64, FloatMath, IntMath};
+use crate::backend::cpu::simd_math;
 use crate::backend::cpu::tile::{map2, map3, multiversion, Src};
 use crate::buffer::elem_type;
-use crate::buffer::Buffer;
+use crate::buffer::{Buffer, BufferElement};
 use crate::dtype::{DType, Element};
 use crate::primitive::BinaryOp;
 
@@ -96,6 +97,12 @@ pub fn binary(op: BinaryOp, a: Src, b: Src, out: &mut Buffer) {
         Buffer::I64(_) => int_binary::<i64>(op, a, b, out),
         Buffer::F16(_) => float_binary_simd::<half::f16>(op, a, b, out),
         Buffer::BF16(_) => float_binary_simd::<half::bf16>(op, a, b, out),
+        Buffer::F32(_) if op == BinaryOp::Pow => {
+            // simd_math's vector pow (an operand broadcast is one value).
+            let os = f32::slice_of_mut(out).expect("register dtype matches the op's output dtype");
+            let n = a.len;
+            simd_math::pow_f32(a.slice::<f32>(), b.slice::<f32>(), &mut os[..n]);
+        }
         Buffer::F32(_) => float_binary_simd::<f32>(op, a, b, out),
         Buffer::F64(_) => float_binary_simd::<f64>(op, a, b, out),
     }

@@ -45,7 +45,7 @@
 //! `bool` (a `bool` input or output, one byte per position, on AVX-512
 //! only: AVX2 leaves such groups to the interpreter), each op has a
 //! lowering (arithmetic, `abs`, `neg`, `sign`, `square`, `sqrt`, `rsqrt`,
-//! rounding, `maximum`/`minimum`, `exp`, `expm1`, `log`, `log1p`, `log2`,
+//! rounding, `maximum`/`minimum`, `pow`, `exp`, `expm1`, `log`, `log1p`, `log2`,
 //! `log10`, `tanh`, `sigmoid`, `erf`, `sin`, `cos`, `tan`; comparisons of
 //! `f32`, `logical_and`/`or`/`not`,
 //! `isnan`/`isinf`/`isfinite`, `where`, `astype` between `f32` and
@@ -499,6 +499,7 @@ fn lower_op(prim: &Primitive, a: &[Reg]) -> Option<Reg> {
                 BinaryOp::Sub => Reg::F(x.sub(y)),
                 BinaryOp::Mul => Reg::F(x.mul(y)),
                 BinaryOp::Div => Reg::F(x.div(y)),
+                BinaryOp::Pow => Reg::F(simd_math::pow_v(x, y)),
                 BinaryOp::Maximum => Reg::F(max_min_nan(x, y, Bin::Max)),
                 BinaryOp::Minimum => Reg::F(max_min_nan(x, y, Bin::Min)),
                 BinaryOp::Equal => Reg::M(x.cmp(Pred::Eq, y)),

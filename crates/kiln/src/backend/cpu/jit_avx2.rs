@@ -714,6 +714,34 @@ mod tests {
     }
 
     #[test]
+    fn pow_matches_the_interpreter() {
+        use crate::backend::cpu::simd_math::pow_at;
+        use crate::dtype::DType;
+        use crate::passes::fuse::{FusedGroup, FusedOp};
+        use crate::primitive::{BinaryOp, Primitive};
+        if detected_level() < Level::Avx2 {
+            return;
+        }
+        // x^x: the long chain (log and exp pairs) spills with 16 registers.
+        let g = FusedGroup {
+            inputs: vec![DType::F32],
+            ops: vec![FusedOp { prim: Primitive::Binary(BinaryOp::Pow), args: vec![0, 0], dtype: DType::F32 }],
+            outputs: vec![1],
+        };
+        let p = crate::backend::cpu::jit::lower_at(&g, Level::Avx2).expect("lowers");
+        let specials = [0.5f32, 3.0, -2.0, 0.0, -0.0, f32::INFINITY, f32::NAN, 1.0, 7.25, 1e-3, 30.0];
+        for n in [1, 7, 8, 9, 16, 17, 40] {
+            let x: Vec<f32> = (0..n).map(|i| specials[(i * 3) % specials.len()]).collect();
+            let mut want = vec![0.0f32; n];
+            pow_at(Level::Avx2, &x, &x, &mut want);
+            let got = run(&p, &x);
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert!(g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()), "pow {n}: {i}: {g} vs {w}");
+            }
+        }
+    }
+
+    #[test]
     fn comparisons_and_mask_logic_select_per_lane() {
         if detected_level() < Level::Avx2 {
             return;
