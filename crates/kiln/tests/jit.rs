@@ -469,7 +469,9 @@ fn transcendental_chains_match_the_interpreter_on_random_and_special_values() ->
     // One function and a negation: the compiled kernel runs the recorded
     // simd_math code, the interpreter its own; over wide random ranges with
     // special values mixed in.
-    let fs: [(&str, F2, f64); 16] = [
+    let fs: [(&str, F2, f64); 18] = [
+        ("remainder", |x, y| x.remainder(y)?.neg(), 40.0),
+        ("floor_divide", |x, y| x.floor_divide(y)?.neg(), 40.0),
         ("pow", |x, y| x.pow(y)?.neg(), 40.0),
         ("pow_scalar", |x, _| x.pow(0.37f32)?.neg(), 1e3),
         ("pow_abs", |x, y| x.abs()?.pow(&(y * 0.1f32)?)?.neg(), 1e3),
@@ -539,10 +541,14 @@ fn trigonometry_calls_out_for_large_lanes_and_matches_the_interpreter() -> Resul
             let x = Array::from_vec(xs, &[n])?;
             let y = Array::from_vec(ys, &[n])?;
             let (g0, g1) = c.call((&x, &y))?;
-            let (w0, w1) = jit::interpreted(|| trig_mix(&x, &y))?;
+            // Evaluated inside: arrays are lazy until read.
+            let (w0, w1) = jit::interpreted(|| -> Result<_> {
+                let (a, b) = trig_mix(&x, &y)?;
+                Ok((a.to_vec::<f32>()?, b.to_vec::<f32>()?))
+            })?;
             let what = format!("{n} positions, {density}% large");
-            assert_same(&g0.to_vec::<f32>()?, &w0.to_vec::<f32>()?, &what);
-            assert_same(&g1.to_vec::<f32>()?, &w1.to_vec::<f32>()?, &what);
+            assert_same(&g0.to_vec::<f32>()?, &w0, &what);
+            assert_same(&g1.to_vec::<f32>()?, &w1, &what);
         }
     }
     if jit::enabled() {
@@ -550,6 +556,61 @@ fn trigonometry_calls_out_for_large_lanes_and_matches_the_interpreter() -> Resul
         let text = c.explain((&x, &x))?;
         assert!(text.contains("code:    machine code ("), "{text}");
         assert!(!text.contains("tile interpreter"), "{text}");
+    }
+    Ok(())
+}
+
+/// Python's `divmod` pair as users write it (`x %% y` and `x %/% y` in R).
+fn divmod_pair(x: &Array, y: &Array) -> Result<(Array, Array)> {
+    Ok(((x.floor_divide(y)? * 2.0f32)?, (x.remainder(y)? + 1.0f32)?))
+}
+
+#[test]
+fn floor_division_and_remainder_match_the_interpreter_at_any_magnitude() -> Result<()> {
+    // Quotients near integers (a = k b, one ulp either side), huge ones
+    // (the scalar code's lanes), tiny and subnormal operands, zeros of
+    // both signs, infinities and NaN, each at random lanes.
+    let c = compile(|x: &Array, y: &Array| divmod_pair(x, y));
+    let mut rng = Rng::new(1234);
+    let specials = [0.0f32, -0.0, f32::INFINITY, f32::NEG_INFINITY, f32::NAN, 1e-40, -3e-39, f32::MAX, 1e30];
+    // Without special lanes no vector calls the scalar code: the vector
+    // path alone must match.
+    for (n, mixed) in [1, 15, 16, 17, 33, 1000, 4099].into_iter().flat_map(|n| [(n, false), (n, true)]) {
+        let mut xs = Vec::with_capacity(n);
+        let mut ys = Vec::with_capacity(n);
+        for _ in 0..n {
+            let y = (10f64.powf(rng.floats_f32(1, -3.0, 3.0)[0] as f64) as f32)
+                * if rng.int(0, 1) == 0 { 1.0 } else { -1.0 };
+            // Cases 1 and 2 (huge quotients, special values) call out.
+            let case = if mixed { rng.int(0, 5) } else { [0, 3, 4, 5][rng.int(0, 3) as usize] };
+            let x = match case {
+                0 => {
+                    let k = rng.int(-100_000, 100_000) as f32;
+                    let v = k * y;
+                    f32::from_bits((v.to_bits() as i64 + rng.int(-1, 1)) as u32)
+                }
+                1 => y * rng.floats_f32(1, -1e9, 1e9)[0],
+                2 => rng.pick(&specials),
+                _ => y * rng.floats_f32(1, -50.0, 50.0)[0],
+            };
+            xs.push(x);
+            ys.push(if mixed && rng.int(0, 30) == 0 { rng.pick(&specials) } else { y });
+        }
+        let x = Array::from_vec(xs, &[n])?;
+        let y = Array::from_vec(ys, &[n])?;
+        let (g0, g1) = c.call((&x, &y))?;
+        // Evaluated inside: arrays are lazy until read.
+        let (w0, w1) = jit::interpreted(|| -> Result<_> {
+            let (a, b) = divmod_pair(&x, &y)?;
+            Ok((a.to_vec::<f32>()?, b.to_vec::<f32>()?))
+        })?;
+        assert_same(&g0.to_vec::<f32>()?, &w0, &format!("floor_divide, {n}, mixed {mixed}"));
+        assert_same(&g1.to_vec::<f32>()?, &w1, &format!("remainder, {n}, mixed {mixed}"));
+    }
+    if jit::enabled() {
+        let x = Array::from_vec(vec![0.5f32; 64], &[64])?;
+        let text = c.explain((&x, &x))?;
+        assert!(text.contains("code:    machine code (") && !text.contains("tile interpreter"), "{text}");
     }
     Ok(())
 }

@@ -345,8 +345,8 @@ pub const TRIG_LIMIT: f32 = 65536.0;
 /// infinities) in `f64`, rounded once to `f32` (≤ 0.5 ulp). Other
 /// functions' results are left as they are. The interpreter calls it after
 /// the vector code, and generated kernels call it (through
-/// [`fix_big_lanes_sysv`]) when a vector has such a lane, so both compute
-/// the same bits.
+/// `backend::cpu::jit::fix_lanes_sysv`) when a vector has such a lane, so
+/// both compute the same bits.
 pub fn fix_big_lanes(f: Func, x: &[f32], out: &mut [f32]) {
     if !f.reduces_by_pi() || !x.iter().any(|v| v.abs() > TRIG_LIMIT) {
         return;
@@ -361,21 +361,6 @@ pub fn fix_big_lanes(f: Func, x: &[f32], out: &mut [f32]) {
             } as f32;
         }
     }
-}
-
-/// [`fix_big_lanes`] for generated code: `x` and `out` address `lanes`
-/// `f32` each, `f` is the function's index in [`Func::ALL`] (an index out
-/// of range, or one of a function that does not reduce by `π/2`, changes
-/// nothing). Never panics or unwinds.
-///
-/// # Safety
-/// `x` must be valid for reading and `out` for writing `lanes` `f32`, not
-/// overlapping.
-pub unsafe extern "sysv64" fn fix_big_lanes_sysv(x: *const f32, out: *mut f32, lanes: usize, f: usize) {
-    let Some(&f) = Func::ALL.get(f) else { return };
-    // SAFETY: the caller's contract.
-    let (x, out) = unsafe { (std::slice::from_raw_parts(x, lanes), std::slice::from_raw_parts_mut(out, lanes)) };
-    fix_big_lanes(f, x, out);
 }
 
 fn run_scalar(f: Func, x: &[f32], out: &mut [f32]) {

@@ -45,7 +45,7 @@
 //! `bool` (a `bool` input or output, one byte per position, on AVX-512
 //! only: AVX2 leaves such groups to the interpreter), each op has a
 //! lowering (arithmetic, `abs`, `neg`, `sign`, `square`, `sqrt`, `rsqrt`,
-//! rounding, `maximum`/`minimum`, `pow`, `exp`, `expm1`, `log`, `log1p`, `log2`,
+//! rounding, `maximum`/`minimum`, `floor_divide`, `remainder`, `pow`, `exp`, `expm1`, `log`, `log1p`, `log2`,
 //! `log10`, `tanh`, `sigmoid`, `erf`, `sin`, `cos`, `tan`; comparisons of
 //! `f32`, `logical_and`/`or`/`not`,
 //! `isnan`/`isinf`/`isfinite`, `where`, `astype` between `f32` and
@@ -59,7 +59,7 @@
 //! run their vector reduction by `π/2`, which holds for `|x| <=`
 //! [`TRIG_LIMIT`](simd_math::TRIG_LIMIT); a vector with a lane beyond it
 //! (or an infinity) calls [`fix_big_lanes`](simd_math::fix_big_lanes) from
-//! the loop ([`Node::BigLanes`]: every vector and mask register saved
+//! the loop ([`Node::Fix`]: every vector and mask register saved
 //! around the call, which almost never runs), so the kernel computes what
 //! the interpreter computes at any argument. Anything else runs on
 //! the interpreter, which remains the reference. Setting the
@@ -175,13 +175,71 @@ pub enum Node {
     MaskNot(Val),
     /// `mask ? a : b` per lane.
     Blend(Val, Val, Val),
-    /// `r` (the vector path of `f` at `x`), except that when mask `big`
-    /// (`|x| > TRIG_LIMIT`) has a lane set, the generated code calls
-    /// [`fix_big_lanes`](simd_math::fix_big_lanes) on `(x, r)`, which
-    /// recomputes those lanes in `f64` as the interpreter does: `(f, x, r,
-    /// big)`. A call out of the loop that almost never runs, so the
-    /// functions reducing by `π/2` compile at any argument.
-    BigLanes(Func, Val, Val, Val),
+    /// `r`, a vector path's result for operands `a` and `b` (`b == a` for
+    /// a one-operand function), except that when mask `slow` has a lane
+    /// set, the generated code calls [`fix_lanes_sysv`] on `(a, b, r)`,
+    /// which recomputes the lanes the vector path does not cover as the
+    /// interpreter computes them: `(fix, a, b, r, slow)`. A call out of the
+    /// loop that almost never runs, so such functions compile at any
+    /// argument.
+    Fix(Fix, Val, Val, Val, Val),
+}
+
+/// What a [`Node::Fix`] call recomputes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Fix {
+    /// Lanes of `f` (sine, cosine, tangent) beyond
+    /// [`TRIG_LIMIT`](simd_math::TRIG_LIMIT), in `f64`
+    /// ([`fix_big_lanes`](simd_math::fix_big_lanes)).
+    Big(Func),
+    /// Every lane of `floor_divide(a, b)`, by the interpreter's scalar code.
+    FloorDivide,
+    /// Every lane of `remainder(a, b)`, by the interpreter's scalar code.
+    Remainder,
+}
+
+impl Fix {
+    /// The number passed to [`fix_lanes_sysv`].
+    pub fn code(self) -> usize {
+        match self {
+            Fix::Big(f) => Func::ALL.iter().position(|&g| g == f).expect("every function is in Func::ALL"),
+            Fix::FloorDivide => 1000,
+            Fix::Remainder => 1001,
+        }
+    }
+}
+
+/// The call of a [`Node::Fix`]: `out` holds the vector path's results for
+/// operands `a` and `b`, `lanes` `f32` each; `code` is [`Fix::code`].
+/// Lanes are recomputed in place as the interpreter computes them (an
+/// unknown `code` changes nothing). Never panics or unwinds.
+///
+/// # Safety
+/// `a` and `b` must be valid for reading and `out` for writing `lanes`
+/// `f32`; `out` must not overlap `a` or `b`.
+pub unsafe extern "sysv64" fn fix_lanes_sysv(a: *const f32, b: *const f32, out: *mut f32, lanes: usize, code: usize) {
+    // SAFETY: the caller's contract.
+    let (a, b, out) = unsafe {
+        (
+            std::slice::from_raw_parts(a, lanes),
+            std::slice::from_raw_parts(b, lanes),
+            std::slice::from_raw_parts_mut(out, lanes),
+        )
+    };
+    let scalar = |f: fn(f32, f32) -> f32, out: &mut [f32]| {
+        for ((o, &x), &y) in out.iter_mut().zip(a).zip(b) {
+            *o = f(x, y);
+        }
+    };
+    match code {
+        1000 => scalar(crate::backend::cpu::math::floordiv_f32, out),
+        1001 => scalar(crate::backend::cpu::math::rem_f32, out),
+        _ => {
+            if let Some(&f) = Func::ALL.get(code) {
+                simd_math::fix_big_lanes(f, a, out);
+            }
+        }
+    }
 }
 
 impl Node {
@@ -197,7 +255,7 @@ impl Node {
             Node::MaskOr(a, b) => Node::MaskOr(f(a), f(b)),
             Node::Fma(a, b, c) => Node::Fma(f(a), f(b), f(c)),
             Node::Blend(m, a, b) => Node::Blend(f(m), f(a), f(b)),
-            Node::BigLanes(g, x, r, m) => Node::BigLanes(g, f(x), f(r), f(m)),
+            Node::Fix(g, a, b, r, m) => Node::Fix(g, f(a), f(b), f(r), f(m)),
         }
     }
 
@@ -208,7 +266,7 @@ impl Node {
             Node::Un(_, a) | Node::MaskNot(a) => vec![a],
             Node::Bin(_, a, b) | Node::Cmp(_, a, b) | Node::MaskAnd(a, b) | Node::MaskOr(a, b) => vec![a, b],
             Node::Fma(a, b, c) | Node::Blend(a, b, c) => vec![a, b, c],
-            Node::BigLanes(_, x, r, m) => vec![x, r, m],
+            Node::Fix(_, a, b, r, m) => vec![a, b, r, m],
         }
     }
 }
@@ -398,11 +456,49 @@ fn max_min_nan(a: Traced, b: Traced, op: Bin) -> Traced {
 
 /// `f(x)` for a function that reduces its argument by `π/2`: the vector
 /// path, with the lanes beyond its range fixed by a call
-/// ([`Node::BigLanes`]).
+/// ([`Node::Fix`]).
 fn big_lanes(f: Func, x: Traced) -> Traced {
     let r = simd_math::eval_reduced(f, x);
     let big = x.abs().gt(Traced::splat(simd_math::TRIG_LIMIT));
-    Traced(record(Node::BigLanes(f, x.0, r.0, big.0)))
+    Traced(record(Node::Fix(Fix::Big(f), x.0, x.0, r.0, big.0)))
+}
+
+/// Python's `divmod` for `f32` as [`divmod_f32`](crate::backend::cpu::math::divmod_f32)
+/// computes it, bit for bit, on the lanes where `a` is finite, `b` finite
+/// and nonzero and `|a / b| < 2^22`: `(quotient, remainder, slow)`, with
+/// `slow` the other lanes (recomputed by the scalar code through a
+/// [`Node::Fix`] call). `fmod(a, b)` is exact there: `t = trunc(a / b)` is
+/// the true quotient's integer part or one off, `a - t b` is computed by
+/// one FMA with no rounding (a multiple of `b`'s ulp smaller than `2^24`
+/// of them), and one step toward `[0, |b|)` (with `a`'s sign) is exact too.
+fn divmod(a: Traced, b: Traced) -> (Traced, Traced, TracedMask) {
+    let c = Traced::splat;
+    let zero = c(0.0);
+    let qd = a.div(b);
+    // trunc(qd)
+    let t = Traced::select(qd.lt(zero), qd.un(Un::Ceil), qd.floor());
+    let r = t.xor(c(-0.0)).fma(b, a);
+    // The remainder in the frame where a is positive: into [0, |b|).
+    let sa = a.sign();
+    let ab = b.abs();
+    let ra = r.xor(sa);
+    let ra = Traced::select(ra.lt(zero), ra.add(ab), ra);
+    let ra = Traced::select(ra.ge(ab), ra.sub(ab), ra);
+    let m = ra.xor(sa);
+    // divmod_f32 from fmod on: the remainder takes b's sign, the quotient
+    // is (a - m) / b snapped to an integer.
+    let div = a.sub(m).div(b);
+    let flip = m.xor(b.sign()).lt(zero);
+    let m1 = Traced::select(flip, m.add(b), m);
+    let div = Traced::select(flip, div.sub(c(1.0)), div);
+    let m = Traced::select(m.cmp(Pred::Eq, zero), b.sign(), m1);
+    let f = div.floor();
+    let q = Traced::select(div.sub(f).gt(c(0.5)), f.add(c(1.0)), f);
+    let q = Traced::select(div.cmp(Pred::Neq, zero), q, qd.sign());
+    let inf = c(f32::INFINITY);
+    let finite = Traced::mand(a.abs().lt(inf), ab.lt(inf));
+    let fast = Traced::mand(Traced::mand(finite, ab.gt(zero)), qd.abs().lt(c(4_194_304.0)));
+    (q, m, mask_not(fast))
 }
 
 /// A value of a group being recorded: an `f32` vector, or a lane mask for
@@ -500,6 +596,11 @@ fn lower_op(prim: &Primitive, a: &[Reg]) -> Option<Reg> {
                 BinaryOp::Mul => Reg::F(x.mul(y)),
                 BinaryOp::Div => Reg::F(x.div(y)),
                 BinaryOp::Pow => Reg::F(simd_math::pow_v(x, y)),
+                BinaryOp::FloorDivide | BinaryOp::Remainder => {
+                    let (q, m, slow) = divmod(x, y);
+                    let (fix, r) = if b == BinaryOp::FloorDivide { (Fix::FloorDivide, q) } else { (Fix::Remainder, m) };
+                    Reg::F(Traced(record(Node::Fix(fix, x.0, y.0, r.0, slow.0))))
+                }
                 BinaryOp::Maximum => Reg::F(max_min_nan(x, y, Bin::Max)),
                 BinaryOp::Minimum => Reg::F(max_min_nan(x, y, Bin::Min)),
                 BinaryOp::Equal => Reg::M(x.cmp(Pred::Eq, y)),
@@ -863,7 +964,7 @@ mod tests {
     fn unsupported_ops_and_dtypes_are_not_lowered() {
         let g = group(vec![(Primitive::Unary(UnaryOp::Sin), vec![0]), (Primitive::Unary(UnaryOp::Neg), vec![1])], 1);
         let p = lower(&g).expect("sine lowers, with a call for large lanes");
-        assert!(p.nodes.iter().any(|n| matches!(n, Node::BigLanes(Func::Sin, ..))));
+        assert!(p.nodes.iter().any(|n| matches!(n, Node::Fix(Fix::Big(Func::Sin), ..))));
         let mut g =
             group(vec![(Primitive::Unary(UnaryOp::Neg), vec![0]), (Primitive::Unary(UnaryOp::Abs), vec![1])], 1);
         assert!(lower(&g).is_some());

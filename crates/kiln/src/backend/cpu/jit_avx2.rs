@@ -337,12 +337,13 @@ impl Gen<'_> {
                 self.st.free_slots.extend(dead);
                 d
             }
-            Node::BigLanes(f, x, r, m) => {
+            Node::Fix(fix, x, y, r, m) => {
                 // d = r; when a lane of `m` is set, a call fixes d's lanes
                 // in place, every vector register saved around it (the
                 // operands are in registers: the frame hides the stack slots).
                 let sm = self.load(m, pos, &mut pin)?;
                 let sx = self.load(x, pos, &mut pin)?;
+                let sy = self.load(y, pos, &mut pin)?;
                 let sr = self.load(r, pos, &mut pin)?;
                 let d = self.alloc(pos, &pin)?;
                 self.a.vmovaps(YMM[d], sr)?;
@@ -350,14 +351,16 @@ impl Gen<'_> {
                 self.a.vtestps(sm, sm)?;
                 self.a.jz(skip)?;
                 const XS: i32 = VB * 16;
-                const OS: i32 = XS + VB;
+                const YS: i32 = XS + VB;
+                const OS: i32 = YS + VB;
                 jit_code::open_call(&mut self.a, OS + VB)?;
                 for (i, y) in YMM.into_iter().enumerate() {
                     self.a.vmovups(ymmword_ptr(rsp + VB * i as i32), y)?;
                 }
                 self.a.vmovups(ymmword_ptr(rsp + XS), sx)?;
+                self.a.vmovups(ymmword_ptr(rsp + YS), sy)?;
                 self.a.vmovups(ymmword_ptr(rsp + OS), YMM[d])?;
-                jit_code::call_fix(&mut self.a, f, 8, XS, OS)?;
+                jit_code::call_fix(&mut self.a, fix, 8, [XS, YS, OS])?;
                 for (i, y) in YMM.into_iter().enumerate() {
                     self.a.vmovups(y, ymmword_ptr(rsp + VB * i as i32))?;
                 }

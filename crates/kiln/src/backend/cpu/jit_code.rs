@@ -19,8 +19,7 @@
 
 use iced_x86::code_asm::*;
 
-use crate::backend::cpu::jit::{InputSet, Node, Pred, Prog, Val};
-use crate::backend::cpu::simd_math::{self, Func};
+use crate::backend::cpu::jit::{fix_lanes_sysv, Fix, InputSet, Node, Pred, Prog, Val};
 
 /// General registers holding the pointers the loop reads (see [`Ptrs`]).
 pub const PTRS: [AsmRegister64; 9] = [r8, r9, r12, r13, r14, r15, rbx, rbp, rdx];
@@ -198,7 +197,7 @@ pub fn epilogue(a: &mut CodeAssembler) -> Result<(), IcedError> {
 const CLOBBERED: [AsmRegister64; 9] = [rax, rcx, rdx, rsi, rdi, r8, r9, r10, r11];
 
 /// Opens a frame for a call out of generated code (see
-/// [`Node::BigLanes`]): pushes the
+/// [`Node::Fix`]): pushes the
 /// general registers a callee may clobber and `rbx`, keeps the stack
 /// pointer in `rbx`, and reserves `bytes` at `rsp`, aligned to 64 bytes.
 /// The stack slots the AVX2 generator addresses through `rsp` are out of
@@ -213,20 +212,20 @@ pub fn open_call(a: &mut CodeAssembler, bytes: i32) -> Result<(), IcedError> {
     a.sub(rsp, (bytes + 63) & !63)
 }
 
-/// Calls [`fix_big_lanes_sysv`](crate::backend::cpu::simd_math::fix_big_lanes_sysv)
-/// for `f` on `lanes` lanes, with the arguments at `[rsp + x_at]` and the
-/// vector path's results (fixed in place) at `[rsp + out_at]`, inside a
-/// frame [`open_call`] made. Clears the upper vector state first (the
-/// callee is compiled for any x86-64): the caller saved every vector
-/// register it needs.
-pub fn call_fix(a: &mut CodeAssembler, f: Func, lanes: u32, x_at: i32, out_at: i32) -> Result<(), IcedError> {
-    let index = Func::ALL.iter().position(|&g| g == f).expect("every function is in Func::ALL");
+/// Calls [`fix_lanes_sysv`] for `fix` on `lanes` lanes, with the
+/// operands at `[rsp + a_at]` and `[rsp + b_at]` and the vector path's
+/// results (fixed in place) at `[rsp + out_at]`, inside a frame
+/// [`open_call`] made. Clears the upper vector state first (the callee is
+/// compiled for any x86-64): the caller saved every vector register it
+/// needs.
+pub fn call_fix(a: &mut CodeAssembler, fix: Fix, lanes: u32, at: [i32; 3]) -> Result<(), IcedError> {
     a.vzeroupper()?;
-    a.lea(rdi, qword_ptr(rsp + x_at))?;
-    a.lea(rsi, qword_ptr(rsp + out_at))?;
-    a.mov(edx, lanes)?;
-    a.mov(ecx, index as u32)?;
-    let callee: unsafe extern "sysv64" fn(*const f32, *mut f32, usize, usize) = simd_math::fix_big_lanes_sysv;
+    a.lea(rdi, qword_ptr(rsp + at[0]))?;
+    a.lea(rsi, qword_ptr(rsp + at[1]))?;
+    a.lea(rdx, qword_ptr(rsp + at[2]))?;
+    a.mov(ecx, lanes)?;
+    a.mov(r8d, fix.code() as u32)?;
+    let callee: unsafe extern "sysv64" fn(*const f32, *const f32, *mut f32, usize, usize) = fix_lanes_sysv;
     a.mov(rax, callee as usize as u64)?;
     a.call(rax)
 }

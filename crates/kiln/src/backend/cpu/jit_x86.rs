@@ -312,11 +312,12 @@ impl Gen<'_> {
                 self.loc[v as usize] = Loc::Z(d);
                 return Ok(());
             }
-            Node::BigLanes(f, x, r, m) => {
+            Node::Fix(fix, x, y, r, m) => {
                 // d = r; when a lane of `m` is set, a call fixes d's lanes
                 // in place, every vector and mask register saved around it.
                 let km = self.kreg(m);
                 let sx = self.reg(x, &mut temps)?;
+                let sy = self.reg(y, &mut temps)?;
                 let sr = self.reg(r, &mut temps)?;
                 let d = self.take_z()?;
                 self.a.vmovaps(ZMM[d], sr)?;
@@ -325,7 +326,8 @@ impl Gen<'_> {
                 self.a.jz(skip)?;
                 const KS: i32 = 64 * 32;
                 const XS: i32 = KS + 64;
-                const OS: i32 = KS + 128;
+                const YS: i32 = XS + 64;
+                const OS: i32 = YS + 64;
                 jit_code::open_call(&mut self.a, OS + 64)?;
                 for (i, z) in ZMM.into_iter().enumerate() {
                     self.a.vmovups(zmmword_ptr(rsp + 64 * i as i32), z)?;
@@ -334,8 +336,9 @@ impl Gen<'_> {
                     self.a.kmovw(word_ptr(rsp + (KS + 2 * i as i32)), k)?;
                 }
                 self.a.vmovups(zmmword_ptr(rsp + XS), sx)?;
+                self.a.vmovups(zmmword_ptr(rsp + YS), sy)?;
                 self.a.vmovups(zmmword_ptr(rsp + OS), ZMM[d])?;
-                jit_code::call_fix(&mut self.a, f, 16, XS, OS)?;
+                jit_code::call_fix(&mut self.a, fix, 16, [XS, YS, OS])?;
                 for (i, z) in ZMM.into_iter().enumerate() {
                     self.a.vmovups(z, zmmword_ptr(rsp + 64 * i as i32))?;
                 }
