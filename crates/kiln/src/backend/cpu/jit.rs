@@ -61,7 +61,10 @@
 //! (or an infinity) calls [`fix_big_lanes`](simd_math::fix_big_lanes) from
 //! the loop ([`Node::Fix`]: every vector and mask register saved
 //! around the call, which almost never runs), so the kernel computes what
-//! the interpreter computes at any argument. Anything else runs on
+//! the interpreter computes at any argument. `floor_divide` and
+//! `remainder` compute Python's `divmod` in vector code where `fmod` is
+//! exact by FMA (finite operands, `|a / b| < 2^22`) and call the scalar
+//! code for a vector with any other lane ([`Fix::Remainder`]). Anything else runs on
 //! the interpreter, which remains the reference. Setting the
 //! environment variable `KILN_JIT=0` turns compilation off (to compare, or
 //! to debug a suspected code generation problem); `KILN_JIT_DUMP=dir`
