@@ -32,7 +32,7 @@ pub struct Step {
 }
 
 /// The number of op kinds.
-pub const N_OPS: u8 = 51;
+pub const N_OPS: u8 = 52;
 
 pub fn pick(vals: &[Array], i: u8) -> &Array {
     &vals[i as usize % vals.len()]
@@ -154,6 +154,7 @@ pub fn apply(s: &Step, vals: &[Array], n_inputs: usize) -> Result<Option<Array>>
         // pow on arguments (it magnifies a difference in either operand):
         // NaN for negative bases and fractional exponents, infinities at 0.
         50 => rx.pow(ry),
+        51 if rx.dtype().is_float() => rx.atan2(ry),
         _ => return Ok(None),
     };
     r.map(Some)
@@ -171,7 +172,7 @@ pub fn reads(s: &Step, n: usize, n_inputs: usize) -> Vec<usize> {
         10..=15 | 22 | 26 | 27 | 41 => vec![x, y],
         16 | 42 | 43 => vec![rx, ry, y, z],
         44 => vec![x, rx, ry],
-        30 | 31 | 45 | 50 => vec![rx, ry],
+        30 | 31 | 45 | 50 | 51 => vec![rx, ry],
         _ => vec![x],
     }
 }

@@ -6,7 +6,7 @@
 mod common;
 
 use common::ulp::{domain, linear, random_bits, reference, strided, ulp_err};
-use kiln::backend::cpu::simd_math::{apply, available_levels, pow_at, sum_exp_below_f32, Func, Level};
+use kiln::backend::cpu::simd_math::{apply, atan2_at, available_levels, pow_at, sum_exp_below_f32, Func, Level};
 
 /// The asserted bound (ulps) for `f`, as documented in the module.
 fn bound(f: Func) -> f64 {
@@ -458,6 +458,57 @@ fn pow_special_values_follow_c99() {
             pow_at(level, &[1.5], &ys, &mut o);
             for (&y, &r) in ys.iter().zip(&o) {
                 assert!(ulp_err(r, 1.5f64.powf(y as f64)) <= POW_BOUND, "1.5^{y} at {level:?}, {n} lanes: {r}");
+            }
+        }
+    }
+}
+
+/// The asserted bound of `atan2_f32`, as documented in the module.
+const ATAN2_BOUND: f64 = 2.0;
+
+#[test]
+fn atan2_accuracy_and_special_values() {
+    let mut u = Uniform(0x2545_f491_4f6c_dd1d);
+    let mut pairs: Vec<(f32, f32)> = (0..300_000)
+        .map(|_| {
+            let y = (u.next() - 0.5) * 10f64.powf(u.next() * 8.0 - 4.0);
+            let x = (u.next() - 0.5) * 10f64.powf(u.next() * 8.0 - 4.0);
+            (y as f32, x as f32)
+        })
+        .collect();
+    pairs.extend((0..200_000).map(|_| {
+        (f32::from_bits((u.next() * u32::MAX as f64) as u32), f32::from_bits((u.next() * u32::MAX as f64) as u32))
+    }));
+    // Near the octant and reduction boundaries: |y| ~ |x|, |y| ~ tan(π/8) |x|.
+    pairs.extend((0..100_000).map(|i| {
+        let x = (u.next() + 0.1) as f32 * if i % 2 == 0 { 1.0 } else { -1.0 };
+        let k = [1.0, 0.414_213_56, 2.414_213_6][i % 3];
+        (x * k * (1.0 + (u.next() as f32 - 0.5) * 1e-5), x)
+    }));
+    for level in available_levels() {
+        let ys: Vec<f32> = pairs.iter().map(|p| p.0).collect();
+        let xs: Vec<f32> = pairs.iter().map(|p| p.1).collect();
+        let mut out = vec![0.0f32; ys.len()];
+        atan2_at(level, &ys, &xs, &mut out);
+        let (mut worst, mut at) = (0.0f64, (0.0, 0.0));
+        for ((&y, &x), &r) in ys.iter().zip(&xs).zip(&out) {
+            let e = ulp_err(r, (y as f64).atan2(x as f64));
+            if e > worst || e.is_nan() {
+                (worst, at) = (e, (y, x));
+            }
+        }
+        println!("atan2 {level:?}: max {worst:.3} ulp at {at:?}");
+        assert!(worst <= ATAN2_BOUND, "atan2 at {level:?}: {worst} ulp at {at:?}");
+        let inf = f32::INFINITY;
+        let vals = [0.0f32, -0.0, 1.0, -1.0, 2.5, -3.0, inf, -inf, f32::NAN, 1e-45, -1e38];
+        for &y in &vals {
+            for &x in &vals {
+                let mut o = [0.0f32];
+                atan2_at(level, &[y], &[x], &mut o);
+                let want = y.atan2(x);
+                let ok = same(o[0], want)
+                    || (ulp_err(o[0], (y as f64).atan2(x as f64)) <= ATAN2_BOUND && o[0].signum() == want.signum());
+                assert!(ok, "atan2({y:e}, {x:e}) at {level:?} = {:e}, want {want:e}", o[0]);
             }
         }
     }

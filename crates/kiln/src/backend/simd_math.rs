@@ -34,6 +34,7 @@
 //! | [`log2_f32`], [`log10_f32`] | 1 ulp | 0.86, 0.69 | `log`'s reduction; `ln(m)` kept as a 12-bit head and a tail, so each term of `k log_b(2) + ln(m) log_b(e)` is exact or small; exact at powers of two (`log2`) |
 //! | [`sin_f32`], [`cos_f32`] | 1.5 ulp | 1.45 | for `\|x\| <=` [`TRIG_LIMIT`] (65536): three-part Cody-Waite reduction by π/2; larger lanes are recomputed in `f64` (≤ 0.5 ulp, slower); `±inf -> NaN` |
 //! | [`pow_f32`] | 1 ulp | 0.76 | `ln\|x\|` as an unrounded pair (12-bit head and tail, `k ln 2` exact), `y ln\|x\|` as a pair by FMA, `exp` of the pair; C99's special cases (`pow(x, ±0) = 1`, `pow(1, y) = 1`, NaN for negative `x` and non-integer `y`, signs for odd integer `y`) |
+//! | [`atan2_f32`] | 2 ulp | 1.42 | `atan(min/max)` of the magnitudes, reduced by `π/4` above `tan(π/8)` (the reduced argument as an unrounded pair), a Taylor series, then the octant and quadrant by `π/2 - r` and `π - r` (constants as head and tail); C99's special cases (signed zeros, infinities) |
 //! | [`tan_f32`] | 2.5 ulp | 2.05 | sine over cosine of the reduced argument (cosine over minus sine in odd quadrants), one division corrected by its residual; large lanes as for sine |
 //!
 //! All functions return NaN for NaN inputs. "Bound" is what the tests assert;
@@ -245,38 +246,85 @@ pub fn pow_at(level: Level, x: &[f32], y: &[f32], out: &mut [f32]) {
     }
 }
 
+/// `out[i] = atan2(y[i], x[i])` (C99 semantics), where `y` and `x` each
+/// hold `out.len()` values or one value used at every position, at
+/// `level` clamped to [`detected_level`].
+///
+/// # Panics
+/// If `y` or `x` holds neither `out.len()` values nor one.
+pub fn atan2_at(level: Level, y: &[f32], x: &[f32], out: &mut [f32]) {
+    let n = out.len();
+    assert!(
+        (x.len() == n || x.len() == 1) && (y.len() == n || y.len() == 1),
+        "simd_math: atan2 operands of lengths {} and {} for {n} outputs",
+        y.len(),
+        x.len()
+    );
+    match level.min(detected_level()) {
+        #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+        // SAFETY: the level is at most the detected one: AVX2 and FMA are available.
+        Level::Avx2 => unsafe { x86::atan2_avx2(y, x, out) },
+        #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+        // SAFETY: as above, AVX-512F, AVX2 and FMA are available.
+        Level::Avx512 => unsafe { x86::atan2_avx512(y, x, out) },
+        _ => atan2_generic::<f32>(y, x, out),
+    }
+}
+
+/// `out[i] = atan2(y[i], x[i])` at [`detected_level`] (see [`atan2_at`]).
+pub fn atan2_f32(y: &[f32], x: &[f32], out: &mut [f32]) {
+    atan2_at(detected_level(), y, x, out)
+}
+
 /// `out[i] = x[i]^y[i]` at [`detected_level`] (see [`pow_at`]).
 pub fn pow_f32(x: &[f32], y: &[f32], out: &mut [f32]) {
     pow_at(detected_level(), x, y, out)
 }
 
+/// `out[i] = $k(a[i], b[i])` with the vector type `$v`, `a` and `b` each
+/// of `out`'s length or one value (splat); the tail through buffers. A
+/// macro, as [`drive!`]: the kernel is inlined into the caller compiled
+/// with the target features.
+macro_rules! drive2 {
+    ($v:ty, $a:expr, $b:expr, $out:expr, $k:ident) => {{
+        let (a, b, out): (&[f32], &[f32], &mut [f32]) = ($a, $b, $out);
+        let n = out.len();
+        let lanes = |s: &[f32], at: usize, buf: &mut [f32; 16]| -> $v {
+            if s.len() == 1 {
+                <$v>::splat(s[0])
+            } else if at + <$v>::N <= n {
+                <$v>::load(&s[at..at + <$v>::N])
+            } else {
+                buf[..n - at].copy_from_slice(&s[at..n]);
+                <$v>::load(&buf[..])
+            }
+        };
+        let (mut ba, mut bb) = ([1.0f32; 16], [1.0f32; 16]);
+        let mut at = 0;
+        while at < n {
+            let r = $k::<$v>(lanes(a, at, &mut ba), lanes(b, at, &mut bb));
+            if at + <$v>::N <= n {
+                r.store(&mut out[at..at + <$v>::N]);
+            } else {
+                let mut o = [0.0f32; 16];
+                r.store(&mut o[..]);
+                out[at..].copy_from_slice(&o[..n - at]);
+            }
+            at += <$v>::N;
+        }
+    }};
+}
+
 /// [`pow_at`] with the vector type `V`.
 #[inline(always)]
 fn pow_generic<V: VMem>(x: &[f32], y: &[f32], out: &mut [f32]) {
-    let n = out.len();
-    let lanes = |s: &[f32], at: usize, buf: &mut [f32; 16]| -> V {
-        if s.len() == 1 {
-            V::splat(s[0])
-        } else if at + V::N <= n {
-            V::load(&s[at..at + V::N])
-        } else {
-            buf[..n - at].copy_from_slice(&s[at..n]);
-            V::load(&buf[..])
-        }
-    };
-    let (mut bx, mut by) = ([1.0f32; 16], [1.0f32; 16]);
-    let mut at = 0;
-    while at < n {
-        let r = pow_v(lanes(x, at, &mut bx), lanes(y, at, &mut by));
-        if at + V::N <= n {
-            r.store(&mut out[at..at + V::N]);
-        } else {
-            let mut o = [0.0f32; 16];
-            r.store(&mut o[..]);
-            out[at..].copy_from_slice(&o[..n - at]);
-        }
-        at += V::N;
-    }
+    drive2!(V, x, y, out, pow_v)
+}
+
+/// [`atan2_at`] with the vector type `V`.
+#[inline(always)]
+fn atan2_generic<V: VMem>(y: &[f32], x: &[f32], out: &mut [f32]) {
+    drive2!(V, y, x, out, atan2_v)
 }
 
 /// `sum(e^(x[i] - m))` for a finite `m` at least every `x[i]` (none NaN):
@@ -718,6 +766,27 @@ const LN_PAIR_R: [f32; 5] = [2.0 / 13.0, 2.0 / 11.0, 2.0 / 9.0, 2.0 / 7.0, 2.0 /
 /// `(e^r - 1 - r) / r^2` (highest first), `|r| <= ln2/2`, one term past
 /// [`EXP_P`]'s for [`exp_pair`].
 const EXP_Q2: [f32; 7] = [1.0 / 40320.0, 1.0 / 5040.0, 1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5];
+/// `π`, `π/2` and `π/4` as `f32` heads and tails (for [`atan2_f32`]).
+const PI_HI: f32 = std::f32::consts::PI;
+const PI_LO: f32 = -8.742_278e-8;
+const PIO2_HI: f32 = std::f32::consts::FRAC_PI_2;
+const PIO2_LO: f32 = -4.371_139e-8;
+const PIO4_HI: f32 = std::f32::consts::FRAC_PI_4;
+const PIO4_LO: f32 = -2.185_569_5e-8;
+/// Taylor coefficients of `(atan(u) - u) / u^3` in `z = u^2` (highest
+/// first), `|u| <= tan(π/8)`.
+const ATAN_P: [f32; 10] = [
+    1.0 / 21.0,
+    -1.0 / 19.0,
+    1.0 / 17.0,
+    -1.0 / 15.0,
+    1.0 / 13.0,
+    -1.0 / 11.0,
+    1.0 / 9.0,
+    -1.0 / 7.0,
+    1.0 / 5.0,
+    -1.0 / 3.0,
+];
 /// `π/2` in three parts for the sine/cosine reduction.
 const PIO2_1: f32 = 1.570_796_4;
 const PIO2_2: f32 = -4.371_139e-8;
@@ -835,6 +904,14 @@ fn ln_hi_lo<V: Vf32>(f: V) -> (V, V) {
     let hi = f.sub(hfsq).and_bits(0xffff_f000);
     let lo = s.fma(hfsq.add(r), f.sub(hi).sub(hfsq));
     (hi, lo)
+}
+
+/// `a + b` and its rounding error (Knuth's TwoSum, any magnitudes).
+#[inline(always)]
+fn two_sum<V: Vf32>(a: V, b: V) -> (V, V) {
+    let s = a.add(b);
+    let bb = s.sub(a);
+    (s, a.sub(s.sub(bb)).add(b.sub(bb)))
 }
 
 /// `hi + lo` where `|hi| >= |w|` or `hi == 0` is added to `w` with the
@@ -1049,6 +1126,46 @@ pub(crate) fn pow_v<V: Vf32>(x: V, y: V) -> V {
     V::select(ones, one, r)
 }
 
+/// `atan2(y, x)` with C99's special cases (see the module docs).
+#[inline(always)]
+pub(crate) fn atan2_v<V: Vf32>(y: V, x: V) -> V {
+    let (zero, one) = (V::c(0.0), V::c(1.0));
+    let (ax, ay) = (x.abs(), y.abs());
+    // t = min / max in [0, 1]: 1 where the magnitudes are equal (both
+    // infinite included), 0 where y is zero (both zero included).
+    let t = ax.min(ay).div(ax.max(ay));
+    let t = V::select(ax.eq(ay), one, t);
+    let t = V::select(ay.eq(zero), zero, t);
+    // atan(t) = π/4 + atan(u), u = (t - 1) / (t + 1) = (mn - mx) / (mn +
+    // mx), above tan(π/8); u from the magnitudes as a pair (the result
+    // cancels part of π/4 there, so u's rounding would show).
+    let big = t.gt(V::c(0.414_213_57));
+    // Scaled by 1/4 near the top of the range (exactly), so mn + mx is
+    // finite; equal magnitudes (both infinite included) give u = 0.
+    let (mn, mx) = (ax.min(ay), ax.max(ay));
+    let sc = V::select(mx.gt(V::c(1e37)), V::c(0.25), one);
+    let (mn, mx) = (mn.mul(sc), mx.mul(sc));
+    let (dh, dl) = two_sum(mn, mx.xor(V::c(-0.0)));
+    let (sh, sl) = two_sum(mn, mx);
+    let q = dh.div(sh);
+    let ql = q.xor(V::c(-0.0)).fma(sh, dh).add(dl).sub(q.mul(sl)).div(sh);
+    let eq = ax.eq(ay);
+    let (q, ql) = (V::select(eq, zero, q), V::select(eq, zero, ql));
+    let u = V::select(big, q, t);
+    let z = u.mul(u);
+    let a = u.mul(z).fma(z.poly(&ATAN_P), u);
+    // atan(q + ql) = atan(q) + ql / (1 + q^2).
+    let corr = ql.div(one.add(z)).add(V::c(PIO4_LO));
+    let r = V::select(big, V::c(PIO4_HI).add(a.add(corr)), a);
+    // The octant (|y| > |x|: π/2 - r), then the half plane (x < 0 or -0:
+    // π - r), then y's sign.
+    let r = V::select(ay.gt(ax), V::c(PIO2_HI).sub(r).add(V::c(PIO2_LO)), r);
+    let xneg = x.sign().xor(one).lt(zero);
+    let r = V::select(xneg, V::c(PI_HI).sub(r).add(V::c(PI_LO)), r);
+    let r = r.xor(y.sign());
+    keep_nan(y, keep_nan(x, r))
+}
+
 #[inline(always)]
 fn tan_v<V: Vf32>(x: V) -> V {
     // tan = sin r / cos r in even quadrants, -cos r / sin r in odd ones,
@@ -1122,6 +1239,16 @@ mod x86 {
     #[target_feature(enable = "avx512f,avx2,fma")]
     pub(super) unsafe fn pow_avx512(x: &[f32], y: &[f32], out: &mut [f32]) {
         super::pow_generic::<F16>(x, y, out)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn atan2_avx2(y: &[f32], x: &[f32], out: &mut [f32]) {
+        super::atan2_generic::<F8>(y, x, out)
+    }
+
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub(super) unsafe fn atan2_avx512(y: &[f32], x: &[f32], out: &mut [f32]) {
+        super::atan2_generic::<F16>(y, x, out)
     }
 
     #[target_feature(enable = "avx2,fma")]

@@ -97,11 +97,12 @@ pub fn binary(op: BinaryOp, a: Src, b: Src, out: &mut Buffer) {
         Buffer::I64(_) => int_binary::<i64>(op, a, b, out),
         Buffer::F16(_) => float_binary_simd::<half::f16>(op, a, b, out),
         Buffer::BF16(_) => float_binary_simd::<half::bf16>(op, a, b, out),
-        Buffer::F32(_) if op == BinaryOp::Pow => {
-            // simd_math's vector pow (an operand broadcast is one value).
+        Buffer::F32(_) if matches!(op, BinaryOp::Pow | BinaryOp::Atan2) => {
+            // simd_math's vector pow and atan2 (an operand broadcast is one value).
             let os = f32::slice_of_mut(out).expect("register dtype matches the op's output dtype");
             let n = a.len;
-            simd_math::pow_f32(a.slice::<f32>(), b.slice::<f32>(), &mut os[..n]);
+            let f = if op == BinaryOp::Pow { simd_math::pow_f32 } else { simd_math::atan2_f32 };
+            f(a.slice::<f32>(), b.slice::<f32>(), &mut os[..n]);
         }
         Buffer::F32(_) => float_binary_simd::<f32>(op, a, b, out),
         Buffer::F64(_) => float_binary_simd::<f64>(op, a, b, out),

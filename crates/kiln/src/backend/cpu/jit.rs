@@ -45,7 +45,8 @@
 //! `bool` (a `bool` input or output, one byte per position, on AVX-512
 //! only: AVX2 leaves such groups to the interpreter), each op has a
 //! lowering (arithmetic, `abs`, `neg`, `sign`, `square`, `sqrt`, `rsqrt`,
-//! rounding, `maximum`/`minimum`, `floor_divide`, `remainder`, `pow`, `exp`, `expm1`, `log`, `log1p`, `log2`,
+//! rounding, `maximum`/`minimum`, `floor_divide`, `remainder`, `pow`,
+//! `atan2`, `exp`, `expm1`, `log`, `log1p`, `log2`,
 //! `log10`, `tanh`, `sigmoid`, `erf`, `sin`, `cos`, `tan`; comparisons of
 //! `f32`, `logical_and`/`or`/`not`,
 //! `isnan`/`isinf`/`isfinite`, `where`, `astype` between `f32` and
@@ -599,6 +600,7 @@ fn lower_op(prim: &Primitive, a: &[Reg]) -> Option<Reg> {
                 BinaryOp::Mul => Reg::F(x.mul(y)),
                 BinaryOp::Div => Reg::F(x.div(y)),
                 BinaryOp::Pow => Reg::F(simd_math::pow_v(x, y)),
+                BinaryOp::Atan2 => Reg::F(simd_math::atan2_v(x, y)),
                 BinaryOp::FloorDivide | BinaryOp::Remainder => {
                     let (q, m, slow) = divmod(x, y);
                     let (fix, r) = if b == BinaryOp::FloorDivide { (Fix::FloorDivide, q) } else { (Fix::Remainder, m) };
