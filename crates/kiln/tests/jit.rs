@@ -513,6 +513,16 @@ fn transcendental_chains_match_the_interpreter_on_random_and_special_values() ->
     Ok(())
 }
 
+/// Two `f32` results of `f` on the interpreter, read inside
+/// [`jit::interpreted`] (arrays are lazy until read: read outside, they
+/// would run generated code).
+fn interpreted_pair(f: impl FnOnce() -> Result<(Array, Array)>) -> Result<(Vec<f32>, Vec<f32>)> {
+    jit::interpreted(|| {
+        let (a, b) = f()?;
+        Ok((a.to_vec::<f32>()?, b.to_vec::<f32>()?))
+    })
+}
+
 /// Sine, cosine and tangent around other live values: vectors with a lane
 /// beyond the vector reduction's range call out of the kernel, which must
 /// keep every register (other values, both unrolled copies, the tail's
@@ -543,11 +553,7 @@ fn trigonometry_calls_out_for_large_lanes_and_matches_the_interpreter() -> Resul
             let x = Array::from_vec(xs, &[n])?;
             let y = Array::from_vec(ys, &[n])?;
             let (g0, g1) = c.call((&x, &y))?;
-            // Evaluated inside: arrays are lazy until read.
-            let (w0, w1) = jit::interpreted(|| -> Result<_> {
-                let (a, b) = trig_mix(&x, &y)?;
-                Ok((a.to_vec::<f32>()?, b.to_vec::<f32>()?))
-            })?;
+            let (w0, w1) = interpreted_pair(|| trig_mix(&x, &y))?;
             let what = format!("{n} positions, {density}% large");
             assert_same(&g0.to_vec::<f32>()?, &w0, &what);
             assert_same(&g1.to_vec::<f32>()?, &w1, &what);
@@ -601,11 +607,7 @@ fn floor_division_and_remainder_match_the_interpreter_at_any_magnitude() -> Resu
         let x = Array::from_vec(xs, &[n])?;
         let y = Array::from_vec(ys, &[n])?;
         let (g0, g1) = c.call((&x, &y))?;
-        // Evaluated inside: arrays are lazy until read.
-        let (w0, w1) = jit::interpreted(|| -> Result<_> {
-            let (a, b) = divmod_pair(&x, &y)?;
-            Ok((a.to_vec::<f32>()?, b.to_vec::<f32>()?))
-        })?;
+        let (w0, w1) = interpreted_pair(|| divmod_pair(&x, &y))?;
         assert_same(&g0.to_vec::<f32>()?, &w0, &format!("floor_divide, {n}, mixed {mixed}"));
         assert_same(&g1.to_vec::<f32>()?, &w1, &format!("remainder, {n}, mixed {mixed}"));
     }

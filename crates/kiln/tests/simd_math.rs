@@ -364,6 +364,28 @@ impl Uniform {
     }
 }
 
+/// Max ulp error of two-operand `f` at `level` over `pairs` against the
+/// `f64` function `reference`, with the worst pair.
+fn max_err2(
+    f: fn(Level, &[f32], &[f32], &mut [f32]),
+    reference: fn(f64, f64) -> f64,
+    level: Level,
+    pairs: &[(f32, f32)],
+) -> (f64, (f32, f32)) {
+    let a: Vec<f32> = pairs.iter().map(|p| p.0).collect();
+    let b: Vec<f32> = pairs.iter().map(|p| p.1).collect();
+    let mut out = vec![0.0f32; a.len()];
+    f(level, &a, &b, &mut out);
+    let mut worst = (0.0f64, (0.0, 0.0));
+    for (&(x, y), &r) in pairs.iter().zip(&out) {
+        let e = ulp_err(r, reference(x as f64, y as f64));
+        if e > worst.0 || e.is_nan() {
+            worst = (e, (x, y));
+        }
+    }
+    worst
+}
+
 /// The asserted bound of `pow_f32`, as documented in the module.
 const POW_BOUND: f64 = 1.0;
 
@@ -391,17 +413,7 @@ fn pow_accuracy() {
     let mut failures = Vec::new();
     for level in available_levels() {
         for (name, pairs) in &sets {
-            let xs: Vec<f32> = pairs.iter().map(|p| p.0).collect();
-            let ys: Vec<f32> = pairs.iter().map(|p| p.1).collect();
-            let mut out = vec![0.0f32; xs.len()];
-            pow_at(level, &xs, &ys, &mut out);
-            let (mut worst, mut at) = (0.0f64, (0.0, 0.0));
-            for ((&x, &y), &r) in xs.iter().zip(&ys).zip(&out) {
-                let e = ulp_err(r, (x as f64).powf(y as f64));
-                if e > worst || e.is_nan() {
-                    (worst, at) = (e, (x, y));
-                }
-            }
+            let (worst, at) = max_err2(pow_at, f64::powf, level, pairs);
             println!("pow {level:?} {name}: max {worst:.3} ulp at {at:?}");
             if worst.is_nan() || worst > POW_BOUND {
                 failures.push(format!("pow at {level:?} on {name}: {worst} ulp at {at:?}"));
@@ -486,17 +498,7 @@ fn atan2_accuracy_and_special_values() {
         (x * k * (1.0 + (u.next() as f32 - 0.5) * 1e-5), x)
     }));
     for level in available_levels() {
-        let ys: Vec<f32> = pairs.iter().map(|p| p.0).collect();
-        let xs: Vec<f32> = pairs.iter().map(|p| p.1).collect();
-        let mut out = vec![0.0f32; ys.len()];
-        atan2_at(level, &ys, &xs, &mut out);
-        let (mut worst, mut at) = (0.0f64, (0.0, 0.0));
-        for ((&y, &x), &r) in ys.iter().zip(&xs).zip(&out) {
-            let e = ulp_err(r, (y as f64).atan2(x as f64));
-            if e > worst || e.is_nan() {
-                (worst, at) = (e, (y, x));
-            }
-        }
+        let (worst, at) = max_err2(atan2_at, f64::atan2, level, &pairs);
         println!("atan2 {level:?}: max {worst:.3} ulp at {at:?}");
         assert!(worst <= ATAN2_BOUND, "atan2 at {level:?}: {worst} ulp at {at:?}");
         let inf = f32::INFINITY;

@@ -220,55 +220,60 @@ entry! {
     tan_f32 => Tan, "`out[i] = tan(x[i])`.";
 }
 
-/// `out[i] = x[i]^y[i]` (C99 `powf` semantics), where `x` and `y` each
-/// hold `out.len()` values or one value used at every position, at
-/// `level` clamped to [`detected_level`]. See the module docs for the
-/// error bound.
+/// A two-operand function of this module (see [`map2_at`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Func2 {
+    /// `a^b`.
+    Pow,
+    /// `atan2(a, b)`.
+    Atan2,
+}
+
+/// `out[i] = f(a[i], b[i])`, where `a` and `b` each hold `out.len()`
+/// values or one value used at every position, at `level` clamped to
+/// [`detected_level`].
+///
+/// # Panics
+/// If `a` or `b` holds neither `out.len()` values nor one.
+fn map2_at(f: Func2, level: Level, a: &[f32], b: &[f32], out: &mut [f32]) {
+    let n = out.len();
+    assert!(
+        (a.len() == n || a.len() == 1) && (b.len() == n || b.len() == 1),
+        "simd_math: {f:?} operands of lengths {} and {} for {n} outputs",
+        a.len(),
+        b.len()
+    );
+    match level.min(detected_level()) {
+        #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+        // SAFETY: the level is at most the detected one: AVX2 and FMA are available.
+        Level::Avx2 => unsafe { x86::map2_avx2(f, a, b, out) },
+        #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+        // SAFETY: as above, AVX-512F, AVX2 and FMA are available.
+        Level::Avx512 => unsafe { x86::map2_avx512(f, a, b, out) },
+        _ => map2_generic::<f32>(f, a, b, out),
+    }
+}
+
+/// `out[i] = x[i]^y[i]` (C99 `powf` semantics) at `level` clamped to
+/// [`detected_level`], where `x` and `y` each hold `out.len()` values or
+/// one value used at every position (see the module docs for the error
+/// bound).
 ///
 /// # Panics
 /// If `x` or `y` holds neither `out.len()` values nor one.
 pub fn pow_at(level: Level, x: &[f32], y: &[f32], out: &mut [f32]) {
-    let n = out.len();
-    assert!(
-        (x.len() == n || x.len() == 1) && (y.len() == n || y.len() == 1),
-        "simd_math: pow operands of lengths {} and {} for {n} outputs",
-        x.len(),
-        y.len()
-    );
-    match level.min(detected_level()) {
-        #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-        // SAFETY: the level is at most the detected one: AVX2 and FMA are available.
-        Level::Avx2 => unsafe { x86::pow_avx2(x, y, out) },
-        #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-        // SAFETY: as above, AVX-512F, AVX2 and FMA are available.
-        Level::Avx512 => unsafe { x86::pow_avx512(x, y, out) },
-        _ => pow_generic::<f32>(x, y, out),
-    }
+    map2_at(Func2::Pow, level, x, y, out)
 }
 
-/// `out[i] = atan2(y[i], x[i])` (C99 semantics), where `y` and `x` each
-/// hold `out.len()` values or one value used at every position, at
-/// `level` clamped to [`detected_level`].
+/// `out[i] = atan2(y[i], x[i])` (C99 semantics) at `level` clamped to
+/// [`detected_level`], where `y` and `x` each hold `out.len()` values or
+/// one value used at every position (see the module docs for the error
+/// bound).
 ///
 /// # Panics
 /// If `y` or `x` holds neither `out.len()` values nor one.
 pub fn atan2_at(level: Level, y: &[f32], x: &[f32], out: &mut [f32]) {
-    let n = out.len();
-    assert!(
-        (x.len() == n || x.len() == 1) && (y.len() == n || y.len() == 1),
-        "simd_math: atan2 operands of lengths {} and {} for {n} outputs",
-        y.len(),
-        x.len()
-    );
-    match level.min(detected_level()) {
-        #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-        // SAFETY: the level is at most the detected one: AVX2 and FMA are available.
-        Level::Avx2 => unsafe { x86::atan2_avx2(y, x, out) },
-        #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-        // SAFETY: as above, AVX-512F, AVX2 and FMA are available.
-        Level::Avx512 => unsafe { x86::atan2_avx512(y, x, out) },
-        _ => atan2_generic::<f32>(y, x, out),
-    }
+    map2_at(Func2::Atan2, level, y, x, out)
 }
 
 /// `out[i] = atan2(y[i], x[i])` at [`detected_level`] (see [`atan2_at`]).
@@ -315,16 +320,13 @@ macro_rules! drive2 {
     }};
 }
 
-/// [`pow_at`] with the vector type `V`.
+/// [`map2_at`] with the vector type `V`.
 #[inline(always)]
-fn pow_generic<V: VMem>(x: &[f32], y: &[f32], out: &mut [f32]) {
-    drive2!(V, x, y, out, pow_v)
-}
-
-/// [`atan2_at`] with the vector type `V`.
-#[inline(always)]
-fn atan2_generic<V: VMem>(y: &[f32], x: &[f32], out: &mut [f32]) {
-    drive2!(V, y, x, out, atan2_v)
+fn map2_generic<V: VMem>(f: Func2, a: &[f32], b: &[f32], out: &mut [f32]) {
+    match f {
+        Func2::Pow => drive2!(V, a, b, out, pow_v),
+        Func2::Atan2 => drive2!(V, a, b, out, atan2_v),
+    }
 }
 
 /// `sum(e^(x[i] - m))` for a finite `m` at least every `x[i]` (none NaN):
@@ -1232,23 +1234,13 @@ mod x86 {
     }
 
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn pow_avx2(x: &[f32], y: &[f32], out: &mut [f32]) {
-        super::pow_generic::<F8>(x, y, out)
+    pub(super) unsafe fn map2_avx2(f: super::Func2, a: &[f32], b: &[f32], out: &mut [f32]) {
+        super::map2_generic::<F8>(f, a, b, out)
     }
 
     #[target_feature(enable = "avx512f,avx2,fma")]
-    pub(super) unsafe fn pow_avx512(x: &[f32], y: &[f32], out: &mut [f32]) {
-        super::pow_generic::<F16>(x, y, out)
-    }
-
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn atan2_avx2(y: &[f32], x: &[f32], out: &mut [f32]) {
-        super::atan2_generic::<F8>(y, x, out)
-    }
-
-    #[target_feature(enable = "avx512f,avx2,fma")]
-    pub(super) unsafe fn atan2_avx512(y: &[f32], x: &[f32], out: &mut [f32]) {
-        super::atan2_generic::<F16>(y, x, out)
+    pub(super) unsafe fn map2_avx512(f: super::Func2, a: &[f32], b: &[f32], out: &mut [f32]) {
+        super::map2_generic::<F16>(f, a, b, out)
     }
 
     #[target_feature(enable = "avx2,fma")]

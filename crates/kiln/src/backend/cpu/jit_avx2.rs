@@ -687,61 +687,62 @@ mod tests {
         }
     }
 
+    /// The AVX2 kernel of one op on `f32` (its operands all the one
+    /// input) equals `want` (`simd_math` at `Level::Avx2`) bit for bit, on
+    /// `specials` at several tail lengths.
+    fn one_op_matches(
+        prim: crate::primitive::Primitive,
+        args: Vec<usize>,
+        specials: &[f32],
+        want: impl Fn(&[f32]) -> Vec<f32>,
+    ) {
+        use crate::dtype::DType;
+        use crate::passes::fuse::{FusedGroup, FusedOp};
+        let g = FusedGroup {
+            inputs: vec![DType::F32],
+            ops: vec![FusedOp { prim: prim.clone(), args, dtype: DType::F32 }],
+            outputs: vec![1],
+        };
+        let p = crate::backend::cpu::jit::lower_at(&g, Level::Avx2).expect("lowers");
+        for n in [1, 7, 8, 9, 16, 17, 40] {
+            let x: Vec<f32> = (0..n).map(|i| specials[(i * 5) % specials.len()]).collect();
+            for (i, (g, w)) in run(&p, &x).iter().zip(&want(&x)).enumerate() {
+                assert!(g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()), "{prim:?} {n}: {i}: {g} vs {w}");
+            }
+        }
+    }
+
     #[test]
     fn large_trigonometric_lanes_call_out_and_match_the_interpreter() {
         use crate::backend::cpu::simd_math::{apply, Func};
-        use crate::dtype::DType;
-        use crate::passes::fuse::{FusedGroup, FusedOp};
         use crate::primitive::{Primitive, UnaryOp};
         if detected_level() < Level::Avx2 {
             return;
         }
+        let specials = [1e5f32, -65_536.5, 1.5, f32::INFINITY, -2.0, f32::NAN, 3e30, 0.25, -1e9];
         for (op, f) in [(UnaryOp::Sin, Func::Sin), (UnaryOp::Cos, Func::Cos), (UnaryOp::Tan, Func::Tan)] {
-            let g = FusedGroup {
-                inputs: vec![DType::F32],
-                ops: vec![FusedOp { prim: Primitive::Unary(op), args: vec![0], dtype: DType::F32 }],
-                outputs: vec![1],
-            };
-            let p = crate::backend::cpu::jit::lower_at(&g, Level::Avx2).expect("lowers");
-            let specials = [1e5f32, -65_536.5, 1.5, f32::INFINITY, -2.0, f32::NAN, 3e30, 0.25, -1e9];
-            for n in [1, 7, 8, 9, 16, 17, 40] {
-                let x: Vec<f32> = (0..n).map(|i| specials[(i * 5) % specials.len()]).collect();
-                let mut want = vec![0.0f32; n];
-                apply(f, Level::Avx2, &x, &mut want);
-                let got = run(&p, &x);
-                for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-                    assert!(g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()), "{f:?} {n}: {i}: {g} vs {w}");
-                }
-            }
+            one_op_matches(Primitive::Unary(op), vec![0], &specials, |x| {
+                let mut want = vec![0.0f32; x.len()];
+                apply(f, Level::Avx2, x, &mut want);
+                want
+            });
         }
     }
 
     #[test]
     fn pow_matches_the_interpreter() {
         use crate::backend::cpu::simd_math::pow_at;
-        use crate::dtype::DType;
-        use crate::passes::fuse::{FusedGroup, FusedOp};
         use crate::primitive::{BinaryOp, Primitive};
         if detected_level() < Level::Avx2 {
             return;
         }
         // x^x: the long chain (log and exp pairs) spills with 16 registers.
-        let g = FusedGroup {
-            inputs: vec![DType::F32],
-            ops: vec![FusedOp { prim: Primitive::Binary(BinaryOp::Pow), args: vec![0, 0], dtype: DType::F32 }],
-            outputs: vec![1],
-        };
-        let p = crate::backend::cpu::jit::lower_at(&g, Level::Avx2).expect("lowers");
         let specials = [0.5f32, 3.0, -2.0, 0.0, -0.0, f32::INFINITY, f32::NAN, 1.0, 7.25, 1e-3, 30.0];
-        for n in [1, 7, 8, 9, 16, 17, 40] {
-            let x: Vec<f32> = (0..n).map(|i| specials[(i * 3) % specials.len()]).collect();
-            let mut want = vec![0.0f32; n];
-            pow_at(Level::Avx2, &x, &x, &mut want);
-            let got = run(&p, &x);
-            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-                assert!(g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()), "pow {n}: {i}: {g} vs {w}");
-            }
-        }
+        one_op_matches(Primitive::Binary(BinaryOp::Pow), vec![0, 0], &specials, |x| {
+            let mut want = vec![0.0f32; x.len()];
+            pow_at(Level::Avx2, x, x, &mut want);
+            want
+        });
     }
 
     #[test]
