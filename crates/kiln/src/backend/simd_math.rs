@@ -111,7 +111,7 @@ impl Func {
             Func::Exp | Func::Log | Func::Log1p | Func::Log2 | Func::Log10 => 1.0,
             Func::Expm1 | Func::Sin | Func::Cos => 1.5,
             Func::Tanh | Func::Sigmoid | Func::Erf => 2.0,
-            Func::Tan => TAN_BOUND,
+            Func::Tan => 2.5,
         }
     }
 
@@ -138,9 +138,6 @@ impl Func {
         Func::Tan,
     ];
 }
-
-/// The bound of [`tan_f32`] in ulps.
-const TAN_BOUND: f64 = 2.5;
 
 /// The best level this CPU supports (detected once).
 pub fn detected_level() -> Level {

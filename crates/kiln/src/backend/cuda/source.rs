@@ -296,22 +296,8 @@ fn unary(u: UnaryOp, x: &str, dt: DType, out: DType, next: &mut usize) -> (Strin
             if d {
                 let e = match u {
                     Sigmoid => format!("(({x}) >= 0.0 ? 1.0 / (1.0 + exp(-({x}))) : exp({x}) / (1.0 + exp({x})))"),
-                    _ => {
-                        let name = match u {
-                            Exp => "exp",
-                            Expm1 => "expm1",
-                            Log => "log",
-                            Log1p => "log1p",
-                            Tanh => "tanh",
-                            Erf => "erf",
-                            Sin => "sin",
-                            Cos => "cos",
-                            Tan => "tan",
-                            Log2 => "log2",
-                            _ => "log10",
-                        };
-                        format!("{name}({x})")
-                    }
+                    // C's double functions are named as the ops are.
+                    _ => format!("{}({x})", u.name()),
                 };
                 r(e)
             } else {
