@@ -12,7 +12,7 @@ mod common;
 
 use common::Rng;
 use kiln::backend::cpu::{jit, simd_math};
-use kiln::{compile, Array, Result};
+use kiln::{compile, Array, DType, Result};
 
 /// Bit-equal, or both NaN.
 fn assert_same(got: &[f32], want: &[f32], what: &str) {
@@ -234,7 +234,7 @@ fn explain_says_how_each_elementwise_kernel_runs() -> Result<()> {
     let single = compile(|x: &Array| x.exp()).explain(&x)?;
     if jit::enabled() {
         assert!(compiled.contains("code:    machine code ("), "{compiled}");
-        assert!(wide.contains("tile interpreter (a value is not f32 or bool"), "{wide}");
+        assert!(wide.contains("tile interpreter (a value is not f32, bool or a 16-bit float"), "{wide}");
         assert!(trig.contains("code:    machine code ("), "{trig}");
     } else {
         assert!(compiled.contains("code:    tile interpreter (the code generator needs AVX2 and FMA"), "{compiled}");
@@ -815,4 +815,82 @@ fn bool_inputs_and_outputs_are_read_and_written_as_bytes() -> Result<()> {
     let streamed = check(&x, &m, "streamed outputs");
     kiln::backend::cpu::stream::set_stream_min_working_set(limit);
     streamed
+}
+
+/// Each element of `a` as an `f64` (exact from every float dtype), read
+/// on the interpreter (an `f64` group is never compiled).
+fn widened(a: &Array) -> Result<Vec<f64>> {
+    jit::interpreted(|| a.astype(DType::F64)?.to_vec::<f64>())
+}
+
+/// Bit-equal `f64`s, or both NaN (a signaling NaN may come out quiet).
+fn assert_same64(got: &[f64], want: &[f64], what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        let same = g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan());
+        assert!(same, "{what}: element {i}: compiled {g:e}, eager {w:e}");
+    }
+}
+
+/// Values for 16-bit floats: [`values`] (whose extremes overflow or
+/// underflow them) with their own edges mixed in: the largest `float16`,
+/// values that round to its infinity, its subnormals, ties.
+fn half_values(rng: &mut Rng, n: usize, scale: f64) -> Vec<f32> {
+    let edges = [65504.0f32, 65520.0, -65519.0, 6.0e-8, 3.0e-8, 1.0e-5, 1.0 + 1.0 / 2048.0, 2049.0, 3.0e38, 1e-39];
+    let mut v = values(rng, n, scale);
+    for x in v.iter_mut() {
+        if rng.int(0, 12) == 0 {
+            *x = rng.pick(&edges);
+        }
+    }
+    v
+}
+
+/// Functions of two-operand groups with the transcendental and divmod
+/// paths, for 16-bit floats (each op computes in `f32` and rounds).
+const HALF_EXTRA: [F2Named; 6] = [
+    ("pow and atan2", |x, y| x.abs()?.pow(&(y * 0.25f32)?)? + x.atan2(y)?),
+    ("floor_divide and remainder", |x, y| x.floor_divide(y)? - x.remainder(y)?),
+    ("sin, cos and tan with large lanes", |x, y| (x * 300.0f32)?.sin()? * ((y.cos()? + (x * 0.01f32)?.tan()?)?)),
+    ("log2 and log10", |x, y| x.abs()?.log2()? - y.abs()?.log10()?),
+    ("casts between float types", |x, y| {
+        let other = if x.dtype() == DType::F16 { DType::BF16 } else { DType::F16 };
+        let wide = (x.astype(DType::F32)? * 1.001f32)?;
+        (wide.astype(x.dtype())? + y.astype(other)?.astype(x.dtype())?)?.square()
+    }),
+    ("moves and sign changes", |x, y| {
+        let m = kiln::where_(&kiln::greater(x, y)?, &x.neg()?, &y.abs()?)?;
+        m.maximum(&x.floor()?)?.minimum(&y.ceil()?)?.sign()? + x.round()?
+    }),
+];
+
+#[test]
+fn groups_of_16_bit_floats_compile_and_match_the_interpreter() -> Result<()> {
+    // Both generated code and the interpreter compute each op of a
+    // `float16` or `bfloat16` group in f32 and round its result to the
+    // type: bit for bit the same, at every tail length, on special values.
+    let mut rng = Rng::new(97);
+    let avx512 = jit::target() == Some(simd_math::Level::Avx512);
+    for dt in [DType::F16, DType::BF16] {
+        for &(name, f) in FUNCTIONS.iter().chain(&MASKED).chain(&HALF_EXTRA) {
+            let c = compile(f);
+            for n in [1, 7, 16, 17, 31, 32, 33, 100, 4096 + 3, 70_001] {
+                let x = Array::from_vec(half_values(&mut rng, n, 6.0), &[n])?.astype(dt)?;
+                let y = kiln::slice_axis(&x, 0, None, None, -1)?;
+                let got = widened(&c.call((&x, &y))?)?;
+                let want = widened(&jit::interpreted(|| -> Result<Array> {
+                    let a = f(&x, &y)?;
+                    a.eval()?;
+                    Ok(a)
+                })?)?;
+                assert_same64(&got, &want, &format!("{name} in {dt} on {n} elements"));
+            }
+            if avx512 {
+                let x = Array::from_vec(vec![0.5f32; 64], &[64])?.astype(dt)?;
+                let text = c.explain((&x, &x))?;
+                assert!(text.contains("code:    machine code ("), "{name} in {dt}: {text}");
+            }
+        }
+    }
+    Ok(())
 }

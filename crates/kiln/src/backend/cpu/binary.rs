@@ -6,6 +6,7 @@ use std::marker::PhantomData;
 use crate::backend::cpu::math::{floordiv_f32, floordiv_f64, max_nan, min_nan, rem_f32, rem_f64, FloatMath, IntMath};
 use crate::backend::cpu::simd_math;
 use crate::backend::cpu::tile::{map2, map3, multiversion, Src};
+use crate::backend::cpu::unary::{narrow_simd, widen_simd, HalfElement};
 use crate::buffer::elem_type;
 use crate::buffer::{Buffer, BufferElement};
 use crate::dtype::{DType, Element};
@@ -95,17 +96,58 @@ pub fn binary(op: BinaryOp, a: Src, b: Src, out: &mut Buffer) {
         Buffer::U32(_) => int_binary::<u32>(op, a, b, out),
         Buffer::I32(_) => int_binary::<i32>(op, a, b, out),
         Buffer::I64(_) => int_binary::<i64>(op, a, b, out),
+        Buffer::F16(_) if vector_pair(op).is_some() => half_pair::<half::f16>(op, a, b, out),
+        Buffer::BF16(_) if vector_pair(op).is_some() => half_pair::<half::bf16>(op, a, b, out),
         Buffer::F16(_) => float_binary_simd::<half::f16>(op, a, b, out),
         Buffer::BF16(_) => float_binary_simd::<half::bf16>(op, a, b, out),
-        Buffer::F32(_) if matches!(op, BinaryOp::Pow | BinaryOp::Atan2) => {
+        Buffer::F32(_) if vector_pair(op).is_some() => {
             // simd_math's vector pow and atan2 (an operand broadcast is one value).
             let os = f32::slice_of_mut(out).expect("register dtype matches the op's output dtype");
             let n = a.len;
-            let f = if op == BinaryOp::Pow { simd_math::pow_f32 } else { simd_math::atan2_f32 };
+            let f = vector_pair(op).expect("checked");
             f(a.slice::<f32>(), b.slice::<f32>(), &mut os[..n]);
         }
         Buffer::F32(_) => float_binary_simd::<f32>(op, a, b, out),
         Buffer::F64(_) => float_binary_simd::<f64>(op, a, b, out),
+    }
+}
+
+/// A slice kernel of two `f32` operands (each of the output's length, or one value).
+type PairKernel = fn(&[f32], &[f32], &mut [f32]);
+
+/// `simd_math`'s vector kernel of a two-operand function (`pow`, `atan2`).
+fn vector_pair(op: BinaryOp) -> Option<PairKernel> {
+    match op {
+        BinaryOp::Pow => Some(simd_math::pow_f32),
+        BinaryOp::Atan2 => Some(simd_math::atan2_f32),
+        _ => None,
+    }
+}
+
+/// A two-operand function of 16-bit floats as of `f32` ones: the operands
+/// widened a chunk at a time, [`vector_pair`]'s `f32` kernel, the result
+/// rounded back (as every other op of these types computes).
+fn half_pair<H: HalfElement>(op: BinaryOp, a: Src, b: Src, out: &mut Buffer) {
+    const CHUNK: usize = 256;
+    let f = vector_pair(op).expect("a function with a vector kernel");
+    let (xa, xb) = (a.slice::<H>(), b.slice::<H>());
+    let os = H::slice_of_mut(out).expect("register dtype matches the op's output dtype");
+    let (mut wa, mut wb, mut wo) = ([0f32; CHUNK], [0f32; CHUNK], [0f32; CHUNK]);
+    let n = a.len;
+    let mut at = 0;
+    while at < n {
+        let m = CHUNK.min(n - at);
+        // A broadcast operand is one value (the kernel splats it).
+        let widen = |x: &[H], w: &mut [f32; CHUNK]| -> usize {
+            let k = if x.len() == 1 { 1 } else { m };
+            let from = if x.len() == 1 { 0 } else { at };
+            widen_simd(&x[from..from + k], &mut w[..k]);
+            k
+        };
+        let (ka, kb) = (widen(xa, &mut wa), widen(xb, &mut wb));
+        f(&wa[..ka], &wb[..kb], &mut wo[..m]);
+        narrow_simd(&wo[..m], &mut os[at..at + m]);
+        at += m;
     }
 }
 

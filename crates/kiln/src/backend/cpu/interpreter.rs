@@ -588,11 +588,10 @@ impl<'a> Exec<'a> {
             if x.bcast {
                 bcast.insert(k);
             }
-            // A bool input is read as bytes (see `jit::Node::InputMask`).
-            *p = match x.buf {
-                Buffer::Bool(_) => x.slice::<bool>().as_ptr().cast(),
-                _ => x.slice::<f32>().as_ptr(),
-            };
+            // A bool input is read as bytes (see `jit::Node::InputMask`),
+            // a 16-bit float one as such (`jit::Node::InputHalf`).
+            let n = if x.bcast { 1 } else { len };
+            *p = crate::with_buffer!(x.buf, v => v[x.start..x.start + n].as_ptr().cast());
         }
         // Borrowed from the task's cache, not cloned: an `Arc` count touched
         // by every tile of both threads is a contended cache line.

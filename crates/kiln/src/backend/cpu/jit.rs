@@ -41,9 +41,10 @@
 //! generated loop beats the interpreter's tiles in and out of cache; eager
 //! ops keep their groups, so each is compiled once per process), when it
 //! has at most
-//! [`MAX_INPUTS`] inputs (any number of outputs), every value is `f32` or
-//! `bool` (a `bool` input or output, one byte per position, on AVX-512
-//! only: AVX2 leaves such groups to the interpreter), each op has a
+//! [`MAX_INPUTS`] inputs (any number of outputs), every value is `f32`,
+//! `bool` or a 16-bit float (a `bool` input or output, one byte per
+//! position, and 16-bit floats on AVX-512 only: AVX2 leaves such groups to
+//! the interpreter), each op has a
 //! lowering (arithmetic, `abs`, `neg`, `sign`, `square`, `sqrt`, `rsqrt`,
 //! rounding, `maximum`/`minimum`, `floor_divide`, `remainder`, `pow`,
 //! `atan2`, `exp`, `expm1`, `log`, `log1p`, `log2`,
@@ -56,7 +57,15 @@
 //! `maximum(x, 0.01 * x)` is; a `bool` input's bytes are widened and
 //! tested (nonzero is true), and a `bool` output's mask stored as bytes 0
 //! or 1, so a mask argument (`where(mask, x, -inf)`) or a comparison
-//! returned (`x > 0`) stays in the kernel too. Sine, cosine and tangent
+//! returned (`x > 0`) stays in the kernel too. A `float16` or `bfloat16`
+//! value is an `f32` lane too: the interpreter computes each op of these
+//! types in `f32` and rounds its result to the type, and so does the
+//! generated code ([`Un::Narrow`] after every op that can leave the type's
+//! values: not after moves, sign changes or rounding to integers); inputs
+//! are widened as they are loaded (`vcvtph2ps`, or a shift for
+//! `bfloat16`) and outputs narrowed, exactly, as they are stored, so a
+//! half-precision chain moves half the bytes of an `f32` one and runs in
+//! one loop instead of a tile pass per op. Sine, cosine and tangent
 //! run their vector reduction by `π/2`, which holds for `|x| <=`
 //! [`TRIG_LIMIT`](simd_math::TRIG_LIMIT); a vector with a lane beyond it
 //! (or an infinity) calls [`fix_big_lanes`](simd_math::fix_big_lanes) from
@@ -79,7 +88,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use crate::backend::cpu::simd_math::{self, Func, Level, Vf32};
 use crate::backend::cpu::CpuGroup;
 use crate::dtype::DType;
-use crate::passes::fuse::FusedGroup;
+use crate::passes::fuse::{FusedGroup, FusedOp};
 use crate::primitive::{BinaryOp, Primitive, UnaryOp};
 
 /// A value of a [`Prog`]: the index of the node that computes it.
@@ -132,6 +141,32 @@ pub enum Un {
     Sra23,
     /// `2^n` for integer-valued `n` in `[-126, 127]`.
     Pow2i,
+    /// Rounded to the nearest value of a 16-bit float type (ties to even;
+    /// overflow to infinity; a NaN quieted), as
+    /// [`half_conv`](crate::backend::cpu::half_conv) rounds, kept as an
+    /// `f32` (AVX-512 only).
+    Narrow(Half),
+}
+
+/// A 16-bit float type: the storage of a `float16` or `bfloat16` input or
+/// output, and the precision an op of that dtype rounds its `f32` result to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Half {
+    /// IEEE binary16 (`float16`).
+    F16,
+    /// bfloat16: the top half of an `f32`.
+    Bf16,
+}
+
+impl Half {
+    /// The 16-bit float type of dtype `d`, if it is one.
+    pub fn of(d: DType) -> Option<Half> {
+        match d {
+            DType::F16 => Some(Half::F16),
+            DType::BF16 => Some(Half::Bf16),
+            _ => None,
+        }
+    }
 }
 
 /// Ordered comparisons (false on NaN) and the NaN test.
@@ -161,6 +196,9 @@ pub enum Node {
     /// Group input `k`, a `bool` array (one byte per position), at the
     /// current position: a lane mask, true where the byte is nonzero.
     InputMask(usize),
+    /// Group input `k`, an array of 16-bit floats, at the current
+    /// position, widened to `f32` (exact).
+    InputHalf(usize, Half),
     /// A constant, by its bit pattern.
     Const(u32),
     /// A two-operand operation.
@@ -250,7 +288,7 @@ impl Node {
     /// The node with each operand `v` replaced by `f(v)`.
     pub fn map_operands(self, f: impl Fn(Val) -> Val) -> Node {
         match self {
-            Node::Input(_) | Node::InputMask(_) | Node::Const(_) => self,
+            Node::Input(_) | Node::InputMask(_) | Node::InputHalf(..) | Node::Const(_) => self,
             Node::Un(op, a) => Node::Un(op, f(a)),
             Node::MaskNot(a) => Node::MaskNot(f(a)),
             Node::Bin(op, a, b) => Node::Bin(op, f(a), f(b)),
@@ -266,7 +304,7 @@ impl Node {
     /// The values this node reads.
     pub fn operands(&self) -> Vec<Val> {
         match *self {
-            Node::Input(_) | Node::InputMask(_) | Node::Const(_) => vec![],
+            Node::Input(_) | Node::InputMask(_) | Node::InputHalf(..) | Node::Const(_) => vec![],
             Node::Un(_, a) | Node::MaskNot(a) => vec![a],
             Node::Bin(_, a, b) | Node::Cmp(_, a, b) | Node::MaskAnd(a, b) | Node::MaskOr(a, b) => vec![a, b],
             Node::Fma(a, b, c) | Node::Blend(a, b, c) => vec![a, b, c],
@@ -284,8 +322,12 @@ pub struct Prog {
     pub inputs: usize,
     /// The value of each group output, in order: a mask value (a
     /// comparison, a logical op, a `bool` input) is a `bool` output, stored
-    /// as one byte per position (0 or 1), any other an `f32` one.
+    /// as one byte per position (0 or 1), any other an `f32` one, or a
+    /// 16-bit float one where [`out_half`](Prog::out_half) says so.
     pub outputs: Vec<Val>,
+    /// Per output: the 16-bit float type it is stored as (its value is
+    /// one of that type's, so the store is exact), or `None`.
+    pub out_half: Vec<Option<Half>>,
 }
 
 impl Prog {
@@ -297,9 +339,20 @@ impl Prog {
         )
     }
 
-    /// Whether any input or output is a `bool` array.
-    pub fn has_bool_io(&self) -> bool {
-        self.nodes.iter().any(|n| matches!(n, Node::InputMask(_))) || self.outputs.iter().any(|&o| self.is_mask(o))
+    /// A program of `nodes` reading `inputs` inputs, with `f32` or `bool`
+    /// outputs `outputs`.
+    pub fn new(nodes: Vec<Node>, inputs: usize, outputs: Vec<Val>) -> Prog {
+        let out_half = vec![None; outputs.len()];
+        Prog { nodes, inputs, outputs, out_half }
+    }
+
+    /// Whether any input or output is a `bool` array or an array of 16-bit
+    /// floats (the AVX-512 generator loads and stores those; the AVX2 one
+    /// declines).
+    pub fn has_narrow_io(&self) -> bool {
+        self.nodes.iter().any(|n| matches!(n, Node::InputMask(_) | Node::InputHalf(..)))
+            || self.outputs.iter().any(|&o| self.is_mask(o))
+            || self.out_half.iter().any(Option::is_some)
     }
 }
 
@@ -552,7 +605,8 @@ fn lower_op(prim: &Primitive, a: &[Reg]) -> Option<Reg> {
         Reg::M(_) => None,
     };
     Some(match *prim {
-        Primitive::AsType(DType::F32) => Reg::F(a[0].f32()),
+        // To a 16-bit float: the value, rounded by `record_group`.
+        Primitive::AsType(DType::F32 | DType::F16 | DType::BF16) => Reg::F(a[0].f32()),
         Primitive::AsType(DType::Bool) => Reg::M(a[0].mask()),
         Primitive::Where => Reg::F(Traced::select(a[0].mask(), f(1)?, f(2)?)),
         Primitive::Unary(u) => {
@@ -678,7 +732,9 @@ enum NotCompiled {
 impl std::fmt::Display for NotCompiled {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            NotCompiled::DType => f.write_str("a value is not f32 or bool (bool inputs and outputs need AVX-512)"),
+            NotCompiled::DType => f.write_str(
+                "a value is not f32, bool or a 16-bit float (bool inputs and outputs and 16-bit floats need AVX-512)",
+            ),
             NotCompiled::TooManyInputs => write!(f, "more than {MAX_INPUTS} inputs"),
             NotCompiled::NoLowering(op) => write!(f, "{op} has no vector lowering"),
         }
@@ -687,13 +743,15 @@ impl std::fmt::Display for NotCompiled {
 
 /// Records group `g`, or says why it is not compiled.
 fn record_group(g: &FusedGroup, level: Level) -> Result<Prog, NotCompiled> {
-    // Values are f32 or bool (lane masks); bool inputs and outputs (bytes)
-    // are loaded and stored by the AVX-512 generator only.
+    // Values are f32 or bool (lane masks), or 16-bit floats computed as
+    // f32 and rounded after each op; bool inputs and outputs (bytes) and
+    // 16-bit floats are loaded and stored by the AVX-512 generator only.
     let n_in = g.inputs.len();
     let io = g.inputs.iter().copied().chain(g.outputs.iter().map(|&r| g.reg_dtype(r)));
-    let bool_io = level == Level::Avx512;
-    if !g.ops.iter().all(|o| matches!(o.dtype, DType::F32 | DType::Bool))
-        || !io.into_iter().all(|d| d == DType::F32 || (bool_io && d == DType::Bool))
+    let wide = level == Level::Avx512;
+    let half = |d: DType| wide && Half::of(d).is_some();
+    if !g.ops.iter().all(|o| matches!(o.dtype, DType::F32 | DType::Bool) || half(o.dtype))
+        || !io.into_iter().all(|d| d == DType::F32 || (wide && d == DType::Bool) || half(d))
     {
         return Err(NotCompiled::DType);
     }
@@ -708,13 +766,22 @@ fn record_group(g: &FusedGroup, level: Level) -> Result<Prog, NotCompiled> {
         .enumerate()
         .map(|(k, &d)| match d {
             DType::Bool => Reg::M(TracedMask(record(Node::InputMask(k)))),
-            _ => Reg::F(Traced(record(Node::Input(k)))),
+            d => match Half::of(d) {
+                Some(h) => Reg::F(Traced(record(Node::InputHalf(k, h)))),
+                None => Reg::F(Traced(record(Node::Input(k)))),
+            },
         })
         .collect();
     for op in &g.ops {
         let args: Vec<Reg> = op.args.iter().map(|&r| regs[r]).collect();
         match lower_op(&op.prim, &args) {
             Some(v) if matches!((v, op.dtype), (Reg::F(_), DType::F32) | (Reg::M(_), DType::Bool)) => regs.push(v),
+            // An op of 16-bit floats: its f32 result rounded, as the
+            // interpreter rounds it (unless that cannot change it).
+            Some(Reg::F(x)) if Half::of(op.dtype).is_some() => {
+                let h = Half::of(op.dtype).expect("checked");
+                regs.push(Reg::F(if exact_in_half(op, g) { x } else { x.un(Un::Narrow(h)) }));
+            }
             _ => {
                 RECORDER.with_borrow_mut(|r| *r = Recorder::new(level));
                 return Err(NotCompiled::NoLowering(op.prim.name()));
@@ -729,8 +796,28 @@ fn record_group(g: &FusedGroup, level: Level) -> Result<Prog, NotCompiled> {
             Reg::M(m) => m.0,
         })
         .collect();
+    let out_half = g.outputs.iter().map(|&r| Half::of(g.reg_dtype(r))).collect();
     let nodes = RECORDER.with_borrow_mut(|r| std::mem::replace(r, Recorder::new(level)).nodes);
-    Ok(Prog { nodes, inputs: n_in, outputs })
+    Ok(Prog { nodes, inputs: n_in, outputs, out_half })
+}
+
+/// Whether op `op` of `g`, of a 16-bit float dtype, gives a value of that
+/// type whenever its operands are (so its `f32` result needs no rounding):
+/// moves, sign changes, rounding to integers, and conversions from the
+/// same type or from `bool`.
+fn exact_in_half(op: &FusedOp, g: &FusedGroup) -> bool {
+    match op.prim {
+        Primitive::Unary(u) => {
+            matches!(u, UnaryOp::Neg | UnaryOp::Abs | UnaryOp::Sign | UnaryOp::Floor | UnaryOp::Ceil | UnaryOp::Round)
+        }
+        Primitive::Binary(b) => matches!(b, BinaryOp::Maximum | BinaryOp::Minimum),
+        Primitive::Where => true,
+        Primitive::AsType(t) => {
+            let from = g.reg_dtype(op.args[0]);
+            from == t || from == DType::Bool
+        }
+        _ => false,
+    }
 }
 
 /// How group `g` runs, for `explain`: as machine code (with the number of
@@ -803,7 +890,7 @@ pub fn warm_up() {
             return;
         }
         let spawned = std::thread::Builder::new().name("kiln-jit-warm-up".into()).spawn(|| {
-            let p = Prog { nodes: vec![Node::Input(0), Node::Bin(Bin::Add, 0, 0)], inputs: 1, outputs: vec![1] };
+            let p = Prog::new(vec![Node::Input(0), Node::Bin(Bin::Add, 0, 0)], 1, vec![1]);
             generate(&p, Variant { bcast: InputSet::EMPTY, prefetch: 0 })
         });
         if let Err(e) = spawned {
@@ -872,7 +959,11 @@ impl Compiled {
     /// Vector operations per vector of output (inputs and constants not
     /// counted): how much the kernel computes per byte it moves.
     pub fn vector_ops(&self) -> usize {
-        self.prog.nodes.iter().filter(|n| !matches!(n, Node::Input(_) | Node::InputMask(_) | Node::Const(_))).count()
+        self.prog
+            .nodes
+            .iter()
+            .filter(|n| !matches!(n, Node::Input(_) | Node::InputMask(_) | Node::InputHalf(..) | Node::Const(_)))
+            .count()
     }
 
     /// The kernel for variant `v`, compiled on first use; `None` when code
@@ -977,6 +1068,27 @@ mod tests {
         assert!(lower(&g).is_none());
         let single = group(vec![(Primitive::Unary(UnaryOp::Neg), vec![0])], 1);
         assert!(lower(&single).is_some(), "a single op is compiled too");
+    }
+
+    #[test]
+    fn ops_of_16_bit_floats_round_unless_exact() {
+        // exp(x) rounds to the type; -exp(x) is already one of its values;
+        // the output is stored as the type.
+        for (d, h) in [(DType::F16, Half::F16), (DType::BF16, Half::Bf16)] {
+            let mut g =
+                group(vec![(Primitive::Unary(UnaryOp::Exp), vec![0]), (Primitive::Unary(UnaryOp::Neg), vec![1])], 1);
+            g.inputs[0] = d;
+            for op in &mut g.ops {
+                op.dtype = d;
+            }
+            let p = lower_at(&g, Level::Avx512).expect("16-bit float groups lower for AVX-512");
+            assert!(matches!(p.nodes[0], Node::InputHalf(0, k) if k == h));
+            let narrows = p.nodes.iter().filter(|n| matches!(n, Node::Un(Un::Narrow(k), _) if *k == h)).count();
+            assert_eq!(narrows, 1, "exp rounds, neg does not");
+            assert_eq!(p.out_half, vec![Some(h)]);
+            assert!(p.has_narrow_io());
+            assert!(lower_at(&g, Level::Avx2).is_none(), "AVX2 leaves 16-bit floats to the interpreter");
+        }
     }
 
     #[test]

@@ -221,8 +221,8 @@ impl Gen<'_> {
         let mut pin = Vec::new();
         let d = match n {
             Node::Const(_) => unreachable!("constants are not emitted"),
-            // Bool inputs and outputs are lowered for AVX-512 only.
-            Node::InputMask(_) => return Err(NoCode),
+            // Bool and 16-bit float inputs and outputs are lowered for AVX-512 only.
+            Node::InputMask(_) | Node::InputHalf(..) => return Err(NoCode),
             Node::Input(k) => {
                 let d = self.alloc(pos, &pin)?;
                 let dy = YMM[d];
@@ -282,7 +282,7 @@ impl Gen<'_> {
                         self.a.vpaddd(dy, dy, ymmword_ptr(r10 + self.pool_at[&127]))?;
                         self.a.vpslld(dy, dy, 23)?;
                     }
-                    Un::Rcp14 => return Err(NoCode),
+                    Un::Rcp14 | Un::Narrow(_) => return Err(NoCode),
                 }
                 self.st.free_slots.extend(dead);
                 d
@@ -478,8 +478,8 @@ impl Gen<'_> {
 /// Compiles `p` for variant `v`; `None` only when the program holds an
 /// operation of another level (see [`jit`](crate::backend::cpu::jit)).
 pub fn generate(p: &Prog, v: Variant) -> Option<Code> {
-    // Bool inputs and outputs (bytes) are loaded and stored on AVX-512 only.
-    if p.has_bool_io() {
+    // Bool and 16-bit float inputs and outputs are loaded and stored on AVX-512 only.
+    if p.has_narrow_io() {
         return None;
     }
     // The first pass finds how many stack slots the spills need; the
@@ -636,6 +636,7 @@ mod tests {
             ],
             inputs: 1,
             outputs: vec![5],
+            out_half: vec![None],
         };
         for n in 0..=40 {
             let x: Vec<f32> = (0..n).map(|i| i as f32 * 0.37 - 2.0).collect();
@@ -671,7 +672,7 @@ mod tests {
         }
         nodes.push(Node::Bin(Bin::Sub, up, down));
         let out = nodes.len() as Val - 1;
-        let p = Prog { nodes, inputs: 1, outputs: vec![out] };
+        let p = Prog::new(nodes, 1, vec![out]);
         for n in [1, 8, 15, 16, 17, 100] {
             let x: Vec<f32> = (0..n).map(|i| 0.9 + i as f32 * 1e-3).collect();
             let want: Vec<f32> = x
@@ -776,7 +777,7 @@ mod tests {
         add_if(&mut nodes, both, 8);
         let either = push(&mut nodes, Node::MaskOr(masks[6], masks[3]));
         add_if(&mut nodes, either, 9);
-        let p = Prog { nodes, inputs: 1, outputs: vec![acc] };
+        let p = Prog::new(nodes, 1, vec![acc]);
         let reference = |x: f32| {
             let bits = [
                 x < 0.5,

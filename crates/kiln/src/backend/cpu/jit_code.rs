@@ -268,7 +268,7 @@ impl Schedule {
         let mut inv = vec![false; nodes.len()];
         for (i, n) in nodes.iter().enumerate() {
             inv[i] = match *n {
-                Node::Input(k) | Node::InputMask(k) => bcast.contains(k),
+                Node::Input(k) | Node::InputMask(k) | Node::InputHalf(k, _) => bcast.contains(k),
                 Node::Const(_) => true,
                 _ => n.operands().iter().all(|&o| inv[o as usize]),
             };
@@ -300,7 +300,7 @@ impl Schedule {
             }
             copy.push(cv);
         }
-        let q = Prog { nodes: all, inputs: p.inputs, outputs: p.outputs.clone() };
+        let q = Prog { nodes: all, inputs: p.inputs, outputs: p.outputs.clone(), out_half: p.out_half.clone() };
         Schedule { q, copy_of, inv, pre, body, copy }
     }
 
@@ -417,7 +417,7 @@ mod tests {
             }
         }
         outputs.push(acc);
-        Prog { nodes, inputs: n_in, outputs }
+        Prog::new(nodes, n_in, outputs)
     }
 
     #[test]

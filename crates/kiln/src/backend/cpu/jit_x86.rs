@@ -22,13 +22,18 @@ use std::collections::HashMap;
 
 use iced_x86::code_asm::*;
 
-use crate::backend::cpu::jit::{InputSet, Node, Prog, Un, Val, Variant};
+use crate::backend::cpu::jit::{Half, InputSet, Node, Pred, Prog, Un, Val, Variant};
 use crate::backend::cpu::jit_code::{self, emit_bin, pred_imm, Code, NoCode, Opnd, Ptrs, Schedule};
 
 /// Vector registers by number.
 const ZMM: [AsmRegisterZmm; 32] = [
     zmm0, zmm1, zmm2, zmm3, zmm4, zmm5, zmm6, zmm7, zmm8, zmm9, zmm10, zmm11, zmm12, zmm13, zmm14, zmm15, zmm16, zmm17,
     zmm18, zmm19, zmm20, zmm21, zmm22, zmm23, zmm24, zmm25, zmm26, zmm27, zmm28, zmm29, zmm30, zmm31,
+];
+/// The lower halves of [`ZMM`].
+const YMM: [AsmRegisterYmm; 32] = [
+    ymm0, ymm1, ymm2, ymm3, ymm4, ymm5, ymm6, ymm7, ymm8, ymm9, ymm10, ymm11, ymm12, ymm13, ymm14, ymm15, ymm16, ymm17,
+    ymm18, ymm19, ymm20, ymm21, ymm22, ymm23, ymm24, ymm25, ymm26, ymm27, ymm28, ymm29, ymm30, ymm31,
 ];
 /// Mask registers by number (`k0` cannot mask, `k1` is the loop mask).
 const K: [AsmRegisterK; 8] = [k0, k1, k2, k3, k4, k5, k6, k7];
@@ -75,6 +80,11 @@ struct Gen<'a> {
     pool_at: HashMap<u32, usize>,
     /// Where the input and output pointers are.
     ptrs: Ptrs,
+    /// Whether every lane is in bounds (the unrolled loop): 16-bit floats
+    /// are then converted straight from and to memory, where a masked
+    /// access takes a zero-extending load or a narrowing store around the
+    /// conversion.
+    full: bool,
 }
 
 impl Gen<'_> {
@@ -184,6 +194,55 @@ impl Gen<'_> {
                 self.free_z.push(t);
                 self.loc[v as usize] = Loc::K(kd);
             }
+            Node::InputHalf(k, h) => {
+                // 16-bit floats widened to 32 bits each, then to f32.
+                let d = self.take_z()?;
+                let disp = self.disp[v as usize] / 2;
+                let ptr = self.ptrs.input(&mut self.a, k)?;
+                // `rax` is the position's f32 byte offset: half of it is
+                // the 16-bit one.
+                if bcast.contains(k) {
+                    self.a.movzx(r11d, word_ptr(ptr))?;
+                    self.a.vpbroadcastd(ZMM[d], r11d)?;
+                } else if self.full && h == Half::F16 {
+                    self.a.shr(rax, 1)?;
+                    self.a.vcvtph2ps(ZMM[d], ymmword_ptr(ptr + rax + disp))?;
+                    self.a.shl(rax, 1)?;
+                } else {
+                    self.a.shr(rax, 1)?;
+                    self.a.vpmovzxwd(ZMM[d].k1().z(), ymmword_ptr(ptr + rax + disp))?;
+                    self.a.shl(rax, 1)?;
+                }
+                match h {
+                    Half::F16 if self.full && !bcast.contains(k) => {}
+                    Half::F16 => {
+                        self.a.vpmovdw(YMM[d], ZMM[d])?;
+                        self.a.vcvtph2ps(ZMM[d], YMM[d])?;
+                    }
+                    Half::Bf16 => self.a.vpslld(ZMM[d], ZMM[d], 16)?,
+                }
+                self.loc[v as usize] = Loc::Z(d);
+            }
+            Node::Un(Un::Narrow(Half::Bf16), x) => {
+                // As `bf16::from_f32`: the top half of `x + 0x7fff + (bit
+                // 16 of x)` (to nearest even), or of `x | 0x400000` for a
+                // NaN (quieted). Temporaries are taken before `x` is freed.
+                let s = self.reg(x, &mut temps)?;
+                let t = self.take_z()?;
+                let k = self.take_k()?;
+                let tz = ZMM[t];
+                self.a.vpsrld(tz, s, 16)?;
+                self.a.vpandd(tz, tz, self.pool_mem(1))?;
+                self.a.vpaddd(tz, tz, self.pool_mem(0x7fff))?;
+                self.a.vpaddd(tz, tz, s)?;
+                self.a.vcmpps(K[k], s, s, pred_imm(Pred::Unord))?;
+                self.a.vpord(masked(tz, k), s, self.pool_mem(0x40_0000))?;
+                self.a.vpandd(tz, tz, self.pool_mem(0xffff_0000))?;
+                self.free_k.push(k);
+                self.free(&temps, &ops, pos);
+                self.loc[v as usize] = Loc::Z(t);
+                return Ok(());
+            }
             Node::Bin(op, x, y) => {
                 let commutes = jit_code::commutes(op);
                 let (x, y) = match (self.loc[x as usize], commutes) {
@@ -261,6 +320,12 @@ impl Gen<'_> {
                         self.a.vpaddd(dz, dz, self.pool_mem(127))?;
                         self.a.vpslld(dz, dz, 23)?;
                     }
+                    Un::Narrow(Half::F16) => {
+                        // Rounded to nearest even by the conversion.
+                        self.a.vcvtps2ph(YMM[d], s, 0)?;
+                        self.a.vcvtph2ps(dz, YMM[d])?;
+                    }
+                    Un::Narrow(Half::Bf16) => unreachable!("emitted above"),
                 }
                 self.loc[v as usize] = Loc::Z(d);
                 return Ok(());
@@ -392,9 +457,9 @@ fn emit(p: &Prog, v: Variant, copies: usize) -> Result<Code, NoCode> {
     let last_pair = if unroll { s.last_uses(&pair_order, &s.stored(copies)) } else { last_one.clone() };
     let loc = s.q.nodes.iter().map(|n| if matches!(n, Node::Const(_)) { Loc::Pool } else { Loc::None }).collect();
     // The constant pool: every constant of the program, the exponent bias,
-    // and the integer 1 (a true bool).
+    // the integer 1 (a true bool) and bfloat16 rounding's masks.
     let mut words = s.constants();
-    words.extend([127, 1]);
+    words.extend([127, 1, 0x7fff, 0x40_0000, 0xffff_0000]);
     let pool = jit_code::pool(&words);
     let mut pool_at = HashMap::new();
     for (i, &b) in words.iter().enumerate() {
@@ -410,6 +475,7 @@ fn emit(p: &Prog, v: Variant, copies: usize) -> Result<Code, NoCode> {
         free_k: (2..8).rev().collect(),
         pool_at,
         ptrs: Ptrs::new(n_in, n_out, bcast),
+        full: false,
     };
     jit_code::prologue(&mut g.a, &g.ptrs, &pool)?;
     for (pos, &i) in pre.iter().enumerate() {
@@ -448,6 +514,32 @@ fn emit(p: &Prog, v: Variant, copies: usize) -> Result<Code, NoCode> {
                 }
                 let mut temps = Vec::new();
                 let r = g.reg(cv[o as usize], &mut temps)?;
+                if let Some(h) = p.out_half[j] {
+                    // A value of the 16-bit type: its 16 bits per lane
+                    // (exact), narrowed to words.
+                    let t = g.take_z()?;
+                    let ptr = g.ptrs.output(&mut g.a, j)?;
+                    let at = ymmword_ptr(ptr + rax + 32 * c as i32);
+                    match h {
+                        Half::F16 if g.full => {
+                            g.a.shr(rax, 1)?;
+                            g.a.vcvtps2ph(at, r, 0)?;
+                        }
+                        Half::F16 => {
+                            g.a.vcvtps2ph(YMM[t], r, 0)?;
+                            g.a.vpmovzxwd(ZMM[t], YMM[t])?;
+                        }
+                        Half::Bf16 => g.a.vpsrld(ZMM[t], r, 16)?,
+                    }
+                    if h == Half::Bf16 || !g.full {
+                        g.a.shr(rax, 1)?;
+                        g.a.vpmovdw(at.k1(), ZMM[t])?;
+                    }
+                    g.a.shl(rax, 1)?;
+                    g.free_z.push(t);
+                    g.free_z.extend_from_slice(&temps);
+                    continue;
+                }
                 let ptr = g.ptrs.output(&mut g.a, j)?;
                 g.a.vmovups(zmmword_ptr(ptr + rax + 64 * c as i32).k1(), r)?;
                 g.free_z.extend_from_slice(&temps);
@@ -466,7 +558,9 @@ fn emit(p: &Prog, v: Variant, copies: usize) -> Result<Code, NoCode> {
         g.a.set_label(&mut pairs)?;
         g.a.cmp(rcx, 16 * copies as i32)?;
         g.a.jb(top)?;
+        g.full = true;
         iteration(&mut g, &pair_order, copy)?;
+        g.full = false;
         g.a.add(rax, 64 * copies as i32)?;
         g.a.sub(rcx, 16 * copies as i32)?;
         g.a.jmp(pairs)?;

@@ -83,7 +83,7 @@ multiversion! {
 }
 
 /// A 16-bit float element of a tile.
-trait HalfElement: Half + BufferElement + crate::dtype::Element {}
+pub(super) trait HalfElement: Half + BufferElement + crate::dtype::Element {}
 impl<H: Half + BufferElement + crate::dtype::Element> HalfElement for H {}
 
 #[inline(always)]
@@ -102,12 +102,12 @@ fn narrow<H: HalfElement>(xs: &[f32], out: &mut [H]) {
 
 multiversion! {
     /// Half floats to `f32`, vectorized at the best SIMD level.
-    fn widen_simd<H: HalfElement>(xs: &[H], out: &mut [f32]) => widen
+    pub(super) fn widen_simd<H: HalfElement>(xs: &[H], out: &mut [f32]) => widen
 }
 
 multiversion! {
     /// `f32` to half floats, vectorized at the best SIMD level.
-    fn narrow_simd<H: HalfElement>(xs: &[f32], out: &mut [H]) => narrow
+    pub(super) fn narrow_simd<H: HalfElement>(xs: &[f32], out: &mut [H]) => narrow
 }
 
 /// A half-float transcendental: the tile widened to `f32` a chunk at a
