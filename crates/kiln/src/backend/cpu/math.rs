@@ -113,17 +113,6 @@ pub fn sign_f32(x: f32) -> f32 {
     }
 }
 
-/// Logistic sigmoid, stable for large |x|.
-#[inline(always)]
-pub fn sigmoid_f64(x: f64) -> f64 {
-    if x >= 0.0 {
-        1.0 / (1.0 + (-x).exp())
-    } else {
-        let e = x.exp();
-        e / (1.0 + e)
-    }
-}
-
 /// Logistic sigmoid for f32.
 #[inline(always)]
 pub fn sigmoid_f32(x: f32) -> f32 {

@@ -22,6 +22,7 @@ pub mod jit_code;
 #[cfg(target_arch = "x86_64")]
 pub mod jit_x86;
 pub mod math;
+pub mod math_f64;
 pub mod matmul;
 pub mod random;
 pub mod reduce;

@@ -2,7 +2,8 @@
 //! one for all integer types.
 
 use crate::backend::cpu::half_conv::Half;
-use crate::backend::cpu::math::{sigmoid_f32, sigmoid_f64, sign_f32, sign_f64, FloatMath, IntMath};
+use crate::backend::cpu::math::{sigmoid_f32, sign_f32, sign_f64, FloatMath, IntMath};
+use crate::backend::cpu::math_f64;
 use crate::backend::cpu::simd_math::{self, Func};
 use crate::backend::cpu::tile::{map1, multiversion, Src};
 use crate::buffer::{Buffer, BufferElement};
@@ -29,17 +30,17 @@ fn float_unary<F: FloatMath>(op: UnaryOp, x: Src, out: &mut Buffer) {
         Rsqrt => m!(|v| 1.0 / v.sqrt(), |v| 1.0 / v.sqrt()),
         Square => m!(|v| v * v, |v| v * v),
         Reciprocal => m!(|v| 1.0 / v, |v| 1.0 / v),
-        Exp => m!(f32::exp, f64::exp),
+        Exp => m!(f32::exp, math_f64::exp),
         Expm1 => m!(f32::exp_m1, f64::exp_m1),
-        Log => m!(f32::ln, f64::ln),
+        Log => m!(f32::ln, math_f64::log),
         Log1p => m!(f32::ln_1p, f64::ln_1p),
         Log2 => m!(f32::log2, f64::log2),
         Log10 => m!(f32::log10, f64::log10),
         Sin => m!(f32::sin, f64::sin),
         Cos => m!(f32::cos, f64::cos),
         Tan => m!(f32::tan, f64::tan),
-        Tanh => m!(f32::tanh, f64::tanh),
-        Sigmoid => m!(sigmoid_f32, sigmoid_f64),
+        Tanh => m!(f32::tanh, math_f64::tanh),
+        Sigmoid => m!(sigmoid_f32, math_f64::sigmoid),
         Erf => m!(libm::erff, libm::erf),
         Floor => m!(f32::floor, f64::floor),
         Ceil => m!(f32::ceil, f64::ceil),
@@ -78,7 +79,10 @@ fn bool_unary(op: UnaryOp, x: Src, out: &mut Buffer) {
 
 multiversion! {
     /// `f32`/`f64` unary ops, vectorized at the best SIMD level (the
-    /// transcendental `f32` ones go through [`simd_math`] instead).
+    /// transcendental `f32` ones go through [`simd_math`] instead; `f64`
+    /// `exp`, `log`, `tanh` and `sigmoid` are [`math_f64`]'s branch-free
+    /// forms, which vectorize here, the other `f64` functions the C
+    /// library's, one element per call).
     fn float_unary_simd<F: FloatMath>(op: UnaryOp, x: Src, out: &mut Buffer) => float_unary
 }
 

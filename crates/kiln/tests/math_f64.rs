@@ -1,0 +1,173 @@
+//! The vectorizable `f64` functions (`backend::cpu::math_f64`) against
+//! the C library: each within its stated ulp bound on random arguments
+//! over their whole ranges and on special values, and fast paths as the
+//! eager ops use them (an `f64` tile of `exp` runs these, eight lanes at a
+//! time).
+
+mod common;
+
+use common::Rng;
+use kiln::backend::cpu::math_f64;
+use kiln::{Array, DType, Result};
+
+/// Distance in ulps between `got` and the reference `want` (0 when both
+/// are NaN or equal; infinite when only one is NaN).
+fn ulps(got: f64, want: f64) -> f64 {
+    if got.is_nan() || want.is_nan() {
+        return if got.is_nan() && want.is_nan() { 0.0 } else { f64::INFINITY };
+    }
+    if got == want {
+        return 0.0;
+    }
+    if got.is_infinite() || want.is_infinite() {
+        return f64::INFINITY;
+    }
+    // The ulp of the reference (the smallest subnormal's below it).
+    let e = want.abs().max(f64::MIN_POSITIVE).log2().floor();
+    (got - want).abs() / 2f64.powf(e - 52.0)
+}
+
+/// Arguments: uniform over several ranges (log-uniform magnitudes of both
+/// signs) plus the special values and the ranges' edges.
+fn arguments(rng: &mut Rng, n: usize) -> Vec<f64> {
+    let specials = [
+        0.0,
+        -0.0,
+        f64::NAN,
+        f64::INFINITY,
+        f64::NEG_INFINITY,
+        f64::MIN_POSITIVE,
+        f64::MIN_POSITIVE / 3.0,
+        5e-324,
+        -5e-324,
+        f64::MAX,
+        -f64::MAX,
+        709.782712893384,
+        709.79,
+        -708.3964185322641,
+        -745.1332191019411,
+        -745.14,
+        0.625,
+        -0.625,
+        0.6249999999999999,
+        19.99,
+        20.01,
+        1.0,
+        -1.0,
+        std::f64::consts::LN_2,
+        2.0 * std::f64::consts::LN_2,
+        std::f64::consts::FRAC_1_SQRT_2,
+        std::f64::consts::SQRT_2,
+    ];
+    let mut v: Vec<f64> = specials.to_vec();
+    while v.len() < n {
+        let u = rng.uniform(0.0, 1.0);
+        let x = match rng.int(0, 4) {
+            0 => rng.uniform(-2.0, 2.0),
+            1 => rng.uniform(-750.0, 750.0),
+            2 => 10f64.powf(rng.uniform(-320.0, 308.0)) * if u < 0.5 { -1.0 } else { 1.0 },
+            3 => 1.0 + rng.uniform(-1e-3, 1e-3),
+            _ => rng.uniform(-25.0, 25.0),
+        };
+        v.push(x);
+    }
+    v
+}
+
+type Pair = (&'static str, fn(f64) -> f64, fn(f64) -> f64, f64);
+
+fn sigmoid_ref(x: f64) -> f64 {
+    if x >= 0.0 {
+        1.0 / (1.0 + (-x).exp())
+    } else {
+        let e = x.exp();
+        e / (1.0 + e)
+    }
+}
+
+const FUNCTIONS: [Pair; 4] = [
+    ("exp", math_f64::exp, f64::exp, 1.0),
+    ("log", math_f64::log, f64::ln, 1.0),
+    ("tanh", math_f64::tanh, f64::tanh, 2.0),
+    ("sigmoid", math_f64::sigmoid, sigmoid_ref, 2.0),
+];
+
+#[test]
+fn each_function_meets_its_bound_against_the_c_library() {
+    let mut rng = Rng::new(2026);
+    let xs = arguments(&mut rng, 400_000);
+    for (name, f, reference, bound) in FUNCTIONS {
+        let (mut worst, mut at) = (0.0f64, 0.0f64);
+        for &x in &xs {
+            let e = ulps(f(x), reference(x));
+            if e > worst {
+                (worst, at) = (e, x);
+            }
+        }
+        assert!(worst <= bound, "{name}: {worst} ulp at {x:e} (bound {bound})", x = at);
+        println!("{name}: worst {worst:.3} ulp at {at:e}");
+    }
+}
+
+#[test]
+fn special_values_follow_the_c_library() {
+    type Case = (fn(f64) -> f64, f64, f64);
+    let cases: [Case; 16] = [
+        (math_f64::exp, f64::INFINITY, f64::INFINITY),
+        (math_f64::exp, f64::NEG_INFINITY, 0.0),
+        (math_f64::exp, 710.0, f64::INFINITY),
+        (math_f64::exp, -746.0, 0.0),
+        (math_f64::exp, 0.0, 1.0),
+        (math_f64::exp, -745.0, 5e-324),
+        (math_f64::log, 0.0, f64::NEG_INFINITY),
+        (math_f64::log, -0.0, f64::NEG_INFINITY),
+        (math_f64::log, f64::INFINITY, f64::INFINITY),
+        (math_f64::log, 1.0, 0.0),
+        (math_f64::log, 5e-324, -744.4400719213812),
+        (math_f64::tanh, f64::INFINITY, 1.0),
+        (math_f64::tanh, f64::NEG_INFINITY, -1.0),
+        (math_f64::tanh, 1e-300, 1e-300),
+        (math_f64::sigmoid, f64::INFINITY, 1.0),
+        (math_f64::sigmoid, f64::NEG_INFINITY, 0.0),
+    ];
+    for (k, (f, x, want)) in cases.into_iter().enumerate() {
+        let got = f(x);
+        assert!(got == want, "case {k}: f({x:e}) = {got:e}, want {want:e}");
+    }
+    // Signs of zeros, and NaN and negative arguments.
+    assert!(math_f64::tanh(-0.0).is_sign_negative() && math_f64::tanh(-0.0) == 0.0);
+    assert!(math_f64::tanh(0.0).is_sign_positive());
+    for f in [math_f64::exp, math_f64::log, math_f64::tanh, math_f64::sigmoid] {
+        assert!(f(f64::NAN).is_nan());
+    }
+    assert!(math_f64::log(-1.0).is_nan() && math_f64::log(-f64::INFINITY).is_nan() && math_f64::log(-5e-324).is_nan());
+}
+
+#[test]
+fn eager_f64_ops_compute_these_functions() -> Result<()> {
+    // The tile kernels of exp, log, tanh and sigmoid on f64 arrays run
+    // math_f64 (bit for bit), at lengths around the vector width.
+    let mut rng = Rng::new(5);
+    type Op = (fn(&Array) -> Result<Array>, fn(f64) -> f64);
+    let ops: [Op; 4] = [
+        (|x| x.exp(), math_f64::exp),
+        (|x| x.abs()?.log(), |x| math_f64::log(x.abs())),
+        (|x| x.tanh(), math_f64::tanh),
+        (|x| x.sigmoid(), math_f64::sigmoid),
+    ];
+    for n in [1, 3, 8, 9, 17, 1000, 70_001] {
+        let xs = arguments(&mut rng, n.max(30))[..n].to_vec();
+        let x = Array::from_slice(&xs, &[n])?.astype(DType::F64)?;
+        for (k, (op, f)) in ops.iter().enumerate() {
+            let got = op(&x)?.to_vec::<f64>()?;
+            for (i, (&g, &a)) in got.iter().zip(&xs).enumerate() {
+                let w = f(a);
+                assert!(
+                    g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()),
+                    "op {k}, {n} elements, {i}: {g:e} vs {w:e}"
+                );
+            }
+        }
+    }
+    Ok(())
+}
