@@ -85,8 +85,10 @@ fn sigmoid_ref(x: f64) -> f64 {
     }
 }
 
-const FUNCTIONS: [Pair; 4] = [
+const FUNCTIONS: [Pair; 6] = [
     ("exp", math_f64::exp, f64::exp, 1.0),
+    ("expm1", math_f64::expm1, f64::exp_m1, 1.0),
+    ("log1p", math_f64::log1p, f64::ln_1p, 2.0),
     ("log", math_f64::log, f64::ln, 1.0),
     ("tanh", math_f64::tanh, f64::tanh, 2.0),
     ("sigmoid", math_f64::sigmoid, sigmoid_ref, 2.0),
@@ -137,9 +139,16 @@ fn special_values_follow_the_c_library() {
     // Signs of zeros, and NaN and negative arguments.
     assert!(math_f64::tanh(-0.0).is_sign_negative() && math_f64::tanh(-0.0) == 0.0);
     assert!(math_f64::tanh(0.0).is_sign_positive());
-    for f in [math_f64::exp, math_f64::log, math_f64::tanh, math_f64::sigmoid] {
+    for f in [math_f64::exp, math_f64::expm1, math_f64::log, math_f64::log1p, math_f64::tanh, math_f64::sigmoid] {
         assert!(f(f64::NAN).is_nan());
     }
+    assert_eq!(math_f64::expm1(f64::INFINITY), f64::INFINITY);
+    assert_eq!(math_f64::expm1(f64::NEG_INFINITY), -1.0);
+    assert!(math_f64::expm1(-0.0) == 0.0 && math_f64::expm1(-0.0).is_sign_negative());
+    assert_eq!(math_f64::log1p(-1.0), f64::NEG_INFINITY);
+    assert_eq!(math_f64::log1p(f64::INFINITY), f64::INFINITY);
+    assert!(math_f64::log1p(-0.0) == 0.0 && math_f64::log1p(-0.0).is_sign_negative());
+    assert!(math_f64::log1p(-1.5).is_nan() && math_f64::log1p(f64::NEG_INFINITY).is_nan());
     assert!(math_f64::log(-1.0).is_nan() && math_f64::log(-f64::INFINITY).is_nan() && math_f64::log(-5e-324).is_nan());
 }
 
@@ -149,8 +158,10 @@ fn eager_f64_ops_compute_these_functions() -> Result<()> {
     // math_f64 (bit for bit), at lengths around the vector width.
     let mut rng = Rng::new(5);
     type Op = (fn(&Array) -> Result<Array>, fn(f64) -> f64);
-    let ops: [Op; 4] = [
+    let ops: [Op; 6] = [
         (|x| x.exp(), math_f64::exp),
+        (|x| x.expm1(), math_f64::expm1),
+        (|x| x.log1p(), math_f64::log1p),
         (|x| x.abs()?.log(), |x| math_f64::log(x.abs())),
         (|x| x.tanh(), math_f64::tanh),
         (|x| x.sigmoid(), math_f64::sigmoid),

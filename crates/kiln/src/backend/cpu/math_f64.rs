@@ -1,4 +1,4 @@
-//! `f64` `exp`, `log`, `tanh` and `sigmoid` written without branches or
+//! `f64` `exp`, `expm1`, `log`, `log1p`, `tanh` and `sigmoid` written without branches or
 //! calls, so that the tile loops (compiled for AVX-512 or AVX2 by
 //! `multiversion!`) vectorize them: eight or four lanes at a time, where
 //! the C library computes one element per call (an `f64` `tanh` ran about
@@ -13,6 +13,8 @@
 //! | `exp` | `x = k ln 2 + r` (`ln 2` in two parts), Taylor series of degree 13 for `e^r`, scaled by `2^k` as two powers of two (so results that are subnormal round once) | 1 |
 //! | `log` | `x = 2^k m`, `m` in `[√½, √2)`; `log(m) = f - f²/2 + s (f²/2 + R)` with `f = m - 1`, `s = f / (2 + f)` and `R` the odd series of `2 atanh(s)` to `s^22` | 1 |
 //! | `tanh` | `1 - 2 / (e^{2|x|} + 1)` with `exp` above for `|x| >= 0.625`; below, its Taylor series to `x^41` (`x + x³ P(x²)`, the leading term exact) | 2 |
+//! | `expm1` | `x = k ln 2 + r` (`k = 0` below 0.7): `2^k (e^r - 1) + (2^k - 1)` in one FMA, `e^r - 1` by its Taylor series to `r^18` (the leading term exact) | 1 |
+//! | `log1p` | `log(u) + (x - (u - 1)) / u` with `u = 1 + x` rounded and `log` above | 2 |
 //! | `sigmoid` | `1 / (1 + e^{-x})` for `x >= 0`, `e^x / (1 + e^x)` below, with `exp` above | 2 |
 //!
 //! Special values follow the C library: NaN in, NaN out; `exp` overflows
@@ -35,11 +37,11 @@ fn pow2(n: i64) -> f64 {
     f64::from_bits(((n + 1023) as u64) << 52)
 }
 
-/// `1 / n!` for `n` in `0..=13`.
-const INV_FACT: [f64; 14] = {
-    let mut t = [1.0f64; 14];
+/// `1 / n!` for `n` in `0..=18`.
+const INV_FACT: [f64; 19] = {
+    let mut t = [1.0f64; 19];
     let mut n = 1;
-    while n < 14 {
+    while n < 19 {
         t[n] = t[n - 1] / n as f64;
         n += 1;
     }
@@ -66,6 +68,59 @@ pub fn exp(x: f64) -> f64 {
     // product is exact, the second rounds once (also to a subnormal).
     let a = ki >> 1;
     p * pow2(a) * pow2(ki - a)
+}
+
+/// `e^x - 1`.
+#[inline(always)]
+pub fn expm1(x: f64) -> f64 {
+    // x = k ln 2 + r: e^x - 1 = 2^k (e^r - 1) + (2^k - 1), one FMA from
+    // e^r - 1 (its Taylor series to r^18, the leading term exact) and
+    // 2^k - 1 (exact for the k in [-58, 53] that x in [-40, 37] gives).
+    // k is 0 below 0.7 in magnitude (2 (e^r - 1) + 1 would cancel there),
+    // else the nearest integer to x / ln 2 (|r| <= 0.35). Past 37,
+    // e^x - 1 rounds to e^x; below -40, to -1.
+    let xc = x.clamp(-40.0, 37.0);
+    let k = xc.mul_add(std::f64::consts::LOG2_E, ROUNDER) - ROUNDER;
+    let k = if xc.abs() < 0.7 { 0.0 } else { k };
+    let ki = ((k + ROUNDER).to_bits() as i64).wrapping_sub(ROUNDER.to_bits() as i64);
+    let r = k.mul_add(-LN2_HI, xc);
+    let r = k.mul_add(-LN2_LO, r);
+    let mut p = INV_FACT[18];
+    for n in (2..18).rev() {
+        p = p.mul_add(r, INV_FACT[n]);
+    }
+    let er = (r * p).mul_add(r, r);
+    let s = pow2(ki);
+    let y = s.mul_add(er, s - 1.0);
+    let y = if x > 37.0 { exp(x) } else { y };
+    // -0 keeps its sign.
+    let y = if x == 0.0 { x } else { y };
+    // NaN stays NaN (the clamp keeps it; every comparison above is false).
+    if x < -40.0 {
+        -1.0
+    } else {
+        y
+    }
+}
+
+/// `ln(1 + x)`.
+#[inline(always)]
+pub fn log1p(x: f64) -> f64 {
+    // u = 1 + x rounded; ln(1 + x) = ln(u) + (x - (u - 1)) / u, the
+    // second term the rounding's correction (0 when u is exact).
+    let u = 1.0 + x;
+    let c = (x - (u - 1.0)) / u;
+    let y = log(u) + c;
+    // ln(u) of u = 1 is 0: a tiny x is its own logarithm (and keeps the
+    // sign of -0); past 2^53 the correction is nothing (and inf - inf).
+    let y = if u == 1.0 { x } else { y };
+    // x = -1: ln 0 (the correction would be 0 / 0).
+    let y = if u == 0.0 { f64::NEG_INFINITY } else { y };
+    if x == f64::INFINITY {
+        x
+    } else {
+        y
+    }
 }
 
 /// `2^54`: the scale that makes a subnormal argument normal.

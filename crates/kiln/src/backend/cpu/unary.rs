@@ -31,9 +31,9 @@ fn float_unary<F: FloatMath>(op: UnaryOp, x: Src, out: &mut Buffer) {
         Square => m!(|v| v * v, |v| v * v),
         Reciprocal => m!(|v| 1.0 / v, |v| 1.0 / v),
         Exp => m!(f32::exp, math_f64::exp),
-        Expm1 => m!(f32::exp_m1, f64::exp_m1),
+        Expm1 => m!(f32::exp_m1, math_f64::expm1),
         Log => m!(f32::ln, math_f64::log),
-        Log1p => m!(f32::ln_1p, f64::ln_1p),
+        Log1p => m!(f32::ln_1p, math_f64::log1p),
         Log2 => m!(f32::log2, f64::log2),
         Log10 => m!(f32::log10, f64::log10),
         Sin => m!(f32::sin, f64::sin),
@@ -80,7 +80,7 @@ fn bool_unary(op: UnaryOp, x: Src, out: &mut Buffer) {
 multiversion! {
     /// `f32`/`f64` unary ops, vectorized at the best SIMD level (the
     /// transcendental `f32` ones go through [`simd_math`] instead; `f64`
-    /// `exp`, `log`, `tanh` and `sigmoid` are [`math_f64`]'s branch-free
+    /// `exp`, `expm1`, `log`, `log1p`, `tanh` and `sigmoid` are [`math_f64`]'s branch-free
     /// forms, which vectorize here, the other `f64` functions the C
     /// library's, one element per call).
     fn float_unary_simd<F: FloatMath>(op: UnaryOp, x: Src, out: &mut Buffer) => float_unary
