@@ -38,6 +38,13 @@ fn arguments(rng: &mut Rng, n: usize) -> Vec<f64> {
         f64::NEG_INFINITY,
         f64::MIN_POSITIVE,
         f64::MIN_POSITIVE / 3.0,
+        math_f64::TRIG_LIMIT,
+        -math_f64::TRIG_LIMIT,
+        math_f64::TRIG_LIMIT + 1.0,
+        1e22,
+        std::f64::consts::FRAC_PI_2,
+        std::f64::consts::PI,
+        355.0,
         5e-324,
         -5e-324,
         f64::MAX,
@@ -62,8 +69,11 @@ fn arguments(rng: &mut Rng, n: usize) -> Vec<f64> {
     let mut v: Vec<f64> = specials.to_vec();
     while v.len() < n {
         let u = rng.uniform(0.0, 1.0);
-        let x = match rng.int(0, 4) {
+        let x = match rng.int(0, 6) {
             0 => rng.uniform(-2.0, 2.0),
+            // Near multiples of π/2, and around the vector trigonometry's limit.
+            5 => (rng.int(-500_000, 500_000) as f64) * std::f64::consts::FRAC_PI_2 * (1.0 + rng.uniform(-1e-12, 1e-12)),
+            6 => rng.uniform(-1e6, 1e6),
             1 => rng.uniform(-750.0, 750.0),
             2 => 10f64.powf(rng.uniform(-320.0, 308.0)) * if u < 0.5 { -1.0 } else { 1.0 },
             3 => 1.0 + rng.uniform(-1e-3, 1e-3),
@@ -85,7 +95,10 @@ fn sigmoid_ref(x: f64) -> f64 {
     }
 }
 
-const FUNCTIONS: [Pair; 6] = [
+const FUNCTIONS: [Pair; 9] = [
+    ("sin", math_f64::sin, f64::sin, 1.0),
+    ("cos", math_f64::cos, f64::cos, 1.0),
+    ("tan", math_f64::tan, f64::tan, 2.0),
     ("exp", math_f64::exp, f64::exp, 1.0),
     ("expm1", math_f64::expm1, f64::exp_m1, 1.0),
     ("log1p", math_f64::log1p, f64::ln_1p, 2.0),
@@ -139,7 +152,17 @@ fn special_values_follow_the_c_library() {
     // Signs of zeros, and NaN and negative arguments.
     assert!(math_f64::tanh(-0.0).is_sign_negative() && math_f64::tanh(-0.0) == 0.0);
     assert!(math_f64::tanh(0.0).is_sign_positive());
-    for f in [math_f64::exp, math_f64::expm1, math_f64::log, math_f64::log1p, math_f64::tanh, math_f64::sigmoid] {
+    for f in [
+        math_f64::exp,
+        math_f64::expm1,
+        math_f64::log,
+        math_f64::log1p,
+        math_f64::tanh,
+        math_f64::sigmoid,
+        math_f64::sin,
+        math_f64::cos,
+        math_f64::tan,
+    ] {
         assert!(f(f64::NAN).is_nan());
     }
     assert_eq!(math_f64::expm1(f64::INFINITY), f64::INFINITY);
@@ -149,6 +172,11 @@ fn special_values_follow_the_c_library() {
     assert_eq!(math_f64::log1p(f64::INFINITY), f64::INFINITY);
     assert!(math_f64::log1p(-0.0) == 0.0 && math_f64::log1p(-0.0).is_sign_negative());
     assert!(math_f64::log1p(-1.5).is_nan() && math_f64::log1p(f64::NEG_INFINITY).is_nan());
+    for f in [math_f64::sin, math_f64::cos, math_f64::tan] {
+        assert!(f(f64::INFINITY).is_nan() && f(f64::NEG_INFINITY).is_nan());
+    }
+    assert!(math_f64::sin(-0.0) == 0.0 && math_f64::sin(-0.0).is_sign_negative());
+    assert!(math_f64::tan(-0.0).is_sign_negative() && math_f64::cos(0.0) == 1.0);
     assert!(math_f64::log(-1.0).is_nan() && math_f64::log(-f64::INFINITY).is_nan() && math_f64::log(-5e-324).is_nan());
 }
 
@@ -158,7 +186,10 @@ fn eager_f64_ops_compute_these_functions() -> Result<()> {
     // math_f64 (bit for bit), at lengths around the vector width.
     let mut rng = Rng::new(5);
     type Op = (fn(&Array) -> Result<Array>, fn(f64) -> f64);
-    let ops: [Op; 6] = [
+    let ops: [Op; 9] = [
+        (|x| x.sin(), math_f64::sin),
+        (|x| x.cos(), math_f64::cos),
+        (|x| x.tan(), math_f64::tan),
         (|x| x.exp(), math_f64::exp),
         (|x| x.expm1(), math_f64::expm1),
         (|x| x.log1p(), math_f64::log1p),

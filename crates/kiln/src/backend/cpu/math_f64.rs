@@ -1,4 +1,5 @@
-//! `f64` `exp`, `expm1`, `log`, `log1p`, `tanh` and `sigmoid` written without branches or
+//! `f64` `exp`, `expm1`, `log`, `log1p`, `sin`, `cos`, `tan`, `tanh` and
+//! `sigmoid` written without branches or
 //! calls, so that the tile loops (compiled for AVX-512 or AVX2 by
 //! `multiversion!`) vectorize them: eight or four lanes at a time, where
 //! the C library computes one element per call (an `f64` `tanh` ran about
@@ -15,6 +16,7 @@
 //! | `tanh` | `1 - 2 / (e^{2|x|} + 1)` with `exp` above for `|x| >= 0.625`; below, its Taylor series to `x^41` (`x + x³ P(x²)`, the leading term exact) | 2 |
 //! | `expm1` | `x = k ln 2 + r` (`k = 0` below 0.7): `2^k (e^r - 1) + (2^k - 1)` in one FMA, `e^r - 1` by its Taylor series to `r^18` (the leading term exact) | 1 |
 //! | `log1p` | `log(u) + (x - (u - 1)) / u` with `u = 1 + x` rounded and `log` above | 2 |
+//! | `sin`, `cos`, `tan` | `x = k π/2 + (h + l)` (`π/2` in 106 bits, the remainder as a sum of two doubles), Taylor series to `h^19`/`h^20` with `l`'s first-order term; beyond [`TRIG_LIMIT`] or within 2^-30 of a multiple of `π/2`, the C library | 1 (`tan` 2) |
 //! | `sigmoid` | `1 / (1 + e^{-x})` for `x >= 0`, `e^x / (1 + e^x)` below, with `exp` above | 2 |
 //!
 //! Special values follow the C library: NaN in, NaN out; `exp` overflows
@@ -118,6 +120,183 @@ pub fn log1p(x: f64) -> f64 {
     let y = if u == 0.0 { f64::NEG_INFINITY } else { y };
     if x == f64::INFINITY {
         x
+    } else {
+        y
+    }
+}
+
+/// `π/2` as a sum of two doubles (106 bits).
+const PIO2_HI: f64 = f64::from_bits(0x3ff9_21fb_5444_2d18);
+/// The rest of `π/2` after [`PIO2_HI`], rounded.
+const PIO2_LO: f64 = f64::from_bits(0x3c91_a626_3314_5c07);
+
+/// The largest `|x|` whose sine, cosine and tangent are computed by the
+/// vector code (a multiple `k` of `π/2` below 2^19); beyond it, and for an
+/// argument within 2^-30 of a nonzero multiple of `π/2`, the C library
+/// computes the lane.
+pub const TRIG_LIMIT: f64 = 823_549.0;
+
+/// Taylor coefficients of `sin` past `x`: of `x^3`, `x^5`, ..., `x^19`.
+const SIN_SERIES: [f64; 9] = [
+    -0.16666666666666666,
+    0.008333333333333333,
+    -0.0001984126984126984,
+    2.7557319223985893e-06,
+    -2.505210838544172e-08,
+    1.6059043836821613e-10,
+    -7.647163731819816e-13,
+    2.8114572543455206e-15,
+    -8.22063524662433e-18,
+];
+
+/// Taylor coefficients of `cos` past `1 - x^2/2`: of `x^4`, ..., `x^20`.
+const COS_SERIES: [f64; 9] = [
+    0.041666666666666664,
+    -0.001388888888888889,
+    2.48015873015873e-05,
+    -2.755731922398589e-07,
+    2.08767569878681e-09,
+    -1.1470745597729725e-11,
+    4.779477332387385e-14,
+    -1.5619206968586225e-16,
+    4.110317623312165e-19,
+];
+
+/// Horner's rule over `c` in `z` (the first coefficient is the constant term).
+#[inline(always)]
+fn series(c: &[f64; 9], z: f64) -> f64 {
+    let mut p = c[8];
+    for &k in c[..8].iter().rev() {
+        p = p.mul_add(z, k);
+    }
+    p
+}
+
+/// `x = k π/2 + (hi + lo)`: `(hi, lo, k)`, `|hi + lo| <= π/4` (a little
+/// more where `k` rounds), to about 2^-86 absolute for `|x| <=`
+/// [`TRIG_LIMIT`].
+#[inline(always)]
+fn reduce(x: f64) -> (f64, f64, i64) {
+    let kr = x.mul_add(std::f64::consts::FRAC_2_PI, ROUNDER);
+    let k = kr - ROUNDER;
+    let q = (kr.to_bits() as i64).wrapping_sub(ROUNDER.to_bits() as i64);
+    // k PIO2_HI = p + pe exactly; x - p is exact (x and p within a
+    // factor of two, or p = 0).
+    let p = k * PIO2_HI;
+    let pe = k.mul_add(PIO2_HI, -p);
+    let t = x - p;
+    let c = -k.mul_add(PIO2_LO, pe);
+    // t + c as hi + lo (two-sum: t may be the smaller).
+    let hi = t + c;
+    let bb = hi - t;
+    let lo = (t - (hi - bb)) + (c - bb);
+    (hi, lo, q)
+}
+
+/// `sin(h + l)` and `cos(h + l)` for `|h| <= π/4` and `l` below an ulp of `h`.
+#[inline(always)]
+fn sin_cos_kernel(h: f64, l: f64) -> (f64, f64) {
+    let z = h * h;
+    // sin(h + l) = h + h^3 S(z) + l cos(h), cos(h) ~ 1 - z/2 for the l term.
+    let s = h + (z * h).mul_add(series(&SIN_SERIES, z), l * (1.0 - 0.5 * z));
+    // cos(h + l) = (1 - z/2) + z^2 C(z) - l sin(h): 1 - z/2 as w plus its
+    // rounding error.
+    let hz = 0.5 * z;
+    let w = 1.0 - hz;
+    let c = w + (((1.0 - w) - hz) + (z * z).mul_add(series(&COS_SERIES, z), -h * l));
+    (s, c)
+}
+
+/// Which function of the quadrant's sine and cosine.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Trig {
+    Sin,
+    Cos,
+    Tan,
+}
+
+/// `f(x)` by the vector reduction, or NaN for an argument the C library
+/// must compute (see [`TRIG_LIMIT`]; a NaN argument gives NaN too).
+#[inline(always)]
+fn trig_reduced(f: Trig, x: f64) -> f64 {
+    let (h, l, q) = reduce(x);
+    let (s, c) = sin_cos_kernel(h, l);
+    let swap = q & 1 != 0;
+    let y = match f {
+        Trig::Sin => {
+            let v = if swap { c } else { s };
+            if q & 2 != 0 {
+                -v
+            } else {
+                v
+            }
+        }
+        Trig::Cos => {
+            let v = if swap { s } else { c };
+            if (q + 1) & 2 != 0 {
+                -v
+            } else {
+                v
+            }
+        }
+        Trig::Tan => {
+            if swap {
+                -c / s
+            } else {
+                s / c
+            }
+        }
+    };
+    // sin(-0) and tan(-0) are -0.
+    let y = if x == 0.0 && f != Trig::Cos { x } else { y };
+    let library = x.abs() > TRIG_LIMIT || (q != 0 && h.abs() < 1.0 / 1_073_741_824.0);
+    if library {
+        f64::NAN
+    } else {
+        y
+    }
+}
+
+/// `sin(x)` by the vector code, NaN where the C library must compute it
+/// (the tile kernels fix those lanes after the vector pass).
+#[inline(always)]
+pub fn sin_reduced(x: f64) -> f64 {
+    trig_reduced(Trig::Sin, x)
+}
+
+/// `cos(x)`, as [`sin_reduced`].
+#[inline(always)]
+pub fn cos_reduced(x: f64) -> f64 {
+    trig_reduced(Trig::Cos, x)
+}
+
+/// `tan(x)`, as [`sin_reduced`].
+#[inline(always)]
+pub fn tan_reduced(x: f64) -> f64 {
+    trig_reduced(Trig::Tan, x)
+}
+
+/// The sine (the vector code, or the C library beyond its range).
+pub fn sin(x: f64) -> f64 {
+    library_if_nan(sin_reduced(x), x, f64::sin)
+}
+
+/// The cosine (as [`sin`]).
+pub fn cos(x: f64) -> f64 {
+    library_if_nan(cos_reduced(x), x, f64::cos)
+}
+
+/// The tangent (as [`sin`]).
+pub fn tan(x: f64) -> f64 {
+    library_if_nan(tan_reduced(x), x, f64::tan)
+}
+
+/// `y`, or `f(x)` where `y` is NaN and `x` is not (a lane of a `*_reduced`
+/// function left to the C library).
+#[inline(always)]
+pub fn library_if_nan(y: f64, x: f64, f: fn(f64) -> f64) -> f64 {
+    if y.is_nan() && !x.is_nan() {
+        f(x)
     } else {
         y
     }

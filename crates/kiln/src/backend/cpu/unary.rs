@@ -36,9 +36,9 @@ fn float_unary<F: FloatMath>(op: UnaryOp, x: Src, out: &mut Buffer) {
         Log1p => m!(f32::ln_1p, math_f64::log1p),
         Log2 => m!(f32::log2, f64::log2),
         Log10 => m!(f32::log10, f64::log10),
-        Sin => m!(f32::sin, f64::sin),
-        Cos => m!(f32::cos, f64::cos),
-        Tan => m!(f32::tan, f64::tan),
+        Sin => m!(f32::sin, math_f64::sin_reduced),
+        Cos => m!(f32::cos, math_f64::cos_reduced),
+        Tan => m!(f32::tan, math_f64::tan_reduced),
         Tanh => m!(f32::tanh, math_f64::tanh),
         Sigmoid => m!(sigmoid_f32, math_f64::sigmoid),
         Erf => m!(libm::erff, libm::erf),
@@ -80,7 +80,8 @@ fn bool_unary(op: UnaryOp, x: Src, out: &mut Buffer) {
 multiversion! {
     /// `f32`/`f64` unary ops, vectorized at the best SIMD level (the
     /// transcendental `f32` ones go through [`simd_math`] instead; `f64`
-    /// `exp`, `expm1`, `log`, `log1p`, `tanh` and `sigmoid` are [`math_f64`]'s branch-free
+    /// `exp`, `expm1`, `log`, `log1p`, `sin`, `cos`, `tan`, `tanh` and `sigmoid`
+    /// are [`math_f64`]'s branch-free
     /// forms, which vectorize here, the other `f64` functions the C
     /// library's, one element per call).
     fn float_unary_simd<F: FloatMath>(op: UnaryOp, x: Src, out: &mut Buffer) => float_unary
@@ -159,6 +160,21 @@ pub fn unary(op: UnaryOp, x: Src, out: &mut Buffer) {
             }
             None => float_unary_simd::<f32>(op, x, out),
         },
-        Buffer::F64(_) => float_unary_simd::<f64>(op, x, out),
+        Buffer::F64(_) => {
+            float_unary_simd::<f64>(op, x, out);
+            // The lanes the vector trigonometry leaves to the C library.
+            let library: Option<fn(f64) -> f64> = match op {
+                UnaryOp::Sin => Some(f64::sin),
+                UnaryOp::Cos => Some(f64::cos),
+                UnaryOp::Tan => Some(f64::tan),
+                _ => None,
+            };
+            if let Some(f) = library {
+                let os = f64::slice_of_mut(out).expect("register dtype matches the op's output dtype");
+                for (o, &a) in os[..x.len].iter_mut().zip(x.slice::<f64>()) {
+                    *o = math_f64::library_if_nan(*o, a, f);
+                }
+            }
+        }
     }
 }
