@@ -1,28 +1,28 @@
 //! `f64` `exp`, `expm1`, `log`, `log1p`, `sin`, `cos`, `tan`, `tanh` and
-//! `sigmoid` written without branches or
-//! calls, so that the tile loops (compiled for AVX-512 or AVX2 by
-//! `multiversion!`) vectorize them: eight or four lanes at a time, where
-//! the C library computes one element per call (an `f64` `tanh` ran about
-//! 30 times slower than the `f32` one, whose kernels are
-//! [`simd_math`](crate::backend::simd_math)'s). Each function computes
-//! every path of every lane and selects, and each meets a bound tested
-//! against the C library over random and special arguments
+//! `sigmoid` written without branches or calls, so that the tile loops
+//! (compiled for AVX-512 or AVX2 by `multiversion!`) vectorize them: eight
+//! or four lanes at a time, where the C library computes one element per
+//! call (an `f64` `tanh` ran about 30 times slower than the `f32` one,
+//! whose kernels are [`simd_math`](crate::backend::simd_math)'s). Each
+//! function computes every path of every lane and selects, and each meets
+//! a bound tested against the C library over random and special arguments
 //! (`tests/math_f64.rs`):
 //!
 //! | function | method | bound (ulp) |
 //! |---|---|---|
 //! | `exp` | `x = k ln 2 + r` (`ln 2` in two parts), Taylor series of degree 13 for `e^r`, scaled by `2^k` as two powers of two (so results that are subnormal round once) | 1 |
-//! | `log` | `x = 2^k m`, `m` in `[√½, √2)`; `log(m) = f - f²/2 + s (f²/2 + R)` with `f = m - 1`, `s = f / (2 + f)` and `R` the odd series of `2 atanh(s)` to `s^22` | 1 |
-//! | `tanh` | `1 - 2 / (e^{2|x|} + 1)` with `exp` above for `|x| >= 0.625`; below, its Taylor series to `x^41` (`x + x³ P(x²)`, the leading term exact) | 2 |
 //! | `expm1` | `x = k ln 2 + r` (`k = 0` below 0.7): `2^k (e^r - 1) + (2^k - 1)` in one FMA, `e^r - 1` by its Taylor series to `r^18` (the leading term exact) | 1 |
+//! | `log` | `x = 2^k m`, `m` in `[√½, √2)`; `log(m) = f - f²/2 + s (f²/2 + R)` with `f = m - 1`, `s = f / (2 + f)` and `R` the odd series of `2 atanh(s)` to `s^22` | 1 |
 //! | `log1p` | `log(u) + (x - (u - 1)) / u` with `u = 1 + x` rounded and `log` above | 2 |
-//! | `sin`, `cos`, `tan` | `x = k π/2 + (h + l)` (`π/2` in 106 bits, the remainder as a sum of two doubles), Taylor series to `h^19`/`h^20` with `l`'s first-order term; beyond [`TRIG_LIMIT`] or within 2^-30 of a multiple of `π/2`, the C library | 1 (`tan` 2) |
+//! | `sin`, `cos`, `tan` | `x = k π/2 + (h + l)` (`π/2` in 106 bits, the remainder as a sum of two doubles), Taylor series to `h^19`/`h^20` with `l`'s first-order term; beyond [`TRIG_LIMIT`] or within 2^-30 of a nonzero multiple of `π/2`, NaN, which the tile kernel replaces by the C library's value ([`library_if_nan`]) | 1 (`tan` 2) |
+//! | `tanh` | `1 - 2 / (e^{2|x|} + 1)` with `exp` above for `|x| >= 0.625`; below, its Taylor series to `x^41` (`x + x³ P(x²)`, the leading term exact) | 2 |
 //! | `sigmoid` | `1 / (1 + e^{-x})` for `x >= 0`, `e^x / (1 + e^x)` below, with `exp` above | 2 |
 //!
 //! Special values follow the C library: NaN in, NaN out; `exp` overflows
 //! to infinity above `709.78` and underflows through the subnormals to 0;
 //! `log(0) = -inf`, `log` of a negative number is NaN, `log(inf) = inf`;
-//! `tanh(±0) = ±0`, `tanh(±inf) = ±1`.
+//! `expm1(-inf) = -1`, `log1p(-1) = -inf`; `sin`, `cos` and `tan` of an
+//! infinity are NaN; signed zeros keep their sign (`tanh(-0) = -0`).
 
 /// `ln 2` to 20 significant bits, so that `k * LN2_HI` is exact for the
 /// `|k| <= 1076` that `exp` meets.
