@@ -90,25 +90,23 @@ multiversion! {
 
 /// Runs a binary op on tiles of two operands of one dtype.
 pub fn binary(op: BinaryOp, a: Src, b: Src, out: &mut Buffer) {
-    match a.buf {
-        Buffer::Bool(_) => bool_binary(op, a, b, out),
-        Buffer::U8(_) => int_binary::<u8>(op, a, b, out),
-        Buffer::U32(_) => int_binary::<u32>(op, a, b, out),
-        Buffer::I32(_) => int_binary::<i32>(op, a, b, out),
-        Buffer::I64(_) => int_binary::<i64>(op, a, b, out),
-        Buffer::F16(_) if vector_pair(op).is_some() => half_pair::<half::f16>(op, a, b, out),
-        Buffer::BF16(_) if vector_pair(op).is_some() => half_pair::<half::bf16>(op, a, b, out),
-        Buffer::F16(_) => float_binary_simd::<half::f16>(op, a, b, out),
-        Buffer::BF16(_) => float_binary_simd::<half::bf16>(op, a, b, out),
-        Buffer::F32(_) if vector_pair(op).is_some() => {
+    match (a.buf, vector_pair(op)) {
+        (Buffer::Bool(_), _) => bool_binary(op, a, b, out),
+        (Buffer::U8(_), _) => int_binary::<u8>(op, a, b, out),
+        (Buffer::U32(_), _) => int_binary::<u32>(op, a, b, out),
+        (Buffer::I32(_), _) => int_binary::<i32>(op, a, b, out),
+        (Buffer::I64(_), _) => int_binary::<i64>(op, a, b, out),
+        (Buffer::F16(_), Some(f)) => half_pair::<half::f16>(f, a, b, out),
+        (Buffer::BF16(_), Some(f)) => half_pair::<half::bf16>(f, a, b, out),
+        (Buffer::F16(_), None) => float_binary_simd::<half::f16>(op, a, b, out),
+        (Buffer::BF16(_), None) => float_binary_simd::<half::bf16>(op, a, b, out),
+        (Buffer::F32(_), Some(f)) => {
             // simd_math's vector pow and atan2 (an operand broadcast is one value).
             let os = f32::slice_of_mut(out).expect("register dtype matches the op's output dtype");
-            let n = a.len;
-            let f = vector_pair(op).expect("checked");
-            f(a.slice::<f32>(), b.slice::<f32>(), &mut os[..n]);
+            f(a.slice::<f32>(), b.slice::<f32>(), &mut os[..a.len]);
         }
-        Buffer::F32(_) => float_binary_simd::<f32>(op, a, b, out),
-        Buffer::F64(_) => float_binary_simd::<f64>(op, a, b, out),
+        (Buffer::F32(_), None) => float_binary_simd::<f32>(op, a, b, out),
+        (Buffer::F64(_), _) => float_binary_simd::<f64>(op, a, b, out),
     }
 }
 
@@ -125,11 +123,10 @@ fn vector_pair(op: BinaryOp) -> Option<PairKernel> {
 }
 
 /// A two-operand function of 16-bit floats as of `f32` ones: the operands
-/// widened a chunk at a time, [`vector_pair`]'s `f32` kernel, the result
-/// rounded back (as every other op of these types computes).
-fn half_pair<H: HalfElement>(op: BinaryOp, a: Src, b: Src, out: &mut Buffer) {
+/// widened a chunk at a time, its `f32` kernel `f` ([`vector_pair`]), the
+/// result rounded back (as every other op of these types computes).
+fn half_pair<H: HalfElement>(f: PairKernel, a: Src, b: Src, out: &mut Buffer) {
     const CHUNK: usize = 256;
-    let f = vector_pair(op).expect("a function with a vector kernel");
     let (xa, xb) = (a.slice::<H>(), b.slice::<H>());
     let os = H::slice_of_mut(out).expect("register dtype matches the op's output dtype");
     let (mut wa, mut wb, mut wo) = ([0f32; CHUNK], [0f32; CHUNK], [0f32; CHUNK]);

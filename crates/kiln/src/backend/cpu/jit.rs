@@ -50,8 +50,8 @@
 //! `atan2`, `exp`, `expm1`, `log`, `log1p`, `log2`,
 //! `log10`, `tanh`, `sigmoid`, `erf`, `sin`, `cos`, `tan`; comparisons of
 //! `f32`, `logical_and`/`or`/`not`,
-//! `isnan`/`isinf`/`isfinite`, `where`, `astype` between `f32` and
-//! `bool`), and the CPU has AVX-512 or AVX2 and FMA. A `bool` value is a
+//! `isnan`/`isinf`/`isfinite`, `where`, `astype` between `f32`, `bool`
+//! and the 16-bit floats), and the CPU has AVX-512 or AVX2 and FMA. A `bool` value is a
 //! lane mask (a mask register on AVX-512, a vector of all-ones or zero
 //! lanes on AVX2): `where(x > 0, x, 0.01 * x)` is one loop, as
 //! `maximum(x, 0.01 * x)` is; a `bool` input's bytes are widened and
@@ -774,12 +774,13 @@ fn record_group(g: &FusedGroup, level: Level) -> Result<Prog, NotCompiled> {
         .collect();
     for op in &g.ops {
         let args: Vec<Reg> = op.args.iter().map(|&r| regs[r]).collect();
-        match lower_op(&op.prim, &args) {
-            Some(v) if matches!((v, op.dtype), (Reg::F(_), DType::F32) | (Reg::M(_), DType::Bool)) => regs.push(v),
+        match (lower_op(&op.prim, &args), Half::of(op.dtype)) {
+            (Some(v), None) if matches!((v, op.dtype), (Reg::F(_), DType::F32) | (Reg::M(_), DType::Bool)) => {
+                regs.push(v)
+            }
             // An op of 16-bit floats: its f32 result rounded, as the
             // interpreter rounds it (unless that cannot change it).
-            Some(Reg::F(x)) if Half::of(op.dtype).is_some() => {
-                let h = Half::of(op.dtype).expect("checked");
+            (Some(Reg::F(x)), Some(h)) => {
                 regs.push(Reg::F(if exact_in_half(op, g) { x } else { x.un(Un::Narrow(h)) }));
             }
             _ => {

@@ -201,25 +201,30 @@ impl Gen<'_> {
                 let ptr = self.ptrs.input(&mut self.a, k)?;
                 // `rax` is the position's f32 byte offset: half of it is
                 // the 16-bit one.
-                if bcast.contains(k) {
-                    self.a.movzx(r11d, word_ptr(ptr))?;
-                    self.a.vpbroadcastd(ZMM[d], r11d)?;
-                } else if self.full && h == Half::F16 {
-                    self.a.shr(rax, 1)?;
-                    self.a.vcvtph2ps(ZMM[d], ymmword_ptr(ptr + rax + disp))?;
-                    self.a.shl(rax, 1)?;
-                } else {
-                    self.a.shr(rax, 1)?;
-                    self.a.vpmovzxwd(ZMM[d].k1().z(), ymmword_ptr(ptr + rax + disp))?;
-                    self.a.shl(rax, 1)?;
-                }
-                match h {
-                    Half::F16 if self.full && !bcast.contains(k) => {}
-                    Half::F16 => {
-                        self.a.vpmovdw(YMM[d], ZMM[d])?;
-                        self.a.vcvtph2ps(ZMM[d], YMM[d])?;
+                let at = ymmword_ptr(ptr + rax + disp);
+                match (bcast.contains(k), self.full, h) {
+                    (false, true, Half::F16) => {
+                        self.a.shr(rax, 1)?;
+                        self.a.vcvtph2ps(ZMM[d], at)?;
+                        self.a.shl(rax, 1)?;
                     }
-                    Half::Bf16 => self.a.vpslld(ZMM[d], ZMM[d], 16)?,
+                    (bc, ..) => {
+                        // Each 16-bit value zero-extended to its lane, then widened.
+                        if bc {
+                            self.a.movzx(r11d, word_ptr(ptr))?;
+                            self.a.vpbroadcastd(ZMM[d], r11d)?;
+                        } else {
+                            self.a.shr(rax, 1)?;
+                            self.a.vpmovzxwd(ZMM[d].k1().z(), at)?;
+                            self.a.shl(rax, 1)?;
+                        }
+                        if h == Half::F16 {
+                            self.a.vpmovdw(YMM[d], ZMM[d])?;
+                            self.a.vcvtph2ps(ZMM[d], YMM[d])?;
+                        } else {
+                            self.a.vpslld(ZMM[d], ZMM[d], 16)?;
+                        }
+                    }
                 }
                 self.loc[v as usize] = Loc::Z(d);
             }
@@ -520,20 +525,18 @@ fn emit(p: &Prog, v: Variant, copies: usize) -> Result<Code, NoCode> {
                     let t = g.take_z()?;
                     let ptr = g.ptrs.output(&mut g.a, j)?;
                     let at = ymmword_ptr(ptr + rax + 32 * c as i32);
-                    match h {
-                        Half::F16 if g.full => {
-                            g.a.shr(rax, 1)?;
-                            g.a.vcvtps2ph(at, r, 0)?;
-                        }
-                        Half::F16 => {
+                    g.a.shr(rax, 1)?;
+                    match (h, g.full) {
+                        (Half::F16, true) => g.a.vcvtps2ph(at, r, 0)?,
+                        (Half::F16, false) => {
                             g.a.vcvtps2ph(YMM[t], r, 0)?;
                             g.a.vpmovzxwd(ZMM[t], YMM[t])?;
+                            g.a.vpmovdw(at.k1(), ZMM[t])?;
                         }
-                        Half::Bf16 => g.a.vpsrld(ZMM[t], r, 16)?,
-                    }
-                    if h == Half::Bf16 || !g.full {
-                        g.a.shr(rax, 1)?;
-                        g.a.vpmovdw(at.k1(), ZMM[t])?;
+                        (Half::Bf16, _) => {
+                            g.a.vpsrld(ZMM[t], r, 16)?;
+                            g.a.vpmovdw(at.k1(), ZMM[t])?;
+                        }
                     }
                     g.a.shl(rax, 1)?;
                     g.free_z.push(t);
