@@ -1,6 +1,6 @@
-//! The kernel compiler: turns a fused group of `f32` elementwise ops into
-//! one machine-code loop that keeps every intermediate value in a vector
-//! register.
+//! The kernel compiler: turns a fused group of `f32` (or `f64`)
+//! elementwise ops into one machine-code loop that keeps every
+//! intermediate value in a vector register.
 //!
 //! The tile interpreter ([`fused`](crate::backend::cpu::fused)) runs each op
 //! as its own pass over a tile, so every op stores its result and the next
@@ -42,9 +42,9 @@
 //! ops keep their groups, so each is compiled once per process), when it
 //! has at most
 //! [`MAX_INPUTS`] inputs (any number of outputs), every value is `f32`,
-//! `bool` or a 16-bit float (a `bool` input or output, one byte per
-//! position, and 16-bit floats on AVX-512 only: AVX2 leaves such groups to
-//! the interpreter), each op has a
+//! `bool` or a 16-bit float, or every value is `f64` or `bool` (a `bool`
+//! input or output, one byte per position, 16-bit floats and `f64` on
+//! AVX-512 only: AVX2 leaves such groups to the interpreter), each op has a
 //! lowering (arithmetic, `abs`, `neg`, `sign`, `square`, `sqrt`, `rsqrt`,
 //! rounding, `maximum`/`minimum`, `floor_divide`, `remainder`, `pow`,
 //! `atan2`, `exp`, `expm1`, `log`, `log1p`, `log2`,
@@ -65,7 +65,15 @@
 //! are widened as they are loaded (`vcvtph2ps`, or a shift for
 //! `bfloat16`) and outputs narrowed, exactly, as they are stored, so a
 //! half-precision chain moves half the bytes of an `f32` one and runs in
-//! one loop instead of a tile pass per op. Sine, cosine and tangent
+//! one loop instead of a tile pass per op. An `f64` group is a program
+//! of `f64` lanes ([`Elem::F64`]: 8 a vector, the same nodes emitted as
+//! the `pd` forms of the instructions, constants as `f64` bits) with
+//! arithmetic, `sqrt`, rounding, `maximum`/`minimum`, comparisons,
+//! selections and the logical ops: the functions (`exp`, `tanh`, `pow`,
+//! ...) are recorded from [`simd_math`]'s `f32` approximations, so a
+//! group holding one of `f64` runs on the interpreter (whose `f64`
+//! functions are [`math_f64`](crate::backend::cpu::math_f64)'s), as do
+//! `floor_divide` and `remainder` of `f64`. Sine, cosine and tangent
 //! run their vector reduction by `π/2`, which holds for `|x| <=`
 //! [`TRIG_LIMIT`](simd_math::TRIG_LIMIT); a vector with a lane beyond it
 //! (or an infinity) calls [`fix_big_lanes`](simd_math::fix_big_lanes) from
@@ -199,8 +207,9 @@ pub enum Node {
     /// Group input `k`, an array of 16-bit floats, at the current
     /// position, widened to `f32` (exact).
     InputHalf(usize, Half),
-    /// A constant, by its bit pattern.
-    Const(u32),
+    /// A constant, by its bit pattern as an element of the program's
+    /// [`Elem`] (an `f32`'s 32 bits zero-extended).
+    Const(u64),
     /// A two-operand operation.
     Bin(Bin, Val, Val),
     /// `a * b + c`, rounded once.
@@ -313,9 +322,41 @@ impl Node {
     }
 }
 
+/// The element type of a program's vector values (masks aside): every
+/// arithmetic operation, constant, input and output of one program is of
+/// this type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Elem {
+    /// `f32` lanes (also `float16`/`bfloat16` values, computed as `f32`).
+    F32,
+    /// `f64` lanes (half as many per vector; AVX-512 only).
+    F64,
+}
+
+impl Elem {
+    /// Bytes per lane.
+    pub fn bytes(self) -> usize {
+        match self {
+            Elem::F32 => 4,
+            Elem::F64 => 8,
+        }
+    }
+
+    /// The bits of `v` as an element of this type (exact: the constants a
+    /// lowering records are `f32` values).
+    fn bits(self, v: f32) -> u64 {
+        match self {
+            Elem::F32 => v.to_bits().into(),
+            Elem::F64 => f64::from(v).to_bits(),
+        }
+    }
+}
+
 /// A lowered group: vector operations in SSA form, in execution order.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Prog {
+    /// The element type of every vector value.
+    pub elem: Elem,
     /// The operations; node `i` defines value `i`.
     pub nodes: Vec<Node>,
     /// The group's inputs.
@@ -343,7 +384,7 @@ impl Prog {
     /// outputs `outputs`.
     pub fn new(nodes: Vec<Node>, inputs: usize, outputs: Vec<Val>) -> Prog {
         let out_half = vec![None; outputs.len()];
-        Prog { nodes, inputs, outputs, out_half }
+        Prog { elem: Elem::F32, nodes, inputs, outputs, out_half }
     }
 
     /// Whether any input or output is a `bool` array or an array of 16-bit
@@ -362,22 +403,42 @@ struct Recorder {
     seen: HashMap<Node, Val>,
     /// The level whose operations are recorded.
     level: Level,
+    /// The element type recorded.
+    elem: Elem,
+    /// Set when an operation with no form for `elem` was recorded (the
+    /// recording is then dropped).
+    failed: bool,
 }
 
 impl Recorder {
-    fn new(level: Level) -> Recorder {
-        Recorder { nodes: Vec::new(), seen: HashMap::new(), level }
+    fn new(level: Level, elem: Elem) -> Recorder {
+        Recorder { nodes: Vec::new(), seen: HashMap::new(), level, elem, failed: false }
     }
 }
 
 thread_local! {
     /// The recorder [`Traced`] values write to (one lowering at a time per thread).
-    static RECORDER: RefCell<Recorder> = RefCell::new(Recorder::new(Level::Avx512));
+    static RECORDER: RefCell<Recorder> = RefCell::new(Recorder::new(Level::Avx512, Elem::F32));
 }
 
 /// Whether the recording is for AVX2 (else AVX-512).
 fn recording_avx2() -> bool {
     RECORDER.with_borrow(|r| r.level == Level::Avx2)
+}
+
+/// The element type being recorded.
+fn recording_elem() -> Elem {
+    RECORDER.with_borrow(|r| r.elem)
+}
+
+/// Records an operation that only `f32` programs have (the bit tricks of
+/// [`simd_math`]'s kernels): in an `f64` recording it marks the recording
+/// failed instead, and the group runs on the interpreter.
+fn record_f32_only(n: Node) -> Val {
+    if recording_elem() == Elem::F64 {
+        RECORDER.with_borrow_mut(|r| r.failed = true);
+    }
+    record(n)
 }
 
 fn record(n: Node) -> Val {
@@ -407,6 +468,13 @@ impl Traced {
     fn un(self, op: Un) -> Traced {
         Traced(record(Node::Un(op, self.0)))
     }
+    /// An operation on the bits of `f32` lanes (see [`record_f32_only`]).
+    fn un_f32(self, op: Un) -> Traced {
+        Traced(record_f32_only(Node::Un(op, self.0)))
+    }
+    fn bin_f32(self, op: Bin, o: Traced) -> Traced {
+        Traced(record_f32_only(Node::Bin(op, self.0, o.0)))
+    }
     fn cmp(self, p: Pred, o: Traced) -> TracedMask {
         TracedMask(record(Node::Cmp(p, self.0, o.0)))
     }
@@ -415,7 +483,7 @@ impl Traced {
 impl Vf32 for Traced {
     type M = TracedMask;
     fn splat(v: f32) -> Self {
-        Traced(record(Node::Const(v.to_bits())))
+        Traced(record(Node::Const(recording_elem().bits(v))))
     }
     fn add(self, o: Self) -> Self {
         self.bin(Bin::Add, o)
@@ -433,10 +501,10 @@ impl Vf32 for Traced {
         // As the kernels of the level recorded for: AVX2 refines a 12-bit
         // estimate twice, AVX-512 a 14-bit one once.
         if recording_avx2() {
-            let r = self.un(Un::Rcp12);
+            let r = self.un_f32(Un::Rcp12);
             simd_math::newton_recip(self, simd_math::newton_recip(self, r))
         } else {
-            simd_math::newton_recip(self, self.un(Un::Rcp14))
+            simd_math::newton_recip(self, self.un_f32(Un::Rcp14))
         }
     }
     fn fma(self, b: Self, c: Self) -> Self {
@@ -455,25 +523,33 @@ impl Vf32 for Traced {
         self.un(Un::Floor)
     }
     fn and_bits(self, m: u32) -> Self {
-        self.bin(Bin::And, Traced(record(Node::Const(m))))
+        // The sign and magnitude masks have an f64 form; other masks are
+        // the f32 bit tricks of simd_math.
+        let bits = match (recording_elem(), m) {
+            (Elem::F32, m) => u64::from(m),
+            (Elem::F64, 0x7fff_ffff) => 0x7fff_ffff_ffff_ffff,
+            (Elem::F64, 0x8000_0000) => 0x8000_0000_0000_0000,
+            (Elem::F64, m) => return self.bin_f32(Bin::And, Traced(record(Node::Const(m.into())))),
+        };
+        self.bin(Bin::And, Traced(record(Node::Const(bits))))
     }
     fn xor(self, o: Self) -> Self {
         self.bin(Bin::Xor, o)
     }
     fn iadd(self, k: i32) -> Self {
-        self.bin(Bin::IAdd, Traced(record(Node::Const(k as u32))))
+        self.bin_f32(Bin::IAdd, Traced(record(Node::Const(u64::from(k as u32)))))
     }
     fn sra23(self) -> Self {
-        self.un(Un::Sra23)
+        self.un_f32(Un::Sra23)
     }
     fn pow2i(n: Self) -> Self {
-        n.un(Un::Pow2i)
+        n.un_f32(Un::Pow2i)
     }
     fn scale2(self, n: Self) -> Self {
         if recording_avx2() {
             simd_math::scale2_halves(self, n)
         } else {
-            self.bin(Bin::Scalef, n)
+            self.bin_f32(Bin::Scalef, n)
         }
     }
     fn lt(self, o: Self) -> TracedMask {
@@ -593,9 +669,9 @@ fn mask_not(m: TracedMask) -> TracedMask {
 }
 
 /// The recorded value of one op, or `None` when it has no lowering:
-/// `f32` arithmetic and math, and the `bool` values of comparisons of
-/// `f32`, logical ops and `isnan`/`isinf`/`isfinite`, consumed by `where`,
-/// logical ops or `astype`.
+/// arithmetic and (for `f32` programs) math, and the `bool` values of
+/// comparisons, logical ops and `isnan`/`isinf`/`isfinite`, consumed by
+/// `where`, logical ops or `astype`.
 fn lower_op(prim: &Primitive, a: &[Reg]) -> Option<Reg> {
     let one = || Traced::splat(1.0);
     let inf = || Traced::splat(f32::INFINITY);
@@ -604,9 +680,14 @@ fn lower_op(prim: &Primitive, a: &[Reg]) -> Option<Reg> {
         Reg::F(x) => Some(x),
         Reg::M(_) => None,
     };
+    // f64 programs have arithmetic, comparisons and selections; functions
+    // (simd_math's f32 approximations) and `divmod` are f32 only.
+    let f32_only = recording_elem() == Elem::F64;
     Some(match *prim {
-        // To a 16-bit float: the value, rounded by `record_group`.
-        Primitive::AsType(DType::F32 | DType::F16 | DType::BF16) => Reg::F(a[0].f32()),
+        // To a 16-bit float: the value, rounded by `record_group`. (Every
+        // non-bool value of a program has its type: a cast is from the
+        // same type or from bool.)
+        Primitive::AsType(DType::F32 | DType::F16 | DType::BF16 | DType::F64) => Reg::F(a[0].f32()),
         Primitive::AsType(DType::Bool) => Reg::M(a[0].mask()),
         Primitive::Where => Reg::F(Traced::select(a[0].mask(), f(1)?, f(2)?)),
         Primitive::Unary(u) => {
@@ -632,6 +713,7 @@ fn lower_op(prim: &Primitive, a: &[Reg]) -> Option<Reg> {
                 UnaryOp::IsNan => return Some(Reg::M(x.is_nan())),
                 UnaryOp::IsInf => return Some(Reg::M(x.abs().cmp(Pred::Eq, inf()))),
                 UnaryOp::IsFinite => return Some(Reg::M(x.abs().cmp(Pred::Lt, inf()))),
+                _ if f32_only => return None,
                 _ => {
                     let func = crate::backend::cpu::unary::simd_func(u)?;
                     match simd_math::eval(func, x) {
@@ -648,6 +730,9 @@ fn lower_op(prim: &Primitive, a: &[Reg]) -> Option<Reg> {
                 _ => {}
             }
             let (x, y) = (f(0)?, f(1)?);
+            if f32_only && matches!(b, BinaryOp::Pow | BinaryOp::Atan2 | BinaryOp::FloorDivide | BinaryOp::Remainder) {
+                return None;
+            }
             match b {
                 BinaryOp::Add => Reg::F(x.add(y)),
                 BinaryOp::Sub => Reg::F(x.sub(y)),
@@ -726,17 +811,18 @@ fn recording_level() -> Level {
 enum NotCompiled {
     DType,
     TooManyInputs,
-    NoLowering(&'static str),
+    NoLowering(&'static str, Elem),
 }
 
 impl std::fmt::Display for NotCompiled {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             NotCompiled::DType => f.write_str(
-                "a value is not f32, bool or a 16-bit float (bool inputs and outputs and 16-bit floats need AVX-512)",
+                "a value is not f32, bool or a 16-bit float, or f64 and bool only (bool inputs and outputs, 16-bit floats and f64 need AVX-512)",
             ),
             NotCompiled::TooManyInputs => write!(f, "more than {MAX_INPUTS} inputs"),
-            NotCompiled::NoLowering(op) => write!(f, "{op} has no vector lowering"),
+            NotCompiled::NoLowering(op, Elem::F32) => write!(f, "{op} has no vector lowering"),
+            NotCompiled::NoLowering(op, Elem::F64) => write!(f, "{op} has no f64 vector lowering"),
         }
     }
 }
@@ -746,12 +832,18 @@ fn record_group(g: &FusedGroup, level: Level) -> Result<Prog, NotCompiled> {
     // Values are f32 or bool (lane masks), or 16-bit floats computed as
     // f32 and rounded after each op; bool inputs and outputs (bytes) and
     // 16-bit floats are loaded and stored by the AVX-512 generator only.
+    // A group with an f64 value is an f64 program (AVX-512 only): then
+    // every value is f64 or bool.
     let n_in = g.inputs.len();
-    let io = g.inputs.iter().copied().chain(g.outputs.iter().map(|&r| g.reg_dtype(r)));
+    let io = || g.inputs.iter().copied().chain(g.outputs.iter().map(|&r| g.reg_dtype(r)));
     let wide = level == Level::Avx512;
-    let half = |d: DType| wide && Half::of(d).is_some();
-    if !g.ops.iter().all(|o| matches!(o.dtype, DType::F32 | DType::Bool) || half(o.dtype))
-        || !io.into_iter().all(|d| d == DType::F32 || (wide && d == DType::Bool) || half(d))
+    let elem = if io().chain(g.ops.iter().map(|o| o.dtype)).any(|d| d == DType::F64) { Elem::F64 } else { Elem::F32 };
+    let value = |d: DType| match elem {
+        Elem::F32 => d == DType::F32 || (wide && Half::of(d).is_some()),
+        Elem::F64 => wide && d == DType::F64,
+    };
+    if !g.ops.iter().all(|o| o.dtype == DType::Bool || value(o.dtype))
+        || !io().all(|d| value(d) || (wide && d == DType::Bool))
     {
         return Err(NotCompiled::DType);
     }
@@ -759,7 +851,7 @@ fn record_group(g: &FusedGroup, level: Level) -> Result<Prog, NotCompiled> {
         return Err(NotCompiled::TooManyInputs);
     }
     let level = if level == Level::Avx2 { Level::Avx2 } else { Level::Avx512 };
-    RECORDER.with_borrow_mut(|r| *r = Recorder::new(level));
+    RECORDER.with_borrow_mut(|r| *r = Recorder::new(level, elem));
     let mut regs: Vec<Reg> = g
         .inputs
         .iter()
@@ -774,8 +866,11 @@ fn record_group(g: &FusedGroup, level: Level) -> Result<Prog, NotCompiled> {
         .collect();
     for op in &g.ops {
         let args: Vec<Reg> = op.args.iter().map(|&r| regs[r]).collect();
-        match (lower_op(&op.prim, &args), Half::of(op.dtype)) {
-            (Some(v), None) if matches!((v, op.dtype), (Reg::F(_), DType::F32) | (Reg::M(_), DType::Bool)) => {
+        let lowered = lower_op(&op.prim, &args).filter(|_| !RECORDER.with_borrow(|r| r.failed));
+        match (lowered, Half::of(op.dtype)) {
+            (Some(v), None)
+                if matches!((v, op.dtype), (Reg::F(_), DType::F32 | DType::F64) | (Reg::M(_), DType::Bool)) =>
+            {
                 regs.push(v)
             }
             // An op of 16-bit floats: its f32 result rounded, as the
@@ -784,8 +879,8 @@ fn record_group(g: &FusedGroup, level: Level) -> Result<Prog, NotCompiled> {
                 regs.push(Reg::F(if exact_in_half(op, g) { x } else { x.un(Un::Narrow(h)) }));
             }
             _ => {
-                RECORDER.with_borrow_mut(|r| *r = Recorder::new(level));
-                return Err(NotCompiled::NoLowering(op.prim.name()));
+                RECORDER.with_borrow_mut(|r| *r = Recorder::new(level, Elem::F32));
+                return Err(NotCompiled::NoLowering(op.prim.name(), elem));
             }
         }
     }
@@ -798,8 +893,8 @@ fn record_group(g: &FusedGroup, level: Level) -> Result<Prog, NotCompiled> {
         })
         .collect();
     let out_half = g.outputs.iter().map(|&r| Half::of(g.reg_dtype(r))).collect();
-    let nodes = RECORDER.with_borrow_mut(|r| std::mem::replace(r, Recorder::new(level)).nodes);
-    Ok(Prog { nodes, inputs: n_in, outputs, out_half })
+    let nodes = RECORDER.with_borrow_mut(|r| std::mem::replace(r, Recorder::new(level, Elem::F32)).nodes);
+    Ok(Prog { elem, nodes, inputs: n_in, outputs, out_half })
 }
 
 /// Whether op `op` of `g`, of a 16-bit float dtype, gives a value of that
@@ -835,7 +930,7 @@ pub fn describe(g: &CpuGroup) -> String {
         return "tile interpreter (more live values than vector registers)".into();
     }
     let ops = c.vector_ops();
-    let lanes = if target() == Some(Level::Avx2) { 8 } else { 16 };
+    let lanes = if target() == Some(Level::Avx2) { 8 } else { 64 / c.prog.elem.bytes() };
     format!("machine code ({ops} vector operations per {lanes} lanes)")
 }
 
@@ -1090,6 +1185,41 @@ mod tests {
             assert!(p.has_narrow_io());
             assert!(lower_at(&g, Level::Avx2).is_none(), "AVX2 leaves 16-bit floats to the interpreter");
         }
+    }
+
+    #[test]
+    fn f64_groups_record_arithmetic_and_decline_functions() {
+        // An f64 group is an f64 program on AVX-512: its constants are f64
+        // bits; a function (simd_math's f32 approximations) or a mix with
+        // f32 values makes it decline, and so does AVX2.
+        let f64_group = |ops: Vec<(Primitive, Vec<usize>)>| {
+            let mut g = group(ops, 1);
+            g.inputs[0] = DType::F64;
+            for op in &mut g.ops {
+                op.dtype = DType::F64;
+            }
+            g
+        };
+        let g = f64_group(vec![(Primitive::Unary(UnaryOp::Abs), vec![0]), (Primitive::Unary(UnaryOp::Rsqrt), vec![1])]);
+        let p = lower_at(&g, Level::Avx512).expect("f64 arithmetic lowers");
+        assert_eq!(p.elem, Elem::F64);
+        assert!(p.nodes.contains(&Node::Const(0x7fff_ffff_ffff_ffff)), "abs masks the f64 sign bit");
+        assert!(p.nodes.contains(&Node::Const(1f64.to_bits())), "rsqrt divides 1.0 as an f64");
+        assert!(lower_at(&g, Level::Avx2).is_none(), "AVX2 leaves f64 to the interpreter");
+        for u in [UnaryOp::Exp, UnaryOp::Tanh, UnaryOp::Sin, UnaryOp::Erf] {
+            let g = f64_group(vec![(Primitive::Unary(u), vec![0])]);
+            assert!(lower_at(&g, Level::Avx512).is_none(), "{u:?} of f64 has no lowering");
+        }
+        for b in [BinaryOp::Pow, BinaryOp::FloorDivide, BinaryOp::Remainder] {
+            let g = f64_group(vec![(Primitive::Binary(b), vec![0, 0])]);
+            assert!(lower_at(&g, Level::Avx512).is_none(), "{b:?} of f64 has no lowering");
+        }
+        let mut mixed = f64_group(vec![(Primitive::AsType(DType::F32), vec![0])]);
+        mixed.ops[0].dtype = DType::F32;
+        assert!(lower_at(&mixed, Level::Avx512).is_none(), "f32 and f64 values do not mix");
+        // The failed recording left nothing behind: an f32 group records as before.
+        let f32_group = group(vec![(Primitive::Unary(UnaryOp::Exp), vec![0])], 1);
+        assert_eq!(lower_at(&f32_group, Level::Avx512).expect("f32 exp lowers").elem, Elem::F32);
     }
 
     #[test]

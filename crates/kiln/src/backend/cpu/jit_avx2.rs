@@ -29,7 +29,7 @@ use std::collections::HashMap;
 
 use iced_x86::code_asm::*;
 
-use crate::backend::cpu::jit::{InputSet, Node, Prog, Un, Val, Variant};
+use crate::backend::cpu::jit::{Elem, InputSet, Node, Prog, Un, Val, Variant};
 use crate::backend::cpu::jit_code::{self, emit_bin, pred_imm, Code, NoCode, Opnd, Ptrs, Schedule};
 
 /// Vector registers by number.
@@ -478,8 +478,9 @@ impl Gen<'_> {
 /// Compiles `p` for variant `v`; `None` only when the program holds an
 /// operation of another level (see [`jit`](crate::backend::cpu::jit)).
 pub fn generate(p: &Prog, v: Variant) -> Option<Code> {
-    // Bool and 16-bit float inputs and outputs are loaded and stored on AVX-512 only.
-    if p.has_narrow_io() {
+    // Bool and 16-bit float inputs and outputs, and f64 programs, are
+    // compiled for AVX-512 only.
+    if p.has_narrow_io() || p.elem != Elem::F32 {
         return None;
     }
     // The first pass finds how many stack slots the spills need; the
@@ -503,7 +504,8 @@ fn emit(p: &Prog, v: Variant, frame: i32) -> Result<(CodeAssembler, Box<[jit_cod
     // zeros).
     let mut words = Vec::new();
     let mut pool_at = HashMap::new();
-    for b in s.constants().into_iter().chain([127, u32::MAX]) {
+    // (f32 programs only: every constant is 32 bits.)
+    for b in s.constants().into_iter().map(|b| b as u32).chain([127, u32::MAX]) {
         pool_at.entry(b).or_insert_with(|| {
             words.extend([b; 8]);
             4 * (words.len() as i32 - 8)
@@ -514,7 +516,10 @@ fn emit(p: &Prog, v: Variant, frame: i32) -> Result<(CodeAssembler, Box<[jit_cod
     words.extend([0; 8]);
     let pool = jit_code::pool(&words);
     let home =
-        s.q.nodes.iter().map(|n| if let Node::Const(b) = n { Some(Home::Pool(pool_at[b])) } else { None }).collect();
+        s.q.nodes
+            .iter()
+            .map(|n| if let Node::Const(b) = *n { Some(Home::Pool(pool_at[&(b as u32)])) } else { None })
+            .collect();
     let nv = s.q.nodes.len();
     let mut g = Gen {
         s: &s,
@@ -626,12 +631,13 @@ mod tests {
         }
         // x * 3 + 0.5 (fma), then min(., 4).
         let p = Prog {
+            elem: Elem::F32,
             nodes: vec![
                 Node::Input(0),
-                Node::Const(3f32.to_bits()),
-                Node::Const(0.5f32.to_bits()),
+                Node::Const(3f32.to_bits().into()),
+                Node::Const(0.5f32.to_bits().into()),
                 Node::Fma(0, 1, 2),
-                Node::Const(4f32.to_bits()),
+                Node::Const(4f32.to_bits().into()),
                 Node::Bin(Bin::Min, 3, 4),
             ],
             inputs: 1,
@@ -656,7 +662,7 @@ mod tests {
         let mut nodes = vec![Node::Input(0)];
         let mut vs = Vec::new();
         for i in 0..k {
-            nodes.push(Node::Const((1.0 + i as f32 / 64.0).to_bits()));
+            nodes.push(Node::Const((1.0 + i as f32 / 64.0).to_bits().into()));
             nodes.push(Node::Bin(Bin::Mul, 0, nodes.len() as Val - 1));
             vs.push(nodes.len() as Val - 1);
         }
@@ -754,7 +760,7 @@ mod tests {
         // Each predicate of x against 0.5 (x against itself for Unord) adds
         // its own power of two; then a complement, an and and an or.
         let preds = [Pred::Lt, Pred::Gt, Pred::Ge, Pred::Eq, Pred::Neq, Pred::Le, Pred::Unord];
-        let mut nodes = vec![Node::Input(0), Node::Const(0.5f32.to_bits()), Node::Const(0f32.to_bits())];
+        let mut nodes = vec![Node::Input(0), Node::Const(0.5f32.to_bits().into()), Node::Const(0f32.to_bits().into())];
         let push = |nodes: &mut Vec<Node>, n: Node| {
             nodes.push(n);
             nodes.len() as Val - 1
@@ -762,7 +768,7 @@ mod tests {
         let mut acc = 2;
         let mut masks = Vec::new();
         let mut add_if = |nodes: &mut Vec<Node>, m: Val, k: usize| {
-            let c = push(nodes, Node::Const(((1u32 << k) as f32).to_bits()));
+            let c = push(nodes, Node::Const(((1u32 << k) as f32).to_bits().into()));
             let b = push(nodes, Node::Blend(m, c, 2));
             acc = push(nodes, Node::Bin(Bin::Add, acc, b));
         };

@@ -300,7 +300,13 @@ impl Schedule {
             }
             copy.push(cv);
         }
-        let q = Prog { nodes: all, inputs: p.inputs, outputs: p.outputs.clone(), out_half: p.out_half.clone() };
+        let q = Prog {
+            nodes: all,
+            elem: p.elem,
+            inputs: p.inputs,
+            outputs: p.outputs.clone(),
+            out_half: p.out_half.clone(),
+        };
         Schedule { q, copy_of, inv, pre, body, copy }
     }
 
@@ -335,8 +341,9 @@ impl Schedule {
         last
     }
 
-    /// The program's constants, in order of appearance.
-    pub fn constants(&self) -> Vec<u32> {
+    /// The program's constants (bit patterns of its element type), in order
+    /// of appearance.
+    pub fn constants(&self) -> Vec<u64> {
         self.q.nodes.iter().filter_map(|n| if let Node::Const(b) = *n { Some(b) } else { None }).collect()
     }
 }

@@ -2,10 +2,12 @@
 //!
 //! The generated function (calling convention in
 //! [`jit_code`]) keeps 16 lanes per vector in
-//! `zmm` registers and a lane mask in `k1` (all lanes, then the remainder on
-//! the last iteration, so there is no scalar tail). The main loop computes
-//! two vectors per iteration with their operations interleaved (see
-//! [`generate`]); a one-vector loop finishes the last 31 positions or fewer.
+//! `zmm` registers (8 for a program of `f64` lanes, [`Elem::F64`], whose
+//! nodes are emitted as the instructions' `pd` forms and whose `rax` is
+//! the `f64` byte offset) and a lane mask in `k1` (all lanes, then the
+//! remainder on the last iteration, so there is no scalar tail). The main
+//! loop computes two vectors per iteration with their operations
+//! interleaved (see [`generate`]); a one-vector loop finishes the rest.
 //!
 //! Registers are allocated in one pass over the SSA program: a value takes
 //! a free register when it is defined and gives it back after its last use.
@@ -22,8 +24,8 @@ use std::collections::HashMap;
 
 use iced_x86::code_asm::*;
 
-use crate::backend::cpu::jit::{Half, InputSet, Node, Pred, Prog, Un, Val, Variant};
-use crate::backend::cpu::jit_code::{self, emit_bin, pred_imm, Code, NoCode, Opnd, Ptrs, Schedule};
+use crate::backend::cpu::jit::{Bin, Elem, Half, InputSet, Node, Pred, Prog, Un, Val, Variant};
+use crate::backend::cpu::jit_code::{self, emit3, emit_bin, pred_imm, Code, NoCode, Opnd, Ptrs, Schedule};
 
 /// Vector registers by number.
 const ZMM: [AsmRegisterZmm; 32] = [
@@ -77,7 +79,9 @@ struct Gen<'a> {
     last: Vec<usize>,
     free_z: Vec<usize>,
     free_k: Vec<usize>,
-    pool_at: HashMap<u32, usize>,
+    /// Per constant (its bits), its index in the pool's entries (each of
+    /// the element type's size).
+    pool_at: HashMap<u64, usize>,
     /// Where the input and output pointers are.
     ptrs: Ptrs,
     /// Whether every lane is in bounds (the unrolled loop): 16-bit floats
@@ -88,14 +92,23 @@ struct Gen<'a> {
 }
 
 impl Gen<'_> {
-    /// The pool slot of a constant (every constant is pooled before emission).
-    fn slot(&self, bits: u32) -> i32 {
-        4 * self.pool_at[&bits] as i32
+    /// Whether the program's lanes are `f64` (8 a vector; else `f32`, 16).
+    fn f64(&self) -> bool {
+        self.p.elem == Elem::F64
+    }
+
+    /// The pool offset of a constant (every constant is pooled before emission).
+    fn slot(&self, bits: u64) -> i32 {
+        (self.p.elem.bytes() * self.pool_at[&bits]) as i32
     }
 
     /// A constant as an embedded-broadcast memory operand.
-    fn pool_mem(&self, bits: u32) -> AsmMemoryOperand {
-        dword_bcst(r10 + self.slot(bits))
+    fn pool_mem(&self, bits: u64) -> AsmMemoryOperand {
+        if self.f64() {
+            qword_bcst(r10 + self.slot(bits))
+        } else {
+            dword_bcst(r10 + self.slot(bits))
+        }
     }
 
     fn take_z(&mut self) -> Result<usize, NoCode> {
@@ -126,7 +139,11 @@ impl Gen<'_> {
                 let t = self.take_z()?;
                 temps.push(t);
                 let Node::Const(bits) = self.p.nodes[v as usize] else { unreachable!("only constants are in memory") };
-                self.a.vbroadcastss(ZMM[t], dword_ptr(r10 + self.slot(bits)))?;
+                if self.f64() {
+                    self.a.vbroadcastsd(ZMM[t], qword_ptr(r10 + self.slot(bits)))?;
+                } else {
+                    self.a.vbroadcastss(ZMM[t], dword_ptr(r10 + self.slot(bits)))?;
+                }
                 Ok(ZMM[t])
             }
         }
@@ -167,10 +184,11 @@ impl Gen<'_> {
                 let d = self.take_z()?;
                 let disp = self.disp[v as usize];
                 let ptr = self.ptrs.input(&mut self.a, k)?;
-                if bcast.contains(k) {
-                    self.a.vbroadcastss(ZMM[d], dword_ptr(ptr))?;
-                } else {
-                    self.a.vmovups(ZMM[d].k1().z(), zmmword_ptr(ptr + rax + disp))?;
+                match (bcast.contains(k), self.f64()) {
+                    (true, false) => self.a.vbroadcastss(ZMM[d], dword_ptr(ptr))?,
+                    (true, true) => self.a.vbroadcastsd(ZMM[d], qword_ptr(ptr))?,
+                    (false, false) => self.a.vmovups(ZMM[d].k1().z(), zmmword_ptr(ptr + rax + disp))?,
+                    (false, true) => self.a.vmovupd(ZMM[d].k1().z(), zmmword_ptr(ptr + rax + disp))?,
                 }
                 self.loc[v as usize] = Loc::Z(d);
             }
@@ -178,11 +196,18 @@ impl Gen<'_> {
                 // Bytes widened to lanes, then tested: nonzero is true.
                 let t = self.take_z()?;
                 let kd = self.take_k()?;
-                let disp = self.disp[v as usize] / 4;
+                let wide = self.f64();
+                let disp = self.disp[v as usize] / self.p.elem.bytes() as i32;
                 let ptr = self.ptrs.input(&mut self.a, k)?;
                 if bcast.contains(k) {
                     self.a.movzx(r11d, byte_ptr(ptr))?;
                     self.a.vpbroadcastd(ZMM[t], r11d)?;
+                } else if wide {
+                    // `rax` is the position's f64 byte offset (a multiple of
+                    // 64): an eighth of it is the position's byte offset.
+                    self.a.shr(rax, 3)?;
+                    self.a.vpmovzxbq(ZMM[t].k1().z(), qword_ptr(ptr + rax + disp))?;
+                    self.a.shl(rax, 3)?;
                 } else {
                     // `rax` is the position's f32 byte offset (a multiple of
                     // 64): a quarter of it is the position's byte offset.
@@ -190,7 +215,11 @@ impl Gen<'_> {
                     self.a.vpmovzxbd(ZMM[t].k1().z(), xmmword_ptr(ptr + rax + disp))?;
                     self.a.shl(rax, 2)?;
                 }
-                self.a.vptestmd(K[kd], ZMM[t], ZMM[t])?;
+                if wide {
+                    self.a.vptestmq(K[kd], ZMM[t], ZMM[t])?;
+                } else {
+                    self.a.vptestmd(K[kd], ZMM[t], ZMM[t])?;
+                }
                 self.free_z.push(t);
                 self.loc[v as usize] = Loc::K(kd);
             }
@@ -259,7 +288,23 @@ impl Gen<'_> {
                 self.free(&temps, &ops, pos);
                 let d = self.take_z()?;
                 let dz = ZMM[d];
-                emit_bin!(self.a, op, dz, s1, s2, vpandd, vpxord, emit3!(self.a, vscalefps, dz, s1, s2))?;
+                if self.f64() {
+                    match op {
+                        Bin::Add => emit3!(self.a, vaddpd, dz, s1, s2),
+                        Bin::Sub => emit3!(self.a, vsubpd, dz, s1, s2),
+                        Bin::Mul => emit3!(self.a, vmulpd, dz, s1, s2),
+                        Bin::Div => emit3!(self.a, vdivpd, dz, s1, s2),
+                        Bin::Min => emit3!(self.a, vminpd, dz, s1, s2),
+                        Bin::Max => emit3!(self.a, vmaxpd, dz, s1, s2),
+                        Bin::And => emit3!(self.a, vpandq, dz, s1, s2),
+                        Bin::Xor => emit3!(self.a, vpxorq, dz, s1, s2),
+                        Bin::Scalef => emit3!(self.a, vscalefpd, dz, s1, s2),
+                        // Not recorded for f64 (`record_f32_only`).
+                        Bin::IAdd => return Err(NoCode),
+                    }?;
+                } else {
+                    emit_bin!(self.a, op, dz, s1, s2, vpandd, vpxord, emit3!(self.a, vscalefps, dz, s1, s2))?;
+                }
                 self.loc[v as usize] = Loc::Z(d);
                 return Ok(());
             }
@@ -294,11 +339,11 @@ impl Gen<'_> {
                     }
                 };
                 let dz = ZMM[d];
-                match (use132, mem) {
-                    (true, Opnd::Reg(r)) => self.a.vfmadd132ps(dz, src2, r)?,
-                    (true, Opnd::Mem(m)) => self.a.vfmadd132ps(dz, src2, m)?,
-                    (false, Opnd::Reg(r)) => self.a.vfmadd213ps(dz, src2, r)?,
-                    (false, Opnd::Mem(m)) => self.a.vfmadd213ps(dz, src2, m)?,
+                match (use132, self.f64()) {
+                    (true, false) => emit3!(self.a, vfmadd132ps, dz, src2, mem)?,
+                    (false, false) => emit3!(self.a, vfmadd213ps, dz, src2, mem)?,
+                    (true, true) => emit3!(self.a, vfmadd132pd, dz, src2, mem)?,
+                    (false, true) => emit3!(self.a, vfmadd213pd, dz, src2, mem)?,
                 }
                 self.free(&temps, &ops, pos);
                 self.loc[v as usize] = Loc::Z(d);
@@ -309,6 +354,18 @@ impl Gen<'_> {
                 self.free(&temps, &ops, pos);
                 let d = self.take_z()?;
                 let dz = ZMM[d];
+                if self.f64() {
+                    match op {
+                        Un::Sqrt => self.a.vsqrtpd(dz, s)?,
+                        Un::Round => self.a.vrndscalepd(dz, s, 0x08)?,
+                        Un::Floor => self.a.vrndscalepd(dz, s, 0x09)?,
+                        Un::Ceil => self.a.vrndscalepd(dz, s, 0x0A)?,
+                        // Not recorded for f64 (`record_f32_only`; no 16-bit values).
+                        _ => return Err(NoCode),
+                    }
+                    self.loc[v as usize] = Loc::Z(d);
+                    return Ok(());
+                }
                 match op {
                     Un::Sqrt => self.a.vsqrtps(dz, s)?,
                     Un::Rcp14 => self.a.vrcp14ps(dz, s)?,
@@ -340,9 +397,11 @@ impl Gen<'_> {
                 let s2 = self.opnd(y);
                 self.free(&temps, &ops, pos);
                 let k = self.take_k()?;
-                match s2 {
-                    Opnd::Reg(r) => self.a.vcmpps(K[k], s1, r, pred_imm(p))?,
-                    Opnd::Mem(m) => self.a.vcmpps(K[k], s1, m, pred_imm(p))?,
+                match (s2, self.f64()) {
+                    (Opnd::Reg(r), false) => self.a.vcmpps(K[k], s1, r, pred_imm(p))?,
+                    (Opnd::Mem(m), false) => self.a.vcmpps(K[k], s1, m, pred_imm(p))?,
+                    (Opnd::Reg(r), true) => self.a.vcmppd(K[k], s1, r, pred_imm(p))?,
+                    (Opnd::Mem(m), true) => self.a.vcmppd(K[k], s1, m, pred_imm(p))?,
                 }
                 self.loc[v as usize] = Loc::K(k);
                 return Ok(());
@@ -375,9 +434,10 @@ impl Gen<'_> {
                 self.free(&temps, &ops, pos);
                 let d = self.take_z()?;
                 let dz = masked(ZMM[d], km);
-                match sx {
-                    Opnd::Reg(r) => self.a.vblendmps(dz, sy, r)?,
-                    Opnd::Mem(mm) => self.a.vblendmps(dz, sy, mm)?,
+                if self.f64() {
+                    emit3!(self.a, vblendmpd, dz, sy, sx)?;
+                } else {
+                    emit3!(self.a, vblendmps, dz, sy, sx)?;
                 }
                 self.loc[v as usize] = Loc::Z(d);
                 return Ok(());
@@ -385,6 +445,10 @@ impl Gen<'_> {
             Node::Fix(fix, x, y, r, m) => {
                 // d = r; when a lane of `m` is set, a call fixes d's lanes
                 // in place, every vector and mask register saved around it.
+                // (Its functions are f32 ones: not recorded for f64.)
+                if self.f64() {
+                    return Err(NoCode);
+                }
                 let km = self.kreg(m);
                 let sx = self.reg(x, &mut temps)?;
                 let sy = self.reg(y, &mut temps)?;
@@ -462,14 +526,23 @@ fn emit(p: &Prog, v: Variant, copies: usize) -> Result<Code, NoCode> {
     let last_pair = if unroll { s.last_uses(&pair_order, &s.stored(copies)) } else { last_one.clone() };
     let loc = s.q.nodes.iter().map(|n| if matches!(n, Node::Const(_)) { Loc::Pool } else { Loc::None }).collect();
     // The constant pool: every constant of the program, the exponent bias,
-    // the integer 1 (a true bool) and bfloat16 rounding's masks.
-    let mut words = s.constants();
-    words.extend([127, 1, 0x7fff, 0x40_0000, 0xffff_0000]);
+    // the integer 1 (a true bool) and bfloat16 rounding's masks, each an
+    // entry of the element type's size.
+    let wide = p.elem == Elem::F64;
+    let mut entries = s.constants();
+    entries.extend([127, 1, 0x7fff, 0x40_0000, 0xffff_0000]);
+    let words: Vec<u32> = if wide {
+        entries.iter().flat_map(|&b| [b as u32, (b >> 32) as u32]).collect()
+    } else {
+        entries.iter().map(|&b| b as u32).collect()
+    };
     let pool = jit_code::pool(&words);
     let mut pool_at = HashMap::new();
-    for (i, &b) in words.iter().enumerate() {
+    for (i, &b) in entries.iter().enumerate() {
         pool_at.entry(b).or_insert(i);
     }
+    // Lanes per vector (each vector is 64 bytes).
+    let lanes = 64 / p.elem.bytes() as i32;
     let mut g = Gen {
         p: &s.q,
         disp,
@@ -486,7 +559,7 @@ fn emit(p: &Prog, v: Variant, copies: usize) -> Result<Code, NoCode> {
     for (pos, &i) in pre.iter().enumerate() {
         g.node(i as Val, pos, bcast)?;
     }
-    g.a.mov(r11d, 0xffff)?;
+    g.a.mov(r11d, (1 << lanes) - 1)?;
     g.a.kmovw(k1, r11d)?;
     g.a.xor(eax, eax)?;
     // One iteration over `copies.len()` vectors: prefetch, the nodes in
@@ -509,11 +582,18 @@ fn emit(p: &Prog, v: Variant, copies: usize) -> Result<Code, NoCode> {
                     // A bool output: 1 in the mask's lanes, narrowed to bytes.
                     let km = g.kreg(cv[o as usize]);
                     let t = g.take_z()?;
-                    g.a.vpbroadcastd(masked(ZMM[t], km).z(), dword_ptr(r10 + g.slot(1)))?;
                     let ptr = g.ptrs.output(&mut g.a, j)?;
-                    g.a.shr(rax, 2)?;
-                    g.a.vpmovdb(xmmword_ptr(ptr + rax + 16 * c as i32).k1(), ZMM[t])?;
-                    g.a.shl(rax, 2)?;
+                    if wide {
+                        g.a.vpbroadcastq(masked(ZMM[t], km).z(), qword_ptr(r10 + g.slot(1)))?;
+                        g.a.shr(rax, 3)?;
+                        g.a.vpmovqb(qword_ptr(ptr + rax + 8 * c as i32).k1(), ZMM[t])?;
+                        g.a.shl(rax, 3)?;
+                    } else {
+                        g.a.vpbroadcastd(masked(ZMM[t], km).z(), dword_ptr(r10 + g.slot(1)))?;
+                        g.a.shr(rax, 2)?;
+                        g.a.vpmovdb(xmmword_ptr(ptr + rax + 16 * c as i32).k1(), ZMM[t])?;
+                        g.a.shl(rax, 2)?;
+                    }
                     g.free_z.push(t);
                     continue;
                 }
@@ -544,7 +624,11 @@ fn emit(p: &Prog, v: Variant, copies: usize) -> Result<Code, NoCode> {
                     continue;
                 }
                 let ptr = g.ptrs.output(&mut g.a, j)?;
-                g.a.vmovups(zmmword_ptr(ptr + rax + 64 * c as i32).k1(), r)?;
+                if wide {
+                    g.a.vmovupd(zmmword_ptr(ptr + rax + 64 * c as i32).k1(), r)?;
+                } else {
+                    g.a.vmovups(zmmword_ptr(ptr + rax + 64 * c as i32).k1(), r)?;
+                }
                 g.free_z.extend_from_slice(&temps);
             }
         }
@@ -559,19 +643,19 @@ fn emit(p: &Prog, v: Variant, copies: usize) -> Result<Code, NoCode> {
         let after_pre = (g.loc.clone(), g.free_z.clone(), g.free_k.clone());
         let mut pairs = g.a.create_label();
         g.a.set_label(&mut pairs)?;
-        g.a.cmp(rcx, 16 * copies as i32)?;
+        g.a.cmp(rcx, lanes * copies as i32)?;
         g.a.jb(top)?;
         g.full = true;
         iteration(&mut g, &pair_order, copy)?;
         g.full = false;
         g.a.add(rax, 64 * copies as i32)?;
-        g.a.sub(rcx, 16 * copies as i32)?;
+        g.a.sub(rcx, lanes * copies as i32)?;
         g.a.jmp(pairs)?;
         (g.loc, g.free_z, g.free_k) = after_pre;
         g.last = last_one;
     }
     g.a.set_label(&mut top)?;
-    g.a.cmp(rcx, 16)?;
+    g.a.cmp(rcx, lanes)?;
     g.a.jae(body_l)?;
     g.a.test(rcx, rcx)?;
     g.a.je(done)?;
@@ -582,7 +666,7 @@ fn emit(p: &Prog, v: Variant, copies: usize) -> Result<Code, NoCode> {
     g.a.set_label(&mut body_l)?;
     iteration(&mut g, &s.body, &copy[..1])?;
     g.a.add(rax, 64)?;
-    g.a.sub(rcx, 16)?;
+    g.a.sub(rcx, lanes)?;
     g.a.ja(top)?;
     g.a.set_label(&mut done)?;
     jit_code::epilogue(&mut g.a)?;
