@@ -989,3 +989,77 @@ fn f64_groups_compile_and_match_the_interpreter() -> Result<()> {
     }
     Ok(())
 }
+
+/// Random `i32`s with the edges mixed in (overflow on `+`, `*`, `abs`).
+fn int_values(rng: &mut Rng, n: usize) -> Vec<i32> {
+    let edges = [i32::MIN, i32::MAX, 0, -1, 1, i32::MIN + 1, 46341, -46341, 16_777_217, -16_777_219];
+    (0..n).map(|_| if rng.int(0, 5) == 0 { rng.pick(&edges) } else { rng.int(0, 2001) as i32 - 1000 }).collect()
+}
+
+type I2 = fn(&Array, &Array, &Array) -> Result<Array>;
+
+/// Functions of two `i32` arrays and an `f32` one (groups mixing `i32`
+/// and `f32` lanes).
+const INT_FUNCTIONS: [(&str, I2); 6] = [
+    ("wrapping arithmetic", |x, y, _| ((x * y)? + x)? - (y.square()? - x.neg()?)?),
+    ("abs, sign, maximum and minimum", |x, y, _| (x.abs()?.maximum(y)? + y.sign()?)?.minimum(&(x - 3i32)?)),
+    ("comparisons and where", |x, y, _| {
+        let m = kiln::logical_or(&kiln::less(x, y)?, &kiln::equal(x, 7i32)?)?;
+        kiln::where_(&m, &(x + 1i32)?, &kiln::where_(&kiln::greater_equal(y, x)?, y, &x.neg()?)?)
+    }),
+    ("to f32 and back", |x, _, f| {
+        let g = ((x.astype(DType::F32)? * 0.5f32)? + f)?;
+        (g.astype(DType::I32)? + kiln::logical_not(x)?.astype(DType::I32)?)?.astype(DType::F32)
+    }),
+    ("float to int saturates", |_, _, f| (f * 3.0e9f32)?.astype(DType::I32)),
+    ("truth of ints", |x, y, f| {
+        let t = kiln::where_(x, f, 2.0f32)?;
+        (t + kiln::logical_and(x, y)?.astype(DType::F32)?)? + kiln::isfinite(y)?.astype(DType::F32)?
+    }),
+];
+
+#[test]
+fn int32_groups_compile_and_match_the_interpreter() -> Result<()> {
+    // i32 values are 32-bit lanes beside f32 ones (AVX-512): wrapping
+    // arithmetic, signed comparisons, casts both ways (float to int
+    // truncates and saturates, NaN to 0), bit for bit as the interpreter.
+    let mut rng = Rng::new(113);
+    let avx512 = jit::target() == Some(simd_math::Level::Avx512) && jit::enabled();
+    let float_edges = [f32::NAN, f32::INFINITY, -f32::INFINITY, 2_147_483_648.0, -2_147_483_648.0, -0.5, 0.99, 1e-40];
+    for (name, f) in INT_FUNCTIONS {
+        let c = compile(f);
+        for n in (0..=20).chain([31, 32, 33, 100, 2049, 70_001]) {
+            let x = Array::from_vec(int_values(&mut rng, n), &[n])?;
+            let y = kiln::slice_axis(&x, 0, None, None, -1)?;
+            let mut fv = values(&mut rng, n, 2.0);
+            for v in fv.iter_mut() {
+                if rng.int(0, 6) == 0 {
+                    *v = rng.pick(&float_edges);
+                }
+            }
+            let fa = Array::from_vec(fv, &[n])?;
+            let got = widened(&c.call((&x, &y, &fa))?)?;
+            let want = widened(&jit::interpreted(|| -> Result<Array> {
+                let a = f(&x, &y, &fa)?;
+                a.eval()?;
+                Ok(a)
+            })?)?;
+            assert_same64(&got, &want, &format!("{name} on {n} elements"));
+        }
+        // Broadcast operands: an i32 scalar and an f32 row.
+        let x = Array::from_vec(int_values(&mut rng, 40), &[4, 10])?;
+        let (y, fa) = (Array::scalar(-7i32), Array::from_vec(values(&mut rng, 10, 2.0), &[10])?);
+        let got = widened(&c.call((&x, &y, &fa))?)?;
+        let want = widened(&jit::interpreted(|| -> Result<Array> {
+            let a = f(&x, &y, &fa)?;
+            a.eval()?;
+            Ok(a)
+        })?)?;
+        assert_same64(&got, &want, &format!("{name}, broadcast"));
+        if avx512 {
+            let text = c.explain((&x, &x, &fa))?;
+            assert!(text.contains("code:    machine code (") && !text.contains("interpreter"), "{name}: {text}");
+        }
+    }
+    Ok(())
+}

@@ -42,9 +42,10 @@
 //! ops keep their groups, so each is compiled once per process), when it
 //! has at most
 //! [`MAX_INPUTS`] inputs (any number of outputs), every value is `f32`,
-//! `bool` or a 16-bit float, or every value is `f64` or `bool` (a `bool`
-//! input or output, one byte per position, 16-bit floats and `f64` on
-//! AVX-512 only: AVX2 leaves such groups to the interpreter), each op has a
+//! `bool`, `i32` or a 16-bit float, or every value is `f64` or `bool` (a
+//! `bool` input or output, one byte per position, 16-bit floats, `i32` and
+//! `f64` on AVX-512 only: AVX2 leaves such groups to the interpreter), each
+//! op has a
 //! lowering (arithmetic, `abs`, `neg`, `sign`, `square`, `sqrt`, `rsqrt`,
 //! rounding, `maximum`/`minimum`, `floor_divide`, `remainder`, `pow`,
 //! `atan2`, `exp`, `expm1`, `log`, `log1p`, `log2`,
@@ -65,7 +66,13 @@
 //! are widened as they are loaded (`vcvtph2ps`, or a shift for
 //! `bfloat16`) and outputs narrowed, exactly, as they are stored, so a
 //! half-precision chain moves half the bytes of an `f32` one and runs in
-//! one loop instead of a tile pass per op. An `f64` group is a program
+//! one loop instead of a tile pass per op. An `i32` value is a 32-bit
+//! lane beside the `f32` ones, with wrapping `+`, `-`, `*`, `abs`, `neg`,
+//! `sign`, `maximum`/`minimum`, signed comparisons, `where` and casts from
+//! and to `f32` and `bool` (float to int truncates and saturates, NaN to
+//! 0, as `as` does); integer `floor_divide`, `remainder` and `pow`, and
+//! casts between `i32` and 16-bit floats, leave the group to the
+//! interpreter. An `f64` group is a program
 //! of `f64` lanes ([`Elem::F64`]: 8 a vector, the same nodes emitted as
 //! the `pd` forms of the instructions, constants as `f64` bits) with
 //! arithmetic, `sqrt`, rounding, `maximum`/`minimum`, comparisons,
@@ -121,8 +128,17 @@ pub enum Bin {
     And,
     /// Bitwise xor.
     Xor,
-    /// Integer add of the bit patterns.
+    /// Integer add of the bit patterns (wrapping, as are the next four:
+    /// `i32` arithmetic, 32-bit lanes only).
     IAdd,
+    /// Integer subtraction.
+    ISub,
+    /// Integer multiplication (the low 32 bits).
+    IMul,
+    /// Signed integer minimum.
+    IMin,
+    /// Signed integer maximum.
+    IMax,
     /// `a * 2^floor(b)`, rounded once (`vscalefps`; AVX-512 only).
     Scalef,
 }
@@ -149,6 +165,13 @@ pub enum Un {
     Sra23,
     /// `2^n` for integer-valued `n` in `[-126, 127]`.
     Pow2i,
+    /// Integer absolute value (`i32::MIN` stays itself, as `wrapping_abs`).
+    IAbs,
+    /// An `i32` lane to the nearest `f32` (ties to even).
+    IntToFloat,
+    /// An `f32` lane truncated toward zero to an `i32`; `i32::MIN` when the
+    /// result is out of range or NaN (the lowering fixes those lanes).
+    FloatToIntTrunc,
     /// Rounded to the nearest value of a 16-bit float type (ties to even;
     /// overflow to infinity; a NaN quieted), as
     /// [`half_conv`](crate::backend::cpu::half_conv) rounds, kept as an
@@ -218,6 +241,9 @@ pub enum Node {
     Un(Un, Val),
     /// A lane mask: `a pred b`.
     Cmp(Pred, Val, Val),
+    /// A lane mask: `a pred b` of signed 32-bit integers (`Unord` is
+    /// never recorded).
+    ICmp(Pred, Val, Val),
     /// Both masks.
     MaskAnd(Val, Val),
     /// Either mask.
@@ -302,6 +328,7 @@ impl Node {
             Node::MaskNot(a) => Node::MaskNot(f(a)),
             Node::Bin(op, a, b) => Node::Bin(op, f(a), f(b)),
             Node::Cmp(p, a, b) => Node::Cmp(p, f(a), f(b)),
+            Node::ICmp(p, a, b) => Node::ICmp(p, f(a), f(b)),
             Node::MaskAnd(a, b) => Node::MaskAnd(f(a), f(b)),
             Node::MaskOr(a, b) => Node::MaskOr(f(a), f(b)),
             Node::Fma(a, b, c) => Node::Fma(f(a), f(b), f(c)),
@@ -315,7 +342,13 @@ impl Node {
         match *self {
             Node::Input(_) | Node::InputMask(_) | Node::InputHalf(..) | Node::Const(_) => vec![],
             Node::Un(_, a) | Node::MaskNot(a) => vec![a],
-            Node::Bin(_, a, b) | Node::Cmp(_, a, b) | Node::MaskAnd(a, b) | Node::MaskOr(a, b) => vec![a, b],
+            Node::Bin(_, a, b)
+            | Node::Cmp(_, a, b)
+            | Node::ICmp(_, a, b)
+            | Node::MaskAnd(a, b)
+            | Node::MaskOr(a, b) => {
+                vec![a, b]
+            }
             Node::Fma(a, b, c) | Node::Blend(a, b, c) => vec![a, b, c],
             Node::Fix(_, a, b, r, m) => vec![a, b, r, m],
         }
@@ -376,8 +409,26 @@ impl Prog {
     pub fn is_mask(&self, v: Val) -> bool {
         matches!(
             self.nodes[v as usize],
-            Node::Cmp(..) | Node::MaskAnd(..) | Node::MaskOr(..) | Node::MaskNot(_) | Node::InputMask(_)
+            Node::Cmp(..)
+                | Node::ICmp(..)
+                | Node::MaskAnd(..)
+                | Node::MaskOr(..)
+                | Node::MaskNot(_)
+                | Node::InputMask(_)
         )
+    }
+
+    /// Whether any operation is on `i32` lanes (the AVX-512 generator
+    /// emits those; the AVX2 one declines).
+    pub fn has_int(&self) -> bool {
+        self.nodes.iter().any(|n| {
+            matches!(
+                n,
+                Node::ICmp(..)
+                    | Node::Bin(Bin::ISub | Bin::IMul | Bin::IMin | Bin::IMax, ..)
+                    | Node::Un(Un::IAbs | Un::IntToFloat | Un::FloatToIntTrunc, _)
+            )
+        })
     }
 
     /// A program of `nodes` reading `inputs` inputs, with `f32` or `bool`
@@ -634,22 +685,27 @@ fn divmod(a: Traced, b: Traced) -> (Traced, Traced, TracedMask) {
     (q, m, mask_not(fast))
 }
 
-/// A value of a group being recorded: an `f32` vector, or a lane mask for
-/// a `bool` value (a comparison, a logical op), which stays a mask: bools
-/// are only ever produced and consumed inside a compiled group.
+/// A value of a group being recorded: a float vector (`f32`, or `f64` in
+/// an `f64` program), an `i32` vector, or a lane mask for a `bool` value
+/// (a comparison, a logical op), which stays a mask: bools are only ever
+/// produced and consumed inside a compiled group.
 #[derive(Clone, Copy, Debug)]
 enum Reg {
-    /// An `f32` value.
+    /// A float value.
     F(Traced),
+    /// An `i32` value (32-bit programs only).
+    I(Traced),
     /// A `bool` value.
     M(TracedMask),
 }
 
 impl Reg {
-    /// The value as an `f32` vector (a bool is 1 or 0, as `astype` gives it).
-    fn f32(self) -> Traced {
+    /// The value as a float vector (a bool is 1 or 0, as `astype` gives
+    /// it; an `i32` rounded to the nearest `f32`).
+    fn float(self) -> Traced {
         match self {
             Reg::F(x) => x,
+            Reg::I(x) => x.un(Un::IntToFloat),
             Reg::M(m) => Traced::select(m, Traced::splat(1.0), Traced::splat(0.0)),
         }
     }
@@ -658,9 +714,90 @@ impl Reg {
     fn mask(self) -> TracedMask {
         match self {
             Reg::F(x) => x.cmp(Pred::Neq, Traced::splat(0.0)),
+            Reg::I(x) => icmp(Pred::Neq, x, iconst(0)),
             Reg::M(m) => m,
         }
     }
+}
+
+/// An `i32` constant.
+fn iconst(v: i32) -> Traced {
+    Traced(record(Node::Const(u64::from(v as u32))))
+}
+
+/// `a op b` on `i32` lanes.
+fn ibin(op: Bin, a: Traced, b: Traced) -> Traced {
+    Traced(record(Node::Bin(op, a.0, b.0)))
+}
+
+/// `a pred b` on `i32` lanes.
+fn icmp(p: Pred, a: Traced, b: Traced) -> TracedMask {
+    TracedMask(record(Node::ICmp(p, a.0, b.0)))
+}
+
+/// An `f32` truncated toward zero to an `i32` as `as` converts it:
+/// saturating, NaN to 0.
+fn float_to_int(x: Traced) -> Traced {
+    // The conversion gives i32::MIN out of range and for NaN: right below.
+    let t = x.un(Un::FloatToIntTrunc);
+    let t = Traced::select(x.ge(Traced::splat(2_147_483_648.0)), iconst(i32::MAX), t);
+    Traced::select(x.is_nan(), iconst(0), t)
+}
+
+/// The recorded value of an op whose operands (the values of `where`) are
+/// `i32`: wrapping arithmetic, `maximum`/`minimum`, `abs`, `sign`,
+/// comparisons, logical ops, `where` and casts to `f32` and `bool`, or
+/// `None` (division, `pow`, casts to 16-bit floats: the interpreter).
+fn lower_int_op(prim: &Primitive, a: &[Reg]) -> Option<Reg> {
+    let i = |k: usize| match a[k] {
+        Reg::I(x) => Some(x),
+        _ => None,
+    };
+    Some(match *prim {
+        Primitive::AsType(DType::I32) => Reg::I(i(0)?),
+        Primitive::AsType(DType::F32) => Reg::F(a[0].float()),
+        Primitive::AsType(DType::Bool) => Reg::M(a[0].mask()),
+        Primitive::Where => Reg::I(Traced::select(a[0].mask(), i(1)?, i(2)?)),
+        Primitive::Unary(UnaryOp::LogicalNot) => Reg::M(mask_not(a[0].mask())),
+        Primitive::Unary(u) => {
+            let x = i(0)?;
+            match u {
+                UnaryOp::Neg => Reg::I(ibin(Bin::ISub, iconst(0), x)),
+                UnaryOp::Abs => Reg::I(x.un(Un::IAbs)),
+                UnaryOp::Square => Reg::I(ibin(Bin::IMul, x, x)),
+                UnaryOp::Sign => {
+                    let neg = Traced::select(icmp(Pred::Lt, x, iconst(0)), iconst(-1), iconst(0));
+                    Reg::I(Traced::select(icmp(Pred::Gt, x, iconst(0)), iconst(1), neg))
+                }
+                UnaryOp::Floor | UnaryOp::Ceil | UnaryOp::Round => Reg::I(x),
+                UnaryOp::IsNan | UnaryOp::IsInf => Reg::M(icmp(Pred::Neq, x, x)),
+                UnaryOp::IsFinite => Reg::M(icmp(Pred::Eq, x, x)),
+                _ => return None,
+            }
+        }
+        Primitive::Binary(BinaryOp::LogicalAnd) => Reg::M(Traced::mand(a[0].mask(), a[1].mask())),
+        Primitive::Binary(BinaryOp::LogicalOr) => Reg::M(Traced::mor(a[0].mask(), a[1].mask())),
+        Primitive::Binary(b) => {
+            let (x, y) = (i(0)?, i(1)?);
+            let bin = |op| Reg::I(ibin(op, x, y));
+            let cmp = |p| Reg::M(icmp(p, x, y));
+            match b {
+                BinaryOp::Add => bin(Bin::IAdd),
+                BinaryOp::Sub => bin(Bin::ISub),
+                BinaryOp::Mul => bin(Bin::IMul),
+                BinaryOp::Maximum => bin(Bin::IMax),
+                BinaryOp::Minimum => bin(Bin::IMin),
+                BinaryOp::Equal => cmp(Pred::Eq),
+                BinaryOp::NotEqual => cmp(Pred::Neq),
+                BinaryOp::Less => cmp(Pred::Lt),
+                BinaryOp::LessEqual => cmp(Pred::Le),
+                BinaryOp::Greater => cmp(Pred::Gt),
+                BinaryOp::GreaterEqual => cmp(Pred::Ge),
+                _ => return None,
+            }
+        }
+        _ => return None,
+    })
 }
 
 /// The complement of a mask.
@@ -678,16 +815,25 @@ fn lower_op(prim: &Primitive, a: &[Reg]) -> Option<Reg> {
     // An f32 operand (a bool one declines: arithmetic on bools is not lowered).
     let f = |k: usize| match a[k] {
         Reg::F(x) => Some(x),
-        Reg::M(_) => None,
+        Reg::I(_) | Reg::M(_) => None,
     };
+    // Ops on i32 values (the values of `where`, the operand of anything else).
+    let values = if matches!(prim, Primitive::Where) { &a[1..] } else { a };
+    if values.iter().any(|r| matches!(r, Reg::I(_))) {
+        return lower_int_op(prim, a);
+    }
     // f64 programs have arithmetic, comparisons and selections; functions
     // (simd_math's f32 approximations) and `divmod` are f32 only.
     let f32_only = recording_elem() == Elem::F64;
     Some(match *prim {
-        // To a 16-bit float: the value, rounded by `record_group`. (Every
-        // non-bool value of a program has its type: a cast is from the
-        // same type or from bool.)
-        Primitive::AsType(DType::F32 | DType::F16 | DType::BF16 | DType::F64) => Reg::F(a[0].f32()),
+        // To a 16-bit float: the value, rounded by `record_group`. (A cast
+        // to a float type is from a float of the program's width, or from
+        // bool: `record_group` admits no other mix.)
+        Primitive::AsType(DType::F32 | DType::F16 | DType::BF16 | DType::F64) => Reg::F(a[0].float()),
+        Primitive::AsType(DType::I32) => Reg::I(match a[0] {
+            Reg::M(m) => Traced::select(m, iconst(1), iconst(0)),
+            _ => float_to_int(f(0)?),
+        }),
         Primitive::AsType(DType::Bool) => Reg::M(a[0].mask()),
         Primitive::Where => Reg::F(Traced::select(a[0].mask(), f(1)?, f(2)?)),
         Primitive::Unary(u) => {
@@ -839,7 +985,7 @@ fn record_group(g: &FusedGroup, level: Level) -> Result<Prog, NotCompiled> {
     let wide = level == Level::Avx512;
     let elem = if io().chain(g.ops.iter().map(|o| o.dtype)).any(|d| d == DType::F64) { Elem::F64 } else { Elem::F32 };
     let value = |d: DType| match elem {
-        Elem::F32 => d == DType::F32 || (wide && Half::of(d).is_some()),
+        Elem::F32 => d == DType::F32 || (wide && (Half::of(d).is_some() || d == DType::I32)),
         Elem::F64 => wide && d == DType::F64,
     };
     if !g.ops.iter().all(|o| o.dtype == DType::Bool || value(o.dtype))
@@ -858,6 +1004,7 @@ fn record_group(g: &FusedGroup, level: Level) -> Result<Prog, NotCompiled> {
         .enumerate()
         .map(|(k, &d)| match d {
             DType::Bool => Reg::M(TracedMask(record(Node::InputMask(k)))),
+            DType::I32 => Reg::I(Traced(record(Node::Input(k)))),
             d => match Half::of(d) {
                 Some(h) => Reg::F(Traced(record(Node::InputHalf(k, h)))),
                 None => Reg::F(Traced(record(Node::Input(k)))),
@@ -869,7 +1016,10 @@ fn record_group(g: &FusedGroup, level: Level) -> Result<Prog, NotCompiled> {
         let lowered = lower_op(&op.prim, &args).filter(|_| !RECORDER.with_borrow(|r| r.failed));
         match (lowered, Half::of(op.dtype)) {
             (Some(v), None)
-                if matches!((v, op.dtype), (Reg::F(_), DType::F32 | DType::F64) | (Reg::M(_), DType::Bool)) =>
+                if matches!(
+                    (v, op.dtype),
+                    (Reg::F(_), DType::F32 | DType::F64) | (Reg::I(_), DType::I32) | (Reg::M(_), DType::Bool)
+                ) =>
             {
                 regs.push(v)
             }
@@ -888,7 +1038,7 @@ fn record_group(g: &FusedGroup, level: Level) -> Result<Prog, NotCompiled> {
         .outputs
         .iter()
         .map(|&r| match regs[r] {
-            Reg::F(x) => x.0,
+            Reg::F(x) | Reg::I(x) => x.0,
             Reg::M(m) => m.0,
         })
         .collect();
@@ -1220,6 +1370,45 @@ mod tests {
         // The failed recording left nothing behind: an f32 group records as before.
         let f32_group = group(vec![(Primitive::Unary(UnaryOp::Exp), vec![0])], 1);
         assert_eq!(lower_at(&f32_group, Level::Avx512).expect("f32 exp lowers").elem, Elem::F32);
+    }
+
+    #[test]
+    fn i32_values_are_32_bit_lanes_of_f32_programs() {
+        // x.astype(i32) * x.astype(i32) as f32: a float-to-int conversion
+        // (saturating: two selections after it), an integer product, an
+        // int-to-float one. AVX2 declines; integer floor division, pow
+        // and casts to 16-bit floats have no lowering.
+        let mut g = group(
+            vec![
+                (Primitive::AsType(DType::I32), vec![0]),
+                (Primitive::Binary(BinaryOp::Mul), vec![1, 1]),
+                (Primitive::AsType(DType::F32), vec![2]),
+            ],
+            1,
+        );
+        g.ops[0].dtype = DType::I32;
+        g.ops[1].dtype = DType::I32;
+        let p = lower_at(&g, Level::Avx512).expect("i32 arithmetic lowers");
+        assert_eq!(p.elem, Elem::F32);
+        assert!(p.has_int());
+        assert!(p.nodes.iter().any(|n| matches!(n, Node::Un(Un::FloatToIntTrunc, _))));
+        assert_eq!(p.nodes.iter().filter(|n| matches!(n, Node::Blend(..))).count(), 2, "saturation and NaN");
+        assert!(p.nodes.iter().any(|n| matches!(n, Node::Bin(Bin::IMul, ..))));
+        assert!(matches!(p.nodes[p.outputs[0] as usize], Node::Un(Un::IntToFloat, _)));
+        assert!(lower_at(&g, Level::Avx2).is_none(), "AVX2 leaves i32 values to the interpreter");
+        for (prim, out) in [
+            (Primitive::Binary(BinaryOp::FloorDivide), DType::I32),
+            (Primitive::Binary(BinaryOp::Pow), DType::I32),
+            (Primitive::AsType(DType::BF16), DType::BF16),
+        ] {
+            let mut g = group(vec![(Primitive::AsType(DType::I32), vec![0]), (prim.clone(), vec![1, 1])], 1);
+            g.ops[0].dtype = DType::I32;
+            g.ops[1].dtype = out;
+            if out == DType::BF16 {
+                g.ops[1].args = vec![1];
+            }
+            assert!(lower_at(&g, Level::Avx512).is_none(), "{prim:?} of i32 has no lowering");
+        }
     }
 
     #[test]

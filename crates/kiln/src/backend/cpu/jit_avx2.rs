@@ -282,11 +282,13 @@ impl Gen<'_> {
                         self.a.vpaddd(dy, dy, ymmword_ptr(r10 + self.pool_at[&127]))?;
                         self.a.vpslld(dy, dy, 23)?;
                     }
-                    Un::Rcp14 | Un::Narrow(_) => return Err(NoCode),
+                    Un::Rcp14 | Un::Narrow(_) | Un::IAbs | Un::IntToFloat | Un::FloatToIntTrunc => return Err(NoCode),
                 }
                 self.st.free_slots.extend(dead);
                 d
             }
+            // Programs with i32 lanes are declined up front (`generate`).
+            Node::ICmp(..) => return Err(NoCode),
             Node::Cmp(p, x, y) => {
                 let s1 = self.load(x, pos, &mut pin)?;
                 let s2 = self.opnd(y, &mut pin);
@@ -480,7 +482,7 @@ impl Gen<'_> {
 pub fn generate(p: &Prog, v: Variant) -> Option<Code> {
     // Bool and 16-bit float inputs and outputs, and f64 programs, are
     // compiled for AVX-512 only.
-    if p.has_narrow_io() || p.elem != Elem::F32 {
+    if p.has_narrow_io() || p.elem != Elem::F32 || p.has_int() {
         return None;
     }
     // The first pass finds how many stack slots the spills need; the

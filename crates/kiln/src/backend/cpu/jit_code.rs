@@ -122,6 +122,10 @@ macro_rules! emit_bin {
             Bin::And => emit3!($a, $and, $d, $s1, $s2),
             Bin::Xor => emit3!($a, $xor, $d, $s1, $s2),
             Bin::IAdd => emit3!($a, vpaddd, $d, $s1, $s2),
+            Bin::ISub => emit3!($a, vpsubd, $d, $s1, $s2),
+            Bin::IMul => emit3!($a, vpmulld, $d, $s1, $s2),
+            Bin::IMin => emit3!($a, vpminsd, $d, $s1, $s2),
+            Bin::IMax => emit3!($a, vpmaxsd, $d, $s1, $s2),
             Bin::Scalef => $scalef,
         }
     }};
@@ -132,7 +136,21 @@ pub(crate) use emit_bin;
 /// may be swapped (to put the one in memory second).
 pub fn commutes(op: crate::backend::cpu::jit::Bin) -> bool {
     use crate::backend::cpu::jit::Bin;
-    matches!(op, Bin::Add | Bin::Mul | Bin::And | Bin::Xor | Bin::IAdd)
+    matches!(op, Bin::Add | Bin::Mul | Bin::And | Bin::Xor | Bin::IAdd | Bin::IMul | Bin::IMin | Bin::IMax)
+}
+
+/// The `vpcmpd` immediate of a predicate of signed integers (`Unord`
+/// is never recorded for them: false, as `vpcmpd`'s FALSE).
+pub fn int_pred_imm(p: Pred) -> i32 {
+    match p {
+        Pred::Eq => 0,
+        Pred::Lt => 1,
+        Pred::Le => 2,
+        Pred::Unord => 3,
+        Pred::Neq => 4,
+        Pred::Ge => 5,
+        Pred::Gt => 6,
+    }
 }
 
 /// The `vcmpps` immediate of a predicate (ordered, non-signalling).

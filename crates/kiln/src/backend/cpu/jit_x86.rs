@@ -25,7 +25,9 @@ use std::collections::HashMap;
 use iced_x86::code_asm::*;
 
 use crate::backend::cpu::jit::{Bin, Elem, Half, InputSet, Node, Pred, Prog, Un, Val, Variant};
-use crate::backend::cpu::jit_code::{self, emit3, emit_bin, pred_imm, Code, NoCode, Opnd, Ptrs, Schedule};
+use crate::backend::cpu::jit_code::{
+    self, emit3, emit_bin, int_pred_imm, pred_imm, Code, NoCode, Opnd, Ptrs, Schedule,
+};
 
 /// Vector registers by number.
 const ZMM: [AsmRegisterZmm; 32] = [
@@ -299,8 +301,9 @@ impl Gen<'_> {
                         Bin::And => emit3!(self.a, vpandq, dz, s1, s2),
                         Bin::Xor => emit3!(self.a, vpxorq, dz, s1, s2),
                         Bin::Scalef => emit3!(self.a, vscalefpd, dz, s1, s2),
-                        // Not recorded for f64 (`record_f32_only`).
-                        Bin::IAdd => return Err(NoCode),
+                        // Not recorded for f64 (`record_f32_only`; i32
+                        // lanes are in 32-bit programs).
+                        Bin::IAdd | Bin::ISub | Bin::IMul | Bin::IMin | Bin::IMax => return Err(NoCode),
                     }?;
                 } else {
                     emit_bin!(self.a, op, dz, s1, s2, vpandd, vpxord, emit3!(self.a, vscalefps, dz, s1, s2))?;
@@ -382,6 +385,9 @@ impl Gen<'_> {
                         self.a.vpaddd(dz, dz, self.pool_mem(127))?;
                         self.a.vpslld(dz, dz, 23)?;
                     }
+                    Un::IAbs => self.a.vpabsd(dz, s)?,
+                    Un::IntToFloat => self.a.vcvtdq2ps(dz, s)?,
+                    Un::FloatToIntTrunc => self.a.vcvttps2dq(dz, s)?,
                     Un::Narrow(Half::F16) => {
                         // Rounded to nearest even by the conversion.
                         self.a.vcvtps2ph(YMM[d], s, 0)?;
@@ -402,6 +408,21 @@ impl Gen<'_> {
                     (Opnd::Mem(m), false) => self.a.vcmpps(K[k], s1, m, pred_imm(p))?,
                     (Opnd::Reg(r), true) => self.a.vcmppd(K[k], s1, r, pred_imm(p))?,
                     (Opnd::Mem(m), true) => self.a.vcmppd(K[k], s1, m, pred_imm(p))?,
+                }
+                self.loc[v as usize] = Loc::K(k);
+                return Ok(());
+            }
+            Node::ICmp(p, x, y) => {
+                if self.f64() {
+                    return Err(NoCode);
+                }
+                let s1 = self.reg(x, &mut temps)?;
+                let s2 = self.opnd(y);
+                self.free(&temps, &ops, pos);
+                let k = self.take_k()?;
+                match s2 {
+                    Opnd::Reg(r) => self.a.vpcmpd(K[k], s1, r, int_pred_imm(p))?,
+                    Opnd::Mem(m) => self.a.vpcmpd(K[k], s1, m, int_pred_imm(p))?,
                 }
                 self.loc[v as usize] = Loc::K(k);
                 return Ok(());
