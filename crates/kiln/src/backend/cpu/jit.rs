@@ -100,6 +100,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
+use crate::backend::cpu::math_f64::Vf64;
 use crate::backend::cpu::simd_math::{self, Func, Level, Vf32};
 use crate::backend::cpu::CpuGroup;
 use crate::dtype::DType;
@@ -128,6 +129,8 @@ pub enum Bin {
     And,
     /// Bitwise xor.
     Xor,
+    /// Bitwise or.
+    Or,
     /// Integer add of the bit patterns (wrapping, as are the next four:
     /// `i32` arithmetic, 32-bit lanes only).
     IAdd,
@@ -165,6 +168,12 @@ pub enum Un {
     Sra23,
     /// `2^n` for integer-valued `n` in `[-126, 127]`.
     Pow2i,
+    /// The lane's bits shifted left by this many places (`f64` programs:
+    /// 64-bit lanes).
+    Shl(u8),
+    /// The lane's bits, a signed integer, shifted right by this many
+    /// places (`f64` programs: 64-bit lanes).
+    Sra(u8),
     /// Integer absolute value (`i32::MIN` stays itself, as `wrapping_abs`).
     IAbs,
     /// An `i32` lane to the nearest `f32` (ties to even).
@@ -629,6 +638,107 @@ impl Vf32 for Traced {
     }
 }
 
+/// An `f64` vector being recorded, for
+/// [`math_f64`](crate::backend::cpu::math_f64)'s functions (a type of its
+/// own: [`Traced`]'s operations are [`Vf32`]'s).
+#[derive(Clone, Copy, Debug)]
+struct Traced64(Val);
+
+impl Traced64 {
+    fn bin(self, op: Bin, o: Traced64) -> Traced64 {
+        Traced64(record(Node::Bin(op, self.0, o.0)))
+    }
+    fn cmp(self, p: Pred, o: Traced64) -> TracedMask {
+        TracedMask(record(Node::Cmp(p, self.0, o.0)))
+    }
+}
+
+impl Vf64 for Traced64 {
+    type M = TracedMask;
+    fn splat(v: f64) -> Self {
+        Traced64(record(Node::Const(v.to_bits())))
+    }
+    fn bits(b: u64) -> Self {
+        Traced64(record(Node::Const(b)))
+    }
+    fn add(self, o: Self) -> Self {
+        self.bin(Bin::Add, o)
+    }
+    fn sub(self, o: Self) -> Self {
+        self.bin(Bin::Sub, o)
+    }
+    fn mul(self, o: Self) -> Self {
+        self.bin(Bin::Mul, o)
+    }
+    fn div(self, o: Self) -> Self {
+        self.bin(Bin::Div, o)
+    }
+    fn fma(self, b: Self, c: Self) -> Self {
+        Traced64(record(Node::Fma(self.0, b.0, c.0)))
+    }
+    fn max(self, o: Self) -> Self {
+        self.bin(Bin::Max, o)
+    }
+    fn min(self, o: Self) -> Self {
+        self.bin(Bin::Min, o)
+    }
+    fn and(self, o: Self) -> Self {
+        self.bin(Bin::And, o)
+    }
+    fn or(self, o: Self) -> Self {
+        self.bin(Bin::Or, o)
+    }
+    fn iadd(self, o: Self) -> Self {
+        self.bin(Bin::IAdd, o)
+    }
+    fn isub(self, o: Self) -> Self {
+        self.bin(Bin::ISub, o)
+    }
+    fn shl(self, n: u8) -> Self {
+        Traced64(record(Node::Un(Un::Shl(n), self.0)))
+    }
+    fn sra(self, n: u8) -> Self {
+        Traced64(record(Node::Un(Un::Sra(n), self.0)))
+    }
+    fn lt(self, o: Self) -> TracedMask {
+        self.cmp(Pred::Lt, o)
+    }
+    fn gt(self, o: Self) -> TracedMask {
+        self.cmp(Pred::Gt, o)
+    }
+    fn ge(self, o: Self) -> TracedMask {
+        self.cmp(Pred::Ge, o)
+    }
+    fn eq(self, o: Self) -> TracedMask {
+        self.cmp(Pred::Eq, o)
+    }
+    fn select(m: TracedMask, a: Self, b: Self) -> Self {
+        Traced64(record(Node::Blend(m.0, a.0, b.0)))
+    }
+    fn mnot(m: TracedMask) -> TracedMask {
+        mask_not(m)
+    }
+}
+
+/// An `f64` function of [`math_f64`](crate::backend::cpu::math_f64)
+/// recorded on `x`, or `None` for one it does not vectorize (those run on
+/// the interpreter: `erf`, `log2`, `log10`; and the trigonometric ones,
+/// whose far lanes call the C library).
+fn f64_function(u: UnaryOp, x: Traced) -> Option<Traced> {
+    use crate::backend::cpu::math_f64 as m;
+    let x = Traced64(x.0);
+    let y = match u {
+        UnaryOp::Exp => m::exp_v(x),
+        UnaryOp::Expm1 => m::expm1_v(x),
+        UnaryOp::Log => m::log_v(x),
+        UnaryOp::Log1p => m::log1p_v(x),
+        UnaryOp::Tanh => m::tanh_v(x),
+        UnaryOp::Sigmoid => m::sigmoid_v(x),
+        _ => return None,
+    };
+    Some(Traced(y.0))
+}
+
 /// NaN-propagating maximum or minimum as the interpreter computes it
 /// ([`max_nan`](crate::backend::cpu::math::max_nan)): `a` when it is NaN or
 /// the operands are equal, `b` when it is NaN.
@@ -859,7 +969,7 @@ fn lower_op(prim: &Primitive, a: &[Reg]) -> Option<Reg> {
                 UnaryOp::IsNan => return Some(Reg::M(x.is_nan())),
                 UnaryOp::IsInf => return Some(Reg::M(x.abs().cmp(Pred::Eq, inf()))),
                 UnaryOp::IsFinite => return Some(Reg::M(x.abs().cmp(Pred::Lt, inf()))),
-                _ if f32_only => return None,
+                _ if f32_only => f64_function(u, x)?,
                 _ => {
                     let func = crate::backend::cpu::unary::simd_func(u)?;
                     match simd_math::eval(func, x) {
@@ -1338,10 +1448,10 @@ mod tests {
     }
 
     #[test]
-    fn f64_groups_record_arithmetic_and_decline_functions() {
+    fn f64_groups_record_arithmetic_and_math_f64_functions() {
         // An f64 group is an f64 program on AVX-512: its constants are f64
-        // bits; a function (simd_math's f32 approximations) or a mix with
-        // f32 values makes it decline, and so does AVX2.
+        // bits; a function math_f64 does not vectorize or a mix with f32
+        // values makes it decline, and so does AVX2.
         let f64_group = |ops: Vec<(Primitive, Vec<usize>)>| {
             let mut g = group(ops, 1);
             g.inputs[0] = DType::F64;
@@ -1356,10 +1466,15 @@ mod tests {
         assert!(p.nodes.contains(&Node::Const(0x7fff_ffff_ffff_ffff)), "abs masks the f64 sign bit");
         assert!(p.nodes.contains(&Node::Const(1f64.to_bits())), "rsqrt divides 1.0 as an f64");
         assert!(lower_at(&g, Level::Avx2).is_none(), "AVX2 leaves f64 to the interpreter");
-        for u in [UnaryOp::Exp, UnaryOp::Tanh, UnaryOp::Sin, UnaryOp::Erf] {
+        for u in [UnaryOp::Sin, UnaryOp::Erf, UnaryOp::Log2] {
             let g = f64_group(vec![(Primitive::Unary(u), vec![0])]);
             assert!(lower_at(&g, Level::Avx512).is_none(), "{u:?} of f64 has no lowering");
         }
+        // exp is math_f64's, recorded: 2^k built from 64-bit integer bits.
+        let p = lower_at(&f64_group(vec![(Primitive::Unary(UnaryOp::Exp), vec![0])]), Level::Avx512)
+            .expect("f64 exp lowers");
+        assert!(p.nodes.iter().any(|n| matches!(n, Node::Un(Un::Shl(52), _))));
+        assert!(!p.nodes.iter().any(|n| matches!(n, Node::Bin(Bin::Scalef, ..) | Node::Un(Un::Rcp14, _))));
         for b in [BinaryOp::Pow, BinaryOp::FloorDivide, BinaryOp::Remainder] {
             let g = f64_group(vec![(Primitive::Binary(b), vec![0, 0])]);
             assert!(lower_at(&g, Level::Avx512).is_none(), "{b:?} of f64 has no lowering");

@@ -248,7 +248,7 @@ impl Gen<'_> {
                 let dead = self.retire(&ops, pos);
                 let d = self.alloc(pos, &pin)?;
                 let dy = YMM[d];
-                emit_bin!(self.a, op, dy, s1, s2, vandps, vxorps, return Err(NoCode))?;
+                emit_bin!(self.a, op, dy, s1, s2, vandps, vxorps, vorps, return Err(NoCode))?;
                 self.st.free_slots.extend(dead);
                 d
             }
@@ -282,7 +282,13 @@ impl Gen<'_> {
                         self.a.vpaddd(dy, dy, ymmword_ptr(r10 + self.pool_at[&127]))?;
                         self.a.vpslld(dy, dy, 23)?;
                     }
-                    Un::Rcp14 | Un::Narrow(_) | Un::IAbs | Un::IntToFloat | Un::FloatToIntTrunc => return Err(NoCode),
+                    Un::Rcp14
+                    | Un::Narrow(_)
+                    | Un::IAbs
+                    | Un::IntToFloat
+                    | Un::FloatToIntTrunc
+                    | Un::Shl(_)
+                    | Un::Sra(_) => return Err(NoCode),
                 }
                 self.st.free_slots.extend(dead);
                 d

@@ -106,10 +106,10 @@ pub(crate) use emit3;
 
 /// Emits `$d = $s1 op $s2` for the [`Bin`](crate::backend::cpu::jit::Bin)
 /// `$op`: `$and` and `$xor` name the bitwise instructions of the vector
-/// width, and `$scalef` is the expression for `Bin::Scalef`. Evaluates to
+/// width (and `$or`), and `$scalef` is the expression for `Bin::Scalef`. Evaluates to
 /// the assembler's result.
 macro_rules! emit_bin {
-    ($a:expr, $op:expr, $d:expr, $s1:expr, $s2:expr, $and:ident, $xor:ident, $scalef:expr) => {{
+    ($a:expr, $op:expr, $d:expr, $s1:expr, $s2:expr, $and:ident, $xor:ident, $or:ident, $scalef:expr) => {{
         use $crate::backend::cpu::jit::Bin;
         use $crate::backend::cpu::jit_code::emit3;
         match $op {
@@ -121,6 +121,7 @@ macro_rules! emit_bin {
             Bin::Max => emit3!($a, vmaxps, $d, $s1, $s2),
             Bin::And => emit3!($a, $and, $d, $s1, $s2),
             Bin::Xor => emit3!($a, $xor, $d, $s1, $s2),
+            Bin::Or => emit3!($a, $or, $d, $s1, $s2),
             Bin::IAdd => emit3!($a, vpaddd, $d, $s1, $s2),
             Bin::ISub => emit3!($a, vpsubd, $d, $s1, $s2),
             Bin::IMul => emit3!($a, vpmulld, $d, $s1, $s2),
@@ -136,7 +137,7 @@ pub(crate) use emit_bin;
 /// may be swapped (to put the one in memory second).
 pub fn commutes(op: crate::backend::cpu::jit::Bin) -> bool {
     use crate::backend::cpu::jit::Bin;
-    matches!(op, Bin::Add | Bin::Mul | Bin::And | Bin::Xor | Bin::IAdd | Bin::IMul | Bin::IMin | Bin::IMax)
+    matches!(op, Bin::Add | Bin::Mul | Bin::And | Bin::Xor | Bin::Or | Bin::IAdd | Bin::IMul | Bin::IMin | Bin::IMax)
 }
 
 /// The `vpcmpd` immediate of a predicate of signed integers (`Unord`

@@ -300,13 +300,16 @@ impl Gen<'_> {
                         Bin::Max => emit3!(self.a, vmaxpd, dz, s1, s2),
                         Bin::And => emit3!(self.a, vpandq, dz, s1, s2),
                         Bin::Xor => emit3!(self.a, vpxorq, dz, s1, s2),
+                        Bin::Or => emit3!(self.a, vporq, dz, s1, s2),
                         Bin::Scalef => emit3!(self.a, vscalefpd, dz, s1, s2),
-                        // Not recorded for f64 (`record_f32_only`; i32
-                        // lanes are in 32-bit programs).
-                        Bin::IAdd | Bin::ISub | Bin::IMul | Bin::IMin | Bin::IMax => return Err(NoCode),
+                        // 64-bit integers: math_f64's bit arithmetic.
+                        Bin::IAdd => emit3!(self.a, vpaddq, dz, s1, s2),
+                        Bin::ISub => emit3!(self.a, vpsubq, dz, s1, s2),
+                        // Not recorded for f64 (i32 lanes are in 32-bit programs).
+                        Bin::IMul | Bin::IMin | Bin::IMax => return Err(NoCode),
                     }?;
                 } else {
-                    emit_bin!(self.a, op, dz, s1, s2, vpandd, vpxord, emit3!(self.a, vscalefps, dz, s1, s2))?;
+                    emit_bin!(self.a, op, dz, s1, s2, vpandd, vpxord, vpord, emit3!(self.a, vscalefps, dz, s1, s2))?;
                 }
                 self.loc[v as usize] = Loc::Z(d);
                 return Ok(());
@@ -363,6 +366,8 @@ impl Gen<'_> {
                         Un::Round => self.a.vrndscalepd(dz, s, 0x08)?,
                         Un::Floor => self.a.vrndscalepd(dz, s, 0x09)?,
                         Un::Ceil => self.a.vrndscalepd(dz, s, 0x0A)?,
+                        Un::Shl(n) => self.a.vpsllq(dz, s, n as i32)?,
+                        Un::Sra(n) => self.a.vpsraq(dz, s, n as i32)?,
                         // Not recorded for f64 (`record_f32_only`; no 16-bit values).
                         _ => return Err(NoCode),
                     }
@@ -386,6 +391,8 @@ impl Gen<'_> {
                         self.a.vpslld(dz, dz, 23)?;
                     }
                     Un::IAbs => self.a.vpabsd(dz, s)?,
+                    Un::Shl(n) => self.a.vpslld(dz, s, n as i32)?,
+                    Un::Sra(n) => self.a.vpsrad(dz, s, n as i32)?,
                     Un::IntToFloat => self.a.vcvtdq2ps(dz, s)?,
                     Un::FloatToIntTrunc => self.a.vcvttps2dq(dz, s)?,
                     Un::Narrow(Half::F16) => {

@@ -23,6 +23,183 @@
 //! `log(0) = -inf`, `log` of a negative number is NaN, `log(inf) = inf`;
 //! `expm1(-inf) = -1`, `log1p(-1) = -inf`; `sin`, `cos` and `tan` of an
 //! infinity are NaN; signed zeros keep their sign (`tanh(-0) = -0`).
+//!
+//! `exp`, `expm1`, `log`, `log1p`, `tanh` and `sigmoid` are written once,
+//! over `Vf64`: for `f64` (the tile loops) and for the code generator's
+//! tracing vector, which records them into the kernel of an `f64` group
+//! ([`jit`](crate::backend::cpu::jit)), so that compiled and interpreted
+//! groups compute the same operations, bit for bit. The trigonometric
+//! functions, whose far lanes call the C library, are the interpreter's
+//! only.
+
+/// The operations the functions of this module are written in: `f64`
+/// lanes and their bit patterns as 64-bit integers. Implemented by `f64`
+/// (one lane; the multiversioned tile loops vectorize it) and by the code
+/// generator's tracing vector ([`jit`](crate::backend::cpu::jit)), which
+/// records the very same operations, so generated kernels compute these
+/// functions bit for bit as the interpreter does.
+pub(crate) trait Vf64: Copy {
+    /// A lane mask.
+    type M: Copy;
+    /// Every lane `v`.
+    fn splat(v: f64) -> Self;
+    /// Every lane the bit pattern `b`.
+    fn bits(b: u64) -> Self;
+    fn add(self, o: Self) -> Self;
+    fn sub(self, o: Self) -> Self;
+    fn mul(self, o: Self) -> Self;
+    fn div(self, o: Self) -> Self;
+    /// `self * b + c`, rounded once.
+    fn fma(self, b: Self, c: Self) -> Self;
+    /// `self > o ? self : o` (`o` when either is NaN, as `vmaxpd`).
+    fn max(self, o: Self) -> Self;
+    /// `self < o ? self : o` (`o` when either is NaN, as `vminpd`).
+    fn min(self, o: Self) -> Self;
+    /// Bitwise and.
+    fn and(self, o: Self) -> Self;
+    /// Bitwise or.
+    fn or(self, o: Self) -> Self;
+    /// Wrapping add of the bit patterns as 64-bit integers.
+    fn iadd(self, o: Self) -> Self;
+    /// Wrapping subtraction of the bit patterns as 64-bit integers.
+    fn isub(self, o: Self) -> Self;
+    /// The bit pattern shifted left by `n`.
+    fn shl(self, n: u8) -> Self;
+    /// The bit pattern as a signed 64-bit integer shifted right by `n`.
+    fn sra(self, n: u8) -> Self;
+    fn lt(self, o: Self) -> Self::M;
+    fn gt(self, o: Self) -> Self::M;
+    fn ge(self, o: Self) -> Self::M;
+    fn eq(self, o: Self) -> Self::M;
+    /// `m ? a : b` per lane.
+    fn select(m: Self::M, a: Self, b: Self) -> Self;
+    /// The complement of a mask.
+    fn mnot(m: Self::M) -> Self::M;
+
+    #[inline(always)]
+    fn c(v: f64) -> Self {
+        Self::splat(v)
+    }
+    #[inline(always)]
+    fn abs(self) -> Self {
+        self.and(Self::bits(0x7fff_ffff_ffff_ffff))
+    }
+    /// NaN lanes (the lanes unequal to themselves).
+    #[inline(always)]
+    fn is_nan(self) -> Self::M {
+        Self::mnot(self.eq(self))
+    }
+    /// `self` clamped to `[lo, hi]`; NaN stays NaN.
+    #[inline(always)]
+    fn clamp(self, lo: f64, hi: f64) -> Self {
+        Self::c(hi).min(Self::c(lo).max(self))
+    }
+    /// `|self|` with the sign of `s`.
+    #[inline(always)]
+    fn copysign(self, s: Self) -> Self {
+        self.abs().or(s.and(Self::bits(0x8000_0000_0000_0000)))
+    }
+}
+
+impl Vf64 for f64 {
+    type M = bool;
+    #[inline(always)]
+    fn splat(v: f64) -> f64 {
+        v
+    }
+    #[inline(always)]
+    fn bits(b: u64) -> f64 {
+        f64::from_bits(b)
+    }
+    #[inline(always)]
+    fn add(self, o: f64) -> f64 {
+        self + o
+    }
+    #[inline(always)]
+    fn sub(self, o: f64) -> f64 {
+        self - o
+    }
+    #[inline(always)]
+    fn mul(self, o: f64) -> f64 {
+        self * o
+    }
+    #[inline(always)]
+    fn div(self, o: f64) -> f64 {
+        self / o
+    }
+    #[inline(always)]
+    fn fma(self, b: f64, c: f64) -> f64 {
+        self.mul_add(b, c)
+    }
+    #[inline(always)]
+    fn max(self, o: f64) -> f64 {
+        if self > o {
+            self
+        } else {
+            o
+        }
+    }
+    #[inline(always)]
+    fn min(self, o: f64) -> f64 {
+        if self < o {
+            self
+        } else {
+            o
+        }
+    }
+    #[inline(always)]
+    fn and(self, o: f64) -> f64 {
+        f64::from_bits(self.to_bits() & o.to_bits())
+    }
+    #[inline(always)]
+    fn or(self, o: f64) -> f64 {
+        f64::from_bits(self.to_bits() | o.to_bits())
+    }
+    #[inline(always)]
+    fn iadd(self, o: f64) -> f64 {
+        f64::from_bits(self.to_bits().wrapping_add(o.to_bits()))
+    }
+    #[inline(always)]
+    fn isub(self, o: f64) -> f64 {
+        f64::from_bits(self.to_bits().wrapping_sub(o.to_bits()))
+    }
+    #[inline(always)]
+    fn shl(self, n: u8) -> f64 {
+        f64::from_bits(self.to_bits() << n)
+    }
+    #[inline(always)]
+    fn sra(self, n: u8) -> f64 {
+        f64::from_bits(((self.to_bits() as i64) >> n) as u64)
+    }
+    #[inline(always)]
+    fn lt(self, o: f64) -> bool {
+        self < o
+    }
+    #[inline(always)]
+    fn gt(self, o: f64) -> bool {
+        self > o
+    }
+    #[inline(always)]
+    fn ge(self, o: f64) -> bool {
+        self >= o
+    }
+    #[inline(always)]
+    fn eq(self, o: f64) -> bool {
+        self == o
+    }
+    #[inline(always)]
+    fn select(m: bool, a: f64, b: f64) -> f64 {
+        if m {
+            a
+        } else {
+            b
+        }
+    }
+    #[inline(always)]
+    fn mnot(m: bool) -> bool {
+        !m
+    }
+}
 
 /// `ln 2` to 20 significant bits, so that `k * LN2_HI` is exact for the
 /// `|k| <= 1076` that `exp` meets.
@@ -33,10 +210,18 @@ const LN2_LO: f64 = f64::from_bits(0x3e9f_df47_3de6_af28);
 /// integer held in the low bits of the sum.
 const ROUNDER: f64 = 6_755_399_441_055_744.0;
 
-/// `2^n` for `n` in `[-1022, 1023]`.
+/// `2^n` for an integer `n` in `[-1022, 1023]` (held as a 64-bit integer).
 #[inline(always)]
-fn pow2(n: i64) -> f64 {
-    f64::from_bits(((n + 1023) as u64) << 52)
+fn pow2<V: Vf64>(n: V) -> V {
+    n.iadd(V::bits(1023)).shl(52)
+}
+
+/// The integer nearest `x` (`|x| < 2^51`) as a 64-bit integer, and as an
+/// `f64`: `x + 1.5 * 2^52` holds it in its low bits.
+#[inline(always)]
+fn round_int<V: Vf64>(x: V) -> (V, V) {
+    let kr = x.add(V::c(ROUNDER));
+    (kr.isub(V::c(ROUNDER)), kr.sub(V::c(ROUNDER)))
 }
 
 /// `1 / n!` for `n` in `0..=18`.
@@ -53,76 +238,89 @@ const INV_FACT: [f64; 19] = {
 /// `e^x`.
 #[inline(always)]
 pub fn exp(x: f64) -> f64 {
+    exp_v(x)
+}
+
+/// [`exp`] of any [`Vf64`].
+#[inline(always)]
+pub(crate) fn exp_v<V: Vf64>(x: V) -> V {
+    let c = V::c;
     // Beyond these every result is infinity or 0 (NaN stays NaN).
     let x = x.clamp(-746.0, 710.0);
-    let kr = x.mul_add(std::f64::consts::LOG2_E, ROUNDER);
-    let k = kr - ROUNDER;
-    let ki = (kr.to_bits() as i64).wrapping_sub(ROUNDER.to_bits() as i64);
-    let r = k.mul_add(-LN2_HI, x);
-    let r = k.mul_add(-LN2_LO, r);
+    let kr = x.fma(c(std::f64::consts::LOG2_E), c(ROUNDER));
+    let k = kr.sub(c(ROUNDER));
+    let ki = kr.isub(c(ROUNDER));
+    let r = k.fma(c(-LN2_HI), x);
+    let r = k.fma(c(-LN2_LO), r);
     // |r| <= 0.35: the terms past r^13 / 13! are below 2^-60 relative.
-    let mut p = INV_FACT[13];
+    let mut p = c(INV_FACT[13]);
     for n in (1..13).rev() {
-        p = p.mul_add(r, INV_FACT[n]);
+        p = p.fma(r, c(INV_FACT[n]));
     }
-    let p = p.mul_add(r, 1.0);
+    let p = p.fma(r, c(1.0));
     // 2^k as 2^a * 2^b, each normal for k in [-1076, 1024]: the first
     // product is exact, the second rounds once (also to a subnormal).
-    let a = ki >> 1;
-    p * pow2(a) * pow2(ki - a)
+    let a = ki.sra(1);
+    p.mul(pow2(a)).mul(pow2(ki.isub(a)))
 }
 
 /// `e^x - 1`.
 #[inline(always)]
 pub fn expm1(x: f64) -> f64 {
+    expm1_v(x)
+}
+
+/// [`expm1`] of any [`Vf64`].
+#[inline(always)]
+pub(crate) fn expm1_v<V: Vf64>(x: V) -> V {
     // x = k ln 2 + r: e^x - 1 = 2^k (e^r - 1) + (2^k - 1), one FMA from
     // e^r - 1 (its Taylor series to r^18, the leading term exact) and
     // 2^k - 1 (exact for the k in [-58, 53] that x in [-40, 37] gives).
     // k is 0 below 0.7 in magnitude (2 (e^r - 1) + 1 would cancel there),
     // else the nearest integer to x / ln 2 (|r| <= 0.35). Past 37,
     // e^x - 1 rounds to e^x; below -40, to -1.
+    let c = V::c;
     let xc = x.clamp(-40.0, 37.0);
-    let k = xc.mul_add(std::f64::consts::LOG2_E, ROUNDER) - ROUNDER;
-    let k = if xc.abs() < 0.7 { 0.0 } else { k };
-    let ki = ((k + ROUNDER).to_bits() as i64).wrapping_sub(ROUNDER.to_bits() as i64);
-    let r = k.mul_add(-LN2_HI, xc);
-    let r = k.mul_add(-LN2_LO, r);
-    let mut p = INV_FACT[18];
+    let k = xc.fma(c(std::f64::consts::LOG2_E), c(ROUNDER)).sub(c(ROUNDER));
+    let k = V::select(xc.abs().lt(c(0.7)), c(0.0), k);
+    let (ki, _) = round_int(k);
+    let r = k.fma(c(-LN2_HI), xc);
+    let r = k.fma(c(-LN2_LO), r);
+    let mut p = c(INV_FACT[18]);
     for n in (2..18).rev() {
-        p = p.mul_add(r, INV_FACT[n]);
+        p = p.fma(r, c(INV_FACT[n]));
     }
-    let er = (r * p).mul_add(r, r);
+    let er = r.mul(p).fma(r, r);
     let s = pow2(ki);
-    let y = s.mul_add(er, s - 1.0);
-    let y = if x > 37.0 { exp(x) } else { y };
+    let y = s.fma(er, s.sub(c(1.0)));
+    let y = V::select(x.gt(c(37.0)), exp_v(x), y);
     // -0 keeps its sign.
-    let y = if x == 0.0 { x } else { y };
+    let y = V::select(x.eq(c(0.0)), x, y);
     // NaN stays NaN (the clamp keeps it; every comparison above is false).
-    if x < -40.0 {
-        -1.0
-    } else {
-        y
-    }
+    V::select(x.lt(c(-40.0)), c(-1.0), y)
 }
 
 /// `ln(1 + x)`.
 #[inline(always)]
 pub fn log1p(x: f64) -> f64 {
+    log1p_v(x)
+}
+
+/// [`log1p`] of any [`Vf64`].
+#[inline(always)]
+pub(crate) fn log1p_v<V: Vf64>(x: V) -> V {
+    let one = V::c(1.0);
     // u = 1 + x rounded; ln(1 + x) = ln(u) + (x - (u - 1)) / u, the
     // second term the rounding's correction (0 when u is exact).
-    let u = 1.0 + x;
-    let c = (x - (u - 1.0)) / u;
-    let y = log(u) + c;
+    let u = one.add(x);
+    let c = x.sub(u.sub(one)).div(u);
+    let y = log_v(u).add(c);
     // ln(u) of u = 1 is 0: a tiny x is its own logarithm (and keeps the
     // sign of -0); past 2^53 the correction is nothing (and inf - inf).
-    let y = if u == 1.0 { x } else { y };
+    let y = V::select(u.eq(one), x, y);
     // x = -1: ln 0 (the correction would be 0 / 0).
-    let y = if u == 0.0 { f64::NEG_INFINITY } else { y };
-    if x == f64::INFINITY {
-        x
-    } else {
-        y
-    }
+    let y = V::select(u.eq(V::c(0.0)), V::c(f64::NEG_INFINITY), y);
+    V::select(x.eq(V::c(f64::INFINITY)), x, y)
 }
 
 /// `π/2` as a sum of two doubles (106 bits).
@@ -308,38 +506,40 @@ const TWO54: f64 = 18_014_398_509_481_984.0;
 /// The natural logarithm.
 #[inline(always)]
 pub fn log(x: f64) -> f64 {
+    log_v(x)
+}
+
+/// [`log`] of any [`Vf64`].
+#[inline(always)]
+pub(crate) fn log_v<V: Vf64>(x: V) -> V {
+    let c = V::c;
     // A subnormal argument is scaled by 2^54 first.
-    let sub = x < f64::MIN_POSITIVE;
-    let xs = if sub { x * TWO54 } else { x };
-    let bits = xs.to_bits();
+    let sub = x.lt(c(f64::MIN_POSITIVE));
+    let xs = V::select(sub, x.mul(c(TWO54)), x);
     // The exponent relative to √½: the significand m lands in [√½, √2).
-    let t = bits.wrapping_sub(0x3fe6_a09e_667f_3bcd) as i64;
-    let k = (t >> 52) - if sub { 54 } else { 0 };
-    let m = f64::from_bits(bits.wrapping_sub(t as u64 & 0xfff0_0000_0000_0000));
-    let f = m - 1.0;
-    let s = f / (2.0 + f);
-    let z = s * s;
+    let t = xs.isub(V::bits(0x3fe6_a09e_667f_3bcd));
+    let k = t.sra(52).isub(V::select(sub, V::bits(54), V::bits(0)));
+    let m = xs.isub(t.and(V::bits(0xfff0_0000_0000_0000)));
+    let f = m.sub(c(1.0));
+    let s = f.div(c(2.0).add(f));
+    let z = s.mul(s);
     // R = 2 s^2/3 + 2 s^4/5 + ... + 2 s^22/23 (|s| <= 0.172: the rest is
     // below 2^-60 relative to log).
-    let mut r = 2.0f64 / 23.0;
+    let mut r = c(2.0f64 / 23.0);
     for n in (1..11).rev() {
-        r = r.mul_add(z, 2.0 / (2 * n + 1) as f64);
+        r = r.fma(z, c(2.0 / (2 * n + 1) as f64));
     }
-    let r = r * z;
-    let hfsq = 0.5 * f * f;
+    let r = r.mul(z);
+    let hfsq = c(0.5).mul(f).mul(f);
     // k as f64 through the rounder (a conversion of 64-bit integers is
     // not in AVX-512F or AVX2).
-    let kf = f64::from_bits(ROUNDER.to_bits().wrapping_add(k as u64)) - ROUNDER;
-    let lo = s.mul_add(hfsq + r, kf * LN2_LO);
-    let y = kf.mul_add(LN2_HI, f - (hfsq - lo));
-    let y = if x == f64::INFINITY { x } else { y };
-    let y = if x == 0.0 { f64::NEG_INFINITY } else { y };
+    let kf = c(ROUNDER).iadd(k).sub(c(ROUNDER));
+    let lo = s.fma(hfsq.add(r), kf.mul(c(LN2_LO)));
+    let y = kf.fma(c(LN2_HI), f.sub(hfsq.sub(lo)));
+    let y = V::select(x.eq(c(f64::INFINITY)), x, y);
+    let y = V::select(x.eq(c(0.0)), c(f64::NEG_INFINITY), y);
     // Negative arguments and NaN.
-    if x >= 0.0 {
-        y
-    } else {
-        f64::NAN
-    }
+    V::select(x.ge(c(0.0)), y, c(f64::NAN))
 }
 
 /// The Taylor coefficients of `tanh` past `x`: of `x^3`, `x^5`, ...,
@@ -371,35 +571,43 @@ const TANH_SERIES: [f64; 20] = [
 /// The hyperbolic tangent.
 #[inline(always)]
 pub fn tanh(x: f64) -> f64 {
-    let a = x.abs().min(20.0);
+    tanh_v(x)
+}
+
+/// [`tanh`] of any [`Vf64`].
+#[inline(always)]
+pub(crate) fn tanh_v<V: Vf64>(x: V) -> V {
+    let c = V::c;
+    let one = c(1.0);
+    let a = x.abs().min(c(20.0));
     // From 0.625: 1 - 2 / (e^(2a) + 1), the subtracted part at most 0.45
     // (past 20 it is below 2^-56). Below: a + a^3 P(a^2), the leading
     // term exact.
-    let big = 1.0 - 2.0 / (exp(2.0 * a) + 1.0);
-    let z = a * a;
-    let mut p = TANH_SERIES[19];
-    for &c in TANH_SERIES[..19].iter().rev() {
-        p = p.mul_add(z, c);
+    let big = one.sub(c(2.0).div(exp_v(c(2.0).mul(a)).add(one)));
+    let z = a.mul(a);
+    let mut p = c(TANH_SERIES[19]);
+    for &k in TANH_SERIES[..19].iter().rev() {
+        p = p.fma(z, c(k));
     }
-    let small = (a * z).mul_add(p, a);
-    let y = (if a >= 0.625 { big } else { small }).copysign(x);
-    if x.is_nan() {
-        x
-    } else {
-        y
-    }
+    let small = a.mul(z).fma(p, a);
+    let y = V::select(a.ge(c(0.625)), big, small).copysign(x);
+    V::select(x.is_nan(), x, y)
 }
 
 /// `1 / (1 + e^-x)` for `x >= 0`, `e^x / (1 + e^x)` below (no overflow on
 /// either side).
 #[inline(always)]
 pub fn sigmoid(x: f64) -> f64 {
-    let e = exp(-x.abs());
-    let pos = 1.0 / (1.0 + e);
-    let neg = e / (1.0 + e);
-    if x >= 0.0 {
-        pos
-    } else {
-        neg
-    }
+    sigmoid_v(x)
+}
+
+/// [`sigmoid`] of any [`Vf64`].
+#[inline(always)]
+pub(crate) fn sigmoid_v<V: Vf64>(x: V) -> V {
+    let one = V::c(1.0);
+    // e^-|x| (-|x|: the sign bit set).
+    let e = exp_v(x.abs().or(V::bits(0x8000_0000_0000_0000)));
+    let pos = one.div(one.add(e));
+    let neg = e.div(one.add(e));
+    V::select(x.ge(V::c(0.0)), pos, neg)
 }
