@@ -9,6 +9,11 @@ cd "$(dirname "$0")/.."
 cargo test --workspace --all-targets
 cargo test --workspace --doc
 
+echo "== the kernels of CPUs without AVX-512, and without AVX2 (KILN_SIMD caps the level) =="
+# The same test binaries: the level is read at run time.
+KILN_SIMD=avx2 cargo test -p kiln --tests
+KILN_SIMD=scalar cargo test -p kiln --tests
+
 echo "== CUDA backend (feature cuda): builds with no CUDA installed; GPU tests skip here =="
 # They run on a GPU with scripts/gpu.sh; here they check the clear errors.
 cargo test --release -p kiln --features cuda --test cuda --test seam --test device
@@ -17,6 +22,7 @@ echo "== fuzz: a short run of each target (RELIABILITY.md) =="
 # A fixed seed and case count: the same cases on every run.
 cargo run --release -q -p kiln-fuzz -- run ops --seconds 600 --cases 200000 --seed 1
 cargo run --release -q -p kiln-fuzz -- run programs --seconds 600 --cases 150000 --seed 1
+KILN_SIMD=avx2 cargo run --release -q -p kiln-fuzz -- run programs --seconds 600 --cases 50000 --seed 2
 
 echo "== R package: install from the checkout =="
 bash scripts/r-install.sh >target/r-install.log 2>&1 || { cat target/r-install.log; exit 1; }

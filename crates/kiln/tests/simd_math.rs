@@ -267,11 +267,16 @@ fn lengths_and_levels_agree() {
 
 #[test]
 fn levels_detected() {
+    // What the CPU has, capped by KILN_SIMD (`avx2` or `scalar`).
     let levels = available_levels();
     assert_eq!(levels[0], Level::Scalar);
+    let cap = std::env::var("KILN_SIMD").unwrap_or_default();
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        assert!(levels.contains(&Level::Avx2));
+        assert_eq!(levels.contains(&Level::Avx2), cap != "scalar", "KILN_SIMD={cap}: {levels:?}");
+    }
+    if cap == "avx2" || cap == "scalar" {
+        assert!(!levels.contains(&Level::Avx512), "KILN_SIMD={cap} leaves AVX-512 out: {levels:?}");
     }
 }
 

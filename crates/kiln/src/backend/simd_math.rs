@@ -139,10 +139,21 @@ impl Func {
     ];
 }
 
-/// The best level this CPU supports (detected once).
+/// The best level this CPU supports (detected once), capped by the
+/// environment variable `KILN_SIMD` when it is set to `avx2` or `scalar`:
+/// every kernel then runs as on a CPU without AVX-512 (or without AVX2 and
+/// FMA), code generation included, so that the paths of older CPUs can be
+/// tested and compared on any machine. Other values are ignored.
 pub fn detected_level() -> Level {
     static LEVEL: OnceLock<Level> = OnceLock::new();
-    *LEVEL.get_or_init(detect)
+    *LEVEL.get_or_init(|| {
+        let cap = match std::env::var("KILN_SIMD").as_deref() {
+            Ok("avx2") => Level::Avx2,
+            Ok("scalar") => Level::Scalar,
+            _ => Level::Avx512,
+        };
+        detect().min(cap)
+    })
 }
 
 #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
