@@ -43,8 +43,8 @@
 //! has at most
 //! [`MAX_INPUTS`] inputs (any number of outputs), every value is `f32`,
 //! `bool`, `i32` or a 16-bit float, or every value is `f64` or `bool` (a
-//! `bool` input or output, one byte per position, 16-bit floats, `i32` and
-//! `f64` on AVX-512 only: AVX2 leaves such groups to the interpreter), each
+//! `bool` input or output, one byte per position, and 16-bit floats on
+//! AVX-512 only: AVX2 leaves such groups to the interpreter), each
 //! op has a
 //! lowering (arithmetic, `abs`, `neg`, `sign`, `square`, `sqrt`, `rsqrt`,
 //! rounding, `maximum`/`minimum`, `floor_divide`, `remainder`, `pow`,
@@ -73,7 +73,7 @@
 //! 0, as `as` does); integer `floor_divide`, `remainder` and `pow`, and
 //! casts between `i32` and 16-bit floats, leave the group to the
 //! interpreter. An `f64` group is a program
-//! of `f64` lanes ([`Elem::F64`]: 8 a vector, the same nodes emitted as
+//! of `f64` lanes ([`Elem::F64`]: 8 a vector, 4 on AVX2, the same nodes emitted as
 //! the `pd` forms of the instructions, constants as `f64` bits) with
 //! arithmetic, `sqrt`, rounding, `maximum`/`minimum`, comparisons,
 //! selections and the logical ops: the functions (`exp`, `tanh`, `pow`,
@@ -1095,8 +1095,8 @@ fn record_group(g: &FusedGroup, level: Level) -> Result<Prog, NotCompiled> {
     let wide = level == Level::Avx512;
     let elem = if io().chain(g.ops.iter().map(|o| o.dtype)).any(|d| d == DType::F64) { Elem::F64 } else { Elem::F32 };
     let value = |d: DType| match elem {
-        Elem::F32 => d == DType::F32 || (wide && (Half::of(d).is_some() || d == DType::I32)),
-        Elem::F64 => wide && d == DType::F64,
+        Elem::F32 => d == DType::F32 || d == DType::I32 || (wide && Half::of(d).is_some()),
+        Elem::F64 => d == DType::F64,
     };
     if !g.ops.iter().all(|o| o.dtype == DType::Bool || value(o.dtype))
         || !io().all(|d| value(d) || (wide && d == DType::Bool))
@@ -1190,7 +1190,8 @@ pub fn describe(g: &CpuGroup) -> String {
         return "tile interpreter (more live values than vector registers)".into();
     }
     let ops = c.vector_ops();
-    let lanes = if target() == Some(Level::Avx2) { 8 } else { 64 / c.prog.elem.bytes() };
+    let bytes = if target() == Some(Level::Avx2) { 32 } else { 64 };
+    let lanes = bytes / c.prog.elem.bytes();
     format!("machine code ({ops} vector operations per {lanes} lanes)")
 }
 
@@ -1449,9 +1450,9 @@ mod tests {
 
     #[test]
     fn f64_groups_record_arithmetic_and_math_f64_functions() {
-        // An f64 group is an f64 program on AVX-512: its constants are f64
-        // bits; a function math_f64 does not vectorize or a mix with f32
-        // values makes it decline, and so does AVX2.
+        // An f64 group is an f64 program: its constants are f64 bits; a
+        // function math_f64 does not vectorize or a mix with f32 values
+        // makes it decline.
         let f64_group = |ops: Vec<(Primitive, Vec<usize>)>| {
             let mut g = group(ops, 1);
             g.inputs[0] = DType::F64;
@@ -1465,7 +1466,7 @@ mod tests {
         assert_eq!(p.elem, Elem::F64);
         assert!(p.nodes.contains(&Node::Const(0x7fff_ffff_ffff_ffff)), "abs masks the f64 sign bit");
         assert!(p.nodes.contains(&Node::Const(1f64.to_bits())), "rsqrt divides 1.0 as an f64");
-        assert!(lower_at(&g, Level::Avx2).is_none(), "AVX2 leaves f64 to the interpreter");
+        assert_eq!(lower_at(&g, Level::Avx2).expect("and for AVX2").elem, Elem::F64);
         for u in [UnaryOp::Sin, UnaryOp::Erf, UnaryOp::Log2] {
             let g = f64_group(vec![(Primitive::Unary(u), vec![0])]);
             assert!(lower_at(&g, Level::Avx512).is_none(), "{u:?} of f64 has no lowering");
@@ -1491,8 +1492,8 @@ mod tests {
     fn i32_values_are_32_bit_lanes_of_f32_programs() {
         // x.astype(i32) * x.astype(i32) as f32: a float-to-int conversion
         // (saturating: two selections after it), an integer product, an
-        // int-to-float one. AVX2 declines; integer floor division, pow
-        // and casts to 16-bit floats have no lowering.
+        // int-to-float one. Integer floor division, pow and casts to
+        // 16-bit floats have no lowering.
         let mut g = group(
             vec![
                 (Primitive::AsType(DType::I32), vec![0]),
@@ -1510,7 +1511,7 @@ mod tests {
         assert_eq!(p.nodes.iter().filter(|n| matches!(n, Node::Blend(..))).count(), 2, "saturation and NaN");
         assert!(p.nodes.iter().any(|n| matches!(n, Node::Bin(Bin::IMul, ..))));
         assert!(matches!(p.nodes[p.outputs[0] as usize], Node::Un(Un::IntToFloat, _)));
-        assert!(lower_at(&g, Level::Avx2).is_none(), "AVX2 leaves i32 values to the interpreter");
+        assert!(lower_at(&g, Level::Avx2).expect("and for AVX2").has_int());
         for (prim, out) in [
             (Primitive::Binary(BinaryOp::FloorDivide), DType::I32),
             (Primitive::Binary(BinaryOp::Pow), DType::I32),

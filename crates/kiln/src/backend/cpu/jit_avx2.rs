@@ -4,7 +4,10 @@
 //!
 //! The generated function (calling convention in
 //! [`jit_code`]) keeps 8 lanes per vector in
-//! `ymm` registers. AVX2 has no mask registers: a comparison makes a lane
+//! `ymm` registers (`f32` or `i32`; 4 of an `f64` program, whose nodes are
+//! emitted as the `pd` forms, and whose 64-bit arithmetic shift, missing
+//! from AVX2, is a logical one with its sign extended by an xor and a
+//! subtraction). AVX2 has no mask registers: a comparison makes a lane
 //! mask in a vector register (all ones or zeros per lane), selections are
 //! `vblendvps`, and mask logic is `vandps`/`vorps`. The main loop computes
 //! two vectors per iteration with unmasked loads and stores, a
@@ -29,8 +32,8 @@ use std::collections::HashMap;
 
 use iced_x86::code_asm::*;
 
-use crate::backend::cpu::jit::{Elem, InputSet, Node, Prog, Un, Val, Variant};
-use crate::backend::cpu::jit_code::{self, emit_bin, pred_imm, Code, NoCode, Opnd, Ptrs, Schedule};
+use crate::backend::cpu::jit::{Bin, Elem, InputSet, Node, Pred, Prog, Un, Val, Variant};
+use crate::backend::cpu::jit_code::{self, emit3, emit_bin, pred_imm, Code, NoCode, Opnd, Ptrs, Schedule};
 
 /// Vector registers by number.
 const YMM: [AsmRegisterYmm; 16] =
@@ -93,8 +96,10 @@ struct Gen<'a> {
     last: Vec<usize>,
     /// Bytes of stack slots used at most.
     frame_used: i32,
-    /// Byte offsets of constants in the pool.
-    pool_at: HashMap<u32, i32>,
+    /// Byte offsets of constants in the pool (by their bits).
+    pool_at: HashMap<u64, i32>,
+    /// Whether the program's lanes are `f64` (4 a vector; else 32-bit, 8).
+    wide: bool,
     bcast: InputSet,
     /// Where the input and output pointers are.
     ptrs: Ptrs,
@@ -228,13 +233,17 @@ impl Gen<'_> {
                 let dy = YMM[d];
                 let ptr = self.ptrs.input(&mut self.a, k)?;
                 if self.bcast.contains(k) {
-                    self.a.vbroadcastss(dy, dword_ptr(ptr))?;
+                    if self.wide {
+                        self.a.vbroadcastsd(dy, qword_ptr(ptr))?;
+                    } else {
+                        self.a.vbroadcastss(dy, dword_ptr(ptr))?;
+                    }
                 } else {
                     let m = ymmword_ptr(ptr + rax + self.disp[v as usize]);
-                    if self.masked {
-                        self.a.vmaskmovps(dy, YMM[MASK], m)?;
-                    } else {
-                        self.a.vmovups(dy, m)?;
+                    match (self.masked, self.wide) {
+                        (true, false) => self.a.vmaskmovps(dy, YMM[MASK], m)?,
+                        (true, true) => self.a.vmaskmovpd(dy, YMM[MASK], m)?,
+                        (false, _) => self.a.vmovups(dy, m)?,
                     }
                 }
                 d
@@ -248,7 +257,63 @@ impl Gen<'_> {
                 let dead = self.retire(&ops, pos);
                 let d = self.alloc(pos, &pin)?;
                 let dy = YMM[d];
-                emit_bin!(self.a, op, dy, s1, s2, vandps, vxorps, vorps, return Err(NoCode))?;
+                if self.wide {
+                    match op {
+                        Bin::Add => emit3!(self.a, vaddpd, dy, s1, s2),
+                        Bin::Sub => emit3!(self.a, vsubpd, dy, s1, s2),
+                        Bin::Mul => emit3!(self.a, vmulpd, dy, s1, s2),
+                        Bin::Div => emit3!(self.a, vdivpd, dy, s1, s2),
+                        Bin::Min => emit3!(self.a, vminpd, dy, s1, s2),
+                        Bin::Max => emit3!(self.a, vmaxpd, dy, s1, s2),
+                        Bin::And => emit3!(self.a, vandpd, dy, s1, s2),
+                        Bin::Xor => emit3!(self.a, vxorpd, dy, s1, s2),
+                        Bin::Or => emit3!(self.a, vorpd, dy, s1, s2),
+                        // 64-bit integers: math_f64's bit arithmetic.
+                        Bin::IAdd => emit3!(self.a, vpaddq, dy, s1, s2),
+                        Bin::ISub => emit3!(self.a, vpsubq, dy, s1, s2),
+                        Bin::Scalef | Bin::IMul | Bin::IMin | Bin::IMax => return Err(NoCode),
+                    }?;
+                } else {
+                    emit_bin!(self.a, op, dy, s1, s2, vandps, vxorps, vorps, return Err(NoCode))?;
+                }
+                self.st.free_slots.extend(dead);
+                d
+            }
+            Node::Un(op, x) if self.wide => {
+                // Shifts read a register; the others memory too.
+                let s = if matches!(op, Un::Shl(_) | Un::Sra(_)) {
+                    Opnd::Reg(self.load(x, pos, &mut pin)?)
+                } else {
+                    self.opnd(x, &mut pin)
+                };
+                let dead = self.retire(&ops, pos);
+                let d = self.alloc(pos, &pin)?;
+                let dy = YMM[d];
+                macro_rules! e {
+                    ($m:ident $(, $imm:expr)?) => {
+                        match s {
+                            Opnd::Reg(r) => self.a.$m(dy, r $(, $imm)?)?,
+                            Opnd::Mem(m) => self.a.$m(dy, m $(, $imm)?)?,
+                        }
+                    };
+                }
+                match (op, s) {
+                    (Un::Sqrt, _) => e!(vsqrtpd),
+                    (Un::Round, _) => e!(vroundpd, 0x08),
+                    (Un::Floor, _) => e!(vroundpd, 0x09),
+                    (Un::Ceil, _) => e!(vroundpd, 0x0A),
+                    (Un::Shl(n), Opnd::Reg(r)) => self.a.vpsllq(dy, r, n as i32)?,
+                    (Un::Sra(n), Opnd::Reg(r)) => {
+                        // No 64-bit arithmetic shift in AVX2: the logical
+                        // one, its sign bit (now bit 63 - n) extended by
+                        // (t ^ m) - m with m = 2^(63 - n).
+                        let m = self.pool_at[&(1u64 << (63 - n))];
+                        self.a.vpsrlq(dy, r, n as i32)?;
+                        self.a.vpxor(dy, dy, ymmword_ptr(r10 + m))?;
+                        self.a.vpsubq(dy, dy, ymmword_ptr(r10 + m))?;
+                    }
+                    _ => return Err(NoCode),
+                }
                 self.st.free_slots.extend(dead);
                 d
             }
@@ -282,27 +347,53 @@ impl Gen<'_> {
                         self.a.vpaddd(dy, dy, ymmword_ptr(r10 + self.pool_at[&127]))?;
                         self.a.vpslld(dy, dy, 23)?;
                     }
-                    Un::Rcp14
-                    | Un::Narrow(_)
-                    | Un::IAbs
-                    | Un::IntToFloat
-                    | Un::FloatToIntTrunc
-                    | Un::Shl(_)
-                    | Un::Sra(_) => return Err(NoCode),
+                    Un::IAbs => e!(vpabsd),
+                    Un::IntToFloat => e!(vcvtdq2ps),
+                    Un::FloatToIntTrunc => e!(vcvttps2dq),
+                    Un::Rcp14 | Un::Narrow(_) | Un::Shl(_) | Un::Sra(_) => return Err(NoCode),
                 }
                 self.st.free_slots.extend(dead);
                 d
             }
-            // Programs with i32 lanes are declined up front (`generate`).
-            Node::ICmp(..) => return Err(NoCode),
+            Node::ICmp(p, x, y) => {
+                // AVX2 compares integers for `==` and `>` only: `<` swaps
+                // the operands, and `!=`, `<=`, `>=` complement `==`, `>`, `<`.
+                let (eq, swap, not) = match p {
+                    Pred::Eq => (true, false, false),
+                    Pred::Neq => (true, false, true),
+                    Pred::Gt => (false, false, false),
+                    Pred::Lt => (false, true, false),
+                    Pred::Le => (false, false, true),
+                    Pred::Ge => (false, true, true),
+                    Pred::Unord => return Err(NoCode),
+                };
+                let (x, y) = if swap { (y, x) } else { (x, y) };
+                let s1 = self.load(x, pos, &mut pin)?;
+                let s2 = self.opnd(y, &mut pin);
+                let dead = self.retire(&ops, pos);
+                let d = self.alloc(pos, &pin)?;
+                let dy = YMM[d];
+                if eq {
+                    emit3!(self.a, vpcmpeqd, dy, s1, s2)?;
+                } else {
+                    emit3!(self.a, vpcmpgtd, dy, s1, s2)?;
+                }
+                if not {
+                    self.a.vxorps(dy, dy, ymmword_ptr(r10 + self.pool_at[&all_ones(self.wide)]))?;
+                }
+                self.st.free_slots.extend(dead);
+                d
+            }
             Node::Cmp(p, x, y) => {
                 let s1 = self.load(x, pos, &mut pin)?;
                 let s2 = self.opnd(y, &mut pin);
                 let dead = self.retire(&ops, pos);
                 let d = self.alloc(pos, &pin)?;
-                match s2 {
-                    Opnd::Reg(r) => self.a.vcmpps(YMM[d], s1, r, pred_imm(p))?,
-                    Opnd::Mem(m) => self.a.vcmpps(YMM[d], s1, m, pred_imm(p))?,
+                match (s2, self.wide) {
+                    (Opnd::Reg(r), false) => self.a.vcmpps(YMM[d], s1, r, pred_imm(p))?,
+                    (Opnd::Mem(m), false) => self.a.vcmpps(YMM[d], s1, m, pred_imm(p))?,
+                    (Opnd::Reg(r), true) => self.a.vcmppd(YMM[d], s1, r, pred_imm(p))?,
+                    (Opnd::Mem(m), true) => self.a.vcmppd(YMM[d], s1, m, pred_imm(p))?,
                 }
                 self.st.free_slots.extend(dead);
                 d
@@ -327,7 +418,7 @@ impl Gen<'_> {
                 let s1 = self.load(x, pos, &mut pin)?;
                 let dead = self.retire(&ops, pos);
                 let d = self.alloc(pos, &pin)?;
-                self.a.vxorps(YMM[d], s1, ymmword_ptr(r10 + self.pool_at[&u32::MAX]))?;
+                self.a.vxorps(YMM[d], s1, ymmword_ptr(r10 + self.pool_at[&all_ones(self.wide)]))?;
                 self.st.free_slots.extend(dead);
                 d
             }
@@ -345,6 +436,7 @@ impl Gen<'_> {
                 self.st.free_slots.extend(dead);
                 d
             }
+            Node::Fix(..) if self.wide => return Err(NoCode),
             Node::Fix(fix, x, y, r, m) => {
                 // d = r; when a lane of `m` is set, a call fixes d's lanes
                 // in place, every vector register saved around it (the
@@ -437,13 +529,13 @@ impl Gen<'_> {
         };
         self.define(v, d);
         let dy = YMM[d];
-        match (form, m2) {
-            (231, Opnd::Reg(r)) => self.a.vfmadd231ps(dy, r1, r)?,
-            (231, Opnd::Mem(m)) => self.a.vfmadd231ps(dy, r1, m)?,
-            (132, Opnd::Reg(r)) => self.a.vfmadd132ps(dy, r1, r)?,
-            (132, Opnd::Mem(m)) => self.a.vfmadd132ps(dy, r1, m)?,
-            (_, Opnd::Reg(r)) => self.a.vfmadd213ps(dy, r1, r)?,
-            (_, Opnd::Mem(m)) => self.a.vfmadd213ps(dy, r1, m)?,
+        match (form, self.wide) {
+            (231, false) => emit3!(self.a, vfmadd231ps, dy, r1, m2)?,
+            (132, false) => emit3!(self.a, vfmadd132ps, dy, r1, m2)?,
+            (_, false) => emit3!(self.a, vfmadd213ps, dy, r1, m2)?,
+            (231, true) => emit3!(self.a, vfmadd231pd, dy, r1, m2)?,
+            (132, true) => emit3!(self.a, vfmadd132pd, dy, r1, m2)?,
+            (_, true) => emit3!(self.a, vfmadd213pd, dy, r1, m2)?,
         }
         let dead = self.retire(&[x, y, z], pos);
         self.st.free_slots.extend(dead);
@@ -473,22 +565,31 @@ impl Gen<'_> {
             let r = self.load(w, end, &mut pin)?;
             let ptr = self.ptrs.output(&mut self.a, k / copies)?;
             let at = ymmword_ptr(ptr + rax + VB * (k % copies) as i32);
-            if self.masked {
-                self.a.vmaskmovps(at, YMM[MASK], r)?;
-            } else {
-                self.a.vmovups(at, r)?;
+            match (self.masked, self.wide) {
+                (true, false) => self.a.vmaskmovps(at, YMM[MASK], r)?,
+                (true, true) => self.a.vmaskmovpd(at, YMM[MASK], r)?,
+                (false, _) => self.a.vmovups(at, r)?,
             }
         }
         Ok(())
     }
 }
 
+/// The pool key of the vector of all ones (a mask's complement): the
+/// constant whose every lane, of 32 or of 64 bits, is all ones.
+fn all_ones(wide: bool) -> u64 {
+    if wide {
+        u64::MAX
+    } else {
+        u64::from(u32::MAX)
+    }
+}
+
 /// Compiles `p` for variant `v`; `None` only when the program holds an
 /// operation of another level (see [`jit`](crate::backend::cpu::jit)).
 pub fn generate(p: &Prog, v: Variant) -> Option<Code> {
-    // Bool and 16-bit float inputs and outputs, and f64 programs, are
-    // compiled for AVX-512 only.
-    if p.has_narrow_io() || p.elem != Elem::F32 || p.has_int() {
+    // Bool and 16-bit float inputs and outputs are compiled for AVX-512 only.
+    if p.has_narrow_io() {
         return None;
     }
     // The first pass finds how many stack slots the spills need; the
@@ -507,16 +608,28 @@ pub fn generate(p: &Prog, v: Variant) -> Option<Code> {
 fn emit(p: &Prog, v: Variant, frame: i32) -> Result<(CodeAssembler, Box<[jit_code::PoolLine]>, i32), NoCode> {
     let (n_in, n_out) = (p.inputs, p.outputs.len());
     let s = Schedule::new(p, &v.bcast, UNROLL);
-    // The pool: each constant in 8 lanes, the exponent bias, all ones (a
-    // mask's complement), and the tail masks' table (8 lanes of ones, 8 of
-    // zeros).
-    let mut words = Vec::new();
+    // Lanes per vector.
+    let lanes = 32 / p.elem.bytes() as i32;
+    // The pool: each constant in every lane (8 of 32 bits, or 4 of 64),
+    // the exponent bias, all ones (a mask's complement), the sign-extension
+    // constants of the 64-bit shifts, and the tail masks' table (8 lanes
+    // of ones, 8 of zeros).
+    let wide = p.elem == Elem::F64;
+    let mut words: Vec<u32> = Vec::new();
     let mut pool_at = HashMap::new();
-    // (f32 programs only: every constant is 32 bits.)
-    for b in s.constants().into_iter().map(|b| b as u32).chain([127, u32::MAX]) {
+    let shifts = s.q.nodes.iter().filter_map(|n| match n {
+        Node::Un(Un::Sra(k), _) => Some(1u64 << (63 - k)),
+        _ => None,
+    });
+    for b in s.constants().into_iter().chain([127, all_ones(wide)]).chain(shifts) {
         pool_at.entry(b).or_insert_with(|| {
-            words.extend([b; 8]);
-            4 * (words.len() as i32 - 8)
+            let at = 4 * words.len() as i32;
+            if wide {
+                (0..4).for_each(|_| words.extend([b as u32, (b >> 32) as u32]));
+            } else {
+                words.extend([b as u32; 8]);
+            }
+            at
         });
     }
     let mask_at = 4 * words.len() as i32;
@@ -524,10 +637,7 @@ fn emit(p: &Prog, v: Variant, frame: i32) -> Result<(CodeAssembler, Box<[jit_cod
     words.extend([0; 8]);
     let pool = jit_code::pool(&words);
     let home =
-        s.q.nodes
-            .iter()
-            .map(|n| if let Node::Const(b) = *n { Some(Home::Pool(pool_at[&(b as u32)])) } else { None })
-            .collect();
+        s.q.nodes.iter().map(|n| if let Node::Const(b) = *n { Some(Home::Pool(pool_at[&b])) } else { None }).collect();
     let nv = s.q.nodes.len();
     let mut g = Gen {
         s: &s,
@@ -539,6 +649,7 @@ fn emit(p: &Prog, v: Variant, frame: i32) -> Result<(CodeAssembler, Box<[jit_cod
         last: Vec::new(),
         frame_used: 0,
         pool_at,
+        wide,
         bcast: v.bcast,
         ptrs: Ptrs::new(n_in, n_out, &v.bcast),
         masked: false,
@@ -577,30 +688,32 @@ fn emit(p: &Prog, v: Variant, frame: i32) -> Result<(CodeAssembler, Box<[jit_cod
         g.plan(&order, &stored);
         let mut many = g.a.create_label();
         g.a.set_label(&mut many)?;
-        g.a.cmp(rcx, 8 * UNROLL as i32)?;
+        g.a.cmp(rcx, lanes * UNROLL as i32)?;
         g.a.jb(single)?;
         g.iteration(&order, &stored, UNROLL, v)?;
         g.a.add(rax, VB * UNROLL as i32)?;
-        g.a.sub(rcx, 8 * UNROLL as i32)?;
+        g.a.sub(rcx, lanes * UNROLL as i32)?;
         g.a.jmp(many)?;
     }
     let stored = s.stored(1);
     g.plan(&one, &stored);
     g.st = top.clone();
     g.a.set_label(&mut single)?;
-    g.a.cmp(rcx, 8)?;
+    g.a.cmp(rcx, lanes)?;
     g.a.jb(tail)?;
     g.iteration(&one, &stored, 1, v)?;
     g.a.add(rax, VB)?;
-    g.a.sub(rcx, 8)?;
+    g.a.sub(rcx, lanes)?;
     g.a.jmp(single)?;
-    // The last 1 to 7 positions: lanes 0..rcx of the mask from the table.
+    // The last 1 to 7 positions (1 to 3 of f64): their lanes of the mask
+    // from the table (the dwords of rcx lanes, from the end of the ones).
     g.a.set_label(&mut tail)?;
     g.a.test(rcx, rcx)?;
     g.a.je(done)?;
     g.a.mov(r11, rcx)?;
     g.a.neg(r11)?;
-    g.a.vmovups(YMM[MASK], ymmword_ptr(r10 + r11 * 4 + (mask_at + VB)))?;
+    let scale = if wide { 8 } else { 4 };
+    g.a.vmovups(YMM[MASK], ymmword_ptr(r10 + r11 * scale + (mask_at + VB)))?;
     g.st = top;
     g.nregs = MASK;
     g.masked = true;
