@@ -43,9 +43,8 @@
 //! has at most
 //! [`MAX_INPUTS`] inputs (any number of outputs), every value is `f32`,
 //! `bool`, `i32` or a 16-bit float, or every value is `f64` or `bool` (a
-//! `bool` input or output, one byte per position, and 16-bit floats on
-//! AVX-512 only: AVX2 leaves such groups to the interpreter), each
-//! op has a
+//! `bool` input or output is one byte per position; AVX2 leaves an `f64`
+//! group with one to the interpreter), each op has a
 //! lowering (arithmetic, `abs`, `neg`, `sign`, `square`, `sqrt`, `rsqrt`,
 //! rounding, `maximum`/`minimum`, `floor_divide`, `remainder`, `pow`,
 //! `atan2`, `exp`, `expm1`, `log`, `log1p`, `log2`,
@@ -63,7 +62,7 @@
 //! types in `f32` and rounds its result to the type, and so does the
 //! generated code ([`Un::Narrow`] after every op that can leave the type's
 //! values: not after moves, sign changes or rounding to integers); inputs
-//! are widened as they are loaded (`vcvtph2ps`, or a shift for
+//! are widened as they are loaded (`vcvtph2ps` (F16C on AVX2), or a shift for
 //! `bfloat16`) and outputs narrowed, exactly, as they are stored, so a
 //! half-precision chain moves half the bytes of an `f32` one and runs in
 //! one loop instead of a tile pass per op. An `i32` value is a 32-bit
@@ -1085,22 +1084,17 @@ impl std::fmt::Display for NotCompiled {
 
 /// Records group `g`, or says why it is not compiled.
 fn record_group(g: &FusedGroup, level: Level) -> Result<Prog, NotCompiled> {
-    // Values are f32 or bool (lane masks), or 16-bit floats computed as
-    // f32 and rounded after each op; bool inputs and outputs (bytes) and
-    // 16-bit floats are loaded and stored by the AVX-512 generator only.
-    // A group with an f64 value is an f64 program (AVX-512 only): then
-    // every value is f64 or bool.
+    // Values are f32, i32 or bool (lane masks), or 16-bit floats computed
+    // as f32 and rounded after each op. A group with an f64 value is an
+    // f64 program: then every value is f64 or bool.
     let n_in = g.inputs.len();
     let io = || g.inputs.iter().copied().chain(g.outputs.iter().map(|&r| g.reg_dtype(r)));
-    let wide = level == Level::Avx512;
     let elem = if io().chain(g.ops.iter().map(|o| o.dtype)).any(|d| d == DType::F64) { Elem::F64 } else { Elem::F32 };
     let value = |d: DType| match elem {
-        Elem::F32 => d == DType::F32 || d == DType::I32 || (wide && Half::of(d).is_some()),
+        Elem::F32 => d == DType::F32 || d == DType::I32 || Half::of(d).is_some(),
         Elem::F64 => d == DType::F64,
     };
-    if !g.ops.iter().all(|o| o.dtype == DType::Bool || value(o.dtype))
-        || !io().all(|d| value(d) || (wide && d == DType::Bool))
-    {
+    if !g.ops.iter().all(|o| o.dtype == DType::Bool || value(o.dtype)) || !io().all(|d| value(d) || d == DType::Bool) {
         return Err(NotCompiled::DType);
     }
     if n_in > MAX_INPUTS {
@@ -1444,7 +1438,8 @@ mod tests {
             assert_eq!(narrows, 1, "exp rounds, neg does not");
             assert_eq!(p.out_half, vec![Some(h)]);
             assert!(p.has_narrow_io());
-            assert!(lower_at(&g, Level::Avx2).is_none(), "AVX2 leaves 16-bit floats to the interpreter");
+            let avx2 = lower_at(&g, Level::Avx2).expect("and for AVX2");
+            assert_eq!(avx2.out_half, vec![Some(h)]);
         }
     }
 

@@ -14,7 +14,15 @@
 //! one-vector loop follows, and the last partial vector (1 to 7 positions)
 //! is read and written with `vmaskmovps` under a lane mask kept in `ymm15`:
 //! masked-off lanes are neither read nor written, so the kernel never
-//! touches memory past `len` elements.
+//! touches memory past `len` elements. AVX2 has no masked load or store of
+//! bytes or 16-bit words: in that last vector a `bool` or 16-bit float
+//! input is first copied (its `len % 8` elements, `rep movsb`) into a
+//! zeroed stack slot and read from there, and such an output is written to
+//! a slot and its valid elements copied out. A `bool` input's bytes are
+//! widened (`vpmovzxbd`) and compared with zero; a `bool` output's mask is
+//! packed to bytes 0 or 1; `float16` goes through F16C (`vcvtph2ps`,
+//! `vcvtps2ph`), `bfloat16` through shifts and the integer rounding of
+//! `bf16::from_f32`.
 //!
 //! Constants live in a pool addressed by `r10`, each repeated in 8 lanes,
 //! and are read as 32-byte memory operands (AVX2 has no embedded
@@ -32,12 +40,15 @@ use std::collections::HashMap;
 
 use iced_x86::code_asm::*;
 
-use crate::backend::cpu::jit::{Bin, Elem, InputSet, Node, Pred, Prog, Un, Val, Variant};
+use crate::backend::cpu::jit::{Bin, Elem, Half, InputSet, Node, Pred, Prog, Un, Val, Variant};
 use crate::backend::cpu::jit_code::{self, emit3, emit_bin, pred_imm, Code, NoCode, Opnd, Ptrs, Schedule};
 
 /// Vector registers by number.
 const YMM: [AsmRegisterYmm; 16] =
     [ymm0, ymm1, ymm2, ymm3, ymm4, ymm5, ymm6, ymm7, ymm8, ymm9, ymm10, ymm11, ymm12, ymm13, ymm14, ymm15];
+/// Their lower halves.
+const XMM: [AsmRegisterXmm; 16] =
+    [xmm0, xmm1, xmm2, xmm3, xmm4, xmm5, xmm6, xmm7, xmm8, xmm9, xmm10, xmm11, xmm12, xmm13, xmm14, xmm15];
 
 /// The register holding the lane mask of the last, partial vector.
 const MASK: usize = 15;
@@ -105,7 +116,16 @@ struct Gen<'a> {
     ptrs: Ptrs,
     /// Inputs and outputs move under the lane mask in `ymm15`.
     masked: bool,
+    /// Per input or output of bytes or 16-bit floats (inputs, then
+    /// outputs, as [`Ptrs`] numbers them), its bounce slot: in the last,
+    /// partial vector it is read from and written to this stack slot,
+    /// which holds a whole vector's worth (AVX2 has no masked load or
+    /// store of bytes or words).
+    bounce: HashMap<usize, i32>,
 }
+
+/// The value held by a register taken as a temporary (never an operand).
+const TEMP: Val = Val::MAX;
 
 impl Gen<'_> {
     /// Sets the uses of each value for the body in `order` (after the values
@@ -162,6 +182,71 @@ impl Gen<'_> {
         self.st.reg_of[v] = None;
         self.st.holds[victim] = None;
         Ok(victim)
+    }
+
+    /// A register for a temporary, pinned (released by [`Gen::untemp`]).
+    fn temp(&mut self, pos: usize, pinned: &mut Vec<usize>) -> Result<usize, NoCode> {
+        let r = self.alloc(pos, pinned)?;
+        self.st.holds[r] = Some(TEMP);
+        pinned.push(r);
+        Ok(r)
+    }
+
+    fn untemp(&mut self, r: usize) {
+        self.st.holds[r] = None;
+    }
+
+    /// Runs `f` with `rax` the byte offset of the position in an array of
+    /// `size`-byte elements (it is the `f32` one), and the address of
+    /// pointer `k` (inputs, then outputs) at this position plus the
+    /// copy's `disp` (in `f32` bytes), or its bounce slot in the partial
+    /// vector.
+    fn narrow_at<R>(
+        &mut self,
+        k: usize,
+        size: u32,
+        disp: i32,
+        f: impl FnOnce(&mut Self, AsmMemoryOperand) -> Result<R, NoCode>,
+    ) -> Result<R, NoCode> {
+        if self.masked {
+            let slot = self.bounce[&k];
+            return f(self, qword_ptr(rsp + slot));
+        }
+        let ptr = self.ptrs.get(&mut self.a, k)?;
+        let shift = if size == 1 { 2 } else { 1 };
+        self.a.shr(rax, shift)?;
+        let r = f(self, qword_ptr(ptr + rax + disp / (4 / size as i32)));
+        self.a.shl(rax, shift)?;
+        r
+    }
+
+    /// Copies `rcx` elements of `size` bytes between pointer `k`'s array at
+    /// the position and its bounce slot (in: to the slot, after zeroing
+    /// it; else: from it).
+    fn bounce_copy(&mut self, k: usize, size: u32, into_slot: bool) -> Result<(), NoCode> {
+        let slot = self.bounce[&k];
+        if into_slot {
+            self.a.vxorps(YMM[0], YMM[0], YMM[0])?;
+            self.a.vmovups(ymmword_ptr(rsp + slot), YMM[0])?;
+        }
+        let ptr = self.ptrs.get(&mut self.a, k)?;
+        let shift = if size == 1 { 2 } else { 1 };
+        for r in [rsi, rdi, rcx] {
+            self.a.push(r)?;
+        }
+        let (array, stack) = if into_slot { (rsi, rdi) } else { (rdi, rsi) };
+        self.a.mov(array, rax)?;
+        self.a.shr(array, shift)?;
+        self.a.add(array, ptr)?;
+        self.a.lea(stack, qword_ptr(rsp + (slot + 24)))?;
+        if size == 2 {
+            self.a.shl(rcx, 1)?;
+        }
+        self.a.rep().movsb()?;
+        for r in [rcx, rdi, rsi] {
+            self.a.pop(r)?;
+        }
+        Ok(())
     }
 
     fn define(&mut self, v: Val, r: usize) {
@@ -226,8 +311,55 @@ impl Gen<'_> {
         let mut pin = Vec::new();
         let d = match n {
             Node::Const(_) => unreachable!("constants are not emitted"),
-            // Bool and 16-bit float inputs and outputs are lowered for AVX-512 only.
-            Node::InputMask(_) | Node::InputHalf(..) => return Err(NoCode),
+            Node::InputMask(k) => {
+                // Bytes widened to lanes, then tested: nonzero is true.
+                let d = self.alloc(pos, &pin)?;
+                let dy = YMM[d];
+                if self.bcast.contains(k) {
+                    let ptr = self.ptrs.input(&mut self.a, k)?;
+                    self.a.movzx(r11d, byte_ptr(ptr))?;
+                    self.a.vmovd(XMM[d], r11d)?;
+                    self.a.vpbroadcastd(dy, XMM[d])?;
+                } else {
+                    let disp = self.disp[v as usize];
+                    self.narrow_at(k, 1, disp, |g, m| Ok(g.a.vpmovzxbd(dy, m)?))?;
+                }
+                self.a.vpcmpeqd(dy, dy, ymmword_ptr(r10 + self.pool_at[&0]))?;
+                self.a.vxorps(dy, dy, ymmword_ptr(r10 + self.pool_at[&all_ones(false)]))?;
+                d
+            }
+            Node::InputHalf(k, h) => {
+                let d = self.alloc(pos, &pin)?;
+                let (dy, hx) = (YMM[d], XMM[d]);
+                if self.bcast.contains(k) {
+                    let ptr = self.ptrs.input(&mut self.a, k)?;
+                    self.a.movzx(r11d, word_ptr(ptr))?;
+                    if h == Half::Bf16 {
+                        self.a.shl(r11d, 16)?;
+                    }
+                    self.a.vmovd(hx, r11d)?;
+                    if h == Half::F16 {
+                        // Eight copies of the half, widened.
+                        self.a.vpbroadcastw(hx, hx)?;
+                        self.a.vcvtph2ps(dy, hx)?;
+                    } else {
+                        self.a.vpbroadcastd(dy, hx)?;
+                    }
+                } else {
+                    let disp = self.disp[v as usize];
+                    self.narrow_at(k, 2, disp, |g, m| {
+                        let m = xmmword_ptr(m);
+                        if h == Half::F16 {
+                            g.a.vcvtph2ps(dy, m)?;
+                        } else {
+                            g.a.vpmovzxwd(dy, m)?;
+                            g.a.vpslld(dy, dy, 16)?;
+                        }
+                        Ok(())
+                    })?;
+                }
+                d
+            }
             Node::Input(k) => {
                 let d = self.alloc(pos, &pin)?;
                 let dy = YMM[d];
@@ -276,6 +408,39 @@ impl Gen<'_> {
                 } else {
                     emit_bin!(self.a, op, dy, s1, s2, vandps, vxorps, vorps, return Err(NoCode))?;
                 }
+                self.st.free_slots.extend(dead);
+                d
+            }
+            Node::Un(Un::Narrow(Half::F16), x) => {
+                let s = self.load(x, pos, &mut pin)?;
+                let dead = self.retire(&ops, pos);
+                let d = self.alloc(pos, &pin)?;
+                // Rounded to nearest even by the conversion.
+                self.a.vcvtps2ph(XMM[d], s, 0)?;
+                self.a.vcvtph2ps(YMM[d], XMM[d])?;
+                self.st.free_slots.extend(dead);
+                d
+            }
+            Node::Un(Un::Narrow(Half::Bf16), x) => {
+                // As `bf16::from_f32`: the top half of `x + 0x7fff + (bit
+                // 16 of x)`, or of `x | 0x400000` for a NaN. `x` is read to
+                // the end: the destination and temporaries are taken while
+                // it holds its register.
+                let s = self.load(x, pos, &mut pin)?;
+                let (d, t, q) = (self.temp(pos, &mut pin)?, self.temp(pos, &mut pin)?, self.temp(pos, &mut pin)?);
+                let dead = self.retire(&ops, pos);
+                let dy = YMM[d];
+                let c = |g: &Self, b: u64| ymmword_ptr(r10 + g.pool_at[&b]);
+                self.a.vpsrld(dy, s, 16)?;
+                self.a.vpand(dy, dy, c(self, 1))?;
+                self.a.vpaddd(dy, dy, c(self, 0x7fff))?;
+                self.a.vpaddd(dy, dy, s)?;
+                self.a.vcmpps(YMM[t], s, s, pred_imm(Pred::Unord))?;
+                self.a.vpor(YMM[q], s, c(self, 0x40_0000))?;
+                self.a.vblendvps(dy, dy, YMM[q], YMM[t])?;
+                self.a.vpand(dy, dy, c(self, 0xffff_0000))?;
+                self.untemp(t);
+                self.untemp(q);
                 self.st.free_slots.extend(dead);
                 d
             }
@@ -350,7 +515,8 @@ impl Gen<'_> {
                     Un::IAbs => e!(vpabsd),
                     Un::IntToFloat => e!(vcvtdq2ps),
                     Un::FloatToIntTrunc => e!(vcvttps2dq),
-                    Un::Rcp14 | Un::Narrow(_) | Un::Shl(_) | Un::Sra(_) => return Err(NoCode),
+                    Un::Rcp14 | Un::Shl(_) | Un::Sra(_) => return Err(NoCode),
+                    Un::Narrow(_) => unreachable!("emitted above"),
                 }
                 self.st.free_slots.extend(dead);
                 d
@@ -563,8 +729,38 @@ impl Gen<'_> {
         for (k, &w) in stored.iter().enumerate() {
             let mut pin = Vec::new();
             let r = self.load(w, end, &mut pin)?;
-            let ptr = self.ptrs.output(&mut self.a, k / copies)?;
-            let at = ymmword_ptr(ptr + rax + VB * (k % copies) as i32);
+            let j = k / copies;
+            let disp = VB * (k % copies) as i32;
+            let at_k = n_in + j;
+            if self.s.q.is_mask(w) {
+                // A bool output: 1 in the mask's lanes, packed to bytes.
+                let (t, u) = (self.temp(end, &mut pin)?, self.temp(end, &mut pin)?);
+                self.a.vpand(YMM[t], r, ymmword_ptr(r10 + self.pool_at[&1]))?;
+                self.a.vextracti128(XMM[u], YMM[t], 1)?;
+                self.a.vpackusdw(XMM[t], XMM[t], XMM[u])?;
+                self.a.vpackuswb(XMM[t], XMM[t], XMM[t])?;
+                self.narrow_at(at_k, 1, disp, |g, m| Ok(g.a.vmovq(m, XMM[t])?))?;
+                self.untemp(t);
+                self.untemp(u);
+                continue;
+            }
+            if let Some(h) = self.s.q.out_half[j] {
+                // A value of the 16-bit type (exact), narrowed to words.
+                let (t, u) = (self.temp(end, &mut pin)?, self.temp(end, &mut pin)?);
+                if h == Half::Bf16 {
+                    self.a.vpsrld(YMM[t], r, 16)?;
+                    self.a.vextracti128(XMM[u], YMM[t], 1)?;
+                    self.a.vpackusdw(XMM[t], XMM[t], XMM[u])?;
+                } else {
+                    self.a.vcvtps2ph(XMM[t], r, 0)?;
+                }
+                self.narrow_at(at_k, 2, disp, |g, m| Ok(g.a.vmovdqu(xmmword_ptr(m), XMM[t])?))?;
+                self.untemp(t);
+                self.untemp(u);
+                continue;
+            }
+            let ptr = self.ptrs.output(&mut self.a, j)?;
+            let at = ymmword_ptr(ptr + rax + disp);
             match (self.masked, self.wide) {
                 (true, false) => self.a.vmaskmovps(at, YMM[MASK], r)?,
                 (true, true) => self.a.vmaskmovpd(at, YMM[MASK], r)?,
@@ -573,6 +769,20 @@ impl Gen<'_> {
         }
         Ok(())
     }
+}
+
+/// Whether `p` converts to or from `float16` (`vcvtph2ps`, `vcvtps2ph`).
+fn uses_f16(p: &Prog) -> bool {
+    p.nodes.iter().any(|n| matches!(n, Node::InputHalf(_, Half::F16) | Node::Un(Un::Narrow(Half::F16), _)))
+        || p.out_half.contains(&Some(Half::F16))
+}
+
+/// Whether the CPU has F16C.
+fn f16c() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return std::arch::is_x86_feature_detected!("f16c");
+    #[cfg(not(target_arch = "x86_64"))]
+    false
 }
 
 /// The pool key of the vector of all ones (a mask's complement): the
@@ -588,8 +798,10 @@ fn all_ones(wide: bool) -> u64 {
 /// Compiles `p` for variant `v`; `None` only when the program holds an
 /// operation of another level (see [`jit`](crate::backend::cpu::jit)).
 pub fn generate(p: &Prog, v: Variant) -> Option<Code> {
-    // Bool and 16-bit float inputs and outputs are compiled for AVX-512 only.
-    if p.has_narrow_io() {
+    // float16 values are converted by F16C (which every AVX2 CPU we know
+    // has); bool inputs and outputs are loaded and stored as 32-bit lanes
+    // (an f64 program's with them runs on the interpreter).
+    if (uses_f16(p) && !f16c()) || (p.elem == Elem::F64 && p.has_narrow_io()) {
         return None;
     }
     // The first pass finds how many stack slots the spills need; the
@@ -621,7 +833,9 @@ fn emit(p: &Prog, v: Variant, frame: i32) -> Result<(CodeAssembler, Box<[jit_cod
         Node::Un(Un::Sra(k), _) => Some(1u64 << (63 - k)),
         _ => None,
     });
-    for b in s.constants().into_iter().chain([127, all_ones(wide)]).chain(shifts) {
+    // (0, 1 and the bfloat16 rounding's masks: bool and 16-bit values.)
+    let narrow = [0, 1, 0x7fff, 0x40_0000, 0xffff_0000];
+    for b in s.constants().into_iter().chain([127, all_ones(wide)]).chain(shifts).chain(narrow) {
         pool_at.entry(b).or_insert_with(|| {
             let at = 4 * words.len() as i32;
             if wide {
@@ -653,6 +867,7 @@ fn emit(p: &Prog, v: Variant, frame: i32) -> Result<(CodeAssembler, Box<[jit_cod
         bcast: v.bcast,
         ptrs: Ptrs::new(n_in, n_out, &v.bcast),
         masked: false,
+        bounce: HashMap::new(),
     };
     jit_code::prologue(&mut g.a, &g.ptrs, &pool)?;
     if frame > 0 {
@@ -677,6 +892,28 @@ fn emit(p: &Prog, v: Variant, frame: i32) -> Result<(CodeAssembler, Box<[jit_cod
             }
             g.st.reg_of[w as usize] = None;
         }
+    }
+    // Bounce slots of the byte and 16-bit inputs read in place and outputs
+    // (by pointer number, with their element sizes), kept for the whole run.
+    let mut narrow: Vec<(usize, u32)> = Vec::new();
+    for n in &p.nodes {
+        match *n {
+            Node::InputMask(k) if !v.bcast.contains(k) => narrow.push((k, 1)),
+            Node::InputHalf(k, _) if !v.bcast.contains(k) => narrow.push((k, 2)),
+            _ => {}
+        }
+    }
+    for (j, &o) in p.outputs.iter().enumerate() {
+        if p.is_mask(o) {
+            narrow.push((n_in + j, 1));
+        } else if p.out_half[j].is_some() {
+            narrow.push((n_in + j, 2));
+        }
+    }
+    narrow.dedup();
+    for &(k, _) in &narrow {
+        let slot = g.take_slot();
+        g.bounce.insert(k, slot);
     }
     let top = g.st.clone();
     g.a.xor(eax, eax)?;
@@ -714,10 +951,16 @@ fn emit(p: &Prog, v: Variant, frame: i32) -> Result<(CodeAssembler, Box<[jit_cod
     g.a.neg(r11)?;
     let scale = if wide { 8 } else { 4 };
     g.a.vmovups(YMM[MASK], ymmword_ptr(r10 + r11 * scale + (mask_at + VB)))?;
+    for &(k, size) in narrow.iter().filter(|&&(k, _)| k < n_in) {
+        g.bounce_copy(k, size, true)?;
+    }
     g.st = top;
     g.nregs = MASK;
     g.masked = true;
     g.iteration(&one, &stored, 1, v)?;
+    for &(k, size) in narrow.iter().filter(|&&(k, _)| k >= n_in) {
+        g.bounce_copy(k, size, false)?;
+    }
     g.a.set_label(&mut done)?;
     if frame > 0 {
         g.a.mov(rsp, qword_ptr(rsp + frame))?;

@@ -50,7 +50,7 @@ impl Ptrs {
 
     /// A register holding pointer `k` (inputs, then outputs): its own, or
     /// `r11` loaded from the table here.
-    fn get(&self, a: &mut CodeAssembler, k: usize) -> Result<AsmRegister64, IcedError> {
+    pub fn get(&self, a: &mut CodeAssembler, k: usize) -> Result<AsmRegister64, IcedError> {
         if let Some(r) = self.reg[k] {
             return Ok(r);
         }
