@@ -1011,6 +1011,15 @@ fn int_values(rng: &mut Rng, n: usize) -> Vec<i32> {
 
 type I2 = fn(&Array, &Array, &Array) -> Result<Array>;
 
+/// `f(x, y, z)` on the interpreter, widened to `f64`.
+fn interpreted3(f: I2, x: &Array, y: &Array, z: &Array) -> Result<Vec<f64>> {
+    widened(&jit::interpreted(|| -> Result<Array> {
+        let a = f(x, y, z)?;
+        a.eval()?;
+        Ok(a)
+    })?)
+}
+
 /// Functions of two `i32` arrays and an `f32` one (groups mixing `i32`
 /// and `f32` lanes).
 const INT_FUNCTIONS: [(&str, I2); 6] = [
@@ -1051,23 +1060,13 @@ fn int32_groups_compile_and_match_the_interpreter() -> Result<()> {
             }
             let fa = Array::from_vec(fv, &[n])?;
             let got = widened(&c.call((&x, &y, &fa))?)?;
-            let want = widened(&jit::interpreted(|| -> Result<Array> {
-                let a = f(&x, &y, &fa)?;
-                a.eval()?;
-                Ok(a)
-            })?)?;
-            assert_same64(&got, &want, &format!("{name} on {n} elements"));
+            assert_same64(&got, &interpreted3(f, &x, &y, &fa)?, &format!("{name} on {n} elements"));
         }
         // Broadcast operands: an i32 scalar and an f32 row.
         let x = Array::from_vec(int_values(&mut rng, 40), &[4, 10])?;
         let (y, fa) = (Array::scalar(-7i32), Array::from_vec(values(&mut rng, 10, 2.0), &[10])?);
         let got = widened(&c.call((&x, &y, &fa))?)?;
-        let want = widened(&jit::interpreted(|| -> Result<Array> {
-            let a = f(&x, &y, &fa)?;
-            a.eval()?;
-            Ok(a)
-        })?)?;
-        assert_same64(&got, &want, &format!("{name}, broadcast"));
+        assert_same64(&got, &interpreted3(f, &x, &y, &fa)?, &format!("{name}, broadcast"));
         if jit::enabled() {
             let text = c.explain((&x, &x, &fa))?;
             assert!(text.contains("code:    machine code (") && !text.contains("interpreter"), "{name}: {text}");

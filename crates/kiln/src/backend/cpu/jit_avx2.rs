@@ -444,9 +444,9 @@ impl Gen<'_> {
                 self.st.free_slots.extend(dead);
                 d
             }
-            Node::Un(op, x) if self.wide => {
+            Node::Un(op, x) => {
                 // Shifts read a register; the others memory too.
-                let s = if matches!(op, Un::Shl(_) | Un::Sra(_)) {
+                let s = if matches!(op, Un::Sra23 | Un::Shl(_) | Un::Sra(_)) {
                     Opnd::Reg(self.load(x, pos, &mut pin)?)
                 } else {
                     self.opnd(x, &mut pin)
@@ -462,13 +462,13 @@ impl Gen<'_> {
                         }
                     };
                 }
-                match (op, s) {
-                    (Un::Sqrt, _) => e!(vsqrtpd),
-                    (Un::Round, _) => e!(vroundpd, 0x08),
-                    (Un::Floor, _) => e!(vroundpd, 0x09),
-                    (Un::Ceil, _) => e!(vroundpd, 0x0A),
-                    (Un::Shl(n), Opnd::Reg(r)) => self.a.vpsllq(dy, r, n as i32)?,
-                    (Un::Sra(n), Opnd::Reg(r)) => {
+                match (self.wide, op, s) {
+                    (true, Un::Sqrt, _) => e!(vsqrtpd),
+                    (true, Un::Round, _) => e!(vroundpd, 0x08),
+                    (true, Un::Floor, _) => e!(vroundpd, 0x09),
+                    (true, Un::Ceil, _) => e!(vroundpd, 0x0A),
+                    (true, Un::Shl(n), Opnd::Reg(r)) => self.a.vpsllq(dy, r, n as i32)?,
+                    (true, Un::Sra(n), Opnd::Reg(r)) => {
                         // No 64-bit arithmetic shift in AVX2: the logical
                         // one, its sign bit (now bit 63 - n) extended by
                         // (t ^ m) - m with m = 2^(63 - n).
@@ -477,46 +477,26 @@ impl Gen<'_> {
                         self.a.vpxor(dy, dy, ymmword_ptr(r10 + m))?;
                         self.a.vpsubq(dy, dy, ymmword_ptr(r10 + m))?;
                     }
-                    _ => return Err(NoCode),
-                }
-                self.st.free_slots.extend(dead);
-                d
-            }
-            Node::Un(op, x) => {
-                // Sra23 shifts a register; the others read memory too.
-                let s = if op == Un::Sra23 { Opnd::Reg(self.load(x, pos, &mut pin)?) } else { self.opnd(x, &mut pin) };
-                let dead = self.retire(&ops, pos);
-                let d = self.alloc(pos, &pin)?;
-                let dy = YMM[d];
-                macro_rules! e {
-                    ($m:ident $(, $imm:expr)?) => {
-                        match s {
-                            Opnd::Reg(r) => self.a.$m(dy, r $(, $imm)?)?,
-                            Opnd::Mem(m) => self.a.$m(dy, m $(, $imm)?)?,
-                        }
-                    };
-                }
-                match op {
-                    Un::Sqrt => e!(vsqrtps),
-                    Un::Rcp12 => e!(vrcpps),
-                    Un::Round => e!(vroundps, 0x08),
-                    Un::Floor => e!(vroundps, 0x09),
-                    Un::Ceil => e!(vroundps, 0x0A),
-                    Un::Sra23 => {
-                        let Opnd::Reg(r) = s else { unreachable!("loaded above") };
+                    (true, ..) => return Err(NoCode),
+                    (false, Un::Sqrt, _) => e!(vsqrtps),
+                    (false, Un::Rcp12, _) => e!(vrcpps),
+                    (false, Un::Round, _) => e!(vroundps, 0x08),
+                    (false, Un::Floor, _) => e!(vroundps, 0x09),
+                    (false, Un::Ceil, _) => e!(vroundps, 0x0A),
+                    (false, Un::Sra23, Opnd::Reg(r)) => {
                         self.a.vpsrad(dy, r, 23)?;
                         self.a.vcvtdq2ps(dy, dy)?;
                     }
-                    Un::Pow2i => {
+                    (false, Un::Pow2i, _) => {
                         e!(vcvtps2dq);
                         self.a.vpaddd(dy, dy, ymmword_ptr(r10 + self.pool_at[&127]))?;
                         self.a.vpslld(dy, dy, 23)?;
                     }
-                    Un::IAbs => e!(vpabsd),
-                    Un::IntToFloat => e!(vcvtdq2ps),
-                    Un::FloatToIntTrunc => e!(vcvttps2dq),
-                    Un::Rcp14 | Un::Shl(_) | Un::Sra(_) => return Err(NoCode),
-                    Un::Narrow(_) => unreachable!("emitted above"),
+                    (false, Un::IAbs, _) => e!(vpabsd),
+                    (false, Un::IntToFloat, _) => e!(vcvtdq2ps),
+                    (false, Un::FloatToIntTrunc, _) => e!(vcvttps2dq),
+                    (false, Un::Narrow(_), _) => unreachable!("emitted above"),
+                    (false, ..) => return Err(NoCode),
                 }
                 self.st.free_slots.extend(dead);
                 d
