@@ -71,15 +71,15 @@
 //! and to `f32` and `bool` (float to int truncates and saturates, NaN to
 //! 0, as `as` does); integer `floor_divide`, `remainder` and `pow`, and
 //! casts between `i32` and 16-bit floats, leave the group to the
-//! interpreter. An `f64` group is a program
-//! of `f64` lanes ([`Elem::F64`]: 8 a vector, 4 on AVX2, the same nodes emitted as
-//! the `pd` forms of the instructions, constants as `f64` bits) with
+//! interpreter. An `f64` group is a program of `f64` lanes
+//! ([`Elem::F64`]: 8 a vector, 4 on AVX2, the same nodes emitted as the
+//! `pd` forms of the instructions, constants as `f64` bits) with
 //! arithmetic, `sqrt`, rounding, `maximum`/`minimum`, comparisons,
-//! selections and the logical ops: the functions (`exp`, `tanh`, `pow`,
-//! ...) are recorded from [`simd_math`]'s `f32` approximations, so a
-//! group holding one of `f64` runs on the interpreter (whose `f64`
-//! functions are [`math_f64`](crate::backend::cpu::math_f64)'s), as do
-//! `floor_divide` and `remainder` of `f64`. Sine, cosine and tangent
+//! selections, the logical ops and the `exp`, `expm1`, `log`, `log1p`,
+//! `tanh` and `sigmoid` of [`math_f64`](crate::backend::cpu::math_f64),
+//! recorded from the code the interpreter runs; a group with another
+//! `f64` function, `floor_divide` or `remainder` runs on the interpreter.
+//! Sine, cosine and tangent
 //! run their vector reduction by `π/2`, which holds for `|x| <=`
 //! [`TRIG_LIMIT`](simd_math::TRIG_LIMIT); a vector with a lane beyond it
 //! (or an infinity) calls [`fix_big_lanes`](simd_math::fix_big_lanes) from
@@ -370,7 +370,7 @@ impl Node {
 pub enum Elem {
     /// `f32` lanes (also `float16`/`bfloat16` values, computed as `f32`).
     F32,
-    /// `f64` lanes (half as many per vector; AVX-512 only).
+    /// `f64` lanes (half as many per vector).
     F64,
 }
 
@@ -426,19 +426,6 @@ impl Prog {
         )
     }
 
-    /// Whether any operation is on `i32` lanes (the AVX-512 generator
-    /// emits those; the AVX2 one declines).
-    pub fn has_int(&self) -> bool {
-        self.nodes.iter().any(|n| {
-            matches!(
-                n,
-                Node::ICmp(..)
-                    | Node::Bin(Bin::ISub | Bin::IMul | Bin::IMin | Bin::IMax, ..)
-                    | Node::Un(Un::IAbs | Un::IntToFloat | Un::FloatToIntTrunc, _)
-            )
-        })
-    }
-
     /// A program of `nodes` reading `inputs` inputs, with `f32` or `bool`
     /// outputs `outputs`.
     pub fn new(nodes: Vec<Node>, inputs: usize, outputs: Vec<Val>) -> Prog {
@@ -447,8 +434,8 @@ impl Prog {
     }
 
     /// Whether any input or output is a `bool` array or an array of 16-bit
-    /// floats (the AVX-512 generator loads and stores those; the AVX2 one
-    /// declines).
+    /// floats (AVX2 moves those through stack slots in its last vector, and
+    /// declines an `f64` program with them).
     pub fn has_narrow_io(&self) -> bool {
         self.nodes.iter().any(|n| matches!(n, Node::InputMask(_) | Node::InputHalf(..)))
             || self.outputs.iter().any(|&o| self.is_mask(o))
@@ -464,14 +451,11 @@ struct Recorder {
     level: Level,
     /// The element type recorded.
     elem: Elem,
-    /// Set when an operation with no form for `elem` was recorded (the
-    /// recording is then dropped).
-    failed: bool,
 }
 
 impl Recorder {
     fn new(level: Level, elem: Elem) -> Recorder {
-        Recorder { nodes: Vec::new(), seen: HashMap::new(), level, elem, failed: false }
+        Recorder { nodes: Vec::new(), seen: HashMap::new(), level, elem }
     }
 }
 
@@ -491,12 +475,9 @@ fn recording_elem() -> Elem {
 }
 
 /// Records an operation that only `f32` programs have (the bit tricks of
-/// [`simd_math`]'s kernels): in an `f64` recording it marks the recording
-/// failed instead, and the group runs on the interpreter.
+/// [`simd_math`]'s kernels, which `lower_op` never runs for `f64`).
 fn record_f32_only(n: Node) -> Val {
-    if recording_elem() == Elem::F64 {
-        RECORDER.with_borrow_mut(|r| r.failed = true);
-    }
+    debug_assert_eq!(recording_elem(), Elem::F32, "an f32 bit trick recorded for an f64 program");
     record(n)
 }
 
@@ -582,13 +563,12 @@ impl Vf32 for Traced {
         self.un(Un::Floor)
     }
     fn and_bits(self, m: u32) -> Self {
-        // The sign and magnitude masks have an f64 form; other masks are
-        // the f32 bit tricks of simd_math.
+        // The sign and magnitude masks (`abs`, `sign`) have an f64 form;
+        // other masks are the f32 bit tricks of simd_math.
         let bits = match (recording_elem(), m) {
-            (Elem::F32, m) => u64::from(m),
             (Elem::F64, 0x7fff_ffff) => 0x7fff_ffff_ffff_ffff,
             (Elem::F64, 0x8000_0000) => 0x8000_0000_0000_0000,
-            (Elem::F64, m) => return self.bin_f32(Bin::And, Traced(record(Node::Const(m.into())))),
+            (_, m) => return self.bin_f32(Bin::And, Traced(record(Node::Const(m.into())))),
         };
         self.bin(Bin::And, Traced(record(Node::Const(bits))))
     }
@@ -931,9 +911,9 @@ fn lower_op(prim: &Primitive, a: &[Reg]) -> Option<Reg> {
     if values.iter().any(|r| matches!(r, Reg::I(_))) {
         return lower_int_op(prim, a);
     }
-    // f64 programs have arithmetic, comparisons and selections; functions
-    // (simd_math's f32 approximations) and `divmod` are f32 only.
-    let f32_only = recording_elem() == Elem::F64;
+    // f64 programs take their functions from math_f64 (simd_math's are
+    // f32 approximations); `divmod`, `pow` and `atan2` are f32 only.
+    let f64 = recording_elem() == Elem::F64;
     Some(match *prim {
         // To a 16-bit float: the value, rounded by `record_group`. (A cast
         // to a float type is from a float of the program's width, or from
@@ -968,7 +948,7 @@ fn lower_op(prim: &Primitive, a: &[Reg]) -> Option<Reg> {
                 UnaryOp::IsNan => return Some(Reg::M(x.is_nan())),
                 UnaryOp::IsInf => return Some(Reg::M(x.abs().cmp(Pred::Eq, inf()))),
                 UnaryOp::IsFinite => return Some(Reg::M(x.abs().cmp(Pred::Lt, inf()))),
-                _ if f32_only => f64_function(u, x)?,
+                _ if f64 => f64_function(u, x)?,
                 _ => {
                     let func = crate::backend::cpu::unary::simd_func(u)?;
                     match simd_math::eval(func, x) {
@@ -985,7 +965,7 @@ fn lower_op(prim: &Primitive, a: &[Reg]) -> Option<Reg> {
                 _ => {}
             }
             let (x, y) = (f(0)?, f(1)?);
-            if f32_only && matches!(b, BinaryOp::Pow | BinaryOp::Atan2 | BinaryOp::FloorDivide | BinaryOp::Remainder) {
+            if f64 && matches!(b, BinaryOp::Pow | BinaryOp::Atan2 | BinaryOp::FloorDivide | BinaryOp::Remainder) {
                 return None;
             }
             match b {
@@ -1073,7 +1053,7 @@ impl std::fmt::Display for NotCompiled {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             NotCompiled::DType => f.write_str(
-                "a value is not f32, bool or a 16-bit float, or f64 and bool only (bool inputs and outputs, 16-bit floats and f64 need AVX-512)",
+                "a value is not f32, i32, bool or a 16-bit float, and the group is not of f64 and bool only",
             ),
             NotCompiled::TooManyInputs => write!(f, "more than {MAX_INPUTS} inputs"),
             NotCompiled::NoLowering(op, Elem::F32) => write!(f, "{op} has no vector lowering"),
@@ -1117,8 +1097,7 @@ fn record_group(g: &FusedGroup, level: Level) -> Result<Prog, NotCompiled> {
         .collect();
     for op in &g.ops {
         let args: Vec<Reg> = op.args.iter().map(|&r| regs[r]).collect();
-        let lowered = lower_op(&op.prim, &args).filter(|_| !RECORDER.with_borrow(|r| r.failed));
-        match (lowered, Half::of(op.dtype)) {
+        match (lower_op(&op.prim, &args), Half::of(op.dtype)) {
             (Some(v), None)
                 if matches!(
                     (v, op.dtype),
@@ -1501,12 +1480,12 @@ mod tests {
         g.ops[1].dtype = DType::I32;
         let p = lower_at(&g, Level::Avx512).expect("i32 arithmetic lowers");
         assert_eq!(p.elem, Elem::F32);
-        assert!(p.has_int());
         assert!(p.nodes.iter().any(|n| matches!(n, Node::Un(Un::FloatToIntTrunc, _))));
         assert_eq!(p.nodes.iter().filter(|n| matches!(n, Node::Blend(..))).count(), 2, "saturation and NaN");
         assert!(p.nodes.iter().any(|n| matches!(n, Node::Bin(Bin::IMul, ..))));
         assert!(matches!(p.nodes[p.outputs[0] as usize], Node::Un(Un::IntToFloat, _)));
-        assert!(lower_at(&g, Level::Avx2).expect("and for AVX2").has_int());
+        let avx2 = lower_at(&g, Level::Avx2).expect("and for AVX2");
+        assert!(avx2.nodes.iter().any(|n| matches!(n, Node::Bin(Bin::IMul, ..))));
         for (prim, out) in [
             (Primitive::Binary(BinaryOp::FloorDivide), DType::I32),
             (Primitive::Binary(BinaryOp::Pow), DType::I32),

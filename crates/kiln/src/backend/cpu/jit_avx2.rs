@@ -40,8 +40,10 @@ use std::collections::HashMap;
 
 use iced_x86::code_asm::*;
 
-use crate::backend::cpu::jit::{Bin, Elem, Half, InputSet, Node, Pred, Prog, Un, Val, Variant};
-use crate::backend::cpu::jit_code::{self, emit3, emit_bin, pred_imm, Code, NoCode, Opnd, Ptrs, Schedule};
+use crate::backend::cpu::jit::{Elem, Half, InputSet, Node, Pred, Prog, Un, Val, Variant};
+use crate::backend::cpu::jit_code::{
+    self, emit3, emit_bin, emit_bin_f64, pred_imm, Code, NoCode, Opnd, Ptrs, Schedule,
+};
 
 /// Vector registers by number.
 const YMM: [AsmRegisterYmm; 16] =
@@ -390,21 +392,18 @@ impl Gen<'_> {
                 let d = self.alloc(pos, &pin)?;
                 let dy = YMM[d];
                 if self.wide {
-                    match op {
-                        Bin::Add => emit3!(self.a, vaddpd, dy, s1, s2),
-                        Bin::Sub => emit3!(self.a, vsubpd, dy, s1, s2),
-                        Bin::Mul => emit3!(self.a, vmulpd, dy, s1, s2),
-                        Bin::Div => emit3!(self.a, vdivpd, dy, s1, s2),
-                        Bin::Min => emit3!(self.a, vminpd, dy, s1, s2),
-                        Bin::Max => emit3!(self.a, vmaxpd, dy, s1, s2),
-                        Bin::And => emit3!(self.a, vandpd, dy, s1, s2),
-                        Bin::Xor => emit3!(self.a, vxorpd, dy, s1, s2),
-                        Bin::Or => emit3!(self.a, vorpd, dy, s1, s2),
-                        // 64-bit integers: math_f64's bit arithmetic.
-                        Bin::IAdd => emit3!(self.a, vpaddq, dy, s1, s2),
-                        Bin::ISub => emit3!(self.a, vpsubq, dy, s1, s2),
-                        Bin::Scalef | Bin::IMul | Bin::IMin | Bin::IMax => return Err(NoCode),
-                    }?;
+                    emit_bin_f64!(
+                        self.a,
+                        op,
+                        dy,
+                        s1,
+                        s2,
+                        vandpd,
+                        vxorpd,
+                        vorpd,
+                        return Err(NoCode),
+                        return Err(NoCode)
+                    )?;
                 } else {
                     emit_bin!(self.a, op, dy, s1, s2, vandps, vxorps, vorps, return Err(NoCode))?;
                 }

@@ -133,6 +133,32 @@ macro_rules! emit_bin {
 }
 pub(crate) use emit_bin;
 
+/// [`emit_bin!`] for a program of `f64` lanes (the `pd` forms, 64-bit
+/// integer `IAdd`/`ISub`); the `i32` operations, which such a program
+/// never holds, evaluate to `$none`.
+macro_rules! emit_bin_f64 {
+    ($a:expr, $op:expr, $d:expr, $s1:expr, $s2:expr, $and:ident, $xor:ident, $or:ident, $scalef:expr, $none:expr) => {{
+        use $crate::backend::cpu::jit::Bin;
+        use $crate::backend::cpu::jit_code::emit3;
+        match $op {
+            Bin::Add => emit3!($a, vaddpd, $d, $s1, $s2),
+            Bin::Sub => emit3!($a, vsubpd, $d, $s1, $s2),
+            Bin::Mul => emit3!($a, vmulpd, $d, $s1, $s2),
+            Bin::Div => emit3!($a, vdivpd, $d, $s1, $s2),
+            Bin::Min => emit3!($a, vminpd, $d, $s1, $s2),
+            Bin::Max => emit3!($a, vmaxpd, $d, $s1, $s2),
+            Bin::And => emit3!($a, $and, $d, $s1, $s2),
+            Bin::Xor => emit3!($a, $xor, $d, $s1, $s2),
+            Bin::Or => emit3!($a, $or, $d, $s1, $s2),
+            Bin::IAdd => emit3!($a, vpaddq, $d, $s1, $s2),
+            Bin::ISub => emit3!($a, vpsubq, $d, $s1, $s2),
+            Bin::Scalef => $scalef,
+            Bin::IMul | Bin::IMin | Bin::IMax => $none,
+        }
+    }};
+}
+pub(crate) use emit_bin_f64;
+
 /// Whether a [`Bin`](crate::backend::cpu::jit::Bin) operation's operands
 /// may be swapped (to put the one in memory second).
 pub fn commutes(op: crate::backend::cpu::jit::Bin) -> bool {

@@ -24,9 +24,9 @@ use std::collections::HashMap;
 
 use iced_x86::code_asm::*;
 
-use crate::backend::cpu::jit::{Bin, Elem, Half, InputSet, Node, Pred, Prog, Un, Val, Variant};
+use crate::backend::cpu::jit::{Elem, Half, InputSet, Node, Pred, Prog, Un, Val, Variant};
 use crate::backend::cpu::jit_code::{
-    self, emit3, emit_bin, int_pred_imm, pred_imm, Code, NoCode, Opnd, Ptrs, Schedule,
+    self, emit3, emit_bin, emit_bin_f64, int_pred_imm, pred_imm, Code, NoCode, Opnd, Ptrs, Schedule,
 };
 
 /// Vector registers by number.
@@ -291,23 +291,18 @@ impl Gen<'_> {
                 let d = self.take_z()?;
                 let dz = ZMM[d];
                 if self.f64() {
-                    match op {
-                        Bin::Add => emit3!(self.a, vaddpd, dz, s1, s2),
-                        Bin::Sub => emit3!(self.a, vsubpd, dz, s1, s2),
-                        Bin::Mul => emit3!(self.a, vmulpd, dz, s1, s2),
-                        Bin::Div => emit3!(self.a, vdivpd, dz, s1, s2),
-                        Bin::Min => emit3!(self.a, vminpd, dz, s1, s2),
-                        Bin::Max => emit3!(self.a, vmaxpd, dz, s1, s2),
-                        Bin::And => emit3!(self.a, vpandq, dz, s1, s2),
-                        Bin::Xor => emit3!(self.a, vpxorq, dz, s1, s2),
-                        Bin::Or => emit3!(self.a, vporq, dz, s1, s2),
-                        Bin::Scalef => emit3!(self.a, vscalefpd, dz, s1, s2),
-                        // 64-bit integers: math_f64's bit arithmetic.
-                        Bin::IAdd => emit3!(self.a, vpaddq, dz, s1, s2),
-                        Bin::ISub => emit3!(self.a, vpsubq, dz, s1, s2),
-                        // Not recorded for f64 (i32 lanes are in 32-bit programs).
-                        Bin::IMul | Bin::IMin | Bin::IMax => return Err(NoCode),
-                    }?;
+                    emit_bin_f64!(
+                        self.a,
+                        op,
+                        dz,
+                        s1,
+                        s2,
+                        vpandq,
+                        vpxorq,
+                        vporq,
+                        emit3!(self.a, vscalefpd, dz, s1, s2),
+                        return Err(NoCode)
+                    )?;
                 } else {
                     emit_bin!(self.a, op, dz, s1, s2, vpandd, vpxord, vpord, emit3!(self.a, vscalefps, dz, s1, s2))?;
                 }
