@@ -199,8 +199,8 @@ fn shapeless_chains_run_row_by_row_at_every_shape() -> Result<()> {
     for (k, (rows, cols)) in [(64, 512), (300, 512), (7, 512), (100, 33)].into_iter().enumerate() {
         let x = normal(&[rows, cols], 10 + k as u64);
         let w = normal(&[cols], 20 + k as u64);
-        let want = f(&x, &w)?;
         let _one = SWITCH.lock().unwrap_or_else(|e| e.into_inner());
+        let want = f(&x, &w)?;
         row_kernel::set_enabled(false);
         let blocks = compiled.call((&x, &w));
         row_kernel::set_enabled(true);
@@ -219,6 +219,9 @@ fn shapeless_chains_run_row_by_row_at_every_shape() -> Result<()> {
 
 #[test]
 fn rows_of_many_threads_and_one_give_the_same_bits() -> Result<()> {
+    // Its chains count in `row_kernel::runs()`, which other tests read
+    // under this lock.
+    let _one = SWITCH.lock().unwrap_or_else(|e| e.into_inner());
     let x = normal(&[2049, 384], 30);
     let compiled = compile(|x: &Array| x.softmax(-1));
     let many = compiled.call(&x)?;
