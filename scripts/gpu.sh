@@ -12,6 +12,12 @@
 #   bash scripts/gpu.sh fuzz [SECONDS] [SEED]
 #                               # on the GPU machine: random programs compiled
 #                               # on the GPU against eager results on the CPU
+#   bash scripts/gpu.sh r-build # here: the R package built with the CUDA
+#                               # backend, and an R runtime to carry (the
+#                               # GPU machine has no R): target/carry/r/
+#   bash scripts/gpu.sh r-test  # on the GPU machine: the R package's
+#                               # testthat suite, then the same suite with
+#                               # the GPU as the default device
 #
 # At run time kiln loads libcuda, libnvrtc.so.13 and libcublas.so.13 by
 # name; KILN_CUDA_LIB_DIR names a folder to load them from first. On the
@@ -84,8 +90,72 @@ test | fuzz | bench)
     done
     exit $status
     ;;
+r-build)
+    # R from Debian's packages here (scripts/r-install.sh installs it when
+    # missing), then the package with KILN_FEATURES=cuda.
+    command -v Rscript >/dev/null 2>&1 || bash scripts/r-install.sh >/dev/null
+    rm -rf "$carry/r" "$carry/rlib" && mkdir -p "$carry/r" "$carry/rlib"
+    KILN_FEATURES=cuda KILN_TARGET_DIR="$PWD/target/r-build-cuda" R CMD INSTALL --no-multiarch -l "$carry/rlib" r
+    strip "$carry"/rlib/kiln/libs/kiln.so
+    tar -C "$carry" -cJf "$carry/r/kiln-rlib.tar.xz" rlib
+    # The R runtime: R's own tree, its base packages, testthat and what it
+    # imports, and the shared libraries R links (not glibc's).
+    pkgs=$(Rscript -e 'ip <- installed.packages(); d <- c("testthat", tools::package_dependencies("testthat", db = ip,
+      recursive = TRUE, which = c("Depends", "Imports", "LinkingTo"))[[1]]); cat(d[is.na(ip[match(d, ip[, 1]), "Priority"])])')
+    libs=$(mktemp -d)
+    mkdir -p "$libs/lib"
+    for l in $(ldd /usr/lib/R/lib/libR.so /usr/lib/x86_64-linux-gnu/liblapack.so.3 | awk '$3 ~ /^\// {print $3}' | sort -u |
+        grep -v -E '/(libc|libm|libresolv|ld-linux[^/]*)\.so'); do
+        cp -L "$l" "$libs/lib/"
+    done
+    cp -L /usr/lib/x86_64-linux-gnu/liblapack.so.3 "$libs/lib/"
+    list="usr/lib/R/bin usr/lib/R/lib usr/lib/R/etc usr/lib/R/modules usr/share/R etc/R usr/bin/R usr/bin/Rscript"
+    for p in base compiler datasets graphics grDevices grid methods parallel splines stats stats4 tools utils; do
+        list="$list usr/lib/R/library/$p"
+    done
+    for p in $pkgs; do
+        for d in usr/lib/R/site-library usr/lib/R/library; do
+            if [ -d "/$d/$p" ]; then list="$list $d/$p" && break; fi
+        done
+    done
+    # shellcheck disable=SC2086
+    tar -C / -cf - --exclude='*/doc/*' --exclude='*/html/*' --exclude='*/help/*' --exclude='*/po/*' $list \
+        -C "$libs" lib | xz -T2 -9 >"$carry/r/r-runtime.tar.xz"
+    rm -rf "$libs"
+    ls -la "$carry/r"
+    ;;
+r-test)
+    # R's tree goes where Debian puts it (/usr/lib/R, /etc/R, /usr/share/R,
+    # new paths there: a machine that has R already keeps its own); the
+    # libraries R links go to a folder of their own on the loader's path.
+    rt=/tmp/kiln-r
+    mkdir -p "$rt"
+    if [ ! -e /usr/lib/R ]; then
+        tar -C "$rt" -xJf "$carry/r/r-runtime.tar.xz"
+        cp -a "$rt"/usr "$rt"/etc /
+    fi
+    tar -C "$rt" -xJf "$carry/r/kiln-rlib.tar.xz"
+    export LD_LIBRARY_PATH="$rt/lib:${LD_LIBRARY_PATH:-}"
+    for d in /usr/local/cuda/lib64 $(python3 -c 'import site; print(" ".join(p + "/nvidia/cu13/lib" for p in site.getsitepackages()))' 2>/dev/null || true); do
+        if [ -d "$d" ]; then export LD_LIBRARY_PATH="$d:$LD_LIBRARY_PATH"; fi
+    done
+    status=0
+    for dev in cpu gpu; do
+        echo "== R package: testthat, default device $dev =="
+        KILN_TEST_DEVICE=$dev R_LIBS="$rt/rlib" Rscript -e '
+          suppressPackageStartupMessages({ library(testthat); library(kiln) })
+          stopifnot(mlx_has_gpu())
+          res <- as.data.frame(test_dir("r/tests/testthat", reporter = "summary", stop_on_failure = FALSE))
+          failed <- sum(res$failed) + sum(res$error)
+          skipped <- sum(res$skipped)
+          cat(sprintf("testthat: %d passed, %d failed, %d skipped\n", sum(res$nb) - failed, failed, skipped))
+          if (failed > 0) quit(status = 1)
+        ' || status=1
+    done
+    exit $status
+    ;;
 *)
-    echo "usage: bash scripts/gpu.sh build|test|bench [--quick]|fuzz [SECONDS] [SEED]" >&2
+    echo "usage: bash scripts/gpu.sh build|test|bench [--quick]|fuzz [SECONDS] [SEED]|r-build|r-test" >&2
     exit 2
     ;;
 esac

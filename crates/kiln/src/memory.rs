@@ -245,10 +245,11 @@ fn trim_heap() {
 /// Frees every kept buffer, and the free memory of the C allocator's heap
 /// (see [`retain_freed_memory`]); returns the bytes of kept buffers freed.
 /// Frees the memory kiln keeps for reuse (large buffers of arrays that were
-/// dropped, and the C allocator's free heap); returns the bytes of buffers
-/// freed. Live arrays are not touched.
+/// dropped, and the C allocator's free heap, and on each GPU in use the
+/// freed blocks kept for arrays of their size); returns the bytes of
+/// buffers freed. Live arrays are not touched.
 pub fn release_memory() -> usize {
-    release()
+    release() + crate::backend::release_backends()
 }
 
 /// The pool's part of [`release_memory`]: empties the pool (and trims the

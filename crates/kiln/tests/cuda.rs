@@ -300,6 +300,25 @@ fn freed_blocks_are_reused_in_stream_order() -> Result<()> {
     Ok(())
 }
 
+/// `release_memory` gives back the blocks the GPU keeps for reuse (the R
+/// package's `mlx_release_memory()` relies on it), and live arrays keep
+/// their values.
+#[test]
+fn release_memory_gives_back_the_gpus_kept_blocks() -> Result<()> {
+    let Some(g) = gpu() else { return Ok(()) };
+    kiln::release_memory();
+    let live = kiln::full(&[1000], 3.0f32, DType::F32.on(g))?;
+    live.eval()?;
+    let n = 1 << 21;
+    let a = (kiln::arange(0.0, n as f64, 1.0, DType::F32.on(g))? + 1.0f32)?;
+    a.eval()?;
+    drop(a);
+    let freed = kiln::release_memory();
+    assert!(freed >= 4 * n, "{freed} bytes given back after dropping an array of {} bytes", 4 * n);
+    assert_eq!(kiln::release_memory(), 0, "nothing is kept after a release");
+    assert!(live.to_vec::<f32>()?.iter().all(|&v| v == 3.0), "a live array changed");
+    Ok(())
+}
 /// Contiguous elementwise work runs 4 positions per thread through
 /// aligned vector accesses, with a scalar loop for the rest and a scalar
 /// kernel for views that are not aligned: every length (n % 4 of 0 to 3),

@@ -98,6 +98,25 @@ pub trait Backend: Send + Sync + 'static {
     fn synchronize(&self) -> Result<()> {
         Ok(())
     }
+
+    /// Gives back the memory this backend keeps for reuse (freed blocks of
+    /// dropped arrays), not touching live arrays; returns the bytes given
+    /// back. The CPU's pool is the graph layer's ([`crate::memory`]), so
+    /// its backend keeps none of its own.
+    fn release_memory(&self) -> usize {
+        0
+    }
+}
+
+/// [`Backend::release_memory`] of every backend in use besides the CPU's
+/// (registered ones, and the GPUs opened so far), summed.
+pub fn release_backends() -> usize {
+    #[allow(unused_mut)]
+    let mut backends: Vec<&'static dyn Backend> =
+        REGISTERED.read().unwrap_or_else(|e| e.into_inner()).iter().map(|(_, b)| *b).collect();
+    #[cfg(feature = "cuda")]
+    backends.extend(cuda::opened());
+    backends.iter().map(|b| b.release_memory()).sum()
 }
 
 /// A program lowered by a [`Backend`]: a list of kernel steps it runs on

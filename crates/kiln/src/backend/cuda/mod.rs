@@ -75,7 +75,6 @@ pub struct Cuda {
 /// process; an error says why there is none (no driver, no NVRTC, no such
 /// device).
 pub fn backend(ordinal: usize) -> Result<&'static dyn Backend> {
-    static OPEN: Mutex<Vec<(usize, &'static Cuda)>> = Mutex::new(Vec::new());
     let mut open = OPEN.lock().unwrap_or_else(|e| e.into_inner());
     if let Some((_, b)) = open.iter().find(|(o, _)| *o == ordinal) {
         return Ok(*b);
@@ -90,6 +89,14 @@ pub fn backend(ordinal: usize) -> Result<&'static dyn Backend> {
     let b: &'static Cuda = Box::leak(Box::new(Cuda { gpu }));
     open.push((ordinal, b));
     Ok(b)
+}
+
+/// The GPUs' backends opened so far, by ordinal.
+static OPEN: Mutex<Vec<(usize, &'static Cuda)>> = Mutex::new(Vec::new());
+
+/// The backends of the GPUs opened so far (none before the first use).
+pub fn opened() -> Vec<&'static dyn Backend> {
+    OPEN.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|&(_, b)| b as &'static dyn Backend).collect()
 }
 
 /// Whether this machine has a usable CUDA GPU (the libraries load and the
@@ -150,6 +157,10 @@ impl Backend for Cuda {
 
     fn synchronize(&self) -> Result<()> {
         self.gpu.sync("synchronize")
+    }
+
+    fn release_memory(&self) -> usize {
+        self.gpu.release_blocks()
     }
 
     fn upload(&self, buffer: Buffer, shape: &[usize]) -> Result<Data> {
