@@ -300,6 +300,34 @@ fn freed_blocks_are_reused_in_stream_order() -> Result<()> {
     Ok(())
 }
 
+/// Scalars mixed into GPU ops are uploaded without waiting for the queued
+/// work, and repeated ones are reused: a long queue of ops, each with its
+/// own or a repeated scalar (more distinct ones than are kept; `0.0` and
+/// `-0.0`, which only their bits tell apart), reads back exactly.
+#[test]
+fn scalars_mixed_into_gpu_ops_keep_their_values() -> Result<()> {
+    let Some(g) = gpu() else { return Ok(()) };
+    let x = (kiln::arange(0.0, 4096.0, 1.0, DType::F32.on(g))? + 1.0f32)?;
+    x.eval()?;
+    let scalars: Vec<f32> = (0..300).map(|i| if i % 3 == 0 { 2.5 } else { i as f32 * 0.25 - 10.0 }).collect();
+    let mut ys = vec![];
+    for &c in &scalars {
+        let y = (&x * c)?;
+        y.eval()?;
+        ys.push(y);
+    }
+    let host = x.to_vec::<f32>()?;
+    for (y, &c) in ys.iter().zip(&scalars) {
+        let want: Vec<f32> = host.iter().map(|&v| v * c).collect();
+        assert_eq!(y.to_vec::<f32>()?, want, "x * {c}");
+    }
+    for z in [0.0f32, -0.0, 0.0, -0.0] {
+        let r = (Array::scalar(1.0f32) / (&x * z)?)?.to_vec::<f32>()?;
+        assert!(r.iter().all(|&v| v.is_infinite() && v.is_sign_negative() == z.is_sign_negative()), "1 / {z:?}");
+    }
+    Ok(())
+}
+
 /// `release_memory` gives back the blocks the GPU keeps for reuse (the R
 /// package's `mlx_release_memory()` relies on it), and live arrays keep
 /// their values.

@@ -305,11 +305,11 @@ impl Gpu {
         }
         self.bind("upload")?;
         // SAFETY: `dst` holds `size_of_val(src)` bytes (the caller
-        // allocated it for them); the copy from pageable memory has
-        // finished reading `src` when it returns, and the stream is
-        // synchronized before the host slice can go away.
-        unsafe { cu::memcpy_htod_async(dst, src, self.stream.cu_stream()) }.map_err(|e| err("upload", e))?;
-        self.sync("upload")
+        // allocated it for them). `src` is pageable memory: an asynchronous
+        // copy from it returns once the driver has staged its bytes, so
+        // `src` may go away at once; the copy itself stays in stream order
+        // (no wait for the work queued before it).
+        unsafe { cu::memcpy_htod_async(dst, src, self.stream.cu_stream()) }.map_err(|e| err("upload", e))
     }
 
     /// Copies device memory at `src` into `dst` and waits for it.

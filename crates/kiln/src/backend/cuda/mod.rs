@@ -69,7 +69,17 @@ pub use storage::CudaStorage;
 #[derive(Debug)]
 pub struct Cuda {
     gpu: &'static Gpu,
+    /// One-element arrays uploaded before, by dtype, value bits and shape
+    /// (see [`Cuda::upload`]).
+    scalars: Mutex<Vec<(Scalar, Data)>>,
 }
+
+/// A one-element upload's key: dtype, the value's bits (floats as `f64`,
+/// integers as `i64`), shape.
+type Scalar = (DType, u64, Vec<usize>);
+
+/// Most one-element uploads [`Cuda`] keeps for reuse.
+const KEPT_SCALARS: usize = 64;
 
 /// The backend serving GPU `ordinal`, opened on first use and kept for the
 /// process; an error says why there is none (no driver, no NVRTC, no such
@@ -86,7 +96,7 @@ pub fn backend(ordinal: usize) -> Result<&'static dyn Backend> {
         e => e,
     })?;
     let gpu: &'static Gpu = Box::leak(Box::new(gpu));
-    let b: &'static Cuda = Box::leak(Box::new(Cuda { gpu }));
+    let b: &'static Cuda = Box::leak(Box::new(Cuda { gpu, scalars: Mutex::default() }));
     open.push((ordinal, b));
     Ok(b)
 }
@@ -160,13 +170,38 @@ impl Backend for Cuda {
     }
 
     fn release_memory(&self) -> usize {
+        self.scalars.lock().unwrap_or_else(|e| e.into_inner()).clear();
         self.gpu.release_blocks()
     }
 
+    /// Host data to the GPU. A one-element array (a scalar mixed into an
+    /// op, as in `x * 2 + 1`) uploaded before with the same dtype, value
+    /// and shape is the same data again (arrays are never written in
+    /// place), so repeated scalars cost no copy.
     fn upload(&self, buffer: Buffer, shape: &[usize]) -> Result<Data> {
+        let key = (buffer.len() == 1).then(|| {
+            let dt = buffer.dtype();
+            let bits = crate::with_buffer!(&buffer, v => {
+                let x = v[0];
+                if dt.is_float() { crate::dtype::Element::to_f64(x).to_bits() } else { crate::dtype::Element::to_i64(x) as u64 }
+            });
+            (dt, bits, shape.to_vec())
+        });
+        if let Some(k) = &key {
+            if let Some((_, d)) = self.scalars.lock().unwrap_or_else(|e| e.into_inner()).iter().find(|(s, _)| s == k) {
+                return Ok(d.clone());
+            }
+        }
         let d = fresh(self.gpu, "upload", buffer.dtype(), shape)?;
         let ptr = dev(&d)?.ptr_at(0);
         crate::with_buffer!(&buffer, v => self.gpu.upload(ptr, v.as_slice())?);
+        if let Some(k) = key {
+            let mut kept = self.scalars.lock().unwrap_or_else(|e| e.into_inner());
+            if kept.len() == KEPT_SCALARS {
+                kept.remove(0);
+            }
+            kept.push((k, d.clone()));
+        }
         Ok(d)
     }
 }
