@@ -915,8 +915,9 @@ fn f64_values(rng: &mut Rng, n: usize, scale: f64) -> Vec<f64> {
 /// `f64` functions of arithmetic, comparisons and selections (generated
 /// code on AVX-512, 8 lanes a vector, as are [`FUNCTIONS`] and [`MASKED`]
 /// but those in [`F64_INTERPRETED`]).
-const F64_ARITHMETIC: [F2Named; 6] = [
+const F64_ARITHMETIC: [F2Named; 7] = [
     ("max_min", max_min),
+    ("log2 and log10", |x, y| (x.abs()?.log2()? - y.abs()?.log10()?)? * 0.5f32),
     ("roots_and_rounding", roots_and_rounding),
     ("sign", MASKED[0].1),
     ("huber", MASKED[2].1),
@@ -944,7 +945,7 @@ const F64_INTERPRETED: [&str; 5] = [
 #[test]
 fn f64_groups_compile_and_match_the_interpreter() -> Result<()> {
     // An f64 group of arithmetic, comparisons, selections and math_f64's
-    // exp, expm1, log, log1p, tanh and sigmoid is one generated loop of
+    // exp, expm1, log, log1p, log2, log10, tanh and sigmoid is one generated loop of
     // 8-lane vectors (AVX-512; 4 on AVX2). Bit for bit the interpreter's
     // results, at every tail length, with broadcast operands, bool inputs
     // and outputs (AVX-512), and streamed outputs.

@@ -76,7 +76,8 @@
 //! `pd` forms of the instructions, constants as `f64` bits) with
 //! arithmetic, `sqrt`, rounding, `maximum`/`minimum`, comparisons,
 //! selections, the logical ops and the `exp`, `expm1`, `log`, `log1p`,
-//! `tanh` and `sigmoid` of [`math_f64`](crate::backend::cpu::math_f64),
+//! `log2`, `log10`, `tanh` and `sigmoid` of
+//! [`math_f64`](crate::backend::cpu::math_f64),
 //! recorded from the code the interpreter runs; a group with another
 //! `f64` function, `floor_divide` or `remainder` runs on the interpreter.
 //! Sine, cosine and tangent
@@ -701,8 +702,8 @@ impl Vf64 for Traced64 {
 
 /// An `f64` function of [`math_f64`](crate::backend::cpu::math_f64)
 /// recorded on `x`, or `None` for one it does not vectorize (those run on
-/// the interpreter: `erf`, `log2`, `log10`; and the trigonometric ones,
-/// whose far lanes call the C library).
+/// the interpreter: `erf`; and the trigonometric ones, whose far lanes
+/// call the C library).
 fn f64_function(u: UnaryOp, x: Traced) -> Option<Traced> {
     use crate::backend::cpu::math_f64 as m;
     let x = Traced64(x.0);
@@ -711,6 +712,8 @@ fn f64_function(u: UnaryOp, x: Traced) -> Option<Traced> {
         UnaryOp::Expm1 => m::expm1_v(x),
         UnaryOp::Log => m::log_v(x),
         UnaryOp::Log1p => m::log1p_v(x),
+        UnaryOp::Log2 => m::log2_v(x),
+        UnaryOp::Log10 => m::log10_v(x),
         UnaryOp::Tanh => m::tanh_v(x),
         UnaryOp::Sigmoid => m::sigmoid_v(x),
         _ => return None,
@@ -1441,7 +1444,7 @@ mod tests {
         assert!(p.nodes.contains(&Node::Const(0x7fff_ffff_ffff_ffff)), "abs masks the f64 sign bit");
         assert!(p.nodes.contains(&Node::Const(1f64.to_bits())), "rsqrt divides 1.0 as an f64");
         assert_eq!(lower_at(&g, Level::Avx2).expect("and for AVX2").elem, Elem::F64);
-        for u in [UnaryOp::Sin, UnaryOp::Erf, UnaryOp::Log2] {
+        for u in [UnaryOp::Sin, UnaryOp::Erf] {
             let g = f64_group(vec![(Primitive::Unary(u), vec![0])]);
             assert!(lower_at(&g, Level::Avx512).is_none(), "{u:?} of f64 has no lowering");
         }

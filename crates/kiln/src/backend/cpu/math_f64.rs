@@ -1,5 +1,5 @@
-//! `f64` `exp`, `expm1`, `log`, `log1p`, `sin`, `cos`, `tan`, `tanh` and
-//! `sigmoid` written without branches or calls, so that the tile loops
+//! `f64` `exp`, `expm1`, `log`, `log1p`, `log2`, `log10`, `sin`, `cos`,
+//! `tan`, `tanh` and `sigmoid` written without branches or calls, so that the tile loops
 //! (compiled for AVX-512 or AVX2 by `multiversion!`) vectorize them: eight
 //! or four lanes at a time, where the C library computes one element per
 //! call (an `f64` `tanh` ran about 30 times slower than the `f32` one,
@@ -14,17 +14,20 @@
 //! | `expm1` | `x = k ln 2 + r` (`k = 0` below 0.7): `2^k (e^r - 1) + (2^k - 1)` in one FMA, `e^r - 1` by its Taylor series to `r^18` (the leading term exact) | 1 |
 //! | `log` | `x = 2^k m`, `m` in `[√½, √2)`; `log(m) = f - f²/2 + s (f²/2 + R)` with `f = m - 1`, `s = f / (2 + f)` and `R` the odd series of `2 atanh(s)` to `s^22` | 1 |
 //! | `log1p` | `log(u) + (x - (u - 1)) / u` with `u = 1 + x` rounded and `log` above | 2 |
+//! | `log2`, `log10` | `log`'s `k` and `log(m)`, `log(m)` split as `hi + lo` (`hi` of 21 bits); `k + hi/ln 2` (`log10`: `k log10 2 + hi/ln 10`) from products of 21-bit heads of the constants, exact, summed without loss (TwoSum), then the small terms; exact at powers of two, equal to the C library at powers of ten | 1 (`log10` 2: the C library's own `log10` is up to 1.5 ulp off) |
 //! | `sin`, `cos`, `tan` | `x = k π/2 + (h + l)` (`π/2` in 106 bits, the remainder as a sum of two doubles), Taylor series to `h^19`/`h^20` with `l`'s first-order term; beyond [`TRIG_LIMIT`] or within 2^-30 of a nonzero multiple of `π/2`, NaN, which the tile kernel replaces by the C library's value ([`library_if_nan`]) | 1 (`tan` 2) |
 //! | `tanh` | `1 - 2 / (e^{2|x|} + 1)` with `exp` above for `|x| >= 0.625`; below, its Taylor series to `x^41` (`x + x³ P(x²)`, the leading term exact) | 2 |
 //! | `sigmoid` | `1 / (1 + e^{-x})` for `x >= 0`, `e^x / (1 + e^x)` below, with `exp` above | 2 |
 //!
 //! Special values follow the C library: NaN in, NaN out; `exp` overflows
 //! to infinity above `709.78` and underflows through the subnormals to 0;
-//! `log(0) = -inf`, `log` of a negative number is NaN, `log(inf) = inf`;
+//! `log(0) = -inf`, `log` of a negative number is NaN, `log(inf) = inf`
+//! (`log2` and `log10` alike);
 //! `expm1(-inf) = -1`, `log1p(-1) = -inf`; `sin`, `cos` and `tan` of an
 //! infinity are NaN; signed zeros keep their sign (`tanh(-0) = -0`).
 //!
-//! `exp`, `expm1`, `log`, `log1p`, `tanh` and `sigmoid` are written once,
+//! `exp`, `expm1`, `log`, `log1p`, `log2`, `log10`, `tanh` and `sigmoid`
+//! are written once,
 //! over `Vf64`: for `f64` (the tile loops) and for the code generator's
 //! tracing vector, which records them into the kernel of an `f64` group
 //! ([`jit`](crate::backend::cpu::jit)), so that compiled and interpreted
@@ -509,9 +512,32 @@ pub fn log(x: f64) -> f64 {
     log_v(x)
 }
 
-/// [`log`] of any [`Vf64`].
+/// The base-2 logarithm (exact at powers of two).
 #[inline(always)]
-pub(crate) fn log_v<V: Vf64>(x: V) -> V {
+pub fn log2(x: f64) -> f64 {
+    log2_v(x)
+}
+
+/// The base-10 logarithm.
+#[inline(always)]
+pub fn log10(x: f64) -> f64 {
+    log10_v(x)
+}
+
+/// The parts of `log x` that [`log_v`], [`log2_v`] and [`log10_v`] share:
+/// `x = 2^k m` with `m` in `[√½, √2)`, `f = m - 1`, `s = f / (2 + f)`,
+/// `hfsq = f²/2` and the series `r`, so that
+/// `log m = f - hfsq + s (hfsq + r)`; `k` as `f64`.
+struct LogParts<V> {
+    kf: V,
+    f: V,
+    hfsq: V,
+    s: V,
+    r: V,
+}
+
+#[inline(always)]
+fn log_parts<V: Vf64>(x: V) -> LogParts<V> {
     let c = V::c;
     // A subnormal argument is scaled by 2^54 first.
     let sub = x.lt(c(f64::MIN_POSITIVE));
@@ -534,12 +560,80 @@ pub(crate) fn log_v<V: Vf64>(x: V) -> V {
     // k as f64 through the rounder (a conversion of 64-bit integers is
     // not in AVX-512F or AVX2).
     let kf = c(ROUNDER).iadd(k).sub(c(ROUNDER));
-    let lo = s.fma(hfsq.add(r), kf.mul(c(LN2_LO)));
-    let y = kf.fma(c(LN2_HI), f.sub(hfsq.sub(lo)));
+    LogParts { kf, f, hfsq, s, r }
+}
+
+/// `y` where `x` is positive and finite; `+inf` at `+inf`, `-inf` at
+/// zeros, NaN at negative arguments and NaN (every logarithm's).
+#[inline(always)]
+fn log_edges<V: Vf64>(x: V, y: V) -> V {
+    let c = V::c;
     let y = V::select(x.eq(c(f64::INFINITY)), x, y);
     let y = V::select(x.eq(c(0.0)), c(f64::NEG_INFINITY), y);
-    // Negative arguments and NaN.
     V::select(x.ge(c(0.0)), y, c(f64::NAN))
+}
+
+/// [`log`] of any [`Vf64`].
+#[inline(always)]
+pub(crate) fn log_v<V: Vf64>(x: V) -> V {
+    let c = V::c;
+    let LogParts { kf, f, hfsq, s, r } = log_parts(x);
+    let lo = s.fma(hfsq.add(r), kf.mul(c(LN2_LO)));
+    let y = kf.fma(c(LN2_HI), f.sub(hfsq.sub(lo)));
+    log_edges(x, y)
+}
+
+/// `1/ln 2`, `1/ln 10` and `log10 2`, each as a head of 21 significant
+/// bits (so that its product with another 21-bit head, or with `k`, is
+/// exact) and the rest, rounded.
+const INV_LN2_HI: f64 = 1.4426946640014648;
+const INV_LN2_LO: f64 = 3.768874985636099e-7;
+const INV_LN10_HI: f64 = 0.4342944622039795;
+const INV_LN10_LO: f64 = 1.9699272335463627e-8;
+const LOG10_2_HI: f64 = 0.30102992057800293;
+const LOG10_2_LO: f64 = 7.508597826552624e-8;
+
+/// `log m` as `hi + lo` with `hi` of 21 significant bits (the low 32 bits
+/// of `f - hfsq` cleared), from the shared parts.
+#[inline(always)]
+fn log_m_split<V: Vf64>(p: &LogParts<V>) -> (V, V) {
+    let hi = p.f.sub(p.hfsq).and(V::bits(0xffff_ffff_0000_0000));
+    let lo = p.f.sub(hi).sub(p.hfsq).add(p.s.mul(p.hfsq.add(p.r)));
+    (hi, lo)
+}
+
+/// `a + b` as a rounded sum and its exact error (Knuth's TwoSum).
+#[inline(always)]
+fn two_sum<V: Vf64>(a: V, b: V) -> (V, V) {
+    let w = a.add(b);
+    let bb = w.sub(a);
+    (w, a.sub(w.sub(bb)).add(b.sub(bb)))
+}
+
+/// [`log2`] of any [`Vf64`]: `k + (hi + lo) / ln 2`, with the exact
+/// `k + hi * INV_LN2_HI` summed without loss and the small terms added
+/// last.
+#[inline(always)]
+pub(crate) fn log2_v<V: Vf64>(x: V) -> V {
+    let c = V::c;
+    let p = log_parts(x);
+    let (hi, lo) = log_m_split(&p);
+    let (w, e) = two_sum(p.kf, hi.mul(c(INV_LN2_HI)));
+    let small = e.add(hi.mul(c(INV_LN2_LO))).add(lo.mul(c(INV_LN2_HI + INV_LN2_LO)));
+    log_edges(x, w.add(small))
+}
+
+/// [`log10`] of any [`Vf64`]: `k log10 2 + (hi + lo) / ln 10`, the exact
+/// `k * LOG10_2_HI + hi * INV_LN10_HI` summed without loss and the small
+/// terms added last.
+#[inline(always)]
+pub(crate) fn log10_v<V: Vf64>(x: V) -> V {
+    let c = V::c;
+    let p = log_parts(x);
+    let (hi, lo) = log_m_split(&p);
+    let (w, e) = two_sum(p.kf.mul(c(LOG10_2_HI)), hi.mul(c(INV_LN10_HI)));
+    let small = e.add(p.kf.mul(c(LOG10_2_LO))).add(hi.mul(c(INV_LN10_LO))).add(lo.mul(c(INV_LN10_HI + INV_LN10_LO)));
+    log_edges(x, w.add(small))
 }
 
 /// The Taylor coefficients of `tanh` past `x`: of `x^3`, `x^5`, ...,
