@@ -27,6 +27,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 carry=target/carry
+# Puts the CUDA libraries of this machine's image (see above) on the
+# loader's path.
+cuda_libraries() {
+    local d
+    for d in /usr/local/cuda/lib64 $(python3 -c 'import site; print(" ".join(p + "/nvidia/cu13/lib" for p in site.getsitepackages()))' 2>/dev/null || true); do
+        if [ -d "$d" ]; then export LD_LIBRARY_PATH="$d:${LD_LIBRARY_PATH:-}"; fi
+    done
+}
 case "${1:-}" in
 build)
     mkdir -p "$carry"
@@ -46,9 +54,7 @@ build)
     ls -la "$carry"
     ;;
 test | fuzz | bench)
-    for d in /usr/local/cuda/lib64 $(python3 -c 'import site; print(" ".join(p + "/nvidia/cu13/lib" for p in site.getsitepackages()))' 2>/dev/null || true); do
-        if [ -d "$d" ]; then export LD_LIBRARY_PATH="$d:${LD_LIBRARY_PATH:-}"; fi
-    done
+    cuda_libraries
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
     if [ "$1" = fuzz ]; then
         KILN_FUZZ_DEVICE=cuda:0 exec "$carry/kiln-fuzz-gpu" run programs --mem-mb 0 \
@@ -136,21 +142,11 @@ r-test)
     fi
     tar -C "$rt" -xJf "$carry/r/kiln-rlib.tar.xz"
     export LD_LIBRARY_PATH="$rt/lib:${LD_LIBRARY_PATH:-}"
-    for d in /usr/local/cuda/lib64 $(python3 -c 'import site; print(" ".join(p + "/nvidia/cu13/lib" for p in site.getsitepackages()))' 2>/dev/null || true); do
-        if [ -d "$d" ]; then export LD_LIBRARY_PATH="$d:$LD_LIBRARY_PATH"; fi
-    done
+    cuda_libraries
     status=0
     for dev in cpu gpu; do
         echo "== R package: testthat, default device $dev =="
-        KILN_TEST_DEVICE=$dev R_LIBS="$rt/rlib" Rscript -e '
-          suppressPackageStartupMessages({ library(testthat); library(kiln) })
-          stopifnot(mlx_has_gpu())
-          res <- as.data.frame(test_dir("r/tests/testthat", reporter = "summary", stop_on_failure = FALSE))
-          failed <- sum(res$failed) + sum(res$error)
-          skipped <- sum(res$skipped)
-          cat(sprintf("testthat: %d passed, %d failed, %d skipped\n", sum(res$nb) - failed, failed, skipped))
-          if (failed > 0) quit(status = 1)
-        ' || status=1
+        KILN_TEST_DEVICE=$dev R_LIBS="$rt/rlib" Rscript scripts/testthat.R --gpu || status=1
     done
     exit $status
     ;;

@@ -28,13 +28,7 @@ echo "== R package: install from the checkout =="
 bash scripts/r-install.sh >target/r-install.log 2>&1 || { cat target/r-install.log; exit 1; }
 
 echo "== R package: testthat =="
-R_LIBS="$PWD/target/R" Rscript -e '
-  suppressPackageStartupMessages({ library(testthat); library(kiln) })
-  res <- as.data.frame(test_dir("r/tests/testthat", reporter = "summary", stop_on_failure = FALSE))
-  failed <- sum(res$failed) + sum(res$error)
-  cat(sprintf("testthat: %d passed, %d failed\n", sum(res$nb) - failed, failed))
-  if (failed > 0) quit(status = 1)
-'
+R_LIBS="$PWD/target/R" Rscript scripts/testthat.R
 
 echo "== R package: R CMD build and R CMD check --no-manual on the tarball =="
 rm -rf target/r-check && mkdir -p target/r-check

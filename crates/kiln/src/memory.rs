@@ -242,12 +242,11 @@ fn trim_heap() {
     }
 }
 
-/// Frees every kept buffer, and the free memory of the C allocator's heap
-/// (see [`retain_freed_memory`]); returns the bytes of kept buffers freed.
-/// Frees the memory kiln keeps for reuse (large buffers of arrays that were
-/// dropped, and the C allocator's free heap, and on each GPU in use the
-/// freed blocks kept for arrays of their size); returns the bytes of
-/// buffers freed. Live arrays are not touched.
+/// Frees the memory kiln keeps for reuse: the large buffers of arrays that
+/// were dropped, the free memory of the C allocator's heap (see
+/// [`retain_freed_memory`]), and on each GPU in use the freed blocks kept
+/// for arrays of their size. Returns the bytes of buffers freed; live
+/// arrays are not touched.
 pub fn release_memory() -> usize {
     release() + crate::backend::release_backends()
 }

@@ -215,7 +215,7 @@ impl Gen<'_> {
             return f(self, qword_ptr(rsp + slot));
         }
         let ptr = self.ptrs.get(&mut self.a, k)?;
-        let shift = if size == 1 { 2 } else { 1 };
+        let shift = narrow_shift(size);
         self.a.shr(rax, shift)?;
         let r = f(self, qword_ptr(ptr + rax + disp / (4 / size as i32)));
         self.a.shl(rax, shift)?;
@@ -232,7 +232,7 @@ impl Gen<'_> {
             self.a.vmovups(ymmword_ptr(rsp + slot), YMM[0])?;
         }
         let ptr = self.ptrs.get(&mut self.a, k)?;
-        let shift = if size == 1 { 2 } else { 1 };
+        let shift = narrow_shift(size);
         for r in [rsi, rdi, rcx] {
             self.a.push(r)?;
         }
@@ -750,6 +750,16 @@ impl Gen<'_> {
     }
 }
 
+/// The shift from `rax`, the byte offset of a position among `f32`
+/// elements, to its offset among elements of `size` bytes (1 or 2).
+fn narrow_shift(size: u32) -> u32 {
+    if size == 1 {
+        2
+    } else {
+        1
+    }
+}
+
 /// Whether `p` converts to or from `float16` (`vcvtph2ps`, `vcvtps2ph`).
 fn uses_f16(p: &Prog) -> bool {
     p.nodes.iter().any(|n| matches!(n, Node::InputHalf(_, Half::F16) | Node::Un(Un::Narrow(Half::F16), _)))
@@ -889,6 +899,7 @@ fn emit(p: &Prog, v: Variant, frame: i32) -> Result<(CodeAssembler, Box<[jit_cod
             narrow.push((n_in + j, 2));
         }
     }
+    narrow.sort_unstable();
     narrow.dedup();
     for &(k, _) in &narrow {
         let slot = g.take_slot();
