@@ -1006,7 +1006,23 @@ fn f64_groups_compile_and_match_the_interpreter() -> Result<()> {
 
 /// Random `i32`s with the edges mixed in (overflow on `+`, `*`, `abs`).
 fn int_values(rng: &mut Rng, n: usize) -> Vec<i32> {
-    let edges = [i32::MIN, i32::MAX, 0, -1, 1, i32::MIN + 1, 46341, -46341, 16_777_217, -16_777_219];
+    let edges = [
+        i32::MIN,
+        i32::MAX,
+        0,
+        -1,
+        1,
+        i32::MIN + 1,
+        46341,
+        -46341,
+        16_777_215,
+        16_777_216,
+        -16_777_216,
+        16_777_217,
+        -16_777_219,
+        65_520,
+        -65_519,
+    ];
     (0..n).map(|_| if rng.int(0, 5) == 0 { rng.pick(&edges) } else { rng.int(0, 2001) as i32 - 1000 }).collect()
 }
 
@@ -1023,7 +1039,7 @@ fn interpreted3(f: I2, x: &Array, y: &Array, z: &Array) -> Result<Vec<f64>> {
 
 /// Functions of two `i32` arrays and an `f32` one (groups mixing `i32`
 /// and `f32` lanes).
-const INT_FUNCTIONS: [(&str, I2); 6] = [
+const INT_FUNCTIONS: [(&str, I2); 9] = [
     ("wrapping arithmetic", |x, y, _| ((x * y)? + x)? - (y.square()? - x.neg()?)?),
     ("abs, sign, maximum and minimum", |x, y, _| (x.abs()?.maximum(y)? + y.sign()?)?.minimum(&(x - 3i32)?)),
     ("comparisons and where", |x, y, _| {
@@ -1035,6 +1051,13 @@ const INT_FUNCTIONS: [(&str, I2); 6] = [
         (g.astype(DType::I32)? + kiln::logical_not(x)?.astype(DType::I32)?)?.astype(DType::F32)
     }),
     ("float to int saturates", |_, _, f| (f * 3.0e9f32)?.astype(DType::I32)),
+    ("floor division and remainder", |x, y, _| x.floor_divide(y)? + (x.remainder(y)? * 3i32)?),
+    // Exponents from -3 to 33: negative ones, the vector path's and beyond.
+    ("pow", |x, y, _| x.pow(&(y.remainder(37i32)? - 3i32)?)),
+    ("to and from float16", |x, _, f| {
+        let h = (f * 3000.0f32)?.astype(DType::F16)?;
+        x.astype(DType::F16)? + h.astype(DType::I32)?.astype(DType::F16)?
+    }),
     ("truth of ints", |x, y, f| {
         let t = kiln::where_(x, f, 2.0f32)?;
         (t + kiln::logical_and(x, y)?.astype(DType::F32)?)? + kiln::isfinite(y)?.astype(DType::F32)?
@@ -1072,6 +1095,60 @@ fn int32_groups_compile_and_match_the_interpreter() -> Result<()> {
             let text = c.explain((&x, &x, &fa))?;
             assert!(text.contains("code:    machine code (") && !text.contains("interpreter"), "{name}: {text}");
         }
+    }
+    Ok(())
+}
+
+/// Random `i32`s of every magnitude: `±2^k` scaled by a random fraction,
+/// `k` uniform in 0..=31.
+fn log_uniform_ints(rng: &mut Rng, n: usize) -> Vec<i32> {
+    (0..n)
+        .map(|_| {
+            let k = rng.int(0, 32) as i32;
+            let m = (rng.uniform(0.0, 1.0) * 2f64.powi(k)) as i64;
+            let v = if rng.int(0, 2) == 0 { -m } else { m };
+            v.clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32
+        })
+        .collect()
+}
+
+#[test]
+fn integer_floor_division_remainder_and_pow_are_exact_at_every_magnitude() -> Result<()> {
+    // The vector path divides in f32 (exact below 2^24, see jit::int_divmod)
+    // and calls the scalar code for larger dividends; pow squares and
+    // multiplies for exponents below 32. Checked against i64 arithmetic.
+    let mut rng = Rng::new(2024);
+    let n = 200_000;
+    let (a, b) = (log_uniform_ints(&mut rng, n), log_uniform_ints(&mut rng, n));
+    let e: Vec<i32> = (0..n).map(|_| rng.int(-4, 40) as i32).collect();
+    let c = compile(|x: &Array, y: &Array, e: &Array| -> Result<(Array, Array, Array)> {
+        Ok((x.floor_divide(y)?, x.remainder(y)?, y.pow(e)?))
+    });
+    let (x, y, ea) =
+        (Array::from_vec(a.clone(), &[n])?, Array::from_vec(b.clone(), &[n])?, Array::from_vec(e.clone(), &[n])?);
+    let (q, r, p) = c.call((&x, &y, &ea))?;
+    let (q, r, p) = (q.to_vec::<i32>()?, r.to_vec::<i32>()?, p.to_vec::<i32>()?);
+    for i in 0..n {
+        let (ai, bi) = (i64::from(a[i]), i64::from(b[i]));
+        let (wq, wr) = if bi == 0 { (0, 0) } else { (ai.div_euclid(bi), ai.rem_euclid(bi)) };
+        // Euclid's remainder is nonnegative; the floor one takes b's sign.
+        let (wq, wr) = if bi < 0 && wr != 0 { (wq - 1, wr + bi) } else { (wq, wr) };
+        assert_eq!(q[i], wq as i32, "{} // {}", a[i], b[i]);
+        assert_eq!(r[i], wr as i32, "{} % {}", a[i], b[i]);
+        let want = match e[i] {
+            k if k >= 0 => (0..k).fold(1i32, |acc, _| acc.wrapping_mul(b[i])),
+            k => match b[i] {
+                1 => 1,
+                -1 if k % 2 == 0 => 1,
+                -1 => -1,
+                _ => 0,
+            },
+        };
+        assert_eq!(p[i], want, "{} ^ {}", b[i], e[i]);
+    }
+    if jit::enabled() {
+        let text = c.explain((&x, &y, &ea))?;
+        assert!(text.contains("machine code (") && !text.contains("interpreter"), "{text}");
     }
     Ok(())
 }

@@ -67,11 +67,14 @@
 //! half-precision chain moves half the bytes of an `f32` one and runs in
 //! one loop instead of a tile pass per op. An `i32` value is a 32-bit
 //! lane beside the `f32` ones, with wrapping `+`, `-`, `*`, `abs`, `neg`,
-//! `sign`, `maximum`/`minimum`, signed comparisons, `where` and casts from
-//! and to `f32` and `bool` (float to int truncates and saturates, NaN to
-//! 0, as `as` does); integer `floor_divide`, `remainder` and `pow`, and
-//! casts between `i32` and 16-bit floats, leave the group to the
-//! interpreter. An `f64` group is a program of `f64` lanes
+//! `sign`, `maximum`/`minimum`, signed comparisons, `where`, casts from
+//! and to `f32`, `bool` and `float16`, from `bfloat16` (float to int
+//! truncates and saturates, NaN to 0, as `as` does), and `floor_divide`,
+//! `remainder` and `pow`: division in `f32`, exact for dividends below
+//! 2^24 in magnitude, and square-and-multiply for exponents from 0 to 31,
+//! with a [`Node::Fix`] call to the scalar code for a vector with any
+//! other lane ([`int_divmod`], [`int_pow`]); a cast from `i32` to
+//! `bfloat16` leaves the group to the interpreter. An `f64` group is a program of `f64` lanes
 //! ([`Elem::F64`]: 8 a vector, 4 on AVX2, the same nodes emitted as the
 //! `pd` forms of the instructions, constants as `f64` bits) with
 //! arithmetic, `sqrt`, rounding, `maximum`/`minimum`, comparisons,
@@ -100,6 +103,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
+use crate::backend::cpu::math::IntMath;
 use crate::backend::cpu::math_f64::Vf64;
 use crate::backend::cpu::simd_math::{self, Func, Level, Vf32};
 use crate::backend::cpu::CpuGroup;
@@ -282,6 +286,12 @@ pub enum Fix {
     FloorDivide,
     /// Every lane of `remainder(a, b)`, by the interpreter's scalar code.
     Remainder,
+    /// Every lane of `floor_divide(a, b)` of `i32` lanes.
+    IntFloorDivide,
+    /// Every lane of `remainder(a, b)` of `i32` lanes.
+    IntRemainder,
+    /// Every lane of `pow(a, b)` of `i32` lanes.
+    IntPow,
 }
 
 impl Fix {
@@ -291,6 +301,9 @@ impl Fix {
             Fix::Big(f) => Func::ALL.iter().position(|&g| g == f).expect("every function is in Func::ALL"),
             Fix::FloorDivide => 1000,
             Fix::Remainder => 1001,
+            Fix::IntFloorDivide => 1002,
+            Fix::IntRemainder => 1003,
+            Fix::IntPow => 1004,
         }
     }
 }
@@ -317,9 +330,18 @@ pub unsafe extern "sysv64" fn fix_lanes_sysv(a: *const f32, b: *const f32, out: 
             *o = f(x, y);
         }
     };
+    // i32 lanes: the same bits, read as integers.
+    let int = |f: fn(i32, i32) -> i32, out: &mut [f32]| {
+        for ((o, &x), &y) in out.iter_mut().zip(a).zip(b) {
+            *o = f32::from_bits(f(x.to_bits() as i32, y.to_bits() as i32) as u32);
+        }
+    };
     match code {
         1000 => scalar(crate::backend::cpu::math::floordiv_f32, out),
         1001 => scalar(crate::backend::cpu::math::rem_f32, out),
+        1002 => int(IntMath::floordiv_, out),
+        1003 => int(IntMath::rem_, out),
+        1004 => int(IntMath::pow_, out),
         _ => {
             if let Some(&f) = Func::ALL.get(code) {
                 simd_math::fix_big_lanes(f, a, out);
@@ -847,7 +869,11 @@ fn lower_int_op(prim: &Primitive, a: &[Reg]) -> Option<Reg> {
     };
     Some(match *prim {
         Primitive::AsType(DType::I32) => Reg::I(i(0)?),
-        Primitive::AsType(DType::F32) => Reg::F(a[0].float()),
+        // To float16 through f32 (`record_group` rounds it): one rounding,
+        // as the interpreter's, since an i32 that f32 rounds (|x| > 2^24)
+        // is far beyond float16's range. (To bfloat16 the two roundings
+        // could differ: not lowered.)
+        Primitive::AsType(DType::F32 | DType::F16) => Reg::F(a[0].float()),
         Primitive::AsType(DType::Bool) => Reg::M(a[0].mask()),
         Primitive::Where => Reg::I(Traced::select(a[0].mask(), i(1)?, i(2)?)),
         Primitive::Unary(UnaryOp::LogicalNot) => Reg::M(mask_not(a[0].mask())),
@@ -879,6 +905,16 @@ fn lower_int_op(prim: &Primitive, a: &[Reg]) -> Option<Reg> {
                 BinaryOp::Mul => bin(Bin::IMul),
                 BinaryOp::Maximum => bin(Bin::IMax),
                 BinaryOp::Minimum => bin(Bin::IMin),
+                BinaryOp::FloorDivide | BinaryOp::Remainder => {
+                    let (q, r, slow) = int_divmod(x, y);
+                    let (fix, v) =
+                        if b == BinaryOp::FloorDivide { (Fix::IntFloorDivide, q) } else { (Fix::IntRemainder, r) };
+                    Reg::I(Traced(record(Node::Fix(fix, x.0, y.0, v.0, slow.0))))
+                }
+                BinaryOp::Pow => {
+                    let (p, slow) = int_pow(x, y);
+                    Reg::I(Traced(record(Node::Fix(Fix::IntPow, x.0, y.0, p.0, slow.0))))
+                }
                 BinaryOp::Equal => cmp(Pred::Eq),
                 BinaryOp::NotEqual => cmp(Pred::Neq),
                 BinaryOp::Less => cmp(Pred::Lt),
@@ -890,6 +926,59 @@ fn lower_int_op(prim: &Primitive, a: &[Reg]) -> Option<Reg> {
         }
         _ => return None,
     })
+}
+
+/// Floor division and remainder of `i32` lanes as
+/// [`IntMath`](crate::backend::cpu::math::IntMath) computes them, on the
+/// lanes where `|a| < 2^24`: `(quotient, remainder, slow)`, with `slow` the
+/// other lanes (recomputed by the scalar code through a [`Node::Fix`] call).
+///
+/// There `a` is an `f32` exactly and the quotient is `floor(a / b)` of the
+/// `f32` division, exactly: if `b` is an `f32` too, the true quotient is an
+/// integer (then the division is exact) or at least `1 / |b|` from one,
+/// while the division's rounding error is at most `|a / b| 2^-24 <
+/// 1 / |b|`, and integers are `f32`s, so rounding cannot reach or cross
+/// one; if `|b| >= 2^24` (rounded to an `f32` of the same sign), `|a / b| <
+/// 1` either way and the floor is 0 or -1 by the signs alone. The
+/// remainder is `a - q b` in wrapping arithmetic, exact. Division by zero
+/// gives 0 for both, as the scalar code.
+fn int_divmod(a: Traced, b: Traced) -> (Traced, Traced, TracedMask) {
+    let (fa, fb) = (a.un(Un::IntToFloat), b.un(Un::IntToFloat));
+    let q = fa.div(fb).floor().un(Un::FloatToIntTrunc);
+    let r = ibin(Bin::ISub, a, ibin(Bin::IMul, q, b));
+    let zero = icmp(Pred::Eq, b, iconst(0));
+    let q = Traced::select(zero, iconst(0), q);
+    let r = Traced::select(zero, iconst(0), r);
+    const EXACT: i32 = 1 << 24;
+    let fast = Traced::mand(icmp(Pred::Gt, a, iconst(-EXACT)), icmp(Pred::Lt, a, iconst(EXACT)));
+    (q, r, mask_not(fast))
+}
+
+/// `a^e` of `i32` lanes as
+/// [`IntMath`](crate::backend::cpu::math::IntMath) computes it (wrapping
+/// products by binary powering), on the lanes where `0 <= e < 32`:
+/// `(power, slow)`, with `slow` the other lanes (a [`Node::Fix`] call:
+/// negative exponents, whose results are 0 or `±1`, and larger ones, which
+/// wrap to 0 for any even base). Five rounds of square-and-multiply are
+/// the scalar loop's products for such `e`, in its order, so wrapped
+/// results agree too. (A broadcast exponent's five bit masks and `slow`
+/// live through the loop in the six mask registers of AVX-512 kernels.)
+fn int_pow(a: Traced, e: Traced) -> (Traced, TracedMask) {
+    // `slow` first: its two comparisons are dead before the bit masks exist.
+    let slow = Traced::mor(icmp(Pred::Lt, e, iconst(0)), icmp(Pred::Gt, e, iconst(31)));
+    let mut acc = a;
+    let mut base = a;
+    for bit in 0..5 {
+        let set = icmp(Pred::Neq, ibin(Bin::And, e, iconst(1 << bit)), iconst(0));
+        acc = match bit {
+            0 => Traced::select(set, a, iconst(1)),
+            _ => Traced::select(set, ibin(Bin::IMul, acc, base), acc),
+        };
+        if bit < 4 {
+            base = ibin(Bin::IMul, base, base);
+        }
+    }
+    (acc, slow)
 }
 
 /// The complement of a mask.
@@ -1469,8 +1558,7 @@ mod tests {
     fn i32_values_are_32_bit_lanes_of_f32_programs() {
         // x.astype(i32) * x.astype(i32) as f32: a float-to-int conversion
         // (saturating: two selections after it), an integer product, an
-        // int-to-float one. Integer floor division, pow and casts to
-        // 16-bit floats have no lowering.
+        // int-to-float one. Casts to bfloat16 have no lowering.
         let mut g = group(
             vec![
                 (Primitive::AsType(DType::I32), vec![0]),
@@ -1489,18 +1577,47 @@ mod tests {
         assert!(matches!(p.nodes[p.outputs[0] as usize], Node::Un(Un::IntToFloat, _)));
         let avx2 = lower_at(&g, Level::Avx2).expect("and for AVX2");
         assert!(avx2.nodes.iter().any(|n| matches!(n, Node::Bin(Bin::IMul, ..))));
-        for (prim, out) in [
-            (Primitive::Binary(BinaryOp::FloorDivide), DType::I32),
-            (Primitive::Binary(BinaryOp::Pow), DType::I32),
-            (Primitive::AsType(DType::BF16), DType::BF16),
+        let mut g = group(vec![(Primitive::AsType(DType::I32), vec![0]), (Primitive::AsType(DType::BF16), vec![1])], 1);
+        g.ops[0].dtype = DType::I32;
+        g.ops[1].dtype = DType::BF16;
+        assert!(lower_at(&g, Level::Avx512).is_none(), "i32 to bfloat16 has no lowering");
+        // Floor division, remainder and pow: a vector path and a call for
+        // the lanes it does not cover.
+        for (b, fix) in [
+            (BinaryOp::FloorDivide, Fix::IntFloorDivide),
+            (BinaryOp::Remainder, Fix::IntRemainder),
+            (BinaryOp::Pow, Fix::IntPow),
         ] {
-            let mut g = group(vec![(Primitive::AsType(DType::I32), vec![0]), (prim.clone(), vec![1, 1])], 1);
+            let mut g = group(vec![(Primitive::AsType(DType::I32), vec![0]), (Primitive::Binary(b), vec![1, 1])], 1);
             g.ops[0].dtype = DType::I32;
-            g.ops[1].dtype = out;
-            if out == DType::BF16 {
-                g.ops[1].args = vec![1];
-            }
-            assert!(lower_at(&g, Level::Avx512).is_none(), "{prim:?} of i32 has no lowering");
+            g.ops[1].dtype = DType::I32;
+            let p = lower_at(&g, Level::Avx512).expect("i32 floor division, remainder and pow lower");
+            assert!(matches!(p.nodes[p.outputs[0] as usize], Node::Fix(f, ..) if f == fix), "{b:?}");
+        }
+    }
+
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn a_broadcast_exponent_compiles_with_its_masks_hoisted() {
+        // x^e with e a broadcast scalar: e's five bit masks and the slow
+        // lanes' mask are computed before the loop and live through it;
+        // the comparisons making `slow` are freed before the loop, which
+        // leaves just enough of AVX-512's six mask registers.
+        use crate::backend::cpu::{jit_avx2, jit_x86};
+        let g = FusedGroup {
+            inputs: vec![DType::I32; 2],
+            ops: vec![FusedOp { prim: Primitive::Binary(BinaryOp::Pow), args: vec![0, 1], dtype: DType::I32 }],
+            outputs: vec![2],
+        };
+        let mut scalar_e = InputSet::EMPTY;
+        scalar_e.insert(1);
+        for bcast in [InputSet::EMPTY, scalar_e] {
+            let v = Variant { bcast, prefetch: 0 };
+            assert!(
+                jit_x86::generate(&lower_at(&g, Level::Avx512).expect("lowers"), v).is_some(),
+                "AVX-512, {bcast:?}"
+            );
+            assert!(jit_avx2::generate(&lower_at(&g, Level::Avx2).expect("lowers"), v).is_some(), "AVX2, {bcast:?}");
         }
     }
 

@@ -368,19 +368,24 @@ impl Schedule {
 
     /// Per value, the last emission position reading it when the body runs
     /// in `order` after `pre` and then stores `stored` (at position
-    /// `pre.len() + order.len()`); `usize::MAX` for invariant values, which
-    /// live through the loops.
+    /// `pre.len() + order.len()`); `usize::MAX` for invariant values that
+    /// the loop reads or stores, which live through the loops (an invariant
+    /// value read only before the loop, by other invariant ones, frees its
+    /// register there).
     pub fn last_uses(&self, order: &[usize], stored: &[Val]) -> Vec<usize> {
         let mut last = vec![0usize; self.q.nodes.len()];
+        let mut in_loop = vec![false; self.q.nodes.len()];
         for (pos, &i) in self.pre.iter().chain(order).enumerate() {
             for o in self.q.nodes[i].operands() {
                 last[o as usize] = pos;
+                in_loop[o as usize] |= pos >= self.pre.len();
             }
         }
         for &o in stored {
             last[o as usize] = self.pre.len() + order.len();
+            in_loop[o as usize] = true;
         }
-        for (l, _) in last.iter_mut().zip(&self.inv).filter(|(_, &x)| x) {
+        for ((l, _), _) in last.iter_mut().zip(&self.inv).zip(&in_loop).filter(|((_, &inv), &used)| inv && used) {
             *l = usize::MAX;
         }
         last
