@@ -565,6 +565,48 @@ fn trigonometry_calls_out_for_large_lanes_and_matches_the_interpreter() -> Resul
         assert!(text.contains("code:    machine code ("), "{text}");
         assert!(!text.contains("tile interpreter"), "{text}");
     }
+    // f64: the lanes the vector code leaves to the C library (beyond its
+    // limit, and within 2^-30 of a nonzero multiple of π/2) call out too.
+    use std::f64::consts::FRAC_PI_2;
+    let big = [
+        823_549.5,
+        1e6,
+        -3e9,
+        1e300,
+        f64::MAX,
+        f64::INFINITY,
+        f64::NEG_INFINITY,
+        f64::NAN,
+        FRAC_PI_2,
+        -7.0 * FRAC_PI_2,
+        1e5 * FRAC_PI_2,
+    ];
+    for n in [1, 3, 4, 5, 8, 9, 15, 16, 17, 100, 1000 + 3] {
+        for density in [0usize, 1, 50] {
+            let mut xs: Vec<f64> = rng.floats(n, -30_000.0, 30_000.0);
+            let ys: Vec<f64> = rng.floats(n, -2.0, 2.0);
+            for v in xs.iter_mut() {
+                if (rng.int(0, 99) as usize) < density {
+                    *v = rng.pick(&big);
+                }
+            }
+            let x = Array::from_vec(xs, &[n])?;
+            let y = Array::from_vec(ys, &[n])?;
+            let (g0, g1) = c.call((&x, &y))?;
+            let (w0, w1) = jit::interpreted(|| -> Result<(Vec<f64>, Vec<f64>)> {
+                let (a, b) = trig_mix(&x, &y)?;
+                Ok((a.to_vec::<f64>()?, b.to_vec::<f64>()?))
+            })?;
+            let what = format!("{n} f64 positions, {density}% large");
+            assert_same64(&g0.to_vec::<f64>()?, &w0, &what);
+            assert_same64(&g1.to_vec::<f64>()?, &w1, &what);
+        }
+    }
+    if jit::enabled() {
+        let x = Array::from_vec(vec![0.5f64; 64], &[64])?;
+        let text = c.explain((&x, &x))?;
+        assert!(text.contains("code:    machine code (") && !text.contains("tile interpreter"), "{text}");
+    }
     Ok(())
 }
 

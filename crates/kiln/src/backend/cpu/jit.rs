@@ -73,16 +73,18 @@
 //! `remainder` and `pow`: division in `f32`, exact for dividends below
 //! 2^24 in magnitude, and square-and-multiply for exponents from 0 to 31,
 //! with a [`Node::Fix`] call to the scalar code for a vector with any
-//! other lane ([`int_divmod`], [`int_pow`]); a cast from `i32` to
+//! other lane (`int_divmod` and `int_pow` hold the proofs); a cast from `i32` to
 //! `bfloat16` leaves the group to the interpreter. An `f64` group is a program of `f64` lanes
 //! ([`Elem::F64`]: 8 a vector, 4 on AVX2, the same nodes emitted as the
 //! `pd` forms of the instructions, constants as `f64` bits) with
 //! arithmetic, `sqrt`, rounding, `maximum`/`minimum`, comparisons,
 //! selections, the logical ops and the `exp`, `expm1`, `log`, `log1p`,
-//! `log2`, `log10`, `tanh` and `sigmoid` of
+//! `log2`, `log10`, `sin`, `cos`, `tan`, `tanh` and `sigmoid` of
 //! [`math_f64`](crate::backend::cpu::math_f64),
-//! recorded from the code the interpreter runs; a group with another
-//! `f64` function, `floor_divide` or `remainder` runs on the interpreter.
+//! recorded from the code the interpreter runs (the trigonometric lanes
+//! it leaves to the C library call out, [`Fix::Library`]); a group with
+//! another `f64` function (`erf`, `pow`, `atan2`), `floor_divide` or
+//! `remainder` runs on the interpreter.
 //! Sine, cosine and tangent
 //! run their vector reduction by `π/2`, which holds for `|x| <=`
 //! [`TRIG_LIMIT`](simd_math::TRIG_LIMIT); a vector with a lane beyond it
@@ -104,7 +106,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::backend::cpu::math::IntMath;
-use crate::backend::cpu::math_f64::Vf64;
+use crate::backend::cpu::math_f64::{Trig, Vf64};
 use crate::backend::cpu::simd_math::{self, Func, Level, Vf32};
 use crate::backend::cpu::CpuGroup;
 use crate::dtype::DType;
@@ -292,6 +294,10 @@ pub enum Fix {
     IntRemainder,
     /// Every lane of `pow(a, b)` of `i32` lanes.
     IntPow,
+    /// The lanes of an `f64` sine, cosine or tangent that the vector code
+    /// leaves to the C library (NaN results of finite arguments; see
+    /// [`sin_reduced`](crate::backend::cpu::math_f64::sin_reduced)): `f64` lanes.
+    Library(Trig),
 }
 
 impl Fix {
@@ -304,19 +310,38 @@ impl Fix {
             Fix::IntFloorDivide => 1002,
             Fix::IntRemainder => 1003,
             Fix::IntPow => 1004,
+            Fix::Library(Trig::Sin) => 2000,
+            Fix::Library(Trig::Cos) => 2001,
+            Fix::Library(Trig::Tan) => 2002,
         }
     }
 }
 
 /// The call of a [`Node::Fix`]: `out` holds the vector path's results for
-/// operands `a` and `b`, `lanes` `f32` each; `code` is [`Fix::code`].
-/// Lanes are recomputed in place as the interpreter computes them (an
-/// unknown `code` changes nothing). Never panics or unwinds.
+/// operands `a` and `b`, `lanes` 32-bit lanes each (`f32` or `i32`), or
+/// `f64` lanes for codes from 2000; `code` is [`Fix::code`]. Lanes are
+/// recomputed in place as the interpreter computes them (an unknown `code`
+/// changes nothing). Never panics or unwinds.
 ///
 /// # Safety
 /// `a` and `b` must be valid for reading and `out` for writing `lanes`
-/// `f32`; `out` must not overlap `a` or `b`.
+/// lanes of the code's width (and aligned to it); `out` must not overlap
+/// `a` or `b`.
 pub unsafe extern "sysv64" fn fix_lanes_sysv(a: *const f32, b: *const f32, out: *mut f32, lanes: usize, code: usize) {
+    if let Some(f) = [Trig::Sin, Trig::Cos, Trig::Tan].get(code.wrapping_sub(2000)) {
+        // SAFETY: the caller's contract, for f64 lanes.
+        let (a, out) = unsafe {
+            (
+                std::slice::from_raw_parts(a.cast::<f64>(), lanes),
+                std::slice::from_raw_parts_mut(out.cast::<f64>(), lanes),
+            )
+        };
+        let library = f.library();
+        for (o, &x) in out.iter_mut().zip(a) {
+            *o = crate::backend::cpu::math_f64::library_if_nan(*o, x, library);
+        }
+        return;
+    }
     // SAFETY: the caller's contract.
     let (a, b, out) = unsafe {
         (
@@ -738,6 +763,18 @@ fn f64_function(u: UnaryOp, x: Traced) -> Option<Traced> {
         UnaryOp::Log10 => m::log10_v(x),
         UnaryOp::Tanh => m::tanh_v(x),
         UnaryOp::Sigmoid => m::sigmoid_v(x),
+        UnaryOp::Sin | UnaryOp::Cos | UnaryOp::Tan => {
+            // The vector code, and a call for the lanes it leaves to the C
+            // library (NaN for a finite argument), as the tile kernel fixes them.
+            let f = match u {
+                UnaryOp::Sin => Trig::Sin,
+                UnaryOp::Cos => Trig::Cos,
+                _ => Trig::Tan,
+            };
+            let r = m::trig_v(f, x);
+            let library = Traced::mand(r.is_nan(), mask_not(x.is_nan()));
+            return Some(Traced(record(Node::Fix(Fix::Library(f), x.0, x.0, r.0, library.0))));
+        }
         _ => return None,
     };
     Some(Traced(y.0))
@@ -1533,10 +1570,11 @@ mod tests {
         assert!(p.nodes.contains(&Node::Const(0x7fff_ffff_ffff_ffff)), "abs masks the f64 sign bit");
         assert!(p.nodes.contains(&Node::Const(1f64.to_bits())), "rsqrt divides 1.0 as an f64");
         assert_eq!(lower_at(&g, Level::Avx2).expect("and for AVX2").elem, Elem::F64);
-        for u in [UnaryOp::Sin, UnaryOp::Erf] {
-            let g = f64_group(vec![(Primitive::Unary(u), vec![0])]);
-            assert!(lower_at(&g, Level::Avx512).is_none(), "{u:?} of f64 has no lowering");
-        }
+        let g = f64_group(vec![(Primitive::Unary(UnaryOp::Erf), vec![0])]);
+        assert!(lower_at(&g, Level::Avx512).is_none(), "erf of f64 has no lowering");
+        // The sine: the vector code and a call for the C library's lanes.
+        let p = lower_at(&f64_group(vec![(Primitive::Unary(UnaryOp::Sin), vec![0])]), Level::Avx2).expect("f64 sin");
+        assert!(matches!(p.nodes[p.outputs[0] as usize], Node::Fix(Fix::Library(Trig::Sin), ..)));
         // exp is math_f64's, recorded: 2^k built from 64-bit integer bits.
         let p = lower_at(&f64_group(vec![(Primitive::Unary(UnaryOp::Exp), vec![0])]), Level::Avx512)
             .expect("f64 exp lowers");

@@ -581,7 +581,6 @@ impl Gen<'_> {
                 self.st.free_slots.extend(dead);
                 d
             }
-            Node::Fix(..) if self.wide => return Err(NoCode),
             Node::Fix(fix, x, y, r, m) => {
                 // d = r; when a lane of `m` is set, a call fixes d's lanes
                 // in place, every vector register saved around it (the
@@ -605,7 +604,7 @@ impl Gen<'_> {
                 self.a.vmovups(ymmword_ptr(rsp + XS), sx)?;
                 self.a.vmovups(ymmword_ptr(rsp + YS), sy)?;
                 self.a.vmovups(ymmword_ptr(rsp + OS), YMM[d])?;
-                jit_code::call_fix(&mut self.a, fix, 8, [XS, YS, OS])?;
+                jit_code::call_fix(&mut self.a, fix, if self.wide { 4 } else { 8 }, [XS, YS, OS])?;
                 for (i, y) in YMM.into_iter().enumerate() {
                     self.a.vmovups(y, ymmword_ptr(rsp + VB * i as i32))?;
                 }

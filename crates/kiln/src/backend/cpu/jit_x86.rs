@@ -468,10 +468,6 @@ impl Gen<'_> {
             Node::Fix(fix, x, y, r, m) => {
                 // d = r; when a lane of `m` is set, a call fixes d's lanes
                 // in place, every vector and mask register saved around it.
-                // (Its functions are f32 ones: not recorded for f64.)
-                if self.f64() {
-                    return Err(NoCode);
-                }
                 let km = self.kreg(m);
                 let sx = self.reg(x, &mut temps)?;
                 let sy = self.reg(y, &mut temps)?;
@@ -495,7 +491,7 @@ impl Gen<'_> {
                 self.a.vmovups(zmmword_ptr(rsp + XS), sx)?;
                 self.a.vmovups(zmmword_ptr(rsp + YS), sy)?;
                 self.a.vmovups(zmmword_ptr(rsp + OS), ZMM[d])?;
-                jit_code::call_fix(&mut self.a, fix, 16, [XS, YS, OS])?;
+                jit_code::call_fix(&mut self.a, fix, 64 / self.p.elem.bytes() as u32, [XS, YS, OS])?;
                 for (i, z) in ZMM.into_iter().enumerate() {
                     self.a.vmovups(z, zmmword_ptr(rsp + 64 * i as i32))?;
                 }

@@ -26,14 +26,13 @@
 //! `expm1(-inf) = -1`, `log1p(-1) = -inf`; `sin`, `cos` and `tan` of an
 //! infinity are NaN; signed zeros keep their sign (`tanh(-0) = -0`).
 //!
-//! `exp`, `expm1`, `log`, `log1p`, `log2`, `log10`, `tanh` and `sigmoid`
-//! are written once,
-//! over `Vf64`: for `f64` (the tile loops) and for the code generator's
-//! tracing vector, which records them into the kernel of an `f64` group
-//! ([`jit`](crate::backend::cpu::jit)), so that compiled and interpreted
-//! groups compute the same operations, bit for bit. The trigonometric
-//! functions, whose far lanes call the C library, are the interpreter's
-//! only.
+//! Every function is written once, over `Vf64`: for `f64` (the tile
+//! loops) and for the code generator's tracing vector, which records it
+//! into the kernel of an `f64` group ([`jit`](crate::backend::cpu::jit)),
+//! so that compiled and interpreted groups compute the same operations,
+//! bit for bit. The trigonometric functions' far lanes (NaN from
+//! [`sin_reduced`] and the others) are the C library's in both: the tile kernel replaces them
+//! after its pass, a generated kernel calls out for a vector holding one.
 
 /// The operations the functions of this module are written in: `f64`
 /// lanes and their bit patterns as 64-bit integers. Implemented by `f64`
@@ -365,116 +364,124 @@ const COS_SERIES: [f64; 9] = [
 
 /// Horner's rule over `c` in `z` (the first coefficient is the constant term).
 #[inline(always)]
-fn series(c: &[f64; 9], z: f64) -> f64 {
-    let mut p = c[8];
+fn series<V: Vf64>(c: &[f64; 9], z: V) -> V {
+    let mut p = V::c(c[8]);
     for &k in c[..8].iter().rev() {
-        p = p.mul_add(z, k);
+        p = p.fma(z, V::c(k));
     }
     p
 }
 
-/// `x = k π/2 + (hi + lo)`: `(hi, lo, k)`, `|hi + lo| <= π/4` (a little
-/// more where `k` rounds), to about 2^-86 absolute for `|x| <=`
+/// `-v`, exactly (a product by -1: zeros change sign too).
+#[inline(always)]
+fn neg<V: Vf64>(v: V) -> V {
+    v.mul(V::c(-1.0))
+}
+
+/// `x = k π/2 + (hi + lo)`: `(hi, lo, k, q)` with `q` the bits of `k` as
+/// an integer in a lane's low bits, `|hi + lo| <= π/4` (a little more
+/// where `k` rounds), to about 2^-86 absolute for `|x| <=`
 /// [`TRIG_LIMIT`].
 #[inline(always)]
-fn reduce(x: f64) -> (f64, f64, i64) {
-    let kr = x.mul_add(std::f64::consts::FRAC_2_PI, ROUNDER);
-    let k = kr - ROUNDER;
-    let q = (kr.to_bits() as i64).wrapping_sub(ROUNDER.to_bits() as i64);
+fn reduce<V: Vf64>(x: V) -> (V, V, V, V) {
+    let kr = x.fma(V::c(std::f64::consts::FRAC_2_PI), V::c(ROUNDER));
+    let k = kr.sub(V::c(ROUNDER));
+    let q = kr.isub(V::c(ROUNDER));
     // k PIO2_HI = p + pe exactly; x - p is exact (x and p within a
     // factor of two, or p = 0).
-    let p = k * PIO2_HI;
-    let pe = k.mul_add(PIO2_HI, -p);
-    let t = x - p;
-    let c = -k.mul_add(PIO2_LO, pe);
+    let p = k.mul(V::c(PIO2_HI));
+    let pe = k.fma(V::c(PIO2_HI), neg(p));
+    let t = x.sub(p);
+    let c = neg(k.fma(V::c(PIO2_LO), pe));
     // t + c as hi + lo (two-sum: t may be the smaller).
-    let hi = t + c;
-    let bb = hi - t;
-    let lo = (t - (hi - bb)) + (c - bb);
-    (hi, lo, q)
+    let (hi, lo) = two_sum(t, c);
+    (hi, lo, k, q)
 }
 
 /// `sin(h + l)` and `cos(h + l)` for `|h| <= π/4` and `l` below an ulp of `h`.
 #[inline(always)]
-fn sin_cos_kernel(h: f64, l: f64) -> (f64, f64) {
-    let z = h * h;
+fn sin_cos_kernel<V: Vf64>(h: V, l: V) -> (V, V) {
+    let one = V::c(1.0);
+    let z = h.mul(h);
     // sin(h + l) = h + h^3 S(z) + l cos(h), cos(h) ~ 1 - z/2 for the l term.
-    let s = h + (z * h).mul_add(series(&SIN_SERIES, z), l * (1.0 - 0.5 * z));
+    let lc = l.mul(one.sub(V::c(0.5).mul(z)));
+    let s = h.add(z.mul(h).fma(series(&SIN_SERIES, z), lc));
     // cos(h + l) = (1 - z/2) + z^2 C(z) - l sin(h): 1 - z/2 as w plus its
     // rounding error.
-    let hz = 0.5 * z;
-    let w = 1.0 - hz;
-    let c = w + (((1.0 - w) - hz) + (z * z).mul_add(series(&COS_SERIES, z), -h * l));
+    let hz = V::c(0.5).mul(z);
+    let w = one.sub(hz);
+    let tail = z.mul(z).fma(series(&COS_SERIES, z), neg(h).mul(l));
+    let c = w.add(one.sub(w).sub(hz).add(tail));
     (s, c)
 }
 
 /// Which function of the quadrant's sine and cosine.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Trig {
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Trig {
+    /// The sine.
     Sin,
+    /// The cosine.
     Cos,
+    /// The tangent.
     Tan,
+}
+
+impl Trig {
+    /// The C library's function, for the lanes the vector code leaves to it.
+    pub fn library(self) -> fn(f64) -> f64 {
+        match self {
+            Trig::Sin => f64::sin,
+            Trig::Cos => f64::cos,
+            Trig::Tan => f64::tan,
+        }
+    }
+}
+
+/// `±1` by bit `n` of the integer `q` (-1 where it is set).
+#[inline(always)]
+fn sign_of_bit<V: Vf64>(q: V, n: u8) -> V {
+    q.shl(63 - n).and(V::bits(0x8000_0000_0000_0000)).or(V::c(1.0))
 }
 
 /// `f(x)` by the vector reduction, or NaN for an argument the C library
 /// must compute (see [`TRIG_LIMIT`]; a NaN argument gives NaN too).
 #[inline(always)]
-fn trig_reduced(f: Trig, x: f64) -> f64 {
-    let (h, l, q) = reduce(x);
+pub(crate) fn trig_v<V: Vf64>(f: Trig, x: V) -> V {
+    let (h, l, k, q) = reduce(x);
     let (s, c) = sin_cos_kernel(h, l);
-    let swap = q & 1 != 0;
+    // Odd quadrants swap sine and cosine.
+    let swap = sign_of_bit(q, 0).lt(V::c(0.0));
     let y = match f {
-        Trig::Sin => {
-            let v = if swap { c } else { s };
-            if q & 2 != 0 {
-                -v
-            } else {
-                v
-            }
-        }
-        Trig::Cos => {
-            let v = if swap { s } else { c };
-            if (q + 1) & 2 != 0 {
-                -v
-            } else {
-                v
-            }
-        }
-        Trig::Tan => {
-            if swap {
-                -c / s
-            } else {
-                s / c
-            }
-        }
+        Trig::Sin => V::select(swap, c, s).mul(sign_of_bit(q, 1)),
+        Trig::Cos => V::select(swap, s, c).mul(sign_of_bit(q.iadd(V::bits(1)), 1)),
+        Trig::Tan => V::select(swap, neg(c), s).div(V::select(swap, s, c)),
     };
     // sin(-0) and tan(-0) are -0.
-    let y = if x == 0.0 && f != Trig::Cos { x } else { y };
-    let library = x.abs() > TRIG_LIMIT || (q != 0 && h.abs() < 1.0 / 1_073_741_824.0);
-    if library {
-        f64::NAN
-    } else {
-        y
-    }
+    let y = if f == Trig::Cos { y } else { V::select(x.eq(V::c(0.0)), x, y) };
+    // Beyond the limit, or too near a nonzero multiple of π/2: the library.
+    let nan = V::c(f64::NAN);
+    let near = V::select(h.abs().lt(V::c(1.0 / 1_073_741_824.0)), nan, y);
+    let y = V::select(k.eq(V::c(0.0)), y, near);
+    V::select(x.abs().gt(V::c(TRIG_LIMIT)), nan, y)
 }
 
 /// `sin(x)` by the vector code, NaN where the C library must compute it
 /// (the tile kernels fix those lanes after the vector pass).
 #[inline(always)]
 pub fn sin_reduced(x: f64) -> f64 {
-    trig_reduced(Trig::Sin, x)
+    trig_v(Trig::Sin, x)
 }
 
 /// `cos(x)`, as [`sin_reduced`].
 #[inline(always)]
 pub fn cos_reduced(x: f64) -> f64 {
-    trig_reduced(Trig::Cos, x)
+    trig_v(Trig::Cos, x)
 }
 
 /// `tan(x)`, as [`sin_reduced`].
 #[inline(always)]
 pub fn tan_reduced(x: f64) -> f64 {
-    trig_reduced(Trig::Tan, x)
+    trig_v(Trig::Tan, x)
 }
 
 /// The sine (the vector code, or the C library beyond its range).
