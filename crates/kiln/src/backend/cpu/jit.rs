@@ -43,8 +43,7 @@
 //! has at most
 //! [`MAX_INPUTS`] inputs (any number of outputs), every value is `f32`,
 //! `bool`, `i32` or a 16-bit float, or every value is `f64` or `bool` (a
-//! `bool` input or output is one byte per position; AVX2 leaves an `f64`
-//! group with one to the interpreter), each op has a
+//! `bool` input or output is one byte per position), each op has a
 //! lowering (arithmetic, `abs`, `neg`, `sign`, `square`, `sqrt`, `rsqrt`,
 //! rounding, `maximum`/`minimum`, `floor_divide`, `remainder`, `pow`,
 //! `atan2`, `exp`, `expm1`, `log`, `log1p`, `log2`,
@@ -479,15 +478,6 @@ impl Prog {
     pub fn new(nodes: Vec<Node>, inputs: usize, outputs: Vec<Val>) -> Prog {
         let out_half = vec![None; outputs.len()];
         Prog { elem: Elem::F32, nodes, inputs, outputs, out_half }
-    }
-
-    /// Whether any input or output is a `bool` array or an array of 16-bit
-    /// floats (AVX2 moves those through stack slots in its last vector, and
-    /// declines an `f64` program with them).
-    pub fn has_narrow_io(&self) -> bool {
-        self.nodes.iter().any(|n| matches!(n, Node::InputMask(_) | Node::InputHalf(..)))
-            || self.outputs.iter().any(|&o| self.is_mask(o))
-            || self.out_half.iter().any(Option::is_some)
     }
 }
 
@@ -1545,7 +1535,6 @@ mod tests {
             let narrows = p.nodes.iter().filter(|n| matches!(n, Node::Un(Un::Narrow(k), _) if *k == h)).count();
             assert_eq!(narrows, 1, "exp rounds, neg does not");
             assert_eq!(p.out_half, vec![Some(h)]);
-            assert!(p.has_narrow_io());
             let avx2 = lower_at(&g, Level::Avx2).expect("and for AVX2");
             assert_eq!(avx2.out_half, vec![Some(h)]);
         }

@@ -19,8 +19,8 @@
 //! input is first copied (its `len % 8` elements, `rep movsb`) into a
 //! zeroed stack slot and read from there, and such an output is written to
 //! a slot and its valid elements copied out. A `bool` input's bytes are
-//! widened (`vpmovzxbd`) and compared with zero; a `bool` output's mask is
-//! packed to bytes 0 or 1; `float16` goes through F16C (`vcvtph2ps`,
+//! widened (`vpmovzxbd`, or `vpmovzxbq` to an `f64` program's lanes) and
+//! compared with zero; a `bool` output's mask is packed to bytes 0 or 1; `float16` goes through F16C (`vcvtph2ps`,
 //! `vcvtps2ph`), `bfloat16` through shifts and the integer rounding of
 //! `bf16::from_f32`.
 //!
@@ -215,9 +215,9 @@ impl Gen<'_> {
             return f(self, qword_ptr(rsp + slot));
         }
         let ptr = self.ptrs.get(&mut self.a, k)?;
-        let shift = narrow_shift(size);
+        let shift = self.narrow_shift(size);
         self.a.shr(rax, shift)?;
-        let r = f(self, qword_ptr(ptr + rax + disp / (4 / size as i32)));
+        let r = f(self, qword_ptr(ptr + rax + (disp >> shift)));
         self.a.shl(rax, shift)?;
         r
     }
@@ -232,7 +232,7 @@ impl Gen<'_> {
             self.a.vmovups(ymmword_ptr(rsp + slot), YMM[0])?;
         }
         let ptr = self.ptrs.get(&mut self.a, k)?;
-        let shift = narrow_shift(size);
+        let shift = self.narrow_shift(size);
         for r in [rsi, rdi, rcx] {
             self.a.push(r)?;
         }
@@ -249,6 +249,14 @@ impl Gen<'_> {
             self.a.pop(r)?;
         }
         Ok(())
+    }
+
+    /// The shift from `rax`, the byte offset of a position among the
+    /// program's elements (4 or 8 bytes), to its offset among elements of
+    /// `size` bytes (1 or 2).
+    fn narrow_shift(&self, size: u32) -> u32 {
+        let elem = if self.wide { 3 } else { 2 };
+        elem - size.trailing_zeros()
     }
 
     fn define(&mut self, v: Val, r: usize) {
@@ -317,17 +325,35 @@ impl Gen<'_> {
                 // Bytes widened to lanes, then tested: nonzero is true.
                 let d = self.alloc(pos, &pin)?;
                 let dy = YMM[d];
+                // (An f64 program's lanes are 64 bits: 4 bytes a vector.)
+                let wide = self.wide;
                 if self.bcast.contains(k) {
                     let ptr = self.ptrs.input(&mut self.a, k)?;
                     self.a.movzx(r11d, byte_ptr(ptr))?;
                     self.a.vmovd(XMM[d], r11d)?;
-                    self.a.vpbroadcastd(dy, XMM[d])?;
+                    if wide {
+                        self.a.vpbroadcastq(dy, XMM[d])?;
+                    } else {
+                        self.a.vpbroadcastd(dy, XMM[d])?;
+                    }
                 } else {
                     let disp = self.disp[v as usize];
-                    self.narrow_at(k, 1, disp, |g, m| Ok(g.a.vpmovzxbd(dy, m)?))?;
+                    self.narrow_at(k, 1, disp, |g, m| {
+                        if wide {
+                            g.a.vpmovzxbq(dy, dword_ptr(m))?;
+                        } else {
+                            g.a.vpmovzxbd(dy, m)?;
+                        }
+                        Ok(())
+                    })?;
                 }
-                self.a.vpcmpeqd(dy, dy, ymmword_ptr(r10 + self.pool_at[&0]))?;
-                self.a.vxorps(dy, dy, ymmword_ptr(r10 + self.pool_at[&all_ones(false)]))?;
+                let zero = ymmword_ptr(r10 + self.pool_at[&0]);
+                if wide {
+                    self.a.vpcmpeqq(dy, dy, zero)?;
+                } else {
+                    self.a.vpcmpeqd(dy, dy, zero)?;
+                }
+                self.a.vxorps(dy, dy, ymmword_ptr(r10 + self.pool_at[&all_ones(wide)]))?;
                 d
             }
             Node::InputHalf(k, h) => {
@@ -716,8 +742,15 @@ impl Gen<'_> {
                 self.a.vpand(YMM[t], r, ymmword_ptr(r10 + self.pool_at[&1]))?;
                 self.a.vextracti128(XMM[u], YMM[t], 1)?;
                 self.a.vpackusdw(XMM[t], XMM[t], XMM[u])?;
-                self.a.vpackuswb(XMM[t], XMM[t], XMM[t])?;
-                self.narrow_at(at_k, 1, disp, |g, m| Ok(g.a.vmovq(m, XMM[t])?))?;
+                if self.wide {
+                    // Words (q0, 0, q1, 0, ...) are the dwords q0..q3: once more.
+                    self.a.vpackusdw(XMM[t], XMM[t], XMM[t])?;
+                    self.a.vpackuswb(XMM[t], XMM[t], XMM[t])?;
+                    self.narrow_at(at_k, 1, disp, |g, m| Ok(g.a.vmovd(dword_ptr(m), XMM[t])?))?;
+                } else {
+                    self.a.vpackuswb(XMM[t], XMM[t], XMM[t])?;
+                    self.narrow_at(at_k, 1, disp, |g, m| Ok(g.a.vmovq(m, XMM[t])?))?;
+                }
                 self.untemp(t);
                 self.untemp(u);
                 continue;
@@ -749,16 +782,6 @@ impl Gen<'_> {
     }
 }
 
-/// The shift from `rax`, the byte offset of a position among `f32`
-/// elements, to its offset among elements of `size` bytes (1 or 2).
-fn narrow_shift(size: u32) -> u32 {
-    if size == 1 {
-        2
-    } else {
-        1
-    }
-}
-
 /// Whether `p` converts to or from `float16` (`vcvtph2ps`, `vcvtps2ph`).
 fn uses_f16(p: &Prog) -> bool {
     p.nodes.iter().any(|n| matches!(n, Node::InputHalf(_, Half::F16) | Node::Un(Un::Narrow(Half::F16), _)))
@@ -787,9 +810,8 @@ fn all_ones(wide: bool) -> u64 {
 /// operation of another level (see [`jit`](crate::backend::cpu::jit)).
 pub fn generate(p: &Prog, v: Variant) -> Option<Code> {
     // float16 values are converted by F16C (which every AVX2 CPU we know
-    // has); bool inputs and outputs are loaded and stored as 32-bit lanes
-    // (an f64 program's with them runs on the interpreter).
-    if (uses_f16(p) && !f16c()) || (p.elem == Elem::F64 && p.has_narrow_io()) {
+    // has).
+    if uses_f16(p) && !f16c() {
         return None;
     }
     // The first pass finds how many stack slots the spills need; the
