@@ -467,12 +467,14 @@ impl Gen<'_> {
             }
             Node::Fix(fix, x, y, r, m) => {
                 // d = r; when a lane of `m` is set, a call fixes d's lanes
-                // in place, every vector and mask register saved around it.
+                // in place, every vector register in use (the others hold
+                // nothing read later) and every mask register saved around it.
                 let km = self.kreg(m);
                 let sx = self.reg(x, &mut temps)?;
                 let sy = self.reg(y, &mut temps)?;
                 let sr = self.reg(r, &mut temps)?;
                 let d = self.take_z()?;
+                let saved: Vec<usize> = (0..ZMM.len()).filter(|r| !self.free_z.contains(r)).collect();
                 self.a.vmovaps(ZMM[d], sr)?;
                 let mut skip = self.a.create_label();
                 self.a.kortestw(K[km], K[km])?;
@@ -482,8 +484,8 @@ impl Gen<'_> {
                 const YS: i32 = XS + 64;
                 const OS: i32 = YS + 64;
                 jit_code::open_call(&mut self.a, OS + 64)?;
-                for (i, z) in ZMM.into_iter().enumerate() {
-                    self.a.vmovups(zmmword_ptr(rsp + 64 * i as i32), z)?;
+                for &i in &saved {
+                    self.a.vmovups(zmmword_ptr(rsp + 64 * i as i32), ZMM[i])?;
                 }
                 for (i, k) in K.into_iter().enumerate().skip(1) {
                     self.a.kmovw(word_ptr(rsp + (KS + 2 * i as i32)), k)?;
@@ -492,8 +494,8 @@ impl Gen<'_> {
                 self.a.vmovups(zmmword_ptr(rsp + YS), sy)?;
                 self.a.vmovups(zmmword_ptr(rsp + OS), ZMM[d])?;
                 jit_code::call_fix(&mut self.a, fix, 64 / self.p.elem.bytes() as u32, [XS, YS, OS])?;
-                for (i, z) in ZMM.into_iter().enumerate() {
-                    self.a.vmovups(z, zmmword_ptr(rsp + 64 * i as i32))?;
+                for &i in &saved {
+                    self.a.vmovups(ZMM[i], zmmword_ptr(rsp + 64 * i as i32))?;
                 }
                 self.a.vmovups(ZMM[d], zmmword_ptr(rsp + OS))?;
                 for (i, k) in K.into_iter().enumerate().skip(1) {
