@@ -20,9 +20,9 @@
 //! zeroed stack slot and read from there, and such an output is written to
 //! a slot and its valid elements copied out. A `bool` input's bytes are
 //! widened (`vpmovzxbd`, or `vpmovzxbq` to an `f64` program's lanes) and
-//! compared with zero; a `bool` output's mask is packed to bytes 0 or 1; `float16` goes through F16C (`vcvtph2ps`,
-//! `vcvtps2ph`), `bfloat16` through shifts and the integer rounding of
-//! `bf16::from_f32`.
+//! compared with zero; a `bool` output's mask is packed to bytes 0 or 1;
+//! `float16` goes through F16C (`vcvtph2ps`, `vcvtps2ph`), `bfloat16`
+//! through shifts and the integer rounding of `bf16::from_f32`.
 //!
 //! Constants live in a pool addressed by `r10`, each repeated in 8 lanes,
 //! and are read as 32-byte memory operands (AVX2 has no embedded
