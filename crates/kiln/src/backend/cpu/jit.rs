@@ -310,9 +310,7 @@ impl Fix {
             Fix::IntFloorDivide => 1002,
             Fix::IntRemainder => 1003,
             Fix::IntPow => 1004,
-            Fix::Library(Trig::Sin) => 2000,
-            Fix::Library(Trig::Cos) => 2001,
-            Fix::Library(Trig::Tan) => 2002,
+            Fix::Library(f) => 2000 + Trig::ALL.iter().position(|&g| g == f).expect("every function is in Trig::ALL"),
         }
     }
 }
@@ -328,7 +326,7 @@ impl Fix {
 /// lanes of the code's width (and aligned to it); `out` must not overlap
 /// `a` or `b`.
 pub unsafe extern "sysv64" fn fix_lanes_sysv(a: *const f32, b: *const f32, out: *mut f32, lanes: usize, code: usize) {
-    if let Some(f) = [Trig::Sin, Trig::Cos, Trig::Tan].get(code.wrapping_sub(2000)) {
+    if let Some(f) = Trig::ALL.get(code.wrapping_sub(2000)) {
         // SAFETY: the caller's contract, for f64 lanes.
         let (a, out) = unsafe {
             (
@@ -739,9 +737,9 @@ impl Vf64 for Traced64 {
 }
 
 /// An `f64` function of [`math_f64`](crate::backend::cpu::math_f64)
-/// recorded on `x`, or `None` for one it does not vectorize (those run on
-/// the interpreter: `erf`; and the trigonometric ones, whose far lanes
-/// call the C library).
+/// recorded on `x` (the trigonometric ones with a call for the lanes they
+/// leave to the C library), or `None` for one it does not vectorize (`erf`:
+/// the interpreter runs it).
 fn f64_function(u: UnaryOp, x: Traced) -> Option<Traced> {
     use crate::backend::cpu::math_f64 as m;
     let x = Traced64(x.0);
@@ -757,11 +755,7 @@ fn f64_function(u: UnaryOp, x: Traced) -> Option<Traced> {
         UnaryOp::Sin | UnaryOp::Cos | UnaryOp::Tan => {
             // The vector code, and a call for the lanes it leaves to the C
             // library (NaN for a finite argument), as the tile kernel fixes them.
-            let f = match u {
-                UnaryOp::Sin => Trig::Sin,
-                UnaryOp::Cos => Trig::Cos,
-                _ => Trig::Tan,
-            };
+            let f = Trig::of(u)?;
             let r = m::trig_v(f, x);
             let library = Traced::mand(r.is_nan(), mask_not(x.is_nan()));
             return Some(Traced(record(Node::Fix(Fix::Library(f), x.0, x.0, r.0, library.0))));

@@ -34,6 +34,8 @@
 //! [`sin_reduced`] and the others) are the C library's in both: the tile kernel replaces them
 //! after its pass, a generated kernel calls out for a vector holding one.
 
+use crate::primitive::UnaryOp;
+
 /// The operations the functions of this module are written in: `f64`
 /// lanes and their bit patterns as 64-bit integers. Implemented by `f64`
 /// (one lane; the multiversioned tile loops vectorize it) and by the code
@@ -427,6 +429,19 @@ pub enum Trig {
 }
 
 impl Trig {
+    /// Every function, in a fixed order (their numbers in generated code's calls).
+    pub const ALL: [Trig; 3] = [Trig::Sin, Trig::Cos, Trig::Tan];
+
+    /// The function of op `u`, if it is one.
+    pub fn of(u: UnaryOp) -> Option<Trig> {
+        match u {
+            UnaryOp::Sin => Some(Trig::Sin),
+            UnaryOp::Cos => Some(Trig::Cos),
+            UnaryOp::Tan => Some(Trig::Tan),
+            _ => None,
+        }
+    }
+
     /// The C library's function, for the lanes the vector code leaves to it.
     pub fn library(self) -> fn(f64) -> f64 {
         match self {

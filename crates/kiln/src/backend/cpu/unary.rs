@@ -163,13 +163,7 @@ pub fn unary(op: UnaryOp, x: Src, out: &mut Buffer) {
         Buffer::F64(_) => {
             float_unary_simd::<f64>(op, x, out);
             // The lanes the vector trigonometry leaves to the C library.
-            let library: Option<fn(f64) -> f64> = match op {
-                UnaryOp::Sin => Some(f64::sin),
-                UnaryOp::Cos => Some(f64::cos),
-                UnaryOp::Tan => Some(f64::tan),
-                _ => None,
-            };
-            if let Some(f) = library {
+            if let Some(f) = math_f64::Trig::of(op).map(math_f64::Trig::library) {
                 let os = f64::slice_of_mut(out).expect("register dtype matches the op's output dtype");
                 for (o, &a) in os[..x.len].iter_mut().zip(x.slice::<f64>()) {
                     *o = math_f64::library_if_nan(*o, a, f);
