@@ -11,6 +11,11 @@
 //!   exactly in `f64`, so it follows the same error bounds). On non-x86
 //!   targets only this level exists.
 //!
+//! Besides arithmetic, a function may read a table of eight constants by
+//! lane (`Vf32::lookup`, one `vpermps`): a piecewise polynomial then costs
+//! one lookup and one FMA per coefficient with no branch or blend, which is
+//! how erf is computed.
+//!
 //! The best level the CPU supports is detected once and cached; [`apply`]
 //! runs a function at a forced level (clamped to what the CPU supports), for
 //! tests and benchmarks.
@@ -30,7 +35,7 @@
 //! | [`log1p_f32`] | 1 ulp | 0.78 | `log1p(-1) = -inf`, `log1p(x<-1) = NaN`, `±0` kept |
 //! | [`tanh_f32`] | 2 ulp | 1.37 | odd (`tanh(-0) = -0`), `±1` beyond 9.01 |
 //! | [`sigmoid_f32`] | 2 ulp | 1.42 | `1` and `0` (through subnormals) at the ends |
-//! | [`erf_f32`] | 2 ulp | 1.14 | odd, `±1` from 3.9192 |
+//! | [`erf_f32`] | 2 ulp | 1.05 | eight polynomial pieces on `[0, 4)`, each coefficient one table lookup; odd, `±1` from 3.9192 (1.050 ulp over every `f32` of `[0, 4]`) |
 //! | [`log2_f32`], [`log10_f32`] | 1 ulp | 0.86, 0.69 | `log`'s reduction; `ln(m)` kept as a 12-bit head and a tail, so each term of `k log_b(2) + ln(m) log_b(e)` is exact or small; exact at powers of two (`log2`) |
 //! | [`sin_f32`], [`cos_f32`] | 1.5 ulp | 1.45 | for `\|x\| <=` [`TRIG_LIMIT`] (65536): three-part Cody-Waite reduction by π/2; larger lanes are recomputed in `f64` (≤ 0.5 ulp, slower); `±inf -> NaN` |
 //! | [`pow_f32`] | 1 ulp | 0.76 | `ln\|x\|` as an unrounded pair (12-bit head and tail, `k ln 2` exact), `y ln\|x\|` as a pair by FMA, `exp` of the pair; C99's special cases (`pow(x, ±0) = 1`, `pow(1, y) = 1`, NaN for negative `x` and non-integer `y`, signs for odd integer `y`) |
@@ -535,6 +540,9 @@ pub(crate) trait Vf32: Copy {
     fn sra23(self) -> Self;
     /// `2^n` for integer-valued `n` in `[-126, 127]`.
     fn pow2i(n: Self) -> Self;
+    /// Entry `b & 7` of `table`, where `b` is each lane's bit pattern (one
+    /// permute instruction: `vpermps`).
+    fn lookup(self, table: Table) -> Self;
     /// `self * 2^n` for integer-valued `n` in `[-150, 128]`, rounded once
     /// (so a subnormal result is rounded once, and a large one overflows).
     #[inline(always)]
@@ -686,6 +694,10 @@ impl Vf32 for f32 {
         f32::from_bits(((n as i32 + 127) << 23) as u32)
     }
     #[inline(always)]
+    fn lookup(self, table: Table) -> Self {
+        table.values()[(self.to_bits() & 7) as usize]
+    }
+    #[inline(always)]
     fn lt(self, o: Self) -> bool {
         self < o
     }
@@ -742,22 +754,45 @@ const EXPM1_Q: [f32; 7] = [1.0 / 40320.0, 1.0 / 5040.0, 1.0 / 720.0, 1.0 / 120.0
 const LOG_R: [f32; 4] = [2.0 / 9.0, 2.0 / 7.0, 2.0 / 5.0, 2.0 / 3.0];
 /// `(tanh(x)/x - 1) / x^2` in `t = x^2` on `[0, 0.3025]` (Chebyshev fit).
 const TANH_SMALL: [f32; 6] = [0.002_526_390_6, -0.008_526_333, 0.021_818_45, -0.053_964_7, 0.133_333_23, -0.333_333_34];
-/// `erf(x)/x - 1` in `t = x^2` on `[0, 1]` (Chebyshev fit).
-const ERF_SMALL: [f32; 7] =
-    [7.875_875e-5, -0.000_801_686_4, 0.005_189_087, -0.026_854_214, 0.112_835_94, -0.376_126_26, 0.128_379_17];
-/// `ln(erfc(x)) + x^2` in `t = x - ERF_MID` on `[1, 3.93]` (Chebyshev fit).
-const ERF_BIG: [f32; 9] = [
-    1.666_447_7e-6,
-    -1.370_065_5e-5,
-    8.013_614e-5,
-    -0.000_434_970_63,
-    0.002_232_226_3,
-    -0.011_133_28,
-    0.057_137_053,
-    -0.356_219_4,
-    -1.545_738_8,
+/// A table of eight `f32` entries that the vector functions read by lane
+/// (one `vpermps`; the code generator records it as a node of its own).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Table(u8);
+
+impl Table {
+    /// The coefficients of `erf_v`'s eight polynomials, highest first:
+    /// `ERF[j]` holds coefficient `6 - j` of each piece.
+    const ERF: [Table; 7] = [Table(0), Table(1), Table(2), Table(3), Table(4), Table(5), Table(6)];
+
+    /// Table `j` of erf's coefficients (`j < 7`, highest first; see
+    /// [`erf_f32`]).
+    pub fn erf(j: usize) -> Table {
+        Table::ERF[j]
+    }
+
+    /// The table's entries.
+    pub fn values(self) -> &'static [f32; 8] {
+        &TABLES[self.0 as usize]
+    }
+}
+
+/// Every lookup table (see [`Table`]). The first seven: `erf(a)` on `a in
+/// [i/2, (i+1)/2)` (`erf(a) / a - 1` for `i = 0`) as a polynomial of degree 6
+/// in `t = 2a - i - 1/2`, piece `i` in entry `i`, fitted in `f64` (least
+/// squares relative to the function at 400 Chebyshev nodes, each
+/// coefficient rounded to `f32` before the higher ones are refitted to what
+/// is left); on `[-1/2, 1/2]` each piece is within 0.53 ulp of the
+/// function (1.8 for piece 0, whose values, below 0.13, are added to 1).
+#[rustfmt::skip]
+static TABLES: [[f32; 8]; 7] = [
+    [-0.00027087948, -0.00043182087, 0.00031495432, 0.00013273046, -5.4379118e-05, -3.148525e-05, -1.085172e-05, 2.8852553e-06],
+    [-0.001092683, -0.0016013064, -0.0014616427, 0.00018651696, 0.00033065805, 8.8307585e-05, 1.03942375e-05, 6.314144e-07],
+    [0.005559679, 0.009423996, -0.00038026145, -0.0030027914, -0.0011882255, -0.0002012334, -1.5009357e-05, -2.2653394e-06],
+    [0.013086434, 0.003340696, 0.02094034, 0.011272219, 0.0027158733, 0.0003447758, 2.4402414e-05, 9.88966e-07],
+    [-0.08383734, -0.120550305, -0.073913306, -0.023089528, -0.004018138, -0.00040336355, -2.4076862e-05, -6.510488e-07],
+    [-0.09058274, 0.3214658, 0.118260615, 0.026387418, 0.00357115, 0.00029314714, 1.4596823e-05, 4.4094332e-07],
+    [0.10530555, 0.71115565, 0.92290014, 0.9866717, 0.9985373, 0.9998994, 0.9999957, 0.9999999],
 ];
-const ERF_MID: f32 = 2.468_75;
 /// Smallest `f32` whose erf rounds to 1.
 const ERF_ONE: f32 = 3.919_206;
 /// `1/ln 2` as a 12-bit head and a tail (for `log2`).
@@ -1009,17 +1044,26 @@ fn sigmoid_v<V: Vf32>(x: V) -> V {
 
 #[inline(always)]
 fn erf_v<V: Vf32>(x: V) -> V {
+    // erf(a) = q_i(t) on eight pieces of [0, 4) (a q_0(t) + a on the
+    // first, for relative accuracy near 0): s = 2a, i = floor(s), t = s - (i +
+    // 1/2) in [-1/2, 1/2) (exact for i >= 1; for i = 0 its rounding moves
+    // q by far less than an ulp, q' being ~0 near 0). The index rides in
+    // the low bits of i + 2^23, and each coefficient of q_i is one table
+    // lookup.
     let a = x.abs();
-    let small = a.fma(a.mul(a).poly(&ERF_SMALL), a);
-    // 1 - exp(h(a) - a^2), with a^2 = hi + lo exactly.
-    let ac = a.min(V::c(ERF_ONE));
-    let hi = ac.mul(ac);
-    let lo = ac.fma(ac, hi.xor(V::c(-0.0)));
-    let h = ac.sub(V::c(ERF_MID)).poly(&ERF_BIG);
-    // Where `big` is used (1 <= |x| < ERF_ONE), h - x^2 = ln(erfc(|x|)) is
-    // in [-17, -1.8]; the other lanes' values are discarded below.
-    let big = V::c(1.0).sub(exp_in_range(h.sub(hi).sub(lo)));
-    let r = V::select(a.lt(V::c(1.0)), small, big);
+    let s = a.add(a);
+    let i = s.floor();
+    let t = s.sub(i.add(V::c(0.5)));
+    let idx = i.add(V::c(8_388_608.0));
+    let mut q = idx.lookup(Table::ERF[0]);
+    for &c in &Table::ERF[1..] {
+        q = q.fma(t, idx.lookup(c));
+    }
+    // Lanes from ERF_ONE (infinities, and the wrapped indices of 4 and
+    // above) are 1.
+    // a q_0 + a, rounded once, on the first piece; q_i * 1 + 0 on the others.
+    let first = a.lt(V::c(0.5));
+    let r = q.fma(V::select(first, a, V::c(1.0)), V::select(first, a, V::c(0.0)));
     let r = V::select(a.ge(V::c(ERF_ONE)), V::c(1.0), r);
     keep_nan(x, r.xor(x.sign()))
 }
@@ -1217,7 +1261,7 @@ mod x86 {
     //! are compiled with the matching target features and only called after
     //! runtime detection: that is the invariant every `SAFETY` below relies on.
 
-    use super::{run_generic, Func, VMem, Vf32};
+    use super::{run_generic, Func, Table, VMem, Vf32};
     #[cfg(target_arch = "x86")]
     use std::arch::x86::*;
     #[cfg(target_arch = "x86_64")]
@@ -1373,6 +1417,11 @@ mod x86 {
             )))))
         }
         #[inline(always)]
+        fn lookup(self, table: Table) -> Self {
+            let t = table.values();
+            F8(avx2!(_mm256_permutevar8x32_ps(_mm256_loadu_ps(t.as_ptr()), _mm256_castps_si256(self.0))))
+        }
+        #[inline(always)]
         fn lt(self, o: Self) -> __m256 {
             avx2!(_mm256_cmp_ps::<_CMP_LT_OQ>(self.0, o.0))
         }
@@ -1492,6 +1541,16 @@ mod x86 {
                 _mm512_cvtps_epi32(n.0),
                 _mm512_set1_epi32(127)
             )))))
+        }
+        #[inline(always)]
+        fn lookup(self, table: Table) -> Self {
+            // Indices 0..7 only (the low three bits): the table's 8 entries
+            // twice fill the 16 a permute reads.
+            let t = table.values();
+            let mut both = [0f32; 16];
+            both[..8].copy_from_slice(t);
+            both[8..].copy_from_slice(t);
+            F16(avx512!(_mm512_permutexvar_ps(_mm512_castps_si512(self.0), _mm512_loadu_ps(both.as_ptr()))))
         }
         #[inline(always)]
         fn scale2(self, n: Self) -> Self {

@@ -107,7 +107,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::backend::cpu::math::IntMath;
 use crate::backend::cpu::math_f64::{Trig, Vf64};
-use crate::backend::cpu::simd_math::{self, Func, Level, Vf32};
+use crate::backend::cpu::simd_math::{self, Func, Level, Table, Vf32};
 use crate::backend::cpu::CpuGroup;
 use crate::dtype::DType;
 use crate::passes::fuse::{FusedGroup, FusedOp};
@@ -192,6 +192,8 @@ pub enum Un {
     /// [`half_conv`](crate::backend::cpu::half_conv) rounds, kept as an
     /// `f32` (AVX-512 only).
     Narrow(Half),
+    /// Entry `b & 7` of the table, `b` the lane's bits (`vpermps`).
+    Lookup(Table),
 }
 
 /// A 16-bit float type: the storage of a `float16` or `bfloat16` input or
@@ -620,6 +622,9 @@ impl Vf32 for Traced {
     }
     fn pow2i(n: Self) -> Self {
         n.un_f32(Un::Pow2i)
+    }
+    fn lookup(self, table: Table) -> Self {
+        self.un_f32(Un::Lookup(table))
     }
     fn scale2(self, n: Self) -> Self {
         if recording_avx2() {
@@ -1652,6 +1657,27 @@ mod tests {
         // SSA: operands precede their users.
         for (i, n) in p.nodes.iter().enumerate() {
             assert!(n.operands().iter().all(|&o| (o as usize) < i));
+        }
+    }
+
+    #[test]
+    fn erf_reads_its_coefficients_from_tables() {
+        // Seven coefficients, each one lookup of the same index; no blend
+        // between two branches' values but the first piece's factor, the
+        // saturation at 1 and the NaN lanes.
+        let g = group(vec![(Primitive::Unary(UnaryOp::Erf), vec![0])], 1);
+        for level in [Level::Avx2, Level::Avx512] {
+            let p = lower_at(&g, level).expect("erf lowers");
+            let lookups: Vec<(Table, Val)> = p
+                .nodes
+                .iter()
+                .filter_map(|n| if let Node::Un(Un::Lookup(t), i) = *n { Some((t, i)) } else { None })
+                .collect();
+            assert_eq!(lookups.len(), 7, "{level:?}");
+            assert!(lookups.iter().all(|l| l.1 == lookups[0].1), "one index");
+            let tables: std::collections::HashSet<Table> = lookups.iter().map(|l| l.0).collect();
+            assert_eq!(tables.len(), 7, "seven tables");
+            assert_eq!(p.nodes.iter().filter(|n| matches!(n, Node::Blend(..))).count(), 4, "{level:?}");
         }
     }
 

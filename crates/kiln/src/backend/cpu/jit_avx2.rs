@@ -44,6 +44,7 @@ use crate::backend::cpu::jit::{Elem, Half, InputSet, Node, Pred, Prog, Un, Val, 
 use crate::backend::cpu::jit_code::{
     self, emit3, emit_bin, emit_bin_f64, pred_imm, Code, NoCode, Opnd, Ptrs, Schedule,
 };
+use crate::backend::cpu::simd_math::Table;
 
 /// Vector registers by number.
 const YMM: [AsmRegisterYmm; 16] =
@@ -111,6 +112,8 @@ struct Gen<'a> {
     frame_used: i32,
     /// Byte offsets of constants in the pool (by their bits).
     pool_at: HashMap<u64, i32>,
+    /// Byte offsets of the lookup tables in the pool (32 bytes each).
+    table_at: HashMap<Table, i32>,
     /// Whether the program's lanes are `f64` (4 a vector; else 32-bit, 8).
     wide: bool,
     bcast: InputSet,
@@ -471,7 +474,7 @@ impl Gen<'_> {
             }
             Node::Un(op, x) => {
                 // Shifts read a register; the others memory too.
-                let s = if matches!(op, Un::Sra23 | Un::Shl(_) | Un::Sra(_)) {
+                let s = if matches!(op, Un::Sra23 | Un::Shl(_) | Un::Sra(_) | Un::Lookup(_)) {
                     Opnd::Reg(self.load(x, pos, &mut pin)?)
                 } else {
                     self.opnd(x, &mut pin)
@@ -521,6 +524,9 @@ impl Gen<'_> {
                     (false, Un::IntToFloat, _) => e!(vcvtdq2ps),
                     (false, Un::FloatToIntTrunc, _) => e!(vcvttps2dq),
                     (false, Un::Narrow(_), _) => unreachable!("emitted above"),
+                    (false, Un::Lookup(t), Opnd::Reg(r)) => {
+                        self.a.vpermps(dy, r, ymmword_ptr(r10 + self.table_at[&t]))?
+                    }
                     (false, ..) => return Err(NoCode),
                 }
                 self.st.free_slots.extend(dead);
@@ -856,6 +862,11 @@ fn emit(p: &Prog, v: Variant, frame: i32) -> Result<(CodeAssembler, Box<[jit_cod
             at
         });
     }
+    let mut table_at = HashMap::new();
+    for t in s.tables() {
+        table_at.insert(t, 4 * words.len() as i32);
+        words.extend(t.values().iter().map(|v| v.to_bits()));
+    }
     let mask_at = 4 * words.len() as i32;
     words.extend([u32::MAX; 8]);
     words.extend([0; 8]);
@@ -873,6 +884,7 @@ fn emit(p: &Prog, v: Variant, frame: i32) -> Result<(CodeAssembler, Box<[jit_cod
         last: Vec::new(),
         frame_used: 0,
         pool_at,
+        table_at,
         wide,
         bcast: v.bcast,
         ptrs: Ptrs::new(n_in, n_out, &v.bcast),

@@ -19,7 +19,8 @@
 
 use iced_x86::code_asm::*;
 
-use crate::backend::cpu::jit::{fix_lanes_sysv, Fix, InputSet, Node, Pred, Prog, Val};
+use crate::backend::cpu::jit::{fix_lanes_sysv, Fix, InputSet, Node, Pred, Prog, Un, Val};
+use crate::backend::cpu::simd_math::Table;
 
 /// General registers holding the pointers the loop reads (see [`Ptrs`]).
 pub const PTRS: [AsmRegister64; 9] = [r8, r9, r12, r13, r14, r15, rbx, rbp, rdx];
@@ -395,6 +396,19 @@ impl Schedule {
     /// of appearance.
     pub fn constants(&self) -> Vec<u64> {
         self.q.nodes.iter().filter_map(|n| if let Node::Const(b) = *n { Some(b) } else { None }).collect()
+    }
+
+    /// The lookup tables the program reads ([`Un::Lookup`]), each once.
+    pub fn tables(&self) -> Vec<Table> {
+        let mut t = vec![];
+        for n in &self.q.nodes {
+            if let Node::Un(Un::Lookup(table), _) = *n {
+                if !t.contains(&table) {
+                    t.push(table);
+                }
+            }
+        }
+        t
     }
 }
 

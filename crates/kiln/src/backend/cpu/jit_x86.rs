@@ -28,6 +28,7 @@ use crate::backend::cpu::jit::{Elem, Half, InputSet, Node, Pred, Prog, Un, Val, 
 use crate::backend::cpu::jit_code::{
     self, emit3, emit_bin, emit_bin_f64, int_pred_imm, pred_imm, Code, NoCode, Opnd, Ptrs, Schedule,
 };
+use crate::backend::cpu::simd_math::Table;
 
 /// Vector registers by number.
 const ZMM: [AsmRegisterZmm; 32] = [
@@ -84,6 +85,9 @@ struct Gen<'a> {
     /// Per constant (its bits), its index in the pool's entries (each of
     /// the element type's size).
     pool_at: HashMap<u64, usize>,
+    /// Byte offsets of the lookup tables in the pool (64-byte aligned, the
+    /// eight entries twice).
+    table_at: HashMap<Table, i32>,
     /// Where the input and output pointers are.
     ptrs: Ptrs,
     /// Whether every lane is in bounds (the unrolled loop): 16-bit floats
@@ -396,6 +400,7 @@ impl Gen<'_> {
                         self.a.vcvtph2ps(dz, YMM[d])?;
                     }
                     Un::Narrow(Half::Bf16) => unreachable!("emitted above"),
+                    Un::Lookup(t) => self.a.vpermps(dz, s, zmmword_ptr(r10 + self.table_at[&t]))?,
                 }
                 self.loc[v as usize] = Loc::Z(d);
                 return Ok(());
@@ -552,11 +557,18 @@ fn emit(p: &Prog, v: Variant, copies: usize) -> Result<Code, NoCode> {
     let wide = p.elem == Elem::F64;
     let mut entries = s.constants();
     entries.extend([127, 1, 0x7fff, 0x40_0000, 0xffff_0000]);
-    let words: Vec<u32> = if wide {
+    let mut words: Vec<u32> = if wide {
         entries.iter().flat_map(|&b| [b as u32, (b >> 32) as u32]).collect()
     } else {
         entries.iter().map(|&b| b as u32).collect()
     };
+    // Lookup tables on whole lines, after the constants.
+    let mut table_at = HashMap::new();
+    for t in s.tables() {
+        words.resize(words.len().next_multiple_of(16), 0);
+        table_at.insert(t, 4 * words.len() as i32);
+        words.extend(t.values().iter().chain(t.values()).map(|v| v.to_bits()));
+    }
     let pool = jit_code::pool(&words);
     let mut pool_at = HashMap::new();
     for (i, &b) in entries.iter().enumerate() {
@@ -573,6 +585,7 @@ fn emit(p: &Prog, v: Variant, copies: usize) -> Result<Code, NoCode> {
         free_z: (0..32).rev().collect(),
         free_k: (2..8).rev().collect(),
         pool_at,
+        table_at,
         ptrs: Ptrs::new(n_in, n_out, bcast),
         full: false,
     };

@@ -25,7 +25,7 @@
 use std::cell::RefCell;
 use std::fmt::Write;
 
-use crate::backend::simd_math::{eval_reduced, Func, Vf32, TRIG_LIMIT};
+use crate::backend::simd_math::{eval_reduced, Func, Table, Vf32, TRIG_LIMIT};
 
 thread_local! {
     /// The statements printed so far and the next temporary's number.
@@ -125,6 +125,16 @@ impl Vf32 for CF {
     fn pow2i(n: Self) -> Self {
         f(format_args!("__int_as_float(((int){n} + 127) << 23)"))
     }
+    fn lookup(self, table: Table) -> Self {
+        // A chain of selects on the index's three bits (no arrays needed).
+        let t = table.values();
+        let i = format!("(__float_as_uint({self}) & 7u)");
+        let mut e = lit(t[7]);
+        for k in (0..7).rev() {
+            e = format!("({i} == {k}u ? {} : {e})", lit(t[k]));
+        }
+        f(format_args!("{e}"))
+    }
     fn lt(self, o: Self) -> CM {
         m(format_args!("{self} < {o}"))
     }
@@ -209,4 +219,23 @@ pub fn print(func: Func, x: &str, next: &mut usize) -> (String, String) {
         *next = n;
         (s, r.to_string())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn printed_lookups_select_every_table_entry_by_the_low_bits() {
+        // erf runs on CUDA's erff, but its printed form stays valid: each of
+        // its seven coefficient lookups is a select over all eight entries.
+        let (body, _) = print(Func::Erf, "x", &mut 0);
+        let lookups = body.lines().filter(|l| l.contains("& 7u)")).count();
+        assert_eq!(lookups, 7, "{body}");
+        for t in (0..7).map(crate::backend::simd_math::Table::erf) {
+            for v in t.values() {
+                assert!(body.contains(&lit(*v)), "entry {v} of {t:?}");
+            }
+        }
+    }
 }
