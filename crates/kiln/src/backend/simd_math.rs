@@ -1059,11 +1059,11 @@ fn erf_v<V: Vf32>(x: V) -> V {
     for &c in &Table::ERF[1..] {
         q = q.fma(t, idx.lookup(c));
     }
-    // Lanes from ERF_ONE (infinities, and the wrapped indices of 4 and
-    // above) are 1.
     // a q_0 + a, rounded once, on the first piece; q_i * 1 + 0 on the others.
     let first = a.lt(V::c(0.5));
     let r = q.fma(V::select(first, a, V::c(1.0)), V::select(first, a, V::c(0.0)));
+    // Lanes from ERF_ONE (infinities, and the wrapped indices of 4 and
+    // above) are 1.
     let r = V::select(a.ge(V::c(ERF_ONE)), V::c(1.0), r);
     keep_nan(x, r.xor(x.sign()))
 }
