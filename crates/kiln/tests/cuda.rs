@@ -597,6 +597,31 @@ fn compiled_functions_run_on_the_gpu() -> Result<()> {
     Ok(())
 }
 
+#[test]
+fn a_compiled_call_replans_its_launch_when_an_operand_moves() -> Result<()> {
+    // A compiled step keeps its last launch's plan (vector width, strides)
+    // for calls like the one before; a view of the same shape that starts
+    // one element later is not 16-byte aligned, so its call must plan
+    // anew (a reused vector plan would read misaligned), and so must a
+    // strided view of that shape, and the aligned call after them.
+    let Some(g) = gpu() else { return Ok(()) };
+    let f = compile(|x: &Array| (x * 2.0f32)? + 1.0f32);
+    let n = 8192;
+    let host: Vec<f32> = (0..2 * n + 8).map(|i| i as f32 * 0.25 - 100.0).collect();
+    let all = Array::from_slice(&host, &[2 * n + 8])?.to_device(g)?;
+    let want = |v: &[f32]| -> Vec<f32> { v.iter().map(|&x| x * 2.0 + 1.0).collect() };
+    let len = n / 2;
+    for (start, step) in [(0usize, 1usize), (1, 1), (0, 1), (3, 2), (4, 1), (0, 2), (0, 1)] {
+        let stop = start + len * step;
+        let x = kiln::slice_axis(&all, 0, Some(start as isize), Some(stop as isize), step as isize)?;
+        assert_eq!(x.shape(), [len]);
+        let got = f.call(&x)?.to_device(Device::Cpu)?.to_vec::<f32>()?;
+        let expect: Vec<f32> = host[start..stop].iter().step_by(step).copied().collect();
+        assert_eq!(got, want(&expect), "view from {start}, step {step}");
+    }
+    Ok(())
+}
+
 /// Element-wise closeness of a GPU float result to the CPU's.
 fn near(got: &Array, want: &Array, rtol: f32, ctx: &str) -> Result<()> {
     assert_eq!(got.shape(), want.shape(), "{ctx}: shape");

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use cudarc::driver::{result as cu, sys, CudaContext, CudaStream, DriverError};
 use cudarc::nvrtc::{result as nvrtc, sys as nvrtc_sys};
+use smallvec::SmallVec;
 
 use crate::error::{Error, Result};
 
@@ -130,20 +131,52 @@ unsafe impl Sync for Kernel {}
 /// The kernels made for one step of a compiled program, by variant: a
 /// number standing for whatever else the kernel's source depends on at a
 /// launch (rank, index width, ...), the step's groups being fixed. A cache
-/// hit then launches without writing or hashing the kernel's source.
+/// hit then launches without writing or hashing the kernel's source. It
+/// also keeps the step's last launch ([`Launch`]), so that a call like the
+/// one before skips planning it.
 #[derive(Debug, Default)]
-pub struct Memo(Mutex<Vec<(u64, Kernel)>>);
+pub struct Memo {
+    kernels: Mutex<Vec<(u64, Kernel)>>,
+    last: Mutex<Option<Launch>>,
+}
+
+/// A planned launch: for `key` (what the plan was computed from: the
+/// space, the operands' strides and alignments), the kernel, its grid, and
+/// the arguments after the pointers (sizes and strides).
+#[derive(Debug, Clone)]
+pub struct Launch {
+    /// What the plan depends on.
+    pub key: SmallVec<[i64; 32]>,
+    /// The kernel.
+    pub kernel: Kernel,
+    /// Blocks of the grid.
+    pub blocks: u32,
+    /// The arguments that follow the pointers.
+    pub tail: SmallVec<[Arg; 24]>,
+}
 
 impl Memo {
     /// The kernel of `variant`, made from `source()` (through
     /// [`Gpu::kernel`]) the first time.
     pub fn kernel(&self, gpu: &Gpu, variant: u64, source: impl FnOnce() -> String) -> Result<Kernel> {
-        if let Some((_, k)) = self.0.lock().unwrap_or_else(|e| e.into_inner()).iter().find(|(v, _)| *v == variant) {
-            return Ok(*k);
+        let found =
+            self.kernels.lock().unwrap_or_else(|e| e.into_inner()).iter().find(|(v, _)| *v == variant).map(|e| e.1);
+        if let Some(k) = found {
+            return Ok(k);
         }
         let k = gpu.kernel(&source())?;
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).push((variant, k));
+        self.kernels.lock().unwrap_or_else(|e| e.into_inner()).push((variant, k));
         Ok(k)
+    }
+
+    /// The last launch, when it was planned for `key`.
+    pub fn last_launch(&self, key: &[i64]) -> Option<Launch> {
+        self.last.lock().unwrap_or_else(|e| e.into_inner()).as_ref().filter(|l| l.key[..] == *key).cloned()
+    }
+
+    /// Keeps `launch` as the last one.
+    pub fn set_last_launch(&self, launch: Launch) {
+        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(launch);
     }
 }
 
