@@ -74,24 +74,22 @@
 //! with a [`Node::Fix`] call to the scalar code for a vector with any
 //! other lane (`int_divmod` and `int_pow` hold the proofs); a cast from
 //! `i32` to `bfloat16` leaves the group to the interpreter. An `f64` group
-//! is a program of `f64` lanes
-//! ([`Elem::F64`]: 8 a vector, 4 on AVX2, the same nodes emitted as the
-//! `pd` forms of the instructions, constants as `f64` bits) with
-//! arithmetic, `sqrt`, rounding, `maximum`/`minimum`, comparisons,
-//! selections, the logical ops and the `exp`, `expm1`, `log`, `log1p`,
-//! `log2`, `log10`, `sin`, `cos`, `tan`, `tanh` and `sigmoid` of
-//! [`math_f64`](crate::backend::cpu::math_f64),
-//! recorded from the code the interpreter runs (the trigonometric lanes
-//! it leaves to the C library call out, [`Fix::Library`]); a group with
-//! another `f64` function (`erf`, `pow`, `atan2`), `floor_divide` or
-//! `remainder` runs on the interpreter.
-//! Sine, cosine and tangent
-//! run their vector reduction by `π/2`, which holds for `|x| <=`
-//! [`TRIG_LIMIT`](simd_math::TRIG_LIMIT); a vector with a lane beyond it
-//! (or an infinity) calls [`fix_big_lanes`](simd_math::fix_big_lanes) from
-//! the loop ([`Node::Fix`]: the vector registers in use (AVX2: all) and the mask
-//! registers saved around the call, which almost never runs), so the kernel computes what
-//! the interpreter computes at any argument. `floor_divide` and
+//! is a program of `f64` lanes ([`Elem::F64`]: 8 a vector, 4 on AVX2, the
+//! same nodes emitted as the `pd` forms of the instructions, constants as
+//! `f64` bits) with arithmetic, `sqrt`, rounding, `maximum`/`minimum`,
+//! comparisons, selections, the logical ops and the `exp`, `expm1`, `log`,
+//! `log1p`, `log2`, `log10`, `sin`, `cos`, `tan`, `tanh` and `sigmoid` of
+//! [`math_f64`](crate::backend::cpu::math_f64), recorded from the code the
+//! interpreter runs (the trigonometric lanes it leaves to the C library
+//! call out, [`Fix::Library`]); a group with another `f64` function
+//! (`erf`, `pow`, `atan2`), `floor_divide` or `remainder` runs on the
+//! interpreter. Sine, cosine and tangent run their vector reduction by
+//! `π/2`, which holds for `|x| <=` [`TRIG_LIMIT`](simd_math::TRIG_LIMIT);
+//! a vector with a lane beyond it (or an infinity) calls
+//! [`fix_big_lanes`](simd_math::fix_big_lanes) from the loop
+//! ([`Node::Fix`]: the vector registers in use (AVX2: all) and the mask
+//! registers saved around the call, which almost never runs), so the
+//! kernel computes what the interpreter computes at any argument. `floor_divide` and
 //! `remainder` compute Python's `divmod` in vector code where `fmod` is
 //! exact by FMA (finite operands, `|a / b| < 2^22`) and call the scalar
 //! code for a vector with any other lane ([`Fix::Remainder`]). Anything else runs on

@@ -143,7 +143,7 @@ pub struct Memo {
 /// A planned launch: for `key` (what the plan was computed from: the
 /// space, the operands' strides and alignments), the kernel, its grid, and
 /// the arguments after the pointers (sizes and strides).
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Launch {
     /// What the plan depends on.
     pub key: SmallVec<[i64; 32]>,
@@ -169,9 +169,10 @@ impl Memo {
         Ok(k)
     }
 
-    /// The last launch, when it was planned for `key`.
-    pub fn last_launch(&self, key: &[i64]) -> Option<Launch> {
-        self.last.lock().unwrap_or_else(|e| e.into_inner()).as_ref().filter(|l| l.key[..] == *key).cloned()
+    /// `f` of the last launch, when it was planned for `key` (read in
+    /// place: a cache hit copies only what `f` takes).
+    pub fn with_last_launch<R>(&self, key: &[i64], f: impl FnOnce(&Launch) -> R) -> Option<R> {
+        self.last.lock().unwrap_or_else(|e| e.into_inner()).as_ref().filter(|l| l.key[..] == *key).map(f)
     }
 
     /// Keeps `launch` as the last one.

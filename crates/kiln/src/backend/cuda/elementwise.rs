@@ -243,12 +243,17 @@ pub fn launch(
         }
         None => SmallVec::new(),
     };
-    if let Some(last) = memo.and_then(|m| m.last_launch(&plan_key)) {
+    let args_with = |tail: &[Arg]| -> SmallVec<[Arg; 48]> {
         let mut args: SmallVec<[Arg; 48]> = SmallVec::new();
         args.push(Arg::I64(n as i64));
         args.extend(read().chain(outputs).map(|o| Arg::Ptr(o.ptr)));
-        args.extend(last.tail.iter().copied());
-        return gpu.launch(last.kernel, last.blocks, THREADS, 0, &args);
+        args.extend(tail.iter().copied());
+        args
+    };
+    if let Some((k, blocks, args)) =
+        memo.and_then(|m| m.with_last_launch(&plan_key, |l| (l.kernel, l.blocks, args_with(&l.tail))))
+    {
+        return gpu.launch(k, blocks, THREADS, 0, &args);
     }
     let all: Vec<&[isize]> = inputs.iter().chain(outputs).map(|o| &o.strides[..]).collect();
     let (dims, strides) = collapse(shape, &all);
@@ -270,11 +275,7 @@ pub fn launch(
     for st in &strides {
         tail.extend(st.iter().map(|&s| Arg::I64(s as i64)));
     }
-    let mut args: SmallVec<[Arg; 48]> = SmallVec::new();
-    args.push(Arg::I64(n as i64));
-    args.extend(read().chain(outputs).map(|o| Arg::Ptr(o.ptr)));
-    args.extend(tail.iter().copied());
-    gpu.launch(k, blocks as u32, THREADS, 0, &args)?;
+    gpu.launch(k, blocks as u32, THREADS, 0, &args_with(&tail))?;
     if let Some(m) = memo {
         m.set_last_launch(Launch { key: plan_key, kernel: k, blocks: blocks as u32, tail });
     }
