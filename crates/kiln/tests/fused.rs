@@ -262,9 +262,10 @@ fn broadcast_operands_in_every_position_are_read_as_one_value() -> Result<()> {
 #[test]
 fn outputs_past_the_streaming_threshold_hold_every_element() -> Result<()> {
     // An elementwise kernel bound by memory whose input and output pass
-    // what the cache keeps, and row sinks of 4 MiB or more, are written
-    // with streaming stores, tile by tile and row block by row block; an
-    // odd length leaves unaligned heads and tails.
+    // what the cache keeps, and row sinks that would pass it with an input
+    // of their size, are written with streaming stores, tile by tile and
+    // row block by row block; an odd length leaves unaligned heads and
+    // tails.
     use kiln::backend::cpu::stream;
     let cached = stream::stream_min_working_set().min(stream::MEMORY_BOUND_MAX_CACHED);
     let n = (cached / 8).max(stream::STREAM_MIN_BYTES / 4) + 4099;
@@ -284,7 +285,13 @@ fn outputs_past_the_streaming_threshold_hold_every_element() -> Result<()> {
         let d = (x - &m)?;
         &d * (d.square()?.mean(-1, true)? + 1e-5f32)?.rsqrt()?
     };
-    let (got, want) = (compile(ln).call(&x)?.to_vec::<f32>()?, ln(&x)?.to_vec::<f32>()?);
+    // The limit lowered for this call only, so the 4 MiB rows stream.
+    let limit = stream::stream_min_working_set();
+    stream::set_stream_min_working_set(1 << 16);
+    assert!(stream::rows_stream(r * c * 4), "layernorm's rows stream");
+    let got = compile(ln).call(&x).and_then(|y| y.to_vec::<f32>());
+    stream::set_stream_min_working_set(limit);
+    let (got, want) = (got?, ln(&x)?.to_vec::<f32>()?);
     assert_eq!(got.len(), want.len());
     for (i, (&a, &b)) in got.iter().zip(&want).enumerate() {
         assert!(close(a as f64, b as f64, 1e-4, 1e-5), "layernorm element {i}: {a} vs {b}");

@@ -153,7 +153,7 @@ pub(crate) fn launch(
         // An elementwise kernel streams its outputs when what it reads and
         // writes would not stay in the last-level cache; a block of a row
         // chain streams an output whose destination (the whole sink, for
-        // claimed rows) is large (see `stream`).
+        // claimed rows) would not, with an input of its size (see `stream`).
         let mut stream: SmallVec<[bool; INLINE]> = SmallVec::new();
         if into.is_empty() {
             let read: usize = args.iter().map(|a| a.data().buffer().len().min(n) * a.data().dtype().size()).sum();
@@ -164,7 +164,7 @@ pub(crate) fn launch(
         } else {
             stream.extend(g.outputs.iter().enumerate().map(|(k, &r)| {
                 let dest = into.get(k).and_then(|c| c.as_ref()).map_or(n, |c| c.sink_len());
-                dest * g.reg_dtype(r).size() >= stream::stream_min_bytes()
+                stream::rows_stream(dest * g.reg_dtype(r).size())
             }));
         }
         // A block of a row-blocked chain (`into` is not empty):

@@ -308,7 +308,7 @@ impl<'v> Planner<'_, 'v> {
         let dst = match self.escape_at(v) {
             Some(k) => {
                 self.out.sink_len[k] = self.out.n;
-                let big = (self.out.rows * self.out.n).saturating_mul(4) >= stream::stream_min_bytes();
+                let big = stream::rows_stream((self.out.rows * self.out.n).saturating_mul(4));
                 if self.chain.write_through[k] && big {
                     self.out.streamed = true;
                     Dst::Staged { row: self.scratch_row(), sink: k }

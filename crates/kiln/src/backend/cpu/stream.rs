@@ -34,11 +34,14 @@
 //!   1.2-1.3x slower; on the Xeon softmax and rmsnorm over 4096x4096 ran
 //!   as fast or faster without it (its L3 holds them), on the EPYC 1.5x
 //!   slower.
-//! - The rows of a row chain or row kernel stream outputs of at least
-//!   [`stream_min_bytes`] whatever the cache: these two-pass rows write
-//!   their output while the next rows stream in, and ordinary stores made
-//!   softmax, layernorm and rmsnorm over 4096x4096 and 4096x1024 1.1-1.8x
-//!   slower on both machines.
+//! - The rows of a row chain or row kernel stream an output by the first
+//!   rule, as a kernel bound by memory whose input is the output's size
+//!   ([`rows_stream`]). Softmax, layernorm and rmsnorm over 4096x4096 and
+//!   4096x1024 ran 1.1-1.8x slower with ordinary stores on both machines;
+//!   on the Xeon (two cores of it), softmax and layernorm with 1024
+//!   columns ran 1.13-1.30x faster with ordinary stores over 1024 and 2048
+//!   rows (8 and 16 MiB read and written), within 13% either way over
+//!   4096 rows (32 MiB), and 1.3-1.6x slower over 8192 rows.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{LazyLock, OnceLock};
@@ -46,25 +49,16 @@ use std::sync::{LazyLock, OnceLock};
 use crate::backend::cpu::simd_math::{detected_level, Level};
 use crate::memory::parse_bytes;
 
-/// Outputs of at least this many bytes are written with streaming stores
-/// by row chains (see [`stream_min_bytes`]).
+/// Inputs of at least this many bytes (larger than a core's L2) are
+/// prefetched by the interpreter's and the compiled kernels' runs.
 pub const STREAM_MIN_BYTES: usize = 4 << 20;
 
-/// The smallest output of a row chain or row kernel written with streaming
-/// stores: [`STREAM_MIN_BYTES`], larger than a core's L2; the environment
-/// variable `KILN_STREAM_MIN_BYTES` (bytes, read once) overrides it, for
-/// measurements.
-pub fn stream_min_bytes() -> usize {
-    MIN_BYTES.load(Ordering::Relaxed)
-}
-
-static MIN_BYTES: LazyLock<AtomicUsize> =
-    LazyLock::new(|| AtomicUsize::new(env_bytes("KILN_STREAM_MIN_BYTES").unwrap_or(STREAM_MIN_BYTES)));
-
-/// Sets [`stream_min_bytes`] for the rest of the process (`usize::MAX`:
-/// never stream): for measurements, which alternate settings in one run.
-pub fn set_stream_min_bytes(bytes: usize) {
-    MIN_BYTES.store(bytes, Ordering::Relaxed);
+/// Whether a row chain or row kernel writes an output of `bytes` with
+/// streaming stores: when it and an input of its size pass what the
+/// last-level cache keeps for a kernel bound by memory ([`streams`] with
+/// no arithmetic; see the module docs).
+pub fn rows_stream(bytes: usize) -> bool {
+    streams(bytes.saturating_mul(2), 0)
 }
 
 /// Whether rows read in place from an input of `bytes` come from memory
