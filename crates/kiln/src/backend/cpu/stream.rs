@@ -11,8 +11,8 @@
 //! [`fence`] before its task ends so the lines are visible to the threads
 //! that read them next.
 //!
-//! Three rules, each measured on an AMD EPYC (32 MiB L3) and an Intel Xeon
-//! (300 MiB L3), in one process alternating the settings:
+//! Three rules, each measured on an AMD EPYC (32 MiB L3) and Intel Xeons
+//! (300 and 480 MiB L3), alternating the settings:
 //!
 //! - An elementwise kernel streams when the bytes it reads and writes pass
 //!   what the last-level cache keeps for the next call ([`streams`]):
@@ -34,14 +34,16 @@
 //!   1.2-1.3x slower; on the Xeon softmax and rmsnorm over 4096x4096 ran
 //!   as fast or faster without it (its L3 holds them), on the EPYC 1.5x
 //!   slower.
-//! - The rows of a row chain or row kernel stream an output by the first
-//!   rule, as a kernel bound by memory whose input is the output's size
-//!   ([`rows_stream`]). Softmax, layernorm and rmsnorm over 4096x4096 and
-//!   4096x1024 ran 1.1-1.8x slower with ordinary stores on both machines;
-//!   on the Xeon (two cores of it), softmax and layernorm with 1024
-//!   columns ran 1.13-1.30x faster with ordinary stores over 1024 and 2048
-//!   rows (8 and 16 MiB read and written), within 13% either way over
-//!   4096 rows (32 MiB), and 1.3-1.6x slower over 8192 rows.
+//! - The rows of a row chain or row kernel stream an output when it and an
+//!   input of its size fill a quarter of the last-level cache, or 24 MiB
+//!   ([`rows_stream`]): these two-pass rows keep less of the cache than an
+//!   elementwise kernel. On the EPYC that is 8 MiB, where ordinary stores
+//!   made layernorms of 4 and 16 MiB slower, and softmax, layernorm and
+//!   rmsnorm over 4096x4096 and 4096x1024 1.1-1.8x slower; on the Xeon, 24
+//!   MiB: there softmax and layernorm with 1024 columns ran 1.13-1.30x
+//!   faster with ordinary stores over 1024 and 2048 rows (8 and 16 MiB
+//!   read and written), within 13% either way over 4096 rows (32 MiB), and
+//!   1.3-1.6x slower over 8192 rows and over 4096x4096.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{LazyLock, OnceLock};
@@ -54,11 +56,11 @@ use crate::memory::parse_bytes;
 pub const STREAM_MIN_BYTES: usize = 4 << 20;
 
 /// Whether a row chain or row kernel writes an output of `bytes` with
-/// streaming stores: when it and an input of its size pass what the
-/// last-level cache keeps for a kernel bound by memory ([`streams`] with
-/// no arithmetic; see the module docs).
+/// streaming stores: when it and an input of its size fill a quarter of
+/// the last-level cache (a third of [`stream_min_working_set`]), or
+/// [`MEMORY_BOUND_MAX_CACHED`] (see the module docs).
 pub fn rows_stream(bytes: usize) -> bool {
-    streams(bytes.saturating_mul(2), 0)
+    bytes.saturating_mul(2) >= (stream_min_working_set() / 3).min(MEMORY_BOUND_MAX_CACHED)
 }
 
 /// Whether rows read in place from an input of `bytes` come from memory
