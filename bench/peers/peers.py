@@ -60,7 +60,9 @@ WORKLOADS = ["gelu_tanh", "gelu_erf", "softmax", "layernorm", "matmul_add", "for
 
 class Plan:
     def __init__(self, quick=False):
-        self.warm, self.min, self.max, self.budget = (1, 3, 5, 0.05) if quick else (3, 10, 300, 2.5)
+        # KILN_BENCH_BUDGET_S: seconds of timed runs per row, as for kiln.
+        budget = float(os.environ.get("KILN_BENCH_BUDGET_S", "2.5"))
+        self.warm, self.min, self.max, self.budget = (1, 3, 5, 0.05) if quick else (3, 10, 300, budget)
 
 
 def measure(plan, fn, per=1):

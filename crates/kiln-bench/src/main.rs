@@ -198,7 +198,10 @@ impl Plan {
         if quick {
             Plan { warm: 1, min: 3, max: 5, budget_s: 0.05 }
         } else {
-            Plan { warm: 3, min: 10, max: 300, budget_s: 2.5 }
+            // `KILN_BENCH_BUDGET_S` (as for the peers): the seconds of timed
+            // runs per row, which scripts/bench.sh halves for its two rounds.
+            let budget_s = std::env::var("KILN_BENCH_BUDGET_S").ok().and_then(|v| v.parse().ok()).unwrap_or(2.5);
+            Plan { warm: 3, min: 10, max: 300, budget_s }
         }
     }
 }

@@ -3,8 +3,8 @@
 //! worked out by hand from the synthetic times.
 
 use kiln_bench::{
-    add_matmul_floors, floor_fraction, markdown, percentile, ratio_to_kiln, read_parts, summarize, targets,
-    write_outputs, Missing, Part, Record,
+    add_matmul_floors, best_of_rounds, floor_fraction, markdown, percentile, ratio_to_kiln, read_parts, summarize,
+    targets, write_outputs, Missing, Part, Record,
 };
 
 fn rec(workload: &str, imp: &str, median_ms: f64, bytes: u64, flops: u64) -> Record {
@@ -260,5 +260,57 @@ fn compile_time_reports_each_size_and_the_ratio() {
     assert!(ratio > 0.0 && ratio < 100.0, "time(10k) / time(1k) = {ratio}");
     let md = std::fs::read_to_string(dir.join("compile_time.md")).unwrap();
     assert!(md.contains("| 10000 |") && md.contains("time(10k) / time(1k)"), "{md}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn rounds_keep_each_pairs_faster_median() {
+    let mb = 128 << 20;
+    let mut records = vec![
+        rec("softmax", "kiln", 9.0, mb, 0),
+        rec("softmax", "torch-eager", 7.0, mb, 0),
+        rec("softmax", "floor", 5.5, mb, 0),
+        rec("softmax", "kiln", 8.0, mb, 0),
+        rec("softmax", "torch-eager", 11.0, mb, 0),
+        rec("softmax", "floor", 5.0, mb, 0),
+        rec("tiny", "kiln", 0.001, 128, 16),
+    ];
+    assert_eq!(best_of_rounds(&mut records), 2);
+    let median = |w: &str, i: &str| {
+        records.iter().filter(|r| r.workload == w && r.imp == i).map(|r| r.median_ms).collect::<Vec<_>>()
+    };
+    assert_eq!(median("softmax", "kiln"), vec![8.0]);
+    assert_eq!(median("softmax", "torch-eager"), vec![7.0]);
+    assert_eq!(median("softmax", "floor"), vec![5.0]);
+    assert_eq!(median("tiny", "kiln"), vec![0.001]);
+    assert_eq!(records.len(), 4);
+    assert_eq!(ratio_to_kiln(&records, "softmax", "torch-eager"), Some(7.0 / 8.0));
+    assert_eq!(best_of_rounds(&mut records), 1);
+}
+
+#[test]
+fn a_pair_one_round_skipped_is_not_missing() {
+    let dir = std::env::temp_dir().join(format!("kiln-bench-rounds-{}", std::process::id()));
+    let mut first = synthetic();
+    first.records.push(rec("first_call", "jax-jit", 80.0, 0, 0));
+    let mut second = synthetic();
+    second.records.iter_mut().for_each(|r| r.median_ms *= 2.0);
+    second.missing.push(Missing {
+        imp: "jax-jit".into(),
+        workload: "first_call".into(),
+        reason: "fresh-process workloads run in the first round only".into(),
+    });
+    let mut part = first;
+    part.extend(second);
+    assert_eq!(part.missing.len(), 2, "the same missing entry is kept once");
+    assert_eq!(part.header.len(), 1, "the same header line is kept once");
+    let md = write_outputs(&dir, part).unwrap();
+    assert!(md.contains("measured in 2 rounds"), "{md}");
+    assert!(md.contains("| 4.00x |"), "the faster round's ratio: {md}");
+    let missing: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("missing.json")).unwrap()).unwrap();
+    let missing = missing.as_array().expect("a list");
+    assert_eq!(missing.len(), 1, "{missing:?}");
+    assert_eq!(missing[0]["impl"], "mlx-compile");
     std::fs::remove_dir_all(&dir).unwrap();
 }
