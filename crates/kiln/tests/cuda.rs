@@ -728,6 +728,36 @@ fn row_kernels_equal_the_cpu() -> Result<()> {
 }
 
 #[test]
+fn variances_keep_their_accuracy_far_from_zero_and_past_outliers() -> Result<()> {
+    let Some(g) = gpu() else { return Ok(()) };
+    let mut rng = Rng::new(41);
+    // The GPU folds each thread's deviations from its own first value: rows
+    // far from zero and rows with one far value lose no accuracy to
+    // cancellation (the reference is the CPU's variance in f64).
+    let f = compile(|x: &Array| kiln::var(x, -1, false, 0));
+    for (rows, cols, offset, outlier) in
+        [(4usize, 16384usize, 1e4f32, 0.0f32), (4, 16384, 0.0, 1e4), (3, 1000, -3e3, -2e4)]
+    {
+        let mut v = rng.floats_f32(rows * cols, -1.0, 1.0);
+        for (i, x) in v.iter_mut().enumerate() {
+            *x += offset;
+            if outlier != 0.0 && i % cols == 5 * (i / cols) {
+                *x = offset + outlier;
+            }
+        }
+        let x = Array::from_slice(&v, &[rows, cols])?;
+        let want = kiln::var(&x.astype(DType::F64)?, -1, false, 0)?.astype(DType::F32)?;
+        near(
+            &f.call(&x.to_device(g)?)?,
+            &want,
+            1e-5,
+            &format!("var of {rows}x{cols}, offset {offset}, outlier {outlier}"),
+        )?;
+    }
+    Ok(())
+}
+
+#[test]
 fn row_vectors_take_any_start_width_and_broadcast() -> Result<()> {
     let Some(g) = gpu() else { return Ok(()) };
     let mut rng = Rng::new(35);
