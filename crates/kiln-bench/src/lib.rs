@@ -74,20 +74,17 @@ impl Part {
     /// missing entries only where they differ from those already here).
     pub fn extend(&mut self, other: Part) {
         self.records.extend(other.records);
-        for m in other.missing {
-            if !self.missing.contains(&m) {
-                self.missing.push(m);
-            }
-        }
-        for n in other.notes {
-            if !self.notes.contains(&n) {
-                self.notes.push(n);
-            }
-        }
-        for h in other.header {
-            if !self.header.contains(&h) {
-                self.header.push(h);
-            }
+        push_new(&mut self.missing, other.missing);
+        push_new(&mut self.notes, other.notes);
+        push_new(&mut self.header, other.header);
+    }
+}
+
+/// Appends each of `items` not already in `to`.
+fn push_new<T: PartialEq>(to: &mut Vec<T>, items: Vec<T>) {
+    for x in items {
+        if !to.contains(&x) {
+            to.push(x);
         }
     }
 }

@@ -125,10 +125,7 @@ pub fn concatenate(gpu: &'static Gpu, xs: &[&Data], axis: usize, shape: &[usize]
     let mut at = 0usize;
     for x in xs {
         let xshape = x.layout().shape.to_vec();
-        let dst = Operand {
-            ptr: base.ptr_at(at * strides[axis].max(0) as usize),
-            strides: strides.iter().copied().collect(),
-        };
+        let dst = Operand { ptr: base.ptr_at(at * strides[axis].max(0) as usize), strides: strides.clone() };
         elementwise::launch(gpu, &copy, None, &[], &[Operand::of(x, &xshape)?], &[dst], &xshape)?;
         at += xshape[axis];
     }
