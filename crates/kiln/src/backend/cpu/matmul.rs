@@ -15,7 +15,9 @@
 //! [`sgemm::TEAM_WORK`] multiply-adds up splits over the team of spinning
 //! threads ([`crate::backend::cpu::team`]), which hands work over in well
 //! under a microsecond; the output is left uninitialized so that each block
-//! is written only by the core that computes it.
+//! is written only by the core that computes it. Outputs of 4 MiB and more
+//! come from the pool of freed buffers ([`crate::memory::take_vec`]), so a
+//! product called again does not fault in fresh pages.
 
 #[path = "sgemm.rs"]
 pub mod sgemm;
@@ -33,7 +35,7 @@ use crate::buffer::Buffer;
 use crate::dtype::Element;
 use crate::error::{shape_str, Error, Result};
 use crate::layout::{Dims, Layout};
-use crate::memory::try_vec;
+use crate::memory::take_vec;
 
 /// Per-batch-matrix offsets, inline for batches of up to 4 matrices (a
 /// single product's geometry allocates nothing).
@@ -71,7 +73,7 @@ pub fn matmul(a: &Data, b: &Data, shape: &[usize]) -> Result<Buffer> {
             let widen = |x: &Data| super::fused::run_single(&f32_, &[x], &x.layout().shape, crate::DType::F32);
             let (a32, b32) = (widen(a)?, widen(b)?);
             let out = f32_batched(&a32, &b32, &Geometry::new(&a32, &b32, shape)?, None)?;
-            let mut narrow = try_vec::<bf16>("matmul", out.len())?;
+            let mut narrow = take_vec::<bf16>("matmul", out.len())?;
             narrow.extend(out.into_iter().map(bf16::from_f32));
             Buffer::from_vec(narrow)
         }
@@ -207,7 +209,7 @@ impl GemmElement for f16 {}
 fn gemm_batched<T: GemmElement>(a: &Data, b: &Data, g: &Geometry) -> Result<Vec<T>> {
     let (m, n, k) = (g.m, g.n, g.k);
     let mn = m * n;
-    let mut out = try_vec("matmul", g.offsets.len() * mn)?;
+    let mut out = take_vec("matmul", g.offsets.len() * mn)?;
     out.resize(g.offsets.len() * mn, T::zero());
     if mn == 0 || k == 0 || g.offsets.is_empty() {
         return Ok(out); // empty, or sums over nothing: zeros
@@ -301,7 +303,7 @@ fn f32_batched(a: &Data, b: &Data, g: &Geometry, bias: Option<&Data>) -> Result<
     };
     // Left uninitialized: the kernels write every element, each on the
     // thread that computes it.
-    let mut out = try_vec("matmul", nb * mn)?;
+    let mut out = take_vec("matmul", nb * mn)?;
     let spare = &mut out.spare_capacity_mut()[..nb * mn];
     if mn * k < PAR_WORK && uses_threads(nb, m, n, k) {
         team::chunks(spare, mn, |at, dst| run(dst, at / mn, false));
@@ -320,7 +322,7 @@ fn f32_batched(a: &Data, b: &Data, g: &Geometry, bias: Option<&Data>) -> Result<
 /// inner loop streams a row of `b` into a row of the output.
 fn int_batched<I: IntMath>(a: &Data, b: &Data, g: &Geometry) -> Result<Vec<I>> {
     let (m, n, k) = (g.m, g.n, g.k);
-    let mut out = try_vec("matmul", g.offsets.len() * m * n)?;
+    let mut out = take_vec("matmul", g.offsets.len() * m * n)?;
     out.resize(g.offsets.len() * m * n, I::zero());
     if out.is_empty() || k == 0 {
         return Ok(out);

@@ -16,14 +16,13 @@ pub const PAR_CHUNK: usize = 1 << 14;
 /// Allocates `n` outputs and lets `fill(start, chunk)` write every element
 /// of each chunk (`chunk[i]` is output `start + i`), in parallel above the
 /// threshold. An allocation that fails is an `OutOfMemory` error naming `op`.
-pub fn fill<U: Send>(op: &'static str, n: usize, fill: impl Fn(usize, &mut [MaybeUninit<U>]) + Sync) -> Result<Vec<U>> {
-    let mut out: Vec<U> = crate::memory::try_vec(op, n)?;
-    let bytes = n * std::mem::size_of::<U>();
-    if bytes >= crate::memory::MIN_BYTES {
-        // Fresh and large: 2 MiB pages fault 512 times less often, and
-        // whoever reuses the storage later (see the pool) misses the TLB less.
-        crate::memory::advise_huge_pages(out.as_mut_ptr().cast::<u8>(), bytes);
-    }
+pub fn fill<U: Element>(
+    op: &'static str,
+    n: usize,
+    fill: impl Fn(usize, &mut [MaybeUninit<U>]) + Sync,
+) -> Result<Vec<U>> {
+    // Pooled when large (fresh large buffers ask for huge pages).
+    let mut out: Vec<U> = crate::memory::take_vec(op, n)?;
     let spare = &mut out.spare_capacity_mut()[..n];
     if n < PAR_THRESHOLD {
         fill(0, spare);
@@ -42,7 +41,7 @@ pub fn fill<U: Send>(op: &'static str, n: usize, fill: impl Fn(usize, &mut [Mayb
 pub fn gather<T: Element>(op: &'static str, src: &[T], layout: &Layout) -> Result<Vec<T>> {
     debug_assert!(layout.fits(src.len()), "gather: the layout reaches outside its buffer");
     if let Some(r) = layout.contiguous_range() {
-        let mut out = crate::memory::try_vec(op, r.len())?;
+        let mut out = crate::memory::take_vec(op, r.len())?;
         out.extend_from_slice(&src[r]);
         return Ok(out);
     }
