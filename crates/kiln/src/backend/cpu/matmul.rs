@@ -9,9 +9,11 @@
 //! `a @ b + bias` costs one pass over the output. Integers use an exact loop in i-k-j order with wrapping
 //! arithmetic (as `+` and `*` on integer arrays).
 //!
-//! Threads: a product of at least [`PAR_WORK`] multiply-adds lets `gemm` use
-//! the rayon pool; a batch of smaller products runs its matrices in parallel
-//! on the team once the batch as a whole is that large. A single `f32` product from
+//! Threads: a product of at least [`PAR_WORK`] multiply-adds splits its
+//! output into one block per thread of the team ([`split_blocks`]), each a
+//! single-threaded `gemm` call; a batch of smaller products runs its
+//! matrices in parallel on the team once the batch as a whole is that
+//! large. A single `f32` product from
 //! [`sgemm::TEAM_WORK`] multiply-adds up splits over the team of spinning
 //! threads ([`crate::backend::cpu::team`]), which hands work over in well
 //! under a microsecond; the output is left uninitialized so that each block
@@ -23,6 +25,7 @@
 pub mod sgemm;
 
 use std::mem::MaybeUninit;
+use std::ops::Range;
 
 use gemm::Parallelism;
 use half::{bf16, f16};
@@ -50,6 +53,31 @@ pub const PAR_WORK: usize = 1 << 22;
 pub fn uses_threads(batch: usize, m: usize, n: usize, k: usize) -> bool {
     let work = m.saturating_mul(n).saturating_mul(k);
     work >= PAR_WORK || (batch > 1 && work.saturating_mul(batch) >= PAR_WORK)
+}
+
+/// Runs `block(rows, cols)` over `parts` disjoint blocks that tile an `m x
+/// n` output, in parallel on the team when `parts > 1`, and returns when
+/// all have run: by columns (whole vectors of 16) when `b` is the larger
+/// operand (`n >= m`, so each thread reads all of `a` and its own columns
+/// of `b`), else by rows (whole tiles of 8).
+///
+/// Large products run so, each block a single-threaded `gemm` call,
+/// rather than on `gemm`'s own rayon split: on an Intel Xeon (2 cores),
+/// where one `gemm` thread ran a 1024^3 product at the rate of torch's
+/// oneDNN, 128x256x256 and 256x512x512 products ran 1.2-1.4x faster so
+/// (a rayon job costs tens of microseconds to start), 1024^3 within noise.
+pub(crate) fn split_blocks(m: usize, n: usize, parts: usize, block: impl Fn(Range<usize>, Range<usize>) + Sync) {
+    let by_cols = n >= m;
+    let (len, unit) = if by_cols { (n, 16) } else { (m, 8) };
+    let units = len.div_ceil(unit);
+    let parts = parts.min(units).max(1);
+    let range = |i: usize| (i * units / parts * unit).min(len)..((i + 1) * units / parts * unit).min(len);
+    let run = |i: usize| if by_cols { block(0..m, range(i)) } else { block(range(i), 0..n) };
+    if parts == 1 {
+        run(0);
+    } else {
+        team::run(parts, &run);
+    }
 }
 
 /// `a @ b` with broadcast batch dims; `shape` is the output shape
@@ -216,31 +244,37 @@ fn gemm_batched<T: GemmElement>(a: &Data, b: &Data, g: &Geometry) -> Result<Vec<
     }
     let sa = a.buffer().as_slice::<T>().expect("matmul operands have the inferred dtype");
     let sb = b.buffer().as_slice::<T>().expect("matmul operands have the inferred dtype");
-    let run = |dst: &mut [T], (oa, ob): (isize, isize), par: Parallelism| {
-        debug_assert_eq!(dst.len(), mn);
-        // SAFETY: `dst` is an exclusively borrowed, initialized `m x n` block
-        // written row-major (row stride n, column stride 1). Every element
-        // gemm reads from `sa` is at `oa + i*a_rs + p*a_cs` for i < m, p < k,
-        // and from `sb` at `ob + p*b_rs + j*b_cs` for p < k, j < n: these are
-        // the positions of elements of the operands' layouts (broadcast to
-        // the batch), which address elements inside their buffers, so all
-        // reads are in bounds (strides may be negative or 0; gemm only reads
-        // through them). Both slices outlive the call, and T is f32, f64 or
-        // f16, the types gemm supports. alpha = 0 with read_dst = false
-        // means dst is only written: dst = a @ b.
+    // One block (rows, columns) of one batch matrix, its output from `dst`
+    // (the matrix's first element), on this thread.
+    let run = |dst: Out<T>, (oa, ob): (isize, isize), rows: Range<usize>, cols: Range<usize>| {
+        let (a_at, b_at) = (oa + rows.start as isize * g.a_rs, ob + cols.start as isize * g.b_cs);
+        // SAFETY: `dst` is the first element of an exclusively borrowed,
+        // initialized `m x n` matrix written row-major (row stride n,
+        // column stride 1), of which this call writes only rows `rows`,
+        // columns `cols` (the blocks of `split_blocks` and the batch's
+        // matrices are disjoint, and both return only after every block has
+        // run, while `out` is borrowed). Every element gemm reads from `sa`
+        // is at `oa + i*a_rs + p*a_cs` for i in `rows`, p < k, and from `sb`
+        // at `ob + p*b_rs + j*b_cs` for p < k, j in `cols`: these are the
+        // positions of elements of the operands' layouts (broadcast to the
+        // batch), which address elements inside their buffers, so all reads
+        // are in bounds (strides may be negative or 0; gemm only reads
+        // through them). Both slices outlive the call, and T is f64 or f16,
+        // types gemm supports. alpha = 0 with read_dst = false means dst is
+        // only written: dst = a @ b.
         unsafe {
             gemm::gemm(
-                m,
-                n,
+                rows.len(),
+                cols.len(),
                 k,
-                dst.as_mut_ptr(),
+                dst.get().add(rows.start * n + cols.start),
                 1,
                 n as isize,
                 false,
-                sa.as_ptr().wrapping_offset(oa),
+                sa.as_ptr().wrapping_offset(a_at),
                 g.a_cs,
                 g.a_rs,
-                sb.as_ptr().wrapping_offset(ob),
+                sb.as_ptr().wrapping_offset(b_at),
                 g.b_cs,
                 g.b_rs,
                 T::zero(),
@@ -248,24 +282,50 @@ fn gemm_batched<T: GemmElement>(a: &Data, b: &Data, g: &Geometry) -> Result<Vec<
                 false,
                 false,
                 false,
-                par,
+                Parallelism::None,
             )
         }
     };
     let work = mn * k;
     if work >= PAR_WORK {
         for (dst, &o) in out.chunks_mut(mn).zip(&g.offsets) {
-            run(dst, o, Parallelism::Rayon(team::max_threads()));
+            let dst = Out(dst.as_mut_ptr());
+            split_blocks(m, n, team::threads(), |rows, cols| run(dst, o, rows, cols));
         }
     } else if uses_threads(g.offsets.len(), m, n, k) {
-        team::chunks(&mut out, mn, |at, dst| run(dst, g.offsets[at / mn], Parallelism::None));
+        team::chunks(&mut out, mn, |at, dst| run(Out(dst.as_mut_ptr()), g.offsets[at / mn], 0..m, 0..n));
     } else {
         for (dst, &o) in out.chunks_mut(mn).zip(&g.offsets) {
-            run(dst, o, Parallelism::None);
+            run(Out(dst.as_mut_ptr()), o, 0..m, 0..n);
         }
     }
     Ok(out)
 }
+
+/// An output matrix's first element, handed to the team's threads (see
+/// `gemm_batched` and `sgemm`'s portable path: each writes its own block).
+pub(crate) struct Out<T>(pub(crate) *mut T);
+
+impl<T> Out<T> {
+    /// The pointer (a method, so closures capture the whole `Out`).
+    pub(crate) fn get(self) -> *mut T {
+        self.0
+    }
+}
+
+impl<T> Clone for Out<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T> Copy for Out<T> {}
+
+// SAFETY: used only inside `split_blocks` and `team::chunks`, which return
+// before the borrow the pointer comes from ends; each block is written by
+// one thread.
+unsafe impl<T> Sync for Out<T> {}
+unsafe impl<T> Send for Out<T> {}
 
 /// `f32` products through [`sgemm`]; with `bias`, each output matrix
 /// starts as the bias broadcast to it (read by the product's kernel).

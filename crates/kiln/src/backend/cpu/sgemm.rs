@@ -15,8 +15,12 @@
 //! and stores at the right edge, and runs `k` in blocks of `KC`. From
 //! [`TEAM_WORK`] multiply-adds the blocks are split over the team's threads
 //! ([`crate::backend::cpu::team`]), each writing its own rows or columns. Larger
-//! products go to the `gemm` crate (its AVX-512 kernels, packing and rayon
-//! threads), which runs them at this machine's peak.
+//! products go to the `gemm` crate (its AVX-512 kernels and packing), one
+//! single-threaded call per block of the output on the team's threads
+//! (`matmul::split_blocks`): one such thread ran a 1024^3 product at the
+//! rate of torch's oneDNN on an Intel Xeon. A packed, cache-blocked path
+//! for this microkernel was tried and ran 1.2x slower than `gemm`'s (see
+//! `bench/README.md`).
 
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
@@ -115,9 +119,8 @@ pub enum Init<'a> {
 /// (`c.len() == m * n`), with `c0` given by `init`; every element of `c` is
 /// written, so `c` may be uninitialized memory, and is best left untouched
 /// by the caller (a block written by another core costs a transfer per
-/// cache line). `threads` allows splitting over threads: the rayon pool
-/// for large products, the team ([`crate::backend::cpu::team`]) for small
-/// ones.
+/// cache line). `threads` allows splitting over the team's threads
+/// ([`crate::backend::cpu::team`]).
 #[allow(clippy::too_many_arguments)]
 pub fn sgemm(
     level: Level,
@@ -185,46 +188,51 @@ fn own_kernel(level: Level, m: usize, n: usize, k: usize) -> bool {
     false
 }
 
-/// The `gemm` crate.
+/// The `gemm` crate. A product of at least [`PAR_WORK`] multiply-adds, with
+/// `threads`, runs as one block of `c` per team thread
+/// ([`super::split_blocks`]), each a single-threaded `gemm` call.
 #[allow(clippy::too_many_arguments)]
 fn portable(m: usize, n: usize, k: usize, a: Mat, b: Mat, c: &mut [MaybeUninit<f32>], accumulate: bool, threads: bool) {
-    let par = if threads && m * n * k >= PAR_WORK {
-        gemm::Parallelism::Rayon(crate::backend::cpu::team::max_threads())
-    } else {
-        gemm::Parallelism::None
-    };
-    // SAFETY: `c` is an exclusively borrowed `m x n` block written
-    // row-major (row stride n, column stride 1), initialized when
-    // `accumulate` (gemm reads it only then). Every element gemm
-    // reads from `a` is at `a.off + i*a.rs + p*a.cs` for i < m, p < k, and
-    // from `b` at `b.off + p*b.rs + j*b.cs` for p < k, j < n: by `Mat`'s
-    // contract these are in bounds of their slices (strides may be negative
-    // or 0; gemm only reads through them). Both slices outlive the call.
-    // With read_dst = accumulate, alpha = 1 and beta = 1, gemm computes
-    // c = c + a @ b, or c = a @ b without reading c.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            c.as_mut_ptr().cast::<f32>(),
-            1,
-            n as isize,
-            accumulate,
-            a.data.as_ptr().wrapping_offset(a.off),
-            a.cs,
-            a.rs,
-            b.data.as_ptr().wrapping_offset(b.off),
-            b.cs,
-            b.rs,
-            1.0f32,
-            1.0f32,
-            false,
-            false,
-            false,
-            par,
-        )
-    }
+    let parts = if threads && m * n * k >= PAR_WORK { crate::backend::cpu::team::threads() } else { 1 };
+    let dst = super::Out(c.as_mut_ptr().cast::<f32>());
+    super::split_blocks(m, n, parts, |rows, cols| {
+        let (a_at, b_at, c_at) = (rows.start as isize * a.rs, cols.start as isize * b.cs, rows.start * n + cols.start);
+        // SAFETY: `c` is an exclusively borrowed `m x n` block written
+        // row-major (row stride n, column stride 1), initialized when
+        // `accumulate` (gemm reads it only then); this part writes rows
+        // `rows`, columns `cols` of it from `c_at`, disjoint from every
+        // other part's, and `split_blocks` returns only after every part
+        // has finished, while `c` is still borrowed. Every element gemm reads
+        // from `a` is at `a.off + i*a.rs + p*a.cs` for i in `rows`, p < k,
+        // and from `b` at `b.off + p*b.rs + j*b.cs` for p < k, j in `cols`:
+        // by `Mat`'s contract these are in bounds of their slices (strides
+        // may be negative or 0; gemm only reads through them). Both slices
+        // outlive the call. With read_dst = accumulate, alpha = 1 and beta
+        // = 1, gemm computes c = c + a @ b, or c = a @ b without reading c.
+        unsafe {
+            gemm::gemm(
+                rows.len(),
+                cols.len(),
+                k,
+                dst.get().add(c_at),
+                1,
+                n as isize,
+                accumulate,
+                a.data.as_ptr().wrapping_offset(a.off + a_at),
+                a.cs,
+                a.rs,
+                b.data.as_ptr().wrapping_offset(b.off + b_at),
+                b.cs,
+                b.rs,
+                1.0f32,
+                1.0f32,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            )
+        }
+    });
 }
 
 #[cfg(target_arch = "x86_64")]

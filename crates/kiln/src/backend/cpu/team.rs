@@ -1,9 +1,9 @@
 //! The threads that run every parallel kernel.
 //!
-//! Every parallel loop of the CPU kernels runs on this one team (only
-//! products large enough for the `gemm` crate run on rayon's pool, which
-//! that crate requires). One team, rather than a team for short work and a
-//! rayon pool for long work, matters for the kernels of one compiled call:
+//! Every parallel loop of the CPU kernels runs on this one team, large
+//! matrix products too (each thread runs a single-threaded `gemm` call on
+//! its block of the output). One team, rather than a team for short work
+//! and a rayon pool for long work, matters for the kernels of one compiled call:
 //! a layernorm over 64 rows runs a reduction and an elementwise kernel of a
 //! few microseconds each, and a second set of threads would wake (tens of
 //! microseconds) for one while the first set still polls for work after
@@ -29,8 +29,7 @@
 //! The team has `min(rayon's thread count, cores, MAX_THREADS) - 1`
 //! helpers (so `RAYON_NUM_THREADS` sets it), started on first use; with
 //! one thread `run` is a plain loop. [`set_threads`] caps the threads of
-//! every parallel kernel at run time: helpers beyond the cap sit out, and
-//! `gemm` is given the count.
+//! every parallel kernel at run time: helpers beyond the cap sit out.
 
 use std::any::Any;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
@@ -142,8 +141,7 @@ fn team() -> &'static Team {
 static LIMIT: AtomicUsize = AtomicUsize::new(0);
 
 /// Caps the threads that kernels use at `n` (at least 1), from now on: the
-/// calling thread and at most `n - 1` helpers work on a kernel, and
-/// products large enough for the `gemm` crate are given `n` threads. A cap
+/// calling thread and at most `n - 1` helpers work on a kernel. A cap
 /// above [`threads`]' count adds no thread. Errors when `n` is 0.
 pub fn set_threads(n: usize) -> crate::Result<()> {
     if n == 0 {
@@ -153,8 +151,7 @@ pub fn set_threads(n: usize) -> crate::Result<()> {
     Ok(())
 }
 
-/// The cap of [`set_threads`], or 0 when none was set (gemm reads 0 as
-/// "rayon's thread count").
+/// The cap of [`set_threads`], or 0 when none was set.
 pub fn max_threads() -> usize {
     LIMIT.load(Ordering::Relaxed)
 }
