@@ -65,6 +65,16 @@ fn arguments(rng: &mut Rng, n: usize) -> Vec<f64> {
         2.0 * std::f64::consts::LN_2,
         std::f64::consts::FRAC_1_SQRT_2,
         std::f64::consts::SQRT_2,
+        // erf's pieces' ends.
+        0.9999999999999999,
+        2.0,
+        2.9999999999999996,
+        3.0,
+        4.0,
+        -4.000000000000001,
+        5.93,
+        6.0,
+        1e-300,
     ];
     let mut v: Vec<f64> = specials.to_vec();
     while v.len() < n {
@@ -95,7 +105,7 @@ fn sigmoid_ref(x: f64) -> f64 {
     }
 }
 
-const FUNCTIONS: [Pair; 11] = [
+const FUNCTIONS: [Pair; 12] = [
     ("sin", math_f64::sin, f64::sin, 1.0),
     ("cos", math_f64::cos, f64::cos, 1.0),
     ("tan", math_f64::tan, f64::tan, 2.0),
@@ -109,6 +119,7 @@ const FUNCTIONS: [Pair; 11] = [
     ("log10", math_f64::log10, f64::log10, 2.0),
     ("tanh", math_f64::tanh, f64::tanh, 2.0),
     ("sigmoid", math_f64::sigmoid, sigmoid_ref, 2.0),
+    ("erf", math_f64::erf, libm::erf, 2.0),
 ];
 
 #[test]
@@ -209,7 +220,7 @@ fn eager_f64_ops_compute_these_functions() -> Result<()> {
     // math_f64 (bit for bit), at lengths around the vector width.
     let mut rng = Rng::new(5);
     type Op = (fn(&Array) -> Result<Array>, fn(f64) -> f64);
-    let ops: [Op; 11] = [
+    let ops: [Op; 12] = [
         (|x| x.sin(), math_f64::sin),
         (|x| x.cos(), math_f64::cos),
         (|x| x.tan(), math_f64::tan),
@@ -221,6 +232,7 @@ fn eager_f64_ops_compute_these_functions() -> Result<()> {
         (|x| x.abs()?.log10(), |x| math_f64::log10(x.abs())),
         (|x| x.tanh(), math_f64::tanh),
         (|x| x.sigmoid(), math_f64::sigmoid),
+        (|x| x.erf(), math_f64::erf),
     ];
     for n in [1, 3, 8, 9, 17, 1000, 70_001] {
         let xs = arguments(&mut rng, n.max(30))[..n].to_vec();

