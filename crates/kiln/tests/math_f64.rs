@@ -140,6 +140,43 @@ fn each_function_meets_its_bound_against_the_c_library() {
 }
 
 #[test]
+fn atan2_meets_its_bound_and_the_c_librarys_special_values() {
+    // Random points of every magnitude and both signs (near the axes and
+    // the diagonals too), and every pair of the special arguments: within
+    // 2 ulp of the C library, exactly its value at zeros, infinities and
+    // NaN (signs of zero included).
+    let mut rng = Rng::new(77);
+    let xs = arguments(&mut rng, 300_000);
+    let ys = arguments(&mut rng, 300_000);
+    let (mut worst, mut at) = (0.0f64, (0.0, 0.0));
+    let mut check = |y: f64, x: f64| {
+        let (got, want) = (math_f64::atan2(y, x), y.atan2(x));
+        let e = ulps(got, want);
+        if e > worst {
+            (worst, at) = (e, (y, x));
+        }
+        if !(want.is_finite() && x.is_finite() && y.is_finite() && x != 0.0 && y != 0.0) {
+            assert!(
+                got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()),
+                "atan2({y:e}, {x:e}) = {got:e}, want {want:e}"
+            );
+        }
+    };
+    for (&y, &x) in ys.iter().zip(&xs) {
+        check(y, x);
+        check(y, y * (1.0 + rng.uniform(-1e-9, 1e-9)));
+        check(y, -y);
+    }
+    for &y in &xs[..60] {
+        for &x in &xs[..60] {
+            check(y, x);
+        }
+    }
+    assert!(worst <= 2.0, "atan2: {worst} ulp at {at:?}");
+    println!("atan2: worst {worst:.3} ulp at {at:?}");
+}
+
+#[test]
 fn special_values_follow_the_c_library() {
     type Case = (fn(f64) -> f64, f64, f64);
     let cases: [Case; 16] = [
@@ -220,7 +257,7 @@ fn eager_f64_ops_compute_these_functions() -> Result<()> {
     // math_f64 (bit for bit), at lengths around the vector width.
     let mut rng = Rng::new(5);
     type Op = (fn(&Array) -> Result<Array>, fn(f64) -> f64);
-    let ops: [Op; 12] = [
+    let ops: [Op; 13] = [
         (|x| x.sin(), math_f64::sin),
         (|x| x.cos(), math_f64::cos),
         (|x| x.tan(), math_f64::tan),
@@ -233,6 +270,7 @@ fn eager_f64_ops_compute_these_functions() -> Result<()> {
         (|x| x.tanh(), math_f64::tanh),
         (|x| x.sigmoid(), math_f64::sigmoid),
         (|x| x.erf(), math_f64::erf),
+        (|x| x.atan2(&kiln::slice_axis(x, 0, None, None, -1)?), |_| f64::NAN),
     ];
     for n in [1, 3, 8, 9, 17, 1000, 70_001] {
         let xs = arguments(&mut rng, n.max(30))[..n].to_vec();
@@ -240,7 +278,8 @@ fn eager_f64_ops_compute_these_functions() -> Result<()> {
         for (k, (op, f)) in ops.iter().enumerate() {
             let got = op(&x)?.to_vec::<f64>()?;
             for (i, (&g, &a)) in got.iter().zip(&xs).enumerate() {
-                let w = f(a);
+                // atan2 of x and x reversed.
+                let w = if k == 12 { math_f64::atan2(a, xs[n - 1 - i]) } else { f(a) };
                 assert!(
                     g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()),
                     "op {k}, {n} elements, {i}: {g:e} vs {w:e}"

@@ -46,7 +46,7 @@ fn float_binary<F: FloatMath>(op: BinaryOp, a: Src, b: Src, out: &mut Buffer) {
         FloorDivide => m!(floordiv_f32, floordiv_f64),
         Remainder => m!(rem_f32, rem_f64),
         Pow => m!(f32::powf, f64::powf),
-        Atan2 => m!(f32::atan2, f64::atan2),
+        Atan2 => m!(f32::atan2, crate::backend::cpu::math_f64::atan2),
         Maximum => map2(a, b, out, |x: F, y: F| max_nan(x, y, x.is_nan_())),
         Minimum => map2(a, b, out, |x: F, y: F| min_nan(x, y, x.is_nan_())),
         _ => predicate::<F>(op, a, b, out),

@@ -81,8 +81,8 @@
 //! `log1p`, `log2`, `log10`, `sin`, `cos`, `tan`, `tanh`, `sigmoid` and
 //! `erf` of [`math_f64`](crate::backend::cpu::math_f64), recorded from the
 //! code the interpreter runs (the trigonometric lanes it leaves to the C
-//! library call out, [`Fix::Library`]); a group with an `f64` `pow` or
-//! `atan2`, `floor_divide` or `remainder` runs on the interpreter. Sine, cosine and tangent run their vector reduction by
+//! library call out, [`Fix::Library`]) and its `atan2`; a group with an
+//! `f64` `pow`, `floor_divide` or `remainder` runs on the interpreter. Sine, cosine and tangent run their vector reduction by
 //! `π/2`, which holds for `|x| <=` [`TRIG_LIMIT`](simd_math::TRIG_LIMIT);
 //! a vector with a lane beyond it (or an infinity) calls
 //! [`fix_big_lanes`](simd_math::fix_big_lanes) from the loop
@@ -1029,7 +1029,7 @@ fn lower_op(prim: &Primitive, a: &[Reg]) -> Option<Reg> {
         return lower_int_op(prim, a);
     }
     // f64 programs take their functions from math_f64 (simd_math's are
-    // f32 approximations); `divmod`, `pow` and `atan2` are f32 only.
+    // f32 approximations); `divmod` and `pow` are f32 only.
     let f64 = recording_elem() == Elem::F64;
     Some(match *prim {
         // To a 16-bit float: the value, rounded by `record_group`. (A cast
@@ -1082,7 +1082,7 @@ fn lower_op(prim: &Primitive, a: &[Reg]) -> Option<Reg> {
                 _ => {}
             }
             let (x, y) = (f(0)?, f(1)?);
-            if f64 && matches!(b, BinaryOp::Pow | BinaryOp::Atan2 | BinaryOp::FloorDivide | BinaryOp::Remainder) {
+            if f64 && matches!(b, BinaryOp::Pow | BinaryOp::FloorDivide | BinaryOp::Remainder) {
                 return None;
             }
             match b {
@@ -1091,6 +1091,9 @@ fn lower_op(prim: &Primitive, a: &[Reg]) -> Option<Reg> {
                 BinaryOp::Mul => Reg::F(x.mul(y)),
                 BinaryOp::Div => Reg::F(x.div(y)),
                 BinaryOp::Pow => Reg::F(simd_math::pow_v(x, y)),
+                BinaryOp::Atan2 if f64 => {
+                    Reg::F(Traced(crate::backend::cpu::math_f64::atan2_v(Traced64(x.0), Traced64(y.0)).0))
+                }
                 BinaryOp::Atan2 => Reg::F(simd_math::atan2_v(x, y)),
                 BinaryOp::FloorDivide | BinaryOp::Remainder => {
                     let (q, m, slow) = divmod(x, y);
@@ -1557,8 +1560,8 @@ mod tests {
         assert!(p.nodes.contains(&Node::Const(0x7fff_ffff_ffff_ffff)), "abs masks the f64 sign bit");
         assert!(p.nodes.contains(&Node::Const(1f64.to_bits())), "rsqrt divides 1.0 as an f64");
         assert_eq!(lower_at(&g, Level::Avx2).expect("and for AVX2").elem, Elem::F64);
-        let g = f64_group(vec![(Primitive::Binary(BinaryOp::Atan2), vec![0, 0])]);
-        assert!(lower_at(&g, Level::Avx512).is_none(), "atan2 of f64 has no lowering");
+        let g = f64_group(vec![(Primitive::Binary(BinaryOp::Pow), vec![0, 0])]);
+        assert!(lower_at(&g, Level::Avx512).is_none(), "pow of f64 has no lowering");
         // erf is math_f64's, recorded: its pieces selected by lane.
         let p = lower_at(&f64_group(vec![(Primitive::Unary(UnaryOp::Erf), vec![0])]), Level::Avx512)
             .expect("f64 erf lowers");

@@ -1,5 +1,5 @@
 //! `f64` `exp`, `expm1`, `log`, `log1p`, `log2`, `log10`, `sin`, `cos`,
-//! `tan`, `tanh`, `sigmoid` and `erf` written without branches or calls, so that the tile loops
+//! `tan`, `tanh`, `sigmoid`, `erf` and `atan2` written without branches or calls, so that the tile loops
 //! (compiled for AVX-512 or AVX2 by `multiversion!`) vectorize them: eight
 //! or four lanes at a time, where the C library computes one element per
 //! call (an `f64` `tanh` ran about 30 times slower than the `f32` one,
@@ -19,6 +19,7 @@
 //! | `tanh` | `1 - 2 / (e^{2|x|} + 1)` with `exp` above for `|x| >= 0.625`; below, its Taylor series to `x^41` (`x + x³ P(x²)`, the leading term exact) | 2 |
 //! | `sigmoid` | `1 / (1 + e^{-x})` for `x >= 0`, `e^x / (1 + e^x)` below, with `exp` above | 2 |
 //! | `erf` | `\|x\| < 1`: `x + x Q(x²)`, `Q` of degree 12; `[1, 2)`, `[2, 3)`, `[3, 4)`, `[4, 6)`: a polynomial of degree 15 to 18 in `\|x\|` less the piece's centre; 1 from 6 on, where `erf` rounds to 1 (Chebyshev fits at 50 digits, `mpmath`, each within 6e-18); every piece computed, each lane's selected. An `f64` `gelu_erf` over 2^22 values ran 3.7x faster than with the C library's `erf` (2 cores, Intel Xeon), 1.2x faster than torch's | 1 (also in a sweep of 4 million arguments over `[-6.5, 6.5]`) |
+//! | `atan2` | `t = min(\|x\|, \|y\|) / max(\|x\|, \|y\|)` (0 for two zeros, 1 for two infinities), `atan(t) = t + t³ R(2t² - 1)` with `R` of degree 21 (Chebyshev fit at 50 digits); the quadrant as `k + s atan(t)`, `k` in `{0, π/2, π}` as two doubles; the sign of `y`. The C library's value at every zero, infinity and NaN. An `f64` `atan2` over 2^22 values ran 7.8x faster than the C library's (2 cores, Intel Xeon), 1.3x faster than torch's | 1 |
 //!
 //! Special values follow the C library: NaN in, NaN out; `exp` overflows
 //! to infinity above `709.78` and underflows through the subnormals to 0;
@@ -848,6 +849,13 @@ const ERF_PIECES: [(f64, f64, &[f64]); 4] = [
     ),
 ];
 
+/// The polynomial with coefficients `co` (lowest power first) at `t`, by
+/// Horner's rule.
+#[inline(always)]
+fn horner<V: Vf64>(co: &[f64], t: V) -> V {
+    co.iter().rev().skip(1).fold(V::c(co[co.len() - 1]), |p, &k| p.fma(t, V::c(k)))
+}
+
 /// The error function.
 #[inline(always)]
 pub fn erf(x: f64) -> f64 {
@@ -860,7 +868,6 @@ pub(crate) fn erf_v<V: Vf64>(x: V) -> V {
     let c = V::c;
     // From 6 on, erf rounds to 1 (1 - erf(6) is 2^-55.4).
     let a = x.abs().clamp(0.0, 6.0);
-    let horner = |co: &[f64], t: V| co.iter().rev().skip(1).fold(c(co[co.len() - 1]), |p, &k| p.fma(t, c(k)));
     // |x| < 1: x + x Q(x²), the leading term exact.
     let small = a.fma(horner(&ERF_SMALL, a.mul(a)), a);
     // Each piece's polynomial on every lane, the lane's own piece kept:
@@ -871,4 +878,71 @@ pub(crate) fn erf_v<V: Vf64>(x: V) -> V {
     }
     let r = V::select(a.lt(c(1.0)), small, r);
     V::select(x.is_nan(), x, r.copysign(x))
+}
+
+/// `(atan(t) / t - 1) / t²` as a polynomial in `w = 2t² - 1` on `t` in
+/// `[0, 1]` (Chebyshev fit at 50 digits, error below 1e-18; the sum of
+/// the coefficients' magnitudes is 1/3, so Horner's rule loses little),
+/// lowest power first.
+const ATAN_R: [f64; 22] = [
+    -0.2591604972657936,
+    0.05540741256535708,
+    -0.013703710151140651,
+    0.003641982830651862,
+    -0.0010108109314024341,
+    0.00028884675704871077,
+    -8.429363463557342e-05,
+    2.4993555626424342e-05,
+    -7.5036797718505425e-06,
+    2.275521105219912e-06,
+    -6.957850342587517e-07,
+    2.1422940788826402e-07,
+    -6.635925859584864e-08,
+    2.0656998014874478e-08,
+    -6.4414326843930385e-09,
+    2.021722843433526e-09,
+    -6.575144855297555e-10,
+    2.0781282766855566e-10,
+    -5.036950542983335e-11,
+    1.595606341282397e-11,
+    -1.1588867170793638e-11,
+    3.703891911644897e-12,
+];
+
+/// `π` as the sum of two doubles.
+const PI_HI: f64 = std::f64::consts::PI;
+const PI_LO: f64 = 1.2246467991473532e-16;
+
+/// The angle of the point `(x, y)`: `atan(y / x)` in the quadrant of the
+/// point, in `[-π, π]`.
+#[inline(always)]
+pub fn atan2(y: f64, x: f64) -> f64 {
+    atan2_v(y, x)
+}
+
+/// [`atan2`] of any [`Vf64`].
+#[inline(always)]
+pub(crate) fn atan2_v<V: Vf64>(y: V, x: V) -> V {
+    let c = V::c;
+    let (a, b) = (y.abs(), x.abs());
+    // t = min / max in [0, 1]; both zero gives 0, both infinite 1.
+    let t = a.min(b).div(a.max(b));
+    let t = V::select(a.max(b).eq(c(0.0)), c(0.0), t);
+    let t = V::select(a.min(b).eq(c(f64::INFINITY)), c(1.0), t);
+    let z = t.mul(t);
+    let r = horner(&ATAN_R, z.fma(c(2.0), c(-1.0)));
+    let r = t.fma(z.mul(r), t);
+    // The quadrant: k + s atan(t) with k in {0, π/2, π} (as two doubles)
+    // and s = ±1, summed small terms first so that it rounds once more.
+    let swap = a.gt(b);
+    let left = c(1.0).copysign(x).lt(c(0.0));
+    let sr = V::select(swap, neg(r), r);
+    let sr = V::select(left, neg(sr), sr);
+    let k_hi = V::select(swap, c(PI_HI / 2.0), c(0.0));
+    let k_lo = V::select(swap, c(PI_LO / 2.0), c(0.0));
+    let k_hi = V::select(left, c(PI_HI).sub(k_hi), k_hi);
+    let k_lo = V::select(left, c(PI_LO).sub(k_lo), k_lo);
+    let r = k_hi.add(k_lo.add(sr)).copysign(y);
+    let r = V::select(y.is_nan(), y, r);
+    V::select(x.is_nan(), x, r)
 }

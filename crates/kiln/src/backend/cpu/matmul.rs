@@ -10,7 +10,7 @@
 //! arithmetic (as `+` and `*` on integer arrays).
 //!
 //! Threads: a product of at least [`PAR_WORK`] multiply-adds splits its
-//! output into one block per thread of the team ([`split_blocks`]), each a
+//! output into one block per thread of the team (`split_blocks`), each a
 //! single-threaded `gemm` call; a batch of smaller products runs its
 //! matrices in parallel on the team once the batch as a whole is that
 //! large. A single `f32` product from
