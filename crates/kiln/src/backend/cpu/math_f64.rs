@@ -368,12 +368,9 @@ const COS_SERIES: [f64; 9] = [
 
 /// Horner's rule over `c` in `z` (the first coefficient is the constant term).
 #[inline(always)]
-fn series<V: Vf64>(c: &[f64; 9], z: V) -> V {
-    let mut p = V::c(c[8]);
-    for &k in c[..8].iter().rev() {
-        p = p.fma(z, V::c(k));
-    }
-    p
+fn series<V: Vf64>(c: &[f64], z: V) -> V {
+    let (&last, rest) = c.split_last().expect("a series has a coefficient");
+    rest.iter().rev().fold(V::c(last), |p, &k| p.fma(z, V::c(k)))
 }
 
 /// `-v`, exactly (a product by -1: zeros change sign too).
@@ -849,13 +846,6 @@ const ERF_PIECES: [(f64, f64, &[f64]); 4] = [
     ),
 ];
 
-/// The polynomial with coefficients `co` (lowest power first) at `t`, by
-/// Horner's rule.
-#[inline(always)]
-fn horner<V: Vf64>(co: &[f64], t: V) -> V {
-    co.iter().rev().skip(1).fold(V::c(co[co.len() - 1]), |p, &k| p.fma(t, V::c(k)))
-}
-
 /// The error function.
 #[inline(always)]
 pub fn erf(x: f64) -> f64 {
@@ -869,12 +859,12 @@ pub(crate) fn erf_v<V: Vf64>(x: V) -> V {
     // From 6 on, erf rounds to 1 (1 - erf(6) is 2^-55.4).
     let a = x.abs().clamp(0.0, 6.0);
     // |x| < 1: x + x Q(x²), the leading term exact.
-    let small = a.fma(horner(&ERF_SMALL, a.mul(a)), a);
+    let small = a.fma(series(&ERF_SMALL, a.mul(a)), a);
     // Each piece's polynomial on every lane, the lane's own piece kept:
     // from the top down, the last piece whose upper end is above it.
     let mut r = c(1.0);
     for &(lo, hi, co) in ERF_PIECES.iter().rev() {
-        r = V::select(a.lt(c(hi)), horner(co, a.sub(c((lo + hi) / 2.0))), r);
+        r = V::select(a.lt(c(hi)), series(co, a.sub(c((lo + hi) / 2.0))), r);
     }
     let r = V::select(a.lt(c(1.0)), small, r);
     V::select(x.is_nan(), x, r.copysign(x))
@@ -909,10 +899,6 @@ const ATAN_R: [f64; 22] = [
     3.703891911644897e-12,
 ];
 
-/// `π` as the sum of two doubles.
-const PI_HI: f64 = std::f64::consts::PI;
-const PI_LO: f64 = 1.2246467991473532e-16;
-
 /// The angle of the point `(x, y)`: `atan(y / x)` in the quadrant of the
 /// point, in `[-π, π]`.
 #[inline(always)]
@@ -930,7 +916,7 @@ pub(crate) fn atan2_v<V: Vf64>(y: V, x: V) -> V {
     let t = V::select(a.max(b).eq(c(0.0)), c(0.0), t);
     let t = V::select(a.min(b).eq(c(f64::INFINITY)), c(1.0), t);
     let z = t.mul(t);
-    let r = horner(&ATAN_R, z.fma(c(2.0), c(-1.0)));
+    let r = series(&ATAN_R, z.fma(c(2.0), c(-1.0)));
     let r = t.fma(z.mul(r), t);
     // The quadrant: k + s atan(t) with k in {0, π/2, π} (as two doubles)
     // and s = ±1, summed small terms first so that it rounds once more.
@@ -938,10 +924,11 @@ pub(crate) fn atan2_v<V: Vf64>(y: V, x: V) -> V {
     let left = c(1.0).copysign(x).lt(c(0.0));
     let sr = V::select(swap, neg(r), r);
     let sr = V::select(left, neg(sr), sr);
-    let k_hi = V::select(swap, c(PI_HI / 2.0), c(0.0));
-    let k_lo = V::select(swap, c(PI_LO / 2.0), c(0.0));
-    let k_hi = V::select(left, c(PI_HI).sub(k_hi), k_hi);
-    let k_lo = V::select(left, c(PI_LO).sub(k_lo), k_lo);
+    let k_hi = V::select(swap, c(PIO2_HI), c(0.0));
+    let k_lo = V::select(swap, c(PIO2_LO), c(0.0));
+    // π = 2 (π/2), exactly, in both parts.
+    let k_hi = V::select(left, c(2.0 * PIO2_HI).sub(k_hi), k_hi);
+    let k_lo = V::select(left, c(2.0 * PIO2_LO).sub(k_lo), k_lo);
     let r = k_hi.add(k_lo.add(sr)).copysign(y);
     let r = V::select(y.is_nan(), y, r);
     V::select(x.is_nan(), x, r)
