@@ -177,6 +177,72 @@ fn atan2_meets_its_bound_and_the_c_librarys_special_values() {
 }
 
 #[test]
+fn pow_meets_its_bound_and_the_c_librarys_special_values() {
+    // Random bases and exponents of every magnitude, products y ln x up to
+    // the overflow and underflow thresholds (where ln x must be known to
+    // far more than a double's precision), bases near 1 with huge
+    // exponents, negative bases with integer exponents, and every pair of
+    // the special arguments: within 2 ulp of the C library, exactly its
+    // value at zeros, infinities, NaN, 1 and -1 and for negative bases.
+    let mut rng = Rng::new(78);
+    let (mut worst, mut at) = (0.0f64, (0.0, 0.0));
+    let mut check = |x: f64, y: f64| {
+        let (got, want) = (math_f64::pow(x, y), x.powf(y));
+        let e = ulps(got, want);
+        if e > worst {
+            (worst, at) = (e, (x, y));
+        }
+        if !(want.is_normal() && x.is_finite() && y.is_finite() && x != 0.0) {
+            let same = got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()) || e <= 2.0;
+            assert!(same, "pow({x:e}, {y:e}) = {got:e}, want {want:e}");
+        }
+    };
+    for _ in 0..150_000 {
+        let x = 10f64.powf(rng.uniform(-300.0, 300.0));
+        check(x, rng.uniform(-3.0, 3.0));
+        let x = rng.uniform(0.0, 10.0);
+        check(x, rng.uniform(-40.0, 40.0));
+        check(-x, rng.int(-40, 40) as f64);
+        check(1.0 + rng.uniform(-1e-3, 1e-3), rng.uniform(-1e6, 1e6));
+        let x = rng.uniform(0.5, 2.5);
+        check(x, 745.0 / x.ln() * rng.uniform(-1.0, 1.0));
+    }
+    let specials = [
+        0.0,
+        -0.0,
+        1.0,
+        -1.0,
+        2.0,
+        -2.0,
+        0.5,
+        -0.5,
+        3.0,
+        -3.0,
+        2.5,
+        -2.5,
+        f64::INFINITY,
+        f64::NEG_INFINITY,
+        f64::NAN,
+        5e-324,
+        -5e-324,
+        f64::MAX,
+        -f64::MAX,
+        9007199254740991.0,
+        -9007199254740991.0,
+        4503599627370497.0,
+        2251799813685249.5,
+        1e20,
+    ];
+    for &x in &specials {
+        for &y in &specials {
+            check(x, y);
+        }
+    }
+    assert!(worst <= 2.0, "pow: {worst} ulp at {at:?}");
+    println!("pow: worst {worst:.3} ulp at {at:?}");
+}
+
+#[test]
 fn special_values_follow_the_c_library() {
     type Case = (fn(f64) -> f64, f64, f64);
     let cases: [Case; 16] = [
@@ -257,7 +323,7 @@ fn eager_f64_ops_compute_these_functions() -> Result<()> {
     // math_f64 (bit for bit), at lengths around the vector width.
     let mut rng = Rng::new(5);
     type Op = (fn(&Array) -> Result<Array>, fn(f64) -> f64);
-    let ops: [Op; 13] = [
+    let ops: [Op; 14] = [
         (|x| x.sin(), math_f64::sin),
         (|x| x.cos(), math_f64::cos),
         (|x| x.tan(), math_f64::tan),
@@ -271,6 +337,7 @@ fn eager_f64_ops_compute_these_functions() -> Result<()> {
         (|x| x.sigmoid(), math_f64::sigmoid),
         (|x| x.erf(), math_f64::erf),
         (|x| x.atan2(&kiln::slice_axis(x, 0, None, None, -1)?), |_| f64::NAN),
+        (|x| x.abs()?.pow(&kiln::slice_axis(x, 0, None, None, -1)?), |_| f64::NAN),
     ];
     for n in [1, 3, 8, 9, 17, 1000, 70_001] {
         let xs = arguments(&mut rng, n.max(30))[..n].to_vec();
@@ -278,8 +345,12 @@ fn eager_f64_ops_compute_these_functions() -> Result<()> {
         for (k, (op, f)) in ops.iter().enumerate() {
             let got = op(&x)?.to_vec::<f64>()?;
             for (i, (&g, &a)) in got.iter().zip(&xs).enumerate() {
-                // atan2 of x and x reversed.
-                let w = if k == 12 { math_f64::atan2(a, xs[n - 1 - i]) } else { f(a) };
+                // atan2 and pow of x and x reversed.
+                let w = match k {
+                    12 => math_f64::atan2(a, xs[n - 1 - i]),
+                    13 => math_f64::pow(a.abs(), xs[n - 1 - i]),
+                    _ => f(a),
+                };
                 assert!(
                     g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()),
                     "op {k}, {n} elements, {i}: {g:e} vs {w:e}"

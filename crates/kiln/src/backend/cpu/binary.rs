@@ -45,7 +45,7 @@ fn float_binary<F: FloatMath>(op: BinaryOp, a: Src, b: Src, out: &mut Buffer) {
         Div => m!(|x, y| x / y, |x, y| x / y),
         FloorDivide => m!(floordiv_f32, floordiv_f64),
         Remainder => m!(rem_f32, rem_f64),
-        Pow => m!(f32::powf, f64::powf),
+        Pow => m!(f32::powf, crate::backend::cpu::math_f64::pow),
         Atan2 => m!(f32::atan2, crate::backend::cpu::math_f64::atan2),
         Maximum => map2(a, b, out, |x: F, y: F| max_nan(x, y, x.is_nan_())),
         Minimum => map2(a, b, out, |x: F, y: F| min_nan(x, y, x.is_nan_())),

@@ -81,8 +81,8 @@
 //! `log1p`, `log2`, `log10`, `sin`, `cos`, `tan`, `tanh`, `sigmoid` and
 //! `erf` of [`math_f64`](crate::backend::cpu::math_f64), recorded from the
 //! code the interpreter runs (the trigonometric lanes it leaves to the C
-//! library call out, [`Fix::Library`]) and its `atan2`; a group with an
-//! `f64` `pow`, `floor_divide` or `remainder` runs on the interpreter. Sine, cosine and tangent run their vector reduction by
+//! library call out, [`Fix::Library`]), its `atan2` and `pow`; a group
+//! with an `f64` `floor_divide` or `remainder` runs on the interpreter. Sine, cosine and tangent run their vector reduction by
 //! `π/2`, which holds for `|x| <=` [`TRIG_LIMIT`](simd_math::TRIG_LIMIT);
 //! a vector with a lane beyond it (or an infinity) calls
 //! [`fix_big_lanes`](simd_math::fix_big_lanes) from the loop
@@ -1029,7 +1029,7 @@ fn lower_op(prim: &Primitive, a: &[Reg]) -> Option<Reg> {
         return lower_int_op(prim, a);
     }
     // f64 programs take their functions from math_f64 (simd_math's are
-    // f32 approximations); `divmod` and `pow` are f32 only.
+    // f32 approximations); `divmod` is f32 only.
     let f64 = recording_elem() == Elem::F64;
     Some(match *prim {
         // To a 16-bit float: the value, rounded by `record_group`. (A cast
@@ -1082,7 +1082,7 @@ fn lower_op(prim: &Primitive, a: &[Reg]) -> Option<Reg> {
                 _ => {}
             }
             let (x, y) = (f(0)?, f(1)?);
-            if f64 && matches!(b, BinaryOp::Pow | BinaryOp::FloorDivide | BinaryOp::Remainder) {
+            if f64 && matches!(b, BinaryOp::FloorDivide | BinaryOp::Remainder) {
                 return None;
             }
             match b {
@@ -1090,6 +1090,9 @@ fn lower_op(prim: &Primitive, a: &[Reg]) -> Option<Reg> {
                 BinaryOp::Sub => Reg::F(x.sub(y)),
                 BinaryOp::Mul => Reg::F(x.mul(y)),
                 BinaryOp::Div => Reg::F(x.div(y)),
+                BinaryOp::Pow if f64 => {
+                    Reg::F(Traced(crate::backend::cpu::math_f64::pow_v(Traced64(x.0), Traced64(y.0)).0))
+                }
                 BinaryOp::Pow => Reg::F(simd_math::pow_v(x, y)),
                 BinaryOp::Atan2 if f64 => {
                     Reg::F(Traced(crate::backend::cpu::math_f64::atan2_v(Traced64(x.0), Traced64(y.0)).0))
@@ -1560,8 +1563,10 @@ mod tests {
         assert!(p.nodes.contains(&Node::Const(0x7fff_ffff_ffff_ffff)), "abs masks the f64 sign bit");
         assert!(p.nodes.contains(&Node::Const(1f64.to_bits())), "rsqrt divides 1.0 as an f64");
         assert_eq!(lower_at(&g, Level::Avx2).expect("and for AVX2").elem, Elem::F64);
-        let g = f64_group(vec![(Primitive::Binary(BinaryOp::Pow), vec![0, 0])]);
-        assert!(lower_at(&g, Level::Avx512).is_none(), "pow of f64 has no lowering");
+        for b in [BinaryOp::Atan2, BinaryOp::Pow] {
+            let g = f64_group(vec![(Primitive::Binary(b), vec![0, 0])]);
+            assert_eq!(lower_at(&g, Level::Avx512).expect("math_f64's, recorded").elem, Elem::F64, "{b:?}");
+        }
         // erf is math_f64's, recorded: its pieces selected by lane.
         let p = lower_at(&f64_group(vec![(Primitive::Unary(UnaryOp::Erf), vec![0])]), Level::Avx512)
             .expect("f64 erf lowers");
@@ -1574,7 +1579,7 @@ mod tests {
             .expect("f64 exp lowers");
         assert!(p.nodes.iter().any(|n| matches!(n, Node::Un(Un::Shl(52), _))));
         assert!(!p.nodes.iter().any(|n| matches!(n, Node::Bin(Bin::Scalef, ..) | Node::Un(Un::Rcp14, _))));
-        for b in [BinaryOp::Pow, BinaryOp::FloorDivide, BinaryOp::Remainder] {
+        for b in [BinaryOp::FloorDivide, BinaryOp::Remainder] {
             let g = f64_group(vec![(Primitive::Binary(b), vec![0, 0])]);
             assert!(lower_at(&g, Level::Avx512).is_none(), "{b:?} of f64 has no lowering");
         }

@@ -1,5 +1,5 @@
 //! `f64` `exp`, `expm1`, `log`, `log1p`, `log2`, `log10`, `sin`, `cos`,
-//! `tan`, `tanh`, `sigmoid`, `erf` and `atan2` written without branches or calls, so that the tile loops
+//! `tan`, `tanh`, `sigmoid`, `erf`, `atan2` and `pow` written without branches or calls, so that the tile loops
 //! (compiled for AVX-512 or AVX2 by `multiversion!`) vectorize them: eight
 //! or four lanes at a time, where the C library computes one element per
 //! call (an `f64` `tanh` ran about 30 times slower than the `f32` one,
@@ -20,6 +20,7 @@
 //! | `sigmoid` | `1 / (1 + e^{-x})` for `x >= 0`, `e^x / (1 + e^x)` below, with `exp` above | 2 |
 //! | `erf` | `\|x\| < 1`: `x + x Q(x²)`, `Q` of degree 12; `[1, 2)`, `[2, 3)`, `[3, 4)`, `[4, 6)`: a polynomial of degree 15 to 18 in `\|x\|` less the piece's centre; 1 from 6 on, where `erf` rounds to 1 (Chebyshev fits at 50 digits, `mpmath`, each within 6e-18); every piece computed, each lane's selected. An `f64` `gelu_erf` over 2^22 values ran 3.7x faster than with the C library's `erf` (2 cores, Intel Xeon), 1.2x faster than torch's | 1 (also in a sweep of 4 million arguments over `[-6.5, 6.5]`) |
 //! | `atan2` | `t = min(\|x\|, \|y\|) / max(\|x\|, \|y\|)` (0 for two zeros, 1 for two infinities), `atan(t) = t + t³ R(2t² - 1)` with `R` of degree 21 (Chebyshev fit at 50 digits); the quadrant as `k + s atan(t)`, `k` in `{0, π/2, π}` as two doubles; the sign of `y`. The C library's value at every zero, infinity and NaN. An `f64` `atan2` over 2^22 values ran 7.8x faster than the C library's (2 cores, Intel Xeon), 1.3x faster than torch's | 1 |
+//! | `pow` | `e^(y ln \|x\|)`: `ln \|x\|` as two doubles to about 2^-66 (`ln m = 2 atanh(s)` with `s` and `2 s³/3` as two doubles each), the product with `y` as two doubles, `e^hi` by `exp` above times `1 + lo`; the sign of a negative `x` by the parity of an integer `y` (NaN for another `y`); the C library's values at zeros, infinities, NaN, `1` and `-1`. An `f64` `\|x\|^2.5` over 2^22 values ran 2.8x faster than the C library's `pow` (2 cores, Intel Xeon), 1.5x faster than torch's | 2 (also where `y ln x` nears the overflow and underflow thresholds) |
 //!
 //! Special values follow the C library: NaN in, NaN out; `exp` overflows
 //! to infinity above `709.78` and underflows through the subnormals to 0;
@@ -602,6 +603,106 @@ pub(crate) fn log_v<V: Vf64>(x: V) -> V {
     let lo = s.fma(hfsq.add(r), kf.mul(c(LN2_LO)));
     let y = kf.fma(c(LN2_HI), f.sub(hfsq.sub(lo)));
     log_edges(x, y)
+}
+
+/// `ln x` of a positive finite `x` as `hi + lo`, to about 2^-66 relative
+/// (what `pow` needs: its `y ln x` reaches 745 in magnitude and must stay
+/// within 2^-54 of the exact product). `ln m = 2 atanh(s)` with `s = f /
+/// (2 + f)` as a sum of two doubles, `2 s³ / 3` as a sum of two doubles
+/// and the rest of the series (below 2^-13) in doubles; `k ln 2` with
+/// `ln 2`'s head exact in the product.
+#[inline(always)]
+fn log_dd<V: Vf64>(x: V) -> (V, V) {
+    let c = V::c;
+    let LogParts { kf, f, .. } = log_parts(x);
+    // s = f / (2 + f) as s_hi + s_lo: 2 + f and its exact rounding error
+    // (d - 2 is exact), then the division's remainder by FMA.
+    let d = c(2.0).add(f);
+    let d_lo = f.sub(d.sub(c(2.0)));
+    let s_hi = f.div(d);
+    let s_lo = neg(s_hi).fma(d, f).sub(s_hi.mul(d_lo)).div(d);
+    // s³ as c_hi + c_lo (with s_lo's first-order term), times 2/3 as
+    // two doubles.
+    let z = s_hi.mul(s_hi);
+    let z_lo = s_hi.fma(s_hi, neg(z));
+    let c_hi = z.mul(s_hi);
+    let c_lo = z.fma(s_hi, neg(c_hi)).add(z_lo.mul(s_hi)).add(c(3.0).mul(z).mul(s_lo));
+    let (t_hi, t_lo) = (c(TWO_THIRDS_HI), c(TWO_THIRDS_LO));
+    let p_hi = t_hi.mul(c_hi);
+    let p_lo = t_hi.fma(c_hi, neg(p_hi)).add(t_hi.mul(c_lo)).add(t_lo.mul(c_hi));
+    // 2 s⁵/5 + 2 s⁷/7 + ... + 2 s^23/23: below 2^-13, so doubles do.
+    let mut q = c(2.0 / 23.0);
+    for n in (2..11).rev() {
+        q = q.fma(z, c(2.0 / (2 * n + 1) as f64));
+    }
+    let u = c_hi.mul(z).mul(q);
+    let (a_hi, a_lo) = two_sum(c(2.0).mul(s_hi), p_hi);
+    let lo = a_lo.add(c(2.0).mul(s_lo)).add(p_lo).add(u);
+    let (l_hi, l_e) = two_sum(kf.mul(c(LN2_HI)), a_hi);
+    let l_lo = l_e.add(lo).add(kf.mul(c(LN2_LO)));
+    let hi = l_hi.add(l_lo);
+    (hi, l_lo.sub(hi.sub(l_hi)))
+}
+
+/// `2/3` as the sum of two doubles.
+const TWO_THIRDS_HI: f64 = 0.6666666666666666;
+const TWO_THIRDS_LO: f64 = 3.700743415417188e-17;
+
+/// `x` to the power `y`.
+#[inline(always)]
+pub fn pow(x: f64, y: f64) -> f64 {
+    pow_v(x, y)
+}
+
+/// [`pow`] of any [`Vf64`]: `e^(y ln |x|)` with `ln |x|` as two doubles
+/// ([`log_dd`]) and the product `y ln |x|` as two doubles, `e^hi` by
+/// [`exp_v`] times `1 + lo`; the sign of a negative `x` by the parity of
+/// an integer `y`, NaN for a non-integer one; the C library's values at
+/// zeros, infinities, NaN and `1`.
+#[inline(always)]
+pub(crate) fn pow_v<V: Vf64>(x: V, y: V) -> V {
+    let c = V::c;
+    let inf = c(f64::INFINITY);
+    let ax = x.abs();
+    let (l_hi, l_lo) = log_dd(ax);
+    // ln 0 = -inf, ln inf = inf (NaN stays NaN), exactly.
+    let edge = V::select(ax.eq(inf), inf, c(f64::NEG_INFINITY));
+    let at_edge = V::select(ax.eq(inf), c(1.0), V::select(ax.eq(c(0.0)), c(1.0), c(0.0))).eq(c(1.0));
+    let l_hi = V::select(at_edge, edge, l_hi);
+    let l_lo = V::select(at_edge, c(0.0), l_lo);
+    let p_hi = y.mul(l_hi);
+    let p_lo = y.fma(l_hi, neg(p_hi)).add(y.mul(l_lo));
+    let p_lo = V::select(p_hi.abs().lt(inf), p_lo, c(0.0));
+    let e = exp_v(p_hi);
+    let r = V::select(e.lt(inf), e.fma(p_lo, e), e);
+    // Is y an integer, and odd? Below 2^52 by rounding y and y/2; from
+    // 2^52 every double is an integer, odd only below 2^53 with the last
+    // bit of its significand set.
+    let ay = y.abs();
+    let small = ay.lt(c(4_503_599_627_370_496.0));
+    let ys = V::select(small, y, c(0.0));
+    let (_, k) = round_int(ys);
+    let half = k.mul(c(0.5));
+    let (_, h) = round_int(half);
+    let one = c(1.0);
+    let int_small = V::select(k.eq(ys), one, c(0.0));
+    let odd_small = V::select(h.eq(half), c(0.0), int_small);
+    let odd_big =
+        V::select(ay.lt(c(9_007_199_254_740_992.0)), V::select(sign_of_bit(y, 0).lt(c(0.0)), one, c(0.0)), c(0.0));
+    let is_int = V::select(small, int_small, one).eq(one);
+    let odd = V::select(small, odd_small, odd_big).eq(one);
+    // A negative x: the sign by y's parity; NaN for a finite x below 0
+    // and a y that is not an integer.
+    let r = r.copysign(V::select(odd, x, one));
+    let bad =
+        V::select(x.lt(c(0.0)), V::select(x.gt(c(f64::NEG_INFINITY)), V::select(is_int, c(0.0), one), c(0.0)), c(0.0));
+    let r = V::select(bad.eq(one), c(f64::NAN), r);
+    // (-1)^±inf = 1; NaN in, NaN out; but x^0 = 1 and 1^y = 1 for any y.
+    let r = V::select(ax.eq(one), V::select(ay.eq(inf), one, r), r);
+    let r = V::select(x.is_nan(), x, r);
+    let r = V::select(y.is_nan(), y, r);
+    let r = V::select(y.eq(c(0.0)), one, r);
+    V::select(x.eq(one), one, r)
 }
 
 /// `1/ln 2`, `1/ln 10` and `log10 2`, each as a head of 21 significant
