@@ -64,7 +64,7 @@ pub fn uses_threads(batch: usize, m: usize, n: usize, k: usize) -> bool {
 /// Large products run so, each block a single-threaded `gemm` call,
 /// rather than on `gemm`'s own rayon split: on an Intel Xeon (2 cores),
 /// where one `gemm` thread ran a 1024^3 product at the rate of torch's
-/// oneDNN, 128x256x256 and 256x512x512 products ran 1.2-1.4x faster so
+/// oneDNN, 128x256x256 and 256x512x512 products ran 1.2-1.6x faster so
 /// (a rayon job costs tens of microseconds to start), 1024^3 within noise.
 pub(crate) fn split_blocks(m: usize, n: usize, parts: usize, block: impl Fn(Range<usize>, Range<usize>) + Sync) {
     let by_cols = n >= m;
@@ -246,7 +246,7 @@ fn gemm_batched<T: GemmElement>(a: &Data, b: &Data, g: &Geometry) -> Result<Vec<
     let sb = b.buffer().as_slice::<T>().expect("matmul operands have the inferred dtype");
     // One block (rows, columns) of one batch matrix, its output from `dst`
     // (the matrix's first element), on this thread.
-    let run = |dst: Out<T>, (oa, ob): (isize, isize), rows: Range<usize>, cols: Range<usize>| {
+    let run = |dst: Shared<*mut T>, (oa, ob): (isize, isize), rows: Range<usize>, cols: Range<usize>| {
         let (a_at, b_at) = (oa + rows.start as isize * g.a_rs, ob + cols.start as isize * g.b_cs);
         // SAFETY: `dst` is the first element of an exclusively borrowed,
         // initialized `m x n` matrix written row-major (row stride n,
@@ -289,43 +289,36 @@ fn gemm_batched<T: GemmElement>(a: &Data, b: &Data, g: &Geometry) -> Result<Vec<
     let work = mn * k;
     if work >= PAR_WORK {
         for (dst, &o) in out.chunks_mut(mn).zip(&g.offsets) {
-            let dst = Out(dst.as_mut_ptr());
+            let dst = Shared(dst.as_mut_ptr());
             split_blocks(m, n, team::threads(), |rows, cols| run(dst, o, rows, cols));
         }
     } else if uses_threads(g.offsets.len(), m, n, k) {
-        team::chunks(&mut out, mn, |at, dst| run(Out(dst.as_mut_ptr()), g.offsets[at / mn], 0..m, 0..n));
+        team::chunks(&mut out, mn, |at, dst| run(Shared(dst.as_mut_ptr()), g.offsets[at / mn], 0..m, 0..n));
     } else {
         for (dst, &o) in out.chunks_mut(mn).zip(&g.offsets) {
-            run(Out(dst.as_mut_ptr()), o, 0..m, 0..n);
+            run(Shared(dst.as_mut_ptr()), o, 0..m, 0..n);
         }
     }
     Ok(out)
 }
 
-/// An output matrix's first element, handed to the team's threads (see
-/// `gemm_batched` and `sgemm`'s portable path: each writes its own block).
-pub(crate) struct Out<T>(pub(crate) *mut T);
+/// Raw pointers (an output matrix's first element, a kernel's operands)
+/// handed to the team's threads.
+#[derive(Clone, Copy)]
+pub(crate) struct Shared<T>(pub(crate) T);
 
-impl<T> Out<T> {
-    /// The pointer (a method, so closures capture the whole `Out`).
-    pub(crate) fn get(self) -> *mut T {
+impl<T: Copy> Shared<T> {
+    /// The pointers (a method, so closures capture the whole `Shared`).
+    pub(crate) fn get(&self) -> T {
         self.0
     }
 }
 
-impl<T> Clone for Out<T> {
-    fn clone(&self) -> Self {
-        *self
-    }
-}
-
-impl<T> Copy for Out<T> {}
-
-// SAFETY: used only inside `split_blocks` and `team::chunks`, which return
-// before the borrow the pointer comes from ends; each block is written by
-// one thread.
-unsafe impl<T> Sync for Out<T> {}
-unsafe impl<T> Send for Out<T> {}
+// SAFETY: used only inside `split_blocks`, `team::run` and `team::chunks`,
+// which return before the borrows the pointers come from end; the parts
+// read the operands and each writes its own block of the output (see
+// `gemm_batched` and `sgemm`).
+unsafe impl<T> Sync for Shared<T> {}
 
 /// `f32` products through [`sgemm`]; with `bias`, each output matrix
 /// starts as the bias broadcast to it (read by the product's kernel).

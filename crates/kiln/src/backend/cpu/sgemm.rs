@@ -194,7 +194,7 @@ fn own_kernel(level: Level, m: usize, n: usize, k: usize) -> bool {
 #[allow(clippy::too_many_arguments)]
 fn portable(m: usize, n: usize, k: usize, a: Mat, b: Mat, c: &mut [MaybeUninit<f32>], accumulate: bool, threads: bool) {
     let parts = if threads && m * n * k >= PAR_WORK { crate::backend::cpu::team::threads() } else { 1 };
-    let dst = super::Out(c.as_mut_ptr().cast::<f32>());
+    let dst = super::Shared(c.as_mut_ptr().cast::<f32>());
     super::split_blocks(m, n, parts, |rows, cols| {
         let (a_at, b_at, c_at) = (rows.start as isize * a.rs, cols.start as isize * b.cs, rows.start * n + cols.start);
         // SAFETY: `c` is an exclusively borrowed `m x n` block written
@@ -311,7 +311,7 @@ mod avx512 {
             unsafe { panels_avx512(m, n, k, asrc, src, c0, cp, n) };
             return;
         }
-        let shared = Shared((asrc, src, c0, cp));
+        let shared = super::super::Shared((asrc, src, c0, cp));
         crate::backend::cpu::team::run(blocks.parts, &|i| {
             let (a, b, c0, c) = shared.get();
             let (r0, r1, j0, j1) = blocks.part(i);
@@ -374,22 +374,6 @@ mod avx512 {
             }
         }
     }
-
-    /// Raw operand pointers handed to the team's threads.
-    #[derive(Clone, Copy)]
-    struct Shared<T>(T);
-
-    impl<T: Copy> Shared<T> {
-        /// The pointers (a method, so closures capture the whole `Shared`).
-        fn get(&self) -> T {
-            self.0
-        }
-    }
-
-    // SAFETY: the pointers are only used inside `team::run`, which returns
-    // before the borrows they come from end; the parts read the operands
-    // and write disjoint blocks of the output (see `sgemm`).
-    unsafe impl<T> Sync for Shared<T> {}
 
     /// Where a block of `c` starts from: element (i, j) at `base + i*rs +
     /// j*cs`, or zeros when `base` is null.
