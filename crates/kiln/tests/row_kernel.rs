@@ -3,9 +3,9 @@
 //! log-softmax) run row by row, and give the results of the block-by-block
 //! run bit for bit (and the eager results within float tolerance), on
 //! contiguous, broadcast and strided inputs, with intermediate values
-//! leaving the chain, over 2-D and 3-D shapes, on one thread and many, in
-//! shapeless mode too; chains the row kernel does not take run block by
-//! block.
+//! leaving the chain, over 2-D and 3-D shapes, in `f32` and `f64`, on one
+//! thread and many, in shapeless mode too; chains the row kernel does not
+//! take run block by block.
 
 mod common;
 
@@ -14,8 +14,12 @@ use kiln::backend::cpu::row_kernel;
 use kiln::{compile, compile_with, random, Array, CompileOptions, DType, Result};
 
 fn normal(shape: &[usize], seed: u64) -> Array {
+    normal_of(DType::F32, shape, seed)
+}
+
+fn normal_of(dtype: DType, shape: &[usize], seed: u64) -> Array {
     let key = random::key(seed);
-    random::normal(shape, DType::F32, 0.0, 1.0, Some(&key)).expect("normal")
+    random::normal(shape, dtype, 0.0, 1.0, Some(&key)).expect("normal")
 }
 
 fn layernorm(x: &Array, gamma: &Array, beta: &Array) -> Result<Array> {
@@ -41,15 +45,20 @@ fn softmax_parts(x: &Array) -> Result<Vec<Array>> {
     Ok(vec![y, m, s, e])
 }
 
-fn bits(a: &Array) -> Vec<u32> {
-    a.to_vec::<f32>().expect("f32").into_iter().map(f32::to_bits).collect()
+/// The values' bits (`f32` or `f64`), each with its value for messages.
+fn bits(a: &Array) -> Vec<(u64, f64)> {
+    match a.dtype() {
+        DType::F64 => a.to_vec::<f64>().expect("f64").into_iter().map(|v| (v.to_bits(), v)).collect(),
+        _ => a.to_vec::<f32>().expect("f32").into_iter().map(|v| (u64::from(v.to_bits()), f64::from(v))).collect(),
+    }
 }
 
 fn same_bits(got: &Array, want: &Array, what: &str) {
     assert_eq!(got.shape(), want.shape(), "{what}: shape");
+    assert_eq!(got.dtype(), want.dtype(), "{what}: dtype");
     let (g, w) = (bits(got), bits(want));
-    if let Some(i) = (0..g.len()).find(|&i| g[i] != w[i]) {
-        panic!("{what}: element {i}: got {}, want {}", f32::from_bits(g[i]), f32::from_bits(w[i]));
+    if let Some(i) = (0..g.len()).find(|&i| g[i].0 != w[i].0) {
+        panic!("{what}: element {i}: got {}, want {}", g[i].1, w[i].1);
     }
 }
 
@@ -58,7 +67,8 @@ static SWITCH: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Runs `f` compiled (row by row, then block by block) and eagerly on
 /// `args`: the two compiled runs agree bit for bit, and with the eager
-/// results within float tolerance; returns how many chains ran row by row.
+/// results within float tolerance (`f32`'s; `f64` results much closer);
+/// returns how many chains ran row by row.
 fn check(f: impl Fn(&[Array]) -> Result<Vec<Array>> + 'static, args: &[Array], what: &str) -> Result<usize> {
     let _one = SWITCH.lock().unwrap_or_else(|e| e.into_inner());
     let want = f(args)?;
@@ -73,8 +83,9 @@ fn check(f: impl Fn(&[Array]) -> Result<Vec<Array>> + 'static, args: &[Array], w
     assert_eq!(got.len(), want.len(), "{what}");
     for (k, ((g, b), w)) in got.iter().zip(&blocks).zip(&want).enumerate() {
         same_bits(g, b, &format!("{what}: output {k}, row by row against block by block"));
+        let (rtol, atol) = if w.dtype() == DType::F64 { (1e-12, 1e-14) } else { (1e-5, 1e-6) };
         for (i, (a, b)) in values_f64(g).into_iter().zip(values_f64(w)).enumerate() {
-            assert!(close(a, b, 1e-5, 1e-6), "{what}: output {k}, element {i}: compiled {a}, eager {b}");
+            assert!(close(a, b, rtol, atol), "{what}: output {k}, element {i}: compiled {a}, eager {b}");
         }
     }
     Ok(ran)
@@ -95,6 +106,34 @@ fn normalizations_run_row_by_row_with_the_block_runs_bits() -> Result<()> {
             assert!(ran >= 1 && ran_ln >= 1 && ran_rms >= 1 && ran_lse >= 1, "{what}: row kernels ran");
         }
     }
+    Ok(())
+}
+
+#[test]
+fn f64_rows_run_row_by_row_in_f64() -> Result<()> {
+    // The same chains over f64 rows: scratch rows, generated code and
+    // folds in f64 (rows of 64 to 4096 values; a row of 16384 f64 passes
+    // the scratch limit and runs block by block, with the same bits).
+    for (rows, cols) in [(300, 1000), (1025, 64), (33, 4096), (3, 16384)] {
+        let x = normal_of(DType::F64, &[rows, cols], 41);
+        let g = normal_of(DType::F64, &[cols], 42);
+        let b = normal_of(DType::F64, &[cols], 43);
+        let what = format!("f64 ({rows}, {cols})");
+        let ran = check(|a| Ok(vec![a[0].softmax(-1)?]), std::slice::from_ref(&x), &format!("softmax {what}"))?;
+        let ran_ln = check(|a| Ok(vec![layernorm(&a[0], &a[1], &a[2])?]), &[x.clone(), g.clone(), b], &what)?;
+        let ran_parts = check(|a| softmax_parts(&a[0]), std::slice::from_ref(&x), &format!("softmax parts {what}"))?;
+        let ran_lse = check(|a| Ok(vec![(&a[0] - a[0].logsumexp(-1, true)?)?]), &[x], &format!("log-softmax {what}"))?;
+        if jit_enabled() && cols <= 4096 {
+            assert!(ran >= 1 && ran_ln >= 1 && ran_parts >= 1 && ran_lse >= 1, "{what}: row kernels ran");
+        }
+    }
+    // A chain mixing f32 and f64 values runs block by block, with the same bits.
+    let x = normal_of(DType::F64, &[64, 300], 44);
+    let f = |a: &[Array]| -> Result<Vec<Array>> {
+        let y = a[0].softmax(-1)?;
+        Ok(vec![(y.astype(DType::F32)? * 2.0f32)?.sum(-1, true)?])
+    };
+    check(f, &[x], "f64 softmax, f32 sum")?;
     Ok(())
 }
 

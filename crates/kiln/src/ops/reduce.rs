@@ -161,7 +161,10 @@ pub fn logsumexp(x: &Array, axes: impl Into<Axes>, keepdims: bool) -> Result<Arr
     reduce(ReduceOp::LogSumExp, x, axes, keepdims)
 }
 
-/// Softmax along `axis`: `exp(x - max) / sum(exp(x - max))`.
+/// Softmax along `axis`: `exp(x - max) * (1 / sum(exp(x - max)))`, the
+/// reciprocal taken once per row (as MLX and PyTorch compute it: a
+/// division per element costs several times a product, and its result
+/// differs from this one by about an ulp).
 pub fn softmax(x: &Array, axis: isize) -> Result<Array> {
     let ax = normalize_axis("softmax", axis, x.ndim())?;
     let xf = x.astype(x.dtype().to_float())?;
@@ -173,7 +176,7 @@ pub fn softmax(x: &Array, axis: isize) -> Result<Array> {
     let m = max(&xf, axis, true)?;
     let e = sub(&xf, &m)?.exp()?;
     let s = sum(&e, axis, true)?;
-    e / s
+    e * s.reciprocal()?
 }
 
 impl Array {

@@ -18,13 +18,15 @@
 //! Results are those of the block-by-block run, bit for bit: each step
 //! runs the same generated code (whose results are the interpreter's), and
 //! each reduction is the fold that the reduction kernel runs over a
-//! contiguous row (`reduce::reduce_row_f32`). `KILN_ROW_KERNEL=0` (or
+//! contiguous row (`reduce::reduce_row`). `KILN_ROW_KERNEL=0` (or
 //! [`set_enabled`]) runs every chain block by block instead, to compare.
 //!
 //! A chain runs here when, at the call's shapes, every step iterates over
 //! the same shape `[.., n]` (or over its rows, `[.., 1]`, for per-row
 //! arithmetic such as `rsqrt(var + eps)`), every reduction reduces the last
-//! axis only, every value is `f32`, every group has generated code, every
+//! axis only, every value is `f32` or every value is `f64` (the chain runs
+//! in that dtype: scratch rows, generated code and folds), every group has
+//! generated code, every
 //! input from outside is read along its rows either in place or as one value
 //! per row, and a row's values fit in L1 and L2; otherwise it runs block by
 //! block.
@@ -37,10 +39,10 @@ use crate::array::Data;
 use crate::backend::cpu::executable::CpuExecutable;
 use crate::backend::cpu::fused_reduce::copied_input;
 use crate::backend::cpu::jit::{self, InputSet, Variant};
-use crate::backend::cpu::reduce;
+use crate::backend::cpu::reduce::{self, RowFloat};
 use crate::backend::cpu::row_chain::{space, Chain};
 use crate::backend::cpu::rows::RowSink;
-use crate::backend::cpu::{stream, team, BufferElement, CpuGroup};
+use crate::backend::cpu::{stream, team, CpuGroup};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::passes::fuse::Kernel;
@@ -53,9 +55,9 @@ const MAX_ROW: usize = 1 << 14;
 /// keeps: they and the row being read stay in L1 and L2.
 const MAX_SCRATCH_BYTES: usize = 256 << 10;
 
-/// Elements between the 4 KiB offsets of consecutive scratch rows (and of
+/// Bytes between the 4 KiB offsets of consecutive scratch rows (and of
 /// the first from a page boundary): 5 cache lines.
-const SKEW: usize = 80;
+const SKEW_BYTES: usize = 320;
 
 /// Positions per parallel part, at least.
 const PART_ELEMS: usize = 1 << 15;
@@ -87,8 +89,8 @@ enum Dst {
 }
 
 /// An input from outside the chain, read row by row.
-struct Outside<'a> {
-    data: &'a [f32],
+struct Outside<'a, T> {
+    data: &'a [T],
     offset: isize,
     /// The leading (row) dimensions, collapsed, with their strides.
     dims: Vec<(usize, isize)>,
@@ -96,7 +98,7 @@ struct Outside<'a> {
     inner: isize,
 }
 
-impl Outside<'_> {
+impl<T> Outside<'_, T> {
     /// The element where row `r` starts.
     #[inline]
     fn at(&self, r: usize) -> usize {
@@ -111,7 +113,7 @@ impl Outside<'_> {
 
     /// Row `r`: `len` elements read in place, or its one value.
     #[inline]
-    fn row(&self, r: usize, len: usize) -> &[f32] {
+    fn row(&self, r: usize, len: usize) -> &[T] {
         let at = self.at(r);
         &self.data[at..at + if self.inner == 1 { len } else { 1 }]
     }
@@ -171,9 +173,9 @@ enum Held {
 }
 
 /// A chain planned for this call's shapes.
-struct Plan<'a> {
+struct Plan<'a, T> {
     steps: Vec<RowStep>,
-    outside: Vec<Outside<'a>>,
+    outside: Vec<Outside<'a, T>>,
     rows: usize,
     n: usize,
     scratch_rows: usize,
@@ -215,11 +217,27 @@ pub fn run<'a, S: AsRef<[usize]> + ?Sized + 'a>(
     values: &mut [Option<Data>],
     shape_of: &(impl Fn(usize) -> &'a S + Sync),
 ) -> Result<bool> {
-    let Some(plan) = plan(exe, chain, values, shape_of) else { return Ok(false) };
+    let p = &exe.program;
+    let first = exe.steps[chain.steps.start].outputs.first().map(|&v| p.instrs[v].dtype);
+    match first {
+        Some(DType::F32) => run_in::<f32, S>(exe, chain, values, shape_of),
+        Some(DType::F64) => run_in::<f64, S>(exe, chain, values, shape_of),
+        _ => Ok(false),
+    }
+}
+
+/// [`run`] for a chain whose values are all `T`.
+fn run_in<'a, T: RowFloat, S: AsRef<[usize]> + ?Sized + 'a>(
+    exe: &CpuExecutable,
+    chain: &Chain,
+    values: &mut [Option<Data>],
+    shape_of: &(impl Fn(usize) -> &'a S + Sync),
+) -> Result<bool> {
+    let Some(plan) = plan::<T, S>(exe, chain, values, shape_of) else { return Ok(false) };
     RUNS.fetch_add(1, Ordering::Relaxed);
     let (rows, n) = (plan.rows, plan.n);
     let sinks: Vec<RowSink> =
-        plan.sink_len.iter().map(|&len| RowSink::new(DType::F32, rows, len)).collect::<Result<_>>()?;
+        plan.sink_len.iter().map(|&len| RowSink::new(T::DTYPE, rows, len)).collect::<Result<_>>()?;
     let per_part = PART_ELEMS.div_ceil(n).max(rows.div_ceil(8 * team::threads()));
     let parts = rows.div_ceil(per_part);
     let run_part = |c: usize| run_rows(&plan, &sinks, c * per_part, ((c + 1) * per_part).min(rows));
@@ -242,7 +260,7 @@ fn padded_is(shape: &[usize], want: &[usize]) -> bool {
 
 /// The state of [`plan`]: where each value of the chain is held, and the
 /// inputs from outside read so far.
-struct Planner<'c, 'v> {
+struct Planner<'c, 'v, T> {
     chain: &'c Chain,
     /// Each value held so far, and where (a chain has a few dozen values
     /// at most: a list searched in order beats hashing them on every call).
@@ -253,10 +271,10 @@ struct Planner<'c, 'v> {
     full: Vec<usize>,
     per_row: Vec<usize>,
     /// The plan being made (its steps are added last).
-    out: Plan<'v>,
+    out: Plan<'v, T>,
 }
 
-impl<'v> Planner<'_, 'v> {
+impl<'v, T: RowFloat> Planner<'_, 'v, T> {
     /// Where a step over `sp` reads value `v` of shape `shape` (`data` when
     /// it comes from outside the chain), or `None` when it cannot.
     fn read(&mut self, v: usize, shape: &[usize], data: Option<&'v Data>, sp: &[usize]) -> Option<Src> {
@@ -273,7 +291,7 @@ impl<'v> Planner<'_, 'v> {
             return Some(Src::Outside(k));
         }
         let d = data?;
-        let values = f32::slice_of(d.buffer())?;
+        let values = T::slice_of(d.buffer())?;
         let l = d.layout();
         if l.shape.len() > nd || !l.fits(values.len()) {
             return None;
@@ -308,7 +326,7 @@ impl<'v> Planner<'_, 'v> {
         let dst = match self.escape_at(v) {
             Some(k) => {
                 self.out.sink_len[k] = self.out.n;
-                let big = stream::rows_stream((self.out.rows * self.out.n).saturating_mul(4));
+                let big = stream::rows_stream((self.out.rows * self.out.n).saturating_mul(size_of::<T>()));
                 if self.chain.write_through[k] && big {
                     self.out.streamed = true;
                     Dst::Staged { row: self.scratch_row(), sink: k }
@@ -339,18 +357,18 @@ impl<'v> Planner<'_, 'v> {
     }
 }
 
-/// True for the reductions a row fold computes (`reduce::reduce_row_f32`).
+/// True for the reductions a row fold computes (`reduce::reduce_row`).
 fn foldable(op: ReduceOp) -> bool {
     !matches!(op, ReduceOp::Prod | ReduceOp::All | ReduceOp::Any)
 }
 
 /// Plans `chain` for the call's shapes, or `None` when it does not run here.
-fn plan<'a, 'v, S: AsRef<[usize]> + ?Sized + 'a>(
+fn plan<'a, 'v, T: RowFloat, S: AsRef<[usize]> + ?Sized + 'a>(
     exe: &CpuExecutable,
     chain: &Chain,
     values: &'v [Option<Data>],
     shape_of: &impl Fn(usize) -> &'a S,
-) -> Option<Plan<'v>> {
+) -> Option<Plan<'v, T>> {
     if !jit::enabled() || !enabled() {
         return None;
     }
@@ -363,7 +381,7 @@ fn plan<'a, 'v, S: AsRef<[usize]> + ?Sized + 'a>(
     if nd < 2 || !(2..=MAX_ROW).contains(&n) || rows < 2 {
         return None;
     }
-    let f32_value = |v: usize| p.instrs[v].dtype == DType::F32;
+    let typed = |v: usize| p.instrs[v].dtype == T::DTYPE;
     let mut pl = Planner {
         chain,
         held: SmallVec::new(),
@@ -388,7 +406,7 @@ fn plan<'a, 'v, S: AsRef<[usize]> + ?Sized + 'a>(
             return None;
         }
         let len = sp[nd - 1];
-        if !st.inputs.iter().chain(&st.outputs).all(|&v| f32_value(v)) {
+        if !st.inputs.iter().chain(&st.outputs).all(|&v| typed(v)) {
             return None;
         }
         let ins: Vec<Src> = st
@@ -442,7 +460,7 @@ fn plan<'a, 'v, S: AsRef<[usize]> + ?Sized + 'a>(
             _ => return None,
         }
     }
-    if pl.out.scratch_rows.saturating_mul(n * 4) > MAX_SCRATCH_BYTES || pl.out.sink_len.contains(&0) {
+    if pl.out.scratch_rows.saturating_mul(n * size_of::<T>()) > MAX_SCRATCH_BYTES || pl.out.sink_len.contains(&0) {
         return None;
     }
     pl.out.steps = planned;
@@ -450,7 +468,7 @@ fn plan<'a, 'v, S: AsRef<[usize]> + ?Sized + 'a>(
 }
 
 /// True when `src` is a whole row (not one value per row).
-fn reads_row(src: Src, outside: &[Outside]) -> bool {
+fn reads_row<T>(src: Src, outside: &[Outside<T>]) -> bool {
     match src {
         Src::Row(_) | Src::SinkRow(_) => true,
         Src::Scalar(_) => false,
@@ -461,11 +479,11 @@ fn reads_row(src: Src, outside: &[Outside]) -> bool {
 /// The generated code of `g` for rows of `len` positions whose inputs are
 /// `ins`: per-row values broadcast, inputs whose rows come from memory
 /// (`stream::from_memory`) prefetched one row ahead.
-fn kernel_for(g: &CpuGroup, ins: &[Src], outside: &[Outside], len: usize) -> Option<Arc<jit::Kernel>> {
-    // Rows are f32: a group reading or writing bool arrays (bytes), such as
-    // a comparison a reduction folds, runs block by block.
-    let f32_row = |d: DType| d == DType::F32;
-    if !g.inputs.iter().all(|&d| f32_row(d)) || !g.outputs.iter().all(|&r| f32_row(g.reg_dtype(r))) {
+fn kernel_for<T: RowFloat>(g: &CpuGroup, ins: &[Src], outside: &[Outside<T>], len: usize) -> Option<Arc<jit::Kernel>> {
+    // Rows are of `T`: a group reading or writing bool arrays (bytes), such
+    // as a comparison a reduction folds, runs block by block.
+    let typed = |d: DType| d == T::DTYPE;
+    if !g.inputs.iter().all(|&d| typed(d)) || !g.outputs.iter().all(|&r| typed(g.reg_dtype(r))) {
         return None;
     }
     let code = g.code.get(g)?;
@@ -475,7 +493,7 @@ fn kernel_for(g: &CpuGroup, ins: &[Src], outside: &[Outside], len: usize) -> Opt
         let one = match *s {
             Src::Scalar(_) => true,
             Src::Outside(j) => {
-                streams |= outside[j].inner == 1 && stream::from_memory(outside[j].data.len() * 4);
+                streams |= outside[j].inner == 1 && stream::from_memory(size_of_val(outside[j].data));
                 outside[j].inner == 0
             }
             _ => false,
@@ -485,43 +503,48 @@ fn kernel_for(g: &CpuGroup, ins: &[Src], outside: &[Outside], len: usize) -> Opt
         }
     }
     // The same position of the next row: read while this row computes.
-    let ahead = if streams { i32::try_from(len * 4).unwrap_or(i32::MAX) } else { 0 };
+    let ahead = if streams { i32::try_from(len * size_of::<T>()).unwrap_or(i32::MAX) } else { 0 };
     code.kernel(Variant { bcast, prefetch: ahead })
 }
 
 thread_local! {
-    /// Each thread's scratch rows and per-row values, kept between runs.
-    static SCRATCH: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+    /// Each thread's scratch rows and per-row values, kept between runs
+    /// (`f64` words, viewed as the chain's element type).
+    static SCRATCH: std::cell::Cell<Vec<f64>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
 /// Runs rows `r0..r1` of the plan on the calling thread.
-fn run_rows(plan: &Plan, sinks: &[RowSink], r0: usize, r1: usize) {
+fn run_rows<T: RowFloat>(plan: &Plan<T>, sinks: &[RowSink], r0: usize, r1: usize) {
     let n = plan.n;
+    let size = size_of::<T>();
     let claims: SmallVec<[_; 4]> = sinks.iter().map(|s| s.claim(r0, r1 - r0)).collect();
-    let sink_base: SmallVec<[*mut f32; 4]> = claims.iter().map(|c| c.ptr().cast::<f32>()).collect();
+    let sink_base: SmallVec<[*mut T; 4]> = claims.iter().map(|c| c.ptr().cast::<T>()).collect();
     // Scratch rows `stride` apart from a start off 4 KiB alignment, so
     // that the same position of two rows (and of a page-aligned input row)
     // never shares its address's low 12 bits: a load after a store to such
     // an address waits for the store (4K aliasing).
-    let stride = n.next_multiple_of(16) + SKEW;
+    let stride = n.next_multiple_of(64 / size) + SKEW_BYTES / size;
     // The thread's scratch from its last run (taken, so a nested run would
     // make its own), grown when short: no allocation or zeroing per call.
+    // Its rows start at most a page (plus the skew) in, its per-row
+    // values follow them.
     let mut scratch = SCRATCH.take();
-    let need = plan.scratch_rows * stride + 1024 + SKEW + plan.scalars;
-    if scratch.len() < need {
-        scratch = vec![0.0f32; need];
+    let rows_len = plan.scratch_rows * stride + (4096 + SKEW_BYTES) / size;
+    let need = (rows_len + plan.scalars) * size;
+    if scratch.len() * 8 < need {
+        scratch = vec![0.0f64; need.div_ceil(8)];
     }
-    let (scratch_rows, scalars) = scratch.split_at_mut(need - plan.scalars);
-    let skip = (SKEW * 4 + 4096 - scratch_rows.as_ptr() as usize % 4096) % 4096 / 4;
-    let row_ptr = scratch_rows[skip..].as_mut_ptr();
-    let scalar_ptr = scalars.as_mut_ptr();
+    let base = scratch.as_mut_ptr().cast::<T>();
+    let skip = (SKEW_BYTES + 4096 - base as usize % 4096) % 4096 / size;
+    let row_ptr = base.wrapping_add(skip);
+    let scalar_ptr = base.wrapping_add(rows_len);
     let mut ins: SmallVec<[*const f32; 8]> = SmallVec::new();
     let mut outs: SmallVec<[*mut f32; 4]> = SmallVec::new();
     for r in r0..r1 {
         let local = r - r0;
         // The task's row of sink `k` (a row of `sink_len[k]` elements).
         let sink_row = |k: usize| sink_base[k].wrapping_add(local * plan.sink_len[k]);
-        let src_ptr = |s: Src, len: usize| -> *const f32 {
+        let src_ptr = |s: Src, len: usize| -> *const T {
             match s {
                 Src::Row(k) => row_ptr.wrapping_add(k * stride),
                 Src::SinkRow(k) => sink_row(k),
@@ -529,7 +552,7 @@ fn run_rows(plan: &Plan, sinks: &[RowSink], r0: usize, r1: usize) {
                 Src::Outside(k) => plan.outside[k].row(r, len).as_ptr(),
             }
         };
-        let dst_ptr = |d: Dst| -> *mut f32 {
+        let dst_ptr = |d: Dst| -> *mut T {
             match d {
                 Dst::Row(k) | Dst::Staged { row: k, .. } => row_ptr.wrapping_add(k * stride),
                 Dst::SinkRow(k) => sink_row(k),
@@ -556,10 +579,10 @@ fn run_rows(plan: &Plan, sinks: &[RowSink], r0: usize, r1: usize) {
                         let row = unsafe { std::slice::from_raw_parts(src_ptr(f.src, n), n) };
                         let (v, mean) = match f.mean {
                             Some(_) => {
-                                let (var, mean) = reduce::var_mean_row_f32(f.op, row);
+                                let (var, mean) = reduce::var_mean_row(f.op, row);
                                 (var, Some(mean))
                             }
-                            None => (reduce::reduce_row_f32(f.op, row).expect("planned reductions fold rows"), None),
+                            None => (reduce::reduce_row(f.op, row).expect("planned reductions fold rows"), None),
                         };
                         for (d, v) in [(Some(f.dst), Some(v)), (f.mean, mean)] {
                             if let (Some(d), Some(v)) = (d, v) {
@@ -584,25 +607,27 @@ fn run_rows(plan: &Plan, sinks: &[RowSink], r0: usize, r1: usize) {
 
 /// Calls a step's code over one row.
 #[allow(clippy::too_many_arguments)]
-fn run_code(
+fn run_code<T>(
     kernel: &jit::Kernel,
     srcs: &[Src],
     dsts: &[Dst],
     len: usize,
-    src_ptr: &impl Fn(Src, usize) -> *const f32,
-    dst_ptr: &impl Fn(Dst) -> *mut f32,
+    src_ptr: &impl Fn(Src, usize) -> *const T,
+    dst_ptr: &impl Fn(Dst) -> *mut T,
     ins: &mut SmallVec<[*const f32; 8]>,
     outs: &mut SmallVec<[*mut f32; 4]>,
 ) {
+    // The kernel takes untyped element pointers (`f32` by name): its code
+    // was generated for `T` (`kernel_for`).
     ins.clear();
-    ins.extend(srcs.iter().map(|&s| src_ptr(s, len)));
+    ins.extend(srcs.iter().map(|&s| src_ptr(s, len).cast::<f32>()));
     outs.clear();
-    outs.extend(dsts.iter().map(|&d| dst_ptr(d)));
-    // SAFETY: every input pointer addresses `len` readable `f32` (one for a
+    outs.extend(dsts.iter().map(|&d| dst_ptr(d).cast::<f32>()));
+    // SAFETY: every input pointer addresses `len` readable `T` (one for a
     // broadcast input: a scalar slot, or an outside row's value, which the
     // kernel was generated to load once): scratch rows of `n` elements,
     // this task's claimed sink rows, outside rows sliced inside their
-    // buffers. Every output pointer addresses `len` writable `f32` that no
+    // buffers. Every output pointer addresses `len` writable `T` that no
     // input of this call overlaps: each value of the chain has its own
     // scratch row, scalar slot or sink row.
     unsafe { kernel.run(ins, outs, len) };
@@ -610,14 +635,19 @@ fn run_code(
 
 /// Copies what a step wrote into its sinks: staged rows streamed to their
 /// sink, escaping per-row values stored in theirs.
-fn finish_outputs(dsts: &[Dst], len: usize, dst_ptr: &impl Fn(Dst) -> *mut f32, sink_row: &impl Fn(usize) -> *mut f32) {
+fn finish_outputs<T: Copy>(
+    dsts: &[Dst],
+    len: usize,
+    dst_ptr: &impl Fn(Dst) -> *mut T,
+    sink_row: &impl Fn(usize) -> *mut T,
+) {
     for &d in dsts {
         match d {
             Dst::Staged { sink, .. } => {
                 // SAFETY: the staged scratch row holds `len` values just
                 // written; the task's sink row has room for them and does
                 // not overlap scratch.
-                unsafe { stream::copy(sink_row(sink).cast(), dst_ptr(d).cast(), len * 4) };
+                unsafe { stream::copy(sink_row(sink).cast(), dst_ptr(d).cast(), len * size_of::<T>()) };
             }
             Dst::Scalar(_, Some(sink)) => {
                 // SAFETY: a scalar slot just written, and this task's
