@@ -96,26 +96,33 @@ struct Outside<'a, T> {
     dims: Vec<(usize, isize)>,
     /// 1: the row is read in place; 0: one value per row.
     inner: isize,
+    /// Elements read per row: the step's row length in place, else 1.
+    len: usize,
 }
 
 impl<T> Outside<'_, T> {
-    /// The element where row `r` starts.
+    /// The element where row `r` starts (`r` below the row count: the
+    /// outermost dimension takes what is left without a division, so a
+    /// 2-D input's row costs no division at all).
     #[inline]
     fn at(&self, r: usize) -> usize {
         let mut rem = r;
         let mut off = self.offset;
-        for &(size, stride) in self.dims.iter().rev() {
-            off += (rem % size) as isize * stride;
-            rem /= size;
+        if let Some((&(_, outer), inner)) = self.dims.split_first() {
+            for &(size, stride) in inner.iter().rev() {
+                off += (rem % size) as isize * stride;
+                rem /= size;
+            }
+            off += rem as isize * outer;
         }
         off as usize
     }
 
-    /// Row `r`: `len` elements read in place, or its one value.
+    /// Row `r`: its `len` elements read in place, or its one value.
     #[inline]
-    fn row(&self, r: usize, len: usize) -> &[T] {
+    fn row(&self, r: usize) -> &[T] {
         let at = self.at(r);
-        &self.data[at..at + if self.inner == 1 { len } else { 1 }]
+        &self.data[at..at + self.len]
     }
 }
 
@@ -303,7 +310,8 @@ impl<'v, T: RowFloat> Planner<'_, 'v, T> {
         }
         let (dims, strides) = crate::layout::collapse(&l.shape[..nd - 1], &[&l.strides[..nd - 1]]);
         let dims = dims.into_iter().zip(strides.into_iter().next().unwrap_or_default()).collect();
-        self.out.outside.push(Outside { data: values, offset: l.offset as isize, dims, inner });
+        let len = if inner == 1 { sp[nd - 1] } else { 1 };
+        self.out.outside.push(Outside { data: values, offset: l.offset as isize, dims, inner, len });
         self.outside_at.push(((v, per_row_step), self.out.outside.len() - 1));
         Some(Src::Outside(self.out.outside.len() - 1))
     }
@@ -540,16 +548,20 @@ fn run_rows<T: RowFloat>(plan: &Plan<T>, sinks: &[RowSink], r0: usize, r1: usize
     let scalar_ptr = base.wrapping_add(rows_len);
     let mut ins: SmallVec<[*const f32; 8]> = SmallVec::new();
     let mut outs: SmallVec<[*mut f32; 4]> = SmallVec::new();
+    let mut outside_rows: SmallVec<[*const T; 8]> = SmallVec::new();
     for r in r0..r1 {
         let local = r - r0;
+        // Where each outside input's row starts (sliced inside its buffer).
+        outside_rows.clear();
+        outside_rows.extend(plan.outside.iter().map(|o| o.row(r).as_ptr()));
         // The task's row of sink `k` (a row of `sink_len[k]` elements).
         let sink_row = |k: usize| sink_base[k].wrapping_add(local * plan.sink_len[k]);
-        let src_ptr = |s: Src, len: usize| -> *const T {
+        let src_ptr = |s: Src| -> *const T {
             match s {
                 Src::Row(k) => row_ptr.wrapping_add(k * stride),
                 Src::SinkRow(k) => sink_row(k),
                 Src::Scalar(k) => scalar_ptr.wrapping_add(k),
-                Src::Outside(k) => plan.outside[k].row(r, len).as_ptr(),
+                Src::Outside(k) => outside_rows[k],
             }
         };
         let dst_ptr = |d: Dst| -> *mut T {
@@ -576,7 +588,7 @@ fn run_rows<T: RowFloat>(plan: &Plan<T>, sinks: &[RowSink], r0: usize, r1: usize
                         // earlier step of this row, or an outside row inside
                         // its buffer (`Outside::row` slices it); nothing
                         // writes it while it is read.
-                        let row = unsafe { std::slice::from_raw_parts(src_ptr(f.src, n), n) };
+                        let row = unsafe { std::slice::from_raw_parts(src_ptr(f.src), n) };
                         let (v, mean) = match f.mean {
                             Some(_) => {
                                 let (var, mean) = reduce::var_mean_row(f.op, row);
@@ -612,7 +624,7 @@ fn run_code<T>(
     srcs: &[Src],
     dsts: &[Dst],
     len: usize,
-    src_ptr: &impl Fn(Src, usize) -> *const T,
+    src_ptr: &impl Fn(Src) -> *const T,
     dst_ptr: &impl Fn(Dst) -> *mut T,
     ins: &mut SmallVec<[*const f32; 8]>,
     outs: &mut SmallVec<[*mut f32; 4]>,
@@ -620,7 +632,7 @@ fn run_code<T>(
     // The kernel takes untyped element pointers (`f32` by name): its code
     // was generated for `T` (`kernel_for`).
     ins.clear();
-    ins.extend(srcs.iter().map(|&s| src_ptr(s, len).cast::<f32>()));
+    ins.extend(srcs.iter().map(|&s| src_ptr(s).cast::<f32>()));
     outs.clear();
     outs.extend(dsts.iter().map(|&d| dst_ptr(d).cast::<f32>()));
     // SAFETY: every input pointer addresses `len` readable `T` (one for a
