@@ -146,6 +146,9 @@ struct Fold<I, A, O, S, C, F> {
     finish: F,
     /// See [`Reducer::pairwise`].
     pairwise: bool,
+    /// Explicit vector code for a contiguous leaf, giving the lanes'
+    /// result bit for bit ([`Reducer::block`]; see [`Widen::fast_leaf`]).
+    fast: Option<Leaf<I, A>>,
     _types: PhantomData<fn(I) -> O>,
 }
 
@@ -180,6 +183,10 @@ where
     #[inline(always)]
     fn pairwise(&self) -> bool {
         self.pairwise
+    }
+    #[inline(always)]
+    fn block(&self, xs: &[I]) -> Option<A> {
+        self.fast.map(|f| f(xs))
     }
 }
 
@@ -530,7 +537,23 @@ fn exec<I: Element, A: Copy + Send + Sync, O: Element>(
     combine: impl Fn(A, A) -> A + Sync,
     finish: impl Fn(A, usize) -> O + Sync,
 ) -> Buffer {
-    let r = Fold { id, step, combine, finish, pairwise, _types: PhantomData };
+    exec_leaf(pairwise, src, p, id, step, combine, finish, None)
+}
+
+/// [`exec`] with explicit vector code for contiguous leaves (see
+/// [`Fold::fast`]).
+#[allow(clippy::too_many_arguments)]
+fn exec_leaf<I: Element, A: Copy + Send + Sync, O: Element>(
+    pairwise: bool,
+    src: &[I],
+    p: &Plan,
+    id: A,
+    step: impl Fn(A, I) -> A + Sync,
+    combine: impl Fn(A, A) -> A + Sync,
+    finish: impl Fn(A, usize) -> O + Sync,
+    fast: Option<Leaf<I, A>>,
+) -> Buffer {
+    let r = Fold { id, step, combine, finish, pairwise, fast, _types: PhantomData };
     Buffer::from_vec(execute(&r, src, p))
 }
 
@@ -545,10 +568,11 @@ pub(crate) fn fold_f32(op: ReduceOp, xs: &[f32]) -> f32 {
 /// [`fold_f32`] of a row of `f32` or `f64`: the fold [`reduce`] runs over
 /// a contiguous row of that dtype.
 fn fold_row<T: RowFloat>(op: ReduceOp, xs: &[T]) -> T {
+    let fast = T::fast_leaf(op);
     match op {
-        ReduceOp::Max => fold_by(xs, PAIRWISE, T::NEG_INF, fmax),
-        ReduceOp::Min => fold_by(xs, PAIRWISE, T::INF, fmin),
-        _ => fold_by(xs, PAIRWISE, T::NEG_ZERO, |a, b| a + b),
+        ReduceOp::Max => fold_by(xs, PAIRWISE, T::NEG_INF, fmax, fast),
+        ReduceOp::Min => fold_by(xs, PAIRWISE, T::INF, fmin, fast),
+        _ => fold_by(xs, PAIRWISE, T::NEG_ZERO, |a, b| a + b, fast),
     }
 }
 
@@ -623,8 +647,14 @@ pub(crate) fn combine_f32(op: ReduceOp, a: f32, b: f32) -> f32 {
 /// [`fold_f32`] with `f` as both the step and the combination (a closure
 /// or function item, not a pointer, so the fold inlines and vectorizes),
 /// for `f32` or `f64` rows.
-fn fold_by<T: RowFloat, F: Fn(T, T) -> T + Sync + Copy>(xs: &[T], pairwise: bool, id: T, f: F) -> T {
-    let r = Fold { id, step: f, combine: f, finish: keep::<T>, pairwise, _types: PhantomData::<fn(T) -> T> };
+fn fold_by<T: RowFloat, F: Fn(T, T) -> T + Sync + Copy>(
+    xs: &[T],
+    pairwise: bool,
+    id: T,
+    f: F,
+    fast: Option<Leaf<T, T>>,
+) -> T {
+    let r = Fold { id, step: f, combine: f, finish: keep::<T>, pairwise, fast, _types: PhantomData::<fn(T) -> T> };
     run(&r, xs, 0, xs.len(), 1)
 }
 
@@ -995,6 +1025,89 @@ pub(crate) trait RowFloat: Widen<Acc = Self> + AccFloat {}
 impl RowFloat for f32 {}
 impl RowFloat for f64 {}
 
+/// [`Widen::fast_leaf`] of `f32`: the AVX-512 leaf of a sum (or mean),
+/// maximum or minimum when the CPU has AVX-512.
+fn fast_leaf_f32(op: ReduceOp) -> Option<Leaf<f32, f32>> {
+    #[cfg(target_arch = "x86_64")]
+    if crate::backend::simd_math::detected_level() == crate::backend::simd_math::Level::Avx512 {
+        // SAFETY (each): the detected level has AVX-512F.
+        return match op {
+            ReduceOp::Sum | ReduceOp::Mean => Some(|xs| unsafe { x86::fold_leaf_avx512(ReduceOp::Sum, xs) }),
+            ReduceOp::Max => Some(|xs| unsafe { x86::fold_leaf_avx512(ReduceOp::Max, xs) }),
+            ReduceOp::Min => Some(|xs| unsafe { x86::fold_leaf_avx512(ReduceOp::Min, xs) }),
+            _ => None,
+        };
+    }
+    let _ = op;
+    None
+}
+
+/// Explicit AVX-512 folds.
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::{ReduceOp, LANES};
+
+    /// The fold of the contiguous `f32` leaf `xs` by `op` (a sum, max or
+    /// min; any other op as a sum), bit for bit what [`super::fold_lanes`]
+    /// and [`super::combine_lanes`] compute with the same step: [`LANES`]
+    /// lanes, lane `l` folding elements `l`, `l + LANES`, ... (four
+    /// registers of 16), then combined pairwise, lane `l` with lane `l + w`
+    /// for `w` from 32 down to 1. The generic fold's compiled combine went
+    /// through the stack and back, pair of lanes by pair: most of a fold
+    /// over a row of 64 values.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn fold_leaf_avx512(op: ReduceOp, xs: &[f32]) -> f32 {
+        match op {
+            ReduceOp::Max => fold(xs, f32::NEG_INFINITY, |a, x| {
+                let take = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(x, a) | _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(x, x);
+                _mm512_mask_mov_ps(a, take, x)
+            }),
+            ReduceOp::Min => fold(xs, f32::INFINITY, |a, x| {
+                let take = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, a) | _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(x, x);
+                _mm512_mask_mov_ps(a, take, x)
+            }),
+            _ => fold(xs, -0.0, |a, x| _mm512_add_ps(a, x)),
+        }
+    }
+
+    /// [`fold_leaf_avx512`] with the step (and combination) `f`, lane-wise:
+    /// `f(acc, x)` (the reduce module's `fmax(acc, x)`, `acc + x`, ...).
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn fold(xs: &[f32], id: f32, f: impl Fn(__m512, __m512) -> __m512) -> f32 {
+        const { assert!(LANES == 64, "four registers of 16 lanes") };
+        let mut acc = [_mm512_set1_ps(id); 4];
+        let mut chunks = xs.chunks_exact(LANES);
+        for c in &mut chunks {
+            for (j, a) in acc.iter_mut().enumerate() {
+                // SAFETY: the chunk holds LANES = 64 elements, so 16 from 16 j.
+                *a = f(*a, unsafe { _mm512_loadu_ps(c.as_ptr().add(16 * j)) });
+            }
+        }
+        let rest = chunks.remainder();
+        for (j, a) in acc.iter_mut().enumerate() {
+            let start = 16 * j;
+            if start < rest.len() {
+                let m: __mmask16 = (((1u32 << (rest.len() - start).min(16)) - 1) & 0xffff) as u16;
+                // SAFETY: the masked load reads only lanes below `m`'s
+                // count, elements `start..` of `rest` that exist.
+                let x = unsafe { _mm512_maskz_loadu_ps(m, rest.as_ptr().add(start)) };
+                *a = _mm512_mask_mov_ps(*a, m, f(*a, x));
+            }
+        }
+        // Lanes 0..32 with 32..64, then 0..16 with 16..32, then within a
+        // register: 8, 4, 2 and 1 lanes apart.
+        let v = f(f(acc[0], acc[2]), f(acc[1], acc[3]));
+        let v = f(v, _mm512_shuffle_f32x4::<0b11_10_11_10>(v, v));
+        let v = f(v, _mm512_shuffle_f32x4::<0b01_01_01_01>(v, v));
+        let v = f(v, _mm512_permute_ps::<0b11_10_11_10>(v));
+        let v = f(v, _mm512_permute_ps::<0b01_01_01_01>(v));
+        _mm512_cvtss_f32(v)
+    }
+}
+
 /// The reduction `op` of the contiguous `f32` or `f64` row `xs`, as
 /// [`reduce`] gives it for such a row (the same folds, bit for bit): sums,
 /// means, extrema and the one-pass statistics; `None` for a product or a
@@ -1036,6 +1149,7 @@ fn fold_stat<I: Element, A: AccFloat, T: Copy + Send + Sync>(
                 combine: Lse::combine,
                 finish: move |a: Lse<A>, n| finish(Stat::Lse(a), n),
                 pairwise: true,
+                fast: None,
                 _types: PhantomData,
             };
             over.run(&Blocked { inner, block: move |xs: &[I]| lse_block(xs, widen), leaf: LSE_BLOCK })
@@ -1047,6 +1161,7 @@ fn fold_stat<I: Element, A: AccFloat, T: Copy + Send + Sync>(
                 combine: Moments::combine,
                 finish: move |a: Moments<A>, n| finish(Stat::Moments(a), n),
                 pairwise: true,
+                fast: None,
                 _types: PhantomData,
             };
             over.run(&Blocked { inner, block: move |xs: &[I]| moments_block(xs, widen), leaf: BLOCK })
@@ -1147,10 +1262,19 @@ pub(crate) trait Widen: Element {
     type Acc: AccFloat;
     fn widen(self) -> Self::Acc;
     fn narrow(a: Self::Acc) -> Self;
+    /// Explicit vector code for a contiguous leaf of the fold of `op` (a
+    /// sum or mean, max or min), giving the generic lanes' result bit for
+    /// bit, where there is one: `f32` on AVX-512.
+    fn fast_leaf(_op: ReduceOp) -> Option<Leaf<Self, Self::Acc>> {
+        None
+    }
 }
 
+/// Explicit vector code folding a contiguous leaf of `I` into an `A`.
+type Leaf<I, A> = fn(&[I]) -> A;
+
 macro_rules! widen {
-    ($($t:ty => $acc:ty, $widen:expr, $narrow:expr);* $(;)?) => {$(
+    ($($t:ty => $acc:ty, $widen:expr, $narrow:expr, $fast:expr);* $(;)?) => {$(
         impl Widen for $t {
             type Acc = $acc;
             #[inline(always)]
@@ -1161,14 +1285,18 @@ macro_rules! widen {
             fn narrow(a: $acc) -> $t {
                 $narrow(a)
             }
+            #[inline(always)]
+            fn fast_leaf(op: ReduceOp) -> Option<Leaf<$t, $acc>> {
+                $fast(op)
+            }
         }
     )*};
 }
 widen! {
-    f32 => f32, |x| x, |a| a;
-    f64 => f64, |x| x, |a| a;
-    f16 => f32, crate::backend::cpu::half_conv::f16_to_f32, crate::backend::cpu::half_conv::f32_to_f16;
-    bf16 => f32, bf16::to_f32, bf16::from_f32;
+    f32 => f32, |x| x, |a| a, fast_leaf_f32;
+    f64 => f64, |x| x, |a| a, |_| None;
+    f16 => f32, crate::backend::cpu::half_conv::f16_to_f32, crate::backend::cpu::half_conv::f32_to_f16, |_| None;
+    bf16 => f32, bf16::to_f32, bf16::from_f32, |_| None;
 }
 
 impl<F: Widen> Reducible for F {
@@ -1176,7 +1304,7 @@ impl<F: Widen> Reducible for F {
         let zero = F::zero();
         match op {
             // An empty sum is +0; a sum of negative zeros stays -0.
-            ReduceOp::Sum => exec(
+            ReduceOp::Sum => exec_leaf(
                 PAIRWISE,
                 src,
                 p,
@@ -1184,8 +1312,9 @@ impl<F: Widen> Reducible for F {
                 |a, x: F| a + x.widen(),
                 |a, b| a + b,
                 |a, n| F::narrow(if n == 0 { F::Acc::ZERO } else { a }),
+                F::fast_leaf(op),
             ),
-            ReduceOp::Mean => exec(
+            ReduceOp::Mean => exec_leaf(
                 PAIRWISE,
                 src,
                 p,
@@ -1193,16 +1322,31 @@ impl<F: Widen> Reducible for F {
                 |a, x: F| a + x.widen(),
                 |a, b| a + b,
                 |a, n| F::narrow(a / F::Acc::count(n)),
+                F::fast_leaf(op),
             ),
             ReduceOp::Prod => {
                 exec(PAIRWISE, src, p, F::Acc::ONE, |a, x: F| a * x.widen(), |a, b| a * b, |a, _| F::narrow(a))
             }
-            ReduceOp::Max => {
-                exec(PAIRWISE, src, p, F::Acc::NEG_INF, |a, x: F| fmax(a, x.widen()), fmax, |a, _| F::narrow(a))
-            }
-            ReduceOp::Min => {
-                exec(PAIRWISE, src, p, F::Acc::INF, |a, x: F| fmin(a, x.widen()), fmin, |a, _| F::narrow(a))
-            }
+            ReduceOp::Max => exec_leaf(
+                PAIRWISE,
+                src,
+                p,
+                F::Acc::NEG_INF,
+                |a, x: F| fmax(a, x.widen()),
+                fmax,
+                |a, _| F::narrow(a),
+                F::fast_leaf(op),
+            ),
+            ReduceOp::Min => exec_leaf(
+                PAIRWISE,
+                src,
+                p,
+                F::Acc::INF,
+                |a, x: F| fmin(a, x.widen()),
+                fmin,
+                |a, _| F::narrow(a),
+                F::fast_leaf(op),
+            ),
             ReduceOp::All => exec(ANY_ORDER, src, p, true, |a, x: F| a & (x != zero), |a, b| a & b, keep),
             ReduceOp::Any => exec(ANY_ORDER, src, p, false, |a, x: F| a | (x != zero), |a, b| a | b, keep),
             ReduceOp::LogSumExp | ReduceOp::SumExp | ReduceOp::Var { .. } => exec_stat(op, src, p, F::widen, F::narrow),
@@ -1547,4 +1691,62 @@ pub fn arg_reduce(op: ArgReduceOp, x: &Data, axis: usize) -> Result<Buffer> {
         ArgReduceOp::ArgMin => arg_typed::<_, false>(v.as_slice(), &kshape, &kst, l.offset, n, s)?,
     });
     Ok(Buffer::U32(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Rows of every length to past two leaves, of values with ties,
+    /// signed zeros, infinities and NaNs (some with payloads).
+    fn rows() -> Vec<Vec<f32>> {
+        let special = [0.0, -0.0, 1.5, -1.5, f32::INFINITY, f32::NEG_INFINITY, f32::NAN, f32::from_bits(0x7fc0_1234)];
+        let mut out = vec![];
+        let mut state = 12345u32;
+        let mut next = || {
+            state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            state
+        };
+        for n in (0..=200).chain([255, 256, 257, 1000, 1023, 1024, 1025, 2047, 2049, 5000]) {
+            for kind in 0..4 {
+                let row = (0..n)
+                    .map(|_| {
+                        let r = next();
+                        match kind {
+                            // Plain values.
+                            0 => (r % 20001) as f32 / 100.0 - 100.0,
+                            // Ties and signed zeros only.
+                            1 => [0.0, -0.0, 2.0, -2.0][(r % 4) as usize],
+                            // Now and then a special value.
+                            _ if r % 29 == 0 => special[(r / 29 % 8) as usize],
+                            _ => (r % 2001) as f32 - 1000.0,
+                        }
+                    })
+                    .collect();
+                out.push(row);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn vector_folds_give_the_generic_folds_bits() {
+        for row in rows() {
+            for op in [ReduceOp::Sum, ReduceOp::Max, ReduceOp::Min] {
+                let generic = match op {
+                    ReduceOp::Max => fold_by(&row, PAIRWISE, f32::NEG_INFINITY, fmax, None),
+                    ReduceOp::Min => fold_by(&row, PAIRWISE, f32::INFINITY, fmin, None),
+                    _ => fold_by(&row, PAIRWISE, -0.0, |a, b| a + b, None),
+                };
+                let got = fold_f32(op, &row);
+                assert_eq!(
+                    got.to_bits(),
+                    generic.to_bits(),
+                    "{} of {} values: {got} against the generic {generic}",
+                    op.name(),
+                    row.len()
+                );
+            }
+        }
+    }
 }
