@@ -39,6 +39,13 @@
 //!   16, .., 1); the statistics fold a leaf with their own vectorized block
 //!   (`Lse`, `Moments`), in that order too.
 //!
+//! On AVX-512, `f32` sums, means, extrema and `var`'s moments fold a leaf
+//! in explicit vector code (`x86`: four registers of 16 lanes, combined by
+//! shuffles in the same pairwise order), bit for bit the generic lanes'
+//! result but for which NaN a NaN result carries: the compiled generic
+//! combine went through the stack pair of lanes by pair, most of the time
+//! of a fold over a row of 64 values.
+//!
 //! A split of the row across threads cuts it only at nodes of that tree and
 //! recombines along it (`fold_tree`), and so does the fused reduction
 //! kernel of compiled code (its nodes are `tree_chunks`, each folded into
@@ -871,7 +878,7 @@ impl<A: AccFloat> Lse<A> {
 /// The running moments of `var`: count, mean and the sum of squared
 /// deviations from it, merged with Chan's formula.
 #[derive(Clone, Copy)]
-struct Moments<A> {
+pub(crate) struct Moments<A> {
     n: A,
     mean: A,
     m2: A,
@@ -972,8 +979,9 @@ fn exec_stat<I: Element, A: AccFloat, O: Element>(
     p: &Plan,
     widen: impl Fn(I) -> A + Sync + Copy,
     narrow: impl Fn(A) -> O + Sync + Copy,
+    fast: Option<MomentsLeaf<I, A>>,
 ) -> Buffer {
-    Buffer::from_vec(fold_stat(op, OverPlan(src, p), widen, |stat, _| narrow(stat.value(op))))
+    Buffer::from_vec(fold_stat(op, OverPlan(src, p), widen, |stat, _| narrow(stat.value(op)), fast))
 }
 
 /// A one-pass statistic and the reduction its accumulator carries, from
@@ -985,8 +993,10 @@ fn exec_stat_pair<I: Element, A: AccFloat, O: Element>(
     p: &Plan,
     widen: impl Fn(I) -> A + Sync + Copy,
     narrow: impl Fn(A) -> O + Sync + Copy,
+    fast: Option<MomentsLeaf<I, A>>,
 ) -> (Buffer, Buffer) {
-    let pairs = fold_stat(op, OverPlan(src, p), widen, |stat, n| (narrow(stat.value(op)), narrow(stat.carried(n))));
+    let value = |stat: Stat<A>, n| (narrow(stat.value(op)), narrow(stat.carried(n)));
+    let pairs = fold_stat(op, OverPlan(src, p), widen, value, fast);
     let (a, b): (Vec<O>, Vec<O>) = pairs.into_iter().unzip();
     (Buffer::from_vec(a), Buffer::from_vec(b))
 }
@@ -1042,6 +1052,20 @@ fn fast_leaf_f32(op: ReduceOp) -> Option<Leaf<f32, f32>> {
     None
 }
 
+/// [`Widen::moments_leaf`] of `f32`: [`Moments::block`]'s two passes in
+/// AVX-512 code when the CPU has it.
+fn moments_leaf_f32() -> Option<MomentsLeaf<f32, f32>> {
+    #[cfg(target_arch = "x86_64")]
+    if crate::backend::simd_math::detected_level() == crate::backend::simd_math::Level::Avx512 {
+        return Some(|xs| {
+            // SAFETY: the detected level has AVX-512F.
+            let (sum, m2, mean) = unsafe { x86::moments_avx512(xs) };
+            Moments { n: xs.len() as f32, mean, m2, sum }
+        });
+    }
+    None
+}
+
 /// Explicit AVX-512 folds.
 #[cfg(target_arch = "x86_64")]
 mod x86 {
@@ -1072,18 +1096,42 @@ mod x86 {
         }
     }
 
+    /// `Moments::block` of `xs` (sum, sum of squared deviations from the
+    /// mean, mean), bit for bit: the sum as the sum leaf folds it (from
+    /// -0), then `(x - mean)^2` folded in the same lanes from +0 (a
+    /// product and a sum, no fused multiply-add, as the generic code).
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn moments_avx512(xs: &[f32]) -> (f32, f32, f32) {
+        let add = |a, x| _mm512_add_ps(a, x);
+        let sum = fold(xs, -0.0, add);
+        let mean = sum / xs.len() as f32;
+        let m = _mm512_set1_ps(mean);
+        let m2 = fold_map(xs, 0.0, add, |x| {
+            let d = _mm512_sub_ps(x, m);
+            _mm512_mul_ps(d, d)
+        });
+        (sum, m2, mean)
+    }
+
     /// [`fold_leaf_avx512`] with the step (and combination) `f`, lane-wise:
     /// `f(acc, x)` (the reduce module's `fmax(acc, x)`, `acc + x`, ...).
     #[inline]
     #[target_feature(enable = "avx512f")]
     fn fold(xs: &[f32], id: f32, f: impl Fn(__m512, __m512) -> __m512) -> f32 {
+        fold_map(xs, id, f, |x| x)
+    }
+
+    /// [`fold`] of `map(x)` for each element `x`.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn fold_map(xs: &[f32], id: f32, f: impl Fn(__m512, __m512) -> __m512, map: impl Fn(__m512) -> __m512) -> f32 {
         const { assert!(LANES == 64, "four registers of 16 lanes") };
         let mut acc = [_mm512_set1_ps(id); 4];
         let mut chunks = xs.chunks_exact(LANES);
         for c in &mut chunks {
             for (j, a) in acc.iter_mut().enumerate() {
                 // SAFETY: the chunk holds LANES = 64 elements, so 16 from 16 j.
-                *a = f(*a, unsafe { _mm512_loadu_ps(c.as_ptr().add(16 * j)) });
+                *a = f(*a, map(unsafe { _mm512_loadu_ps(c.as_ptr().add(16 * j)) }));
             }
         }
         let rest = chunks.remainder();
@@ -1094,7 +1142,7 @@ mod x86 {
                 // SAFETY: the masked load reads only lanes below `m`'s
                 // count, elements `start..` of `rest` that exist.
                 let x = unsafe { _mm512_maskz_loadu_ps(m, rest.as_ptr().add(start)) };
-                *a = _mm512_mask_mov_ps(*a, m, f(*a, x));
+                *a = _mm512_mask_mov_ps(*a, m, f(*a, map(x)));
             }
         }
         // Lanes 0..32 with 32..64, then 0..16 with 16..32, then within a
@@ -1118,7 +1166,7 @@ pub(crate) fn reduce_row<T: RowFloat>(op: ReduceOp, xs: &[T]) -> Option<T> {
         ReduceOp::Sum | ReduceOp::Max | ReduceOp::Min => fold_row(op, xs),
         ReduceOp::Mean => fold_row(op, xs) / T::count(xs.len()),
         ReduceOp::Var { .. } | ReduceOp::SumExp | ReduceOp::LogSumExp => {
-            fold_stat(op, OneRow(xs), |x: T| x, |stat, _| stat.value(op))[0]
+            fold_stat(op, OneRow(xs), |x: T| x, |stat, _| stat.value(op), T::moments_leaf())[0]
         }
         ReduceOp::Prod | ReduceOp::All | ReduceOp::Any => return None,
     })
@@ -1129,7 +1177,7 @@ pub(crate) fn reduce_row<T: RowFloat>(op: ReduceOp, xs: &[T]) -> Option<T> {
 /// them: each bit for bit what [`reduce_row`] gives alone.
 pub(crate) fn var_mean_row<T: RowFloat>(op: ReduceOp, xs: &[T]) -> (T, T) {
     debug_assert!(matches!(op, ReduceOp::Var { .. }), "the variance carries the mean");
-    fold_stat(op, OneRow(xs), |x: T| x, |stat, n| (stat.value(op), stat.carried(n)))[0]
+    fold_stat(op, OneRow(xs), |x: T| x, |stat, n| (stat.value(op), stat.carried(n)), T::moments_leaf())[0]
 }
 
 /// Folds the accumulators of a one-pass statistic (`Lse` for `sumexp` and
@@ -1140,6 +1188,7 @@ fn fold_stat<I: Element, A: AccFloat, T: Copy + Send + Sync>(
     over: impl Runner<I>,
     widen: impl Fn(I) -> A + Sync + Copy,
     finish: impl Fn(Stat<A>, usize) -> T + Sync,
+    fast_moments: Option<MomentsLeaf<I, A>>,
 ) -> Vec<T> {
     match op {
         ReduceOp::LogSumExp | ReduceOp::SumExp => {
@@ -1164,7 +1213,11 @@ fn fold_stat<I: Element, A: AccFloat, T: Copy + Send + Sync>(
                 fast: None,
                 _types: PhantomData,
             };
-            over.run(&Blocked { inner, block: move |xs: &[I]| moments_block(xs, widen), leaf: BLOCK })
+            let block = move |xs: &[I]| match fast_moments {
+                Some(f) => f(xs),
+                None => moments_block(xs, widen),
+            };
+            over.run(&Blocked { inner, block, leaf: BLOCK })
         }
         other => unreachable!("{} is not a one-pass statistic", other.name()),
     }
@@ -1221,7 +1274,7 @@ macro_rules! int_reducible {
                     ReduceOp::All => exec(ANY_ORDER, src, p, true, |a, x: $t| a & (x != 0), |a, b| a & b, |a, _| a),
                     ReduceOp::Any => exec(ANY_ORDER, src, p, false, |a, x: $t| a | (x != 0), |a, b| a | b, |a, _| a),
                     ReduceOp::LogSumExp | ReduceOp::SumExp | ReduceOp::Var { .. } => {
-                        exec_stat(op, src, p, |x: $t| x as f64, |a: f64| a as f32)
+                        exec_stat(op, src, p, |x: $t| x as f64, |a: f64| a as f32, None)
                     }
                 }
             }
@@ -1268,13 +1321,21 @@ pub(crate) trait Widen: Element {
     fn fast_leaf(_op: ReduceOp) -> Option<Leaf<Self, Self::Acc>> {
         None
     }
+    /// Explicit vector code for [`Moments::block`] over a contiguous leaf,
+    /// bit for bit, where there is one: `f32` on AVX-512.
+    fn moments_leaf() -> Option<MomentsLeaf<Self, Self::Acc>> {
+        None
+    }
 }
 
 /// Explicit vector code folding a contiguous leaf of `I` into an `A`.
 type Leaf<I, A> = fn(&[I]) -> A;
 
+/// Explicit vector code for [`Moments::block`] of a contiguous leaf.
+pub(crate) type MomentsLeaf<I, A> = fn(&[I]) -> Moments<A>;
+
 macro_rules! widen {
-    ($($t:ty => $acc:ty, $widen:expr, $narrow:expr, $fast:expr);* $(;)?) => {$(
+    ($($t:ty => $acc:ty, $widen:expr, $narrow:expr, $fast:expr, $moments:expr);* $(;)?) => {$(
         impl Widen for $t {
             type Acc = $acc;
             #[inline(always)]
@@ -1289,14 +1350,18 @@ macro_rules! widen {
             fn fast_leaf(op: ReduceOp) -> Option<Leaf<$t, $acc>> {
                 $fast(op)
             }
+            #[inline(always)]
+            fn moments_leaf() -> Option<MomentsLeaf<$t, $acc>> {
+                $moments()
+            }
         }
     )*};
 }
 widen! {
-    f32 => f32, |x| x, |a| a, fast_leaf_f32;
-    f64 => f64, |x| x, |a| a, |_| None;
-    f16 => f32, crate::backend::cpu::half_conv::f16_to_f32, crate::backend::cpu::half_conv::f32_to_f16, |_| None;
-    bf16 => f32, bf16::to_f32, bf16::from_f32, |_| None;
+    f32 => f32, |x| x, |a| a, fast_leaf_f32, moments_leaf_f32;
+    f64 => f64, |x| x, |a| a, |_| None, || None;
+    f16 => f32, crate::backend::cpu::half_conv::f16_to_f32, crate::backend::cpu::half_conv::f32_to_f16, |_| None, || None;
+    bf16 => f32, bf16::to_f32, bf16::from_f32, |_| None, || None;
 }
 
 impl<F: Widen> Reducible for F {
@@ -1349,12 +1414,14 @@ impl<F: Widen> Reducible for F {
             ),
             ReduceOp::All => exec(ANY_ORDER, src, p, true, |a, x: F| a & (x != zero), |a, b| a & b, keep),
             ReduceOp::Any => exec(ANY_ORDER, src, p, false, |a, x: F| a | (x != zero), |a, b| a | b, keep),
-            ReduceOp::LogSumExp | ReduceOp::SumExp | ReduceOp::Var { .. } => exec_stat(op, src, p, F::widen, F::narrow),
+            ReduceOp::LogSumExp | ReduceOp::SumExp | ReduceOp::Var { .. } => {
+                exec_stat(op, src, p, F::widen, F::narrow, F::moments_leaf())
+            }
         }
     }
     fn reduce_pair(stat: ReduceOp, src: &[F], p: &Plan) -> Option<(Buffer, Buffer)> {
         matches!(stat, ReduceOp::SumExp | ReduceOp::LogSumExp | ReduceOp::Var { .. })
-            .then(|| exec_stat_pair(stat, src, p, F::widen, F::narrow))
+            .then(|| exec_stat_pair(stat, src, p, F::widen, F::narrow, F::moments_leaf()))
     }
 }
 
@@ -1369,7 +1436,7 @@ impl Reducible for bool {
             ReduceOp::Max | ReduceOp::Any => exec(ANY_ORDER, src, p, false, |a, x| a | x, |a, b| a | b, keep),
             ReduceOp::Min | ReduceOp::All => exec(ANY_ORDER, src, p, true, |a, x| a & x, |a, b| a & b, keep),
             ReduceOp::LogSumExp | ReduceOp::SumExp | ReduceOp::Var { .. } => {
-                exec_stat(op, src, p, |x: bool| x as u8 as f64, |a: f64| a as f32)
+                exec_stat(op, src, p, |x: bool| x as u8 as f64, |a: f64| a as f32, None)
             }
         }
     }
@@ -1412,10 +1479,10 @@ pub(crate) fn partial(op: ReduceOp, row: &Data) -> Result<Partial> {
     let p = Plan::new(row.layout(), &[1]);
     Ok(Partial(match (op, row.buffer()) {
         (ReduceOp::LogSumExp | ReduceOp::SumExp | ReduceOp::Var { .. }, Buffer::F32(v)) => {
-            Part::F32(fold_stat(op, OverPlan(v, &p), |x: f32| x, |s, _| s)[0])
+            Part::F32(fold_stat(op, OverPlan(v, &p), |x: f32| x, |s, _| s, f32::moments_leaf())[0])
         }
         (ReduceOp::LogSumExp | ReduceOp::SumExp | ReduceOp::Var { .. }, Buffer::F64(v)) => {
-            Part::F64(fold_stat(op, OverPlan(v, &p), |x: f64| x, |s, _| s)[0])
+            Part::F64(fold_stat(op, OverPlan(v, &p), |x: f64| x, |s, _| s, f64::moments_leaf())[0])
         }
         (ReduceOp::Mean, b) => Part::Value(reduce(ReduceOp::Sum, row, &[1], ReduceOp::Sum.out_dtype(b.dtype()))?),
         (op, b) => Part::Value(reduce(op, row, &[1], op.out_dtype(b.dtype()))?),
@@ -1729,8 +1796,18 @@ mod tests {
         out
     }
 
+    /// A value's bits, every NaN as one (which NaN an operation on two
+    /// NaNs returns depends on the order the compiler gives its operands).
+    fn bits_of(v: f32) -> u32 {
+        if v.is_nan() {
+            u32::MAX
+        } else {
+            v.to_bits()
+        }
+    }
+
     #[test]
-    fn vector_folds_give_the_generic_folds_bits() {
+    fn vector_folds_and_moments_give_the_generic_bits() {
         for row in rows() {
             for op in [ReduceOp::Sum, ReduceOp::Max, ReduceOp::Min] {
                 let generic = match op {
@@ -1739,9 +1816,16 @@ mod tests {
                     _ => fold_by(&row, PAIRWISE, -0.0, |a, b| a + b, None),
                 };
                 let got = fold_f32(op, &row);
+                if op == ReduceOp::Sum && !row.is_empty() {
+                    if let Some(fast) = f32::moments_leaf() {
+                        let (want, got) = (Moments::block(&row, |x: f32| x), fast(&row));
+                        let bits = |m: Moments<f32>| [m.n, m.mean, m.m2, m.sum].map(bits_of);
+                        assert_eq!(bits(got), bits(want), "moments of {} values", row.len());
+                    }
+                }
                 assert_eq!(
-                    got.to_bits(),
-                    generic.to_bits(),
+                    bits_of(got),
+                    bits_of(generic),
                     "{} of {} values: {got} against the generic {generic}",
                     op.name(),
                     row.len()
