@@ -1367,51 +1367,23 @@ widen! {
 impl<F: Widen> Reducible for F {
     fn reduce_slice(op: ReduceOp, src: &[F], p: &Plan) -> Buffer {
         let zero = F::zero();
+        let (fast, narrow) = (F::fast_leaf(op), |a, _| F::narrow(a));
         match op {
-            // An empty sum is +0; a sum of negative zeros stays -0.
-            ReduceOp::Sum => exec_leaf(
-                PAIRWISE,
-                src,
-                p,
-                F::Acc::NEG_ZERO,
-                |a, x: F| a + x.widen(),
-                |a, b| a + b,
-                |a, n| F::narrow(if n == 0 { F::Acc::ZERO } else { a }),
-                F::fast_leaf(op),
-            ),
-            ReduceOp::Mean => exec_leaf(
-                PAIRWISE,
-                src,
-                p,
-                F::Acc::NEG_ZERO,
-                |a, x: F| a + x.widen(),
-                |a, b| a + b,
-                |a, n| F::narrow(a / F::Acc::count(n)),
-                F::fast_leaf(op),
-            ),
+            ReduceOp::Sum | ReduceOp::Mean => {
+                // An empty sum is +0; a sum of negative zeros stays -0.
+                let finish = move |a, n| match op {
+                    ReduceOp::Mean => F::narrow(a / F::Acc::count(n)),
+                    _ => F::narrow(if n == 0 { F::Acc::ZERO } else { a }),
+                };
+                exec_leaf(PAIRWISE, src, p, F::Acc::NEG_ZERO, |a, x: F| a + x.widen(), |a, b| a + b, finish, fast)
+            }
             ReduceOp::Prod => {
                 exec(PAIRWISE, src, p, F::Acc::ONE, |a, x: F| a * x.widen(), |a, b| a * b, |a, _| F::narrow(a))
             }
-            ReduceOp::Max => exec_leaf(
-                PAIRWISE,
-                src,
-                p,
-                F::Acc::NEG_INF,
-                |a, x: F| fmax(a, x.widen()),
-                fmax,
-                |a, _| F::narrow(a),
-                F::fast_leaf(op),
-            ),
-            ReduceOp::Min => exec_leaf(
-                PAIRWISE,
-                src,
-                p,
-                F::Acc::INF,
-                |a, x: F| fmin(a, x.widen()),
-                fmin,
-                |a, _| F::narrow(a),
-                F::fast_leaf(op),
-            ),
+            ReduceOp::Max => {
+                exec_leaf(PAIRWISE, src, p, F::Acc::NEG_INF, |a, x: F| fmax(a, x.widen()), fmax, narrow, fast)
+            }
+            ReduceOp::Min => exec_leaf(PAIRWISE, src, p, F::Acc::INF, |a, x: F| fmin(a, x.widen()), fmin, narrow, fast),
             ReduceOp::All => exec(ANY_ORDER, src, p, true, |a, x: F| a & (x != zero), |a, b| a & b, keep),
             ReduceOp::Any => exec(ANY_ORDER, src, p, false, |a, x: F| a | (x != zero), |a, b| a | b, keep),
             ReduceOp::LogSumExp | ReduceOp::SumExp | ReduceOp::Var { .. } => {
