@@ -1040,16 +1040,25 @@ impl RowFloat for f64 {}
 fn fast_leaf_f32(op: ReduceOp) -> Option<Leaf<f32, f32>> {
     #[cfg(target_arch = "x86_64")]
     if crate::backend::simd_math::detected_level() == crate::backend::simd_math::Level::Avx512 {
-        // SAFETY (each): the detected level has AVX-512F.
         return match op {
-            ReduceOp::Sum | ReduceOp::Mean => Some(|xs| unsafe { x86::fold_leaf_avx512(ReduceOp::Sum, xs) }),
-            ReduceOp::Max => Some(|xs| unsafe { x86::fold_leaf_avx512(ReduceOp::Max, xs) }),
-            ReduceOp::Min => Some(|xs| unsafe { x86::fold_leaf_avx512(ReduceOp::Min, xs) }),
+            ReduceOp::Sum | ReduceOp::Mean => Some(avx512_leaf::<0>),
+            ReduceOp::Max => Some(avx512_leaf::<1>),
+            ReduceOp::Min => Some(avx512_leaf::<2>),
             _ => None,
         };
     }
     let _ = op;
     None
+}
+
+/// The AVX-512 leaf of a sum (`OP` 0), maximum (1) or minimum (2), handed
+/// out by [`fast_leaf_f32`] only.
+#[cfg(target_arch = "x86_64")]
+fn avx512_leaf<const OP: u8>(xs: &[f32]) -> f32 {
+    let op = [ReduceOp::Sum, ReduceOp::Max, ReduceOp::Min][OP as usize];
+    // SAFETY: `fast_leaf_f32` hands this out only when the detected level
+    // has AVX-512F.
+    unsafe { x86::fold_leaf_avx512(op, xs) }
 }
 
 /// [`Widen::moments_leaf`] of `f32`: [`Moments::block`]'s two passes in
