@@ -414,9 +414,6 @@ fn on_device(args: &[Array]) -> Vec<Array> {
     args.iter().map(|a| a.to_device(device()).expect("moving an input to the fuzzed device")).collect()
 }
 
-/// Fuzz target (b): a random program from `data`, compiled (normal or
-/// shapeless, on the fuzzed [`device`]) against eager on the CPU on its
-/// inputs, on new data, and (shapeless) on new shapes.
 /// A large case's inputs and steps (see [`case`]): in each shape, sizes
 /// above 1 become `c` on the last axis, `r` on the one before and 2 on
 /// earlier ones (sizes that broadcast together still do); half the time
@@ -450,6 +447,9 @@ fn scaled_up(
     (inputs, steps)
 }
 
+/// Fuzz target (b): a random program from `data`, compiled (normal or
+/// shapeless, on the fuzzed [`device`]) against eager on the CPU on its
+/// inputs, on new data, and (shapeless) on new shapes.
 pub fn case(data: &[u8]) {
     let mut b = Bytes::new(data);
     let n_inputs = 1 + b.below(3);
@@ -465,7 +465,7 @@ pub fn case(data: &[u8]) {
         .collect();
     let seed = b.below(1000) as u64;
     let shapeless = b.chance(40);
-    // About one case in 30 runs over rows large enough for the paths that
+    // About one case in 32 runs over rows large enough for the paths that
     // small arrays never take: row-blocked chains, row kernels (f32 and
     // f64), work split over threads, streamed stores. Its shapes are the
     // small ones scaled up (read last, so saved cases replay as before).
