@@ -112,8 +112,8 @@ fn normalizations_run_row_by_row_with_the_block_runs_bits() -> Result<()> {
 #[test]
 fn f64_rows_run_row_by_row_in_f64() -> Result<()> {
     // The same chains over f64 rows: scratch rows, generated code and
-    // folds in f64 (rows of 64 to 4096 values; a row of 16384 f64 passes
-    // the scratch limit and runs block by block, with the same bits).
+    // folds in f64 (rows of 64 to 16384 values: a scratch row of 16384
+    // f64 is 128 KiB, within the row kernel's limit).
     for (rows, cols) in [(300, 1000), (1025, 64), (33, 4096), (3, 16384)] {
         let x = normal_of(DType::F64, &[rows, cols], 41);
         let g = normal_of(DType::F64, &[cols], 42);
@@ -123,7 +123,7 @@ fn f64_rows_run_row_by_row_in_f64() -> Result<()> {
         let ran_ln = check(|a| Ok(vec![layernorm(&a[0], &a[1], &a[2])?]), &[x.clone(), g.clone(), b], &what)?;
         let ran_parts = check(|a| softmax_parts(&a[0]), std::slice::from_ref(&x), &format!("softmax parts {what}"))?;
         let ran_lse = check(|a| Ok(vec![(&a[0] - a[0].logsumexp(-1, true)?)?]), &[x], &format!("log-softmax {what}"))?;
-        if jit_enabled() && cols <= 4096 {
+        if jit_enabled() {
             assert!(ran >= 1 && ran_ln >= 1 && ran_parts >= 1 && ran_lse >= 1, "{what}: row kernels ran");
         }
     }
