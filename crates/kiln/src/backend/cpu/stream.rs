@@ -35,15 +35,16 @@
 //!   as fast or faster without it (its L3 holds them), on the EPYC 1.5x
 //!   slower.
 //! - The rows of a row chain or row kernel stream an output when it and an
-//!   input of its size fill a quarter of the last-level cache, or 24 MiB
+//!   input of its size fill a quarter of the last-level cache, or 40 MiB
 //!   ([`rows_stream`]): these two-pass rows keep less of the cache than an
 //!   elementwise kernel. On the EPYC that is 8 MiB, where ordinary stores
 //!   made layernorms of 4 and 16 MiB slower, and softmax, layernorm and
-//!   rmsnorm over 4096x4096 and 4096x1024 1.1-1.8x slower; on the Xeon, 24
-//!   MiB: there softmax and layernorm with 1024 columns ran 1.13-1.30x
-//!   faster with ordinary stores over 1024 and 2048 rows (8 and 16 MiB
-//!   read and written), within 13% either way over 4096 rows (32 MiB), and
-//!   1.3-1.6x slower over 8192 rows and over 4096x4096.
+//!   rmsnorm over 4096x4096 and 4096x1024 1.1-1.8x slower; on the Xeon, 40
+//!   MiB ([`ROWS_MAX_CACHED`]): there, over rows of 1024 on two threads,
+//!   ordinary stores ran layernorm 1.25x and softmax 1.04x faster over 4096
+//!   rows (16 MiB written), were within 8-20% either way over 6144 rows,
+//!   and 1.15-1.3x slower over 8192 rows, over 2048x4096 and over
+//!   4096x4096 (32 and 64 MiB).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{LazyLock, OnceLock};
@@ -58,10 +59,15 @@ pub const STREAM_MIN_BYTES: usize = 4 << 20;
 /// Whether a row chain or row kernel writes an output of `bytes` with
 /// streaming stores: when it and an input of its size fill a quarter of
 /// the last-level cache (a third of [`stream_min_working_set`]), or
-/// [`MEMORY_BOUND_MAX_CACHED`] (see the module docs).
+/// [`ROWS_MAX_CACHED`] (see the module docs).
 pub fn rows_stream(bytes: usize) -> bool {
-    bytes.saturating_mul(2) >= (stream_min_working_set() / 3).min(MEMORY_BOUND_MAX_CACHED)
+    bytes.saturating_mul(2) >= (stream_min_working_set() / 3).min(ROWS_MAX_CACHED)
 }
+
+/// The largest output and input of its size that a row chain or row
+/// kernel keeps in cache (writes with ordinary stores), however large the
+/// cache ([`rows_stream`]).
+pub const ROWS_MAX_CACHED: usize = 40 << 20;
 
 /// Whether rows read in place from an input of `bytes` come from memory
 /// rather than the last-level cache between calls: the input and an output
