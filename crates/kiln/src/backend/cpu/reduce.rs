@@ -1004,14 +1004,18 @@ fn exec_stat_pair<I: Element, A: AccFloat, O: Element>(
 /// Where a reducer runs: over the outputs of a [`Plan`] ([`execute`]), or
 /// over one contiguous row ([`OneRow`]).
 trait Runner<I> {
+    /// What the run gives for outputs of type `O`: every output of a plan,
+    /// or the one output of a row (no allocation per row).
+    type Outs<O>;
     /// The reducer's outputs.
-    fn run<R: Reducer<In = I>>(self, r: &R) -> Vec<R::Out>;
+    fn run<R: Reducer<In = I>>(self, r: &R) -> Self::Outs<R::Out>;
 }
 
 /// Every output of a plan over `src`.
 struct OverPlan<'a, I>(&'a [I], &'a Plan);
 
 impl<I: Element> Runner<I> for OverPlan<'_, I> {
+    type Outs<O> = Vec<O>;
     fn run<R: Reducer<In = I>>(self, r: &R) -> Vec<R::Out> {
         execute(r, self.0, self.1)
     }
@@ -1022,10 +1026,11 @@ impl<I: Element> Runner<I> for OverPlan<'_, I> {
 struct OneRow<'a, I>(&'a [I]);
 
 impl<I: Element> Runner<I> for OneRow<'_, I> {
-    fn run<R: Reducer<In = I>>(self, r: &R) -> Vec<R::Out> {
+    type Outs<O> = O;
+    fn run<R: Reducer<In = I>>(self, r: &R) -> R::Out {
         let xs = self.0;
         let acc = if xs.is_empty() { r.identity() } else { run(r, xs, 0, xs.len(), 1) };
-        vec![r.finish(acc, xs.len())]
+        r.finish(acc, xs.len())
     }
 }
 
@@ -1175,7 +1180,7 @@ pub(crate) fn reduce_row<T: RowFloat>(op: ReduceOp, xs: &[T]) -> Option<T> {
         ReduceOp::Sum | ReduceOp::Max | ReduceOp::Min => fold_row(op, xs),
         ReduceOp::Mean => fold_row(op, xs) / T::count(xs.len()),
         ReduceOp::Var { .. } | ReduceOp::SumExp | ReduceOp::LogSumExp => {
-            fold_stat(op, OneRow(xs), |x: T| x, |stat, _| stat.value(op), T::moments_leaf())[0]
+            fold_stat(op, OneRow(xs), |x: T| x, |stat, _| stat.value(op), T::moments_leaf())
         }
         ReduceOp::Prod | ReduceOp::All | ReduceOp::Any => return None,
     })
@@ -1186,19 +1191,19 @@ pub(crate) fn reduce_row<T: RowFloat>(op: ReduceOp, xs: &[T]) -> Option<T> {
 /// them: each bit for bit what [`reduce_row`] gives alone.
 pub(crate) fn var_mean_row<T: RowFloat>(op: ReduceOp, xs: &[T]) -> (T, T) {
     debug_assert!(matches!(op, ReduceOp::Var { .. }), "the variance carries the mean");
-    fold_stat(op, OneRow(xs), |x: T| x, |stat, n| (stat.value(op), stat.carried(n)), T::moments_leaf())[0]
+    fold_stat(op, OneRow(xs), |x: T| x, |stat, n| (stat.value(op), stat.carried(n)), T::moments_leaf())
 }
 
 /// Folds the accumulators of a one-pass statistic (`Lse` for `sumexp` and
 /// `logsumexp`, `Moments` for `var`), blockwise, and finishes each output
 /// as `finish(accumulator, count)`.
-fn fold_stat<I: Element, A: AccFloat, T: Copy + Send + Sync>(
+fn fold_stat<I: Element, A: AccFloat, T: Copy + Send + Sync, Over: Runner<I>>(
     op: ReduceOp,
-    over: impl Runner<I>,
+    over: Over,
     widen: impl Fn(I) -> A + Sync + Copy,
     finish: impl Fn(Stat<A>, usize) -> T + Sync,
     fast_moments: Option<MomentsLeaf<I, A>>,
-) -> Vec<T> {
+) -> Over::Outs<T> {
     match op {
         ReduceOp::LogSumExp | ReduceOp::SumExp => {
             let inner = Fold {

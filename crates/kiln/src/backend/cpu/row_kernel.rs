@@ -521,8 +521,65 @@ thread_local! {
     static SCRATCH: std::cell::Cell<Vec<f64>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
+/// Where a pointer of a step points for row `local` of a task: fixed for
+/// a task's scratch rows and per-row values, evenly spaced for sink rows
+/// and most outside inputs, so each row costs a multiply-add per pointer.
+enum At<T> {
+    /// `base + local * step` elements.
+    Linear(*mut T, isize),
+    /// The row's start in outside input `k`, found row by row (an input
+    /// whose rows are not evenly spaced: a broadcast over several leading
+    /// dimensions, say).
+    Outside(usize),
+}
+
+impl<T> Clone for At<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for At<T> {}
+
+/// A call of a step's code for a task: its kernel and pointers.
+struct Call<'p, T> {
+    kernel: &'p jit::Kernel,
+    ins: SmallVec<[At<T>; 8]>,
+    outs: SmallVec<[At<T>; 4]>,
+}
+
+/// A step's pointers for a task, planned once (see [`At`]).
+enum TaskStep<'p, T> {
+    /// Code over rows of `len` positions.
+    Map(Call<'p, T>, usize),
+    /// A producer's code over the row, then folds.
+    Fold(Option<Call<'p, T>>, Vec<TaskFold<T>>),
+}
+
+/// A step planned for a task, and the copies into sinks after it.
+struct TaskPlan<'p, T> {
+    step: TaskStep<'p, T>,
+    copies: SmallVec<[SinkCopy<T>; 2]>,
+}
+
+/// A fold's pointers for a task.
+struct TaskFold<T> {
+    op: ReduceOp,
+    src: At<T>,
+    dst: At<T>,
+    /// The mean a variance carries.
+    mean: Option<At<T>>,
+}
+
+/// A copy into a sink after a step (see [`finish_outputs`]).
+struct SinkCopy<T> {
+    from: At<T>,
+    to: At<T>,
+    len: usize,
+    streamed: bool,
+}
+
 /// Runs rows `r0..r1` of the plan on the calling thread.
-fn run_rows<T: RowFloat>(plan: &Plan<T>, sinks: &[RowSink], r0: usize, r1: usize) {
+fn run_rows<'p, T: RowFloat>(plan: &'p Plan<T>, sinks: &[RowSink], r0: usize, r1: usize) {
     let n = plan.n;
     let size = size_of::<T>();
     let claims: SmallVec<[_; 4]> = sinks.iter().map(|s| s.claim(r0, r1 - r0)).collect();
@@ -546,65 +603,117 @@ fn run_rows<T: RowFloat>(plan: &Plan<T>, sinks: &[RowSink], r0: usize, r1: usize
     let skip = (SKEW_BYTES + 4096 - base as usize % 4096) % 4096 / size;
     let row_ptr = base.wrapping_add(skip);
     let scalar_ptr = base.wrapping_add(rows_len);
+    // Outside inputs of one leading dimension (or none) advance by their
+    // row stride; the others are found row by row.
+    let outside_at: SmallVec<[At<T>; 8]> = plan
+        .outside
+        .iter()
+        .enumerate()
+        .map(|(k, o)| match o.dims.as_slice() {
+            [] | [_] => {
+                let step = o.dims.first().map_or(0, |&(_, s)| s);
+                At::Linear(o.data.as_ptr().wrapping_add(o.at(r0)).cast_mut(), step)
+            }
+            _ => At::Outside(k),
+        })
+        .collect();
+    let sink_row = |k: usize| At::Linear(sink_base[k], plan.sink_len[k] as isize);
+    let src_at = |s: Src| match s {
+        Src::Row(k) => At::Linear(row_ptr.wrapping_add(k * stride), 0),
+        Src::SinkRow(k) => sink_row(k),
+        Src::Scalar(k) => At::Linear(scalar_ptr.wrapping_add(k), 0),
+        Src::Outside(k) => outside_at[k],
+    };
+    let dst_at = |d: Dst| match d {
+        Dst::Row(k) | Dst::Staged { row: k, .. } => At::Linear(row_ptr.wrapping_add(k * stride), 0),
+        Dst::SinkRow(k) => sink_row(k),
+        Dst::Scalar(k, _) => At::Linear(scalar_ptr.wrapping_add(k), 0),
+    };
+    // What a step's outputs copy into sinks: staged rows, escaping
+    // per-row values.
+    let copies = |dsts: &[Dst], len: usize| -> SmallVec<[SinkCopy<T>; 2]> {
+        dsts.iter()
+            .filter_map(|&d| match d {
+                Dst::Staged { sink, .. } => Some(SinkCopy { from: dst_at(d), to: sink_row(sink), len, streamed: true }),
+                Dst::Scalar(_, Some(sink)) => {
+                    Some(SinkCopy { from: dst_at(d), to: sink_row(sink), len: 1, streamed: false })
+                }
+                _ => None,
+            })
+            .collect()
+    };
+    let call = |kernel: &'p jit::Kernel, ins: &[Src], outs: &[Dst]| Call {
+        kernel,
+        ins: ins.iter().map(|&s| src_at(s)).collect(),
+        outs: outs.iter().map(|&d| dst_at(d)).collect(),
+    };
+    let steps: SmallVec<[TaskPlan<T>; 8]> = plan
+        .steps
+        .iter()
+        .map(|step| match step {
+            RowStep::Map { kernel, ins, outs, len } => {
+                TaskPlan { step: TaskStep::Map(call(kernel, ins, outs), *len), copies: copies(outs, *len) }
+            }
+            RowStep::Fold { producer, folds } => {
+                let dsts: SmallVec<[Dst; 4]> = folds.iter().flat_map(|f| [Some(f.dst), f.mean]).flatten().collect();
+                let folds = folds
+                    .iter()
+                    .map(|f| TaskFold { op: f.op, src: src_at(f.src), dst: dst_at(f.dst), mean: f.mean.map(dst_at) })
+                    .collect();
+                let producer = producer.as_ref().map(|(kernel, ins, outs)| call(kernel, ins, outs));
+                TaskPlan { step: TaskStep::Fold(producer, folds), copies: copies(&dsts, 1) }
+            }
+        })
+        .collect();
+    let mut outside_rows: SmallVec<[*const T; 8]> = SmallVec::new();
+    let general = outside_at.iter().any(|a| matches!(a, At::Outside(_)));
     let mut ins: SmallVec<[*const f32; 8]> = SmallVec::new();
     let mut outs: SmallVec<[*mut f32; 4]> = SmallVec::new();
-    let mut outside_rows: SmallVec<[*const T; 8]> = SmallVec::new();
     for r in r0..r1 {
-        let local = r - r0;
-        // Where each outside input's row starts (sliced inside its buffer).
-        outside_rows.clear();
-        outside_rows.extend(plan.outside.iter().map(|o| o.row(r).as_ptr()));
-        // The task's row of sink `k` (a row of `sink_len[k]` elements).
-        let sink_row = |k: usize| sink_base[k].wrapping_add(local * plan.sink_len[k]);
-        let src_ptr = |s: Src| -> *const T {
-            match s {
-                Src::Row(k) => row_ptr.wrapping_add(k * stride),
-                Src::SinkRow(k) => sink_row(k),
-                Src::Scalar(k) => scalar_ptr.wrapping_add(k),
-                Src::Outside(k) => outside_rows[k],
+        let local = (r - r0) as isize;
+        if general {
+            // Where each outside input's row starts (sliced inside its buffer).
+            outside_rows.clear();
+            outside_rows.extend(plan.outside.iter().map(|o| o.row(r).as_ptr()));
+        }
+        let at = |a: At<T>| -> *mut T {
+            match a {
+                At::Linear(base, step) => base.wrapping_offset(local * step),
+                At::Outside(k) => outside_rows[k].cast_mut(),
             }
         };
-        let dst_ptr = |d: Dst| -> *mut T {
-            match d {
-                Dst::Row(k) | Dst::Staged { row: k, .. } => row_ptr.wrapping_add(k * stride),
-                Dst::SinkRow(k) => sink_row(k),
-                Dst::Scalar(k, _) => scalar_ptr.wrapping_add(k),
-            }
-        };
-        for step in &plan.steps {
+        for TaskPlan { step, copies } in &steps {
             match step {
-                RowStep::Map { kernel, ins: srcs, outs: dsts, len } => {
-                    run_code(kernel, srcs, dsts, *len, &src_ptr, &dst_ptr, &mut ins, &mut outs);
-                    finish_outputs(dsts, *len, &dst_ptr, &sink_row);
-                }
-                RowStep::Fold { producer, folds } => {
-                    if let Some((kernel, srcs, dsts)) = producer {
-                        run_code(kernel, srcs, dsts, n, &src_ptr, &dst_ptr, &mut ins, &mut outs);
+                TaskStep::Map(c, len) => run_code(c, *len, &at, &mut ins, &mut outs),
+                TaskStep::Fold(producer, folds) => {
+                    if let Some(c) = producer {
+                        run_code(c, n, &at, &mut ins, &mut outs);
                     }
                     for f in folds {
                         // SAFETY: `src` is a whole row of `n` elements (the
                         // plan folds only rows, `reads_row`): a scratch row
                         // or this task's claimed sink row, written by an
                         // earlier step of this row, or an outside row inside
-                        // its buffer (`Outside::row` slices it); nothing
-                        // writes it while it is read.
-                        let row = unsafe { std::slice::from_raw_parts(src_ptr(f.src), n) };
-                        let (v, mean) = match f.mean {
-                            Some(_) => {
+                        // its buffer (the plan checked that its layout fits
+                        // it); nothing writes it while it is read.
+                        let row = unsafe { std::slice::from_raw_parts(at(f.src), n) };
+                        // SAFETY (both stores): scalar slots of this task,
+                        // read by no live reference.
+                        match f.mean {
+                            Some(m) => {
                                 let (var, mean) = reduce::var_mean_row(f.op, row);
-                                (var, Some(mean))
+                                unsafe { (*at(f.dst), *at(m)) = (var, mean) };
                             }
-                            None => (reduce::reduce_row(f.op, row).expect("planned reductions fold rows"), None),
-                        };
-                        for (d, v) in [(Some(f.dst), Some(v)), (f.mean, mean)] {
-                            if let (Some(d), Some(v)) = (d, v) {
-                                // SAFETY: a scalar slot of this task, read by no live reference.
-                                unsafe { *dst_ptr(d) = v };
-                                finish_outputs(&[d], 1, &dst_ptr, &sink_row);
+                            None => {
+                                let v = reduce::reduce_row(f.op, row).expect("planned reductions fold rows");
+                                unsafe { *at(f.dst) = v };
                             }
                         }
                     }
                 }
+            }
+            for c in copies {
+                finish_output(c, &at);
             }
         }
     }
@@ -617,56 +726,43 @@ fn run_rows<T: RowFloat>(plan: &Plan<T>, sinks: &[RowSink], r0: usize, r1: usize
     }
 }
 
-/// Calls a step's code over one row.
-#[allow(clippy::too_many_arguments)]
+/// Calls a step's code over one row of `len` positions.
 fn run_code<T>(
-    kernel: &jit::Kernel,
-    srcs: &[Src],
-    dsts: &[Dst],
+    c: &Call<T>,
     len: usize,
-    src_ptr: &impl Fn(Src) -> *const T,
-    dst_ptr: &impl Fn(Dst) -> *mut T,
+    at: &impl Fn(At<T>) -> *mut T,
     ins: &mut SmallVec<[*const f32; 8]>,
     outs: &mut SmallVec<[*mut f32; 4]>,
 ) {
     // The kernel takes untyped element pointers (`f32` by name): its code
     // was generated for `T` (`kernel_for`).
     ins.clear();
-    ins.extend(srcs.iter().map(|&s| src_ptr(s).cast::<f32>()));
+    ins.extend(c.ins.iter().map(|&s| at(s).cast_const().cast::<f32>()));
     outs.clear();
-    outs.extend(dsts.iter().map(|&d| dst_ptr(d).cast::<f32>()));
+    outs.extend(c.outs.iter().map(|&d| at(d).cast::<f32>()));
     // SAFETY: every input pointer addresses `len` readable `T` (one for a
     // broadcast input: a scalar slot, or an outside row's value, which the
     // kernel was generated to load once): scratch rows of `n` elements,
-    // this task's claimed sink rows, outside rows sliced inside their
-    // buffers. Every output pointer addresses `len` writable `T` that no
-    // input of this call overlaps: each value of the chain has its own
-    // scratch row, scalar slot or sink row.
-    unsafe { kernel.run(ins, outs, len) };
+    // this task's claimed sink rows, outside rows inside their buffers
+    // (the plan checked that each input's layout fits its buffer). Every
+    // output pointer addresses `len` writable `T` that no input of this
+    // call overlaps: each value of the chain has its own scratch row,
+    // scalar slot or sink row.
+    unsafe { c.kernel.run(ins, outs, len) };
 }
 
-/// Copies what a step wrote into its sinks: staged rows streamed to their
-/// sink, escaping per-row values stored in theirs.
-fn finish_outputs<T: Copy>(
-    dsts: &[Dst],
-    len: usize,
-    dst_ptr: &impl Fn(Dst) -> *mut T,
-    sink_row: &impl Fn(usize) -> *mut T,
-) {
-    for &d in dsts {
-        match d {
-            Dst::Staged { sink, .. } => {
-                // SAFETY: the staged scratch row holds `len` values just
-                // written; the task's sink row has room for them and does
-                // not overlap scratch.
-                unsafe { stream::copy(sink_row(sink).cast(), dst_ptr(d).cast(), len * size_of::<T>()) };
-            }
-            Dst::Scalar(_, Some(sink)) => {
-                // SAFETY: a scalar slot just written, and this task's
-                // element of a per-row sink.
-                unsafe { *sink_row(sink) = *dst_ptr(d) };
-            }
-            _ => {}
-        }
+/// Copies what a step wrote into a sink: a staged row streamed to its
+/// sink, or an escaping per-row value stored in its own.
+fn finish_output<T: Copy>(c: &SinkCopy<T>, at: &impl Fn(At<T>) -> *mut T) {
+    let (from, to) = (at(c.from), at(c.to));
+    if c.streamed {
+        // SAFETY: the staged scratch row holds `len` values just written;
+        // the task's sink row has room for them and does not overlap
+        // scratch.
+        unsafe { stream::copy(to.cast(), from.cast(), c.len * size_of::<T>()) };
+    } else {
+        // SAFETY: a scalar slot just written, and this task's element of a
+        // per-row sink.
+        unsafe { *to = *from };
     }
 }

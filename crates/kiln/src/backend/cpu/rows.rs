@@ -2,7 +2,7 @@
 //! parallel tasks (the row-chunked execution of a chain of kernels writes
 //! its results through these, see [`row_chain`](crate::backend::cpu::row_chain)).
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use crate::buffer::Buffer;
 use crate::dtype::DType;
@@ -12,9 +12,12 @@ pub struct RowSink {
     buf: Buffer,
     ptr: *mut u8,
     row_len: usize,
+    rows: usize,
     len: usize,
-    /// Rows claimed by a write: a row is never written twice.
-    claimed: Vec<AtomicBool>,
+    /// Rows claimed by a write, one bit a row (64 to a word, so a claim of
+    /// many rows takes one atomic operation per 64 rows): a row is never
+    /// written twice.
+    claimed: Vec<AtomicU64>,
     written: AtomicUsize,
 }
 
@@ -31,8 +34,8 @@ impl RowSink {
         let len = rows * row_len;
         let mut buf = crate::memory::take("fused", dtype, len)?;
         let ptr = crate::with_buffer!(&mut buf, v => v.as_mut_ptr().cast::<u8>());
-        let claimed = (0..rows).map(|_| AtomicBool::new(false)).collect();
-        Ok(RowSink { buf, ptr, row_len, len, claimed, written: AtomicUsize::new(0) })
+        let claimed = (0..rows.div_ceil(64)).map(|_| AtomicU64::new(0)).collect();
+        Ok(RowSink { buf, ptr, row_len, rows, len, claimed, written: AtomicUsize::new(0) })
     }
 
     /// Writes rows `row0..` from `src` (contiguous, of the sink's dtype,
@@ -65,9 +68,17 @@ impl RowSink {
     /// # Panics
     /// If the rows fall outside the sink or were claimed before.
     pub fn claim(&self, row0: usize, rows: usize) -> Claimed<'_> {
-        assert!(row0 + rows <= self.claimed.len(), "row sink: rows {row0}.. out of range");
-        for c in &self.claimed[row0..row0 + rows] {
-            assert!(!c.swap(true, Ordering::Relaxed), "row sink: a row written twice");
+        let end = row0.checked_add(rows).filter(|&e| e <= self.rows);
+        let end = end.unwrap_or_else(|| panic!("row sink: rows {row0}.. out of range"));
+        let mut r = row0;
+        while r < end {
+            // The bits of rows `r..` up to the end of `r`'s word or of the claim.
+            let (word, bit) = (r / 64, r % 64);
+            let count = (64 - bit).min(end - r);
+            let mask = (u64::MAX >> (64 - count)) << bit;
+            let before = self.claimed[word].fetch_or(mask, Ordering::Relaxed);
+            assert!(before & mask == 0, "row sink: a row written twice");
+            r += count;
         }
         Claimed { sink: self, at: row0 * self.row_len, len: rows * self.row_len }
     }
@@ -123,5 +134,58 @@ impl Claimed<'_> {
     /// Records that every claimed element was written.
     pub fn written(self) {
         self.sink.written.fetch_add(self.len, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Claims `rows` rows from `row0` and writes `row + 0.5` to each element.
+    fn fill(sink: &RowSink, row0: usize, rows: usize) {
+        let c = sink.claim(row0, rows);
+        let row_len = sink.row_len;
+        let vals: Vec<f32> = (0..rows * row_len).map(|i| (row0 + i / row_len) as f32 + 0.5).collect();
+        RowSink::copy_in(&vals, &c);
+        c.written();
+    }
+
+    #[test]
+    fn claims_across_words_fill_every_row_once() {
+        let sink = RowSink::new(DType::F32, 200, 3).unwrap();
+        // Claims that start and end inside words, span whole words, and
+        // cover one row.
+        for (row0, rows) in [(0, 1), (1, 62), (63, 2), (65, 70), (135, 64), (199, 1)] {
+            fill(&sink, row0, rows);
+        }
+        let buf = sink.finish().expect("every row written");
+        let Buffer::F32(got) = &buf else { panic!("an f32 buffer") };
+        assert_eq!(got.len(), 600);
+        for (i, v) in got.iter().enumerate() {
+            assert_eq!(*v, (i / 3) as f32 + 0.5, "element {i}");
+        }
+    }
+
+    #[test]
+    fn an_unwritten_row_leaves_no_buffer() {
+        let sink = RowSink::new(DType::F32, 130, 2).unwrap();
+        fill(&sink, 0, 64);
+        fill(&sink, 65, 65);
+        assert!(sink.finish().is_none(), "row 64 was never written");
+    }
+
+    #[test]
+    #[should_panic(expected = "a row written twice")]
+    fn a_row_claimed_twice_panics() {
+        let sink = RowSink::new(DType::F32, 130, 2).unwrap();
+        let _a = sink.claim(10, 60);
+        let _b = sink.claim(69, 2);
+    }
+
+    #[test]
+    #[should_panic(expected = "out of range")]
+    fn rows_past_the_end_panic() {
+        let sink = RowSink::new(DType::F32, 130, 2).unwrap();
+        let _a = sink.claim(100, 31);
     }
 }
