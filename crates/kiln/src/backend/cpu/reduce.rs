@@ -662,7 +662,7 @@ fn fold_by<T: RowFloat, F: Fn(T, T) -> T + Sync + Copy>(
     fast: Option<Leaf<T, T>>,
 ) -> T {
     let r = Fold { id, step: f, combine: f, finish: keep::<T>, pairwise, fast, _types: PhantomData::<fn(T) -> T> };
-    run(&r, xs, 0, xs.len(), 1)
+    OneRow(xs).run(&r)
 }
 
 /// Long runs fold pairwise (every float fold: sums, products, extrema).
@@ -1029,7 +1029,13 @@ impl<I: Element> Runner<I> for OneRow<'_, I> {
     type Outs<O> = O;
     fn run<R: Reducer<In = I>>(self, r: &R) -> R::Out {
         let xs = self.0;
-        let acc = if xs.is_empty() { r.identity() } else { run(r, xs, 0, xs.len(), 1) };
+        let acc = match xs.len() {
+            0 => r.identity(),
+            // What `run` does with a contiguous run of one leaf, inline (a
+            // short row's fold is mostly calls).
+            n if n <= r.leaf() => contiguous_run(r, xs),
+            n => run(r, xs, 0, n, 1),
+        };
         r.finish(acc, xs.len())
     }
 }

@@ -543,8 +543,29 @@ impl<T> Copy for At<T> {}
 /// A call of a step's code for a task: its kernel and pointers.
 struct Call<'p, T> {
     kernel: &'p jit::Kernel,
-    ins: SmallVec<[At<T>; 8]>,
-    outs: SmallVec<[At<T>; 4]>,
+    /// The pointers for the current row (`f32` by name; the code was
+    /// generated for `T`, `kernel_for`): fixed ones written once, the
+    /// others row by row.
+    ins: Vec<*const f32>,
+    outs: Vec<*mut f32>,
+    /// The pointers that move from row to row: whether an output, the
+    /// index, and where it points.
+    moving: SmallVec<[(bool, usize, At<T>); 4]>,
+}
+
+impl<T> Call<'_, T> {
+    /// Points the moving pointers at their places for the row `at` finds.
+    #[inline]
+    fn point_at_row(&mut self, at: &impl Fn(At<T>) -> *mut T) {
+        for &(out, i, a) in &self.moving {
+            let p = at(a).cast::<f32>();
+            if out {
+                self.outs[i] = p;
+            } else {
+                self.ins[i] = p.cast_const();
+            }
+        }
+    }
 }
 
 /// A step's pointers for a task, planned once (see [`At`]).
@@ -642,12 +663,27 @@ fn run_rows<'p, T: RowFloat>(plan: &'p Plan<T>, sinks: &[RowSink], r0: usize, r1
             })
             .collect()
     };
-    let call = |kernel: &'p jit::Kernel, ins: &[Src], outs: &[Dst]| Call {
-        kernel,
-        ins: ins.iter().map(|&s| src_at(s)).collect(),
-        outs: outs.iter().map(|&d| dst_at(d)).collect(),
+    let call = |kernel: &'p jit::Kernel, ins: &[Src], outs: &[Dst]| {
+        let fixed = |a: At<T>| match a {
+            At::Linear(p, 0) => Some(p.cast::<f32>()),
+            _ => None,
+        };
+        let ats = ins.iter().map(|&s| (false, src_at(s))).chain(outs.iter().map(|&d| (true, dst_at(d))));
+        let ni = ins.len();
+        let moving = ats
+            .enumerate()
+            .filter(|&(_, (_, a))| fixed(a).is_none())
+            .map(|(k, (out, a))| (out, if out { k - ni } else { k }, a))
+            .collect();
+        let null = std::ptr::null_mut();
+        Call {
+            kernel,
+            ins: ins.iter().map(|&s| fixed(src_at(s)).unwrap_or(null).cast_const()).collect(),
+            outs: outs.iter().map(|&d| fixed(dst_at(d)).unwrap_or(null)).collect(),
+            moving,
+        }
     };
-    let steps: SmallVec<[TaskPlan<T>; 8]> = plan
+    let mut steps: SmallVec<[TaskPlan<T>; 8]> = plan
         .steps
         .iter()
         .map(|step| match step {
@@ -667,8 +703,6 @@ fn run_rows<'p, T: RowFloat>(plan: &'p Plan<T>, sinks: &[RowSink], r0: usize, r1
         .collect();
     let mut outside_rows: SmallVec<[*const T; 8]> = SmallVec::new();
     let general = outside_at.iter().any(|a| matches!(a, At::Outside(_)));
-    let mut ins: SmallVec<[*const f32; 8]> = SmallVec::new();
-    let mut outs: SmallVec<[*mut f32; 4]> = SmallVec::new();
     for r in r0..r1 {
         let local = (r - r0) as isize;
         if general {
@@ -682,12 +716,12 @@ fn run_rows<'p, T: RowFloat>(plan: &'p Plan<T>, sinks: &[RowSink], r0: usize, r1
                 At::Outside(k) => outside_rows[k].cast_mut(),
             }
         };
-        for TaskPlan { step, copies } in &steps {
+        for TaskPlan { step, copies } in &mut steps {
             match step {
-                TaskStep::Map(c, len) => run_code(c, *len, &at, &mut ins, &mut outs),
+                TaskStep::Map(c, len) => run_code(c, *len, &at),
                 TaskStep::Fold(producer, folds) => {
                     if let Some(c) = producer {
-                        run_code(c, n, &at, &mut ins, &mut outs);
+                        run_code(c, n, &at);
                     }
                     for f in folds {
                         // SAFETY: `src` is a whole row of `n` elements (the
@@ -726,20 +760,10 @@ fn run_rows<'p, T: RowFloat>(plan: &'p Plan<T>, sinks: &[RowSink], r0: usize, r1
     }
 }
 
-/// Calls a step's code over one row of `len` positions.
-fn run_code<T>(
-    c: &Call<T>,
-    len: usize,
-    at: &impl Fn(At<T>) -> *mut T,
-    ins: &mut SmallVec<[*const f32; 8]>,
-    outs: &mut SmallVec<[*mut f32; 4]>,
-) {
-    // The kernel takes untyped element pointers (`f32` by name): its code
-    // was generated for `T` (`kernel_for`).
-    ins.clear();
-    ins.extend(c.ins.iter().map(|&s| at(s).cast_const().cast::<f32>()));
-    outs.clear();
-    outs.extend(c.outs.iter().map(|&d| at(d).cast::<f32>()));
+/// Calls a step's code over one row of `len` positions (the row `at` finds).
+#[inline]
+fn run_code<T>(c: &mut Call<T>, len: usize, at: &impl Fn(At<T>) -> *mut T) {
+    c.point_at_row(at);
     // SAFETY: every input pointer addresses `len` readable `T` (one for a
     // broadcast input: a scalar slot, or an outside row's value, which the
     // kernel was generated to load once): scratch rows of `n` elements,
@@ -748,7 +772,7 @@ fn run_code<T>(
     // output pointer addresses `len` writable `T` that no input of this
     // call overlaps: each value of the chain has its own scratch row,
     // scalar slot or sink row.
-    unsafe { c.kernel.run(ins, outs, len) };
+    unsafe { c.kernel.run(&c.ins, &c.outs, len) };
 }
 
 /// Copies what a step wrote into a sink: a staged row streamed to its
