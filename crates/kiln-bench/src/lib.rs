@@ -535,7 +535,7 @@ pub fn markdown(part: &Part) -> String {
     let mut bw =
         format!("- copy bandwidth: {}", calib.map_or("n/a".into(), |b| format!("{b:.1} GB/s (calibration copy)")));
     if let Some((lo, hi)) = range {
-        let _ = write!(bw, ", {lo:.1}-{hi:.1} GB/s in the copies run between kiln's runs");
+        let _ = write!(bw, ", {lo:.1}-{hi:.1} GB/s in the copies run right after kiln's runs");
     }
     let _ = writeln!(s, "{bw}\n");
     let _ = writeln!(

@@ -206,32 +206,17 @@ impl Plan {
     }
 }
 
-/// Times `f` per `plan`; each run's time divided by `per` (calls per run), in ms.
-fn measure(plan: Plan, per: usize, f: impl FnMut() -> Result<()>) -> Result<Vec<f64>> {
-    measure_between(plan, per, None::<fn()>, f)
-}
+/// Copies of the floor run after a memory-bound workload's runs, at least.
+const FLOOR_COPIES: usize = 10;
 
-/// [`measure`]; with `between`, each timed run follows a call of `between`
-/// and then an untimed run of `f`: `between` (a copy of 256 MiB) leaves the
-/// caches and the TLB full of its own lines, which made the run right
-/// after it 7% slower (layernorm, softmax of 4096x4096) than a run after a
-/// run.
-fn measure_between(
-    plan: Plan,
-    per: usize,
-    mut between: Option<impl FnMut()>,
-    mut f: impl FnMut() -> Result<()>,
-) -> Result<Vec<f64>> {
+/// Times `f` per `plan`; each run's time divided by `per` (calls per run), in ms.
+fn measure(plan: Plan, per: usize, mut f: impl FnMut() -> Result<()>) -> Result<Vec<f64>> {
     for _ in 0..plan.warm {
         f()?;
     }
     let start = Instant::now();
     let mut v = Vec::new();
     while v.len() < plan.min || (v.len() < plan.max && start.elapsed().as_secs_f64() < plan.budget_s) {
-        if let Some(b) = between.as_mut() {
-            b();
-            f()?;
-        }
         let t = Instant::now();
         f()?;
         v.push(t.elapsed().as_secs_f64() * 1e3 / per as f64);
@@ -410,14 +395,18 @@ impl Runner {
         }
     }
 
-    /// Times kiln on a memory-bound workload with the floor's copy run
-    /// between its timed runs (copy, kiln untimed, kiln timed, copy, ...;
-    /// see [`measure_between`]), and sets the
-    /// workload's floor from those copies: the two then meet the same
-    /// state of the host. On these shared machines the copy bandwidth
-    /// moves by up to 1.9x between minutes of one run (41 and 80 GB/s in
-    /// the eighth session), so a floor measured once, at the start, says
-    /// little about a workload timed minutes later.
+    /// Times kiln on a memory-bound workload, then the floor's copy as
+    /// many times right after (at least [`FLOOR_COPIES`]), and sets the
+    /// workload's floor from those copies: the two meet the same minutes of
+    /// the host. On these shared machines the copy bandwidth moves by up to
+    /// 1.9x between minutes of one run (41 and 80 GB/s in the eighth
+    /// session), so a floor measured once, at the start, says little about
+    /// a workload timed minutes later. The copies run after kiln's runs,
+    /// not between them: on the Xeon with a 480 MiB L3, a logsumexp over
+    /// 4096x4096 ran 5.1 ms after a copy of 256 MiB and 3.6 ms after its
+    /// own run, however many untimed runs came between (one to four) and
+    /// with the copy's lines flushed, so copies between runs timed kiln in
+    /// a state the peers, timed run after run, never met.
     fn floored(&mut self, workload: &str, f: impl FnMut() -> Result<()>) {
         self.floored_per(workload, 1, f)
     }
@@ -429,13 +418,14 @@ impl Runner {
             self.push(workload, "kiln", r);
             return;
         };
-        let mut copies = vec![];
-        let r = measure_between(self.plan, per, Some(|| copies.push(copier.time())), f);
+        let r = measure(self.plan, per, f);
+        let runs = r.as_ref().map_or(0, Vec::len).max(FLOOR_COPIES);
+        let copies: Vec<f64> = (0..runs).map(|_| copier.time()).collect();
         self.push(workload, "kiln", r);
         if !copies.is_empty() {
             let gbs = self.set_floors(&[workload], &copies);
             self.part.notes.push(format!(
-                "{workload}: copy-bandwidth floor {gbs:.1} GB/s, from the {} copies run between kiln's runs",
+                "{workload}: copy-bandwidth floor {gbs:.1} GB/s, from the {} copies run right after kiln's runs",
                 copies.len()
             ));
         }
