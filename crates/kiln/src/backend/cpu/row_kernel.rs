@@ -601,7 +601,7 @@ struct TaskFold<T> {
     mean: Option<At<T>>,
 }
 
-/// A copy into a sink after a step (see [`finish_outputs`]).
+/// A copy into a sink after a step (see [`finish_output`]).
 struct SinkCopy<T> {
     from: At<T>,
     to: At<T>,
