@@ -102,6 +102,13 @@ def torch_rows():
         for name, f, args, calls in cases:
             p, s = timed(sync, lambda: f(*args), calls)
             rows.append({"peer": mode, "row": name, "pipelined_s": p, "synced_s": s})
+        # TF32 products, asked for (a fresh compile: the setting is part of
+        # what torch.compile traces).
+        torch.backends.cuda.matmul.allow_tf32 = True
+        f = wrap(mlp)
+        p, s = timed(sync, lambda: f(px, *pp), 1)
+        rows.append({"peer": mode, "row": "mlp (tf32)", "pipelined_s": p, "synced_s": s})
+        torch.backends.cuda.matmul.allow_tf32 = False
         f = wrap(matmul_add)
         i = [0]
 
@@ -138,12 +145,15 @@ def jax_fns():
     def layernorm(x, g, b):
         return (x - x.mean(-1, keepdims=True)) * jax.lax.rsqrt(x.var(-1, keepdims=True) + 1e-5) * g + b
 
-    def mlp(x, *p):
-        for i in range(3):
-            x = jnp.dot(x, p[2 * i], precision="highest") + p[2 * i + 1]
-            if i < 2:
-                x = jax.nn.relu(x)
-        return x
+    def mlp_at(precision):
+        def mlp(x, *p):
+            for i in range(3):
+                x = jnp.dot(x, p[2 * i], precision=precision) + p[2 * i + 1]
+                if i < 2:
+                    x = jax.nn.relu(x)
+            return x
+
+        return mlp
 
     def forward_and_norm(x, w):
         y = jnp.dot(x, w, precision="highest")
@@ -156,7 +166,8 @@ def jax_fns():
         "layernorm": layernorm,
         "matmul_add": lambda x, w, b: jnp.dot(x, w, precision="highest") + b,
         "forward_and_norm": forward_and_norm,
-        "mlp": mlp,
+        "mlp": mlp_at("highest"),
+        "mlp_tf32": mlp_at("tensorfloat32"),
         "tiny": lambda x: x + 1,
     }
 
@@ -187,6 +198,7 @@ def jax_rows():
         ("layernorm", fns["layernorm"], lambda: (xs, g, b), 1),
         ("tiny x + 1 per call", fns["tiny"], lambda: (t,), 1000),
         ("mlp (fp32)", fns["mlp"], lambda: pp, 1),
+        ("mlp (tf32)", fns["mlp_tf32"], lambda: pp, 1),
         ("matmul_add per call", fns["matmul_add"], lambda: (mx[i[0] % 64], w, mb), 200),
         ("forward_and_norm per call", fns["forward_and_norm"], lambda: (mx[i[0] % 64], w), 200),
     ]

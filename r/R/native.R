@@ -59,3 +59,5 @@ kiln_set_compile <- function(enabled) invisible(.Call(wrap__kiln_set_compile, en
 kiln_compile_enabled <- function() .Call(wrap__kiln_compile_enabled)
 kiln_set_threads <- function(n) .Call(wrap__kiln_set_threads, n)
 kiln_release_memory <- function() .Call(wrap__kiln_release_memory)
+kiln_matmul_precision <- function() .Call(wrap__kiln_matmul_precision)
+kiln_set_matmul_precision <- function(name) .Call(wrap__kiln_set_matmul_precision, name)

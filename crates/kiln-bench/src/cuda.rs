@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::time::Instant;
 
-use kiln::{compile, synchronize, Array, DType, Device, Result};
+use kiln::{compile, synchronize, Array, DType, Device, MatmulPrecision, Result};
 
 const GPU: Device = Device::Cuda(0);
 
@@ -169,14 +169,15 @@ fn rows(quick: bool, only: Option<&str>) -> Result<Vec<Row>> {
         args.push(normal(&[width], 0.1)?);
     }
     let mlp = compile(|a: &[Array]| super::mlp(a));
-    let (p, sy) = time(1, reps, || mlp.call(&args[..])?.eval())?;
-    rows.push(Row {
-        name: "mlp (fp32)",
-        piped_s: p,
-        synced_s: sy,
-        bytes: None,
-        flops: Some(3.0 * 2.0 * (batch * width * width) as f64),
-    });
+    // True f32 products, then TF32 (asked for, as the peers are asked).
+    for (name, precision) in [("mlp (fp32)", MatmulPrecision::Highest), ("mlp (tf32)", MatmulPrecision::Tf32)] {
+        let old = kiln::set_matmul_precision(precision);
+        let timed = time(1, reps, || mlp.call(&args[..])?.eval());
+        kiln::set_matmul_precision(old);
+        let (p, sy) = timed?;
+        let flops = Some(3.0 * 2.0 * (batch * width * width) as f64);
+        rows.push(Row { name, piped_s: p, synced_s: sy, bytes: None, flops });
+    }
     Ok(rows)
 }
 

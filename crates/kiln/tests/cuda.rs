@@ -473,6 +473,7 @@ fn reductions_equal_the_cpu() -> Result<()> {
 #[test]
 fn matrix_products_equal_the_cpu() -> Result<()> {
     let Some(g) = gpu() else { return Ok(()) };
+    let _lock = PRECISION.lock().unwrap_or_else(|e| e.into_inner());
     let mut rng = Rng::new(5);
     for dt in [DType::F32, DType::F64, DType::F16, DType::BF16, DType::I32, DType::I64, DType::U8] {
         let a = Array::from_slice(&rng.floats(2 * 3 * 17 * 33, -4.0, 4.0), &[2, 3, 17, 33])?;
@@ -827,5 +828,67 @@ fn compiled_constants_of_every_dtype_equal_the_cpu() -> Result<()> {
             same(got, &want, 0, &format!("{} constant, output {k}", dt.name()))?;
         }
     }
+    Ok(())
+}
+
+/// Serializes the tests that change [`kiln::set_matmul_precision`] (a
+/// process-wide setting) with the tests that check products.
+static PRECISION: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// The largest error of `got` against `want`, each element's divided by
+/// the same element of `scale` (`|a| @ |b|`, the bound's sum), all three
+/// CPU arrays of `f64`.
+fn scaled_error(got: &Array, want: &Array, scale: &Array) -> Result<f64> {
+    let (g, w, s) = (
+        got.to_device(Device::Cpu)?.astype(DType::F64)?.to_vec::<f64>()?,
+        want.to_vec::<f64>()?,
+        scale.to_vec::<f64>()?,
+    );
+    Ok(g.iter().zip(&w).zip(&s).map(|((x, y), s)| (x - y).abs() / s).fold(0.0, f64::max))
+}
+
+#[test]
+fn tf32_products_only_when_asked_and_within_their_bound() -> Result<()> {
+    let Some(g) = gpu() else { return Ok(()) };
+    let _lock = PRECISION.lock().unwrap_or_else(|e| e.into_inner());
+    // 64 x 4096 by 4096 x 96: 2^24 * 1.5 multiply-adds, above the tiled
+    // kernel's limit, so cuBLAS runs it.
+    let (m, k, n) = (64, 4096, 96);
+    let mut rng = Rng::new(16);
+    let a = Array::from_slice(&rng.floats(m * k, -2.0, 2.0), &[m, k])?;
+    let b = Array::from_slice(&rng.floats(k * n, -2.0, 2.0), &[k, n])?;
+    let (a64, b64) = (a.astype(DType::F64)?, b.astype(DType::F64)?);
+    let want = kiln::matmul(&a64, &b64)?;
+    let scale = kiln::matmul(&kiln::abs(&a64)?, &kiln::abs(&b64)?)?;
+    let (ag, bg) = (a.to_device(g)?, b.to_device(g)?);
+    let product = compile(|a: &Array, b: &Array| kiln::matmul(a, b));
+    let old = kiln::set_matmul_precision(kiln::MatmulPrecision::Highest);
+    let highest = [
+        scaled_error(&kiln::matmul(&ag, &bg)?, &want, &scale)?,
+        scaled_error(&product.call((&ag, &bg))?, &want, &scale)?,
+    ];
+    kiln::set_matmul_precision(kiln::MatmulPrecision::Tf32);
+    let tf32 = [
+        scaled_error(&kiln::matmul(&ag, &bg)?, &want, &scale)?,
+        scaled_error(&product.call((&ag, &bg))?, &want, &scale)?,
+    ];
+    // The CPU has no TF32 path: its f32 products keep their bits.
+    let cpu_tf32 = kiln::matmul(&a, &b)?.to_vec::<f32>()?;
+    kiln::set_matmul_precision(kiln::MatmulPrecision::Highest);
+    let cpu = kiln::matmul(&a, &b)?.to_vec::<f32>()?;
+    kiln::set_matmul_precision(old);
+    eprintln!("largest error / sum |a b|: highest {highest:?}, tf32 {tf32:?}");
+    for e in highest {
+        // True f32: rounding of the sums only.
+        assert!(e < 2f64.powi(-19), "an f32 product by default is true f32: error {e} of the bound's sum");
+    }
+    for e in tf32 {
+        // Operands cut to 10 mantissa bits (2^-11 each when rounded, 2^-10
+        // when truncated): at most 2^-9 of the sum, and far above true
+        // f32's error.
+        assert!(e <= 2f64.powi(-9), "TF32 error {e} of the sum, past its 2^-9 bound");
+        assert!(e > 2f64.powi(-17), "TF32 asked for, but the error {e} is true f32's");
+    }
+    assert_eq!(cpu, cpu_tf32, "the CPU's f32 products do not change with the setting");
     Ok(())
 }

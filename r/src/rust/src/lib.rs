@@ -814,6 +814,16 @@ fn kiln_set_threads(n: Robj) -> Robj {
 }
 
 #[extendr]
+fn kiln_matmul_precision() -> &'static str {
+    kiln::matmul_precision().name()
+}
+
+#[extendr]
+fn kiln_set_matmul_precision(name: &str) -> &'static str {
+    kiln::set_matmul_precision(kiln::MatmulPrecision::parse(name).or_raise()).name()
+}
+
+#[extendr]
 fn kiln_release_memory() -> f64 {
     kiln::release_memory() as f64
 }
@@ -823,6 +833,8 @@ extendr_module! {
     fn kiln_on_load;
     fn kiln_set_threads;
     fn kiln_release_memory;
+    fn kiln_matmul_precision;
+    fn kiln_set_matmul_precision;
     fn kiln_from_r;
     fn kiln_to_r;
     fn kiln_shape;

@@ -580,8 +580,9 @@ pub struct GemmOperand {
 impl Gpu {
     /// `c = op(a) · op(b)` for `batch` column-major products of `m x k` by
     /// `k x n` through cuBLAS, of `dtype` `F32`, `F64`, `F16` or `BF16`
-    /// (the half types accumulate in `f32`). `f32` products are true `f32`:
-    /// the handle keeps cuBLAS's default math mode, which uses no TF32.
+    /// (the half types accumulate in `f32`). `f32` products are true `f32`
+    /// (cuBLAS's `sgemm`), or TF32 (`CUBLAS_COMPUTE_32F_FAST_TF32`) while
+    /// [`crate::matmul_precision`] allows it.
     #[allow(clippy::too_many_arguments)]
     pub fn gemm(
         &self,
@@ -600,8 +601,9 @@ impl Gpu {
             // batch strides reach, of `dtype`; alpha and beta live on this
             // stack frame for the synchronous setup of the call.
             let r = unsafe {
+                let tf32 = dtype == crate::DType::F32 && crate::matmul_precision() == crate::MatmulPrecision::Tf32;
                 match dtype {
-                    crate::DType::F32 => {
+                    crate::DType::F32 if !tf32 => {
                         let (one, zero) = (1.0f32, 0.0f32);
                         blas::sgemm_strided_batched(
                             h,
@@ -648,10 +650,15 @@ impl Gpu {
                         )
                     }
                     _ => {
-                        let ty = if dtype == crate::DType::F16 {
-                            bsys::cudaDataType::CUDA_R_16F
-                        } else {
-                            bsys::cudaDataType::CUDA_R_16BF
+                        let (ty, compute) = match dtype {
+                            crate::DType::F32 => (
+                                bsys::cudaDataType::CUDA_R_32F,
+                                bsys::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32,
+                            ),
+                            crate::DType::F16 => {
+                                (bsys::cudaDataType::CUDA_R_16F, bsys::cublasComputeType_t::CUBLAS_COMPUTE_32F)
+                            }
+                            _ => (bsys::cudaDataType::CUDA_R_16BF, bsys::cublasComputeType_t::CUBLAS_COMPUTE_32F),
                         };
                         let (one, zero) = (1.0f32, 0.0f32);
                         blas::gemm_strided_batched_ex(
@@ -676,7 +683,7 @@ impl Gpu {
                             c.1,
                             c.2,
                             batch,
-                            bsys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                            compute,
                             bsys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
                         )
                     }

@@ -1,5 +1,6 @@
 //! Matrix products on the GPU. Floating-point products go to cuBLAS
-//! (true `f32`, no TF32), except small ones: cuBLAS's host work per call
+//! (true `f32`, or TF32 while [`crate::matmul_precision`] allows it),
+//! except small ones: cuBLAS's host work per call
 //! (its algorithm choice and setup) costs more than a small product
 //! itself, so a product of at most [`SMALL`] multiply-adds runs in kiln's
 //! own kernel, as integer products and layouts cuBLAS cannot take do:

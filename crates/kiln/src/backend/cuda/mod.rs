@@ -17,7 +17,8 @@
 //! - [`elementwise`]: one kernel per fused group (or single op, or copy)
 //!   over a strided space: broadcasts and views are read in place.
 //! - [`reduce`]: reductions and arg-reductions, a block per output.
-//! - [`matmul`]: float products through cuBLAS (true `f32`: no TF32),
+//! - [`matmul`]: float products through cuBLAS (true `f32`, TF32 only
+//!   when [`crate::set_matmul_precision`] asks for it),
 //!   others (integers, layouts cuBLAS cannot read) as tiled kernels.
 //! - [`index`]: gathers, concatenation, ranges, random bits (the CPU's
 //!   Threefry: the same numbers for a key).
