@@ -855,8 +855,11 @@ fn tf32_products_only_when_asked_and_within_their_bound() -> Result<()> {
     // kernel's limit, so cuBLAS runs it.
     let (m, k, n) = (64, 4096, 96);
     let mut rng = Rng::new(16);
-    let a = Array::from_slice(&rng.floats(m * k, -2.0, 2.0), &[m, k])?;
-    let b = Array::from_slice(&rng.floats(k * n, -2.0, 2.0), &[k, n])?;
+    // Uniform values (not `floats`' quarter steps, which TF32 holds exactly).
+    let mut uniform = |len: usize| -> Vec<f32> { (0..len).map(|_| rng.uniform(-2.0, 2.0) as f32).collect() };
+    let a = Array::from_slice(&uniform(m * k), &[m, k])?;
+    let b = Array::from_slice(&uniform(k * n), &[k, n])?;
+    assert_eq!(a.dtype(), DType::F32);
     let (a64, b64) = (a.astype(DType::F64)?, b.astype(DType::F64)?);
     let want = kiln::matmul(&a64, &b64)?;
     let scale = kiln::matmul(&kiln::abs(&a64)?, &kiln::abs(&b64)?)?;
