@@ -239,3 +239,67 @@ pub fn first_call(which: &str) -> Result<f64> {
     }
     Ok(t.elapsed().as_secs_f64() * 1e3)
 }
+
+/// What a tiny compiled call costs beside the driver's own launch, on GPU
+/// 0, as a Markdown table of per-call times (pipelined / synced, median of
+/// 7 repeats of 2000 calls): an empty kernel launched by `cuLaunchKernel`
+/// with 3 and with 12 arguments (the launch floor of any kernel), an idle
+/// synchronize, and the compiled `x + 1` on 16 elements (the bench's
+/// tiny row).
+#[cfg(not(feature = "cuda"))]
+pub fn launch_floor() -> Result<String> {
+    Err(kiln::Error::Device { op: "cuda-launch", msg: "kiln-bench was built without the cuda feature".into() })
+}
+
+/// See the other `launch_floor` (this one is built with the `cuda` feature).
+#[cfg(feature = "cuda")]
+pub fn launch_floor() -> Result<String> {
+    use kiln::backend::cuda::driver::Arg;
+    use kiln::backend::cuda::Gpu;
+    let gpu: &'static Gpu = Box::leak(Box::new(Gpu::open(0)?));
+    let three = gpu.kernel("extern \"C\" __global__ void k(const float* a, float* b, long long n) {}\n")?;
+    let twelve = gpu.kernel(
+        "extern \"C\" __global__ void k(const float* a, float* b, long long n, long long s0, long long s1, \
+         long long s2, long long s3, long long s4, long long s5, long long s6, long long s7, long long s8) {}\n",
+    )?;
+    let buf = gpu.alloc("launch_floor", 256)?;
+    let gtime = |mut f: Box<dyn FnMut() -> Result<()>>| -> Result<(f64, f64)> {
+        for _ in 0..100 {
+            f()?;
+        }
+        gpu.sync("launch_floor")?;
+        let (mut piped, mut synced) = (vec![], vec![]);
+        for _ in 0..7 {
+            let t = Instant::now();
+            for _ in 0..2000 {
+                f()?;
+            }
+            gpu.sync("launch_floor")?;
+            piped.push(t.elapsed().as_secs_f64() / 2000.0);
+            let t = Instant::now();
+            for _ in 0..2000 {
+                f()?;
+                gpu.sync("launch_floor")?;
+            }
+            synced.push(t.elapsed().as_secs_f64() / 2000.0);
+        }
+        piped.sort_by(f64::total_cmp);
+        synced.sort_by(f64::total_cmp);
+        Ok((piped[3], synced[3]))
+    };
+    let args3 = [Arg::Ptr(buf), Arg::Ptr(buf), Arg::I64(16)];
+    let mut args12 = args3.to_vec();
+    args12.extend((0..9).map(Arg::I64));
+    let mut s = String::from("| what | pipelined | synced |\n|---|---|---|\n");
+    let mut row =
+        |name: &str, (p, sy): (f64, f64)| s.push_str(&format!("| {name} | {:.2} us | {:.2} us |\n", p * 1e6, sy * 1e6));
+    row("empty kernel, 3 arguments", gtime(Box::new(|| gpu.launch(three, 1, 32, 0, &args3)))?);
+    row("empty kernel, 12 arguments", gtime(Box::new(|| gpu.launch(twelve, 1, 32, 0, &args12)))?);
+    row("idle synchronize", gtime(Box::new(|| Ok(())))?);
+    let t = normal(&[16], 1.0)?;
+    let tiny = compile(|x: &Array| x + 1.0f32);
+    let (p, sy) = time(2000, 7, || tiny.call(&t)?.eval())?;
+    row("compiled x + 1 (16 elements)", (p, sy));
+    gpu.free(buf, 256);
+    Ok(s)
+}

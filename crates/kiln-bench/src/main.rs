@@ -11,6 +11,9 @@
 //! kiln-bench cuda-products
 //!     compiled `x @ w + b` per call on GPU 0 at sizes around the tiled
 //!     kernel's limit (run with KILN_CUDA_SMALL_PRODUCT=0 for cuBLAS alone)
+//! kiln-bench cuda-launch
+//!     the driver's launch and synchronize floor on GPU 0 beside the
+//!     compiled `x + 1` on 16 elements (the tiny row)
 //! kiln-bench compile-time [--quick] [--out DIR]
 //!     first-call time of a compiled chain of n elementwise ops against n,
 //!     and the ratio time(100k) / time(10k) (--quick: 10k / 1k); writes DIR/compile_time.md
@@ -937,6 +940,10 @@ fn main_inner() -> std::result::Result<(), String> {
         }
         Some("cuda-products") => {
             println!("{}", cuda::products().map_err(|e| e.to_string())?);
+            Ok(())
+        }
+        Some("cuda-launch") => {
+            println!("{}", cuda::launch_floor().map_err(|e| e.to_string())?);
             Ok(())
         }
         Some("cuda-first") => {
