@@ -32,8 +32,8 @@ pub enum MatmulPrecision {
     /// True `f32`: every product of `f32` elements summed in `f32` (the
     /// default).
     Highest,
-    /// TF32 allowed: operands rounded to 10 mantissa bits on hardware
-    /// with a TF32 path, products summed in `f32`.
+    /// TF32 allowed: on hardware with a TF32 path, operands cut to 10
+    /// mantissa bits, products summed in `f32`.
     Tf32,
 }
 

@@ -595,13 +595,13 @@ impl Gpu {
     ) -> Result<()> {
         use cudarc::cublas::{result as blas, sys as bsys};
         let op = |t: bool| if t { bsys::cublasOperation_t::CUBLAS_OP_T } else { bsys::cublasOperation_t::CUBLAS_OP_N };
+        let tf32 = dtype == crate::DType::F32 && crate::matmul_precision() == crate::MatmulPrecision::Tf32;
         self.with_blas(|h| {
             // SAFETY: the caller passes device addresses of allocations that
             // hold every element the dimensions, leading dimensions and
             // batch strides reach, of `dtype`; alpha and beta live on this
             // stack frame for the synchronous setup of the call.
             let r = unsafe {
-                let tf32 = dtype == crate::DType::F32 && crate::matmul_precision() == crate::MatmulPrecision::Tf32;
                 match dtype {
                     crate::DType::F32 if !tf32 => {
                         let (one, zero) = (1.0f32, 0.0f32);
