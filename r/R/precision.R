@@ -12,7 +12,8 @@
 #' inputs). It is a permission: the CPU, and the GPU's own kernel for small
 #' products, have no TF32 path and stay true float32; other dtypes are
 #' never affected. The environment variable `KILN_MATMUL_PRECISION`
-#' (`highest` or `tf32`), set before the package loads, gives the default.
+#' (`highest` or `tf32`), set before the first matrix product, gives the
+#' default.
 #' This is JAX's `precision = "highest"` or `"tensorfloat32"`, and
 #' PyTorch's `torch.backends.cuda.matmul.allow_tf32`.
 #'

@@ -18,12 +18,22 @@ fn normal(shape: &[usize], scale: f32) -> Result<Array> {
 }
 
 /// Median seconds per call of `f` over `reps` repeats of `calls` calls,
-/// pipelined (one synchronize per repeat) and synced (one per call).
-fn time(calls: usize, reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<(f64, f64)> {
+/// pipelined (one synchronize of GPU 0 per repeat) and synced (one per call).
+fn time(calls: usize, reps: usize, f: impl FnMut() -> Result<()>) -> Result<(f64, f64)> {
+    time_on(|| synchronize(GPU), calls, reps, f)
+}
+
+/// [`time`], waiting with `sync` (for work queued outside kiln's device).
+fn time_on(
+    sync: impl Fn() -> Result<()>,
+    calls: usize,
+    reps: usize,
+    mut f: impl FnMut() -> Result<()>,
+) -> Result<(f64, f64)> {
     for _ in 0..3 {
         f()?;
     }
-    synchronize(GPU)?;
+    sync()?;
     let median = |mut v: Vec<f64>| {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
@@ -35,12 +45,12 @@ fn time(calls: usize, reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<
         for _ in 0..calls {
             f()?;
         }
-        synchronize(GPU)?;
+        sync()?;
         piped.push(t.elapsed().as_secs_f64() / calls as f64);
         let t = Instant::now();
         for _ in 0..calls {
             f()?;
-            synchronize(GPU)?;
+            sync()?;
         }
         synced.push(t.elapsed().as_secs_f64() / calls as f64);
     }
@@ -263,39 +273,16 @@ pub fn launch_floor() -> Result<String> {
          long long s2, long long s3, long long s4, long long s5, long long s6, long long s7, long long s8) {}\n",
     )?;
     let buf = gpu.alloc("launch_floor", 256)?;
-    let gtime = |mut f: Box<dyn FnMut() -> Result<()>>| -> Result<(f64, f64)> {
-        for _ in 0..100 {
-            f()?;
-        }
-        gpu.sync("launch_floor")?;
-        let (mut piped, mut synced) = (vec![], vec![]);
-        for _ in 0..7 {
-            let t = Instant::now();
-            for _ in 0..2000 {
-                f()?;
-            }
-            gpu.sync("launch_floor")?;
-            piped.push(t.elapsed().as_secs_f64() / 2000.0);
-            let t = Instant::now();
-            for _ in 0..2000 {
-                f()?;
-                gpu.sync("launch_floor")?;
-            }
-            synced.push(t.elapsed().as_secs_f64() / 2000.0);
-        }
-        piped.sort_by(f64::total_cmp);
-        synced.sort_by(f64::total_cmp);
-        Ok((piped[3], synced[3]))
-    };
+    let sync = || gpu.sync("launch_floor");
     let args3 = [Arg::Ptr(buf), Arg::Ptr(buf), Arg::I64(16)];
     let mut args12 = args3.to_vec();
     args12.extend((0..9).map(Arg::I64));
     let mut s = String::from("| what | pipelined | synced |\n|---|---|---|\n");
     let mut row =
         |name: &str, (p, sy): (f64, f64)| s.push_str(&format!("| {name} | {:.2} us | {:.2} us |\n", p * 1e6, sy * 1e6));
-    row("empty kernel, 3 arguments", gtime(Box::new(|| gpu.launch(three, 1, 32, 0, &args3)))?);
-    row("empty kernel, 12 arguments", gtime(Box::new(|| gpu.launch(twelve, 1, 32, 0, &args12)))?);
-    row("idle synchronize", gtime(Box::new(|| Ok(())))?);
+    row("empty kernel, 3 arguments", time_on(sync, 2000, 7, || gpu.launch(three, 1, 32, 0, &args3))?);
+    row("empty kernel, 12 arguments", time_on(sync, 2000, 7, || gpu.launch(twelve, 1, 32, 0, &args12))?);
+    row("idle synchronize", time_on(sync, 2000, 7, || Ok(()))?);
     let t = normal(&[16], 1.0)?;
     let tiny = compile(|x: &Array| x + 1.0f32);
     let (p, sy) = time(2000, 7, || tiny.call(&t)?.eval())?;

@@ -28,6 +28,7 @@ use crate::error::{Error, Result};
 
 /// How `f32` matrix products may compute (see the [module docs](self)).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
 pub enum MatmulPrecision {
     /// True `f32`: every product of `f32` elements summed in `f32` (the
     /// default).
@@ -65,13 +66,6 @@ const UNSET: u8 = u8::MAX;
 /// The setting, as a [`MatmulPrecision`]'s discriminant.
 static SETTING: AtomicU8 = AtomicU8::new(UNSET);
 
-fn code(p: MatmulPrecision) -> u8 {
-    match p {
-        MatmulPrecision::Highest => 0,
-        MatmulPrecision::Tf32 => 1,
-    }
-}
-
 /// The precision of `f32` matrix products now: the last
 /// [`set_matmul_precision`], else `KILN_MATMUL_PRECISION` from the
 /// environment (an unknown value there is ignored, with a warning on
@@ -86,10 +80,10 @@ pub fn matmul_precision() -> MatmulPrecision {
             }),
             Err(_) => MatmulPrecision::Highest,
         };
-        let _ = SETTING.compare_exchange(UNSET, code(env), Ordering::Relaxed, Ordering::Relaxed);
+        let _ = SETTING.compare_exchange(UNSET, env as u8, Ordering::Relaxed, Ordering::Relaxed);
         c = SETTING.load(Ordering::Relaxed);
     }
-    if c == 1 {
+    if c == MatmulPrecision::Tf32 as u8 {
         MatmulPrecision::Tf32
     } else {
         MatmulPrecision::Highest
@@ -107,7 +101,7 @@ pub fn matmul_precision() -> MatmulPrecision {
 /// ```
 pub fn set_matmul_precision(p: MatmulPrecision) -> MatmulPrecision {
     let old = matmul_precision();
-    SETTING.store(code(p), Ordering::Relaxed);
+    SETTING.store(p as u8, Ordering::Relaxed);
     old
 }
 

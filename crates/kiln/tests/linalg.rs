@@ -589,8 +589,8 @@ fn matmul_bias_epilogue(m: usize, k: usize, n: usize) -> Result<()> {
 
 #[test]
 fn the_cpu_keeps_true_f32_products_when_tf32_is_allowed() -> Result<()> {
-    // The setting is a permission; the CPU has no TF32 path, so a large
-    // f32 product (the packed kernel's path) keeps its bits under either.
+    // The setting is a permission; the CPU has no TF32 path, so an f32
+    // product keeps its bits under either.
     let a = array(&values(96 * 300, 71), &[96, 300], DType::F32)?;
     let b = array(&values(300 * 80, 72), &[300, 80], DType::F32)?;
     let old = kiln::set_matmul_precision(kiln::MatmulPrecision::Tf32);
