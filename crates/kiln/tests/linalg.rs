@@ -602,3 +602,132 @@ fn the_cpu_keeps_true_f32_products_when_tf32_is_allowed() -> Result<()> {
     assert_eq!(tf32?, highest?);
     Ok(())
 }
+
+// ---- bf16 products: AMX tiles where the CPU has them, else widened ----
+
+use kiln::backend::cpu::matmul::amx;
+
+/// `a @ b` for bf16 operands whose values lie on the 1/16 grid in [-2, 2]
+/// (exact in bf16): every product is exact and every sum too (multiples of
+/// 1/256 far below 2^24 of them), on AMX and when widened alike, so both
+/// paths must give the same bits, each the exact result rounded once to
+/// bf16 (within 2^-8 of it, relatively).
+fn check_bf16(a: &Array, b: &Array) -> Result<()> {
+    let got = kiln::matmul(a, b)?;
+    let widened = amx::without(|| kiln::matmul(a, b))?;
+    let (va, vb) = (read(a)?, read(b)?);
+    let (want, _, shape) = reference(&va, a.shape(), &vb, b.shape());
+    assert_eq!(got.shape(), &shape[..]);
+    assert_eq!(got.dtype(), DType::BF16);
+    let (g, w) = (read(&got)?, read(&widened)?);
+    for (i, ((&x, &y), &e)) in g.iter().zip(&w).zip(&want).enumerate() {
+        let what = format!("{:?} @ {:?} element {i}", a.shape(), b.shape());
+        assert_eq!(x.to_bits(), y.to_bits(), "{what}: AMX {x}, widened {y}");
+        assert!((x - e).abs() <= e.abs() / 256.0, "{what}: got {x}, want {e}");
+    }
+    Ok(())
+}
+
+#[test]
+fn amx_is_used_where_the_cpu_has_it() {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let flags: Vec<&str> = cpuinfo.lines().find(|l| l.starts_with("flags")).unwrap_or("").split_whitespace().collect();
+    let has = |f: &str| flags.contains(&f);
+    let capped = std::env::var("KILN_SIMD").is_ok_and(|v| v == "avx2" || v == "scalar");
+    if cfg!(all(target_arch = "x86_64", target_os = "linux"))
+        && has("amx_tile")
+        && has("amx_bf16")
+        && has("avx512f")
+        && !capped
+    {
+        assert!(amx::available(), "the CPU lists amx_tile and amx_bf16, but kiln does not use AMX");
+    }
+    if capped {
+        assert!(!amx::available(), "KILN_SIMD caps the vector level, so AMX stays off");
+    }
+    assert_eq!(amx::takes(64, 64, 64), amx::available());
+    assert!(!amx::without(|| amx::takes(64, 64, 64)));
+    assert!(!amx::takes(64, 64, 0));
+}
+
+#[test]
+fn bf16_products_on_many_shapes() -> Result<()> {
+    const S: [usize; 12] = [1, 2, 15, 16, 17, 31, 32, 33, 48, 63, 64, 100];
+    let bf = DType::BF16;
+    for (im, &m) in S.iter().enumerate() {
+        for (jn, &n) in S.iter().enumerate() {
+            let ks: Vec<usize> = if [17, 33, 63].contains(&m) && [15, 33, 100].contains(&n) {
+                S.to_vec()
+            } else {
+                vec![S[(im * 5 + jn * 7) % S.len()]]
+            };
+            for k in ks {
+                let a = array(&values(m * k, (m * 29 + k) as u64), &[m, k], bf)?;
+                let b = array(&values(k * n, (n * 13 + k) as u64), &[k, n], bf)?;
+                check_bf16(&a, &b)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn bf16_products_on_strided_batched_and_large_operands() -> Result<()> {
+    let bf = DType::BF16;
+    let x = array(&values(70 * 65, 1), &[70, 65], bf)?;
+    let y = array(&values(65 * 45, 2), &[65, 45], bf)?;
+    check_bf16(&x, &y)?;
+    // Transposed operands (b with unit row stride: its columns are packed
+    // as columns), reversed and step-2 slices, broadcasts.
+    check_bf16(&y.t()?, &x.t()?)?;
+    let rev = kiln::slice_axis(&kiln::slice_axis(&x, 0, None, None, -1)?, 1, None, None, -1)?;
+    check_bf16(&rev, &kiln::slice_axis(&y, 0, None, None, -1)?)?;
+    let big = array(&values(130 * 90, 3), &[130, 90], bf)?;
+    let every_other = kiln::slice_axis(&kiln::slice_axis(&big, 0, Some(1), None, 2)?, 1, None, None, 2)?; // 65 x 45
+    check_bf16(&x, &every_other)?;
+    let row = array(&values(65, 4), &[1, 65], bf)?.broadcast_to(&[40, 65])?;
+    check_bf16(&row, &y)?;
+    // Batches: broadcast batch dims, and many small products (split over
+    // the team by matrices).
+    let xb = array(&values(3 * 17 * 65, 6), &[3, 17, 65], bf)?;
+    check_bf16(&xb, &array(&values(2 * 65 * 20, 7), &[2, 1, 65, 20], bf)?)?;
+    check_bf16(&array(&values(64 * 64 * 64, 8), &[64, 64, 64], bf)?, &array(&values(64 * 64, 9), &[64, 64], bf)?)?;
+    // Large enough to pack and compute on the team: split by columns, by
+    // rows (more rows than columns), odd panel counts on both sides.
+    for (m, k, n) in [(96, 200, 520), (520, 64, 40), (300, 130, 273)] {
+        let a = array(&values(m * k, (m + k) as u64), &[m, k], bf)?;
+        check_bf16(&a, &array(&values(k * n, (k * n) as u64), &[k, n], bf)?)?;
+    }
+    Ok(())
+}
+
+/// Where the widened path and AMX may differ (sums that round), both stay
+/// within bf16's rounding of the f64 product, NaN and infinity included.
+#[test]
+fn bf16_products_round_like_the_widened_path() -> Result<()> {
+    let bf = DType::BF16;
+    let (m, k, n) = (48, 300, 40);
+    let va: Vec<f64> = (0..m * k).map(|i| ((i * 7919 % 1000) as f64 - 500.0) * 0.0137).collect();
+    let vb: Vec<f64> = (0..k * n).map(|i| ((i * 104_729 % 997) as f64 - 498.0) * 0.0071).collect();
+    let (a, b) = (array(&va, &[m, k], bf)?, array(&vb, &[k, n], bf)?);
+    let (got, widened) = (read(&kiln::matmul(&a, &b)?)?, read(&amx::without(|| kiln::matmul(&a, &b))?)?);
+    let (want, mag, _) = reference(&read(&a)?, &[m, k], &read(&b)?, &[k, n]);
+    for i in 0..m * n {
+        let bound = want[i].abs() / 256.0 + 1e-6 * mag[i];
+        assert!((got[i] - want[i]).abs() <= bound, "element {i}: got {}, want {}", got[i], want[i]);
+        assert!((widened[i] - want[i]).abs() <= bound, "element {i}: widened {}, want {}", widened[i], want[i]);
+    }
+    // A NaN in `a` spoils its row only; an infinity makes its row infinite
+    // or NaN, as in the widened path.
+    let mut special = va.clone();
+    special[3 * k + 5] = f64::NAN;
+    special[7 * k + 2] = f64::INFINITY;
+    let a = array(&special, &[m, k], bf)?;
+    let (got, widened) = (read(&kiln::matmul(&a, &b)?)?, read(&amx::without(|| kiln::matmul(&a, &b))?)?);
+    for i in 0..m * n {
+        let row = i / n;
+        assert_eq!(got[i].is_nan(), widened[i].is_nan(), "element {i}: {} against {}", got[i], widened[i]);
+        assert_eq!(got[i].is_finite(), row != 3 && row != 7, "element {i}: {}", got[i]);
+    }
+    Ok(())
+}

@@ -4,7 +4,9 @@
 //! else on the `gemm` crate. `f64` and `f16` run on `gemm`, which takes raw
 //! pointers with row and column strides, so transposed, sliced (negative
 //! steps too) and broadcast (stride 0) operands are read in place, with no
-//! copy; `bf16` is widened to `f32` and the result rounded back once.
+//! copy. `bf16` runs on AMX tiles where the CPU and the operating system
+//! allow them ([`amx`]: Intel from Sapphire Rapids on), else is widened to
+//! `f32`; either way the sums are `f32` and the result is rounded back once.
 //! [`matmul_bias`] starts the `f32` output from a broadcast bias, so
 //! `a @ b + bias` costs one pass over the output. Integers use an exact loop in i-k-j order with wrapping
 //! arithmetic (as `+` and `*` on integer arrays).
@@ -23,6 +25,9 @@
 
 #[path = "sgemm.rs"]
 pub mod sgemm;
+
+#[path = "amx.rs"]
+pub mod amx;
 
 use std::mem::MaybeUninit;
 use std::ops::Range;
@@ -96,6 +101,7 @@ pub fn matmul(a: &Data, b: &Data, shape: &[usize]) -> Result<Buffer> {
         Buffer::F32(_) => Buffer::from_vec(f32_batched(a, b, &g, None)?),
         Buffer::F64(_) => Buffer::from_vec(gemm_batched::<f64>(a, b, &g)?),
         Buffer::F16(_) => Buffer::from_vec(gemm_batched::<f16>(a, b, &g)?),
+        Buffer::BF16(_) if amx::takes(g.m, g.n, g.k) => Buffer::from_vec(bf16_amx_batched(a, b, &g)?),
         Buffer::BF16(_) => {
             let f32_ = crate::primitive::Primitive::AsType(crate::DType::F32);
             let widen = |x: &Data| super::fused::run_single(&f32_, &[x], &x.layout().shape, crate::DType::F32);
@@ -367,6 +373,44 @@ fn f32_batched(a: &Data, b: &Data, g: &Geometry, bias: Option<&Data>) -> Result<
         }
     }
     // SAFETY: `sgemm` wrote every element of each of the nb chunks of mn.
+    unsafe { out.set_len(nb * mn) };
+    Ok(out)
+}
+
+/// `bf16` products on AMX tiles ([`amx`]): each output matrix rounded once
+/// from `f32` sums, as the widening path does.
+fn bf16_amx_batched(a: &Data, b: &Data, g: &Geometry) -> Result<Vec<bf16>> {
+    let (m, n, k) = (g.m, g.n, g.k);
+    let (mn, nb) = (m * n, g.offsets.len());
+    let sa = a.buffer().as_slice::<bf16>().expect("matmul operands have the inferred dtype");
+    let sb = b.buffer().as_slice::<bf16>().expect("matmul operands have the inferred dtype");
+    let run = |dst: &mut [MaybeUninit<bf16>], batch: usize, threads: bool| {
+        let (oa, ob) = g.offsets[batch];
+        // The operands' layouts broadcast to the batch address elements of
+        // their buffers for every i < m, p < k, j < n (Mat's contract).
+        let am = sgemm::Mat { data: sa, off: oa, rs: g.a_rs, cs: g.a_cs };
+        let bm = sgemm::Mat { data: sb, off: ob, rs: g.b_rs, cs: g.b_cs };
+        amx::product([m, n, k], am, bm, dst, threads)
+    };
+    let mut out = take_vec("matmul", nb * mn)?;
+    let spare = &mut out.spare_capacity_mut()[..nb * mn];
+    if mn * k < PAR_WORK && uses_threads(nb, m, n, k) {
+        let first_error = std::sync::Mutex::new(None);
+        team::chunks(spare, mn, |at, dst| {
+            if let Err(e) = run(dst, at / mn, false) {
+                first_error.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(e);
+            }
+        });
+        if let Some(e) = first_error.into_inner().unwrap_or_else(|p| p.into_inner()) {
+            return Err(e);
+        }
+    } else {
+        for (i, dst) in spare.chunks_mut(mn).enumerate() {
+            run(dst, i, true)?;
+        }
+    }
+    // SAFETY: `amx::product` wrote every element of each of the nb chunks
+    // of mn (an error returned above before this point).
     unsafe { out.set_len(nb * mn) };
     Ok(out)
 }

@@ -85,9 +85,9 @@ pub fn with_level<R>(level: Level, f: impl FnOnce() -> R) -> R {
 /// A strided `rows x cols` matrix inside a slice: element `(i, j)` is at
 /// `off + i * rs + j * cs`, and every such position is in bounds.
 #[derive(Clone, Copy)]
-pub struct Mat<'a> {
+pub struct Mat<'a, T = f32> {
     /// The buffer.
-    pub data: &'a [f32],
+    pub data: &'a [T],
     /// Position of element (0, 0).
     pub off: isize,
     /// Row stride.
@@ -96,9 +96,10 @@ pub struct Mat<'a> {
     pub cs: isize,
 }
 
-impl Mat<'_> {
+impl<T: Copy> Mat<'_, T> {
+    /// Element `(i, j)`.
     #[inline(always)]
-    fn at(&self, i: usize, j: usize) -> f32 {
+    pub(crate) fn at(&self, i: usize, j: usize) -> T {
         self.data[(self.off + i as isize * self.rs + j as isize * self.cs) as usize]
     }
 }

@@ -1,0 +1,513 @@
+//! `bf16` matrix products on AMX tiles (Intel's Advanced Matrix Extensions,
+//! from Sapphire Rapids on), where the CPU and the operating system allow
+//! them; elsewhere `bf16` products are widened to `f32` (see the parent
+//! module).
+//!
+//! A tile is a register of 16 rows of 64 bytes. `tdpbf16ps` adds the
+//! product of a 16 x 32 `bf16` tile of `a` and a 32 x 16 tile of `b`
+//! (stored as 16 rows of column pairs) to a 16 x 16 `f32` tile of `c`:
+//! 16,384 flops in one instruction. Each product
+//!
+//! 1. packs `a` into panels of 16 rows, each a run of tiles of 16 x 32
+//!    elements stored contiguously (1 KiB, loaded with a 64-byte stride, so
+//!    that the rows of a tile do not share cache sets as the rows of a
+//!    large row-major `a` would), and `b` into panels of 16 columns whose
+//!    rows hold pairs of consecutive rows of `b`. Both are zero-padded to
+//!    whole tiles (`k` to 32, rows and columns to 16): the padding adds
+//!    `0 * 0` and cannot make a NaN;
+//! 2. computes `c` in blocks of 32 x 32 (four accumulator tiles, two tiles
+//!    of `a`, two of `b`: all eight tile registers) over the whole of `k`,
+//!    each tile load placed just before the first instruction that reads
+//!    it (tile registers are not renamed, so a load waits for the last
+//!    reader of its register), into 4 KiB of `f32` sums;
+//! 3. rounds each block's sums to `bf16` once, as the widening path does.
+//!
+//! Large products pack on the team's threads (each thread a share of the
+//! panels of both operands), then split `c` over the team by columns (or
+//! by rows when `a` has more rows than `b` has columns), in pairs of
+//! panels.
+//!
+//! Numerics: a product of two `bf16` values is exact in `f32`, and sums are
+//! `f32`, as in the widening path, but in the hardware's order; the
+//! instruction reads subnormal inputs as zero and flushes subnormal
+//! results to zero (Intel's documentation of `TDPBF16PS`), so results
+//! differ from the widened product's only by the order of the sums and
+//! where values fall below `f32`'s normal range.
+//!
+//! Linux leaves the tile registers off until a process asks for them
+//! (`arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`): [`available`]
+//! asks once, on x86-64 CPUs with AMX-TILE and AMX-BF16 whose vector level
+//! is AVX-512 (so `KILN_SIMD=avx2` or `scalar` turns AMX off too), and AMX
+//! is used only when the kernel grants it.
+
+use std::cell::Cell;
+use std::mem::MaybeUninit;
+use std::ops::Range;
+use std::sync::OnceLock;
+
+use half::bf16;
+
+use super::sgemm::Mat;
+use super::Shared;
+use crate::backend::cpu::team;
+use crate::error::{Error, Result};
+
+/// Elements of `k` in one tile of `a` (64 bytes of `bf16`).
+const KT: usize = 32;
+/// Rows of a tile; also the columns of an accumulator tile.
+const T: usize = 16;
+/// Multiply-adds from which a product runs on AMX (smaller ones are
+/// widened: packing would cost more than the tiles save).
+const MIN_WORK: usize = 1 << 12;
+/// Multiply-adds from which a product splits over the team's threads.
+const TEAM_WORK: usize = 1 << 20;
+/// Bytes of packed `b` computed against each row pair of `a` in turn (see
+/// `compute`): about half a 2 MiB L2 cache.
+const B_BLOCK: usize = 1 << 20;
+
+/// Whether this process can run AMX `bf16` products (detected once; see
+/// the module docs).
+pub fn available() -> bool {
+    static OK: OnceLock<bool> = OnceLock::new();
+    *OK.get_or_init(detect)
+}
+
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+fn detect() -> bool {
+    use crate::backend::simd_math::{detected_level, Level};
+    if detected_level() != Level::Avx512 {
+        return false;
+    }
+    // Leaf 7 exists on every CPU with AVX-512. EDX bit 24: AMX-TILE, bit 22:
+    // AMX-BF16.
+    // (`cpuid` is safe to call on x86-64; older toolchains mark it unsafe.)
+    #[allow(unused_unsafe)]
+    // SAFETY: `cpuid` only reads identification registers.
+    let edx = unsafe { std::arch::x86_64::__cpuid_count(7, 0) }.edx;
+    if edx >> 24 & 1 == 0 || edx >> 22 & 1 == 0 {
+        return false;
+    }
+    const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
+    const XFEATURE_XTILEDATA: libc::c_long = 18;
+    // SAFETY: this request only asks the kernel to enable the tile state for
+    // the process; it reads and writes no memory of ours. A kernel without
+    // AMX support refuses it (non-zero), and then AMX is not used.
+    unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0 }
+}
+
+#[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+fn detect() -> bool {
+    false
+}
+
+thread_local! {
+    static OFF: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f` with the `bf16` products started on this thread widened to
+/// `f32` instead of run on AMX (for tests comparing the two paths).
+pub fn without<R>(f: impl FnOnce() -> R) -> R {
+    let old = OFF.with(|o| o.replace(true));
+    let r = f();
+    OFF.with(|o| o.set(old));
+    r
+}
+
+/// Whether a `bf16` product of these sizes, started on this thread, runs on
+/// AMX.
+pub fn takes(m: usize, n: usize, k: usize) -> bool {
+    k > 0 && m.saturating_mul(n).saturating_mul(k) >= MIN_WORK && !OFF.with(Cell::get) && available()
+}
+
+/// `c = a @ b` for `a: m x k`, `b: k x n` (any strides, within their
+/// buffers: [`Mat`]'s contract) and `c` row-major `m x n`, every element of
+/// which is written. `threads` allows splitting over the team's threads.
+/// Call only where [`takes`] says yes. Errors only when the packed copies
+/// cannot be allocated.
+pub(super) fn product(
+    [m, n, k]: [usize; 3],
+    a: Mat<bf16>,
+    b: Mat<bf16>,
+    c: &mut [MaybeUninit<bf16>],
+    threads: bool,
+) -> Result<()> {
+    assert!(available() && k > 0 && c.len() == m * n, "amx::product: sizes");
+    let kp = k.div_ceil(KT) * KT;
+    let (mp, np) = (m.div_ceil(T), n.div_ceil(T));
+    let a_len = mp * T * kp;
+    let parts = if threads && m * n * k >= TEAM_WORK { team::threads() } else { 1 };
+    // Columns go in groups whose packed `b` (`kp * 32` bytes a panel)
+    // stays in the L2 cache while every row pair of `a` passes over it;
+    // each thread packs its groups of `b` just before it uses them.
+    let group = ((B_BLOCK / (kp * 2 * T)).max(2) & !1).min(np.next_multiple_of(2));
+    let g_words = group * T * kp / 2;
+    // This thread's scratch holds packed `a` (as pairs of `bf16` in `u32`s;
+    // `a_len / 2` is a multiple of 256) and then one group buffer per part
+    // (multiples of 256 too), from a 64-byte boundary: a tile row that
+    // straddles two cache lines loads about six times slower.
+    let words = a_len / 2 + parts * g_words;
+    let mut scratch = Scratch::take(words + 15)?;
+    let spare = scratch.0.spare_capacity_mut();
+    let skip = (64 - spare.as_ptr().addr() % 64) % 64 / 4;
+    let base = Shared(spare[skip..skip + words].as_mut_ptr());
+    let pack = |i: usize| {
+        let ra = share(mp, parts, i);
+        // SAFETY: part `i` takes panels `ra` of `a` (T * kp `bf16` each) in
+        // the first `a_len` halves of the `words` `u32`s from `base`
+        // (alignment 2, below `u32`'s); the parts' ranges are disjoint, so
+        // this slice is in bounds and no two parts share an element. `run`
+        // returns only after every part has run.
+        let sa = unsafe {
+            std::slice::from_raw_parts_mut(
+                base.get().cast::<MaybeUninit<bf16>>().add(ra.start * T * kp),
+                ra.len() * T * kp,
+            )
+        };
+        pack_a(a, [m, k, kp], ra, sa);
+    };
+    run(parts, &pack);
+    // SAFETY: the parts' panels cover `0..mp`, and `pack_a` writes every
+    // element of its panels: the first `a_len` `bf16` from `base` are
+    // initialized (plain bits: any value is valid), and the scratch outlives
+    // this borrow, which the group buffers after it do not overlap.
+    let pa = unsafe { std::slice::from_raw_parts(base.get().cast::<bf16>(), a_len) };
+    let by_cols = n >= m;
+    let pairs = if by_cols { np } else { mp }.div_ceil(2);
+    let parts = parts.min(pairs);
+    let dst = Shared(c.as_mut_ptr());
+    let block = |i: usize| {
+        let r = share(pairs, parts, i);
+        let panels = |count: usize| (r.start * 2).min(count)..(r.end * 2).min(count);
+        let (rows, cols) = if by_cols { (0..mp, panels(np)) } else { (panels(mp), 0..np) };
+        // SAFETY: part `i < parts` owns the `i`-th group buffer of
+        // `g_words` `u32`s after packed `a`, inside the `words` from
+        // `base`; no other part touches it, and `run` returns before the
+        // scratch is dropped.
+        let buf = unsafe { std::slice::from_raw_parts_mut(base.get().add(a_len / 2 + i * g_words), g_words) };
+        compute(pa, b, buf, [m, n, k, kp], group, rows, cols, dst);
+    };
+    run(parts, &block);
+    Ok(())
+}
+
+/// The packed operands' buffer, kept by each thread between products (up
+/// to [`SCRATCH_KEPT`] bytes) so that a product called again does not
+/// fault in fresh pages (a 1024^3 product packs 4 MiB).
+struct Scratch(Vec<u32>);
+
+/// Bytes of packing scratch a thread keeps between products.
+const SCRATCH_KEPT: usize = 64 << 20;
+
+thread_local! {
+    static SCRATCH: Cell<Vec<u32>> = const { Cell::new(Vec::new()) };
+}
+
+impl Scratch {
+    /// This thread's scratch, emptied, with room for `len` `u32`s.
+    fn take(len: usize) -> Result<Scratch> {
+        let mut v = SCRATCH.with(Cell::take);
+        v.clear();
+        v.try_reserve_exact(len).map_err(|_| Error::OutOfMemory { op: "matmul", bytes: len.saturating_mul(4) })?;
+        Ok(Scratch(v))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if self.0.capacity() * 4 <= SCRATCH_KEPT {
+            SCRATCH.with(|s| s.set(std::mem::take(&mut self.0)));
+        }
+    }
+}
+
+/// Share `i` of `parts` of `0..count`.
+fn share(count: usize, parts: usize, i: usize) -> Range<usize> {
+    i * count / parts..(i + 1) * count / parts
+}
+
+/// `task(i)` for `i < parts`: on the team when `parts > 1`.
+fn run(parts: usize, task: &(dyn Fn(usize) + Sync)) {
+    if parts == 1 {
+        task(0);
+    } else {
+        team::run(parts, task);
+    }
+}
+
+/// Packs the 16-row panels `panels` of `a` (`m x k`) into `out`, laid end
+/// to end, each `kp / KT` tiles of `T x KT` elements (row-major within the
+/// tile); zeros past `m` and `k`.
+fn pack_a(a: Mat<bf16>, [m, k, kp]: [usize; 3], panels: Range<usize>, out: &mut [MaybeUninit<bf16>]) {
+    for (pi, p) in panels.enumerate() {
+        let panel = &mut out[pi * T * kp..(pi + 1) * T * kp];
+        for r in 0..T {
+            let i = p * T + r;
+            for t in 0..kp / KT {
+                let dst = &mut panel[t * T * KT + r * KT..][..KT];
+                let k0 = t * KT;
+                if i < m && a.cs == 1 && k0 + KT <= k {
+                    let at = (a.off + i as isize * a.rs) as usize + k0;
+                    let src = &a.data[at..at + KT];
+                    // SAFETY: `src` and `dst` are KT elements each, and a
+                    // packed buffer never overlaps an operand.
+                    unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst.as_mut_ptr().cast::<bf16>(), KT) };
+                } else {
+                    for (j, d) in dst.iter_mut().enumerate() {
+                        d.write(if i < m && k0 + j < k { a.at(i, k0 + j) } else { bf16::ZERO });
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Packs the 16-column panels `panels` of `b` (`k x n`) into `out`, laid
+/// end to end, each `kp / 2` rows of 16 columns, each column a pair of
+/// consecutive rows of `b` (the first in the low half); zeros past `k` and
+/// `n`.
+fn pack_b(b: Mat<bf16>, [k, n, kp]: [usize; 3], panels: Range<usize>, out: &mut [MaybeUninit<u32>]) {
+    let pair = |lo: bf16, hi: bf16| lo.to_bits() as u32 | (hi.to_bits() as u32) << 16;
+    let get = |kk: usize, j: usize| if kk < k && j < n { b.at(kk, j) } else { bf16::ZERO };
+    let rows = kp / 2;
+    if b.rs == 1 && b.cs != 1 {
+        // Columns of `b` are contiguous (a transposed row-major matrix):
+        // read each column once.
+        for (pi, p) in panels.enumerate() {
+            let panel = &mut out[pi * T * rows..(pi + 1) * T * rows];
+            for c in 0..T {
+                let j = p * T + c;
+                for r in 0..rows {
+                    panel[r * T + c].write(pair(get(2 * r, j), get(2 * r + 1, j)));
+                }
+            }
+        }
+        return;
+    }
+    let first = panels.start;
+    for r in 0..rows {
+        let (k0, k1) = (2 * r, 2 * r + 1);
+        for p in panels.clone() {
+            let dst = &mut out[((p - first) * rows + r) * T..][..T];
+            let j0 = p * T;
+            if b.cs == 1 && k1 < k && j0 + T <= n {
+                let (at0, at1) =
+                    ((b.off + k0 as isize * b.rs) as usize + j0, (b.off + k1 as isize * b.rs) as usize + j0);
+                let (x, y) = (&b.data[at0..at0 + T], &b.data[at1..at1 + T]);
+                let words: [u32; T] = std::array::from_fn(|c| pair(x[c], y[c]));
+                // SAFETY: `dst` is T elements, and a packed buffer never
+                // overlaps an operand.
+                unsafe { std::ptr::copy_nonoverlapping(words.as_ptr(), dst.as_mut_ptr().cast::<u32>(), T) };
+            } else {
+                for (c, d) in dst.iter_mut().enumerate() {
+                    d.write(pair(get(k0, j0 + c), get(k1, j0 + c)));
+                }
+            }
+        }
+    }
+}
+
+/// The block of `c` (row-major `m x n` from `c`) covered by the 16-row
+/// panels `rows` of packed `a` and the 16-column panels `cols` of `b`,
+/// rounded to `bf16`, `b` packed `group` panels at a time into `buf`.
+/// Blocks of distinct calls must not overlap.
+#[allow(clippy::too_many_arguments)]
+fn compute(
+    pa: &[bf16],
+    b: Mat<bf16>,
+    buf: &mut [MaybeUninit<u32>],
+    [m, n, k, kp]: [usize; 4],
+    group: usize,
+    rows: Range<usize>,
+    cols: Range<usize>,
+    c: Shared<*mut MaybeUninit<bf16>>,
+) {
+    let steps = kp / KT;
+    let panel = T * kp / 2;
+    // One block of sums, 32 x 32 `f32` (4 KiB), rounded into `c` as soon
+    // as it is computed; 64-byte aligned, as tile stores are fastest so.
+    #[repr(align(64))]
+    struct Sums([f32; 4 * T * T]);
+    let mut sums = Sums([0f32; 4 * T * T]);
+    let sums = &mut sums.0;
+    const LDC: usize = 2 * T * std::mem::size_of::<f32>();
+    tiles::configure();
+    for g in cols.clone().step_by(group) {
+        let g_end = (g + group).min(cols.end);
+        let packed = &mut buf[..(g_end - g) * panel];
+        pack_b(b, [k, n, kp], g..g_end, packed);
+        // SAFETY: `pack_b` wrote every element of `packed`.
+        let pb = unsafe { std::slice::from_raw_parts(packed.as_ptr().cast::<u32>(), packed.len()) };
+        for p in rows.clone().step_by(2) {
+            let two_rows = p + 1 < rows.end;
+            let a_panel = &pa[p * T * kp..(p + 1 + two_rows as usize) * T * kp];
+            let i_range = p * T..((p + 1 + two_rows as usize) * T).min(m);
+            for q in (g..g_end).step_by(2) {
+                let two_cols = q + 1 < g_end;
+                let b_panel = &pb[(q - g) * panel..(q - g + 1 + two_cols as usize) * panel];
+                tiles::block(a_panel, b_panel, [kp, steps, LDC], two_rows, two_cols, sums);
+                let j_range = q * T..((q + 1 + two_cols as usize) * T).min(n);
+                for i in i_range.clone() {
+                    let src = &sums[(i - p * T) * 2 * T..][..j_range.len()];
+                    // SAFETY: row `i < m`, columns `j_range` (ending at
+                    // most at `n`) of the `m x n` output: inside `c`, and
+                    // inside this call's block, which no other call writes
+                    // (the caller's contract); `product` returns only after
+                    // every block has been written.
+                    let dst =
+                        unsafe { std::slice::from_raw_parts_mut(c.get().add(i * n + j_range.start), j_range.len()) };
+                    for (d, &x) in dst.iter_mut().zip(src) {
+                        d.write(round(x));
+                    }
+                }
+            }
+        }
+    }
+    tiles::release();
+}
+
+/// `x` rounded to the nearest `bf16`, ties to even, NaN kept quiet (as
+/// `bf16::from_f32`), without branches, so that a loop of it vectorizes.
+#[inline(always)]
+fn round(x: f32) -> bf16 {
+    let bits = x.to_bits();
+    let nearest = (bits.wrapping_add(0x7fff + (bits >> 16 & 1)) >> 16) as u16;
+    let quiet = (bits >> 16) as u16 | 0x40;
+    bf16::from_bits(if x.is_nan() { quiet } else { nearest })
+}
+
+/// The tile instructions, in inline assembly (Rust has no stable AMX
+/// intrinsics).
+#[cfg(target_arch = "x86_64")]
+mod tiles {
+    use std::arch::asm;
+
+    use half::bf16;
+
+    use super::{KT, T};
+
+    /// The tile configuration (palette 1): eight tiles of 16 rows of 64
+    /// bytes.
+    #[repr(C, align(64))]
+    struct Config {
+        palette: u8,
+        start_row: u8,
+        reserved: [u8; 14],
+        colsb: [u16; 16],
+        rows: [u8; 16],
+    }
+
+    const CONFIG: Config = Config {
+        palette: 1,
+        start_row: 0,
+        reserved: [0; 14],
+        colsb: [64, 64, 64, 64, 64, 64, 64, 64, 0, 0, 0, 0, 0, 0, 0, 0],
+        rows: [16, 16, 16, 16, 16, 16, 16, 16, 0, 0, 0, 0, 0, 0, 0, 0],
+    };
+
+    /// Loads [`CONFIG`] on this thread.
+    pub(super) fn configure() {
+        // SAFETY: reached only when `available()` said the CPU has AMX and
+        // the kernel enabled it; `ldtilecfg` reads the 64 bytes of CONFIG
+        // (palette 1, eight tiles within the palette's limits of 16 rows
+        // and 64 bytes).
+        unsafe { asm!("ldtilecfg [{0}]", in(reg) &CONFIG, options(nostack, readonly)) };
+    }
+
+    /// Returns the tile registers to their initial state (so that the
+    /// operating system does not save them at each switch).
+    pub(super) fn release() {
+        // SAFETY: AMX is enabled (see `configure`); `tilerelease` touches no
+        // memory.
+        unsafe { asm!("tilerelease", options(nostack, nomem)) };
+    }
+
+    /// One block of `c`: 16 or 32 rows (`two_rows`) by 16 or 32 columns
+    /// (`two_cols`), the products of one or two packed panels of `a` (`T *
+    /// kp` elements each, end to end in `a`) and of `b` (`T * kp / 2` each,
+    /// in `b`) over `steps = kp / KT` tiles, stored as `f32` rows of `ldc`
+    /// bytes into `c`.
+    ///
+    /// # Panics
+    /// If a slice is too short for the block.
+    pub(super) fn block(
+        a: &[bf16],
+        b: &[u32],
+        [kp, steps, ldc]: [usize; 3],
+        two_rows: bool,
+        two_cols: bool,
+        c: &mut [f32],
+    ) {
+        let (nr, nc) = (1 + two_rows as usize, 1 + two_cols as usize);
+        assert!(steps * KT == kp && a.len() >= nr * T * kp && b.len() >= nc * T * kp / 2, "amx: packed panels");
+        assert!(ldc % 4 == 0 && ldc / 4 >= nc * T && c.len() >= (nr * T - 1) * ldc / 4 + nc * T, "amx: c block");
+        // SAFETY: AMX is enabled and configured on this thread (`configure`
+        // ran in `compute` before any block). Tile `t` of an `a` panel is
+        // the KiB at `t * T * KT` elements from the panel's start, and of a
+        // `b` panel the KiB at `t * T * KT / 2` u32s: with `t < steps` and
+        // the asserts above, every 16 x 64-byte tile load lies inside `a`
+        // and `b`. The stores write rows `< nr * T` of `c`, columns `< nc *
+        // T` at `ldc` bytes per row: inside `c` by the second assert. Only
+        // the tiles of this block are used (tmm0-3 sums, tmm4-5 `a`, tmm6-7
+        // `b`), and no Rust code uses tile registers.
+        unsafe {
+            let (a0, b0, c0) = (a.as_ptr(), b.as_ptr(), c.as_mut_ptr());
+            let (a1, b1) = (a0.add(T * kp), b0.add(T * kp / 2));
+            asm!("tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3", options(nostack, nomem));
+            for t in 0..steps {
+                let (at, bt) = (t * T * KT, t * T * KT / 2);
+                asm!(
+                    "tileloadd tmm4, [{a} + {s}*1]",
+                    "tileloadd tmm6, [{b} + {s}*1]",
+                    "tdpbf16ps tmm0, tmm4, tmm6",
+                    a = in(reg) a0.add(at), b = in(reg) b0.add(bt), s = in(reg) 64usize,
+                    options(nostack, readonly)
+                );
+                if two_cols {
+                    asm!(
+                        "tileloadd tmm7, [{b} + {s}*1]",
+                        "tdpbf16ps tmm1, tmm4, tmm7",
+                        b = in(reg) b1.add(bt), s = in(reg) 64usize,
+                        options(nostack, readonly)
+                    );
+                }
+                if two_rows {
+                    asm!(
+                        "tileloadd tmm5, [{a} + {s}*1]",
+                        "tdpbf16ps tmm2, tmm5, tmm6",
+                        a = in(reg) a1.add(at), s = in(reg) 64usize,
+                        options(nostack, readonly)
+                    );
+                    if two_cols {
+                        asm!("tdpbf16ps tmm3, tmm5, tmm7", options(nostack, nomem));
+                    }
+                }
+            }
+            let (c01, c10) = (c0.add(T), c0.byte_add(T * ldc));
+            asm!("tilestored [{c} + {s}*1], tmm0", c = in(reg) c0, s = in(reg) ldc, options(nostack));
+            if two_cols {
+                asm!("tilestored [{c} + {s}*1], tmm1", c = in(reg) c01, s = in(reg) ldc, options(nostack));
+            }
+            if two_rows {
+                asm!("tilestored [{c} + {s}*1], tmm2", c = in(reg) c10, s = in(reg) ldc, options(nostack));
+                if two_cols {
+                    asm!("tilestored [{c} + {s}*1], tmm3", c = in(reg) c10.add(T), s = in(reg) ldc, options(nostack));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+mod tiles {
+    use half::bf16;
+
+    pub(super) fn configure() {
+        unreachable!("amx: available() is false off x86-64")
+    }
+
+    pub(super) fn release() {}
+
+    pub(super) fn block(_: &[bf16], _: &[u32], _: [usize; 3], _: bool, _: bool, _: &mut [f32]) {
+        unreachable!("amx: available() is false off x86-64")
+    }
+}
