@@ -14,18 +14,23 @@
 //!    large row-major `a` would), and `b` into panels of 16 columns whose
 //!    rows hold pairs of consecutive rows of `b`. Both are zero-padded to
 //!    whole tiles (`k` to 32, rows and columns to 16): the padding adds
-//!    `0 * 0` and cannot make a NaN;
-//! 2. computes `c` in blocks of 32 x 32 (four accumulator tiles, two tiles
-//!    of `a`, two of `b`: all eight tile registers) over the whole of `k`,
-//!    each tile load placed just before the first instruction that reads
-//!    it (tile registers are not renamed, so a load waits for the last
-//!    reader of its register), into 4 KiB of `f32` sums;
-//! 3. rounds each block's sums to `bf16` once, as the widening path does.
+//!    `0 * 0` and cannot make a NaN. Every packed buffer starts on a 64-byte
+//!    boundary: a tile row that straddles two cache lines loads about six
+//!    times slower (measured on a Sapphire Rapids VM);
+//! 2. computes `c` in blocks of 32 x 32: four accumulator tiles, two tiles
+//!    of `a`, two of `b` (all eight tile registers), each tile load placed
+//!    just before the first instruction that reads it (tile registers are
+//!    not renamed, so a load waits for the last reader of its register);
+//! 3. rounds the sums to `bf16` once, as the widening path does.
 //!
-//! Large products pack on the team's threads (each thread a share of the
-//! panels of both operands), then split `c` over the team by columns (or
-//! by rows when `a` has more rows than `b` has columns), in pairs of
-//! panels.
+//! Cache blocking: `a` is packed once, its panels shared out over the
+//! team's threads; then `c` is split over the team by columns (or by rows
+//! when `a` has more rows than `b` has columns), in pairs of panels. Each
+//! thread packs its columns of `b` a group at a time (about 1 MiB, for the
+//! L2 cache) just before it uses them, and passes every row pair of `a`
+//! over the group in runs of 8 tiles of `k` (16 KiB of `a`, for the L1
+//! cache), keeping the row pair's sums in a strip of `f32` between runs.
+//! Packed buffers are kept by each thread between products.
 //!
 //! Numerics: a product of two `bf16` values is exact in `f32`, and sums are
 //! `f32`, as in the widening path, but in the hardware's order; the
@@ -64,6 +69,9 @@ const TEAM_WORK: usize = 1 << 20;
 /// Bytes of packed `b` computed against each row pair of `a` in turn (see
 /// `compute`): about half a 2 MiB L2 cache.
 const B_BLOCK: usize = 1 << 20;
+/// Tiles of `k` (32 each) per run of the row pair of `a` over a group of
+/// columns (see `compute`): 16 KiB of `a`.
+const KC_TILES: usize = 8;
 
 /// Whether this process can run AMX `bf16` products (detected once; see
 /// the module docs).
@@ -140,7 +148,7 @@ pub(super) fn product(
     // stays in the L2 cache while every row pair of `a` passes over it;
     // each thread packs its groups of `b` just before it uses them.
     let group = ((B_BLOCK / (kp * 2 * T)).max(2) & !1).min(np.next_multiple_of(2));
-    let g_words = group * T * kp / 2;
+    let g_words = group * T * kp / 2 + 2 * T * group * T;
     // This thread's scratch holds packed `a` (as pairs of `bf16` in `u32`s;
     // `a_len / 2` is a multiple of 256) and then one group buffer per part
     // (multiples of 256 too), from a 64-byte boundary: a tile row that
@@ -323,41 +331,52 @@ fn compute(
 ) {
     let steps = kp / KT;
     let panel = T * kp / 2;
-    // One block of sums, 32 x 32 `f32` (4 KiB), rounded into `c` as soon
-    // as it is computed; 64-byte aligned, as tile stores are fastest so.
-    #[repr(align(64))]
-    struct Sums([f32; 4 * T * T]);
-    let mut sums = Sums([0f32; 4 * T * T]);
-    let sums = &mut sums.0;
-    const LDC: usize = 2 * T * std::mem::size_of::<f32>();
+    let width = group * T;
+    let ldc = width * std::mem::size_of::<f32>();
+    let (packed, strip) = buf.split_at_mut(group * panel);
+    // The sums of a row pair of `c` over a group: 32 rows of `width` `f32`.
+    let strip_len = 2 * T * width;
+    // SAFETY: the part's buffer holds `2 * T * width` `u32`s after the
+    // group's packed `b` (see `product`), which this function alone uses;
+    // zeros are a valid `f32`, so the slice is initialized here.
+    let strip = unsafe {
+        let s = std::slice::from_raw_parts_mut(strip.as_mut_ptr().cast::<f32>(), strip_len);
+        s.fill(0.0);
+        s
+    };
     tiles::configure();
     for g in cols.clone().step_by(group) {
         let g_end = (g + group).min(cols.end);
-        let packed = &mut buf[..(g_end - g) * panel];
+        let packed = &mut packed[..(g_end - g) * panel];
         pack_b(b, [k, n, kp], g..g_end, packed);
         // SAFETY: `pack_b` wrote every element of `packed`.
         let pb = unsafe { std::slice::from_raw_parts(packed.as_ptr().cast::<u32>(), packed.len()) };
+        let j_range = g * T..(g_end * T).min(n);
         for p in rows.clone().step_by(2) {
             let two_rows = p + 1 < rows.end;
             let a_panel = &pa[p * T * kp..(p + 1 + two_rows as usize) * T * kp];
-            let i_range = p * T..((p + 1 + two_rows as usize) * T).min(m);
-            for q in (g..g_end).step_by(2) {
-                let two_cols = q + 1 < g_end;
-                let b_panel = &pb[(q - g) * panel..(q - g + 1 + two_cols as usize) * panel];
-                tiles::block(a_panel, b_panel, [kp, steps, LDC], two_rows, two_cols, sums);
-                let j_range = q * T..((q + 1 + two_cols as usize) * T).min(n);
-                for i in i_range.clone() {
-                    let src = &sums[(i - p * T) * 2 * T..][..j_range.len()];
-                    // SAFETY: row `i < m`, columns `j_range` (ending at
-                    // most at `n`) of the `m x n` output: inside `c`, and
-                    // inside this call's block, which no other call writes
-                    // (the caller's contract); `product` returns only after
-                    // every block has been written.
-                    let dst =
-                        unsafe { std::slice::from_raw_parts_mut(c.get().add(i * n + j_range.start), j_range.len()) };
-                    for (d, &x) in dst.iter_mut().zip(src) {
-                        d.write(round(x));
-                    }
+            // `k` in runs of `KC_TILES` tiles, so that the run of the row
+            // pair of `a` stays in the L1 cache while the group's columns
+            // pass; the sums go to `strip` and back between runs.
+            for first in (0..steps).step_by(KC_TILES) {
+                let run = KC_TILES.min(steps - first);
+                for q in (g..g_end).step_by(2) {
+                    let two_cols = q + 1 < g_end;
+                    let b_panel = &pb[(q - g) * panel..(q - g + 1 + two_cols as usize) * panel];
+                    let sums = &mut strip[(q - g) * T..];
+                    tiles::block(a_panel, b_panel, [kp, first, run, ldc], two_rows, two_cols, first > 0, sums);
+                }
+            }
+            for i in p * T..((p + 1 + two_rows as usize) * T).min(m) {
+                let src = &strip[(i - p * T) * width..][..j_range.len()];
+                // SAFETY: row `i < m`, columns `j_range` (ending at most at
+                // `n`) of the `m x n` output: inside `c`, and inside this
+                // call's block, which no other call writes (the caller's
+                // contract); `product` returns only after every block has
+                // been written.
+                let dst = unsafe { std::slice::from_raw_parts_mut(c.get().add(i * n + j_range.start), j_range.len()) };
+                for (d, &x) in dst.iter_mut().zip(src) {
+                    d.write(round(x));
                 }
             }
         }
@@ -432,28 +451,45 @@ mod tiles {
     pub(super) fn block(
         a: &[bf16],
         b: &[u32],
-        [kp, steps, ldc]: [usize; 3],
+        [kp, first, steps, ldc]: [usize; 4],
         two_rows: bool,
         two_cols: bool,
+        accumulate: bool,
         c: &mut [f32],
     ) {
         let (nr, nc) = (1 + two_rows as usize, 1 + two_cols as usize);
-        assert!(steps * KT == kp && a.len() >= nr * T * kp && b.len() >= nc * T * kp / 2, "amx: packed panels");
+        assert!(kp % KT == 0 && first + steps <= kp / KT, "amx: tiles of k");
+        assert!(a.len() >= nr * T * kp && b.len() >= nc * T * kp / 2, "amx: packed panels");
         assert!(ldc % 4 == 0 && ldc / 4 >= nc * T && c.len() >= (nr * T - 1) * ldc / 4 + nc * T, "amx: c block");
         // SAFETY: AMX is enabled and configured on this thread (`configure`
         // ran in `compute` before any block). Tile `t` of an `a` panel is
         // the KiB at `t * T * KT` elements from the panel's start, and of a
-        // `b` panel the KiB at `t * T * KT / 2` u32s: with `t < steps` and
+        // `b` panel the KiB at `t * T * KT / 2` u32s: with `t < kp / KT` and
         // the asserts above, every 16 x 64-byte tile load lies inside `a`
-        // and `b`. The stores write rows `< nr * T` of `c`, columns `< nc *
-        // T` at `ldc` bytes per row: inside `c` by the second assert. Only
-        // the tiles of this block are used (tmm0-3 sums, tmm4-5 `a`, tmm6-7
-        // `b`), and no Rust code uses tile registers.
+        // and `b`. The loads and stores of sums touch rows `< nr * T` of
+        // `c`, columns `< nc * T`, at `ldc` bytes per row: inside `c` by
+        // the third assert. Only the tiles of this block are used (tmm0-3
+        // sums, tmm4-5 `a`, tmm6-7 `b`), and no Rust code uses tile
+        // registers.
         unsafe {
             let (a0, b0, c0) = (a.as_ptr(), b.as_ptr(), c.as_mut_ptr());
             let (a1, b1) = (a0.add(T * kp), b0.add(T * kp / 2));
-            asm!("tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3", options(nostack, nomem));
-            for t in 0..steps {
+            let (c01, c10) = (c0.add(T), c0.byte_add(T * ldc));
+            if accumulate {
+                asm!("tileloadd tmm0, [{c} + {s}*1]", c = in(reg) c0, s = in(reg) ldc, options(nostack, readonly));
+                if two_cols {
+                    asm!("tileloadd tmm1, [{c} + {s}*1]", c = in(reg) c01, s = in(reg) ldc, options(nostack, readonly));
+                }
+                if two_rows {
+                    asm!("tileloadd tmm2, [{c} + {s}*1]", c = in(reg) c10, s = in(reg) ldc, options(nostack, readonly));
+                    if two_cols {
+                        asm!("tileloadd tmm3, [{c} + {s}*1]", c = in(reg) c10.add(T), s = in(reg) ldc, options(nostack, readonly));
+                    }
+                }
+            } else {
+                asm!("tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3", options(nostack, nomem));
+            }
+            for t in first..first + steps {
                 let (at, bt) = (t * T * KT, t * T * KT / 2);
                 asm!(
                     "tileloadd tmm4, [{a} + {s}*1]",
@@ -482,7 +518,6 @@ mod tiles {
                     }
                 }
             }
-            let (c01, c10) = (c0.add(T), c0.byte_add(T * ldc));
             asm!("tilestored [{c} + {s}*1], tmm0", c = in(reg) c0, s = in(reg) ldc, options(nostack));
             if two_cols {
                 asm!("tilestored [{c} + {s}*1], tmm1", c = in(reg) c01, s = in(reg) ldc, options(nostack));
@@ -507,7 +542,7 @@ mod tiles {
 
     pub(super) fn release() {}
 
-    pub(super) fn block(_: &[bf16], _: &[u32], _: [usize; 3], _: bool, _: bool, _: &mut [f32]) {
+    pub(super) fn block(_: &[bf16], _: &[u32], _: [usize; 4], _: bool, _: bool, _: bool, _: &mut [f32]) {
         unreachable!("amx: available() is false off x86-64")
     }
 }
