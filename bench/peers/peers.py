@@ -55,7 +55,7 @@ ADAM = [1e-3, 0.9, 0.999, 1e-8, 1 - 0.9**10, 1 - 0.999**10]
 LN_ROWS = [64, 256, 1024, 4096]
 LN_WORKLOADS = [f"layernorm_1024x{r}" for r in LN_ROWS]
 WORKLOADS = ["gelu_tanh", "gelu_erf", "softmax", "layernorm", "matmul_add", "forward_and_norm", "mlp", "tiny",
-             "sgemm", "adam", "rmsnorm", "logsumexp", "cross_entropy", "polynomial", "matmul_gelu"] + LN_WORKLOADS
+             "sgemm", "sgemm_bf16", "adam", "rmsnorm", "logsumexp", "cross_entropy", "polynomial", "matmul_gelu"] + LN_WORKLOADS
 
 
 class Plan:
@@ -135,6 +135,12 @@ class Inputs:
 # ---- float64 NumPy references, for the correctness check ----
 
 
+def to_bf16_grid(a):
+    """float32 values rounded to the nearest bfloat16 (ties to even), as float32."""
+    bits = np.ascontiguousarray(a, dtype=np.float32).view(np.uint32)
+    return ((bits + np.uint32(0x7FFF) + ((bits >> 16) & 1)) & np.uint32(0xFFFF0000)).view(np.float32)
+
+
 def ref(workload, inp):
     d = lambda a: np.asarray(a, dtype=np.float64)
     if workload == "gelu_tanh":
@@ -170,6 +176,8 @@ def ref(workload, inp):
         return d(inp.tiny) + 1
     if workload == "sgemm":
         return d(inp.sgemm[0]) @ d(inp.sgemm[1])
+    if workload == "sgemm_bf16":
+        return d(to_bf16_grid(inp.sgemm[0])) @ d(to_bf16_grid(inp.sgemm[1]))
     if workload == "adam":
         p, g, m, v = map(d, inp.adam)
         lr, b1, b2, eps, bc1, bc2 = map(float, inp.adam_hyper)
@@ -324,6 +332,7 @@ def jax_impls():
             mlp=mlp,
             tiny=lambda x: x + 1.0,
             sgemm=lambda a, b: a @ b,
+            sgemm_bf16=lambda a, b: a @ b,
             adam=adam_written_out(jnp.sqrt),
             rmsnorm=lambda x, w: x * jax.lax.rsqrt(jnp.mean(x * x, -1, keepdims=True) + 1e-6) * w,
             logsumexp=lambda x: jax.nn.logsumexp(x, axis=-1),
@@ -340,6 +349,7 @@ def jax_impls():
     return dict(
         name="jax",
         to_dev=lambda a: jax.device_put(a),
+        bf16=lambda a: jax.block_until_ready(a.astype(jnp.bfloat16)),
         sync=jax.block_until_ready,
         to_host=np.asarray,
         eager={},
@@ -377,6 +387,7 @@ def torch_impls():
             mlp=mlp,
             tiny=lambda x: x + 1,
             sgemm=lambda a, b: a @ b,
+            sgemm_bf16=lambda a, b: a @ b,
             adam=adam_written_out(torch.sqrt),
             rmsnorm=lambda x, w: F.rms_norm(x, (x.shape[-1],), w, 1e-6),
             logsumexp=lambda x: torch.logsumexp(x, -1),
@@ -397,8 +408,9 @@ def torch_impls():
     return dict(
         name="torch",
         to_dev=lambda a: torch.from_numpy(np.ascontiguousarray(a)),
+        bf16=lambda t: t.to(torch.bfloat16),
         sync=lambda out: out,
-        to_host=lambda t: t.numpy(),
+        to_host=lambda t: (t.float() if t.dtype == torch.bfloat16 else t).numpy(),
         eager={"torch-eager": fns()},
         compiled={"torch-compile": {k: torch.compile(f) for k, f in fns().items()}},
         make_batches=make_batches,
@@ -440,6 +452,7 @@ def mlx_impls():
             mlp=mlp,
             tiny=lambda x: x + 1,
             sgemm=lambda a, b: a @ b,
+            sgemm_bf16=lambda a, b: a @ b,
             adam=adam_written_out(mx.sqrt),
             rmsnorm=lambda x, w: mx.fast.rms_norm(x, w, 1e-6),
             logsumexp=lambda x: mx.logsumexp(x, axis=-1),
@@ -463,8 +476,9 @@ def mlx_impls():
     return dict(
         name="mlx",
         to_dev=to_dev,
+        bf16=lambda a: sync(a.astype(mx.bfloat16)),
         sync=sync,
-        to_host=np.array,
+        to_host=lambda a: np.array(a.astype(mx.float32)) if a.dtype == mx.bfloat16 else np.array(a),
         eager={"mlx-eager": fns()},
         compiled={"mlx-compile": {k: mx.compile(f) for k, f in fns().items()}},
         make_batches=make_batches,
@@ -501,7 +515,7 @@ def versions(fw):
     return fw
 
 
-def args_for(workload, inp, dev):
+def args_for(workload, inp, dev, bf16=None):
     if workload in ("gelu_tanh", "gelu_erf"):
         return [dev(inp.gelu)]
     if workload == "softmax":
@@ -514,6 +528,8 @@ def args_for(workload, inp, dev):
         return [dev(inp.tiny)]
     if workload == "sgemm":
         return [dev(a) for a in inp.sgemm]
+    if workload == "sgemm_bf16":
+        return [bf16(dev(a)) for a in inp.sgemm]
     if workload == "adam":
         return [dev(a) for a in inp.adam + inp.adam_hyper]
     if workload in ("rmsnorm", "logsumexp", "cross_entropy"):
@@ -536,7 +552,8 @@ def check(part, workload, impl, got, inp, to_host):
         got = got[1] if workload == "forward_and_norm" else got[0]
     g = np.asarray(to_host(got), dtype=np.float64)
     err = float(np.max(np.abs(g - want)) / max(float(np.max(np.abs(want))), 1e-30))
-    if not err <= 1e-3:
+    # bf16 results round each element to 8 bits (2^-9 relative).
+    if not err <= (1e-2 if workload.endswith("_bf16") else 1e-3):
         part["notes"].append(f"CHECK {workload}/{impl}: relative max error vs float64 NumPy {err:.2e}")
 
 
@@ -559,7 +576,10 @@ def run_framework(fw, sizes, plan):
             try:
                 if impl in lib["compiled"] and lib.get("reset"):
                     lib["reset"]()
-                f = fns[workload]
+                f = fns.get(workload)
+                if f is None:
+                    part["missing"].append({"impl": impl, "workload": workload, "reason": "not supported (no bfloat16)"})
+                    continue
                 if workload in ("matmul_add", "forward_and_norm"):
                     xs = [dev(x) for x in inp.xs]
                     w, b = dev(inp.w), dev(inp.b)
@@ -592,7 +612,7 @@ def run_framework(fw, sizes, plan):
                     samples = measure(plan, block, per=calls)
                     got = sync(f(*a))
                 else:
-                    a = args_for(workload, inp, dev)
+                    a = args_for(workload, inp, dev, lib.get("bf16"))
                     samples = measure(plan, lambda a=a, f=f: sync(f(*a)))
                     got = sync(f(*a))
                 part["records"].append(summarize(workload, impl, samples, cost))

@@ -24,7 +24,7 @@ COLORS = {
 ORDER = ["gelu_tanh", "gelu_erf", "softmax", "layernorm", "adam", "rmsnorm", "logsumexp", "cross_entropy",
          "polynomial", "layernorm_1024x64", "layernorm_1024x256", "layernorm_1024x1024", "layernorm_1024x4096",
          "matmul_add", "forward_and_norm", "mlp", "matmul_gelu", "tiny", "first_call", "shapeless_batches",
-         "recompile_batches", "sgemm", "copy"]
+         "recompile_batches", "sgemm", "sgemm_bf16", "copy"]
 
 
 def main():

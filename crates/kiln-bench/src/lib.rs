@@ -275,6 +275,12 @@ pub const WORKLOADS: &[Workload] = &[
         about: "calibration: (1024x1024)@(1024x1024) f32; its best rate is the matmul floor",
     },
     Workload {
+        name: "sgemm_bf16",
+        class: Class::None,
+        impls: ALL,
+        about: "(1024x1024)@(1024x1024) bf16 (f32 sums, a bf16 result; AMX tiles where the CPU has them)",
+    },
+    Workload {
         name: "copy",
         class: Class::None,
         impls: &["floor"],
@@ -462,7 +468,7 @@ pub fn targets(records: &[Record]) -> Vec<Target> {
             0.5,
         );
     }
-    for w in ["mlp", "sgemm", "matmul_gelu"] {
+    for w in ["mlp", "sgemm", "sgemm_bf16", "matmul_gelu"] {
         cmp(format!("{w}: kiln <= 1.0x the fastest peer"), kiln(w), min_both(w, &PEERS), 1.0);
     }
     for w in ["matmul_add", "forward_and_norm"] {

@@ -144,6 +144,10 @@ impl Sizes {
                 let s = self.sgemm_n as u64;
                 (3 * f * s * s, 2 * s * s * s)
             }
+            "sgemm_bf16" => {
+                let s = self.sgemm_n as u64;
+                (3 * 2 * s * s, 2 * s * s * s)
+            }
             "copy" => (2 * self.copy_bytes as u64, 0),
             // param, grad, m, v in; param, m, v out (the six scalars are noise).
             "adam" => (7 * f * self.adam_n as u64, 14 * self.adam_n as u64),
@@ -329,6 +333,7 @@ fn normal(shape: &[usize], scale: f64) -> Result<Array> {
 
 /// Max |a - b| relative to max |b|, for the compiled-vs-eager check.
 fn rel_diff(a: &Array, b: &Array) -> Result<f64> {
+    let (a, b) = (&a.astype(DType::F32)?, &b.astype(DType::F32)?);
     let d = (a - b)?.abs()?.max(Axes::All, false)?.item::<f32>()? as f64;
     let m = b.abs()?.max(Axes::All, false)?.item::<f32>()? as f64;
     Ok(d / m.max(f64::MIN_POSITIVE))
@@ -569,6 +574,12 @@ impl Runner {
         let c = compile(mm);
         self.push("sgemm", "kiln", measure(p, 1, || c.call((&a, &bm))?.eval()));
         self.push("sgemm", "kiln-eager", measure(p, 1, || mm(&a, &bm)?.eval()));
+        let (a, bm) = (a.astype(DType::BF16)?, bm.astype(DType::BF16)?);
+        kiln::eval(&[&a, &bm])?;
+        self.push("sgemm_bf16", "kiln", measure(p, 1, || c.call((&a, &bm))?.eval()));
+        self.push("sgemm_bf16", "kiln-eager", measure(p, 1, || mm(&a, &bm)?.eval()));
+        let d = c.call((&a, &bm)).and_then(|x| rel_diff(&x, &mm(&a, &bm)?));
+        self.check("sgemm_bf16", d);
         drop((a, bm));
         self.untuned()
     }
