@@ -650,6 +650,32 @@ fn amx_is_used_where_the_cpu_has_it() {
     assert!(!amx::takes(64, 64, 0));
 }
 
+/// `a @ b` for f16 operands on the 1/16 grid (exact in f16): the sums are
+/// exact in f32, so the result is the exact product rounded once to f16
+/// (within 2^-11 of it, relatively); sums in f16 would miss that.
+fn check_f16(a: &Array, b: &Array) -> Result<()> {
+    let got = kiln::matmul(a, b)?;
+    let (want, _, shape) = reference(&read(a)?, a.shape(), &read(b)?, b.shape());
+    assert_eq!((got.shape(), got.dtype()), (&shape[..], DType::F16));
+    for (i, (&x, &e)) in read(&got)?.iter().zip(&want).enumerate() {
+        assert!((x - e).abs() <= e.abs() / 2048.0, "{:?} @ {:?} element {i}: got {x}, want {e}", a.shape(), b.shape());
+    }
+    Ok(())
+}
+
+#[test]
+fn f16_products_round_once_from_f32_sums() -> Result<()> {
+    let h = DType::F16;
+    for (m, k, n) in [(1, 1, 1), (3, 300, 5), (17, 64, 33), (64, 100, 64), (200, 130, 150), (40, 1000, 30)] {
+        let a = array(&values(m * k, (m * 7 + k) as u64), &[m, k], h)?;
+        let b = array(&values(k * n, (n * 5 + k) as u64), &[k, n], h)?;
+        check_f16(&a, &b)?;
+        check_f16(&b.t()?, &a.t()?)?;
+    }
+    let xb = array(&values(3 * 17 * 65, 6), &[3, 17, 65], h)?;
+    check_f16(&xb, &array(&values(2 * 65 * 20, 7), &[2, 1, 65, 20], h)?)
+}
+
 #[test]
 fn bf16_products_on_many_shapes() -> Result<()> {
     const S: [usize; 12] = [1, 2, 15, 16, 17, 31, 32, 33, 48, 63, 64, 100];

@@ -387,7 +387,7 @@ fn compute(
 /// `x` rounded to the nearest `bf16`, ties to even, NaN kept quiet (as
 /// `bf16::from_f32`), without branches, so that a loop of it vectorizes.
 #[inline(always)]
-fn round(x: f32) -> bf16 {
+pub(super) fn round(x: f32) -> bf16 {
     let bits = x.to_bits();
     let nearest = (bits.wrapping_add(0x7fff + (bits >> 16 & 1)) >> 16) as u16;
     let quiet = (bits >> 16) as u16 | 0x40;
