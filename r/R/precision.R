@@ -17,6 +17,12 @@
 #' This is JAX's `precision = "highest"` or `"tensorfloat32"`, and
 #' PyTorch's `torch.backends.cuda.matmul.allow_tf32`.
 #'
+#' Products of float16 and bfloat16 arrays always sum in float32 and round
+#' the result once to their dtype. On Intel CPUs with AMX (Sapphire Rapids
+#' and later, on Linux) bfloat16 products run on the AMX tiles, several
+#' times faster than float32 products of the same size; the sums then come
+#' in the hardware's order, and subnormal inputs count as zero.
+#'
 #' @param value `"highest"` or `"tf32"`. If missing, the current setting is
 #'   returned.
 #' @return The current setting (character); when `value` is given, the

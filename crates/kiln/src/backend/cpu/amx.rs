@@ -143,7 +143,8 @@ pub(super) fn product(
     let kp = k.div_ceil(KT) * KT;
     let (mp, np) = (m.div_ceil(T), n.div_ceil(T));
     let a_len = mp * T * kp;
-    let parts = if threads && m * n * k >= TEAM_WORK { team::threads() } else { 1 };
+    let work = m.saturating_mul(n).saturating_mul(k);
+    let parts = if threads && work >= TEAM_WORK { team::threads() } else { 1 };
     // Columns go in groups whose packed `b` (`kp * 32` bytes a panel)
     // stays in the L2 cache while every row pair of `a` passes over it;
     // each thread packs its groups of `b` just before it uses them.
