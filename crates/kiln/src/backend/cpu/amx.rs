@@ -54,6 +54,7 @@ use half::bf16;
 
 use super::sgemm::Mat;
 use super::Shared;
+use crate::backend::cpu::half_conv::Half;
 use crate::backend::cpu::team;
 use crate::error::{Error, Result};
 
@@ -377,22 +378,12 @@ fn compute(
                 // been written.
                 let dst = unsafe { std::slice::from_raw_parts_mut(c.get().add(i * n + j_range.start), j_range.len()) };
                 for (d, &x) in dst.iter_mut().zip(src) {
-                    d.write(round(x));
+                    d.write(bf16::narrow(x));
                 }
             }
         }
     }
     tiles::release();
-}
-
-/// `x` rounded to the nearest `bf16`, ties to even, NaN kept quiet (as
-/// `bf16::from_f32`), without branches, so that a loop of it vectorizes.
-#[inline(always)]
-pub(super) fn round(x: f32) -> bf16 {
-    let bits = x.to_bits();
-    let nearest = (bits.wrapping_add(0x7fff + (bits >> 16 & 1)) >> 16) as u16;
-    let quiet = (bits >> 16) as u16 | 0x40;
-    bf16::from_bits(if x.is_nan() { quiet } else { nearest })
 }
 
 /// The tile instructions, in inline assembly (Rust has no stable AMX

@@ -39,6 +39,7 @@ use half::{bf16, f16};
 use smallvec::SmallVec;
 
 use crate::array::Data;
+use crate::backend::cpu::half_conv::Half;
 use crate::backend::cpu::math::IntMath;
 use crate::backend::cpu::team;
 use crate::buffer::Buffer;
@@ -233,32 +234,11 @@ fn batch_offsets(l: &Layout, batch: &[usize]) -> Result<Offsets<isize>> {
 trait GemmElement: Element {}
 impl GemmElement for f64 {}
 
-/// The 16-bit floats, rounded from `f32` a slice at a time.
-trait Narrow: Element {
-    /// `dst[i] = src[i]` rounded to nearest, ties to even.
-    fn narrow(src: &[f32], dst: &mut [Self]);
-}
-
-impl Narrow for f16 {
-    fn narrow(src: &[f32], dst: &mut [f16]) {
-        // The conversion instructions where the CPU has them.
-        half::slice::HalfFloatSliceExt::convert_from_f32_slice(dst, src);
-    }
-}
-
-impl Narrow for bf16 {
-    fn narrow(src: &[f32], dst: &mut [bf16]) {
-        for (d, &x) in dst.iter_mut().zip(src) {
-            *d = amx::round(x);
-        }
-    }
-}
-
 /// `f16` and `bf16` products (`bf16` where AMX does not take it): both
 /// operands widened to `f32` (one elementwise pass each), an `f32` product
 /// ([`f32_batched`], kiln's own kernels: `gemm`'s `f16` path ran a 1024^3
 /// product 1.7x slower), the result rounded back once, in parallel.
-fn widened<T: Narrow>(a: &Data, b: &Data, shape: &[usize]) -> Result<Vec<T>> {
+fn widened<T: Element + Half>(a: &Data, b: &Data, shape: &[usize]) -> Result<Vec<T>> {
     let f32_ = crate::primitive::Primitive::AsType(crate::DType::F32);
     let widen = |x: &Data| super::fused::run_single(&f32_, &[x], &x.layout().shape, crate::DType::F32);
     let (a32, b32) = (widen(a)?, widen(b)?);
@@ -266,11 +246,12 @@ fn widened<T: Narrow>(a: &Data, b: &Data, shape: &[usize]) -> Result<Vec<T>> {
     drop((a32, b32));
     let mut narrow = take_vec::<T>("matmul", out.len())?;
     narrow.resize(out.len(), T::zero());
+    let round = |src: &[f32], dst: &mut [T]| dst.iter_mut().zip(src).for_each(|(d, &x)| *d = T::narrow(x));
     const CHUNK: usize = 1 << 15;
     if out.len() > CHUNK {
-        team::chunks(&mut narrow, CHUNK, |at, dst| T::narrow(&out[at..at + dst.len()], dst));
+        team::chunks(&mut narrow, CHUNK, |at, dst| round(&out[at..at + dst.len()], dst));
     } else {
-        T::narrow(&out, &mut narrow);
+        round(&out, &mut narrow);
     }
     Ok(narrow)
 }
