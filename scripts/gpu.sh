@@ -18,6 +18,15 @@
 #   bash scripts/gpu.sh r-test  # on the GPU machine: the R package's
 #                               # testthat suite, then the same suite with
 #                               # the GPU as the default device
+#   bash scripts/gpu.sh cpu-bench [DIR [PARTS]]
+#                               # on the GPU machine: the CPU benchmark on
+#                               # its host cores (issue 17's second CPU):
+#                               # one round of scripts/bench.sh's (kiln, the
+#                               # peers, the peers with reused blocks), the
+#                               # image's torch and jax on the CPU, report in
+#                               # DIR (default target/bench/host); PARTS
+#                               # picks some of kiln,peers,reuse (default
+#                               # all three) so the round can span calls
 #
 # At run time kiln loads libcuda, libnvrtc.so.13 and libcublas.so.13 by
 # name; KILN_CUDA_LIB_DIR names a folder to load them from first. On the
@@ -150,8 +159,47 @@ r-test)
     done
     exit $status
     ;;
+cpu-bench)
+    # One round of scripts/bench.sh with the image's Python (torch and jax;
+    # MLX is not installed there and is reported missing), both kept off the
+    # GPU. Each timed row gets KILN_BENCH_BUDGET_S seconds (default 0.6, a
+    # call's time on that machine is limited); the parts land in DIR as they
+    # finish, so an interrupted run still leaves the finished ones.
+    out=${2:-target/bench/host}
+    mkdir -p "$out"
+    export KILN_BENCH_BUDGET_S=${KILN_BENCH_BUDGET_S:-0.6}
+    peers() {
+        env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE JAX_PLATFORMS=cpu CUDA_VISIBLE_DEVICES= \
+            TORCHINDUCTOR_CACHE_DIR=/tmp/kiln-torch-cache "$@"
+    }
+    { lscpu; grep -m1 '^flags' /proc/cpuinfo; } > "$out/lscpu.txt"
+    want=",${3:-kiln,peers,reuse},"
+    # The peers read the sizes kiln's run writes; a later call carries them.
+    if [[ $want == *,kiln,* || ! -f "$out/sizes.json" ]]; then
+        "$carry/kiln-bench-gpu" run --out "$out/kiln-1.json" --sizes "$out/sizes.json"
+    fi
+    if [[ $want == *,peers,* ]]; then
+        peers python3 bench/peers/peers.py --all --sizes "$out/sizes.json" --out "$out/peers-1.json" || true
+    fi
+    if [[ $want == *,reuse,* ]]; then
+        peers env MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=4294967296 \
+            python3 bench/peers/peers.py --all --no-fresh --suffix +reuse \
+            --sizes "$out/sizes.json" --out "$out/peers-reuse-1.json" || true
+    fi
+    cat > "$out/machine.json" <<EOF
+{"records": [], "missing": [], "notes": [
+  "machine: the GPU machine's host, $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); one round, KILN_BENCH_BUDGET_S=$KILN_BENCH_BUDGET_S; peers: the image's Python (torch $(python3 -c 'import torch; print(torch.__version__)' 2>/dev/null), jax $(python3 -c 'import jax; print(jax.__version__)' 2>/dev/null)) on the CPU"
+]}
+EOF
+    parts=()
+    for f in "$out"/kiln-1.json "$out"/peers-1.json "$out"/peers-reuse-1.json; do
+        if [ -f "$f" ]; then parts+=("$f"); fi
+    done
+    "$carry/kiln-bench-gpu" report --out "$out" "$out/machine.json" "${parts[@]}" >/dev/null
+    cat "$out/cpu.md"
+    ;;
 *)
-    echo "usage: bash scripts/gpu.sh build|test|bench [--quick]|fuzz [SECONDS] [SEED]|r-build|r-test" >&2
+    echo "usage: bash scripts/gpu.sh build|test|bench [--quick]|fuzz [SECONDS] [SEED]|r-build|r-test|cpu-bench [DIR]" >&2
     exit 2
     ;;
 esac
