@@ -587,6 +587,132 @@ fn matmul_bias_epilogue(m: usize, k: usize, n: usize) -> Result<()> {
     Ok(())
 }
 
+/// A tanh gelu written out, as users write it.
+fn gelu(y: &Array) -> Result<Array> {
+    let inner = ((y + &((y.square()? * y)? * 0.044715f32)?)? * 0.797_884_6_f32)?;
+    (y * 0.5f32)? * (inner.tanh()? + 1.0f32)?
+}
+
+fn gelu_ref(v: f64) -> f64 {
+    0.5 * v * (1.0 + (0.797_884_6 * (v + 0.044715 * v * v * v)).tanh())
+}
+
+/// Epilogues that read the biased product several times (a gelu:
+/// rematerialization copies `x @ w + b` into each reader, and the product
+/// stays the head of the epilogue's kernel) run on each block of rows on
+/// the thread that computed it. Against the reference: one block; blocks
+/// split over the team by rows for either operand larger; rows longer
+/// than 2^15 (blocks of fewer than 8 rows); batched products with the
+/// batch from either operand and per-batch or per-row epilogue inputs; a
+/// transposed operand; two outputs.
+#[test]
+fn epilogues_run_on_each_block_of_rows() -> Result<()> {
+    let f32 = DType::F32;
+    // x's shape, w's, the epilogue input's, x read through a transpose.
+    type Case = (Vec<usize>, Vec<usize>, Vec<usize>, bool);
+    let cases: [Case; 9] = [
+        (vec![1, 3], vec![3, 5], vec![5], false),
+        (vec![9, 7], vec![7, 33], vec![9, 1], false),
+        (vec![150, 60], vec![60, 40], vec![40], false),
+        (vec![40, 60], vec![60, 150], vec![1, 150], false),
+        (vec![40, 60], vec![60, 150], vec![40, 150], true),
+        (vec![20, 2], vec![2, 40000], vec![40000], false),
+        (vec![3, 37, 16], vec![16, 24], vec![3, 1, 24], false),
+        (vec![37, 16], vec![2, 16, 24], vec![37, 1], true),
+        (vec![2, 64, 48], vec![2, 48, 72], vec![72], false),
+    ];
+    // One kernel: the product heads its epilogue although the biased sum
+    // has four readers.
+    let (x, w, b) =
+        (array(&values(24, 1), &[4, 6], f32)?, array(&values(18, 2), &[6, 3], f32)?, array(&[0.5], &[1], f32)?);
+    let plan = kiln::compile(|x: &Array, w: &Array, b: &Array| gelu(&(x.matmul(w)? + b)?)).explain((&x, &w, &b))?;
+    assert!(plan.contains("1 kernel(s)") && plan.contains("[fused] matmul -> add"), "{plan}");
+    let two = kiln::compile(|x: &Array, w: &Array, b: &Array| {
+        let y = (x.matmul(w)? + b)?;
+        Ok((gelu(&y)?, (&y * 2.0f32)?))
+    });
+    for (i, (sx, sw, sb, transposed)) in cases.iter().enumerate() {
+        let (nx, nw, nb) = (sx.iter().product(), sw.iter().product(), sb.iter().product::<usize>());
+        let (vx, vw, vb) = (values(nx, 40 + i as u64), values(nw, 50 + i as u64), values(nb, 60 + i as u64));
+        let x = if *transposed {
+            // The same values, read through a transposed view.
+            let (m, k) = (sx[sx.len() - 2], sx[sx.len() - 1]);
+            let mut t = vec![0.0; nx];
+            for r in 0..m {
+                for c in 0..k {
+                    t[c * m + r] = vx[r * k + c];
+                }
+            }
+            let mut st = sx.clone();
+            st.swap(sx.len() - 2, sx.len() - 1);
+            kiln::swapaxes(&array(&t, &st, f32)?, -1, -2)?
+        } else {
+            array(&vx, sx, f32)?
+        };
+        let (w, b) = (array(&vw, sw, f32)?, array(&vb, sb, f32)?);
+        let (prod, mag, shape) = reference(&vx, sx, &vw, sw);
+        let (g, y2) = two.call((&x, &w, &b))?;
+        let (g, y2) = (read(&g)?, read(&y2)?);
+        assert_eq!(g.len(), prod.len(), "case {i}");
+        let (m, n) = (shape[shape.len() - 2], shape[shape.len() - 1]);
+        // The epilogue input broadcast to the output: its index per element.
+        let pad: Vec<usize> = std::iter::repeat_n(1, shape.len() - sb.len()).chain(sb.iter().copied()).collect();
+        let bias_at = |e: usize| {
+            let (mut rem, mut at, mut step) = (e, 0, 1);
+            for d in (0..shape.len()).rev() {
+                let idx = rem % shape[d];
+                rem /= shape[d];
+                if pad[d] != 1 {
+                    at += idx * step;
+                }
+                step *= pad[d];
+            }
+            vb[at]
+        };
+        let k = sx[sx.len() - 1];
+        for e in 0..prod.len() {
+            let y = prod[e] + bias_at(e);
+            let tol = 2e-5 * (k as f64).sqrt() * (mag[e] + y.abs()).max(1.0);
+            let ctx = format!("case {i} ({m}x{k}x{n}): element {e}");
+            assert!((y2[e] - 2.0 * y).abs() <= 2.0 * tol, "{ctx}: 2y {} vs {}", y2[e], 2.0 * y);
+            assert!((g[e] - gelu_ref(y)).abs() <= 2.0 * tol, "{ctx}: gelu {} vs {}", g[e], gelu_ref(y));
+        }
+    }
+    Ok(())
+}
+
+/// A product that an epilogue reads together with an op that cannot join
+/// the epilogue's kernel (it needs a reduction of that kernel's output)
+/// runs as a kernel of its own, and both readers see it.
+#[test]
+fn a_product_read_outside_its_epilogue_runs_on_its_own() -> Result<()> {
+    let (m, k, n) = (24, 10, 40);
+    let (vx, vw, vb) = (values(m * k, 70), values(k * n, 71), values(n, 72));
+    let f32 = DType::F32;
+    let (x, w, b) = (array(&vx, &[m, k], f32)?, array(&vw, &[k, n], f32)?, array(&vb, &[n], f32)?);
+    let f = kiln::compile(|x: &Array, w: &Array, b: &Array| {
+        let p = x.matmul(w)?;
+        let s = (&p + b)?.tanh()?;
+        let t = s.sum(-1, true)?;
+        Ok((s, (&p * &t)?))
+    });
+    let (s, u) = f.call((&x, &w, &b))?;
+    let (s, u) = (read(&s)?, read(&u)?);
+    let (prod, mag, _) = reference(&vx, &[m, k], &vw, &[k, n]);
+    for i in 0..m {
+        let row: Vec<f64> = (0..n).map(|j| (prod[i * n + j] + vb[j]).tanh()).collect();
+        let t: f64 = row.iter().sum();
+        for (j, &r) in row.iter().enumerate() {
+            let e = i * n + j;
+            let tol = 1e-5 * (k as f64).sqrt() * mag[e].max(1.0);
+            assert!((s[e] - r).abs() <= tol, "({i}, {j}): tanh {} vs {r}", s[e]);
+            let want = prod[e] * t;
+            assert!((u[e] - want).abs() <= tol * (n as f64) * t.abs().max(1.0), "({i}, {j}): {} vs {want}", u[e]);
+        }
+    }
+    Ok(())
+}
+
 #[test]
 fn the_cpu_keeps_true_f32_products_when_tf32_is_allowed() -> Result<()> {
     // The setting is a permission; the CPU has no TF32 path, so an f32

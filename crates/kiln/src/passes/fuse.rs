@@ -7,8 +7,10 @@
 //! shape and layout (broadcasts and views are folded into the group's loads).
 //! A member whose value is needed outside the group (by another kernel or as
 //! a program output) is a group output: groups may have several outputs.
-//! A matrix product used only by such a group becomes the group's head: its
-//! bias and activation run as an epilogue over its output.
+//! A matrix product read only by such a group (by one of its ops or by
+//! several, as the copies of a shared `product + bias` that
+//! rematerialization makes for a gelu) becomes the group's head: its bias
+//! and activation run as an epilogue over its output.
 //! A reduction that is the only consumer of a group's only output absorbs
 //! the group (so `sum(x * x)` reads `x` once and never writes `x * x`).
 //! Merging never creates a cycle: an instruction joins a group only if none
@@ -372,10 +374,15 @@ pub fn plan(p: &Program, facts: &dyn Facts) -> Vec<Planned> {
             }
         }
         let g = joined.unwrap_or_else(|| {
+            // Its other readers (copies of a shared `product + bias`, say,
+            // made by rematerialization) may join the group after `i`; a
+            // head some reader stays outside of is let go after grouping.
             let head = p.instrs[i].inputs.iter().copied().find(|&x| {
                 matches!(p.instrs[x].prim, Primitive::Matmul)
                     && p.instrs[x].shape == *shape
-                    && consumers[x] == [i]
+                    && consumers[x]
+                        .iter()
+                        .all(|&c| p.instrs[c].prim.class() == FusionClass::Elementwise && p.instrs[c].shape == *shape)
                     && !is_output[x]
                     && group_of[x].is_none()
             });
@@ -424,6 +431,18 @@ pub fn plan(p: &Program, facts: &dyn Facts) -> Vec<Planned> {
                 heads[g] = Some(hd);
             }
             groups[g] = merge_sorted(&groups[g], &moved);
+        }
+    }
+
+    // A product read outside its group runs as a kernel of its own, before
+    // the group (which then reads it as an input: no cycle, the product's
+    // own inputs were the group's already).
+    for (g, head) in heads.iter_mut().enumerate() {
+        if let Some(h) = *head {
+            if consumers[h].iter().any(|&c| group_of[c] != Some(g)) {
+                *head = None;
+                group_of[h] = None;
+            }
         }
     }
 

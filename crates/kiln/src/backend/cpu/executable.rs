@@ -313,11 +313,14 @@ pub(crate) fn run_step<S: AsRef<[usize]>>(
 }
 
 /// A matrix product and its elementwise epilogue (`ins` = `a`, `b`, then the
-/// group's other inputs). When the epilogue starts by adding a bias to the
-/// product, and nothing else reads the bare product, the bias seeds the
-/// product's output ([`cpu::matmul::matmul_bias`]) and the rest of the group
-/// runs on the sum; otherwise the product runs alone and the whole group
-/// after it.
+/// group's other inputs). An epilogue that is only a bias seeds the
+/// product's output where the product's kernel reads it
+/// ([`cpu::matmul::matmul_bias`]). Any other runs on each block of rows of
+/// the product as it is computed, on the thread that computed it
+/// ([`cpu::matmul::f32_row_blocks`], `f32` products of mid size). Else,
+/// when the epilogue starts by adding a bias that nothing else reads bare,
+/// the bias seeds the product and the rest of the group runs on the sum
+/// after it; otherwise the product runs alone and the whole group after it.
 /// The product's buffer is fresh, so the epilogue writes over it. `split`
 /// is [`split_bias`] of `group`, made when the executable was built.
 fn matmul_epilogue(
@@ -328,6 +331,22 @@ fn matmul_epilogue(
     outs: &mut Outs,
 ) -> Result<()> {
     let (a, b) = (args[0].data(), args[1].data());
+    // A bias alone starts the product's output, where its kernel reads it
+    // (no pass over the output at all); any other epilogue runs on each
+    // block of rows as it is computed, where the product's size allows.
+    let bias_alone = split.is_some_and(|(_, rest)| rest.ops.is_empty());
+    if !bias_alone && !group.ops.is_empty() && cpu::matmul::row_blocks_take(a, b, out_shape) {
+        let done = {
+            let others: SmallVec<[&Data; 4]> = args[2..].iter().map(|a| a.data()).collect();
+            let product =
+                |then: &(dyn Fn(usize, usize, &cpu::Buffer) + Sync)| cpu::matmul::f32_row_blocks(a, b, out_shape, then);
+            cpu::fused::launch_blocks(group, &others, out_shape, outs, product)?
+        };
+        if done {
+            args.clear();
+            return Ok(());
+        }
+    }
     let with_bias = match split {
         Some((bias, rest)) => cpu::matmul::matmul_bias(a, b, args[bias + 1].data(), out_shape)?.map(|buf| (buf, rest)),
         None => None,

@@ -10,7 +10,7 @@
 //! its machine code is made once.
 
 use crate::array::Data;
-use crate::backend::cpu::interpreter::{out_ptr, plan_load, view_as, Exec, Loads, OutPtr, INLINE};
+use crate::backend::cpu::interpreter::{exec_range, out_ptr, plan_load, view_as, Exec, Load, Loads, OutPtr, INLINE};
 use crate::backend::cpu::rows::Claimed;
 use crate::backend::cpu::stream;
 use crate::backend::cpu::{Buffer, CpuGroup};
@@ -193,6 +193,78 @@ pub(crate) fn launch(
         }
     }
     Ok(())
+}
+
+/// Runs `g` over `shape` block by block as `produce` makes its input 0 (a
+/// matrix product's output: [`crate::backend::cpu::matmul::f32_row_blocks`]),
+/// pushing its outputs onto `outs`. `produce(then)` calls `then(start, len,
+/// block)`, from any thread of the team, once for each block of whole rows
+/// of `shape`'s last dimension within one matrix of its last two: input 0
+/// at positions `start..start + len` is the first `len` elements of
+/// `block`, and the group runs over those positions right then, on that
+/// thread. `others` are the group's inputs from 1 on.
+///
+/// Returns `false`, pushing nothing, when `produce` does (it took no
+/// blocks) or when an output of `g` is one of its inputs.
+pub(crate) fn launch_blocks(
+    g: &CpuGroup,
+    others: &[&Data],
+    shape: &[usize],
+    outs: &mut Outs,
+    produce: impl FnOnce(&(dyn Fn(usize, usize, &Buffer) + Sync)) -> crate::Result<bool>,
+) -> crate::Result<bool> {
+    let (n_in, nd) = (g.inputs.len(), shape.len());
+    if nd < 2 || others.len() + 1 != n_in || g.outputs.iter().any(|&r| r < n_in) {
+        return Ok(false);
+    }
+    let total: usize = shape.iter().product();
+    let mut fresh: SmallVec<[Buffer; INLINE]> = SmallVec::new();
+    let mut ptrs: SmallVec<[OutPtr; INLINE]> = SmallVec::new();
+    for &r in &g.outputs {
+        let op = if g.ops.len() == 1 { g.ops[0].prim.name() } else { "fused" };
+        let mut b = crate::memory::take(op, g.reg_dtype(r), total)?;
+        ptrs.push(out_ptr(&mut b));
+        fresh.push(b);
+    }
+    let views: SmallVec<[Layout; INLINE]> = others.iter().map(|d| view_as(d, shape).into_owned()).collect();
+    let sizes: SmallVec<[usize; INLINE]> = g.outputs.iter().map(|&r| g.reg_dtype(r).size()).collect();
+    let then = |start: usize, len: usize, block: &Buffer| {
+        let mut loads = Loads::new();
+        loads.push(Load::InPlace(block, 0));
+        loads.extend(others.iter().zip(&views).map(|(d, l)| plan_load(d.buffer(), &rows_of(l, shape, start, len))));
+        // The outputs at the block's positions (in bounds: start + len <= total).
+        let at: SmallVec<[OutPtr; INLINE]> =
+            ptrs.iter().zip(&sizes).map(|(p, &size)| OutPtr(p.0.wrapping_add(start * size))).collect();
+        exec_range(g, &loads, 0, len, &at);
+    };
+    if !produce(&then)? {
+        return Ok(false);
+    }
+    for mut b in fresh {
+        // SAFETY: the blocks cover every position of `shape` once, and the
+        // group's run over each wrote every output element there.
+        crate::with_buffer!(&mut b, v => unsafe { v.set_len(total) });
+        outs.push(Data::contiguous(b, shape));
+    }
+    Ok(true)
+}
+
+/// Positions `start..start + len` of `l` over the row-major space `shape`:
+/// whole rows of its last dimension within one matrix of its last two, as
+/// a `rows x cols` layout.
+fn rows_of(l: &Layout, shape: &[usize], start: usize, len: usize) -> Layout {
+    let nd = shape.len();
+    let cols = shape[nd - 1];
+    let (mut row, mut offset) = (start / cols, l.offset as isize);
+    for d in (0..nd - 1).rev() {
+        offset += (row % shape[d]) as isize * l.strides[d];
+        row /= shape[d];
+    }
+    Layout {
+        shape: [len / cols, cols].into_iter().collect(),
+        strides: [l.strides[nd - 2], l.strides[nd - 1]].into_iter().collect(),
+        offset: offset as usize,
+    }
 }
 
 /// Runs one elementwise primitive eagerly, as a group of one op.
