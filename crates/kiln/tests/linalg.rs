@@ -848,6 +848,15 @@ fn bf16_products_on_strided_batched_and_large_operands() -> Result<()> {
         let a = array(&values(m * k, (m + k) as u64), &[m, k], bf)?;
         check_bf16(&a, &array(&values(k * n, (k * n) as u64), &[k, n], bf)?)?;
     }
+    // The grids of parts (blocks of rows by blocks of columns) that a
+    // machine of more cores splits a product into, on square and odd shapes.
+    for parts in [3, 4, 7, 16] {
+        for (m, k, n) in [(160, 96, 160), (300, 130, 273), (40, 70, 520)] {
+            let a = array(&values(m * k, (m * parts) as u64), &[m, k], bf)?;
+            let b = array(&values(k * n, (n * parts) as u64), &[k, n], bf)?;
+            amx::with_parts(parts, || check_bf16(&a, &b))?;
+        }
+    }
     Ok(())
 }
 

@@ -145,7 +145,7 @@ pub(super) fn product(
     let (mp, np) = (m.div_ceil(T), n.div_ceil(T));
     let a_len = mp * T * kp;
     let work = m.saturating_mul(n).saturating_mul(k);
-    let parts = if threads && work >= TEAM_WORK { team::threads() } else { 1 };
+    let parts = if threads && work >= TEAM_WORK { PARTS.with(Cell::get).unwrap_or_else(team::threads) } else { 1 };
     // Columns go in groups whose packed `b` (`kp * 32` bytes a panel)
     // stays in the L2 cache while every row pair of `a` passes over it;
     // each thread packs its groups of `b` just before it uses them.
@@ -181,14 +181,16 @@ pub(super) fn product(
     // initialized (plain bits: any value is valid), and the scratch outlives
     // this borrow, which the group buffers after it do not overlap.
     let pa = unsafe { std::slice::from_raw_parts(base.get().cast::<bf16>(), a_len) };
-    let by_cols = n >= m;
-    let pairs = if by_cols { np } else { mp }.div_ceil(2);
-    let parts = parts.min(pairs);
+    let (row_pairs, col_pairs) = (mp.div_ceil(2), np.div_ceil(2));
+    let (pr, pc) = grid(parts, row_pairs, col_pairs, n >= m);
     let dst = Shared(c.as_mut_ptr());
     let block = |i: usize| {
-        let r = share(pairs, parts, i);
-        let panels = |count: usize| (r.start * 2).min(count)..(r.end * 2).min(count);
-        let (rows, cols) = if by_cols { (0..mp, panels(np)) } else { (panels(mp), 0..np) };
+        // Share `j` of `of` of the `pairs` pairs of `count` panels.
+        let panels = |pairs: usize, count: usize, of: usize, j: usize| {
+            let r = share(pairs, of, j);
+            (r.start * 2).min(count)..(r.end * 2).min(count)
+        };
+        let (rows, cols) = (panels(row_pairs, mp, pr, i / pc), panels(col_pairs, np, pc, i % pc));
         // SAFETY: part `i < parts` owns the `i`-th group buffer of
         // `g_words` `u32`s after packed `a`, inside the `words` from
         // `base`; no other part touches it, and `run` returns before the
@@ -196,8 +198,30 @@ pub(super) fn product(
         let buf = unsafe { std::slice::from_raw_parts_mut(base.get().add(a_len / 2 + i * g_words), g_words) };
         compute(pa, b, buf, [m, n, k, kp], group, rows, cols, dst);
     };
-    run(parts, &block);
+    run(pr * pc, &block);
     Ok(())
+}
+
+/// The parts of a product as a grid of `pr` blocks of row pairs by `pc`
+/// blocks of column pairs (at most `parts` in all): the fewest pairs per
+/// part, then the fewest row and column pairs a part reads, then columns
+/// split before rows where `cols_first`. A part reads its rows of `a` once
+/// per column pair and its columns of `b` once per row pair, so near-square
+/// blocks read the least: on 16 threads a 1024^3 product split by columns
+/// alone had every part read all of `a` from the shared cache twice.
+fn grid(parts: usize, rows: usize, cols: usize, cols_first: bool) -> (usize, usize) {
+    let (parts, rows, cols) = (parts.max(1), rows.max(1), cols.max(1));
+    let mut best = (1, 1);
+    let mut best_key = (usize::MAX, usize::MAX, true);
+    for pr in 1..=parts.min(rows) {
+        let pc = (parts / pr).min(cols);
+        let (h, w) = (rows.div_ceil(pr), cols.div_ceil(pc));
+        let key = (h * w, h + w, if cols_first { pr > pc } else { pc > pr });
+        if key < best_key {
+            (best, best_key) = ((pr, pc), key);
+        }
+    }
+    best
 }
 
 /// The packed operands' buffer, kept by each thread between products (up
@@ -536,5 +560,40 @@ mod tiles {
 
     pub(super) fn block(_: &[bf16], _: &[u32], _: [usize; 4], _: bool, _: bool, _: bool, _: &mut [f32]) {
         unreachable!("amx: available() is false off x86-64")
+    }
+}
+
+thread_local! {
+    /// Parts a product started on this thread splits into ([`with_parts`]).
+    static PARTS: Cell<Option<usize>> = const { Cell::new(None) };
+}
+
+/// Runs `f` with products started on this thread split into `parts` parts
+/// (at least 1) instead of one per thread of the team: for tests of the
+/// splits a machine with more cores would make, and for measurements.
+pub fn with_parts<R>(parts: usize, f: impl FnOnce() -> R) -> R {
+    let old = PARTS.with(|p| p.replace(Some(parts.max(1))));
+    let r = f();
+    PARTS.with(|p| p.set(old));
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::grid;
+
+    #[test]
+    fn parts_form_near_square_grids() {
+        assert_eq!(grid(16, 32, 32, true), (4, 4));
+        assert_eq!(grid(2, 32, 32, true), (1, 2));
+        assert_eq!(grid(2, 32, 32, false), (2, 1));
+        assert_eq!(grid(16, 1, 64, true), (1, 16));
+        assert_eq!(grid(3, 32, 2, true), (3, 1));
+        assert_eq!(grid(8, 64, 4, true), (8, 1));
+        assert_eq!(grid(1, 5, 5, false), (1, 1));
+        for parts in 1..40 {
+            let (pr, pc) = grid(parts, 7, 9, parts % 2 == 0);
+            assert!(pr * pc <= parts && pr <= 7 && pc <= 9, "{parts}: {pr} x {pc}");
+        }
     }
 }

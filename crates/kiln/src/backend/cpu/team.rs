@@ -296,12 +296,21 @@ impl Team {
     }
 
     /// A helper's life: wait for a job, work on it (unless [`set_threads`]
-    /// leaves helper `index` out), repeat.
+    /// leaves helper `index` out, or the job has too few parts to reach
+    /// it), repeat.
+    ///
+    /// A job of `p` parts is taken up by helpers `0..p - 1` only (the
+    /// caller works on it too): the others leave its counters alone. Every
+    /// helper that enters a job touches the job's state word and `active`,
+    /// and the caller waits for each to leave, so on a machine of many
+    /// cores a job of two parts would otherwise cost a round of shared
+    /// atomic writes by every helper.
     fn helper(&self, index: usize) {
         let mut seen = job(self.state.load(Ordering::Acquire));
         loop {
             seen = self.wait_for_job(seen);
-            if index + 1 < threads() {
+            let s = self.state.load(Ordering::Acquire);
+            if index + 1 < threads() && job(s) == seen && index + 1 < parts_of(s) {
                 self.work(seen);
             }
         }
