@@ -65,7 +65,8 @@ const T: usize = 16;
 /// Multiply-adds from which a product runs on AMX (smaller ones are
 /// widened: packing would cost more than the tiles save).
 const MIN_WORK: usize = 1 << 12;
-/// Multiply-adds from which a product splits over the team's threads.
+/// Multiply-adds per part of a product split over the team's threads (one
+/// part per this many, at most one per thread).
 const TEAM_WORK: usize = 1 << 20;
 /// Bytes of packed `b` computed against each row pair of `a` in turn (see
 /// `compute`): about half a 2 MiB L2 cache.
@@ -145,7 +146,9 @@ pub(super) fn product(
     let (mp, np) = (m.div_ceil(T), n.div_ceil(T));
     let a_len = mp * T * kp;
     let work = m.saturating_mul(n).saturating_mul(k);
-    let parts = if threads && work >= TEAM_WORK { PARTS.with(Cell::get).unwrap_or_else(team::threads) } else { 1 };
+    // One part per TEAM_WORK multiply-adds, at most one per thread.
+    let parts =
+        if threads { PARTS.with(Cell::get).unwrap_or_else(|| team::threads().min(work / TEAM_WORK)).max(1) } else { 1 };
     // Columns go in groups whose packed `b` (`kp * 32` bytes a panel)
     // stays in the L2 cache while every row pair of `a` passes over it;
     // each thread packs its groups of `b` just before it uses them.
