@@ -627,6 +627,14 @@ fn epilogues_run_on_each_block_of_rows() -> Result<()> {
         (array(&values(24, 1), &[4, 6], f32)?, array(&values(18, 2), &[6, 3], f32)?, array(&[0.5], &[1], f32)?);
     let plan = kiln::compile(|x: &Array, w: &Array, b: &Array| gelu(&(x.matmul(w)? + b)?)).explain((&x, &w, &b))?;
     assert!(plan.contains("1 kernel(s)") && plan.contains("[fused] matmul -> add"), "{plan}");
+    // Empty operands: k = 0 (the epilogue of zeros plus the bias), m = 0.
+    let zero = kiln::compile(|x: &Array, w: &Array, b: &Array| gelu(&(x.matmul(w)? + b)?));
+    let (x0, w0, b0) = (kiln::zeros(&[3, 0], f32)?, kiln::zeros(&[0, 4], f32)?, array(&values(4, 3), &[4], f32)?);
+    let got = read(&zero.call((&x0, &w0, &b0))?)?;
+    let want: Vec<f64> = (0..12).map(|e| gelu_ref(values(4, 3)[e % 4])).collect();
+    assert!(got.iter().zip(&want).all(|(g, w)| (g - w).abs() <= 1e-6), "k = 0: {got:?} vs {want:?}");
+    let got = zero.call((&kiln::zeros(&[0, 5], f32)?, &kiln::zeros(&[5, 4], f32)?, &b0))?;
+    assert_eq!(got.shape(), &[0, 4]);
     let two = kiln::compile(|x: &Array, w: &Array, b: &Array| {
         let y = (x.matmul(w)? + b)?;
         Ok((gelu(&y)?, (&y * 2.0f32)?))

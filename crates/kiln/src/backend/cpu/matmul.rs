@@ -13,10 +13,10 @@
 //! `a @ b + bias` costs one pass over the output. Any other epilogue of a
 //! product up to [`EPILOGUE_WORK`] multiply-adds runs on each block of
 //! rows right after the block is computed, on the same thread
-//! ([`f32_row_blocks`]): a 32x128x256 product with a tanh gelu after its
-//! bias took 16 us so against 22-26 us as a product and a pass after it
-//! (2-core Xeon), whose pass read half the output from the other core. Integers use an exact loop in i-k-j order with wrapping
-//! arithmetic (as `+` and `*` on integer arrays).
+//! ([`f32_row_blocks`]), rather than in a pass after the product that
+//! reads most of the output from other cores' caches. Integers use an
+//! exact loop in i-k-j order with wrapping arithmetic (as `+` and `*` on
+//! integer arrays).
 //!
 //! Threads: a product of at least [`PAR_WORK`] multiply-adds splits its
 //! output into one block per thread of the team (`split_blocks`), each a
