@@ -209,7 +209,7 @@ pub fn f32_row_blocks(
     // Blocks of whole tiles of rows, at most EPILOGUE_BLOCK elements, and
     // one per thread at least once the product is worth splitting (as
     // `sgemm` splits it).
-    let threads = sgemm::team_parts(nb * m * n * k);
+    let threads = team::parts_for(nb * m * n * k, sgemm::TEAM_WORK);
     let most = (EPILOGUE_BLOCK / n).max(1);
     let most = if most >= sgemm::MR { most / sgemm::MR * sgemm::MR } else { most };
     let rows = m.div_ceil(threads.div_ceil(nb)).next_multiple_of(sgemm::MR).min(most);

@@ -43,16 +43,6 @@ const PAR_WORK: usize = 1 << 22;
 /// (see [`crate::backend::cpu::team`]).
 pub const TEAM_WORK: usize = 1 << 17;
 
-/// Parts a product of `work` multiply-adds splits into on the team: one
-/// per [`TEAM_WORK`] multiply-adds (a few microseconds of one core's
-/// time, against a hand-over of about one), at most one per thread. On a
-/// machine of many cores a small product then runs on a few of them,
-/// rather than each core taking a sliver and the next kernel reading the
-/// output back from all of their caches.
-pub fn team_parts(work: usize) -> usize {
-    crate::backend::cpu::team::threads().min(work / TEAM_WORK).max(1)
-}
-
 /// Which kernel computes f32 products.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Level {
@@ -362,7 +352,7 @@ mod avx512 {
 
     impl Blocks {
         fn new(m: usize, n: usize, k: usize, unit: usize, threads: bool) -> Blocks {
-            let threads = if threads { team_parts(m * n * k) } else { 1 };
+            let threads = if threads { crate::backend::cpu::team::parts_for(m * n * k, TEAM_WORK) } else { 1 };
             let (tiles, panels) = (m.div_ceil(MR), n.div_ceil(NR));
             // Each part reads its own rows of `a` and all of `b`, or all of
             // `a` and its own panels of `b`: split the larger operand (`m x

@@ -166,6 +166,15 @@ pub fn threads() -> usize {
     }
 }
 
+/// Parts to split `work` into: one per `per_part` of it (a few
+/// microseconds of one core's time, against a hand-over of about one), at
+/// most one per thread, at least one. On a machine of many cores a small
+/// job then runs on a few of them, rather than each core taking a sliver
+/// and the next kernel reading the result back from all of their caches.
+pub fn parts_for(work: usize, per_part: usize) -> usize {
+    threads().min(work / per_part.max(1)).max(1)
+}
+
 /// Runs `task(i)` for every `i < parts`, on the calling thread and the
 /// team's helpers, and returns when all have run. Parts run in any order,
 /// each exactly once. A panic in a part is raised again here, after every
