@@ -318,6 +318,36 @@ macro_rules! float_element {
 float_element!(f32, F32);
 float_element!(f64, F64);
 
+/// `v` rounded to odd at `f32`'s precision: `v` where an `f32` holds it,
+/// else the `f32` next to `v` toward zero with its last bit set (NaN and
+/// values beyond `f32`'s range as `as` converts them). Rounding the result
+/// to a format of at least two bits fewer (the 16-bit floats), ties to
+/// even, rounds `v` once: the extra bits keep whether `v` was above, below
+/// or at a tie, and the odd last bit that an inexact `v` is no tie.
+/// Stepping an `f32`'s bits down by one steps its magnitude down to the
+/// next `f32`.
+pub(crate) fn f32_odd(v: f64) -> f32 {
+    let f = v as f32;
+    if !f.is_finite() || f64::from(f) == v {
+        return f;
+    }
+    let bits = f.to_bits();
+    let toward_zero = if f64::from(f).abs() > v.abs() { bits - 1 } else { bits };
+    f32::from_bits(toward_zero | 1)
+}
+
+/// `v` rounded to odd at `f64`'s precision (see [`f32_odd`]), so that
+/// [`f32_odd`] after it still rounds to odd.
+pub(crate) fn f64_odd(v: i64) -> f64 {
+    let f = v as f64;
+    if f as i128 == i128::from(v) {
+        return f;
+    }
+    let bits = f.to_bits();
+    let toward_zero = if (f as i128).abs() > i128::from(v).abs() { bits - 1 } else { bits };
+    f64::from_bits(toward_zero | 1)
+}
+
 macro_rules! half_element {
     ($t:ty, $d:ident) => {
         impl Element for $t {
@@ -330,13 +360,19 @@ macro_rules! half_element {
             fn to_i64(self) -> i64 {
                 self.to_f32() as i64
             }
+            /// Rounded once, ties to even: through an `f32` rounded to odd
+            /// ([`f32_odd`]; `half`'s own `from_f64` drops the low 32 bits
+            /// of the mantissa first, so a value just above a tie rounds
+            /// down).
             #[inline(always)]
             fn from_f64(v: f64) -> Self {
-                <$t>::from_f64(v)
+                <$t>::from_f32(f32_odd(v))
             }
+            /// Rounded once, ties to even (through an `f64` rounded to odd,
+            /// [`f64_odd`], then as [`Element::from_f64`]).
             #[inline(always)]
             fn from_i64(v: i64) -> Self {
-                <$t>::from_f64(v as f64)
+                <$t>::from_f32(f32_odd(f64_odd(v)))
             }
             fn zero() -> Self {
                 <$t>::ZERO

@@ -474,3 +474,43 @@ fn astype_large_strided_arrays() -> Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn casts_to_16_bit_floats_round_once() -> Result<()> {
+    // Values just above (or below) a tie of the 16-bit type, by less than
+    // the low 32 bits of an f64's mantissa or an i64's bits past an f64's:
+    // rounded once, to nearest, they leave the tie; rounding twice (to f32,
+    // or dropping the low bits, as `half`'s own conversions from f64 do)
+    // lands on the tie and goes to even. Eager and compiled alike.
+    let tiny = 2f64.powi(-40);
+    let cases: Vec<(DType, f64, f64)> = vec![
+        // (dtype, value, its value rounded once)
+        (BF16, 1.0 + 2f64.powi(-8) + tiny, 1.0 + 2f64.powi(-7)),
+        (BF16, 1.0 + 2f64.powi(-8) - tiny, 1.0),
+        (BF16, 1.0 + 2f64.powi(-8), 1.0),
+        (BF16, -(1.0 + 3.0 * 2f64.powi(-8) - tiny), -(1.0 + 2f64.powi(-7))),
+        (BF16, 6_438_914.0, 6_455_296.0),
+        (F16, 1.0 + 2f64.powi(-11) + tiny, 1.0 + 2f64.powi(-10)),
+        (F16, 1.0 + 2f64.powi(-11), 1.0),
+        (F16, -(2048.0 + 1.0 + tiny), -2050.0),
+    ];
+    let f = |x: &Array, dt: DType| x.astype(dt);
+    for (dt, v, want) in cases {
+        let x = Array::from_vec(vec![v], &[1])?;
+        let eager = f(&x, dt)?.astype(F64)?.to_vec::<f64>()?[0];
+        let compiled = kiln::compile(move |x: &Array| f(x, dt)).call(&x)?.astype(F64)?.to_vec::<f64>()?[0];
+        assert_eq!(eager, want, "{v:e} to {dt:?} (eager)");
+        assert_eq!(compiled, want, "{v:e} to {dt:?} (compiled)");
+    }
+    // From i64 and i32: 2^60 + 2^52 + 1 is one past a tie of bfloat16
+    // (whose step there is 2^53), and an f64 drops the 1.
+    let big: i64 = (1 << 60) + (1 << 52) + 1;
+    let x = Array::from_vec(vec![big, -big, (1 << 60) + (1 << 52)], &[3])?;
+    let got = x.astype(BF16)?.astype(F64)?.to_vec::<f64>()?;
+    let up = 2f64.powi(60) + 2f64.powi(53);
+    assert_eq!(got, vec![up, -up, 2f64.powi(60)], "i64 to bfloat16");
+    let x = Array::from_vec(vec![(1i32 << 25) + (1 << 17) + 1], &[1])?;
+    let got = x.astype(BF16)?.astype(F64)?.to_vec::<f64>()?[0];
+    assert_eq!(got, 2f64.powi(25) + 2f64.powi(18), "i32 to bfloat16");
+    Ok(())
+}

@@ -55,9 +55,9 @@ impl Scalar {
     pub fn to_buffer(self, dtype: DType) -> Buffer {
         crate::with_dtype!(dtype, T => {
             let v: T = match self {
-                Scalar::Bool(b) => T::from_i64(b as i64),
-                Scalar::Int(i) => T::from_i64(i),
-                Scalar::Float(f) => T::from_f64(f),
+                Scalar::Bool(b) => <T as Element>::from_i64(b as i64),
+                Scalar::Int(i) => <T as Element>::from_i64(i),
+                Scalar::Float(f) => <T as Element>::from_f64(f),
             };
             Buffer::from_vec(vec![v])
         })

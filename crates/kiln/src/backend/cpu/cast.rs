@@ -23,12 +23,12 @@ fn cast_from<S: Element>(x: Src, out: &mut Buffer) {
     crate::with_dtype!(out.dtype(), D => {
         if float_src {
             if D::DTYPE == DType::Bool {
-                map1(x, out, |v: S| D::from_f64((v.to_f64() != 0.0) as u8 as f64))
+                map1(x, out, |v: S| <D as Element>::from_f64((v.to_f64() != 0.0) as u8 as f64))
             } else {
-                map1(x, out, |v: S| D::from_f64(v.to_f64()))
+                map1(x, out, |v: S| <D as Element>::from_f64(v.to_f64()))
             }
         } else {
-            map1(x, out, |v: S| D::from_i64(v.to_i64()))
+            map1(x, out, |v: S| <D as Element>::from_i64(v.to_i64()))
         }
     })
 }

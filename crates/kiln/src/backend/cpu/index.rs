@@ -239,7 +239,7 @@ pub fn take(x: &Data, idx: &Data, axis: usize, shape: &[usize]) -> Result<Buffer
 pub fn arange(start: f64, step: f64, len: usize, dtype: DType) -> Result<Buffer> {
     Ok(crate::with_dtype!(dtype, T => Buffer::from_vec(fill("arange", len, |s, out: &mut [MaybeUninit<T>]| {
         for (i, d) in out.iter_mut().enumerate() {
-            d.write(T::from_f64(start + (s + i) as f64 * step));
+            d.write(<T as Element>::from_f64(start + (s + i) as f64 * step));
         }
     })?)))
 }
