@@ -1200,3 +1200,71 @@ fn integer_floor_division_remainder_and_pow_are_exact_at_every_magnitude() -> Re
     }
     Ok(())
 }
+
+/// `x` rounded once to 8 significant bits (bfloat16's), ties to even, in
+/// integer arithmetic: the value a conversion from `x`'s exact value gives.
+fn bf16_of_int(x: i32) -> f32 {
+    let a = i64::from(x).unsigned_abs();
+    let top = 63 - a.leading_zeros().min(63);
+    let r = if a == 0 || top <= 7 {
+        a
+    } else {
+        let shift = top - 7;
+        let (mut q, rest, half) = (a >> shift, a & ((1 << shift) - 1), 1u64 << (shift - 1));
+        if rest > half || (rest == half && q & 1 == 1) {
+            q += 1;
+        }
+        q << shift
+    };
+    let v = r as f32;
+    if x < 0 {
+        -v
+    } else {
+        v
+    }
+}
+
+#[test]
+fn int32_to_bfloat16_rounds_once_at_every_magnitude() -> Result<()> {
+    // Through an f32 rounded to odd (see jit's int_to_float_odd), so each
+    // value is rounded once, as from its exact value. Rounding to the
+    // nearest f32 first would go wrong where that makes a tie of bfloat16:
+    // 2^25 + 2^17 + 1 rounds to the f32 2^25 + 2^17, halfway between two
+    // bfloat16 values, and then to even, down, where it should go up.
+    let mut rng = Rng::new(4096);
+    let mut v = log_uniform_ints(&mut rng, 50_000);
+    for e in 8..31 {
+        let ulp = 1i64 << (e - 7);
+        for m in [0i64, 1, 2, 126, 127] {
+            let tie = (1i64 << e) + m * ulp + ulp / 2;
+            for d in [-2i64, -1, 0, 1, 2, ulp / 2] {
+                for s in [1i64, -1] {
+                    let x = s * (tie + d);
+                    if let Ok(x) = i32::try_from(x) {
+                        v.push(x);
+                    }
+                }
+            }
+        }
+    }
+    v.extend([i32::MIN, i32::MAX, i32::MIN + 1, i32::MAX - 64, 0, 1, -1, (1 << 25) + (1 << 17) + 1]);
+    let n = v.len();
+    let x = Array::from_vec(v.clone(), &[n])?;
+    let c = compile(|x: &Array| x.astype(DType::BF16));
+    let got = widened(&c.call(&x)?)?;
+    let interpreted = widened(&jit::interpreted(|| -> Result<Array> {
+        let a = x.astype(DType::BF16)?;
+        a.eval()?;
+        Ok(a)
+    })?)?;
+    for i in 0..n {
+        let want = f64::from(bf16_of_int(v[i]));
+        assert_eq!(got[i], want, "{} to bfloat16 compiled", v[i]);
+        assert_eq!(interpreted[i], want, "{} to bfloat16 interpreted", v[i]);
+    }
+    if jit::enabled() {
+        let text = c.explain(&x)?;
+        assert!(text.contains("machine code (") && !text.contains("interpreter"), "{text}");
+    }
+    Ok(())
+}

@@ -67,13 +67,14 @@
 //! one loop instead of a tile pass per op. An `i32` value is a 32-bit
 //! lane beside the `f32` ones, with wrapping `+`, `-`, `*`, `abs`, `neg`,
 //! `sign`, `maximum`/`minimum`, signed comparisons, `where`, casts from
-//! and to `f32`, `bool` and `float16`, from `bfloat16` (float to int
-//! truncates and saturates, NaN to 0, as `as` does), and `floor_divide`,
+//! and to `f32`, `bool` and the 16-bit floats (float to int truncates and
+//! saturates, NaN to 0, as `as` does; to `bfloat16` through an `f32`
+//! rounded to odd, so the value is rounded once, as the interpreter
+//! rounds it: `int_to_float_odd` holds the proof), and `floor_divide`,
 //! `remainder` and `pow`: division in `f32`, exact for dividends below
 //! 2^24 in magnitude, and square-and-multiply for exponents from 0 to 31,
 //! with a [`Node::Fix`] call to the scalar code for a vector with any
-//! other lane (`int_divmod` and `int_pow` hold the proofs); a cast from
-//! `i32` to `bfloat16` leaves the group to the interpreter. An `f64` group
+//! other lane (`int_divmod` and `int_pow` hold the proofs). An `f64` group
 //! is a program of `f64` lanes ([`Elem::F64`]: 8 a vector, 4 on AVX2, the
 //! same nodes emitted as the `pd` forms of the instructions, constants as
 //! `f64` bits) with arithmetic, `sqrt`, rounding, `maximum`/`minimum`,
@@ -864,6 +865,34 @@ fn iconst(v: i32) -> Traced {
     Traced(record(Node::Const(u64::from(v as u32))))
 }
 
+/// An `i32` lane to an `f32` rounded to odd: `x` itself where the `f32`
+/// holds it, else the `f32` next to `x` toward zero with its last bit set.
+/// Rounding that to a format of at most 22 significant bits (bfloat16 has
+/// 8), ties to even, gives `x` rounded once to that format: the `f32`'s
+/// extra bits keep whether `x` was above, below or at a tie of the
+/// format's values, and the odd last bit keeps that an inexact `x` is no
+/// tie. The `f32` rounded to nearest (`f`) is `x`'s neighbour toward zero
+/// or away from it; back as an integer (exact: an integer-valued `f32`,
+/// or `i32::MIN` for `2^31`, whose difference from `x` still has the sign
+/// of `f - x`), its difference from `x` tells which. Stepping an `f32`'s
+/// bits down by one steps its magnitude down to the next `f32`.
+fn int_to_float_odd(x: Traced) -> Traced {
+    let f = x.un(Un::IntToFloat);
+    let back = f.un(Un::FloatToIntTrunc);
+    let exact = icmp(Pred::Eq, back, x);
+    let d = ibin(Bin::ISub, back, x);
+    let zero = iconst(0);
+    let nonneg = icmp(Pred::Ge, x, zero);
+    let away = Traced::mor(
+        Traced::mand(nonneg, icmp(Pred::Gt, d, zero)),
+        Traced::mand(mask_not(nonneg), icmp(Pred::Lt, d, zero)),
+    );
+    let toward_zero = Traced::select(away, ibin(Bin::ISub, f, iconst(1)), f);
+    let odd = icmp(Pred::Lt, toward_zero.un(Un::Shl(31)), zero);
+    let rounded = Traced::select(odd, toward_zero, ibin(Bin::IAdd, toward_zero, iconst(1)));
+    Traced::select(exact, f, rounded)
+}
+
 /// `a op b` on `i32` lanes.
 fn ibin(op: Bin, a: Traced, b: Traced) -> Traced {
     Traced(record(Node::Bin(op, a.0, b.0)))
@@ -885,8 +914,8 @@ fn float_to_int(x: Traced) -> Traced {
 
 /// The recorded value of an op whose operands (the values of `where`) are
 /// `i32`: wrapping arithmetic, `maximum`/`minimum`, `abs`, `sign`,
-/// comparisons, logical ops, `where` and casts to `f32` and `bool`, or
-/// `None` (division, `pow`, casts to 16-bit floats: the interpreter).
+/// comparisons, logical ops, `where` and casts to `f32`, the 16-bit
+/// floats and `bool`, or `None` (the interpreter).
 fn lower_int_op(prim: &Primitive, a: &[Reg]) -> Option<Reg> {
     let i = |k: usize| match a[k] {
         Reg::I(x) => Some(x),
@@ -896,9 +925,11 @@ fn lower_int_op(prim: &Primitive, a: &[Reg]) -> Option<Reg> {
         Primitive::AsType(DType::I32) => Reg::I(i(0)?),
         // To float16 through f32 (`record_group` rounds it): one rounding,
         // as the interpreter's, since an i32 that f32 rounds (|x| > 2^24)
-        // is far beyond float16's range. (To bfloat16 the two roundings
-        // could differ: not lowered.)
+        // is far beyond float16's range. To bfloat16 through an f32
+        // rounded to odd, which the rounding to bfloat16 then rounds as
+        // the exact value would be.
         Primitive::AsType(DType::F32 | DType::F16) => Reg::F(a[0].float()),
+        Primitive::AsType(DType::BF16) => Reg::F(int_to_float_odd(i(0)?)),
         Primitive::AsType(DType::Bool) => Reg::M(a[0].mask()),
         Primitive::Where => Reg::I(Traced::select(a[0].mask(), i(1)?, i(2)?)),
         Primitive::Unary(UnaryOp::LogicalNot) => Reg::M(mask_not(a[0].mask())),
@@ -1614,10 +1645,13 @@ mod tests {
         assert!(matches!(p.nodes[p.outputs[0] as usize], Node::Un(Un::IntToFloat, _)));
         let avx2 = lower_at(&g, Level::Avx2).expect("and for AVX2");
         assert!(avx2.nodes.iter().any(|n| matches!(n, Node::Bin(Bin::IMul, ..))));
+        // To bfloat16: through an f32 rounded to odd, then narrowed.
         let mut g = group(vec![(Primitive::AsType(DType::I32), vec![0]), (Primitive::AsType(DType::BF16), vec![1])], 1);
         g.ops[0].dtype = DType::I32;
         g.ops[1].dtype = DType::BF16;
-        assert!(lower_at(&g, Level::Avx512).is_none(), "i32 to bfloat16 has no lowering");
+        let p = lower_at(&g, Level::Avx512).expect("i32 to bfloat16 lowers");
+        assert!(matches!(p.nodes[p.outputs[0] as usize], Node::Un(Un::Narrow(Half::Bf16), _)));
+        assert!(p.nodes.iter().any(|n| matches!(n, Node::Un(Un::Shl(31), _))), "the parity of the f32");
         // Floor division, remainder and pow: a vector path and a call for
         // the lanes it does not cover.
         for (b, fix) in [
