@@ -361,7 +361,7 @@ macro_rules! half_element {
                 self.to_f32() as i64
             }
             /// Rounded once, ties to even: through an `f32` rounded to odd
-            /// ([`f32_odd`]; `half`'s own `from_f64` drops the low 32 bits
+            /// (`f32_odd`; `half`'s own `from_f64` drops the low 32 bits
             /// of the mantissa first, so a value just above a tie rounds
             /// down).
             #[inline(always)]
@@ -369,7 +369,7 @@ macro_rules! half_element {
                 <$t>::from_f32(f32_odd(v))
             }
             /// Rounded once, ties to even (through an `f64` rounded to odd,
-            /// [`f64_odd`], then as [`Element::from_f64`]).
+            /// `f64_odd`, then as [`Element::from_f64`]).
             #[inline(always)]
             fn from_i64(v: i64) -> Self {
                 <$t>::from_f32(f32_odd(f64_odd(v)))
