@@ -70,8 +70,7 @@
 //! and to `f32`, `bool` and the 16-bit floats (float to int truncates and
 //! saturates, NaN to 0, as `as` does; to `bfloat16` through an `f32`
 //! rounded to odd, so the value is rounded once, as the interpreter
-//! rounds it: `int_to_float_odd` holds the proof; the AVX2 generator
-//! declines that program), and `floor_divide`,
+//! rounds it: `int_to_float_odd` holds the proof), and `floor_divide`,
 //! `remainder` and `pow`: division in `f32`, exact for dividends below
 //! 2^24 in magnitude, and square-and-multiply for exponents from 0 to 31,
 //! with a [`Node::Fix`] call to the scalar code for a vector with any

@@ -520,6 +520,8 @@ impl Gen<'_> {
                         self.a.vpaddd(dy, dy, ymmword_ptr(r10 + self.pool_at[&127]))?;
                         self.a.vpslld(dy, dy, 23)?;
                     }
+                    (false, Un::Shl(n), Opnd::Reg(r)) => self.a.vpslld(dy, r, n as i32)?,
+                    (false, Un::Sra(n), Opnd::Reg(r)) => self.a.vpsrad(dy, r, n as i32)?,
                     (false, Un::IAbs, _) => e!(vpabsd),
                     (false, Un::IntToFloat, _) => e!(vcvtdq2ps),
                     (false, Un::FloatToIntTrunc, _) => e!(vcvttps2dq),
