@@ -340,7 +340,8 @@ pub(crate) fn f32_odd(v: f64) -> f32 {
 /// [`f32_odd`] after it still rounds to odd.
 pub(crate) fn f64_odd(v: i64) -> f64 {
     let f = v as f64;
-    if f as i128 == i128::from(v) {
+    // Exact below 2^53 in magnitude (every i32, say): no check needed.
+    if v.unsigned_abs() < 1 << 53 || f as i128 == i128::from(v) {
         return f;
     }
     let bits = f.to_bits();
