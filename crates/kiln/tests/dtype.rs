@@ -514,3 +514,127 @@ fn casts_to_16_bit_floats_round_once() -> Result<()> {
     assert_eq!(got, 2f64.powi(25) + 2f64.powi(18), "i32 to bfloat16");
     Ok(())
 }
+
+/// `m * 2^e` (`m` nonzero, below 2^64) rounded once, ties to even, to a
+/// float format of `p` significant bits whose smallest subnormal is
+/// `2^min_exp` and whose values stop below `2^max_exp` (beyond: infinity),
+/// in integer arithmetic: an independent model of a correct cast.
+fn round_model(negative: bool, m: u64, e: i32, p: u32, min_exp: i32, max_exp: i32) -> f64 {
+    let top = 63 - m.leading_zeros() as i32 + e;
+    // The step of the format's values at this magnitude.
+    let q = (top - (p as i32 - 1)).max(min_exp);
+    let rounded: u128 = if e >= q {
+        u128::from(m) << (e - q)
+    } else {
+        let s = (q - e) as u32;
+        if s > 64 {
+            0
+        } else {
+            let m = u128::from(m);
+            let (kept, rest, half) = (m >> s, m & ((1u128 << s) - 1), 1u128 << (s - 1));
+            if rest > half || (rest == half && kept & 1 == 1) {
+                kept + 1
+            } else {
+                kept
+            }
+        }
+    };
+    let v = rounded as f64 * 2f64.powi(q);
+    let v = if v >= 2f64.powi(max_exp) { f64::INFINITY } else { v };
+    if negative {
+        -v
+    } else {
+        v
+    }
+}
+
+/// Significant bits, smallest subnormal's exponent, and the exponent
+/// from which values overflow, of a 16-bit float dtype.
+fn format_of(dtype: DType) -> (u32, i32, i32) {
+    if dtype == F16 {
+        (11, -24, 16)
+    } else {
+        (8, -133, 128)
+    }
+}
+
+/// [`round_model`] of a finite nonzero `f64` for `dtype` (F16 or BF16).
+fn float_model(v: f64, dtype: DType) -> f64 {
+    let (p, min_exp, max_exp) = format_of(dtype);
+    let bits = v.to_bits();
+    let (exp, frac) = (((bits >> 52) & 0x7ff) as i32, bits & ((1 << 52) - 1));
+    let (m, e) = if exp == 0 { (frac, -1074) } else { (frac | 1 << 52, exp - 1075) };
+    round_model(v < 0.0, m, e, p, min_exp, max_exp)
+}
+
+/// [`round_model`] of an integer for `dtype` (F16 or BF16).
+fn int_model(v: i64, dtype: DType) -> f64 {
+    let (p, min_exp, max_exp) = format_of(dtype);
+    if v == 0 {
+        return 0.0;
+    }
+    round_model(v < 0, v.unsigned_abs(), 0, p, min_exp, max_exp)
+}
+
+/// A random nonzero integer below `2^bits` in magnitude, of every
+/// magnitude up to that, either sign; every other one a tie of bfloat16
+/// or float16 (the bit after the kept ones set) plus a few low bits.
+fn any_int(rng: &mut Rng, bits: i64) -> i64 {
+    let k = rng.int(0, bits - 1);
+    let kept = [7, 10][rng.int(0, 1) as usize];
+    let m = if k > kept + 2 && rng.int(0, 1) == 0 {
+        1 << k | rng.int(0, (1 << kept) - 1) << (k - kept) | 1 << (k - kept - 1) | rng.int(0, 3)
+    } else {
+        (rng.uniform(0.0, 1.0) * 2f64.powi(k as i32)) as i64 | 1 << k
+    };
+    if rng.int(0, 1) == 0 {
+        -m
+    } else {
+        m
+    }
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn casts_to_16_bit_floats_match_a_model_of_one_rounding(seed in 0u64..u64::MAX, exp_lo in -150i32..140) {
+        // f64s with random mantissas, many near ties (a few random low
+        // bits below a half step), at exponents around the formats'
+        // ranges, and i64s and i32s of every magnitude: eager casts
+        // against the model.
+        let mut rng = Rng::new(seed);
+        let n = 256;
+        let floats: Vec<f64> = (0..n)
+            .map(|k| {
+                // Random, or a bfloat16 or float16 tie (the bit after the
+                // kept ones set) plus a few low bits.
+                let low = rng.int(0, 3) as u64;
+                let frac = match k % 3 {
+                    0 => (rng.int(0, (1 << 30) - 1) as u64) << 22 | rng.int(0, (1 << 22) - 1) as u64,
+                    1 => (rng.int(0, (1 << 7) - 1) as u64) << 45 | 1 << 44 | low,
+                    _ => (rng.int(0, (1 << 10) - 1) as u64) << 42 | 1 << 41 | low,
+                };
+                let e = (exp_lo + rng.int(0, 20) as i32).clamp(-1022, 1023);
+                let v = f64::from_bits(((e + 1023) as u64) << 52 | (frac & ((1 << 52) - 1)));
+                if rng.int(0, 1) == 0 { -v } else { v }
+            })
+            .collect();
+        let longs: Vec<i64> = (0..n).map(|_| any_int(&mut rng, 63)).collect();
+        let ints: Vec<i32> = (0..n).map(|_| any_int(&mut rng, 31) as i32).collect();
+        for dt in [F16, BF16] {
+            let got = Array::from_vec(floats.clone(), &[n])?.astype(dt)?.astype(F64)?.to_vec::<f64>()?;
+            for (&v, &g) in floats.iter().zip(&got) {
+                proptest::prop_assert_eq!(g, float_model(v, dt), "{:e} to {:?}", v, dt);
+            }
+            let got = Array::from_vec(longs.clone(), &[n])?.astype(dt)?.astype(F64)?.to_vec::<f64>()?;
+            for (&v, &g) in longs.iter().zip(&got) {
+                proptest::prop_assert_eq!(g, int_model(v, dt), "{} to {:?}", v, dt);
+            }
+            let got = Array::from_vec(ints.clone(), &[n])?.astype(dt)?.astype(F64)?.to_vec::<f64>()?;
+            for (&v, &g) in ints.iter().zip(&got) {
+                proptest::prop_assert_eq!(g, int_model(i64::from(v), dt), "{} to {:?}", v, dt);
+            }
+        }
+    }
+}
