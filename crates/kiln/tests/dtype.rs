@@ -515,67 +515,6 @@ fn casts_to_16_bit_floats_round_once() -> Result<()> {
     Ok(())
 }
 
-/// `m * 2^e` (`m` nonzero, below 2^64) rounded once, ties to even, to a
-/// float format of `p` significant bits whose smallest subnormal is
-/// `2^min_exp` and whose values stop below `2^max_exp` (beyond: infinity),
-/// in integer arithmetic: an independent model of a correct cast.
-fn round_model(negative: bool, m: u64, e: i32, p: u32, min_exp: i32, max_exp: i32) -> f64 {
-    let top = 63 - m.leading_zeros() as i32 + e;
-    // The step of the format's values at this magnitude.
-    let q = (top - (p as i32 - 1)).max(min_exp);
-    let rounded: u128 = if e >= q {
-        u128::from(m) << (e - q)
-    } else {
-        let s = (q - e) as u32;
-        if s > 64 {
-            0
-        } else {
-            let m = u128::from(m);
-            let (kept, rest, half) = (m >> s, m & ((1u128 << s) - 1), 1u128 << (s - 1));
-            if rest > half || (rest == half && kept & 1 == 1) {
-                kept + 1
-            } else {
-                kept
-            }
-        }
-    };
-    let v = rounded as f64 * 2f64.powi(q);
-    let v = if v >= 2f64.powi(max_exp) { f64::INFINITY } else { v };
-    if negative {
-        -v
-    } else {
-        v
-    }
-}
-
-/// Significant bits, smallest subnormal's exponent, and the exponent
-/// from which values overflow, of a 16-bit float dtype.
-fn format_of(dtype: DType) -> (u32, i32, i32) {
-    if dtype == F16 {
-        (11, -24, 16)
-    } else {
-        (8, -133, 128)
-    }
-}
-
-/// [`round_model`] of a finite nonzero `f64` for `dtype` (F16 or BF16).
-fn float_model(v: f64, dtype: DType) -> f64 {
-    let (p, min_exp, max_exp) = format_of(dtype);
-    let bits = v.to_bits();
-    let (exp, frac) = (((bits >> 52) & 0x7ff) as i32, bits & ((1 << 52) - 1));
-    let (m, e) = if exp == 0 { (frac, -1074) } else { (frac | 1 << 52, exp - 1075) };
-    round_model(v < 0.0, m, e, p, min_exp, max_exp)
-}
-
-/// [`round_model`] of an integer for `dtype` (F16 or BF16).
-fn int_model(v: i64, dtype: DType) -> f64 {
-    let (p, min_exp, max_exp) = format_of(dtype);
-    if v == 0 {
-        return 0.0;
-    }
-    round_model(v < 0, v.unsigned_abs(), 0, p, min_exp, max_exp)
-}
-
 /// A random nonzero integer below `2^bits` in magnitude, of every
 /// magnitude up to that, either sign; every other one a tie of bfloat16
 /// or float16 (the bit after the kept ones set) plus a few low bits.

@@ -10,7 +10,7 @@
 
 mod common;
 
-use common::Rng;
+use common::{int_model, Rng};
 use kiln::backend::cpu::{jit, simd_math};
 use kiln::{compile, Array, DType, Result};
 
@@ -1201,29 +1201,6 @@ fn integer_floor_division_remainder_and_pow_are_exact_at_every_magnitude() -> Re
     Ok(())
 }
 
-/// `x` rounded once to 8 significant bits (bfloat16's), ties to even, in
-/// integer arithmetic: the value a conversion from `x`'s exact value gives.
-fn bf16_of_int(x: i32) -> f32 {
-    let a = i64::from(x).unsigned_abs();
-    let top = 63 - a.leading_zeros().min(63);
-    let r = if a == 0 || top <= 7 {
-        a
-    } else {
-        let shift = top - 7;
-        let (mut q, rest, half) = (a >> shift, a & ((1 << shift) - 1), 1u64 << (shift - 1));
-        if rest > half || (rest == half && q & 1 == 1) {
-            q += 1;
-        }
-        q << shift
-    };
-    let v = r as f32;
-    if x < 0 {
-        -v
-    } else {
-        v
-    }
-}
-
 #[test]
 fn int32_to_bfloat16_rounds_once_at_every_magnitude() -> Result<()> {
     // Through an f32 rounded to odd (see jit's int_to_float_odd), so each
@@ -1258,7 +1235,7 @@ fn int32_to_bfloat16_rounds_once_at_every_magnitude() -> Result<()> {
         Ok(a)
     })?)?;
     for i in 0..n {
-        let want = f64::from(bf16_of_int(v[i]));
+        let want = int_model(i64::from(v[i]), DType::BF16);
         assert_eq!(got[i], want, "{} to bfloat16 compiled", v[i]);
         assert_eq!(interpreted[i], want, "{} to bfloat16 interpreted", v[i]);
     }

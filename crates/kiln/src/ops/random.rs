@@ -33,7 +33,7 @@ use std::sync::Mutex;
 use half::{bf16, f16};
 
 use crate::array::Array;
-use crate::dtype::DType;
+use crate::dtype::{DType, Element};
 use crate::error::{Error, Result};
 use crate::ops::binary::{clip, floor_divide, greater_equal, less, minimum, remainder};
 use crate::ops::shape::{reshape, slice_axis, squeeze};
@@ -192,8 +192,8 @@ fn check_float(op: &'static str, dtype: DType) -> Result<()> {
 /// `x` rounded to the nearest value of the float `dtype`.
 fn round_to(dtype: DType, x: f64) -> f64 {
     match dtype {
-        DType::F16 => <f16 as crate::dtype::Element>::from_f64(x).to_f64(),
-        DType::BF16 => <bf16 as crate::dtype::Element>::from_f64(x).to_f64(),
+        DType::F16 => <f16 as Element>::from_f64(x).to_f64(),
+        DType::BF16 => <bf16 as Element>::from_f64(x).to_f64(),
         DType::F32 => x as f32 as f64,
         _ => x,
     }
@@ -213,13 +213,9 @@ fn adjacent(dtype: DType, x: f64, up: bool) -> f64 {
         }
     }
     match dtype {
-        DType::F16 => {
-            f16::from_bits(step(<f16 as crate::dtype::Element>::from_f64(x).to_bits() as u64, 0x8000, up) as u16)
-                .to_f64()
-        }
+        DType::F16 => f16::from_bits(step(<f16 as Element>::from_f64(x).to_bits() as u64, 0x8000, up) as u16).to_f64(),
         DType::BF16 => {
-            bf16::from_bits(step(<bf16 as crate::dtype::Element>::from_f64(x).to_bits() as u64, 0x8000, up) as u16)
-                .to_f64()
+            bf16::from_bits(step(<bf16 as Element>::from_f64(x).to_bits() as u64, 0x8000, up) as u16).to_f64()
         }
         DType::F32 => f32::from_bits(step((x as f32).to_bits() as u64, 0x8000_0000, up) as u32) as f64,
         _ => f64::from_bits(step(x.to_bits(), 1 << 63, up)),
