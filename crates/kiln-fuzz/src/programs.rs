@@ -35,7 +35,7 @@ pub struct Step {
 }
 
 /// The number of op kinds.
-pub const N_OPS: u8 = 53;
+pub const N_OPS: u8 = 54;
 
 pub fn pick(vals: &[Array], i: u8) -> &Array {
     &vals[i as usize % vals.len()]
@@ -161,6 +161,9 @@ pub fn apply(s: &Step, vals: &[Array], n_inputs: usize) -> Result<Option<Array>>
         // Rounding to a 16-bit float (later steps compute in it: each op
         // in f32, rounded to the type).
         52 => x.astype([DType::F16, DType::BF16][s.p as usize % 2]),
+        // To u8 (saturating from a float, wrapping from an integer; later
+        // steps compute in it, wrapping): on arguments, as op 17.
+        53 => rx.astype(DType::U8),
         _ => return Ok(None),
     };
     r.map(Some)
@@ -172,7 +175,7 @@ pub fn reads(s: &Step, n: usize, n_inputs: usize) -> Vec<usize> {
     let (x, y, z) = (s.a as usize % n, s.b as usize % n, s.c as usize % n);
     let (rx, ry) = (s.a as usize % n_inputs, s.b as usize % n_inputs);
     match s.op % N_OPS {
-        7 | 9 | 21 | 37 | 46 | 47 | 49 => vec![rx],
+        7 | 9 | 21 | 37 | 46 | 47 | 49 | 53 => vec![rx],
         17 if s.p % 3 == 2 => vec![rx],
         13 => vec![x, ry],
         10..=15 | 22 | 26 | 27 | 41 => vec![x, y],
@@ -457,7 +460,7 @@ pub fn case(data: &[u8]) {
         .map(|_| {
             let nd = b.below(4);
             let shape: Vec<usize> = (0..nd).map(|_| b.pick(&[0usize, 1, 1, 2, 3, 4, 4, 5, 7])).collect();
-            (shape, b.pick(&[DType::F32, DType::F32, DType::F64, DType::I32, DType::F16, DType::BF16]))
+            (shape, b.pick(&[DType::F32, DType::F32, DType::F64, DType::I32, DType::F16, DType::BF16, DType::U8]))
         })
         .collect();
     let steps: Vec<Step> = (0..1 + b.below(12))

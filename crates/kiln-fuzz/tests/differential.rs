@@ -26,7 +26,8 @@ fn shapes_strategy() -> impl Strategy<Value = Vec<(Vec<usize>, DType)>> {
         Just(DType::F64),
         Just(DType::I32),
         Just(DType::F16),
-        Just(DType::BF16)
+        Just(DType::BF16),
+        Just(DType::U8)
     ];
     prop::collection::vec((shape, dtype), 1..4)
 }

@@ -1147,6 +1147,80 @@ fn int32_groups_compile_and_match_the_interpreter() -> Result<()> {
     Ok(())
 }
 
+/// Random `u8`s, a fifth of them the edges of the type and of its
+/// wrapping arithmetic.
+fn byte_values(rng: &mut Rng, n: usize) -> Vec<u8> {
+    let edges = [0u8, 1, 2, 15, 16, 127, 128, 129, 254, 255];
+    (0..n).map(|_| if rng.int(0, 4) == 0 { rng.pick(&edges) } else { rng.int(0, 255) as u8 }).collect()
+}
+
+/// Functions of two `u8` arrays and an `f32` one (groups mixing `u8`
+/// lanes with `f32`, `i32`, 16-bit float and `bool` ones).
+const BYTE_FUNCTIONS: [(&str, I2); 11] = [
+    ("wrapping arithmetic", |x, y, _| ((x * y)? + x)? - (y.square()? - x.neg()?)?),
+    ("abs, sign, maximum and minimum", |x, y, _| (x.abs()?.maximum(y)? + y.sign()?)?.minimum(&(x - 3u8)?)),
+    ("comparisons and where", |x, y, _| {
+        let m = kiln::logical_or(&kiln::less(x, y)?, &kiln::equal(x, 7u8)?)?;
+        kiln::where_(&m, &(x + 1u8)?, &kiln::where_(&kiln::greater_equal(y, x)?, y, &x.neg()?)?)
+    }),
+    ("to f32 and back", |x, _, f| {
+        let g = ((x.astype(DType::F32)? * 0.5f32)? + f)?;
+        g.astype(DType::U8)? + kiln::logical_not(x)?.astype(DType::U8)?
+    }),
+    ("float to u8 saturates", |_, _, f| (f * 300.0f32)?.astype(DType::U8)),
+    // Divisors include 0 (whose quotient and remainder are 0).
+    ("floor division and remainder", |x, y, _| x.floor_divide(y)? + (x.remainder(y)? * 3u8)?),
+    // Exponents from 0 to 39: the vector path's and beyond.
+    ("pow", |x, y, _| x.pow(&y.remainder(40u8)?)),
+    ("to and from bfloat16 and float16", |x, _, f| {
+        let h = (f * 100.0f32)?.astype(DType::BF16)?.astype(DType::U8)?;
+        x.astype(DType::BF16)? + h.astype(DType::F16)?.astype(DType::BF16)?
+    }),
+    ("to and from i32", |x, y, _| ((x.astype(DType::I32)? * 1000i32)? - y.astype(DType::I32)?)?.astype(DType::U8)),
+    ("truth of bytes", |x, y, f| {
+        let t = kiln::where_(x, f, 2.0f32)?;
+        (t + kiln::logical_and(x, y)?.astype(DType::F32)?)? + kiln::isfinite(y)?.astype(DType::F32)?
+    }),
+    ("bool to u8", |x, _, f| kiln::less(f, 0.5f32)?.astype(DType::U8)? + x),
+];
+
+#[test]
+fn u8_groups_compile_and_match_the_interpreter() -> Result<()> {
+    // u8 values are 32-bit integer lanes holding 0 to 255, loaded from
+    // bytes and stored as bytes: wrapping arithmetic (the low byte after
+    // each op that can leave the range), unsigned division, casts both
+    // ways (float to u8 truncates and saturates, NaN to 0; i32 to u8
+    // wraps), bit for bit as the interpreter.
+    let mut rng = Rng::new(127);
+    let float_edges = [f32::NAN, f32::INFINITY, -f32::INFINITY, 2_147_483_648.0, 0.8533, -0.5, 0.99, 1e-40];
+    for (name, f) in BYTE_FUNCTIONS {
+        let c = compile(f);
+        for n in (0..=20).chain([31, 32, 33, 100, 2049, 70_001]) {
+            let x = Array::from_vec(byte_values(&mut rng, n), &[n])?;
+            let y = kiln::slice_axis(&x, 0, None, None, -1)?;
+            let mut fv = values(&mut rng, n, 2.0);
+            for v in fv.iter_mut() {
+                if rng.int(0, 6) == 0 {
+                    *v = rng.pick(&float_edges);
+                }
+            }
+            let fa = Array::from_vec(fv, &[n])?;
+            let got = widened(&c.call((&x, &y, &fa))?)?;
+            assert_same64(&got, &interpreted3(f, &x, &y, &fa)?, &format!("{name} on {n} elements"));
+        }
+        // Broadcast operands: a u8 scalar and an f32 row.
+        let x = Array::from_vec(byte_values(&mut rng, 40), &[4, 10])?;
+        let (y, fa) = (Array::scalar(200u8), Array::from_vec(values(&mut rng, 10, 2.0), &[10])?);
+        let got = widened(&c.call((&x, &y, &fa))?)?;
+        assert_same64(&got, &interpreted3(f, &x, &y, &fa)?, &format!("{name}, broadcast"));
+        if jit::enabled() {
+            let text = c.explain((&x, &x, &fa))?;
+            assert!(text.contains("code:    machine code (") && !text.contains("interpreter"), "{name}: {text}");
+        }
+    }
+    Ok(())
+}
+
 /// Random `i32`s of every magnitude: `±2^k` scaled by a random fraction,
 /// `k` uniform in 0..=31.
 fn log_uniform_ints(rng: &mut Rng, n: usize) -> Vec<i32> {

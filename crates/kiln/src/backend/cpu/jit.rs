@@ -42,7 +42,7 @@
 //! ops keep their groups, so each is compiled once per process), when it
 //! has at most
 //! [`MAX_INPUTS`] inputs (any number of outputs), every value is `f32`,
-//! `bool`, `i32` or a 16-bit float, or every value is `f64` or `bool` (a
+//! `bool`, `i32`, `u8` or a 16-bit float, or every value is `f64` or `bool` (a
 //! `bool` input or output is one byte per position), each op has a
 //! lowering (arithmetic, `abs`, `neg`, `sign`, `square`, `sqrt`, `rsqrt`,
 //! rounding, `maximum`/`minimum`, `floor_divide`, `remainder`, `pow`,
@@ -74,7 +74,13 @@
 //! `remainder` and `pow`: division in `f32`, exact for dividends below
 //! 2^24 in magnitude, and square-and-multiply for exponents from 0 to 31,
 //! with a [`Node::Fix`] call to the scalar code for a vector with any
-//! other lane (`int_divmod` and `int_pow` hold the proofs). An `f64` group
+//! other lane (`int_divmod` and `int_pow` hold the proofs). A `u8` value
+//! is a 32-bit integer lane holding 0 to 255, its bytes widened as they
+//! are loaded and narrowed as they are stored (as a `bool`'s are): the
+//! `i32` operations on it, then its low byte where the result can leave
+//! the range (wrapping `+`, `-`, `*`, `neg`, `pow`), and casts to and from
+//! every 32-bit lane type (from a float: clamped to 0..255, then
+//! truncated, NaN to 0, as `as` converts; from `i32`: the low byte). An `f64` group
 //! is a program of `f64` lanes ([`Elem::F64`]: 8 a vector, 4 on AVX2, the
 //! same nodes emitted as the `pd` forms of the instructions, constants as
 //! `f64` bits) with arithmetic, `sqrt`, rounding, `maximum`/`minimum`,
@@ -245,6 +251,9 @@ pub enum Node {
     /// Group input `k`, an array of 16-bit floats, at the current
     /// position, widened to `f32` (exact).
     InputHalf(usize, Half),
+    /// Group input `k`, a `u8` array, at the current position: each byte
+    /// zero-extended to a 32-bit integer lane.
+    InputByte(usize),
     /// A constant, by its bit pattern as an element of the program's
     /// [`Elem`] (an `f32`'s 32 bits zero-extended).
     Const(u64),
@@ -377,7 +386,7 @@ impl Node {
     /// The node with each operand `v` replaced by `f(v)`.
     pub fn map_operands(self, f: impl Fn(Val) -> Val) -> Node {
         match self {
-            Node::Input(_) | Node::InputMask(_) | Node::InputHalf(..) | Node::Const(_) => self,
+            Node::Input(_) | Node::InputMask(_) | Node::InputHalf(..) | Node::InputByte(_) | Node::Const(_) => self,
             Node::Un(op, a) => Node::Un(op, f(a)),
             Node::MaskNot(a) => Node::MaskNot(f(a)),
             Node::Bin(op, a, b) => Node::Bin(op, f(a), f(b)),
@@ -394,7 +403,7 @@ impl Node {
     /// The values this node reads.
     pub fn operands(&self) -> Vec<Val> {
         match *self {
-            Node::Input(_) | Node::InputMask(_) | Node::InputHalf(..) | Node::Const(_) => vec![],
+            Node::Input(_) | Node::InputMask(_) | Node::InputHalf(..) | Node::InputByte(_) | Node::Const(_) => vec![],
             Node::Un(_, a) | Node::MaskNot(a) => vec![a],
             Node::Bin(_, a, b)
             | Node::Cmp(_, a, b)
@@ -450,12 +459,23 @@ pub struct Prog {
     pub inputs: usize,
     /// The value of each group output, in order: a mask value (a
     /// comparison, a logical op, a `bool` input) is a `bool` output, stored
-    /// as one byte per position (0 or 1), any other an `f32` one, or a
-    /// 16-bit float one where [`out_half`](Prog::out_half) says so.
+    /// as one byte per position (0 or 1), any other is stored as
+    /// [`out_store`](Prog::out_store) says.
     pub outputs: Vec<Val>,
-    /// Per output: the 16-bit float type it is stored as (its value is
-    /// one of that type's, so the store is exact), or `None`.
-    pub out_half: Vec<Option<Half>>,
+    /// How each output that is not a mask is stored.
+    pub out_store: Vec<Store>,
+}
+
+/// How an output's lanes are stored (each store is exact: the value is one
+/// of the stored type's).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Store {
+    /// The lane as it is (`f32`, `i32` or `f64`).
+    Lane,
+    /// As a 16-bit float.
+    Half(Half),
+    /// The low byte of a 32-bit integer lane holding 0 to 255 (`u8`).
+    Byte,
 }
 
 impl Prog {
@@ -475,8 +495,8 @@ impl Prog {
     /// A program of `nodes` reading `inputs` inputs, with `f32` or `bool`
     /// outputs `outputs`.
     pub fn new(nodes: Vec<Node>, inputs: usize, outputs: Vec<Val>) -> Prog {
-        let out_half = vec![None; outputs.len()];
-        Prog { elem: Elem::F32, nodes, inputs, outputs, out_half }
+        let out_store = vec![Store::Lane; outputs.len()];
+        Prog { elem: Elem::F32, nodes, inputs, outputs, out_store }
     }
 }
 
@@ -835,6 +855,9 @@ enum Reg {
     F(Traced),
     /// An `i32` value (32-bit programs only).
     I(Traced),
+    /// A `u8` value: a 32-bit integer lane holding 0 to 255 (32-bit
+    /// programs only).
+    B(Traced),
     /// A `bool` value.
     M(TracedMask),
 }
@@ -845,7 +868,7 @@ impl Reg {
     fn float(self) -> Traced {
         match self {
             Reg::F(x) => x,
-            Reg::I(x) => x.un(Un::IntToFloat),
+            Reg::I(x) | Reg::B(x) => x.un(Un::IntToFloat),
             Reg::M(m) => Traced::select(m, Traced::splat(1.0), Traced::splat(0.0)),
         }
     }
@@ -854,7 +877,7 @@ impl Reg {
     fn mask(self) -> TracedMask {
         match self {
             Reg::F(x) => x.cmp(Pred::Neq, Traced::splat(0.0)),
-            Reg::I(x) => icmp(Pred::Neq, x, iconst(0)),
+            Reg::I(x) | Reg::B(x) => icmp(Pred::Neq, x, iconst(0)),
             Reg::M(m) => m,
         }
     }
@@ -912,6 +935,82 @@ fn float_to_int(x: Traced) -> Traced {
     Traced::select(x.is_nan(), iconst(0), t)
 }
 
+/// An `f32` truncated toward zero to a `u8` as `as` converts it:
+/// saturating at 0 and 255, NaN to 0. Clamped first (`vmaxps` gives its
+/// second operand, 0, for NaN), then truncated, exactly.
+fn float_to_byte(x: Traced) -> Traced {
+    x.max(Traced::splat(0.0)).min(Traced::splat(255.0)).un(Un::FloatToIntTrunc)
+}
+
+/// The low byte of an integer lane: `u8` wrapping arithmetic.
+fn low_byte(x: Traced) -> Traced {
+    ibin(Bin::And, x, iconst(0xff))
+}
+
+/// The recorded value of an op whose operands (the values of `where`) are
+/// `u8`, as [`IntMath`] computes it for `u8`: the `i32` lowering of the
+/// op on lanes of 0 to 255, then the low byte where the result can leave
+/// that range (sums, differences, products, negation, powers: wrapping
+/// modulo 2^32, then modulo 256, is wrapping modulo 256). Quotients and
+/// remainders of such lanes are the unsigned ones (and 0 by zero), exact
+/// in `f32`, so [`int_divmod`]'s slow lanes never occur; a power's
+/// exponents above 31 take its scalar call. `None`: the interpreter.
+fn lower_byte_op(prim: &Primitive, a: &[Reg]) -> Option<Reg> {
+    let b = |k: usize| match a[k] {
+        Reg::B(x) => Some(x),
+        _ => None,
+    };
+    let wrap = |x: Traced| Reg::B(low_byte(x));
+    Some(match *prim {
+        Primitive::AsType(DType::U8) => Reg::B(b(0)?),
+        Primitive::AsType(DType::I32) => Reg::I(b(0)?),
+        // Exact: 0 to 255 are values of f32 and of both 16-bit floats.
+        Primitive::AsType(DType::F32 | DType::F16 | DType::BF16) => Reg::F(a[0].float()),
+        Primitive::AsType(DType::Bool) => Reg::M(a[0].mask()),
+        Primitive::Where => Reg::B(Traced::select(a[0].mask(), b(1)?, b(2)?)),
+        Primitive::Unary(UnaryOp::LogicalNot) => Reg::M(mask_not(a[0].mask())),
+        Primitive::Unary(u) => {
+            let x = b(0)?;
+            match u {
+                UnaryOp::Neg => wrap(ibin(Bin::ISub, iconst(0), x)),
+                UnaryOp::Square => wrap(ibin(Bin::IMul, x, x)),
+                UnaryOp::Abs | UnaryOp::Floor | UnaryOp::Ceil | UnaryOp::Round => Reg::B(x),
+                UnaryOp::Sign => Reg::B(Traced::select(icmp(Pred::Gt, x, iconst(0)), iconst(1), iconst(0))),
+                UnaryOp::IsNan | UnaryOp::IsInf => Reg::M(icmp(Pred::Neq, x, x)),
+                UnaryOp::IsFinite => Reg::M(icmp(Pred::Eq, x, x)),
+                _ => return None,
+            }
+        }
+        Primitive::Binary(BinaryOp::LogicalAnd) => Reg::M(Traced::mand(a[0].mask(), a[1].mask())),
+        Primitive::Binary(BinaryOp::LogicalOr) => Reg::M(Traced::mor(a[0].mask(), a[1].mask())),
+        Primitive::Binary(op) => {
+            let (x, y) = (b(0)?, b(1)?);
+            let cmp = |p| Reg::M(icmp(p, x, y));
+            match op {
+                BinaryOp::Add => wrap(ibin(Bin::IAdd, x, y)),
+                BinaryOp::Sub => wrap(ibin(Bin::ISub, x, y)),
+                BinaryOp::Mul => wrap(ibin(Bin::IMul, x, y)),
+                BinaryOp::Maximum => Reg::B(ibin(Bin::IMax, x, y)),
+                BinaryOp::Minimum => Reg::B(ibin(Bin::IMin, x, y)),
+                BinaryOp::FloorDivide => Reg::B(int_divmod(x, y).0),
+                BinaryOp::Remainder => Reg::B(int_divmod(x, y).1),
+                BinaryOp::Pow => {
+                    let (p, slow) = int_pow(x, y);
+                    wrap(Traced(record(Node::Fix(Fix::IntPow, x.0, y.0, p.0, slow.0))))
+                }
+                BinaryOp::Equal => cmp(Pred::Eq),
+                BinaryOp::NotEqual => cmp(Pred::Neq),
+                BinaryOp::Less => cmp(Pred::Lt),
+                BinaryOp::LessEqual => cmp(Pred::Le),
+                BinaryOp::Greater => cmp(Pred::Gt),
+                BinaryOp::GreaterEqual => cmp(Pred::Ge),
+                _ => return None,
+            }
+        }
+        _ => return None,
+    })
+}
+
 /// The recorded value of an op whose operands (the values of `where`) are
 /// `i32`: wrapping arithmetic, `maximum`/`minimum`, `abs`, `sign`,
 /// comparisons, logical ops, `where` and casts to `f32`, the 16-bit
@@ -923,6 +1022,8 @@ fn lower_int_op(prim: &Primitive, a: &[Reg]) -> Option<Reg> {
     };
     Some(match *prim {
         Primitive::AsType(DType::I32) => Reg::I(i(0)?),
+        // Wrapping, as `as` narrows an integer.
+        Primitive::AsType(DType::U8) => Reg::B(low_byte(i(0)?)),
         // To float16 through f32 (`record_group` rounds it): one rounding,
         // as the interpreter's, since an i32 that f32 rounds (|x| > 2^24)
         // is far beyond float16's range. To bfloat16 through an f32
@@ -1052,10 +1153,13 @@ fn lower_op(prim: &Primitive, a: &[Reg]) -> Option<Reg> {
     // An f32 operand (a bool one declines: arithmetic on bools is not lowered).
     let f = |k: usize| match a[k] {
         Reg::F(x) => Some(x),
-        Reg::I(_) | Reg::M(_) => None,
+        Reg::I(_) | Reg::B(_) | Reg::M(_) => None,
     };
-    // Ops on i32 values (the values of `where`, the operand of anything else).
+    // Ops on integer values (the values of `where`, the operand of anything else).
     let values = if matches!(prim, Primitive::Where) { &a[1..] } else { a };
+    if values.iter().any(|r| matches!(r, Reg::B(_))) {
+        return lower_byte_op(prim, a);
+    }
     if values.iter().any(|r| matches!(r, Reg::I(_))) {
         return lower_int_op(prim, a);
     }
@@ -1070,6 +1174,10 @@ fn lower_op(prim: &Primitive, a: &[Reg]) -> Option<Reg> {
         Primitive::AsType(DType::I32) => Reg::I(match a[0] {
             Reg::M(m) => Traced::select(m, iconst(1), iconst(0)),
             _ => float_to_int(f(0)?),
+        }),
+        Primitive::AsType(DType::U8) if !f64 => Reg::B(match a[0] {
+            Reg::M(m) => Traced::select(m, iconst(1), iconst(0)),
+            _ => float_to_byte(f(0)?),
         }),
         Primitive::AsType(DType::Bool) => Reg::M(a[0].mask()),
         Primitive::Where => Reg::F(Traced::select(a[0].mask(), f(1)?, f(2)?)),
@@ -1207,7 +1315,7 @@ impl std::fmt::Display for NotCompiled {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             NotCompiled::DType => f.write_str(
-                "a value is not f32, i32, bool or a 16-bit float, and the group is not of f64 and bool only",
+                "a value is not f32, i32, u8, bool or a 16-bit float, and the group is not of f64 and bool only",
             ),
             NotCompiled::TooManyInputs => write!(f, "more than {MAX_INPUTS} inputs"),
             NotCompiled::NoLowering(op, Elem::F32) => write!(f, "{op} has no vector lowering"),
@@ -1218,14 +1326,14 @@ impl std::fmt::Display for NotCompiled {
 
 /// Records group `g`, or says why it is not compiled.
 fn record_group(g: &FusedGroup, level: Level) -> Result<Prog, NotCompiled> {
-    // Values are f32, i32 or bool (lane masks), or 16-bit floats computed
-    // as f32 and rounded after each op. A group with an f64 value is an
-    // f64 program: then every value is f64 or bool.
+    // Values are f32, i32, u8 (32-bit integer lanes) or bool (lane masks),
+    // or 16-bit floats computed as f32 and rounded after each op. A group
+    // with an f64 value is an f64 program: then every value is f64 or bool.
     let n_in = g.inputs.len();
     let io = || g.inputs.iter().copied().chain(g.outputs.iter().map(|&r| g.reg_dtype(r)));
     let elem = if io().chain(g.ops.iter().map(|o| o.dtype)).any(|d| d == DType::F64) { Elem::F64 } else { Elem::F32 };
     let value = |d: DType| match elem {
-        Elem::F32 => d == DType::F32 || d == DType::I32 || Half::of(d).is_some(),
+        Elem::F32 => matches!(d, DType::F32 | DType::I32 | DType::U8) || Half::of(d).is_some(),
         Elem::F64 => d == DType::F64,
     };
     if !g.ops.iter().all(|o| o.dtype == DType::Bool || value(o.dtype)) || !io().all(|d| value(d) || d == DType::Bool) {
@@ -1243,6 +1351,7 @@ fn record_group(g: &FusedGroup, level: Level) -> Result<Prog, NotCompiled> {
         .map(|(k, &d)| match d {
             DType::Bool => Reg::M(TracedMask(record(Node::InputMask(k)))),
             DType::I32 => Reg::I(Traced(record(Node::Input(k)))),
+            DType::U8 => Reg::B(Traced(record(Node::InputByte(k)))),
             d => match Half::of(d) {
                 Some(h) => Reg::F(Traced(record(Node::InputHalf(k, h)))),
                 None => Reg::F(Traced(record(Node::Input(k)))),
@@ -1255,7 +1364,10 @@ fn record_group(g: &FusedGroup, level: Level) -> Result<Prog, NotCompiled> {
             (Some(v), None)
                 if matches!(
                     (v, op.dtype),
-                    (Reg::F(_), DType::F32 | DType::F64) | (Reg::I(_), DType::I32) | (Reg::M(_), DType::Bool)
+                    (Reg::F(_), DType::F32 | DType::F64)
+                        | (Reg::I(_), DType::I32)
+                        | (Reg::B(_), DType::U8)
+                        | (Reg::M(_), DType::Bool)
                 ) =>
             {
                 regs.push(v)
@@ -1275,19 +1387,26 @@ fn record_group(g: &FusedGroup, level: Level) -> Result<Prog, NotCompiled> {
         .outputs
         .iter()
         .map(|&r| match regs[r] {
-            Reg::F(x) | Reg::I(x) => x.0,
+            Reg::F(x) | Reg::I(x) | Reg::B(x) => x.0,
             Reg::M(m) => m.0,
         })
         .collect();
-    let out_half = g.outputs.iter().map(|&r| Half::of(g.reg_dtype(r))).collect();
+    let out_store = g
+        .outputs
+        .iter()
+        .map(|&r| match g.reg_dtype(r) {
+            DType::U8 => Store::Byte,
+            d => Half::of(d).map_or(Store::Lane, Store::Half),
+        })
+        .collect();
     let nodes = RECORDER.with_borrow_mut(|r| std::mem::replace(r, Recorder::new(level, Elem::F32)).nodes);
-    Ok(Prog { elem, nodes, inputs: n_in, outputs, out_half })
+    Ok(Prog { elem, nodes, inputs: n_in, outputs, out_store })
 }
 
 /// Whether op `op` of `g`, of a 16-bit float dtype, gives a value of that
 /// type whenever its operands are (so its `f32` result needs no rounding):
 /// moves, sign changes, rounding to integers, and conversions from the
-/// same type or from `bool`.
+/// same type, from `bool` or from `u8`.
 fn exact_in_half(op: &FusedOp, g: &FusedGroup) -> bool {
     match op.prim {
         Primitive::Unary(u) => {
@@ -1297,7 +1416,7 @@ fn exact_in_half(op: &FusedOp, g: &FusedGroup) -> bool {
         Primitive::Where => true,
         Primitive::AsType(t) => {
             let from = g.reg_dtype(op.args[0]);
-            from == t || from == DType::Bool
+            from == t || from == DType::Bool || from == DType::U8
         }
         _ => false,
     }
@@ -1446,7 +1565,12 @@ impl Compiled {
         self.prog
             .nodes
             .iter()
-            .filter(|n| !matches!(n, Node::Input(_) | Node::InputMask(_) | Node::InputHalf(..) | Node::Const(_)))
+            .filter(|n| {
+                !matches!(
+                    n,
+                    Node::Input(_) | Node::InputMask(_) | Node::InputHalf(..) | Node::InputByte(_) | Node::Const(_)
+                )
+            })
             .count()
     }
 
@@ -1569,9 +1693,9 @@ mod tests {
             assert!(matches!(p.nodes[0], Node::InputHalf(0, k) if k == h));
             let narrows = p.nodes.iter().filter(|n| matches!(n, Node::Un(Un::Narrow(k), _) if *k == h)).count();
             assert_eq!(narrows, 1, "exp rounds, neg does not");
-            assert_eq!(p.out_half, vec![Some(h)]);
+            assert_eq!(p.out_store, vec![Store::Half(h)]);
             let avx2 = lower_at(&g, Level::Avx2).expect("and for AVX2");
-            assert_eq!(avx2.out_half, vec![Some(h)]);
+            assert_eq!(avx2.out_store, vec![Store::Half(h)]);
         }
     }
 

@@ -40,7 +40,7 @@ use std::collections::HashMap;
 
 use iced_x86::code_asm::*;
 
-use crate::backend::cpu::jit::{Elem, Half, InputSet, Node, Pred, Prog, Un, Val, Variant};
+use crate::backend::cpu::jit::{Elem, Half, InputSet, Node, Pred, Prog, Store, Un, Val, Variant};
 use crate::backend::cpu::jit_code::{
     self, emit3, emit_bin, emit_bin_f64, pred_imm, Code, NoCode, Opnd, Ptrs, Schedule,
 };
@@ -324,8 +324,9 @@ impl Gen<'_> {
         let mut pin = Vec::new();
         let d = match n {
             Node::Const(_) => unreachable!("constants are not emitted"),
-            Node::InputMask(k) => {
-                // Bytes widened to lanes, then tested: nonzero is true.
+            Node::InputMask(k) | Node::InputByte(k) => {
+                // Bytes widened to lanes (a `u8` input's value), then, for
+                // a bool input, tested: nonzero is true.
                 let d = self.alloc(pos, &pin)?;
                 let dy = YMM[d];
                 // (An f64 program's lanes are 64 bits: 4 bytes a vector.)
@@ -350,13 +351,15 @@ impl Gen<'_> {
                         Ok(())
                     })?;
                 }
-                let zero = ymmword_ptr(r10 + self.pool_at[&0]);
-                if wide {
-                    self.a.vpcmpeqq(dy, dy, zero)?;
-                } else {
-                    self.a.vpcmpeqd(dy, dy, zero)?;
+                if let Node::InputMask(_) = n {
+                    let zero = ymmword_ptr(r10 + self.pool_at[&0]);
+                    if wide {
+                        self.a.vpcmpeqq(dy, dy, zero)?;
+                    } else {
+                        self.a.vpcmpeqd(dy, dy, zero)?;
+                    }
+                    self.a.vxorps(dy, dy, ymmword_ptr(r10 + self.pool_at[&all_ones(wide)]))?;
                 }
-                self.a.vxorps(dy, dy, ymmword_ptr(r10 + self.pool_at[&all_ones(wide)]))?;
                 d
             }
             Node::InputHalf(k, h) => {
@@ -744,10 +747,13 @@ impl Gen<'_> {
             let j = k / copies;
             let disp = VB * (k % copies) as i32;
             let at_k = n_in + j;
-            if self.s.q.is_mask(w) {
-                // A bool output: 1 in the mask's lanes, packed to bytes.
+            let mask = self.s.q.is_mask(w);
+            if mask || self.s.q.out_store[j] == Store::Byte {
+                // A bool output (1 in the mask's lanes) or a `u8` one (the
+                // lanes hold 0 to 255), packed to bytes.
                 let (t, u) = (self.temp(end, &mut pin)?, self.temp(end, &mut pin)?);
-                self.a.vpand(YMM[t], r, ymmword_ptr(r10 + self.pool_at[&1]))?;
+                let low = if mask { 1 } else { 0xff };
+                self.a.vpand(YMM[t], r, ymmword_ptr(r10 + self.pool_at[&low]))?;
                 self.a.vextracti128(XMM[u], YMM[t], 1)?;
                 self.a.vpackusdw(XMM[t], XMM[t], XMM[u])?;
                 if self.wide {
@@ -763,7 +769,7 @@ impl Gen<'_> {
                 self.untemp(u);
                 continue;
             }
-            if let Some(h) = self.s.q.out_half[j] {
+            if let Store::Half(h) = self.s.q.out_store[j] {
                 // A value of the 16-bit type (exact), narrowed to words.
                 let (t, u) = (self.temp(end, &mut pin)?, self.temp(end, &mut pin)?);
                 if h == Half::Bf16 {
@@ -793,7 +799,7 @@ impl Gen<'_> {
 /// Whether `p` converts to or from `float16` (`vcvtph2ps`, `vcvtps2ph`).
 fn uses_f16(p: &Prog) -> bool {
     p.nodes.iter().any(|n| matches!(n, Node::InputHalf(_, Half::F16) | Node::Un(Un::Narrow(Half::F16), _)))
-        || p.out_half.contains(&Some(Half::F16))
+        || p.out_store.contains(&Store::Half(Half::F16))
 }
 
 /// Whether the CPU has F16C.
@@ -851,8 +857,9 @@ fn emit(p: &Prog, v: Variant, frame: i32) -> Result<(CodeAssembler, Box<[jit_cod
         Node::Un(Un::Sra(k), _) => Some(1u64 << (63 - k)),
         _ => None,
     });
-    // (0, 1 and the bfloat16 rounding's masks: bool and 16-bit values.)
-    let narrow = [0, 1, 0x7fff, 0x40_0000, 0xffff_0000];
+    // (0, 1, a byte's mask and the bfloat16 rounding's masks: bool, u8 and
+    // 16-bit values.)
+    let narrow = [0, 1, 0xff, 0x7fff, 0x40_0000, 0xffff_0000];
     for b in s.constants().into_iter().chain([127, all_ones(wide)]).chain(shifts).chain(narrow) {
         pool_at.entry(b).or_insert_with(|| {
             let at = 4 * words.len() as i32;
@@ -922,15 +929,15 @@ fn emit(p: &Prog, v: Variant, frame: i32) -> Result<(CodeAssembler, Box<[jit_cod
     let mut narrow: Vec<(usize, u32)> = Vec::new();
     for n in &p.nodes {
         match *n {
-            Node::InputMask(k) if !v.bcast.contains(k) => narrow.push((k, 1)),
+            Node::InputMask(k) | Node::InputByte(k) if !v.bcast.contains(k) => narrow.push((k, 1)),
             Node::InputHalf(k, _) if !v.bcast.contains(k) => narrow.push((k, 2)),
             _ => {}
         }
     }
     for (j, &o) in p.outputs.iter().enumerate() {
-        if p.is_mask(o) {
+        if p.is_mask(o) || p.out_store[j] == Store::Byte {
             narrow.push((n_in + j, 1));
-        } else if p.out_half[j].is_some() {
+        } else if matches!(p.out_store[j], Store::Half(_)) {
             narrow.push((n_in + j, 2));
         }
     }
@@ -1031,7 +1038,7 @@ mod tests {
             ],
             inputs: 1,
             outputs: vec![5],
-            out_half: vec![None],
+            out_store: vec![Store::Lane],
         };
         for n in 0..=40 {
             let x: Vec<f32> = (0..n).map(|i| i as f32 * 0.37 - 2.0).collect();

@@ -314,7 +314,7 @@ impl Schedule {
         let mut inv = vec![false; nodes.len()];
         for (i, n) in nodes.iter().enumerate() {
             inv[i] = match *n {
-                Node::Input(k) | Node::InputMask(k) | Node::InputHalf(k, _) => bcast.contains(k),
+                Node::Input(k) | Node::InputMask(k) | Node::InputHalf(k, _) | Node::InputByte(k) => bcast.contains(k),
                 Node::Const(_) => true,
                 _ => n.operands().iter().all(|&o| inv[o as usize]),
             };
@@ -351,7 +351,7 @@ impl Schedule {
             elem: p.elem,
             inputs: p.inputs,
             outputs: p.outputs.clone(),
-            out_half: p.out_half.clone(),
+            out_store: p.out_store.clone(),
         };
         Schedule { q, copy_of, inv, pre, body, copy }
     }

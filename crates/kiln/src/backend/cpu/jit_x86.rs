@@ -24,7 +24,7 @@ use std::collections::HashMap;
 
 use iced_x86::code_asm::*;
 
-use crate::backend::cpu::jit::{Elem, Half, InputSet, Node, Pred, Prog, Un, Val, Variant};
+use crate::backend::cpu::jit::{Elem, Half, InputSet, Node, Pred, Prog, Store, Un, Val, Variant};
 use crate::backend::cpu::jit_code::{
     self, emit3, emit_bin, emit_bin_f64, int_pred_imm, pred_imm, Code, NoCode, Opnd, Ptrs, Schedule,
 };
@@ -198,10 +198,10 @@ impl Gen<'_> {
                 }
                 self.loc[v as usize] = Loc::Z(d);
             }
-            Node::InputMask(k) => {
-                // Bytes widened to lanes, then tested: nonzero is true.
+            Node::InputMask(k) | Node::InputByte(k) => {
+                // Bytes widened to lanes (a `u8` input's value), then, for
+                // a bool input, tested: nonzero is true.
                 let t = self.take_z()?;
-                let kd = self.take_k()?;
                 let wide = self.f64();
                 let disp = self.disp[v as usize] / self.p.elem.bytes() as i32;
                 let ptr = self.ptrs.input(&mut self.a, k)?;
@@ -221,6 +221,11 @@ impl Gen<'_> {
                     self.a.vpmovzxbd(ZMM[t].k1().z(), xmmword_ptr(ptr + rax + disp))?;
                     self.a.shl(rax, 2)?;
                 }
+                if let Node::InputByte(_) = n {
+                    self.loc[v as usize] = Loc::Z(t);
+                    return Ok(());
+                }
+                let kd = self.take_k()?;
                 if wide {
                     self.a.vptestmq(K[kd], ZMM[t], ZMM[t])?;
                 } else {
@@ -633,7 +638,17 @@ fn emit(p: &Prog, v: Variant, copies: usize) -> Result<Code, NoCode> {
                 }
                 let mut temps = Vec::new();
                 let r = g.reg(cv[o as usize], &mut temps)?;
-                if let Some(h) = p.out_half[j] {
+                if p.out_store[j] == Store::Byte {
+                    // A `u8` output: each lane's low byte (the lane holds
+                    // 0 to 255).
+                    let ptr = g.ptrs.output(&mut g.a, j)?;
+                    g.a.shr(rax, 2)?;
+                    g.a.vpmovdb(xmmword_ptr(ptr + rax + 16 * c as i32).k1(), r)?;
+                    g.a.shl(rax, 2)?;
+                    g.free_z.extend_from_slice(&temps);
+                    continue;
+                }
+                if let Store::Half(h) = p.out_store[j] {
                     // A value of the 16-bit type: its 16 bits per lane
                     // (exact), narrowed to words.
                     let t = g.take_z()?;
