@@ -228,13 +228,13 @@ fn strided_inputs_are_gathered_before_the_kernel() -> Result<()> {
 fn explain_says_how_each_elementwise_kernel_runs() -> Result<()> {
     let x = Array::from_vec(vec![0.5f32; 64], &[64])?;
     let compiled = compile(gelu_erf).explain((&x, &x))?;
-    let x64 = x.astype(kiln::DType::F64)?;
-    let wide = compile(|x: &Array| (x * 2.0)?.remainder(x)).explain(&x64)?;
+    let x64 = x.astype(kiln::DType::I64)?;
+    let wide = compile(|x: &Array| (x * 2)?.remainder(x)).explain(&x64)?;
     let trig = compile(|x: &Array| (x.sin()? * 2.0f32)?.exp()).explain(&x)?;
     let single = compile(|x: &Array| x.exp()).explain(&x)?;
     if jit::enabled() {
         assert!(compiled.contains("code:    machine code ("), "{compiled}");
-        assert!(wide.contains("tile interpreter (remainder has no f64 vector lowering)"), "{wide}");
+        assert!(wide.contains("tile interpreter (a value is not f32, i32, u8, bool or a 16-bit float"), "{wide}");
         assert!(trig.contains("code:    machine code ("), "{trig}");
     } else {
         assert!(compiled.contains("code:    tile interpreter (the code generator needs AVX2 and FMA"), "{compiled}");
@@ -655,6 +655,55 @@ fn floor_division_and_remainder_match_the_interpreter_at_any_magnitude() -> Resu
     }
     if jit::enabled() {
         let x = Array::from_vec(vec![0.5f32; 64], &[64])?;
+        let text = c.explain((&x, &x))?;
+        assert!(text.contains("code:    machine code (") && !text.contains("tile interpreter"), "{text}");
+    }
+    Ok(())
+}
+
+/// [`divmod_pair`] of `f64` arrays.
+fn divmod_pair64(x: &Array, y: &Array) -> Result<(Array, Array)> {
+    Ok(((x.floor_divide(y)? * 2.0f64)?, (x.remainder(y)? + 1.0f64)?))
+}
+
+#[test]
+fn f64_floor_division_and_remainder_match_the_interpreter_at_any_magnitude() -> Result<()> {
+    // As the f32 test above, in f64: quotients near integers, huge ones
+    // (beyond 2^51: the scalar code's lanes), subnormals, zeros, infinities
+    // and NaN at random lanes, bit for bit.
+    let c = compile(|x: &Array, y: &Array| divmod_pair64(x, y));
+    let mut rng = Rng::new(4321);
+    let specials = [0.0f64, -0.0, f64::INFINITY, f64::NEG_INFINITY, f64::NAN, 1e-310, -3e-308, f64::MAX, 1e300];
+    for (n, mixed) in [1, 7, 8, 9, 17, 1000, 4099].into_iter().flat_map(|n| [(n, false), (n, true)]) {
+        let mut xs = Vec::with_capacity(n);
+        let mut ys = Vec::with_capacity(n);
+        for _ in 0..n {
+            let y = 10f64.powf(rng.uniform(-3.0, 3.0)) * if rng.int(0, 1) == 0 { 1.0 } else { -1.0 };
+            let case = if mixed { rng.int(0, 5) } else { [0, 3, 4, 5][rng.int(0, 3) as usize] };
+            let x = match case {
+                0 => {
+                    let v = rng.int(-100_000_000, 100_000_000) as f64 * y;
+                    f64::from_bits((v.to_bits() as i64 + rng.int(-1, 1)) as u64)
+                }
+                1 => y * rng.uniform(-1e18, 1e18),
+                2 => rng.pick(&specials),
+                _ => y * rng.uniform(-50.0, 50.0),
+            };
+            xs.push(x);
+            ys.push(if mixed && rng.int(0, 30) == 0 { rng.pick(&specials) } else { y });
+        }
+        let x = Array::from_vec(xs, &[n])?;
+        let y = Array::from_vec(ys, &[n])?;
+        let (g0, g1) = c.call((&x, &y))?;
+        let (w0, w1) = jit::interpreted(|| -> Result<(Vec<f64>, Vec<f64>)> {
+            let (a, b) = divmod_pair64(&x, &y)?;
+            Ok((a.to_vec::<f64>()?, b.to_vec::<f64>()?))
+        })?;
+        assert_same64(&g0.to_vec::<f64>()?, &w0, &format!("floor_divide, {n}, mixed {mixed}"));
+        assert_same64(&g1.to_vec::<f64>()?, &w1, &format!("remainder, {n}, mixed {mixed}"));
+    }
+    if jit::enabled() {
+        let x = Array::from_vec(vec![0.5f64; 64], &[64])?;
         let text = c.explain((&x, &x))?;
         assert!(text.contains("code:    machine code (") && !text.contains("tile interpreter"), "{text}");
     }

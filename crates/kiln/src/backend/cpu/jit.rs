@@ -88,8 +88,8 @@
 //! `log1p`, `log2`, `log10`, `sin`, `cos`, `tan`, `tanh`, `sigmoid` and
 //! `erf` of [`math_f64`](crate::backend::cpu::math_f64), recorded from the
 //! code the interpreter runs (the trigonometric lanes it leaves to the C
-//! library call out, [`Fix::Library`]), its `atan2` and `pow`; a group
-//! with an `f64` `floor_divide` or `remainder` runs on the interpreter. Sine, cosine and tangent run their vector reduction by
+//! library call out, [`Fix::Library`]), its `atan2` and `pow`, and
+//! `floor_divide` and `remainder` (below). Sine, cosine and tangent run their vector reduction by
 //! `π/2`, which holds for `|x| <=` [`TRIG_LIMIT`](simd_math::TRIG_LIMIT);
 //! a vector with a lane beyond it (or an infinity) calls
 //! [`fix_big_lanes`](simd_math::fix_big_lanes) from the loop
@@ -97,8 +97,9 @@
 //! registers saved around the call, which almost never runs), so the
 //! kernel computes what the interpreter computes at any argument. `floor_divide` and
 //! `remainder` compute Python's `divmod` in vector code where `fmod` is
-//! exact by FMA (finite operands, `|a / b| < 2^22`) and call the scalar
-//! code for a vector with any other lane ([`Fix::Remainder`]). Anything else runs on
+//! exact by FMA (finite operands, `|a / b| < 2^22`, or `2^51` in `f64`)
+//! and call the scalar code for a vector with any other lane
+//! ([`Fix::Remainder`]). Anything else runs on
 //! the interpreter, which remains the reference. Setting the
 //! environment variable `KILN_JIT=0` turns compilation off (to compare, or
 //! to debug a suspected code generation problem); `KILN_JIT_DUMP=dir`
@@ -297,6 +298,10 @@ pub enum Fix {
     FloorDivide,
     /// Every lane of `remainder(a, b)`, by the interpreter's scalar code.
     Remainder,
+    /// Every lane of `floor_divide(a, b)` of `f64` lanes.
+    FloorDivide64,
+    /// Every lane of `remainder(a, b)` of `f64` lanes.
+    Remainder64,
     /// Every lane of `floor_divide(a, b)` of `i32` lanes.
     IntFloorDivide,
     /// Every lane of `remainder(a, b)` of `i32` lanes.
@@ -319,6 +324,8 @@ impl Fix {
             Fix::IntFloorDivide => 1002,
             Fix::IntRemainder => 1003,
             Fix::IntPow => 1004,
+            Fix::FloorDivide64 => 1005,
+            Fix::Remainder64 => 1006,
             Fix::Library(f) => 2000 + Trig::ALL.iter().position(|&g| g == f).expect("every function is in Trig::ALL"),
         }
     }
@@ -326,7 +333,7 @@ impl Fix {
 
 /// The call of a [`Node::Fix`]: `out` holds the vector path's results for
 /// operands `a` and `b`, `lanes` 32-bit lanes each (`f32` or `i32`), or
-/// `f64` lanes for codes from 2000; `code` is [`Fix::code`]. Lanes are
+/// `f64` lanes for codes 1005, 1006 and from 2000; `code` is [`Fix::code`]. Lanes are
 /// recomputed in place as the interpreter computes them (an unknown `code`
 /// changes nothing). Never panics or unwinds.
 ///
@@ -335,6 +342,26 @@ impl Fix {
 /// lanes of the code's width (and aligned to it); `out` must not overlap
 /// `a` or `b`.
 pub unsafe extern "sysv64" fn fix_lanes_sysv(a: *const f32, b: *const f32, out: *mut f32, lanes: usize, code: usize) {
+    FIX_CALLS.fetch_add(1, Ordering::Relaxed);
+    let f64_divmod: Option<fn(f64, f64) -> f64> = match code {
+        1005 => Some(crate::backend::cpu::math::floordiv_f64),
+        1006 => Some(crate::backend::cpu::math::rem_f64),
+        _ => None,
+    };
+    if let Some(f) = f64_divmod {
+        // SAFETY: the caller's contract, for f64 lanes.
+        let (a, b, out) = unsafe {
+            (
+                std::slice::from_raw_parts(a.cast::<f64>(), lanes),
+                std::slice::from_raw_parts(b.cast::<f64>(), lanes),
+                std::slice::from_raw_parts_mut(out.cast::<f64>(), lanes),
+            )
+        };
+        for ((o, &x), &y) in out.iter_mut().zip(a).zip(b) {
+            *o = f(x, y);
+        }
+        return;
+    }
     if let Some(f) = Trig::ALL.get(code.wrapping_sub(2000)) {
         // SAFETY: the caller's contract, for f64 lanes.
         let (a, out) = unsafe {
@@ -815,6 +842,8 @@ fn big_lanes(f: Func, x: Traced) -> Traced {
 /// the true quotient's integer part or one off, `a - t b` is computed by
 /// one FMA with no rounding (a multiple of `b`'s ulp smaller than `2^24`
 /// of them), and one step toward `[0, |b|)` (with `a`'s sign) is exact too.
+/// In an `f64` program the same steps are `divmod_f64`'s, bit for bit, on
+/// the lanes where `|a / b| < 2^51` (the same argument with 53 bits).
 fn divmod(a: Traced, b: Traced) -> (Traced, Traced, TracedMask) {
     let c = Traced::splat;
     let zero = c(0.0);
@@ -841,7 +870,8 @@ fn divmod(a: Traced, b: Traced) -> (Traced, Traced, TracedMask) {
     let q = Traced::select(div.cmp(Pred::Neq, zero), q, qd.sign());
     let inf = c(f32::INFINITY);
     let finite = Traced::mand(a.abs().lt(inf), ab.lt(inf));
-    let fast = Traced::mand(Traced::mand(finite, ab.gt(zero)), qd.abs().lt(c(4_194_304.0)));
+    let exact = if recording_elem() == Elem::F64 { 2_251_799_813_685_248.0 } else { 4_194_304.0 };
+    let fast = Traced::mand(Traced::mand(finite, ab.gt(zero)), qd.abs().lt(c(exact)));
     (q, m, mask_not(fast))
 }
 
@@ -1221,9 +1251,6 @@ fn lower_op(prim: &Primitive, a: &[Reg]) -> Option<Reg> {
                 _ => {}
             }
             let (x, y) = (f(0)?, f(1)?);
-            if f64 && matches!(b, BinaryOp::FloorDivide | BinaryOp::Remainder) {
-                return None;
-            }
             match b {
                 BinaryOp::Add => Reg::F(x.add(y)),
                 BinaryOp::Sub => Reg::F(x.sub(y)),
@@ -1239,7 +1266,12 @@ fn lower_op(prim: &Primitive, a: &[Reg]) -> Option<Reg> {
                 BinaryOp::Atan2 => Reg::F(simd_math::atan2_v(x, y)),
                 BinaryOp::FloorDivide | BinaryOp::Remainder => {
                     let (q, m, slow) = divmod(x, y);
-                    let (fix, r) = if b == BinaryOp::FloorDivide { (Fix::FloorDivide, q) } else { (Fix::Remainder, m) };
+                    let (fix, r) = match (b == BinaryOp::FloorDivide, f64) {
+                        (true, false) => (Fix::FloorDivide, q),
+                        (false, false) => (Fix::Remainder, m),
+                        (true, true) => (Fix::FloorDivide64, q),
+                        (false, true) => (Fix::Remainder64, m),
+                    };
                     Reg::F(Traced(record(Node::Fix(fix, x.0, y.0, r.0, slow.0))))
                 }
                 BinaryOp::Maximum => Reg::F(max_min_nan(x, y, Bin::Max)),
@@ -1544,6 +1576,14 @@ pub struct Variant {
 
 static GENERATED: AtomicUsize = AtomicUsize::new(0);
 static DECLINED: AtomicUsize = AtomicUsize::new(0);
+static FIX_CALLS: AtomicUsize = AtomicUsize::new(0);
+
+/// Calls from generated code to [`fix_lanes_sysv`] so far in this process
+/// (a vector with a lane that its vector path does not cover): for tests
+/// that the vector path alone runs on ordinary lanes.
+pub fn fix_calls() -> usize {
+    FIX_CALLS.load(Ordering::Relaxed)
+}
 
 /// Kernels generated so far in this process, and programs for which code
 /// generation declined (they ran on the interpreter): for tests and

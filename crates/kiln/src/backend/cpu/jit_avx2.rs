@@ -629,7 +629,13 @@ impl Gen<'_> {
                 let d = self.alloc(pos, &pin)?;
                 self.a.vmovaps(YMM[d], sr)?;
                 let mut skip = self.a.create_label();
-                self.a.vtestps(sm, sm)?;
+                // Only the vector's positions count: in the tail, the
+                // lanes of the tail's mask.
+                if self.masked {
+                    self.a.vtestps(sm, YMM[MASK])?;
+                } else {
+                    self.a.vtestps(sm, sm)?;
+                }
                 self.a.jz(skip)?;
                 const XS: i32 = VB * 16;
                 const YS: i32 = XS + VB;

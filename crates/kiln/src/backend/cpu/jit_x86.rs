@@ -487,7 +487,12 @@ impl Gen<'_> {
                 let saved: Vec<usize> = (0..ZMM.len()).filter(|r| !self.free_z.contains(r)).collect();
                 self.a.vmovaps(ZMM[d], sr)?;
                 let mut skip = self.a.create_label();
-                self.a.kortestw(K[km], K[km])?;
+                // Only the vector's positions count (k1: the tail's lanes,
+                // or every lane): its zeroed lanes past the end are no
+                // operands, and a complemented mask sets the bits above an
+                // f64 program's eight lanes.
+                self.a.kandw(k0, K[km], k1)?;
+                self.a.kortestw(k0, k0)?;
                 self.a.jz(skip)?;
                 const KS: i32 = 64 * 32;
                 const XS: i32 = KS + 64;
