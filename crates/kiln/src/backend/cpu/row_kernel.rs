@@ -72,6 +72,10 @@ const SKEW_BYTES: usize = 320;
 /// Positions per parallel part, at least.
 const PART_ELEMS: usize = 1 << 15;
 
+/// Positions per part, at least, of a job too small for a part of
+/// [`PART_ELEMS`] per thread.
+const SMALL_PART_ELEMS: usize = 1 << 13;
+
 /// Where a step reads a value for the current row.
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Src {
@@ -255,7 +259,7 @@ fn run_in<'a, T: RowFloat, S: AsRef<[usize]> + ?Sized + 'a>(
     let (rows, n) = (plan.rows, plan.n);
     let sinks: Vec<RowSink> =
         plan.sink_len.iter().map(|&len| RowSink::new(T::DTYPE, rows, len)).collect::<Result<_>>()?;
-    let per_part = PART_ELEMS.div_ceil(n).max(rows.div_ceil(8 * team::threads()));
+    let per_part = rows_per_part(rows, n, team::threads());
     let parts = rows.div_ceil(per_part);
     let run_part = |c: usize| run_rows(&plan, &sinks, c * per_part, ((c + 1) * per_part).min(rows));
     if parts <= 1 {
@@ -268,6 +272,26 @@ fn run_in<'a, T: RowFloat, S: AsRef<[usize]> + ?Sized + 'a>(
         values[v] = Some(Data::contiguous(buf, shape_of(v).as_ref()));
     }
     Ok(true)
+}
+
+/// Rows per parallel part of a run over `rows` rows of `n` positions on
+/// `threads` threads. A run with a part of [`PART_ELEMS`] for every thread
+/// splits into parts of at least that many positions, up to eight per
+/// thread (so that threads that finish early take more); a smaller one
+/// into at most one part per thread of at least [`SMALL_PART_ELEMS`]. On
+/// two threads a layernorm over 64 rows of 1024 is two parts either way;
+/// on a 16-core host it was two parts of 32 rows, and eight parts of 8
+/// rows ran it faster (and sixteen over 256 rows; bench/README.md). More
+/// parts than threads only add each part's fixed cost (smaller parts for
+/// every run were slower on two threads).
+fn rows_per_part(rows: usize, n: usize, threads: usize) -> usize {
+    let work = rows.saturating_mul(n);
+    if work < PART_ELEMS.saturating_mul(threads) {
+        let parts = (work / SMALL_PART_ELEMS).clamp(1, threads.max(1));
+        rows.div_ceil(parts).max(1)
+    } else {
+        PART_ELEMS.div_ceil(n.max(1)).max(rows.div_ceil(8 * threads.max(1)))
+    }
 }
 
 /// True when `shape`, padded with leading ones to `want`'s length, is `want`.
@@ -793,5 +817,31 @@ fn finish_output<T: Copy>(c: &SinkCopy<T>, at: &impl Fn(At<T>) -> *mut T) {
         // SAFETY: a scalar slot just written, and this task's element of a
         // per-row sink.
         unsafe { *to = *from };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_runs_split_into_at_most_one_part_per_thread() {
+        let parts = |rows: usize, n: usize, threads: usize| rows.div_ceil(rows_per_part(rows, n, threads));
+        // 64 rows of 1024: two parts on two threads, eight of 8 rows on 16.
+        assert_eq!(parts(64, 1024, 2), 2);
+        assert_eq!(parts(64, 1024, 16), 8);
+        assert_eq!(rows_per_part(64, 1024, 16), 8);
+        // 256 rows on 16 threads: one part per thread.
+        assert_eq!(parts(256, 1024, 16), 16);
+        // Enough work for a part of PART_ELEMS per thread: parts of at
+        // least PART_ELEMS positions, up to eight per thread.
+        assert_eq!(rows_per_part(1024, 1024, 16), 32);
+        assert_eq!(parts(4096, 1024, 2), 16);
+        assert_eq!(rows_per_part(1 << 20, 64, 2), (1 << 20) / 16);
+        // Tiny runs, one thread, degenerate sizes: one part, never zero rows.
+        assert_eq!(parts(3, 100, 16), 1);
+        assert_eq!(parts(16, 1024, 1), 1);
+        assert!(rows_per_part(0, 1024, 4) >= 1);
+        assert!(rows_per_part(5, 0, 4) >= 1);
     }
 }
