@@ -110,6 +110,31 @@ fn normalizations_run_row_by_row_with_the_block_runs_bits() -> Result<()> {
 }
 
 #[test]
+fn a_single_row_and_a_vector_run_row_by_row() -> Result<()> {
+    // One row (1, n), a row of a 3-D array (1, 1, n) and a vector (n):
+    // the inference case of one token, which ran block by block at 1.7x a
+    // two-row call's time.
+    for shape in [vec![1usize, 1024], vec![1, 1, 300], vec![1024], vec![2]] {
+        let cols = *shape.last().expect("a last axis");
+        let x = normal(&shape, 51);
+        let g = normal(&[cols], 52);
+        let b = normal(&[cols], 53);
+        let what = format!("{shape:?}");
+        let ran = check(|a| Ok(vec![a[0].softmax(-1)?]), std::slice::from_ref(&x), &format!("softmax {what}"))?;
+        let ran_ln = check(|a| Ok(vec![layernorm(&a[0], &a[1], &a[2])?]), &[x.clone(), g.clone(), b], &what)?;
+        let ran_rms = check(|a| Ok(vec![rmsnorm(&a[0], &a[1])?]), &[x.clone(), g], &format!("rmsnorm {what}"))?;
+        let ran_parts = check(|a| softmax_parts(&a[0]), &[x], &format!("softmax parts {what}"))?;
+        if jit_enabled() {
+            assert!(ran >= 1 && ran_ln >= 1 && ran_rms >= 1, "{what}: row kernels ran: {ran} {ran_ln} {ran_rms}");
+            // (A vector's softmax whose statistics leave it is no row
+            // chain: it runs block by block, with the same bits.)
+            assert!(ran_parts >= 1 || shape.len() == 1, "{what}: softmax parts ran row by row");
+        }
+    }
+    Ok(())
+}
+
+#[test]
 fn f64_rows_run_row_by_row_in_f64() -> Result<()> {
     // The same chains over f64 rows: scratch rows, generated code and
     // folds in f64 (rows of 64 to 16384 values: a scratch row of 16384

@@ -420,7 +420,7 @@ fn plan<'a, 'v, T: RowFloat, S: AsRef<[usize]> + ?Sized + 'a>(
     let nd = full.len();
     let n = *full.last()?;
     let rows: usize = full[..nd - 1].iter().product();
-    if nd < 2 || !(2..=MAX_ROW).contains(&n) || rows < 2 {
+    if !(2..=MAX_ROW).contains(&n) || rows == 0 {
         return None;
     }
     let typed = |v: usize| p.instrs[v].dtype == T::DTYPE;
