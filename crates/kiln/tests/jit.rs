@@ -775,7 +775,16 @@ type F2Named = (&'static str, F2);
 
 /// Functions whose groups hold `bool` values (comparisons, logical ops,
 /// the NaN and infinity tests) inside, with `f32` inputs and outputs.
-const MASKED: [F2Named; 7] = [
+/// `x` plus each bool of `bs` as bit `k` of a sum (in `x`'s dtype).
+fn bits_sum(x: &Array, bs: &[Array]) -> Result<Array> {
+    let mut acc = x.clone();
+    for (k, b) in bs.iter().enumerate() {
+        acc = (acc + (b.astype(x.dtype())? * (1u32 << k) as f32)?)?;
+    }
+    Ok(acc)
+}
+
+const MASKED: [F2Named; 10] = [
     ("sign", |x, y| (x.sign()? * y.abs()?.sqrt()?)? + y.sign()?),
     ("leaky relu", |x, _| kiln::where_(&kiln::greater(x, 0.0f32)?, x, &(x * 0.01f32)?)),
     ("huber", |x, _| {
@@ -807,6 +816,20 @@ const MASKED: [F2Named; 7] = [
         // `where` and the logical ops read an f32 as nonzero (NaN is true).
         let t = kiln::where_(x, y, 2.0f32)?;
         (t + kiln::logical_not(y)?.astype(kiln::DType::F32)?)? + kiln::logical_or(x, y)?.astype(kiln::DType::F32)?
+    }),
+    // Ops of two bool values: + and maximum are or, * and minimum and,
+    // comparisons order false before true; a bool is finite.
+    ("bools compared", |x, y| {
+        let (p, q) = (kiln::greater(x, 0.5f32)?, kiln::less(y, 0.25f32)?);
+        bits_sum(x, &[kiln::equal(&p, &q)?, kiln::not_equal(&p, &q)?, kiln::less(&p, &q)?, kiln::less_equal(&p, &q)?])
+    }),
+    ("bools ordered", |x, y| {
+        let (p, q) = (kiln::greater(x, 0.5f32)?, kiln::less(y, 0.25f32)?);
+        bits_sum(x, &[kiln::greater(&p, &q)?, kiln::greater_equal(&p, &q)?, kiln::isnan(&p)?, kiln::isfinite(&q)?])
+    }),
+    ("bools added", |x, y| {
+        let (p, q) = (kiln::greater(x, 0.5f32)?, kiln::less(y, 0.25f32)?);
+        bits_sum(x, &[(&p + &q)?, (&p * &q)?, p.maximum(&q)?, p.minimum(&q)?])
     }),
     ("clamped erf with a masked rate", |x, y| {
         let r =

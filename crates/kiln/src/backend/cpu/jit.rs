@@ -1168,6 +1168,26 @@ fn int_pow(a: Traced, e: Traced) -> (Traced, TracedMask) {
     (acc, slow)
 }
 
+/// `x op y` of two `bool` values as the interpreter computes it: `+` and
+/// `maximum` are `or`, `*` and `minimum` are `and`, comparisons order
+/// false before true; `None` for any other op.
+fn lower_mask_op(op: BinaryOp, x: TracedMask, y: TracedMask) -> Option<TracedMask> {
+    let either = Traced::mor(x, y);
+    let both = Traced::mand(x, y);
+    let differ = Traced::mand(either, mask_not(both));
+    Some(match op {
+        BinaryOp::Add | BinaryOp::Maximum => either,
+        BinaryOp::Mul | BinaryOp::Minimum => both,
+        BinaryOp::Equal => mask_not(differ),
+        BinaryOp::NotEqual => differ,
+        BinaryOp::Less => Traced::mand(mask_not(x), y),
+        BinaryOp::LessEqual => Traced::mor(mask_not(x), y),
+        BinaryOp::Greater => Traced::mand(x, mask_not(y)),
+        BinaryOp::GreaterEqual => Traced::mor(x, mask_not(y)),
+        _ => return None,
+    })
+}
+
 /// The complement of a mask.
 fn mask_not(m: TracedMask) -> TracedMask {
     TracedMask(record(Node::MaskNot(m.0)))
@@ -1215,6 +1235,15 @@ fn lower_op(prim: &Primitive, a: &[Reg]) -> Option<Reg> {
             if u == UnaryOp::LogicalNot {
                 return Some(Reg::M(mask_not(a[0].mask())));
             }
+            if let Reg::M(m) = a[0] {
+                // A bool is never NaN nor infinite.
+                let never = Traced::mand(m, mask_not(m));
+                return match u {
+                    UnaryOp::IsNan | UnaryOp::IsInf => Some(Reg::M(never)),
+                    UnaryOp::IsFinite => Some(Reg::M(mask_not(never))),
+                    _ => None,
+                };
+            }
             let x = f(0)?;
             Reg::F(match u {
                 UnaryOp::Neg => x.xor(Traced::splat(-0.0)),
@@ -1249,6 +1278,9 @@ fn lower_op(prim: &Primitive, a: &[Reg]) -> Option<Reg> {
                 BinaryOp::LogicalAnd => return Some(Reg::M(Traced::mand(a[0].mask(), a[1].mask()))),
                 BinaryOp::LogicalOr => return Some(Reg::M(Traced::mor(a[0].mask(), a[1].mask()))),
                 _ => {}
+            }
+            if let (Reg::M(x), Reg::M(y)) = (a[0], a[1]) {
+                return lower_mask_op(b, x, y).map(Reg::M);
             }
             let (x, y) = (f(0)?, f(1)?);
             match b {
@@ -1774,9 +1806,12 @@ mod tests {
             .expect("f64 exp lowers");
         assert!(p.nodes.iter().any(|n| matches!(n, Node::Un(Un::Shl(52), _))));
         assert!(!p.nodes.iter().any(|n| matches!(n, Node::Bin(Bin::Scalef, ..) | Node::Un(Un::Rcp14, _))));
-        for b in [BinaryOp::FloorDivide, BinaryOp::Remainder] {
+        // Floor division and remainder: the vector divmod, and a call of
+        // the f64 scalar code for the other lanes.
+        for (b, fix) in [(BinaryOp::FloorDivide, Fix::FloorDivide64), (BinaryOp::Remainder, Fix::Remainder64)] {
             let g = f64_group(vec![(Primitive::Binary(b), vec![0, 0])]);
-            assert!(lower_at(&g, Level::Avx512).is_none(), "{b:?} of f64 has no lowering");
+            let p = lower_at(&g, Level::Avx512).expect("f64 divmod lowers");
+            assert!(matches!(p.nodes[p.outputs[0] as usize], Node::Fix(f, ..) if f == fix), "{b:?}");
         }
         let mut mixed = f64_group(vec![(Primitive::AsType(DType::F32), vec![0])]);
         mixed.ops[0].dtype = DType::F32;
