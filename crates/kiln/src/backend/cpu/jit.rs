@@ -978,66 +978,34 @@ fn low_byte(x: Traced) -> Traced {
 }
 
 /// The recorded value of an op whose operands (the values of `where`) are
-/// `u8`, as [`IntMath`] computes it for `u8`: the `i32` lowering of the
-/// op on lanes of 0 to 255, then the low byte where the result can leave
-/// that range (sums, differences, products, negation, powers: wrapping
-/// modulo 2^32, then modulo 256, is wrapping modulo 256). Quotients and
-/// remainders of such lanes are the unsigned ones (and 0 by zero), exact
-/// in `f32`, so [`int_divmod`]'s slow lanes never occur; a power's
-/// exponents above 31 take its scalar call. `None`: the interpreter.
+/// `u8`, as [`IntMath`] computes it for `u8`: [`lower_int_op`] on the
+/// lanes (of 0 to 255, where the `i32` and `u8` operations agree:
+/// quotients and remainders are exact on the vector path, signs are 0 or
+/// 1), then the low byte of a result that can leave the range (sums,
+/// differences, products, negation, powers: wrapping modulo 2^32, then
+/// modulo 256, is wrapping modulo 256). `None`: the interpreter.
 fn lower_byte_op(prim: &Primitive, a: &[Reg]) -> Option<Reg> {
-    let b = |k: usize| match a[k] {
+    let lane = || match a[0] {
         Reg::B(x) => Some(x),
         _ => None,
     };
-    let wrap = |x: Traced| Reg::B(low_byte(x));
-    Some(match *prim {
-        Primitive::AsType(DType::U8) => Reg::B(b(0)?),
-        Primitive::AsType(DType::I32) => Reg::I(b(0)?),
+    match *prim {
+        Primitive::AsType(DType::U8) => return Some(Reg::B(lane()?)),
+        Primitive::AsType(DType::I32) => return Some(Reg::I(lane()?)),
         // Exact: 0 to 255 are values of f32 and of both 16-bit floats.
-        Primitive::AsType(DType::F32 | DType::F16 | DType::BF16) => Reg::F(a[0].float()),
-        Primitive::AsType(DType::Bool) => Reg::M(a[0].mask()),
-        Primitive::Where => Reg::B(Traced::select(a[0].mask(), b(1)?, b(2)?)),
-        Primitive::Unary(UnaryOp::LogicalNot) => Reg::M(mask_not(a[0].mask())),
-        Primitive::Unary(u) => {
-            let x = b(0)?;
-            match u {
-                UnaryOp::Neg => wrap(ibin(Bin::ISub, iconst(0), x)),
-                UnaryOp::Square => wrap(ibin(Bin::IMul, x, x)),
-                UnaryOp::Abs | UnaryOp::Floor | UnaryOp::Ceil | UnaryOp::Round => Reg::B(x),
-                UnaryOp::Sign => Reg::B(Traced::select(icmp(Pred::Gt, x, iconst(0)), iconst(1), iconst(0))),
-                UnaryOp::IsNan | UnaryOp::IsInf => Reg::M(icmp(Pred::Neq, x, x)),
-                UnaryOp::IsFinite => Reg::M(icmp(Pred::Eq, x, x)),
-                _ => return None,
-            }
-        }
-        Primitive::Binary(BinaryOp::LogicalAnd) => Reg::M(Traced::mand(a[0].mask(), a[1].mask())),
-        Primitive::Binary(BinaryOp::LogicalOr) => Reg::M(Traced::mor(a[0].mask(), a[1].mask())),
-        Primitive::Binary(op) => {
-            let (x, y) = (b(0)?, b(1)?);
-            let cmp = |p| Reg::M(icmp(p, x, y));
-            match op {
-                BinaryOp::Add => wrap(ibin(Bin::IAdd, x, y)),
-                BinaryOp::Sub => wrap(ibin(Bin::ISub, x, y)),
-                BinaryOp::Mul => wrap(ibin(Bin::IMul, x, y)),
-                BinaryOp::Maximum => Reg::B(ibin(Bin::IMax, x, y)),
-                BinaryOp::Minimum => Reg::B(ibin(Bin::IMin, x, y)),
-                BinaryOp::FloorDivide => Reg::B(int_divmod(x, y).0),
-                BinaryOp::Remainder => Reg::B(int_divmod(x, y).1),
-                BinaryOp::Pow => {
-                    let (p, slow) = int_pow(x, y);
-                    wrap(Traced(record(Node::Fix(Fix::IntPow, x.0, y.0, p.0, slow.0))))
-                }
-                BinaryOp::Equal => cmp(Pred::Eq),
-                BinaryOp::NotEqual => cmp(Pred::Neq),
-                BinaryOp::Less => cmp(Pred::Lt),
-                BinaryOp::LessEqual => cmp(Pred::Le),
-                BinaryOp::Greater => cmp(Pred::Gt),
-                BinaryOp::GreaterEqual => cmp(Pred::Ge),
-                _ => return None,
-            }
-        }
-        _ => return None,
+        Primitive::AsType(DType::F32 | DType::F16 | DType::BF16) => return Some(Reg::F(a[0].float())),
+        _ => {}
+    }
+    let ints: Vec<Reg> = a.iter().map(|&r| if let Reg::B(x) = r { Reg::I(x) } else { r }).collect();
+    let wraps = matches!(
+        prim,
+        Primitive::Binary(BinaryOp::Add | BinaryOp::Sub | BinaryOp::Mul | BinaryOp::Pow)
+            | Primitive::Unary(UnaryOp::Neg | UnaryOp::Square)
+    );
+    // An integer result of an op on u8 values is a u8.
+    Some(match lower_int_op(prim, &ints)? {
+        Reg::I(x) => Reg::B(if wraps { low_byte(x) } else { x }),
+        r => r,
     })
 }
 
