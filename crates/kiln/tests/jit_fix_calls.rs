@@ -45,5 +45,19 @@ fn ordinary_lanes_take_the_vector_path_alone() -> Result<()> {
             }
         }
     }
+    // A call out among the values computed once before the loop (both
+    // operands broadcast): it runs, and its lane is the scalar code's.
+    for wide in [false, true] {
+        let dtype = if wide { kiln::DType::F64 } else { kiln::DType::F32 };
+        let f = compile(|x: &Array, a: &Array, b: &Array| x + a.floor_divide(b)?);
+        let x = Array::from_slice(&[0.5f64; 37], &[37])?.astype(dtype)?;
+        let (a, b) = (Array::scalar(1e30f64).astype(dtype)?, Array::scalar(3.0f64).astype(dtype)?);
+        kiln::eval(&[&x, &a, &b])?;
+        let before = jit::fix_calls();
+        let got = f.call((&x, &a, &b))?.astype(kiln::DType::F64)?.to_vec::<f64>()?;
+        assert!(jit::fix_calls() > before, "f64 {wide}: the invariant call out did not run");
+        let want = jit::interpreted(|| (&x + a.floor_divide(&b)?)?.astype(kiln::DType::F64)?.to_vec::<f64>())?;
+        assert_eq!(got, want, "f64 {wide}: an invariant huge quotient");
+    }
     Ok(())
 }

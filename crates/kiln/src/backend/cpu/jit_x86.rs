@@ -600,11 +600,13 @@ fn emit(p: &Prog, v: Variant, copies: usize) -> Result<Code, NoCode> {
         full: false,
     };
     jit_code::prologue(&mut g.a, &g.ptrs, &pool)?;
+    // Every lane (k1) before the invariant values too: a call out among
+    // them tests its mask against k1.
+    g.a.mov(r11d, (1 << lanes) - 1)?;
+    g.a.kmovw(k1, r11d)?;
     for (pos, &i) in pre.iter().enumerate() {
         g.node(i as Val, pos, bcast)?;
     }
-    g.a.mov(r11d, (1 << lanes) - 1)?;
-    g.a.kmovw(k1, r11d)?;
     g.a.xor(eax, eax)?;
     // One iteration over `copies.len()` vectors: prefetch, the nodes in
     // `order`, then each copy's outputs, 64 bytes apart.
