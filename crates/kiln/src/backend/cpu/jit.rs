@@ -48,7 +48,9 @@
 //! rounding, `maximum`/`minimum`, `floor_divide`, `remainder`, `pow`,
 //! `atan2`, `exp`, `expm1`, `log`, `log1p`, `log2`,
 //! `log10`, `tanh`, `sigmoid`, `erf`, `sin`, `cos`, `tan`; comparisons of
-//! `f32`, `logical_and`/`or`/`not`,
+//! `f32`, `logical_and`/`or`/`not`, ops of two `bool`s (as mask
+//! operations: `+` and `maximum` are `or`, `*` and `minimum` are `and`,
+//! false orders before true),
 //! `isnan`/`isinf`/`isfinite`, `where`, `astype` between `f32`, `bool`
 //! and the 16-bit floats), and the CPU has AVX-512 or AVX2 and FMA. A `bool` value is a
 //! lane mask (a mask register on AVX-512, a vector of all-ones or zero
@@ -1168,7 +1170,8 @@ fn mask_not(m: TracedMask) -> TracedMask {
 fn lower_op(prim: &Primitive, a: &[Reg]) -> Option<Reg> {
     let one = || Traced::splat(1.0);
     let inf = || Traced::splat(f32::INFINITY);
-    // An f32 operand (a bool one declines: arithmetic on bools is not lowered).
+    // An f32 operand (an integer or bool one declines here: ops of two
+    // bools are mask operations, below).
     let f = |k: usize| match a[k] {
         Reg::F(x) => Some(x),
         Reg::I(_) | Reg::B(_) | Reg::M(_) => None,
