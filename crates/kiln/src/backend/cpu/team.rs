@@ -376,16 +376,17 @@ mod tests {
         }
     }
 
-    /// Runs two parts that wait (up to 20 ms) for each other; true when two
-    /// threads ran them.
+    /// Runs two parts that wait (up to 100 ms) for each other; true when two
+    /// threads ran them. The wait yields: under valgrind, which runs one
+    /// thread at a time, a spinning part would keep the helper off the CPU.
     fn two_threads_ran_a_job() -> bool {
         let ids = Mutex::new(std::collections::HashSet::new());
         let arrived = AtomicU32::new(0);
         run(2, &|_| {
             arrived.fetch_add(1, Ordering::SeqCst);
             let start = Instant::now();
-            while arrived.load(Ordering::SeqCst) < 2 && start.elapsed() < Duration::from_millis(20) {
-                std::hint::spin_loop();
+            while arrived.load(Ordering::SeqCst) < 2 && start.elapsed() < Duration::from_millis(100) {
+                std::thread::yield_now();
             }
             ids.lock().unwrap().insert(std::thread::current().id());
         });
@@ -398,8 +399,13 @@ mod tests {
         if threads() < 2 {
             return;
         }
-        // Other tests may hold the team (their jobs then run inline): retry.
-        assert!((0..200).any(|_| two_threads_ran_a_job()), "a helper polling for work takes a part");
+        // Other tests may hold the team (their jobs then run inline): retry,
+        // for up to a minute (a loaded machine, or valgrind).
+        let start = Instant::now();
+        let took = std::iter::repeat_with(two_threads_ran_a_job)
+            .take_while(|_| start.elapsed() < Duration::from_secs(60))
+            .any(|two| two);
+        assert!(took, "a helper polling for work takes a part");
         // A helper that idled longer than SPIN sleeps, and wakes for the next job.
         let woke = (0..50).any(|_| {
             std::thread::sleep(SPIN * 20);
