@@ -503,7 +503,8 @@ fn f32_kernels_propagate_nan_and_inf() -> Result<()> {
 /// `x @ w + bias` compiled (the bias seeds the product's output) against
 /// the reference plus the bias, for bias shapes along rows, columns, both,
 /// batched, and with an activation after the add. The larger sizes split
-/// over the team's threads by the larger operand: by row tiles (150 rows,
+/// over the team's threads, whichever way leaves the busiest thread less
+/// work: by row tiles (150 rows,
 /// 40 columns) and by column panels (40 rows, 150 columns; 6 rows, one
 /// tile).
 #[test]

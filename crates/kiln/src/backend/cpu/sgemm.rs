@@ -333,14 +333,18 @@ mod avx512 {
     }
 
     /// A product split into parts for the team: contiguous groups of row
-    /// tiles or of columns, whichever splits the larger operand (each
-    /// thread then reads less: the seed's `(32 x 128) @ (128 x 256)` splits
-    /// `b`'s columns), when it has a block per thread.
+    /// tiles or of columns, whichever leaves the least work to the busiest
+    /// thread (rows when even: the seed's 32 rows on two threads).
+    ///
+    /// Rows on a tie, though each part then reads all of `b`: this kernel
+    /// takes `b` of at most [`UNPACKED_B`] elements, which stays in each
+    /// core's L2 from call to call when it is a layer's weights, while `a`
+    /// (the batch) is new on each call, and a split by columns made every
+    /// thread read all of it; whole rows also keep the full-width panels.
+    /// The seed's `(32 x 128) @ (128 x 256)` with a new `x` per call on two
+    /// threads ran 8-10% faster split 16 + 16 rows than 128 + 128 columns.
     /// Columns split in units of `unit` (16 columns, one vector, when `b`
-    /// is read in place), so each part has the same number of vectors: the
-    /// seed's 256 columns split 128 + 128, computed as panels of 48, 48
-    /// and 32 columns, where whole panels split 144 + 112 (the last panel
-    /// 16 columns wide but computed at the cost of 48).
+    /// is read in place), so each part has the same number of vectors.
     #[derive(Clone, Copy)]
     struct Blocks {
         m: usize,
@@ -353,12 +357,14 @@ mod avx512 {
     impl Blocks {
         fn new(m: usize, n: usize, k: usize, unit: usize, threads: bool) -> Blocks {
             let threads = if threads { crate::backend::cpu::team::parts_for(m * n * k, TEAM_WORK) } else { 1 };
-            let (tiles, panels) = (m.div_ceil(MR), n.div_ceil(NR));
-            // Each part reads its own rows of `a` and all of `b`, or all of
-            // `a` and its own panels of `b`: split the larger operand (`m x
-            // k` against `k x n`), as long as it has a block for each thread.
-            let by_rows = if m > n { tiles >= threads || tiles >= panels } else { panels < threads && tiles > panels };
-            let parts = threads.min(if by_rows { tiles } else { n.div_ceil(unit) }).max(1);
+            let tiles = m.div_ceil(MR);
+            let units = n.div_ceil(unit);
+            // The busiest thread's share of rows, against its share of
+            // columns (cross-multiplied).
+            let most_rows = (tiles.div_ceil(threads) * MR).min(m);
+            let most_cols = (units.div_ceil(threads) * unit).min(n);
+            let by_rows = most_rows * n <= most_cols * m;
+            let parts = threads.min(if by_rows { tiles } else { units }).max(1);
             Blocks { m, n, unit, parts, by_rows }
         }
 
@@ -431,61 +437,85 @@ mod avx512 {
                 let (cp, s) = (c.add(q * NR), start.at(0, q * NR));
                 // SAFETY: as this function's contract, for this panel's
                 // columns (a narrower last panel computes only its vectors).
-                match cols.div_ceil(16) {
-                    1 => panel::<1>(m, kc, a, p0, bp, src.row_step, s, cp, ldc, cols),
-                    2 => panel::<2>(m, kc, a, p0, bp, src.row_step, s, cp, ldc, cols),
-                    _ => panel::<NV>(m, kc, a, p0, bp, src.row_step, s, cp, ldc, cols),
+                // Only a panel whose columns end inside a vector masks its
+                // loads of `b` (a masked load cost about an eighth of the
+                // product's time where every vector was whole).
+                let args = (m, kc, a, p0, bp, src.row_step, s, cp, ldc, cols);
+                match (cols.div_ceil(16), !cols.is_multiple_of(16)) {
+                    (1, false) => panel::<1, false>(args),
+                    (1, true) => panel::<1, true>(args),
+                    (2, false) => panel::<2, false>(args),
+                    (2, true) => panel::<2, true>(args),
+                    (_, false) => panel::<NV, false>(args),
+                    (_, true) => panel::<NV, true>(args),
                 }
             }
             p0 += kc;
         }
     }
 
+    /// The arguments of [`panel`]: rows `m`, depth `kc`, `a` and the first
+    /// step `p0` of `k`, the panel of `b` and its row step, the start of
+    /// `c`, `c` and its row stride, and the panel's columns.
+    type PanelArgs = (usize, usize, ASource, usize, *const f32, usize, C0Source, *mut f32, usize, usize);
+
     /// One panel of `cols <= 16 * V` columns of `c` (all `m` rows, tile by
-    /// tile) over `kc` steps of `k` from `p0`, in `V` vectors per row.
+    /// tile) over `kc` steps of `k` from `p0`, in `V` vectors per row;
+    /// `MASKED` when `cols` ends inside a vector (loads of `b` then read
+    /// only the panel's lanes).
     ///
     /// # Safety
     /// As [`panels_avx512`], for this panel: `bp` has `kc` rows `row_step`
     /// apart whose first `cols` lanes are readable, `c` and `c0` start at
     /// the panel's first column.
     #[target_feature(enable = "avx512f")]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn panel<const V: usize>(
-        m: usize,
-        kc: usize,
-        a: ASource,
-        p0: usize,
-        bp: *const f32,
-        row_step: usize,
-        start: C0Source,
-        c: *mut f32,
-        ldc: usize,
-        cols: usize,
-    ) {
+    unsafe fn panel<const V: usize, const MASKED: bool>((m, kc, a, p0, bp, row_step, start, c, ldc, cols): PanelArgs) {
         let masks: [__mmask16; V] =
             std::array::from_fn(|v| ((1u32 << cols.saturating_sub(16 * v).min(16)) - 1) as __mmask16);
+        prefetch_rows(a, 0, MR.min(m), p0, kc);
         for t in 0..m.div_ceil(MR) {
             let rows = MR.min(m - t * MR);
             let ap = a.base.wrapping_offset((t * MR) as isize * a.rs + p0 as isize * a.cs);
+            prefetch_rows(a, (t + 1) * MR, MR.min(m.saturating_sub((t + 1) * MR)), p0, kc);
             let cp = c.add(t * MR * ldc);
             let s = start.at(t * MR, 0);
             // SAFETY: as this function's contract; the tile reads
             // kc rows of the panel and `rows` rows of `c`.
             match rows {
-                1 => tile::<1, V>(kc, ap, a.rs, a.cs, bp, row_step, s, cp, ldc, masks),
-                2 => tile::<2, V>(kc, ap, a.rs, a.cs, bp, row_step, s, cp, ldc, masks),
-                3 => tile::<3, V>(kc, ap, a.rs, a.cs, bp, row_step, s, cp, ldc, masks),
-                4 => tile::<4, V>(kc, ap, a.rs, a.cs, bp, row_step, s, cp, ldc, masks),
-                5 => tile::<5, V>(kc, ap, a.rs, a.cs, bp, row_step, s, cp, ldc, masks),
-                6 => tile::<6, V>(kc, ap, a.rs, a.cs, bp, row_step, s, cp, ldc, masks),
-                7 => tile::<7, V>(kc, ap, a.rs, a.cs, bp, row_step, s, cp, ldc, masks),
-                _ => tile::<8, V>(kc, ap, a.rs, a.cs, bp, row_step, s, cp, ldc, masks),
+                1 => tile::<1, V, MASKED>(kc, ap, a.rs, a.cs, bp, row_step, s, cp, ldc, masks),
+                2 => tile::<2, V, MASKED>(kc, ap, a.rs, a.cs, bp, row_step, s, cp, ldc, masks),
+                3 => tile::<3, V, MASKED>(kc, ap, a.rs, a.cs, bp, row_step, s, cp, ldc, masks),
+                4 => tile::<4, V, MASKED>(kc, ap, a.rs, a.cs, bp, row_step, s, cp, ldc, masks),
+                5 => tile::<5, V, MASKED>(kc, ap, a.rs, a.cs, bp, row_step, s, cp, ldc, masks),
+                6 => tile::<6, V, MASKED>(kc, ap, a.rs, a.cs, bp, row_step, s, cp, ldc, masks),
+                7 => tile::<7, V, MASKED>(kc, ap, a.rs, a.cs, bp, row_step, s, cp, ldc, masks),
+                _ => tile::<8, V, MASKED>(kc, ap, a.rs, a.cs, bp, row_step, s, cp, ldc, masks),
+            }
+        }
+    }
+
+    /// Asks the cache for rows `r0..r0 + rows` of `a`, columns `p0..p0 +
+    /// kc`, when its rows are contiguous: a tile reads its rows a few bytes
+    /// per step of `k`, too slowly for the hardware's prefetchers when `a`
+    /// is fresh from memory (an input read once, as a batch of the seed's
+    /// `x %*% w`).
+    #[target_feature(enable = "avx512f")]
+    fn prefetch_rows(a: ASource, r0: usize, rows: usize, p0: usize, kc: usize) {
+        if a.cs != 1 {
+            return;
+        }
+        for i in r0..r0 + rows {
+            let row = a.base.wrapping_offset(i as isize * a.rs + p0 as isize);
+            for j in (0..kc).step_by(16) {
+                // A hint: it never faults, wherever it points.
+                _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(j).cast::<i8>());
             }
         }
     }
 
     /// One `R x 16V` block of `c` (`R <= MR`, `V <= NV`) over `kc` steps of `k`:
-    /// `c = c0 + a_tile @ b_panel`, column vector `v` masked by `masks[v]`.
+    /// `c = c0 + a_tile @ b_panel`, column vector `v` masked by `masks[v]`
+    /// (every lane of each vector unless `MASKED`).
     ///
     /// # Safety
     /// `ap + i*a_rs + p*a_cs` is readable for i < R, p < kc, `bp` has `kc` rows
@@ -495,7 +525,7 @@ mod avx512 {
     #[target_feature(enable = "avx512f")]
     #[inline]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn tile<const R: usize, const V: usize>(
+    unsafe fn tile<const R: usize, const V: usize, const MASKED: bool>(
         kc: usize,
         ap: *const f32,
         a_rs: isize,
@@ -529,13 +559,19 @@ mod avx512 {
             }
         }
         let (mut a, mut b) = (ap, bp);
+        // Each row's offset from the current column of `a`, computed once.
+        // Opaque to the optimizer, which would otherwise address row i + 1
+        // from row i, a chain of R additions in every step of `k`; this way
+        // each broadcast reads `a + rows[i]` (base and index registers).
+        let rows: [isize; R] = std::hint::black_box(std::array::from_fn(|i| i as isize * a_rs));
         for _ in 0..kc {
             let mut bv = [_mm512_setzero_ps(); V];
             for (v, x) in bv.iter_mut().enumerate() {
-                *x = _mm512_maskz_loadu_ps(masks[v], b.wrapping_add(16 * v));
+                let at = b.wrapping_add(16 * v);
+                *x = if MASKED { _mm512_maskz_loadu_ps(masks[v], at) } else { _mm512_loadu_ps(at) };
             }
             for (i, row) in cr.iter_mut().enumerate() {
-                let x = _mm512_set1_ps(*a.wrapping_offset(i as isize * a_rs));
+                let x = _mm512_set1_ps(*a.wrapping_offset(rows[i]));
                 for (v, y) in row.iter_mut().enumerate() {
                     *y = _mm512_fmadd_ps(x, bv[v], *y);
                 }
