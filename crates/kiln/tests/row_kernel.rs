@@ -282,6 +282,50 @@ fn shapeless_chains_run_row_by_row_at_every_shape() -> Result<()> {
 }
 
 #[test]
+fn plans_are_kept_for_calls_of_the_same_shapes_and_layouts() -> Result<()> {
+    let _one = SWITCH.lock().unwrap_or_else(|e| e.into_inner());
+    let (rows, cols) = (64, 256);
+    let compiled = compile(|a: &[Array]| layernorm(&a[0], &a[1], &a[2]));
+    let x = normal(&[rows, cols], 60);
+    let other = normal(&[rows, cols], 61);
+    // The same shape at two offsets into one larger buffer, and a gamma
+    // whose rows are one broadcast value.
+    let base = normal(&[rows + 16, cols], 62);
+    let first = kiln::slice_axis(&base, 0, None, Some(rows as isize), 1)?;
+    let view = kiln::slice_axis(&base, 0, Some(16), None, 1)?;
+    kiln::eval(&[&first, &view])?;
+    let g = normal(&[cols], 63);
+    let g_one = normal(&[1], 64).broadcast_to(&[cols])?;
+    let b = normal(&[cols], 65);
+    // Each call: its arguments, and whether it plans (else it finds the
+    // plan of the call before).
+    let calls = [
+        (&x, &g, true),
+        (&x, &g, false),
+        (&other, &g, false),
+        (&first, &g, true),
+        (&view, &g, true),
+        (&x, &g, true),
+        (&x, &g_one, true),
+        (&other, &g_one, false),
+    ];
+    for (k, (x, g, plans)) in calls.into_iter().enumerate() {
+        let args = [x.clone(), g.clone(), b.clone()];
+        let want = layernorm(&args[0], &args[1], &args[2])?;
+        let (runs, made) = (row_kernel::runs(), row_kernel::plans());
+        let got = compiled.call(&args[..])?;
+        for (i, (a, w)) in values_f64(&got).into_iter().zip(values_f64(&want)).enumerate() {
+            assert!(close(a, w, 1e-5, 1e-6), "call {k}: element {i}: compiled {a}, eager {w}");
+        }
+        if jit_enabled() {
+            assert_eq!(row_kernel::runs() - runs, 1, "call {k}: the chain ran row by row");
+            assert_eq!(row_kernel::plans() - made, usize::from(plans), "call {k}: plans made");
+        }
+    }
+    Ok(())
+}
+
+#[test]
 fn rows_of_many_threads_and_one_give_the_same_bits() -> Result<()> {
     // Its chains count in `row_kernel::runs()`, which other tests read
     // under this lock.

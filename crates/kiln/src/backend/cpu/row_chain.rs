@@ -47,6 +47,8 @@ pub struct Chain {
     /// Per escaping value: no step of the chain reads it, so its kernel
     /// writes it straight into its full-size buffer.
     pub write_through: Vec<bool>,
+    /// The row kernel's plan of the last call.
+    pub plans: crate::backend::cpu::row_kernel::PlanCache,
 }
 
 /// Maximal runs of at least two consecutive fused (elementwise or
@@ -92,7 +94,7 @@ pub fn find(p: &Program, steps: &[Step]) -> Vec<Chain> {
             for &v in steps[start..s].iter().flat_map(|st| st.inputs.iter()) {
                 read_here[v] = false;
             }
-            chains.push(Chain { steps: start..s, escapes, write_through });
+            chains.push(Chain { steps: start..s, escapes, write_through, plans: Default::default() });
         }
         s = s.max(start + 1);
     }

@@ -6,8 +6,10 @@
 //! work that reads them. Block by block ([`row_chain`](crate::backend::cpu::row_chain)),
 //! every kernel of a block pays a launch (plans, loads, scratch, a reduction
 //! plan: a few microseconds) and passes over the block's values in L2. Here
-//! a chain is planned once per call, and each thread then takes a run of
-//! rows and, for each row, calls every step's generated code
+//! a chain is planned for a call's shapes and input layouts (the plan is
+//! kept for the next call with the same ones: [`PlanCache`]), and each
+//! thread then takes a run of rows and, for each row, calls every step's
+//! generated code
 //! ([`jit`]) over that row and folds its
 //! reductions from the row just written, still in L1. The per-row values of
 //! the chain (a row's maximum, its mean and variance) are scalars the next
@@ -43,7 +45,7 @@
 
 use smallvec::SmallVec;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use crate::array::Data;
 use crate::backend::cpu::executable::CpuExecutable;
@@ -102,9 +104,10 @@ enum Dst {
     Scalar(usize, Option<usize>),
 }
 
-/// An input from outside the chain, read row by row.
-struct Outside<'a, T> {
-    data: &'a [T],
+/// An input from outside the chain, read row by row: value `value` of the
+/// program, whose buffer each call binds.
+struct Outside {
+    value: usize,
     offset: isize,
     /// The leading (row) dimensions, collapsed, with their strides.
     dims: Vec<(usize, isize)>,
@@ -112,9 +115,12 @@ struct Outside<'a, T> {
     inner: isize,
     /// Elements read per row: the step's row length in place, else 1.
     len: usize,
+    /// Read in place from a buffer too large to stay in cache
+    /// ([`stream::from_memory`]): code reading it prefetches the next row.
+    from_memory: bool,
 }
 
-impl<T> Outside<'_, T> {
+impl Outside {
     /// The element where row `r` starts (`r` below the row count: the
     /// outermost dimension takes what is left without a division, so a
     /// 2-D input's row costs no division at all).
@@ -132,11 +138,12 @@ impl<T> Outside<'_, T> {
         off as usize
     }
 
-    /// Row `r`: its `len` elements read in place, or its one value.
+    /// Row `r` of `data` (this input's buffer): its `len` elements read in
+    /// place, or its one value.
     #[inline]
-    fn row(&self, r: usize) -> &[T] {
+    fn row<'d, T>(&self, data: &'d [T], r: usize) -> &'d [T] {
         let at = self.at(r);
-        &self.data[at..at + self.len]
+        &data[at..at + self.len]
     }
 }
 
@@ -193,10 +200,11 @@ enum Held {
     Scalar(usize),
 }
 
-/// A chain planned for this call's shapes.
-struct Plan<'a, T> {
+/// A chain planned for the shapes and input layouts of a call, kept for
+/// the next call with the same ones (see [`PlanCache`]).
+struct Plan {
     steps: Vec<RowStep>,
-    outside: Vec<Outside<'a, T>>,
+    outside: Vec<Outside>,
     rows: usize,
     n: usize,
     scratch_rows: usize,
@@ -230,6 +238,109 @@ pub fn runs() -> usize {
     RUNS.load(Ordering::Relaxed)
 }
 
+static PLANS: AtomicUsize = AtomicUsize::new(0);
+
+/// Plans made so far in this process (a call that found its chain's plan
+/// kept makes none; see [`PlanCache`]): for tests and diagnostics.
+pub fn plans() -> usize {
+    PLANS.load(Ordering::Relaxed)
+}
+
+/// The plan of a chain's last call, kept for the next call with the same
+/// shapes and input layouts. Planning (each step's sources and
+/// destinations, the generated code for them, the outside inputs' row
+/// layouts, some dozens of small allocations) cost more than a small
+/// call's rows: under callgrind, some 14,000 of the 21,000 instructions a
+/// compiled layernorm over one row of 1024 ran in the row kernel. A call
+/// with other shapes plans anew and keeps its own plan; a call on another
+/// thread while the plan is taken plans for itself.
+#[derive(Default)]
+pub struct PlanCache(Mutex<Option<(Plan, Vec<usize>)>>);
+
+impl Clone for PlanCache {
+    /// An empty cache: a copy of a chain plans on its first call.
+    fn clone(&self) -> Self {
+        PlanCache::default()
+    }
+}
+
+impl std::fmt::Debug for PlanCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PlanCache")
+    }
+}
+
+impl PlanCache {
+    /// Takes the kept plan and its key if `matches` the key.
+    fn take(&self, matches: impl FnOnce(&[usize]) -> bool) -> Option<(Plan, Vec<usize>)> {
+        let mut kept = self.0.try_lock().ok()?;
+        if kept.as_ref().is_some_and(|(_, key)| matches(key)) {
+            kept.take()
+        } else {
+            None
+        }
+    }
+
+    /// Keeps `plan`, made for a call whose [`visit_key`] gave `key`.
+    fn keep(&self, plan: Plan, key: Vec<usize>) {
+        if let Ok(mut kept) = self.0.try_lock() {
+            *kept = Some((plan, key));
+        }
+    }
+}
+
+/// Everything of a call that [`plan`] reads, in a fixed order: the
+/// streaming threshold, and for each step its iteration space and, for
+/// each of its inputs and outputs, the shape and, where the value comes
+/// from outside the chain, its layout and buffer length (`T` elements).
+fn visit_key<'a, T: RowFloat, S: AsRef<[usize]> + ?Sized + 'a>(
+    exe: &CpuExecutable,
+    chain: &Chain,
+    values: &[Option<Data>],
+    shape_of: &impl Fn(usize) -> &'a S,
+    f: &mut impl FnMut(usize),
+) {
+    let list = |f: &mut dyn FnMut(usize), xs: &mut dyn Iterator<Item = usize>| {
+        let at = xs.size_hint().0;
+        f(at);
+        xs.for_each(f);
+    };
+    f(stream::stream_min_working_set());
+    for st in &exe.steps[chain.steps.clone()] {
+        list(f, &mut space(st, shape_of).iter().copied());
+        for &v in st.inputs.iter().chain(&st.outputs) {
+            list(f, &mut shape_of(v).as_ref().iter().copied());
+            match &values[v] {
+                None => f(0),
+                Some(d) => {
+                    let l = d.layout();
+                    f(1);
+                    f(l.offset);
+                    list(f, &mut l.shape.iter().copied());
+                    list(f, &mut l.strides.iter().map(|&s| s as usize));
+                    f(T::slice_of(d.buffer()).map_or(usize::MAX, <[T]>::len));
+                }
+            }
+        }
+    }
+}
+
+/// Whether this call's [`visit_key`] is `key`.
+fn same_key<'a, T: RowFloat, S: AsRef<[usize]> + ?Sized + 'a>(
+    exe: &CpuExecutable,
+    chain: &Chain,
+    values: &[Option<Data>],
+    shape_of: &impl Fn(usize) -> &'a S,
+    key: &[usize],
+) -> bool {
+    let (mut at, mut same) = (0, true);
+    visit_key::<T, S>(exe, chain, values, shape_of, &mut |x| {
+        same &= key.get(at) == Some(&x);
+        at += 1;
+    });
+    same && at == key.len()
+}
+
 /// Runs `chain` row by row if it can (see the module docs), storing the
 /// escaping values in `values`; `Ok(false)` means it did not apply.
 pub fn run<'a, S: AsRef<[usize]> + ?Sized + 'a>(
@@ -254,19 +365,40 @@ fn run_in<'a, T: RowFloat, S: AsRef<[usize]> + ?Sized + 'a>(
     values: &mut [Option<Data>],
     shape_of: &(impl Fn(usize) -> &'a S + Sync),
 ) -> Result<bool> {
-    let Some(plan) = plan::<T, S>(exe, chain, values, shape_of) else { return Ok(false) };
-    RUNS.fetch_add(1, Ordering::Relaxed);
+    if !jit::enabled() || !enabled() {
+        return Ok(false);
+    }
+    let cached = chain.plans.take(|key| same_key::<T, S>(exe, chain, values, shape_of, key));
+    let (plan, key) = match cached {
+        Some(c) => c,
+        None => {
+            let Some(plan) = plan::<T, S>(exe, chain, values, shape_of) else { return Ok(false) };
+            PLANS.fetch_add(1, Ordering::Relaxed);
+            let mut key = Vec::new();
+            visit_key::<T, S>(exe, chain, values, shape_of, &mut |x| key.push(x));
+            (plan, key)
+        }
+    };
     let (rows, n) = (plan.rows, plan.n);
     let sinks: Vec<RowSink> =
         plan.sink_len.iter().map(|&len| RowSink::new(T::DTYPE, rows, len)).collect::<Result<_>>()?;
-    let per_part = rows_per_part(rows, n, team::threads());
-    let parts = rows.div_ceil(per_part);
-    let run_part = |c: usize| run_rows(&plan, &sinks, c * per_part, ((c + 1) * per_part).min(rows));
-    if parts <= 1 {
-        run_part(0);
-    } else {
-        team::map(parts, run_part);
+    {
+        // This call's buffers of the outside inputs (of the dtype and
+        // extent the plan was made for: the key compares them).
+        let data: Option<SmallVec<[&[T]; 8]>> =
+            plan.outside.iter().map(|o| values[o.value].as_ref().and_then(|d| T::slice_of(d.buffer()))).collect();
+        let Some(data) = data else { return Ok(false) };
+        RUNS.fetch_add(1, Ordering::Relaxed);
+        let per_part = rows_per_part(rows, n, team::threads());
+        let parts = rows.div_ceil(per_part);
+        let run_part = |c: usize| run_rows(&plan, &data, &sinks, c * per_part, ((c + 1) * per_part).min(rows));
+        if parts <= 1 {
+            run_part(0);
+        } else {
+            team::map(parts, run_part);
+        }
     }
+    chain.plans.keep(plan, key);
     for (&v, sink) in chain.escapes.iter().zip(sinks) {
         let buf = sink.finish().ok_or(Error::Invalid { op: "compile", msg: "a row was not computed".into() })?;
         values[v] = Some(Data::contiguous(buf, shape_of(v).as_ref()));
@@ -301,7 +433,7 @@ fn padded_is(shape: &[usize], want: &[usize]) -> bool {
 
 /// The state of [`plan`]: where each value of the chain is held, and the
 /// inputs from outside read so far.
-struct Planner<'c, 'v, T> {
+struct Planner<'c> {
     chain: &'c Chain,
     /// Each value held so far, and where (a chain has a few dozen values
     /// at most: a list searched in order beats hashing them on every call).
@@ -311,14 +443,16 @@ struct Planner<'c, 'v, T> {
     outside_at: SmallVec<[((usize, bool), usize); 8]>,
     full: Vec<usize>,
     per_row: Vec<usize>,
+    /// Bytes per element.
+    size: usize,
     /// The plan being made (its steps are added last).
-    out: Plan<'v, T>,
+    out: Plan,
 }
 
-impl<'v, T: RowFloat> Planner<'_, 'v, T> {
+impl Planner<'_> {
     /// Where a step over `sp` reads value `v` of shape `shape` (`data` when
     /// it comes from outside the chain), or `None` when it cannot.
-    fn read(&mut self, v: usize, shape: &[usize], data: Option<&'v Data>, sp: &[usize]) -> Option<Src> {
+    fn read<T: RowFloat>(&mut self, v: usize, shape: &[usize], data: Option<&Data>, sp: &[usize]) -> Option<Src> {
         let nd = self.full.len();
         if let Some(&(_, h)) = self.held.iter().find(|(u, _)| *u == v) {
             return match h {
@@ -345,7 +479,8 @@ impl<'v, T: RowFloat> Planner<'_, 'v, T> {
         let (dims, strides) = crate::layout::collapse(&l.shape[..nd - 1], &[&l.strides[..nd - 1]]);
         let dims = dims.into_iter().zip(strides.into_iter().next().unwrap_or_default()).collect();
         let len = if inner == 1 { sp[nd - 1] } else { 1 };
-        self.out.outside.push(Outside { data: values, offset: l.offset as isize, dims, inner, len });
+        let from_memory = inner == 1 && stream::from_memory(size_of_val(values));
+        self.out.outside.push(Outside { value: v, offset: l.offset as isize, dims, inner, len, from_memory });
         self.outside_at.push(((v, per_row_step), self.out.outside.len() - 1));
         Some(Src::Outside(self.out.outside.len() - 1))
     }
@@ -368,7 +503,7 @@ impl<'v, T: RowFloat> Planner<'_, 'v, T> {
         let dst = match self.escape_at(v) {
             Some(k) => {
                 self.out.sink_len[k] = self.out.n;
-                let big = stream::rows_stream((self.out.rows * self.out.n).saturating_mul(size_of::<T>()));
+                let big = stream::rows_stream((self.out.rows * self.out.n).saturating_mul(self.size));
                 if self.chain.write_through[k] && big {
                     self.out.streamed = true;
                     Dst::Staged { row: self.scratch_row(), sink: k }
@@ -405,15 +540,12 @@ fn foldable(op: ReduceOp) -> bool {
 }
 
 /// Plans `chain` for the call's shapes, or `None` when it does not run here.
-fn plan<'a, 'v, T: RowFloat, S: AsRef<[usize]> + ?Sized + 'a>(
+fn plan<'a, T: RowFloat, S: AsRef<[usize]> + ?Sized + 'a>(
     exe: &CpuExecutable,
     chain: &Chain,
-    values: &'v [Option<Data>],
+    values: &[Option<Data>],
     shape_of: &impl Fn(usize) -> &'a S,
-) -> Option<Plan<'v, T>> {
-    if !jit::enabled() || !enabled() {
-        return None;
-    }
+) -> Option<Plan> {
     let p = &exe.program;
     let steps = &exe.steps[chain.steps.clone()];
     let full = steps.iter().map(|st| space(st, shape_of)).max_by_key(|s| s.iter().product::<usize>())?.to_vec();
@@ -430,6 +562,7 @@ fn plan<'a, 'v, T: RowFloat, S: AsRef<[usize]> + ?Sized + 'a>(
         outside_at: SmallVec::new(),
         per_row: full[..nd - 1].iter().copied().chain([1]).collect(),
         full,
+        size: size_of::<T>(),
         out: Plan {
             steps: vec![],
             outside: vec![],
@@ -454,11 +587,11 @@ fn plan<'a, 'v, T: RowFloat, S: AsRef<[usize]> + ?Sized + 'a>(
         let ins: Vec<Src> = st
             .inputs
             .iter()
-            .map(|&v| pl.read(v, shape_of(v).as_ref(), values[v].as_ref(), sp))
+            .map(|&v| pl.read::<T>(v, shape_of(v).as_ref(), values[v].as_ref(), sp))
             .collect::<Option<_>>()?;
         match &st.kernel {
             Kernel::Fused(g) => {
-                let kernel = kernel_for(g, &ins, &pl.out.outside, len)?;
+                let kernel = kernel_for::<T>(g, &ins, &pl.out.outside, len)?;
                 let outs =
                     st.outputs.iter().map(|&v| if len == n { pl.write_row(v) } else { pl.write_scalar(v) }).collect();
                 planned.push(RowStep::Map { kernel, ins, outs, len });
@@ -477,7 +610,7 @@ fn plan<'a, 'v, T: RowFloat, S: AsRef<[usize]> + ?Sized + 'a>(
                 let (producer, rows_of) = if direct.iter().all(Option::is_some) {
                     (None, direct)
                 } else {
-                    let kernel = kernel_for(group, &ins, &pl.out.outside, n)?;
+                    let kernel = kernel_for::<T>(group, &ins, &pl.out.outside, n)?;
                     let at: Vec<usize> = (0..group.outputs.len()).map(|_| pl.scratch_row()).collect();
                     let outs = at.iter().map(|&k| Dst::Row(k)).collect();
                     (Some((kernel, ins, outs)), at.into_iter().map(|k| Some(Src::Row(k))).collect())
@@ -510,7 +643,7 @@ fn plan<'a, 'v, T: RowFloat, S: AsRef<[usize]> + ?Sized + 'a>(
 }
 
 /// True when `src` is a whole row (not one value per row).
-fn reads_row<T>(src: Src, outside: &[Outside<T>]) -> bool {
+fn reads_row(src: Src, outside: &[Outside]) -> bool {
     match src {
         Src::Row(_) | Src::SinkRow(_) => true,
         Src::Scalar(_) => false,
@@ -521,7 +654,7 @@ fn reads_row<T>(src: Src, outside: &[Outside<T>]) -> bool {
 /// The generated code of `g` for rows of `len` positions whose inputs are
 /// `ins`: per-row values broadcast, inputs whose rows come from memory
 /// (`stream::from_memory`) prefetched one row ahead.
-fn kernel_for<T: RowFloat>(g: &CpuGroup, ins: &[Src], outside: &[Outside<T>], len: usize) -> Option<Arc<jit::Kernel>> {
+fn kernel_for<T: RowFloat>(g: &CpuGroup, ins: &[Src], outside: &[Outside], len: usize) -> Option<Arc<jit::Kernel>> {
     // Rows are of `T`: a group reading or writing bool arrays (bytes), such
     // as a comparison a reduction folds, runs block by block.
     let typed = |d: DType| d == T::DTYPE;
@@ -535,7 +668,7 @@ fn kernel_for<T: RowFloat>(g: &CpuGroup, ins: &[Src], outside: &[Outside<T>], le
         let one = match *s {
             Src::Scalar(_) => true,
             Src::Outside(j) => {
-                streams |= outside[j].inner == 1 && stream::from_memory(size_of_val(outside[j].data));
+                streams |= outside[j].from_memory;
                 outside[j].inner == 0
             }
             _ => false,
@@ -634,7 +767,7 @@ struct SinkCopy<T> {
 }
 
 /// Runs rows `r0..r1` of the plan on the calling thread.
-fn run_rows<'p, T: RowFloat>(plan: &'p Plan<T>, sinks: &[RowSink], r0: usize, r1: usize) {
+fn run_rows<'p, T: RowFloat>(plan: &'p Plan, data: &[&[T]], sinks: &[RowSink], r0: usize, r1: usize) {
     let n = plan.n;
     let size = size_of::<T>();
     let claims: SmallVec<[_; 4]> = sinks.iter().map(|s| s.claim(r0, r1 - r0)).collect();
@@ -667,7 +800,7 @@ fn run_rows<'p, T: RowFloat>(plan: &'p Plan<T>, sinks: &[RowSink], r0: usize, r1
         .map(|(k, o)| match o.dims.as_slice() {
             [] | [_] => {
                 let step = o.dims.first().map_or(0, |&(_, s)| s);
-                At::Linear(o.data.as_ptr().wrapping_add(o.at(r0)).cast_mut(), step)
+                At::Linear(data[k].as_ptr().wrapping_add(o.at(r0)).cast_mut(), step)
             }
             _ => At::Outside(k),
         })
@@ -737,7 +870,7 @@ fn run_rows<'p, T: RowFloat>(plan: &'p Plan<T>, sinks: &[RowSink], r0: usize, r1
         if general {
             // Where each outside input's row starts (sliced inside its buffer).
             outside_rows.clear();
-            outside_rows.extend(plan.outside.iter().map(|o| o.row(r).as_ptr()));
+            outside_rows.extend(plan.outside.iter().zip(data).map(|(o, d)| o.row(d, r).as_ptr()));
         }
         let at = |a: At<T>| -> *mut T {
             match a {
