@@ -713,8 +713,8 @@ struct Call<'p, T> {
     /// The pointers for the current row (`f32` by name; the code was
     /// generated for `T`, `kernel_for`): fixed ones written once, the
     /// others row by row.
-    ins: Vec<*const f32>,
-    outs: Vec<*mut f32>,
+    ins: SmallVec<[*const f32; 8]>,
+    outs: SmallVec<[*mut f32; 4]>,
     /// The pointers that move from row to row: whether an output, the
     /// index, and where it points.
     moving: SmallVec<[(bool, usize, At<T>); 4]>,
