@@ -3,7 +3,7 @@
 //! [`Step`]s over random inputs (over 40 op kinds: elementwise, broadcasting,
 //! reductions, matmul, shape ops, several outputs); it must give the same
 //! results compiled as eagerly, in normal and shapeless mode, including
-//! calls with new shapes. About one case in 32 runs over rows large enough
+//! calls on offset views of the same shapes and with new shapes. About one case in 32 runs over rows large enough
 //! for the paths small arrays never take (row-blocked chains, row kernels,
 //! work split over threads): see [`case`].
 //!
@@ -284,6 +284,23 @@ pub fn make_inputs(inputs: &[(Vec<usize>, DType)], seed: u64) -> Vec<Array> {
     inputs.iter().enumerate().map(|(i, (s, d))| make_input(s, *d, seed + i as u64)).collect()
 }
 
+/// Inputs of these shapes that are views: each (of rank 1 or more) is the
+/// last rows of an input one row longer, so its data starts past its
+/// buffer's start.
+pub fn offset_views(inputs: &[(Vec<usize>, DType)], seed: u64) -> Vec<Array> {
+    inputs
+        .iter()
+        .enumerate()
+        .map(|(i, (s, d))| {
+            let Some((&rows, rest)) = s.split_first() else { return make_input(s, *d, seed + i as u64) };
+            let longer: Vec<usize> = [rows + 1].iter().chain(rest).copied().collect();
+            let x = kiln::slice_axis(&make_input(&longer, *d, seed + i as u64), 0, Some(1), None, 1).expect("a slice");
+            x.eval().expect("a view");
+            x
+        })
+        .collect()
+}
+
 /// How far a compiled result may be from the eager one: `rel` relative to
 /// the larger magnitude plus `abs` absolute (see [`assert_close_tol`]).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -452,7 +469,8 @@ fn scaled_up(
 
 /// Fuzz target (b): a random program from `data`, compiled (normal or
 /// shapeless, on the fuzzed [`device`]) against eager on the CPU on its
-/// inputs, on new data, and (shapeless) on new shapes.
+/// inputs, on new data, on views of the same shapes at an offset into
+/// larger buffers, and (shapeless) on new shapes.
 pub fn case(data: &[u8]) {
     let mut b = Bytes::new(data);
     let n_inputs = 1 + b.below(3);
@@ -500,6 +518,15 @@ pub fn case(data: &[u8]) {
     assert_eq!(f.stats().traces, 1, "one trace | {what}");
     for (k, (g, w)) in got2.iter().zip(&eager2).enumerate() {
         assert_close_tol(g, w, &format!("second call, output {k} | {what}"), tol);
+    }
+    // The same shapes as views at an offset into larger buffers: kernels
+    // (and the plans they keep between calls) must read each call's layout.
+    let args4 = offset_views(&inputs, seed + 11);
+    let eager4 = run(&steps, &args4, &mut decisions.clone(), true).expect("replay on views");
+    let got4 = f.call(&on_device(&args4)[..]).unwrap_or_else(|e| panic!("call on views failed: {e} | {what}"));
+    assert_eq!(f.stats().traces, 1, "views of the same shapes trace no more | {what}");
+    for (k, (g, w)) in got4.iter().zip(&eager4).enumerate() {
+        assert_close_tol(g, w, &format!("call on views, output {k} | {what}"), tol);
     }
     if !shapeless || large {
         return;
