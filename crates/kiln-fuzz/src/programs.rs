@@ -3,9 +3,10 @@
 //! [`Step`]s over random inputs (over 40 op kinds: elementwise, broadcasting,
 //! reductions, matmul, shape ops, several outputs); it must give the same
 //! results compiled as eagerly, in normal and shapeless mode, including
-//! calls on offset views of the same shapes and with new shapes. About one case in 32 runs over rows large enough
-//! for the paths small arrays never take (row-blocked chains, row kernels,
-//! work split over threads): see [`case`].
+//! calls on offset views of the same shapes and with new shapes. About
+//! one case in 32 runs over rows large enough for the paths small arrays
+//! never take (row-blocked chains, row kernels, work split over threads):
+//! see [`case`].
 //!
 //! Tolerance: integer and bool results must be equal. Float results may
 //! differ by 1e-5 relative to the larger magnitude (about 80 ulp of f32) plus
@@ -511,23 +512,20 @@ pub fn case(data: &[u8]) {
     for (k, (g, w)) in got.iter().zip(&eager).enumerate() {
         assert_close_tol(g, w, &format!("output {k} | {what}"), tol);
     }
-    // New data, same shapes: a cache hit.
-    let args2 = make_inputs(&inputs, seed + 7);
-    let eager2 = run(&steps, &args2, &mut decisions.clone(), true).expect("replay at the same shapes");
-    let got2 = f.call(&on_device(&args2)[..]).unwrap_or_else(|e| panic!("second call failed: {e} | {what}"));
-    assert_eq!(f.stats().traces, 1, "one trace | {what}");
-    for (k, (g, w)) in got2.iter().zip(&eager2).enumerate() {
-        assert_close_tol(g, w, &format!("second call, output {k} | {what}"), tol);
-    }
-    // The same shapes as views at an offset into larger buffers: kernels
-    // (and the plans they keep between calls) must read each call's layout.
-    let args4 = offset_views(&inputs, seed + 11);
-    let eager4 = run(&steps, &args4, &mut decisions.clone(), true).expect("replay on views");
-    let got4 = f.call(&on_device(&args4)[..]).unwrap_or_else(|e| panic!("call on views failed: {e} | {what}"));
-    assert_eq!(f.stats().traces, 1, "views of the same shapes trace no more | {what}");
-    for (k, (g, w)) in got4.iter().zip(&eager4).enumerate() {
-        assert_close_tol(g, w, &format!("call on views, output {k} | {what}"), tol);
-    }
+    // A call at the traced shapes: no new trace, the eager results.
+    let same_shapes = |args: &[Array], call: &str| {
+        let want = run(&steps, args, &mut decisions.clone(), true).expect("replay at the same shapes");
+        let got = f.call(&on_device(args)[..]).unwrap_or_else(|e| panic!("{call} failed: {e} | {what}"));
+        assert_eq!(f.stats().traces, 1, "{call}: one trace | {what}");
+        for (k, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert_close_tol(g, w, &format!("{call}, output {k} | {what}"), tol);
+        }
+    };
+    // New data: a cache hit.
+    same_shapes(&make_inputs(&inputs, seed + 7), "second call");
+    // Views at an offset into larger buffers: kernels (and the plans they
+    // keep between calls) must read each call's layout.
+    same_shapes(&offset_views(&inputs, seed + 11), "call on views");
     if !shapeless || large {
         return;
     }
