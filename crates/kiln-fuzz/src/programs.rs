@@ -16,7 +16,7 @@
 //! NaN. Programs that read or make 16-bit floats get the wider tolerance of
 //! [`Tol::of`].
 
-use kiln::{compile_with, Array, CompileOptions, DType, Device, Result};
+use kiln::{compile_with, Array, Axes, CompileOptions, DType, Device, Result};
 
 use crate::bytes::Bytes;
 
@@ -58,6 +58,7 @@ pub fn apply(s: &Step, vals: &[Array], n_inputs: usize) -> Result<Option<Array>>
             (s.p as usize % x.ndim()) as isize
         }
     };
+    let axes = |x: &Array| if s.p % 5 == 4 { Axes::All } else { Axes::from(axis(x)) };
     let float = x.dtype().is_float();
     let r = match s.op % N_OPS {
         0 => x.neg(),
@@ -93,9 +94,10 @@ pub fn apply(s: &Step, vals: &[Array], n_inputs: usize) -> Result<Option<Array>>
         // change it by one: the integer cast reads only the arguments.
         17 if s.p % 3 == 2 => rx.astype(DType::I32),
         17 => x.astype([DType::F32, DType::F64][s.p as usize % 3]),
-        18 if x.ndim() > 0 => x.sum(axis(x), s.p.is_multiple_of(2)),
-        19 if x.ndim() > 0 => x.max(axis(x), s.p % 2 == 1),
-        20 if x.ndim() > 0 => x.mean(axis(x), s.p.is_multiple_of(2)),
+        // Every fifth reduction is over all axes (a loss, a norm).
+        18 if x.ndim() > 0 => x.sum(axes(x), s.p.is_multiple_of(2)),
+        19 if x.ndim() > 0 => x.max(axes(x), s.p % 2 == 1),
+        20 if x.ndim() > 0 => x.mean(axes(x), s.p.is_multiple_of(2)),
         21 if rx.ndim() > 0 => rx.argmax(Some(axis(rx)), false)?.astype(DType::I32),
         22 if x.ndim() >= 1 && y.ndim() >= 1 => x.matmul(y),
         23 => x.t(),

@@ -1,13 +1,15 @@
 //! The CPU executable: an optimized program lowered to a list of kernel
 //! steps, with the point after which each intermediate value can be
 //! released, and the runs of steps that go row by row ([`row_kernel`])
-//! or else block of rows by block of rows ([`row_chain`]).
+//! or else block of rows by block of rows ([`row_chain`]), and the
+//! reductions that fold a product's blocks as it computes them
+//! ([`block_fold`]).
 
 use smallvec::{smallvec, SmallVec};
 
 use crate::array::Data;
 use crate::backend::cpu::fused::{Args, Outs};
-use crate::backend::cpu::{self, row_chain, row_kernel, CpuGroup};
+use crate::backend::cpu::{self, block_fold, row_chain, row_kernel, CpuGroup};
 use crate::backend::{Executable, StepView};
 use crate::error::Result;
 use crate::passes::fuse::{follows, is_free, plan, FusedGroup, FusedOp, Kernel};
@@ -33,6 +35,10 @@ pub struct Step {
     /// register and the rest of the epilogue, split once here so the rest
     /// keeps its compiled code from call to call (see `split_bias`).
     pub bias_split: Option<(usize, CpuGroup)>,
+    /// For a matrix product: how the next step, a reduction of a value
+    /// this one writes, folds each block of the product as it is computed
+    /// ([`block_fold`]).
+    pub fold_next: Option<block_fold::BlockFold>,
 }
 
 /// The compiled form of a program on the CPU.
@@ -86,7 +92,15 @@ impl CpuExecutable {
                     _ => None,
                 };
                 let kernel = k.kernel.map(CpuGroup::new);
-                Step { kernel, inputs: k.inputs, outputs: k.outputs, frees, members: k.members, bias_split }
+                Step {
+                    kernel,
+                    inputs: k.inputs,
+                    outputs: k.outputs,
+                    frees,
+                    members: k.members,
+                    bias_split,
+                    fold_next: None,
+                }
             })
             .collect();
         let constants = program
@@ -96,6 +110,11 @@ impl CpuExecutable {
             .filter_map(|(i, ins)| ins.constant.as_ref().map(|d| (i, d.clone())))
             .collect();
         let chains = row_chain::find(&program, &steps);
+        let mut steps = steps;
+        let folds = block_fold::find(&program, &steps, |s| chains.iter().any(|c| c.steps.contains(&s)));
+        for (st, f) in steps.iter_mut().zip(folds) {
+            st.fold_next = f;
+        }
         let mut seen = std::collections::HashSet::new();
         let mut last_output: Vec<bool> = program.outputs.iter().rev().map(|&o| seen.insert(o)).collect();
         last_output.reverse();
@@ -166,6 +185,19 @@ impl Executable for CpuExecutable {
                 }
             }
             let step = &self.steps[s];
+            if let Some(fold) = step.fold_next.as_ref() {
+                if unfused.get(s + 1) != Some(&true)
+                    && block_fold::run(step, &self.steps[s + 1], fold, &mut values, shape_of)?
+                {
+                    for st in &self.steps[s..s + 2] {
+                        for &f in &st.frees {
+                            values[f] = None;
+                        }
+                    }
+                    s += 2;
+                    continue;
+                }
+            }
             // Values this fused step is the last to read, and that nothing
             // else holds, are handed over so an output can reuse the buffer.
             let fused = matches!(step.kernel, Kernel::Fused(_) | Kernel::MatmulEpilogue(_));
@@ -338,8 +370,7 @@ fn matmul_epilogue(
     if !bias_alone && !group.ops.is_empty() && cpu::matmul::row_blocks_take(a, b, out_shape) {
         let done = {
             let others: SmallVec<[&Data; 4]> = args[2..].iter().map(|a| a.data()).collect();
-            let product =
-                |then: &(dyn Fn(usize, usize, &cpu::Buffer) + Sync)| cpu::matmul::f32_row_blocks(a, b, out_shape, then);
+            let product = |then: &cpu::matmul::Then<'_>| cpu::matmul::f32_row_blocks(a, b, out_shape, then);
             cpu::fused::launch_blocks(group, &others, out_shape, outs, product)?
         };
         if done {

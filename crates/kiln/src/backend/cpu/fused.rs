@@ -211,7 +211,7 @@ pub(crate) fn launch_blocks(
     others: &[&Data],
     shape: &[usize],
     outs: &mut Outs,
-    produce: impl FnOnce(&(dyn Fn(usize, usize, &Buffer) + Sync)) -> crate::Result<bool>,
+    produce: impl FnOnce(&crate::backend::cpu::matmul::Then<'_>) -> crate::Result<bool>,
 ) -> crate::Result<bool> {
     let (n_in, nd) = (g.inputs.len(), shape.len());
     if nd < 2 || others.len() + 1 != n_in || g.outputs.iter().any(|&r| r < n_in) {
@@ -228,9 +228,9 @@ pub(crate) fn launch_blocks(
     }
     let views: SmallVec<[Layout; INLINE]> = others.iter().map(|d| view_as(d, shape).into_owned()).collect();
     let sizes: SmallVec<[usize; INLINE]> = g.outputs.iter().map(|&r| g.reg_dtype(r).size()).collect();
-    let then = |start: usize, len: usize, block: &Buffer| {
+    let then = |start: usize, len: usize, block: &Buffer, at: usize| {
         let mut loads = Loads::new();
-        loads.push(Load::InPlace(block, 0));
+        loads.push(Load::InPlace(block, at));
         loads.extend(others.iter().zip(&views).map(|(d, l)| plan_load(d.buffer(), &rows_of(l, shape, start, len))));
         // The outputs at the block's positions (in bounds: start + len <= total).
         let at: SmallVec<[OutPtr; INLINE]> =
@@ -252,7 +252,7 @@ pub(crate) fn launch_blocks(
 /// Positions `start..start + len` of `l` over the row-major space `shape`:
 /// whole rows of its last dimension within one matrix of its last two, as
 /// a `rows x cols` layout.
-fn rows_of(l: &Layout, shape: &[usize], start: usize, len: usize) -> Layout {
+pub(super) fn rows_of(l: &Layout, shape: &[usize], start: usize, len: usize) -> Layout {
     let nd = shape.len();
     let cols = shape[nd - 1];
     let (mut row, mut offset) = (start / cols, l.offset as isize);

@@ -9,7 +9,7 @@
 //! for bit.
 
 use crate::array::Data;
-use crate::backend::cpu::fused::{run_single, Outs};
+use crate::backend::cpu::fused::{rows_of, run_single, Outs};
 use crate::backend::cpu::interpreter::{
     exec_range, give_registers, no_streams, out_ptr, plan_load, take_register, view_as, Exec, Load, Loads, OutPtr,
     Scratch, INLINE,
@@ -123,6 +123,109 @@ pub fn run_reduce(
         finals.iter().zip(&out_dtypes).map(|(f, &dt)| reduce::concat(f.iter(), dt)).collect()
     };
     Ok(bufs.into_iter().map(|b| Data::contiguous(b, &out_shape)).collect())
+}
+
+/// Reductions of values made block by block, each folded by the thread
+/// that made the block while the block is in its core's cache: a matrix
+/// product's output, say, reduced as the product computes it
+/// ([`crate::backend::cpu::matmul::f32_row_blocks`]), instead of in a pass
+/// of its own that reads the blocks back from the other cores' caches.
+///
+/// `inputs` are the group's inputs, `None` for the one `produce` makes;
+/// `produce(then)` runs `then(start, len, block)` for blocks of whole rows
+/// of `shape` (the row-major iteration space, at least 2-D) that tile it,
+/// the block holding those values in its first `len` elements, and returns
+/// `false` if it computed nothing. The reduced axes are a suffix of the
+/// space: either the last axis alone (each block's rows are folded whole,
+/// `fold_rows`' fold per row) or at least the last two (a block lies in
+/// one output position; each block's fold is a partial, and the partials
+/// of one position combine in the order of the blocks, as
+/// `reduce::combine_f32`). The same conditions as `fold_rows` apply
+/// (`f32` sums, means, maxima and minima). `None`, with `produce` not
+/// called, where they do not hold.
+pub fn reduce_blocks(
+    g: &CpuGroup,
+    inputs: &[Option<&Data>],
+    shape: &[usize],
+    reductions: &[(ReduceOp, usize)],
+    axes: &[usize],
+    produce: impl FnOnce(&crate::backend::cpu::matmul::Then<'_>) -> crate::Result<bool>,
+) -> crate::Result<Option<Outs>> {
+    let (nd, n_in) = (shape.len(), g.inputs.len());
+    let total: usize = shape.iter().product();
+    let folds = reductions.iter().all(|&(op, i)| {
+        matches!(op, ReduceOp::Sum | ReduceOp::Mean | ReduceOp::Max | ReduceOp::Min)
+            && g.reg_dtype(g.outputs[i]) == DType::F32
+    });
+    let first = nd.saturating_sub(axes.len());
+    let suffix = !axes.is_empty() && axes.iter().copied().eq(first..nd);
+    let made = inputs.iter().filter(|d| d.is_none()).count();
+    if nd < 2
+        || total == 0
+        || !folds
+        || !suffix
+        || made != 1
+        || inputs.len() != n_in
+        || reductions.len() > MAX_FOLDS
+        || g.outputs.iter().any(|&r| r < n_in)
+    {
+        return Ok(None);
+    }
+    let n_red: usize = shape[first..].iter().product();
+    let n_out = total / n_red;
+    let cols = shape[nd - 1];
+    // A block lies in one output position when the last two axes are reduced;
+    // its fold is a partial there (a mean's a sum, divided at the end).
+    let whole = first + 2 <= nd;
+    let ops: SmallVec<[(ReduceOp, usize); MAX_FOLDS]> =
+        reductions.iter().map(|&(op, i)| (if whole && op == ReduceOp::Mean { ReduceOp::Sum } else { op }, i)).collect();
+    let views: SmallVec<[Option<crate::layout::Layout>; INLINE]> =
+        inputs.iter().map(|d| d.map(|d| view_as(d, shape).into_owned())).collect();
+    let found: std::sync::Mutex<Vec<(usize, Vec<Vec<f32>>)>> = std::sync::Mutex::new(Vec::new());
+    let then = |start: usize, len: usize, block: &Buffer, at: usize| {
+        let mut loads = Loads::new();
+        for (d, l) in inputs.iter().zip(&views) {
+            loads.push(match (d, l) {
+                (Some(d), Some(l)) => plan_load(d.buffer(), &rows_of(l, shape, start, len)),
+                _ => Load::InPlace(block, at),
+            });
+        }
+        let vals = if whole {
+            fold_row_range(g, &loads, 0, 1, len, &ops)
+        } else {
+            fold_row_range(g, &loads, 0, len / cols, cols, &ops)
+        };
+        found.lock().unwrap_or_else(|e| e.into_inner()).push((start, vals));
+    };
+    if !produce(&then)? {
+        return Ok(None);
+    }
+    let mut found = found.into_inner().unwrap_or_else(|e| e.into_inner());
+    found.sort_unstable_by_key(|f| f.0);
+    let mut out: Vec<Vec<f32>> = reductions.iter().map(|_| Vec::with_capacity(n_out)).collect();
+    for (start, vals) in found {
+        for ((o, &(op, _)), v) in out.iter_mut().zip(&ops).zip(vals) {
+            if !whole {
+                o.extend(v);
+            } else if o.len() > start / n_red {
+                let last = o.last_mut().expect("a partial is there");
+                *last = reduce::combine_f32(op, *last, v[0]);
+            } else {
+                o.push(v[0]);
+            }
+        }
+    }
+    let mut outs = Outs::new();
+    for (mut o, &(op, _)) in out.into_iter().zip(reductions) {
+        if o.len() != n_out {
+            return Err(crate::Error::Invalid { op: "reduce", msg: "the blocks did not cover the values".into() });
+        }
+        if whole && op == ReduceOp::Mean {
+            o.iter_mut().for_each(|v| *v /= n_red as f32);
+        }
+        outs.push(Data::contiguous(Buffer::from_vec(o), &[n_out]));
+    }
+    Ok(Some(outs))
 }
 
 /// The group input that register `r` copies (a cast to the input's own

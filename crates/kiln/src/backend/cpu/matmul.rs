@@ -14,7 +14,10 @@
 //! product up to [`EPILOGUE_WORK`] multiply-adds runs on each block of
 //! rows right after the block is computed, on the same thread
 //! ([`f32_row_blocks`]), rather than in a pass after the product that
-//! reads most of the output from other cores' caches. Integers use an
+//! reads most of the output from other cores' caches; so does a reduction
+//! of the product or of its epilogue ([`crate::backend::cpu::block_fold`]),
+//! the product kept only when it is read later
+//! ([`f32_row_blocks_kept`]). Integers use an
 //! exact loop in i-k-j order with wrapping arithmetic (as `+` and `*` on
 //! integer arrays).
 //!
@@ -45,6 +48,7 @@ use smallvec::SmallVec;
 
 use crate::array::Data;
 use crate::backend::cpu::half_conv::Half;
+use crate::backend::cpu::interpreter::OutPtr;
 use crate::backend::cpu::math::IntMath;
 use crate::backend::cpu::team;
 use crate::buffer::Buffer;
@@ -148,6 +152,11 @@ pub fn matmul_bias(a: &Data, b: &Data, bias: &Data, shape: &[usize]) -> Result<O
     Ok(Some(Buffer::from_vec(f32_batched(a, b, &g, Some(bias))?)))
 }
 
+/// What [`f32_row_blocks`] runs on each block: `then(start, len, block,
+/// at)` gets the block's first position in the row-major output (`start`)
+/// and its length, and finds its values at `block[at..at + len]`.
+pub type Then<'a> = dyn Fn(usize, usize, &Buffer, usize) + Sync + 'a;
+
 /// Most output elements of a block of [`f32_row_blocks`] (1 MiB of `f32`):
 /// a block stays in the cache of the core that computed it while its
 /// epilogue reads it (the x86 cores kiln runs on have 1-2 MiB of L2).
@@ -179,10 +188,8 @@ pub fn row_blocks_take(a: &Data, b: &Data, shape: &[usize]) -> bool {
 }
 
 /// `a @ b` for `f32` operands, computed in blocks of whole rows of one
-/// output matrix, each handed to `then(start, len, block)` on the thread
-/// that computed it, right after, while it is in that core's cache:
-/// `start` is the position of the block's first element in the row-major
-/// output, and the block is the first `len` elements of `block`. Every
+/// output matrix, each handed to `then` ([`Then`]) on the thread that
+/// computed it, right after, while it is in that core's cache. Every
 /// output position is in exactly one block; blocks may run in parallel on
 /// the team. Returns `false`, computing nothing, where
 /// [`row_blocks_take`] does not hold.
@@ -190,12 +197,45 @@ pub fn row_blocks_take(a: &Data, b: &Data, shape: &[usize]) -> bool {
 /// A product's epilogue (bias, activation) run so reads the product from
 /// the computing core's cache instead of from memory, or from another
 /// core's cache, in a pass of its own over the whole output.
-pub fn f32_row_blocks(
-    a: &Data,
-    b: &Data,
-    shape: &[usize],
-    then: &(dyn Fn(usize, usize, &Buffer) + Sync),
-) -> Result<bool> {
+pub fn f32_row_blocks(a: &Data, b: &Data, shape: &[usize], then: &Then<'_>) -> Result<bool> {
+    row_blocks(a, b, shape, None, then)
+}
+
+/// [`f32_row_blocks`] that also keeps the product: each block is copied
+/// into the returned buffer (the row-major output of `shape`) by the
+/// thread that computed it, after `then` ran on it. For a product that is
+/// needed whole and also folded block by block (a reduction of it, say).
+/// A product that runs on one thread is computed whole, straight into
+/// that buffer, and handed to `then` matrix by matrix from there (no copy;
+/// it is still in this core's cache). `None`, computing nothing, where
+/// [`row_blocks_take`] does not hold.
+pub fn f32_row_blocks_kept(a: &Data, b: &Data, shape: &[usize], then: &Then<'_>) -> Result<Option<Buffer>> {
+    if !row_blocks_take(a, b, shape) {
+        return Ok(None);
+    }
+    let total = shape.iter().try_fold(1usize, |t, &d| t.checked_mul(d));
+    let total = total.ok_or(Error::OutOfMemory { op: "matmul", bytes: usize::MAX })?;
+    let g = Geometry::new(a, b, shape)?;
+    let (mn, nb) = (g.m * g.n, g.offsets.len());
+    if team::parts_for(nb * mn * g.k, sgemm::TEAM_WORK) == 1 {
+        let whole = Buffer::from_vec(f32_batched(a, b, &g, None)?);
+        if whole.len() == total {
+            (0..nb).for_each(|i| then(i * mn, mn, &whole, i * mn));
+        }
+        return Ok(Some(whole));
+    }
+    let mut out: Vec<f32> = take_vec("matmul", total)?;
+    let kept = OutPtr(out.as_mut_ptr().cast());
+    row_blocks(a, b, shape, Some(&kept), then)?;
+    // SAFETY: `take_vec` gave room for `total` elements, and the blocks
+    // cover every position of the output once, each copied in whole.
+    unsafe { out.set_len(total) };
+    Ok(Some(Buffer::from_vec(out)))
+}
+
+/// [`f32_row_blocks`], copying each block to `keep` (room for the whole
+/// output) when given.
+fn row_blocks(a: &Data, b: &Data, shape: &[usize], keep: Option<&OutPtr>, then: &Then<'_>) -> Result<bool> {
     if !row_blocks_take(a, b, shape) {
         return Ok(false);
     }
@@ -241,7 +281,13 @@ pub fn f32_row_blocks(
             // so the slice stays initialized.
             let dst = unsafe { &mut *(&mut v[..len] as *mut [f32] as *mut [MaybeUninit<f32>]) };
             sgemm::sgemm(level, r1 - r0, n, k, am, bm, dst, sgemm::Init::Zero, false);
-            then((batch * m + r0) * n, len, &buf);
+            let start = (batch * m + r0) * n;
+            then(start, len, &buf, 0);
+            if let (Some(to), Buffer::F32(v)) = (keep, &*buf) {
+                // SAFETY: `keep` has room for the whole output, and positions
+                // `start..start + len` are this block's alone.
+                unsafe { std::ptr::copy_nonoverlapping(v.as_ptr(), to.0.cast::<f32>().add(start), len) };
+            }
         })
     };
     let parts = nb * per;

@@ -6,6 +6,7 @@
 //! [`Backend`] trait.
 
 pub mod binary;
+pub mod block_fold;
 pub mod cast;
 pub mod executable;
 pub mod fused;
