@@ -9,7 +9,7 @@ if ! command -v valgrind >/dev/null; then
   apt-get update -qq && apt-get install -y -qq valgrind >/dev/null
 fi
 export CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER="valgrind --error-exitcode=9 -q"
-cargo test -p kiln --test compile --test shape --test linalg --test fused -- --test-threads=2
+cargo test -p kiln --test compile --test shape --test linalg --test fused --test block_fold -- --test-threads=2
 # Generated code (valgrind reports AVX2, not AVX-512: the AVX2 generator,
 # whose last partial vector moves bytes and 16-bit floats through stack slots).
 cargo test -p kiln --test jit -- --test-threads=2
