@@ -121,6 +121,12 @@ fn batched_and_untaken_reductions_equal_eager() -> Result<()> {
         Ok(vec![(&y * &y)?.sum(Axes::from(vec![-2, -1]), false)?, y.max(Axes::from(vec![1, 2]), true)?])
     };
     let leading: Program = |x, w, _| Ok(vec![x.matmul(w)?.sum(0, false)?]);
+    // The plan says which kernels fold (the explanation's notes).
+    let ops = operands(&[4, 24, 16], 72, 99, DType::F32)?;
+    let note = "block folds: kernel 1 reduces each block of kernel 0's product";
+    let plan = |f: Program| compile_with(f, CompileOptions::default()).explain((&ops.0, &ops.1, &ops.2));
+    assert!(plan(per_matrix)?.contains(note), "{}", plan(per_matrix)?);
+    assert!(!plan(leading)?.contains("block folds"), "{}", plan(leading)?);
     for (s, x) in [&[4usize, 24, 16][..], &[2, 64, 96]].into_iter().enumerate() {
         let ops = operands(x, 72, 100 + s as u64, DType::F32)?;
         assert!(check("per matrix", per_matrix, (&ops.0, &ops.1, &ops.2), false)?);

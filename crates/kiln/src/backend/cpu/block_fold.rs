@@ -95,7 +95,17 @@ fn fold_of(p: &Program, prod: &Step, red: &Step) -> Option<BlockFold> {
         }
         _ => return None,
     };
-    if p.instrs[source].shape != p.instrs[v].shape {
+    // What `fused_reduce::reduce_blocks` folds: f32 sums, means, maxima and
+    // minima over a suffix of the axes (checked again at run time, with
+    // the dtypes of the outputs and the run-time shapes).
+    let nd = p.instrs[v].shape.len();
+    let foldable = |op: &ReduceOp| matches!(op, ReduceOp::Sum | ReduceOp::Mean | ReduceOp::Max | ReduceOp::Min);
+    if p.instrs[source].shape != p.instrs[v].shape
+        || dt != crate::dtype::DType::F32
+        || !reductions.iter().all(|(op, _)| foldable(op))
+        || axes.is_empty()
+        || !axes.iter().copied().eq(nd - axes.len().min(nd)..nd)
+    {
         return None;
     }
     let reads: Vec<Option<usize>> =

@@ -75,7 +75,7 @@ impl CpuExecutable {
             }
             v
         };
-        let steps: Vec<Step> = kernels
+        let mut steps: Vec<Step> = kernels
             .into_iter()
             .enumerate()
             .map(|(s, k)| {
@@ -110,7 +110,6 @@ impl CpuExecutable {
             .filter_map(|(i, ins)| ins.constant.as_ref().map(|d| (i, d.clone())))
             .collect();
         let chains = row_chain::find(&program, &steps);
-        let mut steps = steps;
         let folds = block_fold::find(&program, &steps, |s| chains.iter().any(|c| c.steps.contains(&s)));
         for (st, f) in steps.iter_mut().zip(folds) {
             st.fold_next = f;
@@ -261,8 +260,16 @@ impl Executable for CpuExecutable {
         elementwise.filter(|g| !g.ops.is_empty()).map(cpu::jit::describe)
     }
 
-    /// The row chains ([`row_chain`]).
+    /// The row chains ([`row_chain`]) and the reductions folded into a
+    /// product's blocks ([`block_fold`]).
     fn notes(&self) -> Vec<String> {
+        let folds = self.steps.iter().enumerate().filter(|(_, st)| st.fold_next.is_some()).map(|(s, _)| {
+            format!(
+                "block folds: kernel {} reduces each block of kernel {s}'s product on the thread that computed it, \
+                 when the shapes allow",
+                s + 1
+            )
+        });
         self.chains
             .iter()
             .map(|c| {
@@ -275,6 +282,7 @@ impl Executable for CpuExecutable {
                     kept.join(", ")
                 )
             })
+            .chain(folds)
             .collect()
     }
 }

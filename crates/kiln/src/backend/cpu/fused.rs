@@ -198,11 +198,11 @@ pub(crate) fn launch(
 /// Runs `g` over `shape` block by block as `produce` makes its input 0 (a
 /// matrix product's output: [`crate::backend::cpu::matmul::f32_row_blocks`]),
 /// pushing its outputs onto `outs`. `produce(then)` calls `then(start, len,
-/// block)`, from any thread of the team, once for each block of whole rows
-/// of `shape`'s last dimension within one matrix of its last two: input 0
-/// at positions `start..start + len` is the first `len` elements of
-/// `block`, and the group runs over those positions right then, on that
-/// thread. `others` are the group's inputs from 1 on.
+/// block, at)`, from any thread of the team, once for each block of whole
+/// rows of `shape`'s last dimension within one matrix of its last two:
+/// input 0 at positions `start..start + len` is `block[at..at + len]`, and
+/// the group runs over those positions right then, on that thread.
+/// `others` are the group's inputs from 1 on.
 ///
 /// Returns `false`, pushing nothing, when `produce` does (it took no
 /// blocks) or when an output of `g` is one of its inputs.

@@ -132,10 +132,10 @@ pub fn run_reduce(
 /// of its own that reads the blocks back from the other cores' caches.
 ///
 /// `inputs` are the group's inputs, `None` for the one `produce` makes;
-/// `produce(then)` runs `then(start, len, block)` for blocks of whole rows
-/// of `shape` (the row-major iteration space, at least 2-D) that tile it,
-/// the block holding those values in its first `len` elements, and returns
-/// `false` if it computed nothing. The reduced axes are a suffix of the
+/// `produce(then)` runs `then(start, len, block, at)` for blocks of whole
+/// rows of `shape` (the row-major iteration space, at least 2-D) that tile
+/// it, the values at positions `start..start + len` being `block[at..at +
+/// len]`, and returns `false` if it computed nothing. The reduced axes are a suffix of the
 /// space: either the last axis alone (each block's rows are folded whole,
 /// `fold_rows`' fold per row) or at least the last two (a block lies in
 /// one output position; each block's fold is a partial, and the partials
