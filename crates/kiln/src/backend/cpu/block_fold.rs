@@ -88,32 +88,29 @@ fn fold_of(p: &Program, prod: &Step, red: &Step) -> Option<BlockFold> {
             (group.group.clone(), reductions.clone(), axes.clone(), *source)
         }
         Kernel::Single(Primitive::Reduce { op, axes, .. }) => {
+            // A reduction of a value itself, as the fuser plans one (a copy).
             let x = *red.inputs.first()?;
             let dx = p.instrs[x].dtype;
-            let copy = FusedOp { prim: Primitive::AsType(dx), args: vec![0], dtype: dx };
-            (FusedGroup { inputs: vec![dx], ops: vec![copy], outputs: vec![1] }, vec![(*op, 0)], axes.clone(), x)
+            (FusedGroup::single(Primitive::AsType(dx), vec![dx], dx), vec![(*op, 0)], axes.clone(), x)
         }
         _ => return None,
     };
-    // What `fused_reduce::reduce_blocks` folds: f32 sums, means, maxima and
-    // minima over a suffix of the axes (checked again at run time, with
-    // the dtypes of the outputs and the run-time shapes).
-    let nd = p.instrs[v].shape.len();
-    let foldable = |op: &ReduceOp| matches!(op, ReduceOp::Sum | ReduceOp::Mean | ReduceOp::Max | ReduceOp::Min);
-    if p.instrs[source].shape != p.instrs[v].shape
+    let shape = &p.instrs[v].shape;
+    let reads: Vec<Option<usize>> =
+        red.inputs.iter().map(|i| prod.outputs.iter().position(|o| o == i).map(|k| e.outputs[k])).collect();
+    if p.instrs[source].shape != *shape
         || dt != crate::dtype::DType::F32
-        || !reductions.iter().all(|(op, _)| foldable(op))
-        || axes.is_empty()
-        || !axes.iter().copied().eq(nd - axes.len().min(nd)..nd)
+        || fused_reduce::reduced_suffix(&axes, shape.len()).is_none()
+        || reads.iter().all(Option::is_none)
     {
         return None;
     }
-    let reads: Vec<Option<usize>> =
-        red.inputs.iter().map(|i| prod.outputs.iter().position(|o| o == i).map(|k| e.outputs[k])).collect();
-    if reads.iter().all(Option::is_none) {
+    let group = compose(&e, &r, &reads);
+    // Only what `fused_reduce::reduce_blocks` folds (checked again at run
+    // time, with the run-time shapes).
+    if !fused_reduce::folds(&group, &reductions) {
         return None;
     }
-    let group = compose(&e, &r, &reads);
     let inputs =
         e_ins.iter().chain(red.inputs.iter().zip(&reads).filter(|(_, r)| r.is_none()).map(|(i, _)| i)).copied();
     Some(BlockFold { group: CpuGroup::new(group), inputs: inputs.collect(), reductions, axes, source })
@@ -122,7 +119,7 @@ fn fold_of(p: &Program, prod: &Step, red: &Step) -> Option<BlockFold> {
 /// The group that runs `e`'s ops, then `r`'s, where `r`'s input `k` reads
 /// `e`'s register `reads[k]` when that is given and else a new input
 /// (after `e`'s inputs, in order). Its outputs are `r`'s.
-pub fn compose(e: &FusedGroup, r: &FusedGroup, reads: &[Option<usize>]) -> FusedGroup {
+fn compose(e: &FusedGroup, r: &FusedGroup, reads: &[Option<usize>]) -> FusedGroup {
     let (e_in, r_in) = (e.inputs.len(), r.inputs.len());
     let extra: Vec<usize> = (0..r_in).filter(|&k| reads[k].is_none()).collect();
     // `e`'s op registers move up past the new inputs.

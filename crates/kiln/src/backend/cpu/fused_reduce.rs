@@ -18,6 +18,7 @@ use crate::backend::cpu::strided::PAR_THRESHOLD;
 use crate::backend::cpu::tile::TILE;
 use crate::backend::cpu::{reduce, team, Buffer, BufferElement, CpuGroup};
 use crate::dtype::DType;
+use crate::passes::fuse::FusedGroup;
 use crate::primitive::{Primitive, ReduceOp};
 
 use smallvec::SmallVec;
@@ -151,24 +152,11 @@ pub fn reduce_blocks(
     axes: &[usize],
     produce: impl FnOnce(&crate::backend::cpu::matmul::Then<'_>) -> crate::Result<bool>,
 ) -> crate::Result<Option<Outs>> {
-    let (nd, n_in) = (shape.len(), g.inputs.len());
+    let nd = shape.len();
     let total: usize = shape.iter().product();
-    let folds = reductions.iter().all(|&(op, i)| {
-        matches!(op, ReduceOp::Sum | ReduceOp::Mean | ReduceOp::Max | ReduceOp::Min)
-            && g.reg_dtype(g.outputs[i]) == DType::F32
-    });
-    let first = nd.saturating_sub(axes.len());
-    let suffix = !axes.is_empty() && axes.iter().copied().eq(first..nd);
     let made = inputs.iter().filter(|d| d.is_none()).count();
-    if nd < 2
-        || total == 0
-        || !folds
-        || !suffix
-        || made != 1
-        || inputs.len() != n_in
-        || reductions.len() > MAX_FOLDS
-        || g.outputs.iter().any(|&r| r < n_in)
-    {
+    let Some(first) = reduced_suffix(axes, nd) else { return Ok(None) };
+    if nd < 2 || total == 0 || !folds(g, reductions) || made != 1 || inputs.len() != g.inputs.len() {
         return Ok(None);
     }
     let n_red: usize = shape[first..].iter().product();
@@ -239,6 +227,26 @@ pub(super) fn copied_input(g: &CpuGroup, r: usize) -> Option<usize> {
 /// Most reductions [`fold_rows`] folds together.
 const MAX_FOLDS: usize = 8;
 
+/// Whether [`fold_rows`]' fold takes these reductions of `g`'s outputs:
+/// at most [`MAX_FOLDS`], each an `f32` sum, mean, maximum or minimum of
+/// a value the group computes (not one of its inputs).
+pub(super) fn folds(g: &FusedGroup, reductions: &[(ReduceOp, usize)]) -> bool {
+    let n_in = g.inputs.len();
+    reductions.len() <= MAX_FOLDS
+        && reductions.iter().all(|&(op, i)| {
+            matches!(op, ReduceOp::Sum | ReduceOp::Mean | ReduceOp::Max | ReduceOp::Min)
+                && g.outputs[i] >= n_in
+                && g.reg_dtype(g.outputs[i]) == DType::F32
+        })
+}
+
+/// The first reduced axis when `axes` are the last axes of an `nd`-axis
+/// space (at least one): what [`reduce_blocks`] folds.
+pub(super) fn reduced_suffix(axes: &[usize], nd: usize) -> Option<usize> {
+    let first = nd.checked_sub(axes.len())?;
+    (!axes.is_empty() && axes.iter().copied().eq(first..nd)).then_some(first)
+}
+
 /// [`run_reduce`] when every reduction is a sum, mean, max or min of `f32`
 /// values (`n_out` rows of `n_red`, reduced positions innermost): the group
 /// runs over as many whole rows as fill a tile, and each row folds from the
@@ -259,12 +267,8 @@ fn fold_rows(
     reductions: &[(ReduceOp, usize)],
 ) -> Option<Vec<Buffer>> {
     let total = n_out.checked_mul(n_red)?;
-    let folds = reductions.iter().all(|&(op, i)| {
-        matches!(op, ReduceOp::Sum | ReduceOp::Mean | ReduceOp::Max | ReduceOp::Min)
-            && g.reg_dtype(g.outputs[i]) == DType::F32
-    });
     let n_in = g.inputs.len();
-    if n_red == 0 || !folds || reductions.len() > MAX_FOLDS || g.outputs.iter().any(|&r| r < n_in) {
+    if n_red == 0 || !folds(g, reductions) || g.outputs.iter().any(|&r| r < n_in) {
         return None;
     }
     let fold = |o0: usize, o1: usize| fold_row_range(g, loads, o0, o1, n_red, reductions);
