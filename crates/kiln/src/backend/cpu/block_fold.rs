@@ -9,7 +9,7 @@
 //! itself, `sum(y * y)` with `y` kept, or its epilogue's result,
 //! `sum(relu(x @ w + b))`), [`find`] composes one group that makes the
 //! reduced values from the product's block: the product step's epilogue
-//! ops, then the reduction's producers ([`compose`]). [`run`] folds that
+//! ops, then the reduction's producers (`compose`). [`run`] folds that
 //! group over each block on the thread that computed it, right after, while
 //! the block is in that core's cache ([`fused_reduce::reduce_blocks`]), and
 //! stores the product step's own outputs only when a later step or the
