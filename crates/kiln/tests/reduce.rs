@@ -804,6 +804,55 @@ fn logsumexp_is_stable_and_handles_infinities() -> R {
     Ok(())
 }
 
+/// Long rows whose leaves take the vector path (every element finite) or
+/// the exact one (a NaN or an infinity anywhere: first, in a leaf's body,
+/// in the tail after its last whole vector, last), at lengths around the
+/// vector widths and the leaf length, and finite values whose differences
+/// overflow (`x - max` is -inf for -3e38 below 3e38).
+#[test]
+fn logsumexp_long_rows_with_special_values() -> R {
+    let (nan, inf) = (f64::NAN, f64::INFINITY);
+    for n in [1usize, 15, 16, 17, 63, 64, 65, 1000, 1024, 1025, 2049, 4100] {
+        let base: Vec<f64> = (0..n).map(|i| ((i * 37 % 101) as f64 - 50.0) / 7.0).collect();
+        let mut rows = vec![base.clone()];
+        let mut wide = base.clone();
+        wide[0] = -3e38;
+        wide[n - 1] = 3e38;
+        rows.push(wide);
+        for at in [0, n / 2, n.saturating_sub(3), n - 1] {
+            for special in [nan, inf, -inf] {
+                let mut r = base.clone();
+                r[at] = special;
+                rows.push(r);
+            }
+        }
+        let mut all_neg_inf = vec![-inf; n];
+        all_neg_inf[n / 2] = 1.5;
+        rows.push(all_neg_inf);
+        rows.push(vec![-inf; n]);
+        let flat: Vec<f64> = rows.concat();
+        let shape = [rows.len(), n];
+        for dt in [DType::F32, DType::F64, DType::BF16] {
+            let x = make(&flat, &shape, dt);
+            let got = read(&x.logsumexp(1, false)?);
+            // The reference reads the values as the array holds them.
+            let held = read(&x);
+            for (i, g) in groups(&held, &shape, &[1]).iter().enumerate() {
+                let want = ref_logsumexp(g);
+                let ok = if want.is_nan() {
+                    got[i].is_nan()
+                } else if want.is_infinite() {
+                    got[i] == want
+                } else {
+                    (got[i] - want).abs() <= rel_tol(dt) * want.abs().max(1.0)
+                };
+                assert!(ok, "{dt} n {n} row {i}: {} vs {want}", got[i]);
+            }
+        }
+    }
+    Ok(())
+}
+
 #[test]
 fn softmax_rows_sum_to_one() -> R {
     let (r, c) = (4, 9);

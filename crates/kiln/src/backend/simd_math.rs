@@ -347,9 +347,12 @@ fn map2_generic<V: VMem>(f: Func2, a: &[f32], b: &[f32], out: &mut [f32]) {
 /// [`exp_f32`] of `x[i] - m` bit for bit; as the shifted values are at
 /// most 0 and not NaN, only `exp`'s lower clamp is applied (its upper
 /// clamp and NaN pass-through would change nothing). The terms are summed
-/// in one pass (no intermediate slice) into 16 lane accumulators (8 at
-/// AVX2), combined pairwise. Outside its precondition the result is
-/// meaningless but safe. Used by the softmax denominator's blocks.
+/// in one pass (no intermediate slice) into four vectors of lane
+/// accumulators (lane `l` of vector `j` sums elements `l + N j`,
+/// `l + N (j + 4)`, ...), combined pairwise at the end: one accumulator
+/// made each vector's sum wait for the last one's. Outside its
+/// precondition the result is meaningless but safe. Used by the
+/// `logsumexp` and `sumexp` folds' leaves.
 pub fn sum_exp_below_f32(x: &[f32], m: f32) -> f32 {
     let level = detected_level();
     match level {
@@ -363,9 +366,82 @@ pub fn sum_exp_below_f32(x: &[f32], m: f32) -> f32 {
     }
 }
 
+/// The maximum of `x` when every element is finite, else `None` (an empty
+/// `x` has none): the first pass of a log-sum-exp leaf, whose
+/// non-finite elements (NaN, infinities) take the exact scalar path.
+/// Four vectors of lane maxima and one lane check (`x * 0` added up, NaN
+/// once any element is not finite), so each vector costs a maximum and a
+/// multiply-add.
+pub fn max_if_finite_f32(x: &[f32]) -> Option<f32> {
+    let level = detected_level();
+    match level {
+        #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+        // SAFETY: `level` is the detected one, so AVX-512F, AVX2 and FMA are available.
+        Level::Avx512 => unsafe { x86::max_if_finite_avx512(x) },
+        #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+        // SAFETY: as above, AVX2 and FMA are available.
+        Level::Avx2 => unsafe { x86::max_if_finite_avx2(x) },
+        _ => max_if_finite_generic::<f32>(x),
+    }
+}
+
+/// Lanes of `x` and its tail, padded with `pad`, folded into the four
+/// accumulators `acc` by `step` (vector `j` of each group of four into
+/// `acc[j]`; the tail, padded, into `acc[0]`).
+#[inline(always)]
+fn fold4<V: VMem>(x: &[f32], acc: &mut [V; 4], pad: f32, mut step: impl FnMut(V, V) -> V) {
+    let mut quads = x.chunks_exact(4 * V::N);
+    for q in &mut quads {
+        for (j, a) in acc.iter_mut().enumerate() {
+            *a = step(*a, V::load(&q[j * V::N..]));
+        }
+    }
+    let mut vecs = quads.remainder().chunks_exact(V::N);
+    for (j, c) in (&mut vecs).enumerate() {
+        acc[j] = step(acc[j], V::load(c));
+    }
+    let rest = vecs.remainder();
+    if !rest.is_empty() {
+        let mut buf = [pad; 16];
+        buf[..rest.len()].copy_from_slice(rest);
+        acc[0] = step(acc[0], V::load(&buf));
+    }
+}
+
+/// The lanes of `v` (at most 16).
+#[inline(always)]
+fn lanes_of<V: VMem>(v: V) -> [f32; 16] {
+    let mut lanes = [0.0f32; 16];
+    v.store(&mut lanes);
+    lanes
+}
+
+/// [`max_if_finite_f32`] with the vector type `V`.
+#[inline(always)]
+fn max_if_finite_generic<V: VMem>(x: &[f32]) -> Option<f32> {
+    if x.is_empty() {
+        return None;
+    }
+    let zero = V::splat(0.0);
+    let mut max = [V::splat(f32::NEG_INFINITY); 4];
+    let mut check = zero;
+    // The tail is padded with `x[0]`: a maximum and a check of the
+    // elements themselves.
+    fold4(x, &mut max, x[0], |a, v| {
+        check = v.fma(zero, check);
+        a.max(v)
+    });
+    let lanes = lanes_of(max[0].max(max[1]).max(max[2].max(max[3])));
+    let checked = lanes_of(check);
+    if checked[..V::N].iter().any(|c| c.is_nan()) {
+        return None;
+    }
+    Some(lanes[..V::N].iter().fold(f32::NEG_INFINITY, |m, &l| m.max(l)))
+}
+
 /// [`sum_exp_below_f32`] with the vector type `V`: the exponentials of
-/// each vector are added to one accumulator vector (lane `l` sums elements
-/// `l, l + N, ...`), and the lanes are summed pairwise at the end.
+/// each vector are added to four accumulator vectors in turn (see there),
+/// and the lanes are summed pairwise at the end.
 #[inline(always)]
 fn sum_exp_below_generic<V: VMem>(x: &[f32], m: f32) -> f32 {
     // A function, not a closure: it inlines into the caller's target features.
@@ -373,20 +449,25 @@ fn sum_exp_below_generic<V: VMem>(x: &[f32], m: f32) -> f32 {
     fn term<V: VMem>(v: V, m: V) -> V {
         exp_in_range(v.sub(m).max(V::c(-104.0)))
     }
-    let m = V::splat(m);
-    let mut acc = V::splat(0.0);
-    let mut chunks = x.chunks_exact(V::N);
-    for c in &mut chunks {
-        acc = acc.add(term(V::load(c), m));
+    let mv = V::splat(m);
+    let mut acc = [V::splat(0.0); 4];
+    let mut quads = x.chunks_exact(4 * V::N);
+    for q in &mut quads {
+        for (j, a) in acc.iter_mut().enumerate() {
+            *a = a.add(term(V::load(&q[j * V::N..]), mv));
+        }
     }
-    let mut lanes = [0.0f32; 16];
-    acc.store(&mut lanes);
-    let rest = chunks.remainder();
+    let mut vecs = quads.remainder().chunks_exact(V::N);
+    for (j, c) in (&mut vecs).enumerate() {
+        acc[j] = acc[j].add(term(V::load(c), mv));
+    }
+    let mut lanes = lanes_of(acc[0].add(acc[2]).add(acc[1].add(acc[3])));
+    let rest = vecs.remainder();
     if !rest.is_empty() {
         let mut buf = [0.0f32; 16];
         buf[..rest.len()].copy_from_slice(rest);
-        term(V::load(&buf), m).store(&mut buf);
-        for (l, e) in lanes.iter_mut().zip(&buf[..rest.len()]) {
+        let tail = lanes_of(term(V::load(&buf), mv));
+        for (l, e) in lanes.iter_mut().zip(&tail[..rest.len()]) {
             *l += e;
         }
     }
@@ -1303,6 +1384,16 @@ mod x86 {
     #[target_feature(enable = "avx512f,avx2,fma")]
     pub(super) unsafe fn sum_exp_below_avx512(x: &[f32], m: f32) -> f32 {
         super::sum_exp_below_generic::<F16>(x, m)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn max_if_finite_avx2(x: &[f32]) -> Option<f32> {
+        super::max_if_finite_generic::<F8>(x)
+    }
+
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub(super) unsafe fn max_if_finite_avx512(x: &[f32]) -> Option<f32> {
+        super::max_if_finite_generic::<F16>(x)
     }
 
     /// Eight `f32` lanes (AVX2 + FMA).
