@@ -631,6 +631,21 @@ impl<'a> Exec<'a> {
         true
     }
 
+    /// Bytes read and written per position: the outputs' and the inputs'
+    /// elements, but for broadcast inputs (a scalar, a row repeated over
+    /// rows), which stay in L1.
+    fn bytes_per_position(&self) -> usize {
+        let read: usize = (self.loads.iter().zip(&self.g.inputs))
+            .map(|(l, d)| match l {
+                Load::InPlace(..) => d.size(),
+                Load::Strided { strides, .. } if !strides.contains(&0) => d.size(),
+                _ => 0,
+            })
+            .sum();
+        let written: usize = self.g.outputs.iter().map(|&r| self.g.reg_dtype(r).size()).sum();
+        (read + written).max(1)
+    }
+
     /// Runs positions `0..n`, in parallel chunks above [`PAR_THRESHOLD`].
     #[inline]
     pub(super) fn all(&self, n: usize, outs: &[OutPtr]) {
@@ -641,7 +656,12 @@ impl<'a> Exec<'a> {
             let chunk = if self.stream.contains(&true) {
                 (n / (4 * team::threads())).clamp(PAR_CHUNK, STREAM_CHUNK)
             } else {
-                PAR_CHUNK
+                // One part per thread where each thread's share fits its
+                // core's L2 (`team::cached_parts`: the same positions on the
+                // same thread call after call), else parts of PAR_CHUNK
+                // that threads take as they finish.
+                let per = self.bytes_per_position();
+                team::cached_parts(n * per, PAR_CHUNK * per).map_or(PAR_CHUNK, |parts| n.div_ceil(parts))
             };
             team::run_with(
                 n.div_ceil(chunk),

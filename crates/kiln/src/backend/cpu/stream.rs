@@ -126,20 +126,30 @@ fn env_bytes(name: &str) -> Option<usize> {
 /// `/sys/devices/system/cpu/cpu0/cache`; `None` where that is not there.
 pub fn last_level_cache_bytes() -> Option<usize> {
     static LLC: OnceLock<Option<usize>> = OnceLock::new();
-    *LLC.get_or_init(|| {
-        let dir = std::fs::read_dir("/sys/devices/system/cpu/cpu0/cache").ok()?;
-        let read = |p: &std::path::Path, f: &str| std::fs::read_to_string(p.join(f)).ok();
-        dir.flatten()
-            .filter_map(|e| {
-                let p = e.path();
-                let level: u32 = read(&p, "level")?.trim().parse().ok()?;
-                let kind = read(&p, "type")?;
-                (kind.trim() != "Instruction").then_some(())?;
-                Some((level, parse_bytes(&read(&p, "size")?)?))
-            })
-            .max()
-            .map(|(_, bytes)| bytes)
-    })
+    *LLC.get_or_init(|| data_caches().into_iter().max().map(|(_, bytes)| bytes))
+}
+
+/// The size in bytes of the first CPU's level-2 cache (each core's own on
+/// the x86 CPUs of today), read once as [`last_level_cache_bytes`] is;
+/// `None` where Linux does not say.
+pub fn l2_cache_bytes() -> Option<usize> {
+    static L2: OnceLock<Option<usize>> = OnceLock::new();
+    *L2.get_or_init(|| data_caches().into_iter().find(|&(level, _)| level == 2).map(|(_, bytes)| bytes))
+}
+
+/// The data (or unified) caches of the first CPU: level and bytes.
+fn data_caches() -> Vec<(u32, usize)> {
+    let Ok(dir) = std::fs::read_dir("/sys/devices/system/cpu/cpu0/cache") else { return vec![] };
+    let read = |p: &std::path::Path, f: &str| std::fs::read_to_string(p.join(f)).ok();
+    dir.flatten()
+        .filter_map(|e| {
+            let p = e.path();
+            let level: u32 = read(&p, "level")?.trim().parse().ok()?;
+            let kind = read(&p, "type")?;
+            (kind.trim() != "Instruction").then_some(())?;
+            Some((level, parse_bytes(&read(&p, "size")?)?))
+        })
+        .collect()
 }
 
 /// Copies `bytes` bytes from `src` to `dst` with streaming stores where the

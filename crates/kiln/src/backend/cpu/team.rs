@@ -235,6 +235,21 @@ pub fn parts_for(work: usize, per_part: usize) -> usize {
     threads().min(work / per_part.max(1)).max(1)
 }
 
+/// One part per thread for a job over `bytes` of data (read and written),
+/// when each thread's share fits in its core's level-2 cache
+/// ([`stream::l2_cache_bytes`](crate::backend::cpu::stream::l2_cache_bytes),
+/// 1 MiB where unknown), at most `bytes / min_part` parts; `None` when the
+/// shares do not fit (the caller splits finer, for balance) or one part
+/// does it all. Helper `i` takes part `i + 1` from its slot, so call after
+/// call each thread reads and writes the same positions, still in its L2
+/// from the call before: finer parts, claimed from a shared counter in
+/// whatever order, sent each thread to data that another core's L2 held.
+pub fn cached_parts(bytes: usize, min_part: usize) -> Option<usize> {
+    let l2 = crate::backend::cpu::stream::l2_cache_bytes().unwrap_or(1 << 20);
+    let parts = threads().min(bytes / min_part.max(1));
+    (parts > 1 && bytes.div_ceil(parts) <= l2).then_some(parts)
+}
+
 /// Runs `task(i)` for every `i < parts`, on the calling thread and the
 /// team's helpers, and returns when all have run. Parts run in any order,
 /// each exactly once. A panic in a part is raised again here, after every
@@ -436,6 +451,26 @@ impl Team {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cached_parts_give_each_thread_a_share_that_fits_its_l2() {
+        let l2 = crate::backend::cpu::stream::l2_cache_bytes().unwrap_or(1 << 20);
+        let t = threads();
+        // Too little for two parts of `min_part`: no split.
+        assert_eq!(cached_parts(1000, 1000), None);
+        assert_eq!(cached_parts(0, 64), None);
+        if t >= 2 {
+            // Two threads' worth of small parts: two (or more) parts, each
+            // no larger than the L2.
+            assert_eq!(cached_parts(2 * 4096, 4096), Some(2));
+            let parts = cached_parts(t * l2, 1).expect("a share of one L2 per thread fits");
+            assert_eq!(parts, t);
+            // A share past the L2: the caller splits finer.
+            assert_eq!(cached_parts(t * l2 + t, 1), None);
+        } else {
+            assert_eq!(cached_parts(1 << 20, 1), None);
+        }
+    }
     use std::sync::atomic::AtomicU32;
 
     #[test]
