@@ -848,10 +848,10 @@ impl<A: AccFloat> Lse<A> {
 
     /// The accumulator of `xs`: its maximum `m`, then one vectorized pass
     /// summing `exp(x - m)`. When every element is finite the maximum is
-    /// the vector code's ([`AccFloat::max_if_finite`]: lanes, no NaN test
-    /// per element, no scalar fold of the lanes per element); a NaN or an
-    /// infinity takes this scalar path, which gives NaN, an infinite
-    /// maximum or the empty accumulator as [`Lse::combine`] expects them.
+    /// the vector code's ([`AccFloat::max_if_finite`]: lane maxima, one
+    /// check for the whole leaf); a NaN or an infinity takes the scalar
+    /// path below, which gives NaN, an infinite maximum or the empty
+    /// accumulator as [`Lse::combine`] expects them.
     #[inline(always)]
     fn of(xs: &[A]) -> Lse<A> {
         if let Some(m) = A::max_if_finite(xs) {

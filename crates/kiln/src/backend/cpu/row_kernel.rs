@@ -392,9 +392,11 @@ fn run_in<'a, T: RowFloat, S: AsRef<[usize]> + ?Sized + 'a>(
             plan.outside.iter().map(|o| values[o.value].as_ref().and_then(|d| T::slice_of(d.buffer()))).collect();
         let Some(data) = data else { return Ok(false) };
         RUNS.fetch_add(1, Ordering::Relaxed);
-        // Bytes read and written: outside rows read in place, and sinks.
-        let row_bytes = plan.outside.iter().filter(|o| o.inner == 1).map(|o| o.len).sum::<usize>()
-            + plan.sink_len.iter().sum::<usize>();
+        // Bytes read and written: outside rows read in place that move
+        // from row to row (not a row broadcast over rows), and sinks.
+        let moves = |o: &&Outside| o.inner == 1 && o.dims.iter().any(|&(_, stride)| stride != 0);
+        let row_bytes =
+            plan.outside.iter().filter(moves).map(|o| o.len).sum::<usize>() + plan.sink_len.iter().sum::<usize>();
         let bytes = rows * row_bytes * size_of::<T>();
         let cached = team::cached_parts(bytes, (SMALL_PART_ELEMS / n.max(1)).max(1) * row_bytes * size_of::<T>());
         let per_part = rows_per_part(rows, n, team::threads(), cached);
