@@ -392,14 +392,7 @@ fn run_in<'a, T: RowFloat, S: AsRef<[usize]> + ?Sized + 'a>(
             plan.outside.iter().map(|o| values[o.value].as_ref().and_then(|d| T::slice_of(d.buffer()))).collect();
         let Some(data) = data else { return Ok(false) };
         RUNS.fetch_add(1, Ordering::Relaxed);
-        // Bytes read and written: outside rows read in place that move
-        // from row to row (not a row broadcast over rows), and sinks.
-        let moves = |o: &&Outside| o.inner == 1 && o.dims.iter().any(|&(_, stride)| stride != 0);
-        let row_bytes =
-            plan.outside.iter().filter(moves).map(|o| o.len).sum::<usize>() + plan.sink_len.iter().sum::<usize>();
-        let bytes = rows * row_bytes * size_of::<T>();
-        let cached = team::cached_parts(bytes, (SMALL_PART_ELEMS / n.max(1)).max(1) * row_bytes * size_of::<T>());
-        let per_part = rows_per_part(rows, n, team::threads(), cached);
+        let per_part = rows_per_part(rows, n, team::threads());
         let parts = rows.div_ceil(per_part);
         let run_part = |c: usize| run_rows(&plan, &data, &sinks, c * per_part, ((c + 1) * per_part).min(rows));
         if parts <= 1 {
@@ -418,22 +411,22 @@ fn run_in<'a, T: RowFloat, S: AsRef<[usize]> + ?Sized + 'a>(
 
 /// Rows per parallel part of a run over `rows` rows of `n` positions on
 /// `threads` threads. A run with a part of [`PART_ELEMS`] for every thread
-/// splits into one part per thread when each thread's share of the rows
-/// read and written fits its L2 (`cached`, from
-/// [`team::cached_parts`]), else into parts of at least that many
-/// positions, up to eight per thread (so that threads that finish early
-/// take more); a smaller run into at most one part per thread of at least
-/// [`SMALL_PART_ELEMS`]. On two threads a layernorm over 64 rows of 1024
-/// is two parts either way; on a 16-core host it was two parts of 32
-/// rows, and eight parts of 8 rows ran it faster (and sixteen over 256
-/// rows; bench/README.md). More parts than threads only add each part's
-/// fixed cost (smaller parts for every run were slower on two threads).
-fn rows_per_part(rows: usize, n: usize, threads: usize, cached: Option<usize>) -> usize {
+/// splits into parts of at least that many positions, up to eight per
+/// thread (so that threads that finish early take more); a smaller one
+/// into at most one part per thread of at least [`SMALL_PART_ELEMS`]. On
+/// two threads a layernorm over 64 rows of 1024 is two parts either way;
+/// on a 16-core host it was two parts of 32 rows, and eight parts of 8
+/// rows ran it faster (and sixteen over 256 rows; bench/README.md). More
+/// parts than threads only add each part's fixed cost (smaller parts for
+/// every run were slower on two threads). One part per thread where the
+/// shares fit the L2s, as elementwise kernels split
+/// ([`team::cached_parts`]), was no gain here on the 16-core host: over
+/// 1024 rows of 1024 on 16 threads 60.9 and 39.6 us against 53.2 and
+/// 47.7, over 4096 rows and on 8 threads 2-3% slower.
+fn rows_per_part(rows: usize, n: usize, threads: usize) -> usize {
     let work = rows.saturating_mul(n);
     if work < PART_ELEMS.saturating_mul(threads) {
         let parts = (work / SMALL_PART_ELEMS).clamp(1, threads.max(1));
-        rows.div_ceil(parts).max(1)
-    } else if let Some(parts) = cached {
         rows.div_ceil(parts).max(1)
     } else {
         PART_ELEMS.div_ceil(n.max(1)).max(rows.div_ceil(8 * threads.max(1)))
@@ -973,7 +966,6 @@ mod tests {
 
     #[test]
     fn small_runs_split_into_at_most_one_part_per_thread() {
-        let rows_per_part = |rows, n, threads| rows_per_part(rows, n, threads, None);
         let parts = |rows: usize, n: usize, threads: usize| rows.div_ceil(rows_per_part(rows, n, threads));
         // 64 rows of 1024: two parts on two threads, eight of 8 rows on 16.
         assert_eq!(parts(64, 1024, 2), 2);
@@ -986,11 +978,6 @@ mod tests {
         assert_eq!(rows_per_part(1024, 1024, 16), 32);
         assert_eq!(parts(4096, 1024, 2), 16);
         assert_eq!(rows_per_part(1 << 20, 64, 2), (1 << 20) / 16);
-        // Shares that fit each thread's L2: one part per thread.
-        assert_eq!(super::rows_per_part(1024, 1024, 16, Some(16)), 64);
-        assert_eq!(super::rows_per_part(4096, 1024, 2, Some(2)), 2048);
-        // A small run keeps its split, whatever fits.
-        assert_eq!(super::rows_per_part(64, 1024, 16, Some(16)), 8);
         // Tiny runs, one thread, degenerate sizes: one part, never zero rows.
         assert_eq!(parts(3, 100, 16), 1);
         assert_eq!(parts(16, 1024, 1), 1);
