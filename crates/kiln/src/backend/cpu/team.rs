@@ -451,6 +451,7 @@ impl Team {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::AtomicU32;
 
     #[test]
     fn cached_parts_give_each_thread_a_share_that_fits_its_l2() {
@@ -460,8 +461,7 @@ mod tests {
         assert_eq!(cached_parts(1000, 1000), None);
         assert_eq!(cached_parts(0, 64), None);
         if t >= 2 {
-            // Two threads' worth of small parts: two (or more) parts, each
-            // no larger than the L2.
+            // Two small parts' worth: two parts, each within the L2.
             assert_eq!(cached_parts(2 * 4096, 4096), Some(2));
             let parts = cached_parts(t * l2, 1).expect("a share of one L2 per thread fits");
             assert_eq!(parts, t);
@@ -471,7 +471,6 @@ mod tests {
             assert_eq!(cached_parts(1 << 20, 1), None);
         }
     }
-    use std::sync::atomic::AtomicU32;
 
     #[test]
     fn every_part_runs_exactly_once() {
