@@ -405,3 +405,87 @@ fn compiled_fused_sums_equal_eager_sums_bit_for_bit() -> Result<()> {
     }
     Ok(())
 }
+
+/// Row-major values of `vals` (of `shape`) permuted by `perm`.
+fn permuted<T: Copy>(vals: &[T], shape: &[usize], perm: &[usize]) -> Vec<T> {
+    let nd = shape.len();
+    let mut strides = vec![1usize; nd];
+    for d in (0..nd - 1).rev() {
+        strides[d] = strides[d + 1] * shape[d + 1];
+    }
+    let out: Vec<usize> = perm.iter().map(|&p| shape[p]).collect();
+    (0..vals.len())
+        .map(|mut i| {
+            let mut off = 0;
+            for d in (0..nd).rev() {
+                off += (i % out[d]) * strides[perm[d]];
+                i /= out[d];
+            }
+            vals[off]
+        })
+        .collect()
+}
+
+#[test]
+fn inputs_read_across_their_layout_run_in_blocks_with_every_value_in_place() -> Result<()> {
+    use kiln::backend::cpu::blocked;
+    use kiln::ops::shape::slice_axis;
+    use kiln::DType;
+    // Transposes and permutations whose sizes are not multiples of a
+    // block (nor of the 8x8 squares copied in vector registers), with
+    // the densest dimension of the permuted input outermost or in the middle.
+    let cases: [(&[usize], &[usize]); 8] = [
+        (&[257, 129], &[1, 0]),
+        (&[5, 4096], &[1, 0]),
+        (&[4096, 5], &[1, 0]),
+        (&[301, 300], &[1, 0]),
+        (&[6, 40, 130], &[0, 2, 1]),
+        (&[20, 30, 40], &[2, 1, 0]),
+        (&[33, 17, 65], &[1, 2, 0]),
+        (&[3, 64, 96], &[2, 0, 1]),
+    ];
+    let before = blocked::runs();
+    for (shape, perm) in cases {
+        let n: usize = shape.iter().product();
+        let out: Vec<usize> = perm.iter().map(|&p| shape[p]).collect();
+        // Integers, so that every dtype computes them exactly.
+        let xs: Vec<f64> = (0..n).map(|i| ((i * 7919) % 2039) as f64 - 1000.0).collect();
+        let ys: Vec<f64> = (0..n).map(|i| ((i * 104_729) % 997) as f64 - 500.0).collect();
+        let xp = permuted(&xs, shape, perm);
+        let want: Vec<f64> = xp.iter().zip(&ys).map(|(a, b)| (a - b) + a * b).collect();
+        let p: Vec<isize> = perm.iter().map(|&d| d as isize).collect();
+        let f = |x: &Array, y: &Array| -> Result<Array> {
+            let xp = x.permute(&p)?;
+            (&xp - y)? + (&xp * y)?
+        };
+        let compiled = compile(f);
+        for dt in [DType::F32, DType::F64, DType::I32] {
+            let x = Array::from_vec(xs.clone(), shape)?.astype(dt)?;
+            let y = Array::from_vec(ys.clone(), &out)?.astype(dt)?;
+            for (how, got) in [("compiled", compiled.call((&x, &y))?), ("eager", f(&x, &y)?)] {
+                assert_eq!(got.shape(), &out[..]);
+                let got = values_f64(&got);
+                let bad = got.iter().zip(&want).position(|(g, w)| g != w);
+                assert!(bad.is_none(), "{how} {dt} {shape:?} by {perm:?}: position {bad:?}");
+            }
+        }
+    }
+    // Reversed and transposed, with a per-row value broadcast along the rows.
+    let (r, c) = (300usize, 257usize);
+    let xs: Vec<f32> = (0..r * c).map(|i| ((i * 31) % 1001) as f32 - 500.0).collect();
+    let col: Vec<f32> = (0..r).map(|i| i as f32 * 3.0 - 7.0).collect();
+    let x = Array::from_slice(&xs, &[c, r])?;
+    let cv = Array::from_slice(&col, &[r, 1])?;
+    let g = |x: &Array, cv: &Array| -> Result<Array> { (&slice_axis(&x.t()?, 0, None, None, -1)? * cv)? - cv };
+    for (how, got) in [("compiled", compile(g).call((&x, &cv))?), ("eager", g(&x, &cv)?)] {
+        let got = got.to_vec::<f32>()?;
+        for i in 0..r {
+            for j in 0..c {
+                let (v, k) = (xs[j * r + (r - 1 - i)], col[i]);
+                assert_eq!(got[i * c + j], v * k - k, "{how}: ({i}, {j})");
+            }
+        }
+    }
+    assert!(blocked::runs() > before, "no launch ran in blocks");
+    Ok(())
+}

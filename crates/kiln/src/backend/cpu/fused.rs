@@ -10,6 +10,7 @@
 //! its machine code is made once.
 
 use crate::array::Data;
+use crate::backend::cpu::blocked::Blocks;
 use crate::backend::cpu::interpreter::{exec_range, out_ptr, plan_load, view_as, Exec, Load, Loads, OutPtr, INLINE};
 use crate::backend::cpu::rows::Claimed;
 use crate::backend::cpu::stream;
@@ -148,8 +149,10 @@ pub(crate) fn launch(
         }
     }
     {
+        let views: SmallVec<[std::borrow::Cow<Layout>; INLINE]> =
+            args.iter().map(|a| view_as(a.data(), shape)).collect();
         let mut loads = Loads::new();
-        loads.extend(args.iter().map(|a| plan_load(a.data().buffer(), &view_as(a.data(), shape))));
+        loads.extend(args.iter().zip(&views).map(|(a, v)| plan_load(a.data().buffer(), v)));
         // An elementwise kernel streams its outputs when what it reads and
         // writes would not stay in the last-level cache; a block of a row
         // chain streams an output whose destination (the whole sink, for
@@ -171,7 +174,20 @@ pub(crate) fn launch(
         // compiled code prefetches its inputs one block ahead, so the next
         // block's rows arrive from memory while this one computes.
         let next_block = (!into.is_empty()).then(|| n * g.inputs.iter().map(|d| d.size()).max().unwrap_or(0));
-        Exec::new(g, &loads[..], n, &stream[..], next_block).all(n, &ptrs);
+        // An input read across its layout: blocks instead of rows.
+        let blocks = (into.is_empty() && loads.iter().any(|l| matches!(l, Load::Strided { .. })))
+            .then(|| {
+                let ls: SmallVec<[&Layout; INLINE]> = views.iter().map(|v| v.as_ref()).collect();
+                let sizes: SmallVec<[usize; INLINE]> = g.inputs.iter().map(|d| d.size()).collect();
+                Blocks::plan(shape, &ls, &sizes)
+            })
+            .flatten();
+        if let Some(b) = blocks {
+            let bufs: SmallVec<[&Buffer; INLINE]> = args.iter().map(|a| a.data().buffer()).collect();
+            Exec::blocked(g, &bufs, &b).all_blocked(&b, &stream, &ptrs);
+        } else {
+            Exec::new(g, &loads[..], n, &stream[..], next_block).all(n, &ptrs);
+        }
     }
     let mut owned: SmallVec<[Option<Data>; INLINE]> = SmallVec::new();
     owned.extend(args.drain(..).map(|a| match a {

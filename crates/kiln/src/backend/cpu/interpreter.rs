@@ -17,6 +17,7 @@
 //! tiles into cache-sized scratch.
 
 use crate::array::Data;
+use crate::backend::cpu::blocked::{self, Block, BlockedInput, Blocks, Read};
 use crate::backend::cpu::strided::{PAR_CHUNK, PAR_THRESHOLD};
 use crate::backend::cpu::tile::{Src, TILE};
 use crate::backend::cpu::{binary, cast, jit, team, unary, Buffer, CpuGroup};
@@ -516,7 +517,6 @@ impl<'a> Exec<'a> {
     /// elements) and this returns `true`; the interpreter leaves each
     /// output in its op's slot (see [`Exec::output`]) and returns `false`.
     pub(super) fn produce(&self, sc: &mut Scratch, s: usize, len: usize, outs: &[OutPtr], base: usize) -> bool {
-        let (g, n_in) = (self.g, self.g.inputs.len());
         for (l, (reg, dir)) in self.loads.iter().zip(sc.in_regs.iter_mut().zip(sc.direct.iter_mut())) {
             if let (Load::Strided { buf, shape, strides, offset }, Some(r)) = (l, reg) {
                 // A tile in one run of the innermost dimension is read in
@@ -530,6 +530,13 @@ impl<'a> Exec<'a> {
                 }
             }
         }
+        self.compute(sc, s, len, outs, base)
+    }
+
+    /// [`Exec::produce`] once the tile's strided inputs are loaded (in
+    /// their registers, or found in place: `Scratch::direct`).
+    fn compute(&self, sc: &mut Scratch, s: usize, len: usize, outs: &[OutPtr], base: usize) -> bool {
+        let (g, n_in) = (self.g, self.g.inputs.len());
         if self.compiled_tile(sc, s, len, outs, base) {
             return true;
         }
@@ -669,6 +676,110 @@ impl<'a> Exec<'a> {
                 |sc, c| self.range(sc, c * chunk, ((c + 1) * chunk).min(n), outs, 0),
             );
         }
+    }
+}
+
+impl<'a> Exec<'a> {
+    /// A run of `g` over inputs `bufs` in the blocked order `b` (see
+    /// [`blocked`]): inputs are read as the plan says, through tile
+    /// registers, and outputs go through registers too (so that
+    /// [`Exec::all_blocked`] stores them in runs), with no streaming of
+    /// this run's own.
+    pub(super) fn blocked(g: &'a CpuGroup, bufs: &[&'a Buffer], b: &Blocks) -> Exec<'a> {
+        let loads: Vec<Load<'a>> = (bufs.iter().zip(&b.inputs))
+            .map(|(&buf, i)| match i {
+                BlockedInput::Scalar(at) => Load::Scalar(buf, *at),
+                // (Read block by block through the plan, not these strides.)
+                BlockedInput::Strided(..) => Load::Strided { buf, shape: vec![], strides: vec![], offset: 0 },
+            })
+            .collect();
+        jit::warm_up();
+        let stream = vec![false; g.outputs.len()];
+        let code = g.code.get(g);
+        Exec {
+            g,
+            loads: loads.into(),
+            plan: g.plan.get(g),
+            tile: TILE,
+            run: usize::MAX,
+            stream: stream.into(),
+            prefetch: false,
+            ahead: 0,
+            code,
+        }
+    }
+
+    /// Runs every block of `b` (an `Exec::blocked` of this plan), writing
+    /// output `k` at `outs[k]`, with streaming stores where `stream[k]`.
+    /// Parallel tasks take whole bands.
+    pub(super) fn all_blocked(&self, b: &Blocks, stream: &[bool], outs: &[OutPtr]) {
+        blocked::count_run();
+        let (bands, band) = (b.bands(), b.band_len());
+        let streams = stream.contains(&true);
+        let chunk =
+            if streams { (bands * band / (4 * team::threads())).clamp(PAR_CHUNK, STREAM_CHUNK) } else { PAR_CHUNK };
+        let per = chunk.div_ceil(band).max(1);
+        let init = || {
+            // Compiled code writes a block's outputs to these registers.
+            let spill = match self.code {
+                Some(_) => self.g.outputs.iter().map(|&r| take_register(self.g.reg_dtype(r))).collect(),
+                None => Vec::new(),
+            };
+            (self.scratch(), Spill(spill))
+        };
+        team::run_with(bands.div_ceil(per), init, |(sc, spill), c| {
+            let at: SmallVec<[OutPtr; INLINE]> = spill.0.iter_mut().map(out_ptr).collect();
+            for band in c * per..((c + 1) * per).min(bands) {
+                b.for_each_block(band, |blk| self.block(sc, &spill.0, &at, b, blk, stream, outs));
+            }
+            if streams {
+                crate::backend::cpu::stream::fence();
+            }
+        });
+    }
+
+    /// Runs one block: gathers its inputs, computes it (compiled code
+    /// writes to `spill` through `spill_at`; the interpreter leaves its
+    /// outputs in their slots) and stores each output's rows.
+    #[allow(clippy::too_many_arguments)]
+    fn block(
+        &self,
+        sc: &mut Scratch,
+        spill: &[Buffer],
+        spill_at: &[OutPtr],
+        b: &Blocks,
+        blk: Block,
+        stream: &[bool],
+        outs: &[OutPtr],
+    ) {
+        let loads = self.loads.iter().zip(sc.in_regs.iter_mut().zip(sc.direct.iter_mut()));
+        for (i, (l, (reg, dir))) in loads.enumerate() {
+            if let (Load::Strided { buf, .. }, Some(r), Some(o)) = (l, reg, b.origin(i, blk.at)) {
+                *dir = match blocked::gather(buf, o, &blk, r) {
+                    Read::Run(at) => Some((at, false)),
+                    Read::Repeat(at) => Some((at, true)),
+                    Read::Gathered => None,
+                };
+            }
+        }
+        let compiled = self.compute(sc, 0, blk.rows * blk.cols, spill_at, 0);
+        for (k, (p, &st)) in outs.iter().zip(stream).enumerate() {
+            let reg = if compiled { &spill[k] } else { self.output(sc, k) };
+            crate::with_buffer!(reg, v => {
+                for (r, row) in v[..blk.rows * blk.cols].chunks_exact(blk.cols).enumerate() {
+                    store(row, p, blk.at + r * blk.pitch, st);
+                }
+            });
+        }
+    }
+}
+
+/// Output registers of a blocked task, given back when it ends.
+struct Spill(Vec<Buffer>);
+
+impl Drop for Spill {
+    fn drop(&mut self) {
+        give_registers(self.0.drain(..));
     }
 }
 

@@ -7,6 +7,7 @@
 
 pub mod binary;
 pub mod block_fold;
+pub mod blocked;
 pub mod cast;
 pub mod executable;
 pub mod fused;
