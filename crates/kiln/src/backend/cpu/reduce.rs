@@ -99,6 +99,11 @@ const BLOCK: usize = 1024;
 /// long as a sum's leaf. Leaves of 256 made a logsumexp over rows of 1024
 /// and 4096 1.2-1.4x slower, most of it in the work per leaf.
 const LSE_BLOCK: usize = BLOCK;
+/// Reduced elements per leaf of an outer walk that folds leaves
+/// ([`Reducer::outer_leaves`]).
+const OUTER_LEAF: usize = 256;
+/// Outputs per tile of such leaves (a tile of 16 KiB of f32).
+const OUTER_COLS: usize = 16;
 /// Outputs accumulated together by the outer walk (the accumulators stay in
 /// L1/L2 while whole input rows stream through).
 const TILE: usize = 4096;
@@ -127,6 +132,15 @@ trait Reducer: Sync {
     #[inline(always)]
     fn block(&self, _xs: &[Self::In]) -> Option<Self::Acc> {
         None
+    }
+    /// Whether the outer walk ([`outer_tile`]) folds each output's reduced
+    /// elements in leaves through [`Reducer::block`] (a tile of rows copied
+    /// column by column) instead of one [`Reducer::step`] per element:
+    /// for reducers whose step costs an `exp` and a branch, which do not
+    /// vectorize across outputs.
+    #[inline(always)]
+    fn outer_leaves(&self) -> bool {
+        false
     }
     /// The longest run folded without splitting when [`Reducer::pairwise`].
     #[inline(always)]
@@ -204,6 +218,8 @@ struct Blocked<R, B> {
     block: B,
     /// See [`Reducer::leaf`].
     leaf: usize,
+    /// See [`Reducer::outer_leaves`].
+    outer_leaves: bool,
 }
 
 impl<R: Reducer, B: Fn(&[R::In]) -> R::Acc + Sync> Reducer for Blocked<R, B> {
@@ -233,6 +249,10 @@ impl<R: Reducer, B: Fn(&[R::In]) -> R::Acc + Sync> Reducer for Blocked<R, B> {
     #[inline(always)]
     fn leaf(&self) -> usize {
         self.leaf
+    }
+    #[inline(always)]
+    fn outer_leaves(&self) -> bool {
+        self.outer_leaves
     }
 }
 
@@ -397,7 +417,8 @@ fn walk<R: Reducer>(r: &R, src: &[R::In], p: &Plan, base: usize, reds: Range<usi
 /// Folds the reduced positions `reds` of `t` contiguous outputs starting at
 /// `base`, one reduced row of `t` elements at a time, split pairwise.
 fn outer_tile<R: Reducer>(r: &R, src: &[R::In], p: &Plan, base: usize, t: usize, reds: Range<usize>) -> Vec<R::Acc> {
-    let leaf = (TASK_WORK / 16 / t).max(16);
+    // (Leaves of a reducer that folds leaves are its own split.)
+    let leaf = (TASK_WORK / 16 / t).max(if r.outer_leaves() { OUTER_LEAF } else { 16 });
     if reds.len() > leaf {
         let mid = reds.start + reds.len() / 2;
         let mut a = outer_tile(r, src, p, base, t, reds.start..mid);
@@ -409,10 +430,33 @@ fn outer_tile<R: Reducer>(r: &R, src: &[R::In], p: &Plan, base: usize, t: usize,
     }
     let mut acc = vec![r.identity(); t];
     let s = p.r_inner();
+    // For `outer_leaves`: a tile of up to OUTER_LEAF rows by OUTER_COLS
+    // outputs, copied so that each output's elements are contiguous.
+    let mut leaves: Vec<R::In> = if r.outer_leaves() { vec![R::In::zero(); OUTER_LEAF * OUTER_COLS] } else { vec![] };
     let mut rows = |o: usize, cnt: usize| {
-        for j in 0..cnt {
-            for (a, &v) in acc.iter_mut().zip(&src[o + j * s..o + j * s + t]) {
-                *a = r.step(*a, v);
+        if !r.outer_leaves() {
+            for j in 0..cnt {
+                for (a, &v) in acc.iter_mut().zip(&src[o + j * s..o + j * s + t]) {
+                    *a = r.step(*a, v);
+                }
+            }
+            return;
+        }
+        for j0 in (0..cnt).step_by(OUTER_LEAF) {
+            let n = OUTER_LEAF.min(cnt - j0);
+            for c0 in (0..t).step_by(OUTER_COLS) {
+                let w = OUTER_COLS.min(t - c0);
+                for j in 0..n {
+                    let at = o + (j0 + j) * s + c0;
+                    for (i, &v) in src[at..at + w].iter().enumerate() {
+                        leaves[i * n + j] = v;
+                    }
+                }
+                for (i, a) in acc[c0..c0 + w].iter_mut().enumerate() {
+                    let xs = &leaves[i * n..(i + 1) * n];
+                    let leaf = r.block(xs).unwrap_or_else(|| xs.iter().fold(r.identity(), |a, &v| r.step(a, v)));
+                    *a = r.combine(*a, leaf);
+                }
             }
         }
     };
@@ -1231,7 +1275,8 @@ fn fold_stat<I: Element, A: AccFloat, T: Copy + Send + Sync, Over: Runner<I>>(
                 fast: None,
                 _types: PhantomData,
             };
-            over.run(&Blocked { inner, block: move |xs: &[I]| lse_block(xs, widen), leaf: LSE_BLOCK })
+            let block = move |xs: &[I]| lse_block(xs, widen);
+            over.run(&Blocked { inner, block, leaf: LSE_BLOCK, outer_leaves: true })
         }
         ReduceOp::Var { .. } => {
             let inner = Fold {
@@ -1247,7 +1292,9 @@ fn fold_stat<I: Element, A: AccFloat, T: Copy + Send + Sync, Over: Runner<I>>(
                 Some(f) => f(xs),
                 None => moments_block(xs, widen),
             };
-            over.run(&Blocked { inner, block, leaf: BLOCK })
+            // (Stepped per element: the mean it carries must be the plain
+            // sum of each output, folded as the `mean` reduction folds it.)
+            over.run(&Blocked { inner, block, leaf: BLOCK, outer_leaves: false })
         }
         other => unreachable!("{} is not a one-pass statistic", other.name()),
     }
