@@ -489,3 +489,38 @@ fn inputs_read_across_their_layout_run_in_blocks_with_every_value_in_place() -> 
     assert!(blocked::runs() > before, "no launch ran in blocks");
     Ok(())
 }
+
+#[test]
+fn inputs_read_every_kth_element_give_every_value() -> Result<()> {
+    use kiln::ops::shape::slice_axis;
+    use kiln::DType;
+    // Steps along the innermost axis of 2 to 17 elements (read 16 at a time
+    // by vector gathers where the CPU has them), runs off the 16 grid, from
+    // an offset; both elementwise paths, every element width.
+    let (r, c) = (37usize, 1203usize);
+    let xs: Vec<f64> = (0..r * c).map(|i| ((i * 7919) % 4001) as f64 - 2000.0).collect();
+    for step in [2usize, 3, 7, 16, 17] {
+        let start = 5usize;
+        let cols = (c - start).div_ceil(step);
+        let want: Vec<f64> = (0..r)
+            .flat_map(|i| (0..cols).map(move |j| (i, start + j * step)))
+            .map(|(i, j)| xs[i * c + j] * 3.0 - 1.0)
+            .collect();
+        let f = move |x: &Array| -> Result<Array> {
+            let v = slice_axis(x, 1, Some(start as isize), None, step as isize)?;
+            (&v * 3.0f32)? - 1.0f32
+        };
+        for dt in [DType::F32, DType::F64, DType::I32, DType::BF16] {
+            let x = Array::from_vec(xs.clone(), &[r, c])?.astype(dt)?;
+            for (how, got) in [("compiled", compile(f).call(&x)?), ("eager", f(&x)?)] {
+                assert_eq!(got.shape(), &[r, cols]);
+                let got = values_f64(&got);
+                // bf16 holds these integers to 8 significant bits.
+                let tol = if dt == DType::BF16 { 2e-2 } else { 0.0 };
+                let bad = got.iter().zip(&want).position(|(g, w)| (g - w).abs() > tol * w.abs());
+                assert!(bad.is_none(), "{how} {dt} step {step}: position {bad:?}");
+            }
+        }
+    }
+    Ok(())
+}

@@ -167,6 +167,7 @@ fn gather_tile(
                 // A broadcast row: one value repeated.
                 0 => d.fill(src[o]),
                 1 => d.copy_from_slice(&src[o..o + cnt]),
+                step if step > 0 => crate::backend::cpu::strided::copy_every(src, o, step as usize, d),
                 _ => {
                     for (i, v) in d.iter_mut().enumerate() {
                         *v = src[(o as isize + i as isize * inner) as usize];

@@ -63,3 +63,56 @@ pub fn gather<T: Element>(op: &'static str, src: &[T], layout: &Layout) -> Resul
         })
     })
 }
+
+/// `dst[i] = src[at + i * step]` for every `i < dst.len()` (`step > 0`):
+/// the run is bounds-checked once, and 4-byte elements are read 16 at a
+/// time with vector gathers where the CPU has AVX-512.
+pub fn copy_every<T: Copy>(src: &[T], at: usize, step: usize, dst: &mut [T]) {
+    let Some(last) = dst.len().checked_sub(1) else { return };
+    let run = &src[at..=at + last * step];
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    {
+        use crate::backend::cpu::simd_math::{detected_level, Level};
+        // (Gather indices are i32: the run's reach must fit.)
+        if std::mem::size_of::<T>() == 4 && detected_level() == Level::Avx512 && 15 * step <= i32::MAX as usize {
+            done = dst.len() / 16 * 16;
+            // SAFETY: AVX-512F was detected; gather `k` reads `run` at
+            // `(16 k + j) * step` for `j < 16`, at most `last * step` (in
+            // bounds), and writes `dst[16 k..16 k + 16]` with `16 k + 16
+            // <= done <= dst.len()`; `T` is 4 bytes, read and written as
+            // such without interpreting the bits.
+            unsafe { x86::gather4(run.as_ptr().cast(), step, dst.as_mut_ptr().cast(), done / 16) };
+        }
+    }
+    for (i, d) in dst.iter_mut().enumerate().skip(done) {
+        *d = run[i * step];
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    /// `groups` vectors of 16 4-byte elements: element `j` of vector `k` is
+    /// read at `src + (16 k + j) * step` and written at `dst + 16 k + j`.
+    ///
+    /// # Safety
+    /// AVX-512F is available; every address read and written is valid, and
+    /// `15 * step` fits an `i32`.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn gather4(src: *const i32, step: usize, dst: *mut i32, groups: usize) {
+        let s = step as i32;
+        let idx = _mm512_mullo_epi32(
+            _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+            _mm512_set1_epi32(s),
+        );
+        for k in 0..groups {
+            // SAFETY: the caller's contract covers each group's reads and writes.
+            unsafe {
+                let v = _mm512_i32gather_epi32::<4>(idx, src.add(16 * k * step));
+                _mm512_storeu_si512(dst.add(16 * k).cast(), v);
+            }
+        }
+    }
+}
