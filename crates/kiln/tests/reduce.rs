@@ -1027,3 +1027,34 @@ fn carried_reductions_equal_their_own_reduction() -> R {
     assert!(err.is_err(), "max of an empty axis is an error together as alone");
     Ok(())
 }
+
+#[test]
+fn logsumexp_and_softmax_over_columns_read_in_place() -> R {
+    // 37 columns: two groups of 16 folded across the columns (a NaN in one
+    // leaf of the second group, which that leaf folds column by column),
+    // then 5 folded one by one; 700 rows, so leaves end mid-column.
+    let (rows, cols) = (700usize, 37usize);
+    let mut v: Vec<f64> = (0..rows * cols).map(|i| ((i * 7919 % 6007) as f64 / 100.0) - 30.0).collect();
+    v[500 * cols + 20] = f64::NAN;
+    for j in 0..rows {
+        v[j * cols + 3] = 80.0 + j as f64 * 0.001; // exp would overflow without the maximum
+    }
+    let x = make(&v, &[rows, cols], DType::F32);
+    let held = read(&x);
+    let col = |c: usize| -> Vec<f64> { (0..rows).map(|j| held[j * cols + c]).collect() };
+    let lse = read(&x.logsumexp(0, false)?);
+    let sm = read(&kiln::compile(|x: &Array| x.softmax(0)).call(&x)?);
+    for c in 0..cols {
+        let want = ref_logsumexp(&col(c));
+        if c == 20 {
+            assert!(lse[c].is_nan() && (0..rows).all(|j| sm[j * cols + c].is_nan()), "column {c}");
+            continue;
+        }
+        assert!((lse[c] - want).abs() <= 1e-6 * want.abs().max(1.0), "column {c}: {} vs {want}", lse[c]);
+        for j in 0..rows {
+            let p = (col(c)[j] - want).exp();
+            assert!((sm[j * cols + c] - p).abs() <= 1e-6 * p.max(1e-3), "({j}, {c}): {} vs {p}", sm[j * cols + c]);
+        }
+    }
+    Ok(())
+}

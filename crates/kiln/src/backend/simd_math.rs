@@ -385,6 +385,55 @@ pub fn max_if_finite_f32(x: &[f32]) -> Option<f32> {
     }
 }
 
+/// Log-sum-exp leaves of [`COLUMNS`] adjacent columns read in place: over
+/// `rows` rows (row `j` at `x[j * stride..]`), each column's maximum
+/// `m[c]` and the sum of `exp(x - m[c])` down it, when every element is
+/// finite; `false` otherwise (the caller folds those columns exactly). The
+/// vector lanes run along the row, so a column's elements, a row apart,
+/// need no copying.
+pub fn lse_columns_f32(x: &[f32], stride: usize, rows: usize, m: &mut [f32; COLUMNS], s: &mut [f32; COLUMNS]) -> bool {
+    assert!(rows > 0 && x.len() >= (rows - 1) * stride + COLUMNS, "lse_columns: rows outside x");
+    let level = detected_level();
+    match level {
+        #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+        // SAFETY: `level` is the detected one, so AVX-512F, AVX2 and FMA are available.
+        Level::Avx512 => unsafe { x86::lse_columns_avx512(x, stride, rows, m, s) },
+        #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+        // SAFETY: as above, AVX2 and FMA are available.
+        Level::Avx2 => unsafe { x86::lse_columns_avx2(x, stride, rows, m, s) },
+        _ => lse_columns_generic::<f32>(x, stride, rows, m, s),
+    }
+}
+
+/// Columns of one call of [`lse_columns_f32`].
+pub const COLUMNS: usize = 16;
+
+/// [`lse_columns_f32`] with the vector type `V` (`COLUMNS / V::N` vectors
+/// per row; the caller checked the bounds).
+#[inline(always)]
+fn lse_columns_generic<V: VMem>(x: &[f32], stride: usize, rows: usize, m: &mut [f32], s: &mut [f32]) -> bool {
+    let zero = V::splat(0.0);
+    for c in (0..COLUMNS).step_by(V::N) {
+        // Lane maxima, and a check that turns NaN once any element is not finite.
+        let (mut max, mut check) = (V::splat(f32::NEG_INFINITY), zero);
+        for j in 0..rows {
+            let v = V::load(&x[j * stride + c..]);
+            check = v.fma(zero, check);
+            max = max.max(v);
+        }
+        if lanes_of(check)[..V::N].iter().any(|c| c.is_nan()) {
+            return false;
+        }
+        let mut sum = zero;
+        for j in 0..rows {
+            sum = sum.add(exp_in_range(V::load(&x[j * stride + c..]).sub(max).max(V::c(-104.0))));
+        }
+        max.store(&mut m[c..]);
+        sum.store(&mut s[c..]);
+    }
+    true
+}
+
 /// Lanes of `x` and its tail, padded with `pad`, folded into the four
 /// accumulators `acc` by `step` (vector `j` of each group of four into
 /// `acc[j]`; the tail, padded, into `acc[0]`).
@@ -1384,6 +1433,22 @@ mod x86 {
     #[target_feature(enable = "avx512f,avx2,fma")]
     pub(super) unsafe fn sum_exp_below_avx512(x: &[f32], m: f32) -> f32 {
         super::sum_exp_below_generic::<F16>(x, m)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn lse_columns_avx2(x: &[f32], stride: usize, rows: usize, m: &mut [f32], s: &mut [f32]) -> bool {
+        super::lse_columns_generic::<F8>(x, stride, rows, m, s)
+    }
+
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub(super) unsafe fn lse_columns_avx512(
+        x: &[f32],
+        stride: usize,
+        rows: usize,
+        m: &mut [f32],
+        s: &mut [f32],
+    ) -> bool {
+        super::lse_columns_generic::<F16>(x, stride, rows, m, s)
     }
 
     #[target_feature(enable = "avx2,fma")]

@@ -72,6 +72,7 @@ use half::{bf16, f16};
 
 use crate::array::Data;
 use crate::backend::cpu::math_f64;
+use crate::backend::cpu::simd_math::COLUMNS;
 use crate::backend::cpu::strided::PAR_THRESHOLD;
 use crate::backend::cpu::team;
 use crate::buffer::Buffer;
@@ -102,8 +103,9 @@ const LSE_BLOCK: usize = BLOCK;
 /// Reduced elements per leaf of an outer walk that folds leaves
 /// ([`Reducer::outer_leaves`]).
 const OUTER_LEAF: usize = 256;
-/// Outputs per tile of such leaves (a tile of 16 KiB of f32).
-const OUTER_COLS: usize = 16;
+/// Outputs per tile of such leaves (a tile of 16 KiB of f32), and of
+/// leaves folded across outputs ([`Reducer::leaves_across`]).
+const OUTER_COLS: usize = COLUMNS;
 /// Outputs accumulated together by the outer walk (the accumulators stay in
 /// L1/L2 while whole input rows stream through).
 const TILE: usize = 4096;
@@ -140,6 +142,21 @@ trait Reducer: Sync {
     /// vectorize across outputs.
     #[inline(always)]
     fn outer_leaves(&self) -> bool {
+        false
+    }
+    /// The leaves of [`COLUMNS`] adjacent outputs of an outer walk at once,
+    /// read in place: `rows` reduced rows of `src`, a `stride` apart, from
+    /// `at`, into `out`; `false` when the reducer has no such code or
+    /// declines (the walk then folds those leaves one by one).
+    #[inline(always)]
+    fn leaves_across(
+        &self,
+        _src: &[Self::In],
+        _at: usize,
+        _stride: usize,
+        _rows: usize,
+        _out: &mut [Self::Acc],
+    ) -> bool {
         false
     }
     /// The longest run folded without splitting when [`Reducer::pairwise`].
@@ -213,14 +230,19 @@ where
 /// A [`Reducer`] with a blockwise fold for contiguous runs (the one-pass
 /// statistics: their per-element step needs a division or an `exp`, while
 /// a block vectorizes).
-struct Blocked<R, B> {
+struct Blocked<R: Reducer, B> {
     inner: R,
     block: B,
     /// See [`Reducer::leaf`].
     leaf: usize,
     /// See [`Reducer::outer_leaves`].
     outer_leaves: bool,
+    /// See [`Reducer::leaves_across`].
+    across: Option<Across<R::In, R::Acc>>,
 }
+
+/// A [`Reducer::leaves_across`] of a [`Blocked`] reducer.
+type Across<I, A> = fn(&[I], usize, usize, usize, &mut [A]) -> bool;
 
 impl<R: Reducer, B: Fn(&[R::In]) -> R::Acc + Sync> Reducer for Blocked<R, B> {
     type In = R::In;
@@ -253,6 +275,10 @@ impl<R: Reducer, B: Fn(&[R::In]) -> R::Acc + Sync> Reducer for Blocked<R, B> {
     #[inline(always)]
     fn outer_leaves(&self) -> bool {
         self.outer_leaves
+    }
+    #[inline(always)]
+    fn leaves_across(&self, src: &[R::In], at: usize, stride: usize, rows: usize, out: &mut [R::Acc]) -> bool {
+        self.across.is_some_and(|f| f(src, at, stride, rows, out))
     }
 }
 
@@ -433,6 +459,7 @@ fn outer_tile<R: Reducer>(r: &R, src: &[R::In], p: &Plan, base: usize, t: usize,
     // For `outer_leaves`: a tile of up to OUTER_LEAF rows by OUTER_COLS
     // outputs, copied so that each output's elements are contiguous.
     let mut leaves: Vec<R::In> = if r.outer_leaves() { vec![R::In::zero(); OUTER_LEAF * OUTER_COLS] } else { vec![] };
+    let mut across = [r.identity(); COLUMNS];
     let mut rows = |o: usize, cnt: usize| {
         if !r.outer_leaves() {
             for j in 0..cnt {
@@ -446,6 +473,12 @@ fn outer_tile<R: Reducer>(r: &R, src: &[R::In], p: &Plan, base: usize, t: usize,
             let n = OUTER_LEAF.min(cnt - j0);
             for c0 in (0..t).step_by(OUTER_COLS) {
                 let w = OUTER_COLS.min(t - c0);
+                if w == COLUMNS && r.leaves_across(src, o + j0 * s + c0, s, n, &mut across) {
+                    for (a, &l) in acc[c0..c0 + w].iter_mut().zip(&across) {
+                        *a = r.combine(*a, l);
+                    }
+                    continue;
+                }
                 for j in 0..n {
                     let at = o + (j0 + j) * s + c0;
                     for (i, &v) in src[at..at + w].iter().enumerate() {
@@ -755,10 +788,17 @@ pub(crate) trait AccFloat:
     /// The maximum of `x` when every element is finite, else `None`
     /// (vectorized for `f32`).
     fn max_if_finite(x: &[Self]) -> Option<Self>;
+    /// Log-sum-exp leaves of [`COLUMNS`] adjacent columns read in place
+    /// ([`simd_math::lse_columns_f32`]): each column's maximum and sum of
+    /// `exp(x - max)` over `rows` rows a `stride` apart, when every element
+    /// is finite; `None` otherwise, and for types without vector code.
+    fn lse_columns(_x: &[Self], _stride: usize, _rows: usize) -> Option<([Self; COLUMNS], [Self; COLUMNS])> {
+        None
+    }
 }
 
 macro_rules! acc_float {
-    ($($t:ty => $exp:expr, $ln:expr, $sum_exp:expr, $max:expr);*) => {$(
+    ($($t:ty => $exp:expr, $ln:expr, $sum_exp:expr, $max:expr $(, $cols:expr)?);*) => {$(
         impl AccFloat for $t {
             const ZERO: $t = 0.0;
             const NEG_ZERO: $t = -0.0;
@@ -790,6 +830,12 @@ macro_rules! acc_float {
             fn max_if_finite(x: &[$t]) -> Option<$t> {
                 $max(x)
             }
+            $(
+            #[inline(always)]
+            fn lse_columns(x: &[$t], stride: usize, rows: usize) -> Option<([$t; COLUMNS], [$t; COLUMNS])> {
+                $cols(x, stride, rows)
+            }
+            )?
         }
     )*};
 }
@@ -799,7 +845,11 @@ macro_rules! acc_float {
 // of 64 values 3.4x slower than the `f32` one.
 acc_float!(
     f32 => f32::exp, f32::ln, crate::backend::cpu::simd_math::sum_exp_below_f32,
-        crate::backend::cpu::simd_math::max_if_finite_f32;
+        crate::backend::cpu::simd_math::max_if_finite_f32,
+        |x: &[f32], stride, rows| {
+            let (mut m, mut s) = ([0.0; COLUMNS], [0.0; COLUMNS]);
+            crate::backend::cpu::simd_math::lse_columns_f32(x, stride, rows, &mut m, &mut s).then_some((m, s))
+        };
     f64 => math_f64::exp, math_f64::log, |x: &[f64], m: f64| lane_sum(x, |v: f64| math_f64::exp(v - m)),
         |x: &[f64]| x.iter().all(|v| v.is_finite()).then(|| x.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v)))
             .filter(|m| m.is_finite())
@@ -912,6 +962,22 @@ impl<A: AccFloat> Lse<A> {
             return if m == A::NEG_INF { Lse::EMPTY } else { Lse { m, s: A::ONE } };
         }
         Lse { m, s: A::sum_exp_below(xs, m) }
+    }
+
+    /// [`Reducer::leaves_across`] for elements of the accumulator's own
+    /// type with vector code ([`AccFloat::lse_columns`]).
+    fn across<I: Element>(src: &[I], at: usize, stride: usize, rows: usize, out: &mut [Lse<A>]) -> bool {
+        if std::any::TypeId::of::<I>() != std::any::TypeId::of::<A>() {
+            return false;
+        }
+        // SAFETY: `I` and `A` are the same type, so the slice is
+        // reinterpreted as itself (same length, layout and lifetime).
+        let xs = unsafe { std::slice::from_raw_parts(src.as_ptr().cast::<A>(), src.len()) };
+        let Some((m, s)) = A::lse_columns(&xs[at..], stride, rows) else { return false };
+        for ((o, m), s) in out.iter_mut().zip(m).zip(s) {
+            *o = Lse { m, s };
+        }
+        true
     }
 
     fn log_sum_exp(self) -> A {
@@ -1276,7 +1342,13 @@ fn fold_stat<I: Element, A: AccFloat, T: Copy + Send + Sync, Over: Runner<I>>(
                 _types: PhantomData,
             };
             let block = move |xs: &[I]| lse_block(xs, widen);
-            over.run(&Blocked { inner, block, leaf: LSE_BLOCK, outer_leaves: true })
+            over.run(&Blocked {
+                inner,
+                block,
+                leaf: LSE_BLOCK,
+                outer_leaves: true,
+                across: Some(Lse::<A>::across::<I>),
+            })
         }
         ReduceOp::Var { .. } => {
             let inner = Fold {
@@ -1294,7 +1366,7 @@ fn fold_stat<I: Element, A: AccFloat, T: Copy + Send + Sync, Over: Runner<I>>(
             };
             // (Stepped per element: the mean it carries must be the plain
             // sum of each output, folded as the `mean` reduction folds it.)
-            over.run(&Blocked { inner, block, leaf: BLOCK, outer_leaves: false })
+            over.run(&Blocked { inner, block, leaf: BLOCK, outer_leaves: false, across: None })
         }
         other => unreachable!("{} is not a one-pass statistic", other.name()),
     }
