@@ -55,7 +55,8 @@ ADAM = [1e-3, 0.9, 0.999, 1e-8, 1 - 0.9**10, 1 - 0.999**10]
 LN_ROWS = [64, 256, 1024, 4096]
 LN_WORKLOADS = [f"layernorm_1024x{r}" for r in LN_ROWS]
 WORKLOADS = ["gelu_tanh", "gelu_erf", "softmax", "layernorm", "matmul_add", "forward_and_norm", "mlp", "tiny",
-             "sgemm", "sgemm_bf16", "adam", "rmsnorm", "logsumexp", "cross_entropy", "polynomial", "matmul_gelu"] + LN_WORKLOADS
+             "sgemm", "sgemm_bf16", "adam", "rmsnorm", "logsumexp", "cross_entropy", "polynomial", "transpose_add", "softmax_cols",
+             "matmul_gelu"] + LN_WORKLOADS
 
 
 class Plan:
@@ -196,6 +197,13 @@ def ref(workload, inp):
         mx = x.max(-1, keepdims=True)
         lse = (mx + np.log(np.exp(x - mx).sum(-1, keepdims=True)))[:, 0]
         return np.asarray((lse - x[np.arange(x.shape[0]), inp.labels]).mean())
+    if workload == "transpose_add":
+        x = d(inp.mat)
+        return x + x.T
+    if workload == "softmax_cols":
+        x = d(inp.mat)
+        e = np.exp(x - x.max(0, keepdims=True))
+        return e / e.sum(0, keepdims=True)
     if workload == "polynomial":
         x = d(inp.poly)
         y = POLY[0] * x + POLY[1]
@@ -289,6 +297,8 @@ def numpy_impls():
         logsumexp=logsumexp,
         cross_entropy=lambda x, lab: np.mean(logsumexp(x) - x[np.arange(x.shape[0]), lab]),
         polynomial=horner,
+        transpose_add=lambda x: x + x.T,
+        softmax_cols=lambda x: (lambda e: e / e.sum(0, keepdims=True))(np.exp(x - x.max(0, keepdims=True))),
         matmul_gelu=lambda x, w, b: gelu_tanh(x @ w + b),
     )
     with_ln(fns, layernorm)
@@ -339,6 +349,8 @@ def jax_impls():
             cross_entropy=lambda x, lab: jnp.mean(
                 jax.nn.logsumexp(x, axis=-1) - jnp.take_along_axis(x, lab[:, None], axis=-1)[:, 0]),
             polynomial=horner,
+            transpose_add=lambda x: x + x.T,
+            softmax_cols=lambda x: jax.nn.softmax(x, axis=0),
             matmul_gelu=lambda x, w, b: jax.nn.gelu(x @ w + b, approximate=True),
         ) | {w: layernorm for w in LN_WORKLOADS}
 
@@ -393,6 +405,8 @@ def torch_impls():
             logsumexp=lambda x: torch.logsumexp(x, -1),
             cross_entropy=lambda x, lab: F.cross_entropy(x, lab),
             polynomial=horner,
+            transpose_add=lambda x: x + x.t(),
+            softmax_cols=lambda x: torch.softmax(x, 0),
             matmul_gelu=lambda x, w, b: F.gelu(torch.addmm(b, x, w), approximate="tanh"),
         ) | {w: layernorm for w in LN_WORKLOADS}
 
@@ -458,6 +472,8 @@ def mlx_impls():
             logsumexp=lambda x: mx.logsumexp(x, axis=-1),
             cross_entropy=lambda x, lab: nn.losses.cross_entropy(x, lab, reduction="mean"),
             polynomial=horner,
+            transpose_add=lambda x: x + x.T,
+            softmax_cols=lambda x: mx.softmax(x, axis=0),
             matmul_gelu=lambda x, w, b: gelu_tanh(mx.addmm(b, x, w)),
         ) | {w: layernorm for w in LN_WORKLOADS}
 
@@ -532,6 +548,8 @@ def args_for(workload, inp, dev, bf16=None):
         return [bf16(dev(a)) for a in inp.sgemm]
     if workload == "adam":
         return [dev(a) for a in inp.adam + inp.adam_hyper]
+    if workload in ("transpose_add", "softmax_cols"):
+        return [dev(inp.mat)]
     if workload in ("rmsnorm", "logsumexp", "cross_entropy"):
         return [dev(inp.mat)] + {"rmsnorm": [dev(inp.rms_weight)], "logsumexp": [],
                                  "cross_entropy": [dev(inp.labels)]}[workload]

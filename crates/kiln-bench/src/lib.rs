@@ -239,6 +239,18 @@ pub const WORKLOADS: &[Workload] = &[
         about: "a degree-8 polynomial in Horner form (float literal coefficients) on 2^24 f32",
     },
     Workload {
+        name: "transpose_add",
+        class: Class::Memory,
+        impls: ALL,
+        about: "x + x.T on 4096x4096 f32 (one operand read across its layout)",
+    },
+    Workload {
+        name: "softmax_cols",
+        class: Class::Memory,
+        impls: ALL,
+        about: "softmax over the columns (axis 0) of 4096x4096 f32",
+    },
+    Workload {
         name: "matmul_gelu",
         class: Class::Matmul,
         impls: ALL,
@@ -423,7 +435,7 @@ fn min_of(records: &[Record], workload: &str, imps: &[&str]) -> Option<(String, 
 }
 
 /// The fused memory-bound rows that issue 17's floor and 0.5x targets cover.
-pub const FUSED_MEMORY: [&str; 13] = [
+pub const FUSED_MEMORY: [&str; 15] = [
     "gelu_tanh",
     "gelu_erf",
     "softmax",
@@ -433,6 +445,8 @@ pub const FUSED_MEMORY: [&str; 13] = [
     "logsumexp",
     "cross_entropy",
     "polynomial",
+    "transpose_add",
+    "softmax_cols",
     "layernorm_1024x64",
     "layernorm_1024x256",
     "layernorm_1024x1024",

@@ -156,6 +156,9 @@ impl Sizes {
             // logits and the labels (4 bytes each) in, one float out.
             "cross_entropy" => (f * (rc + rows + 1), 4 * rc + 3 * rows),
             "polynomial" => (2 * f * self.poly_n as u64, 16 * self.poly_n as u64),
+            // x read in both orders, the sum written.
+            "transpose_add" => (3 * f * rc, rc),
+            "softmax_cols" => (2 * f * rc, 5 * rc + cols),
             "matmul_gelu" => {
                 let [m, k, n] = self.mm_gelu.map(|v| v as u64);
                 (f * (m * k + k * n + n + m * n), 2 * m * k * n + 10 * m * n)
@@ -292,6 +295,14 @@ fn adam(args: &[Array]) -> Result<(Array, Array, Array)> {
     let v = ((b2 * v)? + ((1.0f32 - b2)? * (g * g)?)?)?;
     let step = ((lr * (&m / bc1)?)? / ((&v / bc2)?.sqrt()? + eps)?)?;
     Ok(((p - step)?, m, v))
+}
+
+fn transpose_add(x: &Array) -> Result<Array> {
+    x + &x.t()?
+}
+
+fn softmax_cols(x: &Array) -> Result<Array> {
+    x.softmax(0)
 }
 
 fn rmsnorm(x: &Array, weight: &Array) -> Result<Array> {
@@ -619,6 +630,11 @@ impl Runner {
         labels.eval()?;
         let c = compile(cross_entropy);
         self.memory_row("cross_entropy", || c.call((&x, &labels)), || cross_entropy(&x, &labels));
+
+        let c = compile(transpose_add);
+        self.memory_row("transpose_add", || c.call(&x), || transpose_add(&x));
+        let c = compile(softmax_cols);
+        self.memory_row("softmax_cols", || c.call(&x), || softmax_cols(&x));
         drop(x);
 
         let x = normal(&[s.poly_n], 1.0)?;
