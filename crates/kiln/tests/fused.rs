@@ -524,3 +524,28 @@ fn inputs_read_every_kth_element_give_every_value() -> Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn copies_of_permuted_layouts_run_in_blocks_with_every_value_in_place() -> Result<()> {
+    use kiln::DType;
+    // A reshape that cannot be a view copies its input in row-major order
+    // (strided::gather); read across the layout, it copies in blocks.
+    let cases: [(&[usize], &[usize]); 4] =
+        [(&[257, 129], &[1, 0]), (&[5, 4096], &[1, 0]), (&[6, 40, 130], &[0, 2, 1]), (&[33, 17, 65], &[1, 2, 0])];
+    for (shape, perm) in cases {
+        let n: usize = shape.iter().product();
+        let xs: Vec<f64> = (0..n).map(|i| ((i * 7919) % 2039) as f64 - 1000.0).collect();
+        let p: Vec<isize> = perm.iter().map(|&d| d as isize).collect();
+        let f = |x: &Array| -> Result<Array> { x.permute(&p)?.reshape(&[-1]) };
+        for dt in [DType::F32, DType::F64, DType::I32, DType::BF16, DType::U8] {
+            let x = Array::from_vec(xs.clone(), shape)?.astype(dt)?;
+            let held = values_f64(&x);
+            let want: Vec<f64> = permuted(&held, shape, perm);
+            for (how, got) in [("compiled", compile(f).call(&x)?), ("eager", f(&x)?)] {
+                assert_eq!(got.shape(), &[n]);
+                assert!(values_f64(&got) == want, "{how} {dt} {shape:?} by {perm:?}");
+            }
+        }
+    }
+    Ok(())
+}

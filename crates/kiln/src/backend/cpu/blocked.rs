@@ -25,7 +25,11 @@ use smallvec::SmallVec;
 use crate::buffer::Buffer;
 use crate::layout::{collapse, contiguous_strides, Layout};
 
+use crate::backend::cpu::strided::PAR_CHUNK;
+use crate::backend::cpu::team;
 use crate::backend::cpu::tile::TILE;
+use crate::dtype::Element;
+use crate::error::Result;
 
 /// Fewest positions worth a blocked traversal: below it the whole space
 /// sits in L1 or L2, where reading across lines costs little.
@@ -199,7 +203,15 @@ pub enum Read {
 
 /// Reads a block of `src` whose element `(r, c)` is at `o + r * sk + c * sl`
 /// (`origin`), into `reg` at `r * cols + c` when it is not one run or value.
-pub fn gather(src: &Buffer, (o, sk, sl): (isize, isize, isize), b: &Block, reg: &mut Buffer) -> Read {
+pub fn gather(src: &Buffer, at: (isize, isize, isize), b: &Block, reg: &mut Buffer) -> Read {
+    crate::with_buffer!(src, s => {
+        let d = crate::buffer::BufferElement::slice_of_mut(reg).expect("register dtype is the input dtype");
+        gather_typed(s, at, b, d)
+    })
+}
+
+/// [`gather`] on typed slices (`d` holds at least the block).
+fn gather_typed<T: Copy>(s: &[T], (o, sk, sl): (isize, isize, isize), b: &Block, d: &mut [T]) -> Read {
     let (rows, cols) = (b.rows, b.cols);
     if sl == 0 && (sk == 0 || rows == 1) {
         return Read::Repeat(o as usize);
@@ -207,8 +219,7 @@ pub fn gather(src: &Buffer, (o, sk, sl): (isize, isize, isize), b: &Block, reg: 
     if sl == 1 && (rows == 1 || sk == cols as isize) {
         return Read::Run(o as usize);
     }
-    crate::with_buffer!(src, s => {
-        let d = crate::buffer::BufferElement::slice_of_mut(reg).expect("register dtype is the input dtype");
+    {
         let d = &mut d[..rows * cols];
         let at = |r: usize, c: usize| (o + r as isize * sk + c as isize * sl) as usize;
         if sl == 1 {
@@ -240,7 +251,8 @@ pub fn gather(src: &Buffer, (o, sk, sl): (isize, isize, isize), b: &Block, reg: 
                 }
             }
             // Whole 8x8 squares of 4-byte elements in vector registers.
-            let (r8, c8) = if std::mem::size_of_val(&s[..1]) == 4 { transpose8(s, o, sl, rows, cols, d) } else { (0, 0) };
+            let (r8, c8) =
+                if std::mem::size_of_val(&s[..1]) == 4 { transpose8(s, o, sl, rows, cols, d) } else { (0, 0) };
             for c in 0..cols {
                 let col = &s[at(0, c)..at(0, c) + rows];
                 let from = if c < c8 { r8 } else { 0 };
@@ -255,9 +267,71 @@ pub fn gather(src: &Buffer, (o, sk, sl): (isize, isize, isize), b: &Block, reg: 
                 }
             }
         }
-    });
+    }
     Read::Gathered
 }
+
+/// The elements of `layout` over `src` in row-major order, copied in
+/// blocks (see the module docs) into a vector allocated for `op`; `None`
+/// when the plan finds the row-major order serves as well. The layout
+/// must fit `src`.
+pub fn copy<T: Element>(op: &'static str, src: &[T], layout: &Layout) -> Option<Result<Vec<T>>> {
+    let b = Blocks::plan(&layout.shape, &[layout], &[std::mem::size_of::<T>()])?;
+    Some(copy_planned(op, src, &b))
+}
+
+fn copy_planned<T: Element>(op: &'static str, src: &[T], b: &Blocks) -> Result<Vec<T>> {
+    let n: usize = b.shape.iter().product();
+    let mut out: Vec<T> = crate::memory::take_vec(op, n)?;
+    let dst = Dst(out.spare_capacity_mut()[..n].as_mut_ptr().cast::<T>());
+    let (bands, per) = (b.bands(), (PAR_CHUNK / b.band_len()).max(1));
+    let dst = &dst;
+    team::run_with(
+        bands.div_ceil(per),
+        || vec![T::zero(); TILE],
+        |reg, c| {
+            for band in c * per..((c + 1) * per).min(bands) {
+                b.for_each_block(band, |blk| {
+                    let at = b.origin(0, blk.at).expect("a copied layout is strided");
+                    let (from, step) = match gather_typed(src, at, &blk, reg) {
+                        Read::Run(o) => (&src[o..o + blk.rows * blk.cols], blk.cols),
+                        Read::Repeat(o) => (&src[o..o + 1], 0),
+                        Read::Gathered => (&reg[..blk.rows * blk.cols], blk.cols),
+                    };
+                    for r in 0..blk.rows {
+                        let at = blk.at + r * blk.pitch;
+                        // SAFETY: the block's row `r` is positions `at..at +
+                        // cols`, inside `0..n` (the blocks tile the space),
+                        // written by this task only; `from` holds `cols`
+                        // elements from `r * step` (or one repeated).
+                        unsafe {
+                            let d = dst.0.add(at);
+                            if step == 0 {
+                                for i in 0..blk.cols {
+                                    d.add(i).write(from[0]);
+                                }
+                            } else {
+                                std::ptr::copy_nonoverlapping(from[r * step..].as_ptr(), d, blk.cols);
+                            }
+                        }
+                    }
+                });
+            }
+        },
+    );
+    // SAFETY: the blocks cover every position of `0..n` once, and each
+    // wrote all of its elements.
+    unsafe { out.set_len(n) };
+    Ok(out)
+}
+
+/// The output of a blocked copy, written by the tasks at disjoint positions.
+struct Dst<T>(*mut T);
+// SAFETY: tasks write disjoint elements through the pointer, and the
+// buffer outlives the parallel section.
+unsafe impl<T> Send for Dst<T> {}
+// SAFETY: as above.
+unsafe impl<T> Sync for Dst<T> {}
 
 /// Copies the squares of 8x8 elements of a block read across its layout
 /// (element `(r, c)` of `s` at `o + r + c * sl`, into `d` at `r * cols + c`)

@@ -45,6 +45,10 @@ pub fn gather<T: Element>(op: &'static str, src: &[T], layout: &Layout) -> Resul
         out.extend_from_slice(&src[r]);
         return Ok(out);
     }
+    // Read across its layout (a transpose): in blocks.
+    if let Some(out) = crate::backend::cpu::blocked::copy(op, src, layout) {
+        return out;
+    }
     let (shape, st) = collapse(&layout.shape, &[&layout.strides]);
     let s = st[0].last().copied().unwrap_or(0);
     let n = layout.numel();
