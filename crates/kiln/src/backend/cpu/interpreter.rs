@@ -14,7 +14,9 @@
 //! the [`team`] above a size threshold. Where the outputs go is the
 //! launch's business ([`fused`](crate::backend::cpu::fused)); the fused
 //! reductions ([`fused_reduce`](crate::backend::cpu::fused_reduce)) run
-//! tiles into cache-sized scratch.
+//! tiles into cache-sized scratch. A group that reads an input across its
+//! layout (a transpose) runs in 2-D blocks instead of rows
+//! ([`crate::backend::cpu::blocked`]).
 
 use crate::array::Data;
 use crate::backend::cpu::blocked::{self, Block, BlockedInput, Blocks, Read};
