@@ -1,5 +1,6 @@
-//! Blocked traversal of an elementwise iteration space: for groups that
-//! read an input across its layout (a transpose, a permutation of axes).
+//! Blocked traversal of an elementwise iteration space: for groups (and
+//! strided copies, [`copy`]) that read an input across its layout (a
+//! transpose, a permutation of axes).
 //!
 //! The tile interpreter walks the iteration space in row-major order, which
 //! is the output's order. An input whose innermost stride in that order is
