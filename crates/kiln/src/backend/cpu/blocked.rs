@@ -26,6 +26,7 @@ use smallvec::SmallVec;
 use crate::buffer::Buffer;
 use crate::layout::{collapse, contiguous_strides, Layout};
 
+use crate::backend::cpu::interpreter::OutPtr;
 use crate::backend::cpu::strided::PAR_CHUNK;
 use crate::backend::cpu::team;
 use crate::backend::cpu::tile::TILE;
@@ -284,7 +285,7 @@ pub fn copy<T: Element>(op: &'static str, src: &[T], layout: &Layout) -> Option<
 fn copy_planned<T: Element>(op: &'static str, src: &[T], b: &Blocks) -> Result<Vec<T>> {
     let n: usize = b.shape.iter().product();
     let mut out: Vec<T> = crate::memory::take_vec(op, n)?;
-    let dst = Dst(out.spare_capacity_mut()[..n].as_mut_ptr().cast::<T>());
+    let dst = OutPtr(out.spare_capacity_mut()[..n].as_mut_ptr().cast::<u8>());
     let (bands, per) = (b.bands(), (PAR_CHUNK / b.band_len()).max(1));
     let dst = &dst;
     team::run_with(
@@ -306,7 +307,7 @@ fn copy_planned<T: Element>(op: &'static str, src: &[T], b: &Blocks) -> Result<V
                         // written by this task only; `from` holds `cols`
                         // elements from `r * step` (or one repeated).
                         unsafe {
-                            let d = dst.0.add(at);
+                            let d = dst.0.cast::<T>().add(at);
                             if step == 0 {
                                 for i in 0..blk.cols {
                                     d.add(i).write(from[0]);
@@ -325,14 +326,6 @@ fn copy_planned<T: Element>(op: &'static str, src: &[T], b: &Blocks) -> Result<V
     unsafe { out.set_len(n) };
     Ok(out)
 }
-
-/// The output of a blocked copy, written by the tasks at disjoint positions.
-struct Dst<T>(*mut T);
-// SAFETY: tasks write disjoint elements through the pointer, and the
-// buffer outlives the parallel section.
-unsafe impl<T> Send for Dst<T> {}
-// SAFETY: as above.
-unsafe impl<T> Sync for Dst<T> {}
 
 /// Copies the squares of 8x8 elements of a block read across its layout
 /// (element `(r, c)` of `s` at `o + r + c * sl`, into `d` at `r * cols + c`)
