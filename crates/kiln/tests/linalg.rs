@@ -370,11 +370,11 @@ fn large_products_take_the_parallel_paths() -> Result<()> {
 
 // ---- the f32 kernels: kiln's AVX-512 microkernel and the portable one ----
 
-use kiln::backend::cpu::matmul::sgemm::{with_level, Level};
+use kiln::backend::cpu::matmul::sgemm::{self, with_level, Level};
 
-/// Both f32 kernel levels (the AVX-512 one runs as the portable one on a CPU
-/// without AVX-512F).
-const LEVELS: [Level; 2] = [Level::Avx512, Level::Portable];
+/// Every f32 kernel level (one the CPU lacks runs as the best one it has
+/// below it).
+const LEVELS: [Level; 3] = [Level::Avx512, Level::Avx2, Level::Portable];
 
 /// Checks f32 `a @ b` against the f64 reference with a relative tolerance of
 /// 1e-5 * sqrt(k) of the sum of |a_ip * b_pj| terms (values here are on a
@@ -468,6 +468,46 @@ fn f32_team_splits_by_rows_vectors_and_panels() -> Result<()> {
         // A `k x n` view of an `n x k` array: column stride `k`, so packed.
         let stored: Vec<f64> = (0..n * k).map(|i| vb[(i % k) * n + i / k]).collect();
         check_f32(&a, &array(&stored, &[n, k], f)?.t()?)?;
+    }
+    Ok(())
+}
+
+/// kiln's kernels sum each element of a product as one chain of fused
+/// multiply-adds in the order of `k`, whatever the operands' layouts: a
+/// transposed, reversed or broadcast view gives the product of its
+/// contiguous copy bit for bit (so a backend that materializes views
+/// computes the same numbers). Values off the 1/16 grid, so the order of
+/// the sums shows in the last bits.
+#[test]
+fn f32_own_kernels_give_the_same_bits_for_any_layout() -> Result<()> {
+    let contiguous = |a: &Array| -> Result<Array> { Array::from_slice(&a.to_vec::<f32>()?, a.shape()) };
+    let odd = |n: usize, seed: u64| -> Vec<f64> {
+        (0..n).map(|i| ((i as u64 * 2654435761 + seed * 97) % 1000) as f64 / 997.0 - 0.37).collect()
+    };
+    for level in [Level::Avx512, Level::Avx2] {
+        if sgemm::with_level(level, sgemm::level) != level {
+            continue;
+        }
+        for (m, k, n) in [(4, 6, 4), (13, 70, 37), (32, 128, 256), (7, 300, 9)] {
+            let x = array(&odd(m * k, 1), &[m, k], DType::F32)?;
+            let wt = array(&odd(n * k, 2), &[n, k], DType::F32)?;
+            let w = wt.t()?; // k x n, column-strided: packed
+            let xr = kiln::slice_axis(&array(&odd(m * k, 3), &[m, k], DType::F32)?, 0, None, None, -1)?;
+            let bias = array(&odd(n, 4), &[n], DType::F32)?;
+            with_level(level, || -> Result<()> {
+                for (a, b) in [(&x, &w), (&xr, &w), (&x.t()?.t()?, &contiguous(&w)?)] {
+                    let got = kiln::matmul(a, b)?.to_vec::<f32>()?;
+                    let want = kiln::matmul(&contiguous(a)?, &contiguous(b)?)?.to_vec::<f32>()?;
+                    let same = got.iter().zip(&want).all(|(p, q)| p.to_bits() == q.to_bits());
+                    assert!(same, "{level:?} {m}x{k}x{n}: a view's product differs from its copy's");
+                    let f = kiln::compile(|a: &Array, b: &Array, c: &Array| a.matmul(b)? + c);
+                    let got = f.call((a, b, &bias))?.to_vec::<f32>()?;
+                    let want = f.call((&contiguous(a)?, &contiguous(b)?, &bias))?.to_vec::<f32>()?;
+                    assert_eq!(got, want, "{level:?} {m}x{k}x{n} with a bias");
+                }
+                Ok(())
+            })?;
+        }
     }
     Ok(())
 }

@@ -1,6 +1,6 @@
 //! Matrix products: `a @ b` over broadcast batch dimensions.
 //!
-//! `f32` runs on kiln's own AVX-512 kernel where the CPU has it ([`sgemm`]),
+//! `f32` runs on kiln's own AVX-512 or AVX2 kernel where the CPU has it ([`sgemm`]),
 //! else on the `gemm` crate. `f64` runs on `gemm`, which takes raw
 //! pointers with row and column strides, so transposed, sliced (negative
 //! steps too) and broadcast (stride 0) operands are read in place, with no
@@ -251,10 +251,11 @@ fn row_blocks(a: &Data, b: &Data, shape: &[usize], keep: Option<&OutPtr>, then: 
     // `sgemm` splits it).
     let threads = team::parts_for(nb * m * n * k, sgemm::TEAM_WORK);
     let most = (EPILOGUE_BLOCK / n).max(1);
-    let most = if most >= sgemm::MR { most / sgemm::MR * sgemm::MR } else { most };
-    let rows = m.div_ceil(threads.div_ceil(nb)).next_multiple_of(sgemm::MR).min(most);
-    let per = m.div_ceil(rows);
     let level = sgemm::level();
+    let mr = sgemm::tile_rows(level);
+    let most = if most >= mr { most / mr * mr } else { most };
+    let rows = m.div_ceil(threads.div_ceil(nb)).next_multiple_of(mr).min(most);
+    let per = m.div_ceil(rows);
     let failed = std::sync::Mutex::new(None);
     let part = |i: usize| {
         let (batch, r0) = (i / per, i % per * rows);
