@@ -1166,19 +1166,23 @@ pub(crate) trait RowFloat: Widen<Acc = Self> + AccFloat {}
 impl RowFloat for f32 {}
 impl RowFloat for f64 {}
 
-/// [`Widen::fast_leaf`] of `f32`: the AVX-512 leaf of a sum (or mean),
-/// maximum or minimum when the CPU has AVX-512.
+/// [`Widen::fast_leaf`] of `f32`: the AVX-512 or AVX2 leaf of a sum (or
+/// mean), maximum or minimum at the detected level.
 fn fast_leaf_f32(op: ReduceOp) -> Option<Leaf<f32, f32>> {
+    use crate::backend::simd_math::{detected_level, Level};
+    let at = |leaves: [Leaf<f32, f32>; 3]| match op {
+        ReduceOp::Sum | ReduceOp::Mean => Some(leaves[0]),
+        ReduceOp::Max => Some(leaves[1]),
+        ReduceOp::Min => Some(leaves[2]),
+        _ => None,
+    };
     #[cfg(target_arch = "x86_64")]
-    if crate::backend::simd_math::detected_level() == crate::backend::simd_math::Level::Avx512 {
-        return match op {
-            ReduceOp::Sum | ReduceOp::Mean => Some(avx512_leaf::<0>),
-            ReduceOp::Max => Some(avx512_leaf::<1>),
-            ReduceOp::Min => Some(avx512_leaf::<2>),
-            _ => None,
-        };
+    match detected_level() {
+        Level::Avx512 => return at([avx512_leaf::<0>, avx512_leaf::<1>, avx512_leaf::<2>]),
+        Level::Avx2 => return at([avx2_leaf::<0>, avx2_leaf::<1>, avx2_leaf::<2>]),
+        Level::Scalar => {}
     }
-    let _ = op;
+    let _ = (at, detected_level);
     None
 }
 
@@ -1192,21 +1196,42 @@ fn avx512_leaf<const OP: u8>(xs: &[f32]) -> f32 {
     unsafe { x86::fold_leaf_avx512(op, xs) }
 }
 
+/// [`avx512_leaf`] in AVX2 code.
+#[cfg(target_arch = "x86_64")]
+fn avx2_leaf<const OP: u8>(xs: &[f32]) -> f32 {
+    let op = [ReduceOp::Sum, ReduceOp::Max, ReduceOp::Min][OP as usize];
+    // SAFETY: `fast_leaf_f32` hands this out only when the detected level
+    // has AVX2.
+    unsafe { x86::fold_leaf_avx2(op, xs) }
+}
+
 /// [`Widen::moments_leaf`] of `f32`: [`Moments::block`]'s two passes in
-/// AVX-512 code when the CPU has it.
+/// AVX-512 or AVX2 code at the detected level.
 fn moments_leaf_f32() -> Option<MomentsLeaf<f32, f32>> {
+    use crate::backend::simd_math::{detected_level, Level};
     #[cfg(target_arch = "x86_64")]
-    if crate::backend::simd_math::detected_level() == crate::backend::simd_math::Level::Avx512 {
-        return Some(|xs| {
-            // SAFETY: the detected level has AVX-512F.
-            let (sum, m2, mean) = unsafe { x86::moments_avx512(xs) };
-            Moments { n: xs.len() as f32, mean, m2, sum }
-        });
+    match detected_level() {
+        Level::Avx512 => {
+            return Some(|xs| {
+                // SAFETY: the detected level has AVX-512F.
+                let (sum, m2, mean) = unsafe { x86::moments_avx512(xs) };
+                Moments { n: xs.len() as f32, mean, m2, sum }
+            });
+        }
+        Level::Avx2 => {
+            return Some(|xs| {
+                // SAFETY: the detected level has AVX2.
+                let (sum, m2, mean) = unsafe { x86::moments_avx2(xs) };
+                Moments { n: xs.len() as f32, mean, m2, sum }
+            });
+        }
+        Level::Scalar => {}
     }
+    let _ = detected_level;
     None
 }
 
-/// Explicit AVX-512 folds.
+/// Explicit AVX-512 and AVX2 folds.
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
@@ -1293,6 +1318,80 @@ mod x86 {
         let v = f(v, _mm512_permute_ps::<0b11_10_11_10>(v));
         let v = f(v, _mm512_permute_ps::<0b01_01_01_01>(v));
         _mm512_cvtss_f32(v)
+    }
+
+    /// [`fold_leaf_avx512`] in AVX2 code: the same [`LANES`] lanes in eight
+    /// registers of 8, combined in the same pairs, so the two give the same
+    /// bits.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn fold_leaf_avx2(op: ReduceOp, xs: &[f32]) -> f32 {
+        match op {
+            ReduceOp::Max => fold8(xs, f32::NEG_INFINITY, |a, x| {
+                let take = _mm256_or_ps(_mm256_cmp_ps::<_CMP_GT_OQ>(x, a), _mm256_cmp_ps::<_CMP_UNORD_Q>(x, x));
+                _mm256_blendv_ps(a, x, take)
+            }),
+            ReduceOp::Min => fold8(xs, f32::INFINITY, |a, x| {
+                let take = _mm256_or_ps(_mm256_cmp_ps::<_CMP_LT_OQ>(x, a), _mm256_cmp_ps::<_CMP_UNORD_Q>(x, x));
+                _mm256_blendv_ps(a, x, take)
+            }),
+            _ => fold8(xs, -0.0, |a, x| _mm256_add_ps(a, x)),
+        }
+    }
+
+    /// [`moments_avx512`] in AVX2 code (the same bits).
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn moments_avx2(xs: &[f32]) -> (f32, f32, f32) {
+        let add = |a, x| _mm256_add_ps(a, x);
+        let sum = fold8(xs, -0.0, add);
+        let mean = sum / xs.len() as f32;
+        let m = _mm256_set1_ps(mean);
+        let m2 = fold_map8(xs, 0.0, add, |x| {
+            let d = _mm256_sub_ps(x, m);
+            _mm256_mul_ps(d, d)
+        });
+        (sum, m2, mean)
+    }
+
+    /// [`fold`] in AVX2 code.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn fold8(xs: &[f32], id: f32, f: impl Fn(__m256, __m256) -> __m256) -> f32 {
+        fold_map8(xs, id, f, |x| x)
+    }
+
+    /// [`fold_map`] in AVX2 code: lane `l` in register `l / 8`.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn fold_map8(xs: &[f32], id: f32, f: impl Fn(__m256, __m256) -> __m256, map: impl Fn(__m256) -> __m256) -> f32 {
+        const { assert!(LANES == 64, "eight registers of 8 lanes") };
+        let mut acc = [_mm256_set1_ps(id); 8];
+        let mut chunks = xs.chunks_exact(LANES);
+        for c in &mut chunks {
+            for (j, a) in acc.iter_mut().enumerate() {
+                // SAFETY: the chunk holds LANES = 64 elements, so 8 from 8 j.
+                *a = f(*a, map(unsafe { _mm256_loadu_ps(c.as_ptr().add(8 * j)) }));
+            }
+        }
+        let rest = chunks.remainder();
+        let index = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        for (j, a) in acc.iter_mut().enumerate() {
+            let start = 8 * j;
+            if start < rest.len() {
+                let m = _mm256_cmpgt_epi32(_mm256_set1_epi32((rest.len() - start).min(8) as i32), index);
+                // SAFETY: the masked load reads only the lanes of `m`,
+                // elements `start..` of `rest` that exist.
+                let x = unsafe { _mm256_maskload_ps(rest.as_ptr().add(start), m) };
+                *a = _mm256_blendv_ps(*a, f(*a, map(x)), _mm256_castsi256_ps(m));
+            }
+        }
+        // Lanes l with l + 32 (registers j and j + 4), then l + 16
+        // (j and j + 2), l + 8 (0 and 1), then within a register: 4, 2
+        // and 1 lanes apart.
+        let v = f(f(f(acc[0], acc[4]), f(acc[2], acc[6])), f(f(acc[1], acc[5]), f(acc[3], acc[7])));
+        let v = f(v, _mm256_permute2f128_ps::<0x01>(v, v));
+        let v = f(v, _mm256_permute_ps::<0b11_10_11_10>(v));
+        let v = f(v, _mm256_permute_ps::<0b01_01_01_01>(v));
+        _mm256_cvtss_f32(v)
     }
 }
 
