@@ -1169,21 +1169,26 @@ impl RowFloat for f64 {}
 /// [`Widen::fast_leaf`] of `f32`: the AVX-512 or AVX2 leaf of a sum (or
 /// mean), maximum or minimum at the detected level.
 fn fast_leaf_f32(op: ReduceOp) -> Option<Leaf<f32, f32>> {
-    use crate::backend::simd_math::{detected_level, Level};
-    let at = |leaves: [Leaf<f32, f32>; 3]| match op {
-        ReduceOp::Sum | ReduceOp::Mean => Some(leaves[0]),
-        ReduceOp::Max => Some(leaves[1]),
-        ReduceOp::Min => Some(leaves[2]),
-        _ => None,
-    };
     #[cfg(target_arch = "x86_64")]
-    match detected_level() {
-        Level::Avx512 => return at([avx512_leaf::<0>, avx512_leaf::<1>, avx512_leaf::<2>]),
-        Level::Avx2 => return at([avx2_leaf::<0>, avx2_leaf::<1>, avx2_leaf::<2>]),
-        Level::Scalar => {}
+    {
+        use crate::backend::simd_math::{detected_level, Level};
+        let leaves: [Leaf<f32, f32>; 3] = match detected_level() {
+            Level::Avx512 => [avx512_leaf::<0>, avx512_leaf::<1>, avx512_leaf::<2>],
+            Level::Avx2 => [avx2_leaf::<0>, avx2_leaf::<1>, avx2_leaf::<2>],
+            Level::Scalar => return None,
+        };
+        match op {
+            ReduceOp::Sum | ReduceOp::Mean => Some(leaves[0]),
+            ReduceOp::Max => Some(leaves[1]),
+            ReduceOp::Min => Some(leaves[2]),
+            _ => None,
+        }
     }
-    let _ = (at, detected_level);
-    None
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = op;
+        None
+    }
 }
 
 /// The AVX-512 leaf of a sum (`OP` 0), maximum (1) or minimum (2), handed
@@ -1208,26 +1213,24 @@ fn avx2_leaf<const OP: u8>(xs: &[f32]) -> f32 {
 /// [`Widen::moments_leaf`] of `f32`: [`Moments::block`]'s two passes in
 /// AVX-512 or AVX2 code at the detected level.
 fn moments_leaf_f32() -> Option<MomentsLeaf<f32, f32>> {
-    use crate::backend::simd_math::{detected_level, Level};
     #[cfg(target_arch = "x86_64")]
-    match detected_level() {
-        Level::Avx512 => {
-            return Some(|xs| {
+    {
+        use crate::backend::simd_math::{detected_level, Level};
+        match detected_level() {
+            Level::Avx512 => Some(|xs| {
                 // SAFETY: the detected level has AVX-512F.
                 let (sum, m2, mean) = unsafe { x86::moments_avx512(xs) };
                 Moments { n: xs.len() as f32, mean, m2, sum }
-            });
-        }
-        Level::Avx2 => {
-            return Some(|xs| {
+            }),
+            Level::Avx2 => Some(|xs| {
                 // SAFETY: the detected level has AVX2.
                 let (sum, m2, mean) = unsafe { x86::moments_avx2(xs) };
                 Moments { n: xs.len() as f32, mean, m2, sum }
-            });
+            }),
+            Level::Scalar => None,
         }
-        Level::Scalar => {}
     }
-    let _ = detected_level;
+    #[cfg(not(target_arch = "x86_64"))]
     None
 }
 

@@ -15,15 +15,14 @@
 //! columns in 24 zmm registers; AVX2: 6 rows by 16 columns in 12 ymm
 //! registers), with masked loads and stores at the right edge, and runs
 //! `k` in blocks of `KC`; it is written once, over the instruction set
-//! (the private trait `own::Isa`). Each element of `c` is one chain of fused multiply-adds
-//! in the order of `k`, whatever the operands' layouts, so a product of a
-//! transposed view equals the product of its copy bit for bit. From
-//! [`TEAM_WORK`] multiply-adds the blocks are split over the team's threads
-//! ([`crate::backend::cpu::team`]), each writing its own rows or columns. Larger
-//! products go to the `gemm` crate (its AVX-512 or AVX2 kernels and
-//! packing), one
-//! single-threaded call per block of the output on the team's threads
-//! (`matmul::split_blocks`): one such thread ran a 1024^3 product at the
+//! (the private trait `own::Isa`). Each element of `c` is one chain of
+//! fused multiply-adds in the order of `k`, whatever the operands'
+//! layouts, so a product of a transposed view equals the product of its
+//! copy bit for bit. From [`TEAM_WORK`] multiply-adds the blocks are split
+//! over the team's threads ([`crate::backend::cpu::team`]), each writing
+//! its own rows or columns. Larger products go to the `gemm` crate (its
+//! AVX-512 or AVX2 kernels and packing), one single-threaded call per
+//! block of the output on the team's threads (`matmul::split_blocks`): one such thread ran a 1024^3 product at the
 //! rate of torch's oneDNN on an Intel Xeon. A packed, cache-blocked path
 //! for this microkernel was tried and ran 1.2x slower than `gemm`'s (see
 //! `bench/README.md`). Below kiln's kernel (no AVX2), every product runs
@@ -34,7 +33,7 @@ use std::arch::x86_64::*;
 use std::cell::Cell;
 use std::mem::MaybeUninit;
 
-/// Depth of one block of `k` (a `KC x 48` panel of `b` is 48 KiB).
+/// Depth of one block of `k` (a `KC x 48` panel of `b`, AVX-512's, is 48 KiB).
 const KC: usize = 256;
 /// Largest `b` (in elements) read in place when its column stride is 1.
 const UNPACKED_B: usize = 1 << 16;
@@ -44,8 +43,8 @@ const PAR_WORK: usize = 1 << 22;
 /// (see [`crate::backend::cpu::team`]).
 pub const TEAM_WORK: usize = 1 << 17;
 
-/// Which kernel computes f32 products (ordered: a level runs on a CPU
-/// that has every level above [`Level::Portable`] up to it).
+/// Which kernel computes f32 products, ordered from the most portable: a
+/// CPU that runs a level runs every level below it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Level {
     /// The `gemm` crate (its own runtime dispatch: AVX-512, AVX2+FMA, NEON, scalar).
@@ -683,13 +682,13 @@ pub(super) mod own {
                 let bp = src.base.wrapping_add(q * src.panel_step + p0 * src.row_step);
                 // SAFETY: `q * nr < n`, inside the row of `c`.
                 let (cp, s) = (unsafe { c.add(q * nr) }, start.at(0, q * nr));
-                // SAFETY: as this function's contract, for this panel's
-                // columns (a narrower last panel computes only its vectors).
                 // Only a panel whose columns end inside a vector masks its
                 // last vector's loads of `b` (a masked load cost about an
                 // eighth of the product's time where every vector was
                 // whole).
                 let args = (m, kc, a, p0, bp, src.row_step, s, cp, ldc, cols);
+                // SAFETY: as this function's contract, for this panel's
+                // columns (a narrower last panel computes only its vectors).
                 unsafe {
                     match (cols.div_ceil(lanes), !cols.is_multiple_of(lanes)) {
                         (1, false) => K::panel::<1, false>(args),
