@@ -1028,6 +1028,37 @@ fn carried_reductions_equal_their_own_reduction() -> R {
     Ok(())
 }
 
+/// The column leaves fold up to 1024 adjacent columns at once, row after
+/// row; each column's result must not depend on how many columns share its
+/// pass, nor on which of them hold a NaN or an infinity (their groups of 16
+/// are folded apart, mid-pass). Each 16-column slice, folded alone, must
+/// give the same bits as the whole array.
+#[test]
+fn column_logsumexp_gives_the_same_bits_at_any_width() -> R {
+    // 200 rows: one leaf, so every width folds each column's rows alike.
+    let (rows, cols) = (200usize, 1100usize);
+    let mut v: Vec<f64> = (0..rows * cols).map(|i| ((i * 7919 % 6007) as f64 / 97.0) - 31.0).collect();
+    v[17 * cols + 5 * 16 + 3] = f64::NAN; // group 5, in the first pass of 1024 columns
+    v[150 * cols + 9 * 16] = f64::INFINITY; // group 9
+    v[3 * cols + 9 * 16 + 15] = f64::NEG_INFINITY; // group 9, another column
+    v[60 * cols + 1090] = f64::NEG_INFINITY; // the columns after the last group of 16
+    let x = make(&v, &[rows, cols], DType::F32);
+    let all = x.logsumexp(0, false)?.to_vec::<f32>()?;
+    let compiled = kiln::compile(|x: &Array| x.logsumexp(0, false)).call(&x)?.to_vec::<f32>()?;
+    for c0 in (0..cols).step_by(16) {
+        let w = 16.min(cols - c0);
+        let part: Vec<f64> = (0..rows * w).map(|k| v[(k / w) * cols + c0 + k % w]).collect();
+        let alone = make(&part, &[rows, w], DType::F32).logsumexp(0, false)?.to_vec::<f32>()?;
+        for (i, a) in alone.iter().enumerate() {
+            let c = c0 + i;
+            assert_eq!(a.to_bits(), all[c].to_bits(), "column {c}: {a} alone vs {} in the array", all[c]);
+            assert_eq!(a.to_bits(), compiled[c].to_bits(), "column {c}: {a} alone vs {} compiled", compiled[c]);
+        }
+    }
+    assert!(all[5 * 16 + 3].is_nan() && all[9 * 16] == f32::INFINITY && all[5 * 16].is_finite());
+    Ok(())
+}
+
 #[test]
 fn logsumexp_and_softmax_over_columns_read_in_place() -> R {
     // 37 columns: two groups of 16 folded across the columns (a NaN in one

@@ -385,53 +385,115 @@ pub fn max_if_finite_f32(x: &[f32]) -> Option<f32> {
     }
 }
 
-/// Log-sum-exp leaves of [`COLUMNS`] adjacent columns read in place: over
-/// `rows` rows (row `j` at `x[j * stride..]`), each column's maximum
-/// `m[c]` and the sum of `exp(x - m[c])` down it, when every element is
-/// finite; `false` otherwise (the caller folds those columns exactly). The
-/// vector lanes run along the row, so a column's elements, a row apart,
-/// need no copying.
-pub fn lse_columns_f32(x: &[f32], stride: usize, rows: usize, m: &mut [f32; COLUMNS], s: &mut [f32; COLUMNS]) -> bool {
-    assert!(rows > 0 && x.len() >= (rows - 1) * stride + COLUMNS, "lse_columns: rows outside x");
+/// Log-sum-exp leaves of adjacent columns read in place: over `rows` rows
+/// (row `j` at `x[j * stride..]`), each column `c < m.len()` gets its
+/// maximum `m[c]` and the sum `s[c]` of `exp(x - m[c])` down it. The width
+/// `m.len()` (= `s.len()`) is a multiple of [`COLUMNS`]; `finite[g]` tells
+/// whether every element of the group of [`COLUMNS`] columns from
+/// `g * COLUMNS` is finite (the caller folds the other groups exactly, and
+/// ignores their `m` and `s`). The vector lanes run along the row, so a
+/// column's elements, a row apart, need no copying.
+///
+/// Each pass streams the rows one after the other, `m.len()` contiguous
+/// elements of each, with the columns' accumulators in `m` and `s` (in
+/// L1): the second pass finds the rows in cache when the caller keeps
+/// `rows * m.len()` elements within L2. (Leaves of 16 columns walked down
+/// the rows were bound by load latency: a line per row, rows 16 KiB apart
+/// on their own pages, all in one L1 set.) Every column folds its rows in
+/// order, a maximum and then a sum in one lane each, so the width does not
+/// change a bit of the result.
+pub fn lse_columns_f32(x: &[f32], stride: usize, rows: usize, m: &mut [f32], s: &mut [f32], finite: &mut [bool]) {
+    let w = m.len();
+    assert!(
+        w.is_multiple_of(COLUMNS) && s.len() == w && finite.len() == w / COLUMNS,
+        "lse_columns: widths of m, s and finite disagree"
+    );
+    assert!(rows > 0 && x.len() >= (rows - 1) * stride + w, "lse_columns: rows outside x");
     let level = detected_level();
     match level {
         #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
         // SAFETY: `level` is the detected one, so AVX-512F, AVX2 and FMA are available.
-        Level::Avx512 => unsafe { x86::lse_columns_avx512(x, stride, rows, m, s) },
+        Level::Avx512 => unsafe { x86::lse_columns_avx512(x, stride, rows, m, s, finite) },
         #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
         // SAFETY: as above, AVX2 and FMA are available.
-        Level::Avx2 => unsafe { x86::lse_columns_avx2(x, stride, rows, m, s) },
-        _ => lse_columns_generic::<f32>(x, stride, rows, m, s),
+        Level::Avx2 => unsafe { x86::lse_columns_avx2(x, stride, rows, m, s, finite) },
+        _ => lse_columns_generic::<f32>(x, stride, rows, m, s, finite),
     }
 }
 
-/// Columns of one call of [`lse_columns_f32`].
+/// How far [`lse_columns_f32`]'s first pass prefetches ahead: as far as the
+/// rows that hold this many bytes of its columns.
+const PREFETCH_BYTES: usize = 8192;
+
+/// Columns of one group of [`lse_columns_f32`]'s leaves (the unit of its
+/// finiteness check).
 pub const COLUMNS: usize = 16;
 
-/// [`lse_columns_f32`] with the vector type `V` (`COLUMNS / V::N` vectors
-/// per row; the caller checked the bounds).
+/// [`lse_columns_f32`] with the vector type `V` (the caller checked the
+/// widths and bounds).
 #[inline(always)]
-fn lse_columns_generic<V: VMem>(x: &[f32], stride: usize, rows: usize, m: &mut [f32], s: &mut [f32]) -> bool {
-    let zero = V::splat(0.0);
-    for c in (0..COLUMNS).step_by(V::N) {
-        // Lane maxima, and a check that turns NaN once any element is not finite.
-        let (mut max, mut check) = (V::splat(f32::NEG_INFINITY), zero);
-        for j in 0..rows {
-            let v = V::load(&x[j * stride + c..]);
-            check = v.fma(zero, check);
-            max = max.max(v);
+fn lse_columns_generic<V: VMem>(
+    x: &[f32],
+    stride: usize,
+    rows: usize,
+    m: &mut [f32],
+    s: &mut [f32],
+    finite: &mut [bool],
+) {
+    let (w, zero) = (m.len(), V::splat(0.0));
+    // First pass: lane maxima in `m`, and in `s` a check that turns NaN
+    // once any element is not finite.
+    m.fill(f32::NEG_INFINITY);
+    s.fill(0.0);
+    // The rows `ahead` rows on are prefetched, a line per group: the
+    // hardware's prefetchers do not follow a walk that leaves each page
+    // after a few lines.
+    let ahead = PREFETCH_BYTES.div_ceil(w * 4) * stride * 4;
+    by_four_rows(x, stride, rows, w, |rs| {
+        for g in (0..w).step_by(COLUMNS) {
+            for r in rs {
+                crate::backend::cpu::stream::prefetch_ahead(r[g..].as_ptr().cast(), ahead);
+            }
+            for c in (g..g + COLUMNS).step_by(V::N) {
+                let (mut mx, mut check) = (V::load(&m[c..]), V::load(&s[c..]));
+                for r in rs {
+                    let v = V::load(&r[c..]);
+                    check = v.fma(zero, check);
+                    mx = mx.max(v);
+                }
+                check.store(&mut s[c..]);
+                mx.store(&mut m[c..]);
+            }
         }
-        if lanes_of(check)[..V::N].iter().any(|c| c.is_nan()) {
-            return false;
-        }
-        let mut sum = zero;
-        for j in 0..rows {
-            sum = sum.add(exp_in_range(V::load(&x[j * stride + c..]).sub(max).max(V::c(-104.0))));
-        }
-        max.store(&mut m[c..]);
-        sum.store(&mut s[c..]);
+    });
+    for (f, check) in finite.iter_mut().zip(s.chunks_exact_mut(COLUMNS)) {
+        *f = !check.iter().any(|c| c.is_nan());
+        check.fill(0.0);
     }
-    true
+    // Second pass: the sums, each column's rows added in order.
+    by_four_rows(x, stride, rows, w, |rs| {
+        for c in (0..w).step_by(V::N) {
+            let (mx, mut sum) = (V::load(&m[c..]), V::load(&s[c..]));
+            for r in rs {
+                sum = sum.add(exp_in_range(V::load(&r[c..]).sub(mx).max(V::c(-104.0))));
+            }
+            sum.store(&mut s[c..]);
+        }
+    });
+}
+
+/// Calls `f` with the rows of `x` (`w` elements of each, row `j` at
+/// `x[j * stride..]`) four at a time in order, fewer at the end: a pass
+/// over columns then loads and stores their accumulators once per four rows.
+#[inline(always)]
+fn by_four_rows<'a>(x: &'a [f32], stride: usize, rows: usize, w: usize, mut f: impl FnMut(&[&'a [f32]])) {
+    let mut j = 0;
+    while j < rows {
+        let k = (rows - j).min(4);
+        let rs: [&[f32]; 4] = std::array::from_fn(|i| &x[(j + i.min(k - 1)) * stride..][..w]);
+        f(&rs[..k]);
+        j += k;
+    }
 }
 
 /// Lanes of `x` and its tail, padded with `pad`, folded into the four
@@ -1436,8 +1498,15 @@ mod x86 {
     }
 
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn lse_columns_avx2(x: &[f32], stride: usize, rows: usize, m: &mut [f32], s: &mut [f32]) -> bool {
-        super::lse_columns_generic::<F8>(x, stride, rows, m, s)
+    pub(super) unsafe fn lse_columns_avx2(
+        x: &[f32],
+        stride: usize,
+        rows: usize,
+        m: &mut [f32],
+        s: &mut [f32],
+        finite: &mut [bool],
+    ) {
+        super::lse_columns_generic::<F8>(x, stride, rows, m, s, finite)
     }
 
     #[target_feature(enable = "avx512f,avx2,fma")]
@@ -1447,8 +1516,9 @@ mod x86 {
         rows: usize,
         m: &mut [f32],
         s: &mut [f32],
-    ) -> bool {
-        super::lse_columns_generic::<F16>(x, stride, rows, m, s)
+        finite: &mut [bool],
+    ) {
+        super::lse_columns_generic::<F16>(x, stride, rows, m, s, finite)
     }
 
     #[target_feature(enable = "avx2,fma")]

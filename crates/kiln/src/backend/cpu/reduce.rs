@@ -106,6 +106,11 @@ const OUTER_LEAF: usize = 256;
 /// Outputs per tile of such leaves (a tile of 16 KiB of f32), and of
 /// leaves folded across outputs ([`Reducer::leaves_across`]).
 const OUTER_COLS: usize = COLUMNS;
+/// Most outputs whose leaves fold at once ([`Reducer::leaves_across`]).
+const ACROSS: usize = 1024;
+/// The rows of such leaves kept within this many bytes (half an L2 of 512
+/// KiB, the smallest of the x86 cores kiln runs on).
+const ACROSS_BYTES: usize = 256 << 10;
 /// Outputs accumulated together by the outer walk (the accumulators stay in
 /// L1/L2 while whole input rows stream through).
 const TILE: usize = 4096;
@@ -113,6 +118,8 @@ const TILE: usize = 4096;
 const MAX_PARTIALS: usize = 1 << 22;
 /// Target number of input elements per parallel task.
 const TASK_WORK: usize = 1 << 16;
+/// Partial results combined per parallel task of [`combine_tree`].
+const COMBINE_WORK: usize = 1 << 15;
 /// At most this many tasks split one reduced range.
 const MAX_SPLIT: usize = 64;
 /// Below this many output tasks, splitting the reduced range is considered.
@@ -144,10 +151,13 @@ trait Reducer: Sync {
     fn outer_leaves(&self) -> bool {
         false
     }
-    /// The leaves of [`COLUMNS`] adjacent outputs of an outer walk at once,
-    /// read in place: `rows` reduced rows of `src`, a `stride` apart, from
-    /// `at`, into `out`; `false` when the reducer has no such code or
-    /// declines (the walk then folds those leaves one by one).
+    /// The leaves of `out.len()` adjacent outputs of an outer walk at once
+    /// (a multiple of [`COLUMNS`], at most [`ACROSS`]), read in place:
+    /// `rows` reduced rows of `src`, a `stride` apart, from `at`, into
+    /// `out`, `finite[g]` telling whether the group of [`COLUMNS`] outputs
+    /// from `g * COLUMNS` was folded (its elements all finite); `false` when
+    /// the reducer has no such code (the walk then folds those leaves one
+    /// by one, as it does the groups not folded).
     #[inline(always)]
     fn leaves_across(
         &self,
@@ -156,6 +166,7 @@ trait Reducer: Sync {
         _stride: usize,
         _rows: usize,
         _out: &mut [Self::Acc],
+        _finite: &mut [bool],
     ) -> bool {
         false
     }
@@ -242,7 +253,7 @@ struct Blocked<R: Reducer, B> {
 }
 
 /// A [`Reducer::leaves_across`] of a [`Blocked`] reducer.
-type Across<I, A> = fn(&[I], usize, usize, usize, &mut [A]) -> bool;
+type Across<I, A> = fn(&[I], usize, usize, usize, &mut [A], &mut [bool]) -> bool;
 
 impl<R: Reducer, B: Fn(&[R::In]) -> R::Acc + Sync> Reducer for Blocked<R, B> {
     type In = R::In;
@@ -277,8 +288,16 @@ impl<R: Reducer, B: Fn(&[R::In]) -> R::Acc + Sync> Reducer for Blocked<R, B> {
         self.outer_leaves
     }
     #[inline(always)]
-    fn leaves_across(&self, src: &[R::In], at: usize, stride: usize, rows: usize, out: &mut [R::Acc]) -> bool {
-        self.across.is_some_and(|f| f(src, at, stride, rows, out))
+    fn leaves_across(
+        &self,
+        src: &[R::In],
+        at: usize,
+        stride: usize,
+        rows: usize,
+        out: &mut [R::Acc],
+        finite: &mut [bool],
+    ) -> bool {
+        self.across.is_some_and(|f| f(src, at, stride, rows, out, finite))
     }
 }
 
@@ -459,7 +478,8 @@ fn outer_tile<R: Reducer>(r: &R, src: &[R::In], p: &Plan, base: usize, t: usize,
     // For `outer_leaves`: a tile of up to OUTER_LEAF rows by OUTER_COLS
     // outputs, copied so that each output's elements are contiguous.
     let mut leaves: Vec<R::In> = if r.outer_leaves() { vec![R::In::zero(); OUTER_LEAF * OUTER_COLS] } else { vec![] };
-    let mut across = [r.identity(); COLUMNS];
+    let mut across = if r.outer_leaves() { vec![r.identity(); ACROSS] } else { vec![] };
+    let mut finite = [false; ACROSS / COLUMNS];
     let mut rows = |o: usize, cnt: usize| {
         if !r.outer_leaves() {
             for j in 0..cnt {
@@ -471,10 +491,24 @@ fn outer_tile<R: Reducer>(r: &R, src: &[R::In], p: &Plan, base: usize, t: usize,
         }
         for j0 in (0..cnt).step_by(OUTER_LEAF) {
             let n = OUTER_LEAF.min(cnt - j0);
+            // Groups of adjacent outputs whose leaves fold at once, as wide as
+            // keeps their `n` rows within L2 for the leaves' second pass.
+            let width = (ACROSS_BYTES / (n * std::mem::size_of::<R::In>())).clamp(COLUMNS, ACROSS);
+            let width = width - width % COLUMNS;
+            let mut done = 0..0;
             for c0 in (0..t).step_by(OUTER_COLS) {
                 let w = OUTER_COLS.min(t - c0);
-                if w == COLUMNS && r.leaves_across(src, o + j0 * s + c0, s, n, &mut across) {
-                    for (a, &l) in acc[c0..c0 + w].iter_mut().zip(&across) {
+                if c0 >= done.end && w == COLUMNS {
+                    let wide = (t - c0).min(width);
+                    let wide = wide - wide % COLUMNS;
+                    let at = o + j0 * s + c0;
+                    if r.leaves_across(src, at, s, n, &mut across[..wide], &mut finite[..wide / COLUMNS]) {
+                        done = c0..c0 + wide;
+                    }
+                }
+                if done.contains(&c0) && finite[(c0 - done.start) / COLUMNS] {
+                    let from = c0 - done.start;
+                    for (a, &l) in acc[c0..c0 + w].iter_mut().zip(&across[from..from + w]) {
                         *a = r.combine(*a, l);
                     }
                     continue;
@@ -525,8 +559,27 @@ fn accumulate<R: Reducer>(r: &R, src: &[R::In], p: &Plan, outs: Range<usize>, re
     });
 }
 
-/// Combines equal-length vectors of partial results pairwise, in order.
-fn combine_tree<R: Reducer>(r: &R, mut parts: Vec<Vec<R::Acc>>) -> Vec<R::Acc> {
+/// Combines equal-length vectors of partial results pairwise, in order
+/// ([`combine_pairs`]), split over the outputs in parallel when there are
+/// many: each output's partials meet in the same tree whatever the split,
+/// and a one-pass statistic's combine costs a scalar `exp` (a column
+/// log-sum-exp of 4096 x 4096 combined 16 partials of 4096 each).
+fn combine_tree<R: Reducer>(r: &R, parts: Vec<Vec<R::Acc>>) -> Vec<R::Acc> {
+    let n = parts.first().map_or(0, Vec::len);
+    let split = team::parts_for(n.saturating_mul(parts.len()), COMBINE_WORK);
+    if parts.len() < 2 || split < 2 {
+        return combine_pairs(r, parts);
+    }
+    let mut out = vec![r.identity(); n];
+    team::chunks(&mut out, n.div_ceil(split), |start, out| {
+        let part = parts.iter().map(|p| p[start..start + out.len()].to_vec()).collect();
+        out.copy_from_slice(&combine_pairs(r, part));
+    });
+    out
+}
+
+/// [`combine_tree`] on the calling thread.
+fn combine_pairs<R: Reducer>(r: &R, mut parts: Vec<Vec<R::Acc>>) -> Vec<R::Acc> {
     while parts.len() > 1 {
         let mut next = Vec::with_capacity(parts.len().div_ceil(2));
         let mut it = parts.into_iter();
@@ -556,7 +609,12 @@ fn execute<R: Reducer>(r: &R, src: &[R::In], p: &Plan) -> Vec<R::Out> {
     let min_chunk = if p.outer() { TILE } else { 1 };
     let out_chunk = (TASK_WORK / n_red).max(min_chunk);
     let out_tasks = n_out.div_ceil(out_chunk);
-    let red_chunk = (TASK_WORK / n_out).max(n_red.div_ceil(MAX_SPLIT)).max(1);
+    // A walk that folds leaves of rows splits the rows no finer than a
+    // leaf: a finer split only adds leaves, each combined with a scalar
+    // `exp` (64 splits of 4096 rows made a column log-sum-exp 1.3x slower
+    // than 16).
+    let min_red = if p.outer() && r.outer_leaves() { OUTER_LEAF } else { 1 };
+    let red_chunk = (TASK_WORK / n_out).max(n_red.div_ceil(MAX_SPLIT)).max(1).max(min_red);
     let red_tasks = n_red.div_ceil(red_chunk);
     if total >= PAR_THRESHOLD
         && out_tasks < FEW_TASKS
@@ -788,12 +846,20 @@ pub(crate) trait AccFloat:
     /// The maximum of `x` when every element is finite, else `None`
     /// (vectorized for `f32`).
     fn max_if_finite(x: &[Self]) -> Option<Self>;
-    /// Log-sum-exp leaves of [`COLUMNS`] adjacent columns read in place
+    /// Log-sum-exp leaves of `m.len()` adjacent columns read in place
     /// ([`simd_math::lse_columns_f32`]): each column's maximum and sum of
-    /// `exp(x - max)` over `rows` rows a `stride` apart, when every element
-    /// is finite; `None` otherwise, and for types without vector code.
-    fn lse_columns(_x: &[Self], _stride: usize, _rows: usize) -> Option<([Self; COLUMNS], [Self; COLUMNS])> {
-        None
+    /// `exp(x - max)` over `rows` rows a `stride` apart into `m` and `s`,
+    /// `finite` telling which groups of [`COLUMNS`] held only finite
+    /// elements; `false` for types without vector code.
+    fn lse_columns(
+        _x: &[Self],
+        _stride: usize,
+        _rows: usize,
+        _m: &mut [Self],
+        _s: &mut [Self],
+        _finite: &mut [bool],
+    ) -> bool {
+        false
     }
 }
 
@@ -832,8 +898,16 @@ macro_rules! acc_float {
             }
             $(
             #[inline(always)]
-            fn lse_columns(x: &[$t], stride: usize, rows: usize) -> Option<([$t; COLUMNS], [$t; COLUMNS])> {
-                $cols(x, stride, rows)
+            fn lse_columns(
+                x: &[$t],
+                stride: usize,
+                rows: usize,
+                m: &mut [$t],
+                s: &mut [$t],
+                finite: &mut [bool],
+            ) -> bool {
+                $cols(x, stride, rows, m, s, finite);
+                true
             }
             )?
         }
@@ -846,10 +920,7 @@ macro_rules! acc_float {
 acc_float!(
     f32 => f32::exp, f32::ln, crate::backend::cpu::simd_math::sum_exp_below_f32,
         crate::backend::cpu::simd_math::max_if_finite_f32,
-        |x: &[f32], stride, rows| {
-            let (mut m, mut s) = ([0.0; COLUMNS], [0.0; COLUMNS]);
-            crate::backend::cpu::simd_math::lse_columns_f32(x, stride, rows, &mut m, &mut s).then_some((m, s))
-        };
+        crate::backend::cpu::simd_math::lse_columns_f32;
     f64 => math_f64::exp, math_f64::log, |x: &[f64], m: f64| lane_sum(x, |v: f64| math_f64::exp(v - m)),
         |x: &[f64]| x.iter().all(|v| v.is_finite()).then(|| x.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v)))
             .filter(|m| m.is_finite())
@@ -966,15 +1037,26 @@ impl<A: AccFloat> Lse<A> {
 
     /// [`Reducer::leaves_across`] for elements of the accumulator's own
     /// type with vector code ([`AccFloat::lse_columns`]).
-    fn across<I: Element>(src: &[I], at: usize, stride: usize, rows: usize, out: &mut [Lse<A>]) -> bool {
+    fn across<I: Element>(
+        src: &[I],
+        at: usize,
+        stride: usize,
+        rows: usize,
+        out: &mut [Lse<A>],
+        finite: &mut [bool],
+    ) -> bool {
         if std::any::TypeId::of::<I>() != std::any::TypeId::of::<A>() {
             return false;
         }
         // SAFETY: `I` and `A` are the same type, so the slice is
         // reinterpreted as itself (same length, layout and lifetime).
         let xs = unsafe { std::slice::from_raw_parts(src.as_ptr().cast::<A>(), src.len()) };
-        let Some((m, s)) = A::lse_columns(&xs[at..], stride, rows) else { return false };
-        for ((o, m), s) in out.iter_mut().zip(m).zip(s) {
+        let w = out.len();
+        let (mut m, mut s) = ([A::ZERO; ACROSS], [A::ZERO; ACROSS]);
+        if !A::lse_columns(&xs[at..], stride, rows, &mut m[..w], &mut s[..w], finite) {
+            return false;
+        }
+        for ((o, &m), &s) in out.iter_mut().zip(&m[..w]).zip(&s[..w]) {
             *o = Lse { m, s };
         }
         true
