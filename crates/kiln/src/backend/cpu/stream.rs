@@ -35,11 +35,14 @@
 //!   as fast or faster without it (its L3 holds them), on the EPYC 1.5x
 //!   slower.
 //! - The rows of a row chain or row kernel stream an output when it and an
-//!   input of its size fill a quarter of the last-level cache, or 40 MiB
+//!   input of its size pass half the last-level cache, or 40 MiB
 //!   ([`rows_stream`]): these two-pass rows keep less of the cache than an
-//!   elementwise kernel. On the EPYC that is 8 MiB, where ordinary stores
-//!   made layernorms of 4 and 16 MiB slower, and softmax, layernorm and
-//!   rmsnorm over 4096x4096 and 4096x1024 1.1-1.8x slower; on the Xeon, 40
+//!   elementwise kernel. On the EPYC that is 16 MiB: ordinary stores made
+//!   softmax, layernorm and rmsnorm over 4096x4096 and 4096x1024 1.1-1.8x
+//!   slower; streaming made layernorm over (1024, 1024), 8 MiB in all,
+//!   1.1-1.9x slower on a two-core Zen 3 EPYC in six alternations of six
+//!   (the limit was a quarter of the cache before, from a measurement that
+//!   had found the opposite); on the Xeon, 40
 //!   MiB ([`ROWS_MAX_CACHED`]): there, over rows of 1024 on two threads,
 //!   ordinary stores ran layernorm 1.25x and softmax 1.04x faster over 4096
 //!   rows (16 MiB written), were within 8-20% either way over 6144 rows,
@@ -57,11 +60,11 @@ use crate::memory::parse_bytes;
 pub const STREAM_MIN_BYTES: usize = 4 << 20;
 
 /// Whether a row chain or row kernel writes an output of `bytes` with
-/// streaming stores: when it and an input of its size fill a quarter of
-/// the last-level cache (a third of [`stream_min_working_set`]), or
+/// streaming stores: when it and an input of its size pass half the
+/// last-level cache (two thirds of [`stream_min_working_set`]), or
 /// [`ROWS_MAX_CACHED`] (see the module docs).
 pub fn rows_stream(bytes: usize) -> bool {
-    bytes.saturating_mul(2) >= (stream_min_working_set() / 3).min(ROWS_MAX_CACHED)
+    bytes.saturating_mul(2) > (stream_min_working_set() / 3 * 2).min(ROWS_MAX_CACHED)
 }
 
 /// The largest output and input of its size that a row chain or row
