@@ -344,9 +344,10 @@ fn map2_generic<V: VMem>(f: Func2, a: &[f32], b: &[f32], out: &mut [f32]) {
 
 /// `sum(e^(x[i] - m))` for a finite `m` at least every `x[i]` (none NaN):
 /// the terms of a log-sum-exp block shifted by its maximum. Each term is
-/// [`exp_f32`] of `x[i] - m` bit for bit; as the shifted values are at
-/// most 0 and not NaN, only `exp`'s lower clamp is applied (its upper
-/// clamp and NaN pass-through would change nothing). The terms are summed
+/// [`exp_f32`] of `x[i] - m` bit for bit, but for the subnormal ones,
+/// below `e^-87`, which count as 0 (`exp_term`: one multiplication scales
+/// the rest); as the shifted values are at most 0 and not NaN, neither
+/// `exp`'s upper clamp nor its NaN pass-through is needed. The terms are summed
 /// in one pass (no intermediate slice) into four vectors of lane
 /// accumulators (lane `l` of vector `j` sums elements `l + N j`,
 /// `l + N (j + 4)`, ...), combined pairwise at the end: one accumulator
@@ -475,7 +476,7 @@ fn lse_columns_generic<V: VMem>(
         for c in (0..w).step_by(V::N) {
             let (mx, mut sum) = (V::load(&m[c..]), V::load(&s[c..]));
             for r in rs {
-                sum = sum.add(exp_in_range(V::load(&r[c..]).sub(mx).max(V::c(-104.0))));
+                sum = sum.add(exp_term(V::load(&r[c..]), mx));
             }
             sum.store(&mut s[c..]);
         }
@@ -555,11 +556,7 @@ fn max_if_finite_generic<V: VMem>(x: &[f32]) -> Option<f32> {
 /// and the lanes are summed pairwise at the end.
 #[inline(always)]
 fn sum_exp_below_generic<V: VMem>(x: &[f32], m: f32) -> f32 {
-    // A function, not a closure: it inlines into the caller's target features.
-    #[inline(always)]
-    fn term<V: VMem>(v: V, m: V) -> V {
-        exp_in_range(v.sub(m).max(V::c(-104.0)))
-    }
+    let term = exp_term::<V>;
     let mv = V::splat(m);
     let mut acc = [V::splat(0.0); 4];
     let mut quads = x.chunks_exact(4 * V::N);
@@ -1057,6 +1054,25 @@ fn exp_in_range<V: Vf32>(x: V) -> V {
     let r = n.fma(V::c(-LN2_C2), r);
     r.poly(&EXP_P).scale2(n)
 }
+
+/// The terms of a sum of exponentials below its largest, `e^(x - m)` for
+/// `x <= m`: [`exp_in_range`] for `x - m >= `[`SUM_EXP_FLOOR`], where `2^n`
+/// is a normal number, so it scales in one multiplication (the same
+/// result, rounded once); 0 below (`-inf` included). A sum that holds the
+/// term of its largest element, 1, has its last bit far above the terms
+/// dropped, which were subnormal.
+#[inline(always)]
+fn exp_term<V: Vf32>(x: V, m: V) -> V {
+    let d = x.sub(m);
+    let x = d.max(V::c(SUM_EXP_FLOOR));
+    let n = x.mul(V::c(LOG2E)).round();
+    let r = n.fma(V::c(-LN2_C1), x);
+    let r = n.fma(V::c(-LN2_C2), r);
+    V::select(d.lt(V::c(SUM_EXP_FLOOR)), V::c(0.0), r.poly(&EXP_P).mul(V::pow2i(n)))
+}
+
+/// The least argument of [`exp_term`]: `2^n` stays normal (`n >= -126`).
+const SUM_EXP_FLOOR: f32 = -87.0;
 
 #[inline(always)]
 fn exp_v<V: Vf32>(x: V) -> V {
