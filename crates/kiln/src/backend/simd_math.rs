@@ -344,11 +344,12 @@ fn map2_generic<V: VMem>(f: Func2, a: &[f32], b: &[f32], out: &mut [f32]) {
 
 /// `sum(e^(x[i] - m))` for a finite `m` at least every `x[i]` (none NaN):
 /// the terms of a log-sum-exp block shifted by its maximum. Each term is
-/// [`exp_f32`] of `x[i] - m` bit for bit, but for the subnormal ones,
-/// below `e^-87`, which count as 0 (`exp_term`: one multiplication scales
-/// the rest); as the shifted values are at most 0 and not NaN, neither
-/// `exp`'s upper clamp nor its NaN pass-through is needed. The terms are summed
-/// in one pass (no intermediate slice) into four vectors of lane
+/// [`exp_f32`] of `x[i] - m` bit for bit, but where the CPU lacks
+/// AVX-512 the subnormal ones, below `e^-87`, count as 0 (`exp_term`: one
+/// multiplication then scales the rest); as the shifted values are at
+/// most 0 and not NaN, neither `exp`'s upper clamp nor its NaN
+/// pass-through is needed. The terms are summed in one pass (no
+/// intermediate slice) into four vectors of lane
 /// accumulators (lane `l` of vector `j` sums elements `l + N j`,
 /// `l + N (j + 4)`, ...), combined pairwise at the end: one accumulator
 /// made each vector's sum wait for the last one's. Outside its
@@ -702,6 +703,9 @@ fn run_generic<V: VMem>(f: Func, x: &[f32], out: &mut [f32]) {
 pub(crate) trait Vf32: Copy {
     /// A lane mask.
     type M: Copy;
+    /// Whether [`Vf32::scale2`] is one instruction (AVX-512's `vscalefps`)
+    /// rather than [`scale2_halves`]'s two multiplications.
+    const SCALES_AT_ONCE: bool = false;
     fn splat(v: f32) -> Self;
     fn add(self, o: Self) -> Self;
     fn sub(self, o: Self) -> Self;
@@ -1056,14 +1060,19 @@ fn exp_in_range<V: Vf32>(x: V) -> V {
 }
 
 /// The terms of a sum of exponentials below its largest, `e^(x - m)` for
-/// `x <= m`: [`exp_in_range`] for `x - m >= `[`SUM_EXP_FLOOR`], where `2^n`
-/// is a normal number, so it scales in one multiplication (the same
-/// result, rounded once); 0 below (`-inf` included). A sum that holds the
-/// term of its largest element, 1, has its last bit far above the terms
+/// `x <= m`: [`exp_in_range`] of `max(x - m, -104)` where one instruction
+/// scales ([`Vf32::SCALES_AT_ONCE`]). Elsewhere, [`exp_in_range`] where
+/// `x - m` is at least [`SUM_EXP_FLOOR`], so that `2^n` is a normal number
+/// and scales in one multiplication instead of two (the same result,
+/// rounded once), and 0 below (`-inf` included). A sum that holds the term
+/// of its largest element, 1, has its last bit far above the terms
 /// dropped, which were subnormal.
 #[inline(always)]
 fn exp_term<V: Vf32>(x: V, m: V) -> V {
     let d = x.sub(m);
+    if V::SCALES_AT_ONCE {
+        return exp_in_range(d.max(V::c(-104.0)));
+    }
     let x = d.max(V::c(SUM_EXP_FLOOR));
     let n = x.mul(V::c(LOG2E)).round();
     let r = n.fma(V::c(-LN2_C1), x);
@@ -1713,6 +1722,7 @@ mod x86 {
 
     impl Vf32 for F16 {
         type M = __mmask16;
+        const SCALES_AT_ONCE: bool = true;
         #[inline(always)]
         fn splat(v: f32) -> Self {
             F16(avx512!(_mm512_set1_ps(v)))
