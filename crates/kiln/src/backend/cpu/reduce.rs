@@ -480,6 +480,8 @@ fn outer_tile<R: Reducer>(r: &R, src: &[R::In], p: &Plan, base: usize, t: usize,
     let mut leaves: Vec<R::In> = if r.outer_leaves() { vec![R::In::zero(); OUTER_LEAF * OUTER_COLS] } else { vec![] };
     let mut across = if r.outer_leaves() { vec![r.identity(); ACROSS] } else { vec![] };
     let mut finite = [false; ACROSS / COLUMNS];
+    // Cleared when the reducer has no code for leaves across outputs (asked once).
+    let mut has_across = true;
     let mut rows = |o: usize, cnt: usize| {
         if !r.outer_leaves() {
             for j in 0..cnt {
@@ -498,11 +500,12 @@ fn outer_tile<R: Reducer>(r: &R, src: &[R::In], p: &Plan, base: usize, t: usize,
             let mut done = 0..0;
             for c0 in (0..t).step_by(OUTER_COLS) {
                 let w = OUTER_COLS.min(t - c0);
-                if c0 >= done.end && w == COLUMNS {
+                if c0 >= done.end && w == COLUMNS && has_across {
                     let wide = (t - c0).min(width);
                     let wide = wide - wide % COLUMNS;
                     let at = o + j0 * s + c0;
-                    if r.leaves_across(src, at, s, n, &mut across[..wide], &mut finite[..wide / COLUMNS]) {
+                    has_across = r.leaves_across(src, at, s, n, &mut across[..wide], &mut finite[..wide / COLUMNS]);
+                    if has_across {
                         done = c0..c0 + wide;
                     }
                 }
