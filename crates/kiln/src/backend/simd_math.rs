@@ -472,14 +472,18 @@ fn lse_columns_generic<V: VMem>(
         *f = !check.iter().any(|c| c.is_nan());
         check.fill(0.0);
     }
-    // Second pass: the sums, each column's rows added in order.
+    // Second pass: the sums, each column's rows added in order, for the
+    // groups whose elements are all finite (the others' maxima may be
+    // infinite or NaN).
     by_four_rows(x, stride, rows, w, |rs| {
-        for c in (0..w).step_by(V::N) {
-            let (mx, mut sum) = (V::load(&m[c..]), V::load(&s[c..]));
-            for r in rs {
-                sum = sum.add(exp_term(V::load(&r[c..]), mx));
+        for (g, _) in finite.iter().enumerate().filter(|(_, &f)| f) {
+            for c in (g * COLUMNS..(g + 1) * COLUMNS).step_by(V::N) {
+                let (mx, mut sum) = (V::load(&m[c..]), V::load(&s[c..]));
+                for r in rs {
+                    sum = sum.add(exp_term(V::load(&r[c..]), mx));
+                }
+                sum.store(&mut s[c..]);
             }
-            sum.store(&mut s[c..]);
         }
     });
 }
