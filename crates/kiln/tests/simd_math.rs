@@ -352,9 +352,27 @@ fn sums_of_exponentials_are_accurate_at_every_length() {
         assert!((got - want).abs() <= tol, "n = {n}: {got} vs {want}");
     }
     assert_eq!(sum_exp_below_f32(&[], 0.0), 0.0);
-    assert_eq!(sum_exp_below_f32(&[f32::NEG_INFINITY; 19], 0.0), 0.0, "exp(-inf) adds nothing");
-    assert_eq!(sum_exp_below_f32(&[-200.0; 19], 0.0), 0.0, "below the clamp, nothing either");
+    // Beside the maximum's own term, 1, terms of `-inf` and below the clamp
+    // add nothing visible (each 0, or e^-87 where one multiply scales).
+    for far in [f32::NEG_INFINITY, -200.0, -87.5] {
+        for at in [0, 7, 18] {
+            let mut xs = [far; 19];
+            xs[at] = 0.0;
+            assert_eq!(sum_exp_below_f32(&xs, 0.0), 1.0, "{far} beside the maximum at {at}");
+        }
+    }
     assert_eq!(sum_exp_below_f32(&[2.5; 17], 2.5), 17.0);
+    // Each term is within two ulps of e^(x - m) across the reduced range,
+    // both ends of each interval of n included: single terms, summed with
+    // the maximum's 1 they would hide their error, so one term per call
+    // against an `m` of its own (the sum is then the term itself).
+    for i in 0..=20_000 {
+        let d = -87.0 * i as f32 / 20_000.0;
+        let got = sum_exp_below_f32(&[d], 0.0) as f64;
+        let want = (d as f64).exp();
+        let tol = 2.0 * f32::EPSILON as f64 * want;
+        assert!((got - want).abs() <= tol, "e^{d}: {got} vs {want}");
+    }
 }
 
 /// A xorshift stream of uniform `f64` in `[0, 1)`.
