@@ -673,6 +673,13 @@ impl Vf32 for Traced {
     fn lookup(self, table: Table) -> Self {
         self.un_f32(Un::Lookup(table))
     }
+    fn scale_normal(self, _: Self, n: Self) -> Self {
+        if recording_avx2() {
+            self.mul(Self::pow2i(n))
+        } else {
+            self.bin_f32(Bin::Scalef, n)
+        }
+    }
     fn scale2(self, n: Self) -> Self {
         if recording_avx2() {
             simd_math::scale2_halves(self, n)
