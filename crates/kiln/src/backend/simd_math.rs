@@ -713,8 +713,8 @@ fn run_generic<V: VMem>(f: Func, x: &[f32], out: &mut [f32]) {
 pub(crate) trait Vf32: Copy {
     /// A lane mask.
     type M: Copy;
-    /// Whether [`Vf32::scale2`] is one instruction (AVX-512's `vscalefps`)
-    /// rather than [`scale2_halves`]'s two multiplications.
+    /// Whether [`Vf32::scale_wide`] is one instruction (AVX-512's
+    /// `vscalefps`) rather than two multiplications.
     const SCALES_AT_ONCE: bool = false;
     fn splat(v: f32) -> Self;
     fn add(self, o: Self) -> Self;
@@ -756,10 +756,15 @@ pub(crate) trait Vf32: Copy {
     /// Entry `b & 7` of `table`, where `b` is each lane's bit pattern (one
     /// permute instruction: `vpermps`).
     fn lookup(self, table: Table) -> Self;
-    /// `self * 2^n` for integer-valued `n` in `[-150, 128]`, rounded once
-    /// (so a subnormal result is rounded once, and a large one overflows).
+    /// `self * 2^n` for `self` in `[0.5, 2]` and integer `n` in `[-150,
+    /// 128]`, rounded once (so a subnormal result is rounded once, and a
+    /// large one overflows), given `j = n + EXP_MAGIC` as
+    /// [`reduce_normal`] makes it: [`scale_split`] where the level shifts
+    /// bits, `vscalefps` on AVX-512, [`scale2_halves`] of `n` else (the
+    /// GPU's printed code).
     #[inline(always)]
-    fn scale2(self, n: Self) -> Self {
+    fn scale_wide(self, j: Self, n: Self) -> Self {
+        let _ = j;
         scale2_halves(self, n)
     }
     fn lt(self, o: Self) -> Self::M;
@@ -797,14 +802,32 @@ pub(crate) trait Vf32: Copy {
     }
 }
 
-/// [`Vf32::scale2`] without a scaling instruction: `x * 2^n` as two
-/// multiplications, since `2^n` may itself be out of range (the AVX2 and
-/// scalar levels; the code generator records it for AVX2).
+/// [`Vf32::scale_wide`] from `n` alone: `x * 2^n` as two multiplications
+/// by `2^floor(n/2)` and `2^(n - floor(n/2))`, since `2^n` may itself be
+/// out of range (eleven operations; the GPU's printed code).
 #[inline(always)]
 pub(crate) fn scale2_halves<V: Vf32>(x: V, n: V) -> V {
     let n1 = n.mul(V::c(0.5)).floor();
     x.mul(V::pow2i(n1)).mul(V::pow2i(n.sub(n1)))
 }
+
+/// [`Vf32::scale_wide`] in two exact steps where the level shifts bits:
+/// `x * 2^(n - k)` by [`Vf32::scale_normal`], with `k = -64` for a
+/// negative `n` and `64` otherwise, so that `n - k` is in `[-86, 64]`
+/// (`2^(n - k)` normal, and `x * 2^(n - k)` exact for `x` in `[0.5, 2]`),
+/// then `* 2^k`, the one rounding. Seven operations on AVX2, where the
+/// halves took eleven: `exp`'s scaling was two fifths of its work.
+#[inline(always)]
+pub(crate) fn scale_split<V: Vf32>(x: V, j: V, n: V) -> V {
+    let neg = n.lt(V::c(0.0));
+    let k = V::select(neg, V::c(-64.0), V::c(64.0));
+    let far = V::select(neg, V::c(SPLIT_DOWN), V::c(SPLIT_UP));
+    x.scale_normal(j.sub(k), n.sub(k)).mul(far)
+}
+
+/// `2^-64` and `2^64`, [`scale_split`]'s second factors.
+pub(crate) const SPLIT_DOWN: f32 = 1.0 / 18_446_744_073_709_551_616.0;
+pub(crate) const SPLIT_UP: f32 = 18_446_744_073_709_551_616.0;
 
 /// Vectors held in registers and moved to and from slices (every [`Vf32`]
 /// but the code generator's).
@@ -909,6 +932,10 @@ impl Vf32 for f32 {
     #[inline(always)]
     fn scale_normal(self, j: Self, _: Self) -> Self {
         self * f32::from_bits(j.to_bits() << 23)
+    }
+    #[inline(always)]
+    fn scale_wide(self, j: Self, n: Self) -> Self {
+        scale_split(self, j, n)
     }
     #[inline(always)]
     fn lookup(self, table: Table) -> Self {
@@ -1077,10 +1104,8 @@ fn exp_core<V: Vf32>(x: V) -> V {
 /// construction wherever its result is used).
 #[inline(always)]
 fn exp_in_range<V: Vf32>(x: V) -> V {
-    let n = x.mul(V::c(LOG2E)).round();
-    let r = n.fma(V::c(-LN2_C1), x);
-    let r = n.fma(V::c(-LN2_C2), r);
-    r.poly(&EXP_P).scale2(n)
+    let (r, j, n) = reduce_normal(x);
+    r.poly(&EXP_P).scale_wide(j, n)
 }
 
 /// The terms of a sum of exponentials below its largest, `e^(x - m)` for
@@ -1100,10 +1125,8 @@ fn exp_in_range<V: Vf32>(x: V) -> V {
 fn exp_term<V: Vf32>(x: V, m: V) -> V {
     let d = x.sub(m);
     if V::SCALES_AT_ONCE {
-        let x = d.max(V::c(-104.0));
-        let n = x.mul(V::c(LOG2E)).round();
-        let r = n.fma(V::c(-LN2_C1), x);
-        return exp_term_poly(n.fma(V::c(-LN2_C2), r)).scale2(n);
+        let (r, j, n) = reduce_normal(d.max(V::c(-104.0)));
+        return exp_term_poly(r).scale_wide(j, n);
     }
     let (r, j, n) = reduce_normal(d.max(V::c(SUM_EXP_FLOOR)));
     exp_term_poly(r).scale_normal(j, n)
@@ -1111,17 +1134,16 @@ fn exp_term<V: Vf32>(x: V, m: V) -> V {
 
 /// `e^x` for `x` in `[-87, 88]`, where `2^n` is a normal number: as
 /// [`exp_in_range`] (the same polynomial), but scaled in one
-/// multiplication ([`Vf32::scale_normal`]) instead of [`Vf32::scale2`]'s
-/// two and their exponent arithmetic below AVX-512, eight operations fewer
-/// per vector on AVX2 (the `tanh` of `gelu_tanh` spends most of its time
-/// in `exp`).
+/// multiplication ([`Vf32::scale_normal`]) instead of
+/// [`Vf32::scale_wide`]'s two below AVX-512 (the `tanh` of `gelu_tanh`
+/// spends most of its time in `exp`).
 #[inline(always)]
 fn exp_normal<V: Vf32>(x: V) -> V {
     let (r, j, n) = reduce_normal(x);
     r.poly(&EXP_P).scale_normal(j, n)
 }
 
-/// The Cody-Waite reduction of an `x` in `[-87, 88]`: `r = x - n ln 2`,
+/// The Cody-Waite reduction of an `x` in `[-104, 89]`: `r = x - n ln 2`,
 /// `j` and `n`, with `n` rounded by adding [`EXP_MAGIC`] (`j`), whose sum
 /// also holds `2^n`'s exponent bits ([`Vf32::scale_normal`]). (`n` is the
 /// nearest integer to `x log2 e` unrounded, which may differ from that of
@@ -1433,13 +1455,14 @@ fn ln_pair<V: Vf32>(f: V) -> (V, V) {
 fn exp_pair<V: Vf32>(h: V, l: V) -> V {
     let h = h.max(V::c(-104.0)).min(V::c(89.0));
     let l = l.max(V::c(-1e-4)).min(V::c(1e-4));
-    let n = h.mul(V::c(LOG2E)).round();
+    let j = h.fma(V::c(LOG2E), V::c(EXP_MAGIC));
+    let n = j.sub(V::c(EXP_MAGIC));
     let rh = n.fma(V::c(-LN2_HI), h);
     let rl = n.fma(V::c(-LN2_LO), l);
     let r = rh.add(rl);
     let q = r.mul(r).mul(r.poly(&EXP_Q2));
     let (ah, al) = fast_two_sum(V::c(1.0), rh);
-    ah.add(al.add(rl.add(q))).scale2(n)
+    ah.add(al.add(rl.add(q))).scale_wide(j, n)
 }
 
 /// `x^y` with C99's special cases (see the module docs).
@@ -1751,6 +1774,10 @@ mod x86 {
             self.mul(F8(avx2!(_mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_castps_si256(j.0))))))
         }
         #[inline(always)]
+        fn scale_wide(self, j: Self, n: Self) -> Self {
+            super::scale_split(self, j, n)
+        }
+        #[inline(always)]
         fn lookup(self, table: Table) -> Self {
             let t = table.values();
             F8(avx2!(_mm256_permutevar8x32_ps(_mm256_loadu_ps(t.as_ptr()), _mm256_castps_si256(self.0))))
@@ -1871,8 +1898,8 @@ mod x86 {
             F16(avx512!(_mm512_cvtepi32_ps(_mm512_srai_epi32::<23>(_mm512_castps_si512(self.0)))))
         }
         #[inline(always)]
-        fn scale_normal(self, _: Self, n: Self) -> Self {
-            self.scale2(n)
+        fn scale_normal(self, j: Self, n: Self) -> Self {
+            self.scale_wide(j, n)
         }
         #[inline(always)]
         fn pow2i(n: Self) -> Self {
@@ -1892,7 +1919,7 @@ mod x86 {
             F16(avx512!(_mm512_permutexvar_ps(_mm512_castps_si512(self.0), _mm512_loadu_ps(both.as_ptr()))))
         }
         #[inline(always)]
-        fn scale2(self, n: Self) -> Self {
+        fn scale_wide(self, _: Self, n: Self) -> Self {
             // One instruction, rounding once (subnormals and overflow included).
             F16(avx512!(_mm512_scalef_ps(self.0, n.0)))
         }

@@ -673,16 +673,20 @@ impl Vf32 for Traced {
     fn lookup(self, table: Table) -> Self {
         self.un_f32(Un::Lookup(table))
     }
-    fn scale_normal(self, _: Self, n: Self) -> Self {
+    fn scale_normal(self, j: Self, n: Self) -> Self {
         if recording_avx2() {
-            self.mul(Self::pow2i(n))
+            self.mul(j.un_f32(Un::Shl(23)))
         } else {
             self.bin_f32(Bin::Scalef, n)
         }
     }
-    fn scale2(self, n: Self) -> Self {
+    fn scale_wide(self, j: Self, n: Self) -> Self {
         if recording_avx2() {
-            simd_math::scale2_halves(self, n)
+            // simd_math::scale_split, without recording its unused `n - k`.
+            let neg = n.lt(Self::c(0.0));
+            let k = Self::select(neg, Self::c(-64.0), Self::c(64.0));
+            let far = Self::select(neg, Self::c(simd_math::SPLIT_DOWN), Self::c(simd_math::SPLIT_UP));
+            self.mul(j.sub(k).un_f32(Un::Shl(23))).mul(far)
         } else {
             self.bin_f32(Bin::Scalef, n)
         }
@@ -1904,14 +1908,15 @@ mod tests {
 
     #[test]
     fn each_level_records_its_own_operations() {
-        // AVX2 has neither vscalefps nor vrcp14ps: its kernels scale by two
-        // multiplications and refine a 12-bit estimate twice.
+        // AVX2 has neither vscalefps nor vrcp14ps: its kernels scale by
+        // multiplying by 2^n made of shifted bits and refine a 12-bit
+        // estimate twice.
         let g = group(vec![(Primitive::Unary(UnaryOp::Tanh), vec![0]), (Primitive::Unary(UnaryOp::Neg), vec![1])], 1);
         let avx2 = lower_at(&g, Level::Avx2).expect("tanh lowers");
         let has = |p: &Prog, f: &dyn Fn(&Node) -> bool| p.nodes.iter().any(f);
         assert!(!has(&avx2, &|n| matches!(n, Node::Bin(Bin::Scalef, ..) | Node::Un(Un::Rcp14, _))));
         assert!(has(&avx2, &|n| matches!(n, Node::Un(Un::Rcp12, _))));
-        assert!(has(&avx2, &|n| matches!(n, Node::Un(Un::Pow2i, _))));
+        assert!(has(&avx2, &|n| matches!(n, Node::Un(Un::Shl(23), _))));
         let avx512 = lower_at(&g, Level::Avx512).expect("tanh lowers");
         assert!(!has(&avx512, &|n| matches!(n, Node::Un(Un::Rcp12, _))));
         assert!(avx2.nodes.len() > avx512.nodes.len(), "more operations without the AVX-512 instructions");
