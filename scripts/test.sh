@@ -16,7 +16,8 @@ KILN_SIMD=scalar cargo test -p kiln --tests
 
 echo "== CUDA backend (feature cuda): builds with no CUDA installed; GPU tests skip here =="
 # They run on a GPU with scripts/gpu.sh; here they check the clear errors.
-cargo test --release -p kiln --features cuda --test cuda --test seam --test device
+# The library's own tests with the feature include the CUDA planner's.
+cargo test --release -p kiln --features cuda --lib --test cuda --test seam --test device
 
 echo "== fuzz: a short run of each target (RELIABILITY.md) =="
 # A fixed seed and case count: the same cases on every run.

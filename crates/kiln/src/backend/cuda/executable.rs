@@ -414,7 +414,12 @@ mod tests {
     fn softmax_normalization_runs_in_the_reduction_kernel() {
         let (steps, s, c) = planned(&[&[64, 1024]], |a| Ok(vec![a[0].softmax(-1)?]));
         let c = c.expect("softmax's normalization fuses into the reduction");
-        assert!(c.rows.is_empty() && c.space.is_some(), "{c:?}");
+        // `1 / sum` once per row (ops::softmax), then `e * (1 / sum)` over
+        // the row.
+        assert_eq!(c.rows.len(), 1, "{c:?}");
+        assert!(c.rows[0].iter().any(|s| matches!(s, Src::Reduced(_))), "{c:?}");
+        let space = c.space.as_ref().expect("a space step");
+        assert!(space.contains(&Src::Row(0, 0)), "{c:?}");
         // The normalization reads the reduction's input again (its row,
         // just read, comes from L2).
         assert!(c.inputs.iter().any(|i| steps[s].inputs.contains(i)), "{c:?}");
