@@ -32,7 +32,8 @@
 //! The two levels of `simd_math` differ in a few operations: AVX-512
 //! refines a 14-bit reciprocal estimate once and scales by `2^n` in one
 //! instruction (`vscalefps`); AVX2 refines a 12-bit estimate twice and
-//! scales by two multiplications. A program is therefore recorded for the
+//! scales by multiplications by powers of two made of shifted bits
+//! (`simd_math::scale_split`). A program is therefore recorded for the
 //! level it is generated for ([`lower_at`]): its nodes are exactly the
 //! operations that level's interpreter runs, and each generator emits only
 //! the nodes of its level (the other's make it decline).
