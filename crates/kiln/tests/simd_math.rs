@@ -362,10 +362,10 @@ fn sums_of_exponentials_are_accurate_at_every_length() {
         }
     }
     assert_eq!(sum_exp_below_f32(&[2.5; 17], 2.5), 17.0);
-    // Each term is within two ulps of e^(x - m) across the reduced range,
-    // both ends of each interval of n included: single terms, summed with
-    // the maximum's 1 they would hide their error, so one term per call
-    // against an `m` of its own (the sum is then the term itself).
+    // Each term is within about two ulps (2 epsilon relative) of e^(x - m)
+    // over [-87, 0], at 20,001 points (every interval of n many times):
+    // single terms, as summed with the maximum's 1 they would hide their
+    // error (the sum is then the term itself).
     for i in 0..=20_000 {
         let d = -87.0 * i as f32 / 20_000.0;
         let got = sum_exp_below_f32(&[d], 0.0) as f64;
