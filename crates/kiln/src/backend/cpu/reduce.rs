@@ -14,7 +14,12 @@
 //!   above `BLOCK` (1024) elements, which keeps float sums accurate.
 //! - **outer**: when `K`'s innermost dimension is contiguous and `R`'s is not
 //!   (a sum over axis 0 of a row-major matrix), a tile of neighbouring outputs
-//!   is accumulated one reduced row at a time, again split pairwise.
+//!   is accumulated one reduced row at a time, again split pairwise. The
+//!   statistics whose step is costly fold more at once: `logsumexp` leaves
+//!   of up to 1024 outputs read row after row (`Reducer::leaves_across`),
+//!   and `var`'s moments a run of rows for 16 outputs in two passes, combined
+//!   once per output (`Reducer::fold_rows`; the mean the moments carry
+//!   still adds the rows one by one, as the `mean` reduction does).
 //!
 //! Work is spread over threads by output chunks, or, when there are few
 //! outputs but many elements (a full reduction of a large array), by chunks
@@ -108,6 +113,9 @@ const OUTER_LEAF: usize = 256;
 const OUTER_COLS: usize = COLUMNS;
 /// Most outputs whose leaves fold at once ([`Reducer::leaves_across`]).
 const ACROSS: usize = 1024;
+/// Outputs whose rows [`Moments::fold_rows`] folds at once (their
+/// accumulators in registers).
+const ROW_COLUMNS: usize = 16;
 /// The rows of such leaves kept within this many bytes (half an L2 of 512
 /// KiB, the smallest of the x86 cores kiln runs on).
 const ACROSS_BYTES: usize = 256 << 10;
@@ -168,6 +176,16 @@ trait Reducer: Sync {
         _out: &mut [Self::Acc],
         _finite: &mut [bool],
     ) -> bool {
+        false
+    }
+    /// Folds `rows` reduced rows of `acc.len()` adjacent outputs of an outer
+    /// walk into `acc` at once (row `j` from `src[at + j * stride..]`),
+    /// read in place; `false` when the reducer has no such code (the walk
+    /// then steps element by element). For a reducer whose step costs
+    /// divisions (the moments of `var`), and whose accumulators of a run of
+    /// rows combine once per output instead.
+    #[inline(always)]
+    fn fold_rows(&self, _src: &[Self::In], _at: usize, _stride: usize, _rows: usize, _acc: &mut [Self::Acc]) -> bool {
         false
     }
     /// The longest run folded without splitting when [`Reducer::pairwise`].
@@ -250,10 +268,15 @@ struct Blocked<R: Reducer, B> {
     outer_leaves: bool,
     /// See [`Reducer::leaves_across`].
     across: Option<Across<R::In, R::Acc>>,
+    /// See [`Reducer::fold_rows`].
+    rows: Option<FoldRows<R::In, R::Acc>>,
 }
 
 /// A [`Reducer::leaves_across`] of a [`Blocked`] reducer.
 type Across<I, A> = fn(&[I], usize, usize, usize, &mut [A], &mut [bool]) -> bool;
+
+/// A [`Reducer::fold_rows`] of a [`Blocked`] reducer.
+type FoldRows<I, A> = fn(&[I], usize, usize, usize, &mut [A]) -> bool;
 
 impl<R: Reducer, B: Fn(&[R::In]) -> R::Acc + Sync> Reducer for Blocked<R, B> {
     type In = R::In;
@@ -298,6 +321,10 @@ impl<R: Reducer, B: Fn(&[R::In]) -> R::Acc + Sync> Reducer for Blocked<R, B> {
         finite: &mut [bool],
     ) -> bool {
         self.across.is_some_and(|f| f(src, at, stride, rows, out, finite))
+    }
+    #[inline(always)]
+    fn fold_rows(&self, src: &[R::In], at: usize, stride: usize, rows: usize, acc: &mut [R::Acc]) -> bool {
+        self.rows.is_some_and(|f| f(src, at, stride, rows, acc))
     }
 }
 
@@ -484,6 +511,9 @@ fn outer_tile<R: Reducer>(r: &R, src: &[R::In], p: &Plan, base: usize, t: usize,
     let mut has_across = true;
     let mut rows = |o: usize, cnt: usize| {
         if !r.outer_leaves() {
+            if r.fold_rows(src, o, s, cnt, &mut acc) {
+                return;
+            }
             for j in 0..cnt {
                 for (a, &v) in acc.iter_mut().zip(&src[o + j * s..o + j * s + t]) {
                     *a = r.step(*a, v);
@@ -1131,6 +1161,35 @@ impl<A: AccFloat> Moments<A> {
         Moments { n: count, mean, m2, sum }
     }
 
+    /// [`Reducer::fold_rows`] for elements of the accumulator's own type:
+    /// per output, the run's sum, then its squared deviations from the
+    /// run's mean (a second pass over rows still in L1, [`ROW_COLUMNS`]
+    /// outputs at a time: [`moments_rows`]), combined with the accumulator
+    /// once. The plain sum each accumulator carries goes on adding the rows
+    /// in order from its own, as the steps did (the `mean` reduction's
+    /// bits). Stepping
+    /// each element through [`Moments::combine`] cost two divisions: a
+    /// variance over the columns of 4096 x 4096 took 8x the time of one
+    /// over its rows.
+    fn fold_rows<I: Element>(src: &[I], at: usize, stride: usize, rows: usize, acc: &mut [Moments<A>]) -> bool {
+        if std::any::TypeId::of::<I>() != std::any::TypeId::of::<A>() || rows == 0 {
+            return false;
+        }
+        // SAFETY: `I` and `A` are the same type, so the slice is
+        // reinterpreted as itself (same length, layout and lifetime).
+        let xs = unsafe { std::slice::from_raw_parts(src.as_ptr().cast::<A>(), src.len()) };
+        let full = acc.len() - acc.len() % ROW_COLUMNS;
+        moments_rows(xs, at, stride, rows, &mut acc[..full]);
+        // The last outputs, fewer than a group, step as the walk would.
+        for j in 0..rows {
+            let row = &xs[at + j * stride..][..acc.len()];
+            for (a, &x) in acc[full..].iter_mut().zip(&row[full..]) {
+                *a = Moments::combine(*a, Moments::one(x));
+            }
+        }
+        true
+    }
+
     /// `m2 / max(n - ddof, 0)`: 0 / 0 = NaN for an empty run (as for the
     /// mean), inf when `ddof >= n` (as in NumPy).
     fn var(self, ddof: usize) -> A {
@@ -1535,6 +1594,7 @@ fn fold_stat<I: Element, A: AccFloat, T: Copy + Send + Sync, Over: Runner<I>>(
                 leaf: LSE_BLOCK,
                 outer_leaves: true,
                 across: Some(Lse::<A>::across::<I>),
+                rows: None,
             })
         }
         ReduceOp::Var { .. } => {
@@ -1551,9 +1611,18 @@ fn fold_stat<I: Element, A: AccFloat, T: Copy + Send + Sync, Over: Runner<I>>(
                 Some(f) => f(xs),
                 None => moments_block(xs, widen),
             };
-            // (Stepped per element: the mean it carries must be the plain
-            // sum of each output, folded as the `mean` reduction folds it.)
-            over.run(&Blocked { inner, block, leaf: BLOCK, outer_leaves: false, across: None })
+            // (The mean it carries must be the plain sum of each output,
+            // folded as the `mean` reduction folds it: leaves of `BLOCK`,
+            // and in the outer walk the rows one by one, which
+            // `Moments::fold_rows` keeps.)
+            over.run(&Blocked {
+                inner,
+                block,
+                leaf: BLOCK,
+                outer_leaves: false,
+                across: None,
+                rows: Some(Moments::<A>::fold_rows::<I>),
+            })
         }
         other => unreachable!("{} is not a one-pass statistic", other.name()),
     }
@@ -1562,6 +1631,48 @@ fn fold_stat<I: Element, A: AccFloat, T: Copy + Send + Sync, Over: Runner<I>>(
 crate::backend::cpu::tile::multiversion! {
     /// [`Lse::block`] vectorized at the best SIMD level.
     fn lse_block<A: AccFloat, I: Plain, W: Fn(I) -> A>(xs: &[I], widen: W) -> Lse<A> => lse_block_at
+}
+
+crate::backend::cpu::tile::multiversion! {
+    /// [`Moments::fold_rows`] over groups of [`ROW_COLUMNS`] outputs,
+    /// vectorized at the best SIMD level.
+    fn moments_rows<A: AccFloat>(xs: &[A], at: usize, stride: usize, rows: usize, acc: &mut [Moments<A>]) => moments_rows_at
+}
+
+/// [`moments_rows`]: for each group of [`ROW_COLUMNS`] outputs (`acc.len()`
+/// is a multiple), the run's sums and the carried sums in registers over
+/// the rows, then the squared deviations over the same rows (in L1), then
+/// one [`Moments::combine`] per output.
+#[inline(always)]
+fn moments_rows_at<A: AccFloat>(xs: &[A], at: usize, stride: usize, rows: usize, acc: &mut [Moments<A>]) {
+    let count = A::count(rows);
+    for (g, accs) in acc.chunks_exact_mut(ROW_COLUMNS).enumerate() {
+        let row = |j: usize| -> &[A; ROW_COLUMNS] {
+            xs[at + j * stride + g * ROW_COLUMNS..][..ROW_COLUMNS].try_into().expect("a group of outputs")
+        };
+        let mut run = [A::NEG_ZERO; ROW_COLUMNS];
+        let mut sum: [A; ROW_COLUMNS] = std::array::from_fn(|c| accs[c].sum);
+        for j in 0..rows {
+            let r = row(j);
+            for c in 0..ROW_COLUMNS {
+                run[c] = run[c] + r[c];
+                sum[c] = sum[c] + r[c];
+            }
+        }
+        let mean: [A; ROW_COLUMNS] = std::array::from_fn(|c| run[c] / count);
+        let mut m2 = [A::ZERO; ROW_COLUMNS];
+        for j in 0..rows {
+            let r = row(j);
+            for c in 0..ROW_COLUMNS {
+                let d = r[c] - mean[c];
+                m2[c] = m2[c] + d * d;
+            }
+        }
+        for (c, a) in accs.iter_mut().enumerate() {
+            let run = Moments { n: count, mean: mean[c], m2: m2[c], sum: A::NEG_ZERO };
+            *a = Moments { sum: sum[c], ..Moments::combine(*a, run) };
+        }
+    }
 }
 
 crate::backend::cpu::tile::multiversion! {
