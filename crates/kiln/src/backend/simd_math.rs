@@ -597,7 +597,7 @@ fn sum_exp_below_generic<V: VMem>(x: &[f32], m: f32) -> f32 {
 
 /// Vectors of lane accumulators in [`sum_exp_below_f32`]: two keep AVX2's
 /// sixteen registers enough for two terms in flight and the constants (four
-/// spilled, and took 1.2x the time).
+/// spilled, and took 1.05-1.25x the time).
 const SUM_EXP_ACC: usize = 2;
 
 /// Largest `|x|` for which the vector sine/cosine reduction is used.

@@ -1032,10 +1032,8 @@ impl<A: AccFloat> Lse<A> {
     #[inline(always)]
     fn block<I: Plain>(xs: &[I], widen: impl Fn(I) -> A) -> Lse<A> {
         let n = xs.len();
-        if std::any::TypeId::of::<I>() == std::any::TypeId::of::<A>() {
-            // SAFETY: `I` and `A` are the same type, so the slice is
-            // reinterpreted as itself (same length, layout and lifetime).
-            return Lse::of(unsafe { std::slice::from_raw_parts(xs.as_ptr().cast::<A>(), n) });
+        if let Some(xs) = same_type::<I, A>(xs) {
+            return Lse::of(xs);
         }
         let mut v = [A::ZERO; LSE_BLOCK];
         for (d, &x) in v.iter_mut().zip(xs) {
@@ -1078,12 +1076,9 @@ impl<A: AccFloat> Lse<A> {
         out: &mut [Lse<A>],
         finite: &mut [bool],
     ) -> bool {
-        if std::any::TypeId::of::<I>() != std::any::TypeId::of::<A>() {
+        let Some(xs) = same_type::<I, A>(src) else {
             return false;
-        }
-        // SAFETY: `I` and `A` are the same type, so the slice is
-        // reinterpreted as itself (same length, layout and lifetime).
-        let xs = unsafe { std::slice::from_raw_parts(src.as_ptr().cast::<A>(), src.len()) };
+        };
         let w = out.len();
         let (mut m, mut s) = ([A::ZERO; ACROSS], [A::ZERO; ACROSS]);
         if !A::lse_columns(&xs[at..], stride, rows, &mut m[..w], &mut s[..w], finite) {
@@ -1172,12 +1167,9 @@ impl<A: AccFloat> Moments<A> {
     /// variance over the columns of 4096 x 4096 took 8x the time of one
     /// over its rows.
     fn fold_rows<I: Element>(src: &[I], at: usize, stride: usize, rows: usize, acc: &mut [Moments<A>]) -> bool {
-        if std::any::TypeId::of::<I>() != std::any::TypeId::of::<A>() || rows == 0 {
+        let Some(xs) = same_type::<I, A>(src).filter(|_| rows > 0) else {
             return false;
-        }
-        // SAFETY: `I` and `A` are the same type, so the slice is
-        // reinterpreted as itself (same length, layout and lifetime).
-        let xs = unsafe { std::slice::from_raw_parts(src.as_ptr().cast::<A>(), src.len()) };
+        };
         let full = acc.len() - acc.len() % ROW_COLUMNS;
         moments_rows(xs, at, stride, rows, &mut acc[..full]);
         // The last outputs, fewer than a group, step as the walk would.
@@ -1688,6 +1680,15 @@ fn lse_block_at<A: AccFloat, I: Plain, W: Fn(I) -> A>(xs: &[I], widen: W) -> Lse
 #[inline(always)]
 fn moments_block_at<A: AccFloat, I: Copy, W: Fn(I) -> A>(xs: &[I], widen: W) -> Moments<A> {
     Moments::block(xs, widen)
+}
+
+/// `xs` as a slice of `A` when `I` is `A` (the statistics' vector code reads
+/// elements of the accumulator's own type in place; others are widened).
+fn same_type<I: 'static, A: 'static>(xs: &[I]) -> Option<&[A]> {
+    (std::any::TypeId::of::<I>() == std::any::TypeId::of::<A>())
+        // SAFETY: `I` and `A` are the same type, so the slice is
+        // reinterpreted as itself (same length, layout and lifetime).
+        .then(|| unsafe { std::slice::from_raw_parts(xs.as_ptr().cast::<A>(), xs.len()) })
 }
 
 /// Element types that know how to run every [`ReduceOp`] on themselves.
