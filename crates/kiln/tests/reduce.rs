@@ -1002,9 +1002,12 @@ fn carried_reductions_equal_their_own_reduction() -> R {
         seed ^= seed << 17;
         ((seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 60.0
     };
-    // (257, 35): the outer walk folds runs of rows for groups of 16
-    // outputs and a tail of 3, and combines runs in a tree.
-    for (rows, cols) in [(3, 5), (7, 300), (4, 4096 + 19), (1, 1), (257, 35)] {
+    // (257, 35): the outer walk folds runs of 128 rows, each two leaves of
+    // 64 joined (the variance's plain sum must join them as the mean's
+    // walk does), and combines the runs in a tree. (1100, 1030): the rows
+    // split over threads, runs of leaves of 16, groups of 1024 outputs and
+    // a tail of 6.
+    for (rows, cols) in [(3, 5), (7, 300), (4, 4096 + 19), (1, 1), (257, 35), (1100, 1030)] {
         let mut v: Vec<f32> = (0..rows * cols).map(|_| next()).collect();
         // Specials in some rows: infinities of one sign, of both, a NaN, -0.
         if rows >= 3 && cols >= 2 {
@@ -1095,38 +1098,36 @@ fn logsumexp_and_softmax_over_columns_read_in_place() -> R {
 #[test]
 fn column_variance_matches_f64_across_runs_of_rows() -> R {
     // Columns far from zero (mean 100, spread about 1), 1000 rows: the
-    // outer walk folds runs of rows per group of 16 columns (two passes
-    // over each run) and combines the runs; a one-pass sum of squares in
-    // f32 would lose about 1e-3 of the variance here. A NaN and an
-    // infinity make their columns NaN.
+    // outer walk folds runs of rows (two passes over each run, 16-bit
+    // floats and integers widened as they are read) and combines the runs; a one-pass
+    // sum of squares in f32 would lose about 1e-3 of the variance here. A
+    // NaN and an infinity make their columns NaN.
     let (rows, cols) = (1000, 37);
     let mut seed = 0x2545_f491_4f6c_dd1du64;
-    let mut v: Vec<f32> = (0..rows * cols)
+    let mut v: Vec<f64> = (0..rows * cols)
         .map(|_| {
             seed ^= seed << 13;
             seed ^= seed >> 7;
             seed ^= seed << 17;
-            100.0 + ((seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 3.5
+            100.0 + ((seed >> 40) as f64 / (1u64 << 24) as f64 - 0.5) * 3.5
         })
         .collect();
-    v[500 * cols + 3] = f32::NAN;
-    v[17 * cols + 20] = f32::INFINITY;
-    let x = Array::from_vec(v.clone(), &[rows, cols])?;
+    v[500 * cols + 3] = f64::NAN;
+    v[17 * cols + 20] = f64::INFINITY;
     let f = kiln::compile(|x: &Array| Ok(vec![x.var(0, false, 0)?, x.var(0, false, 1)?]));
-    for (how, got) in [("eager", vec![x.var(0, false, 0)?, x.var(0, false, 1)?]), ("compiled", f.call(&x)?)] {
-        for (ddof, g) in got.iter().enumerate() {
-            let g = g.to_vec::<f32>()?;
-            for c in 0..cols {
-                let col: Vec<f64> = (0..rows).map(|r| v[r * cols + c] as f64).collect();
-                let want = expected(ReduceOp::Var { ddof }, DType::F32, &col);
-                check(
-                    ReduceOp::Var { ddof },
-                    DType::F32,
-                    &col,
-                    g[c] as f64,
-                    &format!("{how} var(ddof {ddof}) of column {c}"),
-                );
-                assert_eq!(g[c].is_nan(), want.is_nan(), "column {c}");
+    for dt in [DType::F32, DType::F64, DType::F16, DType::BF16, DType::I32] {
+        let x = make(&v, &[rows, cols], dt);
+        let held = read(&x);
+        for (how, got) in [("eager", vec![x.var(0, false, 0)?, x.var(0, false, 1)?]), ("compiled", f.call(&x)?)] {
+            for (ddof, g) in got.iter().enumerate() {
+                let g = read(g);
+                for c in 0..cols {
+                    let col: Vec<f64> = (0..rows).map(|r| held[r * cols + c]).collect();
+                    let what = format!("{how} {dt:?} var(ddof {ddof}) of column {c}");
+                    check(ReduceOp::Var { ddof }, dt, &col, g[c], &what);
+                    // (Integers hold no NaN or infinity.)
+                    assert_eq!(g[c].is_nan(), dt != DType::I32 && (c == 3 || c == 20), "{what}");
+                }
             }
         }
     }

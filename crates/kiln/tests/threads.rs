@@ -22,12 +22,21 @@ fn a_thread_cap_keeps_results_and_is_checked() -> Result<()> {
     let a = kiln::random::normal(&[512, 256], DType::F32, 0.0, 1.0, Some(&kiln::random::key(4)))?;
     let f = kiln::compile(|x: &Array| (x.exp()? * 2.0f32)?.sum(Axes::All, false));
     let before = (f.call(&x)?.item::<f32>()?, a.matmul(&w)?.to_vec::<f32>()?, (&x * 3.0f32)?.to_vec::<f32>()?);
+    // Column reductions split their rows into 19 chunks, folded in groups
+    // of a size set by the thread count.
+    let c = kiln::random::normal(&[4096, 300], DType::F32, 0.0, 1.0, Some(&kiln::random::key(5)))?;
+    let columns = || -> Result<Vec<Vec<u32>>> {
+        let bits = |a: Array| -> Result<Vec<u32>> { Ok(a.to_vec::<f32>()?.into_iter().map(f32::to_bits).collect()) };
+        Ok(vec![bits(c.sum(0, false)?)?, bits(c.var(0, false, 0)?)?, bits(c.mean(0, false)?)?])
+    };
+    let columns_before = columns()?;
     let all = kiln::threads();
     assert!(kiln::set_threads(0).is_err(), "0 threads is an error");
     kiln::set_threads(1)?;
     assert_eq!(kiln::threads(), 1);
     let capped = (f.call(&x)?.item::<f32>()?, a.matmul(&w)?.to_vec::<f32>()?, (&x * 3.0f32)?.to_vec::<f32>()?);
     assert_eq!(before, capped, "one thread computes the same values");
+    assert_eq!(columns()?, columns_before, "one thread reduces columns to the same bits");
     kiln::set_threads(64)?;
     assert_eq!(kiln::threads(), all, "the cap never adds threads to the team");
     assert_eq!(a.matmul(&w)?.to_vec::<f32>()?, before.1);

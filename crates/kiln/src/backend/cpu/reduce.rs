@@ -17,15 +17,18 @@
 //!   is accumulated one reduced row at a time, again split pairwise. The
 //!   statistics whose step is costly fold more at once: `logsumexp` leaves
 //!   of up to 1024 outputs read row after row (`Reducer::leaves_across`),
-//!   and `var`'s moments a run of rows for 16 outputs in two passes, combined
-//!   once per output (`Reducer::fold_rows`; the mean the moments carry
-//!   still adds the rows one by one, as the `mean` reduction does).
+//!   and `var`'s moments a run of up to 256 rows for up to 1024 outputs in
+//!   two passes, combined once per output (`Reducer::fold_rows`; the mean
+//!   the moments carry keeps the `mean` reduction's order: its leaves, each
+//!   adding rows one by one, joined in its tree).
 //!
 //! Work is spread over threads by output chunks, or, when there are few
 //! outputs but many elements (a full reduction of a large array), by chunks
-//! of the reduced range whose partial results are combined in chunk order.
-//! Chunk sizes depend only on the shape, never on the number of threads, so
-//! results are deterministic.
+//! of the reduced range whose partial results are combined pairwise in
+//! chunk order (`combine_pairs`; a task folds an aligned group of chunks,
+//! a subtree of that order, as its chunks finish). Chunk sizes depend only
+//! on the shape, never on the number of threads, so results are
+//! deterministic.
 //!
 //! # Order
 //!
@@ -113,9 +116,14 @@ const OUTER_LEAF: usize = 256;
 const OUTER_COLS: usize = COLUMNS;
 /// Most outputs whose leaves fold at once ([`Reducer::leaves_across`]).
 const ACROSS: usize = 1024;
-/// Outputs whose rows [`Moments::fold_rows`] folds at once (their
-/// accumulators in registers).
-const ROW_COLUMNS: usize = 16;
+/// Most outputs whose rows [`Moments::fold_rows`] folds at once (their
+/// accumulators in L1).
+const ROW_WIDTH: usize = 1024;
+/// Fewest outputs whose rows [`Moments::fold_rows`] folds at once (a
+/// cache line of `f32`).
+const ROW_MIN: usize = 16;
+/// Most rows [`Moments::fold_rows`] folds at once ([`Reducer::row_run`]).
+const ROW_RUN: usize = 256;
 /// The rows of such leaves kept within this many bytes (half an L2 of 512
 /// KiB, the smallest of the x86 cores kiln runs on).
 const ACROSS_BYTES: usize = 256 << 10;
@@ -130,6 +138,9 @@ const TASK_WORK: usize = 1 << 16;
 const COMBINE_WORK: usize = 1 << 15;
 /// At most this many tasks split one reduced range.
 const MAX_SPLIT: usize = 64;
+/// Tasks per thread of a split reduced range (aligned groups of its
+/// chunks, [`combine_chunks`]), for balance.
+const GROUPS_PER_THREAD: usize = 4;
 /// Below this many output tasks, splitting the reduced range is considered.
 const FEW_TASKS: usize = 16;
 
@@ -183,10 +194,26 @@ trait Reducer: Sync {
     /// read in place; `false` when the reducer has no such code (the walk
     /// then steps element by element). For a reducer whose step costs
     /// divisions (the moments of `var`), and whose accumulators of a run of
-    /// rows combine once per output instead.
+    /// rows combine once per output instead. `leaf` is the walk's leaf: a
+    /// run longer than it ([`Reducer::row_run`]) is a node of the walk's
+    /// pairwise tree, folded into fresh accumulators.
     #[inline(always)]
-    fn fold_rows(&self, _src: &[Self::In], _at: usize, _stride: usize, _rows: usize, _acc: &mut [Self::Acc]) -> bool {
+    fn fold_rows(
+        &self,
+        _src: &[Self::In],
+        _at: usize,
+        _stride: usize,
+        _rows: usize,
+        _leaf: usize,
+        _acc: &mut [Self::Acc],
+    ) -> bool {
         false
+    }
+    /// The most rows one [`Reducer::fold_rows`] takes at once where the
+    /// outer walk's leaves are shorter (0: a leaf at a time).
+    #[inline(always)]
+    fn row_run(&self) -> usize {
+        0
     }
     /// The longest run folded without splitting when [`Reducer::pairwise`].
     #[inline(always)]
@@ -259,7 +286,7 @@ where
 /// A [`Reducer`] with a blockwise fold for contiguous runs (the one-pass
 /// statistics: their per-element step needs a division or an `exp`, while
 /// a block vectorizes).
-struct Blocked<R: Reducer, B> {
+struct Blocked<R: Reducer, B, F> {
     inner: R,
     block: B,
     /// See [`Reducer::leaf`].
@@ -269,16 +296,21 @@ struct Blocked<R: Reducer, B> {
     /// See [`Reducer::leaves_across`].
     across: Option<Across<R::In, R::Acc>>,
     /// See [`Reducer::fold_rows`].
-    rows: Option<FoldRows<R::In, R::Acc>>,
+    rows: Option<F>,
 }
 
 /// A [`Reducer::leaves_across`] of a [`Blocked`] reducer.
 type Across<I, A> = fn(&[I], usize, usize, usize, &mut [A], &mut [bool]) -> bool;
 
 /// A [`Reducer::fold_rows`] of a [`Blocked`] reducer.
-type FoldRows<I, A> = fn(&[I], usize, usize, usize, &mut [A]) -> bool;
+type FoldRows<I, A> = fn(&[I], usize, usize, usize, usize, &mut [A]);
 
-impl<R: Reducer, B: Fn(&[R::In]) -> R::Acc + Sync> Reducer for Blocked<R, B> {
+impl<R, B, F> Reducer for Blocked<R, B, F>
+where
+    R: Reducer,
+    B: Fn(&[R::In]) -> R::Acc + Sync,
+    F: Fn(&[R::In], usize, usize, usize, usize, &mut [R::Acc]) + Sync,
+{
     type In = R::In;
     type Acc = R::Acc;
     type Out = R::Out;
@@ -323,8 +355,16 @@ impl<R: Reducer, B: Fn(&[R::In]) -> R::Acc + Sync> Reducer for Blocked<R, B> {
         self.across.is_some_and(|f| f(src, at, stride, rows, out, finite))
     }
     #[inline(always)]
-    fn fold_rows(&self, src: &[R::In], at: usize, stride: usize, rows: usize, acc: &mut [R::Acc]) -> bool {
-        self.rows.is_some_and(|f| f(src, at, stride, rows, acc))
+    fn fold_rows(&self, src: &[R::In], at: usize, stride: usize, rows: usize, leaf: usize, acc: &mut [R::Acc]) -> bool {
+        self.rows.as_ref().map(|f| f(src, at, stride, rows, leaf, acc)).is_some()
+    }
+    #[inline(always)]
+    fn row_run(&self) -> usize {
+        if self.rows.is_some() {
+            ROW_RUN
+        } else {
+            0
+        }
     }
 }
 
@@ -486,21 +526,26 @@ fn walk<R: Reducer>(r: &R, src: &[R::In], p: &Plan, base: usize, reds: Range<usi
     acc
 }
 
-/// Folds the reduced positions `reds` of `t` contiguous outputs starting at
-/// `base`, one reduced row of `t` elements at a time, split pairwise.
-fn outer_tile<R: Reducer>(r: &R, src: &[R::In], p: &Plan, base: usize, t: usize, reds: Range<usize>) -> Vec<R::Acc> {
+/// Folds the reduced positions `reds` of the `acc.len()` contiguous outputs
+/// starting at `base` into `acc` (fresh accumulators), one reduced row at
+/// a time, split pairwise.
+fn outer_tile<R: Reducer>(r: &R, src: &[R::In], p: &Plan, base: usize, reds: Range<usize>, acc: &mut [R::Acc]) {
+    let t = acc.len();
     // (Leaves of a reducer that folds leaves are its own split.)
     let leaf = (TASK_WORK / 16 / t).max(if r.outer_leaves() { OUTER_LEAF } else { 16 });
-    if reds.len() > leaf {
+    // A reducer that folds runs of rows takes a node of the tree at once
+    // (its `fold_rows` keeps the tree's order where it matters).
+    let node = if p.rshape.len() == 1 { leaf.max(r.row_run()) } else { leaf };
+    if reds.len() > node {
         let mid = reds.start + reds.len() / 2;
-        let mut a = outer_tile(r, src, p, base, t, reds.start..mid);
-        let b = outer_tile(r, src, p, base, t, mid..reds.end);
-        for (x, y) in a.iter_mut().zip(b) {
+        outer_tile(r, src, p, base, reds.start..mid, acc);
+        let mut high = vec![r.identity(); t];
+        outer_tile(r, src, p, base, mid..reds.end, &mut high);
+        for (x, y) in acc.iter_mut().zip(high) {
             *x = r.combine(*x, y);
         }
-        return a;
+        return;
     }
-    let mut acc = vec![r.identity(); t];
     let s = p.r_inner();
     // For `outer_leaves`: a tile of up to OUTER_LEAF rows by OUTER_COLS
     // outputs, copied so that each output's elements are contiguous.
@@ -511,7 +556,7 @@ fn outer_tile<R: Reducer>(r: &R, src: &[R::In], p: &Plan, base: usize, t: usize,
     let mut has_across = true;
     let mut rows = |o: usize, cnt: usize| {
         if !r.outer_leaves() {
-            if r.fold_rows(src, o, s, cnt, &mut acc) {
+            if r.fold_rows(src, o, s, cnt, leaf, acc) {
                 return;
             }
             for j in 0..cnt {
@@ -565,10 +610,10 @@ fn outer_tile<R: Reducer>(r: &R, src: &[R::In], p: &Plan, base: usize, t: usize,
     } else {
         for_each_block(&p.rshape, [&p.rstrides], [base], reds, |_, o, cnt| rows(o[0] as usize, cnt));
     }
-    acc
 }
 
-/// Combines into `acc[i]` the fold over `reds` of output `outs.start + i`.
+/// Folds into `acc[i]` (fresh accumulators) the reduced positions `reds`
+/// of output `outs.start + i`.
 fn accumulate<R: Reducer>(r: &R, src: &[R::In], p: &Plan, outs: Range<usize>, reds: Range<usize>, acc: &mut [R::Acc]) {
     let start = outs.start;
     let k = p.k_inner();
@@ -578,10 +623,7 @@ fn accumulate<R: Reducer>(r: &R, src: &[R::In], p: &Plan, outs: Range<usize>, re
         if outer {
             for (ti, tile) in dst.chunks_mut(TILE).enumerate() {
                 let base = o[0] as usize + ti * TILE;
-                let part = outer_tile(r, src, p, base, tile.len(), reds.clone());
-                for (a, b) in tile.iter_mut().zip(part) {
-                    *a = r.combine(*a, b);
-                }
+                outer_tile(r, src, p, base, reds.clone(), tile);
             }
         } else {
             for (i, a) in dst.iter_mut().enumerate() {
@@ -609,6 +651,45 @@ fn combine_tree<R: Reducer>(r: &R, parts: Vec<Vec<R::Acc>>) -> Vec<R::Acc> {
         out.copy_from_slice(&combine_pairs(r, part));
     });
     out
+}
+
+/// The partial results of `n` chunks, each folded by `fold(c, acc)` into
+/// `len` fresh accumulators, combined in [`combine_pairs`]' order as they come
+/// (a stack of at most `log2(n) + 1` partials, their vectors reused): the
+/// partials of many chunks of the reduced range, all held until the end,
+/// made a heap that grew and was given back on every call (a variance
+/// over the columns of 4096 x 4096 spent a third of its time in page
+/// faults).
+fn combine_chunks<R: Reducer>(r: &R, n: usize, len: usize, fold: impl Fn(usize, &mut [R::Acc])) -> Vec<R::Acc> {
+    let mut stack: Vec<(u32, Vec<R::Acc>)> = Vec::new();
+    let mut spare: Vec<Vec<R::Acc>> = Vec::new();
+    for c in 0..n {
+        let mut acc = spare.pop().unwrap_or_default();
+        acc.clear();
+        acc.resize(len, r.identity());
+        let mut level = 0;
+        fold(c, &mut acc);
+        // Two partials of one level are the two halves of a node.
+        while stack.last().is_some_and(|(l, _)| *l == level) {
+            let (_, mut low) = stack.pop().expect("a partial");
+            for (x, &y) in low.iter_mut().zip(&acc) {
+                *x = r.combine(*x, y);
+            }
+            spare.push(std::mem::replace(&mut acc, low));
+            level += 1;
+        }
+        stack.push((level, acc));
+    }
+    // An incomplete group: the last partials go up unpaired, then join
+    // from the right, as `combine_pairs` joins them.
+    let (_, mut acc) = stack.pop().unwrap_or_default();
+    while let Some((_, mut low)) = stack.pop() {
+        for (x, &y) in low.iter_mut().zip(&acc) {
+            *x = r.combine(*x, y);
+        }
+        acc = low;
+    }
+    acc
 }
 
 /// [`combine_tree`] on the calling thread.
@@ -664,12 +745,12 @@ fn execute<R: Reducer>(r: &R, src: &[R::In], p: &Plan) -> Vec<R::Out> {
         } else {
             (0..red_tasks).map(|t| t * red_chunk..((t + 1) * red_chunk).min(n_red)).collect()
         };
-        let parts: Vec<Vec<R::Acc>> = team::map(chunks.len(), |c| {
-            let mut acc = vec![r.identity(); n_out];
-            accumulate(r, src, p, 0..n_out, chunks[c].clone(), &mut acc);
-            acc
-        });
         let acc = if tree {
+            let parts: Vec<Vec<R::Acc>> = team::map(chunks.len(), |c| {
+                let mut acc = vec![r.identity(); n_out];
+                accumulate(r, src, p, 0..n_out, chunks[c].clone(), &mut acc);
+                acc
+            });
             let mut parts = parts.into_iter();
             let combine = |mut a: Vec<R::Acc>, b: Vec<R::Acc>| {
                 for (x, y) in a.iter_mut().zip(b) {
@@ -679,6 +760,17 @@ fn execute<R: Reducer>(r: &R, src: &[R::In], p: &Plan) -> Vec<R::Out> {
             };
             fold_tree(n_red, red_chunk.max(r.leaf()), &mut |_, _| parts.next().expect("one part per node"), &combine)
         } else {
+            // Each task folds an aligned group of chunks, a subtree of
+            // `combine_pairs`' tree, so the bits do not depend on the
+            // group's size.
+            let mut group = 1;
+            while chunks.len().div_ceil(group) > team::threads() * GROUPS_PER_THREAD {
+                group *= 2;
+            }
+            let parts = team::map(chunks.len().div_ceil(group), |g| {
+                let chunks = &chunks[g * group..chunks.len().min((g + 1) * group)];
+                combine_chunks(r, chunks.len(), n_out, |c, acc| accumulate(r, src, p, 0..n_out, chunks[c].clone(), acc))
+            });
             combine_tree(r, parts)
         };
         return acc.into_iter().map(|a| r.finish(a, n_red)).collect();
@@ -1156,30 +1248,31 @@ impl<A: AccFloat> Moments<A> {
         Moments { n: count, mean, m2, sum }
     }
 
-    /// [`Reducer::fold_rows`] for elements of the accumulator's own type:
-    /// per output, the run's sum, then its squared deviations from the
-    /// run's mean (a second pass over rows still in L1, [`ROW_COLUMNS`]
-    /// outputs at a time: [`moments_rows`]), combined with the accumulator
-    /// once. The plain sum each accumulator carries goes on adding the rows
-    /// in order from its own, as the steps did (the `mean` reduction's
-    /// bits). Stepping
+    /// [`Reducer::fold_rows`]: per output, the run's sum, then its squared
+    /// deviations from the run's mean, combined with the accumulator once
+    /// ([`moments_rows`]). The plain sum each accumulator carries is the
+    /// `mean` reduction's, bit for bit: within a leaf the rows added in
+    /// order from the accumulator's own sum, as the steps did; a longer run
+    /// (fresh accumulators) in the walk's pairwise tree of leaves. Stepping
     /// each element through [`Moments::combine`] cost two divisions: a
     /// variance over the columns of 4096 x 4096 took 8x the time of one
     /// over its rows.
-    fn fold_rows<I: Element>(src: &[I], at: usize, stride: usize, rows: usize, acc: &mut [Moments<A>]) -> bool {
-        let Some(xs) = same_type::<I, A>(src).filter(|_| rows > 0) else {
-            return false;
-        };
-        let full = acc.len() - acc.len() % ROW_COLUMNS;
-        moments_rows(xs, at, stride, rows, &mut acc[..full]);
-        // The last outputs, fewer than a group, step as the walk would.
-        for j in 0..rows {
-            let row = &xs[at + j * stride..][..acc.len()];
-            for (a, &x) in acc[full..].iter_mut().zip(&row[full..]) {
-                *a = Moments::combine(*a, Moments::one(x));
-            }
+    #[inline(always)]
+    fn fold_rows<I: Copy>(
+        src: &[I],
+        at: usize,
+        stride: usize,
+        rows: usize,
+        leaf: usize,
+        acc: &mut [Moments<A>],
+        widen: impl Fn(I) -> A + Copy,
+    ) {
+        if rows == 0 || acc.is_empty() {
+            return;
         }
-        true
+        let mut order = Vec::new();
+        tree_order(0..rows, leaf, &mut order);
+        moments_rows(src, at, stride, &order, acc, widen);
     }
 
     /// `m2 / max(n - ddof, 0)`: 0 / 0 = NaN for an empty run (as for the
@@ -1586,7 +1679,7 @@ fn fold_stat<I: Element, A: AccFloat, T: Copy + Send + Sync, Over: Runner<I>>(
                 leaf: LSE_BLOCK,
                 outer_leaves: true,
                 across: Some(Lse::<A>::across::<I>),
-                rows: None,
+                rows: None::<FoldRows<I, Lse<A>>>,
             })
         }
         ReduceOp::Var { .. } => {
@@ -1613,7 +1706,9 @@ fn fold_stat<I: Element, A: AccFloat, T: Copy + Send + Sync, Over: Runner<I>>(
                 leaf: BLOCK,
                 outer_leaves: false,
                 across: None,
-                rows: Some(Moments::<A>::fold_rows::<I>),
+                rows: Some(move |src: &[I], at, stride, rows, leaf, acc: &mut [Moments<A>]| {
+                    Moments::fold_rows(src, at, stride, rows, leaf, acc, widen)
+                }),
             })
         }
         other => unreachable!("{} is not a one-pass statistic", other.name()),
@@ -1625,44 +1720,132 @@ crate::backend::cpu::tile::multiversion! {
     fn lse_block<A: AccFloat, I: Plain, W: Fn(I) -> A>(xs: &[I], widen: W) -> Lse<A> => lse_block_at
 }
 
-crate::backend::cpu::tile::multiversion! {
-    /// [`Moments::fold_rows`] over groups of [`ROW_COLUMNS`] outputs,
-    /// vectorized at the best SIMD level.
-    fn moments_rows<A: AccFloat>(xs: &[A], at: usize, stride: usize, rows: usize, acc: &mut [Moments<A>]) => moments_rows_at
+/// The order in which the outer walk folds the rows `rows` with leaves of
+/// at most `leaf` rows, split in halves (post-order): `Some(range)` a leaf,
+/// its rows added in order, `None` the sum of the last two results.
+fn tree_order(rows: Range<usize>, leaf: usize, out: &mut Vec<Option<Range<usize>>>) {
+    if rows.len() > leaf {
+        let mid = rows.start + rows.len() / 2;
+        tree_order(rows.start..mid, leaf, out);
+        tree_order(mid..rows.end, leaf, out);
+        out.push(None);
+    } else {
+        out.push(Some(rows));
+    }
 }
 
-/// [`moments_rows`]: for each group of [`ROW_COLUMNS`] outputs (`acc.len()`
-/// is a multiple), the run's sums and the carried sums in registers over
-/// the rows, then the squared deviations over the same rows (in L1), then
-/// one [`Moments::combine`] per output.
+crate::backend::cpu::tile::multiversion! {
+    /// [`Moments::fold_rows`] vectorized at the best SIMD level.
+    fn moments_rows<I: Copy, A: AccFloat, W: Fn(I) -> A>(xs: &[I], at: usize, stride: usize, order: &[Option<Range<usize>>], acc: &mut [Moments<A>], widen: W) => moments_rows_at
+}
+
+/// [`moments_rows`] over the rows that `order` ([`tree_order`]) folds, for
+/// groups of adjacent outputs whose rows stay within [`ACROSS_BYTES`] (at
+/// most [`ROW_WIDTH`] outputs): the run's sums as each row streams
+/// through, the leaves' sums joined on a stack; the means; the squared
+/// deviations over the same rows (in L2); then one [`Moments::combine`]
+/// per output. (Groups of 16 outputs read a line from each of 16 rows, a
+/// row's length apart: the loads waited on memory, and the second pass
+/// found its lines evicted from L1, all in one set.)
 #[inline(always)]
-fn moments_rows_at<A: AccFloat>(xs: &[A], at: usize, stride: usize, rows: usize, acc: &mut [Moments<A>]) {
+fn moments_rows_at<I: Copy, A: AccFloat, W: Fn(I) -> A>(
+    xs: &[I],
+    at: usize,
+    stride: usize,
+    order: &[Option<Range<usize>>],
+    acc: &mut [Moments<A>],
+    widen: W,
+) {
+    let rows = order.iter().flatten().map(Range::len).sum::<usize>();
     let count = A::count(rows);
-    for (g, accs) in acc.chunks_exact_mut(ROW_COLUMNS).enumerate() {
-        let row = |j: usize| -> &[A; ROW_COLUMNS] {
-            xs[at + j * stride + g * ROW_COLUMNS..][..ROW_COLUMNS].try_into().expect("a group of outputs")
-        };
-        let mut run = [A::NEG_ZERO; ROW_COLUMNS];
-        let mut sum: [A; ROW_COLUMNS] = std::array::from_fn(|c| accs[c].sum);
-        for j in 0..rows {
-            let r = row(j);
-            for c in 0..ROW_COLUMNS {
-                run[c] = run[c] + r[c];
-                sum[c] = sum[c] + r[c];
+    let depth = order.iter().scan(0usize, |top, e| {
+        *top = if e.is_some() { *top + 1 } else { *top - 1 };
+        Some(*top)
+    });
+    let depth = depth.max().unwrap_or(1);
+    let width = (ACROSS_BYTES / (rows * std::mem::size_of::<I>())).clamp(ROW_MIN, ROW_WIDTH).min(acc.len());
+    // The stack of partial sums, then the carried sums and the squared
+    // deviations.
+    let mut buf = vec![A::ZERO; (depth + 2) * width];
+    let (stack, rest) = buf.split_at_mut(depth * width);
+    let (sum, m2) = rest.split_at_mut(width);
+    for (g, accs) in acc.chunks_mut(width).enumerate() {
+        let w = accs.len();
+        let row = |j: usize| &xs[at + j * stride + g * width..][..w];
+        let (sum, m2) = (&mut sum[..w], &mut m2[..w]);
+        // Fresh accumulators carry -0, and `-0 + s` is `s`: the run's sums
+        // are the carried sums. Otherwise the run is one leaf, and the
+        // carried sums go on from the accumulators' own.
+        let fresh = accs.iter().all(|a| a.n == A::ZERO);
+        debug_assert!(fresh || order.len() == 1, "a run of leaves folds into fresh accumulators");
+        if !fresh {
+            for (s, a) in sum.iter_mut().zip(&*accs) {
+                *s = a.sum;
             }
         }
-        let mean: [A; ROW_COLUMNS] = std::array::from_fn(|c| run[c] / count);
-        let mut m2 = [A::ZERO; ROW_COLUMNS];
-        for j in 0..rows {
-            let r = row(j);
-            for c in 0..ROW_COLUMNS {
-                let d = r[c] - mean[c];
-                m2[c] = m2[c] + d * d;
+        let mut top = 0;
+        for e in order {
+            match e {
+                Some(leaf) => {
+                    let part = &mut stack[top * width..][..w];
+                    part.fill(A::NEG_ZERO);
+                    for j in leaf.clone() {
+                        if fresh {
+                            // The next row's line at each line of this one:
+                            // the hardware's prefetch stops at the page's end.
+                            let ahead = stride * std::mem::size_of::<I>();
+                            let x = row(j);
+                            let mut ps = part.chunks_exact_mut(ROW_MIN);
+                            let mut xs = x.chunks_exact(ROW_MIN);
+                            for (p, x) in (&mut ps).zip(&mut xs) {
+                                for b in (0..std::mem::size_of_val(x)).step_by(64) {
+                                    let at = x.as_ptr().cast::<u8>().wrapping_add(b);
+                                    crate::backend::cpu::stream::prefetch_ahead(at, ahead);
+                                }
+                                for (p, &x) in p.iter_mut().zip(x) {
+                                    *p = *p + widen(x);
+                                }
+                            }
+                            for (p, &x) in ps.into_remainder().iter_mut().zip(xs.remainder()) {
+                                *p = *p + widen(x);
+                            }
+                        } else {
+                            for ((p, s), &x) in part.iter_mut().zip(sum.iter_mut()).zip(row(j)) {
+                                let x = widen(x);
+                                *p = *p + x;
+                                *s = *s + x;
+                            }
+                        }
+                    }
+                    top += 1;
+                }
+                None => {
+                    let (low, high) = stack.split_at_mut((top - 1) * width);
+                    for (a, &b) in low[(top - 2) * width..][..w].iter_mut().zip(&high[..w]) {
+                        *a = *a + b;
+                    }
+                    top -= 1;
+                }
+            }
+        }
+        let run = &mut stack[..w];
+        if fresh {
+            sum.copy_from_slice(run);
+        }
+        // The run's means, in place of its sums.
+        for r in run.iter_mut() {
+            *r = *r / count;
+        }
+        m2.fill(A::ZERO);
+        for j in order.iter().flatten().flat_map(Range::clone) {
+            for ((m, &mean), &x) in m2.iter_mut().zip(&*run).zip(row(j)) {
+                let d = widen(x) - mean;
+                *m = *m + d * d;
             }
         }
         for (c, a) in accs.iter_mut().enumerate() {
-            let run = Moments { n: count, mean: mean[c], m2: m2[c], sum: A::NEG_ZERO };
-            *a = Moments { sum: sum[c], ..Moments::combine(*a, run) };
+            let part = Moments { n: count, mean: run[c], m2: m2[c], sum: A::NEG_ZERO };
+            *a = Moments { sum: sum[c], ..Moments::combine(*a, part) };
         }
     }
 }
@@ -2250,6 +2433,49 @@ mod tests {
                     op.name(),
                     row.len()
                 );
+            }
+        }
+    }
+
+    /// Chunks folded in aligned groups ([`combine_chunks`]), the groups'
+    /// results then combined pairwise, meet in [`combine_pairs`]' tree
+    /// whatever the group's size: a combine that is not associative (`3a +
+    /// b`) gives every tree its own value.
+    #[test]
+    fn grouped_chunks_combine_in_the_pairwise_order() {
+        let r = Fold {
+            id: 0.0f64,
+            step: |a: f64, x: f64| a + x,
+            combine: |a: f64, b: f64| 3.0 * a + b,
+            finish: |a: f64, _| a,
+            pairwise: false,
+            fast: None,
+            _types: PhantomData,
+        };
+        for n in 1..=70usize {
+            // Chunk `c` of two outputs: values 1 + c and 100 + c.
+            let value = |c: usize, acc: &mut [f64]| {
+                acc[0] = 1.0 + c as f64;
+                acc[1] = 100.0 + c as f64;
+            };
+            let want = combine_pairs(
+                &r,
+                (0..n)
+                    .map(|c| {
+                        let mut a = vec![0.0; 2];
+                        value(c, &mut a);
+                        a
+                    })
+                    .collect(),
+            );
+            for group in [1, 2, 4, 8, 16, 64, 128] {
+                let parts = (0..n.div_ceil(group))
+                    .map(|g| {
+                        let first = g * group;
+                        combine_chunks(&r, n.min(first + group) - first, 2, |c, acc| value(first + c, acc))
+                    })
+                    .collect();
+                assert_eq!(combine_tree(&r, parts), want, "{n} chunks in groups of {group}");
             }
         }
     }
