@@ -1794,19 +1794,18 @@ fn moments_rows_at<I: Copy, A: AccFloat, W: Fn(I) -> A>(
                             // The next row's line at each line of this one:
                             // the hardware's prefetch stops at the page's end.
                             let ahead = stride * std::mem::size_of::<I>();
-                            let x = row(j);
-                            let mut ps = part.chunks_exact_mut(ROW_MIN);
-                            let mut xs = x.chunks_exact(ROW_MIN);
-                            for (p, x) in (&mut ps).zip(&mut xs) {
+                            let mut sums = part.chunks_exact_mut(ROW_MIN);
+                            let mut segment = row(j).chunks_exact(ROW_MIN);
+                            for (p, x) in (&mut sums).zip(&mut segment) {
                                 for b in (0..std::mem::size_of_val(x)).step_by(64) {
-                                    let at = x.as_ptr().cast::<u8>().wrapping_add(b);
-                                    crate::backend::cpu::stream::prefetch_ahead(at, ahead);
+                                    let line = x.as_ptr().cast::<u8>().wrapping_add(b);
+                                    crate::backend::cpu::stream::prefetch_ahead(line, ahead);
                                 }
                                 for (p, &x) in p.iter_mut().zip(x) {
                                     *p = *p + widen(x);
                                 }
                             }
-                            for (p, &x) in ps.into_remainder().iter_mut().zip(xs.remainder()) {
+                            for (p, &x) in sums.into_remainder().iter_mut().zip(segment.remainder()) {
                                 *p = *p + widen(x);
                             }
                         } else {
