@@ -541,9 +541,7 @@ fn outer_tile<R: Reducer>(r: &R, src: &[R::In], p: &Plan, base: usize, reds: Ran
         outer_tile(r, src, p, base, reds.start..mid, acc);
         let mut high = vec![r.identity(); t];
         outer_tile(r, src, p, base, mid..reds.end, &mut high);
-        for (x, y) in acc.iter_mut().zip(high) {
-            *x = r.combine(*x, y);
-        }
+        combine_into(r, acc, &high);
         return;
     }
     let s = p.r_inner();
@@ -672,9 +670,7 @@ fn combine_chunks<R: Reducer>(r: &R, n: usize, len: usize, fold: impl Fn(usize, 
         // Two partials of one level are the two halves of a node.
         while stack.last().is_some_and(|(l, _)| *l == level) {
             let (_, mut low) = stack.pop().expect("a partial");
-            for (x, &y) in low.iter_mut().zip(&acc) {
-                *x = r.combine(*x, y);
-            }
+            combine_into(r, &mut low, &acc);
             spare.push(std::mem::replace(&mut acc, low));
             level += 1;
         }
@@ -684,12 +680,17 @@ fn combine_chunks<R: Reducer>(r: &R, n: usize, len: usize, fold: impl Fn(usize, 
     // from the right, as `combine_pairs` joins them.
     let (_, mut acc) = stack.pop().unwrap_or_default();
     while let Some((_, mut low)) = stack.pop() {
-        for (x, &y) in low.iter_mut().zip(&acc) {
-            *x = r.combine(*x, y);
-        }
+        combine_into(r, &mut low, &acc);
         acc = low;
     }
     acc
+}
+
+/// `a[i] = combine(a[i], b[i])` for every output.
+fn combine_into<R: Reducer>(r: &R, a: &mut [R::Acc], b: &[R::Acc]) {
+    for (x, &y) in a.iter_mut().zip(b) {
+        *x = r.combine(*x, y);
+    }
 }
 
 /// [`combine_tree`] on the calling thread.
@@ -699,9 +700,7 @@ fn combine_pairs<R: Reducer>(r: &R, mut parts: Vec<Vec<R::Acc>>) -> Vec<R::Acc> 
         let mut it = parts.into_iter();
         while let Some(mut a) = it.next() {
             if let Some(b) = it.next() {
-                for (x, y) in a.iter_mut().zip(b) {
-                    *x = r.combine(*x, y);
-                }
+                combine_into(r, &mut a, &b);
             }
             next.push(a);
         }
@@ -753,9 +752,7 @@ fn execute<R: Reducer>(r: &R, src: &[R::In], p: &Plan) -> Vec<R::Out> {
             });
             let mut parts = parts.into_iter();
             let combine = |mut a: Vec<R::Acc>, b: Vec<R::Acc>| {
-                for (x, y) in a.iter_mut().zip(b) {
-                    *x = r.combine(*x, y);
-                }
+                combine_into(r, &mut a, &b);
                 a
             };
             fold_tree(n_red, red_chunk.max(r.leaf()), &mut |_, _| parts.next().expect("one part per node"), &combine)
@@ -1698,8 +1695,8 @@ fn fold_stat<I: Element, A: AccFloat, T: Copy + Send + Sync, Over: Runner<I>>(
             };
             // (The mean it carries must be the plain sum of each output,
             // folded as the `mean` reduction folds it: leaves of `BLOCK`,
-            // and in the outer walk the rows one by one, which
-            // `Moments::fold_rows` keeps.)
+            // and in the outer walk leaves of rows added one by one and
+            // joined in its tree, which `Moments::fold_rows` keeps.)
             over.run(&Blocked {
                 inner,
                 block,
