@@ -260,6 +260,45 @@ fn broadcast_operands_in_every_position_are_read_as_one_value() -> Result<()> {
 }
 
 #[test]
+fn launches_learning_how_to_store_give_the_same_bits() -> Result<()> {
+    // Past the threshold, a group's launches try streaming and ordinary
+    // stores in turn and keep the faster: every call's values are the same,
+    // an elementwise kernel's and a blocked one's (a transpose).
+    use kiln::backend::cpu::stream;
+    let limit = stream::stream_min_working_set();
+    stream::set_stream_min_working_set(1 << 16);
+    let before = stream::learned();
+    let run = || -> Result<()> {
+        let n = 100_003;
+        let xs: Vec<f32> = (0..n).map(|i| ((i * 7919) % 1000) as f32 * 0.004 - 2.0).collect();
+        let x = Array::from_vec(xs.clone(), &[n])?;
+        let s = 311;
+        let m = Array::from_vec(xs[..s * s].to_vec(), &[s, s])?;
+        let g = compile(|x: &Array| (x * 3.0f32)? - 1.0f32);
+        let t = compile(|m: &Array| (m * 2.0f32)? + &m.t()?);
+        for call in 0..stream::TRIALS + 2 {
+            let got = g.call(&x)?.to_vec::<f32>()?;
+            for (i, (&gv, &xv)) in got.iter().zip(&xs).enumerate() {
+                assert_eq!(gv, xv * 3.0 - 1.0, "call {call}, element {i}");
+            }
+            let got = t.call(&m)?.to_vec::<f32>()?;
+            for i in 0..s {
+                for j in 0..s {
+                    let want = xs[i * s + j] * 2.0 + xs[j * s + i];
+                    assert_eq!(got[i * s + j], want, "call {call}, transposed sum ({i}, {j})");
+                }
+            }
+        }
+        Ok(())
+    };
+    let result = run();
+    stream::set_stream_min_working_set(limit);
+    result?;
+    assert!(stream::learned() >= before + 2, "both groups learned their stores");
+    Ok(())
+}
+
+#[test]
 fn outputs_past_the_streaming_threshold_hold_every_element() -> Result<()> {
     // An elementwise kernel bound by memory whose input and output pass
     // what the cache keeps, and row sinks that would pass it with an input

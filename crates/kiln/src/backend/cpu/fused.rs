@@ -157,13 +157,17 @@ pub(crate) fn launch(
         // writes would not stay in the last-level cache; a block of a row
         // chain streams an output whose destination (the whole sink, for
         // claimed rows) would not, with an input of its size (see `stream`).
+        // (An elementwise launch's way is learned from its times: `StoreChoice`.)
         let mut stream: SmallVec<[bool; INLINE]> = SmallVec::new();
+        let mut stores = None;
         if into.is_empty() {
             let read: usize = args.iter().map(|a| a.data().buffer().len().min(n) * a.data().dtype().size()).sum();
             let written: usize = g.outputs.iter().map(|&r| n * g.reg_dtype(r).size()).sum();
             // On the interpreter, a group's ops stand in for its vector operations.
             let ops = g.code.get(g).map_or(g.ops.len(), |c| c.vector_ops());
-            stream.extend(std::iter::repeat_n(stream::streams(read + written, ops), g.outputs.len()));
+            let s = g.stores.choose(read + written, stream::streams(read + written, ops));
+            stream.extend(std::iter::repeat_n(s.stream, g.outputs.len()));
+            stores = Some(s);
         } else {
             stream.extend(g.outputs.iter().enumerate().map(|(k, &r)| {
                 let dest = into.get(k).and_then(|c| c.as_ref()).map_or(n, |c| c.sink_len());
@@ -182,11 +186,15 @@ pub(crate) fn launch(
                 Blocks::plan(shape, &ls, &sizes)
             })
             .flatten();
+        let start = stores.filter(|s| s.timed()).map(|_| std::time::Instant::now());
         if let Some(b) = blocks {
             let bufs: SmallVec<[&Buffer; INLINE]> = args.iter().map(|a| a.data().buffer()).collect();
             Exec::blocked(g, &bufs, &b).all_blocked(&b, &stream, &ptrs);
         } else {
             Exec::new(g, &loads[..], n, &stream[..], next_block).all(n, &ptrs);
+        }
+        if let (Some(s), Some(t)) = (stores, start) {
+            g.stores.report(s, t.elapsed());
         }
     }
     let mut owned: SmallVec<[Option<Data>; INLINE]> = SmallVec::new();

@@ -6,12 +6,14 @@ use std::ops::Deref;
 
 use crate::backend::cpu::interpreter::PlanSlot;
 use crate::backend::cpu::jit::CodeSlot;
+use crate::backend::cpu::stream::StoreChoice;
 use crate::passes::fuse::FusedGroup;
 
 /// A [`FusedGroup`] with its machine code and its interpreter plan, each
 /// made on the group's first run and shared by clones made after it (a
 /// compiled function's steps hold these, so each group is compiled and
-/// planned once, not per call). Reads as the group it wraps (`Deref`).
+/// planned once, not per call), and the way its launches store, learned
+/// over its first launches. Reads as the group it wraps (`Deref`).
 #[derive(Clone, Debug)]
 pub struct CpuGroup {
     /// The planned group.
@@ -20,13 +22,16 @@ pub struct CpuGroup {
     pub code: CodeSlot,
     /// The tile registers' plan of the interpreter (see [`PlanSlot`]).
     pub plan: PlanSlot,
+    /// How its elementwise launches store their outputs, learned from
+    /// their times (see [`StoreChoice`]).
+    pub stores: StoreChoice,
 }
 
 impl CpuGroup {
     /// `group` with empty caches (allocates nothing more: eager ops make one
     /// per call).
     pub fn new(group: FusedGroup) -> CpuGroup {
-        CpuGroup { group, code: CodeSlot::default(), plan: PlanSlot::default() }
+        CpuGroup { group, code: CodeSlot::default(), plan: PlanSlot::default(), stores: StoreChoice::default() }
     }
 }
 

@@ -12,7 +12,15 @@
 //! that read them next.
 //!
 //! Three rules, each measured on an AMD EPYC (32 MiB L3) and Intel Xeons
-//! (300 and 480 MiB L3), alternating the settings:
+//! (300 and 480 MiB L3), alternating the settings, make the first guess;
+//! an elementwise kernel past 16 MiB then learns from its own launches
+//! which way is faster ([`StoreChoice`]), because no rule of the cache's
+//! size held on every machine: a 2-core VM of a Xeon with 480 MiB of L3
+//! shares it with its neighbours and streamed `x * 2 + 1` faster from 32
+//! MiB, where a 16-core host with 105 MiB wrote 32 MiB 1.5x faster with
+//! ordinary stores and 128 MiB 1.7x faster streamed, and kernels heavy in
+//! arithmetic (a gelu) stored ordinarily 1.15x faster at 128 MiB there and
+//! on two of its cores.
 //!
 //! - An elementwise kernel streams when the bytes it reads and writes pass
 //!   what the last-level cache keeps for the next call ([`streams`]):
@@ -53,6 +61,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{LazyLock, OnceLock};
 
 use crate::backend::cpu::simd_math::{detected_level, Level};
+use crate::backend::cpu::team;
 use crate::memory::parse_bytes;
 
 /// Inputs of at least this many bytes (larger than a core's L2) are
@@ -153,6 +162,174 @@ fn data_caches() -> Vec<(u32, usize)> {
             Some((level, parse_bytes(&read(&p, "size")?)?))
         })
         .collect()
+}
+
+/// Working sets from which a group learns how to store its outputs
+/// ([`StoreChoice`]), where the cache is larger than the static rule's
+/// threshold (smaller ones store as [`streams`] says): 16 MiB, where
+/// streaming stores ran `x * 2 + 1` 1.5-2x slower on every machine
+/// measured.
+pub const LEARN_MIN_BYTES: usize = 16 << 20;
+
+/// Launches in a run of one way while a group learns its stores, the
+/// first of them not timed ([`StoreChoice`]).
+pub const RUN: u32 = 4;
+
+/// Launches of one size class that a group runs to learn its stores:
+/// three runs in each way, alternately ([`StoreChoice`]).
+pub const TRIALS: u32 = 6 * RUN;
+
+/// How much faster the other way's best time must be for a group to
+/// keep it rather than the static rule's guess, in percent.
+pub const MARGIN: u32 = 5;
+
+/// Size classes a group learns at most (powers of two of the working set).
+const CLASSES: usize = 16;
+
+/// How a group stores its outputs, learned from the times of its own
+/// launches: whether streaming stores beat ordinary ones depends on how much
+/// of the last-level cache the process really has (a VM with two of a
+/// socket's cores shares its cache with other tenants; a host with 16 cores
+/// reads its cache many times faster than memory), and on how much
+/// arithmetic hides the stores. The static rule ([`streams`]) is the guess;
+/// a group that launches at a working set above [`learn_min_working_set`]
+/// runs its next [`TRIALS`] launches of that size class (a power of two)
+/// in runs of [`RUN`], the guess and the other way alternately, times all
+/// but the first of each run (which hands over the cache's state: an
+/// output written past the cache leaves the next one's lines in memory),
+/// and keeps the other way only when its best time beats the guess's by
+/// [`MARGIN`] percent. Each size class learns on its own, for each number
+/// of threads (more cores read the cache faster); clones of a group made after its first such
+/// launch share what it learned (an eager op's group, made per call,
+/// allocates nothing for it and keeps the guess). The stores never change
+/// a result's bits.
+#[derive(Clone, Default)]
+pub struct StoreChoice(OnceLock<std::sync::Arc<std::sync::Mutex<smallvec::SmallVec<[Learning; 2]>>>>);
+
+/// What a group learned, or is learning, about one size class.
+#[derive(Clone, Copy, Debug)]
+struct Learning {
+    /// The size class ([`class`]).
+    class: u32,
+    /// The static rule's way for this class.
+    guess: bool,
+    /// Launches handed a trial so far.
+    issued: u32,
+    /// Timed trials reported so far.
+    timed: u32,
+    /// The best timed trial, in nanoseconds: the guess's way, the other.
+    best: [u64; 2],
+    /// The way kept, once every trial has reported.
+    kept: Option<bool>,
+}
+
+static SETTLED: AtomicUsize = AtomicUsize::new(0);
+
+/// Size classes that groups have learned how to store so far in this
+/// process ([`StoreChoice`]): for tests and diagnostics.
+pub fn learned() -> usize {
+    SETTLED.load(Ordering::Relaxed)
+}
+
+/// How one launch stores its outputs ([`StoreChoice::choose`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stores {
+    /// Whether its outputs are written with streaming stores.
+    pub stream: bool,
+    /// The size class and the trial's number, when the launch is a timed
+    /// trial whose time goes back through [`StoreChoice::report`].
+    timed: Option<(u32, u32)>,
+}
+
+impl Stores {
+    /// Whether the launch's time is to be reported.
+    pub fn timed(&self) -> bool {
+        self.timed.is_some()
+    }
+}
+
+/// The working set above which groups learn how to store:
+/// [`LEARN_MIN_BYTES`], or [`stream_min_working_set`] where that is
+/// smaller (a small cache, or a limit lowered by tests).
+pub fn learn_min_working_set() -> usize {
+    stream_min_working_set().min(LEARN_MIN_BYTES)
+}
+
+/// The size class of a launch reading and writing `working_set` bytes on
+/// `threads` threads: the bits of both.
+fn class(working_set: usize, threads: usize) -> u32 {
+    let threads = u32::try_from(threads).unwrap_or(u32::MAX).min(u32::MAX >> 8);
+    threads << 8 | (usize::BITS - working_set.leading_zeros())
+}
+
+impl StoreChoice {
+    /// How a launch reading and writing `working_set` bytes stores its
+    /// outputs, given the static rule's `guess` for it.
+    pub fn choose(&self, working_set: usize, guess: bool) -> Stores {
+        let plain = Stores { stream: guess, timed: None };
+        if working_set <= learn_min_working_set() {
+            return plain;
+        }
+        let class = class(working_set, team::threads());
+        let mut all = self.0.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
+        let l = match all.iter().position(|l| l.class == class) {
+            Some(i) => &mut all[i],
+            None if all.len() < CLASSES => {
+                all.push(Learning { class, guess, issued: 0, timed: 0, best: [u64::MAX; 2], kept: None });
+                all.last_mut().expect("just pushed")
+            }
+            None => return plain,
+        };
+        if let Some(kept) = l.kept {
+            return Stores { stream: kept, timed: None };
+        }
+        if l.issued >= TRIALS {
+            // Every trial handed out, some not yet reported (launches from
+            // several threads): the guess meanwhile.
+            return Stores { stream: l.guess, timed: None };
+        }
+        let i = l.issued;
+        l.issued += 1;
+        let other = (i / RUN) % 2 == 1;
+        Stores { stream: l.guess != other, timed: (i % RUN != 0).then_some((class, i)) }
+    }
+
+    /// Reports the time of a launch that `choose` made a timed trial;
+    /// settles the class once every timed trial is in.
+    pub fn report(&self, s: Stores, time: std::time::Duration) {
+        let (Some((class, i)), Some(all)) = (s.timed, self.0.get()) else { return };
+        let mut all = all.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(l) = all.iter_mut().find(|l| l.class == class) else { return };
+        let other = usize::from((i / RUN) % 2 == 1);
+        l.best[other] = l.best[other].min(u64::try_from(time.as_nanos()).unwrap_or(u64::MAX));
+        l.timed += 1;
+        if l.timed == TRIALS / RUN * (RUN - 1) {
+            // The other way only when it is faster by the margin.
+            let switch = u128::from(l.best[1]) * 100 < u128::from(l.best[0]) * u128::from(100 - MARGIN);
+            l.kept = Some(l.guess != switch);
+            SETTLED.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The way kept for working sets of `working_set`'s size class, once learned.
+    pub fn kept(&self, working_set: usize) -> Option<bool> {
+        let class = class(working_set, team::threads());
+        let all = self.0.get()?.lock().unwrap_or_else(|e| e.into_inner());
+        all.iter().find(|l| l.class == class).and_then(|l| l.kept)
+    }
+}
+
+impl std::fmt::Debug for StoreChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StoreChoice")
+    }
+}
+
+impl PartialEq for StoreChoice {
+    /// Learned from the group's launches: never makes groups differ.
+    fn eq(&self, _: &StoreChoice) -> bool {
+        true
+    }
 }
 
 /// Copies `bytes` bytes from `src` to `dst` with streaming stores where the
@@ -334,5 +511,73 @@ mod tests {
                 assert!(dst[off + len..].iter().all(|&b| b == 0xAA), "offset {off}, length {len}: wrote after");
             }
         }
+    }
+
+    /// Runs `c`'s trials for a working set of `ws` bytes with the static
+    /// rule's `guess`, timing each launch as `time(streams)` nanoseconds;
+    /// returns the ways the launches took.
+    fn learn(c: &StoreChoice, ws: usize, guess: bool, time: impl Fn(bool) -> u64) -> Vec<bool> {
+        (0..TRIALS)
+            .map(|_| {
+                let s = c.choose(ws, guess);
+                c.report(s, std::time::Duration::from_nanos(time(s.stream)));
+                s.stream
+            })
+            .collect()
+    }
+
+    #[test]
+    fn groups_keep_the_faster_way_to_store_once_timed() {
+        let big = learn_min_working_set() * 2;
+        // Small launches take the static rule's way, untimed, allocating nothing.
+        let c = StoreChoice::default();
+        for guess in [false, true] {
+            assert_eq!(c.choose(learn_min_working_set(), guess), Stores { stream: guess, timed: None });
+        }
+        assert!(c.0.get().is_none() && c.kept(big).is_none());
+        // Runs of each way, alternately, the guess first; the first launch of each run untimed.
+        let ways = learn(&c, big, true, |s| if s { 1000 } else { 900 });
+        let want: Vec<bool> = (0..TRIALS).map(|i| (i / RUN).is_multiple_of(2)).collect();
+        assert_eq!(ways, want);
+        // Ordinary stores were 10% faster: kept, untimed, for the class.
+        assert_eq!(c.kept(big), Some(false));
+        assert_eq!(c.choose(big + 1, true), Stores { stream: false, timed: None });
+        // A clone made after learning shares it; another class learns on its own.
+        let twin = c.clone();
+        assert_eq!(twin.kept(big), Some(false));
+        assert!(twin.kept(big * 2).is_none());
+        assert!(twin.choose(big * 2, true).stream, "a new class starts with the guess");
+        // Untimed launches' times change nothing: the first of each run.
+        let c = StoreChoice::default();
+        let ways = learn(&c, big, false, |s| if s { 1000 } else { 990 });
+        assert!(!ways[0]);
+        assert_eq!(c.kept(big), Some(false), "1% is within the margin: the guess stays");
+        let c = StoreChoice::default();
+        let launch = std::cell::Cell::new(0u32);
+        let ways = learn(&c, big, false, |s| {
+            // The first launch of each run (of ordinary stores, here) is
+            // misleadingly fast: untimed, it is ignored.
+            let i = launch.get();
+            launch.set(i + 1);
+            match (s, i.is_multiple_of(RUN)) {
+                (false, true) => 100,
+                (false, false) => 1000,
+                (true, _) => 800,
+            }
+        });
+        assert_eq!(ways.iter().filter(|&&w| w).count() as u32, TRIALS / 2);
+        assert_eq!(c.kept(big), Some(true), "streams 20% faster, the runs' first launches set aside");
+        // Trials handed out but not reported: the guess meanwhile, untimed.
+        let c = StoreChoice::default();
+        let pending: Vec<Stores> = (0..TRIALS).map(|_| c.choose(big, true)).collect();
+        assert_eq!(pending.iter().filter(|s| s.timed()).count() as u32, TRIALS / RUN * (RUN - 1));
+        assert_eq!(c.choose(big, true), Stores { stream: true, timed: None });
+        assert!(c.kept(big).is_none());
+        // Classes: powers of two of the working set, for each thread count.
+        let mib = 1 << 20;
+        assert_eq!(class(20 * mib, 2), class(24 * mib, 2));
+        assert_ne!(class(16 * mib, 2), class(32 * mib, 2));
+        assert_ne!(class(20 * mib, 2), class(20 * mib, 16));
+        assert_ne!(class(usize::MAX, 1), class(usize::MAX, 2));
     }
 }
