@@ -267,13 +267,6 @@ impl std::fmt::Debug for PlanSlot {
     }
 }
 
-impl PartialEq for PlanSlot {
-    /// The plan is derived from the group: slots never make groups differ.
-    fn eq(&self, _: &PlanSlot) -> bool {
-        true
-    }
-}
-
 /// Where each op of a group writes: op registers share tile buffers
 /// ("slots") once their last reader has run, so a group's live registers
 /// stay few and in L1 however many ops it has.

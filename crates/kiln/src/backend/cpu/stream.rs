@@ -18,9 +18,9 @@
 //! size held on every machine: a 2-core VM of a Xeon with 480 MiB of L3
 //! shares it with its neighbours and streamed `x * 2 + 1` faster from 32
 //! MiB, where a 16-core host with 105 MiB wrote 32 MiB 1.5x faster with
-//! ordinary stores and 128 MiB 1.7x faster streamed, and kernels heavy in
-//! arithmetic (a gelu) stored ordinarily 1.15x faster at 128 MiB there and
-//! on two of its cores.
+//! ordinary stores and 128 MiB 1.7-1.9x faster streamed, and kernels heavy
+//! in arithmetic (a gelu) stored ordinarily 1.15-1.2x faster at 128 MiB
+//! there, on 16 threads and on 2.
 //!
 //! - An elementwise kernel streams when the bytes it reads and writes pass
 //!   what the last-level cache keeps for the next call ([`streams`]):
@@ -167,8 +167,9 @@ fn data_caches() -> Vec<(u32, usize)> {
 /// Working sets from which a group learns how to store its outputs
 /// ([`StoreChoice`]), where the cache is larger than the static rule's
 /// threshold (smaller ones store as [`streams`] says): 16 MiB, where
-/// streaming stores ran `x * 2 + 1` 1.5-2x slower on every machine
-/// measured.
+/// streaming stores ran `x * 2 + 1` 1.35-2x slower on the 16-core host
+/// (8 and 16 threads) and the EPYC, and no faster on two of the host's
+/// cores.
 pub const LEARN_MIN_BYTES: usize = 16 << 20;
 
 /// Launches in a run of one way while a group learns its stores, the
@@ -199,11 +200,11 @@ const CLASSES: usize = 16;
 /// output written past the cache leaves the next one's lines in memory),
 /// and keeps the other way only when its best time beats the guess's by
 /// [`MARGIN`] percent. Each size class learns on its own, for each number
-/// of threads (more cores read the cache faster); clones of a group made after its first such
-/// launch share what it learned (an eager op's group, made per call,
-/// allocates nothing for it and keeps the guess). The stores never change
-/// a result's bits.
-#[derive(Clone, Default)]
+/// of threads (more cores read the cache faster); clones of a group made
+/// after its first such launch share what it learned (an eager op's
+/// group, made per call, allocates nothing for it and keeps the guess).
+/// The stores never change a result's bits.
+#[derive(Clone, Debug, Default)]
 pub struct StoreChoice(OnceLock<std::sync::Arc<std::sync::Mutex<smallvec::SmallVec<[Learning; 2]>>>>);
 
 /// What a group learned, or is learning, about one size class.
@@ -223,12 +224,12 @@ struct Learning {
     kept: Option<bool>,
 }
 
-static SETTLED: AtomicUsize = AtomicUsize::new(0);
+static LEARNED: AtomicUsize = AtomicUsize::new(0);
 
 /// Size classes that groups have learned how to store so far in this
 /// process ([`StoreChoice`]): for tests and diagnostics.
 pub fn learned() -> usize {
-    SETTLED.load(Ordering::Relaxed)
+    LEARNED.load(Ordering::Relaxed)
 }
 
 /// How one launch stores its outputs ([`StoreChoice::choose`]).
@@ -262,6 +263,12 @@ fn class(working_set: usize, threads: usize) -> u32 {
     threads << 8 | (usize::BITS - working_set.leading_zeros())
 }
 
+/// Whether trial `i` of a class runs the other way than the guess: runs
+/// of [`RUN`] launches, the guess's first.
+fn the_other_way(i: u32) -> bool {
+    (i / RUN) % 2 == 1
+}
+
 impl StoreChoice {
     /// How a launch reading and writing `working_set` bytes stores its
     /// outputs, given the static rule's `guess` for it.
@@ -290,8 +297,7 @@ impl StoreChoice {
         }
         let i = l.issued;
         l.issued += 1;
-        let other = (i / RUN) % 2 == 1;
-        Stores { stream: l.guess != other, timed: (i % RUN != 0).then_some((class, i)) }
+        Stores { stream: l.guess != the_other_way(i), timed: (i % RUN != 0).then_some((class, i)) }
     }
 
     /// Reports the time of a launch that `choose` made a timed trial;
@@ -300,14 +306,14 @@ impl StoreChoice {
         let (Some((class, i)), Some(all)) = (s.timed, self.0.get()) else { return };
         let mut all = all.lock().unwrap_or_else(|e| e.into_inner());
         let Some(l) = all.iter_mut().find(|l| l.class == class) else { return };
-        let other = usize::from((i / RUN) % 2 == 1);
+        let other = usize::from(the_other_way(i));
         l.best[other] = l.best[other].min(u64::try_from(time.as_nanos()).unwrap_or(u64::MAX));
         l.timed += 1;
         if l.timed == TRIALS / RUN * (RUN - 1) {
             // The other way only when it is faster by the margin.
             let switch = u128::from(l.best[1]) * 100 < u128::from(l.best[0]) * u128::from(100 - MARGIN);
             l.kept = Some(l.guess != switch);
-            SETTLED.fetch_add(1, Ordering::Relaxed);
+            LEARNED.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -316,19 +322,6 @@ impl StoreChoice {
         let class = class(working_set, team::threads());
         let all = self.0.get()?.lock().unwrap_or_else(|e| e.into_inner());
         all.iter().find(|l| l.class == class).and_then(|l| l.kept)
-    }
-}
-
-impl std::fmt::Debug for StoreChoice {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("StoreChoice")
-    }
-}
-
-impl PartialEq for StoreChoice {
-    /// Learned from the group's launches: never makes groups differ.
-    fn eq(&self, _: &StoreChoice) -> bool {
-        true
     }
 }
 
@@ -547,7 +540,7 @@ mod tests {
         assert_eq!(twin.kept(big), Some(false));
         assert!(twin.kept(big * 2).is_none());
         assert!(twin.choose(big * 2, true).stream, "a new class starts with the guess");
-        // Untimed launches' times change nothing: the first of each run.
+        // A faster other way within the margin: the guess stays.
         let c = StoreChoice::default();
         let ways = learn(&c, big, false, |s| if s { 1000 } else { 990 });
         assert!(!ways[0]);
