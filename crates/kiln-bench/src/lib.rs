@@ -290,7 +290,7 @@ pub const WORKLOADS: &[Workload] = &[
         name: "sgemm_bf16",
         class: Class::None,
         impls: ALL,
-        about: "(1024x1024)@(1024x1024) bf16 (f32 sums, a bf16 result; AMX tiles where the CPU has them)",
+        about: "(1024x1024)@(1024x1024) bf16 (f32 sums, a bf16 result; AMX or AVX512-BF16 where the CPU has them)",
     },
     Workload {
         name: "copy",

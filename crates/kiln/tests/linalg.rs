@@ -778,33 +778,46 @@ fn the_cpu_keeps_true_f32_products_when_tf32_is_allowed() -> Result<()> {
     Ok(())
 }
 
-// ---- bf16 products: AMX tiles where the CPU has them, else widened ----
+// ---- bf16 products: bf16 instructions where the CPU has them, else widened ----
 
-use kiln::backend::cpu::matmul::amx;
+use kiln::backend::cpu::matmul::bf16_gemm::{self, Kernel};
+
+/// `a @ b`, evaluated at once: arrays are lazy, and a product evaluated
+/// after `bf16_gemm::without` or `with_kernel` returned would run on the
+/// thread's default path instead.
+fn product_now(a: &Array, b: &Array) -> Result<Array> {
+    let c = kiln::matmul(a, b)?;
+    c.eval()?;
+    Ok(c)
+}
 
 /// `a @ b` for bf16 operands whose values lie on the 1/16 grid in [-2, 2]
 /// (exact in bf16): every product is exact and every sum too (multiples of
-/// 1/256 far below 2^24 of them), on AMX and when widened alike, so both
-/// paths must give the same bits, each the exact result rounded once to
-/// bf16 (within 2^-8 of it, relatively).
+/// 1/256 far below 2^24 of them), on each bf16 kernel this CPU has and when
+/// widened alike, so all paths must give the same bits, each the exact
+/// result rounded once to bf16 (within 2^-8 of it, relatively).
 fn check_bf16(a: &Array, b: &Array) -> Result<()> {
-    let got = kiln::matmul(a, b)?;
-    let widened = amx::without(|| kiln::matmul(a, b))?;
+    let widened = bf16_gemm::without(|| product_now(a, b))?;
     let (va, vb) = (read(a)?, read(b)?);
     let (want, _, shape) = reference(&va, a.shape(), &vb, b.shape());
-    assert_eq!(got.shape(), &shape[..]);
-    assert_eq!(got.dtype(), DType::BF16);
-    let (g, w) = (read(&got)?, read(&widened)?);
-    for (i, ((&x, &y), &e)) in g.iter().zip(&w).zip(&want).enumerate() {
-        let what = format!("{:?} @ {:?} element {i}", a.shape(), b.shape());
-        assert_eq!(x.to_bits(), y.to_bits(), "{what}: AMX {x}, widened {y}");
-        assert!((x - e).abs() <= e.abs() / 256.0, "{what}: got {x}, want {e}");
+    let w = read(&widened)?;
+    for &kernel in bf16_gemm::kernels() {
+        let got = bf16_gemm::with_kernel(kernel, || product_now(a, b))?;
+        assert_eq!(got.shape(), &shape[..]);
+        assert_eq!(got.dtype(), DType::BF16);
+        for (i, ((&x, &y), &e)) in read(&got)?.iter().zip(&w).zip(&want).enumerate() {
+            let what = format!("{:?} @ {:?} element {i}", a.shape(), b.shape());
+            assert_eq!(x.to_bits(), y.to_bits(), "{what}: {kernel:?} {x}, widened {y}");
+            assert!((x - e).abs() <= e.abs() / 256.0, "{what}: got {x}, want {e}");
+        }
     }
+    let default = read(&kiln::matmul(a, b)?)?;
+    assert!(default.iter().zip(&w).all(|(x, y)| x.to_bits() == y.to_bits()), "{:?} @ {:?}", a.shape(), b.shape());
     Ok(())
 }
 
 #[test]
-fn amx_is_used_where_the_cpu_has_it() {
+fn bf16_kernels_are_used_where_the_cpu_has_them() {
     use kiln::backend::simd_math::{detected_level, Level};
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let flags: Vec<&str> = cpuinfo.lines().find(|l| l.starts_with("flags")).unwrap_or("").split_whitespace().collect();
@@ -812,15 +825,24 @@ fn amx_is_used_where_the_cpu_has_it() {
     // The vector level kiln detected: below AVX-512 when `KILN_SIMD` caps
     // it, or under valgrind, whose CPU reports AVX2 (and runs no AMX).
     let avx512 = detected_level() == Level::Avx512;
-    if cfg!(all(target_arch = "x86_64", target_os = "linux")) && has("amx_tile") && has("amx_bf16") && avx512 {
-        assert!(amx::available(), "the CPU lists amx_tile and amx_bf16, but kiln does not use AMX");
+    let linux = cfg!(all(target_arch = "x86_64", target_os = "linux"));
+    let kernels = bf16_gemm::kernels();
+    if linux && has("amx_tile") && has("amx_bf16") && avx512 {
+        assert_eq!(
+            kernels.first(),
+            Some(&Kernel::Tiles),
+            "the CPU lists amx_tile and amx_bf16, but kiln does not use AMX"
+        );
+    }
+    if linux && has("avx512_bf16") && avx512 {
+        assert!(kernels.contains(&Kernel::Dot), "the CPU lists avx512_bf16, but kiln does not use it");
     }
     if !avx512 {
-        assert!(!amx::available(), "below AVX-512 (KILN_SIMD, or an emulated CPU) AMX stays off");
+        assert!(kernels.is_empty(), "below AVX-512 (KILN_SIMD, or an emulated CPU) the bf16 kernels stay off");
     }
-    assert_eq!(amx::takes(64, 64, 64), amx::available());
-    assert!(!amx::without(|| amx::takes(64, 64, 64)));
-    assert!(!amx::takes(64, 64, 0));
+    assert_eq!(bf16_gemm::takes(64, 64, 64), bf16_gemm::available());
+    assert!(!bf16_gemm::without(|| bf16_gemm::takes(64, 64, 64)));
+    assert!(!bf16_gemm::takes(64, 64, 0));
 }
 
 /// `a @ b` for f16 operands on the 1/16 grid (exact in f16): the sums are
@@ -903,14 +925,15 @@ fn bf16_products_on_strided_batched_and_large_operands() -> Result<()> {
         for (m, k, n) in [(160, 96, 160), (300, 130, 273), (40, 70, 520)] {
             let a = array(&values(m * k, (m * parts) as u64), &[m, k], bf)?;
             let b = array(&values(k * n, (n * parts) as u64), &[k, n], bf)?;
-            amx::with_parts(parts, || check_bf16(&a, &b))?;
+            bf16_gemm::with_parts(parts, || check_bf16(&a, &b))?;
         }
     }
     Ok(())
 }
 
-/// Where the widened path and AMX may differ (sums that round), both stay
-/// within bf16's rounding of the f64 product, NaN and infinity included.
+/// Where the widened path and a bf16 kernel may differ (sums that round),
+/// both stay within bf16's rounding of the f64 product, NaN and infinity
+/// included.
 #[test]
 fn bf16_products_round_like_the_widened_path() -> Result<()> {
     let bf = DType::BF16;
@@ -918,12 +941,20 @@ fn bf16_products_round_like_the_widened_path() -> Result<()> {
     let va: Vec<f64> = (0..m * k).map(|i| ((i * 7919 % 1000) as f64 - 500.0) * 0.0137).collect();
     let vb: Vec<f64> = (0..k * n).map(|i| ((i * 104_729 % 997) as f64 - 498.0) * 0.0071).collect();
     let (a, b) = (array(&va, &[m, k], bf)?, array(&vb, &[k, n], bf)?);
-    let (got, widened) = (read(&kiln::matmul(&a, &b)?)?, read(&amx::without(|| kiln::matmul(&a, &b))?)?);
+    // Each kernel's product, and the widened one.
+    let products = |a: &Array, b: &Array| -> Result<Vec<(String, Vec<f64>)>> {
+        let mut out = vec![("widened".to_string(), read(&bf16_gemm::without(|| product_now(a, b))?)?)];
+        for &kernel in bf16_gemm::kernels() {
+            out.push((format!("{kernel:?}"), read(&bf16_gemm::with_kernel(kernel, || product_now(a, b))?)?));
+        }
+        Ok(out)
+    };
     let (want, mag, _) = reference(&read(&a)?, &[m, k], &read(&b)?, &[k, n]);
-    for i in 0..m * n {
-        let bound = want[i].abs() / 256.0 + 1e-6 * mag[i];
-        assert!((got[i] - want[i]).abs() <= bound, "element {i}: got {}, want {}", got[i], want[i]);
-        assert!((widened[i] - want[i]).abs() <= bound, "element {i}: widened {}, want {}", widened[i], want[i]);
+    for (path, got) in products(&a, &b)? {
+        for i in 0..m * n {
+            let bound = want[i].abs() / 256.0 + 1e-6 * mag[i];
+            assert!((got[i] - want[i]).abs() <= bound, "element {i}: {path} {}, want {}", got[i], want[i]);
+        }
     }
     // A NaN in `a` spoils its row only; an infinity makes its row infinite
     // or NaN, as in the widened path.
@@ -931,11 +962,14 @@ fn bf16_products_round_like_the_widened_path() -> Result<()> {
     special[3 * k + 5] = f64::NAN;
     special[7 * k + 2] = f64::INFINITY;
     let a = array(&special, &[m, k], bf)?;
-    let (got, widened) = (read(&kiln::matmul(&a, &b)?)?, read(&amx::without(|| kiln::matmul(&a, &b))?)?);
-    for i in 0..m * n {
-        let row = i / n;
-        assert_eq!(got[i].is_nan(), widened[i].is_nan(), "element {i}: {} against {}", got[i], widened[i]);
-        assert_eq!(got[i].is_finite(), row != 3 && row != 7, "element {i}: {}", got[i]);
+    let products = products(&a, &b)?;
+    let widened = &products[0].1;
+    for (path, got) in &products {
+        for i in 0..m * n {
+            let row = i / n;
+            assert_eq!(got[i].is_nan(), widened[i].is_nan(), "element {i}: {path} {} against {}", got[i], widened[i]);
+            assert_eq!(got[i].is_finite(), row != 3 && row != 7, "element {i}: {path} {}", got[i]);
+        }
     }
     Ok(())
 }

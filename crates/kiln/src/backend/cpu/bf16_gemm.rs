@@ -1,12 +1,19 @@
-//! `bf16` matrix products on AMX tiles (Intel's Advanced Matrix Extensions,
-//! from Sapphire Rapids on), where the CPU and the operating system allow
-//! them; elsewhere `bf16` products are widened to `f32` (see the parent
-//! module).
+//! `bf16` matrix products on `bf16` instructions, where the CPU has them:
+//! AMX tiles (Intel's Advanced Matrix Extensions, from Sapphire Rapids
+//! on), else AVX512-BF16 dot products (AMD from Zen 4 on, Intel from
+//! Cooper Lake on); elsewhere `bf16` products are widened to `f32` (see
+//! the parent module). Both kernels ([`Kernel`]) take the same packed
+//! operands and blocks; only the innermost block differs.
 //!
 //! A tile is a register of 16 rows of 64 bytes. `tdpbf16ps` adds the
 //! product of a 16 x 32 `bf16` tile of `a` and a 32 x 16 tile of `b`
 //! (stored as 16 rows of column pairs) to a 16 x 16 `f32` tile of `c`:
-//! 16,384 flops in one instruction. Each product
+//! 16,384 flops in one instruction. `vdpbf16ps` adds to each of 16 `f32`
+//! lanes the products of a pair of `bf16` (two consecutive elements of a
+//! row of `a`, broadcast) and the lane's pair (one column of `b`, two
+//! consecutive rows): a row of a tile of `b`, as AMX stores it, is one
+//! vector. On a Zen 5 EPYC (2 threads) a 1024^3 product ran 2.0x faster
+//! so than widened to `f32` products. Each product
 //!
 //! 1. packs `a` into panels of 16 rows, each a run of tiles of 16 x 32
 //!    elements stored contiguously (1 KiB, loaded with a 64-byte stride, so
@@ -17,33 +24,36 @@
 //!    `0 * 0` and cannot make a NaN. Every packed buffer starts on a 64-byte
 //!    boundary: a tile row that straddles two cache lines loads about six
 //!    times slower (measured on a Sapphire Rapids VM);
-//! 2. computes `c` in blocks of 32 x 32: four accumulator tiles, two tiles
-//!    of `a`, two of `b` (all eight tile registers), each tile load placed
-//!    just before the first instruction that reads it (tile registers are
-//!    not renamed, so a load waits for the last reader of its register);
+//! 2. computes `c` in blocks of 32 x 32: on AMX four accumulator tiles, two
+//!    tiles of `a`, two of `b` (all eight tile registers), each tile load
+//!    placed just before the first instruction that reads it (tile
+//!    registers are not renamed, so a load waits for the last reader of its
+//!    register); with dot products, 8 rows at a time in 16 vector
+//!    accumulators;
 //! 3. rounds the sums to `bf16` once, as the widening path does.
 //!
 //! Cache blocking: `a` is packed once, its panels shared out over the
-//! team's threads; then `c` is split over the team by columns (or by rows
-//! when `a` has more rows than `b` has columns), in pairs of panels. Each
-//! thread packs its columns of `b` a group at a time (about 1 MiB, for the
-//! L2 cache) just before it uses them, and passes every row pair of `a`
-//! over the group in runs of 8 tiles of `k` (16 KiB of `a`, for the L1
-//! cache), keeping the row pair's sums in a strip of `f32` between runs.
+//! team's threads; then `c` is split over the team in a grid of blocks
+//! of pairs of panels (`matmul::grid`: near-square blocks, which read the
+//! least of the operands). Each thread packs its columns of `b` a group at
+//! a time (about 1 MiB, for the L2 cache) just before it uses them, and
+//! passes every row pair of `a` over the group in runs of 8 tiles of `k`
+//! (16 KiB of `a`, for the L1 cache), keeping the row pair's sums in a
+//! strip of `f32` between runs.
 //! Packed buffers are kept by each thread between products.
 //!
 //! Numerics: a product of two `bf16` values is exact in `f32`, and sums are
-//! `f32`, as in the widening path, but in the hardware's order; the
-//! instruction reads subnormal inputs as zero and flushes subnormal
-//! results to zero (Intel's documentation of `TDPBF16PS`), so results
-//! differ from the widened product's only by the order of the sums and
-//! where values fall below `f32`'s normal range.
+//! `f32`, as in the widening path, but in the hardware's order; Intel
+//! documents that both instructions read subnormal inputs as zero and
+//! flush subnormal results to zero, so results differ from the widened
+//! product's only by the order of the sums and where values fall below
+//! `f32`'s normal range.
 //!
 //! Linux leaves the tile registers off until a process asks for them
-//! (`arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`): [`available`]
+//! (`arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`): [`kernels`]
 //! asks once, on x86-64 CPUs with AMX-TILE and AMX-BF16 whose vector level
-//! is AVX-512 (so `KILN_SIMD=avx2` or `scalar` turns AMX off too), and AMX
-//! is used only when the kernel grants it.
+//! is AVX-512 (so `KILN_SIMD=avx2` or `scalar` turns these kernels off
+//! too), and AMX is used only when the kernel grants it.
 
 use std::cell::Cell;
 use std::mem::MaybeUninit;
@@ -75,19 +85,53 @@ const B_BLOCK: usize = 1 << 20;
 /// columns (see `compute`): 16 KiB of `a`.
 const KC_TILES: usize = 8;
 
-/// Whether this process can run AMX `bf16` products (detected once; see
-/// the module docs).
-pub fn available() -> bool {
-    static OK: OnceLock<bool> = OnceLock::new();
-    *OK.get_or_init(detect)
+/// The instructions that compute a packed block of a `bf16` product.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kernel {
+    /// AMX tiles (`tdpbf16ps`).
+    Tiles,
+    /// AVX512-BF16 dot products on vectors (`vdpbf16ps`).
+    Dot,
 }
 
-#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
-fn detect() -> bool {
+/// The kernels this process can run, the fastest first (detected once;
+/// see the module docs): empty where `bf16` products are widened.
+pub fn kernels() -> &'static [Kernel] {
+    static K: OnceLock<Vec<Kernel>> = OnceLock::new();
+    K.get_or_init(detect)
+}
+
+/// Whether this process can run `bf16` products on a kernel of this
+/// module.
+pub fn available() -> bool {
+    !kernels().is_empty()
+}
+
+#[cfg(target_arch = "x86_64")]
+fn detect() -> Vec<Kernel> {
     use crate::backend::simd_math::{detected_level, Level};
     if detected_level() != Level::Avx512 {
-        return false;
+        return Vec::new();
     }
+    let mut found = Vec::new();
+    if amx_granted() {
+        found.push(Kernel::Tiles);
+    }
+    if std::arch::is_x86_feature_detected!("avx512bf16") {
+        found.push(Kernel::Dot);
+    }
+    found
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn detect() -> Vec<Kernel> {
+    Vec::new()
+}
+
+/// Whether the CPU has AMX-TILE and AMX-BF16 and the kernel granted this
+/// process the tile state (asked here).
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+fn amx_granted() -> bool {
     // Leaf 7 exists on every CPU with AVX-512. EDX bit 24: AMX-TILE, bit 22:
     // AMX-BF16.
     // (`cpuid` is safe to call on x86-64; older toolchains mark it unsafe.)
@@ -105,28 +149,51 @@ fn detect() -> bool {
     unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0 }
 }
 
-#[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
-fn detect() -> bool {
+/// AMX needs the operating system's grant, asked for on Linux only.
+#[cfg(all(target_arch = "x86_64", not(target_os = "linux")))]
+fn amx_granted() -> bool {
     false
 }
 
 thread_local! {
-    static OFF: Cell<bool> = const { Cell::new(false) };
+    /// `Some(None)`: products widened; `Some(Some(k))`: kernel `k`.
+    static CHOICE: Cell<Option<Option<Kernel>>> = const { Cell::new(None) };
 }
 
 /// Runs `f` with the `bf16` products started on this thread widened to
-/// `f32` instead of run on AMX (for tests comparing the two paths).
+/// `f32` instead of run on a kernel of this module (for tests comparing
+/// the two paths).
 pub fn without<R>(f: impl FnOnce() -> R) -> R {
-    let old = OFF.with(|o| o.replace(true));
+    with_choice(None, f)
+}
+
+/// Runs `f` with the `bf16` products started on this thread run on
+/// `kernel`, which must be one of [`kernels`] (for tests of each kernel on
+/// a CPU that has several, and for measurements).
+///
+/// # Panics
+/// If this process cannot run `kernel`.
+pub fn with_kernel<R>(kernel: Kernel, f: impl FnOnce() -> R) -> R {
+    assert!(kernels().contains(&kernel), "bf16_gemm: {kernel:?} is not available here");
+    with_choice(Some(kernel), f)
+}
+
+fn with_choice<R>(choice: Option<Kernel>, f: impl FnOnce() -> R) -> R {
+    let old = CHOICE.with(|o| o.replace(Some(choice)));
     let r = f();
-    OFF.with(|o| o.set(old));
+    CHOICE.with(|o| o.set(old));
     r
 }
 
+/// The kernel that products started on this thread run on, if any.
+fn chosen() -> Option<Kernel> {
+    CHOICE.with(Cell::get).unwrap_or_else(|| kernels().first().copied())
+}
+
 /// Whether a `bf16` product of these sizes, started on this thread, runs on
-/// AMX.
+/// a kernel of this module.
 pub fn takes(m: usize, n: usize, k: usize) -> bool {
-    k > 0 && m.saturating_mul(n).saturating_mul(k) >= MIN_WORK && !OFF.with(Cell::get) && available()
+    k > 0 && m.saturating_mul(n).saturating_mul(k) >= MIN_WORK && chosen().is_some()
 }
 
 /// `c = a @ b` for `a: m x k`, `b: k x n` (any strides, within their
@@ -141,7 +208,8 @@ pub(super) fn product(
     c: &mut [MaybeUninit<bf16>],
     threads: bool,
 ) -> Result<()> {
-    assert!(available() && k > 0 && c.len() == m * n, "amx::product: sizes");
+    let kernel = chosen().expect("bf16_gemm::product: called where `takes` is false");
+    assert!(k > 0 && c.len() == m * n, "bf16_gemm::product: sizes");
     let kp = k.div_ceil(KT) * KT;
     let (mp, np) = (m.div_ceil(T), n.div_ceil(T));
     let a_len = mp * T * kp;
@@ -183,7 +251,8 @@ pub(super) fn product(
     // this borrow, which the group buffers after it do not overlap.
     let pa = unsafe { std::slice::from_raw_parts(base.get().cast::<bf16>(), a_len) };
     let (row_pairs, col_pairs) = (mp.div_ceil(2), np.div_ceil(2));
-    let (pr, pc) = grid(parts, row_pairs, col_pairs, n >= m);
+    // Pairs of tiles: both units are 2 * T rows or columns.
+    let (pr, pc) = super::grid(parts, [row_pairs, col_pairs], [2 * T, 2 * T], n >= m);
     let dst = Shared(c.as_mut_ptr());
     let block = |i: usize| {
         // Share `j` of `of` of the `pairs` pairs of `count` panels.
@@ -197,32 +266,10 @@ pub(super) fn product(
         // `base`; no other part touches it, and `run` returns before the
         // scratch is dropped.
         let buf = unsafe { std::slice::from_raw_parts_mut(base.get().add(a_len / 2 + i * g_words), g_words) };
-        compute(pa, b, buf, [m, n, k, kp], group, rows, cols, dst);
+        compute(kernel, pa, b, buf, [m, n, k, kp], group, rows, cols, dst);
     };
     run(pr * pc, &block);
     Ok(())
-}
-
-/// The parts of a product as a grid of `pr` blocks of row pairs by `pc`
-/// blocks of column pairs (at most `parts` in all): the fewest pairs per
-/// part, then the fewest row and column pairs a part reads, then columns
-/// split before rows where `cols_first`. A part reads its rows of `a` once
-/// per column pair and its columns of `b` once per row pair, so near-square
-/// blocks read the least: on 16 threads a 1024^3 product split by columns
-/// alone had every part read all of `a` from the shared cache twice.
-fn grid(parts: usize, rows: usize, cols: usize, cols_first: bool) -> (usize, usize) {
-    let (parts, rows, cols) = (parts.max(1), rows.max(1), cols.max(1));
-    let mut best = (1, 1);
-    let mut best_key = (usize::MAX, usize::MAX, true);
-    for pr in 1..=parts.min(rows) {
-        let pc = (parts / pr).min(cols);
-        let (h, w) = (rows.div_ceil(pr), cols.div_ceil(pc));
-        let key = (h * w, h + w, if cols_first { pr > pc } else { pc > pr });
-        if key < best_key {
-            (best, best_key) = ((pr, pc), key);
-        }
-    }
-    best
 }
 
 /// The packed operands' buffer, kept by each thread between products (up
@@ -302,7 +349,7 @@ fn pack_a(a: Mat<bf16>, [m, k, kp]: [usize; 3], panels: Range<usize>, out: &mut 
 /// `n`.
 fn pack_b(b: Mat<bf16>, kn: [usize; 3], panels: Range<usize>, out: &mut [MaybeUninit<u32>]) {
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: AMX runs only where kiln detected AVX-512F (`available`).
+    // SAFETY: these kernels run only where kiln detected AVX-512F (`detect`).
     unsafe {
         pack_b_avx512(b, kn, panels, out)
     }
@@ -368,6 +415,7 @@ fn pack_b_loops(b: Mat<bf16>, [k, n, kp]: [usize; 3], panels: Range<usize>, out:
 /// Blocks of distinct calls must not overlap.
 #[allow(clippy::too_many_arguments)]
 fn compute(
+    kernel: Kernel,
     pa: &[bf16],
     b: Mat<bf16>,
     buf: &mut [MaybeUninit<u32>],
@@ -392,7 +440,9 @@ fn compute(
         s.fill(0.0);
         s
     };
-    tiles::configure();
+    if kernel == Kernel::Tiles {
+        tiles::configure();
+    }
     for g in cols.clone().step_by(group) {
         let g_end = (g + group).min(cols.end);
         let packed = &mut packed[..(g_end - g) * panel];
@@ -412,7 +462,8 @@ fn compute(
                     let two_cols = q + 1 < g_end;
                     let b_panel = &pb[(q - g) * panel..(q - g + 1 + two_cols as usize) * panel];
                     let sums = &mut strip[(q - g) * T..];
-                    tiles::block(a_panel, b_panel, [kp, first, run, ldc], two_rows, two_cols, first > 0, sums);
+                    let block = if kernel == Kernel::Tiles { tiles::block } else { dot::block };
+                    block(a_panel, b_panel, [kp, first, run, ldc], two_rows, two_cols, first > 0, sums);
                 }
             }
             for i in p * T..((p + 1 + two_rows as usize) * T).min(m) {
@@ -427,7 +478,9 @@ fn compute(
             }
         }
     }
-    tiles::release();
+    if kernel == Kernel::Tiles {
+        tiles::release();
+    }
 }
 
 /// `src` rounded to `bf16` into `dst` (as [`Half::narrow`] rounds), on
@@ -446,7 +499,7 @@ fn narrow(src: &[f32], dst: &mut [MaybeUninit<bf16>]) {
         loops(src, dst)
     }
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: AMX runs only where kiln detected AVX-512F (`available`).
+    // SAFETY: these kernels run only where kiln detected AVX-512F (`detect`).
     unsafe {
         avx512(src, dst)
     }
@@ -485,7 +538,7 @@ mod tiles {
 
     /// Loads [`CONFIG`] on this thread.
     pub(super) fn configure() {
-        // SAFETY: reached only when `available()` said the CPU has AMX and
+        // SAFETY: reached only when `detect` found AMX (`Kernel::Tiles`) and
         // the kernel enabled it; `ldtilecfg` reads the 64 bytes of CONFIG
         // (palette 1, eight tiles within the palette's limits of 16 rows
         // and 64 bytes).
@@ -518,9 +571,9 @@ mod tiles {
         c: &mut [f32],
     ) {
         let (nr, nc) = (1 + two_rows as usize, 1 + two_cols as usize);
-        assert!(kp % KT == 0 && first + steps <= kp / KT, "amx: tiles of k");
-        assert!(a.len() >= nr * T * kp && b.len() >= nc * T * kp / 2, "amx: packed panels");
-        assert!(ldc % 4 == 0 && ldc / 4 >= nc * T && c.len() >= (nr * T - 1) * ldc / 4 + nc * T, "amx: c block");
+        assert!(kp % KT == 0 && first + steps <= kp / KT, "bf16_gemm: tiles of k");
+        assert!(a.len() >= nr * T * kp && b.len() >= nc * T * kp / 2, "bf16_gemm: packed panels");
+        assert!(ldc % 4 == 0 && ldc / 4 >= nc * T && c.len() >= (nr * T - 1) * ldc / 4 + nc * T, "bf16_gemm: c block");
         // SAFETY: AMX is enabled and configured on this thread (`configure`
         // ran in `compute` before any block). Tile `t` of an `a` panel is
         // the KiB at `t * T * KT` elements from the panel's start, and of a
@@ -592,18 +645,126 @@ mod tiles {
     }
 }
 
+/// The AVX512-BF16 kernel ([`Kernel::Dot`]).
+#[cfg(target_arch = "x86_64")]
+mod dot {
+    use std::arch::x86_64::*;
+
+    use half::bf16;
+
+    use super::{KT, T};
+
+    /// One block of `c`, as [`super::tiles::block`] computes it, with
+    /// `vdpbf16ps` on vectors: 8 rows at a time, each row's 16 or 32
+    /// columns in one or two accumulators.
+    ///
+    /// # Panics
+    /// If a slice is too short for the block.
+    pub(super) fn block(
+        a: &[bf16],
+        b: &[u32],
+        [kp, first, steps, ldc]: [usize; 4],
+        two_rows: bool,
+        two_cols: bool,
+        accumulate: bool,
+        c: &mut [f32],
+    ) {
+        let (nr, nc) = (1 + two_rows as usize, 1 + two_cols as usize);
+        assert!(kp % KT == 0 && first + steps <= kp / KT, "bf16_gemm: tiles of k");
+        assert!(a.len() >= nr * T * kp && b.len() >= nc * T * kp / 2, "bf16_gemm: packed panels");
+        assert!(ldc % 4 == 0 && ldc / 4 >= nc * T && c.len() >= (nr * T - 1) * ldc / 4 + nc * T, "bf16_gemm: c block");
+        let (a, c) = (a.as_ptr().cast::<u32>(), c.as_mut_ptr());
+        for r0 in (0..nr * T).step_by(8) {
+            // SAFETY: `Kernel::Dot` is chosen only where `detect` found
+            // AVX512-BF16 (and AVX-512F). Rows `r0..r0 + 8` lie in one
+            // packed panel of `a`; the reads and writes of `rows` are
+            // inside `a`, `b` and `c` by the asserts above (see `rows`).
+            unsafe {
+                if two_cols {
+                    rows::<2>(a, b.as_ptr(), [kp, first, steps, ldc / 4], r0, accumulate, c);
+                } else {
+                    rows::<1>(a, b.as_ptr(), [kp, first, steps, ldc / 4], r0, accumulate, c);
+                }
+            }
+        }
+    }
+
+    /// Rows `r0..r0 + 8` of the block, `NC` panels of 16 columns, over
+    /// tiles `first..first + steps` of `k`: the sums start from `c` (rows
+    /// of `ldc` floats) when `accumulate`, else from zero, and are stored
+    /// back to `c`.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F and AVX512-BF16. `a` points to the packed
+    /// panel(s) of `a` as `u32` pairs (`T * kp / 2` a panel), `b` to `NC`
+    /// packed panels of `b` (`T * kp / 2` each), `c` to at least `(r0 + 7)
+    /// * ldc + NC * T` floats; `r0` is a multiple of 8, `kp` of [`KT`],
+    /// `first + steps <= kp / KT`, and the panel of row `r0` exists.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    unsafe fn rows<const NC: usize>(
+        a: *const u32,
+        b: *const u32,
+        [kp, first, steps, ldc]: [usize; 4],
+        r0: usize,
+        accumulate: bool,
+        c: *mut f32,
+    ) {
+        let panel = T * kp / 2;
+        // Row r of a tile of `a` holds its KT elements as KT / 2 pairs.
+        let a_rows = a.add(r0 / T * panel + r0 % T * (KT / 2));
+        let mut acc = [[_mm512_setzero_ps(); NC]; 8];
+        if accumulate {
+            for (r, row) in acc.iter_mut().enumerate() {
+                for (j, v) in row.iter_mut().enumerate() {
+                    *v = _mm512_loadu_ps(c.add((r0 + r) * ldc + j * T));
+                }
+            }
+        }
+        for t in first..first + steps {
+            // Tile t: T * KT / 2 pairs of `a` (T rows of KT / 2) and of `b`
+            // (KT / 2 rows of T columns).
+            let (at, bt) = (a_rows.add(t * T * KT / 2), b.add(t * T * KT / 2));
+            for q in 0..KT / 2 {
+                let bv: [__m512bh; NC] =
+                    std::array::from_fn(|j| std::mem::transmute(_mm512_loadu_si512(bt.add(j * panel + q * T).cast())));
+                for (r, row) in acc.iter_mut().enumerate() {
+                    let av: __m512bh =
+                        std::mem::transmute(_mm512_set1_epi32(at.add(r * KT / 2 + q).read_unaligned() as i32));
+                    for (v, &bj) in row.iter_mut().zip(&bv) {
+                        *v = _mm512_dpbf16_ps(*v, av, bj);
+                    }
+                }
+            }
+        }
+        for (r, row) in acc.iter().enumerate() {
+            for (j, v) in row.iter().enumerate() {
+                _mm512_storeu_ps(c.add((r0 + r) * ldc + j * T), *v);
+            }
+        }
+    }
+}
+
 #[cfg(not(target_arch = "x86_64"))]
 mod tiles {
     use half::bf16;
 
     pub(super) fn configure() {
-        unreachable!("amx: available() is false off x86-64")
+        unreachable!("bf16_gemm: no kernel off x86-64")
     }
 
     pub(super) fn release() {}
 
     pub(super) fn block(_: &[bf16], _: &[u32], _: [usize; 4], _: bool, _: bool, _: bool, _: &mut [f32]) {
-        unreachable!("amx: available() is false off x86-64")
+        unreachable!("bf16_gemm: no kernel off x86-64")
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+mod dot {
+    use half::bf16;
+
+    pub(super) fn block(_: &[bf16], _: &[u32], _: [usize; 4], _: bool, _: bool, _: bool, _: &mut [f32]) {
+        unreachable!("bf16_gemm: no kernel off x86-64")
     }
 }
 
@@ -620,24 +781,4 @@ pub fn with_parts<R>(parts: usize, f: impl FnOnce() -> R) -> R {
     let r = f();
     PARTS.with(|p| p.set(old));
     r
-}
-
-#[cfg(test)]
-mod tests {
-    use super::grid;
-
-    #[test]
-    fn parts_form_near_square_grids() {
-        assert_eq!(grid(16, 32, 32, true), (4, 4));
-        assert_eq!(grid(2, 32, 32, true), (1, 2));
-        assert_eq!(grid(2, 32, 32, false), (2, 1));
-        assert_eq!(grid(16, 1, 64, true), (1, 16));
-        assert_eq!(grid(3, 32, 2, true), (3, 1));
-        assert_eq!(grid(8, 64, 4, true), (8, 1));
-        assert_eq!(grid(1, 5, 5, false), (1, 1));
-        for parts in 1..40 {
-            let (pr, pc) = grid(parts, 7, 9, parts % 2 == 0);
-            assert!(pr * pc <= parts && pr <= 7 && pc <= 9, "{parts}: {pr} x {pc}");
-        }
-    }
 }
