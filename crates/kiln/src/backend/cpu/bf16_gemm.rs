@@ -462,8 +462,20 @@ fn compute(
                     let two_cols = q + 1 < g_end;
                     let b_panel = &pb[(q - g) * panel..(q - g + 1 + two_cols as usize) * panel];
                     let sums = &mut strip[(q - g) * T..];
-                    let block = if kernel == Kernel::Tiles { tiles::block } else { dot::block };
-                    block(a_panel, b_panel, [kp, first, run, ldc], two_rows, two_cols, first > 0, sums);
+                    let blk = Block {
+                        a: a_panel,
+                        b: b_panel,
+                        geometry: [kp, first, run, ldc],
+                        two_rows,
+                        two_cols,
+                        accumulate: first > 0,
+                        c: sums,
+                    };
+                    if kernel == Kernel::Tiles {
+                        tiles::block(blk);
+                    } else {
+                        dot::block(blk);
+                    }
                 }
             }
             for i in p * T..((p + 1 + two_rows as usize) * T).min(m) {
@@ -507,13 +519,46 @@ fn narrow(src: &[f32], dst: &mut [MaybeUninit<bf16>]) {
     loops(src, dst)
 }
 
+/// One block of a product for a kernel: the products of one or two packed
+/// panels of `a` (`T * kp` elements each, end to end in `a`) and of `b`
+/// (`T * kp / 2` pairs each, in `b`) over tiles `first..first + steps`
+/// of `k`: 16 or 32 rows (`two_rows`) by 16 or 32 columns (`two_cols`) of
+/// `f32` sums in `c` (rows of `ldc` bytes), which the kernel starts from
+/// when `accumulate` (else from zero) and stores back.
+struct Block<'s> {
+    a: &'s [bf16],
+    b: &'s [u32],
+    /// `[kp, first, steps, ldc]`.
+    geometry: [usize; 4],
+    two_rows: bool,
+    two_cols: bool,
+    accumulate: bool,
+    c: &'s mut [f32],
+}
+
+impl Block<'_> {
+    /// Checks that the slices hold the whole block; returns its panels of
+    /// rows and of columns (1 or 2 each).
+    ///
+    /// # Panics
+    /// If a slice is too short for the block.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    fn check(&self) -> (usize, usize) {
+        let [kp, first, steps, ldc] = self.geometry;
+        let (nr, nc) = (1 + self.two_rows as usize, 1 + self.two_cols as usize);
+        assert!(kp % KT == 0 && first + steps <= kp / KT, "bf16_gemm: tiles of k");
+        assert!(self.a.len() >= nr * T * kp && self.b.len() >= nc * T * kp / 2, "bf16_gemm: packed panels");
+        let c_len = (nr * T - 1) * ldc / 4 + nc * T;
+        assert!(ldc % 4 == 0 && ldc / 4 >= nc * T && self.c.len() >= c_len, "bf16_gemm: c block");
+        (nr, nc)
+    }
+}
+
 /// The tile instructions, in inline assembly (Rust has no stable AMX
 /// intrinsics).
 #[cfg(target_arch = "x86_64")]
 mod tiles {
     use std::arch::asm;
-
-    use half::bf16;
 
     use super::{KT, T};
 
@@ -553,35 +598,21 @@ mod tiles {
         unsafe { asm!("tilerelease", options(nostack, nomem)) };
     }
 
-    /// One block of `c`: 16 or 32 rows (`two_rows`) by 16 or 32 columns
-    /// (`two_cols`), the products of one or two packed panels of `a` (`T *
-    /// kp` elements each, end to end in `a`) and of `b` (`T * kp / 2` each,
-    /// in `b`) over `steps = kp / KT` tiles, stored as `f32` rows of `ldc`
-    /// bytes into `c`.
+    /// One [`Block`](super::Block) on AMX tiles.
     ///
     /// # Panics
     /// If a slice is too short for the block.
-    pub(super) fn block(
-        a: &[bf16],
-        b: &[u32],
-        [kp, first, steps, ldc]: [usize; 4],
-        two_rows: bool,
-        two_cols: bool,
-        accumulate: bool,
-        c: &mut [f32],
-    ) {
-        let (nr, nc) = (1 + two_rows as usize, 1 + two_cols as usize);
-        assert!(kp % KT == 0 && first + steps <= kp / KT, "bf16_gemm: tiles of k");
-        assert!(a.len() >= nr * T * kp && b.len() >= nc * T * kp / 2, "bf16_gemm: packed panels");
-        assert!(ldc % 4 == 0 && ldc / 4 >= nc * T && c.len() >= (nr * T - 1) * ldc / 4 + nc * T, "bf16_gemm: c block");
+    pub(super) fn block(blk: super::Block) {
+        blk.check();
+        let super::Block { a, b, geometry: [kp, first, steps, ldc], two_rows, two_cols, accumulate, c } = blk;
         // SAFETY: AMX is enabled and configured on this thread (`configure`
         // ran in `compute` before any block). Tile `t` of an `a` panel is
         // the KiB at `t * T * KT` elements from the panel's start, and of a
         // `b` panel the KiB at `t * T * KT / 2` u32s: with `t < kp / KT` and
-        // the asserts above, every 16 x 64-byte tile load lies inside `a`
-        // and `b`. The loads and stores of sums touch rows `< nr * T` of
-        // `c`, columns `< nc * T`, at `ldc` bytes per row: inside `c` by
-        // the third assert. Only the tiles of this block are used (tmm0-3
+        // the checks of `Block::check`, every 16 x 64-byte tile load lies
+        // inside `a` and `b`. The loads and stores of sums touch rows of the
+        // block's panels (16 or 32) of `c`, columns of its panels (16 or
+        // 32), at `ldc` bytes per row: inside `c` by the same checks. Only the tiles of this block are used (tmm0-3
         // sums, tmm4-5 `a`, tmm6-7 `b`), and no Rust code uses tile
         // registers.
         unsafe {
@@ -650,35 +681,22 @@ mod tiles {
 mod dot {
     use std::arch::x86_64::*;
 
-    use half::bf16;
-
     use super::{KT, T};
 
-    /// One block of `c`, as [`super::tiles::block`] computes it, with
-    /// `vdpbf16ps` on vectors: 8 rows at a time, each row's 16 or 32
-    /// columns in one or two accumulators.
+    /// One [`Block`](super::Block) with `vdpbf16ps` on vectors: 8 rows at
+    /// a time, each row's 16 or 32 columns in one or two accumulators.
     ///
     /// # Panics
     /// If a slice is too short for the block.
-    pub(super) fn block(
-        a: &[bf16],
-        b: &[u32],
-        [kp, first, steps, ldc]: [usize; 4],
-        two_rows: bool,
-        two_cols: bool,
-        accumulate: bool,
-        c: &mut [f32],
-    ) {
-        let (nr, nc) = (1 + two_rows as usize, 1 + two_cols as usize);
-        assert!(kp % KT == 0 && first + steps <= kp / KT, "bf16_gemm: tiles of k");
-        assert!(a.len() >= nr * T * kp && b.len() >= nc * T * kp / 2, "bf16_gemm: packed panels");
-        assert!(ldc % 4 == 0 && ldc / 4 >= nc * T && c.len() >= (nr * T - 1) * ldc / 4 + nc * T, "bf16_gemm: c block");
+    pub(super) fn block(blk: super::Block) {
+        let (nr, _) = blk.check();
+        let super::Block { a, b, geometry: [kp, first, steps, ldc], two_cols, accumulate, c, .. } = blk;
         let (a, c) = (a.as_ptr().cast::<u32>(), c.as_mut_ptr());
         for r0 in (0..nr * T).step_by(8) {
             // SAFETY: `Kernel::Dot` is chosen only where `detect` found
             // AVX512-BF16 (and AVX-512F). Rows `r0..r0 + 8` lie in one
             // packed panel of `a`; the reads and writes of `rows` are
-            // inside `a`, `b` and `c` by the asserts above (see `rows`).
+            // inside `a`, `b` and `c` by `Block::check` (see `rows`).
             unsafe {
                 if two_cols {
                     rows::<2>(a, b.as_ptr(), [kp, first, steps, ldc / 4], r0, accumulate, c);
@@ -746,24 +764,20 @@ mod dot {
 
 #[cfg(not(target_arch = "x86_64"))]
 mod tiles {
-    use half::bf16;
-
     pub(super) fn configure() {
         unreachable!("bf16_gemm: no kernel off x86-64")
     }
 
     pub(super) fn release() {}
 
-    pub(super) fn block(_: &[bf16], _: &[u32], _: [usize; 4], _: bool, _: bool, _: bool, _: &mut [f32]) {
+    pub(super) fn block(_: super::Block) {
         unreachable!("bf16_gemm: no kernel off x86-64")
     }
 }
 
 #[cfg(not(target_arch = "x86_64"))]
 mod dot {
-    use half::bf16;
-
-    pub(super) fn block(_: &[bf16], _: &[u32], _: [usize; 4], _: bool, _: bool, _: bool, _: &mut [f32]) {
+    pub(super) fn block(_: super::Block) {
         unreachable!("bf16_gemm: no kernel off x86-64")
     }
 }
