@@ -833,6 +833,13 @@ fn bf16_kernels_are_used_where_the_cpu_has_them() {
             Some(&Kernel::Tiles),
             "the CPU lists amx_tile and amx_bf16, but kiln does not use AMX"
         );
+        assert_eq!(bf16_gemm::default_kernel(), Some(Kernel::Tiles));
+    }
+    // Dot products run by default only where measured faster than `f32`.
+    let default = bf16_gemm::default_kernel();
+    assert!(default.is_none_or(|k| kernels.contains(&k)), "{default:?} not among {kernels:?}");
+    if !kernels.contains(&Kernel::Tiles) && default.is_some() {
+        assert_eq!(default, Some(Kernel::Dot));
     }
     if linux && has("avx512_bf16") && avx512 {
         assert!(kernels.contains(&Kernel::Dot), "the CPU lists avx512_bf16, but kiln does not use it");

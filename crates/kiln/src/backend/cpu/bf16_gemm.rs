@@ -1,8 +1,9 @@
 //! `bf16` matrix products on `bf16` instructions, where the CPU has them:
 //! AMX tiles (Intel's Advanced Matrix Extensions, from Sapphire Rapids
 //! on), else AVX512-BF16 dot products (AMD from Zen 4 on, Intel from
-//! Cooper Lake on); elsewhere `bf16` products are widened to `f32` (see
-//! the parent module). Both kernels ([`Kernel`]) take the same packed
+//! Cooper Lake on) where a product measured once runs faster so than in
+//! `f32` ([`default_kernel`]); elsewhere `bf16` products are widened to
+//! `f32` (see the parent module). Both kernels ([`Kernel`]) take the same packed
 //! operands and blocks; only the innermost block differs.
 //!
 //! A tile is a register of 16 rows of 64 bytes. `tdpbf16ps` adds the
@@ -34,8 +35,8 @@
 //!
 //! Cache blocking: `a` is packed once, its panels shared out over the
 //! team's threads; then `c` is split over the team in a grid of blocks
-//! of pairs of panels (`matmul::grid`: near-square blocks, which read the
-//! least of the operands). Each thread packs its columns of `b` a group at
+//! of pairs of panels (near-square blocks, which read the least of the
+//! operands). Each thread packs its columns of `b` a group at
 //! a time (about 1 MiB, for the L2 cache) just before it uses them, and
 //! passes every row pair of `a` over the group in runs of 8 tiles of `k`
 //! (16 KiB of `a`, for the L1 cache), keeping the row pair's sums in a
@@ -101,10 +102,70 @@ pub fn kernels() -> &'static [Kernel] {
     K.get_or_init(detect)
 }
 
-/// Whether this process can run `bf16` products on a kernel of this
-/// module.
+/// The kernel `bf16` products run on unless a thread chooses otherwise
+/// ([`with_kernel`], [`without`]): AMX tiles where the kernel granted
+/// them; else dot products where they beat `f32` FMAs on this CPU,
+/// measured once: a `64 x 256 x 256` product each way on one thread, best
+/// of 5 (the widening passes a widened product also pays not counted);
+/// else none (products are widened).
+pub fn default_kernel() -> Option<Kernel> {
+    static K: OnceLock<Option<Kernel>> = OnceLock::new();
+    *K.get_or_init(|| {
+        let k = kernels();
+        if k.contains(&Kernel::Tiles) {
+            Some(Kernel::Tiles)
+        } else if k.contains(&Kernel::Dot) && dot_pays() {
+            Some(Kernel::Dot)
+        } else {
+            None
+        }
+    })
+}
+
+/// Whether `bf16` products run on a kernel of this module by default.
 pub fn available() -> bool {
-    !kernels().is_empty()
+    default_kernel().is_some()
+}
+
+/// Whether a `bf16` product runs faster on dot products than in `f32` on
+/// this CPU (see [`default_kernel`]). The rate of `vdpbf16ps` depends on
+/// the core: on a Zen 5 EPYC dot products ran a 1024^3 product 2.0x
+/// faster than widened, on a Sapphire Rapids host (which has AMX) 1.9x
+/// slower, 79-82 GFLOP/s a core against about 150.
+fn dot_pays() -> bool {
+    use std::time::{Duration, Instant};
+    const M: usize = 64;
+    const K: usize = 256;
+    const N: usize = 256;
+    let value = |i: usize| ((i * 7 % 13) as f32 - 6.0) / 8.0;
+    let (a32, b32): (Vec<f32>, Vec<f32>) = ((0..M * K).map(value).collect(), (0..K * N).map(value).collect());
+    let (a, b): (Vec<bf16>, Vec<bf16>) =
+        (a32.iter().map(|&x| bf16::from_f32(x)).collect(), b32.iter().map(|&x| bf16::from_f32(x)).collect());
+    let best = |f: &mut dyn FnMut() -> bool| {
+        let mut best = Duration::MAX;
+        for _ in 0..5 {
+            let t = Instant::now();
+            if !f() {
+                return Duration::MAX;
+            }
+            best = best.min(t.elapsed());
+        }
+        best
+    };
+    let mut c16 = vec![MaybeUninit::<bf16>::uninit(); M * N];
+    let dot = best(&mut || {
+        let (am, bm) =
+            (Mat { data: &a, off: 0, rs: K as isize, cs: 1 }, Mat { data: &b, off: 0, rs: N as isize, cs: 1 });
+        with_choice(Some(Kernel::Dot), || product([M, N, K], am, bm, &mut c16, false)).is_ok()
+    });
+    let mut c32 = vec![MaybeUninit::<f32>::uninit(); M * N];
+    let widened = best(&mut || {
+        let (am, bm) =
+            (Mat { data: &a32, off: 0, rs: K as isize, cs: 1 }, Mat { data: &b32, off: 0, rs: N as isize, cs: 1 });
+        super::sgemm::sgemm(super::sgemm::level(), M, N, K, am, bm, &mut c32, super::sgemm::Init::Zero, false);
+        true
+    });
+    dot < widened
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -187,7 +248,7 @@ fn with_choice<R>(choice: Option<Kernel>, f: impl FnOnce() -> R) -> R {
 
 /// The kernel that products started on this thread run on, if any.
 fn chosen() -> Option<Kernel> {
-    CHOICE.with(Cell::get).unwrap_or_else(|| kernels().first().copied())
+    CHOICE.with(Cell::get).unwrap_or_else(default_kernel)
 }
 
 /// Whether a `bf16` product of these sizes, started on this thread, runs on
@@ -251,8 +312,7 @@ pub(super) fn product(
     // this borrow, which the group buffers after it do not overlap.
     let pa = unsafe { std::slice::from_raw_parts(base.get().cast::<bf16>(), a_len) };
     let (row_pairs, col_pairs) = (mp.div_ceil(2), np.div_ceil(2));
-    // Pairs of tiles: both units are 2 * T rows or columns.
-    let (pr, pc) = super::grid(parts, [row_pairs, col_pairs], [2 * T, 2 * T], n >= m);
+    let (pr, pc) = grid(parts, row_pairs, col_pairs, n >= m);
     let dst = Shared(c.as_mut_ptr());
     let block = |i: usize| {
         // Share `j` of `of` of the `pairs` pairs of `count` panels.
@@ -270,6 +330,28 @@ pub(super) fn product(
     };
     run(pr * pc, &block);
     Ok(())
+}
+
+/// The parts of a product as a grid of `pr` blocks of row pairs by `pc`
+/// blocks of column pairs (at most `parts` in all): the fewest pairs per
+/// part, then the fewest row and column pairs a part reads, then columns
+/// split before rows where `cols_first`. A part reads its rows of `a` once
+/// per column pair and its columns of `b` once per row pair, so near-square
+/// blocks read the least: on 16 threads a 1024^3 product split by columns
+/// alone had every part read all of `a` from the shared cache twice.
+fn grid(parts: usize, rows: usize, cols: usize, cols_first: bool) -> (usize, usize) {
+    let (parts, rows, cols) = (parts.max(1), rows.max(1), cols.max(1));
+    let mut best = (1, 1);
+    let mut best_key = (usize::MAX, usize::MAX, true);
+    for pr in 1..=parts.min(rows) {
+        let pc = (parts / pr).min(cols);
+        let (h, w) = (rows.div_ceil(pr), cols.div_ceil(pc));
+        let key = (h * w, h + w, if cols_first { pr > pc } else { pc > pr });
+        if key < best_key {
+            (best, best_key) = ((pr, pc), key);
+        }
+    }
+    best
 }
 
 /// The packed operands' buffer, kept by each thread between products (up
@@ -795,4 +877,24 @@ pub fn with_parts<R>(parts: usize, f: impl FnOnce() -> R) -> R {
     let r = f();
     PARTS.with(|p| p.set(old));
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::grid;
+
+    #[test]
+    fn parts_form_near_square_grids() {
+        assert_eq!(grid(16, 32, 32, true), (4, 4));
+        assert_eq!(grid(2, 32, 32, true), (1, 2));
+        assert_eq!(grid(2, 32, 32, false), (2, 1));
+        assert_eq!(grid(16, 1, 64, true), (1, 16));
+        assert_eq!(grid(3, 32, 2, true), (3, 1));
+        assert_eq!(grid(8, 64, 4, true), (8, 1));
+        assert_eq!(grid(1, 5, 5, false), (1, 1));
+        for parts in 1..40 {
+            let (pr, pc) = grid(parts, 7, 9, parts % 2 == 0);
+            assert!(pr * pc <= parts && pr <= 7 && pc <= 9, "{parts}: {pr} x {pc}");
+        }
+    }
 }

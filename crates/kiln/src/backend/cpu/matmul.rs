@@ -6,7 +6,8 @@
 //! steps too) and broadcast (stride 0) operands are read in place, with no
 //! copy. `bf16` runs on `bf16` instructions where the CPU and the operating
 //! system allow them ([`bf16_gemm`]: AMX tiles on Intel from Sapphire
-//! Rapids on, else AVX512-BF16 dot products); `f16`, and `bf16`
+//! Rapids on, else AVX512-BF16 dot products where they beat `f32`
+//! FMAs); `f16`, and `bf16`
 //! elsewhere, are widened to `f32` for the `f32` kernels. Either way the
 //! sums are `f32` and the result is rounded back once (`gemm`'s own `f16`
 //! path did not: its results missed the exactly rounded product).
@@ -73,57 +74,29 @@ pub fn uses_threads(batch: usize, m: usize, n: usize, k: usize) -> bool {
     work >= PAR_WORK || (batch > 1 && work.saturating_mul(batch) >= PAR_WORK)
 }
 
-/// Runs `block(rows, cols)` over at most `parts` disjoint blocks that tile
-/// an `m x n` output, in parallel on the team when there is more than one,
-/// and returns when all have run. The blocks are a [`grid`] of whole tiles
-/// of 8 rows and whole vectors of 16 columns: each block reads its rows of
-/// `a` and its columns of `b` (and each single-threaded `gemm` call packs
-/// them), so of the grids that balance the work best, the one whose blocks
-/// read the fewest operand elements.
+/// Runs `block(rows, cols)` over `parts` disjoint blocks that tile an `m x
+/// n` output, in parallel on the team when `parts > 1`, and returns when
+/// all have run: by columns (whole vectors of 16) when `b` is the larger
+/// operand (`n >= m`, so each thread reads all of `a` and its own columns
+/// of `b`), else by rows (whole tiles of 8).
 ///
 /// Large products run so, each block a single-threaded `gemm` call,
 /// rather than on `gemm`'s own rayon split: on an Intel Xeon (2 cores),
-/// where a single thread of `gemm` ran as fast as torch's single-threaded
+/// where one `gemm` thread ran a 1024^3 product at the rate of torch's
 /// oneDNN, 128x256x256 and 256x512x512 products ran 1.2-1.6x faster so
 /// (a rayon job costs tens of microseconds to start), 1024^3 within noise.
 pub(crate) fn split_blocks(m: usize, n: usize, parts: usize, block: impl Fn(Range<usize>, Range<usize>) + Sync) {
-    let (row_units, col_units) = (m.div_ceil(8), n.div_ceil(16));
-    let (pr, pc) = grid(parts, [row_units, col_units], [8, 16], n >= m);
-    let range = |i: usize, of: usize, units: usize, unit: usize, len: usize| {
-        (i * units / of * unit).min(len)..((i + 1) * units / of * unit).min(len)
-    };
-    let run = |p: usize| block(range(p / pc, pr, row_units, 8, m), range(p % pc, pc, col_units, 16, n));
-    if pr * pc == 1 {
+    let by_cols = n >= m;
+    let (len, unit) = if by_cols { (n, 16) } else { (m, 8) };
+    let units = len.div_ceil(unit);
+    let parts = parts.min(units).max(1);
+    let range = |i: usize| (i * units / parts * unit).min(len)..((i + 1) * units / parts * unit).min(len);
+    let run = |i: usize| if by_cols { block(0..m, range(i)) } else { block(range(i), 0..n) };
+    if parts == 1 {
         run(0);
     } else {
-        team::run(pr * pc, &run);
+        team::run(parts, &run);
     }
-}
-
-/// The grid (`pr x pc` blocks, at most `parts` in all) that splits a
-/// product's output of `units[0]` units of `len[0]` rows by `units[1]`
-/// units of `len[1]` columns over `parts` threads: the fewest units in the
-/// largest block (the busiest thread's work), then the fewest rows of `a`
-/// and columns of `b` a block reads (`h * len[0] + w * len[1]` for a block
-/// of `h x w` units), then columns split before rows where `cols_first`.
-/// Near-square blocks read the least: on 16 threads a 1024^3 product runs
-/// as 4 x 4 blocks that each read 512 rows and columns of the operands,
-/// where 16 blocks of 64 columns each read all of `a` (1088 in all), and
-/// every thread packed it again. On two threads it is a single row or
-/// column of blocks.
-pub(crate) fn grid(parts: usize, units: [usize; 2], len: [usize; 2], cols_first: bool) -> (usize, usize) {
-    let (parts, rows, cols) = (parts.max(1), units[0].max(1), units[1].max(1));
-    let mut best = (1, 1);
-    let mut best_key = (usize::MAX, usize::MAX, true);
-    for pr in 1..=parts.min(rows) {
-        let pc = (parts / pr).min(cols);
-        let (h, w) = (rows.div_ceil(pr), cols.div_ceil(pc));
-        let key = (h * w, h * len[0] + w * len[1], if cols_first { pr > pc } else { pc > pr });
-        if key < best_key {
-            (best, best_key) = ((pr, pc), key);
-        }
-    }
-    best
 }
 
 /// `a @ b` with broadcast batch dims; `shape` is the output shape
@@ -658,68 +631,4 @@ fn int_batched<I: IntMath>(a: &Data, b: &Data, g: &Geometry) -> Result<Vec<I>> {
         out.chunks_mut(n).enumerate().for_each(row);
     }
     Ok(out)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::sync::Mutex;
-
-    #[test]
-    fn blocks_tile_the_output_once_on_any_grid() {
-        for (m, n) in [(1024, 1024), (512, 1024), (1000, 37), (9, 2000), (1, 1), (8, 16), (100, 100)] {
-            for parts in [1, 2, 3, 6, 7, 16, 64] {
-                let seen = Mutex::new(vec![0u8; m * n]);
-                split_blocks(m, n, parts, |rows, cols| {
-                    let mut s = seen.lock().unwrap_or_else(|e| e.into_inner());
-                    for i in rows {
-                        for j in cols.clone() {
-                            s[i * n + j] += 1;
-                        }
-                    }
-                });
-                let seen = seen.into_inner().unwrap_or_else(|e| e.into_inner());
-                assert!(seen.iter().all(|&c| c == 1), "{m}x{n} in {parts} parts");
-            }
-        }
-    }
-
-    /// `grid` for an `m x n` output in tiles of 8 rows and vectors of 16
-    /// columns, as `split_blocks` asks.
-    fn out_grid(m: usize, n: usize, parts: usize) -> (usize, usize) {
-        grid(parts, [m.div_ceil(8), n.div_ceil(16)], [8, 16], n >= m)
-    }
-
-    #[test]
-    fn grids_balance_then_read_the_fewest_operand_elements() {
-        // Two parts: a single row or column of blocks, as before grids.
-        assert_eq!(out_grid(1024, 1024, 2), (1, 2));
-        assert_eq!(out_grid(1024, 512, 2), (2, 1));
-        // Sixteen: 4 x 4 blocks read 512 rows and columns each, 1 x 16 1088.
-        assert_eq!(out_grid(1024, 1024, 16), (4, 4));
-        // A tie (384 either way) keeps the first grid found, fewer rows.
-        assert_eq!(out_grid(512, 1024, 16), (2, 8));
-        // A short, wide output stays split by columns (320 against 544).
-        assert_eq!(out_grid(64, 4096, 16), (1, 16));
-        // Seven parts: 19 of the 128 row tiles is the least work per part.
-        assert_eq!(out_grid(1024, 1024, 7), (7, 1));
-        // No block thinner than a tile of 8 rows.
-        let (r, c) = out_grid(16, 4096, 16);
-        assert!(r <= 2 && r * c == 16, "({r}, {c})");
-        // Fewer tiles than parts: as many blocks as tiles.
-        assert_eq!(out_grid(1024, 40, 16), (16, 1));
-        assert_eq!(out_grid(8, 40, 16), (1, 3));
-        // Square units (AMX's pairs of tiles): near-square grids.
-        assert_eq!(grid(16, [32, 32], [32, 32], true), (4, 4));
-        assert_eq!(grid(2, [32, 32], [32, 32], true), (1, 2));
-        assert_eq!(grid(2, [32, 32], [32, 32], false), (2, 1));
-        assert_eq!(grid(16, [1, 64], [32, 32], true), (1, 16));
-        assert_eq!(grid(3, [32, 2], [32, 32], true), (3, 1));
-        assert_eq!(grid(8, [64, 4], [32, 32], true), (8, 1));
-        assert_eq!(grid(1, [5, 5], [32, 32], false), (1, 1));
-        for parts in 1..40 {
-            let (pr, pc) = grid(parts, [7, 9], [8, 16], parts % 2 == 0);
-            assert!(pr * pc <= parts && pr <= 7 && pc <= 9, "{parts}: {pr} x {pc}");
-        }
-    }
 }
