@@ -847,9 +847,13 @@ fn bf16_kernels_are_used_where_the_cpu_has_them() {
     if !avx512 {
         assert!(kernels.is_empty(), "below AVX-512 (KILN_SIMD, or an emulated CPU) the bf16 kernels stay off");
     }
-    assert_eq!(bf16_gemm::takes(64, 64, 64), bf16_gemm::available());
-    assert!(!bf16_gemm::without(|| bf16_gemm::takes(64, 64, 64)));
-    assert!(!bf16_gemm::takes(64, 64, 0));
+    assert_eq!(bf16_gemm::kernel_for(64, 64, 64), default);
+    assert_eq!(bf16_gemm::kernel_for(64, 64, 64).is_some(), bf16_gemm::available());
+    assert_eq!(bf16_gemm::without(|| bf16_gemm::kernel_for(64, 64, 64)), None);
+    assert_eq!(bf16_gemm::kernel_for(64, 64, 0), None);
+    for &k in kernels {
+        assert_eq!(bf16_gemm::with_kernel(k, || bf16_gemm::kernel_for(64, 64, 64)), Some(k));
+    }
 }
 
 /// `a @ b` for f16 operands on the 1/16 grid (exact in f16): the sums are

@@ -157,7 +157,7 @@ fn dot_pays() -> bool {
     let dot = best(&mut || {
         let (am, bm) =
             (Mat { data: &a, off: 0, rs: K as isize, cs: 1 }, Mat { data: &b, off: 0, rs: N as isize, cs: 1 });
-        with_choice(Some(Kernel::Dot), || product([M, N, K], am, bm, &mut c16, false)).is_ok()
+        product([M, N, K], am, bm, &mut c16, false, Kernel::Dot).is_ok()
     });
     let mut c32 = vec![MaybeUninit::<f32>::uninit(); M * N];
     let widened = best(&mut || {
@@ -252,16 +252,22 @@ fn chosen() -> Option<Kernel> {
     CHOICE.with(Cell::get).unwrap_or_else(default_kernel)
 }
 
-/// Whether a `bf16` product of these sizes, started on this thread, runs on
-/// a kernel of this module.
-pub fn takes(m: usize, n: usize, k: usize) -> bool {
-    k > 0 && m.saturating_mul(n).saturating_mul(k) >= MIN_WORK && chosen().is_some()
+/// The kernel a `bf16` product of these sizes, started on this thread,
+/// runs on; `None` where it is widened. The caller passes it to
+/// the product (which may run on other threads, where a choice made with
+/// [`with_kernel`] or [`without`] does not hold).
+pub fn kernel_for(m: usize, n: usize, k: usize) -> Option<Kernel> {
+    if k > 0 && m.saturating_mul(n).saturating_mul(k) >= MIN_WORK {
+        chosen()
+    } else {
+        None
+    }
 }
 
 /// `c = a @ b` for `a: m x k`, `b: k x n` (any strides, within their
 /// buffers: [`Mat`]'s contract) and `c` row-major `m x n`, every element of
-/// which is written. `threads` allows splitting over the team's threads.
-/// Call only where [`takes`] says yes. Errors only when the packed copies
+/// which is written, on `kernel` (one of [`kernels`]). `threads` allows
+/// splitting over the team's threads. Errors only when the packed copies
 /// cannot be allocated.
 pub(super) fn product(
     [m, n, k]: [usize; 3],
@@ -269,8 +275,9 @@ pub(super) fn product(
     b: Mat<bf16>,
     c: &mut [MaybeUninit<bf16>],
     threads: bool,
+    kernel: Kernel,
 ) -> Result<()> {
-    let kernel = chosen().expect("bf16_gemm::product: called where `takes` is false");
+    assert!(kernels().contains(&kernel), "bf16_gemm::product: {kernel:?} is not available here");
     assert!(k > 0 && c.len() == m * n, "bf16_gemm::product: sizes");
     let kp = k.div_ceil(KT) * KT;
     let (mp, np) = (m.div_ceil(T), n.div_ceil(T));

@@ -115,8 +115,10 @@ pub fn matmul(a: &Data, b: &Data, shape: &[usize]) -> Result<Buffer> {
         Buffer::F32(_) => Buffer::from_vec(f32_batched(a, b, &g, None)?),
         Buffer::F64(_) => Buffer::from_vec(gemm_batched::<f64>(a, b, &g)?),
         Buffer::F16(_) => Buffer::from_vec(widened::<f16>(a, b, shape)?),
-        Buffer::BF16(_) if bf16_gemm::takes(g.m, g.n, g.k) => Buffer::from_vec(bf16_kernel_batched(a, b, &g)?),
-        Buffer::BF16(_) => Buffer::from_vec(widened::<bf16>(a, b, shape)?),
+        Buffer::BF16(_) => match bf16_gemm::kernel_for(g.m, g.n, g.k) {
+            Some(kernel) => Buffer::from_vec(bf16_kernel_batched(a, b, &g, kernel)?),
+            None => Buffer::from_vec(widened::<bf16>(a, b, shape)?),
+        },
         Buffer::U8(_) => Buffer::from_vec(int_batched::<u8>(a, b, &g)?),
         Buffer::U32(_) => Buffer::from_vec(int_batched::<u32>(a, b, &g)?),
         Buffer::I32(_) => Buffer::from_vec(int_batched::<i32>(a, b, &g)?),
@@ -557,7 +559,7 @@ fn f32_batched(a: &Data, b: &Data, g: &Geometry, bias: Option<&Data>) -> Result<
 
 /// `bf16` products on `bf16` instructions ([`bf16_gemm`]): each output matrix rounded once
 /// from `f32` sums, as the widening path does.
-fn bf16_kernel_batched(a: &Data, b: &Data, g: &Geometry) -> Result<Vec<bf16>> {
+fn bf16_kernel_batched(a: &Data, b: &Data, g: &Geometry, kernel: bf16_gemm::Kernel) -> Result<Vec<bf16>> {
     let (m, n, k) = (g.m, g.n, g.k);
     let (mn, nb) = (m * n, g.offsets.len());
     let sa = a.buffer().as_slice::<bf16>().expect("matmul operands have the inferred dtype");
@@ -568,7 +570,7 @@ fn bf16_kernel_batched(a: &Data, b: &Data, g: &Geometry) -> Result<Vec<bf16>> {
         // their buffers for every i < m, p < k, j < n (Mat's contract).
         let am = sgemm::Mat { data: sa, off: oa, rs: g.a_rs, cs: g.a_cs };
         let bm = sgemm::Mat { data: sb, off: ob, rs: g.b_rs, cs: g.b_cs };
-        bf16_gemm::product([m, n, k], am, bm, dst, threads)
+        bf16_gemm::product([m, n, k], am, bm, dst, threads, kernel)
     };
     let mut out = take_vec("matmul", nb * mn)?;
     let spare = &mut out.spare_capacity_mut()[..nb * mn];
