@@ -702,9 +702,9 @@ mod tiles {
         // the checks of `Block::check`, every 16 x 64-byte tile load lies
         // inside `a` and `b`. The loads and stores of sums touch rows of the
         // block's panels (16 or 32) of `c`, columns of its panels (16 or
-        // 32), at `ldc` bytes per row: inside `c` by the same checks. Only the tiles of this block are used (tmm0-3
-        // sums, tmm4-5 `a`, tmm6-7 `b`), and no Rust code uses tile
-        // registers.
+        // 32), at `ldc` bytes per row: inside `c` by the same checks. Only
+        // the tiles of this block are used (tmm0-3 sums, tmm4-5 `a`, tmm6-7
+        // `b`), and no Rust code uses tile registers.
         unsafe {
             let (a0, b0, c0) = (a.as_ptr(), b.as_ptr(), c.as_mut_ptr());
             let (a1, b1) = (a0.add(T * kp), b0.add(T * kp / 2));

@@ -6,11 +6,11 @@
 //! steps too) and broadcast (stride 0) operands are read in place, with no
 //! copy. `bf16` runs on `bf16` instructions where the CPU and the operating
 //! system allow them ([`bf16_gemm`]: AMX tiles on Intel from Sapphire
-//! Rapids on, else AVX512-BF16 dot products where they beat `f32`
-//! FMAs); `f16`, and `bf16`
-//! elsewhere, are widened to `f32` for the `f32` kernels. Either way the
-//! sums are `f32` and the result is rounded back once (`gemm`'s own `f16`
-//! path did not: its results missed the exactly rounded product).
+//! Rapids on, else AVX512-BF16 dot products where they beat `f32` FMAs);
+//! `f16`, and `bf16` elsewhere, are widened to `f32` for the `f32`
+//! kernels. Either way the sums are `f32` and the result is rounded back
+//! once (`gemm`'s own `f16` path did not: its results missed the exactly
+//! rounded product).
 //! [`matmul_bias`] starts the `f32` output from a broadcast bias, so
 //! `a @ b + bias` costs one pass over the output. Any other epilogue of a
 //! product up to [`EPILOGUE_WORK`] multiply-adds runs on each block of
@@ -398,10 +398,11 @@ fn batch_offsets(l: &Layout, batch: &[usize]) -> Result<Offsets<isize>> {
 trait GemmElement: Element {}
 impl GemmElement for f64 {}
 
-/// `f16` and `bf16` products (`bf16` where [`bf16_gemm`] does not take it): both
-/// operands widened to `f32` (one elementwise pass each), an `f32` product
-/// ([`f32_batched`], kiln's own kernels: `gemm`'s `f16` path ran a 1024^3
-/// product 1.7x slower), the result rounded back once, in parallel.
+/// `f16` and `bf16` products (`bf16` where [`bf16_gemm`] does not take
+/// it): both operands widened to `f32` (one elementwise pass each), an
+/// `f32` product ([`f32_batched`], kiln's own kernels: `gemm`'s `f16` path
+/// ran a 1024^3 product 1.7x slower), the result rounded back once, in
+/// parallel.
 fn widened<T: Element + Half>(a: &Data, b: &Data, shape: &[usize]) -> Result<Vec<T>> {
     let f32_ = crate::primitive::Primitive::AsType(crate::DType::F32);
     let widen = |x: &Data| super::fused::run_single(&f32_, &[x], &x.layout().shape, crate::DType::F32);
@@ -557,8 +558,8 @@ fn f32_batched(a: &Data, b: &Data, g: &Geometry, bias: Option<&Data>) -> Result<
     Ok(out)
 }
 
-/// `bf16` products on `bf16` instructions ([`bf16_gemm`]): each output matrix rounded once
-/// from `f32` sums, as the widening path does.
+/// `bf16` products on `kernel` ([`bf16_gemm`]): each output matrix
+/// rounded once from `f32` sums, as the widening path does.
 fn bf16_kernel_batched(a: &Data, b: &Data, g: &Geometry, kernel: bf16_gemm::Kernel) -> Result<Vec<bf16>> {
     let (m, n, k) = (g.m, g.n, g.k);
     let (mn, nb) = (m * n, g.offsets.len());
@@ -589,8 +590,8 @@ fn bf16_kernel_batched(a: &Data, b: &Data, g: &Geometry, kernel: bf16_gemm::Kern
             run(dst, i, true)?;
         }
     }
-    // SAFETY: `bf16_gemm::product` wrote every element of each of the nb chunks
-    // of mn (an error returned above before this point).
+    // SAFETY: `bf16_gemm::product` wrote every element of each of the nb
+    // chunks of mn (an error returned above before this point).
     unsafe { out.set_len(nb * mn) };
     Ok(out)
 }
