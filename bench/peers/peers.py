@@ -55,7 +55,7 @@ ADAM = [1e-3, 0.9, 0.999, 1e-8, 1 - 0.9**10, 1 - 0.999**10]
 LN_ROWS = [64, 256, 1024, 4096]
 LN_WORKLOADS = [f"layernorm_1024x{r}" for r in LN_ROWS]
 WORKLOADS = ["gelu_tanh", "gelu_erf", "softmax", "layernorm", "matmul_add", "forward_and_norm", "mlp", "tiny",
-             "sgemm", "sgemm_bf16", "adam", "rmsnorm", "logsumexp", "cross_entropy", "polynomial", "transpose_add", "softmax_cols",
+             "sgemm", "sgemm_bf16", "adam", "rmsnorm", "logsumexp", "cross_entropy", "polynomial", "transpose_add", "softmax_cols", "col_norms",
              "matmul_gelu"] + LN_WORKLOADS
 
 
@@ -204,6 +204,9 @@ def ref(workload, inp):
         x = d(inp.mat)
         e = np.exp(x - x.max(0, keepdims=True))
         return e / e.sum(0, keepdims=True)
+    if workload == "col_norms":
+        x = d(inp.mat)
+        return np.sqrt((x * x).sum(0))
     if workload == "polynomial":
         x = d(inp.poly)
         y = POLY[0] * x + POLY[1]
@@ -299,6 +302,7 @@ def numpy_impls():
         polynomial=horner,
         transpose_add=lambda x: x + x.T,
         softmax_cols=lambda x: (lambda e: e / e.sum(0, keepdims=True))(np.exp(x - x.max(0, keepdims=True))),
+        col_norms=lambda x: np.sqrt((x * x).sum(0)),
         matmul_gelu=lambda x, w, b: gelu_tanh(x @ w + b),
     )
     with_ln(fns, layernorm)
@@ -351,6 +355,7 @@ def jax_impls():
             polynomial=horner,
             transpose_add=lambda x: x + x.T,
             softmax_cols=lambda x: jax.nn.softmax(x, axis=0),
+            col_norms=lambda x: jnp.sqrt((x * x).sum(0)),
             matmul_gelu=lambda x, w, b: jax.nn.gelu(x @ w + b, approximate=True),
         ) | {w: layernorm for w in LN_WORKLOADS}
 
@@ -407,6 +412,7 @@ def torch_impls():
             polynomial=horner,
             transpose_add=lambda x: x + x.t(),
             softmax_cols=lambda x: torch.softmax(x, 0),
+            col_norms=lambda x: torch.sqrt((x * x).sum(0)),
             matmul_gelu=lambda x, w, b: F.gelu(torch.addmm(b, x, w), approximate="tanh"),
         ) | {w: layernorm for w in LN_WORKLOADS}
 
@@ -474,6 +480,7 @@ def mlx_impls():
             polynomial=horner,
             transpose_add=lambda x: x + x.T,
             softmax_cols=lambda x: mx.softmax(x, axis=0),
+            col_norms=lambda x: mx.sqrt((x * x).sum(0)),
             matmul_gelu=lambda x, w, b: gelu_tanh(mx.addmm(b, x, w)),
         ) | {w: layernorm for w in LN_WORKLOADS}
 
@@ -548,7 +555,7 @@ def args_for(workload, inp, dev, bf16=None):
         return [bf16(dev(a)) for a in inp.sgemm]
     if workload == "adam":
         return [dev(a) for a in inp.adam + inp.adam_hyper]
-    if workload in ("transpose_add", "softmax_cols"):
+    if workload in ("transpose_add", "softmax_cols", "col_norms"):
         return [dev(inp.mat)]
     if workload in ("rmsnorm", "logsumexp", "cross_entropy"):
         return [dev(inp.mat)] + {"rmsnorm": [dev(inp.rms_weight)], "logsumexp": [],

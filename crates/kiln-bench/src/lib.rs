@@ -251,6 +251,12 @@ pub const WORKLOADS: &[Workload] = &[
         about: "softmax over the columns (axis 0) of 4096x4096 f32",
     },
     Workload {
+        name: "col_norms",
+        class: Class::Memory,
+        impls: ALL,
+        about: "sqrt(sum(x*x, 0)): the norms of the columns of 4096x4096 f32",
+    },
+    Workload {
         name: "matmul_gelu",
         class: Class::Matmul,
         impls: ALL,
@@ -435,7 +441,7 @@ fn min_of(records: &[Record], workload: &str, imps: &[&str]) -> Option<(String, 
 }
 
 /// The fused memory-bound rows that issue 17's floor and 0.5x targets cover.
-pub const FUSED_MEMORY: [&str; 15] = [
+pub const FUSED_MEMORY: [&str; 16] = [
     "gelu_tanh",
     "gelu_erf",
     "softmax",
@@ -447,6 +453,7 @@ pub const FUSED_MEMORY: [&str; 15] = [
     "polynomial",
     "transpose_add",
     "softmax_cols",
+    "col_norms",
     "layernorm_1024x64",
     "layernorm_1024x256",
     "layernorm_1024x1024",

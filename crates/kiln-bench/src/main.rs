@@ -159,6 +159,7 @@ impl Sizes {
             // x read in both orders, the sum written.
             "transpose_add" => (3 * f * rc, rc),
             "softmax_cols" => (2 * f * rc, 5 * rc + cols),
+            "col_norms" => (f * (rc + cols), 2 * rc + cols),
             "matmul_gelu" => {
                 let [m, k, n] = self.mm_gelu.map(|v| v as u64);
                 (f * (m * k + k * n + n + m * n), 2 * m * k * n + 10 * m * n)
@@ -303,6 +304,10 @@ fn transpose_add(x: &Array) -> Result<Array> {
 
 fn softmax_cols(x: &Array) -> Result<Array> {
     x.softmax(0)
+}
+
+fn col_norms(x: &Array) -> Result<Array> {
+    (x * x)?.sum(0, false)?.sqrt()
 }
 
 fn rmsnorm(x: &Array, weight: &Array) -> Result<Array> {
@@ -635,6 +640,8 @@ impl Runner {
         self.memory_row("transpose_add", || c.call(&x), || transpose_add(&x));
         let c = compile(softmax_cols);
         self.memory_row("softmax_cols", || c.call(&x), || softmax_cols(&x));
+        let c = compile(col_norms);
+        self.memory_row("col_norms", || c.call(&x), || col_norms(&x));
         drop(x);
 
         let x = normal(&[s.poly_n], 1.0)?;

@@ -588,3 +588,91 @@ fn copies_of_permuted_layouts_run_in_blocks_with_every_value_in_place() -> Resul
     }
     Ok(())
 }
+
+/// Fused reductions over leading or middle axes (`sum(exp(x), 0)`, a mean
+/// over the middle axis of `(b, s, h)`) run in the group's own row-major
+/// order (`fused_reduce::fold_columns`): one strip of tiles, several
+/// strips, a batch, two middle axes, row counts that are not multiples of
+/// the chunks, below and above the parallel threshold; against `f64`
+/// loops over the same `f32` values, and against eager.
+#[test]
+fn fused_reductions_over_leading_and_middle_axes() -> Result<()> {
+    use kiln::backend::cpu::fused_reduce::column_runs;
+    let cases: &[(&[usize], &[isize])] = &[
+        (&[3, 5], &[0]),
+        (&[300, 2500], &[0]),
+        (&[37, 9000], &[0]),
+        (&[5, 70, 33], &[1]),
+        (&[6, 4, 50, 17], &[1, 2]),
+        (&[1030, 70], &[0]),
+    ];
+    let mut rng = Rng::new(17);
+    for &(shape, axes) in cases {
+        let n: usize = shape.iter().product();
+        let vals = rng.floats_f32(n, -2.0, 2.0);
+        let x = Array::from_slice(&vals, shape)?;
+        // The group's value, as kiln computes it in f32 (exp is within
+        // an ulp or two of the f64 one).
+        let made: Vec<f64> = vals.iter().map(|&v| ((v as f64).exp() * 0.5 - v as f64) as f32 as f64).collect();
+        let first = axes[0] as usize;
+        let last = *axes.last().expect("an axis") as usize;
+        let nb: usize = shape[..first].iter().product();
+        let nr: usize = shape[first..=last].iter().product();
+        let nk: usize = shape[last + 1..].iter().product();
+        type Red = fn(&Array, &[isize]) -> Result<Array>;
+        let ops: [(&str, Red); 4] = [
+            ("sum", |a, ax| a.sum(ax, false)),
+            ("mean", |a, ax| a.mean(ax, false)),
+            ("max", |a, ax| a.max(ax, false)),
+            ("min", |a, ax| a.min(ax, false)),
+        ];
+        for (name, red) in ops {
+            let f = move |x: &Array| red(&((x.exp()? * 0.5f32)? - x)?, axes);
+            let before = column_runs();
+            let got = compile(f).call(&x)?.to_vec::<f32>()?;
+            assert!(column_runs() > before, "{name} over {axes:?} of {shape:?} did not fold columns");
+            let eager = f(&x)?.to_vec::<f32>()?;
+            assert_eq!(got.len(), nb * nk);
+            for o in 0..nb * nk {
+                let (b, k) = (o / nk, o % nk);
+                let col = (0..nr).map(|r| made[(b * nr + r) * nk + k]);
+                let (want, scale) = match name {
+                    "sum" => (col.clone().sum::<f64>(), col.map(f64::abs).sum::<f64>()),
+                    "mean" => (col.clone().sum::<f64>() / nr as f64, col.map(f64::abs).sum::<f64>() / nr as f64),
+                    "max" => (col.fold(f64::NEG_INFINITY, f64::max), 0.0),
+                    _ => (col.fold(f64::INFINITY, f64::min), 0.0),
+                };
+                let g = got[o] as f64;
+                let tol = 1e-5 * scale.max(want.abs()) + 1e-6;
+                assert!((g - want).abs() <= tol, "{name} {shape:?} {axes:?} output {o}: {g} vs {want}");
+                let e = eager[o] as f64;
+                assert!((g - e).abs() <= tol, "{name} {shape:?} {axes:?} output {o}: compiled {g}, eager {e}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Special values through the column fold: a NaN makes its column's sum
+/// and extrema NaN, an infinity its sum infinite, and a sum of negative
+/// zeros stays negative, as eager reductions give them.
+#[test]
+fn fused_column_reductions_keep_special_values() -> Result<()> {
+    let (r, c) = (600, 40);
+    let mut vals: Vec<f32> = (0..r * c).map(|i| -1.0 - (i % 7) as f32).collect();
+    vals[17 * c + 3] = f32::NAN;
+    vals[500 * c + 5] = f32::INFINITY;
+    let x = Array::from_slice(&vals, &[r, c])?;
+    let sum = compile(|x: &Array| (x * 2.0f32)?.sum(0, false)).call(&x)?.to_vec::<f32>()?;
+    let max = compile(|x: &Array| (x * 2.0f32)?.max(0, false)).call(&x)?.to_vec::<f32>()?;
+    let min = compile(|x: &Array| (x * 2.0f32)?.min(0, false)).call(&x)?.to_vec::<f32>()?;
+    assert!(sum[3].is_nan() && max[3].is_nan() && min[3].is_nan(), "NaN column: {} {} {}", sum[3], max[3], min[3]);
+    assert_eq!((sum[5], max[5], min[5]), (f32::INFINITY, f32::INFINITY, -14.0));
+    assert!(sum[0].is_finite() && max[0] == -2.0 && min[0] == -14.0);
+    // x * 0 of negative x: every value -0, and so is their sum.
+    let zeros =
+        compile(|x: &Array| (x * 0.0f32)?.sum(0, false)).call(&Array::from_slice(&vals[..c * 50], &[50, c])?)?;
+    let z = zeros.to_vec::<f32>()?;
+    assert!(z.iter().enumerate().filter(|&(k, _)| k != 3 && k != 5).all(|(_, v)| *v == 0.0 && v.is_sign_negative()));
+    Ok(())
+}

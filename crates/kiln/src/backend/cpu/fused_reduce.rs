@@ -7,6 +7,14 @@
 //! pairwise tree and the nodes' partial results (`reduce::Partial`) combine with the
 //! kernel's own merges, so a fused reduction gives the eager result bit
 //! for bit.
+//!
+//! Reductions over leading or middle axes (`sum(exp(x), 0)`) are the
+//! exception: the reduced axes innermost, the group would read its inputs
+//! across their layout, a cache line per element. There the group runs in
+//! its own row-major order instead, each reduced row's run folded into a
+//! strip of accumulators in L1 (`fold_columns`), its rows in order and
+//! their partials pairwise: an order of its own, within the float
+//! tolerance of the eager result rather than its bits.
 
 use crate::array::Data;
 use crate::backend::cpu::fused::{rows_of, run_single, Outs};
@@ -28,12 +36,14 @@ use smallvec::SmallVec;
 const REDUCE_CHUNK: usize = 1 << 15;
 
 /// Runs reductions over `axes` of `shape` that each fold one output of the
-/// group `g` (`reductions` pairs an op with the index of that output). The
-/// group's values are produced tile by tile (kept axes outermost, reduced
-/// axes innermost) and folded from the tile's register when every
-/// reduction is an `f32` sum, mean, max or min (`fold_rows`); otherwise
-/// chunk by chunk into cache-sized scratch, every reduction folding its
-/// chunk from there. Either way the inputs are read once for all
+/// group `g` (`reductions` pairs an op with the index of that output).
+/// Reductions of the inputs themselves run the reduction kernel in place;
+/// reductions over leading or middle axes run in the group's own order
+/// where `fold_columns` applies. Otherwise the group's values are produced
+/// tile by tile (kept axes outermost, reduced axes innermost) and folded
+/// from the tile's register when every reduction is an `f32` sum, mean,
+/// max or min (`fold_rows`); otherwise chunk by chunk into cache-sized
+/// scratch, every reduction folding its chunk from there. Either way the inputs are read once for all
 /// reductions and the group's values never reach memory. Returns one array
 /// per reduction, in the kept axes' shape.
 pub fn run_reduce(
@@ -73,6 +83,9 @@ pub fn run_reduce(
             }
         }
         return Ok(out.into_iter().map(|o| o.expect("every reduction reads one of the inputs")).collect());
+    }
+    if let Some(bufs) = fold_columns(g, inputs, shape, axes, reductions)? {
+        return Ok(bufs.into_iter().map(|b| Data::contiguous(b, &out_shape)).collect());
     }
     if let Some(bufs) = fold_rows(g, &loads, n_out, n_red, reductions) {
         return Ok(bufs.into_iter().map(|b| Data::contiguous(b, &out_shape)).collect());
@@ -281,6 +294,248 @@ fn fold_rows(
         (0..reductions.len()).map(|k| parts.iter().flat_map(|p| p[k].iter().copied()).collect()).collect()
     };
     Some(cols.into_iter().map(Buffer::from_vec).collect())
+}
+
+static COLUMN_RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Fused reductions run by `fold_columns` (over leading or middle axes,
+/// in the group's own order) so far in this process: for tests and
+/// diagnostics.
+pub fn column_runs() -> usize {
+    COLUMN_RUNS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Most columns of one task of [`fold_columns`]: their accumulators stay
+/// in L1 (32 KiB of them for one reduction), and a task whose strip is a
+/// whole row reads its inputs in one run.
+const STRIP: usize = 4 * TILE;
+
+/// Rows of [`fold_columns`] folded into one partial, the partials of a
+/// task then combined pairwise.
+const CHUNK_ROWS: usize = 16;
+
+/// Most tasks of [`fold_columns`] that split one strip's rows (fixed by
+/// the shape, never by the thread count, so the result is too).
+const ROW_GROUPS: usize = 8;
+
+/// [`run_reduce`] when the reduced axes are a block followed by kept axes,
+/// every reduction an `f32` sum, mean, maximum or minimum of a value the
+/// group computes (`sum(exp(x), 0)`, a mean over the middle axis of
+/// `(b, s, h)`): the space is viewed as `(b, r, k)`, `r` reduced, and the
+/// group runs in its own row-major order, each run of up to [`STRIP`]
+/// columns of a reduced row made tile by tile and folded into that
+/// strip's accumulators, which stay in L1. Rows fold in order into a partial per
+/// [`CHUNK_ROWS`] rows; the partials combine pairwise, in order.
+///
+/// The other walk would put the reduced axes innermost, and so read every
+/// input across its layout, a cache line per element: compiled
+/// `sum(exp(x), 0)` ran ten times slower than eager, which makes `exp(x)`
+/// whole and folds its rows in place. `None` where it does not apply.
+fn fold_columns(
+    g: &CpuGroup,
+    inputs: &[&Data],
+    shape: &[usize],
+    axes: &[usize],
+    reductions: &[(ReduceOp, usize)],
+) -> crate::Result<Option<Vec<Buffer>>> {
+    let (Some(&first), Some(&last)) = (axes.iter().min(), axes.iter().max()) else { return Ok(None) };
+    let n_in = g.inputs.len();
+    if last + 1 >= shape.len()
+        || last + 1 - first != axes.len()
+        || !folds(g, reductions)
+        || g.outputs.iter().any(|&r| r < n_in)
+    {
+        return Ok(None);
+    }
+    let nb: usize = shape[..first].iter().product();
+    let n_red: usize = shape[first..=last].iter().product();
+    let n_k: usize = shape[last + 1..].iter().product();
+    let total = nb.checked_mul(n_red).and_then(|t| t.checked_mul(n_k)).unwrap_or(0);
+    if n_red < 2 || n_k < 2 || total == 0 {
+        return Ok(None);
+    }
+    let (strips, chunks) = (n_k.div_ceil(STRIP), n_red.div_ceil(CHUNK_ROWS));
+    let groups = chunks.min(ROW_GROUPS);
+    // Each task's partials live until its strip combines them.
+    let n_out = nb * n_k;
+    let bytes = n_out.saturating_mul(groups * reductions.len() * std::mem::size_of::<f32>());
+    crate::memory::check_alloc("reduce", bytes)?;
+    COLUMN_RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let loads: Loads = inputs.iter().map(|d| plan_load(d.buffer(), &view_as(d, shape))).collect();
+    let ops: SmallVec<[(ReduceOp, usize); MAX_FOLDS]> = reductions.iter().copied().collect();
+    // Task `t`: batch `b`, strip `c`, rows of group `q`; its partials, per
+    // reduction, for the strip's columns.
+    let task = |t: usize| -> Vec<f32> {
+        let (b, c, q) = (t / (strips * groups), t / groups % strips, t % groups);
+        let (c0, w) = (c * STRIP, STRIP.min(n_k - c * STRIP));
+        let rows = (q * chunks / groups * CHUNK_ROWS)..((q + 1) * chunks / groups * CHUNK_ROWS).min(n_red);
+        fold_strip(g, &loads, total, &ops, rows, w, |r| (b * n_red + r) * n_k + c0)
+    };
+    let parts: Vec<Vec<f32>> = if total < PAR_THRESHOLD {
+        (0..nb * strips * groups).map(task).collect()
+    } else {
+        team::map(nb * strips * groups, task)
+    };
+    let mut out: Vec<Vec<f32>> = ops.iter().map(|_| Vec::with_capacity(n_out)).collect();
+    let mut parts = parts.into_iter();
+    for j in 0..nb * strips {
+        let w = STRIP.min(n_k - j % strips * STRIP);
+        let acc = combine_partials(&ops, w, parts.by_ref().take(groups).collect());
+        for (k, (o, &(op, _))) in out.iter_mut().zip(&ops).enumerate() {
+            let vals = acc[k * w..(k + 1) * w].iter();
+            o.extend(vals.map(|&v| if op == ReduceOp::Mean { v / n_red as f32 } else { v }));
+        }
+    }
+    Ok(Some(out.into_iter().map(Buffer::from_vec).collect()))
+}
+
+/// The fold of one task of [`fold_columns`] on the calling thread: reduced
+/// rows `rows`, `w` columns from position `at(r)` of row `r`; per
+/// reduction, `w` accumulators (reduction `k` at `k * w`).
+fn fold_strip(
+    g: &CpuGroup,
+    loads: &[Load],
+    n: usize,
+    ops: &[(ReduceOp, usize)],
+    rows: std::ops::Range<usize>,
+    w: usize,
+    at: impl Fn(usize) -> usize,
+) -> Vec<f32> {
+    let no_stream = no_streams(g);
+    let e = Exec::new(g, loads, n, &no_stream[..], None);
+    let mut sc = e.scratch();
+    // Compiled code writes its outputs through pointers: to these registers.
+    let mut spill: Vec<Buffer> =
+        if e.code.is_some() { g.outputs.iter().map(|&r| take_register(g.reg_dtype(r))).collect() } else { vec![] };
+    let ptrs: Vec<OutPtr> = spill.iter_mut().map(out_ptr).collect();
+    // Partials wait on a stack until their neighbour is done, as the two
+    // halves of a node of the pairwise tree (at most `log2(chunks) + 1`
+    // of them, their vectors reused).
+    let mut stack: Vec<(u32, Vec<f32>)> = Vec::new();
+    let mut spare: Vec<Vec<f32>> = Vec::new();
+    for r0 in rows.clone().step_by(CHUNK_ROWS) {
+        let mut acc = spare.pop().unwrap_or_default();
+        acc.clear();
+        for &(op, _) in ops {
+            acc.resize(acc.len() + w, identity_f32(op));
+        }
+        for r in r0..(r0 + CHUNK_ROWS).min(rows.end) {
+            for j in (0..w).step_by(TILE) {
+                let (s, len) = (at(r) + j, TILE.min(w - j));
+                let spilled = e.produce(&mut sc, s, len, &ptrs, s);
+                for (k, &(op, i)) in ops.iter().enumerate() {
+                    let reg = if spilled { &spill[i] } else { e.output(&sc, i) };
+                    let vals = &f32::slice_of(reg).expect("f32 outputs (checked)")[..len];
+                    fold_into(op, &mut acc[k * w + j..k * w + j + len], vals);
+                }
+            }
+        }
+        let mut level = 0;
+        while stack.last().is_some_and(|(l, _)| *l == level) {
+            let (_, mut low) = stack.pop().expect("a partial");
+            combine_into(ops, w, &mut low, &acc);
+            spare.push(std::mem::replace(&mut acc, low));
+            level += 1;
+        }
+        stack.push((level, acc));
+    }
+    drop(sc);
+    give_registers(spill.into_iter());
+    // An incomplete tree: the last partials join from the right.
+    let (_, mut acc) = stack.pop().unwrap_or_default();
+    while let Some((_, mut low)) = stack.pop() {
+        combine_into(ops, w, &mut low, &acc);
+        acc = low;
+    }
+    acc
+}
+
+/// `a = combine(a, b)` for every reduction's `w` accumulators.
+fn combine_into(ops: &[(ReduceOp, usize)], w: usize, a: &mut [f32], b: &[f32]) {
+    for (k, &(op, _)) in ops.iter().enumerate() {
+        fold_into(op, &mut a[k * w..(k + 1) * w], &b[k * w..(k + 1) * w]);
+    }
+}
+
+/// The identity of an `f32` fold of `op` (a sum's is `-0`, so that a sum
+/// of negative zeros stays negative, as the reduction kernel's does).
+fn identity_f32(op: ReduceOp) -> f32 {
+    match op {
+        ReduceOp::Max => f32::NEG_INFINITY,
+        ReduceOp::Min => f32::INFINITY,
+        _ => -0.0,
+    }
+}
+
+/// `acc[j] = combine(acc[j], vals[j])` for `op` ([`reduce::combine_f32`]),
+/// in the vector code of the level `simd_math` detects (the crate's own
+/// code is built for any x86-64, whose 4 lanes made this loop a third of
+/// the time of `sum(x * x, 0)`).
+fn fold_into(op: ReduceOp, acc: &mut [f32], vals: &[f32]) {
+    assert_eq!(acc.len(), vals.len());
+    #[cfg(target_arch = "x86_64")]
+    {
+        use crate::backend::cpu::simd_math::{detected_level, Level};
+        match detected_level() {
+            // SAFETY: the detected level says the CPU has AVX-512F.
+            Level::Avx512 => return unsafe { x86::fold_into_avx512(op, acc, vals) },
+            // SAFETY: the detected level says the CPU has AVX2.
+            Level::Avx2 => return unsafe { x86::fold_into_avx2(op, acc, vals) },
+            Level::Scalar => {}
+        }
+    }
+    fold_into_generic(op, acc, vals)
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use crate::primitive::ReduceOp;
+
+    /// [`super::fold_into`] compiled for AVX-512F.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn fold_into_avx512(op: ReduceOp, acc: &mut [f32], vals: &[f32]) {
+        super::fold_into_generic(op, acc, vals)
+    }
+
+    /// [`super::fold_into`] compiled for AVX2.
+    ///
+    /// # Safety
+    /// The CPU has AVX2.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn fold_into_avx2(op: ReduceOp, acc: &mut [f32], vals: &[f32]) {
+        super::fold_into_generic(op, acc, vals)
+    }
+}
+
+/// [`fold_into`]'s loops, one per op so that each vectorizes.
+#[inline(always)]
+fn fold_into_generic(op: ReduceOp, acc: &mut [f32], vals: &[f32]) {
+    let pairs = acc.iter_mut().zip(vals);
+    match op {
+        ReduceOp::Max => pairs.for_each(|(a, &v)| *a = reduce::combine_f32(ReduceOp::Max, *a, v)),
+        ReduceOp::Min => pairs.for_each(|(a, &v)| *a = reduce::combine_f32(ReduceOp::Min, *a, v)),
+        _ => pairs.for_each(|(a, &v)| *a += v),
+    }
+}
+
+/// The partials of a strip's tasks (`w` accumulators per reduction each)
+/// combined pairwise, in order: neighbours first, then their results.
+fn combine_partials(ops: &[(ReduceOp, usize)], w: usize, mut parts: Vec<Vec<f32>>) -> Vec<f32> {
+    while parts.len() > 1 {
+        let mut it = parts.into_iter();
+        let mut next = Vec::new();
+        while let Some(mut a) = it.next() {
+            if let Some(b) = it.next() {
+                combine_into(ops, w, &mut a, &b);
+            }
+            next.push(a);
+        }
+        parts = next;
+    }
+    parts.pop().unwrap_or_default()
 }
 
 /// [`fold_rows`] of rows `o0..o1` on the calling thread: per reduction, its
