@@ -676,3 +676,41 @@ fn fused_column_reductions_keep_special_values() -> Result<()> {
     assert!(z.iter().enumerate().filter(|&(k, _)| k != 3 && k != 5).all(|(_, v)| *v == 0.0 && v.is_sign_negative()));
     Ok(())
 }
+
+/// Fused reductions over axes that are not innermost whose ops the column
+/// fold does not take (a variance, a product, a log-sum-exp, softmax's
+/// statistics of a computed value, `i32` sums, two axes around a kept
+/// one) make the group's values whole in their own order and reduce them
+/// as eager does: compiled gives eager's result bit for bit (softmax's
+/// statistics too; its normalizing step within the stated 1e-5).
+#[test]
+fn other_fused_reductions_over_leading_axes_give_eager_bits() -> Result<()> {
+    use kiln::backend::cpu::fused_reduce::whole_runs;
+    let (r, c) = (300, 257);
+    let mut rng = Rng::new(29);
+    let x = Array::from_slice(&rng.floats_f32(r * c, -2.0, 2.0), &[r, c])?;
+    type F = fn(&Array) -> Result<Array>;
+    let cases: [(&str, F); 7] = [
+        ("var", |x| x.maximum(0.0f32)?.var(0, false, 1)),
+        ("prod", |x| ((x * 0.01f32)? + 1.0f32)?.prod(0, false)),
+        ("logsumexp", |x| (x * 2.0f32)?.logsumexp(0, false)),
+        ("softmax", |x| (x * 2.0f32)?.softmax(0)),
+        ("i32 sum", |x| (x * 10.0f32)?.astype(kiln::DType::I32)?.sum(0, false)),
+        ("sum over (0, 2)", |x| (x.reshape(&[20, 15, 257])? * 2.0f32)?.sum(&[0isize, 2][..], false)),
+        ("mean of (0, 2) kept", |x| (x.reshape(&[20, 15, 257])? * 2.0f32)?.mean(&[0isize, 2][..], true)),
+    ];
+    for (name, f) in cases {
+        let before = whole_runs();
+        let got = compile(f).call(&x)?;
+        assert!(whole_runs() > before, "{name}: the values were not made whole");
+        let want = f(&x)?;
+        assert_eq!(got.shape(), want.shape(), "{name}");
+        let (g, w) = (got.astype(kiln::DType::F64)?.to_vec::<f64>()?, want.astype(kiln::DType::F64)?.to_vec::<f64>()?);
+        let tol = if name == "softmax" { 1e-5 } else { 0.0 };
+        for (i, (a, b)) in g.iter().zip(&w).enumerate() {
+            let same = a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()) || (a - b).abs() <= tol * b.abs();
+            assert!(same, "{name} [{i}]: {a} vs eager {b}");
+        }
+    }
+    Ok(())
+}

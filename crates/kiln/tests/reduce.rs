@@ -576,6 +576,32 @@ fn argmax_ties_and_nan_follow_numpy() -> R {
     Ok(())
 }
 
+/// Arg-reductions over a leading axis of a large array scan its rows in
+/// order (each a run of adjacent outputs), split over threads by
+/// outputs: ties, NaN and a flipped (negatively strided) view give the
+/// first extremum, as a column-by-column scan does.
+#[test]
+fn argmax_over_leading_axes_of_large_arrays() -> R {
+    let (r, c) = (700, 3001);
+    let mut vals: Vec<f32> = (0..r * c).map(|i| ((i * 7919) % 61) as f32).collect();
+    vals[5 * c + 2] = f32::NAN;
+    vals[600 * c + 2] = f32::NAN;
+    vals[640 * c + 9] = f32::NAN;
+    let x = Array::from_slice(&vals, &[r, c])?;
+    let flipped = kiln::slice_axis(&x, 0, None, None, -1)?;
+    for (name, a, rev) in [("plain", &x, false), ("flipped", &flipped, true)] {
+        for max in [true, false] {
+            let got = if max { a.argmax(Some(0), false)? } else { a.argmin(Some(0), false)? };
+            let got = got.to_vec::<u32>()?;
+            for (j, &g) in got.iter().enumerate() {
+                let col: Vec<f64> = (0..r).map(|i| vals[(if rev { r - 1 - i } else { i }) * c + j] as f64).collect();
+                assert_eq!(g, ref_arg(&col, max), "{name} arg{} column {j}", if max { "max" } else { "min" });
+            }
+        }
+    }
+    Ok(())
+}
+
 // ---------------------------------------------------------------- large (parallel paths)
 
 fn f32_values(n: usize, seed: u64) -> Vec<f32> {

@@ -14,7 +14,11 @@
 //! its own row-major order instead, each reduced row's run folded into a
 //! strip of accumulators in L1 (`fold_columns`), its rows in order and
 //! their partials pairwise: an order of its own, within the float
-//! tolerance of the eager result rather than its bits.
+//! tolerance of the eager result rather than its bits. Reductions there
+//! that this fold does not take (a product, a variance, a log-sum-exp,
+//! integer sums, axes around a kept one) make the group's values whole in
+//! their own order, as eager does, and reduce them with the reduction
+//! kernel: eager's bits and speed.
 
 use crate::array::Data;
 use crate::backend::cpu::fused::{rows_of, run_single, Outs};
@@ -39,7 +43,9 @@ const REDUCE_CHUNK: usize = 1 << 15;
 /// group `g` (`reductions` pairs an op with the index of that output).
 /// Reductions of the inputs themselves run the reduction kernel in place;
 /// reductions over leading or middle axes run in the group's own order
-/// where `fold_columns` applies. Otherwise the group's values are produced
+/// where `fold_columns` applies, or else, in a space larger than the
+/// caches, the group's values are made whole and reduced as eager reduces
+/// them (bit for bit). Otherwise the group's values are produced
 /// tile by tile (kept axes outermost, reduced axes innermost) and folded
 /// from the tile's register when every reduction is an `f32` sum, mean,
 /// max or min (`fold_rows`); otherwise chunk by chunk into cache-sized
@@ -66,26 +72,23 @@ pub fn run_reduce(
     // Reductions of the inputs themselves (siblings such as max and sumexp
     // of x) read them in place, each with the reduction kernel's own walk.
     if let Some(regs) = g.outputs.iter().map(|&r| copied_input(g, r)).collect::<Option<Vec<usize>>>() {
-        // Reductions of one input together: a statistic and the reduction
-        // it carries (softmax's max and sumexp, layernorm's mean and var)
-        // take one pass.
-        let mut out: Vec<Option<Data>> = reductions.iter().map(|_| None).collect();
-        for &reg in &regs {
-            let mine: Vec<usize> = (0..reductions.len()).filter(|&k| regs[reductions[k].1] == reg).collect();
-            if mine.is_empty() || out[mine[0]].is_some() {
-                continue;
-            }
-            let d = inputs[reg];
-            let v = d.view(view_as(d, shape).into_owned());
-            let ops: Vec<ReduceOp> = mine.iter().map(|&k| reductions[k].0).collect();
-            for (k, b) in mine.into_iter().zip(reduce::reduce_many(&ops, &v, axes)?) {
-                out[k] = Some(Data::contiguous(b, &out_shape));
-            }
-        }
-        return Ok(out.into_iter().map(|o| o.expect("every reduction reads one of the inputs")).collect());
+        let value = |o: usize| {
+            let d = inputs[regs[o]];
+            d.view(view_as(d, shape).into_owned())
+        };
+        return reduce_values(reductions, axes, &out_shape, |o| regs[o], value);
     }
     if let Some(bufs) = fold_columns(g, inputs, shape, axes, reductions)? {
         return Ok(bufs.into_iter().map(|b| Data::contiguous(b, &out_shape)).collect());
+    }
+    // Any other reduction over axes that are not innermost, in a space
+    // larger than the caches: the tiles below would read the inputs
+    // across their layout. The group's values are made whole in their own
+    // order and reduced as eager reduces them (its bits, its speed).
+    if reduced_suffix(axes, nd).is_none() && n_out * n_red >= crate::backend::cpu::blocked::MIN_BLOCKED {
+        WHOLE_RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let made = crate::backend::cpu::fused::run(g, inputs, shape)?;
+        return reduce_values(reductions, axes, &out_shape, |o| o, |o| made[o].clone());
     }
     if let Some(bufs) = fold_rows(g, &loads, n_out, n_red, reductions) {
         return Ok(bufs.into_iter().map(|b| Data::contiguous(b, &out_shape)).collect());
@@ -294,6 +297,42 @@ fn fold_rows(
         (0..reductions.len()).map(|k| parts.iter().flat_map(|p| p[k].iter().copied()).collect()).collect()
     };
     Some(cols.into_iter().map(Buffer::from_vec).collect())
+}
+
+/// Each reduction `(op, o)` of `reductions` over `axes` of `value(o)`
+/// (the value of group output `o`, over the group's space), in the
+/// kept axes' shape `out_shape`. Reductions of one value (one `key(o)`)
+/// run together: a statistic and the reduction it carries (softmax's max
+/// and sumexp, layernorm's mean and var) take one pass.
+fn reduce_values(
+    reductions: &[(ReduceOp, usize)],
+    axes: &[usize],
+    out_shape: &[usize],
+    key: impl Fn(usize) -> usize,
+    value: impl Fn(usize) -> Data,
+) -> crate::Result<Outs> {
+    let mut out: Vec<Option<Data>> = reductions.iter().map(|_| None).collect();
+    for &(_, o) in reductions {
+        let mine: Vec<usize> = (0..reductions.len()).filter(|&k| key(reductions[k].1) == key(o)).collect();
+        if out[mine[0]].is_some() {
+            continue;
+        }
+        let ops: Vec<ReduceOp> = mine.iter().map(|&k| reductions[k].0).collect();
+        for (k, b) in mine.into_iter().zip(reduce::reduce_many(&ops, &value(o), axes)?) {
+            out[k] = Some(Data::contiguous(b, out_shape));
+        }
+    }
+    Ok(out.into_iter().map(|o| o.expect("every reduction reads a value")).collect())
+}
+
+static WHOLE_RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Fused reductions over axes that are not innermost, of ops
+/// `fold_columns` does not take, whose group's values were made whole
+/// and reduced by the reduction kernel, so far in this process: for tests
+/// and diagnostics.
+pub fn whole_runs() -> usize {
+    WHOLE_RUNS.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 static COLUMN_RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);

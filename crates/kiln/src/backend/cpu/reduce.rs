@@ -1466,6 +1466,35 @@ mod x86 {
     use std::arch::x86_64::*;
 
     use super::{ReduceOp, LANES};
+    use crate::dtype::Element;
+
+    /// [`super::arg_step`] compiled for AVX-512F.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn arg_step_avx512<T: Element, const MAX: bool>(
+        best: &mut [T],
+        out: &mut [u32],
+        row: &[T],
+        i: u32,
+    ) {
+        super::arg_step_generic::<T, MAX>(best, out, row, i)
+    }
+
+    /// [`super::arg_step`] compiled for AVX2.
+    ///
+    /// # Safety
+    /// The CPU has AVX2.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn arg_step_avx2<T: Element, const MAX: bool>(
+        best: &mut [T],
+        out: &mut [u32],
+        row: &[T],
+        i: u32,
+    ) {
+        super::arg_step_generic::<T, MAX>(best, out, row, i)
+    }
 
     /// The fold of the contiguous `f32` leaf `xs` by `op` (a sum, max or
     /// min; any other op as a sum), bit for bit what [`super::fold_lanes`]
@@ -2275,6 +2304,56 @@ fn arg_scan<T: Element, const MAX: bool>(src: &[T], base: isize, s: isize, range
     (bi, bv)
 }
 
+/// [`arg_scan`] of `out.len()` adjacent outputs at once, output `j`'s
+/// elements at `base + j + i * s` for `i < n`: the rows are read in
+/// order, each a contiguous run, and each output keeps its best so far
+/// (the first extremum; a NaN, once met, stays). For a reduced axis that
+/// is not the innermost, which [`arg_scan`] would walk a cache line per
+/// element.
+fn arg_rows<T: Element, const MAX: bool>(src: &[T], base: isize, s: isize, n: usize, out: &mut [u32]) {
+    let w = out.len();
+    let row = |i: usize| {
+        let at = (base + i as isize * s) as usize;
+        &src[at..at + w]
+    };
+    let mut best: Vec<T> = row(0).to_vec();
+    out.fill(0);
+    for i in 1..n {
+        arg_step::<T, MAX>(&mut best, out, row(i), i as u32);
+    }
+}
+
+/// One row of [`arg_rows`], branch-free so that it vectorizes, in the
+/// vector code of the level `simd_math` detects.
+fn arg_step<T: Element, const MAX: bool>(best: &mut [T], out: &mut [u32], row: &[T], i: u32) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use crate::backend::cpu::simd_math::{detected_level, Level};
+        match detected_level() {
+            // SAFETY: the detected level says the CPU has AVX-512F.
+            Level::Avx512 => return unsafe { x86::arg_step_avx512::<T, MAX>(best, out, row, i) },
+            // SAFETY: the detected level says the CPU has AVX2.
+            Level::Avx2 => return unsafe { x86::arg_step_avx2::<T, MAX>(best, out, row, i) },
+            Level::Scalar => {}
+        }
+    }
+    arg_step_generic::<T, MAX>(best, out, row, i)
+}
+
+/// [`arg_step`]'s loop.
+#[inline(always)]
+fn arg_step_generic<T: Element, const MAX: bool>(best: &mut [T], out: &mut [u32], row: &[T], i: u32) {
+    for ((b, d), &v) in best.iter_mut().zip(out.iter_mut()).zip(row) {
+        let take = !is_nan(*b) && (is_nan(v) || (MAX && v > *b) || (!MAX && v < *b));
+        *b = if take { v } else { *b };
+        *d = if take { i } else { *d };
+    }
+}
+
+/// Fewest adjacent outputs an arg-reduction over a leading axis scans at
+/// once ([`arg_rows`]): each row's run is then at least a few cache lines.
+const ARG_ROWS: usize = 1024;
+
 fn arg_typed<T: Element, const MAX: bool>(
     src: &[T],
     kshape: &[usize],
@@ -2286,10 +2365,17 @@ fn arg_typed<T: Element, const MAX: bool>(
     let n_out: usize = crate::shape::numel(kshape);
     let k = kst.last().copied().unwrap_or(0);
     let total = n_out.saturating_mul(n);
-    let chunk = (TASK_WORK / n).max(1);
+    // Outputs adjacent in memory, the reduced axis not: scan rows.
+    let rows = k == 1 && s != 1 && n > 1;
+    let chunk = (TASK_WORK / n).max(if rows { ARG_ROWS } else { 1 });
     let fill = |start: usize, out: &mut [u32]| {
         for_each_block(kshape, [kst], [off], start..start + out.len(), |pos, o, cnt| {
-            for (i, d) in out[pos - start..pos - start + cnt].iter_mut().enumerate() {
+            let out = &mut out[pos - start..pos - start + cnt];
+            if rows {
+                arg_rows::<T, MAX>(src, o[0], s, n, out);
+                return;
+            }
+            for (i, d) in out.iter_mut().enumerate() {
                 *d = arg_scan::<T, MAX>(src, o[0] + i as isize * k, s, 0..n).0 as u32;
             }
         })
