@@ -72,6 +72,11 @@
 //! integer or bool mean accumulates in `f64`. `max`/`min` return the first
 //! (leftmost in fold order) of equal values, so `max(-0, +0)` is the zero
 //! met first, and a NaN wins over every number.
+//!
+//! `argmax`/`argmin` return the first index of the extremum (a NaN counts
+//! as one), scanning each output's run; over an axis that is not the
+//! innermost, with adjacent outputs adjacent in memory, they scan the rows
+//! in order instead, each output keeping its best so far (`arg_rows`).
 
 use std::marker::PhantomData;
 use std::ops::Range;
