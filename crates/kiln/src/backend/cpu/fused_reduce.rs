@@ -45,13 +45,14 @@ const REDUCE_CHUNK: usize = 1 << 15;
 /// reductions over leading or middle axes run in the group's own order
 /// where `fold_columns` applies, or else, in a space larger than the
 /// caches, the group's values are made whole and reduced as eager reduces
-/// them (bit for bit). Otherwise the group's values are produced
-/// tile by tile (kept axes outermost, reduced axes innermost) and folded
-/// from the tile's register when every reduction is an `f32` sum, mean,
-/// max or min (`fold_rows`); otherwise chunk by chunk into cache-sized
-/// scratch, every reduction folding its chunk from there. Either way the inputs are read once for all
-/// reductions and the group's values never reach memory. Returns one array
-/// per reduction, in the kept axes' shape.
+/// them (bit for bit). Otherwise the group's values are produced tile by
+/// tile (kept axes outermost, reduced axes innermost) and folded from the
+/// tile's register when every reduction is an `f32` sum, mean, max or min
+/// (`fold_rows`); otherwise chunk by chunk into cache-sized scratch, every
+/// reduction folding its chunk from there. But for the values made whole,
+/// the inputs are read once for all reductions and the group's values
+/// never reach memory. Returns one array per reduction, in the kept axes'
+/// shape.
 pub fn run_reduce(
     g: &CpuGroup,
     inputs: &[&Data],
@@ -363,8 +364,9 @@ const ROW_GROUPS: usize = 8;
 /// `(b, s, h)`): the space is viewed as `(b, r, k)`, `r` reduced, and the
 /// group runs in its own row-major order, each run of up to [`STRIP`]
 /// columns of a reduced row made tile by tile and folded into that
-/// strip's accumulators, which stay in L1. Rows fold in order into a partial per
-/// [`CHUNK_ROWS`] rows; the partials combine pairwise, in order.
+/// strip's accumulators, which stay in L1. Rows fold in order into a
+/// partial per [`CHUNK_ROWS`] rows; the partials combine pairwise, in
+/// order, within a task and then across the strip's tasks.
 ///
 /// The other walk would put the reduced axes innermost, and so read every
 /// input across its layout, a cache line per element: compiled
