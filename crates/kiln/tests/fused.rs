@@ -714,3 +714,96 @@ fn other_fused_reductions_over_leading_axes_give_eager_bits() -> Result<()> {
     }
     Ok(())
 }
+
+/// The elements of row-major `vals` of `shape` grouped by their position
+/// in the kept axes (row-major), reducing `axes`.
+fn reduce_groups(vals: &[f64], shape: &[usize], axes: &[usize]) -> Vec<Vec<f64>> {
+    let kept: Vec<usize> = (0..shape.len()).filter(|a| !axes.contains(a)).collect();
+    let n_out: usize = kept.iter().map(|&a| shape[a]).product();
+    let mut out = vec![vec![]; n_out];
+    for (i, &v) in vals.iter().enumerate() {
+        let (mut rem, mut idx) = (i, vec![0; shape.len()]);
+        for d in (0..shape.len()).rev() {
+            idx[d] = rem % shape[d];
+            rem /= shape[d];
+        }
+        let key = kept.iter().fold(0, |k, &a| k * shape[a] + idx[a]);
+        out[key].push(v);
+    }
+    out
+}
+
+/// Fused reductions of a permuted input run their space in the input's
+/// memory order (`reduce::MemoryOrder`): `sum(x.t() * 2, -1)` folds the
+/// columns of `x`, a reduction of a permuted cube folds its planes in
+/// order, and the results come back in the output's order. Sums, means,
+/// maxima (the column fold), a variance (values made whole), a broadcast
+/// second input, against `f64` loops and against eager.
+#[test]
+fn fused_reductions_of_permuted_inputs_run_in_memory_order() -> Result<()> {
+    use kiln::backend::cpu::reduce::reordered_runs;
+    let cases: &[(&[usize], &[usize], &[isize])] = &[
+        (&[300, 257], &[1, 0], &[-1]),
+        (&[20, 30, 40], &[2, 0, 1], &[-1]),
+        (&[20, 30, 40], &[2, 0, 1], &[0]),
+        (&[9, 11, 600], &[1, 2, 0], &[0, 2]),
+    ];
+    let mut rng = Rng::new(41);
+    for &(shape, perm, axes) in cases {
+        let n: usize = shape.iter().product();
+        let vals = rng.floats_f32(n, -2.0, 2.0);
+        let x = Array::from_slice(&vals, shape)?;
+        let p: Vec<isize> = perm.iter().map(|&d| d as isize).collect();
+        let ps: Vec<usize> = perm.iter().map(|&d| shape[d]).collect();
+        let last = *ps.last().expect("an axis");
+        let bias: Vec<f32> = (0..last).map(|i| (i % 5) as f32 * 0.25).collect();
+        let b = Array::from_slice(&bias, &[last])?;
+        let pv: Vec<f32> = permuted(&vals, shape, perm);
+        // The group's value, in f32 as kiln computes it.
+        let made: Vec<f64> = pv
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| ((v as f64).exp() * 0.5 - v as f64 + bias[i % last] as f64) as f32 as f64)
+            .collect();
+        let ax: Vec<usize> =
+            axes.iter().map(|&a| if a < 0 { (ps.len() as isize + a) as usize } else { a as usize }).collect();
+        let groups = reduce_groups(&made, &ps, &ax);
+        type Red = fn(&Array, &[isize]) -> Result<Array>;
+        let ops: [(&str, Red); 4] = [
+            ("sum", |a, ax| a.sum(ax, false)),
+            ("mean", |a, ax| a.mean(ax, false)),
+            ("max", |a, ax| a.max(ax, false)),
+            ("var", |a, ax| a.var(ax, false, 0)),
+        ];
+        for (name, red) in ops {
+            let (p, ax) = (p.clone(), axes.to_vec());
+            let f = move |x: &Array, b: &Array| red(&(((x.permute(&p)?.exp()? * 0.5f32)? - x.permute(&p)?)? + b)?, &ax);
+            let before = reordered_runs();
+            let got = compile(f.clone()).call((&x, &b))?.to_vec::<f32>()?;
+            assert!(reordered_runs() > before, "{name} over {axes:?} of {shape:?} by {perm:?} kept the space's order");
+            let eager = f(&x, &b)?.to_vec::<f32>()?;
+            assert_eq!(got.len(), groups.len());
+            for (o, g) in groups.iter().enumerate() {
+                let k = g.len() as f64;
+                let mean = g.iter().sum::<f64>() / k;
+                let (want, scale) = match name {
+                    "sum" => (g.iter().sum::<f64>(), g.iter().map(|v| v.abs()).sum::<f64>()),
+                    "mean" => (mean, g.iter().map(|v| v.abs()).sum::<f64>() / k),
+                    "max" => (g.iter().copied().fold(f64::NEG_INFINITY, f64::max), 0.0),
+                    _ => (g.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / k, mean * mean),
+                };
+                let tol = 1e-5 * scale.max(want.abs()) + 1e-6;
+                let (c, e) = (got[o] as f64, eager[o] as f64);
+                assert!(
+                    (c - want).abs() <= tol,
+                    "{name} {shape:?} by {perm:?} over {axes:?} output {o}: {c} vs {want}"
+                );
+                assert!(
+                    (c - e).abs() <= tol,
+                    "{name} {shape:?} by {perm:?} over {axes:?} output {o}: compiled {c}, eager {e}"
+                );
+            }
+        }
+    }
+    Ok(())
+}

@@ -602,6 +602,59 @@ fn argmax_over_leading_axes_of_large_arrays() -> R {
     Ok(())
 }
 
+/// Reductions of a view whose kept axes are out of memory order (the last
+/// axis of `x.permute(2, 0, 1)` reduced, two kept axes swapped) run over
+/// the view's axes in memory order and copy their results back into the
+/// output's order: every op, arg-reductions too, keepdims, a reversed kept
+/// axis, and a size large enough for the parallel walks.
+#[test]
+fn reductions_of_permuted_views_reorder_their_kept_axes() -> R {
+    use kiln::backend::cpu::reduce::reordered_runs;
+    for (base, perm, flip) in [([40usize, 50, 60], [2isize, 0, 1], false), ([7, 90, 130], [2, 0, 1], true)] {
+        let n: usize = base.iter().product();
+        let vals = values(n, DType::F32, 3);
+        let mut x = make(&vals, &base, DType::F32);
+        if flip {
+            x = slice_axis(&x, 0, None, None, -1)?;
+        }
+        let v = x.permute(&perm)?;
+        let shape: Vec<usize> = perm.iter().map(|&p| base[p as usize]).collect();
+        let mut bstrides: Vec<isize> = vec![(base[1] * base[2]) as isize, base[2] as isize, 1];
+        let mut offset = 0;
+        if flip {
+            offset = ((base[0] - 1) * base[1] * base[2]) as isize;
+            bstrides[0] = -bstrides[0];
+        }
+        let strides: Vec<isize> = perm.iter().map(|&p| bstrides[p as usize]).collect();
+        let held = view_values(&vals, &shape, &strides, offset);
+        for axis in [2usize, 1] {
+            let g = groups(&held, &shape, &[axis]);
+            for op in [ReduceOp::Sum, ReduceOp::Max, ReduceOp::Mean, ReduceOp::Var { ddof: 0 }, ReduceOp::LogSumExp] {
+                for keepdims in [false, true] {
+                    let before = reordered_runs();
+                    let r = kiln::reduce(op, &v, vec![axis as isize], keepdims)?;
+                    assert_eq!(r.shape(), reduced_shape(&shape, &[axis], keepdims));
+                    let got = read(&r);
+                    assert!(reordered_runs() > before, "{op:?} over {axis} of {shape:?} kept the output's order");
+                    for (i, (gv, &x)) in g.iter().zip(&got).enumerate() {
+                        check(op, DType::F32, gv, x, &format!("{op:?} axis {axis} of {shape:?} flip {flip} out {i}"));
+                    }
+                }
+            }
+            for max in [true, false] {
+                let before = reordered_runs();
+                let r = if max { v.argmax(Some(axis as isize), false)? } else { v.argmin(Some(axis as isize), false)? };
+                let got = r.to_vec::<u32>()?;
+                assert!(reordered_runs() > before, "arg over {axis} of {shape:?} kept the output's order");
+                for (i, (gv, &x)) in g.iter().zip(&got).enumerate() {
+                    assert_eq!(x, ref_arg(gv, max), "arg{} axis {axis} out {i}", if max { "max" } else { "min" });
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 // ---------------------------------------------------------------- large (parallel paths)
 
 fn f32_values(n: usize, seed: u64) -> Vec<f32> {

@@ -8,6 +8,11 @@
 //! kernel's own merges, so a fused reduction gives the eager result bit
 //! for bit.
 //!
+//! The group's space is first put in the memory order of its largest
+//! input (`reduce::MemoryOrder`): `sum(x.t() * 2, -1)` is `x * 2` summed
+//! over its leading axis, which the column fold below takes, where the
+//! transposed space would read `x` down its columns.
+//!
 //! Reductions over leading or middle axes (`sum(exp(x), 0)`) are the
 //! exception: the reduced axes innermost, the group would read its inputs
 //! across their layout, a cache line per element. There the group runs in
@@ -60,6 +65,23 @@ pub fn run_reduce(
     reductions: &[(ReduceOp, usize)],
     axes: &[usize],
 ) -> crate::Result<Outs> {
+    // The space in the memory order of its largest input (the first of
+    // those with the fewest broadcast axes), when its own order is not.
+    let mut dominant: Option<(usize, std::borrow::Cow<crate::layout::Layout>)> = None;
+    for d in inputs {
+        let l = view_as(d, shape);
+        let live = l.strides.iter().zip(&l.shape).filter(|&(&s, &n)| s != 0 || n == 1).count();
+        if dominant.as_ref().is_none_or(|(best, _)| live > *best) {
+            dominant = Some((live, l));
+        }
+    }
+    if let Some(m) = dominant.and_then(|(_, l)| reduce::MemoryOrder::of(&l, axes, true)) {
+        let views: Vec<Data> = inputs.iter().map(|d| m.view(d, &view_as(d, shape))).collect();
+        let space: Vec<usize> = m.perm.iter().map(|&a| shape[a]).collect();
+        let outs = run_reduce(g, &views.iter().collect::<Vec<_>>(), &space, reductions, &m.axes)?;
+        let kept: Vec<usize> = (0..shape.len()).filter(|a| !axes.contains(a)).map(|a| shape[a]).collect();
+        return outs.into_iter().map(|d| Ok(Data::contiguous(m.restore(d.buffer())?, &kept))).collect();
+    }
     let nd = shape.len();
     let kept = || (0..nd).filter(|a| !axes.contains(a));
     let perm: crate::layout::Dims = kept().chain(axes.iter().copied()).collect();
