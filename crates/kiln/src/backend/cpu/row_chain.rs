@@ -13,6 +13,14 @@
 //! every kernel iterates over the same number of leading rows `R`, and each
 //! input either has those rows (and is cut per block) or spans no rows (a
 //! lower-rank or size-1 leading axis, read whole by every block).
+//!
+//! An outside input whose rows spread across memory (a transposed matrix:
+//! a block of its rows is a band of columns) is copied once per block into
+//! row-major order, and every kernel of the block reads the copy; read in
+//! place, each kernel read one element per cache line (a softmax over the
+//! rows of `x.t()` ran five times slower than over `x`). Where a block is
+//! narrower than a cache line, that copy would read whole lines for a few
+//! elements each, and the chain runs kernel by kernel instead.
 
 use std::collections::{HashMap, HashSet};
 use std::ops::Range;
@@ -33,6 +41,9 @@ use crate::program::Program;
 /// spill it; smaller ones were measured no faster: see the commit history
 /// and bench/README.md).
 const BLOCK_ELEMS: usize = 1 << 16;
+
+/// Bytes of a cache line.
+const LINE: usize = 64;
 
 /// Below this many elements a chain runs kernel by kernel.
 const MIN_ELEMS: usize = 1 << 16;
@@ -179,6 +190,18 @@ pub fn run<'a, S: AsRef<[usize]> + ?Sized + 'a>(
         cuts.push(cut);
     }
     let Some(block) = block_rows(rows, widest) else { return Ok(false) };
+    // An input whose rows spread across memory is copied per block (see
+    // `scattered`); a block narrower than a cache line would copy whole
+    // lines for a few elements each (rows of a permuted cube, each a plane
+    // of it, took three times as long as kernel by kernel).
+    for (st, cut) in steps.iter().zip(&cuts) {
+        for (&v, c) in st.inputs.iter().zip(cut) {
+            let narrow = block * p.instrs[v].dtype.size() < LINE;
+            if narrow && matches!(c, Cut::Rows) && values[v].as_ref().is_some_and(|d| scattered(d.layout())) {
+                return Ok(false);
+            }
+        }
+    }
     let row_len = |v: usize| shape_of(v).as_ref().iter().skip(1).product::<usize>();
     let sinks: Vec<RowSink> =
         chain.escapes.iter().map(|&v| RowSink::new(p.instrs[v].dtype, rows, row_len(v))).collect::<Result<_>>()?;
@@ -199,7 +222,24 @@ pub fn run<'a, S: AsRef<[usize]> + ?Sized + 'a>(
                         d.view(rows_of(d.layout(), r0, r1))
                     }
                 })
-                .collect();
+                .collect::<Vec<Data>>()
+                .into_iter()
+                .zip(&st.inputs)
+                .zip(cut)
+                .map(|((d, &v), c)| -> Result<Data> {
+                    if !matches!(c, Cut::Rows) || !scattered(d.layout()) {
+                        return Ok(d);
+                    }
+                    // Rows spread across memory (a transposed input): copied
+                    // once per block, so that every step reads them in order.
+                    if let Some(s) = local.get(&v) {
+                        return Ok(s.clone());
+                    }
+                    let s = Data::contiguous(crate::backend::cpu::copy("row block", &d)?, &d.layout().shape);
+                    local.insert(v, s.clone());
+                    Ok(s)
+                })
+                .collect::<Result<_>>()?;
             let mut args: fused::Args = ins.into_iter().map(Arg::Owned).collect();
             // A fused step writes the values that escape (and that no later
             // step of the chain reads) straight into their sinks, and
@@ -246,6 +286,12 @@ pub fn run<'a, S: AsRef<[usize]> + ?Sized + 'a>(
         values[v] = Some(Data::contiguous(buf, shape_of(v).as_ref()));
     }
     Ok(true)
+}
+
+/// True when a layout's innermost axis of more than one element is not
+/// contiguous (nor a broadcast): a row of it reads one element per line.
+fn scattered(l: &Layout) -> bool {
+    l.shape.iter().zip(&l.strides).rev().find(|&(&d, _)| d > 1).is_some_and(|(_, &s)| s.unsigned_abs() > 1)
 }
 
 /// Rows `r0..r1` (of the leading axis) of a layout.
