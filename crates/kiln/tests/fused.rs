@@ -841,3 +841,33 @@ fn row_chains_over_transposed_inputs() -> Result<()> {
     }
     Ok(())
 }
+
+/// Fused kernels over columns taken every `step` (steps 2 to 8 read whole
+/// vectors and permute them, longer ones gather, negative ones read the
+/// run forwards and reverse it), `f32`, `i32` and `f64`, compiled and
+/// eager, against indexing.
+#[test]
+fn fused_kernels_over_stepped_columns() -> Result<()> {
+    let (r, c) = (37, 1000);
+    let vals: Vec<f64> = (0..r * c).map(|i| ((i * 7919) % 2039) as f64 - 1000.0).collect();
+    for dt in [kiln::DType::F32, kiln::DType::I32, kiln::DType::F64] {
+        let x = Array::from_vec(vals.clone(), &[r, c])?.astype(dt)?;
+        for step in [2isize, 3, 5, 8, 9, 17, -1, -2, -3, -8] {
+            let f = move |x: &Array| -> Result<Array> { (kiln::slice_axis(x, 1, None, None, step)? * 3)? - 1 };
+            let cols: Vec<usize> = if step > 0 {
+                (0..c).step_by(step as usize).collect()
+            } else {
+                (0..c).rev().step_by(-step as usize).collect()
+            };
+            let want: Vec<f64> = (0..r)
+                .flat_map(|i| cols.iter().map(move |&j| (i, j)))
+                .map(|(i, j)| vals[i * c + j] * 3.0 - 1.0)
+                .collect();
+            for (how, got) in [("compiled", compile(f).call(&x)?), ("eager", f(&x)?)] {
+                assert_eq!(got.shape(), &[r, cols.len()], "{how} {dt} step {step}");
+                assert!(values_f64(&got) == want, "{how} {dt} step {step}");
+            }
+        }
+    }
+    Ok(())
+}

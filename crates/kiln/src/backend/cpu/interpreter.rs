@@ -164,18 +164,8 @@ fn gather_tile(
         let dst = crate::buffer::BufferElement::slice_of_mut(reg).expect("register dtype is the input dtype");
         for_each_block(shape, [strides], [offset], start..start + len, |pos, o, cnt| {
             let d = &mut dst[pos - start..pos - start + cnt];
-            let o = o[0] as usize;
-            match inner {
-                // A broadcast row: one value repeated.
-                0 => d.fill(src[o]),
-                1 => d.copy_from_slice(&src[o..o + cnt]),
-                step if step > 0 => crate::backend::cpu::strided::copy_every(src, o, step as usize, d),
-                _ => {
-                    for (i, v) in d.iter_mut().enumerate() {
-                        *v = src[(o as isize + i as isize * inner) as usize];
-                    }
-                }
-            }
+            // (A broadcast row is one value repeated.)
+            crate::backend::cpu::strided::copy_strided(src, o[0] as usize, inner, d);
         });
     })
 }
