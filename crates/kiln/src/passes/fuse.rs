@@ -329,9 +329,113 @@ fn merge_sorted(a: &[usize], b: &[usize]) -> Vec<usize> {
     out
 }
 
+/// How [`plan`] groups a program's instructions.
+struct Grouping {
+    consumers: Vec<Vec<usize>>,
+    is_output: Vec<bool>,
+    group_of: Vec<Option<usize>>,
+    groups: Vec<Vec<usize>>,
+    heads: Vec<Option<usize>>,
+    reds: Vec<RedKernel>,
+}
+
 /// Groups elementwise instructions and orders all kernels; no group grows
 /// past [`Facts::max_group`] instructions.
 pub fn plan(p: &Program, facts: &dyn Facts) -> Vec<Planned> {
+    let Grouping { consumers, is_output, group_of, groups, heads, reds } = grouping(p, facts);
+    let n = p.instrs.len();
+
+    // Build the planned kernels; `first` orders them by their first instruction.
+    let mut is_head = vec![false; n];
+    for &h in heads.iter().flatten() {
+        is_head[h] = true;
+    }
+    let mut planned: Vec<(usize, Planned)> = vec![];
+    for (i, ins) in p.instrs.iter().enumerate() {
+        match ins.prim.class() {
+            FusionClass::Leaf | FusionClass::Elementwise => {}
+            _ if is_head[i] => {}
+            FusionClass::Reduce if matches!(ins.prim, Primitive::Reduce { .. }) => {}
+            _ => planned.push((
+                i,
+                Planned {
+                    kernel: Kernel::Single(ins.prim.clone()),
+                    inputs: ins.inputs.clone(),
+                    outputs: vec![i],
+                    members: vec![i],
+                },
+            )),
+        }
+    }
+    let mut absorbed = vec![false; groups.len()];
+    for g in reds.iter().filter_map(|k| k.group) {
+        absorbed[g] = true;
+    }
+    for (g, members) in groups.iter().enumerate() {
+        if members.is_empty() || absorbed[g] {
+            continue;
+        }
+        let head = heads[g];
+        let (group, mut inputs, _) = build_group(p, members, head, &[], |m| {
+            is_output[m] || consumers[m].iter().any(|&c| group_of[c] != Some(g))
+        });
+        let (kernel, first) = match head {
+            Some(h) => {
+                // The step reads the product's operands instead of the product.
+                inputs.splice(0..1, p.instrs[h].inputs.iter().copied());
+                (Kernel::MatmulEpilogue(group), h)
+            }
+            None => (Kernel::Fused(group), members[0]),
+        };
+        let outputs = members
+            .iter()
+            .copied()
+            .filter(|&m| is_output[m] || consumers[m].iter().any(|&c| group_of[c] != Some(g)))
+            .collect();
+        let mut all: Vec<usize> = members.iter().copied().chain(head).collect();
+        all.sort_unstable();
+        planned.push((first, Planned { kernel, inputs, outputs, members: all }));
+    }
+    for k in &reds {
+        let first_red = k.reds[0];
+        let Primitive::Reduce { axes, .. } = &p.instrs[first_red].prim else { unreachable!("reductions only") };
+        if k.group.is_none() && k.reds.len() == 1 {
+            let ins = &p.instrs[first_red];
+            planned.push((
+                first_red,
+                Planned {
+                    kernel: Kernel::Single(ins.prim.clone()),
+                    inputs: ins.inputs.clone(),
+                    outputs: vec![first_red],
+                    members: vec![first_red],
+                },
+            ));
+            continue;
+        }
+        let members: &[usize] = k.group.map_or(&[], |g| &groups[g]);
+        let sources: Vec<usize> = k.reds.iter().map(|&r| p.instrs[r].inputs[0]).collect();
+        let (group, inputs, out_index) = build_group(p, members, None, &sources, |_| false);
+        let reductions = k
+            .reds
+            .iter()
+            .zip(out_index)
+            .map(|(&r, i)| {
+                let Primitive::Reduce { op, .. } = p.instrs[r].prim else { unreachable!("reductions only") };
+                (op, i)
+            })
+            .collect();
+        let first = members.first().copied().unwrap_or(first_red).min(first_red);
+        let kernel = Kernel::ReduceFused { group, reductions, axes: axes.clone(), source: sources[0] };
+        let mut all: Vec<usize> = members.iter().chain(&k.reds).copied().collect();
+        all.sort_unstable();
+        planned.push((first, Planned { kernel, inputs, outputs: k.reds.clone(), members: all }));
+    }
+    order(planned, n)
+}
+
+/// Groups the elementwise instructions (a matrix product heading a group
+/// read only by it), then plans the reduction kernels.
+fn grouping(p: &Program, facts: &dyn Facts) -> Grouping {
     let max_group = facts.max_group();
     let n = p.instrs.len();
     let consumers = p.consumers();
@@ -447,93 +551,43 @@ pub fn plan(p: &Program, facts: &dyn Facts) -> Vec<Planned> {
     }
 
     let reds = plan_reductions(p, &groups, &heads, &group_of, &consumers, &is_output);
+    Grouping { consumers, is_output, group_of, groups, heads, reds }
+}
 
-    // Build the planned kernels; `first` orders them by their first instruction.
-    let mut is_head = vec![false; n];
-    for &h in heads.iter().flatten() {
-        is_head[h] = true;
-    }
-    let mut planned: Vec<(usize, Planned)> = vec![];
-    for (i, ins) in p.instrs.iter().enumerate() {
-        match ins.prim.class() {
-            FusionClass::Leaf | FusionClass::Elementwise => {}
-            _ if is_head[i] => {}
-            FusionClass::Reduce if matches!(ins.prim, Primitive::Reduce { .. }) => {}
-            _ => planned.push((
-                i,
-                Planned {
-                    kernel: Kernel::Single(ins.prim.clone()),
-                    inputs: ins.inputs.clone(),
-                    outputs: vec![i],
-                    members: vec![i],
-                },
-            )),
-        }
-    }
-    let mut absorbed = vec![false; groups.len()];
-    for g in reds.iter().filter_map(|k| k.group) {
-        absorbed[g] = true;
-    }
+/// Twins that [`plan`] would put in one kernel: elementwise members of one
+/// group (not absorbed by a reduction) computing the same op of the same
+/// values, as the copies that rematerialization makes of a shared value
+/// for readers in different kernels, when fusion then puts both copies in
+/// one kernel (a product's `* scale` read by softmax's max and by its
+/// numerator: both became outputs of the product's epilogue). Returns, per
+/// value, the value to read instead: itself, or the first of its twins.
+/// Program outputs keep their own values.
+pub fn twins(p: &Program, facts: &dyn Facts) -> Vec<usize> {
+    let Grouping { is_output, groups, reds, .. } = grouping(p, facts);
+    let mut rename: Vec<usize> = (0..p.instrs.len()).collect();
+    let absorbed: Vec<usize> = reds.iter().filter_map(|k| k.group).collect();
     for (g, members) in groups.iter().enumerate() {
-        if members.is_empty() || absorbed[g] {
+        if absorbed.contains(&g) {
             continue;
         }
-        let head = heads[g];
-        let (group, mut inputs, _) = build_group(p, members, head, &[], |m| {
-            is_output[m] || consumers[m].iter().any(|&c| group_of[c] != Some(g))
-        });
-        let (kernel, first) = match head {
-            Some(h) => {
-                // The step reads the product's operands instead of the product.
-                inputs.splice(0..1, p.instrs[h].inputs.iter().copied());
-                (Kernel::MatmulEpilogue(group), h)
+        for (k, &m) in members.iter().enumerate() {
+            let same = |a: usize| {
+                let (x, y) = (&p.instrs[a], &p.instrs[m]);
+                x.prim == y.prim
+                    && x.dtype == y.dtype
+                    && x.shape == y.shape
+                    && x.inputs.len() == y.inputs.len()
+                    && x.inputs.iter().zip(&y.inputs).all(|(&u, &v)| rename[u] == rename[v])
+            };
+            if is_output[m] {
+                continue;
             }
-            None => (Kernel::Fused(group), members[0]),
-        };
-        let outputs = members
-            .iter()
-            .copied()
-            .filter(|&m| is_output[m] || consumers[m].iter().any(|&c| group_of[c] != Some(g)))
-            .collect();
-        let mut all: Vec<usize> = members.iter().copied().chain(head).collect();
-        all.sort_unstable();
-        planned.push((first, Planned { kernel, inputs, outputs, members: all }));
-    }
-    for k in &reds {
-        let first_red = k.reds[0];
-        let Primitive::Reduce { axes, .. } = &p.instrs[first_red].prim else { unreachable!("reductions only") };
-        if k.group.is_none() && k.reds.len() == 1 {
-            let ins = &p.instrs[first_red];
-            planned.push((
-                first_red,
-                Planned {
-                    kernel: Kernel::Single(ins.prim.clone()),
-                    inputs: ins.inputs.clone(),
-                    outputs: vec![first_red],
-                    members: vec![first_red],
-                },
-            ));
-            continue;
+            if let Some(&twin) = members[..k].iter().find(|&&a| rename[a] == a && same(a)) {
+                rename[m] = twin;
+            }
         }
-        let members: &[usize] = k.group.map_or(&[], |g| &groups[g]);
-        let sources: Vec<usize> = k.reds.iter().map(|&r| p.instrs[r].inputs[0]).collect();
-        let (group, inputs, out_index) = build_group(p, members, None, &sources, |_| false);
-        let reductions = k
-            .reds
-            .iter()
-            .zip(out_index)
-            .map(|(&r, i)| {
-                let Primitive::Reduce { op, .. } = p.instrs[r].prim else { unreachable!("reductions only") };
-                (op, i)
-            })
-            .collect();
-        let first = members.first().copied().unwrap_or(first_red).min(first_red);
-        let kernel = Kernel::ReduceFused { group, reductions, axes: axes.clone(), source: sources[0] };
-        let mut all: Vec<usize> = members.iter().chain(&k.reds).copied().collect();
-        all.sort_unstable();
-        planned.push((first, Planned { kernel, inputs, outputs: k.reds.clone(), members: all }));
     }
-    order(planned, n)
+    rename
 }
 
 /// Builds the register program of `members` (and of a matmul `head`, read

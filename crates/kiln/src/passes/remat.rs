@@ -15,6 +15,9 @@
 //!
 //! Runs last (after CSE, which would merge the copies back). Copies cascade
 //! to the value's own elementwise inputs; the program grows at most 2x.
+//! Copies that fusion would then put in one kernel with their original
+//! (both read by a product's epilogue, say) are merged back, so that the
+//! kernel writes the value once ([`fuse::twins`](crate::passes::fuse::twins)).
 
 use crate::passes::{Facts, Pass};
 use crate::primitive::{FusionClass, Primitive};
@@ -104,6 +107,17 @@ impl Pass for Remat {
                 break;
             }
         }
+        // Copies that fusion puts in one kernel with their original are
+        // merged back (see `fuse::twins`).
+        let rename = crate::passes::fuse::twins(p, facts);
+        if rename.iter().enumerate().any(|(i, &r)| r != i) {
+            for ins in &mut p.instrs {
+                for x in &mut ins.inputs {
+                    *x = rename[*x];
+                }
+            }
+            crate::passes::dce::Dce.run(p, facts);
+        }
     }
 }
 
@@ -135,6 +149,29 @@ mod tests {
             .max()
             .unwrap_or(0);
         assert_eq!(widest_output, 8, "no (8, 16) intermediate is written");
+    }
+
+    #[test]
+    fn copies_fused_into_one_kernel_are_merged_back() {
+        // softmax(a @ b * scale)'s numerator: `* scale` is read by the max
+        // and by `s - max`; both copies would join the product's epilogue.
+        let mut p = trace(&[&[8, 16], &[16, 32]], |a| {
+            let s = (a[0].matmul(&a[1])? * 0.125f32)?;
+            let m = s.max(-1, true)?;
+            Ok(vec![(&s - &m)?.exp()?])
+        });
+        Remat.run(&mut p, &Facts);
+        assert_eq!(count(&p, "mul"), 1, "the copy is merged back: {p:?}");
+        let k = plan(&p, &Facts);
+        let epilogue = k.iter().find(|k| matches!(k.kernel, Kernel::MatmulEpilogue(_))).expect("an epilogue");
+        assert_eq!(epilogue.outputs.len(), 1, "the scaled product is written once: {k:?}");
+        // A shared value whose readers stay in different kernels keeps its copies.
+        let mut q = trace(&[&[8, 16]], |a| {
+            let xc = (&a[0] - &a[0].mean(-1, true)?)?;
+            Ok(vec![(&xc * &xc.square()?.mean(-1, true)?)?])
+        });
+        Remat.run(&mut q, &Facts);
+        assert_eq!(count(&q, "sub"), 2);
     }
 
     #[test]
