@@ -871,3 +871,26 @@ fn fused_kernels_over_stepped_columns() -> Result<()> {
     }
     Ok(())
 }
+
+/// A short row broadcast over every other dimension (`x - m` with `m` of
+/// 3, 5 or 16 elements, an NHWC bias) is one period repeated through each
+/// tile, from any phase: compiled and eager, `f32` and `i32`, against
+/// indexing.
+#[test]
+fn short_rows_broadcast_over_long_arrays() -> Result<()> {
+    for (rows, p) in [(9000usize, 3usize), (4010, 5), (3000, 16), (700, 3)] {
+        let xs: Vec<f64> = (0..rows * p).map(|i| ((i * 7919) % 2039) as f64 - 1000.0).collect();
+        let ms: Vec<f64> = (0..p).map(|j| (j * 37) as f64 - 50.0).collect();
+        for dt in [kiln::DType::F32, kiln::DType::I32] {
+            let x = Array::from_vec(xs.clone(), &[rows / 10, 10, p])?.astype(dt)?;
+            let m = Array::from_vec(ms.clone(), &[p])?.astype(dt)?;
+            let n = x.shape().iter().product::<usize>();
+            let want: Vec<f64> = (0..n).map(|i| xs[i] - ms[i % p]).collect();
+            let f = |x: &Array, m: &Array| -> Result<Array> { x - m };
+            for (how, got) in [("compiled", compile(f).call((&x, &m))?), ("eager", f(&x, &m)?)] {
+                assert!(values_f64(&got) == want, "{how} {dt} rows {rows} period {p}");
+            }
+        }
+    }
+    Ok(())
+}

@@ -160,14 +160,43 @@ fn gather_tile(
     reg: &mut Buffer,
 ) {
     let inner = strides.last().copied().unwrap_or(0);
+    // A short row broadcast along every outer dimension (a bias of 3
+    // channels over NHWC images): one period, repeated.
+    let nd = shape.len();
+    let period = (nd >= 2 && inner == 1 && strides[..nd - 1].iter().all(|&s| s == 0)).then(|| shape[nd - 1]);
     crate::with_buffer!(buf, src => {
         let dst = crate::buffer::BufferElement::slice_of_mut(reg).expect("register dtype is the input dtype");
+        if let Some(p) = period.filter(|&p| p < len) {
+            repeat_period(&src[offset..offset + p], start % p, &mut dst[..len]);
+            return;
+        }
         for_each_block(shape, [strides], [offset], start..start + len, |pos, o, cnt| {
             let d = &mut dst[pos - start..pos - start + cnt];
             // (A broadcast row is one value repeated.)
             crate::backend::cpu::strided::copy_strided(src, o[0] as usize, inner, d);
         });
     })
+}
+
+/// Fills `d` with `period` repeated, starting at element `phase` of it:
+/// the first whole period is copied, then the filled periods doubled (a
+/// row of 3 broadcast over rows had been gathered 3 elements at a time,
+/// a call per run, and `x - row` ran at a quarter of the copy's speed).
+fn repeat_period<T: Copy>(period: &[T], phase: usize, d: &mut [T]) {
+    let (p, len) = (period.len(), d.len());
+    let first = (p - phase).min(len);
+    d[..first].copy_from_slice(&period[phase..phase + first]);
+    let mut filled = first;
+    if filled < len {
+        let k = (len - filled).min(p);
+        d[filled..filled + k].copy_from_slice(&period[..k]);
+        filled += k;
+    }
+    while filled < len {
+        let k = (filled - first).min(len - filled);
+        d.copy_within(first..first + k, filled);
+        filled += k;
+    }
 }
 
 /// The buffer offset of positions `start..start + len` when they lie in
@@ -819,6 +848,21 @@ pub(super) fn view_as<'a>(d: &'a Data, shape: &[usize]) -> std::borrow::Cow<'a, 
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;
+
+    #[test]
+    fn repeat_period_fills_any_phase_and_length() {
+        for p in [1usize, 2, 3, 5, 16, 17] {
+            let period: Vec<u32> = (0..p as u32).map(|v| v * 10 + 1).collect();
+            for phase in 0..p {
+                for len in [1usize, 2, p, p + 1, 3 * p + 2, 100, 2048] {
+                    let mut d = vec![0u32; len];
+                    repeat_period(&period, phase, &mut d);
+                    let want: Vec<u32> = (0..len).map(|i| period[(phase + i) % p]).collect();
+                    assert_eq!(d, want, "period {p} phase {phase} len {len}");
+                }
+            }
+        }
+    }
     use crate::primitive::{BinaryOp, UnaryOp};
 
     /// `tanh(a * b) + a` with `a` at argument 0 and `b` at argument 1.
