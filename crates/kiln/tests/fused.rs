@@ -894,3 +894,30 @@ fn short_rows_broadcast_over_long_arrays() -> Result<()> {
     }
     Ok(())
 }
+
+/// A fused reduction whose inputs are read across their layout in any
+/// order (`sum(x + x.t(), -1)`) makes its values whole block by block and
+/// reduces them as eager does: eager's bits.
+#[test]
+fn fused_reductions_of_transposed_and_plain_inputs_give_eager_bits() -> Result<()> {
+    use kiln::backend::cpu::fused_reduce::whole_runs;
+    let mut rng = Rng::new(47);
+    let n = 300;
+    let x = Array::from_slice(&rng.floats_f32(n * n, -2.0, 2.0), &[n, n])?;
+    type F = fn(&Array) -> Result<Array>;
+    let cases: [(&str, F); 3] = [
+        ("sum", |x| (x + &x.t()?)?.sum(-1, false)),
+        ("max", |x| (x * &x.t()?)?.max(-1, true)),
+        ("mean", |x| (x - &x.t()?)?.exp()?.mean(-1, false)),
+    ];
+    for (name, f) in cases {
+        let before = whole_runs();
+        let got = compile(f).call(&x)?;
+        assert!(whole_runs() > before, "{name}: the values were not made whole");
+        let want = f(&x)?;
+        assert_eq!(got.shape(), want.shape());
+        let (g, w) = (got.to_vec::<f32>()?, want.to_vec::<f32>()?);
+        assert!(g.iter().zip(&w).all(|(a, b)| a.to_bits() == b.to_bits()), "{name}: compiled differs from eager");
+    }
+    Ok(())
+}

@@ -23,7 +23,9 @@
 //! that this fold does not take (a product, a variance, a log-sum-exp,
 //! integer sums, axes around a kept one) make the group's values whole in
 //! their own order, as eager does, and reduce them with the reduction
-//! kernel: eager's bits and speed.
+//! kernel: eager's bits and speed. So do reductions with an input read
+//! across its layout in either order (`sum(x + x.t(), -1)`): made whole,
+//! the values are computed block by block (`blocked`).
 
 use crate::array::Data;
 use crate::backend::cpu::fused::{rows_of, run_single, Outs};
@@ -109,6 +111,18 @@ pub fn run_reduce(
     // across their layout. The group's values are made whole in their own
     // order and reduced as eager reduces them (its bits, its speed).
     if reduced_suffix(axes, nd).is_none() && n_out * n_red >= crate::backend::cpu::blocked::MIN_BLOCKED {
+        WHOLE_RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let made = crate::backend::cpu::fused::run(g, inputs, shape)?;
+        return reduce_values(reductions, axes, &out_shape, |o| o, |o| made[o].clone());
+    }
+    // An input read across its layout in any order (`x + x.t()` summed
+    // over rows): the tiles would read it a line per element, where making
+    // the values whole reads it block by block (as eager does, and with
+    // its bits).
+    let views: Vec<std::borrow::Cow<crate::layout::Layout>> = inputs.iter().map(|d| view_as(d, shape)).collect();
+    let sizes: Vec<usize> = inputs.iter().map(|d| d.dtype().size()).collect();
+    let refs: Vec<&crate::layout::Layout> = views.iter().map(|v| v.as_ref()).collect();
+    if crate::backend::cpu::blocked::Blocks::plan(shape, &refs, &sizes).is_some() {
         WHOLE_RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let made = crate::backend::cpu::fused::run(g, inputs, shape)?;
         return reduce_values(reductions, axes, &out_shape, |o| o, |o| made[o].clone());
