@@ -131,7 +131,7 @@ impl Data {
                 msg: format!("{} elements were requested; convert with .astype(DType::{:?}) first", T::DTYPE, T::DTYPE),
             });
         }
-        Ok(T::into_vec(self.to_host()?).expect("to_host keeps the dtype"))
+        Ok(T::into_host(self.to_host()?).expect("to_host keeps the dtype").into_vec())
     }
 
     /// A contiguous host copy of the elements in row-major order, made by
@@ -238,7 +238,14 @@ impl Array {
     /// # Ok::<(), kiln::Error>(())
     /// ```
     pub fn from_slice<T: Element>(data: &[T], shape: &[usize]) -> Result<Array> {
-        Array::from_vec(data.to_vec(), shape)
+        let n = check_size("from_slice", shape, T::DTYPE)?;
+        if n != data.len() {
+            return Err(Error::DataLength { expected: n, got: data.len(), shape: shape.to_vec() });
+        }
+        // Copied into storage kiln aligns (`from_vec` keeps the vector's).
+        let mut v = crate::memory::try_vec("from_slice", n)?;
+        v.extend_from_slice(data);
+        Array::from_host(Buffer::from_vec(v), shape, crate::device::default_device())
     }
 
     /// Builds an array on the default device ([`crate::device`]) from a

@@ -1,35 +1,38 @@
 //! Typed host buffers. One enum variant per dtype keeps every kernel safe
 //! Rust over slices; [`with_buffer!`](crate::with_buffer) dispatches a
-//! generic body over the variant in one place.
+//! generic body over the variant in one place. Each variant holds a
+//! [`HostVec`], whose allocation kiln aligns to a cache line when it makes
+//! it ([`crate::host_vec`]).
 
 use half::{bf16, f16};
 
 use crate::dtype::{DType, Element};
+use crate::host_vec::HostVec;
 
 /// A host buffer of one dtype.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Buffer {
     /// `bool` elements.
-    Bool(Vec<bool>),
+    Bool(HostVec<bool>),
     /// `u8` elements.
-    U8(Vec<u8>),
+    U8(HostVec<u8>),
     /// `u32` elements.
-    U32(Vec<u32>),
+    U32(HostVec<u32>),
     /// `i32` elements.
-    I32(Vec<i32>),
+    I32(HostVec<i32>),
     /// `i64` elements.
-    I64(Vec<i64>),
+    I64(HostVec<i64>),
     /// `f16` elements.
-    F16(Vec<f16>),
+    F16(HostVec<f16>),
     /// `bf16` elements.
-    BF16(Vec<bf16>),
+    BF16(HostVec<bf16>),
     /// `f32` elements.
-    F32(Vec<f32>),
+    F32(HostVec<f32>),
     /// `f64` elements.
-    F64(Vec<f64>),
+    F64(HostVec<f64>),
 }
 
-/// Runs `$body` with `$v` bound to the typed `Vec` inside a [`Buffer`]
+/// Runs `$body` with `$v` bound to the typed [`HostVec`] inside a [`Buffer`]
 /// (by reference when `$buf` is a reference).
 #[macro_export]
 #[doc(hidden)]
@@ -129,26 +132,31 @@ impl Buffer {
 
     /// A buffer of `len` zero elements of `dtype`.
     pub fn zeros(dtype: DType, len: usize) -> Buffer {
-        crate::with_dtype!(dtype, T => Buffer::from_vec(vec![<T as Element>::zero(); len]))
+        crate::with_dtype!(dtype, T => {
+            let mut v = HostVec::<T>::from_slice(&[]);
+            v.extend(std::iter::repeat_n(<T as Element>::zero(), len));
+            Buffer::from_vec(v)
+        })
     }
 
-    /// Wraps a vector.
-    pub fn from_vec<T: Element>(v: Vec<T>) -> Buffer {
-        T::into_buffer(v)
+    /// Wraps a vector: a `Vec` keeps its allocation, a [`HostVec`] its
+    /// alignment.
+    pub fn from_vec<T: Element>(v: impl Into<HostVec<T>>) -> Buffer {
+        T::into_buffer(v.into())
     }
 }
 
 /// Moving typed vectors in and out of [`Buffer`]; implemented for every
 /// [`Element`] type.
-pub trait BufferElement: Sized {
+pub trait BufferElement: Sized + Copy {
     /// The elements of `b` if it holds this type.
     fn slice_of(b: &Buffer) -> Option<&[Self]>;
     /// Wraps a vector of this type.
-    fn into_buffer(v: Vec<Self>) -> Buffer;
+    fn into_buffer(v: HostVec<Self>) -> Buffer;
     /// The elements of `b`, mutably, if it holds this type.
     fn slice_of_mut(b: &mut Buffer) -> Option<&mut [Self]>;
     /// The vector inside `b` if it holds this type (else `b` back).
-    fn into_vec(b: Buffer) -> std::result::Result<Vec<Self>, Buffer>;
+    fn into_host(b: Buffer) -> std::result::Result<HostVec<Self>, Buffer>;
 }
 
 macro_rules! buffer_element {
@@ -162,7 +170,7 @@ macro_rules! buffer_element {
                 }
             }
             #[inline]
-            fn into_buffer(v: Vec<Self>) -> Buffer {
+            fn into_buffer(v: HostVec<Self>) -> Buffer {
                 Buffer::$d(v)
             }
             #[inline]
@@ -173,7 +181,7 @@ macro_rules! buffer_element {
                 }
             }
             #[inline]
-            fn into_vec(mut b: Buffer) -> std::result::Result<Vec<Self>, Buffer> {
+            fn into_host(mut b: Buffer) -> std::result::Result<HostVec<Self>, Buffer> {
                 match &mut b {
                     Buffer::$d(v) => Ok(std::mem::take(v)),
                     _ => Err(b),
@@ -194,7 +202,7 @@ buffer_element!(f64, F64);
 
 /// A type marker for the element type of a vector, for calling generic
 /// kernels from [`with_buffer!`](crate::with_buffer).
-pub fn elem_type<T>(_: &Vec<T>) -> std::marker::PhantomData<T> {
+pub fn elem_type<T: Copy>(_: &HostVec<T>) -> std::marker::PhantomData<T> {
     std::marker::PhantomData
 }
 

@@ -40,6 +40,7 @@ pub mod device;
 mod display;
 pub mod dtype;
 pub mod error;
+pub mod host_vec;
 pub mod layout;
 pub mod memory;
 pub mod ops;
@@ -60,6 +61,7 @@ pub use compile::{
 pub use device::{default_device, set_default_device, synchronize, with_default_device, Device, Spec};
 pub use dtype::{DType, Element};
 pub use error::{Error, Result};
+pub use host_vec::HostVec;
 pub use memory::{memory_limit, release_memory, retain_freed_memory, set_memory_limit};
 pub use ops::binary::*;
 pub use ops::create::*;

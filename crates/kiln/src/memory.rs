@@ -27,6 +27,7 @@ use std::sync::Mutex;
 use crate::buffer::Buffer;
 use crate::dtype::{DType, Element};
 use crate::error::{Error, Result};
+use crate::host_vec::HostVec;
 
 /// [`LIMIT`] before the environment has been read.
 const UNSET: usize = usize::MAX;
@@ -69,23 +70,22 @@ pub(crate) fn parse_bytes(v: &str) -> Option<usize> {
 }
 
 /// Checks `bytes` against the memory limit.
-fn within_limit(op: &'static str, bytes: usize) -> Result<()> {
+pub(crate) fn within_limit(op: &'static str, bytes: usize) -> Result<()> {
     match memory_limit() {
         Some(l) if bytes > l => Err(Error::OutOfMemory { op, bytes }),
         _ => Ok(()),
     }
 }
 
-/// An empty vector with room for exactly `n` elements, or
-/// [`Error::OutOfMemory`] naming `op` when the allocator refuses or the
-/// size is above the memory limit. The fallible counterpart of
-/// `Vec::with_capacity` for anything as large as an array.
-pub fn try_vec<T>(op: &'static str, n: usize) -> Result<Vec<T>> {
+/// An empty vector with room for exactly `n` elements, aligned as kiln
+/// aligns its buffers ([`HostVec`]), or [`Error::OutOfMemory`] naming `op`
+/// when the allocator refuses or the size is above the memory limit. The
+/// fallible counterpart of `Vec::with_capacity` for anything as large as
+/// an array.
+pub fn try_vec<T: Copy>(op: &'static str, n: usize) -> Result<HostVec<T>> {
     let bytes = n.checked_mul(std::mem::size_of::<T>()).ok_or(Error::OutOfMemory { op, bytes: usize::MAX })?;
     within_limit(op, bytes)?;
-    let mut v = Vec::new();
-    v.try_reserve_exact(n).map_err(|_| Error::OutOfMemory { op, bytes })?;
-    Ok(v)
+    HostVec::try_with_capacity(n).ok_or(Error::OutOfMemory { op, bytes })
 }
 
 /// For kernels that allocate deep inside (reductions): checks that `bytes`
@@ -96,7 +96,9 @@ pub fn try_vec<T>(op: &'static str, n: usize) -> Result<Vec<T>> {
 pub fn check_alloc(op: &'static str, bytes: usize) -> Result<()> {
     within_limit(op, bytes)?;
     if bytes > MAX_BYTES {
-        drop(try_vec::<u8>(op, bytes)?);
+        // (Through `black_box`: the compiler may otherwise drop an
+        // allocation that is freed unused, and with it the refusal.)
+        drop(std::hint::black_box(try_vec::<u8>(op, bytes)?));
     }
     Ok(())
 }
@@ -150,8 +152,8 @@ pub fn take(op: &'static str, dtype: DType, n: usize) -> Result<Buffer> {
 /// gathers): a large output from the pool has its pages in place, where a
 /// fresh one faults in and zeroes every page on first write (about 5% of a
 /// 1024^3 `f32` product's time).
-pub fn take_vec<T: Element>(op: &'static str, n: usize) -> Result<Vec<T>> {
-    Ok(T::into_vec(take(op, T::DTYPE, n)?).expect("take returns a buffer of the dtype asked for"))
+pub fn take_vec<T: Element>(op: &'static str, n: usize) -> Result<HostVec<T>> {
+    Ok(T::into_host(take(op, T::DTYPE, n)?).expect("take returns a buffer of the dtype asked for"))
 }
 
 /// Called when a buffer is dropped: keeps its storage if it is large and
@@ -161,7 +163,7 @@ pub fn give(b: &mut Buffer) {
     if !(MIN_BYTES..=MAX_BYTES).contains(&bytes) {
         return;
     }
-    let mut kept = std::mem::replace(b, Buffer::Bool(Vec::new()));
+    let mut kept = std::mem::replace(b, Buffer::Bool(HostVec::new()));
     crate::with_buffer!(&mut kept, v => v.clear());
     let mut evicted = vec![];
     {
@@ -182,30 +184,15 @@ pub fn give(b: &mut Buffer) {
 }
 
 /// The empty `b`'s storage as a buffer of `dtype`, whose elements have the
-/// size (and so, for kiln's dtypes, the alignment) of `b`'s.
+/// size of `b`'s (the allocation, aligned to a line, moves as is).
 fn retype(mut b: Buffer, dtype: DType) -> Buffer {
     if b.dtype() == dtype {
         return b;
     }
-    // The storage moves out; `b` (now empty) drops without giving anything back.
     crate::with_buffer!(&mut b, v => {
-        let mut v = std::mem::ManuallyDrop::new(std::mem::take(v));
-        let (ptr, cap, from) = (v.as_mut_ptr(), v.capacity(), element_layout(&v));
-        crate::with_dtype!(dtype, T => {
-            assert!(v.is_empty() && from == std::alloc::Layout::new::<T>(), "pool: storage keeps its element layout");
-            // SAFETY: `ptr` and `cap` come from a Vec whose element type has
-            // the size and alignment of T (asserted), so its allocation has
-            // the layout of `cap` elements of T, as from_raw_parts requires;
-            // the length is 0, so no element is reinterpreted. The old Vec
-            // is ManuallyDrop and never freed, so the storage has one owner.
-            Buffer::from_vec(unsafe { Vec::<T>::from_raw_parts(ptr.cast::<T>(), 0, cap) })
-        })
+        let v = std::mem::take(v);
+        crate::with_dtype!(dtype, T => Buffer::from_vec(v.retype::<T>()))
     })
-}
-
-/// The size and alignment of `v`'s elements.
-fn element_layout<T>(_: &[T]) -> std::alloc::Layout {
-    std::alloc::Layout::new::<T>()
 }
 
 /// Asks the C allocator (glibc) to keep up to `bytes` of freed memory for
@@ -355,6 +342,30 @@ mod tests {
         assert_eq!(parse_bytes(" 8g "), Some(8 << 30));
         assert_eq!(parse_bytes("x"), None);
         assert_eq!(parse_bytes(""), None);
+    }
+
+    #[test]
+    fn buffers_start_on_a_line_pooled_or_fresh_of_any_dtype() {
+        for (dtype, n) in [(DType::F32, 3usize), (DType::F64, 1000), (DType::F32, 3 << 20), (DType::U8, 5 << 20)] {
+            let mut b = take("probe", dtype, n).expect("allocates");
+            let at = crate::with_buffer!(&b, v => v.as_ptr() as usize);
+            assert_eq!(at % crate::host_vec::LINE, 0, "{dtype:?} x {n}");
+            if n * dtype.size() >= MIN_BYTES {
+                assert_eq!(at % crate::host_vec::HUGE, 0, "{dtype:?} x {n}");
+            }
+            give(&mut b);
+        }
+        // A pooled buffer handed out again as another dtype of its size
+        // keeps its alignment (the pool is shared: take until it comes back).
+        let mut b = take("probe", DType::U32, 6 << 20).expect("allocates");
+        let at = crate::with_buffer!(&b, v => v.as_ptr() as usize);
+        give(&mut b);
+        let f = take("probe", DType::F32, 6 << 20).expect("allocates");
+        let again = crate::with_buffer!(&f, v => v.as_ptr() as usize);
+        assert_eq!(again % crate::host_vec::HUGE, 0);
+        if again == at {
+            assert_eq!(f.dtype(), DType::F32);
+        }
     }
 
     #[test]

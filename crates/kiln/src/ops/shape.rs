@@ -164,7 +164,10 @@ pub fn split(x: &Array, sections: usize, axis: isize) -> Result<Vec<Array>> {
     // The list of parts is as long as asked (an empty axis splits into any
     // number of empty parts): reserved fallibly, so an absurd count is an
     // error rather than an abort.
-    let mut parts = crate::memory::try_vec("split", sections)?;
+    let bytes = sections.saturating_mul(std::mem::size_of::<Array>());
+    crate::memory::within_limit("split", bytes)?;
+    let mut parts = Vec::new();
+    parts.try_reserve_exact(sections).map_err(|_| Error::OutOfMemory { op: "split", bytes })?;
     for index in 0..sections {
         parts.push(Array::from_op(Primitive::SplitSection { axis: ax, sections, index }, vec![x.clone()])?);
     }

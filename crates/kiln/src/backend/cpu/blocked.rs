@@ -21,6 +21,7 @@
 //! consecutive indices of `k` (over everything inside `k`) make a band,
 //! a contiguous range of positions; parallel tasks take whole bands.
 
+use crate::host_vec::HostVec;
 use smallvec::SmallVec;
 
 use crate::buffer::Buffer;
@@ -277,14 +278,14 @@ fn gather_typed<T: Copy>(s: &[T], (o, sk, sl): (isize, isize, isize), b: &Block,
 /// blocks (see the module docs) into a vector allocated for `op`; `None`
 /// when the plan finds the row-major order serves as well. The layout
 /// must fit `src`.
-pub fn copy<T: Element>(op: &'static str, src: &[T], layout: &Layout) -> Option<Result<Vec<T>>> {
+pub fn copy<T: Element>(op: &'static str, src: &[T], layout: &Layout) -> Option<Result<HostVec<T>>> {
     let b = Blocks::plan(&layout.shape, &[layout], &[std::mem::size_of::<T>()])?;
     Some(copy_planned(op, src, &b))
 }
 
-fn copy_planned<T: Element>(op: &'static str, src: &[T], b: &Blocks) -> Result<Vec<T>> {
+fn copy_planned<T: Element>(op: &'static str, src: &[T], b: &Blocks) -> Result<HostVec<T>> {
     let n: usize = b.shape.iter().product();
-    let mut out: Vec<T> = crate::memory::take_vec(op, n)?;
+    let mut out: HostVec<T> = crate::memory::take_vec(op, n)?;
     let dst = OutPtr(out.spare_capacity_mut()[..n].as_mut_ptr().cast::<u8>());
     let (bands, per) = (b.bands(), (PAR_CHUNK / b.band_len()).max(1));
     let dst = &dst;

@@ -6,6 +6,7 @@
 //! output that comes from one contiguous-in-row-major-order range of one
 //! source. Sources may be any strided view.
 
+use crate::host_vec::HostVec;
 use std::mem::MaybeUninit;
 
 use crate::array::Data;
@@ -68,10 +69,10 @@ impl<'a, T: Element> Source<'a, T> {
     }
 }
 
-fn concat_typed<T: Element>(xs: &[&Data], axis: usize, shape: &[usize]) -> Result<Vec<T>> {
+fn concat_typed<T: Element>(xs: &[&Data], axis: usize, shape: &[usize]) -> Result<HostVec<T>> {
     let n: usize = shape.iter().product();
     if n == 0 {
-        return Ok(vec![]);
+        return Ok(HostVec::new());
     }
     let inner: usize = shape[axis + 1..].iter().product();
     let row: usize = shape[axis..].iter().product();
@@ -131,12 +132,12 @@ fn concat_with<T: Element>(
 
 /// The indices normalized against `dim` (negative ones count from the
 /// end), or an error naming the first out-of-range one.
-fn normalized_indices(idx: &Data, axis: usize, dim: usize) -> Result<Vec<usize>> {
+fn normalized_indices(idx: &Data, axis: usize, dim: usize) -> Result<HostVec<usize>> {
     let mut out = crate::memory::try_vec::<usize>("take", idx.layout().numel())?;
     // Dimensions fit isize (shape rules check), so `dim` fits i64.
     let n = dim as i64;
     crate::with_buffer!(idx.buffer(), v => {
-        for x in crate::backend::cpu::strided::gather("take", v, idx.layout())? {
+        for &x in &crate::backend::cpu::strided::gather("take", v, idx.layout())? {
             let i = x.to_i64();
             let j = if i < 0 { i + n } else { i };
             if !(0..n).contains(&j) {
@@ -154,13 +155,13 @@ fn normalized_indices(idx: &Data, axis: usize, dim: usize) -> Result<Vec<usize>>
     Ok(out)
 }
 
-fn take_typed<T: Element>(x: &Data, idx: &[usize], axis: usize, shape: &[usize]) -> Result<Vec<T>> {
+fn take_typed<T: Element>(x: &Data, idx: &[usize], axis: usize, shape: &[usize]) -> Result<HostVec<T>> {
     let src = x.buffer().as_slice::<T>().expect("take output dtype is the input dtype");
     let l: &Layout = x.layout();
     debug_assert!(l.fits(src.len()), "take: the layout reaches outside its buffer");
     let n: usize = shape.iter().product();
     if n == 0 {
-        return Ok(vec![]);
+        return Ok(HostVec::new());
     }
     let ni = idx.len();
     let inner: usize = l.shape[axis + 1..].iter().product();

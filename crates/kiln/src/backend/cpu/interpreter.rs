@@ -446,9 +446,9 @@ const PREFETCH_DISTANCE: i32 = 8192;
 const STREAM_CHUNK: usize = 1 << 18;
 
 /// Stands in for a slot while its op writes it (no allocation).
-const NO_BUFFER: Buffer = Buffer::Bool(Vec::new());
+const NO_BUFFER: Buffer = Buffer::Bool(crate::host_vec::HostVec::new());
 /// The argument array's filler past an op's arity.
-static EMPTY: Buffer = Buffer::Bool(Vec::new());
+static EMPTY: Buffer = Buffer::Bool(crate::host_vec::HostVec::new());
 
 impl<'a> Exec<'a> {
     /// A run over `n` positions; `stream` says, per output, whether it is

@@ -41,6 +41,7 @@ pub mod sgemm;
 #[path = "bf16_gemm.rs"]
 pub mod bf16_gemm;
 
+use crate::host_vec::HostVec;
 use std::mem::MaybeUninit;
 use std::ops::Range;
 
@@ -177,7 +178,7 @@ pub const EPILOGUE_WORK: usize = 8 * PAR_WORK;
 thread_local! {
     /// The block of rows this thread last computed for [`f32_row_blocks`]
     /// (kept between products, at most [`EPILOGUE_BLOCK`] elements).
-    static BLOCK: std::cell::RefCell<Buffer> = const { std::cell::RefCell::new(Buffer::F32(Vec::new())) };
+    static BLOCK: std::cell::RefCell<Buffer> = const { std::cell::RefCell::new(Buffer::F32(crate::host_vec::HostVec::new())) };
 }
 
 /// Whether [`f32_row_blocks`] takes the product `a @ b` with output `shape`:
@@ -228,7 +229,7 @@ pub fn f32_row_blocks_kept(a: &Data, b: &Data, shape: &[usize], then: &Then<'_>)
         }
         return Ok(Some(whole));
     }
-    let mut out: Vec<f32> = take_vec("matmul", total)?;
+    let mut out: HostVec<f32> = take_vec("matmul", total)?;
     let kept = OutPtr(out.as_mut_ptr().cast());
     row_blocks(a, b, shape, Some(&kept), then)?;
     // SAFETY: `take_vec` gave room for `total` elements, and the blocks
@@ -274,7 +275,7 @@ fn row_blocks(a: &Data, b: &Data, shape: &[usize], keep: Option<&OutPtr>, then: 
             let mut buf = cell.borrow_mut();
             let Buffer::F32(v) = &mut *buf else { unreachable!("the block buffer holds f32") };
             if v.len() < len {
-                if v.try_reserve_exact(len - v.len()).is_err() {
+                if v.try_reserve_exact(len - v.len(), "matmul").is_err() {
                     let e = Error::OutOfMemory { op: "matmul", bytes: len * std::mem::size_of::<f32>() };
                     failed.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(e);
                     return;
@@ -403,7 +404,7 @@ impl GemmElement for f64 {}
 /// `f32` product ([`f32_batched`], kiln's own kernels: `gemm`'s `f16` path
 /// ran a 1024^3 product 1.7x slower), the result rounded back once, in
 /// parallel.
-fn widened<T: Element + Half>(a: &Data, b: &Data, shape: &[usize]) -> Result<Vec<T>> {
+fn widened<T: Element + Half>(a: &Data, b: &Data, shape: &[usize]) -> Result<HostVec<T>> {
     let f32_ = crate::primitive::Primitive::AsType(crate::DType::F32);
     let widen = |x: &Data| super::fused::run_single(&f32_, &[x], &x.layout().shape, crate::DType::F32);
     let (a32, b32) = (widen(a)?, widen(b)?);
@@ -421,7 +422,7 @@ fn widened<T: Element + Half>(a: &Data, b: &Data, shape: &[usize]) -> Result<Vec
     Ok(narrow)
 }
 
-fn gemm_batched<T: GemmElement>(a: &Data, b: &Data, g: &Geometry) -> Result<Vec<T>> {
+fn gemm_batched<T: GemmElement>(a: &Data, b: &Data, g: &Geometry) -> Result<HostVec<T>> {
     let (m, n, k) = (g.m, g.n, g.k);
     let mn = m * n;
     let mut out = take_vec("matmul", g.offsets.len() * mn)?;
@@ -509,12 +510,12 @@ unsafe impl<T> Sync for Shared<T> {}
 
 /// `f32` products through [`sgemm`]; with `bias`, each output matrix
 /// starts as the bias broadcast to it (read by the product's kernel).
-fn f32_batched(a: &Data, b: &Data, g: &Geometry, bias: Option<&Data>) -> Result<Vec<f32>> {
+fn f32_batched(a: &Data, b: &Data, g: &Geometry, bias: Option<&Data>) -> Result<HostVec<f32>> {
     let (m, n, k) = (g.m, g.n, g.k);
     let mn = m * n;
     let nb = g.offsets.len();
     if mn == 0 || nb == 0 {
-        return Ok(vec![]);
+        return Ok(HostVec::new());
     }
     let sa = a.buffer().as_slice::<f32>().expect("matmul operands have the inferred dtype");
     let sb = b.buffer().as_slice::<f32>().expect("matmul operands have the inferred dtype");
@@ -560,7 +561,7 @@ fn f32_batched(a: &Data, b: &Data, g: &Geometry, bias: Option<&Data>) -> Result<
 
 /// `bf16` products on `kernel` ([`bf16_gemm`]): each output matrix
 /// rounded once from `f32` sums, as the widening path does.
-fn bf16_kernel_batched(a: &Data, b: &Data, g: &Geometry, kernel: bf16_gemm::Kernel) -> Result<Vec<bf16>> {
+fn bf16_kernel_batched(a: &Data, b: &Data, g: &Geometry, kernel: bf16_gemm::Kernel) -> Result<HostVec<bf16>> {
     let (m, n, k) = (g.m, g.n, g.k);
     let (mn, nb) = (m * n, g.offsets.len());
     let sa = a.buffer().as_slice::<bf16>().expect("matmul operands have the inferred dtype");
@@ -598,7 +599,7 @@ fn bf16_kernel_batched(a: &Data, b: &Data, g: &Geometry, kernel: bf16_gemm::Kern
 
 /// Exact integer product with wrapping arithmetic, in i-k-j order so the
 /// inner loop streams a row of `b` into a row of the output.
-fn int_batched<I: IntMath>(a: &Data, b: &Data, g: &Geometry) -> Result<Vec<I>> {
+fn int_batched<I: IntMath>(a: &Data, b: &Data, g: &Geometry) -> Result<HostVec<I>> {
     let (m, n, k) = (g.m, g.n, g.k);
     let mut out = take_vec("matmul", g.offsets.len() * m * n)?;
     out.resize(g.offsets.len() * m * n, I::zero());

@@ -86,6 +86,7 @@
 //! innermost, with adjacent outputs adjacent in memory, they scan the rows
 //! in order instead, each output keeping its best so far (`arg_rows`).
 
+use crate::host_vec::HostVec;
 use std::marker::PhantomData;
 use std::ops::Range;
 
@@ -2456,7 +2457,7 @@ fn arg_typed<T: Element, const MAX: bool>(
     off: usize,
     n: usize,
     s: isize,
-) -> Result<Vec<u32>> {
+) -> Result<HostVec<u32>> {
     let n_out: usize = crate::shape::numel(kshape);
     let k = kst.last().copied().unwrap_or(0);
     let total = n_out.saturating_mul(n);
@@ -2525,7 +2526,7 @@ pub fn arg_reduce(op: ArgReduceOp, x: &Data, axis: usize) -> Result<Buffer> {
         (0..l.ndim()).filter(|&i| i != axis).map(|i| (l.shape[i], l.strides[i])).unzip();
     let n_out = crate::shape::numel(&ks);
     if n_out == 0 {
-        return Ok(Buffer::U32(vec![]));
+        return Ok(Buffer::U32(HostVec::new()));
     }
     if n == 0 {
         return Err(Error::Shape {

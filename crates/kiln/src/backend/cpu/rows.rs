@@ -91,7 +91,7 @@ impl RowSink {
         // SAFETY: every one of the `len` elements was written exactly once
         // (disjoint blocks adding up to `len`).
         crate::with_buffer!(&mut self.buf, v => unsafe { v.set_len(self.len) });
-        Some(std::mem::replace(&mut self.buf, Buffer::F32(vec![])))
+        Some(std::mem::replace(&mut self.buf, Buffer::F32(crate::host_vec::HostVec::new())))
     }
 }
 

@@ -2,6 +2,7 @@
 //! view into row-major order; [`fill`] writes an output on the calling
 //! thread for small arrays and in coarse parallel chunks otherwise.
 
+use crate::host_vec::HostVec;
 use std::mem::MaybeUninit;
 
 use crate::dtype::Element;
@@ -20,9 +21,9 @@ pub fn fill<U: Element>(
     op: &'static str,
     n: usize,
     fill: impl Fn(usize, &mut [MaybeUninit<U>]) + Sync,
-) -> Result<Vec<U>> {
+) -> Result<HostVec<U>> {
     // Pooled when large (fresh large buffers ask for huge pages).
-    let mut out: Vec<U> = crate::memory::take_vec(op, n)?;
+    let mut out: HostVec<U> = crate::memory::take_vec(op, n)?;
     let spare = &mut out.spare_capacity_mut()[..n];
     if n < PAR_THRESHOLD {
         fill(0, spare);
@@ -38,7 +39,7 @@ pub fn fill<U: Element>(
 /// The elements of a strided layout in row-major order, in a vector
 /// allocated for `op` (an `OutOfMemory` error when that fails). The layout
 /// must fit `src` ([`Layout::fits`]).
-pub fn gather<T: Element>(op: &'static str, src: &[T], layout: &Layout) -> Result<Vec<T>> {
+pub fn gather<T: Element>(op: &'static str, src: &[T], layout: &Layout) -> Result<HostVec<T>> {
     debug_assert!(layout.fits(src.len()), "gather: the layout reaches outside its buffer");
     if let Some(r) = layout.contiguous_range() {
         let mut out = crate::memory::take_vec(op, r.len())?;

@@ -137,7 +137,7 @@ pub(crate) fn to_host(gpu: &'static Gpu, d: &Data) -> Result<Buffer> {
     let s = dev(&c)?;
     let n = c.layout().numel();
     Ok(crate::with_dtype!(c.dtype(), T => {
-        let mut v: Vec<T> = crate::memory::try_vec("to_host", n)?;
+        let mut v: crate::host_vec::HostVec<T> = crate::memory::try_vec("to_host", n)?;
         v.resize(n, <T as crate::dtype::Element>::zero());
         // Bools are stored as bytes 0 and 1, so they read back as bools.
         gpu.download(&mut v, s.ptr_at(0))?;
