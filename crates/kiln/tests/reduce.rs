@@ -1212,3 +1212,38 @@ fn column_variance_matches_f64_across_runs_of_rows() -> R {
     }
     Ok(())
 }
+
+#[test]
+fn reductions_over_rows_of_few_columns_match_f64() -> R {
+    // Rows of 1 to 32 columns back to back (NHWC statistics over the
+    // pixels): the outer walk folds them as one run over lanes of whole
+    // rows, with rows left over after the last whole group; enough rows to
+    // split the walk pairwise. Every op and dtype, eager and compiled, a
+    // NaN in a float column.
+    for &(rows, cols) in
+        &[(1usize, 3usize), (63, 3), (5000, 3), (777, 1), (3001, 5), (1000, 7), (2500, 16), (999, 31), (1200, 32)]
+    {
+        for dt in DTYPES {
+            let mut v = values(rows * cols, dt, (rows * 131 + cols) as u64);
+            let float = matches!(dt, DType::F32 | DType::F64 | DType::F16 | DType::BF16);
+            if float && rows > 2 {
+                v[(rows / 2) * cols + cols - 1] = f64::NAN;
+            }
+            let x = make(&v, &[rows, cols], dt);
+            let held = read(&x);
+            for op in OPS {
+                let f = kiln::compile(move |x: &Array| kiln::reduce(op, x, 0, false));
+                let Ok(eager) = kiln::reduce(op, &x, 0, false) else { continue };
+                for (how, got) in [("eager", eager), ("compiled", f.call(&x)?)] {
+                    let got = read(&got);
+                    assert_eq!(got.len(), cols);
+                    for (c, &g) in got.iter().enumerate() {
+                        let col: Vec<f64> = (0..rows).map(|r| held[r * cols + c]).collect();
+                        check(op, dt, &col, g, &format!("{how} {op:?} {dt:?} {rows}x{cols} column {c}"));
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
