@@ -133,8 +133,8 @@ impl Buffer {
     /// A buffer of `len` zero elements of `dtype`.
     pub fn zeros(dtype: DType, len: usize) -> Buffer {
         crate::with_dtype!(dtype, T => {
-            let mut v = HostVec::<T>::from_slice(&[]);
-            v.extend(std::iter::repeat_n(<T as Element>::zero(), len));
+            let mut v = HostVec::<T>::new();
+            v.resize(len, <T as Element>::zero());
             Buffer::from_vec(v)
         })
     }

@@ -6,10 +6,11 @@
 //! large `Vec<f32>` started 16 bytes past a page boundary: each 64-byte
 //! vector load straddled two cache lines, and a block read across a
 //! layout (a transpose) touched three lines per row where two hold the
-//! data. Buffers kiln allocates itself ([`HostVec::try_with_capacity`])
-//! start on a cache line, and those the pool keeps on a 2 MiB boundary
-//! ([`HUGE`]), so that transparent huge pages can back all of them. A vector handed in by a
-//! user ([`From<Vec<T>>`]) keeps its allocation and alignment.
+//! data. Buffers kiln allocates itself ([`HostVec::try_with_capacity`],
+//! and growth by `push` or `extend`) start on a cache line, and those the
+//! pool keeps on a 2 MiB boundary ([`HUGE`]), so that transparent huge
+//! pages can back all of them. A vector handed in by a user
+//! ([`From<Vec<T>>`]) keeps its allocation and alignment.
 //!
 //! Elements are [`Copy`] (every dtype's element type is), so nothing is
 //! dropped element by element.
