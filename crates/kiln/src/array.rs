@@ -238,19 +238,21 @@ impl Array {
     /// # Ok::<(), kiln::Error>(())
     /// ```
     pub fn from_slice<T: Element>(data: &[T], shape: &[usize]) -> Result<Array> {
-        let n = check_size("from_slice", shape, T::DTYPE)?;
-        if n != data.len() {
-            return Err(Error::DataLength { expected: n, got: data.len(), shape: shape.to_vec() });
-        }
         // Copied into storage kiln aligns (`from_vec` keeps the vector's).
-        let mut v = crate::memory::try_vec("from_slice", n)?;
+        let mut v = crate::memory::try_vec("from_slice", data.len())?;
         v.extend_from_slice(data);
-        Array::from_host(Buffer::from_vec(v), shape, crate::device::default_device())
+        Array::from_host_vec(v, shape)
     }
 
     /// Builds an array on the default device ([`crate::device`]) from a
     /// vector in row-major order (no copy on the CPU).
     pub fn from_vec<T: Element>(data: Vec<T>, shape: &[usize]) -> Result<Array> {
+        Array::from_host_vec(data.into(), shape)
+    }
+
+    /// [`Array::from_vec`] and [`Array::from_slice`] once their data is host
+    /// storage: checks the length against `shape`.
+    fn from_host_vec<T: Element>(data: crate::host_vec::HostVec<T>, shape: &[usize]) -> Result<Array> {
         let n = check_size("from_slice", shape, T::DTYPE)?;
         if n != data.len() {
             return Err(Error::DataLength { expected: n, got: data.len(), shape: shape.to_vec() });

@@ -355,17 +355,14 @@ mod tests {
             }
             give(&mut b);
         }
-        // A pooled buffer handed out again as another dtype of its size
-        // keeps its alignment (the pool is shared: take until it comes back).
+        // A buffer taken as another dtype of a given-back one's size (the
+        // same storage, retyped, unless a test beside this one took it
+        // first: the pool is shared) keeps the pool's alignment.
         let mut b = take("probe", DType::U32, 6 << 20).expect("allocates");
-        let at = crate::with_buffer!(&b, v => v.as_ptr() as usize);
         give(&mut b);
         let f = take("probe", DType::F32, 6 << 20).expect("allocates");
         let again = crate::with_buffer!(&f, v => v.as_ptr() as usize);
         assert_eq!(again % crate::host_vec::HUGE, 0);
-        if again == at {
-            assert_eq!(f.dtype(), DType::F32);
-        }
     }
 
     #[test]
